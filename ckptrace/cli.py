@@ -1,0 +1,129 @@
+"""ckptrace command line. Imports only argparse up front: every command's module (and heavy
+libraries such as bcc, rich, textual, pyroute2) is imported when that command runs, so that
+`ckptrace --help` stays fast.
+
+Commands return an exit status; a CkptError becomes one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+
+# command -> (module, function, help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "doctor": ("ckptrace.doctor", "main", "report what this host supports"),
+    "ls": ("ckptrace.dump", "main_ls", "list the pid namespaces on this host"),
+    "dump": ("ckptrace.dump", "main", "checkpoint every task of a pid namespace"),
+    "restore": ("ckptrace.restore", "main", "restart a dumped namespace from its image"),
+    "show": ("ckptrace.image.render", "main_show", "summarise an image"),
+    "decode": ("ckptrace.image.render", "main_decode", "print every record of an image"),
+    "inspect": ("ckptrace.tui.inspect", "main", "browse an image interactively"),
+    "diff": ("ckptrace.imgdiff", "main", "compare two images of the same namespace"),
+    "watch": ("ckptrace.watch", "main", "live BPF view of namespaces' tasks and dirty memory"),
+    "demo": ("ckptrace.demo", "main", "run the built-in example: sample workload, dump, show"),
+}
+
+
+def pidns_arg(text: str) -> int:
+    """Accept `4026532830` or `pid:[4026532830]` (as readlink /proc/PID/ns/pid prints it)."""
+    t = text.strip()
+    if t.startswith("pid:[") and t.endswith("]"):
+        t = t[5:-1]
+    try:
+        n = int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a pid namespace id: {text!r} (want N or pid:[N])") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"not a pid namespace id: {text!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ckptrace", description="Watch and checkpoint whole pid namespaces.")
+    p.add_argument("--version", action="version", version=f"ckptrace {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    subs = {name: sub.add_parser(name, help=h, description=h) for name, (_, _, h) in COMMANDS.items()}
+
+    subs["doctor"].add_argument("--json", action="store_true", help="print the checks as JSON")
+
+    subs["ls"].add_argument("--json", action="store_true", help="print JSON")
+
+    d = subs["dump"]
+    target = d.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pidns", type=pidns_arg, metavar="N", help="namespace inode (N or pid:[N])")
+    target.add_argument("--pid", type=int, metavar="P", help="dump the pid namespace host pid P lives in")
+    d.add_argument("-o", "--output", default="-", metavar="FILE|-", help="image file, or - for stdout (default)")
+    after = d.add_mutually_exclusive_group()
+    after.add_argument("--leave-stopped", action="store_true", help="leave the tasks stopped after the dump")
+    after.add_argument("--kill", action="store_true", help="kill the tasks after a successful dump (migration)")
+    d.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    d.add_argument("--json", action="store_true", help="print the closing summary as JSON")
+    d.add_argument("--max-file-data", type=int, default=64 << 20, metavar="BYTES",
+                   help="largest deleted/memfd file whose contents are captured (default 64 MiB)")
+
+    r = subs["restore"]
+    r.add_argument("image", metavar="FILE|-")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.add_argument("--quiet", "-q", action="store_true")
+
+    for name in ("show", "decode"):
+        subs[name].add_argument("image", metavar="FILE|-")
+    subs["show"].add_argument("--json", action="store_true", help="the summary as JSON")
+    subs["decode"].add_argument("--json", action="store_true", help="JSON lines")
+    subs["decode"].add_argument("--pages", action="store_true", help="include page data (hex) in the output")
+
+    subs["inspect"].add_argument("image", metavar="FILE|-")
+
+    df = subs["diff"]
+    df.add_argument("a", metavar="A")
+    df.add_argument("b", metavar="B")
+    df.add_argument("--json", action="store_true")
+
+    w = subs["watch"]
+    w.add_argument("--pidns", type=pidns_arg, metavar="N", help="watch only this namespace")
+    w.add_argument("--json", action="store_true", help="one JSON object per event line")
+    w.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    w.add_argument("--no-faults", action="store_true", help="do not trace page faults (no dirty tracking)")
+    w.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
+
+    subs["demo"].add_argument("--keep", action="store_true", help="keep the image and leave the workload running")
+    subs["demo"].add_argument("-o", "--output", metavar="FILE", help="where to write the image")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import CkptError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module, func, _ = COMMANDS[args.command]
+    try:
+        fn = getattr(importlib.import_module(module), func)
+        return int(fn(args) or 0)
+    except CkptError as exc:
+        print(f"ckptrace {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print(f"ckptrace {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of our stdout went away (e.g. `| head`): not an error worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 141
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,88 @@
+"""The small exception hierarchy every ckptrace module raises.
+
+Library code raises these; only `ckptrace.cli` turns them into a one-line message and an exit
+status. OS errors are mapped in one place (`from_oserror`) so that callers see "no such process"
+or "permission denied" as the same types whether they came from /proc, ptrace or netlink.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class CkptError(Exception):
+    """Base of every error ckptrace reports to a user. `exit_status` is what the CLI returns."""
+
+    exit_status = 1
+
+
+class UsageError(CkptError):
+    """The command line or its arguments are wrong (bad namespace id, missing file, ...)."""
+
+    exit_status = 2
+
+
+class ImageError(CkptError):
+    """A checkpoint image is malformed. Carries where: record index and byte offset."""
+
+    def __init__(self, what: str, *, index: int | None = None, offset: int | None = None):
+        self.what = what
+        self.index = index
+        self.offset = offset
+        where = []
+        if index is not None:
+            where.append(f"record {index}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        prefix = f"bad image at {', '.join(where)}: " if where else "bad image: "
+        super().__init__(prefix + what)
+
+
+class NoSuchProcess(CkptError):
+    """A process or thread vanished (or never existed)."""
+
+
+class AccessDenied(CkptError):
+    """The kernel refused access (not root, missing capability, LSM, foreign tracer)."""
+
+
+class Unsupported(CkptError):
+    """The target holds state ckptrace cannot checkpoint or restore faithfully."""
+
+
+class HostUnsupported(CkptError):
+    """This host lacks a kernel facility the command needs (BPF, tracepoints, userfaultfd...)."""
+
+
+class KernelError(CkptError):
+    """Any other failed system call, with errno and what was being done."""
+
+    def __init__(self, what: str, err: int):
+        self.errno = err
+        super().__init__(f"{what}: {errno.errorcode.get(err, err)} ({_strerror(err)})")
+
+
+def _strerror(err: int) -> str:
+    import os
+
+    return os.strerror(err)
+
+
+def from_oserror(exc: OSError, what: str) -> CkptError:
+    """Map an OSError to the hierarchy; `what` says what was being attempted (and on which pid)."""
+    err = exc.errno or 0
+    if err in (errno.ESRCH, errno.ENOENT):
+        return NoSuchProcess(f"{what}: no such process or file")
+    if err in (errno.EPERM, errno.EACCES):
+        return AccessDenied(f"{what}: permission denied (are you root? is it traced by another tool?)")
+    return KernelError(what, err)
+
+
+def check_errno(ret: int, what: str) -> int:
+    """For ctypes calls made with use_errno=True: raise the mapped error when ret is -1."""
+    if ret == -1:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise from_oserror(OSError(err, _strerror(err)), what)
+    return ret

@@ -1,0 +1,408 @@
+"""The image grammar: checks record order and cross-references, and builds an `Image` index.
+
+    image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
+    task    := TASK STRING THREAD object* TASK_OBJS CPU [proc]      (proc only for a leader)
+    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC
+    object  := OBJREF body(objtype)
+    body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
+    body(FILE)       := FILE [FILE_NAME] file-extra*
+    body(MM)         := object* MM (object* VMA PAGE* PAGE(end)){map_count} MM_AUXV
+    body(SHMEM)      := <nothing>; its pages follow the first VMA that names it
+
+Page data is not kept: each VMA lists its page runs with their byte offsets in the input, so
+`inspect` and `restore` read pages only when they need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable
+
+from ..errors import ImageError
+from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
+                      TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType, RecType, cstring)
+from .stream import Record, RecordReader
+
+FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
+              RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
+              RecType.FILE_TTY)
+
+
+@dataclass
+class PageRun:
+    vaddr: int
+    npages: int
+    offset: int  # byte offset of the data in the image (valid for seekable input)
+    sha256: str | None = None  # filled when the input could not be revisited
+
+
+@dataclass
+class Vma:
+    fields: dict[str, Any]
+    runs: list[PageRun] = field(default_factory=list)
+
+    @property
+    def start(self) -> int:
+        return self.fields["vm_start"]
+
+    @property
+    def end(self) -> int:
+        return self.fields["vm_end"]
+
+    @property
+    def npages(self) -> int:
+        return sum(r.npages for r in self.runs)
+
+
+@dataclass
+class Mm:
+    objref: int
+    fields: dict[str, Any] = field(default_factory=dict)
+    vmas: list[Vma] = field(default_factory=list)
+    auxv: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class File:
+    objref: int
+    fields: dict[str, Any]
+    name: str | None = None
+    extra: list[Record] = field(default_factory=list)  # type-specific records, payload kept
+
+    @property
+    def ftype(self) -> int:
+        return self.fields["f_type"]
+
+
+@dataclass
+class FileTable:
+    objref: int
+    nfds: int
+    fds: list[dict[str, Any]] = field(default_factory=list)  # FILE_DESC fields
+
+
+@dataclass
+class Task:
+    fields: dict[str, Any]
+    comm: str = ""
+    thread: dict[str, Any] = field(default_factory=dict)
+    files_objref: int = 0
+    mm_objref: int = 0
+    regs: dict[str, int] = field(default_factory=dict)
+    xsave_offset: int = 0
+    xsave: bytes | None = None
+    creds: dict[str, Any] | None = None
+    groups: list[int] = field(default_factory=list)
+    sighand: list[dict[str, Any]] = field(default_factory=list)
+    rlimits: list[dict[str, Any]] = field(default_factory=list)
+    proc: dict[str, Any] | None = None
+    cwd: str = ""
+    root: str = ""
+
+    @property
+    def tid(self) -> int:
+        return self.thread["tid"]
+
+    @property
+    def tgid(self) -> int:
+        return self.thread["tgid"]
+
+    @property
+    def is_leader(self) -> bool:
+        return self.tid == self.tgid
+
+
+@dataclass
+class Image:
+    header: dict[str, Any] = field(default_factory=dict)
+    uts: tuple[str, str, str] = ("", "", "")
+    arch: dict[str, Any] = field(default_factory=dict)
+    tree: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    objects: dict[int, Any] = field(default_factory=dict)
+    records: int = 0
+    size: int = 0
+
+    def obj(self, objref: int):
+        return self.objects.get(objref)
+
+    def task(self, tid: int) -> Task | None:
+        return next((t for t in self.tasks if t.tid == tid), None)
+
+    def processes(self) -> list[Task]:
+        return [t for t in self.tasks if t.is_leader]
+
+    def threads_of(self, tgid: int) -> list[Task]:
+        return [t for t in self.tasks if t.tgid == tgid]
+
+    @property
+    def page_count(self) -> int:
+        return sum(v.npages for o in self.objects.values() if isinstance(o, Mm) for v in o.vmas)
+
+
+class _Parser:
+    def __init__(self, reader: RecordReader, on_record: Callable[[Record], None] | None,
+                 hash_pages: bool):
+        self.r = reader
+        self.on_record = on_record
+        self.hash_pages = hash_pages
+        self.peeked: Record | None = None
+        self.last: Record | None = None
+        self.img = Image()
+
+    # -- record access -------------------------------------------------------------------------
+    def peek(self) -> Record | None:
+        if self.peeked is None:
+            self.peeked = self.r.next()
+        return self.peeked
+
+    def take(self) -> Record:
+        rec = self.peek()
+        if rec is None:
+            raise ImageError("unexpected end of image (no TAIL)", index=self.r.index, offset=self.r.offset)
+        self.peeked = None
+        self.last = rec
+        if self.on_record:
+            self.on_record(rec)
+        return rec
+
+    def expect(self, t: RecType, what: str = "") -> Record:
+        rec = self.take()
+        if rec.type != t:
+            ctx = f" ({what})" if what else ""
+            self.fail(rec, f"expected {t.name}{ctx}, found {rec.type.name}")
+        return rec
+
+    def fail(self, rec: Record, msg: str):
+        raise ImageError(msg, index=rec.index, offset=rec.offset)
+
+    def at(self, t: RecType) -> bool:
+        p = self.peek()
+        return p is not None and p.type == t
+
+    # -- grammar -------------------------------------------------------------------------------
+    def image(self) -> Image:
+        img = self.img
+        h = self.expect(RecType.HEADER, "image must start with HEADER")
+        f = h.fields
+        if f["magic"] != MAGIC_HEAD:
+            self.fail(h, f"bad header magic {f['magic']:#x} (want {MAGIC_HEAD:#x})")
+        if f["arch_id"] != ARCH_X86_64:
+            self.fail(h, f"architecture id {f['arch_id']} is not x86_64 ({ARCH_X86_64})")
+        consts = (f["task_comm_len"], f["at_vector_size"], f["uts_release_len"],
+                  f["uts_version_len"], f["uts_machine_len"])
+        if consts != (TASK_COMM_LEN, AT_VECTOR_SIZE, UTS_LEN, UTS_LEN, UTS_LEN):
+            self.fail(h, f"kernel constants {consts} differ from this tool's")
+        img.header = f
+        uts = []
+        for name in ("release", "version", "machine"):
+            b = self.expect(RecType.BUFFER, f"uts {name}")
+            if len(b.payload) != UTS_LEN:
+                self.fail(b, f"uts {name} buffer is {len(b.payload)} bytes, want {UTS_LEN}")
+            uts.append(cstring(b.payload))
+        img.uts = tuple(uts)
+        a = self.expect(RecType.HEADER_ARCH)
+        if a.fields["regs_size"] != 8 * len(REG_NAMES):
+            self.fail(a, f"regs_size {a.fields['regs_size']} != {8 * len(REG_NAMES)}")
+        if not 512 + 64 <= a.fields["xstate_size"] <= 64 << 10:
+            self.fail(a, f"implausible xstate_size {a.fields['xstate_size']}")
+        img.arch = a.fields
+        t = self.expect(RecType.TREE)
+        img.tree = t.rtype.decode_entries(t.payload)
+        if len(img.tree) != t.fields["nr_tasks"]:
+            self.fail(t, "TREE nr_tasks does not match its entries")
+        self.check_tree(t)
+        while self.at(RecType.TASK):
+            self.task()
+        tail = self.expect(RecType.TAIL, "after the last task")
+        if tail.fields["magic"] != MAGIC_TAIL:
+            self.fail(tail, f"bad tail magic {tail.fields['magic']:#x}")
+        extra = self.r.next()
+        if extra is not None:
+            self.fail(extra, "data after TAIL")
+        if len(img.tasks) != len(img.tree):
+            self.fail(tail, f"TREE lists {len(img.tree)} tasks but the image holds {len(img.tasks)}")
+        img.records = self.r.index
+        img.size = self.r.offset
+        return img
+
+    def check_tree(self, rec: Record):
+        seen: set[int] = set()
+        for e in self.img.tree:
+            if e["pid"] <= 0 or e["pid"] in seen:
+                self.fail(rec, f"TREE has a bad or repeated pid {e['pid']}")
+            if e["tgid"] != e["pid"] and e["tgid"] not in seen:
+                self.fail(rec, f"TREE thread {e['pid']} comes before its leader {e['tgid']}")
+            if e["tgid"] == e["pid"] and e["ppid"] != 0 and e["ppid"] not in seen:
+                self.fail(rec, f"TREE process {e['pid']} comes before its parent {e['ppid']}")
+            seen.add(e["pid"])
+
+    def task(self):
+        img = self.img
+        t = Task(self.expect(RecType.TASK).fields)
+        s = self.expect(RecType.STRING, "comm")
+        if len(s.payload) != TASK_COMM_LEN:
+            self.fail(s, f"comm is {len(s.payload)} bytes, want {TASK_COMM_LEN}")
+        t.comm = cstring(s.payload)
+        th = self.expect(RecType.THREAD)
+        t.thread = th.fields
+        idx = len(img.tasks)
+        if idx >= len(img.tree) or img.tree[idx]["pid"] != t.tid or img.tree[idx]["tgid"] != t.tgid:
+            self.fail(th, f"task {t.tid} (tgid {t.tgid}) is not TREE entry {idx}")
+        while self.at(RecType.OBJREF):
+            self.object()
+        objs = self.expect(RecType.TASK_OBJS)
+        t.files_objref = objs.fields["files_objref"]
+        t.mm_objref = objs.fields["mm_objref"]
+        self.ref(objs, t.files_objref, FileTable)
+        self.ref(objs, t.mm_objref, Mm)
+        cpu = self.expect(RecType.CPU)
+        if cpu.payload_len != img.arch["xstate_size"]:
+            self.fail(cpu, f"CPU xsave is {cpu.payload_len} bytes, HEADER_ARCH says {img.arch['xstate_size']}")
+        t.regs = cpu.fields
+        t.xsave_offset = cpu.payload_offset
+        t.xsave = cpu.payload
+        if t.is_leader:
+            c = self.expect(RecType.TASK_CREDS, "process leader")
+            t.creds = c.fields
+            t.groups = [e["gid"] for e in c.rtype.decode_entries(c.payload)]
+            if len(t.groups) != c.fields["ngroups"]:
+                self.fail(c, "ngroups does not match the group entries")
+            sh = self.expect(RecType.TASK_SIGHAND)
+            t.sighand = sh.rtype.decode_entries(sh.payload)
+            if len(t.sighand) != sh.fields["nsig"]:
+                self.fail(sh, "nsig does not match the entries")
+            rl = self.expect(RecType.TASK_RLIMITS)
+            t.rlimits = rl.rtype.decode_entries(rl.payload)
+            if len(t.rlimits) != rl.fields["nlimits"]:
+                self.fail(rl, "nlimits does not match the entries")
+            p = self.expect(RecType.TASK_PROC)
+            t.proc = p.fields
+            parts = bytes(p.payload).split(b"\0")
+            if len(parts) < 3:
+                self.fail(p, "TASK_PROC payload must hold cwd and root, NUL-terminated")
+            t.cwd, t.root = (x.decode("utf-8", "surrogateescape") for x in parts[:2])
+        img.tasks.append(t)
+
+    def ref(self, rec: Record, objref: int, kind: type, allow_zero: bool = False):
+        if allow_zero and objref == 0:
+            return None
+        o = self.img.objects.get(objref)
+        if o is None:
+            self.fail(rec, f"objref {objref} is used before its OBJREF")
+        if not isinstance(o, kind):
+            want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            self.fail(rec, f"objref {objref} is a {type(o).__name__}, not a {want}")
+        return o
+
+    def object(self):
+        o = self.expect(RecType.OBJREF)
+        objtype, objref = o.fields["objtype"], o.fields["objref"]
+        if objref <= 0 or objref in self.img.objects:
+            self.fail(o, f"objref {objref} is not new")
+        if objtype == ObjType.FILE_TABLE:
+            self.file_table(objref)
+        elif objtype == ObjType.FILE:
+            self.file(objref)
+        elif objtype == ObjType.MM:
+            self.mm(objref)
+        elif objtype == ObjType.SHMEM:
+            self.img.objects[objref] = Shmem(objref)
+        else:
+            self.fail(o, f"unknown object type {objtype}")
+
+    def file_table(self, objref: int):
+        ft = self.expect(RecType.FILE_TABLE)
+        n = ft.fields["fdt_nfds"]
+        if n < 0:
+            self.fail(ft, f"negative fdt_nfds {n}")
+        table = FileTable(objref, n)
+        self.img.objects[objref] = table
+        seen = set()
+        for _ in range(n):
+            while self.at(RecType.OBJREF):
+                self.object()
+            d = self.expect(RecType.FILE_DESC)
+            self.ref(d, d.fields["fd_objref"], File)
+            fd = d.fields["fd_descriptor"]
+            if fd < 0 or fd in seen:
+                self.fail(d, f"bad or repeated fd {fd}")
+            seen.add(fd)
+            table.fds.append(d.fields)
+
+    def file(self, objref: int):
+        f = self.expect(RecType.FILE)
+        if f.fields["f_type"] not in FileType._value2member_map_ or f.fields["f_type"] == 0:
+            self.fail(f, f"unknown file type {f.fields['f_type']}")
+        obj = File(objref, f.fields)
+        self.img.objects[objref] = obj
+        if self.at(RecType.FILE_NAME):
+            obj.name = cstring(self.take().payload)
+        while (p := self.peek()) is not None and p.type in FILE_EXTRA:
+            obj.extra.append(self.take())
+
+    def mm(self, objref: int):
+        img = self.img
+        mm = Mm(objref)
+        while self.at(RecType.OBJREF):
+            self.object()
+        m = self.expect(RecType.MM)
+        mm.fields = m.fields
+        self.ref(m, m.fields["exe_objref"], File, allow_zero=True)
+        img.objects[objref] = mm
+        prev_end = 0
+        for _ in range(m.fields["map_count"]):
+            while self.at(RecType.OBJREF):
+                self.object()
+            v = self.expect(RecType.VMA)
+            vf = v.fields
+            if vf["vm_start"] % PAGE_SIZE or vf["vm_end"] % PAGE_SIZE or vf["vm_start"] >= vf["vm_end"]:
+                self.fail(v, f"bad VMA range {vf['vm_start']:#x}-{vf['vm_end']:#x}")
+            if vf["vm_start"] < prev_end:
+                self.fail(v, f"VMA {vf['vm_start']:#x} overlaps or is out of order")
+            prev_end = vf["vm_end"]
+            if vf["vma_objref"]:
+                self.ref(v, vf["vma_objref"], (File, Shmem))
+            vma = Vma(vf)
+            pos = vf["vm_start"]
+            while True:
+                p = self.expect(RecType.PAGE, f"pages of VMA {vf['vm_start']:#x}")
+                addr = p.fields["vaddr"]
+                n = p.payload_len // PAGE_SIZE
+                if addr == VMA_LAST_PAGE:
+                    if n:
+                        self.fail(p, "the VMA's closing PAGE record carries data")
+                    break
+                if n == 0:
+                    self.fail(p, "PAGE record without data")
+                if addr % PAGE_SIZE or addr < pos or addr + n * PAGE_SIZE > vf["vm_end"]:
+                    self.fail(p, f"PAGE {addr:#x}+{n} pages lies outside its VMA "
+                                 f"{vf['vm_start']:#x}-{vf['vm_end']:#x} or out of order")
+                pos = addr + n * PAGE_SIZE
+                digest = hashlib.sha256(p.payload).hexdigest() if (self.hash_pages and p.payload is not None) else None
+                vma.runs.append(PageRun(addr, n, p.payload_offset, digest))
+            mm.vmas.append(vma)
+        a = self.expect(RecType.MM_AUXV)
+        mm.auxv = [(e["a_type"], e["a_val"]) for e in a.rtype.decode_entries(a.payload)]
+
+
+@dataclass
+class Shmem:
+    objref: int
+
+
+def read_image(f: BinaryIO, *, on_record: Callable[[Record], None] | None = None,
+               skip_pages: bool = True, hash_pages: bool = False) -> Image:
+    """Parse and validate a whole image. Raises ImageError at the first problem."""
+    reader = RecordReader(f, skip_pages=skip_pages and on_record is None)
+    return _Parser(reader, on_record, hash_pages).image()
+
+
+def read_pages(f: BinaryIO, run: PageRun) -> bytes:
+    """The data of one page run, from a seekable image."""
+    f.seek(run.offset)
+    data = f.read(run.npages * PAGE_SIZE)
+    if len(data) != run.npages * PAGE_SIZE:
+        raise ImageError(f"image shrank: page data at offset {run.offset} is truncated")
+    return data

@@ -1,0 +1,442 @@
+"""Every checkpoint record, declared once.
+
+Each record is `struct ckpt_hdr {u32 type; u32 len}` followed by a fixed part (the seed's C
+struct, x86_64 little-endian, natural alignment, padding counted in `len`) and, for some types, a
+variable payload (raw bytes, a NUL-terminated string, or an array of fixed-size entries).
+
+From a `RecordType` declaration we derive: the byte layout (`struct.Struct`), the encoder, the
+decoder, the length rule the reader enforces, the JSON form and the pretty form. `docs/format.md`
+documents the same table; `tests/test_records.py` checks the two agree.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+HDR = struct.Struct("<II")
+HDR_SIZE = HDR.size
+PAGE_SIZE = 4096
+
+MAGIC_HEAD = 0x00FEED0CC0A2D200
+MAGIC_TAIL = 0x002D2A0CC0DEEF00
+ARCH_X86_64 = 2
+VMA_LAST_PAGE = 0xFFFFFFFFFFFFFFFF
+
+# Kernel constants of the header (the seed's struct ckpt_const), x86_64 values.
+TASK_COMM_LEN = 16
+AT_VECTOR_SIZE = 52  # 2 * (AT_VECTOR_SIZE_BASE 22 + AT_VECTOR_SIZE_ARCH 3 + 1): mm->saved_auxv slots
+UTS_LEN = 65
+
+# Upper bounds that keep a corrupt `len` from asking for absurd allocations or loops.
+MAX_PAGES_PER_RECORD = 4096  # 16 MiB of data per PAGE record
+MAX_BLOB = 64 << 20  # FILE_DATA / pipe buffers: 64 MiB per record
+MAX_XSAVE = 64 << 10
+
+
+class RecType(enum.IntEnum):
+    HEADER = 1
+    HEADER_ARCH = 2
+    BUFFER = 3
+    STRING = 4
+    OBJREF = 5
+    TASK = 101
+    TASK_OBJS = 102
+    THREAD = 103
+    CPU = 104
+    TASK_CREDS = 105
+    TASK_SIGHAND = 106
+    TASK_RLIMITS = 107
+    TASK_PROC = 108
+    FILE_TABLE = 301
+    FILE_DESC = 302
+    FILE_NAME = 303
+    FILE = 304
+    FILE_PIPE = 305
+    FILE_DATA = 306
+    FILE_SOCKET = 307
+    FILE_EVENTFD = 308
+    FILE_EPOLL = 309
+    FILE_TIMERFD = 310
+    FILE_SIGNALFD = 311
+    FILE_INOTIFY = 312
+    FILE_TTY = 313
+    MM = 401
+    VMA = 402
+    MM_CONTEXT = 403
+    PAGE = 404
+    MM_AUXV = 405
+    TREE = 501
+    TAIL = 9001
+
+
+class ObjType(enum.IntEnum):
+    IGNORE = 0
+    FILE_TABLE = 1
+    FILE = 2
+    MM = 3
+    SHMEM = 4  # a MAP_SHARED anonymous/shmem segment, stored once however many map it
+
+
+class FileType(enum.IntEnum):
+    IGNORE = 0
+    REGULAR = 1  # a path-named file, directory or device node reopened by path
+    PIPE = 2
+    FIFO = 3
+    UNIX_SOCKET = 4
+    INET_SOCKET = 5
+    TTY = 6
+    EVENTFD = 7
+    EPOLL = 8
+    TIMERFD = 9
+    SIGNALFD = 10
+    INOTIFY = 11
+    MEMFD = 12
+    DELETED = 13  # regular file unlinked while open: contents follow in FILE_DATA
+
+
+class VmaType(enum.IntEnum):
+    IGNORE = 0
+    VDSO = 1
+    ANON = 2  # private anonymous (heap, stack, malloc arenas)
+    FILE = 3  # private mapping of a file
+    SHARED_ANON = 4  # MAP_SHARED|MAP_ANONYMOUS or shmem/memfd: pages stored once per SHMEM object
+    SHARED_FILE = 5  # MAP_SHARED of a regular file: contents live in the file
+    VVAR = 6  # [vvar] and [vvar_vclock]: kernel data, no pages stored
+
+
+# The kernel's VM_* bits by the mnemonic /proc/PID/smaps prints in VmFlags.
+VM_FLAG_BITS: dict[str, int] = {
+    "rd": 1 << 0, "wr": 1 << 1, "ex": 1 << 2, "sh": 1 << 3,
+    "mr": 1 << 4, "mw": 1 << 5, "me": 1 << 6, "ms": 1 << 7,
+    "gd": 1 << 8, "um": 1 << 9, "pf": 1 << 10, "uw": 1 << 12,
+    "lo": 1 << 13, "io": 1 << 14, "sr": 1 << 15, "rr": 1 << 16,
+    "dc": 1 << 17, "de": 1 << 18, "lf": 1 << 19, "ac": 1 << 20,
+    "nr": 1 << 21, "ht": 1 << 22, "sf": 1 << 23, "ar": 1 << 24,
+    "wf": 1 << 25, "dd": 1 << 26, "sd": 1 << 27, "mm": 1 << 28,
+    "hg": 1 << 29, "nh": 1 << 30, "mg": 1 << 31,
+    "ss": 1 << 37, "dp": 1 << 40, "ui": 1 << 41, "sl": 1 << 42,
+}
+VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
+VM_GROWSDOWN = 0x100
+# The seed's CKPT_VMA_NOT_SUPPORTED, as far as today's kernel still has those bits.
+VM_NOT_SUPPORTED = {"pf": "VM_PFNMAP", "io": "VM_IO", "ht": "VM_HUGETLB", "mm": "VM_MIXEDMAP"}
+
+PROT_NAMES = {1: "PROT_READ", 2: "PROT_WRITE", 4: "PROT_EXEC"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One member of a record's C struct. `code` is a struct format code; `hint` says how to show it."""
+
+    name: str
+    code: str
+    hint: str = "dec"  # dec | hex | enum | flags | str | time | oct | bytes
+    names: Mapping[int, str] | None = None
+
+    @property
+    def is_pad(self) -> bool:
+        return self.code.endswith("x")
+
+
+def pad(n: int) -> Field:
+    return Field("_pad", f"{n}x")
+
+
+def u32(name, hint="dec", names=None):
+    return Field(name, "I", hint, names)
+
+
+def s32(name, hint="dec", names=None):
+    return Field(name, "i", hint, names)
+
+
+def u64(name, hint="dec", names=None):
+    return Field(name, "Q", hint, names)
+
+
+def u16(name, hint="dec", names=None):
+    return Field(name, "H", hint, names)
+
+
+class Payload(enum.Enum):
+    NONE = "none"  # fixed size only
+    BYTES = "bytes"  # raw bytes, up to `max_payload`
+    CSTRING = "cstring"  # NUL-terminated text (the NUL counted in len)
+    ENTRIES = "entries"  # array of `entry` structs
+    PAGES = "pages"  # whole pages, 1..MAX_PAGES_PER_RECORD (0 only for the VMA terminator)
+
+
+@dataclass
+class RecordType:
+    type: RecType
+    fields: tuple[Field, ...]
+    payload: Payload = Payload.NONE
+    max_payload: int = 0
+    entry: tuple[Field, ...] = ()
+    count_field: str | None = None  # fixed field that must equal the number of entries
+    exact_payload: int | None = None  # payload must be exactly this many bytes
+    doc: str = ""
+    st: struct.Struct = field(init=False)
+    entry_st: struct.Struct | None = field(init=False)
+
+    def __post_init__(self):
+        self.st = struct.Struct("<" + "".join(f.code for f in self.fields))
+        assert self.st.size % 8 == 0 or self.payload is not Payload.NONE or self.type in (
+            RecType.FILE_TABLE, RecType.FILE_DESC), self.type
+        self.entry_st = struct.Struct("<" + "".join(f.code for f in self.entry)) if self.entry else None
+        self.names = [f.name for f in self.fields if not f.is_pad]
+        self.entry_names = [f.name for f in self.entry if not f.is_pad]
+
+    @property
+    def name(self) -> str:
+        return self.type.name
+
+    @property
+    def size(self) -> int:
+        """Size of header plus fixed part: the `len` of a record with no payload."""
+        return HDR_SIZE + self.st.size
+
+    # -- length rule -------------------------------------------------------------------------
+    def check_len(self, length: int) -> str | None:
+        """Return why `length` is impossible for this type, or None when it is acceptable."""
+        if length < self.size:
+            return f"{self.name} len {length} is shorter than its {self.size}-byte struct"
+        extra = length - self.size
+        if self.payload is Payload.NONE:
+            return None if extra == 0 else f"{self.name} len {length} != {self.size}"
+        if self.exact_payload is not None and extra != self.exact_payload:
+            return f"{self.name} len {length} != {self.size + self.exact_payload}"
+        if self.payload is Payload.PAGES:
+            if extra % PAGE_SIZE:
+                return f"PAGE len {length} is not 16 plus whole pages"
+            if extra // PAGE_SIZE > MAX_PAGES_PER_RECORD:
+                return f"PAGE len {length} holds more than {MAX_PAGES_PER_RECORD} pages"
+            return None
+        if self.payload is Payload.ENTRIES:
+            assert self.entry_st is not None
+            if extra % self.entry_st.size:
+                return f"{self.name} len {length} is not a whole number of {self.entry_st.size}-byte entries"
+        if extra > self.max_payload:
+            return f"{self.name} len {length} exceeds the maximum {self.size + self.max_payload}"
+        if self.payload is Payload.CSTRING and extra == 0:
+            return f"{self.name} has no string"
+        return None
+
+    # -- encode / decode ---------------------------------------------------------------------
+    def encode(self, values: Mapping[str, Any] | None = None, payload: bytes | Iterable = b"") -> bytes:
+        values = values or {}
+        unknown = set(values) - set(self.names)
+        if unknown:
+            raise KeyError(f"{self.name} has no field(s) {sorted(unknown)}")
+        fixed = self.st.pack(*(values.get(n, 0) for n in self.names))
+        body = self.encode_payload(payload)
+        return HDR.pack(self.type, HDR_SIZE + len(fixed) + len(body)) + fixed + body
+
+    def header(self, payload_len: int) -> bytes:
+        """Just `ckpt_hdr` for a record whose payload the caller writes itself (PAGE data)."""
+        return HDR.pack(self.type, self.size + payload_len)
+
+    def encode_payload(self, payload) -> bytes:
+        if self.payload is Payload.ENTRIES:
+            assert self.entry_st is not None
+            return b"".join(self.entry_st.pack(*(e.get(n, 0) for n in self.entry_names)) for e in payload)
+        if self.payload is Payload.CSTRING and isinstance(payload, str):
+            return payload.encode("utf-8", "surrogateescape") + b"\0"
+        return bytes(payload)
+
+    def decode_fixed(self, buf: bytes | memoryview) -> dict[str, Any]:
+        return dict(zip(self.names, self.st.unpack_from(buf, 0)))
+
+    def decode_entries(self, payload: bytes | memoryview) -> list[dict[str, Any]]:
+        assert self.entry_st is not None
+        return [dict(zip(self.entry_names, t)) for t in self.entry_st.iter_unpack(payload)]
+
+    def decode_payload(self, payload: bytes | memoryview):
+        if self.payload is Payload.ENTRIES:
+            return self.decode_entries(payload)
+        if self.payload is Payload.CSTRING:
+            return cstring(payload)
+        return bytes(payload)
+
+    # -- display -----------------------------------------------------------------------------
+    def fields_json(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {f.name: json_value(f, values[f.name]) for f in self.fields if not f.is_pad}
+
+    def payload_json(self, payload, *, with_pages: bool = False):
+        if self.payload is Payload.NONE:
+            return None
+        if self.payload is Payload.ENTRIES:
+            return [{f.name: json_value(f, e[f.name]) for f in self.entry if not f.is_pad}
+                    for e in self.decode_entries(payload)]
+        if self.payload is Payload.CSTRING:
+            return cstring(payload)
+        if self.type in (RecType.BUFFER, RecType.STRING):
+            return bytes(payload).rstrip(b"\0").decode("utf-8", "replace")
+        data = bytes(payload)
+        out = {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if with_pages:
+            out["hex"] = data.hex()
+        return out
+
+    def pretty(self, values: Mapping[str, Any]) -> str:
+        return " ".join(f"{f.name}={pretty_value(f, values[f.name])}" for f in self.fields if not f.is_pad)
+
+
+def cstring(payload: bytes | memoryview) -> str:
+    data = bytes(payload)
+    end = data.find(b"\0")
+    return (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
+
+
+def flag_names(value: int, names: Mapping[int, str]) -> list[str]:
+    out = [n for bit, n in names.items() if value & bit]
+    rest = value & ~sum(names)
+    if rest:
+        out.append(hex(rest))
+    return out
+
+
+def json_value(f: Field, v):
+    if f.hint == "enum" and f.names:
+        return f.names.get(v, v)
+    if f.hint == "flags" and f.names:
+        return {"value": v, "names": flag_names(v, f.names)}
+    if f.hint == "hex":
+        return hex(v)
+    return v
+
+
+def pretty_value(f: Field, v) -> str:
+    if f.hint == "enum" and f.names:
+        return str(f.names.get(v, v))
+    if f.hint == "flags" and f.names:
+        return "|".join(flag_names(v, f.names)) or "0"
+    if f.hint == "hex":
+        return f"{v:#x}"
+    if f.hint == "oct":
+        return f"{v:#o}"
+    return str(v)
+
+
+VM_FLAG_NAMES = {bit: name for name, bit in VM_FLAG_BITS.items()}
+OBJ_NAMES = {t.value: t.name for t in ObjType}
+FILE_NAMES = {t.value: t.name for t in FileType}
+VMA_NAMES = {t.value: t.name for t in VmaType}
+O_FLAG_NAMES = {0o1: "O_WRONLY", 0o2: "O_RDWR", 0o100: "O_CREAT", 0o1000: "O_TRUNC",
+                0o2000: "O_APPEND", 0o4000: "O_NONBLOCK", 0o10000: "O_DSYNC", 0o40000: "O_DIRECT",
+                0o100000: "O_LARGEFILE", 0o200000: "O_DIRECTORY", 0o400000: "O_NOFOLLOW",
+                0o1000000: "O_NOATIME", 0o2000000: "O_CLOEXEC", 0o20000000: "O_PATH"}
+REG_NAMES = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+             "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+             "gs_base", "ds", "es", "fs", "gs")
+RLIMIT_NAMES = ("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK",
+                "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME")
+
+_R = RecordType
+RECORDS: dict[int, RecordType] = {r.type: r for r in [
+    _R(RecType.HEADER, (
+        u64("magic", "hex"), u16("arch_id", "enum", {ARCH_X86_64: "x86_64"}),
+        u16("major"), u16("minor"), u16("patch"),
+        u16("task_comm_len"), u16("at_vector_size"), u16("uts_release_len"),
+        u16("uts_version_len"), u16("uts_machine_len"), pad(6),
+        u64("time", "time"), u64("uflags", "hex")),
+       doc="Image header: magic, architecture, kernel version, kernel constants, time."),
+    _R(RecType.HEADER_ARCH, (u32("xstate_size"), u32("regs_size"), u64("xcr0", "hex")),
+       doc="x86_64 layout: size of the XSAVE area in every CPU record, of user_regs_struct, and XCR0."),
+    _R(RecType.BUFFER, (), Payload.BYTES, max_payload=MAX_BLOB,
+       doc="Opaque bytes (the three uts strings after HEADER; pipe buffers)."),
+    _R(RecType.STRING, (), Payload.BYTES, max_payload=4096,
+       doc="A fixed-length NUL-padded string (the task's comm: 16 bytes)."),
+    _R(RecType.OBJREF, (u32("objtype", "enum", OBJ_NAMES), s32("objref")),
+       doc="First sighting of a shared object; its records follow."),
+    _R(RecType.TASK, (u32("state"), u32("exit_state"), u32("exit_code"), u32("exit_signal"),
+                      u64("set_child_tid", "hex"), u64("clear_child_tid", "hex")),
+       doc="One kernel task (thread). Followed by STRING comm."),
+    _R(RecType.TASK_OBJS, (s32("files_objref"), s32("mm_objref")),
+       doc="The task's file table and mm, by objref."),
+    _R(RecType.THREAD, (s32("tid"), s32("tgid"), u64("blocked", "hex"), u64("pending", "hex"),
+                        u64("sas_ss_sp", "hex"), u64("sas_ss_size"), u32("sas_ss_flags"), pad(4)),
+       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack."),
+    _R(RecType.CPU, tuple(u64(n, "hex") for n in REG_NAMES), Payload.BYTES, max_payload=MAX_XSAVE,
+       doc="user_regs_struct (NT_PRSTATUS), then the XSAVE area (NT_X86_XSTATE, HEADER_ARCH.xstate_size bytes)."),
+    _R(RecType.TASK_CREDS, (
+        u32("uid"), u32("euid"), u32("suid"), u32("fsuid"),
+        u32("gid"), u32("egid"), u32("sgid"), u32("fsgid"),
+        u32("ngroups"), u32("securebits", "hex"),
+        u64("cap_inh", "hex"), u64("cap_prm", "hex"), u64("cap_eff", "hex"),
+        u64("cap_bnd", "hex"), u64("cap_amb", "hex")),
+       Payload.ENTRIES, max_payload=65536 * 4, entry=(u32("gid"),), count_field="ngroups",
+       doc="Process credentials; supplementary groups as u32 entries."),
+    _R(RecType.TASK_SIGHAND, (u32("nsig"), pad(4)), Payload.ENTRIES, max_payload=64 * 32,
+       entry=(u64("handler", "hex"), u64("flags", "hex"), u64("restorer", "hex"), u64("mask", "hex")),
+       count_field="nsig",
+       doc="Kernel sigaction of signals 1..nsig (entry i is signal i+1)."),
+    _R(RecType.TASK_RLIMITS, (u32("nlimits"), pad(4)), Payload.ENTRIES, max_payload=16 * 16,
+       entry=(u64("cur"), u64("max")), count_field="nlimits",
+       doc="getrlimit of resources 0..nlimits-1 (RLIM_INFINITY = 2**64-1)."),
+    _R(RecType.TASK_PROC, (u32("umask", "oct"), u32("personality", "hex"), u64("shared_pending", "hex"),
+                           s32("pdeath_signal"), u32("flags", "hex")),
+       Payload.BYTES, max_payload=2 * 4096,
+       doc="Per-process state: umask, personality, process-wide pending signals; "
+           "payload: cwd NUL root NUL (paths as seen from the namespace's root)."),
+    _R(RecType.FILE_TABLE, (s32("fdt_nfds"),), doc="A file table; fdt_nfds FILE_DESC follow."),
+    _R(RecType.FILE_DESC, (s32("fd_objref"), s32("fd_descriptor"), u32("fd_close_on_exec")),
+       doc="One open descriptor: which FILE object, its number, FD_CLOEXEC."),
+    _R(RecType.FILE_NAME, (), Payload.CSTRING, max_payload=4096, doc="A file's path, NUL-terminated."),
+    _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES), u32("f_mode", "hex"),
+                      u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"), u64("f_version")),
+       doc="An open file description (shared by dup'd fds and across fork)."),
+    _R(RecType.FILE_PIPE, (u64("pipe_id"), u32("buffered"), u32("pipe_size")), Payload.BYTES,
+       max_payload=MAX_BLOB,
+       doc="A pipe or FIFO end: the pipe's inode (ends with one id share the pipe), the pipe's "
+           "capacity and its buffered bytes (stored with the first end met)."),
+    _R(RecType.FILE_DATA, (u64("size"), u64("offset")), Payload.BYTES, max_payload=MAX_BLOB,
+       doc="Contents of a deleted or memfd file: `offset` into a file of `size` bytes."),
+    _R(RecType.FILE_SOCKET, (u32("family"), u32("type"), u32("protocol"), u32("state"),
+                             u64("ino"), u64("peer_ino"), u32("backlog"), u32("shutdown")),
+       Payload.BYTES, max_payload=2 * 128,
+       doc="A socket (sock_diag): payload = local sockaddr (128 bytes) then peer sockaddr (128)."),
+    _R(RecType.FILE_EVENTFD, (u64("count"), u32("flags", "hex"), pad(4)), doc="eventfd counter."),
+    _R(RecType.FILE_EPOLL, (u32("nwatch"), pad(4)), Payload.ENTRIES, max_payload=1 << 20,
+       entry=(s32("tfd"), u32("events", "hex"), u64("data", "hex")), count_field="nwatch",
+       doc="epoll interest list (target fd numbers in the owner's table)."),
+    _R(RecType.FILE_TIMERFD, (s32("clockid"), u32("settime_flags", "hex"), u64("ticks"),
+                              u64("value_sec"), u64("value_nsec"), u64("interval_sec"),
+                              u64("interval_nsec")),
+       doc="timerfd: clock, remaining time, interval, expirations not yet read."),
+    _R(RecType.FILE_SIGNALFD, (u64("sigmask", "hex"),), doc="signalfd mask."),
+    _R(RecType.FILE_INOTIFY, (u32("nwatch"), pad(4)), Payload.BYTES, max_payload=1 << 20,
+       doc="inotify watches: nwatch entries of {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}."),
+    _R(RecType.FILE_TTY, (u32("index"), u32("is_master"), s32("sid"), s32("pgrp")),
+       doc="A tty/pty end: index (pts number), which side, session and foreground group."),
+    _R(RecType.MM, (u32("map_count"), s32("exe_objref"), u64("def_flags", "hex"), u64("flags", "hex"),
+                    u64("start_code", "hex"), u64("end_code", "hex"), u64("start_data", "hex"),
+                    u64("end_data", "hex"), u64("start_brk", "hex"), u64("brk", "hex"),
+                    u64("start_stack", "hex"), u64("arg_start", "hex"), u64("arg_end", "hex"),
+                    u64("env_start", "hex"), u64("env_end", "hex")),
+       doc="Address space; map_count VMA groups and one MM_AUXV follow."),
+    _R(RecType.VMA, (u32("vma_type", "enum", VMA_NAMES), s32("vma_objref"), u64("vm_start", "hex"),
+                     u64("vm_end", "hex"), u64("vm_page_prot", "flags", PROT_NAMES),
+                     u64("vm_flags", "flags", VM_FLAG_NAMES), u64("vm_pgoff")),
+       doc="One mapping; its PAGE records and a terminating PAGE follow."),
+    _R(RecType.MM_CONTEXT, (u32("ldt_entries"), pad(4)), doc="Reserved (x86 LDT); not written."),
+    _R(RecType.PAGE, (u64("vaddr", "hex"),), Payload.PAGES,
+       doc="Contents of consecutive pages from vaddr; vaddr 0xffffffffffffffff with no data ends a VMA."),
+    _R(RecType.MM_AUXV, (u32("nentries"), pad(4)), Payload.ENTRIES, max_payload=64 * 16,
+       entry=(u64("a_type"), u64("a_val", "hex")), count_field="nentries",
+       doc="The auxiliary vector (AT_* pairs up to and including AT_NULL)."),
+    _R(RecType.TREE, (u32("nr_tasks"), pad(4)), Payload.ENTRIES, max_payload=1 << 22,
+       entry=(s32("pid"), s32("tgid"), s32("ppid"), s32("pgid"), s32("sid"), s32("hostpid")),
+       count_field="nr_tasks",
+       doc="Every task, parents before children and threads right after their leader; pids as seen "
+           "inside the namespace (hostpid: at dump time, informational)."),
+    _R(RecType.TAIL, (u64("magic", "hex"),), doc="End of image; nothing follows."),
+]}
+
+
+def rec(t: RecType) -> RecordType:
+    return RECORDS[t]

@@ -1,0 +1,144 @@
+"""`ckptrace show` and `ckptrace decode`: pure functions from a parsed image to text or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from .reader import File, FileTable, Image, Mm, Shmem, read_image
+from .records import FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, VMA_NAMES, VM_FLAG_NAMES, flag_names
+from .stream import Record, open_image
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def prot_str(prot: int, flags: int) -> str:
+    return ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
+        ("s" if flags & 0x8 else "p")
+
+
+def vma_label(img: Image, vma) -> str:
+    ref = vma.fields["vma_objref"]
+    o = img.obj(ref) if ref else None
+    if isinstance(o, File):
+        return o.name or f"<file #{ref}>"
+    if isinstance(o, Shmem):
+        return f"<shared anon #{ref}>"
+    return ""
+
+
+def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
+    rows = []
+    for d in table.fds:
+        f = img.obj(d["fd_objref"])
+        rows.append(dict(fd=d["fd_descriptor"], objref=d["fd_objref"], cloexec=bool(d["fd_close_on_exec"]),
+                         kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, flags=f.fields["f_flags"],
+                         pos=f.fields["f_pos"]))
+    return rows
+
+
+def summary(img: Image) -> dict[str, Any]:
+    """The `show --json` document; `show` prints the same content as text."""
+    procs = []
+    for p in img.processes():
+        mm = img.obj(p.mm_objref)
+        table = img.obj(p.files_objref)
+        entry = next((e for e in img.tree if e["pid"] == p.tid), {})
+        procs.append(dict(
+            pid=p.tid, ppid=entry.get("ppid"), pgid=entry.get("pgid"), sid=entry.get("sid"),
+            hostpid=entry.get("hostpid"), comm=p.comm,
+            threads=[t.tid for t in img.threads_of(p.tgid)],
+            exe=(img.obj(mm.fields["exe_objref"]).name if mm.fields.get("exe_objref") else None),
+            cwd=p.cwd, brk=mm.fields["brk"],
+            vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
+                       type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
+                       flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
+                       file=vma_label(img, v), pages=v.npages) for v in mm.vmas],
+            fds=fd_rows(img, table)))
+    h = img.header
+    return dict(
+        kernel=f"{h['major']}.{h['minor']}.{h['patch']}", release=img.uts[0], version=img.uts[1],
+        machine=img.uts[2], time=h["time"], xstate_size=img.arch["xstate_size"], xcr0=img.arch["xcr0"],
+        tasks=len(img.tasks), processes=len(procs), pages=img.page_count, bytes=img.size,
+        records=img.records, tree=img.tree, procs=procs)
+
+
+def show_text(s: dict[str, Any]) -> str:
+    out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {s['tasks']} tasks "
+           f"in {s['processes']} processes, {s['pages']} pages ({human(s['pages'] * PAGE_SIZE)})",
+           f"kernel {s['release']} ({s['machine']}), taken {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(s['time']))}, "
+           f"xsave {s['xstate_size']} bytes, xcr0 {s['xcr0']:#x}", "", "task tree:"]
+    by_pid = {p["pid"]: p for p in s["procs"]}
+    children: dict[int, list[int]] = {}
+    for p in s["procs"]:
+        children.setdefault(p["ppid"] if p["ppid"] in by_pid else 0, []).append(p["pid"])
+
+    def walk(pid: int, depth: int):
+        p = by_pid[pid]
+        th = f" threads {p['threads']}" if len(p["threads"]) > 1 else ""
+        out.append(f"  {'  ' * depth}{pid} {p['comm']} (pgid {p['pgid']}, sid {p['sid']}){th}")
+        for c in children.get(pid, []):
+            walk(c, depth + 1)
+
+    for root in children.get(0, []):
+        walk(root, 0)
+    for p in s["procs"]:
+        out += ["", f"process {p['pid']} {p['comm']}  exe {p['exe'] or '-'}  cwd {p['cwd']}  brk {p['brk']:#x}",
+                f"  {'start':>14} {'end':>14} {'size':>10} prot {'type':<11} {'pages':>7}  file"]
+        for v in p["vmas"]:
+            out.append(f"  {v['start']:>14x} {v['end']:>14x} {human(v['size']):>10} {v['prot']} "
+                       f"{v['type']:<11} {v['pages']:>7}  {v['file']}")
+        out.append(f"  {'fd':>4} {'kind':<12} {'pos':>10} cloexec  path")
+        for f in p["fds"]:
+            out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['path'] or ''}")
+    return "\n".join(out)
+
+
+def record_line(rec: Record, *, as_json: bool, with_pages: bool) -> str:
+    rt = rec.rtype
+    if as_json:
+        doc: dict[str, Any] = dict(index=rec.index, offset=rec.offset, type=rt.name, type_id=int(rt.type),
+                                   len=rec.length, fields=rt.fields_json(rec.fields))
+        if rec.payload is not None and rec.payload_len:
+            doc["payload"] = rt.payload_json(rec.payload, with_pages=with_pages)
+        return json.dumps(doc)
+    line = f"#{rec.index:<6} @{rec.offset:<10} {rt.name:<13} len={rec.length:<7} {rt.pretty(rec.fields)}"
+    if rec.payload is not None and rec.payload_len:
+        pj = rt.payload_json(rec.payload, with_pages=with_pages)
+        if isinstance(pj, dict) and "sha256" in pj:
+            pj = f"<{pj['length']} bytes sha256 {pj['sha256'][:16]}>" + (f" {pj['hex']}" if "hex" in pj else "")
+        line += f" payload={pj}"
+    return line
+
+
+def main_show(args) -> int:
+    with open_image(args.image) as f:
+        img = read_image(f)
+    s = summary(img)
+    if args.json:
+        print(json.dumps(s))
+    else:
+        print(show_text(s))
+    return 0
+
+
+def main_decode(args) -> int:
+    out = sys.stdout
+
+    def emit(rec: Record):
+        out.write(record_line(rec, as_json=args.json, with_pages=args.pages) + "\n")
+
+    with open_image(args.image) as f:
+        read_image(f, on_record=emit)
+    return 0
+
+
+__all__ = ["summary", "show_text", "record_line", "Mm", "RLIMIT_NAMES"]

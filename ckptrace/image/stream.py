@@ -1,0 +1,213 @@
+"""Record-level I/O: a writer that streams to any fd and a reader that trusts nothing.
+
+The writer never seeks and never holds a whole image: small records are gathered in a short
+buffer, page data goes straight from the caller's buffer to the fd with writev.
+
+The reader checks each record's type and length against its declaration before reading the
+payload, reads payloads in bounded chunks (so a corrupt `len` on a pipe cannot make it allocate
+more than the input actually holds), and can skip page data on seekable input.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ..errors import ImageError
+from .records import HDR, HDR_SIZE, RECORDS, Payload, RecordType, RecType
+
+_FLUSH_AT = 256 << 10
+_CHUNK = 1 << 20
+
+
+class ImageWriter:
+    """Writes records to a file descriptor (file, pipe, socket). Counts bytes and records."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = bytearray()
+        self.bytes_written = 0
+        self.records = 0
+
+    def record(self, t: RecType, values: dict[str, Any] | None = None, payload=b"") -> None:
+        self.buf += RECORDS[t].encode(values, payload)
+        self.records += 1
+        if len(self.buf) >= _FLUSH_AT:
+            self.flush()
+
+    def raw_record(self, t: RecType, fixed: bytes, data) -> None:
+        """A record whose large payload (page data) is written from the caller's buffer as is."""
+        rt = RECORDS[t]
+        head = rt.header(len(data)) + fixed
+        self.records += 1
+        if len(data) < 64 << 10:
+            self.buf += head
+            self.buf += data
+            if len(self.buf) >= _FLUSH_AT:
+                self.flush()
+            return
+        self.buf += head
+        self._writev([self.buf, data])
+        self.buf = bytearray()
+
+    def flush(self) -> None:
+        if self.buf:
+            self._writev([self.buf])
+            self.buf = bytearray()
+
+    def _writev(self, parts) -> None:
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        while views:
+            n = os.writev(self.fd, views)
+            self.bytes_written += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if views and n:
+                views[0] = views[0][n:]
+
+
+@dataclass
+class Record:
+    index: int
+    offset: int
+    rtype: RecordType
+    length: int
+    fields: dict[str, Any]
+    payload: bytes | None  # None when skipped (payload_offset says where it lives)
+    payload_offset: int
+
+    @property
+    def type(self) -> RecType:
+        return self.rtype.type
+
+    @property
+    def payload_len(self) -> int:
+        return self.length - self.rtype.size
+
+
+class RecordReader:
+    """Iterates the records of an image; raises ImageError naming record index and offset."""
+
+    def __init__(self, f: BinaryIO, *, skip_pages: bool = False):
+        self.f = f
+        self.offset = 0
+        self.index = 0
+        self.size: int | None = None
+        try:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode):
+                self.size = st.st_size
+        except (OSError, AttributeError, ValueError):
+            pass
+        self.skip_pages = skip_pages and self.size is not None
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        parts = []
+        got = 0
+        while got < n:
+            chunk = self.f.read(min(n - got, _CHUNK))
+            if not chunk:
+                raise ImageError(f"truncated {what}: wanted {n} bytes, got {got}",
+                                 index=self.index, offset=self.offset)
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def next(self) -> Record | None:
+        """The next record, or None at a clean end of input (exactly at a record boundary)."""
+        start = self.offset
+        head = self.f.read(HDR_SIZE)
+        if not head:
+            return None
+        if len(head) < HDR_SIZE:
+            raise ImageError(f"truncated record header ({len(head)} of 8 bytes)", index=self.index, offset=start)
+        rtype_id, length = HDR.unpack(head)
+        rt = RECORDS.get(rtype_id)
+        if rt is None:
+            raise ImageError(f"unknown record type {rtype_id}", index=self.index, offset=start)
+        why = rt.check_len(length)
+        if why:
+            raise ImageError(why, index=self.index, offset=start)
+        if self.size is not None and start + length > self.size:
+            raise ImageError(f"truncated {rt.name}: len {length} runs past the end of the image "
+                             f"({self.size - start} bytes left)", index=self.index, offset=start)
+        self.offset += HDR_SIZE
+        fixed = self._read_exact(rt.st.size, rt.name)
+        self.offset += len(fixed)
+        fields = rt.decode_fixed(fixed)
+        plen = length - rt.size
+        poff = self.offset
+        if plen and self.skip_pages and rt.payload is Payload.PAGES:
+            self.f.seek(plen, os.SEEK_CUR)
+            payload = None
+        else:
+            payload = self._read_exact(plen, f"{rt.name} payload") if plen else b""
+        self.offset += plen
+        r = Record(self.index, start, rt, length, fields, payload, poff)
+        self.index += 1
+        return r
+
+
+def write_header(w: ImageWriter, *, time: int, uts: tuple[str, str, str], xstate_size: int,
+                 xcr0: int, uflags: int = 0) -> None:
+    """HEADER, the three uts BUFFERs (65 bytes each, NUL padded) and HEADER_ARCH."""
+    from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, REG_NAMES, TASK_COMM_LEN,
+                          UTS_LEN)
+
+    major, minor, patch = _kernel_version(uts[0])
+    w.record(RecType.HEADER, dict(
+        magic=MAGIC_HEAD, arch_id=ARCH_X86_64, major=major, minor=minor, patch=patch,
+        task_comm_len=TASK_COMM_LEN, at_vector_size=AT_VECTOR_SIZE, uts_release_len=UTS_LEN,
+        uts_version_len=UTS_LEN, uts_machine_len=UTS_LEN, time=time, uflags=uflags))
+    for s in uts:
+        w.record(RecType.BUFFER, payload=s.encode()[:UTS_LEN - 1].ljust(UTS_LEN, b"\0"))
+    w.record(RecType.HEADER_ARCH, dict(xstate_size=xstate_size, regs_size=8 * len(REG_NAMES), xcr0=xcr0))
+
+
+def write_tail(w: ImageWriter) -> None:
+    from .records import MAGIC_TAIL
+
+    w.record(RecType.TAIL, dict(magic=MAGIC_TAIL))
+    w.flush()
+
+
+def _kernel_version(release: str) -> tuple[int, int, int]:
+    import re
+
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not m:
+        return (0, 0, 0)
+    return int(m.group(1)), int(m.group(2)), min(int(m.group(3) or 0), 0xFFFF)
+
+
+def open_image(path: str) -> BinaryIO:
+    """Open an image for reading: a file, or standard input for '-'."""
+    import sys
+
+    from ..errors import UsageError
+
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"no such image: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not an image") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {path}: permission denied") from None
+
+
+def create_image_file(path: str) -> int:
+    """Create (or truncate) an image file 0600: images hold process memory, i.e. secrets."""
+    from ..errors import UsageError
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode on O_TRUNC; images are never world-readable
+    return fd

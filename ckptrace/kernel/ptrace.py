@@ -1,0 +1,260 @@
+"""ptrace for x86_64: seize/interrupt/detach, register sets, and syscall injection.
+
+Why ptrace to hold tasks still: when the tracer dies, even by SIGKILL, the kernel detaches its
+tracees and they run on; a cgroup freezer would stay frozen. Constants and behaviour measured on
+this kernel are in KERNEL-NOTES (shared/).
+
+A `Tracee` must be driven from the thread that seized it (ptrace is per tracer thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import struct
+
+from ..errors import KernelError, NoSuchProcess, from_oserror
+from .sys import iovec, libc
+
+PTRACE_CONT = 7
+PTRACE_SINGLESTEP = 9
+PTRACE_DETACH = 17
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_EXITKILL = 0x100000
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_STOP = 128
+NT_PRSTATUS = 1
+NT_X86_XSTATE = 0x202
+WALL = 0x40000000
+
+REGS = struct.Struct("<27Q")
+REG_INDEX = {n: i for i, n in enumerate((
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
+    "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base",
+    "ds", "es", "fs", "gs"))}
+_XSTATE_MAX = 64 << 10
+RED_ZONE = 128
+SYSCALL_INSN = b"\x0f\x05"
+
+
+def _ptrace(req: int, pid: int, addr: int = 0, data: int | ctypes.c_void_p | None = 0, what: str = "") -> int:
+    ctypes.set_errno(0)
+    ret = libc.ptrace(req, pid, ctypes.c_void_p(addr), data if isinstance(data, ctypes.c_void_p)
+                      else ctypes.c_void_p(data))
+    if ret == -1:
+        err = ctypes.get_errno()
+        if err:
+            raise from_oserror(OSError(err, os.strerror(err)), f"ptrace {what or req} of {pid}")
+    return ret
+
+
+class Tracee:
+    """One seized task (thread). Keeps the stop state and any signal owed back to the task."""
+
+    def __init__(self, tid: int):
+        self.tid = tid
+        self.stopped = False
+        self.owed_signal = 0  # a signal we intercepted and must deliver at detach
+        self.group_stopped = False  # the task was in a job-control stop (SIGSTOP) when seized
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def seize(self, options: int = 0) -> None:
+        _ptrace(PTRACE_SEIZE, self.tid, 0, options, "SEIZE")
+
+    def interrupt(self) -> None:
+        _ptrace(PTRACE_INTERRUPT, self.tid, 0, 0, "INTERRUPT")
+
+    def wait(self) -> int:
+        """waitpid for this task; raises NoSuchProcess if it exited."""
+        while True:
+            try:
+                pid, status = os.waitpid(self.tid, WALL)
+            except ChildProcessError as exc:
+                raise NoSuchProcess(f"task {self.tid} is gone") from exc
+            except InterruptedError:
+                continue
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                self.stopped = False
+                raise NoSuchProcess(f"task {self.tid} exited while being checkpointed")
+            return status
+
+    def wait_stop(self) -> None:
+        """Wait for the event-stop PTRACE_INTERRUPT asked for, passing on signals that came first."""
+        while True:
+            status = self.wait()
+            if not os.WIFSTOPPED(status):
+                continue
+            sig = os.WSTOPSIG(status)
+            event = status >> 16
+            if event == PTRACE_EVENT_STOP:
+                # Event-stop: after INTERRUPT (SIGTRAP) or a group-stop (SIGSTOP etc.).
+                self.group_stopped = sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+                self.stopped = True
+                return
+            if event:
+                # A ptrace event we asked for (clone etc.): resume to reach the pending interrupt.
+                _ptrace(PTRACE_CONT, self.tid, 0, 0, "CONT")
+                continue
+            # Signal-delivery-stop: resuming with 0 would drop the signal; deliver it and keep
+            # waiting for the interrupt's event-stop, which is still pending.
+            _ptrace(PTRACE_CONT, self.tid, 0, sig, "CONT")
+
+    def detach(self) -> None:
+        """Let the task go. Safe to call when it is already gone."""
+        try:
+            _ptrace(PTRACE_DETACH, self.tid, 0, self.owed_signal, "DETACH")
+        except NoSuchProcess:
+            pass
+        self.stopped = False
+
+    def cont(self, sig: int = 0) -> None:
+        _ptrace(PTRACE_CONT, self.tid, 0, sig, "CONT")
+        self.stopped = False
+
+    # -- register sets -------------------------------------------------------------------------
+    def _getregset(self, nt: int, size: int) -> bytes:
+        buf = ctypes.create_string_buffer(size)
+        iov = iovec(ctypes.addressof(buf), size)
+        _ptrace(PTRACE_GETREGSET, self.tid, nt, ctypes.c_void_p(ctypes.addressof(iov)), "GETREGSET")
+        return buf.raw[:iov.iov_len]
+
+    def _setregset(self, nt: int, data: bytes) -> None:
+        buf = ctypes.create_string_buffer(data, len(data))
+        iov = iovec(ctypes.addressof(buf), len(data))
+        _ptrace(PTRACE_SETREGSET, self.tid, nt, ctypes.c_void_p(ctypes.addressof(iov)), "SETREGSET")
+
+    def get_regs(self) -> list[int]:
+        return list(REGS.unpack(self._getregset(NT_PRSTATUS, REGS.size)))
+
+    def set_regs(self, regs: list[int]) -> None:
+        self._setregset(NT_PRSTATUS, REGS.pack(*regs))
+
+    def get_xstate(self) -> bytes:
+        """The whole XSAVE area, whatever size this CPU's features make it."""
+        return self._getregset(NT_X86_XSTATE, _XSTATE_MAX)
+
+    def set_xstate(self, data: bytes) -> None:
+        self._setregset(NT_X86_XSTATE, data)
+
+    def get_sigmask(self) -> int:
+        mask = ctypes.c_uint64()
+        _ptrace(PTRACE_GETSIGMASK, self.tid, 8, ctypes.c_void_p(ctypes.addressof(mask)), "GETSIGMASK")
+        return mask.value
+
+    def set_sigmask(self, mask: int) -> None:
+        m = ctypes.c_uint64(mask)
+        _ptrace(PTRACE_SETSIGMASK, self.tid, 8, ctypes.c_void_p(ctypes.addressof(m)), "SETSIGMASK")
+
+
+def xstate_size() -> int:
+    """Size of this CPU's XSAVE area, as the kernel's NT_X86_XSTATE regset reports it (CPUID 0xD)."""
+    return _cpuid_xsave_size()
+
+
+def _cpuid_xsave_size() -> int:
+    # The kernel exposes xstate size in the regset length; measure it on a child of ours.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        finally:
+            os._exit(0)
+    try:
+        os.waitpid(pid, os.WUNTRACED)
+        t = Tracee(pid)
+        t.seize()
+        t.interrupt()
+        t.wait_stop()
+        size = len(t.get_xstate())
+        return size
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def xcr0_from_xstate(xsave: bytes) -> int:
+    """XCR0 as the kernel stores it in the software-reserved bytes (offset 464) of NT_X86_XSTATE."""
+    return struct.unpack_from("<Q", xsave, 464)[0] if len(xsave) >= 472 else 0
+
+
+# -- syscall injection ---------------------------------------------------------------------------
+
+def find_syscall_insn(pid: int) -> int:
+    """Address of a `syscall` instruction inside the task's [vdso] (never write to its text)."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            if line.rstrip().endswith("[vdso]"):
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                break
+        else:
+            raise KernelError(f"task {pid} has no [vdso] to inject syscalls through", errno.ENOENT)
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        mem.seek(start)
+        code = mem.read(end - start)
+    i = code.find(SYSCALL_INSN)
+    if i < 0:
+        raise KernelError(f"no syscall instruction in task {pid}'s vdso", errno.ENOENT)
+    return start + i
+
+
+class Injector:
+    """Runs system calls inside a stopped tracee, leaving its registers as they were."""
+
+    def __init__(self, tracee: Tracee, insn: int | None = None):
+        self.t = tracee
+        self.insn = insn if insn is not None else find_syscall_insn(tracee.tid)
+
+    def syscall(self, nr: int, *args: int) -> int:
+        """Return the raw result (negative errno on failure), like the kernel's return value."""
+        saved = self.t.get_regs()
+        regs = list(saved)
+        regs[REG_INDEX["rax"]] = nr
+        for name, val in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            regs[REG_INDEX[name]] = val & 0xFFFFFFFFFFFFFFFF
+        # orig_rax = -1: otherwise resuming from an interrupted syscall would rewind rip for a restart.
+        regs[REG_INDEX["orig_rax"]] = 0xFFFFFFFFFFFFFFFF
+        regs[REG_INDEX["rip"]] = self.insn
+        self.t.set_regs(regs)
+        try:
+            while True:
+                _ptrace(PTRACE_SINGLESTEP, self.t.tid, 0, 0, "SINGLESTEP")
+                status = self.t.wait()
+                sig = os.WSTOPSIG(status) if os.WIFSTOPPED(status) else 0
+                if sig == signal.SIGTRAP and (status >> 16) == 0:
+                    break
+                if sig and (status >> 16) == 0 and sig != signal.SIGTRAP:
+                    # A signal arrived first: keep it for the task and step again.
+                    self.t.owed_signal = self.t.owed_signal or sig
+                    continue
+            out = self.t.get_regs()
+            ret = out[REG_INDEX["rax"]]
+        finally:
+            self.t.set_regs(saved)
+        return ret - (1 << 64) if ret >= 1 << 63 else ret
+
+    @contextlib.contextmanager
+    def scratch(self, size: int):
+        """A scratch area on the target's stack, below the red zone; its bytes are put back after."""
+        rsp = self.t.get_regs()[REG_INDEX["rsp"]]
+        addr = (rsp - RED_ZONE - size - 64) & ~0xF
+        path = f"/proc/{self.t.tid}/mem"
+        with open(path, "r+b", buffering=0) as mem:
+            mem.seek(addr)
+            old = mem.read(size)
+            try:
+                yield addr, mem
+            finally:
+                mem.seek(addr)
+                mem.write(old)

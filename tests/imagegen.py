@@ -1,0 +1,110 @@
+"""Builds small synthetic images that use every record type, for format and reader tests.
+
+Real images come from real dumps (tests/test_dump*.py); these exist so the reader's checks can be
+exercised on inputs a dump would never write.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+from ckptrace.image.records import (PAGE_SIZE, REG_NAMES, VMA_LAST_PAGE, FileType, ObjType,
+                                    RecType, VmaType)
+from ckptrace.image.stream import ImageWriter, write_header, write_tail
+
+XSTATE = 1024
+
+
+def build(extra_task: bool = True, pages: int = 3) -> bytes:
+    r, w = os.pipe()
+    out = io.BytesIO()
+    import threading
+
+    def drain():
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            out.write(chunk)
+
+    th = threading.Thread(target=drain)
+    th.start()
+    wr = ImageWriter(w)
+    write(wr, extra_task=extra_task, pages=pages)
+    os.close(w)
+    th.join()
+    os.close(r)
+    return out.getvalue()
+
+
+def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3) -> None:
+    write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
+    tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
+    if extra_task:
+        tree += [dict(pid=2, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1001),
+                 dict(pid=3, tgid=3, ppid=1, pgid=1, sid=1, hostpid=1002)]
+    wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
+    task(wr, 1, 1, first=True, pages=pages)
+    if extra_task:
+        task(wr, 2, 1, first=False, pages=pages)
+        task(wr, 3, 3, first=False, pages=pages, own_mm=True)
+    write_tail(wr)
+
+
+def task(wr, tid, tgid, *, first, pages, own_mm=False):
+    wr.record(RecType.TASK, dict(state=1, exit_signal=17, clear_child_tid=0x7F0000001000 + tid))
+    wr.record(RecType.STRING, payload=b"sample".ljust(16, b"\0"))
+    wr.record(RecType.THREAD, dict(tid=tid, tgid=tgid, blocked=0x4000, sas_ss_flags=2))
+    files_ref, mm_ref = 1, 3
+    if first:
+        wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE_TABLE, objref=1))
+        wr.record(RecType.FILE_TABLE, dict(fdt_nfds=3))
+        wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=2))
+        wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=3, f_flags=0o2002, f_pos=42))
+        wr.record(RecType.FILE_NAME, payload="/tmp/log.txt")
+        wr.record(RecType.FILE_DESC, dict(fd_objref=2, fd_descriptor=0))
+        wr.record(RecType.FILE_DESC, dict(fd_objref=2, fd_descriptor=1, fd_close_on_exec=1))
+        wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=5))
+        wr.record(RecType.FILE, dict(f_type=FileType.PIPE, f_mode=1, f_flags=0))
+        wr.record(RecType.FILE_NAME, payload="pipe:[1234]")
+        wr.record(RecType.FILE_PIPE, dict(pipe_id=1234, buffered=5, pipe_size=65536), b"hello")
+        wr.record(RecType.FILE_DESC, dict(fd_objref=5, fd_descriptor=7))
+    if first or own_mm:
+        mm_ref = 3 if first else 6
+        mm(wr, mm_ref, exe_ref=4 if first else 0, pages=pages, seed=tid)
+    wr.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
+    regs = {n: i * 0x1111 + tid for i, n in enumerate(REG_NAMES)}
+    wr.record(RecType.CPU, regs, bytes([tid]) * XSTATE)
+    if tid == tgid:
+        wr.record(RecType.TASK_CREDS, dict(uid=0, gid=0, ngroups=2, cap_eff=0x1FF), [dict(gid=4), dict(gid=27)])
+        wr.record(RecType.TASK_SIGHAND, dict(nsig=64), [dict(handler=1 if i == 12 else 0) for i in range(64)])
+        wr.record(RecType.TASK_RLIMITS, dict(nlimits=16), [dict(cur=i, max=2 ** 64 - 1) for i in range(16)])
+        wr.record(RecType.TASK_PROC, dict(umask=0o22, personality=0), b"/root\0/\0")
+
+
+def mm(wr, ref, exe_ref, pages, seed):
+    wr.record(RecType.OBJREF, dict(objtype=ObjType.MM, objref=ref))
+    if exe_ref:
+        wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=exe_ref))
+        wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=1))
+        wr.record(RecType.FILE_NAME, payload="/usr/bin/sample")
+    base = 0x400000
+    wr.record(RecType.MM, dict(map_count=2, exe_objref=exe_ref, start_code=base, end_code=base + 0x1000,
+                               start_brk=0x600000, brk=0x621000, start_stack=0x7FFF0000))
+    if exe_ref:
+        wr.record(RecType.VMA, dict(vma_type=VmaType.FILE, vma_objref=exe_ref, vm_start=base,
+                                    vm_end=base + 0x1000, vm_page_prot=5, vm_flags=0x75))
+    else:
+        wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=base, vm_end=base + 0x1000,
+                                    vm_page_prot=1, vm_flags=0x71))
+    wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
+    heap = 0x600000
+    wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=heap, vm_end=heap + 0x21000,
+                                vm_page_prot=3, vm_flags=0x100073))
+    if pages:
+        wr.raw_record(RecType.PAGE, (heap).to_bytes(8, "little"),
+                      b"".join(bytes([(seed + i) & 0xFF]) * PAGE_SIZE for i in range(pages)))
+        wr.raw_record(RecType.PAGE, (heap + 0x10000).to_bytes(8, "little"), b"\xAB" * PAGE_SIZE)
+    wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
+    wr.record(RecType.MM_AUXV, dict(nentries=2), [dict(a_type=6, a_val=4096), dict(a_type=0, a_val=0)])
