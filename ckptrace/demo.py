@@ -1,0 +1,82 @@
+"""`ckptrace demo`: the main job on a built-in example. Starts ckptrace.sample_workload as pid 1
+of a new pid namespace, dumps the namespace with `ckptrace dump`, and shows the image summary, as a
+user would by hand (each step is the real command, run as a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .errors import CkptError, HostUnsupported, UsageError
+
+
+def _run(argv: list[str]) -> None:
+    print("$ " + " ".join(argv), flush=True)
+    p = subprocess.run(argv)
+    if p.returncode != 0:
+        raise CkptError(f"`{' '.join(argv)}` failed with status {p.returncode}")
+
+
+def _init_of(unshare_pid: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{unshare_pid}/task/{unshare_pid}/children") as f:
+                kids = f.read().split()
+            if kids:
+                return int(kids[0])
+        except FileNotFoundError:
+            break
+        time.sleep(0.02)
+    raise CkptError("the sample workload did not start")
+
+
+def main(args) -> int:
+    if os.geteuid() != 0:
+        raise UsageError("demo needs root (it creates a pid namespace and dumps it): run with sudo")
+    if shutil.which("unshare") is None:
+        raise HostUnsupported("unshare(1) is missing: install util-linux")
+    workdir = tempfile.mkdtemp(prefix="ckptrace-demo-")
+    image = args.output or os.path.join(workdir, "demo.img")
+    me = [sys.executable, "-m", "ckptrace"]
+    proc = subprocess.Popen(["unshare", "-p", "-f", "--mount-proc", "--kill-child",
+                             sys.executable, "-m", "ckptrace.sample_workload", workdir],
+                            start_new_session=True)
+    init = 0
+    try:
+        init = _init_of(proc.pid)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(os.path.join(workdir, "ready")):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise CkptError("the sample workload did not get ready")
+            time.sleep(0.05)
+        time.sleep(1.5)  # let it run: the child writes into the pipe every second
+        ns = os.readlink(f"/proc/{init}/ns/pid")
+        print(f"sample workload: init is host pid {init}, namespace {ns}", flush=True)
+        _run(me + ["ls"])
+        _run(me + ["dump", "--pidns", ns, "-o", image])
+        _run(me + ["show", image])
+        mode = oct(os.stat(image).st_mode & 0o777)
+        if args.keep or args.output:
+            print(f"\nimage kept: {image} (mode {mode})")
+        else:
+            print(f"\nimage was {image} (mode {mode}); removed: keep one with -o FILE or --keep")
+        if args.keep:
+            print(f"workload left running: kill -9 {init}")
+        return 0
+    finally:
+        if not args.keep:
+            if init:
+                try:
+                    os.kill(init, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.kill()
+            proc.wait()
+            if not args.output:
+                shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,73 @@
+"""The CLI's start-up contract and `ckptrace doctor` cross-checked against our own probes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEAVY = ("bcc", "rich", "textual", "pyroute2")
+
+
+def test_help_imports_no_heavy_module():
+    """`ckptrace --help` must stay fast: none of bcc/rich/textual/pyroute2 may load for it."""
+    code = ("import sys, runpy; sys.argv=['ckptrace','--help']\n"
+            "try:\n    runpy.run_module('ckptrace', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]"
+    assert "dump" in p.stdout and "restore" in p.stdout and "watch" in p.stdout
+
+
+def test_every_command_module_exists():
+    import importlib
+
+    from ckptrace.cli import COMMANDS
+
+    for name, (module, func, _) in COMMANDS.items():
+        assert callable(getattr(importlib.import_module(module), func)), name
+
+
+@pytest.mark.parametrize("arg", ["abc", "pid:[x]", "0", "-3"])
+def test_bad_pidns_argument_is_a_usage_error(arg):
+    p = subprocess.run([sys.executable, "-m", "ckptrace", "dump", "--pidns", arg], capture_output=True,
+                       text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 2 and "pid namespace" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_pidns_argument_accepts_both_spellings():
+    from ckptrace.cli import pidns_arg
+
+    assert pidns_arg("4026531836") == pidns_arg("pid:[4026531836]") == 4026531836
+
+
+@pytest.mark.kernel
+def test_doctor_agrees_with_the_host(root):
+    p = subprocess.run([sys.executable, "-m", "ckptrace", "doctor", "--json"], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    doc = json.loads(p.stdout)
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert checks["root"]["ok"] is (os.geteuid() == 0)
+    # soft-dirty: the VmFlags 'sd' mnemonic appears iff CONFIG_MEM_SOFT_DIRTY is built
+    with open("/proc/self/smaps") as f:
+        sd = any(line.startswith("VmFlags:") and " sd" in line for line in f)
+    assert checks["soft-dirty"]["ok"] is sd
+    assert checks["tracepoints"]["ok"] is os.path.isdir("/sys/kernel/tracing/events/exceptions/page_fault_user")
+    assert checks["ptrace"]["ok"]
+    try:
+        import bcc  # noqa: F401
+        have_bcc = True
+    except ImportError:
+        have_bcc = False
+    assert checks["bcc"]["ok"] is have_bcc
+    assert (p.returncode == 0) is doc["ok"]
+    assert doc["ok"] is all(c["ok"] for c in doc["checks"] if c["required"])
+    text = subprocess.run([sys.executable, "-m", "ckptrace", "doctor"], capture_output=True, text=True,
+                          cwd=REPO, timeout=120).stdout
+    assert len([line for line in text.splitlines() if line[:4].strip() in ("ok", "no", "FAIL")]) == len(checks)

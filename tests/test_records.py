@@ -1,0 +1,241 @@
+"""The image format: layouts, round trips, and a reader that only ever fails cleanly."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import imagegen
+from ckptrace.errors import ImageError
+from ckptrace.image import docgen
+from ckptrace.image.reader import read_image
+from ckptrace.image.records import (HDR, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, RECORDS, Payload, RecType)
+from ckptrace.image.stream import RecordReader
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = imagegen.build()
+
+
+def records_of(data: bytes):
+    r = RecordReader(io.BytesIO(data))
+    out = []
+    while (rec := r.next()) is not None:
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("name,size", [("HEADER", 56), ("TAIL", 16), ("OBJREF", 16), ("TASK", 40),
+                                       ("TASK_OBJS", 16), ("FILE_TABLE", 12), ("FILE_DESC", 20),
+                                       ("FILE", 40), ("MM", 120), ("VMA", 56), ("PAGE", 16)])
+def test_sizes_match_the_seed(name, size):
+    assert RECORDS[RecType[name]].size == size
+
+
+def test_type_numbers_are_the_seeds():
+    want = dict(HEADER=1, HEADER_ARCH=2, BUFFER=3, STRING=4, OBJREF=5, TASK=101, TASK_OBJS=102,
+                THREAD=103, CPU=104, FILE_TABLE=301, FILE_DESC=302, FILE_NAME=303, FILE=304, MM=401,
+                VMA=402, MM_CONTEXT=403, PAGE=404, TAIL=9001)
+    assert {k: int(RecType[k]) for k in want} == want
+
+
+def test_header_offsets():
+    data = SAMPLE
+    t, ln = HDR.unpack_from(data, 0)
+    assert (t, ln) == (1, 56)
+    assert struct.unpack_from("<Q", data, 8)[0] == MAGIC_HEAD
+    assert struct.unpack_from("<HHHH", data, 16) == (2, 6, 18, 0)  # arch x86_64, kernel 6.18.0
+    assert struct.unpack_from("<5H", data, 24) == (16, 52, 65, 65, 65)
+    assert struct.unpack_from("<Q", data, 40)[0] == 1700000000
+    # three 65-byte uts BUFFERs follow, then HEADER_ARCH
+    off = 56
+    for _ in range(3):
+        assert HDR.unpack_from(data, off) == (3, 73)
+        off += 73
+    assert HDR.unpack_from(data, off)[0] == 2
+    assert data[-16:] == HDR.pack(9001, 16) + struct.pack("<Q", MAGIC_TAIL)
+
+
+def test_sample_image_round_trips_byte_equal():
+    """decode -> re-encode every record of a full image gives the same bytes."""
+    out = bytearray()
+    for rec in records_of(SAMPLE):
+        payload = rec.payload
+        if rec.rtype.payload is Payload.ENTRIES:
+            payload = rec.rtype.decode_entries(payload)
+        out += rec.rtype.encode(rec.fields, payload)
+    assert bytes(out) == SAMPLE
+
+
+def test_every_record_type_appears_in_the_sample_or_is_reserved():
+    seen = {rec.type for rec in records_of(SAMPLE)}
+    dump_only = {RecType.MM_CONTEXT, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
+                 RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
+                 RecType.FILE_TTY}
+    assert set(RECORDS) - seen <= dump_only
+
+
+_INT = {"B": (0, 2**8 - 1), "H": (0, 2**16 - 1), "I": (0, 2**32 - 1), "i": (-2**31, 2**31 - 1),
+        "Q": (0, 2**64 - 1), "q": (-2**63, 2**63 - 1)}
+
+
+def values_for(fields):
+    return st.fixed_dictionaries({f.name: st.integers(*_INT[f.code]) for f in fields if not f.is_pad})
+
+
+@st.composite
+def any_record(draw):
+    rt = draw(st.sampled_from(sorted(RECORDS.values(), key=lambda r: r.type)))
+    values = draw(values_for(rt.fields))
+    payload = b""
+    if rt.payload is Payload.ENTRIES:
+        payload = draw(st.lists(values_for(rt.entry), max_size=5))
+        if rt.count_field:
+            values[rt.count_field] = len(payload)
+    elif rt.payload is Payload.PAGES:
+        payload = draw(st.binary(min_size=1, max_size=3)).ljust(PAGE_SIZE, b"\0") * draw(st.integers(0, 2))
+    elif rt.payload is Payload.CSTRING:
+        payload = draw(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+                               min_size=1, max_size=40))
+    elif rt.payload is Payload.BYTES:
+        payload = draw(st.binary(max_size=64))
+    return rt, values, payload
+
+
+@given(any_record())
+@settings(max_examples=300, deadline=None)
+def test_every_record_type_round_trips(case):
+    rt, values, payload = case
+    data = rt.encode(values, payload)
+    assert HDR.unpack_from(data) == (rt.type, len(data))
+    assert rt.check_len(len(data)) is None
+    rec = RecordReader(io.BytesIO(data)).next()
+    assert rec.fields == values
+    again = rec.payload if rt.payload is not Payload.ENTRIES else rt.decode_entries(rec.payload)
+    assert rt.encode(rec.fields, again) == data
+    # the JSON and pretty forms exist for every record
+    rt.fields_json(rec.fields)
+    rt.pretty(rec.fields)
+
+
+@given(st.integers(0, len(SAMPLE) - 1))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_truncated_images_fail_cleanly(cut):
+    with pytest.raises(ImageError):
+        read_image(io.BytesIO(SAMPLE[:cut]))
+
+
+@given(st.integers(0, len(SAMPLE) * 8 - 1))
+@settings(max_examples=400, deadline=None)
+def test_bit_flips_fail_cleanly_or_parse(bit):
+    data = bytearray(SAMPLE)
+    data[bit // 8] ^= 1 << (bit % 8)
+    try:
+        read_image(io.BytesIO(bytes(data)))
+    except ImageError as exc:
+        assert "record" in str(exc)
+
+
+@given(st.binary(max_size=200), st.integers(0, 10))
+@settings(max_examples=200, deadline=None)
+def test_garbage_spliced_in_fails_cleanly(junk, where):
+    recs = records_of(SAMPLE)
+    at = recs[min(where, len(recs) - 1)].offset
+    try:
+        read_image(io.BytesIO(SAMPLE[:at] + junk + SAMPLE[at:]))
+    except ImageError:
+        pass
+
+
+def _replace_record(data: bytes, index: int, new: bytes) -> bytes:
+    rec = records_of(data)[index]
+    return data[:rec.offset] + new + data[rec.offset + rec.length:]
+
+
+def test_specific_errors_name_record_and_offset():
+    bad_magic = bytearray(SAMPLE)
+    bad_magic[8] ^= 0xFF
+    with pytest.raises(ImageError, match=r"record 0, offset 0: bad header magic"):
+        read_image(io.BytesIO(bytes(bad_magic)))
+
+    unknown = bytearray(SAMPLE)
+    struct.pack_into("<I", unknown, 56, 777)
+    with pytest.raises(ImageError, match=r"record 1, offset 56: unknown record type 777"):
+        read_image(io.BytesIO(bytes(unknown)))
+
+    recs = records_of(SAMPLE)
+    page = next(r for r in recs if r.type == RecType.PAGE and r.fields["vaddr"] != 2**64 - 1)
+    outside = bytearray(SAMPLE)
+    struct.pack_into("<Q", outside, page.offset + 8, 0x7000000000)
+    with pytest.raises(ImageError, match=rf"record {page.index}, offset {page.offset}: PAGE .* outside its VMA"):
+        read_image(io.BytesIO(bytes(outside)))
+
+    with pytest.raises(ImageError, match="data after TAIL"):
+        read_image(io.BytesIO(SAMPLE + SAMPLE[-16:]))
+
+    vma = next(r for r in recs if r.type == RecType.VMA)
+    short = bytearray(SAMPLE)
+    struct.pack_into("<I", short, vma.offset + 4, 40)
+    with pytest.raises(ImageError, match="VMA len 40"):
+        read_image(io.BytesIO(bytes(short)))
+
+
+def test_absurd_length_on_a_pipe_allocates_only_what_arrives():
+    """A PAGE claiming 16 MiB with 10 bytes behind it: an error, not a 16 MiB read buffer."""
+    recs = records_of(SAMPLE)
+    page = next(r for r in recs if r.type == RecType.PAGE and r.payload_len)
+    head = SAMPLE[:page.offset] + HDR.pack(RecType.PAGE, 16 + 4096 * 4096) + struct.pack("<Q", 0x600000) + b"x" * 10
+    r, w = os.pipe()
+    os.write(w, head)
+    os.close(w)
+    with os.fdopen(r, "rb") as f, pytest.raises(ImageError, match="truncated PAGE payload"):
+        read_image(f)
+
+
+def test_docs_format_md_is_generated_from_the_declarations():
+    with open(os.path.join(REPO, "docs", "format.md")) as f:
+        doc = f.read()
+    assert docgen.splice(doc) == doc, "docs/format.md is stale: run python -m ckptrace.image.docgen --write docs/format.md"
+    for rt in RECORDS.values():
+        assert f"### {rt.name} ({int(rt.type)})" in doc
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "ckptrace", *args], input=stdin, capture_output=True,
+                          cwd=REPO, timeout=60)
+
+
+def test_cli_reports_corrupt_images_in_one_line(tmp_path):
+    bad = tmp_path / "bad.img"
+    bad.write_bytes(SAMPLE[:-5])
+    for cmd in ("show", "decode"):
+        p = run_cli(cmd, str(bad))
+        assert p.returncode == 1
+        err = p.stderr.decode().strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert "truncated" in err and "record" in err and "offset" in err
+    p = run_cli("show", "-", stdin=b"\x01\x00\x00\x00\x10")
+    assert p.returncode == 1 and "truncated record header" in p.stderr.decode()
+
+
+def test_cli_show_and_decode_from_a_pipe():
+    p = run_cli("show", "-", stdin=SAMPLE)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "3 tasks in 2 processes" in out and "/tmp/log.txt" in out
+    p = run_cli("decode", "--json", "-", stdin=SAMPLE)
+    import json
+
+    lines = [json.loads(x) for x in p.stdout.decode().splitlines()]
+    assert lines[0]["type"] == "HEADER" and lines[-1]["type"] == "TAIL"
+    assert len(lines) == len(records_of(SAMPLE))
+    pages = [x for x in lines if x["type"] == "PAGE" and "payload" in x]
+    assert pages and all(set(x["payload"]) == {"length", "sha256"} for x in pages)
+    p = run_cli("decode", "--json", "--pages", "-", stdin=SAMPLE)
+    assert '"hex"' in p.stdout.decode()
