@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-VENV=${CKPTRACE_VENV:-$ROOT/.venv}
+VENV=$ROOT/.venv
 
 if [ "$(id -u)" != 0 ]; then
     echo "setup: run as root (apt, kernel headers and BPF need it): sudo $0" >&2
