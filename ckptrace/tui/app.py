@@ -1,0 +1,291 @@
+"""The textual application of `ckptrace inspect`: lays out what `InspectState` computes.
+
+Main screen: header line, process tree on the left, tabs (VMAs, FDs, Threads, Signals, Creds) on
+the right, keys in the footer. Enter on a VMA opens the hex screen. Sized for 80x24.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Input, Label, OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
+
+from .state import ASCII_COL, HEX_COL, ROW, InspectState, format_row, parse_address, parse_needle
+
+
+class Prompt(ModalScreen[str | None]):
+    """One line of input at the bottom; Enter returns it, Escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    Prompt { align: center bottom; }
+    Prompt > Vertical { height: 4; width: 100%; background: $panel; border-top: solid $accent; }
+    Prompt Label { padding: 0 1; }
+    Prompt Input { border: none; height: 1; padding: 0 1; }
+    """
+
+    def __init__(self, question: str, placeholder: str = ""):
+        super().__init__()
+        self.question = question
+        self.placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            yield Input(placeholder=self.placeholder, id="answer")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+ADDR_Q = "Go to address (hex):"
+FIND_Q = "Find: a string, or x:DE AD BE EF for bytes"
+
+
+class HexScreen(Screen):
+    """The pages of one VMA, 16 bytes a line, a screenful at a time."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("g", "goto", "Go to"),
+        Binding("slash", "find", "Find"),
+        Binding("n", "find_next", "Next"),
+        Binding("pagedown,space", "page(1)", "PgDn"),
+        Binding("pageup,b", "page(-1)", "PgUp"),
+        Binding("down,j", "line(1)", "Down", show=False),
+        Binding("up,k", "line(-1)", "Up", show=False),
+        Binding("home", "home", "Start", show=False),
+        Binding("end", "end", "End", show=False),
+        Binding("q", "app.quit", "Quit"),
+    ]
+    DEFAULT_CSS = """
+    HexScreen #hex-title { height: 1; background: $primary; color: $text; }
+    HexScreen #hex-status { height: 1; color: $text-muted; }
+    HexScreen #hex-body { height: 1fr; }
+    """
+
+    def __init__(self, state: InspectState):
+        super().__init__()
+        self.state = state
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="hex-title")
+        yield Static(id="hex-body")
+        yield Static(id="hex-status")
+        yield Footer()
+
+    def on_resize(self) -> None:
+        self.refresh_hex()
+
+    def on_mount(self) -> None:
+        self.refresh_hex()
+
+    def refresh_hex(self) -> None:
+        st = self.state
+        body = self.query_one("#hex-body", Static)
+        st.rows = max(1, body.size.height or st.rows)
+        if st.mark is None:
+            st.top = st._clamp(st.top)
+        self.query_one("#hex-title", Static).update(Text(st.hex_title(), no_wrap=True, overflow="ellipsis"))
+        text = Text(no_wrap=True, overflow="crop")
+        for i, (addr, data) in enumerate(st.hex_rows()):
+            line = Text(format_row(addr, data))
+            line.stylize("bold cyan", 0, 12)
+            for col in st.marked_columns(addr):
+                line.stylize("reverse", HEX_COL + 3 * col, HEX_COL + 3 * col + 2)
+                line.stylize("reverse", ASCII_COL + col, ASCII_COL + col + 1)
+            if data is None:
+                line.stylize("dim", HEX_COL, ASCII_COL + ROW)
+            if i:
+                text.append("\n")
+            text.append(line)
+        body.update(text)
+        self.query_one("#hex-status", Static).update(Text(st.message, no_wrap=True, overflow="ellipsis"))
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_page(self, n: int) -> None:
+        self.state.scroll(n * self.state.rows)
+        self.refresh_hex()
+
+    def action_line(self, n: int) -> None:
+        self.state.scroll(n)
+        self.refresh_hex()
+
+    def action_home(self) -> None:
+        self.state.home()
+        self.refresh_hex()
+
+    def action_end(self) -> None:
+        self.state.end()
+        self.refresh_hex()
+
+    def action_goto(self) -> None:
+        self.app.push_screen(Prompt(ADDR_Q, "7ffd12340000"), self._goto)
+
+    def _goto(self, answer: str | None) -> None:
+        if answer:
+            goto(self.state, answer)
+        self.refresh_hex()
+
+    def action_find(self) -> None:
+        self.app.push_screen(Prompt(FIND_Q), self._find)
+
+    def _find(self, answer: str | None) -> None:
+        if answer:
+            find(self.state, answer)
+        self.refresh_hex()
+
+    def action_find_next(self) -> None:
+        self.state.search_next()
+        self.refresh_hex()
+
+
+def goto(state: InspectState, answer: str) -> bool:
+    try:
+        state.goto(parse_address(answer))
+        return True
+    except (ValueError, LookupError) as exc:
+        state.message = str(exc)
+        return False
+
+
+def find(state: InspectState, answer: str) -> bool:
+    try:
+        return state.search(parse_needle(answer)) is not None
+    except ValueError as exc:
+        state.message = str(exc)
+        return False
+
+
+class InspectApp(App):
+    TITLE = "ckptrace inspect"
+    ENABLE_COMMAND_PALETTE = False  # its footer entry costs columns an 80x24 terminal lacks
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("g", "goto", "Go to addr"),
+        Binding("slash", "find", "Find"),
+        Binding("v", "tab('vmas')", "VMAs", show=False),
+        Binding("f", "tab('fds')", "FDs", show=False),
+        Binding("t", "tab('threads')", "Threads", show=False),
+        Binding("s", "tab('signals')", "Signals", show=False),
+        Binding("c", "tab('creds')", "Creds", show=False),
+    ]
+    CSS = """
+    #head { height: 1; background: $primary; color: $text; }
+    #procs { width: 20; height: 1fr; border: none; border-right: solid $primary-darken-2; }
+    #tabs { width: 1fr; }
+    DataTable { height: 1fr; }
+    #thread-pane DataTable { height: auto; max-height: 8; }
+    #status { height: 1; color: $warning; }
+    """
+
+    def __init__(self, state: InspectState, *, name: str = ""):
+        super().__init__()
+        self.state = state
+        self.sub_title = name
+
+    def compose(self) -> ComposeResult:
+        st = self.state
+        yield Static(Text(st.header_line(), no_wrap=True, overflow="ellipsis"), id="head")
+        with Horizontal():
+            options = [Option(f"{'  ' * d}{t.tid} {t.comm}", id=str(t.tid)) for d, t in st.tree_rows]
+            yield OptionList(*options, id="procs")
+            with TabbedContent(id="tabs", initial="vmas"):
+                with TabPane("VMAs", id="vmas"):
+                    yield DataTable(id="vma-table", cursor_type="row", zebra_stripes=True)
+                with TabPane("FDs", id="fds"):
+                    yield DataTable(id="fd-table", cursor_type="row")
+                with TabPane("Threads", id="threads"):
+                    with VerticalScroll(id="thread-pane"):
+                        yield DataTable(id="thread-table", cursor_type="row")
+                        yield Static(id="regs")
+                with TabPane("Signals", id="signals"):
+                    with VerticalScroll():
+                        yield Static(id="sig-text")
+                with TabPane("Creds", id="creds"):
+                    with VerticalScroll():
+                        yield Static(id="cred-text")
+        yield Static(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#vma-table", DataTable).add_columns("range", "size", "prot", "type", "pages", "file")
+        self.query_one("#fd-table", DataTable).add_columns("fd", "kind", "path / peer", "flags", "offset")
+        self.query_one("#thread-table", DataTable).add_columns("tid", "comm", "rip", "rsp", "in")
+        self.show_process()
+        self.query_one("#procs", OptionList).highlighted = 0
+        self.query_one("#procs", OptionList).focus()
+
+    def show_process(self) -> None:
+        st = self.state
+        for table_id, rows in (("#vma-table", st.vma_rows()), ("#fd-table", st.fd_rows()),
+                               ("#thread-table", st.thread_rows())):
+            table = self.query_one(table_id, DataTable)
+            table.clear()
+            for i, row in enumerate(rows):
+                table.add_row(*row, key=str(i))
+        self.query_one("#regs", Static).update(st.registers(st.pid))
+        self.query_one("#sig-text", Static).update(Text(st.signals_text()))
+        self.query_one("#cred-text", Static).update(Text(st.creds_text()))
+        self.set_status("")
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        pid = int(event.option.id)
+        if pid != self.state.pid or not self.query_one("#vma-table", DataTable).row_count:
+            self.state.select(pid)
+            self.show_process()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        # Enter on a process moves on to its VMA list.
+        self.query_one("#tabs", TabbedContent).active = "vmas"
+        self.query_one("#vma-table", DataTable).focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "vma-table":
+            self.state.open_vma(event.cursor_row)
+            self.push_screen(HexScreen(self.state))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "thread-table":
+            threads = self.state.thread_rows()
+            if 0 <= event.cursor_row < len(threads):
+                self.query_one("#regs", Static).update(self.state.registers(int(threads[event.cursor_row][0])))
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = tab
+
+    def action_goto(self) -> None:
+        self.push_screen(Prompt(ADDR_Q, "7ffd12340000"), self._goto)
+
+    def _goto(self, answer: str | None) -> None:
+        if not answer:
+            return
+        if goto(self.state, answer):
+            self.push_screen(HexScreen(self.state))
+        else:
+            self.set_status(self.state.message)
+
+    def action_find(self) -> None:
+        self.push_screen(Prompt(FIND_Q), self._find)
+
+    def _find(self, answer: str | None) -> None:
+        if not answer:
+            return
+        self.state.mark = None
+        self.state.vma = None
+        if find(self.state, answer):
+            self.push_screen(HexScreen(self.state))
+        else:
+            self.set_status(self.state.message)

@@ -1,0 +1,474 @@
+"""What `ckptrace inspect` shows, as plain data: the textual app only lays these out.
+
+`InspectState` holds every piece of UI state (selected process, open VMA, hex position, last
+search) and answers every question the screens ask, so its logic is tested without a terminal.
+Page data is read lazily, one 4 KiB page at a time, from the image's page runs (by offset), and
+kept in a small LRU cache: opening a huge image costs only its index.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..errors import ImageError
+from ..image.reader import File, FileTable, Image, Mm, Task, Vma
+from ..image.records import (FILE_NAMES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES, RLIMIT_NAMES,
+                             VMA_NAMES, FileType, RecType, flag_names)
+from ..image.render import human, prot_str, vma_label
+
+ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
+HEX_COL = 14  # where the first hex byte starts in a line
+ASCII_COL = HEX_COL + 3 * ROW - 1 + 2
+MISSING = "--"  # a byte of a page the image does not hold
+
+SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000: "RESTORER",
+                 0x08000000: "ONSTACK", 0x10000000: "RESTART", 0x40000000: "NODEFER",
+                 0x80000000: "RESETHAND"}
+RLIM_INFINITY = 2 ** 64 - 1
+
+
+def signame(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        # The kernel's real-time range starts at 32; glibc reserves 32 and 33 for itself.
+        return f"SIG{n}" if n < 32 else f"SIGRT{n - 32}"
+
+
+def sigset_names(mask: int) -> str:
+    names = [signame(i + 1) for i in range(64) if mask >> i & 1]
+    return " ".join(names) if names else "-"
+
+
+def parse_address(text: str) -> int:
+    """Addresses are typed in hex, with or without 0x."""
+    t = text.strip().lower().replace("_", "")
+    if t.startswith("0x"):
+        t = t[2:]
+    if not t:
+        raise ValueError("no address given")
+    try:
+        return int(t, 16)
+    except ValueError:
+        raise ValueError(f"not a hex address: {text!r}") from None
+
+
+def parse_needle(text: str) -> bytes:
+    """`x:de ad be ef` (or `0x` followed by hex) searches for bytes; anything else for the string."""
+    t = text.strip()
+    for prefix in ("x:", "0x"):
+        if t.lower().startswith(prefix):
+            digits = "".join(t[len(prefix):].split())
+            try:
+                data = bytes.fromhex(digits)
+            except ValueError:
+                raise ValueError(f"not hex bytes: {t[len(prefix):]!r}") from None
+            if not data:
+                raise ValueError("no bytes to search for")
+            return data
+    if not text:
+        raise ValueError("nothing to search for")
+    return text.encode("utf-8", "surrogateescape")
+
+
+def format_row(addr: int, data: bytes | None) -> str:
+    """One hex line: address, 16 bytes in hex, the same as ASCII; `data` None: not in the image."""
+    if data is None:
+        hexpart = " ".join([MISSING] * ROW)
+        text = " " * ROW
+    else:
+        hexpart = " ".join(f"{b:02x}" for b in data)
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in data)
+    return f"{addr:012x}  {hexpart}  {text}"
+
+
+@dataclass
+class Hit:
+    addr: int
+    length: int
+
+
+class InspectState:
+    def __init__(self, img: Image, f: BinaryIO | None, *, cache_pages: int = 256):
+        self.img = img
+        self.f = f
+        self.cache: OrderedDict[int, bytes] = OrderedDict()  # page offset in the image -> data
+        self.cache_pages = cache_pages
+        self.tree_rows = process_tree(img)
+        self.pid = self.tree_rows[0][1].tid if self.tree_rows else 0
+        self.vma: Vma | None = None
+        self.top = 0  # address of the first hex line shown
+        self.rows = 16  # hex lines on screen; the app sets it from its layout
+        self.mark: Hit | None = None  # highlighted bytes (a jump target or a search hit)
+        self.needle: bytes | None = None
+        self.message = ""
+        self._ends = self._fd_index()
+
+    # -- processes -----------------------------------------------------------------------------
+    @property
+    def process(self) -> Task:
+        t = self.img.task(self.pid)
+        assert t is not None
+        return t
+
+    @property
+    def mm(self) -> Mm:
+        return self.img.obj(self.process.mm_objref)
+
+    def select(self, pid: int) -> None:
+        if self.img.task(pid) is None or not self.img.task(pid).is_leader:
+            raise LookupError(f"no process {pid} in the image")
+        if pid != self.pid:
+            self.pid = pid
+            self.vma = None
+            self.mark = None
+
+    # -- tables --------------------------------------------------------------------------------
+    def header_line(self) -> str:
+        h = self.img.header
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["time"]))
+        return (f"{self.img.uts[0]} {self.img.uts[2]} · {when} · {len(self.img.processes())} proc "
+                f"{len(self.img.tasks)} tasks · {human(self.img.size)}")
+
+    def vma_rows(self) -> list[tuple[str, ...]]:
+        return [vma_row(self.img, v) for v in self.mm.vmas]
+
+    def fd_rows(self) -> list[tuple[str, ...]]:
+        table = self.img.obj(self.process.files_objref)
+        rows = []
+        for d in sorted(table.fds, key=lambda d: d["fd_descriptor"]):
+            f = self.img.obj(d["fd_objref"])
+            rows.append((str(d["fd_descriptor"]), FILE_NAMES.get(f.ftype, str(f.ftype)),
+                         self.fd_target(d["fd_objref"], f), open_flags(f.fields["f_flags"], d),
+                         str(f.fields["f_pos"])))
+        return rows
+
+    def fd_target(self, objref: int, f: File) -> str:
+        """Path, or for pipes and sockets what is at the other end (when it is in the image)."""
+        extra = {r.type: r for r in f.extra}
+        if RecType.FILE_PIPE in extra:
+            pid_ = extra[RecType.FILE_PIPE].fields["pipe_id"]
+            # Other File objects with this pipe id are the other end; the same object seen in
+            # another process (fork, shared table) is this end again.
+            others = [e for e in self._ends.get(("pipe", pid_), []) if e[1] != objref]
+            return f"pipe:[{pid_}]" + (" ↔ " + ", ".join(f"{p}:{fd}" for p, _, fd in others[:3]) if others else "")
+        if RecType.FILE_SOCKET in extra:
+            s = extra[RecType.FILE_SOCKET]
+            name = socket_name(s.fields["family"], bytes(s.payload or b"")) or f.name or "socket"
+            peer = [e for e in self._ends.get(("sock", s.fields["peer_ino"]), [])] if s.fields["peer_ino"] else []
+            if peer:
+                return f"{name} ↔ {peer[0][0]}:{peer[0][2]}"
+            remote = socket_name(s.fields["family"], bytes(s.payload or b"")[128:])
+            return f"{name} → {remote}" if remote else name
+        return f.name or ""
+
+    def _fd_index(self) -> dict[tuple[str, int], list[tuple[int, int, int]]]:
+        """(pipe id | socket inode) -> [(pid, objref, fd)] over every process, to name peers."""
+        out: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+        for p in self.img.processes():
+            table = self.img.obj(p.files_objref)
+            if not isinstance(table, FileTable):
+                continue
+            for d in table.fds:
+                f = self.img.obj(d["fd_objref"])
+                for r in f.extra:
+                    if r.type == RecType.FILE_PIPE:
+                        key = ("pipe", r.fields["pipe_id"])
+                    elif r.type == RecType.FILE_SOCKET:
+                        key = ("sock", r.fields["ino"])
+                    else:
+                        continue
+                    out.setdefault(key, []).append((p.tid, d["fd_objref"], d["fd_descriptor"]))
+        return out
+
+    def thread_rows(self) -> list[tuple[str, ...]]:
+        return [(str(t.tid), t.comm, f"{t.regs['rip']:#x}", f"{t.regs['rsp']:#x}",
+                 syscall_state(t)) for t in self.img.threads_of(self.pid)]
+
+    def registers(self, tid: int) -> str:
+        t = self.img.task(tid)
+        if t is None:
+            return ""
+        cells = [f"{n:>8} {t.regs[n]:016x}" for n in REG_NAMES]
+        half = (len(cells) + 1) // 2
+        lines = [f"thread {tid} ({t.comm}), xsave {len(t.xsave or b'')} bytes"]
+        for i in range(half):
+            lines.append(cells[i] + ("   " + cells[half + i] if half + i < len(cells) else ""))
+        return "\n".join(lines)
+
+    def signals_text(self) -> str:
+        p = self.process
+        out = ["process-wide pending: " + sigset_names(p.proc["shared_pending"] if p.proc else 0)]
+        for t in self.img.threads_of(self.pid):
+            out.append(f"thread {t.tid}: blocked {sigset_names(t.thread['blocked'])}")
+            out.append(f"{'':>{len(str(t.tid)) + 8}}pending {sigset_names(t.thread['pending'])}")
+            if t.thread["sas_ss_size"]:
+                out.append(f"{'':>{len(str(t.tid)) + 8}}altstack {t.thread['sas_ss_sp']:#x}+{t.thread['sas_ss_size']}")
+        out.append("")
+        out.append("handlers (all others SIG_DFL):")
+        shown = 0
+        for i, sa in enumerate(p.sighand):
+            h = sa["handler"]
+            if h == 0:
+                continue
+            what = "SIG_IGN" if h == 1 else f"{h:#x}"
+            flags = "|".join(n for bit, n in SA_FLAG_NAMES.items() if sa["flags"] & bit) or "0"
+            mask = f" mask {sigset_names(sa['mask'])}" if sa["mask"] else ""
+            out.append(f"  {signame(i + 1):<10} {what:<16} {flags}{mask}")
+            shown += 1
+        if not shown:
+            out.append("  (none)")
+        return "\n".join(out)
+
+    def creds_text(self) -> str:
+        p = self.process
+        c = p.creds or {}
+        out = [f"uid  {c.get('uid')} euid {c.get('euid')} suid {c.get('suid')} fsuid {c.get('fsuid')}",
+               f"gid  {c.get('gid')} egid {c.get('egid')} sgid {c.get('sgid')} fsgid {c.get('fsgid')}",
+               "groups " + (" ".join(map(str, p.groups)) or "-"),
+               f"securebits {c.get('securebits', 0):#x}"]
+        for k in ("cap_eff", "cap_prm", "cap_inh", "cap_bnd", "cap_amb"):
+            out.append(f"{k:<10} {c.get(k, 0):016x}")
+        if p.proc:
+            out.append(f"umask {p.proc['umask']:04o}  personality {p.proc['personality']:#x}")
+        out += [f"cwd  {p.cwd}", f"root {p.root}", "", "rlimits (soft / hard):"]
+        for i, r in enumerate(p.rlimits):
+            name = RLIMIT_NAMES[i] if i < len(RLIMIT_NAMES) else str(i)
+            out.append(f"  {name:<11} {_lim(r['cur']):>20} {_lim(r['max']):>20}")
+        return "\n".join(out)
+
+    # -- pages ---------------------------------------------------------------------------------
+    def page(self, vma: Vma, addr: int) -> bytes | None:
+        """The page holding `addr` as the image stores it, or None when the image has no copy."""
+        base = addr - addr % PAGE_SIZE
+        for run in vma.runs:
+            if run.vaddr <= base < run.vaddr + run.npages * PAGE_SIZE:
+                return self._read(run.offset + (base - run.vaddr))
+        return None
+
+    def _read(self, offset: int) -> bytes:
+        data = self.cache.get(offset)
+        if data is not None:
+            self.cache.move_to_end(offset)
+            return data
+        if self.f is None:
+            raise ImageError("the image was read from a stream: page data is not available")
+        self.f.seek(offset)
+        data = self.f.read(PAGE_SIZE)
+        if len(data) != PAGE_SIZE:
+            raise ImageError(f"image shrank: page data at offset {offset} is truncated")
+        self.cache[offset] = data
+        if len(self.cache) > self.cache_pages:
+            self.cache.popitem(last=False)
+        return data
+
+    # -- hex view ------------------------------------------------------------------------------
+    def open_vma(self, index: int) -> Vma:
+        self.vma = self.mm.vmas[index]
+        self.top = self.vma.start
+        self.mark = None
+        self.message = ""
+        return self.vma
+
+    @property
+    def vma_index(self) -> int:
+        return self.mm.vmas.index(self.vma) if self.vma is not None else -1
+
+    def hex_title(self) -> str:
+        v = self.vma
+        assert v is not None
+        label = vma_label(self.img, v) or VMA_NAMES.get(v.fields["vma_type"], "")
+        return (f"{v.start:x}-{v.end:x} {prot_str(v.fields['vm_page_prot'], v.fields['vm_flags'])} "
+                f"{label} · {v.npages}/{(v.end - v.start) // PAGE_SIZE} pages in image")
+
+    def hex_rows(self) -> list[tuple[int, bytes | None]]:
+        v = self.vma
+        assert v is not None
+        out = []
+        for i in range(self.rows):
+            a = self.top + i * ROW
+            if a >= v.end:
+                break
+            page = self.page(v, a)
+            out.append((a, None if page is None else page[a % PAGE_SIZE:a % PAGE_SIZE + ROW]))
+        return out
+
+    def hex_lines(self) -> list[str]:
+        return [format_row(a, d) for a, d in self.hex_rows()]
+
+    def marked_columns(self, addr: int) -> list[int]:
+        """Indexes (0..15) of the highlighted bytes in the line starting at `addr`."""
+        if self.mark is None:
+            return []
+        lo, hi = self.mark.addr, self.mark.addr + self.mark.length
+        return [i for i in range(ROW) if lo <= addr + i < hi]
+
+    def _clamp(self, top: int) -> int:
+        v = self.vma
+        assert v is not None
+        last = max(v.start, v.end - self.rows * ROW)
+        return min(max(top - top % ROW, v.start), last)
+
+    def scroll(self, lines: int) -> None:
+        self.top = self._clamp(self.top + lines * ROW)
+
+    def page_down(self) -> None:
+        self.scroll(self.rows)
+
+    def page_up(self) -> None:
+        self.scroll(-self.rows)
+
+    def home(self) -> None:
+        self.top = self._clamp(0)
+
+    def end(self) -> None:
+        self.top = self._clamp(1 << 64)
+
+    def vma_at(self, addr: int) -> Vma | None:
+        return next((v for v in self.mm.vmas if v.start <= addr < v.end), None)
+
+    def goto(self, addr: int) -> None:
+        """Show `addr` on the first line, in whichever VMA of this process holds it."""
+        v = self.vma_at(addr)
+        if v is None:
+            raise LookupError(f"{addr:#x} is not mapped in process {self.pid}")
+        self.vma = v
+        self.top = addr - addr % ROW
+        if self.top + self.rows * ROW > v.end:
+            self.top = self._clamp(self.top)
+        self.mark = Hit(addr, 1)
+        self.message = f"at {addr:#x}" + ("" if self.page(v, addr) is not None else " (page not in image)")
+
+    def search(self, needle: bytes) -> Hit | None:
+        """Find `needle` from the current position on, through this process's VMAs, wrapping."""
+        self.needle = needle
+        start = (self.mark.addr + 1) if self.mark else (self.top if self.vma else 0)
+        hit = self._find(needle, start)
+        if hit is None:
+            self.message = f"not found: {needle!r}"
+            return None
+        self.vma = self.vma_at(hit.addr)
+        self.top = hit.addr - hit.addr % ROW
+        self.top = self._clamp(self.top)
+        self.mark = hit
+        self.message = f"found at {hit.addr:#x}"
+        return hit
+
+    def search_next(self) -> Hit | None:
+        if not self.needle:
+            self.message = "no search yet"
+            return None
+        return self.search(self.needle)
+
+    def _find(self, needle: bytes, start: int) -> Hit | None:
+        for lo, hi in ((start, 1 << 64), (0, start + len(needle) - 1)):
+            for addr, data in self._segments(lo, hi):
+                i = data.find(needle)
+                if i >= 0:
+                    return Hit(addr + i, len(needle))
+        return None
+
+    def _segments(self, lo: int, hi: int):
+        """Yield (address, bytes) of stored page data within [lo, hi), runs of adjacent pages
+        joined so that a match may straddle page boundaries; read a page at a time."""
+        seg_addr, buf = None, bytearray()
+        for v in self.mm.vmas:
+            for run in v.runs:
+                for k in range(run.npages):
+                    a = run.vaddr + k * PAGE_SIZE
+                    if a + PAGE_SIZE <= lo or a >= hi:
+                        continue
+                    page = self._read(run.offset + k * PAGE_SIZE)
+                    s = max(lo - a, 0)
+                    e = min(hi - a, PAGE_SIZE)
+                    if seg_addr is not None and seg_addr + len(buf) == a + s:
+                        buf += page[s:e]
+                    else:
+                        if buf:
+                            yield seg_addr, bytes(buf)
+                        seg_addr, buf = a + s, bytearray(page[s:e])
+                    # Bound memory: hand over what we have, keeping a tail for straddling matches.
+                    if len(buf) >= 64 * PAGE_SIZE:
+                        yield seg_addr, bytes(buf)
+                        keep = 4096
+                        seg_addr += len(buf) - keep
+                        buf = buf[-keep:]
+        if buf:
+            yield seg_addr, bytes(buf)
+
+
+def _lim(v: int) -> str:
+    return "unlimited" if v == RLIM_INFINITY else str(v)
+
+
+def process_tree(img: Image) -> list[tuple[int, Task]]:
+    """(depth, leader) in tree order: parents before children, as TREE lists them."""
+    procs = img.processes()
+    entry = {e["pid"]: e for e in img.tree}
+    pids = {p.tid for p in procs}
+    kids: dict[int, list[Task]] = {}
+    for p in procs:
+        ppid = entry.get(p.tid, {}).get("ppid", 0)
+        kids.setdefault(ppid if ppid in pids else 0, []).append(p)
+    out: list[tuple[int, Task]] = []
+
+    def walk(p: Task, depth: int):
+        out.append((depth, p))
+        for c in kids.get(p.tid, []):
+            walk(c, depth + 1)
+
+    for r in kids.get(0, []):
+        walk(r, 0)
+    return out
+
+
+def vma_row(img: Image, v: Vma) -> tuple[str, ...]:
+    return (f"{v.start:x}-{v.end:x}", human(v.end - v.start),
+            prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
+            VMA_NAMES.get(v.fields["vma_type"], str(v.fields["vma_type"])),
+            str(v.npages), vma_label(img, v))
+
+
+def open_flags(flags: int, desc: dict) -> str:
+    acc = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")[flags & 3]
+    rest = [n for n in flag_names(flags & ~3, O_FLAG_NAMES)]
+    if desc.get("fd_close_on_exec"):
+        rest.append("CLOEXEC")
+    return "|".join([acc.removeprefix("O_")] + [n.removeprefix("O_") for n in rest])
+
+
+def socket_name(family: int, addr: bytes) -> str:
+    """The local (first 128 bytes) or peer sockaddr of a FILE_SOCKET payload, readably."""
+    import socket as s
+
+    if len(addr) < 2:
+        return ""
+    if family == s.AF_UNIX:
+        path = addr[2:128]
+        if not path.strip(b"\0"):
+            return ""
+        if path[0] == 0:
+            return "@" + path[1:].split(b"\0")[0].decode("utf-8", "replace")
+        return path.split(b"\0")[0].decode("utf-8", "replace")
+    if family == s.AF_INET and len(addr) >= 8:
+        port = int.from_bytes(addr[2:4], "big")
+        return f"{s.inet_ntop(s.AF_INET, addr[4:8])}:{port}" if port or any(addr[4:8]) else ""
+    if family == s.AF_INET6 and len(addr) >= 24:
+        port = int.from_bytes(addr[2:4], "big")
+        return f"[{s.inet_ntop(s.AF_INET6, addr[8:24])}]:{port}" if port or any(addr[8:24]) else ""
+    return ""
+
+
+def syscall_state(t: Task) -> str:
+    """In which system call the thread was stopped (orig_rax; -1 when in user code)."""
+    nr = t.regs["orig_rax"]
+    if nr >= 1 << 63:
+        return "user"
+    return f"syscall {nr}"
+
+
+__all__ = ["InspectState", "format_row", "parse_address", "parse_needle", "process_tree", "FileType"]
