@@ -1,0 +1,87 @@
+"""`ckptrace diff`: two real dumps of a workload that rewrote known pages and opened a file in
+between; plus the page-range arithmetic on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import imagegen
+from ckptrace.image.records import PAGE_SIZE
+from ckptrace.imgdiff import ranges
+from test_inspect import CHANGED_PAGES, PAGES, Workload
+
+
+def run_diff(a: str, b: str, *extra: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "ckptrace", "diff", a, b, *extra], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_ranges_join_adjacent_pages():
+    P = PAGE_SIZE
+    assert ranges([]) == []
+    assert ranges([0, P, 2 * P, 5 * P, 9 * P, 10 * P]) == [(0, 3 * P), (5 * P, 6 * P), (9 * P, 11 * P)]
+
+
+def test_synthetic_tasks_gone_and_pages_only_in_one(tmp_path):
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    a.write_bytes(imagegen.build(pages=3))
+    b.write_bytes(imagegen.build(extra_task=False, pages=5))
+    d = json.loads(run_diff(str(a), str(b), "--json").stdout)
+    assert [t["tid"] for t in d["tasks"]["gone"]] == [2, 3] and d["tasks"]["added"] == []
+    (p,) = d["processes"]
+    (pages,) = p["vmas"]["pages"]
+    assert pages["changed"] == 0 and pages["only_in_b"] == 2
+    assert pages["only_in_b_ranges"] == [[0x603000, 0x605000]]
+    # B from standard input gives the same answer.
+    with open(b, "rb") as f:
+        r = subprocess.run([sys.executable, "-m", "ckptrace", "diff", str(a), "-", "--json"], stdin=f,
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["processes"] == d["processes"]
+
+
+@pytest.mark.kernel
+def test_diff_of_two_real_dumps(pidns, tmp_path):
+    w = Workload(pidns, tmp_path)
+    a = w.dump(str(tmp_path / "a.img"))
+    new_fd = w.change()
+    b = w.dump(str(tmp_path / "b.img"))
+    log_path = w.ready + ".log"
+    assert os.readlink(f"/proc/{w.child_host}/fd/{new_fd}") == log_path
+    w.ns.kill()
+
+    d = json.loads(run_diff(a, b, "--json").stdout)
+    assert d["tasks"] == {"added": [], "gone": []}
+    proc = next(p for p in d["processes"] if p["pid"] == w.child_nspid)
+    v = proc["vmas"]
+    assert not v["added"] and not v["removed"] and not v["resized"] and not v["reprotected"]
+    lo, hi = w.base, w.base + PAGES * PAGE_SIZE
+    entry = next(x for x in v["pages"] if x["start"] <= w.base < x["end"])
+
+    def clip(rs):
+        return [(max(s, lo), min(e, hi)) for s, e in rs if s < hi and e > lo]
+
+    want = ranges([w.base + i * PAGE_SIZE for i in sorted(CHANGED_PAGES)])
+    assert clip(entry["ranges"]) == want
+    assert not clip(entry["only_in_a_ranges"]) and not clip(entry["only_in_b_ranges"])
+    # The new descriptor, and nothing else about the descriptors, changed in the child.
+    assert [(f["fd"], f["path"]) for f in proc["fds"]["added"]] == [(new_fd, log_path)]
+    assert proc["fds"]["removed"] == []
+
+    text = run_diff(a, b).stdout
+    assert f"+ fd {new_fd} REGULAR {log_path}" in text
+    assert f"{w.base + 2 * PAGE_SIZE:x}-{w.base + 5 * PAGE_SIZE:x}" in text
+
+    # An image compared with itself has no differences at all.
+    same = json.loads(run_diff(a, a, "--json").stdout)
+    assert same["tasks"] == {"added": [], "gone": []}
+    for p in same["processes"]:
+        assert not any(p["vmas"][k] for k in ("added", "removed", "resized", "reprotected", "pages"))
+        assert not any(p["fds"][k] for k in ("added", "removed", "changed"))
+    assert "unchanged" in run_diff(a, a).stdout

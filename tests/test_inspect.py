@@ -1,0 +1,358 @@
+"""`ckptrace inspect`: the state object on synthetic edge cases, and the textual app driven by its
+pilot at 80x24 over an image made by a real dump of a real workload in its own pid namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+import imagegen
+from ckptrace.image.reader import read_image
+from ckptrace.image.records import PAGE_SIZE
+from ckptrace.tui import source
+from ckptrace.tui.state import InspectState, format_row, parse_address, parse_needle
+
+MARKER = b"CKPTRACE-MARKER-0123456789"
+MARK_PAGE, MARK_OFF = 5, 0x123
+PAGES = 16
+CHANGED_PAGES = (2, 3, 4, 9)  # what the workload rewrites on SIGUSR1
+
+# pid 1 forks a child that maps PAGES private anonymous pages, fills page i with 0x40+i, puts
+# MARKER in page MARK_PAGE, starts a second thread and reports "base hostless-pid" in a file.
+# On SIGUSR1 the child rewrites CHANGED_PAGES with 0xC0+i and opens OUT.log (a new fd).
+WORKLOAD = f"""
+import ctypes, mmap, os, signal, sys, threading, time
+out = sys.argv[1]
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    m = mmap.mmap(-1, {PAGES} * 4096, flags=mmap.MAP_PRIVATE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    for i in range({PAGES}):
+        m[i * 4096:(i + 1) * 4096] = bytes([0x40 + i]) * 4096
+    off = {MARK_PAGE} * 4096 + {MARK_OFF}
+    m[off:off + {len(MARKER)}] = {MARKER!r}
+    def usr1(sig, frame):
+        for i in {CHANGED_PAGES!r}:
+            m[i * 4096:(i + 1) * 4096] = bytes([0xC0 + i]) * 4096
+        fd = os.open(out + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(out + ".changed.tmp", "w") as f:
+            f.write(str(fd))
+        os.rename(out + ".changed.tmp", out + ".changed")
+    signal.signal(signal.SIGUSR1, usr1)
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+    with open(out + ".tmp", "w") as f:
+        f.write("%x %d" % (base, os.getpid()))
+    os.rename(out + ".tmp", out)
+    while True:
+        time.sleep(3600)
+else:
+    os.close(r)
+    os.wait()
+"""
+
+
+class Workload:
+    def __init__(self, pidns, tmp_path):
+        script = tmp_path / "workload.py"
+        script.write_text(WORKLOAD)
+        self.ready = str(tmp_path / "ready")
+        self.ns = pidns(["python3", str(script), self.ready], ready_file=self.ready)
+        text = open(self.ready).read().split()
+        self.base = int(text[0], 16)
+        self.child_nspid = int(text[1])
+        self.child_host = next(p for p in self.ns.pids() if _nspid(p) == self.child_nspid)
+
+    def dump(self, path: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "ckptrace", "dump", "--pidns", str(self.ns.ns), "-o", path,
+                            "--quiet"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"dump failed: {r.stderr}"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        return path
+
+    def change(self) -> int:
+        """Make the child rewrite CHANGED_PAGES and open a file; returns the new fd."""
+        os.kill(self.child_host, 10)  # SIGUSR1
+        done = self.ready + ".changed"
+        deadline = time.monotonic() + 10
+        while not os.path.exists(done):
+            assert time.monotonic() < deadline, "workload did not react to SIGUSR1"
+            time.sleep(0.02)
+        return int(open(done).read())
+
+
+def _nspid(hostpid: int) -> int:
+    from nsutil import nspid
+
+    return nspid(hostpid)
+
+
+def maps_ranges(hostpid: int) -> set[tuple[int, int]]:
+    out = set()
+    with open(f"/proc/{hostpid}/maps") as f:
+        for line in f:
+            lo, hi = line.split()[0].split("-")
+            out.add((int(lo, 16), int(hi, 16)))
+    return out
+
+
+def screen_text(app) -> str:
+    """What the terminal shows now, as plain text lines."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(seg.text for seg in s) for s in strips)
+
+
+# -- the state object, on synthetic images (edge cases a dump would not produce on demand) -----
+
+def synthetic() -> InspectState:
+    data = imagegen.build(pages=3)
+    f = io.BytesIO(data)
+    return InspectState(read_image(f), f)
+
+
+def test_parsers():
+    assert parse_address("0x7FFD_1000") == 0x7FFD1000
+    assert parse_address(" 400000 ") == 0x400000
+    with pytest.raises(ValueError):
+        parse_address("zz")
+    assert parse_needle("x:de ad BE ef") == b"\xde\xad\xbe\xef"
+    assert parse_needle("0x0a0b") == b"\x0a\x0b"
+    assert parse_needle("hello") == b"hello"
+    with pytest.raises(ValueError):
+        parse_needle("x:abc")
+    line = format_row(0x1000, bytes(range(0x41, 0x51)))
+    assert line == "000000001000  41 42 43 44 45 46 47 48 49 4a 4b 4c 4d 4e 4f 50  ABCDEFGHIJKLMNOP"
+    assert len(line) <= 79
+    assert "-- --" in format_row(0x1000, None)
+
+
+def test_state_tree_pages_and_search():
+    st = synthetic()
+    assert [(d, t.tid) for d, t in st.tree_rows] == [(0, 1), (1, 3)]
+    st.select(1)
+    heap = st.vma_rows()[1]
+    assert heap[0] == "600000-621000" and heap[2] == "rw-p" and heap[4] == "4"
+    st.rows = 4
+    st.open_vma(1)
+    assert st.hex_lines()[0].startswith("000000600000  01 01")
+    # A page the image does not hold shows as missing, not as zeros.
+    st.goto(0x605010)
+    assert st.hex_lines()[0] == format_row(0x605010, None)
+    assert "not in image" in st.message
+    with pytest.raises(LookupError):
+        st.goto(0x500000)
+    # A match straddling two stored pages (0x601fff holds 02, 0x602000 holds 03) is found.
+    st.mark = None
+    st.top = 0x600000
+    hit = st.search(b"\x02\x03")
+    assert hit is not None and hit.addr == 0x601FFF
+    assert st.marked_columns(0x601FF0) == [15] and st.marked_columns(0x602000) == [0]
+    # Next match wraps around to the same place; an absent needle reports not found.
+    assert st.search_next().addr == 0x601FFF
+    assert st.search(b"nothing like this") is None and "not found" in st.message
+    # Scrolling is clamped to the VMA.
+    st.goto(0x600000)
+    st.page_up()
+    assert st.top == 0x600000
+    st.end()
+    assert st.top == 0x621000 - 4 * 16
+
+
+def test_state_fds_signals_creds_threads():
+    st = synthetic()
+    fds = st.fd_rows()
+    assert [r[0] for r in fds] == ["0", "1", "7"]
+    assert fds[1][3] == "RDWR|APPEND|CLOEXEC" and fds[1][4] == "42"
+    # pid 3 shares the table: the same pipe end is not mistaken for its peer.
+    assert fds[2][2] == "pipe:[1234]"
+    assert "SIGPIPE" in st.signals_text() and "SIG_IGN" in st.signals_text()
+    assert "blocked SIGTERM" in st.signals_text()
+    assert "groups 4 27" in st.creds_text() and "cwd  /root" in st.creds_text()
+    assert [r[0] for r in st.thread_rows()] == ["1", "2"]
+    assert "rip 0000000000011111" in st.registers(1)
+
+
+def test_pages_read_lazily_and_cached():
+    st = synthetic()
+    st.open_vma(1)
+    st.rows = 8
+    st.hex_lines()
+    assert len(st.cache) == 1  # one page read for a screenful inside one page
+    st.cache_pages = 2
+    for a in (0x600000, 0x601000, 0x602000, 0x610000):
+        st.page(st.vma, a)
+    assert len(st.cache) == 2
+
+
+def test_spool_is_private_and_complete():
+    r, w = os.pipe()
+    payload = os.urandom(300000)
+    import threading
+
+    t = threading.Thread(target=lambda: (os.write(w, payload), os.close(w)))
+    t.start()
+    with os.fdopen(r, "rb") as src:
+        tmp = source.spool(src)
+    t.join()
+    assert stat.S_IMODE(os.fstat(tmp.fileno()).st_mode) == 0o600
+    assert os.fstat(tmp.fileno()).st_nlink == 0  # nameless: nobody else can open it
+    assert tmp.read() == payload
+
+
+def test_inspect_reads_stdin(tmp_path):
+    img = tmp_path / "s.img"
+    img.write_bytes(imagegen.build())
+    code = ("import sys; from ckptrace.tui.inspect import load; st = load('-'); "
+            "st.open_vma(1); print(st.hex_lines()[0])")
+    with open(img, "rb") as f:
+        r = subprocess.run([sys.executable, "-c", code], input=f.read(),
+                           capture_output=True, text=False, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith("000000600000  01 01")
+
+
+def test_help_does_not_import_textual():
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ckptrace", "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0
+    assert "textual" not in r.stderr
+
+
+# -- the app over a real dump -------------------------------------------------------------------
+
+@pytest.mark.kernel
+def test_app_navigates_a_real_dump(pidns, tmp_path):
+    w = Workload(pidns, tmp_path)
+    path = w.dump(str(tmp_path / "ns.img"))
+    host_maps = maps_ranges(w.child_host)
+    host_threads = len(os.listdir(f"/proc/{w.child_host}/task"))
+    pipe_inode = next(os.readlink(f"/proc/{w.child_host}/fd/{fd}") for fd in
+                      os.listdir(f"/proc/{w.child_host}/fd")
+                      if os.readlink(f"/proc/{w.child_host}/fd/{fd}").startswith("pipe:"))
+    w.ns.kill()
+
+    from ckptrace.tui.app import InspectApp
+    from ckptrace.tui.inspect import load
+
+    st = load(path)
+    mark_addr = w.base + MARK_PAGE * PAGE_SIZE + MARK_OFF
+    row = [i for i, (_, t) in enumerate(st.tree_rows) if t.tid == w.child_nspid]
+    assert row, f"child {w.child_nspid} not in the tree {[t.tid for _, t in st.tree_rows]}"
+
+    async def drive():
+        app = InspectApp(st, name=path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            first = screen_text(app)
+            assert "VMAs" in first and "q Quit" in first  # tabs and footer fit 80x24
+            assert f"{os.uname().release[:20]}" in first.splitlines()[0]
+            # Move to the child process: its VMA list replaces pid 1's.
+            await pilot.press(*["down"] * row[0])
+            await pilot.pause()
+            assert st.pid == w.child_nspid
+            vmas = st.mm.vmas
+            idx = next(i for i, v in enumerate(vmas) if v.start <= w.base < v.end)
+            v = vmas[idx]
+            assert (v.start, v.end) in host_maps  # the image's VMA is what /proc showed
+            # Threads tab lists both threads.
+            await pilot.press("t")
+            await pilot.pause()
+            text = screen_text(app)
+            assert sum(1 for t in st.img.threads_of(w.child_nspid)) == host_threads == 2
+            for tid, *_ in st.thread_rows():
+                assert tid in text
+            # FDs tab: the pipe to pid 1 with its inode.
+            await pilot.press("f")
+            await pilot.pause()
+            assert pipe_inode in screen_text(app)
+            # Back to VMAs, Enter on the process focuses the table, open the region's VMA.
+            await pilot.press("v", "enter")
+            await pilot.pause()
+            await pilot.press(*["down"] * idx, "enter")
+            await pilot.pause()
+            text = screen_text(app)
+            assert text.splitlines()[0].startswith(f"{v.start:x}-{v.end:x} rw-p")
+            first_line = text.splitlines()[1]
+            assert first_line.startswith(f"{v.start:012x}")
+            # Jump to the marker: the first line is its row, bytes and ASCII show it.
+            await pilot.press("g")
+            await pilot.pause()
+            await pilot.press(*f"{mark_addr:x}", "enter")
+            await pilot.pause()
+            lines = screen_text(app).splitlines()
+            assert lines[1].startswith(f"{mark_addr & ~15:012x}  ")
+            assert "43 4b 50 54" in lines[1] and "CKPTRACE-MARK" in lines[1] + lines[2]
+            assert f"at {mark_addr:#x}" in screen_text(app)
+            # Page 1 of the region holds 0x41 bytes: page down from its start shows them.
+            await pilot.press("g")
+            await pilot.pause()
+            await pilot.press(*f"{w.base + PAGE_SIZE:x}", "enter")
+            await pilot.pause()
+            lines = screen_text(app).splitlines()
+            assert lines[1] == format_row(w.base + PAGE_SIZE, b"\x41" * 16)
+            await pilot.press("pagedown")
+            await pilot.pause()
+            lines = screen_text(app).splitlines()
+            assert lines[1].startswith(f"{w.base + PAGE_SIZE + st.rows * 16:012x}  41 41")
+            # Search for the marker string from here: wraps around to it.
+            await pilot.press("slash")
+            await pilot.pause()
+            await pilot.press(*"CKPTRACE-MARKER", "enter")
+            await pilot.pause()
+            assert f"found at {mark_addr:#x}" in screen_text(app)
+            await pilot.press("escape")
+            await pilot.pause()
+            await pilot.press("q")
+            await pilot.pause()
+        assert app.return_code in (0, None)
+
+    try:
+        asyncio.run(drive())
+    finally:
+        st.f.close()
+
+
+class CountingFile:
+    """Delegates to a real file, counting the bytes read through it."""
+
+    def __init__(self, f):
+        self.f = f
+        self.total = 0
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.total += len(b)
+        return b
+
+    def seek(self, *a):
+        return self.f.seek(*a)
+
+    def fileno(self):
+        return self.f.fileno()
+
+
+@pytest.mark.kernel
+def test_open_reads_only_the_index(pidns, tmp_path):
+    """Opening reads record headers and fixed parts, never page data; pages come one at a time."""
+    w = Workload(pidns, tmp_path)
+    path = w.dump(str(tmp_path / "ns.img"))
+    w.ns.kill()
+    with open(path, "rb") as raw:
+        f = CountingFile(raw)
+        img = read_image(f)
+        assert img.page_count > PAGES
+        assert f.total <= os.path.getsize(path) - img.page_count * PAGE_SIZE
+        st = InspectState(img, f)
+        before = f.total
+        st.select(w.child_nspid)
+        st.goto(w.base)
+        st.rows = 20
+        assert st.hex_lines()[0] == format_row(w.base, b"\x40" * 16)
+        assert f.total - before == PAGE_SIZE
