@@ -1,0 +1,343 @@
+"""`ckptrace dump` and `ckptrace ls`.
+
+The pipeline: find the namespace's init, freeze every task (kernel/freeze.py), check everything
+that would make the dump refuse (before a byte is written), collect what needs injected system
+calls, then stream the image: HEADER, TREE, per task TASK ... CPU (+ process records), TAIL.
+Tasks are released in a `finally`, whatever happened. See docs/dump.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import notify
+from .errors import AccessDenied, CkptError, NoSuchProcess, UsageError
+from .image.records import RecType
+from .image.stream import ImageWriter, create_image_file, write_header, write_tail
+from .kernel import procfs
+from .kernel.freeze import Freezer, find_init
+from .kernel.ptrace import xcr0_from_xstate
+from .objects import files, mm, task
+from .objects.context import DumpContext
+
+
+@dataclass
+class Options:
+    max_file_data: int = 64 << 20
+    leave_stopped: bool = False
+    kill: bool = False
+    proc: str = procfs.PROC
+
+
+@dataclass
+class Summary:
+    ns: int = 0
+    tasks: int = 0
+    processes: int = 0
+    vmas: int = 0
+    pages: int = 0
+    files: int = 0
+    bytes: int = 0
+    frozen_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def mb_s(self) -> float:
+        return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(pidns=self.ns, tasks=self.tasks, processes=self.processes, vmas=self.vmas,
+                    pages=self.pages, files=self.files, bytes=self.bytes,
+                    frozen_ms=round(self.frozen_s * 1000, 3), elapsed_ms=round(self.elapsed_s * 1000, 3),
+                    mb_per_s=round(self.mb_s, 1))
+
+    def line(self) -> str:
+        return (f"dumped pidns {self.ns}: {self.tasks} tasks ({self.processes} processes), {self.vmas} VMAs, "
+                f"{self.pages} pages, {self.bytes} bytes; frozen {self.frozen_s * 1000:.1f} ms, "
+                f"{self.mb_s:.0f} MB/s")
+
+
+def resolve_ns(pidns: int | None, pid: int | None, proc: str = procfs.PROC) -> int:
+    if pidns is not None:
+        return pidns
+    assert pid is not None
+    ns = procfs.ns_inode(pid, "pid", proc)
+    if ns is None:
+        raise UsageError(f"no process {pid} (or its pid namespace cannot be read)")
+    return ns
+
+
+def check_target(ns: int, proc: str = procfs.PROC) -> int:
+    """Refusals that need no freezing. Returns the init's host pid."""
+    own = procfs.ns_inode(os.getpid(), "pid", proc)
+    if own == ns:
+        raise UsageError(f"pid namespace {ns} is ckptrace's own (the host's, or one ckptrace runs "
+                         "inside): it cannot freeze itself; run ckptrace from outside the namespace")
+    return find_init(ns, proc)
+
+
+def _processes(frz: Freezer, proc: str) -> list[task.ProcState]:
+    """Group the frozen tasks into processes, leader first, and order them parents-first."""
+    by_pid: dict[int, list] = {}
+    for t in frz.tasks.values():
+        by_pid.setdefault(t.hostpid, []).append(t)
+    procs: dict[int, task.ProcState] = {}
+    for pid, ts in by_pid.items():
+        ts.sort(key=lambda t: (t.hosttid != pid, t.hosttid))
+        if ts[0].hosttid != pid:
+            raise NoSuchProcess(f"process {pid}'s leader thread is gone (zombie leader)")
+        procs[pid] = task.ProcState(pid, [task.ThreadState(t.hostpid, t.hosttid, t.tracee) for t in ts])
+    parent: dict[int, int] = {}
+    for pid, p in procs.items():
+        st = procfs.status(pid, None, proc)
+        p.status = st
+        p.nspid = st.nspid[-1]
+        p.nspgid = st.nspgid[-1] if st.nspgid else 0
+        p.nssid = st.nssid[-1] if st.nssid else 0
+        parent[pid] = st.ppid
+    order: list[task.ProcState] = []
+    kids: dict[int, list[int]] = {}
+    for pid, pp in parent.items():
+        kids.setdefault(pp if pp in procs else 0, []).append(pid)
+    todo = sorted(kids.get(0, []), key=lambda x: procs[x].nspid)
+    while todo:
+        pid = todo.pop(0)
+        order.append(procs[pid])
+        todo += sorted(kids.get(pid, []), key=lambda x: procs[x].nspid)
+    for p in order:
+        pp = parent[p.hostpid]
+        p.nsppid = procs[pp].nspid if pp in procs else 0
+    return order
+
+
+class Dumper:
+    def __init__(self, ns: int, init: int, out_fd: int, opts: Options, on_progress=None):
+        self.ns = ns
+        self.init = init
+        self.out_fd = out_fd
+        self.opts = opts
+        self.on_progress = on_progress
+        self.ctx: DumpContext | None = None
+
+    def run(self, frz: Freezer) -> DumpContext:
+        proc = self.opts.proc
+        procs = _processes(frz, proc)
+        ns_pid = {}
+        for p in procs:
+            for t in p.threads:
+                ns_pid[t.hosttid] = procfs.status(p.hostpid, t.hosttid, proc).nspid[-1]
+        ns_root = os.readlink(f"{proc}/{self.init}/root")
+        w = ImageWriter(self.out_fd)
+        ctx = DumpContext(w, ns_root, ns_pid, self.opts.max_file_data, proc=proc, on_progress=self.on_progress)
+        self.ctx = ctx
+        # Refusals first, while nothing is written and nothing injected.
+        for p in procs:
+            for m in procfs.smaps(p.hostpid, proc):
+                mm.check_mapping(p.nspid, m)
+            files.check_fds(ctx, p.hostpid, p.nspid)
+        for p in procs:
+            task.collect_process(p, proc)
+        xs = procs[0].leader.xstate
+        uts = os.uname()
+        write_header(w, time=int(time.time()), uts=(uts.release, uts.version, uts.machine),
+                     xstate_size=len(xs), xcr0=xcr0_from_xstate(xs))
+        entries = []
+        for p in procs:
+            for t in p.threads:
+                entries.append(dict(pid=t.nstid, tgid=p.nspid, ppid=p.nsppid, pgid=p.nspgid, sid=p.nssid,
+                                    hostpid=t.hosttid))
+        w.record(RecType.TREE, dict(nr_tasks=len(entries)), payload=entries)
+        copier = mm.PageCopier.create()
+        try:
+            for p in procs:
+                ctx.stats.processes += 1
+                for t in p.threads:
+                    task.write_task_head(ctx, t)
+                    files_ref = files.dump_table(ctx, p.hostpid)
+                    mm_ref = mm.dump_mm(ctx, p, copier, files)
+                    w.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
+                    task.write_cpu(ctx, t, len(xs))
+                    if t.hosttid == p.hostpid:
+                        task.write_proc(ctx, p)
+                    ctx.stats.tasks += 1
+                    ctx.progress()
+        finally:
+            copier.close()
+        write_tail(w)
+        return ctx
+
+
+# -- command -------------------------------------------------------------------------------------
+
+class _Terminated(CkptError):
+    exit_status = 143
+
+
+def _raise_on_signal(signum, _frame):
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise _Terminated(f"terminated by signal {signum}; tasks released")
+
+
+def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
+    """Dump namespace `ns` to `out_fd`. Raises CkptError; tasks are always released."""
+    init = check_target(ns, opts.proc)
+    frz = Freezer(ns, init, opts.proc)
+    s = Summary(ns=ns)
+    t0 = time.monotonic()
+    ok = False
+    try:
+        frz.freeze()
+        ctx = Dumper(ns, init, out_fd, opts, on_progress).run(frz)
+        ok = True
+    finally:
+        frz.release(leave_stopped=ok and opts.leave_stopped)
+        s.frozen_s = time.monotonic() - t0
+    s.elapsed_s = s.frozen_s
+    st = ctx.stats
+    s.tasks, s.processes, s.vmas, s.pages, s.files = st.tasks, st.processes, st.vmas, st.pages, st.files
+    s.bytes = ctx.w.bytes_written
+    if opts.kill:
+        try:
+            os.kill(init, signal.SIGKILL)  # init's death kills every task of its namespace
+        except ProcessLookupError:
+            pass
+    notify.dump_done(ns)
+    return s
+
+
+def main(args) -> int:
+    if os.geteuid() != 0:
+        raise AccessDenied("dump needs root (ptrace of other users' tasks, /proc/PID/mem): run with sudo")
+    ns = resolve_ns(args.pidns, args.pid)
+    to_stdout = args.output in ("-", "", None)
+    if to_stdout and os.isatty(1):
+        raise UsageError("refusing to write a binary image to a terminal: use -o FILE or a pipe")
+    opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill)
+    check_target(ns)  # fail on a bad target before creating the output file
+    out_fd = 1 if to_stdout else create_image_file(args.output)
+    old = {sig: signal.signal(sig, _raise_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
+    try:
+        with progress:
+            s = dump(ns, out_fd, opts, progress.update)
+    except BaseException:
+        if not to_stdout:
+            _remove_partial(args.output)
+        raise
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        if not to_stdout:
+            os.close(out_fd)
+    if args.json:
+        print(json.dumps(s.as_dict()), file=sys.stderr if to_stdout else sys.stdout)
+    if not args.quiet:
+        print(s.line(), file=sys.stderr)
+    return 0
+
+
+def _remove_partial(path: str) -> None:
+    try:
+        if os.path.isfile(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+class _Progress:
+    """A rich progress line on stderr (only on a terminal), refreshed at most ten times a second."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.live = None
+        self.ctx: DumpContext | None = None
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live("", console=Console(stderr=True), transient=True, refresh_per_second=10)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+        return False
+
+    def update(self, ctx: DumpContext) -> None:
+        if self.live is None:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1:
+            return
+        self.last = now
+        st = ctx.stats
+        el = now - self.t0
+        mb = ctx.w.bytes_written / 1e6
+        self.live.update(f"[bold]dumping[/] tasks {st.tasks}  VMAs {st.vmas}  pages {st.pages}  "
+                         f"{mb:.0f} MB  {mb / el if el else 0:.0f} MB/s  frozen {el:.1f} s")
+
+
+# -- ls ------------------------------------------------------------------------------------------
+
+def list_namespaces(proc: str = procfs.PROC) -> list[dict[str, Any]]:
+    """Every pid namespace visible in /proc, with init's host pid, task count and command."""
+    nss: dict[int, dict[str, Any]] = {}
+    for pid in procfs.pids(proc):
+        ns = procfs.ns_inode(pid, "pid", proc)
+        if ns is None:
+            continue  # unreadable (host pid 1 gives EACCES) or gone: skip quietly
+        try:
+            st = procfs.status(pid, None, proc)
+            ntasks = len(procfs.tids(pid, proc))
+        except CkptError:
+            continue
+        e = nss.setdefault(ns, dict(pidns=ns, init=0, tasks=0, processes=0, command=""))
+        e["tasks"] += ntasks
+        e["processes"] += 1
+        if st.nspid and st.nspid[-1] == 1 and not e["init"]:
+            e["init"] = pid
+            e["command"] = _cmdline(pid, proc)
+    own = procfs.ns_inode(os.getpid(), "pid", proc)
+    out = sorted(nss.values(), key=lambda e: e["pidns"])
+    for e in out:
+        e["own"] = e["pidns"] == own
+    return out
+
+
+def _cmdline(pid: int, proc: str) -> str:
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    if not raw:
+        try:
+            with open(f"{proc}/{pid}/comm") as f:
+                return f"[{f.read().strip()}]"
+        except OSError:
+            return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+def main_ls(args) -> int:
+    rows = list_namespaces()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'PIDNS':>12} {'INIT':>8} {'TASKS':>6}  COMMAND")
+    for e in rows:
+        mark = "  (ckptrace's own)" if e["own"] else ""
+        print(f"{e['pidns']:>12} {e['init'] or '-':>8} {e['tasks']:>6}  {e['command']}{mark}")
+    return 0

@@ -1,0 +1,337 @@
+"""Every parse of /proc text ckptrace does, in one place. Each function takes the /proc root as a
+parameter (`root`), so tests can point it at a fake tree and other mounts can be read.
+
+Functions raise NoSuchProcess when the task vanished and AccessDenied when the kernel refuses;
+scans (`pids`, `pidns_of`) quietly skip what they cannot read instead.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import NoSuchProcess, from_oserror
+
+PROC = "/proc"
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise from_oserror(exc, what) from None
+
+
+def _readlink(path: str, what: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise from_oserror(exc, what) from None
+
+
+# -- discovery -----------------------------------------------------------------------------------
+
+def pids(root: str = PROC) -> list[int]:
+    """Host pids of every process (thread-group leaders) visible in `root`."""
+    return sorted(int(d) for d in os.listdir(root) if d.isdigit())
+
+
+def tids(pid: int, root: str = PROC) -> list[int]:
+    try:
+        return sorted(int(d) for d in os.listdir(f"{root}/{pid}/task") if d.isdigit())
+    except OSError as exc:
+        raise from_oserror(exc, f"list threads of {pid}") from None
+
+
+def ns_inode(pid: int, kind: str = "pid", root: str = PROC) -> int | None:
+    """Inode of the task's namespace of `kind`, or None when it cannot be read (gone, EACCES)."""
+    try:
+        link = os.readlink(f"{root}/{pid}/ns/{kind}")
+    except OSError:
+        return None
+    return parse_ns_link(link)
+
+
+def parse_ns_link(link: str) -> int | None:
+    """`pid:[4026531836]` -> 4026531836."""
+    lb, rb = link.find("["), link.rfind("]")
+    if lb < 0 or rb < lb:
+        return None
+    try:
+        return int(link[lb + 1:rb])
+    except ValueError:
+        return None
+
+
+def children(pid: int, root: str = PROC) -> list[int]:
+    """Host pids of the children of every thread of `pid` (the kernel lists them per thread)."""
+    out: list[int] = []
+    for tid in tids(pid, root):
+        try:
+            with open(f"{root}/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise from_oserror(exc, f"read children of {pid}/{tid}") from None
+    return out
+
+
+# -- status --------------------------------------------------------------------------------------
+
+@dataclass
+class Status:
+    """The fields of /proc/PID[/task/TID]/status ckptrace uses, already converted."""
+
+    raw: dict[str, str]
+
+    def ints(self, key: str) -> list[int]:
+        return [int(x) for x in self.raw.get(key, "").split()]
+
+    def hex(self, key: str) -> int:
+        return int(self.raw.get(key, "0"), 16)
+
+    @property
+    def nspid(self) -> list[int]:
+        return self.ints("NSpid")
+
+    @property
+    def nspgid(self) -> list[int]:
+        return self.ints("NSpgid")
+
+    @property
+    def nssid(self) -> list[int]:
+        return self.ints("NSsid")
+
+    @property
+    def ppid(self) -> int:
+        return int(self.raw.get("PPid", "0"))
+
+    @property
+    def tgid(self) -> int:
+        return int(self.raw["Tgid"])
+
+    @property
+    def tracer(self) -> int:
+        return int(self.raw.get("TracerPid", "0"))
+
+    @property
+    def umask(self) -> int:
+        return int(self.raw.get("Umask", "0022"), 8)
+
+    @property
+    def state(self) -> str:
+        return self.raw.get("State", "?")[:1]
+
+
+def status(pid: int, tid: int | None = None, root: str = PROC) -> Status:
+    path = f"{root}/{pid}/task/{tid}/status" if tid else f"{root}/{pid}/status"
+    raw: dict[str, str] = {}
+    for line in _read(path, f"read status of {tid or pid}").splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            raw[k] = v.strip()
+    return Status(raw)
+
+
+# -- stat ----------------------------------------------------------------------------------------
+
+def stat_fields(pid: int, root: str = PROC) -> list[str]:
+    """/proc/PID/stat as a list indexed like proc(5) (index 1 = pid, 2 = comm, 3 = state, ...).
+
+    comm may hold spaces and parentheses, so split after the last ')'."""
+    text = _read(f"{root}/{pid}/stat", f"read stat of {pid}")
+    lp, rp = text.find("("), text.rfind(")")
+    return ["", text[:lp].strip(), text[lp + 1:rp]] + text[rp + 1:].split()
+
+
+# proc(5) field numbers of the mm values the MM record holds.
+STAT_MM = {"start_code": 26, "end_code": 27, "start_stack": 28, "start_data": 45, "end_data": 46,
+           "start_brk": 47, "arg_start": 48, "arg_end": 49, "env_start": 50, "env_end": 51}
+STAT_EXIT_SIGNAL = 38
+
+
+def mm_fields(pid: int, root: str = PROC) -> dict[str, int]:
+    st = stat_fields(pid, root)
+    return {k: int(st[i]) for k, i in STAT_MM.items()}
+
+
+def exit_signal(pid: int, root: str = PROC) -> int:
+    return int(stat_fields(pid, root)[STAT_EXIT_SIGNAL])
+
+
+# -- memory maps ---------------------------------------------------------------------------------
+
+@dataclass
+class Mapping:
+    start: int
+    end: int
+    perms: str  # "rw-p"
+    offset: int
+    dev: tuple[int, int]
+    inode: int
+    path: str  # "" for anonymous; "[heap]", "/usr/lib/... (deleted)", ...
+    vmflags: list[str] = field(default_factory=list)
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+    @property
+    def prot(self) -> int:
+        return (1 if self.perms[0] == "r" else 0) | (2 if self.perms[1] == "w" else 0) | \
+            (4 if self.perms[2] == "x" else 0)
+
+
+def _map_line(line: str) -> Mapping:
+    # "start-end perms offset major:minor inode   path" (path may contain spaces)
+    parts = line.split(None, 5)
+    start, end = (int(x, 16) for x in parts[0].split("-"))
+    major, minor = (int(x, 16) for x in parts[3].split(":"))
+    return Mapping(start, end, parts[1], int(parts[2], 16), (major, minor), int(parts[4]),
+                   parts[5].rstrip("\n") if len(parts) > 5 else "")
+
+
+def smaps(pid: int, root: str = PROC) -> list[Mapping]:
+    """Every mapping with its VmFlags, from one read of /proc/PID/smaps."""
+    out: list[Mapping] = []
+    for line in _read(f"{root}/{pid}/smaps", f"read smaps of {pid}").splitlines():
+        if not line:
+            continue
+        head = line.split(None, 1)[0]
+        if "-" in head and not head.endswith(":"):
+            out.append(_map_line(line))
+        elif head == "VmFlags:" and out:
+            out[-1].vmflags = line.split()[1:]
+    return out
+
+
+def auxv(pid: int, root: str = PROC) -> list[tuple[int, int]]:
+    """AT_* pairs up to and including AT_NULL."""
+    try:
+        with open(f"{root}/{pid}/auxv", "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise from_oserror(exc, f"read auxv of {pid}") from None
+    out = []
+    for a_type, a_val in struct.iter_unpack("<QQ", data[: len(data) // 16 * 16]):
+        out.append((a_type, a_val))
+        if a_type == 0:
+            break
+    return out
+
+
+def personality(pid: int, root: str = PROC) -> int:
+    return int(_read(f"{root}/{pid}/personality", f"read personality of {pid}").strip() or "0", 16)
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+def fds(pid: int, root: str = PROC) -> list[int]:
+    try:
+        return sorted(int(d) for d in os.listdir(f"{root}/{pid}/fd"))
+    except OSError as exc:
+        raise from_oserror(exc, f"list fds of {pid}") from None
+
+
+def fd_target(pid: int, fd: int, root: str = PROC) -> str:
+    return _readlink(f"{root}/{pid}/fd/{fd}", f"readlink fd {fd} of {pid}")
+
+
+@dataclass
+class FdInfo:
+    pos: int
+    flags: int
+    mnt_id: int
+    ino: int
+    extra: dict[str, str]  # other "key: value" lines, last one wins
+    lines: list[str]  # every line, for kinds with repeated entries (epoll tfd, inotify wd)
+
+
+def fdinfo(pid: int, fd: int, root: str = PROC) -> FdInfo:
+    text = _read(f"{root}/{pid}/fdinfo/{fd}", f"read fdinfo {fd} of {pid}")
+    kv: dict[str, str] = {}
+    lines = text.splitlines()
+    for line in lines:
+        k, sep, v = line.partition(":")
+        if sep:
+            kv[k.strip()] = v.strip()
+    return FdInfo(int(kv.get("pos", "0")), int(kv.get("flags", "0"), 8), int(kv.get("mnt_id", "0")),
+                  int(kv.get("ino", "0")), kv, lines)
+
+
+def epoll_targets(info: FdInfo) -> list[dict[str, int]]:
+    """`tfd:        5 events:       19 data: 5  pos:0 ino:... sdev:...` -> tfd, events, data."""
+    out = []
+    for line in info.lines:
+        if line.startswith("tfd:"):
+            kv = _pairs(line)
+            out.append({"tfd": int(kv["tfd"]), "events": int(kv["events"], 16), "data": int(kv["data"], 16)})
+    return out
+
+
+def inotify_watches(info: FdInfo) -> list[dict[str, int]]:
+    """`inotify wd:1 ino:1a sdev:800001 mask:fff ignored_mask:0 ...` -> wd, ino, sdev, mask."""
+    out = []
+    for line in info.lines:
+        if line.startswith("inotify "):
+            kv = _pairs(line[len("inotify "):])
+            out.append({"wd": int(kv["wd"]), "ino": int(kv["ino"], 16), "sdev": int(kv["sdev"], 16),
+                        "mask": int(kv["mask"], 16),
+                        "fhandle_bytes": int(kv.get("fhandle-bytes", "0"), 16),
+                        "fhandle_type": int(kv.get("fhandle-type", "0"), 16),
+                        "f_handle": kv.get("f_handle", "")})
+    return out
+
+
+def timerfd_state(info: FdInfo) -> dict[str, int]:
+    """clockid, ticks, settime flags, it_value and it_interval (sec, nsec) from timerfd fdinfo."""
+    kv = info.extra
+
+    def pair(key: str) -> tuple[int, int]:
+        v = kv.get(key, "(0, 0)").strip("()").split(",")
+        return int(v[0]), int(v[1])
+
+    vs, vn = pair("it_value")
+    is_, in_ = pair("it_interval")
+    return {"clockid": int(kv.get("clockid", "0")), "ticks": int(kv.get("ticks", "0")),
+            "settime_flags": int(kv.get("settime flags", "0"), 8), "value_sec": vs, "value_nsec": vn,
+            "interval_sec": is_, "interval_nsec": in_}
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """`a: 1 b:2 c:  3` -> {a: 1, b: 2, c: 3} (fdinfo mixes `k:v` and `k: v`)."""
+    toks = text.replace(":", ": ").split()
+    out = {}
+    key = None
+    for t in toks:
+        if t.endswith(":"):
+            key = t[:-1]
+        elif key is not None:
+            out[key] = t
+            key = None
+    return out
+
+
+def path_in_root(path: str, task_root: str) -> str:
+    """A path as the dumper sees it, re-expressed from the task's root directory."""
+    if task_root in ("", "/"):
+        return path
+    if path == task_root:
+        return "/"
+    if path.startswith(task_root + "/"):
+        return path[len(task_root):]
+    return path
+
+
+def task_exists(pid: int, root: str = PROC) -> bool:
+    try:
+        os.stat(f"{root}/{pid}")
+        return True
+    except OSError:
+        return False
+
+
+__all__ = ["NoSuchProcess"]

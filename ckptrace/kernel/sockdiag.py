@@ -1,0 +1,80 @@
+"""Socket state from the kernel's sock_diag netlink interface, through pyroute2.
+
+One query per family per dump (all sockets of the network namespace), indexed by inode, so a
+dump with many sockets costs a handful of netlink round trips. pyroute2 is imported here, only
+when a dump meets a socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from ..errors import HostUnsupported
+
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 0x10
+
+
+@dataclass
+class SockInfo:
+    family: int
+    type: int
+    protocol: int
+    state: int
+    ino: int
+    peer_ino: int = 0
+    backlog: int = 0  # listening sockets: the listen() backlog the kernel keeps
+    shutdown: int = 0
+
+
+def _attrs(msg) -> dict:
+    return {k: v for k, v in msg.get("attrs", [])}
+
+
+def _query_all() -> dict[int, SockInfo]:
+    try:
+        from pyroute2 import DiagSocket
+        from pyroute2.netlink.exceptions import NetlinkError
+    except ImportError as exc:  # pragma: no cover - pinned dependency
+        raise HostUnsupported(f"pyroute2 is missing ({exc}): run scripts/setup.sh") from None
+    out: dict[int, SockInfo] = {}
+    with DiagSocket() as ds:
+        ds.bind()
+        show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN
+        for m in ds.get_sock_stats(family=socket.AF_UNIX, show=show):
+            a = _attrs(m)
+            rq = a.get("UNIX_DIAG_RQLEN")
+            backlog = rq[1] if isinstance(rq, (tuple, list)) and len(rq) > 1 else 0
+            if isinstance(rq, dict):
+                backlog = rq.get("udiag_wqueue", 0)
+            out[m["udiag_ino"]] = SockInfo(socket.AF_UNIX, m["udiag_type"], 0, m["udiag_state"],
+                                           m["udiag_ino"], a.get("UNIX_DIAG_PEER", 0) or 0,
+                                           backlog if m["udiag_state"] == 10 else 0,
+                                           a.get("UNIX_DIAG_SHUTDOWN", 0) or 0)
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for proto, stype in ((socket.IPPROTO_TCP, socket.SOCK_STREAM), (socket.IPPROTO_UDP, socket.SOCK_DGRAM)):
+                try:
+                    msgs = ds.get_sock_stats(family=fam, protocol=proto)
+                except (NetlinkError, OSError):  # a family the kernel lacks (no IPv6) is not fatal
+                    continue
+                for m in msgs:
+                    a = _attrs(m)
+                    ino = m["idiag_inode"]
+                    if not ino:
+                        continue
+                    out[ino] = SockInfo(fam, stype, proto, m["idiag_state"], ino, 0,
+                                        m["idiag_wqueue"] if m["idiag_state"] == 10 and proto == socket.IPPROTO_TCP else 0,
+                                        a.get("INET_DIAG_SHUTDOWN", 0) or 0)
+    return out
+
+
+class SockTable:
+    """Lazily loaded sock_diag view of the dumper's network namespace."""
+
+    def __init__(self):
+        self._by_ino: dict[int, SockInfo] | None = None
+
+    def get(self, ino: int) -> SockInfo | None:
+        if self._by_ino is None:
+            self._by_ino = _query_all()
+        return self._by_ino.get(ino)

@@ -1,0 +1,44 @@
+"""State one dump carries from object to object: the writer, the objhash, the namespace's pid
+map and root, options, and running totals for the progress display and summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..image.stream import ImageWriter
+from ..kernel import procfs
+from ..kernel.sockdiag import SockTable
+from .objhash import ObjHash
+
+
+@dataclass
+class Stats:
+    tasks: int = 0
+    processes: int = 0
+    vmas: int = 0
+    pages: int = 0
+    files: int = 0
+
+
+@dataclass
+class DumpContext:
+    w: ImageWriter
+    ns_root: str  # the namespace init's root directory, as the dumper sees it
+    ns_pid: dict[int, int]  # host pid/tid -> pid inside the namespace
+    max_file_data: int
+    proc: str = procfs.PROC
+    objhash: ObjHash = field(default_factory=ObjHash)
+    socks: SockTable = field(default_factory=SockTable)
+    pipes_seen: set[int] = field(default_factory=set)  # pipe inodes whose buffer is already stored
+    shmem_seen: set = field(default_factory=set)
+    stats: Stats = field(default_factory=Stats)
+    on_progress: Callable[["DumpContext"], None] | None = None
+
+    def path(self, host_path: str) -> str:
+        """A path as seen from the namespace's root."""
+        return procfs.path_in_root(host_path, self.ns_root)
+
+    def progress(self) -> None:
+        if self.on_progress:
+            self.on_progress(self)

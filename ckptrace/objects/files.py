@@ -1,0 +1,253 @@
+"""File tables and open files: FILE_TABLE, FILE_DESC and the FILE object of every kind.
+
+This module classifies an fd by what the kernel shows for it (the /proc/PID/fd link and the
+inode's mode) and writes regular files, directories, device nodes, deleted-but-open files and
+memfds itself; pipes, sockets, ttys and the anon-inode kinds have their own modules. An fd kind
+not listed in `classify` makes the dump refuse, naming pid, fd and kind.
+
+Sharing: two fds (in one table, or in two processes after fork) that are one open file
+description are one FILE object; kcmp(KCMP_FILE) decides, among fds with the same inode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass
+
+from ..errors import NoSuchProcess, Unsupported, from_oserror
+from ..image.records import MAX_BLOB, FileType, ObjType, RecType
+from ..kernel import procfs
+from ..kernel.sys import pidfd_getfd, pidfd_open
+from .context import DumpContext
+from .objhash import KCMP_FILE, KCMP_FILES
+
+O_ACCMODE = 0o3
+O_PATH = 0o10000000
+O_CLOEXEC = 0o2000000
+FMODE_READ, FMODE_WRITE = 0x1, 0x2
+TTY_MAJORS = {4, 5} | set(range(136, 144))
+DELETED = " (deleted)"
+ANON_KINDS = {
+    "anon_inode:[eventfd]": FileType.EVENTFD,
+    "anon_inode:[eventpoll]": FileType.EPOLL,
+    "anon_inode:[timerfd]": FileType.TIMERFD,
+    "anon_inode:[signalfd]": FileType.SIGNALFD,
+    "anon_inode:inotify": FileType.INOTIFY,
+}
+
+
+@dataclass
+class OpenFd:
+    pid: int
+    fd: int
+    target: str  # the /proc/PID/fd link
+    st: os.stat_result
+    info: procfs.FdInfo
+    kind: FileType
+
+
+def classify(pid: int, fd: int, target: str, st: os.stat_result) -> FileType:
+    """The FileType for one fd, or Unsupported naming pid, fd and kind."""
+    mode = st.st_mode
+    if target.startswith("pipe:["):
+        return FileType.PIPE
+    if target.startswith("socket:["):
+        return FileType.UNIX_SOCKET  # refined to INET by the socket module
+    if target in ANON_KINDS:
+        return ANON_KINDS[target]
+    if target.startswith("/memfd:"):
+        return FileType.MEMFD
+    if target.startswith("/"):
+        if stat.S_ISFIFO(mode):
+            return FileType.FIFO
+        if stat.S_ISCHR(mode) and os.major(st.st_rdev) in TTY_MAJORS:
+            return FileType.TTY
+        if target.endswith(DELETED) and stat.S_ISREG(mode) and st.st_nlink == 0:
+            return FileType.DELETED
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return FileType.REGULAR
+    raise Unsupported(f"pid {pid} fd {fd} is a {target!r}, a kind of file ckptrace cannot checkpoint")
+
+
+def open_fd(ctx: DumpContext, pid: int, fd: int) -> OpenFd:
+    base = f"{ctx.proc}/{pid}/fd/{fd}"
+    target = procfs.fd_target(pid, fd, ctx.proc)
+    try:
+        st = os.stat(base)
+    except OSError as exc:
+        raise from_oserror(exc, f"stat fd {fd} of {pid}") from None
+    return OpenFd(pid, fd, target, st, procfs.fdinfo(pid, fd, ctx.proc), classify(pid, fd, target, st))
+
+
+def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
+    """Refuse before anything is written: unknown kinds, deleted files too large to store."""
+    for fd in procfs.fds(pid, ctx.proc):
+        try:
+            o = open_fd(ctx, pid, fd)
+        except Unsupported as exc:
+            raise Unsupported(f"{exc} (pid {nspid} inside the namespace)") from None
+        if o.kind in (FileType.DELETED, FileType.MEMFD) and o.st.st_size > ctx.max_file_data:
+            raise Unsupported(f"pid {pid} fd {fd}: {o.target} is {o.st.st_size} bytes, above "
+                              f"--max-file-data {ctx.max_file_data}; raise the limit to dump it")
+        if o.kind is FileType.UNIX_SOCKET:
+            ino = int(o.target[len("socket:["):-1])
+            if ctx.socks.get(ino) is None:
+                raise Unsupported(f"pid {pid} fd {fd}: socket:[{ino}] is not a unix, TCP or UDP socket "
+                                  "of this network namespace (sock_diag does not know it)")
+
+
+@contextlib.contextmanager
+def grab(pid: int, fd: int):
+    """A duplicate of the target's open file description (pidfd_getfd), closed afterwards."""
+    pidfd = pidfd_open(pid)
+    try:
+        dup = pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    try:
+        yield dup
+    finally:
+        os.close(dup)
+
+
+def file_mode(flags: int) -> int:
+    if flags & O_PATH:
+        return 0
+    acc = flags & O_ACCMODE
+    return (FMODE_READ if acc in (0, 2) else 0) | (FMODE_WRITE if acc in (1, 2) else 0)
+
+
+def write_file_head(ctx: DumpContext, ref: int, kind: FileType, flags: int, pos: int, name: str | None) -> None:
+    ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=ref))
+    flags &= ~O_CLOEXEC  # close-on-exec belongs to the fd (FILE_DESC), not the description
+    ctx.w.record(RecType.FILE, dict(f_type=kind, f_mode=file_mode(flags), f_flags=flags, f_pos=pos, f_version=0))
+    if name is not None:
+        ctx.w.record(RecType.FILE_NAME, payload=name)
+    ctx.stats.files += 1
+
+
+def strip_deleted(path: str) -> str:
+    return path[:-len(DELETED)] if path.endswith(DELETED) else path
+
+
+def write_contents(ctx: DumpContext, path: str, size: int, what: str) -> None:
+    """FILE_DATA records holding a file's contents, read through a /proc link (works unlinked)."""
+    if size > ctx.max_file_data:
+        raise Unsupported(f"{what} is {size} bytes, above --max-file-data {ctx.max_file_data}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise from_oserror(exc, f"open {what}") from None
+    try:
+        off = 0
+        while off < size:
+            chunk = os.pread(fd, min(MAX_BLOB, size - off), off)
+            if not chunk:
+                break
+            ctx.w.record(RecType.FILE_DATA, dict(size=size, offset=off), payload=chunk)
+            off += len(chunk)
+        if off == 0:
+            ctx.w.record(RecType.FILE_DATA, dict(size=size, offset=0), payload=b"")
+    finally:
+        os.close(fd)
+
+
+def dump_file(ctx: DumpContext, pid: int, fd: int) -> int:
+    """The FILE object of one fd: its objref, written first if never seen."""
+    o = open_fd(ctx, pid, fd)
+    bucket = (o.st.st_dev, o.st.st_ino)
+    ref = ctx.objhash.lookup_kcmp(KCMP_FILE, pid, fd, bucket)
+    if ref is not None:
+        return ref
+    ref = ctx.objhash.add_kcmp(KCMP_FILE, pid, fd, bucket)
+    flags, pos = o.info.flags, o.info.pos
+    if o.kind is FileType.REGULAR:
+        write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(o.target))
+    elif o.kind is FileType.DELETED:
+        write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(strip_deleted(o.target)))
+        write_contents(ctx, f"{ctx.proc}/{pid}/fd/{fd}", o.st.st_size, f"pid {pid} fd {fd} ({o.target})")
+    elif o.kind is FileType.MEMFD:
+        write_file_head(ctx, ref, o.kind, flags, pos, strip_deleted(o.target)[1:])  # "memfd:name"
+        write_contents(ctx, f"{ctx.proc}/{pid}/fd/{fd}", o.st.st_size, f"pid {pid} fd {fd} ({o.target})")
+    elif o.kind in (FileType.PIPE, FileType.FIFO):
+        from . import pipe
+
+        pipe.dump(ctx, ref, o)
+    elif o.kind is FileType.UNIX_SOCKET:
+        from . import socket as sock
+
+        sock.dump(ctx, ref, o)
+    elif o.kind is FileType.TTY:
+        from . import tty
+
+        tty.dump(ctx, ref, o)
+    else:
+        from . import anon
+
+        anon.dump(ctx, ref, o)
+    return ref
+
+
+def dump_table(ctx: DumpContext, pid: int) -> int:
+    """The file table of process `pid`: its objref, written (with its files) if first seen."""
+    ref = ctx.objhash.lookup_kcmp(KCMP_FILES, pid, 0)
+    if ref is not None:
+        return ref
+    ref = ctx.objhash.add_kcmp(KCMP_FILES, pid, 0)
+    fds = procfs.fds(pid, ctx.proc)
+    ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.FILE_TABLE, objref=ref))
+    ctx.w.record(RecType.FILE_TABLE, dict(fdt_nfds=len(fds)))
+    for fd in fds:
+        fref = dump_file(ctx, pid, fd)
+        cloexec = bool(procfs.fdinfo(pid, fd, ctx.proc).flags & O_CLOEXEC)
+        ctx.w.record(RecType.FILE_DESC, dict(fd_objref=fref, fd_descriptor=fd, fd_close_on_exec=int(cloexec)))
+    return ref
+
+
+# -- files named by the mm (exe, mapped files): no fd, so keyed by inode and path --------------
+
+def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: int, what: str) -> int:
+    ref = ctx.objhash.lookup_key(key)
+    if ref is not None:
+        return ref
+    ref = ctx.objhash.add_key(key)
+    if kind_path.startswith("/memfd:"):
+        write_file_head(ctx, ref, FileType.MEMFD, flags, 0, strip_deleted(kind_path)[1:])
+        write_contents(ctx, open_path, os.stat(open_path).st_size, what)
+    elif kind_path.endswith(DELETED):
+        write_file_head(ctx, ref, FileType.DELETED, flags, 0, ctx.path(strip_deleted(kind_path)))
+        write_contents(ctx, open_path, os.stat(open_path).st_size, what)
+    else:
+        write_file_head(ctx, ref, FileType.REGULAR, flags, 0, ctx.path(kind_path))
+    return ref
+
+
+def dump_exe(ctx: DumpContext, pid: int) -> int:
+    link = f"{ctx.proc}/{pid}/exe"
+    try:
+        path = os.readlink(link)
+        st = os.stat(link)
+    except FileNotFoundError:
+        return 0  # kernel threads and exited mms have no exe
+    except OSError as exc:
+        raise from_oserror(exc, f"readlink exe of {pid}") from None
+    return _mapped_file(ctx, ("path", st.st_dev, st.st_ino, path), path, link, os.O_RDONLY,
+                        f"pid {pid} exe {path}")
+
+
+def dump_mapped_file(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
+    """The file a VMA maps. map_files/ opens it even when it was unlinked."""
+    link = f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}"
+    try:
+        st = os.stat(link)
+        dev = st.st_dev
+    except OSError:
+        dev = (m.dev[0] << 8) | m.dev[1]
+    flags = os.O_RDWR if (m.shared and m.perms[1] == "w") else os.O_RDONLY
+    return _mapped_file(ctx, ("path", dev, m.inode, m.path), m.path, link, flags,
+                        f"pid {pid} mapping {m.start:x}-{m.end:x} ({m.path})")
+
+
+__all__ = ["dump_table", "dump_exe", "dump_mapped_file", "check_fds", "grab", "NoSuchProcess"]

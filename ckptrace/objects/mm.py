@@ -1,0 +1,217 @@
+"""Address spaces: MM, its VMAs, their present pages, and the auxv.
+
+Speed matters here (a dump is mostly page copying), so per VMA the dumper:
+- reads /proc/PID/pagemap once (in windows of at most PAGEMAP_WINDOW pages),
+- finds runs of pages to store without a per-page Python loop: it slices out the top byte of
+  every 8-byte entry, maps it to b"1"/b"0" with bytes.translate and lets a regex find the runs,
+- copies runs with process_vm_readv in large iovecs into one reused, pre-faulted buffer,
+- and hands that buffer to ImageWriter.raw_record, which writes it with writev (no copy).
+The dumper's memory stays bounded by the buffer (COPY_BUFFER) whatever the image size.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass
+
+from ..errors import CkptError, Unsupported, from_oserror
+from ..image.records import (MAX_PAGES_PER_RECORD, PAGE_SIZE, VM_FLAG_BITS, VM_NOT_SUPPORTED,
+                             VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType)
+from ..kernel import procfs
+from ..kernel.sys import buffer_address, vm_readv
+from .context import DumpContext
+from .objhash import KCMP_VM
+
+COPY_BUFFER = MAX_PAGES_PER_RECORD * PAGE_SIZE  # 16 MiB
+PAGEMAP_WINDOW = 1 << 20  # pages per pagemap read (8 MiB of entries)
+PAGE_FIXED = struct.Struct("<Q")
+
+# Byte 7 of a pagemap entry holds bits 56..63: 0x80 present, 0x40 swapped, 0x20 file/shared page.
+_ANY = bytes(0x31 if b & 0xC0 else 0x30 for b in range(256))
+# Private file mappings: only pages that are no longer the file's (copied on write, or swapped).
+_ANON_ONLY = bytes(0x31 if (b & 0x40) or ((b & 0x80) and not (b & 0x20)) else 0x30 for b in range(256))
+_RUN = re.compile(rb"1+")
+
+SKIP = ("[vsyscall]",)
+VVAR = ("[vvar]", "[vvar_vclock]")
+SHARED_ANON_PREFIXES = ("/dev/zero", "/SYSV", "/memfd:")
+
+
+def vm_flags(m: procfs.Mapping) -> int:
+    return sum(VM_FLAG_BITS.get(f, 0) for f in m.vmflags)
+
+
+def check_mapping(pid: int, m: procfs.Mapping) -> None:
+    """Refuse mappings that cannot be restored faithfully (the seed's CKPT_VMA_NOT_SUPPORTED)."""
+    if m.path in VVAR or m.path in SKIP or m.path == "[vdso]":
+        return  # the kernel's own special mappings: recreated, never copied
+    bad = [name for f, name in VM_NOT_SUPPORTED.items() if f in m.vmflags]
+    if bad:
+        raise Unsupported(f"pid {pid}: mapping {m.start:#x}-{m.end:#x} {m.path or '(anonymous)'} is "
+                          f"{'|'.join(bad)}, which cannot be checkpointed")
+
+
+def vma_type(m: procfs.Mapping) -> VmaType | None:
+    if m.path in SKIP:
+        return None
+    if m.path == "[vdso]":
+        return VmaType.VDSO
+    if m.path in VVAR:
+        return VmaType.VVAR
+    if m.shared:
+        if not m.path or m.path.startswith(SHARED_ANON_PREFIXES) or m.path.endswith(" (deleted)"):
+            return VmaType.SHARED_ANON
+        return VmaType.SHARED_FILE
+    if not m.path or m.path.startswith("["):
+        return VmaType.ANON
+    return VmaType.FILE
+
+
+@dataclass
+class PageCopier:
+    """One reused, pre-faulted buffer; copies runs of pages from a task into PAGE records."""
+
+    buf: mmap.mmap
+    addr: int
+
+    @classmethod
+    def create(cls) -> "PageCopier":
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+        buf = mmap.mmap(-1, COPY_BUFFER, flags=flags)
+        for off in range(0, COPY_BUFFER, PAGE_SIZE):  # fault it in now: a cold buffer copies slowly
+            buf[off] = 0
+        return cls(buf, buffer_address(buf))
+
+    def close(self) -> None:
+        try:
+            self.buf.close()
+        except BufferError:  # a view still alive; the mapping goes with the process
+            pass
+
+    def dump_vma_pages(self, ctx: DumpContext, pid: int, m: procfs.Mapping, table: bytes) -> int:
+        """Write the VMA's stored pages as PAGE records. Returns the number of pages."""
+        total = 0
+        batch: list[tuple[int, int]] = []  # (vaddr, npages), together at most COPY_BUFFER
+        used = 0
+        with open(f"{ctx.proc}/{pid}/pagemap", "rb", buffering=0) as pm:
+            first = m.start // PAGE_SIZE
+            last = m.end // PAGE_SIZE
+            for win in range(first, last, PAGEMAP_WINDOW):
+                n = min(PAGEMAP_WINDOW, last - win)
+                try:
+                    entries = os.pread(pm.fileno(), n * 8, win * 8)
+                except OSError as exc:
+                    raise from_oserror(exc, f"read pagemap of {pid}") from None
+                marks = entries[7::8].translate(table)
+                for run in _RUN.finditer(marks):
+                    vaddr = (win + run.start()) * PAGE_SIZE
+                    left = run.end() - run.start()
+                    while left:
+                        k = min(left, MAX_PAGES_PER_RECORD - used)
+                        batch.append((vaddr, k))
+                        used += k
+                        vaddr += k * PAGE_SIZE
+                        left -= k
+                        if used == MAX_PAGES_PER_RECORD:
+                            self._flush(ctx, pid, m, batch)
+                            total += used
+                            batch, used = [], 0
+        if batch:
+            self._flush(ctx, pid, m, batch)
+            total += used
+        return total
+
+    def _flush(self, ctx: DumpContext, pid: int, m: procfs.Mapping, batch: list[tuple[int, int]]) -> None:
+        ranges = [(a, n * PAGE_SIZE) for a, n in batch]
+        want = sum(n for _, n in ranges)
+        got = 0
+        if m.prot & 1:
+            try:
+                got = vm_readv(pid, self.addr, ranges)
+            except CkptError:
+                got = 0
+        if got != want:
+            # Unreadable for process_vm_readv (PROT_NONE, a racing fault): /proc/PID/mem reads with
+            # FOLL_FORCE, as a debugger would.
+            self._read_mem(pid, ranges, got)
+        view = memoryview(self.buf)
+        off = 0
+        for a, n in ranges:
+            ctx.w.raw_record(RecType.PAGE, PAGE_FIXED.pack(a), view[off:off + n])
+            off += n
+        ctx.stats.pages += want // PAGE_SIZE
+        ctx.progress()
+
+    def _read_mem(self, pid: int, ranges: list[tuple[int, int]], done: int) -> None:
+        off = 0
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            view = memoryview(self.buf)
+            for a, n in ranges:
+                if off + n <= done:
+                    off += n
+                    continue
+                skip = max(0, done - off)
+                pos = skip
+                while pos < n:
+                    try:
+                        k = os.preadv(fd, [view[off + pos:off + n]], a + pos)
+                    except OSError as exc:
+                        raise from_oserror(exc, f"read memory of {pid} at {a + pos:#x}") from None
+                    if k <= 0:
+                        raise Unsupported(f"pid {pid}: page at {a + pos:#x} is present but unreadable")
+                    pos += k
+                off += n
+        finally:
+            os.close(fd)
+
+
+def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
+    """The mm of process `p` (a task.ProcState): its objref, writing it if first seen."""
+    pid = p.hostpid
+    ref = ctx.objhash.lookup_kcmp(KCMP_VM, pid, 0)
+    if ref is not None:
+        return ref
+    ref = ctx.objhash.add_kcmp(KCMP_VM, pid, 0)
+    maps = procfs.smaps(pid, ctx.proc)
+    ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.MM, objref=ref))
+    exe_ref = files.dump_exe(ctx, pid)
+    kept = [(m, t) for m in maps if (t := vma_type(m)) is not None]
+    f = procfs.mm_fields(pid, ctx.proc)
+    ctx.w.record(RecType.MM, dict(map_count=len(kept), exe_objref=exe_ref, def_flags=0, flags=0, brk=p.brk, **f))
+    for m, t in kept:
+        check_mapping(pid, m)
+        objref = 0
+        table: bytes | None = _ANY
+        if t in (VmaType.FILE, VmaType.SHARED_FILE):
+            objref = files.dump_mapped_file(ctx, pid, m)
+            if t is VmaType.SHARED_FILE:
+                table = None  # the contents live in the file itself
+            elif not m.path.endswith(" (deleted)"):
+                table = _ANON_ONLY
+        elif t is VmaType.SHARED_ANON:
+            key = ("shmem", m.dev, m.inode)
+            objref = ctx.objhash.lookup_key(key) or 0
+            if objref:
+                table = None  # stored with the first VMA that named this segment
+            else:
+                objref = ctx.objhash.add_key(key)
+                ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.SHMEM, objref=objref))
+        elif t is VmaType.VVAR:
+            table = None
+        ctx.w.record(RecType.VMA, dict(vma_type=t, vma_objref=objref, vm_start=m.start, vm_end=m.end,
+                                       vm_page_prot=m.prot, vm_flags=vm_flags(m),
+                                       vm_pgoff=m.offset // PAGE_SIZE))
+        if table is not None:
+            copier.dump_vma_pages(ctx, pid, m, table)
+        ctx.w.raw_record(RecType.PAGE, PAGE_FIXED.pack(VMA_LAST_PAGE), b"")
+        ctx.stats.vmas += 1
+    aux = procfs.auxv(pid, ctx.proc)
+    ctx.w.record(RecType.MM_AUXV, dict(nentries=len(aux)), payload=[dict(a_type=a, a_val=v) for a, v in aux])
+    return ref
+
+
+__all__ = ["dump_mm", "check_mapping", "PageCopier", "FileType"]

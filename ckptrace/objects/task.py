@@ -1,0 +1,190 @@
+"""Tasks: TASK, comm, THREAD, CPU for every thread; credentials, signal handlers, rlimits and
+per-process state for each thread-group leader.
+
+What /proc does not show (kernel sigactions, sigaltstack, clear_child_tid, pdeath signal,
+securebits, the exact brk) is read by injecting system calls into the stopped task. All
+injections happen in `collect()`, right after the freeze and before any page is copied, so the
+window in which a dumper killed by SIGKILL could leave a task with borrowed registers is as short
+as possible (the Injector restores registers after each call).
+"""
+
+from __future__ import annotations
+
+import resource
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import NoSuchProcess
+from ..image.records import RLIMIT_NAMES, TASK_COMM_LEN, RecType
+from ..kernel import procfs
+from ..kernel.ptrace import Injector, Tracee
+from .context import DumpContext
+
+SYS_brk = 12
+SYS_rt_sigaction = 13
+SYS_sigaltstack = 131
+SYS_prctl = 157
+PR_GET_PDEATHSIG = 2
+PR_GET_SECUREBITS = 27
+PR_GET_TID_ADDRESS = 40
+NSIG = 64
+SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
+STACK_T = struct.Struct("<Qi4xQ")  # stack_t: ss_sp, ss_flags, ss_size
+U64 = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass
+class ThreadState:
+    hostpid: int
+    hosttid: int
+    tracee: Tracee
+    nstid: int = 0
+    nstgid: int = 0
+    comm: bytes = b""
+    state: int = 0
+    exit_signal: int = 0
+    blocked: int = 0
+    pending: int = 0
+    clear_child_tid: int = 0
+    altstack: tuple[int, int, int] = (0, 0, 0)  # sp, flags, size
+    regs: list[int] = field(default_factory=list)
+    xstate: bytes = b""
+
+
+@dataclass
+class ProcState:
+    hostpid: int
+    threads: list[ThreadState]
+    nspid: int = 0
+    nsppid: int = 0
+    nspgid: int = 0
+    nssid: int = 0
+    status: procfs.Status | None = None
+    sigactions: list[tuple[int, int, int, int]] = field(default_factory=list)
+    securebits: int = 0
+    pdeath_signal: int = 0
+    brk: int = 0
+    syscall_insn: int = 0
+
+    @property
+    def leader(self) -> ThreadState:
+        return self.threads[0]
+
+
+def _checked(ret: int, what: str) -> int:
+    if ret < 0:
+        from ..errors import from_oserror
+
+        raise from_oserror(OSError(-ret, what), what)
+    return ret
+
+
+def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
+    """Everything per thread: ptrace register sets and injected reads."""
+    st = procfs.status(t.hostpid, t.hosttid, proc)
+    t.nstid = st.nspid[-1]
+    t.nstgid = procfs.status(t.hostpid, None, proc).nspid[-1] if t.hostpid != t.hosttid else t.nstid
+    t.pending = st.hex("SigPnd")
+    t.state = ord(st.state)
+    with open(f"{proc}/{t.hostpid}/task/{t.hosttid}/comm", "rb") as f:
+        t.comm = f.read().rstrip(b"\n")[:TASK_COMM_LEN - 1].ljust(TASK_COMM_LEN, b"\0")
+    fields = procfs.stat_fields(t.hosttid, proc)
+    t.exit_signal = int(fields[procfs.STAT_EXIT_SIGNAL]) & 0xFFFFFFFF
+    tr = t.tracee
+    t.regs = tr.get_regs()
+    t.xstate = tr.get_xstate()
+    t.blocked = tr.get_sigmask()
+    inj = Injector(tr, insn)
+    with inj.scratch(32) as (addr, mem):
+        _checked(inj.syscall(SYS_prctl, PR_GET_TID_ADDRESS, addr), f"prctl(PR_GET_TID_ADDRESS) in {t.hosttid}")
+        mem.seek(addr)
+        t.clear_child_tid = struct.unpack("<Q", mem.read(8))[0]
+        _checked(inj.syscall(SYS_sigaltstack, 0, addr), f"sigaltstack in {t.hosttid}")
+        mem.seek(addr)
+        t.altstack = STACK_T.unpack(mem.read(STACK_T.size))
+
+
+def collect_process(p: ProcState, proc: str) -> None:
+    leader = p.leader
+    p.status = procfs.status(p.hostpid, None, proc)
+    p.syscall_insn = _vdso_syscall(p.hostpid)
+    inj = Injector(leader.tracee, p.syscall_insn)
+    with inj.scratch(NSIG * SIGACTION.size) as (addr, mem):
+        for sig in range(1, NSIG + 1):
+            _checked(inj.syscall(SYS_rt_sigaction, sig, 0, addr + (sig - 1) * SIGACTION.size, 8),
+                     f"rt_sigaction({sig}) in {p.hostpid}")
+        mem.seek(addr)
+        data = mem.read(NSIG * SIGACTION.size)
+        p.sigactions = list(SIGACTION.iter_unpack(data))
+        _checked(inj.syscall(SYS_prctl, PR_GET_PDEATHSIG, addr), f"prctl(PR_GET_PDEATHSIG) in {p.hostpid}")
+        mem.seek(addr)
+        p.pdeath_signal = struct.unpack("<i", mem.read(4))[0]
+    p.securebits = _checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
+    # brk(0) returns the current break: /proc/PID/stat has only start_brk.
+    p.brk = _checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
+    for t in p.threads:
+        collect_thread(t, p.syscall_insn, proc)
+
+
+def _vdso_syscall(pid: int) -> int:
+    from ..kernel.ptrace import find_syscall_insn
+
+    return find_syscall_insn(pid)
+
+
+# -- records -------------------------------------------------------------------------------------
+
+def write_task_head(ctx: DumpContext, t: ThreadState) -> None:
+    ctx.w.record(RecType.TASK, dict(state=t.state, exit_state=0, exit_code=0, exit_signal=t.exit_signal,
+                                    set_child_tid=0, clear_child_tid=t.clear_child_tid))
+    ctx.w.record(RecType.STRING, payload=t.comm)
+    sp, flags, size = t.altstack
+    ctx.w.record(RecType.THREAD, dict(tid=t.nstid, tgid=t.nstgid, blocked=t.blocked, pending=t.pending,
+                                      sas_ss_sp=sp, sas_ss_size=size, sas_ss_flags=flags & 0xFFFFFFFF))
+
+
+def write_cpu(ctx: DumpContext, t: ThreadState, xstate_size: int) -> None:
+    from ..image.records import REG_NAMES
+
+    xs = t.xstate[:xstate_size].ljust(xstate_size, b"\0")
+    ctx.w.record(RecType.CPU, dict(zip(REG_NAMES, t.regs)), payload=xs)
+
+
+def write_proc(ctx: DumpContext, p: ProcState) -> None:
+    st = p.status
+    assert st is not None
+    uid, euid, suid, fsuid = st.ints("Uid")
+    gid, egid, sgid, fsgid = st.ints("Gid")
+    groups = st.ints("Groups")
+    ctx.w.record(RecType.TASK_CREDS, dict(
+        uid=uid, euid=euid, suid=suid, fsuid=fsuid, gid=gid, egid=egid, sgid=sgid, fsgid=fsgid,
+        ngroups=len(groups), securebits=p.securebits, cap_inh=st.hex("CapInh"), cap_prm=st.hex("CapPrm"),
+        cap_eff=st.hex("CapEff"), cap_bnd=st.hex("CapBnd"), cap_amb=st.hex("CapAmb")),
+        payload=[{"gid": g} for g in groups])
+    ctx.w.record(RecType.TASK_SIGHAND, dict(nsig=NSIG), payload=[
+        dict(handler=h, flags=f, restorer=r, mask=m) for h, f, r, m in p.sigactions])
+    limits = []
+    for res in range(len(RLIMIT_NAMES)):
+        try:
+            cur, mx = resource.prlimit(p.hostpid, res)
+        except ProcessLookupError:
+            raise NoSuchProcess(f"process {p.hostpid} vanished while frozen") from None
+        limits.append(dict(cur=cur & U64, max=mx & U64))
+    ctx.w.record(RecType.TASK_RLIMITS, dict(nlimits=len(limits)), payload=limits)
+    cwd = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/cwd"))
+    root = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/root"))
+    ctx.w.record(RecType.TASK_PROC, dict(
+        umask=st.umask, personality=procfs.personality(p.hostpid, ctx.proc), shared_pending=st.hex("ShdPnd"),
+        pdeath_signal=p.pdeath_signal, flags=0),
+        payload=cwd.encode("utf-8", "surrogateescape") + b"\0" + root.encode("utf-8", "surrogateescape") + b"\0")
+
+
+def _readlink(path: str) -> str:
+    import os
+
+    from ..errors import from_oserror
+
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        raise from_oserror(exc, f"readlink {path}") from None
