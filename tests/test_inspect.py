@@ -296,7 +296,7 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
             await pilot.press(*f"{w.base + PAGE_SIZE:x}", "enter")
             await pilot.pause()
             lines = screen_text(app).splitlines()
-            assert lines[1] == format_row(w.base + PAGE_SIZE, b"\x41" * 16)
+            assert lines[1].rstrip() == format_row(w.base + PAGE_SIZE, b"\x41" * 16)
             await pilot.press("pagedown")
             await pilot.pause()
             lines = screen_text(app).splitlines()
