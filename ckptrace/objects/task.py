@@ -85,7 +85,9 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.nstid = st.nspid[-1]
     t.nstgid = procfs.status(t.hostpid, None, proc).nspid[-1] if t.hostpid != t.hosttid else t.nstid
     t.pending = st.hex("SigPnd")
-    t.state = ord(st.state)
+    # TASK.state: the task's state as the restorer should recreate it, not the ptrace stop we
+    # hold it in: 0 (running) or 4 (__TASK_STOPPED) for a task that was in a job-control stop.
+    t.state = 4 if t.tracee.group_stopped else 0
     with open(f"{proc}/{t.hostpid}/task/{t.hosttid}/comm", "rb") as f:
         t.comm = f.read().rstrip(b"\n")[:TASK_COMM_LEN - 1].ljust(TASK_COMM_LEN, b"\0")
     fields = procfs.stat_fields(t.hosttid, proc)

@@ -1,0 +1,309 @@
+"""`ckptrace dump` against real processes in real pid namespaces, compared with what /proc and
+the processes themselves show. Workload: tests/dumpwork/ckwork.c, compiled at test time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nsutil import NsWorkload, nspid
+
+from ckptrace.image.reader import File, Mm, Shmem, read_image, read_pages
+from ckptrace.image.records import REG_NAMES, FileType, RecType, VmaType
+
+pytestmark = pytest.mark.kernel
+HERE = os.path.dirname(__file__)
+CLI = [sys.executable, "-m", "ckptrace"]
+
+
+@pytest.fixture(scope="session")
+def ckwork(tmp_path_factory):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing")
+    out = tmp_path_factory.mktemp("ckwork") / "ckwork"
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(out), os.path.join(HERE, "dumpwork", "ckwork.c")],
+                   check=True)
+    return str(out)
+
+
+def start(pidns, ckwork, tmp_path, *mode, settle=0.2) -> NsWorkload:
+    d = tmp_path / "w"
+    d.mkdir(exist_ok=True)
+    return pidns([ckwork, str(d), *mode], ready_file=str(d / "ready"), settle=settle)
+
+
+def dump(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(CLI + ["dump", *args], capture_output=True, **kw)
+    if check:
+        assert p.returncode == 0, p.stderr.decode()
+    return p
+
+
+def tids_of(pid: int) -> list[int]:
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+
+
+def status_field(tid: int, key: str) -> str:
+    with open(f"/proc/{tid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return line.split(":", 1)[1].strip()
+    raise KeyError(key)
+
+
+def all_tids(w: NsWorkload) -> list[int]:
+    return [t for p in w.pids() for t in tids_of(p)]
+
+
+def assert_running_untraced(w: NsWorkload) -> None:
+    for t in all_tids(w):
+        assert status_field(t, "TracerPid") == "0", t
+        assert status_field(t, "State")[0] not in "tT", (t, status_field(t, "State"))
+
+
+def maps_of(pid: int) -> list[tuple[int, int, str]]:
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            if line.rstrip().endswith("[vsyscall]"):
+                continue
+            s, e = (int(x, 16) for x in parts[0].split("-"))
+            out.append((s, e, parts[1]))
+    return out
+
+
+def prot_of(v) -> str:
+    p = v.fields["vm_page_prot"]
+    return ("r" if p & 1 else "-") + ("w" if p & 2 else "-") + ("x" if p & 4 else "-")
+
+
+def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
+    from ckptrace.kernel.ptrace import Tracee
+
+    w = start(pidns, ckwork, tmp_path)
+    img_path = tmp_path / "a.img"
+    r = dump("--pidns", str(w.ns), "-o", str(img_path), "--leave-stopped", "--json", "--quiet")
+    summary = json.loads(r.stdout)
+    assert stat.S_IMODE(os.stat(img_path).st_mode) == 0o600
+    try:
+        # Everything stays stopped (job-control stop), detached from the dumper.
+        for t in all_tids(w):
+            assert status_field(t, "State")[0] == "T", t
+            assert status_field(t, "TracerPid") == "0"
+        with open(img_path, "rb") as f:
+            img = read_image(f)
+            procs = w.pids()
+            host_of = {nspid(t): t for t in all_tids(w)}
+            # Tree: every task, with its in-namespace ids.
+            assert sorted(t.tid for t in img.tasks) == sorted(host_of)
+            assert summary["tasks"] == len(host_of) == len(img.tasks)
+            assert len(procs) == 2 and all(len(tids_of(p)) >= 2 for p in procs)
+            assert img.tree[0]["pid"] == 1 and img.tree[0]["ppid"] == 0
+            for e in img.tree:
+                assert nspid(host_of[e["tgid"]]) == e["tgid"]
+                assert e["hostpid"] == host_of[e["pid"]]
+            shm_users = []
+            for t in img.tasks:
+                host = host_of[t.tid]
+                # Registers: a fresh GETREGSET of the stopped task gives the same values.
+                tr = Tracee(host)
+                tr.seize()
+                tr.interrupt()
+                tr.wait_stop()
+                regs = tr.get_regs()
+                tr.owed_signal = signal.SIGSTOP
+                tr.detach()
+                assert [t.regs[n] for n in REG_NAMES] == regs, t.tid
+                if not t.is_leader:
+                    continue
+                mm = img.obj(t.mm_objref)
+                assert isinstance(mm, Mm)
+                # VMAs: as /proc/PID/maps lists them (minus [vsyscall]).
+                assert [(v.start, v.end, prot_of(v)) for v in mm.vmas] == \
+                       [(s, e, p[:3]) for s, e, p in maps_of(host)]
+                # Pages: identical to what /proc/PID/mem holds now.
+                npages = 0
+                with open(f"/proc/{host}/mem", "rb", buffering=0) as mem:
+                    for v in mm.vmas:
+                        if v.fields["vma_type"] == VmaType.SHARED_ANON:
+                            shm_users.append(v.fields["vma_objref"])
+                        for run in v.runs:
+                            mem.seek(run.vaddr)
+                            assert read_pages(f, run) == mem.read(run.npages * 4096), hex(run.vaddr)
+                            npages += run.npages
+                assert npages > 64  # the filled heap buffer at least
+                assert mm.fields["brk"] > mm.fields["start_brk"]
+                assert len(t.sighand) == 64 and len(t.rlimits) == 16 and t.creds["uid"] == 0
+                # Files: every fd, with kinds and contents as the workload set them up.
+                table = img.obj(t.files_objref)
+                assert sorted(d["fd_descriptor"] for d in table.fds) == \
+                       sorted(int(x) for x in os.listdir(f"/proc/{host}/fd"))
+                kinds = {}
+                for d in table.fds:
+                    fo = img.obj(d["fd_objref"])
+                    assert isinstance(fo, File)
+                    kinds.setdefault(fo.ftype, []).append((d, fo))
+                if t.tid == 1:
+                    data = [fo for _, fo in kinds[FileType.REGULAR] if fo.name and fo.name.endswith("/w/data")]
+                    assert len(data) == 1 and data[0].fields["f_pos"] == 6
+                    pipes = kinds[FileType.PIPE]
+                    assert len(pipes) == 2
+                    bufs = [bytes(x.payload[:x.fields["buffered"]]) for _, fo in pipes for x in fo.extra]
+                    assert b"buffered" in bufs
+                    assert {x.fields["pipe_id"] for _, fo in pipes for x in fo.extra} == \
+                           {os.stat(f"/proc/{host}/fd/{d['fd_descriptor']}").st_ino for d, _ in pipes}
+                    assert len(kinds[FileType.UNIX_SOCKET]) == 2
+                    inet = kinds[FileType.INET_SOCKET][0][1].extra[0].fields
+                    assert inet["state"] == 10 and inet["backlog"] == 7  # TCP_LISTEN
+                    ev = kinds[FileType.EVENTFD][0][1].extra[0].fields
+                    assert ev["count"] == 5
+                    assert all(d["fd_close_on_exec"] for d, _ in kinds[FileType.EVENTFD])
+            # The shared anonymous mapping is one SHMEM object used by both processes.
+            assert len(shm_users) == 2 and len(set(shm_users)) == 1
+            assert isinstance(img.obj(shm_users[0]), Shmem)
+        # The image also passes `show` and `decode`.
+        for cmd in ("show", "decode"):
+            p = subprocess.run(CLI + [cmd, str(img_path)], capture_output=True)
+            assert p.returncode == 0, p.stderr
+    finally:
+        for p in w.pids():
+            os.kill(p, signal.SIGCONT)
+    time.sleep(0.05)
+    assert_running_untraced(w)
+
+
+def test_dump_to_pipe_and_tasks_run_on(pidns, ckwork, tmp_path):
+    w = start(pidns, ckwork, tmp_path)
+    busy = [t for t in all_tids(w) if status_field(t, "State")[0] == "R"]
+    d = subprocess.Popen(CLI + ["dump", "--pid", str(w.init), "--quiet"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    show = subprocess.run(CLI + ["show", "--json", "-"], stdin=d.stdout, capture_output=True)
+    d.stdout.close()
+    assert d.wait() == 0, d.stderr.read()
+    assert show.returncode == 0, show.stderr
+    assert json.loads(show.stdout)["tasks"] == len(all_tids(w)) == 5
+    assert_running_untraced(w)
+    # The busy thread keeps burning CPU after the dump.
+    if busy:
+        def utime(t):
+            with open(f"/proc/{t}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[11])
+        before = utime(busy[0])
+        time.sleep(0.3)
+        assert utime(busy[0]) > before
+
+
+def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
+    w = start(pidns, ckwork, tmp_path, "big", "128")
+    # The dumper writes into a pipe nobody reads: it blocks mid-image with every task frozen.
+    r, wfd = os.pipe()
+    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet"], stdout=wfd, stderr=subprocess.DEVNULL)
+    os.close(wfd)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if all(status_field(t, "TracerPid") == str(d.pid) for t in all_tids(w)):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the dumper never froze the namespace")
+        time.sleep(0.3)  # well into page copying, blocked on the full pipe
+        assert d.poll() is None
+        d.kill()
+        d.wait()
+    finally:
+        os.close(r)
+    time.sleep(0.05)
+    assert_running_untraced(w)
+
+
+def test_kill_after_dump(pidns, ckwork, tmp_path):
+    w = start(pidns, ckwork, tmp_path)
+    dump("--pidns", str(w.ns), "-o", os.devnull, "--kill", "--quiet")
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{w.init}/status") and time.monotonic() < deadline:
+        if status_field(w.init, "State")[0] == "Z":
+            break
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{w.init}") or status_field(w.init, "State")[0] == "Z"
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+def assert_refused(p: subprocess.CompletedProcess, *words: str) -> None:
+    err = p.stderr.decode()
+    assert p.returncode != 0
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.mark.parametrize("mode,words", [
+    ("nested", ("nested pid namespace",)),
+    ("pidfd", ("fd", "anon_inode:[pidfd]", "pid")),
+])
+def test_refuses_and_leaves_running(pidns, ckwork, tmp_path, mode, words):
+    w = start(pidns, ckwork, tmp_path, mode, settle=0.3)
+    out = tmp_path / "refused.img"
+    assert_refused(dump("--pidns", str(w.ns), "-o", str(out), check=False), *words)
+    assert not out.exists()
+    assert_running_untraced(w)
+
+
+def test_refuses_task_traced_by_someone_else(pidns, ckwork, tmp_path):
+    from ckptrace.kernel.ptrace import Tracee
+
+    w = start(pidns, ckwork, tmp_path)
+    victim = tids_of(w.init)[-1]
+    tr = Tracee(victim)
+    tr.seize()
+    try:
+        assert_refused(dump("--pidns", str(w.ns), "-o", os.devnull, check=False),
+                       "already traced", str(os.getpid()))
+        for t in all_tids(w):
+            if t != victim:
+                assert status_field(t, "TracerPid") == "0"
+    finally:
+        tr.interrupt()  # PTRACE_DETACH needs a stopped tracee
+        tr.wait_stop()
+        tr.detach()
+    assert_running_untraced(w)
+
+
+def test_refuses_bad_targets(root, tmp_path):
+    assert_refused(dump("--pidns", "4242", "-o", os.devnull, check=False), "no pid namespace 4242")
+    assert_refused(dump("--pid", str(os.getpid()), "-o", os.devnull, check=False), "own")
+    assert_refused(dump("--pid", "999999999", "-o", os.devnull, check=False), "no process")
+    nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + CLI +
+                            ["dump", "--pidns", "4242"], capture_output=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert_refused(nobody, "root")
+
+
+def test_ls_lists_the_namespace(pidns, ckwork, tmp_path):
+    w = start(pidns, ckwork, tmp_path)
+    p = subprocess.run(CLI + ["ls", "--json"], capture_output=True, check=True)
+    rows = {e["pidns"]: e for e in json.loads(p.stdout)}
+    e = rows[w.ns]
+    assert e["init"] == w.init and e["tasks"] == len(all_tids(w)) and "ckwork" in e["command"]
+    text = subprocess.run(CLI + ["ls"], capture_output=True, check=True, text=True).stdout
+    assert str(w.ns) in text and str(w.init) in text
+
+
+def test_records_declared_for_every_file_kind_written():
+    # Every FILE extra record type the dumper writes is one the reader accepts.
+    from ckptrace.image.reader import FILE_EXTRA
+
+    for t in (RecType.FILE_PIPE, RecType.FILE_SOCKET, RecType.FILE_EVENTFD, RecType.FILE_EPOLL,
+              RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY, RecType.FILE_TTY,
+              RecType.FILE_DATA):
+        assert t in FILE_EXTRA
