@@ -1,13 +1,12 @@
 """`ckptrace diff A B`: what changed between two images of the same namespace.
 
 Processes and threads are matched by their pid inside the namespace, VMAs by start address, fds
-by number. Pages are compared by content: each image's page runs are read (by offset, a run at
-a time) and hashed, so memory use is a digest per page, not the pages themselves.
+by number. Pages are compared by content where both images store them: the two images' page runs are read
+side by side, a megabyte at a time (by offset), so memory use stays bounded whatever the size.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Any, BinaryIO, Iterator
@@ -16,25 +15,80 @@ from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES
 from .image.render import human, prot_str, vma_label
 
-_READ_PAGES = 256  # pages per read while hashing (1 MiB)
+_CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
 
-def page_digests(f: BinaryIO, vma: Vma) -> dict[int, bytes]:
-    """address -> digest of every page the image stores for this VMA."""
-    out: dict[int, bytes] = {}
-    for run in vma.runs:
-        for first in range(0, run.npages, _READ_PAGES):
-            n = min(_READ_PAGES, run.npages - first)
-            f.seek(run.offset + first * PAGE_SIZE)
-            data = f.read(n * PAGE_SIZE)
-            if len(data) != n * PAGE_SIZE:
-                from .errors import ImageError
+def _intervals(vma: Vma, lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(start, end, offset of start in the image) of the stored pages of `vma` within [lo, hi)."""
+    out = []
+    for r in vma.runs:
+        s, e = max(r.vaddr, lo), min(r.vaddr + r.npages * PAGE_SIZE, hi)
+        if s < e:
+            out.append((s, e, r.offset + (s - r.vaddr)))
+    return out
 
-                raise ImageError(f"image shrank: page data at offset {run.offset} is truncated")
-            view = memoryview(data)
-            for k in range(n):
-                out[run.vaddr + (first + k) * PAGE_SIZE] = hashlib.blake2b(
-                    view[k * PAGE_SIZE:(k + 1) * PAGE_SIZE], digest_size=16).digest()
+
+def _subtract(xs: list[tuple[int, int, int]], ys: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """Address ranges covered by `xs` and not by `ys` (both sorted, non-overlapping)."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for s, e, _ in xs:
+        while j < len(ys) and ys[j][1] <= s:
+            j += 1
+        k, cur = j, s
+        while k < len(ys) and ys[k][0] < e:
+            if ys[k][0] > cur:
+                _add(out, cur, ys[k][0])
+            cur = max(cur, ys[k][1])
+            k += 1
+        if cur < e:
+            _add(out, cur, e)
+    return out
+
+
+def _read(f: BinaryIO, offset: int, n: int) -> bytes:
+    f.seek(offset)
+    data = f.read(n)
+    if len(data) != n:
+        from .errors import ImageError
+
+        raise ImageError(f"image shrank: page data at offset {offset} is truncated")
+    return data
+
+
+def _add(rs: list[tuple[int, int]], s: int, e: int) -> None:
+    if rs and rs[-1][1] == s:
+        rs[-1] = (rs[-1][0], e)
+    else:
+        rs.append((s, e))
+
+
+def _pages(rs: list[tuple[int, int]]) -> int:
+    return sum(e - s for s, e in rs) // PAGE_SIZE
+
+
+def changed_ranges(fa: BinaryIO, xs, fb: BinaryIO, ys) -> list[tuple[int, int]]:
+    """Ranges of pages stored in both images whose bytes differ: equal megabytes are skipped with
+    one comparison, only differing ones are split into pages."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(xs) and j < len(ys):
+        s, e = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
+        if s < e:
+            for c in range(s, e, _CHUNK_PAGES * PAGE_SIZE):
+                n = min(_CHUNK_PAGES * PAGE_SIZE, e - c)
+                a = _read(fa, xs[i][2] + (c - xs[i][0]), n)
+                b = _read(fb, ys[j][2] + (c - ys[j][0]), n)
+                if a == b:
+                    continue
+                va, vb = memoryview(a), memoryview(b)
+                for k in range(0, n, PAGE_SIZE):
+                    if va[k:k + PAGE_SIZE] != vb[k:k + PAGE_SIZE]:
+                        _add(out, c + k, c + k + PAGE_SIZE)
+        if xs[i][1] <= ys[j][1]:
+            i += 1
+        else:
+            j += 1
     return out
 
 
@@ -42,10 +96,7 @@ def ranges(addrs: list[int]) -> list[tuple[int, int]]:
     """Sorted page addresses -> [start, end) ranges of adjacent pages."""
     out: list[tuple[int, int]] = []
     for a in addrs:
-        if out and out[-1][1] == a:
-            out[-1] = (out[-1][0], a + PAGE_SIZE)
-        else:
-            out.append((a, a + PAGE_SIZE))
+        _add(out, a, a + PAGE_SIZE)
     return out
 
 
@@ -66,18 +117,16 @@ def fd_docs(img: Image, table: FileTable | None) -> dict[int, dict[str, Any]]:
 
 
 def diff_pages(fa: BinaryIO, va: Vma, fb: BinaryIO, vb: Vma) -> dict[str, Any] | None:
-    """Pages of a VMA present in both images whose contents differ, or present in only one."""
+    """Pages of a VMA stored in both images whose contents differ, or stored in only one."""
     lo, hi = max(va.start, vb.start), min(va.end, vb.end)
-    da = {a: h for a, h in page_digests(fa, va).items() if lo <= a < hi}
-    db = {a: h for a, h in page_digests(fb, vb).items() if lo <= a < hi}
-    changed = sorted(a for a in da.keys() & db.keys() if da[a] != db[a])
-    only_a = sorted(da.keys() - db.keys())
-    only_b = sorted(db.keys() - da.keys())
+    xs, ys = _intervals(va, lo, hi), _intervals(vb, lo, hi)
+    changed = changed_ranges(fa, xs, fb, ys)
+    only_a, only_b = _subtract(xs, ys), _subtract(ys, xs)
     if not (changed or only_a or only_b):
         return None
-    return dict(start=vb.start, end=vb.end, file=None, changed=len(changed), ranges=ranges(changed),
-                only_in_a=len(only_a), only_in_a_ranges=ranges(only_a),
-                only_in_b=len(only_b), only_in_b_ranges=ranges(only_b))
+    return dict(start=vb.start, end=vb.end, file=None, changed=_pages(changed), ranges=changed,
+                only_in_a=_pages(only_a), only_in_a_ranges=only_a,
+                only_in_b=_pages(only_b), only_in_b_ranges=only_b)
 
 
 def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 
 import imagegen
 from ckptrace.image.records import PAGE_SIZE
-from ckptrace.imgdiff import ranges
+from ckptrace.imgdiff import _subtract, ranges
 from test_inspect import CHANGED_PAGES, PAGES, Workload
 
 
@@ -27,6 +27,13 @@ def test_ranges_join_adjacent_pages():
     P = PAGE_SIZE
     assert ranges([]) == []
     assert ranges([0, P, 2 * P, 5 * P, 9 * P, 10 * P]) == [(0, 3 * P), (5 * P, 6 * P), (9 * P, 11 * P)]
+
+
+def test_subtract_page_intervals():
+    xs = [(0, 10, 0), (10, 20, 0), (30, 40, 0)]
+    assert _subtract(xs, [(5, 12, 0), (35, 36, 0)]) == [(0, 5), (12, 20), (30, 35), (36, 40)]
+    assert _subtract(xs, xs) == []
+    assert _subtract(xs, []) == [(0, 20), (30, 40)]
 
 
 def test_synthetic_tasks_gone_and_pages_only_in_one(tmp_path):
