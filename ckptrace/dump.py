@@ -138,7 +138,8 @@ class Dumper:
         self.ctx = ctx
         # Refusals first, while nothing is written and nothing injected.
         for p in procs:
-            for m in procfs.smaps(p.hostpid, proc):
+            p.maps = procfs.smaps(p.hostpid, proc)
+            for m in p.maps:
                 mm.check_mapping(p.nspid, m)
             files.check_fds(ctx, p.hostpid, p.nspid)
         for p in procs:
@@ -188,6 +189,9 @@ def _raise_on_signal(signum, _frame):
 def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
     """Dump namespace `ns` to `out_fd`. Raises CkptError; tasks are always released."""
     init = check_target(ns, opts.proc)
+    from .kernel import sockdiag
+
+    sockdiag.preload()
     frz = Freezer(ns, init, opts.proc)
     s = Summary(ns=ns)
     t0 = time.monotonic()

@@ -176,7 +176,7 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     if ref is not None:
         return ref
     ref = ctx.objhash.add_kcmp(KCMP_VM, pid, 0)
-    maps = procfs.smaps(pid, ctx.proc)
+    maps = p.maps or procfs.smaps(pid, ctx.proc)
     ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.MM, objref=ref))
     exe_ref = files.dump_exe(ctx, pid)
     kept = [(m, t) for m in maps if (t := vma_type(m)) is not None]

@@ -65,6 +65,7 @@ class ProcState:
     pdeath_signal: int = 0
     brk: int = 0
     syscall_insn: int = 0
+    maps: list[procfs.Mapping] = field(default_factory=list)  # smaps, read once while frozen
 
     @property
     def leader(self) -> ThreadState:

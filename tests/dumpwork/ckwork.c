@@ -64,8 +64,11 @@ int main(int argc, char **argv) {
 
     size_t n = 256 << 10;
     if (!strcmp(mode, "big") && argc > 3) n = (size_t)atol(argv[3]) << 20;
+    int big = !strcmp(mode, "big");
     heap_pattern = malloc(n);
-    for (size_t i = 0; i < n; i++) heap_pattern[i] = (unsigned char)(i * 7 + 3);
+    /* "big": filled after the fork, so only pid 1 holds the bulk (not two COW copies). */
+    if (!big)
+        for (size_t i = 0; i < n; i++) heap_pattern[i] = (unsigned char)(i * 7 + 3);
 
     unsigned char *shared = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     memcpy(shared, "shared page", 12);
@@ -87,6 +90,8 @@ int main(int argc, char **argv) {
             _exit(127);
         }
     }
+    if (big)
+        for (size_t i = 0; i < n; i += 8) *(unsigned long *)(heap_pattern + i) = i * 0x9E3779B97F4A7C15ul;
     pthread_create(&t, NULL, busy, NULL);
     pthread_create(&t, NULL, sleeper, NULL);
 
