@@ -307,3 +307,76 @@ def test_records_declared_for_every_file_kind_written():
               RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY, RecType.FILE_TTY,
               RecType.FILE_DATA):
         assert t in FILE_EXTRA
+
+
+# -- more fd kinds -------------------------------------------------------------------------------
+
+def test_fd_kinds(pidns, tmp_path):
+    d = tmp_path / "k"
+    d.mkdir()
+    w = pidns([sys.executable, os.path.join(HERE, "dumpwork", "kinds.py"), str(d)],
+              ready_file=str(d / "ready"), settle=0.2)
+    guard = int((d / "ready").read_text(), 16)
+    img_path = tmp_path / "k.img"
+    dump("--pidns", str(w.ns), "-o", str(img_path), "--quiet")
+    assert_running_untraced(w)
+    with open(img_path, "rb") as f:
+        img = read_image(f)
+        t = img.task(1)
+        table = img.obj(t.files_objref)
+        by_kind = {}
+        for dsc in table.fds:
+            fo = img.obj(dsc["fd_objref"])
+            by_kind.setdefault(FileType(fo.ftype).name, []).append(fo)
+        extra = {k: [x.fields for fo in v for x in fo.extra] for k, v in by_kind.items()}
+        payload = {k: [bytes(x.payload or b"") for fo in v for x in fo.extra] for k, v in by_kind.items()}
+        assert extra["EPOLL"][0]["nwatch"] == 1
+        tm = extra["TIMERFD"][0]
+        assert tm["clockid"] == 1 and tm["interval_sec"] == 5 and 90 < tm["value_sec"] <= 100
+        assert extra["SIGNALFD"][0]["sigmask"] == 1 << (signal.SIGUSR1 - 1)
+        assert extra["INOTIFY"][0]["nwatch"] == 1
+        assert {x["is_master"] for x in extra["TTY"]} == {0, 1}
+        assert b"memfd contents" in payload["MEMFD"]
+        assert any(fo.name == "memfd:ckmem" for fo in by_kind["MEMFD"])
+        assert b"deleted but open" in payload["DELETED"]
+        assert any(fo.name and fo.name.endswith("/k/gone") for fo in by_kind["DELETED"])
+        assert any(p.startswith(b"in the fifo") for p in payload["FIFO"])
+        assert any(fo.name and fo.name.endswith("/k/fifo") for fo in by_kind["FIFO"])
+        unix = [x for x, p in zip(extra["UNIX_SOCKET"], payload["UNIX_SOCKET"]) if b"ckptrace-test-" in p]
+        assert unix and unix[0]["state"] == 10 and unix[0]["backlog"] == 3
+        # The PROT_NONE page's data is stored (read through /proc/PID/mem).
+        mm = img.obj(t.mm_objref)
+        vma = next(v for v in mm.vmas if v.start <= guard < v.end)
+        assert vma.fields["vm_page_prot"] == 0
+        run = next(r for r in vma.runs if r.vaddr == guard)
+        assert read_pages(f, run)[:5] == b"guard"
+
+
+def test_deleted_file_above_limit_is_refused(pidns, tmp_path):
+    d = tmp_path / "k"
+    d.mkdir()
+    w = pidns([sys.executable, os.path.join(HERE, "dumpwork", "kinds.py"), str(d)],
+              ready_file=str(d / "ready"))
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, "--max-file-data", "8", check=False)
+    assert_refused(p, "--max-file-data", "fd")
+    assert_running_untraced(w)
+
+
+def test_sigterm_releases_tasks(pidns, ckwork, tmp_path):
+    w = start(pidns, ckwork, tmp_path, "big", "64")
+    r, wfd = os.pipe()
+    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet"], stdout=wfd, stderr=subprocess.PIPE)
+    os.close(wfd)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(status_field(t, "TracerPid") == str(d.pid) for t in all_tids(w)):
+            assert time.monotonic() < deadline, "never froze"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        d.send_signal(signal.SIGTERM)
+        assert d.wait(timeout=10) != 0
+        err = d.stderr.read().decode()
+        assert "Traceback" not in err and "signal" in err
+    finally:
+        os.close(r)
+    assert_running_untraced(w)
