@@ -1,0 +1,280 @@
+"""`ckptrace restore FILE|-`: recreate a dumped pid namespace and leave it running, detached.
+
+Pipeline (details in docs/restore.md):
+  validate   read and check the whole image before anything exists (spooling '-' to a 0600
+             temp file first, since memory is restored from page offsets);
+  files      the controller opens every file object once (restorer.files);
+  tree       clone3(CLONE_NEWPID, set_tid=[1]) makes init, which forks the rest with their
+             own pids; each sets its fds/cwd/umask/handlers/rlimits and reports (restorer.tree);
+  memory     the controller seizes each process and rebuilds its address space by syscall
+             injection (restorer.memory), then registers, MM fields, threads (restorer.threads),
+             masks, pending signals and credentials (restorer.creds);
+  detach     every task runs on from where it was dumped.
+A failure at any point SIGKILLs the new init, which takes the whole new namespace with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import BinaryIO
+
+from .errors import CkptError, ImageError, KernelError, NoSuchProcess, Unsupported, UsageError
+from .image.reader import FileTable, Image, Mm, read_image
+from .image.records import REG_NAMES
+from .image.stream import open_image
+
+ERESTARTNOINTR = -513
+ERESTART_RESTARTBLOCK = -516
+SYS_setpgid = 109
+REPORT_TIMEOUT = 20.0
+
+
+@dataclass
+class Result:
+    pidns: int
+    init_pid: int
+    processes: int
+    threads: int
+    bytes_restored: int
+    seconds: float
+
+
+def main(args) -> int:
+    res = restore(args.image)
+    if args.json:
+        import json
+
+        print(json.dumps(asdict(res)))
+    else:
+        print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; {res.processes} processes, "
+              f"{res.threads} threads, {res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
+    return 0
+
+
+def restore(path: str) -> Result:
+    start = time.monotonic()
+    with _seekable(path) as f:
+        img = read_image(f)
+        validate(img)
+        return _Restore(img, f).run(start)
+
+
+@contextlib.contextmanager
+def _seekable(path: str):
+    """The image as a seekable file: '-' is spooled to an unlinked 0600 temp file first."""
+    src = open_image(path)
+    if path != "-":
+        with src:
+            yield src
+        return
+    with tempfile.TemporaryFile(prefix="ckptrace-restore-") as tmp:  # O_TMPFILE, mode 0600
+        os.fchmod(tmp.fileno(), 0o600)
+        shutil.copyfileobj(src, tmp, 1 << 20)
+        tmp.flush()
+        tmp.seek(0)
+        yield tmp
+
+
+def validate(img: Image) -> None:
+    """Raise, naming every problem found, unless this host can restore the image."""
+    from .kernel.ptrace import xstate_size
+    from .restorer.files import check_files
+    from .restorer.memory import check_layout, special_maps
+
+    problems: list[str] = []
+    xs = xstate_size()
+    if img.arch["xstate_size"] != xs:
+        problems.append(f"the image's XSAVE area is {img.arch['xstate_size']} bytes, this CPU's is {xs}")
+    if not img.tree or img.tree[0]["pid"] != 1:
+        problems.append("the image does not start with the namespace's init (pid 1)")
+    mm_owner: dict[int, int] = {}
+    for t in img.tasks:
+        if t.fields["exit_state"]:
+            problems.append(f"task {t.tid} is a zombie or dead; restore does not recreate those")
+        if not isinstance(img.obj(t.mm_objref), Mm):
+            problems.append(f"task {t.tid} has no address space")
+        owner = mm_owner.setdefault(t.mm_objref, t.tgid)
+        if owner != t.tgid:
+            problems.append(f"processes {owner} and {t.tgid} share one mm (vfork?); not supported")
+        if t.is_leader:
+            for what, p in (("cwd", t.cwd), ("root", t.root)):
+                if not os.path.isdir(p or "/"):
+                    problems.append(f"process {t.tid}'s {what} {p!r} is not a directory here")
+        elif not isinstance(img.obj(t.files_objref), FileTable) or \
+                t.files_objref != img.task(t.tgid).files_objref:
+            problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
+    problems += check_files(img)
+    problems += check_layout(img, special_maps(os.getpid()))
+    if problems:
+        raise Unsupported("cannot restore this image: " + "; ".join(problems))
+
+
+def fix_restart(regs: dict[str, int]) -> list[int]:
+    """The image's registers as a NT_PRSTATUS list, with syscall restart made self-contained.
+
+    A task dumped inside e.g. clock_nanosleep shows orig_rax = the syscall and rax =
+    -ERESTART_RESTARTBLOCK; resuming that runs restart_syscall(), which needs the kernel's
+    restart_block the dumped task had and the new task lacks (it would return EINTR). Turning
+    it into -ERESTARTNOINTR makes the kernel re-run the same syscall with the same arguments.
+    """
+    out = [regs[n] for n in REG_NAMES]
+    rax = out[REG_NAMES.index("rax")]
+    orig = out[REG_NAMES.index("orig_rax")]
+    if orig < (1 << 63) and rax == ERESTART_RESTARTBLOCK & 0xFFFFFFFFFFFFFFFF:
+        out[REG_NAMES.index("rax")] = ERESTARTNOINTR & 0xFFFFFFFFFFFFFFFF
+    return out
+
+
+class _Restore:
+    def __init__(self, img: Image, f: BinaryIO):
+        self.img = img
+        self.f = f
+        self.init = 0
+        self.tracees = []
+        self.host: dict[int, int] = {}  # in-namespace pid -> host pid
+
+    def run(self, start: float) -> Result:
+        from .restorer.files import FileSet, max_fd
+        from .restorer.memory import MemoryRestorer
+
+        files = FileSet(self.img, base=max(max_fd(self.img) + 1, 64))
+        try:
+            files.create()
+            mem = MemoryRestorer(self.img, self.f, files)
+            self._spawn(files)
+            self._seize_all()
+            self._set_groups()
+            for t in self.img.processes():
+                self._process(t, mem, files)
+            self._finish()
+            ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
+            res = Result(ns, self.init, len(self.img.processes()), len(self.img.tasks),
+                         mem.bytes_written, round(time.monotonic() - start, 6))
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            files.close()
+        return res
+
+    # -- tree ----------------------------------------------------------------------------------
+    def _spawn(self, files) -> None:
+        from .restorer import tree
+
+        root = tree.plan(self.img, files)
+        r, w = os.pipe()
+        w = files.place(w)
+        self.report_fd = w
+        try:
+            self.init = tree.spawn_init(root, w)
+        except OSError as exc:
+            os.close(r)
+            os.close(w)
+            raise KernelError(f"clone3 of the new namespace's init: {exc.strerror}", exc.errno) from None
+        os.close(w)
+        try:
+            self._read_reports(r, len(self.img.processes()))
+        finally:
+            os.close(r)
+
+    def _read_reports(self, r: int, n: int) -> None:
+        buf = b""
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while len(self.host) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                raise KernelError(f"only {len(self.host)} of {n} processes came up in time", 62)
+            chunk = os.read(r, 4096)
+            if not chunk:
+                raise NoSuchProcess(f"the new processes exited before all {n} came up "
+                                    f"({len(self.host)} did)")
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith("ERR "):
+                    raise CkptError(f"setting up process {text[4:]}")
+                pid, host = (int(x) for x in text.split())
+                self.host[pid] = host
+
+    def _seize_all(self) -> None:
+        from .kernel.ptrace import PTRACE_O_EXITKILL, PTRACE_O_TRACECLONE, Tracee
+
+        self.by_tid = {}
+        for t in self.img.processes():
+            tr = Tracee(self.host[t.tid])
+            # EXITKILL: should we die mid-restore, the half-made tasks die with us.
+            tr.seize(PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
+            tr.interrupt()
+            self.tracees.append(tr)
+            self.by_tid[t.tid] = tr
+        for tr in self.tracees:
+            tr.wait_stop()
+
+    def _set_groups(self) -> None:
+        """Join process groups led by others, now that every leader exists."""
+        from .kernel.ptrace import Injector
+        from .restorer.memory import check
+
+        self.injectors = {}
+        for e in self.img.tree:
+            if e["pid"] != e["tgid"]:
+                continue
+            inj = self.injectors[e["pid"]] = Injector(self.by_tid[e["pid"]])
+            if e["pgid"] > 0 and e["pgid"] not in (e["pid"],) and e["sid"] != e["pid"]:
+                check(inj.syscall(SYS_setpgid, 0, e["pgid"]), f"setpgid(0, {e['pgid']}) in {e['pid']}")
+
+    # -- one process ---------------------------------------------------------------------------
+    def _process(self, t, mem, files) -> None:
+        from .kernel.ptrace import Injector
+        from .restorer import creds, memory, threads, tree
+
+        host = self.host[t.tid]
+        tr = self.by_tid[t.tid]
+        inj = self.injectors[t.tid]
+        mm = self.img.obj(t.mm_objref)
+        mem.rebuild(inj, host, mm)
+        tr.set_regs(fix_restart(t.regs))
+        tr.set_xstate(t.xsave)
+        exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
+        exe_fd = files.map_fd(exe.name, os.O_RDONLY) if exe is not None and exe.name else None
+        memory.set_mm(inj, mm, exe_fd)
+        memory.close_fds(inj, tree.map_fds_of(self.img, t, files) + [self.report_fd])
+        memory.set_thread_state(inj, t)
+        for th in self.img.threads_of(t.tgid):
+            if th.is_leader:
+                continue
+            tt = threads.clone_thread(inj, host, th.tid)
+            self.tracees.append(tt)
+            self.by_tid[th.tid] = tt
+            tt.set_regs(fix_restart(th.regs))
+            tt.set_xstate(th.xsave)
+            memory.set_thread_state(Injector(tt, insn=inj.insn), th)
+        creds.apply_creds(inj, t.creds, t.groups)
+
+    def _finish(self) -> None:
+        from .restorer import creds
+
+        for t in self.img.tasks:
+            creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
+        for t in self.img.tasks:
+            creds.raise_pending(self.host[t.tgid], self.by_tid[t.tid].tid, t.thread["pending"],
+                                t.proc["shared_pending"] if t.proc else None)
+        for tr in self.tracees:
+            tr.detach()
+        self.tracees = []
+
+    def _abort(self) -> None:
+        if self.init:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.init, 0)
+        self.tracees = []

@@ -1,0 +1,221 @@
+"""Open file descriptions of an image, recreated once in the controller.
+
+Every FILE object becomes one descriptor of the controller, placed at or above `base` (a number
+no restored table uses) so the tasks forked from it inherit all of them without collisions; each
+task then dup2's the ones its table names into place and closes the rest. Files that VMAs map
+(and the exe) are opened the same way, once per (path, access mode).
+
+Why create in the controller: an open file description is shared by dup'd fds, by threads and
+across fork; opening it once and letting fork share it reproduces that sharing (one offset, one
+pipe) without any bookkeeping in the tasks.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+from dataclasses import dataclass, field
+
+from ..errors import KernelError, Unsupported, UsageError, from_oserror
+from ..image.reader import File, FileTable, Image, Mm, Shmem
+from ..image.records import (PAGE_SIZE, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
+
+F_SETPIPE_SZ = 1031
+FMODE_READ, FMODE_WRITE = 0x1, 0x2
+# Flags that only matter at open time (and must not recreate or truncate anything now).
+_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
+VM_MAYWRITE = 0x20
+
+SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.MEMFD, FileType.DELETED, FileType.EVENTFD}
+
+
+def check_files(img: Image) -> list[str]:
+    """Why the image's files cannot be recreated here; empty when they can (nothing is opened)."""
+    problems = []
+    for obj in img.objects.values():
+        if not isinstance(obj, File):
+            continue
+        ft = FileType(obj.ftype)
+        if ft not in SUPPORTED and _in_fd_table(img, obj.objref):
+            problems.append(f"file object {obj.objref} ({obj.name or '?'}) is a {ft.name}, "
+                            "which restore does not support")
+        if ft is FileType.REGULAR and (not obj.name or not os.path.lexists(obj.name)):
+            problems.append(f"file {obj.name!r} (object {obj.objref}) does not exist")
+    return problems
+
+
+def _in_fd_table(img: Image, objref: int) -> bool:
+    return any(d["fd_objref"] == objref for o in img.objects.values() if isinstance(o, FileTable)
+               for d in o.fds)
+
+
+def max_fd(img: Image) -> int:
+    return max((d["fd_descriptor"] for o in img.objects.values() if isinstance(o, FileTable)
+                for d in o.fds), default=2)
+
+
+@dataclass
+class FileSet:
+    """The controller's descriptors for the image's objects. Close them with `close()`."""
+
+    img: Image
+    base: int
+    by_objref: dict[int, int] = field(default_factory=dict)  # FILE objref -> controller fd
+    mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, O_ mode) -> fd
+    shmem: dict[int, int] = field(default_factory=dict)  # SHMEM objref -> memfd
+    extra: list[int] = field(default_factory=list)  # fds kept only to keep a pipe end alive
+
+    def place(self, fd: int) -> int:
+        """Move `fd` to the first free number >= base (inherited across clone3: no CLOEXEC)."""
+        try:
+            new = fcntl.fcntl(fd, fcntl.F_DUPFD, self.base)
+        except OSError as exc:
+            os.close(fd)
+            raise from_oserror(exc, f"move descriptor above {self.base}") from None
+        os.close(fd)
+        return new
+
+    def create(self) -> None:
+        _raise_nofile(self.base + 4 * len(self.img.objects) + 64)
+        pipes: dict[int, tuple[int, int]] = {}
+        for obj in self.img.objects.values():
+            if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
+                self.by_objref[obj.objref] = self._open(obj, pipes)
+        for r, w in pipes.values():
+            # Ends the image does not hold are closed: a reader then sees EOF after the buffered
+            # bytes, a writer EPIPE, as they would have once the missing end was gone.
+            for fd in (r, w):
+                if fd >= 0 and fd not in self.by_objref.values():
+                    os.close(fd)
+        for obj in self.img.objects.values():
+            if isinstance(obj, Mm):
+                self._map_files(obj)
+
+    def _open(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
+        f = obj.fields
+        ft = FileType(obj.ftype)
+        what = f"recreate file object {obj.objref} ({obj.name})"
+        try:
+            if ft is FileType.REGULAR:
+                fd = os.open(obj.name, f["f_flags"] & ~_OPEN_ONLY)
+                if not f["f_flags"] & os.O_APPEND and not f["f_flags"] & os.O_PATH:
+                    try:
+                        os.lseek(fd, f["f_pos"], os.SEEK_SET)
+                    except OSError as exc:
+                        if exc.errno != errno.ESPIPE:  # character devices such as /dev/null
+                            raise
+                return self.place(fd)
+            if ft is FileType.PIPE:
+                return self._pipe_end(obj, pipes)
+            if ft in (FileType.MEMFD, FileType.DELETED):
+                return self._memfd(obj)
+            if ft is FileType.EVENTFD:
+                ev = next((r for r in obj.extra if r.type == RecType.FILE_EVENTFD), None)
+                count = ev.fields["count"] if ev else 0
+                return self.place(os.eventfd(count, (ev.fields["flags"] if ev else 0) & os.EFD_SEMAPHORE
+                                             | (f["f_flags"] & os.O_NONBLOCK)))
+        except OSError as exc:
+            raise from_oserror(exc, what) from None
+        raise Unsupported(f"{what}: {ft.name} files cannot be restored")
+
+    def _pipe_end(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
+        rec = next((r for r in obj.extra if r.type == RecType.FILE_PIPE), None)
+        if rec is None:
+            raise Unsupported(f"pipe object {obj.objref} has no FILE_PIPE record")
+        pid = rec.fields["pipe_id"]
+        if pid not in pipes:
+            r, w = os.pipe()
+            r, w = self.place(r), self.place(w)
+            pipes[pid] = (r, w)
+            if rec.fields["pipe_size"]:
+                try:
+                    fcntl.fcntl(w, F_SETPIPE_SZ, rec.fields["pipe_size"])
+                except OSError:
+                    pass  # over /proc/sys/fs/pipe-max-size: the default still holds the data
+        r, w = pipes[pid]
+        data = bytes(rec.payload or b"")[:rec.fields["buffered"]]
+        if data:
+            os.write(w, data)
+        end = w if obj.fields["f_mode"] & FMODE_WRITE else r
+        if end in self.by_objref.values():
+            # Two objects for one pipe end (opened twice through /proc): give each its own.
+            end = self.place(os.dup(end))
+        fl = fcntl.fcntl(end, fcntl.F_GETFL)
+        fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
+        return end
+
+    def _memfd(self, obj: File) -> int:
+        name = os.path.basename(obj.name or "restored").removeprefix("memfd:")[:200] or "restored"
+        fd = os.memfd_create(name, 0)
+        for r in obj.extra:
+            if r.type == RecType.FILE_DATA:
+                os.ftruncate(fd, r.fields["size"])
+                if r.payload:
+                    os.pwrite(fd, r.payload, r.fields["offset"])
+        os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
+        return self.place(fd)
+
+    def _map_files(self, mm: Mm) -> None:
+        exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
+        if isinstance(exe, File) and exe.name:
+            self.map_fd(exe.name, os.O_RDONLY)
+        for vma in mm.vmas:
+            vf = vma.fields
+            t = VmaType(vf["vma_type"])
+            if t in (VmaType.FILE, VmaType.SHARED_FILE):
+                src = self.img.obj(vf["vma_objref"])
+                if not isinstance(src, File) or not src.name:
+                    raise Unsupported(f"VMA {vf['vm_start']:#x} maps a file the image does not name")
+                self.map_fd(src.name, vma_open_mode(vf))
+            elif t is VmaType.SHARED_ANON:
+                if not isinstance(self.img.obj(vf["vma_objref"]), Shmem):
+                    raise Unsupported(f"shared VMA {vf['vm_start']:#x} names no SHMEM object")
+                fd = self.shmem.get(vf["vma_objref"])
+                if fd is None:
+                    fd = self.shmem[vf["vma_objref"]] = self.place(os.memfd_create("shmem", 0))
+                end = vf["vm_pgoff"] * PAGE_SIZE + (vma.end - vma.start)
+                if os.fstat(fd).st_size < end:
+                    os.ftruncate(fd, end)
+
+    def map_fd(self, path: str, mode: int) -> int:
+        key = (path, mode)
+        if key not in self.mapped:
+            try:
+                self.mapped[key] = self.place(os.open(path, mode))
+            except OSError as exc:
+                raise from_oserror(exc, f"open {path} to map it") from None
+        return self.mapped[key]
+
+    def all_fds(self) -> list[int]:
+        return sorted({*self.by_objref.values(), *self.mapped.values(), *self.shmem.values(), *self.extra})
+
+    def close(self) -> None:
+        for fd in self.all_fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.by_objref.clear()
+        self.mapped.clear()
+        self.shmem.clear()
+
+
+def vma_open_mode(vf: dict) -> int:
+    """A shared mapping that may be written needs the file open for writing; all else read-only."""
+    if vf["vma_type"] == VmaType.SHARED_FILE and vf["vm_flags"] & (VM_WRITE | VM_MAYWRITE) \
+            and vf["vm_flags"] & VM_SHARED:
+        return os.O_RDWR
+    return os.O_RDONLY
+
+
+def _raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise UsageError(f"restore needs {need} descriptors but RLIMIT_NOFILE allows {hard}")
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        except (OSError, ValueError) as exc:
+            raise KernelError(f"raise RLIMIT_NOFILE to {need}", getattr(exc, "errno", 0) or errno.EPERM) from None

@@ -1,0 +1,260 @@
+"""Rebuilding a process's address space inside it, by syscall injection.
+
+The task is a stopped fork of the controller (a Python interpreter). In order:
+1. munmap everything but its [vvar]/[vvar_vclock]/[vdso] block (injection needs no memory: the
+   `syscall` instruction it runs is in the vdso);
+2. mremap that block to where the image had it, all three together (the vdso finds vvar at a
+   fixed distance; moving only [vdso] crashes), through a far-away spot if old and new overlap;
+3. mmap every VMA MAP_FIXED at its address, from the controller-opened file or memfd the task
+   inherited, writable while its pages are written with process_vm_writev, then mprotect;
+4. prctl(PR_SET_MM_MAP) with the MM fields, the auxv and the exe (once the old exe is unmapped,
+   which is why this comes after 1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from typing import BinaryIO
+
+from ..errors import ImageError, KernelError, Unsupported
+from ..image.reader import Image, Mm, Vma
+from ..image.records import PAGE_SIZE, VM_GROWSDOWN, VmaType
+from ..kernel.ptrace import Injector, _ptrace
+from ..kernel.sys import iovec, libc
+from .files import FileSet, vma_open_mode
+
+SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
+SYS_set_tid_address, SYS_sigaltstack, SYS_rseq = 218, 131, 334
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+RSEQ_CONF = struct.Struct("<QIII4x")  # rseq_abi_pointer, rseq_abi_size, signature, flags
+RSEQ_FLAG_UNREGISTER = 1
+PROT_READ, PROT_WRITE = 1, 2
+MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x10, 0x20, 0x100
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+PR_SET_MM, PR_SET_MM_MAP = 35, 14
+TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user space (4-level paging)
+SPECIAL = ("[vvar]", "[vvar_vclock]", "[vdso]")
+# struct prctl_mm_map: 11 u64 addresses, u64 auxv pointer, u32 auxv_size, u32 exe_fd.
+MM_MAP = struct.Struct("<12QII")
+_BUF = 16 << 20
+
+
+def check(ret: int, what: str) -> int:
+    if -4096 < ret < 0:
+        raise KernelError(what, -ret)
+    return ret
+
+
+def special_maps(pid: int, proc: str = "/proc") -> list[tuple[int, int, str]]:
+    """(start, end, name) of the task's vvar/vdso mappings, in address order."""
+    out = []
+    with open(f"{proc}/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] in SPECIAL:
+                a, b = (int(x, 16) for x in parts[0].split("-"))
+                out.append((a, b, parts[5]))
+    return sorted(out)
+
+
+def check_layout(img: Image, ours: list[tuple[int, int, str]]) -> list[str]:
+    """Why the image's special mappings cannot take our vdso block; empty when they can."""
+    problems = []
+    for mm in (o for o in img.objects.values() if isinstance(o, Mm)):
+        spec = _image_special(mm)
+        if not spec:
+            continue
+        if [(_size(a, b), k) for a, b, k in spec] != [(_size(a, b), _kind(n)) for a, b, n in ours]:
+            problems.append("the image's vdso/vvar layout "
+                            f"{[(hex(b - a), k) for a, b, k in spec]} differs from this kernel's "
+                            f"{[(hex(b - a), n) for a, b, n in ours]}: dumped on another kernel?")
+            continue
+        delta = spec[0][0] - ours[0][0]
+        if any(s[0] - o[0] != delta for s, o in zip(spec, ours)):
+            problems.append("the image's vdso and vvar are not laid out as this kernel lays them out")
+        for v in mm.vmas:
+            if v.start >= TASK_SIZE:
+                continue
+            if v.fields["vma_type"] not in (VmaType.VDSO, VmaType.VVAR, VmaType.IGNORE) \
+                    and v.fields["vma_type"] not in VmaType._value2member_map_:
+                problems.append(f"VMA {v.start:#x} has unknown type {v.fields['vma_type']}")
+    return problems
+
+
+def _size(a: int, b: int) -> int:
+    return b - a
+
+
+def _kind(name: str) -> str:
+    return "vdso" if name == "[vdso]" else "vvar"
+
+
+def _image_special(mm: Mm) -> list[tuple[int, int, str]]:
+    return [(v.start, v.end, "vdso" if v.fields["vma_type"] == VmaType.VDSO else "vvar")
+            for v in mm.vmas if v.fields["vma_type"] in (VmaType.VDSO, VmaType.VVAR)]
+
+
+class MemoryRestorer:
+    """Rebuilds one process's memory; page data is read from the (seekable) image file."""
+
+    def __init__(self, img: Image, image_file: BinaryIO, files: FileSet):
+        self.img = img
+        self.f = image_file
+        self.files = files
+        self.buf = bytearray(_BUF)
+        self.view = memoryview(self.buf)
+        self.bytes_written = 0
+
+    def rebuild(self, inj: Injector, host_pid: int, mm: Mm) -> None:
+        tid = host_pid
+        ours = special_maps(host_pid)
+        if [n for _, _, n in ours] != list(SPECIAL):
+            raise Unsupported(f"task {host_pid} has special mappings {[n for *_, n in ours]}, "
+                              f"expected {list(SPECIAL)}")
+        lo, hi = ours[0][0], ours[-1][1]
+        unregister_rseq(inj)
+        check(inj.syscall(SYS_munmap, 0, lo), f"munmap below the vdso in {tid}")
+        check(inj.syscall(SYS_munmap, hi, TASK_SIZE - hi), f"munmap above the vdso in {tid}")
+        spec = _image_special(mm)
+        if spec and spec[0][0] != lo:
+            self._move_vdso(inj, ours, spec[0][0] - lo, tid)
+        for v in mm.vmas:
+            if v.fields["vma_type"] in (VmaType.VDSO, VmaType.VVAR, VmaType.IGNORE) or v.start >= TASK_SIZE:
+                continue
+            self._map(inj, host_pid, v)
+
+    def _move_vdso(self, inj: Injector, ours, delta: int, tid: int) -> None:
+        lo, hi = ours[0][0], ours[-1][1]
+        dest_lo = lo + delta
+        steps = []
+        if dest_lo < hi and lo < dest_lo + (hi - lo):
+            # Overlapping moves are refused by mremap: go through a spot nothing uses now.
+            far = (1 << 44) if not (1 << 44) <= dest_lo < (1 << 45) else (1 << 45)
+            steps = [far - lo, dest_lo - far]
+        else:
+            steps = [delta]
+        cur = ours
+        for d in steps:
+            # Move the vdso last: the injected syscall runs from inside it.
+            for a, b, name in sorted(cur, key=lambda m: m[2] == "[vdso]"):
+                ret = check(inj.syscall(SYS_mremap, a, b - a, b - a, MREMAP_MAYMOVE | MREMAP_FIXED, a + d),
+                            f"mremap {name} of {tid} to {a + d:#x}")
+                if ret != a + d:
+                    raise KernelError(f"mremap {name} of {tid} landed at {ret:#x}", errno.EFAULT)
+            inj.insn += d
+            cur = [(a + d, b + d, n) for a, b, n in cur]
+
+    def _map(self, inj: Injector, pid: int, v: Vma) -> None:
+        vf = v.fields
+        t = VmaType(vf["vma_type"])
+        prot = vf["vm_flags"] & 7
+        length = v.end - v.start
+        fd, flags, off = -1, MAP_FIXED, 0
+        if t is VmaType.ANON:
+            flags |= MAP_PRIVATE | MAP_ANONYMOUS
+            if vf["vm_flags"] & VM_GROWSDOWN:
+                flags |= MAP_GROWSDOWN
+        elif t in (VmaType.FILE, VmaType.SHARED_FILE):
+            src = self.img.obj(vf["vma_objref"])
+            fd = self.files.map_fd(src.name, vma_open_mode(vf))
+            flags |= MAP_PRIVATE if t is VmaType.FILE else MAP_SHARED
+            off = vf["vm_pgoff"] * PAGE_SIZE
+        elif t is VmaType.SHARED_ANON:
+            fd = self.files.shmem[vf["vma_objref"]]
+            flags |= MAP_SHARED
+            off = vf["vm_pgoff"] * PAGE_SIZE
+        else:
+            raise Unsupported(f"VMA {v.start:#x} of type {t.name} cannot be restored")
+        in_process = bool(v.runs) and t is not VmaType.SHARED_ANON
+        map_prot = prot | (PROT_READ | PROT_WRITE if in_process else 0)
+        ret = check(inj.syscall(SYS_mmap, v.start, length, map_prot, flags, fd, off),
+                    f"mmap {t.name} {v.start:#x}-{v.end:#x} in {pid}")
+        if ret != v.start:
+            raise KernelError(f"mmap of {v.start:#x} in {pid} landed at {ret:#x}", errno.EFAULT)
+        for run in v.runs:
+            if in_process:
+                self._write_run(pid, run)
+            else:
+                self._write_shmem(fd, v, run)
+        if map_prot != prot:
+            check(inj.syscall(SYS_mprotect, v.start, length, prot), f"mprotect {v.start:#x} in {pid}")
+
+    def _read_run(self, run) -> memoryview:
+        n = run.npages * PAGE_SIZE
+        if n > len(self.buf):
+            self.buf = bytearray(n)
+            self.view = memoryview(self.buf)
+        self.f.seek(run.offset)
+        got = self.f.readinto(self.view[:n])
+        if got != n:
+            raise ImageError(f"page data at offset {run.offset} is truncated")
+        return self.view[:n]
+
+    def _write_run(self, pid: int, run) -> None:
+        data = self._read_run(run)
+        n = len(data)
+        local = iovec(ctypes.addressof(ctypes.c_char.from_buffer(self.buf)), n)
+        remote = iovec(run.vaddr, n)
+        ctypes.set_errno(0)
+        got = libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if got != n:
+            err = ctypes.get_errno() or errno.EFAULT
+            raise KernelError(f"process_vm_writev {run.vaddr:#x}+{n} into {pid} wrote {got}", err)
+        self.bytes_written += n
+
+    def _write_shmem(self, fd: int, v: Vma, run) -> None:
+        data = self._read_run(run)
+        os.pwrite(fd, data, v.fields["vm_pgoff"] * PAGE_SIZE + (run.vaddr - v.start))
+        self.bytes_written += len(data)
+
+
+def unregister_rseq(inj: Injector) -> None:
+    """Drop the interpreter's rseq registration: its area lives in memory about to be unmapped,
+    and the kernel's next rseq update there would SIGSEGV the task on its way to user mode."""
+    conf = ctypes.create_string_buffer(RSEQ_CONF.size)
+    try:
+        _ptrace(PTRACE_GET_RSEQ_CONFIGURATION, inj.t.tid, RSEQ_CONF.size,
+                ctypes.c_void_p(ctypes.addressof(conf)), "GET_RSEQ_CONFIGURATION")
+    except KernelError:
+        return  # kernel without rseq: nothing registered
+    ptr, size, sig, _flags = RSEQ_CONF.unpack(conf.raw)
+    if ptr:
+        check(inj.syscall(SYS_rseq, ptr, size, RSEQ_FLAG_UNREGISTER, sig), f"rseq unregister in {inj.t.tid}")
+
+
+def close_fds(inj: Injector, fds: list[int]) -> None:
+    for fd in fds:
+        inj.syscall(SYS_close, fd)  # EBADF is fine: the task may have closed it itself
+
+
+def set_mm(inj: Injector, mm: Mm, exe_fd: int | None) -> None:
+    """prctl(PR_SET_MM_MAP). Needs the task's registers already at the image's (its stack hosts
+    the struct and auxv for the duration of the call, restored after)."""
+    f = mm.fields
+    auxv = b"".join(struct.pack("<QQ", a, b) for a, b in mm.auxv)
+    with inj.scratch(MM_MAP.size + len(auxv)) as (addr, mem):
+        auxv_addr = addr + MM_MAP.size
+        mem.seek(addr)
+        mem.write(MM_MAP.pack(f["start_code"], f["end_code"], f["start_data"], f["end_data"],
+                              f["start_brk"], f["brk"], f["start_stack"], f["arg_start"], f["arg_end"],
+                              f["env_start"], f["env_end"], auxv_addr if auxv else 0, len(auxv),
+                              0xFFFFFFFF if exe_fd is None else exe_fd))
+        mem.write(auxv)
+        check(inj.syscall(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, addr, MM_MAP.size, 0),
+              f"prctl(PR_SET_MM_MAP) in {inj.t.tid}")
+
+
+def set_thread_state(inj: Injector, task) -> None:
+    """set_tid_address(clear_child_tid) and the sigaltstack of one task (regs already set)."""
+    check(inj.syscall(SYS_set_tid_address, task.fields["clear_child_tid"]), f"set_tid_address in {inj.t.tid}")
+    th = task.thread
+    if th["sas_ss_size"] and not th["sas_ss_flags"] & 2:  # SS_DISABLE
+        with inj.scratch(24) as (addr, mem):
+            mem.seek(addr)
+            # stack_t {ss_sp, int ss_flags, ss_size}; of the flags only SS_AUTODISARM can be set.
+            mem.write(struct.pack("<QI4xQ", th["sas_ss_sp"], th["sas_ss_flags"] & 0x80000000,
+                                  th["sas_ss_size"]))
+            check(inj.syscall(SYS_sigaltstack, addr, 0), f"sigaltstack in {inj.t.tid}")

@@ -1,0 +1,198 @@
+"""Creating the process tree: each process forks its own children with clone3(set_tid).
+
+The controller clone3's the namespace's init with CLONE_NEWPID and set_tid [1]. clone3 without
+CLONE_VM is fork-like, so the child goes on running this Python code: it forks its children the
+same way (so every parent link is the image's), sets its session and group, puts its descriptors
+at their numbers, sets cwd/root, umask, personality, signal handlers and rlimits, reports
+"<pid> <host pid>" on the report pipe and then idles until the controller seizes it and replaces
+its whole address space. A failure is reported as "ERR <pid> <why>" and the task exits.
+
+Only the per-process kernel state that is easiest set from inside is set here; memory, threads,
+registers and credentials come later by injection (see memory, threads, creds).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+
+from ..errors import Unsupported
+from ..image.reader import FileTable, Image, Mm, Task
+from ..kernel.sys import SYS_clone3, libc
+from . import creds
+from .files import FileSet
+
+CLONE_NEWPID = 0x20000000
+RLIM_NLIMITS = 16
+PR_SET_PDEATHSIG = 1
+CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
+
+
+@dataclass
+class ProcPlan:
+    """What one process must do to itself before the controller takes over."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    exit_signal: int
+    fds: list[tuple[int, int, bool]] = field(default_factory=list)  # (controller fd, fd, cloexec)
+    keep: list[int] = field(default_factory=list)  # controller fds the controller injects away later
+    sigactions: list[dict] = field(default_factory=list)
+    rlimits: list[dict] = field(default_factory=list)
+    umask: int = 0o22
+    personality: int = 0
+    pdeath_signal: int = 0
+    cwd: str = "/"
+    root: str = "/"
+    children: list["ProcPlan"] = field(default_factory=list)
+
+
+def plan(img: Image, files: FileSet) -> ProcPlan:
+    """The tree of ProcPlans, rooted at the namespace's init (pid 1)."""
+    plans: dict[int, ProcPlan] = {}
+    root: ProcPlan | None = None
+    for e in img.tree:
+        if e["pid"] != e["tgid"]:
+            continue
+        t = img.task(e["pid"])
+        assert t is not None and t.proc is not None
+        p = ProcPlan(e["pid"], e["ppid"], e["pgid"], e["sid"], t.fields["exit_signal"] or signal.SIGCHLD,
+                     sigactions=t.sighand, rlimits=t.rlimits, umask=t.proc["umask"],
+                     personality=t.proc["personality"], pdeath_signal=t.proc["pdeath_signal"], cwd=t.cwd or "/", root=t.root or "/")
+        table = img.obj(t.files_objref)
+        if isinstance(table, FileTable):
+            p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
+                     for d in table.fds]
+        p.keep = map_fds_of(img, t, files)
+        plans[p.pid] = p
+        if p.pid == 1:
+            root = p
+        elif p.ppid in plans:
+            plans[p.ppid].children.append(p)
+        else:
+            # Outside parents (ppid 0) only exist for the namespace's init.
+            raise Unsupported(f"process {p.pid} has parent {p.ppid}, which is not in the image")
+    if root is None:
+        raise Unsupported("the image has no pid 1: restore recreates whole namespaces only")
+    return root
+
+
+def map_fds_of(img: Image, t: Task, files: FileSet) -> list[int]:
+    """Controller fds the process needs until its memory is mapped (files of its VMAs, exe)."""
+    from .files import vma_open_mode
+    from ..image.reader import File
+    from ..image.records import VmaType
+
+    mm = img.obj(t.mm_objref)
+    if not isinstance(mm, Mm):
+        return []
+    out = []
+    exe = img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
+    if isinstance(exe, File) and exe.name:
+        out.append(files.map_fd(exe.name, os.O_RDONLY))
+    for v in mm.vmas:
+        vt = v.fields["vma_type"]
+        if vt in (VmaType.FILE, VmaType.SHARED_FILE):
+            src = img.obj(v.fields["vma_objref"])
+            out.append(files.map_fd(src.name, vma_open_mode(v.fields)))
+        elif vt == VmaType.SHARED_ANON:
+            out.append(files.shmem[v.fields["vma_objref"]])
+    return sorted(set(out))
+
+
+def clone3(flags: int, tid: int, exit_signal: int) -> int:
+    """Fork-like clone3 with set_tid = [tid] in the innermost namespace. Returns 0 in the child."""
+    tids = (ctypes.c_int32 * 1)(tid)
+    args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, exit_signal, 0, 0, 0, ctypes.addressof(tids), 1, 0)
+    ctypes.set_errno(0)
+    ret = libc.syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
+                       ctypes.c_size_t(CLONE_ARGS_SIZE))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"clone3(set_tid={tid}): {os.strerror(err)}")
+    return ret
+
+
+def spawn_init(root: ProcPlan, report_fd: int) -> int:
+    """Create the new namespace's init; returns its host pid. The child never returns."""
+    pid = clone3(CLONE_NEWPID, 1, root.exit_signal)
+    if pid == 0:  # pragma: no cover - runs in the new init
+        # Nothing may run a handler from here on: the image's handlers point into memory that
+        # is not mapped yet. The mask is inherited by every process forked below.
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
+        finally:
+            _become(root, report_fd)
+    return pid
+
+
+def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in the new tasks
+    """Turn this fresh process into image process `p`, forking its children first. Never returns."""
+    try:
+        if p.sid == p.pid:
+            os.setsid()
+        elif p.pgid == p.pid:
+            os.setpgid(0, 0)
+        for c in p.children:
+            if clone3(0, c.pid, c.exit_signal) == 0:
+                _become(c, report_fd)
+        _setup_inner(p, report_fd)
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, the controller must hear of it
+        try:
+            os.write(report_fd, f"ERR {p.pid} {type(exc).__name__}: {exc}\n".encode(errors="replace"))
+        finally:
+            os._exit(1)
+    os._exit(1)
+
+
+def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - forked
+    if os.getpid() != p.pid:
+        raise RuntimeError(f"clone3 gave pid {os.getpid()}, wanted {p.pid}")
+    targets = {fd for _, fd, _ in p.fds}
+    # First lift sources that sit on a target number out of the way (sources are >= base, targets
+    # below it, so this only matters for the controller's own low fds, which are not sources).
+    for src, fd, cloexec in p.fds:
+        os.dup2(src, fd, inheritable=not cloexec)
+    keep = targets | set(p.keep) | {report_fd}
+    for fd in _open_fds():
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    if p.root != "/":
+        os.chroot(p.root)
+    os.chdir(p.cwd)
+    os.umask(p.umask)
+    if p.personality:
+        libc.personality(ctypes.c_ulong(p.personality))
+    creds.install_sigactions(p.sigactions)
+    if p.pdeath_signal and p.pid != 1:
+        # Not for init: its parent is this controller, which exits once the restore is done.
+        libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(p.pdeath_signal), 0, 0, 0)
+    for i, lim in enumerate(p.rlimits):
+        if i < RLIM_NLIMITS:
+            cur = resource.RLIM_INFINITY if lim["cur"] >= (1 << 63) else lim["cur"]
+            mx = resource.RLIM_INFINITY if lim["max"] >= (1 << 63) else lim["max"]
+            try:
+                resource.setrlimit(i, (cur, mx))
+            except (PermissionError, ValueError):
+                # Raising a hard limit needs CAP_SYS_RESOURCE, which this host's root lacks:
+                # keep our hard limit and clamp the soft one under it.
+                hard = resource.getrlimit(i)[1]
+                resource.setrlimit(i, (cur if hard == resource.RLIM_INFINITY else min(cur, hard), hard))
+    host = os.readlink("/proc/self")  # the host's /proc: resolves to our pid there
+    os.write(report_fd, f"{p.pid} {host}\n".encode())
+    # The controller closes report_fd (and the map fds) by injection once it has seized us.
+    while True:
+        time.sleep(3600)
+
+
+def _open_fds() -> list[int]:
+    return [int(x) for x in os.listdir("/proc/self/fd") if x.isdigit()]
