@@ -380,3 +380,13 @@ def test_sigterm_releases_tasks(pidns, ckwork, tmp_path):
     finally:
         os.close(r)
     assert_running_untraced(w)
+
+
+def test_hugetlb_mapping_is_refused(pidns, tmp_path):
+    d = tmp_path / "k"
+    d.mkdir()
+    w = pidns([sys.executable, os.path.join(HERE, "dumpwork", "kinds.py"), str(d), "hugetlb"],
+              ready_file=str(d / "ready"))
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
+    assert_refused(p, "VM_HUGETLB", "pid 1")
+    assert_running_untraced(w)

@@ -54,6 +54,10 @@ libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
 libc.mprotect(addr, 4096, 0)  # PROT_NONE, data stays
 
+if len(sys.argv) > 2 and sys.argv[2] == "hugetlb":
+    # MAP_HUGETLB | MAP_NORESERVE: a hugetlb VMA that needs no reserved huge pages (never touched).
+    huge = mmap.mmap(-1, 2 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000 | 0x4000)
+
 with open(os.path.join(d, "ready"), "w") as f:
     f.write(f"{addr:x}\n")
 while True:

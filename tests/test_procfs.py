@@ -1,0 +1,141 @@
+"""procfs parsing against a fake /proc tree (root as a parameter), plus a few live checks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ckptrace.errors import NoSuchProcess, Unsupported
+from ckptrace.image.records import VM_FLAG_BITS, VmaType
+from ckptrace.kernel import procfs
+from ckptrace.objects import mm
+
+SMAPS = """\
+00400000-0041f000 r--p 00000000 fe:00 1234                       /usr/bin/odd name (deleted)
+Size:                124 kB
+VmFlags: rd mr mw me dw
+7f0000000000-7f0000004000 rw-s 00000000 00:01 77                 /dev/zero (deleted)
+Size:                 16 kB
+VmFlags: rd wr sh mr mw me ms
+7f0000004000-7f0000005000 r--p 00000000 00:00 0                  [vvar]
+VmFlags: rd mr pf io de dd
+7f0000005000-7f0000006000 rw-p 00000000 00:00 0 
+VmFlags: rd wr mr mw me ac
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+VmFlags: ex
+"""
+
+STATUS = """\
+Name:\tck work
+Umask:\t0027
+State:\tS (sleeping)
+Tgid:\t4321
+PPid:\t4000
+TracerPid:\t0
+Uid:\t0\t0\t0\t0
+Gid:\t0\t0\t0\t0
+Groups:\t1 2
+NSpid:\t4321\t7
+NSpgid:\t4300\t3
+NSsid:\t4300\t3
+SigPnd:\t0000000000000200
+ShdPnd:\t0000000000000000
+CapEff:\t000001ffffffffff
+"""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    p = tmp_path / "4321"
+    (p / "task" / "4321").mkdir(parents=True)
+    (p / "task" / "4322").mkdir()
+    (p / "smaps").write_text(SMAPS)
+    (p / "status").write_text(STATUS)
+    # comm with spaces and a parenthesis: fields are counted after the last ')'
+    stat = ["4321", "(a) b)", "S"] + [str(i) for i in range(4, 53)]
+    (p / "stat").write_text(" ".join(stat) + "\n")
+    (p / "fdinfo").mkdir()
+    (p / "fdinfo" / "3").write_text("pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n"
+                                    "tfd:        4 events:       19 data:     7f6900000004  pos:0 ino:d6d2 sdev:f\n")
+    (p / "fdinfo" / "6").write_text("pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1038\nclockid: 1\nticks: 2\n"
+                                    "settime flags: 01\nit_value: (99, 16899095)\nit_interval: (5, 0)\n")
+    (p / "fdinfo" / "7").write_text("pos:\t0\nflags:\t00\nmnt_id:\t17\nino:\t1038\ninotify wd:1 ino:20c391 "
+                                    "sdev:fe00000 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 "
+                                    "f_handle:91c320003b784d06\n")
+    (tmp_path / "self").mkdir()
+    (tmp_path / "notapid").mkdir()
+    return str(tmp_path)
+
+
+def test_smaps(fake):
+    maps = procfs.smaps(4321, fake)
+    assert [m.path for m in maps] == ["/usr/bin/odd name (deleted)", "/dev/zero (deleted)", "[vvar]", "",
+                                      "[vsyscall]"]
+    m0, shm, vvar, anon, vsys = maps
+    assert (m0.start, m0.end, m0.inode, m0.dev, m0.prot) == (0x400000, 0x41F000, 1234, (0xFE, 0), 1)
+    assert shm.shared and shm.vmflags[-1] == "ms"
+    assert mm.vm_flags(anon) == VM_FLAG_BITS["rd"] | VM_FLAG_BITS["wr"] | VM_FLAG_BITS["mr"] | \
+        VM_FLAG_BITS["mw"] | VM_FLAG_BITS["me"] | VM_FLAG_BITS["ac"]
+    assert [mm.vma_type(m) for m in maps] == [VmaType.FILE, VmaType.SHARED_ANON, VmaType.VVAR, VmaType.ANON, None]
+
+
+def test_check_mapping_refuses_io_and_pfnmap(fake):
+    m = procfs.smaps(4321, fake)[3]
+    mm.check_mapping(7, m)  # plain anonymous: fine
+    m.vmflags = ["rd", "wr", "io", "pf"]
+    with pytest.raises(Unsupported, match="VM_PFNMAP|VM_IO"):
+        mm.check_mapping(7, m)
+    m.vmflags = ["rd", "mm"]
+    with pytest.raises(Unsupported, match="VM_MIXEDMAP"):
+        mm.check_mapping(7, m)
+    mm.check_mapping(7, procfs.smaps(4321, fake)[2])  # [vvar] is the kernel's own: not refused
+
+
+def test_status_and_stat(fake):
+    st = procfs.status(4321, root=fake)
+    assert st.nspid == [4321, 7] and st.nspgid[-1] == 3 and st.nssid[-1] == 3
+    assert st.ppid == 4000 and st.tgid == 4321 and st.tracer == 0 and st.umask == 0o27
+    assert st.ints("Groups") == [1, 2] and st.hex("SigPnd") == 0x200 and st.hex("CapEff") == 0x1FFFFFFFFFF
+    f = procfs.stat_fields(4321, fake)
+    assert f[1] == "4321" and f[2] == "a) b" and f[3] == "S" and f[26] == "26"
+    assert procfs.mm_fields(4321, fake)["env_end"] == 51
+    assert procfs.tids(4321, fake) == [4321, 4322]
+    assert procfs.pids(fake) == [4321]
+
+
+def test_fdinfo_kinds(fake):
+    ep = procfs.fdinfo(4321, 3, fake)
+    assert ep.flags == 0o2000002 and ep.ino == 1038
+    assert procfs.epoll_targets(ep) == [{"tfd": 4, "events": 0x19, "data": 0x7F6900000004}]
+    tm = procfs.timerfd_state(procfs.fdinfo(4321, 6, fake))
+    assert tm == {"clockid": 1, "ticks": 2, "settime_flags": 1, "value_sec": 99, "value_nsec": 16899095,
+                  "interval_sec": 5, "interval_nsec": 0}
+    (w,) = procfs.inotify_watches(procfs.fdinfo(4321, 7, fake))
+    assert (w["wd"], w["ino"], w["sdev"], w["mask"]) == (1, 0x20C391, 0xFE00000, 0x300)
+
+
+def test_missing_task_and_unreadable_ns(fake):
+    with pytest.raises(NoSuchProcess):
+        procfs.status(999, root=fake)
+    assert procfs.ns_inode(4321, "pid", fake) is None  # no ns link: quietly None
+    assert procfs.parse_ns_link("pid:[4026531836]") == 4026531836
+    assert procfs.parse_ns_link("garbage") is None
+
+
+def test_path_in_root():
+    assert procfs.path_in_root("/srv/ct/etc/x", "/srv/ct") == "/etc/x"
+    assert procfs.path_in_root("/srv/ct", "/srv/ct") == "/"
+    assert procfs.path_in_root("/etc/x", "/") == "/etc/x"
+
+
+def test_live_self():
+    """The parser agrees with the kernel about this very process."""
+    pid = os.getpid()
+    st = procfs.status(pid)
+    assert st.tgid == pid and st.nspid[-1] == pid
+    maps = procfs.smaps(pid)
+    assert maps and all(m.vmflags for m in maps)
+    with open(f"/proc/{pid}/maps") as f:
+        assert len(f.read().splitlines()) == len(maps)
+    assert procfs.auxv(pid)[-1] == (0, 0)
