@@ -1,0 +1,83 @@
+/* The event ABI between bpf/watch.bpf.c and ckptrace/kernel/bpfload.py.
+ *
+ * This is the ONLY declaration of these layouts: the Python side parses this file
+ * (ckptrace/kernel/bpfload.py: parse_header) instead of repeating it, and a test compiles it
+ * with gcc to prove both agree. Keep to the subset that parser understands: `#define NAME number`
+ * lines and structs of __u32/__u64/char[N] fields, one field per line.
+ */
+#ifndef CKPT_EVENTS_H
+#define CKPT_EVENTS_H
+
+#include <linux/types.h>
+
+/* event types (struct ckpt_event.type) */
+#define CKPT_EV_FORK 1
+#define CKPT_EV_EXEC 2
+#define CKPT_EV_EXIT 3
+#define CKPT_EV_MMAP 4
+#define CKPT_EV_MUNMAP 5
+#define CKPT_EV_MPROTECT 6
+#define CKPT_EV_MREMAP 7
+#define CKPT_EV_BRK 8
+#define CKPT_EV_MADVISE 9
+#define CKPT_EV_NEWNS 10
+#define CKPT_EV_RENAME 11
+#define CKPT_EV_DISCOVER 12
+
+/* indexes of the `lost` array map: every drop is counted, never silent */
+#define CKPT_LOST_RING 0
+#define CKPT_LOST_DIRTY 1
+#define CKPT_LOST_TRACKED 2
+#define CKPT_LOST_SLOTS 4
+
+/* write faults are kept as one 64-bit page mask per (process, 256 KiB chunk) */
+#define CKPT_CHUNK_SHIFT 18
+#define CKPT_PAGE_SHIFT 12
+
+/* Structural event sent through the ring buffer. ns == 0: the task's namespace is not known to
+ * the kernel side yet (pid/tid are 0 then); the controller resolves it from /proc.
+ * Arguments by type:
+ *   FORK     a0 child pid as the parent sees it, a1 child host pid, a2 clone flags
+ *   EXEC     comm
+ *   EXIT     code = exit status, or 128 + signal when killed
+ *   MMAP     a0 addr, a1 len, a2 prot, a3 flags
+ *   MUNMAP   a0 addr, a1 len
+ *   MPROTECT a0 addr, a1 len, a2 prot
+ *   MREMAP   a0 old addr, a1 old len, a2 new addr, a3 new len
+ *   BRK      a0 requested break, a1 resulting break
+ *   MADVISE  a0 addr, a1 len, a2 advice
+ *   NEWNS    a0 namespace flags (CLONE_NEW*), code: 1 unshare, 2 setns, 3 clone
+ *   RENAME   comm (new)
+ *   DISCOVER (a task in a namespace the kernel side does not know yet)
+ */
+struct ckpt_event {
+	__u64 ts;
+	__u64 ns;
+	__u32 type;
+	__u32 hostpid;
+	__u32 hosttid;
+	__u32 pid;
+	__u32 tid;
+	__u32 code;
+	__u64 a0;
+	__u64 a1;
+	__u64 a2;
+	__u64 a3;
+	char comm[16];
+};
+
+/* key of the `dirty` hash: value is a __u64 mask of written pages in the chunk */
+struct ckpt_dirty_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 chunk;
+};
+
+/* value of the `tracked` hash (key: host tgid); ns 0: not resolved yet */
+struct ckpt_task {
+	__u64 ns;
+	__u32 announced;
+	__u32 pad;
+};
+
+#endif

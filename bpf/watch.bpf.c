@@ -1,0 +1,429 @@
+/* ckptrace watch: task and memory events of watched pid namespaces, from tracepoints only.
+ *
+ * Loaded by ckptrace/kernel/bpfload.py with bcc. Settings arrive as -D cflags:
+ *   CKPT_HOST_DEV, CKPT_HOST_INO  nsfs dev and inode of the host's pid namespace
+ *   CKPT_FOCUS_NS                 0: every non-host namespace; else only this one
+ *   CKPT_MAX_NS                   slots of ns_list (namespaces known to the kernel side)
+ *   CKPT_RINGBUF_PAGES            ring buffer size in pages
+ *   CKPT_FAULTS                   1: compile the write-fault program
+ *   CKPT_EVENT_SIZE               sizeof(struct ckpt_event) as the Python side parsed it
+ * Only tracepoint arguments and helpers are read, never kernel struct fields: the headers bcc
+ * compiles against may be an older kernel's.
+ */
+#include "events.h"
+
+_Static_assert(sizeof(struct ckpt_event) == CKPT_EVENT_SIZE,
+	       "bpf/events.h and the Python parse of it disagree");
+
+#define CLONE_NEWPID_FLAG 0x20000000ULL
+#define CLONE_THREAD_FLAG 0x00010000ULL
+
+BPF_RINGBUF_OUTPUT(events, CKPT_RINGBUF_PAGES);
+BPF_ARRAY(lost, __u64, CKPT_LOST_SLOTS);
+/* host tgid -> namespace; kept by fork/exit here and seeded/resolved by the controller */
+BPF_HASH(tracked, __u32, struct ckpt_task, 65536);
+/* namespaces the controller told us about, for tasks not in `tracked` yet */
+BPF_ARRAY(ns_list, __u64, CKPT_MAX_NS);
+/* tgids whose future children land in another pid namespace (after unshare/setns) */
+BPF_HASH(nschanged, __u32, __u32, 4096);
+/* tgid -> exit status as the last exit syscall or fatal signal set it */
+BPF_HASH(exitcode, __u32, __u32, 65536);
+
+struct ident {
+	__u64 ns;
+	__u32 hostpid, hosttid, pid, tid;
+};
+
+/* syscall arguments kept from enter to exit, per thread */
+struct inflight {
+	struct ident id;
+	__u32 type;
+	__u32 code;
+	__u64 a0, a1, a2, a3;
+};
+BPF_HASH(pending, __u32, struct inflight, 16384);
+
+/* parent thread -> (child host pid, clone flags) between task_newtask and the clone exit */
+struct forkinfo {
+	__u32 child;
+	__u32 pad;
+	__u64 flags;
+};
+BPF_HASH(forks, __u32, struct forkinfo, 16384);
+
+#if CKPT_FAULTS
+/* (tgid, chunk) -> mask of pages write-faulted since the controller last drained it */
+BPF_HASH(dirty, struct ckpt_dirty_key, __u64, 262144);
+#endif
+
+static __always_inline void count_lost(__u32 slot)
+{
+	__u64 *n = lost.lookup(&slot);
+	if (n)
+		lock_xadd(n, 1);
+}
+
+static __always_inline int in_ns(__u64 ino, struct ident *id)
+{
+	struct bpf_pidns_info ni = {};
+	if (bpf_get_ns_current_pid_tgid(CKPT_HOST_DEV, ino, &ni, sizeof(ni)) != 0)
+		return 0;
+	id->ns = ino;
+	id->pid = ni.tgid;
+	id->tid = ni.pid;
+	return 1;
+}
+
+static __always_inline void track(__u32 tgid, __u64 ns)
+{
+	struct ckpt_task t = {.ns = ns, .announced = 1};
+	if (tracked.update(&tgid, &t) != 0)
+		count_lost(CKPT_LOST_TRACKED);
+}
+
+static __always_inline struct ckpt_event *reserve(__u32 type, struct ident *id)
+{
+	struct ckpt_event *e = events.ringbuf_reserve(sizeof(struct ckpt_event));
+	if (!e) {
+		count_lost(CKPT_LOST_RING);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts = bpf_ktime_get_ns();
+	e->type = type;
+	e->ns = id->ns;
+	e->hostpid = id->hostpid;
+	e->hosttid = id->hosttid;
+	e->pid = id->pid;
+	e->tid = id->tid;
+	return e;
+}
+
+static __always_inline void announce(struct ident *id)
+{
+	struct ckpt_event *e = reserve(CKPT_EV_DISCOVER, id);
+	if (e) {
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		events.ringbuf_submit(e, 0);
+	}
+}
+
+/* Is the current task watched? Fills its identity; tasks of watched namespaces the kernel side
+ * has not seen yet are added to `tracked` (and announced when their namespace is unknown). */
+static __always_inline int whoami(struct ident *id)
+{
+	__u64 pt = bpf_get_current_pid_tgid();
+	__u32 tgid = pt >> 32;
+	id->hostpid = tgid;
+	id->hosttid = (__u32)pt;
+	id->ns = 0;
+	id->pid = 0;
+	id->tid = 0;
+	struct ckpt_task *t = tracked.lookup(&tgid);
+	if (t && t->ns) {
+		if (!in_ns(t->ns, id))
+			id->ns = t->ns;  /* left that namespace's view: controller resolves */
+		return 1;
+	}
+	if (!t && in_ns(CKPT_HOST_INO, id)) {
+		id->ns = id->pid = id->tid = 0;
+		return 0;
+	}
+#if CKPT_FOCUS_NS
+	if (!in_ns(CKPT_FOCUS_NS, id)) {
+		if (t)
+			tracked.delete(&tgid);  /* a child that went to another namespace */
+		return 0;
+	}
+	track(tgid, CKPT_FOCUS_NS);
+	return 1;
+#else
+	#pragma unroll
+	for (int i = 0; i < CKPT_MAX_NS; i++) {
+		int k = i;
+		__u64 *ino = ns_list.lookup(&k);
+		if (!ino || !*ino)
+			break;
+		if (in_ns(*ino, id)) {
+			track(tgid, *ino);
+			return 1;
+		}
+	}
+	if (!t || !t->announced) {
+		/* a namespace nobody told us about: tell the controller once */
+		struct ckpt_task nt = {.ns = 0, .announced = 1};
+		if (tracked.update(&tgid, &nt) != 0)
+			count_lost(CKPT_LOST_TRACKED);
+		announce(id);
+	}
+	return 1;
+#endif
+}
+
+/* ---- tasks ---------------------------------------------------------------------------------- */
+
+int ckpt_exec(struct tracepoint__sched__sched_process_exec *args)
+{
+	struct ident id;
+	if (!whoami(&id))
+		return 0;
+	struct ckpt_event *e = reserve(CKPT_EV_EXEC, &id);
+	if (!e)
+		return 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+int ckpt_exit(struct tracepoint__sched__sched_process_exit *args)
+{
+	if (!args->group_dead)
+		return 0;
+	struct ident id;
+	if (!whoami(&id))
+		return 0;
+	__u32 tgid = id.hostpid;
+	struct ckpt_event *e = reserve(CKPT_EV_EXIT, &id);
+	if (e) {
+		__u32 *code = exitcode.lookup(&tgid);
+		e->code = code ? *code : 0;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+		events.ringbuf_submit(e, 0);
+	}
+	tracked.delete(&tgid);
+	exitcode.delete(&tgid);
+	nschanged.delete(&tgid);
+	return 0;
+}
+
+static __always_inline void set_exitcode(__u32 code)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tracked.lookup(&tgid))
+		exitcode.update(&tgid, &code);
+}
+
+int ckpt_exit_group(struct tracepoint__syscalls__sys_enter_exit_group *args)
+{
+	set_exitcode(args->error_code & 0xff);
+	return 0;
+}
+
+int ckpt_exit_sys(struct tracepoint__syscalls__sys_enter_exit *args)
+{
+	set_exitcode(args->error_code & 0xff);
+	return 0;
+}
+
+int ckpt_signal(struct tracepoint__signal__signal_deliver *args)
+{
+	int sig = args->sig;
+	/* only signals whose default action kills; a handled one changes nothing */
+	if (args->sa_handler != 0 || sig <= 0 || sig >= 32)
+		return 0;
+	if (sig == 17 || (sig >= 18 && sig <= 23) || sig == 28)
+		return 0;  /* SIGCHLD, SIGCONT..SIGURG, SIGWINCH: ignored or stop by default */
+	set_exitcode(128 + sig);
+	return 0;
+}
+
+int ckpt_newtask(struct tracepoint__task__task_newtask *args)
+{
+	struct ident id;
+	if (!whoami(&id))
+		return 0;
+	__u64 flags = args->clone_flags;
+	__u32 tid = id.hosttid;
+	struct forkinfo fi = {.child = args->pid, .flags = flags};
+	forks.update(&tid, &fi);
+	if (flags & CLONE_THREAD_FLAG)
+		return 0;
+	__u32 tgid = id.hostpid;
+	__u32 child = args->pid;
+	if ((flags & CLONE_NEWPID_FLAG) || nschanged.lookup(&tgid) || !id.ns) {
+		/* the child is in another namespace: it is found on its first event. Pre-register it so
+		 * its write faults count from the start; whoami resolves the namespace. */
+		struct ckpt_task t = {.ns = 0, .announced = 0};
+		if (tracked.update(&child, &t) != 0)
+			count_lost(CKPT_LOST_TRACKED);
+	} else {
+		track(child, id.ns);
+	}
+	if (flags & CLONE_NEWPID_FLAG) {
+		struct ckpt_event *e = reserve(CKPT_EV_NEWNS, &id);
+		if (e) {
+			e->a0 = flags & 0x7e020000ULL;  /* the CLONE_NEW* bits */
+			e->code = 3;
+			events.ringbuf_submit(e, 0);
+		}
+	}
+	return 0;
+}
+
+/* the parent's return from clone/clone3/fork/vfork: the child's pid as the parent sees it */
+int ckpt_clone_exit(struct tracepoint__syscalls__sys_exit_clone *args)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct forkinfo *fi = forks.lookup(&tid);
+	if (!fi)
+		return 0;
+	struct forkinfo f = *fi;
+	forks.delete(&tid);
+	if (args->ret <= 0 || (f.flags & CLONE_THREAD_FLAG))
+		return 0;
+	struct ident id;
+	if (!whoami(&id))
+		return 0;
+	struct ckpt_event *e = reserve(CKPT_EV_FORK, &id);
+	if (!e)
+		return 0;
+	e->a0 = args->ret;
+	e->a1 = f.child;
+	e->a2 = f.flags;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+int ckpt_rename(struct tracepoint__task__task_rename *args)
+{
+	struct ident id;
+	if (args->pid != (__u32)bpf_get_current_pid_tgid())
+		return 0;  /* someone wrote another task's comm: rare, seen at its next exec */
+	if (!whoami(&id))
+		return 0;
+	struct ckpt_event *e = reserve(CKPT_EV_RENAME, &id);
+	if (!e)
+		return 0;
+	bpf_probe_read_kernel(e->comm, sizeof(e->comm), args->newcomm);
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- memory-map syscalls: arguments at enter, result at exit ------------------------------- */
+
+static __always_inline int stash(__u32 type, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
+{
+	struct inflight f = {};
+	if (!whoami(&f.id))
+		return 0;
+	f.type = type;
+	f.a0 = a0;
+	f.a1 = a1;
+	f.a2 = a2;
+	f.a3 = a3;
+	__u32 tid = f.id.hosttid;
+	pending.update(&tid, &f);
+	return 0;
+}
+
+int ckpt_mmap(struct tracepoint__syscalls__sys_enter_mmap *args)
+{
+	return stash(CKPT_EV_MMAP, args->addr, args->len, args->prot, args->flags);
+}
+
+int ckpt_munmap(struct tracepoint__syscalls__sys_enter_munmap *args)
+{
+	return stash(CKPT_EV_MUNMAP, args->addr, args->len, 0, 0);
+}
+
+int ckpt_mprotect(struct tracepoint__syscalls__sys_enter_mprotect *args)
+{
+	return stash(CKPT_EV_MPROTECT, args->start, args->len, args->prot, 0);
+}
+
+int ckpt_mremap(struct tracepoint__syscalls__sys_enter_mremap *args)
+{
+	return stash(CKPT_EV_MREMAP, args->addr, args->old_len, args->new_addr, args->new_len);
+}
+
+int ckpt_brk(struct tracepoint__syscalls__sys_enter_brk *args)
+{
+	return stash(CKPT_EV_BRK, args->brk, 0, 0, 0);
+}
+
+int ckpt_madvise(struct tracepoint__syscalls__sys_enter_madvise *args)
+{
+	return stash(CKPT_EV_MADVISE, args->start, args->len_in, args->behavior, 0);
+}
+
+int ckpt_unshare(struct tracepoint__syscalls__sys_enter_unshare *args)
+{
+	if (!(args->unshare_flags & CLONE_NEWPID_FLAG))
+		return 0;
+	return stash(CKPT_EV_NEWNS, args->unshare_flags & 0x7e020000ULL, 1, 0, 0);
+}
+
+int ckpt_setns(struct tracepoint__syscalls__sys_enter_setns *args)
+{
+	__u64 flags = (__u32)args->flags;
+	/* flags 0 means "whatever fd is": it may be a pid namespace */
+	if (flags && !(flags & CLONE_NEWPID_FLAG))
+		return 0;
+	return stash(CKPT_EV_NEWNS, flags, 2, 0, 0);
+}
+
+int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct inflight *fp = pending.lookup(&tid);
+	if (!fp)
+		return 0;
+	struct inflight f = *fp;
+	pending.delete(&tid);
+	long ret = args->ret;
+	if (ret < 0 && ret > -4096)
+		return 0;  /* failed: nothing changed */
+	if (f.type == CKPT_EV_MMAP) {
+		f.a0 = ret;
+	} else if (f.type == CKPT_EV_MREMAP) {
+		f.a2 = ret;
+	} else if (f.type == CKPT_EV_BRK) {
+		f.a1 = ret;
+	} else if (f.type == CKPT_EV_NEWNS) {
+		__u32 tgid = f.id.hostpid, one = 1;
+		nschanged.update(&tgid, &one);
+		f.code = f.a1;
+		f.a1 = 0;
+	}
+	struct ckpt_event *e = reserve(f.type, &f.id);
+	if (!e)
+		return 0;
+	e->code = f.code;
+	e->a0 = f.a0;
+	e->a1 = f.a1;
+	e->a2 = f.a2;
+	e->a3 = f.a3;
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* ---- write faults: the hot path, kept to two hash lookups and an atomic OR ------------------
+ * Attached to page_fault_user and page_fault_kernel (same arguments): the kernel writing into a
+ * user buffer (read(2) into fresh memory) faults in kernel mode but dirties user pages too. */
+#if CKPT_FAULTS
+int ckpt_fault(struct tracepoint__exceptions__page_fault_user *args)
+{
+	if (!(args->error_code & 2) || args->address >= 0x800000000000ULL)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tracked.lookup(&tgid))
+		return 0;
+	__u64 addr = args->address;
+	struct ckpt_dirty_key k = {.tgid = tgid, .chunk = addr >> CKPT_CHUNK_SHIFT};
+	__u64 bit = 1ULL << ((addr >> CKPT_PAGE_SHIFT) & 63);
+	__u64 *mask = dirty.lookup(&k);
+	if (mask) {
+		__sync_fetch_and_or(mask, bit);
+		return 0;
+	}
+	if (dirty.insert(&k, &bit) != 0) {
+		mask = dirty.lookup(&k);  /* another CPU inserted it first */
+		if (mask)
+			__sync_fetch_and_or(mask, bit);
+		else
+			count_lost(CKPT_LOST_DIRTY);
+	}
+	return 0;
+}
+#endif

@@ -1,0 +1,296 @@
+"""Loading bpf/watch.bpf.c with bcc, and the event ABI as declared once in bpf/events.h.
+
+The C structs are not repeated here: `parse_header` reads bpf/events.h (a small, documented
+subset of C) and builds the ctypes types; the BPF program also gets the parsed event size as a
+cflag and fails to compile (`_Static_assert`) if the two ever disagree. Settings reach the C code
+only as `-D` cflags.
+
+bcc is imported inside `WatchProgram.__init__`, never at module import: `ckptrace --help` and the
+model/view tests must not pay for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import AccessDenied, HostUnsupported, KernelError, UsageError
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+HEADER = BPF_DIR / "events.h"
+PROGRAM = BPF_DIR / "watch.bpf.c"
+TRACEFS = "/sys/kernel/tracing"
+
+# Every program's name starts with this (kernel program names are cut at 15 characters), so a
+# test or an operator can tell from `bpftool prog list` whether anything of ours is loaded.
+PROG_PREFIX = "ckpt_"
+
+MAX_NS = 16
+RINGBUF_PAGES = 1024  # 4 MiB: absorbs ~50 k events of burst between two polls
+
+_CTYPES = {"__u8": ctypes.c_uint8, "__u16": ctypes.c_uint16, "__u32": ctypes.c_uint32,
+           "__u64": ctypes.c_uint64, "__s32": ctypes.c_int32, "__s64": ctypes.c_int64,
+           "char": ctypes.c_char}
+
+
+@dataclass
+class Abi:
+    """What bpf/events.h declares: `#define` constants and structs as ctypes types."""
+
+    consts: dict[str, int] = field(default_factory=dict)
+    structs: dict[str, type[ctypes.Structure]] = field(default_factory=dict)
+
+    def event_names(self) -> dict[int, str]:
+        """CKPT_EV_MMAP = 4 -> {4: "mmap"}."""
+        return {v: k[len("CKPT_EV_"):].lower() for k, v in self.consts.items() if k.startswith("CKPT_EV_")}
+
+
+def parse_header(text: str) -> Abi:
+    """Parse the subset of C bpf/events.h is written in: `#define NAME <int>` and
+    `struct NAME { <type> <name>; | char <name>[N]; ... };`. Anything else is ignored, so an
+    unsupported field type is an error rather than a silent misparse."""
+    abi = Abi()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    for m in re.finditer(r"^#define\s+(CKPT_\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*$", text, flags=re.M):
+        abi.consts[m.group(1)] = int(m.group(2), 0)
+    for m in re.finditer(r"struct\s+(\w+)\s*\{(.*?)\};", text, flags=re.S):
+        fields = []
+        for decl in m.group(2).split(";"):
+            decl = decl.strip()
+            if not decl:
+                continue
+            fm = re.fullmatch(r"(\w+)\s+(\w+)(?:\[(\w+)\])?", decl)
+            if not fm or fm.group(1) not in _CTYPES:
+                raise UsageError(f"{HEADER.name}: struct {m.group(1)}: cannot parse field {decl!r}")
+            ctype = _CTYPES[fm.group(1)]
+            if fm.group(3):
+                n = fm.group(3)
+                ctype = ctype * (int(n) if n.isdigit() else abi.consts[n])
+            fields.append((fm.group(2), ctype))
+        abi.structs[m.group(1)] = type(m.group(1), (ctypes.Structure,), {"_fields_": fields})
+    return abi
+
+
+_ABI: Abi | None = None
+
+
+def abi() -> Abi:
+    global _ABI
+    if _ABI is None:
+        _ABI = parse_header(HEADER.read_text())
+    return _ABI
+
+
+def ensure_tracefs() -> None:
+    """bcc attaches tracepoints through tracefs: mount it when it is missing."""
+    if os.path.exists(f"{TRACEFS}/events"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount")
+    except OSError as exc:
+        raise HostUnsupported(f"tracefs is not mounted at {TRACEFS} and mounting it failed "
+                              f"({os.strerror(exc.errno or 0)}); try scripts/setup.sh") from None
+
+
+def ns_dev_ino(pid: int | str = "self") -> tuple[int, int]:
+    """(st_dev, st_ino) of a pid namespace, as bpf_get_ns_current_pid_tgid wants them."""
+    st = os.stat(f"/proc/{pid}/ns/pid")
+    return st.st_dev, st.st_ino
+
+
+# (tracepoint, program) pairs; the fault program is separate so --no-faults never attaches it
+STRUCTURAL = [
+    ("sched:sched_process_exec", "ckpt_exec"),
+    ("sched:sched_process_exit", "ckpt_exit"),
+    ("task:task_newtask", "ckpt_newtask"),
+    ("task:task_rename", "ckpt_rename"),
+    ("signal:signal_deliver", "ckpt_signal"),
+    ("syscalls:sys_enter_exit_group", "ckpt_exit_group"),
+    ("syscalls:sys_enter_exit", "ckpt_exit_sys"),
+    ("syscalls:sys_exit_clone", "ckpt_clone_exit"),
+    ("syscalls:sys_exit_clone3", "ckpt_clone_exit"),
+    ("syscalls:sys_exit_fork", "ckpt_clone_exit"),
+    ("syscalls:sys_exit_vfork", "ckpt_clone_exit"),
+    ("syscalls:sys_enter_mmap", "ckpt_mmap"),
+    ("syscalls:sys_enter_munmap", "ckpt_munmap"),
+    ("syscalls:sys_enter_mprotect", "ckpt_mprotect"),
+    ("syscalls:sys_enter_mremap", "ckpt_mremap"),
+    ("syscalls:sys_enter_brk", "ckpt_brk"),
+    ("syscalls:sys_enter_madvise", "ckpt_madvise"),
+    ("syscalls:sys_enter_unshare", "ckpt_unshare"),
+    ("syscalls:sys_enter_setns", "ckpt_setns"),
+    *[(f"syscalls:sys_exit_{s}", "ckpt_mm_exit")
+      for s in ("mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "unshare", "setns")],
+]
+FAULTS = [("exceptions:page_fault_user", "ckpt_fault"), ("exceptions:page_fault_kernel", "ckpt_fault")]
+
+
+class WatchProgram:
+    """bpf/watch.bpf.c compiled, loaded and attached. Use as a context manager: leaving it
+    detaches and unloads every program (bcc closes the fds)."""
+
+    def __init__(self, *, focus_ns: int = 0, faults: bool = True, max_ns: int = MAX_NS,
+                 ringbuf_pages: int = RINGBUF_PAGES):
+        if os.geteuid() != 0:
+            raise AccessDenied("watch needs root (BPF programs and tracepoints)")
+        try:
+            from bcc import BPF  # noqa: PLC0415 - heavy, only for this command
+        except ImportError:
+            raise HostUnsupported("the bcc Python module is not installed (Debian: python3-bpfcc; "
+                                  "then scripts/setup.sh links it into .venv)") from None
+        ensure_tracefs()
+        for tp, _ in STRUCTURAL + (FAULTS if faults else []):
+            cat, ev = tp.split(":")
+            if not os.path.exists(f"{TRACEFS}/events/{cat}/{ev}"):
+                raise HostUnsupported(f"tracepoint {tp} is not available on this kernel")
+        self.abi = abi()
+        self.event_type = self.abi.structs["ckpt_event"]
+        self.key_type = self.abi.structs["ckpt_dirty_key"]
+        self.faults = faults
+        self.focus_ns = focus_ns
+        dev, ino = ns_dev_ino("self")
+        self.host_ns = ino
+        cflags = [
+            f"-I{BPF_DIR}",
+            f"-DCKPT_HOST_DEV={dev}ULL",
+            f"-DCKPT_HOST_INO={ino}ULL",
+            f"-DCKPT_FOCUS_NS={focus_ns}ULL",
+            f"-DCKPT_MAX_NS={max_ns}",
+            f"-DCKPT_RINGBUF_PAGES={ringbuf_pages}",
+            f"-DCKPT_FAULTS={1 if faults else 0}",
+            f"-DCKPT_EVENT_SIZE={ctypes.sizeof(self.event_type)}",
+        ]
+        self.max_ns = max_ns
+        try:
+            self.bpf = BPF(src_file=str(PROGRAM).encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception for compile and load failures
+            raise HostUnsupported(f"cannot compile/load {PROGRAM.name}: {str(exc).splitlines()[0]}") from None
+        self.attached: list[tuple[str, str]] = []
+        try:
+            for tp, fn in STRUCTURAL + (FAULTS if faults else []):
+                self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                self.attached.append((tp, fn))
+        except Exception as exc:  # bcc: bare Exception on attach failure
+            self.close()
+            raise HostUnsupported(f"cannot attach {tp}: {str(exc).splitlines()[0]}") from None
+        self.tracked = self.bpf["tracked"]
+        self.ns_slots: list[int] = []
+        self._lost = self.bpf["lost"]
+        self._dirty = self.bpf["dirty"] if faults else None
+        self._ring = self.bpf["events"]
+        self._batch_ok = True
+
+    # -- context manager -------------------------------------------------------------------------
+    def __enter__(self) -> "WatchProgram":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        bpf = getattr(self, "bpf", None)
+        if bpf is None:
+            return
+        self.bpf = None
+        for tp, fn in reversed(getattr(self, "attached", [])):
+            try:
+                bpf.detach_tracepoint(tp=tp.encode())
+            except Exception:  # already gone; cleanup below closes the fds anyway
+                pass
+        bpf.cleanup()
+
+    # -- controller -> kernel --------------------------------------------------------------------
+    def add_namespace(self, ino: int) -> bool:
+        """Tell the kernel side about a watched namespace (False when its slots are full: tasks of
+        that namespace are then still resolved by the controller, one discovery event each)."""
+        if ino in self.ns_slots:
+            return True
+        if len(self.ns_slots) >= self.max_ns:
+            return False
+        table = self.bpf["ns_list"]
+        table[ctypes.c_int(len(self.ns_slots))] = ctypes.c_uint64(ino)
+        self.ns_slots.append(ino)
+        return True
+
+    def track(self, hostpid: int, ns: int) -> None:
+        t = self.tracked.Leaf()
+        t.ns = ns
+        t.announced = 1
+        self.tracked[self.tracked.Key(hostpid)] = t
+
+    def untrack(self, hostpid: int) -> None:
+        try:
+            del self.tracked[self.tracked.Key(hostpid)]
+        except KeyError:
+            pass
+
+    # -- kernel -> controller --------------------------------------------------------------------
+    def open_events(self, callback) -> None:
+        """callback(event: ckpt_event ctypes struct) for each ring buffer record."""
+        etype = self.event_type
+
+        def on_event(_ctx, data, _size):
+            callback(ctypes.cast(data, ctypes.POINTER(etype)).contents)
+            return 0
+
+        self._ring.open_ring_buffer(on_event)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def lost(self) -> dict[str, int]:
+        c = self.abi.consts
+        vals = {i: v.value for i, v in self._lost.items() for i in [i.value]}
+        return {"ring": vals.get(c["CKPT_LOST_RING"], 0), "dirty": vals.get(c["CKPT_LOST_DIRTY"], 0),
+                "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0)}
+
+    def drain_dirty(self) -> dict[int, list[int]]:
+        """Take every written-page mask out of the kernel map: {host tgid: [page addresses]}."""
+        if self._dirty is None:
+            return {}
+        shift = self.abi.consts["CKPT_CHUNK_SHIFT"]
+        pshift = self.abi.consts["CKPT_PAGE_SHIFT"]
+        out: dict[int, list[int]] = {}
+        for k, v in self._drain_items():
+            mask = v if isinstance(v, int) else v.value
+            base = k.chunk << shift
+            pages = out.setdefault(k.tgid, [])
+            while mask:
+                low = mask & -mask
+                pages.append(base + ((low.bit_length() - 1) << pshift))
+                mask ^= low
+        return out
+
+    def _drain_items(self):
+        if self._batch_ok:
+            try:
+                return list(self._dirty.items_lookup_and_delete_batch())
+            except Exception as exc:  # bcc: bare Exception carrying strerror
+                if "Invalid argument" not in str(exc) and "not supported" not in str(exc):
+                    raise KernelError("drain dirty-page map", errno.EIO) from None
+                self._batch_ok = False
+        # Older kernels: one-by-one. A fault landing between lookup and delete is lost; rare.
+        items = []
+        for k in list(self._dirty.keys()):
+            try:
+                v = self._dirty[k]
+                del self._dirty[k]
+            except KeyError:
+                continue
+            items.append((k, ctypes.c_uint64(v.value)))
+        return items
+
+
+def our_programs() -> list[str]:
+    """Names of loaded BPF programs that are ours (by PROG_PREFIX), via bpftool."""
+    import json
+    import subprocess
+
+    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
+    return [p.get("name", "") for p in json.loads(out or "[]") if p.get("name", "").startswith(PROG_PREFIX)]

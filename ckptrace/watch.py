@@ -1,0 +1,356 @@
+"""`ckptrace watch`: live task and dirty-memory events of pid namespaces, from BPF tracepoints.
+
+The controller: loads bpf/watch.bpf.c (ckptrace.kernel.bpfload), seeds the model
+(ckptrace.watchmodel) from /proc, then loops: poll the ring buffer for structural events, drain
+the kernel's written-page masks into `dirty` events (every DRAIN_SECONDS, so at least once a
+second), read the lost counters, and notice dumps (ckptrace.notify) to reset dirty counts.
+Output: the rich dashboard (ckptrace.watchview) on a terminal, else plain lines, or JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+from . import notify
+from .errors import CkptError, UsageError
+from .kernel import procfs
+from .watchmodel import Model, public
+
+DRAIN_SECONDS = 0.25
+RENDER_SECONDS = 0.125  # 8 refreshes a second
+HOUSEKEEP_SECONDS = 1.0
+
+NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
+
+
+class Stop(Exception):
+    """SIGTERM: leave the loop the same way Ctrl-C does, detaching everything."""
+
+
+def _watched_namespaces(host: int, focus: int | None) -> dict[int, list[int]]:
+    """{namespace inode: host pids} of the namespaces to watch, from one /proc scan. Processes we
+    may not inspect (the host supervisor's pid 1) are skipped quietly."""
+    out: dict[int, list[int]] = {}
+    for pid in procfs.pids():
+        ino = procfs.ns_inode(pid)
+        if ino is None or ino == host or (focus and ino != focus):
+            continue
+        out.setdefault(ino, []).append(pid)
+    return out
+
+
+def _maps(hostpid: int) -> list[tuple[int, int, int, str]]:
+    try:
+        return [(m.start, m.end, m.prot, m.path) for m in procfs.smaps(hostpid)]
+    except CkptError:
+        return []
+
+
+class Controller:
+    def __init__(self, prog, model: Model, *, host: int, focus: int | None, emit):
+        self.prog = prog
+        self.model = model
+        self.host = host
+        self.focus = focus
+        self.emit = emit  # called with each public event dict
+        self.names = prog.abi.event_names()
+        self.started = time.monotonic_ns()
+        self.ignored: set[int] = set()  # host pids resolved to namespaces we do not watch
+        self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0}
+
+    # -- seeding and resolution ----------------------------------------------------------------
+    def watch_ns(self, ino: int) -> None:
+        if ino not in self.model.namespaces:
+            self.model.add_namespace(ino).last_dump = notify.last_dump(ino)
+        self.prog.add_namespace(ino)
+
+    def seed(self, hostpid: int, ino: int):
+        """Add a process found in /proc (ns `ino`) to the kernel's tracked set and the model."""
+        try:
+            st = procfs.status(hostpid)
+        except CkptError:
+            return None
+        self.watch_ns(ino)
+        self.prog.track(hostpid, ino)
+        nspid = st.nspid[-1] if st.nspid else 0
+        return self.model.seed_proc(hostpid, nspid, ino, ppid=st.ppid, comm=st.raw.get("Name", ""),
+                                    maps=_maps(hostpid))
+
+    def seed_all(self) -> None:
+        for ino, pids in _watched_namespaces(self.host, self.focus).items():
+            self.watch_ns(ino)
+            for pid in pids:
+                self.seed(pid, ino)
+
+    def resolve(self, hostpid: int) -> tuple[int, int] | None:
+        """(namespace, in-namespace pid) of a process the kernel could not place, from /proc."""
+        p = self.model.procs.get(hostpid)
+        if p is not None and p.alive and p.ns:
+            return p.ns, p.pid
+        if hostpid in self.ignored:
+            return None
+        ino = procfs.ns_inode(hostpid)
+        if ino is None or ino == self.host or (self.focus and ino != self.focus):
+            self.ignored.add(hostpid)
+            self.prog.untrack(hostpid)
+            return None
+        p = self.seed(hostpid, ino)
+        return (ino, p.pid) if p is not None else None
+
+    # -- kernel events -------------------------------------------------------------------------
+    def on_event(self, e) -> None:
+        kind = self.names.get(e.type, f"type{e.type}")
+        ns, pid = e.ns, e.pid
+        if kind == "discover" or not ns or not pid:
+            where = self.resolve(e.hostpid)
+            if where is None:
+                return
+            ns, pid = where
+            if kind == "discover":
+                return
+        elif ns not in self.model.namespaces:
+            self.watch_ns(ns)
+        if e.hostpid not in self.model.procs:
+            self.seed(e.hostpid, ns)
+        ev = {"event": kind, "pid": pid, "hostpid": e.hostpid, "ns": ns, "ts": e.ts}
+        comm = bytes(e.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
+        if kind == "fork":
+            ev.update(child=e.a0, _childhost=e.a1)
+        elif kind in ("exec", "rename"):
+            ev["comm"] = comm
+        elif kind == "exit":
+            ev["code"] = e.code
+        elif kind in ("mmap", "mprotect"):
+            ev.update(addr=e.a0, len=e.a1, prot=e.a2)
+        elif kind == "munmap":
+            ev.update(addr=e.a0, len=e.a1)
+        elif kind == "mremap":
+            ev.update(addr=e.a0, len=e.a1, new_addr=e.a2, new_len=e.a3)
+        elif kind == "brk":
+            ev.update(_want=e.a0, _got=e.a1)
+        elif kind == "madvise":
+            ev.update(addr=e.a0, len=e.a1, advice=e.a2)
+        elif kind == "newns":
+            ev.update(flags=e.a0, how=NEWNS_HOW.get(e.code, str(e.code)))
+        out = self.model.apply(ev)
+        if kind == "exec":
+            p = self.model.procs.get(e.hostpid)
+            if p is not None:
+                # exec replaced the whole address space: re-read it rather than guess
+                self.model.set_maps(p, _maps(e.hostpid))
+        if out is not None:
+            self.emit(public(out))
+
+    # -- periodic work -------------------------------------------------------------------------
+    def drain(self) -> None:
+        ts = time.monotonic_ns()
+        for hostpid, pages in self.prog.drain_dirty().items():
+            if hostpid not in self.model.procs:
+                if self.resolve(hostpid) is None:
+                    continue
+            for ev in self.model.add_dirty(hostpid, pages, ts):
+                self.emit(ev)
+
+    def check_lost(self) -> None:
+        lost = self.prog.lost()
+        self.model.lost = lost
+        if any(lost[k] > self.lost_seen[k] for k in lost):
+            self.lost_seen = dict(lost)
+            self.emit({"event": "lost", "pid": 0, "hostpid": 0, "ns": 0, "ts": time.monotonic_ns(), **lost})
+
+    def check_dumps(self) -> None:
+        for ino, ns in self.model.namespaces.items():
+            stamp = notify.last_dump(ino)
+            if stamp is not None and stamp != ns.last_dump:
+                ns.last_dump = stamp
+                self.model.reset_dirty(ino)
+
+
+def _plain_line(ev: dict) -> str:
+    extra = []
+    for k, v in ev.items():
+        if k in ("event", "pid", "hostpid", "ns", "ts"):
+            continue
+        if k in ("addr", "new_addr", "start", "end") and isinstance(v, int):
+            v = f"{v:#x}"
+        extra.append(f"{k}={v}")
+    return (f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={ev['pid']}/{ev['hostpid']} "
+            f"{ev['event']:<8} {' '.join(extra)}").rstrip()
+
+
+def _check_focus(host: int, focus: int | None) -> None:
+    if focus is None:
+        return
+    if focus == host:
+        raise UsageError(f"pid namespace {focus} is the host's own; watch follows container namespaces")
+    if not _watched_namespaces(host, focus):
+        raise UsageError(f"no process is in pid namespace {focus} (see `ckptrace ls`)")
+
+
+def main(args) -> int:
+    from .errors import AccessDenied
+    from .kernel.bpfload import WatchProgram, ns_dev_ino
+
+    if os.geteuid() != 0:
+        raise AccessDenied("watch needs root (it loads BPF programs)")
+    host = ns_dev_ino("self")[1]
+    _check_focus(host, args.pidns)
+    mode = "json" if args.json else ("plain" if args.plain or not sys.stdout.isatty() else "live")
+
+    def on_term(_sig, _frm):
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    model = Model()
+    out = sys.stdout
+
+    if mode == "json":
+        def emit(ev):
+            out.write(json.dumps(ev, separators=(",", ":")) + "\n")
+    elif mode == "plain":
+        def emit(ev):
+            out.write(_plain_line(ev) + "\n")
+    else:
+        def emit(ev):
+            pass  # the dashboard shows model.recent
+
+    with WatchProgram(focus_ns=args.pidns or 0, faults=not args.no_faults) as prog:
+        ctl = Controller(prog, model, host=host, focus=args.pidns, emit=emit)
+        prog.open_events(ctl.on_event)
+        ctl.seed_all()
+        what = f"pid namespace {args.pidns}" if args.pidns else "every non-host pid namespace"
+        model.status = (f"{len(prog.attached)} tracepoints attached"
+                        + ("" if prog.faults else ", write faults off (--no-faults)"))
+        if mode != "live":
+            print(f"ckptrace watch: watching {what}: {model.status}", file=sys.stderr, flush=True)
+        try:
+            if mode == "live":
+                _run_live(ctl, model, args)
+            else:
+                _run_stream(ctl, args, out)
+        except (KeyboardInterrupt, Stop):
+            pass
+        finally:
+            try:
+                ctl.drain()
+                ctl.check_lost()
+                out.flush()
+            except (BrokenPipeError, CkptError):
+                pass
+        lost = model.lost
+        if any(lost.values()):
+            print(f"ckptrace watch: lost events: {lost}", file=sys.stderr)
+    return 0
+
+
+def _loop(ctl: Controller, args, tick) -> None:
+    """The controller loop shared by every output mode; `tick()` runs after each poll."""
+    end = time.monotonic() + args.duration if args.duration else None
+    next_drain = next_house = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if end is not None and now >= end:
+            return
+        ctl.prog.poll(50)
+        now = time.monotonic()
+        if now >= next_drain:
+            ctl.drain()
+            next_drain = now + DRAIN_SECONDS
+        if now >= next_house:
+            ctl.check_lost()
+            ctl.check_dumps()
+            ctl.model.gc()
+            next_house = now + HOUSEKEEP_SECONDS
+        tick()
+
+
+def _run_stream(ctl: Controller, args, out) -> None:
+    _loop(ctl, args, out.flush)
+
+
+def _run_live(ctl: Controller, model: Model, args) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    from .watchview import Selection, handle_key, render, selected_ns
+
+    console = Console()
+    sel = Selection()
+    keys = _Keys()
+    next_render = [0.0]
+
+    with keys, Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+        def tick():
+            for k in keys.read():
+                action = handle_key(sel, model, k)
+                if action == "quit":
+                    raise KeyboardInterrupt
+                if action == "dump":
+                    sel.message = _start_dump(selected_ns(model, sel))
+            now = time.monotonic()
+            if now >= next_render[0]:
+                live.update(render(model, sel, width=console.width, height=console.height), refresh=True)
+                next_render[0] = now + RENDER_SECONDS
+
+        _loop(ctl, args, tick)
+
+
+def _start_dump(ino: int | None) -> str:
+    """Start `ckptrace dump` of a namespace in the background (the tasks keep running); its
+    notify stamp then resets the dirty counts here."""
+    import subprocess
+
+    if ino is None:
+        return "no namespace selected"
+    path = f"/var/tmp/ckptrace-{ino}-{int(time.time())}.img"
+    try:
+        subprocess.Popen([sys.executable, "-m", "ckptrace", "dump", "--pidns", str(ino), "-o", path, "-q"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    except OSError as exc:
+        return f"dump failed to start: {exc.strerror}"
+    return f"dumping {ino} to {path}"
+
+
+class _Keys:
+    """Single keystrokes from a terminal without echo or line buffering, read without blocking."""
+
+    def __enter__(self):
+        import termios
+        import tty
+
+        self.fd = sys.stdin.fileno() if sys.stdin.isatty() else None
+        if self.fd is not None:
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc):
+        import termios
+
+        if self.fd is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def read(self) -> list[str]:
+        import select
+
+        if self.fd is None:
+            return []
+        out = []
+        while select.select([self.fd], [], [], 0)[0]:
+            data = os.read(self.fd, 64).decode("utf-8", "replace")
+            if not data:
+                break
+            i = 0
+            while i < len(data):
+                if data.startswith("\x1b[", i) and i + 2 < len(data):
+                    out.append({"A": "up", "B": "down", "C": "right", "D": "left"}.get(data[i + 2], "?"))
+                    i += 3
+                else:
+                    out.append(data[i])
+                    i += 1
+        return out

@@ -1,0 +1,330 @@
+"""What `watch` knows about each watched pid namespace, kept current from BPF events.
+
+Pure Python, no bcc and no /proc: the controller (ckptrace.watch) feeds it events as dicts (the
+same dicts `--json` prints) and seeds processes from /proc. Per namespace: its processes as a
+tree (fork/exec/exit, comm); per process: its VMA table (seeded from /proc/PID/maps, then kept
+current from mmap/munmap/mprotect/mremap/brk events); per VMA: the pages written since the
+namespace's last dump.
+
+Write faults arrive late (drained from a kernel map up to a second after they happened), so
+VMAs that an munmap/mremap/exec removed are kept a few seconds as tombstones: pages written
+just before the unmap are still attributed to the mapping they were written in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+PAGE_SHIFT = 12
+PAGE = 1 << PAGE_SHIFT
+TOMBSTONE_SECONDS = 5.0
+DEAD_SECONDS = 5.0
+RECENT = 300
+
+
+def page_up(n: int) -> int:
+    return (n + PAGE - 1) & ~(PAGE - 1)
+
+
+def public(ev: dict) -> dict:
+    return {k: v for k, v in ev.items() if not k.startswith("_")}
+
+
+def prot_str(prot: int) -> str:
+    return ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-")
+
+
+@dataclass
+class Vma:
+    start: int
+    end: int
+    prot: int
+    path: str = ""
+    dirty: set[int] = field(default_factory=set)  # page numbers (addr >> 12) written since the last dump
+
+    @property
+    def pages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def slice(self, start: int, end: int) -> "Vma":
+        lo, hi = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+        return Vma(start, end, self.prot, self.path, {p for p in self.dirty if lo <= p < hi})
+
+    def shifted(self, delta: int) -> "Vma":
+        d = delta >> PAGE_SHIFT
+        return Vma(self.start + delta, self.end + delta, self.prot, self.path, {p + d for p in self.dirty})
+
+
+@dataclass
+class Proc:
+    hostpid: int
+    pid: int
+    ns: int
+    ppid: int = 0  # host pid of the parent, 0 when unknown
+    comm: str = ""
+    vmas: list[Vma] = field(default_factory=list)
+    alive: bool = True
+    code: int | None = None
+    died: float = 0.0
+    brk: int = 0
+    tombstones: list[tuple[float, Vma]] = field(default_factory=list)
+
+    def dirty_pages(self) -> int:
+        return sum(len(v.dirty) for v in self.vmas)
+
+    def find(self, addr: int) -> Vma | None:
+        i = bisect.bisect_right([v.start for v in self.vmas], addr) - 1
+        if i >= 0 and self.vmas[i].start <= addr < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def carve(self, start: int, end: int) -> list[Vma]:
+        """Remove [start, end) from the table; returns the removed pieces (with their dirt)."""
+        keep: list[Vma] = []
+        removed: list[Vma] = []
+        for v in self.vmas:
+            if v.end <= start or v.start >= end:
+                keep.append(v)
+                continue
+            if v.start < start:
+                keep.append(v.slice(v.start, start))
+            removed.append(v.slice(max(v.start, start), min(v.end, end)))
+            if v.end > end:
+                keep.append(v.slice(end, v.end))
+        keep.sort(key=lambda v: v.start)
+        self.vmas = keep
+        return removed
+
+    def insert(self, vma: Vma) -> None:
+        self.carve(vma.start, vma.end)
+        bisect.insort(self.vmas, vma, key=lambda v: v.start)
+
+    def bury(self, vmas: list[Vma], now: float) -> None:
+        self.tombstones += [(now, v) for v in vmas]
+
+
+@dataclass
+class Namespace:
+    ino: int
+    events: int = 0
+    last_dump: int | None = None  # notify.last_dump stamp last seen
+    window: deque = field(default_factory=lambda: deque(maxlen=4096))  # wall times of recent events
+
+    def rate(self, now: float, span: float = 2.0) -> float:
+        n = sum(1 for t in self.window if now - t <= span)
+        return n / span
+
+
+class Model:
+    def __init__(self, *, clock=time.monotonic):
+        self.clock = clock
+        self.namespaces: dict[int, Namespace] = {}
+        self.procs: dict[int, Proc] = {}
+        self.recent: deque[dict] = deque(maxlen=RECENT)
+        self.counts: Counter[str] = Counter()
+        self.lost: dict[str, int] = {}
+        self.unattributed = 0  # written pages no known mapping held
+        self.status = "starting"
+
+    # -- setup -------------------------------------------------------------------------------------
+    def add_namespace(self, ino: int) -> Namespace:
+        ns = self.namespaces.get(ino)
+        if ns is None:
+            ns = self.namespaces[ino] = Namespace(ino)
+        return ns
+
+    def seed_proc(self, hostpid: int, pid: int, ns: int, *, ppid: int = 0, comm: str = "",
+                  maps: list[tuple[int, int, int, str]] = ()) -> Proc:
+        """A process found in /proc (at start, or when an event names one we have not seen)."""
+        self.add_namespace(ns)
+        p = self.procs.get(hostpid)
+        if p is None or not p.alive:
+            p = self.procs[hostpid] = Proc(hostpid, pid, ns, ppid, comm)
+        p.pid, p.ns = pid or p.pid, ns
+        p.ppid = ppid or p.ppid
+        p.comm = comm or p.comm
+        if maps:
+            self.set_maps(p, maps)
+        return p
+
+    def set_maps(self, p: Proc, maps: list[tuple[int, int, int, str]]) -> None:
+        """Replace the VMA table with /proc's view, keeping dirt on pages still mapped."""
+        old = p.vmas
+        p.vmas = []
+        for start, end, prot, path in sorted(maps):
+            v = Vma(start, end, prot, path)
+            for o in old:
+                if o.end > start and o.start < end:
+                    v.dirty |= o.slice(max(o.start, start), min(o.end, end)).dirty
+            p.vmas.append(v)
+            if path == "[heap]" and not p.brk:
+                p.brk = end
+
+    # -- queries -----------------------------------------------------------------------------------
+    def ns_procs(self, ino: int) -> list[Proc]:
+        return sorted((p for p in self.procs.values() if p.ns == ino), key=lambda p: p.pid)
+
+    def init_of(self, ino: int) -> Proc | None:
+        procs = self.ns_procs(ino)
+        ones = [p for p in procs if p.pid == 1]
+        return ones[0] if ones else (procs[0] if procs else None)
+
+    def tree(self, ino: int) -> list[tuple[int, Proc]]:
+        """(depth, proc) in depth-first order: roots are processes whose parent is not in `ino`."""
+        procs = self.ns_procs(ino)
+        by_host = {p.hostpid: p for p in procs}
+        kids: dict[int, list[Proc]] = {}
+        roots = []
+        for p in procs:
+            if p.ppid in by_host and p.ppid != p.hostpid:
+                kids.setdefault(p.ppid, []).append(p)
+            else:
+                roots.append(p)
+        out: list[tuple[int, Proc]] = []
+        seen: set[int] = set()
+
+        def walk(p: Proc, depth: int) -> None:
+            if p.hostpid in seen:
+                return
+            seen.add(p.hostpid)
+            out.append((depth, p))
+            for c in kids.get(p.hostpid, []):
+                walk(c, depth + 1)
+
+        for r in roots:
+            walk(r, 0)
+        return out
+
+    # -- events ------------------------------------------------------------------------------------
+    def apply(self, ev: dict) -> dict | None:
+        """Apply one structural event; returns the event to report (possibly completed, e.g. brk's
+        addr/len), or None when it is internal (rename, brk queries). Keys starting with "_" are
+        inputs the report leaves out (`public` strips them)."""
+        now = self.clock()
+        kind = ev["event"]
+        ns = self.add_namespace(ev["ns"])
+        p = self.procs.get(ev["hostpid"])
+        if p is None or (not p.alive and kind != "exit"):
+            p = self.seed_proc(ev["hostpid"], ev["pid"], ev["ns"], comm=ev.get("comm", ""))
+        if kind == "fork":
+            child = self.procs.get(ev["_childhost"])
+            if child is None or not child.alive:
+                child = self.procs[ev["_childhost"]] = Proc(ev["_childhost"], ev["child"], p.ns, p.hostpid, p.comm)
+                child.vmas = [Vma(v.start, v.end, v.prot, v.path) for v in p.vmas]
+                child.brk = p.brk
+            else:
+                child.ppid = p.hostpid
+        elif kind == "exec":
+            p.bury(p.vmas, now)
+            p.vmas = []
+            p.brk = 0
+            p.comm = ev["comm"]
+        elif kind == "rename":
+            p.comm = ev["comm"]
+            ev = None
+        elif kind == "exit":
+            p.alive = False
+            p.code = ev["code"]
+            p.died = now
+            p.bury(p.vmas, now)
+            p.vmas = []
+        elif kind == "mmap":
+            p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
+            p.insert(Vma(ev["addr"], ev["addr"] + page_up(ev["len"]), ev["prot"], ev.get("path", "")))
+        elif kind == "munmap":
+            p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
+        elif kind == "mprotect":
+            for v in p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])):
+                v.prot = ev["prot"]
+                p.insert(v)
+        elif kind == "mremap":
+            self._mremap(p, ev, now)
+        elif kind == "brk":
+            ev = self._brk(p, ev, now)
+        if ev is not None:
+            ns.events += 1
+            ns.window.append(now)
+            self.counts[kind] += 1
+            self.recent.append(ev)
+        return ev
+
+    def _mremap(self, p: Proc, ev: dict, now: float) -> None:
+        old, olen = ev["addr"], page_up(ev["len"])
+        new, nlen = ev["new_addr"], page_up(ev["new_len"])
+        parts = p.carve(old, old + olen)
+        if not parts:
+            return
+        delta = new - old
+        moved = [v.shifted(delta) for v in parts]
+        if delta:
+            p.bury(parts, now)
+        p.bury(p.carve(new, new + nlen), now)
+        for v in moved:
+            if v.start < new + nlen:
+                p.insert(v.slice(v.start, min(v.end, new + nlen)))
+        last = max(moved, key=lambda v: v.end)
+        if new + nlen > last.end:
+            p.insert(Vma(last.end, new + nlen, last.prot, last.path))
+
+    def _brk(self, p: Proc, ev: dict, now: float) -> dict | None:
+        want, got = ev["_want"], ev["_got"]  # requested break (0: a query), resulting break
+        old = p.brk
+        p.brk = got
+        if want == 0 or not old or got == old:
+            return None  # a query, or a first call we have no baseline for
+        heap = next((v for v in p.vmas if v.path == "[heap]"), None)
+        if got > old:
+            if heap is None:
+                p.insert(Vma(old & ~(PAGE - 1), page_up(got), 3, "[heap]"))
+            elif page_up(got) > heap.end:
+                heap.end = page_up(got)
+        else:
+            p.bury(p.carve(page_up(got), page_up(old)), now)
+        return {**ev, "addr": old, "len": got - old}  # len < 0: the heap shrank
+
+    def add_dirty(self, hostpid: int, pages: list[int], ts: int) -> list[dict]:
+        """Written pages (addresses) drained from the kernel for one process: adds them to their
+        VMAs and returns one `dirty` event per VMA that got any."""
+        p = self.procs.get(hostpid)
+        if p is None:
+            self.unattributed += len(pages)
+            return []
+        hits: dict[int, tuple[Vma, list[int]]] = {}
+        for addr in pages:
+            v = p.find(addr) or next((t for _, t in reversed(p.tombstones) if t.start <= addr < t.end), None)
+            if v is None:
+                self.unattributed += 1
+                continue
+            hits.setdefault(id(v), (v, []))[1].append(addr >> PAGE_SHIFT)
+        out = []
+        ns = self.add_namespace(p.ns)
+        now = self.clock()
+        for v, pnums in hits.values():
+            v.dirty.update(pnums)
+            ev = {"event": "dirty", "pid": p.pid, "hostpid": p.hostpid, "ns": p.ns, "ts": ts,
+                  "start": v.start, "end": v.end, "pages": len(pnums)}
+            out.append(ev)
+            ns.events += 1
+            ns.window.append(now)
+            self.counts["dirty"] += 1
+            self.recent.append(ev)
+        return out
+
+    def reset_dirty(self, ino: int) -> None:
+        """The namespace was just dumped: nothing is dirty relative to that checkpoint."""
+        for p in self.ns_procs(ino):
+            for v in p.vmas:
+                v.dirty.clear()
+            for _, v in p.tombstones:
+                v.dirty.clear()
+
+    def gc(self) -> None:
+        """Forget tombstones and dead processes once late write faults can no longer need them."""
+        now = self.clock()
+        for hp, p in list(self.procs.items()):
+            p.tombstones = [(t, v) for t, v in p.tombstones if now - t < TOMBSTONE_SECONDS]
+            if not p.alive and now - p.died > DEAD_SECONDS:
+                del self.procs[hp]

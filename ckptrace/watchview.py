@@ -1,0 +1,197 @@
+"""The `watch` dashboard: pure functions of the model (ckptrace.watchmodel) and the selection.
+
+`render` builds a rich renderable from state only (no I/O, no clock), so tests render model states
+into a recording Console and read the text. `handle_key` is the only thing that changes the
+selection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Group
+from rich.layout import Layout
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .watchmodel import Model, Proc, prot_str
+
+BAR = 20
+HEAT = ["green", "yellow", "dark_orange", "red"]
+
+
+@dataclass
+class Selection:
+    ns_index: int = 0
+    proc_index: int = 0
+    message: str = ""
+
+
+def namespaces(model: Model) -> list[int]:
+    return sorted(model.namespaces)
+
+
+def selected_ns(model: Model, sel: Selection) -> int | None:
+    nss = namespaces(model)
+    if not nss:
+        return None
+    return nss[min(sel.ns_index, len(nss) - 1)]
+
+
+def selected_proc(model: Model, sel: Selection) -> Proc | None:
+    ino = selected_ns(model, sel)
+    if ino is None:
+        return None
+    tree = model.tree(ino)
+    if not tree:
+        return None
+    return tree[min(sel.proc_index, len(tree) - 1)][1]
+
+
+def handle_key(sel: Selection, model: Model, key: str) -> str | None:
+    """Move the selection; returns "quit" or "dump" when the key asks for that."""
+    if key in ("q", "Q"):
+        return "quit"
+    if key in ("up", "k"):
+        sel.proc_index = max(0, sel.proc_index - 1)
+    elif key in ("down", "j"):
+        ino = selected_ns(model, sel)
+        n = len(model.tree(ino)) if ino is not None else 0
+        sel.proc_index = min(max(0, n - 1), sel.proc_index + 1)
+    elif key in ("right", "\t", "n"):
+        sel.ns_index = (sel.ns_index + 1) % max(1, len(model.namespaces))
+        sel.proc_index = 0
+    elif key in ("left", "p"):
+        sel.ns_index = (sel.ns_index - 1) % max(1, len(model.namespaces))
+        sel.proc_index = 0
+    elif key == "d":
+        return "dump"
+    return None
+
+
+def heat_bar(dirty: int, pages: int, width: int = BAR) -> Text:
+    """`dirty` of `pages` as a bar whose colour grows hotter with the fraction."""
+    frac = 0.0 if pages <= 0 else min(1.0, dirty / pages)
+    filled = round(frac * width)
+    if dirty and not filled:
+        filled = 1  # any dirt is visible
+    colour = HEAT[min(len(HEAT) - 1, int(frac * len(HEAT)))]
+    t = Text("█" * filled, style=colour)
+    t.append("·" * (width - filled), style="grey37")
+    t.append(f" {frac * 100:5.1f}%")
+    return t
+
+
+def human(n: int) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def event_line(ev: dict) -> str:
+    extra = []
+    for k, v in ev.items():
+        if k in ("event", "pid", "hostpid", "ns", "ts"):
+            continue
+        if k in ("addr", "new_addr", "start", "end") and isinstance(v, int):
+            v = f"{v:#x}"
+        elif k in ("len", "new_len") and isinstance(v, int):
+            v = human(abs(v)) if v >= 0 else "-" + human(-v)
+        elif k == "prot" and isinstance(v, int):
+            v = prot_str(v)
+        extra.append(f"{k}={v}")
+    return f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(extra)}"
+
+
+def _ns_table(model: Model, sel: Selection, now: float) -> Table:
+    t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
+    for col in ("", "pid ns", "init", "tasks", "events/s", "dirty pages"):
+        t.add_column(col, no_wrap=True)
+    current = selected_ns(model, sel)
+    for ino in namespaces(model):
+        ns = model.namespaces[ino]
+        procs = [p for p in model.ns_procs(ino) if p.alive]
+        init = model.init_of(ino)
+        t.add_row("▶" if ino == current else " ", str(ino),
+                  f"{init.pid} {init.comm}" if init else "-", str(len(procs)),
+                  f"{ns.rate(now):.1f}", str(sum(p.dirty_pages() for p in procs)),
+                  style="reverse" if ino == current else None)
+    if not model.namespaces:
+        t.add_row("", "(no watched namespace yet)", "", "", "", "")
+    return t
+
+
+def _tree(model: Model, sel: Selection, rows: int) -> Table:
+    t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
+    for col in ("pid", "host", "comm", "dirty"):
+        t.add_column(col, no_wrap=True, overflow="ellipsis")
+    ino = selected_ns(model, sel)
+    tree = model.tree(ino) if ino is not None else []
+    chosen = min(sel.proc_index, max(0, len(tree) - 1))
+    first = max(0, min(chosen - rows // 2, len(tree) - rows))  # keep the selection in view
+    for i, (depth, p) in enumerate(tree[first:first + rows], start=first):
+        name = "  " * depth + ("└ " if depth else "") + (p.comm or "?")
+        if not p.alive:
+            name += f" (exit {p.code})"
+        t.add_row(str(p.pid), str(p.hostpid), name, str(p.dirty_pages()),
+                  style="reverse" if i == chosen else ("grey50" if not p.alive else None))
+    return t
+
+
+def _vmas(p: Proc | None, rows: int) -> Table:
+    t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
+    for col in ("start", "end", "prot", "size", "dirty", "heat", "path"):
+        t.add_column(col, no_wrap=True, overflow="ellipsis")
+    if p is None:
+        return t
+    vmas = p.vmas
+    if len(vmas) > rows:  # show the dirtiest first when they do not all fit
+        vmas = sorted(sorted(vmas, key=lambda v: -len(v.dirty))[:rows], key=lambda v: v.start)
+    for v in vmas:
+        t.add_row(f"{v.start:#x}", f"{v.end:#x}", prot_str(v.prot), human(v.end - v.start),
+                  str(len(v.dirty)), heat_bar(len(v.dirty), v.pages), v.path)
+    return t
+
+
+def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, now: float | None = None):
+    """The whole dashboard for `model` as a rich renderable sized for width x height."""
+    now = model.clock() if now is None else now
+    total = sum(model.counts.values())
+    lost = model.lost or {}
+    head = Text()
+    head.append("ckptrace watch", style="bold")
+    head.append(f"  BPF: {model.status}  events: {total}  ")
+    lost_n = sum(lost.values())
+    head.append(f"lost: ring {lost.get('ring', 0)} dirty {lost.get('dirty', 0)} "
+                f"tracked {lost.get('tracked', 0)}", style="bold red" if lost_n else "green")
+    if model.unattributed:
+        head.append(f"  unattributed pages: {model.unattributed}", style="yellow")
+    head.append("\n↑/↓ process  ←/→ namespace  d dump  q quit", style="grey50")
+    if sel.message:
+        head.append(f"  {sel.message}", style="cyan")
+
+    ns_rows = max(1, len(model.namespaces))
+    body = max(8, height - 2 - (ns_rows + 3))
+    events_rows = max(3, body // 3)
+    upper = max(5, body - events_rows - 2)
+    p = selected_proc(model, sel)
+
+    layout = Layout()
+    layout.split_column(
+        Layout(head, name="head", size=2),
+        Layout(Panel(_ns_table(model, sel, now), title="namespaces"), name="ns", size=ns_rows + 3),
+        Layout(name="mid", size=upper + 2),
+        Layout(name="log"),
+    )
+    layout["mid"].split_row(
+        Layout(Panel(_tree(model, sel, upper - 1), title="tasks"), ratio=1),
+        Layout(Panel(_vmas(p, upper - 1),
+                     title=f"memory of {p.pid} {p.comm} (host {p.hostpid})" if p else "memory"), ratio=2),
+    )
+    recent = list(model.recent)[-events_rows:]
+    layout["log"].update(Panel(Group(*[Text(event_line(e), no_wrap=True, overflow="ellipsis") for e in recent]),
+                               title="recent events"))
+    return layout
