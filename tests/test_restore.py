@@ -1,0 +1,245 @@
+"""End-to-end restore: the C reference workload (tests/workloads/refwork.c) is dumped with
+`ckptrace dump --kill`, restored with `ckptrace restore`, and must carry on as if never stopped:
+same in-namespace pids and tids, same parents, the log continued at the dumped offset, memory
+checksums unchanged, counters continuing, pipe bytes intact. Corrupt or unrestorable images
+must be refused without creating anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import pytest
+
+from nsutil import nspid
+
+pytestmark = pytest.mark.kernel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+LINE = re.compile(r"^(\d+) (\d+) (\w+) (\d+) ([0-9a-f]{16}) (.+)$")
+
+
+def ckptrace(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ckptrace", *args], cwd=REPO, capture_output=True,
+                          timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def refwork(tmp_path_factory) -> str:
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the reference workload")
+    out = str(tmp_path_factory.mktemp("refwork") / "refwork")
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", out, os.path.join(HERE, "workloads", "refwork.c")],
+                   check=True)
+    return out
+
+
+@pytest.fixture
+def restored():
+    """Host pids of restored inits; killed (with their namespaces) at teardown."""
+    inits: list[int] = []
+    yield inits
+    for pid in inits:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def parse_log(data: bytes) -> list[tuple]:
+    assert b"\0" not in data, "the log has a hole: a write landed past the end"
+    out = []
+    for line in data.decode().splitlines():
+        m = LINE.match(line)
+        assert m, f"malformed log line {line!r}"
+        out.append((int(m[1]), int(m[2]), m[3], int(m[4]), m[5], m[6]))
+    return out
+
+
+def last_ticks(lines) -> dict[tuple[int, int], int]:
+    last = {}
+    for pid, tid, _, tick, _, _ in lines:
+        last[(pid, tid)] = max(tick, last.get((pid, tid), 0))
+    return last
+
+
+def start_workload(pidns, refwork: str, workdir: str):
+    w = pidns([refwork, workdir], ready_file=os.path.join(workdir, "ready"), stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    return w
+
+
+def pidns_inodes() -> set[int]:
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                out.add(os.readlink(f"/proc/{d}/ns/pid"))
+            except OSError:
+                pass
+    return out
+
+
+def wait_for_ticks(log: str, after: int, want: int = 6, timeout: float = 5.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log, "rb") as f:
+            data = f.read()
+        if data[after:].count(b"\n") >= want or time.monotonic() > deadline:
+            return data
+        time.sleep(0.05)
+
+
+def log_offset(img: str, log: str) -> int:
+    """f_pos of the log's open file in the image: where the restored tasks go on writing."""
+    from ckptrace.image.reader import File, read_image
+
+    with open(img, "rb") as f:
+        image = read_image(f)
+    return next(o.fields["f_pos"] for o in image.objects.values() if isinstance(o, File) and o.name == log)
+
+
+def logged_before(workdir: str, img: str) -> bytes:
+    """The log as it was when the tasks were frozen. (`dump --kill` lets the tasks run briefly
+    between releasing and killing them; what they wrote then is not part of the image.)"""
+    log = os.path.join(workdir, "ref.log")
+    with open(log, "rb") as f:
+        return f.read()[:log_offset(img, log)]
+
+
+def check_continues(workdir: str, before: bytes, res: dict):
+    """The restored namespace carries on exactly from `before` (the log at dump time)."""
+    log = os.path.join(workdir, "ref.log")
+    data = wait_for_ticks(log, len(before), want=15)
+    assert data[:len(before)] == before, "restore rewrote what was already logged"
+    old, new = parse_log(before), parse_log(data[len(before):])
+    assert new, "the restored tasks wrote nothing"
+    old_last = last_ticks(old)
+    # Same in-namespace pids and tids as before the dump.
+    assert {(p, t) for p, t, *_ in new} == set(old_last)
+    first_new: dict[tuple[int, int], int] = {}
+    for pid, tid, _, tick, _, _ in new:
+        first_new.setdefault((pid, tid), tick)
+    for key, tick in first_new.items():
+        assert tick == old_last[key] + 1, f"task {key} went on from tick {tick}, dumped at {old_last[key]}"
+    sums = defaultdict(set)
+    for pid, _, _, _, csum, _ in old + new:
+        sums[pid].add(csum)
+    assert all(len(s) == 1 for s in sums.values()), f"memory checksums changed: {dict(sums)}"
+    # The pipe: the reader got every byte in order, buffered ones included, and keeps reading.
+    reader = [x for x in new if x[2] == "reader"]
+    assert reader and all(x[5].endswith("pipe=ok") for x in reader)
+    # The kernel's view agrees: pids, tids and parents inside the new namespace.
+    init = res["init_pid"]
+    assert os.readlink(f"/proc/{init}/ns/pid") == f"pid:[{res['pidns']}]"
+    assert nspid(init) == 1
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.readlink(f"/proc/{d}/ns/pid") == f"pid:[{res['pidns']}]":
+                    kids[nspid(int(d))] = int(d)
+            except OSError:
+                pass
+    assert set(kids) == {p for p, _ in old_last}
+    for p, host in kids.items():
+        with open(f"/proc/{host}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        if p != 1:
+            assert ppid == init, f"pid {p}'s parent is {ppid}, not the restored init"
+        tids = {nspid(int(t)) for t in os.listdir(f"/proc/{host}/task")}
+        assert tids == {t for q, t in old_last if q == p}
+
+
+def reader_rc(lines) -> int:
+    return max(int(x[5].split()[0].split("=")[1]) for x in lines if x[2] == "reader")
+
+
+def test_dump_kill_restore_continues(pidns, refwork, tmp_path, restored):
+    workdir = str(tmp_path)
+    w = start_workload(pidns, refwork, workdir)
+    img = str(tmp_path / "ref.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    assert not w.pids(), "dump --kill left tasks behind"
+    before = logged_before(workdir, img)
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    assert res["processes"] == 3 and res["threads"] == 5
+    assert res["pidns"] != w.ns
+    check_continues(workdir, before, res)
+    with open(tmp_path / "ref.log", "rb") as f:
+        after = parse_log(f.read())
+    assert reader_rc(after) > reader_rc(parse_log(before)), "the reader stopped getting pipe bytes"
+
+
+def test_restore_through_a_pipe(pidns, refwork, tmp_path, restored):
+    workdir = str(tmp_path)
+    w = start_workload(pidns, refwork, workdir)
+    py = sys.executable
+    img = str(tmp_path / "copy.img")  # tee keeps a copy only to learn the log offset afterwards
+    p = subprocess.run(["bash", "-o", "pipefail", "-c",
+                        f"{py} -m ckptrace dump --pidns {w.ns} --kill -q -o - | tee {img} | "
+                        f"{py} -m ckptrace restore --json -"],
+                       cwd=REPO, capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    res = json.loads(p.stdout)
+    restored.append(res["init_pid"])
+    log = os.path.join(workdir, "ref.log")
+    data = wait_for_ticks(log, log_offset(img, log), want=15)
+    # The whole log must be one history: every task's ticks consecutive, none lost or repeated
+    # across the move.
+    hist = parse_log(data)
+    seen: dict[tuple[int, int], int] = {}
+    for pid, tid, _, tick, _, _ in hist:
+        assert tick == seen.get((pid, tid), 0) + 1, f"task {(pid, tid)} skipped or repeated tick {tick}"
+        seen[(pid, tid)] = tick
+    assert all(x[5].endswith("pipe=ok") for x in hist if x[2] == "reader")
+    assert set(seen) == {(1, 1), (2, 2), (3, 3), (3, 4), (3, 5)}
+    assert nspid(res["init_pid"]) == 1
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_image_is_refused_and_creates_nothing(pidns, refwork, tmp_path, damage):
+    w = start_workload(pidns, refwork, str(tmp_path))
+    img = tmp_path / "ref.img"
+    d = ckptrace("dump", "--pidns", str(w.ns), "--leave-stopped", "-q", "-o", str(img))
+    assert d.returncode == 0, d.stderr.decode()
+    data = bytearray(img.read_bytes())
+    if damage == "flip":
+        # The TREE record's length field (after HEADER, 3 BUFFERs, HEADER_ARCH): a corrupt len.
+        off = 56 + 3 * 73 + 24 + 4
+        data[off:off + 4] = (0x7FFFFFF0).to_bytes(4, "little")
+    else:
+        data = data[:len(data) * 2 // 3]
+    img.write_bytes(bytes(data))
+    nss = pidns_inodes()
+    r = ckptrace("restore", str(img))
+    assert r.returncode != 0
+    assert b"bad image" in r.stderr, r.stderr
+    assert pidns_inodes() - nss == set(), "a refused restore created a namespace"
+
+
+def test_missing_file_is_refused_before_anything_exists(pidns, refwork, tmp_path):
+    w = start_workload(pidns, refwork, str(tmp_path))
+    img = tmp_path / "ref.img"
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(img))
+    assert d.returncode == 0, d.stderr.decode()
+    os.rename(tmp_path / "ref.log", tmp_path / "moved.log")
+    nss = pidns_inodes()
+    r = ckptrace("restore", str(img))
+    assert r.returncode != 0
+    assert b"ref.log" in r.stderr and b"does not exist" in r.stderr, r.stderr
+    assert pidns_inodes() - nss == set()
+    assert not os.path.exists(tmp_path / "ref.log"), "the refused restore created the log file"
