@@ -136,6 +136,8 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
                     for v in mm.vmas:
                         if v.fields["vma_type"] == VmaType.SHARED_ANON:
                             shm_users.append(v.fields["vma_objref"])
+                            if t.tid == 1:  # stored with pid 1's VMA, including the page only the child touched
+                                assert v.npages == 2
                         for run in v.runs:
                             mem.seek(run.vaddr)
                             assert read_pages(f, run) == mem.read(run.npages * 4096), hex(run.vaddr)

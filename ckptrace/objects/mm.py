@@ -124,6 +124,48 @@ class PageCopier:
             total += used
         return total
 
+    def dump_shmem_pages(self, ctx: DumpContext, pid: int, m: procfs.Mapping) -> int | None:
+        """Pages of a shared anonymous/shmem segment, read from the segment itself through
+        /proc/PID/map_files: SEEK_DATA/SEEK_HOLE find every page any process has written (present in
+        our page table or not, swapped or not). None when the segment cannot be opened."""
+        try:
+            fd = os.open(f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        total = 0
+        try:
+            base, end = m.offset, m.offset + (m.end - m.start)
+            view = memoryview(self.buf)
+            pos = base
+            while pos < end:
+                try:
+                    data = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError:  # ENXIO: no data past pos
+                    break
+                if data >= end:
+                    break
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+                start = data & ~(PAGE_SIZE - 1)
+                stop = min(end, (hole + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+                while start < stop:
+                    n = min(stop - start, COPY_BUFFER)
+                    got = 0
+                    while got < n:
+                        k = os.preadv(fd, [view[got:n]], start + got)
+                        if k <= 0:  # past the segment's end: the rest reads as zeros
+                            view[got:n] = bytes(n - got)
+                            break
+                        got += k
+                    ctx.w.raw_record(RecType.PAGE, PAGE_FIXED.pack(m.start + start - base), view[:n])
+                    total += n // PAGE_SIZE
+                    ctx.stats.pages += n // PAGE_SIZE
+                    start += n
+                pos = stop
+        finally:
+            os.close(fd)
+        ctx.progress()
+        return total
+
     def _flush(self, ctx: DumpContext, pid: int, m: procfs.Mapping, batch: list[tuple[int, int]]) -> None:
         ranges = [(a, n * PAGE_SIZE) for a, n in batch]
         want = sum(n for _, n in ranges)
@@ -205,7 +247,10 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
         ctx.w.record(RecType.VMA, dict(vma_type=t, vma_objref=objref, vm_start=m.start, vm_end=m.end,
                                        vm_page_prot=m.prot, vm_flags=vm_flags(m),
                                        vm_pgoff=m.offset // PAGE_SIZE))
-        if table is not None:
+        if t is VmaType.SHARED_ANON and table is not None:
+            if copier.dump_shmem_pages(ctx, pid, m) is None:
+                copier.dump_vma_pages(ctx, pid, m, table)
+        elif table is not None:
             copier.dump_vma_pages(ctx, pid, m, table)
         ctx.w.raw_record(RecType.PAGE, PAGE_FIXED.pack(VMA_LAST_PAGE), b"")
         ctx.stats.vmas += 1

@@ -82,7 +82,7 @@ int main(int argc, char **argv) {
     if (child == 0) {
         close(p[0]);
         pthread_create(&t, NULL, sleeper, NULL);
-        for (;;) { shared[100]++; usleep(10000); }
+        for (;;) { shared[100]++; shared[4096 + 100]++; usleep(10000); }  /* page 2: only the child maps it */
     }
     if (!strcmp(mode, "nested")) {
         if (fork() == 0) {
