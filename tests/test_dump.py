@@ -392,3 +392,30 @@ def test_hugetlb_mapping_is_refused(pidns, tmp_path):
     p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
     assert_refused(p, "VM_HUGETLB", "pid 1")
     assert_running_untraced(w)
+
+
+def test_stopped_workload_stays_stopped(pidns, ckwork, tmp_path):
+    w = start(pidns, ckwork, tmp_path)
+    for p in w.pids():
+        os.kill(p, signal.SIGSTOP)
+    time.sleep(0.1)
+    img = tmp_path / "s.img"
+    dump("--pidns", str(w.ns), "-o", str(img), "--quiet")
+    for t in all_tids(w):
+        assert status_field(t, "State")[0] == "T" and status_field(t, "TracerPid") == "0"
+    with open(img, "rb") as f:
+        assert all(t.fields["state"] == 4 for t in read_image(f).tasks)  # __TASK_STOPPED
+    for p in w.pids():
+        os.kill(p, signal.SIGCONT)
+    time.sleep(0.05)
+    assert_running_untraced(w)
+
+
+def test_zombie_is_refused(pidns, tmp_path):
+    ready = tmp_path / "ready"
+    w = pidns([sys.executable, "-c", "import os, sys, time\n"
+               "if os.fork() == 0: os._exit(0)\n"
+               "time.sleep(0.2); open(sys.argv[1], 'w').close(); time.sleep(100)", str(ready)],
+              ready_file=str(ready))
+    assert_refused(dump("--pidns", str(w.ns), "-o", os.devnull, check=False), "zombie")
+    assert status_field(w.init, "TracerPid") == "0"

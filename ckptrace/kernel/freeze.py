@@ -95,9 +95,14 @@ class Freezer:
             fresh = []
             for pid, tid in new:
                 try:
-                    tracer = procfs.status(pid, tid, self.root).tracer
+                    st = procfs.status(pid, tid, self.root)
                 except NoSuchProcess:
                     continue
+                tracer = st.tracer
+                if st.state in ("Z", "X"):
+                    inner = st.nspid[-1] if st.nspid else "?"
+                    raise Unsupported(f"task {tid} (pid {inner} inside the namespace) is a zombie its parent "
+                                      "has not reaped: zombies cannot be checkpointed; retry once it is reaped")
                 if tracer:
                     raise Unsupported(f"task {tid} is already traced by pid {tracer}: refusing to "
                                       "checkpoint a task someone else controls")
