@@ -419,3 +419,20 @@ def test_zombie_is_refused(pidns, tmp_path):
               ready_file=str(ready))
     assert_refused(dump("--pidns", str(w.ns), "-o", os.devnull, check=False), "zombie")
     assert status_field(w.init, "TracerPid") == "0"
+
+
+def test_sockets_in_own_network_namespace(pidns, ckwork, tmp_path):
+    """A target with its own network namespace: sock_diag is asked inside that namespace."""
+    d = tmp_path / "w"
+    d.mkdir()
+    w = pidns(["unshare", "-n", "--", "sh", "-c", f"ip link set lo up; exec {ckwork} {d}"],
+              ready_file=str(d / "ready"), settle=0.2)
+    assert os.readlink(f"/proc/{w.init}/ns/net") != os.readlink("/proc/self/ns/net")
+    img_path = tmp_path / "n.img"
+    dump("--pidns", str(w.ns), "-o", str(img_path), "--quiet")
+    with open(img_path, "rb") as f:
+        img = read_image(f)
+    socks = [img.obj(x["fd_objref"]) for x in img.obj(img.task(1).files_objref).fds]
+    inet = [s.extra[0].fields for s in socks if s.ftype == FileType.INET_SOCKET]
+    assert inet and inet[0]["state"] == 10 and inet[0]["backlog"] == 7
+    assert_running_untraced(w)

@@ -7,6 +7,7 @@ when a dump meets a socket.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -76,13 +77,52 @@ def preload() -> None:
         pass
 
 
+def _query_in_netns(pid: int) -> dict[int, SockInfo]:
+    """sock_diag answers for the caller's network namespace only: query from a forked child that
+    joins the target's (setns), and bring the answer back through a pipe."""
+    import ctypes
+    import os
+    import pickle
+
+    from ..errors import KernelError
+    from .sys import libc
+
+    nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        status = 1
+        try:
+            os.close(r)
+            if libc.setns(nsfd, 0x40000000) == 0:  # CLONE_NEWNET
+                data = pickle.dumps(_query_all())
+                with os.fdopen(w, "wb") as f:
+                    f.write(data)
+                status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    os.close(nsfd)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(child, 0)
+    if status != 0 or not data:
+        raise KernelError(f"sock_diag in the network namespace of pid {pid}", ctypes.get_errno() or 1)
+    return pickle.loads(data)
+
+
 class SockTable:
-    """Lazily loaded sock_diag view of the dumper's network namespace."""
+    """Lazily loaded sock_diag view, one per network namespace met."""
 
     def __init__(self):
-        self._by_ino: dict[int, SockInfo] | None = None
+        self._by_ns: dict[int | None, dict[int, SockInfo]] = {}
 
-    def get(self, ino: int) -> SockInfo | None:
-        if self._by_ino is None:
-            self._by_ino = _query_all()
-        return self._by_ino.get(ino)
+    def get(self, ino: int, pid: int | None = None) -> SockInfo | None:
+        from . import procfs
+
+        ns = procfs.ns_inode(pid, "net") if pid else None
+        own = procfs.ns_inode(os.getpid(), "net")
+        key = None if ns is None or ns == own else ns
+        if key not in self._by_ns:
+            self._by_ns[key] = _query_all() if key is None else _query_in_netns(pid)
+        return self._by_ns[key].get(ino)

@@ -93,9 +93,9 @@ def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
                               f"--max-file-data {ctx.max_file_data}; raise the limit to dump it")
         if o.kind is FileType.UNIX_SOCKET:
             ino = int(o.target[len("socket:["):-1])
-            if ctx.socks.get(ino) is None:
+            if ctx.socks.get(ino, pid) is None:
                 raise Unsupported(f"pid {pid} fd {fd}: socket:[{ino}] is not a unix, TCP or UDP socket "
-                                  "of this network namespace (sock_diag does not know it)")
+                                  "(sock_diag does not know it): netlink, packet and raw sockets cannot be checkpointed")
 
 
 @contextlib.contextmanager

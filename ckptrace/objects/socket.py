@@ -41,7 +41,7 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     from .files import grab, write_file_head
 
     ino = int(o.target[len("socket:["):-1])
-    info = ctx.socks.get(ino)
+    info = ctx.socks.get(ino, o.pid)
     with grab(o.pid, o.fd) as fd:
         family, stype, proto = _opt(fd, SO_DOMAIN), _opt(fd, SO_TYPE), _opt(fd, SO_PROTOCOL)
         local = _sockaddr(libc.getsockname, fd)
