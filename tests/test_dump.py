@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -337,6 +338,10 @@ def test_fd_kinds(pidns, tmp_path):
         assert tm["clockid"] == 1 and tm["interval_sec"] == 5 and 90 < tm["value_sec"] <= 100
         assert extra["SIGNALFD"][0]["sigmask"] == 1 << (signal.SIGUSR1 - 1)
         assert extra["INOTIFY"][0]["nwatch"] == 1
+        # {s32 wd, u32 mask, u64 ino, u32 dev, path}: the watched directory, found by its handle
+        wd, wmask, wino, _ = struct.unpack_from("<iIQI", payload["INOTIFY"][0])
+        assert wd == 1 and wmask == 0x300 and wino == os.stat(d).st_ino
+        assert payload["INOTIFY"][0][20:].rstrip(b"\0").decode() == str(d)
         assert {x["is_master"] for x in extra["TTY"]} == {0, 1}
         assert b"memfd contents" in payload["MEMFD"]
         assert any(fo.name == "memfd:ckmem" for fo in by_kind["MEMFD"])

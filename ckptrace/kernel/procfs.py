@@ -315,6 +315,35 @@ def _pairs(text: str) -> dict[str, str]:
     return out
 
 
+@dataclass
+class Mount:
+    mnt_id: int
+    dev: tuple[int, int]
+    root: str  # the directory of the filesystem mounted here
+    mountpoint: str
+
+
+def mountinfo(pid: int, root: str = PROC) -> list[Mount]:
+    """/proc/PID/mountinfo: `36 35 98:0 /mnt1 /mnt/parent rw ... - ext3 /dev/root rw`."""
+    out = []
+    for line in _read(f"{root}/{pid}/mountinfo", f"read mountinfo of {pid}").splitlines():
+        f = line.split()
+        if len(f) < 5:
+            continue
+        major, minor = (int(x) for x in f[2].split(":"))
+        out.append(Mount(int(f[0]), (major, minor), _unescape(f[3]), _unescape(f[4])))
+    return out
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal `\040`."""
+    if "\\" not in field:
+        return field
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def path_in_root(path: str, task_root: str) -> str:
     """A path as the dumper sees it, re-expressed from the task's root directory."""
     if task_root in ("", "/"):

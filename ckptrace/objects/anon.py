@@ -13,12 +13,54 @@ from .context import DumpContext
 EFD_SEMAPHORE = 1
 
 
-def _inotify_payload(watches) -> bytes:
+SYS_open_by_handle_at = 304
+O_PATH = 0o10000000
+
+
+def _watch_path(ctx: DumpContext, pid: int, w: dict, mounts: list) -> str:
+    """The watched inode's path. The kernel keeps only a file handle (fdinfo `f_handle`), so open
+    it with open_by_handle_at against a mount of the same device and read the resulting link.
+    Empty when the inode cannot be found (deleted, or no mount of that device is visible)."""
+    import ctypes
+    import os
+
+    from ..errors import CkptError
+    from ..kernel.sys import syscall
+
+    if not w["f_handle"]:
+        return ""
+    major, minor = w["sdev"] >> 20, w["sdev"] & 0xFFFFF
+    mnt = next((m for m in mounts if m.dev == (major, minor)), None)
+    if mnt is None:
+        return ""
+    handle = bytes.fromhex(w["f_handle"])
+    fh = ctypes.create_string_buffer(struct.pack("<Ii", len(handle), w["fhandle_type"]) + handle)
+    try:
+        # not O_PATH: open_by_handle_at rejects an O_PATH mount fd with EBADF
+        mfd = os.open(f"{ctx.proc}/{pid}/root{mnt.mountpoint}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        fd = syscall(SYS_open_by_handle_at, mfd, ctypes.addressof(fh), O_PATH | os.O_CLOEXEC,
+                     what="open_by_handle_at")
+    except CkptError:
+        return ""
+    finally:
+        os.close(mfd)
+    try:
+        return ctx.path(os.readlink(f"/proc/self/fd/{fd}"))
+    finally:
+        os.close(fd)
+
+
+def _inotify_payload(ctx: DumpContext, pid: int, watches) -> bytes:
+    mounts = procfs.mountinfo(pid, ctx.proc) if watches else []
     out = bytearray()
     for w in watches:
-        # {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}: the kernel keeps no path, only the
-        # inode; the path stays empty and the restorer finds the inode by its file handle.
-        out += struct.pack("<iIQI", w["wd"], w["mask"], w["ino"], w["sdev"]) + b"\0"
+        # {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}
+        path = _watch_path(ctx, pid, w, mounts)
+        out += struct.pack("<iIQI", w["wd"], w["mask"], w["ino"], w["sdev"])
+        out += path.encode("utf-8", "surrogateescape") + b"\0"
     return bytes(out)
 
 
@@ -40,4 +82,4 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         ctx.w.record(RecType.FILE_SIGNALFD, dict(sigmask=int(info.extra.get("sigmask", "0"), 16)))
     elif o.kind is FileType.INOTIFY:
         watches = procfs.inotify_watches(info)
-        ctx.w.record(RecType.FILE_INOTIFY, dict(nwatch=len(watches)), payload=_inotify_payload(watches))
+        ctx.w.record(RecType.FILE_INOTIFY, dict(nwatch=len(watches)), payload=_inotify_payload(ctx, o.pid, watches))
