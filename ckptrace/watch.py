@@ -28,7 +28,16 @@ NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
 
 
 class Stop(Exception):
-    """SIGTERM: leave the loop the same way Ctrl-C does, detaching everything."""
+    """SIGTERM or Ctrl-C: leave the loop, detaching everything."""
+
+
+# Signals only set this flag: raising from the handler could fire inside bcc's ring buffer
+# callback, where ctypes prints and swallows the exception and the loop would go on.
+_stop_requested = [False]
+
+
+def _request_stop(_sig, _frame) -> None:
+    _stop_requested[0] = True
 
 
 def _watched_namespaces(host: int, focus: int | None) -> dict[int, list[int]]:
@@ -61,6 +70,17 @@ class Controller:
         self.started = time.monotonic_ns()
         self.ignored: set[int] = set()  # host pids resolved to namespaces we do not watch
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0}
+        self.failure: BaseException | None = None  # raised in the ring buffer callback
+
+    def on_record(self, e) -> None:
+        """The ring buffer callback: exceptions cannot cross ctypes, so keep the first one for
+        the loop to raise after the poll."""
+        if self.failure is not None:
+            return
+        try:
+            self.on_event(e)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the loop
+            self.failure = exc
 
     # -- seeding and resolution ----------------------------------------------------------------
     def watch_ns(self, ino: int) -> None:
@@ -201,10 +221,8 @@ def main(args) -> int:
     _check_focus(host, args.pidns)
     mode = "json" if args.json else ("plain" if args.plain or not sys.stdout.isatty() else "live")
 
-    def on_term(_sig, _frm):
-        raise Stop()
-
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
     model = Model()
     out = sys.stdout
 
@@ -220,7 +238,7 @@ def main(args) -> int:
 
     with WatchProgram(focus_ns=args.pidns or 0, faults=not args.no_faults) as prog:
         ctl = Controller(prog, model, host=host, focus=args.pidns, emit=emit)
-        prog.open_events(ctl.on_event)
+        prog.open_events(ctl.on_record)
         ctl.seed_all()
         what = f"pid namespace {args.pidns}" if args.pidns else "every non-host pid namespace"
         model.status = (f"{len(prog.attached)} tracepoints attached"
@@ -256,6 +274,10 @@ def _loop(ctl: Controller, args, tick) -> None:
         if end is not None and now >= end:
             return
         ctl.prog.poll(50)
+        if ctl.failure is not None:
+            raise ctl.failure
+        if _stop_requested[0]:
+            raise Stop()
         now = time.monotonic()
         if now >= next_drain:
             ctl.drain()

@@ -266,8 +266,10 @@ class Model:
             if v.start < new + nlen:
                 p.insert(v.slice(v.start, min(v.end, new + nlen)))
         last = max(moved, key=lambda v: v.end)
-        if new + nlen > last.end:
-            p.insert(Vma(last.end, new + nlen, last.prot, last.path))
+        if new + nlen > last.end:  # grown in place or while moving: the last piece gets longer
+            tail = p.find(last.end - PAGE)
+            if tail is not None:
+                tail.end = new + nlen
 
     def _brk(self, p: Proc, ev: dict, now: float) -> dict | None:
         want, got = ev["_want"], ev["_got"]  # requested break (0: a query), resulting break

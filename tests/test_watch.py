@@ -1,0 +1,248 @@
+"""`ckptrace watch` against real workloads in real pid namespaces, run as a user would: as a
+subprocess, reading its --json lines. One watch run per mode is shared by the tests of that mode
+(a bcc compile costs about two seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nsutil import NsWorkload
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+P = 4096
+N = 77  # fresh pages the workload writes; an odd size nothing else maps
+
+# Runs as pid 1 of a new namespace. Waits for the go file so that watch is attached first.
+WORKLOAD = r"""
+import ctypes, json, os, sys, time
+go, result, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+while not os.path.exists(go):
+    time.sleep(0.01)
+a = libc.mmap(None, n * 4096, 3, 0x22, -1, 0)
+for i in range(n):
+    ctypes.memset(a + i * 4096, 0x5a, 1)
+assert libc.mprotect(a, 3 * 4096, 1) == 0
+child = os.fork()
+if child == 0:
+    os.execv("/bin/sh", ["sh", "-c", "exit 7"])
+_, status = os.waitpid(child, 0)
+assert libc.munmap(a, n * 4096) == 0
+m = libc.mmap(None, 4 * 4096, 3, 0x22, -1, 0)
+m2 = libc.mremap(m, 4 * 4096, 64 * 4096, 1)  # MREMAP_MAYMOVE
+with open(result + ".tmp", "w") as f:
+    json.dump({"pid": os.getpid(), "child": child, "status": status, "addr": a, "m": m, "m2": m2}, f)
+os.rename(result + ".tmp", result)
+time.sleep(3600)
+"""
+
+BUSY = r"""
+import mmap, time
+while True:
+    m = mmap.mmap(-1, 64 * 4096)
+    for i in range(0, len(m), 4096):
+        m[i] = 1
+    m.close()
+    time.sleep(0.001)
+"""
+
+
+def need_root_and_bcc():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        pytest.skip("bcc not installed")
+
+
+def start_watch(*args: str) -> subprocess.Popen:
+    """Start `ckptrace watch --json ...` and wait until its programs are attached."""
+    proc = subprocess.Popen([PY, "-m", "ckptrace", "watch", "--json", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    if "watching" not in line:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"watch did not start: {line}{err}")
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[list[dict], str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return [json.loads(line) for line in out.splitlines() if line.strip()], err
+
+
+def wait_file(path: str, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+    with open(path) as f:
+        return json.load(f)
+
+
+def our_programs() -> list[str]:
+    from ckptrace.kernel.bpfload import our_programs as ours
+
+    return ours()
+
+
+@pytest.fixture(scope="module")
+def focused_run(tmp_path_factory):
+    """One `watch --pidns N` run over the scripted workload, with busy processes outside N."""
+    need_root_and_bcc()
+    tmp = tmp_path_factory.mktemp("watch")
+    script = tmp / "workload.py"
+    script.write_text(WORKLOAD)
+    go, result = str(tmp / "go"), str(tmp / "result.json")
+    made: list = []
+    host_busy = subprocess.Popen([PY, "-c", BUSY])
+    try:
+        work = NsWorkload([PY, str(script), go, result, str(N)])
+        made.append(work)
+        other = NsWorkload([PY, "-c", BUSY])
+        made.append(other)
+        watch = start_watch("--pidns", str(work.ns), "--duration", "6")
+        open(go, "w").close()
+        res = wait_file(result)
+        events, err = finish(watch)
+        yield {"events": events, "err": err, "res": res, "ns": work.ns, "init": work.init,
+               "other_ns": other.ns, "other_pids": other.pids(), "host_busy": host_busy.pid}
+    finally:
+        host_busy.kill()
+        host_busy.wait()
+        for w in made:
+            w.kill()
+
+
+def the(events, **match) -> list[dict]:
+    return [e for e in events if all(e.get(k) == v for k, v in match.items())]
+
+
+@pytest.mark.kernel
+def test_every_event_has_the_common_fields_and_is_in_the_namespace(focused_run):
+    events, ns = focused_run["events"], focused_run["ns"]
+    assert events
+    for e in events:
+        assert {"event", "pid", "hostpid", "ns", "ts"} <= set(e), e
+        assert e["ns"] == ns, e
+        assert e["pid"] > 0 and e["hostpid"] > 0
+    assert not the(events, event="lost"), "events were lost"
+
+
+@pytest.mark.kernel
+def test_processes_outside_the_namespace_never_appear(focused_run):
+    events = focused_run["events"]
+    foreign = {focused_run["host_busy"], *focused_run["other_pids"]}
+    assert not [e for e in events if e["hostpid"] in foreign]
+    assert not [e for e in events if e["ns"] == focused_run["other_ns"]]
+
+
+@pytest.mark.kernel
+def test_fork_exec_exit_with_in_namespace_pids(focused_run):
+    events, res, init = focused_run["events"], focused_run["res"], focused_run["init"]
+    assert res["pid"] == 1
+    forks = the(events, event="fork", pid=1, child=res["child"])
+    assert len(forks) == 1 and forks[0]["hostpid"] == init
+    assert set(forks[0]) == {"event", "pid", "hostpid", "ns", "ts", "child"}
+    execs = the(events, event="exec", pid=res["child"], comm="sh")
+    assert len(execs) == 1 and execs[0]["hostpid"] != init
+    exits = the(events, event="exit", pid=res["child"])
+    assert [e["code"] for e in exits] == [7] and os.WEXITSTATUS(res["status"]) == 7
+    assert forks[0]["ts"] < execs[0]["ts"] < exits[0]["ts"]
+
+
+@pytest.mark.kernel
+def test_mm_events_with_addresses_and_lengths(focused_run):
+    events, res = focused_run["events"], focused_run["res"]
+    a = res["addr"]
+    assert the(events, event="mmap", pid=1, addr=a, len=N * P, prot=3)
+    assert the(events, event="mprotect", pid=1, addr=a, len=3 * P, prot=1)
+    assert the(events, event="munmap", pid=1, addr=a, len=N * P)
+    assert the(events, event="mmap", pid=1, addr=res["m"], len=4 * P)
+    rem = the(events, event="mremap", pid=1, addr=res["m"], len=4 * P, new_len=64 * P)
+    assert len(rem) == 1 and rem[0]["new_addr"] == res["m2"]
+
+
+@pytest.mark.kernel
+def test_written_pages_reported_dirty_on_their_vma(focused_run):
+    """The N written pages show up as `dirty` on the mapping (split in two by the mprotect)."""
+    events, a = focused_run["events"], focused_run["res"]["addr"]
+    dirty = [e for e in the(events, event="dirty", pid=1) if a <= e["start"] and e["end"] <= a + N * P]
+    assert sum(e["pages"] for e in dirty) >= N
+    assert {(e["start"], e["end"]) for e in dirty} <= {(a, a + 3 * P), (a + 3 * P, a + N * P), (a, a + N * P)}
+    for e in dirty:
+        assert set(e) == {"event", "pid", "hostpid", "ns", "ts", "start", "end", "pages"}
+
+
+@pytest.mark.kernel
+def test_programs_are_gone_after_exit(focused_run):
+    assert our_programs() == []
+
+
+@pytest.mark.kernel
+def test_all_namespaces_mode_finds_a_namespace_made_later_and_sigterm_detaches(tmp_path):
+    need_root_and_bcc()
+    watch = start_watch()
+    try:
+        assert our_programs(), "no ckpt_ program loaded while watching"
+        work = NsWorkload(["/bin/sh", "-c", "sleep 0.3; /bin/true; exec sleep 60"])
+        time.sleep(1.5)
+        watch.send_signal(signal.SIGTERM)
+        events, _ = finish(watch)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        if "work" in locals():
+            work.kill()
+    assert our_programs() == []
+    mine = [e for e in events if e["ns"] == work.ns]
+    assert the(mine, event="exec", comm="true")
+    assert the(mine, event="exec", comm="sleep", pid=1, hostpid=work.init)
+    assert the(mine, event="fork", pid=1)
+
+
+@pytest.mark.kernel
+def test_faults_off_still_reports_structure_but_no_dirty(pidns):
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
+    watch = start_watch("--pidns", str(work.ns), "--duration", "2", "--no-faults")
+    events, err = finish(watch)
+    assert the(events, event="exec", comm="true")
+    assert not the(events, event="dirty")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("args, needle", [
+    (["--pidns", "12345"], "no process is in pid namespace 12345"),
+])
+def test_unknown_namespace_is_one_line(root, args, needle):
+    r = subprocess.run([PY, "-m", "ckptrace", "watch", *args], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and needle in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.kernel
+def test_not_root_is_one_line(root):
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        PY, "-m", "ckptrace", "watch"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "root" in r.stderr

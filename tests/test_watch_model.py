@@ -1,0 +1,219 @@
+"""watch without the kernel: the event ABI parse against gcc's layout of bpf/events.h, the
+per-namespace model, and the dashboard's render function on model states."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import pytest
+from rich.console import Console
+
+from ckptrace.kernel import bpfload
+from ckptrace.watchmodel import Model, Vma, public
+from ckptrace.watchview import Selection, handle_key, heat_bar, render
+
+P = 4096
+NS = 4026532999
+
+
+# -- the event ABI: one header, two readers ----------------------------------------------------
+
+def test_header_parse_matches_gcc_layout(tmp_path):
+    """The ctypes types parsed from bpf/events.h have gcc's sizes and offsets for every field,
+    and every #define has gcc's value."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    abi = bpfload.parse_header(bpfload.HEADER.read_text())
+    assert {"ckpt_event", "ckpt_dirty_key", "ckpt_task"} <= set(abi.structs)
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "events.h"', "int main(void) {"]
+    for name, st in abi.structs.items():
+        lines.append(f'printf("{name} size %zu\\n", sizeof(struct {name}));')
+        for fname, _ in st._fields_:
+            lines.append(f'printf("{name}.{fname} %zu %zu\\n", offsetof(struct {name}, {fname}), '
+                         f'sizeof(((struct {name} *)0)->{fname}));')
+    for const in abi.consts:
+        lines.append(f'printf("{const} %lld\\n", (long long){const});')
+    lines.append("return 0; }")
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines))
+    exe = tmp_path / "layout"
+    subprocess.run(["gcc", f"-I{bpfload.BPF_DIR}", "-o", str(exe), str(src)], check=True)
+    gcc = dict(line.split(" ", 1) for line in subprocess.run([str(exe)], capture_output=True, text=True,
+                                                               check=True).stdout.splitlines())
+    for name, st in abi.structs.items():
+        assert int(gcc[name].split()[1]) == ctypes.sizeof(st), name
+        for fname, _ in st._fields_:
+            off, size = map(int, gcc[f"{name}.{fname}"].split())
+            field = getattr(st, fname)
+            assert (field.offset, field.size) == (off, size), f"{name}.{fname}"
+    for const, value in abi.consts.items():
+        assert int(gcc[const]) == value, const
+
+
+def test_header_parse_rejects_unknown_field_types():
+    from ckptrace.errors import UsageError
+
+    with pytest.raises(UsageError):
+        bpfload.parse_header("struct x { float f; };")
+
+
+def test_event_names_from_header():
+    names = bpfload.abi().event_names()
+    assert {"fork", "exec", "exit", "mmap", "munmap", "mprotect", "mremap", "brk"} <= set(names.values())
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+def ev(kind, hostpid=100, pid=1, **kw):
+    return {"event": kind, "pid": pid, "hostpid": hostpid, "ns": NS, "ts": 1, **kw}
+
+
+@pytest.fixture
+def model():
+    clock = [1000.0]
+    m = Model(clock=lambda: clock[0])
+    m.tick = lambda s: clock.__setitem__(0, clock[0] + s)
+    m.seed_proc(100, 1, NS, comm="init", maps=[(0x400000, 0x401000, 5, "/bin/init"),
+                                                (0x600000, 0x700000, 3, "[heap]")])
+    return m
+
+
+def spans(p):
+    return [(v.start, v.end, v.prot) for v in p.vmas]
+
+
+def test_mmap_mprotect_munmap_keep_the_vma_table(model):
+    p = model.procs[100]
+    model.apply(ev("mmap", addr=0x10000000, len=10 * P - 100, prot=3))
+    assert (0x10000000, 0x10000000 + 10 * P, 3) in spans(p)  # length rounded up to pages
+    model.apply(ev("mprotect", addr=0x10000000 + 2 * P, len=3 * P, prot=1))
+    assert [s for s in spans(p) if s[0] >= 0x10000000] == [
+        (0x10000000, 0x10000000 + 2 * P, 3), (0x10000000 + 2 * P, 0x10000000 + 5 * P, 1),
+        (0x10000000 + 5 * P, 0x10000000 + 10 * P, 3)]
+    model.apply(ev("munmap", addr=0x10000000 + P, len=8 * P))
+    assert [s for s in spans(p) if s[0] >= 0x10000000] == [
+        (0x10000000, 0x10000000 + P, 3), (0x10000000 + 9 * P, 0x10000000 + 10 * P, 3)]
+
+
+def test_dirty_pages_land_on_their_vma_and_count_once_since_dump(model):
+    p = model.procs[100]
+    model.apply(ev("mmap", addr=0x20000000, len=8 * P, prot=3))
+    out = model.add_dirty(100, [0x20000000 + i * P for i in range(5)] + [0x600000], ts=7)
+    by_start = {e["start"]: e for e in out}
+    assert by_start[0x20000000]["pages"] == 5 and by_start[0x20000000]["end"] == 0x20000000 + 8 * P
+    assert by_start[0x600000]["pages"] == 1
+    assert set(out[0]) == {"event", "pid", "hostpid", "ns", "ts", "start", "end", "pages"}
+    vma = p.find(0x20000000)
+    model.add_dirty(100, [0x20000000, 0x20000000 + 6 * P], ts=8)  # one page again, one new
+    assert len(vma.dirty) == 6
+    model.reset_dirty(NS)
+    assert p.dirty_pages() == 0
+
+
+def test_pages_written_before_an_munmap_still_find_their_mapping(model):
+    """Faults are drained after the munmap event was applied: the tombstone takes them."""
+    model.apply(ev("mmap", addr=0x30000000, len=4 * P, prot=3))
+    model.apply(ev("munmap", addr=0x30000000, len=4 * P))
+    out = model.add_dirty(100, [0x30000000 + i * P for i in range(4)], ts=9)
+    assert [(e["start"], e["end"], e["pages"]) for e in out] == [(0x30000000, 0x30000000 + 4 * P, 4)]
+    model.tick(10)
+    model.gc()
+    assert model.add_dirty(100, [0x30000000], ts=10) == []
+    assert model.unattributed == 1
+
+
+def test_mremap_moves_dirt_with_the_mapping(model):
+    p = model.procs[100]
+    model.apply(ev("mmap", addr=0x40000000, len=4 * P, prot=3))
+    model.add_dirty(100, [0x40000000 + P], ts=1)
+    model.apply(ev("mremap", addr=0x40000000, len=4 * P, new_addr=0x50000000, new_len=6 * P))
+    assert p.find(0x40000000) is None
+    moved = p.find(0x50000000)
+    assert (moved.start, moved.end) == (0x50000000, 0x50000000 + 6 * P)
+    assert moved.dirty == {(0x50000000 + P) >> 12}
+
+
+def test_brk_reports_old_break_and_signed_delta(model):
+    p = model.procs[100]
+    assert model.apply(ev("brk", _want=0, _got=0x700000)) is None  # a query: baseline only
+    out = model.apply(ev("brk", _want=0x720000, _got=0x720000))
+    assert (out["addr"], out["len"]) == (0x700000, 0x20000)
+    assert set(public(out)) == {"event", "pid", "hostpid", "ns", "ts", "addr", "len"}
+    assert p.find(0x71f000).path == "[heap]"
+    out = model.apply(ev("brk", _want=0x710000, _got=0x710000))
+    assert out["len"] == -0x10000 and p.find(0x715000) is None
+
+
+def test_fork_exec_exit_build_the_tree(model):
+    model.apply(ev("fork", child=2, _childhost=101))
+    child = model.procs[101]
+    assert (child.pid, child.ppid, child.ns) == (2, 100, NS)
+    assert spans(child) == spans(model.procs[100])  # fork copies the address space
+    model.apply(ev("exec", hostpid=101, pid=2, comm="sh"))
+    assert child.comm == "sh" and child.vmas == []
+    model.apply(ev("fork", hostpid=101, pid=2, child=3, _childhost=102))
+    assert [(d, p.pid) for d, p in model.tree(NS)] == [(0, 1), (1, 2), (2, 3)]
+    model.apply(ev("exit", hostpid=101, pid=2, code=7))
+    assert not child.alive and child.code == 7
+    model.tick(10)
+    model.gc()
+    assert 101 not in model.procs
+
+
+def test_events_are_counted_and_kept_for_the_log(model):
+    model.apply(ev("mmap", addr=0x60000000, len=P, prot=3))
+    model.apply(ev("rename", comm="x"))  # internal: no log line
+    assert model.counts["mmap"] == 1 and "rename" not in model.counts
+    assert model.recent[-1]["event"] == "mmap"
+    assert model.namespaces[NS].rate(model.clock()) > 0
+
+
+# -- the dashboard --------------------------------------------------------------------------------
+
+def text_of(renderable, width=140, height=40) -> str:
+    console = Console(record=True, width=width, height=height, color_system=None, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_heat_bar_shows_the_fraction():
+    assert "50.0%" in text_of(heat_bar(5, 10, width=10))
+    assert text_of(heat_bar(5, 10, width=10)).count("█") == 5
+    assert text_of(heat_bar(1, 10_000, width=10)).count("█") == 1  # any dirt stays visible
+    assert text_of(heat_bar(0, 10, width=10)).count("█") == 0
+
+
+def test_render_shows_namespaces_tree_vmas_events_and_losses(model):
+    model.apply(ev("fork", child=2, _childhost=101))
+    model.apply(ev("exec", hostpid=101, pid=2, comm="worker"))
+    model.apply(ev("mmap", hostpid=101, pid=2, addr=0x70000000, len=8 * P, prot=3))
+    model.add_dirty(101, [0x70000000 + i * P for i in range(4)], ts=5)
+    model.lost = {"ring": 3, "dirty": 0, "tracked": 0}
+    model.status = "29 tracepoints attached"
+    sel = Selection()
+    handle_key(sel, model, "down")  # select the child (second in the tree)
+    out = text_of(render(model, sel, width=140, height=40))
+    assert str(NS) in out
+    assert "worker" in out and "init" in out
+    assert "memory of 2 worker (host 101)" in out
+    assert "0x70000000" in out and "50.0%" in out  # 4 of 8 pages
+    assert "lost: ring 3" in out
+    assert "29 tracepoints attached" in out
+    assert "dirty" in out and "mmap" in out  # the recent-events log
+
+
+def test_render_empty_model_and_small_terminal():
+    m = Model()
+    out = text_of(render(m, Selection(), width=60, height=12), width=60, height=12)
+    assert "no watched namespace" in out
+
+
+def test_keys_move_selection_within_bounds(model):
+    sel = Selection()
+    for _ in range(5):
+        handle_key(sel, model, "down")
+    assert sel.proc_index == 0  # only one process
+    assert handle_key(sel, model, "q") == "quit"
+    assert handle_key(sel, model, "d") == "dump"
