@@ -187,12 +187,15 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
 def test_dump_to_pipe_and_tasks_run_on(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path)
     busy = [t for t in all_tids(w) if status_field(t, "State")[0] == "R"]
-    d = subprocess.Popen(CLI + ["dump", "--pid", str(w.init), "--quiet"], stdout=subprocess.PIPE,
+    d = subprocess.Popen(CLI + ["dump", "--pid", str(w.init), "--quiet", "--json"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     show = subprocess.run(CLI + ["show", "--json", "-"], stdin=d.stdout, capture_output=True)
     d.stdout.close()
     assert d.wait() == 0, d.stderr.read()
     assert show.returncode == 0, show.stderr
+    # The image owns stdout, so the JSON summary goes to stderr.
+    summary = json.loads(d.stderr.read())
+    assert summary["tasks"] == 5 and summary["bytes"] > 0 and summary["pidns"] == w.ns
     assert json.loads(show.stdout)["tasks"] == len(all_tids(w)) == 5
     assert_running_untraced(w)
     # The busy thread keeps burning CPU after the dump.
