@@ -33,6 +33,7 @@ from .image.stream import open_image
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
 SYS_setpgid = 109
+WALL = 0x40000000
 REPORT_TIMEOUT = 20.0
 
 
@@ -130,6 +131,14 @@ def fix_restart(regs: dict[str, int]) -> list[int]:
     if orig < (1 << 63) and rax == ERESTART_RESTARTBLOCK & 0xFFFFFFFFFFFFFFFF:
         out[REG_NAMES.index("rax")] = ERESTARTNOINTR & 0xFFFFFFFFFFFFFFFF
     return out
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class _Restore:
@@ -245,6 +254,10 @@ class _Restore:
         tr.set_xstate(t.xsave)
         exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
         exe_fd = files.map_fd(exe.name, os.O_RDONLY) if exe is not None and exe.name else None
+        if exe_fd is not None and _same_file(exe_fd, f"/proc/{host}/exe"):
+            # Already right (the image runs the interpreter we forked from); asking again gives
+            # EBUSY since the kernel refuses while the old exe is mapped, and it now is.
+            exe_fd = None
         memory.set_mm(inj, mm, exe_fd)
         memory.close_fds(inj, tree.map_fds_of(self.img, t, files) + [self.report_fd])
         memory.set_thread_state(inj, t)
@@ -272,9 +285,18 @@ class _Restore:
         self.tracees = []
 
     def _abort(self) -> None:
+        """SIGKILL the new init: the kernel then kills every task of its namespace. Our tracees'
+        deaths are reported to us as their tracer, and init cannot finish dying until they are
+        reaped, so reap them before init."""
         if self.init:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init, signal.SIGKILL)
+            for tr in self.tracees:
+                if tr.tid == self.init:
+                    continue
+                with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                    os.kill(tr.tid, signal.SIGKILL)
+                    os.waitpid(tr.tid, WALL)
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.init, 0)
+                os.waitpid(self.init, WALL)
         self.tracees = []

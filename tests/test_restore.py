@@ -243,3 +243,33 @@ def test_missing_file_is_refused_before_anything_exists(pidns, refwork, tmp_path
     assert b"ref.log" in r.stderr and b"does not exist" in r.stderr, r.stderr
     assert pidns_inodes() - nss == set()
     assert not os.path.exists(tmp_path / "ref.log"), "the refused restore created the log file"
+
+
+def test_failure_midway_kills_what_was_made(pidns, refwork, tmp_path, monkeypatch):
+    """A restore that fails after the tasks exist (here: the 5th mmap) leaves nothing behind."""
+    import errno
+
+    from ckptrace import restore
+    from ckptrace.errors import KernelError
+    from ckptrace.restorer import memory
+
+    w = start_workload(pidns, refwork, str(tmp_path))
+    img = str(tmp_path / "ref.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    hosts: list[int] = []
+    real_map = memory.MemoryRestorer._map
+
+    def failing_map(self, inj, pid, vma):
+        hosts.append(pid)
+        if len(hosts) == 5:
+            raise KernelError("injected failure", errno.EIO)
+        return real_map(self, inj, pid, vma)
+
+    monkeypatch.setattr(memory.MemoryRestorer, "_map", failing_map)
+    nss = pidns_inodes()
+    with pytest.raises(KernelError, match="injected failure"):
+        restore.restore(img)
+    assert hosts, "the failure was not reached"
+    assert not os.path.exists(f"/proc/{hosts[0]}"), "a partly restored task survived"
+    assert pidns_inodes() - nss == set(), "the partly restored namespace survived"
