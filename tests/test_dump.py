@@ -444,3 +444,21 @@ def test_sockets_in_own_network_namespace(pidns, ckwork, tmp_path):
     inet = [s.extra[0].fields for s in socks if s.ftype == FileType.INET_SOCKET]
     assert inet and inet[0]["state"] == 10 and inet[0]["backlog"] == 7
     assert_running_untraced(w)
+
+
+def test_task_that_entered_with_setns_is_dumped(pidns, ckwork, tmp_path):
+    """A process nsenter'd into the namespace has its parent outside it: still dumped (ppid 0)."""
+    w = start(pidns, ckwork, tmp_path)
+    joined = subprocess.Popen(["nsenter", "-t", str(w.init), "-p", "--", "sleep", "100"])
+    try:
+        time.sleep(0.2)
+        img_path = tmp_path / "j.img"
+        dump("--pidns", str(w.ns), "-o", str(img_path), "--quiet")
+        with open(img_path, "rb") as f:
+            img = read_image(f)
+        sleeper = [e for e in img.tree if e["pid"] == e["tgid"] and e["ppid"] == 0 and e["pid"] != 1]
+        assert len(sleeper) == 1 and img.task(sleeper[0]["pid"]).comm == "sleep"
+        assert status_field(sleeper[0]["hostpid"], "TracerPid") == "0"
+    finally:
+        joined.kill()
+        joined.wait()

@@ -44,33 +44,28 @@ def find_init(ns: int, root: str = procfs.PROC) -> int:
 
 
 def scan(ns: int, init: int, root: str = procfs.PROC) -> list[tuple[int, int]]:
-    """(hostpid, hosttid) of every task of the namespace, walking the process tree from init.
+    """(hostpid, hosttid) of every task of the namespace.
 
-    Orphans inside a pid namespace are re-parented to its init (or a subreaper below it), so the
-    tree from init holds every task. A child in another pid namespace means a nested namespace,
-    which restore could not rebuild: refuse."""
+    Members are found by their ns link in /proc, not only by walking the tree from init: a task
+    that joined with setns (nsenter) has its parent outside the namespace. Entries that cannot be
+    read (gone, or EACCES like the host's pid 1) are skipped. A child living in another pid
+    namespace is a nested namespace, which restore could not rebuild: refuse."""
     out: list[tuple[int, int]] = []
-    todo = [init]
-    seen = set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    members = [pid for pid in procfs.pids(root) if procfs.ns_inode(pid, "pid", root) == ns]
+    if init not in members:
+        raise NoSuchProcess(f"the init of pid namespace {ns} (host pid {init}) is gone")
+    for pid in members:
         try:
             tids = procfs.tids(pid, root)
             kids = procfs.children(pid, root)
-        except NoSuchProcess:
+        except (NoSuchProcess, AccessDenied):
             continue
         out += [(pid, t) for t in tids]
         for k in kids:
             kns = procfs.ns_inode(k, "pid", root)
-            if kns is None:
-                continue  # exited meanwhile
-            if kns != ns:
+            if kns is not None and kns != ns:
                 raise Unsupported(f"pid {k} (child of {pid}) lives in a nested pid namespace {kns}: "
                                   "nested pid namespaces are not supported")
-            todo.append(k)
     return out
 
 
