@@ -160,6 +160,10 @@ def check_continues(workdir: str, before: bytes, res: dict):
         assert tids == {t for q, t in old_last if q == p}
 
 
+def reader_field(line, name: str) -> int:
+    return int(dict(kv.split("=") for kv in line[5].split())[name])
+
+
 def reader_rc(lines) -> int:
     return max(int(x[5].split()[0].split("=")[1]) for x in lines if x[2] == "reader")
 
@@ -182,6 +186,21 @@ def test_dump_kill_restore_continues(pidns, refwork, tmp_path, restored):
     with open(tmp_path / "ref.log", "rb") as f:
         after = parse_log(f.read())
     assert reader_rc(after) > reader_rc(parse_log(before)), "the reader stopped getting pipe bytes"
+    # The MAP_SHARED page still joins writer and reader: the reader sees the writer's counter move.
+    old_shared = max(reader_field(x, "shared") for x in parse_log(before) if x[2] == "reader")
+    new_shared = [reader_field(x, "shared") for x in after[len(parse_log(before)):] if x[2] == "reader"]
+    assert len(set(new_shared)) >= 2 and min(new_shared) >= old_shared, (old_shared, new_shared)
+    # The restored SIGUSR1 handler runs (its address came back with the image's sigactions).
+    os.kill(res["init_pid"], signal.SIGUSR1)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        with open(tmp_path / "ref.log", "rb") as f:
+            lines = parse_log(f.read())
+        if any(reader_field(x, "usr1") == 1 for x in lines if x[2] == "reader"):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the restored reader never counted the SIGUSR1 in its handler")
 
 
 def test_restore_through_a_pipe(pidns, refwork, tmp_path, restored):

@@ -11,7 +11,9 @@
  * Each process fills 2 MiB of anonymous memory with a pattern seeded by its pid and prints its
  * checksum every tick (it must never change). The writer writes byte wc%256 to a pipe every
  * tick; the reader reads one byte every other tick, so bytes stay buffered, and checks each is
- * the next expected value (extra "pipe=ok" or "pipe=BAD"). Ticks are 50 ms of clock_nanosleep.
+ * the next expected value (extra "pipe=ok" or "pipe=BAD"). The writer also stores wc in a
+ * MAP_SHARED|MAP_ANONYMOUS page the reader shows as "shared=N". The reader counts SIGUSR1s in a
+ * handler ("usr1=N"). Ticks are 50 ms of clock_nanosleep.
  * DIR/ready appears once every task runs.
  */
 #define _GNU_SOURCE
@@ -22,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +32,14 @@
 #define REGION_BYTES (2u << 20)
 
 static int logfd;
+static volatile long *shared;
+static volatile sig_atomic_t usr1;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    usr1++;
+}
 static uint64_t *region;
 
 static void logline(const char *fmt, ...)
@@ -88,6 +99,9 @@ int main(int argc, char **argv)
     logfd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (logfd < 0 || pipe(p) < 0)
         return 1;
+    shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED)
+        return 1;
     if (fork() == 0) {
         close(p[0]);
         fill(getpid());
@@ -95,6 +109,7 @@ int main(int argc, char **argv)
             unsigned char c = wc & 0xff;
             if (write(p[1], &c, 1) == 1)
                 wc++;
+            *shared = wc;
             logline("%d %d writer %ld %016llx wc=%ld\n", getpid(), gettid(), tick,
                     (unsigned long long)checksum(), wc);
             tick_sleep();
@@ -113,6 +128,11 @@ int main(int argc, char **argv)
         }
     }
     fill(getpid());
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
     usleep(200 * 1000);
     snprintf(path, sizeof path, "%s/ready", argv[1]);
     close(open(path, O_WRONLY | O_CREAT, 0644));
@@ -125,8 +145,8 @@ int main(int argc, char **argv)
                 rc++;
             }
         }
-        logline("%d %d reader %ld %016llx rc=%ld pipe=%s\n", getpid(), gettid(), tick,
-                (unsigned long long)checksum(), rc, ok ? "ok" : "BAD");
+        logline("%d %d reader %ld %016llx rc=%ld shared=%ld usr1=%d pipe=%s\n", getpid(), gettid(), tick,
+                (unsigned long long)checksum(), rc, *shared, (int)usr1, ok ? "ok" : "BAD");
         tick_sleep();
     }
 }
