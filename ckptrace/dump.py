@@ -49,7 +49,8 @@ class Summary:
 
     @property
     def mb_s(self) -> float:
-        return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Image bytes per second of frozen time: the copy happens while the tasks are frozen."""
+        return self.bytes / 1e6 / self.frozen_s if self.frozen_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(pidns=self.ns, tasks=self.tasks, processes=self.processes, vmas=self.vmas,
@@ -188,6 +189,7 @@ def _raise_on_signal(signum, _frame):
 
 def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
     """Dump namespace `ns` to `out_fd`. Raises CkptError; tasks are always released."""
+    started = time.monotonic()
     init = check_target(ns, opts.proc)
     from .kernel import sockdiag
 
@@ -203,7 +205,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
     finally:
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
-    s.elapsed_s = s.frozen_s
+    s.elapsed_s = time.monotonic() - started
     st = ctx.stats
     s.tasks, s.processes, s.vmas, s.pages, s.files = st.tasks, st.processes, st.vmas, st.pages, st.files
     s.bytes = ctx.w.bytes_written
@@ -261,7 +263,6 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.live = None
-        self.ctx: DumpContext | None = None
         self.t0 = time.monotonic()
         self.last = 0.0
 
@@ -289,8 +290,8 @@ class _Progress:
         st = ctx.stats
         el = now - self.t0
         mb = ctx.w.bytes_written / 1e6
-        self.live.update(f"[bold]dumping[/] tasks {st.tasks}  VMAs {st.vmas}  pages {st.pages}  "
-                         f"{mb:.0f} MB  {mb / el if el else 0:.0f} MB/s  frozen {el:.1f} s")
+        self.live.update(f"[bold]dumping[/] processes {st.processes}  tasks {st.tasks}  VMAs {st.vmas}  "
+                         f"pages {st.pages}  {mb:.0f} MB  {mb / el if el else 0:.0f} MB/s  {el:.1f} s")
 
 
 # -- ls ------------------------------------------------------------------------------------------

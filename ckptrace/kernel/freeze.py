@@ -121,6 +121,14 @@ class Freezer:
     def release(self, *, leave_stopped: bool = False) -> None:
         """Detach every task (idempotent). With leave_stopped, each thread stays in a group-stop:
         SIGSTOP is queued to each process before the detach, so the detached threads stop."""
+        # A second SIGINT/SIGTERM must not interrupt the release half-way (their handlers raise).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._release(leave_stopped)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def _release(self, leave_stopped: bool) -> None:
         if leave_stopped:
             for pid in {t.hostpid for t in self.tasks.values()}:
                 try:
