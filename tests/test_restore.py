@@ -292,3 +292,20 @@ def test_failure_midway_kills_what_was_made(pidns, refwork, tmp_path, monkeypatc
     assert hosts, "the failure was not reached"
     assert not os.path.exists(f"/proc/{hosts[0]}"), "a partly restored task survived"
     assert pidns_inodes() - nss == set(), "the partly restored namespace survived"
+
+
+def test_unsupported_file_kind_is_named_and_nothing_created(pidns, tmp_path):
+    """A socket cannot be restored yet: the refusal names it, and no namespace appears."""
+    ready = tmp_path / "ready"
+    code = ("import socket, time; a, b = socket.socketpair(); "
+            f"open({str(ready)!r}, 'w').close(); time.sleep(60)")
+    w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "sock.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    nss = pidns_inodes()
+    r = ckptrace("restore", img)
+    assert r.returncode != 0
+    assert b"UNIX_SOCKET" in r.stderr and b"does not support" in r.stderr, r.stderr
+    assert pidns_inodes() - nss == set()
