@@ -309,3 +309,32 @@ def test_unsupported_file_kind_is_named_and_nothing_created(pidns, tmp_path):
     assert r.returncode != 0
     assert b"UNIX_SOCKET" in r.stderr and b"does not support" in r.stderr, r.stderr
     assert pidns_inodes() - nss == set()
+
+
+def test_python_interpreter_workload_continues(pidns, tmp_path, restored):
+    """The built-in sample workload (a Python parent with a thread, a child, a pipe, an O_APPEND
+    log) restored: the interpreter, its thread and its counter carry on."""
+    w = pidns([sys.executable, "-m", "ckptrace.sample_workload", str(tmp_path)],
+              ready_file=str(tmp_path / "ready"), settle=0.3, cwd=REPO, stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "py.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    log = tmp_path / "workload.log"
+    before = log.read_bytes()
+    old = [int(x.split()[1]) for x in before.decode().splitlines()]
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    data = wait_for_ticks(str(log), len(before), want=5)
+    assert data.startswith(before)
+    new = [int(x.split()[1]) for x in data[len(before):].decode().splitlines()]
+    assert len(new) >= 5 and new == sorted(new) and new[0] >= old[-1], (old[-3:], new)
+    assert new[-1] > new[0], "the worker thread's counter did not move after the restore"
+    from ckptrace.image.reader import read_image
+
+    with open(img, "rb") as f:
+        want = {t.tid for t in read_image(f).threads_of(1)}
+    assert len(want) == 2
+    assert {nspid(int(t)) for t in os.listdir(f"/proc/{res['init_pid']}/task")} == want
