@@ -146,6 +146,16 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
                 assert npages > 64  # the filled heap buffer at least
                 assert mm.fields["brk"] > mm.fields["start_brk"]
                 assert len(t.sighand) == 64 and len(t.rlimits) == 16 and t.creds["uid"] == 0
+                if t.tid == 1:  # what ckwork.c set up and wrote to its ready file
+                    handler, altstack = (int(x, 16) for x in (tmp_path / "w" / "ready").read_text().split())
+                    usr2 = t.sighand[signal.SIGUSR2 - 1]
+                    assert usr2["handler"] == handler and usr2["flags"] & 0x10000000  # SA_RESTART
+                    assert t.thread["sas_ss_sp"] == altstack and t.thread["sas_ss_size"] == 65536
+                    assert t.thread["blocked"] == 1 << (signal.SIGUSR1 - 1)
+                    assert t.proc["umask"] == 0o27
+                    assert t.rlimits[7] == {"cur": 1000, "max": 4096}  # RLIMIT_NOFILE
+                    assert t.cwd == os.getcwd() and t.root == "/"
+                    assert t.comm == "ckwork"
                 # Files: every fd, with kinds and contents as the workload set them up.
                 table = img.obj(t.files_objref)
                 assert sorted(d["fd_descriptor"] for d in table.fds) == \

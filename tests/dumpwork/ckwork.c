@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -25,6 +27,8 @@
 
 static volatile unsigned long counter;
 static unsigned char *heap_pattern;
+
+static void on_usr2(int sig) { (void)sig; }
 
 static void *busy(void *arg) {
     (void)arg;
@@ -95,9 +99,25 @@ int main(int argc, char **argv) {
     pthread_create(&t, NULL, busy, NULL);
     pthread_create(&t, NULL, sleeper, NULL);
 
+    /* Process state the test compares: a handler, an alternate stack, a blocked signal, umask and
+     * an rlimit. Their values go to the ready file. */
+    struct sigaction sa = {.sa_handler = on_usr2, .sa_flags = SA_RESTART | SA_ONSTACK};
+    sigaction(SIGUSR2, &sa, NULL);
+    static char altstack[65536];
+    stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
+    sigaltstack(&ss, NULL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    umask(027);
+    struct rlimit rl = {.rlim_cur = 1000, .rlim_max = 4096};
+    setrlimit(RLIMIT_NOFILE, &rl);
+
     snprintf(path, sizeof path, "%s/ready", dir);
-    int r = open(path, O_WRONLY | O_CREAT, 0600);
-    close(r);
+    FILE *r = fopen(path, "w");
+    fprintf(r, "%lx %lx\n", (unsigned long)on_usr2, (unsigned long)altstack);
+    fclose(r);
     for (;;) {
         usleep(5000);
         while (waitpid(-1, NULL, WNOHANG) > 0) {}
