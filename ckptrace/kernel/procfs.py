@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import NoSuchProcess, from_oserror
+from ..errors import from_oserror
 
 PROC = "/proc"
 
@@ -362,5 +362,3 @@ def task_exists(pid: int, root: str = PROC) -> bool:
     except OSError:
         return False
 
-
-__all__ = ["NoSuchProcess"]

@@ -16,7 +16,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from ..errors import NoSuchProcess, Unsupported, from_oserror
+from ..errors import Unsupported, from_oserror
 from ..image.records import MAX_BLOB, FileType, ObjType, RecType
 from ..kernel import procfs
 from ..kernel.sys import pidfd_getfd, pidfd_open
@@ -249,5 +249,3 @@ def dump_mapped_file(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
     return _mapped_file(ctx, ("path", dev, m.inode, m.path), m.path, link, flags,
                         f"pid {pid} mapping {m.start:x}-{m.end:x} ({m.path})")
 
-
-__all__ = ["dump_table", "dump_exe", "dump_mapped_file", "check_fds", "grab", "NoSuchProcess"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..errors import CkptError, Unsupported, from_oserror
 from ..image.records import (MAX_PAGES_PER_RECORD, PAGE_SIZE, VM_FLAG_BITS, VM_NOT_SUPPORTED,
-                             VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType)
+                             VMA_LAST_PAGE, ObjType, RecType, VmaType)
 from ..kernel import procfs
 from ..kernel.sys import buffer_address, vm_readv
 from .context import DumpContext
@@ -258,5 +258,3 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     ctx.w.record(RecType.MM_AUXV, dict(nentries=len(aux)), payload=[dict(a_type=a, a_val=v) for a, v in aux])
     return ref
 
-
-__all__ = ["dump_mm", "check_mapping", "PageCopier", "FileType"]

@@ -12,7 +12,7 @@ import fcntl
 import os
 import struct
 
-from ..errors import CkptError, from_oserror
+from ..errors import from_oserror
 from ..image.records import RecType
 from ..kernel.sys import libc
 from .context import DumpContext
@@ -83,5 +83,3 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     ctx.pipes_seen.add(pipe_id)
     ctx.w.record(RecType.FILE_PIPE, dict(pipe_id=pipe_id, buffered=len(data), pipe_size=size), payload=data)
 
-
-__all__ = ["peek", "dump", "CkptError"]
