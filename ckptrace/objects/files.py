@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 
 from ..errors import Unsupported, from_oserror
-from ..image.records import MAX_BLOB, FileType, ObjType, RecType
+from ..image.records import FileType, ObjType, RecType
 from ..kernel import procfs
 from ..kernel.sys import pidfd_getfd, pidfd_open
 from .context import DumpContext
@@ -29,6 +29,7 @@ O_CLOEXEC = 0o2000000
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
 TTY_MAJORS = {4, 5} | set(range(136, 144))
 DELETED = " (deleted)"
+DATA_CHUNK = 4 << 20  # FILE_DATA records of 4 MiB keep the dumper small (MAX_BLOB is 64 MiB)
 ANON_KINDS = {
     "anon_inode:[eventfd]": FileType.EVENTFD,
     "anon_inode:[eventpoll]": FileType.EPOLL,
@@ -143,7 +144,7 @@ def write_contents(ctx: DumpContext, path: str, size: int, what: str) -> None:
     try:
         off = 0
         while off < size:
-            chunk = os.pread(fd, min(MAX_BLOB, size - off), off)
+            chunk = os.pread(fd, min(DATA_CHUNK, size - off), off)
             if not chunk:
                 break
             ctx.w.record(RecType.FILE_DATA, dict(size=size, offset=off), payload=chunk)
