@@ -243,8 +243,12 @@ def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
 
 
 def test_kill_after_dump(pidns, ckwork, tmp_path):
+    from ckptrace import notify
+
     w = start(pidns, ckwork, tmp_path)
+    before = notify.last_dump(w.ns) or 0
     dump("--pidns", str(w.ns), "-o", os.devnull, "--kill", "--quiet")
+    assert (notify.last_dump(w.ns) or 0) > before  # `watch` learns of the dump
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{w.init}/status") and time.monotonic() < deadline:
         if status_field(w.init, "State")[0] == "Z":
