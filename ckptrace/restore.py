@@ -259,7 +259,7 @@ class _Restore:
             # EBUSY since the kernel refuses while the old exe is mapped, and it now is.
             exe_fd = None
         memory.set_mm(inj, mm, exe_fd)
-        memory.close_fds(inj, tree.map_fds_of(self.img, t, files) + [self.report_fd])
+        memory.close_fds(inj, tree.map_fds_of(self.img, t, files) + files.extra + [self.report_fd])
         memory.set_thread_state(inj, t)
         for th in self.img.threads_of(t.tgid):
             if th.is_leader:

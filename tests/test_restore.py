@@ -160,6 +160,53 @@ def check_continues(workdir: str, before: bytes, res: dict):
         assert tids == {t for q, t in old_last if q == p}
 
 
+def check_layout_and_fds(img: str, res: dict):
+    """Each restored process has the image's VMAs (addresses, protections), fd numbers, brk."""
+    from ckptrace.image.reader import FileTable, read_image
+
+    with open(img, "rb") as f:
+        image = read_image(f)
+    hosts = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.readlink(f"/proc/{d}/ns/pid") == f"pid:[{res['pidns']}]":
+                    hosts[nspid(int(d))] = int(d)
+            except OSError:
+                pass
+    for t in image.processes():
+        host = hosts[t.tid]
+        mm = image.obj(t.mm_objref)
+        want = [(v.start, v.end, "".join(c if v.fields["vm_flags"] & b else "-"
+                                         for c, b in (("r", 1), ("w", 2), ("x", 4))))
+                for v in mm.vmas if v.start < 1 << 47]
+        with open(f"/proc/{host}/maps") as f:
+            got = []
+            for line in f:
+                rng, perms = line.split()[:2]
+                a, b = (int(x, 16) for x in rng.split("-"))
+                if a < 1 << 47:
+                    got.append((a, b, perms[:3]))
+        assert merged(got) == merged(want), f"process {t.tid}'s memory layout differs"
+        table = image.obj(t.files_objref)
+        assert isinstance(table, FileTable)
+        assert sorted(int(x) for x in os.listdir(f"/proc/{host}/fd")) == sorted(d["fd_descriptor"] for d in table.fds)
+        with open(f"/proc/{host}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert int(fields[44]) == mm.fields["start_brk"]  # field 47 (start_brk), after pid and comm
+
+
+def merged(ranges):
+    """Adjacent ranges with equal permissions as one: the kernel may merge what the image split."""
+    out = []
+    for a, b, p in ranges:
+        if out and out[-1][1] == a and out[-1][2] == p:
+            out[-1] = (out[-1][0], b, p)
+        else:
+            out.append((a, b, p))
+    return out
+
+
 def reader_field(line, name: str) -> int:
     return int(dict(kv.split("=") for kv in line[5].split())[name])
 
@@ -183,6 +230,7 @@ def test_dump_kill_restore_continues(pidns, refwork, tmp_path, restored):
     assert res["processes"] == 3 and res["threads"] == 5
     assert res["pidns"] != w.ns
     check_continues(workdir, before, res)
+    check_layout_and_fds(img, res)
     with open(tmp_path / "ref.log", "rb") as f:
         after = parse_log(f.read())
     assert reader_rc(after) > reader_rc(parse_log(before)), "the reader stopped getting pipe bytes"

@@ -65,7 +65,7 @@ class FileSet:
     by_objref: dict[int, int] = field(default_factory=dict)  # FILE objref -> controller fd
     mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, O_ mode) -> fd
     shmem: dict[int, int] = field(default_factory=dict)  # SHMEM objref -> memfd
-    extra: list[int] = field(default_factory=list)  # fds kept only to keep a pipe end alive
+    extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
 
     def place(self, fd: int) -> int:
         """Move `fd` to the first free number >= base (inherited across clone3: no CLOEXEC)."""

@@ -27,6 +27,7 @@ from ..kernel.sys import iovec, libc
 from .files import FileSet, vma_open_mode
 
 SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
+SYS_pread64 = 17
 SYS_set_tid_address, SYS_sigaltstack, SYS_rseq = 218, 131, 334
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 RSEQ_CONF = struct.Struct("<QIII4x")  # rseq_abi_pointer, rseq_abi_size, signature, flags
@@ -104,6 +105,10 @@ class MemoryRestorer:
         self.img = img
         self.f = image_file
         self.files = files
+        # The image itself, inherited by every restored task (kept until its memory is done):
+        # the task then pread()s its pages straight from the page cache into place, one copy.
+        self.image_fd = files.place(os.dup(image_file.fileno()))
+        files.extra.append(self.image_fd)
         self.buf = bytearray(_BUF)
         self.view = memoryview(self.buf)
         self.bytes_written = 0
@@ -176,7 +181,7 @@ class MemoryRestorer:
             raise KernelError(f"mmap of {v.start:#x} in {pid} landed at {ret:#x}", errno.EFAULT)
         for run in v.runs:
             if in_process:
-                self._write_run(pid, run)
+                self._pread_run(inj, pid, run)
             else:
                 self._write_shmem(fd, v, run)
         if map_prot != prot:
@@ -192,6 +197,17 @@ class MemoryRestorer:
         if got != n:
             raise ImageError(f"page data at offset {run.offset} is truncated")
         return self.view[:n]
+
+    def _pread_run(self, inj: Injector, pid: int, run) -> None:
+        n = run.npages * PAGE_SIZE
+        done = 0
+        while done < n:
+            got = check(inj.syscall(SYS_pread64, self.image_fd, run.vaddr + done, n - done, run.offset + done),
+                        f"pread of pages {run.vaddr + done:#x} in {pid}")
+            if got == 0:
+                raise ImageError(f"page data at offset {run.offset + done} is truncated")
+            done += got
+        self.bytes_written += n
 
     def _write_run(self, pid: int, run) -> None:
         data = self._read_run(run)

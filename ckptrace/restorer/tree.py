@@ -69,7 +69,7 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
         if isinstance(table, FileTable):
             p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
                      for d in table.fds]
-        p.keep = map_fds_of(img, t, files)
+        p.keep = map_fds_of(img, t, files) + files.extra
         plans[p.pid] = p
         if p.pid == 1:
             root = p
