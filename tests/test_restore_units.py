@@ -1,0 +1,95 @@
+"""Restore's pure decisions, without processes: syscall-restart fix-up, vdso layout checks, the
+open mode of mapped files, and refusal of a synthetic image before anything is created."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+import imagegen
+from ckptrace.image.reader import Mm, Vma, read_image
+from ckptrace.image.records import REG_NAMES, VM_SHARED, VM_WRITE, VmaType
+from ckptrace.restore import fix_restart
+from ckptrace.restorer.files import check_files, vma_open_mode
+from ckptrace.restorer.memory import check_layout
+
+NEG = 1 << 64
+
+
+def regs(**kw) -> dict:
+    r = {n: 0 for n in REG_NAMES}
+    r.update(kw)
+    return r
+
+
+def test_restart_block_becomes_a_plain_restart():
+    out = fix_restart(regs(orig_rax=230, rax=NEG - 516, rip=0x1002))
+    assert out[REG_NAMES.index("rax")] == NEG - 513
+    assert out[REG_NAMES.index("orig_rax")] == 230
+    assert out[REG_NAMES.index("rip")] == 0x1002  # the kernel rewinds it, not us
+
+
+@pytest.mark.parametrize("orig,rax", [(NEG - 1, NEG - 516), (7, NEG - 512), (0, 5)])
+def test_other_states_are_left_alone(orig, rax):
+    out = fix_restart(regs(orig_rax=orig, rax=rax))
+    assert out[REG_NAMES.index("rax")] == rax
+
+
+def special(*spec) -> Mm:
+    mm = Mm(1)
+    for start, size, t in spec:
+        mm.vmas.append(Vma(dict(vma_type=t, vm_start=start, vm_end=start + size, vm_flags=1, vma_objref=0)))
+    return mm
+
+
+OURS = [(0x7000_0000_0000, 0x7000_0000_4000, "[vvar]"), (0x7000_0000_4000, 0x7000_0000_6000, "[vvar_vclock]"),
+        (0x7000_0000_6000, 0x7000_0000_8000, "[vdso]")]
+
+
+class _Img:
+    def __init__(self, mm):
+        self.objects = {1: mm}
+
+
+def test_vdso_layout_like_ours_is_accepted_anywhere():
+    mm = special((0x5000_0000, 0x4000, VmaType.VVAR), (0x5000_4000, 0x2000, VmaType.VVAR),
+                 (0x5000_6000, 0x2000, VmaType.VDSO))
+    assert check_layout(_Img(mm), OURS) == []
+
+
+def test_vdso_of_another_size_is_refused():
+    mm = special((0x5000_0000, 0x4000, VmaType.VVAR), (0x5000_4000, 0x2000, VmaType.VVAR),
+                 (0x5000_6000, 0x3000, VmaType.VDSO))
+    assert "differs from this kernel's" in check_layout(_Img(mm), OURS)[0]
+
+
+def test_vdso_at_another_distance_from_vvar_is_refused():
+    mm = special((0x5000_0000, 0x4000, VmaType.VVAR), (0x5000_4000, 0x2000, VmaType.VVAR),
+                 (0x5001_0000, 0x2000, VmaType.VDSO))
+    assert any("not laid out" in p for p in check_layout(_Img(mm), OURS))
+
+
+def test_only_writable_shared_file_maps_open_read_write():
+    assert vma_open_mode(dict(vma_type=VmaType.SHARED_FILE, vm_flags=VM_SHARED | VM_WRITE | 1)) == os.O_RDWR
+    assert vma_open_mode(dict(vma_type=VmaType.FILE, vm_flags=VM_WRITE | 1)) == os.O_RDONLY
+    assert vma_open_mode(dict(vma_type=VmaType.SHARED_FILE, vm_flags=VM_SHARED | 1)) == os.O_RDONLY
+
+
+def test_missing_files_and_unsupported_kinds_are_named(tmp_path):
+    from ckptrace.image.reader import File
+    from ckptrace.image.records import FileType
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    files = {o.name: o for o in img.objects.values() if isinstance(o, File)}
+    log, pipe = files["/tmp/log.txt"], files["pipe:[1234]"]
+    log.name = str(tmp_path / "gone.txt")
+    assert any("gone.txt" in p and "does not exist" in p for p in check_files(img))
+    (tmp_path / "gone.txt").write_text("")
+    assert [p for p in check_files(img) if "gone.txt" in p] == []
+    assert any("/usr/bin/sample" in p for p in check_files(img))  # mapped files count too
+    files["/usr/bin/sample"].name = "/bin/sh"
+    assert check_files(img) == []  # and the pipe is a supported kind
+    pipe.fields["f_type"] = FileType.UNIX_SOCKET
+    assert any("UNIX_SOCKET" in p for p in check_files(img))
