@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-from .errors import CkptError, ImageError, KernelError, NoSuchProcess, Unsupported, UsageError
+from .errors import CkptError, KernelError, NoSuchProcess, Unsupported
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES
 from .image.stream import open_image
@@ -35,6 +35,8 @@ ERESTART_RESTARTBLOCK = -516
 SYS_setpgid = 109
 WALL = 0x40000000
 REPORT_TIMEOUT = 20.0
+WATCHDOG_S = 60.0
+WATCHDOG_MIN_RATE = 50e6  # bytes/s: far below what restore does, so only a hang trips it
 
 
 @dataclass
@@ -133,6 +135,10 @@ def fix_restart(regs: dict[str, int]) -> list[int]:
     return out
 
 
+def _timed_out(signum, frame):
+    raise KernelError("restore took too long (a task stuck during injection?)", 62)
+
+
 def _same_file(fd: int, path: str) -> bool:
     try:
         a, b = os.fstat(fd), os.stat(path)
@@ -154,6 +160,11 @@ class _Restore:
         from .restorer.memory import MemoryRestorer
 
         files = FileSet(self.img, base=max(max_fd(self.img) + 1, 64))
+        # A watchdog: a task that faults during injection would have the injector step it
+        # forever; the alarm's exception unwinds into _abort instead.
+        limit = WATCHDOG_S + self.img.size / WATCHDOG_MIN_RATE
+        old_handler = signal.signal(signal.SIGALRM, _timed_out)
+        signal.setitimer(signal.ITIMER_REAL, limit)
         try:
             files.create()
             mem = MemoryRestorer(self.img, self.f, files)
@@ -170,6 +181,8 @@ class _Restore:
             self._abort()
             raise
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_handler)
             files.close()
         return res
 
