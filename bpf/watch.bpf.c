@@ -5,6 +5,7 @@
  *   CKPT_FOCUS_NS                 0: every non-host namespace; else only this one
  *   CKPT_MAX_NS                   slots of ns_list (namespaces known to the kernel side)
  *   CKPT_RINGBUF_PAGES            ring buffer size in pages
+ *   CKPT_WAKEUP_EVERY             wake the controller every N events per CPU
  *   CKPT_FAULTS                   1: compile the write-fault program
  *   CKPT_EVENT_SIZE               sizeof(struct ckpt_event) as the Python side parsed it
  * Only tracepoint arguments and helpers are read, never kernel struct fields: the headers bcc
@@ -81,6 +82,23 @@ static __always_inline void track(__u32 tgid, __u64 ns)
 		count_lost(CKPT_LOST_TRACKED);
 }
 
+/* Waking the controller costs the traced task more than the event itself: wake it only every
+ * CKPT_WAKEUP_EVERY events per CPU; it also polls on a short timeout and consumes what is there. */
+BPF_PERCPU_ARRAY(unwoken, __u32, 1);
+
+static __always_inline void submit(struct ckpt_event *e)
+{
+	int zero = 0;
+	__u32 *n = unwoken.lookup(&zero);
+	if (n && ++*n < CKPT_WAKEUP_EVERY) {
+		events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		return;
+	}
+	if (n)
+		*n = 0;
+	events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
 static __always_inline struct ckpt_event *reserve(__u32 type, struct ident *id)
 {
 	struct ckpt_event *e = events.ringbuf_reserve(sizeof(struct ckpt_event));
@@ -104,7 +122,7 @@ static __always_inline void announce(struct ident *id)
 	struct ckpt_event *e = reserve(CKPT_EV_DISCOVER, id);
 	if (e) {
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
-		events.ringbuf_submit(e, 0);
+		submit(e);
 	}
 }
 
@@ -171,7 +189,7 @@ int ckpt_exec(struct tracepoint__sched__sched_process_exec *args)
 	if (!e)
 		return 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	events.ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -188,7 +206,7 @@ int ckpt_exit(struct tracepoint__sched__sched_process_exit *args)
 		__u32 *code = exitcode.lookup(&tgid);
 		e->code = code ? *code : 0;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
-		events.ringbuf_submit(e, 0);
+		submit(e);
 	}
 	tracked.delete(&tgid);
 	exitcode.delete(&tgid);
@@ -254,7 +272,7 @@ int ckpt_newtask(struct tracepoint__task__task_newtask *args)
 		if (e) {
 			e->a0 = flags & 0x7e020000ULL;  /* the CLONE_NEW* bits */
 			e->code = 3;
-			events.ringbuf_submit(e, 0);
+			submit(e);
 		}
 	}
 	return 0;
@@ -281,7 +299,7 @@ int ckpt_clone_exit(struct tracepoint__syscalls__sys_exit_clone *args)
 	e->a1 = f.child;
 	e->a2 = f.flags;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	events.ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -296,7 +314,7 @@ int ckpt_rename(struct tracepoint__task__task_rename *args)
 	if (!e)
 		return 0;
 	bpf_probe_read_kernel(e->comm, sizeof(e->comm), args->newcomm);
-	events.ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -394,7 +412,7 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 	e->a1 = f.a1;
 	e->a2 = f.a2;
 	e->a3 = f.a3;
-	events.ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 

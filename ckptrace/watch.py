@@ -71,6 +71,7 @@ class Controller:
         self.ignored: set[int] = set()  # host pids resolved to namespaces we do not watch
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0}
         self.failure: BaseException | None = None  # raised in the ring buffer callback
+        self.dumps_dir = notify.DUMPS_DIR
 
     def on_record(self, e) -> None:
         """The ring buffer callback: exceptions cannot cross ctypes, so keep the first one for
@@ -85,7 +86,7 @@ class Controller:
     # -- seeding and resolution ----------------------------------------------------------------
     def watch_ns(self, ino: int) -> None:
         if ino not in self.model.namespaces:
-            self.model.add_namespace(ino).last_dump = notify.last_dump(ino)
+            self.model.add_namespace(ino).last_dump = notify.last_dump(ino, base=self.dumps_dir)
         self.prog.add_namespace(ino)
 
     def seed(self, hostpid: int, ino: int):
@@ -184,7 +185,7 @@ class Controller:
 
     def check_dumps(self) -> None:
         for ino, ns in self.model.namespaces.items():
-            stamp = notify.last_dump(ino)
+            stamp = notify.last_dump(ino, base=self.dumps_dir)
             if stamp is not None and stamp != ns.last_dump:
                 ns.last_dump = stamp
                 self.model.reset_dirty(ino)
@@ -273,7 +274,7 @@ def _loop(ctl: Controller, args, tick) -> None:
         now = time.monotonic()
         if end is not None and now >= end:
             return
-        ctl.prog.poll(50)
+        ctl.prog.poll(40)
         if ctl.failure is not None:
             raise ctl.failure
         if _stop_requested[0]:

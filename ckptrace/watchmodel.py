@@ -58,6 +58,10 @@ class Vma:
         return Vma(self.start + delta, self.end + delta, self.prot, self.path, {p + d for p in self.dirty})
 
 
+def _start(v: Vma) -> int:
+    return v.start
+
+
 @dataclass
 class Proc:
     hostpid: int
@@ -76,17 +80,22 @@ class Proc:
         return sum(len(v.dirty) for v in self.vmas)
 
     def find(self, addr: int) -> Vma | None:
-        i = bisect.bisect_right([v.start for v in self.vmas], addr) - 1
+        i = bisect.bisect_right(self.vmas, addr, key=_start) - 1
         if i >= 0 and self.vmas[i].start <= addr < self.vmas[i].end:
             return self.vmas[i]
         return None
 
     def carve(self, start: int, end: int) -> list[Vma]:
-        """Remove [start, end) from the table; returns the removed pieces (with their dirt)."""
+        """Remove [start, end) from the table; returns the removed pieces (with their dirt).
+        Touches only the VMAs that overlap (found by bisection): this runs for every mm event."""
+        lo = max(0, bisect.bisect_right(self.vmas, start, key=_start) - 1)
+        hi = lo
         keep: list[Vma] = []
         removed: list[Vma] = []
-        for v in self.vmas:
-            if v.end <= start or v.start >= end:
+        while hi < len(self.vmas) and self.vmas[hi].start < end:
+            v = self.vmas[hi]
+            hi += 1
+            if v.end <= start:
                 keep.append(v)
                 continue
             if v.start < start:
@@ -94,13 +103,13 @@ class Proc:
             removed.append(v.slice(max(v.start, start), min(v.end, end)))
             if v.end > end:
                 keep.append(v.slice(end, v.end))
-        keep.sort(key=lambda v: v.start)
-        self.vmas = keep
+        if removed:
+            self.vmas[lo:hi] = keep
         return removed
 
     def insert(self, vma: Vma) -> None:
         self.carve(vma.start, vma.end)
-        bisect.insort(self.vmas, vma, key=lambda v: v.start)
+        bisect.insort(self.vmas, vma, key=_start)
 
     def bury(self, vmas: list[Vma], now: float) -> None:
         self.tombstones += [(now, v) for v in vmas]

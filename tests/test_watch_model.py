@@ -217,3 +217,57 @@ def test_keys_move_selection_within_bounds(model):
     assert sel.proc_index == 0  # only one process
     assert handle_key(sel, model, "q") == "quit"
     assert handle_key(sel, model, "d") == "dump"
+
+
+# -- the controller's dump notification ----------------------------------------------------------
+
+class FakeProg:
+    abi = bpfload.abi()
+
+    def add_namespace(self, ino):
+        return True
+
+    def track(self, hostpid, ns):
+        pass
+
+    def untrack(self, hostpid):
+        pass
+
+
+def test_a_dump_of_the_namespace_resets_its_dirty_pages(model, tmp_path):
+    from ckptrace import notify
+    from ckptrace.watch import Controller
+
+    notify.dump_done(NS, base=str(tmp_path), stamp_ns=1)  # an old dump: not a reason to reset
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=lambda ev: None)
+    ctl.dumps_dir = str(tmp_path)
+    model.namespaces[NS].last_dump = notify.last_dump(NS, base=str(tmp_path))
+    model.add_dirty(100, [0x600000, 0x601000], ts=1)
+    ctl.check_dumps()
+    assert model.procs[100].dirty_pages() == 2
+    notify.dump_done(NS, base=str(tmp_path), stamp_ns=2)
+    ctl.check_dumps()
+    assert model.procs[100].dirty_pages() == 0
+
+
+def test_controller_turns_kernel_records_into_report_dicts(model):
+    """A ckpt_event as the ring buffer delivers it becomes exactly the issue's JSON fields."""
+    from ckptrace.watch import Controller
+
+    out = []
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+    E = bpfload.abi().structs["ckpt_event"]
+    c = bpfload.abi().consts
+    e = E(ts=5, ns=NS, type=c["CKPT_EV_MMAP"], hostpid=100, hosttid=100, pid=1, tid=1,
+          a0=0x7000, a1=P, a2=3, a3=0x22)
+    ctl.on_record(e)
+    e2 = E(ts=6, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, pid=1, a0=2, a1=101)
+    ctl.on_record(e2)
+    e3 = E(ts=7, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=101, pid=2, code=7)
+    ctl.on_record(e3)
+    assert ctl.failure is None
+    assert out == [
+        {"event": "mmap", "pid": 1, "hostpid": 100, "ns": NS, "ts": 5, "addr": 0x7000, "len": P, "prot": 3},
+        {"event": "fork", "pid": 1, "hostpid": 100, "ns": NS, "ts": 6, "child": 2},
+        {"event": "exit", "pid": 2, "hostpid": 101, "ns": NS, "ts": 7, "code": 7},
+    ]

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Overhead of `ckptrace watch` on a watched namespace (issue 6), printed as ratios.
+
+Three loops (small C programs compiled here, so the loop itself is not Python's cost) run inside
+one pid namespace, each timed with and without `watch --pidns N` running, alternating the order
+every round; the ratio is median(with) / median(without):
+  faults     mmap 64 MiB, write every page, munmap  (every step a write fault)   target <= 1.25
+  mmap       mmap + munmap of 4 pages                (two structural events)     target <= 1.10
+  forkexec   fork + exec /bin/true + wait                                        target <= 1.10
+`faults` is also timed against `watch --no-faults`, which must cost the fault path nothing.
+Then the controller's throughput: the loops run flat out while watch --json counts what it got,
+and the loss counters it reports (they must stay 0).
+
+Run as root from the repository: `.venv/bin/python bench/watch.py [--rounds 5]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = os.path.join(ROOT, ".venv", "bin", "python")
+if not os.path.exists(PY):
+    PY = sys.executable
+
+C_SOURCE = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+
+int main(int argc, char **argv) {
+    const char *what = argv[1];
+    long n = atol(argv[2]);
+    double t0 = now();
+    long events = 0;
+    if (!strcmp(what, "faults")) {
+        size_t len = 64UL << 20;
+        for (long r = 0; r < n; r++) {
+            char *p = mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            for (size_t o = 0; o < len; o += 4096) p[o] = 1;
+            munmap(p, len);
+            events += len / 4096;
+        }
+    } else if (!strcmp(what, "mmap")) {
+        for (long r = 0; r < n; r++) {
+            void *p = mmap(0, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            munmap(p, 4 * 4096);
+        }
+        events = 2 * n;
+    } else if (!strcmp(what, "forkexec")) {
+        for (long r = 0; r < n; r++) {
+            pid_t c = fork();
+            if (c == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
+            waitpid(c, 0, 0);
+        }
+        events = 3 * n;
+    }
+    double dt = now() - t0;
+    printf("%.6f %ld\n", dt, events);
+    return 0;
+}
+"""
+
+LOOPS = {"faults": 8, "mmap": 100_000, "forkexec": 400}
+
+
+def build(tmp: str) -> str:
+    src = os.path.join(tmp, "loops.c")
+    exe = os.path.join(tmp, "loops")
+    with open(src, "w") as f:
+        f.write(C_SOURCE)
+    subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
+    return exe
+
+
+class Namespace:
+    """A pid namespace whose init sleeps; programs run in it with nsenter."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(["unshare", "-p", "-f", "--mount-proc", "--kill-child", "sleep", "infinity"],
+                                     start_new_session=True)
+        for _ in range(500):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                    kids = f.read().split()
+            except OSError:
+                kids = []
+            if kids:
+                self.init = int(kids[0])
+                self.ns = os.stat(f"/proc/{self.init}/ns/pid").st_ino
+                return
+            time.sleep(0.01)
+        raise SystemExit("bench: could not start a pid namespace")
+
+    def run(self, argv: list[str]) -> tuple[float, int]:
+        out = subprocess.run(["nsenter", "-t", str(self.init), "-p", "-m", *argv],
+                             capture_output=True, text=True, check=True).stdout
+        dt, events = out.split()
+        return float(dt), int(events)
+
+    def close(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+class Watch:
+    def __init__(self, ns: int, *extra: str):
+        self.out = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([PY, "-m", "ckptrace", "watch", "--json", "--pidns", str(ns), *extra],
+                                     cwd=ROOT, stdout=self.out, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        if "watching" not in line:
+            raise SystemExit(f"bench: watch did not start: {line}{self.proc.stderr.read()}")
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        err = self.proc.communicate(timeout=60)[1]
+        self.out.seek(0)
+        counts: dict[str, int] = {}
+        dirty_pages = 0
+        lost = {}
+        for line in self.out:
+            e = json.loads(line)
+            counts[e["event"]] = counts.get(e["event"], 0) + 1
+            if e["event"] == "dirty":
+                dirty_pages += e["pages"]
+            if e["event"] == "lost":
+                lost = {k: e[k] for k in ("ring", "dirty", "tracked")}
+        return {"counts": counts, "dirty_pages": dirty_pages, "lost": lost, "stderr": err.strip()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/watch.py: run as root", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(tmp)
+        ns = Namespace()
+        try:
+            print(f"pid namespace {ns.ns}; {args.rounds} rounds, order alternating each round")
+            results: dict[tuple[str, str], list[float]] = {}
+            cases = [("faults", ()), ("faults", ("--no-faults",)), ("mmap", ()), ("forkexec", ())]
+            for r in range(args.rounds):
+                for loop, extra in cases:
+                    mode = "watch" + (" --no-faults" if extra else "")
+                    order = [None, extra] if r % 2 == 0 else [extra, None]
+                    for which in order:
+                        w = Watch(ns.ns, *which) if which is not None else None
+                        try:
+                            dt, _ = ns.run([exe, loop, str(LOOPS[loop])])
+                        finally:
+                            if w is not None:
+                                w.stop()
+                        key = (loop, mode if which is not None else "bare" + (" (vs --no-faults)" if extra else ""))
+                        results.setdefault(key, []).append(dt)
+            print(f"{'loop':10} {'watch mode':14} {'bare s':>9} {'watched s':>10} {'ratio':>7} {'target':>7}")
+            targets = {"faults": 1.25, "mmap": 1.10, "forkexec": 1.10}
+            for loop, extra in cases:
+                mode = "watch" + (" --no-faults" if extra else "")
+                bare = statistics.median(results[(loop, "bare" + (" (vs --no-faults)" if extra else ""))])
+                watched = statistics.median(results[(loop, mode)])
+                target = 1.0 if extra else targets[loop]
+                print(f"{loop:10} {mode:14} {bare:9.4f} {watched:10.4f} {watched / bare:7.3f} {target:7.2f}")
+
+            print("\ncontroller throughput (loops flat out, watch --json counting):")
+            for loop, n in (("faults", 16), ("mmap", 300_000)):
+                w = Watch(ns.ns)
+                try:
+                    dt, produced = ns.run([exe, loop, str(n)])
+                finally:
+                    time.sleep(1.5)  # let the last drain happen
+                    got = w.stop()
+                if loop == "faults":
+                    # Each round maps the same 64 MiB again, so a page written in several rounds
+                    # between two drains is one dirty page: expect >= 16384, <= produced.
+                    print(f"  write faults: {produced / dt / 1e6:.2f} M/s produced, {got['dirty_pages']} "
+                          f"pages reported dirty (>= {64 << 8} distinct, repeats within a drain merge), "
+                          f"lost {got['lost'] or 'none'}")
+                else:
+                    seen = got["counts"].get("mmap", 0) + got["counts"].get("munmap", 0)
+                    print(f"  structural: {produced / dt / 1e3:.0f} k events/s produced, {seen} of {produced} "
+                          f"reported, lost {got['lost'] or 'none'}")
+        finally:
+            ns.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
