@@ -266,7 +266,7 @@ class _Restore:
         tr.set_regs(fix_restart(t.regs))
         tr.set_xstate(t.xsave)
         exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
-        exe_fd = files.map_fd(exe.name, os.O_RDONLY) if exe is not None and exe.name else None
+        exe_fd = files.exe_fd(exe) if exe is not None and exe.name else None
         if exe_fd is not None and _same_file(exe_fd, f"/proc/{host}/exe"):
             # Already right (the image runs the interpreter we forked from); asking again gives
             # EBUSY since the kernel refuses while the old exe is mapped, and it now is.

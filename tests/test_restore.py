@@ -386,3 +386,23 @@ def test_python_interpreter_workload_continues(pidns, tmp_path, restored):
         want = {t.tid for t in read_image(f).threads_of(1)}
     assert len(want) == 2
     assert {nspid(int(t)) for t in os.listdir(f"/proc/{res['init_pid']}/task")} == want
+
+
+def test_deleted_executable_comes_back_from_the_image(pidns, refwork, tmp_path, restored):
+    """The workload's binary is unlinked before the dump: its text is mapped again from a memfd
+    filled with the contents the image carries."""
+    exe = str(tmp_path / "refwork-copy")
+    shutil.copy(refwork, exe)
+    workdir = str(tmp_path)
+    w = start_workload(pidns, exe, workdir)
+    os.unlink(exe)
+    img = str(tmp_path / "ref.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    before = logged_before(workdir, img)
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    check_continues(workdir, before, res)
+    assert not os.path.exists(exe)

@@ -65,6 +65,7 @@ class FileSet:
     by_objref: dict[int, int] = field(default_factory=dict)  # FILE objref -> controller fd
     mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, O_ mode) -> fd
     shmem: dict[int, int] = field(default_factory=dict)  # SHMEM objref -> memfd
+    mapped_data: dict[int, int] = field(default_factory=dict)  # mapped MEMFD/DELETED objref -> memfd
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
 
     def place(self, fd: int) -> int:
@@ -160,15 +161,12 @@ class FileSet:
     def _map_files(self, mm: Mm) -> None:
         exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
         if isinstance(exe, File) and exe.name:
-            self.map_fd(exe.name, os.O_RDONLY)
+            self.exe_fd(exe)
         for vma in mm.vmas:
             vf = vma.fields
             t = VmaType(vf["vma_type"])
             if t in (VmaType.FILE, VmaType.SHARED_FILE):
-                src = self.img.obj(vf["vma_objref"])
-                if not isinstance(src, File) or not src.name:
-                    raise Unsupported(f"VMA {vf['vm_start']:#x} maps a file the image does not name")
-                self.map_fd(src.name, vma_open_mode(vf))
+                self.vma_fd(vf)
             elif t is VmaType.SHARED_ANON:
                 if not isinstance(self.img.obj(vf["vma_objref"]), Shmem):
                     raise Unsupported(f"shared VMA {vf['vm_start']:#x} names no SHMEM object")
@@ -178,6 +176,25 @@ class FileSet:
                 end = vf["vm_pgoff"] * PAGE_SIZE + (vma.end - vma.start)
                 if os.fstat(fd).st_size < end:
                     os.ftruncate(fd, end)
+
+    def exe_fd(self, exe: File) -> int:
+        if exe.ftype in (FileType.MEMFD, FileType.DELETED):
+            return self.vma_fd(dict(vma_objref=exe.objref, vm_start=0))
+        return self.map_fd(exe.name, os.O_RDONLY)
+
+    def vma_fd(self, vf: dict) -> int:
+        """The descriptor a file-backed VMA is mapped from: its file reopened by path, or for an
+        unlinked file or memfd, a memfd holding the contents the image carries (one per object,
+        so processes sharing such a mapping share it again)."""
+        src = self.img.obj(vf["vma_objref"])
+        if not isinstance(src, File) or not src.name:
+            raise Unsupported(f"VMA {vf['vm_start']:#x} maps a file the image does not name")
+        if src.ftype in (FileType.MEMFD, FileType.DELETED):
+            fd = self.mapped_data.get(src.objref)
+            if fd is None:
+                fd = self.mapped_data[src.objref] = self._memfd(src)
+            return fd
+        return self.map_fd(src.name, vma_open_mode(vf))
 
     def map_fd(self, path: str, mode: int) -> int:
         key = (path, mode)
@@ -189,7 +206,8 @@ class FileSet:
         return self.mapped[key]
 
     def all_fds(self) -> list[int]:
-        return sorted({*self.by_objref.values(), *self.mapped.values(), *self.shmem.values(), *self.extra})
+        return sorted({*self.by_objref.values(), *self.mapped.values(), *self.shmem.values(),
+                       *self.mapped_data.values(), *self.extra})
 
     def close(self) -> None:
         for fd in self.all_fds():
@@ -200,6 +218,7 @@ class FileSet:
         self.by_objref.clear()
         self.mapped.clear()
         self.shmem.clear()
+        self.mapped_data.clear()
 
 
 def vma_open_mode(vf: dict) -> int:

@@ -24,7 +24,7 @@ from ..image.reader import Image, Mm, Vma
 from ..image.records import PAGE_SIZE, VM_GROWSDOWN, VmaType
 from ..kernel.ptrace import Injector, _ptrace
 from ..kernel.sys import iovec, libc
-from .files import FileSet, vma_open_mode
+from .files import FileSet
 
 SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
 SYS_pread64 = 17
@@ -163,8 +163,7 @@ class MemoryRestorer:
             if vf["vm_flags"] & VM_GROWSDOWN:
                 flags |= MAP_GROWSDOWN
         elif t in (VmaType.FILE, VmaType.SHARED_FILE):
-            src = self.img.obj(vf["vma_objref"])
-            fd = self.files.map_fd(src.name, vma_open_mode(vf))
+            fd = self.files.vma_fd(vf)
             flags |= MAP_PRIVATE if t is VmaType.FILE else MAP_SHARED
             off = vf["vm_pgoff"] * PAGE_SIZE
         elif t is VmaType.SHARED_ANON:

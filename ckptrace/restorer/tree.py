@@ -85,7 +85,6 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
 
 def map_fds_of(img: Image, t: Task, files: FileSet) -> list[int]:
     """Controller fds the process needs until its memory is mapped (files of its VMAs, exe)."""
-    from .files import vma_open_mode
     from ..image.reader import File
     from ..image.records import VmaType
 
@@ -95,12 +94,11 @@ def map_fds_of(img: Image, t: Task, files: FileSet) -> list[int]:
     out = []
     exe = img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
     if isinstance(exe, File) and exe.name:
-        out.append(files.map_fd(exe.name, os.O_RDONLY))
+        out.append(files.exe_fd(exe))
     for v in mm.vmas:
         vt = v.fields["vma_type"]
         if vt in (VmaType.FILE, VmaType.SHARED_FILE):
-            src = img.obj(v.fields["vma_objref"])
-            out.append(files.map_fd(src.name, vma_open_mode(v.fields)))
+            out.append(files.vma_fd(v.fields))
         elif vt == VmaType.SHARED_ANON:
             out.append(files.shmem[v.fields["vma_objref"]])
     return sorted(set(out))
