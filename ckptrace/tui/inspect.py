@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+from ..errors import UsageError
 from ..image.reader import read_image
 from .source import open_seekable
 from .state import InspectState
@@ -18,8 +21,23 @@ def load(path: str) -> InspectState:
     return InspectState(img, f)
 
 
+def keyboard_from_tty() -> None:
+    """When the image came through stdin, keys must come from the terminal: put /dev/tty on fd 0
+    (as `less` does) so that textual reads the keyboard, not the drained pipe."""
+    if os.isatty(0):
+        return
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        raise UsageError("inspect is interactive: it needs a terminal (no /dev/tty)") from None
+    os.dup2(tty, 0)
+    os.close(tty)
+
+
 def main(args) -> int:
     state = load(args.image)
+    if args.image == "-":
+        keyboard_from_tty()
     from .app import InspectApp  # textual only for this command, never for `ckptrace --help`
 
     try:
