@@ -186,7 +186,15 @@ def diff_images(ia: Image, fa: BinaryIO, ib: Image, fb: BinaryIO, *, path_a: str
         d["vmas"] = diff_mm(ia, fa, ia.obj(q.mm_objref), ib, fb, ib.obj(p.mm_objref))
         d["fds"] = diff_fds(ia, ia.obj(q.files_objref), ib, ib.obj(p.files_objref))
         procs.append(d)
-    return dict(a=image_doc(path_a, ia), b=image_doc(path_b, ib),
+    notes = []
+    init_a = next((e["hostpid"] for e in ia.tree if e["pid"] == 1), None)
+    init_b = next((e["hostpid"] for e in ib.tree if e["pid"] == 1), None)
+    if init_a is not None and init_b is not None and init_a != init_b:
+        # Images carry no namespace id; a different host pid of init means another namespace,
+        # or the same one restored: pids still match, but say so.
+        notes.append(f"pid 1 was host pid {init_a} in A and {init_b} in B: not the same namespace "
+                     f"instance (a restore, or another namespace)")
+    return dict(a=image_doc(path_a, ia), b=image_doc(path_b, ib), notes=notes,
                 tasks=dict(added=[tdoc(tb[t]) for t in sorted(tb.keys() - ta.keys())],
                            gone=[tdoc(ta[t]) for t in sorted(ta.keys() - tb.keys())]),
                 processes=procs)
@@ -211,6 +219,7 @@ def diff_text(d: dict[str, Any]) -> str:
 
     out = [f"--- {d['a']['path']}  {stamp(d['a'])}  {d['a']['tasks']} tasks, {d['a']['pages']} pages",
            f"+++ {d['b']['path']}  {stamp(d['b'])}  {d['b']['tasks']} tasks, {d['b']['pages']} pages"]
+    out += [f"note: {n}" for n in d["notes"]]
     for t in d["tasks"]["added"]:
         out.append(f"+ task {t['tid']} {t['comm']}" + (f" (thread of {t['tgid']})" if t["tid"] != t["tgid"] else ""))
     for t in d["tasks"]["gone"]:

@@ -191,6 +191,28 @@ def test_pages_read_lazily_and_cached():
     assert len(st.cache) == 2
 
 
+def test_app_prompt_takes_letters_that_are_also_keys():
+    """Typing q, g, n into the find prompt types them; it neither quits nor jumps."""
+    from ckptrace.tui.app import InspectApp
+
+    st = synthetic()
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("slash", *"qgn")
+            await pilot.pause()
+            assert app.is_running and " qgn" in screen_text(app)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert st.needle == b"qgn" and "not found" in screen_text(app)
+            await pilot.press("q")
+            await pilot.pause()
+        assert not app.is_running
+
+    asyncio.run(drive())
+
+
 def test_spool_is_private_and_complete():
     r, w = os.pipe()
     payload = os.urandom(300000)

@@ -21,12 +21,6 @@ class Prompt(ModalScreen[str | None]):
     """One line of input at the bottom; Enter returns it, Escape cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
-    DEFAULT_CSS = """
-    Prompt { align: center bottom; }
-    Prompt > Vertical { height: 4; width: 100%; background: $panel; border-top: solid $accent; }
-    Prompt Label { padding: 0 1; }
-    Prompt Input { border: none; height: 1; padding: 0 1; }
-    """
 
     def __init__(self, question: str, placeholder: str = ""):
         super().__init__()
@@ -186,6 +180,11 @@ class InspectApp(App):
     DataTable { height: 1fr; }
     #thread-pane DataTable { height: auto; max-height: 8; }
     #status { height: 1; color: $warning; }
+    Prompt { align: center bottom; }
+    Prompt > Vertical { height: 3; width: 100%; background: $panel; border-top: solid $accent; }
+    Prompt Label { padding: 0 1; }
+    /* App CSS outranks Input's own focus style: a one-line field, no tall border */
+    Prompt Input, Prompt Input:focus { border: none; height: 1; padding: 0 1; }
     """
 
     def __init__(self, state: InspectState, *, name: str = ""):
