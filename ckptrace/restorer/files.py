@@ -12,6 +12,7 @@ pipe) without any bookkeeping in the tasks.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -19,6 +20,7 @@ import resource
 from dataclasses import dataclass, field
 
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
+from ..kernel.sys import syscall
 from ..image.reader import File, FileTable, Image, Mm, Shmem
 from ..image.records import (PAGE_SIZE, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
 
@@ -28,7 +30,10 @@ FMODE_READ, FMODE_WRITE = 0x1, 0x2
 _OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 VM_MAYWRITE = 0x20
 
-SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.MEMFD, FileType.DELETED, FileType.EVENTFD}
+SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
+             FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL}
+SYS_timerfd_create, SYS_timerfd_settime, SYS_signalfd4, SYS_epoll_create1 = 283, 286, 289, 291
+TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
 
 def check_files(img: Image) -> list[str]:
@@ -41,7 +46,7 @@ def check_files(img: Image) -> list[str]:
         if ft not in SUPPORTED and _in_fd_table(img, obj.objref):
             problems.append(f"file object {obj.objref} ({obj.name or '?'}) is a {ft.name}, "
                             "which restore does not support")
-        if ft is FileType.REGULAR and (not obj.name or not os.path.lexists(obj.name)):
+        if ft in (FileType.REGULAR, FileType.FIFO) and (not obj.name or not os.path.lexists(obj.name)):
             problems.append(f"file {obj.name!r} (object {obj.objref}) does not exist")
     return problems
 
@@ -66,6 +71,7 @@ class FileSet:
     mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, O_ mode) -> fd
     shmem: dict[int, int] = field(default_factory=dict)  # SHMEM objref -> memfd
     mapped_data: dict[int, int] = field(default_factory=dict)  # mapped MEMFD/DELETED objref -> memfd
+    holders: list[int] = field(default_factory=list)  # FIFO readers that keep buffers alive meanwhile
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
 
     def place(self, fd: int) -> int:
@@ -110,6 +116,18 @@ class FileSet:
                 return self.place(fd)
             if ft is FileType.PIPE:
                 return self._pipe_end(obj, pipes)
+            if ft is FileType.FIFO:
+                return self._fifo_end(obj, pipes)
+            if ft is FileType.SIGNALFD:
+                rec = _extra(obj, RecType.FILE_SIGNALFD)
+                mask = ctypes.c_uint64(rec.fields["sigmask"] if rec else 0)
+                return self.place(syscall(SYS_signalfd4, -1, ctypes.addressof(mask), 8,
+                                          f["f_flags"] & os.O_NONBLOCK, what="signalfd4"))
+            if ft is FileType.TIMERFD:
+                return self._timerfd(obj)
+            if ft is FileType.EPOLL:
+                # Its interest list names fds of a task's table: each task adds them itself (tree).
+                return self.place(syscall(SYS_epoll_create1, 0, what="epoll_create1"))
             if ft in (FileType.MEMFD, FileType.DELETED):
                 return self._memfd(obj)
             if ft is FileType.EVENTFD:
@@ -146,6 +164,49 @@ class FileSet:
         fl = fcntl.fcntl(end, fcntl.F_GETFL)
         fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return end
+
+    def _fifo_end(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
+        rec = _extra(obj, RecType.FILE_PIPE)
+        pid = rec.fields["pipe_id"] if rec else -obj.objref
+        if pid not in pipes:
+            # O_RDWR on a FIFO never blocks (Linux): it holds the FIFO open while the real ends
+            # are opened non-blocking (a writer alone would get ENXIO) and takes the old bytes.
+            holder = os.open(obj.name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.holders.append(holder)
+            pipes[pid] = (-1, -1)
+            if rec is not None and rec.fields["pipe_size"]:
+                try:
+                    fcntl.fcntl(holder, F_SETPIPE_SZ, rec.fields["pipe_size"])
+                except OSError:
+                    pass
+            data = bytes(rec.payload or b"")[:rec.fields["buffered"]] if rec else b""
+            if data:
+                os.write(holder, data)
+        end = os.open(obj.name, (obj.fields["f_flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
+        fl = fcntl.fcntl(end, fcntl.F_GETFL)
+        fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
+        return self.place(end)
+
+    def _timerfd(self, obj: File) -> int:
+        rec = _extra(obj, RecType.FILE_TIMERFD)
+        if rec is None:
+            raise Unsupported(f"timerfd object {obj.objref} has no FILE_TIMERFD record")
+        t = rec.fields
+        fd = syscall(SYS_timerfd_create, t["clockid"], obj.fields["f_flags"] & os.O_NONBLOCK,
+                     what="timerfd_create")
+        fd = self.place(fd)
+        # fdinfo shows the time left, so re-arm relative to now whatever the original flags.
+        spec = (ctypes.c_int64 * 4)(t["interval_sec"], t["interval_nsec"], t["value_sec"], t["value_nsec"])
+        if t["value_sec"] or t["value_nsec"]:
+            syscall(SYS_timerfd_settime, fd, 0, ctypes.addressof(spec), 0, what="timerfd_settime")
+        if t["ticks"]:
+            ticks = ctypes.c_uint64(t["ticks"])
+            try:
+                fcntl.ioctl(fd, TFD_IOC_SET_TICKS, bytes(ticks))
+            except OSError:
+                raise Unsupported(f"timerfd object {obj.objref} has {t['ticks']} unread expirations "
+                                  "and this kernel cannot set them (TFD_IOC_SET_TICKS)") from None
+        return fd
 
     def _memfd(self, obj: File) -> int:
         name = os.path.basename(obj.name or "restored").removeprefix("memfd:")[:200] or "restored"
@@ -219,6 +280,13 @@ class FileSet:
         self.mapped.clear()
         self.shmem.clear()
         self.mapped_data.clear()
+        for fd in self.holders:
+            os.close(fd)
+        self.holders.clear()
+
+
+def _extra(obj: File, t: RecType):
+    return next((r for r in obj.extra if r.type == t), None)
 
 
 def vma_open_mode(vf: dict) -> int:

@@ -14,7 +14,9 @@ registers and credentials come later by injection (see memory, threads, creds).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import struct
 import resource
 import signal
 import time
@@ -29,6 +31,7 @@ from .files import FileSet
 CLONE_NEWPID = 0x20000000
 RLIM_NLIMITS = 16
 PR_SET_PDEATHSIG = 1
+EPOLL_CTL_ADD = 1
 CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
 
 
@@ -51,12 +54,14 @@ class ProcPlan:
     cwd: str = "/"
     root: str = "/"
     children: list["ProcPlan"] = field(default_factory=list)
+    epoll: list[tuple[int, int, int, int]] = field(default_factory=list)  # (epfd, tfd, events, data)
 
 
 def plan(img: Image, files: FileSet) -> ProcPlan:
     """The tree of ProcPlans, rooted at the namespace's init (pid 1)."""
     plans: dict[int, ProcPlan] = {}
     root: ProcPlan | None = None
+    claimed: set[int] = set()
     for e in img.tree:
         if e["pid"] != e["tgid"]:
             continue
@@ -70,6 +75,8 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
             p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
                      for d in table.fds]
         p.keep = map_fds_of(img, t, files) + files.extra
+        if isinstance(table, FileTable):
+            p.epoll = _epoll_entries(img, table, claimed)
         plans[p.pid] = p
         if p.pid == 1:
             root = p
@@ -81,6 +88,26 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
     if root is None:
         raise Unsupported("the image has no pid 1: restore recreates whole namespaces only")
     return root
+
+
+def _epoll_entries(img: Image, table: FileTable, claimed: set[int]) -> list[tuple[int, int, int, int]]:
+    """The interest lists of epoll files in this table not yet claimed by an earlier process.
+    The dump names targets by fd number in the first table it met the epoll in: that table's
+    process (first in TREE order) registers them, with its own numbers."""
+    from ..image.reader import File
+    from ..image.records import FileType, RecType
+
+    out = []
+    for d in table.fds:
+        f = img.obj(d["fd_objref"])
+        if not isinstance(f, File) or f.ftype != FileType.EPOLL or f.objref in claimed:
+            continue
+        claimed.add(f.objref)
+        for r in f.extra:
+            if r.type == RecType.FILE_EPOLL:
+                out += [(d["fd_descriptor"], e["tfd"], e["events"], e["data"])
+                        for e in r.rtype.decode_entries(r.payload)]
+    return out
 
 
 def map_fds_of(img: Image, t: Task, files: FileSet) -> list[int]:
@@ -157,6 +184,8 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     # below it, so this only matters for the controller's own low fds, which are not sources).
     for src, fd, cloexec in p.fds:
         os.dup2(src, fd, inheritable=not cloexec)
+    for epfd, tfd, events, data in p.epoll:
+        _epoll_add(epfd, tfd, events, data)
     keep = targets | set(p.keep) | {report_fd}
     for fd in _open_fds():
         if fd not in keep:
@@ -190,6 +219,15 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     # The controller closes report_fd (and the map fds) by injection once it has seized us.
     while True:
         time.sleep(3600)
+
+
+def _epoll_add(epfd: int, tfd: int, events: int, data: int) -> None:  # pragma: no cover - forked
+    ev = ctypes.create_string_buffer(struct.pack("<IQ", events, data))  # packed epoll_event
+    ctypes.set_errno(0)
+    if libc.epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, ev) < 0:
+        err = ctypes.get_errno()
+        if err != errno.EEXIST:
+            raise OSError(err, f"epoll_ctl(ADD fd {tfd} to epoll fd {epfd}): {os.strerror(err)}")
 
 
 def _open_fds() -> list[int]:
