@@ -17,7 +17,7 @@ from typing import BinaryIO
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, Task, Vma
 from ..image.records import (FILE_NAMES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES, RLIMIT_NAMES,
-                             VMA_NAMES, FileType, RecType, flag_names)
+                             VMA_NAMES, RecType, flag_names)
 from ..image.render import human, prot_str, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
@@ -471,4 +471,4 @@ def syscall_state(t: Task) -> str:
     return f"syscall {nr}"
 
 
-__all__ = ["InspectState", "format_row", "parse_address", "parse_needle", "process_tree", "FileType"]
+__all__ = ["InspectState", "format_row", "parse_address", "parse_needle", "process_tree"]
