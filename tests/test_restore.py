@@ -343,9 +343,9 @@ def test_failure_midway_kills_what_was_made(pidns, refwork, tmp_path, monkeypatc
 
 
 def test_unsupported_file_kind_is_named_and_nothing_created(pidns, tmp_path):
-    """A socket cannot be restored yet: the refusal names it, and no namespace appears."""
+    """inotify cannot be restored yet: the refusal names it, and no namespace appears."""
     ready = tmp_path / "ready"
-    code = ("import socket, time; a, b = socket.socketpair(); "
+    code = ("import ctypes, time; fd = ctypes.CDLL(None).inotify_init(); "
             f"open({str(ready)!r}, 'w').close(); time.sleep(60)")
     w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -355,7 +355,7 @@ def test_unsupported_file_kind_is_named_and_nothing_created(pidns, tmp_path):
     nss = pidns_inodes()
     r = ckptrace("restore", img)
     assert r.returncode != 0
-    assert b"UNIX_SOCKET" in r.stderr and b"does not support" in r.stderr, r.stderr
+    assert b"INOTIFY" in r.stderr and b"does not support" in r.stderr, r.stderr
     assert pidns_inodes() - nss == set()
 
 
@@ -417,7 +417,7 @@ def fdkinds(tmp_path_factory) -> str:
     return out
 
 
-def test_eventfd_signalfd_timerfd_epoll_fifo_come_back(pidns, fdkinds, tmp_path, restored):
+def test_eventfd_signalfd_timerfd_epoll_fifo_sockets_come_back(pidns, fdkinds, tmp_path, restored):
     w = pidns([fdkinds, str(tmp_path)], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.25)
@@ -445,7 +445,14 @@ def test_eventfd_signalfd_timerfd_epoll_fifo_come_back(pidns, fdkinds, tmp_path,
     while b"go " not in log.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.05)
     go = [x for x in log.read_text().splitlines() if x.startswith("go ")]
-    assert go == [f"go ev=5 fifo=hello sig={int(signal.SIGUSR2)}"]
+    assert go == [f"go ev=5 fifo=hello sig={int(signal.SIGUSR2)} pair=ping"]
+    # The unix listener is bound and listening again, its accepts driven by the restored epoll.
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(3)
+        c.connect(str(tmp_path / "sock"))
+        assert c.recv(16) == b"hi"
 
 
 def _in_ns(pid: int, ns: int) -> bool:

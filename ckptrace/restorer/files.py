@@ -31,7 +31,11 @@ _OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 VM_MAYWRITE = 0x20
 
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
-             FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL}
+             FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL,
+             FileType.UNIX_SOCKET}
+AF_UNIX = 1
+TCP_LISTEN = 10
+SOCKADDR_LEN = 128
 SYS_timerfd_create, SYS_timerfd_settime, SYS_signalfd4, SYS_epoll_create1 = 283, 286, 289, 291
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
@@ -72,6 +76,7 @@ class FileSet:
     shmem: dict[int, int] = field(default_factory=dict)  # SHMEM objref -> memfd
     mapped_data: dict[int, int] = field(default_factory=dict)  # mapped MEMFD/DELETED objref -> memfd
     holders: list[int] = field(default_factory=list)  # FIFO readers that keep buffers alive meanwhile
+    socket_pairs: dict[tuple[int, int], dict[int, int]] = field(default_factory=dict)
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
 
     def place(self, fd: int) -> int:
@@ -125,6 +130,8 @@ class FileSet:
                                           f["f_flags"] & os.O_NONBLOCK, what="signalfd4"))
             if ft is FileType.TIMERFD:
                 return self._timerfd(obj)
+            if ft is FileType.UNIX_SOCKET:
+                return self._unix_socket(obj)
             if ft is FileType.EPOLL:
                 # Its interest list names fds of a task's table: each task adds them itself (tree).
                 return self.place(syscall(SYS_epoll_create1, 0, what="epoll_create1"))
@@ -186,6 +193,56 @@ class FileSet:
         fl = fcntl.fcntl(end, fcntl.F_GETFL)
         fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(end)
+
+    def _unix_socket(self, obj: File) -> int:
+        """Connected ends whose peer is in the image come back as a socketpair (an accepted
+        connection too: both ends then lose their names); listeners are bound again (a stale
+        socket file at the path is removed first) and listen; others are created, bound if they
+        were. Queued data is not in the image and is not restored."""
+        import socket
+
+        rec = _extra(obj, RecType.FILE_SOCKET)
+        if rec is None or rec.fields["family"] != AF_UNIX:
+            raise Unsupported(f"socket object {obj.objref} is not a unix socket")
+        f = rec.fields
+        local = bytes(rec.payload or b"")[:SOCKADDR_LEN]
+        nonblock = obj.fields["f_flags"] & os.O_NONBLOCK
+        if f["peer_ino"]:
+            if f["peer_ino"] not in self._socket_inos():
+                raise Unsupported(f"unix socket object {obj.objref} is connected to socket:[{f['peer_ino']}], "
+                                  "which is outside the image")
+            key = tuple(sorted((f["ino"], f["peer_ino"])))
+            if key not in self.socket_pairs:
+                a, b = socket.socketpair(socket.AF_UNIX, f["type"])
+                self.socket_pairs[key] = {key[0]: a.detach(), key[1]: b.detach()}
+            fd = self.socket_pairs[key].pop(f["ino"], None)
+            if fd is None:
+                raise Unsupported(f"unix socket:[{f['ino']}] appears twice in the image")
+        else:
+            s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
+            path = _sun_path(local)
+            if path:
+                if path[0] != 0 and os.path.exists(path):
+                    import stat
+
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.unlink(path)  # the dead original's socket file
+                s.bind(path.decode("utf-8", "surrogateescape") if path[0] != 0 else path)
+            if f["state"] == TCP_LISTEN:
+                s.listen(f["backlog"] or 128)
+            fd = s.detach()
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | nonblock)
+        return self.place(fd)
+
+    def _socket_inos(self) -> set[int]:
+        out = set()
+        for o in self.img.objects.values():
+            if isinstance(o, File) and o.ftype == FileType.UNIX_SOCKET and _in_fd_table(self.img, o.objref):
+                r = _extra(o, RecType.FILE_SOCKET)
+                if r is not None:
+                    out.add(r.fields["ino"])
+        return out
 
     def _timerfd(self, obj: File) -> int:
         rec = _extra(obj, RecType.FILE_TIMERFD)
@@ -280,9 +337,21 @@ class FileSet:
         self.mapped.clear()
         self.shmem.clear()
         self.mapped_data.clear()
-        for fd in self.holders:
+        for fd in self.holders + [fd for pair in self.socket_pairs.values() for fd in pair.values()]:
             os.close(fd)
         self.holders.clear()
+        self.socket_pairs.clear()
+
+
+def _sun_path(sockaddr: bytes) -> bytes:
+    """sun_path of a struct sockaddr_un as the kernel returned it: b"" when unnamed, leading NUL
+    for an abstract name (kept whole), else the path up to its NUL."""
+    path = sockaddr[2:110]
+    if not path.strip(b"\0"):
+        return b""
+    if path[0] == 0:
+        return path.rstrip(b"\0")
+    return path.split(b"\0", 1)[0]
 
 
 def _extra(obj: File, t: RecType):

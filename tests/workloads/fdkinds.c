@@ -4,9 +4,11 @@
  *
  * pid 1 only waits; pid 2 holds an eventfd (counter 5), a signalfd for SIGUSR2 (blocked), a
  * 100 ms interval timerfd, a FIFO DIR/fifo open at both ends with "hello" buffered, and an
- * epoll watching the timerfd and the signalfd. Its loop waits on the epoll and appends to
- * DIR/fd.log: "timer N" as expirations add up, and once DIR/go exists and a SIGUSR2 came
- * through the signalfd: "go ev=<eventfd counter> fifo=<bytes read from the FIFO> sig=<signo>".
+ * unix socketpair, a unix stream listener at DIR/sock, and an epoll watching the timerfd, the
+ * signalfd and the listener. Its loop waits on the epoll and appends to DIR/fd.log: "timer N"
+ * as expirations add up; for each connection to DIR/sock it writes "hi" to it and closes it;
+ * once DIR/go exists and a SIGUSR2 came through the signalfd: "go ev=<eventfd counter>
+ * fifo=<bytes read from the FIFO> sig=<signo> pair=<what went through the socketpair>".
  * DIR/ready appears when everything is set up.
  */
 #define _GNU_SOURCE
@@ -18,7 +20,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -47,11 +51,21 @@ int main(int argc, char **argv)
     int fw = open(fifo, O_WRONLY);
     if (write(fw, "hello", 5) != 5)
         return 1;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+        return 1;
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s/sock", argv[1]);
+    int lsn = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (bind(lsn, (struct sockaddr *)&sun, sizeof sun) < 0 || listen(lsn, 8) < 0)
+        return 1;
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1};
     epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
     ev.data.u64 = 2;
     epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev);
+    ev.data.u64 = 3;
+    epoll_ctl(ep, EPOLL_CTL_ADD, lsn, &ev);
     snprintf(path, sizeof path, "%s/fd.log", argv[1]);
     int log = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     snprintf(path, sizeof path, "%s/ready", argv[1]);
@@ -69,6 +83,13 @@ int main(int argc, char **argv)
                     timer += ticks;
                     dprintf(log, "timer %ld\n", timer);
                 }
+            } else if (out[i].data.u64 == 3) {
+                int c = accept(lsn, NULL, NULL);
+                if (c >= 0) {
+                    if (write(c, "hi", 2) != 2)
+                        dprintf(log, "accept write failed\n");
+                    close(c);
+                }
             } else if (out[i].data.u64 == 2) {
                 struct signalfd_siginfo si;
                 if (read(sfd, &si, sizeof si) == sizeof si)
@@ -82,7 +103,10 @@ int main(int argc, char **argv)
                 count = 0;
             ssize_t got = read(fr, buf, sizeof buf - 1);
             buf[got > 0 ? got : 0] = 0;
-            dprintf(log, "go ev=%llu fifo=%s sig=%d\n", (unsigned long long)count, buf, sig);
+            char pair[8] = "";
+            if (write(sv[0], "ping", 4) == 4 && read(sv[1], pair, 4) == 4)
+                pair[4] = 0;
+            dprintf(log, "go ev=%llu fifo=%s sig=%d pair=%s\n", (unsigned long long)count, buf, sig, pair);
             sig = 0;
         }
     }
