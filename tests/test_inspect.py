@@ -23,14 +23,17 @@ MARKER = b"CKPTRACE-MARKER-0123456789"
 MARK_PAGE, MARK_OFF = 5, 0x123
 PAGES = 16
 CHANGED_PAGES = (2, 3, 4, 9)  # what the workload rewrites on SIGUSR1
+SHARED_MARK = b"WRITTEN-BY-THE-CHILD-INTO-SHARED"
 
 # pid 1 forks a child that maps PAGES private anonymous pages, fills page i with 0x40+i, puts
-# MARKER in page MARK_PAGE, starts a second thread and reports "base hostless-pid" in a file.
+# MARKER in page MARK_PAGE, writes SHARED_MARK into page 1 of a MAP_SHARED anonymous region made
+# before the fork, starts a second thread and reports "base nspid shared-base" in a file.
 # On SIGUSR1 the child rewrites CHANGED_PAGES with 0xC0+i and opens OUT.log (a new fd).
 WORKLOAD = f"""
 import ctypes, mmap, os, signal, sys, threading, time
 out = sys.argv[1]
 r, w = os.pipe()
+sh = mmap.mmap(-1, 2 * 4096)
 if os.fork() == 0:
     os.close(w)
     m = mmap.mmap(-1, {PAGES} * 4096, flags=mmap.MAP_PRIVATE)
@@ -39,6 +42,8 @@ if os.fork() == 0:
         m[i * 4096:(i + 1) * 4096] = bytes([0x40 + i]) * 4096
     off = {MARK_PAGE} * 4096 + {MARK_OFF}
     m[off:off + {len(MARKER)}] = {MARKER!r}
+    sh[4096:4096 + {len(SHARED_MARK)}] = {SHARED_MARK!r}
+    shbase = ctypes.addressof(ctypes.c_char.from_buffer(sh))
     def usr1(sig, frame):
         for i in {CHANGED_PAGES!r}:
             m[i * 4096:(i + 1) * 4096] = bytes([0xC0 + i]) * 4096
@@ -49,7 +54,7 @@ if os.fork() == 0:
     signal.signal(signal.SIGUSR1, usr1)
     threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
     with open(out + ".tmp", "w") as f:
-        f.write("%x %d" % (base, os.getpid()))
+        f.write("%x %d %x" % (base, os.getpid(), shbase))
     os.rename(out + ".tmp", out)
     while True:
         time.sleep(3600)
@@ -68,6 +73,7 @@ class Workload:
         text = open(self.ready).read().split()
         self.base = int(text[0], 16)
         self.child_nspid = int(text[1])
+        self.shared = int(text[2], 16)
         self.child_host = next(p for p in self.ns.pids() if _nspid(p) == self.child_nspid)
 
     def dump(self, path: str) -> str:
@@ -378,3 +384,12 @@ def test_open_reads_only_the_index(pidns, tmp_path):
         st.rows = 20
         assert st.hex_lines()[0] == format_row(w.base, b"\x40" * 16)
         assert f.total - before == PAGE_SIZE
+        # The shared segment's pages are stored once, after the first VMA naming it (pid 1's);
+        # the child's VMA of it shows them too, at its own address.
+        for pid in (1, w.child_nspid):
+            st.select(pid)
+            v = st.vma_at(w.shared)
+            assert v is not None and v.fields["vma_type"] == 4  # SHARED_ANON
+            st.goto(w.shared + PAGE_SIZE)
+            assert st.hex_lines()[0] == format_row(w.shared + PAGE_SIZE, SHARED_MARK[:16]), pid
+            assert st.stored_pages(v) >= 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import ImageError
-from ..image.reader import File, FileTable, Image, Mm, Task, Vma
+from ..image.reader import File, FileTable, Image, Mm, PageRun, Shmem, Task, Vma
 from ..image.records import (FILE_NAMES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES, RLIMIT_NAMES,
                              VMA_NAMES, RecType, flag_names)
 from ..image.render import human, prot_str, vma_label
@@ -107,6 +107,14 @@ class InspectState:
         self.needle: bytes | None = None
         self.message = ""
         self._ends = self._fd_index()
+        self._shmem_owner: dict[int, Vma] = {}  # SHMEM objref -> the VMA its pages follow
+        for o in img.objects.values():
+            if isinstance(o, Mm):
+                for v in o.vmas:
+                    ref = v.fields["vma_objref"]
+                    if ref and v.runs and isinstance(img.obj(ref), Shmem):
+                        self._shmem_owner.setdefault(ref, v)
+        self._runs: dict[int, list[PageRun]] = {}
 
     # -- processes -----------------------------------------------------------------------------
     @property
@@ -135,7 +143,32 @@ class InspectState:
                 f"{len(self.img.tasks)} tasks · {human(self.img.size)}")
 
     def vma_rows(self) -> list[tuple[str, ...]]:
-        return [vma_row(self.img, v) for v in self.mm.vmas]
+        return [vma_row(self.img, v, self.stored_pages(v)) for v in self.mm.vmas]
+
+    def runs_of(self, vma: Vma) -> list[PageRun]:
+        """The stored pages of `vma`. A shared anonymous segment's pages are stored once, after
+        the first VMA naming it: other VMAs of the segment see them at their own addresses."""
+        if vma.runs:
+            return vma.runs
+        cached = self._runs.get(id(vma))
+        if cached is not None:
+            return cached
+        out: list[PageRun] = []
+        owner = self._shmem_owner.get(vma.fields["vma_objref"])
+        if owner is not None:
+            # Same segment offset <-> same data: shift by the difference of (start - pgoff).
+            delta = (vma.start - vma.fields["vm_pgoff"] * PAGE_SIZE) - \
+                (owner.start - owner.fields["vm_pgoff"] * PAGE_SIZE)
+            for r in owner.runs:
+                s, e = r.vaddr + delta, r.vaddr + delta + r.npages * PAGE_SIZE
+                lo, hi = max(s, vma.start), min(e, vma.end)
+                if lo < hi:
+                    out.append(PageRun(lo, (hi - lo) // PAGE_SIZE, r.offset + (lo - s)))
+        self._runs[id(vma)] = out
+        return out
+
+    def stored_pages(self, vma: Vma) -> int:
+        return sum(r.npages for r in self.runs_of(vma))
 
     def fd_rows(self) -> list[tuple[str, ...]]:
         table = self.img.obj(self.process.files_objref)
@@ -245,7 +278,7 @@ class InspectState:
     def page(self, vma: Vma, addr: int) -> bytes | None:
         """The page holding `addr` as the image stores it, or None when the image has no copy."""
         base = addr - addr % PAGE_SIZE
-        for run in vma.runs:
+        for run in self.runs_of(vma):
             if run.vaddr <= base < run.vaddr + run.npages * PAGE_SIZE:
                 return self._read(run.offset + (base - run.vaddr))
         return None
@@ -283,7 +316,7 @@ class InspectState:
         assert v is not None
         label = vma_label(self.img, v) or VMA_NAMES.get(v.fields["vma_type"], "")
         return (f"{v.start:x}-{v.end:x} {prot_str(v.fields['vm_page_prot'], v.fields['vm_flags'])} "
-                f"{label} · {v.npages}/{(v.end - v.start) // PAGE_SIZE} pages in image")
+                f"{label} · {self.stored_pages(v)}/{(v.end - v.start) // PAGE_SIZE} pages in image")
 
     def hex_rows(self) -> list[tuple[int, bytes | None]]:
         v = self.vma
@@ -377,7 +410,7 @@ class InspectState:
         joined so that a match may straddle page boundaries; read a page at a time."""
         seg_addr, buf = None, bytearray()
         for v in self.mm.vmas:
-            for run in v.runs:
+            for run in self.runs_of(v):
                 for k in range(run.npages):
                     a = run.vaddr + k * PAGE_SIZE
                     if a + PAGE_SIZE <= lo or a >= hi:
@@ -426,11 +459,11 @@ def process_tree(img: Image) -> list[tuple[int, Task]]:
     return out
 
 
-def vma_row(img: Image, v: Vma) -> tuple[str, ...]:
+def vma_row(img: Image, v: Vma, stored: int) -> tuple[str, ...]:
     return (f"{v.start:x}-{v.end:x}", human(v.end - v.start),
             prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
             VMA_NAMES.get(v.fields["vma_type"], str(v.fields["vma_type"])),
-            str(v.npages), vma_label(img, v))
+            str(stored), vma_label(img, v))
 
 
 def open_flags(flags: int, desc: dict) -> str:
