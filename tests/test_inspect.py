@@ -393,3 +393,51 @@ def test_open_reads_only_the_index(pidns, tmp_path):
             st.goto(w.shared + PAGE_SIZE)
             assert st.hex_lines()[0] == format_row(w.shared + PAGE_SIZE, SHARED_MARK[:16]), pid
             assert st.stored_pages(v) >= 1
+
+
+SOCKETS = """
+import json, socket, sys, time
+a, b = socket.socketpair()
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen()
+c = socket.create_connection(l.getsockname())
+s, _ = l.accept()
+u = socket.socket(socket.AF_UNIX)
+u.bind(sys.argv[1] + ".sock")
+u.listen()
+doc = dict(a=a.fileno(), b=b.fileno(), l=l.fileno(), c=c.fileno(), s=s.fileno(), u=u.fileno(),
+           port=l.getsockname()[1], cport=c.getsockname()[1])
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump(doc, f)
+import os
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(3600)
+"""
+
+
+@pytest.mark.kernel
+def test_fd_pane_names_socket_peers(pidns, tmp_path):
+    import json
+
+    script = tmp_path / "sockets.py"
+    script.write_text(SOCKETS)
+    ready = str(tmp_path / "ready")
+    ns = pidns(["python3", str(script), ready], ready_file=ready)
+    fds = json.load(open(ready))
+    path = str(tmp_path / "s.img")
+    r = subprocess.run([sys.executable, "-m", "ckptrace", "dump", "--pidns", str(ns.ns), "-o", path, "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ns.kill()
+    from ckptrace.tui.inspect import load
+
+    st = load(path)
+    rows = {int(r[0]): r for r in st.fd_rows()}
+    st.f.close()
+    assert rows[fds["a"]][1:3] == ("UNIX_SOCKET", f"socket ↔ 1:{fds['b']}")
+    assert rows[fds["b"]][2] == f"socket ↔ 1:{fds['a']}"
+    assert rows[fds["l"]][1:3] == ("INET_SOCKET", f"127.0.0.1:{fds['port']} (listening)")
+    assert rows[fds["c"]][2] == f"127.0.0.1:{fds['cport']} → 127.0.0.1:{fds['port']}"
+    assert rows[fds["s"]][2] == f"127.0.0.1:{fds['port']} → 127.0.0.1:{fds['cport']}"
+    assert rows[fds["u"]][2] == f"{ready}.sock (listening)"

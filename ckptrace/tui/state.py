@@ -29,6 +29,7 @@ SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000:
                  0x08000000: "ONSTACK", 0x10000000: "RESTART", 0x40000000: "NODEFER",
                  0x80000000: "RESETHAND"}
 RLIM_INFINITY = 2 ** 64 - 1
+TCP_LISTEN = 10
 
 
 def signame(n: int) -> str:
@@ -192,6 +193,8 @@ class InspectState:
         if RecType.FILE_SOCKET in extra:
             s = extra[RecType.FILE_SOCKET]
             name = socket_name(s.fields["family"], bytes(s.payload or b"")) or f.name or "socket"
+            if s.fields["state"] == TCP_LISTEN:  # sock_diag reports unix listeners with it too
+                return f"{name} (listening)"
             peer = [e for e in self._ends.get(("sock", s.fields["peer_ino"]), [])] if s.fields["peer_ino"] else []
             if peer:
                 return f"{name} ↔ {peer[0][0]}:{peer[0][2]}"
