@@ -261,6 +261,9 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
     path = w.dump(str(tmp_path / "ns.img"))
     host_maps = maps_ranges(w.child_host)
     host_threads = len(os.listdir(f"/proc/{w.child_host}/task"))
+    # What each thread is blocked in, per /proc (the dump stops them where they sleep).
+    host_calls = sorted(int(open(f"/proc/{w.child_host}/task/{t}/syscall").read().split()[0])
+                        for t in os.listdir(f"/proc/{w.child_host}/task"))
     pipe_inode = next(os.readlink(f"/proc/{w.child_host}/fd/{fd}") for fd in
                       os.listdir(f"/proc/{w.child_host}/fd")
                       if os.readlink(f"/proc/{w.child_host}/fd/{fd}").startswith("pipe:"))
@@ -296,6 +299,10 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
             assert sum(1 for t in st.img.threads_of(w.child_nspid)) == host_threads == 2
             for tid, *_ in st.thread_rows():
                 assert tid in text
+            from ckptrace.tui.state import BLOCKING_SYSCALLS
+
+            assert sorted(r[2] for r in st.thread_rows()) == sorted(BLOCKING_SYSCALLS[n] for n in host_calls)
+            assert "clock_nanosleep" in text
             # FDs tab: the pipe to pid 1 with its inode.
             await pilot.press("f")
             await pilot.pause()

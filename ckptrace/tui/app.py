@@ -219,7 +219,7 @@ class InspectApp(App):
     def on_mount(self) -> None:
         self.query_one("#vma-table", DataTable).add_columns("range", "size", "prot", "type", "pages", "file")
         self.query_one("#fd-table", DataTable).add_columns("fd", "kind", "path / peer", "flags", "offset")
-        self.query_one("#thread-table", DataTable).add_columns("tid", "comm", "rip", "rsp", "in")
+        self.query_one("#thread-table", DataTable).add_columns("tid", "comm", "stopped in", "rip", "rsp")
         self.show_process()
         self.query_one("#procs", OptionList).highlighted = 0
         self.query_one("#procs", OptionList).focus()

@@ -222,8 +222,8 @@ class InspectState:
         return out
 
     def thread_rows(self) -> list[tuple[str, ...]]:
-        return [(str(t.tid), t.comm, f"{t.regs['rip']:#x}", f"{t.regs['rsp']:#x}",
-                 syscall_state(t)) for t in self.img.threads_of(self.pid)]
+        return [(str(t.tid), t.comm, syscall_state(t), f"{t.regs['rip']:#x}", f"{t.regs['rsp']:#x}")
+                for t in self.img.threads_of(self.pid)]
 
     def registers(self, tid: int) -> str:
         t = self.img.task(tid)
@@ -499,12 +499,20 @@ def socket_name(family: int, addr: bytes) -> str:
     return ""
 
 
+# x86_64 numbers of the calls a stopped process usually sits in (the rest show as a number).
+BLOCKING_SYSCALLS = {0: "read", 1: "write", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep",
+                     42: "connect", 43: "accept", 44: "sendto", 45: "recvfrom", 61: "wait4",
+                     128: "rt_sigtimedwait", 130: "rt_sigsuspend", 202: "futex", 230: "clock_nanosleep",
+                     232: "epoll_wait", 247: "waitid", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait",
+                     288: "accept4", 441: "epoll_pwait2"}
+
+
 def syscall_state(t: Task) -> str:
     """In which system call the thread was stopped (orig_rax; -1 when in user code)."""
     nr = t.regs["orig_rax"]
     if nr >= 1 << 63:
         return "user"
-    return f"syscall {nr}"
+    return BLOCKING_SYSCALLS.get(nr, f"syscall {nr}")
 
 
 __all__ = ["InspectState", "format_row", "parse_address", "parse_needle", "process_tree"]
