@@ -144,7 +144,10 @@ def test_state_tree_pages_and_search():
     assert [(d, t.tid) for d, t in st.tree_rows] == [(0, 1), (1, 3)]
     st.select(1)
     heap = st.vma_rows()[1]
-    assert heap[0] == "600000-621000" and heap[2] == "rw-p" and heap[4] == "4"
+    assert heap == ("600000-621000", "132K", "rw-p", "4", "[heap]")
+    assert st.vma_rows()[0][4] == "sample"  # /usr/bin/sample: the file's name in the table
+    st.open_vma(0)
+    assert "/usr/bin/sample" in st.hex_title()
     st.rows = 4
     st.open_vma(1)
     assert st.hex_lines()[0].startswith("000000600000  01 01")
@@ -260,6 +263,8 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
     w = Workload(pidns, tmp_path)
     path = w.dump(str(tmp_path / "ns.img"))
     host_maps = maps_ranges(w.child_host)
+    with open(f"/proc/{w.child_host}/maps") as maps:
+        heap_line = next(line for line in maps if line.rstrip().endswith("[heap]"))
     host_threads = len(os.listdir(f"/proc/{w.child_host}/task"))
     # What each thread is blocked in, per /proc (the dump stops them where they sleep).
     host_calls = sorted(int(open(f"/proc/{w.child_host}/task/{t}/syscall").read().split()[0])
@@ -288,6 +293,11 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
             await pilot.press(*["down"] * row[0])
             await pilot.pause()
             assert st.pid == w.child_nspid
+            # The heap right after the executable's mappings, named as /proc names it (and not
+            # swallowed as markup).
+            assert "[heap]" in screen_text(app)
+            heap = next(r for r in st.vma_rows() if r[4] == "[heap]")
+            assert heap_line.split()[0] == heap[0]
             vmas = st.mm.vmas
             idx = next(i for i, v in enumerate(vmas) if v.start <= w.base < v.end)
             v = vmas[idx]
@@ -313,7 +323,7 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
             await pilot.press(*["down"] * idx, "enter")
             await pilot.pause()
             text = screen_text(app)
-            assert text.splitlines()[0].startswith(f"{v.start:x}-{v.end:x} rw-p")
+            assert text.splitlines()[0].startswith(f"{v.start:x}-{v.end:x} rw-p anon")
             first_line = text.splitlines()[1]
             assert first_line.startswith(f"{v.start:012x}")
             # Jump to the marker: the first line is its row, bytes and ASCII show it.

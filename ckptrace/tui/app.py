@@ -175,7 +175,7 @@ class InspectApp(App):
     ]
     CSS = """
     #head { height: 1; background: $primary; color: $text; }
-    #procs { width: 20; height: 1fr; border: none; border-right: solid $primary-darken-2; }
+    #procs { width: 18; height: 1fr; border: none; border-right: solid $primary-darken-2; }
     #tabs { width: 1fr; }
     DataTable { height: 1fr; }
     #thread-pane DataTable { height: auto; max-height: 8; }
@@ -196,7 +196,7 @@ class InspectApp(App):
         st = self.state
         yield Static(Text(st.header_line(), no_wrap=True, overflow="ellipsis"), id="head")
         with Horizontal():
-            options = [Option(f"{'  ' * d}{t.tid} {t.comm}", id=str(t.tid)) for d, t in st.tree_rows]
+            options = [Option(Text(f"{'  ' * d}{t.tid} {t.comm}"), id=str(t.tid)) for d, t in st.tree_rows]
             yield OptionList(*options, id="procs")
             with TabbedContent(id="tabs", initial="vmas"):
                 with TabPane("VMAs", id="vmas"):
@@ -217,7 +217,7 @@ class InspectApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#vma-table", DataTable).add_columns("range", "size", "prot", "type", "pages", "file")
+        self.query_one("#vma-table", DataTable).add_columns("range", "size", "prot", "pages", "file or kind")
         self.query_one("#fd-table", DataTable).add_columns("fd", "kind", "path / peer", "flags", "offset")
         self.query_one("#thread-table", DataTable).add_columns("tid", "comm", "stopped in", "rip", "rsp")
         self.show_process()
@@ -231,8 +231,9 @@ class InspectApp(App):
             table = self.query_one(table_id, DataTable)
             table.clear()
             for i, row in enumerate(rows):
-                table.add_row(*row, key=str(i))
-        self.query_one("#regs", Static).update(st.registers(st.pid))
+                # Text, not str: a "[heap]" cell or a comm with brackets is not markup.
+                table.add_row(*(Text(c) for c in row), key=str(i))
+        self.query_one("#regs", Static).update(Text(st.registers(st.pid)))
         self.query_one("#sig-text", Static).update(Text(st.signals_text()))
         self.query_one("#cred-text", Static).update(Text(st.creds_text()))
         self.set_status("")
@@ -260,7 +261,7 @@ class InspectApp(App):
         if event.data_table.id == "thread-table":
             threads = self.state.thread_rows()
             if 0 <= event.cursor_row < len(threads):
-                self.query_one("#regs", Static).update(self.state.registers(int(threads[event.cursor_row][0])))
+                self.query_one("#regs", Static).update(Text(self.state.registers(int(threads[event.cursor_row][0]))))
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab

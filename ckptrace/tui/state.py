@@ -144,7 +144,24 @@ class InspectState:
                 f"{len(self.img.tasks)} tasks · {human(self.img.size)}")
 
     def vma_rows(self) -> list[tuple[str, ...]]:
-        return [vma_row(self.img, v, self.stored_pages(v)) for v in self.mm.vmas]
+        """range, size, prot, stored pages, what: sized so that all five fit beside the tree
+        in 80 columns (the full path is in the hex screen's title)."""
+        return [(f"{v.start:x}-{v.end:x}", short_size(v.end - v.start),
+                 prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]), str(self.stored_pages(v)),
+                 self.vma_what(v, short=True)) for v in self.mm.vmas]
+
+    def vma_what(self, v: Vma, *, short: bool = False) -> str:
+        """The backing file, else the kind of memory; heap and stack recognised from the mm."""
+        label = vma_label(self.img, v)
+        if label and not label.startswith("<"):
+            return label.rsplit("/", 1)[-1] if short else label
+        m = self.mm.fields
+        if v.start <= m.get("start_stack", 0) < v.end:
+            return "[stack]"
+        if m.get("start_brk", 0) <= v.start < max(m.get("brk", 0), m.get("start_brk", 0) + 1) and v.start < m.get("brk", 0):
+            return "[heap]"
+        kind = VMA_NAMES.get(v.fields["vma_type"], str(v.fields["vma_type"])).lower().replace("_", " ")
+        return f"{kind} {label}" if label else kind
 
     def runs_of(self, vma: Vma) -> list[PageRun]:
         """The stored pages of `vma`. A shared anonymous segment's pages are stored once, after
@@ -317,9 +334,8 @@ class InspectState:
     def hex_title(self) -> str:
         v = self.vma
         assert v is not None
-        label = vma_label(self.img, v) or VMA_NAMES.get(v.fields["vma_type"], "")
         return (f"{v.start:x}-{v.end:x} {prot_str(v.fields['vm_page_prot'], v.fields['vm_flags'])} "
-                f"{label} · {self.stored_pages(v)}/{(v.end - v.start) // PAGE_SIZE} pages in image")
+                f"{self.vma_what(v)} · {self.stored_pages(v)}/{(v.end - v.start) // PAGE_SIZE} pages in image")
 
     def hex_rows(self) -> list[tuple[int, bytes | None]]:
         v = self.vma
@@ -462,11 +478,13 @@ def process_tree(img: Image) -> list[tuple[int, Task]]:
     return out
 
 
-def vma_row(img: Image, v: Vma, stored: int) -> tuple[str, ...]:
-    return (f"{v.start:x}-{v.end:x}", human(v.end - v.start),
-            prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
-            VMA_NAMES.get(v.fields["vma_type"], str(v.fields["vma_type"])),
-            str(stored), vma_label(img, v))
+def short_size(n: int) -> str:
+    """4K, 132K, 1.7M, 8G: at most five characters."""
+    for unit in ("K", "M", "G", "T"):
+        n /= 1024
+        if n < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if n >= 10 or n == int(n) else f"{n:.1f}{unit}"
+    return str(n)
 
 
 def open_flags(flags: int, desc: dict) -> str:
