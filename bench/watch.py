@@ -139,7 +139,7 @@ class Watch:
             if e["event"] == "dirty":
                 dirty_pages += e["pages"]
             if e["event"] == "lost":
-                lost = {k: e[k] for k in ("ring", "dirty", "tracked")}
+                lost = {k: v for k, v in e.items() if k not in ("event", "pid", "hostpid", "ns", "ts")}
         return {"counts": counts, "dirty_pages": dirty_pages, "lost": lost, "stderr": err.strip()}
 
 

@@ -28,6 +28,7 @@
 #define CKPT_LOST_RING 0
 #define CKPT_LOST_DIRTY 1
 #define CKPT_LOST_TRACKED 2
+#define CKPT_LOST_PENDING 3
 #define CKPT_LOST_SLOTS 4
 
 /* write faults are kept as one 64-bit page mask per (process, 256 KiB chunk) */
@@ -35,7 +36,10 @@
 #define CKPT_PAGE_SHIFT 12
 
 /* Structural event sent through the ring buffer. ns == 0: the task's namespace is not known to
- * the kernel side yet (pid/tid are 0 then); the controller resolves it from /proc.
+ * the kernel side yet (pid is 0 then); the controller resolves it from /proc.
+ * gen: the process's mm generation after this event. Every event that changes the VMA table
+ * (mmap, munmap, mprotect, mremap, brk, exec) bumps it, and write faults are keyed by it, so the
+ * controller can attribute pages drained late to the mapping they were written in.
  * Arguments by type:
  *   FORK     a0 child pid as the parent sees it, a1 child host pid, a2 clone flags
  *   EXEC     comm
@@ -57,8 +61,8 @@ struct ckpt_event {
 	__u32 hostpid;
 	__u32 hosttid;
 	__u32 pid;
-	__u32 tid;
 	__u32 code;
+	__u32 gen;
 	__u64 a0;
 	__u64 a1;
 	__u64 a2;
@@ -66,17 +70,21 @@ struct ckpt_event {
 	char comm[16];
 };
 
-/* key of the `dirty` hash: value is a __u64 mask of written pages in the chunk */
+/* key of the `dirty` hash: value is a __u64 mask of written pages in the chunk. gen is the
+ * process's mm generation when the pages were written (see ckpt_task.gen). */
 struct ckpt_dirty_key {
 	__u32 tgid;
-	__u32 pad;
+	__u32 gen;
 	__u64 chunk;
 };
 
-/* value of the `tracked` hash (key: host tgid); ns 0: not resolved yet */
+/* value of the `tracked` hash (key: host tgid); ns 0: not resolved yet; pid: in-namespace pid,
+ * cached (0: not known yet) */
 struct ckpt_task {
 	__u64 ns;
+	__u32 pid;
 	__u32 announced;
+	__u32 gen;
 	__u32 pad;
 };
 

@@ -32,17 +32,22 @@ BPF_HASH(exitcode, __u32, __u32, 65536);
 
 struct ident {
 	__u64 ns;
-	__u32 hostpid, hosttid, pid, tid;
+	__u32 hostpid, hosttid, pid;
 };
 
-/* syscall arguments kept from enter to exit, per thread */
+/* syscall arguments kept from enter to exit, per thread: an array slot by tid (a hash update
+ * and delete per syscall cost the traced task more). Two threads whose tids share a slot and
+ * whose mm syscalls overlap lose the first one's event, counted in CKPT_LOST_PENDING. */
+#define PENDING_SLOTS 16384
 struct inflight {
 	struct ident id;
+	__u32 tid;
 	__u32 type;
 	__u32 code;
+	__u32 pad;
 	__u64 a0, a1, a2, a3;
 };
-BPF_HASH(pending, __u32, struct inflight, 16384);
+BPF_ARRAY(pending, struct inflight, PENDING_SLOTS);
 
 /* parent thread -> (child host pid, clone flags) between task_newtask and the clone exit */
 struct forkinfo {
@@ -71,13 +76,12 @@ static __always_inline int in_ns(__u64 ino, struct ident *id)
 		return 0;
 	id->ns = ino;
 	id->pid = ni.tgid;
-	id->tid = ni.pid;
 	return 1;
 }
 
-static __always_inline void track(__u32 tgid, __u64 ns)
+static __always_inline void track(__u32 tgid, __u64 ns, __u32 pid)
 {
-	struct ckpt_task t = {.ns = ns, .announced = 1};
+	struct ckpt_task t = {.ns = ns, .pid = pid, .announced = 1, .gen = 0};
 	if (tracked.update(&tgid, &t) != 0)
 		count_lost(CKPT_LOST_TRACKED);
 }
@@ -113,7 +117,6 @@ static __always_inline struct ckpt_event *reserve(__u32 type, struct ident *id)
 	e->hostpid = id->hostpid;
 	e->hosttid = id->hosttid;
 	e->pid = id->pid;
-	e->tid = id->tid;
 	return e;
 }
 
@@ -136,15 +139,17 @@ static __always_inline int whoami(struct ident *id)
 	id->hosttid = (__u32)pt;
 	id->ns = 0;
 	id->pid = 0;
-	id->tid = 0;
 	struct ckpt_task *t = tracked.lookup(&tgid);
 	if (t && t->ns) {
-		if (!in_ns(t->ns, id))
-			id->ns = t->ns;  /* left that namespace's view: controller resolves */
+		/* the hot path: a process's pid in its namespace never changes, so it is cached */
+		id->ns = t->ns;
+		id->pid = t->pid;
+		if (!id->pid && in_ns(t->ns, id))
+			t->pid = id->pid;
 		return 1;
 	}
 	if (!t && in_ns(CKPT_HOST_INO, id)) {
-		id->ns = id->pid = id->tid = 0;
+		id->ns = id->pid = 0;
 		return 0;
 	}
 #if CKPT_FOCUS_NS
@@ -153,7 +158,7 @@ static __always_inline int whoami(struct ident *id)
 			tracked.delete(&tgid);  /* a child that went to another namespace */
 		return 0;
 	}
-	track(tgid, CKPT_FOCUS_NS);
+	track(tgid, CKPT_FOCUS_NS, id->pid);
 	return 1;
 #else
 	#pragma unroll
@@ -163,19 +168,30 @@ static __always_inline int whoami(struct ident *id)
 		if (!ino || !*ino)
 			break;
 		if (in_ns(*ino, id)) {
-			track(tgid, *ino);
+			track(tgid, *ino, id->pid);
 			return 1;
 		}
 	}
 	if (!t || !t->announced) {
 		/* a namespace nobody told us about: tell the controller once */
-		struct ckpt_task nt = {.ns = 0, .announced = 1};
+		struct ckpt_task nt = {.ns = 0, .pid = 0, .announced = 1, .gen = 0};
 		if (tracked.update(&tgid, &nt) != 0)
 			count_lost(CKPT_LOST_TRACKED);
 		announce(id);
 	}
 	return 1;
 #endif
+}
+
+/* The VMA table changed: the next generation. Threads racing here may share a number; the
+ * controller then attributes by address alone, as it would without generations. */
+static __always_inline __u32 next_gen(__u32 tgid)
+{
+	struct ckpt_task *t = tracked.lookup(&tgid);
+	if (!t)
+		return 0;
+	t->gen += 1;
+	return t->gen;
 }
 
 /* ---- tasks ---------------------------------------------------------------------------------- */
@@ -185,9 +201,11 @@ int ckpt_exec(struct tracepoint__sched__sched_process_exec *args)
 	struct ident id;
 	if (!whoami(&id))
 		return 0;
+	__u32 gen = next_gen(id.hostpid);
 	struct ckpt_event *e = reserve(CKPT_EV_EXEC, &id);
 	if (!e)
 		return 0;
+	e->gen = gen;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	submit(e);
 	return 0;
@@ -261,11 +279,11 @@ int ckpt_newtask(struct tracepoint__task__task_newtask *args)
 	if ((flags & CLONE_NEWPID_FLAG) || nschanged.lookup(&tgid) || !id.ns) {
 		/* the child is in another namespace: it is found on its first event. Pre-register it so
 		 * its write faults count from the start; whoami resolves the namespace. */
-		struct ckpt_task t = {.ns = 0, .announced = 0};
+		struct ckpt_task t = {.ns = 0, .pid = 0, .announced = 0, .gen = 0};
 		if (tracked.update(&child, &t) != 0)
 			count_lost(CKPT_LOST_TRACKED);
 	} else {
-		track(child, id.ns);
+		track(child, id.ns, 0);  /* its pid is learnt on its first event */
 	}
 	if (flags & CLONE_NEWPID_FLAG) {
 		struct ckpt_event *e = reserve(CKPT_EV_NEWNS, &id);
@@ -322,16 +340,23 @@ int ckpt_rename(struct tracepoint__task__task_rename *args)
 
 static __always_inline int stash(__u32 type, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
 {
-	struct inflight f = {};
-	if (!whoami(&f.id))
+	struct ident id;
+	if (!whoami(&id))
 		return 0;
-	f.type = type;
-	f.a0 = a0;
-	f.a1 = a1;
-	f.a2 = a2;
-	f.a3 = a3;
-	__u32 tid = f.id.hosttid;
-	pending.update(&tid, &f);
+	__u32 slot = id.hosttid & (PENDING_SLOTS - 1);
+	struct inflight *f = pending.lookup(&slot);
+	if (!f)
+		return 0;
+	if (f->type && f->tid != id.hosttid)
+		count_lost(CKPT_LOST_PENDING);  /* another thread's call is still in flight there */
+	f->id = id;
+	f->tid = id.hosttid;
+	f->type = type;
+	f->code = 0;
+	f->a0 = a0;
+	f->a1 = a1;
+	f->a2 = a2;
+	f->a3 = a3;
 	return 0;
 }
 
@@ -384,11 +409,12 @@ int ckpt_setns(struct tracepoint__syscalls__sys_enter_setns *args)
 int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct inflight *fp = pending.lookup(&tid);
-	if (!fp)
+	__u32 slot = tid & (PENDING_SLOTS - 1);
+	struct inflight *fp = pending.lookup(&slot);
+	if (!fp || !fp->type || fp->tid != tid)
 		return 0;
 	struct inflight f = *fp;
-	pending.delete(&tid);
+	fp->type = 0;
 	long ret = args->ret;
 	if (ret < 0 && ret > -4096)
 		return 0;  /* failed: nothing changed */
@@ -404,9 +430,13 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 		f.code = f.a1;
 		f.a1 = 0;
 	}
+	__u32 gen = 0;
+	if (f.type != CKPT_EV_NEWNS && f.type != CKPT_EV_MADVISE && !(f.type == CKPT_EV_BRK && f.a0 == 0))
+		gen = next_gen(f.id.hostpid);
 	struct ckpt_event *e = reserve(f.type, &f.id);
 	if (!e)
 		return 0;
+	e->gen = gen;
 	e->code = f.code;
 	e->a0 = f.a0;
 	e->a1 = f.a1;
@@ -416,7 +446,8 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 	return 0;
 }
 
-/* ---- write faults: the hot path, kept to two hash lookups and an atomic OR ------------------
+/* ---- write faults: the hot path, kept to two hash lookups and an atomic OR
+ * (the generation comes with the `tracked` lookup the filter needs anyway) ------------------
  * Attached to page_fault_user and page_fault_kernel (same arguments): the kernel writing into a
  * user buffer (read(2) into fresh memory) faults in kernel mode but dirties user pages too. */
 #if CKPT_FAULTS
@@ -425,10 +456,11 @@ int ckpt_fault(struct tracepoint__exceptions__page_fault_user *args)
 	if (!(args->error_code & 2) || args->address >= 0x800000000000ULL)
 		return 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!tracked.lookup(&tgid))
+	struct ckpt_task *t = tracked.lookup(&tgid);
+	if (!t)
 		return 0;
 	__u64 addr = args->address;
-	struct ckpt_dirty_key k = {.tgid = tgid, .chunk = addr >> CKPT_CHUNK_SHIFT};
+	struct ckpt_dirty_key k = {.tgid = tgid, .gen = t->gen, .chunk = addr >> CKPT_CHUNK_SHIFT};
 	__u64 bit = 1ULL << ((addr >> CKPT_PAGE_SHIFT) & 63);
 	__u64 *mask = dirty.lookup(&k);
 	if (mask) {

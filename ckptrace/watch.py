@@ -69,7 +69,7 @@ class Controller:
         self.names = prog.abi.event_names()
         self.started = time.monotonic_ns()
         self.ignored: set[int] = set()  # host pids resolved to namespaces we do not watch
-        self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0}
+        self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "pending": 0}
         self.failure: BaseException | None = None  # raised in the ring buffer callback
         self.dumps_dir = notify.DUMPS_DIR
 
@@ -96,8 +96,8 @@ class Controller:
         except CkptError:
             return None
         self.watch_ns(ino)
-        self.prog.track(hostpid, ino)
         nspid = st.nspid[-1] if st.nspid else 0
+        self.prog.track(hostpid, ino, nspid)
         return self.model.seed_proc(hostpid, nspid, ino, ppid=st.ppid, comm=st.raw.get("Name", ""),
                                     maps=_maps(hostpid))
 
@@ -138,6 +138,8 @@ class Controller:
         if e.hostpid not in self.model.procs:
             self.seed(e.hostpid, ns)
         ev = {"event": kind, "pid": pid, "hostpid": e.hostpid, "ns": ns, "ts": e.ts}
+        if e.gen:
+            ev["_gen"] = e.gen
         comm = bytes(e.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
         if kind == "fork":
             ev.update(child=e.a0, _childhost=e.a1)

@@ -7,13 +7,17 @@ current from mmap/munmap/mprotect/mremap/brk events); per VMA: the pages written
 namespace's last dump.
 
 Write faults arrive late (drained from a kernel map up to a second after they happened), so
-VMAs that an munmap/mremap/exec removed are kept a few seconds as tombstones: pages written
-just before the unmap are still attributed to the mapping they were written in.
+VMAs that an munmap/mremap/mprotect/exec removed are kept a few seconds as tombstones, and every
+VMA records the mm generation it was born in (and a tombstone the one it died in). The kernel
+keys written pages by the generation they were written in, so a page written just before an
+munmap is attributed to the mapping it was written in, not to a new mapping that later took the
+same address. VMAs split by mprotect or moved by mremap keep their `lineage`, and their dirt.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -44,6 +48,9 @@ class Vma:
     prot: int
     path: str = ""
     dirty: set[int] = field(default_factory=set)  # page numbers (addr >> 12) written since the last dump
+    born: int = 0  # mm generation the mapping appeared in
+    lineage: int = 0  # shared by the pieces mprotect splits and mremap moves
+    died: int = 1 << 62  # for tombstones: generation it disappeared in
 
     @property
     def pages(self) -> int:
@@ -51,11 +58,16 @@ class Vma:
 
     def slice(self, start: int, end: int) -> "Vma":
         lo, hi = start >> PAGE_SHIFT, end >> PAGE_SHIFT
-        return Vma(start, end, self.prot, self.path, {p for p in self.dirty if lo <= p < hi})
+        return Vma(start, end, self.prot, self.path, {p for p in self.dirty if lo <= p < hi},
+                   self.born, self.lineage)
 
     def shifted(self, delta: int) -> "Vma":
         d = delta >> PAGE_SHIFT
-        return Vma(self.start + delta, self.end + delta, self.prot, self.path, {p + d for p in self.dirty})
+        return Vma(self.start + delta, self.end + delta, self.prot, self.path, {p + d for p in self.dirty},
+                   self.born, self.lineage)
+
+    def valid_at(self, gen: int) -> bool:
+        return self.born <= gen < self.died
 
 
 def _start(v: Vma) -> int:
@@ -74,6 +86,7 @@ class Proc:
     code: int | None = None
     died: float = 0.0
     brk: int = 0
+    gen: int = 0  # mm generation, as the kernel counts it (events carry it)
     tombstones: list[tuple[float, Vma]] = field(default_factory=list)
 
     def dirty_pages(self) -> int:
@@ -112,7 +125,19 @@ class Proc:
         bisect.insort(self.vmas, vma, key=_start)
 
     def bury(self, vmas: list[Vma], now: float) -> None:
+        for v in vmas:
+            v.died = self.gen
         self.tombstones += [(now, v) for v in vmas]
+
+    def owner(self, addr: int, gen: int | None) -> Vma | None:
+        """The mapping that held `addr` in generation `gen` (None: unknown, take today's)."""
+        live = self.find(addr)
+        if gen is None or (live is not None and live.valid_at(gen)):
+            return live or next((t for _, t in reversed(self.tombstones) if t.start <= addr < t.end), None)
+        for _, t in reversed(self.tombstones):
+            if t.start <= addr < t.end and t.valid_at(gen):
+                return t
+        return live
 
 
 @dataclass
@@ -136,6 +161,7 @@ class Model:
         self.counts: Counter[str] = Counter()
         self.lost: dict[str, int] = {}
         self.unattributed = 0  # written pages no known mapping held
+        self._lineage = itertools.count(1)
         self.status = "starting"
 
     # -- setup -------------------------------------------------------------------------------------
@@ -164,7 +190,7 @@ class Model:
         old = p.vmas
         p.vmas = []
         for start, end, prot, path in sorted(maps):
-            v = Vma(start, end, prot, path)
+            v = Vma(start, end, prot, path, born=p.gen, lineage=next(self._lineage))
             for o in old:
                 if o.end > start and o.start < end:
                     v.dirty |= o.slice(max(o.start, start), min(o.end, end)).dirty
@@ -218,11 +244,14 @@ class Model:
         p = self.procs.get(ev["hostpid"])
         if p is None or (not p.alive and kind != "exit"):
             p = self.seed_proc(ev["hostpid"], ev["pid"], ev["ns"], comm=ev.get("comm", ""))
+        if kind in ("exec", "mmap", "munmap", "mprotect", "mremap", "brk"):
+            # the kernel counts generations; without one (tests, old records) count here
+            p.gen = ev.get("_gen") or p.gen + 1
         if kind == "fork":
             child = self.procs.get(ev["_childhost"])
             if child is None or not child.alive:
                 child = self.procs[ev["_childhost"]] = Proc(ev["_childhost"], ev["child"], p.ns, p.hostpid, p.comm)
-                child.vmas = [Vma(v.start, v.end, v.prot, v.path) for v in p.vmas]
+                child.vmas = [Vma(v.start, v.end, v.prot, v.path, lineage=next(self._lineage)) for v in p.vmas]
                 child.brk = p.brk
             else:
                 child.ppid = p.hostpid
@@ -242,12 +271,14 @@ class Model:
             p.vmas = []
         elif kind == "mmap":
             p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
-            p.insert(Vma(ev["addr"], ev["addr"] + page_up(ev["len"]), ev["prot"], ev.get("path", "")))
+            p.insert(Vma(ev["addr"], ev["addr"] + page_up(ev["len"]), ev["prot"], ev.get("path", ""),
+                         born=p.gen, lineage=next(self._lineage)))
         elif kind == "munmap":
             p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
         elif kind == "mprotect":
             for v in p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])):
-                v.prot = ev["prot"]
+                p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage)], now)
+                v.prot, v.born = ev["prot"], p.gen
                 p.insert(v)
         elif kind == "mremap":
             self._mremap(p, ev, now)
@@ -268,8 +299,9 @@ class Model:
             return
         delta = new - old
         moved = [v.shifted(delta) for v in parts]
-        if delta:
-            p.bury(parts, now)
+        for v in moved:
+            v.born = p.gen
+        p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage) for v in parts], now)
         p.bury(p.carve(new, new + nlen), now)
         for v in moved:
             if v.start < new + nlen:
@@ -289,23 +321,25 @@ class Model:
         heap = next((v for v in p.vmas if v.path == "[heap]"), None)
         if got > old:
             if heap is None:
-                p.insert(Vma(old & ~(PAGE - 1), page_up(got), 3, "[heap]"))
+                p.insert(Vma(old & ~(PAGE - 1), page_up(got), 3, "[heap]", born=p.gen, lineage=next(self._lineage)))
             elif page_up(got) > heap.end:
                 heap.end = page_up(got)
         else:
             p.bury(p.carve(page_up(got), page_up(old)), now)
         return {**ev, "addr": old, "len": got - old}  # len < 0: the heap shrank
 
-    def add_dirty(self, hostpid: int, pages: list[int], ts: int) -> list[dict]:
-        """Written pages (addresses) drained from the kernel for one process: adds them to their
-        VMAs and returns one `dirty` event per VMA that got any."""
+    def add_dirty(self, hostpid: int, pages: list, ts: int) -> list[dict]:
+        """Written pages drained from the kernel for one process, as (generation, address) pairs
+        (or bare addresses: generation unknown): adds them to the VMAs they were written in and
+        returns one `dirty` event per VMA that got any."""
         p = self.procs.get(hostpid)
         if p is None:
             self.unattributed += len(pages)
             return []
         hits: dict[int, tuple[Vma, list[int]]] = {}
-        for addr in pages:
-            v = p.find(addr) or next((t for _, t in reversed(p.tombstones) if t.start <= addr < t.end), None)
+        for page in pages:
+            gen, addr = page if isinstance(page, tuple) else (None, page)
+            v = p.owner(addr, gen)
             if v is None:
                 self.unattributed += 1
                 continue
@@ -314,7 +348,13 @@ class Model:
         ns = self.add_namespace(p.ns)
         now = self.clock()
         for v, pnums in hits.values():
-            v.dirty.update(pnums)
+            if v.died < (1 << 62):
+                # written before an mprotect/mremap: the dirt stays with the live descendant
+                for pn in pnums:
+                    heir = p.find(pn << PAGE_SHIFT)
+                    (heir.dirty if heir is not None and heir.lineage == v.lineage else v.dirty).add(pn)
+            else:
+                v.dirty.update(pnums)
             ev = {"event": "dirty", "pid": p.pid, "hostpid": p.hostpid, "ns": p.ns, "ts": ts,
                   "start": v.start, "end": v.end, "pages": len(pnums)}
             out.append(ev)

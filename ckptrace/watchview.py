@@ -165,8 +165,8 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
     head.append("ckptrace watch", style="bold")
     head.append(f"  BPF: {model.status}  events: {total}  ")
     lost_n = sum(lost.values())
-    head.append(f"lost: ring {lost.get('ring', 0)} dirty {lost.get('dirty', 0)} "
-                f"tracked {lost.get('tracked', 0)}", style="bold red" if lost_n else "green")
+    head.append("lost: " + " ".join(f"{k} {lost.get(k, 0)}" for k in ("ring", "dirty", "tracked", "pending")),
+                style="bold red" if lost_n else "green")
     if model.unattributed:
         head.append(f"  unattributed pages: {model.unattributed}", style="yellow")
     head.append("\n↑/↓ process  ←/→ namespace  d dump  q quit", style="grey50")

@@ -124,6 +124,29 @@ def test_pages_written_before_an_munmap_still_find_their_mapping(model):
     assert model.unattributed == 1
 
 
+def test_generations_attribute_pages_to_the_mapping_they_were_written_in(model):
+    """munmap, then a new mapping at the same address, then the drain: the pages (written in
+    generation 1) belong to the old mapping, not to the new one."""
+    p = model.procs[100]
+    model.apply(ev("mmap", addr=0x30000000, len=8 * P, prot=3, _gen=1))
+    model.apply(ev("munmap", addr=0x30000000, len=8 * P, _gen=2))
+    model.apply(ev("mmap", addr=0x30000000, len=2 * P, prot=3, _gen=3))
+    out = model.add_dirty(100, [(1, 0x30000000), (1, 0x30000000 + 5 * P), (3, 0x30000000 + P)], ts=1)
+    got = sorted((e["start"], e["end"], e["pages"]) for e in out)
+    assert got == [(0x30000000, 0x30000000 + 2 * P, 1), (0x30000000, 0x30000000 + 8 * P, 2)]
+    assert p.find(0x30000000).dirty == {(0x30000000 + P) >> 12}
+
+
+def test_pages_written_before_an_mprotect_stay_with_the_split_piece(model):
+    p = model.procs[100]
+    model.apply(ev("mmap", addr=0x30000000, len=8 * P, prot=3, _gen=1))
+    model.apply(ev("mprotect", addr=0x30000000, len=2 * P, prot=1, _gen=2))
+    out = model.add_dirty(100, [(1, 0x30000000), (1, 0x30000000 + 4 * P)], ts=1)
+    assert sorted((e["start"], e["end"]) for e in out) == [(0x30000000, 0x30000000 + 2 * P),
+                                                           (0x30000000 + 2 * P, 0x30000000 + 8 * P)]
+    assert len(p.find(0x30000000).dirty) == 1 and p.find(0x30000000).prot == 1
+
+
 def test_mremap_moves_dirt_with_the_mapping(model):
     p = model.procs[100]
     model.apply(ev("mmap", addr=0x40000000, len=4 * P, prot=3))

@@ -220,9 +220,10 @@ class WatchProgram:
         self.ns_slots.append(ino)
         return True
 
-    def track(self, hostpid: int, ns: int) -> None:
+    def track(self, hostpid: int, ns: int, pid: int = 0) -> None:
         t = self.tracked.Leaf()
         t.ns = ns
+        t.pid = pid
         t.announced = 1
         self.tracked[self.tracked.Key(hostpid)] = t
 
@@ -253,22 +254,24 @@ class WatchProgram:
         c = self.abi.consts
         vals = {i: v.value for i, v in self._lost.items() for i in [i.value]}
         return {"ring": vals.get(c["CKPT_LOST_RING"], 0), "dirty": vals.get(c["CKPT_LOST_DIRTY"], 0),
-                "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0)}
+                "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0), "pending": vals.get(c["CKPT_LOST_PENDING"], 0)}
 
-    def drain_dirty(self) -> dict[int, list[int]]:
-        """Take every written-page mask out of the kernel map: {host tgid: [page addresses]}."""
+    def drain_dirty(self) -> dict[int, list[tuple[int, int]]]:
+        """Take every written-page mask out of the kernel map:
+        {host tgid: [(mm generation, page address)]}."""
         if self._dirty is None:
             return {}
         shift = self.abi.consts["CKPT_CHUNK_SHIFT"]
         pshift = self.abi.consts["CKPT_PAGE_SHIFT"]
-        out: dict[int, list[int]] = {}
+        out: dict[int, list[tuple[int, int]]] = {}
         for k, v in self._drain_items():
             mask = v if isinstance(v, int) else v.value
             base = k.chunk << shift
             pages = out.setdefault(k.tgid, [])
+            gen = k.gen
             while mask:
                 low = mask & -mask
-                pages.append(base + ((low.bit_length() - 1) << pshift))
+                pages.append((gen, base + ((low.bit_length() - 1) << pshift)))
                 mask ^= low
         return out
 
