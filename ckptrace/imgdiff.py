@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES
-from .image.render import human, prot_str, vma_label
+from .image.render import human, prot_str
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
@@ -101,9 +101,13 @@ def ranges(addrs: list[int]) -> list[tuple[int, int]]:
 
 
 def vma_doc(img: Image, v: Vma) -> dict[str, Any]:
+    # The file's path, never an objref: objref numbers shift between two dumps whenever an object
+    # is added earlier in the stream, so they cannot identify anything across images.
+    ref = v.fields["vma_objref"]
+    o = img.obj(ref) if ref else None
     return dict(start=v.start, end=v.end, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
-                type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]), file=vma_label(img, v),
-                pages=v.npages)
+                type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
+                file=(o.name or "") if isinstance(o, File) else "", pages=v.npages)
 
 
 def fd_docs(img: Image, table: FileTable | None) -> dict[int, dict[str, Any]]:
@@ -138,6 +142,11 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
     for s in sorted(a.keys() & b.keys()):
         va, vb = a[s], b[s]
         da, db = vma_doc(ia, va), vma_doc(ib, vb)
+        if (da["type"], da["file"]) != (db["type"], db["file"]):
+            # Something else is mapped at this address now: a replacement, not a change.
+            out["removed"].append(da)
+            out["added"].append(db)
+            continue
         if va.end != vb.end:
             out["resized"].append(dict(start=s, end_a=va.end, end_b=vb.end, file=db["file"]))
         if da["prot"] != db["prot"]:
@@ -147,6 +156,8 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
         if p:
             p["file"] = db["file"] or db["type"]
             out["pages"].append(p)
+    out["added"].sort(key=lambda x: x["start"])
+    out["removed"].sort(key=lambda x: x["start"])
     return out
 
 

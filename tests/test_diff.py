@@ -13,7 +13,7 @@ import pytest
 import imagegen
 from ckptrace.image.records import PAGE_SIZE
 from ckptrace.imgdiff import _subtract, ranges
-from test_inspect import CHANGED_PAGES, PAGES, Workload
+from test_inspect import CHANGED_PAGES, PAGES, SPLIT_PAGE, Workload
 
 
 def run_diff(a: str, b: str, *extra: str) -> subprocess.CompletedProcess:
@@ -58,17 +58,30 @@ def test_synthetic_tasks_gone_and_pages_only_in_one(tmp_path):
 def test_diff_of_two_real_dumps(pidns, tmp_path):
     w = Workload(pidns, tmp_path)
     a = w.dump(str(tmp_path / "a.img"))
-    new_fd = w.change()
+    new_fd, rx, new_map = w.change()
     b = w.dump(str(tmp_path / "b.img"))
     log_path = w.ready + ".log"
     assert os.readlink(f"/proc/{w.child_host}/fd/{new_fd}") == log_path
+    with open(f"/proc/{w.child_host}/maps") as maps:
+        host_maps = maps.read()
     w.ns.kill()
 
     d = json.loads(run_diff(a, b, "--json").stdout)
     assert d["tasks"] == {"added": [], "gone": []} and d["notes"] == []
     proc = next(p for p in d["processes"] if p["pid"] == w.child_nspid)
     v = proc["vmas"]
-    assert not v["added"] and not v["removed"] and not v["resized"] and not v["reprotected"]
+    P = PAGE_SIZE
+    # r-x -> r-- of a whole mapping: re-protected, same range.
+    assert [(x["start"], x["end"], x["prot_a"], x["prot_b"]) for x in v["reprotected"]] == [(rx, rx + 2 * P, "r-xp", "r--p")]
+    # mprotect of one page inside the region splits its VMA: the part before it ends there, the
+    # page and the rest are new VMAs; the 3 fresh pages are a new VMA.
+    split = w.base + SPLIT_PAGE * P
+    assert [(x["end_a"] >= w.base + PAGES * P, x["end_b"]) for x in v["resized"]] == [(True, split)]
+    added = {x["start"]: (x["end"], x["prot"]) for x in v["added"]}
+    assert added == {new_map: (new_map + 3 * P, "rwxp"), split: (split + P, "r--p"),
+                     split + P: (added[split + P][0], "rw-p")}
+    assert not v["removed"]
+    assert f"{split:x}-{split + P:x} r--p" in host_maps  # what the kernel shows, too
     lo, hi = w.base, w.base + PAGES * PAGE_SIZE
     entry = next(x for x in v["pages"] if x["start"] <= w.base < x["end"])
 
@@ -84,6 +97,8 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
 
     text = run_diff(a, b).stdout
     assert f"+ fd {new_fd} REGULAR {log_path}" in text
+    assert f"~ vma {rx:x}-{rx + 2 * P:x}: r-xp -> r--p" in text
+    assert f"+ vma {new_map:x}-{new_map + 3 * P:x} rwxp ANON 12.0 KiB" in text
     assert f"{w.base + 2 * PAGE_SIZE:x}-{w.base + 5 * PAGE_SIZE:x}" in text
 
     # An image compared with itself has no differences at all.

@@ -24,11 +24,13 @@ MARK_PAGE, MARK_OFF = 5, 0x123
 PAGES = 16
 CHANGED_PAGES = (2, 3, 4, 9)  # what the workload rewrites on SIGUSR1
 SHARED_MARK = b"WRITTEN-BY-THE-CHILD-INTO-SHARED"
+SPLIT_PAGE = 12  # made read-only on SIGUSR1
 
 # pid 1 forks a child that maps PAGES private anonymous pages, fills page i with 0x40+i, puts
 # MARKER in page MARK_PAGE, writes SHARED_MARK into page 1 of a MAP_SHARED anonymous region made
 # before the fork, starts a second thread and reports "base nspid shared-base" in a file.
-# On SIGUSR1 the child rewrites CHANGED_PAGES with 0xC0+i and opens OUT.log (a new fd).
+# On SIGUSR1 the child rewrites CHANGED_PAGES with 0xC0+i, opens OUT.log (a new fd) and changes
+# its mappings (see Workload.change).
 WORKLOAD = f"""
 import ctypes, mmap, os, signal, sys, threading, time
 out = sys.argv[1]
@@ -44,12 +46,20 @@ if os.fork() == 0:
     m[off:off + {len(MARKER)}] = {MARKER!r}
     sh[4096:4096 + {len(SHARED_MARK)}] = {SHARED_MARK!r}
     shbase = ctypes.addressof(ctypes.c_char.from_buffer(sh))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    rx = libc.mmap(None, 2 * 4096, 5, 0x22, -1, 0)  # r-x private anonymous: merges with nothing
     def usr1(sig, frame):
         for i in {CHANGED_PAGES!r}:
             m[i * 4096:(i + 1) * 4096] = bytes([0xC0 + i]) * 4096
         fd = os.open(out + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        libc.mprotect(rx, 2 * 4096, 1)  # r-x -> r--: re-protected
+        libc.mprotect(base + {SPLIT_PAGE} * 4096, 4096, 1)  # splits the region: resized + 2 added
+        new = libc.mmap(None, 3 * 4096, 7, 0x22, -1, 0)  # rwx: added, merges with nothing
         with open(out + ".changed.tmp", "w") as f:
-            f.write(str(fd))
+            f.write("%d %x %x" % (fd, rx, new))
         os.rename(out + ".changed.tmp", out + ".changed")
     signal.signal(signal.SIGUSR1, usr1)
     threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
@@ -83,15 +93,17 @@ class Workload:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         return path
 
-    def change(self) -> int:
-        """Make the child rewrite CHANGED_PAGES and open a file; returns the new fd."""
+    def change(self) -> tuple[int, int, int]:
+        """Make the child rewrite CHANGED_PAGES, open a file, re-protect its r-x mapping, split
+        the region and map 3 new pages; returns (new fd, r-x mapping, new mapping)."""
         os.kill(self.child_host, 10)  # SIGUSR1
         done = self.ready + ".changed"
         deadline = time.monotonic() + 10
         while not os.path.exists(done):
             assert time.monotonic() < deadline, "workload did not react to SIGUSR1"
             time.sleep(0.02)
-        return int(open(done).read())
+        fd, rx, new = open(done).read().split()
+        return int(fd), int(rx, 16), int(new, 16)
 
 
 def _nspid(hostpid: int) -> int:
