@@ -86,7 +86,7 @@ class HexScreen(Screen):
         body = self.query_one("#hex-body", Static)
         st.rows = max(1, body.size.height or st.rows)
         if st.mark is None:
-            st.top = st._clamp(st.top)
+            st.top = st.clamp_top(st.top)
         self.query_one("#hex-title", Static).update(Text(st.hex_title(), no_wrap=True, overflow="ellipsis"))
         text = Text(no_wrap=True, overflow="crop")
         for i, (addr, data) in enumerate(st.hex_rows()):

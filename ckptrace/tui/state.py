@@ -359,14 +359,14 @@ class InspectState:
         lo, hi = self.mark.addr, self.mark.addr + self.mark.length
         return [i for i in range(ROW) if lo <= addr + i < hi]
 
-    def _clamp(self, top: int) -> int:
+    def clamp_top(self, top: int) -> int:
         v = self.vma
         assert v is not None
         last = max(v.start, v.end - self.rows * ROW)
         return min(max(top - top % ROW, v.start), last)
 
     def scroll(self, lines: int) -> None:
-        self.top = self._clamp(self.top + lines * ROW)
+        self.top = self.clamp_top(self.top + lines * ROW)
 
     def page_down(self) -> None:
         self.scroll(self.rows)
@@ -375,10 +375,10 @@ class InspectState:
         self.scroll(-self.rows)
 
     def home(self) -> None:
-        self.top = self._clamp(0)
+        self.top = self.clamp_top(0)
 
     def end(self) -> None:
-        self.top = self._clamp(1 << 64)
+        self.top = self.clamp_top(1 << 64)
 
     def vma_at(self, addr: int) -> Vma | None:
         return next((v for v in self.mm.vmas if v.start <= addr < v.end), None)
@@ -391,7 +391,7 @@ class InspectState:
         self.vma = v
         self.top = addr - addr % ROW
         if self.top + self.rows * ROW > v.end:
-            self.top = self._clamp(self.top)
+            self.top = self.clamp_top(self.top)
         self.mark = Hit(addr, 1)
         self.message = f"at {addr:#x}" + ("" if self.page(v, addr) is not None else " (page not in image)")
 
@@ -405,7 +405,7 @@ class InspectState:
             return None
         self.vma = self.vma_at(hit.addr)
         self.top = hit.addr - hit.addr % ROW
-        self.top = self._clamp(self.top)
+        self.top = self.clamp_top(self.top)
         self.mark = hit
         self.message = f"found at {hit.addr:#x}"
         return hit
