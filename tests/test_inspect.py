@@ -4,6 +4,7 @@ pilot at 80x24 over an image made by a real dump of a real workload in its own p
 from __future__ import annotations
 
 import asyncio
+import calendar
 import io
 import os
 import stat
@@ -273,6 +274,7 @@ def test_help_does_not_import_textual():
 @pytest.mark.kernel
 def test_app_navigates_a_real_dump(pidns, tmp_path):
     w = Workload(pidns, tmp_path)
+    dumped_at = time.time()
     path = w.dump(str(tmp_path / "ns.img"))
     host_maps = maps_ranges(w.child_host)
     with open(f"/proc/{w.child_host}/maps") as maps:
@@ -301,6 +303,14 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
             first = screen_text(app)
             assert "VMAs" in first and "q Quit" in first  # tabs and footer fit 80x24
             assert f"{os.uname().release[:20]}" in first.splitlines()[0]
+            await pilot.press("i")
+            await pilot.pause()
+            text = screen_text(app)
+            assert f"kernel     {os.uname().release}" in text and f"machine    {os.uname().machine}" in text
+            taken = time.strptime(next(ln for ln in text.splitlines() if "taken" in ln).split("taken")[1].strip()[:19],
+                                  "%Y-%m-%d %H:%M:%S")
+            assert abs(calendar.timegm(taken) - dumped_at) < 30
+            await pilot.press("v")
             # Move to the child process: its VMA list replaces pid 1's.
             await pilot.press(*["down"] * row[0])
             await pilot.pause()

@@ -172,6 +172,7 @@ class InspectApp(App):
         Binding("t", "tab('threads')", "Threads", show=False),
         Binding("s", "tab('signals')", "Signals", show=False),
         Binding("c", "tab('creds')", "Creds", show=False),
+        Binding("i", "tab('image')", "Image", show=False),
     ]
     CSS = """
     #head { height: 1; background: $primary; color: $text; }
@@ -213,6 +214,9 @@ class InspectApp(App):
                 with TabPane("Creds", id="creds"):
                     with VerticalScroll():
                         yield Static(id="cred-text")
+                with TabPane("Image", id="image"):
+                    with VerticalScroll():
+                        yield Static(Text(st.image_text()), id="image-text")
         yield Static(id="status")
         yield Footer()
 

@@ -143,6 +143,21 @@ class InspectState:
         return (f"{self.img.uts[0]} {self.img.uts[2]} · {when} · {len(self.img.processes())} proc "
                 f"{len(self.img.tasks)} tasks · {human(self.img.size)}")
 
+    def image_text(self) -> str:
+        """Everything the header says, and what the image holds."""
+        h, a, img = self.img.header, self.img.arch, self.img
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["time"]))
+        return "\n".join([
+            f"taken      {when}",
+            f"kernel     {img.uts[0]} ({h['major']}.{h['minor']}.{h['patch']})",
+            f"version    {img.uts[1]}",
+            f"machine    {img.uts[2]}",
+            f"xsave      {a['xstate_size']} bytes, xcr0 {a['xcr0']:#x}",
+            f"records    {img.records}",
+            f"size       {human(img.size)} ({img.size} bytes)",
+            f"pages      {img.page_count} ({human(img.page_count * PAGE_SIZE)})",
+            f"tasks      {len(img.tasks)} in {len(img.processes())} processes"])
+
     def vma_rows(self) -> list[tuple[str, ...]]:
         """range, size, prot, stored pages, what: sized so that all five fit beside the tree
         in 80 columns (the full path is in the hex screen's title)."""
