@@ -308,9 +308,6 @@ def test_many_and_large_objrefs(reader):
     assert c["files"] == 300 and c["objrefs"] == 302
 
 
-@pytest.mark.xfail(strict=True, reason="stream.write_header stores the sublevel up to 0xffff in "
-                   "HEADER.patch; the seed stores LINUX_VERSION_CODE & 0xff (today's KERNEL_VERSION "
-                   "clamps the sublevel to 255), so 4.14.300 must be written as patch 255")
 def test_header_version_of_a_sublevel_above_255(reader):
     assert_agree(reader, image_for_release("4.14.300"))
 

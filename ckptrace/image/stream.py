@@ -180,7 +180,8 @@ def _kernel_version(release: str) -> tuple[int, int, int]:
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
     if not m:
         return (0, 0, 0)
-    return int(m.group(1)), int(m.group(2)), min(int(m.group(3) or 0), 0xFFFF)
+    # As the kernel's KERNEL_VERSION (and so the seed's LINUX_VERSION_CODE & 0xff): sublevel <= 255.
+    return int(m.group(1)), int(m.group(2)), min(int(m.group(3) or 0), 255)
 
 
 def open_image(path: str) -> BinaryIO:
