@@ -235,6 +235,33 @@ def test_app_prompt_takes_letters_that_are_also_keys():
     asyncio.run(drive())
 
 
+def test_app_on_an_image_without_tasks():
+    from ckptrace.image.records import RecType
+    from ckptrace.image.stream import ImageWriter, write_header, write_tail
+    from ckptrace.tui.app import InspectApp
+
+    buf = io.BytesIO()
+    r, w = os.pipe()
+    wr = ImageWriter(w)
+    write_header(wr, time=1, uts=("6.18.0", "#1", "x86_64"), xstate_size=1024, xcr0=0xE7)
+    wr.record(RecType.TREE, dict(nr_tasks=0), [])
+    write_tail(wr)
+    os.close(w)
+    buf.write(os.read(r, 1 << 16))
+    os.close(r)
+    buf.seek(0)
+    st = InspectState(read_image(buf), buf)
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("g", *"1000", "enter")
+            await pilot.pause()
+            assert "the image holds no tasks" in screen_text(app)
+
+    asyncio.run(drive())
+
+
 def test_spool_is_private_and_complete():
     r, w = os.pipe()
     payload = os.urandom(300000)

@@ -230,6 +230,9 @@ class InspectApp(App):
 
     def show_process(self) -> None:
         st = self.state
+        if not st.tree_rows:
+            self.set_status("the image holds no tasks")
+            return
         for table_id, rows in (("#vma-table", st.vma_rows()), ("#fd-table", st.fd_rows()),
                                ("#thread-table", st.thread_rows())):
             table = self.query_one(table_id, DataTable)
@@ -274,7 +277,7 @@ class InspectApp(App):
         self.push_screen(Prompt(ADDR_Q, "7ffd12340000"), self._goto)
 
     def _goto(self, answer: str | None) -> None:
-        if not answer:
+        if not answer or not self.state.tree_rows:
             return
         if goto(self.state, answer):
             self.push_screen(HexScreen(self.state))
@@ -285,7 +288,7 @@ class InspectApp(App):
         self.push_screen(Prompt(FIND_Q), self._find)
 
     def _find(self, answer: str | None) -> None:
-        if not answer:
+        if not answer or not self.state.tree_rows:
             return
         self.state.mark = None
         self.state.vma = None
