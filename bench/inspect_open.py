@@ -76,6 +76,13 @@ def main() -> None:
         st.hex_lines()
         t2 = time.perf_counter()
         print(f"index (open): {(t1 - t0) * 1000:.1f} ms; jump to the last page and draw: {(t2 - t1) * 1000:.2f} ms")
+        st.mark = None
+        st.top = st.vma.start
+        t5 = time.perf_counter()
+        assert st.search(b"not in the image at all") is None
+        t6 = time.perf_counter()
+        print(f"search that finds nothing (reads every page): {t6 - t5:.2f} s, "
+              f"{npages * PAGE_SIZE / (t6 - t5) / (1 << 30):.2f} GiB/s")
         g = open(path, "rb")
         t3 = time.perf_counter()
         diff_images(img, f, read_image(g), g)

@@ -176,6 +176,9 @@ def test_state_tree_pages_and_search():
     hit = st.search(b"\x02\x03")
     assert hit is not None and hit.addr == 0x601FFF
     assert st.marked_columns(0x601FF0) == [15] and st.marked_columns(0x602000) == [0]
+    # Also when the two pages come from separate reads.
+    assert [a + d.find(b"\x02\x03") for a, d in st._segments(0, 1 << 64, chunk_pages=1)
+            if b"\x02\x03" in d] == [0x601FFF]
     # Next match wraps around to the same place; an absent needle reports not found.
     assert st.search_next().addr == 0x601FFF
     assert st.search(b"nothing like this") is None and "not found" in st.message

@@ -8,6 +8,7 @@ kept in a small LRU cache: opening a huge image costs only its index.
 
 from __future__ import annotations
 
+import bisect
 import signal
 import time
 from collections import OrderedDict
@@ -313,9 +314,10 @@ class InspectState:
     def page(self, vma: Vma, addr: int) -> bytes | None:
         """The page holding `addr` as the image stores it, or None when the image has no copy."""
         base = addr - addr % PAGE_SIZE
-        for run in self.runs_of(vma):
-            if run.vaddr <= base < run.vaddr + run.npages * PAGE_SIZE:
-                return self._read(run.offset + (base - run.vaddr))
+        runs = self.runs_of(vma)
+        i = bisect.bisect_right(runs, base, key=lambda r: r.vaddr) - 1  # runs are in address order
+        if i >= 0 and base < runs[i].vaddr + runs[i].npages * PAGE_SIZE:
+            return self._read(runs[i].offset + (base - runs[i].vaddr))
         return None
 
     def _read(self, offset: int) -> bytes:
@@ -439,33 +441,42 @@ class InspectState:
                     return Hit(addr + i, len(needle))
         return None
 
-    def _segments(self, lo: int, hi: int):
-        """Yield (address, bytes) of stored page data within [lo, hi), runs of adjacent pages
-        joined so that a match may straddle page boundaries; read a page at a time."""
+    def _segments(self, lo: int, hi: int, chunk_pages: int = 64):
+        """Yield (address, bytes) of stored page data within [lo, hi), adjacent pages joined so
+        that a match may straddle page boundaries. Reads go straight to the image, chunk_pages at
+        a time (a search must not flush the hex view's cache), keeping one page of overlap."""
         seg_addr, buf = None, bytearray()
         for v in self.mm.vmas:
             for run in self.runs_of(v):
-                for k in range(run.npages):
-                    a = run.vaddr + k * PAGE_SIZE
-                    if a + PAGE_SIZE <= lo or a >= hi:
+                r_lo = max(run.vaddr, lo - lo % PAGE_SIZE)
+                r_hi = min(run.vaddr + run.npages * PAGE_SIZE, hi)
+                for a in range(r_lo, r_hi, chunk_pages * PAGE_SIZE):
+                    n = min(chunk_pages * PAGE_SIZE, r_hi - a + (-(r_hi - a)) % PAGE_SIZE)
+                    data = self._read_raw(run.offset + (a - run.vaddr), n)
+                    s, e = max(lo - a, 0), min(hi - a, n)
+                    if s >= e:
                         continue
-                    page = self._read(run.offset + k * PAGE_SIZE)
-                    s = max(lo - a, 0)
-                    e = min(hi - a, PAGE_SIZE)
                     if seg_addr is not None and seg_addr + len(buf) == a + s:
-                        buf += page[s:e]
+                        buf += data[s:e]
                     else:
                         if buf:
                             yield seg_addr, bytes(buf)
-                        seg_addr, buf = a + s, bytearray(page[s:e])
-                    # Bound memory: hand over what we have, keeping a tail for straddling matches.
-                    if len(buf) >= 64 * PAGE_SIZE:
+                        seg_addr, buf = a + s, bytearray(data[s:e])
+                    if len(buf) > PAGE_SIZE:
                         yield seg_addr, bytes(buf)
-                        keep = 4096
-                        seg_addr += len(buf) - keep
-                        buf = buf[-keep:]
+                        seg_addr += len(buf) - PAGE_SIZE
+                        buf = buf[-PAGE_SIZE:]
         if buf:
             yield seg_addr, bytes(buf)
+
+    def _read_raw(self, offset: int, n: int) -> bytes:
+        if self.f is None:
+            raise ImageError("the image was read from a stream: page data is not available")
+        self.f.seek(offset)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise ImageError(f"image shrank: page data at offset {offset} is truncated")
+        return data
 
 
 def _lim(v: int) -> str:
