@@ -127,6 +127,7 @@ class Watch:
             raise SystemExit(f"bench: watch did not start: {line}{self.proc.stderr.read()}")
 
     def stop(self) -> dict:
+        progs = _our_prog_stats()  # before SIGTERM: the programs go away with the process
         self.proc.send_signal(signal.SIGTERM)
         err = self.proc.communicate(timeout=60)[1]
         self.out.seek(0)
@@ -140,7 +141,7 @@ class Watch:
                 dirty_pages += e["pages"]
             if e["event"] == "lost":
                 lost = {k: v for k, v in e.items() if k not in ("event", "pid", "hostpid", "ns", "ts")}
-        return {"counts": counts, "dirty_pages": dirty_pages, "lost": lost, "stderr": err.strip()}
+        return {"counts": counts, "dirty_pages": dirty_pages, "lost": lost, "stderr": err.strip(), "progs": progs}
 
 
 def main() -> int:
@@ -180,26 +181,68 @@ def main() -> int:
                 print(f"{loop:10} {mode:14} {bare:9.4f} {watched:10.4f} {watched / bare:7.3f} {target:7.2f}")
 
             print("\ncontroller throughput (loops flat out, watch --json counting):")
-            for loop, n in (("faults", 16), ("mmap", 300_000)):
-                w = Watch(ns.ns)
-                try:
-                    dt, produced = ns.run([exe, loop, str(n)])
-                finally:
-                    time.sleep(1.5)  # let the last drain happen
-                    got = w.stop()
-                if loop == "faults":
-                    # Each round maps the same 64 MiB again, so a page written in several rounds
-                    # between two drains is one dirty page: expect >= 16384, <= produced.
-                    print(f"  write faults: {produced / dt / 1e6:.2f} M/s produced, {got['dirty_pages']} "
-                          f"pages reported dirty (>= {64 << 8} distinct, repeats within a drain merge), "
-                          f"lost {got['lost'] or 'none'}")
-                else:
-                    seen = got["counts"].get("mmap", 0) + got["counts"].get("munmap", 0)
-                    print(f"  structural: {produced / dt / 1e3:.0f} k events/s produced, {seen} of {produced} "
-                          f"reported, lost {got['lost'] or 'none'}")
+            previous = _set_bpf_stats("1")
+            progs: dict[str, tuple[int, int]] = {}
+            try:
+                for loop, n in (("faults", 16), ("mmap", 300_000)):
+                    w = Watch(ns.ns)
+                    try:
+                        dt, produced = ns.run([exe, loop, str(n)])
+                    finally:
+                        time.sleep(1.5)  # let the last drain happen
+                        got = w.stop()
+                    for name, (cnt, t) in got["progs"].items():
+                        c0, t0 = progs.get(name, (0, 0))
+                        progs[name] = (c0 + cnt, t0 + t)
+                    if loop == "faults":
+                        # Each round maps the same 64 MiB again, so a page written in several rounds
+                        # between two drains is one dirty page: expect >= 16384, <= produced.
+                        print(f"  write faults: {produced / dt / 1e6:.2f} M/s produced, {got['dirty_pages']} "
+                              f"pages reported dirty (>= {64 << 8} distinct, repeats within a drain merge), "
+                              f"lost {got['lost'] or 'none'}")
+                    else:
+                        seen = got["counts"].get("mmap", 0) + got["counts"].get("munmap", 0)
+                        print(f"  structural: {produced / dt / 1e3:.0f} k events/s produced, {seen} of {produced} "
+                              f"reported, lost {got['lost'] or 'none'}")
+            finally:
+                if previous is not None:
+                    _set_bpf_stats(previous)
+            if progs:
+                print("\nBPF run time per program run (kernel.bpf_stats_enabled, throughput runs):")
+                for name, (cnt, t) in sorted(progs.items(), key=lambda kv: -kv[1][0]):
+                    if cnt:
+                        print(f"  {name:16} {cnt:>9} runs {t / cnt:7.0f} ns")
         finally:
             ns.close()
     return 0
+
+
+def _set_bpf_stats(value: str) -> str | None:
+    """Set kernel.bpf_stats_enabled; returns the previous value (None if unavailable)."""
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    try:
+        with open(path) as f:
+            old = f.read().strip()
+        with open(path, "w") as f:
+            f.write(value)
+        return old
+    except OSError:
+        return None
+
+
+def _our_prog_stats() -> dict[str, tuple[int, int]]:
+    """{program name: (run count, total run ns)} of our loaded programs, via bpftool."""
+    try:
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    stats: dict[str, tuple[int, int]] = {}
+    for p in json.loads(out or "[]"):
+        name = p.get("name", "")
+        if name.startswith("ckpt_") and "run_cnt" in p:
+            c0, t0 = stats.get(name, (0, 0))
+            stats[name] = (c0 + p["run_cnt"], t0 + p["run_time_ns"])
+    return stats
 
 
 if __name__ == "__main__":

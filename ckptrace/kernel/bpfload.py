@@ -236,10 +236,10 @@ class WatchProgram:
     # -- kernel -> controller --------------------------------------------------------------------
     def open_events(self, callback) -> None:
         """callback(event: ckpt_event ctypes struct) for each ring buffer record."""
-        etype = self.event_type
+        from_address = self.event_type.from_address  # a view, valid during the callback only
 
         def on_event(_ctx, data, _size):
-            callback(ctypes.cast(data, ctypes.POINTER(etype)).contents)
+            callback(from_address(data))
             return 0
 
         self._ring.open_ring_buffer(on_event)
