@@ -253,8 +253,13 @@ class FileSet:
                      what="timerfd_create")
         fd = self.place(fd)
         # fdinfo shows the time left, so re-arm relative to now whatever the original flags.
-        spec = (ctypes.c_int64 * 4)(t["interval_sec"], t["interval_nsec"], t["value_sec"], t["value_nsec"])
-        if t["value_sec"] or t["value_nsec"]:
+        value = (t["value_sec"], t["value_nsec"])
+        if value == (0, 0):
+            # An interval timer that has just expired shows 0 left (its expiration is counted in
+            # ticks): the next one is due within one interval. 0 and no interval: disarmed.
+            value = (t["interval_sec"], t["interval_nsec"])
+        spec = (ctypes.c_int64 * 4)(t["interval_sec"], t["interval_nsec"], *value)
+        if value != (0, 0):
             syscall(SYS_timerfd_settime, fd, 0, ctypes.addressof(spec), 0, what="timerfd_settime")
         if t["ticks"]:
             ticks = ctypes.c_uint64(t["ticks"])
