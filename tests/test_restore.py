@@ -467,3 +467,57 @@ def _in_ns(pid: int, ns: int) -> bool:
         return os.readlink(f"/proc/{pid}/ns/pid") == f"pid:[{ns}]"
     except OSError:
         return False
+
+
+SESSIONS = r"""
+import os, sys, time
+d = sys.argv[1]
+if os.fork() == 0:
+    os.setsid()                      # pid 2 leads a session
+    b = os.fork()
+    if b == 0:
+        os.setpgid(0, 0)             # pid 3 leads a group in it
+        time.sleep(100)
+    if os.fork() == 0:
+        time.sleep(0.1)
+        os.setpgid(0, b)             # pid 4 joins pid 3's group
+        time.sleep(100)
+    time.sleep(0.3)
+    open(d + "/ready", "w").close()
+    time.sleep(100)
+while True:
+    time.sleep(1)
+"""
+
+
+def ns_ids(hostpid: int) -> tuple[int, int, int, int]:
+    """(pid, ppid-in-ns, pgid, sid) as the task's own namespace sees them."""
+    with open(f"/proc/{hostpid}/status") as f:
+        st = dict(line.split(":", 1) for line in f if ":" in line)
+    with open(f"/proc/{hostpid}/stat") as f:
+        host_ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    ppid = nspid(host_ppid) if _same_ns(host_ppid, hostpid) else 0
+    return (int(st["NSpid"].split()[-1]), ppid, int(st["NSpgid"].split()[-1]), int(st["NSsid"].split()[-1]))
+
+
+def _same_ns(a: int, b: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{a}/ns/pid") == os.readlink(f"/proc/{b}/ns/pid")
+    except OSError:
+        return False
+
+
+def test_sessions_and_process_groups_come_back(pidns, tmp_path, restored):
+    w = pidns([sys.executable, "-c", SESSIONS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = sorted(ns_ids(p) for p in w.pids())
+    assert [x[0] for x in want] == [1, 2, 3, 4] and want[3][2] == 3 and want[1][3] == 2, want
+    img = str(tmp_path / "s.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    got = sorted(ns_ids(int(p)) for p in os.listdir("/proc") if p.isdigit() and _in_ns(int(p), res["pidns"]))
+    assert got == want
