@@ -94,7 +94,7 @@ def human(n: int) -> str:
 def event_line(ev: dict) -> str:
     extra = []
     for k, v in ev.items():
-        if k in ("event", "pid", "hostpid", "ns", "ts"):
+        if k in ("event", "pid", "hostpid", "ns", "ts") or k.startswith("_"):
             continue
         if k in ("addr", "new_addr", "start", "end") and isinstance(v, int):
             v = f"{v:#x}"
@@ -126,8 +126,8 @@ def _ns_table(model: Model, sel: Selection, now: float) -> Table:
 
 def _tree(model: Model, sel: Selection, rows: int) -> Table:
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
-    for col in ("pid", "host", "comm", "dirty"):
-        t.add_column(col, no_wrap=True, overflow="ellipsis")
+    for col, width in (("pid", 5), ("host", 7), ("comm", 8), ("dirty", 5)):
+        t.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, ratio=1 if col == "comm" else None)
     ino = selected_ns(model, sel)
     tree = model.tree(ino) if ino is not None else []
     chosen = min(sel.proc_index, max(0, len(tree) - 1))
@@ -143,8 +143,9 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
 
 def _vmas(p: Proc | None, rows: int) -> Table:
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
-    for col in ("start", "end", "prot", "size", "dirty", "heat", "path"):
-        t.add_column(col, no_wrap=True, overflow="ellipsis")
+    for col, width in (("start", 14), ("end", 14), ("prot", 4), ("size", 6), ("dirty", 5),
+                       ("heat", BAR + 7), ("path", 4)):
+        t.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, ratio=1 if col == "path" else None)
     if p is None:
         return t
     vmas = p.vmas
@@ -187,7 +188,7 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
         Layout(name="log"),
     )
     layout["mid"].split_row(
-        Layout(Panel(_tree(model, sel, upper - 1), title="tasks"), ratio=1),
+        Layout(Panel(_tree(model, sel, upper - 1), title="tasks"), ratio=1, minimum_size=30),
         Layout(Panel(_vmas(p, upper - 1),
                      title=f"memory of {p.pid} {p.comm} (host {p.hostpid})" if p else "memory"), ratio=2),
     )

@@ -225,6 +225,7 @@ def test_render_shows_namespaces_tree_vmas_events_and_losses(model):
     assert "lost: ring 3" in out
     assert "29 tracepoints attached" in out
     assert "dirty" in out and "mmap" in out  # the recent-events log
+    assert "_childhost" not in out and "_gen" not in out  # controller-internal keys stay hidden
 
 
 def test_render_empty_model_and_small_terminal():
