@@ -558,3 +558,33 @@ def test_credentials_come_back(pidns, tmp_path, restored):
     assert st["Uid"].split() == ["2001", "2002", "2003", "2002"]
     assert st["Gid"].split() == ["1001", "1002", "1003", "1002"]
     assert st["Groups"].split() == ["1234", "5678"]
+
+
+def test_signal_masks_handlers_and_pending_signals_come_back(pidns, tmp_path, restored):
+    ready = tmp_path / "ready"
+    code = ("import os, signal, threading, time\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH})\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"                          # process-wide pending
+            "signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)\n"    # this thread's pending
+            f"open({str(ready)!r}, 'w').close()\n"
+            "time.sleep(100)\n")
+    w = pidns([sys.executable, "-c", code], ready_file=str(ready), settle=0.1, stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def sigstate(pid: int) -> dict[str, str]:
+        with open(f"/proc/{pid}/status") as f:
+            st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        return {k: st[k] for k in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")}
+
+    want = sigstate(w.init)
+    assert int(want["ShdPnd"], 16) == 1 << (signal.SIGUSR1 - 1)
+    assert int(want["SigPnd"], 16) == 1 << (signal.SIGUSR2 - 1)
+    img = str(tmp_path / "sig.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    assert sigstate(res["init_pid"]) == want
