@@ -13,7 +13,8 @@
  * tick; the reader reads one byte every other tick, so bytes stay buffered, and checks each is
  * the next expected value (extra "pipe=ok" or "pipe=BAD"). The writer also stores wc in a
  * MAP_SHARED|MAP_ANONYMOUS page the reader shows as "shared=N". The reader counts SIGUSR1s in a
- * handler ("usr1=N"). Ticks are 50 ms of clock_nanosleep.
+ * handler ("usr1=N") and shows CLOCK_MONOTONIC in ms ("mono=N", read through the vDSO).
+ * Ticks are 50 ms of clock_nanosleep.
  * DIR/ready appears once every task runs.
  */
 #define _GNU_SOURCE
@@ -145,8 +146,11 @@ int main(int argc, char **argv)
                 rc++;
             }
         }
-        logline("%d %d reader %ld %016llx rc=%ld shared=%ld usr1=%d pipe=%s\n", getpid(), gettid(), tick,
-                (unsigned long long)checksum(), rc, *shared, (int)usr1, ok ? "ok" : "BAD");
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now); /* through the vDSO: needs vvar where it expects it */
+        logline("%d %d reader %ld %016llx rc=%ld shared=%ld usr1=%d mono=%lld pipe=%s\n", getpid(), gettid(),
+                tick, (unsigned long long)checksum(), rc, *shared, (int)usr1,
+                (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000, ok ? "ok" : "BAD");
         tick_sleep();
     }
 }
