@@ -23,7 +23,6 @@ from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import Image, Mm, Vma
 from ..image.records import PAGE_SIZE, VM_GROWSDOWN, VmaType
 from ..kernel.ptrace import Injector, _ptrace
-from ..kernel.sys import iovec, libc
 from .files import FileSet
 
 SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
@@ -206,18 +205,6 @@ class MemoryRestorer:
             if got == 0:
                 raise ImageError(f"page data at offset {run.offset + done} is truncated")
             done += got
-        self.bytes_written += n
-
-    def _write_run(self, pid: int, run) -> None:
-        data = self._read_run(run)
-        n = len(data)
-        local = iovec(ctypes.addressof(ctypes.c_char.from_buffer(self.buf)), n)
-        remote = iovec(run.vaddr, n)
-        ctypes.set_errno(0)
-        got = libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        if got != n:
-            err = ctypes.get_errno() or errno.EFAULT
-            raise KernelError(f"process_vm_writev {run.vaddr:#x}+{n} into {pid} wrote {got}", err)
         self.bytes_written += n
 
     def _write_shmem(self, fd: int, v: Vma, run) -> None:
