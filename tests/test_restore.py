@@ -200,6 +200,11 @@ def check_layout_and_fds(img: str, res: dict):
         with open(f"/proc/{host}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         assert int(fields[44]) == mm.fields["start_brk"]  # field 47 (start_brk), after pid and comm
+        # PR_SET_MM_MAP: the exe link and the argument area are the image's.
+        exe = image.obj(mm.fields["exe_objref"])
+        assert os.readlink(f"/proc/{host}/exe") == exe.name
+        with open(f"/proc/{host}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[0] == exe.name.encode()
 
 
 def merged(ranges):
