@@ -597,3 +597,39 @@ def test_signal_masks_handlers_and_pending_signals_come_back(pidns, tmp_path, re
     res = json.loads(r.stdout)
     restored.append(res["init_pid"])
     assert sigstate(res["init_pid"]) == want
+
+
+def test_terminal_is_reopened(pidns, tmp_path, restored):
+    """A task writing to a pty slave writes to the same terminal after the restore."""
+    import select
+
+    master, slave = os.openpty()
+    try:
+        ready = tmp_path / "ready"
+        code = ("import itertools, time\n"
+                f"open({str(ready)!r}, 'w').close()\n"
+                "for n in itertools.count():\n"
+                "    print('tick', n, flush=True)\n"
+                "    time.sleep(0.05)\n")
+        w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
+                  stdout=slave, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        img = str(tmp_path / "tty.img")
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+        assert d.returncode == 0, d.stderr.decode()
+        time.sleep(0.1)
+        while select.select([master], [], [], 0)[0]:
+            os.read(master, 65536)  # what the original wrote
+        r = ckptrace("restore", "--json", img)
+        assert r.returncode == 0, r.stderr.decode()
+        restored.append(json.loads(r.stdout)["init_pid"])
+        got = b""
+        deadline = time.monotonic() + 3
+        while got.count(b"\n") < 3 and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                got += os.read(master, 65536)
+        ticks = [int(x.split()[1]) for x in got.decode().splitlines() if x.startswith("tick ")]
+        assert len(ticks) >= 3 and min(ticks) >= 3, got  # the counter goes on, not from 0
+    finally:
+        os.close(master)
+        os.close(slave)

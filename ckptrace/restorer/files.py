@@ -32,7 +32,7 @@ VM_MAYWRITE = 0x20
 
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
              FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL,
-             FileType.UNIX_SOCKET}
+             FileType.UNIX_SOCKET, FileType.TTY}
 AF_UNIX = 1
 TCP_LISTEN = 10
 SOCKADDR_LEN = 128
@@ -50,7 +50,13 @@ def check_files(img: Image) -> list[str]:
         if ft not in SUPPORTED and _in_fd_table(img, obj.objref):
             problems.append(f"file object {obj.objref} ({obj.name or '?'}) is a {ft.name}, "
                             "which restore does not support")
-        if ft in (FileType.REGULAR, FileType.FIFO) and (not obj.name or not os.path.lexists(obj.name)):
+        if ft is FileType.TTY:
+            tty = _extra(obj, RecType.FILE_TTY)
+            if tty is None or tty.fields["is_master"]:
+                problems.append(f"file object {obj.objref} ({obj.name or '?'}) is a pty master, "
+                                "which restore does not support")
+                continue
+        if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(obj.name)):
             problems.append(f"file {obj.name!r} (object {obj.objref}) does not exist")
     return problems
 
@@ -119,6 +125,10 @@ class FileSet:
                         if exc.errno != errno.ESPIPE:  # character devices such as /dev/null
                             raise
                 return self.place(fd)
+            if ft is FileType.TTY:
+                # A terminal's slave side is reopened by path: the tasks come back on the same
+                # terminal if it still exists. O_NOCTTY: it must not become our controlling tty.
+                return self.place(os.open(obj.name, (f["f_flags"] & ~_OPEN_ONLY) | os.O_NOCTTY))
             if ft is FileType.PIPE:
                 return self._pipe_end(obj, pipes)
             if ft is FileType.FIFO:
