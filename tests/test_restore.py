@@ -357,19 +357,19 @@ def test_failure_midway_kills_what_was_made(pidns, refwork, tmp_path, monkeypatc
 
 
 def test_unsupported_file_kind_is_named_and_nothing_created(pidns, tmp_path):
-    """inotify cannot be restored yet: the refusal names it, and no namespace appears."""
+    """A pty master cannot be restored yet: the refusal names it, and no namespace appears."""
     ready = tmp_path / "ready"
-    code = ("import ctypes, time; fd = ctypes.CDLL(None).inotify_init(); "
+    code = ("import os, time; m, s = os.openpty(); "
             f"open({str(ready)!r}, 'w').close(); time.sleep(60)")
     w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    img = str(tmp_path / "sock.img")
+    img = str(tmp_path / "pty.img")
     d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
     assert d.returncode == 0, d.stderr.decode()
     nss = pidns_inodes(tmp_path)
     r = ckptrace("restore", img)
     assert r.returncode != 0
-    assert b"INOTIFY" in r.stderr and b"does not support" in r.stderr, r.stderr
+    assert b"pty master" in r.stderr and b"does not support" in r.stderr, r.stderr
     assert pidns_inodes(tmp_path) - nss == set()
 
 
@@ -442,14 +442,14 @@ def test_eventfd_signalfd_timerfd_epoll_fifo_sockets_come_back(pidns, fdkinds, t
     assert d.returncode == 0, d.stderr.decode()
     log = tmp_path / "fd.log"
     before = logged_before(str(tmp_path), img, "fd.log")
-    timers = [int(x.split()[1]) for x in before.decode().splitlines()]
+    timers = [int(x.split()[1]) for x in before.decode().splitlines() if x.startswith("timer ")]
     r = ckptrace("restore", "--json", img)
     assert r.returncode == 0, r.stderr.decode()
     res = json.loads(r.stdout)
     restored.append(res["init_pid"])
     # The timerfd goes on firing, through the restored epoll, counting on from the dumped total.
     data = wait_for_ticks(str(log), len(before), want=3)
-    new = [int(x.split()[1]) for x in data[len(before):].decode().splitlines()]
+    new = [int(x.split()[1]) for x in data[len(before):].decode().splitlines() if x.startswith("timer ")]
     assert len(new) >= 3 and new == sorted(new) and new[0] > (timers[-1] if timers else 0), (timers, new)
     # SIGUSR2 reaches the restored signalfd (blocked mask restored, signalfd in the epoll); the
     # eventfd still counts 5; the FIFO still holds "hello".
@@ -462,6 +462,12 @@ def test_eventfd_signalfd_timerfd_epoll_fifo_sockets_come_back(pidns, fdkinds, t
         time.sleep(0.05)
     go = [x for x in log.read_text().splitlines() if x.startswith("go ")]
     assert go == [f"go ev=5 fifo=hello sig={int(signal.SIGUSR2)} pair=ping"]
+    # The inotify watch is back with its wd, its events reaching the task through the epoll.
+    (tmp_path / "probe1").touch()
+    deadline = time.monotonic() + 3
+    while b"created probe1" not in log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [x for x in log.read_text().splitlines() if x.startswith("created ")] == ["created probe1 wd=3"]
     # The unix listener is bound and listening again, its accepts driven by the restored epoll.
     import socket
 

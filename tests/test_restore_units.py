@@ -91,5 +91,5 @@ def test_missing_files_and_unsupported_kinds_are_named(tmp_path):
     assert any("/usr/bin/sample" in p for p in check_files(img))  # mapped files count too
     files["/usr/bin/sample"].name = "/bin/sh"
     assert check_files(img) == []  # and the pipe is a supported kind
-    pipe.fields["f_type"] = FileType.INOTIFY
-    assert any("INOTIFY" in p for p in check_files(img))
+    pipe.fields["f_type"] = FileType.INET_SOCKET
+    assert any("INET_SOCKET" in p for p in check_files(img))

@@ -17,10 +17,12 @@ import errno
 import fcntl
 import os
 import resource
+import struct
+import tempfile
 from dataclasses import dataclass, field
 
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
-from ..kernel.sys import syscall
+from ..kernel.sys import libc, syscall
 from ..image.reader import File, FileTable, Image, Mm, Shmem
 from ..image.records import (PAGE_SIZE, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
 
@@ -32,7 +34,8 @@ VM_MAYWRITE = 0x20
 
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
              FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL,
-             FileType.UNIX_SOCKET, FileType.TTY}
+             FileType.UNIX_SOCKET, FileType.TTY, FileType.INOTIFY}
+INOTIFY_WATCH = struct.Struct("<iIQI")  # wd, mask, ino, dev; then the NUL-terminated path
 AF_UNIX = 1
 TCP_LISTEN = 10
 SOCKADDR_LEN = 128
@@ -56,6 +59,12 @@ def check_files(img: Image) -> list[str]:
                 problems.append(f"file object {obj.objref} ({obj.name or '?'}) is a pty master, "
                                 "which restore does not support")
                 continue
+        if ft is FileType.INOTIFY:
+            rec = _extra(obj, RecType.FILE_INOTIFY)
+            for wd, _, path in _inotify_watches(bytes(rec.payload or b"")) if rec else []:
+                if not path or not os.path.lexists(path):
+                    problems.append(f"inotify object {obj.objref} watches {path or 'an inode with no path'} "
+                                    f"(wd {wd}), which does not exist")
         if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(obj.name)):
             problems.append(f"file {obj.name!r} (object {obj.objref}) does not exist")
     return problems
@@ -140,6 +149,8 @@ class FileSet:
                                           f["f_flags"] & os.O_NONBLOCK, what="signalfd4"))
             if ft is FileType.TIMERFD:
                 return self._timerfd(obj)
+            if ft is FileType.INOTIFY:
+                return self._inotify(obj)
             if ft is FileType.UNIX_SOCKET:
                 return self._unix_socket(obj)
             if ft is FileType.EPOLL:
@@ -254,6 +265,40 @@ class FileSet:
                     out.add(r.fields["ino"])
         return out
 
+    def _inotify(self, obj: File) -> int:
+        """Watches are added again by path, in wd order; the kernel hands out wds in sequence, so
+        wds the image skips are used up by throw-away watches on an empty temp dir (whose
+        IN_IGNORED events are then drained)."""
+        rec = _extra(obj, RecType.FILE_INOTIFY)
+        watches = _inotify_watches(bytes(rec.payload or b"")) if rec else []
+        fd = self.place(_check_libc(libc.inotify_init1(os.O_NONBLOCK), "inotify_init1"))
+        scratch = tempfile.mkdtemp(prefix="ckptrace-wd-")
+        try:
+            next_wd = 1
+            for wd, mask, path in sorted(watches):
+                if not path:
+                    raise Unsupported(f"inotify object {obj.objref}: the inode of watch {wd} has no path")
+                while next_wd < wd:
+                    dummy = _check_libc(libc.inotify_add_watch(fd, scratch.encode(), 0x100), "inotify_add_watch")
+                    libc.inotify_rm_watch(fd, dummy)
+                    next_wd = dummy + 1
+                got = _check_libc(libc.inotify_add_watch(fd, path.encode("utf-8", "surrogateescape"),
+                                                        ctypes.c_uint32(mask)),
+                                  f"inotify_add_watch({path})")
+                if got != wd:
+                    raise Unsupported(f"inotify object {obj.objref}: watch on {path} got wd {got}, not {wd}")
+                next_wd = got + 1
+            while True:
+                try:
+                    os.read(fd, 65536)  # the throw-away watches' IN_IGNORED events
+                except BlockingIOError:
+                    break
+        finally:
+            os.rmdir(scratch)
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
+        return fd
+
     def _timerfd(self, obj: File) -> int:
         rec = _extra(obj, RecType.FILE_TIMERFD)
         if rec is None:
@@ -356,6 +401,25 @@ class FileSet:
             os.close(fd)
         self.holders.clear()
         self.socket_pairs.clear()
+
+
+def _inotify_watches(payload: bytes) -> list[tuple[int, int, str]]:
+    out, pos = [], 0
+    while pos + INOTIFY_WATCH.size <= len(payload):
+        wd, mask, _ino, _dev = INOTIFY_WATCH.unpack_from(payload, pos)
+        pos += INOTIFY_WATCH.size
+        end = payload.find(b"\0", pos)
+        end = len(payload) if end < 0 else end
+        out.append((wd, mask, payload[pos:end].decode("utf-8", "surrogateescape")))
+        pos = end + 1
+    return out
+
+
+def _check_libc(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise from_oserror(OSError(err, os.strerror(err)), what)
+    return ret
 
 
 def _sun_path(sockaddr: bytes) -> bytes:

@@ -8,7 +8,9 @@
  * signalfd and the listener. Its loop waits on the epoll and appends to DIR/fd.log: "timer N"
  * as expirations add up; for each connection to DIR/sock it writes "hi" to it and closes it;
  * once DIR/go exists and a SIGUSR2 came through the signalfd: "go ev=<eventfd counter>
- * fifo=<bytes read from the FIFO> sig=<signo> pair=<what went through the socketpair>".
+ * fifo=<bytes read from the FIFO> sig=<signo> pair=<what went through the socketpair>". An
+ * inotify (in the epoll) watches DIR for IN_CREATE as wd 3 (wd 2 was used and removed): each
+ * file DIR/probe* created logs "created <name> wd=<wd>".
  * DIR/ready appears when everything is set up.
  */
 #define _GNU_SOURCE
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/inotify.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -66,6 +69,15 @@ int main(int argc, char **argv)
     epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev);
     ev.data.u64 = 3;
     epoll_ctl(ep, EPOLL_CTL_ADD, lsn, &ev);
+    int ino = inotify_init1(IN_NONBLOCK);
+    inotify_add_watch(ino, "/", IN_ATTRIB); /* wd 1, then 2 removed: the restore must keep wd 3 */
+    inotify_rm_watch(ino, inotify_add_watch(ino, "/tmp", IN_ATTRIB));
+    inotify_add_watch(ino, argv[1], IN_CREATE);
+    char evbuf[4096];
+    while (read(ino, evbuf, sizeof evbuf) > 0)
+        ;
+    ev.data.u64 = 4;
+    epoll_ctl(ep, EPOLL_CTL_ADD, ino, &ev);
     snprintf(path, sizeof path, "%s/fd.log", argv[1]);
     int log = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     snprintf(path, sizeof path, "%s/ready", argv[1]);
@@ -89,6 +101,14 @@ int main(int argc, char **argv)
                     if (write(c, "hi", 2) != 2)
                         dprintf(log, "accept write failed\n");
                     close(c);
+                }
+            } else if (out[i].data.u64 == 4) {
+                ssize_t len = read(ino, evbuf, sizeof evbuf);
+                for (char *p = evbuf; len > 0 && p < evbuf + len;) {
+                    struct inotify_event *ie = (struct inotify_event *)p;
+                    if (ie->len && strncmp(ie->name, "probe", 5) == 0)
+                        dprintf(log, "created %s wd=%d\n", ie->name, ie->wd);
+                    p += sizeof *ie + ie->len;
                 }
             } else if (out[i].data.u64 == 2) {
                 struct signalfd_siginfo si;
