@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import Unsupported
-from ..image.reader import FileTable, Image, Mm, Task
+from ..image.reader import File, FileTable, Image, Mm, Task
+from ..image.records import FileType, RecType, VmaType
 from ..kernel.sys import SYS_clone3, libc
 from . import creds
 from .files import FileSet
@@ -69,14 +70,14 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
         assert t is not None and t.proc is not None
         p = ProcPlan(e["pid"], e["ppid"], e["pgid"], e["sid"], t.fields["exit_signal"] or signal.SIGCHLD,
                      sigactions=t.sighand, rlimits=t.rlimits, umask=t.proc["umask"],
-                     personality=t.proc["personality"], pdeath_signal=t.proc["pdeath_signal"], cwd=t.cwd or "/", root=t.root or "/")
+                     personality=t.proc["personality"], pdeath_signal=t.proc["pdeath_signal"],
+                     cwd=t.cwd or "/", root=t.root or "/")
         table = img.obj(t.files_objref)
         if isinstance(table, FileTable):
             p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
                      for d in table.fds]
-        p.keep = map_fds_of(img, t, files) + files.extra
-        if isinstance(table, FileTable):
             p.epoll = _epoll_entries(img, table, claimed)
+        p.keep = map_fds_of(img, t, files) + files.extra
         plans[p.pid] = p
         if p.pid == 1:
             root = p
@@ -94,9 +95,6 @@ def _epoll_entries(img: Image, table: FileTable, claimed: set[int]) -> list[tupl
     """The interest lists of epoll files in this table not yet claimed by an earlier process.
     The dump names targets by fd number in the first table it met the epoll in: that table's
     process (first in TREE order) registers them, with its own numbers."""
-    from ..image.reader import File
-    from ..image.records import FileType, RecType
-
     out = []
     for d in table.fds:
         f = img.obj(d["fd_objref"])
@@ -112,9 +110,6 @@ def _epoll_entries(img: Image, table: FileTable, claimed: set[int]) -> list[tupl
 
 def map_fds_of(img: Image, t: Task, files: FileSet) -> list[int]:
     """Controller fds the process needs until its memory is mapped (files of its VMAs, exe)."""
-    from ..image.reader import File
-    from ..image.records import VmaType
-
     mm = img.obj(t.mm_objref)
     if not isinstance(mm, Mm):
         return []
@@ -180,8 +175,7 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     if os.getpid() != p.pid:
         raise RuntimeError(f"clone3 gave pid {os.getpid()}, wanted {p.pid}")
     targets = {fd for _, fd, _ in p.fds}
-    # First lift sources that sit on a target number out of the way (sources are >= base, targets
-    # below it, so this only matters for the controller's own low fds, which are not sources).
+    # Sources all sit above every target number (FileSet.base), so no dup2 clobbers a source.
     for src, fd, cloexec in p.fds:
         os.dup2(src, fd, inheritable=not cloexec)
     for epfd, tfd, events, data in p.epoll:
