@@ -16,6 +16,7 @@ A failure at any point SIGKILLs the new init, which takes the whole new namespac
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import shutil
@@ -136,7 +137,7 @@ def fix_restart(regs: dict[str, int]) -> list[int]:
 
 
 def _timed_out(signum, frame):
-    raise KernelError("restore took too long (a task stuck during injection?)", 62)
+    raise KernelError("restore took too long (a task stuck during injection?)", errno.ETIMEDOUT)
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -163,8 +164,11 @@ class _Restore:
         # A watchdog: a task that faults during injection would have the injector step it
         # forever; the alarm's exception unwinds into _abort instead.
         limit = WATCHDOG_S + self.img.size / WATCHDOG_MIN_RATE
-        old_handler = signal.signal(signal.SIGALRM, _timed_out)
-        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            old_handler = signal.signal(signal.SIGALRM, _timed_out)
+            signal.setitimer(signal.ITIMER_REAL, limit)
+        except ValueError:
+            old_handler = None  # not the main thread: signals cannot be handled here; no watchdog
         try:
             files.create()
             mem = MemoryRestorer(self.img, self.f, files)
@@ -181,8 +185,9 @@ class _Restore:
             self._abort()
             raise
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old_handler)
+            if old_handler is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old_handler)
             files.close()
         return res
 
@@ -212,7 +217,7 @@ class _Restore:
         while len(self.host) < n:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
-                raise KernelError(f"only {len(self.host)} of {n} processes came up in time", 62)
+                raise KernelError(f"only {len(self.host)} of {n} processes came up in time", errno.ETIMEDOUT)
             chunk = os.read(r, 4096)
             if not chunk:
                 raise NoSuchProcess(f"the new processes exited before all {n} came up "
