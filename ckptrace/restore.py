@@ -164,11 +164,12 @@ class _Restore:
         # A watchdog: a task that faults during injection would have the injector step it
         # forever; the alarm's exception unwinds into _abort instead.
         limit = WATCHDOG_S + self.img.size / WATCHDOG_MIN_RATE
+        watchdog = True
         try:
             old_handler = signal.signal(signal.SIGALRM, _timed_out)
             signal.setitimer(signal.ITIMER_REAL, limit)
         except ValueError:
-            old_handler = None  # not the main thread: signals cannot be handled here; no watchdog
+            watchdog = False  # not the main thread: signals cannot be handled here
         try:
             files.create()
             mem = MemoryRestorer(self.img, self.f, files)
@@ -185,9 +186,9 @@ class _Restore:
             self._abort()
             raise
         finally:
-            if old_handler is not None:
+            if watchdog:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old_handler)
+                signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
             files.close()
         return res
 
