@@ -224,7 +224,9 @@ def test_faults_off_still_reports_structure_but_no_dirty(pidns):
     need_root_and_bcc()
     work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
     watch = start_watch("--pidns", str(work.ns), "--duration", "2", "--no-faults")
+    loaded = our_programs()
     events, err = finish(watch)
+    assert "ckpt_exec" in loaded and "ckpt_fault" not in loaded  # the fault path is not touched
     assert the(events, event="exec", comm="true")
     assert not the(events, event="dirty")
 
@@ -246,3 +248,25 @@ def test_not_root_is_one_line(root):
                         PY, "-m", "ckptrace", "watch"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "root" in r.stderr
+
+
+@pytest.mark.kernel
+def test_a_full_ring_buffer_is_counted_not_silent(pidns, tmp_path):
+    """With a one-page ring buffer and nobody reading, a burst of mm events overflows it: the
+    overflow shows in the loss counters."""
+    need_root_and_bcc()
+    from ckptrace.kernel.bpfload import WatchProgram
+
+    go, done = tmp_path / "go", tmp_path / "done"
+    work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; i=0; "
+                  f"while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done; touch {done}; sleep 60"])
+    with WatchProgram(focus_ns=work.ns, faults=False, ringbuf_pages=1) as prog:
+        prog.open_events(lambda e: None)
+        go.touch()
+        wait_until = time.monotonic() + 20
+        while not done.exists() and time.monotonic() < wait_until:
+            time.sleep(0.05)  # never polled meanwhile: the ring fills
+        lost = prog.lost()
+        prog.poll(0)
+    assert lost["ring"] > 0
+    assert our_programs() == []

@@ -181,11 +181,11 @@ class WatchProgram:
         except Exception as exc:  # bcc: bare Exception on attach failure
             self.close()
             raise HostUnsupported(f"cannot attach {tp}: {str(exc).splitlines()[0]}") from None
-        self.tracked = self.bpf["tracked"]
+        self.tracked = self.bpf[b"tracked"]
         self.ns_slots: list[int] = []
-        self._lost = self.bpf["lost"]
-        self._dirty = self.bpf["dirty"] if faults else None
-        self._ring = self.bpf["events"]
+        self._lost = self.bpf[b"lost"]
+        self._dirty = self.bpf[b"dirty"] if faults else None
+        self._ring = self.bpf[b"events"]
         self._batch_ok = True
 
     # -- context manager -------------------------------------------------------------------------
@@ -215,7 +215,7 @@ class WatchProgram:
             return True
         if len(self.ns_slots) >= self.max_ns:
             return False
-        table = self.bpf["ns_list"]
+        table = self.bpf[b"ns_list"]
         table[ctypes.c_int(len(self.ns_slots))] = ctypes.c_uint64(ino)
         self.ns_slots.append(ino)
         return True
