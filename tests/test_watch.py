@@ -270,3 +270,15 @@ def test_a_full_ring_buffer_is_counted_not_silent(pidns, tmp_path):
         prog.poll(0)
     assert lost["ring"] > 0
     assert our_programs() == []
+
+
+@pytest.mark.kernel
+def test_plain_lines_without_a_terminal(pidns):
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
+    r = subprocess.run([PY, "-m", "ckptrace", "watch", "--pidns", str(work.ns), "--duration", "2", "--no-faults"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if " exec " in line and "comm=true" in line]
+    assert lines, r.stdout[-2000:]
+    assert f"ns={work.ns} " in lines[0] and not r.stdout.lstrip().startswith("{")
