@@ -140,11 +140,10 @@ class Controller:
         ev = {"event": kind, "pid": pid, "hostpid": e.hostpid, "ns": ns, "ts": e.ts}
         if e.gen:
             ev["_gen"] = e.gen
-        comm = bytes(e.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
         if kind == "fork":
             ev.update(child=e.a0, _childhost=e.a1)
         elif kind in ("exec", "rename"):
-            ev["comm"] = comm
+            ev["comm"] = e.comm.decode("utf-8", "replace")  # c_char array: bytes up to the NUL
         elif kind == "exit":
             ev["code"] = e.code
         elif kind in ("mmap", "mprotect"):
