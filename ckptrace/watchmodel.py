@@ -51,6 +51,7 @@ class Vma:
     born: int = 0  # mm generation the mapping appeared in
     lineage: int = 0  # shared by the pieces mprotect splits and mremap moves
     died: int = 1 << 62  # for tombstones: generation it disappeared in
+    moved: int = 0  # for tombstones of an mremap: how far the mapping moved
 
     @property
     def pages(self) -> int:
@@ -301,7 +302,10 @@ class Model:
         moved = [v.shifted(delta) for v in parts]
         for v in moved:
             v.born = p.gen
-        p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage) for v in parts], now)
+        tombs = [Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage) for v in parts]
+        for t in tombs:
+            t.moved = delta
+        p.bury(tombs, now)
         p.bury(p.carve(new, new + nlen), now)
         for v in moved:
             if v.start < new + nlen:
@@ -350,9 +354,13 @@ class Model:
         for v, pnums in hits.values():
             if v.died < (1 << 62):
                 # written before an mprotect/mremap: the dirt stays with the live descendant
+                shift = v.moved >> PAGE_SHIFT
                 for pn in pnums:
-                    heir = p.find(pn << PAGE_SHIFT)
-                    (heir.dirty if heir is not None and heir.lineage == v.lineage else v.dirty).add(pn)
+                    heir = p.find((pn + shift) << PAGE_SHIFT)
+                    if heir is not None and heir.lineage == v.lineage:
+                        heir.dirty.add(pn + shift)
+                    else:
+                        v.dirty.add(pn)
             else:
                 v.dirty.update(pnums)
             ev = {"event": "dirty", "pid": p.pid, "hostpid": p.hostpid, "ns": p.ns, "ts": ts,

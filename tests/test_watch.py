@@ -41,11 +41,16 @@ child = os.fork()
 if child == 0:
     os.execv("/bin/sh", ["sh", "-c", "exit 7"])
 _, status = os.waitpid(child, 0)
+killed = os.fork()
+if killed == 0:
+    os.execv("/bin/sh", ["sh", "-c", "kill -9 $$"])
+os.waitpid(killed, 0)
 assert libc.munmap(a, n * 4096) == 0
 m = libc.mmap(None, 4 * 4096, 3, 0x22, -1, 0)
 m2 = libc.mremap(m, 4 * 4096, 64 * 4096, 1)  # MREMAP_MAYMOVE
 with open(result + ".tmp", "w") as f:
-    json.dump({"pid": os.getpid(), "child": child, "status": status, "addr": a, "m": m, "m2": m2}, f)
+    json.dump({"pid": os.getpid(), "child": child, "killed": killed, "status": status, "addr": a, "m": m,
+               "m2": m2}, f)
 os.rename(result + ".tmp", result)
 time.sleep(3600)
 """
@@ -167,6 +172,8 @@ def test_fork_exec_exit_with_in_namespace_pids(focused_run):
     exits = the(events, event="exit", pid=res["child"])
     assert [e["code"] for e in exits] == [7] and os.WEXITSTATUS(res["status"]) == 7
     assert forks[0]["ts"] < execs[0]["ts"] < exits[0]["ts"]
+    # killed by a signal: 128 + signal, as a shell reports it
+    assert [e["code"] for e in the(events, event="exit", pid=res["killed"])] == [128 + 9]
 
 
 @pytest.mark.kernel

@@ -158,6 +158,15 @@ def test_mremap_moves_dirt_with_the_mapping(model):
     assert moved.dirty == {(0x50000000 + P) >> 12}
 
 
+def test_pages_written_before_an_mremap_move_follow_the_mapping(model):
+    p = model.procs[100]
+    model.apply(ev("mmap", addr=0x40000000, len=4 * P, prot=3, _gen=1))
+    model.apply(ev("mremap", addr=0x40000000, len=4 * P, new_addr=0x50000000, new_len=4 * P, _gen=2))
+    out = model.add_dirty(100, [(1, 0x40000000 + 2 * P)], ts=1)
+    assert [(e["start"], e["pages"]) for e in out] == [(0x40000000, 1)]  # reported where it was written
+    assert p.find(0x50000000).dirty == {(0x50000000 + 2 * P) >> 12}  # and counted where it is now
+
+
 def test_brk_reports_old_break_and_signed_delta(model):
     p = model.procs[100]
     assert model.apply(ev("brk", _want=0, _got=0x700000)) is None  # a query: baseline only
