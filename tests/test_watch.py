@@ -289,3 +289,35 @@ def test_plain_lines_without_a_terminal(pidns):
     lines = [line for line in r.stdout.splitlines() if " exec " in line and "comm=true" in line]
     assert lines, r.stdout[-2000:]
     assert f"ns={work.ns} " in lines[0] and not r.stdout.lstrip().startswith("{")
+
+
+@pytest.mark.kernel
+def test_a_dump_resets_the_namespace_dirty_counts(pidns, tmp_path):
+    """The controller in-process: dirty pages accumulate, `ckptrace dump` of the namespace
+    stamps /run/ckptrace/dumps/<ns>, and the next dump check clears them."""
+    need_root_and_bcc()
+    from ckptrace.kernel.bpfload import WatchProgram, ns_dev_ino
+    from ckptrace.watch import Controller
+    from ckptrace.watchmodel import Model
+
+    writer = ("import mmap, time\nkeep = []\nwhile True:\n    m = mmap.mmap(-1, 16 * 4096)\n"
+              "    for i in range(0, len(m), 4096):\n        m[i] = 1\n    keep.append(m)\n    time.sleep(0.1)\n")
+    work = pidns([PY, "-c", writer])
+    model = Model()
+    with WatchProgram(focus_ns=work.ns, faults=True) as prog:
+        ctl = Controller(prog, model, host=ns_dev_ino("self")[1], focus=work.ns, emit=lambda ev: None)
+        prog.open_events(ctl.on_record)
+        ctl.seed_all()
+        ctl.check_dumps()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            prog.poll(40)
+            ctl.drain()
+        assert ctl.failure is None
+        dirty = sum(p.dirty_pages() for p in model.ns_procs(work.ns))
+        assert dirty >= 16
+        r = subprocess.run([PY, "-m", "ckptrace", "dump", "--pidns", str(work.ns), "-o", str(tmp_path / "img"), "-q"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        ctl.check_dumps()
+        assert sum(p.dirty_pages() for p in model.ns_procs(work.ns)) == 0
