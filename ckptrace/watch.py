@@ -184,6 +184,13 @@ class Controller:
             self.lost_seen = dict(lost)
             self.emit({"event": "lost", "pid": 0, "hostpid": 0, "ns": 0, "ts": time.monotonic_ns(), **lost})
 
+    def gc(self) -> None:
+        """Drop what the model no longer needs, and give dead namespaces' kernel slots back."""
+        self.model.gc()
+        for ino in list(self.prog.ns_slots):
+            if ino not in self.model.namespaces:
+                self.prog.forget_namespace(ino)
+
     def check_dumps(self) -> None:
         for ino, ns in self.model.namespaces.items():
             stamp = notify.last_dump(ino, base=self.dumps_dir)
@@ -289,7 +296,7 @@ def _loop(ctl: Controller, args, tick) -> None:
         if now >= next_house:
             ctl.check_lost()
             ctl.check_dumps()
-            ctl.model.gc()
+            ctl.gc()
             next_house = now + HOUSEKEEP_SECONDS
         tick()
 

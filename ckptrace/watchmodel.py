@@ -387,3 +387,8 @@ class Model:
             p.tombstones = [(t, v) for t, v in p.tombstones if now - t < TOMBSTONE_SECONDS]
             if not p.alive and now - p.died > DEAD_SECONDS:
                 del self.procs[hp]
+        # a pid namespace without processes is gone for good (it dies with its init)
+        live = {p.ns for p in self.procs.values()}
+        for ino, ns in list(self.namespaces.items()):
+            if ino not in live and ns.window and now - ns.window[-1] > DEAD_SECONDS:
+                del self.namespaces[ino]

@@ -192,6 +192,12 @@ def test_fork_exec_exit_build_the_tree(model):
     model.tick(10)
     model.gc()
     assert 101 not in model.procs
+    assert NS in model.namespaces  # init still lives
+    model.apply(ev("exit", code=0))
+    model.apply(ev("exit", hostpid=102, pid=3, code=0))
+    model.tick(10)
+    model.gc()
+    assert model.procs == {} and NS not in model.namespaces  # the namespace died with its init
 
 
 def test_events_are_counted_and_kept_for_the_log(model):

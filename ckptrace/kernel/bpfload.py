@@ -220,6 +220,16 @@ class WatchProgram:
         self.ns_slots.append(ino)
         return True
 
+    def forget_namespace(self, ino: int) -> None:
+        """Free a dead namespace's slot. The slots are rewritten in place: a task placed meanwhile
+        may miss its namespace and take the (slower, still correct) discovery path."""
+        if ino not in self.ns_slots:
+            return
+        self.ns_slots.remove(ino)
+        table = self.bpf[b"ns_list"]
+        for i in range(self.max_ns):
+            table[ctypes.c_int(i)] = ctypes.c_uint64(self.ns_slots[i] if i < len(self.ns_slots) else 0)
+
     def track(self, hostpid: int, ns: int, pid: int = 0) -> None:
         t = self.tracked.Leaf()
         t.ns = ns
