@@ -187,6 +187,44 @@ def _raise_on_signal(signum, _frame):
     raise _Terminated(f"terminated by signal {signum}; tasks released")
 
 
+def _kill_namespace(init: int) -> int | None:
+    """SIGKILL the namespace's init (the kernel then kills every task of the namespace); returns
+    a pidfd of init to wait on, or None when it is already gone."""
+    from .kernel.sys import pidfd_open
+
+    try:
+        fd = pidfd_open(init)
+        os.kill(init, signal.SIGKILL)
+    except (ProcessLookupError, NoSuchProcess):
+        return None
+    return fd
+
+
+def _wait_exit(pidfd: int, timeout: float = 10.0) -> None:
+    """Wait until init has exited; by then the kernel has reaped every other task of its namespace,
+    so `dump --kill` returns only when the namespace is gone (ready to be restored elsewhere)."""
+    import select
+
+    from .kernel.ptrace import WALL
+
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([pidfd], [], [], 0.02)[0]:
+                return
+            # Killed tracees could not be detached (they were no longer stopped): their exit is
+            # reported to us, the tracer, first, and init cannot finish reaping until we collect it.
+            while True:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG | WALL)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+    finally:
+        os.close(pidfd)
+
+
 def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
     """Dump namespace `ns` to `out_fd`. Raises CkptError; tasks are always released."""
     started = time.monotonic()
@@ -198,22 +236,24 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
     s = Summary(ns=ns)
     t0 = time.monotonic()
     ok = False
+    init_fd = None
     try:
         frz.freeze()
         ctx = Dumper(ns, init, out_fd, opts, on_progress).run(frz)
         ok = True
+        if opts.kill:
+            # Kill while still held: released first, the tasks would run on for a moment and
+            # change files the image already describes (a migrated log would repeat lines).
+            init_fd = _kill_namespace(init)
     finally:
         frz.release(leave_stopped=ok and opts.leave_stopped)
+    if ok and opts.kill and init_fd is not None:
+        _wait_exit(init_fd)
         s.frozen_s = time.monotonic() - t0
     s.elapsed_s = time.monotonic() - started
     st = ctx.stats
     s.tasks, s.processes, s.vmas, s.pages, s.files = st.tasks, st.processes, st.vmas, st.pages, st.files
     s.bytes = ctx.w.bytes_written
-    if opts.kill:
-        try:
-            os.kill(init, signal.SIGKILL)  # init's death kills every task of its namespace
-        except ProcessLookupError:
-            pass
     notify.dump_done(ns)
     return s
 

@@ -141,3 +141,16 @@ def test_live_self():
         files = {(ln.split()[0], ln.split()[-1]) for ln in f if "/" in ln}
     assert files == {(f"{m.start:08x}-{m.end:08x}", m.path) for m in maps if "/" in m.path}
     assert procfs.auxv(pid)[-1] == (0, 0)
+
+
+def test_limits_agree_with_getrlimit():
+    """/proc/PID/limits parsed == getrlimit of the same process, for every resource."""
+    import resource
+
+    from ckptrace.kernel import procfs
+
+    got = procfs.limits(os.getpid())
+    assert len(got) == 16
+    for res, (cur, mx) in enumerate(got):
+        want = resource.getrlimit(res)
+        assert (cur, mx) == tuple(procfs.RLIM_INFINITY if v == resource.RLIM_INFINITY else v for v in want), res

@@ -227,6 +227,26 @@ def personality(pid: int, root: str = PROC) -> int:
     return int(_read(f"{root}/{pid}/personality", f"read personality of {pid}").strip() or "0", 16)
 
 
+RLIM_INFINITY = (1 << 64) - 1
+
+
+def limits(pid: int, root: str = PROC) -> list[tuple[int, int]]:
+    """(soft, hard) of every resource in RLIMIT_* order, from /proc/PID/limits.
+
+    Read here rather than with prlimit(2): prlimit of a task with other user ids needs
+    CAP_SYS_RESOURCE, which this root may lack, while the /proc file only needs ptrace access.
+    The kernel prints one line per resource, in resource order, columns "%-25s %-20s %-20s".
+    """
+    text = _read(f"{root}/{pid}/limits", f"read limits of {pid}")
+    out = []
+    for line in text.splitlines()[1:]:
+        if not line.strip():
+            continue
+        soft, hard = line[26:46].strip(), line[47:67].strip()
+        out.append(tuple(RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard)))
+    return out
+
+
 # -- files ---------------------------------------------------------------------------------------
 
 def fds(pid: int, root: str = PROC) -> list[int]:

@@ -10,11 +10,9 @@ as possible (the Injector restores registers after each call).
 
 from __future__ import annotations
 
-import resource
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import NoSuchProcess
 from ..image.records import RLIMIT_NAMES, TASK_COMM_LEN, RecType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee
@@ -166,13 +164,7 @@ def write_proc(ctx: DumpContext, p: ProcState) -> None:
         payload=[{"gid": g} for g in groups])
     ctx.w.record(RecType.TASK_SIGHAND, dict(nsig=NSIG), payload=[
         dict(handler=h, flags=f, restorer=r, mask=m) for h, f, r, m in p.sigactions])
-    limits = []
-    for res in range(len(RLIMIT_NAMES)):
-        try:
-            cur, mx = resource.prlimit(p.hostpid, res)
-        except ProcessLookupError:
-            raise NoSuchProcess(f"process {p.hostpid} vanished while frozen") from None
-        limits.append(dict(cur=cur & U64, max=mx & U64))
+    limits = [dict(cur=cur, max=mx) for cur, mx in procfs.limits(p.hostpid, ctx.proc)[:len(RLIMIT_NAMES)]]
     ctx.w.record(RecType.TASK_RLIMITS, dict(nlimits=len(limits)), payload=limits)
     cwd = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/cwd"))
     root = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/root"))
