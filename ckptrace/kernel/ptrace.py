@@ -46,6 +46,7 @@ REG_INDEX = {n: i for i, n in enumerate((
 _XSTATE_MAX = 64 << 10
 RED_ZONE = 128
 SYSCALL_INSN = b"\x0f\x05"
+_FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 
 
 def _ptrace(req: int, pid: int, addr: int = 0, data: int | ctypes.c_void_p | None = 0, what: str = "") -> int:
@@ -234,8 +235,13 @@ class Injector:
                 sig = os.WSTOPSIG(status) if os.WIFSTOPPED(status) else 0
                 if sig == signal.SIGTRAP and (status >> 16) == 0:
                     break
+                if sig in _FAULTS:
+                    # The step itself faulted (bad insn address or layout): stepping again would
+                    # fault forever.
+                    raise KernelError(f"injected syscall {nr} faulted in task {self.t.tid} "
+                                      f"({signal.Signals(sig).name})", errno.EFAULT)
                 if sig and (status >> 16) == 0 and sig != signal.SIGTRAP:
-                    # A signal arrived first: keep it for the task and step again.
+                    # An asynchronous signal arrived first: keep it for the task and step again.
                     self.t.owed_signal = self.t.owed_signal or sig
                     continue
             out = self.t.get_regs()

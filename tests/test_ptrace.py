@@ -1,0 +1,59 @@
+"""ptrace primitives on a real child: stop, registers, injection leaves no trace, faults are errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from ckptrace.errors import KernelError
+from ckptrace.kernel.ptrace import REG_INDEX, Injector, Tracee, xcr0_from_xstate
+
+
+@pytest.fixture
+def stopped_child(root):
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        while True:
+            time.sleep(0.01)
+    t = Tracee(pid)
+    t.seize()
+    t.interrupt()
+    t.wait_stop()
+    yield t
+    t.detach()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.kernel
+def test_injection_returns_the_result_and_restores_registers(stopped_child):
+    t = stopped_child
+    before = t.get_regs()
+    inj = Injector(t)
+    assert inj.syscall(39) == t.tid  # getpid, seen from inside the child
+    assert inj.syscall(62, 0, 0) == 0  # kill(0, 0): signal 0 to its own group, a harmless probe
+    assert inj.syscall(3, 100000) == -9  # close of a bad fd: -EBADF comes back raw
+    assert t.get_regs() == before
+    with open(f"/proc/{t.tid}/status") as f:
+        assert "TracerPid:\t%d" % os.getpid() in f.read()
+
+
+@pytest.mark.kernel
+def test_injection_through_a_bad_address_raises(stopped_child):
+    t = stopped_child
+    before = t.get_regs()
+    with pytest.raises(KernelError, match="faulted"):
+        Injector(t, insn=0x1000).syscall(39)
+    assert t.get_regs() == before  # and the task is left as it was
+
+
+@pytest.mark.kernel
+def test_xstate_is_the_cpus_full_area(stopped_child):
+    xs = stopped_child.get_xstate()
+    assert len(xs) >= 576 and len(xs) % 64 == 0
+    xcr0 = xcr0_from_xstate(xs)
+    assert xcr0 & 0x3 == 0x3  # x87 and SSE state are always enabled on x86_64
+    assert stopped_child.get_regs()[REG_INDEX["cs"]] == 0x33
