@@ -292,6 +292,73 @@ def test_inspect_reads_stdin(tmp_path):
     assert r.stdout.decode().startswith("000000600000  01 01")
 
 
+def run_in_pty(argv: list[str], stdin_data: bytes | None = None) -> tuple[int, bytes]:
+    """Run argv on a new 80x24 pseudo-terminal, wait for the footer, press q; (status, output).
+    With stdin_data, standard input is a pipe carrying it while the terminal stays the pty."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    src = None
+    if stdin_data is not None:
+        src, w = os.pipe()
+    pid, fd = pty.fork()
+    if pid == 0:  # child: exec at once
+        if src is not None:
+            os.dup2(src, 0)
+        os.environ.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
+        os.execv(argv[0], argv)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    if src is not None:
+        os.close(src)
+        os.write(w, stdin_data)
+        os.close(w)
+    out = b""
+    deadline = time.monotonic() + 20
+    sent = False
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not sent and b"Quit" in out:
+            time.sleep(0.3)
+            os.write(fd, b"q")
+            sent = True
+    # q must end it promptly; whatever still runs at the deadline is killed (and fails the test).
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            _, status = os.waitpid(pid, 0)
+            break
+        time.sleep(0.05)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out
+
+
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_command_runs_on_a_terminal_and_q_quits(tmp_path, from_stdin):
+    img = tmp_path / "s.img"
+    img.write_bytes(imagegen.build())
+    exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
+    if from_stdin:
+        status, out = run_in_pty([exe, "inspect", "-"], img.read_bytes())
+    else:
+        status, out = run_in_pty([exe, "inspect", str(img)])
+    assert status == 0, out[-2000:]
+    assert b"sample" in out and b"6.18.0-test" in out
+
+
 def test_help_does_not_import_textual():
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ckptrace", "--help"],
                        capture_output=True, text=True)
