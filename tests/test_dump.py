@@ -17,7 +17,7 @@ import pytest
 
 from nsutil import NsWorkload, nspid
 
-from ckptrace.image.reader import File, Mm, Shmem, read_image, read_pages
+from ckptrace.image.reader import File, Mm, read_image, read_pages
 from ckptrace.image.records import REG_NAMES, FileType, RecType, VmaType
 
 pytestmark = pytest.mark.kernel
@@ -180,9 +180,9 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
                     ev = kinds[FileType.EVENTFD][0][1].extra[0].fields
                     assert ev["count"] == 5
                     assert all(d["fd_close_on_exec"] for d, _ in kinds[FileType.EVENTFD])
-            # The shared anonymous mapping is one SHMEM object used by both processes.
+            # The shared anonymous mapping is one SHMEM file object used by both processes.
             assert len(shm_users) == 2 and len(set(shm_users)) == 1
-            assert isinstance(img.obj(shm_users[0]), Shmem)
+            assert isinstance(img.obj(shm_users[0]), File) and img.obj(shm_users[0]).ftype == FileType.SHMEM
         # The image also passes `show` and `decode`.
         for cmd in ("show", "decode"):
             p = subprocess.run(CLI + [cmd, str(img_path)], capture_output=True)

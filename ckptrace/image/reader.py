@@ -7,7 +7,9 @@
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
     body(FILE)       := FILE [FILE_NAME] file-extra*
     body(MM)         := object* MM (object* VMA PAGE* PAGE(end)){map_count} MM_AUXV
-    body(SHMEM)      := <nothing>; its pages follow the first VMA that names it
+
+A shared anonymous segment is a FILE object of f_type SHMEM (as the kernel backs it with a shmem
+file); its pages follow the first SHARED_ANON VMA that names it.
 
 Page data is not kept: each VMA lists its page runs with their byte offsets in the input, so
 `inspect` and `restore` read pages only when they need them.
@@ -21,7 +23,8 @@ from typing import Any, BinaryIO, Callable
 
 from ..errors import ImageError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
-                      TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType, RecType, cstring)
+                      TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType,
+                      cstring)
 from .stream import Record, RecordReader
 
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
@@ -307,8 +310,6 @@ class _Parser:
             self.file(objref)
         elif objtype == ObjType.MM:
             self.mm(objref)
-        elif objtype == ObjType.SHMEM:
-            self.img.objects[objref] = Shmem(objref)
         else:
             self.fail(o, f"unknown object type {objtype}")
 
@@ -363,7 +364,11 @@ class _Parser:
                 self.fail(v, f"VMA {vf['vm_start']:#x} overlaps or is out of order")
             prev_end = vf["vm_end"]
             if vf["vma_objref"]:
-                self.ref(v, vf["vma_objref"], (File, Shmem))
+                backing = self.ref(v, vf["vma_objref"], File)
+                if (vf["vma_type"] == VmaType.SHARED_ANON) != (backing.ftype == FileType.SHMEM):
+                    self.fail(v, f"VMA type {vf['vma_type']} cannot be backed by a file of type {backing.ftype}")
+            elif vf["vma_type"] in (VmaType.FILE, VmaType.SHARED_FILE, VmaType.SHARED_ANON):
+                self.fail(v, f"VMA {vf['vm_start']:#x} of type {vf['vma_type']} names no file")
             vma = Vma(vf)
             pos = vf["vm_start"]
             while True:
@@ -385,11 +390,6 @@ class _Parser:
             mm.vmas.append(vma)
         a = self.expect(RecType.MM_AUXV)
         mm.auxv = [(e["a_type"], e["a_val"]) for e in a.rtype.decode_entries(a.payload)]
-
-
-@dataclass
-class Shmem:
-    objref: int
 
 
 def read_image(f: BinaryIO, *, on_record: Callable[[Record], None] | None = None,

@@ -78,7 +78,6 @@ class ObjType(enum.IntEnum):
     FILE_TABLE = 1
     FILE = 2
     MM = 3
-    SHMEM = 4  # a MAP_SHARED anonymous/shmem segment, stored once however many map it
 
 
 class FileType(enum.IntEnum):
@@ -96,6 +95,7 @@ class FileType(enum.IntEnum):
     INOTIFY = 11
     MEMFD = 12
     DELETED = 13  # regular file unlinked while open: contents follow in FILE_DATA
+    SHMEM = 14  # a MAP_SHARED anonymous/SysV/memfd segment named by SHARED_ANON VMAs; stored once
 
 
 class VmaType(enum.IntEnum):
@@ -103,7 +103,7 @@ class VmaType(enum.IntEnum):
     VDSO = 1
     ANON = 2  # private anonymous (heap, stack, malloc arenas)
     FILE = 3  # private mapping of a file
-    SHARED_ANON = 4  # MAP_SHARED|MAP_ANONYMOUS or shmem/memfd: pages stored once per SHMEM object
+    SHARED_ANON = 4  # MAP_SHARED|MAP_ANONYMOUS or shmem/memfd: names a SHMEM file; pages stored once
     SHARED_FILE = 5  # MAP_SHARED of a regular file: contents live in the file
     VVAR = 6  # [vvar] and [vvar_vclock]: kernel data, no pages stored
 

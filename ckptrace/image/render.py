@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any
 
-from .reader import File, FileTable, Image, Mm, Shmem, read_image
-from .records import FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, VMA_NAMES, VM_FLAG_NAMES, flag_names
+from .reader import File, FileTable, Image, Mm, read_image
+from .records import FILE_NAMES, PAGE_SIZE, FileType, RLIMIT_NAMES, VMA_NAMES, VM_FLAG_NAMES, flag_names
 from .stream import Record, open_image
 
 
@@ -29,9 +29,9 @@ def vma_label(img: Image, vma) -> str:
     ref = vma.fields["vma_objref"]
     o = img.obj(ref) if ref else None
     if isinstance(o, File):
+        if o.ftype == FileType.SHMEM:
+            return f"<shared anon #{ref}> {o.name or ''}".rstrip()
         return o.name or f"<file #{ref}>"
-    if isinstance(o, Shmem):
-        return f"<shared anon #{ref}>"
     return ""
 
 

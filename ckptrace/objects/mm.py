@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..errors import CkptError, Unsupported, from_oserror
 from ..image.records import (MAX_PAGES_PER_RECORD, PAGE_SIZE, VM_FLAG_BITS, VM_NOT_SUPPORTED,
-                             VMA_LAST_PAGE, ObjType, RecType, VmaType)
+                             VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType)
 from ..kernel import procfs
 from ..kernel.sys import buffer_address, vm_readv
 from .context import DumpContext
@@ -240,8 +240,12 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
             if objref:
                 table = None  # stored with the first VMA that named this segment
             else:
+                # A FILE object (objtype 2), as the kernel backs the segment with a shmem file:
+                # a reader that knows only the seed's object types can still follow the objref.
                 objref = ctx.objhash.add_key(key)
-                ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.SHMEM, objref=objref))
+                ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=objref))
+                ctx.w.record(RecType.FILE, dict(f_type=FileType.SHMEM, f_mode=3, f_flags=os.O_RDWR))
+                ctx.w.record(RecType.FILE_NAME, payload=m.path or "/dev/zero (deleted)")
         elif t is VmaType.VVAR:
             table = None
         ctx.w.record(RecType.VMA, dict(vma_type=t, vma_objref=objref, vm_start=m.start, vm_end=m.end,

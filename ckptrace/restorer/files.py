@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
-from ..image.reader import File, FileTable, Image, Mm, Shmem
+from ..image.reader import File, FileTable, Image, Mm
 from ..image.records import (PAGE_SIZE, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
 
 F_SETPIPE_SZ = 1031
@@ -88,7 +88,7 @@ class FileSet:
     base: int
     by_objref: dict[int, int] = field(default_factory=dict)  # FILE objref -> controller fd
     mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, O_ mode) -> fd
-    shmem: dict[int, int] = field(default_factory=dict)  # SHMEM objref -> memfd
+    shmem: dict[int, int] = field(default_factory=dict)  # SHMEM file objref -> memfd
     mapped_data: dict[int, int] = field(default_factory=dict)  # mapped MEMFD/DELETED objref -> memfd
     holders: list[int] = field(default_factory=list)  # FIFO readers that keep buffers alive meanwhile
     socket_pairs: dict[tuple[int, int], dict[int, int]] = field(default_factory=dict)
@@ -346,8 +346,9 @@ class FileSet:
             if t in (VmaType.FILE, VmaType.SHARED_FILE):
                 self.vma_fd(vf)
             elif t is VmaType.SHARED_ANON:
-                if not isinstance(self.img.obj(vf["vma_objref"]), Shmem):
-                    raise Unsupported(f"shared VMA {vf['vm_start']:#x} names no SHMEM object")
+                seg = self.img.obj(vf["vma_objref"])
+                if not isinstance(seg, File) or seg.ftype != FileType.SHMEM:
+                    raise Unsupported(f"shared VMA {vf['vm_start']:#x} names no SHMEM file")
                 fd = self.shmem.get(vf["vma_objref"])
                 if fd is None:
                     fd = self.shmem[vf["vma_objref"]] = self.place(os.memfd_create("shmem", 0))

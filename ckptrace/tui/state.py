@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import ImageError
-from ..image.reader import File, FileTable, Image, Mm, PageRun, Shmem, Task, Vma
+from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES, RLIMIT_NAMES,
-                             VMA_NAMES, RecType, flag_names)
+                             VMA_NAMES, RecType, VmaType, flag_names)
 from ..image.render import human, prot_str, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
@@ -114,7 +114,7 @@ class InspectState:
             if isinstance(o, Mm):
                 for v in o.vmas:
                     ref = v.fields["vma_objref"]
-                    if ref and v.runs and isinstance(img.obj(ref), Shmem):
+                    if ref and v.runs and v.fields["vma_type"] == VmaType.SHARED_ANON:
                         self._shmem_owner.setdefault(ref, v)
         self._runs: dict[int, list[PageRun]] = {}
 

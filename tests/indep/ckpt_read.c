@@ -80,9 +80,8 @@ enum obj_type {
     CKPT_OBJ_FILE_TABLE,
     CKPT_OBJ_FILE,
     CKPT_OBJ_MM,
-    CKPT_OBJ_MAX /* the seed stops here; ckptrace's extended format uses 4 for a shmem segment */
+    CKPT_OBJ_MAX /* as the seed's restore_obj: objtype >= CKPT_OBJ_MAX is invalid */
 };
-#define CKPT_OBJ_SHMEM 4 /* docs/format.md: "4 shmem segment" */
 
 struct ckpt_const {
     uint16_t task_comm_len;
@@ -309,7 +308,6 @@ static const char *objname(int t) {
     case CKPT_OBJ_FILE_TABLE: return "file table";
     case CKPT_OBJ_FILE: return "file";
     case CKPT_OBJ_MM: return "mm";
-    case CKPT_OBJ_SHMEM: return "shmem";
     case -1: return "undefined";
     default: return "unknown object";
     }
@@ -524,7 +522,7 @@ int main(int argc, char **argv) {
             read_struct(&h, sizeof h, "OBJREF");
             if (h.objref <= 0) fail("objref %" PRId32 " is not positive", h.objref);
             if (objtype_of(h.objref) >= 0) fail("objref %" PRId32 " is not new", h.objref);
-            if (h.objtype == CKPT_OBJ_IGNORE || h.objtype > CKPT_OBJ_SHMEM)
+            if (h.objtype == CKPT_OBJ_IGNORE || h.objtype >= CKPT_OBJ_MAX)
                 fail("objref %" PRId32 " has unknown objtype %" PRIu32, h.objref, h.objtype);
             obj_add(h.objref, h.objtype);
             objrefs++;
@@ -598,13 +596,14 @@ int main(int argc, char **argv) {
                      vma.vm_start, prev_vma_end);
             prev_vma_end = vma.vm_end;
             /* the seed's types: a private file mapping names its file, vdso and anonymous
-             * memory name none; ckptrace's extra types (4..6) may name a file or a shmem */
+             * memory name none; ckptrace's extra types (4..6) may name a file (a shared
+             * anonymous segment is a file object too, as the kernel backs it with shmem) */
             if (vma.vma_type == CKPT_VMA_FILE)
                 use_ref(vma.vma_objref, CKPT_OBJ_FILE, -2, "vma_objref");
             else if ((vma.vma_type == CKPT_VMA_VDSO || vma.vma_type == CKPT_VMA_ANON) && vma.vma_objref)
                 fail("vdso/anonymous VMA %#" PRIx64 " names objref %" PRId32, vma.vm_start, vma.vma_objref);
             else if (vma.vma_objref)
-                use_ref(vma.vma_objref, CKPT_OBJ_FILE, CKPT_OBJ_SHMEM, "vma_objref");
+                use_ref(vma.vma_objref, CKPT_OBJ_FILE, -2, "vma_objref");
             /* docs/format.md: vm_page_prot holds PROT_READ|PROT_WRITE|PROT_EXEC, which must agree
              * with VM_READ|VM_WRITE|VM_EXEC (the same bit values) in vm_flags */
             if (vma.vm_page_prot & ~7ULL || vma.vm_page_prot != (vma.vm_flags & 7))
