@@ -72,6 +72,7 @@ class Controller:
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "pending": 0}
         self.failure: BaseException | None = None  # raised in the ring buffer callback
         self.dumps_dir = notify.DUMPS_DIR
+        self.stale: set[int] = set()  # exec'd processes whose VMA table is to be re-read
 
     def on_record(self, e) -> None:
         """The ring buffer callback: exceptions cannot cross ctypes, so keep the first one for
@@ -160,15 +161,20 @@ class Controller:
             ev.update(flags=e.a0, how=NEWNS_HOW.get(e.code, str(e.code)))
         out = self.model.apply(ev)
         if kind == "exec":
-            p = self.model.procs.get(e.hostpid)
-            if p is not None:
-                # exec replaced the whole address space: re-read it rather than guess
-                self.model.set_maps(p, _maps(e.hostpid))
+            # exec replaced the whole address space: re-read it from /proc, but only at the next
+            # drain (most exec'd processes of a busy loop are gone by then, and /proc reads are
+            # the controller's most expensive work)
+            self.stale.add(e.hostpid)
         if out is not None:
             self.emit(public(out))
 
     # -- periodic work -------------------------------------------------------------------------
     def drain(self) -> None:
+        for hostpid in self.stale:
+            p = self.model.procs.get(hostpid)
+            if p is not None and p.alive:
+                self.model.set_maps(p, _maps(hostpid))
+        self.stale.clear()
         ts = time.monotonic_ns()
         for hostpid, pages in self.prog.drain_dirty().items():
             if hostpid not in self.model.procs:
