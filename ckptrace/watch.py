@@ -271,6 +271,7 @@ def main(args) -> int:
             pass
         finally:
             try:
+                prog.poll(0)  # what the kernel sent before we stopped is still reported
                 ctl.drain()
                 ctl.check_lost()
                 out.flush()
