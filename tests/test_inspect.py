@@ -18,7 +18,7 @@ import imagegen
 from ckptrace.image.reader import read_image
 from ckptrace.image.records import PAGE_SIZE
 from ckptrace.tui import source
-from ckptrace.tui.state import InspectState, format_row, parse_address, parse_needle
+from ckptrace.tui.state import BLOCKING_SYSCALLS, InspectState, format_row, parse_address, parse_needle
 
 MARKER = b"CKPTRACE-MARKER-0123456789"
 MARK_PAGE, MARK_OFF = 5, 0x123
@@ -111,6 +111,17 @@ def _nspid(hostpid: int) -> int:
     from nsutil import nspid
 
     return nspid(hostpid)
+
+
+def blocked_in(hostpid: int) -> list[int]:
+    """The system call number each thread of hostpid sleeps in, once all of them sleep."""
+    deadline = time.monotonic() + 5
+    while True:
+        calls = [open(f"/proc/{hostpid}/task/{t}/syscall").read().split()[0]
+                 for t in os.listdir(f"/proc/{hostpid}/task")]
+        if all(c.isdigit() and int(c) in BLOCKING_SYSCALLS for c in calls) or time.monotonic() > deadline:
+            return sorted(int(c) for c in calls)
+        time.sleep(0.02)
 
 
 def maps_ranges(hostpid: int) -> set[tuple[int, int]]:
@@ -371,15 +382,15 @@ def test_help_does_not_import_textual():
 @pytest.mark.kernel
 def test_app_navigates_a_real_dump(pidns, tmp_path):
     w = Workload(pidns, tmp_path)
+    # What each thread is blocked in, per /proc, read before the dump: just after it the threads
+    # are resuming and /proc may briefly say "running".
+    host_calls = blocked_in(w.child_host)
     dumped_at = time.time()
     path = w.dump(str(tmp_path / "ns.img"))
     host_maps = maps_ranges(w.child_host)
     with open(f"/proc/{w.child_host}/maps") as maps:
         heap_line = next(line for line in maps if line.rstrip().endswith("[heap]"))
     host_threads = len(os.listdir(f"/proc/{w.child_host}/task"))
-    # What each thread is blocked in, per /proc (the dump stops them where they sleep).
-    host_calls = sorted(int(open(f"/proc/{w.child_host}/task/{t}/syscall").read().split()[0])
-                        for t in os.listdir(f"/proc/{w.child_host}/task"))
     pipe_inode = next(os.readlink(f"/proc/{w.child_host}/fd/{fd}") for fd in
                       os.listdir(f"/proc/{w.child_host}/fd")
                       if os.readlink(f"/proc/{w.child_host}/fd/{fd}").startswith("pipe:"))
@@ -428,8 +439,6 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
             assert sum(1 for t in st.img.threads_of(w.child_nspid)) == host_threads == 2
             for tid, *_ in st.thread_rows():
                 assert tid in text
-            from ckptrace.tui.state import BLOCKING_SYSCALLS
-
             assert sorted(r[2] for r in st.thread_rows()) == sorted(BLOCKING_SYSCALLS[n] for n in host_calls)
             assert "clock_nanosleep" in text
             # FDs tab: the pipe to pid 1 with its inode.
