@@ -21,7 +21,8 @@ _Static_assert(sizeof(struct ckpt_event) == CKPT_EVENT_SIZE,
 
 BPF_RINGBUF_OUTPUT(events, CKPT_RINGBUF_PAGES);
 BPF_ARRAY(lost, __u64, CKPT_LOST_SLOTS);
-/* host tgid -> namespace; kept by fork/exit here and seeded/resolved by the controller */
+/* host tgid -> (namespace, in-namespace pid, mm generation); kept by fork/exit here and
+ * seeded/resolved by the controller */
 BPF_HASH(tracked, __u32, struct ckpt_task, 65536);
 /* namespaces the controller told us about, for tasks not in `tracked` yet */
 BPF_ARRAY(ns_list, __u64, CKPT_MAX_NS);
@@ -55,7 +56,8 @@ struct forkinfo {
 	__u32 pad;
 	__u64 flags;
 };
-BPF_HASH(forks, __u32, struct forkinfo, 16384);
+/* LRU: a parent killed between the two never deletes its entry */
+BPF_TABLE("lru_hash", __u32, struct forkinfo, forks, 16384);
 
 #if CKPT_FAULTS
 /* (tgid, chunk) -> mask of pages write-faulted since the controller last drained it */
