@@ -480,6 +480,15 @@ def test_app_navigates_a_real_dump(pidns, tmp_path):
             await pilot.press(*"CKPTRACE-MARKER", "enter")
             await pilot.pause()
             assert f"found at {mark_addr:#x}" in screen_text(app)
+            # ] and [ walk to the next and back to the previous VMA.
+            here = st.vma_index
+            await pilot.press("right_square_bracket")
+            await pilot.pause()
+            nxt = st.mm.vmas[here + 1]
+            assert screen_text(app).splitlines()[0].startswith(f"{nxt.start:x}-{nxt.end:x}")
+            await pilot.press("left_square_bracket")
+            await pilot.pause()
+            assert screen_text(app).splitlines()[1].startswith(f"{st.mm.vmas[here].start:012x}")
             await pilot.press("escape")
             await pilot.pause()
             await pilot.press("q")

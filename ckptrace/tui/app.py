@@ -55,6 +55,8 @@ class HexScreen(Screen):
         Binding("pageup,b", "page(-1)", "PgUp"),
         Binding("down,j", "line(1)", "Down", show=False),
         Binding("up,k", "line(-1)", "Up", show=False),
+        Binding("left_square_bracket", "vma(-1)", "Prev VMA", show=False),
+        Binding("right_square_bracket", "vma(1)", "Next VMA", show=False),
         Binding("home", "home", "Start", show=False),
         Binding("end", "end", "End", show=False),
         Binding("q", "app.quit", "Quit"),
@@ -112,6 +114,10 @@ class HexScreen(Screen):
 
     def action_line(self, n: int) -> None:
         self.state.scroll(n)
+        self.refresh_hex()
+
+    def action_vma(self, delta: int) -> None:
+        self.state.step_vma(delta)
         self.refresh_hex()
 
     def action_home(self) -> None:

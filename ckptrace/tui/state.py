@@ -397,6 +397,11 @@ class InspectState:
     def end(self) -> None:
         self.top = self.clamp_top(1 << 64)
 
+    def step_vma(self, delta: int) -> None:
+        """Open the previous (-1) or next (+1) VMA of the process, staying at the ends."""
+        i = min(max(self.vma_index + delta, 0), len(self.mm.vmas) - 1)
+        self.open_vma(i)
+
     def vma_at(self, addr: int) -> Vma | None:
         return next((v for v in self.mm.vmas if v.start <= addr < v.end), None)
 
