@@ -200,20 +200,20 @@ def _kill_namespace(init: int) -> int | None:
     return fd
 
 
-def _wait_exit(pidfd: int, timeout: float = 10.0) -> None:
-    """Wait until init has exited; by then the kernel has reaped every other task of its namespace,
-    so `dump --kill` returns only when the namespace is gone (ready to be restored elsewhere)."""
+def _wait_exit(pidfd: int, init: int, timeout: float = 10.0) -> None:
+    """Wait until the namespace is gone, so that `dump --kill` returns only when it can be restored
+    elsewhere: init has exited (its pidfd turns readable) and its parent has reaped it."""
     import select
 
     from .kernel.ptrace import WALL
 
     deadline = time.monotonic() + timeout
+    exited = False
     try:
         while time.monotonic() < deadline:
-            if select.select([pidfd], [], [], 0.02)[0]:
-                return
             # Killed tracees could not be detached (they were no longer stopped): their exit is
-            # reported to us, the tracer, first, and init cannot finish reaping until we collect it.
+            # reported to us, the tracer, first, and neither init (reaping its children) nor a
+            # thread-group leader (waiting for its threads) can finish until we collect it.
             while True:
                 try:
                     pid, _ = os.waitpid(-1, os.WNOHANG | WALL)
@@ -221,6 +221,9 @@ def _wait_exit(pidfd: int, timeout: float = 10.0) -> None:
                     break
                 if pid == 0:
                     break
+            exited = exited or bool(select.select([pidfd], [], [], 0.01)[0])
+            if exited and not os.path.exists(f"/proc/{init}"):
+                return
     finally:
         os.close(pidfd)
 
@@ -248,7 +251,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
     finally:
         frz.release(leave_stopped=ok and opts.leave_stopped)
     if ok and opts.kill and init_fd is not None:
-        _wait_exit(init_fd)
+        _wait_exit(init_fd, init)
         s.frozen_s = time.monotonic() - t0
     s.elapsed_s = time.monotonic() - started
     st = ctx.stats

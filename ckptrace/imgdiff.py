@@ -275,7 +275,7 @@ def diff_text(d: dict[str, Any]) -> str:
 
 
 def main(args) -> int:
-    from .tui.source import open_seekable
+    from .image.stream import open_seekable
 
     if args.a == "-" and args.b == "-":
         from .errors import UsageError

@@ -19,9 +19,7 @@ import contextlib
 import errno
 import os
 import select
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
@@ -29,7 +27,7 @@ from typing import BinaryIO
 from .errors import CkptError, KernelError, NoSuchProcess, Unsupported
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES
-from .image.stream import open_image
+from .image.stream import open_seekable
 
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
@@ -64,26 +62,10 @@ def main(args) -> int:
 
 def restore(path: str) -> Result:
     start = time.monotonic()
-    with _seekable(path) as f:
+    with open_seekable(path) as f:
         img = read_image(f)
         validate(img)
         return _Restore(img, f).run(start)
-
-
-@contextlib.contextmanager
-def _seekable(path: str):
-    """The image as a seekable file: '-' is spooled to an unlinked 0600 temp file first."""
-    src = open_image(path)
-    if path != "-":
-        with src:
-            yield src
-        return
-    with tempfile.TemporaryFile(prefix="ckptrace-restore-") as tmp:  # O_TMPFILE, mode 0600
-        os.fchmod(tmp.fileno(), 0o600)
-        shutil.copyfileobj(src, tmp, 1 << 20)
-        tmp.flush()
-        tmp.seek(0)
-        yield tmp
 
 
 def validate(img: Image) -> None:

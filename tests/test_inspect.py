@@ -17,7 +17,7 @@ import pytest
 import imagegen
 from ckptrace.image.reader import read_image
 from ckptrace.image.records import PAGE_SIZE
-from ckptrace.tui import source
+from ckptrace.image import stream as source
 from ckptrace.tui.state import BLOCKING_SYSCALLS, InspectState, format_row, parse_address, parse_needle
 
 MARKER = b"CKPTRACE-MARKER-0123456789"

@@ -212,3 +212,42 @@ def create_image_file(path: str) -> int:
         raise UsageError(f"cannot create {path}: {exc.strerror}") from None
     os.fchmod(fd, 0o600)  # an existing file keeps its mode on O_TRUNC; images are never world-readable
     return fd
+
+
+def _is_regular(f: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+def spool(src: BinaryIO) -> BinaryIO:
+    """Copy `src` to an unlinked 0600 temporary file and return it, positioned at 0.
+
+    The image index keeps only file offsets of page runs, so readers that come back for pages
+    (inspect, diff, restore) need a seekable input. Images hold process memory, i.e. secrets: the
+    copy is nameless (O_TMPFILE or mkstemp + unlink) and never readable by others, even briefly.
+    """
+    import shutil
+    import tempfile
+
+    tmp = tempfile.TemporaryFile(prefix="ckptrace-", dir=os.environ.get("TMPDIR"))
+    os.fchmod(tmp.fileno(), 0o600)
+    shutil.copyfileobj(src, tmp, 1 << 20)
+    tmp.flush()
+    tmp.seek(0)
+    return tmp
+
+
+def open_seekable(path: str) -> BinaryIO:
+    """`open_image(path)`, spooled to a temporary file when it is not a regular file (stdin, FIFO)."""
+    import sys
+
+    f = open_image(path)
+    if _is_regular(f):
+        return f
+    try:
+        return spool(f)
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()

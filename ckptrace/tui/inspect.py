@@ -6,7 +6,7 @@ import os
 
 from ..errors import UsageError
 from ..image.reader import read_image
-from .source import open_seekable
+from ..image.stream import open_seekable
 from .state import InspectState
 
 
