@@ -8,6 +8,7 @@ Tasks are released in a `finally`, whatever happened. See docs/dump.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
 from .objects import files, mm, task
-from .objects.context import DumpContext
+from .objects.context import DumpContext, Stats
 
 
 @dataclass
@@ -36,13 +37,10 @@ class Options:
 
 
 @dataclass
-class Summary:
+class Summary(Stats):
+    """The dump's counters (Stats, kept while dumping) plus what only the whole run knows."""
+
     ns: int = 0
-    tasks: int = 0
-    processes: int = 0
-    vmas: int = 0
-    pages: int = 0
-    files: int = 0
     bytes: int = 0
     frozen_s: float = 0.0
     elapsed_s: float = 0.0
@@ -250,12 +248,13 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
             init_fd = _kill_namespace(init)
     finally:
         frz.release(leave_stopped=ok and opts.leave_stopped)
+        s.frozen_s = time.monotonic() - t0
     if ok and opts.kill and init_fd is not None:
         _wait_exit(init_fd, init)
-        s.frozen_s = time.monotonic() - t0
     s.elapsed_s = time.monotonic() - started
     st = ctx.stats
-    s.tasks, s.processes, s.vmas, s.pages, s.files = st.tasks, st.processes, st.vmas, st.pages, st.files
+    for f in dataclasses.fields(Stats):
+        setattr(s, f.name, getattr(st, f.name))
     s.bytes = ctx.w.bytes_written
     notify.dump_done(ns)
     return s

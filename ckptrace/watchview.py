@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .watchmodel import Model, Proc, prot_str
+from .image.render import human as _human
 
 BAR = 20
 HEAT = ["green", "yellow", "dark_orange", "red"]
@@ -84,11 +85,7 @@ def heat_bar(dirty: int, pages: int, width: int = BAR) -> Text:
 
 
 def human(n: int) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if n < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
+    return _human(n, short=True)
 
 
 def event_line(ev: dict) -> str:

@@ -206,6 +206,9 @@ def test_dump_to_pipe_and_tasks_run_on(pidns, ckwork, tmp_path):
     # The image owns stdout, so the JSON summary goes to stderr.
     summary = json.loads(d.stderr.read())
     assert summary["tasks"] == 5 and summary["bytes"] > 0 and summary["pidns"] == w.ns
+    # Frozen time is measured (and bounded by the whole run); MB/s follows from it.
+    assert 0 < summary["frozen_ms"] <= summary["elapsed_ms"]
+    assert summary["mb_per_s"] == pytest.approx(summary["bytes"] / 1e6 / (summary["frozen_ms"] / 1000), rel=0.01, abs=0.1)
     assert json.loads(show.stdout)["tasks"] == len(all_tids(w)) == 5
     assert_running_untraced(w)
     # The busy thread keeps burning CPU after the dump.

@@ -12,10 +12,13 @@ from .records import FILE_NAMES, PAGE_SIZE, FileType, RLIMIT_NAMES, VMA_NAMES, V
 from .stream import Record, open_image
 
 
-def human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human(n: int, *, short: bool = False) -> str:
+    """1536 -> '1.5 KiB' (short: '1.5K', for narrow columns)."""
+    units = ("B", "K", "M", "G", "T") if short else ("B", "KiB", "MiB", "GiB", "TiB")
+    sep = "" if short else " "
+    for unit in units:
+        if n < 1024 or unit == units[-1]:
+            return f"{n:.0f}{sep}{unit}" if unit == "B" else f"{n:.1f}{sep}{unit}"
         n /= 1024
     return str(n)
 
