@@ -1,9 +1,11 @@
 """`ckptrace demo`: the main job on a built-in example. Starts ckptrace.sample_workload as pid 1
-of a new pid namespace, dumps the namespace with `ckptrace dump`, and shows the image summary, as a
-user would by hand (each step is the real command, run as a subprocess)."""
+of a new pid namespace, migrates it with `ckptrace dump --kill`, shows the image summary, restores
+it with `ckptrace restore` and shows that it carries on, as a user would by hand (each step is the
+real command, run as a subprocess)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -36,6 +38,12 @@ def _init_of(unshare_pid: int, timeout: float = 10.0) -> int:
     raise CkptError("the sample workload did not start")
 
 
+def _last_line(path: str) -> str:
+    with open(path, "rb") as f:
+        lines = f.read().decode(errors="replace").splitlines()
+    return lines[-1] if lines else ""
+
+
 def main(args) -> int:
     if os.geteuid() != 0:
         raise UsageError("demo needs root (it creates a pid namespace and dumps it): run with sudo")
@@ -59,15 +67,28 @@ def main(args) -> int:
         ns = os.readlink(f"/proc/{init}/ns/pid")
         print(f"sample workload: init is host pid {init}, namespace {ns}", flush=True)
         _run(me + ["ls"])
-        _run(me + ["dump", "--pidns", ns, "-o", image])
+        log = os.path.join(workdir, "workload.log")
+        # --kill: the namespace is migrated, not copied; its log must go on from the image's point.
+        _run(me + ["dump", "--pidns", ns, "--kill", "-o", image])
+        before = _last_line(log)
         _run(me + ["show", image])
+        print("$ " + " ".join(me + ["restore", "--json", image]), flush=True)
+        p = subprocess.run(me + ["restore", "--json", image], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise CkptError(f"restore failed: {p.stderr.strip()}")
+        restored = json.loads(p.stdout)
+        init = restored["init_pid"]
+        print(p.stdout.strip())
+        time.sleep(1.0)
+        print(f"\nthe log's last line when dumped: {before!r}; a second after restore: {_last_line(log)!r}")
+        _run(me + ["ls"])
         mode = oct(os.stat(image).st_mode & 0o777)
         if args.keep or args.output:
             print(f"\nimage kept: {image} (mode {mode})")
         else:
             print(f"\nimage was {image} (mode {mode}); removed: keep one with -o FILE or --keep")
         if args.keep:
-            print(f"workload left running: kill -9 {init}")
+            print(f"restored workload left running: kill -9 {init}")
         return 0
     finally:
         if not args.keep:
@@ -76,6 +97,10 @@ def main(args) -> int:
                     os.kill(init, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                # The restored init is no child of ours: wait for its new parent to reap it.
+                deadline = time.monotonic() + 5
+                while os.path.exists(f"/proc/{init}") and time.monotonic() < deadline:
+                    time.sleep(0.02)
             proc.kill()
             proc.wait()
             if not args.output:
