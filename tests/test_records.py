@@ -239,3 +239,14 @@ def test_cli_show_and_decode_from_a_pipe():
     assert pages and all(set(x["payload"]) == {"length", "sha256"} for x in pages)
     p = run_cli("decode", "--json", "--pages", "-", stdin=SAMPLE)
     assert '"hex"' in p.stdout.decode()
+
+
+def test_nameless_files_are_labelled_as_proc_shows_them():
+    from ckptrace.image.render import file_label
+
+    img = read_image(io.BytesIO(SAMPLE))
+    pipe = next(o for o in img.objects.values() if getattr(o, "fields", {}).get("f_type") == 2)
+    pipe.name = None
+    assert file_label(pipe) == "pipe:[1234]"
+    pipe.extra = []
+    assert file_label(pipe) == "anon_inode:[pipe]"

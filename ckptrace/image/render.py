@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
-from .records import FILE_NAMES, PAGE_SIZE, FileType, RLIMIT_NAMES, VMA_NAMES, VM_FLAG_NAMES, flag_names
+from .records import FILE_NAMES, PAGE_SIZE, FileType, RecType, RLIMIT_NAMES, VMA_NAMES, VM_FLAG_NAMES, flag_names
 from .stream import Record, open_image
 
 
@@ -38,13 +38,25 @@ def vma_label(img: Image, vma) -> str:
     return ""
 
 
+def file_label(f: File) -> str:
+    """A file's path, or for nameless ones what the kernel would show in /proc/PID/fd."""
+    if f.name:
+        return f.name
+    for rec in f.extra:
+        if rec.type == RecType.FILE_PIPE:
+            return f"pipe:[{rec.fields['pipe_id']}]"
+        if rec.type == RecType.FILE_SOCKET:
+            return f"socket:[{rec.fields['ino']}]"
+    return f"anon_inode:[{FILE_NAMES.get(f.ftype, f.ftype).lower()}]"
+
+
 def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
     rows = []
     for d in table.fds:
         f = img.obj(d["fd_objref"])
         rows.append(dict(fd=d["fd_descriptor"], objref=d["fd_objref"], cloexec=bool(d["fd_close_on_exec"]),
-                         kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, flags=f.fields["f_flags"],
-                         pos=f.fields["f_pos"]))
+                         kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, label=file_label(f),
+                         flags=f.fields["f_flags"], pos=f.fields["f_pos"]))
     return rows
 
 
@@ -101,7 +113,7 @@ def show_text(s: dict[str, Any]) -> str:
                        f"{v['type']:<11} {v['pages']:>7}  {v['file']}")
         out.append(f"  {'fd':>4} {'kind':<12} {'pos':>10} cloexec  path")
         for f in p["fds"]:
-            out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['path'] or ''}")
+            out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['label']}")
     return "\n".join(out)
 
 
