@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import pytest
 
-from nsutil import nspid
+from nsutil import ns_pids, nspid
 
 pytestmark = pytest.mark.kernel
 
@@ -148,14 +148,7 @@ def check_continues(workdir: str, before: bytes, res: dict):
     init = res["init_pid"]
     assert os.readlink(f"/proc/{init}/ns/pid") == f"pid:[{res['pidns']}]"
     assert nspid(init) == 1
-    kids = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.readlink(f"/proc/{d}/ns/pid") == f"pid:[{res['pidns']}]":
-                    kids[nspid(int(d))] = int(d)
-            except OSError:
-                pass
+    kids = {nspid(h): h for h in ns_pids(res["pidns"])}
     assert set(kids) == {p for p, _ in old_last}
     for p, host in kids.items():
         with open(f"/proc/{host}/stat") as f:
@@ -172,14 +165,7 @@ def check_layout_and_fds(img: str, res: dict):
 
     with open(img, "rb") as f:
         image = read_image(f)
-    hosts = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.readlink(f"/proc/{d}/ns/pid") == f"pid:[{res['pidns']}]":
-                    hosts[nspid(int(d))] = int(d)
-            except OSError:
-                pass
+    hosts = {nspid(h): h for h in ns_pids(res["pidns"])}
     for t in image.processes():
         host = hosts[t.tid]
         mm = image.obj(t.mm_objref)
