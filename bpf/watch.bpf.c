@@ -45,7 +45,7 @@ struct inflight {
 	__u32 tid;
 	__u32 type;
 	__u32 code;
-	__u32 pad;
+	__u32 gen;  /* bumped at enter, where the `tracked` entry is at hand anyway */
 	__u64 a0, a1, a2, a3;
 };
 BPF_ARRAY(pending, struct inflight, PENDING_SLOTS);
@@ -133,7 +133,7 @@ static __always_inline void announce(struct ident *id)
 
 /* Is the current task watched? Fills its identity; tasks of watched namespaces the kernel side
  * has not seen yet are added to `tracked` (and announced when their namespace is unknown). */
-static __always_inline int whoami(struct ident *id)
+static __always_inline int whoami_t(struct ident *id, struct ckpt_task **tp)
 {
 	__u64 pt = bpf_get_current_pid_tgid();
 	__u32 tgid = pt >> 32;
@@ -141,6 +141,7 @@ static __always_inline int whoami(struct ident *id)
 	id->hosttid = (__u32)pt;
 	id->ns = 0;
 	id->pid = 0;
+	*tp = 0;
 	struct ckpt_task *t = tracked.lookup(&tgid);
 	if (t && t->ns) {
 		/* the hot path: a process's pid in its namespace never changes, so it is cached */
@@ -148,6 +149,7 @@ static __always_inline int whoami(struct ident *id)
 		id->pid = t->pid;
 		if (!id->pid && in_ns(t->ns, id))
 			t->pid = id->pid;
+		*tp = t;
 		return 1;
 	}
 	if (!t && in_ns(CKPT_HOST_INO, id)) {
@@ -185,6 +187,12 @@ static __always_inline int whoami(struct ident *id)
 #endif
 }
 
+static __always_inline int whoami(struct ident *id)
+{
+	struct ckpt_task *t;
+	return whoami_t(id, &t);
+}
+
 /* The VMA table changed: the next generation. Threads racing here may share a number; the
  * controller then attributes by address alone, as it would without generations. */
 static __always_inline __u32 next_gen(__u32 tgid)
@@ -192,6 +200,15 @@ static __always_inline __u32 next_gen(__u32 tgid)
 	struct ckpt_task *t = tracked.lookup(&tgid);
 	if (!t)
 		return 0;
+	t->gen += 1;
+	return t->gen;
+}
+
+/* next_gen for a task whose entry whoami_t already found (0: it took the slow path) */
+static __always_inline __u32 bump_gen(struct ckpt_task *t, __u32 tgid)
+{
+	if (!t)
+		return next_gen(tgid);
 	t->gen += 1;
 	return t->gen;
 }
@@ -338,12 +355,17 @@ int ckpt_rename(struct tracepoint__task__task_rename *args)
 	return 0;
 }
 
-/* ---- memory-map syscalls: arguments at enter, result at exit ------------------------------- */
+/* ---- memory-map syscalls ------------------------------------------------------------------ */
 
+/* Calls whose result is needed (mmap's address, mremap's new address, brk's new break, whether
+ * unshare/setns worked) keep their arguments from enter to exit. The mm generation is bumped at
+ * enter (the `tracked` entry is at hand there; the exit then needs no hash lookup); a failed call
+ * thus skips a generation, which the controller's born/died ranges do not mind. */
 static __always_inline int stash(__u32 type, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
 {
 	struct ident id;
-	if (!whoami(&id))
+	struct ckpt_task *t;
+	if (!whoami_t(&id, &t))
 		return 0;
 	__u32 slot = id.hosttid & (PENDING_SLOTS - 1);
 	struct inflight *f = pending.lookup(&slot);
@@ -351,14 +373,44 @@ static __always_inline int stash(__u32 type, __u64 a0, __u64 a1, __u64 a2, __u64
 		return 0;
 	if (f->type && f->tid != id.hosttid)
 		count_lost(CKPT_LOST_PENDING);  /* another thread's call is still in flight there */
+	__u32 gen = 0;
+	if (type != CKPT_EV_NEWNS && !(type == CKPT_EV_BRK && a0 == 0))
+		gen = bump_gen(t, id.hostpid);
 	f->id = id;
 	f->tid = id.hosttid;
 	f->type = type;
 	f->code = 0;
+	f->gen = gen;
 	f->a0 = a0;
 	f->a1 = a1;
 	f->a2 = a2;
 	f->a3 = a3;
+	return 0;
+}
+
+/* munmap, mprotect, madvise are reported at syscall enter, without an exit program: their result
+ * is almost always 0 and an exit run per call cost more than anything else here. Calls the
+ * kernel rejects before looking at the mappings (unaligned start, zero or overflowing length)
+ * are filtered here; the rest that fail (mprotect of a range with a hole or a forbidden prot,
+ * madvise with an unknown advice) are reported although nothing or only part of the range
+ * changed. */
+static __always_inline int emit_now(__u32 type, __u64 a0, __u64 a1, __u64 a2)
+{
+	if ((a0 & 0xfff) || a1 == 0 || a0 + a1 < a0)
+		return 0;
+	struct ident id;
+	struct ckpt_task *t;
+	if (!whoami_t(&id, &t))
+		return 0;
+	__u32 gen = type == CKPT_EV_MADVISE ? 0 : bump_gen(t, id.hostpid);
+	struct ckpt_event *e = reserve(type, &id);
+	if (!e)
+		return 0;
+	e->gen = gen;
+	e->a0 = a0;
+	e->a1 = a1;
+	e->a2 = a2;
+	submit(e);
 	return 0;
 }
 
@@ -369,12 +421,12 @@ int ckpt_mmap(struct tracepoint__syscalls__sys_enter_mmap *args)
 
 int ckpt_munmap(struct tracepoint__syscalls__sys_enter_munmap *args)
 {
-	return stash(CKPT_EV_MUNMAP, args->addr, args->len, 0, 0);
+	return emit_now(CKPT_EV_MUNMAP, args->addr, args->len, 0);
 }
 
 int ckpt_mprotect(struct tracepoint__syscalls__sys_enter_mprotect *args)
 {
-	return stash(CKPT_EV_MPROTECT, args->start, args->len, args->prot, 0);
+	return emit_now(CKPT_EV_MPROTECT, args->start, args->len, args->prot);
 }
 
 int ckpt_mremap(struct tracepoint__syscalls__sys_enter_mremap *args)
@@ -389,7 +441,7 @@ int ckpt_brk(struct tracepoint__syscalls__sys_enter_brk *args)
 
 int ckpt_madvise(struct tracepoint__syscalls__sys_enter_madvise *args)
 {
-	return stash(CKPT_EV_MADVISE, args->start, args->len_in, args->behavior, 0);
+	return emit_now(CKPT_EV_MADVISE, args->start, args->len_in, args->behavior);
 }
 
 int ckpt_unshare(struct tracepoint__syscalls__sys_enter_unshare *args)
@@ -408,42 +460,52 @@ int ckpt_setns(struct tracepoint__syscalls__sys_enter_setns *args)
 	return stash(CKPT_EV_NEWNS, flags, 2, 0, 0);
 }
 
+/* exits of mmap, mremap, brk, unshare, setns: one array lookup, then the record is written
+ * straight from the slot (no copy, no memset, no hash lookup) */
 int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 slot = tid & (PENDING_SLOTS - 1);
-	struct inflight *fp = pending.lookup(&slot);
-	if (!fp || !fp->type || fp->tid != tid)
+	struct inflight *f = pending.lookup(&slot);
+	if (!f || !f->type || f->tid != tid)
 		return 0;
-	struct inflight f = *fp;
-	fp->type = 0;
+	__u32 type = f->type;
+	f->type = 0;
 	long ret = args->ret;
 	if (ret < 0 && ret > -4096)
 		return 0;  /* failed: nothing changed */
-	if (f.type == CKPT_EV_MMAP) {
-		f.a0 = ret;
-	} else if (f.type == CKPT_EV_MREMAP) {
-		f.a2 = ret;
-	} else if (f.type == CKPT_EV_BRK) {
-		f.a1 = ret;
-	} else if (f.type == CKPT_EV_NEWNS) {
-		__u32 tgid = f.id.hostpid, one = 1;
+	__u64 a0 = f->a0, a1 = f->a1, a2 = f->a2;
+	__u32 code = 0;
+	if (type == CKPT_EV_MMAP) {
+		a0 = ret;
+	} else if (type == CKPT_EV_MREMAP) {
+		a2 = ret;
+	} else if (type == CKPT_EV_BRK) {
+		a1 = ret;
+	} else if (type == CKPT_EV_NEWNS) {
+		__u32 tgid = f->id.hostpid, one = 1;
 		nschanged.update(&tgid, &one);
-		f.code = f.a1;
-		f.a1 = 0;
+		code = a1;
+		a1 = 0;
 	}
-	__u32 gen = 0;
-	if (f.type != CKPT_EV_NEWNS && f.type != CKPT_EV_MADVISE && !(f.type == CKPT_EV_BRK && f.a0 == 0))
-		gen = next_gen(f.id.hostpid);
-	struct ckpt_event *e = reserve(f.type, &f.id);
-	if (!e)
+	struct ckpt_event *e = events.ringbuf_reserve(sizeof(struct ckpt_event));
+	if (!e) {
+		count_lost(CKPT_LOST_RING);
 		return 0;
-	e->gen = gen;
-	e->code = f.code;
-	e->a0 = f.a0;
-	e->a1 = f.a1;
-	e->a2 = f.a2;
-	e->a3 = f.a3;
+	}
+	e->ts = bpf_ktime_get_ns();
+	e->ns = f->id.ns;
+	e->type = type;
+	e->hostpid = f->id.hostpid;
+	e->hosttid = tid;
+	e->pid = f->id.pid;
+	e->code = code;
+	e->gen = f->gen;
+	e->a0 = a0;
+	e->a1 = a1;
+	e->a2 = a2;
+	e->a3 = f->a3;
+	__builtin_memset(e->comm, 0, sizeof(e->comm));
 	submit(e);
 	return 0;
 }
