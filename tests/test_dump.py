@@ -121,9 +121,12 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
                 tr.interrupt()
                 tr.wait_stop()
                 regs = tr.get_regs()
+                rseq = tr.get_rseq()
                 tr.owed_signal = signal.SIGSTOP
                 tr.detach()
                 assert [t.regs[n] for n in REG_NAMES] == regs, t.tid
+                # rseq: glibc registered every thread's area; the image names the same one.
+                assert rseq[0] and (t.thread["rseq_ptr"], t.thread["rseq_len"], t.thread["rseq_sig"]) == rseq
                 if not t.is_leader:
                     continue
                 mm = img.obj(t.mm_objref)

@@ -191,6 +191,31 @@ def check_layout_and_fds(img: str, res: dict):
         assert os.readlink(f"/proc/{host}/exe") == exe.name
         with open(f"/proc/{host}/cmdline", "rb") as f:
             assert f.read().split(b"\0")[0] == exe.name.encode()
+    check_rseq(image, res)
+
+
+def check_rseq(image, res: dict):
+    """Every restored thread has the image's rseq area registered again (glibc registered it at
+    thread start; nothing would register it after a restore)."""
+    from ckptrace.kernel.ptrace import Tracee
+
+    hosts = {}
+    for h in ns_pids(res["pidns"]):
+        for tid in os.listdir(f"/proc/{h}/task"):
+            hosts[nspid(int(tid))] = int(tid)
+    registered = 0
+    for t in image.tasks:
+        tr = Tracee(hosts[t.tid])
+        tr.seize()
+        tr.interrupt()
+        tr.wait_stop()
+        try:
+            got = tr.get_rseq()
+        finally:
+            tr.detach()
+        assert got == (t.thread["rseq_ptr"], t.thread["rseq_len"], t.thread["rseq_sig"]), t.tid
+        registered += bool(got[0])
+    assert registered == len(image.tasks), "the workload's threads should all have had rseq areas"
 
 
 def merged(ranges):

@@ -359,8 +359,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.TASK_OBJS, (s32("files_objref"), s32("mm_objref")),
        doc="The task's file table and mm, by objref."),
     _R(RecType.THREAD, (s32("tid"), s32("tgid"), u64("blocked", "hex"), u64("pending", "hex"),
-                        u64("sas_ss_sp", "hex"), u64("sas_ss_size"), u32("sas_ss_flags"), pad(4)),
-       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack."),
+                        u64("sas_ss_sp", "hex"), u64("sas_ss_size"), u32("sas_ss_flags"), pad(4),
+                        u64("rseq_ptr", "hex"), u32("rseq_len"), u32("rseq_sig", "hex")),
+       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none)."),
     _R(RecType.CPU, tuple(u64(n, "hex") for n in REG_NAMES), Payload.BYTES, max_payload=MAX_XSAVE,
        doc="user_regs_struct (NT_PRSTATUS), then the XSAVE area (NT_X86_XSTATE, HEADER_ARCH.xstate_size bytes)."),
     _R(RecType.TASK_CREDS, (

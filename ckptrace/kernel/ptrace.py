@@ -29,6 +29,8 @@ PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+RSEQ_CONF = struct.Struct("<QIII4x")  # struct ptrace_rseq_configuration: pointer, size, signature, flags
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_O_TRACECLONE = 0x8
 PTRACE_O_EXITKILL = 0x100000
@@ -152,6 +154,18 @@ class Tracee:
         mask = ctypes.c_uint64()
         _ptrace(PTRACE_GETSIGMASK, self.tid, 8, ctypes.c_void_p(ctypes.addressof(mask)), "GETSIGMASK")
         return mask.value
+
+    def get_rseq(self) -> tuple[int, int, int]:
+        """The thread's rseq registration: (area address, area length, signature); all 0 when it
+        has none or the kernel predates PTRACE_GET_RSEQ_CONFIGURATION (5.13)."""
+        conf = ctypes.create_string_buffer(RSEQ_CONF.size)
+        try:
+            _ptrace(PTRACE_GET_RSEQ_CONFIGURATION, self.tid, RSEQ_CONF.size,
+                    ctypes.c_void_p(ctypes.addressof(conf)), "GET_RSEQ_CONFIGURATION")
+        except KernelError:
+            return 0, 0, 0
+        ptr, size, sig, _flags = RSEQ_CONF.unpack(conf.raw)
+        return (ptr, size, sig) if ptr else (0, 0, 0)
 
     def set_sigmask(self, mask: int) -> None:
         m = ctypes.c_uint64(mask)

@@ -45,6 +45,7 @@ class ThreadState:
     pending: int = 0
     clear_child_tid: int = 0
     altstack: tuple[int, int, int] = (0, 0, 0)  # sp, flags, size
+    rseq: tuple[int, int, int] = (0, 0, 0)  # area, length, signature (0s: not registered)
     regs: list[int] = field(default_factory=list)
     xstate: bytes = b""
 
@@ -95,6 +96,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.regs = tr.get_regs()
     t.xstate = tr.get_xstate()
     t.blocked = tr.get_sigmask()
+    t.rseq = tr.get_rseq()
     inj = Injector(tr, insn)
     with inj.scratch(32) as (addr, mem):
         _checked(inj.syscall(SYS_prctl, PR_GET_TID_ADDRESS, addr), f"prctl(PR_GET_TID_ADDRESS) in {t.hosttid}")
@@ -141,7 +143,8 @@ def write_task_head(ctx: DumpContext, t: ThreadState) -> None:
     ctx.w.record(RecType.STRING, payload=t.comm)
     sp, flags, size = t.altstack
     ctx.w.record(RecType.THREAD, dict(tid=t.nstid, tgid=t.nstgid, blocked=t.blocked, pending=t.pending,
-                                      sas_ss_sp=sp, sas_ss_size=size, sas_ss_flags=flags & 0xFFFFFFFF))
+                                      sas_ss_sp=sp, sas_ss_size=size, sas_ss_flags=flags & 0xFFFFFFFF,
+                                      rseq_ptr=t.rseq[0], rseq_len=t.rseq[1], rseq_sig=t.rseq[2]))
 
 
 def write_cpu(ctx: DumpContext, t: ThreadState, xstate_size: int) -> None:

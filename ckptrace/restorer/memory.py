@@ -13,7 +13,6 @@ The task is a stopped fork of the controller (a Python interpreter). In order:
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
@@ -22,14 +21,12 @@ from typing import BinaryIO
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import Image, Mm, Vma
 from ..image.records import PAGE_SIZE, VM_GROWSDOWN, VmaType
-from ..kernel.ptrace import Injector, _ptrace
+from ..kernel.ptrace import Injector
 from .files import FileSet
 
 SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
 SYS_pread64 = 17
 SYS_set_tid_address, SYS_sigaltstack, SYS_rseq = 218, 131, 334
-PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
-RSEQ_CONF = struct.Struct("<QIII4x")  # rseq_abi_pointer, rseq_abi_size, signature, flags
 RSEQ_FLAG_UNREGISTER = 1
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x10, 0x20, 0x100
@@ -216,13 +213,7 @@ class MemoryRestorer:
 def unregister_rseq(inj: Injector) -> None:
     """Drop the interpreter's rseq registration: its area lives in memory about to be unmapped,
     and the kernel's next rseq update there would SIGSEGV the task on its way to user mode."""
-    conf = ctypes.create_string_buffer(RSEQ_CONF.size)
-    try:
-        _ptrace(PTRACE_GET_RSEQ_CONFIGURATION, inj.t.tid, RSEQ_CONF.size,
-                ctypes.c_void_p(ctypes.addressof(conf)), "GET_RSEQ_CONFIGURATION")
-    except KernelError:
-        return  # kernel without rseq: nothing registered
-    ptr, size, sig, _flags = RSEQ_CONF.unpack(conf.raw)
+    ptr, size, sig = inj.t.get_rseq()
     if ptr:
         check(inj.syscall(SYS_rseq, ptr, size, RSEQ_FLAG_UNREGISTER, sig), f"rseq unregister in {inj.t.tid}")
 
@@ -250,9 +241,15 @@ def set_mm(inj: Injector, mm: Mm, exe_fd: int | None) -> None:
 
 
 def set_thread_state(inj: Injector, task) -> None:
-    """set_tid_address(clear_child_tid) and the sigaltstack of one task (regs already set)."""
+    """set_tid_address(clear_child_tid), the rseq registration and the sigaltstack of one task
+    (memory and registers already in place: registering rseq makes the kernel write the area)."""
     check(inj.syscall(SYS_set_tid_address, task.fields["clear_child_tid"]), f"set_tid_address in {inj.t.tid}")
     th = task.thread
+    if th["rseq_ptr"]:
+        # glibc registers every thread's area at its start and never again: without this,
+        # sched_getcpu() and rseq users would read a cpu number frozen at dump time.
+        check(inj.syscall(SYS_rseq, th["rseq_ptr"], th["rseq_len"], 0, th["rseq_sig"]),
+              f"rseq register in {inj.t.tid}")
     if th["sas_ss_size"] and not th["sas_ss_flags"] & 2:  # SS_DISABLE
         with inj.scratch(24) as (addr, mem):
             mem.seek(addr)
