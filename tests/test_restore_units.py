@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import pytest
 
@@ -92,4 +93,30 @@ def test_missing_files_and_unsupported_kinds_are_named(tmp_path):
     files["/usr/bin/sample"].name = "/bin/sh"
     assert check_files(img) == []  # and the pipe is a supported kind
     pipe.fields["f_type"] = FileType.INET_SOCKET
-    assert any("INET_SOCKET" in p for p in check_files(img))
+    # named where a user looks for it: the process and fd using it, and what it is
+    assert any(re.match(r"pid \d+ fd \d+(, pid \d+ fd \d+)*: an inet socket \(pipe:\[1234\]\), which restore does not support$", p)
+               for p in check_files(img)), check_files(img)
+
+
+def test_socket_desc_says_protocol_addresses_and_state():
+    import socket
+    import struct
+
+    from ckptrace.image.render import socket_desc
+
+    def inet(port, host="127.0.0.1"):
+        return (struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(host)).ljust(128, b"\0")
+
+    def unix(path):
+        return (struct.pack("<H", socket.AF_UNIX) + path).ljust(128, b"\0")
+
+    tcp = dict(family=socket.AF_INET, type=1, protocol=6, state=10)
+    assert socket_desc(tcp, inet(8080) + bytes(128)) == "tcp 127.0.0.1:8080 listening"
+    est = dict(tcp, state=1)
+    assert socket_desc(est, inet(40000) + inet(8080, "10.0.0.2")) == "tcp 127.0.0.1:40000 -> 10.0.0.2:8080 established"
+    v6 = (struct.pack("<H", socket.AF_INET6) + struct.pack(">H", 53) + bytes(4)
+          + socket.inet_pton(socket.AF_INET6, "::1")).ljust(128, b"\0")
+    assert socket_desc(dict(family=socket.AF_INET6, type=2, protocol=17, state=7), v6 + bytes(128)) == "udp6 [::1]:53"
+    assert socket_desc(dict(family=socket.AF_UNIX, type=1, protocol=0, state=1),
+                       unix(b"/run/x.sock") + unix(b"\0abstract")) == "unix stream /run/x.sock -> @abstract"
+    assert socket_desc(dict(family=socket.AF_UNIX, type=2, protocol=0, state=7), bytes(256)) == "unix dgram (unbound)"

@@ -50,6 +50,52 @@ def file_label(f: File) -> str:
     return f"anon_inode:[{FILE_NAMES.get(f.ftype, f.ftype).lower()}]"
 
 
+_TCP_STATES = {1: "established", 2: "syn-sent", 3: "syn-recv", 4: "fin-wait1", 5: "fin-wait2",
+               6: "time-wait", 7: "closed", 8: "close-wait", 9: "last-ack", 10: "listening",
+               11: "closing"}
+_SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 5: "seqpacket"}
+
+
+def socket_name(family: int, addr: bytes) -> str:
+    """The local (first 128 bytes) or peer sockaddr of a FILE_SOCKET payload, readably."""
+    import socket as s
+
+    if len(addr) < 2:
+        return ""
+    if family == s.AF_UNIX:
+        path = addr[2:128]
+        if not path.strip(b"\0"):
+            return ""
+        if path[0] == 0:
+            return "@" + path[1:].split(b"\0")[0].decode("utf-8", "replace")
+        return path.split(b"\0")[0].decode("utf-8", "replace")
+    if family == s.AF_INET and len(addr) >= 8:
+        port = int.from_bytes(addr[2:4], "big")
+        return f"{s.inet_ntop(s.AF_INET, addr[4:8])}:{port}" if port or any(addr[4:8]) else ""
+    if family == s.AF_INET6 and len(addr) >= 24:
+        port = int.from_bytes(addr[2:4], "big")
+        return f"[{s.inet_ntop(s.AF_INET6, addr[8:24])}]:{port}" if port or any(addr[8:24]) else ""
+    return ""
+
+
+def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
+    """FILE_SOCKET in words: "tcp 127.0.0.1:8080 listening", "unix stream /run/x.sock -> peer"."""
+    fam, typ, proto = fields["family"], fields["type"], fields["protocol"]
+    local, peer = socket_name(fam, payload[:128]), socket_name(fam, payload[128:256])
+    if fam in (2, 10):
+        kind = {6: "tcp", 17: "udp"}.get(proto, f"inet proto {proto}") + ("6" if fam == 10 and proto in (6, 17) else "")
+        state = _TCP_STATES.get(fields["state"], "") if proto == 6 else ""
+    else:
+        kind = f"unix {_SOCK_TYPES.get(typ, typ)}" if fam == 1 else f"family {fam}"
+        state = ""
+    parts = [kind, local or "(unbound)"]
+    if peer:
+        parts.append(f"-> {peer}")
+    if state:
+        parts.append(state)
+    return " ".join(parts)
+
+
 def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
     rows = []
     for d in table.fds:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
 from ..image.reader import File, FileTable, Image, Mm
+from ..image.render import file_label, socket_desc
 from ..image.records import (PAGE_SIZE, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
 
 F_SETPIPE_SZ = 1031
@@ -51,12 +52,11 @@ def check_files(img: Image) -> list[str]:
             continue
         ft = FileType(obj.ftype)
         if ft not in SUPPORTED and _in_fd_table(img, obj.objref):
-            problems.append(f"file object {obj.objref} ({obj.name or '?'}) is a {ft.name}, "
-                            "which restore does not support")
+            problems.append(f"{_users(img, obj.objref)}: {_what(obj, ft)}, which restore does not support")
         if ft is FileType.TTY:
             tty = _extra(obj, RecType.FILE_TTY)
             if tty is None or tty.fields["is_master"]:
-                problems.append(f"file object {obj.objref} ({obj.name or '?'}) is a pty master, "
+                problems.append(f"{_users(img, obj.objref)}: a pty master ({obj.name or 'no path'}), "
                                 "which restore does not support")
                 continue
         if ft is FileType.INOTIFY:
@@ -68,6 +68,25 @@ def check_files(img: Image) -> list[str]:
         if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(obj.name)):
             problems.append(f"file {obj.name!r} (object {obj.objref}) does not exist")
     return problems
+
+
+def _users(img: Image, objref: int) -> str:
+    """Where the image uses a file object, as a user would look for it: "pid 2 fd 3"."""
+    uses = [f"pid {t.tid} fd {d['fd_descriptor']}" for t in img.processes()
+            for d in getattr(img.obj(t.files_objref), "fds", []) if d["fd_objref"] == objref]
+    if not uses:
+        return f"file object {objref}"
+    return ", ".join(uses[:3]) + (f" (and {len(uses) - 3} more)" if len(uses) > 3 else "")
+
+
+def _what(obj: File, ft: FileType) -> str:
+    """The object in words: "an inet socket (tcp 127.0.0.1:8080 listening)"."""
+    sock = _extra(obj, RecType.FILE_SOCKET)
+    if sock is not None:
+        kind = "an inet socket" if sock.fields["family"] in (2, 10) else "a socket"
+        return f"{kind} ({socket_desc(sock.fields, bytes(sock.payload or b''))})"
+    kind = ft.name.lower().replace("_", " ")
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({file_label(obj)})"
 
 
 def _in_fd_table(img: Image, objref: int) -> bool:

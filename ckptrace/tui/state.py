@@ -19,7 +19,7 @@ from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES, RLIMIT_NAMES,
                              VMA_NAMES, RecType, VmaType, flag_names)
-from ..image.render import human, prot_str, vma_label
+from ..image.render import human, prot_str, socket_name, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -524,28 +524,6 @@ def open_flags(flags: int, desc: dict) -> str:
     if desc.get("fd_close_on_exec"):
         rest.append("CLOEXEC")
     return "|".join([acc.removeprefix("O_")] + [n.removeprefix("O_") for n in rest])
-
-
-def socket_name(family: int, addr: bytes) -> str:
-    """The local (first 128 bytes) or peer sockaddr of a FILE_SOCKET payload, readably."""
-    import socket as s
-
-    if len(addr) < 2:
-        return ""
-    if family == s.AF_UNIX:
-        path = addr[2:128]
-        if not path.strip(b"\0"):
-            return ""
-        if path[0] == 0:
-            return "@" + path[1:].split(b"\0")[0].decode("utf-8", "replace")
-        return path.split(b"\0")[0].decode("utf-8", "replace")
-    if family == s.AF_INET and len(addr) >= 8:
-        port = int.from_bytes(addr[2:4], "big")
-        return f"{s.inet_ntop(s.AF_INET, addr[4:8])}:{port}" if port or any(addr[4:8]) else ""
-    if family == s.AF_INET6 and len(addr) >= 24:
-        port = int.from_bytes(addr[2:4], "big")
-        return f"[{s.inet_ntop(s.AF_INET6, addr[8:24])}]:{port}" if port or any(addr[8:24]) else ""
-    return ""
 
 
 # x86_64 numbers of the calls a stopped process usually sits in (the rest show as a number).
