@@ -159,6 +159,21 @@ def check_continues(workdir: str, before: bytes, res: dict):
         assert tids == {t for q, t in old_last if q == p}
 
 
+def dump_kill(w, img) -> None:
+    """`dump --kill` of the workload's namespace to `img`, which must succeed."""
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(img))
+    assert d.returncode == 0, d.stderr.decode()
+
+
+def restore_json(img, restored: list) -> dict:
+    """`restore --json img`, which must succeed; its init is killed at teardown (`restored`)."""
+    r = ckptrace("restore", "--json", str(img))
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    return res
+
+
 def check_layout_and_fds(img: str, res: dict):
     """Each restored process has the image's VMAs (addresses, protections), fd numbers, brk."""
     from ckptrace.image.reader import FileTable, read_image
@@ -241,14 +256,10 @@ def test_dump_kill_restore_continues(pidns, refwork, tmp_path, restored):
     workdir = str(tmp_path)
     w = start_workload(pidns, refwork, workdir)
     img = str(tmp_path / "ref.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
+    dump_kill(w, img)
     assert not w.pids(), "dump --kill left tasks behind"
     before = logged_before(workdir, img)
-    r = ckptrace("restore", "--json", img)
-    assert r.returncode == 0, r.stderr.decode()
-    res = json.loads(r.stdout)
-    restored.append(res["init_pid"])
+    res = restore_json(img, restored)
     assert res["processes"] == 3 and res["threads"] == 5
     check_continues(workdir, before, res)
     check_layout_and_fds(img, res)
@@ -326,8 +337,7 @@ def test_corrupt_image_is_refused_and_creates_nothing(pidns, refwork, tmp_path, 
 def test_missing_file_is_refused_before_anything_exists(pidns, refwork, tmp_path):
     w = start_workload(pidns, refwork, str(tmp_path))
     img = tmp_path / "ref.img"
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(img))
-    assert d.returncode == 0, d.stderr.decode()
+    dump_kill(w, str(img))
     os.rename(tmp_path / "ref.log", tmp_path / "moved.log")
     nss = pidns_inodes(tmp_path)
     r = ckptrace("restore", str(img))
@@ -347,8 +357,7 @@ def test_failure_midway_kills_what_was_made(pidns, refwork, tmp_path, monkeypatc
 
     w = start_workload(pidns, refwork, str(tmp_path))
     img = str(tmp_path / "ref.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
+    dump_kill(w, img)
     hosts: list[int] = []
     real_map = memory.MemoryRestorer._map
 
@@ -391,15 +400,11 @@ def test_python_interpreter_workload_continues(pidns, tmp_path, restored):
               ready_file=str(tmp_path / "ready"), settle=0.3, cwd=REPO, stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     img = str(tmp_path / "py.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
+    dump_kill(w, img)
     log = tmp_path / "workload.log"
     before = logged_before(str(tmp_path), img, "workload.log")
     old = [int(x.split()[1]) for x in before.decode().splitlines()]
-    r = ckptrace("restore", "--json", img)
-    assert r.returncode == 0, r.stderr.decode()
-    res = json.loads(r.stdout)
-    restored.append(res["init_pid"])
+    res = restore_json(img, restored)
     data = wait_for_ticks(str(log), len(before), want=5)
     assert data.startswith(before)
     new = [int(x.split()[1]) for x in data[len(before):].decode().splitlines()]
@@ -424,13 +429,9 @@ def test_deleted_executable_comes_back_from_the_image(pidns, refwork, tmp_path, 
     w = start_workload(pidns, exe, workdir)
     os.unlink(exe)
     img = str(tmp_path / "ref.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
+    dump_kill(w, img)
     before = logged_before(workdir, img)
-    r = ckptrace("restore", "--json", img)
-    assert r.returncode == 0, r.stderr.decode()
-    res = json.loads(r.stdout)
-    restored.append(res["init_pid"])
+    res = restore_json(img, restored)
     check_continues(workdir, before, res)
     assert not os.path.exists(exe)
 
@@ -449,23 +450,18 @@ def test_eventfd_signalfd_timerfd_epoll_fifo_sockets_come_back(pidns, fdkinds, t
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.25)
     img = str(tmp_path / "fd.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
+    dump_kill(w, img)
     log = tmp_path / "fd.log"
     before = logged_before(str(tmp_path), img, "fd.log")
     timers = [int(x.split()[1]) for x in before.decode().splitlines() if x.startswith("timer ")]
-    r = ckptrace("restore", "--json", img)
-    assert r.returncode == 0, r.stderr.decode()
-    res = json.loads(r.stdout)
-    restored.append(res["init_pid"])
+    res = restore_json(img, restored)
     # The timerfd goes on firing, through the restored epoll, counting on from the dumped total.
     data = wait_for_ticks(str(log), len(before), want=3)
     new = [int(x.split()[1]) for x in data[len(before):].decode().splitlines() if x.startswith("timer ")]
     assert len(new) >= 3 and new == sorted(new) and new[0] > (timers[-1] if timers else 0), (timers, new)
     # SIGUSR2 reaches the restored signalfd (blocked mask restored, signalfd in the epoll); the
     # eventfd still counts 5; the FIFO still holds "hello".
-    worker = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _in_ns(int(p), res["pidns"])
-                  and nspid(int(p)) == 2)
+    worker = next(p for p in ns_pids(res["pidns"]) if nspid(p) == 2)
     (tmp_path / "go").touch()
     os.kill(worker, signal.SIGUSR2)
     deadline = time.monotonic() + 3
@@ -486,13 +482,6 @@ def test_eventfd_signalfd_timerfd_epoll_fifo_sockets_come_back(pidns, fdkinds, t
         c.settimeout(3)
         c.connect(str(tmp_path / "sock"))
         assert c.recv(16) == b"hi"
-
-
-def _in_ns(pid: int, ns: int) -> bool:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid") == f"pid:[{ns}]"
-    except OSError:
-        return False
 
 
 SESSIONS = r"""
@@ -539,13 +528,9 @@ def test_sessions_and_process_groups_come_back(pidns, tmp_path, restored):
     want = sorted(ns_ids(p) for p in w.pids())
     assert [x[0] for x in want] == [1, 2, 3, 4] and want[3][2] == 3 and want[1][3] == 2, want
     img = str(tmp_path / "s.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
-    r = ckptrace("restore", "--json", img)
-    assert r.returncode == 0, r.stderr.decode()
-    res = json.loads(r.stdout)
-    restored.append(res["init_pid"])
-    got = sorted(ns_ids(int(p)) for p in os.listdir("/proc") if p.isdigit() and _in_ns(int(p), res["pidns"]))
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    got = sorted(ns_ids(p) for p in ns_pids(res["pidns"]))
     assert got == want
 
 
@@ -561,8 +546,7 @@ def test_credentials_come_back(pidns, tmp_path, restored):
               ready_file=str(ready), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
               stderr=subprocess.DEVNULL)
     img = tmp_path / "c.img"
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(img))
-    assert d.returncode == 0, d.stderr.decode()
+    dump_kill(w, str(img))
     raw = img.read_bytes()
     out = bytearray()
     with open(img, "rb") as f:
@@ -607,12 +591,8 @@ def test_signal_masks_handlers_and_pending_signals_come_back(pidns, tmp_path, re
     assert int(want["ShdPnd"], 16) == 1 << (signal.SIGUSR1 - 1)
     assert int(want["SigPnd"], 16) == 1 << (signal.SIGUSR2 - 1)
     img = str(tmp_path / "sig.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
-    r = ckptrace("restore", "--json", img)
-    assert r.returncode == 0, r.stderr.decode()
-    res = json.loads(r.stdout)
-    restored.append(res["init_pid"])
+    dump_kill(w, img)
+    res = restore_json(img, restored)
     assert sigstate(res["init_pid"]) == want
 
 
@@ -632,8 +612,7 @@ def test_terminal_is_reopened(pidns, tmp_path, restored):
                   stdout=slave, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
         img = str(tmp_path / "tty.img")
-        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-        assert d.returncode == 0, d.stderr.decode()
+        dump_kill(w, img)
         time.sleep(0.1)
         while select.select([master], [], [], 0)[0]:
             os.read(master, 65536)  # what the original wrote
