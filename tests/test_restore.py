@@ -206,12 +206,12 @@ def check_layout_and_fds(img: str, res: dict):
         assert os.readlink(f"/proc/{host}/exe") == exe.name
         with open(f"/proc/{host}/cmdline", "rb") as f:
             assert f.read().split(b"\0")[0] == exe.name.encode()
-    check_rseq(image, res)
+    check_threads(image, res)
 
 
-def check_rseq(image, res: dict):
-    """Every restored thread has the image's rseq area registered again (glibc registered it at
-    thread start; nothing would register it after a restore)."""
+def check_threads(image, res: dict):
+    """Every restored thread has its comm and the image's rseq area registered again (glibc
+    registered it at thread start; nothing would register it after a restore)."""
     from ckptrace.kernel.ptrace import Tracee
 
     hosts = {}
@@ -220,6 +220,9 @@ def check_rseq(image, res: dict):
             hosts[nspid(int(tid))] = int(tid)
     registered = 0
     for t in image.tasks:
+        # and each thread has its own name back (it was the controller's until PR_SET_NAME)
+        with open(f"/proc/{hosts[t.tid]}/task/{hosts[t.tid]}/comm") as f:
+            assert f.read().rstrip("\n") == t.comm, t.tid
         tr = Tracee(hosts[t.tid])
         tr.seize()
         tr.interrupt()

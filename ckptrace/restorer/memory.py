@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import Image, Mm, Vma
-from ..image.records import PAGE_SIZE, VM_GROWSDOWN, VmaType
+from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_GROWSDOWN, VmaType
 from ..kernel.ptrace import Injector
 from .files import FileSet
 
@@ -31,7 +31,7 @@ RSEQ_FLAG_UNREGISTER = 1
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x10, 0x20, 0x100
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
-PR_SET_MM, PR_SET_MM_MAP = 35, 14
+PR_SET_MM, PR_SET_MM_MAP, PR_SET_NAME = 35, 14, 15
 TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user space (4-level paging)
 SPECIAL = ("[vvar]", "[vvar_vclock]", "[vdso]")
 # struct prctl_mm_map: 11 u64 addresses, u64 auxv pointer, u32 auxv_size, u32 exe_fd.
@@ -241,8 +241,16 @@ def set_mm(inj: Injector, mm: Mm, exe_fd: int | None) -> None:
 
 
 def set_thread_state(inj: Injector, task) -> None:
-    """set_tid_address(clear_child_tid), the rseq registration and the sigaltstack of one task
-    (memory and registers already in place: registering rseq makes the kernel write the area)."""
+    """The task's name (comm), set_tid_address(clear_child_tid), the rseq registration and the
+    sigaltstack of one task (memory and registers already in place: registering rseq makes the
+    kernel write the area)."""
+    # Without this every restored task is named after the process it was forked from (ps shows
+    # "ckptrace"): a comm is per thread and only the thread itself may set it (PR_SET_NAME).
+    name = task.comm.encode("utf-8", "surrogateescape")[:TASK_COMM_LEN - 1]
+    with inj.scratch(TASK_COMM_LEN) as (addr, mem):
+        mem.seek(addr)
+        mem.write(name.ljust(TASK_COMM_LEN, b"\0"))
+        check(inj.syscall(SYS_prctl, PR_SET_NAME, addr), f"prctl(PR_SET_NAME) in {inj.t.tid}")
     check(inj.syscall(SYS_set_tid_address, task.fields["clear_child_tid"]), f"set_tid_address in {inj.t.tid}")
     th = task.thread
     if th["rseq_ptr"]:

@@ -83,6 +83,7 @@ static void tick_sleep(void)
 static void *thread_main(void *arg)
 {
     (void)arg;
+    pthread_setname_np(pthread_self(), "refwork-worker");  /* a thread's own comm: restore keeps it */
     for (long tick = 1;; tick++) {
         logline("%d %d thread %ld %016llx -\n", getpid(), gettid(), tick, (unsigned long long)checksum());
         tick_sleep();
