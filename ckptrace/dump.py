@@ -24,7 +24,7 @@ from .image.stream import ImageWriter, create_image_file, write_header, write_ta
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
-from .objects import files, mm, task
+from .objects import files, mm, seccomp, task
 from .objects.context import DumpContext, Stats
 
 
@@ -141,6 +141,8 @@ class Dumper:
             for m in p.maps:
                 mm.check_mapping(p.nspid, m)
             files.check_fds(ctx, p.hostpid, p.nspid)
+            for t in p.threads:
+                seccomp.check_thread(p, t, proc)
         for p in procs:
             task.collect_process(p, proc)
         xs = procs[0].leader.xstate
@@ -163,6 +165,7 @@ class Dumper:
                     mm_ref = mm.dump_mm(ctx, p, copier, files)
                     w.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
                     task.write_cpu(ctx, t, len(xs))
+                    seccomp.write(ctx, t)
                     if t.hosttid == p.hostpid:
                         task.write_proc(ctx, p)
                     ctx.stats.tasks += 1

@@ -221,7 +221,9 @@ class _Restore:
         for t in self.img.processes():
             tr = Tracee(self.host[t.tid])
             # EXITKILL: should we die mid-restore, the half-made tasks die with us.
-            tr.seize(PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
+            # SUSPEND_SECCOMP (when we may): the filters the image gives the tasks do not apply to
+            # the calls injected after they are installed.
+            tr.seccomp_suspended = tr.seize_suspending_seccomp(PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
             tr.interrupt()
             self.tracees.append(tr)
             self.by_tid[t.tid] = tr
@@ -244,7 +246,7 @@ class _Restore:
     # -- one process ---------------------------------------------------------------------------
     def _process(self, t, mem, files) -> None:
         from .kernel.ptrace import Injector
-        from .restorer import creds, memory, threads, tree
+        from .restorer import creds, memory, seccomp, threads, tree
 
         host = self.host[t.tid]
         tr = self.by_tid[t.tid]
@@ -268,10 +270,18 @@ class _Restore:
             tt = threads.clone_thread(inj, host, th.tid)
             self.tracees.append(tt)
             self.by_tid[th.tid] = tt
+            tt.seccomp_suspended = tr.seccomp_suspended  # auto-attached with the leader's options
             tt.set_regs(fix_restart(th.regs))
             tt.set_xstate(th.xsave)
             memory.set_thread_state(Injector(tt, insn=inj.insn), th)
-        creds.apply_creds(inj, t.creds, t.groups)
+        # Once every thread exists (a clone inherits filters and credentials), each thread gets
+        # its seccomp state, then the process's credentials: the kernel keeps them per thread
+        # (glibc's setuid() makes every thread call it), and installing a filter without
+        # no_new_privs needs the CAP_SYS_ADMIN the credentials may drop.
+        for th in self.img.threads_of(t.tgid):
+            tinj = inj if th.is_leader else Injector(self.by_tid[th.tid], insn=inj.insn)
+            seccomp.apply(tinj, th)
+            creds.apply_creds(tinj, t.creds, t.groups)
 
     def _finish(self) -> None:
         from .restorer import creds

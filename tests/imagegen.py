@@ -76,6 +76,10 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
     wr.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
     regs = {n: i * 0x1111 + tid for i, n in enumerate(REG_NAMES)}
     wr.record(RecType.CPU, regs, bytes([tid]) * XSTATE)
+    if first:  # confined like a container's task: no_new_privs and one filter (ld [nr]; ret ALLOW)
+        wr.record(RecType.TASK_SECCOMP, dict(mode=2, no_new_privs=1, nfilters=1))
+        wr.record(RecType.TASK_SECCOMP_FILTER, dict(flags=2, ninsns=2),
+                  [dict(code=0x20, k=0), dict(code=0x06, k=0x7FFF0000)])
     if tid == tgid:
         wr.record(RecType.TASK_CREDS, dict(uid=0, gid=0, ngroups=2, cap_eff=0x1FF), [dict(gid=4), dict(gid=27)])
         wr.record(RecType.TASK_SIGHAND, dict(nsig=64), [dict(handler=1 if i == 12 else 0) for i in range(64)])

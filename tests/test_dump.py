@@ -277,6 +277,7 @@ def assert_refused(p: subprocess.CompletedProcess, *words: str) -> None:
 @pytest.mark.parametrize("mode,words", [
     ("nested", ("nested pid namespace",)),
     ("pidfd", ("fd", "anon_inode:[pidfd]", "pid")),
+    ("strict", ("seccomp strict mode", "thread")),
 ])
 def test_refuses_and_leaves_running(pidns, ckwork, tmp_path, mode, words):
     w = start(pidns, ckwork, tmp_path, mode, settle=0.3)

@@ -211,6 +211,7 @@ def test_state_fds_signals_creds_threads():
     assert "SIGPIPE" in st.signals_text() and "SIG_IGN" in st.signals_text()
     assert "blocked SIGTERM" in st.signals_text()
     assert "groups 4 27" in st.creds_text() and "cwd  /root" in st.creds_text()
+    assert "seccomp filter, 1 filter(s) of 2 insns  no_new_privs 1" in st.creds_text()
     assert [r[0] for r in st.thread_rows()] == ["1", "2"]
     assert "rip 0000000000011111" in st.registers(1)
 

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -545,9 +546,10 @@ def test_credentials_come_back(pidns, tmp_path, restored):
     from ckptrace.image.stream import RecordReader
 
     ready = tmp_path / "ready"
-    w = pidns([sys.executable, "-c", f"import time; open({str(ready)!r}, 'w').close(); time.sleep(100)"],
-              ready_file=str(ready), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    code = ("import threading, time; threading.Thread(target=time.sleep, args=(100,), daemon=True).start(); "
+            f"open({str(ready)!r}, 'w').close(); time.sleep(100)")
+    w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     img = tmp_path / "c.img"
     dump_kill(w, str(img))
     raw = img.read_bytes()
@@ -562,15 +564,15 @@ def test_credentials_come_back(pidns, tmp_path, restored):
             else:
                 out += raw[rec.offset:rec.offset + rec.length]
     img.write_bytes(bytes(out))
-    r = ckptrace("restore", "--json", str(img))
-    assert r.returncode == 0, r.stderr.decode()
-    res = json.loads(r.stdout)
-    restored.append(res["init_pid"])
-    with open(f"/proc/{res['init_pid']}/status") as f:
-        st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-    assert st["Uid"].split() == ["2001", "2002", "2003", "2002"]
-    assert st["Gid"].split() == ["1001", "1002", "1003", "1002"]
-    assert st["Groups"].split() == ["1234", "5678"]
+    res = restore_json(img, restored)
+    tids = os.listdir(f"/proc/{res['init_pid']}/task")
+    assert len(tids) == 2
+    for tid in tids:  # the kernel keeps credentials per thread: every one of them gets the image's
+        with open(f"/proc/{res['init_pid']}/task/{tid}/status") as f:
+            st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        assert st["Uid"].split() == ["2001", "2002", "2003", "2002"], tid
+        assert st["Gid"].split() == ["1001", "1002", "1003", "1002"], tid
+        assert st["Groups"].split() == ["1234", "5678"], tid
 
 
 def test_signal_masks_handlers_and_pending_signals_come_back(pidns, tmp_path, restored):
@@ -632,3 +634,49 @@ def test_terminal_is_reopened(pidns, tmp_path, restored):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def _status(tid_dir: str) -> dict[str, str]:
+    with open(f"{tid_dir}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_seccomp_filters_and_no_new_privs_come_back(pidns, tmp_path, restored):
+    """Two stacked filters (one installed with SECCOMP_FILTER_FLAG_LOG) and no_new_privs, on both
+    threads: the image holds them as installed, the restored threads have them again, and the
+    filtered calls keep failing the way the filters say."""
+    from ckptrace.image.reader import read_image
+
+    w = pidns([sys.executable, os.path.join(HERE, "workloads", "seccompwork.py"), str(tmp_path)],
+              ready_file=str(tmp_path / "ready"), settle=0.2, stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "sc.img")
+    dump_kill(w, img)
+    with open(img, "rb") as f:
+        image = read_image(f)
+    assert len(image.tasks) == 2
+    for t in image.tasks:
+        assert t.seccomp == {"mode": 2, "no_new_privs": 1, "nfilters": 2}, t.tid
+        # oldest first: uname -> EPERM (flags 0), then getcwd -> ENOTTY (SECCOMP_FILTER_FLAG_LOG)
+        (f1, p1), (f2, p2) = t.seccomp_filters
+        assert (f1, f2) == (0, 2)
+        assert struct.unpack_from("<I", p1, 12)[0] == 63 and struct.unpack_from("<I", p1, 20)[0] == 0x00050001
+        assert struct.unpack_from("<I", p2, 12)[0] == 79 and struct.unpack_from("<I", p2, 20)[0] == 0x00050019
+    shown = ckptrace("show", img)
+    assert b"seccomp filter (2 filters), no_new_privs" in shown.stdout, shown.stdout[:400]
+    log = tmp_path / "seccomp.log"
+    before = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    tids = os.listdir(f"/proc/{res['init_pid']}/task")
+    assert len(tids) == 2
+    for tid in tids:
+        st = _status(f"/proc/{res['init_pid']}/task/{tid}")
+        assert (st["Seccomp"], st["Seccomp_filters"], st["NoNewPrivs"]) == ("2", "2", "1"), tid
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        after = log.read_text().splitlines()[before:]
+        if {x.split()[0] for x in after} == {"main", "thread"}:
+            break
+        time.sleep(0.05)
+    assert {x.split()[0] for x in after} == {"main", "thread"}, after
+    assert all(x.endswith("uname=1 getcwd=25") for x in after), after

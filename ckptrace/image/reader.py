@@ -1,7 +1,8 @@
 """The image grammar: checks record order and cross-references, and builds an `Image` index.
 
     image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
-    task    := TASK STRING THREAD object* TASK_OBJS CPU [proc]      (proc only for a leader)
+    task    := TASK STRING THREAD object* TASK_OBJS CPU [seccomp] [proc]   (proc only for a leader)
+    seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
     proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC
     object  := OBJREF body(objtype)
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
@@ -100,6 +101,8 @@ class Task:
     sighand: list[dict[str, Any]] = field(default_factory=list)
     rlimits: list[dict[str, Any]] = field(default_factory=list)
     proc: dict[str, Any] | None = None
+    seccomp: dict[str, Any] | None = None  # TASK_SECCOMP fields; None: no mode, no no_new_privs
+    seccomp_filters: list[tuple[int, bytes]] = field(default_factory=list)  # (flags, sock_filter[]), oldest first
     cwd: str = ""
     root: str = ""
 
@@ -266,6 +269,14 @@ class _Parser:
         t.regs = cpu.fields
         t.xsave_offset = cpu.payload_offset
         t.xsave = cpu.payload
+        if self.at(RecType.TASK_SECCOMP):
+            sc = self.expect(RecType.TASK_SECCOMP)
+            t.seccomp = sc.fields
+            if sc.fields["mode"] not in (0, 1, 2):
+                self.fail(sc, f"seccomp mode {sc.fields['mode']} is not 0, 1 or 2")
+            for _ in range(sc.fields["nfilters"]):
+                f = self.expect(RecType.TASK_SECCOMP_FILTER, "TASK_SECCOMP's filters")
+                t.seccomp_filters.append((f.fields["flags"], bytes(f.payload)))
         if t.is_leader:
             c = self.expect(RecType.TASK_CREDS, "process leader")
             t.creds = c.fields

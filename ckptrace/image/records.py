@@ -51,6 +51,8 @@ class RecType(enum.IntEnum):
     TASK_SIGHAND = 106
     TASK_RLIMITS = 107
     TASK_PROC = 108
+    TASK_SECCOMP = 109
+    TASK_SECCOMP_FILTER = 110
     FILE_TABLE = 301
     FILE_DESC = 302
     FILE_NAME = 303
@@ -126,6 +128,8 @@ VM_GROWSDOWN = 0x100
 VM_NOT_SUPPORTED = {"pf": "VM_PFNMAP", "io": "VM_IO", "ht": "VM_HUGETLB", "mm": "VM_MIXEDMAP"}
 
 PROT_NAMES = {1: "PROT_READ", 2: "PROT_WRITE", 4: "PROT_EXEC"}
+SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
+BPF_MAXINSNS = 4096  # per seccomp filter (include/uapi/linux/bpf_common.h)
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,10 @@ def u64(name, hint="dec", names=None):
 
 def u16(name, hint="dec", names=None):
     return Field(name, "H", hint, names)
+
+
+def u8(name, hint="dec", names=None):
+    return Field(name, "B", hint, names)
 
 
 class Payload(enum.Enum):
@@ -243,6 +251,11 @@ class RecordType:
     def encode_payload(self, payload) -> bytes:
         if self.payload is Payload.ENTRIES:
             assert self.entry_st is not None
+            if isinstance(payload, (bytes, bytearray, memoryview)):
+                # entries already in their C layout (e.g. a sock_filter[] as the kernel gave it)
+                if len(payload) % self.entry_st.size:
+                    raise ValueError(f"{self.name}: {len(payload)} bytes is not a whole number of entries")
+                return bytes(payload)
             return b"".join(self.entry_st.pack(*(e.get(n, 0) for n in self.entry_names)) for e in payload)
         if self.payload is Payload.CSTRING and isinstance(payload, str):
             return payload.encode("utf-8", "surrogateescape") + b"\0"
@@ -379,6 +392,14 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.TASK_RLIMITS, (u32("nlimits"), pad(4)), Payload.ENTRIES, max_payload=16 * 16,
        entry=(u64("cur"), u64("max")), count_field="nlimits",
        doc="getrlimit of resources 0..nlimits-1 (RLIM_INFINITY = 2**64-1)."),
+    _R(RecType.TASK_SECCOMP, (u32("mode", "enum", SECCOMP_MODES), u32("no_new_privs"), u32("nfilters"), pad(4)),
+       doc="A thread's seccomp state (only for a thread with a mode or no_new_privs set): "
+           "nfilters TASK_SECCOMP_FILTER follow, oldest first."),
+    _R(RecType.TASK_SECCOMP_FILTER, (u32("flags", "hex"), u32("ninsns")), Payload.ENTRIES,
+       max_payload=BPF_MAXINSNS * 8, entry=(u16("code", "hex"), u8("jt"), u8("jf"), u32("k", "hex")),
+       count_field="ninsns",
+       doc="One seccomp filter: SECCOMP_FILTER_FLAG_* it was installed with, and its classic BPF "
+           "program (struct sock_filter[ninsns]) as PTRACE_SECCOMP_GET_FILTER returns it."),
     _R(RecType.TASK_PROC, (u32("umask", "oct"), u32("personality", "hex"), u64("shared_pending", "hex"),
                            s32("pdeath_signal"), u32("flags", "hex")),
        Payload.BYTES, max_payload=2 * 4096,

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
-from .records import FILE_NAMES, PAGE_SIZE, FileType, RecType, RLIMIT_NAMES, VMA_NAMES, VM_FLAG_NAMES, flag_names
+from .records import (FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VMA_NAMES, FileType,
+                      RecType, flag_names)
 from .stream import Record, open_image
 
 
@@ -118,7 +119,7 @@ def summary(img: Image) -> dict[str, Any]:
             hostpid=entry.get("hostpid"), comm=p.comm,
             threads=[t.tid for t in img.threads_of(p.tgid)],
             exe=(img.obj(mm.fields["exe_objref"]).name if mm.fields.get("exe_objref") else None),
-            cwd=p.cwd, brk=mm.fields["brk"],
+            cwd=p.cwd, brk=mm.fields["brk"], seccomp=_seccomp_summary(p),
             vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
@@ -130,6 +131,14 @@ def summary(img: Image) -> dict[str, Any]:
         machine=img.uts[2], time=h["time"], xstate_size=img.arch["xstate_size"], xcr0=img.arch["xcr0"],
         tasks=len(img.tasks), processes=len(procs), pages=img.page_count, bytes=img.size,
         records=img.records, tree=img.tree, procs=procs)
+
+
+def _seccomp_summary(p) -> dict[str, Any] | None:
+    """The leader's seccomp state (threads usually share it): mode, no_new_privs, filter sizes."""
+    if p.seccomp is None:
+        return None
+    return dict(mode=SECCOMP_MODES.get(p.seccomp["mode"], p.seccomp["mode"]), no_new_privs=bool(p.seccomp["no_new_privs"]),
+                filters=[dict(flags=f, insns=len(insns) // 8) for f, insns in p.seccomp_filters])
 
 
 def show_text(s: dict[str, Any]) -> str:
@@ -152,7 +161,11 @@ def show_text(s: dict[str, Any]) -> str:
     for root in children.get(0, []):
         walk(root, 0)
     for p in s["procs"]:
-        out += ["", f"process {p['pid']} {p['comm']}  exe {p['exe'] or '-'}  cwd {p['cwd']}  brk {p['brk']:#x}",
+        sc = p["seccomp"]
+        confined = "" if sc is None else "  seccomp " + (
+            f"{sc['mode']} ({len(sc['filters'])} filter{'s' if len(sc['filters']) != 1 else ''})" if sc["filters"]
+            else sc["mode"]) + (", no_new_privs" if sc["no_new_privs"] else "")
+        out += ["", f"process {p['pid']} {p['comm']}  exe {p['exe'] or '-'}  cwd {p['cwd']}  brk {p['brk']:#x}{confined}",
                 f"  {'start':>14} {'end':>14} {'size':>10} prot {'type':<11} {'pages':>7}  file"]
         for v in p["vmas"]:
             out.append(f"  {v['start']:>14x} {v['end']:>14x} {human(v['size']):>10} {v['prot']} "

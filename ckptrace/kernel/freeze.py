@@ -103,7 +103,7 @@ class Freezer:
                                       "checkpoint a task someone else controls")
                 tr = Tracee(tid)
                 try:
-                    tr.seize()
+                    tr.seccomp_suspended = tr.seize_suspending_seccomp()
                     tr.interrupt()
                 except NoSuchProcess:
                     continue

@@ -16,7 +16,7 @@ import os
 import signal
 import struct
 
-from ..errors import KernelError, NoSuchProcess, from_oserror
+from ..errors import AccessDenied, KernelError, NoSuchProcess, from_oserror
 from .sys import iovec, libc
 
 PTRACE_CONT = 7
@@ -34,6 +34,13 @@ RSEQ_CONF = struct.Struct("<QIII4x")  # struct ptrace_rseq_configuration: pointe
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_O_TRACECLONE = 0x8
 PTRACE_O_EXITKILL = 0x100000
+# Injected system calls must not meet the task's seccomp filters (a filter may kill the task for
+# a prctl it never makes itself). Needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE.
+PTRACE_O_SUSPEND_SECCOMP = 0x200000
+PTRACE_SECCOMP_GET_FILTER = 0x420C
+PTRACE_SECCOMP_GET_METADATA = 0x420D
+SECCOMP_METADATA = struct.Struct("<QQ")  # struct seccomp_metadata: filter_off, flags
+SOCK_FILTER_SIZE = 8  # struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}
 PTRACE_EVENT_CLONE = 3
 PTRACE_EVENT_STOP = 128
 NT_PRSTATUS = 1
@@ -62,6 +69,14 @@ def _ptrace(req: int, pid: int, addr: int = 0, data: int | ctypes.c_void_p | Non
     return ret
 
 
+def _ptrace_errno(req: int, pid: int, addr: int, data: int | ctypes.c_void_p) -> tuple[int, int]:
+    """ptrace returning (result, errno) for requests whose errors are answers (ENOENT: no more)."""
+    ctypes.set_errno(0)
+    ret = libc.ptrace(req, pid, ctypes.c_void_p(addr), data if isinstance(data, ctypes.c_void_p)
+                      else ctypes.c_void_p(data))
+    return ret, (ctypes.get_errno() if ret == -1 else 0)
+
+
 class Tracee:
     """One seized task (thread). Keeps the stop state and any signal owed back to the task."""
 
@@ -70,10 +85,21 @@ class Tracee:
         self.stopped = False
         self.owed_signal = 0  # a signal we intercepted and must deliver at detach
         self.group_stopped = False  # the task was in a job-control stop (SIGSTOP) when seized
+        self.seccomp_suspended = False  # seized with PTRACE_O_SUSPEND_SECCOMP
 
     # -- lifecycle -----------------------------------------------------------------------------
     def seize(self, options: int = 0) -> None:
         _ptrace(PTRACE_SEIZE, self.tid, 0, options, "SEIZE")
+
+    def seize_suspending_seccomp(self, options: int = 0) -> bool:
+        """Seize with the task's seccomp filters suspended while we hold it; False when the kernel
+        or our capabilities refuse that (the task is then seized with `options` alone)."""
+        try:
+            self.seize(options | PTRACE_O_SUSPEND_SECCOMP)
+            return True
+        except (AccessDenied, KernelError):
+            self.seize(options)
+            return False
 
     def interrupt(self) -> None:
         _ptrace(PTRACE_INTERRUPT, self.tid, 0, 0, "INTERRUPT")
@@ -166,6 +192,28 @@ class Tracee:
             return 0, 0, 0
         ptr, size, sig, _flags = RSEQ_CONF.unpack(conf.raw)
         return (ptr, size, sig) if ptr else (0, 0, 0)
+
+    def get_seccomp_filters(self) -> list[tuple[int, bytes]]:
+        """The thread's seccomp filter chain, oldest (first installed) first: (flags, the
+        classic BPF program as struct sock_filter[]). The kernel's index 0 is the oldest filter
+        (get_nth_filter counts back from the newest by chain length minus the index)."""
+        chain = []
+        index = 0
+        while True:
+            n, err = _ptrace_errno(PTRACE_SECCOMP_GET_FILTER, self.tid, index, 0)
+            if err == errno.ENOENT:
+                break
+            if err:
+                raise from_oserror(OSError(err, os.strerror(err)), f"ptrace SECCOMP_GET_FILTER of {self.tid}")
+            buf = ctypes.create_string_buffer(n * SOCK_FILTER_SIZE)
+            _ptrace(PTRACE_SECCOMP_GET_FILTER, self.tid, index, ctypes.c_void_p(ctypes.addressof(buf)),
+                    "SECCOMP_GET_FILTER")
+            meta = ctypes.create_string_buffer(SECCOMP_METADATA.pack(index, 0), SECCOMP_METADATA.size)
+            _ptrace(PTRACE_SECCOMP_GET_METADATA, self.tid, SECCOMP_METADATA.size,
+                    ctypes.c_void_p(ctypes.addressof(meta)), "SECCOMP_GET_METADATA")
+            chain.append((SECCOMP_METADATA.unpack(meta.raw)[1], buf.raw))
+            index += 1
+        return chain
 
     def set_sigmask(self, mask: int) -> None:
         m = ctypes.c_uint64(mask)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ..image.records import RLIMIT_NAMES, TASK_COMM_LEN, RecType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee
+from . import seccomp
 from .context import DumpContext
 
 SYS_brk = 12
@@ -46,6 +47,9 @@ class ThreadState:
     clear_child_tid: int = 0
     altstack: tuple[int, int, int] = (0, 0, 0)  # sp, flags, size
     rseq: tuple[int, int, int] = (0, 0, 0)  # area, length, signature (0s: not registered)
+    seccomp_mode: int = 0
+    no_new_privs: int = 0
+    seccomp_filters: list[tuple[int, bytes]] = field(default_factory=list)  # oldest first
     regs: list[int] = field(default_factory=list)
     xstate: bytes = b""
 
@@ -97,6 +101,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.xstate = tr.get_xstate()
     t.blocked = tr.get_sigmask()
     t.rseq = tr.get_rseq()
+    seccomp.collect(t, st)
     inj = Injector(tr, insn)
     with inj.scratch(32) as (addr, mem):
         _checked(inj.syscall(SYS_prctl, PR_GET_TID_ADDRESS, addr), f"prctl(PR_GET_TID_ADDRESS) in {t.hosttid}")

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES, RLIMIT_NAMES,
-                             VMA_NAMES, RecType, VmaType, flag_names)
+                             SECCOMP_MODES, VMA_NAMES, RecType, VmaType, flag_names)
 from ..image.render import human, prot_str, socket_name, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
@@ -304,6 +304,12 @@ class InspectState:
             out.append(f"{k:<10} {c.get(k, 0):016x}")
         if p.proc:
             out.append(f"umask {p.proc['umask']:04o}  personality {p.proc['personality']:#x}")
+        sc = p.seccomp or {}
+        mode = SECCOMP_MODES.get(sc.get("mode", 0), sc.get("mode"))
+        out.append(f"seccomp {mode}" + (f", {len(p.seccomp_filters)} filter(s) of "
+                                        + "+".join(str(len(i) // 8) for _, i in p.seccomp_filters) + " insns"
+                                        if p.seccomp_filters else "")
+                   + f"  no_new_privs {sc.get('no_new_privs', 0)}")
         out += [f"cwd  {p.cwd}", f"root {p.root}", "", "rlimits (soft / hard):"]
         for i, r in enumerate(p.rlimits):
             name = RLIMIT_NAMES[i] if i < len(RLIMIT_NAMES) else str(i)

@@ -1,7 +1,7 @@
 /* Test workload for `ckptrace dump`: run as pid 1 of a new pid namespace.
  * argv[1] = directory for the ready file and the data file; argv[2] = optional mode:
  *   "plain" (default), "nested" (also starts a nested pid namespace), "pidfd" (holds a pidfd),
- *   "big" (1 MiB x argv[3] of filled anonymous memory).
+ *   "big" (1 MiB x argv[3] of filled anonymous memory), "strict" (a thread in seccomp strict mode).
  * Process 1: a busy thread and a sleeping thread, an open file at a known offset, a pipe with
  * bytes left in it, a unix socketpair, a listening TCP socket, an eventfd, a filled heap buffer.
  * Its child: one extra thread, the pipe's write end, a shared anonymous mapping it shares with
@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
@@ -40,6 +42,17 @@ static void *sleeper(void *arg) {
     (void)arg;
     for (;;) pause();
     return NULL;
+}
+
+/* Strict mode allows read, write, exit and sigreturn only: block in read for good. */
+static void *strict_thread(void *arg) {
+    int pp[2];
+    char c;
+    (void)arg;
+    if (pipe(pp) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) != 0)
+        return NULL;
+    for (;;)
+        read(pp[0], &c, 1);
 }
 
 int main(int argc, char **argv) {
@@ -77,6 +90,8 @@ int main(int argc, char **argv) {
     unsigned char *shared = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     memcpy(shared, "shared page", 12);
 
+    if (!strcmp(mode, "strict"))
+        pthread_create(&t, NULL, strict_thread, NULL);
     if (!strcmp(mode, "pidfd")) {
         int pfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
         (void)pfd;
