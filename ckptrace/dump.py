@@ -165,6 +165,7 @@ class Dumper:
                     mm_ref = mm.dump_mm(ctx, p, copier, files)
                     w.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
                     task.write_cpu(ctx, t, len(xs))
+                    task.write_sched(ctx, t)
                     seccomp.write(ctx, t)
                     if t.hosttid == p.hostpid:
                         task.write_proc(ctx, p)

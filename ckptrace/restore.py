@@ -284,8 +284,12 @@ class _Restore:
             creds.apply_creds(tinj, t.creds, t.groups)
 
     def _finish(self) -> None:
-        from .restorer import creds
+        from .restorer import creds, sched
 
+        for t in self.img.tasks:
+            sched.apply(self.by_tid[t.tid].tid, t)
+            if t.is_leader and t.proc:
+                sched.set_oom_score_adj(self.host[t.tid], t.proc["oom_score_adj"])
         for t in self.img.tasks:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
         for t in self.img.tasks:

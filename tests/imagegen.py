@@ -76,6 +76,7 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
     wr.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
     regs = {n: i * 0x1111 + tid for i, n in enumerate(REG_NAMES)}
     wr.record(RecType.CPU, regs, bytes([tid]) * XSTATE)
+    wr.record(RecType.TASK_SCHED, dict(policy=0, nice=tid % 3), b"\x03")  # CPUs 0 and 1
     if first:  # confined like a container's task: no_new_privs and one filter (ld [nr]; ret ALLOW)
         wr.record(RecType.TASK_SECCOMP, dict(mode=2, no_new_privs=1, nfilters=1))
         wr.record(RecType.TASK_SECCOMP_FILTER, dict(flags=2, ninsns=2),

@@ -89,6 +89,7 @@ def prot_of(v) -> str:
 
 def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
     from ckptrace.kernel.ptrace import Tracee
+    from ckptrace.restorer.sched import mask_cpus
 
     w = start(pidns, ckwork, tmp_path)
     img_path = tmp_path / "a.img"
@@ -127,6 +128,12 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
                 assert [t.regs[n] for n in REG_NAMES] == regs, t.tid
                 # rseq: glibc registered every thread's area; the image names the same one.
                 assert rseq[0] and (t.thread["rseq_ptr"], t.thread["rseq_len"], t.thread["rseq_sig"]) == rseq
+                # Scheduling as /proc and sched_getaffinity show it (fields 19 nice, 40 rt_priority, 41 policy).
+                with open(f"/proc/{host}/stat") as sf:
+                    stat_ = sf.read().rsplit(")", 1)[1].split()
+                assert (t.sched["nice"], t.sched["priority"], t.sched["policy"]) == \
+                       (int(stat_[16]), int(stat_[37]), int(stat_[38])), t.tid
+                assert mask_cpus(t.affinity) == os.sched_getaffinity(host), t.tid
                 if not t.is_leader:
                     continue
                 mm = img.obj(t.mm_objref)

@@ -680,3 +680,45 @@ def test_seccomp_filters_and_no_new_privs_come_back(pidns, tmp_path, restored):
         time.sleep(0.05)
     assert {x.split()[0] for x in after} == {"main", "thread"}, after
     assert all(x.endswith("uname=1 getcwd=25") for x in after), after
+
+
+SCHED_WORKLOAD = r"""
+import os, sys, threading, time
+with open("/proc/self/oom_score_adj", "w") as f:
+    f.write("500")
+os.sched_setaffinity(0, {1})
+os.setpriority(os.PRIO_PROCESS, 0, 5)  # Linux: the calling thread; new threads inherit it
+
+def worker():
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    os.setpriority(os.PRIO_PROCESS, 0, 7)
+    open(os.path.join(sys.argv[1], "ready"), "w").close()
+    time.sleep(1000)
+
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(1000)
+"""
+
+
+def _sched_of(tid: int) -> tuple:
+    with open(f"/proc/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # proc(5) fields 19 nice, 40 rt_priority, 41 policy (this list starts at field 3)
+    return int(fields[16]), int(fields[37]), int(fields[38]), sorted(os.sched_getaffinity(tid))
+
+
+def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restored):
+    if os.cpu_count() < 2:
+        pytest.fail("needs 2 CPUs (the CI machine has them): the workload pins itself to CPU 1")
+    w = pidns([sys.executable, "-c", SCHED_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = {nspid(int(t)): _sched_of(int(t)) for t in os.listdir(f"/proc/{w.init}/task")}
+    assert sorted(want.values()) == [(5, 0, 0, [1]), (7, 0, 3, [1])], want  # SCHED_OTHER / SCHED_BATCH
+    img = str(tmp_path / "sched.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    init = res["init_pid"]
+    got = {nspid(int(t)): _sched_of(int(t)) for t in os.listdir(f"/proc/{init}/task")}
+    assert got == want
+    with open(f"/proc/{init}/oom_score_adj") as f:
+        assert f.read().strip() == "500"

@@ -1,7 +1,7 @@
 """The image grammar: checks record order and cross-references, and builds an `Image` index.
 
     image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
-    task    := TASK STRING THREAD object* TASK_OBJS CPU [seccomp] [proc]   (proc only for a leader)
+    task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [proc]  (proc: leader only)
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
     proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC
     object  := OBJREF body(objtype)
@@ -101,6 +101,8 @@ class Task:
     sighand: list[dict[str, Any]] = field(default_factory=list)
     rlimits: list[dict[str, Any]] = field(default_factory=list)
     proc: dict[str, Any] | None = None
+    sched: dict[str, Any] | None = None  # TASK_SCHED fields (None: not in the image)
+    affinity: bytes = b""  # CPU bitmask, bit n = CPU n
     seccomp: dict[str, Any] | None = None  # TASK_SECCOMP fields; None: no mode, no no_new_privs
     seccomp_filters: list[tuple[int, bytes]] = field(default_factory=list)  # (flags, sock_filter[]), oldest first
     cwd: str = ""
@@ -269,6 +271,10 @@ class _Parser:
         t.regs = cpu.fields
         t.xsave_offset = cpu.payload_offset
         t.xsave = cpu.payload
+        if self.at(RecType.TASK_SCHED):
+            sc = self.expect(RecType.TASK_SCHED)
+            t.sched = sc.fields
+            t.affinity = bytes(sc.payload or b"")
         if self.at(RecType.TASK_SECCOMP):
             sc = self.expect(RecType.TASK_SECCOMP)
             t.seccomp = sc.fields

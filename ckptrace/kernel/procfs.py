@@ -230,6 +230,10 @@ def personality(pid: int, root: str = PROC) -> int:
 RLIM_INFINITY = (1 << 64) - 1
 
 
+def oom_score_adj(pid: int, root: str = PROC) -> int:
+    return int(_read(f"{root}/{pid}/oom_score_adj", f"read oom_score_adj of {pid}"))
+
+
 def limits(pid: int, root: str = PROC) -> list[tuple[int, int]]:
     """(soft, hard) of every resource in RLIMIT_* order, from /proc/PID/limits.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import struct
 
 from ..errors import check_errno
 
@@ -20,6 +21,11 @@ SYS_pidfd_open = 434
 SYS_pidfd_getfd = 438
 SYS_clone3 = 435
 SYS_userfaultfd = 323
+SYS_sched_setattr, SYS_sched_getattr = 314, 315
+# struct sched_attr, first version (48 bytes): size, policy, flags, nice, priority, and the
+# SCHED_DEADLINE runtime, deadline, period in ns
+SCHED_ATTR = struct.Struct("<IIQiIQQQ")
+SCHED_ATTR_FIELDS = ("policy", "flags", "nice", "priority", "runtime", "deadline", "period")
 PIDFD_THREAD = os.O_EXCL
 
 
@@ -84,3 +90,16 @@ def vm_writev(pid: int, remote_addr: int, data) -> int:
     remote = iovec(remote_addr, len(data))
     return check_errno(libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0),
                        f"process_vm_writev(pid {pid}, {remote_addr:#x})")
+
+
+def sched_getattr(tid: int) -> dict[str, int]:
+    """A thread's scheduling policy and parameters (any thread: no injection needed)."""
+    buf = ctypes.create_string_buffer(SCHED_ATTR.size)
+    syscall(SYS_sched_getattr, tid, ctypes.addressof(buf), SCHED_ATTR.size, 0, what=f"sched_getattr({tid})")
+    return dict(zip(SCHED_ATTR_FIELDS, SCHED_ATTR.unpack(buf.raw)[1:]))
+
+
+def sched_setattr(tid: int, attr: dict[str, int]) -> None:
+    buf = ctypes.create_string_buffer(SCHED_ATTR.pack(SCHED_ATTR.size, *(attr[k] for k in SCHED_ATTR_FIELDS)),
+                                      SCHED_ATTR.size)
+    syscall(SYS_sched_setattr, tid, ctypes.addressof(buf), 0, what=f"sched_setattr({tid})")

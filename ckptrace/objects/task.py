@@ -10,12 +10,14 @@ as possible (the Injector restores registers after each call).
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 
 from ..image.records import RLIMIT_NAMES, TASK_COMM_LEN, RecType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee
+from ..kernel.sys import sched_getattr
 from . import seccomp
 from .context import DumpContext
 
@@ -50,6 +52,8 @@ class ThreadState:
     seccomp_mode: int = 0
     no_new_privs: int = 0
     seccomp_filters: list[tuple[int, bytes]] = field(default_factory=list)  # oldest first
+    sched: dict[str, int] = field(default_factory=dict)  # sched_getattr fields
+    affinity: bytes = b""  # CPU bitmask, bit n = CPU n
     regs: list[int] = field(default_factory=list)
     xstate: bytes = b""
 
@@ -101,6 +105,8 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.xstate = tr.get_xstate()
     t.blocked = tr.get_sigmask()
     t.rseq = tr.get_rseq()
+    t.sched = sched_getattr(t.hosttid)
+    t.affinity = cpu_mask(os.sched_getaffinity(t.hosttid))
     seccomp.collect(t, st)
     inj = Injector(tr, insn)
     with inj.scratch(32) as (addr, mem):
@@ -152,6 +158,16 @@ def write_task_head(ctx: DumpContext, t: ThreadState) -> None:
                                       rseq_ptr=t.rseq[0], rseq_len=t.rseq[1], rseq_sig=t.rseq[2]))
 
 
+def cpu_mask(cpus) -> bytes:
+    """{0, 3} -> b"\x09": a little-endian bitmask, as cpu_set_t holds it, without trailing zeros."""
+    n = sum(1 << c for c in cpus)
+    return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "little")
+
+
+def write_sched(ctx: DumpContext, t: ThreadState) -> None:
+    ctx.w.record(RecType.TASK_SCHED, t.sched, payload=t.affinity)
+
+
 def write_cpu(ctx: DumpContext, t: ThreadState, xstate_size: int) -> None:
     from ..image.records import REG_NAMES
 
@@ -178,7 +194,7 @@ def write_proc(ctx: DumpContext, p: ProcState) -> None:
     root = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/root"))
     ctx.w.record(RecType.TASK_PROC, dict(
         umask=st.umask, personality=procfs.personality(p.hostpid, ctx.proc), shared_pending=st.hex("ShdPnd"),
-        pdeath_signal=p.pdeath_signal, flags=0),
+        pdeath_signal=p.pdeath_signal, flags=0, oom_score_adj=procfs.oom_score_adj(p.hostpid, ctx.proc)),
         payload=cwd.encode("utf-8", "surrogateescape") + b"\0" + root.encode("utf-8", "surrogateescape") + b"\0")
 
 

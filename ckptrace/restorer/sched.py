@@ -1,0 +1,42 @@
+"""Scheduling of each restored thread (policy, nice, real-time priority, CPU affinity) and each
+process's oom_score_adj. All are set from the controller by host tid/pid: none needs injection.
+
+Affinity is narrowed to the CPUs the controller itself may use (the restored tasks live in its
+cpuset): an image from a bigger machine keeps what still exists, and a thread whose CPUs are all
+gone keeps the default. Lowering oom_score_adj below the controller's own needs CAP_SYS_RESOURCE;
+without it the value stays the inherited one (as with hard rlimits, see docs/restore.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import KernelError
+from ..kernel.sys import sched_setattr
+
+
+def mask_cpus(mask: bytes) -> set[int]:
+    n = int.from_bytes(mask, "little")
+    return {i for i in range(n.bit_length()) if n >> i & 1}
+
+
+def apply(host_tid: int, task) -> None:
+    if task.sched is None:
+        return
+    usable = mask_cpus(task.affinity) & os.sched_getaffinity(0)
+    if usable:
+        try:
+            os.sched_setaffinity(host_tid, usable)
+        except OSError as exc:
+            raise KernelError(f"sched_setaffinity of thread {task.tid} to CPUs {sorted(usable)}", exc.errno) from None
+    sched_setattr(host_tid, task.sched)
+
+
+def set_oom_score_adj(host_pid: int, value: int) -> None:
+    try:
+        with open(f"/proc/{host_pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except PermissionError:
+        pass  # lowering it needs CAP_SYS_RESOURCE (module docstring)
+    except OSError as exc:
+        raise KernelError(f"write oom_score_adj {value} of {host_pid}", exc.errno) from None
