@@ -282,6 +282,7 @@ class _Restore:
             tinj = inj if th.is_leader else Injector(self.by_tid[th.tid], insn=inj.insn)
             seccomp.apply(tinj, th)
             creds.apply_creds(tinj, t.creds, t.groups)
+        creds.set_dumpable(inj, t.proc["dumpable"])
 
     def _finish(self) -> None:
         from .restorer import creds, sched

@@ -683,28 +683,40 @@ def test_seccomp_filters_and_no_new_privs_come_back(pidns, tmp_path, restored):
 
 
 SCHED_WORKLOAD = r"""
-import os, sys, threading, time
+import ctypes, os, sys, threading, time
+libc = ctypes.CDLL(None)
 with open("/proc/self/oom_score_adj", "w") as f:
     f.write("500")
 os.sched_setaffinity(0, {1})
 os.setpriority(os.PRIO_PROCESS, 0, 5)  # Linux: the calling thread; new threads inherit it
+libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
+libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
 
 def worker():
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     os.setpriority(os.PRIO_PROCESS, 0, 7)
+    libc.prctl(29, 250000, 0, 0, 0)  # PR_SET_TIMERSLACK, this thread only
     open(os.path.join(sys.argv[1], "ready"), "w").close()
     time.sleep(1000)
 
 threading.Thread(target=worker, daemon=True).start()
-time.sleep(1000)
+out = open(os.path.join(sys.argv[1], "prctl.log"), "a", buffering=1)
+v = ctypes.c_int()
+while True:
+    libc.prctl(37, ctypes.byref(v), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    out.write(f"dumpable={libc.prctl(3, 0, 0, 0, 0)} subreaper={v.value} thp_off={libc.prctl(42, 0, 0, 0, 0)}\n")
+    time.sleep(0.05)
 """
 
 
 def _sched_of(tid: int) -> tuple:
     with open(f"/proc/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{tid}/timerslack_ns") as f:
+        slack = int(f.read())
     # proc(5) fields 19 nice, 40 rt_priority, 41 policy (this list starts at field 3)
-    return int(fields[16]), int(fields[37]), int(fields[38]), sorted(os.sched_getaffinity(tid))
+    return int(fields[16]), int(fields[37]), int(fields[38]), sorted(os.sched_getaffinity(tid)), slack
 
 
 def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restored):
@@ -713,7 +725,7 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
     w = pidns([sys.executable, "-c", SCHED_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want = {nspid(int(t)): _sched_of(int(t)) for t in os.listdir(f"/proc/{w.init}/task")}
-    assert sorted(want.values()) == [(5, 0, 0, [1]), (7, 0, 3, [1])], want  # SCHED_OTHER / SCHED_BATCH
+    assert sorted(want.values()) == [(5, 0, 0, [1], 50000), (7, 0, 3, [1], 250000)], want  # OTHER / BATCH
     img = str(tmp_path / "sched.img")
     dump_kill(w, img)
     res = restore_json(img, restored)
@@ -722,3 +734,11 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
     assert got == want
     with open(f"/proc/{init}/oom_score_adj") as f:
         assert f.read().strip() == "500"
+    assert _status(f"/proc/{init}")["THP_enabled"] == "0"
+    log = tmp_path / "prctl.log"
+    n = len(log.read_text().splitlines())
+    deadline = time.monotonic() + 3
+    while len(log.read_text().splitlines()) < n + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    assert len(lines) >= n + 3 and set(lines) == {"dumpable=0 subreaper=1 thp_off=1"}, lines[-5:]

@@ -130,6 +130,8 @@ VM_NOT_SUPPORTED = {"pf": "VM_PFNMAP", "io": "VM_IO", "ht": "VM_HUGETLB", "mm": 
 
 PROT_NAMES = {1: "PROT_READ", 2: "PROT_WRITE", 4: "PROT_EXEC"}
 SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
+PROC_CHILD_SUBREAPER, PROC_THP_DISABLE = 0x1, 0x2  # TASK_PROC.flags
+PROC_FLAG_NAMES = {PROC_CHILD_SUBREAPER: "CHILD_SUBREAPER", PROC_THP_DISABLE: "THP_DISABLE"}
 SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE",
                   6: "SCHED_DEADLINE", 7: "SCHED_EXT"}
 MAX_CPU_MASK = 1024  # bytes of affinity mask kept: 8192 CPUs
@@ -397,10 +399,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        entry=(u64("cur"), u64("max")), count_field="nlimits",
        doc="getrlimit of resources 0..nlimits-1 (RLIM_INFINITY = 2**64-1)."),
     _R(RecType.TASK_SCHED, (u32("policy", "enum", SCHED_POLICIES), s32("nice"), u32("priority"), pad(4),
-                            u64("flags", "hex"), u64("runtime"), u64("deadline"), u64("period")),
+                            u64("flags", "hex"), u64("runtime"), u64("deadline"), u64("period"), u64("timer_slack")),
        Payload.BYTES, max_payload=MAX_CPU_MASK,
        doc="A thread's scheduling (sched_getattr: policy, nice, real-time priority, flags, "
-           "SCHED_DEADLINE runtime/deadline/period in ns); payload: its CPU affinity as a bitmask, "
+           "SCHED_DEADLINE runtime/deadline/period in ns), timer slack in ns; payload: its CPU affinity as a bitmask, "
            "bit n = CPU n (sched_getaffinity), trailing zero bytes dropped."),
     _R(RecType.TASK_SECCOMP, (u32("mode", "enum", SECCOMP_MODES), u32("no_new_privs"), u32("nfilters"), pad(4)),
        doc="A thread's seccomp state (only for a thread with a mode or no_new_privs set): "
@@ -411,10 +413,11 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="One seccomp filter: SECCOMP_FILTER_FLAG_* it was installed with, and its classic BPF "
            "program (struct sock_filter[ninsns]) as PTRACE_SECCOMP_GET_FILTER returns it."),
     _R(RecType.TASK_PROC, (u32("umask", "oct"), u32("personality", "hex"), u64("shared_pending", "hex"),
-                           s32("pdeath_signal"), u32("flags", "hex"), s32("oom_score_adj"), pad(4)),
+                           s32("pdeath_signal"), u32("flags", "flags", PROC_FLAG_NAMES), s32("oom_score_adj"),
+                           u32("dumpable")),
        Payload.BYTES, max_payload=2 * 4096,
        doc="Per-process state: umask, personality, process-wide pending signals, pdeath signal, "
-           "oom_score_adj; payload: cwd NUL root NUL (paths as seen from the namespace's root)."),
+           "flags (child subreaper, THP disabled), oom_score_adj, dumpable (PR_GET_DUMPABLE); payload: cwd NUL root NUL (paths as seen from the namespace's root)."),
     _R(RecType.FILE_TABLE, (s32("fdt_nfds"),), doc="A file table; fdt_nfds FILE_DESC follow."),
     _R(RecType.FILE_DESC, (s32("fd_objref"), s32("fd_descriptor"), u32("fd_close_on_exec")),
        doc="One open descriptor: which FILE object, its number, FD_CLOEXEC."),

@@ -230,6 +230,12 @@ def personality(pid: int, root: str = PROC) -> int:
 RLIM_INFINITY = (1 << 64) - 1
 
 
+def timerslack(tid: int, root: str = PROC) -> int:
+    """A thread's timer slack in ns (CAP_SYS_NICE reads any task's). Only /proc/TID has the file,
+    not /proc/PID/task/TID."""
+    return int(_read(f"{root}/{tid}/timerslack_ns", f"read timerslack_ns of {tid}"))
+
+
 def oom_score_adj(pid: int, root: str = PROC) -> int:
     return int(_read(f"{root}/{pid}/oom_score_adj", f"read oom_score_adj of {pid}"))
 

@@ -14,7 +14,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ..image.records import RLIMIT_NAMES, TASK_COMM_LEN, RecType
+from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, RecType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import sched_getattr
@@ -26,7 +26,10 @@ SYS_rt_sigaction = 13
 SYS_sigaltstack = 131
 SYS_prctl = 157
 PR_GET_PDEATHSIG = 2
+PR_GET_DUMPABLE = 3
 PR_GET_SECUREBITS = 27
+PR_GET_CHILD_SUBREAPER = 37
+PR_GET_THP_DISABLE = 42
 PR_GET_TID_ADDRESS = 40
 NSIG = 64
 SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
@@ -70,6 +73,8 @@ class ProcState:
     sigactions: list[tuple[int, int, int, int]] = field(default_factory=list)
     securebits: int = 0
     pdeath_signal: int = 0
+    flags: int = 0  # PROC_CHILD_SUBREAPER | PROC_THP_DISABLE
+    dumpable: int = 1
     brk: int = 0
     syscall_insn: int = 0
     maps: list[procfs.Mapping] = field(default_factory=list)  # smaps, read once while frozen
@@ -105,7 +110,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.xstate = tr.get_xstate()
     t.blocked = tr.get_sigmask()
     t.rseq = tr.get_rseq()
-    t.sched = sched_getattr(t.hosttid)
+    t.sched = dict(sched_getattr(t.hosttid), timer_slack=procfs.timerslack(t.hosttid, proc))
     t.affinity = cpu_mask(os.sched_getaffinity(t.hosttid))
     seccomp.collect(t, st)
     inj = Injector(tr, insn)
@@ -133,6 +138,12 @@ def collect_process(p: ProcState, proc: str) -> None:
         _checked(inj.syscall(SYS_prctl, PR_GET_PDEATHSIG, addr), f"prctl(PR_GET_PDEATHSIG) in {p.hostpid}")
         mem.seek(addr)
         p.pdeath_signal = struct.unpack("<i", mem.read(4))[0]
+        _checked(inj.syscall(SYS_prctl, PR_GET_CHILD_SUBREAPER, addr), f"prctl(PR_GET_CHILD_SUBREAPER) in {p.hostpid}")
+        mem.seek(addr)
+        subreaper = struct.unpack("<i", mem.read(4))[0]
+    thp_off = _checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
+    p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
+    p.dumpable = _checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
     p.securebits = _checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
     # brk(0) returns the current break: /proc/PID/stat has only start_brk.
     p.brk = _checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
@@ -194,7 +205,8 @@ def write_proc(ctx: DumpContext, p: ProcState) -> None:
     root = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/root"))
     ctx.w.record(RecType.TASK_PROC, dict(
         umask=st.umask, personality=procfs.personality(p.hostpid, ctx.proc), shared_pending=st.hex("ShdPnd"),
-        pdeath_signal=p.pdeath_signal, flags=0, oom_score_adj=procfs.oom_score_adj(p.hostpid, ctx.proc)),
+        pdeath_signal=p.pdeath_signal, flags=p.flags, oom_score_adj=procfs.oom_score_adj(p.hostpid, ctx.proc),
+        dumpable=p.dumpable),
         payload=cwd.encode("utf-8", "surrogateescape") + b"\0" + root.encode("utf-8", "surrogateescape") + b"\0")
 
 

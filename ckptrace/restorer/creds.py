@@ -21,6 +21,8 @@ SYS_setgroups = 116
 SYS_setresuid = 117
 SYS_setresgid = 119
 SYS_tgkill = 234
+SYS_prctl = 157
+PR_SET_DUMPABLE = 4
 SIGKILL, SIGSTOP = 9, 19
 
 
@@ -66,6 +68,13 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
         _check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
     _check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
     _check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
+
+
+def set_dumpable(inj: Injector, dumpable: int) -> None:
+    """PR_SET_DUMPABLE after the credentials: a uid change resets it (commit_creds). Only 0 and 1
+    can be set; 2 (suid_dumpable's "root only") stays what the kernel gives."""
+    if dumpable in (0, 1):
+        _check(inj.syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable), f"prctl(PR_SET_DUMPABLE) in {inj.t.tid}")
 
 
 def raise_pending(host_tgid: int, host_tid: int, thread_pending: int, shared_pending: int | None) -> None:

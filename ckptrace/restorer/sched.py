@@ -29,7 +29,13 @@ def apply(host_tid: int, task) -> None:
             os.sched_setaffinity(host_tid, usable)
         except OSError as exc:
             raise KernelError(f"sched_setaffinity of thread {task.tid} to CPUs {sorted(usable)}", exc.errno) from None
-    sched_setattr(host_tid, task.sched)
+    sched_setattr(host_tid, {k: v for k, v in task.sched.items() if k != "timer_slack"})
+    if task.sched.get("timer_slack"):
+        try:
+            with open(f"/proc/{host_tid}/timerslack_ns", "w") as f:
+                f.write(str(task.sched["timer_slack"]))
+        except OSError as exc:
+            raise KernelError(f"write timerslack_ns of thread {task.tid}", exc.errno) from None
 
 
 def set_oom_score_adj(host_pid: int, value: int) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Unsupported
 from ..image.reader import File, FileTable, Image, Mm, Task
-from ..image.records import FileType, RecType, VmaType
+from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, FileType, RecType, VmaType
 from ..kernel.sys import SYS_clone3, libc
 from . import creds
 from .files import FileSet
@@ -32,6 +32,8 @@ from .files import FileSet
 CLONE_NEWPID = 0x20000000
 RLIM_NLIMITS = 16
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_THP_DISABLE = 41
 EPOLL_CTL_ADD = 1
 CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
 
@@ -52,6 +54,7 @@ class ProcPlan:
     umask: int = 0o22
     personality: int = 0
     pdeath_signal: int = 0
+    flags: int = 0  # TASK_PROC.flags: child subreaper, THP disabled
     cwd: str = "/"
     root: str = "/"
     children: list["ProcPlan"] = field(default_factory=list)
@@ -71,7 +74,7 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
         p = ProcPlan(e["pid"], e["ppid"], e["pgid"], e["sid"], t.fields["exit_signal"] or signal.SIGCHLD,
                      sigactions=t.sighand, rlimits=t.rlimits, umask=t.proc["umask"],
                      personality=t.proc["personality"], pdeath_signal=t.proc["pdeath_signal"],
-                     cwd=t.cwd or "/", root=t.root or "/")
+                     flags=t.proc["flags"], cwd=t.cwd or "/", root=t.root or "/")
         table = img.obj(t.files_objref)
         if isinstance(table, FileTable):
             p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
@@ -194,6 +197,10 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     if p.personality:
         libc.personality(ctypes.c_ulong(p.personality))
     creds.install_sigactions(p.sigactions)
+    if p.flags & PROC_CHILD_SUBREAPER:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
+    if p.flags & PROC_THP_DISABLE:  # kept in the mm's flags, which outlive the remapping to come
+        libc.prctl(PR_SET_THP_DISABLE, ctypes.c_ulong(1), 0, 0, 0)
     if p.pdeath_signal and p.pid != 1:
         # Not for init: its parent is this controller, which exits once the restore is done.
         libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(p.pdeath_signal), 0, 0, 0)
