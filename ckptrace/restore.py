@@ -136,6 +136,7 @@ class _Restore:
         self.f = f
         self.init = 0
         self.tracees = []
+        self.made_cgroups: list[str] = []  # cgroup directories this restore created
         self.host: dict[int, int] = {}  # in-namespace pid -> host pid
 
     def run(self, start: float) -> Result:
@@ -285,8 +286,12 @@ class _Restore:
         creds.set_dumpable(inj, t.proc["dumpable"])
 
     def _finish(self) -> None:
-        from .restorer import creds, sched
+        from .kernel.procfs import cgroup_mounts
+        from .restorer import cgroup, creds, sched
 
+        mounts = cgroup_mounts()
+        for t in self.img.processes():  # before the affinity, which a cpuset bounds
+            cgroup.place(self.host[t.tid], t.cgroups, mounts, self.made_cgroups)
         for t in self.img.tasks:
             sched.apply(self.by_tid[t.tid].tid, t)
             if t.is_leader and t.proc:
@@ -316,3 +321,7 @@ class _Restore:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.init, WALL)
         self.tracees = []
+        if self.made_cgroups:
+            from .restorer import cgroup
+
+            cgroup.remove(self.made_cgroups)

@@ -6,6 +6,7 @@ must be refused without creating anything."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -742,3 +743,55 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
         time.sleep(0.05)
     lines = log.read_text().splitlines()
     assert len(lines) >= n + 3 and set(lines) == {"dumpable=0 subreaper=1 thp_off=1"}, lines[-5:]
+
+
+def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
+    """The workload sits in a cgroup v2 two levels down and in a v1 freezer cgroup; the v2 ones
+    are gone by restore time (as on a new host) and are made again."""
+    from ckptrace.kernel.procfs import cgroup_mounts
+
+    mounts = cgroup_mounts()
+    assert "" in mounts and "freezer" in mounts, mounts  # this machine kind has both (hybrid)
+    name = f"ckptrace-test-{os.getpid()}"
+    v2_outer = os.path.join(mounts[""], name)
+    v2 = os.path.join(v2_outer, "inner")
+    v1 = os.path.join(mounts["freezer"], name)
+    os.makedirs(v2)
+    os.makedirs(v1, exist_ok=True)
+    ready = tmp_path / "ready"
+    code = ("import threading, time; threading.Thread(target=time.sleep, args=(100,), daemon=True).start(); "
+            f"open({str(ready)!r}, 'w').close(); time.sleep(100)")
+    try:
+        w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for d in (v2, v1):
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(w.init))
+        img = str(tmp_path / "cg.img")
+        dump_kill(w, img)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.rmdir(v2)
+                os.rmdir(v2_outer)
+                break
+            except OSError:  # the killed tasks are not all reaped yet
+                time.sleep(0.05)
+        assert not os.path.exists(v2_outer)
+        res = restore_json(img, restored)
+        with open(f"/proc/{res['init_pid']}/cgroup") as f:
+            lines = f.read().splitlines()
+        assert f"0::/{name}/inner" in lines and any(x.endswith(f":freezer:/{name}") for x in lines), lines
+        for tid in os.listdir(f"/proc/{res['init_pid']}/task"):  # threads moved with the process
+            with open(os.path.join(v2, "cgroup.threads")) as f:
+                assert tid in f.read().split()
+    finally:
+        for r in restored:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(r, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        for d in (v2, v2_outer, v1):
+            while os.path.exists(d) and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+                time.sleep(0.02)

@@ -26,6 +26,7 @@ from ..errors import ImageError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
                       TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType,
                       cstring)
+from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
 
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
@@ -107,6 +108,7 @@ class Task:
     seccomp_filters: list[tuple[int, bytes]] = field(default_factory=list)  # (flags, sock_filter[]), oldest first
     cwd: str = ""
     root: str = ""
+    cgroups: list[tuple[int, str, str]] = field(default_factory=list)  # (hierarchy id, controllers, path)
 
     @property
     def tid(self) -> int:
@@ -303,6 +305,11 @@ class _Parser:
             if len(parts) < 3:
                 self.fail(p, "TASK_PROC payload must hold cwd and root, NUL-terminated")
             t.cwd, t.root = (x.decode("utf-8", "surrogateescape") for x in parts[:2])
+            if len(parts) > 3:  # then /proc/PID/cgroup as the dumper saw it
+                try:
+                    t.cgroups = parse_cgroup(parts[2].decode("utf-8", "surrogateescape"))
+                except ValueError:
+                    self.fail(p, "TASK_PROC's cgroup text is not /proc/PID/cgroup lines")
         img.tasks.append(t)
 
     def ref(self, rec: Record, objref: int, kind: type, allow_zero: bool = False):

@@ -415,9 +415,11 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.TASK_PROC, (u32("umask", "oct"), u32("personality", "hex"), u64("shared_pending", "hex"),
                            s32("pdeath_signal"), u32("flags", "flags", PROC_FLAG_NAMES), s32("oom_score_adj"),
                            u32("dumpable")),
-       Payload.BYTES, max_payload=2 * 4096,
+       Payload.BYTES, max_payload=8 * 4096,
        doc="Per-process state: umask, personality, process-wide pending signals, pdeath signal, "
-           "flags (child subreaper, THP disabled), oom_score_adj, dumpable (PR_GET_DUMPABLE); payload: cwd NUL root NUL (paths as seen from the namespace's root)."),
+           "flags (child subreaper, THP disabled), oom_score_adj, dumpable (PR_GET_DUMPABLE); "
+           "payload: cwd NUL root NUL (paths as seen from the namespace's root), then the text of "
+           "/proc/PID/cgroup as the dumper saw it, NUL."),
     _R(RecType.FILE_TABLE, (s32("fdt_nfds"),), doc="A file table; fdt_nfds FILE_DESC follow."),
     _R(RecType.FILE_DESC, (s32("fd_objref"), s32("fd_descriptor"), u32("fd_close_on_exec")),
        doc="One open descriptor: which FILE object, its number, FD_CLOEXEC."),

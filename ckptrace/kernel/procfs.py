@@ -236,6 +236,43 @@ def timerslack(tid: int, root: str = PROC) -> int:
     return int(_read(f"{root}/{tid}/timerslack_ns", f"read timerslack_ns of {tid}"))
 
 
+def parse_cgroup(text: str) -> list[tuple[int, str, str]]:
+    """/proc/PID/cgroup: (hierarchy id, controllers, path) per line; ("", path) on cgroup v2's
+    "0::" line, "name=systemd" style names for named v1 hierarchies."""
+    out = []
+    for line in text.splitlines():
+        hid, ctrls, path = line.split(":", 2)
+        out.append((int(hid), ctrls, path))
+    return out
+
+
+def cgroup_key(controllers: str) -> str:
+    """How a /proc/PID/cgroup line names its hierarchy, normalised: "" for cgroup v2,
+    "cpu,cpuacct" (sorted) or "name=systemd" for v1."""
+    return ",".join(sorted(c for c in controllers.split(",") if c))
+
+
+def cgroup_mounts(root: str = PROC) -> dict[str, str]:
+    """cgroup_key -> mount point of each hierarchy mounted whole in our mount namespace
+    (/proc/self/mountinfo; bind mounts of a sub-cgroup are skipped)."""
+    known = {line.split()[0] for line in _read(f"{root}/cgroups", "read /proc/cgroups").splitlines()
+             if line and not line.startswith("#")}
+    out: dict[str, str] = {}
+    for m in mountinfo("self", root):
+        if m.root != "/":
+            continue
+        if m.fstype == "cgroup2":
+            out.setdefault("", m.mountpoint)
+        elif m.fstype == "cgroup":
+            opts = [o for o in m.super_options.split(",") if o in known or o.startswith("name=")]
+            out.setdefault(cgroup_key(",".join(opts)), m.mountpoint)
+    return out
+
+
+def cgroup_text(pid: int, root: str = PROC) -> str:
+    return _read(f"{root}/{pid}/cgroup", f"read cgroup of {pid}")
+
+
 def oom_score_adj(pid: int, root: str = PROC) -> int:
     return int(_read(f"{root}/{pid}/oom_score_adj", f"read oom_score_adj of {pid}"))
 
@@ -351,17 +388,21 @@ class Mount:
     dev: tuple[int, int]
     root: str  # the directory of the filesystem mounted here
     mountpoint: str
+    fstype: str = ""
+    super_options: str = ""
 
 
-def mountinfo(pid: int, root: str = PROC) -> list[Mount]:
+def mountinfo(pid: int | str, root: str = PROC) -> list[Mount]:
     """/proc/PID/mountinfo: `36 35 98:0 /mnt1 /mnt/parent rw ... - ext3 /dev/root rw`."""
     out = []
     for line in _read(f"{root}/{pid}/mountinfo", f"read mountinfo of {pid}").splitlines():
-        f = line.split()
+        pre, _, post = line.partition(" - ")
+        f, sup = pre.split(), post.split()
         if len(f) < 5:
             continue
         major, minor = (int(x) for x in f[2].split(":"))
-        out.append(Mount(int(f[0]), (major, minor), _unescape(f[3]), _unescape(f[4])))
+        out.append(Mount(int(f[0]), (major, minor), _unescape(f[3]), _unescape(f[4]),
+                         sup[0] if sup else "", sup[2] if len(sup) > 2 else ""))
     return out
 
 

@@ -207,12 +207,11 @@ def write_proc(ctx: DumpContext, p: ProcState) -> None:
         umask=st.umask, personality=procfs.personality(p.hostpid, ctx.proc), shared_pending=st.hex("ShdPnd"),
         pdeath_signal=p.pdeath_signal, flags=p.flags, oom_score_adj=procfs.oom_score_adj(p.hostpid, ctx.proc),
         dumpable=p.dumpable),
-        payload=cwd.encode("utf-8", "surrogateescape") + b"\0" + root.encode("utf-8", "surrogateescape") + b"\0")
+        payload=b"".join(s.encode("utf-8", "surrogateescape") + b"\0"
+                         for s in (cwd, root, procfs.cgroup_text(p.hostpid, ctx.proc))))
 
 
 def _readlink(path: str) -> str:
-    import os
-
     from ..errors import from_oserror
 
     try:

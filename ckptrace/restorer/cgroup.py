@@ -1,0 +1,46 @@
+"""Each restored process back in the cgroups it was dumped in (TASK_PROC's /proc/PID/cgroup).
+
+Hierarchies are matched by controllers ("" for cgroup v2, "cpu,cpuacct", "name=systemd") against
+what is mounted here; a cgroup directory that does not exist is created (a migrated container's
+cgroup usually does not exist on the new host yet). Only membership comes back, not the cgroups'
+settings: limits belong to whoever manages the cgroup, which other processes may share. A
+hierarchy that is not mounted here is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import KernelError
+from ..kernel import procfs
+
+
+def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, str],
+          created: list[str]) -> None:
+    """Move the process (all its threads: cgroup.procs) into each of its image cgroups; the
+    directories this makes are appended to `created` (for `remove` should the restore fail)."""
+    for _hid, controllers, path in cgroups:
+        mount = mounts.get(procfs.cgroup_key(controllers))
+        if mount is None:
+            continue
+        where = mount
+        try:
+            for part in [p for p in path.split("/") if p]:
+                where = os.path.join(where, part)
+                if not os.path.isdir(where):
+                    os.mkdir(where)
+                    created.append(where)
+            with open(os.path.join(where, "cgroup.procs"), "w") as f:
+                f.write(str(host_pid))
+        except OSError as exc:
+            name = controllers or "cgroup2"
+            raise KernelError(f"put process {host_pid} into {name} cgroup {path} ({where})", exc.errno) from None
+
+
+def remove(created: list[str]) -> None:
+    """Remove the cgroups a failed restore made, deepest first, once their tasks are gone."""
+    for where in reversed(created):
+        try:
+            os.rmdir(where)
+        except OSError:
+            pass  # still populated (a task not yet reaped) or in use by someone else: leave it
