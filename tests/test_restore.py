@@ -746,25 +746,30 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
 
 
 def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
-    """The workload sits in a cgroup v2 two levels down and in a v1 freezer cgroup; the v2 ones
-    are gone by restore time (as on a new host) and are made again."""
+    """The workload sits in a cgroup v2 two levels down, a v1 freezer cgroup and a v1 cpuset; the
+    v2 ones and the cpuset are gone by restore time (as on a new host) and are made again (a new
+    v1 cpuset needs CPUs and memory nodes before it takes a task)."""
     from ckptrace.kernel.procfs import cgroup_mounts
+    from ckptrace.restorer.cgroup import _inherit_cpuset
 
     mounts = cgroup_mounts()
-    assert "" in mounts and "freezer" in mounts, mounts  # this machine kind has both (hybrid)
+    assert "" in mounts and "freezer" in mounts and "cpuset" in mounts, mounts  # this machine kind: hybrid
     name = f"ckptrace-test-{os.getpid()}"
     v2_outer = os.path.join(mounts[""], name)
     v2 = os.path.join(v2_outer, "inner")
     v1 = os.path.join(mounts["freezer"], name)
+    cpuset = os.path.join(mounts["cpuset"], name)
     os.makedirs(v2)
     os.makedirs(v1, exist_ok=True)
+    os.makedirs(cpuset, exist_ok=True)
+    _inherit_cpuset(cpuset)
     ready = tmp_path / "ready"
     code = ("import threading, time; threading.Thread(target=time.sleep, args=(100,), daemon=True).start(); "
             f"open({str(ready)!r}, 'w').close(); time.sleep(100)")
     try:
         w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for d in (v2, v1):
+        for d in (v2, v1, cpuset):
             with open(os.path.join(d, "cgroup.procs"), "w") as f:
                 f.write(str(w.init))
         img = str(tmp_path / "cg.img")
@@ -774,14 +779,16 @@ def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
             try:
                 os.rmdir(v2)
                 os.rmdir(v2_outer)
+                os.rmdir(cpuset)
                 break
             except OSError:  # the killed tasks are not all reaped yet
                 time.sleep(0.05)
-        assert not os.path.exists(v2_outer)
+        assert not os.path.exists(v2_outer) and not os.path.exists(cpuset)
         res = restore_json(img, restored)
         with open(f"/proc/{res['init_pid']}/cgroup") as f:
             lines = f.read().splitlines()
         assert f"0::/{name}/inner" in lines and any(x.endswith(f":freezer:/{name}") for x in lines), lines
+        assert any(x.endswith(f":cpuset:/{name}") for x in lines), lines
         for tid in os.listdir(f"/proc/{res['init_pid']}/task"):  # threads moved with the process
             with open(os.path.join(v2, "cgroup.threads")) as f:
                 assert tid in f.read().split()
@@ -790,7 +797,7 @@ def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(r, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        for d in (v2, v2_outer, v1):
+        for d in (v2, v2_outer, v1, cpuset):
             while os.path.exists(d) and time.monotonic() < deadline:
                 with contextlib.suppress(OSError):
                     os.rmdir(d)

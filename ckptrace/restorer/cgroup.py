@@ -30,6 +30,8 @@ def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, 
                 if not os.path.isdir(where):
                     os.mkdir(where)
                     created.append(where)
+                    if "cpuset" in controllers.split(","):
+                        _inherit_cpuset(where)
             with open(os.path.join(where, "cgroup.procs"), "w") as f:
                 f.write(str(host_pid))
         except OSError as exc:
@@ -44,3 +46,12 @@ def remove(created: list[str]) -> None:
             os.rmdir(where)
         except OSError:
             pass  # still populated (a task not yet reaped) or in use by someone else: leave it
+
+
+def _inherit_cpuset(where: str) -> None:
+    """A new cgroup v1 cpuset starts with no CPUs and no memory nodes, and refuses tasks until it
+    has some: give it its parent's (what the process would have had without the cgroup)."""
+    parent = os.path.dirname(where)
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        with open(os.path.join(parent, name)) as src, open(os.path.join(where, name), "w") as dst:
+            dst.write(src.read().strip() or "\n")
