@@ -287,7 +287,7 @@ class _Restore:
 
     def _finish(self) -> None:
         from .kernel.procfs import cgroup_mounts
-        from .restorer import cgroup, creds, sched
+        from .restorer import cgroup, creds, sched, timers
 
         mounts = cgroup_mounts()
         for t in self.img.processes():  # before the affinity, which a cpuset bounds
@@ -296,6 +296,10 @@ class _Restore:
             sched.apply(self.by_tid[t.tid].tid, t)
             if t.is_leader and t.proc:
                 sched.set_oom_score_adj(self.host[t.tid], t.proc["oom_score_adj"])
+        # The last injected calls (pending signals are raised after them, or an injected call
+        # could run a handler): the timers start counting as close to the detach as can be.
+        for t in self.img.processes():
+            timers.apply(self.injectors[t.tid], t.itimers)
         for t in self.img.tasks:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
         for t in self.img.tasks:

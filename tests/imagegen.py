@@ -85,7 +85,8 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         wr.record(RecType.TASK_CREDS, dict(uid=0, gid=0, ngroups=2, cap_eff=0x1FF), [dict(gid=4), dict(gid=27)])
         wr.record(RecType.TASK_SIGHAND, dict(nsig=64), [dict(handler=1 if i == 12 else 0) for i in range(64)])
         wr.record(RecType.TASK_RLIMITS, dict(nlimits=16), [dict(cur=i, max=2 ** 64 - 1) for i in range(16)])
-        wr.record(RecType.TASK_PROC, dict(umask=0o22, personality=0), b"/root\0/\0")
+        wr.record(RecType.TASK_PROC, dict(umask=0o22, personality=0), b"/root\0/\0" b"0::/\n\0")
+        wr.record(RecType.TASK_ITIMERS, dict(real_interval=100_000, real_value=42_000))
 
 
 def mm(wr, ref, exe_ref, pages, seed):

@@ -802,3 +802,64 @@ def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
                 with contextlib.suppress(OSError):
                     os.rmdir(d)
                 time.sleep(0.02)
+
+
+ITIMER_WORKLOAD = r"""
+import os, signal, sys, time
+ticks = 0
+
+def on_alarm(sig, frame):
+    global ticks
+    ticks += 1
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+signal.setitimer(signal.ITIMER_VIRTUAL, 100, 7)
+out = open(os.path.join(sys.argv[1], "timers.log"), "a", buffering=1)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    v, i = signal.getitimer(signal.ITIMER_VIRTUAL)
+    out.write(f"{ticks} {v:.6f} {i:.6f}\n")
+    time.sleep(0.05)
+"""
+
+
+def test_interval_timers_come_back(pidns, tmp_path, restored):
+    """An ITIMER_REAL ticking every 100 ms into a SIGALRM handler and an armed ITIMER_VIRTUAL: the
+    restored process keeps ticking, and its virtual timer has the image's interval and no more
+    than the time left at the dump."""
+    from ckptrace.image.reader import read_image
+
+    w = pidns([sys.executable, "-c", ITIMER_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              settle=0.3, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "it.img")
+    dump_kill(w, img)
+    with open(img, "rb") as f:
+        it = read_image(f).tasks[0].itimers
+    assert it["real_interval"] == 100_000 and 0 < it["real_value"] <= 100_000, it
+    # (the kernel rounds a CPU-time timer up to its tick: a few ms above 100 s at first)
+    assert it["virtual_interval"] == 7_000_000 and 99_000_000 < it["virtual_value"] <= 100_020_000, it
+    assert it["prof_value"] == it["prof_interval"] == 0
+    log = tmp_path / "timers.log"
+    last_ticks = int(log.read_text().splitlines()[-1].split()[0])
+    n = len(log.read_text().splitlines())
+    restore_json(img, restored)
+    time.sleep(0.6)
+    after = [x.split() for x in log.read_text().splitlines()[n:]]
+    assert len(after) >= 5, after
+    ticks = [int(x[0]) for x in after]
+    assert ticks == sorted(ticks) and ticks[-1] >= last_ticks + 3, (last_ticks, ticks)  # SIGALRM every 100 ms again
+    # the time left is what the image says (setitimer rounds it up to a tick again, hence the slack)
+    assert all(float(x[2]) == 7.0 and 99 < float(x[1]) <= it["virtual_value"] / 1e6 + 0.02 for x in after), after
+
+
+def test_posix_timer_refuses_the_dump(pidns, tmp_path):
+    code = ("import ctypes, time; t = ctypes.c_void_p(); "
+            "assert ctypes.CDLL(None).timer_create(1, None, ctypes.byref(t)) == 0; "
+            f"open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(100)")
+    w = pidns([sys.executable, "-c", code], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(tmp_path / "t.img"))
+    assert d.returncode != 0 and b"POSIX timer" in d.stderr and b"timer_create" in d.stderr, d.stderr
+    assert not (tmp_path / "t.img").exists()
+    assert w.pids(), "the refused dump must leave the tasks running"

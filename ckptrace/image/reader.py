@@ -3,7 +3,7 @@
     image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
     task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [proc]  (proc: leader only)
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
-    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC
+    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS]
     object  := OBJREF body(objtype)
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
     body(FILE)       := FILE [FILE_NAME] file-extra*
@@ -109,6 +109,7 @@ class Task:
     cwd: str = ""
     root: str = ""
     cgroups: list[tuple[int, str, str]] = field(default_factory=list)  # (hierarchy id, controllers, path)
+    itimers: dict[str, int] | None = None  # TASK_ITIMERS fields (µs), leaders only
 
     @property
     def tid(self) -> int:
@@ -310,6 +311,8 @@ class _Parser:
                     t.cgroups = parse_cgroup(parts[2].decode("utf-8", "surrogateescape"))
                 except ValueError:
                     self.fail(p, "TASK_PROC's cgroup text is not /proc/PID/cgroup lines")
+            if self.at(RecType.TASK_ITIMERS):
+                t.itimers = self.expect(RecType.TASK_ITIMERS).fields
         img.tasks.append(t)
 
     def ref(self, rec: Record, objref: int, kind: type, allow_zero: bool = False):

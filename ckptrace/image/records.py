@@ -54,6 +54,7 @@ class RecType(enum.IntEnum):
     TASK_SECCOMP = 109
     TASK_SECCOMP_FILTER = 110
     TASK_SCHED = 111
+    TASK_ITIMERS = 112
     FILE_TABLE = 301
     FILE_DESC = 302
     FILE_NAME = 303
@@ -404,6 +405,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A thread's scheduling (sched_getattr: policy, nice, real-time priority, flags, "
            "SCHED_DEADLINE runtime/deadline/period in ns), timer slack in ns; payload: its CPU affinity as a bitmask, "
            "bit n = CPU n (sched_getaffinity), trailing zero bytes dropped."),
+    _R(RecType.TASK_ITIMERS, tuple(u64(f"{n}_{k}") for n in ("real", "virtual", "prof") for k in ("interval", "value")),
+       doc="A process's interval timers (getitimer: ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF), "
+           "interval and time left in µs; 0 = disarmed."),
     _R(RecType.TASK_SECCOMP, (u32("mode", "enum", SECCOMP_MODES), u32("no_new_privs"), u32("nfilters"), pad(4)),
        doc="A thread's seccomp state (only for a thread with a mode or no_new_privs set): "
            "nfilters TASK_SECCOMP_FILTER follow, oldest first."),

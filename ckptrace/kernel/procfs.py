@@ -273,6 +273,12 @@ def cgroup_text(pid: int, root: str = PROC) -> str:
     return _read(f"{root}/{pid}/cgroup", f"read cgroup of {pid}")
 
 
+def posix_timer_ids(pid: int, root: str = PROC) -> list[int]:
+    """Ids of the process's POSIX timers (/proc/PID/timers: an "ID: n" line per timer)."""
+    text = _read(f"{root}/{pid}/timers", f"read timers of {pid}")
+    return [int(line.split()[1]) for line in text.splitlines() if line.startswith("ID:")]
+
+
 def oom_score_adj(pid: int, root: str = PROC) -> int:
     return int(_read(f"{root}/{pid}/oom_score_adj", f"read oom_score_adj of {pid}"))
 

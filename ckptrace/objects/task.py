@@ -18,7 +18,7 @@ from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import sched_getattr
-from . import seccomp
+from . import seccomp, timers
 from .context import DumpContext
 
 SYS_brk = 12
@@ -75,6 +75,7 @@ class ProcState:
     pdeath_signal: int = 0
     flags: int = 0  # PROC_CHILD_SUBREAPER | PROC_THP_DISABLE
     dumpable: int = 1
+    itimers: dict[str, int] = field(default_factory=dict)  # TASK_ITIMERS fields, µs
     brk: int = 0
     syscall_insn: int = 0
     maps: list[procfs.Mapping] = field(default_factory=list)  # smaps, read once while frozen
@@ -144,6 +145,7 @@ def collect_process(p: ProcState, proc: str) -> None:
     thp_off = _checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
     p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
     p.dumpable = _checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
+    timers.collect(p, inj)
     p.securebits = _checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
     # brk(0) returns the current break: /proc/PID/stat has only start_brk.
     p.brk = _checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
