@@ -24,7 +24,7 @@ from .image.stream import ImageWriter, create_image_file, write_header, write_ta
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
-from .objects import files, mm, seccomp, task, timers
+from .objects import files, locks, mm, seccomp, task, timers
 from .objects.context import DumpContext, Stats
 
 
@@ -142,6 +142,7 @@ class Dumper:
                 mm.check_mapping(p.nspid, m)
             files.check_fds(ctx, p.hostpid, p.nspid)
             timers.check_process(p, proc)
+            locks.check_process(ctx, p)
             for t in p.threads:
                 seccomp.check_thread(p, t, proc)
         for p in procs:
@@ -171,6 +172,7 @@ class Dumper:
                     if t.hosttid == p.hostpid:
                         task.write_proc(ctx, p)
                         timers.write(ctx, p)
+                        locks.write(ctx, p)
                     ctx.stats.tasks += 1
                     ctx.progress()
         finally:

@@ -287,7 +287,7 @@ class _Restore:
 
     def _finish(self) -> None:
         from .kernel.procfs import cgroup_mounts
-        from .restorer import cgroup, creds, sched, timers
+        from .restorer import cgroup, creds, locks, sched, timers
 
         mounts = cgroup_mounts()
         for t in self.img.processes():  # before the affinity, which a cpuset bounds
@@ -299,6 +299,7 @@ class _Restore:
         # The last injected calls (pending signals are raised after them, or an injected call
         # could run a handler): the timers start counting as close to the detach as can be.
         for t in self.img.processes():
+            locks.apply(self.injectors[t.tid], t.tid, t.locks)
             timers.apply(self.injectors[t.tid], t.itimers)
         for t in self.img.tasks:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])

@@ -863,3 +863,62 @@ def test_posix_timer_refuses_the_dump(pidns, tmp_path):
     assert d.returncode != 0 and b"POSIX timer" in d.stderr and b"timer_create" in d.stderr, d.stderr
     assert not (tmp_path / "t.img").exists()
     assert w.pids(), "the refused dump must leave the tasks running"
+
+
+LOCK_WORKLOAD = r"""
+import fcntl, os, struct, sys, time
+d = sys.argv[1]
+a = open(os.path.join(d, "a.lock"), "w"); fcntl.flock(a, fcntl.LOCK_EX)
+b = open(os.path.join(d, "b.lock"), "w"); fcntl.lockf(b, fcntl.LOCK_EX, 10, 5)  # bytes 5..14
+c = open(os.path.join(d, "c.lock"), "w")
+fcntl.fcntl(c, 37, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))  # F_OFD_SETLK, whole file
+if os.fork() == 0:  # shares a's open file (and its flock) but holds no lock of its own
+    time.sleep(1000)
+open(os.path.join(d, "ready"), "w").close()
+time.sleep(1000)
+"""
+
+
+def _conflicts(path: str, how) -> bool:
+    """Whether taking a lock with `how` on a fresh open of `path` would block (it is released at once)."""
+    with open(path, "r+") as f:
+        try:
+            how(f)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def test_file_locks_come_back_and_a_held_one_fails_the_restore(pidns, tmp_path, restored):
+    import fcntl
+    from ckptrace.image.reader import read_image
+
+    w = pidns([sys.executable, "-c", LOCK_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a, b, c = (str(tmp_path / f"{x}.lock") for x in "abc")
+    flock_ex = lambda f: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # noqa: E731
+    posix_mid = lambda f: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 9)  # noqa: E731
+    posix_head = lambda f: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 0)  # noqa: E731
+    ofd = lambda f: fcntl.fcntl(f, 37, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))  # noqa: E731
+    assert _conflicts(a, flock_ex) and _conflicts(b, posix_mid) and _conflicts(c, ofd)
+    # Dumped while the original runs on: its locks are still held, so the restore must fail
+    # cleanly, naming the lock, and leave nothing behind.
+    img = str(tmp_path / "lk.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    with open(img, "rb") as f:
+        image = read_image(f)
+    held = [(lk["kind"], lk["type"], lk["start"], lk["length"]) for t in image.processes() for lk in t.locks]
+    assert sorted(held) == [(1, 1, 5, 10), (2, 1, 0, 0), (3, 1, 0, 0)], held  # POSIX, FLOCK (once), OFD
+    before = pidns_inodes(tmp_path)
+    r = ckptrace("restore", img)
+    assert r.returncode != 0 and b"held by another process" in r.stderr, r.stderr
+    assert pidns_inodes(tmp_path) == before
+    dump_kill(w, img)
+    assert not _conflicts(a, flock_ex)  # released with the original...
+    res = restore_json(img, restored)
+    assert _conflicts(a, flock_ex) and _conflicts(b, posix_mid) and _conflicts(c, ofd)  # ...and held again
+    assert not _conflicts(b, posix_head)  # only bytes 5..14 are locked, as before
+    with open("/proc/locks") as f:
+        owners = [int(line.split()[4]) for line in f if " POSIX " in line]
+    assert res["init_pid"] in owners

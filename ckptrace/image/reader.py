@@ -3,7 +3,7 @@
     image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
     task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [proc]  (proc: leader only)
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
-    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS]
+    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS] [TASK_LOCKS]
     object  := OBJREF body(objtype)
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
     body(FILE)       := FILE [FILE_NAME] file-extra*
@@ -110,6 +110,7 @@ class Task:
     root: str = ""
     cgroups: list[tuple[int, str, str]] = field(default_factory=list)  # (hierarchy id, controllers, path)
     itimers: dict[str, int] | None = None  # TASK_ITIMERS fields (µs), leaders only
+    locks: list[dict[str, Any]] = field(default_factory=list)  # TASK_LOCKS entries, leaders only
 
     @property
     def tid(self) -> int:
@@ -313,6 +314,11 @@ class _Parser:
                     self.fail(p, "TASK_PROC's cgroup text is not /proc/PID/cgroup lines")
             if self.at(RecType.TASK_ITIMERS):
                 t.itimers = self.expect(RecType.TASK_ITIMERS).fields
+            if self.at(RecType.TASK_LOCKS):
+                lk = self.expect(RecType.TASK_LOCKS)
+                t.locks = lk.rtype.decode_entries(lk.payload)
+                if len(t.locks) != lk.fields["nlocks"]:
+                    self.fail(lk, "nlocks does not match the entries")
         img.tasks.append(t)
 
     def ref(self, rec: Record, objref: int, kind: type, allow_zero: bool = False):

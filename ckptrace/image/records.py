@@ -55,6 +55,7 @@ class RecType(enum.IntEnum):
     TASK_SECCOMP_FILTER = 110
     TASK_SCHED = 111
     TASK_ITIMERS = 112
+    TASK_LOCKS = 113
     FILE_TABLE = 301
     FILE_DESC = 302
     FILE_NAME = 303
@@ -131,6 +132,9 @@ VM_NOT_SUPPORTED = {"pf": "VM_PFNMAP", "io": "VM_IO", "ht": "VM_HUGETLB", "mm": 
 
 PROT_NAMES = {1: "PROT_READ", 2: "PROT_WRITE", 4: "PROT_EXEC"}
 SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
+LOCK_POSIX, LOCK_FLOCK, LOCK_OFD = 1, 2, 3
+LOCK_KINDS = {LOCK_POSIX: "POSIX", LOCK_FLOCK: "FLOCK", LOCK_OFD: "OFD"}
+LOCK_TYPES = {0: "READ", 1: "WRITE"}  # F_RDLCK, F_WRLCK
 PROC_CHILD_SUBREAPER, PROC_THP_DISABLE = 0x1, 0x2  # TASK_PROC.flags
 PROC_FLAG_NAMES = {PROC_CHILD_SUBREAPER: "CHILD_SUBREAPER", PROC_THP_DISABLE: "THP_DISABLE"}
 SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE",
@@ -408,6 +412,13 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.TASK_ITIMERS, tuple(u64(f"{n}_{k}") for n in ("real", "virtual", "prof") for k in ("interval", "value")),
        doc="A process's interval timers (getitimer: ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF), "
            "interval and time left in µs; 0 = disarmed."),
+    _R(RecType.TASK_LOCKS, (u32("nlocks"), pad(4)), Payload.ENTRIES, max_payload=65536 * 32,
+       entry=(u32("kind", "enum", LOCK_KINDS), u32("type", "enum", LOCK_TYPES), s32("fd"), pad(4),
+              u64("start"), u64("length")),
+       count_field="nlocks",
+       doc="File locks the process holds, each with the fd to take it again through: POSIX "
+           "(fcntl F_SETLK, owned by the process), FLOCK and OFD (owned by the open file, stored "
+           "once for all its sharers); byte range start and length (0 = to the end of the file)."),
     _R(RecType.TASK_SECCOMP, (u32("mode", "enum", SECCOMP_MODES), u32("no_new_privs"), u32("nfilters"), pad(4)),
        doc="A thread's seccomp state (only for a thread with a mode or no_new_privs set): "
            "nfilters TASK_SECCOMP_FILTER follow, oldest first."),

@@ -335,6 +335,20 @@ def fdinfo(pid: int, fd: int, root: str = PROC) -> FdInfo:
                   int(kv.get("ino", "0")), kv, lines)
 
 
+def fd_locks(info: FdInfo) -> list[tuple[str, str, int, int | None]]:
+    """File locks taken through this open file, from fdinfo's `lock:` lines
+    (`lock:\t1: POSIX  ADVISORY  WRITE 2277 fe:00:2146706 5 14`): (kind, READ|WRITE, start,
+    end inclusive or None for EOF). Kinds: POSIX, FLOCK, OFDLCK, LEASE, DELEG..."""
+    out = []
+    for line in info.lines:
+        if line.startswith("lock:"):
+            f = line.split()
+            # lock: N: KIND ADVISORY|MANDATORY READ|WRITE pid dev:ino start end
+            kind, mode, start, end = f[2], f[4], int(f[7]), f[8]
+            out.append((kind, mode, start, None if end == "EOF" else int(end)))
+    return out
+
+
 def epoll_targets(info: FdInfo) -> list[dict[str, int]]:
     """`tfd:        5 events:       19 data: 5  pos:0 ino:... sdev:...` -> tfd, events, data."""
     out = []

@@ -32,6 +32,7 @@ class DumpContext:
     socks: SockTable = field(default_factory=SockTable)
     pipes_seen: set[int] = field(default_factory=set)  # pipe inodes whose buffer is already stored
     shmem_seen: set = field(default_factory=set)
+    locks_seen: set = field(default_factory=set)  # flock/OFD locks already stored (they belong to a FILE)
     stats: Stats = field(default_factory=Stats)
     on_progress: Callable[["DumpContext"], None] | None = None
 
