@@ -17,8 +17,9 @@ from typing import BinaryIO
 
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
-from ..image.records import (FILE_NAMES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES, RLIMIT_NAMES,
-                             SECCOMP_MODES, VMA_NAMES, RecType, VmaType, flag_names)
+from ..image.records import (FILE_NAMES, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
+                             RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, VMA_NAMES, RecType, VmaType,
+                             flag_names)
 from ..image.render import human, prot_str, socket_name, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
@@ -265,6 +266,11 @@ class InspectState:
         cells = [f"{n:>8} {t.regs[n]:016x}" for n in REG_NAMES]
         half = (len(cells) + 1) // 2
         lines = [f"thread {tid} ({t.comm}), xsave {len(t.xsave or b'')} bytes"]
+        if t.sched:
+            s = t.sched
+            cpus = int.from_bytes(t.affinity, "little")
+            lines.append(f"{SCHED_POLICIES.get(s['policy'], s['policy'])} nice {s['nice']} priority {s['priority']}"
+                         f"  CPUs {cpu_list(cpus)}  timer slack {s['timer_slack']} ns")
         for i in range(half):
             lines.append(cells[i] + ("   " + cells[half + i] if half + i < len(cells) else ""))
         return "\n".join(lines)
@@ -277,6 +283,10 @@ class InspectState:
             out.append(f"{'':>{len(str(t.tid)) + 8}}pending {sigset_names(t.thread['pending'])}")
             if t.thread["sas_ss_size"]:
                 out.append(f"{'':>{len(str(t.tid)) + 8}}altstack {t.thread['sas_ss_sp']:#x}+{t.thread['sas_ss_size']}")
+        it = p.itimers or {}
+        armed = [f"{n} {it[n + '_value'] / 1e6:g}s" + (f" every {it[n + '_interval'] / 1e6:g}s" if it[n + "_interval"] else "")
+                 for n in ("real", "virtual", "prof") if it.get(n + "_value")]
+        out.append("interval timers: " + (", ".join(armed) or "none"))
         out.append("")
         out.append("handlers (all others SIG_DFL):")
         shown = 0
@@ -310,7 +320,12 @@ class InspectState:
                                         + "+".join(str(len(i) // 8) for _, i in p.seccomp_filters) + " insns"
                                         if p.seccomp_filters else "")
                    + f"  no_new_privs {sc.get('no_new_privs', 0)}")
-        out += [f"cwd  {p.cwd}", f"root {p.root}", "", "rlimits (soft / hard):"]
+        out += [f"cwd  {p.cwd}", f"root {p.root}"]
+        for lk in p.locks:
+            span = f"bytes {lk['start']}+{lk['length']}" if lk["length"] else f"from {lk['start']} to EOF"
+            out.append(f"lock fd {lk['fd']}: {LOCK_KINDS.get(lk['kind'], lk['kind'])} "
+                       f"{LOCK_TYPES.get(lk['type'], lk['type'])} {span}")
+        out += ["", "rlimits (soft / hard):"]
         for i, r in enumerate(p.rlimits):
             name = RLIMIT_NAMES[i] if i < len(RLIMIT_NAMES) else str(i)
             out.append(f"  {name:<11} {_lim(r['cur']):>20} {_lim(r['max']):>20}")
@@ -549,3 +564,17 @@ def syscall_state(t: Task) -> str:
 
 
 __all__ = ["InspectState", "format_row", "parse_address", "parse_needle", "process_tree"]
+
+
+def cpu_list(mask: int) -> str:
+    """0b1011 -> "0-1,3", as /proc's *_list files write CPU sets."""
+    cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    runs: list[str] = []
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        runs.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(runs) or "-"
