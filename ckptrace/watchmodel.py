@@ -41,7 +41,7 @@ def prot_str(prot: int) -> str:
     return ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-")
 
 
-@dataclass
+@dataclass(slots=True)
 class Vma:
     start: int
     end: int
@@ -75,7 +75,7 @@ def _start(v: Vma) -> int:
     return v.start
 
 
-@dataclass
+@dataclass(slots=True)
 class Proc:
     hostpid: int
     pid: int
