@@ -141,12 +141,11 @@ class Dumper:
             for m in p.maps:
                 mm.check_mapping(p.nspid, m)
             files.check_fds(ctx, p.hostpid, p.nspid)
-            timers.check_process(p, proc)
             locks.check_process(ctx, p)
             for t in p.threads:
                 seccomp.check_thread(p, t, proc)
         for p in procs:
-            task.collect_process(p, proc)
+            task.collect_process(p, proc, ns_pid)
         xs = procs[0].leader.xstate
         uts = os.uname()
         write_header(w, time=int(time.time()), uts=(uts.release, uts.version, uts.machine),

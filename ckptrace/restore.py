@@ -301,6 +301,7 @@ class _Restore:
         for t in self.img.processes():
             locks.apply(self.injectors[t.tid], t.tid, t.locks)
             timers.apply(self.injectors[t.tid], t.itimers)
+            timers.apply_posix(self.injectors[t.tid], t.tid, t.posix_timers)
         for t in self.img.tasks:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
         for t in self.img.tasks:

@@ -87,6 +87,8 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         wr.record(RecType.TASK_RLIMITS, dict(nlimits=16), [dict(cur=i, max=2 ** 64 - 1) for i in range(16)])
         wr.record(RecType.TASK_PROC, dict(umask=0o22, personality=0), b"/root\0/\0" b"0::/\n\0")
         wr.record(RecType.TASK_ITIMERS, dict(real_interval=100_000, real_value=42_000))
+        wr.record(RecType.TASK_POSIX_TIMERS, dict(ntimers=1),
+                  [dict(id=3, clock=1, signo=10, notify=0, target=tgid, sival=0x1234, interval=0, value=5 * 10**9)])
         wr.record(RecType.TASK_LOCKS, dict(nlocks=1), [dict(kind=2, type=1, fd=0, start=0, length=0)])
 
 

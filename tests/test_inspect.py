@@ -214,6 +214,7 @@ def test_state_fds_signals_creds_threads():
     assert "seccomp filter, 1 filter(s) of 2 insns  no_new_privs 1" in st.creds_text()
     assert "lock fd 0: FLOCK WRITE from 0 to EOF" in st.creds_text()
     assert "interval timers: real 0.042s every 0.1s" in st.signals_text()
+    assert "POSIX timer 3: clock 1, SIGUSR1, 5s" in st.signals_text()
     assert [r[0] for r in st.thread_rows()] == ["1", "2"]
     assert "rip 0000000000011111" in st.registers(1)
     assert "SCHED_OTHER nice 1 priority 0  CPUs 0-1  timer slack 0 ns" in st.registers(1)

@@ -853,16 +853,67 @@ def test_interval_timers_come_back(pidns, tmp_path, restored):
     assert all(float(x[2]) == 7.0 and 99 < float(x[1]) <= it["virtual_value"] / 1e6 + 0.02 for x in after), after
 
 
-def test_posix_timer_refuses_the_dump(pidns, tmp_path):
-    code = ("import ctypes, time; t = ctypes.c_void_p(); "
-            "assert ctypes.CDLL(None).timer_create(1, None, ctypes.byref(t)) == 0; "
-            f"open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(100)")
-    w = pidns([sys.executable, "-c", code], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(tmp_path / "t.img"))
-    assert d.returncode != 0 and b"POSIX timer" in d.stderr and b"timer_create" in d.stderr, d.stderr
-    assert not (tmp_path / "t.img").exists()
-    assert w.pids(), "the refused dump must leave the tasks running"
+POSIX_TIMER_WORKLOAD = r"""
+import ctypes, os, signal, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+ticks = 0
+
+def on_usr1(sig, frame):
+    global ticks
+    ticks += 1
+
+signal.signal(signal.SIGUSR1, on_usr1)
+
+def create(clock, notify, signo, value):
+    sev = ctypes.create_string_buffer(struct.pack("<Qiii44x", value, signo, notify, 0), 64)
+    t = ctypes.c_void_p()
+    assert libc.timer_create(clock, sev, ctypes.byref(t)) == 0, ctypes.get_errno()
+    return t
+
+def arm(t, value, interval):
+    spec = struct.pack("<qqqq", 0, interval, int(value), 0) if value >= 1 else struct.pack("<qqqq", 0, interval, 0, int(value * 1e9))
+    assert libc.timer_settime(t, 0, ctypes.create_string_buffer(spec, 32), None) == 0
+
+a = create(1, 0, signal.SIGUSR1, 0x1234)  # CLOCK_MONOTONIC, SIGEV_SIGNAL SIGUSR1
+gone = create(0, 1, 0, 0)
+b = create(0, 1, 0, 0)  # CLOCK_REALTIME, SIGEV_NONE: armed for 500 s, never signals
+libc.timer_delete(gone)  # ids now have a hole: restore must not renumber
+arm(a, 0.1, 100_000_000)
+arm(b, 500, 0)
+out = open(os.path.join(sys.argv[1], "ptimers.log"), "a", buffering=1)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    out.write(f"{ticks}\n")
+    time.sleep(0.05)
+"""
+
+
+def _timers_of(pid: int) -> list[tuple]:
+    from ckptrace.kernel.procfs import posix_timers
+
+    return sorted((t["id"], t["clock"], t["signo"], t["sival"], t["notify"]) for t in posix_timers(pid))
+
+
+def test_posix_timers_come_back_under_their_ids(pidns, tmp_path, restored):
+    from ckptrace.image.reader import read_image
+
+    w = pidns([sys.executable, "-c", POSIX_TIMER_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              settle=0.3, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = _timers_of(w.init)
+    assert [(i, c) for i, c, *_ in want] == [(0, 1), (2, 0)], want
+    img = str(tmp_path / "pt.img")
+    dump_kill(w, img)
+    with open(img, "rb") as f:
+        (pt_a, pt_b) = sorted(read_image(f).tasks[0].posix_timers, key=lambda t: t["id"])
+    assert pt_a["interval"] == 100_000_000 and 0 < pt_a["value"] <= 100_000_000 and pt_a["target"] == 1
+    assert pt_b["interval"] == 0 and 499 * 10**9 < pt_b["value"] <= 500 * 10**9
+    log = tmp_path / "ptimers.log"
+    last = int(log.read_text().split()[-1])
+    res = restore_json(img, restored)
+    assert _timers_of(res["init_pid"]) == want
+    time.sleep(0.6)
+    after = [int(x) for x in log.read_text().split()]
+    assert after[-1] >= last + 3, (last, after[-5:])  # SIGUSR1 every 100 ms again, into the handler
 
 
 LOCK_WORKLOAD = r"""

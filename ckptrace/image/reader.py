@@ -3,7 +3,7 @@
     image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
     task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [proc]  (proc: leader only)
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
-    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS] [TASK_LOCKS]
+    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS [TASK_POSIX_TIMERS]] [TASK_LOCKS]
     object  := OBJREF body(objtype)
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
     body(FILE)       := FILE [FILE_NAME] file-extra*
@@ -111,6 +111,7 @@ class Task:
     cgroups: list[tuple[int, str, str]] = field(default_factory=list)  # (hierarchy id, controllers, path)
     itimers: dict[str, int] | None = None  # TASK_ITIMERS fields (µs), leaders only
     locks: list[dict[str, Any]] = field(default_factory=list)  # TASK_LOCKS entries, leaders only
+    posix_timers: list[dict[str, Any]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
 
     @property
     def tid(self) -> int:
@@ -314,6 +315,11 @@ class _Parser:
                     self.fail(p, "TASK_PROC's cgroup text is not /proc/PID/cgroup lines")
             if self.at(RecType.TASK_ITIMERS):
                 t.itimers = self.expect(RecType.TASK_ITIMERS).fields
+                if self.at(RecType.TASK_POSIX_TIMERS):
+                    pt = self.expect(RecType.TASK_POSIX_TIMERS)
+                    t.posix_timers = pt.rtype.decode_entries(pt.payload)
+                    if len(t.posix_timers) != pt.fields["ntimers"]:
+                        self.fail(pt, "ntimers does not match the entries")
             if self.at(RecType.TASK_LOCKS):
                 lk = self.expect(RecType.TASK_LOCKS)
                 t.locks = lk.rtype.decode_entries(lk.payload)

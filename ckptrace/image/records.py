@@ -56,6 +56,7 @@ class RecType(enum.IntEnum):
     TASK_SCHED = 111
     TASK_ITIMERS = 112
     TASK_LOCKS = 113
+    TASK_POSIX_TIMERS = 114
     FILE_TABLE = 301
     FILE_DESC = 302
     FILE_NAME = 303
@@ -412,6 +413,14 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.TASK_ITIMERS, tuple(u64(f"{n}_{k}") for n in ("real", "virtual", "prof") for k in ("interval", "value")),
        doc="A process's interval timers (getitimer: ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF), "
            "interval and time left in µs; 0 = disarmed."),
+    _R(RecType.TASK_POSIX_TIMERS, (u32("ntimers"), pad(4)), Payload.ENTRIES, max_payload=65536 * 48,
+       entry=(s32("id"), s32("clock"), s32("signo"), s32("notify", "hex"), s32("target"), pad(4),
+              u64("sival", "hex"), u64("interval"), u64("value")),
+       count_field="ntimers",
+       doc="A process's POSIX timers (timer_create), present only when it has some: id, clock, "
+           "signal, sigev_notify (SIGEV_THREAD_ID 4 added for a thread target), the thread or "
+           "process notified (pid inside the namespace), sigev_value, and from timer_gettime the "
+           "interval and time left in ns (0: disarmed)."),
     _R(RecType.TASK_LOCKS, (u32("nlocks"), pad(4)), Payload.ENTRIES, max_payload=65536 * 32,
        entry=(u32("kind", "enum", LOCK_KINDS), u32("type", "enum", LOCK_TYPES), s32("fd"), pad(4),
               u64("start"), u64("length")),

@@ -273,10 +273,31 @@ def cgroup_text(pid: int, root: str = PROC) -> str:
     return _read(f"{root}/{pid}/cgroup", f"read cgroup of {pid}")
 
 
-def posix_timer_ids(pid: int, root: str = PROC) -> list[int]:
-    """Ids of the process's POSIX timers (/proc/PID/timers: an "ID: n" line per timer)."""
-    text = _read(f"{root}/{pid}/timers", f"read timers of {pid}")
-    return [int(line.split()[1]) for line in text.splitlines() if line.startswith("ID:")]
+SIGEV_NOTIFY = {"signal": 0, "none": 1, "thread": 2}
+SIGEV_THREAD_ID = 4
+
+
+def posix_timers(pid: int, root: str = PROC) -> list[dict[str, int]]:
+    """/proc/PID/timers, four lines a timer:
+        ID: 7 / signal: 14/0000000000000007 / notify: signal/pid.5105 / ClockID: 1
+    -> id, signo, sival, notify (the sigev_notify value: SIGEV_THREAD_ID added for "tid"),
+    target (the pid or tid to notify, as the reader's pid namespace numbers it), clock."""
+    out: list[dict[str, int]] = []
+    for line in _read(f"{root}/{pid}/timers", f"read timers of {pid}").splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "ID":
+            out.append({"id": int(value)})
+        elif key == "signal" and out:
+            signo, sival = value.split("/")
+            out[-1].update(signo=int(signo), sival=int(sival, 16))
+        elif key == "notify" and out:
+            how, target = value.split("/")
+            kind, num = target.split(".")
+            out[-1].update(notify=SIGEV_NOTIFY[how] | (SIGEV_THREAD_ID if kind == "tid" else 0), target=int(num))
+        elif key == "ClockID" and out:
+            out[-1]["clock"] = int(value)
+    return out
 
 
 def oom_score_adj(pid: int, root: str = PROC) -> int:

@@ -76,6 +76,7 @@ class ProcState:
     flags: int = 0  # PROC_CHILD_SUBREAPER | PROC_THP_DISABLE
     dumpable: int = 1
     itimers: dict[str, int] = field(default_factory=dict)  # TASK_ITIMERS fields, µs
+    posix_timers: list[dict[str, int]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
     brk: int = 0
     syscall_insn: int = 0
     maps: list[procfs.Mapping] = field(default_factory=list)  # smaps, read once while frozen
@@ -124,7 +125,8 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
         t.altstack = STACK_T.unpack(mem.read(STACK_T.size))
 
 
-def collect_process(p: ProcState, proc: str) -> None:
+def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
+    """`ns_pid`: host pid/tid -> pid inside the namespace, for what names other tasks."""
     leader = p.leader
     p.status = procfs.status(p.hostpid, None, proc)
     p.syscall_insn = _vdso_syscall(p.hostpid)
@@ -145,7 +147,7 @@ def collect_process(p: ProcState, proc: str) -> None:
     thp_off = _checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
     p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
     p.dumpable = _checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
-    timers.collect(p, inj)
+    timers.collect(p, inj, ns_pid, proc)
     p.securebits = _checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
     # brk(0) returns the current break: /proc/PID/stat has only start_brk.
     p.brk = _checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")

@@ -1,9 +1,8 @@
-"""Interval timers: ITIMER_REAL (alarm, setitimer), ITIMER_VIRTUAL and ITIMER_PROF of each process
-(TASK_ITIMERS), read by injected getitimer(2): nothing in /proc shows them.
-
-POSIX timers (timer_create) are refused: /proc/PID/timers names them, but recreating one under
-its old id needs kernel help this tool does not use yet, and a process whose timer silently
-vanished would wait for a signal that never comes.
+"""Timers of each process: the interval timers ITIMER_REAL (alarm, setitimer), ITIMER_VIRTUAL and
+ITIMER_PROF (TASK_ITIMERS, by injected getitimer: nothing in /proc shows them), and POSIX timers
+(TASK_POSIX_TIMERS: /proc/PID/timers for id, clock and notification, injected timer_gettime for
+what is left). A process whose timer vanished would wait for a signal that never comes; restore
+recreates each POSIX timer under its old id (PR_TIMER_CREATE_RESTORE_IDS).
 """
 
 from __future__ import annotations
@@ -25,14 +24,29 @@ ITIMERS = ("real", "virtual", "prof")  # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER
 ITIMERVAL = struct.Struct("<qqqq")  # struct itimerval: it_interval {sec, usec}, it_value {sec, usec}
 
 
-def check_process(p: "ProcState", proc: str) -> None:
-    ids = procfs.posix_timer_ids(p.hostpid, proc)
-    if ids:
-        raise Unsupported(f"pid {p.nspid} (host pid {p.hostpid}) has {len(ids)} POSIX timer(s) "
-                          f"(timer_create, ids {ids[:8]}), which ckptrace cannot checkpoint yet")
+SYS_timer_gettime = 224
+ITIMERSPEC = struct.Struct("<qqqq")  # struct itimerspec: it_interval {sec, nsec}, it_value {sec, nsec}
 
 
-def collect(p: "ProcState", inj: Injector) -> None:
+def collect(p: "ProcState", inj: Injector, ns_pid: dict[int, int], proc: str) -> None:
+    _collect_itimers(p, inj)
+    timers = procfs.posix_timers(p.hostpid, proc)
+    with inj.scratch(ITIMERSPEC.size) as (addr, mem):
+        for t in timers:
+            ret = inj.syscall(SYS_timer_gettime, t["id"], addr)
+            if -4096 < ret < 0:
+                raise KernelError(f"timer_gettime({t['id']}) in {p.hostpid}", -ret)
+            mem.seek(addr)
+            isec, insec, vsec, vnsec = ITIMERSPEC.unpack(mem.read(ITIMERSPEC.size))
+            t["interval"], t["value"] = isec * 1_000_000_000 + insec, vsec * 1_000_000_000 + vnsec
+            if t["target"] not in ns_pid:
+                raise Unsupported(f"pid {p.nspid}: POSIX timer {t['id']} notifies task {t['target']}, "
+                                  "which is not in the namespace")
+            t["target"] = ns_pid[t["target"]]
+    p.posix_timers = timers
+
+
+def _collect_itimers(p: "ProcState", inj: Injector) -> None:
     """getitimer of the three timers, in µs: {"real_interval": .., "real_value": .., ...}."""
     values: dict[str, int] = {}
     with inj.scratch(ITIMERVAL.size) as (addr, mem):
@@ -49,3 +63,5 @@ def collect(p: "ProcState", inj: Injector) -> None:
 
 def write(ctx: DumpContext, p: "ProcState") -> None:
     ctx.w.record(RecType.TASK_ITIMERS, p.itimers)
+    if p.posix_timers:
+        ctx.w.record(RecType.TASK_POSIX_TIMERS, dict(ntimers=len(p.posix_timers)), p.posix_timers)

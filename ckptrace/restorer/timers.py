@@ -1,13 +1,22 @@
-"""Interval timers back in each restored process (TASK_ITIMERS), by injected setitimer(2), as the
-last thing before the tasks run: the time left when dumped is the time left when let go."""
+"""Timers back in each restored process, by injected calls, as the last thing before the tasks
+run (the time left when dumped is the time left when let go): setitimer(2) for the interval
+timers (TASK_ITIMERS), and for POSIX timers (TASK_POSIX_TIMERS) timer_create under the old id
+(PR_TIMER_CREATE_RESTORE_IDS) then timer_settime."""
 
 from __future__ import annotations
 
+import struct
+
+from ..errors import HostUnsupported
 from ..kernel.ptrace import Injector
-from ..objects.timers import ITIMERS, ITIMERVAL
+from ..objects.timers import ITIMERS, ITIMERSPEC, ITIMERVAL
 from .memory import check
 
 SYS_setitimer = 38
+SYS_prctl, SYS_timer_create, SYS_timer_settime = 157, 222, 223
+PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, RESTORE_IDS_ON = 77, 0, 1
+SIGEVENT = struct.Struct("<Qiii44x")  # struct sigevent (64 bytes): value, signo, notify, _tid
+NS = 1_000_000_000
 
 
 def apply(inj: Injector, itimers: dict | None) -> None:
@@ -21,3 +30,25 @@ def apply(inj: Injector, itimers: dict | None) -> None:
             mem.seek(addr)
             mem.write(ITIMERVAL.pack(interval // 1_000_000, interval % 1_000_000, value // 1_000_000, value % 1_000_000))
             check(inj.syscall(SYS_setitimer, which, addr, 0), f"setitimer({name}) in {inj.t.tid}")
+
+
+def apply_posix(inj: Injector, pid: int, timers: list[dict]) -> None:
+    if not timers:
+        return
+    ret = inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0)
+    if -4096 < ret < 0:
+        raise HostUnsupported(f"pid {pid} has POSIX timers, and this kernel cannot create a timer "
+                              "under a given id (no PR_TIMER_CREATE_RESTORE_IDS)")
+    try:
+        with inj.scratch(SIGEVENT.size + 8 + ITIMERSPEC.size) as (addr, mem):
+            id_addr, spec_addr = addr + SIGEVENT.size, addr + SIGEVENT.size + 8
+            for t in timers:
+                mem.seek(addr)
+                mem.write(SIGEVENT.pack(t["sival"], t["signo"], t["notify"], t["target"]))
+                mem.write(struct.pack("<i4x", t["id"]))
+                mem.write(ITIMERSPEC.pack(t["interval"] // NS, t["interval"] % NS, t["value"] // NS, t["value"] % NS))
+                check(inj.syscall(SYS_timer_create, t["clock"], addr, id_addr), f"timer_create(id {t['id']}) in {pid}")
+                if t["value"]:
+                    check(inj.syscall(SYS_timer_settime, t["id"], 0, spec_addr, 0), f"timer_settime({t['id']}) in {pid}")
+    finally:
+        inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0)

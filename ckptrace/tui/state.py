@@ -287,6 +287,12 @@ class InspectState:
         armed = [f"{n} {it[n + '_value'] / 1e6:g}s" + (f" every {it[n + '_interval'] / 1e6:g}s" if it[n + "_interval"] else "")
                  for n in ("real", "virtual", "prof") if it.get(n + "_value")]
         out.append("interval timers: " + (", ".join(armed) or "none"))
+        for pt in p.posix_timers:
+            when = (f"{pt['value'] / 1e9:g}s" + (f" every {pt['interval'] / 1e9:g}s" if pt["interval"] else "")
+                    if pt["value"] else "disarmed")
+            how = "no signal" if pt["notify"] & 3 == 1 else signame(pt["signo"]) + (
+                f" to thread {pt['target']}" if pt["notify"] & 4 else "")
+            out.append(f"POSIX timer {pt['id']}: clock {pt['clock']}, {how}, {when}")
         out.append("")
         out.append("handlers (all others SIG_DFL):")
         shown = 0
