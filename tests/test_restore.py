@@ -973,3 +973,63 @@ def test_file_locks_come_back_and_a_held_one_fails_the_restore(pidns, tmp_path, 
     with open("/proc/locks") as f:
         owners = [int(line.split()[4]) for line in f if " POSIX " in line]
     assert res["init_pid"] in owners
+
+
+INET_WORKLOAD = r"""
+import os, select, socket, sys
+d = sys.argv[1]
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", 0))
+ls.listen(5)
+us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+us.bind(("127.0.0.1", 0))
+held = []
+if len(sys.argv) > 2:  # also an established connection to ourselves
+    c = socket.create_connection(ls.getsockname())
+    held += [c, ls.accept()[0]]
+with open(os.path.join(d, "ports"), "w") as f:
+    f.write(f"{ls.getsockname()[1]} {us.getsockname()[1]}")
+open(os.path.join(d, "ready"), "w").close()
+while True:
+    for s in select.select([ls, us], [], [], 0.05)[0]:
+        if s is ls:
+            conn, _ = ls.accept()
+            conn.sendall(b"hi")
+            conn.close()
+        else:
+            data, peer = us.recvfrom(100)
+            us.sendto(b"echo:" + data, peer)
+"""
+
+
+def test_listening_tcp_and_udp_sockets_come_back(pidns, tmp_path, restored):
+    import socket
+
+    w = pidns([sys.executable, "-c", INET_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tcp, udp = (int(x) for x in (tmp_path / "ports").read_text().split())
+    img = str(tmp_path / "inet.img")
+    dump_kill(w, img)
+    restore_json(img, restored)
+    with socket.create_connection(("127.0.0.1", tcp), timeout=3) as c:
+        assert c.recv(10) == b"hi"  # the restored listener accepts, from its restored select loop
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.settimeout(3)
+        u.sendto(b"x", ("127.0.0.1", udp))
+        assert u.recvfrom(100)[0] == b"echo:x"
+
+
+def test_tcp_connection_is_refused_by_name(pidns, tmp_path):
+    w = pidns([sys.executable, "-c", INET_WORKLOAD, str(tmp_path), "conn"], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tcp = (tmp_path / "ports").read_text().split()[0]
+    img = str(tmp_path / "conn.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    before = pidns_inodes(tmp_path)
+    r = ckptrace("restore", img)
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "established" in err and "not TCP connections" in err and tcp in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert pidns_inodes(tmp_path) == before

@@ -94,8 +94,8 @@ def test_missing_files_and_unsupported_kinds_are_named(tmp_path):
     assert check_files(img) == []  # and the pipe is a supported kind
     pipe.fields["f_type"] = FileType.INET_SOCKET
     # named where a user looks for it: the process and fd using it, and what it is
-    assert any(re.match(r"pid \d+ fd \d+(, pid \d+ fd \d+)*: an inet socket \(pipe:\[1234\]\), which restore does not support$", p)
-               for p in check_files(img)), check_files(img)
+    assert any(re.match(r"pid \d+ fd \d+(, pid \d+ fd \d+)*: an inet socket \(pipe:\[1234\]\): the image has no "
+                        r"FILE_SOCKET record for it$", p) for p in check_files(img)), check_files(img)
 
 
 def test_socket_desc_says_protocol_addresses_and_state():

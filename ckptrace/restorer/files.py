@@ -35,10 +35,13 @@ VM_MAYWRITE = 0x20
 
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
              FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL,
-             FileType.UNIX_SOCKET, FileType.TTY, FileType.INOTIFY}
+             FileType.UNIX_SOCKET, FileType.INET_SOCKET, FileType.TTY, FileType.INOTIFY}
 INOTIFY_WATCH = struct.Struct("<iIQI")  # wd, mask, ino, dev; then the NUL-terminated path
 AF_UNIX = 1
 TCP_LISTEN = 10
+TCP_CLOSE = 7  # also what sock_diag says of a UDP socket that is not connected
+TCP_ESTABLISHED = 1  # and of a connected UDP socket
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SOCKADDR_LEN = 128
 SYS_timerfd_create, SYS_timerfd_settime, SYS_signalfd4, SYS_epoll_create1 = 283, 286, 289, 291
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
@@ -53,6 +56,10 @@ def check_files(img: Image) -> list[str]:
         ft = FileType(obj.ftype)
         if ft not in SUPPORTED and _in_fd_table(img, obj.objref):
             problems.append(f"{_users(img, obj.objref)}: {_what(obj, ft)}, which restore does not support")
+        if ft is FileType.INET_SOCKET and _in_fd_table(img, obj.objref):
+            why = _inet_unrestorable(obj)
+            if why:
+                problems.append(f"{_users(img, obj.objref)}: {_what(obj, ft)}: {why}")
         if ft is FileType.TTY:
             tty = _extra(obj, RecType.FILE_TTY)
             if tty is None or tty.fields["is_master"]:
@@ -87,6 +94,21 @@ def _what(obj: File, ft: FileType) -> str:
         return f"{kind} ({socket_desc(sock.fields, bytes(sock.payload or b''))})"
     kind = ft.name.lower().replace("_", " ")
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({file_label(obj)})"
+
+
+def _inet_unrestorable(obj: File) -> str:
+    """Why this TCP/UDP socket cannot come back ("" when it can): listeners and unconnected or
+    UDP sockets are made and bound again; a TCP connection would need its sequence numbers and
+    queues (TCP_REPAIR), which the image does not hold."""
+    rec = _extra(obj, RecType.FILE_SOCKET)
+    if rec is None:
+        return "the image has no FILE_SOCKET record for it"
+    f = rec.fields
+    if f["protocol"] == IPPROTO_UDP:
+        return ""
+    if f["protocol"] == IPPROTO_TCP and f["state"] in (TCP_LISTEN, TCP_CLOSE):
+        return ""
+    return "restore brings back listening TCP and UDP sockets, not TCP connections"
 
 
 def _in_fd_table(img: Image, objref: int) -> bool:
@@ -172,6 +194,8 @@ class FileSet:
                 return self._inotify(obj)
             if ft is FileType.UNIX_SOCKET:
                 return self._unix_socket(obj)
+            if ft is FileType.INET_SOCKET:
+                return self._inet_socket(obj)
             if ft is FileType.EPOLL:
                 # Its interest list names fds of a task's table: each task adds them itself (tree).
                 return self.place(syscall(SYS_epoll_create1, 0, what="epoll_create1"))
@@ -273,6 +297,33 @@ class FileSet:
             fd = s.detach()
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | nonblock)
+        return self.place(fd)
+
+    def _inet_socket(self, obj: File) -> int:
+        """A TCP listener is bound again (SO_REUSEADDR: the dead original's connections may sit
+        in TIME_WAIT) and listens with its backlog; a UDP socket is bound, and connected again
+        if it was. Socket options other than these are not in the image."""
+        import socket
+
+        rec = _extra(obj, RecType.FILE_SOCKET)
+        f = rec.fields
+        payload = bytes(rec.payload or b"")
+        local, peer = _inet_addr(f["family"], payload[:SOCKADDR_LEN]), _inet_addr(f["family"], payload[SOCKADDR_LEN:])
+        s = socket.socket(f["family"], f["type"], f["protocol"])
+        try:
+            if f["protocol"] == IPPROTO_TCP:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if local is not None:
+                s.bind(local)
+            if f["protocol"] == IPPROTO_TCP and f["state"] == TCP_LISTEN:
+                s.listen(f["backlog"] or 128)
+            elif f["protocol"] == IPPROTO_UDP and f["state"] == TCP_ESTABLISHED and peer is not None:
+                s.connect(peer)
+            fd = s.detach()
+        finally:
+            s.close()
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(fd)
 
     def _socket_inos(self) -> set[int]:
@@ -440,6 +491,21 @@ def _check_libc(ret: int, what: str) -> int:
         err = ctypes.get_errno()
         raise from_oserror(OSError(err, os.strerror(err)), what)
     return ret
+
+
+def _inet_addr(family: int, raw: bytes):
+    """A stored sockaddr_in/sockaddr_in6 as the socket module takes it; None when unbound."""
+    import socket
+
+    port = int.from_bytes(raw[2:4], "big") if len(raw) >= 4 else 0
+    if family == socket.AF_INET and len(raw) >= 8:
+        host = socket.inet_ntop(socket.AF_INET, raw[4:8])
+        return (host, port) if port or host != "0.0.0.0" else None
+    if family == socket.AF_INET6 and len(raw) >= 28:
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        flow, scope = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], "little")
+        return (host, port, flow, scope) if port or host != "::" else None
+    return None
 
 
 def _sun_path(sockaddr: bytes) -> bytes:
