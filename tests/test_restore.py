@@ -1011,6 +1011,8 @@ def test_listening_tcp_and_udp_sockets_come_back(pidns, tmp_path, restored):
     tcp, udp = (int(x) for x in (tmp_path / "ports").read_text().split())
     img = str(tmp_path / "inet.img")
     dump_kill(w, img)
+    shown = ckptrace("show", img).stdout.decode()
+    assert f"(tcp 127.0.0.1:{tcp} listening)" in shown and f"(udp 127.0.0.1:{udp})" in shown, shown[-600:]
     restore_json(img, restored)
     with socket.create_connection(("127.0.0.1", tcp), timeout=3) as c:
         assert c.recv(10) == b"hi"  # the restored listener accepts, from its restored select loop

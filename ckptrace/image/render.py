@@ -97,12 +97,18 @@ def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
     return " ".join(parts)
 
 
+def _socket_of(f: File) -> str | None:
+    rec = next((r for r in f.extra if r.type == RecType.FILE_SOCKET), None)
+    return socket_desc(rec.fields, bytes(rec.payload or b"")) if rec is not None else None
+
+
 def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
     rows = []
     for d in table.fds:
         f = img.obj(d["fd_objref"])
         rows.append(dict(fd=d["fd_descriptor"], objref=d["fd_objref"], cloexec=bool(d["fd_close_on_exec"]),
                          kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, label=file_label(f),
+                         socket=_socket_of(f),
                          flags=f.fields["f_flags"], pos=f.fields["f_pos"]))
     return rows
 
@@ -172,7 +178,8 @@ def show_text(s: dict[str, Any]) -> str:
                        f"{v['type']:<11} {v['pages']:>7}  {v['file']}")
         out.append(f"  {'fd':>4} {'kind':<12} {'pos':>10} cloexec  path")
         for f in p["fds"]:
-            out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['label']}")
+            sock = f"  ({f['socket']})" if f["socket"] else ""
+            out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['label']}{sock}")
     return "\n".join(out)
 
 
