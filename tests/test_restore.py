@@ -980,16 +980,18 @@ import os, select, socket, sys
 d = sys.argv[1]
 ls = socket.socket()
 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 ls.bind(("127.0.0.1", 0))
 ls.listen(5)
 us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+us.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 us.bind(("127.0.0.1", 0))
 held = []
 if len(sys.argv) > 2:  # also an established connection to ourselves
     c = socket.create_connection(ls.getsockname())
     held += [c, ls.accept()[0]]
 with open(os.path.join(d, "ports"), "w") as f:
-    f.write(f"{ls.getsockname()[1]} {us.getsockname()[1]}")
+    f.write(f"{ls.getsockname()[1]} {us.getsockname()[1]} {ls.fileno()} {us.fileno()}")
 open(os.path.join(d, "ready"), "w").close()
 while True:
     for s in select.select([ls, us], [], [], 0.05)[0]:
@@ -1008,12 +1010,21 @@ def test_listening_tcp_and_udp_sockets_come_back(pidns, tmp_path, restored):
 
     w = pidns([sys.executable, "-c", INET_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tcp, udp = (int(x) for x in (tmp_path / "ports").read_text().split())
+    tcp, udp, tcp_fd, udp_fd = (int(x) for x in (tmp_path / "ports").read_text().split())
     img = str(tmp_path / "inet.img")
     dump_kill(w, img)
     shown = ckptrace("show", img).stdout.decode()
     assert f"(tcp 127.0.0.1:{tcp} listening)" in shown and f"(udp 127.0.0.1:{udp})" in shown, shown[-600:]
-    restore_json(img, restored)
+    res = restore_json(img, restored)
+    from ckptrace.kernel.sys import pidfd_getfd, pidfd_open
+
+    pidfd = pidfd_open(res["init_pid"])
+    try:  # the options set on the originals are set again (SO_REUSEPORT before the bind)
+        for fd, opt in ((tcp_fd, socket.SO_REUSEPORT), (udp_fd, socket.SO_BROADCAST)):
+            with socket.socket(fileno=pidfd_getfd(pidfd, fd)) as s:
+                assert s.getsockopt(socket.SOL_SOCKET, opt) == 1, (fd, opt)
+    finally:
+        os.close(pidfd)
     with socket.create_connection(("127.0.0.1", tcp), timeout=3) as c:
         assert c.recv(10) == b"hi"  # the restored listener accepts, from its restored select loop
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:

@@ -133,6 +133,10 @@ VM_NOT_SUPPORTED = {"pf": "VM_PFNMAP", "io": "VM_IO", "ht": "VM_HUGETLB", "mm": 
 
 PROT_NAMES = {1: "PROT_READ", 2: "PROT_WRITE", 4: "PROT_EXEC"}
 SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
+# FILE_SOCKET.options: (level, optname) of boolean socket options kept, by bit
+SOCKOPTS = {0x1: (1, 2), 0x2: (1, 15), 0x4: (1, 9), 0x8: (41, 26), 0x10: (1, 6), 0x20: (1, 16)}
+SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 0x8: "IPV6_V6ONLY",
+                 0x10: "SO_BROADCAST", 0x20: "SO_PASSCRED"}
 LOCK_POSIX, LOCK_FLOCK, LOCK_OFD = 1, 2, 3
 LOCK_KINDS = {LOCK_POSIX: "POSIX", LOCK_FLOCK: "FLOCK", LOCK_OFD: "OFD"}
 LOCK_TYPES = {0: "READ", 1: "WRITE"}  # F_RDLCK, F_WRLCK
@@ -458,9 +462,11 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_DATA, (u64("size"), u64("offset")), Payload.BYTES, max_payload=MAX_BLOB,
        doc="Contents of a deleted or memfd file: `offset` into a file of `size` bytes."),
     _R(RecType.FILE_SOCKET, (u32("family"), u32("type"), u32("protocol"), u32("state"),
-                             u64("ino"), u64("peer_ino"), u32("backlog"), u32("shutdown")),
+                             u64("ino"), u64("peer_ino"), u32("backlog"), u32("shutdown"),
+                             u32("options", "flags", SOCKOPT_NAMES), pad(4)),
        Payload.BYTES, max_payload=2 * 128,
-       doc="A socket (sock_diag): payload = local sockaddr (128 bytes) then peer sockaddr (128)."),
+       doc="A socket (sock_diag): options = the boolean socket options set on it; payload = local "
+           "sockaddr (128 bytes) then peer sockaddr (128)."),
     _R(RecType.FILE_EVENTFD, (u64("count"), u32("flags", "hex"), pad(4)), doc="eventfd counter."),
     _R(RecType.FILE_EPOLL, (u32("nwatch"), pad(4)), Payload.ENTRIES, max_payload=1 << 20,
        entry=(s32("tfd"), u32("events", "hex"), u64("data", "hex")), count_field="nwatch",

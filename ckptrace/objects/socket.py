@@ -12,7 +12,7 @@ import ctypes
 import socket
 
 from ..errors import Unsupported
-from ..image.records import FileType, RecType
+from ..image.records import SOCKOPTS, FileType, RecType
 from ..kernel.sys import libc
 from .context import DumpContext
 
@@ -29,12 +29,26 @@ def _sockaddr(fn, fd: int) -> bytes:
     return buf.raw[:min(ln.value, SOCKADDR_LEN)].ljust(SOCKADDR_LEN, b"\0")
 
 
-def _opt(fd: int, opt: int) -> int:
+def _opt(fd: int, opt: int, level: int = SOL_SOCKET) -> int:
     s = socket.socket(fileno=fd)
     try:
-        return s.getsockopt(SOL_SOCKET, opt)
+        return s.getsockopt(level, opt)
     finally:
         s.detach()
+
+
+def _options(fd: int, family: int) -> int:
+    """The SOCKOPTS bits set on the socket (IPV6_V6ONLY only asked of an IPv6 one)."""
+    bits = 0
+    for bit, (level, opt) in SOCKOPTS.items():
+        if level == socket.IPPROTO_IPV6 and family != socket.AF_INET6:
+            continue
+        try:
+            if _opt(fd, opt, level):
+                bits |= bit
+        except OSError:
+            pass  # not an option of this family/type (SO_BROADCAST on unix...)
+    return bits
 
 
 def dump(ctx: DumpContext, ref: int, o) -> None:
@@ -46,6 +60,7 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         family, stype, proto = _opt(fd, SO_DOMAIN), _opt(fd, SO_TYPE), _opt(fd, SO_PROTOCOL)
         local = _sockaddr(libc.getsockname, fd)
         peer = _sockaddr(libc.getpeername, fd)
+        options = _options(fd, family)
     if family == socket.AF_UNIX:
         kind = FileType.UNIX_SOCKET
     elif family in (socket.AF_INET, socket.AF_INET6):
@@ -57,4 +72,4 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     write_file_head(ctx, ref, kind, o.info.flags, 0, None)
     ctx.w.record(RecType.FILE_SOCKET, dict(family=family, type=stype, protocol=proto, state=info.state,
                                            ino=ino, peer_ino=info.peer_ino, backlog=info.backlog,
-                                           shutdown=info.shutdown), payload=local + peer)
+                                           shutdown=info.shutdown, options=options), payload=local + peer)

@@ -25,7 +25,7 @@ from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, socket_desc
-from ..image.records import (PAGE_SIZE, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
+from ..image.records import (PAGE_SIZE, SOCKOPTS, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
 
 F_SETPIPE_SZ = 1031
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
@@ -295,6 +295,11 @@ class FileSet:
             if f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
+        opt = socket.socket(fileno=fd)
+        try:
+            _set_options(opt, f["options"])
+        finally:
+            opt.detach()
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | nonblock)
         return self.place(fd)
@@ -311,6 +316,7 @@ class FileSet:
         local, peer = _inet_addr(f["family"], payload[:SOCKADDR_LEN]), _inet_addr(f["family"], payload[SOCKADDR_LEN:])
         s = socket.socket(f["family"], f["type"], f["protocol"])
         try:
+            _set_options(s, f["options"])
             if f["protocol"] == IPPROTO_TCP:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if local is not None:
@@ -491,6 +497,14 @@ def _check_libc(ret: int, what: str) -> int:
         err = ctypes.get_errno()
         raise from_oserror(OSError(err, os.strerror(err)), what)
     return ret
+
+
+def _set_options(s, options: int) -> None:
+    """The boolean socket options the image says were set (before bind: V6ONLY and REUSEPORT
+    only count then)."""
+    for bit, (level, opt) in SOCKOPTS.items():
+        if options & bit:
+            s.setsockopt(level, opt, 1)
 
 
 def _inet_addr(family: int, raw: bytes):
