@@ -24,7 +24,7 @@ from .image.stream import ImageWriter, create_image_file, write_header, write_ta
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
-from .objects import files, locks, mm, seccomp, task, timers
+from .objects import files, locks, mm, nsinfo, seccomp, task, timers
 from .objects.context import DumpContext, Stats
 
 
@@ -136,6 +136,7 @@ class Dumper:
         ctx = DumpContext(w, ns_root, ns_pid, self.opts.max_file_data, proc=proc, on_progress=self.on_progress)
         self.ctx = ctx
         # Refusals first, while nothing is written and nothing injected.
+        nsinfo.check(procs, proc)
         for p in procs:
             p.maps = procfs.smaps(p.hostpid, proc)
             for m in p.maps:
@@ -172,6 +173,7 @@ class Dumper:
                         task.write_proc(ctx, p)
                         timers.write(ctx, p)
                         locks.write(ctx, p)
+                        nsinfo.write(ctx, p)
                     ctx.stats.tasks += 1
                     ctx.progress()
         finally:

@@ -90,6 +90,7 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         wr.record(RecType.TASK_POSIX_TIMERS, dict(ntimers=1),
                   [dict(id=3, clock=1, signo=10, notify=0, target=tgid, sival=0x1234, interval=0, value=5 * 10**9)])
         wr.record(RecType.TASK_LOCKS, dict(nlocks=1), [dict(kind=2, type=1, fd=0, start=0, length=0)])
+        wr.record(RecType.TASK_NS, dict(own=0x04020000), b"sample-host\0(none)\0")  # own mnt and uts
 
 
 def mm(wr, ref, exe_ref, pages, seed):

@@ -1046,3 +1046,40 @@ def test_tcp_connection_is_refused_by_name(pidns, tmp_path):
     assert r.returncode != 0 and "established" in err and "not TCP connections" in err and tcp in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert pidns_inodes(tmp_path) == before
+
+
+UTS_WORKLOAD = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None)
+assert libc.sethostname(b"ckpt-host", 9) == 0 and libc.setdomainname(b"ckpt-dom", 8) == 0
+out = open(os.path.join(sys.argv[1], "uts.log"), "a", buffering=1)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    with open("/proc/sys/kernel/domainname") as f:
+        out.write(f"{os.uname().nodename} {f.read().strip()}\n")
+    time.sleep(0.05)
+"""
+
+
+def test_own_uts_and_ipc_namespaces_come_back_with_their_names(pidns, tmp_path, restored):
+    from ckptrace.image.reader import read_image
+    from ckptrace.image.records import CLONE_NEWIPC, CLONE_NEWUTS
+
+    w = pidns(["unshare", "-u", "-i", sys.executable, "-c", UTS_WORKLOAD, str(tmp_path)],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "uts.img")
+    dump_kill(w, img)
+    with open(img, "rb") as f:
+        init = read_image(f).tasks[0]
+    assert init.own_ns & CLONE_NEWUTS and init.own_ns & CLONE_NEWIPC, hex(init.own_ns)
+    assert (init.nodename, init.domainname) == (b"ckpt-host", b"ckpt-dom")
+    log = tmp_path / "uts.log"
+    n = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    for kind in ("uts", "ipc"):
+        assert os.readlink(f"/proc/{res['init_pid']}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}"), kind
+    assert os.uname().nodename != "ckpt-host"  # ours is untouched
+    time.sleep(0.3)
+    after = log.read_text().splitlines()[n:]
+    assert after and set(after) == {"ckpt-host ckpt-dom"}, after

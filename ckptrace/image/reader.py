@@ -3,7 +3,7 @@
     image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
     task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [proc]  (proc: leader only)
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
-    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS [TASK_POSIX_TIMERS]] [TASK_LOCKS]
+    proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS [TASK_POSIX_TIMERS]] [TASK_LOCKS] [TASK_NS]
     object  := OBJREF body(objtype)
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
     body(FILE)       := FILE [FILE_NAME] file-extra*
@@ -112,6 +112,9 @@ class Task:
     itimers: dict[str, int] | None = None  # TASK_ITIMERS fields (µs), leaders only
     locks: list[dict[str, Any]] = field(default_factory=list)  # TASK_LOCKS entries, leaders only
     posix_timers: list[dict[str, Any]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
+    own_ns: int | None = None  # TASK_NS: CLONE_NEW* bits of the namespaces that were its own
+    nodename: bytes = b""
+    domainname: bytes = b""
 
     @property
     def tid(self) -> int:
@@ -325,6 +328,12 @@ class _Parser:
                 t.locks = lk.rtype.decode_entries(lk.payload)
                 if len(t.locks) != lk.fields["nlocks"]:
                     self.fail(lk, "nlocks does not match the entries")
+            if self.at(RecType.TASK_NS):
+                nsr = self.expect(RecType.TASK_NS)
+                names = bytes(nsr.payload or b"").split(b"\0")
+                if len(names) < 3:
+                    self.fail(nsr, "TASK_NS payload must hold the host and domain names, NUL-terminated")
+                t.own_ns, t.nodename, t.domainname = nsr.fields["own"], names[0], names[1]
         img.tasks.append(t)
 
     def ref(self, rec: Record, objref: int, kind: type, allow_zero: bool = False):

@@ -57,6 +57,7 @@ class RecType(enum.IntEnum):
     TASK_ITIMERS = 112
     TASK_LOCKS = 113
     TASK_POSIX_TIMERS = 114
+    TASK_NS = 115
     FILE_TABLE = 301
     FILE_DESC = 302
     FILE_NAME = 303
@@ -137,6 +138,9 @@ SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
 SOCKOPTS = {0x1: (1, 2), 0x2: (1, 15), 0x4: (1, 9), 0x8: (41, 26), 0x10: (1, 6), 0x20: (1, 16)}
 SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 0x8: "IPV6_V6ONLY",
                  0x10: "SO_BROADCAST", 0x20: "SO_PASSCRED"}
+# TASK_NS.own: the namespaces a process did not share with the dumper (clone flags)
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x04000000, 0x08000000, 0x40000000
+NS_FLAG_NAMES = {CLONE_NEWNS: "mnt", CLONE_NEWUTS: "uts", CLONE_NEWIPC: "ipc", CLONE_NEWNET: "net"}
 LOCK_POSIX, LOCK_FLOCK, LOCK_OFD = 1, 2, 3
 LOCK_KINDS = {LOCK_POSIX: "POSIX", LOCK_FLOCK: "FLOCK", LOCK_OFD: "OFD"}
 LOCK_TYPES = {0: "READ", 1: "WRITE"}  # F_RDLCK, F_WRLCK
@@ -425,6 +429,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "signal, sigev_notify (SIGEV_THREAD_ID 4 added for a thread target), the thread or "
            "process notified (pid inside the namespace), sigev_value, and from timer_gettime the "
            "interval and time left in ns (0: disarmed)."),
+    _R(RecType.TASK_NS, (u32("own", "flags", NS_FLAG_NAMES), pad(4)), Payload.BYTES, max_payload=2 * 65,
+       doc="Which of a process's mount, uts, ipc and net namespaces were its own (not the "
+           "dumper's), as CLONE_NEW* bits; payload: its host name NUL domain name NUL (uname)."),
     _R(RecType.TASK_LOCKS, (u32("nlocks"), pad(4)), Payload.ENTRIES, max_payload=65536 * 32,
        entry=(u32("kind", "enum", LOCK_KINDS), u32("type", "enum", LOCK_TYPES), s32("fd"), pad(4),
               u64("start"), u64("length")),

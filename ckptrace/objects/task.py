@@ -18,7 +18,7 @@ from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import sched_getattr
-from . import seccomp, timers
+from . import nsinfo, seccomp, timers
 from .context import DumpContext
 
 SYS_brk = 12
@@ -77,6 +77,9 @@ class ProcState:
     dumpable: int = 1
     itimers: dict[str, int] = field(default_factory=dict)  # TASK_ITIMERS fields, µs
     posix_timers: list[dict[str, int]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
+    own_ns: int = 0  # CLONE_NEW* bits of the namespaces not shared with the dumper
+    nodename: bytes = b""
+    domainname: bytes = b""
     brk: int = 0
     syscall_insn: int = 0
     maps: list[procfs.Mapping] = field(default_factory=list)  # smaps, read once while frozen
@@ -148,6 +151,7 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
     p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
     p.dumpable = _checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
     timers.collect(p, inj, ns_pid, proc)
+    nsinfo.collect(p, inj, proc)
     p.securebits = _checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
     # brk(0) returns the current break: /proc/PID/stat has only start_brk.
     p.brk = _checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from ..errors import Unsupported
 from ..image.reader import File, FileTable, Image, Mm, Task
-from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, FileType, RecType, VmaType
+from ..image.records import (CLONE_NEWIPC, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, FileType,
+                              RecType, VmaType)
 from ..kernel.sys import SYS_clone3, libc
 from . import creds
 from .files import FileSet
@@ -55,6 +56,10 @@ class ProcPlan:
     personality: int = 0
     pdeath_signal: int = 0
     flags: int = 0  # TASK_PROC.flags: child subreaper, THP disabled
+    new_ns: int = 0  # for init: CLONE_NEWUTS / CLONE_NEWIPC when the image's init had its own
+    outer_uts: int = 0  # for init: the controller's uts namespace inode, never to be renamed
+    nodename: bytes = b""
+    domainname: bytes = b""
     cwd: str = "/"
     root: str = "/"
     children: list["ProcPlan"] = field(default_factory=list)
@@ -74,7 +79,8 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
         p = ProcPlan(e["pid"], e["ppid"], e["pgid"], e["sid"], t.fields["exit_signal"] or signal.SIGCHLD,
                      sigactions=t.sighand, rlimits=t.rlimits, umask=t.proc["umask"],
                      personality=t.proc["personality"], pdeath_signal=t.proc["pdeath_signal"],
-                     flags=t.proc["flags"], cwd=t.cwd or "/", root=t.root or "/")
+                     flags=t.proc["flags"], new_ns=(t.own_ns or 0) & (CLONE_NEWUTS | CLONE_NEWIPC),
+                     nodename=t.nodename, domainname=t.domainname, cwd=t.cwd or "/", root=t.root or "/")
         table = img.obj(t.files_objref)
         if isinstance(table, FileTable):
             p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
@@ -144,7 +150,8 @@ def clone3(flags: int, tid: int, exit_signal: int) -> int:
 
 def spawn_init(root: ProcPlan, report_fd: int) -> int:
     """Create the new namespace's init; returns its host pid. The child never returns."""
-    pid = clone3(CLONE_NEWPID, 1, root.exit_signal)
+    root.outer_uts = os.stat("/proc/self/ns/uts").st_ino
+    pid = clone3(CLONE_NEWPID | root.new_ns, 1, root.exit_signal)
     if pid == 0:  # pragma: no cover - runs in the new init
         # Nothing may run a handler from here on: the image's handlers point into memory that
         # is not mapped yet. The mask is inherited by every process forked below.
@@ -155,9 +162,22 @@ def spawn_init(root: ProcPlan, report_fd: int) -> int:
     return pid
 
 
+def _set_names(nodename: bytes, domainname: bytes) -> None:  # pragma: no cover - in the new init
+    """uname's host and domain names in the fresh uts namespace (init only, from _become, whose
+    report takes any failure to the controller)."""
+    for fn, name in ((libc.sethostname, nodename), (libc.setdomainname, domainname)):
+        if fn(name, ctypes.c_size_t(len(name))) != 0:
+            raise OSError(ctypes.get_errno(), f"set uts name {name!r}")
+
+
 def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in the new tasks
     """Turn this fresh process into image process `p`, forking its children first. Never returns."""
     try:
+        if p.new_ns & CLONE_NEWUTS:
+            # sethostname in the controller's namespace would rename the host: check, do not trust
+            if os.stat("/proc/self/ns/uts").st_ino == p.outer_uts:
+                raise RuntimeError("init is not in a new uts namespace; refusing to set host names")
+            _set_names(p.nodename, p.domainname)
         if p.sid == p.pid:
             os.setsid()
         elif p.pgid == p.pid:

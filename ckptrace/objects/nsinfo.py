@@ -1,0 +1,54 @@
+"""The namespaces other than pid a process lives in (TASK_NS): which of mount, uts, ipc and net
+are its own rather than the dumper's, and its host and domain names (uname, injected: the uts
+namespace is the task's, not ours).
+
+Restore makes new uts and ipc namespaces for an image whose init had its own (the names set
+again); mount and net are recorded but not recreated (docs/restore.md). One uts and one ipc
+namespace per image: a process in another one than its init's is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ..errors import KernelError, Unsupported
+from ..image.records import NS_FLAG_NAMES, RecType
+from ..kernel.ptrace import Injector
+from .context import DumpContext
+
+if TYPE_CHECKING:
+    from .task import ProcState
+
+SYS_uname = 63
+UTSNAME_LEN = 65  # six fields of 65 bytes: sysname, nodename, release, version, machine, domainname
+
+
+def _ino(pid: int | str, name: str, proc: str) -> int:
+    return os.stat(f"{proc}/{pid}/ns/{name}").st_ino
+
+
+def check(procs: list["ProcState"], proc: str) -> None:
+    """The kinds restore recreates (uts, ipc) must be one per image."""
+    init = procs[0]
+    for p in procs[1:]:
+        for name in ("uts", "ipc"):
+            if _ino(p.hostpid, name, proc) != _ino(init.hostpid, name, proc):
+                raise Unsupported(f"pid {p.nspid} (host pid {p.hostpid}) is in another {name} namespace "
+                                  "than the namespace's init: one of each per image is supported")
+
+
+def collect(p: "ProcState", inj: Injector, proc: str) -> None:
+    p.own_ns = sum(flag for flag, name in NS_FLAG_NAMES.items() if _ino(p.hostpid, name, proc) != _ino("self", name, proc))
+    with inj.scratch(6 * UTSNAME_LEN) as (addr, mem):
+        ret = inj.syscall(SYS_uname, addr)
+        if -4096 < ret < 0:
+            raise KernelError(f"uname in {p.hostpid}", -ret)
+        mem.seek(addr)
+        raw = mem.read(6 * UTSNAME_LEN)
+    p.nodename = raw[UTSNAME_LEN:2 * UTSNAME_LEN].split(b"\0", 1)[0]
+    p.domainname = raw[5 * UTSNAME_LEN:].split(b"\0", 1)[0]
+
+
+def write(ctx: DumpContext, p: "ProcState") -> None:
+    ctx.w.record(RecType.TASK_NS, dict(own=p.own_ns), payload=p.nodename + b"\0" + p.domainname + b"\0")
