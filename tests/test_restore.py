@@ -1083,3 +1083,54 @@ def test_own_uts_and_ipc_namespaces_come_back_with_their_names(pidns, tmp_path, 
     time.sleep(0.3)
     after = log.read_text().splitlines()[n:]
     assert after and set(after) == {"ckpt-host ckpt-dom"}, after
+
+
+CAPS_WORKLOAD = r"""
+import ctypes, os, struct, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def ok(ret, what):
+    assert ret == 0, (what, ctypes.get_errno())
+for cap in (13, 16):  # CAP_NET_RAW, CAP_SYS_MODULE out of the bounding set
+    ok(libc.prctl(24, cap, 0, 0, 0), "capbset_drop")
+with open("/proc/self/status") as f:
+    prm = int(next(l for l in f if l.startswith("CapPrm:")).split()[1], 16)
+prm &= ~((1 << 13) | (1 << 16) | (1 << 19))  # and CAP_SYS_PTRACE out of permitted too
+inh = 1 << 10  # CAP_NET_BIND_SERVICE, also made ambient
+hdr = ctypes.create_string_buffer(struct.pack("<Ii", 0x20080522, 0), 8)
+data = ctypes.create_string_buffer(struct.pack("<6I", prm & 0xFFFFFFFF, prm & 0xFFFFFFFF, inh, prm >> 32, prm >> 32, 0), 24)
+ok(libc.capset(hdr, data), "capset")
+ok(libc.prctl(47, 2, 10, 0, 0), "ambient raise")
+ok(libc.prctl(28, 0x4, 0, 0, 0), "securebits")  # SECBIT_NO_SETUID_FIXUP
+threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+out = open(os.path.join(sys.argv[1], "caps.log"), "a", buffering=1)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    out.write(f"securebits={libc.prctl(27, 0, 0, 0, 0)}\n")
+    time.sleep(0.05)
+"""
+
+
+def _caps_of(pid: int) -> dict:
+    out = {}
+    for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+        st = _status(f"/proc/{pid}/task/{tid}")
+        out[nspid(int(tid))] = tuple(st[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
+    return out
+
+
+def test_dropped_capabilities_stay_dropped(pidns, tmp_path, restored):
+    """A root workload that dropped capabilities (as containers do) must not get them back: every
+    thread's five sets and the securebits are the image's after the restore."""
+    w = pidns([sys.executable, "-c", CAPS_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = _caps_of(w.init)
+    assert len(want) == 2 and all(int(c[3], 16) >> 13 & 1 == 0 and int(c[4], 16) == 1 << 10 for c in want.values()), want
+    img = str(tmp_path / "caps.img")
+    dump_kill(w, img)
+    log = tmp_path / "caps.log"
+    n = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    assert _caps_of(res["init_pid"]) == want
+    time.sleep(0.3)
+    after = log.read_text().splitlines()[n:]
+    assert after and set(after) == {"securebits=4"}, after

@@ -9,6 +9,7 @@ injected clone3(set_tid) of threads needs the task's root capabilities.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 
@@ -22,7 +23,14 @@ SYS_setresuid = 117
 SYS_setresgid = 119
 SYS_tgkill = 234
 SYS_prctl = 157
+SYS_capset = 126
 PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
+SECBIT_KEEP_CAPS = 0x10
+CAP_LAST = 63  # bits the image can name; the kernel's last is lower and unknown ones are skipped
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+CAP_HEADER = struct.Struct("<Ii")  # struct __user_cap_header_struct: version, pid (0: self)
+CAP_DATA = struct.Struct("<III")  # struct __user_cap_data_struct: effective, permitted, inheritable
 SIGKILL, SIGSTOP = 9, 19
 
 
@@ -52,22 +60,63 @@ def _check(ret: int, what: str) -> int:
 
 
 def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
-    """setgroups, setresgid, setresuid inside the task, when they differ from ours (root's).
+    """The image's credentials inside one thread: ids, groups, and capability sets.
 
-    Capabilities then follow the kernel's uid rules (dropping to non-root clears them); an
-    image whose capability sets differ from what those rules give is restored with the rules'.
+    A container's root usually runs with capabilities dropped: without this a restored one
+    would get all of the controller's back. Order: keep capabilities across the uid change
+    (SECBIT_KEEP_CAPS), shrink the bounding set while CAP_SETPCAP is still ours, change ids
+    (which clears the effective set), make the whole target permitted set effective for a moment
+    to set the image's securebits (that needs CAP_SETPCAP) and raise the ambient ones, then
+    capset the final effective set. Capabilities the controller itself lacks (this host's root
+    has no CAP_SYS_RESOURCE) cannot be given: every set is clamped to what the thread has.
     """
-    if (creds["uid"], creds["euid"], creds["suid"], creds["gid"], creds["egid"], creds["sgid"]) == \
-            (os.getuid(), os.geteuid(), os.getuid(), os.getgid(), os.getegid(), os.getgid()) \
-            and sorted(groups) == sorted(os.getgroups()):
-        return
     tid = inj.t.tid
-    with inj.scratch(4 * max(1, len(groups))) as (addr, mem):
+    ours = _capget(inj)
+    _check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS), f"prctl(PR_SET_SECUREBITS) in {tid}")
+    for cap in range(CAP_LAST + 1):
+        if not creds["cap_bnd"] >> cap & 1 and ours["bnd"] >> cap & 1:
+            _check(inj.syscall(SYS_prctl, PR_CAPBSET_DROP, cap), f"prctl(PR_CAPBSET_DROP, {cap}) in {tid}")
+    if (creds["uid"], creds["euid"], creds["suid"], creds["gid"], creds["egid"], creds["sgid"]) != \
+            (os.getuid(), os.geteuid(), os.getuid(), os.getgid(), os.getegid(), os.getgid()) \
+            or sorted(groups) != sorted(os.getgroups()):
+        with inj.scratch(4 * max(1, len(groups))) as (addr, mem):
+            mem.seek(addr)
+            mem.write(struct.pack(f"<{len(groups)}I", *groups))
+            _check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
+        _check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
+        _check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
+    prm = creds["cap_prm"] & ours["prm"]
+    inh = creds["cap_inh"] & (ours["inh"] | (prm & creds["cap_bnd"]))
+    _capset(inj, prm, prm, inh)
+    ret = inj.syscall(SYS_prctl, PR_SET_SECUREBITS, creds["securebits"])
+    if -4096 < ret < 0 and not (-ret == errno.EPERM and creds["securebits"] == 0):
+        # EPERM with a target of 0: no CAP_SETPCAP left to clear KEEP_CAPS with (docs/restore.md)
+        _check(ret, f"prctl(PR_SET_SECUREBITS) in {tid}")
+    for cap in range(CAP_LAST + 1):
+        if creds["cap_amb"] >> cap & 1 and prm >> cap & inh >> cap & 1:
+            _check(inj.syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
+                   f"prctl(PR_CAP_AMBIENT_RAISE, {cap}) in {tid}")
+    _capset(inj, creds["cap_eff"] & prm, prm, inh)
+
+
+def _capget(inj: Injector) -> dict[str, int]:
+    """The thread's own sets, as /proc/TID/status shows them (no injection needed)."""
+    sets = {}
+    with open(f"/proc/{inj.t.tid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                sets[key[3:].lower()] = int(value, 16)
+    return sets
+
+
+def _capset(inj: Injector, eff: int, prm: int, inh: int) -> None:
+    with inj.scratch(CAP_HEADER.size + 2 * CAP_DATA.size) as (addr, mem):
         mem.seek(addr)
-        mem.write(struct.pack(f"<{len(groups)}I", *groups))
-        _check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
-    _check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
-    _check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
+        mem.write(CAP_HEADER.pack(LINUX_CAPABILITY_VERSION_3, 0))
+        for half in (0, 32):
+            mem.write(CAP_DATA.pack(eff >> half & 0xFFFFFFFF, prm >> half & 0xFFFFFFFF, inh >> half & 0xFFFFFFFF))
+        _check(inj.syscall(SYS_capset, addr, addr + CAP_HEADER.size), f"capset in {inj.t.tid}")
 
 
 def set_dumpable(inj: Injector, dumpable: int) -> None:
