@@ -169,11 +169,13 @@ class Dumper:
                     task.write_cpu(ctx, t, len(xs))
                     task.write_sched(ctx, t)
                     seccomp.write(ctx, t)
+                    task.write_siginfo(ctx, t.siginfo, shared=False)
                     if t.hosttid == p.hostpid:
                         task.write_proc(ctx, p)
                         timers.write(ctx, p)
                         locks.write(ctx, p)
                         nsinfo.write(ctx, p)
+                        task.write_siginfo(ctx, p.shared_siginfo, shared=True)
                     ctx.stats.tasks += 1
                     ctx.progress()
         finally:

@@ -306,7 +306,7 @@ class _Restore:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
         for t in self.img.tasks:
             creds.raise_pending(self.host[t.tgid], self.by_tid[t.tid].tid, t.thread["pending"],
-                                t.proc["shared_pending"] if t.proc else None)
+                                t.proc["shared_pending"] if t.proc else None, t.siginfo, t.shared_siginfo)
         for tr in self.tracees:
             tr.detach()
         self.tracees = []

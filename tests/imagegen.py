@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 
 from ckptrace.image.records import (PAGE_SIZE, REG_NAMES, VMA_LAST_PAGE, FileType, ObjType,
                                     RecType, VmaType)
@@ -91,6 +92,7 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
                   [dict(id=3, clock=1, signo=10, notify=0, target=tgid, sival=0x1234, interval=0, value=5 * 10**9)])
         wr.record(RecType.TASK_LOCKS, dict(nlocks=1), [dict(kind=2, type=1, fd=0, start=0, length=0)])
         wr.record(RecType.TASK_NS, dict(own=0x04020000), b"sample-host\0(none)\0")  # own mnt and uts
+        wr.record(RecType.TASK_SIGINFO, dict(shared=1, nsiginfo=1), struct.pack("<iii", 35, 0, -1).ljust(128, b"\0"))
 
 
 def mm(wr, ref, exe_ref, pages, seed):

@@ -1134,3 +1134,49 @@ def test_dropped_capabilities_stay_dropped(pidns, tmp_path, restored):
     time.sleep(0.3)
     after = log.read_text().splitlines()[n:]
     assert after and set(after) == {"securebits=4"}, after
+
+
+SIGQUEUE_WORKLOAD = r"""
+import ctypes, os, signal, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+RT = signal.SIGRTMIN + 1
+signal.pthread_sigmask(signal.SIG_BLOCK, {RT, signal.SIGUSR1})
+for value in (11, 22, 33):  # three instances of one RT signal, each with its own value
+    assert libc.sigqueue(os.getpid(), RT, ctypes.c_void_p(value)) == 0
+os.kill(os.getpid(), signal.SIGUSR1)  # kill(): SI_USER, queued again by number
+d = sys.argv[1]
+open(os.path.join(d, "ready"), "w").close()
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.02)
+info = ctypes.create_string_buffer(128)
+ts = ctypes.create_string_buffer(struct.pack("<qq", 0, 0), 16)
+mask = ctypes.create_string_buffer(struct.pack("<Q", (1 << (RT - 1)) | (1 << (signal.SIGUSR1 - 1))), 128)
+got = []
+while True:
+    sig = libc.sigtimedwait(mask, info, ts)
+    if sig < 0:
+        break
+    signo, _, code, pid, uid, value = struct.unpack_from("<iii4xiIq", info.raw)
+    got.append(f"{signo}:{code}:{value if signo == RT else '-'}")
+with open(os.path.join(d, "got"), "w") as f:
+    f.write(" ".join(got))
+time.sleep(1000)
+"""
+
+
+def test_queued_signals_come_back_with_their_siginfo(pidns, tmp_path, restored):
+    """Three sigqueue()d instances of one RT signal keep their order and si_value; a kill()ed
+    SIGUSR1 comes back as one."""
+    import signal as sg
+
+    w = pidns([sys.executable, "-c", SIGQUEUE_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "sq.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (tmp_path / "go").touch()
+    deadline = time.monotonic() + 3
+    while not (tmp_path / "got").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rt = int(sg.SIGRTMIN) + 1
+    assert (tmp_path / "got").read_text().split() == [f"{int(sg.SIGUSR1)}:0:-", f"{rt}:-1:11", f"{rt}:-1:22", f"{rt}:-1:33"]

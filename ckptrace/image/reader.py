@@ -1,9 +1,10 @@
 """The image grammar: checks record order and cross-references, and builds an `Image` index.
 
     image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
-    task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [proc]  (proc: leader only)
+    task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [TASK_SIGINFO(own)] [proc]
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
     proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS [TASK_POSIX_TIMERS]] [TASK_LOCKS] [TASK_NS]
+               [TASK_SIGINFO(shared)]                                   (proc: leaders only)
     object  := OBJREF body(objtype)
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
     body(FILE)       := FILE [FILE_NAME] file-extra*
@@ -28,6 +29,8 @@ from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_
                       cstring)
 from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
+
+SIGINFO_SIZE = 128
 
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
@@ -113,6 +116,8 @@ class Task:
     locks: list[dict[str, Any]] = field(default_factory=list)  # TASK_LOCKS entries, leaders only
     posix_timers: list[dict[str, Any]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
     own_ns: int | None = None  # TASK_NS: CLONE_NEW* bits of the namespaces that were its own
+    siginfo: list[bytes] = field(default_factory=list)  # its own queued signals (siginfo_t)
+    shared_siginfo: list[bytes] = field(default_factory=list)  # the process's (leaders only)
     nodename: bytes = b""
     domainname: bytes = b""
 
@@ -291,6 +296,8 @@ class _Parser:
             for _ in range(sc.fields["nfilters"]):
                 f = self.expect(RecType.TASK_SECCOMP_FILTER, "TASK_SECCOMP's filters")
                 t.seccomp_filters.append((f.fields["flags"], bytes(f.payload)))
+        if self.at(RecType.TASK_SIGINFO):
+            t.siginfo = self.siginfo(shared=False)
         if t.is_leader:
             c = self.expect(RecType.TASK_CREDS, "process leader")
             t.creds = c.fields
@@ -334,7 +341,18 @@ class _Parser:
                 if len(names) < 3:
                     self.fail(nsr, "TASK_NS payload must hold the host and domain names, NUL-terminated")
                 t.own_ns, t.nodename, t.domainname = nsr.fields["own"], names[0], names[1]
+            if self.at(RecType.TASK_SIGINFO):
+                t.shared_siginfo = self.siginfo(shared=True)
         img.tasks.append(t)
+
+    def siginfo(self, shared: bool) -> list[bytes]:
+        rec = self.expect(RecType.TASK_SIGINFO)
+        if rec.fields["shared"] != int(shared):
+            self.fail(rec, f"TASK_SIGINFO here must be the {'process' if shared else 'thread'}'s queue")
+        data = bytes(rec.payload or b"")
+        if len(data) != rec.fields["nsiginfo"] * SIGINFO_SIZE:
+            self.fail(rec, f"TASK_SIGINFO holds {len(data)} bytes, not {rec.fields['nsiginfo']} siginfo_t")
+        return [data[i:i + SIGINFO_SIZE] for i in range(0, len(data), SIGINFO_SIZE)]
 
     def ref(self, rec: Record, objref: int, kind: type, allow_zero: bool = False):
         if allow_zero and objref == 0:

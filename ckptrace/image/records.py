@@ -58,6 +58,7 @@ class RecType(enum.IntEnum):
     TASK_LOCKS = 113
     TASK_POSIX_TIMERS = 114
     TASK_NS = 115
+    TASK_SIGINFO = 116
     FILE_TABLE = 301
     FILE_DESC = 302
     FILE_NAME = 303
@@ -429,6 +430,11 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "signal, sigev_notify (SIGEV_THREAD_ID 4 added for a thread target), the thread or "
            "process notified (pid inside the namespace), sigev_value, and from timer_gettime the "
            "interval and time left in ns (0: disarmed)."),
+    _R(RecType.TASK_SIGINFO, (u32("shared"), u32("nsiginfo")), Payload.BYTES, max_payload=65536 * 128,
+       doc="Queued pending signals with their siginfo (present only when some are queued): a "
+           "thread's own queue (shared 0, after its CPU records) or its process's (shared 1, with "
+           "the leader's process records); payload: nsiginfo siginfo_t of 128 bytes, oldest first, "
+           "as PTRACE_PEEKSIGINFO returns them."),
     _R(RecType.TASK_NS, (u32("own", "flags", NS_FLAG_NAMES), pad(4)), Payload.BYTES, max_payload=2 * 65,
        doc="Which of a process's mount, uts, ipc and net namespaces were its own (not the "
            "dumper's), as CLONE_NEW* bits; payload: its host name NUL domain name NUL (uname)."),

@@ -29,6 +29,10 @@ PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
+PTRACE_PEEKSIGINFO = 0x4209
+PTRACE_PEEKSIGINFO_SHARED = 1
+SIGINFO_SIZE = 128
+PEEKSIGINFO_ARGS = struct.Struct("<QIi")  # struct ptrace_peeksiginfo_args: off, flags, nr
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 RSEQ_CONF = struct.Struct("<QIII4x")  # struct ptrace_rseq_configuration: pointer, size, signature, flags
 PTRACE_SETSIGMASK = 0x420B
@@ -192,6 +196,21 @@ class Tracee:
             return 0, 0, 0
         ptr, size, sig, _flags = RSEQ_CONF.unpack(conf.raw)
         return (ptr, size, sig) if ptr else (0, 0, 0)
+
+    def peek_siginfo(self, shared: bool) -> list[bytes]:
+        """The queued siginfo_t (128 bytes each) of the thread's own pending signals, or of its
+        process's shared ones, oldest first, without dequeuing them."""
+        out: list[bytes] = []
+        batch = 32
+        buf = ctypes.create_string_buffer(batch * SIGINFO_SIZE)
+        while True:
+            args = ctypes.create_string_buffer(
+                PEEKSIGINFO_ARGS.pack(len(out), PTRACE_PEEKSIGINFO_SHARED if shared else 0, batch), PEEKSIGINFO_ARGS.size)
+            n = _ptrace(PTRACE_PEEKSIGINFO, self.tid, ctypes.addressof(args), ctypes.c_void_p(ctypes.addressof(buf)),
+                        "PEEKSIGINFO")
+            out += [buf.raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(n)]
+            if n < batch:
+                return out
 
     def get_seccomp_filters(self) -> list[tuple[int, bytes]]:
         """The thread's seccomp filter chain, oldest (first installed) first: (flags, the

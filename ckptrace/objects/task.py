@@ -56,6 +56,7 @@ class ThreadState:
     no_new_privs: int = 0
     seccomp_filters: list[tuple[int, bytes]] = field(default_factory=list)  # oldest first
     sched: dict[str, int] = field(default_factory=dict)  # sched_getattr fields
+    siginfo: list[bytes] = field(default_factory=list)  # its own queued signals' siginfo_t
     affinity: bytes = b""  # CPU bitmask, bit n = CPU n
     regs: list[int] = field(default_factory=list)
     xstate: bytes = b""
@@ -78,6 +79,7 @@ class ProcState:
     itimers: dict[str, int] = field(default_factory=dict)  # TASK_ITIMERS fields, µs
     posix_timers: list[dict[str, int]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
     own_ns: int = 0  # CLONE_NEW* bits of the namespaces not shared with the dumper
+    shared_siginfo: list[bytes] = field(default_factory=list)  # process-wide queued signals' siginfo_t
     nodename: bytes = b""
     domainname: bytes = b""
     brk: int = 0
@@ -115,6 +117,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.xstate = tr.get_xstate()
     t.blocked = tr.get_sigmask()
     t.rseq = tr.get_rseq()
+    t.siginfo = tr.peek_siginfo(shared=False)
     t.sched = dict(sched_getattr(t.hosttid), timer_slack=procfs.timerslack(t.hosttid, proc))
     t.affinity = cpu_mask(os.sched_getaffinity(t.hosttid))
     seccomp.collect(t, st)
@@ -152,6 +155,7 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
     p.dumpable = _checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
     timers.collect(p, inj, ns_pid, proc)
     nsinfo.collect(p, inj, proc)
+    p.shared_siginfo = leader.tracee.peek_siginfo(shared=True)
     p.securebits = _checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
     # brk(0) returns the current break: /proc/PID/stat has only start_brk.
     p.brk = _checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
@@ -181,6 +185,12 @@ def cpu_mask(cpus) -> bytes:
     """{0, 3} -> b"\x09": a little-endian bitmask, as cpu_set_t holds it, without trailing zeros."""
     n = sum(1 << c for c in cpus)
     return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "little")
+
+
+def write_siginfo(ctx: DumpContext, queue: list[bytes], shared: bool) -> None:
+    """TASK_SIGINFO, only for a non-empty queue."""
+    if queue:
+        ctx.w.record(RecType.TASK_SIGINFO, dict(shared=int(shared), nsiginfo=len(queue)), payload=b"".join(queue))
 
 
 def write_sched(ctx: DumpContext, t: ThreadState) -> None:

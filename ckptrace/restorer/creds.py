@@ -22,6 +22,9 @@ SYS_setgroups = 116
 SYS_setresuid = 117
 SYS_setresgid = 119
 SYS_tgkill = 234
+SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo = 129, 297
+SI_TKILL = -6
+SIGRTMIN = 32  # the kernel's: every signal from here on queues one instance per send
 SYS_prctl = 157
 SYS_capset = 126
 PR_SET_DUMPABLE = 4
@@ -126,18 +129,48 @@ def set_dumpable(inj: Injector, dumpable: int) -> None:
         _check(inj.syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable), f"prctl(PR_SET_DUMPABLE) in {inj.t.tid}")
 
 
-def raise_pending(host_tgid: int, host_tid: int, thread_pending: int, shared_pending: int | None) -> None:
-    """Queue the image's pending signals again (standard signals only hold one instance anyway)."""
-    for sig in range(1, 65):
-        bit = 1 << (sig - 1)
-        if sig in (SIGKILL, SIGSTOP):
+def raise_pending(host_tgid: int, host_tid: int, thread_pending: int, shared_pending: int | None,
+                  thread_info: list[bytes] = (), shared_info: list[bytes] = ()) -> None:
+    """Queue the image's pending signals again, in their order. A signal queued with a user
+    siginfo (sigqueue, timers, mqueue, AIO: si_code < 0, not SI_TKILL) is queued again with the
+    very same siginfo (its si_value and sender); the kernel lets nobody forge the others from
+    outside, so those are raised again with tgkill/kill, one per queued instance (standard
+    signals only ever hold one)."""
+    for pending, queue, shared in ((thread_pending, thread_info, False), (shared_pending, shared_info, True)):
+        if pending is None:
             continue
-        if thread_pending & bit:
-            _check(-ctypes.get_errno() if libc.syscall(ctypes.c_long(SYS_tgkill), ctypes.c_long(host_tgid),
-                                                       ctypes.c_long(host_tid), ctypes.c_long(sig)) < 0 else 0,
-                   f"tgkill({host_tid}, {sig})")
-        if shared_pending is not None and shared_pending & bit:
-            os.kill(host_tgid, sig)
+        raised: set[int] = set()
+        for info in queue:
+            signo, _err, code = struct.unpack_from("<iii", info)
+            if not 0 < signo <= 64 or not pending >> (signo - 1) & 1 or signo in (SIGKILL, SIGSTOP):
+                continue
+            if code < 0 and code != SI_TKILL:
+                _queue_info(host_tgid, host_tid, signo, info, shared)
+            elif signo >= SIGRTMIN or signo not in raised:
+                _raise(host_tgid, host_tid, signo, shared)
+            raised.add(signo)
+        for sig in range(1, 65):  # pending without a queue entry (none expected): by number
+            if pending >> (sig - 1) & 1 and sig not in raised and sig not in (SIGKILL, SIGSTOP):
+                _raise(host_tgid, host_tid, sig, shared)
+
+
+def _raise(host_tgid: int, host_tid: int, sig: int, shared: bool) -> None:
+    if shared:
+        os.kill(host_tgid, sig)
+        return
+    _check(-ctypes.get_errno() if libc.syscall(ctypes.c_long(SYS_tgkill), ctypes.c_long(host_tgid),
+                                               ctypes.c_long(host_tid), ctypes.c_long(sig)) < 0 else 0,
+           f"tgkill({host_tid}, {sig})")
+
+
+def _queue_info(host_tgid: int, host_tid: int, sig: int, info: bytes, shared: bool) -> None:
+    buf = ctypes.create_string_buffer(info, len(info))
+    if shared:
+        ret = libc.syscall(ctypes.c_long(SYS_rt_sigqueueinfo), ctypes.c_long(host_tgid), ctypes.c_long(sig), buf)
+    else:
+        ret = libc.syscall(ctypes.c_long(SYS_rt_tgsigqueueinfo), ctypes.c_long(host_tgid), ctypes.c_long(host_tid),
+                           ctypes.c_long(sig), buf)
+    _check(-ctypes.get_errno() if ret < 0 else 0, f"rt_sigqueueinfo({host_tid if not shared else host_tgid}, {sig})")
 
 
 def set_mask(t: Tracee, blocked: int) -> None:
