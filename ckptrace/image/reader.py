@@ -25,12 +25,10 @@ from typing import Any, BinaryIO, Callable
 
 from ..errors import ImageError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
-                      TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType,
-                      cstring)
+                      SIGINFO_SIZE, TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType, RecType,
+                      VmaType, cstring)
 from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
-
-SIGINFO_SIZE = 128
 
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,

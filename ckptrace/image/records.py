@@ -151,6 +151,7 @@ SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BA
                   6: "SCHED_DEADLINE", 7: "SCHED_EXT"}
 MAX_CPU_MASK = 1024  # bytes of affinity mask kept: 8192 CPUs
 BPF_MAXINSNS = 4096  # per seccomp filter (include/uapi/linux/bpf_common.h)
+SIGINFO_SIZE = 128  # sizeof(siginfo_t): TASK_SIGINFO holds whole ones
 
 
 @dataclass(frozen=True)
@@ -430,7 +431,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "signal, sigev_notify (SIGEV_THREAD_ID 4 added for a thread target), the thread or "
            "process notified (pid inside the namespace), sigev_value, and from timer_gettime the "
            "interval and time left in ns (0: disarmed)."),
-    _R(RecType.TASK_SIGINFO, (u32("shared"), u32("nsiginfo")), Payload.BYTES, max_payload=65536 * 128,
+    _R(RecType.TASK_SIGINFO, (u32("shared"), u32("nsiginfo")), Payload.BYTES, max_payload=65536 * SIGINFO_SIZE,
        doc="Queued pending signals with their siginfo (present only when some are queued): a "
            "thread's own queue (shared 0, after its CPU records) or its process's (shared 1, with "
            "the leader's process records); payload: nsiginfo siginfo_t of 128 bytes, oldest first, "

@@ -17,6 +17,7 @@ import signal
 import struct
 
 from ..errors import AccessDenied, KernelError, NoSuchProcess, from_oserror
+from ..image.records import SIGINFO_SIZE
 from .sys import iovec, libc
 
 PTRACE_CONT = 7
@@ -31,7 +32,6 @@ PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_PEEKSIGINFO = 0x4209
 PTRACE_PEEKSIGINFO_SHARED = 1
-SIGINFO_SIZE = 128
 PEEKSIGINFO_ARGS = struct.Struct("<QIi")  # struct ptrace_peeksiginfo_args: off, flags, nr
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 RSEQ_CONF = struct.Struct("<QIII4x")  # struct ptrace_rseq_configuration: pointer, size, signature, flags
@@ -62,23 +62,20 @@ SYSCALL_INSN = b"\x0f\x05"
 _FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 
 
-def _ptrace(req: int, pid: int, addr: int = 0, data: int | ctypes.c_void_p | None = 0, what: str = "") -> int:
-    ctypes.set_errno(0)
-    ret = libc.ptrace(req, pid, ctypes.c_void_p(addr), data if isinstance(data, ctypes.c_void_p)
-                      else ctypes.c_void_p(data))
-    if ret == -1:
-        err = ctypes.get_errno()
-        if err:
-            raise from_oserror(OSError(err, os.strerror(err)), f"ptrace {what or req} of {pid}")
-    return ret
-
-
-def _ptrace_errno(req: int, pid: int, addr: int, data: int | ctypes.c_void_p) -> tuple[int, int]:
-    """ptrace returning (result, errno) for requests whose errors are answers (ENOENT: no more)."""
+def _ptrace_errno(req: int, pid: int, addr: int = 0, data: int | ctypes.c_void_p | None = 0) -> tuple[int, int]:
+    """ptrace returning (result, errno): for requests whose errors are answers (ENOENT: no more).
+    errno is cleared first: PEEK requests may return -1 as data."""
     ctypes.set_errno(0)
     ret = libc.ptrace(req, pid, ctypes.c_void_p(addr), data if isinstance(data, ctypes.c_void_p)
                       else ctypes.c_void_p(data))
     return ret, (ctypes.get_errno() if ret == -1 else 0)
+
+
+def _ptrace(req: int, pid: int, addr: int = 0, data: int | ctypes.c_void_p | None = 0, what: str = "") -> int:
+    ret, err = _ptrace_errno(req, pid, addr, data)
+    if err:
+        raise from_oserror(OSError(err, os.strerror(err)), f"ptrace {what or req} of {pid}")
+    return ret
 
 
 class Tracee:
