@@ -288,6 +288,13 @@ def find_syscall_insn(pid: int) -> int:
     return start + i
 
 
+def checked(ret: int, what: str) -> int:
+    """An injected call's raw result, or its -errno raised as the ckptrace error it maps to."""
+    if ret < 0:
+        raise from_oserror(OSError(-ret, os.strerror(-ret)), what)
+    return ret
+
+
 class Injector:
     """Runs system calls inside a stopped tracee, leaving its registers as they were."""
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import KernelError, Unsupported
+from ..errors import Unsupported
 from ..image.records import NS_FLAG_NAMES, RecType
-from ..kernel.ptrace import Injector
+from ..kernel.ptrace import Injector, checked
 from .context import DumpContext
 
 if TYPE_CHECKING:
@@ -41,9 +41,7 @@ def check(procs: list["ProcState"], proc: str) -> None:
 def collect(p: "ProcState", inj: Injector, proc: str) -> None:
     p.own_ns = sum(flag for flag, name in NS_FLAG_NAMES.items() if _ino(p.hostpid, name, proc) != _ino("self", name, proc))
     with inj.scratch(6 * UTSNAME_LEN) as (addr, mem):
-        ret = inj.syscall(SYS_uname, addr)
-        if -4096 < ret < 0:
-            raise KernelError(f"uname in {p.hostpid}", -ret)
+        checked(inj.syscall(SYS_uname, addr), f"uname in {p.hostpid}")
         mem.seek(addr)
         raw = mem.read(6 * UTSNAME_LEN)
     p.nodename = raw[UTSNAME_LEN:2 * UTSNAME_LEN].split(b"\0", 1)[0]

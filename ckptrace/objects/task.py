@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, RecType
 from ..kernel import procfs
-from ..kernel.ptrace import Injector, Tracee
+from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import sched_getattr
 from . import nsinfo, seccomp, timers
 from .context import DumpContext
@@ -91,14 +91,6 @@ class ProcState:
         return self.threads[0]
 
 
-def _checked(ret: int, what: str) -> int:
-    if ret < 0:
-        from ..errors import from_oserror
-
-        raise from_oserror(OSError(-ret, what), what)
-    return ret
-
-
 def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     """Everything per thread: ptrace register sets and injected reads."""
     st = procfs.status(t.hostpid, t.hosttid, proc)
@@ -123,10 +115,10 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     seccomp.collect(t, st)
     inj = Injector(tr, insn)
     with inj.scratch(32) as (addr, mem):
-        _checked(inj.syscall(SYS_prctl, PR_GET_TID_ADDRESS, addr), f"prctl(PR_GET_TID_ADDRESS) in {t.hosttid}")
+        checked(inj.syscall(SYS_prctl, PR_GET_TID_ADDRESS, addr), f"prctl(PR_GET_TID_ADDRESS) in {t.hosttid}")
         mem.seek(addr)
         t.clear_child_tid = struct.unpack("<Q", mem.read(8))[0]
-        _checked(inj.syscall(SYS_sigaltstack, 0, addr), f"sigaltstack in {t.hosttid}")
+        checked(inj.syscall(SYS_sigaltstack, 0, addr), f"sigaltstack in {t.hosttid}")
         mem.seek(addr)
         t.altstack = STACK_T.unpack(mem.read(STACK_T.size))
 
@@ -139,26 +131,26 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
     inj = Injector(leader.tracee, p.syscall_insn)
     with inj.scratch(NSIG * SIGACTION.size) as (addr, mem):
         for sig in range(1, NSIG + 1):
-            _checked(inj.syscall(SYS_rt_sigaction, sig, 0, addr + (sig - 1) * SIGACTION.size, 8),
+            checked(inj.syscall(SYS_rt_sigaction, sig, 0, addr + (sig - 1) * SIGACTION.size, 8),
                      f"rt_sigaction({sig}) in {p.hostpid}")
         mem.seek(addr)
         data = mem.read(NSIG * SIGACTION.size)
         p.sigactions = list(SIGACTION.iter_unpack(data))
-        _checked(inj.syscall(SYS_prctl, PR_GET_PDEATHSIG, addr), f"prctl(PR_GET_PDEATHSIG) in {p.hostpid}")
+        checked(inj.syscall(SYS_prctl, PR_GET_PDEATHSIG, addr), f"prctl(PR_GET_PDEATHSIG) in {p.hostpid}")
         mem.seek(addr)
         p.pdeath_signal = struct.unpack("<i", mem.read(4))[0]
-        _checked(inj.syscall(SYS_prctl, PR_GET_CHILD_SUBREAPER, addr), f"prctl(PR_GET_CHILD_SUBREAPER) in {p.hostpid}")
+        checked(inj.syscall(SYS_prctl, PR_GET_CHILD_SUBREAPER, addr), f"prctl(PR_GET_CHILD_SUBREAPER) in {p.hostpid}")
         mem.seek(addr)
         subreaper = struct.unpack("<i", mem.read(4))[0]
-    thp_off = _checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
+    thp_off = checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
     p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
-    p.dumpable = _checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
+    p.dumpable = checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
     timers.collect(p, inj, ns_pid, proc)
     nsinfo.collect(p, inj, proc)
     p.shared_siginfo = leader.tracee.peek_siginfo(shared=True)
-    p.securebits = _checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
+    p.securebits = checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
     # brk(0) returns the current break: /proc/PID/stat has only start_brk.
-    p.brk = _checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
+    p.brk = checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
     for t in p.threads:
         collect_thread(t, p.syscall_insn, proc)
 

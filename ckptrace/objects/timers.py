@@ -10,21 +10,18 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from ..errors import KernelError, Unsupported
+from ..errors import Unsupported
 from ..image.records import RecType
 from ..kernel import procfs
-from ..kernel.ptrace import Injector
+from ..kernel.ptrace import Injector, checked
 from .context import DumpContext
 
 if TYPE_CHECKING:
     from .task import ProcState
 
-SYS_getitimer = 36
+SYS_getitimer, SYS_timer_gettime = 36, 224
 ITIMERS = ("real", "virtual", "prof")  # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
 ITIMERVAL = struct.Struct("<qqqq")  # struct itimerval: it_interval {sec, usec}, it_value {sec, usec}
-
-
-SYS_timer_gettime = 224
 ITIMERSPEC = struct.Struct("<qqqq")  # struct itimerspec: it_interval {sec, nsec}, it_value {sec, nsec}
 
 
@@ -33,9 +30,7 @@ def collect(p: "ProcState", inj: Injector, ns_pid: dict[int, int], proc: str) ->
     timers = procfs.posix_timers(p.hostpid, proc)
     with inj.scratch(ITIMERSPEC.size) as (addr, mem):
         for t in timers:
-            ret = inj.syscall(SYS_timer_gettime, t["id"], addr)
-            if -4096 < ret < 0:
-                raise KernelError(f"timer_gettime({t['id']}) in {p.hostpid}", -ret)
+            checked(inj.syscall(SYS_timer_gettime, t["id"], addr), f"timer_gettime({t['id']}) in {p.hostpid}")
             mem.seek(addr)
             isec, insec, vsec, vnsec = ITIMERSPEC.unpack(mem.read(ITIMERSPEC.size))
             t["interval"], t["value"] = isec * 1_000_000_000 + insec, vsec * 1_000_000_000 + vnsec
@@ -51,9 +46,7 @@ def _collect_itimers(p: "ProcState", inj: Injector) -> None:
     values: dict[str, int] = {}
     with inj.scratch(ITIMERVAL.size) as (addr, mem):
         for which, name in enumerate(ITIMERS):
-            ret = inj.syscall(SYS_getitimer, which, addr)
-            if -4096 < ret < 0:
-                raise KernelError(f"getitimer({name}) in {p.hostpid}", -ret)
+            checked(inj.syscall(SYS_getitimer, which, addr), f"getitimer({name}) in {p.hostpid}")
             mem.seek(addr)
             isec, iusec, vsec, vusec = ITIMERVAL.unpack(mem.read(ITIMERVAL.size))
             values[f"{name}_interval"] = isec * 1_000_000 + iusec
