@@ -142,7 +142,7 @@ class Dumper:
             for m in p.maps:
                 mm.check_mapping(p.nspid, m)
             files.check_fds(ctx, p.hostpid, p.nspid)
-            locks.check_process(ctx, p)
+            locks.collect(ctx, p)
             for t in p.threads:
                 seccomp.check_thread(p, t, proc)
         for p in procs:

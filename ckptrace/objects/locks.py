@@ -29,8 +29,10 @@ def _held(ctx: DumpContext, pid: int):
             yield fd, kind, mode, start, end
 
 
-def check_process(ctx: DumpContext, p: "ProcState") -> None:
-    for fd, kind, *_ in _held(ctx, p.hostpid):
+def collect(ctx: DumpContext, p: "ProcState") -> None:
+    """Read the locks once, in the refusal phase (the tasks are frozen: they cannot change)."""
+    p.held_locks = list(_held(ctx, p.hostpid))
+    for fd, kind, *_ in p.held_locks:
         if kind not in KINDS:
             raise Unsupported(f"pid {p.nspid} (host pid {p.hostpid}) fd {fd} holds a {kind} "
                               "(file lease or delegation), which ckptrace cannot checkpoint")
@@ -38,7 +40,7 @@ def check_process(ctx: DumpContext, p: "ProcState") -> None:
 
 def write(ctx: DumpContext, p: "ProcState") -> None:
     entries = []
-    for fd, kind, mode, start, end in _held(ctx, p.hostpid):
+    for fd, kind, mode, start, end in p.held_locks:
         length = 0 if end is None else end - start + 1
         typ = 1 if mode == "WRITE" else 0
         if KINDS[kind] != LOCK_POSIX:

@@ -80,6 +80,7 @@ class ProcState:
     posix_timers: list[dict[str, int]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
     own_ns: int = 0  # CLONE_NEW* bits of the namespaces not shared with the dumper
     shared_siginfo: list[bytes] = field(default_factory=list)  # process-wide queued signals' siginfo_t
+    held_locks: list[tuple] = field(default_factory=list)  # (fd, kind, mode, start, end) from fdinfo
     nodename: bytes = b""
     domainname: bytes = b""
     brk: int = 0
