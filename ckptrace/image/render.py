@@ -70,13 +70,26 @@ def socket_name(family: int, addr: bytes) -> str:
         if path[0] == 0:
             return "@" + path[1:].split(b"\0")[0].decode("utf-8", "replace")
         return path.split(b"\0")[0].decode("utf-8", "replace")
-    if family == s.AF_INET and len(addr) >= 8:
-        port = int.from_bytes(addr[2:4], "big")
-        return f"{s.inet_ntop(s.AF_INET, addr[4:8])}:{port}" if port or any(addr[4:8]) else ""
-    if family == s.AF_INET6 and len(addr) >= 24:
-        port = int.from_bytes(addr[2:4], "big")
-        return f"[{s.inet_ntop(s.AF_INET6, addr[8:24])}]:{port}" if port or any(addr[8:24]) else ""
-    return ""
+    inet = inet_sockaddr(family, addr)
+    if inet is None:
+        return ""
+    return f"{inet[0]}:{inet[1]}" if family == s.AF_INET else f"[{inet[0]}]:{inet[1]}"
+
+
+def inet_sockaddr(family: int, raw: bytes) -> tuple | None:
+    """A stored sockaddr_in / sockaddr_in6 as the socket module takes it: (host, port) or
+    (host, port, flowinfo, scope_id); None when unbound (any address, port 0) or not inet."""
+    import socket as s
+
+    port = int.from_bytes(raw[2:4], "big") if len(raw) >= 4 else 0
+    if family == s.AF_INET and len(raw) >= 8:
+        return (s.inet_ntop(s.AF_INET, raw[4:8]), port) if port or any(raw[4:8]) else None
+    if family == s.AF_INET6 and len(raw) >= 24:
+        if not (port or any(raw[8:24])):
+            return None
+        flow, scope = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], "little")
+        return s.inet_ntop(s.AF_INET6, raw[8:24]), port, flow, scope
+    return None
 
 
 def socket_desc(fields: dict[str, Any], payload: bytes) -> str:

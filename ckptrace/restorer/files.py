@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
 from ..image.reader import File, FileTable, Image, Mm
-from ..image.render import file_label, socket_desc
+from ..image.render import file_label, inet_sockaddr, socket_desc
 from ..image.records import (PAGE_SIZE, SOCKOPTS, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
 
 F_SETPIPE_SZ = 1031
@@ -313,7 +313,7 @@ class FileSet:
         rec = _extra(obj, RecType.FILE_SOCKET)
         f = rec.fields
         payload = bytes(rec.payload or b"")
-        local, peer = _inet_addr(f["family"], payload[:SOCKADDR_LEN]), _inet_addr(f["family"], payload[SOCKADDR_LEN:])
+        local, peer = inet_sockaddr(f["family"], payload[:SOCKADDR_LEN]), inet_sockaddr(f["family"], payload[SOCKADDR_LEN:])
         s = socket.socket(f["family"], f["type"], f["protocol"])
         try:
             _set_options(s, f["options"])
@@ -505,21 +505,6 @@ def _set_options(s, options: int) -> None:
     for bit, (level, opt) in SOCKOPTS.items():
         if options & bit:
             s.setsockopt(level, opt, 1)
-
-
-def _inet_addr(family: int, raw: bytes):
-    """A stored sockaddr_in/sockaddr_in6 as the socket module takes it; None when unbound."""
-    import socket
-
-    port = int.from_bytes(raw[2:4], "big") if len(raw) >= 4 else 0
-    if family == socket.AF_INET and len(raw) >= 8:
-        host = socket.inet_ntop(socket.AF_INET, raw[4:8])
-        return (host, port) if port or host != "0.0.0.0" else None
-    if family == socket.AF_INET6 and len(raw) >= 28:
-        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        flow, scope = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], "little")
-        return (host, port, flow, scope) if port or host != "::" else None
-    return None
 
 
 def _sun_path(sockaddr: bytes) -> bytes:
