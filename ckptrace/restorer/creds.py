@@ -13,9 +13,9 @@ import errno
 import os
 import struct
 
-from ..errors import KernelError
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import libc
+from .memory import check
 
 SYS_rt_sigaction = 13
 SYS_setgroups = 116
@@ -56,12 +56,6 @@ def install_sigactions(entries: list[dict]) -> None:
             raise OSError(err, f"rt_sigaction({sig}): {os.strerror(err)}")
 
 
-def _check(ret: int, what: str) -> int:
-    if -4096 < ret < 0:
-        raise KernelError(what, -ret)
-    return ret
-
-
 def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     """The image's credentials inside one thread: ids, groups, and capability sets.
 
@@ -75,29 +69,29 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     """
     tid = inj.t.tid
     ours = _capget(inj)
-    _check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS), f"prctl(PR_SET_SECUREBITS) in {tid}")
+    check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS), f"prctl(PR_SET_SECUREBITS) in {tid}")
     for cap in range(CAP_LAST + 1):
         if not creds["cap_bnd"] >> cap & 1 and ours["bnd"] >> cap & 1:
-            _check(inj.syscall(SYS_prctl, PR_CAPBSET_DROP, cap), f"prctl(PR_CAPBSET_DROP, {cap}) in {tid}")
+            check(inj.syscall(SYS_prctl, PR_CAPBSET_DROP, cap), f"prctl(PR_CAPBSET_DROP, {cap}) in {tid}")
     if (creds["uid"], creds["euid"], creds["suid"], creds["gid"], creds["egid"], creds["sgid"]) != \
             (os.getuid(), os.geteuid(), os.getuid(), os.getgid(), os.getegid(), os.getgid()) \
             or sorted(groups) != sorted(os.getgroups()):
         with inj.scratch(4 * max(1, len(groups))) as (addr, mem):
             mem.seek(addr)
             mem.write(struct.pack(f"<{len(groups)}I", *groups))
-            _check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
-        _check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
-        _check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
+            check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
+        check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
+        check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
     prm = creds["cap_prm"] & ours["prm"]
     inh = creds["cap_inh"] & (ours["inh"] | (prm & creds["cap_bnd"]))
     _capset(inj, prm, prm, inh)
     ret = inj.syscall(SYS_prctl, PR_SET_SECUREBITS, creds["securebits"])
     if -4096 < ret < 0 and not (-ret == errno.EPERM and creds["securebits"] == 0):
         # EPERM with a target of 0: no CAP_SETPCAP left to clear KEEP_CAPS with (docs/restore.md)
-        _check(ret, f"prctl(PR_SET_SECUREBITS) in {tid}")
+        check(ret, f"prctl(PR_SET_SECUREBITS) in {tid}")
     for cap in range(CAP_LAST + 1):
         if creds["cap_amb"] >> cap & 1 and prm >> cap & inh >> cap & 1:
-            _check(inj.syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
+            check(inj.syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
                    f"prctl(PR_CAP_AMBIENT_RAISE, {cap}) in {tid}")
     _capset(inj, creds["cap_eff"] & prm, prm, inh)
 
@@ -119,14 +113,14 @@ def _capset(inj: Injector, eff: int, prm: int, inh: int) -> None:
         mem.write(CAP_HEADER.pack(LINUX_CAPABILITY_VERSION_3, 0))
         for half in (0, 32):
             mem.write(CAP_DATA.pack(eff >> half & 0xFFFFFFFF, prm >> half & 0xFFFFFFFF, inh >> half & 0xFFFFFFFF))
-        _check(inj.syscall(SYS_capset, addr, addr + CAP_HEADER.size), f"capset in {inj.t.tid}")
+        check(inj.syscall(SYS_capset, addr, addr + CAP_HEADER.size), f"capset in {inj.t.tid}")
 
 
 def set_dumpable(inj: Injector, dumpable: int) -> None:
     """PR_SET_DUMPABLE after the credentials: a uid change resets it (commit_creds). Only 0 and 1
     can be set; 2 (suid_dumpable's "root only") stays what the kernel gives."""
     if dumpable in (0, 1):
-        _check(inj.syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable), f"prctl(PR_SET_DUMPABLE) in {inj.t.tid}")
+        check(inj.syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable), f"prctl(PR_SET_DUMPABLE) in {inj.t.tid}")
 
 
 def raise_pending(host_tgid: int, host_tid: int, thread_pending: int, shared_pending: int | None,
@@ -158,7 +152,7 @@ def _raise(host_tgid: int, host_tid: int, sig: int, shared: bool) -> None:
     if shared:
         os.kill(host_tgid, sig)
         return
-    _check(-ctypes.get_errno() if libc.syscall(ctypes.c_long(SYS_tgkill), ctypes.c_long(host_tgid),
+    check(-ctypes.get_errno() if libc.syscall(ctypes.c_long(SYS_tgkill), ctypes.c_long(host_tgid),
                                                ctypes.c_long(host_tid), ctypes.c_long(sig)) < 0 else 0,
            f"tgkill({host_tid}, {sig})")
 
@@ -170,7 +164,7 @@ def _queue_info(host_tgid: int, host_tid: int, sig: int, info: bytes, shared: bo
     else:
         ret = libc.syscall(ctypes.c_long(SYS_rt_tgsigqueueinfo), ctypes.c_long(host_tgid), ctypes.c_long(host_tid),
                            ctypes.c_long(sig), buf)
-    _check(-ctypes.get_errno() if ret < 0 else 0, f"rt_sigqueueinfo({host_tid if not shared else host_tgid}, {sig})")
+    check(-ctypes.get_errno() if ret < 0 else 0, f"rt_sigqueueinfo({host_tid if not shared else host_tgid}, {sig})")
 
 
 def set_mask(t: Tracee, blocked: int) -> None:
