@@ -18,7 +18,7 @@ import time
 from . import notify
 from .errors import CkptError, UsageError
 from .kernel import procfs
-from .watchmodel import Model, public
+from .watchmodel import Model
 
 DRAIN_SECONDS = 0.25
 RENDER_SECONDS = 0.125  # 8 refreshes a second
@@ -125,7 +125,7 @@ class Controller:
 
     # -- kernel events -------------------------------------------------------------------------
     def on_event(self, e) -> None:
-        kind = self.names.get(e.type, f"type{e.type}")
+        kind = self.names.get(e.type) or f"type{e.type}"
         ns, pid = e.ns, e.pid
         if kind == "discover" or not ns or not pid:
             where = self.resolve(e.hostpid)
@@ -136,37 +136,42 @@ class Controller:
                 return
         elif ns not in self.model.namespaces:
             self.watch_ns(ns)
-        if e.hostpid not in self.model.procs:
-            self.seed(e.hostpid, ns)
-        ev = {"event": kind, "pid": pid, "hostpid": e.hostpid, "ns": ns, "ts": e.ts}
-        if e.gen:
-            ev["_gen"] = e.gen
-        if kind == "fork":
-            ev.update(child=e.a0, _childhost=e.a1)
-        elif kind in ("exec", "rename"):
-            ev["comm"] = e.comm.decode("utf-8", "replace")  # c_char array: bytes up to the NUL
-        elif kind == "exit":
-            ev["code"] = e.code
-        elif kind in ("mmap", "mprotect"):
-            ev.update(addr=e.a0, len=e.a1, prot=e.a2)
+        hostpid = e.hostpid
+        if hostpid not in self.model.procs:
+            self.seed(hostpid, ns)
+        ev = {"event": kind, "pid": pid, "hostpid": hostpid, "ns": ns, "ts": e.ts}
+        gen = e.gen or None
+        if kind == "mmap" or kind == "mprotect":
+            ev["addr"], ev["len"], ev["prot"] = e.a0, e.a1, e.a2
+            out = self.model.apply(ev, gen=gen)
         elif kind == "munmap":
-            ev.update(addr=e.a0, len=e.a1)
-        elif kind == "mremap":
-            ev.update(addr=e.a0, len=e.a1, new_addr=e.a2, new_len=e.a3)
+            ev["addr"], ev["len"] = e.a0, e.a1
+            out = self.model.apply(ev, gen=gen)
         elif kind == "brk":
-            ev.update(_want=e.a0, _got=e.a1)
-        elif kind == "madvise":
-            ev.update(addr=e.a0, len=e.a1, advice=e.a2)
-        elif kind == "newns":
-            ev.update(flags=e.a0, how=NEWNS_HOW.get(e.code, str(e.code)))
-        out = self.model.apply(ev)
-        if kind == "exec":
-            # exec replaced the whole address space: re-read it from /proc, but only at the next
-            # drain (most exec'd processes of a busy loop are gone by then, and /proc reads are
-            # the controller's most expensive work)
-            self.stale.add(e.hostpid)
+            out = self.model.apply(ev, gen=gen, want=e.a0, got=e.a1)
+        elif kind == "fork":
+            ev["child"] = e.a0
+            out = self.model.apply(ev, childhost=e.a1)
+        elif kind == "exec" or kind == "rename":
+            ev["comm"] = e.comm.decode("utf-8", "replace")  # c_char array: bytes up to the NUL
+            out = self.model.apply(ev, gen=gen)
+            if kind == "exec":
+                # exec replaced the whole address space: re-read it from /proc, but only at the
+                # next drain (most exec'd processes of a busy loop are gone by then, and /proc
+                # reads are the controller's most expensive work)
+                self.stale.add(hostpid)
+        else:
+            if kind == "exit":
+                ev["code"] = e.code
+            elif kind == "mremap":
+                ev.update(addr=e.a0, len=e.a1, new_addr=e.a2, new_len=e.a3)
+            elif kind == "madvise":
+                ev.update(addr=e.a0, len=e.a1, advice=e.a2)
+            elif kind == "newns":
+                ev.update(flags=e.a0, how=NEWNS_HOW.get(e.code, str(e.code)))
+            out = self.model.apply(ev, gen=gen)
         if out is not None:
-            self.emit(public(out))
+            self.emit(out)
 
     # -- periodic work -------------------------------------------------------------------------
     def drain(self) -> None:
@@ -176,11 +181,11 @@ class Controller:
                 self.model.set_maps(p, _maps(hostpid))
         self.stale.clear()
         ts = time.monotonic_ns()
-        for hostpid, pages in self.prog.drain_dirty().items():
+        for hostpid, chunks in self.prog.drain_dirty().items():
             if hostpid not in self.model.procs:
                 if self.resolve(hostpid) is None:
                     continue
-            for ev in self.model.add_dirty(hostpid, pages, ts):
+            for ev in self.model.add_dirty_masks(hostpid, chunks, ts):
                 self.emit(ev)
 
     def check_lost(self) -> None:

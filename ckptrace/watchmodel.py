@@ -29,6 +29,10 @@ DEAD_SECONDS = 5.0
 RECENT = 300
 
 
+_LIVE = 1 << 62  # Vma.died of a mapping that has not died
+_MM_KINDS = frozenset(("exec", "mmap", "munmap", "mprotect", "mremap", "brk"))
+
+
 def page_up(n: int) -> int:
     return (n + PAGE - 1) & ~(PAGE - 1)
 
@@ -50,7 +54,7 @@ class Vma:
     dirty: set[int] = field(default_factory=set)  # page numbers (addr >> 12) written since the last dump
     born: int = 0  # mm generation the mapping appeared in
     lineage: int = 0  # shared by the pieces mprotect splits and mremap moves
-    died: int = 1 << 62  # for tombstones: generation it disappeared in
+    died: int = _LIVE  # for tombstones: generation it disappeared in
     moved: int = 0  # for tombstones of an mremap: how far the mapping moved
 
     @property
@@ -235,24 +239,42 @@ class Model:
         return out
 
     # -- events ------------------------------------------------------------------------------------
-    def apply(self, ev: dict) -> dict | None:
+    def apply(self, ev: dict, *, gen: int | None = None, childhost: int | None = None,
+              want: int | None = None, got: int | None = None) -> dict | None:
         """Apply one structural event; returns the event to report (possibly completed, e.g. brk's
-        addr/len), or None when it is internal (rename, brk queries). Keys starting with "_" are
-        inputs the report leaves out (`public` strips them)."""
+        addr/len), or None when it is internal (rename, brk queries). What the report leaves out
+        comes as keywords (the mm generation, a fork's child host pid, brk's requested and
+        resulting break) or, equivalently, as keys starting with "_" (`public` strips them).
+        This runs for every event the kernel sends: keep it lean."""
         now = self.clock()
         kind = ev["event"]
-        ns = self.add_namespace(ev["ns"])
+        ns = self.namespaces.get(ev["ns"]) or self.add_namespace(ev["ns"])
         p = self.procs.get(ev["hostpid"])
         if p is None or (not p.alive and kind != "exit"):
             p = self.seed_proc(ev["hostpid"], ev["pid"], ev["ns"], comm=ev.get("comm", ""))
-        if kind in ("exec", "mmap", "munmap", "mprotect", "mremap", "brk"):
+        if kind in _MM_KINDS:
             # the kernel counts generations; without one (tests, old records) count here
-            p.gen = ev.get("_gen") or p.gen + 1
-        if kind == "fork":
-            child = self.procs.get(ev["_childhost"])
+            p.gen = gen or ev.get("_gen") or p.gen + 1
+        if kind == "mmap":
+            addr = ev["addr"]
+            end = addr + page_up(ev["len"])
+            p.bury(p.carve(addr, end), now)
+            bisect.insort(p.vmas, Vma(addr, end, ev["prot"], ev.get("path", ""), set(), p.gen,
+                                      next(self._lineage)), key=_start)
+        elif kind == "munmap":
+            p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
+        elif kind == "mprotect":
+            for v in p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])):
+                p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage)], now)
+                v.prot, v.born = ev["prot"], p.gen
+                p.insert(v)
+        elif kind == "fork":
+            childhost = childhost or ev["_childhost"]
+            child = self.procs.get(childhost)
             if child is None or not child.alive:
-                child = self.procs[ev["_childhost"]] = Proc(ev["_childhost"], ev["child"], p.ns, p.hostpid, p.comm)
-                child.vmas = [Vma(v.start, v.end, v.prot, v.path, lineage=next(self._lineage)) for v in p.vmas]
+                child = self.procs[childhost] = Proc(childhost, ev["child"], p.ns, p.hostpid, p.comm)
+                lineage = self._lineage
+                child.vmas = [Vma(v.start, v.end, v.prot, v.path, set(), 0, next(lineage)) for v in p.vmas]
                 child.brk = p.brk
             else:
                 child.ppid = p.hostpid
@@ -263,33 +285,23 @@ class Model:
             p.comm = ev["comm"]
         elif kind == "rename":
             p.comm = ev["comm"]
-            ev = None
+            return None
         elif kind == "exit":
             p.alive = False
             p.code = ev["code"]
             p.died = now
             p.bury(p.vmas, now)
             p.vmas = []
-        elif kind == "mmap":
-            p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
-            p.insert(Vma(ev["addr"], ev["addr"] + page_up(ev["len"]), ev["prot"], ev.get("path", ""),
-                         born=p.gen, lineage=next(self._lineage)))
-        elif kind == "munmap":
-            p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
-        elif kind == "mprotect":
-            for v in p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])):
-                p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage)], now)
-                v.prot, v.born = ev["prot"], p.gen
-                p.insert(v)
         elif kind == "mremap":
             self._mremap(p, ev, now)
         elif kind == "brk":
-            ev = self._brk(p, ev, now)
-        if ev is not None:
-            ns.events += 1
-            ns.window.append(now)
-            self.counts[kind] += 1
-            self.recent.append(ev)
+            ev = self._brk(p, ev, now, ev["_want"] if want is None else want, ev["_got"] if got is None else got)
+            if ev is None:
+                return None
+        ns.events += 1
+        ns.window.append(now)
+        self.counts[kind] += 1
+        self.recent.append(ev)
         return ev
 
     def _mremap(self, p: Proc, ev: dict, now: float) -> None:
@@ -316,8 +328,8 @@ class Model:
             if tail is not None:
                 tail.end = new + nlen
 
-    def _brk(self, p: Proc, ev: dict, now: float) -> dict | None:
-        want, got = ev["_want"], ev["_got"]  # requested break (0: a query), resulting break
+    def _brk(self, p: Proc, ev: dict, now: float, want: int, got: int) -> dict | None:
+        """want: the requested break (0: a query); got: the resulting break."""
         old = p.brk
         p.brk = got
         if want == 0 or not old or got == old:
@@ -330,29 +342,59 @@ class Model:
                 heap.end = page_up(got)
         else:
             p.bury(p.carve(page_up(got), page_up(old)), now)
-        return {**ev, "addr": old, "len": got - old}  # len < 0: the heap shrank
+        out = {k: v for k, v in ev.items() if k not in ("_want", "_got")}
+        out.update(addr=old, len=got - old)  # len < 0: the heap shrank
+        return out
 
     def add_dirty(self, hostpid: int, pages: list, ts: int) -> list[dict]:
-        """Written pages drained from the kernel for one process, as (generation, address) pairs
-        (or bare addresses: generation unknown): adds them to the VMAs they were written in and
-        returns one `dirty` event per VMA that got any."""
-        p = self.procs.get(hostpid)
-        if p is None:
-            self.unattributed += len(pages)
-            return []
-        hits: dict[int, tuple[Vma, list[int]]] = {}
+        """Written pages of one process as (generation, address) pairs or bare addresses
+        (generation unknown): `add_dirty_masks` of the same pages."""
+        masks: dict[tuple[int | None, int], int] = {}
         for page in pages:
             gen, addr = page if isinstance(page, tuple) else (None, page)
-            v = p.owner(addr, gen)
-            if v is None:
-                self.unattributed += 1
-                continue
-            hits.setdefault(id(v), (v, []))[1].append(addr >> PAGE_SHIFT)
+            pn = addr >> PAGE_SHIFT
+            key = (gen, pn & ~63)
+            masks[key] = masks.get(key, 0) | (1 << (pn & 63))
+        return self.add_dirty_masks(hostpid, [(g, base, m) for (g, base), m in masks.items()], ts)
+
+    def add_dirty_masks(self, hostpid: int, chunks: list[tuple[int | None, int, int]], ts: int) -> list[dict]:
+        """Written pages drained from the kernel for one process, as the kernel keeps them:
+        (mm generation or None, first page number of a 64-page chunk, mask of written pages).
+        Adds them to the VMAs they were written in and returns one `dirty` event per VMA that got
+        any. A mapping is looked up once per run of pages it holds, not once per page."""
+        p = self.procs.get(hostpid)
+        if p is None:
+            self.unattributed += sum(m.bit_count() for _, _, m in chunks)
+            return []
+        hits: dict[int, tuple[Vma, list[int]]] = {}
+        for gen, base, mask in chunks:
+            while mask:
+                low = (mask & -mask).bit_length() - 1
+                v = p.owner((base + low) << PAGE_SHIFT, gen)
+                if v is None:
+                    self.unattributed += 1
+                    mask &= mask - 1
+                    continue
+                if (v.died < _LIVE) if gen is None else not v.valid_at(gen):
+                    sub = 1 << low  # a fallback answer (see owner): it holds for this page only
+                else:
+                    lo = max((v.start >> PAGE_SHIFT) - base, 0)
+                    hi = min((v.end >> PAGE_SHIFT) - base, 64)
+                    sub = mask & ((1 << hi) - (1 << lo))
+                mask ^= sub
+                hit = hits.get(id(v))
+                if hit is None:
+                    hit = hits[id(v)] = (v, [])
+                pnums = hit[1]
+                while sub:
+                    bit = sub & -sub
+                    pnums.append(base + bit.bit_length() - 1)
+                    sub ^= bit
         out = []
         ns = self.add_namespace(p.ns)
         now = self.clock()
         for v, pnums in hits.values():
-            if v.died < (1 << 62):
+            if v.died < _LIVE:
                 # written before an mprotect/mremap: the dirt stays with the live descendant
                 shift = v.moved >> PAGE_SHIFT
                 for pn in pnums:

@@ -245,14 +245,12 @@ class WatchProgram:
 
     # -- kernel -> controller --------------------------------------------------------------------
     def open_events(self, callback) -> None:
-        """callback(event: ckpt_event ctypes struct) for each ring buffer record."""
-        from_address = self.event_type.from_address  # a view, valid during the callback only
+        """callback(event) for each ring buffer record (see raw_callback)."""
+        self.open_raw(raw_callback(self.abi, callback))
 
-        def on_event(_ctx, data, _size):
-            callback(from_address(data))
-            return 0
-
-        self._ring.open_ring_buffer(on_event)
+    def open_raw(self, fn) -> None:
+        """fn(ctx, address, size) for each ring buffer record, as libbpf calls it."""
+        self._ring.open_ring_buffer(fn)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for a wake-up, then take everything in the ring (most events
@@ -266,23 +264,20 @@ class WatchProgram:
         return {"ring": vals.get(c["CKPT_LOST_RING"], 0), "dirty": vals.get(c["CKPT_LOST_DIRTY"], 0),
                 "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0), "pending": vals.get(c["CKPT_LOST_PENDING"], 0)}
 
-    def drain_dirty(self) -> dict[int, list[tuple[int, int]]]:
-        """Take every written-page mask out of the kernel map:
-        {host tgid: [(mm generation, page address)]}."""
+    def drain_dirty(self) -> dict[int, list[tuple[int, int, int]]]:
+        """Take every written-page mask out of the kernel map, as the kernel keeps them:
+        {host tgid: [(mm generation, first page number of the chunk, mask of written pages)]}."""
         if self._dirty is None:
             return {}
-        shift = self.abi.consts["CKPT_CHUNK_SHIFT"]
-        pshift = self.abi.consts["CKPT_PAGE_SHIFT"]
-        out: dict[int, list[tuple[int, int]]] = {}
+        shift = self.abi.consts["CKPT_CHUNK_SHIFT"] - self.abi.consts["CKPT_PAGE_SHIFT"]
+        out: dict[int, list[tuple[int, int, int]]] = {}
         for k, v in self._drain_items():
             mask = v if isinstance(v, int) else v.value
-            base = k.chunk << shift
-            pages = out.setdefault(k.tgid, [])
-            gen = k.gen
-            while mask:
-                low = mask & -mask
-                pages.append((gen, base + ((low.bit_length() - 1) << pshift)))
-                mask ^= low
+            tgid = k.tgid
+            chunks = out.get(tgid)
+            if chunks is None:
+                chunks = out[tgid] = []
+            chunks.append((k.gen, k.chunk << shift, mask))
         return out
 
     def _drain_items(self):
@@ -303,6 +298,18 @@ class WatchProgram:
                 continue
             items.append((k, ctypes.c_uint64(v.value)))
         return items
+
+
+def raw_callback(abi: Abi, callback):
+    """The ring buffer callback that decodes each record for callback(event): a ckpt_event view,
+    valid during the call only."""
+    from_address = abi.structs["ckpt_event"].from_address
+
+    def on_event(_ctx, data, _size):
+        callback(from_address(data))
+        return 0
+
+    return on_event
 
 
 def our_programs() -> list[str]:
