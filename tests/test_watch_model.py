@@ -310,3 +310,21 @@ def test_controller_turns_kernel_records_into_report_dicts(model):
         {"event": "fork", "pid": 1, "hostpid": 100, "ns": NS, "ts": 6, "child": 2},
         {"event": "exit", "pid": 2, "hostpid": 101, "ns": NS, "ts": 7, "code": 7},
     ]
+
+
+def test_one_kernel_mask_is_split_between_the_vmas_it_covers(model):
+    """A 64-page chunk of the kernel map covers three mappings and a hole: each mapping gets
+    exactly its own pages, and the page in the hole is counted as unattributed."""
+    base = 0x20000000
+    model.apply(ev("mmap", addr=base, len=3 * P, prot=3))
+    model.apply(ev("mmap", addr=base + 3 * P, len=5 * P, prot=1))
+    model.apply(ev("mmap", addr=base + 10 * P, len=54 * P, prot=3))
+    pages = [0, 2, 3, 7, 9, 10, 63]  # page 9 is in the hole between the 2nd and 3rd mapping
+    mask = sum(1 << i for i in pages)
+    out = model.add_dirty_masks(100, [(None, base >> 12, mask)], ts=3)
+    got = sorted((e["start"], e["end"], e["pages"]) for e in out)
+    assert got == [(base, base + 3 * P, 2), (base + 3 * P, base + 8 * P, 2), (base + 10 * P, base + 64 * P, 2)]
+    p = model.procs[100]
+    assert p.find(base + 3 * P).dirty == {(base >> 12) + 3, (base >> 12) + 7}
+    assert model.unattributed == 1
+
