@@ -210,6 +210,37 @@ class Controller:
                 self.model.reset_dirty(ino)
 
 
+class JsonLines:
+    """`--json` output: one object per line. Most events are integers under a fixed set of keys
+    per kind, so each such shape gets a %-format template once (four times cheaper than the json
+    encoder, and this runs for every event); events carrying strings go through json."""
+
+    def __init__(self, out):
+        self.out = out
+        self.encode = json.JSONEncoder(separators=(",", ":")).encode
+        self.templates: dict[tuple, str | None] = {}
+
+    def __call__(self, ev: dict) -> None:
+        vals = tuple(ev.values())
+        shape = (vals[0], *ev)
+        t = self.templates.get(shape, "")
+        if t == "":
+            t = self.templates[shape] = self._template(ev)
+        vals = vals[1:]
+        # %d would also take a bool or a float (as 1, or truncated): only exact ints go this way
+        if t is not None and all(type(v) is int for v in vals):
+            self.out.write(t % vals)
+        else:
+            self.out.write(self.encode(ev) + "\n")
+
+    def _template(self, ev: dict) -> str | None:
+        items = list(ev.items())
+        if items[0][0] != "event" or any(type(v) is not int for _, v in items[1:]):
+            return None
+        head = self.encode({"event": items[0][1]})[:-1].replace("%", "%%")
+        return head + "".join(f",{json.dumps(k).replace('%', '%%')}:%d" for k, _ in items[1:]) + "}\n"
+
+
 def _plain_line(ev: dict) -> str:
     extra = []
     for k, v in ev.items():
@@ -247,10 +278,7 @@ def main(args) -> int:
     out = sys.stdout
 
     if mode == "json":
-        encode = json.JSONEncoder(separators=(",", ":")).encode  # built once: ~1 us less per event
-
-        def emit(ev):
-            out.write(encode(ev) + "\n")
+        emit = JsonLines(out)
     elif mode == "plain":
         def emit(ev):
             out.write(_plain_line(ev) + "\n")

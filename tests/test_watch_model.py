@@ -328,3 +328,25 @@ def test_one_kernel_mask_is_split_between_the_vmas_it_covers(model):
     assert p.find(base + 3 * P).dirty == {(base >> 12) + 3, (base >> 12) + 7}
     assert model.unattributed == 1
 
+
+@pytest.mark.parametrize("event", [
+    {"event": "mmap", "pid": 1, "hostpid": 100, "ns": NS, "ts": 5, "addr": 0x7000, "len": P, "prot": 3},
+    {"event": "exec", "pid": 1, "hostpid": 100, "ns": NS, "ts": 5, "comm": 'a"b\\c%d\u00e9'},
+    {"event": "exit", "pid": 1, "hostpid": 100, "ns": NS, "ts": 5, "code": True},
+    {"event": "exit", "pid": 1, "hostpid": 100, "ns": NS, "ts": 5.5, "code": -1},
+    {"event": "fo%o", "pid": -1, "hostpid": 2**64 - 1, "ns": NS, "ts": 0, "child": None},
+])
+def test_json_lines_are_what_the_json_encoder_writes(event):
+    """--json formats integer-only shapes from a template: every line, including one of a known
+    shape whose values are not all integers this time, must equal the json module's."""
+    import io
+    import json
+
+    from ckptrace.watch import JsonLines
+
+    buf = io.StringIO()
+    emit = JsonLines(buf)
+    plain = {k: (0 if k != "event" else v) for k, v in event.items()}
+    emit(plain)  # builds the template for this shape first
+    emit(event)
+    assert buf.getvalue().splitlines() == [json.dumps(e, separators=(",", ":")) for e in (plain, event)]
