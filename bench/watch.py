@@ -7,7 +7,8 @@ every round; the ratio is median(with) / median(without):
   faults     mmap 64 MiB, write every page, munmap  (every step a write fault)   target <= 1.25
   mmap       mmap + munmap of 4 pages                (two structural events)     target <= 1.10
   forkexec   fork + exec /bin/true + wait                                        target <= 1.10
-`faults` is also timed against `watch --no-faults`, which must cost the fault path nothing.
+`faults` is also timed against `watch --no-faults`, which must cost the fault path nothing, and
+`mmap` and `forkexec` against `watch --idle` (the controller at SCHED_IDLE priority).
 Then the controller's throughput: the loops run flat out (and the mmap loop also paced at
 100 k events/s) while watch --json counts what it got, and the loss counters it reports.
 
@@ -168,10 +169,12 @@ def main() -> int:
         try:
             print(f"pid namespace {ns.ns}; {args.rounds} rounds, order alternating each round")
             results: dict[tuple[str, str], list[float]] = {}
-            cases = [("faults", ()), ("faults", ("--no-faults",)), ("mmap", ()), ("forkexec", ())]
+            # each case is timed against its own bare runs, interleaved with it
+            cases = [("faults", ()), ("faults", ("--no-faults",)), ("mmap", ()), ("mmap", ("--idle",)),
+                     ("forkexec", ()), ("forkexec", ("--idle",))]
             for r in range(args.rounds):
-                for loop, extra in cases:
-                    mode = "watch" + (" --no-faults" if extra else "")
+                for case in cases:
+                    loop, extra = case
                     order = [None, extra] if r % 2 == 0 else [extra, None]
                     for which in order:
                         w = Watch(ns.ns, *which) if which is not None else None
@@ -180,15 +183,15 @@ def main() -> int:
                         finally:
                             if w is not None:
                                 w.stop()
-                        key = (loop, mode if which is not None else "bare" + (" (vs --no-faults)" if extra else ""))
-                        results.setdefault(key, []).append(dt)
+                        results.setdefault((case, which is not None), []).append(dt)
             print(f"{'loop':10} {'watch mode':14} {'bare s':>9} {'watched s':>10} {'ratio':>7} {'target':>7}")
             targets = {"faults": 1.25, "mmap": 1.10, "forkexec": 1.10}
-            for loop, extra in cases:
-                mode = "watch" + (" --no-faults" if extra else "")
-                bare = statistics.median(results[(loop, "bare" + (" (vs --no-faults)" if extra else ""))])
-                watched = statistics.median(results[(loop, mode)])
-                target = 1.0 if extra else targets[loop]
+            for case in cases:
+                loop, extra = case
+                mode = " ".join(("watch", *extra))
+                bare = statistics.median(results[(case, False)])
+                watched = statistics.median(results[(case, True)])
+                target = 1.0 if "--no-faults" in extra else targets[loop]
                 print(f"{loop:10} {mode:14} {bare:9.4f} {watched:10.4f} {watched / bare:7.3f} {target:7.2f}")
 
             print("\ncontroller throughput (loops flat out, watch --json counting):")

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     w.add_argument("--no-faults", action="store_true", help="do not trace page faults (no dirty tracking)")
     w.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
+    w.add_argument("--idle", action="store_true",
+                   help="run at idle CPU priority: least cost to busy workloads, but events may be lost while the CPUs are saturated")
 
     subs["demo"].add_argument("--keep", action="store_true", help="keep the image and leave the workload running")
     subs["demo"].add_argument("-o", "--output", metavar="FILE", help="where to write the image")

@@ -293,6 +293,10 @@ def main(args) -> int:
         what = f"pid namespace {args.pidns}" if args.pidns else "every non-host pid namespace"
         model.status = (f"{len(prog.attached)} tracepoints attached"
                         + ("" if prog.faults else ", write faults off (--no-faults)"))
+        if args.idle:
+            # after loading and seeding, which should not crawl on a busy host
+            _idle_priority()
+            model.status += ", controller at idle priority (--idle)"
         if mode != "live":
             print(f"ckptrace watch: watching {what}: {model.status}", file=sys.stderr, flush=True)
         try:
@@ -314,6 +318,22 @@ def main(args) -> int:
         if any(lost.values()):
             print(f"ckptrace watch: lost events: {lost}", file=sys.stderr)
     return 0
+
+
+def _idle_priority() -> None:
+    """SCHED_IDLE for every thread of this process (the policy is per thread; threads started
+    later, such as the dashboard's, inherit it). The controller then only gets CPU time nobody
+    else wants: a busy watched workload loses almost nothing to it, but events can back up in
+    the ring buffer, and be lost, for as long as the CPUs stay saturated."""
+    from .errors import from_oserror
+
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:
+            continue  # a thread that just ended
+        except OSError as exc:
+            raise from_oserror(exc, "setting idle priority") from exc
 
 
 def _loop(ctl: Controller, args, tick) -> None:

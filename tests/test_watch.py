@@ -239,6 +239,17 @@ def test_faults_off_still_reports_structure_but_no_dirty(pidns):
 
 
 @pytest.mark.kernel
+def test_idle_puts_every_controller_thread_at_idle_priority_and_still_reports(pidns):
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
+    watch = start_watch("--pidns", str(work.ns), "--duration", "2", "--no-faults", "--idle")
+    policies = {int(t): os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{watch.pid}/task")}
+    events, err = finish(watch)
+    assert policies and set(policies.values()) == {os.SCHED_IDLE}, policies
+    assert the(events, event="exec", comm="true")
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("args, needle", [
     (["--pidns", "12345"], "no process is in pid namespace 12345"),
 ])
