@@ -43,6 +43,17 @@ def pidns_arg(text: str) -> int:
     return n
 
 
+def seconds_arg(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < s < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ckptrace", description="Watch and checkpoint whole pid namespaces.")
     p.add_argument("--version", action="version", version=f"ckptrace {__version__}")
@@ -88,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = subs["watch"]
     w.add_argument("--pidns", type=pidns_arg, metavar="N", help="watch only this namespace")
     w.add_argument("--json", action="store_true", help="one JSON object per event line")
-    w.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    w.add_argument("--duration", type=seconds_arg, metavar="S", help="stop after S seconds")
     w.add_argument("--no-faults", action="store_true", help="do not trace page faults (no dirty tracking)")
     w.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
     w.add_argument("--idle", action="store_true",

@@ -41,6 +41,20 @@ def test_bad_pidns_argument_is_a_usage_error(arg):
     assert p.returncode == 2 and "pid namespace" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("arg", ["abc", "0", "-1", "inf", "nan"])
+def test_watch_duration_must_be_positive_seconds(arg):
+    # checked before the root check and before any BPF is loaded
+    p = subprocess.run([sys.executable, "-m", "ckptrace", "watch", "--duration", arg], capture_output=True,
+                       text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 2 and "seconds" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_watch_duration_takes_fractions():
+    from ckptrace.cli import build_parser
+
+    assert build_parser().parse_args(["watch", "--duration", "0.5"]).duration == 0.5
+
+
 def test_pidns_argument_accepts_both_spellings():
     from ckptrace.cli import pidns_arg
 
