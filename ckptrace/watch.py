@@ -210,6 +210,9 @@ class Controller:
                 self.model.reset_dirty(ino)
 
 
+_INT_ONLY = {int}
+
+
 class JsonLines:
     """`--json` output: one object per line. Most events are integers under a fixed set of keys
     per kind, so each such shape gets a %-format template once (four times cheaper than the json
@@ -228,7 +231,7 @@ class JsonLines:
             t = self.templates[shape] = self._template(ev)
         vals = vals[1:]
         # %d would also take a bool or a float (as 1, or truncated): only exact ints go this way
-        if t is not None and all(type(v) is int for v in vals):
+        if t is not None and {*map(type, vals)} == _INT_ONLY:
             self.out.write(t % vals)
         else:
             self.out.write(self.encode(ev) + "\n")

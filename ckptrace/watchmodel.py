@@ -62,9 +62,13 @@ class Vma:
         return (self.end - self.start) >> PAGE_SHIFT
 
     def slice(self, start: int, end: int) -> "Vma":
-        lo, hi = start >> PAGE_SHIFT, end >> PAGE_SHIFT
-        return Vma(start, end, self.prot, self.path, {p for p in self.dirty if lo <= p < hi},
-                   self.born, self.lineage)
+        dirty = self.dirty
+        if dirty:  # most mappings carved by mm events have no dirt yet: skip the scan
+            lo, hi = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+            dirty = {p for p in dirty if lo <= p < hi}
+        else:
+            dirty = set()
+        return Vma(start, end, self.prot, self.path, dirty, self.born, self.lineage)
 
     def shifted(self, delta: int) -> "Vma":
         d = delta >> PAGE_SHIFT

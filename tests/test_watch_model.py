@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -57,6 +58,29 @@ def test_header_parse_rejects_unknown_field_types():
 
     with pytest.raises(UsageError):
         bpfload.parse_header("struct x { float f; };")
+
+
+def test_bulk_format_decodes_what_ctypes_encodes_padding_included():
+    """struct_format follows the ctypes offsets: a struct with a hole after a u8 and tail padding
+    decodes field by field, and the dirty-map key round-trips."""
+    abi = bpfload.parse_header("struct k { __u8 a; __u64 b; __u32 c; };")
+    k = abi.structs["k"]
+    fmt, order = bpfload.struct_format(k, ("c", "a", "b"))
+    assert struct.calcsize(fmt) == ctypes.sizeof(k) == 24
+    v = k(a=7, b=(1 << 63) + 5, c=0xDEADBEEF)
+    t = struct.unpack(fmt, bytes(v))
+    assert (t[order[0]], t[order[1]], t[order[2]]) == (0xDEADBEEF, 7, (1 << 63) + 5)
+    key = bpfload.abi().structs["ckpt_dirty_key"]
+    fmt, order = bpfload.struct_format(key, ("tgid", "gen", "chunk"))
+    t = struct.unpack(fmt, bytes(key(tgid=4242, gen=17, chunk=0x7FFF12345)))
+    assert [t[i] for i in order] == [4242, 17, 0x7FFF12345]
+
+
+def test_bulk_format_refuses_arrays():
+    from ckptrace.errors import UsageError
+
+    with pytest.raises(UsageError):
+        bpfload.struct_format(bpfload.abi().structs["ckpt_event"], ("type",))
 
 
 def test_event_names_from_header():

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ PROG_PREFIX = "ckpt_"
 
 MAX_NS = 16
 RINGBUF_PAGES = 4096  # 16 MiB: ~170 k events of burst while the controller catches up
+DRAIN_BATCH = 8192  # dirty-map entries taken per BPF_MAP_LOOKUP_AND_DELETE_BATCH call
 WAKEUP_EVERY = 256  # events per CPU between wake-ups; the controller's poll timeout does the rest
 
 _CTYPES = {"__u8": ctypes.c_uint8, "__u16": ctypes.c_uint16, "__u32": ctypes.c_uint32,
@@ -74,6 +76,29 @@ def parse_header(text: str) -> Abi:
             fields.append((fm.group(2), ctype))
         abi.structs[m.group(1)] = type(m.group(1), (ctypes.Structure,), {"_fields_": fields})
     return abi
+
+
+_STRUCT_CODES = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I", ctypes.c_uint64: "Q",
+                 ctypes.c_int32: "i", ctypes.c_int64: "q"}
+
+
+def struct_format(ctype: type[ctypes.Structure], names: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
+    """A `struct` format for a parsed header struct, laid out as the compiler lays it out (the
+    ctypes offsets, padding included), in host byte order: these bytes come from a kernel map on
+    this host, not from a file. Returns the format and the positions of `names` in its tuples."""
+    fmt, at, fields = "=", 0, []
+    for name, t in ctype._fields_:
+        code = _STRUCT_CODES.get(t)
+        if code is None:
+            raise UsageError(f"struct {ctype.__name__}: field {name} cannot be bulk-decoded")
+        off = getattr(ctype, name).offset
+        fmt += "x" * (off - at) + code
+        at = off + ctypes.sizeof(t)
+        fields.append(name)
+    fmt += "x" * (ctypes.sizeof(ctype) - at)
+    if struct.calcsize(fmt) != ctypes.sizeof(ctype):
+        raise UsageError(f"struct {ctype.__name__}: layout not expressible as {fmt!r}")
+    return fmt, tuple(fields.index(n) for n in names)
 
 
 _ABI: Abi | None = None
@@ -187,6 +212,9 @@ class WatchProgram:
         self._dirty = self.bpf[b"dirty"] if faults else None
         self._ring = self.bpf[b"events"]
         self._batch_ok = True
+        self._batch_bufs = None
+        self.batch_entries = DRAIN_BATCH
+        self._key_format = struct_format(self.key_type, ("tgid", "gen", "chunk"))
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> "WatchProgram":
@@ -271,22 +299,21 @@ class WatchProgram:
             return {}
         shift = self.abi.consts["CKPT_CHUNK_SHIFT"] - self.abi.consts["CKPT_PAGE_SHIFT"]
         out: dict[int, list[tuple[int, int, int]]] = {}
-        for k, v in self._drain_items():
-            mask = v if isinstance(v, int) else v.value
-            tgid = k.tgid
+        for tgid, gen, chunk, mask in self._drain_items():
             chunks = out.get(tgid)
             if chunks is None:
                 chunks = out[tgid] = []
-            chunks.append((k.gen, k.chunk << shift, mask))
+            chunks.append((gen, chunk << shift, mask))
         return out
 
-    def _drain_items(self):
+    def _drain_items(self) -> list[tuple[int, int, int, int]]:
+        """(tgid, gen, chunk, mask) of every entry, each taken out of the map."""
         if self._batch_ok:
             try:
-                return list(self._dirty.items_lookup_and_delete_batch())
-            except Exception as exc:  # bcc: bare Exception carrying strerror
-                if "Invalid argument" not in str(exc) and "not supported" not in str(exc):
-                    raise KernelError("drain dirty-page map", errno.EIO) from None
+                return self._drain_batch()
+            except KernelError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, 524):  # 524: the kernel's ENOTSUPP
+                    raise
                 self._batch_ok = False
         # Older kernels: one-by-one. A fault landing between lookup and delete is lost; rare.
         items = []
@@ -296,8 +323,49 @@ class WatchProgram:
                 del self._dirty[k]
             except KeyError:
                 continue
-            items.append((k, ctypes.c_uint64(v.value)))
+            items.append((k.tgid, k.gen, k.chunk, v.value))
         return items
+
+    def _drain_batch(self) -> list[tuple[int, int, int, int]]:
+        """BPF_MAP_LOOKUP_AND_DELETE_BATCH into buffers kept from call to call, decoded with one
+        `struct.iter_unpack` per batch. (bcc's items_lookup_and_delete_batch allocates buffers
+        for the whole map, 6 MiB here, at every call and builds two ctypes objects per entry:
+        that was a tenth of the controller's CPU in a fork/exec loop.)"""
+        from bcc.libbcc import lib  # noqa: PLC0415 - bcc is loaded by now
+
+        if self._batch_bufs is None or len(self._batch_bufs[1]) != self.batch_entries:
+            n = self.batch_entries
+            self._batch_bufs = ((self.key_type * n)(), (ctypes.c_uint64 * n)())
+        keys, values = self._batch_bufs
+        fmt, order = self._key_format
+        size = ctypes.sizeof(self.key_type)
+        raw = memoryview(keys).cast("B")
+        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+        items: list[tuple[int, int, int, int]] = []
+        first = True
+        while True:
+            count.value = len(values)
+            res = lib.bpf_lookup_and_delete_batch(self._dirty.map_fd, None if first else ctypes.byref(token_in),
+                                                  ctypes.byref(token_out), keys, values, ctypes.byref(count))
+            err = (-res if res < 0 else ctypes.get_errno()) if res != 0 else 0
+            n = count.value
+            if err and err != errno.ENOENT:
+                if err == errno.ENOSPC and n == 0:
+                    # one hash bucket holds more entries than the buffers: grow them, go on
+                    self.batch_entries *= 4
+                    self._batch_bufs = ((self.key_type * self.batch_entries)(), (ctypes.c_uint64 * self.batch_entries)())
+                    keys, values = self._batch_bufs
+                    raw = memoryview(keys).cast("B")
+                    continue
+                raise KernelError("drain dirty-page map", err)
+            if n:
+                masks = values[:n]
+                for i, k in enumerate(struct.iter_unpack(fmt, raw[:n * size])):
+                    items.append((k[order[0]], k[order[1]], k[order[2]], masks[i]))
+            if err == errno.ENOENT:  # the whole map has been walked
+                return items
+            first = False
+            token_in.value = token_out.value
 
 
 def raw_callback(abi: Abi, callback):
