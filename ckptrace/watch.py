@@ -213,13 +213,40 @@ class Controller:
 _INT_ONLY = {int}
 
 
-class JsonLines:
+class _Lines:
+    """Event lines kept in a list and written in one piece per controller tick (`flush`), or
+    sooner when many pile up: one write per line costs a system call each whenever Python's
+    stdout is unbuffered (PYTHONUNBUFFERED, `python -u`)."""
+
+    PENDING_MAX = 4096
+
+    def __init__(self, out):
+        self.out = out
+        self.pending: list[str] = []
+
+    def __call__(self, ev: dict) -> None:
+        """Subclasses format `ev` and put it; this base puts nothing (the live dashboard shows
+        model.recent instead)."""
+
+    def put(self, line: str) -> None:
+        self.pending.append(line)
+        if len(self.pending) >= self.PENDING_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.out.write("".join(self.pending))
+            self.pending.clear()
+        self.out.flush()
+
+
+class JsonLines(_Lines):
     """`--json` output: one object per line. Most events are integers under a fixed set of keys
     per kind, so each such shape gets a %-format template once (four times cheaper than the json
     encoder, and this runs for every event); events carrying strings go through json."""
 
     def __init__(self, out):
-        self.out = out
+        super().__init__(out)
         self.encode = json.JSONEncoder(separators=(",", ":")).encode
         self.templates: dict[tuple, str | None] = {}
 
@@ -232,9 +259,9 @@ class JsonLines:
         vals = vals[1:]
         # %d would also take a bool or a float (as 1, or truncated): only exact ints go this way
         if t is not None and {*map(type, vals)} == _INT_ONLY:
-            self.out.write(t % vals)
+            self.put(t % vals)
         else:
-            self.out.write(self.encode(ev) + "\n")
+            self.put(self.encode(ev) + "\n")
 
     def _template(self, ev: dict) -> str | None:
         items = list(ev.items())
@@ -242,6 +269,13 @@ class JsonLines:
             return None
         head = self.encode({"event": items[0][1]})[:-1].replace("%", "%%")
         return head + "".join(f",{json.dumps(k).replace('%', '%%')}:%d" for k, _ in items[1:]) + "}\n"
+
+
+class PlainLines(_Lines):
+    """Plain event lines (no terminal, or --plain)."""
+
+    def __call__(self, ev: dict) -> None:
+        self.put(_plain_line(ev) + "\n")
 
 
 def _plain_line(ev: dict) -> str:
@@ -283,11 +317,9 @@ def main(args) -> int:
     if mode == "json":
         emit = JsonLines(out)
     elif mode == "plain":
-        def emit(ev):
-            out.write(_plain_line(ev) + "\n")
+        emit = PlainLines(out)
     else:
-        def emit(ev):
-            pass  # the dashboard shows model.recent
+        emit = _Lines(out)  # nothing is put: the dashboard shows model.recent
 
     with WatchProgram(focus_ns=args.pidns or 0, faults=not args.no_faults) as prog:
         ctl = Controller(prog, model, host=host, focus=args.pidns, emit=emit)
@@ -306,7 +338,7 @@ def main(args) -> int:
             if mode == "live":
                 _run_live(ctl, model, args)
             else:
-                _run_stream(ctl, args, out)
+                _run_stream(ctl, args, emit)
         except (KeyboardInterrupt, Stop):
             pass
         finally:
@@ -314,7 +346,7 @@ def main(args) -> int:
                 prog.poll(0)  # what the kernel sent before we stopped is still reported
                 ctl.drain()
                 ctl.check_lost()
-                out.flush()
+                emit.flush()
             except (BrokenPipeError, CkptError):
                 pass
         lost = model.lost
@@ -364,8 +396,8 @@ def _loop(ctl: Controller, args, tick) -> None:
         tick()
 
 
-def _run_stream(ctl: Controller, args, out) -> None:
-    _loop(ctl, args, out.flush)
+def _run_stream(ctl: Controller, args, lines: _Lines) -> None:
+    _loop(ctl, args, lines.flush)
 
 
 def _run_live(ctl: Controller, model: Model, args) -> None:

@@ -373,4 +373,34 @@ def test_json_lines_are_what_the_json_encoder_writes(event):
     plain = {k: (0 if k != "event" else v) for k, v in event.items()}
     emit(plain)  # builds the template for this shape first
     emit(event)
+    assert buf.getvalue() == ""  # kept until the controller's tick
+    emit.flush()
     assert buf.getvalue().splitlines() == [json.dumps(e, separators=(",", ":")) for e in (plain, event)]
+
+
+def test_event_lines_are_written_in_one_piece_per_tick_or_when_many_pile_up():
+    import io
+
+    from ckptrace.watch import JsonLines, PlainLines
+
+    class Out(io.StringIO):
+        writes = 0
+
+        def write(self, s):
+            self.writes += 1
+            return super().write(s)
+
+    out = Out()
+    emit = JsonLines(out)
+    ev = {"event": "munmap", "pid": 1, "hostpid": 100, "ns": NS, "ts": 5, "addr": 0x7000, "len": P}
+    for _ in range(JsonLines.PENDING_MAX - 1):
+        emit(ev)
+    assert out.writes == 0
+    emit(ev)
+    assert out.writes == 1 and out.getvalue().count("\n") == JsonLines.PENDING_MAX
+    out = Out()
+    plain = PlainLines(out)
+    plain(ev)
+    plain(ev)
+    plain.flush()
+    assert out.writes == 1 and out.getvalue().count("munmap") == 2
