@@ -143,7 +143,8 @@ def replay(items, seeded: Model, host: int, rounds: int, view: ProcView) -> floa
         prog = ReplayProgram()
         prog.batches = [b for kind, b in items if kind == "drain"]
         with open(os.devnull, "w") as out:
-            ctl = watch.Controller(prog, copy.deepcopy(seeded), host=host, focus=None, emit=watch.JsonLines(out))
+            emit = watch.JsonLines(out)
+            ctl = watch.Controller(prog, copy.deepcopy(seeded), host=host, focus=None, emit=emit)
             on_raw = bpfload.raw_callback(prog.abi, ctl.on_record)
             bufs = [(ctypes.create_string_buffer(b, len(b)) if kind == "rec" else None, kind)
                     for kind, b in items]
@@ -153,6 +154,7 @@ def replay(items, seeded: Model, host: int, rounds: int, view: ProcView) -> floa
                     on_raw(None, ctypes.addressof(buf), len(buf.raw))
                 else:
                     ctl.drain()
+            emit.flush()
             dt = time.process_time() - t0
             if ctl.failure is not None:
                 raise ctl.failure
