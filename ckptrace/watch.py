@@ -235,9 +235,25 @@ class _Lines:
 
     def flush(self) -> None:
         if self.pending:
-            self.out.write("".join(self.pending))
+            text = "".join(self.pending)
             self.pending.clear()
+            self._write(text)
         self.out.flush()
+
+    def _write(self, text: str) -> None:
+        """Write all of `text`. An unbuffered stdout hands a long write straight to write(2),
+        which a signal (our own SIGTERM) can cut short on a pipe; TextIOWrapper would drop the
+        rest and leave a torn line, so the bytes go out in a loop here."""
+        raw = getattr(self.out, "buffer", None)
+        if raw is None:
+            self.out.write(text)
+            return
+        self.out.flush()
+        data = memoryview(text.encode(self.out.encoding or "utf-8", self.out.errors or "strict"))
+        while data:
+            n = raw.write(data)
+            data = data[n or 0:]
+        raw.flush()
 
 
 class JsonLines(_Lines):

@@ -404,3 +404,35 @@ def test_event_lines_are_written_in_one_piece_per_tick_or_when_many_pile_up():
     plain(ev)
     plain.flush()
     assert out.writes == 1 and out.getvalue().count("munmap") == 2
+
+
+def test_event_lines_survive_short_writes_of_an_unbuffered_stdout():
+    """`python -u` / PYTHONUNBUFFERED: stdout's buffer is the raw file, whose write(2) a signal
+    can cut short on a pipe. Every byte must still arrive, in order."""
+    import io
+
+    from ckptrace.watch import JsonLines
+
+    class ShortRaw(io.RawIOBase):
+        def __init__(self):
+            self.got = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            n = min(len(b), 7)
+            self.got += bytes(b[:n])
+            return n
+
+    raw = ShortRaw()
+    out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    assert out.buffer is raw  # as sys.stdout is under python -u
+    emit = JsonLines(out)
+    evs = [{"event": "exec", "pid": i, "hostpid": 100 + i, "ns": NS, "ts": i, "comm": "sh\u00e9"} for i in range(50)]
+    for ev in evs:
+        emit(ev)
+    emit.flush()
+    import json
+
+    assert [json.loads(line) for line in raw.got.decode().splitlines()] == evs
