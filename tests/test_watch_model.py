@@ -436,3 +436,43 @@ def test_event_lines_survive_short_writes_of_an_unbuffered_stdout():
     import json
 
     assert [json.loads(line) for line in raw.got.decode().splitlines()] == evs
+
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
+    """add_dirty_masks looks a mapping up once per run of pages it holds. On random
+    mmap/munmap/mprotect histories its `dirty` events must say what Proc.owner says page by
+    page, for pages written in any generation or none."""
+    import random
+
+    from ckptrace.watchmodel import PAGE_SHIFT
+
+    r = random.Random(seed)
+    m = Model(clock=lambda: 1.0)
+    p = m.seed_proc(100, 1, NS, comm="x", maps=[(0x10000, 0x30000, 3, "/bin/x")])
+    lo_pn = 0x10000 >> PAGE_SHIFT
+    for gen in range(1, 12):
+        kind = r.choice(["mmap", "mmap", "munmap", "mprotect"])
+        ev = {"event": kind, "pid": 1, "hostpid": 100, "ns": NS, "ts": gen,
+              "addr": (lo_pn + r.randrange(0, 500)) << PAGE_SHIFT, "len": r.randrange(1, 80) * P}
+        if kind != "munmap":
+            ev["prot"] = r.choice([1, 3, 5])
+        m.apply(ev, gen=gen)
+    chunks = [(r.choice([None, *range(0, 13)]), (lo_pn & ~63) + 64 * r.randrange(0, 10),
+               r.getrandbits(64) & r.getrandbits(64)) for _ in range(r.randrange(1, 12))]
+
+    want: dict[int, list] = {}
+    unattributed = 0
+    for gen, base, mask in chunks:
+        for bit in range(64):
+            if mask >> bit & 1:
+                v = p.owner((base + bit) << PAGE_SHIFT, gen)
+                if v is None:
+                    unattributed += 1
+                else:
+                    want.setdefault(id(v), [v, 0])[1] += 1
+    events = m.add_dirty_masks(100, chunks, 99)
+    assert sorted((e["start"], e["end"], e["pages"]) for e in events) == \
+        sorted((v.start, v.end, n) for v, n in want.values())
+    assert m.unattributed == unattributed
