@@ -326,6 +326,14 @@ class WatchProgram:
             items.append((k.tgid, k.gen, k.chunk, v.value))
         return items
 
+    def _batch_buffers(self):
+        """(keys, values, keys as bytes) for `batch_entries` entries, made again only when that
+        number changed (a test lowers it; a crowded hash bucket raises it)."""
+        if self._batch_bufs is None or len(self._batch_bufs[1]) != self.batch_entries:
+            keys = (self.key_type * self.batch_entries)()
+            self._batch_bufs = (keys, (ctypes.c_uint64 * self.batch_entries)(), memoryview(keys).cast("B"))
+        return self._batch_bufs
+
     def _drain_batch(self) -> list[tuple[int, int, int, int]]:
         """BPF_MAP_LOOKUP_AND_DELETE_BATCH into buffers kept from call to call, decoded with one
         `struct.iter_unpack` per batch. (bcc's items_lookup_and_delete_batch allocates buffers
@@ -333,13 +341,9 @@ class WatchProgram:
         that was a tenth of the controller's CPU in a fork/exec loop.)"""
         from bcc.libbcc import lib  # noqa: PLC0415 - bcc is loaded by now
 
-        if self._batch_bufs is None or len(self._batch_bufs[1]) != self.batch_entries:
-            n = self.batch_entries
-            self._batch_bufs = ((self.key_type * n)(), (ctypes.c_uint64 * n)())
-        keys, values = self._batch_bufs
+        keys, values, raw = self._batch_buffers()
         fmt, order = self._key_format
         size = ctypes.sizeof(self.key_type)
-        raw = memoryview(keys).cast("B")
         token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
         items: list[tuple[int, int, int, int]] = []
         first = True
@@ -353,9 +357,7 @@ class WatchProgram:
                 if err == errno.ENOSPC and n == 0:
                     # one hash bucket holds more entries than the buffers: grow them, go on
                     self.batch_entries *= 4
-                    self._batch_bufs = ((self.key_type * self.batch_entries)(), (ctypes.c_uint64 * self.batch_entries)())
-                    keys, values = self._batch_bufs
-                    raw = memoryview(keys).cast("B")
+                    keys, values, raw = self._batch_buffers()
                     continue
                 raise KernelError("drain dirty-page map", err)
             if n:
