@@ -102,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--duration", type=seconds_arg, metavar="S", help="stop after S seconds")
     w.add_argument("--no-faults", action="store_true", help="do not trace page faults (no dirty tracking)")
     w.add_argument("--plain", action="store_true", help="plain event lines even on a terminal")
-    w.add_argument("--idle", action="store_true",
-                   help="run at idle CPU priority: least cost to busy workloads, but events may be lost while the CPUs are saturated")
+    w.add_argument("--priority", choices=("auto", "idle", "normal"), default="auto",
+                   help="controller CPU priority: auto (default) is idle while it keeps up and normal when it falls "
+                        "behind; idle never rises (least cost to busy workloads, but events may be lost while the "
+                        "CPUs are saturated); normal never drops")
+    w.add_argument("--idle", dest="priority", action="store_const", const="idle", help="same as --priority idle")
 
     subs["demo"].add_argument("--keep", action="store_true", help="keep the image and leave the workload running")
     subs["demo"].add_argument("-o", "--output", metavar="FILE", help="where to write the image")

@@ -20,6 +20,9 @@ from .errors import CkptError, UsageError
 from .kernel import procfs
 from .watchmodel import Model
 
+POLL_MS = 40
+RECORDS_PER_POLL = 4096  # ~25 - 50 ms of the controller's work
+LAG_SAMPLE = 16  # records between two looks at how old the record being read is (RECORDS_PER_POLL's divisor)
 DRAIN_SECONDS = 0.25
 RENDER_SECONDS = 0.125  # 8 refreshes a second
 HOUSEKEEP_SECONDS = 1.0
@@ -29,6 +32,113 @@ NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
 
 class Stop(Exception):
     """SIGTERM or Ctrl-C: leave the loop, detaching everything."""
+
+
+class CpuPriority:
+    """The controller's CPU priority (`watch --priority`).
+
+    On a machine with few CPUs the controller's CPU time is what a busy watched workload loses
+    (docs/watch.md, "Overhead"): at SCHED_IDLE it only gets time nobody else wants, and a
+    fork/exec loop runs almost as fast as unwatched. But a controller that stays at SCHED_IDLE
+    while the CPUs are saturated falls behind, the ring buffer fills and events are lost. So
+    `auto` (the default) runs at SCHED_IDLE while it keeps up and at normal priority once it
+    falls behind, i.e. is more than BEHIND_SECONDS late: what it reads is that old, or its loop
+    comes round that much late (it has more work than it can do at that priority), or it is
+    starved (then it cannot tell: its guard process does it, ckptrace.watchguard). It goes back
+    to SCHED_IDLE after `hold` seconds of normal priority; falling behind again soon after
+    doubles `hold` (up to HOLD_MAX_SECONDS), so a saturated machine does not make it flap.
+    `idle` never raises it (the least cost, at the risk of losses); `normal` never lowers it."""
+
+    MODES = ("auto", "idle", "normal")
+    BEHIND_SECONDS = 0.25
+    HOLD_SECONDS = 5.0
+    HOLD_MAX_SECONDS = 60.0
+
+    def __init__(self, mode: str, *, set_policy=None, clock=time.monotonic, guard: bool = True):
+        if mode not in self.MODES:
+            raise UsageError(f"unknown priority {mode!r} (one of {', '.join(self.MODES)})")
+        if set_policy is None:
+            from .kernel.sys import set_own_policy as set_policy
+        self.mode = mode
+        self.set_policy = set_policy
+        self.clock = clock
+        self.use_guard = guard
+        self.heartbeat = None  # shared with the guard (auto only)
+        self.guard = None
+        self.guard_raises = 0  # the guard's count, as last seen
+        self.idle = False
+        self.raised = 0  # times it went from idle to normal priority
+        self.hold = self.HOLD_SECONDS
+        self.until = 0.0  # normal priority at least until then
+        self.lowered_at: float | None = None
+
+    def start(self) -> None:
+        """After loading and seeding, which should not crawl on a busy host."""
+        if self.mode == "normal":
+            return
+        if self.mode == "auto" and self.use_guard:
+            from .watchguard import Guard, Heartbeat
+
+            # first: the guard would inherit SCHED_IDLE, and starve with us
+            self.heartbeat = Heartbeat()
+            self.guard = Guard(self.heartbeat, self.BEHIND_SECONDS)
+        self._set(idle=True)
+
+    def stop(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
+            self.heartbeat.close()
+            self.guard = self.heartbeat = None
+
+    def observe(self, lag: float) -> bool:
+        """How late the controller is now, in seconds (called often: it is also the heartbeat);
+        True when its priority changed."""
+        if self.mode != "auto":
+            return False
+        now = self.clock()
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
+            seen = self.heartbeat.raised()
+            if seen != self.guard_raises:
+                self.guard_raises = seen
+                self._raised(now)  # the guard found us starved and did it
+                return True
+        if lag > self.BEHIND_SECONDS:
+            if self.idle:
+                self._set(idle=False)
+                self._raised(now)
+                return True
+            self.until = max(self.until, now + self.hold)  # still behind: stay up
+            return False
+        if not self.idle and now >= self.until:
+            self._set(idle=True)
+            self.lowered_at = now
+            return True
+        return False
+
+    def describe(self) -> str:
+        if self.mode == "normal":
+            return "controller at normal priority"
+        if self.mode == "idle":
+            return "controller at idle priority (--priority idle)"
+        now = "idle" if self.idle else "normal"
+        raised = f", raised {self.raised}x when it fell behind" if self.raised else ""
+        return f"controller at {now} priority (auto{raised})"
+
+    def _raised(self, now: float) -> None:
+        soon = self.lowered_at is not None and now - self.lowered_at < 2 * self.hold
+        self.hold = min(2 * self.hold, self.HOLD_MAX_SECONDS) if soon else self.HOLD_SECONDS
+        self.idle = False
+        self.raised += 1
+        self.until = now + self.hold
+
+    def _set(self, *, idle: bool) -> None:
+        self.set_policy(os.SCHED_IDLE if idle else os.SCHED_OTHER)
+        self.idle = idle
+
+
+def _ignore_lateness(_lag: float) -> None:
+    pass
 
 
 # Signals only set this flag: raising from the handler could fire inside bcc's ring buffer
@@ -73,16 +183,38 @@ class Controller:
         self.failure: BaseException | None = None  # raised in the ring buffer callback
         self.dumps_dir = notify.DUMPS_DIR
         self.stale: set[int] = set()  # exec'd processes whose VMA table is to be re-read
+        self.budget = sys.maxsize  # records on_record may still take in this poll
+        # told how late the controller is, in seconds: from every LAG_SAMPLE-th record read, and
+        # from the loop (see CpuPriority); it may change the priority from inside a poll
+        self.late = _ignore_lateness
 
-    def on_record(self, e) -> None:
-        """The ring buffer callback: exceptions cannot cross ctypes, so keep the first one for
-        the loop to raise after the poll."""
+    def on_record(self, e) -> int:
+        """The ring buffer callback. Exceptions cannot cross ctypes, so the first one is kept for
+        the loop to raise after the poll. Returns -1, which makes libbpf stop reading the ring
+        (this record is taken), when the poll's budget of records is spent or on a failure."""
         if self.failure is not None:
-            return
+            return -1
         try:
+            self.budget -= 1
+            if self.budget % LAG_SAMPLE == LAG_SAMPLE - 1:  # the first record of a poll, then every LAG_SAMPLE-th
+                # a starved controller may not finish a poll for seconds: tell from here. The
+                # records' ts are bpf_ktime_get_ns(): CLOCK_MONOTONIC, as time.monotonic_ns().
+                self.late((time.monotonic_ns() - e.ts) / 1e9)
             self.on_event(e)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the loop
             self.failure = exc
+            return -1
+        return -1 if self.budget <= 0 else 0
+
+    def poll(self, timeout_ms: int, budget: int = RECORDS_PER_POLL) -> None:
+        """Wait up to timeout_ms for records and handle at most about `budget` of them: under a
+        flood, one read of the ring could otherwise take seconds, and meanwhile nothing is
+        drained, shown, or checked (see CpuPriority)."""
+        self.budget = budget
+        try:
+            self.prog.poll(timeout_ms)
+        finally:
+            self.budget = sys.maxsize
 
     # -- seeding and resolution ----------------------------------------------------------------
     def watch_ns(self, ino: int) -> None:
@@ -344,13 +476,19 @@ def main(args) -> int:
         what = f"pid namespace {args.pidns}" if args.pidns else "every non-host pid namespace"
         model.status = (f"{len(prog.attached)} tracepoints attached"
                         + ("" if prog.faults else ", write faults off (--no-faults)"))
-        if args.idle:
-            # after loading and seeding, which should not crawl on a busy host
-            _idle_priority()
-            model.status += ", controller at idle priority (--idle)"
-        if mode != "live":
-            print(f"ckptrace watch: watching {what}: {model.status}", file=sys.stderr, flush=True)
+        priority = CpuPriority(args.priority)
+        base_status = model.status
+
+        def late(lag: float) -> None:
+            if priority.observe(lag):
+                model.status = f"{base_status}, {priority.describe()}"
+
         try:
+            priority.start()
+            model.status = f"{base_status}, {priority.describe()}"
+            ctl.late = late
+            if mode != "live":
+                print(f"ckptrace watch: watching {what}: {model.status}", file=sys.stderr, flush=True)
             if mode == "live":
                 _run_live(ctl, model, args)
             else:
@@ -358,8 +496,9 @@ def main(args) -> int:
         except (KeyboardInterrupt, Stop):
             pass
         finally:
+            priority.stop()
             try:
-                prog.poll(0)  # what the kernel sent before we stopped is still reported
+                ctl.poll(0, budget=sys.maxsize)  # what the kernel sent before we stopped is still reported
                 ctl.drain()
                 ctl.check_lost()
                 emit.flush()
@@ -368,34 +507,23 @@ def main(args) -> int:
         lost = model.lost
         if any(lost.values()):
             print(f"ckptrace watch: lost events: {lost}", file=sys.stderr)
+        if priority.raised:
+            print(f"ckptrace watch: the controller fell behind at idle priority and was raised to normal "
+                  f"priority {priority.raised}x", file=sys.stderr)
     return 0
-
-
-def _idle_priority() -> None:
-    """SCHED_IDLE for every thread of this process (the policy is per thread; threads started
-    later, such as the dashboard's, inherit it). The controller then only gets CPU time nobody
-    else wants: a busy watched workload loses almost nothing to it, but events can back up in
-    the ring buffer, and be lost, for as long as the CPUs stay saturated."""
-    from .errors import from_oserror
-
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
-        except ProcessLookupError:
-            continue  # a thread that just ended
-        except OSError as exc:
-            raise from_oserror(exc, "setting idle priority") from exc
 
 
 def _loop(ctl: Controller, args, tick) -> None:
     """The controller loop shared by every output mode; `tick()` runs after each poll."""
     end = time.monotonic() + args.duration if args.duration else None
-    next_drain = next_house = time.monotonic()
+    next_drain = next_house = last = time.monotonic()
     while True:
         now = time.monotonic()
         if end is not None and now >= end:
             return
-        ctl.prog.poll(40)
+        ctl.late(now - last - POLL_MS / 1000)  # > 0: the loop came round later than its poll allows
+        last = now
+        ctl.poll(POLL_MS)
         if ctl.failure is not None:
             raise ctl.failure
         if _stop_requested[0]:

@@ -238,15 +238,120 @@ def test_faults_off_still_reports_structure_but_no_dirty(pidns):
     assert not the(events, event="dirty")
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _policies(pid: int) -> dict[int, int]:
+    return {int(t): os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+
 @pytest.mark.kernel
 def test_idle_puts_every_controller_thread_at_idle_priority_and_still_reports(pidns):
     need_root_and_bcc()
     work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
     watch = start_watch("--pidns", str(work.ns), "--duration", "2", "--no-faults", "--idle")
-    policies = {int(t): os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{watch.pid}/task")}
+    policies = _policies(watch.pid)
+    kids = _children(watch.pid)
     events, err = finish(watch)
     assert policies and set(policies.values()) == {os.SCHED_IDLE}, policies
+    assert kids == []  # never raised: no guard
     assert the(events, event="exec", comm="true")
+
+
+@pytest.mark.kernel
+def test_priority_normal_never_lowers_and_has_no_guard(pidns):
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
+    watch = start_watch("--pidns", str(work.ns), "--duration", "1.5", "--no-faults", "--priority", "normal")
+    policies = _policies(watch.pid)
+    kids = _children(watch.pid)
+    events, err = finish(watch)
+    assert set(policies.values()) == {os.SCHED_OTHER} and kids == []
+    assert the(events, event="exec", comm="true")
+
+
+@pytest.mark.kernel
+def test_auto_priority_starts_idle_and_its_guard_raises_a_starved_controller(pidns):
+    """By default the controller runs at SCHED_IDLE, with a guard process at normal priority.
+    A stopped controller stands in for a starved one (no heartbeat): the guard puts it at
+    SCHED_OTHER; watch says so at exit, reports what happened meanwhile, and leaves no guard."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.1; /bin/true; done"])
+    watch = start_watch("--pidns", str(work.ns), "--duration", "4", "--no-faults")
+    try:
+        assert set(_policies(watch.pid).values()) == {os.SCHED_IDLE}
+        (guard,) = _children(watch.pid)
+        with open(f"/proc/{guard}/cmdline", "rb") as f:
+            assert b"ckptrace.watchguard" in f.read()
+        assert os.sched_getscheduler(guard) == os.SCHED_OTHER  # started before the controller lowered itself
+        stopped_at = time.monotonic()
+        os.kill(watch.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 5
+            while set(_policies(watch.pid).values()) != {os.SCHED_OTHER}:
+                assert time.monotonic() < deadline, "the guard never raised the stopped controller"
+                time.sleep(0.02)
+            raised_after = time.monotonic() - stopped_at
+        finally:
+            os.kill(watch.pid, signal.SIGCONT)
+    except BaseException:
+        watch.kill()
+        raise
+    events, err = finish(watch)
+    assert raised_after >= CpuPriority_BEHIND()  # not before it was late
+    assert "raised to normal priority 1x" in err
+    assert the(events, event="exec", comm="true")
+    with pytest.raises(FileNotFoundError):
+        os.stat(f"/proc/{guard}")  # the guard went with the controller
+
+
+def CpuPriority_BEHIND() -> float:
+    from ckptrace.watch import CpuPriority
+
+    return CpuPriority.BEHIND_SECONDS
+
+
+@pytest.mark.kernel
+def test_a_poll_reads_no_more_than_its_budget_and_leaves_the_rest_in_the_ring(pidns, tmp_path):
+    """libbpf stops reading the ring when the callback returns < 0, with that record taken: a
+    budgeted poll handles about `budget` records, and the next poll goes on from there."""
+    need_root_and_bcc()
+    from ckptrace.kernel.bpfload import WatchProgram, ns_dev_ino
+    from ckptrace.watch import Controller
+    from ckptrace.watchmodel import Model
+
+    go, done = tmp_path / "go", tmp_path / "done"
+    work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; i=0; "
+                  f"while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done; touch {done}; sleep 60"])
+    out: list[dict] = []
+    read = [0]
+    with WatchProgram(focus_ns=work.ns, faults=False) as prog:
+        ctl = Controller(prog, Model(), host=ns_dev_ino("self")[1], focus=work.ns, emit=out.append)
+
+        def counted(e):
+            read[0] += 1
+            return ctl.on_record(e)
+
+        prog.open_events(counted)
+        ctl.seed_all()
+        go.touch()
+        deadline = time.monotonic() + 15
+        while not done.exists():
+            assert time.monotonic() < deadline, "the workload never finished"
+            time.sleep(0.02)
+        time.sleep(0.1)
+        ctl.poll(0, budget=10)
+        first = read[0]
+        ctl.poll(0, budget=10)
+        second = read[0] - first
+        ctl.poll(0, budget=10**9)
+    assert ctl.failure is None
+    # a poll is libbpf's poll then its consume: the consume takes one record past the budget
+    assert first == second == 11, (first, second)
+    assert len(the(out, event="exec", comm="true")) == 20  # nothing skipped or read twice
+    assert read[0] > first + second
 
 
 @pytest.mark.kernel

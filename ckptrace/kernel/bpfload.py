@@ -281,8 +281,8 @@ class WatchProgram:
         self._ring.open_ring_buffer(fn)
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to timeout_ms for a wake-up, then take everything in the ring (most events
-        are submitted without waking us)."""
+        """Wait up to timeout_ms for a wake-up, then read the ring until it is empty or the
+        callback returns < 0 (most events are submitted without waking us)."""
         self.bpf.ring_buffer_poll(timeout_ms)
         self.bpf.ring_buffer_consume()
 
@@ -372,12 +372,12 @@ class WatchProgram:
 
 def raw_callback(abi: Abi, callback):
     """The ring buffer callback that decodes each record for callback(event): a ckpt_event view,
-    valid during the call only."""
+    valid during the call only. callback may return a negative number to stop this read of the
+    ring after the record (libbpf's convention; the record counts as read)."""
     from_address = abi.structs["ckpt_event"].from_address
 
     def on_event(_ctx, data, _size):
-        callback(from_address(data))
-        return 0
+        return callback(from_address(data)) or 0  # < 0: libbpf stops reading (this record is taken)
 
     return on_event
 

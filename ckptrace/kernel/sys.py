@@ -10,7 +10,7 @@ import ctypes.util
 import os
 import struct
 
-from ..errors import check_errno
+from ..errors import check_errno, from_oserror
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -103,3 +103,15 @@ def sched_setattr(tid: int, attr: dict[str, int]) -> None:
     buf = ctypes.create_string_buffer(SCHED_ATTR.pack(SCHED_ATTR.size, *(attr[k] for k in SCHED_ATTR_FIELDS)),
                                       SCHED_ATTR.size)
     syscall(SYS_sched_setattr, tid, ctypes.addressof(buf), 0, what=f"sched_setattr({tid})")
+
+
+def set_own_policy(policy: int) -> None:
+    """Scheduling policy (os.SCHED_IDLE, os.SCHED_OTHER, ...) for every thread of this process:
+    the policy is per thread; threads started later inherit it from the one that starts them."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+        except ProcessLookupError:
+            continue  # a thread that just ended
+        except OSError as exc:
+            raise from_oserror(exc, f"setting scheduling policy {policy} of thread {tid}") from exc

@@ -1,0 +1,152 @@
+"""The guard of `watch --priority auto`: a small process at normal priority that raises the
+controller to normal priority when the controller stops making progress at SCHED_IDLE.
+
+Why a process: a SCHED_IDLE controller on saturated CPUs gets almost no CPU time (measured here:
+over two seconds without a single slice with four busy tasks on two CPUs), so it cannot notice
+by itself that it is falling behind. A thread of its own would not help either: it needs the
+GIL, which the starved thread holds. The guard shares one page with the controller (a memfd):
+the controller writes a heartbeat (CLOCK_MONOTONIC ns) whenever its loop comes round and every
+few records it reads; the guard wakes every GUARD_SECONDS, and when the heartbeat is older than
+`stale` seconds while the controller is at SCHED_IDLE, it puts every controller thread at
+SCHED_OTHER and counts that in the page, where the controller sees it (CpuPriority.observe).
+The guard exits when the controller does (PR_SET_PDEATHSIG, and the controller stops it).
+
+Run by the controller as `python -m ckptrace.watchguard FD PID STALE READY-FD`, never by hand.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from .errors import CkptError
+
+# the shared page: heartbeat (ns, CLOCK_MONOTONIC), times the guard raised the controller
+PAGE = struct.Struct("<QQ")
+GUARD_SECONDS = 0.05
+PR_SET_PDEATHSIG = 1
+
+
+class Heartbeat:
+    """The page the controller and its guard share."""
+
+    def __init__(self, fd: int | None = None):
+        """A new page (the controller), or the one behind `fd` (the guard)."""
+        new = fd is None
+        if new:
+            fd = os.memfd_create("ckptrace-watch-heartbeat", os.MFD_CLOEXEC)
+            os.ftruncate(fd, mmap.PAGESIZE)
+        self.fd = fd
+        self.page = mmap.mmap(fd, mmap.PAGESIZE)
+        if new:
+            self.beat()
+
+    def beat(self) -> None:
+        """The controller is making progress now. Each side writes only its own field."""
+        struct.pack_into("<Q", self.page, 0, time.monotonic_ns())
+
+    def age(self) -> float:
+        """Seconds since the last beat."""
+        return (time.monotonic_ns() - PAGE.unpack_from(self.page, 0)[0]) / 1e9
+
+    def raised(self) -> int:
+        return PAGE.unpack_from(self.page, 0)[1]
+
+    def count_raise(self) -> None:
+        """The guard raised the controller (only the guard writes this field)."""
+        struct.pack_into("<Q", self.page, 8, self.raised() + 1)
+
+    def close(self) -> None:
+        self.page.close()
+        os.close(self.fd)
+
+
+class Guard:
+    """The guard process of the calling (controller) process; started before the controller
+    lowers its priority (the guard would inherit it), and waited for, so that its start-up is
+    over before the watched workload is."""
+
+    START_SECONDS = 10.0
+
+    def __init__(self, heartbeat: Heartbeat, stale: float):
+        ready_r, ready_w = os.pipe()
+        try:
+            # the package may be a checkout nobody installed: tell the guard where it is
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ckptrace.watchguard", str(heartbeat.fd), str(os.getpid()), repr(stale),
+                 str(ready_w)],
+                pass_fds=(heartbeat.fd, ready_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                cwd="/", env=env)
+            os.close(ready_w)
+            ready_w = -1
+            ready, _, _ = select.select([ready_r], [], [], self.START_SECONDS)
+            if not ready or os.read(ready_r, 1) != b"1":
+                self.stop()
+                raise CkptError("watch: the controller's priority guard did not start "
+                                "(try --priority normal or --priority idle)")
+        finally:
+            os.close(ready_r)
+            if ready_w >= 0:
+                os.close(ready_w)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _policies(pid: int) -> dict[int, int]:
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = os.sched_getscheduler(int(tid))
+        except OSError:
+            continue  # a thread that just ended
+    return out
+
+
+def guard(heartbeat: Heartbeat, pid: int, stale: float) -> None:
+    """Watch `pid`'s heartbeat until `pid` is gone."""
+    while os.getppid() == pid:
+        time.sleep(GUARD_SECONDS)
+        if heartbeat.age() <= stale:
+            continue
+        try:
+            idle = [tid for tid, pol in _policies(pid).items() if pol == os.SCHED_IDLE]
+        except FileNotFoundError:
+            return  # the controller is gone
+        if not idle:
+            continue  # already at normal priority: it is busy, not starved
+        for tid in idle:
+            try:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except ProcessLookupError:
+                continue
+        heartbeat.count_raise()
+
+
+def main(argv: list[str]) -> int:
+    fd, pid, stale, ready = int(argv[0]), int(argv[1]), float(argv[2]), int(argv[3])
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
+    if os.getppid() != pid:
+        return 0  # the controller went away before the death signal was armed
+    heartbeat = Heartbeat(fd)
+    os.write(ready, b"1")
+    os.close(ready)
+    guard(heartbeat, pid, stale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,200 @@
+"""The controller's CPU priority (`watch --priority`): the auto state machine on a fake clock,
+the heartbeat page it shares with its guard, and the ring-read budget that keeps a flooded or
+starved controller looking at the clock."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ckptrace.errors import UsageError
+from ckptrace.kernel import bpfload
+from ckptrace.watch import Controller, CpuPriority
+from ckptrace.watchguard import Heartbeat
+from ckptrace.watchmodel import Model
+
+IDLE, OTHER = os.SCHED_IDLE, os.SCHED_OTHER
+LATE = CpuPriority.BEHIND_SECONDS + 0.01
+HOLD = CpuPriority.HOLD_SECONDS
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeHeartbeat:
+    """What the guard's page shows: beats counted, raises set by the test."""
+
+    def __init__(self):
+        self.beats = 0
+        self.raises = 0
+
+    def beat(self):
+        self.beats += 1
+
+    def raised(self):
+        return self.raises
+
+
+def make(mode="auto"):
+    clock, policies = Clock(), []
+    prio = CpuPriority(mode, set_policy=policies.append, clock=clock, guard=False)
+    return prio, clock, policies
+
+
+def test_auto_starts_idle_and_stays_idle_while_it_keeps_up():
+    prio, clock, policies = make()
+    prio.start()
+    for _ in range(100):
+        clock.t += 0.04
+        assert prio.observe(0.01) is False
+    assert policies == [IDLE] and prio.idle and prio.raised == 0
+    assert "idle priority (auto)" in prio.describe()
+
+
+def test_auto_rises_when_late_holds_then_drops_back():
+    prio, clock, policies = make()
+    prio.start()
+    assert prio.observe(LATE) is True
+    assert policies == [IDLE, OTHER] and not prio.idle and prio.raised == 1
+    assert "normal priority (auto, raised 1x" in prio.describe()
+    clock.t += HOLD - 0.1
+    assert prio.observe(0.0) is False and not prio.idle  # held
+    clock.t += 0.2
+    assert prio.observe(0.0) is True and prio.idle
+    assert policies == [IDLE, OTHER, IDLE]
+
+
+def test_still_late_at_normal_priority_extends_the_hold():
+    prio, clock, policies = make()
+    prio.start()
+    prio.observe(LATE)
+    clock.t += HOLD - 1
+    assert prio.observe(LATE) is False  # already up: no second raise
+    clock.t += 2  # past the first hold, within the extended one
+    assert prio.observe(0.0) is False and not prio.idle
+    clock.t += HOLD
+    assert prio.observe(0.0) is True and prio.idle
+    assert prio.raised == 1
+
+
+def test_falling_behind_soon_after_dropping_doubles_the_hold_up_to_the_cap():
+    prio, clock, _ = make()
+    prio.start()
+    holds = []
+    for _ in range(6):
+        prio.observe(LATE)
+        holds.append(prio.hold)
+        clock.t += prio.hold + 0.01
+        assert prio.observe(0.0) is True  # back to idle...
+        clock.t += 0.5  # ...and soon late again
+    assert holds == [HOLD, 2 * HOLD, 4 * HOLD, 8 * HOLD, CpuPriority.HOLD_MAX_SECONDS, CpuPriority.HOLD_MAX_SECONDS]
+    clock.t += 10 * CpuPriority.HOLD_MAX_SECONDS  # a long quiet spell: back to the short hold
+    prio.observe(LATE)
+    assert prio.hold == HOLD
+
+
+def test_a_raise_by_the_guard_is_taken_over():
+    prio, clock, policies = make()
+    prio.start()
+    prio.heartbeat = hb = FakeHeartbeat()
+    assert prio.observe(0.0) is False and hb.beats == 1  # every observation is a beat
+    hb.raises = 1  # the guard found us starved and set SCHED_OTHER itself
+    assert prio.observe(0.0) is True
+    assert not prio.idle and prio.raised == 1 and policies == [IDLE]  # not set again by us
+    clock.t += HOLD + 0.1
+    assert prio.observe(0.0) is True and prio.idle and policies == [IDLE, IDLE]
+
+
+@pytest.mark.parametrize("mode, start", [("idle", [IDLE]), ("normal", [])])
+def test_fixed_modes_never_change(mode, start):
+    prio, clock, policies = make(mode)
+    prio.start()
+    for lag in (LATE, 10.0, 0.0):
+        clock.t += 100
+        assert prio.observe(lag) is False
+    assert policies == start and prio.raised == 0
+
+
+def test_unknown_mode_is_a_usage_error():
+    with pytest.raises(UsageError):
+        CpuPriority("fast", set_policy=lambda p: None, guard=False)
+
+
+def test_heartbeat_page_is_shared_through_its_fd():
+    mine = Heartbeat()
+    try:
+        theirs = Heartbeat(os.dup(mine.fd))  # as the guard maps it
+        try:
+            assert mine.age() < 1 and mine.raised() == 0
+            theirs.count_raise()
+            theirs.count_raise()
+            assert mine.raised() == 2
+            mine.beat()
+            assert theirs.age() < 1 and theirs.raised() == 2  # a beat leaves the guard's count alone
+            assert os.stat(f"/proc/self/fd/{mine.fd}").st_size == os.sysconf("SC_PAGE_SIZE")
+        finally:
+            theirs.close()
+    finally:
+        mine.close()
+
+
+class FakeProg:
+    abi = bpfload.abi()
+
+    def add_namespace(self, ino):
+        return True
+
+    def track(self, hostpid, ns, nspid=0):
+        pass
+
+    def untrack(self, hostpid):
+        pass
+
+
+def _records(n: int, ts: int):
+    E, c = FakeProg.abi.structs["ckpt_event"], FakeProg.abi.consts
+    return [E(ts=ts, ns=7, type=c["CKPT_EV_MUNMAP"], hostpid=100, pid=1, a0=0x7000 + i * 4096, a1=4096)
+            for i in range(n)]
+
+
+def test_on_record_stops_the_read_when_the_budget_is_spent():
+    out = []
+    ctl = Controller(FakeProg(), Model(), host=1, focus=None, emit=out.append)
+    ctl.budget = 5
+    rets = [ctl.on_record(e) for e in _records(7, ts=1)]
+    assert rets == [0, 0, 0, 0, -1, -1, -1]
+    assert len(out) == 7  # a record is handled even when it is the one that stops the read
+
+
+def test_on_record_reports_the_age_of_the_first_record_and_every_sample():
+    import time
+
+    lags = []
+    ctl = Controller(FakeProg(), Model(), host=1, focus=None, emit=lambda ev: None)
+    ctl.late = lags.append
+    ctl.budget = 64
+    old = time.monotonic_ns() - 3 * 10**9
+    for e in _records(40, ts=old):
+        ctl.on_record(e)
+    from ckptrace.watch import LAG_SAMPLE
+
+    assert len(lags) == 1 + (40 - 1) // LAG_SAMPLE  # records 1, 17, 33
+    assert all(2.9 < lag < 60 for lag in lags)
+
+
+def test_a_failure_in_the_callback_stops_the_read_and_is_kept():
+    ctl = Controller(FakeProg(), Model(), host=1, focus=None, emit=lambda ev: None)
+
+    def boom(ev):
+        raise ValueError("boom")
+
+    ctl.emit = boom
+    assert ctl.on_record(_records(1, ts=1)[0]) == -1
+    assert isinstance(ctl.failure, ValueError)
+    assert ctl.on_record(_records(1, ts=1)[0]) == -1
