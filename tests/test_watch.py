@@ -300,14 +300,47 @@ def test_auto_priority_starts_idle_and_its_guard_raises_a_starved_controller(pid
         watch.kill()
         raise
     events, err = finish(watch)
-    assert raised_after >= CpuPriority_BEHIND()  # not before it was late
+    assert raised_after >= _behind_seconds()  # not before it was late
     assert "raised to normal priority 1x" in err
     assert the(events, event="exec", comm="true")
     with pytest.raises(FileNotFoundError):
         os.stat(f"/proc/{guard}")  # the guard went with the controller
 
 
-def CpuPriority_BEHIND() -> float:
+@pytest.mark.kernel
+def test_the_guard_holds_no_bpf_object_and_dies_with_a_killed_controller(pidns):
+    """Whatever happens to the controller, nothing of ours stays loaded: the guard has none of
+    its BPF programs, maps or links open, and goes when the controller is SIGKILLed."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
+    watch = start_watch("--pidns", str(work.ns), "--duration", "30", "--no-faults")
+    try:
+        (guard,) = _children(watch.pid)
+        fds = {fd: os.readlink(f"/proc/{guard}/fd/{fd}") for fd in os.listdir(f"/proc/{guard}/fd")}
+        assert not [t for t in fds.values() if "bpf" in t or "perf_event" in t], fds
+        assert any("ckptrace-watch-heartbeat" in t for t in fds.values()), fds
+    finally:
+        watch.kill()
+        watch.communicate()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{guard}") and _state(guard) != "Z":
+        assert time.monotonic() < deadline, "the guard outlived its controller"
+        time.sleep(0.02)
+    deadline = time.monotonic() + 5
+    while "ckpt_exec" in our_programs():
+        assert time.monotonic() < deadline, "programs still loaded after the controller was killed"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def _behind_seconds() -> float:
     from ckptrace.watch import CpuPriority
 
     return CpuPriority.BEHIND_SECONDS
