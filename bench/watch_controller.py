@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import os
+import struct
 import sys
 import time
 
@@ -31,15 +31,19 @@ from ckptrace.watchmodel import Model  # noqa: E402
 
 
 class Recorder:
-    """A live WatchProgram whose records and drains are kept, in order, for replay."""
+    """A live WatchProgram whose records (as the ring held them) and drains are kept, in order,
+    for replay."""
 
     def __init__(self, prog):
         self.prog = prog
         self.items: list[tuple[str, object]] = []
+        names = tuple(name for name, _ in prog.event_type._fields_)
+        self.pack = struct.Struct(bpfload.struct_format(prog.event_type, names)[0]).pack
+        self.live = None
 
-    def on_raw(self, _ctx, ptr: int, size: int) -> int:
-        self.items.append(("rec", ctypes.string_at(ptr, size)))
-        return self.live(_ctx, ptr, size)
+    def on_event(self, e) -> int:
+        self.items.append(("rec", self.pack(*e)))
+        return self.live(e)
 
     def drain(self) -> None:
         self.items.append(("drain", self.prog.drain_dirty()))
@@ -114,8 +118,8 @@ def record(loop: str, n: int, exe: str, view: ProcView) -> tuple[list, Model, in
             ctl = watch.Controller(prog, model, host=host, focus=ns.ns, emit=lambda ev: None)
             ctl.seed_all()
             seeded = copy.deepcopy(model)
-            rec.live = bpfload.raw_callback(prog.abi, ctl.on_record)
-            prog.open_raw(rec.on_raw)
+            rec.live = ctl.on_record
+            prog.open_events(rec.on_event)
             import subprocess
             child = subprocess.Popen(["nsenter", "-t", str(ns.init), "-p", "-m", exe, loop, str(n)],
                                      stdout=subprocess.DEVNULL)
@@ -145,13 +149,12 @@ def replay(items, seeded: Model, host: int, rounds: int, view: ProcView) -> floa
         with open(os.devnull, "w") as out:
             emit = watch.JsonLines(out)
             ctl = watch.Controller(prog, copy.deepcopy(seeded), host=host, focus=None, emit=emit)
-            on_raw = bpfload.raw_callback(prog.abi, ctl.on_record)
-            bufs = [(ctypes.create_string_buffer(b, len(b)) if kind == "rec" else None, kind)
-                    for kind, b in items]
+            _, decode = bpfload.record_type(prog.abi.structs["ckpt_event"])
+            on_record = ctl.on_record
             t0 = time.process_time()
-            for buf, kind in bufs:
+            for kind, item in items:
                 if kind == "rec":
-                    on_raw(None, ctypes.addressof(buf), len(buf.raw))
+                    on_record(decode(item, 0))  # decoding is part of the controller's cost
                 else:
                     ctl.drain()
             emit.flush()

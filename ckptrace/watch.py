@@ -285,7 +285,7 @@ class Controller:
             ev["child"] = e.a0
             out = self.model.apply(ev, childhost=e.a1)
         elif kind == "exec" or kind == "rename":
-            ev["comm"] = e.comm.decode("utf-8", "replace")  # c_char array: bytes up to the NUL
+            ev["comm"] = e.comm.split(b"\0", 1)[0].decode("utf-8", "replace")
             out = self.model.apply(ev, gen=gen)
             if kind == "exec":
                 # exec replaced the whole address space: re-read it from /proc, but only at the

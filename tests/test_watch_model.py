@@ -76,11 +76,32 @@ def test_bulk_format_decodes_what_ctypes_encodes_padding_included():
     assert [t[i] for i in order] == [4242, 17, 0x7FFF12345]
 
 
-def test_bulk_format_refuses_arrays():
+def test_bulk_format_refuses_arrays_other_than_char():
     from ckptrace.errors import UsageError
 
+    y = bpfload.parse_header("struct y { __u32 a[4]; };").structs["y"]
     with pytest.raises(UsageError):
-        bpfload.struct_format(bpfload.abi().structs["ckpt_event"], ("type",))
+        bpfload.struct_format(y, ("a",))
+
+
+def test_ring_records_decode_every_event_field_as_the_compiler_lays_it_out():
+    """The ring reader's record type against ctypes (whose layout tests/ compare with gcc's):
+    every field of a ckpt_event, set to distinct values, comes back; comm with its NULs."""
+    E = bpfload.abi().structs["ckpt_event"]
+    values = {}
+    for i, (name, t) in enumerate(E._fields_):
+        if name == "comm":
+            values[name] = b"true"
+        else:
+            values[name] = (0x0102030405060708 * (i + 1)) & ((1 << (8 * ctypes.sizeof(t))) - 1)
+    raw = bytes(E(**values))
+    cls, decode = bpfload.record_type(E)
+    rec = decode(b"\xff" * 8 + raw, 8)  # at an offset, as in the ring
+    assert isinstance(rec, cls) and rec._fields == tuple(n for n, _ in E._fields_)
+    for name, want in values.items():
+        got = getattr(rec, name)
+        assert (got.split(b"\0", 1)[0] if name == "comm" else got) == want, name
+    assert len(rec.comm) == 16
 
 
 def test_event_names_from_header():

@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import struct
+from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def struct_format(ctype: type[ctypes.Structure], names: tuple[str, ...]) -> tupl
     fmt, at, fields = "=", 0, []
     for name, t in ctype._fields_:
         code = _STRUCT_CODES.get(t)
+        if code is None and issubclass(t, ctypes.Array) and t._type_ is ctypes.c_char:
+            code = f"{t._length_}s"  # bytes, NULs included
         if code is None:
             raise UsageError(f"struct {ctype.__name__}: field {name} cannot be bulk-decoded")
         off = getattr(ctype, name).offset
@@ -99,6 +102,21 @@ def struct_format(ctype: type[ctypes.Structure], names: tuple[str, ...]) -> tupl
     if struct.calcsize(fmt) != ctypes.sizeof(ctype):
         raise UsageError(f"struct {ctype.__name__}: layout not expressible as {fmt!r}")
     return fmt, tuple(fields.index(n) for n in names)
+
+
+def record_type(ctype: type[ctypes.Structure]):
+    """(namedtuple class named and ordered like `ctype`'s fields, decode(buffer, offset) making
+    one from the struct's bytes there): a ring buffer record decoded by one `struct` call. Char
+    arrays come as bytes with their NULs (a ctypes view would cut them at the first)."""
+    names = tuple(name for name, _ in ctype._fields_)
+    fmt, _ = struct_format(ctype, names)
+    cls = namedtuple(ctype.__name__, names)
+    unpack_from, make = struct.Struct(fmt).unpack_from, tuple.__new__
+
+    def decode(buf, offset: int):
+        return make(cls, unpack_from(buf, offset))
+
+    return cls, decode
 
 
 _ABI: Abi | None = None
@@ -211,6 +229,9 @@ class WatchProgram:
         self._lost = self.bpf[b"lost"]
         self._dirty = self.bpf[b"dirty"] if faults else None
         self._ring = self.bpf[b"events"]
+        self._ring_size = ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
+        self._reader = None
+        self._on_record = None
         self._batch_ok = True
         self._batch_bufs = None
         self.batch_entries = DRAIN_BATCH
@@ -228,6 +249,9 @@ class WatchProgram:
         if bpf is None:
             return
         self.bpf = None
+        if getattr(self, "_reader", None) is not None:
+            self._reader.close()  # its mappings hold the ring map open
+            self._reader = None
         for tp, fn in reversed(getattr(self, "attached", [])):
             try:
                 bpf.detach_tracepoint(tp=tp.encode())
@@ -273,18 +297,20 @@ class WatchProgram:
 
     # -- kernel -> controller --------------------------------------------------------------------
     def open_events(self, callback) -> None:
-        """callback(event) for each ring buffer record (see raw_callback)."""
-        self.open_raw(raw_callback(self.abi, callback))
+        """callback(event) for each ring buffer record, event a `record_type` namedtuple of
+        struct ckpt_event; callback may return < 0 to stop the current read after that record."""
+        from .ringbuf import RingReader  # noqa: PLC0415
 
-    def open_raw(self, fn) -> None:
-        """fn(ctx, address, size) for each ring buffer record, as libbpf calls it."""
-        self._ring.open_ring_buffer(fn)
+        if self._reader is None:
+            _, decode = record_type(self.event_type)
+            self._reader = RingReader(self._ring.map_fd, self._ring_size, decode)
+        self._on_record = callback
 
-    def poll(self, timeout_ms: int) -> None:
-        """Wait up to timeout_ms for a wake-up, then read the ring until it is empty or the
-        callback returns < 0 (most events are submitted without waking us)."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-        self.bpf.ring_buffer_consume()
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for a wake-up if the ring is empty (most events are submitted
+        without waking us), then read it until it is empty or the callback says stop. Returns
+        how many records were read."""
+        return self._reader.poll(timeout_ms, self._on_record)
 
     def lost(self) -> dict[str, int]:
         c = self.abi.consts
@@ -368,18 +394,6 @@ class WatchProgram:
                 return items
             first = False
             token_in.value = token_out.value
-
-
-def raw_callback(abi: Abi, callback):
-    """The ring buffer callback that decodes each record for callback(event): a ckpt_event view,
-    valid during the call only. callback may return a negative number to stop this read of the
-    ring after the record (libbpf's convention; the record counts as read)."""
-    from_address = abi.structs["ckpt_event"].from_address
-
-    def on_event(_ctx, data, _size):
-        return callback(from_address(data)) or 0  # < 0: libbpf stops reading (this record is taken)
-
-    return on_event
 
 
 def our_programs() -> list[str]:
