@@ -15,7 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_vagrantfile_validates():
     if shutil.which("vagrant") is None:
         pytest.skip("vagrant not installed (.ci/run installs it)")
-    p = subprocess.run(["vagrant", "validate"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    # --ignore-provider: CI has no hypervisor; without it vagrant refuses before reading the file
+    # ("No usable default provider"). Settings and syntax are still checked (a misspelt key fails).
+    p = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
