@@ -10,13 +10,14 @@ by the sample, padded to 8 bytes. Positions only grow; `pos & (size - 1)` is the
 Why not bcc's ring_buffer_poll (libbpf): it calls back into Python through ctypes for every
 record and stores `consumer_pos` after every record. Each such store is a cache line the
 producing CPU must fetch back before its next reserve, on every traced mm syscall; here it is
-stored once per read (at most every STORE_EVERY records). And records arrive decoded by one
-`struct` call into a tuple, instead of a ctypes view whose every field read is a call.
+stored once per read (at most every STORE_EVERY records). Records arrive decoded by one
+`struct` call into a tuple: about as quick to read as a ctypes view into the ring, but a value
+the callback may keep after the ring has reused that space.
 
 x86-64 orders loads with loads and stores with older loads, which is what the producer's
 protocol needs from the reader (header read before sample, samples read before the consumer
 position is stored): plain loads and stores from Python suffice there. Other architectures would
-need barriers this module does not have; bpfload refuses them.
+need barriers this module does not have: RingReader refuses them.
 """
 
 from __future__ import annotations
