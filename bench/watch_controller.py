@@ -151,12 +151,17 @@ def replay(items, seeded: Model, host: int, rounds: int, view: ProcView) -> floa
             ctl = watch.Controller(prog, copy.deepcopy(seeded), host=host, focus=None, emit=emit)
             _, decode = bpfload.record_type(prog.abi.structs["ckpt_event"])
             on_record = ctl.on_record
+            drains = 0
             t0 = time.process_time()
-            for kind, item in items:
-                if kind == "rec":
-                    on_record(decode(item, 0))  # decoding is part of the controller's cost
-                else:
-                    ctl.drain()
+            with watch.LoopGc() as collector:  # as the live loop runs the garbage collector
+                for kind, item in items:
+                    if kind == "rec":
+                        on_record(decode(item, 0))  # decoding is part of the controller's cost
+                    else:
+                        ctl.drain()
+                        drains += 1
+                        if drains % round(watch.HOUSEKEEP_SECONDS / watch.DRAIN_SECONDS) == 0:
+                            collector.tick(time.monotonic())  # the loop's once-a-second housekeeping
             emit.flush()
             dt = time.process_time() - t0
             if ctl.failure is not None:

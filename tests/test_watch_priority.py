@@ -198,3 +198,30 @@ def test_a_failure_in_the_callback_stops_the_read_and_is_kept():
     assert ctl.on_record(_records(1, ts=1)[0]) == -1
     assert isinstance(ctl.failure, ValueError)
     assert ctl.on_record(_records(1, ts=1)[0]) == -1
+
+
+def test_loop_gc_collects_cycles_on_its_ticks_only_and_restores_the_collector():
+    """The loop's collector: no automatic collections inside, cycles reclaimed at each tick,
+    startup objects frozen, and the interpreter's collector as it was afterwards."""
+    import gc
+    import time
+    import weakref
+
+    from ckptrace.watch import LoopGc
+
+    class Node:
+        pass
+
+    assert gc.isenabled()
+    with LoopGc() as collector:
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: reference counting alone never frees it
+        gone = weakref.ref(a)
+        del a, b
+        keep = [Node() for _ in range(20000)]  # far past the allocation count of a collection
+        assert gone() is not None
+        collector.tick(time.monotonic())
+        assert gone() is None
+        del keep
+    assert gc.isenabled() and gc.get_freeze_count() == 0
