@@ -294,6 +294,9 @@ class Model:
             p.alive = False
             p.code = ev["code"]
             p.died = now
+            # the kernel starts no generation at exit: the mappings held the current one to the
+            # end, so their tombstones cover it (pages written after the last mm event included)
+            p.gen += 1
             p.bury(p.vmas, now)
             p.vmas = []
         elif kind == "mremap":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -436,6 +437,46 @@ def test_ring_reader_follows_a_one_page_ring_through_many_wraps(pidns, tmp_path)
     if lost == 0:  # the reader keeps up with this pace; if the VM stalled, counts may not add up
         execs = [e for e in got if names[e.type] == "exec" and e.comm.startswith(b"true\0")]
         assert len(execs) == 60
+
+
+SHORT_WRITER = r"""
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char *p = mmap(0, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    FILE *f = fopen(argv[1], "w");  /* stdio's own mm calls come before the writes */
+    fprintf(f, "%lu\n", (unsigned long)p);
+    fclose(f);
+    for (int i = 0; i < 16; i++) p[i * 4096] = 1;
+    _exit(0);  /* no munmap: the writes are the last thing this mm sees */
+}
+"""
+
+
+@pytest.mark.kernel
+def test_pages_a_process_wrote_just_before_exiting_are_reported_on_its_mapping(pidns, tmp_path):
+    """A process maps, writes 16 pages and exits long before the next drain of the kernel's
+    page masks: its pages come after its exit, in the generation of its last mm event, and are
+    still reported on the right mapping."""
+    need_root_and_bcc()
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing")
+    src, exe = tmp_path / "w.c", tmp_path / "w"
+    src.write_text(SHORT_WRITER)
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    go, addr_file = tmp_path / "go", tmp_path / "addr"
+    work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; {exe} {addr_file}; sleep 60"])
+    watch = start_watch("--pidns", str(work.ns), "--duration", "2.5")
+    go.touch()
+    events, err = finish(watch)
+    addr = int(addr_file.read_text())
+    (mm,) = the(events, event="mmap", addr=addr)
+    exits = the(events, event="exit", pid=mm["pid"])
+    dirty = the(events, event="dirty", pid=mm["pid"], start=addr)
+    assert exits and dirty, (exits, dirty)
+    assert sum(d["pages"] for d in dirty) == 16
+    assert all(d["ts"] > exits[0]["ts"] for d in dirty)  # drained after the exit was handled
 
 
 @pytest.mark.kernel

@@ -497,3 +497,13 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
     assert sorted((e["start"], e["end"], e["pages"]) for e in events) == \
         sorted((v.start, v.end, n) for v, n in want.values())
     assert m.unattributed == unattributed
+
+
+def test_pages_written_after_the_last_mm_event_of_an_exited_process_are_attributed(model):
+    """Exit starts no generation in the kernel: pages a process wrote after its last mm event
+    carry its final generation, which its buried mappings must still cover."""
+    model.apply(ev("mmap", addr=0x30000000, len=4 * P, prot=3), gen=7)
+    model.apply(ev("exit", code=0))
+    out = model.add_dirty_masks(100, [(7, 0x30000000 >> 12, 0b11), (7, 0x600000 >> 12, 0b1)], ts=1)
+    assert sorted((e["start"], e["pages"]) for e in out) == [(0x600000, 1), (0x30000000, 2)]
+    assert model.unattributed == 0
