@@ -313,6 +313,7 @@ class Controller:
             if p is not None and p.alive:
                 self.model.set_maps(p, _maps(hostpid))
         self.stale.clear()
+        exited = self.model.take_exited()  # before the drain: it holds the last of their pages
         ts = time.monotonic_ns()
         for hostpid, chunks in self.prog.drain_dirty().items():
             if hostpid not in self.model.procs:
@@ -320,6 +321,7 @@ class Controller:
                     continue
             for ev in self.model.add_dirty_masks(hostpid, chunks, ts):
                 self.emit(ev)
+        self.model.release_exited(exited)
 
     def check_lost(self) -> None:
         lost = self.prog.lost()

@@ -170,6 +170,7 @@ class Model:
         self.counts: Counter[str] = Counter()
         self.lost: dict[str, int] = {}
         self.unattributed = 0  # written pages no known mapping held
+        self.exited: list[Proc] = []  # exited since the last take_exited(), tombstones still kept
         self._lineage = itertools.count(1)
         self.status = "starting"
 
@@ -299,6 +300,7 @@ class Model:
             p.gen += 1
             p.bury(p.vmas, now)
             p.vmas = []
+            self.exited.append(p)
         elif kind == "mremap":
             self._mremap(p, ev, now)
         elif kind == "brk":
@@ -428,6 +430,20 @@ class Model:
                 v.dirty.clear()
             for _, v in p.tombstones:
                 v.dirty.clear()
+
+    def take_exited(self) -> list[Proc]:
+        """Processes whose exit was applied since the last call."""
+        out, self.exited = self.exited, []
+        return out
+
+    def release_exited(self, procs: list[Proc]) -> None:
+        """Forget the mappings of processes that had exited before a drain of the kernel's
+        written pages began: an exited process writes nothing more (its mm is gone before the
+        exit tracepoint fires), so that drain held the last of its pages. Without this a fork
+        storm kept every dead child's tombstones for TOMBSTONE_SECONDS: ~130 MiB here."""
+        for p in procs:
+            if not p.alive:
+                p.tombstones = []
 
     def gc(self) -> None:
         """Forget tombstones and dead processes once late write faults can no longer need them."""

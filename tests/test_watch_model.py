@@ -499,6 +499,61 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
     assert m.unattributed == unattributed
 
 
+class DrainProg(FakeProg):
+    """A FakeProg whose kernel map holds given written pages until drained."""
+
+    def __init__(self):
+        self.pages: dict[int, list] = {}
+
+    def drain_dirty(self):
+        out, self.pages = self.pages, {}
+        return out
+
+
+def test_an_exited_process_keeps_its_mappings_for_one_drain_only(model):
+    """Pages a process wrote before it exited come in the first drain after its exit, attributed
+    to its (now tombstoned) mapping; after that drain nothing of it is kept but its entry."""
+    from ckptrace.watch import Controller
+
+    prog = DrainProg()
+    ctl = Controller(prog, model, host=1, focus=None, emit=lambda ev: None)
+    model.apply(ev("fork", child=2), childhost=101)
+    model.apply(ev("mmap", hostpid=101, pid=2, addr=0x30000000, len=4 * P, prot=3), gen=1)
+    model.apply(ev("exit", hostpid=101, pid=2, code=0))
+    child = model.procs[101]
+    assert child.tombstones and not child.alive
+    prog.pages = {101: [(1, 0x30000000 >> 12, 0b101)]}  # written at generation 1, before the exit
+    out = []
+    ctl.emit = out.append
+    ctl.drain()
+    assert [(e["event"], e["pid"], e["start"], e["pages"]) for e in out] == [("dirty", 2, 0x30000000, 2)]
+    assert child.tombstones == [] and model.exited == []
+    assert model.procs[101] is child  # still listed (exit code, tree) until DEAD_SECONDS
+    model.apply(ev("mmap", addr=0x50000000, len=P, prot=3), gen=5)  # a live process is untouched
+    ctl.drain()
+    assert model.procs[100].tombstones == [] or all(v.died for _, v in model.procs[100].tombstones)
+    assert model.procs[100].vmas
+
+
+def test_a_process_that_exits_during_a_drain_keeps_its_mappings_until_the_next(model):
+    """Only processes whose exit was applied before the drain began are released by it."""
+    from ckptrace.watch import Controller
+
+    class ExitDuringDrain(DrainProg):
+        def drain_dirty(self):
+            model.apply(ev("exit", hostpid=100, pid=1, code=0))  # handled while the map is read
+            return super().drain_dirty()
+
+    prog = ExitDuringDrain()
+    ctl = Controller(prog, model, host=1, focus=None, emit=lambda ev: None)
+    ctl.drain()
+    init = model.procs[100]
+    assert not init.alive and init.tombstones  # its last pages may still be in the kernel map
+    prog.drain_dirty = DrainProg.drain_dirty.__get__(prog)
+    ctl.drain()
+    assert init.tombstones == []
+
+
 def test_pages_written_after_the_last_mm_event_of_an_exited_process_are_attributed(model):
     """Exit starts no generation in the kernel: pages a process wrote after its last mm event
     carry its final generation, which its buried mappings must still cover."""
