@@ -375,7 +375,10 @@ class Model:
         if p is None:
             self.unattributed += sum(m.bit_count() for _, _, m in chunks)
             return []
-        hits: dict[int, tuple[Vma, list[int]]] = {}
+        # A dead process's mappings are dropped once this drain is over (release_exited): its
+        # pages are only counted for the report, not recorded page by page.
+        keep = p.alive
+        hits: dict[int, list] = {}  # id(vma) -> [vma, page numbers (keep), page count (not keep)]
         for gen, base, mask in chunks:
             while mask:
                 low = (mask & -mask).bit_length() - 1
@@ -393,7 +396,10 @@ class Model:
                 mask ^= sub
                 hit = hits.get(id(v))
                 if hit is None:
-                    hit = hits[id(v)] = (v, [])
+                    hit = hits[id(v)] = [v, [], 0]
+                if not keep:
+                    hit[2] += sub.bit_count()
+                    continue
                 pnums = hit[1]
                 while sub:
                     bit = sub & -sub
@@ -402,8 +408,10 @@ class Model:
         out = []
         ns = self.add_namespace(p.ns)
         now = self.clock()
-        for v, pnums in hits.values():
-            if v.died < _LIVE:
+        for v, pnums, count in hits.values():
+            if not keep:
+                pass
+            elif v.died < _LIVE:
                 # written before an mprotect/mremap: the dirt stays with the live descendant
                 shift = v.moved >> PAGE_SHIFT
                 for pn in pnums:
@@ -415,7 +423,7 @@ class Model:
             else:
                 v.dirty.update(pnums)
             ev = {"event": "dirty", "pid": p.pid, "hostpid": p.hostpid, "ns": p.ns, "ts": ts,
-                  "start": v.start, "end": v.end, "pages": len(pnums)}
+                  "start": v.start, "end": v.end, "pages": len(pnums) if keep else count}
             out.append(ev)
             ns.events += 1
             ns.window.append(now)

@@ -562,3 +562,19 @@ def test_pages_written_after_the_last_mm_event_of_an_exited_process_are_attribut
     out = model.add_dirty_masks(100, [(7, 0x30000000 >> 12, 0b11), (7, 0x600000 >> 12, 0b1)], ts=1)
     assert sorted((e["start"], e["pages"]) for e in out) == [(0x600000, 1), (0x30000000, 2)]
     assert model.unattributed == 0
+
+
+def test_a_dead_process_gets_the_same_dirty_report_as_a_live_one(model):
+    """Pages of a dead process are counted, not recorded page by page (its mappings go after the
+    drain): the reports must equal those of a live twin with the same history."""
+    for host, pid in ((101, 2), (102, 3)):
+        model.apply(ev("fork", child=pid), childhost=host)
+        model.apply(ev("mmap", hostpid=host, pid=pid, addr=0x30000000, len=100 * P, prot=3), gen=1)
+        model.apply(ev("mprotect", hostpid=host, pid=pid, addr=0x30000000 + 10 * P, len=20 * P, prot=1), gen=2)
+    model.apply(ev("exit", hostpid=102, pid=3, code=0))
+    chunks = [(1, 0x30000000 >> 12, (1 << 64) - 1), (2, (0x30000000 >> 12) + 64, 0xF0F0), (None, 0x400000 >> 12, 1)]
+    live = model.add_dirty_masks(101, chunks, ts=1)
+    dead = model.add_dirty_masks(102, chunks, ts=1)
+    key = sorted
+    assert key((e["start"], e["end"], e["pages"]) for e in live) == key((e["start"], e["end"], e["pages"]) for e in dead)
+    assert sum(e["pages"] for e in dead) == 64 + 8 + 1
