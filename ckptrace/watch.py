@@ -142,8 +142,8 @@ def _ignore_lateness(_lag: float) -> None:
     pass
 
 
-# Signals only set this flag: raising from the handler could fire inside bcc's ring buffer
-# callback, where ctypes prints and swallows the exception and the loop would go on.
+# Signals only set this flag: raising from the handler could fire inside on_record, whose
+# catch-all would keep it as a failure of the event being handled.
 _stop_requested = [False]
 
 
@@ -190,9 +190,9 @@ class Controller:
         self.late = _ignore_lateness
 
     def on_record(self, e) -> int:
-        """The ring buffer callback. Exceptions cannot cross ctypes, so the first one is kept for
-        the loop to raise after the poll. Returns -1, which makes libbpf stop reading the ring
-        (this record is taken), when the poll's budget of records is spent or on a failure."""
+        """The ring buffer callback. The first exception is kept for the loop to raise after the
+        poll. Returns -1, which makes the reader stop (this record is taken), when the poll's
+        budget of records is spent or on a failure."""
         if self.failure is not None:
             return -1
         try:

@@ -26,6 +26,7 @@ import sys
 import time
 
 from .errors import CkptError
+from .kernel.sys import set_threads_policy
 
 # the shared page: heartbeat (ns, CLOCK_MONOTONIC), times the guard raised the controller
 PAGE = struct.Struct("<QQ")
@@ -103,16 +104,6 @@ class Guard:
         self.proc.wait()
 
 
-def _policies(pid: int) -> dict[int, int]:
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out[int(tid)] = os.sched_getscheduler(int(tid))
-        except OSError:
-            continue  # a thread that just ended
-    return out
-
-
 def guard(heartbeat: Heartbeat, pid: int, stale: float) -> None:
     """Watch `pid`'s heartbeat until `pid` is gone."""
     while os.getppid() == pid:
@@ -120,17 +111,12 @@ def guard(heartbeat: Heartbeat, pid: int, stale: float) -> None:
         if heartbeat.age() <= stale:
             continue
         try:
-            idle = [tid for tid, pol in _policies(pid).items() if pol == os.SCHED_IDLE]
+            # threads already at normal priority are busy, not starved: left alone
+            raised = set_threads_policy(pid, os.SCHED_OTHER, only=os.SCHED_IDLE)
         except FileNotFoundError:
             return  # the controller is gone
-        if not idle:
-            continue  # already at normal priority: it is busy, not starved
-        for tid in idle:
-            try:
-                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-            except ProcessLookupError:
-                continue
-        heartbeat.count_raise()
+        if raised:
+            heartbeat.count_raise()
 
 
 def main(argv: list[str]) -> int:

@@ -95,11 +95,16 @@ def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[list[dict], str
     return [json.loads(line) for line in out.splitlines() if line.strip()], err
 
 
-def wait_file(path: str, timeout: float = 15) -> dict:
+def wait_until(cond, timeout: float, what: str, meanwhile=lambda: time.sleep(0.02)) -> None:
+    """Call `meanwhile()` until `cond()` holds; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+    while not cond():
+        assert time.monotonic() < deadline, what
+        meanwhile()
+
+
+def wait_file(path: str, timeout: float = 15) -> dict:
+    wait_until(lambda: os.path.exists(path), timeout, f"{path} never appeared")
     with open(path) as f:
         return json.load(f)
 
@@ -290,10 +295,8 @@ def test_auto_priority_starts_idle_and_its_guard_raises_a_starved_controller(pid
         stopped_at = time.monotonic()
         os.kill(watch.pid, signal.SIGSTOP)
         try:
-            deadline = time.monotonic() + 5
-            while set(_policies(watch.pid).values()) != {os.SCHED_OTHER}:
-                assert time.monotonic() < deadline, "the guard never raised the stopped controller"
-                time.sleep(0.02)
+            wait_until(lambda: set(_policies(watch.pid).values()) == {os.SCHED_OTHER}, 5,
+                       "the guard never raised the stopped controller")
             raised_after = time.monotonic() - stopped_at
         finally:
             os.kill(watch.pid, signal.SIGCONT)
@@ -323,14 +326,10 @@ def test_the_guard_holds_no_bpf_object_and_dies_with_a_killed_controller(pidns):
     finally:
         watch.kill()
         watch.communicate()
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{guard}") and _state(guard) != "Z":
-        assert time.monotonic() < deadline, "the guard outlived its controller"
-        time.sleep(0.02)
-    deadline = time.monotonic() + 5
-    while "ckpt_exec" in our_programs():
-        assert time.monotonic() < deadline, "programs still loaded after the controller was killed"
-        time.sleep(0.05)
+    wait_until(lambda: not os.path.exists(f"/proc/{guard}") or _state(guard) == "Z", 5,
+               "the guard outlived its controller")
+    wait_until(lambda: "ckpt_exec" not in our_programs(), 5, "programs still loaded after the controller was killed",
+               meanwhile=lambda: time.sleep(0.05))
 
 
 def _state(pid: int) -> str:
@@ -371,10 +370,7 @@ def test_a_poll_reads_no_more_than_its_budget_and_leaves_the_rest_in_the_ring(pi
         prog.open_events(counted)
         ctl.seed_all()
         go.touch()
-        deadline = time.monotonic() + 15
-        while not done.exists():
-            assert time.monotonic() < deadline, "the workload never finished"
-            time.sleep(0.02)
+        wait_until(done.exists, 15, "the workload never finished")
         time.sleep(0.1)
         ctl.poll(0, budget=10)
         first = read[0]
@@ -422,10 +418,7 @@ def test_ring_reader_follows_a_one_page_ring_through_many_wraps(pidns, tmp_path)
         prog.open_events(got.append)
         names = prog.abi.event_names()
         go.touch()
-        deadline = time.monotonic() + 30
-        while not done.exists():
-            assert time.monotonic() < deadline, "the workload never finished"
-            prog.poll(5)
+        wait_until(done.exists, 30, "the workload never finished", meanwhile=lambda: prog.poll(5))
         time.sleep(0.05)
         prog.poll(0)
         lost = prog.lost()["ring"]
@@ -575,10 +568,7 @@ def test_dirty_map_drained_in_small_batches_gives_every_written_page(pidns, tmp_
         prog.drain_dirty()  # whatever was written before
         prog.batch_entries = 3
         go.write_text("")
-        deadline = time.monotonic() + 15
-        while not done.exists():
-            assert time.monotonic() < deadline, "the writer never finished"
-            time.sleep(0.02)
+        wait_until(done.exists, 15, "the writer never finished")
         base = int(done.read_text())
         drained = prog.drain_dirty()
         assert prog.drain_dirty() == {}  # taken out, not just read

@@ -105,13 +105,25 @@ def sched_setattr(tid: int, attr: dict[str, int]) -> None:
     syscall(SYS_sched_setattr, tid, ctypes.addressof(buf), 0, what=f"sched_setattr({tid})")
 
 
-def set_own_policy(policy: int) -> None:
-    """Scheduling policy (os.SCHED_IDLE, os.SCHED_OTHER, ...) for every thread of this process:
-    the policy is per thread; threads started later inherit it from the one that starts them."""
-    for tid in os.listdir("/proc/self/task"):
+def set_threads_policy(pid: int, policy: int, *, only: int | None = None) -> int:
+    """Scheduling policy (os.SCHED_IDLE, os.SCHED_OTHER, ...) for every thread of process `pid`
+    (0: this one), or only for those whose policy is now `only`: the policy is per thread, and
+    threads started later inherit it from the one that starts them. Returns how many threads
+    were set; FileNotFoundError when the process is gone."""
+    changed = 0
+    for tid in os.listdir(f"/proc/{pid or 'self'}/task"):
         try:
+            if only is not None and os.sched_getscheduler(int(tid)) != only:
+                continue
             os.sched_setscheduler(int(tid), policy, os.sched_param(0))
         except ProcessLookupError:
             continue  # a thread that just ended
         except OSError as exc:
             raise from_oserror(exc, f"setting scheduling policy {policy} of thread {tid}") from exc
+        changed += 1
+    return changed
+
+
+def set_own_policy(policy: int) -> None:
+    """`set_threads_policy` for every thread of this process."""
+    set_threads_policy(0, policy)
