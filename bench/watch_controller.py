@@ -106,6 +106,9 @@ class ReplayProgram:
     def drain_dirty(self):
         return self.batches.pop(0) if self.batches else {}
 
+    def read_sent(self):
+        return 0  # the recording holds the records in the order the live controller read them
+
 
 def record(loop: str, n: int, exe: str, view: ProcView) -> tuple[list, Model, int]:
     ns = Namespace()

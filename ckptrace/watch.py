@@ -315,7 +315,14 @@ class Controller:
         self.stale.clear()
         exited = self.model.take_exited()  # before the drain: it holds the last of their pages
         ts = time.monotonic_ns()
-        for hostpid, chunks in self.prog.drain_dirty().items():
+        drained = self.prog.drain_dirty()
+        # Every page taken was written after its process's fork, exec and mappings were sent:
+        # apply those records before attributing. Otherwise a process that ran and exited
+        # entirely since the last poll (likely at idle priority: the controller is preempted
+        # exactly while the workload runs) would be unknown here, already gone from /proc, and
+        # its pages lost.
+        self.prog.read_sent()
+        for hostpid, chunks in drained.items():
             if hostpid not in self.model.procs:
                 if self.resolve(hostpid) is None:
                     continue

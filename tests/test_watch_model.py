@@ -308,6 +308,9 @@ def test_keys_move_selection_within_bounds(model):
 class FakeProg:
     abi = bpfload.abi()
 
+    def read_sent(self):
+        return 0
+
     def add_namespace(self, ino):
         return True
 
@@ -578,3 +581,35 @@ def test_a_dead_process_gets_the_same_dirty_report_as_a_live_one(model):
     key = sorted
     assert key((e["start"], e["end"], e["pages"]) for e in live) == key((e["start"], e["end"], e["pages"]) for e in dead)
     assert sum(e["pages"] for e in dead) == 64 + 8 + 1
+
+
+def test_a_drain_first_applies_the_records_sent_before_it(model):
+    """A process forks, maps, writes and exits entirely between the controller's last poll and
+    its next drain: the drain takes its pages while its records still wait in the ring. Those
+    records are read before attributing, so its pages are reported, not dropped as belonging to
+    an unknown process that /proc no longer has."""
+    from ckptrace.watch import Controller
+
+    E, c = bpfload.abi().structs["ckpt_event"], bpfload.abi().consts
+    gone = 2**22 + 12345  # above any pid_max: /proc can never know it
+    waiting = [E(ts=1, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, pid=1, a0=9, a1=gone),
+               E(ts=2, ns=NS, type=c["CKPT_EV_MMAP"], hostpid=gone, pid=9, gen=1, a0=0x30000000, a1=4 * P, a2=3),
+               E(ts=3, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=gone, pid=9, code=0)]
+
+    class Ring(DrainProg):
+        def read_sent(self):
+            for e in waiting:
+                ctl.on_record(e)
+            n = len(waiting)
+            waiting.clear()
+            return n
+
+    prog = Ring()
+    prog.pages = {gone: [(1, 0x30000000 >> 12, 0b111)]}
+    out = []
+    ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
+    ctl.drain()
+    assert ctl.failure is None
+    assert [(e["event"], e["pid"]) for e in out][:3] == [("fork", 1), ("mmap", 9), ("exit", 9)]
+    assert [(e["pid"], e["start"], e["pages"]) for e in out if e["event"] == "dirty"] == [(9, 0x30000000, 3)]
+    assert gone not in ctl.ignored

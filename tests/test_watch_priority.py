@@ -147,6 +147,9 @@ def test_heartbeat_page_is_shared_through_its_fd():
 class FakeProg:
     abi = bpfload.abi()
 
+    def read_sent(self):
+        return 0
+
     def add_namespace(self, ino):
         return True
 

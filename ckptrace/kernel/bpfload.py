@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import struct
+import time
 from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +312,20 @@ class WatchProgram:
         without waking us), then read it until it is empty or the callback says stop. Returns
         how many records were read."""
         return self._reader.poll(timeout_ms, self._on_record)
+
+    def read_sent(self, wait_s: float = 0.01) -> int:
+        """Read every record reserved before this call, however many (a record still being
+        written is waited for, `wait_s` at most). Returns how many were read."""
+        reader = self._reader
+        mark = reader.written()
+        n = reader.consume(self._on_record, until=mark)
+        deadline = time.monotonic() + wait_s
+        while reader.read_to() < mark and time.monotonic() < deadline:
+            got = reader.consume(self._on_record, until=mark)
+            if not got:
+                time.sleep(0.0001)
+            n += got
+        return n
 
     def lost(self) -> dict[str, int]:
         c = self.abi.consts

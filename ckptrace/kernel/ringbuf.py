@@ -78,15 +78,25 @@ class RingReader:
                 pass
         return self.consume(callback)
 
-    def consume(self, callback) -> int:
+    def read_to(self) -> int:
+        """The consumer position: every record before it has been read."""
+        return POS.unpack_from(self.consumer, 0)[0]
+
+    def written(self) -> int:
+        """The producer position: every record reserved so far ends at or before it."""
+        return POS.unpack_from(self.producer, 0)[0]
+
+    def consume(self, callback, until: int | None = None) -> int:
         """callback(record) for each record there is, oldest first, until the ring is empty, a
-        record is still being written, or callback returns < 0 (that record counts as read).
-        Returns how many records were handed over."""
+        record is still being written, callback returns < 0 (that record counts as read), or
+        position `until` (a `written()`) is reached. Returns how many records were handed over."""
         producer, consumer, decode = self.producer, self.consumer, self.decode
         unpack_header, mask, data_at = HEADER.unpack_from, self.mask, self.data_at
         cons = POS.unpack_from(consumer, 0)[0]
         prod = POS.unpack_from(producer, 0)[0]
         n = 0
+        if until is not None:
+            prod = min(prod, until)
         try:
             while cons < prod:
                 at = data_at + (cons & mask)
@@ -102,7 +112,7 @@ class RingReader:
                         break
                     if not n % STORE_EVERY:
                         POS.pack_into(consumer, 0, cons)
-                if cons >= prod:
+                if cons >= prod and until is None:
                     prod = POS.unpack_from(producer, 0)[0]  # more came in meanwhile
         finally:
             POS.pack_into(consumer, 0, cons)
