@@ -102,8 +102,11 @@ class CpuPriority:
             seen = self.heartbeat.raised()
             if seen != self.guard_raises:
                 self.guard_raises = seen
-                self._raised(now)  # the guard found us starved and did it
-                return True
+                # the guard found us starved and did it; unless we had just done it ourselves
+                # (both at once: one raise, counted once)
+                if self.idle:
+                    self._raised(now)
+                    return True
         if lag > self.BEHIND_SECONDS:
             if self.idle:
                 self._set(idle=False)

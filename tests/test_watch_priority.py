@@ -111,6 +111,22 @@ def test_a_raise_by_the_guard_is_taken_over():
     assert prio.observe(0.0) is True and prio.idle and policies == [IDLE, IDLE]
 
 
+def test_the_guard_and_the_controller_raising_at_once_count_one_raise():
+    prio, clock, policies = make()
+    prio.start()
+    prio.heartbeat = hb = FakeHeartbeat()
+    assert prio.observe(LATE) is True and prio.raised == 1  # we raised ourselves...
+    hb.raises = 1  # ...and the guard did too, before it saw our policy change
+    clock.t += 0.1
+    assert prio.observe(0.0) is False
+    assert prio.raised == 1 and not prio.idle and policies == [IDLE, OTHER]
+    assert "raised 1x" in prio.describe()
+    clock.t += HOLD
+    assert prio.observe(0.0) is True and prio.idle  # and the hold is the first raise's
+    hb.raises = 2  # starved again later: the guard's raise counts
+    assert prio.observe(0.0) is True and prio.raised == 2 and not prio.idle
+
+
 @pytest.mark.parametrize("mode, start", [("idle", [IDLE]), ("normal", [])])
 def test_fixed_modes_never_change(mode, start):
     prio, clock, policies = make(mode)
