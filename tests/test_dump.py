@@ -70,6 +70,11 @@ def assert_running_untraced(w: NsWorkload) -> None:
         assert status_field(t, "State")[0] not in "tT", (t, status_field(t, "State"))
 
 
+def utime(tid: int) -> int:
+    with open(f"/proc/{tid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[11])
+
+
 def maps_of(pid: int) -> list[tuple[int, int, str]]:
     out = []
     with open(f"/proc/{pid}/maps") as f:
@@ -223,9 +228,6 @@ def test_dump_to_pipe_and_tasks_run_on(pidns, ckwork, tmp_path):
     assert_running_untraced(w)
     # The busy thread keeps burning CPU after the dump.
     if busy:
-        def utime(t):
-            with open(f"/proc/{t}/stat") as f:
-                return int(f.read().rsplit(")", 1)[1].split()[11])
         before = utime(busy[0])
         time.sleep(0.3)
         assert utime(busy[0]) > before
@@ -233,6 +235,8 @@ def test_dump_to_pipe_and_tasks_run_on(pidns, ckwork, tmp_path):
 
 def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path, "big", "128")
+    before = all_tids(w)
+    assert len(before) == 5
     # The dumper writes into a pipe nobody reads: it blocks mid-image with every task frozen.
     r, wfd = os.pipe()
     d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet"], stdout=wfd, stderr=subprocess.DEVNULL)
@@ -252,7 +256,15 @@ def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
     finally:
         os.close(r)
     time.sleep(0.05)
+    # Every task lives on (a single-step's trap flag left set by syscall injection would have
+    # killed each with SIGTRAP at its next instruction) and runs.
+    assert all_tids(w) == before
     assert_running_untraced(w)
+    busy = [t for t in before if status_field(t, "State")[0] == "R"]
+    assert busy, "the workload's busy thread"
+    ticks = utime(busy[0])
+    time.sleep(0.3)
+    assert utime(busy[0]) > ticks
 
 
 def test_kill_after_dump(pidns, ckwork, tmp_path):

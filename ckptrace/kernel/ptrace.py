@@ -296,11 +296,32 @@ def checked(ret: int, what: str) -> int:
 
 
 class Injector:
-    """Runs system calls inside a stopped tracee, leaving its registers as they were."""
+    """Runs system calls inside a stopped tracee, leaving its registers as they were.
+
+    Use it as a context manager: each call single-steps the task, and a single-step leaves the
+    trap flag set in the task's flags until the tracer resumes it (only a resume or an explicit
+    detach clears it; SETREGS cannot). Were the dumper to die then, even by SIGKILL, the kernel's
+    implicit detach would let the task run with the flag set and its next instruction would kill
+    it with SIGTRAP. Leaving the block clears the flag (see `settle`), so the task can only be
+    lost that way while a batch of calls runs (a few ms per process), not for the rest of the
+    dump. (Settling after every call doubles their cost: +10 % on a small namespace's dump.)"""
 
     def __init__(self, tracee: Tracee, insn: int | None = None):
         self.t = tracee
         self.insn = insn if insn is not None else find_syscall_insn(tracee.tid)
+        self.stepped = False
+
+    def __enter__(self) -> "Injector":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.stepped:
+            return
+        if exc_type is None:
+            self.settle()
+        else:
+            with contextlib.suppress(NoSuchProcess, KernelError, AccessDenied):
+                self.settle()  # the error that got us here is the one to report
 
     def syscall(self, nr: int, *args: int) -> int:
         """Return the raw result (negative errno on failure), like the kernel's return value."""
@@ -313,6 +334,7 @@ class Injector:
         regs[REG_INDEX["orig_rax"]] = 0xFFFFFFFFFFFFFFFF
         regs[REG_INDEX["rip"]] = self.insn
         self.t.set_regs(regs)
+        self.stepped = True
         try:
             while True:
                 _ptrace(PTRACE_SINGLESTEP, self.t.tid, 0, 0, "SINGLESTEP")
@@ -334,6 +356,26 @@ class Injector:
         finally:
             self.t.set_regs(saved)
         return ret - (1 << 64) if ret >= 1 << 63 else ret
+
+    def settle(self) -> None:
+        """Leave the task in an event-stop again, without the trap flag a step set:
+        PTRACE_INTERRUPT then PTRACE_CONT. The resume clears the flag, and the task traps again
+        before it leaves the kernel (get_signal takes the pending interrupt first), so not one
+        of its instructions runs."""
+        _ptrace(PTRACE_INTERRUPT, self.t.tid, 0, 0, "INTERRUPT")
+        _ptrace(PTRACE_CONT, self.t.tid, 0, 0, "CONT")
+        while True:
+            status = self.t.wait()
+            if not os.WIFSTOPPED(status):
+                continue
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if event == PTRACE_EVENT_STOP:
+                self.stepped = False
+                return
+            if not event and sig != signal.SIGTRAP:
+                # An asynchronous signal arrived meanwhile: keep it for the task, as above.
+                self.t.owed_signal = self.t.owed_signal or sig
+            _ptrace(PTRACE_CONT, self.t.tid, 0, 0, "CONT")
 
     @contextlib.contextmanager
     def scratch(self, size: int):

@@ -5,7 +5,9 @@ What /proc does not show (kernel sigactions, sigaltstack, clear_child_tid, pdeat
 securebits, the exact brk) is read by injecting system calls into the stopped task. All
 injections happen in `collect()`, right after the freeze and before any page is copied, so the
 window in which a dumper killed by SIGKILL could leave a task with borrowed registers is as short
-as possible (the Injector restores registers after each call).
+as possible (the Injector restores registers after each call and, at the end of each batch,
+clears the trap flag its single-steps leave set, which would otherwise kill a task whose dumper
+died at any later point of the dump).
 """
 
 from __future__ import annotations
@@ -114,8 +116,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.sched = dict(sched_getattr(t.hosttid), timer_slack=procfs.timerslack(t.hosttid, proc))
     t.affinity = cpu_mask(os.sched_getaffinity(t.hosttid))
     seccomp.collect(t, st)
-    inj = Injector(tr, insn)
-    with inj.scratch(32) as (addr, mem):
+    with Injector(tr, insn) as inj, inj.scratch(32) as (addr, mem):
         checked(inj.syscall(SYS_prctl, PR_GET_TID_ADDRESS, addr), f"prctl(PR_GET_TID_ADDRESS) in {t.hosttid}")
         mem.seek(addr)
         t.clear_child_tid = struct.unpack("<Q", mem.read(8))[0]
@@ -129,29 +130,29 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
     leader = p.leader
     p.status = procfs.status(p.hostpid, None, proc)
     p.syscall_insn = _vdso_syscall(p.hostpid)
-    inj = Injector(leader.tracee, p.syscall_insn)
-    with inj.scratch(NSIG * SIGACTION.size) as (addr, mem):
-        for sig in range(1, NSIG + 1):
-            checked(inj.syscall(SYS_rt_sigaction, sig, 0, addr + (sig - 1) * SIGACTION.size, 8),
-                     f"rt_sigaction({sig}) in {p.hostpid}")
-        mem.seek(addr)
-        data = mem.read(NSIG * SIGACTION.size)
-        p.sigactions = list(SIGACTION.iter_unpack(data))
-        checked(inj.syscall(SYS_prctl, PR_GET_PDEATHSIG, addr), f"prctl(PR_GET_PDEATHSIG) in {p.hostpid}")
-        mem.seek(addr)
-        p.pdeath_signal = struct.unpack("<i", mem.read(4))[0]
-        checked(inj.syscall(SYS_prctl, PR_GET_CHILD_SUBREAPER, addr), f"prctl(PR_GET_CHILD_SUBREAPER) in {p.hostpid}")
-        mem.seek(addr)
-        subreaper = struct.unpack("<i", mem.read(4))[0]
-    thp_off = checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
-    p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
-    p.dumpable = checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
-    timers.collect(p, inj, ns_pid, proc)
-    nsinfo.collect(p, inj, proc)
-    p.shared_siginfo = leader.tracee.peek_siginfo(shared=True)
-    p.securebits = checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
-    # brk(0) returns the current break: /proc/PID/stat has only start_brk.
-    p.brk = checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
+    with Injector(leader.tracee, p.syscall_insn) as inj:
+        with inj.scratch(NSIG * SIGACTION.size) as (addr, mem):
+            for sig in range(1, NSIG + 1):
+                checked(inj.syscall(SYS_rt_sigaction, sig, 0, addr + (sig - 1) * SIGACTION.size, 8),
+                         f"rt_sigaction({sig}) in {p.hostpid}")
+            mem.seek(addr)
+            data = mem.read(NSIG * SIGACTION.size)
+            p.sigactions = list(SIGACTION.iter_unpack(data))
+            checked(inj.syscall(SYS_prctl, PR_GET_PDEATHSIG, addr), f"prctl(PR_GET_PDEATHSIG) in {p.hostpid}")
+            mem.seek(addr)
+            p.pdeath_signal = struct.unpack("<i", mem.read(4))[0]
+            checked(inj.syscall(SYS_prctl, PR_GET_CHILD_SUBREAPER, addr), f"prctl(PR_GET_CHILD_SUBREAPER) in {p.hostpid}")
+            mem.seek(addr)
+            subreaper = struct.unpack("<i", mem.read(4))[0]
+        thp_off = checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
+        p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
+        p.dumpable = checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
+        timers.collect(p, inj, ns_pid, proc)
+        nsinfo.collect(p, inj, proc)
+        p.shared_siginfo = leader.tracee.peek_siginfo(shared=True)
+        p.securebits = checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
+        # brk(0) returns the current break: /proc/PID/stat has only start_brk.
+        p.brk = checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
     for t in p.threads:
         collect_thread(t, p.syscall_insn, proc)
 
