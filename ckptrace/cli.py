@@ -8,6 +8,7 @@ Commands return an exit status; a CkptError becomes one line on stderr, never a 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -113,9 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _ClosedOutput:
+    """Stands in for a standard output the process was started without."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import CkptError
 
+    if sys.stdout is None:  # started with fd 1 closed: a write fails with one line, not an AttributeError
+        sys.stdout = _ClosedOutput()
     parser = build_parser()
     args = parser.parse_args(argv)
     module, func, _ = COMMANDS[args.command]
@@ -135,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 141
+    except OSError as exc:
+        # An I/O error no module mapped (output on a full disk, a closed stdout...): one line too.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ckptrace {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from . import notify
 from .errors import AccessDenied, CkptError, NoSuchProcess, UsageError
 from .image.records import RecType
-from .image.stream import ImageWriter, create_image_file, write_header, write_tail
+from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
@@ -237,8 +237,10 @@ def _wait_exit(pidfd: int, init: int, timeout: float = 10.0) -> None:
         os.close(pidfd)
 
 
-def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
-    """Dump namespace `ns` to `out_fd`. Raises CkptError; tasks are always released."""
+def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None) -> Summary:
+    """Dump namespace `ns` to `out_fd`. Raises CkptError; tasks are always released.
+    `on_complete()` runs once the whole image is written, while the tasks are still held (before
+    `--kill` kills them): `dump -o FILE` names the file there, so a failure to do so kills nothing."""
     started = time.monotonic()
     init = check_target(ns, opts.proc)
     from .kernel import sockdiag
@@ -252,6 +254,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None) -> Summary:
     try:
         frz.freeze()
         ctx = Dumper(ns, init, out_fd, opts, on_progress).run(frz)
+        if on_complete is not None:
+            on_complete()
         ok = True
         if opts.kill:
             # Kill while still held: released first, the tasks would run on for a moment and
@@ -280,34 +284,24 @@ def main(args) -> int:
         raise UsageError("refusing to write a binary image to a terminal: use -o FILE or a pipe")
     opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill)
     check_target(ns)  # fail on a bad target before creating the output file
-    out_fd = 1 if to_stdout else create_image_file(args.output)
+    out = None if to_stdout else ImageFile(args.output)
     old = {sig: signal.signal(sig, _raise_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
+    done = False
     try:
         with progress:
-            s = dump(ns, out_fd, opts, progress.update)
-    except BaseException:
-        if not to_stdout:
-            _remove_partial(args.output)
-        raise
+            s = dump(ns, 1 if out is None else out.fd, opts, progress.update, None if out is None else out.commit)
+        done = True
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-        if not to_stdout:
-            os.close(out_fd)
+        if out is not None:
+            out.close(discard=not done)
     if args.json:
         print(json.dumps(s.as_dict()), file=sys.stderr if to_stdout else sys.stdout)
     if not args.quiet:
         print(s.line(), file=sys.stderr)
     return 0
-
-
-def _remove_partial(path: str) -> None:
-    try:
-        if os.path.isfile(path):
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 class _Progress:

@@ -303,6 +303,43 @@ def test_refuses_and_leaves_running(pidns, ckwork, tmp_path, mode, words):
     out = tmp_path / "refused.img"
     assert_refused(dump("--pidns", str(w.ns), "-o", str(out), check=False), *words)
     assert not out.exists()
+    # an image already at that name (a good one from before) survives the refused dump
+    out.write_bytes(b"the previous image")
+    assert_refused(dump("--pidns", str(w.ns), "-o", str(out), check=False), *words)
+    assert out.read_bytes() == b"the previous image"
+    assert sorted(os.listdir(out.parent)) == ["refused.img", "w"]  # no partial file left beside it
+    assert_running_untraced(w)
+
+
+def test_output_errors_are_one_line_and_keep_the_previous_image(pidns, ckwork, tmp_path):
+    w = start(pidns, ckwork, tmp_path)
+    assert_refused(dump("--pidns", str(w.ns), "-o", "/dev/full", check=False),
+                   "writing the image", "ENOSPC")
+    assert_refused(dump("--pidns", str(w.ns), "-o", str(tmp_path / "no" / "such.img"), check=False),
+                   "cannot create", "No such file or directory")
+    assert_refused(dump("--pidns", str(w.ns), "-o", str(tmp_path), check=False), "directory")
+    # a full file system, mid-image: the previous image stays, nothing partial is left
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    try:
+        img = mnt / "ns.img"
+        img.write_bytes(b"the previous image")
+        os.chmod(img, 0o644)
+        assert_refused(dump("--pidns", str(w.ns), "-o", str(img), check=False), "writing the image", "ENOSPC")
+        assert img.read_bytes() == b"the previous image" and os.listdir(mnt) == ["ns.img"]
+        img.unlink()
+        # and a dump that fits replaces it, 0600
+        img.write_bytes(b"x")
+        os.chmod(img, 0o644)
+        link = tmp_path / "link.img"
+        link.symlink_to(img)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        dump("--pidns", str(w.ns), "-o", str(link), "--quiet")
+        assert link.is_symlink() and img.read_bytes()[:4] != b"x"
+        assert stat.S_IMODE(os.stat(img).st_mode) == 0o600 and os.listdir(mnt) == ["ns.img"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
     assert_running_untraced(w)
 
 

@@ -222,6 +222,19 @@ def test_cli_reports_corrupt_images_in_one_line(tmp_path):
         assert "truncated" in err and "record" in err and "offset" in err
     p = run_cli("show", "-", stdin=b"\x01\x00\x00\x00\x10")
     assert p.returncode == 1 and "truncated record header" in p.stderr.decode()
+    # a read error (EIO: /proc/self/mem at offset 0 is unmapped) is one line too
+    for cmd in ("show", "decode"):
+        p = run_cli(cmd, "/proc/self/mem")
+        err = p.stderr.decode().strip()
+        assert p.returncode == 1 and len(err.splitlines()) == 1 and "Input/output error" in err, err
+
+
+def test_cli_write_errors_are_one_line(tmp_path):
+    img = tmp_path / "x.img"
+    img.write_bytes(SAMPLE)
+    p = subprocess.run(f"{sys.executable} -m ckptrace decode {img} >&-", shell=True, capture_output=True, cwd=REPO)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
 
 
 def test_cli_show_and_decode_from_a_pipe():

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import ImageError
+from ..errors import ImageError, KernelError
 from .records import HDR, HDR_SIZE, RECORDS, Payload, RecordType, RecType
 
 _FLUSH_AT = 256 << 10
@@ -60,7 +60,12 @@ class ImageWriter:
     def _writev(self, parts) -> None:
         views = [memoryview(p).cast("B") for p in parts if len(p)]
         while views:
-            n = os.writev(self.fd, views)
+            try:
+                n = os.writev(self.fd, views)
+            except BrokenPipeError:
+                raise  # the reader went away: the CLI ends quietly (exit 141), like `| head`
+            except OSError as exc:
+                raise KernelError("writing the image", exc.errno or 0) from None
             self.bytes_written += n
             while views and n >= len(views[0]):
                 n -= len(views[0])
@@ -104,11 +109,18 @@ class RecordReader:
             pass
         self.skip_pages = skip_pages and self.size is not None
 
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.f.read(n)
+        except OSError as exc:
+            raise ImageError(f"cannot read: {os.strerror(exc.errno) if exc.errno else exc}",
+                             index=self.index, offset=self.offset) from None
+
     def _read_exact(self, n: int, what: str) -> bytes:
         parts = []
         got = 0
         while got < n:
-            chunk = self.f.read(min(n - got, _CHUNK))
+            chunk = self._read(min(n - got, _CHUNK))
             if not chunk:
                 raise ImageError(f"truncated {what}: wanted {n} bytes, got {got}",
                                  index=self.index, offset=self.offset)
@@ -119,7 +131,7 @@ class RecordReader:
     def next(self) -> Record | None:
         """The next record, or None at a clean end of input (exactly at a record boundary)."""
         start = self.offset
-        head = self.f.read(HDR_SIZE)
+        head = self._read(HDR_SIZE)
         if not head:
             return None
         if len(head) < HDR_SIZE:
@@ -202,16 +214,59 @@ def open_image(path: str) -> BinaryIO:
         raise UsageError(f"cannot read {path}: permission denied") from None
 
 
-def create_image_file(path: str) -> int:
-    """Create (or truncate) an image file 0600: images hold process memory, i.e. secrets."""
-    from ..errors import UsageError
+class ImageFile:
+    """The output of `dump -o FILE`.
 
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode on O_TRUNC; images are never world-readable
-    return fd
+    A regular file (or a new one) is written as a temporary file beside it, created 0600 (images
+    hold process memory, i.e. secrets), and takes FILE's name only when `commit` says the image is
+    complete: a refused, failed or interrupted dump leaves whatever FILE held before. FIFOs and
+    devices are written directly (there is nothing to replace)."""
+
+    def __init__(self, path: str):
+        from ..errors import UsageError
+
+        self.path = path
+        self.target = os.path.realpath(path)  # through a symlink: replace what it points at
+        self.tmp: str | None = None
+        try:
+            st = os.stat(self.target)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+        try:
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"cannot create {path}: it is a directory")
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                self.fd = os.open(self.target, os.O_WRONLY | os.O_CLOEXEC)
+                return
+            import tempfile
+
+            self.fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.target)}.", suffix=".partial",
+                                                 dir=os.path.dirname(self.target))
+        except OSError as exc:
+            raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+        os.fchmod(self.fd, 0o600)  # mkstemp's mode already; said here because it matters
+
+    def commit(self) -> None:
+        """The image is complete: give it its name."""
+        if self.tmp is None:
+            return
+        try:
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            raise KernelError(f"renaming the complete image {self.tmp} to {self.path}", exc.errno or 0) from None
+        self.tmp = None
+
+    def close(self, *, discard: bool) -> None:
+        """Close; with `discard`, remove an uncommitted temporary file (FILE is left as it was)."""
+        os.close(self.fd)
+        if discard and self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
 
 
 def _is_regular(f: BinaryIO) -> bool:
