@@ -375,6 +375,18 @@ def test_command_runs_on_a_terminal_and_q_quits(tmp_path, from_stdin):
     assert b"sample" in out and b"6.18.0-test" in out
 
 
+def test_command_without_a_terminal_is_a_one_line_error(tmp_path):
+    img = tmp_path / "s.img"
+    img.write_bytes(imagegen.build())
+    exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
+    # no controlling terminal at all (new session), stdin and stdout not terminals: FILE and -
+    for argv, data in (([exe, "inspect", str(img)], b""), ([exe, "inspect", "-"], img.read_bytes())):
+        r = subprocess.run(argv, input=data, capture_output=True, timeout=30, start_new_session=True)
+        err = r.stderr.decode().strip()
+        assert r.returncode == 2 and len(err.splitlines()) == 1 and "terminal" in err, err
+        assert r.stdout == b""
+
+
 def test_help_does_not_import_textual():
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ckptrace", "--help"],
                        capture_output=True, text=True)

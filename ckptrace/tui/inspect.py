@@ -22,8 +22,13 @@ def load(path: str) -> InspectState:
 
 
 def keyboard_from_tty() -> None:
-    """When the image came through stdin, keys must come from the terminal: put /dev/tty on fd 0
-    (as `less` does) so that textual reads the keyboard, not the drained pipe."""
+    """Keys must come from the terminal: when stdin is not one (the image came through it, or it
+    was redirected), put /dev/tty on fd 0 (as `less` does) so that textual reads the keyboard.
+    The screen must be a terminal too: drawn into a file or a pipe, the app would run on unseen
+    (and, with no keyboard, for ever)."""
+    if not os.isatty(1):
+        raise UsageError("inspect is interactive: its output must be a terminal "
+                         "(for text, use `ckptrace show` or `ckptrace decode`)")
     if os.isatty(0):
         return
     try:
@@ -35,9 +40,11 @@ def keyboard_from_tty() -> None:
 
 
 def main(args) -> int:
+    if args.image != "-":
+        keyboard_from_tty()  # before indexing a large image: fail fast without a terminal
     state = load(args.image)
     if args.image == "-":
-        keyboard_from_tty()
+        keyboard_from_tty()  # after: the image is read from stdin first
     from .app import InspectApp  # textual only for this command, never for `ckptrace --help`
 
     try:
