@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from .errors import CkptError, KernelError, NoSuchProcess, Unsupported
 from .image.reader import FileTable, Image, Mm, read_image
-from .image.records import REG_NAMES
+from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
 
 ERESTARTNOINTR = -513
@@ -307,6 +307,11 @@ class _Restore:
         for t in self.img.tasks:
             creds.raise_pending(self.host[t.tgid], self.by_tid[t.tid].tid, t.thread["pending"],
                                 t.proc["shared_pending"] if t.proc else None, t.siginfo, t.shared_siginfo)
+        # A process dumped in a job-control stop (TASK state 4, __TASK_STOPPED) comes back stopped:
+        # SIGSTOP queued while its threads are still held stops each of them as it is let go,
+        # before it runs an instruction (as `dump --leave-stopped` does).
+        for tgid in sorted({t.tgid for t in self.img.tasks if t.fields["state"] == TASK_STOPPED}):
+            os.kill(self.host[tgid], signal.SIGSTOP)
         for tr in self.tracees:
             tr.detach()
         self.tracees = []

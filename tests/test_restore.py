@@ -292,6 +292,39 @@ def test_dump_kill_restore_continues(pidns, refwork, tmp_path, restored):
         pytest.fail("the restored reader never counted the SIGUSR1 in its handler")
 
 
+def _states(host: int) -> set[str]:
+    out = set()
+    for tid in os.listdir(f"/proc/{host}/task"):
+        with open(f"/proc/{host}/task/{tid}/status") as f:
+            out.add(next(line.split()[1] for line in f if line.startswith("State:")))
+    return out
+
+
+def test_a_stopped_process_comes_back_stopped(pidns, refwork, tmp_path, restored):
+    workdir = str(tmp_path)
+    w = start_workload(pidns, refwork, workdir)
+    victim = max(w.pids())  # a child of init, with its threads
+    os.kill(victim, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while _states(victim) != {"T"}:
+        assert time.monotonic() < deadline, _states(victim)
+        time.sleep(0.02)
+    stopped = nspid(victim)
+    img = str(tmp_path / "ref.img")
+    dump_kill(w, img)
+    before = logged_before(workdir, img)
+    res = restore_json(img, restored)
+    hosts = {nspid(h): h for h in ns_pids(res["pidns"])}
+    time.sleep(0.3)  # stopped still, not merely not yet running
+    assert _states(hosts[stopped]) == {"T"}
+    for p, h in hosts.items():
+        if p != stopped:
+            assert "T" not in _states(h), (p, _states(h))
+    os.kill(hosts[stopped], signal.SIGCONT)  # and then it carries on where it was
+    time.sleep(0.3)  # a few 50 ms ticks each: check_continues counts lines, which the others fill
+    check_continues(workdir, before, res)
+
+
 def test_restore_through_a_pipe(pidns, refwork, tmp_path, restored):
     workdir = str(tmp_path)
     w = start_workload(pidns, refwork, workdir)

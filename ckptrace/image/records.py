@@ -28,6 +28,7 @@ VMA_LAST_PAGE = 0xFFFFFFFFFFFFFFFF
 
 # Kernel constants of the header (the seed's struct ckpt_const), x86_64 values.
 TASK_COMM_LEN = 16
+TASK_STOPPED = 4  # TASK.state of a task in a job-control stop (the kernel's __TASK_STOPPED); else 0
 AT_VECTOR_SIZE = 52  # 2 * (AT_VECTOR_SIZE_BASE 22 + AT_VECTOR_SIZE_ARCH 3 + 1): mm->saved_auxv slots
 UTS_LEN = 65
 

@@ -16,7 +16,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, RecType
+from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_STOPPED, RecType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import sched_getattr
@@ -102,7 +102,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.pending = st.hex("SigPnd")
     # TASK.state: the task's state as the restorer should recreate it, not the ptrace stop we
     # hold it in: 0 (running) or 4 (__TASK_STOPPED) for a task that was in a job-control stop.
-    t.state = 4 if t.tracee.group_stopped else 0
+    t.state = TASK_STOPPED if t.tracee.group_stopped else 0
     with open(f"{proc}/{t.hostpid}/task/{t.hosttid}/comm", "rb") as f:
         t.comm = f.read().rstrip(b"\n")[:TASK_COMM_LEN - 1].ljust(TASK_COMM_LEN, b"\0")
     fields = procfs.stat_fields(t.hosttid, proc)
