@@ -13,12 +13,13 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from . import notify
-from .errors import AccessDenied, CkptError, NoSuchProcess, UsageError
+from .errors import AccessDenied, CkptError, NoSuchProcess, Unsupported, UsageError
 from .image.records import RecType
 from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
@@ -116,12 +117,13 @@ def _processes(frz: Freezer, proc: str) -> list[task.ProcState]:
 
 
 class Dumper:
-    def __init__(self, ns: int, init: int, out_fd: int, opts: Options, on_progress=None):
+    def __init__(self, ns: int, init: int, out_fd: int, opts: Options, on_progress=None, shadow_fd: int | None = None):
         self.ns = ns
         self.init = init
         self.out_fd = out_fd
         self.opts = opts
         self.on_progress = on_progress
+        self.shadow_fd = shadow_fd  # ImageWriter's sparse copy, for check_restorable
         self.ctx: DumpContext | None = None
 
     def run(self, frz: Freezer) -> DumpContext:
@@ -132,7 +134,7 @@ class Dumper:
             for t in p.threads:
                 ns_pid[t.hosttid] = procfs.status(p.hostpid, t.hosttid, proc).nspid[-1]
         ns_root = os.readlink(f"{proc}/{self.init}/root")
-        w = ImageWriter(self.out_fd)
+        w = ImageWriter(self.out_fd, self.shadow_fd)
         ctx = DumpContext(w, ns_root, ns_pid, self.opts.max_file_data, proc=proc, on_progress=self.on_progress)
         self.ctx = ctx
         # Refusals first, while nothing is written and nothing injected.
@@ -251,9 +253,14 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     t0 = time.monotonic()
     ok = False
     init_fd = None
+    # --kill migrates: the namespace dies, so the image must be one restore can rebuild. Checked
+    # on a sparse copy of what was written (the image itself may be going down a pipe).
+    shadow = tempfile.TemporaryFile(prefix="ckptrace-index-") if opts.kill else None
     try:
         frz.freeze()
-        ctx = Dumper(ns, init, out_fd, opts, on_progress).run(frz)
+        ctx = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno() if shadow else None).run(frz)
+        if shadow is not None:
+            check_restorable(shadow, ns)
         if on_complete is not None:
             on_complete()
         ok = True
@@ -264,6 +271,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     finally:
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
+        if shadow is not None:
+            shadow.close()
     if ok and opts.kill and init_fd is not None:
         _wait_exit(init_fd, init)
     s.elapsed_s = time.monotonic() - started
@@ -273,6 +282,21 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     s.bytes = ctx.w.bytes_written
     notify.dump_done(ns)
     return s
+
+
+def check_restorable(shadow, ns: int) -> None:
+    """Raise Unsupported, before `--kill` kills anything, when restore would refuse the image
+    (a TCP connection, a pty master, a process that entered from outside...): the same checks
+    `restore` makes, on the sparse copy of the image just written."""
+    from .image.reader import read_image
+    from .restore import validate
+
+    shadow.seek(0)
+    try:
+        validate(read_image(shadow, skip_pages=True))
+    except Unsupported as exc:
+        raise Unsupported(f"not killing pid:[{ns}]: {exc}; without --kill the image is written and "
+                          "the namespace left running") from None
 
 
 def main(args) -> int:

@@ -80,6 +80,11 @@ def validate(img: Image) -> None:
         problems.append(f"the image's XSAVE area is {img.arch['xstate_size']} bytes, this CPU's is {xs}")
     if not img.tree or img.tree[0]["pid"] != 1:
         problems.append("the image does not start with the namespace's init (pid 1)")
+    leaders = {e["pid"] for e in img.tree if e["pid"] == e["tgid"]}
+    for e in img.tree:
+        if e["pid"] == e["tgid"] != 1 and e["ppid"] not in leaders:
+            problems.append(f"process {e['pid']} has no parent in the namespace (it entered from outside, "
+                            "e.g. with nsenter or setns): restore recreates a namespace's own process tree only")
     mm_owner: dict[int, int] = {}
     for t in img.tasks:
         if t.fields["exit_state"]:

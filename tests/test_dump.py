@@ -536,6 +536,17 @@ def test_task_that_entered_with_setns_is_dumped(pidns, ckwork, tmp_path):
         sleeper = [e for e in img.tree if e["pid"] == e["tgid"] and e["ppid"] == 0 and e["pid"] != 1]
         assert len(sleeper) == 1 and img.task(sleeper[0]["pid"]).comm == "sleep"
         assert status_field(sleeper[0]["hostpid"], "TracerPid") == "0"
+        # restore could not rebuild it (no parent to fork it from): --kill is refused, with reasons,
+        # and kills nothing, whether to a file or down a pipe to `restore -`
+        killed = tmp_path / "k.img"
+        assert_refused(dump("--pidns", str(w.ns), "--kill", "-o", str(killed), check=False),
+                       "not killing", f"process {sleeper[0]['pid']} has no parent in the namespace")
+        assert not killed.exists()
+        pipe = subprocess.run(" ".join(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q", "|"] + CLI + ["restore", "-"]),
+                              shell=True, capture_output=True, cwd=os.getcwd())
+        assert pipe.returncode != 0 and b"not killing" in pipe.stderr, pipe.stderr
+        assert os.path.exists(f"/proc/{w.init}") and joined.poll() is None
+        assert_running_untraced(w)
     finally:
         joined.kill()
         joined.wait()

@@ -1064,6 +1064,13 @@ def test_listening_tcp_and_udp_sockets_come_back(pidns, tmp_path, restored):
         u.settimeout(3)
         u.sendto(b"x", ("127.0.0.1", udp))
         assert u.recvfrom(100)[0] == b"echo:x"
+    # a second copy while the first holds the ports: refused, naming the socket and its fd
+    before = pidns_inodes(tmp_path)
+    r = ckptrace("restore", img)
+    err = r.stderr.decode().strip()
+    assert r.returncode != 0 and len(err.splitlines()) == 1, err
+    assert "EADDRINUSE" in err and f"udp 127.0.0.1:{udp}" in err and f"fd {udp_fd}" in err and "None" not in err, err
+    assert pidns_inodes(tmp_path) == before
 
 
 def test_tcp_connection_is_refused_by_name(pidns, tmp_path):
@@ -1079,6 +1086,11 @@ def test_tcp_connection_is_refused_by_name(pidns, tmp_path):
     assert r.returncode != 0 and "established" in err and "not TCP connections" in err and tcp in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert pidns_inodes(tmp_path) == before
+    # so a migration (dump --kill) refuses before killing anything
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    err = d.stderr.decode()
+    assert d.returncode != 0 and "not killing" in err and "not TCP connections" in err, err
+    assert w.pids() and os.path.getsize(img) > 0  # the earlier image is still there too
 
 
 UTS_WORKLOAD = r"""

@@ -23,10 +23,15 @@ _CHUNK = 1 << 20
 
 
 class ImageWriter:
-    """Writes records to a file descriptor (file, pipe, socket). Counts bytes and records."""
+    """Writes records to a file descriptor (file, pipe, socket). Counts bytes and records.
 
-    def __init__(self, fd: int):
+    `shadow`: a second fd (a regular file) that gets the same image with the data of large page
+    records left as holes: a sparse copy that `read_image(skip_pages=True)` can index and check
+    while the image itself went down a pipe (`dump --kill` asks whether restore could rebuild it)."""
+
+    def __init__(self, fd: int, shadow: int | None = None):
         self.fd = fd
+        self.shadow = shadow
         self.buf = bytearray()
         self.bytes_written = 0
         self.records = 0
@@ -49,13 +54,27 @@ class ImageWriter:
                 self.flush()
             return
         self.buf += head
+        self._to_shadow(self.buf, hole=len(data))
         self._writev([self.buf, data])
         self.buf = bytearray()
 
     def flush(self) -> None:
         if self.buf:
+            self._to_shadow(self.buf)
             self._writev([self.buf])
             self.buf = bytearray()
+
+    def _to_shadow(self, data, hole: int = 0) -> None:
+        if self.shadow is None:
+            return
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.shadow, view):]
+            if hole:
+                os.lseek(self.shadow, hole, os.SEEK_CUR)
+        except OSError as exc:
+            raise KernelError("writing the image's index copy", exc.errno or 0) from None
 
     def _writev(self, parts) -> None:
         views = [memoryview(p).cast("B") for p in parts if len(p)]

@@ -164,7 +164,7 @@ class FileSet:
     def _open(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
         f = obj.fields
         ft = FileType(obj.ftype)
-        what = f"recreate file object {obj.objref} ({obj.name})"
+        what = f"recreate {_users(self.img, obj.objref)} ({_what(obj, ft)})"
         try:
             if ft is FileType.REGULAR:
                 fd = os.open(obj.name, f["f_flags"] & ~_OPEN_ONLY)
