@@ -506,6 +506,37 @@ def test_zombie_is_refused(pidns, tmp_path):
     assert status_field(w.init, "TracerPid") == "0"
 
 
+@pytest.fixture(scope="session")
+def vforker(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vforker") / "vforker"
+    subprocess.run(["gcc", "-O1", "-o", str(out), os.path.join(HERE, "dumpwork", "vforker.c")], check=True)
+    return str(out)
+
+
+@pytest.mark.parametrize("loop", ["sh", "vfork"])
+def test_command_loops_are_dumped_despite_passing_zombies_and_vforks(pidns, vforker, tmp_path, loop):
+    """A shell running commands in a loop: its children are zombies for a moment before it reaps
+    them, and (dash, and the vfork loop) it sleeps unstoppable in vfork until each child execs.
+    The dump lets go and tries again instead of failing (a third of the dumps did) or hanging."""
+    ready = tmp_path / "ready"
+    argv = ["sh", "-c", f"touch {ready}; while :; do /bin/true; done"] if loop == "sh" else [vforker, str(ready), "0"]
+    w = pidns(argv, ready_file=str(ready))
+    for _ in range(10):
+        p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False, timeout=30)
+        assert p.returncode == 0, p.stderr.decode()
+    assert_running_untraced(w)
+
+
+def test_a_task_that_never_stops_is_refused_not_waited_for(pidns, vforker, tmp_path):
+    ready = tmp_path / "ready"
+    w = pidns([vforker, str(ready), "100000"], ready_file=str(ready), settle=0.2)  # child: 100 s before exec
+    t0 = time.monotonic()
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False, timeout=60)
+    assert_refused(p, f"task {w.init} does not stop", "vfork")
+    assert time.monotonic() - t0 < 15
+    assert_running_untraced(w)  # the parent still in vfork (state D), the child asleep, neither traced
+
+
 def test_sockets_in_own_network_namespace(pidns, ckwork, tmp_path):
     """A target with its own network namespace: sock_diag is asked inside that namespace."""
     d = tmp_path / "w"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from ..errors import AccessDenied, CkptError, NoSuchProcess, Unsupported, UsageError
@@ -20,6 +21,8 @@ from . import procfs
 from .ptrace import Tracee
 
 MAX_ROUNDS = 1000
+ZOMBIE_PATIENCE_SECONDS = 1.0  # a zombie seen that long is its parent's doing, not a passing state
+STOP_SECONDS = 0.5  # for a batch of interrupted tasks to stop
 
 
 @dataclass
@@ -79,6 +82,19 @@ class Freezer:
         self.tasks: dict[int, Task] = {}  # by host tid
 
     def freeze(self) -> None:
+        """Seize and stop every task, rescanning until no new task appears.
+
+        Two passing states are waited out rather than refused, by letting go of the task that
+        holds things up (the tasks stop again in a later round; nothing is collected yet):
+        - a zombie, usually a child that just exited and that its parent is about to reap; if we
+          hold the parent it cannot, so the parent is let go until the zombie is gone
+          (ZOMBIE_PATIENCE_SECONDS at most, then refused: zombies cannot be checkpointed);
+        - a task that does not stop, usually a vfork parent, which sleeps in the kernel where no
+          ptrace stop reaches it until its child execs; if we hold the child it never will, so
+          the children are let go; a task that still does not stop is refused, not waited for.
+        A shell running commands in a loop (dash uses vfork) otherwise failed a third of the
+        dumps, or hung the dumper for good."""
+        zombies: dict[int, float] = {}  # tid -> when first seen
         for _ in range(MAX_ROUNDS):
             found = scan(self.ns, self.init, self.root)
             new = [(p, t) for p, t in found if t not in self.tasks]
@@ -88,35 +104,93 @@ class Freezer:
                     self.tasks.pop(t)
                 return
             fresh = []
+            waiting = False  # for a zombie to be reaped
             for pid, tid in new:
                 try:
                     st = procfs.status(pid, tid, self.root)
                 except NoSuchProcess:
                     continue
-                tracer = st.tracer
-                if st.state in ("Z", "X"):
-                    inner = st.nspid[-1] if st.nspid else "?"
-                    raise Unsupported(f"task {tid} (pid {inner} inside the namespace) is a zombie its parent "
-                                      "has not reaped: zombies cannot be checkpointed; retry once it is reaped")
-                if tracer:
-                    raise Unsupported(f"task {tid} is already traced by pid {tracer}: refusing to "
-                                      "checkpoint a task someone else controls")
-                tr = Tracee(tid)
-                try:
-                    tr.seccomp_suspended = tr.seize_suspending_seccomp()
-                    tr.interrupt()
-                except NoSuchProcess:
-                    continue
-                task = Task(pid, tid, tr)
-                self.tasks[tid] = task
-                fresh.append(task)
-            # Interrupt all first, then wait for each: the stops overlap instead of queueing.
-            for task in fresh:
-                try:
-                    task.tracee.wait_stop()
-                except NoSuchProcess:
-                    self.tasks.pop(task.hosttid, None)
+                if st.state in ("Z", "X") or not self._seize(pid, tid, st, fresh):
+                    self._wait_out_zombie(tid, st, zombies)
+                    waiting = True
+            self._wait_stops(fresh)
+            if waiting:
+                time.sleep(0.001)  # let the parents get to it
         raise Unsupported(f"pid namespace {self.ns} keeps creating tasks; could not freeze it")
+
+    def _seize(self, pid: int, tid: int, st, fresh: list[Task]) -> bool:
+        """Seize and interrupt one task (appended to `fresh`); False if it turned out to be a
+        zombie (the kernel refuses to attach to a task that has begun to exit: EPERM)."""
+        if st.tracer:
+            raise Unsupported(f"task {tid} is already traced by pid {st.tracer}: refusing to "
+                              "checkpoint a task someone else controls")
+        tr = Tracee(tid)
+        try:
+            tr.seccomp_suspended = tr.seize_suspending_seccomp()
+            tr.interrupt()
+        except NoSuchProcess:
+            return True  # gone: the next scan will not list it
+        except AccessDenied:
+            try:
+                if procfs.status(pid, tid, self.root).state in ("Z", "X"):
+                    return False
+            except NoSuchProcess:
+                return True
+            raise
+        task = Task(pid, tid, tr)
+        self.tasks[tid] = task
+        fresh.append(task)
+        return True
+
+    def _wait_out_zombie(self, tid: int, st, zombies: dict[int, float]) -> None:
+        now = time.monotonic()
+        if now - zombies.setdefault(tid, now) > ZOMBIE_PATIENCE_SECONDS:
+            inner = st.nspid[-1] if st.nspid else "?"
+            raise Unsupported(f"task {tid} (pid {inner} inside the namespace) is a zombie its parent "
+                              "has not reaped: zombies cannot be checkpointed; retry once it is reaped")
+        self._let_go(lambda t: t.hostpid == st.ppid)  # its parent, if we hold it: it may reap now
+
+    def _wait_stops(self, fresh: list[Task]) -> None:
+        """Wait for the interrupted tasks to stop (interrupt all first, then wait for each: the
+        stops overlap instead of queueing)."""
+        deadline = time.monotonic() + STOP_SECONDS / 5
+        late = []
+        for task in fresh:
+            try:
+                if not task.tracee.wait_stop(deadline):
+                    late.append(task)
+            except NoSuchProcess:
+                self.tasks.pop(task.hosttid, None)
+        if not late:
+            return
+        # A vfork parent stops once its child execs or exits: let go of the children we hold.
+        kids: set[int] = set()
+        for task in late:
+            try:
+                kids.update(procfs.children(task.hostpid, self.root))
+            except (NoSuchProcess, AccessDenied):
+                pass
+        self._let_go(lambda t: t.hostpid in kids)
+        deadline = time.monotonic() + STOP_SECONDS
+        for task in late:
+            try:
+                if not task.tracee.wait_stop(deadline):
+                    raise Unsupported(f"task {task.hosttid} does not stop: it waits in the kernel "
+                                      f"({procfs.wchan(task.hosttid, self.root) or 'unknown'}), e.g. a vfork "
+                                      "parent for its child's exec, or an uninterruptible sleep")
+            except NoSuchProcess:
+                self.tasks.pop(task.hosttid, None)
+
+    def _let_go(self, which) -> None:
+        """Detach the held, stopped tasks `which(task)` picks; a later round seizes them again."""
+        for task in [t for t in self.tasks.values() if t.tracee.stopped and which(t)]:
+            self.tasks.pop(task.hosttid)
+            if task.tracee.group_stopped and not task.tracee.owed_signal:
+                task.tracee.owed_signal = signal.SIGSTOP
+            try:
+                task.tracee.detach()
+            except CkptError:
+                pass
 
     def release(self, *, leave_stopped: bool = False) -> None:
         """Detach every task (idempotent). With leave_stopped, each thread stays in a group-stop:
@@ -135,12 +209,17 @@ class Freezer:
                     os.kill(pid, signal.SIGSTOP)
                 except ProcessLookupError:
                     pass
-        for task in list(self.tasks.values()):
+        # Stopped tasks first: only a stopped tracee can be detached, and one still on its way to
+        # the stop (a vfork parent) gets there once its child, detached here, has exec'd.
+        tasks = sorted(self.tasks.values(), key=lambda t: not t.tracee.stopped)
+        for task in tasks:
             if task.tracee.group_stopped and not task.tracee.owed_signal:
                 # It was in a job-control stop when we seized it: keep it stopped.
                 task.tracee.owed_signal = signal.SIGSTOP
             try:
-                task.tracee.detach()
+                # Bounded: one that never stops is let go by the kernel when this process exits.
+                if task.tracee.stopped or task.tracee.wait_stop(time.monotonic() + STOP_SECONDS):
+                    task.tracee.detach()
             except CkptError:  # one failing detach must not keep the others stopped
                 pass
         self.tasks.clear()

@@ -11,7 +11,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import from_oserror
+from ..errors import CkptError, from_oserror
 
 PROC = "/proc"
 
@@ -228,6 +228,16 @@ def personality(pid: int, root: str = PROC) -> int:
 
 
 RLIM_INFINITY = (1 << 64) - 1
+
+
+def wchan(tid: int, root: str = PROC) -> str:
+    """The kernel function a task sleeps in ("" when running, gone or hidden): to say why a task
+    does not stop."""
+    try:
+        text = _read(f"{root}/{tid}/wchan", f"read wchan of {tid}").strip()
+    except CkptError:
+        return ""
+    return "" if text == "0" else text
 
 
 def timerslack(tid: int, root: str = PROC) -> int:

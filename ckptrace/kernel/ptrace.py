@@ -15,6 +15,7 @@ import errno
 import os
 import signal
 import struct
+import time
 
 from ..errors import AccessDenied, KernelError, NoSuchProcess, from_oserror
 from ..image.records import SIGINFO_SIZE
@@ -105,24 +106,34 @@ class Tracee:
     def interrupt(self) -> None:
         _ptrace(PTRACE_INTERRUPT, self.tid, 0, 0, "INTERRUPT")
 
-    def wait(self) -> int:
-        """waitpid for this task; raises NoSuchProcess if it exited."""
+    def wait(self, deadline: float | None = None) -> int | None:
+        """waitpid for this task; raises NoSuchProcess if it exited. With a `deadline`
+        (time.monotonic()), None once it passes with nothing to report."""
         while True:
             try:
-                pid, status = os.waitpid(self.tid, WALL)
+                pid, status = os.waitpid(self.tid, WALL | (os.WNOHANG if deadline is not None else 0))
             except ChildProcessError as exc:
                 raise NoSuchProcess(f"task {self.tid} is gone") from exc
             except InterruptedError:
+                continue
+            if pid == 0:  # WNOHANG: nothing yet
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.0005)
                 continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 self.stopped = False
                 raise NoSuchProcess(f"task {self.tid} exited while being checkpointed")
             return status
 
-    def wait_stop(self) -> None:
-        """Wait for the event-stop PTRACE_INTERRUPT asked for, passing on signals that came first."""
+    def wait_stop(self, deadline: float | None = None) -> bool:
+        """Wait for the event-stop PTRACE_INTERRUPT asked for, passing on signals that came first.
+        False if `deadline` (time.monotonic()) passed first: the task is busy in the kernel where
+        no stop can reach it (a vfork parent waiting for its child, an uninterruptible sleep)."""
         while True:
-            status = self.wait()
+            status = self.wait(deadline)
+            if status is None:
+                return False
             if not os.WIFSTOPPED(status):
                 continue
             sig = os.WSTOPSIG(status)
@@ -131,7 +142,7 @@ class Tracee:
                 # Event-stop: after INTERRUPT (SIGTRAP) or a group-stop (SIGSTOP etc.).
                 self.group_stopped = sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
                 self.stopped = True
-                return
+                return True
             if event:
                 # A ptrace event we asked for (clone etc.): resume to reach the pending interrupt.
                 _ptrace(PTRACE_CONT, self.tid, 0, 0, "CONT")
