@@ -205,9 +205,14 @@ def diff_images(ia: Image, fa: BinaryIO, ib: Image, fb: BinaryIO, *, path_a: str
         # or the same one restored: pids still match, but say so.
         notes.append(f"pid 1 was host pid {init_a} in A and {init_b} in B: not the same namespace "
                      f"instance (a restore, or another namespace)")
+    # the same pid in both, in another role: a thread of one process that is now a process of
+    # its own (or a thread of another), and the other way round
+    moved = [dict(tid=t, tgid_a=ta[t].tgid, tgid_b=tb[t].tgid, comm_a=ta[t].comm, comm_b=tb[t].comm)
+             for t in sorted(ta.keys() & tb.keys()) if ta[t].tgid != tb[t].tgid]
     return dict(a=image_doc(path_a, ia), b=image_doc(path_b, ib), notes=notes,
                 tasks=dict(added=[tdoc(tb[t]) for t in sorted(tb.keys() - ta.keys())],
-                           gone=[tdoc(ta[t]) for t in sorted(ta.keys() - tb.keys())]),
+                           gone=[tdoc(ta[t]) for t in sorted(ta.keys() - tb.keys())],
+                           changed=moved),
                 processes=procs)
 
 
@@ -235,6 +240,10 @@ def diff_text(d: dict[str, Any]) -> str:
         out.append(f"+ task {t['tid']} {t['comm']}" + (f" (thread of {t['tgid']})" if t["tid"] != t["tgid"] else ""))
     for t in d["tasks"]["gone"]:
         out.append(f"- task {t['tid']} {t['comm']}" + (f" (thread of {t['tgid']})" if t["tid"] != t["tgid"] else ""))
+    for t in d["tasks"]["changed"]:
+        def role(tgid, comm):
+            return f"process ({comm})" if tgid == t["tid"] else f"thread of {tgid} ({comm})"
+        out.append(f"~ task {t['tid']}: {role(t['tgid_a'], t['comm_a'])} -> {role(t['tgid_b'], t['comm_b'])}")
     same = 0
     for p in d["processes"]:
         if _empty(p):
@@ -282,10 +291,20 @@ def main(args) -> int:
 
         raise UsageError("only one of A and B can be standard input")
     with open_seekable(args.a) as fa, open_seekable(args.b) as fb:
-        ia, ib = read_image(fa), read_image(fb)
+        ia, ib = _read_image(fa, "A", args.a), _read_image(fb, "B", args.b)
         d = diff_images(ia, fa, ib, fb, path_a=args.a, path_b=args.b)
     if args.json:
         print(json.dumps(d))
     else:
         print(diff_text(d))
     return 0
+
+
+def _read_image(f: BinaryIO, which: str, path: str) -> Image:
+    """read_image, its errors saying which of the two images is bad."""
+    from .errors import ImageError
+
+    try:
+        return read_image(f)
+    except ImageError as exc:
+        raise ImageError(f"{exc.what} (in {which}, {path})", index=exc.index, offset=exc.offset) from None

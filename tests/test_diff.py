@@ -54,6 +54,32 @@ def test_synthetic_tasks_gone_and_pages_only_in_one(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["processes"] == d["processes"]
 
 
+def test_a_thread_that_became_a_process_is_shown(tmp_path):
+    import io
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.imgdiff import diff_images, diff_text
+
+    data = imagegen.build()
+    ia, ib = read_image(io.BytesIO(data)), read_image(io.BytesIO(data))
+    two = next(t for t in ib.tasks if t.tid == 2)
+    assert two.tgid == 1  # a thread of 1 in A...
+    two.thread = dict(two.thread, tgid=2)  # ...and its own process in B
+    d = diff_images(ia, io.BytesIO(data), ib, io.BytesIO(data))
+    assert d["tasks"]["changed"] == [dict(tid=2, tgid_a=1, tgid_b=2, comm_a=two.comm, comm_b=two.comm)]
+    assert f"~ task 2: thread of 1 ({two.comm}) -> process ({two.comm})" in diff_text(d)
+
+
+def test_a_bad_image_is_named(tmp_path):
+    good, bad = tmp_path / "good.img", tmp_path / "bad.img"
+    good.write_bytes(imagegen.build())
+    bad.write_bytes(imagegen.build()[:-5])
+    for args, which in (((good, bad), f"(in B, {bad})"), ((bad, good), f"(in A, {bad})")):
+        r = subprocess.run([sys.executable, "-m", "ckptrace", "diff", *map(str, args)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and which in r.stderr and "record" in r.stderr, r.stderr
+
+
 @pytest.mark.kernel
 def test_diff_of_two_real_dumps(pidns, tmp_path):
     w = Workload(pidns, tmp_path)
@@ -67,7 +93,7 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
     w.ns.kill()
 
     d = json.loads(run_diff(a, b, "--json").stdout)
-    assert d["tasks"] == {"added": [], "gone": []} and d["notes"] == []
+    assert d["tasks"] == {"added": [], "gone": [], "changed": []} and d["notes"] == []
     proc = next(p for p in d["processes"] if p["pid"] == w.child_nspid)
     v = proc["vmas"]
     P = PAGE_SIZE
@@ -103,7 +129,7 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
 
     # An image compared with itself has no differences at all.
     same = json.loads(run_diff(a, a, "--json").stdout)
-    assert same["tasks"] == {"added": [], "gone": []}
+    assert same["tasks"] == {"added": [], "gone": [], "changed": []}
     for p in same["processes"]:
         assert not any(p["vmas"][k] for k in ("added", "removed", "resized", "reprotected", "pages"))
         assert not any(p["fds"][k] for k in ("added", "removed", "changed"))
