@@ -30,6 +30,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def byte_count(text: str) -> int:
+    """A size in bytes: a non-negative integer."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text}")
+    return n
+
+
 def pidns_arg(text: str) -> int:
     """Accept `4026532830` or `pid:[4026532830]` (as readlink /proc/PID/ns/pid prints it)."""
     t = text.strip()
@@ -76,13 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     after.add_argument("--kill", action="store_true", help="kill the tasks after a successful dump (migration)")
     d.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     d.add_argument("--json", action="store_true", help="print the closing summary as JSON")
-    d.add_argument("--max-file-data", type=int, default=64 << 20, metavar="BYTES",
+    d.add_argument("--max-file-data", type=byte_count, default=64 << 20, metavar="BYTES",
                    help="largest deleted/memfd file whose contents are captured (default 64 MiB)")
 
     r = subs["restore"]
     r.add_argument("image", metavar="FILE|-")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
-    r.add_argument("--quiet", "-q", action="store_true")
+    r.add_argument("--quiet", "-q", action="store_true", help="print nothing on success (the exit status says it)")
 
     for name in ("show", "decode"):
         subs[name].add_argument("image", metavar="FILE|-")

@@ -21,6 +21,7 @@ from typing import Any
 from . import notify
 from .errors import AccessDenied, CkptError, NoSuchProcess, Unsupported, UsageError
 from .image.records import RecType
+from .image.render import plural
 from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
@@ -58,8 +59,8 @@ class Summary(Stats):
                     mb_per_s=round(self.mb_s, 1))
 
     def line(self) -> str:
-        return (f"dumped pidns {self.ns}: {self.tasks} tasks ({self.processes} processes), {self.vmas} VMAs, "
-                f"{self.pages} pages, {self.bytes} bytes; frozen {self.frozen_s * 1000:.1f} ms, "
+        return (f"dumped pidns {self.ns}: {plural(self.tasks, 'task')} ({plural(self.processes, 'process')}), "
+                f"{plural(self.vmas, 'VMA')}, {plural(self.pages, 'page')}, {self.bytes} bytes; frozen {self.frozen_s * 1000:.1f} ms, "
                 f"{self.mb_s:.0f} MB/s")
 
 
@@ -69,7 +70,9 @@ def resolve_ns(pidns: int | None, pid: int | None, proc: str = procfs.PROC) -> i
     assert pid is not None
     ns = procfs.ns_inode(pid, "pid", proc)
     if ns is None:
-        raise UsageError(f"no process {pid} (or its pid namespace cannot be read)")
+        if os.path.exists(f"{proc}/{pid}"):
+            raise UsageError(f"cannot read the pid namespace of process {pid} ({proc}/{pid}/ns/pid)")
+        raise UsageError(f"no process {pid}")
     return ns
 
 
@@ -321,9 +324,9 @@ def main(args) -> int:
             signal.signal(sig, h)
         if out is not None:
             out.close(discard=not done)
-    if args.json:
+    if args.json:  # the summary, alone (on stderr when the image owns stdout)
         print(json.dumps(s.as_dict()), file=sys.stderr if to_stdout else sys.stdout)
-    if not args.quiet:
+    elif not args.quiet:
         print(s.line(), file=sys.stderr)
     return 0
 
@@ -415,5 +418,7 @@ def main_ls(args) -> int:
     print(f"{'PIDNS':>12} {'INIT':>8} {'TASKS':>6}  COMMAND")
     for e in rows:
         mark = "  (ckptrace's own)" if e["own"] else ""
-        print(f"{e['pidns']:>12} {e['init'] or '-':>8} {e['tasks']:>6}  {e['command']}{mark}")
+        # a command line may hold newlines or escapes: one row each, as ps shows them
+        command = "".join(c if c.isprintable() else "?" for c in e["command"])
+        print(f"{e['pidns']:>12} {e['init'] or '-':>8} {e['tasks']:>6}  {command}{mark}")
     return 0

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 from .errors import CkptError, KernelError, NoSuchProcess, Unsupported
+from .image.render import plural
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
@@ -54,9 +55,9 @@ def main(args) -> int:
         import json
 
         print(json.dumps(asdict(res)))
-    else:
-        print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; {res.processes} processes, "
-              f"{res.threads} threads, {res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
+    elif not args.quiet:
+        print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; {plural(res.processes, 'process')}, "
+              f"{plural(res.threads, 'thread')}, {res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
     return 0
 
 

@@ -212,13 +212,13 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
 def test_dump_to_pipe_and_tasks_run_on(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path)
     busy = [t for t in all_tids(w) if status_field(t, "State")[0] == "R"]
-    d = subprocess.Popen(CLI + ["dump", "--pid", str(w.init), "--quiet", "--json"], stdout=subprocess.PIPE,
+    d = subprocess.Popen(CLI + ["dump", "--pid", str(w.init), "--json"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     show = subprocess.run(CLI + ["show", "--json", "-"], stdin=d.stdout, capture_output=True)
     d.stdout.close()
     assert d.wait() == 0, d.stderr.read()
     assert show.returncode == 0, show.stderr
-    # The image owns stdout, so the JSON summary goes to stderr.
+    # The image owns stdout, so the JSON summary goes to stderr: alone, so it parses.
     summary = json.loads(d.stderr.read())
     assert summary["tasks"] == 5 and summary["bytes"] > 0 and summary["pidns"] == w.ns
     # Frozen time is measured (and bounded by the whole run); MB/s follows from it.
@@ -365,6 +365,8 @@ def test_refuses_task_traced_by_someone_else(pidns, ckwork, tmp_path):
 
 def test_refuses_bad_targets(root, tmp_path):
     assert_refused(dump("--pidns", "4242", "-o", os.devnull, check=False), "no pid namespace 4242")
+    bad = dump("--pidns", "4242", "--max-file-data", "-1", check=False)  # argparse: usage + one error line
+    assert bad.returncode == 2 and b"cannot be negative" in bad.stderr and b"Traceback" not in bad.stderr
     assert_refused(dump("--pid", str(os.getpid()), "-o", os.devnull, check=False), "own")
     assert_refused(dump("--pid", "999999999", "-o", os.devnull, check=False), "no process")
     nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + CLI +

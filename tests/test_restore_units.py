@@ -120,3 +120,14 @@ def test_socket_desc_says_protocol_addresses_and_state():
     assert socket_desc(dict(family=socket.AF_UNIX, type=1, protocol=0, state=1),
                        unix(b"/run/x.sock") + unix(b"\0abstract")) == "unix stream /run/x.sock -> @abstract"
     assert socket_desc(dict(family=socket.AF_UNIX, type=2, protocol=0, state=7), bytes(256)) == "unix dgram (unbound)"
+
+
+@pytest.mark.parametrize("flags, want", [((), "restored pid:[4026532999]: init is host pid 4242; 1 process, 2 threads"),
+                                         (("--quiet",), ""), (("--json",), '"init_pid": 4242')])
+def test_restore_result_line(monkeypatch, capsys, flags, want):
+    from ckptrace import cli, restore
+
+    monkeypatch.setattr(restore, "restore", lambda path: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
+    assert cli.main(["restore", "x.img", *flags]) == 0
+    out = capsys.readouterr().out
+    assert (want in out) if want else out == ""

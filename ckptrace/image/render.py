@@ -13,6 +13,13 @@ from .records import (FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLA
 from .stream import Record, open_image
 
 
+
+def plural(n: int, noun: str) -> str:
+    """'1 process', '2 processes', '0 tasks': counts in words, as a user reads them."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
+
 def human(n: int, *, short: bool = False) -> str:
     """1536 -> '1.5 KiB' (short: '1.5K', for narrow columns)."""
     units = ("B", "K", "M", "G", "T") if short else ("B", "KiB", "MiB", "GiB", "TiB")
@@ -161,8 +168,8 @@ def _seccomp_summary(p) -> dict[str, Any] | None:
 
 
 def show_text(s: dict[str, Any]) -> str:
-    out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {s['tasks']} tasks "
-           f"in {s['processes']} processes, {s['pages']} pages ({human(s['pages'] * PAGE_SIZE)})",
+    out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {plural(s['tasks'], 'task')} "
+           f"in {plural(s['processes'], 'process')}, {plural(s['pages'], 'page')} ({human(s['pages'] * PAGE_SIZE)})",
            f"kernel {s['release']} ({s['machine']}), taken {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(s['time']))}, "
            f"xsave {s['xstate_size']} bytes, xcr0 {s['xcr0']:#x}", "", "task tree:"]
     by_pid = {p["pid"]: p for p in s["procs"]}

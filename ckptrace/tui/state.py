@@ -20,7 +20,7 @@ from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, VMA_NAMES, RecType, VmaType,
                              flag_names)
-from ..image.render import human, prot_str, socket_name, vma_label
+from ..image.render import human, plural, prot_str, socket_name, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -158,7 +158,7 @@ class InspectState:
             f"records    {img.records}",
             f"size       {human(img.size)} ({img.size} bytes)",
             f"pages      {img.page_count} ({human(img.page_count * PAGE_SIZE)})",
-            f"tasks      {len(img.tasks)} in {len(img.processes())} processes"])
+            f"tasks      {len(img.tasks)} in {plural(len(img.processes()), 'process')}"])
 
     def vma_rows(self) -> list[tuple[str, ...]]:
         """range, size, prot, stored pages, what: sized so that all five fit beside the tree
