@@ -186,7 +186,7 @@ def test_specific_errors_name_record_and_offset():
         read_image(io.BytesIO(bytes(short)))
 
 
-def test_absurd_length_on_a_pipe_allocates_only_what_arrives():
+def test_absurd_length_on_a_pipe_allocates_only_what_arrives(tmp_path):
     """A PAGE claiming 16 MiB with 10 bytes behind it: an error, not a 16 MiB read buffer."""
     recs = records_of(SAMPLE)
     page = next(r for r in recs if r.type == RecType.PAGE and r.payload_len)
@@ -194,8 +194,13 @@ def test_absurd_length_on_a_pipe_allocates_only_what_arrives():
     r, w = os.pipe()
     os.write(w, head)
     os.close(w)
-    with os.fdopen(r, "rb") as f, pytest.raises(ImageError, match="truncated PAGE payload"):
+    with os.fdopen(r, "rb") as f, pytest.raises(ImageError, match="truncated PAGE payload") as err:
         read_image(f)
+    assert err.value.offset == page.offset and err.value.index == page.index  # the record, as from a file
+    (tmp_path / "t.img").write_bytes(head)
+    with open(tmp_path / "t.img", "rb") as f, pytest.raises(ImageError, match="runs past the end") as err:
+        read_image(f)
+    assert err.value.offset == page.offset and err.value.index == page.index
 
 
 def test_docs_format_md_is_generated_from_the_declarations():

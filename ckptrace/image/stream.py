@@ -118,6 +118,7 @@ class RecordReader:
     def __init__(self, f: BinaryIO, *, skip_pages: bool = False):
         self.f = f
         self.offset = 0
+        self.start = 0  # of the record being read
         self.index = 0
         self.size: int | None = None
         try:
@@ -133,7 +134,7 @@ class RecordReader:
             return self.f.read(n)
         except OSError as exc:
             raise ImageError(f"cannot read: {os.strerror(exc.errno) if exc.errno else exc}",
-                             index=self.index, offset=self.offset) from None
+                             index=self.index, offset=self.start) from None
 
     def _read_exact(self, n: int, what: str) -> bytes:
         parts = []
@@ -142,14 +143,16 @@ class RecordReader:
             chunk = self._read(min(n - got, _CHUNK))
             if not chunk:
                 raise ImageError(f"truncated {what}: wanted {n} bytes, got {got}",
-                                 index=self.index, offset=self.offset)
+                                 index=self.index, offset=self.start)
             parts.append(chunk)
             got += len(chunk)
         return b"".join(parts)
 
     def next(self) -> Record | None:
-        """The next record, or None at a clean end of input (exactly at a record boundary)."""
-        start = self.offset
+        """The next record, or None at a clean end of input (exactly at a record boundary).
+        Errors name the record's index and its start offset, wherever in it they are found (so a
+        truncation reads the same from a file as from a pipe)."""
+        start = self.start = self.offset
         head = self._read(HDR_SIZE)
         if not head:
             return None
