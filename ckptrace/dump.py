@@ -162,6 +162,7 @@ class Dumper:
                 entries.append(dict(pid=t.nstid, tgid=p.nspid, ppid=p.nsppid, pgid=p.nspgid, sid=p.nssid,
                                     hostpid=t.hosttid))
         w.record(RecType.TREE, dict(nr_tasks=len(entries)), payload=entries)
+        ctx.totals = (len(procs), len(entries))
         copier = mm.PageCopier.create()
         try:
             for p in procs:
@@ -364,7 +365,8 @@ class _Progress:
         st = ctx.stats
         el = now - self.t0
         mb = ctx.w.bytes_written / 1e6
-        self.live.update(f"[bold]dumping[/] processes {st.processes}  tasks {st.tasks}  VMAs {st.vmas}  "
+        procs, tasks = ctx.totals
+        self.live.update(f"[bold]dumping[/] process {st.processes}/{procs}  tasks done {st.tasks}/{tasks}  VMAs {st.vmas}  "
                          f"pages {st.pages}  {mb:.0f} MB  {mb / el if el else 0:.0f} MB/s  {el:.1f} s")
 
 

@@ -583,3 +583,23 @@ def test_task_that_entered_with_setns_is_dumped(pidns, ckwork, tmp_path):
     finally:
         joined.kill()
         joined.wait()
+
+
+def test_progress_line_counts_up_to_the_namespace_totals():
+    from ckptrace.dump import _Progress
+    from ckptrace.objects.context import DumpContext
+
+    class Live:
+        def update(self, text):
+            self.text = text
+
+    class Writer:
+        bytes_written = 3_000_000
+
+    p = _Progress(enabled=False)
+    p.live = Live()
+    ctx = DumpContext(Writer(), "/", {}, 0)
+    ctx.totals = (3, 5)
+    ctx.stats.processes, ctx.stats.tasks, ctx.stats.pages = 2, 1, 700
+    p.update(ctx)
+    assert "process 2/3" in p.live.text and "tasks done 1/5" in p.live.text and "pages 700" in p.live.text

@@ -34,6 +34,7 @@ class DumpContext:
     shmem_seen: set = field(default_factory=set)
     locks_seen: set = field(default_factory=set)  # flock/OFD locks already stored (they belong to a FILE)
     stats: Stats = field(default_factory=Stats)
+    totals: tuple[int, int] = (0, 0)  # processes, tasks in the namespace: what the progress counts up to
     on_progress: Callable[["DumpContext"], None] | None = None
 
     def path(self, host_path: str) -> str:
