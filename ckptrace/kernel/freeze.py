@@ -185,12 +185,7 @@ class Freezer:
         """Detach the held, stopped tasks `which(task)` picks; a later round seizes them again."""
         for task in [t for t in self.tasks.values() if t.tracee.stopped and which(t)]:
             self.tasks.pop(task.hosttid)
-            if task.tracee.group_stopped and not task.tracee.owed_signal:
-                task.tracee.owed_signal = signal.SIGSTOP
-            try:
-                task.tracee.detach()
-            except CkptError:
-                pass
+            _detach(task)
 
     def release(self, *, leave_stopped: bool = False) -> None:
         """Detach every task (idempotent). With leave_stopped, each thread stays in a group-stop:
@@ -211,15 +206,21 @@ class Freezer:
                     pass
         # Stopped tasks first: only a stopped tracee can be detached, and one still on its way to
         # the stop (a vfork parent) gets there once its child, detached here, has exec'd.
-        tasks = sorted(self.tasks.values(), key=lambda t: not t.tracee.stopped)
-        for task in tasks:
-            if task.tracee.group_stopped and not task.tracee.owed_signal:
-                # It was in a job-control stop when we seized it: keep it stopped.
-                task.tracee.owed_signal = signal.SIGSTOP
+        for task in sorted(self.tasks.values(), key=lambda t: not t.tracee.stopped):
             try:
                 # Bounded: one that never stops is let go by the kernel when this process exits.
                 if task.tracee.stopped or task.tracee.wait_stop(time.monotonic() + STOP_SECONDS):
-                    task.tracee.detach()
-            except CkptError:  # one failing detach must not keep the others stopped
+                    _detach(task)
+            except CkptError:  # one failing task must not keep the others stopped
                 pass
         self.tasks.clear()
+
+
+def _detach(task: Task) -> None:
+    """Let one stopped task go, as it was: one seized in a job-control stop stays stopped."""
+    if task.tracee.group_stopped and not task.tracee.owed_signal:
+        task.tracee.owed_signal = signal.SIGSTOP
+    try:
+        task.tracee.detach()
+    except CkptError:  # one failing detach must not keep the others stopped
+        pass
