@@ -268,3 +268,10 @@ def test_nameless_files_are_labelled_as_proc_shows_them():
     assert file_label(pipe) == "pipe:[1234]"
     pipe.extra = []
     assert file_label(pipe) == "anon_inode:[pipe]"
+
+
+def test_exit_signal_reads_as_a_signal():
+    from ckptrace.image.records import RECORDS, pretty_value
+
+    f = next(x for x in RECORDS[RecType.TASK].fields if x.name == "exit_signal")
+    assert pretty_value(f, 17) == "SIGCHLD" and pretty_value(f, 0xFFFFFFFF) == "-1" and pretty_value(f, 0) == "0"

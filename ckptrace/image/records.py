@@ -161,7 +161,7 @@ class Field:
 
     name: str
     code: str
-    hint: str = "dec"  # dec | hex | enum | flags | str | time | oct | bytes
+    hint: str = "dec"  # dec | hex | enum | flags | str | time | oct | bytes | signal
     names: Mapping[int, str] | None = None
 
     @property
@@ -355,6 +355,15 @@ def pretty_value(f: Field, v) -> str:
         return f"{v:#x}"
     if f.hint == "oct":
         return f"{v:#o}"
+    if f.hint == "signal":  # a kernel int kept in a __u32, as the seed does: -1 is "none"
+        if v == 0xFFFFFFFF:
+            return "-1"
+        try:
+            import signal
+
+            return signal.Signals(v).name
+        except ValueError:
+            return str(v)
     return str(v)
 
 
@@ -389,7 +398,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A fixed-length NUL-padded string (the task's comm: 16 bytes)."),
     _R(RecType.OBJREF, (u32("objtype", "enum", OBJ_NAMES), s32("objref")),
        doc="First sighting of a shared object; its records follow."),
-    _R(RecType.TASK, (u32("state"), u32("exit_state"), u32("exit_code"), u32("exit_signal"),
+    _R(RecType.TASK, (u32("state"), u32("exit_state"), u32("exit_code"), u32("exit_signal", "signal"),
                       u64("set_child_tid", "hex"), u64("clear_child_tid", "hex")),
        doc="One kernel task (thread). Followed by STRING comm."),
     _R(RecType.TASK_OBJS, (s32("files_objref"), s32("mm_objref")),
