@@ -29,6 +29,7 @@ RENDER_SECONDS = 0.125  # 8 refreshes a second
 HOUSEKEEP_SECONDS = 1.0
 
 NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
+CLONE_NEWPID = 0x20000000
 
 
 class Stop(Exception):
@@ -183,6 +184,7 @@ class Controller:
         self.names = prog.abi.event_names()
         self.started = time.monotonic_ns()
         self.ignored: set[int] = set()  # host pids resolved to namespaces we do not watch
+        self.nschanged: set[int] = set()  # host pids that unshared or entered a pid namespace
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "pending": 0}
         self.failure: BaseException | None = None  # raised in the ring buffer callback
         self.dumps_dir = notify.DUMPS_DIR
@@ -287,7 +289,14 @@ class Controller:
             out = self.model.apply(ev, gen=gen, want=e.a0, got=e.a1)
         elif kind == "fork":
             ev["child"] = e.a0
+            if e.a2 & CLONE_NEWPID or hostpid in self.nschanged:
+                # The child lives in another pid namespace (CLONE_NEWPID, or the parent called
+                # unshare/setns before): place it from /proc in its own, not in the parent's
+                # with the pid the parent sees, or it would carry two identities.
+                self.resolve(e.a1)
             out = self.model.apply(ev, childhost=e.a1)
+            if e.a1 in self.ignored:  # in a namespace we do not watch: not one of ours
+                self.model.procs.pop(e.a1, None)
         elif kind == "exec" or kind == "rename":
             ev["comm"] = e.comm.split(b"\0", 1)[0].decode("utf-8", "replace")
             out = self.model.apply(ev, gen=gen)
@@ -299,12 +308,15 @@ class Controller:
         else:
             if kind == "exit":
                 ev["code"] = e.code
+                self.nschanged.discard(hostpid)
             elif kind == "mremap":
                 ev.update(addr=e.a0, len=e.a1, new_addr=e.a2, new_len=e.a3)
             elif kind == "madvise":
                 ev.update(addr=e.a0, len=e.a1, advice=e.a2)
             elif kind == "newns":
                 ev.update(flags=e.a0, how=NEWNS_HOW.get(e.code, str(e.code)))
+                if e.code in (1, 2):  # unshare, setns: the process's later children are elsewhere
+                    self.nschanged.add(hostpid)
             out = self.model.apply(ev, gen=gen)
         if out is not None:
             self.emit(out)

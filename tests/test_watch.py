@@ -233,6 +233,47 @@ def test_all_namespaces_mode_finds_a_namespace_made_later_and_sigterm_detaches(t
     assert the(mine, event="fork", pid=1)
 
 
+def _nested_inits() -> list[int]:
+    """Host pids of processes that are pid 1 two namespaces below the host's."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/status") as f:
+                chain = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if len(chain) == 3 and chain[-1] == "1":
+            out.append(int(d))
+    return out
+
+
+@pytest.mark.kernel
+def test_a_child_born_into_a_nested_namespace_has_one_identity(tmp_path):
+    """unshare -p -f inside a watched namespace: the child is pid 1 of the nested namespace from
+    its first event on (it was reported as the outer namespace's pid the parent saw)."""
+    need_root_and_bcc()
+    before = set(_nested_inits())
+    watch = start_watch()
+    try:
+        work = NsWorkload(["/bin/sh", "-c", "sleep 0.5; unshare -p -f /bin/sh -c '/bin/true; exec sleep 60'"])
+        wait_until(lambda: set(_nested_inits()) - before, 10, "the nested namespace's init")
+        (host,) = set(_nested_inits()) - before
+        time.sleep(1.0)
+        watch.send_signal(signal.SIGTERM)
+        events, _ = finish(watch)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        if "work" in locals():
+            work.kill()
+    nested = int(os.readlink(f"/proc/{host}/ns/pid")[5:-1]) if os.path.exists(f"/proc/{host}") else None
+    mine = [e for e in events if e["hostpid"] == host]
+    assert the(mine, event="exec", comm="sleep"), mine
+    assert {(e["ns"], e["pid"]) for e in mine} == {(mine[0]["ns"], 1)}, mine
+    assert mine[0]["ns"] != work.ns and (nested is None or mine[0]["ns"] == nested)
+    assert the(events, event="fork", ns=work.ns)  # the unshare process's fork, in the outer namespace
+
+
 @pytest.mark.kernel
 def test_faults_off_still_reports_structure_but_no_dirty(pidns):
     need_root_and_bcc()
