@@ -617,6 +617,7 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
     console = Console()
     sel = Selection()
     keys = _Keys()
+    dumps = BackgroundDump()
     next_render = [0.0]
 
     with keys, Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
@@ -626,7 +627,10 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
                 if action == "quit":
                     raise KeyboardInterrupt
                 if action == "dump":
-                    sel.message = _start_dump(selected_ns(model, sel))
+                    sel.message = dumps.start(selected_ns(model, sel))
+            outcome = dumps.poll()
+            if outcome is not None:
+                sel.message = outcome
             now = time.monotonic()
             if now >= next_render[0]:
                 live.update(render(model, sel, width=console.width, height=console.height), refresh=True)
@@ -635,21 +639,43 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
         _loop(ctl, args, tick)
 
 
-def _start_dump(ino: int | None) -> str:
-    """Start `ckptrace dump` of a namespace in the background (the tasks keep running); its
-    notify stamp then resets the dirty counts here."""
-    import subprocess
+class BackgroundDump:
+    """`d` on the dashboard: `ckptrace dump` of a namespace in the background (the tasks keep
+    running; its notify stamp then resets the dirty counts here), and what became of it."""
 
-    if ino is None:
-        return "no namespace selected"
-    path = f"/var/tmp/ckptrace-{ino}-{int(time.time())}.img"
-    try:
-        subprocess.Popen([sys.executable, "-m", "ckptrace", "dump", "--pidns", str(ino), "-o", path, "-q"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-    except OSError as exc:
-        return f"dump failed to start: {exc.strerror}"
-    return f"dumping {ino} to {path}"
+    def __init__(self, argv0: list[str] | None = None):
+        self.argv0 = argv0 or [sys.executable, "-m", "ckptrace"]
+        self.proc = None
+        self.what = ""
+
+    def start(self, ino: int | None) -> str:
+        import subprocess
+
+        if ino is None:
+            return "no namespace selected"
+        if self.proc is not None and self.proc.poll() is None:
+            return f"still {self.what}"
+        path = f"/var/tmp/ckptrace-{ino}-{int(time.time())}.img"
+        try:
+            self.proc = subprocess.Popen([*self.argv0, "dump", "--pidns", str(ino), "-o", path, "-q"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            return f"dump failed to start: {exc.strerror}"
+        self.what = f"dumping {ino} to {path}"
+        return self.what
+
+    def poll(self) -> str | None:
+        """The outcome once the dump has ended (once), else None."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        err = self.proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        self.proc.stderr.close()
+        ok, self.proc = self.proc.returncode == 0, None
+        if ok:
+            return self.what.replace("dumping", "dumped", 1)
+        why = err[-1].removeprefix("ckptrace dump: ") if err else "no message"
+        return f"dump failed: {why}"
 
 
 class _Keys:

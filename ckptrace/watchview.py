@@ -159,17 +159,22 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
     now = model.clock() if now is None else now
     total = sum(model.counts.values())
     lost = model.lost or {}
-    head = Text()
-    head.append("ckptrace watch", style="bold")
-    head.append(f"  BPF: {model.status}  events: {total}  ")
+    # Two lines that never wrap (a wrapped first line pushed the keys and the dump message out
+    # of the two-row header): counters first, the long BPF status last, cut with an ellipsis.
+    status = Text(no_wrap=True, overflow="ellipsis")
+    status.append("ckptrace watch", style="bold")
+    status.append(f"  events: {total}  ")
     lost_n = sum(lost.values())
-    head.append("lost: " + " ".join(f"{k} {lost.get(k, 0)}" for k in ("ring", "dirty", "tracked", "pending")),
-                style="bold red" if lost_n else "green")
+    status.append("lost: " + " ".join(f"{k} {lost.get(k, 0)}" for k in ("ring", "dirty", "tracked", "pending")),
+                  style="bold red" if lost_n else "green")
     if model.unattributed:
-        head.append(f"  unattributed pages: {model.unattributed}", style="yellow")
-    head.append("\n↑/↓ process  ←/→ namespace  d dump  q quit", style="grey50")
+        status.append(f"  unattributed pages: {model.unattributed}", style="yellow")
+    status.append(f"  BPF: {model.status}")
+    keys = Text(no_wrap=True, overflow="ellipsis")
+    keys.append("↑/↓ process  ←/→ namespace  d dump  q quit", style="grey50")
     if sel.message:
-        head.append(f"  {sel.message}", style="cyan")
+        keys.append(f"  {sel.message}", style="cyan")
+    head = Group(status, keys)
 
     ns_rows = max(1, len(model.namespaces))
     body = max(8, height - 2 - (ns_rows + 3))

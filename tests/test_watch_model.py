@@ -288,6 +288,15 @@ def test_render_shows_namespaces_tree_vmas_events_and_losses(model):
     assert "_childhost" not in out and "_gen" not in out  # controller-internal keys stay hidden
 
 
+def test_render_keeps_the_keys_and_the_dump_message_in_view_at_100_columns(model):
+    model.lost = {"ring": 0, "dirty": 0, "tracked": 0, "pending": 0}
+    model.status = "26 tracepoints attached, controller at idle priority (auto)"
+    model.unattributed = 9
+    sel = Selection(message="dumping 4026532188 to /var/tmp/x.img")
+    lines = text_of(render(model, sel, width=100, height=30), width=100, height=30).splitlines()
+    assert "lost: ring 0" in lines[0] and "d dump" in lines[1] and "dumping 4026532188" in lines[1]
+
+
 def test_render_empty_model_and_small_terminal():
     m = Model()
     out = text_of(render(m, Selection(), width=60, height=12), width=60, height=12)
@@ -613,3 +622,27 @@ def test_a_drain_first_applies_the_records_sent_before_it(model):
     assert [(e["event"], e["pid"]) for e in out][:3] == [("fork", 1), ("mmap", 9), ("exit", 9)]
     assert [(e["pid"], e["start"], e["pages"]) for e in out if e["event"] == "dirty"] == [(9, 0x30000000, 3)]
     assert gone not in ctl.ignored
+
+
+def test_a_background_dump_reports_how_it_ended():
+    import sys
+    import time
+
+    from ckptrace.watch import BackgroundDump
+
+    def run(code: str) -> tuple[str, str]:
+        d = BackgroundDump([sys.executable, "-c", code])
+        started = d.start(4026532188)
+        deadline = time.monotonic() + 10
+        while (out := d.poll()) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert d.poll() is None  # reported once
+        return started, out
+
+    started, out = run("import sys; sys.stderr.write('ckptrace dump: pid 7 lives in a nested pid namespace\\n'); sys.exit(1)")
+    assert started.startswith("dumping 4026532188 to /var/tmp/")
+    assert out == "dump failed: pid 7 lives in a nested pid namespace"
+    started, out = run("pass")
+    assert out == started.replace("dumping", "dumped")
+    assert BackgroundDump().start(None) == "no namespace selected"
