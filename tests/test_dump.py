@@ -526,7 +526,8 @@ def test_command_loops_are_dumped_despite_passing_zombies_and_vforks(pidns, vfor
     for _ in range(10):
         p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False, timeout=30)
         assert p.returncode == 0, p.stderr.decode()
-    assert_running_untraced(w)
+    # the loop itself (its short-lived children come and go under any whole-namespace check)
+    assert status_field(w.init, "TracerPid") == "0" and status_field(w.init, "State")[0] not in "tT"
 
 
 def test_a_task_that_never_stops_is_refused_not_waited_for(pidns, vforker, tmp_path):
