@@ -126,10 +126,12 @@ class Tracee:
                 raise NoSuchProcess(f"task {self.tid} exited while being checkpointed")
             return status
 
-    def wait_stop(self, deadline: float | None = None) -> bool:
-        """Wait for the event-stop PTRACE_INTERRUPT asked for, passing on signals that came first.
-        False if `deadline` (time.monotonic()) passed first: the task is busy in the kernel where
-        no stop can reach it (a vfork parent waiting for its child, an uninterruptible sleep)."""
+    def wait_stop(self, deadline: float | None = None, *, hold_signals: bool = False) -> bool:
+        """Wait for the event-stop PTRACE_INTERRUPT asked for, passing on signals that came first
+        (with `hold_signals`, once the task's state is being read: kept for the detach instead,
+        and what it was seized in left as it was). False if `deadline` (time.monotonic()) passed
+        first: the task is busy in the kernel where no stop can reach it (a vfork parent waiting
+        for its child, an uninterruptible sleep)."""
         while True:
             status = self.wait(deadline)
             if status is None:
@@ -140,15 +142,20 @@ class Tracee:
             event = status >> 16
             if event == PTRACE_EVENT_STOP:
                 # Event-stop: after INTERRUPT (SIGTRAP) or a group-stop (SIGSTOP etc.).
-                self.group_stopped = sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+                if not hold_signals:
+                    self.group_stopped = sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
                 self.stopped = True
                 return True
             if event:
                 # A ptrace event we asked for (clone etc.): resume to reach the pending interrupt.
                 _ptrace(PTRACE_CONT, self.tid, 0, 0, "CONT")
                 continue
-            # Signal-delivery-stop: resuming with 0 would drop the signal; deliver it and keep
-            # waiting for the interrupt's event-stop, which is still pending.
+            # Signal-delivery-stop: resuming with 0 would drop the signal; deliver it (or keep it
+            # for the detach) and wait on for the interrupt's event-stop, which is still pending.
+            if hold_signals:
+                if sig != signal.SIGTRAP:  # a SIGTRAP here is our own single-step's
+                    self.owed_signal = self.owed_signal or sig
+                sig = 0
             _ptrace(PTRACE_CONT, self.tid, 0, sig, "CONT")
 
     def detach(self) -> None:
@@ -375,18 +382,8 @@ class Injector:
         of its instructions runs."""
         _ptrace(PTRACE_INTERRUPT, self.t.tid, 0, 0, "INTERRUPT")
         _ptrace(PTRACE_CONT, self.t.tid, 0, 0, "CONT")
-        while True:
-            status = self.t.wait()
-            if not os.WIFSTOPPED(status):
-                continue
-            sig, event = os.WSTOPSIG(status), status >> 16
-            if event == PTRACE_EVENT_STOP:
-                self.stepped = False
-                return
-            if not event and sig != signal.SIGTRAP:
-                # An asynchronous signal arrived meanwhile: keep it for the task, as above.
-                self.t.owed_signal = self.t.owed_signal or sig
-            _ptrace(PTRACE_CONT, self.t.tid, 0, 0, "CONT")
+        self.t.wait_stop(hold_signals=True)
+        self.stepped = False
 
     @contextlib.contextmanager
     def scratch(self, size: int):
