@@ -67,30 +67,35 @@ class ImageWriter:
     def _to_shadow(self, data, hole: int = 0) -> None:
         if self.shadow is None:
             return
-        view = memoryview(data).cast("B")
         try:
-            while view:
-                view = view[os.write(self.shadow, view):]
+            _write_all(self.shadow, [data])
             if hole:
                 os.lseek(self.shadow, hole, os.SEEK_CUR)
         except OSError as exc:
             raise KernelError("writing the image's index copy", exc.errno or 0) from None
 
     def _writev(self, parts) -> None:
-        views = [memoryview(p).cast("B") for p in parts if len(p)]
-        while views:
-            try:
-                n = os.writev(self.fd, views)
-            except BrokenPipeError:
-                raise  # the reader went away: the CLI ends quietly (exit 141), like `| head`
-            except OSError as exc:
-                raise KernelError("writing the image", exc.errno or 0) from None
-            self.bytes_written += n
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
+        try:
+            self.bytes_written += _write_all(self.fd, parts)
+        except BrokenPipeError:
+            raise  # the reader went away: the CLI ends quietly (exit 141), like `| head`
+        except OSError as exc:
+            raise KernelError("writing the image", exc.errno or 0) from None
+
+
+def _write_all(fd: int, parts) -> int:
+    """writev every byte of `parts` to `fd` (pipes and sockets take partial writes); how many."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    total = 0
+    while views:
+        n = os.writev(fd, views)
+        total += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+    return total
 
 
 @dataclass
