@@ -26,7 +26,7 @@ import sys
 import time
 
 from .errors import CkptError
-from .kernel.sys import set_threads_policy
+from .kernel.sys import libc, set_threads_policy
 
 # the shared page: heartbeat (ns, CLOCK_MONOTONIC), times the guard raised the controller
 PAGE = struct.Struct("<QQ")
@@ -121,9 +121,7 @@ def guard(heartbeat: Heartbeat, pid: int, stale: float) -> None:
 
 def main(argv: list[str]) -> int:
     fd, pid, stale, ready = int(argv[0]), int(argv[1]), float(argv[2]), int(argv[3])
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     if os.getppid() != pid:
         return 0  # the controller went away before the death signal was armed
