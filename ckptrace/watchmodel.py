@@ -409,9 +409,7 @@ class Model:
         ns = self.add_namespace(p.ns)
         now = self.clock()
         for v, pnums, count in hits.values():
-            if not keep:
-                pass
-            elif v.died < _LIVE:
+            if keep and v.died < _LIVE:
                 # written before an mprotect/mremap: the dirt stays with the live descendant
                 shift = v.moved >> PAGE_SHIFT
                 for pn in pnums:
@@ -420,7 +418,7 @@ class Model:
                         heir.dirty.add(pn + shift)
                     else:
                         v.dirty.add(pn)
-            else:
+            elif keep:
                 v.dirty.update(pnums)
             ev = {"event": "dirty", "pid": p.pid, "hostpid": p.hostpid, "ns": p.ns, "ts": ts,
                   "start": v.start, "end": v.end, "pages": len(pnums) if keep else count}

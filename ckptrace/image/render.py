@@ -13,12 +13,12 @@ from .records import (FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLA
 from .stream import Record, open_image
 
 
-
 def plural(n: int, noun: str) -> str:
     """'1 process', '2 processes', '0 tasks': counts in words, as a user reads them."""
     if n == 1:
         return f"1 {noun}"
     return f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
+
 
 def human(n: int, *, short: bool = False) -> str:
     """1536 -> '1.5 KiB' (short: '1.5K', for narrow columns)."""

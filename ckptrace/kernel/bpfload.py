@@ -253,6 +253,7 @@ class WatchProgram:
         if getattr(self, "_reader", None) is not None:
             self._reader.close()  # its mappings hold the ring map open
             self._reader = None
+
         def detach(tp):
             try:
                 bpf.detach_tracepoint(tp=tp.encode())  # closes the tracepoint's perf event
