@@ -212,20 +212,29 @@ def test_programs_are_gone_after_exit(focused_run):
 
 
 @pytest.mark.kernel
-def test_all_namespaces_mode_finds_a_namespace_made_later_and_sigterm_detaches(tmp_path):
+def watch_all_while(argv: list[str], meanwhile) -> tuple[list[dict], NsWorkload]:
+    """`watch --json` of every namespace while `argv` runs in a new one and `meanwhile(work)`
+    returns; then SIGTERM. The events, and the workload (killed by then)."""
     need_root_and_bcc()
     watch = start_watch()
+    work = None
     try:
         assert our_programs(), "no ckpt_ program loaded while watching"
-        work = NsWorkload(["/bin/sh", "-c", "sleep 0.3; /bin/true; exec sleep 60"])
-        time.sleep(1.5)
+        work = NsWorkload(argv)
+        meanwhile(work)
         watch.send_signal(signal.SIGTERM)
         events, _ = finish(watch)
     finally:
         if watch.poll() is None:
             watch.kill()
-        if "work" in locals():
+        if work is not None:
             work.kill()
+    return events, work
+
+
+def test_all_namespaces_mode_finds_a_namespace_made_later_and_sigterm_detaches(tmp_path):
+    events, work = watch_all_while(["/bin/sh", "-c", "sleep 0.3; /bin/true; exec sleep 60"],
+                                   lambda work: time.sleep(1.5))
     assert our_programs() == []
     mine = [e for e in events if e["ns"] == work.ns]
     assert the(mine, event="exec", comm="true")
@@ -251,26 +260,22 @@ def _nested_inits() -> list[int]:
 def test_a_child_born_into_a_nested_namespace_has_one_identity(tmp_path):
     """unshare -p -f inside a watched namespace: the child is pid 1 of the nested namespace from
     its first event on (it was reported as the outer namespace's pid the parent saw)."""
-    need_root_and_bcc()
     before = set(_nested_inits())
-    watch = start_watch()
-    try:
-        work = NsWorkload(["/bin/sh", "-c", "sleep 0.5; unshare -p -f /bin/sh -c '/bin/true; exec sleep 60'"])
+    found = []
+
+    def meanwhile(work):
         wait_until(lambda: set(_nested_inits()) - before, 10, "the nested namespace's init")
         (host,) = set(_nested_inits()) - before
+        found.extend([host, int(os.readlink(f"/proc/{host}/ns/pid")[5:-1])])
         time.sleep(1.0)
-        watch.send_signal(signal.SIGTERM)
-        events, _ = finish(watch)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-        if "work" in locals():
-            work.kill()
-    nested = int(os.readlink(f"/proc/{host}/ns/pid")[5:-1]) if os.path.exists(f"/proc/{host}") else None
+
+    events, work = watch_all_while(
+        ["/bin/sh", "-c", "sleep 0.5; unshare -p -f /bin/sh -c '/bin/true; exec sleep 60'"], meanwhile)
+    host, nested = found
     mine = [e for e in events if e["hostpid"] == host]
     assert the(mine, event="exec", comm="sleep"), mine
     assert {(e["ns"], e["pid"]) for e in mine} == {(mine[0]["ns"], 1)}, mine
-    assert mine[0]["ns"] != work.ns and (nested is None or mine[0]["ns"] == nested)
+    assert mine[0]["ns"] != work.ns and mine[0]["ns"] == nested
     assert the(events, event="fork", ns=work.ns)  # the unshare process's fork, in the outer namespace
 
 

@@ -315,6 +315,8 @@ def test_keys_move_selection_within_bounds(model):
 # -- the controller's dump notification ----------------------------------------------------------
 
 class FakeProg:
+    """The controller's side of WatchProgram, with no kernel behind it."""
+
     abi = bpfload.abi()
 
     def read_sent(self):
@@ -323,7 +325,7 @@ class FakeProg:
     def add_namespace(self, ino):
         return True
 
-    def track(self, hostpid, ns):
+    def track(self, hostpid, ns, pid=0):
         pass
 
     def untrack(self, hostpid):

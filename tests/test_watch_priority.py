@@ -9,10 +9,10 @@ import os
 import pytest
 
 from ckptrace.errors import UsageError
-from ckptrace.kernel import bpfload
 from ckptrace.watch import Controller, CpuPriority
 from ckptrace.watchguard import Heartbeat
 from ckptrace.watchmodel import Model
+from test_watch_model import FakeProg
 
 IDLE, OTHER = os.SCHED_IDLE, os.SCHED_OTHER
 LATE = CpuPriority.BEHIND_SECONDS + 0.01
@@ -158,22 +158,6 @@ def test_heartbeat_page_is_shared_through_its_fd():
             theirs.close()
     finally:
         mine.close()
-
-
-class FakeProg:
-    abi = bpfload.abi()
-
-    def read_sent(self):
-        return 0
-
-    def add_namespace(self, ino):
-        return True
-
-    def track(self, hostpid, ns, nspid=0):
-        pass
-
-    def untrack(self, hostpid):
-        pass
 
 
 def _records(n: int, ts: int):
