@@ -160,6 +160,9 @@ class Watch:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--loops", default="faults,mmap,forkexec",
+                    help="comma-separated subset of the timed loops (default: all three)")
+    ap.add_argument("--no-throughput", action="store_true", help="skip the controller throughput runs")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/watch.py: run as root", file=sys.stderr)
@@ -173,6 +176,7 @@ def main() -> int:
             # each case is timed against its own bare runs, interleaved with it
             cases = [("faults", ()), ("faults", ("--no-faults",)), ("mmap", ()), ("mmap", ("--priority", "normal")),
                      ("forkexec", ()), ("forkexec", ("--priority", "normal"))]
+            cases = [c for c in cases if c[0] in args.loops.split(",")]
             for r in range(args.rounds):
                 for case in cases:
                     loop, extra = case
@@ -195,6 +199,8 @@ def main() -> int:
                 target = 1.0 if "--no-faults" in extra else targets[loop]
                 print(f"{loop:10} {mode:24} {bare:9.4f} {watched:10.4f} {watched / bare:7.3f} {target:7.2f}")
 
+            if args.no_throughput:
+                return 0
             print("\ncontroller throughput (loops flat out, watch --json counting):")
             previous = _set_bpf_stats("1")
             progs: dict[str, tuple[int, int]] = {}

@@ -31,6 +31,17 @@
 #define CKPT_LOST_PENDING 3
 #define CKPT_LOST_SLOTS 4
 
+/* Structural events travel through one ring per CPU, each an array of CKPT_RING_SLOTS records
+ * (the `ring` map, CPU c's records at [c * CKPT_RING_SLOTS, (c + 1) * CKPT_RING_SLOTS)), both maps
+ * memory-mapped by the controller. `ringpos` holds, per CPU c, the count of records written at
+ * [c * CKPT_POS_STRIDE] (only programs on that CPU store it, after the record) and of records
+ * read at [c * CKPT_POS_STRIDE + CKPT_POS_READ] (only the controller stores it): different cache
+ * lines. After the last CPU's, at [CKPT_NCPU * CKPT_POS_STRIDE], the global sequence counter:
+ * every record takes the next number (struct ckpt_event.seq), so the controller can merge the
+ * rings in the order the events happened. */
+#define CKPT_POS_STRIDE 16
+#define CKPT_POS_READ 8
+
 /* write faults are kept as one 64-bit page mask per (process, 256 KiB chunk) */
 #define CKPT_CHUNK_SHIFT 18
 #define CKPT_PAGE_SHIFT 12
@@ -40,6 +51,7 @@
  * gen: the process's mm generation after this event. Every event that changes the VMA table
  * (mmap, munmap, mprotect, mremap, brk, exec) bumps it, and write faults are keyed by it, so the
  * controller can attribute pages drained late to the mapping they were written in.
+ * seq: the record's number, taken when its ring slot is secured; consecutive over all CPUs.
  * Arguments by type:
  *   FORK     a0 child pid as the parent sees it, a1 child host pid, a2 clone flags
  *   EXEC     comm
@@ -55,6 +67,7 @@
  *   DISCOVER (a task in a namespace the kernel side does not know yet)
  */
 struct ckpt_event {
+	__u64 seq;
 	__u64 ts;
 	__u64 ns;
 	__u32 type;

@@ -21,7 +21,7 @@ from .errors import CkptError, UsageError
 from .kernel import procfs
 from .watchmodel import Model
 
-POLL_MS = 40
+POLL_MS = 20
 RECORDS_PER_POLL = 4096  # ~25 - 50 ms of the controller's work
 LAG_SAMPLE = 16  # records between two looks at how old the record being read is (RECORDS_PER_POLL's divisor)
 DRAIN_SECONDS = 0.25

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import operator
 import os
 import re
 import struct
@@ -33,9 +34,9 @@ TRACEFS = "/sys/kernel/tracing"
 PROG_PREFIX = "ckpt_"
 
 MAX_NS = 16
-RINGBUF_PAGES = 4096  # 16 MiB: ~170 k events of burst while the controller catches up
+RING_BYTES = 16 << 20  # all CPUs' event rings together: ~170 k events of burst while the controller catches up
+RING_SLOTS_MIN, RING_SLOTS_MAX = 4096, 65536  # records per CPU (65536: ~60 ms of one CPU's flat-out mmap loop)
 DRAIN_BATCH = 8192  # dirty-map entries taken per BPF_MAP_LOOKUP_AND_DELETE_BATCH call
-WAKEUP_EVERY = 256  # events per CPU between wake-ups; the controller's poll timeout does the rest
 
 _CTYPES = {"__u8": ctypes.c_uint8, "__u16": ctypes.c_uint16, "__u32": ctypes.c_uint32,
            "__u64": ctypes.c_uint64, "__s32": ctypes.c_int32, "__s64": ctypes.c_int64,
@@ -130,6 +131,21 @@ def abi() -> Abi:
     return _ABI
 
 
+def possible_cpus(root: str = "/sys/devices/system/cpu") -> int:
+    """How many CPU numbers the kernel can hand out (nr_cpu_ids: the highest possible CPU + 1),
+    from `possible` ("0-3", "0,2-5", ...)."""
+    text = Path(root, "possible").read_text().strip()
+    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
+def ring_slots_for(ncpu: int, record_size: int) -> int:
+    """Records per CPU ring: RING_BYTES shared by the CPUs, a power of two within the bounds."""
+    slots = RING_SLOTS_MAX
+    while slots > RING_SLOTS_MIN and slots * ncpu * record_size > RING_BYTES:
+        slots //= 2
+    return slots
+
+
 def ensure_tracefs() -> None:
     """bcc attaches tracepoints through tracefs: mount it when it is missing."""
     if os.path.exists(f"{TRACEFS}/events"):
@@ -181,7 +197,7 @@ class WatchProgram:
     detaches and unloads every program (bcc closes the fds)."""
 
     def __init__(self, *, focus_ns: int = 0, faults: bool = True, max_ns: int = MAX_NS,
-                 ringbuf_pages: int = RINGBUF_PAGES):
+                 ring_slots: int | None = None):
         if os.geteuid() != 0:
             raise AccessDenied("watch needs root (BPF programs and tracepoints)")
         try:
@@ -201,14 +217,18 @@ class WatchProgram:
         self.focus_ns = focus_ns
         dev, ino = ns_dev_ino("self")
         self.host_ns = ino
+        self.ncpu = possible_cpus()
+        self.ring_slots = ring_slots or ring_slots_for(self.ncpu, ctypes.sizeof(self.event_type))
+        if self.ring_slots & (self.ring_slots - 1):
+            raise UsageError(f"ring size {self.ring_slots} is not a power of two")
         cflags = [
             f"-I{BPF_DIR}",
             f"-DCKPT_HOST_DEV={dev}ULL",
             f"-DCKPT_HOST_INO={ino}ULL",
             f"-DCKPT_FOCUS_NS={focus_ns}ULL",
             f"-DCKPT_MAX_NS={max_ns}",
-            f"-DCKPT_RINGBUF_PAGES={ringbuf_pages}",
-            f"-DCKPT_WAKEUP_EVERY={WAKEUP_EVERY}",
+            f"-DCKPT_NCPU={self.ncpu}",
+            f"-DCKPT_RING_SLOTS={self.ring_slots}",
             f"-DCKPT_FAULTS={1 if faults else 0}",
             f"-DCKPT_EVENT_SIZE={ctypes.sizeof(self.event_type)}",
         ]
@@ -229,8 +249,6 @@ class WatchProgram:
         self.ns_slots: list[int] = []
         self._lost = self.bpf[b"lost"]
         self._dirty = self.bpf[b"dirty"] if faults else None
-        self._ring = self.bpf[b"events"]
-        self._ring_size = ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
         self._reader = None
         self._on_record = None
         self._batch_ok = True
@@ -310,17 +328,21 @@ class WatchProgram:
     def open_events(self, callback) -> None:
         """callback(event) for each ring buffer record, event a `record_type` namedtuple of
         struct ckpt_event; callback may return < 0 to stop the current read after that record."""
-        from .ringbuf import RingReader  # noqa: PLC0415
+        from .ringbuf import EventRings  # noqa: PLC0415
 
         if self._reader is None:
-            _, decode = record_type(self.event_type)
-            self._reader = RingReader(self._ring.map_fd, self._ring_size, decode)
+            cls, decode = record_type(self.event_type)
+            c = self.abi.consts
+            self._reader = EventRings(self.bpf[b"ring"].map_fd, self.bpf[b"ringpos"].map_fd, ncpu=self.ncpu,
+                                      slots=self.ring_slots, record_size=ctypes.sizeof(self.event_type),
+                                      stride=c["CKPT_POS_STRIDE"], read_at=c["CKPT_POS_READ"], decode=decode,
+                                      seq_of=operator.itemgetter(cls._fields.index("seq")))
         self._on_record = callback
 
     def poll(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for a wake-up if the ring is empty (most events are submitted
-        without waking us), then read it until it is empty or the callback says stop. Returns
-        how many records were read."""
+        """Read the rings until they are empty or the callback says stop, after sleeping up to
+        timeout_ms if they are empty (the programs do not wake us). Returns how many records
+        were read."""
         return self._reader.poll(timeout_ms, self._on_record)
 
     def read_sent(self, wait_s: float = 0.01) -> int:
@@ -340,7 +362,8 @@ class WatchProgram:
     def lost(self) -> dict[str, int]:
         c = self.abi.consts
         vals = {i: v.value for i, v in self._lost.items() for i in [i.value]}
-        return {"ring": vals.get(c["CKPT_LOST_RING"], 0), "dirty": vals.get(c["CKPT_LOST_DIRTY"], 0),
+        skipped = self._reader.skipped if self._reader is not None else 0
+        return {"ring": vals.get(c["CKPT_LOST_RING"], 0) + skipped, "dirty": vals.get(c["CKPT_LOST_DIRTY"], 0),
                 "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0), "pending": vals.get(c["CKPT_LOST_PENDING"], 0)}
 
     def drain_dirty(self) -> dict[int, list[tuple[int, int, int]]]:

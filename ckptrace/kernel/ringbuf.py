@@ -1,119 +1,159 @@
-"""Reading a BPF ring buffer map (BPF_MAP_TYPE_RINGBUF) directly from its memory mapping.
+"""Reading the per-CPU event rings of bpf/watch.bpf.c from their memory mappings.
 
-The layout is the kernel's (kernel/bpf/ringbuf.c, Documentation/bpf/ringbuf.rst): the map fd
-maps a consumer page (read-write: `consumer_pos`, a u64 at offset 0), then, read-only, a producer
-page (`producer_pos` at offset 0) followed by the data area, mapped twice in a row so that a
-record that wraps around the end reads as one piece. Each record is an 8-byte header (u32 length
-with BUSY (bit 31: still being written) and DISCARD (bit 30) flags, u32 page offset) followed
-by the sample, padded to 8 bytes. Positions only grow; `pos & (size - 1)` is the offset.
+The layout is declared in bpf/events.h: an array map `ring` of CKPT_NCPU rings of `slots`
+records each, and an array map `ringpos` with, per CPU, the count of records written (stored by
+the programs on that CPU after the record) and the count read (stored here), a cache line apart,
+then the global sequence counter. Both maps are BPF_F_MMAPABLE arrays: mapping the map fd gives
+the values, laid out one after the other (each rounded up to 8 bytes).
 
-Why not bcc's ring_buffer_poll (libbpf): it calls back into Python through ctypes for every
-record and stores `consumer_pos` after every record. Each such store is a cache line the
-producing CPU must fetch back before its next reserve, on every traced mm syscall; here it is
-stored once per read (at most every STORE_EVERY records). Records arrive decoded by one
-`struct` call into a tuple: about as quick to read as a ctypes view into the ring, but a value
-the callback may keep after the ring has reused that space.
+Every record carries the next sequence number, taken once its slot is secured (a full ring
+drops the record before that), so the numbers are consecutive over all CPUs. The reader gathers
+what each ring holds and hands records over in sequence order; a number not there yet belongs to
+a record another CPU is writing at that moment, and what follows it waits for the next read.
 
-x86-64 orders loads with loads and stores with older loads, which is what the producer's
-protocol needs from the reader (header read before sample, samples read before the consumer
-position is stored): plain loads and stores from Python suffice there. Other architectures would
-need barriers this module does not have: RingReader refuses them.
+x86-64 orders stores with stores and loads with loads, which is all the protocol needs (a record
+is stored before its CPU's written count, and read before the read count is stored): plain loads
+and stores from Python suffice. Other architectures would need barriers this module does not
+have: the reader refuses them. The counts must be loaded and stored whole, though: `struct`'s
+"=Q" does it a byte at a time, and a program that saw a read count half-way through being
+stored (0x3ff10 -> 0x40010 passing through 0x30010) took its ring for full and dropped records.
+A native-format memoryview ("Q") moves the 8 bytes in one instruction.
 """
 
 from __future__ import annotations
 
 import mmap
 import platform
-import select
-import struct
+import time
 
 from ..errors import HostUnsupported
 
-BUSY_BIT = 1 << 31
-DISCARD_BIT = 1 << 30
-HEADER = struct.Struct("=II")
-POS = struct.Struct("=Q")
-STORE_EVERY = 1024  # records between consumer_pos stores in a long read: frees space for the producer
+GATHER = 16384  # records taken out of the rings per read at most, while earlier ones still wait
+STUCK_SECONDS = 1.0  # a missing number this old while later ones are there: given up on
 
 
-class RingReader:
-    """The ring buffer behind `map_fd` (data area `size` bytes, a power of two), read as tuples
-    made by `decode(buffer, offset)` from each sample."""
+class EventRings:
+    """The rings behind `ring_fd` (`ncpu` rings of `slots` records of `record_size` bytes) and
+    `pos_fd` (positions laid out as bpf/events.h says, `stride` u64 per CPU, read count at
+    `read_at`), read as tuples made by `decode(buffer, offset)`; `seq_of(record)` gives a
+    record's sequence number."""
 
-    def __init__(self, map_fd: int, size: int, decode):
+    def __init__(self, ring_fd: int, pos_fd: int, *, ncpu: int, slots: int, record_size: int,
+                 stride: int, read_at: int, decode, seq_of):
         if platform.machine() not in ("x86_64", "AMD64"):
-            raise HostUnsupported(f"the ring buffer reader relies on x86-64 memory ordering, not {platform.machine()}")
-        if size <= 0 or size & (size - 1):
-            raise ValueError(f"ring buffer size {size} is not a power of two")
+            raise HostUnsupported(f"the event ring reader relies on x86-64 memory ordering, not {platform.machine()}")
+        if slots <= 0 or slots & (slots - 1):
+            raise ValueError(f"ring size {slots} is not a power of two")
         page = mmap.PAGESIZE
-        self.size = size
-        self.mask = size - 1
-        self.data_at = page  # the data area's offset in the producer mapping
-        self.decode = decode
-        self.consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self.ncpu, self.slots, self.mask = ncpu, slots, slots - 1
+        self.record_size = (record_size + 7) & ~7  # array map values are 8-byte aligned
+        self.decode, self.seq_of = decode, seq_of
+        # indexes of u64 words in `ringpos`
+        self.written_at = [cpu * stride for cpu in range(ncpu)]
+        self.read_at = [cpu * stride + read_at for cpu in range(ncpu)]
+        self.seq_at = ncpu * stride
+        self.ring_at = [cpu * slots * self.record_size for cpu in range(ncpu)]
+        pos_len = ((self.seq_at + 1) * 8 + page - 1) // page * page
+        ring_len = (ncpu * slots * self.record_size + page - 1) // page * page
+        self.pos = mmap.mmap(pos_fd, pos_len, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         try:
-            self.producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+            self.rings = mmap.mmap(ring_fd, ring_len, mmap.MAP_SHARED, mmap.PROT_READ)
         except BaseException:
-            self.consumer.close()
+            self.pos.close()
             raise
-        self.epoll = select.epoll()
-        self.epoll.register(map_fd, select.EPOLLIN)
+        self.counts = memoryview(self.pos).cast("Q")  # whole-word loads and stores, see above
+        self.waiting: dict[int, tuple] = {}  # gathered, by sequence number, not handed over yet
+        self.next = 0  # the maps are new: numbers start at 0, nothing has been read
+        self.gap_since: float | None = None
+        self.skipped = 0  # numbers given up on (never seen: a defect, counted rather than hung on)
 
     def close(self) -> None:
-        """Unmap (the mappings hold their own reference to the map)."""
-        self.epoll.close()
-        self.producer.close()
-        self.consumer.close()
-
-    def available(self) -> int:
-        """Bytes written and not yet read (records being written included)."""
-        return POS.unpack_from(self.producer, 0)[0] - POS.unpack_from(self.consumer, 0)[0]
-
-    def poll(self, timeout_ms: int, callback) -> int:
-        """Wait up to timeout_ms for the kernel's wake-up when the ring is empty, then read."""
-        if not self.available() and timeout_ms:
-            try:
-                self.epoll.poll(timeout_ms / 1000)
-            except InterruptedError:  # a signal: the caller looks at its flags
-                pass
-        return self.consume(callback)
-
-    def read_to(self) -> int:
-        """The consumer position: every record before it has been read."""
-        return POS.unpack_from(self.consumer, 0)[0]
+        """Unmap (the mappings hold their own reference to the maps)."""
+        self.counts.release()
+        self.rings.close()
+        self.pos.close()
 
     def written(self) -> int:
-        """The producer position: every record reserved so far ends at or before it."""
-        return POS.unpack_from(self.producer, 0)[0]
+        """The sequence counter: every record numbered below it has its slot."""
+        return self.counts[self.seq_at]
+
+    def read_to(self) -> int:
+        """Every record numbered below this has been handed over."""
+        return self.next
+
+    def available(self) -> int:
+        """Records taken a number for and not handed over yet (some may still be being written)."""
+        return self.written() - self.next
+
+    def _gather(self) -> None:
+        """Move what the rings hold into `waiting` (at most GATHER records while some wait)."""
+        counts, rings, decode, seq_of, waiting = self.counts, self.rings, self.decode, self.seq_of, self.waiting
+        mask, size = self.mask, self.record_size
+        room = GATHER - len(waiting)
+        for cpu in range(self.ncpu):
+            if room <= 0:
+                return
+            read_at = self.read_at[cpu]
+            read = counts[read_at]
+            end = min(counts[self.written_at[cpu]], read + room)
+            base = self.ring_at[cpu]
+            for i in range(read, end):
+                rec = decode(rings, base + (i & mask) * size)
+                waiting[seq_of(rec)] = rec
+            if end > read:
+                counts[read_at] = end  # the slots are free for the programs again
+                room -= end - read
 
     def consume(self, callback, until: int | None = None) -> int:
-        """callback(record) for each record there is, oldest first, until the ring is empty, a
-        record is still being written, callback returns < 0 (that record counts as read), or
-        position `until` (a `written()`) is reached. Returns how many records were handed over."""
-        producer, consumer, decode = self.producer, self.consumer, self.decode
-        unpack_header, mask, data_at = HEADER.unpack_from, self.mask, self.data_at
-        cons = POS.unpack_from(consumer, 0)[0]
-        prod = POS.unpack_from(producer, 0)[0]
-        n = 0
-        if until is not None:
-            prod = min(prod, until)
+        """callback(record) for each record there is, in sequence order, until none is left, the
+        next one is still being written, callback returns < 0 (that record counts as read), or
+        number `until` (a `written()`) is reached. Returns how many records were handed over."""
+        self._gather()
+        waiting, pop, n = self.waiting, self.waiting.pop, 0
+        nxt = self.next
         try:
-            while cons < prod:
-                at = data_at + (cons & mask)
-                length = unpack_header(producer, at)[0]
-                if length & BUSY_BIT:
-                    break  # reserved, not committed yet: it and what follows wait for next time
-                sample_len = length & ~(BUSY_BIT | DISCARD_BIT)
-                cons += (HEADER.size + sample_len + 7) & ~7
-                if not length & DISCARD_BIT:
-                    n += 1
-                    stop = callback(decode(producer, at + HEADER.size))
-                    if stop is not None and stop < 0:
+            while until is None or nxt < until:
+                rec = pop(nxt, None)
+                if rec is None:
+                    self._gather()  # written since, or left in the ring by GATHER
+                    rec = pop(nxt, None)
+                if rec is None:
+                    if not waiting:
+                        break  # nothing more, or only this one is being written
+                    skip_to = self._missing(nxt)
+                    if skip_to is None:
                         break
-                    if not n % STORE_EVERY:
-                        POS.pack_into(consumer, 0, cons)
-                if cons >= prod and until is None:
-                    prod = POS.unpack_from(producer, 0)[0]  # more came in meanwhile
+                    nxt = skip_to
+                    continue
+                self.gap_since = None
+                nxt += 1
+                n += 1
+                stop = callback(rec)
+                if stop is not None and stop < 0:
+                    break
         finally:
-            POS.pack_into(consumer, 0, cons)
+            self.next = nxt
         return n
+
+    def _missing(self, nxt: int) -> int | None:
+        """Number `nxt` is not there but later ones are: another CPU is writing it right now, so
+        wait for the next read (None). Only a number missing for STUCK_SECONDS is skipped (the
+        next one to hand over is returned): that would be a defect, and hanging on it would stop
+        every event after it."""
+        now = time.monotonic()
+        if self.gap_since is None:
+            self.gap_since = now
+            return None
+        if now - self.gap_since < STUCK_SECONDS:
+            return None
+        self.gap_since = None
+        first = min(self.waiting)
+        self.skipped += first - nxt
+        return first
+
+    def poll(self, timeout_ms: int, callback) -> int:
+        """Read; when there is nothing to read, sleep up to timeout_ms first (the programs do not
+        wake the reader: an event waits that long at most)."""
+        if not self.available() and timeout_ms:
+            time.sleep(timeout_ms / 1000)
+        return self.consume(callback)
