@@ -28,8 +28,7 @@
 #define CKPT_LOST_RING 0
 #define CKPT_LOST_DIRTY 1
 #define CKPT_LOST_TRACKED 2
-#define CKPT_LOST_PENDING 3
-#define CKPT_LOST_SLOTS 4
+#define CKPT_LOST_SLOTS 3
 
 /* Structural events travel through one ring per CPU, each an array of CKPT_RING_SLOTS records
  * (the `ring` map, CPU c's records at [c * CKPT_RING_SLOTS, (c + 1) * CKPT_RING_SLOTS)), both maps
@@ -46,7 +45,7 @@
 #define CKPT_CHUNK_SHIFT 18
 #define CKPT_PAGE_SHIFT 12
 
-/* Structural event sent through the ring buffer. ns == 0: the task's namespace is not known to
+/* Structural event sent through the event rings. ns == 0: the task's namespace is not known to
  * the kernel side yet (pid is 0 then); the controller resolves it from /proc.
  * gen: the process's mm generation after this event. Every event that changes the VMA table
  * (mmap, munmap, mprotect, mremap, brk, exec) bumps it, and write faults are keyed by it, so the

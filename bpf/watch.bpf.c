@@ -11,6 +11,8 @@
  * Only tracepoint arguments and helpers are read, never kernel struct fields: the headers bcc
  * compiles against may be an older kernel's.
  */
+#include <asm/ptrace.h>
+#include <asm/unistd.h>
 #include "events.h"
 
 _Static_assert(sizeof(struct ckpt_event) == CKPT_EVENT_SIZE,
@@ -37,20 +39,6 @@ struct ident {
 	__u64 ns;
 	__u32 hostpid, hosttid, pid;
 };
-
-/* syscall arguments kept from enter to exit, per thread: an array slot by tid (a hash update
- * and delete per syscall cost the traced task more). Two threads whose tids share a slot and
- * whose mm syscalls overlap lose the first one's event, counted in CKPT_LOST_PENDING. */
-#define PENDING_SLOTS 16384
-struct inflight {
-	struct ident id;
-	__u32 tid;
-	__u32 type;
-	__u32 code;
-	__u32 gen;  /* bumped at enter, where the `tracked` entry is at hand anyway */
-	__u64 a0, a1, a2, a3;
-};
-BPF_ARRAY(pending, struct inflight, PENDING_SLOTS);
 
 /* parent thread -> (child host pid, clone flags) between task_newtask and the clone exit */
 struct forkinfo {
@@ -379,152 +367,102 @@ int ckpt_rename(struct tracepoint__task__task_rename *args)
 
 /* ---- memory-map syscalls ------------------------------------------------------------------ */
 
-/* Calls whose result is needed (mmap's address, mremap's new address, brk's new break, whether
- * unshare/setns worked) keep their arguments from enter to exit. The mm generation is bumped at
- * enter (the `tracked` entry is at hand there; the exit then needs no hash lookup); a failed call
- * thus skips a generation, which the controller's born/died ranges do not mind. */
-static __always_inline int stash(__u32 type, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
-{
-	struct ident id;
-	struct ckpt_task *t;
-	if (!whoami_t(&id, &t))
-		return 0;
-	__u32 slot = id.hosttid & (PENDING_SLOTS - 1);
-	struct inflight *f = pending.lookup(&slot);
-	if (!f)
-		return 0;
-	if (f->type && f->tid != id.hosttid)
-		count_lost(CKPT_LOST_PENDING);  /* another thread's call is still in flight there */
-	__u32 gen = 0;
-	if (type != CKPT_EV_NEWNS && !(type == CKPT_EV_BRK && a0 == 0))
-		gen = bump_gen(t, id.hostpid);
-	f->id = id;
-	f->tid = id.hosttid;
-	f->type = type;
-	f->code = 0;
-	f->gen = gen;
-	f->a0 = a0;
-	f->a1 = a1;
-	f->a2 = a2;
-	f->a3 = a3;
-	return 0;
-}
+/* One program at the exit of each call (mmap, munmap, mprotect, mremap, brk, madvise, unshare,
+ * setns): only calls that worked are reported, with their result (mmap's address, mremap's new
+ * address, brk's new break), and a call costs one program run, not two.
+ * The arguments are read from the registers the call was made with, which the kernel keeps in
+ * the task's struct pt_regs until it returns to user space. That struct's x86-64 layout is ABI:
+ * ptrace's PTRACE_GETREGS hands it out as struct user_regs_struct, field for field, and the
+ * checks below stop the build if the headers bcc compiles against ever said otherwise. */
+_Static_assert(offsetof(struct pt_regs, r10) == 7 * 8 && offsetof(struct pt_regs, r8) == 9 * 8 &&
+	       offsetof(struct pt_regs, dx) == 12 * 8 && offsetof(struct pt_regs, si) == 13 * 8 &&
+	       offsetof(struct pt_regs, di) == 14 * 8, "struct pt_regs is not user_regs_struct's layout");
 
-/* munmap, mprotect, madvise are reported at syscall enter, without an exit program: their result
- * is almost always 0 and an exit run per call cost more than anything else here. Calls the
- * kernel rejects before looking at the mappings (unaligned start, zero or overflowing length)
- * are filtered here; the rest that fail (mprotect of a range with a hole or a forbidden prot,
- * madvise with an unknown advice) are reported although nothing or only part of the range
- * changed. */
-static __always_inline int emit_now(__u32 type, __u64 a0, __u64 a1, __u64 a2)
-{
-	if ((a0 & 0xfff) || a1 == 0 || a0 + a1 < a0)
-		return 0;
-	struct ident id;
-	struct ckpt_task *t;
-	if (!whoami_t(&id, &t))
-		return 0;
-	__u32 gen = type == CKPT_EV_MADVISE ? 0 : bump_gen(t, id.hostpid);
-	struct ckpt_event *e = reserve(type, &id);
-	if (!e)
-		return 0;
-	e->gen = gen;
-	e->a0 = a0;
-	e->a1 = a1;
-	e->a2 = a2;
-	submit(e);
-	return 0;
-}
-
-int ckpt_mmap(struct tracepoint__syscalls__sys_enter_mmap *args)
-{
-	return stash(CKPT_EV_MMAP, args->addr, args->len, args->prot, args->flags);
-}
-
-int ckpt_munmap(struct tracepoint__syscalls__sys_enter_munmap *args)
-{
-	return emit_now(CKPT_EV_MUNMAP, args->addr, args->len, 0);
-}
-
-int ckpt_mprotect(struct tracepoint__syscalls__sys_enter_mprotect *args)
-{
-	return emit_now(CKPT_EV_MPROTECT, args->start, args->len, args->prot);
-}
-
-int ckpt_mremap(struct tracepoint__syscalls__sys_enter_mremap *args)
-{
-	return stash(CKPT_EV_MREMAP, args->addr, args->old_len, args->new_addr, args->new_len);
-}
-
-int ckpt_brk(struct tracepoint__syscalls__sys_enter_brk *args)
-{
-	return stash(CKPT_EV_BRK, args->brk, 0, 0, 0);
-}
-
-int ckpt_madvise(struct tracepoint__syscalls__sys_enter_madvise *args)
-{
-	return emit_now(CKPT_EV_MADVISE, args->start, args->len_in, args->behavior);
-}
-
-int ckpt_unshare(struct tracepoint__syscalls__sys_enter_unshare *args)
-{
-	if (!(args->unshare_flags & CLONE_NEWPID_FLAG))
-		return 0;
-	return stash(CKPT_EV_NEWNS, args->unshare_flags & 0x7e020000ULL, 1, 0, 0);
-}
-
-int ckpt_setns(struct tracepoint__syscalls__sys_enter_setns *args)
-{
-	__u64 flags = (__u32)args->flags;
-	/* flags 0 means "whatever fd is": it may be a pid namespace */
-	if (flags && !(flags & CLONE_NEWPID_FLAG))
-		return 0;
-	return stash(CKPT_EV_NEWNS, flags, 2, 0, 0);
-}
-
-/* exits of mmap, mremap, brk, unshare, setns: one array lookup, then the record is written
- * straight from the slot (no copy, no memset, no hash lookup) */
 int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u32 slot = tid & (PENDING_SLOTS - 1);
-	struct inflight *f = pending.lookup(&slot);
-	if (!f || !f->type || f->tid != tid)
-		return 0;
-	__u32 type = f->type;
-	f->type = 0;
+	int nr = args->__syscall_nr;
 	long ret = args->ret;
 	if (ret < 0 && ret > -4096)
 		return 0;  /* failed: nothing changed */
-	__u64 a0 = f->a0, a1 = f->a1, a2 = f->a2;
+	struct ident id;
+	struct ckpt_task *t;
+	if (!whoami_t(&id, &t))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 di = regs->di, si = regs->si, dx = regs->dx;
+	__u32 type;
+	__u64 a0 = di, a1 = si, a2 = 0, a3 = 0;
 	__u32 code = 0;
-	if (type == CKPT_EV_MMAP) {
+	switch (nr) {
+	case __NR_mmap:
+		type = CKPT_EV_MMAP;
 		a0 = ret;
-	} else if (type == CKPT_EV_MREMAP) {
+		a2 = dx;
+		a3 = regs->r10;
+		break;
+	case __NR_munmap:
+		type = CKPT_EV_MUNMAP;
+		break;
+	case __NR_mprotect:
+		type = CKPT_EV_MPROTECT;
+		a2 = dx;
+		break;
+	case __NR_madvise:
+		type = CKPT_EV_MADVISE;
+		a2 = dx;
+		break;
+	case __NR_mremap:
+		type = CKPT_EV_MREMAP;
 		a2 = ret;
-	} else if (type == CKPT_EV_BRK) {
+		a3 = dx;
+		break;
+	case __NR_brk:
+		type = CKPT_EV_BRK;
 		a1 = ret;
-	} else if (type == CKPT_EV_NEWNS) {
-		__u32 tgid = f->id.hostpid, one = 1;
-		nschanged.update(&tgid, &one);
-		code = a1;
+		break;
+	case __NR_unshare:
+		if (!(di & CLONE_NEWPID_FLAG))
+			return 0;
+		type = CKPT_EV_NEWNS;
+		a0 = di & 0x7e020000ULL;
 		a1 = 0;
+		code = 1;
+		break;
+	case __NR_setns:
+		/* nstype 0 means "whatever fd is": it may be a pid namespace */
+		if ((__u32)si && !(si & CLONE_NEWPID_FLAG))
+			return 0;
+		type = CKPT_EV_NEWNS;
+		a0 = (__u32)si;
+		a1 = 0;
+		code = 2;
+		break;
+	default:
+		return 0;
 	}
+	if (type == CKPT_EV_NEWNS) {
+		__u32 tgid = id.hostpid, one = 1;
+		nschanged.update(&tgid, &one);
+	}
+	/* the VMA table changed (not for madvise, a namespace change, or brk(0), a query) */
+	__u32 gen = 0;
+	if (type != CKPT_EV_MADVISE && type != CKPT_EV_NEWNS && !(type == CKPT_EV_BRK && di == 0))
+		gen = bump_gen(t, id.hostpid);
 	struct ckpt_event *e = ring_slot();
 	if (!e)
 		return 0;
 	e->ts = bpf_ktime_get_ns();
-	e->ns = f->id.ns;
+	e->ns = id.ns;
 	e->type = type;
-	e->hostpid = f->id.hostpid;
-	e->hosttid = tid;
-	e->pid = f->id.pid;
+	e->hostpid = id.hostpid;
+	e->hosttid = id.hosttid;
+	e->pid = id.pid;
 	e->code = code;
-	e->gen = f->gen;
+	e->gen = gen;
 	e->a0 = a0;
 	e->a1 = a1;
 	e->a2 = a2;
-	e->a3 = f->a3;
+	e->a3 = a3;
 	__builtin_memset(e->comm, 0, sizeof(e->comm));
 	submit(e);
 	return 0;

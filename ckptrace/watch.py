@@ -1,7 +1,7 @@
 """`ckptrace watch`: live task and dirty-memory events of pid namespaces, from BPF tracepoints.
 
 The controller: loads bpf/watch.bpf.c (ckptrace.kernel.bpfload), seeds the model
-(ckptrace.watchmodel) from /proc, then loops: poll the ring buffer for structural events, drain
+(ckptrace.watchmodel) from /proc, then loops: read the event rings for structural events, drain
 the kernel's written-page masks into `dirty` events (every DRAIN_SECONDS, so at least once a
 second), read the lost counters, and notice dumps (ckptrace.notify) to reset dirty counts.
 Output: the rich dashboard (ckptrace.watchview) on a terminal, else plain lines, or JSON lines.
@@ -42,7 +42,7 @@ class CpuPriority:
     On a machine with few CPUs the controller's CPU time is what a busy watched workload loses
     (docs/watch.md, "Overhead"): at SCHED_IDLE it only gets time nobody else wants, and a
     fork/exec loop runs almost as fast as unwatched. But a controller that stays at SCHED_IDLE
-    while the CPUs are saturated falls behind, the ring buffer fills and events are lost. So
+    while the CPUs are saturated falls behind, the event rings fill and events are lost. So
     `auto` (the default) runs at SCHED_IDLE while it keeps up and at normal priority once it
     falls behind, i.e. is more than BEHIND_SECONDS late: what it reads is that old, or its loop
     comes round that much late (it has more work than it can do at that priority), or it is
@@ -185,8 +185,8 @@ class Controller:
         self.started = time.monotonic_ns()
         self.ignored: set[int] = set()  # host pids resolved to namespaces we do not watch
         self.nschanged: set[int] = set()  # host pids that unshared or entered a pid namespace
-        self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "pending": 0}
-        self.failure: BaseException | None = None  # raised in the ring buffer callback
+        self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0}
+        self.failure: BaseException | None = None  # raised in the record callback
         self.dumps_dir = notify.DUMPS_DIR
         self.stale: set[int] = set()  # exec'd processes whose VMA table is to be re-read
         self.budget = sys.maxsize  # records on_record may still take in this poll
@@ -195,7 +195,7 @@ class Controller:
         self.late = _ignore_lateness
 
     def on_record(self, e) -> int:
-        """The ring buffer callback. The first exception is kept for the loop to raise after the
+        """The record callback. The first exception is kept for the loop to raise after the
         poll. Returns -1, which makes the reader stop (this record is taken), when the poll's
         budget of records is spent or on a failure."""
         if self.failure is not None:

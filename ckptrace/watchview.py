@@ -165,7 +165,7 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
     status.append("ckptrace watch", style="bold")
     status.append(f"  events: {total}  ")
     lost_n = sum(lost.values())
-    status.append("lost: " + " ".join(f"{k} {lost.get(k, 0)}" for k in ("ring", "dirty", "tracked", "pending")),
+    status.append("lost: " + " ".join(f"{k} {lost.get(k, 0)}" for k in ("ring", "dirty", "tracked")),
                   style="bold red" if lost_n else "green")
     if model.unattributed:
         status.append(f"  unattributed pages: {model.unattributed}", style="yellow")

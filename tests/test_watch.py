@@ -48,7 +48,10 @@ if killed == 0:
     os.execv("/bin/sh", ["sh", "-c", "kill -9 $$"])
 os.waitpid(killed, 0)
 assert libc.munmap(a, n * 4096) == 0
+assert libc.mprotect(a, n * 4096, 1) != 0  # ENOMEM: nothing is mapped there any more
 m = libc.mmap(None, 4 * 4096, 3, 0x22, -1, 0)
+assert libc.madvise(ctypes.c_void_p(m), 4096, 12345) != 0  # EINVAL: no such advice
+assert libc.madvise(ctypes.c_void_p(m), 4096, 4) == 0  # MADV_DONTNEED
 m2 = libc.mremap(m, 4 * 4096, 64 * 4096, 1)  # MREMAP_MAYMOVE
 with open(result + ".tmp", "w") as f:
     json.dump({"pid": os.getpid(), "child": child, "killed": killed, "status": status, "addr": a, "m": m,
@@ -193,6 +196,17 @@ def test_mm_events_with_addresses_and_lengths(focused_run):
     assert the(events, event="mmap", pid=1, addr=res["m"], len=4 * P)
     rem = the(events, event="mremap", pid=1, addr=res["m"], len=4 * P, new_len=64 * P)
     assert len(rem) == 1 and rem[0]["new_addr"] == res["m2"]
+    assert the(events, event="madvise", pid=1, addr=res["m"], len=P, advice=4)
+
+
+@pytest.mark.kernel
+def test_calls_that_failed_are_not_reported(focused_run):
+    """An mprotect of a range with nothing mapped and a madvise with an unknown advice fail:
+    nothing changed, nothing is reported (the mapping was neither protected nor advised)."""
+    events, res = focused_run["events"], focused_run["res"]
+    assert the(events, event="mprotect", pid=1, addr=res["addr"], len=N * P) == []
+    assert the(events, event="madvise", pid=1, advice=12345) == []
+    assert len(the(events, event="mprotect", pid=1, addr=res["addr"])) == 1  # the one that worked
 
 
 @pytest.mark.kernel

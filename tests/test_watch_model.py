@@ -289,7 +289,7 @@ def test_render_shows_namespaces_tree_vmas_events_and_losses(model):
 
 
 def test_render_keeps_the_keys_and_the_dump_message_in_view_at_100_columns(model):
-    model.lost = {"ring": 0, "dirty": 0, "tracked": 0, "pending": 0}
+    model.lost = {"ring": 0, "dirty": 0, "tracked": 0}
     model.status = "26 tracepoints attached, controller at idle priority (auto)"
     model.unattributed = 9
     sel = Selection(message="dumping 4026532188 to /var/tmp/x.img")

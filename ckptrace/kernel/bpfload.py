@@ -108,7 +108,7 @@ def struct_format(ctype: type[ctypes.Structure], names: tuple[str, ...]) -> tupl
 
 def record_type(ctype: type[ctypes.Structure]):
     """(namedtuple class named and ordered like `ctype`'s fields, decode(buffer, offset) making
-    one from the struct's bytes there): a ring buffer record decoded by one `struct` call. Char
+    one from the struct's bytes there): an event ring record decoded by one `struct` call. Char
     arrays come as bytes with their NULs (a ctypes view would cut them at the first)."""
     names = tuple(name for name, _ in ctype._fields_)
     fmt, _ = struct_format(ctype, names)
@@ -178,16 +178,9 @@ STRUCTURAL = [
     ("syscalls:sys_exit_clone3", "ckpt_clone_exit"),
     ("syscalls:sys_exit_fork", "ckpt_clone_exit"),
     ("syscalls:sys_exit_vfork", "ckpt_clone_exit"),
-    ("syscalls:sys_enter_mmap", "ckpt_mmap"),
-    ("syscalls:sys_enter_munmap", "ckpt_munmap"),
-    ("syscalls:sys_enter_mprotect", "ckpt_mprotect"),
-    ("syscalls:sys_enter_mremap", "ckpt_mremap"),
-    ("syscalls:sys_enter_brk", "ckpt_brk"),
-    ("syscalls:sys_enter_madvise", "ckpt_madvise"),
-    ("syscalls:sys_enter_unshare", "ckpt_unshare"),
-    ("syscalls:sys_enter_setns", "ckpt_setns"),
-    # munmap, mprotect and madvise are reported at enter: no exit program (see bpf/watch.bpf.c)
-    *[(f"syscalls:sys_exit_{s}", "ckpt_mm_exit") for s in ("mmap", "mremap", "brk", "unshare", "setns")],
+    # mm calls: one program at their exit, arguments from the registers (see bpf/watch.bpf.c)
+    *[(f"syscalls:sys_exit_{s}", "ckpt_mm_exit")
+      for s in ("mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "unshare", "setns")],
 ]
 FAULTS = [("exceptions:page_fault_user", "ckpt_fault"), ("exceptions:page_fault_kernel", "ckpt_fault")]
 
@@ -326,7 +319,7 @@ class WatchProgram:
 
     # -- kernel -> controller --------------------------------------------------------------------
     def open_events(self, callback) -> None:
-        """callback(event) for each ring buffer record, event a `record_type` namedtuple of
+        """callback(event) for each event ring record, event a `record_type` namedtuple of
         struct ckpt_event; callback may return < 0 to stop the current read after that record."""
         from .ringbuf import EventRings  # noqa: PLC0415
 
@@ -364,7 +357,7 @@ class WatchProgram:
         vals = {i: v.value for i, v in self._lost.items() for i in [i.value]}
         skipped = self._reader.skipped if self._reader is not None else 0
         return {"ring": vals.get(c["CKPT_LOST_RING"], 0) + skipped, "dirty": vals.get(c["CKPT_LOST_DIRTY"], 0),
-                "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0), "pending": vals.get(c["CKPT_LOST_PENDING"], 0)}
+                "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0)}
 
     def drain_dirty(self) -> dict[int, list[tuple[int, int, int]]]:
         """Take every written-page mask out of the kernel map, as the kernel keeps them:
