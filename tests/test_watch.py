@@ -501,19 +501,40 @@ def test_event_rings_of_64_records_are_read_through_many_wraps_in_sequence(pidns
 
 
 PACED_MMAP = r"""
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <time.h>
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
-int main(void) {
-    double t0 = now();
-    for (long i = 0; i < 100000; i++) {  /* 200 k events at 100 k/s */
-        while (now() - t0 < i / 50000.0) ;
+int main(int argc, char **argv) {  /* argv: iterations, iterations per second (two events each) */
+    long n = atol(argv[1]);
+    double rate = atof(argv[2]), t0 = now();
+    for (long i = 0; i < n; i++) {
+        while (now() - t0 < i / rate) ;
         void *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         munmap(p, 4096);
     }
     return 0;
 }
 """
+
+
+def _paced_run(tmp_path, pidns, loops: list[str], on_event):
+    """Run `loops` (shell commands using $exe) at once in a fresh namespace while a WatchProgram
+    reads; returns the loss counters."""
+    from ckptrace.kernel.bpfload import WatchProgram
+
+    src, exe = tmp_path / "paced.c", tmp_path / "paced"
+    src.write_text(PACED_MMAP)
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    go, done = tmp_path / "go", tmp_path / "done"
+    body = " & ".join(loop.replace("$exe", str(exe)) for loop in loops)
+    work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; {body}; wait; touch {done}; sleep 60"])
+    with WatchProgram(focus_ns=work.ns, faults=False) as prog:
+        prog.open_events(on_event)
+        go.touch()
+        wait_until(done.exists, 60, "the paced loops never finished", meanwhile=lambda: prog.poll(20))
+        prog.read_sent()
+        return prog.lost()
 
 
 @pytest.mark.kernel
@@ -524,23 +545,39 @@ def test_a_reader_that_keeps_up_loses_nothing_at_100k_events_a_second(pidns, tmp
     need_root_and_bcc()
     if shutil.which("gcc") is None:
         pytest.skip("gcc is missing")
-    from ckptrace.kernel.bpfload import WatchProgram
-
-    src, exe = tmp_path / "paced.c", tmp_path / "paced"
-    src.write_text(PACED_MMAP)
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
-    go, done = tmp_path / "go", tmp_path / "done"
-    work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; {exe}; touch {done}; sleep 60"])
     seqs: list[int] = []
-    with WatchProgram(focus_ns=work.ns, faults=False) as prog:
-        prog.open_events(lambda e: seqs.append(e.seq))
-        go.touch()
-        wait_until(done.exists, 60, "the paced loop never finished", meanwhile=lambda: prog.poll(20))
-        prog.read_sent()
-        lost = prog.lost()
+    lost = _paced_run(tmp_path, pidns, ["$exe 100000 50000"], lambda e: seqs.append(e.seq))
     assert lost["ring"] == 0, lost
     assert len(seqs) >= 200_000
     assert seqs == list(range(len(seqs)))
+
+
+@pytest.mark.kernel
+def test_two_cpus_writing_at_once_merge_in_order(pidns, tmp_path):
+    """Two loops pinned to different CPUs write their rings at the same time: the records come
+    back numbered without holes, every process's own in the order it made them (mmap before its
+    munmap, timestamps rising), and all of them there."""
+    need_root_and_bcc()
+    if shutil.which("gcc") is None or shutil.which("taskset") is None or os.cpu_count() < 2:
+        pytest.skip("needs gcc, taskset and two CPUs")
+    got = []
+    lost = _paced_run(tmp_path, pidns, ["taskset -c 0 $exe 40000 40000", "taskset -c 1 $exe 40000 40000"],
+                      lambda e: got.append((e.seq, e.hostpid, e.type, e.ts, e.a0)))
+    assert lost["ring"] == 0, lost
+    assert [g[0] for g in got] == list(range(len(got)))
+    from ckptrace.kernel.bpfload import abi
+
+    mmap_t, munmap_t = abi().consts["CKPT_EV_MMAP"], abi().consts["CKPT_EV_MUNMAP"]
+    per_proc: dict[int, list] = {}
+    for g in got:
+        if g[2] in (mmap_t, munmap_t):
+            per_proc.setdefault(g[1], []).append(g)
+    loops = [evs for evs in per_proc.values() if len(evs) >= 80_000]
+    assert len(loops) == 2, {k: len(v) for k, v in per_proc.items()}
+    for evs in loops:
+        assert [e[3] for e in evs] == sorted(e[3] for e in evs)
+        pairs = [(a, b) for a, b in zip(evs, evs[1:]) if a[2] == mmap_t and b[2] == munmap_t and a[4] == b[4]]
+        assert len(pairs) >= 40_000  # every mmap followed by the munmap of the same address
 
 
 SHORT_WRITER = r"""
