@@ -11,7 +11,8 @@ VMAs that an munmap/mremap/mprotect/exec removed are kept a few seconds as tombs
 VMA records the mm generation it was born in (and a tombstone the one it died in). The kernel
 keys written pages by the generation they were written in, so a page written just before an
 munmap is attributed to the mapping it was written in, not to a new mapping that later took the
-same address. VMAs split by mprotect or moved by mremap keep their `lineage`, and their dirt.
+same address. VMAs split by mprotect or moved by mremap keep their `lineage`, and their dirt:
+pages written before the split or move and drained after it are reported on the live piece.
 """
 
 from __future__ import annotations
@@ -405,23 +406,34 @@ class Model:
                     bit = sub & -sub
                     pnums.append(base + bit.bit_length() - 1)
                     sub ^= bit
+        # Pages written before an mprotect or mremap are drained after it: they are added to, and
+        # reported on, the live mapping that holds them now (same lineage, shifted by the move),
+        # as a reader that applied the mprotect/mremap event expects; pages of a mapping that is
+        # gone stay with its tombstone.
+        reports: dict[int, list] = {}  # id(vma) -> [vma reported on, its page numbers or a count]
+        for v, pnums, count in hits.values():
+            if not keep:
+                reports[id(v)] = [v, count]
+                continue
+            if v.died == _LIVE:
+                v.dirty.update(pnums)
+                reports.setdefault(id(v), [v, set()])[1].update(pnums)
+                continue
+            shift = v.moved >> PAGE_SHIFT
+            for pn in pnums:
+                heir = p.find((pn + shift) << PAGE_SHIFT)
+                if heir is not None and heir.lineage == v.lineage:
+                    heir.dirty.add(pn + shift)
+                    reports.setdefault(id(heir), [heir, set()])[1].add(pn + shift)
+                else:
+                    v.dirty.add(pn)
+                    reports.setdefault(id(v), [v, set()])[1].add(pn)
         out = []
         ns = self.add_namespace(p.ns)
         now = self.clock()
-        for v, pnums, count in hits.values():
-            if keep and v.died < _LIVE:
-                # written before an mprotect/mremap: the dirt stays with the live descendant
-                shift = v.moved >> PAGE_SHIFT
-                for pn in pnums:
-                    heir = p.find((pn + shift) << PAGE_SHIFT)
-                    if heir is not None and heir.lineage == v.lineage:
-                        heir.dirty.add(pn + shift)
-                    else:
-                        v.dirty.add(pn)
-            elif keep:
-                v.dirty.update(pnums)
+        for v, pages in reports.values():
             ev = {"event": "dirty", "pid": p.pid, "hostpid": p.hostpid, "ns": p.ns, "ts": ts,
-                  "start": v.start, "end": v.end, "pages": len(pnums) if keep else count}
+                  "start": v.start, "end": v.end, "pages": pages if isinstance(pages, int) else len(pages)}
             out.append(ev)
             ns.events += 1
             ns.window.append(now)

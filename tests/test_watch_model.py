@@ -208,8 +208,26 @@ def test_pages_written_before_an_mremap_move_follow_the_mapping(model):
     model.apply(ev("mmap", addr=0x40000000, len=4 * P, prot=3, _gen=1))
     model.apply(ev("mremap", addr=0x40000000, len=4 * P, new_addr=0x50000000, new_len=4 * P, _gen=2))
     out = model.add_dirty(100, [(1, 0x40000000 + 2 * P)], ts=1)
-    assert [(e["start"], e["pages"]) for e in out] == [(0x40000000, 1)]  # reported where it was written
-    assert p.find(0x50000000).dirty == {(0x50000000 + 2 * P) >> 12}  # and counted where it is now
+    # drained after the move: reported and counted on the mapping that holds the page now, the
+    # one a reader that applied the mremap event knows
+    assert [(e["start"], e["end"], e["pages"]) for e in out] == [(0x50000000, 0x50000000 + 4 * P, 1)]
+    assert p.find(0x50000000).dirty == {(0x50000000 + 2 * P) >> 12}
+
+
+def test_pages_of_an_unmapped_mapping_stay_with_its_tombstone(model):
+    model.apply(ev("mmap", addr=0x40000000, len=4 * P, prot=3, _gen=1))
+    model.apply(ev("munmap", addr=0x40000000, len=4 * P, _gen=2))
+    model.apply(ev("mmap", addr=0x40000000, len=4 * P, prot=3, _gen=3))  # same place, a new mapping
+    out = model.add_dirty(100, [(1, 0x40000000 + P), (3, 0x40000000 + P)], ts=1)
+    assert sorted((e["start"], e["pages"]) for e in out) == [(0x40000000, 1), (0x40000000, 1)]
+    assert len(model.procs[100].find(0x40000000).dirty) == 1  # only the write to the new one
+
+
+def test_a_page_written_before_and_after_an_mprotect_counts_once(model):
+    model.apply(ev("mmap", addr=0x30000000, len=8 * P, prot=3, _gen=1))
+    model.apply(ev("mprotect", addr=0x30000000 + 4 * P, len=4 * P, prot=1, _gen=2))
+    out = model.add_dirty(100, [(1, 0x30000000), (2, 0x30000000)], ts=1)
+    assert [(e["start"], e["end"], e["pages"]) for e in out] == [(0x30000000, 0x30000000 + 4 * P, 1)]
 
 
 def test_brk_reports_old_break_and_signed_delta(model):
@@ -477,39 +495,46 @@ def test_event_lines_survive_short_writes_of_an_unbuffered_stdout():
 @pytest.mark.parametrize("seed", range(60))
 def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
     """add_dirty_masks looks a mapping up once per run of pages it holds. On random
-    mmap/munmap/mprotect histories its `dirty` events must say what Proc.owner says page by
-    page, for pages written in any generation or none."""
+    mmap/munmap/mprotect/mremap histories its `dirty` events must say what Proc.owner says page by
+    page (or, for a mapping split or moved since, the live piece of it that holds the page now),
+    for pages written in any generation or none, each page once."""
     import random
 
-    from ckptrace.watchmodel import PAGE_SHIFT
+    from ckptrace.watchmodel import _LIVE, PAGE_SHIFT
 
     r = random.Random(seed)
     m = Model(clock=lambda: 1.0)
     p = m.seed_proc(100, 1, NS, comm="x", maps=[(0x10000, 0x30000, 3, "/bin/x")])
     lo_pn = 0x10000 >> PAGE_SHIFT
     for gen in range(1, 12):
-        kind = r.choice(["mmap", "mmap", "munmap", "mprotect"])
+        kind = r.choice(["mmap", "mmap", "munmap", "mprotect", "mremap"])
         ev = {"event": kind, "pid": 1, "hostpid": 100, "ns": NS, "ts": gen,
               "addr": (lo_pn + r.randrange(0, 500)) << PAGE_SHIFT, "len": r.randrange(1, 80) * P}
-        if kind != "munmap":
+        if kind in ("mmap", "mprotect"):
             ev["prot"] = r.choice([1, 3, 5])
+        if kind == "mremap":
+            ev.update(new_addr=(lo_pn + r.randrange(0, 500)) << PAGE_SHIFT, new_len=r.randrange(1, 80) * P)
         m.apply(ev, gen=gen)
     chunks = [(r.choice([None, *range(0, 13)]), (lo_pn & ~63) + 64 * r.randrange(0, 10),
                r.getrandbits(64) & r.getrandbits(64)) for _ in range(r.randrange(1, 12))]
 
-    want: dict[int, list] = {}
+    want: dict[int, list] = {}  # id(vma reported on) -> [vma, page numbers]
     unattributed = 0
     for gen, base, mask in chunks:
         for bit in range(64):
             if mask >> bit & 1:
-                v = p.owner((base + bit) << PAGE_SHIFT, gen)
+                pn = base + bit
+                v = p.owner(pn << PAGE_SHIFT, gen)
                 if v is None:
                     unattributed += 1
-                else:
-                    want.setdefault(id(v), [v, 0])[1] += 1
+                    continue
+                heir = p.find((pn << PAGE_SHIFT) + v.moved) if v.died < _LIVE else None
+                if heir is not None and heir.lineage == v.lineage:  # split or moved since: the live piece
+                    v, pn = heir, pn + (v.moved >> PAGE_SHIFT)
+                want.setdefault(id(v), [v, set()])[1].add(pn)
     events = m.add_dirty_masks(100, chunks, 99)
     assert sorted((e["start"], e["end"], e["pages"]) for e in events) == \
-        sorted((v.start, v.end, n) for v, n in want.values())
+        sorted((v.start, v.end, len(n)) for v, n in want.values())
     assert m.unattributed == unattributed
 
 
