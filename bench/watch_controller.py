@@ -3,7 +3,7 @@
 
 On a 2-vCPU machine the controller's CPU is what a watched fork/exec loop loses (docs/watch.md,
 "Overhead"), so this is the figure to drive down. It records what the kernel side sends during a
-fork/exec loop and an mmap/munmap loop inside a namespace (raw ring buffer records and the drained
+fork/exec loop and an mmap/munmap loop inside a namespace (raw event ring records and the drained
 written-page masks, in order), then feeds the recording to a fresh `Controller` + `Model` with
 `--json` output into /dev/null, several times, and prints the best time per record.
 

@@ -9,7 +9,8 @@
  *   CKPT_FAULTS                   1: compile the write-fault program
  *   CKPT_EVENT_SIZE               sizeof(struct ckpt_event) as the Python side parsed it
  * Only tracepoint arguments and helpers are read, never kernel struct fields: the headers bcc
- * compiles against may be an older kernel's.
+ * compiles against may be an older kernel's. The one struct read is ABI: the x86-64 register frame
+ * a syscall was made with (struct pt_regs, laid out as ptrace's user_regs_struct; checked below).
  */
 #include <asm/ptrace.h>
 #include <asm/unistd.h>
