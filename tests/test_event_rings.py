@@ -113,6 +113,30 @@ def test_gathering_is_bounded_and_the_rest_stays_in_the_rings(rings, monkeypatch
     assert rings.read() == [1, 2, 3, 4, 5]
 
 
+def test_a_backlog_larger_than_the_window_still_comes_out_whole_and_in_order(rings, monkeypatch):
+    """Both CPUs hold far more than GATHER records, their numbers interleaved: reading window by
+    window hands all of them over in order, none skipped (gathering CPU 0's first GATHER records
+    used to leave number 1 in CPU 1's ring, out of reach, skipped a second later)."""
+    monkeypatch.setattr(ringbuf, "GATHER", 4)
+    for seq in range(2 * SLOTS - 2):
+        rings.write(seq % 2, seq)
+    assert rings.read() == list(range(2 * SLOTS - 2))
+    assert rings.reader.skipped == 0 and not rings.reader.waiting
+
+
+def test_a_number_given_up_on_that_turns_up_later_is_dropped_not_handed_over_late(rings, monkeypatch):
+    monkeypatch.setattr(ringbuf, "STUCK_SECONDS", 0.0)
+    rings.write(1, 1)
+    rings.write(1, 2)
+    assert rings.read() == []
+    assert rings.read() == [1, 2]  # 0 given up on
+    rings.write(0, 0)  # ... and written after all
+    rings.write(0, 3)
+    assert rings.read() == [3]
+    assert rings.reader.read_to() == 4 and rings.reader.skipped == 1
+    assert not rings.reader.waiting  # not kept for ever (nor handed over later, out of order)
+
+
 def test_available_counts_numbers_taken_and_not_handed_over(rings):
     rings.count(3)
     rings.write(0, 0)

@@ -518,9 +518,9 @@ int main(int argc, char **argv) {  /* argv: iterations, iterations per second (t
 """
 
 
-def _paced_run(tmp_path, pidns, loops: list[str], on_event):
+def _paced_run(tmp_path, pidns, loops: list[str], on_event, read_meanwhile: bool = True):
     """Run `loops` (shell commands using $exe) at once in a fresh namespace while a WatchProgram
-    reads; returns the loss counters."""
+    reads (or only once they are done); returns the loss counters."""
     from ckptrace.kernel.bpfload import WatchProgram
 
     src, exe = tmp_path / "paced.c", tmp_path / "paced"
@@ -532,7 +532,10 @@ def _paced_run(tmp_path, pidns, loops: list[str], on_event):
     with WatchProgram(focus_ns=work.ns, faults=False) as prog:
         prog.open_events(on_event)
         go.touch()
-        wait_until(done.exists, 60, "the paced loops never finished", meanwhile=lambda: prog.poll(20))
+        wait_until(done.exists, 60, "the paced loops never finished",
+                   meanwhile=(lambda: prog.poll(20)) if read_meanwhile else (lambda: time.sleep(0.02)))
+        while prog.poll(0):
+            pass
         prog.read_sent()
         return prog.lost()
 
@@ -578,6 +581,23 @@ def test_two_cpus_writing_at_once_merge_in_order(pidns, tmp_path):
         assert [e[3] for e in evs] == sorted(e[3] for e in evs)
         pairs = [(a, b) for a, b in zip(evs, evs[1:]) if a[2] == mmap_t and b[2] == munmap_t and a[4] == b[4]]
         assert len(pairs) >= 40_000  # every mmap followed by the munmap of the same address
+
+
+@pytest.mark.kernel
+def test_a_backlog_on_two_cpus_larger_than_the_read_window_comes_out_whole(pidns, tmp_path):
+    """Nobody reads while two loops on two CPUs write 2 x 30 k records: the backlog is larger
+    than the reader's window (GATHER) but fits the rings, and it all comes out, in order."""
+    need_root_and_bcc()
+    if shutil.which("gcc") is None or shutil.which("taskset") is None or os.cpu_count() < 2:
+        pytest.skip("needs gcc, taskset and two CPUs")
+    from ckptrace.kernel import ringbuf
+
+    seqs: list[int] = []
+    lost = _paced_run(tmp_path, pidns, ["taskset -c 0 $exe 15000 30000", "taskset -c 1 $exe 15000 30000"],
+                      lambda e: seqs.append(e.seq), read_meanwhile=False)
+    assert len(seqs) >= 60_000 > 2 * ringbuf.GATHER
+    assert lost["ring"] == 0, lost
+    assert seqs == list(range(len(seqs)))
 
 
 SHORT_WRITER = r"""

@@ -28,7 +28,7 @@ import time
 
 from ..errors import HostUnsupported
 
-GATHER = 16384  # records taken out of the rings per read at most, while earlier ones still wait
+GATHER = 16384  # records are taken out of the rings up to this far ahead of the next one to hand over
 STUCK_SECONDS = 1.0  # a missing number this old while later ones are there: given up on
 
 
@@ -85,37 +85,43 @@ class EventRings:
         """Records taken a number for and not handed over yet (some may still be being written)."""
         return self.written() - self.next
 
-    def _gather(self) -> None:
-        """Move what the rings hold into `waiting` (at most GATHER records while some wait)."""
+    def _gather(self, nxt: int) -> None:
+        """Move records numbered nxt .. nxt + GATHER - 1 out of the rings into `waiting`. The
+        window, not a count, bounds it: each ring holds its records in number order, so a ring
+        stops at its first record past the window, and the record numbered `nxt` can always be
+        taken whichever ring holds it (taking the first GATHER records ring by ring could fill
+        `waiting` from one ring while `nxt` sat in another)."""
         counts, rings, decode, seq_of, waiting = self.counts, self.rings, self.decode, self.seq_of, self.waiting
-        mask, size = self.mask, self.record_size
-        room = GATHER - len(waiting)
+        mask, size, limit = self.mask, self.record_size, nxt + GATHER
         for cpu in range(self.ncpu):
-            if room <= 0:
-                return
             read_at = self.read_at[cpu]
-            read = counts[read_at]
-            end = min(counts[self.written_at[cpu]], read + room)
+            read = i = counts[read_at]
+            written = counts[self.written_at[cpu]]
             base = self.ring_at[cpu]
-            for i in range(read, end):
+            while i < written:
                 rec = decode(rings, base + (i & mask) * size)
-                waiting[seq_of(rec)] = rec
-            if end > read:
-                counts[read_at] = end  # the slots are free for the programs again
-                room -= end - read
+                seq = seq_of(rec)
+                if seq >= limit:
+                    break
+                if seq >= nxt:
+                    waiting[seq] = rec
+                # else: a number given up on (see _missing) turned up after all: already counted lost
+                i += 1
+            if i > read:
+                counts[read_at] = i  # the slots are free for the programs again
 
     def consume(self, callback, until: int | None = None) -> int:
         """callback(record) for each record there is, in sequence order, until none is left, the
         next one is still being written, callback returns < 0 (that record counts as read), or
         number `until` (a `written()`) is reached. Returns how many records were handed over."""
-        self._gather()
         waiting, pop, n = self.waiting, self.waiting.pop, 0
         nxt = self.next
+        self._gather(nxt)
         try:
             while until is None or nxt < until:
                 rec = pop(nxt, None)
                 if rec is None:
-                    self._gather()  # written since, or left in the ring by GATHER
+                    self._gather(nxt)  # written since, or left in the ring by the window
                     rec = pop(nxt, None)
                 if rec is None:
                     if not waiting:
