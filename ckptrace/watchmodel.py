@@ -57,6 +57,7 @@ class Vma:
     lineage: int = 0  # shared by the pieces mprotect splits and mremap moves
     died: int = _LIVE  # for tombstones: generation it disappeared in
     moved: int = 0  # for tombstones of an mremap: how far the mapping moved
+    heirs: bool = False  # for tombstones: the pages live on in the table (mprotect, mremap), not gone
 
     @property
     def pages(self) -> int:
@@ -96,6 +97,7 @@ class Proc:
     code: int | None = None
     died: float = 0.0
     brk: int = 0
+    heap_freed_to: int = 0  # highest heap end a brk shrink gave back (growing again there is new memory)
     gen: int = 0  # mm generation, as the kernel counts it (events carry it)
     tombstones: list[tuple[float, Vma]] = field(default_factory=list)
 
@@ -271,7 +273,7 @@ class Model:
             p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
         elif kind == "mprotect":
             for v in p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])):
-                p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage)], now)
+                p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage, heirs=True)], now)
                 v.prot, v.born = ev["prot"], p.gen
                 p.insert(v)
         elif kind == "fork":
@@ -281,13 +283,13 @@ class Model:
                 child = self.procs[childhost] = Proc(childhost, ev["child"], p.ns, p.hostpid, p.comm)
                 lineage = self._lineage
                 child.vmas = [Vma(v.start, v.end, v.prot, v.path, set(), 0, next(lineage)) for v in p.vmas]
-                child.brk = p.brk
+                child.brk, child.heap_freed_to = p.brk, p.heap_freed_to
             else:
                 child.ppid = p.hostpid
         elif kind == "exec":
             p.bury(p.vmas, now)
             p.vmas = []
-            p.brk = 0
+            p.brk = p.heap_freed_to = 0
             p.comm = ev["comm"]
         elif kind == "rename":
             p.comm = ev["comm"]
@@ -324,9 +326,15 @@ class Model:
         moved = [v.shifted(delta) for v in parts]
         for v in moved:
             v.born = p.gen
-        tombs = [Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage) for v in parts]
-        for t in tombs:
-            t.moved = delta
+        # the pages within the new length moved; a shrink unmapped the rest
+        kept_end = old + nlen
+        tombs = []
+        for v in parts:
+            if v.start < kept_end:
+                tombs.append(Vma(v.start, min(v.end, kept_end), v.prot, v.path, set(), v.born, v.lineage,
+                                 moved=delta, heirs=True))
+            if v.end > kept_end:
+                tombs.append(Vma(max(v.start, kept_end), v.end, v.prot, v.path, set(), v.born, v.lineage))
         p.bury(tombs, now)
         p.bury(p.carve(new, new + nlen), now)
         for v in moved:
@@ -344,14 +352,20 @@ class Model:
         p.brk = got
         if want == 0 or not old or got == old:
             return None  # a query, or a first call we have no baseline for
-        heap = next((v for v in p.vmas if v.path == "[heap]"), None)
+        heap = max((v for v in p.vmas if v.path == "[heap]"), key=_start, default=None)
         if got > old:
             if heap is None:
                 p.insert(Vma(old & ~(PAGE - 1), page_up(got), 3, "[heap]", born=p.gen, lineage=next(self._lineage)))
             elif page_up(got) > heap.end:
-                heap.end = page_up(got)
+                if heap.end < p.heap_freed_to:
+                    # growing back over heap a shrink gave up: a new piece, born now, so pages
+                    # written there before the shrink are not taken for this memory's
+                    p.insert(Vma(heap.end, page_up(got), heap.prot, "[heap]", set(), p.gen, heap.lineage))
+                else:
+                    heap.end = page_up(got)
         else:
             p.bury(p.carve(page_up(got), page_up(old)), now)
+            p.heap_freed_to = max(p.heap_freed_to, page_up(old))
         out = {k: v for k, v in ev.items() if k not in ("_want", "_got")}
         out.update(addr=old, len=got - old)  # len < 0: the heap shrank
         return out
@@ -415,7 +429,7 @@ class Model:
             if not keep:
                 reports[id(v)] = [v, count]
                 continue
-            if v.died == _LIVE:
+            if v.died == _LIVE or not v.heirs:
                 v.dirty.update(pnums)
                 reports.setdefault(id(v), [v, set()])[1].update(pnums)
                 continue

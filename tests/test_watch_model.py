@@ -223,6 +223,30 @@ def test_pages_of_an_unmapped_mapping_stay_with_its_tombstone(model):
     assert len(model.procs[100].find(0x40000000).dirty) == 1  # only the write to the new one
 
 
+def test_pages_of_a_heap_that_shrank_do_not_move_to_the_heap_grown_back(model):
+    """brk shrinks the heap over written pages, then grows it back over the same addresses (malloc
+    trimming and growing again): the old pages were freed; the regrown ones are fresh."""
+    p = model.procs[100]
+    model.apply(ev("brk", _want=0, _got=0x700000), gen=1)
+    model.apply(ev("brk", _want=0x720000, _got=0x720000), gen=2)
+    model.apply(ev("brk", _want=0x710000, _got=0x710000), gen=3)  # shrinks over 0x710000..
+    model.apply(ev("brk", _want=0x720000, _got=0x720000), gen=4)  # and grows back
+    out = model.add_dirty(100, [(2, 0x718000)], ts=1)  # written before the shrink
+    assert [(e["start"], e["end"]) for e in out] == [(0x710000, 0x720000)]  # the dead piece, not the heap
+    assert p.find(0x718000).dirty == set()
+
+
+def test_pages_cut_off_by_an_mremap_shrink_stay_behind(model):
+    p = model.procs[100]
+    model.apply(ev("mmap", addr=0x40000000, len=8 * P, prot=3, _gen=1))
+    model.apply(ev("mremap", addr=0x40000000, len=8 * P, new_addr=0x40000000, new_len=4 * P, _gen=2))
+    model.apply(ev("mremap", addr=0x40000000, len=4 * P, new_addr=0x40000000, new_len=8 * P, _gen=3))
+    out = model.add_dirty(100, [(1, 0x40000000 + P), (1, 0x40000000 + 6 * P)], ts=1)
+    got = sorted((e["start"], e["end"], e["pages"]) for e in out)
+    assert got == [(0x40000000, 0x40000000 + 8 * P, 1), (0x40000000 + 4 * P, 0x40000000 + 8 * P, 1)]
+    assert p.find(0x40000000).dirty == {(0x40000000 + P) >> 12}  # the page that was kept, only
+
+
 def test_a_page_written_before_and_after_an_mprotect_counts_once(model):
     model.apply(ev("mmap", addr=0x30000000, len=8 * P, prot=3, _gen=1))
     model.apply(ev("mprotect", addr=0x30000000 + 4 * P, len=4 * P, prot=1, _gen=2))
@@ -528,7 +552,7 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
                 if v is None:
                     unattributed += 1
                     continue
-                heir = p.find((pn << PAGE_SHIFT) + v.moved) if v.died < _LIVE else None
+                heir = p.find((pn << PAGE_SHIFT) + v.moved) if v.died < _LIVE and v.heirs else None
                 if heir is not None and heir.lineage == v.lineage:  # split or moved since: the live piece
                     v, pn = heir, pn + (v.moved >> PAGE_SHIFT)
                 want.setdefault(id(v), [v, set()])[1].add(pn)
