@@ -383,8 +383,16 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 {
 	int nr = args->__syscall_nr;
 	long ret = args->ret;
-	if (ret < 0 && ret > -4096)
-		return 0;  /* failed: nothing changed */
+	__u32 code = 0;
+	if (ret < 0 && ret > -4096) {
+		/* Failed: nothing changed, except that mprotect and madvise work through the range
+		 * mapping by mapping and stop at a hole (ENOMEM) or, mprotect, at a mapping that may not
+		 * get the protection (EACCES), with what came before already changed. Those are
+		 * reported with the error (code), and the controller reads the mappings again. */
+		if (!(nr == __NR_mprotect && (ret == -ENOMEM || ret == -EACCES)) && !(nr == __NR_madvise && ret == -ENOMEM))
+			return 0;
+		code = -ret;
+	}
 	struct ident id;
 	struct ckpt_task *t;
 	if (!whoami_t(&id, &t))
@@ -393,7 +401,6 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 	__u64 di = regs->di, si = regs->si, dx = regs->dx;
 	__u32 type;
 	__u64 a0 = di, a1 = si, a2 = 0, a3 = 0;
-	__u32 code = 0;
 	switch (nr) {
 	case __NR_mmap:
 		type = CKPT_EV_MMAP;
@@ -445,7 +452,10 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 		__u32 tgid = id.hostpid, one = 1;
 		nschanged.update(&tgid, &one);
 	}
-	/* the VMA table changed (not for madvise, a namespace change, or brk(0), a query) */
+	/* The VMA table changed (not for madvise, a namespace change, or brk(0), a query). Bumped
+	 * here, after the change: a write another thread makes into the new mapping between the
+	 * change and this line (it would have to know the address already: MAP_FIXED, mremap over a
+	 * live range) is counted in the old generation, on the mapping that was there before. */
 	__u32 gen = 0;
 	if (type != CKPT_EV_MADVISE && type != CKPT_EV_NEWNS && !(type == CKPT_EV_BRK && di == 0))
 		gen = bump_gen(t, id.hostpid);

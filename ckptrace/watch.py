@@ -9,6 +9,7 @@ Output: the rich dashboard (ckptrace.watchview) on a terminal, else plain lines,
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -188,7 +189,7 @@ class Controller:
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0}
         self.failure: BaseException | None = None  # raised in the record callback
         self.dumps_dir = notify.DUMPS_DIR
-        self.stale: set[int] = set()  # exec'd processes whose VMA table is to be re-read
+        self.stale: set[int] = set()  # processes whose VMA table is to be re-read (exec, failed mprotect)
         self.budget = sys.maxsize  # records on_record may still take in this poll
         # told how late the controller is, in seconds: from every LAG_SAMPLE-th record read, and
         # from the loop (see CpuPriority); it may change the priority from inside a poll
@@ -281,6 +282,10 @@ class Controller:
         gen = e.gen or None
         if kind == "mmap" or kind == "mprotect":
             ev["addr"], ev["len"], ev["prot"] = e.a0, e.a1, e.a2
+            if e.code:
+                # failed part-way (see bpf/watch.bpf.c): which part changed, /proc will say
+                ev["error"] = errno.errorcode.get(e.code, str(e.code))
+                self.stale.add(hostpid)
             out = self.model.apply(ev, gen=gen)
         elif kind == "munmap":
             ev["addr"], ev["len"] = e.a0, e.a1
@@ -313,6 +318,8 @@ class Controller:
                 ev.update(addr=e.a0, len=e.a1, new_addr=e.a2, new_len=e.a3)
             elif kind == "madvise":
                 ev.update(addr=e.a0, len=e.a1, advice=e.a2)
+                if e.code:  # applied up to a hole in the range
+                    ev["error"] = errno.errorcode.get(e.code, str(e.code))
             elif kind == "newns":
                 ev.update(flags=e.a0, how=NEWNS_HOW.get(e.code, str(e.code)))
                 if e.code in (1, 2):  # unshare, setns: the process's later children are elsewhere

@@ -143,3 +143,15 @@ def test_available_counts_numbers_taken_and_not_handed_over(rings):
     assert rings.reader.available() == 3
     assert rings.read() == [0]
     assert rings.reader.available() == 2  # 1 and 2 are still being written
+
+
+def test_ring_sizes_share_the_budget_between_possible_cpus(tmp_path):
+    from ckptrace.kernel.bpfload import RING_BYTES, possible_cpus, ring_slots_for
+
+    assert ring_slots_for(2, 96) == 65536
+    for ncpu in (4, 16, 256):
+        slots = ring_slots_for(ncpu, 96)
+        assert slots & (slots - 1) == 0 and slots * ncpu * 96 <= RING_BYTES
+    assert ring_slots_for(4096, 96) == 512  # the floor: a busy CPU still has room between reads
+    (tmp_path / "possible").write_text("0-3,8,10-11\n")
+    assert possible_cpus(str(tmp_path)) == 12  # CPU numbers up to 11 can run programs

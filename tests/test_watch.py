@@ -52,10 +52,14 @@ assert libc.mprotect(a, n * 4096, 1) != 0  # ENOMEM: nothing is mapped there any
 m = libc.mmap(None, 4 * 4096, 3, 0x22, -1, 0)
 assert libc.madvise(ctypes.c_void_p(m), 4096, 12345) != 0  # EINVAL: no such advice
 assert libc.madvise(ctypes.c_void_p(m), 4096, 4) == 0  # MADV_DONTNEED
+assert libc.mprotect(ctypes.c_void_p(m), 4096, 0x100) != 0  # EINVAL: no such protection bit
+h = libc.mmap(None, 3 * 4096, 3, 0x22, -1, 0)
+assert libc.munmap(ctypes.c_void_p(h + 4096), 4096) == 0  # a hole in the middle
+assert libc.mprotect(ctypes.c_void_p(h), 3 * 4096, 1) != 0  # ENOMEM at the hole, the first page changed
 m2 = libc.mremap(m, 4 * 4096, 64 * 4096, 1)  # MREMAP_MAYMOVE
 with open(result + ".tmp", "w") as f:
     json.dump({"pid": os.getpid(), "child": child, "killed": killed, "status": status, "addr": a, "m": m,
-               "m2": m2}, f)
+               "m2": m2, "h": h}, f)
 os.rename(result + ".tmp", result)
 time.sleep(3600)
 """
@@ -201,12 +205,25 @@ def test_mm_events_with_addresses_and_lengths(focused_run):
 
 @pytest.mark.kernel
 def test_calls_that_failed_are_not_reported(focused_run):
-    """An mprotect of a range with nothing mapped and a madvise with an unknown advice fail:
-    nothing changed, nothing is reported (the mapping was neither protected nor advised)."""
+    """An mprotect with an unknown protection bit and a madvise with an unknown advice fail
+    before looking at the mappings: nothing changed, nothing is reported."""
     events, res = focused_run["events"], focused_run["res"]
-    assert the(events, event="mprotect", pid=1, addr=res["addr"], len=N * P) == []
+    assert the(events, event="mprotect", pid=1, prot=0x100) == []
     assert the(events, event="madvise", pid=1, advice=12345) == []
-    assert len(the(events, event="mprotect", pid=1, addr=res["addr"])) == 1  # the one that worked
+    worked = the(events, event="mprotect", pid=1, addr=res["addr"], len=3 * P)
+    assert len(worked) == 1 and "error" not in worked[0]
+
+
+@pytest.mark.kernel
+def test_an_mprotect_that_failed_part_way_is_reported_with_its_error(focused_run):
+    """mprotect over a range with a hole changes the mapping before the hole, then fails with
+    ENOMEM: reported, with the error, since something did change."""
+    events, res = focused_run["events"], focused_run["res"]
+    (ev,) = the(events, event="mprotect", pid=1, addr=res["h"], len=3 * P)
+    assert ev["error"] == "ENOMEM" and ev["prot"] == 1
+    # the kernel cannot tell part-way from not at all: over a range with nothing mapped, the same
+    (ev,) = the(events, event="mprotect", pid=1, addr=res["addr"], len=N * P)
+    assert ev["error"] == "ENOMEM"
 
 
 @pytest.mark.kernel

@@ -413,6 +413,22 @@ def test_controller_turns_kernel_records_into_report_dicts(model):
     ]
 
 
+def test_an_mprotect_that_failed_part_way_carries_its_error_and_rereads_the_mappings(model):
+    from ckptrace.watch import Controller
+
+    out = []
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+    E = bpfload.abi().structs["ckpt_event"]
+    c = bpfload.abi().consts
+    ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_MPROTECT"], hostpid=100, pid=1, code=12, a0=0x600000, a1=3 * P, a2=1))
+    ctl.on_record(E(ts=6, ns=NS, type=c["CKPT_EV_MADVISE"], hostpid=100, pid=1, code=12, a0=0x600000, a1=P, a2=4))
+    ctl.on_record(E(ts=7, ns=NS, type=c["CKPT_EV_MPROTECT"], hostpid=100, pid=1, a0=0x400000, a1=P, a2=1))
+    assert ctl.failure is None
+    assert [(e["event"], e.get("error")) for e in out] == [("mprotect", "ENOMEM"), ("madvise", "ENOMEM"),
+                                                          ("mprotect", None)]
+    assert ctl.stale == {100}  # which part changed, /proc says at the next drain
+
+
 def test_one_kernel_mask_is_split_between_the_vmas_it_covers(model):
     """A 64-page chunk of the kernel map covers three mappings and a hole: each mapping gets
     exactly its own pages, and the page in the hole is counted as unattributed."""
