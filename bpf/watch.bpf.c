@@ -35,6 +35,9 @@ BPF_ARRAY(ns_list, __u64, CKPT_MAX_NS);
 BPF_HASH(nschanged, __u32, __u32, 4096);
 /* tgid -> exit status as the last exit syscall or fatal signal set it */
 BPF_HASH(exitcode, __u32, __u32, 65536);
+/* tid -> the last signal sent to it whose default action kills (see ckpt_signal) */
+BPF_HASH(lastsig, __u32, __u32, 65536);
+#define EXIT_FINAL 0x80000000U  /* in exitcode: the status is decided (see set_exitcode) */
 
 struct ident {
 	__u64 ns;
@@ -252,44 +255,82 @@ int ckpt_exit(struct tracepoint__sched__sched_process_exit *args)
 	struct ckpt_event *e = reserve(CKPT_EV_EXIT, &id);
 	if (e) {
 		__u32 *code = exitcode.lookup(&tgid);
-		e->code = code ? *code : 0;
+		e->code = code ? *code & ~EXIT_FINAL : 0;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		submit(e);
 	}
 	tracked.delete(&tgid);
 	exitcode.delete(&tgid);
+	lastsig.delete(&tgid);
 	nschanged.delete(&tgid);
 	return 0;
 }
 
-static __always_inline void set_exitcode(__u32 code)
+/* The exit status is made of what the process did last: exit_group's status is final; a thread's
+ * own exit leaves its status to the process if it is the last thread; a fatal signal is final.
+ * Final values carry EXIT_FINAL and are not overwritten by the SIGKILLs that follow: exit_group
+ * and a fatal signal both end the other threads with a SIGKILL the kernel queues itself. */
+static __always_inline void set_exitcode(__u32 tgid, __u32 code)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (tracked.lookup(&tgid))
 		exitcode.update(&tgid, &code);
 }
 
 int ckpt_exit_group(struct tracepoint__syscalls__sys_enter_exit_group *args)
 {
-	set_exitcode(args->error_code & 0xff);
+	set_exitcode(bpf_get_current_pid_tgid() >> 32, (args->error_code & 0xff) | EXIT_FINAL);
 	return 0;
 }
 
 int ckpt_exit_sys(struct tracepoint__syscalls__sys_enter_exit *args)
 {
-	set_exitcode(args->error_code & 0xff);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *code = exitcode.lookup(&tgid);
+	if (!code || !(*code & EXIT_FINAL))
+		set_exitcode(tgid, args->error_code & 0xff);
 	return 0;
 }
 
+/* signals whose default action ends the process (the real-time ones included) */
+static __always_inline int kills_by_default(int sig)
+{
+	if (sig <= 0 || sig > 64)
+		return 0;
+	return !(sig == 17 || (sig >= 18 && sig <= 23) || sig == 28);  /* SIGCHLD, SIGCONT..SIGURG, SIGWINCH */
+}
+
+int ckpt_signal_sent(struct tracepoint__signal__signal_generate *args)
+{
+	__u32 tid = args->pid;
+	__u32 sig = args->sig;
+	if (args->result == 1 || !kills_by_default(sig))
+		return 0;  /* ignored, or a signal that cannot be the one that killed */
+	if (tracked.lookup(&tid))  /* a process is signalled through its leader: tid is the tgid */
+		lastsig.update(&tid, &sig);
+	return 0;
+}
+
+/* A fatal signal that does not dump core is not delivered as itself: the kernel queues SIGKILL to
+ * every thread when it is sent (complete_signal), so only SIGKILL is ever delivered. The signal
+ * that did it is the last one sent to the process (ckpt_signal_sent); a real SIGKILL is sent too. */
 int ckpt_signal(struct tracepoint__signal__signal_deliver *args)
 {
 	int sig = args->sig;
-	/* only signals whose default action kills; a handled one changes nothing */
-	if (args->sa_handler != 0 || sig <= 0 || sig >= 32)
-		return 0;
-	if (sig == 17 || (sig >= 18 && sig <= 23) || sig == 28)
-		return 0;  /* SIGCHLD, SIGCONT..SIGURG, SIGWINCH: ignored or stop by default */
-	set_exitcode(128 + sig);
+	if (args->sa_handler != 0 || !kills_by_default(sig))
+		return 0;  /* handled, or not fatal by default */
+	__u64 pt = bpf_get_current_pid_tgid();
+	__u32 tgid = pt >> 32, tid = (__u32)pt;
+	__u32 *code = exitcode.lookup(&tgid);
+	if (code && (*code & EXIT_FINAL))
+		return 0;  /* exit_group or an earlier fatal signal decided it */
+	if (sig == 9) {
+		__u32 *sent = lastsig.lookup(&tgid);
+		if (!sent)
+			sent = lastsig.lookup(&tid);
+		if (sent)
+			sig = *sent;
+	}
+	set_exitcode(tgid, (128 + sig) | EXIT_FINAL);
 	return 0;
 }
 

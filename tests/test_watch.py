@@ -190,6 +190,57 @@ def test_fork_exec_exit_with_in_namespace_pids(focused_run):
     assert [e["code"] for e in the(events, event="exit", pid=res["killed"])] == [128 + 9]
 
 
+EXITS = r"""
+import os, signal, subprocess, sys, threading, time
+def child(target, *args):
+    pid = os.fork()
+    if pid == 0:
+        target(*args)
+        os._exit(0)
+    return pid
+def threaded_exit(code):
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    time.sleep(0.05)
+    os._exit(code)  # exit_group with another thread alive: the kernel SIGKILLs that thread
+def wait_to_die():
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    time.sleep(30)
+pids = {"threaded_exit": child(threaded_exit, 5)}
+for name, sig in (("term", signal.SIGTERM), ("term_threaded", signal.SIGTERM), ("rt", signal.SIGRTMIN + 2),
+                  ("kill", signal.SIGKILL)):
+    pids[name] = child(wait_to_die)
+    time.sleep(0.1)
+    os.kill(pids[name], sig)
+statuses = {name: os.waitpid(pid, 0)[1] for name, pid in pids.items()}
+print(repr({name: (pid, statuses[name]) for name, pid in pids.items()}), flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.kernel
+def test_exit_codes_of_signals_and_of_exit_group_with_threads(pidns, tmp_path):
+    """A signal that does not dump core kills through SIGKILLs the kernel queues itself, and
+    exit_group kills the other threads the same way: the status is still the signal's (128 +
+    SIGTERM, a real-time signal) or exit_group's, as waitpid tells the parent."""
+    need_root_and_bcc()
+    go, out = tmp_path / "go", tmp_path / "out"
+    script = tmp_path / "exits.py"
+    script.write_text(EXITS)
+    work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; exec {sys.executable} {script} > {out}"])
+    watch = start_watch("--pidns", str(work.ns), "--no-faults", "--duration", "4")
+    go.touch()
+    events, err = finish(watch)
+    import ast
+
+    res = ast.literal_eval(out.read_text())
+    want = {"threaded_exit": 5, "term": 128 + 15, "term_threaded": 128 + 15, "rt": 128 + 36, "kill": 128 + 9}
+    for name, (pid, status) in res.items():
+        real = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        assert real == want[name], (name, status)
+        got = [e["code"] for e in the(events, event="exit", pid=pid)]
+        assert got == [want[name]], (name, got)
+
+
 @pytest.mark.kernel
 def test_mm_events_with_addresses_and_lengths(focused_run):
     events, res = focused_run["events"], focused_run["res"]

@@ -174,6 +174,7 @@ STRUCTURAL = [
     ("task:task_newtask", "ckpt_newtask"),
     ("task:task_rename", "ckpt_rename"),
     ("signal:signal_deliver", "ckpt_signal"),
+    ("signal:signal_generate", "ckpt_signal_sent"),
     ("syscalls:sys_enter_exit_group", "ckpt_exit_group"),
     ("syscalls:sys_enter_exit", "ckpt_exit_sys"),
     ("syscalls:sys_exit_clone", "ckpt_clone_exit"),
