@@ -532,8 +532,9 @@ def test_event_lines_survive_short_writes_of_an_unbuffered_stdout():
 
 
 
+@pytest.mark.parametrize("indexed", [False, True])
 @pytest.mark.parametrize("seed", range(60))
-def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
+def test_dirty_attribution_agrees_with_owner_page_by_page(seed, indexed, monkeypatch):
     """add_dirty_masks looks a mapping up once per run of pages it holds. On random
     mmap/munmap/mprotect/mremap histories its `dirty` events must say what Proc.owner says page by
     page (or, for a mapping split or moved since, the live piece of it that holds the page now),
@@ -542,6 +543,10 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
 
     from ckptrace.watchmodel import _LIVE, PAGE_SHIFT
 
+    from ckptrace import watchmodel
+
+    if indexed:  # the path a drain takes for a process with many tombstones
+        monkeypatch.setattr(watchmodel, "TOMB_INDEX_MIN", 0)
     r = random.Random(seed)
     m = Model(clock=lambda: 1.0)
     p = m.seed_proc(100, 1, NS, comm="x", maps=[(0x10000, 0x30000, 3, "/bin/x")])
@@ -576,6 +581,33 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed):
     assert sorted((e["start"], e["end"], e["pages"]) for e in events) == \
         sorted((v.start, v.end, len(n)) for v, n in want.values())
     assert m.unattributed == unattributed
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_tombstone_index_answers_as_owner_does(seed):
+    """TombIndex (used for processes with many tombstones) against Proc.owner, on random
+    histories with address reuse, for every page of the range, in every generation and none."""
+    import random
+
+    from ckptrace.watchmodel import PAGE_SHIFT, TombIndex
+
+    r = random.Random(seed)
+    m = Model(clock=lambda: 1.0)
+    p = m.seed_proc(100, 1, NS, comm="x", maps=[(0x10000, 0x30000, 3, "/bin/x")])
+    lo_pn = 0x10000 >> PAGE_SHIFT
+    for gen in range(1, 40):
+        kind = r.choice(["mmap", "mmap", "munmap", "mprotect", "mremap"])
+        ev = {"event": kind, "pid": 1, "hostpid": 100, "ns": NS, "ts": gen,
+              "addr": (lo_pn + r.randrange(0, 60)) << PAGE_SHIFT, "len": r.randrange(1, 20) * P}
+        if kind in ("mmap", "mprotect"):
+            ev["prot"] = r.choice([1, 3, 5])
+        if kind == "mremap":
+            ev.update(new_addr=(lo_pn + r.randrange(0, 60)) << PAGE_SHIFT, new_len=r.randrange(1, 20) * P)
+        m.apply(ev, gen=gen)
+    index = TombIndex(p)
+    for pn in range(lo_pn - 2, lo_pn + 90):
+        for gen in (None, *range(0, 41)):
+            assert index.owner(pn << PAGE_SHIFT, gen) is p.owner(pn << PAGE_SHIFT, gen), (hex(pn << 12), gen)
 
 
 class DrainProg(FakeProg):
