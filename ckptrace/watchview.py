@@ -138,19 +138,31 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
     return t
 
 
-def _vmas(p: Proc | None, rows: int) -> Table:
+def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
+    """The VMA table for a panel `width` columns wide inside: start, prot, size, dirty and the
+    heat bar always show (the bar narrower when it must); `end` and the path when there is room
+    (at 80 columns the dirt used to be what got cut off)."""
+    fixed = 14 + 4 + 6 + 5 + 4 * 2  # start, prot, size, dirty and the gaps after them
+    room = width - fixed
+    show_end = room >= 14 + 2 + 7 + 10 + 2 + 4
+    bar = max(5, min(BAR, room - 7 - 2 - (16 if show_end else 0) - 4))
+    cols = [("start", 14), ("end", 14), ("prot", 4), ("size", 6), ("dirty", 5), ("heat", bar + 7), ("path", 4)]
+    if not show_end:
+        cols.remove(("end", 14))
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
-    for col, width in (("start", 14), ("end", 14), ("prot", 4), ("size", 6), ("dirty", 5),
-                       ("heat", BAR + 7), ("path", 4)):
-        t.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, ratio=1 if col == "path" else None)
+    for col, w in cols:
+        t.add_column(col, no_wrap=True, overflow="ellipsis", min_width=w, ratio=1 if col == "path" else None)
     if p is None:
         return t
     vmas = p.vmas
     if len(vmas) > rows:  # show the dirtiest first when they do not all fit
         vmas = sorted(sorted(vmas, key=lambda v: -len(v.dirty))[:rows], key=lambda v: v.start)
     for v in vmas:
-        t.add_row(f"{v.start:#x}", f"{v.end:#x}", prot_str(v.prot), human(v.end - v.start),
-                  str(len(v.dirty)), heat_bar(len(v.dirty), v.pages), v.path)
+        cells = [f"{v.start:#x}", f"{v.end:#x}", prot_str(v.prot), human(v.end - v.start), str(len(v.dirty)),
+                 heat_bar(len(v.dirty), v.pages, bar), v.path]
+        if not show_end:
+            del cells[1]
+        t.add_row(*cells)
     return t
 
 
@@ -189,11 +201,20 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
         Layout(name="mid", size=upper + 2),
         Layout(name="log"),
     )
-    layout["mid"].split_row(
-        Layout(Panel(_tree(model, sel, upper - 1), title="tasks"), ratio=1, minimum_size=30),
-        Layout(Panel(_vmas(p, upper - 1),
-                     title=f"memory of {p.pid} {p.comm} (host {p.hostpid})" if p else "memory"), ratio=2),
-    )
+    title = f"memory of {p.pid} {p.comm} (host {p.hostpid})" if p else "memory"
+    if width < 100:
+        # side by side, neither fits: the task tree above the memory map, each the full width
+        tree_rows = max(2, (upper - 2) // 3)
+        layout["mid"].split_column(
+            Layout(Panel(_tree(model, sel, tree_rows), title="tasks"), size=tree_rows + 3),
+            Layout(Panel(_vmas(p, upper - tree_rows - 4, width - 4), title=title)),
+        )
+    else:
+        tasks_w = max(30, width // 3)
+        layout["mid"].split_row(
+            Layout(Panel(_tree(model, sel, upper - 1), title="tasks"), size=tasks_w),
+            Layout(Panel(_vmas(p, upper - 1, width - tasks_w - 4), title=title)),
+        )
     recent = list(model.recent)[-events_rows:]
     layout["log"].update(Panel(Group(*[Text(event_line(e), no_wrap=True, overflow="ellipsis") for e in recent]),
                                title="recent events"))

@@ -339,6 +339,20 @@ def test_render_keeps_the_keys_and_the_dump_message_in_view_at_100_columns(model
     assert "lost: ring 0" in lines[0] and "d dump" in lines[1] and "dumping 4026532188" in lines[1]
 
 
+@pytest.mark.parametrize("width", [80, 100, 140])
+def test_render_keeps_the_dirt_in_view_at_any_width(model, width):
+    """The memory map's dirty count and heat bar are what the dashboard is for: at 80 and 100
+    columns they used to be the columns cut off (the start and end addresses took the room)."""
+    model.apply(ev("mmap", addr=0x7f0000000000, len=256 * P, prot=3))
+    model.add_dirty(100, [0x7f0000000000 + i * P for i in range(100)], ts=1)
+    lines = text_of(render(model, Selection(), width=width, height=30), width=width, height=30).splitlines()
+    header = next(line for line in lines if "start" in line and "prot" in line)
+    assert "dirty" in header and "heat" in header, header
+    row = next(line for line in lines if "0x7f0000000000" in line)
+    assert "39.1%" in row and "100" in row, row
+    assert all(len(line) <= width for line in lines)
+
+
 def test_render_empty_model_and_small_terminal():
     m = Model()
     out = text_of(render(m, Selection(), width=60, height=12), width=60, height=12)
