@@ -35,8 +35,9 @@ BPF_ARRAY(ns_list, __u64, CKPT_MAX_NS);
 BPF_HASH(nschanged, __u32, __u32, 4096);
 /* tgid -> exit status as the last exit syscall or fatal signal set it */
 BPF_HASH(exitcode, __u32, __u32, 65536);
-/* tid -> the last signal sent to it whose default action kills (see ckpt_signal) */
-BPF_HASH(lastsig, __u32, __u32, 65536);
+/* tid -> the last signal sent to it whose default action kills (see ckpt_signal). LRU: filled
+ * for any task, since the sender's context cannot tell a watched target thread from another */
+BPF_TABLE("lru_hash", __u32, __u64, lastsig, 65536);  /* (when sent, ns) << 8 | signal */
 #define EXIT_FINAL 0x80000000U  /* in exitcode: the status is decided (see set_exitcode) */
 
 struct ident {
@@ -302,11 +303,11 @@ static __always_inline int kills_by_default(int sig)
 int ckpt_signal_sent(struct tracepoint__signal__signal_generate *args)
 {
 	__u32 tid = args->pid;
-	__u32 sig = args->sig;
+	int sig = args->sig;
 	if (args->result == 1 || !kills_by_default(sig))
 		return 0;  /* ignored, or a signal that cannot be the one that killed */
-	if (tracked.lookup(&tid))  /* a process is signalled through its leader: tid is the tgid */
-		lastsig.update(&tid, &sig);
+	__u64 v = (bpf_ktime_get_ns() << 8) | sig;
+	lastsig.update(&tid, &v);  /* kill(2) targets the leader (tid == tgid), tgkill(2) a thread */
 	return 0;
 }
 
@@ -316,21 +317,39 @@ int ckpt_signal_sent(struct tracepoint__signal__signal_generate *args)
 int ckpt_signal(struct tracepoint__signal__signal_deliver *args)
 {
 	int sig = args->sig;
-	if (args->sa_handler != 0 || !kills_by_default(sig))
-		return 0;  /* handled, or not fatal by default */
 	__u64 pt = bpf_get_current_pid_tgid();
 	__u32 tgid = pt >> 32, tid = (__u32)pt;
+	if (args->sa_handler != 0) {
+		/* handled (or ignored): this one killed nobody; forget it so that a later SIGKILL is
+		 * not taken for it */
+		__u64 *sent = lastsig.lookup(&tid);
+		if (sent && (*sent & 0xff) == sig)
+			lastsig.delete(&tid);
+		sent = lastsig.lookup(&tgid);
+		if (sent && (*sent & 0xff) == sig)
+			lastsig.delete(&tgid);
+		return 0;
+	}
+	if (!kills_by_default(sig))
+		return 0;
 	__u32 *code = exitcode.lookup(&tgid);
 	if (code && (*code & EXIT_FINAL))
 		return 0;  /* exit_group or an earlier fatal signal decided it */
+	__u32 final = EXIT_FINAL;
 	if (sig == 9) {
-		__u32 *sent = lastsig.lookup(&tgid);
-		if (!sent)
-			sent = lastsig.lookup(&tid);
+		/* Every thread gets the SIGKILL. The signal was sent to the process (its leader) or to
+		 * one thread: until the thread it was sent to delivers its SIGKILL, the status is only
+		 * provisional (a plain SIGKILL, sent by nobody we saw). */
+		__u64 *to_thread = lastsig.lookup(&tid), *to_process = lastsig.lookup(&tgid);
+		__u64 *sent = to_thread;
+		if (!sent || (to_process && *to_process > *sent))
+			sent = to_process;  /* the later of the two */
 		if (sent)
-			sig = *sent;
+			sig = *sent & 0xff;
+		else
+			final = 0;
 	}
-	set_exitcode(tgid, (128 + sig) | EXIT_FINAL);
+	set_exitcode(tgid, (128 + sig) | final);
 	return 0;
 }
 

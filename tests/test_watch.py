@@ -205,7 +205,24 @@ def threaded_exit(code):
 def wait_to_die():
     threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
     time.sleep(30)
-pids = {"threaded_exit": child(threaded_exit, 5)}
+def term_one_thread():
+    t = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+    t.start()
+    signal.pthread_kill(t.ident, signal.SIGTERM)  # tgkill to a thread that is not the leader
+    time.sleep(30)
+def handle_term(then_exit):
+    signal.signal(signal.SIGTERM, lambda *a: None)
+    signal.pause()  # the SIGTERM comes, is handled
+    if then_exit:
+        os._exit(3)
+    time.sleep(30)  # ... and a SIGKILL after it
+pids = {"threaded_exit": child(threaded_exit, 5), "term_one_thread": child(term_one_thread)}
+for name, then_exit in (("handled_then_exit", True), ("handled_then_kill", False)):
+    pids[name] = child(handle_term, then_exit)
+    time.sleep(0.2)
+    os.kill(pids[name], signal.SIGTERM)
+time.sleep(0.2)
+os.kill(pids["handled_then_kill"], signal.SIGKILL)
 for name, sig in (("term", signal.SIGTERM), ("term_threaded", signal.SIGTERM), ("rt", signal.SIGRTMIN + 2),
                   ("kill", signal.SIGKILL)):
     pids[name] = child(wait_to_die)
@@ -221,7 +238,8 @@ time.sleep(3600)
 def test_exit_codes_of_signals_and_of_exit_group_with_threads(pidns, tmp_path):
     """A signal that does not dump core kills through SIGKILLs the kernel queues itself, and
     exit_group kills the other threads the same way: the status is still the signal's (128 +
-    SIGTERM, a real-time signal) or exit_group's, as waitpid tells the parent."""
+    SIGTERM, a real-time signal, sent to the process or to one of its threads) or exit_group's,
+    as waitpid tells the parent; a handled SIGTERM is not taken for a later SIGKILL's."""
     need_root_and_bcc()
     go, out = tmp_path / "go", tmp_path / "out"
     script = tmp_path / "exits.py"
@@ -233,7 +251,8 @@ def test_exit_codes_of_signals_and_of_exit_group_with_threads(pidns, tmp_path):
     import ast
 
     res = ast.literal_eval(out.read_text())
-    want = {"threaded_exit": 5, "term": 128 + 15, "term_threaded": 128 + 15, "rt": 128 + 36, "kill": 128 + 9}
+    want = {"threaded_exit": 5, "term": 128 + 15, "term_threaded": 128 + 15, "rt": 128 + 36, "kill": 128 + 9,
+            "term_one_thread": 128 + 15, "handled_then_exit": 3, "handled_then_kill": 128 + 9}
     for name, (pid, status) in res.items():
         real = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         assert real == want[name], (name, status)
