@@ -232,6 +232,11 @@ static __always_inline __u32 bump_gen(struct ckpt_task *t, __u32 tgid)
 
 int ckpt_exec(struct tracepoint__sched__sched_process_exec *args)
 {
+	/* exec ended the other threads with SIGKILLs (ckpt_signal took them for a death) and the
+	 * signals sent before belong to the old program: the process's status starts afresh */
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	exitcode.delete(&tgid);
+	lastsig.delete(&tgid);
 	struct ident id;
 	if (!whoami(&id))
 		return 0;
@@ -249,21 +254,25 @@ int ckpt_exit(struct tracepoint__sched__sched_process_exit *args)
 {
 	if (!args->group_dead)
 		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *code = exitcode.lookup(&tgid);
+	__u32 status = code ? *code & ~EXIT_FINAL : 0;
+	/* forgotten whether or not the process is reported: its tgid will be someone else's */
+	exitcode.delete(&tgid);
+	lastsig.delete(&tgid);
+	nschanged.delete(&tgid);
 	struct ident id;
-	if (!whoami(&id))
+	if (!whoami(&id)) {
+		tracked.delete(&tgid);
 		return 0;
-	__u32 tgid = id.hostpid;
+	}
 	struct ckpt_event *e = reserve(CKPT_EV_EXIT, &id);
 	if (e) {
-		__u32 *code = exitcode.lookup(&tgid);
-		e->code = code ? *code & ~EXIT_FINAL : 0;
+		e->code = status;
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		submit(e);
 	}
 	tracked.delete(&tgid);
-	exitcode.delete(&tgid);
-	lastsig.delete(&tgid);
-	nschanged.delete(&tgid);
 	return 0;
 }
 

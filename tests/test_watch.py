@@ -216,13 +216,21 @@ def handle_term(then_exit):
     if then_exit:
         os._exit(3)
     time.sleep(30)  # ... and a SIGKILL after it
-pids = {"threaded_exit": child(threaded_exit, 5), "term_one_thread": child(term_one_thread)}
+def threaded_exec():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    os.kill(os.getpid(), signal.SIGUSR1)
+    signal.sigwait({signal.SIGUSR1})  # taken without being delivered: it killed nobody
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    os.execv("/bin/sleep", ["sleep", "30"])  # exec SIGKILLs the other thread
+pids = {"threaded_exit": child(threaded_exit, 5), "term_one_thread": child(term_one_thread),
+        "exec_then_term": child(threaded_exec)}
 for name, then_exit in (("handled_then_exit", True), ("handled_then_kill", False)):
     pids[name] = child(handle_term, then_exit)
     time.sleep(0.2)
     os.kill(pids[name], signal.SIGTERM)
 time.sleep(0.2)
 os.kill(pids["handled_then_kill"], signal.SIGKILL)
+os.kill(pids["exec_then_term"], signal.SIGTERM)
 for name, sig in (("term", signal.SIGTERM), ("term_threaded", signal.SIGTERM), ("rt", signal.SIGRTMIN + 2),
                   ("kill", signal.SIGKILL)):
     pids[name] = child(wait_to_die)
@@ -252,7 +260,8 @@ def test_exit_codes_of_signals_and_of_exit_group_with_threads(pidns, tmp_path):
 
     res = ast.literal_eval(out.read_text())
     want = {"threaded_exit": 5, "term": 128 + 15, "term_threaded": 128 + 15, "rt": 128 + 36, "kill": 128 + 9,
-            "term_one_thread": 128 + 15, "handled_then_exit": 3, "handled_then_kill": 128 + 9}
+            "term_one_thread": 128 + 15, "handled_then_exit": 3, "handled_then_kill": 128 + 9,
+            "exec_then_term": 128 + 15}
     for name, (pid, status) in res.items():
         real = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         assert real == want[name], (name, status)
