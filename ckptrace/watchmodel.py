@@ -99,6 +99,7 @@ class Proc:
     died: float = 0.0
     brk: int = 0
     heap_freed_to: int = 0  # highest heap end a brk shrink gave back (growing again there is new memory)
+    heap_shrunk: int = -1  # generation of the last brk shrink
     gen: int = 0  # mm generation, as the kernel counts it (events carry it)
     tombstones: list[tuple[float, Vma]] = field(default_factory=list)
 
@@ -247,14 +248,18 @@ class Model:
         return p
 
     def set_maps(self, p: Proc, maps: list[tuple[int, int, int, str]]) -> None:
-        """Replace the VMA table with /proc's view, keeping dirt on pages still mapped."""
+        """Replace the VMA table with /proc's view, keeping dirt on pages still mapped, and the
+        lineage of the mapping a piece overlaps (pages written before an mprotect and drained
+        after this still find their heir)."""
         old = p.vmas
         p.vmas = []
         for start, end, prot, path in sorted(maps):
-            v = Vma(start, end, prot, path, born=p.gen, lineage=next(self._lineage))
+            v = Vma(start, end, prot, path, born=p.gen, lineage=0)
             for o in old:
                 if o.end > start and o.start < end:
                     v.dirty |= o.slice(max(o.start, start), min(o.end, end)).dirty
+                    v.lineage = v.lineage or o.lineage
+            v.lineage = v.lineage or next(self._lineage)
             p.vmas.append(v)
             if path == "[heap]" and not p.brk:
                 p.brk = end
@@ -331,13 +336,14 @@ class Model:
                 child = self.procs[childhost] = Proc(childhost, ev["child"], p.ns, p.hostpid, p.comm)
                 lineage = self._lineage
                 child.vmas = [Vma(v.start, v.end, v.prot, v.path, set(), 0, next(lineage)) for v in p.vmas]
-                child.brk, child.heap_freed_to = p.brk, p.heap_freed_to
+                child.brk = p.brk  # its heap has no history here: heap_freed_to and heap_shrunk start afresh
             else:
                 child.ppid = p.hostpid
         elif kind == "exec":
             p.bury(p.vmas, now)
             p.vmas = []
             p.brk = p.heap_freed_to = 0
+            p.heap_shrunk = -1
             p.comm = ev["comm"]
         elif kind == "rename":
             p.comm = ev["comm"]
@@ -405,15 +411,17 @@ class Model:
             if heap is None:
                 p.insert(Vma(old & ~(PAGE - 1), page_up(got), 3, "[heap]", born=p.gen, lineage=next(self._lineage)))
             elif page_up(got) > heap.end:
-                if heap.end < p.heap_freed_to:
-                    # growing back over heap a shrink gave up: a new piece, born now, so pages
-                    # written there before the shrink are not taken for this memory's
-                    p.insert(Vma(heap.end, page_up(got), heap.prot, "[heap]", set(), p.gen, heap.lineage))
+                if heap.end < p.heap_freed_to and heap.born <= p.heap_shrunk:
+                    # growing back over heap a shrink gave up: a new piece, born now, of its own
+                    # lineage, so pages written there before the shrink are not taken for this
+                    # memory's (later growth extends this piece)
+                    p.insert(Vma(heap.end, page_up(got), heap.prot, "[heap]", set(), p.gen, next(self._lineage)))
                 else:
                     heap.end = page_up(got)
         else:
             p.bury(p.carve(page_up(got), page_up(old)), now)
             p.heap_freed_to = max(p.heap_freed_to, page_up(old))
+            p.heap_shrunk = p.gen
         out = {k: v for k, v in ev.items() if k not in ("_want", "_got")}
         out.update(addr=old, len=got - old)  # len < 0: the heap shrank
         return out

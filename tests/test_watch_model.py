@@ -236,6 +236,44 @@ def test_pages_of_a_heap_that_shrank_do_not_move_to_the_heap_grown_back(model):
     assert p.find(0x718000).dirty == set()
 
 
+def test_a_heap_grown_back_in_steps_is_one_new_piece(model):
+    p = model.procs[100]
+    model.apply(ev("brk", _want=0, _got=0x700000), gen=1)
+    model.apply(ev("brk", _want=0x720000, _got=0x720000), gen=2)
+    model.apply(ev("brk", _want=0x710000, _got=0x710000), gen=3)
+    for i, top in enumerate(range(0x711000, 0x720000, 0x1000)):  # grows back a page at a time
+        model.apply(ev("brk", _want=top, _got=top), gen=4 + i)
+    heaps = [(v.start, v.end) for v in p.vmas if v.path == "[heap]"]
+    assert heaps == [(0x600000, 0x710000), (0x710000, 0x71f000)]
+
+
+def test_a_regrown_heap_piece_is_not_the_heir_of_an_mprotect_before_the_shrink(model):
+    """heap written, part of it mprotected, shrunk over, grown back: the page written before
+    all that is not the regrown memory's."""
+    p = model.procs[100]
+    model.apply(ev("brk", _want=0, _got=0x700000), gen=1)
+    model.apply(ev("brk", _want=0x720000, _got=0x720000), gen=2)
+    model.apply(ev("mprotect", addr=0x718000, len=P, prot=1), gen=3)
+    model.apply(ev("brk", _want=0x710000, _got=0x710000), gen=4)
+    model.apply(ev("brk", _want=0x720000, _got=0x720000), gen=5)
+    model.add_dirty(100, [(2, 0x718000)], ts=1)
+    assert p.find(0x718000).dirty == set()
+
+
+def test_maps_read_again_keep_the_heirs_of_an_earlier_mprotect(model):
+    """A failed mprotect makes the controller read /proc again before the drain: pages written
+    before the mprotect still go to the piece that holds them now."""
+    p = model.procs[100]
+    h = 0x30000000
+    model.apply(ev("mmap", addr=h, len=3 * P, prot=3), gen=1)
+    model.apply(ev("mprotect", addr=h, len=P, prot=1), gen=2)
+    model.set_maps(p, [(0x400000, 0x401000, 5, "/bin/init"), (0x600000, 0x700000, 3, "[heap]"),
+                       (h, h + P, 1, ""), (h + P, h + 3 * P, 3, "")])
+    out = model.add_dirty(100, [(1, h)], ts=1)
+    assert [(e["start"], e["end"]) for e in out] == [(h, h + P)]
+    assert p.find(h).dirty == {h >> 12}
+
+
 def test_pages_cut_off_by_an_mremap_shrink_stay_behind(model):
     p = model.procs[100]
     model.apply(ev("mmap", addr=0x40000000, len=8 * P, prot=3, _gen=1))
