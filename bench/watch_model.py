@@ -32,6 +32,12 @@ def main(argv: list[str]) -> int:
             pages.append((gen, ADDR))
             m.apply({"event": "munmap", "pid": 1, "hostpid": 100, "ns": 1, "ts": 0, "addr": ADDR, "len": PAGE},
                     gen=gen + 1)
+        # and one large mapping unmapped meanwhile (a single bound for every lookup, the longest
+        # tombstone, once made this quadratic again)
+        m.apply({"event": "mmap", "pid": 1, "hostpid": 100, "ns": 1, "ts": 0, "addr": ADDR - (1 << 30),
+                 "len": 2 << 30, "prot": 3}, gen=2 * n + 1)
+        m.apply({"event": "munmap", "pid": 1, "hostpid": 100, "ns": 1, "ts": 0, "addr": ADDR - (1 << 30),
+                 "len": 1 << 30}, gen=2 * n + 2)
         t = time.perf_counter()
         out = m.add_dirty(100, pages, ts=1)
         took = time.perf_counter() - t

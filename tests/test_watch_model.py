@@ -635,13 +635,19 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed, indexed, monkeyp
     assert m.unattributed == unattributed
 
 
+@pytest.mark.parametrize("stretch_pages, huge", [(512, 4096), (4, 3)])
 @pytest.mark.parametrize("seed", range(40))
-def test_the_tombstone_index_answers_as_owner_does(seed):
+def test_the_tombstone_index_answers_as_owner_does(seed, stretch_pages, huge, monkeypatch):
     """TombIndex (used for processes with many tombstones) against Proc.owner, on random
-    histories with address reuse, for every page of the range, in every generation and none."""
+    histories with address reuse, for every page of the range, in every generation and none;
+    also with stretches of 4 pages and a low "huge" bar, so that tombstones span stretches and
+    some are looked at on their own."""
     import random
 
     from ckptrace.watchmodel import PAGE_SHIFT, TombIndex
+
+    monkeypatch.setattr(TombIndex, "SHIFT", (stretch_pages * P).bit_length() - 1)
+    monkeypatch.setattr(TombIndex, "HUGE", huge)
 
     r = random.Random(seed)
     m = Model(clock=lambda: 1.0)
