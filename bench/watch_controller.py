@@ -106,7 +106,7 @@ class ReplayProgram:
     def drain_dirty(self):
         return self.batches.pop(0) if self.batches else {}
 
-    def read_sent(self):
+    def read_sent(self, wait_s=0.01, max_s=None):
         return 0  # the recording holds the records in the order the live controller read them
 
 

@@ -26,6 +26,8 @@ POLL_MS = 20
 RECORDS_PER_POLL = 4096  # ~25 - 50 ms of the controller's work
 LAG_SAMPLE = 16  # records between two looks at how old the record being read is (RECORDS_PER_POLL's divisor)
 DRAIN_SECONDS = 0.25
+DRAIN_READ_SECONDS = 0.2  # a drain reads the records sent before it for this long at most (floods)
+FINAL_READ_SECONDS = 1.0  # at exit, the records sent before the stop are read for this long at most
 RENDER_SECONDS = 0.125  # 8 refreshes a second
 HOUSEKEEP_SECONDS = 1.0
 
@@ -343,7 +345,7 @@ class Controller:
         # entirely since the last poll (likely at idle priority: the controller is preempted
         # exactly while the workload runs) would be unknown here, already gone from /proc, and
         # its pages lost.
-        self.prog.read_sent()
+        self.prog.read_sent(max_s=DRAIN_READ_SECONDS)
         for hostpid, chunks in drained.items():
             if hostpid not in self.model.procs:
                 if self.resolve(hostpid) is None:
@@ -530,7 +532,9 @@ def main(args) -> int:
         finally:
             priority.stop()
             try:
-                ctl.poll(0, budget=sys.maxsize)  # what the kernel sent before we stopped is still reported
+                # what the kernel sent before we stopped is still reported, as much as a second
+                # allows: under a flood the backlog never ends, and stopping on time matters more
+                prog.read_sent(max_s=FINAL_READ_SECONDS)
                 ctl.drain()
                 ctl.check_lost()
                 emit.flush()

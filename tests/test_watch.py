@@ -696,6 +696,33 @@ def test_a_backlog_on_two_cpus_larger_than_the_read_window_comes_out_whole(pidns
     assert seqs == list(range(len(seqs)))
 
 
+FLOOD = r"""
+#include <sys/mman.h>
+int main(void) { for (;;) { char *p = mmap(0, 4096, 3, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); p[0] = 1; munmap(p, 4096); } }
+"""
+
+
+@pytest.mark.kernel
+def test_watch_stops_on_time_during_a_flood_and_counts_what_it_could_not_read(pidns, tmp_path):
+    """A process mapping, writing and unmapping as fast as it can never lets the event rings run
+    dry: watch used to read at exit until they did (that is, until the workload ended: 27 s for
+    --duration 8). It stops within seconds of --duration, and says what it lost."""
+    need_root_and_bcc()
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing")
+    src, exe = tmp_path / "flood.c", tmp_path / "flood"
+    src.write_text(FLOOD)
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    work = pidns([str(exe)])
+    t0 = time.monotonic()
+    r = subprocess.run([PY, "-m", "ckptrace", "watch", "--json", "--pidns", str(work.ns), "--duration", "2"],
+                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert took < 15, f"watch --duration 2 took {took:.1f} s under a flood"
+    assert "lost events" in r.stderr and "'ring': 0," not in r.stderr, r.stderr
+
+
 SHORT_WRITER = r"""
 #include <stdio.h>
 #include <sys/mman.h>

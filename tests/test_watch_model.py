@@ -413,7 +413,7 @@ class FakeProg:
 
     abi = bpfload.abi()
 
-    def read_sent(self):
+    def read_sent(self, wait_s=0.01, max_s=None):
         return 0
 
     def add_namespace(self, ino):
@@ -763,7 +763,7 @@ def test_a_drain_first_applies_the_records_sent_before_it(model):
                E(ts=3, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=gone, pid=9, code=0)]
 
     class Ring(DrainProg):
-        def read_sent(self):
+        def read_sent(self, wait_s=0.01, max_s=None):
             for e in waiting:
                 ctl.on_record(e)
             n = len(waiting)

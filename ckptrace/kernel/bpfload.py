@@ -341,18 +341,29 @@ class WatchProgram:
         were read."""
         return self._reader.poll(timeout_ms, self._on_record)
 
-    def read_sent(self, wait_s: float = 0.01) -> int:
-        """Read every record reserved before this call, however many (a record still being
-        written is waited for, `wait_s` at most). Returns how many were read."""
+    def read_sent(self, wait_s: float = 0.01, max_s: float | None = None) -> int:
+        """Read every record reserved before this call (a record still being written is waited
+        for, `wait_s` at most), or as many as `max_s` seconds allow: under a flood the backlog
+        can be seconds of work, and the caller has other things to do (drain, stop on time).
+        Returns how many were read."""
         reader = self._reader
         mark = reader.written()
-        n = reader.consume(self._on_record, until=mark)
-        deadline = time.monotonic() + wait_s
-        while reader.read_to() < mark and time.monotonic() < deadline:
-            got = reader.consume(self._on_record, until=mark)
-            if not got:
-                time.sleep(0.0001)
+        stop = None if max_s is None else time.monotonic() + max_s
+        deadline = None  # for a record still being written
+        n = 0
+        while reader.read_to() < mark:
+            step = mark if stop is None else min(mark, reader.read_to() + 1024)
+            got = reader.consume(self._on_record, until=step)
             n += got
+            now = time.monotonic()
+            if stop is not None and now >= stop:
+                break
+            if not got:
+                if deadline is None:
+                    deadline = now + wait_s
+                elif now >= deadline:
+                    break
+                time.sleep(0.0001)
         return n
 
     def lost(self) -> dict[str, int]:
