@@ -188,7 +188,8 @@ class Controller:
         self.started = time.monotonic_ns()
         self.ignored: set[int] = set()  # host pids resolved to namespaces we do not watch
         self.nschanged: set[int] = set()  # host pids that unshared or entered a pid namespace
-        self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0}
+        self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "unresolved": 0, "unattributed": 0}
+        self.unresolved = 0
         self.failure: BaseException | None = None  # raised in the record callback
         self.dumps_dir = notify.DUMPS_DIR
         self.stale: set[int] = set()  # processes whose VMA table is to be re-read (exec, failed mprotect)
@@ -257,7 +258,9 @@ class Controller:
         if hostpid in self.ignored:
             return None
         ino = procfs.ns_inode(hostpid)
-        if ino is None or ino == self.host or (self.focus and ino != self.focus):
+        if ino is None:
+            return None  # gone before we could see where it lived (not ignored: its pid comes back)
+        if ino == self.host or (self.focus and ino != self.focus):
             self.ignored.add(hostpid)
             self.prog.untrack(hostpid)
             return None
@@ -271,6 +274,8 @@ class Controller:
         if kind == "discover" or not ns or not pid:
             where = self.resolve(e.hostpid)
             if where is None:
+                if e.hostpid not in self.ignored:
+                    self.unresolved += 1  # a watched-looking process, gone before it was placed
                 return
             ns, pid = where
             if kind == "discover":
@@ -349,6 +354,8 @@ class Controller:
         for hostpid, chunks in drained.items():
             if hostpid not in self.model.procs:
                 if self.resolve(hostpid) is None:
+                    if hostpid not in self.ignored:  # ours, gone before it was placed
+                        self.model.unattributed += sum(m.bit_count() for _, _, m in chunks)
                     continue
             for ev in self.model.add_dirty_masks(hostpid, chunks, ts):
                 self.emit(ev)
@@ -356,6 +363,9 @@ class Controller:
 
     def check_lost(self) -> None:
         lost = self.prog.lost()
+        # and what the controller could not place: records of processes gone before their
+        # namespace was read, pages of no known mapping
+        lost.update(unresolved=self.unresolved, unattributed=self.model.unattributed)
         self.model.lost = lost
         if any(lost[k] > self.lost_seen[k] for k in lost):
             self.lost_seen = dict(lost)

@@ -176,8 +176,8 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
     status = Text(no_wrap=True, overflow="ellipsis")
     status.append("ckptrace watch", style="bold")
     status.append(f"  events: {total}  ")
-    lost_n = sum(lost.values())
-    status.append("lost: " + " ".join(f"{k} {lost.get(k, 0)}" for k in ("ring", "dirty", "tracked")),
+    lost_n = sum(v for k, v in lost.items() if k != "unattributed")  # pages: shown on their own
+    status.append("lost: " + " ".join(f"{k} {lost.get(k, 0)}" for k in ("ring", "dirty", "tracked", "unresolved")),
                   style="bold red" if lost_n else "green")
     if model.unattributed:
         status.append(f"  unattributed pages: {model.unattributed}", style="yellow")

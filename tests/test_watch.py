@@ -159,11 +159,16 @@ def the(events, **match) -> list[dict]:
 def test_every_event_has_the_common_fields_and_is_in_the_namespace(focused_run):
     events, ns = focused_run["events"], focused_run["ns"]
     assert events
+    # nothing lost; pages of no known mapping (a short-lived exec'd child's, gone before its new
+    # mappings could be read) are counted, not lost events
+    lost = the(events, event="lost")
+    assert all(v == 0 for k, v in (lost[-1] if lost else {}).items()
+               if k in ("ring", "dirty", "tracked", "unresolved")), json.dumps(lost)
+    events = [e for e in events if e["event"] != "lost"]
     for e in events:
         assert {"event", "pid", "hostpid", "ns", "ts"} <= set(e), e
         assert e["ns"] == ns, e
         assert e["pid"] > 0 and e["hostpid"] > 0
-    assert not the(events, event="lost"), "events were lost"
 
 
 @pytest.mark.kernel
@@ -350,6 +355,25 @@ def test_all_namespaces_mode_finds_a_namespace_made_later_and_sigterm_detaches(t
     assert the(mine, event="exec", comm="true")
     assert the(mine, event="exec", comm="sleep", pid=1, hostpid=work.init)
     assert the(mine, event="fork", pid=1)
+
+
+@pytest.mark.kernel
+def test_short_lived_namespaces_are_reported_or_counted_never_silently_dropped(tmp_path):
+    """Ten namespaces whose only process exits at once: each exit is reported with its code,
+    or, when the process was gone before watch could read which namespace it lived in, counted
+    in the `lost` object's `unresolved` (such records used to vanish without a trace)."""
+    done = tmp_path / "done"
+    loop = f"for i in 1 2 3 4 5 6 7 8 9 10; do unshare -p -f /bin/sh -c 'exit 7'; done; touch {done}; sleep 60"
+
+    def meanwhile(work):
+        wait_until(done.exists, 30, "the namespaces were never made")
+        time.sleep(1.5)  # a lost report comes with the next housekeeping round
+
+    events, _ = watch_all_while(["/bin/sh", "-c", loop], meanwhile)
+    exits = [e for e in events if e["event"] == "exit" and e["code"] == 7]
+    lost = [e for e in events if e["event"] == "lost"]
+    unresolved = lost[-1]["unresolved"] if lost else 0
+    assert len(exits) + unresolved >= 10, (len(exits), lost)
 
 
 def _nested_inits() -> list[int]:
