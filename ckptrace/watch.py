@@ -373,6 +373,11 @@ class Controller:
 
     def gc(self) -> None:
         """Drop what the model no longer needs, and give dead namespaces' kernel slots back."""
+        if self.lost_seen["ring"]:
+            # exit records may have been among those lost: ask /proc who is still there
+            for hostpid, p in list(self.model.procs.items()):
+                if p.alive and not os.path.exists(f"/proc/{hostpid}"):
+                    self.model.vanished(hostpid)
         self.model.gc()
         for ino in list(self.prog.ns_slots):
             if ino not in self.model.namespaces:

@@ -370,15 +370,7 @@ class Model:
             p.comm = ev["comm"]
             return None
         elif kind == "exit":
-            p.alive = False
-            p.code = ev["code"]
-            p.died = now
-            # the kernel starts no generation at exit: the mappings held the current one to the
-            # end, so their tombstones cover it (pages written after the last mm event included)
-            p.gen += 1
-            p.bury(p.vmas, now)
-            p.vmas = []
-            self.exited.append(p)
+            self._died(p, ev["code"], now)
         elif kind == "mremap":
             self._mremap(p, ev, now)
         elif kind == "brk":
@@ -390,6 +382,24 @@ class Model:
         self.counts[kind] += 1
         self.recent.append(ev)
         return ev
+
+    def _died(self, p: Proc, code: int | None, now: float) -> None:
+        p.alive = False
+        p.code = code
+        p.died = now
+        # the kernel starts no generation at exit: the mappings held the current one to the
+        # end, so their tombstones cover it (pages written after the last mm event included)
+        p.gen += 1
+        p.bury(p.vmas, now)
+        p.vmas = []
+        self.exited.append(p)
+
+    def vanished(self, hostpid: int) -> None:
+        """A process found gone whose exit event never came (lost with a full ring): dead, status
+        unknown."""
+        p = self.procs.get(hostpid)
+        if p is not None and p.alive:
+            self._died(p, None, self.clock())
 
     def _mremap(self, p: Proc, ev: dict, now: float) -> None:
         old, olen = ev["addr"], page_up(ev["len"])

@@ -132,7 +132,7 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
     for i, (depth, p) in enumerate(tree[first:first + rows], start=first):
         name = "  " * depth + ("└ " if depth else "") + (p.comm or "?")
         if not p.alive:
-            name += f" (exit {p.code})"
+            name += f" (exit {p.code})" if p.code is not None else " (gone)"
         t.add_row(str(p.pid), str(p.hostpid), name, str(p.dirty_pages()),
                   style="reverse" if i == chosen else ("grey50" if not p.alive else None))
     return t

@@ -4,6 +4,7 @@ per-namespace model, and the dashboard's render function on model states."""
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import struct
 import subprocess
@@ -666,6 +667,29 @@ def test_the_tombstone_index_answers_as_owner_does(seed, stretch_pages, huge, mo
     for pn in range(lo_pn - 2, lo_pn + 90):
         for gen in (None, *range(0, 41)):
             assert index.owner(pn << PAGE_SHIFT, gen) is p.owner(pn << PAGE_SHIFT, gen), (hex(pn << 12), gen)
+
+
+def test_after_ring_losses_processes_gone_from_proc_are_marked_dead(model):
+    """An exit record lost with a full ring left its process live for ever: once losses have
+    happened, housekeeping asks /proc who is still there."""
+    from ckptrace.watch import Controller
+
+    prog = FakeProg()
+    prog.ns_slots = []
+    ctl = Controller(prog, model, host=1, focus=None, emit=lambda ev: None)
+    gone = 2 ** 22 + 12345  # above any pid_max: never in /proc
+    model.apply(ev("fork", child=2), childhost=gone)
+    model.procs[os.getpid()] = model.procs.pop(100)  # a process that is there: this one
+    model.procs[os.getpid()].hostpid = os.getpid()
+    ctl.gc()
+    assert model.procs[gone].alive  # no losses: the kernel's word is taken
+    ctl.lost_seen["ring"] = 5
+    ctl.gc()
+    assert not model.procs[gone].alive and model.procs[gone].code is None
+    assert model.procs[os.getpid()].alive
+    from ckptrace.watchview import Selection, render
+
+    assert "(gone)" in text_of(render(model, Selection(), width=140, height=40))
 
 
 class DrainProg(FakeProg):
