@@ -458,7 +458,8 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 		 * mapping by mapping and stop at a hole (ENOMEM) or, mprotect, at a mapping that may not
 		 * get the protection (EACCES), with what came before already changed. Those are
 		 * reported with the error (code), and the controller reads the mappings again. */
-		if (!(nr == __NR_mprotect && (ret == -ENOMEM || ret == -EACCES)) && !(nr == __NR_madvise && ret == -ENOMEM))
+		if (!((nr == __NR_mprotect || nr == __NR_pkey_mprotect) && (ret == -ENOMEM || ret == -EACCES)) &&
+		    !(nr == __NR_madvise && ret == -ENOMEM))
 			return 0;
 		code = -ret;
 	}
@@ -481,6 +482,7 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 		type = CKPT_EV_MUNMAP;
 		break;
 	case __NR_mprotect:
+	case __NR_pkey_mprotect:  /* mprotect with a protection key (r10): the same change */
 		type = CKPT_EV_MPROTECT;
 		a2 = dx;
 		break;

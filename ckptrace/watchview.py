@@ -144,7 +144,7 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
     (at 80 columns the dirt used to be what got cut off)."""
     fixed = 14 + 4 + 6 + 5 + 4 * 2  # start, prot, size, dirty and the gaps after them
     room = width - fixed
-    show_end = room >= 14 + 2 + 7 + 10 + 2 + 4
+    show_end = room >= 16 + BAR + 7 + 2 + 12  # only with the whole heat bar and some path beside it
     bar = max(5, min(BAR, room - 7 - 2 - (16 if show_end else 0) - 4))
     cols = [("start", 14), ("end", 14), ("prot", 4), ("size", 6), ("dirty", 5), ("heat", bar + 7), ("path", 4)]
     if not show_end:

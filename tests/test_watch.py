@@ -53,13 +53,15 @@ m = libc.mmap(None, 4 * 4096, 3, 0x22, -1, 0)
 assert libc.madvise(ctypes.c_void_p(m), 4096, 12345) != 0  # EINVAL: no such advice
 assert libc.madvise(ctypes.c_void_p(m), 4096, 4) == 0  # MADV_DONTNEED
 assert libc.mprotect(ctypes.c_void_p(m), 4096, 0x100) != 0  # EINVAL: no such protection bit
+k = libc.mmap(None, 2 * 4096, 3, 0x22, -1, 0)
+assert libc.syscall(329, ctypes.c_void_p(k), 2 * 4096, 1, -1) == 0  # pkey_mprotect, key -1: mprotect
 h = libc.mmap(None, 3 * 4096, 3, 0x22, -1, 0)
 assert libc.munmap(ctypes.c_void_p(h + 4096), 4096) == 0  # a hole in the middle
 assert libc.mprotect(ctypes.c_void_p(h), 3 * 4096, 1) != 0  # ENOMEM at the hole, the first page changed
 m2 = libc.mremap(m, 4 * 4096, 64 * 4096, 1)  # MREMAP_MAYMOVE
 with open(result + ".tmp", "w") as f:
     json.dump({"pid": os.getpid(), "child": child, "killed": killed, "status": status, "addr": a, "m": m,
-               "m2": m2, "h": h}, f)
+               "m2": m2, "h": h, "k": k}, f)
 os.rename(result + ".tmp", result)
 time.sleep(3600)
 """
@@ -285,6 +287,7 @@ def test_mm_events_with_addresses_and_lengths(focused_run):
     rem = the(events, event="mremap", pid=1, addr=res["m"], len=4 * P, new_len=64 * P)
     assert len(rem) == 1 and rem[0]["new_addr"] == res["m2"]
     assert the(events, event="madvise", pid=1, addr=res["m"], len=P, advice=4)
+    assert the(events, event="mprotect", pid=1, addr=res["k"], len=2 * P, prot=1)  # pkey_mprotect
 
 
 @pytest.mark.kernel

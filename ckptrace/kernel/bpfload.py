@@ -183,7 +183,7 @@ STRUCTURAL = [
     ("syscalls:sys_exit_vfork", "ckpt_clone_exit"),
     # mm calls: one program at their exit, arguments from the registers (see bpf/watch.bpf.c)
     *[(f"syscalls:sys_exit_{s}", "ckpt_mm_exit")
-      for s in ("mmap", "munmap", "mprotect", "mremap", "brk", "madvise", "unshare", "setns")],
+      for s in ("mmap", "munmap", "mprotect", "pkey_mprotect", "mremap", "brk", "madvise", "unshare", "setns")],
 ]
 FAULTS = [("exceptions:page_fault_user", "ckpt_fault"), ("exceptions:page_fault_kernel", "ckpt_fault")]
 
