@@ -190,6 +190,7 @@ class Controller:
         self.nschanged: set[int] = set()  # host pids that unshared or entered a pid namespace
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "unresolved": 0, "unattributed": 0}
         self.unresolved = 0
+        self.forked_early: set[int] = set()  # children whose fork _fork_before reported
         self.failure: BaseException | None = None  # raised in the record callback
         self.dumps_dir = notify.DUMPS_DIR
         self.stale: set[int] = set()  # processes whose VMA table is to be re-read (exec, failed mprotect)
@@ -284,7 +285,9 @@ class Controller:
             self.watch_ns(ns)
         hostpid = e.hostpid
         if hostpid not in self.model.procs:
-            self.seed(hostpid, ns)
+            child = self.seed(hostpid, ns)
+            if child is not None and kind != "fork":
+                self._fork_before(child, e.ts)
         ev = {"event": kind, "pid": pid, "hostpid": hostpid, "ns": ns, "ts": e.ts}
         gen = e.gen or None
         if kind == "mmap" or kind == "mprotect":
@@ -300,6 +303,9 @@ class Controller:
         elif kind == "brk":
             out = self.model.apply(ev, gen=gen, want=e.a0, got=e.a1)
         elif kind == "fork":
+            if e.a1 in self.forked_early:  # reported already, before the child's first event
+                self.forked_early.discard(e.a1)
+                return
             ev["child"] = e.a0
             if e.a2 & CLONE_NEWPID or hostpid in self.nschanged:
                 # The child lives in another pid namespace (CLONE_NEWPID, or the parent called
@@ -333,6 +339,19 @@ class Controller:
                     self.nschanged.add(hostpid)
             out = self.model.apply(ev, gen=gen)
         if out is not None:
+            self.emit(out)
+
+    def _fork_before(self, child, ts: int) -> None:
+        """A new process's first event came before its parent's fork (reported when the parent's
+        clone call returns; the child may run first): report the fork now, from /proc's parent,
+        so a reader sees the fork before anything the child did, and drop the kernel's later."""
+        parent = self.model.procs.get(child.ppid)
+        if parent is None or not parent.alive or parent.ns != child.ns:
+            return
+        out = self.model.apply({"event": "fork", "pid": parent.pid, "hostpid": parent.hostpid, "ns": child.ns,
+                                "ts": ts, "child": child.pid}, childhost=child.hostpid)
+        if out is not None:
+            self.forked_early.add(child.hostpid)
             self.emit(out)
 
     # -- periodic work -------------------------------------------------------------------------
@@ -379,6 +398,7 @@ class Controller:
                 if p.alive and not os.path.exists(f"/proc/{hostpid}"):
                     self.model.vanished(hostpid)
         self.model.gc()
+        self.forked_early &= self.model.procs.keys()  # their fork record was lost, or long gone
         for ino in list(self.prog.ns_slots):
             if ino not in self.model.namespaces:
                 self.prog.forget_namespace(ino)

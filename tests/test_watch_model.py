@@ -692,6 +692,32 @@ def test_after_ring_losses_processes_gone_from_proc_are_marked_dead(model):
     assert "(gone)" in text_of(render(model, Selection(), width=140, height=40))
 
 
+def test_a_child_seen_before_its_fork_gets_the_fork_first_and_only_once(model):
+    """The child may run before its parent's clone call returns (where the kernel side reports
+    the fork): its first event then brings the fork, from /proc's parent, and the kernel's fork
+    record that follows is not reported a second time."""
+    from ckptrace.watch import Controller
+
+    parent = model.procs.pop(100)
+    parent.hostpid = os.getpid()  # this test is the parent: /proc knows it
+    model.procs[os.getpid()] = parent
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        out = []
+        ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+        E = bpfload.abi().structs["ckpt_event"]
+        c = bpfload.abi().consts
+        ctl.on_record(E(ts=7, ns=NS, type=c["CKPT_EV_EXEC"], hostpid=child.pid, pid=2, comm=b"sleep"))
+        ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_FORK"], hostpid=os.getpid(), pid=1, a0=2, a1=child.pid))
+        assert ctl.failure is None
+        assert [(e["event"], e["hostpid"]) for e in out] == [("fork", os.getpid()), ("exec", child.pid)]
+        assert out[0]["child"] == model.procs[child.pid].pid
+        assert model.procs[child.pid].ppid == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+
+
 class DrainProg(FakeProg):
     """A FakeProg whose kernel map holds given written pages until drained."""
 
