@@ -78,6 +78,12 @@ class Vma:
         return Vma(self.start + delta, self.end + delta, self.prot, self.path, {p + d for p in self.dirty},
                    self.born, self.lineage)
 
+    def ghost(self, start: int | None = None, end: int | None = None, **kw) -> "Vma":
+        """A tombstone for [start, end) of this mapping (all of it by default): no dirt of its
+        own, same birth and lineage; `kw` sets `moved`/`heirs`."""
+        return Vma(self.start if start is None else start, self.end if end is None else end, self.prot,
+                   self.path, set(), self.born, self.lineage, **kw)
+
     def valid_at(self, gen: int) -> bool:
         return self.born <= gen < self.died
 
@@ -143,19 +149,25 @@ class Proc:
             v.died = self.gen
         self.tombstones += [(now, v) for v in vmas]
 
-    def owner(self, addr: int, gen: int | None) -> Vma | None:
-        """The mapping that held `addr` in generation `gen` (None: unknown, take today's)."""
+    def owner(self, addr: int, gen: int | None, tomb=None) -> Vma | None:
+        """The mapping that held `addr` in generation `gen` (None: unknown, take today's).
+        `tomb` answers Proc.tomb's question faster for many tombstones (TombIndex.tomb)."""
+        tomb = tomb or self.tomb
         live = self.find(addr)
         if gen is None or (live is not None and live.valid_at(gen)):
-            return live or next((t for _, t in reversed(self.tombstones) if t.start <= addr < t.end), None)
+            return live or tomb(addr, None)
+        return tomb(addr, gen) or live
+
+    def tomb(self, addr: int, gen: int | None) -> Vma | None:
+        """The latest-buried tombstone over `addr` (valid at `gen` unless gen is None)."""
         for _, t in reversed(self.tombstones):
-            if t.start <= addr < t.end and t.valid_at(gen):
+            if t.start <= addr < t.end and (gen is None or t.valid_at(gen)):
                 return t
-        return live
+        return None
 
 
 class TombIndex:
-    """Proc.owner for a drain over a process with many tombstones: Proc.owner looks at every
+    """Proc.tomb for a drain over a process with many tombstones: Proc.tomb looks at every
     tombstone for every run of pages, and a loop that maps, writes and unmaps a page 20 000 times
     between two drains made that 20 000 x 20 000 (a drain took 10 - 15 s, and the controller
     stood still meanwhile). Same answers, quickly: tombstones filed under every 2 MiB stretch of
@@ -167,7 +179,6 @@ class TombIndex:
     HUGE = 4096  # stretches: a tombstone over more is looked at on its own
 
     def __init__(self, p: "Proc"):
-        self.p = p
         stretches: dict[int, dict[int, list]] = {}
         self.huge: list[tuple[int, Vma]] = []
         for order, (_, t) in enumerate(p.tombstones):
@@ -193,7 +204,7 @@ class TombIndex:
             self.stretches[n] = (starts, maxlen, table)
 
     def tomb(self, addr: int, gen: int | None) -> Vma | None:
-        """The latest-buried tombstone over `addr` (valid at `gen` unless gen is None)."""
+        """What Proc.tomb(addr, gen) says."""
         best, best_order = None, -1
         for order, t in self.huge:
             if t.start <= addr < t.end and order > best_order and (gen is None or t.valid_at(gen)):
@@ -213,13 +224,6 @@ class TombIndex:
                 if t.end > addr and order > best_order and (gen is None or t.died > gen):
                     best, best_order = t, order
         return best
-
-    def owner(self, addr: int, gen: int | None) -> Vma | None:
-        """What Proc.owner(addr, gen) says."""
-        live = self.p.find(addr)
-        if gen is None or (live is not None and live.valid_at(gen)):
-            return live or self.tomb(addr, None)
-        return self.tomb(addr, gen) or live
 
 
 @dataclass
@@ -347,7 +351,7 @@ class Model:
             p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
         elif kind == "mprotect":
             for v in p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])):
-                p.bury([Vma(v.start, v.end, v.prot, v.path, set(), v.born, v.lineage, heirs=True)], now)
+                p.bury([v.ghost(heirs=True)], now)
                 v.prot, v.born = ev["prot"], p.gen
                 p.insert(v)
         elif kind == "fork":
@@ -416,10 +420,9 @@ class Model:
         tombs = []
         for v in parts:
             if v.start < kept_end:
-                tombs.append(Vma(v.start, min(v.end, kept_end), v.prot, v.path, set(), v.born, v.lineage,
-                                 moved=delta, heirs=True))
+                tombs.append(v.ghost(end=min(v.end, kept_end), moved=delta, heirs=True))
             if v.end > kept_end:
-                tombs.append(Vma(max(v.start, kept_end), v.end, v.prot, v.path, set(), v.born, v.lineage))
+                tombs.append(v.ghost(start=max(v.start, kept_end)))
         p.bury(tombs, now)
         p.bury(p.carve(new, new + nlen), now)
         for v in moved:
@@ -481,11 +484,11 @@ class Model:
         # pages are only counted for the report, not recorded page by page.
         keep = p.alive
         hits: dict[int, list] = {}  # id(vma) -> [vma, page numbers (keep), page count (not keep)]
-        owner = TombIndex(p).owner if len(p.tombstones) > TOMB_INDEX_MIN else p.owner
+        tomb = TombIndex(p).tomb if len(p.tombstones) > TOMB_INDEX_MIN else p.tomb
         for gen, base, mask in chunks:
             while mask:
                 low = (mask & -mask).bit_length() - 1
-                v = owner((base + low) << PAGE_SHIFT, gen)
+                v = p.owner((base + low) << PAGE_SHIFT, gen, tomb)
                 if v is None:
                     self.unattributed += 1
                     mask &= mask - 1

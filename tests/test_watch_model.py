@@ -666,7 +666,7 @@ def test_the_tombstone_index_answers_as_owner_does(seed, stretch_pages, huge, mo
     index = TombIndex(p)
     for pn in range(lo_pn - 2, lo_pn + 90):
         for gen in (None, *range(0, 41)):
-            assert index.owner(pn << PAGE_SHIFT, gen) is p.owner(pn << PAGE_SHIFT, gen), (hex(pn << 12), gen)
+            assert p.owner(pn << PAGE_SHIFT, gen, index.tomb) is p.owner(pn << PAGE_SHIFT, gen), (hex(pn << 12), gen)
 
 
 def test_after_ring_losses_processes_gone_from_proc_are_marked_dead(model):
