@@ -146,11 +146,15 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
     room = width - fixed
     show_end = room >= 16 + BAR + 7 + 2 + 12  # only with the whole heat bar and some path beside it
     bar = max(5, min(BAR, room - 7 - 2 - (16 if show_end else 0) - 4))
-    cols = [("start", 14), ("end", 14), ("prot", 4), ("size", 6), ("dirty", 5), ("heat", bar + 7), ("path", 4)]
+    # (header, minimum width, cell of a mapping): one list drives the header and every row
+    cols = [("start", 14, lambda v: f"{v.start:#x}"), ("end", 14, lambda v: f"{v.end:#x}"),
+            ("prot", 4, lambda v: prot_str(v.prot)), ("size", 6, lambda v: human(v.end - v.start)),
+            ("dirty", 5, lambda v: str(len(v.dirty))), ("heat", bar + 7, lambda v: heat_bar(len(v.dirty), v.pages, bar)),
+            ("path", 4, lambda v: v.path)]
     if not show_end:
-        cols.remove(("end", 14))
+        cols = [c for c in cols if c[0] != "end"]
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
-    for col, w in cols:
+    for col, w, _ in cols:
         t.add_column(col, no_wrap=True, overflow="ellipsis", min_width=w, ratio=1 if col == "path" else None)
     if p is None:
         return t
@@ -158,11 +162,7 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
     if len(vmas) > rows:  # show the dirtiest first when they do not all fit
         vmas = sorted(sorted(vmas, key=lambda v: -len(v.dirty))[:rows], key=lambda v: v.start)
     for v in vmas:
-        cells = [f"{v.start:#x}", f"{v.end:#x}", prot_str(v.prot), human(v.end - v.start), str(len(v.dirty)),
-                 heat_bar(len(v.dirty), v.pages, bar), v.path]
-        if not show_end:
-            del cells[1]
-        t.add_row(*cells)
+        t.add_row(*(cell(v) for _, _, cell in cols))
     return t
 
 
