@@ -149,8 +149,8 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
     # (header, minimum width, cell of a mapping): one list drives the header and every row
     cols = [("start", 14, lambda v: f"{v.start:#x}"), ("end", 14, lambda v: f"{v.end:#x}"),
             ("prot", 4, lambda v: prot_str(v.prot)), ("size", 6, lambda v: human(v.end - v.start)),
-            ("dirty", 5, lambda v: str(len(v.dirty))), ("heat", bar + 7, lambda v: heat_bar(len(v.dirty), v.pages, bar)),
-            ("path", 4, lambda v: v.path)]
+            ("dirty", 5, lambda v: str(len(v.dirty))),
+            ("heat", bar + 7, lambda v: heat_bar(len(v.dirty), v.pages, bar)), ("path", 4, lambda v: v.path)]
     if not show_end:
         cols = [c for c in cols if c[0] != "end"]
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
