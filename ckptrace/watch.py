@@ -35,6 +35,11 @@ NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
 CLONE_NEWPID = 0x20000000
 
 
+def _errno_name(code: int) -> str:
+    """"ENOMEM" for 12: how an mm call that failed part-way is reported (its record's code)."""
+    return errno.errorcode.get(code, str(code))
+
+
 class Stop(Exception):
     """SIGTERM or Ctrl-C: leave the loop, detaching everything."""
 
@@ -294,7 +299,7 @@ class Controller:
             ev["addr"], ev["len"], ev["prot"] = e.a0, e.a1, e.a2
             if e.code:
                 # failed part-way (see bpf/watch.bpf.c): which part changed, /proc will say
-                ev["error"] = errno.errorcode.get(e.code, str(e.code))
+                ev["error"] = _errno_name(e.code)
                 self.stale.add(hostpid)
             out = self.model.apply(ev, gen=gen)
         elif kind == "munmap":
@@ -332,7 +337,7 @@ class Controller:
             elif kind == "madvise":
                 ev.update(addr=e.a0, len=e.a1, advice=e.a2)
                 if e.code:  # applied up to a hole in the range
-                    ev["error"] = errno.errorcode.get(e.code, str(e.code))
+                    ev["error"] = _errno_name(e.code)
             elif kind == "newns":
                 ev.update(flags=e.a0, how=NEWNS_HOW.get(e.code, str(e.code)))
                 if e.code in (1, 2):  # unshare, setns: the process's later children are elsewhere
