@@ -113,6 +113,16 @@ def wait_until(cond, timeout: float, what: str, meanwhile=lambda: time.sleep(0.0
         meanwhile()
 
 
+def build_c(tmp_path, name: str, source: str):
+    """`source` compiled with gcc to tmp_path/name (skips the test without gcc)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing")
+    src, exe = tmp_path / f"{name}.c", tmp_path / name
+    src.write_text(source)
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
 def wait_file(path: str, timeout: float = 15) -> dict:
     wait_until(lambda: os.path.exists(path), timeout, f"{path} never appeared")
     with open(path) as f:
@@ -646,9 +656,7 @@ def _paced_run(tmp_path, pidns, loops: list[str], on_event, read_meanwhile: bool
     reads (or only once they are done); returns the loss counters."""
     from ckptrace.kernel.bpfload import WatchProgram
 
-    src, exe = tmp_path / "paced.c", tmp_path / "paced"
-    src.write_text(PACED_MMAP)
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    exe = build_c(tmp_path, "paced", PACED_MMAP)
     go, done = tmp_path / "go", tmp_path / "done"
     body = " & ".join(loop.replace("$exe", str(exe)) for loop in loops)
     work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; {body}; wait; touch {done}; sleep 60"])
@@ -669,8 +677,6 @@ def test_a_reader_that_keeps_up_loses_nothing_at_100k_events_a_second(pidns, tmp
     is lost and the numbers have no holes. (The read counts used to be stored a byte at a time; a
     program that looked in the middle of a store took its ring for full: a few drops per run.)"""
     need_root_and_bcc()
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is missing")
     seqs: list[int] = []
     lost = _paced_run(tmp_path, pidns, ["$exe 100000 50000"], lambda e: seqs.append(e.seq))
     assert lost["ring"] == 0, lost
@@ -735,11 +741,7 @@ def test_watch_stops_on_time_during_a_flood_and_counts_what_it_could_not_read(pi
     dry: watch used to read at exit until they did (that is, until the workload ended: 27 s for
     --duration 8). It stops within seconds of --duration, and says what it lost."""
     need_root_and_bcc()
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is missing")
-    src, exe = tmp_path / "flood.c", tmp_path / "flood"
-    src.write_text(FLOOD)
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    exe = build_c(tmp_path, "flood", FLOOD)
     work = pidns([str(exe)])
     t0 = time.monotonic()
     r = subprocess.run([PY, "-m", "ckptrace", "watch", "--json", "--pidns", str(work.ns), "--duration", "2"],
@@ -771,11 +773,7 @@ def test_pages_a_process_wrote_just_before_exiting_are_reported_on_its_mapping(p
     page masks: its pages come after its exit, in the generation of its last mm event, and are
     still reported on the right mapping."""
     need_root_and_bcc()
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is missing")
-    src, exe = tmp_path / "w.c", tmp_path / "w"
-    src.write_text(SHORT_WRITER)
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    exe = build_c(tmp_path, "w", SHORT_WRITER)
     go, addr_file = tmp_path / "go", tmp_path / "addr"
     work = pidns(["/bin/sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; {exe} {addr_file}; sleep 60"])
     watch = start_watch("--pidns", str(work.ns), "--duration", "2.5")

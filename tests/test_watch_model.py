@@ -585,6 +585,28 @@ def test_event_lines_survive_short_writes_of_an_unbuffered_stdout():
 
 
 
+def _random_mm_history(r, *, gens: int, span_pages: int, max_pages: int):
+    """A model with one process and `gens` random mmap/munmap/mprotect/mremap calls (generations
+    1..gens) of up to `max_pages` pages within `span_pages` pages of its first mapping: (model,
+    process, first page number)."""
+    from ckptrace.watchmodel import PAGE_SHIFT
+
+    m = Model(clock=lambda: 1.0)
+    p = m.seed_proc(100, 1, NS, comm="x", maps=[(0x10000, 0x30000, 3, "/bin/x")])
+    lo_pn = 0x10000 >> PAGE_SHIFT
+    for gen in range(1, gens + 1):
+        kind = r.choice(["mmap", "mmap", "munmap", "mprotect", "mremap"])
+        ev = {"event": kind, "pid": 1, "hostpid": 100, "ns": NS, "ts": gen,
+              "addr": (lo_pn + r.randrange(0, span_pages)) << PAGE_SHIFT, "len": r.randrange(1, max_pages) * P}
+        if kind in ("mmap", "mprotect"):
+            ev["prot"] = r.choice([1, 3, 5])
+        if kind == "mremap":
+            ev.update(new_addr=(lo_pn + r.randrange(0, span_pages)) << PAGE_SHIFT,
+                      new_len=r.randrange(1, max_pages) * P)
+        m.apply(ev, gen=gen)
+    return m, p, lo_pn
+
+
 @pytest.mark.parametrize("indexed", [False, True])
 @pytest.mark.parametrize("seed", range(60))
 def test_dirty_attribution_agrees_with_owner_page_by_page(seed, indexed, monkeypatch):
@@ -594,25 +616,13 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed, indexed, monkeyp
     for pages written in any generation or none, each page once."""
     import random
 
-    from ckptrace.watchmodel import _LIVE, PAGE_SHIFT
-
     from ckptrace import watchmodel
+    from ckptrace.watchmodel import _LIVE, PAGE_SHIFT
 
     if indexed:  # the path a drain takes for a process with many tombstones
         monkeypatch.setattr(watchmodel, "TOMB_INDEX_MIN", 0)
     r = random.Random(seed)
-    m = Model(clock=lambda: 1.0)
-    p = m.seed_proc(100, 1, NS, comm="x", maps=[(0x10000, 0x30000, 3, "/bin/x")])
-    lo_pn = 0x10000 >> PAGE_SHIFT
-    for gen in range(1, 12):
-        kind = r.choice(["mmap", "mmap", "munmap", "mprotect", "mremap"])
-        ev = {"event": kind, "pid": 1, "hostpid": 100, "ns": NS, "ts": gen,
-              "addr": (lo_pn + r.randrange(0, 500)) << PAGE_SHIFT, "len": r.randrange(1, 80) * P}
-        if kind in ("mmap", "mprotect"):
-            ev["prot"] = r.choice([1, 3, 5])
-        if kind == "mremap":
-            ev.update(new_addr=(lo_pn + r.randrange(0, 500)) << PAGE_SHIFT, new_len=r.randrange(1, 80) * P)
-        m.apply(ev, gen=gen)
+    m, p, lo_pn = _random_mm_history(r, gens=11, span_pages=500, max_pages=80)
     chunks = [(r.choice([None, *range(0, 13)]), (lo_pn & ~63) + 64 * r.randrange(0, 10),
                r.getrandbits(64) & r.getrandbits(64)) for _ in range(r.randrange(1, 12))]
 
@@ -651,18 +661,7 @@ def test_the_tombstone_index_answers_as_owner_does(seed, stretch_pages, huge, mo
     monkeypatch.setattr(TombIndex, "HUGE", huge)
 
     r = random.Random(seed)
-    m = Model(clock=lambda: 1.0)
-    p = m.seed_proc(100, 1, NS, comm="x", maps=[(0x10000, 0x30000, 3, "/bin/x")])
-    lo_pn = 0x10000 >> PAGE_SHIFT
-    for gen in range(1, 40):
-        kind = r.choice(["mmap", "mmap", "munmap", "mprotect", "mremap"])
-        ev = {"event": kind, "pid": 1, "hostpid": 100, "ns": NS, "ts": gen,
-              "addr": (lo_pn + r.randrange(0, 60)) << PAGE_SHIFT, "len": r.randrange(1, 20) * P}
-        if kind in ("mmap", "mprotect"):
-            ev["prot"] = r.choice([1, 3, 5])
-        if kind == "mremap":
-            ev.update(new_addr=(lo_pn + r.randrange(0, 60)) << PAGE_SHIFT, new_len=r.randrange(1, 20) * P)
-        m.apply(ev, gen=gen)
+    m, p, lo_pn = _random_mm_history(r, gens=39, span_pages=60, max_pages=20)
     index = TombIndex(p)
     for pn in range(lo_pn - 2, lo_pn + 90):
         for gen in (None, *range(0, 41)):
