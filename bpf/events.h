@@ -47,10 +47,12 @@
 
 /* Structural event sent through the event rings. ns == 0: the task's namespace is not known to
  * the kernel side yet (pid is 0 then); the controller resolves it from /proc.
- * gen: the process's mm generation after this event. Every event that changes the VMA table
- * (mmap, munmap, mprotect, mremap, brk, exec) bumps it, and write faults are keyed by it, so the
- * controller can attribute pages drained late to the mapping they were written in.
  * seq: the record's number, taken when its ring slot is secured; consecutive over all CPUs.
+ * newgen: 1 when the event changed the process's VMA table (mmap, munmap, mprotect, mremap, brk,
+ *   exec): it starts the process's next mm generation, numbered seq + 1. Write faults
+ *   are keyed by the generation they happened in, so the controller can attribute pages drained
+ *   late to the mapping they were written in. Taken from seq, a process's generations come in the
+ *   order the controller applies its events, even when two of its threads race.
  * Arguments by type:
  *   FORK     a0 child pid as the parent sees it, a1 child host pid, a2 clone flags
  *   EXEC     comm
@@ -74,7 +76,7 @@ struct ckpt_event {
 	__u32 hosttid;
 	__u32 pid;
 	__u32 code;
-	__u32 gen;
+	__u32 newgen;
 	__u64 a0;
 	__u64 a1;
 	__u64 a2;
@@ -86,18 +88,19 @@ struct ckpt_event {
  * process's mm generation when the pages were written (see ckpt_task.gen). */
 struct ckpt_dirty_key {
 	__u32 tgid;
-	__u32 gen;
+	__u32 pad;
+	__u64 gen;
 	__u64 chunk;
 };
 
 /* value of the `tracked` hash (key: host tgid); ns 0: not resolved yet; pid: in-namespace pid,
- * cached (0: not known yet) */
+ * cached (0: not known yet); gen: the process's mm generation, 1 + the seq of the last event
+ * that changed its VMA table (0: none since it was first tracked) */
 struct ckpt_task {
 	__u64 ns;
+	__u64 gen;
 	__u32 pid;
 	__u32 announced;
-	__u32 gen;
-	__u32 pad;
 };
 
 #endif

@@ -78,7 +78,7 @@ static __always_inline int in_ns(__u64 ino, struct ident *id)
 
 static __always_inline void track(__u32 tgid, __u64 ns, __u32 pid)
 {
-	struct ckpt_task t = {.ns = ns, .pid = pid, .announced = 1, .gen = 0};
+	struct ckpt_task t = {.ns = ns, .gen = 0, .pid = pid, .announced = 1};
 	if (tracked.update(&tgid, &t) != 0)
 		count_lost(CKPT_LOST_TRACKED);
 }
@@ -193,7 +193,7 @@ static __always_inline int whoami_t(struct ident *id, struct ckpt_task **tp)
 	}
 	if (!t || !t->announced) {
 		/* a namespace nobody told us about: tell the controller once */
-		struct ckpt_task nt = {.ns = 0, .pid = 0, .announced = 1, .gen = 0};
+		struct ckpt_task nt = {.ns = 0, .gen = 0, .pid = 0, .announced = 1};
 		if (tracked.update(&tgid, &nt) != 0)
 			count_lost(CKPT_LOST_TRACKED);
 		announce(id);
@@ -208,24 +208,22 @@ static __always_inline int whoami(struct ident *id)
 	return whoami_t(id, &t);
 }
 
-/* The VMA table changed: the next generation. Threads racing here may share a number; the
- * controller then attributes by address alone, as it would without generations. */
-static __always_inline __u32 next_gen(__u32 tgid)
-{
-	struct ckpt_task *t = tracked.lookup(&tgid);
-	if (!t)
-		return 0;
-	t->gen += 1;
-	return t->gen;
-}
-
-/* next_gen for a task whose entry whoami_t already found (0: it took the slow path) */
-static __always_inline __u32 bump_gen(struct ckpt_task *t, __u32 tgid)
+/* Event e changed the process's VMA table: its number, plus one (0 is "none yet"), is the
+ * process's next mm generation
+ * (t: the process's entry if whoami_t found it, else looked up). Numbers are taken in one order
+ * over all CPUs, so two threads changing the table at once get different generations in the
+ * order the controller applies their events (a per-process count bumped by both could give them
+ * one number, and a mapping made by one and removed by the other a lifetime of zero). The store
+ * is not atomic: a thread interrupted between taking its number and this line can leave the
+ * lower of two numbers in place until the process's next change; the check narrows that to the
+ * few instructions in between. */
+static __always_inline void new_gen(struct ckpt_task *t, __u32 tgid, struct ckpt_event *e)
 {
 	if (!t)
-		return next_gen(tgid);
-	t->gen += 1;
-	return t->gen;
+		t = tracked.lookup(&tgid);
+	if (t && t->gen <= e->seq)
+		t->gen = e->seq + 1;
+	e->newgen = 1;
 }
 
 /* ---- tasks ---------------------------------------------------------------------------------- */
@@ -240,11 +238,10 @@ int ckpt_exec(struct tracepoint__sched__sched_process_exec *args)
 	struct ident id;
 	if (!whoami(&id))
 		return 0;
-	__u32 gen = next_gen(id.hostpid);
 	struct ckpt_event *e = reserve(CKPT_EV_EXEC, &id);
 	if (!e)
 		return 0;
-	e->gen = gen;
+	new_gen(0, id.hostpid, e);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	submit(e);
 	return 0;
@@ -378,7 +375,7 @@ int ckpt_newtask(struct tracepoint__task__task_newtask *args)
 	if ((flags & CLONE_NEWPID_FLAG) || nschanged.lookup(&tgid) || !id.ns) {
 		/* the child is in another namespace: it is found on its first event. Pre-register it so
 		 * its write faults count from the start; whoami resolves the namespace. */
-		struct ckpt_task t = {.ns = 0, .pid = 0, .announced = 0, .gen = 0};
+		struct ckpt_task t = {.ns = 0, .gen = 0, .pid = 0, .announced = 0};
 		if (tracked.update(&child, &t) != 0)
 			count_lost(CKPT_LOST_TRACKED);
 	} else {
@@ -523,16 +520,17 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 		__u32 tgid = id.hostpid, one = 1;
 		nschanged.update(&tgid, &one);
 	}
-	/* The VMA table changed (not for madvise, a namespace change, or brk(0), a query). Bumped
-	 * here, after the change: a write another thread makes into the new mapping between the
-	 * change and this line (it would have to know the address already: MAP_FIXED, mremap over a
-	 * live range) is counted in the old generation, on the mapping that was there before. */
-	__u32 gen = 0;
-	if (type != CKPT_EV_MADVISE && type != CKPT_EV_NEWNS && !(type == CKPT_EV_BRK && di == 0))
-		gen = bump_gen(t, id.hostpid);
 	struct ckpt_event *e = ring_slot();
 	if (!e)
-		return 0;
+		return 0;  /* lost, and counted: the controller reads the mappings again */
+	/* The VMA table changed (not for madvise, a namespace change, or brk(0), a query): a new
+	 * generation, here, after the change: a write another thread makes into the new mapping
+	 * between the change and this line (it would have to know the address already: MAP_FIXED,
+	 * mremap over a live range) is counted in the old generation, on the mapping that was there
+	 * before. */
+	__u32 newgen = type != CKPT_EV_MADVISE && type != CKPT_EV_NEWNS && !(type == CKPT_EV_BRK && di == 0);
+	if (newgen)
+		new_gen(t, id.hostpid, e);
 	e->ts = bpf_ktime_get_ns();
 	e->ns = id.ns;
 	e->type = type;
@@ -540,7 +538,7 @@ int ckpt_mm_exit(struct tracepoint__syscalls__sys_exit_mmap *args)
 	e->hosttid = id.hosttid;
 	e->pid = id.pid;
 	e->code = code;
-	e->gen = gen;
+	e->newgen = newgen;
 	e->a0 = a0;
 	e->a1 = a1;
 	e->a2 = a2;

@@ -33,6 +33,7 @@ HOUSEKEEP_SECONDS = 1.0
 
 NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
 CLONE_NEWPID = 0x20000000
+MAP_FIXED = 0x10  # (MAP_FIXED_NOREPLACE never lands on a mapping)
 
 
 def _errno_name(code: int) -> str:
@@ -199,6 +200,8 @@ class Controller:
         self.failure: BaseException | None = None  # raised in the record callback
         self.dumps_dir = notify.DUMPS_DIR
         self.stale: set[int] = set()  # processes whose VMA table is to be re-read (exec, failed mprotect)
+        # drained pages whose mm events are still in the rings: (host pid, chunk)
+        self.held: list[tuple[int, tuple[int, int, int]]] = []
         self.budget = sys.maxsize  # records on_record may still take in this poll
         # told how late the controller is, in seconds: from every LAG_SAMPLE-th record read, and
         # from the loop (see CpuPriority); it may change the priority from inside a poll
@@ -294,17 +297,17 @@ class Controller:
             if child is not None and kind != "fork":
                 self._fork_before(child, e.ts)
         ev = {"event": kind, "pid": pid, "hostpid": hostpid, "ns": ns, "ts": e.ts}
-        gen = e.gen or None
+        gen = e.seq + 1 if e.newgen else None  # see bpf/events.h
         if kind == "mmap" or kind == "mprotect":
             ev["addr"], ev["len"], ev["prot"] = e.a0, e.a1, e.a2
             if e.code:
                 # failed part-way (see bpf/watch.bpf.c): which part changed, /proc will say
                 ev["error"] = _errno_name(e.code)
                 self.stale.add(hostpid)
-            out = self.model.apply(ev, gen=gen)
+            out = self.model.apply(ev, gen=gen, tid=e.hosttid, fixed=bool(e.a3 & MAP_FIXED))
         elif kind == "munmap":
             ev["addr"], ev["len"] = e.a0, e.a1
-            out = self.model.apply(ev, gen=gen)
+            out = self.model.apply(ev, gen=gen, tid=e.hosttid)
         elif kind == "brk":
             out = self.model.apply(ev, gen=gen, want=e.a0, got=e.a1)
         elif kind == "fork":
@@ -360,21 +363,28 @@ class Controller:
             self.emit(out)
 
     # -- periodic work -------------------------------------------------------------------------
-    def drain(self) -> None:
-        for hostpid in self.stale:
-            p = self.model.procs.get(hostpid)
-            if p is not None and p.alive:
-                self.model.set_maps(p, _maps(hostpid))
-        self.stale.clear()
+    def drain(self, final: bool = False) -> None:
+        """Attribute the pages the kernel has seen written since the last drain (and report
+        them). `final`: the last drain, nothing is held back for later."""
         exited = self.model.take_exited()  # before the drain: it holds the last of their pages
-        ts = time.monotonic_ns()
         drained = self.prog.drain_dirty()
+        # when the pages were taken (drain_dirty walks the whole map, milliseconds): an exit
+        # during the walk comes before them, as the pages it took after it
+        ts = time.monotonic_ns()
         # Every page taken was written after its process's fork, exec and mappings were sent:
         # apply those records before attributing. Otherwise a process that ran and exited
         # entirely since the last poll (likely at idle priority: the controller is preempted
         # exactly while the workload runs) would be unknown here, already gone from /proc, and
         # its pages lost.
         self.prog.read_sent(max_s=DRAIN_READ_SECONDS)
+        drained = self._hold_early(drained, final)
+        # after those records: a process that exec'd since the last drain has pages written in
+        # mappings only /proc knows (its exec emptied the model's table)
+        for hostpid in self.stale:
+            p = self.model.procs.get(hostpid)
+            if p is not None and p.alive:
+                self.model.set_maps(p, _maps(hostpid))
+        self.stale.clear()
         for hostpid, chunks in drained.items():
             if hostpid not in self.model.procs:
                 if self.resolve(hostpid) is None:
@@ -385,12 +395,36 @@ class Controller:
                 self.emit(ev)
         self.model.release_exited(exited)
 
+    def _hold_early(self, drained: dict, final: bool) -> dict:
+        """Drained pages, less those written in an mm generation whose event has not been read
+        yet (a generation is the number of the record that began it, plus one): a controller
+        behind the rings (a flood, a busy machine) would find their mapping nowhere and count them
+        unattributed. They wait for a later drain (not past the last one). They never wait for
+        ever: a record takes its number only once its ring slot is secured, so every generation's
+        record is read (or given up on, which moves the reader past it too)."""
+        read_to = self.prog.records_read()
+        if not self.held and all(g <= read_to for chunks in drained.values() for g, _, _ in chunks):
+            return drained  # the usual case
+        pending = self.held + [(hostpid, c) for hostpid, chunks in drained.items() for c in chunks]
+        self.held = []
+        out: dict[int, list] = {}
+        for hostpid, chunk in pending:
+            if not final and chunk[0] > read_to:
+                self.held.append((hostpid, chunk))
+            else:
+                out.setdefault(hostpid, []).append(chunk)
+        return out
+
     def check_lost(self) -> None:
         lost = self.prog.lost()
         # and what the controller could not place: records of processes gone before their
         # namespace was read, pages of no known mapping
         lost.update(unresolved=self.unresolved, unattributed=self.model.unattributed)
         self.model.lost = lost
+        if lost["ring"] > self.lost_seen["ring"]:
+            # mm records may have been among those lost (their generations too: the kernel side
+            # starts one only for a record it could send): read every mapping table again
+            self.stale.update(hostpid for hostpid, p in self.model.procs.items() if p.alive)
         if any(lost[k] > self.lost_seen[k] for k in lost):
             self.lost_seen = dict(lost)
             self.emit({"event": "lost", "pid": 0, "hostpid": 0, "ns": 0, "ts": time.monotonic_ns(), **lost})
@@ -575,7 +609,7 @@ def main(args) -> int:
                 # what the kernel sent before we stopped is still reported, as much as a second
                 # allows: under a flood the backlog never ends, and stopping on time matters more
                 prog.read_sent(max_s=FINAL_READ_SECONDS)
-                ctl.drain()
+                ctl.drain(final=True)
                 ctl.check_lost()
                 emit.flush()
             except (BrokenPipeError, CkptError):

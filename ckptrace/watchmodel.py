@@ -29,6 +29,7 @@ TOMBSTONE_SECONDS = 5.0
 DEAD_SECONDS = 5.0
 TOMB_INDEX_MIN = 64  # tombstones from which a drain indexes them (TombIndex) rather than scanning
 RECENT = 300
+OWED_NS = 100_000_000  # how late another thread's munmap may come (see Model.apply)
 
 
 _LIVE = 1 << 62  # Vma.died of a mapping that has not died
@@ -59,6 +60,10 @@ class Vma:
     died: int = _LIVE  # for tombstones: generation it disappeared in
     moved: int = 0  # for tombstones of an mremap: how far the mapping moved
     heirs: bool = False  # for tombstones: the pages live on in the table (mprotect, mremap), not gone
+    # An mmap the kernel placed over mappings the model still had: their munmap, by another
+    # thread, comes later (see Model.apply). (thread that made this mapping, ts until which such
+    # an munmap is taken for that one)
+    owed: tuple[int, int] | None = None
 
     @property
     def pages(self) -> int:
@@ -71,7 +76,7 @@ class Vma:
             dirty = {p for p in dirty if lo <= p < hi}
         else:
             dirty = set()
-        return Vma(start, end, self.prot, self.path, dirty, self.born, self.lineage)
+        return Vma(start, end, self.prot, self.path, dirty, self.born, self.lineage, owed=self.owed)
 
     def shifted(self, delta: int) -> "Vma":
         d = delta >> PAGE_SHIFT
@@ -139,6 +144,28 @@ class Proc:
         if removed:
             self.vmas[lo:hi] = keep
         return removed
+
+    def unowed(self, start: int, end: int, tid: int, ts: int) -> list[tuple[int, int]]:
+        """The parts of an munmap of [start, end) by thread `tid` at `ts` that apply: not those
+        over a mapping that owes that range an munmap from another thread (Vma.owed), which each
+        let pass once."""
+        out, at = [], start
+        i = max(0, bisect.bisect_right(self.vmas, start, key=_start) - 1)
+        while i < len(self.vmas) and self.vmas[i].start < end:
+            v = self.vmas[i]
+            i += 1
+            if v.owed is None or v.end <= start:
+                continue
+            maker, until = v.owed
+            v.owed = None
+            if maker == tid or ts > until:
+                continue
+            if v.start > at:
+                out.append((at, v.start))
+            at = max(at, v.end)
+        if at < end:
+            out.append((at, end))
+        return out
 
     def insert(self, vma: Vma) -> None:
         self.carve(vma.start, vma.end)
@@ -326,11 +353,11 @@ class Model:
 
     # -- events ------------------------------------------------------------------------------------
     def apply(self, ev: dict, *, gen: int | None = None, childhost: int | None = None,
-              want: int | None = None, got: int | None = None) -> dict | None:
+              want: int | None = None, got: int | None = None, tid: int = 0, fixed: bool = True) -> dict | None:
         """Apply one structural event; returns the event to report (possibly completed, e.g. brk's
         addr/len), or None when it is internal (rename, brk queries). What the report leaves out
         comes as keywords (the mm generation, a fork's child host pid, brk's requested and
-        resulting break) or, equivalently, as keys starting with "_" (`public` strips them).
+        resulting break, the thread of an mmap or munmap and whether the mmap was MAP_FIXED) or, equivalently, as keys starting with "_" (`public` strips them).
         This runs for every event the kernel sends: keep it lean."""
         now = self.clock()
         kind = ev["event"]
@@ -344,11 +371,20 @@ class Model:
         if kind == "mmap":
             addr = ev["addr"]
             end = addr + page_up(ev["len"])
-            p.bury(p.carve(addr, end), now)
-            bisect.insort(p.vmas, Vma(addr, end, ev["prot"], ev.get("path", ""), set(), p.gen,
-                                      next(self._lineage)), key=_start)
+            gone = p.carve(addr, end)
+            p.bury(gone, now)
+            v = Vma(addr, end, ev["prot"], ev.get("path", ""), set(), p.gen, next(self._lineage))
+            if gone and tid and not fixed:
+                # The kernel puts a mapping made without MAP_FIXED only where nothing is mapped:
+                # what the model still had there was unmapped first, by another thread whose
+                # munmap is reported after this one (calls are reported when they return, and a
+                # thread can be preempted in between). That munmap must not take this mapping.
+                v.owed = (tid, ev.get("ts", 0) + OWED_NS)
+            bisect.insort(p.vmas, v, key=_start)
         elif kind == "munmap":
-            p.bury(p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])), now)
+            start = ev["addr"]
+            for a, b in p.unowed(start, start + page_up(ev["len"]), tid, ev.get("ts", 0)):
+                p.bury(p.carve(a, b), now)
         elif kind == "mprotect":
             for v in p.carve(ev["addr"], ev["addr"] + page_up(ev["len"])):
                 p.bury([v.ghost(heirs=True)], now)

@@ -417,6 +417,9 @@ class FakeProg:
     def read_sent(self, wait_s=0.01, max_s=None):
         return 0
 
+    def records_read(self):
+        return 1 << 62  # every record there is
+
     def add_namespace(self, ino):
         return True
 
@@ -852,3 +855,96 @@ def test_a_background_dump_reports_how_it_ended():
     started, out = run("pass")
     assert out == started.replace("dumping", "dumped")
     assert BackgroundDump().start(None) == "no namespace selected"
+
+
+def test_an_munmap_reported_after_another_threads_mmap_at_its_address_spares_that_mapping(model):
+    """Calls are reported when they return: thread 7 unmaps X, thread 8's mmap (no MAP_FIXED)
+    gets X, and 8's record comes first. The kernel never puts such a mapping over a live one, so
+    the munmap that follows, from another thread, was of the old mapping: 8's stays, and the
+    pages 8 writes there are its own. A MAP_FIXED mmap proves nothing: an munmap after it
+    applies."""
+    X = 0x30000000
+    model.apply(ev("mmap", addr=X, len=P, prot=3), gen=2, tid=107, fixed=False)
+    model.apply(ev("mmap", addr=X, len=P, prot=3), gen=3, tid=108, fixed=False)
+    model.apply(ev("munmap", addr=X, len=P), gen=4, tid=107)
+    p = model.procs[100]
+    assert (X, X + P, 3) in spans(p)
+    out = model.add_dirty_masks(100, [(4, X >> 12, 1)], ts=1)
+    assert [(e["start"], e["pages"]) for e in out] == [(X, 1)] and model.unattributed == 0
+    model.apply(ev("munmap", addr=X, len=P), gen=5, tid=108)  # its own munmap: it goes
+    assert (X, X + P, 3) not in spans(p)
+
+    model.apply(ev("mmap", addr=X, len=P, prot=3), gen=6, tid=107, fixed=False)
+    model.apply(ev("mmap", addr=X, len=P, prot=3), gen=7, tid=108, fixed=True)
+    model.apply(ev("munmap", addr=X, len=P), gen=8, tid=107)
+    assert (X, X + P, 3) not in spans(p)
+
+
+def test_an_munmap_over_a_wider_range_skips_only_the_mapping_that_replaced_part_of_it(model):
+    X = 0x30000000
+    model.apply(ev("mmap", addr=X, len=4 * P, prot=3), gen=2, tid=107, fixed=False)
+    model.apply(ev("mmap", addr=X + P, len=P, prot=1), gen=3, tid=108, fixed=False)
+    model.apply(ev("munmap", addr=X, len=4 * P), gen=4, tid=107)
+    assert [s for s in spans(model.procs[100]) if X <= s[0] < X + 4 * P] == [(X + P, X + 2 * P, 1)]
+
+
+class LaggingProg(FakeProg):
+    """A kernel side whose written pages are drained while the controller has read only part of
+    the rings (it is behind: a flood, a busy machine)."""
+
+    def __init__(self):
+        self.pages: dict[int, list] = {}
+        self.read = 0
+
+    def drain_dirty(self):
+        out, self.pages = self.pages, {}
+        return out
+
+    def records_read(self):
+        return self.read
+
+
+def test_pages_of_a_generation_whose_mmap_is_not_read_yet_wait_for_it(model):
+    """A page written in a mapping whose mmap record is still in the rings would be attributed
+    nowhere: it waits for the drain after that record is read, then goes to its mapping."""
+    from ckptrace.watch import Controller
+
+    prog = LaggingProg()
+    out: list[dict] = []
+    ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
+    X = 0x30000000
+    prog.read = 11  # records 0..10 read; the mmap is record 11: generation 12
+    prog.pages = {100: [(12, X >> 12, 0b11)]}
+    ctl.drain()
+    assert out == [] and model.unattributed == 0 and ctl.held
+    model.apply(ev("mmap", addr=X, len=4 * P, prot=3), gen=12)
+    prog.read = 12
+    ctl.drain()
+    assert [(e["event"], e["start"], e["pages"]) for e in out if e["event"] == "dirty"] == [("dirty", X, 2)]
+    assert not ctl.held and model.unattributed == 0
+
+
+def test_held_pages_are_attributed_at_the_last_drain_whatever_was_read(model):
+    from ckptrace.watch import Controller
+
+    prog = LaggingProg()
+    ctl = Controller(prog, model, host=1, focus=None, emit=lambda ev: None)
+    prog.pages = {100: [(99, 0x30000000 >> 12, 0b1)]}
+    ctl.drain()
+    ctl.drain()
+    assert ctl.held and model.unattributed == 0
+    ctl.drain(final=True)
+    assert not ctl.held and model.unattributed == 1  # its record never came: counted, not kept
+
+
+def test_lost_records_make_every_mapping_table_read_again(model):
+    """mm records may be among those a full ring dropped: /proc is asked again."""
+    from ckptrace.watch import Controller
+
+    class Losing(FakeProg):
+        def lost(self):
+            return {"ring": 3, "dirty": 0, "tracked": 0}
+
+    ctl = Controller(Losing(), model, host=1, focus=None, emit=lambda ev: None)
+    ctl.check_lost()
+    assert ctl.stale == {100}

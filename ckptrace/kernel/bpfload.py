@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import AccessDenied, HostUnsupported, KernelError, UsageError
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+BPF_NOEXIST, BPF_EXIST = 1, 2  # bpf_map_update_elem flags (uapi linux/bpf.h)
 HEADER = BPF_DIR / "events.h"
 PROGRAM = BPF_DIR / "watch.bpf.c"
 TRACEFS = "/sys/kernel/tracing"
@@ -242,6 +243,7 @@ class WatchProgram:
             self.close()
             raise HostUnsupported(f"cannot attach {tp}: {str(exc).splitlines()[0]}") from None
         self.tracked = self.bpf[b"tracked"]
+        self.track_failed = 0  # processes the controller could not add to `tracked` (full)
         self.ns_slots: list[int] = []
         self._lost = self.bpf[b"lost"]
         self._dirty = self.bpf[b"dirty"] if faults else None
@@ -308,11 +310,31 @@ class WatchProgram:
             table[ctypes.c_int(i)] = ctypes.c_uint64(self.ns_slots[i] if i < len(self.ns_slots) else 0)
 
     def track(self, hostpid: int, ns: int, pid: int = 0) -> None:
+        """Tell the kernel side that `hostpid` lives in namespace `ns`. An entry the programs made
+        meanwhile is theirs: only its namespace is filled in if they could not tell it, never its
+        mm generation, which they count (overwritten with 0 while the process ran, the pages it
+        wrote until its next mm call were taken for older ones, and not found)."""
+        from bcc.libbcc import lib  # noqa: PLC0415 - bcc is loaded by now
+
+        key = self.tracked.Key(hostpid)
+        old = self.tracked.get(key)
+        if old is not None and old.ns:
+            return
         t = self.tracked.Leaf()
         t.ns = ns
         t.pid = pid
         t.announced = 1
-        self.tracked[self.tracked.Key(hostpid)] = t
+        if old is not None:
+            t.gen = old.gen
+        # BPF_EXIST / BPF_NOEXIST: a program that made the entry in between wins (EEXIST), as
+        # does an exit that removed it (ENOENT)
+        res = lib.bpf_update_elem(self.tracked.map_fd, ctypes.byref(key), ctypes.byref(t),
+                                  BPF_EXIST if old is not None else BPF_NOEXIST)
+        err = (-res if res < 0 else ctypes.get_errno()) if res != 0 else 0
+        if err == errno.E2BIG:
+            self.track_failed += 1  # the map is full: counted with the kernel side's `tracked`
+        elif err not in (0, errno.EEXIST, errno.ENOENT):
+            raise KernelError(f"track process {hostpid}", err)
 
     def untrack(self, hostpid: int) -> None:
         try:
@@ -340,6 +362,10 @@ class WatchProgram:
         timeout_ms if they are empty (the programs do not wake us). Returns how many records
         were read."""
         return self._reader.poll(timeout_ms, self._on_record)
+
+    def records_read(self) -> int:
+        """Every record numbered below this has been handed to the callback."""
+        return self._reader.read_to() if self._reader is not None else 0
 
     def read_sent(self, wait_s: float = 0.01, max_s: float | None = None) -> int:
         """Read every record reserved before this call (a record still being written is waited
@@ -371,7 +397,7 @@ class WatchProgram:
         vals = {i: v.value for i, v in self._lost.items() for i in [i.value]}
         skipped = self._reader.skipped if self._reader is not None else 0
         return {"ring": vals.get(c["CKPT_LOST_RING"], 0) + skipped, "dirty": vals.get(c["CKPT_LOST_DIRTY"], 0),
-                "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0)}
+                "tracked": vals.get(c["CKPT_LOST_TRACKED"], 0) + self.track_failed}
 
     def drain_dirty(self) -> dict[int, list[tuple[int, int, int]]]:
         """Take every written-page mask out of the kernel map, as the kernel keeps them:
