@@ -604,3 +604,15 @@ def test_progress_line_counts_up_to_the_namespace_totals():
     ctx.stats.processes, ctx.stats.tasks, ctx.stats.pages = 2, 1, 700
     p.update(ctx)
     assert "process 2/3" in p.live.text and "tasks done 1/5" in p.live.text and "pages 700" in p.live.text
+
+
+def test_each_part_of_a_shared_segment_is_claimed_once():
+    """The segment ranges a SHARED_ANON VMA stores: what no earlier VMA of the segment covered."""
+    from ckptrace.objects.mm import _claim
+
+    stored: list = []
+    assert _claim(stored, 0, 4) == [(0, 4)]
+    assert _claim(stored, 12, 16) == [(12, 16)]
+    assert _claim(stored, 0, 16) == [(4, 12)]  # a forked child mapping the whole segment
+    assert _claim(stored, 2, 14) == [] and stored == [(0, 4), (4, 12), (12, 16)]
+    assert _claim(stored, 14, 20) == [(16, 20)]

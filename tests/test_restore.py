@@ -1225,3 +1225,123 @@ def test_queued_signals_come_back_with_their_siginfo(pidns, tmp_path, restored):
         time.sleep(0.05)
     rt = int(sg.SIGRTMIN) + 1
     assert (tmp_path / "got").read_text().split() == [f"{int(sg.SIGUSR1)}:0:-", f"{rt}:-1:11", f"{rt}:-1:22", f"{rt}:-1:33"]
+
+
+SHM_COMMON = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+P = 4096
+def mmap(n, prot, flags, fd=-1):
+    a = libc.mmap(None, n * P, prot, flags, fd, 0)
+    assert a not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    return a
+def put(addr, data):
+    ctypes.memmove(addr, data, len(data))
+"""
+
+SHARED_SPLIT_WORKLOAD = SHM_COMMON + r"""
+# 16 pages MAP_SHARED|MAP_ANONYMOUS, pages 4-11 unmapped: two VMAs of one segment.
+a = mmap(16, 3, 0x21)
+put(a, b"FIRST-PART")
+put(a + 13 * P, b"TAIL-PART-OF-SEGMENT")
+assert libc.munmap(a + 4 * P, 8 * P) == 0
+# another, split in three by mprotect
+b = mmap(16, 3, 0x21)
+put(b, b"B-HEAD")
+put(b + 6 * P, b"B-MIDDLE")
+put(b + 15 * P, b"B-END")
+assert libc.mprotect(b + 4 * P, 8 * P, 1) == 0
+child = os.fork()
+if child == 0:
+    while True:
+        time.sleep(0.05)
+with open(os.path.join(sys.argv[1], "addrs"), "w") as f:
+    f.write(f"{a} {b} {child}")
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _peek(pid: int, addr: int, n: int) -> bytes:
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+        return os.pread(f.fileno(), n, addr)
+
+
+def _poke(pid: int, addr: int, data: bytes) -> None:
+    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as f:
+        assert os.pwrite(f.fileno(), data, addr) == len(data)
+
+
+def _maps(pid: int) -> dict[int, tuple[int, str, int, str]]:
+    """start -> (end, perms, inode, path) of the process's VMAs."""
+    out = {}
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            s, e = (int(x, 16) for x in parts[0].split("-"))
+            out[s] = (e, parts[1], int(parts[4]), parts[5].strip() if len(parts) > 5 else "")
+    return out
+
+
+def test_shared_anonymous_segment_split_in_several_vmas_keeps_all_its_pages(pidns, tmp_path, restored):
+    """A MAP_SHARED|MAP_ANONYMOUS segment with a hole munmapped in its middle (two VMAs) and one
+    split in three by mprotect: every VMA's pages are in the image (not only the first VMA's),
+    come back, and all the VMAs, in the parent and in its forked child, are still one segment."""
+    w = pidns([sys.executable, "-c", SHARED_SPLIT_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a, b, _ = (int(x) for x in (tmp_path / "addrs").read_text().split())
+    P = 4096
+    img = str(tmp_path / "split.img")
+    dump_kill(w, img)
+    from ckptrace.image.reader import Mm, read_image, read_pages
+    from ckptrace.image.records import VmaType
+
+    with open(img, "rb") as f:
+        image = read_image(f)
+        stored, seen = b"", set()
+        for mm in (o for o in image.objects.values() if isinstance(o, Mm)):
+            for v in mm.vmas:
+                if v.fields["vma_type"] != VmaType.SHARED_ANON:
+                    continue
+                for r in v.runs:
+                    stored += read_pages(f, r)
+                    for i in range(r.npages):  # each page of a segment stored once, parent and child alike
+                        page = (v.fields["vma_objref"], v.fields["vm_pgoff"] + (r.vaddr - v.start) // P + i)
+                        assert page not in seen, page
+                        seen.add(page)
+    for s in (b"FIRST-PART", b"TAIL-PART-OF-SEGMENT", b"B-HEAD", b"B-MIDDLE", b"B-END"):
+        assert s in stored, s
+    res = restore_json(img, restored)
+    init = res["init_pid"]
+    (child,) = [int(x) for x in open(f"/proc/{init}/task/{init}/children").read().split()]
+    want = {a: b"FIRST-PART", a + 13 * P: b"TAIL-PART-OF-SEGMENT",
+            b: b"B-HEAD", b + 6 * P: b"B-MIDDLE", b + 15 * P: b"B-END"}
+    for pid in (init, child):
+        for addr, s in want.items():
+            assert _peek(pid, addr, len(s)) == s, (pid, hex(addr), s)
+        maps = _maps(pid)
+        assert maps[a][:2] == (a + 4 * P, "rw-s") and maps[a + 12 * P][:2] == (a + 16 * P, "rw-s")
+        assert [maps[x][1] for x in (b, b + 4 * P, b + 12 * P)] == ["rw-s", "r--s", "rw-s"]
+        # one object per segment: the same inode in every VMA of it, in both processes
+        assert maps[a][2] == maps[a + 12 * P][2] == _maps(init)[a][2]
+        assert maps[b][2] == maps[b + 4 * P][2] == maps[b + 12 * P][2] == _maps(init)[b][2]
+        assert maps[a][2] != maps[b][2]
+    # Writes go to the one segment: through the parent's first VMA, seen by the child; through
+    # the segment file behind the parent's second VMA (at offset 0), seen in its first VMA.
+    _poke(init, a + 13 * P, b"NEW-TAIL")
+    assert _peek(child, a + 13 * P, 8) == b"NEW-TAIL"
+    fd = os.open(f"/proc/{init}/map_files/{a + 12 * P:x}-{a + 16 * P:x}", os.O_RDWR)
+    try:
+        assert os.pread(fd, 10, 0) == b"FIRST-PART"
+        os.pwrite(fd, b"VIA-SECOND", 0)
+    finally:
+        os.close(fd)
+    assert _peek(init, a, 10) == _peek(child, a, 10) == b"VIA-SECOND"
+    _poke(child, b + 15 * P, b"CHILD-END")
+    assert _peek(init, b + 15 * P, 9) == b"CHILD-END"
+

@@ -11,7 +11,8 @@
     body(MM)         := object* MM (object* VMA PAGE* PAGE(end)){map_count} MM_AUXV
 
 A shared anonymous segment is a FILE object of f_type SHMEM (as the kernel backs it with a shmem
-file); its pages follow the first SHARED_ANON VMA that names it.
+file); each of its pages follows the first SHARED_ANON VMA that covers that page's segment offset
+(vm_pgoff onwards), so a segment split into several VMAs has its pages spread over them.
 
 Page data is not kept: each VMA lists its page runs with their byte offsets in the input, so
 `inspect` and `restore` read pages only when they need them.

@@ -31,7 +31,8 @@ class DumpContext:
     objhash: ObjHash = field(default_factory=ObjHash)
     socks: SockTable = field(default_factory=SockTable)
     pipes_seen: set[int] = field(default_factory=set)  # pipe inodes whose buffer is already stored
-    shmem_seen: set = field(default_factory=set)
+    # SHMEM objref -> segment byte ranges whose pages some VMA already stored (sorted, disjoint)
+    shmem_stored: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     locks_seen: set = field(default_factory=set)  # flock/OFD locks already stored (they belong to a FILE)
     stats: Stats = field(default_factory=Stats)
     totals: tuple[int, int] = (0, 0)  # processes, tasks in the namespace: what the progress counts up to

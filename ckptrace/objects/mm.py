@@ -91,14 +91,16 @@ class PageCopier:
         except BufferError:  # a view still alive; the mapping goes with the process
             pass
 
-    def dump_vma_pages(self, ctx: DumpContext, pid: int, m: procfs.Mapping, table: bytes) -> int:
-        """Write the VMA's stored pages as PAGE records. Returns the number of pages."""
+    def dump_vma_pages(self, ctx: DumpContext, pid: int, m: procfs.Mapping, table: bytes,
+                       start: int | None = None, end: int | None = None) -> int:
+        """Write the VMA's stored pages (those of start..end, by default the whole VMA) as PAGE
+        records. Returns the number of pages."""
         total = 0
         batch: list[tuple[int, int]] = []  # (vaddr, npages), together at most COPY_BUFFER
         used = 0
         with open(f"{ctx.proc}/{pid}/pagemap", "rb", buffering=0) as pm:
-            first = m.start // PAGE_SIZE
-            last = m.end // PAGE_SIZE
+            first = (m.start if start is None else start) // PAGE_SIZE
+            last = (m.end if end is None else end) // PAGE_SIZE
             for win in range(first, last, PAGEMAP_WINDOW):
                 n = min(PAGEMAP_WINDOW, last - win)
                 try:
@@ -124,46 +126,53 @@ class PageCopier:
             total += used
         return total
 
-    def dump_shmem_pages(self, ctx: DumpContext, pid: int, m: procfs.Mapping) -> int | None:
-        """Pages of a shared anonymous/shmem segment, read from the segment itself through
-        /proc/PID/map_files: SEEK_DATA/SEEK_HOLE find every page any process has written (present in
-        our page table or not, swapped or not). None when the segment cannot be opened."""
+    def dump_shmem_pages(self, ctx: DumpContext, pid: int, m: procfs.Mapping,
+                         ranges: list[tuple[int, int]]) -> int | None:
+        """Pages of a shared anonymous/shmem segment in `ranges` (segment offsets, ascending,
+        inside the VMA), read from the segment itself through /proc/PID/map_files:
+        SEEK_DATA/SEEK_HOLE find every page any process has written (present in our page table
+        or not, swapped or not). None when the segment cannot be opened."""
         try:
             fd = os.open(f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         total = 0
         try:
-            base, end = m.offset, m.offset + (m.end - m.start)
-            view = memoryview(self.buf)
-            pos = base
-            while pos < end:
-                try:
-                    data = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError:  # ENXIO: no data past pos
-                    break
-                if data >= end:
-                    break
-                hole = os.lseek(fd, data, os.SEEK_HOLE)
-                start = data & ~(PAGE_SIZE - 1)
-                stop = min(end, (hole + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
-                while start < stop:
-                    n = min(stop - start, COPY_BUFFER)
-                    got = 0
-                    while got < n:
-                        k = os.preadv(fd, [view[got:n]], start + got)
-                        if k <= 0:  # past the segment's end: the rest reads as zeros
-                            view[got:n] = bytes(n - got)
-                            break
-                        got += k
-                    ctx.w.raw_record(RecType.PAGE, PAGE_FIXED.pack(m.start + start - base), view[:n])
-                    total += n // PAGE_SIZE
-                    ctx.stats.pages += n // PAGE_SIZE
-                    start += n
-                pos = stop
+            base = m.offset
+            for lo, hi in ranges:
+                total += self._shmem_range(ctx, fd, m, base, lo, hi)
         finally:
             os.close(fd)
         ctx.progress()
+        return total
+
+    def _shmem_range(self, ctx: DumpContext, fd: int, m: procfs.Mapping, base: int, pos: int, end: int) -> int:
+        total = 0
+        view = memoryview(self.buf)
+        while pos < end:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data past pos
+                break
+            if data >= end:
+                break
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            start = data & ~(PAGE_SIZE - 1)
+            stop = min(end, (hole + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+            while start < stop:
+                n = min(stop - start, COPY_BUFFER)
+                got = 0
+                while got < n:
+                    k = os.preadv(fd, [view[got:n]], start + got)
+                    if k <= 0:  # past the segment's end: the rest reads as zeros
+                        view[got:n] = bytes(n - got)
+                        break
+                    got += k
+                ctx.w.raw_record(RecType.PAGE, PAGE_FIXED.pack(m.start + start - base), view[:n])
+                total += n // PAGE_SIZE
+                ctx.stats.pages += n // PAGE_SIZE
+                start += n
+            pos = stop
         return total
 
     def _flush(self, ctx: DumpContext, pid: int, m: procfs.Mapping, batch: list[tuple[int, int]]) -> None:
@@ -237,9 +246,7 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
         elif t is VmaType.SHARED_ANON:
             key = ("shmem", m.dev, m.inode)
             objref = ctx.objhash.lookup_key(key) or 0
-            if objref:
-                table = None  # stored with the first VMA that named this segment
-            else:
+            if not objref:
                 # A FILE object (objtype 2), as the kernel backs the segment with a shmem file:
                 # a reader that knows only the seed's object types can still follow the objref.
                 objref = ctx.objhash.add_key(key)
@@ -251,9 +258,14 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
         ctx.w.record(RecType.VMA, dict(vma_type=t, vma_objref=objref, vm_start=m.start, vm_end=m.end,
                                        vm_page_prot=m.prot, vm_flags=vm_flags(m),
                                        vm_pgoff=m.offset // PAGE_SIZE))
-        if t is VmaType.SHARED_ANON and table is not None:
-            if copier.dump_shmem_pages(ctx, pid, m) is None:
-                copier.dump_vma_pages(ctx, pid, m, table)
+        if t is VmaType.SHARED_ANON:
+            # Each VMA stores the part of the segment no VMA before it (in this process or an
+            # earlier one) covered: a segment split by munmap or mprotect keeps all its pages,
+            # and a part mapped by several VMAs (a forked child's) is stored once.
+            ranges = _claim(ctx.shmem_stored.setdefault(objref, []), m.offset, m.offset + (m.end - m.start))
+            if ranges and copier.dump_shmem_pages(ctx, pid, m, ranges) is None:
+                for lo, hi in ranges:
+                    copier.dump_vma_pages(ctx, pid, m, table, m.start + lo - m.offset, m.start + hi - m.offset)
         elif table is not None:
             copier.dump_vma_pages(ctx, pid, m, table)
         ctx.w.raw_record(RecType.PAGE, PAGE_FIXED.pack(VMA_LAST_PAGE), b"")
@@ -262,3 +274,19 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     ctx.w.record(RecType.MM_AUXV, dict(nentries=len(aux)), payload=[dict(a_type=a, a_val=v) for a, v in aux])
     return ref
 
+
+def _claim(stored: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of lo..hi not yet in `stored` (sorted, disjoint ranges), ascending; adds them."""
+    out = []
+    pos = lo
+    for a, b in stored:
+        if b <= pos or a >= hi:
+            continue
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+    if pos < hi:
+        out.append((pos, hi))
+    stored.extend(out)
+    stored.sort()
+    return out
