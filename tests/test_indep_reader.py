@@ -403,3 +403,17 @@ def test_real_dump_via_decode_json(reader, ckwork, pidns, tmp_path):
     assert counts["files"] == sum(x["type"] == "FILE" for x in docs)
     assert counts["objrefs"] == sum(x["type"] == "OBJREF" for x in docs)
     assert counts["tasks"] == sum(x["type"] == "TASK" for x in docs)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("workload", ["SHARED_SPLIT_WORKLOAD", "MEMFD_WORKLOAD"])
+def test_real_dump_of_shared_segments_and_mapped_memfds(reader, pidns, tmp_path, workload):
+    """A shared anonymous segment split into several VMAs (its pages spread over them), and a
+    memfd and a deleted file open as fds and mapped (the VMAs naming the fds' FILE objects)."""
+    import test_restore
+
+    d = tmp_path / "w"
+    d.mkdir()
+    w = pidns([sys.executable, "-c", getattr(test_restore, workload), str(d)], ready_file=str(d / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    check_real(reader, w.init, tmp_path)

@@ -1345,3 +1345,76 @@ def test_shared_anonymous_segment_split_in_several_vmas_keeps_all_its_pages(pidn
     _poke(child, b + 15 * P, b"CHILD-END")
     assert _peek(init, b + 15 * P, 9) == b"CHILD-END"
 
+
+MEMFD_WORKLOAD = SHM_COMMON + r"""
+d = sys.argv[1]
+fd = os.memfd_create("x")
+os.ftruncate(fd, 4 * P)
+os.pwrite(fd, b"FD-WROTE", 0)
+m = mmap(4, 3, 0x01, fd)            # MAP_SHARED of the memfd whose fd stays open
+put(m + P, b"MAP-WROTE")
+p = mmap(4, 3, 0x02, fd)            # MAP_PRIVATE of it: its own pages once written
+put(p + 2 * P, b"PRIVATE-COPY")
+g = os.memfd_create("y")            # a memfd mapped, its fd then closed
+os.ftruncate(g, 2 * P)
+n = mmap(2, 3, 0x01, g)
+os.close(g)
+put(n + P, b"ONLY-MAPPED")
+dl = os.path.join(d, "gone")        # a deleted file, open and mapped shared
+h = os.open(dl, os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(h, 2 * P)
+os.pwrite(h, b"DEL-FD", 0)
+q = mmap(2, 3, 0x01, h)
+put(q + P, b"DEL-MAP")
+os.unlink(dl)
+with open(os.path.join(d, "addrs"), "w") as f:
+    f.write(f"{fd} {m} {p} {n} {h} {q}")
+open(os.path.join(d, "ready"), "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_memfd_and_deleted_file_open_and_mapped_shared_stay_one_file(pidns, tmp_path, restored):
+    """A memfd (and an unlinked file) both open as an fd and mapped MAP_SHARED is one inode: after
+    restore the mapping maps the restored fd's file, so pwrite through the fd shows in the
+    mapping. A memfd mapped with its fd closed still comes back shared; a MAP_PRIVATE mapping of
+    the memfd keeps its private pages."""
+    from ckptrace.kernel.sys import pidfd_getfd, pidfd_open
+
+    w = pidns([sys.executable, "-c", MEMFD_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fd, m, p, n, h, q = (int(x) for x in (tmp_path / "addrs").read_text().split())
+    P = 4096
+    img = str(tmp_path / "memfd.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    init = res["init_pid"]
+    maps = _maps(init)
+    for num, addr, size in ((fd, m, 4), (h, q, 2)):
+        st = os.stat(f"/proc/{init}/fd/{num}")
+        assert maps[addr][:2] == (addr + size * P, "rw-s"), maps[addr]
+        assert maps[addr][2] == st.st_ino, (os.readlink(f"/proc/{init}/fd/{num}"), maps[addr])
+        assert os.stat(f"/proc/{init}/map_files/{addr:x}-{addr + size * P:x}").st_ino == st.st_ino
+    assert maps[p][2] == os.stat(f"/proc/{init}/fd/{fd}").st_ino and maps[p][1] == "rw-p"
+    assert _peek(init, m, 8) == b"FD-WROTE" and _peek(init, m + P, 9) == b"MAP-WROTE"
+    assert _peek(init, q, 6) == b"DEL-FD" and _peek(init, q + P, 7) == b"DEL-MAP"
+    pidfd = pidfd_open(init)
+    try:
+        for num, addr in ((fd, m), (h, q)):
+            dup = pidfd_getfd(pidfd, num)
+            try:
+                assert os.pread(dup, 9, P) == _peek(init, addr + P, 9)  # the mapping's writes, in the file
+                os.pwrite(dup, b"AFTER-RESTORE", 3 * P if addr == m else 0)
+            finally:
+                os.close(dup)
+    finally:
+        os.close(pidfd)
+    assert _peek(init, m + 3 * P, 13) == b"AFTER-RESTORE"
+    assert _peek(init, q, 13) == b"AFTER-RESTORE"
+    # the private mapping: its written page is its own, the file does not have it
+    assert _peek(init, p + 2 * P, 12) == b"PRIVATE-COPY"
+    with open(f"/proc/{init}/fd/{fd}", "rb") as f:
+        assert f.read()[2 * P:2 * P + 12] == bytes(12)
+    # the memfd whose fd was closed: mapped shared still, its page back
+    assert maps[n][:2] == (n + 2 * P, "rw-s") and _peek(init, n + P, 11) == b"ONLY-MAPPED"

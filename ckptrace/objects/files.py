@@ -89,9 +89,11 @@ def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
             o = open_fd(ctx, pid, fd)
         except Unsupported as exc:
             raise Unsupported(f"{exc} (pid {nspid} inside the namespace)") from None
-        if o.kind in (FileType.DELETED, FileType.MEMFD) and o.st.st_size > ctx.max_file_data:
-            raise Unsupported(f"pid {pid} fd {fd}: {o.target} is {o.st.st_size} bytes, above "
-                              f"--max-file-data {ctx.max_file_data}; raise the limit to dump it")
+        if o.kind in (FileType.DELETED, FileType.MEMFD):
+            if o.st.st_size > ctx.max_file_data:
+                raise Unsupported(f"pid {pid} fd {fd}: {o.target} is {o.st.st_size} bytes, above "
+                                  f"--max-file-data {ctx.max_file_data}; raise the limit to dump it")
+            ctx.data_fds.setdefault((o.st.st_dev, o.st.st_ino), (pid, fd))
         if o.kind is FileType.UNIX_SOCKET:
             ino = int(o.target[len("socket:["):-1])
             if ctx.socks.get(ino, pid) is None:
@@ -236,6 +238,20 @@ def dump_exe(ctx: DumpContext, pid: int) -> int:
         raise from_oserror(exc, f"readlink exe of {pid}") from None
     return _mapped_file(ctx, ("path", st.st_dev, st.st_ino, path), path, link, os.O_RDONLY,
                         f"pid {pid} exe {path}")
+
+
+def fd_file_of_mapping(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int | None:
+    """For a mapping of a memfd or deleted file that an fd of the namespace also holds: that fd's
+    FILE object (written now if not yet), so the VMA and the fd name one file and restore maps
+    the very file it gives the fd. None for any other mapping."""
+    if not ctx.data_fds or not (m.path.startswith("/memfd:") or m.path.endswith(DELETED)):
+        return None
+    try:
+        st = os.stat(f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}")
+    except OSError:
+        return None
+    holder = ctx.data_fds.get((st.st_dev, st.st_ino))
+    return dump_file(ctx, *holder) if holder else None
 
 
 def dump_mapped_file(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:

@@ -237,7 +237,14 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
         check_mapping(pid, m)
         objref = 0
         table: bytes | None = _ANY
-        if t in (VmaType.FILE, VmaType.SHARED_FILE):
+        if t in (VmaType.FILE, VmaType.SHARED_ANON) and (fd_ref := files.fd_file_of_mapping(ctx, pid, m)):
+            # A memfd or deleted file that is also open as an fd: the VMA names the fd's FILE
+            # object (its contents are in that object's FILE_DATA), and a shared mapping of it is
+            # a SHARED_FILE, whose contents live in the file, so restore maps the fd's file.
+            objref = fd_ref
+            if t is VmaType.SHARED_ANON:
+                t, table = VmaType.SHARED_FILE, None
+        elif t in (VmaType.FILE, VmaType.SHARED_FILE):
             objref = files.dump_mapped_file(ctx, pid, m)
             if t is VmaType.SHARED_FILE:
                 table = None  # the contents live in the file itself

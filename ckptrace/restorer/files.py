@@ -440,14 +440,23 @@ class FileSet:
     def vma_fd(self, vf: dict) -> int:
         """The descriptor a file-backed VMA is mapped from: its file reopened by path, or for an
         unlinked file or memfd, a memfd holding the contents the image carries (one per object,
-        so processes sharing such a mapping share it again)."""
+        so processes sharing such a mapping share it again). When an fd table holds that object
+        too, the VMA maps the very memfd the fd gets: one inode, as before the dump, so writes
+        through the fd show in a shared mapping."""
         src = self.img.obj(vf["vma_objref"])
         if not isinstance(src, File) or not src.name:
             raise Unsupported(f"VMA {vf['vm_start']:#x} maps a file the image does not name")
         if src.ftype in (FileType.MEMFD, FileType.DELETED):
             fd = self.mapped_data.get(src.objref)
             if fd is None:
-                fd = self.mapped_data[src.objref] = self._memfd(src)
+                own = self.by_objref.get(src.objref)
+                if own is not None:
+                    # A second description of the same inode (not a dup: its offset is the fd's
+                    # own), read-write so that a shared writable mapping may use it.
+                    fd = self.place(os.open(f"/proc/self/fd/{own}", os.O_RDWR | os.O_CLOEXEC))
+                else:
+                    fd = self._memfd(src)
+                self.mapped_data[src.objref] = fd
             return fd
         return self.map_fd(src.name, vma_open_mode(vf))
 
