@@ -8,11 +8,10 @@ side by side, a megabyte at a time (by offset), so memory use stays bounded what
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
-from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES
+from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time
 from .image.render import human, prot_str
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
@@ -231,7 +230,7 @@ def _rng(rs: list[tuple[int, int]], limit: int = 8) -> Iterator[str]:
 
 def diff_text(d: dict[str, Any]) -> str:
     def stamp(x):
-        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(x["time"]))
+        return format_time(x["time"])
 
     out = [f"--- {d['a']['path']}  {stamp(d['a'])}  {d['a']['tasks']} tasks, {d['a']['pages']} pages",
            f"+++ {d['b']['path']}  {stamp(d['b'])}  {d['b']['tasks']} tasks, {d['b']['pages']} pages"]

@@ -612,3 +612,17 @@ def test_fd_pane_names_socket_peers(pidns, tmp_path):
     assert rows[fds["c"]][2] == f"127.0.0.1:{fds['cport']} → 127.0.0.1:{fds['port']}"
     assert rows[fds["s"]][2] == f"127.0.0.1:{fds['port']} → 127.0.0.1:{fds['cport']}"
     assert rows[fds["u"]][2] == f"{ready}.sock (listening)"
+
+
+def test_a_time_no_date_fits_is_shown_as_the_number(tmp_path):
+    import struct
+
+    data = bytearray(imagegen.build())
+    struct.pack_into("<Q", data, 40, 2**64 - 1)  # HEADER.time
+    st = InspectState(read_image(io.BytesIO(bytes(data))), io.BytesIO(bytes(data)))
+    assert "18446744073709551615 s since the epoch" in st.header_line()
+    assert "18446744073709551615 s since the epoch" in st.image_text()
+    img = tmp_path / "t.img"
+    img.write_bytes(bytes(data))
+    status, out = run_in_pty([os.path.join(os.path.dirname(sys.executable), "ckptrace"), "inspect", str(img)])
+    assert status == 0 and b"Traceback" not in out, out[-2000:]

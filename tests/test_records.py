@@ -275,3 +275,39 @@ def test_exit_signal_reads_as_a_signal():
 
     f = next(x for x in RECORDS[RecType.TASK].fields if x.name == "exit_signal")
     assert pretty_value(f, 17) == "SIGCHLD" and pretty_value(f, 0xFFFFFFFF) == "-1" and pretty_value(f, 0) == "0"
+
+
+def with_time(seconds: int) -> bytes:
+    """SAMPLE with HEADER.time (offset 40) patched."""
+    data = bytearray(SAMPLE)
+    struct.pack_into("<Q", data, 40, seconds)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("seconds", [2**64 - 1, 10**17, 253402300800])
+def test_a_time_no_date_fits_is_shown_as_the_number(tmp_path, seconds):
+    """HEADER.time is display-only: an out-of-range value is printed raw, never a traceback or
+    an errno message (time_t overflow, EOVERFLOW)."""
+    img, good = tmp_path / "t.img", tmp_path / "good.img"
+    img.write_bytes(with_time(seconds))
+    good.write_bytes(SAMPLE)
+    for args in (("show", str(img)), ("diff", str(good), str(img)), ("decode", str(img))):
+        p = run_cli(*args)
+        assert p.returncode == 0, p.stderr
+        assert p.stderr == b"" and str(seconds).encode() in p.stdout
+    assert f"taken {seconds} s since the epoch (out of range)" in run_cli("show", str(img)).stdout.decode()
+
+
+def test_times_are_utc_in_every_command(tmp_path):
+    from ckptrace.image.records import format_time
+
+    assert format_time(1700000000) == "2023-11-14 22:13:20Z"
+    assert format_time(0) == "1970-01-01 00:00:00Z"
+    assert format_time(253402300799) == "9999-12-31 23:59:59Z"
+    img = tmp_path / "t.img"
+    img.write_bytes(SAMPLE)
+    env = dict(os.environ, TZ="America/New_York")
+    for args in (("show", str(img)), ("diff", str(img), str(img))):
+        p = subprocess.run([sys.executable, "-m", "ckptrace", *args], capture_output=True, cwd=REPO, env=env,
+                           timeout=60)
+        assert p.returncode == 0 and b"2023-11-14 22:13:20Z" in p.stdout, (args, p.stdout)

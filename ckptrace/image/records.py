@@ -346,6 +346,23 @@ def json_value(f: Field, v):
     return v
 
 
+# The last second datetime can show: 9999-12-31 23:59:59 UTC.
+_MAX_SHOWN_TIME = 253402300799
+
+
+def format_time(seconds: int) -> str:
+    """HEADER.time for people: UTC, marked with Z ("2023-11-14 22:13:20Z"), the same in every
+    command. The field is display-only (restore never reads it), so a value no calendar date fits
+    (a corrupt or hostile image: up to 2**64-1) is shown as the raw number rather than failing:
+    plain arithmetic from the epoch, never the platform's time_t."""
+    import datetime
+
+    if not 0 <= seconds <= _MAX_SHOWN_TIME:
+        return f"{seconds} s since the epoch (out of range)"
+    when = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=seconds)
+    return when.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def pretty_value(f: Field, v) -> str:
     if f.hint == "enum" and f.names:
         return str(f.names.get(v, v))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
 from .records import (FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VMA_NAMES, FileType,
-                      RecType, flag_names)
+                      RecType, flag_names, format_time)
 from .stream import Record, open_image
 
 
@@ -170,7 +169,7 @@ def _seccomp_summary(p) -> dict[str, Any] | None:
 def show_text(s: dict[str, Any]) -> str:
     out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {plural(s['tasks'], 'task')} "
            f"in {plural(s['processes'], 'process')}, {plural(s['pages'], 'page')} ({human(s['pages'] * PAGE_SIZE)})",
-           f"kernel {s['release']} ({s['machine']}), taken {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(s['time']))}, "
+           f"kernel {s['release']} ({s['machine']}), taken {format_time(s['time'])}, "
            f"xsave {s['xstate_size']} bytes, xcr0 {s['xcr0']:#x}", "", "task tree:"]
     by_pid = {p["pid"]: p for p in s["procs"]}
     children: dict[int, list[int]] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import signal
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -19,7 +18,7 @@ from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, VMA_NAMES, RecType, VmaType,
-                             flag_names)
+                             flag_names, format_time)
 from ..image.render import human, plural, prot_str, socket_name, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
@@ -141,14 +140,14 @@ class InspectState:
     # -- tables --------------------------------------------------------------------------------
     def header_line(self) -> str:
         h = self.img.header
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["time"]))
+        when = format_time(h["time"])
         return (f"{self.img.uts[0]} {self.img.uts[2]} · {when} · {len(self.img.processes())} proc "
                 f"{len(self.img.tasks)} tasks · {human(self.img.size)}")
 
     def image_text(self) -> str:
         """Everything the header says, and what the image holds."""
         h, a, img = self.img.header, self.img.arch, self.img
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h["time"]))
+        when = format_time(h["time"])
         return "\n".join([
             f"taken      {when}",
             f"kernel     {img.uts[0]} ({h['major']}.{h['minor']}.{h['patch']})",
