@@ -626,3 +626,19 @@ def test_a_time_no_date_fits_is_shown_as_the_number(tmp_path):
     img.write_bytes(bytes(data))
     status, out = run_in_pty([os.path.join(os.path.dirname(sys.executable), "ckptrace"), "inspect", str(img)])
     assert status == 0 and b"Traceback" not in out, out[-2000:]
+
+
+def test_a_crash_inside_the_app_is_one_line_and_a_failure(tmp_path):
+    """An exception in the app (here: its header) ends inspect with status 1 and one line, not
+    textual's traceback (whose local variables would show page data) and status 0."""
+    img = tmp_path / "s.img"
+    img.write_bytes(imagegen.build())
+    code = ("import sys; from ckptrace import cli; from ckptrace.tui.state import InspectState\n"
+            "def boom(self): raise RuntimeError('boom\\nsecond line')\n"
+            "InspectState.header_line = boom\n"
+            f"sys.exit(cli.main(['inspect', {str(img)!r}]))")
+    status, out = run_in_pty([sys.executable, "-c", code])
+    text = out.decode(errors="replace")
+    assert status == 1, text[-2000:]
+    assert "ckptrace inspect: the viewer failed: RuntimeError: boom" in text
+    assert "Traceback" not in text and "second line" not in text

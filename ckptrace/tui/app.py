@@ -198,6 +198,17 @@ class InspectApp(App):
         super().__init__()
         self.state = state
         self.sub_title = name
+        self.failure: BaseException | None = None  # what ended the app, if it crashed
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An unhandled exception ends the app as textual does it (return code 1), but the report
+        is `inspect`'s: one line from main(). Textual's own is a traceback with local variables,
+        which here hold page data, i.e. process memory; it is kept only with TEXTUAL=debug."""
+        if self.failure is None:
+            self.failure = error
+        super()._handle_exception(error)
+        if "debug" not in self.features:
+            self._exit_renderables.clear()
 
     def compose(self) -> ComposeResult:
         st = self.state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UsageError
+from ..errors import CkptError, UsageError
 from ..image.reader import read_image
 from ..image.stream import open_seekable
 from .state import InspectState
@@ -47,8 +47,18 @@ def main(args) -> int:
         keyboard_from_tty()  # after: the image is read from stdin first
     from .app import InspectApp  # textual only for this command, never for `ckptrace --help`
 
+    app = InspectApp(state, name=args.image)
     try:
-        InspectApp(state, name=args.image).run()
+        app.run()
     finally:
         state.f.close()
+    if app.return_code:  # the app crashed (textual sets 1): say so, and fail
+        raise CkptError(f"the viewer failed: {_one_line(app.failure)} (a bug in ckptrace: please report it)")
     return 0
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "it ended with an error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
