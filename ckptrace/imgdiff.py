@@ -289,8 +289,8 @@ def main(args) -> int:
         from .errors import UsageError
 
         raise UsageError("only one of A and B can be standard input")
-    with open_seekable(args.a) as fa, open_seekable(args.b) as fb:
-        ia, ib = _read_image(fa, "A", args.a), _read_image(fb, "B", args.b)
+    with _named("A", args.a, open_seekable, args.a) as fa, _named("B", args.b, open_seekable, args.b) as fb:
+        ia, ib = _named("A", args.a, read_image, fa), _named("B", args.b, read_image, fb)
         d = diff_images(ia, fa, ib, fb, path_a=args.a, path_b=args.b)
     if args.json:
         print(json.dumps(d))
@@ -299,11 +299,12 @@ def main(args) -> int:
     return 0
 
 
-def _read_image(f: BinaryIO, which: str, path: str) -> Image:
-    """read_image, its errors saying which of the two images is bad."""
+def _named(which: str, path: str, fn, *args):
+    """fn(*args) (open_seekable validates a spooled input, read_image a file), its image errors
+    saying which of the two images is bad."""
     from .errors import ImageError
 
     try:
-        return read_image(f)
+        return fn(*args)
     except ImageError as exc:
         raise ImageError(f"{exc.what} (in {which}, {path})", index=exc.index, offset=exc.offset) from None

@@ -283,7 +283,7 @@ def test_app_on_an_image_without_tasks():
 
 def test_spool_is_private_and_complete():
     r, w = os.pipe()
-    payload = os.urandom(300000)
+    payload = imagegen.build(pages=12)  # spool validates what it copies: an image, > 64 KiB
     import threading
 
     t = threading.Thread(target=lambda: (os.write(w, payload), os.close(w)))
@@ -642,3 +642,77 @@ def test_a_crash_inside_the_app_is_one_line_and_a_failure(tmp_path):
     assert status == 1, text[-2000:]
     assert "ckptrace inspect: the viewer failed: RuntimeError: boom" in text
     assert "Traceback" not in text and "second line" not in text
+
+
+def feed(w: int, head: bytes, junk: int) -> list[int]:
+    """Write head then `junk` zero bytes to fd w from a thread until the reader goes away; the
+    returned list gets how many bytes went in once the thread is joined."""
+    import threading
+
+    sent = [0]
+
+    def run():
+        try:
+            for chunk in [head] + [bytes(1 << 16)] * (junk >> 16):
+                os.write(w, chunk)
+                sent[0] += len(chunk)
+        except (BrokenPipeError, OSError):
+            pass
+        finally:
+            os.close(w)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return sent, t
+
+
+JUNK = 64 << 20  # what the old spool copied whole before checking anything
+
+
+@pytest.mark.parametrize("head", [b"", "image"])
+def test_spool_checks_the_stream_while_it_copies(head):
+    """Zeros (a /dev/zero) fail at record 0; an image followed by zeros (cat x /dev/zero) fails
+    right after TAIL: neither is copied beyond the first bad record."""
+    from ckptrace.errors import ImageError
+
+    image = imagegen.build() if head == "image" else b""
+    r, w = os.pipe()
+    sent, t = feed(w, image, JUNK)
+    with os.fdopen(r, "rb") as src:
+        with pytest.raises(ImageError) as err:
+            source.spool(src)
+    t.join()
+    if image:
+        assert "data after TAIL" in str(err.value) and err.value.offset == len(image)
+    else:
+        assert "unknown record type 0" in str(err.value) and (err.value.index, err.value.offset) == (0, 0)
+    assert sent[0] < len(image) + (4 << 20), sent[0]
+
+
+def test_inspect_and_diff_stop_at_once_on_a_non_image(tmp_path):
+    img = tmp_path / "s.img"
+    img.write_bytes(imagegen.build())
+    exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    # cat s.img /dev/zero | ckptrace inspect -
+    r, w = os.pipe()
+    p = subprocess.Popen([exe, "inspect", "-"], stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         start_new_session=True)
+    os.close(r)
+    sent, t = feed(w, img.read_bytes(), JUNK)
+    out, err = p.communicate(timeout=60)
+    t.join()
+    err = err.decode().strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1 and "data after TAIL" in err, err
+    assert sent[0] < img.stat().st_size + (4 << 20), sent[0]
+    # ckptrace diff s.img FIFO-of-zeros (as /dev/zero, but finite should the check regress)
+    fifo = tmp_path / "zero"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([exe, "diff", str(img), str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    sent, t = feed(os.open(fifo, os.O_WRONLY), b"", JUNK)
+    out, err = p.communicate(timeout=60)
+    t.join()
+    err = err.decode().strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "unknown record type 0" in err and f"(in B, {fifo})" in err and "record 0, offset 0" in err, err
+    assert sent[0] < 4 << 20, sent[0]

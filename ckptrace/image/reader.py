@@ -238,7 +238,12 @@ class _Parser:
         tail = self.expect(RecType.TAIL, "after the last task")
         if tail.fields["magic"] != MAGIC_TAIL:
             self.fail(tail, f"bad tail magic {tail.fields['magic']:#x}")
-        extra = self.r.next()
+        try:
+            extra = self.r.next()
+        except ImageError as exc:  # not even a record: still, first of all, something after TAIL
+            if exc.what.startswith("cannot read"):
+                raise
+            raise ImageError(f"data after TAIL ({exc.what})", index=exc.index, offset=exc.offset) from None
         if extra is not None:
             self.fail(extra, "data after TAIL")
         if len(img.tasks) != len(img.tree):

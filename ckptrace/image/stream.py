@@ -303,21 +303,47 @@ def _is_regular(f: BinaryIO) -> bool:
         return False
 
 
+class _Tee:
+    """A read-only stream over `src` that copies every byte read to `dst`."""
+
+    def __init__(self, src: BinaryIO, dst: BinaryIO):
+        self.src = src
+        self.dst = dst
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        if data:
+            try:
+                self.dst.write(data)
+            except OSError as exc:  # a full $TMPDIR: say so, not "cannot read" the image
+                raise KernelError("copying the image to a temporary file", exc.errno or 0) from None
+        return data
+
+
 def spool(src: BinaryIO) -> BinaryIO:
-    """Copy `src` to an unlinked 0600 temporary file and return it, positioned at 0.
+    """Copy the image on `src` to an unlinked 0600 temporary file, validating it as it is copied,
+    and return the copy positioned at 0.
 
     The image index keeps only file offsets of page runs, so readers that come back for pages
     (inspect, diff, restore) need a seekable input. Images hold process memory, i.e. secrets: the
     copy is nameless (O_TMPFILE or mkstemp + unlink) and never readable by others, even briefly.
+    The copy is what the image grammar reads (record by record, a bounded payload at a time), so
+    a non-image fails at its first record (`/dev/zero`: 8 bytes in) and anything after TAIL at
+    once: the temporary file never grows past the image a valid stream holds.
     """
-    import shutil
     import tempfile
 
+    from .reader import read_image
+
     tmp = tempfile.TemporaryFile(prefix="ckptrace-", dir=os.environ.get("TMPDIR"))
-    os.fchmod(tmp.fileno(), 0o600)
-    shutil.copyfileobj(src, tmp, 1 << 20)
-    tmp.flush()
-    tmp.seek(0)
+    try:
+        os.fchmod(tmp.fileno(), 0o600)
+        read_image(_Tee(src, tmp))
+        tmp.flush()
+        tmp.seek(0)
+    except BaseException:
+        tmp.close()
+        raise
     return tmp
 
 
