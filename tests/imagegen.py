@@ -82,6 +82,8 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         wr.record(RecType.TASK_SECCOMP, dict(mode=2, no_new_privs=1, nfilters=1))
         wr.record(RecType.TASK_SECCOMP_FILTER, dict(flags=2, ninsns=2),
                   [dict(code=0x20, k=0), dict(code=0x06, k=0x7FFF0000)])
+    if tid == 2:  # a thread with a signal queued to it alone (tgkill of an RT signal)
+        wr.record(RecType.TASK_SIGINFO, dict(shared=0, nsiginfo=1), struct.pack("<iii", 36, 0, -6).ljust(128, b"\0"))
     if tid == tgid:
         wr.record(RecType.TASK_CREDS, dict(uid=0, gid=0, ngroups=2, cap_eff=0x1FF), [dict(gid=4), dict(gid=27)])
         wr.record(RecType.TASK_SIGHAND, dict(nsig=64), [dict(handler=1 if i == 12 else 0) for i in range(64)])

@@ -311,3 +311,78 @@ def test_times_are_utc_in_every_command(tmp_path):
         p = subprocess.run([sys.executable, "-m", "ckptrace", *args], capture_output=True, cwd=REPO, env=env,
                            timeout=60)
         assert p.returncode == 0 and b"2023-11-14 22:13:20Z" in p.stdout, (args, p.stdout)
+
+
+def grammar_regex(doc: str) -> str:
+    """The `## Order` grammar of docs/format.md as a regex over record type names, each followed
+    by a space (objects nest: the regex unrolls them three deep, more than any image needs)."""
+    import re
+
+    block = doc.split("## Order", 1)[1].split("```")[1]
+    rules: dict[str, str] = {}
+    last = ""
+    for line in block.splitlines():
+        line = line.split("--")[0].strip()
+        if not line:
+            continue
+        m = re.match(r"([a-z][a-z-]*)\s*:=\s*(.*)", line)
+        if m:
+            last = m.group(1)
+            rules[last] = m.group(2)
+        else:
+            rules[last] += " " + line
+
+    def expand(name: str, objects: int) -> str:
+        if name == "object":
+            if objects == 3:
+                return "(?!)"
+            objects += 1
+        out = []
+        for tok in re.findall(r"[A-Z_]+(?:\([^)]*\))?|[a-z][a-z-]*|\{\w+\}|[\[\]()|*]", rules[name]):
+            if tok[0].isupper():
+                assert tok.split("(")[0] in RecType.__members__, tok
+                out.append("(?:" + tok.split("(")[0] + " )")
+            elif tok[0].islower():
+                out.append("(?:" + expand(tok, objects) + ")")
+            else:
+                out.append({"{": "*", "[": "(?:", "]": ")?", "(": "(?:"}.get(tok[0], tok))
+        return "".join(out)
+
+    return expand("image", 0)
+
+
+def test_docs_format_md_grammar_accepts_the_images_written():
+    """The grammar in docs/format.md names every record type (MM_CONTEXT is reserved) and
+    accepts the sample image, which has both kinds of TASK_SIGINFO."""
+    import re
+
+    with open(os.path.join(REPO, "docs", "format.md")) as f:
+        doc = f.read()
+    rx = grammar_regex(doc)
+    named = set(re.findall(r"[A-Z_]+", rx))
+    assert set(RecType.__members__) - named == {"MM_CONTEXT"}
+    types = [rec.type for rec in records_of(SAMPLE)]
+    assert sum(1 for rec in records_of(SAMPLE) if rec.type == RecType.TASK_SIGINFO and rec.fields["shared"] == 0) == 1
+    assert re.fullmatch(rx, "".join(t.name + " " for t in types)), "docs/format.md's grammar rejects the sample"
+
+
+def test_docs_format_md_gives_magics_task_state_and_extensions():
+    """The magic numbers (the seed's CHECKPOINT_MAGIC_HEAD/TAIL), what TASK.state really holds
+    (ckptrace writes only 0 and TASK_STOPPED), and which enum values are not the seed's."""
+    from ckptrace.image.records import TASK_STOPPED
+
+    with open(os.path.join(REPO, "docs", "format.md")) as f:
+        doc = f.read()
+    assert (MAGIC_HEAD, MAGIC_TAIL) == (0x00FEED0CC0A2D200, 0x002D2A0CC0DEEF00)
+    assert "| 8 | u64 | magic | 0x00feed0cc0a2d200 (the seed's CHECKPOINT_MAGIC_HEAD) |" in doc
+    assert "| 8 | u64 | magic | 0x002d2a0cc0deef00 (the seed's CHECKPOINT_MAGIC_TAIL) |" in doc
+    assert TASK_STOPPED == 4
+    assert "| 8 | u32 | state | 0=TASK_RUNNING, 4=__TASK_STOPPED: the only values written" in doc
+    assert "1 interruptible sleep" not in doc and "8 traced (the" not in doc
+    for row in ("| 12 | u32 | exit_state | always 0 |", "| 16 | u32 | exit_code | always 0 |",
+                "| 24 | u64 | set_child_tid | always 0 |"):
+        assert row in doc
+    for row in ("| arch_id | 1=X86_32; ckptrace extensions, not in the seed: 2=x86_64",
+                "| vma_type | 0=IGNORE, 1=VDSO, 2=ANON, 3=FILE; ckptrace extensions, not in the seed: 4=SHARED_ANON",
+                "| f_type | 0=IGNORE, 1=REGULAR; ckptrace extensions, not in the seed: 2=PIPE"):
+        assert row in doc, row

@@ -27,13 +27,21 @@ def _layout(fields, start: int) -> list[tuple[int, str, str, str]]:
         ctype = f"pad[{size}]" if f.is_pad else CTYPES.get(f.code, f.code)
         names = ""
         if f.names and not f.is_pad:
-            shown = list(f.names.items())[:12]
-            names = ", ".join(f"{v}={k:#x}" if f.hint == "flags" else f"{k}={v}" for k, v in shown)
-            if len(f.names) > 12:
-                names += ", ..."
+            items = list(f.names.items())
+            ext = [(k, v) for k, v in items if f.seed_max is not None and k > f.seed_max]
+            names = _names([(k, v) for k, v in items if (k, v) not in ext], f.hint, 12)
+            if ext:
+                names += "; ckptrace extensions, not in the seed: " + _names(ext, f.hint, len(ext))
+        if f.doc:
+            names = f"{names}; {f.doc}" if names else f.doc
         rows.append((off, ctype, "" if f.is_pad else f.name, names))
         off += size
     return rows
+
+
+def _names(items, hint: str, limit: int) -> str:
+    text = ", ".join(f"{v}={k:#x}" if hint == "flags" else f"{k}={v}" for k, v in items[:limit])
+    return text + (", ..." if len(items) > limit else "")
 
 
 def _len_rule(rt: RecordType) -> str:

@@ -23,7 +23,8 @@ PAGE_SIZE = 4096
 
 MAGIC_HEAD = 0x00FEED0CC0A2D200
 MAGIC_TAIL = 0x002D2A0CC0DEEF00
-ARCH_X86_64 = 2
+ARCH_X86_32 = 1  # the seed's only CKPT_ARCH_*
+ARCH_X86_64 = 2  # ckptrace's: the seed stopped at x86_32
 VMA_LAST_PAGE = 0xFFFFFFFFFFFFFFFF
 
 # Kernel constants of the header (the seed's struct ckpt_const), x86_64 values.
@@ -90,8 +91,10 @@ class ObjType(enum.IntEnum):
 
 
 class FileType(enum.IntEnum):
+    """The seed has IGNORE and GENERIC (1) only (CKPT_FILE_MAX = 2); 2 and up are ckptrace's."""
+
     IGNORE = 0
-    REGULAR = 1  # a path-named file, directory or device node reopened by path
+    REGULAR = 1  # the seed's CKPT_FILE_GENERIC: a path-named file, directory or device node reopened by path
     PIPE = 2
     FIFO = 3
     UNIX_SOCKET = 4
@@ -108,6 +111,8 @@ class FileType(enum.IntEnum):
 
 
 class VmaType(enum.IntEnum):
+    """The seed has 0-3 (CKPT_VMA_MAX = 4); 4 and up are ckptrace's."""
+
     IGNORE = 0
     VDSO = 1
     ANON = 2  # private anonymous (heap, stack, malloc arenas)
@@ -163,6 +168,8 @@ class Field:
     code: str
     hint: str = "dec"  # dec | hex | enum | flags | str | time | oct | bytes | signal
     names: Mapping[int, str] | None = None
+    doc: str = ""  # for docs/format.md's values column only
+    seed_max: int | None = None  # enum values above this are ckptrace's, not the 2011 seed's
 
     @property
     def is_pad(self) -> bool:
@@ -173,24 +180,24 @@ def pad(n: int) -> Field:
     return Field("_pad", f"{n}x")
 
 
-def u32(name, hint="dec", names=None):
-    return Field(name, "I", hint, names)
+def u32(name, hint="dec", names=None, **kw):
+    return Field(name, "I", hint, names, **kw)
 
 
-def s32(name, hint="dec", names=None):
-    return Field(name, "i", hint, names)
+def s32(name, hint="dec", names=None, **kw):
+    return Field(name, "i", hint, names, **kw)
 
 
-def u64(name, hint="dec", names=None):
-    return Field(name, "Q", hint, names)
+def u64(name, hint="dec", names=None, **kw):
+    return Field(name, "Q", hint, names, **kw)
 
 
-def u16(name, hint="dec", names=None):
-    return Field(name, "H", hint, names)
+def u16(name, hint="dec", names=None, **kw):
+    return Field(name, "H", hint, names, **kw)
 
 
-def u8(name, hint="dec", names=None):
-    return Field(name, "B", hint, names)
+def u8(name, hint="dec", names=None, **kw):
+    return Field(name, "B", hint, names, **kw)
 
 
 class Payload(enum.Enum):
@@ -401,11 +408,13 @@ RLIMIT_NAMES = ("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE
 _R = RecordType
 RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.HEADER, (
-        u64("magic", "hex"), u16("arch_id", "enum", {ARCH_X86_64: "x86_64"}),
+        u64("magic", "hex", doc=f"{MAGIC_HEAD:#018x} (the seed's CHECKPOINT_MAGIC_HEAD)"),
+        u16("arch_id", "enum", {ARCH_X86_32: "X86_32", ARCH_X86_64: "x86_64"}, seed_max=ARCH_X86_32,
+            doc="ckptrace reads and writes only 2"),
         u16("major"), u16("minor"), u16("patch"),
         u16("task_comm_len"), u16("at_vector_size"), u16("uts_release_len"),
         u16("uts_version_len"), u16("uts_machine_len"), pad(6),
-        u64("time", "time"), u64("uflags", "hex")),
+        u64("time", "time", doc="seconds since the epoch; display only"), u64("uflags", "hex", doc="0")),
        doc="Image header: magic, architecture, kernel version, kernel constants, time."),
     _R(RecType.HEADER_ARCH, (u32("xstate_size"), u32("regs_size"), u64("xcr0", "hex")),
        doc="x86_64 layout: size of the XSAVE area in every CPU record, of user_regs_struct, and XCR0."),
@@ -415,8 +424,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A fixed-length NUL-padded string (the task's comm: 16 bytes)."),
     _R(RecType.OBJREF, (u32("objtype", "enum", OBJ_NAMES), s32("objref")),
        doc="First sighting of a shared object; its records follow."),
-    _R(RecType.TASK, (u32("state"), u32("exit_state"), u32("exit_code"), u32("exit_signal", "signal"),
-                      u64("set_child_tid", "hex"), u64("clear_child_tid", "hex")),
+    _R(RecType.TASK, (u32("state", doc="0=TASK_RUNNING, 4=__TASK_STOPPED: the only values written (see Values)"),
+                      u32("exit_state", doc="always 0"), u32("exit_code", doc="always 0"),
+                      u32("exit_signal", "signal"),
+                      u64("set_child_tid", "hex", doc="always 0"), u64("clear_child_tid", "hex")),
        doc="One kernel task (thread). Followed by STRING comm."),
     _R(RecType.TASK_OBJS, (s32("files_objref"), s32("mm_objref")),
        doc="The task's file table and mm, by objref."),
@@ -493,7 +504,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_DESC, (s32("fd_objref"), s32("fd_descriptor"), u32("fd_close_on_exec")),
        doc="One open descriptor: which FILE object, its number, FD_CLOEXEC."),
     _R(RecType.FILE_NAME, (), Payload.CSTRING, max_payload=4096, doc="A file's path, NUL-terminated."),
-    _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES), u32("f_mode", "hex"),
+    _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES, seed_max=FileType.REGULAR,
+                                         doc="1 is the seed's GENERIC"), u32("f_mode", "hex"),
                       u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"), u64("f_version")),
        doc="An open file description (shared by dup'd fds and across fork)."),
     _R(RecType.FILE_PIPE, (u64("pipe_id"), u32("buffered"), u32("pipe_size")), Payload.BYTES,
@@ -527,7 +539,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                     u64("start_stack", "hex"), u64("arg_start", "hex"), u64("arg_end", "hex"),
                     u64("env_start", "hex"), u64("env_end", "hex")),
        doc="Address space; map_count VMA groups and one MM_AUXV follow."),
-    _R(RecType.VMA, (u32("vma_type", "enum", VMA_NAMES), s32("vma_objref"), u64("vm_start", "hex"),
+    _R(RecType.VMA, (u32("vma_type", "enum", VMA_NAMES, seed_max=VmaType.FILE), s32("vma_objref"), u64("vm_start", "hex"),
                      u64("vm_end", "hex"), u64("vm_page_prot", "flags", PROT_NAMES),
                      u64("vm_flags", "flags", VM_FLAG_NAMES), u64("vm_pgoff")),
        doc="One mapping; its PAGE records and a terminating PAGE follow."),
@@ -542,7 +554,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        count_field="nr_tasks",
        doc="Every task, parents before children and threads right after their leader; pids as seen "
            "inside the namespace (hostpid: at dump time, informational)."),
-    _R(RecType.TAIL, (u64("magic", "hex"),), doc="End of image; nothing follows."),
+    _R(RecType.TAIL, (u64("magic", "hex", doc=f"{MAGIC_TAIL:#018x} (the seed's CHECKPOINT_MAGIC_TAIL)"),),
+       doc="End of image; nothing follows."),
 ]}
 
 
