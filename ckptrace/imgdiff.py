@@ -11,7 +11,7 @@ import json
 from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
-from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time
+from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time, json_safe
 from .image.render import human, prot_str
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
@@ -293,7 +293,7 @@ def main(args) -> int:
         ia, ib = _named("A", args.a, read_image, fa), _named("B", args.b, read_image, fb)
         d = diff_images(ia, fa, ib, fb, path_a=args.a, path_b=args.b)
     if args.json:
-        print(json.dumps(d))
+        print(json.dumps(json_safe(d)))
     else:
         print(diff_text(d))
     return 0

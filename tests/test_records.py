@@ -386,3 +386,42 @@ def test_docs_format_md_gives_magics_task_state_and_extensions():
                 "| vma_type | 0=IGNORE, 1=VDSO, 2=ANON, 3=FILE; ckptrace extensions, not in the seed: 4=SHARED_ANON",
                 "| f_type | 0=IGNORE, 1=REGULAR; ckptrace extensions, not in the seed: 2=PIPE"):
         assert row in doc, row
+
+
+def test_json_keeps_file_names_that_are_not_utf8_exactly(tmp_path):
+    """A path of arbitrary bytes: the JSON string is valid Unicode (\\xNN for the bad bytes, no
+    lone surrogates) and `KEY_hex` has the exact bytes, in show, decode and diff --json."""
+    import json
+
+    assert SAMPLE.count(b"/tmp/log.txt") == 1
+    odd = b"/tmp/lo\xff.txt"
+    bad, good = tmp_path / "odd.img", tmp_path / "good.img"
+    bad.write_bytes(SAMPLE.replace(b"/tmp/log.txt", odd))
+    good.write_bytes(SAMPLE)
+
+    def strings(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield k
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+        elif isinstance(x, str):
+            yield x
+
+    docs = []
+    for args in (("show", "--json", str(bad)), ("decode", "--json", str(bad)), ("diff", "--json", str(good), str(bad))):
+        p = run_cli(*args)
+        assert p.returncode == 0, p.stderr
+        docs += [json.loads(line) for line in p.stdout.decode().splitlines()]
+    for s in strings(docs):
+        s.encode("utf-8")  # no lone surrogates anywhere
+    show, name = docs[0], next(d for d in docs[1:] if d.get("type") == "FILE_NAME" and "payload_hex" in d)
+    (fd0,) = [f for f in show["procs"][0]["fds"] if f["fd"] == 0]
+    assert fd0["path"] == "/tmp/lo\\xff.txt" and bytes.fromhex(fd0["path_hex"]) == odd
+    assert "label_hex" in fd0 and "path_hex" not in show["procs"][0]["fds"][-1]  # only where needed
+    assert bytes.fromhex(name["payload_hex"]) == odd
+    changed = [c for p in docs[-1]["processes"] for c in p["fds"]["changed"]]
+    assert changed and changed[0]["changes"]["path"] == ["/tmp/log.txt", "/tmp/lo\\xff.txt"]
+    assert changed[0]["changes"]["path_hex"] == [None, odd.hex()]

@@ -335,6 +335,41 @@ def cstring(payload: bytes | memoryview) -> str:
     return (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
 
 
+def json_safe(doc):
+    """`doc` with every string that holds bytes no UTF-8 decodes (kept as lone surrogates by
+    surrogateescape, e.g. a file name of arbitrary bytes) made lossless and valid Unicode: the
+    string shows each such byte as the four characters \\xNN, and a sibling key `KEY_hex` holds
+    the exact bytes in hex (for a list of strings, a list with null where a string was valid).
+    Strings that are valid UTF-8 are left alone, with no `_hex` key."""
+    if isinstance(doc, list):
+        return [json_safe(x) for x in doc]
+    if not isinstance(doc, dict):
+        return doc
+    out = {}
+    for k, v in doc.items():
+        if isinstance(v, str) and _raw(v) is not None:
+            out[k], out[f"{k}_hex"] = _escaped(v), _raw(v).hex()
+        elif isinstance(v, list) and any(isinstance(x, str) and _raw(x) is not None for x in v):
+            out[k] = [_escaped(x) if isinstance(x, str) else json_safe(x) for x in v]
+            out[f"{k}_hex"] = [_raw(x).hex() if isinstance(x, str) and _raw(x) is not None else None for x in v]
+        else:
+            out[k] = json_safe(v)
+    return out
+
+
+def _raw(text: str) -> bytes | None:
+    """The bytes of a surrogateescape-decoded string that is not valid UTF-8; None when it is."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def flag_names(value: int, names: Mapping[int, str]) -> list[str]:
     out = [n for bit, n in names.items() if value & bit]
     rest = value & ~sum(names)

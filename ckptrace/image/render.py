@@ -8,7 +8,7 @@ from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
 from .records import (FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VMA_NAMES, FileType,
-                      RecType, flag_names, format_time)
+                      RecType, flag_names, format_time, json_safe)
 from .stream import Record, open_image
 
 
@@ -209,7 +209,7 @@ def record_line(rec: Record, *, as_json: bool, with_pages: bool) -> str:
                                    len=rec.length, fields=rt.fields_json(rec.fields))
         if rec.payload is not None and rec.payload_len:
             doc["payload"] = rt.payload_json(rec.payload, with_pages=with_pages)
-        return json.dumps(doc)
+        return json.dumps(json_safe(doc))
     line = f"#{rec.index:<6} @{rec.offset:<10} {rt.name:<13} len={rec.length:<7} {rt.pretty(rec.fields)}"
     if rec.payload is not None and rec.payload_len:
         pj = rt.payload_json(rec.payload, with_pages=with_pages)
@@ -224,7 +224,7 @@ def main_show(args) -> int:
         img = read_image(f)
     s = summary(img)
     if args.json:
-        print(json.dumps(s))
+        print(json.dumps(json_safe(s)))
     else:
         print(show_text(s))
     return 0
