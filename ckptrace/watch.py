@@ -542,8 +542,8 @@ def _plain_line(ev: dict) -> str:
         if k in ("addr", "new_addr", "start", "end") and isinstance(v, int):
             v = f"{v:#x}"
         extra.append(f"{k}={v}")
-    return (f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={ev['pid']}/{ev['hostpid']} "
-            f"{ev['event']:<8} {' '.join(extra)}").rstrip()
+    who = f"{ev['pid']}/{ev['hostpid']}"
+    return f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={who:<13} {ev['event']:<8} {' '.join(extra)}".rstrip()
 
 
 def _check_focus(host: int, focus: int | None) -> None:

@@ -88,19 +88,25 @@ def human(n: int) -> str:
     return _human(n, short=True)
 
 
+_ADDRESSES = ("addr", "new_addr", "start", "end")
+
+
 def event_line(ev: dict) -> str:
-    extra = []
+    """One recent event, its short fields first: a narrow panel cuts the line's end, and the
+    addresses are the longest and least telling part (a dirty event's page count used to go)."""
+    extra, addresses = [], []
     for k, v in ev.items():
         if k in ("event", "pid", "hostpid", "ns", "ts") or k.startswith("_"):
             continue
-        if k in ("addr", "new_addr", "start", "end") and isinstance(v, int):
-            v = f"{v:#x}"
-        elif k in ("len", "new_len") and isinstance(v, int):
+        if k in _ADDRESSES and isinstance(v, int):
+            addresses.append(f"{k}={v:#x}")
+            continue
+        if k in ("len", "new_len") and isinstance(v, int):
             v = human(abs(v)) if v >= 0 else "-" + human(-v)
         elif k == "prot" and isinstance(v, int):
             v = prot_str(v)
         extra.append(f"{k}={v}")
-    return f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(extra)}"
+    return f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(extra + addresses)}"
 
 
 def _ns_table(model: Model, sel: Selection, now: float) -> Table:
@@ -131,8 +137,8 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
     first = max(0, min(chosen - rows // 2, len(tree) - rows))  # keep the selection in view
     for i, (depth, p) in enumerate(tree[first:first + rows], start=first):
         name = "  " * depth + ("└ " if depth else "") + (p.comm or "?")
-        if not p.alive:
-            name += f" (exit {p.code})" if p.code is not None else " (gone)"
+        if not p.alive:  # exited († and its status) or gone, before the name, which may be cut
+            name = "  " * depth + ("└ " if depth else "") + (f"†{p.code} " if p.code is not None else "(gone) ") + (p.comm or "?")
         t.add_row(str(p.pid), str(p.hostpid), name, str(p.dirty_pages()),
                   style="reverse" if i == chosen else ("grey50" if not p.alive else None))
     return t
@@ -159,10 +165,16 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
     if p is None:
         return t
     vmas = p.vmas
-    if len(vmas) > rows:  # show the dirtiest first when they do not all fit
-        vmas = sorted(sorted(vmas, key=lambda v: -len(v.dirty))[:rows], key=lambda v: v.start)
+    hidden = []
+    if len(vmas) > rows:  # show the dirtiest first when they do not all fit, and say what is not
+        by_dirt = sorted(vmas, key=lambda v: -len(v.dirty))
+        keep = max(0, rows - 1)
+        vmas, hidden = sorted(by_dirt[:keep], key=lambda v: v.start), by_dirt[keep:]
     for v in vmas:
         t.add_row(*(cell(v) for _, _, cell in cols))
+    if hidden:  # their count, and their dirty pages in the dirty column
+        t.add_row(*(f"… {len(hidden)} more" if col == "start" else str(sum(len(v.dirty) for v in hidden))
+                    if col == "dirty" else "" for col, _, _ in cols), style="grey50")
     return t
 
 

@@ -392,6 +392,26 @@ def test_render_keeps_the_dirt_in_view_at_any_width(model, width):
     assert all(len(line) <= width for line in lines)
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_render_says_how_many_mappings_it_could_not_show_and_keeps_short_fields_in_view(model, width):
+    """A process with more mappings than rows: the dirtiest show, and a last row says how many
+    did not (and their dirt) instead of dropping them silently. In the recent-events log a dirty
+    event's page count comes before its addresses, and an exited task's status before its name."""
+    for i in range(40):
+        model.apply(ev("mmap", addr=0x7f0000000000 + i * 0x100000, len=4 * P, prot=3))
+    model.add_dirty(100, [0x7f0000000000 + i * 0x100000 for i in range(40)], ts=1)
+    model.apply(ev("dirty", start=0x7f0000000000, end=0x7f0000004000, pages=3))
+    model.apply(ev("fork", child=2, _childhost=101))
+    model.apply(ev("exit", hostpid=101, pid=2, code=42), )
+    out = text_of(render(model, Selection(), width=width, height=30), width=width, height=30)
+    more = next(line for line in out.splitlines() if " more " in line)
+    n = int(more.split("… ")[1].split()[0])
+    # the clean ones (/proc's two) are hidden first; every other hidden one has one dirty page
+    assert 2 < n < 42 and more.split(" more ")[1].split()[0] == str(n - 2), more
+    assert "pages=3" in out
+    assert "└ †42 " in out
+
+
 def test_render_empty_model_and_small_terminal():
     m = Model()
     out = text_of(render(m, Selection(), width=60, height=12), width=60, height=12)
