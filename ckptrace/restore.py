@@ -238,8 +238,11 @@ class _Restore:
             tr.wait_stop()
 
     def _set_groups(self) -> None:
-        """Join process groups led by others, now that every leader exists."""
+        """Join process groups led by others, now that every leader exists. A group led from
+        outside the namespace (pgid 0) is the restored init's (tree.restored_groups): joined only
+        by a process that is in init's session (a forked process is in its parent's)."""
         from .kernel.ptrace import Injector
+        from .restorer import tree
         from .restorer.memory import check
 
         self.injectors = {}
@@ -247,8 +250,15 @@ class _Restore:
             if e["pid"] != e["tgid"]:
                 continue
             inj = self.injectors[e["pid"]] = Injector(self.by_tid[e["pid"]])
-            if e["pgid"] > 0 and e["pgid"] not in (e["pid"],) and e["sid"] != e["pid"]:
-                check(inj.syscall(SYS_setpgid, 0, e["pgid"]), f"setpgid(0, {e['pgid']}) in {e['pid']}")
+            pgid, sid = tree.restored_groups(e)
+            if pgid == e["pid"] or sid == e["pid"]:
+                continue  # it made its own group or session when forked (tree._become)
+            host = self.host[e["pid"]]
+            if os.getpgid(host) == self.host.get(pgid):
+                continue  # in it already, from its parent
+            if e["pgid"] == 0 and os.getsid(host) != os.getsid(self.init):
+                continue
+            check(inj.syscall(SYS_setpgid, 0, pgid), f"setpgid(0, {pgid}) in {e['pid']}")
 
     # -- one process ---------------------------------------------------------------------------
     def _process(self, t, mem, files) -> None:

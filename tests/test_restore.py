@@ -569,7 +569,64 @@ def test_sessions_and_process_groups_come_back(pidns, tmp_path, restored):
     dump_kill(w, img)
     res = restore_json(img, restored)
     got = sorted(ns_ids(p) for p in ns_pids(res["pidns"]))
-    assert got == want
+    # Inner sessions and groups come back as dumped; init's were outside (0), and the restored
+    # init leads a session and group of its own (1) instead of staying in the restorer's.
+    assert want[0] == (1, 0, 0, 0)
+    assert got == [(1, 0, 1, 1)] + want[1:]
+
+
+STOPPED_JOB = "sleep 1000 & kill -STOP $!; while true; do sleep 1; done"
+
+
+def _cmdline(host: int) -> bytes:
+    with open(f"/proc/{host}/cmdline", "rb") as f:
+        return f.read()
+
+
+def test_restored_namespace_outlives_the_restoring_shell_with_a_stopped_job(pidns, tmp_path, restored):
+    """The image's init had its session and group outside the namespace (sid/pgid 0 inside). The
+    restored init must lead a session of its own, not sit in the restorer's group: a shell script
+    running `ckptrace restore` in its own job exits, the group it leaves behind would be orphaned
+    with a stopped member, and the kernel would SIGHUP (then SIGCONT) the whole restored tree."""
+    w = pidns(["sh", "-c", STOPPED_JOB], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    # (the shell stops its child before that child has exec'd sleep: it is a stopped `sh`)
+    deadline = time.monotonic() + 5
+    while not any(nspid(p) == 2 and _states(p) == {"T"} for p in w.pids()):
+        assert time.monotonic() < deadline, "the workload's background job never stopped"
+        time.sleep(0.02)
+    img = str(tmp_path / "stopped.img")
+    dump_kill(w, img)
+    out = tmp_path / "res.json"
+    # A non-interactive script, run as a job of its own (process_group=0: its own group, our
+    # session), as an interactive shell would run it: its exit orphans the group it leads.
+    script = f"{sys.executable} -m ckptrace restore --json {img} > {out}; true"
+    r = subprocess.run(["sh", "-c", script], cwd=REPO, process_group=0, timeout=60,
+                       stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(out.read_text())
+    restored.append(res["init_pid"])
+    time.sleep(0.5)  # a SIGHUP sent at the script's exit would have been delivered by now
+    hosts = {nspid(h): h for h in ns_pids(res["pidns"])}
+    assert 1 in hosts, "the restored init is gone"
+    assert 2 in hosts, "the stopped job is gone"
+    stopped = hosts[2]
+    assert _states(stopped) == {"T"}
+    init = hosts[1]
+    assert ns_ids(init)[2:] == (1, 1), "init does not lead a session and group of its own"
+    assert os.getsid(init) != os.getsid(0) and os.getpgid(init) != os.getpgrp()
+    with open(f"/proc/{init}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[4]) == 0, "init has a controlling terminal"
+    # pgid/sid 0 (outside) became the restored init's: the job is in init's group and session
+    assert ns_ids(stopped)[2:] == (1, 1)
+    with open(f"/proc/{stopped}/status") as f:
+        assert "TracerPid:\t0\n" in f.read()
+    os.kill(stopped, signal.SIGCONT)  # and it goes on: the stopped shell child execs its sleep
+    deadline = time.monotonic() + 5
+    while _cmdline(stopped) != b"sleep\x001000\x00":
+        assert time.monotonic() < deadline, _cmdline(stopped)
+        time.sleep(0.02)
+    assert "T" not in _states(stopped)
 
 
 def test_credentials_come_back(pidns, tmp_path, restored):

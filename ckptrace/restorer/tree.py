@@ -66,6 +66,16 @@ class ProcPlan:
     epoll: list[tuple[int, int, int, int]] = field(default_factory=list)  # (epfd, tfd, events, data)
 
 
+def restored_groups(e: dict) -> tuple[int, int]:
+    """(pgid, sid) a TREE entry's process gets back. 0 means a group or session led from outside
+    the namespace (the dumper's view: a leader it cannot name). Nothing outside is restored, and
+    staying in the restorer's own group and session is wrong (once the restoring shell exits,
+    the kernel SIGHUPs an orphaned group that holds a stopped job): the restored init leads a
+    session and group of its own instead, as a container runtime detaches a container, and
+    "outside" becomes init's session (1) and group (1). Inner sessions and groups stay as dumped."""
+    return e["pgid"] or 1, e["sid"] or 1
+
+
 def plan(img: Image, files: FileSet) -> ProcPlan:
     """The tree of ProcPlans, rooted at the namespace's init (pid 1)."""
     plans: dict[int, ProcPlan] = {}
@@ -76,7 +86,8 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
             continue
         t = img.task(e["pid"])
         assert t is not None and t.proc is not None
-        p = ProcPlan(e["pid"], e["ppid"], e["pgid"], e["sid"], t.fields["exit_signal"] or signal.SIGCHLD,
+        pgid, sid = restored_groups(e)
+        p = ProcPlan(e["pid"], e["ppid"], pgid, sid, t.fields["exit_signal"] or signal.SIGCHLD,
                      sigactions=t.sighand, rlimits=t.rlimits, umask=t.proc["umask"],
                      personality=t.proc["personality"], pdeath_signal=t.proc["pdeath_signal"],
                      flags=t.proc["flags"], new_ns=(t.own_ns or 0) & (CLONE_NEWUTS | CLONE_NEWIPC),
