@@ -504,8 +504,32 @@ def test_zombie_is_refused(pidns, tmp_path):
                "if os.fork() == 0: os._exit(0)\n"
                "time.sleep(0.2); open(sys.argv[1], 'w').close(); time.sleep(100)", str(ready)],
               ready_file=str(ready))
-    assert_refused(dump("--pidns", str(w.ns), "-o", os.devnull, check=False), "zombie")
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
+    assert_refused(p, "(pid 2 inside the namespace) is a zombie that its parent (pid 1) has not reaped",
+                   "zombies cannot be checkpointed")
     assert status_field(w.init, "TracerPid") == "0"
+
+
+def test_a_process_whose_main_thread_exited_is_refused_as_such(pidns, tmp_path):
+    """pthread_exit in main: the leader is a zombie but the process lives on in its other thread.
+    That is no unreaped child, and waiting will not help: it is refused as what it is, and left
+    running untraced."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing")
+    exe = str(tmp_path / "mainexit")
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", exe, os.path.join(HERE, "dumpwork", "mainexit.c")], check=True)
+    ready = tmp_path / "ready"
+    w = pidns([exe, str(ready)], ready_file=str(ready), settle=0.1)
+    assert status_field(w.init, "State")[0] == "Z" and len(tids_of(w.init)) == 2
+    for opt in ([], ["--kill"]):
+        p = dump("--pidns", str(w.ns), "-o", os.devnull, *opt, check=False)
+        assert_refused(p, f"process {w.init} (pid 1 inside the namespace)", "main thread has exited",
+                       "cannot checkpoint")
+        assert "zombie its parent" not in p.stderr.decode()
+        live = [t for t in tids_of(w.init) if t != w.init]
+        assert len(live) == 1
+        assert status_field(live[0], "TracerPid") == "0"
+        assert status_field(live[0], "State")[0] not in "tT", status_field(live[0], "State")
 
 
 @pytest.fixture(scope="session")

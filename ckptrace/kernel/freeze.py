@@ -111,7 +111,7 @@ class Freezer:
                 except NoSuchProcess:
                     continue
                 if st.state in ("Z", "X") or not self._seize(pid, tid, st, fresh):
-                    self._wait_out_zombie(tid, st, zombies)
+                    self._wait_out_zombie(pid, tid, st, zombies)
                     waiting = True
             self._wait_stops(fresh)
             if waiting:
@@ -142,13 +142,38 @@ class Freezer:
         fresh.append(task)
         return True
 
-    def _wait_out_zombie(self, tid: int, st, zombies: dict[int, float]) -> None:
+    def _wait_out_zombie(self, pid: int, tid: int, st, zombies: dict[int, float]) -> None:
         now = time.monotonic()
         if now - zombies.setdefault(tid, now) > ZOMBIE_PATIENCE_SECONDS:
-            inner = st.nspid[-1] if st.nspid else "?"
-            raise Unsupported(f"task {tid} (pid {inner} inside the namespace) is a zombie its parent "
-                              "has not reaped: zombies cannot be checkpointed; retry once it is reaped")
+            raise Unsupported(self._zombie_refusal(pid, tid, st))
         self._let_go(lambda t: t.hostpid == st.ppid)  # its parent, if we hold it: it may reap now
+
+    def _zombie_refusal(self, pid: int, tid: int, st) -> str:
+        """Why a task that stayed a zombie is refused. A zombie leader whose other threads live
+        on is no unreaped child: its main thread exited (pthread_exit in main), the process did
+        not, and no parent will reap it while those threads run."""
+        inner = st.nspid[-1] if st.nspid else "?"
+        if tid == pid:
+            live = []
+            for other in _tids(pid, self.root):
+                try:
+                    if other != tid and procfs.status(pid, other, self.root).state not in ("Z", "X"):
+                        live.append(other)
+                except NoSuchProcess:
+                    pass
+            if live:
+                return (f"process {pid} (pid {inner} inside the namespace) lives on in "
+                        f"{'thread' if len(live) == 1 else 'threads'} {', '.join(map(str, live))} "
+                        "after its main thread has exited (pthread_exit in main?): ckptrace cannot "
+                        "checkpoint a process without its main thread")
+        try:
+            pst = procfs.status(st.ppid, None, self.root)
+            parent = f"pid {pst.nspid[-1]}" if procfs.ns_inode(st.ppid, "pid", self.root) == self.ns \
+                else f"host pid {st.ppid}, outside the namespace"
+        except CkptError:
+            parent = f"host pid {st.ppid}"
+        return (f"task {tid} (pid {inner} inside the namespace) is a zombie that its parent ({parent}) "
+                "has not reaped; zombies cannot be checkpointed: retry once it is reaped")
 
     def _wait_stops(self, fresh: list[Task]) -> None:
         """Wait for the interrupted tasks to stop (interrupt all first, then wait for each: the
@@ -214,6 +239,13 @@ class Freezer:
             except CkptError:  # one failing task must not keep the others stopped
                 pass
         self.tasks.clear()
+
+
+def _tids(pid: int, root: str) -> list[int]:
+    try:
+        return procfs.tids(pid, root)
+    except CkptError:
+        return []
 
 
 def _detach(task: Task) -> None:
