@@ -1475,3 +1475,141 @@ def test_memfd_and_deleted_file_open_and_mapped_shared_stay_one_file(pidns, tmp_
         assert f.read()[2 * P:2 * P + 12] == bytes(12)
     # the memfd whose fd was closed: mapped shared still, its page back
     assert maps[n][:2] == (n + 2 * P, "rw-s") and _peek(init, n + P, 11) == b"ONLY-MAPPED"
+
+
+TIMERFD_WORKLOAD = r"""
+import ctypes, os, socket, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+CLOCK_MONOTONIC, TFD_NONBLOCK, NS = 1, 0o4000, 1_000_000_000
+
+def timerfd(value_ns, interval_ns):
+    fd = libc.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK)
+    spec = (ctypes.c_long * 4)(interval_ns // NS, interval_ns % NS, value_ns // NS, value_ns % NS)
+    assert fd >= 0 and libc.timerfd_settime(fd, 0, spec, None) == 0
+    return fd
+
+def expirations(fd):
+    try:
+        return struct.unpack("<Q", os.read(fd, 8))[0]
+    except BlockingIOError:
+        return 0
+
+d, first, every = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+if "tcp" in sys.argv[4:]:  # an established TCP connection: `dump --kill` refuses to kill
+    lst = socket.create_server(("127.0.0.1", 0))
+    conn = socket.create_connection(lst.getsockname())
+    peer = lst.accept()
+t0 = time.monotonic()
+periodic = timerfd(200_000_000, 200_000_000)  # every 0.2 s, read only every few seconds
+oneshot = timerfd(50_000_000, 0)               # expires once at 0.05 s, unread until `first`
+disarmed = timerfd(0, 0)
+out = open(os.path.join(d, "tfd.log"), "a", buffering=1)
+out.write(f"start {t0:.6f} {periodic} {oneshot} {disarmed}\n")
+open(os.path.join(d, "ready"), "w").close()
+k = 0
+while True:
+    deadline = t0 + first + k * every
+    while (now := time.monotonic()) < deadline:
+        time.sleep(deadline - now)
+    out.write(f"read {k} {time.monotonic():.6f} {expirations(periodic)} {expirations(oneshot)} {expirations(disarmed)}\n")
+    k += 1
+"""
+TFD_INTERVAL = 0.2
+
+
+def _tfd_log(path) -> tuple[float, tuple[int, int, int], list[tuple[int, float, int, int, int]]]:
+    lines = path.read_text().splitlines()
+    start = lines[0].split()
+    reads = [(int(k), float(t), int(a), int(b), int(c))
+             for _, k, t, a, b, c in (x.split() for x in lines[1:] if x.startswith("read "))]
+    return float(start[1]), (int(start[2]), int(start[3]), int(start[4])), reads
+
+
+def _wait_reads(path, n: int, timeout: float) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reads = _tfd_log(path)[2]
+        if len(reads) >= n:
+            return reads
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: fewer than {n} reads after {timeout} s: {path.read_text()}")
+
+
+def _timerfds(img: str) -> dict[int, dict]:
+    """fd number -> FILE_TIMERFD fields of the namespace init's timerfds in the image."""
+    from ckptrace.image.reader import read_image
+    from ckptrace.image.records import FileType, RecType
+
+    with open(img, "rb") as f:
+        image = read_image(f)
+    table = image.obj(image.task(1).files_objref)
+    out = {}
+    for dsc in table.fds:
+        o = image.obj(dsc["fd_objref"])
+        if o.ftype == FileType.TIMERFD:
+            out[dsc["fd_descriptor"]] = next(x.fields for x in o.extra if x.type == RecType.FILE_TIMERFD)
+    return out
+
+
+def test_periodic_timerfd_keeps_the_expirations_nobody_read(pidns, tmp_path, restored):
+    """A periodic timerfd (0.2 s) read only after 4 s, dumped (--kill) 1.6 s in: the kernel counts
+    the missed periods only when the timer is read or timerfd_gettime'd, so the image must hold
+    them all (not the 1 of fdinfo's stale `ticks`). The first read after restore returns those
+    plus the ones since restore; the timer keeps its interval; an expired one-shot timer still
+    reads 1 and a disarmed one nothing."""
+    w = pidns([sys.executable, "-c", TIMERFD_WORKLOAD, str(tmp_path), "4", "2"],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    log = tmp_path / "tfd.log"
+    t0, (periodic, oneshot, disarmed), _ = _tfd_log(log)
+    time.sleep(max(0.0, t0 + 1.6 - time.monotonic()))
+    img = str(tmp_path / "tfd.img")
+    dump_start = time.monotonic()
+    dump_kill(w, img)
+    dump_end = time.monotonic()
+    assert not _tfd_log(log)[2], "the workload read its timers before the dump; too slow a host?"
+    tfds = _timerfds(img)
+    per = tfds[periodic]
+    interval = per["interval_sec"] * 1e9 + per["interval_nsec"]
+    value = per["value_sec"] * 1e9 + per["value_nsec"]
+    assert interval == TFD_INTERVAL * 1e9
+    assert int((dump_start - t0) / TFD_INTERVAL) - 1 <= per["ticks"] <= (dump_end - t0) / TFD_INTERVAL + 1, per
+    assert 0 < value <= interval, per  # forwarded: the next expiration, not a stale 0
+    assert (tfds[oneshot]["ticks"], tfds[oneshot]["interval_sec"], tfds[oneshot]["interval_nsec"]) == (1, 0, 0)
+    assert tfds[disarmed]["ticks"] == 0 and tfds[disarmed]["value_sec"] == tfds[disarmed]["value_nsec"] == 0
+    restore_start = time.monotonic()
+    res = restore_json(img, restored)
+    restore_end = time.monotonic()
+    reads = _wait_reads(log, 2, timeout=8)
+    (k0, at0, n0, one0, dis0), (k1, at1, n1, one1, dis1) = reads[:2]
+    assert k0 == 0 and at0 > restore_end, reads
+    # every period of the process's life but the time it spent dumped: before the dump, after restore
+    low = int((dump_start - t0) / TFD_INTERVAL) + int((at0 - restore_end) / TFD_INTERVAL) - 1
+    high = (dump_end - t0) / TFD_INTERVAL + (at0 - restore_start) / TFD_INTERVAL + 1
+    assert low <= n0 <= high, (low, n0, high, per)
+    assert (one0, dis0) == (1, 0)
+    # the next read, 2 s on: ten periods, the interval (and the phase) kept
+    assert abs(n1 - (at1 - at0) / TFD_INTERVAL) <= 1.01, reads
+    assert (one1, dis1) == (0, 0)
+    with open(f"/proc/{res['init_pid']}/fdinfo/{periodic}") as f:
+        assert "it_interval: (0, 200000000)" in f.read()
+
+
+def test_dump_reads_timerfds_without_consuming_them(pidns, tmp_path):
+    """What the dumper does to read a timerfd exactly must not change what the process sees: after
+    a dump that leaves it running, and after a `dump --kill` that refuses to kill (a TCP
+    connection), its next read still counts every period since it started."""
+    w = pidns([sys.executable, "-c", TIMERFD_WORKLOAD, str(tmp_path), "3", "2", "tcp"],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    log = tmp_path / "tfd.log"
+    t0, (periodic, oneshot, _), _ = _tfd_log(log)
+    time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))
+    img = str(tmp_path / "tfd.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    assert _timerfds(img)[periodic]["ticks"] >= 3
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode != 0 and b"not killing" in d.stderr, d.stderr.decode()
+    (k0, at0, n0, one0, _), = _wait_reads(log, 1, timeout=5)[:1]
+    assert abs(n0 - (at0 - t0) / TFD_INTERVAL) <= 1.01 and one0 == 1, (t0, at0, n0)

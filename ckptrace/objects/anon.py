@@ -4,6 +4,7 @@ signalfd (mask) and inotify (watches)."""
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 from ..image.records import FileType, RecType
@@ -64,6 +65,38 @@ def _inotify_payload(ctx: DumpContext, pid: int, watches) -> bytes:
     return bytes(out)
 
 
+SYS_timerfd_gettime = 287
+ITIMERSPEC_SIZE = 32  # struct itimerspec: it_interval {sec, nsec}, it_value {sec, nsec}
+
+
+def timerfd_state(ctx: DumpContext, o) -> dict[str, int]:
+    """A timerfd's FILE_TIMERFD fields, exact for a periodic timer nobody has read.
+
+    When a periodic timer expires, the kernel counts one tick and stops the hrtimer; the periods
+    missed after that are added to `ticks` (and the timer re-armed) only by read(2), which also
+    consumes them, or by timerfd_gettime(2), which does not (fs/timerfd.c: if expired && interval,
+    ticks += hrtimer_forward_now() - 1; restart). Until then fdinfo shows ticks 1 and it_value 0,
+    and a restore from that would lose every period since the first. So timerfd_gettime runs
+    first, on a pidfd_getfd duplicate of the task's open file (the same timerfd_ctx; nothing
+    injected, the task's registers and stack untouched), then fdinfo is read. A later read(2)
+    by the task returns the same total either way, and a one-shot or disarmed timer is left as
+    it is. If the timer expires again between the two calls (a very short interval), fdinfo shows
+    it_value 0 again: retry, so the image has the next expiration rather than none."""
+    from ..kernel.sys import syscall
+    from .files import grab
+
+    state = procfs.timerfd_state(o.info)
+    with grab(o.pid, o.fd) as dup:
+        spec = ctypes.create_string_buffer(ITIMERSPEC_SIZE)
+        for _ in range(5):
+            syscall(SYS_timerfd_gettime, dup, ctypes.addressof(spec), what=f"timerfd_gettime (pid {o.pid} fd {o.fd})")
+            state = procfs.timerfd_state(procfs.fdinfo(o.pid, o.fd, ctx.proc))
+            if (state["value_sec"], state["value_nsec"]) != (0, 0) or \
+                    (state["interval_sec"], state["interval_nsec"]) == (0, 0):
+                break
+    return state
+
+
 def dump(ctx: DumpContext, ref: int, o) -> None:
     from .files import write_file_head
 
@@ -77,7 +110,7 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         targets = procfs.epoll_targets(info)
         ctx.w.record(RecType.FILE_EPOLL, dict(nwatch=len(targets)), payload=targets)
     elif o.kind is FileType.TIMERFD:
-        ctx.w.record(RecType.FILE_TIMERFD, procfs.timerfd_state(info))
+        ctx.w.record(RecType.FILE_TIMERFD, timerfd_state(ctx, o))
     elif o.kind is FileType.SIGNALFD:
         ctx.w.record(RecType.FILE_SIGNALFD, dict(sigmask=int(info.extra.get("sigmask", "0"), 16)))
     elif o.kind is FileType.INOTIFY:

@@ -386,8 +386,9 @@ class FileSet:
         # fdinfo shows the time left, so re-arm relative to now whatever the original flags.
         value = (t["value_sec"], t["value_nsec"])
         if value == (0, 0):
-            # An interval timer that has just expired shows 0 left (its expiration is counted in
-            # ticks): the next one is due within one interval. 0 and no interval: disarmed.
+            # An interval timer that expired and was not forwarded shows 0 left (the dumper
+            # forwards it with timerfd_gettime first; older images may have it): the next
+            # expiration is due within one interval. 0 and no interval: disarmed.
             value = (t["interval_sec"], t["interval_nsec"])
         spec = (ctypes.c_int64 * 4)(t["interval_sec"], t["interval_nsec"], *value)
         if value != (0, 0):
