@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import notify
-from .errors import AccessDenied, CkptError, NoSuchProcess, Unsupported, UsageError
+from .errors import AccessDenied, CkptError, NoSuchProcess, OutputClosed, Unsupported, UsageError
 from .image.records import RecType
 from .image.render import plural
 from .image.stream import ImageFile, ImageWriter, write_header, write_tail
@@ -265,6 +265,10 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         ctx = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno() if shadow else None).run(frz)
         if shadow is not None:
             check_restorable(shadow, ns)
+        # Into a pipe or socket, "written" is not "read": a reader that stops early (`| head`)
+        # leaves the last bytes in the pipe without any EPIPE. Killing on that would lose the
+        # namespace, so --kill waits for the reader to take everything.
+        _check_delivered(out_fd, ctx.w.bytes_written, wait=opts.kill)
         if on_complete is not None:
             on_complete()
         ok = True
@@ -272,6 +276,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             # Kill while still held: released first, the tasks would run on for a moment and
             # change files the image already describes (a migrated log would repeat lines).
             init_fd = _kill_namespace(init)
+    except OutputClosed as exc:
+        raise OutputClosed(f"{exc}; {'not killing' if opts.kill else 'released'} pid:[{ns}]: its tasks run on") from None
     finally:
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
@@ -286,6 +292,51 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     s.bytes = ctx.w.bytes_written
     notify.dump_done(ns)
     return s
+
+
+def _check_delivered(fd: int, written: int, *, wait: bool, timeout: float = 30.0) -> None:
+    """Raise OutputClosed when `fd` is a pipe or socket whose reader went away leaving part of the
+    image unread. With `wait` (before `--kill`), also wait until the reader has taken every byte
+    (a pipe's FIONREAD, a socket's SIOCOUTQ reach 0), for at most `timeout` s; a file needs
+    nothing. The tasks stay held meanwhile, as they are while a slow reader drains the pipe."""
+    import fcntl
+    import select
+    import stat
+    import struct
+    import termios
+
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return
+    if stat.S_ISFIFO(mode):
+        pending_req = termios.FIONREAD  # bytes in the pipe, asked on either end
+    elif stat.S_ISSOCK(mode):
+        pending_req = termios.TIOCOUTQ  # SIOCOUTQ: sent bytes the peer has not taken yet
+    else:
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pending = struct.unpack("i", fcntl.ioctl(fd, pending_req, b"\0" * 4))[0]
+        except OSError:
+            return  # cannot tell (an odd socket family): trust the completed writes
+        if pending <= 0:
+            return
+        events = 0
+        for _fd, ev in poller.poll(0):
+            events |= ev
+        if events & (select.POLLERR | select.POLLHUP):
+            raise OutputClosed(f"the image's reader went away with {pending} of its {written} bytes unread, "
+                               "before the image was complete")
+        if not wait:
+            return
+        if time.monotonic() >= deadline:
+            raise OutputClosed(f"the image's reader has not taken its last {pending} of {written} bytes "
+                               f"after {timeout:.0f} s")
+        time.sleep(0.005)
 
 
 def check_restorable(shadow, ns: int) -> None:

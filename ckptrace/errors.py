@@ -54,6 +54,10 @@ class HostUnsupported(CkptError):
     """This host lacks a kernel facility the command needs (BPF, tracepoints, userfaultfd...)."""
 
 
+class OutputClosed(CkptError):
+    """The reader of the image (a pipe or socket) went away before it had the whole image."""
+
+
 class KernelError(CkptError):
     """Any other failed system call, with errno and what was being done."""
 

@@ -282,6 +282,56 @@ def test_kill_after_dump(pidns, ckwork, tmp_path):
     assert not os.path.exists(f"/proc/{w.init}") or status_field(w.init, "State")[0] == "Z"
 
 
+def test_image_reader_that_goes_away_is_one_line_and_kills_nothing(pidns, ckwork, tmp_path):
+    """`dump --kill -o - | head -c 1000`: the write fails with EPIPE. That is a failed dump, said in
+    one line with a non-zero status (it used to end silently with 141), and --kill kills nothing:
+    the image is incomplete."""
+    w = start(pidns, ckwork, tmp_path)
+    p = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q", "-o", "-"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(p.stdout.read(1000)) == 1000
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=30) == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "reader went away" in err and "not killing" in err and "before the image was complete" in err, err
+    assert_running_untraced(w)
+
+
+def test_kill_waits_until_the_reader_has_taken_the_whole_image(pidns, tmp_path):
+    """An image that fits in the pipe is written without any EPIPE even if the reader takes only
+    its first 1000 bytes and then goes away: --kill must not take "written" for "read"."""
+    import fcntl
+
+    w = pidns(["sleep", "1000"], settle=0.2)
+    r, wr = os.pipe()
+    fcntl.fcntl(wr, 1031, 1 << 20)  # F_SETPIPE_SZ: 1 MiB, more than this image
+    try:
+        p = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q", "-o", "-"],
+                             stdout=wr, stderr=subprocess.PIPE)
+        os.close(wr)
+        wr = -1
+        assert len(os.read(r, 1000)) == 1000
+        # let the dumper write the rest into the pipe, then go away without reading it
+        last, deadline = -1, time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = struct.unpack("i", fcntl.ioctl(r, 0x541B, b"\0" * 4))[0]  # FIONREAD
+            if now == last and now > 0:
+                break
+            last = now
+        os.close(r)
+        r = -1
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=30) == 1, err
+        assert len(err.strip().splitlines()) == 1 and "unread" in err and "not killing" in err, err
+        assert_running_untraced(w)
+    finally:
+        for fd in (r, wr):
+            if fd >= 0:
+                os.close(fd)
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 def assert_refused(p: subprocess.CompletedProcess, *words: str) -> None:

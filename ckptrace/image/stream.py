@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import ImageError, KernelError
+from ..errors import ImageError, KernelError, OutputClosed
 from .records import HDR, HDR_SIZE, RECORDS, Payload, RecordType, RecType
 
 _FLUSH_AT = 256 << 10
@@ -77,8 +77,12 @@ class ImageWriter:
     def _writev(self, parts) -> None:
         try:
             self.bytes_written += _write_all(self.fd, parts)
-        except BrokenPipeError:
-            raise  # the reader went away: the CLI ends quietly (exit 141), like `| head`
+        except BrokenPipeError as exc:
+            self.bytes_written += getattr(exc, "written", 0)
+            # The reader went away (`| head -c 1000`): unlike a listing cut short, an image cut
+            # short is a failed dump, said in one line (the dumper then releases, never kills).
+            raise OutputClosed(f"the image's reader went away (broken pipe) with {self.bytes_written} bytes "
+                               "written, before the image was complete") from None
         except OSError as exc:
             raise KernelError("writing the image", exc.errno or 0) from None
 
@@ -88,7 +92,11 @@ def _write_all(fd: int, parts) -> int:
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     total = 0
     while views:
-        n = os.writev(fd, views)
+        try:
+            n = os.writev(fd, views)
+        except OSError as exc:
+            exc.written = total  # what got through before the failure
+            raise
         total += n
         while views and n >= len(views[0]):
             n -= len(views[0])
