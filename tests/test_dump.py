@@ -368,6 +368,11 @@ def test_output_errors_are_one_line_and_keep_the_previous_image(pidns, ckwork, t
     assert_refused(dump("--pidns", str(w.ns), "-o", str(tmp_path / "no" / "such.img"), check=False),
                    "cannot create", "No such file or directory")
     assert_refused(dump("--pidns", str(w.ns), "-o", str(tmp_path), check=False), "directory")
+    # /proc/version exists but nothing can be created beside it: the temporary file is what failed,
+    # not /proc/version (which the message used to call missing)
+    assert_refused(dump("--pidns", str(w.ns), "-o", "/proc/version", check=False),
+                   "cannot create /proc/version: ", "temporary file /proc/.version.", "creating it failed",
+                   "/proc does not allow creating files")
     # a full file system, mid-image: the previous image stays, nothing partial is left
     mnt = tmp_path / "small"
     mnt.mkdir()

@@ -10,6 +10,7 @@ more than the input actually holds), and can skip page data on seekable input.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -269,18 +270,28 @@ class ImageFile:
             st = None
         except OSError as exc:
             raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-        try:
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"cannot create {path}: it is a directory")
-            if st is not None and not stat.S_ISREG(st.st_mode):
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"cannot create {path}: it is a directory")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            try:
                 self.fd = os.open(self.target, os.O_WRONLY | os.O_CLOEXEC)
-                return
-            import tempfile
+            except OSError as exc:
+                raise UsageError(f"cannot open {path} for writing: {exc.strerror}") from None
+            return
+        import tempfile
 
-            self.fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.target)}.", suffix=".partial",
-                                                 dir=os.path.dirname(self.target))
+        folder, base = os.path.dirname(self.target), os.path.basename(self.target)
+        try:
+            self.fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=folder)
         except OSError as exc:
-            raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+            # What failed is the temporary file beside FILE, not FILE: say so (`-o /proc/version`
+            # used to read "cannot create /proc/version: No such file or directory").
+            if not os.path.isdir(folder):
+                raise UsageError(f"cannot create {path}: no directory {folder}: {exc.strerror}") from None
+            hint = f" ({folder} does not allow creating files)" if exc.errno == errno.ENOENT else ""
+            raise UsageError(f"cannot create {path}: the image is first written as a temporary file "
+                             f"{os.path.join(folder, '.' + base + '.XXXXXX.partial')}, and creating it failed: "
+                             f"{exc.strerror}{hint}") from None
         os.fchmod(self.fd, 0o600)  # mkstemp's mode already; said here because it matters
 
     def commit(self) -> None:
