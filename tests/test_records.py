@@ -16,7 +16,7 @@ import imagegen
 from ckptrace.errors import ImageError
 from ckptrace.image import docgen
 from ckptrace.image.reader import read_image
-from ckptrace.image.records import (HDR, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, RECORDS, Payload, RecType)
+from ckptrace.image.records import (HDR, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, RECORDS, FileType, Payload, RecType)
 from ckptrace.image.stream import RecordReader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -425,3 +425,47 @@ def test_json_keeps_file_names_that_are_not_utf8_exactly(tmp_path):
     changed = [c for p in docs[-1]["processes"] for c in p["fds"]["changed"]]
     assert changed and changed[0]["changes"]["path"] == ["/tmp/log.txt", "/tmp/lo\\xff.txt"]
     assert changed[0]["changes"]["path_hex"] == [None, odd.hex()]
+
+
+def _patched(pick, change):
+    """SAMPLE with the record pick(records) returns re-encoded after change(fields, payload)
+    returns (fields, payload bytes); and that record."""
+    recs = records_of(SAMPLE)
+    rec = pick(recs)
+    fields, payload = change(dict(rec.fields), bytes(rec.payload or b""))
+    fixed = rec.rtype.st.pack(*(fields[n] for n in rec.rtype.names)) if rec.rtype.st.size else b""
+    new = struct.pack("<II", rec.type, 8 + len(fixed) + len(payload)) + fixed + payload
+    return _replace_record(SAMPLE, rec.index, new), rec
+
+
+def _first(kind):
+    return lambda recs: next(r for r in recs if r.type == kind)
+
+
+def _the_executable(recs):
+    """The FILE record of the sample's executable (the one named /usr/bin/sample)."""
+    i = next(i for i, r in enumerate(recs) if r.type == RecType.FILE_NAME and bytes(r.payload).startswith(b"/usr/bin/"))
+    return recs[i - 1]
+
+
+def _auxv(entries):
+    return b"".join(struct.pack("<QQ", t, v) for t, v in entries)
+
+
+@pytest.mark.parametrize("pick, change, message", [
+    (_first(RecType.HEADER), lambda f, p: ({**f, "uflags": 1}, p), "uflags"),
+    (_first(RecType.MM_AUXV), lambda f, p: ({**f, "nentries": 3}, p), "nentries"),
+    (_first(RecType.MM_AUXV), lambda f, p: ({**f, "nentries": 1}, _auxv([(6, 4096)])), "AT_NULL"),
+    (_first(RecType.VMA), lambda f, p: ({**f, "vma_type": 99}, p), "unknown VMA type 99"),
+    (_first(RecType.FILE_NAME), lambda f, p: (f, p.rstrip(b"\0")), "NUL"),
+    (_the_executable, lambda f, p: ({**f, "f_type": FileType.PIPE}, p), "executable"),
+    (_first(RecType.FILE_PIPE), lambda f, p: ({**f, "buffered": len(p) + 89}, p), "bytes buffered"),
+    (_first(RecType.TASK_SCHED), lambda f, p: ({**f, "policy": 42}, p), "policy 42"),
+])
+def test_images_the_docs_call_invalid_are_refused_at_the_record(pick, change, message):
+    """Fields the format fixes (uflags 0, auxv count and its AT_NULL end, known VMA types, NUL-ended
+    names, an executable that is a file with contents) are checked where they are read."""
+    data, rec = _patched(pick, change)
+    with pytest.raises(ImageError, match=message) as exc:
+        read_image(io.BytesIO(data))
+    assert exc.value.index is not None and exc.value.index >= rec.index

@@ -26,14 +26,16 @@ from typing import Any, BinaryIO, Callable
 
 from ..errors import ImageError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
-                      SIGINFO_SIZE, TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType, RecType,
-                      VmaType, cstring)
+                      SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType,
+                      RecType, VmaType, cstring)
 from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
 
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
               RecType.FILE_TTY)
+# what a file VMA or an executable can name: a file with contents (by path, or carried in the image)
+MAPPABLE_FILES = (FileType.REGULAR, FileType.MEMFD, FileType.DELETED)
 
 
 @dataclass
@@ -208,6 +210,8 @@ class _Parser:
         f = h.fields
         if f["magic"] != MAGIC_HEAD:
             self.fail(h, f"bad header magic {f['magic']:#x} (want {MAGIC_HEAD:#x})")
+        if f["uflags"] != 0:
+            self.fail(h, f"HEADER uflags {f['uflags']:#x}: no flag is defined, it must be 0")
         if f["arch_id"] != ARCH_X86_64:
             self.fail(h, f"architecture id {f['arch_id']} is not x86_64 ({ARCH_X86_64})")
         consts = (f["task_comm_len"], f["at_vector_size"], f["uts_release_len"],
@@ -290,6 +294,8 @@ class _Parser:
         t.xsave = cpu.payload
         if self.at(RecType.TASK_SCHED):
             sc = self.expect(RecType.TASK_SCHED)
+            if sc.fields["policy"] not in SCHED_POLICIES:
+                self.fail(sc, f"unknown scheduling policy {sc.fields['policy']}")
             t.sched = sc.fields
             t.affinity = bytes(sc.payload or b"")
         if self.at(RecType.TASK_SECCOMP):
@@ -409,9 +415,15 @@ class _Parser:
         obj = File(objref, f.fields)
         self.img.objects[objref] = obj
         if self.at(RecType.FILE_NAME):
-            obj.name = cstring(self.take().payload)
+            n = self.take()
+            if not n.payload or n.payload[-1] != 0:
+                self.fail(n, "FILE_NAME is not NUL-terminated")
+            obj.name = cstring(n.payload)
         while (p := self.peek()) is not None and p.type in FILE_EXTRA:
-            obj.extra.append(self.take())
+            x = self.take()
+            if x.type == RecType.FILE_PIPE and x.fields["buffered"] != x.payload_len:
+                self.fail(x, f"FILE_PIPE says {x.fields['buffered']} bytes buffered but holds {x.payload_len}")
+            obj.extra.append(x)
 
     def mm(self, objref: int):
         img = self.img
@@ -420,7 +432,9 @@ class _Parser:
             self.object()
         m = self.expect(RecType.MM)
         mm.fields = m.fields
-        self.ref(m, m.fields["exe_objref"], File, allow_zero=True)
+        exe = self.ref(m, m.fields["exe_objref"], File, allow_zero=True)
+        if exe is not None and exe.ftype not in MAPPABLE_FILES:
+            self.fail(m, f"the executable (objref {exe.objref}) is a file of type {exe.ftype}, not a mappable one")
         img.objects[objref] = mm
         prev_end = 0
         for _ in range(m.fields["map_count"]):
@@ -433,9 +447,12 @@ class _Parser:
             if vf["vm_start"] < prev_end:
                 self.fail(v, f"VMA {vf['vm_start']:#x} overlaps or is out of order")
             prev_end = vf["vm_end"]
+            if vf["vma_type"] not in VmaType._value2member_map_:
+                self.fail(v, f"unknown VMA type {vf['vma_type']}")
             if vf["vma_objref"]:
                 backing = self.ref(v, vf["vma_objref"], File)
-                if (vf["vma_type"] == VmaType.SHARED_ANON) != (backing.ftype == FileType.SHMEM):
+                if (vf["vma_type"] == VmaType.SHARED_ANON) != (backing.ftype == FileType.SHMEM) or \
+                        backing.ftype not in MAPPABLE_FILES + (FileType.SHMEM,):
                     self.fail(v, f"VMA type {vf['vma_type']} cannot be backed by a file of type {backing.ftype}")
             elif vf["vma_type"] in (VmaType.FILE, VmaType.SHARED_FILE, VmaType.SHARED_ANON):
                 self.fail(v, f"VMA {vf['vm_start']:#x} of type {vf['vma_type']} names no file")
@@ -451,6 +468,8 @@ class _Parser:
                     break
                 if n == 0:
                     self.fail(p, "PAGE record without data")
+                if vf["vma_type"] == VmaType.VVAR:
+                    self.fail(p, "a VVAR VMA carries no pages (it is kernel data)")
                 if addr % PAGE_SIZE or addr < pos or addr + n * PAGE_SIZE > vf["vm_end"]:
                     self.fail(p, f"PAGE {addr:#x}+{n} pages lies outside its VMA "
                                  f"{vf['vm_start']:#x}-{vf['vm_end']:#x} or out of order")
@@ -460,6 +479,10 @@ class _Parser:
             mm.vmas.append(vma)
         a = self.expect(RecType.MM_AUXV)
         mm.auxv = [(e["a_type"], e["a_val"]) for e in a.rtype.decode_entries(a.payload)]
+        if len(mm.auxv) != a.fields["nentries"]:
+            self.fail(a, f"MM_AUXV nentries {a.fields['nentries']} does not match its {len(mm.auxv)} entries")
+        if mm.auxv and mm.auxv[-1][0] != 0:
+            self.fail(a, "MM_AUXV does not end with AT_NULL")
 
 
 def read_image(f: BinaryIO, *, on_record: Callable[[Record], None] | None = None,
