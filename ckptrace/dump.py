@@ -298,9 +298,13 @@ def _check_delivered(fd: int, written: int, *, wait: bool, timeout: float = 30.0
     """Raise OutputClosed when `fd` is a pipe or socket whose reader went away leaving part of the
     image unread. With `wait` (before `--kill`), also wait until the reader has taken every byte
     (a pipe's FIONREAD, a socket's SIOCOUTQ reach 0), for at most `timeout` s; a file needs
-    nothing. The tasks stay held meanwhile, as they are while a slow reader drains the pipe."""
+    nothing. The tasks stay held meanwhile, as they are while a slow reader drains the pipe.
+    A socket's count cannot be trusted alone: the kernel drops what a peer left unread when it
+    closes (unix) or resets (TCP), and the count falls to 0 as if all had been taken; the
+    socket's error says so."""
     import fcntl
     import select
+    import socket
     import stat
     import struct
     import termios
@@ -309,12 +313,27 @@ def _check_delivered(fd: int, written: int, *, wait: bool, timeout: float = 30.0
         mode = os.fstat(fd).st_mode
     except OSError:
         return
+    sock = None
     if stat.S_ISFIFO(mode):
         pending_req = termios.FIONREAD  # bytes in the pipe, asked on either end
     elif stat.S_ISSOCK(mode):
         pending_req = termios.TIOCOUTQ  # SIOCOUTQ: sent bytes the peer has not taken yet
+        sock = socket.socket(fileno=fd)  # borrowed: detached below, never closed here
     else:
         return
+    try:
+        _wait_delivered(fd, sock, pending_req, written, wait, timeout)
+    finally:
+        if sock is not None:
+            sock.detach()
+
+
+def _wait_delivered(fd: int, sock, pending_req: int, written: int, wait: bool, timeout: float) -> None:
+    import fcntl
+    import select
+    import socket
+    import struct
+
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     deadline = time.monotonic() + timeout
@@ -323,11 +342,19 @@ def _check_delivered(fd: int, written: int, *, wait: bool, timeout: float = 30.0
             pending = struct.unpack("i", fcntl.ioctl(fd, pending_req, b"\0" * 4))[0]
         except OSError:
             return  # cannot tell (an odd socket family): trust the completed writes
-        if pending <= 0:
-            return
         events = 0
         for _fd, ev in poller.poll(0):
             events |= ev
+        if sock is not None:
+            # A unix peer that closes with data unread, a TCP peer that resets, leave ECONNRESET
+            # here (and the count at 0: the kernel dropped the rest); one that read everything
+            # and closed leaves no error.
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OutputClosed(f"the image's reader closed its connection with part of the image "
+                                   f"unread ({os.strerror(err)}), {written} bytes sent")
+        if pending <= 0:
+            return
         if events & (select.POLLERR | select.POLLHUP):
             raise OutputClosed(f"the image's reader went away with {pending} of its {written} bytes unread, "
                                "before the image was complete")

@@ -695,3 +695,41 @@ def test_each_part_of_a_shared_segment_is_claimed_once():
     assert _claim(stored, 0, 16) == [(4, 12)]  # a forked child mapping the whole segment
     assert _claim(stored, 2, 14) == [] and stored == [(0, 4), (4, 12), (12, 16)]
     assert _claim(stored, 14, 20) == [(16, 20)]
+
+
+def test_a_socket_reader_gone_with_the_image_unread_is_not_taken_for_one_that_read_it():
+    """The kernel drops what a unix peer left unread when it closes, and what a TCP peer left when
+    it resets: the count of unsent bytes falls to 0 as if everything had been read. Before --kill,
+    a reader gone that way has not read the image (the socket's error says so): OutputClosed, and
+    nothing is killed. One that read it all and closed is fine."""
+    import socket
+
+    from ckptrace.dump import _check_delivered
+    from ckptrace.errors import OutputClosed
+
+    ours, peer = socket.socketpair()
+    ours.sendall(b"x" * 5000)
+    peer.close()
+    with pytest.raises(OutputClosed, match="unread"):
+        _check_delivered(ours.fileno(), 5000, wait=True, timeout=2)
+    ours.close()
+
+    ours, peer = socket.socketpair()
+    ours.sendall(b"x" * 5000)
+    assert len(peer.recv(8192)) == 5000
+    peer.close()
+    _check_delivered(ours.fileno(), 5000, wait=True, timeout=2)  # read, then closed: delivered
+    ours.close()
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    ours.sendall(b"x" * 5000)
+    time.sleep(0.1)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # with the data unread and linger 0: a reset
+    time.sleep(0.1)
+    with pytest.raises(OutputClosed, match="unread"):
+        _check_delivered(ours.fileno(), 5000, wait=True, timeout=2)
+    ours.close()
+    listener.close()
