@@ -1613,3 +1613,45 @@ def test_dump_reads_timerfds_without_consuming_them(pidns, tmp_path):
     assert d.returncode != 0 and b"not killing" in d.stderr, d.stderr.decode()
     (k0, at0, n0, one0, _), = _wait_reads(log, 1, timeout=5)[:1]
     assert abs(n0 - (at0 - t0) / TFD_INTERVAL) <= 1.01 and one0 == 1, (t0, at0, n0)
+
+
+NOCAPS_WORKLOAD = r"""
+import ctypes, os, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(8, 1, 0, 0, 0) == 0  # PR_SET_KEEPCAPS: securebits 0x10
+os.setgroups([])
+os.setresgid(1000, 1000, 1000)
+os.setresuid(1000, 1000, 1000)
+hdr = ctypes.create_string_buffer(struct.pack("<Ii", 0x20080522, 0), 8)
+assert libc.capset(hdr, ctypes.create_string_buffer(24)) == 0  # every set empty
+out = open(os.path.join(sys.argv[1], "nocaps.log"), "a", buffering=1)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    out.write(f"securebits={libc.prctl(27, 0, 0, 0, 0)} uid={os.getuid()}\n")
+    time.sleep(0.05)
+"""
+
+
+def test_a_process_without_capabilities_that_keeps_caps_on_comes_back(pidns, tmp_path, restored, request):
+    """Non-root, no capability at all, SECBIT_KEEP_CAPS set (PR_SET_KEEPCAPS before setuid; and
+    what every restored non-root process has, see docs/restore.md): setting its securebits after
+    its capabilities were gone needed CAP_SETPCAP, so restore failed with EPERM after `--kill` had
+    killed the original. Its securebits are set while the restorer still may."""
+    import pathlib
+    import tempfile
+
+    shared = pathlib.Path(tempfile.mkdtemp(prefix="ckpt-nocaps-"))  # where uid 1000 may write (not under 0700 pytest dirs)
+    shared.chmod(0o777)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    w = pidns([sys.executable, "-c", NOCAPS_WORKLOAD, str(shared)], ready_file=str(shared / "ready"),
+              settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = _caps_of(w.init)
+    img = str(tmp_path / "nocaps.img")
+    dump_kill(w, img)
+    log = shared / "nocaps.log"
+    n = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    assert _caps_of(res["init_pid"]) == want
+    time.sleep(0.3)
+    after = log.read_text().splitlines()[n:]
+    assert after and set(after) == {"securebits=16 uid=1000"}, after

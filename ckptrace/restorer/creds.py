@@ -29,7 +29,19 @@ SYS_prctl = 157
 SYS_capset = 126
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
-SECBIT_KEEP_CAPS = 0x10
+SECBIT_KEEP_CAPS, SECBIT_KEEP_CAPS_LOCKED = 0x10, 0x20
+SECBIT_NO_CAP_AMBIENT_RAISE_BITS = 0xC0  # the bit and its lock
+
+
+def early_securebits(target: int) -> int:
+    """The securebits a thread gets before its ids change, while it still has CAP_SETPCAP: the
+    image's, with KEEP_CAPS (the capabilities must survive the uid change), but not yet what would
+    stop the ambient raises that follow (NO_CAP_AMBIENT_RAISE) or lock KEEP_CAPS off. Set here, a
+    target the final permitted set could not set (no CAP_SETPCAP) needs no second call."""
+    early = (target | SECBIT_KEEP_CAPS) & ~SECBIT_NO_CAP_AMBIENT_RAISE_BITS
+    if not target & SECBIT_KEEP_CAPS:
+        early &= ~SECBIT_KEEP_CAPS_LOCKED
+    return early
 CAP_LAST = 63  # bits the image can name; the kernel's last is lower and unknown ones are skipped
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 CAP_HEADER = struct.Struct("<Ii")  # struct __user_cap_header_struct: version, pid (0: self)
@@ -61,15 +73,17 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
 
     A container's root usually runs with capabilities dropped: without this a restored one
     would get all of the controller's back. Order: keep capabilities across the uid change
-    (SECBIT_KEEP_CAPS), shrink the bounding set while CAP_SETPCAP is still ours, change ids
-    (which clears the effective set), make the whole target permitted set effective for a moment
-    to set the image's securebits (that needs CAP_SETPCAP) and raise the ambient ones, then
-    capset the final effective set. Capabilities the controller itself lacks (this host's root
+    (SECBIT_KEEP_CAPS, with as many of the image's securebits as can be set this early: each
+    change needs CAP_SETPCAP, which the image's sets may not have), shrink the bounding set while
+    CAP_SETPCAP is still ours, change ids (which clears the effective set), make the whole target
+    permitted set effective for a moment to set the rest of the image's securebits if any and
+    raise the ambient ones, then capset the final effective set. Capabilities the controller itself lacks (this host's root
     has no CAP_SYS_RESOURCE) cannot be given: every set is clamped to what the thread has.
     """
     tid = inj.t.tid
     ours = _capget(inj)
-    check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS), f"prctl(PR_SET_SECUREBITS) in {tid}")
+    early = early_securebits(creds["securebits"])
+    check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, early), f"prctl(PR_SET_SECUREBITS) in {tid}")
     for cap in range(CAP_LAST + 1):
         if not creds["cap_bnd"] >> cap & 1 and ours["bnd"] >> cap & 1:
             check(inj.syscall(SYS_prctl, PR_CAPBSET_DROP, cap), f"prctl(PR_CAPBSET_DROP, {cap}) in {tid}")
@@ -85,10 +99,11 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     prm = creds["cap_prm"] & ours["prm"]
     inh = creds["cap_inh"] & (ours["inh"] | (prm & creds["cap_bnd"]))
     _capset(inj, prm, prm, inh)
-    ret = inj.syscall(SYS_prctl, PR_SET_SECUREBITS, creds["securebits"])
-    if -4096 < ret < 0 and not (-ret == errno.EPERM and creds["securebits"] == 0):
-        # EPERM with a target of 0: no CAP_SETPCAP left to clear KEEP_CAPS with (docs/restore.md)
-        check(ret, f"prctl(PR_SET_SECUREBITS) in {tid}")
+    if creds["securebits"] != early:
+        ret = inj.syscall(SYS_prctl, PR_SET_SECUREBITS, creds["securebits"])
+        if -4096 < ret < 0 and not (-ret == errno.EPERM and creds["securebits"] == early & ~SECBIT_KEEP_CAPS):
+            # EPERM clearing KEEP_CAPS alone: no CAP_SETPCAP left to do it with (docs/restore.md)
+            check(ret, f"prctl(PR_SET_SECUREBITS) in {tid}")
     for cap in range(CAP_LAST + 1):
         if creds["cap_amb"] >> cap & 1 and prm >> cap & inh >> cap & 1:
             check(inj.syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
