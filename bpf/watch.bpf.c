@@ -76,10 +76,19 @@ static __always_inline int in_ns(__u64 ino, struct ident *id)
 	return 1;
 }
 
-static __always_inline void track(__u32 tgid, __u64 ns, __u32 pid)
+/* Place tgid in namespace ns. An entry it has already (t, made at fork before its namespace was
+ * known) is filled in place: an update replaces the element, and a generation another of its
+ * threads stores meanwhile would go to the old one and be lost. */
+static __always_inline void track(__u32 tgid, __u64 ns, __u32 pid, struct ckpt_task *t)
 {
-	struct ckpt_task t = {.ns = ns, .gen = 0, .pid = pid, .announced = 1};
-	if (tracked.update(&tgid, &t) != 0)
+	if (t) {
+		t->pid = pid;
+		t->announced = 1;
+		t->ns = ns;  /* last: whoami_t's hot path reads pid once it sees ns */
+		return;
+	}
+	struct ckpt_task nt = {.ns = ns, .gen = 0, .pid = pid, .announced = 1};
+	if (tracked.update(&tgid, &nt) != 0)
 		count_lost(CKPT_LOST_TRACKED);
 }
 
@@ -177,7 +186,7 @@ static __always_inline int whoami_t(struct ident *id, struct ckpt_task **tp)
 			tracked.delete(&tgid);  /* a child that went to another namespace */
 		return 0;
 	}
-	track(tgid, CKPT_FOCUS_NS, id->pid);
+	track(tgid, CKPT_FOCUS_NS, id->pid, t);
 	return 1;
 #else
 	#pragma unroll
@@ -187,15 +196,20 @@ static __always_inline int whoami_t(struct ident *id, struct ckpt_task **tp)
 		if (!ino || !*ino)
 			break;
 		if (in_ns(*ino, id)) {
-			track(tgid, *ino, id->pid);
+			track(tgid, *ino, id->pid, t);
 			return 1;
 		}
 	}
 	if (!t || !t->announced) {
-		/* a namespace nobody told us about: tell the controller once */
-		struct ckpt_task nt = {.ns = 0, .gen = 0, .pid = 0, .announced = 1};
-		if (tracked.update(&tgid, &nt) != 0)
-			count_lost(CKPT_LOST_TRACKED);
+		/* a namespace nobody told us about: tell the controller once (an entry made at fork is
+		 * marked in place: replacing it would lose a generation another thread stores) */
+		if (t) {
+			t->announced = 1;
+		} else {
+			struct ckpt_task nt = {.ns = 0, .gen = 0, .pid = 0, .announced = 1};
+			if (tracked.update(&tgid, &nt) != 0)
+				count_lost(CKPT_LOST_TRACKED);
+		}
 		announce(id);
 	}
 	return 1;
@@ -379,7 +393,7 @@ int ckpt_newtask(struct tracepoint__task__task_newtask *args)
 		if (tracked.update(&child, &t) != 0)
 			count_lost(CKPT_LOST_TRACKED);
 	} else {
-		track(child, id.ns, 0);  /* its pid is learnt on its first event */
+		track(child, id.ns, 0, 0);  /* its pid is learnt on its first event */
 	}
 	if (flags & CLONE_NEWPID_FLAG) {
 		struct ckpt_event *e = reserve(CKPT_EV_NEWNS, &id);

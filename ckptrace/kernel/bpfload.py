@@ -25,7 +25,15 @@ from pathlib import Path
 from ..errors import AccessDenied, HostUnsupported, KernelError, UsageError
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-BPF_NOEXIST, BPF_EXIST = 1, 2  # bpf_map_update_elem flags (uapi linux/bpf.h)
+BPF_NOEXIST = 1  # bpf_map_update_elem flag (uapi linux/bpf.h)
+
+
+def _bpf_errno(res: int) -> int:
+    """The errno of a libbpf call's result (0: it worked): -errno, or errno itself when a call
+    reports failure otherwise."""
+    if res == 0:
+        return 0
+    return -res if res < 0 else ctypes.get_errno()
 HEADER = BPF_DIR / "events.h"
 PROGRAM = BPF_DIR / "watch.bpf.c"
 TRACEFS = "/sys/kernel/tracing"
@@ -310,30 +318,24 @@ class WatchProgram:
             table[ctypes.c_int(i)] = ctypes.c_uint64(self.ns_slots[i] if i < len(self.ns_slots) else 0)
 
     def track(self, hostpid: int, ns: int, pid: int = 0) -> None:
-        """Tell the kernel side that `hostpid` lives in namespace `ns`. An entry the programs made
-        meanwhile is theirs: only its namespace is filled in if they could not tell it, never its
-        mm generation, which they count (overwritten with 0 while the process ran, the pages it
-        wrote until its next mm call were taken for older ones, and not found)."""
+        """Tell the kernel side that `hostpid` lives in namespace `ns`, unless it has an entry for
+        it already. That entry is the programs': rewriting it, even with the same generation, would
+        lose a generation a program stores meanwhile (an update replaces the element, so a store
+        into the one a program holds goes nowhere). One the programs could not place (namespace 0)
+        is placed by them at the process's next event once the namespace is in `ns_list`, or the
+        controller places its records from the model.)"""
         from bcc.libbcc import lib  # noqa: PLC0415 - bcc is loaded by now
 
-        key = self.tracked.Key(hostpid)
-        old = self.tracked.get(key)
-        if old is not None and old.ns:
-            return
         t = self.tracked.Leaf()
         t.ns = ns
         t.pid = pid
         t.announced = 1
-        if old is not None:
-            t.gen = old.gen
-        # BPF_EXIST / BPF_NOEXIST: a program that made the entry in between wins (EEXIST), as
-        # does an exit that removed it (ENOENT)
-        res = lib.bpf_update_elem(self.tracked.map_fd, ctypes.byref(key), ctypes.byref(t),
-                                  BPF_EXIST if old is not None else BPF_NOEXIST)
-        err = (-res if res < 0 else ctypes.get_errno()) if res != 0 else 0
+        key = self.tracked.Key(hostpid)
+        res = lib.bpf_update_elem(self.tracked.map_fd, ctypes.byref(key), ctypes.byref(t), BPF_NOEXIST)
+        err = _bpf_errno(res)
         if err == errno.E2BIG:
             self.track_failed += 1  # the map is full: counted with the kernel side's `tracked`
-        elif err not in (0, errno.EEXIST, errno.ENOENT):
+        elif err not in (0, errno.EEXIST):
             raise KernelError(f"track process {hostpid}", err)
 
     def untrack(self, hostpid: int) -> None:
@@ -458,7 +460,7 @@ class WatchProgram:
             count.value = len(values)
             res = lib.bpf_lookup_and_delete_batch(self._dirty.map_fd, None if first else ctypes.byref(token_in),
                                                   ctypes.byref(token_out), keys, values, ctypes.byref(count))
-            err = (-res if res < 0 else ctypes.get_errno()) if res != 0 else 0
+            err = _bpf_errno(res)
             n = count.value
             if err and err != errno.ENOENT:
                 if err == errno.ENOSPC and n == 0:
