@@ -448,6 +448,9 @@ class Controller:
             if stamp is not None and stamp != ns.last_dump:
                 ns.last_dump = stamp
                 self.model.reset_dirty(ino)
+                # pages taken before the reset but held for their records go with the rest
+                procs = self.model.procs
+                self.held = [(h, c) for h, c in self.held if h not in procs or procs[h].ns != ino]
 
 
 _INT_ONLY = {int}

@@ -957,6 +957,29 @@ def test_held_pages_are_attributed_at_the_last_drain_whatever_was_read(model):
     assert not ctl.held and model.unattributed == 1  # its record never came: counted, not kept
 
 
+def test_a_dump_reset_also_drops_the_pages_held_for_their_records(model, tmp_path):
+    """Pages taken before a dump's reset count as before it, held or not: after the reset they
+    are not reported as written since."""
+    from ckptrace import notify
+    from ckptrace.watch import Controller
+
+    prog = LaggingProg()
+    out: list[dict] = []
+    ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
+    ctl.dumps_dir = str(tmp_path)
+    X = 0x30000000
+    prog.read = 11
+    prog.pages = {100: [(12, X >> 12, 0b1)]}
+    ctl.drain()
+    assert ctl.held
+    notify.dump_done(NS, base=str(tmp_path))
+    ctl.check_dumps()
+    model.apply(ev("mmap", addr=X, len=P, prot=3), gen=12)
+    prog.read = 12
+    ctl.drain()
+    assert [e for e in out if e["event"] == "dirty"] == [] and not ctl.held
+
+
 def test_lost_records_make_every_mapping_table_read_again(model):
     """mm records may be among those a full ring dropped: /proc is asked again."""
     from ckptrace.watch import Controller

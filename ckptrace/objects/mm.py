@@ -269,9 +269,14 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
             # Each VMA stores the part of the segment no VMA before it (in this process or an
             # earlier one) covered: a segment split by munmap or mprotect keeps all its pages,
             # and a part mapped by several VMAs (a forked child's) is stored once.
-            ranges = _claim(ctx.shmem_stored.setdefault(objref, []), m.offset, m.offset + (m.end - m.start))
+            stored = ctx.shmem_stored.setdefault(objref, [])
+            ranges = _claim(stored, m.offset, m.offset + (m.end - m.start))
             if ranges and copier.dump_shmem_pages(ctx, pid, m, ranges) is None:
+                # The segment could not be opened: only the pages this process has mapped can
+                # be stored from here, so the range stays open to a later VMA that can do better
+                # (a page then stored twice is written twice at restore, the same bytes).
                 for lo, hi in ranges:
+                    stored.remove((lo, hi))
                     copier.dump_vma_pages(ctx, pid, m, table, m.start + lo - m.offset, m.start + hi - m.offset)
         elif table is not None:
             copier.dump_vma_pages(ctx, pid, m, table)

@@ -454,7 +454,10 @@ class FileSet:
                 if own is not None:
                     # A second description of the same inode (not a dup: its offset is the fd's
                     # own), read-write so that a shared writable mapping may use it.
-                    fd = self.place(os.open(f"/proc/self/fd/{own}", os.O_RDWR | os.O_CLOEXEC))
+                    try:
+                        fd = self.place(os.open(f"/proc/self/fd/{own}", os.O_RDWR | os.O_CLOEXEC))
+                    except OSError as exc:
+                        raise from_oserror(exc, f"reopen {src.name} for its mapping at {vf['vm_start']:#x}") from None
                 else:
                     fd = self._memfd(src)
                 self.mapped_data[src.objref] = fd
