@@ -469,3 +469,18 @@ def test_images_the_docs_call_invalid_are_refused_at_the_record(pick, change, me
     with pytest.raises(ImageError, match=message) as exc:
         read_image(io.BytesIO(data))
     assert exc.value.index is not None and exc.value.index >= rec.index
+
+
+def test_json_safe_leaves_no_lone_surrogate_anywhere():
+    """Strings nested in lists, in a top-level list, or used as keys come out valid Unicode too
+    (those have no sibling key for their bytes: the \\xNN form is all there is)."""
+    import json
+
+    from ckptrace.image.records import json_safe
+
+    odd = b"odd\xff".decode("utf-8", "surrogateescape")
+    doc = json_safe({"x": [[odd]], odd: 1, "l": [odd, "ok"]})
+    text = json.dumps(doc, ensure_ascii=False)
+    text.encode("utf-8")  # a lone surrogate would not encode
+    assert doc["x"] == [["odd\\xff"]] and doc["odd\\xff"] == 1 and doc["l_hex"] == ["6f6464ff", None]
+    assert json_safe([odd]) == ["odd\\xff"]

@@ -341,12 +341,15 @@ def json_safe(doc):
     string shows each such byte as the four characters \\xNN, and a sibling key `KEY_hex` holds
     the exact bytes in hex (for a list of strings, a list with null where a string was valid).
     Strings that are valid UTF-8 are left alone, with no `_hex` key."""
+    if isinstance(doc, str):
+        return _escaped(doc) if _raw(doc) is not None else doc  # no key to put its bytes beside
     if isinstance(doc, list):
         return [json_safe(x) for x in doc]
     if not isinstance(doc, dict):
         return doc
     out = {}
     for k, v in doc.items():
+        k = json_safe(k) if isinstance(k, str) else k
         if isinstance(v, str) and _raw(v) is not None:
             out[k], out[f"{k}_hex"] = _escaped(v), _raw(v).hex()
         elif isinstance(v, list) and any(isinstance(x, str) and _raw(x) is not None for x in v):
