@@ -20,6 +20,7 @@ from typing import Any
 
 from . import notify
 from .errors import AccessDenied, CkptError, NoSuchProcess, OutputClosed, Unsupported, UsageError
+from .progress import ProgressLine
 from .image.records import RecType
 from .image.render import plural
 from .image.stream import ImageFile, ImageWriter, write_header, write_tail
@@ -410,42 +411,19 @@ def main(args) -> int:
     return 0
 
 
-class _Progress:
-    """A rich progress line on stderr (only on a terminal), refreshed at most ten times a second."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.live = None
-        self.t0 = time.monotonic()
-        self.last = 0.0
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.live import Live
-
-            self.live = Live("", console=Console(stderr=True), transient=True, refresh_per_second=10)
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.__exit__(*exc)
-        return False
+class _Progress(ProgressLine):
+    """The dump's progress line (ckptrace.progress): where the dump is, against the namespace's
+    totals."""
 
     def update(self, ctx: DumpContext) -> None:
-        if self.live is None:
+        if not self.due():
             return
-        now = time.monotonic()
-        if now - self.last < 0.1:
-            return
-        self.last = now
         st = ctx.stats
-        el = now - self.t0
+        el = self.elapsed()
         mb = ctx.w.bytes_written / 1e6
         procs, tasks = ctx.totals
-        self.live.update(f"[bold]dumping[/] process {st.processes}/{procs}  tasks done {st.tasks}/{tasks}  VMAs {st.vmas}  "
-                         f"pages {st.pages}  {mb:.0f} MB  {mb / el if el else 0:.0f} MB/s  {el:.1f} s")
+        self.show(f"[bold]dumping[/] process {st.processes}/{procs}  tasks done {st.tasks}/{tasks}  VMAs {st.vmas}  "
+                  f"pages {st.pages}  {mb:.0f} MB  {mb / el if el else 0:.0f} MB/s  {el:.1f} s")
 
 
 # -- ls ------------------------------------------------------------------------------------------

@@ -50,7 +50,12 @@ class Result:
 
 
 def main(args) -> int:
-    res = restore(args.image)
+    import sys
+
+    from .progress import ProgressLine
+
+    with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
+        res = restore(args.image, progress)
     if args.json:
         import json
 
@@ -61,12 +66,14 @@ def main(args) -> int:
     return 0
 
 
-def restore(path: str) -> Result:
+def restore(path: str, progress=None) -> Result:
+    """Restore the image at `path` ("-": standard input). `progress`: a ProgressLine to keep
+    current (ckptrace.progress), or None."""
     start = time.monotonic()
     with open_seekable(path) as f:
         img = read_image(f)
         validate(img)
-        return _Restore(img, f).run(start)
+        return _Restore(img, f, progress).run(start)
 
 
 def validate(img: Image) -> None:
@@ -137,9 +144,10 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 class _Restore:
-    def __init__(self, img: Image, f: BinaryIO):
+    def __init__(self, img: Image, f: BinaryIO, progress=None):
         self.img = img
         self.f = f
+        self.progress = progress
         self.init = 0
         self.tracees = []
         self.made_cgroups: list[str] = []  # cgroup directories this restore created
@@ -165,8 +173,11 @@ class _Restore:
             self._spawn(files)
             self._seize_all()
             self._set_groups()
-            for t in self.img.processes():
+            procs = self.img.processes()
+            for i, t in enumerate(procs):
+                self._show(f"process {i + 1}/{len(procs)} (pid {t.tid})", mem)
                 self._process(t, mem, files)
+            self._show("finishing", mem)
             self._finish()
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
             res = Result(ns, self.init, len(self.img.processes()), len(self.img.tasks),
@@ -180,6 +191,13 @@ class _Restore:
                 signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
             files.close()
         return res
+
+    def _show(self, what: str, mem) -> None:
+        p = self.progress
+        if p is not None and p.due():
+            mib, el = mem.bytes_written / (1 << 20), p.elapsed()
+            p.show(f"[bold]restoring[/] {what}  {len(self.img.tasks)} tasks  {mib:.0f} of "
+                   f"{self.img.page_count * 4096 / (1 << 20):.0f} MiB of pages written  {el:.1f} s")
 
     # -- tree ----------------------------------------------------------------------------------
     def _spawn(self, files) -> None:

@@ -131,3 +131,36 @@ def test_restore_result_line(monkeypatch, capsys, flags, want):
     assert cli.main(["restore", "x.img", *flags]) == 0
     out = capsys.readouterr().out
     assert (want in out) if want else out == ""
+
+
+def test_restore_shows_where_it_is_on_a_progress_line():
+    """A restore of many processes or much memory is long: on a terminal a line says which
+    process it is at and how much of the pages it has written (ckptrace.progress)."""
+    import io
+
+    import imagegen
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.restore import _Restore
+
+    class Line:
+        shown = []
+
+        def due(self):
+            return True
+
+        def elapsed(self):
+            return 1.5
+
+        def show(self, markup):
+            self.shown.append(markup)
+
+    class Mem:
+        bytes_written = 8192
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    r = _Restore(img, None, Line())
+    r._show("process 1/2 (pid 1)", Mem())
+    (text,) = Line.shown
+    assert "restoring" in text and "process 1/2" in text and f"{len(img.tasks)} tasks" in text
+    assert f"0 of {img.page_count * 4096 / (1 << 20):.0f} MiB" in text
