@@ -831,7 +831,6 @@ def test_threads_mapping_and_unmapping_at_once_get_every_page_counted_on_its_map
     assert len(maps) == 8 * 400
     churn_pid = maps[0]["pid"]
     pages = sum(e["pages"] for e in the(events, event="dirty", pid=churn_pid) if e["end"] - e["start"] == 5 * P)
-    lost = [e for e in events if e["event"] == "lost"]
     assert pages == 8 * 400 * 5, [e for e in events if e["event"] == "lost"]
 
 

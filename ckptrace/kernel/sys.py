@@ -22,6 +22,7 @@ SYS_pidfd_getfd = 438
 SYS_clone3 = 435
 SYS_userfaultfd = 323
 SYS_sched_setattr, SYS_sched_getattr = 314, 315
+SYS_timerfd_gettime = 287
 # struct sched_attr, first version (48 bytes): size, policy, flags, nice, priority, and the
 # SCHED_DEADLINE runtime, deadline, period in ns
 SCHED_ATTR = struct.Struct("<IIQiIQQQ")

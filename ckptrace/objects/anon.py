@@ -65,7 +65,6 @@ def _inotify_payload(ctx: DumpContext, pid: int, watches) -> bytes:
     return bytes(out)
 
 
-SYS_timerfd_gettime = 287
 ITIMERSPEC_SIZE = 32  # struct itimerspec: it_interval {sec, nsec}, it_value {sec, nsec}
 
 
@@ -82,7 +81,7 @@ def timerfd_state(ctx: DumpContext, o) -> dict[str, int]:
     by the task returns the same total either way, and a one-shot or disarmed timer is left as
     it is. If the timer expires again between the two calls (a very short interval), fdinfo shows
     it_value 0 again: retry, so the image has the next expiration rather than none."""
-    from ..kernel.sys import syscall
+    from ..kernel.sys import SYS_timerfd_gettime, syscall
     from .files import grab
 
     state = procfs.timerfd_state(o.info)
