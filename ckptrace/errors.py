@@ -38,6 +38,11 @@ class ImageError(CkptError):
         super().__init__(prefix + what)
 
 
+class ImageReadError(ImageError):
+    """The image could not be read at all there (an I/O error), as opposed to read and found
+    malformed."""
+
+
 class NoSuchProcess(CkptError):
     """A process or thread vanished (or never existed)."""
 

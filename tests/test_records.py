@@ -484,3 +484,18 @@ def test_json_safe_leaves_no_lone_surrogate_anywhere():
     text.encode("utf-8")  # a lone surrogate would not encode
     assert doc["x"] == [["odd\\xff"]] and doc["odd\\xff"] == 1 and doc["l_hex"] == ["6f6464ff", None]
     assert json_safe([odd]) == ["odd\\xff"]
+
+
+def test_an_io_error_after_the_tail_is_an_io_error_not_data_after_tail():
+    import errno
+
+    from ckptrace.errors import ImageReadError
+
+    class FailsAfter(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() >= len(SAMPLE):
+                raise OSError(errno.EIO, "I/O error")
+            return super().read(n)
+
+    with pytest.raises(ImageReadError, match="cannot read: Input/output error"):
+        read_image(FailsAfter(SAMPLE))

@@ -24,7 +24,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
-from ..errors import ImageError
+from ..errors import ImageError, ImageReadError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
                       SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType,
                       RecType, VmaType, cstring)
@@ -245,7 +245,7 @@ class _Parser:
         try:
             extra = self.r.next()
         except ImageError as exc:  # not even a record: still, first of all, something after TAIL
-            if exc.what.startswith("cannot read"):
+            if isinstance(exc, ImageReadError):
                 raise
             raise ImageError(f"data after TAIL ({exc.what})", index=exc.index, offset=exc.offset) from None
         if extra is not None:

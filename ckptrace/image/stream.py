@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..errors import ImageError, KernelError, OutputClosed
+from ..errors import ImageError, ImageReadError, KernelError, OutputClosed
 from .records import HDR, HDR_SIZE, RECORDS, Payload, RecordType, RecType
 
 _FLUSH_AT = 256 << 10
@@ -147,7 +147,7 @@ class RecordReader:
         try:
             return self.f.read(n)
         except OSError as exc:
-            raise ImageError(f"cannot read: {os.strerror(exc.errno) if exc.errno else exc}",
+            raise ImageReadError(f"cannot read: {os.strerror(exc.errno) if exc.errno else exc}",
                              index=self.index, offset=self.start) from None
 
     def _read_exact(self, n: int, what: str) -> bytes:
