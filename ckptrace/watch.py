@@ -30,6 +30,7 @@ DRAIN_READ_SECONDS = 0.2  # a drain reads the records sent before it for this lo
 FINAL_READ_SECONDS = 1.0  # at exit, the records sent before the stop are read for this long at most
 RENDER_SECONDS = 0.125  # 8 refreshes a second
 HOUSEKEEP_SECONDS = 1.0
+STALE_SECONDS = 1.0  # a VMA table to re-read waits this long at most for the rings to be read up
 
 NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
 CLONE_NEWPID = 0x20000000
@@ -199,7 +200,11 @@ class Controller:
         self.forked_early: set[int] = set()  # children whose fork _fork_before reported
         self.failure: BaseException | None = None  # raised in the record callback
         self.dumps_dir = notify.DUMPS_DIR
-        self.stale: set[int] = set()  # processes whose VMA table is to be re-read (exec, failed mprotect)
+        # processes whose VMA table is to be re-read (exec, failed mprotect, lost records): host
+        # pid -> when that was found (time.monotonic); those in `execd` only since an exec, whose
+        # table /proc completes rather than replaces (Model.fill_maps)
+        self.stale: dict[int, float] = {}
+        self.execd: set[int] = set()
         # drained pages whose mm events are still in the rings: (host pid, chunk)
         self.held: list[tuple[int, tuple[int, int, int]]] = []
         self.budget = sys.maxsize  # records on_record may still take in this poll
@@ -247,6 +252,8 @@ class Controller:
             st = procfs.status(hostpid)
         except CkptError:
             return None
+        if st.state in ("Z", "X"):
+            return None  # it has exited (its parent has not reaped it): nothing will say so again
         self.watch_ns(ino)
         nspid = st.nspid[-1] if st.nspid else 0
         self.prog.track(hostpid, ino, nspid)
@@ -303,7 +310,8 @@ class Controller:
             if e.code:
                 # failed part-way (see bpf/watch.bpf.c): which part changed, /proc will say
                 ev["error"] = _errno_name(e.code)
-                self.stale.add(hostpid)
+                self.stale.setdefault(hostpid, time.monotonic())
+                self.execd.discard(hostpid)  # the events' table is wrong: replace it
             out = self.model.apply(ev, gen=gen, tid=e.hosttid, fixed=bool(e.a3 & MAP_FIXED))
         elif kind == "munmap":
             ev["addr"], ev["len"] = e.a0, e.a1
@@ -330,7 +338,9 @@ class Controller:
                 # exec replaced the whole address space: re-read it from /proc, but only at the
                 # next drain (most exec'd processes of a busy loop are gone by then, and /proc
                 # reads are the controller's most expensive work)
-                self.stale.add(hostpid)
+                if hostpid not in self.stale:
+                    self.execd.add(hostpid)
+                self.stale.setdefault(hostpid, time.monotonic())
         else:
             if kind == "exit":
                 ev["code"] = e.code
@@ -377,14 +387,8 @@ class Controller:
         # exactly while the workload runs) would be unknown here, already gone from /proc, and
         # its pages lost.
         self.prog.read_sent(max_s=DRAIN_READ_SECONDS)
+        self._reread_stale(final)
         drained = self._hold_early(drained, final)
-        # after those records: a process that exec'd since the last drain has pages written in
-        # mappings only /proc knows (its exec emptied the model's table)
-        for hostpid in self.stale:
-            p = self.model.procs.get(hostpid)
-            if p is not None and p.alive:
-                self.model.set_maps(p, _maps(hostpid))
-        self.stale.clear()
         for hostpid, chunks in drained.items():
             if hostpid not in self.model.procs:
                 if self.resolve(hostpid) is None:
@@ -395,21 +399,44 @@ class Controller:
                 self.emit(ev)
         self.model.release_exited(exited)
 
+    def _reread_stale(self, final: bool) -> None:
+        """Read again from /proc the VMA tables the events could not keep (exec, a failed
+        mprotect, lost records). /proc shows the table as it is now, so only once every record
+        sent so far has been applied: read while records were pending, the table would already
+        hold the mappings those records then add again on top of it (and kernel-merged ones in
+        pieces). Under a backlog that never ends, after STALE_SECONDS all the same."""
+        if not self.stale:
+            return
+        now = time.monotonic()
+        caught_up = final or self.prog.backlog() == 0
+        for hostpid, since in list(self.stale.items()):
+            if not caught_up and now - since < STALE_SECONDS:
+                continue
+            del self.stale[hostpid]
+            p = self.model.procs.get(hostpid)
+            fill = hostpid in self.execd
+            self.execd.discard(hostpid)
+            if p is not None and p.alive:
+                (self.model.fill_maps if fill else self.model.set_maps)(p, _maps(hostpid))
+
     def _hold_early(self, drained: dict, final: bool) -> dict:
         """Drained pages, less those written in an mm generation whose event has not been read
         yet (a generation is the number of the record that began it, plus one): a controller
         behind the rings (a flood, a busy machine) would find their mapping nowhere and count them
-        unattributed. They wait for a later drain (not past the last one). They never wait for
+        unattributed. They wait for a later drain (not past the last one), as do the pages of a
+        process whose VMA table is to be read again from /proc (see _reread_stale). They never wait for
         ever: a record takes its number only once its ring slot is secured, so every generation's
         record is read (or given up on, which moves the reader past it too)."""
         read_to = self.prog.records_read()
-        if not self.held and all(g <= read_to for chunks in drained.values() for g, _, _ in chunks):
+        stale = self.stale
+        if not self.held and not any(h in stale for h in drained) and \
+                all(g <= read_to for chunks in drained.values() for g, _, _ in chunks):
             return drained  # the usual case
         pending = self.held + [(hostpid, c) for hostpid, chunks in drained.items() for c in chunks]
         self.held = []
         out: dict[int, list] = {}
         for hostpid, chunk in pending:
-            if not final and chunk[0] > read_to:
+            if not final and (chunk[0] > read_to or hostpid in stale):
                 self.held.append((hostpid, chunk))
             else:
                 out.setdefault(hostpid, []).append(chunk)
@@ -424,7 +451,11 @@ class Controller:
         if lost["ring"] > self.lost_seen["ring"]:
             # mm records may have been among those lost (their generations too: the kernel side
             # starts one only for a record it could send): read every mapping table again
-            self.stale.update(hostpid for hostpid, p in self.model.procs.items() if p.alive)
+            now = time.monotonic()
+            for hostpid, p in self.model.procs.items():
+                if p.alive:
+                    self.stale.setdefault(hostpid, now)
+                    self.execd.discard(hostpid)
         if any(lost[k] > self.lost_seen[k] for k in lost):
             self.lost_seen = dict(lost)
             self.emit({"event": "lost", "pid": 0, "hostpid": 0, "ns": 0, "ts": time.monotonic_ns(), **lost})

@@ -112,6 +112,7 @@ class Proc:
     heap_freed_to: int = 0  # highest heap end a brk shrink gave back (growing again there is new memory)
     heap_shrunk: int = -1  # generation of the last brk shrink
     gen: int = 0  # mm generation, as the kernel counts it (events carry it)
+    exec_gen: int = 0  # the generation its last exec began (the mappings exec made are that old)
     tombstones: list[tuple[float, Vma]] = field(default_factory=list)
 
     def dirty_pages(self) -> int:
@@ -316,6 +317,25 @@ class Model:
             if path == "[heap]" and not p.brk:
                 p.brk = end
 
+    def fill_maps(self, p: Proc, maps: list[tuple[int, int, int, str]]) -> None:
+        """Add /proc's mappings where the table has none, after an exec: the mappings exec made
+        itself (program, loader, stack) come with no event, while those made since by mm calls
+        are in the table from their events, with their own generations, which /proc's view
+        (merged by the kernel, and only as it is now) would lose. What is added is as old as the
+        exec."""
+        for start, end, prot, path in sorted(maps):
+            at = start
+            for v in list(p.vmas):
+                if v.end <= at or v.start >= end:
+                    continue
+                if v.start > at:
+                    p.insert(Vma(at, v.start, prot, path, born=p.exec_gen, lineage=next(self._lineage)))
+                at = max(at, v.end)
+            if at < end:
+                p.insert(Vma(at, end, prot, path, born=p.exec_gen, lineage=next(self._lineage)))
+            if path == "[heap]" and not p.brk:
+                p.brk = end
+
     # -- queries -----------------------------------------------------------------------------------
     def ns_procs(self, ino: int) -> list[Proc]:
         return sorted((p for p in self.procs.values() if p.ns == ino), key=lambda p: p.pid)
@@ -405,6 +425,7 @@ class Model:
             p.vmas = []
             p.brk = p.heap_freed_to = 0
             p.heap_shrunk = -1
+            p.exec_gen = p.gen
             p.comm = ev["comm"]
         elif kind == "rename":
             p.comm = ev["comm"]

@@ -440,6 +440,9 @@ class FakeProg:
     def records_read(self):
         return 1 << 62  # every record there is
 
+    def backlog(self):
+        return 0
+
     def add_namespace(self, ino):
         return True
 
@@ -502,7 +505,7 @@ def test_an_mprotect_that_failed_part_way_carries_its_error_and_rereads_the_mapp
     assert ctl.failure is None
     assert [(e["event"], e.get("error")) for e in out] == [("mprotect", "ENOMEM"), ("madvise", "ENOMEM"),
                                                           ("mprotect", None)]
-    assert ctl.stale == {100}  # which part changed, /proc says at the next drain
+    assert set(ctl.stale) == {100}  # which part changed, /proc says at the next drain
 
 
 def test_one_kernel_mask_is_split_between_the_vmas_it_covers(model):
@@ -990,4 +993,64 @@ def test_lost_records_make_every_mapping_table_read_again(model):
 
     ctl = Controller(Losing(), model, host=1, focus=None, emit=lambda ev: None)
     ctl.check_lost()
-    assert ctl.stale == {100}
+    assert set(ctl.stale) == {100}
+
+
+def test_an_execd_processs_table_is_read_again_only_once_the_rings_are_read_up(model, monkeypatch):
+    """/proc shows a table as it is now: read while records were still pending, it would hold the
+    mappings those records then add again on top of it. So the re-read waits for the backlog (or
+    STALE_SECONDS), and the process's pages wait for the re-read."""
+    from ckptrace import watch
+    from ckptrace.watch import Controller
+
+    X = 0x30000000
+    monkeypatch.setattr(watch, "_maps", lambda hostpid: [(X, X + 4 * P, 3, "")])
+    prog = LaggingProg()
+    prog.read = 1 << 40
+    prog.backlog = lambda: 500
+    out: list[dict] = []
+    ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
+    model.apply(ev("exec", comm="w"), gen=5)
+    ctl.stale[100] = __import__("time").monotonic()
+    prog.pages = {100: [(5, X >> 12, 0b1)]}
+    ctl.drain()
+    assert 100 in ctl.stale and ctl.held and not [e for e in out if e["event"] == "dirty"]
+    assert model.procs[100].vmas == []  # not read while records are pending
+    prog.backlog = lambda: 0
+    ctl.drain()
+    assert 100 not in ctl.stale and not ctl.held
+    assert [(e["start"], e["pages"]) for e in out if e["event"] == "dirty"] == [(X, 1)]
+
+
+def test_after_an_exec_proc_completes_the_table_the_events_made_rather_than_replacing_it(model):
+    """Mappings made by mm calls after an exec are in the table from their events, each with its
+    generation; /proc only adds what exec made (here around them, merged by the kernel with one
+    of them), as old as the exec: pages of either kind find their mapping."""
+    X = 0x30000000
+    model.apply(ev("exec", comm="w"), gen=5)
+    model.apply(ev("mmap", addr=X + 4 * P, len=2 * P, prot=3), gen=7)
+    p = model.procs[100]
+    model.fill_maps(p, [(X, X + 8 * P, 3, "")])  # the kernel merged the new mapping into its neighbours
+    assert spans(p) == [(X, X + 4 * P, 3), (X + 4 * P, X + 6 * P, 3), (X + 6 * P, X + 8 * P, 3)]
+    assert [v.born for v in p.vmas] == [5, 7, 5]
+    out = model.add_dirty_masks(100, [(5, X >> 12, 0b1), (7, (X >> 12) + 4, 0b1)], ts=1)
+    assert sorted((e["start"], e["pages"]) for e in out) == [(X, 1), (X + 4 * P, 1)]
+    assert model.unattributed == 0
+
+
+def test_a_zombie_found_at_start_is_not_taken_for_a_live_process(model):
+    import subprocess as sp
+
+    from ckptrace.watch import Controller
+
+    child = sp.Popen(["true"])
+    for _ in range(200):
+        with open(f"/proc/{child.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        __import__("time").sleep(0.01)
+    try:
+        ctl = Controller(FakeProg(), model, host=1, focus=None, emit=lambda ev: None)
+        assert ctl.seed(child.pid, NS) is None and child.pid not in model.procs
+    finally:
+        child.wait()

@@ -365,6 +365,11 @@ class WatchProgram:
         were read."""
         return self._reader.poll(timeout_ms, self._on_record)
 
+    def backlog(self) -> int:
+        """Records sent (numbered) but not handed to the callback yet."""
+        r = self._reader
+        return max(0, r.written() - r.read_to()) if r is not None else 0
+
     def records_read(self) -> int:
         """Every record numbered below this has been handed to the callback."""
         return self._reader.read_to() if self._reader is not None else 0
