@@ -29,6 +29,11 @@ class Selection:
     message: str = ""
 
 
+# Narrower than this, the task tree goes above the memory map: side by side at 100 columns its
+# third of the width left names one letter once the pids, the dirt and the tree's indent were in.
+STACK_BELOW = 110
+
+
 def namespaces(model: Model) -> list[int]:
     return sorted(model.namespaces)
 
@@ -214,7 +219,7 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
         Layout(name="log"),
     )
     title = f"memory of {p.pid} {p.comm} (host {p.hostpid})" if p else "memory"
-    if width < 100:
+    if width < STACK_BELOW:
         # side by side, neither fits: the task tree above the memory map, each the full width
         tree_rows = max(2, (upper - 2) // 3)
         layout["mid"].split_column(

@@ -1054,3 +1054,12 @@ def test_a_zombie_found_at_start_is_not_taken_for_a_live_process(model):
         assert ctl.seed(child.pid, NS) is None and child.pid not in model.procs
     finally:
         child.wait()
+
+
+def test_task_names_stay_readable_at_100_columns(model):
+    """Side by side at 100 columns the tree's comm column was cut to one letter: below 110 the
+    tree goes above the map, full width."""
+    model.apply(ev("fork", child=2, _childhost=101))
+    model.apply(ev("exec", hostpid=101, pid=2, comm="worker-process"))
+    out = text_of(render(model, Selection(), width=100, height=30), width=100, height=30)
+    assert "└ worker-process" in out  # the tree row (the events log has the name too)
