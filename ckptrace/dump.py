@@ -9,11 +9,17 @@ Tasks are released in a `finally`, whatever happened. See docs/dump.md.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import select
 import signal
+import socket
+import stat
+import struct
 import sys
 import tempfile
+import termios
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -303,13 +309,6 @@ def _check_delivered(fd: int, written: int, *, wait: bool, timeout: float = 30.0
     A socket's count cannot be trusted alone: the kernel drops what a peer left unread when it
     closes (unix) or resets (TCP), and the count falls to 0 as if all had been taken; the
     socket's error says so."""
-    import fcntl
-    import select
-    import socket
-    import stat
-    import struct
-    import termios
-
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
@@ -330,11 +329,6 @@ def _check_delivered(fd: int, written: int, *, wait: bool, timeout: float = 30.0
 
 
 def _wait_delivered(fd: int, sock, pending_req: int, written: int, wait: bool, timeout: float) -> None:
-    import fcntl
-    import select
-    import socket
-    import struct
-
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     deadline = time.monotonic() + timeout

@@ -310,8 +310,7 @@ class Controller:
             if e.code:
                 # failed part-way (see bpf/watch.bpf.c): which part changed, /proc will say
                 ev["error"] = _errno_name(e.code)
-                self.stale.setdefault(hostpid, time.monotonic())
-                self.execd.discard(hostpid)  # the events' table is wrong: replace it
+                self._mark_stale(hostpid)
             out = self.model.apply(ev, gen=gen, tid=e.hosttid, fixed=bool(e.a3 & MAP_FIXED))
         elif kind == "munmap":
             ev["addr"], ev["len"] = e.a0, e.a1
@@ -338,9 +337,7 @@ class Controller:
                 # exec replaced the whole address space: re-read it from /proc, but only at the
                 # next drain (most exec'd processes of a busy loop are gone by then, and /proc
                 # reads are the controller's most expensive work)
-                if hostpid not in self.stale:
-                    self.execd.add(hostpid)
-                self.stale.setdefault(hostpid, time.monotonic())
+                self._mark_stale(hostpid, exec_only=True)
         else:
             if kind == "exit":
                 ev["code"] = e.code
@@ -399,6 +396,16 @@ class Controller:
                 self.emit(ev)
         self.model.release_exited(exited)
 
+    def _mark_stale(self, hostpid: int, *, exec_only: bool = False) -> None:
+        """Have `hostpid`'s VMA table read again from /proc (see _reread_stale). `exec_only`: what
+        the events built since its exec is right, /proc only completes it (Model.fill_maps); else
+        the events' table is wrong (a failed mprotect, lost records) and /proc replaces it."""
+        if not exec_only:
+            self.execd.discard(hostpid)
+        elif hostpid not in self.stale:
+            self.execd.add(hostpid)
+        self.stale.setdefault(hostpid, time.monotonic())
+
     def _reread_stale(self, final: bool) -> None:
         """Read again from /proc the VMA tables the events could not keep (exec, a failed
         mprotect, lost records). /proc shows the table as it is now, so only once every record
@@ -424,9 +431,9 @@ class Controller:
         yet (a generation is the number of the record that began it, plus one): a controller
         behind the rings (a flood, a busy machine) would find their mapping nowhere and count them
         unattributed. They wait for a later drain (not past the last one), as do the pages of a
-        process whose VMA table is to be read again from /proc (see _reread_stale). They never wait for
-        ever: a record takes its number only once its ring slot is secured, so every generation's
-        record is read (or given up on, which moves the reader past it too)."""
+        process whose VMA table is to be read again from /proc (see _reread_stale). They never
+        wait for ever: a record takes its number only once its ring slot is secured, so every
+        generation's record is read (or given up on, which moves the reader past it too)."""
         read_to = self.prog.records_read()
         stale = self.stale
         if not self.held and not any(h in stale for h in drained) and \
@@ -451,11 +458,9 @@ class Controller:
         if lost["ring"] > self.lost_seen["ring"]:
             # mm records may have been among those lost (their generations too: the kernel side
             # starts one only for a record it could send): read every mapping table again
-            now = time.monotonic()
             for hostpid, p in self.model.procs.items():
                 if p.alive:
-                    self.stale.setdefault(hostpid, now)
-                    self.execd.discard(hostpid)
+                    self._mark_stale(hostpid)
         if any(lost[k] > self.lost_seen[k] for k in lost):
             self.lost_seen = dict(lost)
             self.emit({"event": "lost", "pid": 0, "hostpid": 0, "ns": 0, "ts": time.monotonic_ns(), **lost})

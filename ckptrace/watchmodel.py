@@ -146,20 +146,15 @@ class Proc:
             self.vmas[lo:hi] = keep
         return removed
 
-    def unowed(self, start: int, end: int, tid: int, ts: int) -> list[tuple[int, int]]:
-        """The parts of an munmap of [start, end) by thread `tid` at `ts` that apply: not those
-        over a mapping that owes that range an munmap from another thread (Vma.owed), which each
-        let pass once."""
+    def uncovered(self, start: int, end: int, covers=lambda v: True) -> list[tuple[int, int]]:
+        """The parts of [start, end) no mapping of the table covers, ascending, counting only the
+        mappings `covers(vma)` accepts (it sees each one overlapping the range, in order)."""
         out, at = [], start
         i = max(0, bisect.bisect_right(self.vmas, start, key=_start) - 1)
         while i < len(self.vmas) and self.vmas[i].start < end:
             v = self.vmas[i]
             i += 1
-            if v.owed is None or v.end <= start:
-                continue
-            maker, until = v.owed
-            v.owed = None
-            if maker == tid or ts > until:
+            if v.end <= start or not covers(v):
                 continue
             if v.start > at:
                 out.append((at, v.start))
@@ -167,6 +162,20 @@ class Proc:
         if at < end:
             out.append((at, end))
         return out
+
+    def unowed(self, start: int, end: int, tid: int, ts: int) -> list[tuple[int, int]]:
+        """The parts of an munmap of [start, end) by thread `tid` at `ts` that apply: not those
+        over a mapping that owes that range an munmap from another thread (Vma.owed), which each
+        let pass once."""
+
+        def owed_to_this_munmap(v: Vma) -> bool:
+            if v.owed is None:
+                return False
+            maker, until = v.owed
+            v.owed = None
+            return maker != tid and ts <= until
+
+        return self.uncovered(start, end, owed_to_this_munmap)
 
     def insert(self, vma: Vma) -> None:
         self.carve(vma.start, vma.end)
@@ -324,15 +333,9 @@ class Model:
         (merged by the kernel, and only as it is now) would lose. What is added is as old as the
         exec."""
         for start, end, prot, path in sorted(maps):
-            at = start
-            for v in list(p.vmas):
-                if v.end <= at or v.start >= end:
-                    continue
-                if v.start > at:
-                    p.insert(Vma(at, v.start, prot, path, born=p.exec_gen, lineage=next(self._lineage)))
-                at = max(at, v.end)
-            if at < end:
-                p.insert(Vma(at, end, prot, path, born=p.exec_gen, lineage=next(self._lineage)))
+            for a, b in p.uncovered(start, end):
+                bisect.insort(p.vmas, Vma(a, b, prot, path, born=p.exec_gen, lineage=next(self._lineage)),
+                              key=_start)
             if path == "[heap]" and not p.brk:
                 p.brk = end
 
@@ -377,7 +380,8 @@ class Model:
         """Apply one structural event; returns the event to report (possibly completed, e.g. brk's
         addr/len), or None when it is internal (rename, brk queries). What the report leaves out
         comes as keywords (the mm generation, a fork's child host pid, brk's requested and
-        resulting break, the thread of an mmap or munmap and whether the mmap was MAP_FIXED) or, equivalently, as keys starting with "_" (`public` strips them).
+        resulting break, the thread of an mmap or munmap and whether the mmap was MAP_FIXED) or,
+        equivalently, as keys starting with "_" (`public` strips them).
         This runs for every event the kernel sends: keep it lean."""
         now = self.clock()
         kind = ev["event"]

@@ -1220,6 +1220,18 @@ def _caps_of(pid: int) -> dict:
     return out
 
 
+def _caps_survive_restore(w, img: str, log, restored) -> list[str]:
+    """Dump `w` with --kill to `img`, restore it, check every thread's capability sets came back,
+    and return the lines its log (`log`) got in the 0.3 s after the restore."""
+    want = _caps_of(w.init)
+    dump_kill(w, img)
+    n = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    assert _caps_of(res["init_pid"]) == want
+    time.sleep(0.3)
+    return log.read_text().splitlines()[n:]
+
+
 def test_dropped_capabilities_stay_dropped(pidns, tmp_path, restored):
     """A root workload that dropped capabilities (as containers do) must not get them back: every
     thread's five sets and the securebits are the image's after the restore."""
@@ -1227,14 +1239,7 @@ def test_dropped_capabilities_stay_dropped(pidns, tmp_path, restored):
               settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want = _caps_of(w.init)
     assert len(want) == 2 and all(int(c[3], 16) >> 13 & 1 == 0 and int(c[4], 16) == 1 << 10 for c in want.values()), want
-    img = str(tmp_path / "caps.img")
-    dump_kill(w, img)
-    log = tmp_path / "caps.log"
-    n = len(log.read_text().splitlines())
-    res = restore_json(img, restored)
-    assert _caps_of(res["init_pid"]) == want
-    time.sleep(0.3)
-    after = log.read_text().splitlines()[n:]
+    after = _caps_survive_restore(w, str(tmp_path / "caps.img"), tmp_path / "caps.log", restored)
     assert after and set(after) == {"securebits=4"}, after
 
 
@@ -1645,13 +1650,5 @@ def test_a_process_without_capabilities_that_keeps_caps_on_comes_back(pidns, tmp
     request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
     w = pidns([sys.executable, "-c", NOCAPS_WORKLOAD, str(shared)], ready_file=str(shared / "ready"),
               settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    want = _caps_of(w.init)
-    img = str(tmp_path / "nocaps.img")
-    dump_kill(w, img)
-    log = shared / "nocaps.log"
-    n = len(log.read_text().splitlines())
-    res = restore_json(img, restored)
-    assert _caps_of(res["init_pid"]) == want
-    time.sleep(0.3)
-    after = log.read_text().splitlines()[n:]
+    after = _caps_survive_restore(w, str(tmp_path / "nocaps.img"), shared / "nocaps.log", restored)
     assert after and set(after) == {"securebits=16 uid=1000"}, after
