@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -16,6 +17,8 @@ import time
 import pytest
 
 from nsutil import NsWorkload
+
+from ckptrace.watchguard import PAGE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -486,14 +489,18 @@ def test_auto_priority_starts_idle_and_its_guard_raises_a_starved_controller(pid
         with open(f"/proc/{guard}/cmdline", "rb") as f:
             assert b"ckptrace.watchguard" in f.read()
         assert os.sched_getscheduler(guard) == os.SCHED_OTHER  # started before the controller lowered itself
-        stopped_at = time.monotonic()
+        page = _guard_heartbeat(guard)
         os.kill(watch.pid, signal.SIGSTOP)
         try:
+            wait_until(lambda: _stopped(watch.pid), 5, "the controller did not stop")
+            last_beat = PAGE.unpack_from(page, 0)[0]  # no beat after this: it is stopped
             wait_until(lambda: set(_policies(watch.pid).values()) == {os.SCHED_OTHER}, 5,
                        "the guard never raised the stopped controller")
-            raised_after = time.monotonic() - stopped_at
+            # late is counted from the last beat, which may be older than the stop
+            raised_after = (time.monotonic_ns() - last_beat) / 1e9
         finally:
             os.kill(watch.pid, signal.SIGCONT)
+            page.close()
     except BaseException:
         watch.kill()
         raise
@@ -532,6 +539,25 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "gone"
+
+
+def _guard_heartbeat(guard: int) -> mmap.mmap:
+    """The page the controller and `guard` share, read from the guard's end (the fd its
+    command line names: `python -m ckptrace.watchguard FD PID STALE READY-FD`)."""
+    with open(f"/proc/{guard}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    fd = int(argv[argv.index(b"ckptrace.watchguard") + 1])
+    with open(f"/proc/{guard}/fd/{fd}", "rb") as f:
+        return mmap.mmap(f.fileno(), mmap.PAGESIZE, prot=mmap.PROT_READ)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` is in group stop."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                return False
+    return True
 
 
 def _behind_seconds() -> float:
