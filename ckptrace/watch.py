@@ -574,15 +574,11 @@ class PlainLines(_Lines):
 
 
 def _plain_line(ev: dict) -> str:
-    extra = []
-    for k, v in ev.items():
-        if k in ("event", "pid", "hostpid", "ns", "ts"):
-            continue
-        if k in ("addr", "new_addr", "start", "end") and isinstance(v, int):
-            v = f"{v:#x}"
-        extra.append(f"{k}={v}")
+    from .watchview import event_fields
+
     who = f"{ev['pid']}/{ev['hostpid']}"
-    return f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={who:<13} {ev['event']:<8} {' '.join(extra)}".rstrip()
+    fields = " ".join(event_fields(ev, readable=False))
+    return f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={who:<13} {ev['event']:<8} {fields}".rstrip()
 
 
 def _check_focus(host: int, focus: int | None) -> None:

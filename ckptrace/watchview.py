@@ -94,24 +94,32 @@ def human(n: int) -> str:
 
 
 _ADDRESSES = ("addr", "new_addr", "start", "end")
+_IDENTITY = ("event", "pid", "hostpid", "ns", "ts")
 
 
-def event_line(ev: dict) -> str:
-    """One recent event, its short fields first: a narrow panel cuts the line's end, and the
-    addresses are the longest and least telling part (a dirty event's page count used to go)."""
+def event_fields(ev: dict, readable: bool = True) -> list[str]:
+    """An event's own fields as `k=v`, short ones first and addresses (hex) last: a narrow panel
+    cuts a line's end, and the addresses are the longest and least telling part (a dirty event's
+    page count used to go). readable: lengths in K/M/G and prot as rwx (the dashboard); plain
+    event lines keep the exact numbers, as --json has them."""
     extra, addresses = [], []
     for k, v in ev.items():
-        if k in ("event", "pid", "hostpid", "ns", "ts") or k.startswith("_"):
+        if k in _IDENTITY or k.startswith("_"):
             continue
         if k in _ADDRESSES and isinstance(v, int):
             addresses.append(f"{k}={v:#x}")
             continue
-        if k in ("len", "new_len") and isinstance(v, int):
+        if readable and k in ("len", "new_len") and isinstance(v, int):
             v = human(abs(v)) if v >= 0 else "-" + human(-v)
-        elif k == "prot" and isinstance(v, int):
+        elif readable and k == "prot" and isinstance(v, int):
             v = prot_str(v)
         extra.append(f"{k}={v}")
-    return f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(extra + addresses)}"
+    return extra + addresses
+
+
+def event_line(ev: dict) -> str:
+    """One recent event on the dashboard."""
+    return f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(event_fields(ev))}"
 
 
 def _ns_table(model: Model, sel: Selection, now: float) -> Table:

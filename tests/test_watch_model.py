@@ -412,6 +412,20 @@ def test_render_says_how_many_mappings_it_could_not_show_and_keeps_short_fields_
     assert "└ †42 " in out
 
 
+def test_plain_lines_and_the_dashboard_log_share_one_field_order_and_differ_in_units():
+    """Both put short fields before the (hex) addresses; plain lines keep exact numbers for
+    grep and scripts, the dashboard's log shows lengths and protections readably."""
+    from ckptrace.watch import _plain_line
+    from ckptrace.watchview import event_line
+
+    e = {"event": "mremap", "pid": 3, "hostpid": 300, "ns": NS, "ts": 1_500_000_000,
+         "addr": 0x7f0000000000, "len": 2 * P, "new_addr": 0x7f0000100000, "new_len": -P, "prot": 5}
+    plain, log = _plain_line(e), event_line(e)
+    assert plain.endswith(" mremap   len=8192 new_len=-4096 prot=5 addr=0x7f0000000000 new_addr=0x7f0000100000")
+    assert plain.startswith("      1.500000 ") and f"ns={NS} pid=3/300 " in plain
+    assert log == f"{NS}     3/300     mremap   len=8.0K new_len=-4.0K prot=r-x addr=0x7f0000000000 new_addr=0x7f0000100000"
+
+
 def test_render_empty_model_and_small_terminal():
     m = Model()
     out = text_of(render(m, Selection(), width=60, height=12), width=60, height=12)
