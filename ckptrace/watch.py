@@ -83,6 +83,7 @@ class CpuPriority:
         self.hold = self.HOLD_SECONDS
         self.until = 0.0  # normal priority at least until then
         self.lowered_at: float | None = None
+        self.finishing = False  # stopping: never lowered again
 
     def start(self) -> None:
         """After loading and seeding, which should not crawl on a busy host."""
@@ -97,15 +98,30 @@ class CpuPriority:
         self._set(idle=True)
 
     def stop(self) -> None:
+        """Watch is ending: what is left (the last read, detaching every program) runs at normal
+        priority, whatever the mode. At SCHED_IDLE on saturated CPUs it could take minutes, with
+        the programs attached all along."""
         if self.guard is not None:
             self.guard.stop()
             self.heartbeat.close()
             self.guard = self.heartbeat = None
+        self.hurry()
+
+    def hurry(self) -> None:
+        """Back to normal priority for good, now: a stop was asked for (called from the signal
+        handler too, so that the loop notices the request without waiting for idle CPU time).
+        Should setting it fail, the rest runs at idle priority: slow, but it ends."""
+        self.finishing = True
+        if self.idle:
+            try:
+                self._set(idle=False)
+            except CkptError:
+                pass
 
     def observe(self, lag: float) -> bool:
         """How late the controller is now, in seconds (called often: it is also the heartbeat);
         True when its priority changed."""
-        if self.mode != "auto":
+        if self.mode != "auto" or self.finishing:
             return False
         now = self.clock()
         if self.heartbeat is not None:
@@ -163,6 +179,12 @@ _stop_requested = [False]
 
 def _request_stop(_sig, _frame) -> None:
     _stop_requested[0] = True
+    if _hurry[0] is not None:
+        _hurry[0]()
+
+
+# what a stop request also does at once (CpuPriority.hurry, while watch runs)
+_hurry: list = [None]
 
 
 def _watched_namespaces(host: int, focus: int | None) -> dict[int, list[int]]:
@@ -627,6 +649,7 @@ def main(args) -> int:
                 model.status = f"{base_status}, {priority.describe()}"
 
         try:
+            _hurry[0] = priority.hurry
             priority.start()
             model.status = f"{base_status}, {priority.describe()}"
             ctl.late = late
@@ -639,6 +662,7 @@ def main(args) -> int:
         except (KeyboardInterrupt, Stop):
             pass
         finally:
+            _hurry[0] = None
             priority.stop()
             try:
                 # what the kernel sent before we stopped is still reported, as much as a second

@@ -464,6 +464,29 @@ def test_idle_puts_every_controller_thread_at_idle_priority_and_still_reports(pi
 
 
 @pytest.mark.kernel
+def test_a_starved_idle_controller_still_stops_promptly_and_detaches(pidns):
+    """--priority idle on saturated CPUs: SIGTERM still ends watch in seconds, with nothing left
+    loaded. (It used to finish its last read and detach at SCHED_IDLE: over 150 s here.)"""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; done"])
+    watch = start_watch("--pidns", str(work.ns), "--no-faults", "--priority", "idle")
+    hogs = [subprocess.Popen(["taskset", "-c", str(cpu), PY, "-c", "while True: pass"])
+            for cpu in sorted(os.sched_getaffinity(0))]
+    try:
+        time.sleep(1)
+        watch.send_signal(signal.SIGTERM)
+        finish(watch, timeout=30)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert our_programs() == []
+
+
+@pytest.mark.kernel
 def test_priority_normal_never_lowers_and_has_no_guard(pidns):
     need_root_and_bcc()
     work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])

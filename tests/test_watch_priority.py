@@ -228,3 +228,32 @@ def test_loop_gc_collects_cycles_on_its_ticks_only_and_restores_the_collector():
         assert gone() is None
         del keep
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "idle", "normal"])
+def test_stopping_finishes_at_normal_priority_in_every_mode(mode):
+    """The last read and the detaching of every program must not crawl at SCHED_IDLE on a
+    saturated host (minutes, with the programs attached): stop() puts the controller back at
+    normal priority, and does not touch a controller that is there already."""
+    prio, clock, policies = make(mode)
+    prio.start()
+    prio.stop()
+    assert policies == ([] if mode == "normal" else [IDLE, OTHER]) and not prio.idle
+    prio, clock, policies = make("auto")
+    prio.start()
+    clock.t += 1
+    prio.observe(LATE)  # raised already
+    prio.stop()
+    assert policies == [IDLE, OTHER]
+
+
+def test_a_stop_request_raises_at_once_and_nothing_lowers_it_again():
+    prio, clock, policies = make("auto")
+    prio.start()
+    prio.hurry()  # what the SIGTERM/SIGINT handler does
+    for _ in range(10):
+        clock.t += HOLD
+        assert prio.observe(0.0) is False
+    assert policies == [IDLE, OTHER] and not prio.idle
+    prio.stop()
+    assert policies == [IDLE, OTHER]
