@@ -417,7 +417,12 @@ class Model:
         elif kind == "fork":
             childhost = childhost or ev["_childhost"]
             child = self.procs.get(childhost)
-            if child is None or not child.alive:
+            if child is not None and not child.alive and child.ppid in (0, p.hostpid) and child.ns == p.ns:
+                # A fork reported after the child's own exec and exit (vfork, posix_spawn: the
+                # parent's clone returns once the child has exec'd, and a short-lived child can
+                # be gone by then). It is that child, dead: not a new process with its pid.
+                child.ppid = p.hostpid
+            elif child is None or not child.alive:
                 child = self.procs[childhost] = Proc(childhost, ev["child"], p.ns, p.hostpid, p.comm)
                 lineage = self._lineage
                 child.vmas = [Vma(v.start, v.end, v.prot, v.path, set(), 0, next(lineage)) for v in p.vmas]
