@@ -496,6 +496,8 @@ class Controller:
                     self.model.vanished(hostpid)
         self.model.gc()
         self.forked_early &= self.model.procs.keys()  # their fork record was lost, or long gone
+        # an ignored pid that is gone may come back as one of ours (resolve() would skip it)
+        self.ignored = {h for h in self.ignored if os.path.exists(f"/proc/{h}")}
         for ino in list(self.prog.ns_slots):
             if ino not in self.model.namespaces:
                 self.prog.forget_namespace(ino)

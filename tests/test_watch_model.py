@@ -326,6 +326,26 @@ def test_fork_exec_exit_build_the_tree(model):
     assert model.procs == {} and NS not in model.namespaces  # the namespace died with its init
 
 
+def test_a_fork_reported_after_the_childs_exec_and_exit_does_not_bring_it_back(model):
+    """vfork/posix_spawn: the parent's clone returns after the child exec'd, so its fork record
+    comes after the child's exec, and a short-lived child's exit too. The child stays dead (it
+    used to come back as a live process with the parent's mappings, never to go away); a dead
+    process of another parent with that pid is a reused pid: the fork makes a new one."""
+    model.apply(ev("exec", hostpid=101, pid=2, comm="true"))
+    model.apply(ev("exit", hostpid=101, pid=2, code=0))
+    model.apply(ev("fork", child=2, _childhost=101))
+    child = model.procs[101]
+    assert not child.alive and child.code == 0 and child.ppid == 100 and child.vmas == []
+    model.tick(10)
+    model.gc()
+    assert 101 not in model.procs
+    model.apply(ev("fork", child=2, _childhost=101))  # the parent forks again: that child lives
+    model.apply(ev("fork", hostpid=101, pid=2, child=3, _childhost=102))
+    model.apply(ev("exit", hostpid=102, pid=3, code=1))
+    model.apply(ev("fork", child=3, _childhost=102))  # pid 102 reused, by init's child this time
+    assert model.procs[102].alive and model.procs[102].ppid == 100
+
+
 def test_events_are_counted_and_kept_for_the_log(model):
     model.apply(ev("mmap", addr=0x60000000, len=P, prot=3))
     model.apply(ev("rename", comm="x"))  # internal: no log line
@@ -1077,3 +1097,18 @@ def test_task_names_stay_readable_at_100_columns(model):
     model.apply(ev("exec", hostpid=101, pid=2, comm="worker-process"))
     out = text_of(render(model, Selection(), width=100, height=30), width=100, height=30)
     assert "└ worker-process" in out  # the tree row (the events log has the name too)
+
+
+def test_ignored_pids_are_forgotten_once_gone(model):
+    """A pid ignored (another namespace's) is forgotten when /proc no longer has it: the pid can
+    come back as one of ours, and resolve() would skip it unseen."""
+    from ckptrace.watch import Controller
+
+    class Prog(DrainProg):
+        ns_slots = {}
+
+    ctl = Controller(Prog(), model, host=1, focus=None, emit=lambda e: None)
+    gone = 2**22 + 12345  # above any pid_max
+    ctl.ignored |= {os.getpid(), gone}
+    ctl.gc()
+    assert ctl.ignored == {os.getpid()}
