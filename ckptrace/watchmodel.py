@@ -203,6 +203,23 @@ class Proc:
         return None
 
 
+def _heir(p: Proc, v: Vma, pn: int, tomb) -> tuple[Vma, int]:
+    """Where page `pn` of tombstone `v` (an mprotect's or mremap's) is now: the piece of the same
+    lineage that took it over, followed through every later mprotect and move (realloc can move
+    a block twice between two drains), as (mapping, page number there). Where the chain ends in a
+    mapping that is gone, its last tombstone keeps the page."""
+    cur = v
+    for _ in range(64):  # a bound, not an expected depth
+        npn = pn + (cur.moved >> PAGE_SHIFT)
+        nxt = p.owner(npn << PAGE_SHIFT, cur.died, tomb)
+        if nxt is None or nxt is cur or nxt.lineage != v.lineage:
+            break
+        cur, pn = nxt, npn
+        if cur.died == _LIVE or not cur.heirs:
+            break
+    return cur, pn
+
+
 class TombIndex:
     """Proc.tomb for a drain over a process with many tombstones: Proc.tomb looks at every
     tombstone for every run of pages, and a loop that maps, writes and unmaps a page 20 000 times
@@ -590,15 +607,10 @@ class Model:
                 v.dirty.update(pnums)
                 reports.setdefault(id(v), [v, set()])[1].update(pnums)
                 continue
-            shift = v.moved >> PAGE_SHIFT
             for pn in pnums:
-                heir = p.find((pn + shift) << PAGE_SHIFT)
-                if heir is not None and heir.lineage == v.lineage:
-                    heir.dirty.add(pn + shift)
-                    reports.setdefault(id(heir), [heir, set()])[1].add(pn + shift)
-                else:
-                    v.dirty.add(pn)
-                    reports.setdefault(id(v), [v, set()])[1].add(pn)
+                heir, hpn = _heir(p, v, pn, tomb)
+                heir.dirty.add(hpn)
+                reports.setdefault(id(heir), [heir, set()])[1].add(hpn)
         out = []
         ns = self.add_namespace(p.ns)
         now = self.clock()

@@ -215,6 +215,31 @@ def test_pages_written_before_an_mremap_move_follow_the_mapping(model):
     assert p.find(0x50000000).dirty == {(0x50000000 + 2 * P) >> 12}
 
 
+def test_pages_follow_a_mapping_through_several_moves_and_protection_changes(model):
+    """realloc can move a block twice between two drains; an mprotect can split it first. Pages
+    written before are reported on the piece that holds them now, not left on the first
+    tombstone (they used to be: one step was followed). Where the chain ends with the mapping
+    unmapped, its last tombstone keeps them."""
+    p = model.procs[100]
+    A, B, C = 0x40000000, 0x50000000, 0x60000000
+    model.apply(ev("mmap", addr=A, len=4 * P, prot=3, _gen=10))
+    model.apply(ev("mremap", addr=A, len=4 * P, new_addr=B, new_len=4 * P, _gen=20))
+    model.apply(ev("mremap", addr=B, len=4 * P, new_addr=C, new_len=4 * P, _gen=30))
+    out = model.add_dirty(100, [(10, A + P), (10, A + 2 * P), (20, B + 3 * P)], ts=1)
+    assert [(e["start"], e["end"], e["pages"]) for e in out] == [(C, C + 4 * P, 3)]
+    assert p.find(C).dirty == {(C + P) >> 12, (C + 2 * P) >> 12, (C + 3 * P) >> 12}
+
+    model.apply(ev("mmap", addr=A, len=4 * P, prot=3, _gen=40))
+    model.apply(ev("mprotect", addr=A, len=2 * P, prot=1, _gen=50))
+    model.apply(ev("mremap", addr=A + 2 * P, len=2 * P, new_addr=B, new_len=2 * P, _gen=60))
+    out = model.add_dirty(100, [(40, A), (40, A + 3 * P)], ts=2)
+    assert sorted((e["start"], e["end"], e["pages"]) for e in out) == [(A, A + 2 * P, 1), (B, B + 2 * P, 1)]
+
+    model.apply(ev("munmap", addr=B, len=2 * P, _gen=70))
+    out = model.add_dirty(100, [(40, A + 2 * P)], ts=3)  # moved to B, then unmapped there
+    assert [(e["start"], e["end"], e["pages"]) for e in out] == [(B, B + 2 * P, 1)]
+
+
 def test_pages_of_an_unmapped_mapping_stay_with_its_tombstone(model):
     model.apply(ev("mmap", addr=0x40000000, len=4 * P, prot=3, _gen=1))
     model.apply(ev("munmap", addr=0x40000000, len=4 * P, _gen=2))
@@ -696,9 +721,13 @@ def test_dirty_attribution_agrees_with_owner_page_by_page(seed, indexed, monkeyp
                 if v is None:
                     unattributed += 1
                     continue
-                heir = p.find((pn << PAGE_SHIFT) + v.moved) if v.died < _LIVE and v.heirs else None
-                if heir is not None and heir.lineage == v.lineage:  # split or moved since: the live piece
-                    v, pn = heir, pn + (v.moved >> PAGE_SHIFT)
+                # split or moved since (maybe again and again): the piece that holds it now
+                lineage = v.lineage
+                while v.died < _LIVE and v.heirs:
+                    nxt = p.owner((pn << PAGE_SHIFT) + v.moved, v.died)
+                    if nxt is None or nxt is v or nxt.lineage != lineage:
+                        break
+                    v, pn = nxt, pn + (v.moved >> PAGE_SHIFT)
                 want.setdefault(id(v), [v, set()])[1].add(pn)
     events = m.add_dirty_masks(100, chunks, 99)
     assert sorted((e["start"], e["end"], e["pages"]) for e in events) == \
