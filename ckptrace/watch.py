@@ -87,7 +87,7 @@ class CpuPriority:
 
     def start(self) -> None:
         """After loading and seeding, which should not crawl on a busy host."""
-        if self.mode == "normal":
+        if self.mode == "normal" or self.finishing:
             return
         if self.mode == "auto" and self.use_guard:
             from .watchguard import Guard, Heartbeat
@@ -164,8 +164,12 @@ class CpuPriority:
         self.until = now + self.hold
 
     def _set(self, *, idle: bool) -> None:
-        self.set_policy(os.SCHED_IDLE if idle else os.SCHED_OTHER)
         self.idle = idle
+        self.set_policy(os.SCHED_IDLE if idle else os.SCHED_OTHER)
+        if idle and self.finishing:
+            # a stop request came in meanwhile (hurry, from the signal handler): stay up
+            self.idle = False
+            self.set_policy(os.SCHED_OTHER)
 
 
 def _ignore_lateness(_lag: float) -> None:

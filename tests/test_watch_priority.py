@@ -257,3 +257,24 @@ def test_a_stop_request_raises_at_once_and_nothing_lowers_it_again():
     assert policies == [IDLE, OTHER] and not prio.idle
     prio.stop()
     assert policies == [IDLE, OTHER]
+
+
+def test_a_stop_request_while_lowering_wins():
+    """The signal handler's hurry() can run at any point of start()'s or observe()'s lowering;
+    the controller must end at normal priority whichever it is."""
+    # before start(): it does not lower at all
+    prio, clock, policies = make("idle")
+    prio.hurry()
+    prio.start()
+    assert policies == [] and not prio.idle
+    # in the middle of _set(idle=True), just after the policy call
+    prio, clock, policies = make("idle")
+
+    def set_policy(policy):
+        policies.append(policy)
+        if policy == IDLE and len(policies) == 1:
+            prio.hurry()
+
+    prio.set_policy = set_policy
+    prio.start()
+    assert policies[-1] == OTHER and not prio.idle
