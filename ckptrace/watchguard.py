@@ -20,7 +20,6 @@ import mmap
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -28,8 +27,9 @@ import time
 from .errors import CkptError
 from .kernel.sys import libc, set_threads_policy
 
-# the shared page: heartbeat (ns, CLOCK_MONOTONIC), times the guard raised the controller
-PAGE = struct.Struct("<QQ")
+# the shared page, as 64-bit words: the controller's heartbeat (ns, CLOCK_MONOTONIC), the times
+# the guard raised the controller
+HEARTBEAT, RAISES = 0, 1
 GUARD_SECONDS = 0.05
 PR_SET_PDEATHSIG = 1
 
@@ -45,25 +45,30 @@ class Heartbeat:
             os.ftruncate(fd, mmap.PAGESIZE)
         self.fd = fd
         self.page = mmap.mmap(fd, mmap.PAGESIZE)
+        # Whole-word loads and stores: struct packs "<Q" a byte at a time, and the other side
+        # could read a beat half written (seconds off when a carry crosses bytes). The page is
+        # shared by two processes of one machine: native order is the order.
+        self.words = memoryview(self.page).cast("Q")
         if new:
             self.beat()
 
     def beat(self) -> None:
         """The controller is making progress now. Each side writes only its own field."""
-        struct.pack_into("<Q", self.page, 0, time.monotonic_ns())
+        self.words[HEARTBEAT] = time.monotonic_ns()
 
     def age(self) -> float:
         """Seconds since the last beat."""
-        return (time.monotonic_ns() - PAGE.unpack_from(self.page, 0)[0]) / 1e9
+        return (time.monotonic_ns() - self.words[HEARTBEAT]) / 1e9
 
     def raised(self) -> int:
-        return PAGE.unpack_from(self.page, 0)[1]
+        return self.words[RAISES]
 
     def count_raise(self) -> None:
         """The guard raised the controller (only the guard writes this field)."""
-        struct.pack_into("<Q", self.page, 8, self.raised() + 1)
+        self.words[RAISES] += 1
 
     def close(self) -> None:
+        self.words.release()
         self.page.close()
         os.close(self.fd)
 

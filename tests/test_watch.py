@@ -18,7 +18,7 @@ import pytest
 
 from nsutil import NsWorkload
 
-from ckptrace.watchguard import PAGE
+from ckptrace.watchguard import HEARTBEAT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -516,7 +516,8 @@ def test_auto_priority_starts_idle_and_its_guard_raises_a_starved_controller(pid
         os.kill(watch.pid, signal.SIGSTOP)
         try:
             wait_until(lambda: _stopped(watch.pid), 5, "the controller did not stop")
-            last_beat = PAGE.unpack_from(page, 0)[0]  # no beat after this: it is stopped
+            with memoryview(page).cast("Q") as words:  # whole words, as the controller writes them
+                last_beat = words[HEARTBEAT]  # no beat after this: it is stopped
             wait_until(lambda: set(_policies(watch.pid).values()) == {os.SCHED_OTHER}, 5,
                        "the guard never raised the stopped controller")
             # late is counted from the last beat, which may be older than the stop
