@@ -443,13 +443,16 @@ class Controller:
         now = time.monotonic()
         caught_up = final or self.prog.backlog() == 0
         for hostpid, since in list(self.stale.items()):
-            if not caught_up and now - since < STALE_SECONDS:
+            p = self.model.procs.get(hostpid)
+            alive = p is not None and p.alive
+            # a dead process has nothing to re-read, and its held pages must meet its tombstones
+            # in this drain: they go once this drain is over (release_exited)
+            if alive and not caught_up and now - since < STALE_SECONDS:
                 continue
             del self.stale[hostpid]
-            p = self.model.procs.get(hostpid)
             fill = hostpid in self.execd
             self.execd.discard(hostpid)
-            if p is not None and p.alive:
+            if alive:
                 (self.model.fill_maps if fill else self.model.set_maps)(p, _maps(hostpid))
 
     def _hold_early(self, drained: dict, final: bool) -> dict:

@@ -1023,6 +1023,34 @@ def test_held_pages_are_attributed_at_the_last_drain_whatever_was_read(model):
     assert not ctl.held and model.unattributed == 1  # its record never came: counted, not kept
 
 
+def test_pages_held_for_a_table_to_re_read_meet_their_mappings_when_the_process_exits(model):
+    """A process exec'd (its table is to be completed from /proc once the rings are read up) maps
+    and writes, and its pages wait while the controller is behind. It exits meanwhile: its pages
+    are attributed to the mappings its events made before those go (they used to wait out the
+    re-read and find no mapping left: unattributed)."""
+    from ckptrace.watch import Controller
+
+    class Behind(DrainProg):
+        def backlog(self):
+            return 3  # records still in the rings
+
+    prog = Behind()
+    out: list[dict] = []
+    ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
+    X = 0x30000000
+    model.apply(ev("fork", child=2, _childhost=101))
+    model.apply(ev("exec", hostpid=101, pid=2, comm="sh"), gen=5)
+    ctl._mark_stale(101, exec_only=True)
+    model.apply(ev("mmap", hostpid=101, pid=2, addr=X, len=4 * P, prot=3), gen=6)
+    prog.pages = {101: [(6, X >> 12, 0b1111)]}
+    ctl.drain()
+    assert ctl.held and out == []
+    model.apply(ev("exit", hostpid=101, pid=2, code=0))
+    ctl.drain()
+    assert [(e["pid"], e["start"], e["pages"]) for e in out if e["event"] == "dirty"] == [(2, X, 4)]
+    assert not ctl.held and not ctl.stale and model.unattributed == 0
+
+
 def test_a_dump_reset_also_drops_the_pages_held_for_their_records(model, tmp_path):
     """Pages taken before a dump's reset count as before it, held or not: after the reset they
     are not reported as written since."""
