@@ -94,7 +94,12 @@ class CpuPriority:
 
             # first: the guard would inherit SCHED_IDLE, and starve with us
             self.heartbeat = Heartbeat()
-            self.guard = Guard(self.heartbeat, self.BEHIND_SECONDS)
+            try:
+                self.guard = Guard(self.heartbeat, self.BEHIND_SECONDS)
+            except BaseException:
+                self.heartbeat.close()
+                self.heartbeat = None
+                raise
         self._set(idle=True)
 
     def stop(self) -> None:

@@ -96,7 +96,7 @@ class Guard:
             ready, _, _ = select.select([ready_r], [], [], self.START_SECONDS)
             if not ready or os.read(ready_r, 1) != b"1":
                 self.stop()
-                raise CkptError("watch: the controller's priority guard did not start "
+                raise CkptError("the controller's priority guard did not start "
                                 "(try --priority normal or --priority idle)")
         finally:
             os.close(ready_r)

@@ -278,3 +278,21 @@ def test_a_stop_request_while_lowering_wins():
     prio.set_policy = set_policy
     prio.start()
     assert policies[-1] == OTHER and not prio.idle
+
+
+def test_a_guard_that_does_not_start_leaves_no_page_open(monkeypatch):
+    from ckptrace import watchguard
+    from ckptrace.errors import CkptError
+
+    made = []
+
+    class NoGuard:
+        def __init__(self, heartbeat, stale):
+            made.append(heartbeat)
+            raise CkptError("the controller's priority guard did not start (try --priority normal)")
+
+    monkeypatch.setattr(watchguard, "Guard", NoGuard)
+    prio = CpuPriority("auto", set_policy=[].append, clock=Clock())
+    with pytest.raises(CkptError):
+        prio.start()
+    assert prio.heartbeat is None and made[0].page.closed
