@@ -406,8 +406,10 @@ class Model:
         p = self.procs.get(ev["hostpid"])
         if p is None or (not p.alive and kind != "exit"):
             p = self.seed_proc(ev["hostpid"], ev["pid"], ev["ns"], comm=ev.get("comm", ""))
-        if kind in _MM_KINDS:
-            # the kernel counts generations; without one (tests, old records) count here
+        if kind in _MM_KINDS and not (kind == "brk" and (ev["_want"] if want is None else want) == 0):
+            # The kernel numbers generations; events without one (tests) are counted here. A brk
+            # query (brk(0)) changes nothing and starts none, there as here: counted, it made
+            # the model's generation run ahead of the kernel's.
             p.gen = gen or ev.get("_gen") or p.gen + 1
         if kind == "mmap":
             addr = ev["addr"]

@@ -320,7 +320,9 @@ def test_a_page_written_before_and_after_an_mprotect_counts_once(model):
 
 def test_brk_reports_old_break_and_signed_delta(model):
     p = model.procs[100]
+    gen = p.gen
     assert model.apply(ev("brk", _want=0, _got=0x700000)) is None  # a query: baseline only
+    assert p.gen == gen  # and no generation: the kernel starts none for it
     out = model.apply(ev("brk", _want=0x720000, _got=0x720000))
     assert (out["addr"], out["len"]) == (0x700000, 0x20000)
     assert set(public(out)) == {"event", "pid", "hostpid", "ns", "ts", "addr", "len"}
