@@ -641,8 +641,9 @@ class Model:
 
     def release_exited(self, procs: list[Proc]) -> None:
         """Forget the mappings of processes that had exited before a drain of the kernel's
-        written pages began: an exited process writes nothing more (its mm is gone before the
-        exit tracepoint fires), so that drain held the last of its pages. Without this a fork
+        written pages began: nothing is recorded for a process once its exit record is made (the
+        exit program deletes its `tracked` entry, which the fault program needs), so that drain
+        held the last of its pages. Without this a fork
         storm kept every dead child's tombstones for TOMBSTONE_SECONDS: ~130 MiB here."""
         for p in procs:
             if not p.alive:
