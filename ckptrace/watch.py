@@ -210,7 +210,7 @@ def _watched_namespaces(host: int, focus: int | None) -> dict[int, list[int]]:
 
 def _maps(hostpid: int) -> list[tuple[int, int, int, str]]:
     try:
-        return [(m.start, m.end, m.prot, m.path) for m in procfs.smaps(hostpid)]
+        return [(m.start, m.end, m.prot, m.path) for m in procfs.maps(hostpid)]
     except CkptError:
         return []
 

@@ -68,6 +68,17 @@ def fake(tmp_path):
     return str(tmp_path)
 
 
+def test_maps_reads_what_smaps_does_but_flags(fake):
+    """/proc/PID/maps is smaps without the per-mapping lines."""
+    import pathlib
+
+    p = pathlib.Path(fake) / "4321"
+    (p / "maps").write_text("".join(line + "\n" for line in SMAPS.splitlines()
+                                    if "-" in line.split(None, 1)[0] and not line.split(None, 1)[0].endswith(":")))
+    fields = lambda m: (m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path)  # noqa: E731
+    assert [fields(m) for m in procfs.maps(4321, fake)] == [fields(m) for m in procfs.smaps(4321, fake)]
+
+
 def test_smaps(fake):
     maps = procfs.smaps(4321, fake)
     assert [m.path for m in maps] == ["/usr/bin/odd name (deleted)", "/dev/zero (deleted)", "[vvar]", "",

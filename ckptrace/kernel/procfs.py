@@ -194,6 +194,12 @@ def _map_line(line: str) -> Mapping:
                    parts[5].rstrip("\n") if len(parts) > 5 else "")
 
 
+def maps(pid: int, root: str = PROC) -> list[Mapping]:
+    """Every mapping, without VmFlags, from /proc/PID/maps: unlike smaps, reading it does not walk
+    the process's page tables (watch reads tables often, while the process runs)."""
+    return [_map_line(line) for line in _read(f"{root}/{pid}/maps", f"read maps of {pid}").splitlines() if line]
+
+
 def smaps(pid: int, root: str = PROC) -> list[Mapping]:
     """Every mapping with its VmFlags, from one read of /proc/PID/smaps."""
     out: list[Mapping] = []
