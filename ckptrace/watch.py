@@ -404,6 +404,11 @@ class Controller:
     def drain(self, final: bool = False) -> None:
         """Attribute the pages the kernel has seen written since the last drain (and report
         them). `final`: the last drain, nothing is held back for later."""
+        # A dump's reset first: every page drained from here on was taken after the dump had
+        # released its tasks (its stamp is written as it does), so none of them is wiped. Checked
+        # only at housekeeping, a reset came up to a second late and took with it the pages
+        # written since the dump and drained meanwhile.
+        self.check_dumps()
         exited = self.model.take_exited()  # before the drain: it holds the last of their pages
         drained = self.prog.drain_dirty()
         # when the pages were taken (drain_dirty walks the whole map, milliseconds): an exit
@@ -519,10 +524,10 @@ class Controller:
             stamp = notify.last_dump(ino, base=self.dumps_dir)
             if stamp is not None and stamp != ns.last_dump:
                 ns.last_dump = stamp
+                # Pages held for their records are kept: taken before the reset, they may still
+                # have been written after the dump's release; counted dirty, the next dump takes
+                # them once more, while lost they would be missing from "dirty since the dump".
                 self.model.reset_dirty(ino)
-                # pages taken before the reset but held for their records go with the rest
-                procs = self.model.procs
-                self.held = [(h, c) for h, c in self.held if h not in procs or procs[h].ns != ino]
 
 
 _INT_ONLY = {int}
@@ -755,7 +760,6 @@ def _loop_collected(ctl: Controller, args, tick, collector: LoopGc) -> None:
             next_drain = now + DRAIN_SECONDS
         if now >= next_house:
             ctl.check_lost()
-            ctl.check_dumps()
             ctl.gc()
             collector.tick(now)
             next_house = now + HOUSEKEEP_SECONDS
