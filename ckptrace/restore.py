@@ -9,8 +9,10 @@ Pipeline (details in docs/restore.md):
   memory     the controller seizes each process and rebuilds its address space by syscall
              injection (restorer.memory), then registers, MM fields, threads (restorer.threads),
              masks, pending signals and credentials (restorer.creds);
+             init's pdeath signal (SIGKILL, tying it to the controller until here) is cleared;
   detach     every task runs on from where it was dumped.
-A failure at any point SIGKILLs the new init, which takes the whole new namespace with it.
+A failure at any point SIGKILLs the new init, which takes the whole new namespace with it; so
+does the controller's death (init's pdeath signal before the seize, PTRACE_O_EXITKILL after).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from .image.stream import open_seekable
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
 SYS_setpgid = 109
+SYS_prctl = 157
+PR_SET_PDEATHSIG = 1
 WALL = 0x40000000
 REPORT_TIMEOUT = 20.0
 WATCHDOG_S = 60.0
@@ -322,6 +326,7 @@ class _Restore:
     def _finish(self) -> None:
         from .kernel.procfs import cgroup_mounts
         from .restorer import cgroup, creds, locks, sched, timers
+        from .restorer.memory import check
 
         mounts = cgroup_mounts()
         for t in self.img.processes():  # before the affinity, which a cpuset bounds
@@ -330,6 +335,10 @@ class _Restore:
             sched.apply(self.by_tid[t.tid].tid, t)
             if t.is_leader and t.proc:
                 sched.set_oom_score_adj(self.host[t.tid], t.proc["oom_score_adj"])
+        # init has died with us since it was made (tree.spawn_init's PR_SET_PDEATHSIG); it must
+        # not once we let it go and exit. (The image's own pdeath signal for init is not restored:
+        # its parent is us. Until init's detach, PTRACE_O_EXITKILL still ties it to us.)
+        check(self.injectors[1].syscall(SYS_prctl, PR_SET_PDEATHSIG, 0), "prctl(PR_SET_PDEATHSIG, 0) in init")
         # The last injected calls (pending signals are raised after them, or an injected call
         # could run a handler): the timers start counting as close to the detach as can be.
         for t in self.img.processes():

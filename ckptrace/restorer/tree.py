@@ -160,17 +160,44 @@ def clone3(flags: int, tid: int, exit_signal: int) -> int:
 
 
 def spawn_init(root: ProcPlan, report_fd: int) -> int:
-    """Create the new namespace's init; returns its host pid. The child never returns."""
+    """Create the new namespace's init; returns its host pid. The child never returns.
+
+    The init dies with the controller (PR_SET_PDEATHSIG(SIGKILL)) until the controller clears
+    that by injection just before it lets the namespace go (restore._Restore._finish): until the
+    seize only this ties the new tasks to the controller (PTRACE_O_EXITKILL does after), and the
+    kernel kills the rest of a namespace whose init dies."""
     root.outer_uts = os.stat("/proc/self/ns/uts").st_ino
+    controller = os.getpid()
     pid = clone3(CLONE_NEWPID | root.new_ns, 1, root.exit_signal)
     if pid == 0:  # pragma: no cover - runs in the new init
-        # Nothing may run a handler from here on: the image's handlers point into memory that
-        # is not mapped yet. The mask is inherited by every process forked below.
         try:
+            _die_with(controller, report_fd)
+            # Nothing may run a handler from here on: the image's handlers point into memory that
+            # is not mapped yet. The mask is inherited by every process forked below.
             signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
         finally:
             _become(root, report_fd)
     return pid
+
+
+def _die_with(controller: int, report_fd: int) -> None:  # pragma: no cover - in the new init
+    """SIGKILL this task when its parent, the controller (host pid `controller`), dies; exit now
+    if it already has. (fork clears the pdeath signal: the processes init forks get only the
+    image's, in _setup_inner.)"""
+    if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        os.write(report_fd, f"ERR 1 prctl(PR_SET_PDEATHSIG): {os.strerror(err)}\n".encode())
+        os._exit(1)
+    # Died before the prctl: we were reparented, and nothing would kill us. getppid() says 0
+    # for any parent outside our new namespace; /proc (the controller's, see _setup_inner's
+    # report) names the parent by its host pid.
+    if _parent_of_self() != controller:
+        os._exit(1)
+
+
+def _parent_of_self() -> int:  # pragma: no cover - in the new init
+    with open("/proc/self/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
 
 
 def _set_names(nodename: bytes, domainname: bytes) -> None:  # pragma: no cover - in the new init
@@ -233,7 +260,8 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     if p.flags & PROC_THP_DISABLE:  # kept in the mm's flags, which outlive the remapping to come
         libc.prctl(PR_SET_THP_DISABLE, ctypes.c_ulong(1), 0, 0, 0)
     if p.pdeath_signal and p.pid != 1:
-        # Not for init: its parent is this controller, which exits once the restore is done.
+        # Not for init: its parent is this controller, which exits once the restore is done (init
+        # has SIGKILL from _die_with meanwhile, which the controller clears at the end).
         libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(p.pdeath_signal), 0, 0, 0)
     for i, lim in enumerate(p.rlimits):
         if i < RLIM_NLIMITS:
