@@ -1652,3 +1652,125 @@ def test_a_process_without_capabilities_that_keeps_caps_on_comes_back(pidns, tmp
               settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = _caps_survive_restore(w, str(tmp_path / "nocaps.img"), shared / "nocaps.log", restored)
     assert after and set(after) == {"securebits=16 uid=1000"}, after
+
+
+# init asks to be SIGUSR1'd when its parent (unshare, outside) dies; its child, SIGUSR2 when init does.
+PDEATH_WORKLOAD = r"""
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(1, signal.SIGUSR1, 0, 0, 0) == 0
+if os.fork() == 0:
+    assert libc.prctl(1, signal.SIGUSR2, 0, 0, 0) == 0
+    while True:
+        time.sleep(1000)
+open(sys.argv[1], "w").close()
+while True:
+    time.sleep(1000)
+"""
+
+# `ckptrace restore` with one step replaced by a marker file and a long sleep, so that a test can
+# kill the controller at a known point: "clone" (the controller has just made init, which sleeps
+# a moment before tying itself to the controller: the race), "seize" (every process came up and
+# reported; none is traced yet) or "groups" (all are seized, with PTRACE_O_EXITKILL).
+HOOKED_RESTORE = r"""
+import os, sys, time
+from ckptrace import restore
+from ckptrace.restorer import tree
+img, mark, where = sys.argv[1:]
+def hang(*args, **kw):
+    open(mark, "w").close()
+    time.sleep(120)
+if where == "clone":
+    real_clone3 = tree.clone3
+    def clone3(flags, tid, exit_signal):
+        pid = real_clone3(flags, tid, exit_signal)
+        if flags & tree.CLONE_NEWPID:
+            if pid == 0:
+                time.sleep(1.0)  # the new init: the controller dies meanwhile
+            else:
+                hang()
+        return pid
+    tree.clone3 = clone3
+elif where == "seize":
+    restore._Restore._seize_all = hang
+else:
+    restore._Restore._set_groups = hang
+restore.restore(img)
+"""
+
+
+def _pdeath_image(pidns, tmp_path) -> str:
+    ready = tmp_path / "ready"
+    w = pidns([sys.executable, "-c", PDEATH_WORKLOAD, str(ready)], ready_file=str(ready), settle=0.1,
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "pdeath.img")
+    dump_kill(w, img)
+    return img
+
+
+def _tracer(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("TracerPid:")))
+
+
+@pytest.mark.parametrize("where,sig", [("clone", signal.SIGKILL), ("seize", signal.SIGKILL),
+                                       ("seize", signal.SIGTERM), ("groups", signal.SIGKILL)])
+def test_controller_death_before_the_end_takes_the_new_namespace_with_it(pidns, tmp_path, restored, where, sig):
+    """The controller killed (or SIGTERM'd: restore installs no handler, the default action kills
+    it) after it made the new init, whether or not it has seized the tasks yet: the new namespace
+    must not stay behind, idle, holding what the controller opened. Before the seize only init's
+    pdeath signal ties it to the controller; "clone" kills the controller before init has even
+    set it, which init must notice (its parent is no longer the controller) and exit."""
+    from nsutil import children, ns_of
+
+    img = _pdeath_image(pidns, tmp_path)
+    mark = tmp_path / "hooked"
+    ctl = subprocess.Popen([sys.executable, "-c", HOOKED_RESTORE, img, str(mark), where], cwd=REPO,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not mark.exists():
+            assert ctl.poll() is None, ctl.stderr.read().decode()
+            assert time.monotonic() < deadline, "the restore never reached the hook"
+            time.sleep(0.01)
+        kids = children(ctl.pid)
+        assert len(kids) == 1, kids
+        init = kids[0]
+        restored.append(init)  # killed at teardown should it survive
+        ns = ns_of(init)
+        assert ns != ns_of(os.getpid())
+        if where != "groups":
+            assert _tracer(init) == 0  # nothing but its pdeath signal ties it to the controller
+        else:
+            assert _tracer(init) == ctl.pid
+        os.kill(ctl.pid, sig)
+        assert ctl.wait(timeout=10) == -sig
+    finally:
+        ctl.kill()
+        ctl.wait()
+    deadline = time.monotonic() + 5
+    while ns_pids(ns):
+        assert time.monotonic() < deadline, f"the half-made namespace outlived its controller: {ns_pids(ns)}"
+        time.sleep(0.05)
+
+
+def test_restored_init_outlives_the_controller_and_pdeath_signals_are_the_images(pidns, tmp_path, restored):
+    """After a successful restore the controller exits: the restored init (whose pdeath signal tied
+    it to the controller until then) runs on, with no pdeath signal (the image's, for a parent
+    outside the namespace, is not restored), while another process keeps the image's."""
+    from ckptrace.image.reader import read_image
+
+    img = _pdeath_image(pidns, tmp_path)
+    with open(img, "rb") as f:
+        assert {t.tid: t.proc["pdeath_signal"] for t in read_image(f).processes()} == \
+            {1: signal.SIGUSR1, 2: signal.SIGUSR2}
+    res = restore_json(img, restored)
+    time.sleep(0.3)
+    assert sorted(nspid(h) for h in ns_pids(res["pidns"])) == [1, 2], "the restored namespace died"
+    assert _tracer(res["init_pid"]) == 0
+    img2 = str(tmp_path / "again.img")
+    d = ckptrace("dump", "--pidns", str(res["pidns"]), "-q", "-o", img2)
+    assert d.returncode == 0, d.stderr.decode()
+    with open(img2, "rb") as f:
+        assert {t.tid: t.proc["pdeath_signal"] for t in read_image(f).processes()} == {1: 0, 2: signal.SIGUSR2}
+    assert sorted(nspid(h) for h in ns_pids(res["pidns"])) == [1, 2]
