@@ -355,7 +355,9 @@ class _Restore:
         # before it runs an instruction (as `dump --leave-stopped` does).
         for tgid in sorted({t.tgid for t in self.img.tasks if t.fields["state"] == TASK_STOPPED}):
             os.kill(self.host[tgid], signal.SIGSTOP)
-        for tr in self.tracees:
+        # init last: until its detach, EXITKILL still ties the whole namespace to us, so dying
+        # midway through this loop kills it all rather than leaving part of it traced-and-killed.
+        for tr in sorted(self.tracees, key=lambda tr: tr.tid == self.init):
             tr.detach()
         self.tracees = []
 
