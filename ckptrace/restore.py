@@ -286,6 +286,7 @@ class _Restore:
     def _process(self, t, mem, files) -> None:
         from .kernel.ptrace import Injector
         from .restorer import creds, memory, seccomp, threads, tree
+        from .restorer.memory import check
 
         host = self.host[t.tid]
         tr = self.by_tid[t.tid]
@@ -322,6 +323,11 @@ class _Restore:
             seccomp.apply(tinj, th)
             creds.apply_creds(tinj, t.creds, t.groups)
         creds.set_dumpable(inj, t.proc["dumpable"])
+        if t.tgid != 1 and t.proc["pdeath_signal"]:
+            # set in _setup_inner, but the kernel clears it when euid, egid, fsuid or fsgid
+            # change (commit_creds), as they just may have (init's: see _finish)
+            check(inj.syscall(SYS_prctl, PR_SET_PDEATHSIG, t.proc["pdeath_signal"]),
+                  f"prctl(PR_SET_PDEATHSIG) in {t.tgid}")
 
     def _finish(self) -> None:
         from .kernel.procfs import cgroup_mounts

@@ -1660,6 +1660,10 @@ import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(1, signal.SIGUSR1, 0, 0, 0) == 0
 if os.fork() == 0:
+    # another user: a credential change clears the pdeath signal (commit_creds), restore's too
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
     assert libc.prctl(1, signal.SIGUSR2, 0, 0, 0) == 0
     while True:
         time.sleep(1000)
