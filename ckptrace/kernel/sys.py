@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import struct
 
@@ -128,3 +129,25 @@ def set_threads_policy(pid: int, policy: int, *, only: int | None = None) -> int
 def set_own_policy(policy: int) -> None:
     """`set_threads_policy` for every thread of this process."""
     set_threads_policy(0, policy)
+
+
+def data_extents(fd: int, pos: int, end: int, align: int = 4096):
+    """The parts of a file's contents in [pos, end) that hold data, as ascending, disjoint
+    (start, stop) ranges widened to `align` boundaries and clipped to [pos, end): SEEK_DATA and
+    SEEK_HOLE skip the holes (pages of a shmem file or memfd never written, or punched out).
+    Moves `fd`'s offset: use a descriptor of our own. A file system that cannot tell (an
+    lseek error other than ENXIO, "no data past pos") has all of [pos, end) as data."""
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                yield pos, end
+            return
+        if data >= end:
+            return
+        start = max(pos, data & ~(align - 1))
+        stop = min(end, (hole + align - 1) & ~(align - 1))
+        yield start, stop
+        pos = stop

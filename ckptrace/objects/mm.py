@@ -21,7 +21,7 @@ from ..errors import CkptError, Unsupported, from_oserror
 from ..image.records import (MAX_PAGES_PER_RECORD, PAGE_SIZE, VM_FLAG_BITS, VM_NOT_SUPPORTED,
                              VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType)
 from ..kernel import procfs
-from ..kernel.sys import buffer_address, vm_readv
+from ..kernel.sys import buffer_address, data_extents, vm_readv
 from .context import DumpContext
 from .objhash import KCMP_VM
 
@@ -149,16 +149,7 @@ class PageCopier:
     def _shmem_range(self, ctx: DumpContext, fd: int, m: procfs.Mapping, base: int, pos: int, end: int) -> int:
         total = 0
         view = memoryview(self.buf)
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data past pos
-                break
-            if data >= end:
-                break
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            start = data & ~(PAGE_SIZE - 1)
-            stop = min(end, (hole + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        for start, stop in data_extents(fd, pos, end, PAGE_SIZE):
             while start < stop:
                 n = min(stop - start, COPY_BUFFER)
                 got = 0
@@ -172,7 +163,6 @@ class PageCopier:
                 total += n // PAGE_SIZE
                 ctx.stats.pages += n // PAGE_SIZE
                 start += n
-            pos = stop
         return total
 
     def _flush(self, ctx: DumpContext, pid: int, m: procfs.Mapping, batch: list[tuple[int, int]]) -> None:
