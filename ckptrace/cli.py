@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     d.add_argument("--json", action="store_true", help="print the closing summary as JSON")
     d.add_argument("--max-file-data", type=byte_count, default=64 << 20, metavar="BYTES",
-                   help="largest deleted/memfd file whose contents are captured (default 64 MiB)")
+                   help="most data (holes not counted) a deleted/memfd file may hold to be captured (default 64 MiB)")
 
     r = subs["restore"]
     r.add_argument("image", metavar="FILE|-")

@@ -1482,6 +1482,76 @@ def test_memfd_and_deleted_file_open_and_mapped_shared_stay_one_file(pidns, tmp_
     assert maps[n][:2] == (n + 2 * P, "rw-s") and _peek(init, n + P, 11) == b"ONLY-MAPPED"
 
 
+SPARSE_WORKLOAD = SHM_COMMON + r"""
+d = sys.argv[1]
+G = 1 << 30
+fd = os.memfd_create("pool")        # 1 GiB, a few pages written: the rest are holes
+os.ftruncate(fd, G)
+os.pwrite(fd, b"A" * P, 100 << 20)
+os.pwrite(fd, b"LAST", G - 4)
+m = mmap(G // P, 3, 0x01, fd)       # all of it MAP_SHARED
+put(m + (512 << 20), b"VIA-MAP")
+dl = os.path.join(d, "sparse")      # a deleted file of 256 MiB with one written page
+h = os.open(dl, os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(h, 256 << 20)
+os.pwrite(h, b"DELETED-DATA", 200 << 20)
+os.unlink(dl)
+e = os.memfd_create("empty")        # size only, no data at all
+os.ftruncate(e, 3 * P)
+with open(os.path.join(d, "addrs"), "w") as f:
+    f.write(f"{fd} {m} {h} {e}")
+open(os.path.join(d, "ready"), "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_sparse_memfd_and_deleted_file_keep_their_holes(pidns, tmp_path, restored):
+    """A 1 GiB memfd (mapped shared) and a 256 MiB deleted file with a few pages of data dump with
+    the default --max-file-data, which counts stored data, not size: the image holds their data
+    extents only, and restore sizes the files and writes those extents, so the holes stay
+    unallocated. A file with no data keeps its size."""
+    from ckptrace.image.reader import File, read_image
+    from ckptrace.image.records import FileType, RecType
+
+    w = pidns([sys.executable, "-c", SPARSE_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fd, m, h, e = (int(x) for x in (tmp_path / "addrs").read_text().split())
+    G, P = 1 << 30, 4096
+    img = str(tmp_path / "sparse.img")
+    dump_kill(w, img)
+    assert os.path.getsize(img) < 64 << 20
+    with open(img, "rb") as f:
+        image = read_image(f)
+    data = {}
+    for o in image.objects.values():
+        if isinstance(o, File) and o.ftype in (FileType.MEMFD, FileType.DELETED):
+            recs = [r for r in o.extra if r.type == RecType.FILE_DATA]
+            data[o.name] = [(r.fields["size"], r.fields["offset"], r.payload_len) for r in recs]
+    pool = data["memfd:pool"]
+    assert {s for s, _, _ in pool} == {G}
+    assert [o for _, o, _ in pool] == sorted(o for _, o, _ in pool)
+    assert sum(n for *_, n in pool) <= 3 * (2 << 20)  # three written pages (huge ones at worst)
+    assert data["memfd:empty"] == [(3 * P, 0, 0)]
+    (gone,) = [v for k, v in data.items() if k.endswith("/sparse")]
+    assert {s for s, _, _ in gone} == {256 << 20} and sum(n for *_, n in gone) <= 1 << 20
+
+    res = restore_json(img, restored)
+    init = res["init_pid"]
+    for num, size, stored in ((fd, G, 3 * (2 << 20)), (h, 256 << 20, 1 << 20), (e, 3 * P, 0)):
+        st = os.stat(f"/proc/{init}/fd/{num}")
+        assert st.st_size == size
+        assert st.st_blocks * 512 <= stored, (num, st.st_blocks)
+    with open(f"/proc/{init}/fd/{fd}", "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), P, 100 << 20) == b"A" * P
+        assert os.pread(f.fileno(), 4, G - 4) == b"LAST"
+        assert os.pread(f.fileno(), 7, 512 << 20) == b"VIA-MAP"
+    with open(f"/proc/{init}/fd/{h}", "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), 12, 200 << 20) == b"DELETED-DATA"
+    assert _peek(init, m + (100 << 20), 4) == b"AAAA" and _peek(init, m + (512 << 20), 7) == b"VIA-MAP"
+    assert os.stat(f"/proc/{init}/fd/{fd}").st_blocks * 512 <= 3 * (2 << 20)
+
+
 TIMERFD_WORKLOAD = r"""
 import ctypes, os, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

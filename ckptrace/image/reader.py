@@ -419,10 +419,20 @@ class _Parser:
             if not n.payload or n.payload[-1] != 0:
                 self.fail(n, "FILE_NAME is not NUL-terminated")
             obj.name = cstring(n.payload)
+        data_end = 0  # FILE_DATA: ascending, disjoint, inside one size (docs/format.md)
         while (p := self.peek()) is not None and p.type in FILE_EXTRA:
             x = self.take()
             if x.type == RecType.FILE_PIPE and x.fields["buffered"] != x.payload_len:
                 self.fail(x, f"FILE_PIPE says {x.fields['buffered']} bytes buffered but holds {x.payload_len}")
+            if x.type == RecType.FILE_DATA:
+                size, off = x.fields["size"], x.fields["offset"]
+                first = next((r for r in obj.extra if r.type == RecType.FILE_DATA), None)
+                if first is not None and first.fields["size"] != size:
+                    self.fail(x, f"FILE_DATA size {size} differs from the file's first record ({first.fields['size']})")
+                if off < data_end or off + x.payload_len > size:
+                    self.fail(x, f"FILE_DATA at offset {off} ({x.payload_len} bytes) overlaps the one before "
+                                 f"or passes the file's size {size}")
+                data_end = off + x.payload_len
             obj.extra.append(x)
 
     def mm(self, objref: int):

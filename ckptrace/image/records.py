@@ -551,7 +551,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A pipe or FIFO end: the pipe's inode (ends with one id share the pipe), the pipe's "
            "capacity and its buffered bytes (stored with the first end met)."),
     _R(RecType.FILE_DATA, (u64("size"), u64("offset")), Payload.BYTES, max_payload=MAX_BLOB,
-       doc="Contents of a deleted or memfd file: `offset` into a file of `size` bytes."),
+       doc="Contents of a deleted or memfd file of `size` bytes: the bytes at `offset`. Holes "
+           "are left out: records cover the file's data extents only, in increasing offset order, "
+           "not overlapping, each inside `size`; the rest of the file reads as zeros. Every such "
+           "file has at least one record (one with no payload, at offset 0, when it holds no data)."),
     _R(RecType.FILE_SOCKET, (u32("family"), u32("type"), u32("protocol"), u32("state"),
                              u64("ino"), u64("peer_ino"), u32("backlog"), u32("shutdown"),
                              u32("options", "flags", SOCKOPT_NAMES), pad(4)),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..errors import Unsupported, from_oserror
 from ..image.records import FileType, ObjType, RecType
 from ..kernel import procfs
-from ..kernel.sys import pidfd_getfd, pidfd_open
+from ..kernel.sys import data_extents, pidfd_getfd, pidfd_open
 from .context import DumpContext
 from .objhash import KCMP_FILE, KCMP_FILES
 
@@ -83,21 +83,26 @@ def open_fd(ctx: DumpContext, pid: int, fd: int) -> OpenFd:
 
 
 def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
-    """Refuse before anything is written: unknown kinds, deleted files too large to store."""
+    """Refuse before anything is written: unknown kinds, deleted files with too much data to store."""
     for fd in procfs.fds(pid, ctx.proc):
         try:
             o = open_fd(ctx, pid, fd)
         except Unsupported as exc:
             raise Unsupported(f"{exc} (pid {nspid} inside the namespace)") from None
+        where = f"pid {nspid} (host pid {pid}) fd {fd}"
         if o.kind in (FileType.DELETED, FileType.MEMFD):
-            if o.st.st_size > ctx.max_file_data:
-                raise Unsupported(f"pid {pid} fd {fd}: {o.target} is {o.st.st_size} bytes, above "
-                                  f"--max-file-data {ctx.max_file_data}; raise the limit to dump it")
-            ctx.data_fds.setdefault((o.st.st_dev, o.st.st_ino), (pid, fd))
+            key = (o.st.st_dev, o.st.st_ino)
+            if key not in ctx.data_fds:
+                with open_contents(f"{ctx.proc}/{pid}/fd/{fd}", f"{where} ({o.target})") as cfd:
+                    stored = stored_bytes(cfd, o.st.st_size)
+                if stored > ctx.max_file_data:
+                    raise Unsupported(f"{where}: {o.target} holds {stored} bytes of data (size {o.st.st_size}), "
+                                      f"above --max-file-data {ctx.max_file_data}; raise the limit to dump it")
+            ctx.data_fds.setdefault(key, (pid, fd))
         if o.kind is FileType.UNIX_SOCKET:
             ino = int(o.target[len("socket:["):-1])
             if ctx.socks.get(ino, pid) is None:
-                raise Unsupported(f"pid {pid} fd {fd}: socket:[{ino}] is not a unix, TCP or UDP socket "
+                raise Unsupported(f"{where}: socket:[{ino}] is not a unix, TCP or UDP socket "
                                   "(sock_diag does not know it): netlink, packet and raw sockets cannot be checkpointed")
 
 
@@ -131,30 +136,55 @@ def write_file_head(ctx: DumpContext, ref: int, kind: FileType, flags: int, pos:
     ctx.stats.files += 1
 
 
+def _where(ctx: DumpContext, pid: int) -> str:
+    """A process as refusals name it: its pid inside the namespace, then the host's."""
+    return f"pid {ctx.ns_pid.get(pid, '?')} (host pid {pid})"
+
+
 def strip_deleted(path: str) -> str:
     return path[:-len(DELETED)] if path.endswith(DELETED) else path
 
 
-def write_contents(ctx: DumpContext, path: str, size: int, what: str) -> None:
-    """FILE_DATA records holding a file's contents, read through a /proc link (works unlinked)."""
-    if size > ctx.max_file_data:
-        raise Unsupported(f"{what} is {size} bytes, above --max-file-data {ctx.max_file_data}")
+@contextlib.contextmanager
+def open_contents(path: str, what: str):
+    """A read-only descriptor of our own for a deleted file or memfd, opened through a /proc link
+    (works unlinked), closed afterwards."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise from_oserror(exc, f"open {what}") from None
     try:
-        off = 0
-        while off < size:
-            chunk = os.pread(fd, min(DATA_CHUNK, size - off), off)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def stored_bytes(fd: int, size: int) -> int:
+    """How many bytes of the file FILE_DATA stores: its data extents, not its holes."""
+    return sum(stop - start for start, stop in data_extents(fd, 0, size))
+
+
+def write_contents(ctx: DumpContext, fd: int, what: str) -> None:
+    """FILE_DATA records holding the contents of the file open as `fd` (our own descriptor): one
+    per data extent (split at DATA_CHUNK), in increasing offset order; holes are left out. A file
+    with no data at all gets one record with no payload, so its size is always carried."""
+    size = os.fstat(fd).st_size
+    extents = list(data_extents(fd, 0, size))
+    stored = sum(stop - start for start, stop in extents)
+    if stored > ctx.max_file_data:
+        raise Unsupported(f"{what} holds {stored} bytes of data (size {size}), "
+                          f"above --max-file-data {ctx.max_file_data}")
+    written = False
+    for off, stop in extents:
+        while off < stop:
+            chunk = os.pread(fd, min(DATA_CHUNK, stop - off), off)
             if not chunk:
                 break
             ctx.w.record(RecType.FILE_DATA, dict(size=size, offset=off), payload=chunk)
+            written = True
             off += len(chunk)
-        if off == 0:
-            ctx.w.record(RecType.FILE_DATA, dict(size=size, offset=0), payload=b"")
-    finally:
-        os.close(fd)
+    if not written:
+        ctx.w.record(RecType.FILE_DATA, dict(size=size, offset=0), payload=b"")
 
 
 def dump_file(ctx: DumpContext, pid: int, fd: int) -> int:
@@ -168,12 +198,14 @@ def dump_file(ctx: DumpContext, pid: int, fd: int) -> int:
     flags, pos = o.info.flags, o.info.pos
     if o.kind is FileType.REGULAR:
         write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(o.target))
-    elif o.kind is FileType.DELETED:
-        write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(strip_deleted(o.target)))
-        write_contents(ctx, f"{ctx.proc}/{pid}/fd/{fd}", o.st.st_size, f"pid {pid} fd {fd} ({o.target})")
-    elif o.kind is FileType.MEMFD:
-        write_file_head(ctx, ref, o.kind, flags, pos, strip_deleted(o.target)[1:])  # "memfd:name"
-        write_contents(ctx, f"{ctx.proc}/{pid}/fd/{fd}", o.st.st_size, f"pid {pid} fd {fd} ({o.target})")
+    elif o.kind in (FileType.DELETED, FileType.MEMFD):
+        what = f"{_where(ctx, pid)} fd {fd} ({o.target})"
+        with open_contents(f"{ctx.proc}/{pid}/fd/{fd}", what) as cfd:
+            if o.kind is FileType.MEMFD:  # "memfd:name"
+                write_file_head(ctx, ref, o.kind, flags, pos, strip_deleted(o.target)[1:])
+            else:
+                write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(strip_deleted(o.target)))
+            write_contents(ctx, cfd, what)
     elif o.kind in (FileType.PIPE, FileType.FIFO):
         from . import pipe
 
@@ -217,11 +249,13 @@ def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: i
         return ref
     ref = ctx.objhash.add_key(key)
     if kind_path.startswith("/memfd:"):
-        write_file_head(ctx, ref, FileType.MEMFD, flags, 0, strip_deleted(kind_path)[1:])
-        write_contents(ctx, open_path, os.stat(open_path).st_size, what)
+        with open_contents(open_path, what) as cfd:
+            write_file_head(ctx, ref, FileType.MEMFD, flags, 0, strip_deleted(kind_path)[1:])
+            write_contents(ctx, cfd, what)
     elif kind_path.endswith(DELETED):
-        write_file_head(ctx, ref, FileType.DELETED, flags, 0, ctx.path(strip_deleted(kind_path)))
-        write_contents(ctx, open_path, os.stat(open_path).st_size, what)
+        with open_contents(open_path, what) as cfd:
+            write_file_head(ctx, ref, FileType.DELETED, flags, 0, ctx.path(strip_deleted(kind_path)))
+            write_contents(ctx, cfd, what)
     else:
         write_file_head(ctx, ref, FileType.REGULAR, flags, 0, ctx.path(kind_path))
     return ref
@@ -237,7 +271,7 @@ def dump_exe(ctx: DumpContext, pid: int) -> int:
     except OSError as exc:
         raise from_oserror(exc, f"readlink exe of {pid}") from None
     return _mapped_file(ctx, ("path", st.st_dev, st.st_ino, path), path, link, os.O_RDONLY,
-                        f"pid {pid} exe {path}")
+                        f"{_where(ctx, pid)} exe {path}")
 
 
 def fd_file_of_mapping(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int | None:
@@ -264,5 +298,5 @@ def dump_mapped_file(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
         dev = (m.dev[0] << 8) | m.dev[1]
     flags = os.O_RDWR if (m.shared and m.perms[1] == "w") else os.O_RDONLY
     return _mapped_file(ctx, ("path", dev, m.inode, m.path), m.path, link, flags,
-                        f"pid {pid} mapping {m.start:x}-{m.end:x} ({m.path})")
+                        f"{_where(ctx, pid)} mapping {m.start:x}-{m.end:x} ({m.path})")
 

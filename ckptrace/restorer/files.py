@@ -403,11 +403,16 @@ class FileSet:
         return fd
 
     def _memfd(self, obj: File) -> int:
+        """A memfd with the object's contents: sized once, then only the stored extents written
+        (holes stay holes, unallocated)."""
         name = os.path.basename(obj.name or "restored").removeprefix("memfd:")[:200] or "restored"
         fd = os.memfd_create(name, 0)
+        sized = False
         for r in obj.extra:
             if r.type == RecType.FILE_DATA:
-                os.ftruncate(fd, r.fields["size"])
+                if not sized:
+                    os.ftruncate(fd, r.fields["size"])
+                    sized = True
                 if r.payload:
                     os.pwrite(fd, r.payload, r.fields["offset"])
         os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
