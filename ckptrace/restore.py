@@ -181,6 +181,7 @@ class _Restore:
             for i, t in enumerate(procs):
                 self._show(f"process {i + 1}/{len(procs)} (pid {t.tid})", mem)
                 self._process(t, mem, files)
+            files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
             self._show("finishing", mem)
             self._finish()
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])

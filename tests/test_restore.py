@@ -1552,6 +1552,109 @@ def test_sparse_memfd_and_deleted_file_keep_their_holes(pidns, tmp_path, restore
     assert os.stat(f"/proc/{init}/fd/{fd}").st_blocks * 512 <= 3 * (2 << 20)
 
 
+SEAL_WORKLOAD = SHM_COMMON + r"""
+import fcntl
+d = sys.argv[1]
+F_ADD_SEALS = 1033
+s = os.memfd_create("sealed", os.MFD_ALLOW_SEALING)
+os.ftruncate(s, 2 * P)
+os.pwrite(s, b"SEALED-DATA", P)
+fcntl.fcntl(s, F_ADD_SEALS, 0x2 | 0x4 | 0x8)   # SHRINK | GROW | WRITE
+r = mmap(2, 1, 0x01, s)                         # read-only MAP_SHARED: allowed once write-sealed
+fw = os.memfd_create("future", os.MFD_ALLOW_SEALING)
+os.ftruncate(fw, P)
+wm = mmap(1, 3, 0x01, fw)                       # writable MAP_SHARED, made before the seal
+fcntl.fcntl(fw, F_ADD_SEALS, 0x10 | 0x1)        # FUTURE_WRITE | SEAL: the mapping still writes
+put(wm, b"STILL-WRITABLE")
+u = os.memfd_create("plain")                    # no MFD_ALLOW_SEALING: F_SEAL_SEAL
+os.pwrite(u, b"plain", 0)
+a = os.memfd_create("sealable", os.MFD_ALLOW_SEALING)  # sealable, no seals yet
+nx = os.memfd_create("noexec", 0x8)             # MFD_NOEXEC_SEAL: F_SEAL_EXEC
+with open(os.path.join(d, "addrs"), "w") as f:
+    f.write(f"{s} {r} {fw} {wm} {u} {a} {nx}")
+open(os.path.join(d, "ready"), "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _seal_restore(pidns, tmp_path, restored):
+    w = pidns([sys.executable, "-c", SEAL_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fds = [int(x) for x in (tmp_path / "addrs").read_text().split()]
+    img = str(tmp_path / "seals.img")
+    dump_kill(w, img)
+    return restore_json(img, restored)["init_pid"], fds
+
+
+@contextlib.contextmanager
+def _their_fd(pid: int, num: int):
+    """The very open file description fd `num` of `pid` is (pidfd_getfd)."""
+    from ckptrace.kernel.sys import pidfd_getfd, pidfd_open
+
+    pidfd = pidfd_open(pid)
+    try:
+        dup = pidfd_getfd(pidfd, num)
+    finally:
+        os.close(pidfd)
+    try:
+        yield dup
+    finally:
+        os.close(dup)
+
+
+def test_sealed_memfds_come_back_sealed(pidns, tmp_path, restored):
+    """Seals are kept: a write-sealed memfd still refuses writes and resizing (its read-only
+    shared mapping is back); a F_SEAL_FUTURE_WRITE one refuses write(2) while the writable
+    shared mapping made before the seal still writes; F_SEAL_EXEC (MFD_NOEXEC_SEAL) too."""
+    import errno
+    import fcntl
+
+    F_GET_SEALS = 1034
+    init, (s, r, fw, wm, _u, _a, nx) = _seal_restore(pidns, tmp_path, restored)
+    P = 4096
+    with _their_fd(init, s) as dup:
+        assert fcntl.fcntl(dup, F_GET_SEALS) == 0x2 | 0x4 | 0x8
+        assert os.pread(dup, 11, P) == b"SEALED-DATA" and os.fstat(dup).st_size == 2 * P
+        for attempt in (lambda: os.pwrite(dup, b"x", 0), lambda: os.ftruncate(dup, P),
+                        lambda: os.ftruncate(dup, 4 * P)):
+            with pytest.raises(OSError) as exc:
+                attempt()
+            assert exc.value.errno == errno.EPERM
+    maps = _maps(init)
+    assert maps[r][:2] == (r + 2 * P, "r--s") and _peek(init, r + P, 11) == b"SEALED-DATA"
+    with _their_fd(init, fw) as dup:
+        assert fcntl.fcntl(dup, F_GET_SEALS) == 0x10 | 0x1
+        with pytest.raises(OSError) as exc:
+            os.pwrite(dup, b"x", 0)
+        assert exc.value.errno == errno.EPERM
+        assert maps[wm][1] == "rw-s" and _peek(init, wm, 14) == b"STILL-WRITABLE"
+        _poke(init, wm, b"MAPPED-WRITE")
+        assert os.pread(dup, 12, 0) == b"MAPPED-WRITE"
+    with _their_fd(init, nx) as dup:
+        assert fcntl.fcntl(dup, F_GET_SEALS) == 0x20
+
+
+def test_unsealable_memfd_stays_unsealable_and_a_sealable_one_sealable(pidns, tmp_path, restored):
+    """A memfd made without MFD_ALLOW_SEALING reports F_SEAL_SEAL after restore and takes no
+    seal; one made with it and not sealed yet reports 0 and can still be sealed."""
+    import errno
+    import fcntl
+
+    F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+    init, (_s, _r, _fw, _wm, u, a, _nx) = _seal_restore(pidns, tmp_path, restored)
+    with _their_fd(init, u) as dup:
+        assert fcntl.fcntl(dup, F_GET_SEALS) == 0x1
+        assert os.pread(dup, 5, 0) == b"plain"
+        with pytest.raises(OSError) as exc:
+            fcntl.fcntl(dup, F_ADD_SEALS, 0x8)
+        assert exc.value.errno == errno.EPERM
+    with _their_fd(init, a) as dup:
+        assert fcntl.fcntl(dup, F_GET_SEALS) == 0
+        fcntl.fcntl(dup, F_ADD_SEALS, 0x8)
+        assert fcntl.fcntl(dup, F_GET_SEALS) == 0x8
+
+
 TIMERFD_WORKLOAD = r"""
 import ctypes, os, socket, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

@@ -110,6 +110,13 @@ class FileType(enum.IntEnum):
     SHMEM = 14  # a MAP_SHARED anonymous/SysV/memfd segment named by SHARED_ANON VMAs; stored once
 
 
+# FILE.f_version of a MEMFD: this bit set says the low 32 bits are the memfd's F_GET_SEALS at dump
+# time; 0 (images written before seals were kept) says they are unknown.
+MEMFD_SEALS_KNOWN = 1 << 32
+SEAL_NAMES = {0x1: "F_SEAL_SEAL", 0x2: "F_SEAL_SHRINK", 0x4: "F_SEAL_GROW", 0x8: "F_SEAL_WRITE",
+              0x10: "F_SEAL_FUTURE_WRITE", 0x20: "F_SEAL_EXEC"}
+
+
 class VmaType(enum.IntEnum):
     """The seed has 0-3 (CKPT_VMA_MAX = 4); 4 and up are ckptrace's."""
 
@@ -544,7 +551,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_NAME, (), Payload.CSTRING, max_payload=4096, doc="A file's path, NUL-terminated."),
     _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES, seed_max=FileType.REGULAR,
                                          doc="1 is the seed's GENERIC"), u32("f_mode", "hex"),
-                      u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"), u64("f_version")),
+                      u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"),
+                      u64("f_version", doc="0; for a MEMFD, its seals: bit 32 (0x100000000) set, F_GET_SEALS in the low 32 bits "
+                                           "(see Values)")),
        doc="An open file description (shared by dup'd fds and across fork)."),
     _R(RecType.FILE_PIPE, (u64("pipe_id"), u32("buffered"), u32("pipe_size")), Payload.BYTES,
        max_payload=MAX_BLOB,

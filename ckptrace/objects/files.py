@@ -12,12 +12,13 @@ description are one FILE object; kcmp(KCMP_FILE) decides, among fds with the sam
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
 
 from ..errors import Unsupported, from_oserror
-from ..image.records import FileType, ObjType, RecType
+from ..image.records import MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
 from ..kernel import procfs
 from ..kernel.sys import data_extents, pidfd_getfd, pidfd_open
 from .context import DumpContext
@@ -30,6 +31,7 @@ FMODE_READ, FMODE_WRITE = 0x1, 0x2
 TTY_MAJORS = {4, 5} | set(range(136, 144))
 DELETED = " (deleted)"
 DATA_CHUNK = 4 << 20  # FILE_DATA records of 4 MiB keep the dumper small (MAX_BLOB is 64 MiB)
+F_GET_SEALS = 1034
 ANON_KINDS = {
     "anon_inode:[eventfd]": FileType.EVENTFD,
     "anon_inode:[eventpoll]": FileType.EPOLL,
@@ -127,10 +129,12 @@ def file_mode(flags: int) -> int:
     return (FMODE_READ if acc in (0, 2) else 0) | (FMODE_WRITE if acc in (1, 2) else 0)
 
 
-def write_file_head(ctx: DumpContext, ref: int, kind: FileType, flags: int, pos: int, name: str | None) -> None:
+def write_file_head(ctx: DumpContext, ref: int, kind: FileType, flags: int, pos: int, name: str | None,
+                    version: int = 0) -> None:
     ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=ref))
     flags &= ~O_CLOEXEC  # close-on-exec belongs to the fd (FILE_DESC), not the description
-    ctx.w.record(RecType.FILE, dict(f_type=kind, f_mode=file_mode(flags), f_flags=flags, f_pos=pos, f_version=0))
+    ctx.w.record(RecType.FILE, dict(f_type=kind, f_mode=file_mode(flags), f_flags=flags, f_pos=pos,
+                                    f_version=version))
     if name is not None:
         ctx.w.record(RecType.FILE_NAME, payload=name)
     ctx.stats.files += 1
@@ -162,6 +166,14 @@ def open_contents(path: str, what: str):
 def stored_bytes(fd: int, size: int) -> int:
     """How many bytes of the file FILE_DATA stores: its data extents, not its holes."""
     return sum(stop - start for start, stop in data_extents(fd, 0, size))
+
+
+def memfd_seals(fd: int) -> int:
+    """FILE.f_version of a memfd: its F_GET_SEALS, marked as known (docs/format.md)."""
+    try:
+        return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, F_GET_SEALS)
+    except OSError as exc:
+        raise from_oserror(exc, "F_GET_SEALS of a memfd") from None
 
 
 def write_contents(ctx: DumpContext, fd: int, what: str) -> None:
@@ -201,8 +213,8 @@ def dump_file(ctx: DumpContext, pid: int, fd: int) -> int:
     elif o.kind in (FileType.DELETED, FileType.MEMFD):
         what = f"{_where(ctx, pid)} fd {fd} ({o.target})"
         with open_contents(f"{ctx.proc}/{pid}/fd/{fd}", what) as cfd:
-            if o.kind is FileType.MEMFD:  # "memfd:name"
-                write_file_head(ctx, ref, o.kind, flags, pos, strip_deleted(o.target)[1:])
+            if o.kind is FileType.MEMFD:  # "memfd:name"; f_version holds the seals
+                write_file_head(ctx, ref, o.kind, flags, pos, strip_deleted(o.target)[1:], memfd_seals(cfd))
             else:
                 write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(strip_deleted(o.target)))
             write_contents(ctx, cfd, what)
@@ -250,7 +262,7 @@ def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: i
     ref = ctx.objhash.add_key(key)
     if kind_path.startswith("/memfd:"):
         with open_contents(open_path, what) as cfd:
-            write_file_head(ctx, ref, FileType.MEMFD, flags, 0, strip_deleted(kind_path)[1:])
+            write_file_head(ctx, ref, FileType.MEMFD, flags, 0, strip_deleted(kind_path)[1:], memfd_seals(cfd))
             write_contents(ctx, cfd, what)
     elif kind_path.endswith(DELETED):
         with open_contents(open_path, what) as cfd:

@@ -25,13 +25,17 @@ from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, socket_desc
-from ..image.records import (PAGE_SIZE, SOCKOPTS, VM_SHARED, VM_WRITE, FileType, RecType, VmaType)
+from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, VM_SHARED, VM_WRITE, FileType,
+                             RecType, VmaType, flag_names)
 
 F_SETPIPE_SZ = 1031
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # Flags that only matter at open time (and must not recreate or truncate anything now).
 _OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 VM_MAYWRITE = 0x20
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+F_SEAL_SEAL, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x1, 0x8, 0x10, 0x20
+MFD_ALLOW_SEALING, MFD_NOEXEC_SEAL = 0x2, 0x8
 
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
              FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL,
@@ -134,6 +138,7 @@ class FileSet:
     holders: list[int] = field(default_factory=list)  # FIFO readers that keep buffers alive meanwhile
     socket_pairs: dict[tuple[int, int], dict[int, int]] = field(default_factory=dict)
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
+    late_seals: list[tuple[int, int, File]] = field(default_factory=list)  # (memfd, seals, object)
 
     def place(self, fd: int) -> int:
         """Move `fd` to the first free number >= base (inherited across clone3: no CLOEXEC)."""
@@ -404,9 +409,21 @@ class FileSet:
 
     def _memfd(self, obj: File) -> int:
         """A memfd with the object's contents: sized once, then only the stored extents written
-        (holes stay holes, unallocated)."""
+        (holes stay holes, unallocated). A memfd's seals come back too: made sealable (or with
+        MFD_NOEXEC_SEAL for F_SEAL_EXEC) unless its seals were just F_SEAL_SEAL, as a memfd
+        made without MFD_ALLOW_SEALING has; the seals are added once the contents are written.
+        Those that would refuse or lose a mapping the tasks are yet to make wait (`late_seals`,
+        added by `add_late_seals` once every process's memory is rebuilt): F_SEAL_FUTURE_WRITE
+        (and F_SEAL_SEAL, which would forbid adding it later) when a shared VMA of the file may
+        write; the kernel lets such a mapping outlive the seal, but not be made after it.
+        F_SEAL_WRITE cannot coexist with such a VMA and is added at once, so a read-only
+        shared mapping of a write-sealed memfd is made as the kernel allows it: after the seal."""
         name = os.path.basename(obj.name or "restored").removeprefix("memfd:")[:200] or "restored"
-        fd = os.memfd_create(name, 0)
+        seals = memfd_seals(obj)
+        flags = 0
+        if seals is not None and seals != F_SEAL_SEAL:
+            flags = MFD_NOEXEC_SEAL if seals & F_SEAL_EXEC else MFD_ALLOW_SEALING
+        fd = self.place(os.memfd_create(name, flags))
         sized = False
         for r in obj.extra:
             if r.type == RecType.FILE_DATA:
@@ -416,7 +433,25 @@ class FileSet:
                 if r.payload:
                     os.pwrite(fd, r.payload, r.fields["offset"])
         os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
-        return self.place(fd)
+        if flags:
+            seals &= ~fcntl.fcntl(fd, F_GET_SEALS)
+            late = seals & (F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) if self._shared_maywrite(obj.objref) else 0
+            _add_seals(fd, seals & ~late, obj)
+            if late:
+                self.late_seals.append((fd, late, obj))
+        return fd
+
+    def _shared_maywrite(self, objref: int) -> bool:
+        """Whether some shared VMA of the image maps the file object and may write it."""
+        return any(v.fields["vma_type"] == VmaType.SHARED_FILE and v.fields["vma_objref"] == objref
+                   and v.fields["vm_flags"] & (VM_WRITE | VM_MAYWRITE)
+                   for mm in self.img.objects.values() if isinstance(mm, Mm) for v in mm.vmas)
+
+    def add_late_seals(self) -> None:
+        """The memfd seals `_memfd` held back, now that every task has mapped its files."""
+        for fd, seals, obj in self.late_seals:
+            _add_seals(fd, seals, obj)
+        self.late_seals.clear()
 
     def _map_files(self, mm: Mm) -> None:
         exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
@@ -496,6 +531,25 @@ class FileSet:
             os.close(fd)
         self.holders.clear()
         self.socket_pairs.clear()
+
+
+def memfd_seals(obj: File) -> int | None:
+    """The F_GET_SEALS a MEMFD object had (FILE.f_version, docs/format.md); None when the image
+    does not say (older images, other kinds): such a file comes back unsealable, as it used to."""
+    v = obj.fields["f_version"]
+    if obj.ftype != FileType.MEMFD or not v & MEMFD_SEALS_KNOWN:
+        return None
+    return v & 0xFFFFFFFF
+
+
+def _add_seals(fd: int, seals: int, obj: File) -> None:
+    if not seals:
+        return
+    try:
+        fcntl.fcntl(fd, F_ADD_SEALS, seals)
+    except OSError as exc:
+        names = "|".join(flag_names(seals, SEAL_NAMES))
+        raise from_oserror(exc, f"seal {obj.name or 'a memfd'} (object {obj.objref}) with {names}") from None
 
 
 def _inotify_watches(payload: bytes) -> list[tuple[int, int, str]]:
