@@ -502,7 +502,7 @@ def test_deleted_file_above_limit_is_refused(pidns, tmp_path):
     w = pidns([sys.executable, os.path.join(HERE, "dumpwork", "kinds.py"), str(d)],
               ready_file=str(d / "ready"))
     p = dump("--pidns", str(w.ns), "-o", os.devnull, "--max-file-data", "8", check=False)
-    assert_refused(p, "--max-file-data", "fd")
+    assert_refused(p, "--max-file-data", "fd", "(host pid ")  # named by its pid inside the namespace first
     assert_running_untraced(w)
 
 
