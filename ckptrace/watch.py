@@ -288,6 +288,12 @@ class Controller:
         self.watch_ns(ino)
         nspid = st.nspid[-1] if st.nspid else 0
         self.prog.track(hostpid, ino, nspid)
+        if procfs.exiting(hostpid):
+            # Its exit program may have run already (it deletes the entry; the exit tracepoint
+            # comes before the process shows as a zombie): the entry just made would outlive it,
+            # and a process that later gets its pid would be taken for it.
+            self.prog.untrack(hostpid)
+            return None
         return self.model.seed_proc(hostpid, nspid, ino, ppid=st.ppid, comm=st.raw.get("Name", ""),
                                     maps=_maps(hostpid))
 

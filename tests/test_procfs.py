@@ -165,3 +165,46 @@ def test_limits_agree_with_getrlimit():
     for res, (cur, mx) in enumerate(got):
         want = resource.getrlimit(res)
         assert (cur, mx) == tuple(procfs.RLIM_INFINITY if v == resource.RLIM_INFINITY else v for v in want), res
+
+
+def _stat_line(pid: int, state: str, flags: int, threads: int) -> str:
+    # fields 4..52 after "pid (comm) state": ppid ... flags is field 9, num_threads field 20
+    rest = ["1", "1", "1", "0", "-1", str(flags)] + ["0"] * 10 + [str(threads)] + ["0"] * 32
+    return f"{pid} (a) b) {state} {' '.join(rest)}\n"
+
+
+@pytest.mark.parametrize("state, flags, threads, out", [
+    ("S", 0x400100, 1, False), ("Z", 0x400104, 1, True), ("X", 0, 0, True),
+    ("R", 0x400104, 1, True),   # do_exit has begun: PF_EXITING, not a zombie yet
+    ("Z", 0x400104, 3, False),  # a leader that called pthread_exit: its threads run on
+])
+def test_exiting_reads_state_flags_and_threads(tmp_path, state, flags, threads, out):
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "stat").write_text(_stat_line(77, state, flags, threads))
+    assert procfs.exiting(77, str(tmp_path)) is out
+    assert procfs.exiting(78, str(tmp_path)) is True  # gone
+
+
+def test_exiting_against_live_processes():
+    import subprocess
+    import sys
+    import time
+
+    assert not procfs.exiting(os.getpid())
+    z = subprocess.Popen(["true"])
+    while procfs.stat_fields(z.pid)[3] != "Z":
+        time.sleep(0.01)
+    assert procfs.exiting(z.pid)
+    z.wait()
+    # main thread gone, another thread alive: a live process, whose leader shows as a zombie
+    code = ("import ctypes, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+            "ctypes.CDLL(None).pthread_exit(None)\n")
+    p = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        while procfs.stat_fields(p.pid)[3] != "Z":
+            time.sleep(0.01)
+        assert not procfs.exiting(p.pid)
+    finally:
+        p.kill()
+        p.wait()

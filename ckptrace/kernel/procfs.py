@@ -147,6 +147,22 @@ def stat_fields(pid: int, root: str = PROC) -> list[str]:
     return ["", text[:lp].strip(), text[lp + 1:rp]] + text[rp + 1:].split()
 
 
+PF_EXITING = 0x4
+STAT_STATE, STAT_FLAGS, STAT_NUM_THREADS = 3, 9, 20
+
+
+def exiting(pid: int, root: str = PROC) -> bool:
+    """Process `pid` is gone or on its way out: its last thread is exiting (PF_EXITING, set as
+    do_exit begins, well before the process shows as a zombie) or done. A leader thread that
+    exited while others run on (pthread_exit in main) is a zombie of a live process: not this."""
+    try:
+        st = stat_fields(pid, root)
+    except CkptError:
+        return True
+    out = st[STAT_STATE] in ("Z", "X") or int(st[STAT_FLAGS]) & PF_EXITING
+    return bool(out) and int(st[STAT_NUM_THREADS]) <= 1
+
+
 # proc(5) field numbers of the mm values the MM record holds.
 STAT_MM = {"start_code": 26, "end_code": 27, "start_stack": 28, "start_data": 45, "end_data": 46,
            "start_brk": 47, "arg_start": 48, "arg_end": 49, "env_start": 50, "env_end": 51}
