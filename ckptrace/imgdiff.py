@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time, json_safe
-from .image.render import human, prot_str
+from .image.render import human, plural, prot_str
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
@@ -232,8 +232,11 @@ def diff_text(d: dict[str, Any]) -> str:
     def stamp(x):
         return format_time(x["time"])
 
-    out = [f"--- {d['a']['path']}  {stamp(d['a'])}  {d['a']['tasks']} tasks, {d['a']['pages']} pages",
-           f"+++ {d['b']['path']}  {stamp(d['b'])}  {d['b']['tasks']} tasks, {d['b']['pages']} pages"]
+    def counts(x):
+        return f"{plural(x['tasks'], 'task')}, {plural(x['pages'], 'page')}"
+
+    out = [f"--- {d['a']['path']}  {stamp(d['a'])}  {counts(d['a'])}",
+           f"+++ {d['b']['path']}  {stamp(d['b'])}  {counts(d['b'])}"]
     out += [f"note: {n}" for n in d["notes"]]
     for t in d["tasks"]["added"]:
         out.append(f"+ task {t['tid']} {t['comm']}" + (f" (thread of {t['tgid']})" if t["tid"] != t["tgid"] else ""))
@@ -278,7 +281,7 @@ def diff_text(d: dict[str, Any]) -> str:
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in x["changes"].items())
             out.append(f"  ~ fd {x['fd']} {x['kind']} {x['path'] or ''}: {what}")
     if same:
-        out.append(f"{same} process{'es' if same > 1 else ''} unchanged")
+        out.append(f"{plural(same, 'process')} unchanged")
     return "\n".join(out)
 
 

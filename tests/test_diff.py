@@ -70,6 +70,16 @@ def test_a_thread_that_became_a_process_is_shown(tmp_path):
     assert f"~ task 2: thread of 1 ({two.comm}) -> process ({two.comm})" in diff_text(d)
 
 
+def test_header_lines_count_in_the_singular_for_one(tmp_path):
+    """`1 task`, not `1 tasks` (and `1 page`, `0 pages`)."""
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    a.write_bytes(imagegen.build(pages=1))
+    b.write_bytes(imagegen.build(extra_task=False, pages=0))
+    first, second = run_diff(str(a), str(b)).stdout.splitlines()[:2]
+    assert first.startswith("--- ") and first.endswith("  3 tasks, 4 pages"), first
+    assert second.startswith("+++ ") and second.endswith("  1 task, 0 pages"), second
+
+
 def test_a_bad_image_is_named(tmp_path):
     good, bad = tmp_path / "good.img", tmp_path / "bad.img"
     good.write_bytes(imagegen.build())
