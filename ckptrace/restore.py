@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-from .errors import CkptError, KernelError, NoSuchProcess, Unsupported
+from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Unsupported
 from .image.render import plural
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
@@ -58,6 +58,9 @@ def main(args) -> int:
 
     from .progress import ProgressLine
 
+    if os.geteuid() != 0:
+        raise AccessDenied("restore needs root (a new pid namespace, ptrace, the image's credentials): "
+                           "run with sudo")
     with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
         res = restore(args.image, progress)
     if args.json:

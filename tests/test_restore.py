@@ -372,6 +372,23 @@ def test_corrupt_image_is_refused_and_creates_nothing(pidns, refwork, tmp_path, 
     assert pidns_inodes(tmp_path) - nss == set(), "a refused restore created a namespace"
 
 
+def test_restore_as_non_root_is_refused_up_front(root, tmp_path):
+    """Not root: one line naming the cause and exit status 1 (AccessDenied) before the image is
+    read, as dump does, not whatever step first hits EPERM."""
+    import imagegen
+
+    img = tmp_path / "gen.img"
+    img.write_bytes(imagegen.build())
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "ckptrace"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    for args, stdin in ((["restore", "-"], img), (["restore", "/nonexistent.img"], None)):
+        with open(stdin if stdin else os.devnull, "rb") as f:
+            p = subprocess.run(nobody + args, cwd=REPO, env=env, stdin=f, capture_output=True, timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("ckptrace restore: restore needs root"), err
+
+
 def test_missing_file_is_refused_before_anything_exists(pidns, refwork, tmp_path):
     w = start_workload(pidns, refwork, str(tmp_path))
     img = tmp_path / "ref.img"
