@@ -376,6 +376,21 @@ def check_restorable(shadow, ns: int) -> None:
                           "the namespace left running") from None
 
 
+# Character devices that take every write and keep nothing: mem 1:3 (/dev/null) and 1:5 (/dev/zero).
+_DISCARDING_DEVICES = {(1, 3), (1, 5)}
+
+
+def _discards_writes(target: str | int) -> bool:
+    """Whether an output path (or an open fd) is /dev/null or /dev/zero, by device number, under
+    whatever name (a symlink, a mknod copy in a container). A path that does not exist yet, a
+    regular file, a pipe or a socket is not."""
+    try:
+        st = os.fstat(target) if isinstance(target, int) else os.stat(target)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) in _DISCARDING_DEVICES
+
+
 def main(args) -> int:
     if os.geteuid() != 0:
         raise AccessDenied("dump needs root (ptrace of other users' tasks, /proc/PID/mem): run with sudo")
@@ -383,6 +398,10 @@ def main(args) -> int:
     to_stdout = args.output in ("-", "", None)
     if to_stdout and os.isatty(1):
         raise UsageError("refusing to write a binary image to a terminal: use -o FILE or a pipe")
+    if args.kill and _discards_writes(1 if to_stdout else args.output):
+        where = "standard output" if to_stdout else args.output
+        raise UsageError(f"refusing --kill with the image going to {where}, which keeps nothing written to it "
+                         "(/dev/null): the namespace would be gone and no image kept")
     opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill)
     check_target(ns)  # fail on a bad target before creating the output file
     out = None if to_stdout else ImageFile(args.output)

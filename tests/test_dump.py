@@ -272,12 +272,41 @@ def test_kill_after_dump(pidns, ckwork, tmp_path):
 
     w = start(pidns, ckwork, tmp_path)
     before = notify.last_dump(w.ns) or 0
-    dump("--pidns", str(w.ns), "-o", os.devnull, "--kill", "--quiet")
+    dump("--pidns", str(w.ns), "-o", str(tmp_path / "img"), "--kill", "--quiet")
     assert (notify.last_dump(w.ns) or 0) > before  # `watch` learns of the dump
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{w.init}/status") and time.monotonic() < deadline:
         if status_field(w.init, "State")[0] == "Z":
             break
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{w.init}") or status_field(w.init, "State")[0] == "Z"
+
+
+def test_kill_refuses_an_output_that_keeps_nothing(pidns, ckwork, tmp_path):
+    """`dump --kill -o /dev/null` would kill the namespace and keep no image: refused before
+    anything is frozen, whatever name /dev/null goes by (a symlink, standard output), and for
+    /dev/zero, which discards writes too. Without --kill, /dev/null stays a fine output."""
+    w = start(pidns, ckwork, tmp_path)
+    os.symlink(os.devnull, tmp_path / "null")
+    for out in (os.devnull, str(tmp_path / "null"), "/dev/zero"):
+        p = dump("--pidns", str(w.ns), "--kill", "-q", "-o", out, check=False)
+        assert_refused(p, "refusing --kill", out, "no image kept")
+        assert p.returncode == 2
+        assert_running_untraced(w)
+    with open(os.devnull, "wb") as null:
+        p = subprocess.run(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q"], stdout=null,
+                           stderr=subprocess.PIPE, timeout=60)
+    assert_refused(p, "refusing --kill", "standard output")
+    assert_running_untraced(w)
+    dump("--pidns", str(w.ns), "-q", "-o", os.devnull)
+    assert_running_untraced(w)
+    # --kill into a pipe is a migration, not a loss: allowed, and the namespace is gone after
+    p = subprocess.run(" ".join(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q", "-o", "-", "|", "wc", "-c"]),
+                       shell=True, capture_output=True, timeout=60)
+    assert p.returncode == 0 and int(p.stdout) > 0, p.stderr.decode()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{w.init}") and status_field(w.init, "State")[0] != "Z" \
+            and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not os.path.exists(f"/proc/{w.init}") or status_field(w.init, "State")[0] == "Z"
 
@@ -577,7 +606,7 @@ def test_a_process_whose_main_thread_exited_is_refused_as_such(pidns, tmp_path):
     w = pidns([exe, str(ready)], ready_file=str(ready), settle=0.1)
     assert status_field(w.init, "State")[0] == "Z" and len(tids_of(w.init)) == 2
     for opt in ([], ["--kill"]):
-        p = dump("--pidns", str(w.ns), "-o", os.devnull, *opt, check=False)
+        p = dump("--pidns", str(w.ns), "-o", str(tmp_path / "img"), *opt, check=False)
         assert_refused(p, f"process {w.init} (pid 1 inside the namespace)", "main thread has exited",
                        "cannot checkpoint")
         assert "zombie its parent" not in p.stderr.decode()
