@@ -161,7 +161,8 @@ class Dumper:
             task.collect_process(p, proc, ns_pid)
         xs = procs[0].leader.xstate
         uts = os.uname()
-        write_header(w, time=int(time.time()), uts=(uts.release, uts.version, uts.machine),
+        ctx.header_time = int(time.time())
+        write_header(w, time=ctx.header_time, uts=(uts.release, uts.version, uts.machine),
                      xstate_size=len(xs), xcr0=xcr0_from_xstate(xs))
         entries = []
         for p in procs:

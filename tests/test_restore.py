@@ -1810,6 +1810,95 @@ def test_dump_reads_timerfds_without_consuming_them(pidns, tmp_path):
     assert abs(n0 - (at0 - t0) / TFD_INTERVAL) <= 1.01 and one0 == 1, (t0, at0, n0)
 
 
+ABS_TIMERFD_WORKLOAD = r"""
+import ctypes, os, select, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+CLOCK_REALTIME, TFD_NONBLOCK, ABSTIME, CANCEL_ON_SET, NS = 0, 0o4000, 1, 2, 1_000_000_000
+
+def timerfd(flags, at_ns, interval_ns=0):
+    fd = libc.timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK)
+    spec = (ctypes.c_long * 4)(interval_ns // NS, interval_ns % NS, at_ns // NS, at_ns % NS)
+    assert fd >= 0 and libc.timerfd_settime(fd, flags, spec, None) == 0, ctypes.get_errno()
+    return fd
+
+def expirations(fd):
+    try:
+        return struct.unpack("<Q", os.read(fd, 8))[0]
+    except BlockingIOError:
+        return 0
+
+d, t0 = sys.argv[1], time.time_ns()
+at = {"A": t0 + 4 * NS, "B": t0 + 4 * NS, "C": t0 + NS // 5, "D": t0 + 8 * NS // 5}
+fds = {"A": timerfd(ABSTIME, at["A"]),                        # one-shot, due after the restore
+       "B": timerfd(ABSTIME | CANCEL_ON_SET, at["B"]),        # the same, cancelled if the clock is set
+       "C": timerfd(ABSTIME, at["C"], NS // 2),               # every 0.5 s from 0.2 s: 1 unread when dumped
+       "D": timerfd(ABSTIME, at["D"])}                        # one-shot, due while the namespace is away
+out = open(os.path.join(d, "abs.log"), "a", buffering=1)
+out.write("start " + " ".join(f"{k}={fds[k]}:{at[k]}" for k in fds) + "\n")
+open(os.path.join(d, "ready"), "w").close()
+fired = set()
+while True:
+    for k in ("A", "B", "D"):
+        if k not in fired and select.select([fds[k]], [], [], 0)[0]:
+            fired.add(k)
+            out.write(f"fired {k} {time.time_ns()}\n")
+    if "A" in fired and "B" in fired:
+        now = time.time_ns()
+        out.write(f"read {now} " + " ".join(f"{k}={expirations(fds[k])}" for k in fds) + "\n")
+        break
+    time.sleep(0.003)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_absolute_realtime_timerfd_keeps_its_date(pidns, tmp_path, restored):
+    """A CLOCK_REALTIME timerfd armed with TFD_TIMER_ABSTIME fires at its date whatever time the
+    namespace spent dumped (it fired 1.27 s late after a 1.2 s dump -> restore when re-armed with
+    the time left): dumped 0.5 s in, restored 1.5 s later, the timers due at 4 s fire at 4 s (with
+    TFD_TIMER_CANCEL_ON_SET kept where it was set); one due at 1.6 s, while the namespace was
+    away, fires as soon as it is back; a periodic one (0.5 s from 0.2 s, one expiration unread
+    when dumped) counts every period of the wall clock, the dumped ones included."""
+    w = pidns([sys.executable, "-c", ABS_TIMERFD_WORKLOAD, str(tmp_path)],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    log = tmp_path / "abs.log"
+    start = {k: tuple(map(int, v.split(":"))) for k, v in (x.split("=") for x in log.read_text().split()[1:5])}
+    fd, at = {k: v[0] for k, v in start.items()}, {k: v[1] / 1e9 for k, v in start.items()}
+    t0 = at["A"] - 4
+    time.sleep(max(0.0, t0 + 0.5 - time.time()))
+    img = str(tmp_path / "abs.img")
+    dump_kill(w, img)
+    dumped_at = time.time()
+    tfds = _timerfds(img)
+    assert tfds[fd["C"]]["ticks"] >= 1 and tfds[fd["D"]]["ticks"] == 0, (dumped_at - t0, tfds)
+    assert "fired" not in log.read_text(), "the workload saw a timer fire before the dump; too slow a host?"
+    time.sleep(1.5)
+    res = restore_json(img, restored)
+    restored_at = time.time()
+    print(f"dumped at {dumped_at - t0:.3f} s, restored at {restored_at - t0:.3f} s")
+    assert restored_at < at["A"] - 0.2, "restore took too long for this test to tell"
+    deadline = time.monotonic() + 8
+    while "read " not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    fired = {x.split()[1]: int(x.split()[2]) / 1e9 for x in lines if x.startswith("fired ")}
+    reads = [x.split() for x in lines if x.startswith("read ")]
+    assert reads, lines
+    for k in ("A", "B"):  # on time: not early, and not late by the 1.5 s the namespace was away
+        assert at[k] - 0.005 <= fired[k] <= at[k] + 0.25, (k, fired[k] - at[k], lines)
+    assert fired["D"] <= restored_at + 0.25, (fired["D"] - restored_at, lines)  # past due: at once
+    read_at = int(reads[0][1]) / 1e9
+    counts = dict(x.split("=") for x in reads[0][2:])
+    assert (counts["A"], counts["B"], counts["D"]) == ("1", "1", "1"), lines
+    want_c = 1 + int((read_at - at["C"]) / 0.5)  # 0.2 s, 0.7 s, ... up to the read, at about 4 s
+    assert abs(int(counts["C"]) - want_c) <= 1, (counts, want_c, lines)
+    with open(f"/proc/{res['init_pid']}/fdinfo/{fd['A']}") as f:
+        assert "settime flags: 01" in f.read()
+    with open(f"/proc/{res['init_pid']}/fdinfo/{fd['B']}") as f:
+        assert "settime flags: 03" in f.read()
+
+
 NOCAPS_WORKLOAD = r"""
 import ctypes, os, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

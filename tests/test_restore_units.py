@@ -164,3 +164,19 @@ def test_restore_shows_where_it_is_on_a_progress_line():
     (text,) = Line.shown
     assert "restoring" in text and "process 1/2" in text and f"{len(img.tasks)} tasks" in text
     assert f"0 of {img.page_count * 4096 / (1 << 20):.0f} MiB" in text
+
+
+def test_realtime_absolute_timerfd_rearm_dates():
+    """restorer.timers.timerfd_abs_rearm: a date ahead is kept; a past one with nothing unread is
+    left for the kernel to fire at once (its read counts the periods since); a past one with
+    unread expirations gets the ones due by now added, and its next date (periodic) or none."""
+    from ckptrace.restorer.timers import timerfd_abs_rearm
+
+    S = 1_000_000_000
+    assert timerfd_abs_rearm(100 * S, 0, 0, 90 * S) == (100 * S, 0)
+    assert timerfd_abs_rearm(100 * S, S, 3, 90 * S) == (100 * S, 3)
+    assert timerfd_abs_rearm(100 * S, S // 2, 0, 103 * S) == (100 * S, 0)
+    assert timerfd_abs_rearm(100 * S, 0, 1, 103 * S) == (None, 2)
+    # due at 100, 100.5, ... 103: seven more by 103, the next at 103.5
+    assert timerfd_abs_rearm(100 * S, S // 2, 2, 103 * S) == (103 * S + S // 2, 9)
+    assert timerfd_abs_rearm(100 * S, S // 2, 2, 103 * S - 1) == (103 * S, 8)

@@ -404,7 +404,8 @@ _MAX_SHOWN_TIME = 253402300799
 
 def format_time(seconds: int) -> str:
     """HEADER.time for people: UTC, marked with Z ("2023-11-14 22:13:20Z"), the same in every
-    command. The field is display-only (restore never reads it), so a value no calendar date fits
+    command. The field is display-only but for realtime TFD_TIMER_ABSTIME timerfds (their deadline
+    is stored against it, see docs/format.md), so a value no calendar date fits
     (a corrupt or hostile image: up to 2**64-1) is shown as the raw number rather than failing:
     plain arithmetic from the epoch, never the platform's time_t."""
     import datetime
@@ -459,7 +460,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
         u16("major"), u16("minor"), u16("patch"),
         u16("task_comm_len"), u16("at_vector_size"), u16("uts_release_len"),
         u16("uts_version_len"), u16("uts_machine_len"), pad(6),
-        u64("time", "time", doc="seconds since the epoch; display only"), u64("uflags", "hex", doc="0")),
+        u64("time", "time", doc="seconds since the epoch; shown, and the origin of realtime TFD_TIMER_ABSTIME timerfd deadlines"), u64("uflags", "hex", doc="0")),
        doc="Image header: magic, architecture, kernel version, kernel constants, time."),
     _R(RecType.HEADER_ARCH, (u32("xstate_size"), u32("regs_size"), u64("xcr0", "hex")),
        doc="x86_64 layout: size of the XSAVE area in every CPU record, of user_regs_struct, and XCR0."),
@@ -574,10 +575,12 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_EPOLL, (u32("nwatch"), pad(4)), Payload.ENTRIES, max_payload=1 << 20,
        entry=(s32("tfd"), u32("events", "hex"), u64("data", "hex")), count_field="nwatch",
        doc="epoll interest list (target fd numbers in the owner's table)."),
-    _R(RecType.FILE_TIMERFD, (s32("clockid"), u32("settime_flags", "hex"), u64("ticks"),
-                              u64("value_sec"), u64("value_nsec"), u64("interval_sec"),
-                              u64("interval_nsec")),
-       doc="timerfd: clock, remaining time, interval, expirations not yet read."),
+    _R(RecType.FILE_TIMERFD, (s32("clockid"), u32("settime_flags", "hex", doc="1=TFD_TIMER_ABSTIME, 2=TFD_TIMER_CANCEL_ON_SET"),
+                              u64("ticks"),
+                              u64("value_sec", doc="time left; for TFD_TIMER_ABSTIME on clockid 0 or 8 (CLOCK_REALTIME, "
+                                  "_ALARM): the deadline minus HEADER.time; 0 0: not armed (with an interval: expired, not forwarded)"),
+                              u64("value_nsec"), u64("interval_sec"), u64("interval_nsec")),
+       doc="timerfd: clock, remaining time (or realtime deadline), interval, expirations not yet read."),
     _R(RecType.FILE_SIGNALFD, (u64("sigmask", "hex"),), doc="signalfd mask."),
     _R(RecType.FILE_INOTIFY, (u32("nwatch"), pad(4)), Payload.BYTES, max_payload=1 << 20,
        doc="inotify watches: nwatch entries of {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}."),

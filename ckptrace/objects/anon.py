@@ -66,6 +66,16 @@ def _inotify_payload(ctx: DumpContext, pid: int, watches) -> bytes:
 
 
 ITIMERSPEC_SIZE = 32  # struct itimerspec: it_interval {sec, nsec}, it_value {sec, nsec}
+TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET = 1, 2
+CLOCK_REALTIME, CLOCK_REALTIME_ALARM = 0, 8
+NS = 1_000_000_000
+
+
+def abs_realtime(state: dict[str, int]) -> bool:
+    """An armed timerfd set with TFD_TIMER_ABSTIME on a wall clock: its deadline is a date, which
+    the image keeps as such (FILE_TIMERFD value = deadline - HEADER.time), not as the time left."""
+    return bool(state["settime_flags"] & TFD_TIMER_ABSTIME) and state["clockid"] in (CLOCK_REALTIME, CLOCK_REALTIME_ALARM) \
+        and (state["value_sec"], state["value_nsec"]) != (0, 0)
 
 
 def timerfd_state(ctx: DumpContext, o) -> dict[str, int]:
@@ -80,7 +90,15 @@ def timerfd_state(ctx: DumpContext, o) -> dict[str, int]:
     injected, the task's registers and stack untouched), then fdinfo is read. A later read(2)
     by the task returns the same total either way, and a one-shot or disarmed timer is left as
     it is. If the timer expires again between the two calls (a very short interval), fdinfo shows
-    it_value 0 again: retry, so the image has the next expiration rather than none."""
+    it_value 0 again: retry, so the image has the next expiration rather than none.
+
+    fdinfo gives the time left whatever the flags. For a TFD_TIMER_ABSTIME timer on
+    CLOCK_REALTIME(_ALARM) the deadline is a wall-clock date that must not move by the time the
+    namespace spent dumped: CLOCK_REALTIME is read on either side of the fdinfo read and the
+    deadline (midpoint + time left) stored as nanoseconds after HEADER.time (ctx.header_time),
+    which restore adds back. The record keeps its size and fields."""
+    import time
+
     from ..kernel.sys import SYS_timerfd_gettime, syscall
     from .files import grab
 
@@ -89,10 +107,16 @@ def timerfd_state(ctx: DumpContext, o) -> dict[str, int]:
         spec = ctypes.create_string_buffer(ITIMERSPEC_SIZE)
         for _ in range(5):
             syscall(SYS_timerfd_gettime, dup, ctypes.addressof(spec), what=f"timerfd_gettime (pid {o.pid} fd {o.fd})")
+            before = time.clock_gettime_ns(time.CLOCK_REALTIME)
             state = procfs.timerfd_state(procfs.fdinfo(o.pid, o.fd, ctx.proc))
+            after = time.clock_gettime_ns(time.CLOCK_REALTIME)
             if (state["value_sec"], state["value_nsec"]) != (0, 0) or \
                     (state["interval_sec"], state["interval_nsec"]) == (0, 0):
                 break
+    if abs_realtime(state):
+        deadline = (before + after) // 2 + state["value_sec"] * NS + state["value_nsec"]
+        # >= 1 ns: 0 means disarmed (a wall clock stepped back during the dump could make it <= 0)
+        state["value_sec"], state["value_nsec"] = divmod(max(1, deadline - ctx.header_time * NS), NS)
     return state
 
 

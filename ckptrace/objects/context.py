@@ -38,6 +38,7 @@ class DumpContext:
     shmem_stored: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     locks_seen: set = field(default_factory=set)  # flock/OFD locks already stored (they belong to a FILE)
     stats: Stats = field(default_factory=Stats)
+    header_time: int = 0  # HEADER.time: what a realtime TFD_TIMER_ABSTIME timerfd's deadline is stored against
     totals: tuple[int, int] = (0, 0)  # processes, tasks in the namespace: what the progress counts up to
     on_progress: Callable[["DumpContext"], None] | None = None
 

@@ -388,22 +388,40 @@ class FileSet:
         fd = syscall(SYS_timerfd_create, t["clockid"], obj.fields["f_flags"] & os.O_NONBLOCK,
                      what="timerfd_create")
         fd = self.place(fd)
-        # fdinfo shows the time left, so re-arm relative to now whatever the original flags.
+        import time
+
+        from ..objects.anon import NS, TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET, abs_realtime
+        from .timers import timerfd_abs_rearm
+
         value = (t["value_sec"], t["value_nsec"])
-        if value == (0, 0):
-            # An interval timer that expired and was not forwarded shows 0 left (the dumper
-            # forwards it with timerfd_gettime first; older images may have it): the next
-            # expiration is due within one interval. 0 and no interval: disarmed.
+        flags, nticks = 0, t["ticks"]
+        if abs_realtime(t):
+            # TFD_TIMER_ABSTIME on CLOCK_REALTIME(_ALARM): the image holds the deadline as ns
+            # after HEADER.time (objects/anon.py). Re-armed at that date, absolute (and
+            # TFD_TIMER_CANCEL_ON_SET kept), it fires when it would have, not late by the time
+            # the namespace spent dumped; a date already past fires at once.
+            deadline, nticks = timerfd_abs_rearm(
+                (self.img.header["time"] + value[0]) * NS + value[1], t["interval_sec"] * NS + t["interval_nsec"],
+                nticks, time.clock_gettime_ns(time.CLOCK_REALTIME))
+            value = (0, 0) if deadline is None else divmod(deadline, NS)
+            flags = t["settime_flags"] & (TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET)
+        elif value == (0, 0):
+            # Relative to now otherwise: fdinfo shows the time left, and a monotonic or boottime
+            # clock does not carry across a restore (it counts from this host's boot), so the
+            # time left is what there is to keep. An interval timer that expired and was not
+            # forwarded shows 0 left (the dumper forwards it with timerfd_gettime first; older
+            # images may have it): the next expiration is due within one interval. 0 and no
+            # interval: disarmed.
             value = (t["interval_sec"], t["interval_nsec"])
         spec = (ctypes.c_int64 * 4)(t["interval_sec"], t["interval_nsec"], *value)
         if value != (0, 0):
-            syscall(SYS_timerfd_settime, fd, 0, ctypes.addressof(spec), 0, what="timerfd_settime")
-        if t["ticks"]:
-            ticks = ctypes.c_uint64(t["ticks"])
+            syscall(SYS_timerfd_settime, fd, flags, ctypes.addressof(spec), 0, what="timerfd_settime")
+        if nticks:
+            ticks = ctypes.c_uint64(nticks)
             try:
                 fcntl.ioctl(fd, TFD_IOC_SET_TICKS, bytes(ticks))
             except OSError:
-                raise Unsupported(f"timerfd object {obj.objref} has {t['ticks']} unread expirations "
+                raise Unsupported(f"timerfd object {obj.objref} has {nticks} unread expirations "
                                   "and this kernel cannot set them (TFD_IOC_SET_TICKS)") from None
         return fd
 

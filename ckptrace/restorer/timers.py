@@ -19,6 +19,23 @@ SIGEVENT = struct.Struct("<Qiii44x")  # struct sigevent (64 bytes): value, signo
 NS = 1_000_000_000
 
 
+def timerfd_abs_rearm(deadline: int, interval: int, ticks: int, now: int) -> tuple[int | None, int]:
+    """A realtime TFD_TIMER_ABSTIME timerfd due at `deadline` (ns since the epoch) with `ticks`
+    unread expirations, restored at `now`: (the date to arm it at with TFD_TIMER_ABSTIME, None
+    for none; the ticks to set). A date still ahead is kept. One already past with no unread
+    expirations is kept too: the kernel fires it at once and its next read counts every period
+    since (hrtimer_forward_now). One past with unread expirations is counted here instead, since
+    TFD_IOC_SET_TICKS replaces the count and would drop the expiration the kernel counts between
+    timerfd_settime and the ioctl: the expirations due by `now` are added to `ticks`, and the
+    timer armed at its first date after `now` (periodic) or left disarmed (one-shot, fired)."""
+    if deadline > now or not ticks:
+        return deadline, ticks
+    if not interval:
+        return None, ticks + 1
+    n = 1 + (now - deadline) // interval
+    return deadline + n * interval, ticks + n
+
+
 def apply(inj: Injector, itimers: dict | None) -> None:
     if not itimers:
         return
