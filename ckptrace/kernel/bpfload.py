@@ -482,12 +482,3 @@ class WatchProgram:
                 return items
             first = False
             token_in.value = token_out.value
-
-
-def our_programs() -> list[str]:
-    """Names of loaded BPF programs that are ours (by PROG_PREFIX), via bpftool."""
-    import json
-    import subprocess
-
-    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
-    return [p.get("name", "") for p in json.loads(out or "[]") if p.get("name", "").startswith(PROG_PREFIX)]
