@@ -153,10 +153,14 @@ class Dumper:
             p.maps = procfs.smaps(p.hostpid, proc)
             for m in p.maps:
                 mm.check_mapping(p.nspid, m)
-            files.check_fds(ctx, p.hostpid, p.nspid)
             locks.collect(ctx, p)
             for t in p.threads:
                 seccomp.check_thread(p, t, proc)
+        # Only once no process holds a lease: check_fds opens deleted files and memfds to measure
+        # their data, and an open breaks a lease, which the frozen holder cannot give up (the
+        # open waited out fs.lease-break-time, 45 s, and changed the lease before the refusal).
+        for p in procs:
+            files.check_fds(ctx, p.hostpid, p.nspid)
         for p in procs:
             task.collect_process(p, proc, ns_pid)
         xs = procs[0].leader.xstate

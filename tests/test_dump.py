@@ -535,6 +535,35 @@ def test_deleted_file_above_limit_is_refused(pidns, tmp_path):
     assert_running_untraced(w)
 
 
+LEASED = r"""
+import fcntl, os, sys, time
+path = os.path.join(sys.argv[1], "leased")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b"x" * 4096)
+os.unlink(path)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1000)
+"""
+
+
+def test_a_lease_is_refused_before_any_file_is_opened(pidns, tmp_path):
+    """A write lease on a deleted file: refused at once, the lease untouched. (The deleted file's
+    data used to be measured first, by an open that broke the lease: the frozen holder could not
+    give it up, so the open waited 45 s and the kernel downgraded the lease to a read lease.)"""
+    d = tmp_path / "l"
+    d.mkdir()
+    w = pidns([sys.executable, "-c", LEASED, str(d)], ready_file=str(d / "ready"))
+    t0 = time.monotonic()
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False, timeout=120)
+    assert time.monotonic() - t0 < 10
+    assert_refused(p, "LEASE", "lease")
+    with open("/proc/locks") as f:
+        assert any("LEASE" in line and "WRITE" in line for line in f)
+    assert_running_untraced(w)
+
+
 def test_sigterm_releases_tasks(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path, "big", "64")
     r, wfd = os.pipe()
