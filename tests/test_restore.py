@@ -1652,6 +1652,46 @@ def test_sealed_memfds_come_back_sealed(pidns, tmp_path, restored):
         assert fcntl.fcntl(dup, F_GET_SEALS) == 0x20
 
 
+EXEC_SEALED_WORKLOAD = r"""
+import fcntl, os, sys, time
+fd = os.memfd_create("runc-like", os.MFD_CLOEXEC | 0x2)  # MFD_ALLOW_SEALING
+with open("/bin/sleep", "rb") as f:
+    os.write(fd, f.read())
+fcntl.fcntl(fd, 1033, 0x2 | 0x4 | 0x8 | 0x20 | 0x1)  # F_ADD_SEALS: SHRINK GROW WRITE EXEC SEAL
+child = os.fork()
+if child == 0:
+    os.execv(f"/proc/self/fd/{fd}", ["sleep", "1000"])
+while "memfd:" not in os.readlink(f"/proc/{child}/exe"):
+    time.sleep(0.01)
+open(sys.argv[1], "w").close()
+os.waitpid(child, 0)
+"""
+
+
+def test_a_process_running_an_exec_sealed_memfd_comes_back(pidns, tmp_path, restored):
+    """runc's way: a binary copied into a memfd, sealed F_SEAL_EXEC (its mode stays 0777) and
+    run. Restore used to make every F_SEAL_EXEC memfd with MFD_NOEXEC_SEAL (mode 0666), and
+    PR_SET_MM_MAP refused it as the process's exe (EACCES)."""
+    import fcntl
+
+    ready = tmp_path / "ready"
+    w = pidns([sys.executable, "-c", EXEC_SEALED_WORKLOAD, str(ready)], ready_file=str(ready),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "exec-sealed.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (child,) = [h for h in ns_pids(res["pidns"]) if nspid(h) == 2]
+    assert "memfd:runc-like" in os.readlink(f"/proc/{child}/exe")
+    fd = os.open(f"/proc/{child}/exe", os.O_RDONLY)
+    try:
+        # as before the dump: F_SEAL_EXEC on an executable memfd implies the write seals
+        # (F_SEAL_FUTURE_WRITE included)
+        assert fcntl.fcntl(fd, 1034) == 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x1
+        assert os.fstat(fd).st_mode & 0o111 == 0o111
+    finally:
+        os.close(fd)
+
+
 def test_unsealable_memfd_stays_unsealable_and_a_sealable_one_sealable(pidns, tmp_path, restored):
     """A memfd made without MFD_ALLOW_SEALING reports F_SEAL_SEAL after restore and takes no
     seal; one made with it and not sealed yet reports 0 and can still be sealed."""

@@ -25,7 +25,7 @@ from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, socket_desc
-from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, VM_SHARED, VM_WRITE, FileType,
+from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, VM_EXEC, VM_SHARED, VM_WRITE, FileType,
                              RecType, VmaType, flag_names)
 
 F_SETPIPE_SZ = 1031
@@ -35,7 +35,7 @@ _OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 VM_MAYWRITE = 0x20
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 F_SEAL_SEAL, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x1, 0x8, 0x10, 0x20
-MFD_ALLOW_SEALING, MFD_NOEXEC_SEAL = 0x2, 0x8
+MFD_ALLOW_SEALING, MFD_NOEXEC_SEAL, MFD_EXEC = 0x2, 0x8, 0x10
 
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
              FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL,
@@ -437,11 +437,24 @@ class FileSet:
         F_SEAL_WRITE cannot coexist with such a VMA and is added at once, so a read-only
         shared mapping of a write-sealed memfd is made as the kernel allows it: after the seal."""
         name = os.path.basename(obj.name or "restored").removeprefix("memfd:")[:200] or "restored"
-        seals = memfd_seals(obj)
-        flags = 0
-        if seals is not None and seals != F_SEAL_SEAL:
-            flags = MFD_NOEXEC_SEAL if seals & F_SEAL_EXEC else MFD_ALLOW_SEALING
-        fd = self.place(os.memfd_create(name, flags))
+        seals = image_seals = memfd_seals(obj)
+        sealable = seals is not None and seals != F_SEAL_SEAL
+        # The exec bits: MFD_NOEXEC_SEAL makes the memfd 0666 and seals that. The image has no
+        # mode, so a memfd sealed F_SEAL_EXEC that a process runs (its exe or an exec mapping:
+        # runc seals its binary copy so) is made executable and sealed by F_ADD_SEALS instead.
+        # Any other memfd asks for MFD_EXEC where the kernel knows it (6.3), so that a host's
+        # vm.memfd_noexec does not make it noexec, and sealable, behind our back.
+        if sealable and seals & F_SEAL_EXEC and not self._executed(obj.objref):
+            flags = MFD_NOEXEC_SEAL
+        else:
+            flags = (MFD_ALLOW_SEALING if sealable else 0) | MFD_EXEC
+        try:
+            fd = os.memfd_create(name, flags)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not flags & MFD_EXEC:
+                raise from_oserror(exc, f"memfd_create for {obj.name or 'a memfd'} (object {obj.objref})") from None
+            fd = os.memfd_create(name, flags & ~MFD_EXEC)  # before 6.3: executable anyway
+        fd = self.place(fd)
         sized = False
         for r in obj.extra:
             if r.type == RecType.FILE_DATA:
@@ -451,13 +464,27 @@ class FileSet:
                 if r.payload:
                     os.pwrite(fd, r.payload, r.fields["offset"])
         os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
-        if flags:
+        late = 0
+        if sealable:
             seals &= ~fcntl.fcntl(fd, F_GET_SEALS)
             late = seals & (F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) if self._shared_maywrite(obj.objref) else 0
             _add_seals(fd, seals & ~late, obj)
             if late:
                 self.late_seals.append((fd, late, obj))
+        if image_seals is not None:
+            got, want = fcntl.fcntl(fd, F_GET_SEALS), image_seals & ~late
+            if got != want:  # a host policy (vm.memfd_noexec = 2) had its say
+                raise Unsupported(f"memfd {obj.name or ''} (object {obj.objref}) came out sealed "
+                                  f"{'|'.join(flag_names(got, SEAL_NAMES)) or 'not at all'}, not "
+                                  f"{'|'.join(flag_names(want, SEAL_NAMES))}: see this host's vm.memfd_noexec")
         return fd
+
+    def _executed(self, objref: int) -> bool:
+        """Whether some process runs the file object: its exe, or a mapping of it may execute."""
+        return any(isinstance(mm, Mm) and (mm.fields["exe_objref"] == objref or
+                                           any(v.fields["vma_objref"] == objref and v.fields["vm_flags"] & VM_EXEC
+                                               for v in mm.vmas))
+                   for mm in self.img.objects.values())
 
     def _shared_maywrite(self, objref: int) -> bool:
         """Whether some shared VMA of the image maps the file object and may write it."""
