@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
+import time
 
 import pytest
 
@@ -180,3 +182,44 @@ def test_realtime_absolute_timerfd_rearm_dates():
     # due at 100, 100.5, ... 103: seven more by 103, the next at 103.5
     assert timerfd_abs_rearm(100 * S, S // 2, 2, 103 * S) == (103 * S + S // 2, 9)
     assert timerfd_abs_rearm(100 * S, S // 2, 2, 103 * S - 1) == (103 * S, 8)
+
+
+@pytest.mark.kernel
+def test_clone3_children_run_python_while_another_thread_is_busy():
+    """The restore forks its tasks with a raw clone3 while, on a terminal, rich's refresh thread
+    runs. A child must not start with the GIL held by a thread it does not have: each child here
+    runs Python and exits 0 (through a GIL-releasing call, all 20 hung)."""
+    import threading
+
+    from ckptrace.restorer.tree import CLONE_NEWPID, clone3
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root (a new pid namespace per child)")
+    stop = threading.Event()
+
+    def busy():
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    t = threading.Thread(target=busy)
+    t.start()
+    hung = 0
+    try:
+        for _ in range(20):
+            pid = clone3(CLONE_NEWPID, 1, signal.SIGCHLD)
+            if pid == 0:  # pragma: no cover - the child
+                os._exit(sum(range(100)) - 4950)
+            deadline = time.monotonic() + 2
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if done[0] == 0:
+                hung += 1
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            else:
+                assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        stop.set()
+        t.join()
+    assert hung == 0

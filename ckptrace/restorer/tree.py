@@ -14,6 +14,7 @@ registers and credentials come later by injection (see memory, threads, creds).
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import errno
 import os
 import struct
@@ -146,13 +147,21 @@ def map_fds_of(img: Image, t: Task, files: FileSet) -> list[int]:
     return sorted(set(out))
 
 
+_libc_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_gil.syscall.restype = ctypes.c_long
+
+
 def clone3(flags: int, tid: int, exit_signal: int) -> int:
     """Fork-like clone3 with set_tid = [tid] in the innermost namespace. Returns 0 in the child."""
     tids = (ctypes.c_int32 * 1)(tid)
     args = (ctypes.c_uint64 * 11)(flags, 0, 0, 0, exit_signal, 0, 0, 0, ctypes.addressof(tids), 1, 0)
     ctypes.set_errno(0)
-    ret = libc.syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
-                       ctypes.c_size_t(CLONE_ARGS_SIZE))
+    # Through PyDLL, which keeps the GIL across the call: a CDLL call lets it go, and another
+    # thread (rich's refresh thread on a terminal) could hold it at the moment of the clone, in
+    # the child for ever, since that thread does not exist there: the child hung, and the
+    # restore gave up waiting for it.
+    ret = _libc_gil.syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
+                            ctypes.c_size_t(CLONE_ARGS_SIZE))
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"clone3(set_tid={tid}): {os.strerror(err)}")
