@@ -277,8 +277,10 @@ class Controller:
             self.model.add_namespace(ino).last_dump = notify.last_dump(ino, base=self.dumps_dir)
         self.prog.add_namespace(ino)
 
-    def seed(self, hostpid: int, ino: int):
-        """Add a process found in /proc (ns `ino`) to the kernel's tracked set and the model."""
+    def seed(self, hostpid: int, ino: int, *, maps: bool = True):
+        """Add a process found in /proc (ns `ino`) to the kernel's tracked set and the model.
+        maps=False: without its VMA table (what /proc shows is not what the first event
+        applies to)."""
         try:
             st = procfs.status(hostpid)
         except CkptError:
@@ -295,7 +297,7 @@ class Controller:
             self.prog.untrack(hostpid)
             return None
         return self.model.seed_proc(hostpid, nspid, ino, ppid=st.ppid, comm=st.raw.get("Name", ""),
-                                    maps=_maps(hostpid))
+                                    maps=_maps(hostpid) if maps else [])
 
     def seed_all(self) -> None:
         for ino, pids in _watched_namespaces(self.host, self.focus).items():
@@ -337,7 +339,11 @@ class Controller:
             self.watch_ns(ns)
         hostpid = e.hostpid
         if hostpid not in self.model.procs:
-            child = self.seed(hostpid, ns)
+            # Met at its exec (its fork record comes later: vfork, posix_spawn): /proc shows the
+            # table the exec made, which the exec must not bury as the old one; those mappings
+            # come from /proc after the exec instead (_mark_stale below), as of the exec, and the
+            # pages execve itself wrote (stack, ld.so's data) are found on them, once.
+            child = self.seed(hostpid, ns, maps=kind != "exec")
             if child is not None and kind != "fork":
                 self._fork_before(child, e.ts)
         ev = {"event": kind, "pid": pid, "hostpid": hostpid, "ns": ns, "ts": e.ts}

@@ -1175,3 +1175,38 @@ def test_ignored_pids_are_forgotten_once_gone(model):
     ctl.ignored |= {os.getpid(), gone}
     ctl.gc()
     assert ctl.ignored == {os.getpid()}
+
+
+def test_a_process_met_at_its_exec_gets_the_pages_execve_wrote_once(model):
+    """vfork/posix_spawn: the controller first meets a process at its exec record. /proc then
+    shows the table the exec made; taken as the old one and buried by the exec, the pages execve
+    itself wrote (the new stack, ld.so's data: the old generation) went to its tombstone, and
+    the same range was reported twice, its live mapping one page short."""
+    import subprocess
+    import time
+
+    from ckptrace.watch import Controller
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        while "sleep" not in os.readlink(f"/proc/{child.pid}/exe"):
+            time.sleep(0.01)
+        with open(f"/proc/{child.pid}/maps") as f:
+            stack = next(line for line in f if line.rstrip().endswith("[stack]"))
+        lo, hi = (int(x, 16) for x in stack.split()[0].split("-"))
+        prog = DrainProg()
+        out: list[dict] = []
+        ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
+        E, c = bpfload.abi().structs["ckpt_event"], bpfload.abi().consts
+        ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_EXEC"], hostpid=child.pid, pid=7, seq=10, newgen=1,
+                        comm=b"sleep"))
+        top = (hi >> 12) - 1  # the stack's last page, and the one below
+        prog.pages = {child.pid: [(3, top & ~63, 1 << (top & 63)), (11, (top - 1) & ~63, 1 << ((top - 1) & 63))]}
+        ctl.drain()
+        assert ctl.failure is None
+        dirty = [(e["start"], e["end"], e["pages"]) for e in out if e["event"] == "dirty"]
+        assert dirty == [(lo, hi, 2)]
+        assert model.procs[child.pid].find(hi - P).dirty == {top, top - 1}
+    finally:
+        child.kill()
+        child.wait()
