@@ -277,27 +277,33 @@ class Controller:
             self.model.add_namespace(ino).last_dump = notify.last_dump(ino, base=self.dumps_dir)
         self.prog.add_namespace(ino)
 
-    def seed(self, hostpid: int, ino: int, *, maps: bool = True):
+    def seed(self, hostpid: int, ino: int, *, maps: bool = True, exiting_ok: bool = False):
         """Add a process found in /proc (ns `ino`) to the kernel's tracked set and the model.
         maps=False: without its VMA table (what /proc shows is not what the first event
-        applies to)."""
+        applies to). A process on its way out (procfs.exiting) is not tracked, and is left out
+        unless `exiting_ok`: it is, when the caller holds one of its records (its exit record
+        follows), so that its fork can still be reported first, from /proc's parent."""
         try:
             st = procfs.status(hostpid)
         except CkptError:
             return None
-        if st.state in ("Z", "X"):
+        gone = procfs.exiting(hostpid)
+        if gone and not exiting_ok:
             return None  # it has exited (its parent has not reaped it): nothing will say so again
         self.watch_ns(ino)
         nspid = st.nspid[-1] if st.nspid else 0
-        self.prog.track(hostpid, ino, nspid)
-        if procfs.exiting(hostpid):
-            # Its exit program may have run already (it deletes the entry; the exit tracepoint
-            # comes before the process shows as a zombie): the entry just made would outlive it,
-            # and a process that later gets its pid would be taken for it.
-            self.prog.untrack(hostpid)
-            return None
+        if not gone:
+            self.prog.track(hostpid, ino, nspid)
+            if procfs.exiting(hostpid):
+                # Its exit program may have run already (it deletes the entry; the exit
+                # tracepoint comes before the process shows as a zombie): the entry just made
+                # would outlive it, and a process that later gets its pid would be taken for it.
+                self.prog.untrack(hostpid)
+                if not exiting_ok:
+                    return None
+                gone = True
         return self.model.seed_proc(hostpid, nspid, ino, ppid=st.ppid, comm=st.raw.get("Name", ""),
-                                    maps=_maps(hostpid) if maps else [])
+                                    maps=_maps(hostpid) if maps and not gone else [])
 
     def seed_all(self) -> None:
         for ino, pids in _watched_namespaces(self.host, self.focus).items():
@@ -343,7 +349,7 @@ class Controller:
             # table the exec made, which the exec must not bury as the old one; those mappings
             # come from /proc after the exec instead (_mark_stale below), as of the exec, and the
             # pages execve itself wrote (stack, ld.so's data) are found on them, once.
-            child = self.seed(hostpid, ns, maps=kind != "exec")
+            child = self.seed(hostpid, ns, maps=kind != "exec", exiting_ok=True)
             if child is not None and kind != "fork":
                 self._fork_before(child, e.ts)
         ev = {"event": kind, "pid": pid, "hostpid": hostpid, "ns": ns, "ts": e.ts}

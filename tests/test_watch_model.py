@@ -1210,3 +1210,43 @@ def test_a_process_met_at_its_exec_gets_the_pages_execve_wrote_once(model):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_child_that_is_a_zombie_when_its_first_record_is_read_still_has_its_fork_first(model):
+    """A short-lived child's exec record read while it is a zombie (exited, not reaped): /proc
+    still names its parent, so the fork is reported before its exec (it came after, from the
+    parent's clone exit). Nothing of it is tracked in the kernel."""
+    import subprocess
+    import time
+
+    from ckptrace.watch import Controller
+
+    me = os.getpid()
+    model.seed_proc(me, 1, NS, comm="pytest")
+    z = subprocess.Popen(["true"])
+    try:
+        while procfs_state(z.pid) != "Z":
+            time.sleep(0.01)
+        tracked = []
+
+        class Prog(FakeProg):
+            def track(self, hostpid, ns, pid=0):
+                tracked.append(hostpid)
+
+        out: list[dict] = []
+        ctl = Controller(Prog(), model, host=1, focus=None, emit=out.append)
+        E, c = bpfload.abi().structs["ckpt_event"], bpfload.abi().consts
+        ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_EXEC"], hostpid=z.pid, pid=7, seq=10, newgen=1, comm=b"true"))
+        ctl.on_record(E(ts=6, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=z.pid, pid=7, code=0))
+        ctl.on_record(E(ts=7, ns=NS, type=c["CKPT_EV_FORK"], hostpid=me, pid=1, a0=7, a1=z.pid))
+        assert ctl.failure is None
+        assert [(e["event"], e["pid"]) for e in out] == [("fork", 1), ("exec", 7), ("exit", 7)]
+        assert z.pid not in tracked
+    finally:
+        z.wait()
+
+
+def procfs_state(pid: int) -> str:
+    from ckptrace.kernel import procfs
+
+    return procfs.stat_fields(pid)[3]
