@@ -24,14 +24,20 @@ HEAT = ["green", "yellow", "dark_orange", "red"]
 
 @dataclass
 class Selection:
-    ns_index: int = 0
-    proc_index: int = 0
+    """What is selected, by identity: list positions moved under it as namespaces and processes
+    came and went (an inode reused by a new namespace sorting before it), and `d` dumped
+    whatever was highlighted then. None: the first there is."""
+    ns: int | None = None  # pid namespace inode
+    hostpid: int | None = None
     message: str = ""
 
 
 # Narrower than this, the task tree goes above the memory map: side by side at 100 columns its
 # third of the width left names one letter once the pids, the dirt and the tree's indent were in.
 STACK_BELOW = 110
+# The namespaces panel shows at most this many rows (the selected one always among them): with
+# every namespace listed, a dozen pushed the memory map and the events off an 80x24 screen.
+NS_ROWS_MAX = 5
 
 
 def namespaces(model: Model) -> list[int]:
@@ -39,10 +45,17 @@ def namespaces(model: Model) -> list[int]:
 
 
 def selected_ns(model: Model, sel: Selection) -> int | None:
+    if sel.ns in model.namespaces:
+        return sel.ns
     nss = namespaces(model)
-    if not nss:
-        return None
-    return nss[min(sel.ns_index, len(nss) - 1)]
+    return nss[0] if nss else None
+
+
+def _proc_position(tree: list[tuple[int, Proc]], sel: Selection) -> int:
+    for i, (_, p) in enumerate(tree):
+        if p.hostpid == sel.hostpid:
+            return i
+    return 0
 
 
 def selected_proc(model: Model, sel: Selection) -> Proc | None:
@@ -52,25 +65,25 @@ def selected_proc(model: Model, sel: Selection) -> Proc | None:
     tree = model.tree(ino)
     if not tree:
         return None
-    return tree[min(sel.proc_index, len(tree) - 1)][1]
+    return tree[_proc_position(tree, sel)][1]
 
 
 def handle_key(sel: Selection, model: Model, key: str) -> str | None:
     """Move the selection; returns "quit" or "dump" when the key asks for that."""
     if key in ("q", "Q"):
         return "quit"
-    if key in ("up", "k"):
-        sel.proc_index = max(0, sel.proc_index - 1)
-    elif key in ("down", "j"):
+    if key in ("up", "k", "down", "j"):
         ino = selected_ns(model, sel)
-        n = len(model.tree(ino)) if ino is not None else 0
-        sel.proc_index = min(max(0, n - 1), sel.proc_index + 1)
-    elif key in ("right", "\t", "n"):
-        sel.ns_index = (sel.ns_index + 1) % max(1, len(model.namespaces))
-        sel.proc_index = 0
-    elif key in ("left", "p"):
-        sel.ns_index = (sel.ns_index - 1) % max(1, len(model.namespaces))
-        sel.proc_index = 0
+        tree = model.tree(ino) if ino is not None else []
+        if tree:
+            step = -1 if key in ("up", "k") else 1
+            sel.hostpid = tree[min(max(0, _proc_position(tree, sel) + step), len(tree) - 1)][1].hostpid
+    elif key in ("right", "\t", "n", "left", "p"):
+        nss = namespaces(model)
+        if nss:
+            at = nss.index(selected_ns(model, sel))
+            sel.ns = nss[(at + (1 if key in ("right", "\t", "n") else -1)) % len(nss)]
+            sel.hostpid = None
     elif key == "d":
         return "dump"
     return None
@@ -122,12 +135,16 @@ def event_line(ev: dict) -> str:
     return f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(event_fields(ev))}"
 
 
-def _ns_table(model: Model, sel: Selection, now: float) -> Table:
+def _ns_table(model: Model, sel: Selection, now: float, rows: int) -> Table:
+    """At most `rows` namespaces, a window over the sorted list that holds the selected one."""
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
     for col in ("", "pid ns", "init", "tasks", "events/s", "dirty pages"):
         t.add_column(col, no_wrap=True)
     current = selected_ns(model, sel)
-    for ino in namespaces(model):
+    nss = namespaces(model)
+    at = nss.index(current) if current is not None else 0
+    first = max(0, min(at - rows // 2, len(nss) - rows))
+    for ino in nss[first:first + rows]:
         ns = model.namespaces[ino]
         procs = [p for p in model.ns_procs(ino) if p.alive]
         init = model.init_of(ino)
@@ -146,7 +163,7 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
         t.add_column(col, no_wrap=True, overflow="ellipsis", min_width=width, ratio=1 if col == "comm" else None)
     ino = selected_ns(model, sel)
     tree = model.tree(ino) if ino is not None else []
-    chosen = min(sel.proc_index, max(0, len(tree) - 1))
+    chosen = _proc_position(tree, sel)
     first = max(0, min(chosen - rows // 2, len(tree) - rows))  # keep the selection in view
     for i, (depth, p) in enumerate(tree[first:first + rows], start=first):
         name = "  " * depth + ("└ " if depth else "") + (p.comm or "?")
@@ -213,7 +230,7 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
         keys.append(f"  {sel.message}", style="cyan")
     head = Group(status, keys)
 
-    ns_rows = max(1, len(model.namespaces))
+    ns_rows = max(1, min(len(model.namespaces), NS_ROWS_MAX))
     body = max(8, height - 2 - (ns_rows + 3))
     events_rows = max(3, body // 3)
     upper = max(5, body - events_rows - 2)
@@ -222,7 +239,9 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
     layout = Layout()
     layout.split_column(
         Layout(head, name="head", size=2),
-        Layout(Panel(_ns_table(model, sel, now), title="namespaces"), name="ns", size=ns_rows + 3),
+        Layout(Panel(_ns_table(model, sel, now, ns_rows),
+                     title=f"namespaces ({len(model.namespaces)})" if len(model.namespaces) > ns_rows else "namespaces"),
+               name="ns", size=ns_rows + 3),
         Layout(name="mid", size=upper + 2),
         Layout(name="log"),
     )

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from ckptrace.kernel import bpfload
 from ckptrace.watchmodel import Model, Vma, public
-from ckptrace.watchview import Selection, handle_key, heat_bar, render
+from ckptrace.watchview import Selection, handle_key, heat_bar, render, selected_ns, selected_proc
 
 P = 4096
 NS = 4026532999
@@ -483,7 +483,7 @@ def test_keys_move_selection_within_bounds(model):
     sel = Selection()
     for _ in range(5):
         handle_key(sel, model, "down")
-    assert sel.proc_index == 0  # only one process
+    assert selected_proc(model, sel).hostpid == 100  # only one process
     assert handle_key(sel, model, "q") == "quit"
     assert handle_key(sel, model, "d") == "dump"
 
@@ -1250,3 +1250,37 @@ def procfs_state(pid: int) -> str:
     from ckptrace.kernel import procfs
 
     return procfs.stat_fields(pid)[3]
+
+
+def test_the_selection_stays_on_its_namespace_and_process_as_others_come_and_go(model):
+    """Selected by identity: a namespace sorting before it (a reused inode) or a process before
+    it in the tree going away does not move the highlight, nor what `d` would dump."""
+    model.seed_proc(200, 1, NS + 10, comm="other")
+    model.apply(ev("fork", child=2, _childhost=101))
+    model.apply(ev("fork", child=3, _childhost=102))
+    sel = Selection()
+    handle_key(sel, model, "right")  # the second namespace
+    assert selected_ns(model, sel) == NS + 10
+    handle_key(sel, model, "left")
+    handle_key(sel, model, "down")
+    handle_key(sel, model, "down")
+    assert selected_proc(model, sel).hostpid == 102
+    model.seed_proc(300, 1, NS - 10, comm="new")  # sorts first
+    model.apply(ev("exit", hostpid=101, pid=2, code=0))
+    model.tick(10)
+    model.gc()
+    assert selected_ns(model, sel) == NS and selected_proc(model, sel).hostpid == 102
+    handle_key(sel, model, "up")
+    assert selected_proc(model, sel).hostpid == 100
+
+
+@pytest.mark.parametrize("width, height, count", [(80, 24, 14), (120, 40, 45)])
+def test_many_namespaces_leave_room_for_the_rest_and_keep_the_selected_in_view(model, width, height, count):
+    for i in range(1, count):
+        model.seed_proc(1000 + i, 1, NS + i, comm=f"c{i}")
+    sel = Selection(ns=NS + count - 1)
+    out = text_of(render(model, sel, width=width, height=height), width=width, height=height)
+    selected = [line for line in out.splitlines() if "▶" in line]
+    assert len(selected) == 1 and str(NS + count - 1) in selected[0]
+    assert f"namespaces ({count})" in out
+    assert "memory of 1 c" in out and "recent events" in out
