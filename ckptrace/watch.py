@@ -18,7 +18,7 @@ import sys
 import time
 
 from . import notify
-from .errors import CkptError, UsageError
+from .errors import CkptError, KernelError, UsageError
 from .kernel import procfs
 from .watchmodel import Model
 
@@ -868,7 +868,17 @@ class _Keys:
         self.fd = sys.stdin.fileno() if sys.stdin.isatty() else None
         if self.fd is not None:
             self.saved = termios.tcgetattr(self.fd)
-            tty.setcbreak(self.fd)
+            while True:
+                try:
+                    tty.setcbreak(self.fd)
+                    break
+                except termios.error as exc:
+                    # Started in a background job (`timeout 10 ckptrace watch`, `&`): the kernel
+                    # stops us with SIGTTOU, and the call fails with EINTR once we are continued.
+                    if exc.args[0] != errno.EINTR:
+                        raise KernelError("setting the terminal to read single keys", exc.args[0]) from None
+                    if _stop_requested[0]:
+                        raise Stop() from None
         return self
 
     def __exit__(self, *exc):
