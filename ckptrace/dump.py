@@ -479,8 +479,8 @@ def _cmdline(pid: int, proc: str) -> str:
         return ""
     if not raw:
         try:
-            with open(f"{proc}/{pid}/comm") as f:
-                return f"[{f.read().strip()}]"
+            with open(f"{proc}/{pid}/comm", "rb") as f:  # any bytes (PR_SET_NAME): not UTF-8 text
+                return f"[{f.read().strip().decode('utf-8', 'replace')}]"
         except OSError:
             return ""
     return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")

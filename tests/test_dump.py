@@ -791,3 +791,18 @@ def test_a_socket_reader_gone_with_the_image_unread_is_not_taken_for_one_that_re
         _check_delivered(ours.fileno(), 5000, wait=True, timeout=2)
     ours.close()
     listener.close()
+
+
+def test_ls_names_a_zombie_init_whose_comm_is_not_utf8():
+    """A zombie has no cmdline, so ls shows its comm, which PR_SET_NAME can make any bytes
+    (`ckptrace ls` used to die with a UnicodeDecodeError on a namespace being torn down)."""
+    from ckptrace.dump import _cmdline
+
+    code = "import ctypes; ctypes.CDLL(None).prctl(15, b'z\\xffz', 0, 0, 0)"
+    z = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        while open(f"/proc/{z.pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] != b"Z":
+            time.sleep(0.01)
+        assert _cmdline(z.pid, "/proc") == "[z\ufffdz]"
+    finally:
+        z.wait()
