@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time, json_safe
-from .image.render import human, plural, prot_str
+from .image.render import human, plural, prot_str, terminal_safe
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
@@ -282,7 +282,7 @@ def diff_text(d: dict[str, Any]) -> str:
             out.append(f"  ~ fd {x['fd']} {x['kind']} {x['path'] or ''}: {what}")
     if same:
         out.append(f"{plural(same, 'process')} unchanged")
-    return "\n".join(out)
+    return "\n".join(terminal_safe(line) for line in out)
 
 
 def main(args) -> int:

@@ -499,3 +499,29 @@ def test_an_io_error_after_the_tail_is_an_io_error_not_data_after_tail():
 
     with pytest.raises(ImageReadError, match="cannot read: Input/output error"):
         read_image(FailsAfter(SAMPLE))
+
+
+def test_text_output_escapes_what_an_image_holds_and_json_keeps_its_bytes(tmp_path):
+    """An image is data: a comm or path with a newline, an escape sequence or a byte no UTF-8
+    decodes must not reach the terminal as such (show, decode and diff used to print them raw:
+    lines split, colours changed), and decode --json keeps a STRING's exact bytes."""
+    import json
+
+    comm = b"s\x1b[31m\nam\xff".ljust(16, b"\0")
+    path = b"/tmp/\x1b[2J\nxy"
+    assert SAMPLE.count(b"sample".ljust(16, b"\0")) >= 1 and len(path) == len(b"/tmp/log.txt")
+    odd, good = tmp_path / "odd.img", tmp_path / "good.img"
+    odd.write_bytes(SAMPLE.replace(b"sample".ljust(16, b"\0"), comm).replace(b"/tmp/log.txt", path))
+    good.write_bytes(SAMPLE)
+    records = run_cli("decode", "--json", str(odd))
+    assert records.returncode == 0, records.stderr
+    docs = [json.loads(line) for line in records.stdout.decode().splitlines()]
+    (string,) = [d for d in docs if d["type"] == "STRING"][:1]
+    assert bytes.fromhex(string["payload_hex"]) == comm.rstrip(b"\0")
+    for args in (("show", str(odd)), ("decode", str(odd)), ("diff", str(good), str(odd))):
+        p = run_cli(*args)
+        assert p.returncode == 0, p.stderr
+        out = p.stdout.decode("utf-8")
+        assert "\x1b" not in out and "\\x1b" in out, args
+        assert "\\xff" in out or args[0] == "diff" or "\\n" in out
+    assert len(run_cli("decode", str(odd)).stdout.decode().splitlines()) == len(docs)  # one line a record

@@ -325,7 +325,8 @@ class RecordType:
         if self.payload is Payload.CSTRING:
             return cstring(payload)
         if self.type in (RecType.BUFFER, RecType.STRING):
-            return bytes(payload).rstrip(b"\0").decode("utf-8", "replace")
+            # surrogateescape: json_safe shows odd bytes as \\xNN and keeps them in payload_hex
+            return bytes(payload).rstrip(b"\0").decode("utf-8", "surrogateescape")
         data = bytes(payload)
         out = {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         if with_pages:

@@ -166,6 +166,25 @@ def _seccomp_summary(p) -> dict[str, Any] | None:
                 filters=[dict(flags=f, insns=len(insns) // 8) for f, insns in p.seccomp_filters])
 
 
+def terminal_safe(text: str) -> str:
+    """`text` (one line of our own making, with an image's strings in it) fit for a terminal: an
+    image is data, and its comm or file names may hold newlines, escape sequences or bytes no
+    UTF-8 decodes (kept as lone surrogates). Those are shown escaped, \\n, \\x1b, \\xff, as
+    Python writes them, and cannot move the cursor, recolour the terminal or split a line."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte surrogateescape kept
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif c.isprintable() or c == " ":
+            out.append(c)
+        else:
+            out.append(repr(c)[1:-1])
+    return "".join(out)
+
+
 def show_text(s: dict[str, Any]) -> str:
     out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {plural(s['tasks'], 'task')} "
            f"in {plural(s['processes'], 'process')}, {plural(s['pages'], 'page')} ({human(s['pages'] * PAGE_SIZE)})",
@@ -199,7 +218,7 @@ def show_text(s: dict[str, Any]) -> str:
         for f in p["fds"]:
             sock = f"  ({f['socket']})" if f["socket"] else ""
             out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['label']}{sock}")
-    return "\n".join(out)
+    return "\n".join(terminal_safe(line) for line in out)
 
 
 def record_line(rec: Record, *, as_json: bool, with_pages: bool) -> str:
@@ -216,7 +235,7 @@ def record_line(rec: Record, *, as_json: bool, with_pages: bool) -> str:
         if isinstance(pj, dict) and "sha256" in pj:
             pj = f"<{pj['length']} bytes sha256 {pj['sha256'][:16]}>" + (f" {pj['hex']}" if "hex" in pj else "")
         line += f" payload={pj}"
-    return line
+    return terminal_safe(line)
 
 
 def main_show(args) -> int:
