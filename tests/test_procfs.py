@@ -173,14 +173,21 @@ def _stat_line(pid: int, state: str, flags: int, threads: int) -> str:
     return f"{pid} (a) b) {state} {' '.join(rest)}\n"
 
 
-@pytest.mark.parametrize("state, flags, threads, out", [
-    ("S", 0x400100, 1, False), ("Z", 0x400104, 1, True), ("X", 0, 0, True),
-    ("R", 0x400104, 1, True),   # do_exit has begun: PF_EXITING, not a zombie yet
-    ("Z", 0x400104, 3, False),  # a leader that called pthread_exit: its threads run on
+@pytest.mark.parametrize("threads, out", [
+    ([("S", 0x400100)], False),
+    ([("Z", 0x400104)], True),
+    ([("X", 0)], True),
+    ([("R", 0x400104)], True),                     # do_exit has begun: PF_EXITING, not a zombie yet
+    ([("Z", 0x400104), ("S", 0x400040)], False),   # a leader that called pthread_exit: a thread runs on
+    ([("Z", 0x400104), ("R", 0x400144)], True),    # and now that thread ends the process
+    ([], True),                                    # no thread left to list
 ])
-def test_exiting_reads_state_flags_and_threads(tmp_path, state, flags, threads, out):
-    (tmp_path / "77").mkdir()
-    (tmp_path / "77" / "stat").write_text(_stat_line(77, state, flags, threads))
+def test_exiting_reads_every_thread(tmp_path, threads, out):
+    task = tmp_path / "77" / "task"
+    task.mkdir(parents=True)
+    for i, (state, flags) in enumerate(threads):
+        (task / str(77 + i)).mkdir()
+        (task / str(77 + i) / "stat").write_text(_stat_line(77 + i, state, flags, len(threads)))
     assert procfs.exiting(77, str(tmp_path)) is out
     assert procfs.exiting(78, str(tmp_path)) is True  # gone
 

@@ -138,29 +138,36 @@ def status(pid: int, tid: int | None = None, root: str = PROC) -> Status:
 
 # -- stat ----------------------------------------------------------------------------------------
 
-def stat_fields(pid: int, root: str = PROC) -> list[str]:
-    """/proc/PID/stat as a list indexed like proc(5) (index 1 = pid, 2 = comm, 3 = state, ...).
-
-    comm may hold spaces and parentheses, so split after the last ')'."""
-    text = _read(f"{root}/{pid}/stat", f"read stat of {pid}")
+def stat_fields(pid: int, root: str = PROC, *, tid: int | None = None) -> list[str]:
+    """/proc/PID/stat (or that of thread `tid`) as a list indexed like proc(5) (index 1 = pid,
+    2 = comm, 3 = state, ...). comm may hold spaces and parentheses, so split after the last ')'."""
+    path = f"{root}/{pid}/stat" if tid is None else f"{root}/{pid}/task/{tid}/stat"
+    text = _read(path, f"read stat of {pid}" + ("" if tid is None else f" thread {tid}"))
     lp, rp = text.find("("), text.rfind(")")
     return ["", text[:lp].strip(), text[lp + 1:rp]] + text[rp + 1:].split()
 
 
 PF_EXITING = 0x4
-STAT_STATE, STAT_FLAGS, STAT_NUM_THREADS = 3, 9, 20
+STAT_STATE, STAT_FLAGS = 3, 9
 
 
 def exiting(pid: int, root: str = PROC) -> bool:
-    """Process `pid` is gone or on its way out: its last thread is exiting (PF_EXITING, set as
-    do_exit begins, well before the process shows as a zombie) or done. A leader thread that
-    exited while others run on (pthread_exit in main) is a zombie of a live process: not this."""
+    """Process `pid` is gone or on its way out: every thread of it has exited or is exiting
+    (PF_EXITING, set as do_exit begins, well before the process shows as a zombie). Asked of
+    every thread: the one whose exit ends the process need not be the leader, which may be a
+    zombie already (pthread_exit in main) - while another thread runs, the process lives."""
     try:
-        st = stat_fields(pid, root)
+        threads = tids(pid, root)
     except CkptError:
         return True
-    out = st[STAT_STATE] in ("Z", "X") or int(st[STAT_FLAGS]) & PF_EXITING
-    return bool(out) and int(st[STAT_NUM_THREADS]) <= 1
+    for tid in threads:
+        try:
+            st = stat_fields(pid, root, tid=tid)
+        except CkptError:
+            continue  # gone meanwhile
+        if st[STAT_STATE] not in ("Z", "X") and not int(st[STAT_FLAGS]) & PF_EXITING:
+            return False
+    return True
 
 
 # proc(5) field numbers of the mm values the MM record holds.
