@@ -107,6 +107,7 @@ class Proc:
     vmas: list[Vma] = field(default_factory=list)
     alive: bool = True
     code: int | None = None
+    forked: bool = False  # its fork has been applied (a dead one's pid, forked again, is reused)
     died: float = 0.0
     brk: int = 0
     heap_freed_to: int = 0  # highest heap end a brk shrink gave back (growing again there is new memory)
@@ -436,10 +437,12 @@ class Model:
         elif kind == "fork":
             childhost = childhost or ev["_childhost"]
             child = self.procs.get(childhost)
-            if child is not None and not child.alive and child.ppid in (0, p.hostpid) and child.ns == p.ns:
+            if child is not None and not child.alive and not child.forked and child.ppid in (0, p.hostpid) \
+                    and child.ns == p.ns:
                 # A fork reported after the child's own exec and exit (vfork, posix_spawn: the
                 # parent's clone returns once the child has exec'd, and a short-lived child can
-                # be gone by then). It is that child, dead: not a new process with its pid.
+                # be gone by then). It is that child, dead: not a new process with its pid. (One
+                # whose fork was applied already is another, and its pid is reused.)
                 child.ppid = p.hostpid
             elif child is None or not child.alive:
                 child = self.procs[childhost] = Proc(childhost, ev["child"], p.ns, p.hostpid, p.comm)
@@ -448,6 +451,7 @@ class Model:
                 child.brk = p.brk  # its heap has no history here: heap_freed_to and heap_shrunk start afresh
             else:
                 child.ppid = p.hostpid
+            child.forked = True
         elif kind == "exec":
             p.bury(p.vmas, now)
             p.vmas = []

@@ -1284,3 +1284,14 @@ def test_many_namespaces_leave_room_for_the_rest_and_keep_the_selected_in_view(m
     assert len(selected) == 1 and str(NS + count - 1) in selected[0]
     assert f"namespaces ({count})" in out
     assert "memory of 1 c" in out and "recent events" in out
+
+
+def test_a_pid_reused_by_the_same_parent_within_seconds_is_a_new_child(model):
+    """A dead child still in the model (DEAD_SECONDS) whose fork was applied is not a late fork
+    of itself: the same parent forking again and getting its pid back (pid_max wraps within
+    seconds in a fork-heavy container) makes a new, live child with the parent's mappings."""
+    model.apply(ev("fork", child=2, _childhost=101))
+    model.apply(ev("exit", hostpid=101, pid=2, code=0))
+    model.apply(ev("fork", child=2, _childhost=101))
+    child = model.procs[101]
+    assert child.alive and child.vmas and child.ppid == 100
