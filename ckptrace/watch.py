@@ -792,7 +792,7 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    from .watchview import Selection, handle_key, render, selected_ns
+    from .watchview import Selection, handle_key, pin, render, selected_ns
 
     console = Console()
     sel = Selection()
@@ -813,6 +813,7 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
                 sel.message = outcome
             now = time.monotonic()
             if now >= next_render[0]:
+                pin(model, sel)  # what is shown is what stays selected, whatever comes and goes
                 live.update(render(model, sel, width=console.width, height=console.height), refresh=True)
                 next_render[0] = now + RENDER_SECONDS
 

@@ -51,6 +51,13 @@ def selected_ns(model: Model, sel: Selection) -> int | None:
     return nss[0] if nss else None
 
 
+def pin(model: Model, sel: Selection) -> None:
+    """Make the namespace shown the selected one, by inode: a process chosen (or a dump asked
+    for) in the namespace shown first must stay with it when another one sorts before it. A
+    selected namespace that is gone lets go, or an inode reused later would take its place."""
+    sel.ns = selected_ns(model, sel)
+
+
 def _proc_position(tree: list[tuple[int, Proc]], sel: Selection) -> int:
     for i, (_, p) in enumerate(tree):
         if p.hostpid == sel.hostpid:
@@ -72,6 +79,7 @@ def handle_key(sel: Selection, model: Model, key: str) -> str | None:
     """Move the selection; returns "quit" or "dump" when the key asks for that."""
     if key in ("q", "Q"):
         return "quit"
+    pin(model, sel)
     if key in ("up", "k", "down", "j"):
         ino = selected_ns(model, sel)
         tree = model.tree(ino) if ino is not None else []

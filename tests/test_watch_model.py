@@ -1295,3 +1295,13 @@ def test_a_pid_reused_by_the_same_parent_within_seconds_is_a_new_child(model):
     model.apply(ev("fork", child=2, _childhost=101))
     child = model.procs[101]
     assert child.alive and child.vmas and child.ppid == 100
+
+
+def test_choosing_a_process_in_the_first_namespace_pins_that_namespace(model):
+    """No namespace chosen yet, the first is shown; choosing a process there (or asking for a
+    dump) keeps that namespace when another one sorting before it appears."""
+    model.apply(ev("fork", child=2, _childhost=101))
+    sel = Selection()
+    handle_key(sel, model, "down")
+    model.seed_proc(300, 1, NS - 10, comm="new")
+    assert selected_ns(model, sel) == NS and selected_proc(model, sel).hostpid == 101
