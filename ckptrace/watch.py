@@ -687,6 +687,8 @@ def main(args) -> int:
 
         try:
             _hurry[0] = priority.hurry
+            if _stop_requested[0]:
+                priority.hurry()  # asked for while loading and seeding: no guard, no lowering
             priority.start()
             model.status = f"{base_status}, {priority.describe()}"
             ctl.late = late
@@ -886,7 +888,13 @@ class _Keys:
         import termios
 
         if self.fd is not None:
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            # From a background job (Ctrl-Z, bg, kill %1) this would stop us with SIGTTOU, the
+            # programs still attached, until someone runs fg: ignored, the call goes through.
+            old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            finally:
+                signal.signal(signal.SIGTTOU, old)
 
     def read(self) -> list[str]:
         import select
