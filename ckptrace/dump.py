@@ -284,6 +284,9 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         if on_complete is not None:
             on_complete()
         ok = True
+        # Stamped while the tasks are still frozen: a watcher resets its dirty pages at the stamp
+        # (ckptrace/notify.py), and every page it has by then was written before the release.
+        notify.dump_done(ns)
         if opts.kill:
             # Kill while still held: released first, the tasks would run on for a moment and
             # change files the image already describes (a migrated log would repeat lines).
@@ -302,7 +305,6 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     for f in dataclasses.fields(Stats):
         setattr(s, f.name, getattr(st, f.name))
     s.bytes = ctx.w.bytes_written
-    notify.dump_done(ns)
     return s
 
 
