@@ -371,14 +371,18 @@ class Controller:
                 self.forked_early.discard(e.a1)
                 return
             ev["child"] = e.a0
-            if e.a2 & CLONE_NEWPID or hostpid in self.nschanged:
-                # The child lives in another pid namespace (CLONE_NEWPID, or the parent called
-                # unshare/setns before): place it from /proc in its own, not in the parent's
-                # with the pid the parent sees, or it would carry two identities.
-                self.resolve(e.a1)
+            elsewhere = bool(e.a2 & CLONE_NEWPID) or hostpid in self.nschanged
+            # The child lives in another pid namespace (CLONE_NEWPID, or the parent called
+            # unshare/setns before): place it from /proc in its own, not in the parent's with
+            # the pid the parent sees, or it would carry two identities.
+            placed = self.resolve(e.a1) if elsewhere else None
             out = self.model.apply(ev, childhost=e.a1)
             if e.a1 in self.ignored:  # in a namespace we do not watch: not one of ours
                 self.model.procs.pop(e.a1, None)
+            elif elsewhere and placed is None:
+                # gone from /proc already: its own records could not be placed (counted
+                # unresolved) and its exit will not be seen here; it must not live on
+                self.model.vanished(e.a1)
         elif kind == "exec" or kind == "rename":
             ev["comm"] = e.comm.split(b"\0", 1)[0].decode("utf-8", "replace")
             out = self.model.apply(ev, gen=gen)

@@ -1305,3 +1305,18 @@ def test_choosing_a_process_in_the_first_namespace_pins_that_namespace(model):
     handle_key(sel, model, "down")
     model.seed_proc(300, 1, NS - 10, comm="new")
     assert selected_ns(model, sel) == NS and selected_proc(model, sel).hostpid == 101
+
+
+def test_a_child_in_a_new_pid_namespace_already_reaped_does_not_live_on(model):
+    """A CLONE_NEWPID child gone from /proc by the time its parent's fork record is read: its
+    own records were unplaceable, and it used to stay a live process of the parent's namespace
+    for good. The fork is reported; the child is dead (status unknown)."""
+    from ckptrace.watch import CLONE_NEWPID, Controller
+
+    out: list[dict] = []
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+    E, c = bpfload.abi().structs["ckpt_event"], bpfload.abi().consts
+    gone = 2**22 + 4321  # above any pid_max
+    ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, pid=1, a0=9, a1=gone, a2=CLONE_NEWPID))
+    assert ctl.failure is None and [e["event"] for e in out] == ["fork"]
+    assert not model.procs[gone].alive and model.procs[gone].code is None
