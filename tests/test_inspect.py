@@ -716,3 +716,14 @@ def test_inspect_and_diff_stop_at_once_on_a_non_image(tmp_path):
     assert p.returncode == 1 and len(err.splitlines()) == 1, err
     assert "unknown record type 0" in err and f"(in B, {fifo})" in err and "record 0, offset 0" in err, err
     assert sent[0] < 4 << 20, sent[0]
+
+
+@pytest.mark.parametrize("cmd", [["show", "-"], ["decode", "-"], ["inspect", "-"], ["diff", "-", "/dev/null"]])
+def test_an_image_from_a_terminal_is_refused_not_waited_for(cmd):
+    """`-` with standard input on a terminal: one line and status 2 at once (it used to wait for
+    an image to be typed in, for ever)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
+    t0 = time.monotonic()
+    status, out = run_in_pty([exe, *cmd])
+    assert time.monotonic() - t0 < 15 and status == 2, out[-500:]
+    assert b"standard input is a terminal" in out and b"Traceback" not in out

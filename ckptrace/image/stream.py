@@ -239,6 +239,8 @@ def open_image(path: str) -> BinaryIO:
     from ..errors import UsageError
 
     if path == "-":
+        if sys.stdin.isatty():  # it would wait for an image typed in, for ever (dump refuses a tty too)
+            raise UsageError("standard input is a terminal, not an image: pipe one in or name a file")
         return sys.stdin.buffer
     try:
         return open(path, "rb")
