@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import notify
-from .errors import AccessDenied, CkptError, NoSuchProcess, OutputClosed, Unsupported, UsageError
+from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Unsupported, UsageError
 from .progress import ProgressLine
 from .image.records import RecType
 from .image.render import plural
@@ -407,8 +407,8 @@ def main(args) -> int:
         raise UsageError("refusing to write a binary image to a terminal: use -o FILE or a pipe")
     if args.kill and _discards_writes(1 if to_stdout else args.output):
         where = "standard output" if to_stdout else args.output
-        raise UsageError(f"refusing --kill with the image going to {where}, which keeps nothing written to it "
-                         "(/dev/null): the namespace would be gone and no image kept")
+        raise UsageError(f"refusing --kill with the image going to {where}, which keeps nothing written to it: "
+                         "the namespace would be gone and no image kept")
     opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill)
     check_target(ns)  # fail on a bad target before creating the output file
     out = None if to_stdout else ImageFile(args.output)
@@ -424,10 +424,17 @@ def main(args) -> int:
             signal.signal(sig, h)
         if out is not None:
             out.close(discard=not done)
-    if args.json:  # the summary, alone (on stderr when the image owns stdout)
-        print(json.dumps(s.as_dict()), file=sys.stderr if to_stdout else sys.stdout)
-    elif not args.quiet:
-        print(s.line(), file=sys.stderr)
+    summary_to = sys.stderr if to_stdout or not args.json else sys.stdout
+    try:
+        if args.json:  # the summary, alone (on stderr when the image owns stdout)
+            print(json.dumps(s.as_dict()), file=summary_to)
+        elif not args.quiet:
+            print(s.line(), file=summary_to)
+        summary_to.flush()
+    except OSError as exc:
+        where = "standard output" if to_stdout else args.output
+        raise KernelError(f"the image is complete ({where}), but writing the summary failed",
+                          exc.errno or 0) from None
     return 0
 
 

@@ -806,3 +806,16 @@ def test_ls_names_a_zombie_init_whose_comm_is_not_utf8():
         assert _cmdline(z.pid, "/proc") == "[z\ufffdz]"
     finally:
         z.wait()
+
+
+def test_a_summary_that_cannot_be_written_says_the_image_is_complete(pidns, ckwork, tmp_path):
+    """`dump --json -o IMG > /dev/full`: the image is written and kept; the one line says so, then
+    why the summary failed (it used to be a bare "No space left on device")."""
+    w = start(pidns, ckwork, tmp_path)
+    img = tmp_path / "img"
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(CLI + ["dump", "--pidns", str(w.ns), "--json", "-o", str(img)], stdout=full,
+                           stderr=subprocess.PIPE, timeout=60)
+    assert_refused(p, "the image is complete", str(img), "ENOSPC")
+    assert img.stat().st_size > 0
+    assert_running_untraced(w)
