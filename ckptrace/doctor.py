@@ -62,9 +62,20 @@ def tracefs_root() -> str | None:
     return None
 
 
+def _unreadable_tracefs() -> str | None:
+    """A tracefs mount we may not look into (mode 0700: only root), if there is one."""
+    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.ismount(base) and not os.access(base, os.R_OK | os.X_OK):
+            return base
+    return None
+
+
 def check_tracepoints() -> Check:
     base = tracefs_root()
     if base is None:
+        hidden = _unreadable_tracefs()
+        if hidden is not None:
+            return Check("tracepoints", False, f"{hidden} is mounted but only root may read it: run as root to check")
         return Check("tracepoints", False, "tracefs not mounted (mount -t tracefs tracefs /sys/kernel/tracing)")
     missing = [t for t in TRACEPOINTS if not os.path.isdir(os.path.join(base, "events", t))]
     if missing:
@@ -172,6 +183,9 @@ def run_checks() -> list[Check]:
         checks.append(check_ptrace())
         checks.append(check_ns_pid_helper() if checks[2].ok and checks[3].ok else
                       Check("bpf_get_ns_current_pid_tgid", False, "needs bcc and kernel headers"))
+    else:  # said, not left out: what could not be checked is not known to work
+        checks += [Check("ptrace", False, "not checked: needs root"),
+                   Check("bpf_get_ns_current_pid_tgid", False, "not checked: needs root")]
     checks += [check_freezer(), check_uffd_wp(), check_soft_dirty()]
     return checks
 

@@ -85,3 +85,19 @@ def test_doctor_agrees_with_the_host(root):
     text = subprocess.run([sys.executable, "-m", "ckptrace", "doctor"], capture_output=True, text=True,
                           cwd=REPO, timeout=120).stdout
     assert len([line for line in text.splitlines() if line[:4].strip() in ("ok", "no", "FAIL")]) == len(checks)
+
+
+@pytest.mark.kernel
+def test_doctor_as_a_user_says_what_needs_root_instead_of_misdiagnosing(root):
+    """Run as nobody: tracefs (mode 0700) is not called unmounted, and the root-only checks are
+    listed as not checked rather than left out."""
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                        "ckptrace", "doctor", "--json"], capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    checks = {c["name"]: c for c in json.loads(p.stdout)["checks"]}
+    assert not checks["root"]["ok"] and p.returncode == 1
+    if os.path.ismount("/sys/kernel/tracing") and not os.stat("/sys/kernel/tracing").st_mode & 0o005:
+        assert "not mounted" not in checks["tracepoints"]["detail"]
+        assert "only root" in checks["tracepoints"]["detail"]
+    for name in ("ptrace", "bpf_get_ns_current_pid_tgid"):
+        assert checks[name]["detail"] == "not checked: needs root"
