@@ -103,5 +103,6 @@ def main(args) -> int:
                     time.sleep(0.02)
             proc.kill()
             proc.wait()
-            if not args.output:
-                shutil.rmtree(workdir, ignore_errors=True)
+            # the workload's directory (its log, its ready file; the image unless -o put it
+            # elsewhere) goes too: with -o it used to stay behind, one per run
+            shutil.rmtree(workdir, ignore_errors=True)

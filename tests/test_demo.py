@@ -16,8 +16,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.kernel
 def test_demo_migrates_the_sample_workload(root, tmp_path):
     img = tmp_path / "demo.img"
+    workdirs = tmp_path / "tmp"
+    workdirs.mkdir()
     p = subprocess.run([sys.executable, "-m", "ckptrace", "demo", "-o", str(img)], capture_output=True,
-                       text=True, cwd=REPO, timeout=120)
+                       text=True, cwd=REPO, timeout=120, env={**os.environ, "TMPDIR": str(workdirs)})
+    assert os.listdir(workdirs) == []  # its work directory went (with -o it used to stay)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "3 tasks in 2 processes" in p.stdout
     m = re.search(r"last line when dumped: 'count (\d+)'; a second after restore: 'count (\d+)'", p.stdout)
