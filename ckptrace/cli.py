@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     df = subs["diff"]
     df.add_argument("a", metavar="A")
     df.add_argument("b", metavar="B")
-    df.add_argument("--json", action="store_true")
+    df.add_argument("--json", action="store_true", help="the differences as one JSON document")
 
     w = subs["watch"]
     w.add_argument("--pidns", type=pidns_arg, metavar="N", help="watch only this namespace")

@@ -727,3 +727,10 @@ def test_an_image_from_a_terminal_is_refused_not_waited_for(cmd):
     status, out = run_in_pty([exe, *cmd])
     assert time.monotonic() - t0 < 15 and status == 2, out[-500:]
     assert b"standard input is a terminal" in out and b"Traceback" not in out
+
+
+@pytest.mark.parametrize("extra_task, words", [(False, "1 process, 1 task"), (True, "2 processes, 3 tasks")])
+def test_the_header_counts_in_words_that_agree(extra_task, words):
+    data = imagegen.build(extra_task=extra_task)
+    st = InspectState(read_image(io.BytesIO(data)), io.BytesIO(data))
+    assert words in st.header_line()

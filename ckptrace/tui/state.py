@@ -141,8 +141,8 @@ class InspectState:
     def header_line(self) -> str:
         h = self.img.header
         when = format_time(h["time"])
-        return (f"{self.img.uts[0]} {self.img.uts[2]} · {when} · {len(self.img.processes())} proc "
-                f"{len(self.img.tasks)} tasks · {human(self.img.size)}")
+        return (f"{self.img.uts[0]} {self.img.uts[2]} · {when} · {plural(len(self.img.processes()), 'process')}, "
+                f"{plural(len(self.img.tasks), 'task')} · {human(self.img.size)}")
 
     def image_text(self) -> str:
         """Everything the header says, and what the image holds."""
