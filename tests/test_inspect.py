@@ -734,3 +734,21 @@ def test_the_header_counts_in_words_that_agree(extra_task, words):
     data = imagegen.build(extra_task=extra_task)
     st = InspectState(read_image(io.BytesIO(data)), io.BytesIO(data))
     assert words in st.header_line()
+
+
+def test_ctrl_c_quits():
+    import asyncio
+
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build()
+    st = InspectState(read_image(io.BytesIO(data)), io.BytesIO(data))
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("ctrl+c")
+            await pilot.pause()
+            return app.is_running
+
+    assert asyncio.run(drive()) is False  # gone at once, not when the pilot lets go

@@ -171,6 +171,8 @@ class InspectApp(App):
     ENABLE_COMMAND_PALETTE = False  # its footer entry costs columns an 80x24 terminal lacks
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        # Ctrl-C quits as in any terminal program (textual's own only says to press ctrl+q)
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("g", "goto", "Go to addr"),
         Binding("slash", "find", "Find"),
         Binding("v", "tab('vmas')", "VMAs", show=False),
