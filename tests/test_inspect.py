@@ -192,7 +192,8 @@ def test_state_tree_pages_and_search():
             if b"\x02\x03" in d] == [0x601FFF]
     # Next match wraps around to the same place; an absent needle reports not found.
     assert st.search_next().addr == 0x601FFF
-    assert st.search(b"nothing like this") is None and "not found" in st.message
+    assert st.search(b"nothing like this") is None and st.message == 'not found: "nothing like this"'
+    assert st.search(b"\xff\x00") is None and st.message == "not found: x:ff00"
     # Scrolling is clamped to the VMA.
     st.goto(0x600000)
     st.page_up()

@@ -450,7 +450,7 @@ class InspectState:
         start = (self.mark.addr + 1) if self.mark else (self.top if self.vma else 0)
         hit = self._find(needle, start)
         if hit is None:
-            self.message = f"not found: {needle!r}"
+            self.message = f"not found: {_as_typed(needle)}"
             return None
         self.vma = self.vma_at(hit.addr)
         self.top = hit.addr - hit.addr % ROW
@@ -584,3 +584,14 @@ def cpu_list(mask: int) -> str:
         runs.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
         i = j + 1
     return ",".join(runs) or "-"
+
+
+def _as_typed(needle: bytes) -> str:
+    """A search needle as the user can type it: quoted text, or x:HEX (the two forms / takes)."""
+    try:
+        text = needle.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable():
+        return f'"{text}"'
+    return f"x:{needle.hex()}"
