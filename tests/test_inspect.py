@@ -753,3 +753,17 @@ def test_ctrl_c_quits():
             return app.is_running
 
     assert asyncio.run(drive()) is False  # gone at once, not when the pilot lets go
+
+
+def test_the_terminal_gets_no_escape_sequence_from_the_image(tmp_path):
+    """A comm and a file name holding escape sequences (clear screen, set title) reach the
+    terminal escaped, as show prints them, not as sequences it would obey."""
+    comm = b"\x1b]2;PWN\x07\x1b[2J".ljust(16, b"\0")
+    img = tmp_path / "esc.img"
+    img.write_bytes(imagegen.build().replace(b"sample".ljust(16, b"\0"), comm)
+                    .replace(b"/tmp/log.txt", b"/\x1b[31mred.tx"))
+    exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
+    status, out = run_in_pty([exe, "inspect", str(img)])
+    assert status == 0, out[-2000:]
+    assert b"\x1b]2;PWN" not in out and b"\x1b[2J" not in out and b"\x1b[31mred" not in out
+    assert b"\\x1b]2;PWN" in out

@@ -14,7 +14,15 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Label, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
+from ..image.render import terminal_safe
 from .state import ASCII_COL, HEX_COL, ROW, InspectState, format_row, parse_address, parse_needle
+
+
+def _safe(text: str) -> str:
+    """Text from the image (comm, paths, names) fit for the terminal, line by line: rich drops a
+    few control characters but passes ESC, so an image could clear the screen, set the title
+    or write the clipboard (OSC 52) through inspect. Our own newlines stay."""
+    return "\n".join(terminal_safe(line) for line in text.split("\n"))
 
 
 class Prompt(ModalScreen[str | None]):
@@ -89,7 +97,7 @@ class HexScreen(Screen):
         st.rows = max(1, body.size.height or st.rows)
         if st.mark is None:
             st.top = st.clamp_top(st.top)
-        self.query_one("#hex-title", Static).update(Text(st.hex_title(), no_wrap=True, overflow="ellipsis"))
+        self.query_one("#hex-title", Static).update(Text(_safe(st.hex_title()), no_wrap=True, overflow="ellipsis"))
         text = Text(no_wrap=True, overflow="crop")
         for i, (addr, data) in enumerate(st.hex_rows()):
             line = Text(format_row(addr, data))
@@ -103,7 +111,7 @@ class HexScreen(Screen):
                 text.append("\n")
             text.append(line)
         body.update(text)
-        self.query_one("#hex-status", Static).update(Text(st.message, no_wrap=True, overflow="ellipsis"))
+        self.query_one("#hex-status", Static).update(Text(_safe(st.message), no_wrap=True, overflow="ellipsis"))
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -214,9 +222,9 @@ class InspectApp(App):
 
     def compose(self) -> ComposeResult:
         st = self.state
-        yield Static(Text(st.header_line(), no_wrap=True, overflow="ellipsis"), id="head")
+        yield Static(Text(_safe(st.header_line()), no_wrap=True, overflow="ellipsis"), id="head")
         with Horizontal():
-            options = [Option(Text(f"{'  ' * d}{t.tid} {t.comm}"), id=str(t.tid)) for d, t in st.tree_rows]
+            options = [Option(Text(_safe(f"{'  ' * d}{t.tid} {t.comm}")), id=str(t.tid)) for d, t in st.tree_rows]
             yield OptionList(*options, id="procs")
             with TabbedContent(id="tabs", initial="vmas"):
                 with TabPane("VMAs", id="vmas"):
@@ -235,7 +243,7 @@ class InspectApp(App):
                         yield Static(id="cred-text")
                 with TabPane("Image", id="image"):
                     with VerticalScroll():
-                        yield Static(Text(st.image_text()), id="image-text")
+                        yield Static(Text(_safe(st.image_text())), id="image-text")
         yield Static(id="status")
         yield Footer()
 
@@ -258,14 +266,14 @@ class InspectApp(App):
             table.clear()
             for i, row in enumerate(rows):
                 # Text, not str: a "[heap]" cell or a comm with brackets is not markup.
-                table.add_row(*(Text(c) for c in row), key=str(i))
-        self.query_one("#regs", Static).update(Text(st.registers(st.pid)))
-        self.query_one("#sig-text", Static).update(Text(st.signals_text()))
-        self.query_one("#cred-text", Static).update(Text(st.creds_text()))
+                table.add_row(*(Text(_safe(c)) for c in row), key=str(i))
+        self.query_one("#regs", Static).update(Text(_safe(st.registers(st.pid))))
+        self.query_one("#sig-text", Static).update(Text(_safe(st.signals_text())))
+        self.query_one("#cred-text", Static).update(Text(_safe(st.creds_text())))
         self.set_status("")
 
     def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
+        self.query_one("#status", Static).update(Text(_safe(text), no_wrap=True, overflow="ellipsis"))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         pid = int(event.option.id)
@@ -287,7 +295,7 @@ class InspectApp(App):
         if event.data_table.id == "thread-table":
             threads = self.state.thread_rows()
             if 0 <= event.cursor_row < len(threads):
-                self.query_one("#regs", Static).update(Text(self.state.registers(int(threads[event.cursor_row][0]))))
+                self.query_one("#regs", Static).update(Text(_safe(self.state.registers(int(threads[event.cursor_row][0])))))
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab
