@@ -62,6 +62,17 @@ def _add(rs: list[tuple[int, int]], s: int, e: int) -> None:
         rs.append((s, e))
 
 
+def _merged(rs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`rs` sorted, touching ranges joined."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(rs):
+        if out and out[-1][1] >= s:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def _pages(rs: list[tuple[int, int]]) -> int:
     return sum(e - s for s, e in rs) // PAGE_SIZE
 
@@ -119,12 +130,21 @@ def fd_docs(img: Image, table: FileTable | None) -> dict[int, dict[str, Any]]:
     return out
 
 
-def diff_pages(fa: BinaryIO, va: Vma, fb: BinaryIO, vb: Vma) -> dict[str, Any] | None:
-    """Pages of a VMA stored in both images whose contents differ, or stored in only one."""
+def diff_pages(fa: BinaryIO, va: Vma, fb: BinaryIO, vb: Vma, a_vmas: list[Vma] = (),
+               b_vmas: list[Vma] = ()) -> dict[str, Any] | None:
+    """Pages of a VMA stored in both images whose contents differ, or stored in only one. Pages
+    in a part of one VMA the other does not reach (a heap grown or shrunk) count as stored in
+    that image only where no VMA of the other image covers them: a part split off into a VMA of
+    its own (mprotect of a page inside) is that VMA's business, not newly touched or dropped."""
     lo, hi = max(va.start, vb.start), min(va.end, vb.end)
     xs, ys = _intervals(va, lo, hi), _intervals(vb, lo, hi)
     changed = changed_ranges(fa, xs, fb, ys)
     only_a, only_b = _subtract(xs, ys), _subtract(ys, xs)
+    def beyond(v: Vma, others) -> list[tuple[int, int]]:
+        outside = _intervals(v, v.start, lo) + _intervals(v, hi, v.end)
+        return _subtract(outside, sorted((o.start, o.end, 0) for o in others))
+
+    only_a, only_b = _merged(only_a + beyond(va, b_vmas)), _merged(only_b + beyond(vb, a_vmas))
     if not (changed or only_a or only_b):
         return None
     return dict(start=vb.start, end=vb.end, file=None, changed=_pages(changed), ranges=changed,
@@ -151,7 +171,7 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
         if da["prot"] != db["prot"]:
             out["reprotected"].append(dict(start=s, end=vb.end, prot_a=da["prot"], prot_b=db["prot"],
                                            file=db["file"]))
-        p = diff_pages(fa, va, fb, vb)
+        p = diff_pages(fa, va, fb, vb, ma.vmas, mb.vmas)
         if p:
             p["file"] = db["file"] or db["type"]
             out["pages"].append(p)

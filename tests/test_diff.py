@@ -144,3 +144,27 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
         assert not any(p["vmas"][k] for k in ("added", "removed", "resized", "reprotected", "pages"))
         assert not any(p["fds"][k] for k in ("added", "removed", "changed"))
     assert "unchanged" in run_diff(a, a).stdout
+
+
+def test_pages_in_the_part_of_a_vma_that_grew_or_went_count_as_only_in_one():
+    """A heap grown between the dumps, with a page touched in the new part: that page is only in
+    B (it was clipped to the range both VMAs share, and not reported at all); the reverse diff
+    has it only in A."""
+    import io
+    from types import SimpleNamespace as NS
+
+    from ckptrace.imgdiff import diff_pages
+
+    P = PAGE_SIZE
+    run = lambda vaddr, n, off: NS(vaddr=vaddr, npages=n, offset=off)  # noqa: E731
+    fa = io.BytesIO(b"\1" * P)
+    fb = io.BytesIO(b"\2" * P + b"\3" * P)
+    va = NS(start=0x600000, end=0x610000, runs=[run(0x600000, 1, 0)])
+    vb = NS(start=0x600000, end=0x620000, runs=[run(0x600000, 1, 0), run(0x618000, 1, P)])
+    d = diff_pages(fa, va, fb, vb, [va], [vb])
+    assert d["changed"] == 1 and d["only_in_b_ranges"] == [(0x618000, 0x619000)] and d["only_in_a"] == 0
+    r = diff_pages(fb, vb, fa, va, [vb], [va])
+    assert r["only_in_a_ranges"] == [(0x618000, 0x619000)] and r["only_in_b"] == 0
+    # the same grown part, now a VMA of its own in A (split off, not grown): not B's alone
+    split = NS(start=0x610000, end=0x620000, runs=[])
+    assert diff_pages(fa, va, fb, vb, [va, split], [vb])["only_in_b"] == 0
