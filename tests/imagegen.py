@@ -17,7 +17,7 @@ from ckptrace.image.stream import ImageWriter, write_header, write_tail
 XSTATE = 1024
 
 
-def build(extra_task: bool = True, pages: int = 3) -> bytes:
+def build(extra_task: bool = True, pages: int = 3, chain: int = 0) -> bytes:
     r, w = os.pipe()
     out = io.BytesIO()
     import threading
@@ -32,24 +32,29 @@ def build(extra_task: bool = True, pages: int = 3) -> bytes:
     th = threading.Thread(target=drain)
     th.start()
     wr = ImageWriter(w)
-    write(wr, extra_task=extra_task, pages=pages)
+    write(wr, extra_task=extra_task, pages=pages, chain=chain)
     os.close(w)
     th.join()
     os.close(r)
     return out.getvalue()
 
 
-def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3) -> None:
+def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0) -> None:
+    """chain: that many more processes after pid 1 (no extra_task then), each the child of the
+    one before (a fork chain), sharing pid 1's files and mm."""
     write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
     tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
-    if extra_task:
+    if extra_task and not chain:
         tree += [dict(pid=2, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1001),
                  dict(pid=3, tgid=3, ppid=1, pgid=1, sid=1, hostpid=1002)]
+    tree += [dict(pid=i, tgid=i, ppid=i - 1, pgid=1, sid=1, hostpid=1000 + i) for i in range(2, chain + 2)]
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
     task(wr, 1, 1, first=True, pages=pages)
-    if extra_task:
+    if extra_task and not chain:
         task(wr, 2, 1, first=False, pages=pages)
         task(wr, 3, 3, first=False, pages=pages, own_mm=True)
+    for i in range(2, chain + 2):
+        task(wr, i, i, first=False, pages=pages)
     write_tail(wr)
 
 
@@ -76,7 +81,7 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         mm(wr, mm_ref, exe_ref=4 if first else 0, pages=pages, seed=tid)
     wr.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
     regs = {n: i * 0x1111 + tid for i, n in enumerate(REG_NAMES)}
-    wr.record(RecType.CPU, regs, bytes([tid]) * XSTATE)
+    wr.record(RecType.CPU, regs, bytes([tid & 0xFF]) * XSTATE)
     wr.record(RecType.TASK_SCHED, dict(policy=0, nice=tid % 3), b"\x03")  # CPUs 0 and 1
     if first:  # confined like a container's task: no_new_privs and one filter (ld [nr]; ret ALLOW)
         wr.record(RecType.TASK_SECCOMP, dict(mode=2, no_new_privs=1, nfilters=1))

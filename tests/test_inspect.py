@@ -767,3 +767,20 @@ def test_the_terminal_gets_no_escape_sequence_from_the_image(tmp_path):
     assert status == 0, out[-2000:]
     assert b"\x1b]2;PWN" not in out and b"\x1b[2J" not in out and b"\x1b[31mred" not in out
     assert b"\\x1b]2;PWN" in out
+
+
+def test_a_fork_chain_deeper_than_pythons_stack_is_shown(tmp_path):
+    """A chain of 1500 processes, each the child of the one before, is a valid image: show and
+    inspect's tree walk it (they used to recurse, and die with a RecursionError traceback)."""
+    from ckptrace.tui.state import process_tree
+
+    data = imagegen.build(chain=1500, pages=1)
+    img = read_image(io.BytesIO(data))
+    rows = process_tree(img)
+    assert [d for d, _ in rows] == list(range(1501)) and [t.tid for _, t in rows] == list(range(1, 1502))
+    path = tmp_path / "chain.img"
+    path.write_bytes(data)
+    p = subprocess.run([sys.executable, "-m", "ckptrace", "show", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-500:]
+    assert f"  {'  ' * 1500}1501 sample" in p.stdout

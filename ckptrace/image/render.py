@@ -195,15 +195,15 @@ def show_text(s: dict[str, Any]) -> str:
     for p in s["procs"]:
         children.setdefault(p["ppid"] if p["ppid"] in by_pid else 0, []).append(p["pid"])
 
-    def walk(pid: int, depth: int):
+    # depth first, parents before children, without recursion: a chain of a thousand forks
+    # is a valid image, and Python's stack is not that deep
+    stack = [(root, 0) for root in reversed(children.get(0, []))]
+    while stack:
+        pid, depth = stack.pop()
         p = by_pid[pid]
         th = f" threads {p['threads']}" if len(p["threads"]) > 1 else ""
         out.append(f"  {'  ' * depth}{pid} {p['comm']} (pgid {p['pgid']}, sid {p['sid']}){th}")
-        for c in children.get(pid, []):
-            walk(c, depth + 1)
-
-    for root in children.get(0, []):
-        walk(root, 0)
+        stack += [(c, depth + 1) for c in reversed(children.get(pid, []))]
     for p in s["procs"]:
         sc = p["seccomp"]
         confined = "" if sc is None else "  seccomp " + (

@@ -525,14 +525,11 @@ def process_tree(img: Image) -> list[tuple[int, Task]]:
         ppid = entry.get(p.tid, {}).get("ppid", 0)
         kids.setdefault(ppid if ppid in pids else 0, []).append(p)
     out: list[tuple[int, Task]] = []
-
-    def walk(p: Task, depth: int):
+    stack = [(r, 0) for r in reversed(kids.get(0, []))]  # no recursion: chains can be long
+    while stack:
+        p, depth = stack.pop()
         out.append((depth, p))
-        for c in kids.get(p.tid, []):
-            walk(c, depth + 1)
-
-    for r in kids.get(0, []):
-        walk(r, 0)
+        stack += [(c, depth + 1) for c in reversed(kids.get(p.tid, []))]
     return out
 
 
