@@ -448,6 +448,16 @@ def _the_executable(recs):
     return recs[i - 1]
 
 
+def _thread_of_thread(payload: bytes) -> bytes:
+    """The sample's TREE with process 3 made a thread of thread 2 (no process would hold it)."""
+    from ckptrace.image.records import RECORDS
+
+    rt = RECORDS[RecType.TREE]
+    entries = rt.decode_entries(payload)
+    entries[2]["tgid"] = 2
+    return b"".join(rt.entry_st.pack(*(e[n] for n in rt.entry_names)) for e in entries)
+
+
 def _auxv(entries):
     return b"".join(struct.pack("<QQ", t, v) for t, v in entries)
 
@@ -461,6 +471,7 @@ def _auxv(entries):
     (_the_executable, lambda f, p: ({**f, "f_type": FileType.PIPE}, p), "executable"),
     (_first(RecType.FILE_PIPE), lambda f, p: ({**f, "buffered": len(p) + 89}, p), "bytes buffered"),
     (_first(RecType.TASK_SCHED), lambda f, p: ({**f, "policy": 42}, p), "policy 42"),
+    (_first(RecType.TREE), lambda f, p: (f, _thread_of_thread(p)), "leads no process"),
 ])
 def test_images_the_docs_call_invalid_are_refused_at_the_record(pick, change, message):
     """Fields the format fixes (uflags 0, auxv count and its AT_NULL end, known VMA types, NUL-ended

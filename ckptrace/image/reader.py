@@ -258,11 +258,17 @@ class _Parser:
 
     def check_tree(self, rec: Record):
         seen: set[int] = set()
+        leaders: set[int] = set()
         for e in self.img.tree:
             if e["pid"] <= 0 or e["pid"] in seen:
                 self.fail(rec, f"TREE has a bad or repeated pid {e['pid']}")
             if e["tgid"] != e["pid"] and e["tgid"] not in seen:
                 self.fail(rec, f"TREE thread {e['pid']} comes before its leader {e['tgid']}")
+            if e["tgid"] != e["pid"] and e["tgid"] not in leaders:
+                # a thread of a thread belongs to no process: no tool would show it
+                self.fail(rec, f"TREE thread {e['pid']} names {e['tgid']}, which leads no process")
+            if e["tgid"] == e["pid"]:
+                leaders.add(e["pid"])
             if e["tgid"] == e["pid"] and e["ppid"] != 0 and e["ppid"] not in seen:
                 self.fail(rec, f"TREE process {e['pid']} comes before its parent {e['ppid']}")
             seen.add(e["pid"])
