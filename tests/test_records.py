@@ -536,3 +536,18 @@ def test_text_output_escapes_what_an_image_holds_and_json_keeps_its_bytes(tmp_pa
         assert "\x1b" not in out and "\\x1b" in out, args
         assert "\\xff" in out or args[0] == "diff" or "\\n" in out
     assert len(run_cli("decode", str(odd)).stdout.decode().splitlines()) == len(docs)  # one line a record
+
+
+def test_image_lookups_agree_with_a_scan_and_follow_added_tasks():
+    """task, threads_of and tree_entry answer from indexes (a scan per process made show
+    quadratic): the same answers as a scan, also for tasks added after a first lookup."""
+    img = read_image(io.BytesIO(SAMPLE))
+    for t in img.tasks:
+        assert img.task(t.tid) is t
+        assert img.threads_of(t.tgid) == [u for u in img.tasks if u.tgid == t.tgid]
+        assert img.tree_entry(t.tid) == next(e for e in img.tree if e["pid"] == t.tid)
+    assert img.task(99) is None and img.tree_entry(99) == {} and img.threads_of(99) == []
+    extra = img.tasks[-1].__class__(dict(img.tasks[-1].fields))
+    extra.thread = dict(img.tasks[-1].thread, tid=99, tgid=99)
+    img.tasks.append(extra)
+    assert img.task(99) is extra and img.threads_of(99) == [extra]

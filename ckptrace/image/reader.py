@@ -149,14 +149,35 @@ class Image:
     def obj(self, objref: int):
         return self.objects.get(objref)
 
+    # tid -> task, tgid -> its tasks, built on first use and again if tasks were added since:
+    # looked up per process (and per VMA in inspect), a scan made 20 000 processes take 79 s
+    _by_tid: dict[int, Task] = field(default_factory=dict, repr=False, compare=False)
+    _by_tgid: dict[int, list[Task]] = field(default_factory=dict, repr=False, compare=False)
+    _by_pid: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    def _index(self) -> None:
+        if len(self._by_tid) != len(self.tasks) or len(self._by_pid) != len(self.tree):
+            self._by_tid = {t.tid: t for t in self.tasks}
+            self._by_tgid = {}
+            for t in self.tasks:
+                self._by_tgid.setdefault(t.tgid, []).append(t)
+            self._by_pid = {e["pid"]: e for e in self.tree}
+
     def task(self, tid: int) -> Task | None:
-        return next((t for t in self.tasks if t.tid == tid), None)
+        self._index()
+        return self._by_tid.get(tid)
+
+    def tree_entry(self, pid: int) -> dict[str, Any]:
+        """The TREE entry of `pid` ({} if none)."""
+        self._index()
+        return self._by_pid.get(pid, {})
 
     def processes(self) -> list[Task]:
         return [t for t in self.tasks if t.is_leader]
 
     def threads_of(self, tgid: int) -> list[Task]:
-        return [t for t in self.tasks if t.tgid == tgid]
+        self._index()
+        return list(self._by_tgid.get(tgid, ()))
 
     @property
     def page_count(self) -> int:

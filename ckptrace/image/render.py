@@ -138,7 +138,7 @@ def summary(img: Image) -> dict[str, Any]:
     for p in img.processes():
         mm = img.obj(p.mm_objref)
         table = img.obj(p.files_objref)
-        entry = next((e for e in img.tree if e["pid"] == p.tid), {})
+        entry = img.tree_entry(p.tid)
         procs.append(dict(
             pid=p.tid, ppid=entry.get("ppid"), pgid=entry.get("pgid"), sid=entry.get("sid"),
             hostpid=entry.get("hostpid"), comm=p.comm,
