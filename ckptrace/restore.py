@@ -164,7 +164,7 @@ class _Restore:
         from .restorer.files import FileSet, max_fd
         from .restorer.memory import MemoryRestorer
 
-        files = FileSet(self.img, base=max(max_fd(self.img) + 1, 64))
+        files = FileSet(self.img, base=max(max_fd(self.img) + 1, 64), image=self.f)
         # A watchdog: a task that faults during injection would have the injector step it
         # forever; the alarm's exception unwinds into _abort instead.
         limit = WATCHDOG_S + self.img.size / WATCHDOG_MIN_RATE

@@ -188,7 +188,9 @@ class RecordReader:
         fields = rt.decode_fixed(fixed)
         plen = length - rt.size
         poff = self.offset
-        if plen and self.skip_pages and rt.payload is Payload.PAGES:
+        # Bulk payloads (page data, and a memfd's or deleted file's contents) stay in the file:
+        # the index holds where they are, and show, diff and inspect never need them.
+        if plen and self.skip_pages and (rt.payload is Payload.PAGES or rt.type == RecType.FILE_DATA):
             self.f.seek(plen, os.SEEK_CUR)
             payload = None
         else:

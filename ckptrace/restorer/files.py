@@ -20,6 +20,7 @@ import resource
 import struct
 import tempfile
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
@@ -139,6 +140,7 @@ class FileSet:
     socket_pairs: dict[tuple[int, int], dict[int, int]] = field(default_factory=dict)
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
     late_seals: list[tuple[int, int, File]] = field(default_factory=list)  # (memfd, seals, object)
+    image: BinaryIO | None = None  # the image file, for the FILE_DATA payloads the reader left there
 
     def place(self, fd: int) -> int:
         """Move `fd` to the first free number >= base (inherited across clone3: no CLOEXEC)."""
@@ -463,6 +465,8 @@ class FileSet:
                     sized = True
                 if r.payload:
                     os.pwrite(fd, r.payload, r.fields["offset"])
+                elif r.payload is None and r.payload_len:  # left in the image file by the reader
+                    self._copy_from_image(fd, r)
         os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
         late = 0
         if sealable:
@@ -485,6 +489,19 @@ class FileSet:
                                            any(v.fields["vma_objref"] == objref and v.fields["vm_flags"] & VM_EXEC
                                                for v in mm.vmas))
                    for mm in self.img.objects.values())
+
+    def _copy_from_image(self, fd: int, r) -> None:
+        """A FILE_DATA payload the reader left in the image, copied a chunk at a time."""
+        if self.image is None:
+            raise KernelError(f"the contents of FILE_DATA record {r.index} were not read", errno.EIO)
+        done, chunk = 0, 4 << 20
+        while done < r.payload_len:
+            self.image.seek(r.payload_offset + done)
+            data = self.image.read(min(chunk, r.payload_len - done))
+            if not data:
+                raise KernelError(f"reading FILE_DATA record {r.index} of the image", errno.EIO)
+            os.pwrite(fd, data, r.fields["offset"] + done)
+            done += len(data)
 
     def _shared_maywrite(self, objref: int) -> bool:
         """Whether some shared VMA of the image maps the file object and may write it."""
