@@ -17,10 +17,11 @@ from .image.render import human, plural, prot_str, terminal_safe
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
 
-def _intervals(vma: Vma, lo: int, hi: int) -> list[tuple[int, int, int]]:
-    """(start, end, offset of start in the image) of the stored pages of `vma` within [lo, hi)."""
+def _intervals(img: Image, vma: Vma, lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(start, end, offset of start in the image) of the stored pages of `vma` within [lo, hi),
+    a shared segment's wherever they are stored (Image.runs_of)."""
     out = []
-    for r in vma.runs:
+    for r in img.runs_of(vma):
         s, e = max(r.vaddr, lo), min(r.vaddr + r.npages * PAGE_SIZE, hi)
         if s < e:
             out.append((s, e, r.offset + (s - r.vaddr)))
@@ -117,7 +118,7 @@ def vma_doc(img: Image, v: Vma) -> dict[str, Any]:
     o = img.obj(ref) if ref else None
     return dict(start=v.start, end=v.end, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                 type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
-                file=(o.name or "") if isinstance(o, File) else "", pages=v.npages)
+                file=(o.name or "") if isinstance(o, File) else "", pages=sum(r.npages for r in img.runs_of(v)))
 
 
 def fd_docs(img: Image, table: FileTable | None) -> dict[int, dict[str, Any]]:
@@ -130,21 +131,22 @@ def fd_docs(img: Image, table: FileTable | None) -> dict[int, dict[str, Any]]:
     return out
 
 
-def diff_pages(fa: BinaryIO, va: Vma, fb: BinaryIO, vb: Vma, a_vmas: list[Vma] = (),
+def diff_pages(ia: Image, fa: BinaryIO, va: Vma, ib: Image, fb: BinaryIO, vb: Vma, a_vmas: list[Vma] = (),
                b_vmas: list[Vma] = ()) -> dict[str, Any] | None:
     """Pages of a VMA stored in both images whose contents differ, or stored in only one. Pages
     in a part of one VMA the other does not reach (a heap grown or shrunk) count as stored in
     that image only where no VMA of the other image covers them: a part split off into a VMA of
     its own (mprotect of a page inside) is that VMA's business, not newly touched or dropped."""
     lo, hi = max(va.start, vb.start), min(va.end, vb.end)
-    xs, ys = _intervals(va, lo, hi), _intervals(vb, lo, hi)
+    xs, ys = _intervals(ia, va, lo, hi), _intervals(ib, vb, lo, hi)
     changed = changed_ranges(fa, xs, fb, ys)
     only_a, only_b = _subtract(xs, ys), _subtract(ys, xs)
-    def beyond(v: Vma, others) -> list[tuple[int, int]]:
-        outside = _intervals(v, v.start, lo) + _intervals(v, hi, v.end)
+
+    def beyond(img: Image, v: Vma, others) -> list[tuple[int, int]]:
+        outside = _intervals(img, v, v.start, lo) + _intervals(img, v, hi, v.end)
         return _subtract(outside, sorted((o.start, o.end, 0) for o in others))
 
-    only_a, only_b = _merged(only_a + beyond(va, b_vmas)), _merged(only_b + beyond(vb, a_vmas))
+    only_a, only_b = _merged(only_a + beyond(ia, va, b_vmas)), _merged(only_b + beyond(ib, vb, a_vmas))
     if not (changed or only_a or only_b):
         return None
     return dict(start=vb.start, end=vb.end, file=None, changed=_pages(changed), ranges=changed,
@@ -171,7 +173,7 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
         if da["prot"] != db["prot"]:
             out["reprotected"].append(dict(start=s, end=vb.end, prot_a=da["prot"], prot_b=db["prot"],
                                            file=db["file"]))
-        p = diff_pages(fa, va, fb, vb, ma.vmas, mb.vmas)
+        p = diff_pages(ia, fa, va, ib, fb, vb, ma.vmas, mb.vmas)
         if p:
             p["file"] = db["file"] or db["type"]
             out["pages"].append(p)

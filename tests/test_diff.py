@@ -161,10 +161,11 @@ def test_pages_in_the_part_of_a_vma_that_grew_or_went_count_as_only_in_one():
     fb = io.BytesIO(b"\2" * P + b"\3" * P)
     va = NS(start=0x600000, end=0x610000, runs=[run(0x600000, 1, 0)])
     vb = NS(start=0x600000, end=0x620000, runs=[run(0x600000, 1, 0), run(0x618000, 1, P)])
-    d = diff_pages(fa, va, fb, vb, [va], [vb])
+    img = NS(runs_of=lambda v: v.runs)  # no shared segment here: a VMA's own runs
+    d = diff_pages(img, fa, va, img, fb, vb, [va], [vb])
     assert d["changed"] == 1 and d["only_in_b_ranges"] == [(0x618000, 0x619000)] and d["only_in_a"] == 0
-    r = diff_pages(fb, vb, fa, va, [vb], [va])
+    r = diff_pages(img, fb, vb, img, fa, va, [vb], [va])
     assert r["only_in_a_ranges"] == [(0x618000, 0x619000)] and r["only_in_b"] == 0
     # the same grown part, now a VMA of its own in A (split off, not grown): not B's alone
     split = NS(start=0x610000, end=0x620000, runs=[])
-    assert diff_pages(fa, va, fb, vb, [va, split], [vb])["only_in_b"] == 0
+    assert diff_pages(img, fa, va, img, fb, vb, [va, split], [vb])["only_in_b"] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import io
+import json
 import os
 import stat
 import subprocess
@@ -565,6 +566,12 @@ def test_open_reads_only_the_index(pidns, tmp_path):
             st.goto(w.shared + PAGE_SIZE)
             assert st.hex_lines()[0] == format_row(w.shared + PAGE_SIZE, SHARED_MARK[:16]), pid
             assert st.stored_pages(v) >= 1
+    # show counts them so too, for both processes (it said 0 for the child's VMA of it)
+    doc = json.loads(subprocess.run([sys.executable, "-m", "ckptrace", "show", "--json", path],
+                                    capture_output=True, text=True, check=True, timeout=60).stdout)
+    counts = {p["pid"]: next(v["pages"] for v in p["vmas"] if v["start"] <= w.shared < v["end"])
+              for p in doc["procs"] if p["pid"] in (1, w.child_nspid)}
+    assert counts[1] == counts[w.child_nspid] == st.stored_pages(v) >= 1
 
 
 SOCKETS = """

@@ -154,6 +154,9 @@ class Image:
     _by_tid: dict[int, Task] = field(default_factory=dict, repr=False, compare=False)
     _by_tgid: dict[int, list[Task]] = field(default_factory=dict, repr=False, compare=False)
     _by_pid: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    # runs_of: SHMEM objref -> the VMAs its pages are stored with; id(vma) -> its runs
+    _shmem_owners: dict[int, list[Vma]] | None = field(default=None, repr=False, compare=False)
+    _runs: dict[int, list[PageRun]] = field(default_factory=dict, repr=False, compare=False)
 
     def _index(self) -> None:
         if len(self._by_tid) != len(self.tasks) or len(self._by_pid) != len(self.tree):
@@ -174,6 +177,38 @@ class Image:
 
     def processes(self) -> list[Task]:
         return [t for t in self.tasks if t.is_leader]
+
+    def runs_of(self, vma: Vma) -> list[PageRun]:
+        """The stored pages of `vma`, at its addresses. A shared anonymous segment's pages are
+        stored once, each with the first VMA that covered it (docs/format.md): every VMA of the
+        segment, in any process, sees them at its own addresses. show, diff and inspect all
+        count and compare pages through this."""
+        if vma.fields["vma_type"] != VmaType.SHARED_ANON:
+            return vma.runs
+        if self._shmem_owners is None:
+            self._shmem_owners = {}
+            for o in self.objects.values():
+                if isinstance(o, Mm):
+                    for v in o.vmas:
+                        ref = v.fields["vma_objref"]
+                        if ref and v.runs and v.fields["vma_type"] == VmaType.SHARED_ANON:
+                            self._shmem_owners.setdefault(ref, []).append(v)
+        cached = self._runs.get(id(vma))
+        if cached is not None:
+            return cached
+        out: list[PageRun] = []
+        for owner in self._shmem_owners.get(vma.fields["vma_objref"], []):
+            # Same segment offset <-> same data: shift by the difference of (start - pgoff).
+            delta = (vma.start - vma.fields["vm_pgoff"] * PAGE_SIZE) - \
+                (owner.start - owner.fields["vm_pgoff"] * PAGE_SIZE)
+            for r in owner.runs:
+                s, e = r.vaddr + delta, r.vaddr + delta + r.npages * PAGE_SIZE
+                lo, hi = max(s, vma.start), min(e, vma.end)
+                if lo < hi:
+                    out.append(PageRun(lo, (hi - lo) // PAGE_SIZE, r.offset + (lo - s)))
+        out.sort(key=lambda r: r.vaddr)
+        self._runs[id(vma)] = out
+        return out
 
     def threads_of(self, tgid: int) -> list[Task]:
         self._index()

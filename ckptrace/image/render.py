@@ -148,7 +148,7 @@ def summary(img: Image) -> dict[str, Any]:
             vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
-                       file=vma_label(img, v), pages=v.npages) for v in mm.vmas],
+                       file=vma_label(img, v), pages=sum(r.npages for r in img.runs_of(v))) for v in mm.vmas],
             fds=fd_rows(img, table)))
     h = img.header
     return dict(

@@ -109,14 +109,6 @@ class InspectState:
         self.needle: bytes | None = None
         self.message = ""
         self._ends = self._fd_index()
-        self._shmem_owners: dict[int, list[Vma]] = {}  # SHMEM objref -> the VMAs its pages follow
-        for o in img.objects.values():
-            if isinstance(o, Mm):
-                for v in o.vmas:
-                    ref = v.fields["vma_objref"]
-                    if ref and v.runs and v.fields["vma_type"] == VmaType.SHARED_ANON:
-                        self._shmem_owners.setdefault(ref, []).append(v)
-        self._runs: dict[int, list[PageRun]] = {}
 
     # -- processes -----------------------------------------------------------------------------
     @property
@@ -180,27 +172,8 @@ class InspectState:
         return f"{kind} {label}" if label else kind
 
     def runs_of(self, vma: Vma) -> list[PageRun]:
-        """The stored pages of `vma`. A shared anonymous segment's pages are stored once, each
-        with the first VMA that covered it: every VMA of the segment sees them at its own
-        addresses."""
-        if vma.fields["vma_type"] != VmaType.SHARED_ANON:
-            return vma.runs
-        cached = self._runs.get(id(vma))
-        if cached is not None:
-            return cached
-        out: list[PageRun] = []
-        for owner in self._shmem_owners.get(vma.fields["vma_objref"], []):
-            # Same segment offset <-> same data: shift by the difference of (start - pgoff).
-            delta = (vma.start - vma.fields["vm_pgoff"] * PAGE_SIZE) - \
-                (owner.start - owner.fields["vm_pgoff"] * PAGE_SIZE)
-            for r in owner.runs:
-                s, e = r.vaddr + delta, r.vaddr + delta + r.npages * PAGE_SIZE
-                lo, hi = max(s, vma.start), min(e, vma.end)
-                if lo < hi:
-                    out.append(PageRun(lo, (hi - lo) // PAGE_SIZE, r.offset + (lo - s)))
-        out.sort(key=lambda r: r.vaddr)
-        self._runs[id(vma)] = out
-        return out
+        """The stored pages of `vma` (Image.runs_of: a shared segment's at every VMA of it)."""
+        return self.img.runs_of(vma)
 
     def stored_pages(self, vma: Vma) -> int:
         return sum(r.npages for r in self.runs_of(vma))
