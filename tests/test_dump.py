@@ -490,7 +490,7 @@ def test_fd_kinds(pidns, tmp_path):
     dump("--pidns", str(w.ns), "-o", str(img_path), "--quiet")
     assert_running_untraced(w)
     with open(img_path, "rb") as f:
-        img = read_image(f)
+        img = read_image(f, skip_pages=False)  # with the memfd's and deleted file's contents
         t = img.task(1)
         table = img.obj(t.files_objref)
         by_kind = {}
