@@ -541,6 +541,14 @@ class Controller:
             if ino not in self.model.namespaces:
                 self.prog.forget_namespace(ino)
 
+    def focus_gone(self) -> bool:
+        """The focused namespace had processes and none is alive now (its init is gone, and the
+        kernel kills the rest with it)."""
+        if self.focus is None:
+            return False
+        procs = [p for p in self.model.procs.values() if p.ns == self.focus]
+        return bool(procs) and not any(p.alive for p in procs)
+
     def check_dumps(self) -> None:
         for ino, ns in self.model.namespaces.items():
             stamp = notify.last_dump(ino, base=self.dumps_dir)
@@ -791,7 +799,17 @@ def _loop_collected(ctl: Controller, args, tick, collector: LoopGc) -> None:
 
 
 def _run_stream(ctl: Controller, args, lines: _Lines) -> None:
-    _loop(ctl, args, lines.flush)
+    told = [False]
+
+    def tick() -> None:
+        lines.flush()
+        if args.pidns and not told[0] and ctl.focus_gone():
+            # said once, on stderr (stdout stays events): a script waiting on events would wait on
+            print(f"ckptrace watch: pid namespace {args.pidns} has no process left: nothing more will "
+                  "come from it", file=sys.stderr, flush=True)
+            told[0] = True
+
+    _loop(ctl, args, tick)
 
 
 def _run_live(ctl: Controller, model: Model, args) -> None:

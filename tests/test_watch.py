@@ -8,6 +8,7 @@ import ctypes
 import json
 import mmap
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -1020,3 +1021,26 @@ def test_dirty_map_drained_in_small_batches_gives_every_written_page(pidns, tmp_
            for bit in range(64) if mask >> bit & 1}
     assert pages <= got, sorted(pages - got)[:5]
     assert set(drained) <= {work.init} | set(work.pids())
+
+
+@pytest.mark.kernel
+def test_a_watched_namespace_that_dies_is_said_once_on_stderr(pidns):
+    """--pidns N of a namespace whose init exits: one line on stderr says nothing more will come
+    (it used to go on silently until --duration or a signal); stdout stays JSON events."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "sleep 1.5; exit 3"])
+    watch = start_watch("--pidns", str(work.ns), "--duration", "20", "--no-faults")
+    try:
+        deadline, seen = time.monotonic() + 15, ""
+        while "has no process left" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([watch.stderr], [], [], 0.5)
+            if ready:
+                seen += watch.stderr.readline()
+        assert f"pid namespace {work.ns} has no process left" in seen, seen
+        watch.send_signal(signal.SIGTERM)
+        events, err = finish(watch)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert the(events, event="exit", pid=1, code=3)
