@@ -232,10 +232,12 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
     if model.unattributed:
         status.append(f"  unattributed pages: {model.unattributed}", style="yellow")
     status.append(f"  BPF: {model.status}")
+    # The dump message first: at 80 columns it is the image's path that matters, and the keys
+    # after it (known by then) are what gets cut.
     keys = Text(no_wrap=True, overflow="ellipsis")
-    keys.append("↑/↓ process  ←/→ namespace  d dump  q quit", style="grey50")
     if sel.message:
-        keys.append(f"  {sel.message}", style="cyan")
+        keys.append(f"{sel.message}  ", style="cyan")
+    keys.append("↑/↓ process  ←/→ namespace  d dump  q quit", style="grey50")
     head = Group(status, keys)
 
     ns_rows = max(1, min(len(model.namespaces), NS_ROWS_MAX))

@@ -1320,3 +1320,11 @@ def test_a_child_in_a_new_pid_namespace_already_reaped_does_not_live_on(model):
     ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, pid=1, a0=9, a1=gone, a2=CLONE_NEWPID))
     assert ctl.failure is None and [e["event"] for e in out] == ["fork"]
     assert not model.procs[gone].alive and model.procs[gone].code is None
+
+
+def test_the_dump_message_keeps_the_image_path_in_view_at_80_columns(model):
+    """At 80 columns the key hints cut the dump message's end: the image's path was lost."""
+    path = "/var/tmp/ckptrace-4026532188-1764430000.img"
+    sel = Selection(message=f"dumped 4026532188 to {path}")
+    lines = text_of(render(model, sel, width=80, height=24), width=80, height=24).splitlines()
+    assert path in lines[1]
