@@ -483,12 +483,15 @@ class FileSet:
                                   f"{'|'.join(flag_names(want, SEAL_NAMES))}: see this host's vm.memfd_noexec")
         return fd
 
+    def _mappings_of(self, objref: int):
+        """Every VMA of the image, in any process, that maps the file object."""
+        return (v for mm in self.img.objects.values() if isinstance(mm, Mm) for v in mm.vmas
+                if v.fields["vma_objref"] == objref)
+
     def _executed(self, objref: int) -> bool:
         """Whether some process runs the file object: its exe, or a mapping of it may execute."""
-        return any(isinstance(mm, Mm) and (mm.fields["exe_objref"] == objref or
-                                           any(v.fields["vma_objref"] == objref and v.fields["vm_flags"] & VM_EXEC
-                                               for v in mm.vmas))
-                   for mm in self.img.objects.values())
+        return any(isinstance(mm, Mm) and mm.fields["exe_objref"] == objref for mm in self.img.objects.values()) \
+            or any(v.fields["vm_flags"] & VM_EXEC for v in self._mappings_of(objref))
 
     def _copy_from_image(self, fd: int, r) -> None:
         """A FILE_DATA payload the reader left in the image, copied a chunk at a time."""
@@ -505,9 +508,8 @@ class FileSet:
 
     def _shared_maywrite(self, objref: int) -> bool:
         """Whether some shared VMA of the image maps the file object and may write it."""
-        return any(v.fields["vma_type"] == VmaType.SHARED_FILE and v.fields["vma_objref"] == objref
-                   and v.fields["vm_flags"] & (VM_WRITE | VM_MAYWRITE)
-                   for mm in self.img.objects.values() if isinstance(mm, Mm) for v in mm.vmas)
+        return any(v.fields["vma_type"] == VmaType.SHARED_FILE and v.fields["vm_flags"] & (VM_WRITE | VM_MAYWRITE)
+                   for v in self._mappings_of(objref))
 
     def add_late_seals(self) -> None:
         """The memfd seals `_memfd` held back, now that every task has mapped its files."""
