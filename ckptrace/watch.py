@@ -799,15 +799,20 @@ def _loop_collected(ctl: Controller, args, tick, collector: LoopGc) -> None:
 
 
 def _run_stream(ctl: Controller, args, lines: _Lines) -> None:
-    told = [False]
+    next_look = [0.0 if args.pidns else float("inf")]  # never again once said
 
     def tick() -> None:
         lines.flush()
-        if args.pidns and not told[0] and ctl.focus_gone():
+        # focus_gone looks at every process: once per housekeeping period, not every poll
+        now = time.monotonic()
+        if now < next_look[0]:
+            return
+        next_look[0] = now + HOUSEKEEP_SECONDS
+        if ctl.focus_gone():
             # said once, on stderr (stdout stays events): a script waiting on events would wait on
             print(f"ckptrace watch: pid namespace {args.pidns} has no process left: nothing more will "
                   "come from it", file=sys.stderr, flush=True)
-            told[0] = True
+            next_look[0] = float("inf")
 
     _loop(ctl, args, tick)
 
