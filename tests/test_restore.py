@@ -22,6 +22,8 @@ import pytest
 
 from nsutil import ns_pids, nspid
 
+from ckptrace.objects.files import grab
+
 pytestmark = pytest.mark.kernel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1320,6 +1322,12 @@ def mmap(n, prot, flags, fd=-1):
     return a
 def put(addr, data):
     ctypes.memmove(addr, data, len(data))
+def ready(*values):  # tell the test the addresses and fds (sys.argv[1]/addrs), wait to be dumped
+    with open(os.path.join(sys.argv[1], "addrs"), "w") as f:
+        f.write(" ".join(map(str, values)))
+    open(os.path.join(sys.argv[1], "ready"), "w").close()
+    while True:
+        time.sleep(0.05)
 """
 
 SHARED_SPLIT_WORKLOAD = SHM_COMMON + r"""
@@ -1338,11 +1346,7 @@ child = os.fork()
 if child == 0:
     while True:
         time.sleep(0.05)
-with open(os.path.join(sys.argv[1], "addrs"), "w") as f:
-    f.write(f"{a} {b} {child}")
-open(os.path.join(sys.argv[1], "ready"), "w").close()
-while True:
-    time.sleep(0.05)
+ready(a, b, child)
 """
 
 
@@ -1446,11 +1450,7 @@ os.pwrite(h, b"DEL-FD", 0)
 q = mmap(2, 3, 0x01, h)
 put(q + P, b"DEL-MAP")
 os.unlink(dl)
-with open(os.path.join(d, "addrs"), "w") as f:
-    f.write(f"{fd} {m} {p} {n} {h} {q}")
-open(os.path.join(d, "ready"), "w").close()
-while True:
-    time.sleep(0.05)
+ready(fd, m, p, n, h, q)
 """
 
 
@@ -1459,8 +1459,6 @@ def test_memfd_and_deleted_file_open_and_mapped_shared_stay_one_file(pidns, tmp_
     restore the mapping maps the restored fd's file, so pwrite through the fd shows in the
     mapping. A memfd mapped with its fd closed still comes back shared; a MAP_PRIVATE mapping of
     the memfd keeps its private pages."""
-    from ckptrace.kernel.sys import pidfd_getfd, pidfd_open
-
     w = pidns([sys.executable, "-c", MEMFD_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fd, m, p, n, h, q = (int(x) for x in (tmp_path / "addrs").read_text().split())
@@ -1478,17 +1476,10 @@ def test_memfd_and_deleted_file_open_and_mapped_shared_stay_one_file(pidns, tmp_
     assert maps[p][2] == os.stat(f"/proc/{init}/fd/{fd}").st_ino and maps[p][1] == "rw-p"
     assert _peek(init, m, 8) == b"FD-WROTE" and _peek(init, m + P, 9) == b"MAP-WROTE"
     assert _peek(init, q, 6) == b"DEL-FD" and _peek(init, q + P, 7) == b"DEL-MAP"
-    pidfd = pidfd_open(init)
-    try:
-        for num, addr in ((fd, m), (h, q)):
-            dup = pidfd_getfd(pidfd, num)
-            try:
-                assert os.pread(dup, 9, P) == _peek(init, addr + P, 9)  # the mapping's writes, in the file
-                os.pwrite(dup, b"AFTER-RESTORE", 3 * P if addr == m else 0)
-            finally:
-                os.close(dup)
-    finally:
-        os.close(pidfd)
+    for num, addr in ((fd, m), (h, q)):
+        with grab(init, num) as dup:
+            assert os.pread(dup, 9, P) == _peek(init, addr + P, 9)  # the mapping's writes, in the file
+            os.pwrite(dup, b"AFTER-RESTORE", 3 * P if addr == m else 0)
     assert _peek(init, m + 3 * P, 13) == b"AFTER-RESTORE"
     assert _peek(init, q, 13) == b"AFTER-RESTORE"
     # the private mapping: its written page is its own, the file does not have it
@@ -1515,11 +1506,7 @@ os.pwrite(h, b"DELETED-DATA", 200 << 20)
 os.unlink(dl)
 e = os.memfd_create("empty")        # size only, no data at all
 os.ftruncate(e, 3 * P)
-with open(os.path.join(d, "addrs"), "w") as f:
-    f.write(f"{fd} {m} {h} {e}")
-open(os.path.join(d, "ready"), "w").close()
-while True:
-    time.sleep(0.05)
+ready(fd, m, h, e)
 """
 
 
@@ -1589,11 +1576,7 @@ u = os.memfd_create("plain")                    # no MFD_ALLOW_SEALING: F_SEAL_S
 os.pwrite(u, b"plain", 0)
 a = os.memfd_create("sealable", os.MFD_ALLOW_SEALING)  # sealable, no seals yet
 nx = os.memfd_create("noexec", 0x8)             # MFD_NOEXEC_SEAL: F_SEAL_EXEC
-with open(os.path.join(d, "addrs"), "w") as f:
-    f.write(f"{s} {r} {fw} {wm} {u} {a} {nx}")
-open(os.path.join(d, "ready"), "w").close()
-while True:
-    time.sleep(0.05)
+ready(s, r, fw, wm, u, a, nx)
 """
 
 
@@ -1606,22 +1589,6 @@ def _seal_restore(pidns, tmp_path, restored):
     return restore_json(img, restored)["init_pid"], fds
 
 
-@contextlib.contextmanager
-def _their_fd(pid: int, num: int):
-    """The very open file description fd `num` of `pid` is (pidfd_getfd)."""
-    from ckptrace.kernel.sys import pidfd_getfd, pidfd_open
-
-    pidfd = pidfd_open(pid)
-    try:
-        dup = pidfd_getfd(pidfd, num)
-    finally:
-        os.close(pidfd)
-    try:
-        yield dup
-    finally:
-        os.close(dup)
-
-
 def test_sealed_memfds_come_back_sealed(pidns, tmp_path, restored):
     """Seals are kept: a write-sealed memfd still refuses writes and resizing (its read-only
     shared mapping is back); a F_SEAL_FUTURE_WRITE one refuses write(2) while the writable
@@ -1632,7 +1599,7 @@ def test_sealed_memfds_come_back_sealed(pidns, tmp_path, restored):
     F_GET_SEALS = 1034
     init, (s, r, fw, wm, _u, _a, nx) = _seal_restore(pidns, tmp_path, restored)
     P = 4096
-    with _their_fd(init, s) as dup:
+    with grab(init, s) as dup:
         assert fcntl.fcntl(dup, F_GET_SEALS) == 0x2 | 0x4 | 0x8
         assert os.pread(dup, 11, P) == b"SEALED-DATA" and os.fstat(dup).st_size == 2 * P
         for attempt in (lambda: os.pwrite(dup, b"x", 0), lambda: os.ftruncate(dup, P),
@@ -1642,7 +1609,7 @@ def test_sealed_memfds_come_back_sealed(pidns, tmp_path, restored):
             assert exc.value.errno == errno.EPERM
     maps = _maps(init)
     assert maps[r][:2] == (r + 2 * P, "r--s") and _peek(init, r + P, 11) == b"SEALED-DATA"
-    with _their_fd(init, fw) as dup:
+    with grab(init, fw) as dup:
         assert fcntl.fcntl(dup, F_GET_SEALS) == 0x10 | 0x1
         with pytest.raises(OSError) as exc:
             os.pwrite(dup, b"x", 0)
@@ -1650,7 +1617,7 @@ def test_sealed_memfds_come_back_sealed(pidns, tmp_path, restored):
         assert maps[wm][1] == "rw-s" and _peek(init, wm, 14) == b"STILL-WRITABLE"
         _poke(init, wm, b"MAPPED-WRITE")
         assert os.pread(dup, 12, 0) == b"MAPPED-WRITE"
-    with _their_fd(init, nx) as dup:
+    with grab(init, nx) as dup:
         assert fcntl.fcntl(dup, F_GET_SEALS) == 0x20
 
 
@@ -1702,13 +1669,13 @@ def test_unsealable_memfd_stays_unsealable_and_a_sealable_one_sealable(pidns, tm
 
     F_ADD_SEALS, F_GET_SEALS = 1033, 1034
     init, (_s, _r, _fw, _wm, u, a, _nx) = _seal_restore(pidns, tmp_path, restored)
-    with _their_fd(init, u) as dup:
+    with grab(init, u) as dup:
         assert fcntl.fcntl(dup, F_GET_SEALS) == 0x1
         assert os.pread(dup, 5, 0) == b"plain"
         with pytest.raises(OSError) as exc:
             fcntl.fcntl(dup, F_ADD_SEALS, 0x8)
         assert exc.value.errno == errno.EPERM
-    with _their_fd(init, a) as dup:
+    with grab(init, a) as dup:
         assert fcntl.fcntl(dup, F_GET_SEALS) == 0
         fcntl.fcntl(dup, F_ADD_SEALS, 0x8)
         assert fcntl.fcntl(dup, F_GET_SEALS) == 0x8
