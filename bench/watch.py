@@ -13,7 +13,8 @@ default, auto, runs it at SCHED_IDLE while it keeps up).
 Then the controller's throughput: the loops run flat out (and the mmap loop also paced at
 100 k events/s) while watch --json counts what it got, and the loss counters it reports.
 
-Run as root from the repository: `.venv/bin/python bench/watch.py [--rounds 5]`.
+Run as root from the repository: `.venv/bin/python bench/watch.py [--rounds 5]`; `--scale 10`
+runs each loop ten times as long and `--settle 1` starts timing a second after watch is up.
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ def main() -> int:
     ap.add_argument("--loops", default="faults,mmap,forkexec",
                     help="comma-separated subset of the timed loops (default: all three)")
     ap.add_argument("--no-throughput", action="store_true", help="skip the controller throughput runs")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply every timed loop's iteration count (longer runs, less noise)")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait after watch starts before timing (steady state, not start-up)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/watch.py: run as root", file=sys.stderr)
@@ -183,8 +188,9 @@ def main() -> int:
                     order = [None, extra] if r % 2 == 0 else [extra, None]
                     for which in order:
                         w = Watch(ns.ns, *which) if which is not None else None
+                        time.sleep(args.settle)
                         try:
-                            dt, _ = ns.run([exe, loop, str(LOOPS[loop])])
+                            dt, _ = ns.run([exe, loop, str(int(LOOPS[loop] * args.scale))])
                         finally:
                             if w is not None:
                                 w.stop()
