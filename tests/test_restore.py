@@ -594,6 +594,88 @@ def test_sessions_and_process_groups_come_back(pidns, tmp_path, restored):
     assert got == [(1, 0, 1, 1)] + want[1:]
 
 
+DEPARTED_LEADERS = r"""
+import os, sys, time
+d = sys.argv[1]
+def mark(name):
+    open(d + "/" + name, "w").close()
+def wait(name):
+    while not os.path.exists(d + "/" + name):
+        time.sleep(0.01)
+if os.fork() == 0:
+    # forks a child, then leads a session of its own: the child stays in init's session
+    if os.fork() == 0:
+        time.sleep(100)
+    os.setsid()
+    mark("a")
+    time.sleep(100)
+wait("a")
+if os.fork() == 0:
+    # a daemon's double fork: the session (and group) leader exits, its members live on
+    os.setsid()
+    if os.fork() == 0:
+        if os.fork() == 0:           # forked by a member of the leaderless session
+            time.sleep(100)
+        time.sleep(100)
+    time.sleep(0.2)
+    os._exit(0)
+time.sleep(0.1)
+os.wait()
+mark("ready")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_sessions_whose_leader_exited_and_setsid_after_fork_come_back(pidns, tmp_path, restored):
+    w = pidns([sys.executable, "-c", DEPARTED_LEADERS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = sorted(ns_ids(p) for p in w.pids())
+    assert len(want) == 5, want
+    daemon = [x for x in want if x[1] == 1 and x[3] not in (0, x[0])]
+    assert len(daemon) == 1 and daemon[0][2] == daemon[0][3], want  # reparented, leader gone
+    kept = [x for x in want if x[3] == 0 and x[1] not in (0, 1)]
+    assert len(kept) == 1, want  # forked before its parent's setsid
+    img = str(tmp_path / "d.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    got = sorted(ns_ids(p) for p in ns_pids(res["pidns"]))
+    # outside groups and sessions (0) become the restored init's (1), the rest as dumped; no
+    # stand-in is left behind
+    assert got == [(pid, ppid, pgid or 1, sid or 1) for pid, ppid, pgid, sid in want]
+
+
+ORPHANED_GROUP = r"""
+import os, sys, time
+if os.fork() == 0:
+    os.setpgid(0, 0)
+    if os.fork() == 0:
+        time.sleep(100)
+    os._exit(0)
+time.sleep(0.2)
+os.wait()
+open(sys.argv[1] + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_group_whose_leader_exited_is_refused_before_anything_exists(pidns, tmp_path):
+    """A group named after an exited process, in a session it does not lead, has nothing to
+    rebuild it from: the restore says so up front and creates no namespace."""
+    w = pidns([sys.executable, "-c", ORPHANED_GROUP, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "g.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    nss = pidns_inodes(tmp_path)
+    r = ckptrace("restore", img)
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert "process 3 is in process group 2, whose leader has exited" in err and err.count("\n") == 1, err
+    assert pidns_inodes(tmp_path) - nss == set()
+
+
 STOPPED_JOB = "sleep 1000 & kill -STOP $!; while true; do sleep 1; done"
 
 

@@ -38,6 +38,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_THP_DISABLE = 41
 EPOLL_CTL_ADD = 1
 CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
+WALL = 0x40000000  # __WALL: waits for children without an exit signal too (stand-ins)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class ProcPlan:
     root: str = "/"
     children: list["ProcPlan"] = field(default_factory=list)
     epoll: list[tuple[int, int, int, int]] = field(default_factory=list)  # (epfd, tfd, events, data)
+    stand_in: bool = False  # not an image process: a session's departed leader (see _stand_ins)
+    born_in: int | None = None  # the session it must be forked in; None: any (_check_sessions)
 
 
 def restored_groups(e: dict) -> tuple[int, int]:
@@ -109,7 +112,83 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
             raise Unsupported(f"process {p.pid} has parent {p.ppid}, which is not in the image")
     if root is None:
         raise Unsupported("the image has no pid 1: restore recreates whole namespaces only")
+    _stand_ins(plans)
+    _check_sessions(root, plans)
     return root
+
+
+def _stand_ins(plans: dict[int, ProcPlan]) -> None:
+    """Stand-in leaders for sessions whose leader has exited.
+
+    A daemon's classic double fork (fork, setsid, fork, exit) leaves a process in a session, and
+    a group, named after a process that no longer exists. A session is only entered by being
+    forked into it, so the restore forks a short-lived stand-in with the departed leader's pid
+    (the kernel keeps a session's number from being reused while the session lives, so it is
+    free in the image): it calls setsid, forks the session's members whose parent is its own
+    parent, and exits; they are reparented to that parent, as they had been (a parent that
+    outlived the leader and took its children is init or a subreaper, which is what reparenting
+    picks). The stand-in has no exit signal and its parent reaps it in _become."""
+    by_sid: dict[int, ProcPlan] = {}
+    for p in sorted(plans.values(), key=lambda q: q.pid):
+        if p.pid == 1 or p.sid in plans:
+            continue
+        parent = plans[p.ppid]
+        if parent.sid == p.sid:
+            continue  # forked into the session by a member: nothing to stand in for
+        h = by_sid.get(p.sid)
+        if h is None:
+            h = by_sid[p.sid] = ProcPlan(p.sid, parent.pid, p.sid, p.sid, 0, stand_in=True)
+            parent.children.append(h)
+        elif h.ppid != parent.pid:
+            raise Unsupported(f"session {p.sid} outlived its leader with members under different parents "
+                              f"({h.ppid} and {parent.pid}): restoring it is not supported")
+        parent.children.remove(p)
+        h.children.append(p)
+
+
+def _check_sessions(root: ProcPlan, plans: dict[int, ProcPlan]) -> None:
+    """Decide which children a session leader forks before its setsid, and refuse, before
+    anything exists, a tree whose sessions and groups _become cannot rebuild.
+
+    A process is in the session it was forked in, or its own after setsid. So each process needs
+    to be forked in a given session (`born_in`): its own if it does not lead one; if it leads,
+    the one its children outside its new session need (a parent that called setsid after forking
+    them), or any. A session leader forks the children that need its former session first, then
+    calls setsid. Groups are joined later (restore._set_groups), but only groups that have a
+    process to join."""
+    order, stack = [], [root]
+    while stack:
+        p = stack.pop()
+        order.append(p)
+        stack.extend(p.children)
+    for p in reversed(order):  # children before parents
+        if p.sid != p.pid:
+            p.born_in = p.sid
+            continue
+        needs = {c.born_in for c in p.children} - {None, p.pid}
+        if len(needs) > 1:
+            raise Unsupported(f"process {p.pid} leads a session but has children in sessions "
+                              f"{', '.join(map(str, sorted(needs)))}: not supported")
+        p.born_in = needs.pop() if needs else None
+    leaders = set(plans) | {p.pid for p in order if p.stand_in}
+    checks = [(root, 0)]  # 0: the restorer's session, outside the namespace
+    while checks:
+        p, at = checks.pop()
+        if p.born_in is not None and p.born_in != at:
+            who = f"process {p.pid}" if p.sid != p.pid else f"a child of process {p.pid}"
+            raise Unsupported(f"{who} is in session {p.born_in}, which its parent {p.ppid} cannot fork "
+                              "it into: not supported")
+        if p.pgid not in leaders:
+            raise Unsupported(f"process {p.pid} is in process group {p.pgid}, whose leader has exited "
+                              "and which is not a session of its own: not supported")
+        own = p.pid if p.sid == p.pid else at
+        for c in p.children:
+            checks.append((c, at if _early(p, c) else own))
+
+
+def _early(p: ProcPlan, c: ProcPlan) -> bool:
+    """Is child c forked before its parent p calls setsid (see _check_sessions)?"""
+    return p.sid == p.pid and c.born_in not in (None, p.pid)
 
 
 def _epoll_entries(img: Image, table: FileTable, claimed: set[int]) -> list[tuple[int, int, int, int]]:
@@ -225,13 +304,27 @@ def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in 
             if os.stat("/proc/self/ns/uts").st_ino == p.outer_uts:
                 raise RuntimeError("init is not in a new uts namespace; refusing to set host names")
             _set_names(p.nodename, p.domainname)
-        if p.sid == p.pid:
+        if p.ppid:
+            _wait_reparented(p)
+        leads = p.sid == p.pid
+        # a session leader's children that stayed in its former session were forked before it
+        # called setsid (plan's _check_sessions): so here
+        early = [c for c in p.children if _early(p, c)]
+        for c in early:
+            if clone3(0, c.pid, c.exit_signal) == 0:
+                _become(c, report_fd)
+        if leads:
             os.setsid()
         elif p.pgid == p.pid:
             os.setpgid(0, 0)
         for c in p.children:
-            if clone3(0, c.pid, c.exit_signal) == 0:
+            if not _early(p, c) and clone3(0, c.pid, c.exit_signal) == 0:
                 _become(c, report_fd)
+        if p.stand_in:
+            os._exit(0)  # its children go to its parent, which reaps it just below
+        for c in p.children:
+            if c.stand_in:
+                os.waitpid(c.pid, WALL)
         _setup_inner(p, report_fd)
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the controller must hear of it
         try:
@@ -239,6 +332,17 @@ def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in 
         finally:
             os._exit(1)
     os._exit(1)
+
+
+def _wait_reparented(p: ProcPlan) -> None:  # pragma: no cover - forked by a stand-in
+    """A process forked by a stand-in leader (_stand_ins) waits until the stand-in has exited and
+    it has its image parent: its pdeath signal (set in _setup_inner) would fire on the stand-in's
+    exit, and the controller must find it under its image parent."""
+    deadline = time.monotonic() + 10
+    while os.getppid() != p.ppid:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"still the child of {os.getppid()}, not of {p.ppid}, after 10 s")
+        time.sleep(0.001)
 
 
 def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - forked
