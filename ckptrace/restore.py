@@ -35,6 +35,8 @@ from .image.stream import open_seekable
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
 SYS_setpgid = 109
+SYS_wait4 = 61
+WALL = 0x40000000  # __WALL
 SYS_prctl = 157
 PR_SET_PDEATHSIG = 1
 WALL = 0x40000000
@@ -159,6 +161,8 @@ class _Restore:
         self.tracees = []
         self.made_cgroups: list[str] = []  # cgroup directories this restore created
         self.host: dict[int, int] = {}  # in-namespace pid -> host pid
+        self.stand_ins: dict[int, tuple[int, int]] = {}  # group stand-in's pid -> (parent, host pid)
+        self.stand_in_parents: dict[int, int] = {}  # group stand-in's pid -> its parent's (tree.plan)
 
     def run(self, start: float) -> Result:
         from .restorer.files import FileSet, max_fd
@@ -223,6 +227,7 @@ class _Restore:
             raise KernelError(f"clone3 of the new namespace's init: {exc.strerror}", exc.errno) from None
         os.close(w)
         try:
+            self.stand_in_parents = {h.pid: h.ppid for h in tree.group_stand_ins(root)}
             self._read_reports(r, len(self.img.processes()))
         finally:
             os.close(r)
@@ -230,7 +235,7 @@ class _Restore:
     def _read_reports(self, r: int, n: int) -> None:
         buf = b""
         deadline = time.monotonic() + REPORT_TIMEOUT
-        while len(self.host) < n:
+        while len(self.host) < n or len(self.stand_ins) < len(self.stand_in_parents):
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 raise KernelError(f"only {len(self.host)} of {n} processes came up in time", errno.ETIMEDOUT)
@@ -244,6 +249,10 @@ class _Restore:
                 text = line.decode(errors="replace")
                 if text.startswith("ERR "):
                     raise CkptError(f"setting up process {text[4:]}")
+                if text.startswith("STANDIN "):
+                    pid, host = (int(x) for x in text.split()[1:])
+                    self.stand_ins[pid] = (self.stand_in_parents[pid], host)
+                    continue
                 pid, host = (int(x) for x in text.split())
                 self.host[pid] = host
 
@@ -280,11 +289,18 @@ class _Restore:
             if pgid == e["pid"] or sid == e["pid"]:
                 continue  # it made its own group or session when forked (tree._become)
             host = self.host[e["pid"]]
-            if os.getpgid(host) == self.host.get(pgid):
+            leader = self.host.get(pgid) or self.stand_ins.get(pgid, (0, None))[1]
+            if os.getpgid(host) == leader:
                 continue  # in it already, from its parent
             if e["pgid"] == 0 and os.getsid(host) != os.getsid(self.init):
                 continue
             check(inj.syscall(SYS_setpgid, 0, pgid), f"setpgid(0, {pgid}) in {e['pid']}")
+        # The groups have members now: the stand-ins go, reaped by their parents (they have no
+        # exit signal, so no SIGCHLD the image did not have)
+        for pid, (parent, host) in self.stand_ins.items():
+            os.kill(host, signal.SIGKILL)
+            check(self.injectors[parent].syscall(SYS_wait4, pid, 0, WALL, 0), f"wait4({pid}) in {parent}")
+        self.stand_ins.clear()
 
     # -- one process ---------------------------------------------------------------------------
     def _process(self, t, mem, files) -> None:

@@ -66,7 +66,7 @@ class ProcPlan:
     root: str = "/"
     children: list["ProcPlan"] = field(default_factory=list)
     epoll: list[tuple[int, int, int, int]] = field(default_factory=list)  # (epfd, tfd, events, data)
-    stand_in: bool = False  # not an image process: a session's departed leader (see _stand_ins)
+    stand_in: bool = False  # not an image process: a departed session or group leader (_stand_ins)
     born_in: int | None = None  # the session it must be forked in; None: any (_check_sessions)
 
 
@@ -113,8 +113,21 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
     if root is None:
         raise Unsupported("the image has no pid 1: restore recreates whole namespaces only")
     _stand_ins(plans)
-    _check_sessions(root, plans)
+    _group_stand_ins(plans)
+    _check_sessions(root)
     return root
+
+
+def group_stand_ins(root: ProcPlan) -> list[ProcPlan]:
+    """The plan's group stand-ins (see _group_stand_ins): the controller waits for their reports,
+    has the members join their groups, then ends them."""
+    out, stack = [], [root]
+    while stack:
+        p = stack.pop()
+        if p.stand_in and p.sid != p.pid:
+            out.append(p)
+        stack.extend(p.children)
+    return sorted(out, key=lambda q: q.pid)
 
 
 def _stand_ins(plans: dict[int, ProcPlan]) -> None:
@@ -146,7 +159,27 @@ def _stand_ins(plans: dict[int, ProcPlan]) -> None:
         h.children.append(p)
 
 
-def _check_sessions(root: ProcPlan, plans: dict[int, ProcPlan]) -> None:
+def _group_stand_ins(plans: dict[int, ProcPlan]) -> None:
+    """Stand-ins for process groups whose leader has exited (a shell's pipeline whose first
+    command ended: its group is named after it). A group is joined with setpgid, which needs a
+    live process in it: a stand-in with the departed leader's pid is forked by a process of the
+    group's session (its leader if the image has it), makes the group, reports and waits; the
+    members join it (restore._set_groups), then the controller kills it and its parent reaps it
+    (it has no exit signal)."""
+    session_stand_ins = {h.pid for p in plans.values() for h in p.children if h.stand_in}
+    made: set[int] = set()
+    for p in sorted(plans.values(), key=lambda q: q.pid):
+        g = p.pgid
+        if g in plans or g in session_stand_ins or g in made:
+            continue
+        host = plans.get(p.sid)
+        if host is None or host.stand_in:
+            host = min((q for q in plans.values() if q.sid == p.sid), key=lambda q: q.pid)
+        host.children.append(ProcPlan(g, host.pid, g, p.sid, 0, stand_in=True))
+        made.add(g)
+
+
+def _check_sessions(root: ProcPlan) -> None:
     """Decide which children a session leader forks before its setsid, and refuse, before
     anything exists, a tree whose sessions and groups _become cannot rebuild.
 
@@ -154,8 +187,7 @@ def _check_sessions(root: ProcPlan, plans: dict[int, ProcPlan]) -> None:
     to be forked in a given session (`born_in`): its own if it does not lead one; if it leads,
     the one its children outside its new session need (a parent that called setsid after forking
     them), or any. A session leader forks the children that need its former session first, then
-    calls setsid. Groups are joined later (restore._set_groups), but only groups that have a
-    process to join."""
+    calls setsid. Groups are joined later (restore._set_groups)."""
     order, stack = [], [root]
     while stack:
         p = stack.pop()
@@ -170,7 +202,6 @@ def _check_sessions(root: ProcPlan, plans: dict[int, ProcPlan]) -> None:
             raise Unsupported(f"process {p.pid} leads a session but has children in sessions "
                               f"{', '.join(map(str, sorted(needs)))}: not supported")
         p.born_in = needs.pop() if needs else None
-    leaders = set(plans) | {p.pid for p in order if p.stand_in}
     checks = [(root, 0)]  # 0: the restorer's session, outside the namespace
     while checks:
         p, at = checks.pop()
@@ -178,9 +209,6 @@ def _check_sessions(root: ProcPlan, plans: dict[int, ProcPlan]) -> None:
             who = f"process {p.pid}" if p.sid != p.pid else f"a child of process {p.pid}"
             raise Unsupported(f"{who} is in session {p.born_in}, which its parent {p.ppid} cannot fork "
                               "it into: not supported")
-        if p.pgid not in leaders:
-            raise Unsupported(f"process {p.pid} is in process group {p.pgid}, whose leader has exited "
-                              "and which is not a session of its own: not supported")
         own = p.pid if p.sid == p.pid else at
         for c in p.children:
             checks.append((c, at if _early(p, c) else own))
@@ -320,10 +348,15 @@ def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in 
         for c in p.children:
             if not _early(p, c) and clone3(0, c.pid, c.exit_signal) == 0:
                 _become(c, report_fd)
-        if p.stand_in:
+        if p.stand_in and leads:
             os._exit(0)  # its children go to its parent, which reaps it just below
+        if p.stand_in:
+            # a group's: lives until the members have joined it (restore._set_groups)
+            os.write(report_fd, f"STANDIN {p.pid} {os.readlink('/proc/self')}\n".encode())
+            while True:
+                time.sleep(3600)
         for c in p.children:
-            if c.stand_in:
+            if c.stand_in and c.sid == c.pid:
                 os.waitpid(c.pid, WALL)
         _setup_inner(p, report_fd)
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the controller must hear of it
