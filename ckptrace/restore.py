@@ -90,6 +90,7 @@ def validate(img: Image) -> None:
     from .kernel.ptrace import xstate_size
     from .restorer.files import check_files
     from .restorer.memory import check_layout, special_maps
+    from .restorer.tree import tree_problems
 
     problems: list[str] = []
     xs = xstate_size()
@@ -98,11 +99,14 @@ def validate(img: Image) -> None:
     if not img.tree or img.tree[0]["pid"] != 1:
         problems.append("the image does not start with the namespace's init (pid 1)")
     leaders = {e["pid"] for e in img.tree if e["pid"] == e["tgid"]}
-    for e in img.tree:
-        if e["pid"] == e["tgid"] != 1 and e["ppid"] not in leaders:
-            problems.append(f"process {e['pid']} has no parent in the namespace (it entered from outside, "
-                            "e.g. with nsenter or setns): restore recreates a namespace's own process tree only")
+    orphans = [f"process {e['pid']} has no parent in the namespace (it entered from outside, e.g. with "
+               "nsenter or setns): restore recreates a namespace's own process tree only"
+               for e in img.tree if e["pid"] == e["tgid"] != 1 and e["ppid"] not in leaders]
+    problems += orphans
+    if not orphans and img.tree and img.tree[0]["pid"] == 1:
+        problems += tree_problems(img)  # sessions and groups
     mm_owner: dict[int, int] = {}
+    files_owner: dict[int, int] = {}
     for t in img.tasks:
         if t.fields["exit_state"]:
             problems.append(f"task {t.tid} is a zombie or dead; restore does not recreate those")
@@ -111,6 +115,10 @@ def validate(img: Image) -> None:
         owner = mm_owner.setdefault(t.mm_objref, t.tgid)
         if owner != t.tgid:
             problems.append(f"processes {owner} and {t.tgid} share one mm (vfork?); not supported")
+        owner = files_owner.setdefault(t.files_objref, t.tgid)
+        if owner != t.tgid and t.is_leader:
+            problems.append(f"processes {owner} and {t.tgid} share one file table (clone with CLONE_FILES "
+                            "and without CLONE_VM); not supported")
         if t.is_leader:
             for what, p in (("cwd", t.cwd), ("root", t.root)):
                 if not os.path.isdir(p or "/"):

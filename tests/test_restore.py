@@ -621,9 +621,21 @@ if os.fork() == 0:
     os._exit(0)
 time.sleep(0.1)
 os.wait()
-mark("ready")
+if os.fork() == 0:
+    # a double fork inside a session whose leader lives on: the grandchild is init's child now
+    os.setsid()
+    if os.fork() == 0:
+        if os.fork() == 0:
+            time.sleep(100)
+        os._exit(0)
+    os.wait()
+    mark("ready")
+    time.sleep(100)
 while True:
-    time.sleep(1)
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(1)
 """
 
 
@@ -631,9 +643,12 @@ def test_sessions_whose_leader_exited_and_setsid_after_fork_come_back(pidns, tmp
     w = pidns([sys.executable, "-c", DEPARTED_LEADERS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want = sorted(ns_ids(p) for p in w.pids())
-    assert len(want) == 5, want
-    daemon = [x for x in want if x[1] == 1 and x[3] not in (0, x[0])]
+    assert len(want) == 7, want
+    pids = {x[0] for x in want}
+    daemon = [x for x in want if x[1] == 1 and x[3] not in pids | {0}]
     assert len(daemon) == 1 and daemon[0][2] == daemon[0][3], want  # reparented, leader gone
+    relayed = [x for x in want if x[1] == 1 and x[3] in pids - {1, x[0]}]
+    assert len(relayed) == 1, want  # reparented, leader alive
     kept = [x for x in want if x[3] == 0 and x[1] not in (0, 1)]
     assert len(kept) == 1, want  # forked before its parent's setsid
     img = str(tmp_path / "d.img")
@@ -681,6 +696,38 @@ def test_group_whose_leader_exited_comes_back(pidns, tmp_path, restored):
     hosts = ns_pids(res["pidns"])
     assert sorted(ns_ids(p) for p in hosts) == [(1, 0, 1, 1), (3, 1, 2, 1)]
     assert all(_pending(p) & (1 << (signal.SIGCHLD - 1)) == 0 for p in hosts)
+
+
+SHARED_FILE_TABLE = r"""
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+# clone(CLONE_FILES | SIGCHLD) without CLONE_VM: a forked child that shares its parent's fd table
+if libc.syscall(56, 0x400 | signal.SIGCHLD, 0, 0, 0, 0) == 0:
+    while True:
+        time.sleep(1)
+open(sys.argv[1] + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_kill_dump_refuses_what_restore_refuses_and_leaves_it_running(pidns, tmp_path):
+    """Processes sharing one file table cannot be restored (they would come back with two):
+    `dump --kill` says so before killing anything, with restore's own words."""
+    w = pidns([sys.executable, "-c", SHARED_FILE_TABLE, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before = sorted(w.pids())
+    assert len(before) == 2
+    img = str(tmp_path / "f.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode != 0
+    err = d.stderr.decode()
+    assert "not killing" in err and "processes 1 and 2 share one file table" in err, err
+    assert sorted(w.pids()) == before and all(_states(p) <= {"S", "R"} for p in before)
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    r = ckptrace("restore", img)
+    assert r.returncode != 0 and b"share one file table" in r.stderr, r.stderr
 
 
 STOPPED_JOB = "sleep 1000 & kill -STOP $!; while true; do sleep 1; done"

@@ -223,3 +223,69 @@ def test_clone3_children_run_python_while_another_thread_is_busy():
         stop.set()
         t.join()
     assert hung == 0
+
+
+# -- the process tree's arrangement (restorer/tree.py): stand-ins and session order ------------
+
+from ckptrace.errors import Unsupported  # noqa: E402
+from ckptrace.image.records import PROC_CHILD_SUBREAPER  # noqa: E402
+from ckptrace.restorer.tree import ProcPlan, _arrange, _early, group_stand_ins  # noqa: E402
+
+
+def arrange(*procs: tuple, subreapers=()) -> ProcPlan:
+    """procs: (pid, ppid, pgid, sid); outside sessions already mapped to init's (1)."""
+    plans = {pid: ProcPlan(pid, ppid, pgid, sid, signal.SIGCHLD,
+                           flags=PROC_CHILD_SUBREAPER if pid in subreapers else 0)
+             for pid, ppid, pgid, sid in procs}
+    return _arrange(plans, {n for p in procs for n in p})
+
+
+def shape(p: ProcPlan) -> tuple:
+    """(pid, stand-in kind, children's shapes), children in fork order."""
+    return (p.pid, p.stand_in, tuple(shape(c) for c in p.children))
+
+
+def test_daemon_double_fork_gets_a_session_stand_in_under_the_reaper():
+    root = arrange((1, 0, 1, 1), (43, 1, 42, 42), (44, 43, 42, 42))
+    assert shape(root) == (1, "", ((42, "session", ((43, "", ((44, "", ()),)),)),))
+
+
+def test_member_reparented_away_from_a_live_leader_gets_a_relay_with_an_unused_pid():
+    # pid 2 leads session 2; pid 4 (its grandchild, parent exited) is init's child now
+    root = arrange((1, 0, 1, 1), (2, 1, 2, 2), (4, 1, 2, 2))
+    (two,) = root.children
+    (relay,) = two.children
+    assert relay.stand_in == "relay" and relay.pid not in (1, 2, 4) and relay.sid == 2
+    assert [c.pid for c in relay.children] == [4]
+
+
+def test_stand_in_children_must_land_back_on_their_parent():
+    # pid 5's parent, 3, is neither init nor a subreaper: the kernel would never have given it
+    # pid 5, and a stand-in's exit would hand it to init
+    with pytest.raises(Unsupported, match="reparented to 1"):
+        arrange((1, 0, 1, 1), (3, 1, 1, 1), (5, 3, 9, 9))
+    root = arrange((1, 0, 1, 1), (3, 1, 1, 1), (5, 3, 9, 9), subreapers={3})
+    assert shape(root) == (1, "", ((3, "", ((9, "session", ((5, "", ()),)),)),))
+
+
+def test_leaderless_session_under_two_parents_is_refused():
+    with pytest.raises(Unsupported, match="different parents"):
+        arrange((1, 0, 1, 1), (3, 1, 1, 1), (5, 1, 9, 9), (6, 3, 9, 9), subreapers={3})
+
+
+def test_children_left_in_the_former_session_are_forked_before_setsid():
+    root = arrange((1, 0, 1, 1), (2, 1, 2, 2), (3, 2, 1, 1), (4, 2, 2, 2))
+    (two,) = root.children
+    early = {c.pid: _early(two, c) for c in two.children}
+    assert early == {3: True, 4: False}
+
+
+def test_a_leaders_children_from_two_other_sessions_are_refused():
+    # pid 3 needs session 1 (pid 2's former), pid 4 session 9, which pid 2 was never in
+    with pytest.raises(Unsupported):
+        arrange((1, 0, 1, 1), (2, 1, 2, 2), (3, 2, 1, 1), (9, 1, 9, 9), (4, 2, 9, 9))
+
+
+def test_group_without_leader_gets_a_stand_in_in_its_session():
+    root = arrange((1, 0, 1, 1), (2, 1, 2, 2), (3, 2, 7, 2), (4, 2, 7, 2))
+    assert [(g.pid, g.ppid, g.sid) for g in group_stand_ins(root)] == [(7, 2, 2)]

@@ -41,7 +41,7 @@ CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_AR
 WALL = 0x40000000  # __WALL: waits for children without an exit signal too (stand-ins)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: plans link to each other
 class ProcPlan:
     """What one process must do to itself before the controller takes over."""
 
@@ -66,7 +66,8 @@ class ProcPlan:
     root: str = "/"
     children: list["ProcPlan"] = field(default_factory=list)
     epoll: list[tuple[int, int, int, int]] = field(default_factory=list)  # (epfd, tfd, events, data)
-    stand_in: bool = False  # not an image process: a departed session or group leader (_stand_ins)
+    stand_in: str = ""  # not an image process: "session", "relay" or "group" (_stand_ins)
+    parent: "ProcPlan | None" = None  # a stand-in's parent
     born_in: int | None = None  # the session it must be forked in; None: any (_check_sessions)
 
 
@@ -83,36 +84,65 @@ def restored_groups(e: dict) -> tuple[int, int]:
 def plan(img: Image, files: FileSet) -> ProcPlan:
     """The tree of ProcPlans, rooted at the namespace's init (pid 1)."""
     plans: dict[int, ProcPlan] = {}
-    root: ProcPlan | None = None
     claimed: set[int] = set()
     for e in img.tree:
         if e["pid"] != e["tgid"]:
             continue
         t = img.task(e["pid"])
         assert t is not None and t.proc is not None
-        pgid, sid = restored_groups(e)
-        p = ProcPlan(e["pid"], e["ppid"], pgid, sid, t.fields["exit_signal"] or signal.SIGCHLD,
-                     sigactions=t.sighand, rlimits=t.rlimits, umask=t.proc["umask"],
-                     personality=t.proc["personality"], pdeath_signal=t.proc["pdeath_signal"],
-                     flags=t.proc["flags"], new_ns=(t.own_ns or 0) & (CLONE_NEWUTS | CLONE_NEWIPC),
-                     nodename=t.nodename, domainname=t.domainname, cwd=t.cwd or "/", root=t.root or "/")
+        p = plans[e["pid"]] = _skeleton(e, t)
+        p.sigactions, p.rlimits, p.umask = t.sighand, t.rlimits, t.proc["umask"]
+        p.personality, p.pdeath_signal = t.proc["personality"], t.proc["pdeath_signal"]
+        p.new_ns = (t.own_ns or 0) & (CLONE_NEWUTS | CLONE_NEWIPC)
+        p.nodename, p.domainname, p.cwd, p.root = t.nodename, t.domainname, t.cwd or "/", t.root or "/"
         table = img.obj(t.files_objref)
         if isinstance(table, FileTable):
             p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
                      for d in table.fds]
             p.epoll = _epoll_entries(img, table, claimed)
         p.keep = map_fds_of(img, t, files) + files.extra
-        plans[p.pid] = p
-        if p.pid == 1:
-            root = p
-        elif p.ppid in plans:
-            plans[p.ppid].children.append(p)
-        else:
-            # Outside parents (ppid 0) only exist for the namespace's init.
-            raise Unsupported(f"process {p.pid} has parent {p.ppid}, which is not in the image")
+    return _arrange(plans, _taken_pids(img))
+
+
+def tree_problems(img: Image) -> list[str]:
+    """Why the image's process tree (parents, sessions, groups) cannot be rebuilt; empty when it
+    can. The same arrangement plan() makes, without the files: for checks made before anything
+    exists, and before `dump --kill` kills anything."""
+    plans = {}
+    for e in img.tree:
+        t = img.task(e["pid"]) if e["pid"] == e["tgid"] else None
+        if t is not None and t.proc is not None:
+            plans[e["pid"]] = _skeleton(e, t)
+    try:
+        _arrange(plans, _taken_pids(img))
+    except Unsupported as exc:
+        return [str(exc)]
+    return []
+
+
+def _skeleton(e: dict, t: Task) -> ProcPlan:
+    pgid, sid = restored_groups(e)
+    return ProcPlan(e["pid"], e["ppid"], pgid, sid, t.fields["exit_signal"] or signal.SIGCHLD, flags=t.proc["flags"])
+
+
+def _taken_pids(img: Image) -> set[int]:
+    """Every number the image's tasks, groups and sessions use: a relay stand-in takes another."""
+    return {n for e in img.tree for n in (e["pid"], e["pgid"], e["sid"])}
+
+
+def _arrange(plans: dict[int, ProcPlan], taken: set[int]) -> ProcPlan:
+    """Link the plans into a tree under init, add the stand-ins, decide the session order."""
+    root = plans.get(1)
     if root is None:
         raise Unsupported("the image has no pid 1: restore recreates whole namespaces only")
-    _stand_ins(plans)
+    for p in sorted(plans.values(), key=lambda q: q.pid):
+        if p.pid == 1:
+            continue
+        if p.ppid not in plans:
+            # Outside parents (ppid 0) only exist for the namespace's init.
+            raise Unsupported(f"process {p.pid} has parent {p.ppid}, which is not in the image")
+        plans[p.ppid].children.append(p)
+    _stand_ins(plans, taken)
     _group_stand_ins(plans)
     _check_sessions(root)
     return root
@@ -124,39 +154,70 @@ def group_stand_ins(root: ProcPlan) -> list[ProcPlan]:
     out, stack = [], [root]
     while stack:
         p = stack.pop()
-        if p.stand_in and p.sid != p.pid:
+        if p.stand_in == "group":
             out.append(p)
         stack.extend(p.children)
     return sorted(out, key=lambda q: q.pid)
 
 
-def _stand_ins(plans: dict[int, ProcPlan]) -> None:
-    """Stand-in leaders for sessions whose leader has exited.
+def _stand_ins(plans: dict[int, ProcPlan], taken: set[int]) -> None:
+    """Short-lived stand-ins for processes whose parent is not in their session.
 
-    A daemon's classic double fork (fork, setsid, fork, exit) leaves a process in a session, and
-    a group, named after a process that no longer exists. A session is only entered by being
-    forked into it, so the restore forks a short-lived stand-in with the departed leader's pid
-    (the kernel keeps a session's number from being reused while the session lives, so it is
-    free in the image): it calls setsid, forks the session's members whose parent is its own
-    parent, and exits; they are reparented to that parent, as they had been (a parent that
-    outlived the leader and took its children is init or a subreaper, which is what reparenting
-    picks). The stand-in has no exit signal and its parent reaps it in _become."""
-    by_sid: dict[int, ProcPlan] = {}
+    A session is only entered by being forked into it. A process whose parent is in another
+    session was forked by a process of its own session that has exited since, and it was
+    reparented to its parent (init or a subreaper: what reparenting picks). A daemon's double
+    fork (fork, setsid, fork, exit) is the classic case, and there the session's leader has
+    exited too. The restore forks a stand-in in the session that forks those processes and exits:
+    they are reparented again, to the same parent, and wait for that before going on
+    (_wait_reparented). Stand-ins have no exit signal; their parent reaps them in _become.
+    - the session's leader is in the image: a relay stand-in, with a number nobody in the image
+      uses, forked by the leader;
+    - it has exited: a session stand-in with the leader's number (the kernel keeps a session's
+      number from being reused while the session lives, so it is free), forked by the parent,
+      which calls setsid."""
+    relays: dict[tuple[int, int], ProcPlan] = {}
+    sessions: dict[int, ProcPlan] = {}
+    free = (n for n in range(2, 1 << 22) if n not in taken)
     for p in sorted(plans.values(), key=lambda q: q.pid):
-        if p.pid == 1 or p.sid in plans:
+        if p.pid == 1 or p.sid == p.pid:
             continue
         parent = plans[p.ppid]
         if parent.sid == p.sid:
             continue  # forked into the session by a member: nothing to stand in for
-        h = by_sid.get(p.sid)
-        if h is None:
-            h = by_sid[p.sid] = ProcPlan(p.sid, parent.pid, p.sid, p.sid, 0, stand_in=True)
-            parent.children.append(h)
-        elif h.ppid != parent.pid:
-            raise Unsupported(f"session {p.sid} outlived its leader with members under different parents "
-                              f"({h.ppid} and {parent.pid}): restoring it is not supported")
+        if parent.sid == parent.pid != 1 and plans[parent.ppid].sid == p.sid:
+            continue  # forked before its parent's setsid, as the parent can again (_check_sessions)
+        leader = plans.get(p.sid)
+        if leader is not None:
+            h = relays.get((p.sid, parent.pid))
+            if h is None:
+                h = relays[(p.sid, parent.pid)] = ProcPlan(next(free), leader.pid, leader.pgid, p.sid, 0,
+                                                           stand_in="relay")
+                h.parent = leader
+                leader.children.append(h)
+        else:
+            h = sessions.get(p.sid)
+            if h is None:
+                h = sessions[p.sid] = ProcPlan(p.sid, parent.pid, p.sid, p.sid, 0, stand_in="session")
+                h.parent = parent
+                parent.children.append(h)
+            elif h.ppid != parent.pid:
+                raise Unsupported(f"session {p.sid} outlived its leader with members under different parents "
+                                  f"({h.ppid} and {parent.pid}): restoring it is not supported")
+        reaper = _reaper(h, plans)
+        if reaper != parent.pid:
+            raise Unsupported(f"process {p.pid} is in session {p.sid} but its parent {parent.pid} is not, and "
+                              f"a process forked there for it would be reparented to {reaper}: not supported")
         parent.children.remove(p)
         h.children.append(p)
+
+
+def _reaper(h: ProcPlan, plans: dict[int, ProcPlan]) -> int:
+    """Who the kernel reparents stand-in h's children to when it exits: its nearest ancestor that
+    is a child subreaper (set before anything is forked, in _become), else init."""
+    q = h.parent
+    while q is not None and q.pid != 1 and not q.flags & PROC_CHILD_SUBREAPER:
+        q = q.parent if q.stand_in else plans.get(q.ppid)
+    return q.pid if q is not None else 1
 
 
 def _group_stand_ins(plans: dict[int, ProcPlan]) -> None:
@@ -166,22 +227,22 @@ def _group_stand_ins(plans: dict[int, ProcPlan]) -> None:
     group's session (its leader if the image has it), makes the group, reports and waits; the
     members join it (restore._set_groups), then the controller kills it and its parent reaps it
     (it has no exit signal)."""
-    session_stand_ins = {h.pid for p in plans.values() for h in p.children if h.stand_in}
+    session_stand_ins = {h.pid for p in plans.values() for h in p.children if h.stand_in == "session"}
     made: set[int] = set()
     for p in sorted(plans.values(), key=lambda q: q.pid):
         g = p.pgid
         if g in plans or g in session_stand_ins or g in made:
             continue
         host = plans.get(p.sid)
-        if host is None or host.stand_in:
+        if host is None:
             host = min((q for q in plans.values() if q.sid == p.sid), key=lambda q: q.pid)
-        host.children.append(ProcPlan(g, host.pid, g, p.sid, 0, stand_in=True))
+        host.children.append(ProcPlan(g, host.pid, g, p.sid, 0, stand_in="group"))
         made.add(g)
 
 
 def _check_sessions(root: ProcPlan) -> None:
     """Decide which children a session leader forks before its setsid, and refuse, before
-    anything exists, a tree whose sessions and groups _become cannot rebuild.
+    anything exists, a tree whose sessions _become cannot rebuild.
 
     A process is in the session it was forked in, or its own after setsid. So each process needs
     to be forked in a given session (`born_in`): its own if it does not lead one; if it leads,
@@ -334,6 +395,9 @@ def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in 
             _set_names(p.nodename, p.domainname)
         if p.ppid:
             _wait_reparented(p)
+        if p.flags & PROC_CHILD_SUBREAPER:
+            # before any child exists: a stand-in's children are reparented to it (_reaper)
+            libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
         leads = p.sid == p.pid
         # a session leader's children that stayed in its former session were forked before it
         # called setsid (plan's _check_sessions): so here
@@ -348,15 +412,15 @@ def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in 
         for c in p.children:
             if not _early(p, c) and clone3(0, c.pid, c.exit_signal) == 0:
                 _become(c, report_fd)
-        if p.stand_in and leads:
-            os._exit(0)  # its children go to its parent, which reaps it just below
-        if p.stand_in:
-            # a group's: lives until the members have joined it (restore._set_groups)
+        if p.stand_in in ("session", "relay"):
+            os._exit(0)  # its children go to its parent's reaper, see _stand_ins
+        if p.stand_in == "group":
+            # lives until the members have joined it (restore._set_groups)
             os.write(report_fd, f"STANDIN {p.pid} {os.readlink('/proc/self')}\n".encode())
             while True:
                 time.sleep(3600)
         for c in p.children:
-            if c.stand_in and c.sid == c.pid:
+            if c.stand_in in ("session", "relay"):
                 os.waitpid(c.pid, WALL)
         _setup_inner(p, report_fd)
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the controller must hear of it
@@ -401,8 +465,6 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     if p.personality:
         libc.personality(ctypes.c_ulong(p.personality))
     creds.install_sigactions(p.sigactions)
-    if p.flags & PROC_CHILD_SUBREAPER:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0)
     if p.flags & PROC_THP_DISABLE:  # kept in the mm's flags, which outlive the remapping to come
         libc.prctl(PR_SET_THP_DISABLE, ctypes.c_ulong(1), 0, 0, 0)
     if p.pdeath_signal and p.pid != 1:
