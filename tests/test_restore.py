@@ -698,6 +698,37 @@ def test_group_whose_leader_exited_comes_back(pidns, tmp_path, restored):
     assert all(_pending(p) & (1 << (signal.SIGCHLD - 1)) == 0 for p in hosts)
 
 
+APPEND_READER = r"""
+import os, sys, time
+d = sys.argv[1]
+with open(d + "/data", "w") as f:
+    f.write("0123456789")
+fd = os.open(d + "/data", os.O_RDWR | os.O_APPEND)
+assert fd == 3
+os.read(fd, 4)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _fd_pos(host: int, fd: int) -> int:
+    with open(f"/proc/{host}/fdinfo/{fd}") as f:
+        return int(f.readline().split()[1])
+
+
+def test_append_mode_file_keeps_its_read_offset(pidns, tmp_path, restored):
+    w = pidns([sys.executable, "-c", APPEND_READER, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (host,) = w.pids()
+    assert _fd_pos(host, 3) == 4
+    img = str(tmp_path / "a.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    assert _fd_pos(host, 3) == 4
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

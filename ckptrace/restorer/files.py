@@ -175,7 +175,8 @@ class FileSet:
         try:
             if ft is FileType.REGULAR:
                 fd = os.open(obj.name, f["f_flags"] & ~_OPEN_ONLY)
-                if not f["f_flags"] & os.O_APPEND and not f["f_flags"] & os.O_PATH:
+                # O_APPEND too: its writes go to the end, but its reads start at the offset
+                if not f["f_flags"] & os.O_PATH:
                     try:
                         os.lseek(fd, f["f_pos"], os.SEEK_SET)
                     except OSError as exc:
