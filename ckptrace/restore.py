@@ -36,6 +36,7 @@ ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
 SYS_setpgid = 109
 SYS_wait4 = 61
+SYS_personality = 135
 WALL = 0x40000000  # __WALL
 SYS_prctl = 157
 PR_SET_PDEATHSIG = 1
@@ -331,6 +332,8 @@ class _Restore:
             exe_fd = None
         memory.set_mm(inj, mm, exe_fd)
         memory.close_fds(inj, tree.map_fds_of(self.img, t, files) + files.extra + [self.report_fd])
+        if t.proc["personality"] & tree.READ_IMPLIES_EXEC:  # only now: see tree._setup_inner
+            check(inj.syscall(SYS_personality, t.proc["personality"]), f"personality in {t.tid}")
         memory.set_thread_state(inj, t)
         for th in self.img.threads_of(t.tgid):
             if th.is_leader:

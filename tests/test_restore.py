@@ -729,6 +729,49 @@ def test_append_mode_file_keeps_its_read_offset(pidns, tmp_path, restored):
     assert _fd_pos(host, 3) == 4
 
 
+READ_IMPLIES_EXEC = r"""
+import ctypes, mmap, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.personality(0x0400000)          # READ_IMPLIES_EXEC: from now on, readable maps are executable
+m = mmap.mmap(-1, 4 * 4096)          # rwx, made after
+open(sys.argv[1] + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _perms(host: int) -> list[tuple[int, int, str]]:
+    out = []
+    with open(f"/proc/{host}/maps") as f:
+        for line in f:
+            rng, perms = line.split()[:2]
+            if "[v" not in line:
+                a, b = rng.split("-")
+                out.append((int(a, 16), int(b, 16), perms))
+    return out
+
+
+def _perm_at(maps: list[tuple[int, int, str]], addr: int) -> str:
+    return next((p for a, b, p in maps if a <= addr < b), "")
+
+
+def test_read_implies_exec_personality_does_not_make_everything_executable(pidns, tmp_path, restored):
+    w = pidns([sys.executable, "-c", READ_IMPLIES_EXEC, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (host,) = w.pids()
+    want = _perms(host)
+    assert any(p == "rw-p" for *_, p in want) and any(p == "rwxs" for *_, p in want), want
+    img = str(tmp_path / "p.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    got = _perms(host)
+    # (adjacent mappings may come back merged: compared address by address)
+    assert [(hex(a), _perm_at(got, a)) for a, _, _ in want] == [(hex(a), p) for a, _, p in want]
+    with open(f"/proc/{host}/personality") as f:
+        assert int(f.read(), 16) & 0x0400000
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

@@ -34,6 +34,7 @@ from .files import FileSet
 CLONE_NEWPID = 0x20000000
 RLIM_NLIMITS = 16
 PR_SET_PDEATHSIG = 1
+READ_IMPLIES_EXEC = 0x0400000
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_THP_DISABLE = 41
 EPOLL_CTL_ADD = 1
@@ -462,8 +463,10 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
         os.chroot(p.root)
     os.chdir(p.cwd)
     os.umask(p.umask)
-    if p.personality:
-        libc.personality(ctypes.c_ulong(p.personality))
+    if p.personality & ~READ_IMPLIES_EXEC:
+        # not READ_IMPLIES_EXEC yet: the memory mapped by injection would all be executable
+        # (restore._process sets it once the memory is in place)
+        libc.personality(ctypes.c_ulong(p.personality & ~READ_IMPLIES_EXEC))
     creds.install_sigactions(p.sigactions)
     if p.flags & PROC_THP_DISABLE:  # kept in the mm's flags, which outlive the remapping to come
         libc.prctl(PR_SET_THP_DISABLE, ctypes.c_ulong(1), 0, 0, 0)
