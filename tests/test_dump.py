@@ -623,6 +623,36 @@ def test_zombie_is_refused(pidns, tmp_path):
     assert status_field(w.init, "TracerPid") == "0"
 
 
+MQ_HOLDER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mq_open.restype = ctypes.c_int
+fd = libc.mq_open(b"/ckptrace-test-q", os.O_CREAT | os.O_RDWR, 0o600, None)
+assert fd >= 0, ctypes.get_errno()
+if sys.argv[2] == "unlink":
+    libc.mq_unlink(b"/ckptrace-test-q")
+open(sys.argv[1], "w").close()
+time.sleep(100)
+"""
+
+
+@pytest.mark.parametrize("unlink", ["unlink", "keep"])
+def test_posix_message_queue_is_refused_as_such(pidns, tmp_path, unlink):
+    """An mq_open descriptor looks like a regular file named after the queue; no path reopens
+    it. The refusal says what it is (it used to pass as a file, and restore looked for '/q')."""
+    import ctypes
+
+    ready = tmp_path / "ready"
+    try:
+        w = pidns([sys.executable, "-c", MQ_HOLDER, str(ready), unlink], ready_file=str(ready))
+        p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
+        assert_refused(p, "(pid 1 inside the namespace)", "is the POSIX message queue '/ckptrace-test-q'",
+                       "cannot checkpoint")
+        assert status_field(w.init, "TracerPid") == "0"
+    finally:  # the workload shares our IPC namespace: a kept queue would outlive it
+        ctypes.CDLL(None).mq_unlink(b"/ckptrace-test-q")
+
+
 def test_a_process_whose_main_thread_exited_is_refused_as_such(pidns, tmp_path):
     """pthread_exit in main: the leader is a zombie but the process lives on in its other thread.
     That is no unreaped child, and waiting will not help: it is refused as what it is, and left

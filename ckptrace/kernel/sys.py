@@ -46,6 +46,17 @@ def syscall(nr: int, *args, what: str = "syscall") -> int:
     return check_errno(libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args)), what)
 
 
+MQUEUE_MAGIC = 0x19800202
+
+
+def fs_type(path: str) -> int:
+    """statfs(2)'s f_type (the filesystem's magic number) of what path names, magic links
+    (/proc/PID/fd/N) followed."""
+    buf = ctypes.create_string_buffer(120)  # struct statfs: f_type is its first field, a long
+    check_errno(libc.statfs(os.fsencode(path), buf), f"statfs {path}")
+    return struct.unpack_from("<q", buf.raw)[0]
+
+
 def pidfd_open(pid: int, flags: int = 0) -> int:
     return syscall(SYS_pidfd_open, pid, flags, what=f"pidfd_open({pid})")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..errors import Unsupported, from_oserror
 from ..image.records import MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
 from ..kernel import procfs
-from ..kernel.sys import data_extents, pidfd_getfd, pidfd_open
+from ..kernel.sys import MQUEUE_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
 from .context import DumpContext
 from .objhash import KCMP_FILE, KCMP_FILES
 
@@ -51,7 +51,7 @@ class OpenFd:
     kind: FileType
 
 
-def classify(pid: int, fd: int, target: str, st: os.stat_result) -> FileType:
+def classify(pid: int, fd: int, target: str, st: os.stat_result, proc: str = "/proc") -> FileType:
     """The FileType for one fd, or Unsupported naming pid, fd and kind."""
     mode = st.st_mode
     if target.startswith("pipe:["):
@@ -67,6 +67,12 @@ def classify(pid: int, fd: int, target: str, st: os.stat_result) -> FileType:
             return FileType.FIFO
         if stat.S_ISCHR(mode) and os.major(st.st_rdev) in TTY_MAJORS:
             return FileType.TTY
+        if stat.S_ISREG(mode) and fs_type(f"{proc}/{pid}/fd/{fd}") == MQUEUE_MAGIC:
+            # it looks like a regular file named after the queue (deleted once mq_unlink'ed), but
+            # no path reopens it
+            name = target[:-len(DELETED)] if target.endswith(DELETED) else target
+            raise Unsupported(f"pid {pid} fd {fd} is the POSIX message queue {name!r}, which ckptrace "
+                              "cannot checkpoint")
         if target.endswith(DELETED) and stat.S_ISREG(mode) and st.st_nlink == 0:
             return FileType.DELETED
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -81,7 +87,7 @@ def open_fd(ctx: DumpContext, pid: int, fd: int) -> OpenFd:
         st = os.stat(base)
     except OSError as exc:
         raise from_oserror(exc, f"stat fd {fd} of {pid}") from None
-    return OpenFd(pid, fd, target, st, procfs.fdinfo(pid, fd, ctx.proc), classify(pid, fd, target, st))
+    return OpenFd(pid, fd, target, st, procfs.fdinfo(pid, fd, ctx.proc), classify(pid, fd, target, st, ctx.proc))
 
 
 def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
