@@ -1020,6 +1020,16 @@ def worker():
     open(os.path.join(sys.argv[1], "ready"), "w").close()
     time.sleep(1000)
 
+idle_set = threading.Event()
+
+def idler():
+    os.setpriority(os.PRIO_PROCESS, 0, 3)  # kept by SCHED_IDLE, which has no nice of its own
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    idle_set.set()
+    time.sleep(1000)
+
+threading.Thread(target=idler, daemon=True).start()
+idle_set.wait()
 threading.Thread(target=worker, daemon=True).start()
 out = open(os.path.join(sys.argv[1], "prctl.log"), "a", buffering=1)
 v = ctypes.c_int()
@@ -1045,7 +1055,8 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
     w = pidns([sys.executable, "-c", SCHED_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want = {nspid(int(t)): _sched_of(int(t)) for t in os.listdir(f"/proc/{w.init}/task")}
-    assert sorted(want.values()) == [(5, 0, 0, [1], 50000), (7, 0, 3, [1], 250000)], want  # OTHER / BATCH
+    # OTHER, IDLE, BATCH
+    assert sorted(want.values()) == [(3, 0, 5, [1], 50000), (5, 0, 0, [1], 50000), (7, 0, 3, [1], 250000)], want
     img = str(tmp_path / "sched.img")
     dump_kill(w, img)
     res = restore_json(img, restored)

@@ -14,6 +14,8 @@ import os
 from ..errors import KernelError
 from ..kernel.sys import sched_setattr
 
+FAIR_POLICIES = (os.SCHED_OTHER, os.SCHED_BATCH)
+
 
 def mask_cpus(mask: bytes) -> set[int]:
     n = int.from_bytes(mask, "little")
@@ -30,6 +32,13 @@ def apply(host_tid: int, task) -> None:
         except OSError as exc:
             raise KernelError(f"sched_setaffinity of thread {task.tid} to CPUs {sorted(usable)}", exc.errno) from None
     sched_setattr(host_tid, {k: v for k, v in task.sched.items() if k != "timer_slack"})
+    if task.sched["policy"] not in FAIR_POLICIES:
+        # sched_setattr takes the nice value for SCHED_OTHER and SCHED_BATCH only; the others
+        # keep one too, shown in /proc and used again when the thread switches back
+        try:
+            os.setpriority(os.PRIO_PROCESS, host_tid, task.sched["nice"])
+        except OSError as exc:
+            raise KernelError(f"setpriority of thread {task.tid} to {task.sched['nice']}", exc.errno) from None
     if task.sched.get("timer_slack"):
         try:
             with open(f"/proc/{host_tid}/timerslack_ns", "w") as f:
