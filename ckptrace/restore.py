@@ -90,7 +90,7 @@ def validate(img: Image) -> None:
     """Raise, naming every problem found, unless this host can restore the image."""
     from .kernel.ptrace import xstate_size
     from .restorer.files import check_files
-    from .restorer.memory import check_layout, special_maps
+    from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, special_maps
     from .restorer.tree import tree_problems
 
     problems: list[str] = []
@@ -113,6 +113,9 @@ def validate(img: Image) -> None:
             problems.append(f"task {t.tid} is a zombie or dead; restore does not recreate those")
         if not isinstance(img.obj(t.mm_objref), Mm):
             problems.append(f"task {t.tid} has no address space")
+        if t.thread["robust_list"] and t.thread["robust_len"] != ROBUST_LIST_HEAD_SIZE:
+            problems.append(f"task {t.tid}'s robust futex list is {t.thread['robust_len']} bytes long; "
+                            f"the kernel takes {ROBUST_LIST_HEAD_SIZE} only")
         owner = mm_owner.setdefault(t.mm_objref, t.tgid)
         if owner != t.tgid:
             problems.append(f"processes {owner} and {t.tgid} share one mm (vfork?); not supported")
@@ -370,6 +373,7 @@ class _Restore:
             cgroup.place(self.host[t.tid], t.cgroups, mounts, self.made_cgroups)
         for t in self.img.tasks:
             sched.apply(self.by_tid[t.tid].tid, t)
+            sched.set_ioprio(self.by_tid[t.tid].tid, t)
             if t.is_leader and t.proc:
                 sched.set_oom_score_adj(self.host[t.tid], t.proc["oom_score_adj"])
         # init has died with us since it was made (tree.spawn_init's PR_SET_PDEATHSIG); it must

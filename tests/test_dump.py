@@ -92,6 +92,24 @@ def prot_of(v) -> str:
     return ("r" if p & 1 else "-") + ("w" if p & 2 else "-") + ("x" if p & 4 else "-")
 
 
+def robust_list(tid: int) -> tuple[int, int]:
+    """get_robust_list(2) of a thread by host tid, through ctypes rather than ckptrace."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    head, size = ctypes.c_ulong(), ctypes.c_size_t()
+    assert libc.syscall(274, tid, ctypes.byref(head), ctypes.byref(size)) == 0, ctypes.get_errno()
+    return head.value, size.value
+
+
+def ioprio_get(tid: int) -> int:
+    import ctypes
+
+    ret = ctypes.CDLL(None, use_errno=True).syscall(252, 1, tid)  # IOPRIO_WHO_PROCESS
+    assert ret >= 0, ctypes.get_errno()
+    return ret
+
+
 def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
     from ckptrace.kernel.ptrace import Tracee
     from ckptrace.restorer.sched import mask_cpus
@@ -128,11 +146,15 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
                 tr.wait_stop()
                 regs = tr.get_regs()
                 rseq = tr.get_rseq()
+                robust = robust_list(host)
                 tr.owed_signal = signal.SIGSTOP
                 tr.detach()
                 assert [t.regs[n] for n in REG_NAMES] == regs, t.tid
                 # rseq: glibc registered every thread's area; the image names the same one.
                 assert rseq[0] and (t.thread["rseq_ptr"], t.thread["rseq_len"], t.thread["rseq_sig"]) == rseq
+                # Robust futex list: glibc registered every thread's head; the image names the same one.
+                assert robust[0] and (t.thread["robust_list"], t.thread["robust_len"]) == robust, t.tid
+                assert t.thread["ioprio"] == ioprio_get(host), t.tid
                 # Scheduling as /proc and sched_getaffinity show it (fields 19 nice, 40 rt_priority, 41 policy).
                 with open(f"/proc/{host}/stat") as sf:
                     stat_ = sf.read().rsplit(")", 1)[1].split()

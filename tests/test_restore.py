@@ -214,15 +214,15 @@ def check_layout_and_fds(img: str, res: dict):
 
 
 def check_threads(image, res: dict):
-    """Every restored thread has its comm and the image's rseq area registered again (glibc
-    registered it at thread start; nothing would register it after a restore)."""
+    """Every restored thread has its comm and the image's rseq area and robust futex list
+    registered again (glibc registered them at thread start; nothing would after a restore)."""
     from ckptrace.kernel.ptrace import Tracee
 
     hosts = {}
     for h in ns_pids(res["pidns"]):
         for tid in os.listdir(f"/proc/{h}/task"):
             hosts[nspid(int(tid))] = int(tid)
-    registered = 0
+    registered = robust = 0
     for t in image.tasks:
         # and each thread has its own name back (it was the controller's until PR_SET_NAME)
         with open(f"/proc/{hosts[t.tid]}/task/{hosts[t.tid]}/comm") as f:
@@ -237,7 +237,11 @@ def check_threads(image, res: dict):
             tr.detach()
         assert got == (t.thread["rseq_ptr"], t.thread["rseq_len"], t.thread["rseq_sig"]), t.tid
         registered += bool(got[0])
+        # and its robust futex list head (glibc's, in its TCB), also registered once at thread start
+        assert _robust_list(hosts[t.tid]) == (t.thread["robust_list"], t.thread["robust_len"]), t.tid
+        robust += bool(t.thread["robust_list"])
     assert registered == len(image.tasks), "the workload's threads should all have had rseq areas"
+    assert robust == len(image.tasks), "the workload's threads should all have had robust lists"
 
 
 def merged(ranges):
@@ -1074,6 +1078,118 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
     lines = log.read_text().splitlines()
     assert len(lines) >= n + 3 and set(lines) == {"dumpable=0 subreaper=1 thp_off=1"}, lines[-5:]
 
+
+_libc = None
+
+
+def _sys(nr: int, *args) -> int:
+    """A raw syscall from the test itself (not through ckptrace), raising OSError on failure."""
+    import ctypes
+
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    ret = _libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args))
+    if ret == -1:
+        raise OSError(ctypes.get_errno(), f"syscall {nr}")
+    return ret
+
+
+def _ioprio(tid: int) -> int:
+    return _sys(252, 1, tid)  # ioprio_get(IOPRIO_WHO_PROCESS, host tid)
+
+
+def _robust_list(tid: int) -> tuple[int, int]:
+    import ctypes
+
+    head, size = ctypes.c_ulong(), ctypes.c_size_t()
+    _sys(274, tid, ctypes.addressof(head), ctypes.addressof(size))  # get_robust_list(host tid)
+    return head.value, size.value
+
+
+IOPRIO_WORKLOAD = r"""
+import ctypes, os, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def ioprio_set(value):  # this thread only (IOPRIO_WHO_PROCESS, 0)
+    assert libc.syscall(251, 1, 0, value) == 0, ctypes.get_errno()
+ioprio_set(3 << 13)  # IOPRIO_CLASS_IDLE
+def worker():
+    ioprio_set(2 << 13 | 6)  # IOPRIO_CLASS_BE, level 6
+    open(os.path.join(sys.argv[1], "ready"), "w").close()
+    time.sleep(1000)
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(1000)
+"""
+
+
+def test_io_priorities_come_back(pidns, tmp_path, restored):
+    """Each thread's I/O priority (per thread, like nice) is the image's after the restore: an
+    IDLE-class main thread and a best-effort level-6 worker, where the restored tasks would
+    otherwise have the controller's (none set, 0)."""
+    w = pidns([sys.executable, "-c", IOPRIO_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              settle=0.1, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = {nspid(int(t)): _ioprio(int(t)) for t in os.listdir(f"/proc/{w.init}/task")}
+    assert sorted(want.values()) == [2 << 13 | 6, 3 << 13], want
+    img = str(tmp_path / "ioprio.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    init = res["init_pid"]
+    got = {nspid(int(t)): _ioprio(int(t)) for t in os.listdir(f"/proc/{init}/task")}
+    assert got == want
+
+
+@pytest.fixture(scope="module")
+def robustwork(tmp_path_factory) -> str:
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the robust-mutex workload")
+    out = str(tmp_path_factory.mktemp("robustwork") / "robustwork")
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", out, os.path.join(HERE, "workloads", "robustwork.c")],
+                   check=True)
+    return out
+
+
+def _syscall_nr(tid_dir: str) -> str:
+    with open(f"{tid_dir}/syscall") as f:
+        return f.read().split()[0]
+
+
+def test_robust_mutex_held_by_a_restored_task_that_dies_reports_eownerdead(pidns, robustwork, tmp_path, restored):
+    """tests/workloads/robustwork.c: a child's main thread and second thread each hold a
+    process-shared robust mutex; both threads of pid 1 are blocked locking them. After the
+    restore the child exits: the kernel finds the mutexes through each dying thread's robust list
+    (registered by glibc at thread start, so it must be registered again on restore) and both
+    waiters' pthread_mutex_lock return EOWNERDEAD. Without the lists they would wait for ever."""
+    log = tmp_path / "robust.log"
+    w = pidns([robustwork, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while {_syscall_nr(f"/proc/{w.init}/task/{t}") for t in os.listdir(f"/proc/{w.init}/task")} != {"202"}:
+        assert time.monotonic() < deadline, "pid 1's threads never blocked in futex"
+        time.sleep(0.02)
+    assert sorted(line.split()[:2] for line in log.read_text().splitlines()) == [["A", "held"], ["B", "held"]]
+    img = str(tmp_path / "robust.img")
+    dump_kill(w, img)
+    from ckptrace.image.reader import read_image
+
+    with open(img, "rb") as f:
+        image = read_image(f)
+    assert len(image.tasks) == 4
+    assert all(t.thread["robust_list"] and t.thread["robust_len"] == 24 for t in image.tasks)
+    res = restore_json(img, restored)
+    hosts = {}
+    for h in ns_pids(res["pidns"]):
+        for tid in os.listdir(f"/proc/{h}/task"):
+            hosts[nspid(int(tid))] = int(tid)
+    for t in image.tasks:  # each restored thread has its own list head registered again
+        assert _robust_list(hosts[t.tid]) == (t.thread["robust_list"], t.thread["robust_len"]), t.tid
+    time.sleep(0.2)
+    assert len(log.read_text().splitlines()) == 2, "a waiter got the lock before its holder died"
+    (tmp_path / "die").touch()
+    deadline = time.monotonic() + 5
+    while len(log.read_text().splitlines()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(log.read_text().splitlines()[2:]) == ["A EOWNERDEAD", "B EOWNERDEAD"], log.read_text()
 
 def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
     """The workload sits in a cgroup v2 two levels down, a v1 freezer cgroup and a v1 cpuset; the

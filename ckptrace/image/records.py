@@ -480,8 +480,12 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="The task's file table and mm, by objref."),
     _R(RecType.THREAD, (s32("tid"), s32("tgid"), u64("blocked", "hex"), u64("pending", "hex"),
                         u64("sas_ss_sp", "hex"), u64("sas_ss_size"), u32("sas_ss_flags"), pad(4),
-                        u64("rseq_ptr", "hex"), u32("rseq_len"), u32("rseq_sig", "hex")),
-       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none)."),
+                        u64("rseq_ptr", "hex"), u32("rseq_len"), u32("rseq_sig", "hex"),
+                        u64("robust_list", "hex", doc="head of the thread's robust futex list (get_robust_list; 0: none registered)"),
+                        u32("robust_len", doc="its length as get_robust_list gives it: sizeof(struct robust_list_head), 24"),
+                        u32("ioprio", "hex", doc="I/O priority (ioprio_get(IOPRIO_WHO_PROCESS, tid)): (class << 13) + level; "
+                                                  "class 1 RT, 2 BE, 3 IDLE; 0: none set, CPU nice decides")),
+       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none), robust futex list, I/O priority."),
     _R(RecType.CPU, tuple(u64(n, "hex") for n in REG_NAMES), Payload.BYTES, max_payload=MAX_XSAVE,
        doc="user_regs_struct (NT_PRSTATUS), then the XSAVE area (NT_X86_XSTATE, HEADER_ARCH.xstate_size bytes)."),
     _R(RecType.TASK_CREDS, (

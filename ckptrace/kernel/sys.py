@@ -24,6 +24,9 @@ SYS_clone3 = 435
 SYS_userfaultfd = 323
 SYS_sched_setattr, SYS_sched_getattr = 314, 315
 SYS_timerfd_gettime = 287
+SYS_ioprio_set, SYS_ioprio_get = 251, 252
+SYS_get_robust_list = 274
+IOPRIO_WHO_PROCESS = 1  # with a tid: that thread only
 # struct sched_attr, first version (48 bytes): size, policy, flags, nice, priority, and the
 # SCHED_DEADLINE runtime, deadline, period in ns
 SCHED_ATTR = struct.Struct("<IIQiIQQQ")
@@ -116,6 +119,25 @@ def sched_setattr(tid: int, attr: dict[str, int]) -> None:
     buf = ctypes.create_string_buffer(SCHED_ATTR.pack(SCHED_ATTR.size, *(attr[k] for k in SCHED_ATTR_FIELDS)),
                                       SCHED_ATTR.size)
     syscall(SYS_sched_setattr, tid, ctypes.addressof(buf), 0, what=f"sched_setattr({tid})")
+
+
+def get_robust_list(tid: int) -> tuple[int, int]:
+    """(head, len) of a thread's robust futex list, from outside it (the pid is resolved in our
+    pid namespace, so a host tid; needs PTRACE_MODE_READ access to the thread, which root and
+    its tracer have). head is 0 when the thread never registered one."""
+    head, size = ctypes.c_ulong(), ctypes.c_size_t()
+    syscall(SYS_get_robust_list, tid, ctypes.addressof(head), ctypes.addressof(size),
+            what=f"get_robust_list({tid})")
+    return head.value, size.value
+
+
+def ioprio_get(tid: int) -> int:
+    """A thread's I/O priority (class << 13 | level), by host tid."""
+    return syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid, what=f"ioprio_get({tid})")
+
+
+def ioprio_set(tid: int, prio: int) -> None:
+    syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, prio, what=f"ioprio_set({tid}, {prio:#x})")
 
 
 def set_threads_policy(pid: int, policy: int, *, only: int | None = None) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_STOPPED, RecType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee, checked
-from ..kernel.sys import sched_getattr
+from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
 from . import nsinfo, seccomp, timers
 from .context import DumpContext
 
@@ -54,6 +54,8 @@ class ThreadState:
     clear_child_tid: int = 0
     altstack: tuple[int, int, int] = (0, 0, 0)  # sp, flags, size
     rseq: tuple[int, int, int] = (0, 0, 0)  # area, length, signature (0s: not registered)
+    robust_list: tuple[int, int] = (0, 0)  # head, length (get_robust_list)
+    ioprio: int = 0  # ioprio_get(IOPRIO_WHO_PROCESS): class << 13 | level
     seccomp_mode: int = 0
     no_new_privs: int = 0
     seccomp_filters: list[tuple[int, bytes]] = field(default_factory=list)  # oldest first
@@ -112,6 +114,10 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.xstate = tr.get_xstate()
     t.blocked = tr.get_sigmask()
     t.rseq = tr.get_rseq()
+    # Both per thread and readable from here by host tid: no injection. glibc registers every
+    # thread's robust list head (in its TCB) at thread start, and nothing would after a restore.
+    t.robust_list = get_robust_list(t.hosttid)
+    t.ioprio = ioprio_get(t.hosttid)
     t.siginfo = tr.peek_siginfo(shared=False)
     t.sched = dict(sched_getattr(t.hosttid), timer_slack=procfs.timerslack(t.hosttid, proc))
     t.affinity = cpu_mask(os.sched_getaffinity(t.hosttid))
@@ -172,7 +178,9 @@ def write_task_head(ctx: DumpContext, t: ThreadState) -> None:
     sp, flags, size = t.altstack
     ctx.w.record(RecType.THREAD, dict(tid=t.nstid, tgid=t.nstgid, blocked=t.blocked, pending=t.pending,
                                       sas_ss_sp=sp, sas_ss_size=size, sas_ss_flags=flags & 0xFFFFFFFF,
-                                      rseq_ptr=t.rseq[0], rseq_len=t.rseq[1], rseq_sig=t.rseq[2]))
+                                      rseq_ptr=t.rseq[0], rseq_len=t.rseq[1], rseq_sig=t.rseq[2],
+                                      robust_list=t.robust_list[0], robust_len=t.robust_list[1],
+                                      ioprio=t.ioprio))
 
 
 def cpu_mask(cpus) -> bytes:

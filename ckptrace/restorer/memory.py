@@ -27,6 +27,8 @@ from .files import FileSet
 SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
 SYS_pread64 = 17
 SYS_set_tid_address, SYS_sigaltstack, SYS_rseq = 218, 131, 334
+SYS_set_robust_list = 273
+ROBUST_LIST_HEAD_SIZE = 24  # struct robust_list_head: the only length set_robust_list takes
 RSEQ_FLAG_UNREGISTER = 1
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x10, 0x20, 0x100
@@ -241,9 +243,9 @@ def set_mm(inj: Injector, mm: Mm, exe_fd: int | None) -> None:
 
 
 def set_thread_state(inj: Injector, task) -> None:
-    """The task's name (comm), set_tid_address(clear_child_tid), the rseq registration and the
-    sigaltstack of one task (memory and registers already in place: registering rseq makes the
-    kernel write the area)."""
+    """The task's name (comm), set_tid_address(clear_child_tid), the rseq registration, the robust
+    futex list and the sigaltstack of one task (memory and registers already in place:
+    registering rseq makes the kernel write the area)."""
     # Without this every restored task is named after the process it was forked from (ps shows
     # "ckptrace"): a comm is per thread and only the thread itself may set it (PR_SET_NAME).
     name = task.comm.encode("utf-8", "surrogateescape")[:TASK_COMM_LEN - 1]
@@ -258,6 +260,12 @@ def set_thread_state(inj: Injector, task) -> None:
         # sched_getcpu() and rseq users would read a cpu number frozen at dump time.
         check(inj.syscall(SYS_rseq, th["rseq_ptr"], th["rseq_len"], 0, th["rseq_sig"]),
               f"rseq register in {inj.t.tid}")
+    # Always, even for a head of 0: a leader forked from the controller has the interpreter's
+    # head (glibc sets it again after fork), now pointing into whatever the image mapped there,
+    # which the kernel would walk at exit. glibc registers each thread's list once, at its start:
+    # without this a mutex held by a restored task that dies never reports EOWNERDEAD.
+    check(inj.syscall(SYS_set_robust_list, th["robust_list"], th["robust_len"] or ROBUST_LIST_HEAD_SIZE),
+          f"set_robust_list in {inj.t.tid}")
     if th["sas_ss_size"] and not th["sas_ss_flags"] & 2:  # SS_DISABLE
         with inj.scratch(24) as (addr, mem):
             mem.seek(addr)

@@ -1,5 +1,6 @@
-"""Scheduling of each restored thread (policy, nice, real-time priority, CPU affinity) and each
-process's oom_score_adj. All are set from the controller by host tid/pid: none needs injection.
+"""Scheduling of each restored thread (policy, nice, real-time priority, CPU affinity, I/O
+priority) and each process's oom_score_adj. All are set from the controller by host tid/pid:
+none needs injection.
 
 Affinity is narrowed to the CPUs the controller itself may use (the restored tasks live in its
 cpuset): an image from a bigger machine keeps what still exists, and a thread whose CPUs are all
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 
 from ..errors import KernelError
-from ..kernel.sys import sched_setattr
+from ..kernel.sys import ioprio_get, ioprio_set, sched_setattr
 
 FAIR_POLICIES = (os.SCHED_OTHER, os.SCHED_BATCH)
 
@@ -45,6 +46,15 @@ def apply(host_tid: int, task) -> None:
                 f.write(str(task.sched["timer_slack"]))
         except OSError as exc:
             raise KernelError(f"write timerslack_ns of thread {task.tid}", exc.errno) from None
+
+
+def set_ioprio(host_tid: int, task) -> None:
+    """The thread's I/O priority (THREAD.ioprio), unless it already has it (a fork or clone
+    inherits the controller's; 0, no class set, is the default). Per thread, as CLONE_IO is
+    never used by the restorer; threads the workload made with CLONE_IO share one value anyway."""
+    want = task.thread["ioprio"]
+    if ioprio_get(host_tid) != want:
+        ioprio_set(host_tid, want)
 
 
 def set_oom_score_adj(host_pid: int, value: int) -> None:
