@@ -373,11 +373,13 @@ def check_restorable(shadow, ns: int) -> None:
     (a TCP connection, a pty master, a process that entered from outside...): the same checks
     `restore` makes, on the sparse copy of the image just written."""
     from .image.reader import read_image
-    from .restore import validate
+    from .restore import set_root, validate
 
     shadow.seek(0)
     try:
-        validate(read_image(shadow, skip_pages=True))
+        img = read_image(shadow, skip_pages=True)
+        set_root(img)
+        validate(img)
     except Unsupported as exc:
         raise Unsupported(f"not killing pid:[{ns}]: {exc}; without --kill the image is written and "
                           "the namespace left running") from None

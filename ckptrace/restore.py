@@ -65,7 +65,7 @@ def main(args) -> int:
         raise AccessDenied("restore needs root (a new pid namespace, ptrace, the image's credentials): "
                            "run with sudo")
     with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
-        res = restore(args.image, progress)
+        res = restore(args.image, progress, root=args.root)
     if args.json:
         import json
 
@@ -76,14 +76,21 @@ def main(args) -> int:
     return 0
 
 
-def restore(path: str, progress=None) -> Result:
+def restore(path: str, progress=None, root: str | None = None) -> Result:
     """Restore the image at `path` ("-": standard input). `progress`: a ProgressLine to keep
-    current (ckptrace.progress), or None."""
+    current (ckptrace.progress), or None. `root`: where the image's paths are (set_root)."""
     start = time.monotonic()
     with open_seekable(path) as f:
         img = read_image(f)
+        set_root(img, root)
         validate(img)
         return _Restore(img, f, progress).run(start)
+
+
+def set_root(img: Image, root: str | None = None) -> None:
+    """restore --root: the namespace's root, and the image's paths under it, are found in
+    `root` (a copy of a container's files elsewhere) instead of where they were."""
+    img.root = os.path.abspath(root) if root else ""
 
 
 def validate(img: Image) -> None:
@@ -94,6 +101,8 @@ def validate(img: Image) -> None:
     from .restorer.tree import tree_problems
 
     problems: list[str] = []
+    if img.root and not os.path.isdir(img.root):
+        problems.append(f"--root {img.root!r} is not a directory")
     xs = xstate_size()
     if img.arch["xstate_size"] != xs:
         problems.append(f"the image's XSAVE area is {img.arch['xstate_size']} bytes, this CPU's is {xs}")
@@ -125,8 +134,8 @@ def validate(img: Image) -> None:
                             "and without CLONE_VM); not supported")
         if t.is_leader:
             for what, p in (("cwd", t.cwd), ("root", t.root)):
-                if not os.path.isdir(p or "/"):
-                    problems.append(f"process {t.tid}'s {what} {p!r} is not a directory here")
+                if not os.path.isdir(img.at(p or "/")):
+                    problems.append(f"process {t.tid}'s {what} {img.at(p or '/')!r} is not a directory here")
         elif not isinstance(img.obj(t.files_objref), FileTable) or \
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")

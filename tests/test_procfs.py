@@ -134,10 +134,6 @@ def test_missing_task_and_unreadable_ns(fake):
     assert procfs.parse_ns_link("garbage") is None
 
 
-def test_path_in_root():
-    assert procfs.path_in_root("/srv/ct/etc/x", "/srv/ct") == "/etc/x"
-    assert procfs.path_in_root("/srv/ct", "/srv/ct") == "/"
-    assert procfs.path_in_root("/etc/x", "/") == "/etc/x"
 
 
 def test_live_self():

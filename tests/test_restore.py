@@ -776,6 +776,75 @@ def test_read_implies_exec_personality_does_not_make_everything_executable(pidns
         assert int(f.read(), 16) & 0x0400000
 
 
+CHROOTED = r"""
+#include <fcntl.h>
+#include <unistd.h>
+int main(void) {
+    char b[8];
+    int fd = open("/data.txt", O_RDONLY);   /* the container's, not the host's */
+    if (fd != 3 || read(fd, b, 4) != 4)
+        return 1;
+    close(open("/ready", O_CREAT | O_WRONLY, 0644));
+    for (;;)
+        pause();
+}
+"""
+
+
+@pytest.fixture
+def chroot_dir(tmp_path):
+    """A directory holding a static program that reads its own /data.txt, run chroot'ed there."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is missing")
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "p.c").write_text(CHROOTED)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(root / "prog"), str(tmp_path / "p.c")], check=True)
+    (root / "data.txt").write_text("inside the chroot")
+    return root
+
+
+def _where(host: int) -> tuple[str, str, str, int]:
+    return (os.readlink(f"/proc/{host}/root"), os.readlink(f"/proc/{host}/exe"),
+            os.readlink(f"/proc/{host}/fd/3"), _fd_pos(host, 3))
+
+
+def test_chrooted_namespace_comes_back_in_its_root_or_under_root(pidns, chroot_dir, tmp_path, restored):
+    """A chroot'ed init comes back chroot'ed, with its own files (its /data.txt: the dump used to
+    write paths as seen from its root, and restore opened the host's /data.txt, silently), or
+    with a copy of them given with --root; its stdin, outside its root, stays the host's."""
+    root = str(chroot_dir)
+    w = pidns(["chroot", root, "/prog"], ready_file=str(chroot_dir / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (host,) = w.pids()
+    want = (root, f"{root}/prog", f"{root}/data.txt", 4)
+    assert _where(host) == want and os.readlink(f"/proc/{host}/fd/0") == "/dev/null"
+    img = str(tmp_path / "c.img")
+    dump_kill(w, img)
+    # another copy of the files, given with --root
+    copy = str(tmp_path / "copy")
+    shutil.copytree(root, copy)
+    r = ckptrace("restore", "--json", "--root", copy, img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    (host,) = ns_pids(res["pidns"])
+    assert _where(host) == (copy, f"{copy}/prog", f"{copy}/data.txt", 4)
+    assert os.readlink(f"/proc/{host}/fd/0") == "/dev/null"
+    # by default, where it was
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    assert _where(host) == want
+    # and neither there nor given: said, nothing made
+    os.rename(root, root + ".gone")
+    nss = pidns_inodes(tmp_path)
+    for args, why in (((), f"process 1's root '{root}' is not a directory here"),
+                      (("--root", root), f"--root '{root}' is not a directory")):
+        r = ckptrace("restore", *args, img)
+        assert r.returncode != 0 and why in r.stderr.decode(), r.stderr
+    assert pidns_inodes(tmp_path) - nss == set()
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

@@ -129,7 +129,7 @@ def test_socket_desc_says_protocol_addresses_and_state():
 def test_restore_result_line(monkeypatch, capsys, flags, want):
     from ckptrace import cli, restore
 
-    monkeypatch.setattr(restore, "restore", lambda path, progress=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
+    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
     assert cli.main(["restore", "x.img", *flags]) == 0
     out = capsys.readouterr().out
     assert (want in out) if want else out == ""

@@ -113,6 +113,7 @@ class Task:
     cwd: str = ""
     root: str = ""
     cgroups: list[tuple[int, str, str]] = field(default_factory=list)  # (hierarchy id, controllers, path)
+    ns_root: str = ""  # init only: the host path of the namespace's root at dump time ("" if not said)
     itimers: dict[str, int] | None = None  # TASK_ITIMERS fields (µs), leaders only
     locks: list[dict[str, Any]] = field(default_factory=list)  # TASK_LOCKS entries, leaders only
     posix_timers: list[dict[str, Any]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
@@ -145,9 +146,31 @@ class Image:
     objects: dict[int, Any] = field(default_factory=dict)
     records: int = 0
     size: int = 0
+    # restore --root: the namespace's root (ns_root) is found here instead, and every image
+    # path under it with it ("": where it was)
+    root: str = ""
 
     def obj(self, objref: int):
         return self.objects.get(objref)
+
+    def at(self, path: str) -> str:
+        """An image path (as the dumper saw it) as this host finds it: moved with the
+        namespace's root to `root` when that is set."""
+        if not self.root or not path.startswith("/"):
+            return path
+        old = self.ns_root
+        if old == "/":
+            return self.root.rstrip("/") + path
+        if path == old or path.startswith(old + "/"):
+            return self.root.rstrip("/") + path[len(old):] or "/"
+        return path  # outside the namespace's root (a chroot'ed init's inherited stdin, say)
+
+    @property
+    def ns_root(self) -> str:
+        """The host path of the namespace's root (its init's root directory) when it was dumped
+        ("/" when the image does not say)."""
+        init = self.task(1)
+        return (init.ns_root if init is not None else "") or "/"
 
     # tid -> task, tgid -> its tasks, built on first use and again if tasks were added since:
     # looked up per process (and per VMA in inspect), a scan made 20 000 processes take 79 s
@@ -395,6 +418,8 @@ class _Parser:
                     t.cgroups = parse_cgroup(parts[2].decode("utf-8", "surrogateescape"))
                 except ValueError:
                     self.fail(p, "TASK_PROC's cgroup text is not /proc/PID/cgroup lines")
+            if len(parts) > 4:  # then, for init, the namespace's root on the host
+                t.ns_root = parts[3].decode("utf-8", "surrogateescape")
             if self.at(RecType.TASK_ITIMERS):
                 t.itimers = self.expect(RecType.TASK_ITIMERS).fields
                 if self.at(RecType.TASK_POSIX_TIMERS):

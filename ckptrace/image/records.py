@@ -549,8 +549,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        Payload.BYTES, max_payload=8 * 4096,
        doc="Per-process state: umask, personality, process-wide pending signals, pdeath signal, "
            "flags (child subreaper, THP disabled), oom_score_adj, dumpable (PR_GET_DUMPABLE); "
-           "payload: cwd NUL root NUL (paths as seen from the namespace's root), then the text of "
-           "/proc/PID/cgroup as the dumper saw it, NUL."),
+           "payload: cwd NUL root NUL (paths as the dumper saw them, like every path in the image), "
+           "then the text of /proc/PID/cgroup as the dumper saw it, NUL; for pid 1, then the "
+           "namespace's root (init's root directory, what restore --root moves), NUL."),
     _R(RecType.FILE_TABLE, (s32("fdt_nfds"),), doc="A file table; fdt_nfds FILE_DESC follow."),
     _R(RecType.FILE_DESC, (s32("fd_objref"), s32("fd_descriptor"), u32("fd_close_on_exec")),
        doc="One open descriptor: which FILE object, its number, FD_CLOEXEC."),

@@ -495,17 +495,6 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def path_in_root(path: str, task_root: str) -> str:
-    """A path as the dumper sees it, re-expressed from the task's root directory."""
-    if task_root in ("", "/"):
-        return path
-    if path == task_root:
-        return "/"
-    if path.startswith(task_root + "/"):
-        return path[len(task_root):]
-    return path
-
-
 def task_exists(pid: int, root: str = PROC) -> bool:
     try:
         os.stat(f"{root}/{pid}")

@@ -43,8 +43,10 @@ class DumpContext:
     on_progress: Callable[["DumpContext"], None] | None = None
 
     def path(self, host_path: str) -> str:
-        """A path as seen from the namespace's root."""
-        return procfs.path_in_root(host_path, self.ns_root)
+        """A path for the image: as the dumper sees it. Not re-expressed from the namespace's
+        root (a chroot'ed init's): a file outside that root (the stdin it inherited) has no name
+        there, and restore --root moves what is under it (Image.at)."""
+        return host_path
 
     def progress(self) -> None:
         if self.on_progress:

@@ -228,7 +228,8 @@ def write_proc(ctx: DumpContext, p: ProcState) -> None:
         pdeath_signal=p.pdeath_signal, flags=p.flags, oom_score_adj=procfs.oom_score_adj(p.hostpid, ctx.proc),
         dumpable=p.dumpable),
         payload=b"".join(s.encode("utf-8", "surrogateescape") + b"\0"
-                         for s in (cwd, root, procfs.cgroup_text(p.hostpid, ctx.proc))))
+                         for s in (cwd, root, procfs.cgroup_text(p.hostpid, ctx.proc),
+                                   *((ctx.ns_root,) if p.nspid == 1 else ()))))
 
 
 def _readlink(path: str) -> str:

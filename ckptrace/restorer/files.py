@@ -74,11 +74,11 @@ def check_files(img: Image) -> list[str]:
         if ft is FileType.INOTIFY:
             rec = _extra(obj, RecType.FILE_INOTIFY)
             for wd, _, path in _inotify_watches(bytes(rec.payload or b"")) if rec else []:
-                if not path or not os.path.lexists(path):
+                if not path or not os.path.lexists(img.at(path)):
                     problems.append(f"inotify object {obj.objref} watches {path or 'an inode with no path'} "
                                     f"(wd {wd}), which does not exist")
-        if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(obj.name)):
-            problems.append(f"file {obj.name!r} (object {obj.objref}) does not exist")
+        if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
+            problems.append(f"file {img.at(obj.name)!r} (object {obj.objref}) does not exist")
     return problems
 
 
@@ -174,7 +174,7 @@ class FileSet:
         what = f"recreate {_users(self.img, obj.objref)} ({_what(obj, ft)})"
         try:
             if ft is FileType.REGULAR:
-                fd = os.open(obj.name, f["f_flags"] & ~_OPEN_ONLY)
+                fd = os.open(self.img.at(obj.name), f["f_flags"] & ~_OPEN_ONLY)
                 # O_APPEND too: its writes go to the end, but its reads start at the offset
                 if not f["f_flags"] & os.O_PATH:
                     try:
@@ -186,7 +186,7 @@ class FileSet:
             if ft is FileType.TTY:
                 # A terminal's slave side is reopened by path: the tasks come back on the same
                 # terminal if it still exists. O_NOCTTY: it must not become our controlling tty.
-                return self.place(os.open(obj.name, (f["f_flags"] & ~_OPEN_ONLY) | os.O_NOCTTY))
+                return self.place(os.open(self.img.at(obj.name), (f["f_flags"] & ~_OPEN_ONLY) | os.O_NOCTTY))
             if ft is FileType.PIPE:
                 return self._pipe_end(obj, pipes)
             if ft is FileType.FIFO:
@@ -250,7 +250,7 @@ class FileSet:
         if pid not in pipes:
             # O_RDWR on a FIFO never blocks (Linux): it holds the FIFO open while the real ends
             # are opened non-blocking (a writer alone would get ENXIO) and takes the old bytes.
-            holder = os.open(obj.name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            holder = os.open(self.img.at(obj.name), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             self.holders.append(holder)
             pipes[pid] = (-1, -1)
             if rec is not None and rec.fields["pipe_size"]:
@@ -261,7 +261,7 @@ class FileSet:
             data = bytes(rec.payload or b"")[:rec.fields["buffered"]] if rec else b""
             if data:
                 os.write(holder, data)
-        end = os.open(obj.name, (obj.fields["f_flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
+        end = os.open(self.img.at(obj.name), (obj.fields["f_flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
         fl = fcntl.fcntl(end, fcntl.F_GETFL)
         fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(end)
@@ -294,12 +294,15 @@ class FileSet:
             s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
             path = _sun_path(local)
             if path:
-                if path[0] != 0 and os.path.exists(path):
-                    import stat
+                if path[0] != 0:
+                    # (under another root, bound at the path the host sees: getsockname says so)
+                    path = self.img.at(path.decode("utf-8", "surrogateescape"))
+                    if os.path.exists(path):
+                        import stat
 
-                    if stat.S_ISSOCK(os.lstat(path).st_mode):
-                        os.unlink(path)  # the dead original's socket file
-                s.bind(path.decode("utf-8", "surrogateescape") if path[0] != 0 else path)
+                        if stat.S_ISSOCK(os.lstat(path).st_mode):
+                            os.unlink(path)  # the dead original's socket file
+                s.bind(path)
             if f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
@@ -366,7 +369,7 @@ class FileSet:
                     dummy = _check_libc(libc.inotify_add_watch(fd, scratch.encode(), 0x100), "inotify_add_watch")
                     libc.inotify_rm_watch(fd, dummy)
                     next_wd = dummy + 1
-                got = _check_libc(libc.inotify_add_watch(fd, path.encode("utf-8", "surrogateescape"),
+                got = _check_libc(libc.inotify_add_watch(fd, self.img.at(path).encode("utf-8", "surrogateescape"),
                                                         ctypes.c_uint32(mask)),
                                   f"inotify_add_watch({path})")
                 if got != wd:
@@ -541,7 +544,7 @@ class FileSet:
     def exe_fd(self, exe: File) -> int:
         if exe.ftype in (FileType.MEMFD, FileType.DELETED):
             return self.vma_fd(dict(vma_objref=exe.objref, vm_start=0))
-        return self.map_fd(exe.name, os.O_RDONLY)
+        return self.map_fd(self.img.at(exe.name), os.O_RDONLY)
 
     def vma_fd(self, vf: dict) -> int:
         """The descriptor a file-backed VMA is mapped from: its file reopened by path, or for an
@@ -567,7 +570,7 @@ class FileSet:
                     fd = self._memfd(src)
                 self.mapped_data[src.objref] = fd
             return fd
-        return self.map_fd(src.name, vma_open_mode(vf))
+        return self.map_fd(self.img.at(src.name), vma_open_mode(vf))
 
     def map_fd(self, path: str, mode: int) -> int:
         key = (path, mode)

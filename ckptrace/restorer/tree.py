@@ -95,7 +95,8 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
         p.sigactions, p.rlimits, p.umask = t.sighand, t.rlimits, t.proc["umask"]
         p.personality, p.pdeath_signal = t.proc["personality"], t.proc["pdeath_signal"]
         p.new_ns = (t.own_ns or 0) & (CLONE_NEWUTS | CLONE_NEWIPC)
-        p.nodename, p.domainname, p.cwd, p.root = t.nodename, t.domainname, t.cwd or "/", t.root or "/"
+        p.nodename, p.domainname = t.nodename, t.domainname
+        p.cwd, p.root = img.at(t.cwd or "/"), img.at(t.root or "/")
         table = img.obj(t.files_objref)
         if isinstance(table, FileTable):
             p.fds = [(files.by_objref[d["fd_objref"]], d["fd_descriptor"], bool(d["fd_close_on_exec"]))
@@ -459,9 +460,11 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
                 os.close(fd)
             except OSError:
                 pass
+    host = os.readlink("/proc/self")  # the host's /proc, before a chroot hides it: our host pid
+    # cwd first, as the controller sees it: it stays the process's directory through the chroot
+    os.chdir(p.cwd)
     if p.root != "/":
         os.chroot(p.root)
-    os.chdir(p.cwd)
     os.umask(p.umask)
     if p.personality & ~READ_IMPLIES_EXEC:
         # not READ_IMPLIES_EXEC yet: the memory mapped by injection would all be executable
@@ -485,7 +488,6 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
                 # keep our hard limit and clamp the soft one under it.
                 hard = resource.getrlimit(i)[1]
                 resource.setrlimit(i, (cur if hard == resource.RLIM_INFINITY else min(cur, hard), hard))
-    host = os.readlink("/proc/self")  # the host's /proc: resolves to our pid there
     os.write(report_fd, f"{p.pid} {host}\n".encode())
     # The controller closes report_fd (and the map fds) by injection once it has seized us.
     while True:
