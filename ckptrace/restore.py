@@ -97,7 +97,7 @@ def validate(img: Image) -> None:
     """Raise, naming every problem found, unless this host can restore the image."""
     from .kernel.ptrace import xstate_size
     from .restorer.files import check_files
-    from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, special_maps
+    from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_vmas, special_maps
     from .restorer.tree import tree_problems
 
     problems: list[str] = []
@@ -141,6 +141,7 @@ def validate(img: Image) -> None:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
     problems += check_files(img)
     problems += check_layout(img, special_maps(os.getpid()))
+    problems += check_vmas(img)
     if problems:
         raise Unsupported("cannot restore this image: " + "; ".join(problems))
 

@@ -2481,3 +2481,147 @@ def test_restored_init_outlives_the_controller_and_pdeath_signals_are_the_images
     with open(img2, "rb") as f:
         assert {t.tid: t.proc["pdeath_signal"] for t in read_image(f).processes()} == {1: 0, 2: signal.SIGUSR2}
     assert sorted(nspid(h) for h in ns_pids(res["pidns"])) == [1, 2]
+
+
+VMA_FLAGS_WORKLOAD = SHM_COMMON + r"""
+import json, signal
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+d, big_pages = sys.argv[1], int(sys.argv[2])
+# more than RAM and swap: only MAP_NORESERVE lets it be mapped under overcommit mode 0
+big = mmap(big_pages, 3, 0x4022)  # MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
+put(big, b"BIG-HEAD")
+put(big + (big_pages - 1) * P, b"BIG-TAIL")
+area = {}
+for name, advice in (("wf", 18), ("dc", 10), ("dd", 16), ("hg", 14), ("nh", 15), ("sr", 2), ("rr", 1),
+                     ("mg", 12)):
+    n = 1024 if name in ("hg", "nh") else 8  # 4 MiB: a whole huge page fits, and is touched
+    area[name] = a = mmap(n, 3, 0x22)
+    assert libc.madvise(a, n * P, advice) == 0, (name, ctypes.get_errno())
+    put(a, b"SECRET-" + name.encode())
+    if n == 1024:
+        put(-(-a // (512 * P)) * 512 * P + P, b"HUGE?")
+area["lo"] = mmap(4, 3, 0x22)
+put(area["lo"], b"SECRET-lo")
+assert libc.mlock(area["lo"], 4 * P) == 0
+area["lf"] = mmap(8, 3, 0x22)
+assert libc.syscall(325, area["lf"], 8 * P, 1) == 0  # mlock2(MLOCK_ONFAULT)
+put(area["lf"] + 2 * P, b"SECRET-lf")
+# a PROT_NONE guard locked: VM_LOCKED is set, then faulting it in fails
+area["none"] = mmap(4, 0, 0x22)
+assert libc.mlock(area["none"], 4 * P) == -1 and ctypes.get_errno() == 12
+# a private file mapping with one page copied (restore maps it writable to put that page back),
+# then read-only and locked: its other pages stay the file's
+with open(os.path.join(d, "data"), "wb") as f:
+    f.write(b"FILE-PAGE" * 4000)
+fd = os.open(os.path.join(d, "data"), os.O_RDONLY)
+area["file"] = mmap(8, 3, 0x2, fd)
+put(area["file"], b"COPIED")
+assert libc.mprotect(area["file"], 8 * P, 1) == 0
+assert libc.madvise(area["file"], 8 * P, 2) == 0 and libc.mlock(area["file"], 8 * P) == 0
+os.close(fd)
+# shared memory not inherited by a fork, not dumped, not reserved
+area["shared"] = mmap(4, 3, 0x4021)
+put(area["shared"], b"SECRET-shared")
+assert libc.madvise(area["shared"], 4 * P, 10) == 0 and libc.madvise(area["shared"], 4 * P, 16) == 0
+
+def on_usr1(sig, frame):  # fork a child that says what it inherited
+    pid = os.fork()
+    if pid == 0:
+        starts = {int(line.split("-")[0], 16) for line in open("/proc/self/maps")}
+        seen = {n: ctypes.string_at(a, 16).hex() if a in starts else None for n, a in area.items()
+                if n not in ("none", "file")}
+        with open(os.path.join(d, "forked.tmp"), "w") as f:
+            json.dump(seen, f)
+        os.rename(os.path.join(d, "forked.tmp"), os.path.join(d, "forked"))
+        os._exit(0)
+    os.waitpid(pid, 0)
+signal.signal(signal.SIGUSR1, on_usr1)
+ready(json.dumps(area))
+"""
+
+
+def _vm_flags(pid: int) -> dict[int, tuple[int, frozenset[str]]]:
+    from ckptrace.kernel import procfs
+
+    return {m.start: (m.end, frozenset(m.vmflags)) for m in procfs.smaps(pid)}
+
+
+def _smaps_field(pid: int, start: int, name: str) -> int:
+    """A kB field of one VMA's smaps entry."""
+    with open(f"/proc/{pid}/smaps") as f:
+        text = f.read()
+    entry = text[text.index(f"{start:x}-"):].split("VmFlags", 1)[0]
+    return int(re.search(rf"^{name}:\s+(\d+) kB", entry, re.M).group(1))
+
+
+def _vmlck(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmLck:")))
+
+
+def _fork_sees(pid: int, d) -> dict:
+    (d / "forked").unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not (d / "forked").exists():
+        assert time.monotonic() < deadline, "the workload's fork never reported"
+        time.sleep(0.02)
+    return json.loads((d / "forked").read_text())
+
+
+def test_vma_flags_come_back(pidns, tmp_path, restored):
+    """The VM_* bits of VmFlags that come from mmap flags, madvise or mlock are the original's
+    after a restore, VMA by VMA, and act: a MAP_NORESERVE mapping larger than RAM and swap is
+    mapped again (without the flag, overcommit refuses it with ENOMEM); a child forked after the
+    restore sees zeros in a MADV_WIPEONFORK area and no MADV_DONTFORK area at all (private or
+    shared); locked memory is as much as before (VmLck), a locked PROT_NONE guard is still
+    locked, and locking a read-only private file mapping copies none of its file's pages (as it
+    would while the mapping is still writable for the restore's writes)."""
+    with open("/proc/sys/vm/overcommit_memory") as f:
+        if f.read().strip() == "2":
+            pytest.skip("overcommit mode 2 ignores MAP_NORESERVE")
+    with open("/proc/meminfo") as f:
+        mem = {k: int(v.split()[0]) for k, v in (line.split(":") for line in f)}
+    P = 4096
+    big_pages = max(64 << 18, 2 * (mem["MemTotal"] + mem["SwapTotal"]) // 4)  # 64 GiB, or twice RAM + swap
+    w = pidns([sys.executable, "-c", VMA_FLAGS_WORKLOAD, str(tmp_path), str(big_pages)],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    area = json.loads((tmp_path / "addrs").read_text())
+    before = _vm_flags(w.init)
+    locked = _vmlck(w.init)
+    copied = _smaps_field(w.init, area["file"], "Anonymous")
+    huge = {n: _smaps_field(w.init, area[n], "AnonHugePages") for n in ("hg", "nh")}
+    want = {n: frozenset(f.split()) for n, f in (("wf", "wf"), ("dc", "dc"), ("dd", "dd"), ("hg", "hg"), ("nh", "nh"),
+                                                 ("sr", "sr"), ("rr", "rr"), ("mg", "mg"), ("lo", "lo"),
+                                                 ("lf", "lo lf"), ("none", "lo"), ("file", "lo sr"),
+                                                 ("shared", "dc dd nr"), ("big", "nr"))}
+    area["big"] = big = next(s for s, (e, _) in before.items() if e - s == big_pages * P)
+    for n, a in area.items():  # the workload did make what the test is about
+        assert want[n] <= before[a][1], (n, before[a])
+    secret = {n: b"SECRET-" + n.encode() for n in ("wf", "dc", "dd", "hg", "nh", "sr", "rr", "mg", "lo", "shared")}
+    forked = _fork_sees(w.init, tmp_path)
+    assert forked["wf"] == bytes(16).hex() and forked["dc"] is None and forked["shared"] is None, forked
+    img = str(tmp_path / "vmaflags.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    host = res["init_pid"]
+    after = _vm_flags(host)
+    for n, a in area.items():
+        assert after[a] == before[a], (n, sorted(before[a][1]), sorted(after[a][1]))
+    assert _peek(host, big, 8) == b"BIG-HEAD" and _peek(host, big + (big_pages - 1) * P, 8) == b"BIG-TAIL"
+    for n, s in secret.items():
+        assert _peek(host, area[n], len(s)) == s, n
+    assert _peek(host, area["lf"] + 2 * P, 9) == b"SECRET-lf"
+    assert _vmlck(host) == locked
+    # the pages were written under the VMA's huge page policy (as they were first touched)
+    assert {n: _smaps_field(host, area[n], "AnonHugePages") for n in ("hg", "nh")} == huge
+    assert copied == P // 1024 and _smaps_field(host, area["file"], "Anonymous") == copied
+    assert _peek(host, area["file"], 8 * P) == b"COPIED" + (tmp_path / "data").read_bytes()[6:8 * P]
+    assert _smaps_field(host, area["file"], "Locked") == 8 * P // 1024
+    forked = _fork_sees(host, tmp_path)
+    assert forked["wf"] == bytes(16).hex(), "the fork after restore saw the WIPEONFORK area's contents"
+    assert forked["dc"] is None and forked["shared"] is None, "the fork after restore inherited DONTFORK areas"
+    assert bytes.fromhex(forked["dd"]).startswith(b"SECRET-dd")

@@ -289,3 +289,27 @@ def test_a_leaders_children_from_two_other_sessions_are_refused():
 def test_group_without_leader_gets_a_stand_in_in_its_session():
     root = arrange((1, 0, 1, 1), (2, 1, 2, 2), (3, 2, 7, 2), (4, 2, 7, 2))
     assert [(g.pid, g.ppid, g.sid) for g in group_stand_ins(root)] == [(7, 2, 2)]
+
+
+def test_sealed_and_userfaultfd_vmas_are_refused_by_name():
+    """restorer.memory.check_vmas: mseal'd VMAs and ones registered with a userfaultfd cannot
+    come back (restore must change the one, and the other's fd is not in the image), so the image
+    is refused before anything exists, naming the process and mapping; the kernel's own mappings
+    (which a kernel may seal itself) are not restore's to recreate and do not count."""
+    from ckptrace.image.records import VM_FLAG_BITS
+    from ckptrace.restorer.memory import check_vmas
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    assert check_vmas(img) == []
+    t = img.processes()[0]
+    mm = img.obj(t.mm_objref)
+    text, heap = mm.vmas
+    text.fields["vm_flags"] |= VM_FLAG_BITS["sl"]
+    heap.fields["vm_flags"] |= VM_FLAG_BITS["uw"] | VM_FLAG_BITS["um"]
+    mm.vmas.append(Vma(dict(vma_type=VmaType.VDSO, vm_start=0x7FFF_0000_0000, vm_end=0x7FFF_0000_2000,
+                            vm_flags=VM_FLAG_BITS["sl"] | 5, vma_objref=0)))
+    assert check_vmas(img) == [
+        f"process {t.tid}'s mapping {text.start:#x}-{text.end:#x} is sealed (mseal), which restore "
+        "cannot recreate",
+        f"process {t.tid}'s mapping {heap.start:#x}-{heap.end:#x} is registered with a userfaultfd, "
+        "which restore cannot recreate"]

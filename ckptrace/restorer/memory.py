@@ -6,7 +6,9 @@ The task is a stopped fork of the controller (a Python interpreter). In order:
 2. mremap that block to where the image had it, all three together (the vdso finds vvar at a
    fixed distance; moving only [vdso] crashes), through a far-away spot if old and new overlap;
 3. mmap every VMA MAP_FIXED at its address, from the controller-opened file or memfd the task
-   inherited, writable while its pages are written with process_vm_writev, then mprotect;
+   inherited, writable while its pages are written with process_vm_writev, then mprotect; the
+   VM_* bits that no mmap flag gives back come from madvise (before the pages are written) and
+   mlock2 (after the mprotect);
 4. prctl(PR_SET_MM_MAP) with the MM fields, the auxv and the exe (once the old exe is unmapped,
    which is why this comes after 1).
 """
@@ -20,18 +22,32 @@ from typing import BinaryIO
 
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import Image, Mm, Vma
-from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_GROWSDOWN, VmaType
+from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_FLAG_BITS, VM_GROWSDOWN, VmaType
 from ..kernel.ptrace import Injector
 from .files import FileSet
 
 SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
-SYS_pread64 = 17
+SYS_pread64, SYS_madvise, SYS_mlock2 = 17, 28, 325
 SYS_set_tid_address, SYS_sigaltstack, SYS_rseq = 218, 131, 334
 SYS_set_robust_list = 273
 ROBUST_LIST_HEAD_SIZE = 24  # struct robust_list_head: the only length set_robust_list takes
 RSEQ_FLAG_UNREGISTER = 1
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x10, 0x20, 0x100
+MAP_NORESERVE = 0x4000
+MLOCK_ONFAULT = 1
+VM_LOCKED, VM_LOCKONFAULT, VM_NORESERVE = VM_FLAG_BITS["lo"], VM_FLAG_BITS["lf"], VM_FLAG_BITS["nr"]
+# The VM_* bits madvise() sets, with the advice that sets each (asm-generic/mman-common.h).
+# MADV_WIPEONFORK is refused (EINVAL) for anything but private anonymous memory, which is the
+# only kind a dumped VMA can have it on.
+MADVISE = ((VM_FLAG_BITS["sr"], 2, "MADV_SEQUENTIAL"), (VM_FLAG_BITS["rr"], 1, "MADV_RANDOM"),
+           (VM_FLAG_BITS["dc"], 10, "MADV_DONTFORK"), (VM_FLAG_BITS["dd"], 16, "MADV_DONTDUMP"),
+           (VM_FLAG_BITS["wf"], 18, "MADV_WIPEONFORK"), (VM_FLAG_BITS["hg"], 14, "MADV_HUGEPAGE"),
+           (VM_FLAG_BITS["nh"], 15, "MADV_NOHUGEPAGE"), (VM_FLAG_BITS["mg"], 12, "MADV_MERGEABLE"))
+# VM_* bits of a VMA that restore cannot give back, and why (validate refuses the image).
+UNRESTORABLE = {"sl": "sealed (mseal)",
+                "um": "registered with a userfaultfd", "uw": "registered with a userfaultfd",
+                "ui": "registered with a userfaultfd"}
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PR_SET_MM, PR_SET_MM_MAP, PR_SET_NAME = 35, 14, 15
 TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user space (4-level paging)
@@ -80,6 +96,25 @@ def check_layout(img: Image, ours: list[tuple[int, int, str]]) -> list[str]:
             if v.fields["vma_type"] not in (VmaType.VDSO, VmaType.VVAR, VmaType.IGNORE) \
                     and v.fields["vma_type"] not in VmaType._value2member_map_:
                 problems.append(f"VMA {v.start:#x} has unknown type {v.fields['vma_type']}")
+    return problems
+
+
+def check_vmas(img: Image) -> list[str]:
+    """The VMAs whose flags restore cannot give back: it does not seal a VMA again (mseal), and a
+    userfaultfd registration belongs to an fd not in the image (dump refuses one a process holds:
+    this one was held elsewhere, and its handler would never answer the faults)."""
+    problems = []
+    for t in img.processes():
+        mm = img.obj(t.mm_objref)
+        if not isinstance(mm, Mm):
+            continue
+        for v in mm.vmas:
+            if v.fields["vma_type"] in (VmaType.VDSO, VmaType.VVAR, VmaType.IGNORE) or v.start >= TASK_SIZE:
+                continue
+            why = sorted({w for f, w in UNRESTORABLE.items() if v.fields["vm_flags"] & VM_FLAG_BITS[f]})
+            if why:
+                problems.append(f"process {t.tid}'s mapping {v.start:#x}-{v.end:#x} is {' and '.join(why)}, "
+                                "which restore cannot recreate")
     return problems
 
 
@@ -153,12 +188,18 @@ class MemoryRestorer:
     def _map(self, inj: Injector, pid: int, v: Vma) -> None:
         vf = v.fields
         t = VmaType(vf["vma_type"])
-        prot = vf["vm_flags"] & 7
+        vm_flags = vf["vm_flags"]
+        prot = vm_flags & 7
         length = v.end - v.start
         fd, flags, off = -1, MAP_FIXED, 0
+        if vm_flags & VM_NORESERVE:
+            # Without it a writable private mapping is charged against the overcommit limit whole:
+            # a sparse reservation bigger than RAM and swap (the original's MAP_NORESERVE) gets
+            # ENOMEM. Any mapping type takes it; under overcommit mode 2 the kernel ignores it.
+            flags |= MAP_NORESERVE
         if t is VmaType.ANON:
             flags |= MAP_PRIVATE | MAP_ANONYMOUS
-            if vf["vm_flags"] & VM_GROWSDOWN:
+            if vm_flags & VM_GROWSDOWN:
                 flags |= MAP_GROWSDOWN
         elif t in (VmaType.FILE, VmaType.SHARED_FILE):
             fd = self.files.vma_fd(vf)
@@ -176,6 +217,12 @@ class MemoryRestorer:
                     f"mmap {t.name} {v.start:#x}-{v.end:#x} in {pid}")
         if ret != v.start:
             raise KernelError(f"mmap of {v.start:#x} in {pid} landed at {ret:#x}", errno.EFAULT)
+        # Before the pages are written: they are faulted in under the VMA's own policy (huge
+        # pages or not, KSM, readahead), as the original's were.
+        for bit, advice, name in MADVISE:
+            if vm_flags & bit:
+                check(inj.syscall(SYS_madvise, v.start, length, advice),
+                      f"madvise({name}) of {t.name} {v.start:#x}-{v.end:#x} in {pid}")
         for run in v.runs:
             if in_process:
                 self._pread_run(inj, pid, run)
@@ -183,6 +230,21 @@ class MemoryRestorer:
                 self._write_shmem(fd, v, run)
         if map_prot != prot:
             check(inj.syscall(SYS_mprotect, v.start, length, prot), f"mprotect {v.start:#x} in {pid}")
+        if vm_flags & VM_LOCKED:
+            self._lock(inj, pid, v, t, prot, vm_flags & VM_LOCKONFAULT)
+
+    def _lock(self, inj: Injector, pid: int, v: Vma, t: VmaType, prot: int, onfault: int) -> None:
+        # Last: mlock faults the whole VMA in (MLOCK_ONFAULT locks what is there), so the image's
+        # pages must be in place, and at the VMA's own protection, or a private file mapping still
+        # writable for the restore would have every page copied. The restorer is still root here
+        # (credentials come after memory): RLIMIT_MEMLOCK does not stop it, and the locked pages
+        # count against the process's limit afterwards as the original's did.
+        ret = inj.syscall(SYS_mlock2, v.start, v.end - v.start, MLOCK_ONFAULT if onfault else 0)
+        if ret == -errno.ENOMEM and not prot and not onfault:
+            # A PROT_NONE VMA cannot be faulted in: the kernel has set VM_LOCKED and then fails,
+            # as it did for the original (or mlockall(MCL_FUTURE) locked it at its mmap).
+            return
+        check(ret, f"mlock2 of {t.name} {v.start:#x}-{v.end:#x} in {pid}")
 
     def _read_run(self, run) -> memoryview:
         n = run.npages * PAGE_SIZE
