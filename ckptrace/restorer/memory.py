@@ -6,7 +6,8 @@ The task is a stopped fork of the controller (a Python interpreter). In order:
 2. mremap that block to where the image had it, all three together (the vdso finds vvar at a
    fixed distance; moving only [vdso] crashes), through a far-away spot if old and new overlap;
 3. mmap every VMA MAP_FIXED at its address, from the controller-opened file or memfd the task
-   inherited, writable while its pages are written with process_vm_writev, then mprotect; the
+   inherited, writable while its pages are written (an injected pread from the image file; a
+   shared mapping's through its memfd, from here), then mprotect; the
    VM_* bits that no mmap flag gives back come from madvise (before the pages are written) and
    mlock2 (after the mprotect);
 4. prctl(PR_SET_MM_MAP) with the MM fields, the auxv and the exe (once the old exe is unmapped,
