@@ -675,6 +675,31 @@ def test_posix_message_queue_is_refused_as_such(pidns, tmp_path, unlink):
         ctypes.CDLL(None).mq_unlink(b"/ckptrace-test-q")
 
 
+SYSV_HOLDER = r"""
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.semget(0, 2, 0o1600) >= 0      # IPC_PRIVATE, IPC_CREAT | 0600
+assert libc.msgget(0, 0o1600) >= 0
+assert libc.shmget(0, 4096, 0o1600) >= 0    # never attached
+if sys.argv[2] == "attach":
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat(libc.shmget(0, 4096, 0o1600), None, 0)
+open(sys.argv[1], "w").close()
+time.sleep(100)
+"""
+
+
+def test_sysv_objects_of_its_own_ipc_namespace_are_refused(pidns, tmp_path):
+    """Semaphores and message queues in the namespace's own IPC namespace (and shm segments no
+    process maps) would be lost: restore makes a new, empty IPC namespace. Said, not dropped."""
+    ready = tmp_path / "ready"
+    w = pidns(["unshare", "-i", sys.executable, "-c", SYSV_HOLDER, str(ready), "attach"], ready_file=str(ready))
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
+    assert_refused(p, "the namespace's IPC namespace holds a SysV semaphore set, a SysV message queue, "
+                      "a SysV shared memory segment no process has attached, which ckptrace cannot checkpoint")
+    assert status_field(w.init, "TracerPid") == "0"
+
+
 def test_a_process_whose_main_thread_exited_is_refused_as_such(pidns, tmp_path):
     """pthread_exit in main: the leader is a zombie but the process lives on in its other thread.
     That is no unreaped child, and waiting will not help: it is refused as what it is, and left

@@ -10,6 +10,7 @@ namespace per image: a process in another one than its init's is refused.
 from __future__ import annotations
 
 import os
+import subprocess
 from typing import TYPE_CHECKING
 
 from ..errors import Unsupported
@@ -29,13 +30,49 @@ def _ino(pid: int | str, name: str, proc: str) -> int:
 
 
 def check(procs: list["ProcState"], proc: str) -> None:
-    """The kinds restore recreates (uts, ipc) must be one per image."""
+    """The kinds restore recreates (uts, ipc) must be one per image; an IPC namespace of its own
+    must not hold what restore cannot make again in the new one."""
     init = procs[0]
     for p in procs[1:]:
         for name in ("uts", "ipc"):
             if _ino(p.hostpid, name, proc) != _ino(init.hostpid, name, proc):
                 raise Unsupported(f"pid {p.nspid} (host pid {p.hostpid}) is in another {name} namespace "
                                   "than the namespace's init: one of each per image is supported")
+    if _ino(init.hostpid, "ipc", proc) != _ino("self", "ipc", proc):
+        lost = sysv_objects(init.hostpid, proc)
+        if lost:
+            raise Unsupported(f"the namespace's IPC namespace holds {', '.join(lost)}, which ckptrace cannot "
+                              "checkpoint (restore makes a new IPC namespace, without them)")
+
+
+def sysv_objects(pid: int, proc: str) -> list[str]:
+    """What pid's IPC namespace holds that restore would lose, in words: SysV semaphore sets,
+    message queues, and shared memory segments nobody has attached (attached ones come back as
+    the processes' shared memory, docs/restore.md). /proc/sysvipc shows the reader's IPC
+    namespace, so it is read from inside (nsenter)."""
+    script = "for f in sem msg shm; do echo \"== $f\"; cat /proc/sysvipc/$f; done"
+    try:
+        out = subprocess.run(["nsenter", f"--ipc={proc}/{pid}/ns/ipc", "sh", "-c", script],
+                             capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise Unsupported(f"cannot list the SysV IPC objects of pid {pid}'s IPC namespace: {exc}") from None
+    rows: dict[str, list[list[str]]] = {}
+    kind = ""
+    for line in out.splitlines():
+        if line.startswith("== "):
+            kind = line[3:]
+            rows[kind] = []
+        elif line.split() and line.split()[0] != "key":
+            rows[kind].append(line.split())
+    unattached = [r for r in rows.get("shm", []) if len(r) > 6 and r[6] == "0"]
+    out_words = []
+    for n, one, many in ((len(rows.get("sem", [])), "a SysV semaphore set", "SysV semaphore sets"),
+                         (len(rows.get("msg", [])), "a SysV message queue", "SysV message queues"),
+                         (len(unattached), "a SysV shared memory segment no process has attached",
+                          "SysV shared memory segments no process has attached")):
+        if n:
+            out_words.append(one if n == 1 else f"{n} {many}")
+    return out_words
 
 
 def collect(p: "ProcState", inj: Injector, proc: str) -> None:
