@@ -426,7 +426,8 @@ def _nested_inits() -> list[int]:
     out = []
     for d in os.listdir("/proc"):
         try:
-            with open(f"/proc/{d}/status") as f:
+            # (any process's name may be any bytes)
+            with open(f"/proc/{d}/status", errors="surrogateescape") as f:
                 chain = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
         except (OSError, StopIteration):
             continue
