@@ -845,6 +845,54 @@ def test_chrooted_namespace_comes_back_in_its_root_or_under_root(pidns, chroot_d
     assert pidns_inodes(tmp_path) - nss == set()
 
 
+ODD_NAMES = r"""
+import ctypes, mmap, os, sys, threading, time
+d = sys.argv[1].encode()
+libc = ctypes.CDLL(None)
+path = d + b"/map\xffped.bin"
+with open(path, "wb") as f:
+    f.write(b"x" * 4096)
+fd = os.open(path, os.O_RDONLY)
+m = mmap.mmap(fd, 4096, prot=mmap.PROT_READ)
+os.close(fd)                                 # named by the mapping only
+def worker():
+    libc.prctl(15, b"t\xfe", 0, 0, 0)       # a thread's name, not UTF-8 either
+    time.sleep(1000)
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(0.1)
+libc.prctl(15, b"a\xff", 0, 0, 0)           # PR_SET_NAME
+open(d + b"/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _comms(host: int) -> list[bytes]:
+    out = []
+    for tid in sorted(os.listdir(f"/proc/{host}/task"), key=int):
+        with open(f"/proc/{host}/task/{tid}/comm", "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def test_names_that_are_not_utf8_dump_and_restore(pidns, tmp_path, restored):
+    """Process and thread names and mapped file paths are bytes: a dump read the maps as text and
+    died on a mapped file's name; a restore read the tasks' status as text and died on a name,
+    after `dump --kill` had ended the original."""
+    w = pidns([sys.executable, "-c", ODD_NAMES, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (host,) = w.pids()
+    want = _comms(host)
+    assert want == [b"a\xff\n", b"t\xfe\n"]
+    img = str(tmp_path / "odd.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    assert _comms(host) == want
+    with open(f"/proc/{host}/maps", "rb") as f:
+        assert b"map\xffped.bin" in f.read()
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

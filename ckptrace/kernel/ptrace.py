@@ -290,13 +290,13 @@ def xcr0_from_xstate(xsave: bytes) -> int:
 
 def find_syscall_insn(pid: int) -> int:
     """Address of a `syscall` instruction inside the task's [vdso] (never write to its text)."""
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            if line.rstrip().endswith("[vdso]"):
-                start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                break
-        else:
-            raise KernelError(f"task {pid} has no [vdso] to inject syscalls through", errno.ENOENT)
+    from . import procfs
+
+    # (through procfs: the task's mapped files may have names that are not UTF-8)
+    vdso = next((m for m in procfs.maps(pid) if m.path == "[vdso]"), None)
+    if vdso is None:
+        raise KernelError(f"task {pid} has no [vdso] to inject syscalls through", errno.ENOENT)
+    start, end = vdso.start, vdso.end
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         mem.seek(start)
         code = mem.read(end - start)

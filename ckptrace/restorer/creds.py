@@ -113,13 +113,10 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
 
 def _capget(inj: Injector) -> dict[str, int]:
     """The thread's own sets, as /proc/TID/status shows them (no injection needed)."""
-    sets = {}
-    with open(f"/proc/{inj.t.tid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-                sets[key[3:].lower()] = int(value, 16)
-    return sets
+    from ..kernel import procfs
+
+    st = procfs.status(inj.t.tid)  # (its Name may be any bytes: procfs decodes them safely)
+    return {key[3:].lower(): st.hex(key) for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
 
 
 def _capset(inj: Injector, eff: int, prm: int, inh: int) -> None:

@@ -24,6 +24,7 @@ from typing import BinaryIO
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import Image, Mm, Vma
 from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_FLAG_BITS, VM_GROWSDOWN, VmaType
+from ..kernel import procfs
 from ..kernel.ptrace import Injector
 from .files import FileSet
 
@@ -66,14 +67,7 @@ def check(ret: int, what: str) -> int:
 
 def special_maps(pid: int, proc: str = "/proc") -> list[tuple[int, int, str]]:
     """(start, end, name) of the task's vvar/vdso mappings, in address order."""
-    out = []
-    with open(f"{proc}/{pid}/maps") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 6 and parts[5] in SPECIAL:
-                a, b = (int(x, 16) for x in parts[0].split("-"))
-                out.append((a, b, parts[5]))
-    return sorted(out)
+    return sorted((m.start, m.end, m.path) for m in procfs.maps(pid, proc) if m.path in SPECIAL)
 
 
 def check_layout(img: Image, ours: list[tuple[int, int, str]]) -> list[str]:

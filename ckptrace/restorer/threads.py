@@ -12,6 +12,7 @@ import os
 import struct
 
 from ..errors import KernelError
+from ..kernel import procfs
 from ..kernel.ptrace import PTRACE_EVENT_STOP, Injector, Tracee
 from .memory import check
 
@@ -46,10 +47,6 @@ def clone_thread(inj: Injector, host_tgid: int, tid: int) -> Tracee:
 def host_tid_of(host_tgid: int, tid: int, proc: str = "/proc") -> int:
     """The host tid of in-namespace thread `tid` of the process (NSpid's last field)."""
     for name in os.listdir(f"{proc}/{host_tgid}/task"):
-        with open(f"{proc}/{host_tgid}/task/{name}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    if int(line.split()[-1]) == tid:
-                        return int(name)
-                    break
+        if procfs.status(host_tgid, int(name), proc).nspid[-1] == tid:
+            return int(name)
     raise KernelError(f"thread {tid} of {host_tgid} did not appear", errno.ESRCH)
