@@ -66,13 +66,19 @@ def main(args) -> int:
                            "run with sudo")
     with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
         res = restore(args.image, progress, root=args.root)
-    if args.json:
-        import json
+    try:
+        if args.json:
+            import json
 
-        print(json.dumps(asdict(res)))
-    elif not args.quiet:
-        print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; {plural(res.processes, 'process')}, "
-              f"{plural(res.threads, 'thread')}, {res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
+            print(json.dumps(asdict(res)))
+        elif not args.quiet:
+            print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; {plural(res.processes, 'process')}, "
+                  f"{plural(res.threads, 'thread')}, {res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
+        sys.stdout.flush()
+    except OSError as exc:
+        # The namespace runs: say where, or whoever ran us is left to hunt for it
+        raise KernelError(f"restored pid:[{res.pidns}] (init is host pid {res.init_pid}), but writing "
+                          "the result failed", exc.errno or 0) from None
     return 0
 
 

@@ -313,3 +313,26 @@ def test_sealed_and_userfaultfd_vmas_are_refused_by_name():
         "cannot recreate",
         f"process {t.tid}'s mapping {heap.start:#x}-{heap.end:#x} is registered with a userfaultfd, "
         "which restore cannot recreate"]
+
+
+def test_restore_that_cannot_print_its_result_still_says_where(monkeypatch, capsys):
+    """The namespace runs whether or not the result line could be written (stdout a full disk, a
+    closed pipe): the error says so and where, not just the write's errno."""
+    import errno
+    import sys
+
+    from ckptrace import cli, restore
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert cli.main(["restore", "--json", "x.img"]) != 0
+    err = capsys.readouterr().err
+    assert "restored pid:[4026532999] (init is host pid 4242), but writing the result failed" in err, err
+    assert err.count("\n") == 1
