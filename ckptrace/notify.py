@@ -16,13 +16,31 @@ def dump_done(ns: int, *, base: str = DUMPS_DIR, stamp_ns: int | None = None) ->
     """Record that namespace `ns` was just dumped. Best effort: failures are ignored."""
     stamp = time.monotonic_ns() if stamp_ns is None else stamp_ns
     try:
-        os.makedirs(base, mode=0o755, exist_ok=True)
+        _make_dirs(base)
         tmp = os.path.join(base, f".{ns}.{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.write(f"{stamp}\n")
+        # 0644 whatever the umask: a stamp anybody could write would reset every watch's counts
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, f"{stamp}\n".encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, os.path.join(base, str(ns)))
     except OSError:
         pass
+
+
+def _make_dirs(path: str) -> None:
+    """path and its missing parents, 0755 whatever the umask (os.makedirs gives the parents the
+    umask's mode)."""
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and parent != path and not os.path.isdir(parent):
+        _make_dirs(parent)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o755)
 
 
 def last_dump(ns: int, *, base: str = DUMPS_DIR) -> int | None:

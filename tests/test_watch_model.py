@@ -1328,3 +1328,22 @@ def test_the_dump_message_keeps_the_image_path_in_view_at_80_columns(model):
     sel = Selection(message=f"dumped 4026532188 to {path}")
     lines = text_of(render(model, sel, width=80, height=24), width=80, height=24).splitlines()
     assert path in lines[1]
+
+
+def test_dump_stamps_are_not_writable_by_others_whatever_the_umask(tmp_path):
+    """Anybody able to write a stamp could make every watch forget its dirty pages: the stamp and
+    the directories made for it are 0644 / 0755 even under umask 000."""
+    import stat
+
+    from ckptrace import notify
+
+    base = tmp_path / "run" / "ckptrace" / "dumps"
+    old = os.umask(0)
+    try:
+        notify.dump_done(NS, base=str(base), stamp_ns=5)
+    finally:
+        os.umask(old)
+    assert notify.last_dump(NS, base=str(base)) == 5
+    assert stat.S_IMODE(os.stat(base / str(NS)).st_mode) == 0o644
+    for d in (base, base.parent, base.parent.parent):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o755, d
