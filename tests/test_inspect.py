@@ -389,6 +389,23 @@ def test_command_without_a_terminal_is_a_one_line_error(tmp_path):
         assert r.stdout == b""
 
 
+def test_image_on_stdin_without_a_screen_is_refused_before_it_is_read():
+    """`cat big.img | inspect - > file` used to copy the whole image before saying its output must
+    be a terminal: with a writer that never finishes, it must still answer at once."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
+    p = subprocess.Popen([exe, "inspect", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        p.stdin.write(b"x" * 4096)  # the start of an image, and then nothing: never EOF
+        p.stdin.flush()
+        rc = p.wait(timeout=15)
+    finally:
+        p.kill()
+        p.stdin.close()
+    err = p.stderr.read().decode().strip()
+    assert rc == 2 and "must be a terminal" in err and len(err.splitlines()) == 1, err
+
+
 def test_help_does_not_import_textual():
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ckptrace", "--help"],
                        capture_output=True, text=True)

@@ -26,25 +26,37 @@ def keyboard_from_tty() -> None:
     was redirected), put /dev/tty on fd 0 (as `less` does) so that textual reads the keyboard.
     The screen must be a terminal too: drawn into a file or a pipe, the app would run on unseen
     (and, with no keyboard, for ever)."""
+    tty = _open_tty()
+    if tty is not None:
+        os.dup2(tty, 0)
+        os.close(tty)
+
+
+def _open_tty() -> int | None:
+    """A descriptor of the controlling terminal when stdin is not one (None when it is); a
+    UsageError when there is no screen or keyboard to be had."""
     if not os.isatty(1):
         raise UsageError("inspect is interactive: its output must be a terminal "
                          "(for text, use `ckptrace show` or `ckptrace decode`)")
     if os.isatty(0):
-        return
+        return None
     try:
-        tty = os.open("/dev/tty", os.O_RDWR | os.O_CLOEXEC)
+        return os.open("/dev/tty", os.O_RDWR | os.O_CLOEXEC)
     except OSError:
         raise UsageError("inspect is interactive: it needs a terminal (no /dev/tty)") from None
-    os.dup2(tty, 0)
-    os.close(tty)
 
 
 def main(args) -> int:
     if args.image != "-":
         keyboard_from_tty()  # before indexing a large image: fail fast without a terminal
+    else:
+        # the image comes through stdin, read first; but fail before reading it, not after
+        tty = _open_tty()
+        if tty is not None:
+            os.close(tty)
     state = load(args.image)
     if args.image == "-":
-        keyboard_from_tty()  # after: the image is read from stdin first
+        keyboard_from_tty()  # now that the image is read from stdin
     from .app import InspectApp  # textual only for this command, never for `ckptrace --help`
 
     app = InspectApp(state, name=args.image)
