@@ -719,14 +719,25 @@ def test_inspect_and_diff_stop_at_once_on_a_non_image(tmp_path):
     img.write_bytes(imagegen.build())
     exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
     env = dict(os.environ, TMPDIR=str(tmp_path))
-    # cat s.img /dev/zero | ckptrace inspect -
+    # cat s.img /dev/zero | ckptrace inspect -, on a terminal (without one it refuses unread)
+    import fcntl
+    import pty
+    import termios
+
+    def own_terminal():  # the pty becomes the controlling terminal: /dev/tty for the keys
+        os.setsid()
+        fcntl.ioctl(1, termios.TIOCSCTTY, 0)
+
+    master, slave = pty.openpty()
     r, w = os.pipe()
-    p = subprocess.Popen([exe, "inspect", "-"], stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                         start_new_session=True)
+    p = subprocess.Popen([exe, "inspect", "-"], stdin=r, stdout=slave, stderr=subprocess.PIPE, env=env,
+                         preexec_fn=own_terminal)
     os.close(r)
+    os.close(slave)
     sent, t = feed(w, img.read_bytes(), JUNK)
     out, err = p.communicate(timeout=60)
     t.join()
+    os.close(master)
     err = err.decode().strip()
     assert p.returncode == 1 and len(err.splitlines()) == 1 and "data after TAIL" in err, err
     assert sent[0] < img.stat().st_size + (4 << 20), sent[0]
