@@ -66,8 +66,16 @@ def seconds_arg(text: str) -> float:
     return s
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, like every other error (argparse prints the whole
+    usage block first); --help still prints it all. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckptrace", description="Watch and checkpoint whole pid namespaces.")
+    p = OneLineParser(prog="ckptrace", description="Watch and checkpoint whole pid namespaces.")
     p.add_argument("--version", action="version", version=f"ckptrace {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -39,6 +39,7 @@ def test_bad_pidns_argument_is_a_usage_error(arg):
     p = subprocess.run([sys.executable, "-m", "ckptrace", "dump", "--pidns", arg], capture_output=True,
                        text=True, cwd=REPO, timeout=60)
     assert p.returncode == 2 and "pid namespace" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.splitlines()) == 1 and "--help" in p.stderr, p.stderr  # no usage block
 
 
 @pytest.mark.parametrize("arg", ["abc", "0", "-1", "inf", "nan"])
@@ -47,6 +48,7 @@ def test_watch_duration_must_be_positive_seconds(arg):
     p = subprocess.run([sys.executable, "-m", "ckptrace", "watch", "--duration", arg], capture_output=True,
                        text=True, cwd=REPO, timeout=60)
     assert p.returncode == 2 and "seconds" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.splitlines()) == 1, p.stderr
 
 
 def test_watch_duration_takes_fractions():
