@@ -551,3 +551,25 @@ def test_image_lookups_agree_with_a_scan_and_follow_added_tasks():
     extra.thread = dict(img.tasks[-1].thread, tid=99, tgid=99)
     img.tasks.append(extra)
     assert img.task(99) is extra and img.threads_of(99) == [extra]
+
+
+def test_decode_json_gives_each_record_type_one_set_of_keys(tmp_path):
+    """Scripts read `decode --json` by key: a record type that has a payload always has the
+    `payload` key, empty or not (a PAGE end marker, a FILE_PIPE with nothing buffered), and one
+    that has none never does."""
+    import json
+
+    img = tmp_path / "s.img"
+    img.write_bytes(SAMPLE)
+    p = run_cli("decode", "--json", str(img))
+    assert p.returncode == 0, p.stderr
+    keys: dict[str, set] = {}
+    empty = 0
+    for line in p.stdout.decode().splitlines():
+        d = json.loads(line)
+        keys.setdefault(d["type"], set()).add(tuple(sorted(k for k in d if not k.endswith("_hex"))))
+        has = RECORDS[RecType[d["type"]]].payload is not Payload.NONE
+        assert ("payload" in d) == has, d
+        empty += has and d["len"] == HDR.size + RECORDS[RecType[d["type"]]].st.size
+    assert all(len(k) == 1 for k in keys.values()), keys
+    assert empty  # the sample has payload-less records of payload types (PAGE's end marker)

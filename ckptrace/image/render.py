@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
-from .records import (FILE_NAMES, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VMA_NAMES, FileType,
+from .records import (FILE_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VMA_NAMES, FileType,
                       RecType, flag_names, format_time, json_safe)
 from .stream import Record, open_image
 
@@ -226,8 +226,8 @@ def record_line(rec: Record, *, as_json: bool, with_pages: bool) -> str:
     if as_json:
         doc: dict[str, Any] = dict(index=rec.index, offset=rec.offset, type=rt.name, type_id=int(rt.type),
                                    len=rec.length, fields=rt.fields_json(rec.fields))
-        if rec.payload is not None and rec.payload_len:
-            doc["payload"] = rt.payload_json(rec.payload, with_pages=with_pages)
+        if rt.payload is not Payload.NONE:  # present whenever the type has one, empty or not
+            doc["payload"] = rt.payload_json(rec.payload if rec.payload is not None else b"", with_pages=with_pages)
         return json.dumps(json_safe(doc))
     line = f"#{rec.index:<6} @{rec.offset:<10} {rt.name:<13} len={rec.length:<7} {rt.pretty(rec.fields)}"
     if rec.payload is not None and rec.payload_len:
