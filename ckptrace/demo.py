@@ -52,16 +52,22 @@ def main(args) -> int:
     workdir = tempfile.mkdtemp(prefix="ckptrace-demo-")
     image = args.output or os.path.join(workdir, "demo.img")
     me = [sys.executable, "-m", "ckptrace"]
+    # unshare's and the workload's stderr are kept aside, shown only if the workload fails to
+    # start: unshare --kill-child says "sigprocmask unblock failed" when the dump kills its
+    # child, which every demo does
+    errors = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(["unshare", "-p", "-f", "--mount-proc", "--kill-child",
                              sys.executable, "-m", "ckptrace.sample_workload", workdir],
-                            start_new_session=True)
+                            start_new_session=True, stderr=errors)
     init = 0
     try:
         init = _init_of(proc.pid)
         deadline = time.monotonic() + 15
         while not os.path.exists(os.path.join(workdir, "ready")):
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise CkptError("the sample workload did not get ready")
+                errors.seek(0)
+                said = " ".join(errors.read().split())
+                raise CkptError("the sample workload did not get ready" + (f": {said}" if said else ""))
             time.sleep(0.05)
         time.sleep(1.5)  # let it run: the child writes into the pipe every second
         ns = os.readlink(f"/proc/{init}/ns/pid")
@@ -103,6 +109,7 @@ def main(args) -> int:
                     time.sleep(0.02)
             proc.kill()
             proc.wait()
+            errors.close()
             # the workload's directory (its log, its ready file; the image unless -o put it
             # elsewhere) goes too: with -o it used to stay behind, one per run
             shutil.rmtree(workdir, ignore_errors=True)
