@@ -573,3 +573,25 @@ def test_decode_json_gives_each_record_type_one_set_of_keys(tmp_path):
         empty += has and d["len"] == HDR.size + RECORDS[RecType[d["type"]]].st.size
     assert all(len(k) == 1 for k in keys.values()), keys
     assert empty  # the sample has payload-less records of payload types (PAGE's end marker)
+
+
+@pytest.mark.parametrize("fixed", [48, 64])
+def test_threads_of_older_images_read_with_the_new_fields_zero(fixed):
+    """THREAD grew (rseq, then the robust list and I/O priority) and the format has no version:
+    an image an older ckptrace wrote is read with the fields it lacks 0, not refused."""
+    out = bytearray()
+    r = RecordReader(io.BytesIO(SAMPLE))
+    threads = 0
+    while (rec := r.next()) is not None:
+        raw = SAMPLE[rec.offset:rec.offset + rec.length]
+        if rec.type == RecType.THREAD:
+            raw = struct.pack("<II", RecType.THREAD, HDR.size + fixed) + raw[HDR.size:HDR.size + fixed]
+            threads += 1
+        out += raw
+    assert threads
+    img = read_image(io.BytesIO(bytes(out)))
+    new = RECORDS[RecType.THREAD].names[[f.name for f in RECORDS[RecType.THREAD].fields if not f.is_pad].index(
+        "rseq_ptr" if fixed == 48 else "robust_list"):]
+    for t in img.tasks:
+        assert all(t.thread[n] == 0 for n in new), t.thread
+        assert t.thread["tid"] == t.tid

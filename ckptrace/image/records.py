@@ -225,6 +225,9 @@ class RecordType:
     count_field: str | None = None  # fixed field that must equal the number of entries
     exact_payload: int | None = None  # payload must be exactly this many bytes
     doc: str = ""
+    # sizes of the fixed part older ckptrace versions wrote (fields were added at the end, and
+    # the format has no version): read with the missing fields 0. Payload-less types only.
+    older: tuple[int, ...] = ()
     st: struct.Struct = field(init=False)
     entry_st: struct.Struct | None = field(init=False)
 
@@ -248,6 +251,8 @@ class RecordType:
     # -- length rule -------------------------------------------------------------------------
     def check_len(self, length: int) -> str | None:
         """Return why `length` is impossible for this type, or None when it is acceptable."""
+        if length - HDR_SIZE in self.older:
+            return None
         if length < self.size:
             return f"{self.name} len {length} is shorter than its {self.size}-byte struct"
         extra = length - self.size
@@ -485,7 +490,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                         u32("robust_len", doc="its length as get_robust_list gives it: sizeof(struct robust_list_head), 24"),
                         u32("ioprio", "hex", doc="I/O priority (ioprio_get(IOPRIO_WHO_PROCESS, tid)): (class << 13) + level; "
                                                   "class 1 RT, 2 BE, 3 IDLE; 0: none set, CPU nice decides")),
-       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none), robust futex list, I/O priority."),
+       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none), robust futex list, I/O priority.",
+       older=(48, 64)),
     _R(RecType.CPU, tuple(u64(n, "hex") for n in REG_NAMES), Payload.BYTES, max_payload=MAX_XSAVE,
        doc="user_regs_struct (NT_PRSTATUS), then the XSAVE area (NT_X86_XSTATE, HEADER_ARCH.xstate_size bytes)."),
     _R(RecType.TASK_CREDS, (

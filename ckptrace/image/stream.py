@@ -123,7 +123,7 @@ class Record:
 
     @property
     def payload_len(self) -> int:
-        return self.length - self.rtype.size
+        return max(0, self.length - self.rtype.size)  # (an older, shorter layout has none)
 
 
 class RecordReader:
@@ -183,10 +183,10 @@ class RecordReader:
             raise ImageError(f"truncated {rt.name}: len {length} runs past the end of the image "
                              f"({self.size - start} bytes left)", index=self.index, offset=start)
         self.offset += HDR_SIZE
-        fixed = self._read_exact(rt.st.size, rt.name)
+        fixed = self._read_exact(min(rt.st.size, length - HDR_SIZE), rt.name)
         self.offset += len(fixed)
-        fields = rt.decode_fixed(fixed)
-        plen = length - rt.size
+        fields = rt.decode_fixed(fixed.ljust(rt.st.size, b"\0"))  # RecordType.older: zeros
+        plen = max(0, length - rt.size)
         poff = self.offset
         # Bulk payloads (page data, and a memfd's or deleted file's contents) stay in the file:
         # the index holds where they are, and show, diff and inspect never need them.
