@@ -217,6 +217,7 @@ class _Restore:
                 self._show(f"process {i + 1}/{len(procs)} (pid {t.tid})", mem)
                 self._process(t, mem, files)
             files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
+            files.set_owners(self._owner_host)  # every thread exists now
             self._show("finishing", mem)
             self._finish()
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
@@ -231,6 +232,17 @@ class _Restore:
                 signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
             files.close()
         return res
+
+    def _owner_host(self, owner_type: int, ns_id: int) -> int | None:
+        """The host id of an I/O signal owner: a thread, a process, or a process group (named
+        by its id, which a member's host pgid gives even if its leader is gone)."""
+        if owner_type == 0:  # F_OWNER_TID
+            tr = self.by_tid.get(ns_id)
+            return tr.tid if tr is not None else None
+        if owner_type == 2:  # F_OWNER_PGRP
+            member = next((e["pid"] for e in self.img.tree if e["pgid"] == ns_id and e["pid"] in self.host), None)
+            return os.getpgid(self.host[member]) if member is not None else None
+        return self.host.get(ns_id)
 
     def _show(self, what: str, mem) -> None:
         p = self.progress

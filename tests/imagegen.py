@@ -75,6 +75,7 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         wr.record(RecType.FILE, dict(f_type=FileType.PIPE, f_mode=1, f_flags=0))
         wr.record(RecType.FILE_NAME, payload="pipe:[1234]")
         wr.record(RecType.FILE_PIPE, dict(pipe_id=1234, buffered=5, pipe_size=65536), b"hello")
+        wr.record(RecType.FILE_OWNER, dict(owner_type=1, owner_pid=1, signal=39))
         wr.record(RecType.FILE_DESC, dict(fd_objref=5, fd_descriptor=7))
     if first or own_mm:
         mm_ref = 3 if first else 6

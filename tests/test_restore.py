@@ -893,6 +893,50 @@ def test_names_that_are_not_utf8_dump_and_restore(pidns, tmp_path, restored):
         assert b"map\xffped.bin" in f.read()
 
 
+IO_SIGNALS = r"""
+import fcntl, os, signal, sys, threading, time
+d = sys.argv[1]
+log = open(d + "/log", "a", buffering=1)
+r, w = os.pipe()
+def on_io(sig, frame):
+    os.read(r, 16)
+    log.write(f"io {sig}\n")
+signal.signal(signal.SIGRTMIN + 5, on_io)
+signal.signal(signal.SIGUSR1, lambda s, f: os.write(w, b"x"))
+fcntl.fcntl(r, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(r, 10, signal.SIGRTMIN + 5)          # F_SETSIG
+fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC | os.O_NONBLOCK)
+os.write(w, b"x")                                 # one before the dump
+time.sleep(0.2)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_io_signal_owner_signal_and_o_async_come_back(pidns, tmp_path, restored):
+    """A pipe read end with O_ASYNC, an owner (F_SETOWN) and a signal (F_SETSIG): data written
+    into the pipe after restore still raises that signal in its owner (they used to be dropped:
+    no signal at all)."""
+    w = pidns([sys.executable, "-c", IO_SIGNALS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "log"
+    sig = int(signal.SIGRTMIN) + 5
+    assert log.read_text().splitlines() == [f"io {sig}"]
+    img = str(tmp_path / "io.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    assert os.readlink(f"/proc/{host}/fd/4").startswith("pipe:")  # r (the log is 3)
+    with open(f"/proc/{host}/fdinfo/4") as f:
+        assert int(f.read().split("flags:")[1].split()[0], 8) & os.O_ASYNC
+    os.kill(host, signal.SIGUSR1)
+    deadline = time.monotonic() + 3
+    while len(log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.read_text().splitlines() == [f"io {sig}"] * 2
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

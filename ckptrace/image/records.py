@@ -74,6 +74,7 @@ class RecType(enum.IntEnum):
     FILE_SIGNALFD = 311
     FILE_INOTIFY = 312
     FILE_TTY = 313
+    FILE_OWNER = 314
     MM = 401
     VMA = 402
     MM_CONTEXT = 403
@@ -596,6 +597,11 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_SIGNALFD, (u64("sigmask", "hex"),), doc="signalfd mask."),
     _R(RecType.FILE_INOTIFY, (u32("nwatch"), pad(4)), Payload.BYTES, max_payload=1 << 20,
        doc="inotify watches: nwatch entries of {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}."),
+    _R(RecType.FILE_OWNER, (s32("owner_type", doc="F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2"),
+                            s32("owner_pid", doc="in-namespace tid, pid or process group; 0: none, or outside the namespace"),
+                            s32("signal", "signal", doc="F_GETSIG: the signal sent instead of SIGIO; 0: SIGIO"), pad(4)),
+       doc="Who gets the file's I/O signals (F_GETOWN_EX, F_GETSIG): only for a file that has an owner or a "
+           "signal set; O_ASYNC itself is in FILE.f_flags."),
     _R(RecType.FILE_TTY, (u32("index"), u32("is_master"), s32("sid"), s32("pgrp")),
        doc="A tty/pty end: index (pts number), which side, session and foreground group."),
     _R(RecType.MM, (u32("map_count"), s32("exe_objref"), u64("def_flags", "hex"), u64("flags", "hex"),

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import stat
+import struct
 from dataclasses import dataclass
 
 from ..errors import Unsupported, from_oserror
@@ -240,7 +241,29 @@ def dump_file(ctx: DumpContext, pid: int, fd: int) -> int:
         from . import anon
 
         anon.dump(ctx, ref, o)
+    write_owner(ctx, ref, o)
     return ref
+
+
+F_SETSIG, F_GETSIG, F_SETOWN_EX, F_GETOWN_EX = 10, 11, 15, 16
+F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
+F_OWNER_EX = struct.Struct("<ii")  # struct f_owner_ex {int type; pid_t pid;}
+
+
+def write_owner(ctx: DumpContext, ref: int, o: OpenFd) -> None:
+    """FILE_OWNER, when the file has an owner for its I/O signals (F_SETOWN) or a signal to send
+    instead of SIGIO (F_SETSIG): they live in the open file description, read through a copy.
+    The owner is named in the namespace; one outside it (or gone) is written 0."""
+    try:
+        with grab(o.pid, o.fd) as dup:
+            kind, pid = F_OWNER_EX.unpack(fcntl.fcntl(dup, F_GETOWN_EX, bytes(F_OWNER_EX.size)))
+            sig = fcntl.fcntl(dup, F_GETSIG)
+    except OSError as exc:
+        raise from_oserror(exc, f"{_where(ctx, o.pid)} fd {o.fd}: read its I/O signal owner") from None
+    if not pid and not sig:
+        return
+    ctx.w.record(RecType.FILE_OWNER, dict(owner_type=kind, owner_pid=ctx.ns_pid.get(pid, 0) if pid else 0,
+                                          signal=sig))
 
 
 def dump_table(ctx: DumpContext, pid: int) -> int:

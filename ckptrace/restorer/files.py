@@ -30,6 +30,9 @@ from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS,
                              RecType, VmaType, flag_names)
 
 F_SETPIPE_SZ = 1031
+O_ASYNC = 0o20000
+F_SETSIG, F_SETOWN_EX = 10, 15
+F_OWNER_EX = struct.Struct("<ii")  # struct f_owner_ex {int type; pid_t pid;}
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # Flags that only matter at open time (and must not recreate or truncate anything now).
 _OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
@@ -514,6 +517,29 @@ class FileSet:
         """Whether some shared VMA of the image maps the file object and may write it."""
         return any(v.fields["vma_type"] == VmaType.SHARED_FILE and v.fields["vm_flags"] & (VM_WRITE | VM_MAYWRITE)
                    for v in self._mappings_of(objref))
+
+    def set_owners(self, host_of) -> None:
+        """The I/O signal owner and signal of each file that had them (FILE_OWNER), then O_ASYNC,
+        in that order (no SIGIO to nobody meanwhile). host_of(owner_type, in-namespace id) gives
+        the host id; called once every task exists (an owner may be any thread)."""
+        for obj in self.img.objects.values():
+            if not isinstance(obj, File) or obj.objref not in self.by_objref:
+                continue
+            fd = self.by_objref[obj.objref]
+            rec = _extra(obj, RecType.FILE_OWNER)
+            what = f"{_users(self.img, obj.objref)}: set its I/O signal owner"
+            try:
+                if rec is not None:
+                    o = rec.fields
+                    if o["signal"]:
+                        fcntl.fcntl(fd, F_SETSIG, o["signal"])
+                    host = host_of(o["owner_type"], o["owner_pid"]) if o["owner_pid"] else None
+                    if host:
+                        fcntl.fcntl(fd, F_SETOWN_EX, F_OWNER_EX.pack(o["owner_type"], host))
+                if obj.fields["f_flags"] & O_ASYNC:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | O_ASYNC)
+            except OSError as exc:
+                raise from_oserror(exc, what) from None
 
     def add_late_seals(self) -> None:
         """The memfd seals `_memfd` held back, now that every task has mapped its files."""
