@@ -645,6 +645,16 @@ def test_zombie_is_refused(pidns, tmp_path):
     assert status_field(w.init, "TracerPid") == "0"
 
 
+def test_an_o_path_descriptor_is_dumped(pidns, tmp_path):
+    """O_PATH descriptors take almost no fcntl command (EBADF): reading the I/O signal owner of
+    every file broke the dump of any process holding one."""
+    ready = tmp_path / "ready"
+    w = pidns([sys.executable, "-c", "import os, sys, time; fd = os.open('/tmp', os.O_PATH); "
+               "open(sys.argv[1], 'w').close(); time.sleep(100)", str(ready)], ready_file=str(ready))
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
+    assert p.returncode == 0, p.stderr
+
+
 MQ_HOLDER = r"""
 import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

@@ -254,6 +254,8 @@ def write_owner(ctx: DumpContext, ref: int, o: OpenFd) -> None:
     """FILE_OWNER, when the file has an owner for its I/O signals (F_SETOWN) or a signal to send
     instead of SIGIO (F_SETSIG): they live in the open file description, read through a copy.
     The owner is named in the namespace; one outside it (or gone) is written 0."""
+    if o.info.flags & O_PATH:
+        return  # fcntl takes only F_GETFL-like commands on those (EBADF), and they signal nothing
     try:
         with grab(o.pid, o.fd) as dup:
             kind, pid = F_OWNER_EX.unpack(fcntl.fcntl(dup, F_GETOWN_EX, bytes(F_OWNER_EX.size)))
