@@ -433,7 +433,15 @@ class _Restore:
     def _abort(self) -> None:
         """SIGKILL the new init: the kernel then kills every task of its namespace. Our tracees'
         deaths are reported to us as their tracer, and init cannot finish dying until they are
-        reaped, so reap them before init."""
+        reaped, so reap them before init. A second Ctrl-C must not cut this short (the
+        cgroups made would stay), so SIGINT and SIGTERM wait until it is done."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._kill_made()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def _kill_made(self) -> None:
         if self.init:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init, signal.SIGKILL)

@@ -57,3 +57,43 @@ def test_xstate_is_the_cpus_full_area(stopped_child):
     xcr0 = xcr0_from_xstate(xs)
     assert xcr0 & 0x3 == 0x3  # x87 and SSE state are always enabled on x86_64
     assert stopped_child.get_regs()[REG_INDEX["cs"]] == 0x33
+
+
+class _FakeTracee:
+    """Registers only; `fail_set` makes SETREGSET fail from the given call on (ESRCH, as for a
+    task that is not in a ptrace-stop)."""
+
+    def __init__(self, fail_set: int):
+        self.tid = 1 << 22
+        self.owed_signal = 0
+        self.sets = 0
+        self.fail_set = fail_set
+
+    def get_regs(self):
+        return [0] * len(REG_INDEX)
+
+    def set_regs(self, regs):
+        self.sets += 1
+        if self.sets >= self.fail_set:
+            from ckptrace.errors import NoSuchProcess
+
+            raise NoSuchProcess(f"ptrace SETREGSET of {self.tid}: no such process or file")
+
+    def wait(self):
+        raise KeyboardInterrupt  # Ctrl-C while the task runs the injected call
+
+
+def test_an_interruption_during_an_injected_call_is_not_replaced_by_the_register_restore(monkeypatch):
+    from ckptrace.errors import NoSuchProcess
+    from ckptrace.kernel import ptrace
+
+    monkeypatch.setattr(ptrace, "_ptrace", lambda *a, **kw: 0)
+    t = _FakeTracee(fail_set=2)  # the call's registers go in; putting the saved ones back fails
+    with pytest.raises(KeyboardInterrupt):
+        Injector(t, insn=0x1000).syscall(39)
+    assert t.sets == 2  # it was tried
+    # In the normal path a failure to put the registers back is still an error.
+    t = _FakeTracee(fail_set=2)
+    t.wait = lambda: 0x57f  # stopped by SIGTRAP: the step is done
+    with pytest.raises(NoSuchProcess, match="SETREGSET"):
+        Injector(t, insn=0x1000).syscall(39)

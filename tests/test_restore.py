@@ -2717,3 +2717,60 @@ def test_vma_flags_come_back(pidns, tmp_path, restored):
     assert forked["wf"] == bytes(16).hex(), "the fork after restore saw the WIPEONFORK area's contents"
     assert forked["dc"] is None and forked["shared"] is None, "the fork after restore inherited DONTFORK areas"
     assert bytes.fromhex(forked["dd"]).startswith(b"SECRET-dd")
+
+
+@pytest.fixture(scope="module")
+def bigmem(tmp_path_factory) -> str:
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the workload")
+    out = str(tmp_path_factory.mktemp("bigmem") / "bigmem")
+    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, "workloads", "bigmem.c")], check=True)
+    return out
+
+
+def _rss_anon_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(next((line.split()[1] for line in f if line.startswith("RssAnon:")), 0))
+    except OSError:
+        return 0
+
+
+def test_ctrl_c_while_pages_are_written_is_an_interruption_and_leaves_nothing(pidns, bigmem, tmp_path, restored):
+    """SIGINT while the restored process sits in a long injected pread of its pages: the
+    interruption is what is reported (status 130, as for any interrupted command), not the
+    failure to put back the registers of a task that was not stopped; and the half-made
+    namespace is gone."""
+    from nsutil import children, ns_of
+
+    w = pidns([bigmem, str(tmp_path), "512"], ready_file=str(tmp_path / "ready"), timeout=60,
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "big.img")
+    dump_kill(w, img)
+    nss = pidns_inodes(tmp_path)
+    ctl = subprocess.Popen([sys.executable, "-m", "ckptrace", "restore", "--quiet", img], cwd=REPO,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # The memory phase: the new init's anonymous memory grows as the injected preads fill it
+        # (16 MiB each, half a GiB in all), far past what the controller it was forked from had.
+        deadline = time.monotonic() + 30
+        own, init = ns_of(os.getpid()), 0
+        while not init or _rss_anon_kib(init) < 96 << 10:
+            assert ctl.poll() is None, ctl.stderr.read().decode()
+            assert time.monotonic() < deadline, "the restore never reached its memory phase"
+            if not init:  # (not the child that measures this CPU's XSAVE size)
+                with contextlib.suppress(OSError):
+                    init = next((k for k in children(ctl.pid) if ns_of(k) != own), 0)
+                if init:
+                    restored.append(init)  # killed at teardown should it survive
+            time.sleep(0.001)
+        ctl.send_signal(signal.SIGINT)
+        out, err = ctl.communicate(timeout=30)
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+    assert err.decode() == "ckptrace restore: interrupted\n" and ctl.returncode == 130, (ctl.returncode, err)
+    assert out == b""
+    assert not os.path.exists(f"/proc/{init}"), "the half-restored init survived"
+    assert pidns_inodes(tmp_path) - nss == set(), "the half-restored namespace survived"

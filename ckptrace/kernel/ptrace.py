@@ -371,8 +371,15 @@ class Injector:
                     continue
             out = self.t.get_regs()
             ret = out[REG_INDEX["rax"]]
-        finally:
-            self.t.set_regs(saved)
+        except BaseException:
+            # Whatever got us here (Ctrl-C while the task sits in a long injected pread, a fault,
+            # the watchdog) is what to report. The task may not be in a ptrace-stop then (it runs
+            # the call), and SETREGSET's ESRCH would replace a KeyboardInterrupt with "no such
+            # process": the caller kills or releases the task anyway.
+            with contextlib.suppress(NoSuchProcess, KernelError, AccessDenied):
+                self.t.set_regs(saved)
+            raise
+        self.t.set_regs(saved)
         return ret - (1 << 64) if ret >= 1 << 63 else ret
 
     def settle(self) -> None:
