@@ -414,6 +414,9 @@ def main(args) -> int:
     opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill)
     check_target(ns)  # fail on a bad target before creating the output file
     out = None if to_stdout else ImageFile(args.output)
+    if out is not None and os.isatty(out.fd):  # -o /dev/stdout, /dev/tty: a terminal, as for -o -
+        out.close(discard=True)
+        raise UsageError(f"refusing to write a binary image to a terminal ({args.output}): use -o FILE or a pipe")
     old = {sig: signal.signal(sig, _raise_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
     done = False

@@ -3,6 +3,7 @@ the processes themselves show. Workload: tests/dumpwork/ckwork.c, compiled at te
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -381,6 +382,51 @@ def test_kill_waits_until_the_reader_has_taken_the_whole_image(pidns, tmp_path):
         for fd in (r, wr):
             if fd >= 0:
                 os.close(fd)
+
+
+def test_standard_output_named_as_a_path_is_written_like_dash(pidns, tmp_path):
+    """`-o /dev/stdout` and `-o /proc/self/fd/1` name what fd 1 is: a pipe or a socket is written
+    directly, as with `-o -` (its realpath, /proc/PID/fd/pipe:[N], is no place for a temporary
+    file), a terminal is refused as for `-o -`, and a regular file is still replaced whole."""
+    import socket
+
+    from ckptrace.image.reader import read_image
+
+    w = pidns(["sleep", "1000"], settle=0.2)
+    for name in ("/dev/stdout", "/proc/self/fd/1"):
+        p = dump("--pidns", str(w.ns), "-q", "-o", name)  # stdout: a pipe
+        assert p.stderr == b"" and len(p.stdout) > 0
+        read_image(io.BytesIO(p.stdout))
+        a, b = socket.socketpair()
+        with a, b:
+            d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "-q", "-o", name], stdout=a,
+                                 stderr=subprocess.PIPE)
+            a.close()
+            got = bytearray()
+            while chunk := b.recv(1 << 20):
+                got += chunk
+            assert d.wait(timeout=60) == 0, d.stderr.read().decode()
+        assert bytes(got)[:8] == p.stdout[:8] and len(got) > 0
+        read_image(io.BytesIO(bytes(got)))
+        main, sub = os.openpty()
+        try:
+            p = subprocess.run(CLI + ["dump", "--pidns", str(w.ns), "-q", "-o", name], stdout=sub,
+                               stderr=subprocess.PIPE, timeout=60)
+        finally:
+            os.close(main)
+            os.close(sub)
+        assert_refused(p, "terminal")
+        img = tmp_path / "out.img"
+        img.write_bytes(b"the previous image")
+        with open(img, "r+b") as f:
+            p = subprocess.run(CLI + ["dump", "--pidns", str(w.ns), "-q", "-o", name], stdout=f,
+                               stderr=subprocess.PIPE, timeout=60)
+        assert p.returncode == 0, p.stderr.decode()
+        assert img.read_bytes()[:8] != b"the prev"
+        read_image(io.BytesIO(img.read_bytes()))
+        assert sorted(os.listdir(tmp_path)) == ["out.img"], "a partial file was left beside it"
+        img.unlink()
+    assert_running_untraced(w)
 
 
 # -- refusals ------------------------------------------------------------------------------------

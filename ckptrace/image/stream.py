@@ -259,17 +259,19 @@ class ImageFile:
 
     A regular file (or a new one) is written as a temporary file beside it, created 0600 (images
     hold process memory, i.e. secrets), and takes FILE's name only when `commit` says the image is
-    complete: a refused, failed or interrupted dump leaves whatever FILE held before. FIFOs and
-    devices are written directly (there is nothing to replace)."""
+    complete: a refused, failed or interrupted dump leaves whatever FILE held before. FIFOs,
+    devices and sockets are written directly (there is nothing to replace), also when named
+    through /dev/stdout or /proc/self/fd/N."""
 
     def __init__(self, path: str):
         from ..errors import UsageError
 
         self.path = path
-        self.target = os.path.realpath(path)  # through a symlink: replace what it points at
         self.tmp: str | None = None
         try:
-            st = os.stat(self.target)
+            # The path itself, not its realpath: /dev/stdout -> /proc/self/fd/1 is a link /proc
+            # resolves to the open pipe or socket, whose "name" (pipe:[N]) is no path at all.
+            st = os.stat(path)
         except FileNotFoundError:
             st = None
         except OSError as exc:
@@ -277,11 +279,10 @@ class ImageFile:
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise UsageError(f"cannot create {path}: it is a directory")
         if st is not None and not stat.S_ISREG(st.st_mode):
-            try:
-                self.fd = os.open(self.target, os.O_WRONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise UsageError(f"cannot open {path} for writing: {exc.strerror}") from None
+            self.target = path
+            self.fd = _open_direct(path, st)
             return
+        self.target = os.path.realpath(path)  # through a symlink: replace what it points at
         import tempfile
 
         folder, base = os.path.dirname(self.target), os.path.basename(self.target)
@@ -317,6 +318,29 @@ class ImageFile:
             except OSError:
                 pass
             self.tmp = None
+
+
+def _open_direct(path: str, st: os.stat_result) -> int:
+    """An fd to write the image to FIFO, device or socket `path` (stat `st`) as it is."""
+    from ..errors import UsageError
+
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        err = exc
+    if stat.S_ISSOCK(st.st_mode):
+        # A socket cannot be opened (ENXIO), even through /proc/self/fd/N: when it is one of our
+        # own fds (`-o /dev/stdout` into a socket), write to that fd, as `-o -` does.
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                mine = os.fstat(int(name))
+            except OSError:
+                continue  # the listing's own fd, gone by now
+            if (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino) and stat.S_ISSOCK(mine.st_mode):
+                return os.dup(int(name))
+        raise UsageError(f"cannot open {path} for writing: it is a socket, which cannot be opened by "
+                         "name (only one this process holds can be written: -o - or /dev/stdout)") from None
+    raise UsageError(f"cannot open {path} for writing: {err.strerror}") from None
 
 
 def _is_regular(f: BinaryIO) -> bool:
