@@ -293,6 +293,13 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             init_fd = _kill_namespace(init)
     except OutputClosed as exc:
         raise OutputClosed(f"{exc}; {'not killing' if opts.kill else 'released'} pid:[{ns}]: its tasks run on") from None
+    except (CkptError, OSError) as exc:
+        # A task killed under the dump shows up as whatever read of it failed first (its pagemap,
+        # its memory, a ptrace request), naming a host pid only: say what happened instead.
+        gone = frz.exited() if not isinstance(exc, _Terminated) else []
+        if not gone:
+            raise
+        raise NoSuchProcess(_exited_message(gone, ns, opts.kill)) from None
     finally:
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
@@ -306,6 +313,22 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         setattr(s, f.name, getattr(st, f.name))
     s.bytes = ctx.w.bytes_written
     return s
+
+
+def _exited_message(gone: list, ns: int, kill: bool) -> str:
+    """One line for a dump that failed because tasks of the namespace (freeze.Task) exited under
+    it: the processes, by their pid inside the namespace (the host pid too)."""
+    procs: dict[int, int] = {}  # host pid -> pid inside, 0 when unknown
+    for t in gone:
+        if t.hosttid == t.hostpid or t.hostpid not in procs:
+            procs[t.hostpid] = t.nstid if t.hosttid == t.hostpid else 0
+    names = [f"{inner} (host pid {host})" if inner else f"with host pid {host}" for host, inner in procs.items()]
+    if 1 in procs.values():
+        return (f"the init of pid:[{ns}] (host pid {next(h for h, i in procs.items() if i == 1)}) exited "
+                "during the dump (killed?), and the namespace with it: no complete image")
+    what = f"{'process' if len(names) == 1 else 'processes'} {', '.join(names)}"
+    return (f"{what} of pid:[{ns}] exited during the dump (killed?): no complete image"
+            f"{', nothing killed' if kill else ''}; the other tasks are released and run on")
 
 
 def _check_delivered(fd: int, written: int, *, wait: bool, timeout: float = 30.0) -> None:

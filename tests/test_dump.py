@@ -290,6 +290,49 @@ def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
     assert utime(busy[0]) > ticks
 
 
+def test_a_process_killed_during_the_dump_is_named_and_the_others_run_on(pidns, ckwork, tmp_path):
+    """`kill -9` of a process of the namespace while the dump is under way (blocked on a slow
+    reader, before it has reached that process): one line saying that process of the namespace
+    exited during the dump, by its pid inside it, not "/proc/N/pagemap: No such process"; the
+    other tasks are released and run on."""
+    w = start(pidns, ckwork, tmp_path, "big", "128")
+    init_tids = tids_of(w.init)
+    child = next(p for p in w.pids() if p != w.init)
+    r, wfd = os.pipe()
+    # Processes are dumped parents first: init's 128 MiB fill the pipe long before the child's turn.
+    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet", "-o", "-"], stdout=wfd, stderr=subprocess.PIPE)
+    os.close(wfd)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(status_field(t, "TracerPid") == str(d.pid) for t in all_tids(w)):
+            assert time.monotonic() < deadline, "the dumper never froze the namespace"
+            time.sleep(0.01)
+        time.sleep(0.3)  # into init's pages, blocked on the full pipe
+        assert d.poll() is None
+        os.kill(child, signal.SIGKILL)
+        with os.fdopen(r, "rb") as reader:
+            r = -1
+            while reader.read(1 << 20):  # the reader takes the rest: the dump goes on to the child
+                pass
+        err = d.stderr.read().decode()
+        assert d.wait(timeout=30) == 1, err
+    finally:
+        if r >= 0:
+            os.close(r)
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"process 2 (host pid {child}) of pid:[{w.ns}] exited during the dump" in err, err
+    assert "released" in err and "pagemap" not in err, err
+    assert all(status_field(t, "TracerPid") == "0" and status_field(t, "State")[0] not in "tT" for t in init_tids)
+    busy = [t for t in init_tids if status_field(t, "State")[0] == "R"]
+    assert busy, "the workload's busy thread"
+    ticks = utime(busy[0])
+    time.sleep(0.3)
+    assert utime(busy[0]) > ticks
+
+
 def test_kill_after_dump(pidns, ckwork, tmp_path):
     from ckptrace import notify
 

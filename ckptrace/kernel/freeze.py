@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import AccessDenied, CkptError, NoSuchProcess, Unsupported, UsageError
 from . import procfs
-from .ptrace import Tracee
+from .ptrace import WALL, Tracee
 
 MAX_ROUNDS = 1000
 ZOMBIE_PATIENCE_SECONDS = 1.0  # a zombie seen that long is its parent's doing, not a passing state
@@ -30,6 +30,7 @@ class Task:
     hostpid: int  # tgid on the host
     hosttid: int
     tracee: Tracee
+    nstid: int = 0  # the tid inside the namespace, read when seized (to name it once it is gone)
 
 
 def find_init(ns: int, root: str = procfs.PROC) -> int:
@@ -137,7 +138,7 @@ class Freezer:
             except NoSuchProcess:
                 return True
             raise
-        task = Task(pid, tid, tr)
+        task = Task(pid, tid, tr, st.nspid[-1] if st.nspid else 0)
         self.tasks[tid] = task
         fresh.append(task)
         return True
@@ -238,7 +239,27 @@ class Freezer:
                     _detach(task)
             except CkptError:  # one failing task must not keep the others stopped
                 pass
+        # A held task that was killed stays a zombie reported to us, its tracer, and its parent
+        # (init, for one) hears of it only once we reap it: do, rather than when we exit.
+        for task in self.tasks.values():
+            try:
+                os.waitpid(task.hosttid, os.WNOHANG | WALL)
+            except ChildProcessError:  # detached: no longer ours to wait for
+                pass
         self.tasks.clear()
+
+    def exited(self) -> list[Task]:
+        """The held tasks that have exited (killed: a stopped task cannot exit by itself) or are
+        exiting, leaders first. For an error's explanation: a dump fails when one dies under it."""
+        out = []
+        for task in self.tasks.values():
+            try:
+                gone = procfs.status(task.hostpid, task.hosttid, self.root).state in ("Z", "X")
+            except CkptError:
+                gone = True
+            if gone:
+                out.append(task)
+        return sorted(out, key=lambda t: (t.hostpid, t.hosttid != t.hostpid, t.hosttid))
 
 
 def _tids(pid: int, root: str) -> list[int]:
