@@ -136,6 +136,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Which of fds 0-2 the process was started without (see reserve_standard_fds).
+_closed_at_start: frozenset[int] = frozenset()
+
+
+def reserve_standard_fds() -> frozenset[int]:
+    """Put /dev/null on whichever of fds 0, 1 and 2 the process was started without, and return
+    those. Otherwise the first files ckptrace opens take those numbers: with `>&-`, dump --kill's
+    temporary check file became fd 1 and the image, written to fd 1, overwrote it (and it the
+    image). The commands ask `closed_at_start` where a standard stream itself is the input or
+    output (`dump -o -`, `restore -`) and refuse."""
+    global _closed_at_start
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):  # ascending: open() takes the lowest free number, this one
+        new = os.open(os.devnull, os.O_RDWR)
+        if new != fd:
+            os.dup2(new, fd)
+            os.close(new)
+        os.set_inheritable(fd, True)  # what children (demo's) get instead of a closed fd
+    _closed_at_start = frozenset(closed) | _closed_at_start
+    return _closed_at_start
+
+
+def closed_at_start(fd: int) -> bool:
+    """Whether standard fd `fd` was closed when ckptrace started (now /dev/null), or is closed
+    now (when the commands run without `main`)."""
+    if fd in _closed_at_start:
+        return True
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
 class _ClosedOutput:
     """Stands in for a standard output the process was started without."""
 
@@ -155,8 +194,11 @@ class _ClosedOutput:
 def main(argv: list[str] | None = None) -> int:
     from .errors import CkptError
 
+    reserve_standard_fds()
     if sys.stdout is None:  # started with fd 1 closed: a write fails with one line, not an AttributeError
         sys.stdout = _ClosedOutput()
+    if sys.stderr is None:  # fd 2 closed: messages go nowhere (print's file=None would mean stdout)
+        sys.stderr = open(2, "w", closefd=False)
     parser = build_parser()
     args = parser.parse_args(argv)
     module, func, _ = COMMANDS[args.command]

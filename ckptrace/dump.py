@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import notify
+from .cli import closed_at_start
 from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Unsupported, UsageError
 from .progress import ProgressLine
 from .image.records import RecType
@@ -428,6 +429,8 @@ def main(args) -> int:
         raise AccessDenied("dump needs root (ptrace of other users' tasks, /proc/PID/mem): run with sudo")
     ns = resolve_ns(args.pidns, args.pid)
     to_stdout = args.output in ("-", "", None)
+    if to_stdout and closed_at_start(1):  # before any freezing: every write would fail (EBADF)
+        raise UsageError("standard output is closed (>&-): nowhere to write the image; use -o FILE or a pipe")
     if to_stdout and os.isatty(1):
         raise UsageError("refusing to write a binary image to a terminal: use -o FILE or a pipe")
     if args.kill and _discards_writes(1 if to_stdout else args.output):

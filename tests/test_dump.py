@@ -472,6 +472,36 @@ def test_standard_output_named_as_a_path_is_written_like_dash(pidns, tmp_path):
     assert_running_untraced(w)
 
 
+def closed(redirect: str, *argv: str, **kw) -> subprocess.CompletedProcess:
+    """Run `argv` with a standard fd closed by the shell (`redirect`: ">&-", "<&-")."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *argv], timeout=60, **kw)
+
+
+def test_closed_standard_output_is_refused_before_freezing_and_never_handed_out(pidns, ckwork, tmp_path):
+    """`dump >&-`: refused up front in one line (it used to freeze the namespace, then fail with
+    EBADF; with --kill the temporary check file took fd 1 and the image overwrote it), and files
+    ckptrace opens never take a standard fd number the process was started without."""
+    w = start(pidns, ckwork, tmp_path)
+    for extra in ([], ["--kill"], ["-o", "-"]):
+        p = closed(">&-", *CLI, "dump", "--pidns", str(w.ns), "-q", *extra, stderr=subprocess.PIPE)
+        assert_refused(p, "standard output is closed")
+        assert p.returncode == 2
+        assert_running_untraced(w)
+    # -o FILE with stdout (and stdin) closed is fine, --kill too
+    img = tmp_path / "closed.img"
+    p = closed(">&- <&-", *CLI, "dump", "--pidns", str(w.ns), "-q", "-o", str(img), stderr=subprocess.PIPE)
+    assert p.returncode == 0, p.stderr.decode()
+    with open(img, "rb") as f:
+        assert read_image(f).tasks
+    code = ("import os, sys, tempfile; from ckptrace.cli import reserve_standard_fds; "
+            "c = reserve_standard_fds(); f = tempfile.TemporaryFile(); r, w = os.pipe(); "
+            "print(sorted(c), f.fileno(), r, w, file=sys.stderr)")
+    p = closed(">&- <&-", sys.executable, "-c", code, stderr=subprocess.PIPE)
+    assert p.returncode == 0, p.stderr.decode()
+    c0, c1, *fds = p.stderr.decode().replace("[", "").replace("]", "").replace(",", "").split()
+    assert (c0, c1) == ("0", "1") and min(int(x) for x in fds) > 2, p.stderr
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 def assert_refused(p: subprocess.CompletedProcess, *words: str) -> None:

@@ -395,6 +395,17 @@ def test_restore_as_non_root_is_refused_up_front(root, tmp_path):
         assert err.startswith("ckptrace restore: restore needs root"), err
 
 
+def test_closed_standard_input_is_refused_in_one_line(root, tmp_path):
+    """`restore - <&-` (and `show -`): one line and status 2, not an AttributeError traceback
+    on a stdin that is None."""
+    for cmd in ("restore", "show"):
+        p = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "ckptrace", cmd, "-"],
+                           cwd=REPO, capture_output=True, timeout=60)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"ckptrace {cmd}: standard input is closed" in err, err
+
+
 def test_missing_file_is_refused_before_anything_exists(pidns, refwork, tmp_path):
     w = start_workload(pidns, refwork, str(tmp_path))
     img = tmp_path / "ref.img"

@@ -241,6 +241,10 @@ def open_image(path: str) -> BinaryIO:
     from ..errors import UsageError
 
     if path == "-":
+        from ..cli import closed_at_start
+
+        if sys.stdin is None or closed_at_start(0):
+            raise UsageError("standard input is closed (<&-): no image to read; pipe one in or name a file")
         if sys.stdin.isatty():  # it would wait for an image typed in, for ever (dump refuses a tty too)
             raise UsageError("standard input is a terminal, not an image: pipe one in or name a file")
         return sys.stdin.buffer
