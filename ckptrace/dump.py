@@ -26,7 +26,7 @@ from typing import Any
 
 from . import notify
 from .cli import closed_at_start
-from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Unsupported, UsageError
+from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Terminated, Unsupported, UsageError
 from .progress import ProgressLine
 from .image.records import RecType
 from .image.render import plural
@@ -205,14 +205,10 @@ class Dumper:
 
 # -- command -------------------------------------------------------------------------------------
 
-class _Terminated(CkptError):
-    exit_status = 143
-
-
 def _raise_on_signal(signum, _frame):
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
-    raise _Terminated(f"terminated by signal {signum}; tasks released")
+    raise Terminated(f"terminated by signal {signum}; tasks released")
 
 
 def _kill_namespace(init: int) -> int | None:
@@ -297,7 +293,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     except (CkptError, OSError) as exc:
         # A task killed under the dump shows up as whatever read of it failed first (its pagemap,
         # its memory, a ptrace request), naming a host pid only: say what happened instead.
-        gone = frz.exited() if not isinstance(exc, _Terminated) else []
+        gone = frz.exited() if not isinstance(exc, Terminated) else []
         if not gone:
             raise
         raise NoSuchProcess(_exited_message(gone, ns, opts.kill)) from None

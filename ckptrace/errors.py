@@ -43,6 +43,12 @@ class ImageReadError(ImageError):
     malformed."""
 
 
+class Terminated(CkptError):
+    """SIGTERM (or another terminating signal) arrived: the command undid what it had begun."""
+
+    exit_status = 143
+
+
 class NoSuchProcess(CkptError):
     """A process or thread vanished (or never existed)."""
 

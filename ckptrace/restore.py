@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
-from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Unsupported
+from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Terminated, Unsupported
 from .image.render import plural
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
@@ -64,8 +64,17 @@ def main(args) -> int:
     if os.geteuid() != 0:
         raise AccessDenied("restore needs root (a new pid namespace, ptrace, the image's credentials): "
                            "run with sudo")
-    with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
-        res = restore(args.image, progress, root=args.root)
+    def terminated(signum, _frame):
+        # as an exception, so that the abort path kills what was made and removes its cgroups
+        # (by default SIGTERM ended us on the spot, leaving them)
+        raise Terminated(f"terminated by signal {signum}; nothing was restored")
+
+    old = signal.signal(signal.SIGTERM, terminated)
+    try:
+        with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
+            res = restore(args.image, progress, root=args.root)
+    finally:
+        signal.signal(signal.SIGTERM, old)
     try:
         if args.json:
             import json

@@ -2747,11 +2747,15 @@ def _rss_anon_kib(pid: int) -> int:
         return 0
 
 
-def test_ctrl_c_while_pages_are_written_is_an_interruption_and_leaves_nothing(pidns, bigmem, tmp_path, restored):
+@pytest.mark.parametrize("sig, said, status", [
+    (signal.SIGINT, "ckptrace restore: interrupted\n", 130),
+    (signal.SIGTERM, "ckptrace restore: terminated by signal 15; nothing was restored\n", 143)])
+def test_ctrl_c_while_pages_are_written_is_an_interruption_and_leaves_nothing(pidns, bigmem, tmp_path, restored,
+                                                                                sig, said, status):
     """SIGINT while the restored process sits in a long injected pread of its pages: the
     interruption is what is reported (status 130, as for any interrupted command), not the
     failure to put back the registers of a task that was not stopped; and the half-made
-    namespace is gone."""
+    namespace is gone. SIGTERM likewise (it used to end the restorer on the spot)."""
     from nsutil import children, ns_of
 
     w = pidns([bigmem, str(tmp_path), "512"], ready_file=str(tmp_path / "ready"), timeout=60,
@@ -2775,13 +2779,13 @@ def test_ctrl_c_while_pages_are_written_is_an_interruption_and_leaves_nothing(pi
                 if init:
                     restored.append(init)  # killed at teardown should it survive
             time.sleep(0.001)
-        ctl.send_signal(signal.SIGINT)
+        ctl.send_signal(sig)
         out, err = ctl.communicate(timeout=30)
     finally:
         if ctl.poll() is None:
             ctl.kill()
             ctl.wait()
-    assert err.decode() == "ckptrace restore: interrupted\n" and ctl.returncode == 130, (ctl.returncode, err)
+    assert err.decode() == said and ctl.returncode == status, (ctl.returncode, err)
     assert out == b""
     assert not os.path.exists(f"/proc/{init}"), "the half-restored init survived"
     assert pidns_inodes(tmp_path) - nss == set(), "the half-restored namespace survived"
