@@ -1188,6 +1188,8 @@ os.setpriority(os.PRIO_PROCESS, 0, 5)  # Linux: the calling thread; new threads 
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
 libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+libc.prctl(67, 1, 0, 0, 0)  # PR_SET_MEMORY_MERGE
+libc.prctl(33, 1, 1, 0, 0)  # PR_MCE_KILL, PR_MCE_KILL_SET, early (before the threads: inherited)
 
 def worker():
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
@@ -1211,7 +1213,8 @@ out = open(os.path.join(sys.argv[1], "prctl.log"), "a", buffering=1)
 v = ctypes.c_int()
 while True:
     libc.prctl(37, ctypes.byref(v), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
-    out.write(f"dumpable={libc.prctl(3, 0, 0, 0, 0)} subreaper={v.value} thp_off={libc.prctl(42, 0, 0, 0, 0)}\n")
+    out.write(f"dumpable={libc.prctl(3, 0, 0, 0, 0)} subreaper={v.value} thp_off={libc.prctl(42, 0, 0, 0, 0)} "
+              f"merge={libc.prctl(68, 0, 0, 0, 0)} mce={libc.prctl(34, 0, 0, 0, 0)}\n")
     time.sleep(0.05)
 """
 
@@ -1248,7 +1251,7 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
     while len(log.read_text().splitlines()) < n + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     lines = log.read_text().splitlines()
-    assert len(lines) >= n + 3 and set(lines) == {"dumpable=0 subreaper=1 thp_off=1"}, lines[-5:]
+    assert len(lines) >= n + 3 and set(lines) == {"dumpable=0 subreaper=1 thp_off=1 merge=1 mce=1"}, lines[-5:]
 
 
 _libc = None

@@ -16,7 +16,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ..image.records import PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_STOPPED, RecType
+from ..image.records import (PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET, PROC_MEMORY_MERGE,
+                              PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_STOPPED, RecType)
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
@@ -32,6 +33,9 @@ PR_GET_DUMPABLE = 3
 PR_GET_SECUREBITS = 27
 PR_GET_CHILD_SUBREAPER = 37
 PR_GET_THP_DISABLE = 42
+PR_MCE_KILL, PR_MCE_KILL_GET = 33, 34
+PR_MCE_KILL_LATE, PR_MCE_KILL_EARLY, PR_MCE_KILL_DEFAULT = 0, 1, 2
+PR_GET_MEMORY_MERGE = 68
 PR_GET_TID_ADDRESS = 40
 NSIG = 64
 SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
@@ -78,7 +82,7 @@ class ProcState:
     sigactions: list[tuple[int, int, int, int]] = field(default_factory=list)
     securebits: int = 0
     pdeath_signal: int = 0
-    flags: int = 0  # PROC_CHILD_SUBREAPER | PROC_THP_DISABLE
+    flags: int = 0  # TASK_PROC.flags: PROC_CHILD_SUBREAPER | PROC_THP_DISABLE | ...
     dumpable: int = 1
     itimers: dict[str, int] = field(default_factory=dict)  # TASK_ITIMERS fields, µs
     posix_timers: list[dict[str, int]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
@@ -152,6 +156,12 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
             subreaper = struct.unpack("<i", mem.read(4))[0]
         thp_off = checked(inj.syscall(SYS_prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0), f"prctl(PR_GET_THP_DISABLE) in {p.hostpid}")
         p.flags = (PROC_CHILD_SUBREAPER if subreaper else 0) | (PROC_THP_DISABLE if thp_off else 0)
+        # (EINVAL without CONFIG_KSM: then it is off)
+        if inj.syscall(SYS_prctl, PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1:
+            p.flags |= PROC_MEMORY_MERGE
+        mce = checked(inj.syscall(SYS_prctl, PR_MCE_KILL_GET, 0, 0, 0, 0), f"prctl(PR_MCE_KILL_GET) in {p.hostpid}")
+        if mce != PR_MCE_KILL_DEFAULT:
+            p.flags |= PROC_MCE_KILL_SET | (PROC_MCE_KILL_EARLY if mce == PR_MCE_KILL_EARLY else 0)
         p.dumpable = checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
         timers.collect(p, inj, ns_pid, proc)
         nsinfo.collect(p, inj, proc)

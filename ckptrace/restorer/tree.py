@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from ..errors import Unsupported
 from ..image.reader import File, FileTable, Image, Mm, Task
-from ..image.records import (CLONE_NEWIPC, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_THP_DISABLE, FileType,
+from ..image.records import (CLONE_NEWIPC, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
+                              PROC_MEMORY_MERGE, PROC_THP_DISABLE, FileType,
                               RecType, VmaType)
 from ..kernel.sys import SYS_clone3, libc
 from . import creds
@@ -37,6 +38,8 @@ PR_SET_PDEATHSIG = 1
 READ_IMPLIES_EXEC = 0x0400000
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_THP_DISABLE = 41
+PR_MCE_KILL, PR_MCE_KILL_SET = 33, 1
+PR_SET_MEMORY_MERGE = 67
 EPOLL_CTL_ADD = 1
 CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
 WALL = 0x40000000  # __WALL: waits for children without an exit signal too (stand-ins)
@@ -473,6 +476,13 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     creds.install_sigactions(p.sigactions)
     if p.flags & PROC_THP_DISABLE:  # kept in the mm's flags, which outlive the remapping to come
         libc.prctl(PR_SET_THP_DISABLE, ctypes.c_ulong(1), 0, 0, 0)
+    if p.flags & PROC_MEMORY_MERGE:  # the mm's too: every mapping made from now on is KSM's
+        if libc.prctl(PR_SET_MEMORY_MERGE, ctypes.c_ulong(1), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_MEMORY_MERGE)")
+    if p.flags & PROC_MCE_KILL_SET:  # a task flag: the threads cloned later inherit it
+        early = 1 if p.flags & PROC_MCE_KILL_EARLY else 0
+        if libc.prctl(PR_MCE_KILL, ctypes.c_ulong(PR_MCE_KILL_SET), ctypes.c_ulong(early), 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_MCE_KILL)")
     if p.pdeath_signal and p.pid != 1:
         # Not for init: its parent is this controller, which exits once the restore is done (init
         # has SIGKILL from _die_with meanwhile, which the controller clears at the end).
