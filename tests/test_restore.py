@@ -637,6 +637,19 @@ if os.fork() == 0:
 time.sleep(0.1)
 os.wait()
 if os.fork() == 0:
+    # a daemon that forks a worker, then makes a group of its own, its session leader gone:
+    # the worker alone keeps the session's group
+    os.setsid()
+    if os.fork() == 0:
+        if os.fork() == 0:
+            time.sleep(100)
+        os.setpgid(0, 0)
+        time.sleep(100)
+    time.sleep(0.2)
+    os._exit(0)
+time.sleep(0.1)
+os.wait()
+if os.fork() == 0:
     # a double fork inside a session whose leader lives on: the grandchild is init's child now
     os.setsid()
     if os.fork() == 0:
@@ -658,10 +671,12 @@ def test_sessions_whose_leader_exited_and_setsid_after_fork_come_back(pidns, tmp
     w = pidns([sys.executable, "-c", DEPARTED_LEADERS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want = sorted(ns_ids(p) for p in w.pids())
-    assert len(want) == 7, want
+    assert len(want) == 9, want
     pids = {x[0] for x in want}
     daemon = [x for x in want if x[1] == 1 and x[3] not in pids | {0}]
-    assert len(daemon) == 1 and daemon[0][2] == daemon[0][3], want  # reparented, leader gone
+    assert len(daemon) == 2 and daemon[0][2] == daemon[0][3], want  # reparented, leader gone
+    assert daemon[1][2] == daemon[1][0], want  # the second made a group of its own
+    assert [x for x in want if x[1] == daemon[1][0]][0][2] == daemon[1][3], want  # its worker did not
     relayed = [x for x in want if x[1] == 1 and x[3] in pids - {1, x[0]}]
     assert len(relayed) == 1, want  # reparented, leader alive
     kept = [x for x in want if x[3] == 0 and x[1] not in (0, 1)]

@@ -336,3 +336,18 @@ def test_restore_that_cannot_print_its_result_still_says_where(monkeypatch, caps
     err = capsys.readouterr().err
     assert "restored pid:[4026532999] (init is host pid 4242), but writing the result failed" in err, err
     assert err.count("\n") == 1
+
+
+def test_a_group_leaders_children_in_its_former_group_are_forked_before_it_makes_its_own():
+    # a daemon (43, session 42 whose leader exited) forked 44, then made a group of its own:
+    # 44 stays in group 42, which only it keeps alive (the stand-in is gone by then)
+    root = arrange((1, 0, 1, 1), (43, 1, 43, 42), (44, 43, 42, 42))
+    (stand_in,) = root.children
+    (daemon,) = stand_in.children
+    assert [(c.pid, _early(daemon, c)) for c in daemon.children] == [(44, True)]
+
+
+def test_a_group_nobody_can_be_in_is_refused():
+    # group 5 is named after process 5, which left it; 7 would have to join a group nobody is in
+    with pytest.raises(Unsupported, match="process 7 is in process group 5"):
+        arrange((1, 0, 1, 1), (5, 1, 6, 1), (6, 1, 6, 1), (7, 1, 5, 1))

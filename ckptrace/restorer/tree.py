@@ -259,6 +259,7 @@ def _check_sessions(root: ProcPlan) -> None:
         p = stack.pop()
         order.append(p)
         stack.extend(p.children)
+    plans_by_pid = {p.pid: p for p in order}
     for p in reversed(order):  # children before parents
         if p.sid != p.pid:
             p.born_in = p.sid
@@ -268,21 +269,42 @@ def _check_sessions(root: ProcPlan) -> None:
             raise Unsupported(f"process {p.pid} leads a session but has children in sessions "
                               f"{', '.join(map(str, sorted(needs)))}: not supported")
         p.born_in = needs.pop() if needs else None
-    checks = [(root, 0)]  # 0: the restorer's session, outside the namespace
+    # then follow sessions and groups down the tree as _become makes them
+    checks = [(root, 0, 0)]  # (plan, session and group it is forked in); 0: the restorer's
+    group_after: dict[int, int] = {}  # pid -> its group once _become is done
     while checks:
-        p, at = checks.pop()
+        p, at, group_at = checks.pop()
         if p.born_in is not None and p.born_in != at:
             who = f"process {p.pid}" if p.sid != p.pid else f"a child of process {p.pid}"
             raise Unsupported(f"{who} is in session {p.born_in}, which its parent {p.ppid} cannot fork "
                               "it into: not supported")
         own = p.pid if p.sid == p.pid else at
+        own_group = p.pid if p.pgid == p.pid else group_at
+        if p.stand_in in ("", "group"):  # (session and relay stand-ins are gone by then)
+            group_after[p.pid] = own_group
         for c in p.children:
-            checks.append((c, at if _early(p, c) else own))
+            early = _early(p, c)
+            checks.append((c, at if early and p.sid == p.pid else own, group_at if early else own_group))
+    # restore._set_groups moves the others with setpgid, which needs a process in the group
+    present = set(group_after.values())
+    for pid, group in sorted(group_after.items()):
+        want = plans_by_pid[pid].pgid
+        if group != want and want not in present:
+            raise Unsupported(f"process {pid} is in process group {want}, which no restored process can be "
+                              "in when it joins it: not supported")
 
 
 def _early(p: ProcPlan, c: ProcPlan) -> bool:
-    """Is child c forked before its parent p calls setsid (see _check_sessions)?"""
-    return p.sid == p.pid and c.born_in not in (None, p.pid)
+    """Is child c forked before its parent p becomes a leader (see _check_sessions)? A session
+    leader forks first the children that need its former session; a group leader (of a group
+    only) the children that are in neither its group nor one of their own: they were in its
+    former group (a daemon's child that made a group of its own after forking), or join theirs
+    later either way."""
+    if p.sid == p.pid:
+        return c.born_in not in (None, p.pid)
+    if p.pgid == p.pid:
+        return c.pgid not in (p.pid, c.pid)
+    return False
 
 
 def _epoll_entries(img: Image, table: FileTable, claimed: set[int]) -> list[tuple[int, int, int, int]]:
