@@ -37,6 +37,8 @@ ERESTART_RESTARTBLOCK = -516
 SYS_setpgid = 109
 SYS_wait4 = 61
 SYS_personality = 135
+SYS_fcntl = 72
+F_GETFL, F_SETFL = 3, 4
 WALL = 0x40000000  # __WALL
 SYS_prctl = 157
 PR_SET_PDEATHSIG = 1
@@ -226,7 +228,7 @@ class _Restore:
                 self._show(f"process {i + 1}/{len(procs)} (pid {t.tid})", mem)
                 self._process(t, mem, files)
             files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
-            files.set_owners(self._owner_host)  # every thread exists now
+            files.set_owners(self._owner_host, lambda objref: self._set_async(files, objref))  # every thread exists now
             self._show("finishing", mem)
             self._finish()
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
@@ -242,6 +244,16 @@ class _Restore:
             files.close()
         return res
 
+    def _set_async(self, files, objref: int) -> None:
+        """O_ASYNC on file `objref`, through the fd of the first process holding it (see
+        FileSet.set_owners)."""
+        from .restorer.memory import check
+
+        pid, fd = files.holder(objref)
+        inj = self.injectors[pid]
+        flags = check(inj.syscall(SYS_fcntl, fd, F_GETFL), f"fcntl(F_GETFL) of fd {fd} in {pid}")
+        check(inj.syscall(SYS_fcntl, fd, F_SETFL, flags | os.O_ASYNC), f"fcntl(F_SETFL, O_ASYNC) of fd {fd} in {pid}")
+
     def _owner_host(self, owner_type: int, ns_id: int) -> int | None:
         """The host id of an I/O signal owner: a thread, a process, or a process group (named
         by its id, which a member's host pgid gives even if its leader is gone)."""
@@ -251,7 +263,9 @@ class _Restore:
         if owner_type == 2:  # F_OWNER_PGRP
             member = next((e["pid"] for e in self.img.tree if e["pgid"] == ns_id and e["pid"] in self.host), None)
             return os.getpgid(self.host[member]) if member is not None else None
-        return self.host.get(ns_id)
+        # F_OWNER_PID names a process, or a thread when F_SETOWN was given a tid
+        tr = self.by_tid.get(ns_id)
+        return self.host.get(ns_id) or (tr.tid if tr is not None else None)
 
     def _show(self, what: str, mem) -> None:
         p = self.progress

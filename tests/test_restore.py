@@ -963,6 +963,26 @@ def test_io_signal_owner_signal_and_o_async_come_back(pidns, tmp_path, restored)
     assert log.read_text().splitlines() == [f"io {sig}"] * 2
 
 
+def test_io_signals_name_the_processs_own_fd(pidns, tmp_path, restored):
+    """The I/O signal's si_fd is the number of the fd O_ASYNC was set through: after restore it
+    must be the process's (20), not that of the restorer's copy of the file."""
+    exe = str(tmp_path / "sigio")
+    subprocess.run(["gcc", "-O1", "-o", exe, os.path.join(HERE, "workloads", "sigio.c")], check=True)
+    w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "log"
+    assert log.read_text().splitlines() == ["io fd=20"]
+    img = str(tmp_path / "sigio.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    os.kill(host, signal.SIGUSR1)
+    deadline = time.monotonic() + 3
+    while len(log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.read_text().splitlines() == ["io fd=20"] * 2
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

@@ -264,8 +264,22 @@ def write_owner(ctx: DumpContext, ref: int, o: OpenFd) -> None:
         raise from_oserror(exc, f"{_where(ctx, o.pid)} fd {o.fd}: read its I/O signal owner") from None
     if not pid and not sig:
         return
-    ctx.w.record(RecType.FILE_OWNER, dict(owner_type=kind, owner_pid=ctx.ns_pid.get(pid, 0) if pid else 0,
-                                          signal=sig))
+    owner = ctx.ns_pid.get(pid, 0) if pid else 0
+    if kind == F_OWNER_PGRP and pid and not owner:
+        owner = _ns_pgid(ctx, pid)  # a group whose leader has exited: named by a member
+    ctx.w.record(RecType.FILE_OWNER, dict(owner_type=kind, owner_pid=owner, signal=sig))
+
+
+def _ns_pgid(ctx: DumpContext, host_pgid: int) -> int:
+    """Process group `host_pgid` (as the dumper sees it) as the namespace names it, through one
+    of its members (the tasks are held: none moves); 0 when none is in the namespace."""
+    for host in ctx.ns_pid:
+        try:
+            if os.getpgid(host) == host_pgid:
+                return procfs.status(host, root=ctx.proc).ints("NSpgid")[-1]
+        except OSError:
+            continue
+    return 0
 
 
 def dump_table(ctx: DumpContext, pid: int) -> int:

@@ -35,7 +35,9 @@ F_SETSIG, F_SETOWN_EX = 10, 15
 F_OWNER_EX = struct.Struct("<ii")  # struct f_owner_ex {int type; pid_t pid;}
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # Flags that only matter at open time (and must not recreate or truncate anything now).
-_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
+# flags not to reopen a file with: open-time only, or O_ASYNC, which open() records without
+# registering the file for I/O signals (FileSet.set_owners sets it properly)
+_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC | 0o20000
 VM_MAYWRITE = 0x20
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 F_SEAL_SEAL, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x1, 0x8, 0x10, 0x20
@@ -518,28 +520,43 @@ class FileSet:
         return any(v.fields["vma_type"] == VmaType.SHARED_FILE and v.fields["vm_flags"] & (VM_WRITE | VM_MAYWRITE)
                    for v in self._mappings_of(objref))
 
-    def set_owners(self, host_of) -> None:
-        """The I/O signal owner and signal of each file that had them (FILE_OWNER), then O_ASYNC,
-        in that order (no SIGIO to nobody meanwhile). host_of(owner_type, in-namespace id) gives
-        the host id; called once every task exists (an owner may be any thread)."""
+    def set_owners(self, host_of, set_async) -> None:
+        """O_ASYNC, then the I/O signal owner and signal, of each file that had them; called once
+        every task exists (an owner may be any thread). set_async(objref) sets O_ASYNC from a
+        restored process that holds the file: the registration keeps the number of the fd it
+        was made through (the si_fd of the signals), and for a tty it makes its caller the owner,
+        so the owner comes after. host_of(owner_type, in-namespace id) gives a host id, None for
+        one that is not there."""
         for obj in self.img.objects.values():
             if not isinstance(obj, File) or obj.objref not in self.by_objref:
                 continue
             fd = self.by_objref[obj.objref]
+            if obj.fields["f_flags"] & O_ASYNC:
+                set_async(obj.objref)
             rec = _extra(obj, RecType.FILE_OWNER)
-            what = f"{_users(self.img, obj.objref)}: set its I/O signal owner"
+            if rec is None:
+                continue
+            o = rec.fields
             try:
-                if rec is not None:
-                    o = rec.fields
-                    if o["signal"]:
-                        fcntl.fcntl(fd, F_SETSIG, o["signal"])
-                    host = host_of(o["owner_type"], o["owner_pid"]) if o["owner_pid"] else None
-                    if host:
-                        fcntl.fcntl(fd, F_SETOWN_EX, F_OWNER_EX.pack(o["owner_type"], host))
-                if obj.fields["f_flags"] & O_ASYNC:
-                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | O_ASYNC)
+                if o["signal"]:
+                    fcntl.fcntl(fd, F_SETSIG, o["signal"])
+                host = host_of(o["owner_type"], o["owner_pid"]) if o["owner_pid"] else None
+                if o["owner_pid"] and not host:
+                    raise Unsupported(f"{_users(self.img, obj.objref)}: its I/O signal owner "
+                                      f"{o['owner_pid']} is not in the restored namespace")
+                if host:
+                    fcntl.fcntl(fd, F_SETOWN_EX, F_OWNER_EX.pack(o["owner_type"], host))
             except OSError as exc:
-                raise from_oserror(exc, what) from None
+                raise from_oserror(exc, f"{_users(self.img, obj.objref)}: set its I/O signal owner") from None
+
+    def holder(self, objref: int) -> tuple[int, int]:
+        """(pid, fd): the first process in the image holding file `objref`, and its number."""
+        for t in self.img.processes():
+            table = self.img.obj(t.files_objref)
+            for d in getattr(table, "fds", []):
+                if d["fd_objref"] == objref:
+                    return t.tid, d["fd_descriptor"]
+        raise Unsupported(f"file object {objref} has O_ASYNC but no process holds it")
 
     def add_late_seals(self) -> None:
         """The memfd seals `_memfd` held back, now that every task has mapped its files."""
