@@ -229,6 +229,10 @@ class Controller:
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "unresolved": 0, "unattributed": 0}
         self.unresolved = 0
         self.forked_early: set[int] = set()  # children whose fork _fork_before reported
+        # namespaces whose init has exited: they are gone, and the kernel gives the inode number
+        # to a later namespace, whose tasks the same filter lets through
+        self.ended: set[int] = set()
+        self.reused = 0  # records of a later namespace with the focused one's number, dropped
         self.failure: BaseException | None = None  # raised in the record callback
         self.dumps_dir = notify.DUMPS_DIR
         # processes whose VMA table is to be re-read (exec, failed mprotect, lost records): host
@@ -341,7 +345,13 @@ class Controller:
             ns, pid = where
             if kind == "discover":
                 return
-        elif ns not in self.model.namespaces:
+        if ns in self.ended and not self._member(e.hostpid, ns):
+            if ns == self.focus:
+                self.reused += 1  # `--pidns N` is that namespace, not the next with its number
+                return
+            if kind != "exit":  # (a late exit of the old one's, met for the first time here)
+                self._forget_namespace(ns)  # a new namespace from here on
+        if ns not in self.model.namespaces:
             self.watch_ns(ns)
         hostpid = e.hostpid
         if hostpid not in self.model.procs:
@@ -395,6 +405,8 @@ class Controller:
             if kind == "exit":
                 ev["code"] = e.code
                 self.nschanged.discard(hostpid)
+                if pid == 1:
+                    self.ended.add(ns)  # the kernel kills the rest with it
             elif kind == "mremap":
                 ev.update(addr=e.a0, len=e.a1, new_addr=e.a2, new_len=e.a3)
             elif kind == "madvise":
@@ -408,6 +420,17 @@ class Controller:
             out = self.model.apply(ev, gen=gen)
         if out is not None:
             self.emit(out)
+
+    def _member(self, hostpid: int, ns: int) -> bool:
+        p = self.model.procs.get(hostpid)
+        return p is not None and p.ns == ns
+
+    def _forget_namespace(self, ns: int) -> None:
+        """Drop what the model has of a namespace that is gone (see `ended`)."""
+        for hp in [hp for hp, p in self.model.procs.items() if p.ns == ns]:
+            del self.model.procs[hp]
+        self.model.namespaces.pop(ns, None)
+        self.ended.discard(ns)
 
     def _fork_before(self, child, ts: int) -> None:
         """A new process's first event came before its parent's fork (reported when the parent's

@@ -1347,3 +1347,32 @@ def test_dump_stamps_are_not_writable_by_others_whatever_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(base / str(NS)).st_mode) == 0o644
     for d in (base, base.parent, base.parent.parent):
         assert stat.S_IMODE(os.stat(d).st_mode) == 0o755, d
+
+
+def test_a_later_namespace_with_a_dead_ones_number_is_not_taken_for_it(model):
+    """Once a namespace's init has exited the namespace is gone, and the kernel soon gives its
+    inode number to another: `--pidns N` must not report that one's tasks as N's (it did, after
+    saying N had no process left), and the all-namespaces view starts it afresh."""
+    from ckptrace.watch import Controller
+
+    E = bpfload.abi().structs["ckpt_event"]
+    c = bpfload.abi().consts
+    out = []
+    ctl = Controller(FakeProg(), model, host=1, focus=NS, emit=out.append)
+    ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=100, hosttid=100, pid=1, code=9))
+    ctl.on_record(E(ts=6, ns=NS, type=c["CKPT_EV_MMAP"], hostpid=os.getpid(), hosttid=os.getpid(), pid=1,
+                    a0=0x7000, a1=P, a2=3, a3=0x22))
+    assert ctl.failure is None
+    assert [e["event"] for e in out] == ["exit"] and ctl.reused == 1
+    assert os.getpid() not in model.procs
+
+    # all namespaces: the old one's processes are forgotten, the new one's reported
+    model.seed_proc(200, 1, NS + 1, comm="init")
+    out.clear()
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+    ctl.on_record(E(ts=7, ns=NS + 1, type=c["CKPT_EV_EXIT"], hostpid=200, hosttid=200, pid=1, code=9))
+    ctl.on_record(E(ts=8, ns=NS + 1, type=c["CKPT_EV_MMAP"], hostpid=os.getpid(), hosttid=os.getpid(), pid=1,
+                    a0=0x7000, a1=P, a2=3, a3=0x22))
+    assert ctl.failure is None
+    assert [(e["event"], e["hostpid"]) for e in out] == [("exit", 200), ("mmap", os.getpid())]
+    assert 200 not in model.procs and model.procs[os.getpid()].ns == NS + 1
