@@ -623,6 +623,10 @@ class Model:
         for v, pages in reports.values():
             ev = {"event": "dirty", "pid": p.pid, "hostpid": p.hostpid, "ns": p.ns, "ts": ts,
                   "start": v.start, "end": v.end, "pages": pages if isinstance(pages, int) else len(pages)}
+            if v.died != _LIVE:
+                # written to a mapping unmapped (or mapped over) since: a live one may have the same
+                # range in this very drain, and a reader must not add the two up
+                ev["gone"] = True
             out.append(ev)
             ns.events += 1
             ns.window.append(now)

@@ -247,6 +247,8 @@ def test_pages_of_an_unmapped_mapping_stay_with_its_tombstone(model):
     out = model.add_dirty(100, [(1, 0x40000000 + P), (3, 0x40000000 + P)], ts=1)
     assert sorted((e["start"], e["pages"]) for e in out) == [(0x40000000, 1), (0x40000000, 1)]
     assert len(model.procs[100].find(0x40000000).dirty) == 1  # only the write to the new one
+    # the two events have the same range: the dead mapping's says it is gone
+    assert sorted(e.get("gone", False) for e in out) == [False, True]
 
 
 def test_pages_of_a_heap_that_shrank_do_not_move_to_the_heap_grown_back(model):
