@@ -351,3 +351,21 @@ def test_a_group_nobody_can_be_in_is_refused():
     # group 5 is named after process 5, which left it; 7 would have to join a group nobody is in
     with pytest.raises(Unsupported, match="process 7 is in process group 5"):
         arrange((1, 0, 1, 1), (5, 1, 6, 1), (6, 1, 6, 1), (7, 1, 5, 1))
+
+
+@pytest.mark.parametrize("ns_root, path, want", [
+    ("/srv/ct", "/srv/ct/etc/x", "/new/etc/x"),   # under the namespace's root: moved
+    ("/srv/ct", "/srv/ct", "/new"),
+    ("/srv/ct", "/srv/ctx/etc/x", "/srv/ctx/etc/x"),  # not under it (a prefix only): left
+    ("/srv/ct", "/dev/null", "/dev/null"),        # outside it (an inherited stdin): left
+    ("/", "/etc/x", "/new/etc/x"),                # not chroot'ed: every path moves...
+    ("/", "/dev/pts/3", "/dev/pts/3"),            # ...but the host's devices and kernel files
+    ("/", "/proc/sys/x", "/proc/sys/x"),
+])
+def test_restore_root_moves_the_namespaces_paths(ns_root, path, want):
+    from ckptrace.image.reader import Image, Task
+
+    img = Image(tasks=[Task(fields={}, thread={"tid": 1, "tgid": 1}, ns_root=ns_root)])
+    assert img.at(path) == path  # no --root: where they were
+    img.root = "/new"
+    assert img.at(path) == want

@@ -31,6 +31,8 @@ from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_
 from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
 
+# what restore --root leaves where it is when the namespace's root was the host's (Image.at)
+HOST_TREES = ("/dev/", "/proc/", "/sys/")
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
               RecType.FILE_TTY, RecType.FILE_OWNER)
@@ -160,6 +162,8 @@ class Image:
             return path
         old = self.ns_root
         if old == "/":
+            if path.startswith(HOST_TREES):
+                return path  # the host's devices and kernel files, not the namespace's own
             return self.root.rstrip("/") + path
         if path == old or path.startswith(old + "/"):
             return self.root.rstrip("/") + path[len(old):] or "/"
