@@ -301,7 +301,9 @@ class _Restore:
         while len(self.host) < n or len(self.stand_ins) < len(self.stand_in_parents):
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
-                raise KernelError(f"only {len(self.host)} of {n} processes came up in time", errno.ETIMEDOUT)
+                helpers = len(self.stand_in_parents)
+                also = f" (and {len(self.stand_ins)} of {helpers} group stand-ins)" if helpers else ""
+                raise KernelError(f"only {len(self.host)} of {n} processes{also} came up in time", errno.ETIMEDOUT)
             chunk = os.read(r, 4096)
             if not chunk:
                 raise NoSuchProcess(f"the new processes exited before all {n} came up "
