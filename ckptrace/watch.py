@@ -739,8 +739,11 @@ def main(args) -> int:
             _hurry[0] = None
             priority.stop()
             try:
+                # the programs go first: no more records, nothing more for the workload to pay
+                # (under a flood the stop took seconds while they ran on)
+                prog.detach()
                 # what the kernel sent before we stopped is still reported, as much as a second
-                # allows: under a flood the backlog never ends, and stopping on time matters more
+                # allows: a flood's backlog can be long, and stopping on time matters more
                 prog.read_sent(max_s=FINAL_READ_SECONDS)
                 ctl.drain(final=True)
                 ctl.check_lost()

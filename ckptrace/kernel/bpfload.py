@@ -273,10 +273,19 @@ class WatchProgram:
         bpf = getattr(self, "bpf", None)
         if bpf is None:
             return
+        self.detach()
         self.bpf = None
         if getattr(self, "_reader", None) is not None:
             self._reader.close()  # its mappings hold the ring map open
             self._reader = None
+        bpf.cleanup()
+
+    def detach(self) -> None:
+        """Detach every program from its tracepoint: no more records come, and a watched
+        workload no longer pays for them; the maps stay, for what they hold to be read."""
+        bpf = getattr(self, "bpf", None)
+        if bpf is None:
+            return
 
         def detach(tp):
             try:
@@ -290,9 +299,10 @@ class WatchProgram:
         from concurrent.futures import ThreadPoolExecutor
 
         attached = [tp for tp, _ in reversed(getattr(self, "attached", []))]
-        with ThreadPoolExecutor(max_workers=max(1, len(attached))) as pool:
-            list(pool.map(detach, attached))
-        bpf.cleanup()
+        self.attached = []
+        if attached:
+            with ThreadPoolExecutor(max_workers=len(attached)) as pool:
+                list(pool.map(detach, attached))
 
     # -- controller -> kernel --------------------------------------------------------------------
     def add_namespace(self, ino: int) -> bool:
