@@ -275,7 +275,10 @@ def _check_sessions(root: ProcPlan) -> None:
     while checks:
         p, at, group_at = checks.pop()
         if p.born_in is not None and p.born_in != at:
-            who = f"process {p.pid}" if p.sid != p.pid else f"a child of process {p.pid}"
+            if p.stand_in:  # (its number is not the image's: name what it is for)
+                who = f"the stand-in forking process {', '.join(str(c.pid) for c in p.children)}"
+            else:
+                who = f"process {p.pid}" if p.sid != p.pid else f"a child of process {p.pid}"
             raise Unsupported(f"{who} is in session {p.born_in}, which its parent {p.ppid} cannot fork "
                               "it into: not supported")
         own = p.pid if p.sid == p.pid else at
