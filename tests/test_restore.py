@@ -1132,6 +1132,54 @@ def test_signal_masks_handlers_and_pending_signals_come_back(pidns, tmp_path, re
     assert sigstate(res["init_pid"]) == want
 
 
+TTY_SIGIO = r"""
+import fcntl, os, signal, sys, time
+d = sys.argv[1]
+log = open(d + "/log", "a", buffering=1)
+def on_io(sig, frame):
+    log.write(f"io {sig} {os.read(0, 64)!r}\n")
+signal.signal(signal.SIGRTMIN + 3, on_io)
+fcntl.fcntl(0, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(0, 10, signal.SIGRTMIN + 3)          # F_SETSIG
+fcntl.fcntl(0, fcntl.F_SETFL, fcntl.fcntl(0, fcntl.F_GETFL) | os.O_ASYNC | os.O_NONBLOCK)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_terminal_with_o_async_still_signals_its_owner(pidns, tmp_path, restored):
+    """A pty slave reopened by path: O_ASYNC given to open() is recorded without registering the
+    file for signals, and a tty's fasync makes its caller the owner. Typing on the terminal after
+    restore must still raise the chosen signal in the process."""
+    import termios
+    import tty
+
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave, termios.TCSANOW)
+        w = pidns([sys.executable, "-c", TTY_SIGIO, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+                  stdin=slave, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = tmp_path / "log"
+        sig = int(signal.SIGRTMIN) + 3
+        os.write(master, b"a")
+        deadline = time.monotonic() + 3
+        while not log.exists() or not log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.read_text().splitlines() == [f"io {sig} b'a'"]
+        img = str(tmp_path / "tty.img")
+        dump_kill(w, img)
+        restore_json(img, restored)
+        os.write(master, b"b")
+        deadline = time.monotonic() + 3
+        while len(log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.read_text().splitlines() == [f"io {sig} b'a'", f"io {sig} b'b'"]
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 def test_terminal_is_reopened(pidns, tmp_path, restored):
     """A task writing to a pty slave writes to the same terminal after the restore."""
     import select
