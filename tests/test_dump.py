@@ -774,6 +774,30 @@ def test_an_o_path_descriptor_is_dumped(pidns, tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+EPOLL_BY_A_DUP = r"""
+import os, select, sys, time
+ep = select.epoll()
+r, w = os.pipe()
+ep.register(r, select.EPOLLIN)
+r2 = os.dup(r)
+os.close(r)               # the epoll still watches the pipe, through no fd of that number
+open(sys.argv[1], "w").close()
+time.sleep(100)
+"""
+
+
+def test_an_epoll_target_its_fd_number_no_longer_names_is_refused_and_not_killed(pidns, tmp_path):
+    """Restore registers an epoll's targets by fd number: a target whose number was closed while a
+    dup keeps it open used to be dumped (and killed with --kill), and restore then failed."""
+    ready = tmp_path / "ready"
+    w = pidns([sys.executable, "-c", EPOLL_BY_A_DUP, str(ready)], ready_file=str(ready))
+    p = dump("--pidns", str(w.ns), "--kill", "-o", str(tmp_path / "e.img"), check=False)
+    assert_refused(p, "an epoll watches a file", "which no longer names it in this process",
+                   "cannot be checkpointed")
+    assert w.pids() and status_field(w.init, "TracerPid") == "0"
+    assert not (tmp_path / "e.img").exists()
+
+
 MQ_HOLDER = r"""
 import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

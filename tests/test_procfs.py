@@ -118,7 +118,7 @@ def test_status_and_stat(fake):
 def test_fdinfo_kinds(fake):
     ep = procfs.fdinfo(4321, 3, fake)
     assert ep.flags == 0o2000002 and ep.ino == 1038
-    assert procfs.epoll_targets(ep) == [{"tfd": 4, "events": 0x19, "data": 0x7F6900000004}]
+    assert procfs.epoll_targets(ep) == [{"tfd": 4, "events": 0x19, "data": 0x7F6900000004, "ino": 0xD6D2, "sdev": 0xF}]
     tm = procfs.timerfd_state(procfs.fdinfo(4321, 6, fake))
     assert tm == {"clockid": 1, "ticks": 2, "settime_flags": 1, "value_sec": 99, "value_nsec": 16899095,
                   "interval_sec": 5, "interval_nsec": 0}

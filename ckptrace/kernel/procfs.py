@@ -410,12 +410,14 @@ def fd_locks(info: FdInfo) -> list[tuple[str, str, int, int | None]]:
 
 
 def epoll_targets(info: FdInfo) -> list[dict[str, int]]:
-    """`tfd:        5 events:       19 data: 5  pos:0 ino:... sdev:...` -> tfd, events, data."""
+    """`tfd:        5 events:       19 data: 5  pos:0 ino:... sdev:...` -> tfd, events, data, and
+    the target file's inode and device (the kernel's dev_t: major << 20 | minor; 0 if absent)."""
     out = []
     for line in info.lines:
         if line.startswith("tfd:"):
             kv = _pairs(line)
-            out.append({"tfd": int(kv["tfd"]), "events": int(kv["events"], 16), "data": int(kv["data"], 16)})
+            out.append({"tfd": int(kv["tfd"]), "events": int(kv["events"], 16), "data": int(kv["data"], 16),
+                        "ino": int(kv.get("ino", "0"), 16), "sdev": int(kv.get("sdev", "0"), 16)})
     return out
 
 

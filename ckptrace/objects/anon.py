@@ -5,8 +5,10 @@ signalfd (mask) and inotify (watches)."""
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 
+from ..errors import Unsupported
 from ..image.records import FileType, RecType
 from ..kernel import procfs
 from .context import DumpContext
@@ -120,6 +122,23 @@ def timerfd_state(ctx: DumpContext, o) -> dict[str, int]:
     return state
 
 
+def _check_target(ctx: DumpContext, o, t: dict[str, int]) -> None:
+    """The image names an epoll's targets by fd number in this (the first) process holding it,
+    and restore registers them through those numbers: the number must still name the file the
+    epoll watches here, or restore would fail (an fd closed while a dup keeps the file alive:
+    after `dump --kill`) or silently watch another file (the number given to it since)."""
+    try:
+        st = os.stat(f"{ctx.proc}/{o.pid}/fd/{t['tfd']}")
+        same = (st.st_ino == t["ino"] and (os.major(st.st_dev), os.minor(st.st_dev)) == (t["sdev"] >> 20, t["sdev"] & 0xFFFFF))
+    except OSError:
+        same = False
+    if t["ino"] and not same:
+        raise Unsupported(f"pid {ctx.ns_pid.get(o.pid, '?')} (host pid {o.pid}) fd {o.fd}: an epoll watches a file "
+                          f"(inode {t['ino']}) through fd {t['tfd']}, which no longer names it in this process "
+                          "(closed while a copy keeps the file open, or registered by another process): "
+                          "restore registers targets by fd number, so this cannot be checkpointed")
+
+
 def dump(ctx: DumpContext, ref: int, o) -> None:
     from .files import write_file_head
 
@@ -131,7 +150,10 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         ctx.w.record(RecType.FILE_EVENTFD, dict(count=count, flags=sem))
     elif o.kind is FileType.EPOLL:
         targets = procfs.epoll_targets(info)
-        ctx.w.record(RecType.FILE_EPOLL, dict(nwatch=len(targets)), payload=targets)
+        for t in targets:
+            _check_target(ctx, o, t)
+        ctx.w.record(RecType.FILE_EPOLL, dict(nwatch=len(targets)),
+                     payload=[{k: t[k] for k in ("tfd", "events", "data")} for t in targets])
     elif o.kind is FileType.TIMERFD:
         ctx.w.record(RecType.FILE_TIMERFD, timerfd_state(ctx, o))
     elif o.kind is FileType.SIGNALFD:
