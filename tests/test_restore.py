@@ -983,6 +983,43 @@ def test_io_signals_name_the_processs_own_fd(pidns, tmp_path, restored):
     assert log.read_text().splitlines() == ["io fd=20"] * 2
 
 
+UNIX_LISTENER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1] + "/l.sock")
+s.listen(8)
+open(sys.argv[1] + "/ready", "w").close()
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hi")
+    c.close()
+"""
+
+
+def test_a_live_unix_socket_path_is_not_taken_from_its_owner(pidns, tmp_path):
+    """Restore rebinds a listener at its path, removing a dead original's socket file first: it
+    removed a live one's too (the original still running after a dump without --kill), which
+    nobody could reach again, even when the restore then failed."""
+    import socket
+
+    w = pidns([sys.executable, "-c", UNIX_LISTENER, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = tmp_path / "l.sock"
+    ino = path.stat().st_ino
+    img = str(tmp_path / "l.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    nss = pidns_inodes(tmp_path)
+    r = ckptrace("restore", img)
+    assert r.returncode != 0 and b"is in use by a live socket" in r.stderr, r.stderr
+    assert pidns_inodes(tmp_path) - nss == set()
+    assert path.stat().st_ino == ino
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(3)
+        c.connect(str(path))
+        assert c.recv(2) == b"hi"  # the original still answers
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

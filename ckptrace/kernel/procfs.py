@@ -409,6 +409,16 @@ def fd_locks(info: FdInfo) -> list[tuple[str, str, int, int | None]]:
     return out
 
 
+def unix_socket_paths(root: str = PROC) -> set[str]:
+    """The paths live unix sockets of this network namespace are bound to (/proc/net/unix)."""
+    out = set()
+    for line in _read(f"{root}/net/unix", "read /proc/net/unix").splitlines()[1:]:
+        parts = line.split(None, 7)
+        if len(parts) == 8 and parts[7].startswith("/"):
+            out.add(parts[7])
+    return out
+
+
 def epoll_targets(info: FdInfo) -> list[dict[str, int]]:
     """`tfd:        5 events:       19 data: 5  pos:0 ino:... sdev:...` -> tfd, events, data, and
     the target file's inode and device (the kernel's dev_t: major << 20 | minor; 0 if absent)."""

@@ -87,6 +87,15 @@ def check_files(img: Image) -> list[str]:
     return problems
 
 
+def _socket_alive(path: str, sock_type: int) -> bool:
+    """Whether a live socket is bound at `path`, rather than the file a dead one left: only the
+    latter may be unlinked to bind again. Asked of /proc/net/unix, not by connecting, which a
+    server would see (and one that writes to its clients at once would die of the EPIPE)."""
+    from ..kernel import procfs
+
+    return path in procfs.unix_socket_paths()
+
+
 def _users(img: Image, objref: int) -> str:
     """Where the image uses a file object, as a user would look for it: "pid 2 fd 3"."""
     uses = [f"pid {t.tid} fd {d['fd_descriptor']}" for t in img.processes()
@@ -306,6 +315,10 @@ class FileSet:
                         import stat
 
                         if stat.S_ISSOCK(os.lstat(path).st_mode):
+                            if _socket_alive(path, f["type"]):
+                                raise KernelError(f"unix socket path {path} is in use by a live socket "
+                                                  "(the original still running, or restored already)",
+                                                  errno.EADDRINUSE)
                             os.unlink(path)  # the dead original's socket file
                 s.bind(path)
             if f["state"] == TCP_LISTEN:
