@@ -1020,6 +1020,39 @@ def test_a_live_unix_socket_path_is_not_taken_from_its_owner(pidns, tmp_path):
         assert c.recv(2) == b"hi"  # the original still answers
 
 
+PACKET_PIPE = r"""
+import os, signal, sys, time
+d = sys.argv[1]
+log = open(d + "/log", "a", buffering=1)
+r, w = os.pipe2(os.O_DIRECT)          # packet mode: each write is one read
+def exchange(sig, frame):
+    os.write(w, b"a" * 5)
+    os.write(w, b"b" * 5)
+    log.write(f"{len(os.read(r, 100))} {len(os.read(r, 100))}\n")
+signal.signal(signal.SIGUSR1, exchange)
+exchange(0, None)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_packet_mode_pipe_stays_one(pidns, tmp_path, restored):
+    w = pidns([sys.executable, "-c", PACKET_PIPE, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "log"
+    assert log.read_text().splitlines() == ["5 5"]
+    img = str(tmp_path / "pk.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    os.kill(host, signal.SIGUSR1)
+    deadline = time.monotonic() + 3
+    while len(log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.read_text().splitlines() == ["5 5", "5 5"]  # not "10 ...": a plain pipe
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

@@ -29,7 +29,7 @@ from ..image.render import file_label, inet_sockaddr, socket_desc
 from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, VM_EXEC, VM_SHARED, VM_WRITE, FileType,
                              RecType, VmaType, flag_names)
 
-F_SETPIPE_SZ = 1031
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 O_ASYNC = 0o20000
 F_SETSIG, F_SETOWN_EX = 10, 15
 F_OWNER_EX = struct.Struct("<ii")  # struct f_owner_ex {int type; pid_t pid;}
@@ -238,17 +238,23 @@ class FileSet:
             raise Unsupported(f"pipe object {obj.objref} has no FILE_PIPE record")
         pid = rec.fields["pipe_id"]
         if pid not in pipes:
-            r, w = os.pipe()
+            # a packet-mode pipe (pipe2 O_DIRECT) can only be made so: F_SETFL does not set it;
+            # the kernel shows O_DIRECT on the write end only
+            r, w = os.pipe2(os.O_DIRECT if self._packet_mode(pid) else 0)
             r, w = self.place(r), self.place(w)
             pipes[pid] = (r, w)
             if rec.fields["pipe_size"]:
                 try:
                     fcntl.fcntl(w, F_SETPIPE_SZ, rec.fields["pipe_size"])
                 except OSError:
-                    pass  # over /proc/sys/fs/pipe-max-size: the default still holds the data
+                    pass  # over /proc/sys/fs/pipe-max-size: the default may still hold the data
         r, w = pipes[pid]
         data = bytes(rec.payload or b"")[:rec.fields["buffered"]]
         if data:
+            room = fcntl.fcntl(w, F_GETPIPE_SZ)
+            if len(data) > room:  # the write would block for ever: nobody reads yet
+                raise Unsupported(f"pipe:[{pid}] held {len(data)} bytes, more than a pipe here can take "
+                                  f"({room}: raise fs.pipe-max-size)")
             os.write(w, data)
         end = w if obj.fields["f_mode"] & FMODE_WRITE else r
         if end in self.by_objref.values():
@@ -257,6 +263,13 @@ class FileSet:
         fl = fcntl.fcntl(end, fcntl.F_GETFL)
         fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return end
+
+    def _packet_mode(self, pipe_id: int) -> bool:
+        for o in self.img.objects.values():
+            rec = _extra(o, RecType.FILE_PIPE) if isinstance(o, File) else None
+            if rec is not None and rec.fields["pipe_id"] == pipe_id and o.fields["f_flags"] & os.O_DIRECT:
+                return True
+        return False
 
     def _fifo_end(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
         rec = _extra(obj, RecType.FILE_PIPE)
