@@ -1053,6 +1053,47 @@ def test_a_packet_mode_pipe_stays_one(pidns, tmp_path, restored):
     assert log.read_text().splitlines() == ["5 5", "5 5"]  # not "10 ...": a plain pipe
 
 
+DGRAM_CLIENT = r"""
+import os, socket, sys, time
+d = sys.argv[1]
+path = d + "/dg.sock"
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind(path)
+if os.fork() == 0:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    c.connect(path)                       # a syslog-style client: connected, the server not back
+    n = 0
+    while True:
+        try:
+            c.send(b"%d" % n)
+        except OSError as exc:
+            open(d + "/client-error", "w").write(repr(exc))
+        n += 1
+        time.sleep(0.05)
+log = open(d + "/log", "a", buffering=1)
+while True:
+    log.write(srv.recv(64).decode() + "\n")
+    if not os.path.exists(d + "/ready"):
+        open(d + "/ready", "w").close()
+"""
+
+
+def test_a_datagram_client_stays_connected_to_its_bound_server(pidns, tmp_path, restored):
+    """A client connect()ed to a bound datagram server (peer_ino set, the server's 0) came back as
+    half of a socketpair nobody else held: every send failed with ENOTCONN, silently to restore."""
+    w = pidns([sys.executable, "-c", DGRAM_CLIENT, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "dg.img")
+    dump_kill(w, img)
+    before = len((tmp_path / "log").read_text().splitlines())
+    restore_json(img, restored)
+    deadline = time.monotonic() + 3
+    while len((tmp_path / "log").read_text().splitlines()) < before + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (tmp_path / "client-error").exists(), (tmp_path / "client-error").read_text()
+    assert len((tmp_path / "log").read_text().splitlines()) >= before + 5
+
+
 SHARED_FILE_TABLE = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

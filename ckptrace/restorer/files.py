@@ -169,9 +169,11 @@ class FileSet:
     def create(self) -> None:
         _raise_nofile(self.base + 4 * len(self.img.objects) + 64)
         pipes: dict[int, tuple[int, int]] = {}
+        self.late_connects: list[tuple[bytes, int]] = []  # (peer's address, objref)
         for obj in self.img.objects.values():
             if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
                 self.by_objref[obj.objref] = self._open(obj, pipes)
+        self._connect_late()
         for r, w in pipes.values():
             # Ends the image does not hold are closed: a reader then sees EOF after the buffered
             # bytes, a writer EPIPE, as they would have once the missing end was gone.
@@ -295,9 +297,11 @@ class FileSet:
 
     def _unix_socket(self, obj: File) -> int:
         """Connected ends whose peer is in the image come back as a socketpair (an accepted
-        connection too: both ends then lose their names); listeners are bound again (a stale
-        socket file at the path is removed first) and listen; others are created, bound if they
-        were. Queued data is not in the image and is not restored."""
+        connection too: both ends then lose their names), but a socket connected to one that is
+        not connected back (a datagram client of a bound server) is connected to its address
+        again; listeners are bound again (a dead socket's file at the path is removed first) and
+        listen; others are created, bound if they were. Queued data is not in the image and is
+        not restored."""
         import socket
 
         rec = _extra(obj, RecType.FILE_SOCKET)
@@ -306,7 +310,18 @@ class FileSet:
         f = rec.fields
         local = bytes(rec.payload or b"")[:SOCKADDR_LEN]
         nonblock = obj.fields["f_flags"] & os.O_NONBLOCK
-        if f["peer_ino"]:
+        peer = self._unix_peer(f["peer_ino"]) if f["peer_ino"] else None
+        if peer is not None and peer[0]["peer_ino"] != f["ino"]:
+            # connected to a socket that is not connected back: a datagram client of a bound
+            # server (syslog's pattern). A socketpair would leave it talking to nobody: it is
+            # made on its own and connected to the server's address once that is bound.
+            s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
+            path = _sun_path(local)
+            if path:
+                s.bind(self.img.at(path.decode("utf-8", "surrogateescape")) if path[0] != 0 else path)
+            fd = s.detach()
+            self.late_connects.append((_sun_path(peer[1]), obj.objref))
+        elif f["peer_ino"]:
             if f["peer_ino"] not in self._socket_inos():
                 raise Unsupported(f"unix socket object {obj.objref} is connected to socket:[{f['peer_ino']}], "
                                   "which is outside the image")
@@ -373,6 +388,31 @@ class FileSet:
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(fd)
+
+    def _unix_peer(self, ino: int) -> tuple[dict, bytes] | None:
+        """The FILE_SOCKET fields and local address of the image's unix socket `ino`."""
+        for o in self.img.objects.values():
+            if isinstance(o, File) and o.ftype == FileType.UNIX_SOCKET:
+                r = _extra(o, RecType.FILE_SOCKET)
+                if r is not None and r.fields["ino"] == ino:
+                    return r.fields, bytes(r.payload or b"")[:SOCKADDR_LEN]
+        return None
+
+    def _connect_late(self) -> None:
+        import socket
+
+        for addr, objref in self.late_connects:
+            s = socket.socket(fileno=self.by_objref[objref])
+            try:
+                target = self.img.at(addr.decode("utf-8", "surrogateescape")) if addr and addr[0] != 0 else addr
+                if not target:
+                    raise Unsupported(f"{_users(self.img, objref)}: a unix socket connected to an unnamed "
+                                      "socket that is not connected back: cannot be connected again")
+                s.connect(target)
+            except OSError as exc:
+                raise from_oserror(exc, f"{_users(self.img, objref)}: connect to {target!r}") from None
+            finally:
+                s.detach()
 
     def _socket_inos(self) -> set[int]:
         out = set()
