@@ -39,7 +39,7 @@ def ns_pids(ns: int) -> list[int]:
 
 def nspid(hostpid: int) -> int:
     """The pid as seen inside its own (innermost) namespace."""
-    with open(f"/proc/{hostpid}/status") as f:
+    with open(f"/proc/{hostpid}/status", errors="surrogateescape") as f:  # (names may be any bytes)
         for line in f:
             if line.startswith("NSpid:"):
                 return int(line.split()[-1])

@@ -46,6 +46,30 @@ def refwork(tmp_path_factory) -> str:
     return out
 
 
+@pytest.fixture(autouse=True)
+def no_namespace_outlives_its_test(request):
+    """A restore a test expected to be refused but that worked (a regression) would leave its
+    namespace running: after each test, the inits of namespaces whose processes name the test's
+    tmp directory on their command line (a restored process keeps the original's) are killed."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is None:
+        return
+    mark = str(tmp).encode()
+    me = os.readlink("/proc/self/ns/pid")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if mark not in f.read():
+                    continue
+            if os.readlink(f"/proc/{d}/ns/pid") != me and nspid(int(d)) == 1:
+                os.kill(int(d), signal.SIGKILL)
+        except (OSError, LookupError):
+            pass
+
+
 @pytest.fixture
 def restored():
     """Host pids of restored inits; killed (with their namespaces) at teardown."""
