@@ -301,7 +301,7 @@ def diff_text(d: dict[str, Any]) -> str:
             out.append(f"  - fd {x['fd']} {x['kind']} {x['path'] or ''}".rstrip())
         for x in f["changed"]:
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in x["changes"].items())
-            out.append(f"  ~ fd {x['fd']} {x['kind']} {x['path'] or ''}: {what}")
+            out.append(f"  ~ fd {x['fd']} {x['kind']}{' ' + x['path'] if x['path'] else ''}: {what}")
     if same:
         out.append(f"{plural(same, 'process')} unchanged")
     return "\n".join(terminal_safe(line) for line in out)

@@ -595,3 +595,22 @@ def test_threads_of_older_images_read_with_the_new_fields_zero(fixed):
     for t in img.tasks:
         assert all(t.thread[n] == 0 for n in new), t.thread
         assert t.thread["tid"] == t.tid
+
+
+def test_new_fields_are_named_in_text_and_json():
+    """What decode and show name: O_ASYNC among the open flags, real-time signals (as inspect
+    names them), an owner type, -1 the same in text and JSON, TASK_PROC's texts by name."""
+    from ckptrace.image.records import json_value, pretty_value
+
+    f_flags = next(f for f in RECORDS[RecType.FILE].fields if f.name == "f_flags")
+    assert pretty_value(f_flags, 0o20000 | 0o4000) == "O_NONBLOCK|O_ASYNC"
+    sig = next(f for f in RECORDS[RecType.FILE_OWNER].fields if f.name == "signal")
+    assert pretty_value(sig, 36) == "SIGRT4" and pretty_value(sig, 10) == "SIGUSR1"
+    exit_signal = next(f for f in RECORDS[RecType.TASK].fields if f.name == "exit_signal")
+    assert pretty_value(exit_signal, 0xFFFFFFFF) == "-1" and json_value(exit_signal, 0xFFFFFFFF) == -1
+    kind = next(f for f in RECORDS[RecType.FILE_OWNER].fields if f.name == "owner_type")
+    assert pretty_value(kind, 2) == "F_OWNER_PGRP"
+    proc = RECORDS[RecType.TASK_PROC]
+    assert proc.payload_json(b"/w\0/srv/ct\0" + b"0::/\n\0" + b"/srv/ct\0") == {
+        "cwd": "/w", "root": "/srv/ct", "cgroup": "0::/\n", "ns_root": "/srv/ct"}
+    assert proc.payload_json(b"/\0/\0\0") == {"cwd": "/", "root": "/", "cgroup": ""}

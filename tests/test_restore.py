@@ -871,6 +871,8 @@ def test_chrooted_namespace_comes_back_in_its_root_or_under_root(pidns, chroot_d
     assert _where(host) == want and os.readlink(f"/proc/{host}/fd/0") == "/dev/null"
     img = str(tmp_path / "c.img")
     dump_kill(w, img)
+    shown = ckptrace("show", img)
+    assert f"cwd / ".encode() not in shown.stdout and f"root {root} ".encode() in shown.stdout, shown.stdout
     # another copy of the files, given with --root
     copy = str(tmp_path / "copy")
     shutil.copytree(root, copy)

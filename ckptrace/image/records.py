@@ -334,6 +334,10 @@ class RecordType:
                     for e in self.decode_entries(payload)]
         if self.payload is Payload.CSTRING:
             return cstring(payload)
+        if self.type == RecType.TASK_PROC:  # NUL-terminated texts, named (see its doc)
+            parts = [p.decode("utf-8", "surrogateescape") for p in bytes(payload).split(b"\0")]
+            names = ("cwd", "root", "cgroup", "ns_root")
+            return {k: v for k, v in zip(names, parts[:-1] if parts and parts[-1] == "" else parts)}
         if self.type in (RecType.BUFFER, RecType.STRING):
             # surrogateescape: json_safe shows odd bytes as \\xNN and keeps them in payload_hex
             return bytes(payload).rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -406,7 +410,20 @@ def json_value(f: Field, v):
         return {"value": v, "names": flag_names(v, f.names)}
     if f.hint == "hex":
         return hex(v)
+    if f.hint == "signal" and v == 0xFFFFFFFF:
+        return -1  # as the text shows it (see pretty_value)
     return v
+
+
+def signal_name(n: int) -> str:
+    """SIGUSR1, ...; the kernel's real-time signals (32 and up: glibc keeps 32 and 33 for itself)
+    as SIGRT<n - 32>."""
+    import signal
+
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"SIG{n}" if n < 32 else f"SIGRT{n - 32}"
 
 
 # The last second datetime can show: 9999-12-31 23:59:59 UTC.
@@ -439,12 +456,7 @@ def pretty_value(f: Field, v) -> str:
     if f.hint == "signal":  # a kernel int kept in a __u32, as the seed does: -1 is "none"
         if v == 0xFFFFFFFF:
             return "-1"
-        try:
-            import signal
-
-            return signal.Signals(v).name
-        except ValueError:
-            return str(v)
+        return signal_name(v) if 0 < v <= 64 else str(v)
     return str(v)
 
 
@@ -453,7 +465,8 @@ OBJ_NAMES = {t.value: t.name for t in ObjType}
 FILE_NAMES = {t.value: t.name for t in FileType}
 VMA_NAMES = {t.value: t.name for t in VmaType}
 O_FLAG_NAMES = {0o1: "O_WRONLY", 0o2: "O_RDWR", 0o100: "O_CREAT", 0o1000: "O_TRUNC",
-                0o2000: "O_APPEND", 0o4000: "O_NONBLOCK", 0o10000: "O_DSYNC", 0o40000: "O_DIRECT",
+                0o2000: "O_APPEND", 0o4000: "O_NONBLOCK", 0o10000: "O_DSYNC", 0o20000: "O_ASYNC",
+                0o40000: "O_DIRECT",
                 0o100000: "O_LARGEFILE", 0o200000: "O_DIRECTORY", 0o400000: "O_NOFOLLOW",
                 0o1000000: "O_NOATIME", 0o2000000: "O_CLOEXEC", 0o20000000: "O_PATH"}
 REG_NAMES = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
@@ -601,7 +614,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_SIGNALFD, (u64("sigmask", "hex"),), doc="signalfd mask."),
     _R(RecType.FILE_INOTIFY, (u32("nwatch"), pad(4)), Payload.BYTES, max_payload=1 << 20,
        doc="inotify watches: nwatch entries of {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}."),
-    _R(RecType.FILE_OWNER, (s32("owner_type", doc="F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2"),
+    _R(RecType.FILE_OWNER, (s32("owner_type", "enum", {0: "F_OWNER_TID", 1: "F_OWNER_PID", 2: "F_OWNER_PGRP"},
+                                doc="F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2"),
                             s32("owner_pid", doc="in-namespace tid, pid or process group; 0: none, or outside the namespace"),
                             s32("signal", "signal", doc="F_GETSIG: the signal sent instead of SIGIO; 0: SIGIO"), pad(4)),
        doc="Who gets the file's I/O signals (F_GETOWN_EX, F_GETSIG): only for a file that has an owner or a "

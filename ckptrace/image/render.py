@@ -144,7 +144,7 @@ def summary(img: Image) -> dict[str, Any]:
             hostpid=entry.get("hostpid"), comm=p.comm,
             threads=[t.tid for t in img.threads_of(p.tgid)],
             exe=(img.obj(mm.fields["exe_objref"]).name if mm.fields.get("exe_objref") else None),
-            cwd=p.cwd, brk=mm.fields["brk"], seccomp=_seccomp_summary(p),
+            cwd=p.cwd, root=p.root or "/", brk=mm.fields["brk"], seccomp=_seccomp_summary(p),
             vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
@@ -209,7 +209,8 @@ def show_text(s: dict[str, Any]) -> str:
         confined = "" if sc is None else "  seccomp " + (
             f"{sc['mode']} ({len(sc['filters'])} filter{'s' if len(sc['filters']) != 1 else ''})" if sc["filters"]
             else sc["mode"]) + (", no_new_privs" if sc["no_new_privs"] else "")
-        out += ["", f"process {p['pid']} {p['comm']}  exe {p['exe'] or '-'}  cwd {p['cwd']}  brk {p['brk']:#x}{confined}",
+        chroot = f"  root {p['root']}" if p["root"] != "/" else ""
+        out += ["", f"process {p['pid']} {p['comm']}  exe {p['exe'] or '-'}  cwd {p['cwd']}{chroot}  brk {p['brk']:#x}{confined}",
                 f"  {'start':>14} {'end':>14} {'size':>10} prot {'type':<11} {'pages':>7}  file"]
         for v in p["vmas"]:
             out.append(f"  {v['start']:>14x} {v['end']:>14x} {human(v['size']):>10} {v['prot']} "

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
-from ..image.records import (FILE_NAMES, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
+from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, VMA_NAMES, RecType, VmaType,
                              flag_names, format_time)
 from ..image.render import human, plural, prot_str, socket_name, vma_label
@@ -34,11 +34,7 @@ TCP_LISTEN = 10
 
 
 def signame(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        # The kernel's real-time range starts at 32; glibc reserves 32 and 33 for itself.
-        return f"SIG{n}" if n < 32 else f"SIGRT{n - 32}"
+    return signal_name(n)  # one naming for every tool (image.records)
 
 
 def sigset_names(mask: int) -> str:
