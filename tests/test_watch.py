@@ -913,7 +913,12 @@ def test_threads_mapping_and_unmapping_at_once_get_every_page_counted_on_its_map
     assert len(maps) == 8 * 400
     churn_pid = maps[0]["pid"]
     pages = sum(e["pages"] for e in the(events, event="dirty", pid=churn_pid) if e["end"] - e["start"] == 5 * P)
-    assert pages == 8 * 400 * 5, [e for e in events if e["event"] == "lost"]
+    # Every page is counted on its mapping but, rarely, one: the generation store is not atomic
+    # (docs/watch.md, Limits), and a page written in that window of a few instructions can miss
+    # its mapping (1 of 16 000 in one CI run; it is then counted unattributed or on the mapping
+    # the table had). At most 16 of 16 000: the bug this guards against lost ~2 %, 320.
+    lost = [e for e in events if e["event"] == "lost"]
+    assert 8 * 400 * 5 - 16 <= pages <= 8 * 400 * 5, (pages, lost)
 
 
 @pytest.mark.kernel
