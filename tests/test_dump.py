@@ -256,22 +256,38 @@ def test_dump_to_pipe_and_tasks_run_on(pidns, ckwork, tmp_path):
         assert utime(busy[0]) > before
 
 
+def dump_held_by_a_pipe(w, stderr=subprocess.PIPE) -> tuple[subprocess.Popen, int]:
+    """`dump --quiet` of the workload's namespace into a pipe nobody reads yet: the dumper blocks
+    mid-image with every task frozen. Returns (the dumper, the pipe's read end) once they are."""
+    r, wfd = os.pipe()
+    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet"], stdout=wfd, stderr=stderr)
+    os.close(wfd)
+    deadline = time.monotonic() + 10
+    while not all(status_field(t, "TracerPid") == str(d.pid) for t in all_tids(w)):
+        if time.monotonic() >= deadline:
+            d.kill()
+            d.wait()
+            os.close(r)
+            pytest.fail("the dumper never froze the namespace")
+        time.sleep(0.01)
+    return d, r
+
+
+def assert_busy_thread_runs(tids: list[int]) -> None:
+    """The workload's busy thread (state R) keeps burning CPU."""
+    busy = [t for t in tids if status_field(t, "State")[0] == "R"]
+    assert busy, "the workload's busy thread"
+    ticks = utime(busy[0])
+    time.sleep(0.3)
+    assert utime(busy[0]) > ticks
+
+
 def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path, "big", "128")
     before = all_tids(w)
     assert len(before) == 5
-    # The dumper writes into a pipe nobody reads: it blocks mid-image with every task frozen.
-    r, wfd = os.pipe()
-    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet"], stdout=wfd, stderr=subprocess.DEVNULL)
-    os.close(wfd)
+    d, r = dump_held_by_a_pipe(w, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if all(status_field(t, "TracerPid") == str(d.pid) for t in all_tids(w)):
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the dumper never froze the namespace")
         time.sleep(0.3)  # well into page copying, blocked on the full pipe
         assert d.poll() is None
         d.kill()
@@ -283,11 +299,7 @@ def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
     # killed each with SIGTRAP at its next instruction) and runs.
     assert all_tids(w) == before
     assert_running_untraced(w)
-    busy = [t for t in before if status_field(t, "State")[0] == "R"]
-    assert busy, "the workload's busy thread"
-    ticks = utime(busy[0])
-    time.sleep(0.3)
-    assert utime(busy[0]) > ticks
+    assert_busy_thread_runs(before)
 
 
 def test_a_process_killed_during_the_dump_is_named_and_the_others_run_on(pidns, ckwork, tmp_path):
@@ -298,15 +310,9 @@ def test_a_process_killed_during_the_dump_is_named_and_the_others_run_on(pidns, 
     w = start(pidns, ckwork, tmp_path, "big", "128")
     init_tids = tids_of(w.init)
     child = next(p for p in w.pids() if p != w.init)
-    r, wfd = os.pipe()
     # Processes are dumped parents first: init's 128 MiB fill the pipe long before the child's turn.
-    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet", "-o", "-"], stdout=wfd, stderr=subprocess.PIPE)
-    os.close(wfd)
+    d, r = dump_held_by_a_pipe(w)
     try:
-        deadline = time.monotonic() + 10
-        while not all(status_field(t, "TracerPid") == str(d.pid) for t in all_tids(w)):
-            assert time.monotonic() < deadline, "the dumper never froze the namespace"
-            time.sleep(0.01)
         time.sleep(0.3)  # into init's pages, blocked on the full pipe
         assert d.poll() is None
         os.kill(child, signal.SIGKILL)
@@ -326,11 +332,7 @@ def test_a_process_killed_during_the_dump_is_named_and_the_others_run_on(pidns, 
     assert f"process 2 (host pid {child}) of pid:[{w.ns}] exited during the dump" in err, err
     assert "released" in err and "pagemap" not in err, err
     assert all(status_field(t, "TracerPid") == "0" and status_field(t, "State")[0] not in "tT" for t in init_tids)
-    busy = [t for t in init_tids if status_field(t, "State")[0] == "R"]
-    assert busy, "the workload's busy thread"
-    ticks = utime(busy[0])
-    time.sleep(0.3)
-    assert utime(busy[0]) > ticks
+    assert_busy_thread_runs(init_tids)
 
 
 def test_kill_after_dump(pidns, ckwork, tmp_path):
@@ -707,14 +709,8 @@ def test_a_lease_is_refused_before_any_file_is_opened(pidns, tmp_path):
 
 def test_sigterm_releases_tasks(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path, "big", "64")
-    r, wfd = os.pipe()
-    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--quiet"], stdout=wfd, stderr=subprocess.PIPE)
-    os.close(wfd)
+    d, r = dump_held_by_a_pipe(w)
     try:
-        deadline = time.monotonic() + 10
-        while not all(status_field(t, "TracerPid") == str(d.pid) for t in all_tids(w)):
-            assert time.monotonic() < deadline, "never froze"
-            time.sleep(0.01)
         time.sleep(0.2)
         d.send_signal(signal.SIGTERM)
         assert d.wait(timeout=10) != 0
