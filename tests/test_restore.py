@@ -202,6 +202,22 @@ def restore_json(img, restored: list) -> dict:
     return res
 
 
+def py_workload(pidns, code: str, tmp_path):
+    """Python `code` as pid 1 of a new namespace, given tmp_path as argv[1]; ready once it has
+    made tmp_path/ready. Its standard fds are /dev/null."""
+    return pidns([sys.executable, "-c", code, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def migrate(w, img, restored: list) -> int:
+    """`dump --kill` the single-process workload `w` to `img` and restore it: the host pid of the
+    restored process."""
+    dump_kill(w, str(img))
+    res = restore_json(str(img), restored)
+    (host,) = ns_pids(res["pidns"])
+    return host
+
+
 def check_layout_and_fds(img: str, res: dict):
     """Each restored process has the image's VMAs (addresses, protections), fd numbers, brk."""
     from ckptrace.image.reader import FileTable, read_image
@@ -619,8 +635,7 @@ def _same_ns(a: int, b: int) -> bool:
 
 
 def test_sessions_and_process_groups_come_back(pidns, tmp_path, restored):
-    w = pidns([sys.executable, "-c", SESSIONS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, SESSIONS, tmp_path)
     want = sorted(ns_ids(p) for p in w.pids())
     assert [x[0] for x in want] == [1, 2, 3, 4] and want[3][2] == 3 and want[1][3] == 2, want
     img = str(tmp_path / "s.img")
@@ -692,8 +707,7 @@ while True:
 
 
 def test_sessions_whose_leader_exited_and_setsid_after_fork_come_back(pidns, tmp_path, restored):
-    w = pidns([sys.executable, "-c", DEPARTED_LEADERS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, DEPARTED_LEADERS, tmp_path)
     want = sorted(ns_ids(p) for p in w.pids())
     assert len(want) == 9, want
     pids = {x[0] for x in want}
@@ -740,8 +754,7 @@ def test_group_whose_leader_exited_comes_back(pidns, tmp_path, restored):
     """A group named after an exited process, in a session it does not lead (a pipeline whose
     first command ended): its member joins it again, through a stand-in that does not stay, and
     whose end sends nobody a SIGCHLD."""
-    w = pidns([sys.executable, "-c", ORPHANED_GROUP, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, ORPHANED_GROUP, tmp_path)
     want = sorted(ns_ids(p) for p in w.pids())
     assert want == [(1, 0, 0, 0), (3, 1, 2, 0)], want
     img = str(tmp_path / "g.img")
@@ -772,14 +785,10 @@ def _fd_pos(host: int, fd: int) -> int:
 
 
 def test_append_mode_file_keeps_its_read_offset(pidns, tmp_path, restored):
-    w = pidns([sys.executable, "-c", APPEND_READER, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, APPEND_READER, tmp_path)
     (host,) = w.pids()
     assert _fd_pos(host, 3) == 4
-    img = str(tmp_path / "a.img")
-    dump_kill(w, img)
-    res = restore_json(img, restored)
-    (host,) = ns_pids(res["pidns"])
+    host = migrate(w, tmp_path / "a.img", restored)
     assert _fd_pos(host, 3) == 4
 
 
@@ -810,15 +819,11 @@ def _perm_at(maps: list[tuple[int, int, str]], addr: int) -> str:
 
 
 def test_read_implies_exec_personality_does_not_make_everything_executable(pidns, tmp_path, restored):
-    w = pidns([sys.executable, "-c", READ_IMPLIES_EXEC, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, READ_IMPLIES_EXEC, tmp_path)
     (host,) = w.pids()
     want = _perms(host)
     assert any(p == "rw-p" for *_, p in want) and any(p == "rwxs" for *_, p in want), want
-    img = str(tmp_path / "p.img")
-    dump_kill(w, img)
-    res = restore_json(img, restored)
-    (host,) = ns_pids(res["pidns"])
+    host = migrate(w, tmp_path / "p.img", restored)
     got = _perms(host)
     # (adjacent mappings may come back merged: compared address by address)
     assert [(hex(a), _perm_at(got, a)) for a, _, _ in want] == [(hex(a), p) for a, _, p in want]
@@ -931,15 +936,11 @@ def test_names_that_are_not_utf8_dump_and_restore(pidns, tmp_path, restored):
     """Process and thread names and mapped file paths are bytes: a dump read the maps as text and
     died on a mapped file's name; a restore read the tasks' status as text and died on a name,
     after `dump --kill` had ended the original."""
-    w = pidns([sys.executable, "-c", ODD_NAMES, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, ODD_NAMES, tmp_path)
     (host,) = w.pids()
     want = _comms(host)
     assert want == [b"a\xff\n", b"t\xfe\n"]
-    img = str(tmp_path / "odd.img")
-    dump_kill(w, img)
-    res = restore_json(img, restored)
-    (host,) = ns_pids(res["pidns"])
+    host = migrate(w, tmp_path / "odd.img", restored)
     assert _comms(host) == want
     with open(f"/proc/{host}/maps", "rb") as f:
         assert b"map\xffped.bin" in f.read()
@@ -970,15 +971,11 @@ def test_io_signal_owner_signal_and_o_async_come_back(pidns, tmp_path, restored)
     """A pipe read end with O_ASYNC, an owner (F_SETOWN) and a signal (F_SETSIG): data written
     into the pipe after restore still raises that signal in its owner (they used to be dropped:
     no signal at all)."""
-    w = pidns([sys.executable, "-c", IO_SIGNALS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, IO_SIGNALS, tmp_path)
     log = tmp_path / "log"
     sig = int(signal.SIGRTMIN) + 5
     assert log.read_text().splitlines() == [f"io {sig}"]
-    img = str(tmp_path / "io.img")
-    dump_kill(w, img)
-    res = restore_json(img, restored)
-    (host,) = ns_pids(res["pidns"])
+    host = migrate(w, tmp_path / "io.img", restored)
     assert os.readlink(f"/proc/{host}/fd/4").startswith("pipe:")  # r (the log is 3)
     with open(f"/proc/{host}/fdinfo/4") as f:
         assert int(f.read().split("flags:")[1].split()[0], 8) & os.O_ASYNC
@@ -998,10 +995,7 @@ def test_io_signals_name_the_processs_own_fd(pidns, tmp_path, restored):
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "log"
     assert log.read_text().splitlines() == ["io fd=20"]
-    img = str(tmp_path / "sigio.img")
-    dump_kill(w, img)
-    res = restore_json(img, restored)
-    (host,) = ns_pids(res["pidns"])
+    host = migrate(w, tmp_path / "sigio.img", restored)
     os.kill(host, signal.SIGUSR1)
     deadline = time.monotonic() + 3
     while len(log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
@@ -1028,8 +1022,7 @@ def test_a_live_unix_socket_path_is_not_taken_from_its_owner(pidns, tmp_path, re
     nobody could reach again, even when the restore then failed."""
     import socket
 
-    w = pidns([sys.executable, "-c", UNIX_LISTENER, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, UNIX_LISTENER, tmp_path)
     path = tmp_path / "l.sock"
     ino = path.stat().st_ino
     img = str(tmp_path / "l.img")
@@ -1066,14 +1059,10 @@ while True:
 
 
 def test_a_packet_mode_pipe_stays_one(pidns, tmp_path, restored):
-    w = pidns([sys.executable, "-c", PACKET_PIPE, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, PACKET_PIPE, tmp_path)
     log = tmp_path / "log"
     assert log.read_text().splitlines() == ["5 5"]
-    img = str(tmp_path / "pk.img")
-    dump_kill(w, img)
-    res = restore_json(img, restored)
-    (host,) = ns_pids(res["pidns"])
+    host = migrate(w, tmp_path / "pk.img", restored)
     os.kill(host, signal.SIGUSR1)
     deadline = time.monotonic() + 3
     while len(log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
@@ -1109,8 +1098,7 @@ while True:
 def test_a_datagram_client_stays_connected_to_its_bound_server(pidns, tmp_path, restored):
     """A client connect()ed to a bound datagram server (peer_ino set, the server's 0) came back as
     half of a socketpair nobody else held: every send failed with ENOTCONN, silently to restore."""
-    w = pidns([sys.executable, "-c", DGRAM_CLIENT, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, DGRAM_CLIENT, tmp_path)
     img = str(tmp_path / "dg.img")
     dump_kill(w, img)
     before = len((tmp_path / "log").read_text().splitlines())
@@ -1138,8 +1126,7 @@ while True:
 def test_kill_dump_refuses_what_restore_refuses_and_leaves_it_running(pidns, tmp_path):
     """Processes sharing one file table cannot be restored (they would come back with two):
     `dump --kill` says so before killing anything, with restore's own words."""
-    w = pidns([sys.executable, "-c", SHARED_FILE_TABLE, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, SHARED_FILE_TABLE, tmp_path)
     before = sorted(w.pids())
     assert len(before) == 2
     img = str(tmp_path / "f.img")
@@ -1851,8 +1838,7 @@ while True:
 def test_listening_tcp_and_udp_sockets_come_back(pidns, tmp_path, restored):
     import socket
 
-    w = pidns([sys.executable, "-c", INET_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, INET_WORKLOAD, tmp_path)
     tcp, udp, tcp_fd, udp_fd = (int(x) for x in (tmp_path / "ports").read_text().split())
     img = str(tmp_path / "inet.img")
     dump_kill(w, img)
@@ -2029,8 +2015,7 @@ def test_queued_signals_come_back_with_their_siginfo(pidns, tmp_path, restored):
     SIGUSR1 comes back as one."""
     import signal as sg
 
-    w = pidns([sys.executable, "-c", SIGQUEUE_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, SIGQUEUE_WORKLOAD, tmp_path)
     img = str(tmp_path / "sq.img")
     dump_kill(w, img)
     res = restore_json(img, restored)
@@ -2109,8 +2094,7 @@ def test_shared_anonymous_segment_split_in_several_vmas_keeps_all_its_pages(pidn
     """A MAP_SHARED|MAP_ANONYMOUS segment with a hole munmapped in its middle (two VMAs) and one
     split in three by mprotect: every VMA's pages are in the image (not only the first VMA's),
     come back, and all the VMAs, in the parent and in its forked child, are still one segment."""
-    w = pidns([sys.executable, "-c", SHARED_SPLIT_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, SHARED_SPLIT_WORKLOAD, tmp_path)
     a, b, _ = (int(x) for x in (tmp_path / "addrs").read_text().split())
     P = 4096
     img = str(tmp_path / "split.img")
@@ -2193,8 +2177,7 @@ def test_memfd_and_deleted_file_open_and_mapped_shared_stay_one_file(pidns, tmp_
     restore the mapping maps the restored fd's file, so pwrite through the fd shows in the
     mapping. A memfd mapped with its fd closed still comes back shared; a MAP_PRIVATE mapping of
     the memfd keeps its private pages."""
-    w = pidns([sys.executable, "-c", MEMFD_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, MEMFD_WORKLOAD, tmp_path)
     fd, m, p, n, h, q = (int(x) for x in (tmp_path / "addrs").read_text().split())
     P = 4096
     img = str(tmp_path / "memfd.img")
@@ -2252,8 +2235,7 @@ def test_sparse_memfd_and_deleted_file_keep_their_holes(pidns, tmp_path, restore
     from ckptrace.image.reader import File, read_image
     from ckptrace.image.records import FileType, RecType
 
-    w = pidns([sys.executable, "-c", SPARSE_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, SPARSE_WORKLOAD, tmp_path)
     fd, m, h, e = (int(x) for x in (tmp_path / "addrs").read_text().split())
     G, P = 1 << 30, 4096
     img = str(tmp_path / "sparse.img")
@@ -2315,8 +2297,7 @@ ready(s, r, fw, wm, u, a, nx)
 
 
 def _seal_restore(pidns, tmp_path, restored):
-    w = pidns([sys.executable, "-c", SEAL_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
-              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = py_workload(pidns, SEAL_WORKLOAD, tmp_path)
     fds = [int(x) for x in (tmp_path / "addrs").read_text().split()]
     img = str(tmp_path / "seals.img")
     dump_kill(w, img)
