@@ -34,10 +34,10 @@ O_ASYNC = 0o20000
 F_SETSIG, F_SETOWN_EX = 10, 15
 F_OWNER_EX = struct.Struct("<ii")  # struct f_owner_ex {int type; pid_t pid;}
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
-# Flags that only matter at open time (and must not recreate or truncate anything now).
-# flags not to reopen a file with: open-time only, or O_ASYNC, which open() records without
-# registering the file for I/O signals (FileSet.set_owners sets it properly)
-_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC | 0o20000
+# Flags not to reopen a file with: those that only matter at open time (and must not recreate
+# or truncate anything now), and O_ASYNC, which open() records without registering the file for
+# I/O signals (FileSet.set_owners sets it properly)
+_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC | O_ASYNC
 VM_MAYWRITE = 0x20
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 F_SEAL_SEAL, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x1, 0x8, 0x10, 0x20
@@ -87,7 +87,7 @@ def check_files(img: Image) -> list[str]:
     return problems
 
 
-def _socket_alive(path: str, sock_type: int) -> bool:
+def _socket_alive(path: str) -> bool:
     """Whether a live socket is bound at `path`, rather than the file a dead one left: only the
     latter may be unlinked to bind again. Asked of /proc/net/unix, not by connecting, which a
     server would see (and one that writes to its clients at once would die of the EPIPE)."""
@@ -155,6 +155,9 @@ class FileSet:
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
     late_seals: list[tuple[int, int, File]] = field(default_factory=list)  # (memfd, seals, object)
     image: BinaryIO | None = None  # the image file, for the FILE_DATA payloads the reader left there
+    late_connects: list[tuple[bytes, int]] = field(default_factory=list)  # (peer's address, objref)
+    _unix_index: dict | None = None  # see _unix_sockets
+    _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
         """Move `fd` to the first free number >= base (inherited across clone3: no CLOEXEC)."""
@@ -169,7 +172,6 @@ class FileSet:
     def create(self) -> None:
         _raise_nofile(self.base + 4 * len(self.img.objects) + 64)
         pipes: dict[int, tuple[int, int]] = {}
-        self.late_connects: list[tuple[bytes, int]] = []  # (peer's address, objref)
         for obj in self.img.objects.values():
             if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
                 self.by_objref[obj.objref] = self._open(obj, pipes)
@@ -242,7 +244,7 @@ class FileSet:
         if pid not in pipes:
             # a packet-mode pipe (pipe2 O_DIRECT) can only be made so: F_SETFL does not set it;
             # the kernel shows O_DIRECT on the write end only
-            r, w = os.pipe2(os.O_DIRECT if self._packet_mode(pid) else 0)
+            r, w = os.pipe2(os.O_DIRECT if pid in self._packet_pipes() else 0)
             r, w = self.place(r), self.place(w)
             pipes[pid] = (r, w)
             if rec.fields["pipe_size"]:
@@ -266,12 +268,15 @@ class FileSet:
         fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return end
 
-    def _packet_mode(self, pipe_id: int) -> bool:
-        for o in self.img.objects.values():
-            rec = _extra(o, RecType.FILE_PIPE) if isinstance(o, File) else None
-            if rec is not None and rec.fields["pipe_id"] == pipe_id and o.fields["f_flags"] & os.O_DIRECT:
-                return True
-        return False
+    def _packet_pipes(self) -> set[int]:
+        """The pipe ids of packet-mode pipes (an end with O_DIRECT). Found once."""
+        if self._packet_ids is None:
+            self._packet_ids = set()
+            for o in self.img.objects.values():
+                rec = _extra(o, RecType.FILE_PIPE) if isinstance(o, File) else None
+                if rec is not None and o.fields["f_flags"] & os.O_DIRECT:
+                    self._packet_ids.add(rec.fields["pipe_id"])
+        return self._packet_ids
 
     def _fifo_end(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
         rec = _extra(obj, RecType.FILE_PIPE)
@@ -310,19 +315,13 @@ class FileSet:
         f = rec.fields
         local = bytes(rec.payload or b"")[:SOCKADDR_LEN]
         nonblock = obj.fields["f_flags"] & os.O_NONBLOCK
-        peer = self._unix_peer(f["peer_ino"]) if f["peer_ino"] else None
-        if peer is not None and peer[0]["peer_ino"] != f["ino"]:
-            # connected to a socket that is not connected back: a datagram client of a bound
-            # server (syslog's pattern). A socketpair would leave it talking to nobody: it is
-            # made on its own and connected to the server's address once that is bound.
-            s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
-            path = _sun_path(local)
-            if path:
-                s.bind(self.img.at(path.decode("utf-8", "surrogateescape")) if path[0] != 0 else path)
-            fd = s.detach()
-            self.late_connects.append((_sun_path(peer[1]), obj.objref))
-        elif f["peer_ino"]:
-            if f["peer_ino"] not in self._socket_inos():
+        peer = self._unix_sockets().get(f["peer_ino"]) if f["peer_ino"] else None
+        # connected to a socket that is not connected back: a datagram client of a bound server
+        # (syslog's pattern). A socketpair would leave it talking to nobody: it is made like an
+        # unconnected socket, and connected to the server's address once that is bound.
+        one_way = peer is not None and peer[1].fields["peer_ino"] != f["ino"]
+        if f["peer_ino"] and not one_way:
+            if peer is None or not _in_fd_table(self.img, peer[0].objref):
                 raise Unsupported(f"unix socket object {obj.objref} is connected to socket:[{f['peer_ino']}], "
                                   "which is outside the image")
             key = tuple(sorted((f["ino"], f["peer_ino"])))
@@ -343,7 +342,7 @@ class FileSet:
                         import stat
 
                         if stat.S_ISSOCK(os.lstat(path).st_mode):
-                            if _socket_alive(path, f["type"]):
+                            if _socket_alive(path):
                                 raise KernelError(f"unix socket path {path} is in use by a live socket "
                                                   "(the original still running, or restored already)",
                                                   errno.EADDRINUSE)
@@ -352,6 +351,8 @@ class FileSet:
             if f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
+            if one_way:
+                self.late_connects.append((_sun_path(bytes(peer[1].payload or b"")[:SOCKADDR_LEN]), obj.objref))
         opt = socket.socket(fileno=fd)
         try:
             _set_options(opt, f["options"])
@@ -389,14 +390,17 @@ class FileSet:
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(fd)
 
-    def _unix_peer(self, ino: int) -> tuple[dict, bytes] | None:
-        """The FILE_SOCKET fields and local address of the image's unix socket `ino`."""
-        for o in self.img.objects.values():
-            if isinstance(o, File) and o.ftype == FileType.UNIX_SOCKET:
-                r = _extra(o, RecType.FILE_SOCKET)
-                if r is not None and r.fields["ino"] == ino:
-                    return r.fields, bytes(r.payload or b"")[:SOCKADDR_LEN]
-        return None
+    def _unix_sockets(self) -> dict:
+        """The image's unix sockets by inode: (FILE object, its FILE_SOCKET record). Built once:
+        each connected socket looks its peer up."""
+        if self._unix_index is None:
+            self._unix_index = {}
+            for o in self.img.objects.values():
+                if isinstance(o, File) and o.ftype == FileType.UNIX_SOCKET:
+                    r = _extra(o, RecType.FILE_SOCKET)
+                    if r is not None:
+                        self._unix_index[r.fields["ino"]] = (o, r)
+        return self._unix_index
 
     def _connect_late(self) -> None:
         import socket
@@ -413,15 +417,6 @@ class FileSet:
                 raise from_oserror(exc, f"{_users(self.img, objref)}: connect to {target!r}") from None
             finally:
                 s.detach()
-
-    def _socket_inos(self) -> set[int]:
-        out = set()
-        for o in self.img.objects.values():
-            if isinstance(o, File) and o.ftype == FileType.UNIX_SOCKET and _in_fd_table(self.img, o.objref):
-                r = _extra(o, RecType.FILE_SOCKET)
-                if r is not None:
-                    out.add(r.fields["ino"])
-        return out
 
     def _inotify(self, obj: File) -> int:
         """Watches are added again by path, in wd order; the kernel hands out wds in sequence, so
