@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
 import signal
@@ -31,6 +32,7 @@ from .image.render import plural
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
+from .kernel.ptrace import WALL
 
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
@@ -38,11 +40,6 @@ SYS_setpgid = 109
 SYS_wait4 = 61
 SYS_personality = 135
 SYS_fcntl = 72
-F_GETFL, F_SETFL = 3, 4
-WALL = 0x40000000  # __WALL
-SYS_prctl = 157
-PR_SET_PDEATHSIG = 1
-WALL = 0x40000000
 REPORT_TIMEOUT = 20.0
 WATCHDOG_S = 60.0
 WATCHDOG_MIN_RATE = 50e6  # bytes/s: far below what restore does, so only a hang trips it
@@ -251,8 +248,8 @@ class _Restore:
 
         pid, fd = files.holder(objref)
         inj = self.injectors[pid]
-        flags = check(inj.syscall(SYS_fcntl, fd, F_GETFL), f"fcntl(F_GETFL) of fd {fd} in {pid}")
-        check(inj.syscall(SYS_fcntl, fd, F_SETFL, flags | os.O_ASYNC), f"fcntl(F_SETFL, O_ASYNC) of fd {fd} in {pid}")
+        flags = check(inj.syscall(SYS_fcntl, fd, fcntl.F_GETFL), f"fcntl(F_GETFL) of fd {fd} in {pid}")
+        check(inj.syscall(SYS_fcntl, fd, fcntl.F_SETFL, flags | os.O_ASYNC), f"fcntl(F_SETFL, O_ASYNC) of fd {fd} in {pid}")
 
     def _owner_host(self, owner_type: int, ns_id: int) -> int | None:
         """The host id of an I/O signal owner: a thread, a process, or a process group (named
@@ -371,7 +368,7 @@ class _Restore:
     def _process(self, t, mem, files) -> None:
         from .kernel.ptrace import Injector
         from .restorer import creds, memory, seccomp, threads, tree
-        from .restorer.memory import check
+        from .restorer.memory import SYS_prctl, check
 
         host = self.host[t.tid]
         tr = self.by_tid[t.tid]
@@ -413,13 +410,13 @@ class _Restore:
         if t.tgid != 1 and t.proc["pdeath_signal"]:
             # set in _setup_inner, but the kernel clears it when euid, egid, fsuid or fsgid
             # change (commit_creds), as they just may have (init's: see _finish)
-            check(inj.syscall(SYS_prctl, PR_SET_PDEATHSIG, t.proc["pdeath_signal"]),
+            check(inj.syscall(SYS_prctl, tree.PR_SET_PDEATHSIG, t.proc["pdeath_signal"]),
                   f"prctl(PR_SET_PDEATHSIG) in {t.tgid}")
 
     def _finish(self) -> None:
         from .kernel.procfs import cgroup_mounts
-        from .restorer import cgroup, creds, locks, sched, timers
-        from .restorer.memory import check
+        from .restorer import cgroup, creds, locks, sched, timers, tree
+        from .restorer.memory import SYS_prctl, check
 
         mounts = cgroup_mounts()
         for t in self.img.processes():  # before the affinity, which a cpuset bounds
@@ -432,7 +429,7 @@ class _Restore:
         # init has died with us since it was made (tree.spawn_init's PR_SET_PDEATHSIG); it must
         # not once we let it go and exit. (The image's own pdeath signal for init is not restored:
         # its parent is us. Until init's detach, PTRACE_O_EXITKILL still ties it to us.)
-        check(self.injectors[1].syscall(SYS_prctl, PR_SET_PDEATHSIG, 0), "prctl(PR_SET_PDEATHSIG, 0) in init")
+        check(self.injectors[1].syscall(SYS_prctl, tree.PR_SET_PDEATHSIG, 0), "prctl(PR_SET_PDEATHSIG, 0) in init")
         # The last injected calls (pending signals are raised after them, or an injected call
         # could run a handler): the timers start counting as close to the detach as can be.
         for t in self.img.processes():

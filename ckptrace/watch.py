@@ -350,7 +350,8 @@ class Controller:
                 self.reused += 1  # `--pidns N` is that namespace, not the next with its number
                 return
             if kind != "exit":  # (a late exit of the old one's, met for the first time here)
-                self._forget_namespace(ns)  # a new namespace from here on
+                self.model.forget_namespace(ns)  # a new namespace from here on
+                self.ended.discard(ns)
         if ns not in self.model.namespaces:
             self.watch_ns(ns)
         hostpid = e.hostpid
@@ -424,13 +425,6 @@ class Controller:
     def _member(self, hostpid: int, ns: int) -> bool:
         p = self.model.procs.get(hostpid)
         return p is not None and p.ns == ns
-
-    def _forget_namespace(self, ns: int) -> None:
-        """Drop what the model has of a namespace that is gone (see `ended`)."""
-        for hp in [hp for hp, p in self.model.procs.items() if p.ns == ns]:
-            del self.model.procs[hp]
-        self.model.namespaces.pop(ns, None)
-        self.ended.discard(ns)
 
     def _fork_before(self, child, ts: int) -> None:
         """A new process's first event came before its parent's fork (reported when the parent's

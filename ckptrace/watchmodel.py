@@ -634,6 +634,13 @@ class Model:
             self.recent.append(ev)
         return out
 
+    def forget_namespace(self, ino: int) -> None:
+        """Drop a namespace that is gone and its processes (its inode number is someone else's
+        now: watch.Controller.ended)."""
+        for hp in [hp for hp, p in self.procs.items() if p.ns == ino]:
+            del self.procs[hp]
+        self.namespaces.pop(ino, None)
+
     def reset_dirty(self, ino: int) -> None:
         """The namespace was just dumped: nothing is dirty relative to that checkpoint."""
         for p in self.ns_procs(ino):

@@ -62,8 +62,8 @@ def sysv_objects(pid: int, proc: str) -> list[str]:
         if line.startswith("== "):
             kind = line[3:]
             rows[kind] = []
-        elif line.split() and line.split()[0] != "key":
-            rows[kind].append(line.split())
+        elif (cols := line.split()) and cols[0] != "key":
+            rows[kind].append(cols)
     unattached = [r for r in rows.get("shm", []) if len(r) > 6 and r[6] == "0"]
     out_words = []
     for n, one, many in ((len(rows.get("sem", [])), "a SysV semaphore set", "SysV semaphore sets"),

@@ -24,20 +24,18 @@ from typing import BinaryIO
 
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
+from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, socket_desc
 from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, VM_EXEC, VM_SHARED, VM_WRITE, FileType,
                              RecType, VmaType, flag_names)
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
-O_ASYNC = 0o20000
-F_SETSIG, F_SETOWN_EX = 10, 15
-F_OWNER_EX = struct.Struct("<ii")  # struct f_owner_ex {int type; pid_t pid;}
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # Flags not to reopen a file with: those that only matter at open time (and must not recreate
 # or truncate anything now), and O_ASYNC, which open() records without registering the file for
 # I/O signals (FileSet.set_owners sets it properly)
-_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC | O_ASYNC
+_OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC | os.O_ASYNC
 VM_MAYWRITE = 0x20
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
 F_SEAL_SEAL, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x1, 0x8, 0x10, 0x20
@@ -592,7 +590,7 @@ class FileSet:
             if not isinstance(obj, File) or obj.objref not in self.by_objref:
                 continue
             fd = self.by_objref[obj.objref]
-            if obj.fields["f_flags"] & O_ASYNC:
+            if obj.fields["f_flags"] & os.O_ASYNC:
                 set_async(obj.objref)
             rec = _extra(obj, RecType.FILE_OWNER)
             if rec is None:

@@ -28,6 +28,7 @@ from ..image.reader import File, FileTable, Image, Mm, Task
 from ..image.records import (CLONE_NEWIPC, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
                               PROC_MEMORY_MERGE, PROC_THP_DISABLE, FileType,
                               RecType, VmaType)
+from ..kernel.ptrace import WALL  # (waits for children without an exit signal too: stand-ins)
 from ..kernel.sys import SYS_clone3, libc
 from . import creds
 from .files import FileSet
@@ -42,7 +43,6 @@ PR_MCE_KILL, PR_MCE_KILL_SET = 33, 1
 PR_SET_MEMORY_MERGE = 67
 EPOLL_CTL_ADD = 1
 CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
-WALL = 0x40000000  # __WALL: waits for children without an exit signal too (stand-ins)
 
 
 @dataclass(eq=False)  # identity: plans link to each other
