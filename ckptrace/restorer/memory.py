@@ -94,6 +94,12 @@ def check_layout(img: Image, ours: list[tuple[int, int, str]]) -> list[str]:
     return problems
 
 
+def _mapped_by_restore(v: Vma) -> bool:
+    """Whether restore maps VMA v (not the kernel's own vdso/vvar, nothing to map, nothing above
+    user space)."""
+    return v.fields["vma_type"] not in (VmaType.VDSO, VmaType.VVAR, VmaType.IGNORE) and v.start < TASK_SIZE
+
+
 def check_vmas(img: Image) -> list[str]:
     """The VMAs whose flags restore cannot give back: it does not seal a VMA again (mseal), and a
     userfaultfd registration belongs to an fd not in the image (dump refuses one a process holds:
@@ -104,7 +110,7 @@ def check_vmas(img: Image) -> list[str]:
         if not isinstance(mm, Mm):
             continue
         for v in mm.vmas:
-            if v.fields["vma_type"] in (VmaType.VDSO, VmaType.VVAR, VmaType.IGNORE) or v.start >= TASK_SIZE:
+            if not _mapped_by_restore(v):
                 continue
             why = sorted({w for f, w in UNRESTORABLE.items() if v.fields["vm_flags"] & VM_FLAG_BITS[f]})
             if why:
@@ -155,7 +161,7 @@ class MemoryRestorer:
         if spec and spec[0][0] != lo:
             self._move_vdso(inj, ours, spec[0][0] - lo, tid)
         for v in mm.vmas:
-            if v.fields["vma_type"] in (VmaType.VDSO, VmaType.VVAR, VmaType.IGNORE) or v.start >= TASK_SIZE:
+            if not _mapped_by_restore(v):
                 continue
             self._map(inj, host_pid, v)
 
