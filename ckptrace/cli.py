@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import __version__
+from .stdfds import reserve_standard_fds
 
 # command -> (module, function, help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -134,45 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     subs["demo"].add_argument("--keep", action="store_true", help="keep the image and leave the workload running")
     subs["demo"].add_argument("-o", "--output", metavar="FILE", help="where to write the image")
     return p
-
-
-# Which of fds 0-2 the process was started without (see reserve_standard_fds).
-_closed_at_start: frozenset[int] = frozenset()
-
-
-def reserve_standard_fds() -> frozenset[int]:
-    """Put /dev/null on whichever of fds 0, 1 and 2 the process was started without, and return
-    those. Otherwise the first files ckptrace opens take those numbers: with `>&-`, dump --kill's
-    temporary check file became fd 1 and the image, written to fd 1, overwrote it (and it the
-    image). The commands ask `closed_at_start` where a standard stream itself is the input or
-    output (`dump -o -`, `restore -`) and refuse."""
-    global _closed_at_start
-    closed = set()
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            closed.add(fd)
-    for fd in sorted(closed):  # ascending: open() takes the lowest free number, this one
-        new = os.open(os.devnull, os.O_RDWR)
-        if new != fd:
-            os.dup2(new, fd)
-            os.close(new)
-        os.set_inheritable(fd, True)  # what children (demo's) get instead of a closed fd
-    _closed_at_start = frozenset(closed) | _closed_at_start
-    return _closed_at_start
-
-
-def closed_at_start(fd: int) -> bool:
-    """Whether standard fd `fd` was closed when ckptrace started (now /dev/null), or is closed
-    now (when the commands run without `main`)."""
-    if fd in _closed_at_start:
-        return True
-    try:
-        os.fstat(fd)
-    except OSError:
-        return True
-    return False
 
 
 class _ClosedOutput:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import notify
-from .cli import closed_at_start
+from .stdfds import closed_at_start
 from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Terminated, Unsupported, UsageError
 from .progress import ProgressLine
 from .image.records import RecType

@@ -495,7 +495,7 @@ def test_closed_standard_output_is_refused_before_freezing_and_never_handed_out(
     assert p.returncode == 0, p.stderr.decode()
     with open(img, "rb") as f:
         assert read_image(f).tasks
-    code = ("import os, sys, tempfile; from ckptrace.cli import reserve_standard_fds; "
+    code = ("import os, sys, tempfile; from ckptrace.stdfds import reserve_standard_fds; "
             "c = reserve_standard_fds(); f = tempfile.TemporaryFile(); r, w = os.pipe(); "
             "print(sorted(c), f.fileno(), r, w, file=sys.stderr)")
     p = closed(">&- <&-", sys.executable, "-c", code, stderr=subprocess.PIPE)

@@ -241,7 +241,7 @@ def open_image(path: str) -> BinaryIO:
     from ..errors import UsageError
 
     if path == "-":
-        from ..cli import closed_at_start
+        from ..stdfds import closed_at_start
 
         if sys.stdin is None or closed_at_start(0):
             raise UsageError("standard input is closed (<&-): no image to read; pipe one in or name a file")
