@@ -7,6 +7,7 @@ must be refused without creating anything."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -2995,3 +2996,153 @@ def test_ctrl_c_while_pages_are_written_is_an_interruption_and_leaves_nothing(pi
     assert out == b""
     assert not os.path.exists(f"/proc/{init}"), "the half-restored init survived"
     assert pidns_inodes(tmp_path) - nss == set(), "the half-restored namespace survived"
+
+
+SOCKET_QUEUES = r"""
+import json, os, signal, socket, sys, time
+d = sys.argv[1]
+a, b = socket.socketpair()                       # stream, both ways; then b stops writing
+b.send(b"to-a-1"); b.send(b"to-a-2"); a.send(b"to-b")
+b.shutdown(socket.SHUT_WR)
+c, gone = socket.socketpair()                    # its peer closed with bytes unread
+gone.send(b"last words"); gone.close()
+e, f = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+e.send(b"m1"); e.send(b""); e.send(b"m3" * 1000)
+g, h = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+h.send(b"sp1"); h.send(b"sp22")
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind(d + "/srv.sock")
+cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); cli.bind(d + "/cli.sock")
+anon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+cli.sendto(b"from-cli", d + "/srv.sock"); anon.sendto(b"from-anon", d + "/srv.sock"); anon.close()
+full, filler = socket.socketpair()               # as much as the writer's buffer takes
+filler.setblocking(False)
+try:
+    while True:
+        filler.send(b"x" * 4096)
+except BlockingIOError:
+    pass
+
+def drain(s):
+    s.setblocking(False)
+    out = []
+    while True:
+        try:
+            x, addr = s.recvfrom(1 << 20)
+        except BlockingIOError:
+            return out + ["EAGAIN"]
+        out.append([x.decode(), addr or None])
+        if not x and s.type == socket.SOCK_STREAM:
+            return out + ["EOF"]
+
+def send_error(s):
+    try:
+        s.send(b"?")
+        return 0
+    except OSError as exc:
+        return exc.errno
+
+def report(sig, frame):
+    got = {"peek_off": a.getsockopt(socket.SOL_SOCKET, 42), "b_send": send_error(b), "c_send": send_error(c)}
+    for name, s in (("a", a), ("b", b), ("c", c), ("f", f), ("g", g), ("srv", srv)):
+        got[name] = drain(s)
+    full.setblocking(False)
+    n = 0
+    try:
+        while True:
+            x = full.recv(1 << 20)
+            if not x:
+                break
+            n += len(x)
+    except BlockingIOError:
+        pass
+    got["full"] = n
+    with open(d + "/result", "a") as out:
+        out.write(json.dumps(got) + "\n")
+
+signal.signal(signal.SIGUSR1, report)
+signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _report(host: int, path) -> dict:
+    have = len(path.read_text().splitlines()) if path.exists() else 0
+    os.kill(host, signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while (not path.exists() or len(path.read_text().splitlines()) == have) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return json.loads(path.read_text().splitlines()[have])
+
+
+def test_unix_socket_queues_and_shutdowns_come_back(pidns, tmp_path, restored):
+    """Data queued on unix sockets (stream bytes, datagrams and seqpackets with their boundaries,
+    a datagram's sender name), a peer's shutdown and a peer gone: all used to be lost, the gone
+    peer's socket coming back unconnected (EINVAL instead of its last bytes and EOF). The original,
+    dumped without --kill, reads exactly what the restored copy then reads."""
+    w = py_workload(pidns, SOCKET_QUEUES, tmp_path)
+    img = tmp_path / "q.img"
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(img))
+    assert d.returncode == 0, d.stderr.decode()
+    result = tmp_path / "result"
+    original = _report(w.init, result)  # the dump took nothing away
+    cli = str(tmp_path / "cli.sock")
+    assert original["a"] == [["to-a-1to-a-2", None], ["", None], "EOF"]
+    assert original["b"] == [["to-b", None], "EAGAIN"]
+    assert original["c"] == [["last words", None], ["", None], "EOF"]
+    assert original["f"] == [["m1", None], ["", None], ["m3" * 1000, None], "EAGAIN"]
+    assert original["g"] == [["sp1", None], ["sp22", None], "EAGAIN"]
+    assert original["srv"] == [["from-cli", cli], ["from-anon", None], "EAGAIN"]
+    assert original["peek_off"] == -1 and original["full"] > 100_000
+    assert original["b_send"] == errno.EPIPE and original["c_send"] == errno.EPIPE
+    w.kill()
+    shown = ckptrace("show", str(img)).stdout.decode()
+    assert "12 bytes queued" in shown and "3 messages (2002 bytes) queued" in shown, shown
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    assert _report(host, result) == original
+
+
+SCM_RIGHTS_QUEUED = r"""
+import array, os, socket, sys, time
+d = sys.argv[1]
+a, b = socket.socketpair()
+b.sendmsg([b"with an fd"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [1]))])
+open(d + "/ready", "w").close()
+time.sleep(3600)
+"""
+
+
+def test_descriptors_in_flight_are_refused_by_name(pidns, tmp_path):
+    w = py_workload(pidns, SCM_RIGHTS_QUEUED, tmp_path)
+    fds = len(os.listdir("/proc/self/fd"))
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
+    assert d.returncode != 0 and b"file descriptors in flight" in d.stderr, d.stderr
+    assert f"pid {w.init} fd 3".encode() in d.stderr, d.stderr  # dump names host pids
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert os.path.exists(f"/proc/{w.init}")  # not killed: the dump failed
+
+
+DGRAM_SERVER = r"""
+import socket, sys, time
+d = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind(d + "/srv.sock")
+open(d + "/ready", "w").close()
+time.sleep(3600)
+"""
+
+
+def test_a_datagram_from_outside_the_namespace_is_refused_before_the_kill(pidns, tmp_path):
+    """A queued datagram's sender name is where replies go: one of a socket outside the image
+    cannot be made again, so restore, and dump --kill, refuse it rather than forge it."""
+    import socket
+
+    w = py_workload(pidns, DGRAM_SERVER, tmp_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+        out.bind(str(tmp_path / "outside.sock"))
+        out.sendto(b"ping", str(tmp_path / "srv.sock"))
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
+    assert d.returncode != 0 and b"outside.sock" in d.stderr and b"not in the image" in d.stderr, d.stderr
+    assert os.path.exists(f"/proc/{w.init}")

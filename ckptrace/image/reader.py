@@ -33,9 +33,10 @@ from .stream import Record, RecordReader
 
 # what restore --root leaves where it is when the namespace's root was the host's (Image.at)
 HOST_TREES = ("/dev/", "/proc/", "/sys/")
+SOCKADDR_UN_MAX = 110  # sizeof(struct sockaddr_un)
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
-              RecType.FILE_TTY, RecType.FILE_OWNER)
+              RecType.FILE_TTY, RecType.FILE_OWNER, RecType.FILE_SOCKET_QUEUE)
 # what a file VMA or an executable can name: a file with contents (by path, or carried in the image)
 MAPPABLE_FILES = (FileType.REGULAR, FileType.MEMFD, FileType.DELETED)
 
@@ -515,6 +516,11 @@ class _Parser:
             x = self.take()
             if x.type == RecType.FILE_PIPE and x.fields["buffered"] != x.payload_len:
                 self.fail(x, f"FILE_PIPE says {x.fields['buffered']} bytes buffered but holds {x.payload_len}")
+            if x.type == RecType.FILE_SOCKET_QUEUE:
+                alen, n = x.fields["addrlen"], x.fields["bytes"]
+                if alen > SOCKADDR_UN_MAX or alen + n != x.payload_len:
+                    self.fail(x, f"FILE_SOCKET_QUEUE says {alen} address and {n} message bytes but holds "
+                                 f"{x.payload_len}")
             if x.type == RecType.FILE_DATA:
                 size, off = x.fields["size"], x.fields["offset"]
                 first = next((r for r in obj.extra if r.type == RecType.FILE_DATA), None)

@@ -75,6 +75,7 @@ class RecType(enum.IntEnum):
     FILE_INOTIFY = 312
     FILE_TTY = 313
     FILE_OWNER = 314
+    FILE_SOCKET_QUEUE = 315
     MM = 401
     VMA = 402
     MM_CONTEXT = 403
@@ -151,6 +152,9 @@ PROT_NAMES = {1: "PROT_READ", 2: "PROT_WRITE", 4: "PROT_EXEC"}
 SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
 # FILE_SOCKET.options: (level, optname) of boolean socket options kept, by bit
 SOCKOPTS = {0x1: (1, 2), 0x2: (1, 15), 0x4: (1, 9), 0x8: (41, 26), 0x10: (1, 6), 0x20: (1, 16)}
+# FILE_SOCKET.state: sock_diag's state, TCP's numbers for every family (a unix listener is 10 too;
+# a connected unix or UDP socket 1, an unconnected UDP socket 7)
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 0x8: "IPV6_V6ONLY",
                  0x10: "SO_BROADCAST", 0x20: "SO_PASSCRED"}
 # TASK_NS.own: the namespaces a process did not share with the dumper (clone flags)
@@ -620,6 +624,14 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                             s32("signal", "signal", doc="F_GETSIG: the signal sent instead of SIGIO; 0: SIGIO"), pad(4)),
        doc="Who gets the file's I/O signals (F_GETOWN_EX, F_GETSIG): only for a file that has an owner or a "
            "signal set; O_ASYNC itself is in FILE.f_flags."),
+    _R(RecType.FILE_SOCKET_QUEUE, (u32("addrlen", doc="bytes of the sender's name at the payload's start: 0 for a "
+                                                   "stream socket's bytes and for an unnamed sender"),
+                                   u32("bytes", doc="bytes of the message after the address")),
+       Payload.BYTES, max_payload=MAX_BLOB + 128,
+       doc="Data queued for reading on a unix socket, oldest first, after its FILE_SOCKET (only when "
+           "there is some): a stream socket's unread bytes in one record; one record per datagram or "
+           "seqpacket message. Payload: the sender's name, sun_path as recvfrom returns it (addrlen "
+           "bytes, no NUL; an abstract name starts with its NUL), then the message."),
     _R(RecType.FILE_TTY, (u32("index"), u32("is_master"), s32("sid"), s32("pgrp")),
        doc="A tty/pty end: index (pts number), which side, session and foreground group."),
     _R(RecType.MM, (u32("map_count"), s32("exe_objref"), u64("def_flags", "hex"), u64("flags", "hex"),

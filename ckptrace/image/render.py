@@ -118,7 +118,22 @@ def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
 
 def _socket_of(f: File) -> str | None:
     rec = next((r for r in f.extra if r.type == RecType.FILE_SOCKET), None)
-    return socket_desc(rec.fields, bytes(rec.payload or b"")) if rec is not None else None
+    if rec is None:
+        return None
+    return socket_desc(rec.fields, bytes(rec.payload or b"")) + queue_note(f)
+
+
+def queue_note(f: File) -> str:
+    """", 12 bytes queued" / ", 2 messages (13 bytes) queued" for a socket with FILE_SOCKET_QUEUE
+    records; "" otherwise."""
+    queue = [r.fields["bytes"] for r in f.extra if r.type == RecType.FILE_SOCKET_QUEUE]
+    if not queue:
+        return ""
+    n = sum(queue)
+    sock = next((r for r in f.extra if r.type == RecType.FILE_SOCKET), None)
+    if sock is not None and sock.fields["type"] == 1:  # SOCK_STREAM: bytes, not messages
+        return f", {plural(n, 'byte')} queued"
+    return f", {plural(len(queue), 'message')} ({plural(n, 'byte')}) queued"
 
 
 def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:

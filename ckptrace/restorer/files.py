@@ -27,8 +27,8 @@ from ..kernel.sys import libc, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, socket_desc
-from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, VM_EXEC, VM_SHARED, VM_WRITE, FileType,
-                             RecType, VmaType, flag_names)
+from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
+                             TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names)
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
@@ -46,11 +46,11 @@ SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, Fil
              FileType.UNIX_SOCKET, FileType.INET_SOCKET, FileType.TTY, FileType.INOTIFY}
 INOTIFY_WATCH = struct.Struct("<iIQI")  # wd, mask, ino, dev; then the NUL-terminated path
 AF_UNIX = 1
-TCP_LISTEN = 10
-TCP_CLOSE = 7  # also what sock_diag says of a UDP socket that is not connected
-TCP_ESTABLISHED = 1  # and of a connected UDP socket
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SOCKADDR_LEN = 128
+SOCK_DGRAM = 2
+MSG_DONTWAIT = 0x40
+SO_SNDBUFFORCE = 32
 SYS_timerfd_create, SYS_timerfd_settime, SYS_signalfd4, SYS_epoll_create1 = 283, 286, 289, 291
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
@@ -68,6 +68,11 @@ def check_files(img: Image) -> list[str]:
             why = _inet_unrestorable(obj)
             if why:
                 problems.append(f"{_users(img, obj.objref)}: {_what(obj, ft)}: {why}")
+        if ft is FileType.UNIX_SOCKET and _in_fd_table(img, obj.objref):
+            rec = _extra(obj, RecType.FILE_SOCKET)
+            why = _queue_problem(img, obj, rec) if rec is not None else None
+            if why:
+                problems.append(why)
         if ft is FileType.TTY:
             tty = _extra(obj, RecType.FILE_TTY)
             if tty is None or tty.fields["is_master"]:
@@ -174,6 +179,7 @@ class FileSet:
             if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
                 self.by_objref[obj.objref] = self._open(obj, pipes)
         self._connect_late()
+        self._send_to_named()
         for r, w in pipes.values():
             # Ends the image does not hold are closed: a reader then sees EOF after the buffered
             # bytes, a writer EPIPE, as they would have once the missing end was gone.
@@ -303,8 +309,8 @@ class FileSet:
         connection too: both ends then lose their names), but a socket connected to one that is
         not connected back (a datagram client of a bound server) is connected to its address
         again; listeners are bound again (a dead socket's file at the path is removed first) and
-        listen; others are created, bound if they were. Queued data is not in the image and is
-        not restored."""
+        listen; others are created, bound if they were. Their queued messages are sent to them
+        again (see _fill_pair, _send_to_named); pairs are shut down as they were."""
         import socket
 
         rec = _extra(obj, RecType.FILE_SOCKET)
@@ -325,10 +331,23 @@ class FileSet:
             key = tuple(sorted((f["ino"], f["peer_ino"])))
             if key not in self.socket_pairs:
                 a, b = socket.socketpair(socket.AF_UNIX, f["type"])
-                self.socket_pairs[key] = {key[0]: a.detach(), key[1]: b.detach()}
+                ends = {key[0]: a.detach(), key[1]: b.detach()}
+                self.socket_pairs[key] = ends
+                self._fill_pair(ends)
             fd = self.socket_pairs[key].pop(f["ino"], None)
             if fd is None:
                 raise Unsupported(f"unix socket:[{f['ino']}] appears twice in the image")
+        elif _half_dead(rec):
+            # Connected to a socket that is gone (its process closed it): a pair whose other end
+            # sends the queued messages and closes. Reads then take them and see the end (EOF),
+            # writes fail (EPIPE, ECONNREFUSED), as they would have.
+            a, b = socket.socketpair(socket.AF_UNIX, f["type"])
+            fd, other = a.detach(), b.detach()
+            try:
+                self._send_queue(obj, other)
+            finally:
+                os.close(other)
+            _shutdown(fd, f["shutdown"])
         else:
             s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
             path = _sun_path(local)
@@ -359,6 +378,66 @@ class FileSet:
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | nonblock)
         return self.place(fd)
+
+    def _fill_pair(self, ends: dict[int, int]) -> None:
+        """Each end of a pair made again gets its queued messages, sent by the other end; then
+        each end is shut down as it was (after: a shut-down writer could not send them)."""
+        index = self._unix_sockets()
+        (i, fi), (j, fj) = ends.items()
+        self._send_queue(index[i][0], fj)
+        self._send_queue(index[j][0], fi)
+        _shutdown(fi, index[i][1].fields["shutdown"])
+        _shutdown(fj, index[j][1].fields["shutdown"])
+
+    def _send_queue(self, obj: File, via: int, to: bytes | None = None) -> None:
+        """Queue `obj`'s messages for reading again, in their order: sent through `via`, a socket
+        connected to it, or one that sends to its name `to`."""
+        import socket
+
+        msgs = socket_queue(obj)
+        if not msgs:
+            return
+        s = socket.socket(fileno=via)
+        try:
+            stream = s.type == socket.SOCK_STREAM
+            for _, data in msgs:
+                _send_all(s, data, to, stream, f"{_users(self.img, obj.objref)}: queue "
+                                               f"{len(data)} bytes for reading again")
+        finally:
+            s.detach()
+
+    def _send_to_named(self) -> None:
+        """Datagrams queued on a bound socket that is not one end of a pair: each is sent to its
+        name again, by the socket that sent it when that is in the image (its name is the
+        reply's address), else by an unnamed socket (check_files refused the rest)."""
+        import socket
+
+        index = self._unix_sockets()
+        by_name = _unix_by_name(self.img)
+        for ino, (obj, rec) in index.items():
+            msgs = socket_queue(obj)
+            if not msgs or not _queue_sent_by_name(self.img, rec) or obj.objref not in self.by_objref:
+                continue
+            name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
+            to = self.img.at(name.decode("utf-8", "surrogateescape")) if name[0] != 0 else name
+            anonymous = None
+            try:
+                for sender, data in msgs:
+                    if sender:
+                        via = self.by_objref[by_name[(rec.fields["type"], sender)].objref]
+                    else:
+                        if anonymous is None:
+                            anonymous = socket.socket(socket.AF_UNIX, rec.fields["type"])
+                        via = anonymous.fileno()
+                    s = socket.socket(fileno=via)
+                    try:
+                        _send_all(s, data, to, False, f"{_users(self.img, obj.objref)}: queue a "
+                                                      f"{len(data)}-byte datagram for reading again")
+                    finally:
+                        s.detach()
+            finally:
+                if anonymous is not None:
+                    anonymous.close()
 
     def _inet_socket(self, obj: File) -> int:
         """A TCP listener is bound again (SO_REUSEADDR: the dead original's connections may sit
@@ -392,12 +471,7 @@ class FileSet:
         """The image's unix sockets by inode: (FILE object, its FILE_SOCKET record). Built once:
         each connected socket looks its peer up."""
         if self._unix_index is None:
-            self._unix_index = {}
-            for o in self.img.objects.values():
-                if isinstance(o, File) and o.ftype == FileType.UNIX_SOCKET:
-                    r = _extra(o, RecType.FILE_SOCKET)
-                    if r is not None:
-                        self._unix_index[r.fields["ino"]] = (o, r)
+            self._unix_index = _unix_by_ino(self.img)
         return self._unix_index
 
     def _connect_late(self) -> None:
@@ -747,6 +821,115 @@ def _set_options(s, options: int) -> None:
     for bit, (level, opt) in SOCKOPTS.items():
         if options & bit:
             s.setsockopt(level, opt, 1)
+
+
+def socket_queue(obj: File) -> list[tuple[bytes, bytes]]:
+    """(sender's name, message) of every FILE_SOCKET_QUEUE record of a socket, oldest first."""
+    out = []
+    for r in obj.extra:
+        if r.type == RecType.FILE_SOCKET_QUEUE:
+            raw = bytes(r.payload or b"")
+            out.append((raw[:r.fields["addrlen"]], raw[r.fields["addrlen"]:]))
+    return out
+
+
+def _half_dead(rec) -> bool:
+    """A unix socket whose connected peer is gone (sock_diag names no peer any more). A bound
+    datagram socket keeps its name instead: others may send to it."""
+    f = rec.fields
+    return (f["state"] == TCP_ESTABLISHED and not f["peer_ino"]
+            and (f["type"] != SOCK_DGRAM or not _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])))
+
+
+def _queue_sent_by_name(img: Image, rec) -> bool:
+    """Whether a unix socket's queue goes back through its name (see FileSet._send_to_named): it
+    is neither one end of a pair made again nor connected to a socket that is gone."""
+    f = rec.fields
+    if _half_dead(rec):
+        return False
+    if f["peer_ino"]:
+        peer = _unix_by_ino(img).get(f["peer_ino"])
+        if peer is None or peer[1].fields["peer_ino"] == f["ino"]:
+            return False  # a pair (or refused: its peer is outside the image)
+    return True
+
+
+def _unix_by_ino(img: Image) -> dict[int, tuple[File, object]]:
+    out = {}
+    for o in img.objects.values():
+        if isinstance(o, File) and o.ftype == FileType.UNIX_SOCKET:
+            r = _extra(o, RecType.FILE_SOCKET)
+            if r is not None:
+                out[r.fields["ino"]] = (o, r)
+    return out
+
+
+def _unix_by_name(img: Image) -> dict[tuple[int, bytes], File]:
+    """The image's bound unix sockets in fd tables by (type, name): who sent a named datagram."""
+    out = {}
+    for o, r in _unix_by_ino(img).values():
+        name = _sun_path(bytes(r.payload or b"")[:SOCKADDR_LEN])
+        if name and _in_fd_table(img, o.objref):
+            out[(r.fields["type"], name)] = o
+    return out
+
+
+def _queue_problem(img: Image, obj: File, rec) -> str | None:
+    """Why restore could not queue a unix socket's messages again (None: it can)."""
+    msgs = socket_queue(obj)
+    if not msgs or not _queue_sent_by_name(img, rec):
+        return None
+    name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
+    if rec.fields["type"] != SOCK_DGRAM or not name:
+        return (f"{_users(img, obj.objref)}: {len(msgs)} message(s) queued on an unconnected, unnamed "
+                "unix socket, which nothing could send again")
+    by_name = _unix_by_name(img)
+    for sender, _ in msgs:
+        if sender and (rec.fields["type"], sender) not in by_name:
+            shown = sender.decode("utf-8", "replace").replace("\0", "@", 1)
+            return (f"{_users(img, obj.objref)}: a datagram queued on it was sent from {shown!r}, a socket "
+                    "that is not in the image (its reply address cannot be made again)")
+    return None
+
+
+def _send_all(s, data: bytes, to, stream: bool, what: str) -> None:
+    """Send one message (a datagram whole, a stream's bytes in as many writes as it takes) without
+    blocking: nobody reads yet. A sender's buffer that is too small for it is raised (root may go
+    past wmem_max), once."""
+    import socket
+
+    view = memoryview(data)
+    raised = False
+    while True:
+        try:
+            n = s.sendto(view, MSG_DONTWAIT, to) if to else s.send(view, MSG_DONTWAIT)
+        except BlockingIOError:
+            if raised:
+                raise KernelError(f"{what} (the receiving socket's queue is full: net.unix.max_dgram_qlen?)",
+                                  errno.EAGAIN) from None
+            have = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, min(have + 4 * len(view) + (1 << 16), (1 << 30)))
+            raised = True
+            continue
+        except OSError as exc:
+            raise from_oserror(exc, what) from None
+        if not stream:
+            return
+        view = view[n:]
+        if not view:
+            return
+
+
+def _shutdown(fd: int, mode: int) -> None:
+    """shutdown(2) as sock_diag reported it: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2 (SHUT_RD + 1...)."""
+    import socket
+
+    if mode & 3:
+        s = socket.socket(fileno=fd)
+        try:
+            s.shutdown((mode & 3) - 1)
+        finally:
+            s.detach()
 
 
 def _sun_path(sockaddr: bytes) -> bytes:

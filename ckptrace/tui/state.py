@@ -17,9 +17,9 @@ from typing import BinaryIO
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
-                             RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, VMA_NAMES, RecType, VmaType,
+                             RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
                              flag_names, format_time)
-from ..image.render import human, plural, prot_str, socket_name, vma_label
+from ..image.render import human, plural, prot_str, queue_note, socket_name, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -30,7 +30,6 @@ SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000:
                  0x08000000: "ONSTACK", 0x10000000: "RESTART", 0x40000000: "NODEFER",
                  0x80000000: "RESETHAND"}
 RLIM_INFINITY = 2 ** 64 - 1
-TCP_LISTEN = 10
 
 
 def signame(n: int) -> str:
@@ -200,9 +199,9 @@ class InspectState:
                 return f"{name} (listening)"
             peer = [e for e in self._ends.get(("sock", s.fields["peer_ino"]), [])] if s.fields["peer_ino"] else []
             if peer:
-                return f"{name} ↔ {peer[0][0]}:{peer[0][2]}"
+                return f"{name} ↔ {peer[0][0]}:{peer[0][2]}" + queue_note(f)
             remote = socket_name(s.fields["family"], bytes(s.payload or b"")[128:])
-            return f"{name} → {remote}" if remote else name
+            return (f"{name} → {remote}" if remote else name) + queue_note(f)
         return f.name or ""
 
     def _fd_index(self) -> dict[tuple[str, int], list[tuple[int, int, int]]]:
