@@ -662,11 +662,14 @@ class PlainLines(_Lines):
 
 
 def _plain_line(ev: dict) -> str:
+    """One event as a line of text; a comm's newlines and escape sequences come out escaped (a
+    process could otherwise forge lines, or write to the reader's terminal)."""
+    from .image.render import terminal_safe
     from .watchview import event_fields
 
     who = f"{ev['pid']}/{ev['hostpid']}"
     fields = " ".join(event_fields(ev, readable=False))
-    return f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={who:<13} {ev['event']:<8} {fields}".rstrip()
+    return terminal_safe(f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={who:<13} {ev['event']:<8} {fields}".rstrip())
 
 
 def _check_focus(host: int, focus: int | None) -> None:

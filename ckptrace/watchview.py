@@ -17,6 +17,14 @@ from rich.text import Text
 
 from .watchmodel import Model, Proc, prot_str
 from .image.render import human as _human
+from .image.render import terminal_safe
+
+
+def _literal(text: str) -> Text:
+    """A name or path from the watched processes as a cell: rich reads a str as markup (a comm
+    "[/]" raised MarkupError and ended watch; "[heap]" vanished), and a comm may hold newlines
+    or escape sequences."""
+    return Text(terminal_safe(text))
 
 BAR = 20
 HEAT = ["green", "yellow", "dark_orange", "red"]
@@ -140,7 +148,7 @@ def event_fields(ev: dict, readable: bool = True) -> list[str]:
 
 def event_line(ev: dict) -> str:
     """One recent event on the dashboard."""
-    return f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(event_fields(ev))}"
+    return terminal_safe(f"{ev['ns']} {ev['pid']:>5}/{ev['hostpid']:<7} {ev['event']:<8} {' '.join(event_fields(ev))}")
 
 
 def _ns_table(model: Model, sel: Selection, now: float, rows: int) -> Table:
@@ -157,7 +165,7 @@ def _ns_table(model: Model, sel: Selection, now: float, rows: int) -> Table:
         procs = [p for p in model.ns_procs(ino) if p.alive]
         init = model.init_of(ino)
         t.add_row("▶" if ino == current else " ", str(ino),
-                  f"{init.pid} {init.comm}" if init else "-", str(len(procs)),
+                  _literal(f"{init.pid} {init.comm}") if init else "-", str(len(procs)),
                   f"{ns.rate(now):.1f}", str(sum(p.dirty_pages() for p in procs)),
                   style="reverse" if ino == current else None)
     if not model.namespaces:
@@ -177,7 +185,7 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
         name = "  " * depth + ("└ " if depth else "") + (p.comm or "?")
         if not p.alive:  # exited († and its status) or gone, before the name, which may be cut
             name = "  " * depth + ("└ " if depth else "") + (f"†{p.code} " if p.code is not None else "(gone) ") + (p.comm or "?")
-        t.add_row(str(p.pid), str(p.hostpid), name, str(p.dirty_pages()),
+        t.add_row(str(p.pid), str(p.hostpid), _literal(name), str(p.dirty_pages()),
                   style="reverse" if i == chosen else ("grey50" if not p.alive else None))
     return t
 
@@ -194,7 +202,7 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
     cols = [("start", 14, lambda v: f"{v.start:#x}"), ("end", 14, lambda v: f"{v.end:#x}"),
             ("prot", 4, lambda v: prot_str(v.prot)), ("size", 6, lambda v: human(v.end - v.start)),
             ("dirty", 5, lambda v: str(len(v.dirty))),
-            ("heat", bar + 7, lambda v: heat_bar(len(v.dirty), v.pages, bar)), ("path", 4, lambda v: v.path)]
+            ("heat", bar + 7, lambda v: heat_bar(len(v.dirty), v.pages, bar)), ("path", 4, lambda v: _literal(v.path))]
     if not show_end:
         cols = [c for c in cols if c[0] != "end"]
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
@@ -255,7 +263,7 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
         Layout(name="mid", size=upper + 2),
         Layout(name="log"),
     )
-    title = f"memory of {p.pid} {p.comm} (host {p.hostpid})" if p else "memory"
+    title = _literal(f"memory of {p.pid} {p.comm} (host {p.hostpid})") if p else "memory"
     if width < STACK_BELOW:
         # side by side, neither fits: the task tree above the memory map, each the full width
         tree_rows = max(2, (upper - 2) // 3)

@@ -1378,3 +1378,23 @@ def test_a_later_namespace_with_a_dead_ones_number_is_not_taken_for_it(model):
     assert ctl.failure is None
     assert [(e["event"], e["hostpid"]) for e in out] == [("exit", 200), ("mmap", os.getpid())]
     assert 200 not in model.procs and model.procs[os.getpid()].ns == NS + 1
+
+
+def test_names_and_paths_are_shown_literally_never_as_markup_or_escapes(model):
+    """A process named "[/]" made the dashboard raise MarkupError (rich read cells as markup) and
+    watch end; "[heap]" showed as nothing. A comm with a newline or an escape sequence split plain
+    lines and reached the reader's terminal."""
+    from ckptrace.watch import _plain_line
+    from ckptrace.watchview import event_line
+
+    model.apply(ev("exec", comm="[/]"))
+    model.apply(ev("fork", child=2, _childhost=101))
+    model.apply(ev("exec", hostpid=101, pid=2, comm="a\nb\x1b[31m"))
+    model.apply(ev("mmap", addr=0x1000000, len=4 * P, prot=3))
+    next(v for v in model.procs[100].vmas if v.start == 0x1000000).path = "[heap]"
+    out = text_of(render(model, Selection(), width=140, height=40))
+    assert "[/]" in out and "[heap]" in out
+    assert "a\\nb\\x1b[31m" in out and "\x1b" not in out
+    e = {"event": "exec", "pid": 2, "hostpid": 101, "ns": NS, "ts": 1, "comm": "a\nb\x1b[31m"}
+    assert "\n" not in _plain_line(e) and "\x1b" not in _plain_line(e) and "a\\nb\\x1b[31m" in _plain_line(e)
+    assert "\n" not in event_line(e) and "\x1b" not in event_line(e)
