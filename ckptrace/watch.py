@@ -329,6 +329,17 @@ class Controller:
             self.ignored.add(hostpid)
             self.prog.untrack(hostpid)
             return None
+        if ino in self.ended:
+            # The namespace of that number is gone (its init exited): this is a later one's
+            # process, or one of the old one's on its way out. Placed here, it would be reported
+            # as the old namespace's from now on (its pages drained, then all its events).
+            if ino == self.focus or procfs.exiting(hostpid):
+                self.reused += ino == self.focus
+                self.ignored.add(hostpid)
+                self.prog.untrack(hostpid)
+                return None
+            self.model.forget_namespace(ino)  # all namespaces: a new one from here on
+            self.ended.discard(ino)
         p = self.seed(hostpid, ino)
         return (ino, p.pid) if p is not None else None
 

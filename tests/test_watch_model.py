@@ -1398,3 +1398,37 @@ def test_names_and_paths_are_shown_literally_never_as_markup_or_escapes(model):
     e = {"event": "exec", "pid": 2, "hostpid": 101, "ns": NS, "ts": 1, "comm": "a\nb\x1b[31m"}
     assert "\n" not in _plain_line(e) and "\x1b" not in _plain_line(e) and "a\\nb\\x1b[31m" in _plain_line(e)
     assert "\n" not in event_line(e) and "\x1b" not in event_line(e)
+
+
+def test_pages_of_a_later_namespace_with_a_dead_ones_number_do_not_make_it_that_one(model, monkeypatch):
+    """The drain places the writers of unknown pages from /proc: a process of a later namespace
+    given the focused one's number was placed in it, and from then on every event of its was
+    reported as the dead namespace's. The all-namespaces view starts that namespace afresh."""
+    from ckptrace import watch
+    from ckptrace.watch import Controller
+
+    E = bpfload.abi().structs["ckpt_event"]
+    c = bpfload.abi().consts
+    me = os.getpid()
+    monkeypatch.setattr(watch.procfs, "ns_inode", lambda hostpid: NS)  # as /proc says of it
+
+    class Draining(FakeProg):
+        def drain_dirty(self):
+            return {me: [(1, 0x7000 >> 18, 1)]}
+
+    out = []
+    ctl = Controller(Draining(), model, host=1, focus=NS, emit=out.append)
+    ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=100, hosttid=100, pid=1, code=9))
+    ctl.drain()
+    ctl.on_record(E(ts=6, ns=NS, type=c["CKPT_EV_MMAP"], hostpid=me, hosttid=me, pid=1, a0=0x7000, a1=P, a2=3, a3=0x22))
+    assert ctl.failure is None
+    assert me not in model.procs and [e["event"] for e in out] == ["exit"]
+    assert model.unattributed == 0  # not ours: not a loss either
+
+    model.seed_proc(200, 1, NS + 1, comm="init")
+    monkeypatch.setattr(watch.procfs, "ns_inode", lambda hostpid: NS + 1)
+    out.clear()
+    ctl = Controller(Draining(), model, host=1, focus=None, emit=out.append)
+    ctl.on_record(E(ts=7, ns=NS + 1, type=c["CKPT_EV_EXIT"], hostpid=200, hosttid=200, pid=1, code=9))
+    ctl.drain()
+    assert 200 not in model.procs and model.procs[me].ns == NS + 1
