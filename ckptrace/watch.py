@@ -13,7 +13,9 @@ import errno
 import gc
 import json
 import os
+import select
 import signal
+import stat
 import sys
 import time
 
@@ -597,10 +599,15 @@ class _Lines:
     stdout is unbuffered (PYTHONUNBUFFERED, `python -u`)."""
 
     PENDING_MAX = 4096
+    CHUNK = 4096  # PIPE_BUF: a pipe that polls writable takes this much without blocking
+    WAIT_MS = 100
 
-    def __init__(self, out):
+    def __init__(self, out, give_up=lambda: False):
         self.out = out
         self.pending: list[str] = []
+        # asked while the reader is not reading: True when watch is to stop (SIGTERM, Ctrl-C,
+        # --duration), and the lines not written yet are to be dropped (see _write)
+        self.give_up = give_up
 
     def __call__(self, ev: dict) -> None:
         """Subclasses format `ev` and put it; this base puts nothing (the live dashboard shows
@@ -621,17 +628,40 @@ class _Lines:
     def _write(self, text: str) -> None:
         """Write all of `text`. An unbuffered stdout hands a long write straight to write(2),
         which a signal (our own SIGTERM) can cut short on a pipe; TextIOWrapper would drop the
-        rest and leave a torn line, so the bytes go out in a loop here."""
-        raw = getattr(self.out, "buffer", None)
-        if raw is None:
+        rest and leave a torn line, so the bytes go out in a loop here. A reader that stops
+        reading (`| less` left open, a stalled ssh) must not hold watch, and its programs, for
+        ever: write(2) blocked and Python restarted it after each signal, so neither SIGTERM nor
+        --duration ended watch. Each piece waits until the fd takes it, asking `give_up` every
+        WAIT_MS; giving up raises Stop."""
+        buf = getattr(self.out, "buffer", None)
+        if buf is None:
             self.out.write(text)
             return
-        self.out.flush()
+        self.out.flush()  # (and the buffer under it: what follows goes around it, to the fd)
+        raw = getattr(buf, "raw", buf)
         data = memoryview(text.encode(self.out.encoding or "utf-8", self.out.errors or "strict"))
+        poller = self._poller()
         while data:
-            n = raw.write(data)
+            if poller is not None:
+                while not poller.poll(self.WAIT_MS):
+                    if self.give_up():
+                        raise Stop()
+            n = raw.write(data[:self.CHUNK] if poller is not None else data)
             data = data[n or 0:]
-        raw.flush()
+
+    def _poller(self):
+        """A poll object on the output when it is something a reader drains (pipe, socket,
+        terminal); None for a file, which never makes a write wait for a reader."""
+        try:
+            fd = self.out.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, OSError, ValueError):
+            return None
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            return None
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return poller
 
 
 class JsonLines(_Lines):
@@ -639,8 +669,8 @@ class JsonLines(_Lines):
     per kind, so each such shape gets a %-format template once (four times cheaper than the json
     encoder, and this runs for every event); events carrying strings go through json."""
 
-    def __init__(self, out):
-        super().__init__(out)
+    def __init__(self, out, give_up=lambda: False):
+        super().__init__(out, give_up)
         self.encode = json.JSONEncoder(separators=(",", ":")).encode
         self.templates: dict[tuple, str | None] = {}
 
@@ -704,13 +734,19 @@ def main(args) -> int:
 
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGHUP, _request_stop)  # its terminal closed: stop as cleanly
     model = Model()
     out = sys.stdout
 
+    stop_at = time.monotonic() + args.duration if args.duration else float("inf")
+
+    def give_up() -> bool:
+        return _stop_requested[0] or time.monotonic() >= stop_at
+
     if mode == "json":
-        emit = JsonLines(out)
+        emit = JsonLines(out, give_up)
     elif mode == "plain":
-        emit = PlainLines(out)
+        emit = PlainLines(out, give_up)
     else:
         emit = _Lines(out)  # nothing is put: the dashboard shows model.recent
 
@@ -756,8 +792,8 @@ def main(args) -> int:
                 ctl.drain(final=True)
                 ctl.check_lost()
                 emit.flush()
-            except (BrokenPipeError, CkptError):
-                pass
+            except (BrokenPipeError, CkptError, Stop):
+                pass  # (Stop: the reader stopped reading, and we are asked to stop: lines dropped)
         lost = model.lost
         if any(lost.values()):
             print(f"ckptrace watch: lost events: {lost}", file=sys.stderr)

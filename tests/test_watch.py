@@ -1050,3 +1050,27 @@ def test_a_watched_namespace_that_dies_is_said_once_on_stderr(pidns):
             watch.kill()
             watch.wait()
     assert the(events, event="exit", pid=1, code=3)
+
+
+@pytest.mark.kernel
+def test_a_reader_that_stops_reading_does_not_hold_watch_past_its_duration(pidns, tmp_path):
+    """stdout a pipe nobody reads (`| less` left open): write(2) blocked, and watch ignored
+    --duration and SIGTERM with its programs attached, until the reader went away."""
+    need_root_and_bcc()
+    exe = build_c(tmp_path, "flood", FLOOD)
+    work = pidns([str(exe)])
+    watch = subprocess.Popen([PY, "-m", "ckptrace", "watch", "--json", "--pidns", str(work.ns), "--duration", "2"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        progs = {}
+        wait_until(lambda: progs.update(programs_of(watch.pid)) or progs, 30, "watch to load its programs")
+        t0 = time.monotonic()
+        while watch.poll() is None and time.monotonic() - t0 < 20:
+            time.sleep(0.1)
+        assert watch.poll() == 0, "watch still running 20 s past a 2 s --duration, its output unread"
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        watch.stdout.close()
+        watch.wait()
+    assert still_loaded(progs) == []

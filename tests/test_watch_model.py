@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 import shutil
 import struct
 import subprocess
@@ -1432,3 +1433,28 @@ def test_pages_of_a_later_namespace_with_a_dead_ones_number_do_not_make_it_that_
     ctl.on_record(E(ts=7, ns=NS + 1, type=c["CKPT_EV_EXIT"], hostpid=200, hosttid=200, pid=1, code=9))
     ctl.drain()
     assert 200 not in model.procs and model.procs[me].ns == NS + 1
+
+
+def test_event_lines_to_a_reader_that_stopped_reading_give_up_when_asked():
+    """write(2) into a full pipe blocked, and Python restarted it after every signal: watch
+    ignored SIGTERM and --duration, its programs loaded, until the reader went away."""
+    from ckptrace.watch import JsonLines, Stop
+
+    r, w = os.pipe()
+    out = os.fdopen(w, "w")
+    asked = []
+
+    def give_up():
+        asked.append(time.monotonic())
+        return len(asked) >= 3
+
+    lines = JsonLines(out, give_up)
+    t0 = time.monotonic()
+    with pytest.raises(Stop):
+        for i in range(10_000):  # ~1 MB: more than a pipe holds
+            lines({"event": "exit", "pid": i, "hostpid": i, "ns": NS, "ts": i, "code": 0})
+        lines.flush()
+    assert 0.2 < time.monotonic() - t0 < 5 and len(asked) == 3
+    assert len(os.read(r, 1 << 20)) >= 4096  # what the pipe could take was written first
+    out.close()
+    os.close(r)
