@@ -713,6 +713,17 @@ def _plain_line(ev: dict) -> str:
     return terminal_safe(f"{ev['ts'] / 1e9:14.6f} ns={ev['ns']} pid={who:<13} {ev['event']:<8} {fields}".rstrip())
 
 
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def _can_load_bpf(cap_eff_hex: str) -> bool:
+    """From /proc/self/status's CapEff: what loading tracing programs takes (bpf(2) and
+    perf_event_open(2) of tracepoints)."""
+    caps = int(cap_eff_hex, 16)
+    has = lambda c: bool(caps >> c & 1)  # noqa: E731
+    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+
+
 def _check_focus(host: int, focus: int | None) -> None:
     if focus is None:
         return
@@ -728,6 +739,10 @@ def main(args) -> int:
 
     if os.geteuid() != 0:
         raise AccessDenied("watch needs root (it loads BPF programs)")
+    if not _can_load_bpf(procfs.status(os.getpid()).raw.get("CapEff", "0")):
+        # (asked first: bcc would print its own lines and then say it could not compile)
+        raise AccessDenied("watch needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN, to load its BPF programs; "
+                           "this root process has neither (capabilities dropped)")
     host = ns_dev_ino("self")[1]
     _check_focus(host, args.pidns)
     mode = "json" if args.json else ("plain" if args.plain or not sys.stdout.isatty() else "live")

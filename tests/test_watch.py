@@ -681,6 +681,16 @@ def test_not_root_is_one_line(root):
 
 
 @pytest.mark.kernel
+def test_root_without_capabilities_is_one_line(root):
+    """Root with its capabilities dropped got bcc's own "could not open bpf map" line, then
+    "cannot compile/load watch.bpf.c": two lines, and the wrong reason."""
+    r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", PY, "-m", "ckptrace", "watch",
+                        "--duration", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "CAP_BPF" in r.stderr, r.stderr
+
+
+@pytest.mark.kernel
 def test_event_rings_of_64_records_are_read_through_many_wraps_in_sequence(pidns, tmp_path):
     """Rings of 64 records per CPU read while a workload runs 60 /bin/true: the rings wrap many
     times, and every record comes back once, whole, numbered without holes (a full ring drops a
