@@ -3146,3 +3146,36 @@ def test_a_datagram_from_outside_the_namespace_is_refused_before_the_kill(pidns,
         d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
     assert d.returncode != 0 and b"outside.sock" in d.stderr and b"not in the image" in d.stderr, d.stderr
     assert os.path.exists(f"/proc/{w.init}")
+
+
+ODD_FILE_NAMES = r"""
+import mmap, os, sys, time
+d = sys.argv[1]
+maps = []
+for name in ("y (deleted)", "nl\nname"):
+    with open(os.path.join(d, name), "w+b") as f:   # closed at once: only the mapping holds it
+        f.write(b"0" * 4096)
+        f.flush()
+        maps.append(mmap.mmap(f.fileno(), 4096, mmap.MAP_SHARED))
+n = 0
+while True:
+    n += 1
+    for m in maps:
+        m[0:8] = b"%08d" % n
+    if n == 3:
+        open(d + "/ready", "w").close()
+    time.sleep(0.05)
+"""
+
+
+def test_shared_mappings_of_files_with_odd_names_stay_the_files(pidns, tmp_path, restored):
+    """maps shows a live file named "y (deleted)" like a deleted "y" (it was taken for one, and
+    came back a private copy: the process's writes no longer reached the file), and a newline in a
+    name as \\012 (the dump named a file that does not exist, and --kill refused)."""
+    w = py_workload(pidns, ODD_FILE_NAMES, tmp_path)
+    migrate(w, tmp_path / "odd.img", restored)
+    files = [tmp_path / "y (deleted)", tmp_path / "nl\nname"]
+    before = [int(f.read_bytes()[:8]) for f in files]
+    time.sleep(0.5)
+    after = [int(f.read_bytes()[:8]) for f in files]
+    assert all(a > b for a, b in zip(after, before)), (before, after)

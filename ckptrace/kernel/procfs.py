@@ -197,6 +197,15 @@ class Mapping:
     inode: int
     path: str  # "" for anonymous; "[heap]", "/usr/lib/... (deleted)", ...
     vmflags: list[str] = field(default_factory=list)
+    unlinked: bool | None = None  # the file's link count said so (see settle_names); None: not asked
+
+    @property
+    def deleted(self) -> bool:
+        """The mapped file has no name left. maps cannot tell a file named "x (deleted)" from a
+        deleted "x": settle_names asks the file itself when it can."""
+        if self.unlinked is not None:
+            return self.unlinked
+        return self.path.endswith(DELETED_SUFFIX)
 
     @property
     def shared(self) -> bool:
@@ -217,6 +226,30 @@ def _map_line(line: str) -> Mapping:
                    parts[5].rstrip("\n") if len(parts) > 5 else "")
 
 
+DELETED_SUFFIX = " (deleted)"
+_NOT_FILES = ("/dev/zero", "/SYSV", "/memfd:")  # shmem objects: their " (deleted)" is what they are
+
+
+def settle_names(pid: int, mappings: list[Mapping], root: str = PROC) -> None:
+    """The true path of each mapped file whose maps line is ambiguous: maps writes a newline in a
+    name as \\012 (and a backslash as itself), and appends " (deleted)" to an unlinked file's
+    name, which a live file may end with too. map_files/START-END links to the file itself: its
+    target is the path unescaped, its link count whether the name is gone."""
+    for m in mappings:
+        if not m.path.startswith("/") or m.path.startswith(_NOT_FILES):
+            continue
+        if "\\012" not in m.path and not m.path.endswith(DELETED_SUFFIX):
+            continue
+        link = f"{root}/{pid}/map_files/{m.start:x}-{m.end:x}"
+        try:
+            st = os.stat(link)
+            target = os.readlink(link)
+        except OSError:
+            continue  # (gone, or not ours to read: the text is all there is)
+        m.unlinked = st.st_nlink == 0
+        m.path = target
+
+
 def maps(pid: int, root: str = PROC) -> list[Mapping]:
     """Every mapping, without VmFlags, from /proc/PID/maps: unlike smaps, reading it does not walk
     the process's page tables (watch reads tables often, while the process runs)."""
@@ -234,6 +267,7 @@ def smaps(pid: int, root: str = PROC) -> list[Mapping]:
             out.append(_map_line(line))
         elif head == "VmFlags:" and out:
             out[-1].vmflags = line.split()[1:]
+    settle_names(pid, out, root)
     return out
 
 

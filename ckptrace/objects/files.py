@@ -300,7 +300,8 @@ def dump_table(ctx: DumpContext, pid: int) -> int:
 
 # -- files named by the mm (exe, mapped files): no fd, so keyed by inode and path --------------
 
-def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: int, what: str) -> int:
+def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: int, what: str,
+                 deleted: bool) -> int:
     ref = ctx.objhash.lookup_key(key)
     if ref is not None:
         return ref
@@ -309,7 +310,7 @@ def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: i
         with open_contents(open_path, what) as cfd:
             write_file_head(ctx, ref, FileType.MEMFD, flags, 0, strip_deleted(kind_path)[1:], memfd_seals(cfd))
             write_contents(ctx, cfd, what)
-    elif kind_path.endswith(DELETED):
+    elif deleted:
         with open_contents(open_path, what) as cfd:
             write_file_head(ctx, ref, FileType.DELETED, flags, 0, ctx.path(strip_deleted(kind_path)))
             write_contents(ctx, cfd, what)
@@ -327,15 +328,16 @@ def dump_exe(ctx: DumpContext, pid: int) -> int:
         return 0  # kernel threads and exited mms have no exe
     except OSError as exc:
         raise from_oserror(exc, f"readlink exe of {pid}") from None
+    # (a link count, not the " (deleted)" the link's text ends with: a file may be named so)
     return _mapped_file(ctx, ("path", st.st_dev, st.st_ino, path), path, link, os.O_RDONLY,
-                        f"{_where(ctx, pid)} exe {path}")
+                        f"{_where(ctx, pid)} exe {path}", deleted=st.st_nlink == 0)
 
 
 def fd_file_of_mapping(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int | None:
     """For a mapping of a memfd or deleted file that an fd of the namespace also holds: that fd's
     FILE object (written now if not yet), so the VMA and the fd name one file and restore maps
     the very file it gives the fd. None for any other mapping."""
-    if not ctx.data_fds or not (m.path.startswith("/memfd:") or m.path.endswith(DELETED)):
+    if not ctx.data_fds or not (m.path.startswith("/memfd:") or m.deleted):
         return None
     try:
         st = os.stat(f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}")
@@ -355,5 +357,5 @@ def dump_mapped_file(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
         dev = (m.dev[0] << 8) | m.dev[1]
     flags = os.O_RDWR if (m.shared and m.perms[1] == "w") else os.O_RDONLY
     return _mapped_file(ctx, ("path", dev, m.inode, m.path), m.path, link, flags,
-                        f"{_where(ctx, pid)} mapping {m.start:x}-{m.end:x} ({m.path})")
+                        f"{_where(ctx, pid)} mapping {m.start:x}-{m.end:x} ({m.path})", deleted=m.deleted)
 

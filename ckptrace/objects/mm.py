@@ -62,7 +62,7 @@ def vma_type(m: procfs.Mapping) -> VmaType | None:
     if m.path in VVAR:
         return VmaType.VVAR
     if m.shared:
-        if not m.path or m.path.startswith(SHARED_ANON_PREFIXES) or m.path.endswith(" (deleted)"):
+        if not m.path or m.path.startswith(SHARED_ANON_PREFIXES) or m.deleted:
             return VmaType.SHARED_ANON
         return VmaType.SHARED_FILE
     if not m.path or m.path.startswith("["):
@@ -238,7 +238,7 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
             objref = files.dump_mapped_file(ctx, pid, m)
             if t is VmaType.SHARED_FILE:
                 table = None  # the contents live in the file itself
-            elif not m.path.endswith(" (deleted)"):
+            elif not m.deleted:
                 table = _ANON_ONLY
         elif t is VmaType.SHARED_ANON:
             key = ("shmem", m.dev, m.inode)
