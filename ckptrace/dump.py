@@ -54,6 +54,7 @@ class Summary(Stats):
     bytes: int = 0
     frozen_s: float = 0.0
     elapsed_s: float = 0.0
+    note: str = ""  # what the user should know although the dump worked (said on stderr)
 
     @property
     def mb_s(self) -> float:
@@ -224,9 +225,10 @@ def _kill_namespace(init: int) -> int | None:
     return fd
 
 
-def _wait_exit(pidfd: int, init: int, timeout: float = 10.0) -> None:
+def _wait_exit(pidfd: int, init: int, timeout: float = 10.0, proc: str = procfs.PROC) -> str:
     """Wait until the namespace is gone, so that `dump --kill` returns only when it can be restored
-    elsewhere: init has exited (its pidfd turns readable) and its parent has reaped it."""
+    elsewhere: init has exited (its pidfd turns readable) and its parent has reaped it. Returns ""
+    then, else what is left (a note for the user)."""
     import select
 
     from .kernel.ptrace import WALL
@@ -245,11 +247,24 @@ def _wait_exit(pidfd: int, init: int, timeout: float = 10.0) -> None:
                     break
                 if pid == 0:
                     break
-            exited = exited or bool(select.select([pidfd], [], [], 0.01)[0])
-            if exited and not os.path.exists(f"/proc/{init}"):
-                return
+            # (once init has exited the pidfd stays readable: the wait is the sleep, else this
+            # loop spun a CPU, a second or more whenever init's parent reaps slowly)
+            if exited:
+                time.sleep(0.01)
+            else:
+                exited = bool(select.select([pidfd], [], [], 0.01)[0])
+            if exited and not os.path.exists(f"{proc}/{init}"):
+                return ""
     finally:
         os.close(pidfd)
+    if not exited:
+        return f"init (host pid {init}) had not exited {timeout:.0f} s after SIGKILL"
+    try:
+        parent = procfs.status(init, root=proc).ppid
+    except CkptError:
+        return ""  # reaped just now
+    return (f"init (host pid {init}) has exited, but its parent (host pid {parent}) has not reaped it "
+            "yet: it stays a zombie until it does (the image restores meanwhile)")
 
 
 def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None) -> Summary:
@@ -303,7 +318,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         if shadow is not None:
             shadow.close()
     if ok and opts.kill and init_fd is not None:
-        _wait_exit(init_fd, init)
+        s.note = _wait_exit(init_fd, init, proc=opts.proc)
     s.elapsed_s = time.monotonic() - started
     st = ctx.stats
     for f in dataclasses.fields(Stats):
@@ -458,6 +473,8 @@ def main(args) -> int:
         elif not args.quiet:
             print(s.line(), file=summary_to)
         summary_to.flush()
+        if s.note:
+            print(f"ckptrace dump: {s.note}", file=sys.stderr)
     except OSError as exc:
         where = "standard output" if to_stdout else args.output
         raise KernelError(f"the image is complete ({where}), but writing the summary failed",

@@ -350,6 +350,32 @@ def test_kill_after_dump(pidns, ckwork, tmp_path):
     assert not os.path.exists(f"/proc/{w.init}") or status_field(w.init, "State")[0] == "Z"
 
 
+def test_kill_waits_for_a_slow_reaper_without_spinning_and_says_when_it_never_reaps(pidns, tmp_path):
+    """`--kill` waits until init's parent has reaped it. Once init had exited, the wait spun a CPU
+    (700 000 waitpid calls a second) for as long as that took, then gave up after 10 s saying
+    nothing, init left a zombie."""
+    import resource
+    import threading
+
+    for reap_after in (1.0, None):
+        w = pidns(["sleep", "3600"])
+        os.kill(w.proc.pid, signal.SIGSTOP)  # unshare, init's parent: it reaps nothing meanwhile
+        if reap_after is not None:
+            threading.Timer(reap_after, os.kill, (w.proc.pid, signal.SIGCONT)).start()
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        d = dump("--pidns", str(w.ns), "-o", str(tmp_path / "img"), "--kill", "--quiet")
+        took = time.monotonic() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+        os.kill(w.proc.pid, signal.SIGCONT)
+        assert cpu < 1.5 + (0 if reap_after else 0.3), f"the dumper used {cpu:.1f} s of CPU in {took:.1f} s"
+        if reap_after is not None:
+            assert took < 8 and d.stderr == b"", d.stderr
+        else:
+            assert b"has not reaped it" in d.stderr and f"host pid {w.proc.pid}".encode() in d.stderr, d.stderr
+
+
 def test_kill_refuses_an_output_that_keeps_nothing(pidns, ckwork, tmp_path):
     """`dump --kill -o /dev/null` would kill the namespace and keep no image: refused before
     anything is frozen, whatever name /dev/null goes by (a symlink, standard output), and for
