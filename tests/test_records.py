@@ -614,3 +614,49 @@ def test_new_fields_are_named_in_text_and_json():
     assert proc.payload_json(b"/w\0/srv/ct\0" + b"0::/\n\0" + b"/srv/ct\0") == {
         "cwd": "/w", "root": "/srv/ct", "cgroup": "0::/\n", "ns_root": "/srv/ct"}
     assert proc.payload_json(b"/\0/\0\0") == {"cwd": "/", "root": "/", "cgroup": ""}
+
+
+def _with_inotify(nwatch: int, payload: bytes) -> tuple[bytes, int, int]:
+    """SAMPLE with an inotify file object (objref 99, in no fd) before fd 7's FILE_DESC, its
+    FILE_INOTIFY saying `nwatch` and holding `payload`; and that record's index and offset."""
+    from ckptrace.image.records import ObjType
+
+    desc = next(r for r in records_of(SAMPLE) if r.type == RecType.FILE_DESC and r.fields["fd_descriptor"] == 7)
+    head = (RECORDS[RecType.OBJREF].encode(dict(objtype=ObjType.FILE, objref=99))
+            + RECORDS[RecType.FILE].encode(dict(f_type=FileType.INOTIFY, f_mode=1)))
+    rec = RECORDS[RecType.FILE_INOTIFY].encode(dict(nwatch=nwatch), payload)
+    return SAMPLE[:desc.offset] + head + rec + SAMPLE[desc.offset:], desc.index + 2, desc.offset + len(head)
+
+
+def _watch(wd: int, path: bytes) -> bytes:
+    return struct.pack("<iIQI", wd, 0x100, 0x1234 + wd, 0x801) + path + b"\0"
+
+
+@pytest.mark.parametrize("nwatch, payload, message", [
+    (3, _watch(1, b"/tmp") + _watch(2, b"/etc/x"), "ends in watch 2"),
+    (1, _watch(1, b"/tmp") + _watch(2, b"/etc/x"), "follow"),
+    (0, _watch(1, b"/tmp"), "follow"),
+    (2, _watch(1, b"/tmp") + _watch(2, b"/etc/x") + b"\0\0\0", "3 bytes follow"),
+    (2, _watch(1, b"/tmp") + _watch(2, b"/etc/x")[:-1], "not NUL-terminated"),
+    (1, _watch(1, b"/tmp")[:10], "ends in watch 0"),
+], ids=["too-few", "too-many", "none-said", "trailing", "no-nul", "cut-head"])
+def test_inotify_nwatch_must_match_its_packed_entries(nwatch, payload, message):
+    """FILE_INOTIFY.nwatch used to be read by nobody: restore parsed watches until the payload
+    ran out, so a count that disagreed, bytes after the last entry or a path with no NUL went
+    unnoticed. The reader refuses them at the record, and restore reads the same parser."""
+    data, index, offset = _with_inotify(nwatch, payload)
+    with pytest.raises(ImageError, match=message) as exc:
+        read_image(io.BytesIO(data))
+    assert (exc.value.index, exc.value.offset) == (index, offset)
+
+
+def test_inotify_watches_are_read_as_nwatch_packed_entries():
+    from ckptrace.image.reader import File
+    from ckptrace.restorer.files import _inotify_watches
+
+    data, _, _ = _with_inotify(3, _watch(1, b"/tmp") + _watch(2, b"") + _watch(5, b"/etc/x\xff"))
+    obj = read_image(io.BytesIO(data)).obj(99)
+    assert isinstance(obj, File) and obj.ftype == FileType.INOTIFY
+    (rec,) = obj.extra
+    assert _inotify_watches(rec) == [(1, 0x100, "/tmp"), (2, 0x100, ""),
+                                     (5, 0x100, b"/etc/x\xff".decode("utf-8", "surrogateescape"))]

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Callable
 from ..errors import ImageError, ImageReadError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
                       SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType,
-                      RecType, VmaType, cstring)
+                      RecType, VmaType, cstring, inotify_watches)
 from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
 
@@ -516,6 +516,11 @@ class _Parser:
             x = self.take()
             if x.type == RecType.FILE_PIPE and x.fields["buffered"] != x.payload_len:
                 self.fail(x, f"FILE_PIPE says {x.fields['buffered']} bytes buffered but holds {x.payload_len}")
+            if x.type == RecType.FILE_INOTIFY:
+                try:
+                    inotify_watches(x.payload or b"", x.fields["nwatch"])
+                except ValueError as exc:
+                    self.fail(x, f"FILE_INOTIFY: {exc}")
             if x.type == RecType.FILE_SOCKET_QUEUE:
                 alen, n = x.fields["addrlen"], x.fields["bytes"]
                 if alen > SOCKADDR_UN_MAX or alen + n != x.payload_len:

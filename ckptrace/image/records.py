@@ -174,6 +174,9 @@ SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BA
 MAX_CPU_MASK = 1024  # bytes of affinity mask kept: 8192 CPUs
 BPF_MAXINSNS = 4096  # per seccomp filter (include/uapi/linux/bpf_common.h)
 SIGINFO_SIZE = 128  # sizeof(siginfo_t): TASK_SIGINFO holds whole ones
+# FILE_INOTIFY's payload: nwatch packed entries, each this 20-byte head (wd, mask, ino, dev)
+# followed by the watched path and its NUL, no alignment (see inotify_watches)
+INOTIFY_WATCH = struct.Struct("<iIQI")
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,38 @@ def _escaped(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+@dataclass(frozen=True)
+class InotifyWatch:
+    wd: int
+    mask: int
+    ino: int
+    dev: int
+    path: str  # "" when the dumper found no path for the inode
+
+
+def inotify_watches(payload: bytes | memoryview, nwatch: int) -> list[InotifyWatch]:
+    """The `nwatch` watches of a FILE_INOTIFY payload: entries packed back to back, each a
+    20-byte head (s32 wd, u32 mask, u64 ino, u32 dev) then the path and its NUL, with nothing
+    before, between or after them. The one parser of that payload: the reader validates with it
+    and restore re-adds what it returns. ValueError says why a payload does not hold exactly
+    `nwatch` entries."""
+    data = bytes(payload)
+    out, pos = [], 0
+    for i in range(nwatch):
+        if pos + INOTIFY_WATCH.size > len(data):
+            raise ValueError(f"nwatch {nwatch} but the payload ({len(data)} bytes) ends in watch {i}")
+        wd, mask, ino, dev = INOTIFY_WATCH.unpack_from(data, pos)
+        pos += INOTIFY_WATCH.size
+        end = data.find(b"\0", pos)
+        if end < 0:
+            raise ValueError(f"the path of watch {i} (wd {wd}) is not NUL-terminated")
+        out.append(InotifyWatch(wd, mask, ino, dev, data[pos:end].decode("utf-8", "surrogateescape")))
+        pos = end + 1
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} bytes follow the nwatch {nwatch} watches")
+    return out
+
+
 def flag_names(value: int, names: Mapping[int, str]) -> list[str]:
     out = [n for bit, n in names.items() if value & bit]
     rest = value & ~sum(names)
@@ -617,7 +652,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="timerfd: clock, remaining time (or realtime deadline), interval, expirations not yet read."),
     _R(RecType.FILE_SIGNALFD, (u64("sigmask", "hex"),), doc="signalfd mask."),
     _R(RecType.FILE_INOTIFY, (u32("nwatch"), pad(4)), Payload.BYTES, max_payload=1 << 20,
-       doc="inotify watches: nwatch entries of {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}."),
+       doc="inotify watches: nwatch entries of {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}, packed: "
+           "each a 20-byte head then the path and its NUL, the next entry right after the NUL (no "
+           "alignment, no padding); nothing follows the last entry."),
     _R(RecType.FILE_OWNER, (s32("owner_type", "enum", {0: "F_OWNER_TID", 1: "F_OWNER_PID", 2: "F_OWNER_PGRP"},
                                 doc="F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2"),
                             s32("owner_pid", doc="in-namespace tid, pid or process group; 0: none, or outside the namespace"),

@@ -9,7 +9,7 @@ import os
 import struct
 
 from ..errors import Unsupported
-from ..image.records import FileType, RecType
+from ..image.records import INOTIFY_WATCH, FileType, RecType
 from ..kernel import procfs
 from .context import DumpContext
 
@@ -60,9 +60,9 @@ def _inotify_payload(ctx: DumpContext, pid: int, watches) -> bytes:
     mounts = procfs.mountinfo(pid, ctx.proc) if watches else []
     out = bytearray()
     for w in watches:
-        # {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}
+        # {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}, packed (records.inotify_watches)
         path = _watch_path(ctx, pid, w, mounts)
-        out += struct.pack("<iIQI", w["wd"], w["mask"], w["ino"], w["sdev"])
+        out += INOTIFY_WATCH.pack(w["wd"], w["mask"], w["ino"], w["sdev"])
         out += path.encode("utf-8", "surrogateescape") + b"\0"
     return bytes(out)
 

@@ -17,7 +17,6 @@ import errno
 import fcntl
 import os
 import resource
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -28,7 +27,8 @@ from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, socket_desc
 from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
-                             TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names)
+                             TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
+                             inotify_watches)
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
@@ -44,7 +44,6 @@ MFD_ALLOW_SEALING, MFD_NOEXEC_SEAL, MFD_EXEC = 0x2, 0x8, 0x10
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
              FileType.EVENTFD, FileType.SIGNALFD, FileType.TIMERFD, FileType.EPOLL,
              FileType.UNIX_SOCKET, FileType.INET_SOCKET, FileType.TTY, FileType.INOTIFY}
-INOTIFY_WATCH = struct.Struct("<iIQI")  # wd, mask, ino, dev; then the NUL-terminated path
 AF_UNIX = 1
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SOCKADDR_LEN = 128
@@ -81,7 +80,7 @@ def check_files(img: Image) -> list[str]:
                 continue
         if ft is FileType.INOTIFY:
             rec = _extra(obj, RecType.FILE_INOTIFY)
-            for wd, _, path in _inotify_watches(bytes(rec.payload or b"")) if rec else []:
+            for wd, _, path in _inotify_watches(rec):
                 if not path or not os.path.lexists(img.at(path)):
                     problems.append(f"inotify object {obj.objref} watches {path or 'an inode with no path'} "
                                     f"(wd {wd}), which does not exist")
@@ -495,7 +494,7 @@ class FileSet:
         wds the image skips are used up by throw-away watches on an empty temp dir (whose
         IN_IGNORED events are then drained)."""
         rec = _extra(obj, RecType.FILE_INOTIFY)
-        watches = _inotify_watches(bytes(rec.payload or b"")) if rec else []
+        watches = _inotify_watches(rec)
         fd = self.place(_check_libc(libc.inotify_init1(os.O_NONBLOCK), "inotify_init1"))
         scratch = tempfile.mkdtemp(prefix="ckptrace-wd-")
         try:
@@ -796,16 +795,12 @@ def _add_seals(fd: int, seals: int, obj: File) -> None:
         raise from_oserror(exc, f"seal {obj.name or 'a memfd'} (object {obj.objref}) with {names}") from None
 
 
-def _inotify_watches(payload: bytes) -> list[tuple[int, int, str]]:
-    out, pos = [], 0
-    while pos + INOTIFY_WATCH.size <= len(payload):
-        wd, mask, _ino, _dev = INOTIFY_WATCH.unpack_from(payload, pos)
-        pos += INOTIFY_WATCH.size
-        end = payload.find(b"\0", pos)
-        end = len(payload) if end < 0 else end
-        out.append((wd, mask, payload[pos:end].decode("utf-8", "surrogateescape")))
-        pos = end + 1
-    return out
+def _inotify_watches(rec) -> list[tuple[int, int, str]]:
+    """(wd, mask, path) of a FILE_INOTIFY record's watches (none without one); the reader has
+    checked the payload holds exactly nwatch of them."""
+    if rec is None:
+        return []
+    return [(w.wd, w.mask, w.path) for w in inotify_watches(rec.payload or b"", rec.fields["nwatch"])]
 
 
 def _check_libc(ret: int, what: str) -> int:
