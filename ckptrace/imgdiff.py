@@ -133,20 +133,33 @@ def fd_docs(img: Image, table: FileTable | None) -> dict[int, dict[str, Any]]:
 
 def diff_pages(ia: Image, fa: BinaryIO, va: Vma, ib: Image, fb: BinaryIO, vb: Vma, a_vmas: list[Vma] = (),
                b_vmas: list[Vma] = ()) -> dict[str, Any] | None:
-    """Pages of a VMA stored in both images whose contents differ, or stored in only one. Pages
-    in a part of one VMA the other does not reach (a heap grown or shrunk) count as stored in
-    that image only where no VMA of the other image covers them: a part split off into a VMA of
-    its own (mprotect of a page inside) is that VMA's business, not newly touched or dropped."""
+    """Pages of a VMA stored in both images whose contents differ, or stored in only one. In a
+    part of one VMA the other does not reach (a heap grown or shrunk, a part split off into a VMA
+    of its own, or a neighbour merged in or grown over), each address is compared with what the
+    other image stores there, whichever of its VMAs (`a_vmas`, `b_vmas`) holds it: such a VMA
+    starts inside this one, so it is matched with nothing, and no other comparison sees those
+    pages. A page at an address the other image stores nothing at is in that image only."""
     lo, hi = max(va.start, vb.start), min(va.end, vb.end)
     xs, ys = _intervals(ia, va, lo, hi), _intervals(ib, vb, lo, hi)
     changed = changed_ranges(fa, xs, fb, ys)
     only_a, only_b = _subtract(xs, ys), _subtract(ys, xs)
 
-    def beyond(img: Image, v: Vma, others) -> list[tuple[int, int]]:
-        outside = _intervals(img, v, v.start, lo) + _intervals(img, v, hi, v.end)
-        return _subtract(outside, sorted((o.start, o.end, 0) for o in others))
+    def beyond(v: Vma) -> list[tuple[int, int]]:
+        return [(s, e) for s, e in ((v.start, min(lo, v.end)), (max(hi, v.start), v.end)) if s < e]
 
-    only_a, only_b = _merged(only_a + beyond(ia, va, b_vmas)), _merged(only_b + beyond(ib, vb, a_vmas))
+    def stored(img: Image, vmas, parts) -> list[tuple[int, int, int]]:
+        return sorted(iv for s, e in parts for o in vmas if o.start < e and o.end > s
+                      for iv in _intervals(img, o, s, e))
+
+    for parts, one_a in ((beyond(va), True), (beyond(vb), False)):
+        if not parts:
+            continue
+        xa = stored(ia, [va] if one_a else a_vmas, parts)
+        yb = stored(ib, b_vmas if one_a else [vb], parts)
+        changed += changed_ranges(fa, xa, fb, yb)
+        only_a += _subtract(xa, yb)
+        only_b += _subtract(yb, xa)
+    changed, only_a, only_b = _merged(changed), _merged(only_a), _merged(only_b)
     if not (changed or only_a or only_b):
         return None
     return dict(start=vb.start, end=vb.end, file=None, changed=_pages(changed), ranges=changed,

@@ -17,7 +17,7 @@ from ckptrace.image.stream import ImageWriter, write_header, write_tail
 XSTATE = 1024
 
 
-def build(extra_task: bool = True, pages: int = 3, chain: int = 0) -> bytes:
+def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0) -> bytes:
     r, w = os.pipe()
     out = io.BytesIO()
     import threading
@@ -32,16 +32,17 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0) -> bytes:
     th = threading.Thread(target=drain)
     th.start()
     wr = ImageWriter(w)
-    write(wr, extra_task=extra_task, pages=pages, chain=chain)
+    write(wr, extra_task=extra_task, pages=pages, chain=chain, heap_split=heap_split)
     os.close(w)
     th.join()
     os.close(r)
     return out.getvalue()
 
 
-def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0) -> None:
+def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0) -> None:
     """chain: that many more processes after pid 1 (no extra_task then), each the child of the
-    one before (a fork chain), sharing pid 1's files and mm."""
+    one before (a fork chain), sharing pid 1's files and mm. heap_split: an address inside the
+    heap where it ends instead, the rest mapped as another VMA (read-only, untouched: no pages)."""
     write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
     tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
     if extra_task and not chain:
@@ -49,16 +50,16 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
                  dict(pid=3, tgid=3, ppid=1, pgid=1, sid=1, hostpid=1002)]
     tree += [dict(pid=i, tgid=i, ppid=i - 1, pgid=1, sid=1, hostpid=1000 + i) for i in range(2, chain + 2)]
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
-    task(wr, 1, 1, first=True, pages=pages)
+    task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split)
     if extra_task and not chain:
         task(wr, 2, 1, first=False, pages=pages)
-        task(wr, 3, 3, first=False, pages=pages, own_mm=True)
+        task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split)
     for i in range(2, chain + 2):
         task(wr, i, i, first=False, pages=pages)
     write_tail(wr)
 
 
-def task(wr, tid, tgid, *, first, pages, own_mm=False):
+def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0):
     wr.record(RecType.TASK, dict(state=1, exit_signal=17, clear_child_tid=0x7F0000001000 + tid))
     wr.record(RecType.STRING, payload=b"sample".ljust(16, b"\0"))
     wr.record(RecType.THREAD, dict(tid=tid, tgid=tgid, blocked=0x4000, sas_ss_flags=2))
@@ -79,7 +80,7 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         wr.record(RecType.FILE_DESC, dict(fd_objref=5, fd_descriptor=7))
     if first or own_mm:
         mm_ref = 3 if first else 6
-        mm(wr, mm_ref, exe_ref=4 if first else 0, pages=pages, seed=tid)
+        mm(wr, mm_ref, exe_ref=4 if first else 0, pages=pages, seed=tid, heap_split=heap_split)
     wr.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
     regs = {n: i * 0x1111 + tid for i, n in enumerate(REG_NAMES)}
     wr.record(RecType.CPU, regs, bytes([tid & 0xFF]) * XSTATE)
@@ -103,14 +104,14 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False):
         wr.record(RecType.TASK_SIGINFO, dict(shared=1, nsiginfo=1), struct.pack("<iii", 35, 0, -1).ljust(128, b"\0"))
 
 
-def mm(wr, ref, exe_ref, pages, seed):
+def mm(wr, ref, exe_ref, pages, seed, heap_split=0):
     wr.record(RecType.OBJREF, dict(objtype=ObjType.MM, objref=ref))
     if exe_ref:
         wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=exe_ref))
         wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=1))
         wr.record(RecType.FILE_NAME, payload="/usr/bin/sample")
     base = 0x400000
-    wr.record(RecType.MM, dict(map_count=2, exe_objref=exe_ref, start_code=base, end_code=base + 0x1000,
+    wr.record(RecType.MM, dict(map_count=3 if heap_split else 2, exe_objref=exe_ref, start_code=base, end_code=base + 0x1000,
                                start_brk=0x600000, brk=0x621000, start_stack=0x7FFF0000))
     if exe_ref:
         wr.record(RecType.VMA, dict(vma_type=VmaType.FILE, vma_objref=exe_ref, vm_start=base,
@@ -120,11 +121,17 @@ def mm(wr, ref, exe_ref, pages, seed):
                                     vm_page_prot=1, vm_flags=0x71))
     wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
     heap = 0x600000
-    wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=heap, vm_end=heap + 0x21000,
+    heap_end = heap + 0x21000
+    wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=heap, vm_end=heap_split or heap_end,
                                 vm_page_prot=3, vm_flags=0x100073))
     if pages:
         wr.raw_record(RecType.PAGE, (heap).to_bytes(8, "little"),
                       b"".join(bytes([(seed + i) & 0xFF]) * PAGE_SIZE for i in range(pages)))
-        wr.raw_record(RecType.PAGE, (heap + 0x10000).to_bytes(8, "little"), b"\xAB" * PAGE_SIZE)
+        if not heap_split:
+            wr.raw_record(RecType.PAGE, (heap + 0x10000).to_bytes(8, "little"), b"\xAB" * PAGE_SIZE)
     wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
+    if heap_split:
+        wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=heap_split, vm_end=heap_end,
+                                    vm_page_prot=1, vm_flags=0x71))
+        wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
     wr.record(RecType.MM_AUXV, dict(nentries=2), [dict(a_type=6, a_val=4096), dict(a_type=0, a_val=0)])

@@ -166,6 +166,41 @@ def test_pages_in_the_part_of_a_vma_that_grew_or_went_count_as_only_in_one():
     assert d["changed"] == 1 and d["only_in_b_ranges"] == [(0x618000, 0x619000)] and d["only_in_a"] == 0
     r = diff_pages(img, fb, vb, img, fa, va, [vb], [va])
     assert r["only_in_a_ranges"] == [(0x618000, 0x619000)] and r["only_in_b"] == 0
-    # the same grown part, now a VMA of its own in A (split off, not grown): not B's alone
-    split = NS(start=0x610000, end=0x620000, runs=[])
-    assert diff_pages(img, fa, va, img, fb, vb, [va, split], [vb])["only_in_b"] == 0
+    # the grown part a VMA of its own in A (B merged it in, or grew over it): compared with what
+    # that VMA stores, which is matched with nothing in B and compared nowhere else
+    fa2 = io.BytesIO(b"\1" * P + b"\3" * P)
+    split = NS(start=0x610000, end=0x620000, runs=[run(0x618000, 1, P)])
+    d = diff_pages(img, fa2, va, img, fb, vb, [va, split], [vb])
+    assert (d["changed"], d["only_in_a"], d["only_in_b"]) == (1, 0, 0)  # the same page at 0x618000
+    fb2 = io.BytesIO(b"\2" * P + b"\4" * P)
+    d = diff_pages(img, fa2, va, img, fb2, vb, [va, split], [vb])
+    assert d["ranges"] == [(0x600000, 0x601000), (0x618000, 0x619000)] and d["only_in_b"] == 0
+    # ...and where it stores nothing, B's page there is B's alone (it used to be dropped)
+    empty = NS(start=0x610000, end=0x620000, runs=[])
+    d = diff_pages(img, fa, va, img, fb, vb, [va, empty], [vb])
+    assert d["only_in_b_ranges"] == [(0x618000, 0x619000)]
+    # the other way round: the part split off in B, compared with B's VMA there
+    r = diff_pages(img, fb2, vb, img, fa2, va, [vb], [va, split])
+    assert r["ranges"] == [(0x600000, 0x601000), (0x618000, 0x619000)] and r["only_in_a"] == 0
+
+
+def test_pages_a_vma_grew_over_a_mapping_b_removed_are_only_in_b(tmp_path):
+    """A's heap ended at 0x610000 with an untouched mapping above it; in B that mapping is gone
+    and the heap reaches over it, with a page stored at 0x610000. That page is B's alone: diff
+    dropped it, because a VMA of A (the one B no longer has) covered the address."""
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    a.write_bytes(imagegen.build(heap_split=0x610000))
+    b.write_bytes(imagegen.build())
+    d = json.loads(run_diff(str(a), str(b), "--json").stdout)
+    for p in d["processes"]:  # pid 1 and pid 3 (its own mm)
+        v = p["vmas"]
+        assert [x["start"] for x in v["removed"]] == [0x610000]
+        assert v["resized"] == [dict(start=0x600000, end_a=0x610000, end_b=0x621000, file="")]
+        (pages,) = v["pages"]
+        assert pages["only_in_b_ranges"] == [[0x610000, 0x611000]] and pages["only_in_b"] == 1
+        assert pages["changed"] == 0 and pages["only_in_a"] == 0
+    r = json.loads(run_diff(str(b), str(a), "--json").stdout)
+    for p in r["processes"]:
+        (pages,) = p["vmas"]["pages"]
+        assert pages["only_in_a_ranges"] == [[0x610000, 0x611000]] and pages["only_in_b"] == 0
+    assert "only in B: 610000-611000" in run_diff(str(a), str(b)).stdout
