@@ -819,3 +819,31 @@ def test_a_fork_chain_deeper_than_pythons_stack_is_shown(tmp_path):
                        timeout=120)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-500:]
     assert f"  {'  ' * 1500}1501 sample" in p.stdout
+
+
+def test_a_newline_in_a_comm_does_not_split_a_row():
+    """A comm holding a newline (prctl PR_SET_NAME takes any byte) made two rows of one process in
+    the tree, and the thread table and register pane split it too: it is shown escaped, \\n, as
+    show prints it."""
+    from textual.widgets import DataTable, OptionList
+
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build().replace(b"sample".ljust(16, b"\0"), b"two\nlines\r\x07".ljust(16, b"\0"))
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    assert "thread 1 (two\\nlines\\r\\x07)" in st.registers(1)
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await pilot.pause()
+            procs = app.query_one("#procs", OptionList)
+            prompts = [procs.get_option_at_index(i).prompt.plain for i in range(procs.option_count)]
+            assert prompts == ["1 two\\nlines\\r\\x07", "  3 two\\nlines\\r\\x07"]
+            threads = app.query_one("#thread-table", DataTable)
+            assert [str(threads.get_row_at(i)[1]) for i in range(threads.row_count)] == ["two\\nlines\\r\\x07"] * 2
+            text = screen_text(app)
+            assert "two\\nlines" in text  # escaped on screen (the narrow tree pane may wrap it)
+
+    asyncio.run(drive())

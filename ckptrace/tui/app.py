@@ -21,8 +21,16 @@ from .state import ASCII_COL, HEX_COL, ROW, InspectState, format_row, parse_addr
 def _safe(text: str) -> str:
     """Text from the image (comm, paths, names) fit for the terminal, line by line: rich drops a
     few control characters but passes ESC, so an image could clear the screen, set the title
-    or write the clipboard (OSC 52) through inspect. Our own newlines stay."""
+    or write the clipboard (OSC 52) through inspect. Our own newlines stay (the state escapes
+    the image's strings it puts in such text)."""
     return "\n".join(terminal_safe(line) for line in text.split("\n"))
+
+
+def _line(text: str) -> str:
+    """One line (a tree row, a table cell, the header, the status) fit for the terminal: every
+    control character escaped as show prints it, a newline too, so a comm or path holding one
+    cannot split a process-tree row or a cell into several."""
+    return terminal_safe(text)
 
 
 class Prompt(ModalScreen[str | None]):
@@ -97,7 +105,7 @@ class HexScreen(Screen):
         st.rows = max(1, body.size.height or st.rows)
         if st.mark is None:
             st.top = st.clamp_top(st.top)
-        self.query_one("#hex-title", Static).update(Text(_safe(st.hex_title()), no_wrap=True, overflow="ellipsis"))
+        self.query_one("#hex-title", Static).update(Text(_line(st.hex_title()), no_wrap=True, overflow="ellipsis"))
         text = Text(no_wrap=True, overflow="crop")
         for i, (addr, data) in enumerate(st.hex_rows()):
             line = Text(format_row(addr, data))
@@ -111,7 +119,7 @@ class HexScreen(Screen):
                 text.append("\n")
             text.append(line)
         body.update(text)
-        self.query_one("#hex-status", Static).update(Text(_safe(st.message), no_wrap=True, overflow="ellipsis"))
+        self.query_one("#hex-status", Static).update(Text(_line(st.message), no_wrap=True, overflow="ellipsis"))
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -222,9 +230,9 @@ class InspectApp(App):
 
     def compose(self) -> ComposeResult:
         st = self.state
-        yield Static(Text(_safe(st.header_line()), no_wrap=True, overflow="ellipsis"), id="head")
+        yield Static(Text(_line(st.header_line()), no_wrap=True, overflow="ellipsis"), id="head")
         with Horizontal():
-            options = [Option(Text(_safe(f"{'  ' * d}{t.tid} {t.comm}")), id=str(t.tid)) for d, t in st.tree_rows]
+            options = [Option(Text(_line(f"{'  ' * d}{t.tid} {t.comm}")), id=str(t.tid)) for d, t in st.tree_rows]
             yield OptionList(*options, id="procs")
             with TabbedContent(id="tabs", initial="vmas"):
                 with TabPane("VMAs", id="vmas"):
@@ -266,14 +274,14 @@ class InspectApp(App):
             table.clear()
             for i, row in enumerate(rows):
                 # Text, not str: a "[heap]" cell or a comm with brackets is not markup.
-                table.add_row(*(Text(_safe(c)) for c in row), key=str(i))
+                table.add_row(*(Text(_line(c)) for c in row), key=str(i))
         self.query_one("#regs", Static).update(Text(_safe(st.registers(st.pid))))
         self.query_one("#sig-text", Static).update(Text(_safe(st.signals_text())))
         self.query_one("#cred-text", Static).update(Text(_safe(st.creds_text())))
         self.set_status("")
 
     def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(Text(_safe(text), no_wrap=True, overflow="ellipsis"))
+        self.query_one("#status", Static).update(Text(_line(text), no_wrap=True, overflow="ellipsis"))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         pid = int(event.option.id)

@@ -19,7 +19,7 @@ from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
                              flag_names, format_time)
-from ..image.render import human, plural, prot_str, queue_note, socket_name, vma_label
+from ..image.render import human, plural, prot_str, queue_note, socket_name, terminal_safe, vma_label
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -137,9 +137,9 @@ class InspectState:
         when = format_time(h["time"])
         return "\n".join([
             f"taken      {when}",
-            f"kernel     {img.uts[0]} ({h['major']}.{h['minor']}.{h['patch']})",
-            f"version    {img.uts[1]}",
-            f"machine    {img.uts[2]}",
+            f"kernel     {terminal_safe(img.uts[0])} ({h['major']}.{h['minor']}.{h['patch']})",
+            f"version    {terminal_safe(img.uts[1])}",
+            f"machine    {terminal_safe(img.uts[2])}",
             f"xsave      {a['xstate_size']} bytes, xcr0 {a['xcr0']:#x}",
             f"records    {img.records}",
             f"size       {human(img.size)} ({img.size} bytes)",
@@ -233,7 +233,7 @@ class InspectState:
             return ""
         cells = [f"{n:>8} {t.regs[n]:016x}" for n in REG_NAMES]
         half = (len(cells) + 1) // 2
-        lines = [f"thread {tid} ({t.comm}), xsave {len(t.xsave or b'')} bytes"]
+        lines = [f"thread {tid} ({terminal_safe(t.comm)}), xsave {len(t.xsave or b'')} bytes"]
         if t.sched:
             s = t.sched
             cpus = int.from_bytes(t.affinity, "little")
@@ -294,7 +294,7 @@ class InspectState:
                                         + "+".join(str(len(i) // 8) for _, i in p.seccomp_filters) + " insns"
                                         if p.seccomp_filters else "")
                    + f"  no_new_privs {sc.get('no_new_privs', 0)}")
-        out += [f"cwd  {p.cwd}", f"root {p.root}"]
+        out += [f"cwd  {terminal_safe(p.cwd)}", f"root {terminal_safe(p.root)}"]
         for lk in p.locks:
             span = f"bytes {lk['start']}+{lk['length']}" if lk["length"] else f"from {lk['start']} to EOF"
             out.append(f"lock fd {lk['fd']}: {LOCK_KINDS.get(lk['kind'], lk['kind'])} "
