@@ -847,3 +847,41 @@ def test_a_newline_in_a_comm_does_not_split_a_row():
             assert "two\\nlines" in text  # escaped on screen (the narrow tree pane may wrap it)
 
     asyncio.run(drive())
+
+
+def _with_pipe_ends(n: int) -> bytes:
+    """The synthetic image with n more ends of pipe 1234 in pid 1's table (fds 10, 11, ...),
+    each a FILE object of its own (as after a fork whose child dup'd it into a new table)."""
+    from ckptrace.image.records import RECORDS, FileType, ObjType, RecType
+    from ckptrace.image.stream import RecordReader
+
+    data = imagegen.build()
+    r = RecordReader(io.BytesIO(data))
+    recs = []
+    while (rec := r.next()) is not None:
+        recs.append(rec)
+    table = next(x for x in recs if x.type == RecType.FILE_TABLE)
+    last = next(x for x in recs if x.type == RecType.FILE_DESC and x.fields["fd_descriptor"] == 7)
+    R = RECORDS
+    ends = b"".join(R[RecType.OBJREF].encode(dict(objtype=ObjType.FILE, objref=100 + i))
+                    + R[RecType.FILE].encode(dict(f_type=FileType.PIPE, f_mode=2, f_flags=1))
+                    + R[RecType.FILE_PIPE].encode(dict(pipe_id=1234, pipe_size=65536))
+                    + R[RecType.FILE_DESC].encode(dict(fd_objref=100 + i, fd_descriptor=10 + i)) for i in range(n))
+    new_table = R[RecType.FILE_TABLE].encode(dict(fdt_nfds=table.fields["fdt_nfds"] + n))
+    end = last.offset + last.length
+    return (data[:table.offset] + new_table + data[table.offset + table.length:end] + ends + data[end:])
+
+
+@pytest.mark.parametrize("n, peers", [  # pid 3 shares pid 1's table: each end is in both
+    (1, "1:10, 3:10"),
+    (2, "1:10, 1:11, 3:10 … +1 more"),
+    (5, "1:10, 1:11, 1:12 … +7 more"),
+])
+def test_fd_pane_says_how_many_pipe_ends_it_does_not_name(n, peers):
+    """The FDs tab named the first three other ends of a pipe and dropped the rest without a
+    word, so a pipe with five readers looked like one with three."""
+    data = _with_pipe_ends(n)
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    rows = {r[0]: r for r in st.fd_rows()}
+    assert rows["7"][2] == f"pipe:[1234] ↔ {peers}"

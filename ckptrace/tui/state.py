@@ -25,6 +25,7 @@ ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit
 HEX_COL = 14  # where the first hex byte starts in a line
 ASCII_COL = HEX_COL + 3 * ROW - 1 + 2
 MISSING = "--"  # a byte of a page the image does not hold
+PEERS_SHOWN = 3  # other ends of a pipe named in the FDs tab; the rest are counted
 
 SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000: "RESTORER",
                  0x08000000: "ONSTACK", 0x10000000: "RESTART", 0x40000000: "NODEFER",
@@ -191,7 +192,10 @@ class InspectState:
             # Other File objects with this pipe id are the other end; the same object seen in
             # another process (fork, shared table) is this end again.
             others = [e for e in self._ends.get(("pipe", pid_), []) if e[1] != objref]
-            return f"pipe:[{pid_}]" + (" ↔ " + ", ".join(f"{p}:{fd}" for p, _, fd in others[:3]) if others else "")
+            shown = ", ".join(f"{p}:{fd}" for p, _, fd in others[:PEERS_SHOWN])
+            if len(others) > PEERS_SHOWN:
+                shown += f" … +{len(others) - PEERS_SHOWN} more"
+            return f"pipe:[{pid_}]" + (" ↔ " + shown if others else "")
         if RecType.FILE_SOCKET in extra:
             s = extra[RecType.FILE_SOCKET]
             name = socket_name(s.fields["family"], bytes(s.payload or b"")) or f.name or "socket"
