@@ -660,3 +660,30 @@ def test_inotify_watches_are_read_as_nwatch_packed_entries():
     (rec,) = obj.extra
     assert _inotify_watches(rec) == [(1, 0x100, "/tmp"), (2, 0x100, ""),
                                      (5, 0x100, b"/etc/x\xff".decode("utf-8", "surrogateescape"))]
+
+
+def test_a_read_only_shared_mapping_shows_as_proc_shows_it(tmp_path):
+    """mmap(MAP_SHARED, PROT_READ) of a file opened O_RDONLY: the kernel sets VM_MAYSHARE but
+    not VM_SHARED, and /proc/PID/maps prints r--s; show, inspect and diff printed r--p."""
+    import json
+
+    from ckptrace.image.render import prot_str
+    from ckptrace.imgdiff import vma_doc
+    from ckptrace.tui.state import InspectState
+
+    rd_mr_me_ms = 0x1 | 0x10 | 0x40 | 0x80  # smaps VmFlags "rd mr me ms"
+    assert prot_str(1, rd_mr_me_ms) == "r--s"
+    assert prot_str(3, rd_mr_me_ms | 0x2 | 0x20 | 0x8) == "rw-s"  # writable: VM_SHARED too
+    assert prot_str(5, 0x75) == "r-xp"
+    data, _ = _patched(_first(RecType.VMA), lambda f, p: ({**f, "vma_type": 5, "vm_page_prot": 1,
+                                                          "vm_flags": rd_mr_me_ms}, p))
+    path = tmp_path / "ro-shared.img"
+    path.write_bytes(data)
+    r = subprocess.run([sys.executable, "-m", "ckptrace", "show", "--json", str(path)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["procs"][0]["vmas"][0]["prot"] == "r--s"
+    img = read_image(io.BytesIO(data))
+    st = InspectState(img, io.BytesIO(data))
+    assert st.vma_rows()[0][2] == "r--s"
+    assert vma_doc(img, st.mm.vmas[0])["prot"] == "r--s"

@@ -144,6 +144,9 @@ VM_FLAG_BITS: dict[str, int] = {
     "ss": 1 << 37, "dp": 1 << 40, "ui": 1 << 41, "sl": 1 << 42,
 }
 VM_READ, VM_WRITE, VM_EXEC, VM_SHARED = 0x1, 0x2, 0x4, 0x8
+# MAP_SHARED as asked for: what /proc/PID/maps shows as "s". VM_SHARED is only set while the
+# mapping may be written, so a read-only MAP_SHARED mapping of a file opened O_RDONLY lacks it.
+VM_MAYSHARE = 0x80
 VM_GROWSDOWN = 0x100
 # The seed's CKPT_VMA_NOT_SUPPORTED, as far as today's kernel still has those bits.
 VM_NOT_SUPPORTED = {"pf": "VM_PFNMAP", "io": "VM_IO", "ht": "VM_HUGETLB", "mm": "VM_MIXEDMAP"}

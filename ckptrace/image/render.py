@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
-from .records import (FILE_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VMA_NAMES, FileType,
-                      RecType, flag_names, format_time, json_safe)
+from .records import (FILE_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VM_MAYSHARE,
+                      VMA_NAMES, FileType, RecType, flag_names, format_time, json_safe)
 from .stream import Record, open_image
 
 
@@ -31,8 +31,10 @@ def human(n: int, *, short: bool = False) -> str:
 
 
 def prot_str(prot: int, flags: int) -> str:
+    """rwxp / r--s as /proc/PID/maps prints it: "s" for a MAP_SHARED mapping, which is
+    VM_MAYSHARE (VM_SHARED is missing from a shared mapping that can never be written)."""
     return ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
-        ("s" if flags & 0x8 else "p")
+        ("s" if flags & VM_MAYSHARE else "p")
 
 
 def vma_label(img: Image, vma) -> str:
