@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time, json_safe
-from .image.render import human, plural, prot_str, terminal_safe
+from .image.render import human, open_flags_text, plural, prot_str, terminal_safe
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
@@ -263,6 +263,25 @@ def _rng(rs: list[tuple[int, int]], limit: int = 8) -> Iterator[str]:
         yield f"... {len(rs) - limit} more"
 
 
+def _fd_value(key: str, v) -> str:
+    """A changed property of an fd as a user reads it, not as Python prints it: yes/no for
+    close-on-exec, O_ names for the flags, "(none)" for a file without a path."""
+    if key == "cloexec":
+        return "yes" if v else "no"
+    if key == "flags":
+        return open_flags_text(v)
+    if v is None or v == "":
+        return "(none)"
+    return str(v)
+
+
+def _sizes(start: int, end_a: int, end_b: int) -> str:
+    """"1.2 MiB -> 1.2 MiB, +4 pages": the sizes, and the change exactly, which two sizes that
+    round alike would not show."""
+    delta = (end_b - end_a) // PAGE_SIZE
+    return f"{human(end_a - start)} -> {human(end_b - start)}, {'+' if delta > 0 else '-'}{plural(abs(delta), 'page')}"
+
+
 def diff_text(d: dict[str, Any]) -> str:
     def stamp(x):
         return format_time(x["time"])
@@ -294,7 +313,7 @@ def diff_text(d: dict[str, Any]) -> str:
             out.append(f"  - vma {x['start']:x}-{x['end']:x} {x['prot']} {x['type']} {human(x['end'] - x['start'])} {x['file']}")
         for x in v["resized"]:
             out.append(f"  ~ vma {x['start']:x}: end {x['end_a']:x} -> {x['end_b']:x} "
-                       f"({human(x['end_a'] - x['start'])} -> {human(x['end_b'] - x['start'])}) {x['file']}")
+                       f"({_sizes(x['start'], x['end_a'], x['end_b'])}) {x['file']}".rstrip())
         for x in v["reprotected"]:
             out.append(f"  ~ vma {x['start']:x}-{x['end']:x}: {x['prot_a']} -> {x['prot_b']} {x['file']}")
         for x in v["pages"]:
@@ -313,7 +332,7 @@ def diff_text(d: dict[str, Any]) -> str:
         for x in f["removed"]:
             out.append(f"  - fd {x['fd']} {x['kind']} {x['path'] or ''}".rstrip())
         for x in f["changed"]:
-            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in x["changes"].items())
+            what = ", ".join(f"{k} {_fd_value(k, a)} -> {_fd_value(k, b)}" for k, (a, b) in x["changes"].items())
             out.append(f"  ~ fd {x['fd']} {x['kind']}{' ' + x['path'] if x['path'] else ''}: {what}")
     if same:
         out.append(f"{plural(same, 'process')} unchanged")

@@ -204,3 +204,33 @@ def test_pages_a_vma_grew_over_a_mapping_b_removed_are_only_in_b(tmp_path):
         (pages,) = p["vmas"]["pages"]
         assert pages["only_in_a_ranges"] == [[0x610000, 0x611000]] and pages["only_in_b"] == 0
     assert "only in B: 610000-611000" in run_diff(str(a), str(b)).stdout
+
+
+def test_text_shows_values_as_a_user_reads_them():
+    """diff's text printed Python values: `-> None` for a file that lost its path, `cloexec True
+    -> False`, f_flags as integers (`flags 32770 -> 2050`), and a resize whose sizes round alike
+    as `1.2 MiB -> 1.2 MiB`. --json keeps the values as they are."""
+    import io
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.imgdiff import diff_images, diff_text
+
+    data = imagegen.build()
+    ia, ib = read_image(io.BytesIO(data)), read_image(io.BytesIO(data))
+    ia.obj(2).fields["f_flags"] = 0o100002  # O_RDWR|O_LARGEFILE
+    ib.obj(2).fields["f_flags"] = 0o4002  # O_RDWR|O_NONBLOCK
+    ib.obj(1).fds[1]["fd_close_on_exec"] = 0
+    ib.obj(5).name = None
+    heap_a, heap_b = ia.obj(3).vmas[1], ib.obj(3).vmas[1]
+    heap_a.fields["vm_end"], heap_b.fields["vm_end"] = 0x600000 + 0x136000, 0x600000 + 0x13A000
+    d = diff_images(ia, io.BytesIO(data), ib, io.BytesIO(data))
+    text = diff_text(d)
+    lines = text.splitlines()
+    assert "  ~ fd 0 REGULAR /tmp/log.txt: flags O_RDWR|O_LARGEFILE -> O_RDWR|O_NONBLOCK" in lines
+    assert "  ~ fd 1 REGULAR /tmp/log.txt: flags O_RDWR|O_LARGEFILE -> O_RDWR|O_NONBLOCK, cloexec yes -> no" in lines
+    assert "  ~ fd 7 PIPE: path pipe:[1234] -> (none)" in lines
+    assert "  ~ vma 600000: end 736000 -> 73a000 (1.2 MiB -> 1.2 MiB, +4 pages)" in lines
+    for python in ("None", "True", "False", "32770", "2050"):
+        assert python not in text, python
+    (p,) = [p for p in d["processes"] if p["pid"] == 1]
+    assert p["fds"]["changed"][1]["changes"] == {"flags": [0o100002, 0o4002], "cloexec": [True, False]}

@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
-from .records import (FILE_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES, VM_MAYSHARE,
-                      VMA_NAMES, FileType, RecType, flag_names, format_time, json_safe)
+from .records import (FILE_NAMES, O_FLAG_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES,
+                      VM_MAYSHARE, VMA_NAMES, FileType, RecType, flag_names, format_time, json_safe)
 from .stream import Record, open_image
 
 
@@ -35,6 +35,13 @@ def prot_str(prot: int, flags: int) -> str:
     VM_MAYSHARE (VM_SHARED is missing from a shared mapping that can never be written)."""
     return ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
         ("s" if flags & VM_MAYSHARE else "p")
+
+
+def open_flags_text(flags: int) -> str:
+    """FILE.f_flags as open(2) spells them: the access mode (O_RDONLY is 0, so it has no bit)
+    and the O_ names of the other bits, any unnamed ones in hex ("O_RDWR|O_APPEND")."""
+    acc = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")[flags & 3]
+    return "|".join([acc] + flag_names(flags & ~3, O_FLAG_NAMES))
 
 
 def vma_label(img: Image, vma) -> str:

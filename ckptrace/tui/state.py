@@ -16,10 +16,11 @@ from typing import BinaryIO
 
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
-from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, O_FLAG_NAMES, PAGE_SIZE, REG_NAMES,
+from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
-                             flag_names, format_time)
-from ..image.render import human, plural, prot_str, queue_note, socket_name, terminal_safe, vma_label
+                             format_time)
+from ..image.render import (human, open_flags_text, plural, prot_str, queue_note, socket_name, terminal_safe,
+                             vma_label)
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -515,11 +516,8 @@ def short_size(n: int) -> str:
 
 
 def open_flags(flags: int, desc: dict) -> str:
-    acc = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")[flags & 3]
-    rest = [n for n in flag_names(flags & ~3, O_FLAG_NAMES)]
-    if desc.get("fd_close_on_exec"):
-        rest.append("CLOEXEC")
-    return "|".join([acc.removeprefix("O_")] + [n.removeprefix("O_") for n in rest])
+    names = open_flags_text(flags).split("|") + (["CLOEXEC"] if desc.get("fd_close_on_exec") else [])
+    return "|".join(n.removeprefix("O_") for n in names)
 
 
 # x86_64 numbers of the calls a stopped process usually sits in (the rest show as a number).
