@@ -104,7 +104,8 @@ def any_record(draw):
         payload = draw(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
                                min_size=1, max_size=40))
     elif rt.payload is Payload.BYTES:
-        payload = draw(st.binary(max_size=64))
+        n = rt.exact_payload
+        payload = draw(st.binary(max_size=64) if n is None else st.binary(min_size=n, max_size=n))
     return rt, values, payload
 
 
@@ -616,16 +617,21 @@ def test_new_fields_are_named_in_text_and_json():
     assert proc.payload_json(b"/\0/\0\0") == {"cwd": "/", "root": "/", "cgroup": ""}
 
 
-def _with_inotify(nwatch: int, payload: bytes) -> tuple[bytes, int, int]:
-    """SAMPLE with an inotify file object (objref 99, in no fd) before fd 7's FILE_DESC, its
-    FILE_INOTIFY saying `nwatch` and holding `payload`; and that record's index and offset."""
+def _with_file(ftype: int, extra: bytes) -> tuple[bytes, int, int]:
+    """SAMPLE with a file object of type `ftype` (objref 99, in no fd) before fd 7's FILE_DESC,
+    `extra` (its records after FILE) following; and the index and offset of extra's first record."""
     from ckptrace.image.records import ObjType
 
     desc = next(r for r in records_of(SAMPLE) if r.type == RecType.FILE_DESC and r.fields["fd_descriptor"] == 7)
     head = (RECORDS[RecType.OBJREF].encode(dict(objtype=ObjType.FILE, objref=99))
-            + RECORDS[RecType.FILE].encode(dict(f_type=FileType.INOTIFY, f_mode=1)))
-    rec = RECORDS[RecType.FILE_INOTIFY].encode(dict(nwatch=nwatch), payload)
-    return SAMPLE[:desc.offset] + head + rec + SAMPLE[desc.offset:], desc.index + 2, desc.offset + len(head)
+            + RECORDS[RecType.FILE].encode(dict(f_type=ftype, f_mode=1)))
+    return SAMPLE[:desc.offset] + head + extra + SAMPLE[desc.offset:], desc.index + 2, desc.offset + len(head)
+
+
+def _with_inotify(nwatch: int, payload: bytes) -> tuple[bytes, int, int]:
+    """SAMPLE with an inotify file object (objref 99, in no fd) before fd 7's FILE_DESC, its
+    FILE_INOTIFY saying `nwatch` and holding `payload`; and that record's index and offset."""
+    return _with_file(FileType.INOTIFY, RECORDS[RecType.FILE_INOTIFY].encode(dict(nwatch=nwatch), payload))
 
 
 def _watch(wd: int, path: bytes) -> bytes:
@@ -687,3 +693,16 @@ def test_a_read_only_shared_mapping_shows_as_proc_shows_it(tmp_path):
     st = InspectState(img, io.BytesIO(data))
     assert st.vma_rows()[0][2] == "r--s"
     assert vma_doc(img, st.mm.vmas[0])["prot"] == "r--s"
+
+
+@pytest.mark.parametrize("size", [0, 128, 255, 257])
+def test_a_socket_payload_is_exactly_two_sockaddrs(size):
+    """FILE_SOCKET's payload is the local and the peer sockaddr, 128 bytes each: shorter (or
+    longer) was accepted, and readers then took the peer from whatever was there."""
+    sock = dict(family=1, type=1, state=7, ino=4242)
+    good, _, _ = _with_file(FileType.UNIX_SOCKET, RECORDS[RecType.FILE_SOCKET].encode(sock, b"\0" * 256))
+    assert read_image(io.BytesIO(good)).obj(99).extra[0].payload_len == 256
+    data, index, offset = _with_file(FileType.UNIX_SOCKET, RECORDS[RecType.FILE_SOCKET].encode(sock, b"\0" * size))
+    with pytest.raises(ImageError, match=f"FILE_SOCKET len {56 + size} != 312") as exc:
+        read_image(io.BytesIO(data))
+    assert (exc.value.index, exc.value.offset) == (index, offset)

@@ -640,9 +640,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_SOCKET, (u32("family"), u32("type"), u32("protocol"), u32("state"),
                              u64("ino"), u64("peer_ino"), u32("backlog"), u32("shutdown"),
                              u32("options", "flags", SOCKOPT_NAMES), pad(4)),
-       Payload.BYTES, max_payload=2 * 128,
-       doc="A socket (sock_diag): options = the boolean socket options set on it; payload = local "
-           "sockaddr (128 bytes) then peer sockaddr (128)."),
+       Payload.BYTES, max_payload=2 * 128, exact_payload=2 * 128,
+       doc="A socket (sock_diag): options = the boolean socket options set on it; payload: exactly 256 "
+           "bytes, the local sockaddr (getsockname, zero-padded to 128 bytes) then the peer's "
+           "(getpeername, likewise; all zero when there is none)."),
     _R(RecType.FILE_EVENTFD, (u64("count"), u32("flags", "hex"), pad(4)), doc="eventfd counter."),
     _R(RecType.FILE_EPOLL, (u32("nwatch"), pad(4)), Payload.ENTRIES, max_payload=1 << 20,
        entry=(s32("tfd"), u32("events", "hex"), u64("data", "hex")), count_field="nwatch",
