@@ -706,3 +706,38 @@ def test_a_socket_payload_is_exactly_two_sockaddrs(size):
     with pytest.raises(ImageError, match=f"FILE_SOCKET len {56 + size} != 312") as exc:
         read_image(io.BytesIO(data))
     assert (exc.value.index, exc.value.offset) == (index, offset)
+
+
+def test_docs_format_md_settles_what_a_reader_must_accept():
+    """What an independent reader asked of format.md: records are packed with no padding between
+    them; objrefs counting up from 1 binds the writer only; THREAD's older sizes count the header
+    or not; exit_signal's 0xffffffff; a memfd's FILE_NAME; FILE_SOCKET's exact payload. And
+    decode --json's value conventions are written down (docs/inspect.md)."""
+    with open(os.path.join(REPO, "docs", "format.md")) as f:
+        doc = " ".join(f.read().split())
+    with open(os.path.join(REPO, "docs", "inspect.md")) as f:
+        inspect_doc = " ".join(f.read().split())
+    assert "Records are packed back to back" in doc
+    assert any(r.offset % 8 for r in records_of(SAMPLE))  # a FILE_TABLE is 12 bytes: so it is
+    assert "a reader must accept any positive objref (gaps, any order)" in doc
+    # objrefs 11, 13, 14... with gaps: read as well as 1, 2, 3...
+    shifted = bytearray()
+    for rec in records_of(SAMPLE):
+        f = dict(rec.fields)
+        for k in ("objref", "fd_objref", "files_objref", "mm_objref", "exe_objref", "vma_objref"):
+            if f.get(k):
+                f[k] += 10
+        payload = rec.rtype.decode_entries(rec.payload) if rec.rtype.payload is Payload.ENTRIES else bytes(rec.payload or b"")
+        shifted += rec.rtype.encode(f, payload)
+    assert sorted(read_image(io.BytesIO(bytes(shifted))).objects) == [o + 10 for o in sorted(read_image(io.BytesIO(SAMPLE)).objects)]
+    thread = RECORDS[RecType.THREAD]
+    assert (thread.size, thread.older) == (88, (48, 64))
+    assert "fixed part (the bytes after the 8-byte header) is 48 or 64 bytes, that is `len` 56 or 72" in doc
+    assert "`len`: 88 (also 56 or 72: images of older ckptrace versions)" in doc
+    assert "stored as `0xffffffff`" in doc and "has 0xffffffff (decode --json shows -1)" in doc
+    assert "A memfd's `FILE_NAME` is `memfd:NAME`, without the leading `/` and the ` (deleted)`" in doc
+    assert "payload: exactly 256 bytes" in doc and "`len`: 312" in doc
+    assert "cstring path}, packed: each a 20-byte head then the path and its NUL" in doc
+    for rule in ('are strings, `"0x7f0000001000"`', "are their names", '`{"value": 32770, "names":',
+                 "is `-1`"):
+        assert rule in inspect_doc, rule

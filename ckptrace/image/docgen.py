@@ -46,7 +46,8 @@ def _names(items, hint: str, limit: int) -> str:
 
 def _len_rule(rt: RecordType) -> str:
     if rt.payload is Payload.NONE:
-        return f"{rt.size}"
+        older = " or ".join(str(HDR_SIZE + o) for o in rt.older)
+        return f"{rt.size}" + (f" (also {older}: images of older ckptrace versions)" if older else "")
     if rt.payload is Payload.PAGES:
         return f"{rt.size} + n*4096, 0 <= n <= {MAX_PAGES_PER_RECORD} (n = 0 only with vaddr 0xffffffffffffffff)"
     if rt.exact_payload is not None:

@@ -538,7 +538,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="First sighting of a shared object; its records follow."),
     _R(RecType.TASK, (u32("state", doc="0=TASK_RUNNING, 4=__TASK_STOPPED: the only values written (see Values)"),
                       u32("exit_state", doc="always 0"), u32("exit_code", doc="always 0"),
-                      u32("exit_signal", "signal"),
+                      u32("exit_signal", "signal", doc="the signal the parent gets when the task ends (SIGCHLD 17 as a "
+                          "rule; 0: none); the kernel's int kept in a u32, so a thread that is not its process's "
+                          "leader, whose exit_signal is -1, has 0xffffffff (decode --json shows -1)"),
                       u64("set_child_tid", "hex", doc="always 0"), u64("clear_child_tid", "hex")),
        doc="One kernel task (thread). Followed by STRING comm."),
     _R(RecType.TASK_OBJS, (s32("files_objref"), s32("mm_objref")),
@@ -550,7 +552,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                         u32("robust_len", doc="its length as get_robust_list gives it: sizeof(struct robust_list_head), 24"),
                         u32("ioprio", "hex", doc="I/O priority (ioprio_get(IOPRIO_WHO_PROCESS, tid)): (class << 13) + level; "
                                                   "class 1 RT, 2 BE, 3 IDLE; 0: none set, CPU nice decides")),
-       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none), robust futex list, I/O priority.",
+       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none), robust futex list, I/O priority. "
+           "The fixed part (what follows the 8-byte header) is 80 bytes; older ckptrace versions wrote 48 (up to "
+           "sas_ss_flags and its padding) or 64 (up to rseq_sig), read with the missing fields 0.",
        older=(48, 64)),
     _R(RecType.CPU, tuple(u64(n, "hex") for n in REG_NAMES), Payload.BYTES, max_payload=MAX_XSAVE,
        doc="user_regs_struct (NT_PRSTATUS), then the XSAVE area (NT_X86_XSTATE, HEADER_ARCH.xstate_size bytes)."),
@@ -621,7 +625,11 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_TABLE, (s32("fdt_nfds"),), doc="A file table; fdt_nfds FILE_DESC follow."),
     _R(RecType.FILE_DESC, (s32("fd_objref"), s32("fd_descriptor"), u32("fd_close_on_exec")),
        doc="One open descriptor: which FILE object, its number, FD_CLOEXEC."),
-    _R(RecType.FILE_NAME, (), Payload.CSTRING, max_payload=4096, doc="A file's path, NUL-terminated."),
+    _R(RecType.FILE_NAME, (), Payload.CSTRING, max_payload=4096,
+       doc="A file's path, NUL-terminated, as the dumper saw it (/proc/PID/fd's link target). A memfd's "
+           "(f_type 12) is `memfd:NAME`: the link target `/memfd:NAME (deleted)` without its leading `/` and "
+           "its ` (deleted)`; a deleted file's (13) is its path without ` (deleted)`; a SHMEM segment's (14) "
+           "is the kernel's name for it as /proc/PID/maps shows it, ` (deleted)` included."),
     _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES, seed_max=FileType.REGULAR,
                                          doc="1 is the seed's GENERIC"), u32("f_mode", "hex"),
                       u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"),
