@@ -283,6 +283,31 @@ def test_app_on_an_image_without_tasks():
     asyncio.run(drive())
 
 
+@pytest.mark.kernel
+def test_a_full_tmpdir_is_named_when_spooling(root, tmp_path, monkeypatch):
+    """`restore -` into a full $TMPDIR said only "No space left on device": the last bytes were
+    buffered, and the flush that failed was not the copy's."""
+    import threading
+
+    from ckptrace.errors import KernelError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        monkeypatch.setenv("TMPDIR", str(small))
+        payload = imagegen.build(pages=40)  # > 64 KiB
+        r, w = os.pipe()
+        t = threading.Thread(target=lambda: (os.write(w, payload), os.close(w)))
+        t.start()
+        with os.fdopen(r, "rb") as src, pytest.raises(KernelError) as err:
+            source.spool(src)
+        t.join()
+        assert f"temporary file in {small}" in str(err.value) and "ENOSPC" in str(err.value), err.value
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_spool_is_private_and_complete():
     r, w = os.pipe()
     payload = imagegen.build(pages=12)  # spool validates what it copies: an image, > 64 KiB

@@ -367,8 +367,15 @@ class _Tee:
             try:
                 self.dst.write(data)
             except OSError as exc:  # a full $TMPDIR: say so, not "cannot read" the image
-                raise KernelError("copying the image to a temporary file", exc.errno or 0) from None
+                raise _spool_error(exc) from None
         return data
+
+
+def _spool_error(exc: OSError) -> KernelError:
+    import tempfile
+
+    where = os.environ.get("TMPDIR") or tempfile.gettempdir()
+    return KernelError(f"copying the image to a temporary file in {where} (TMPDIR)", exc.errno or 0)
 
 
 def spool(src: BinaryIO) -> BinaryIO:
@@ -386,11 +393,17 @@ def spool(src: BinaryIO) -> BinaryIO:
 
     from .reader import read_image
 
-    tmp = tempfile.TemporaryFile(prefix="ckptrace-", dir=os.environ.get("TMPDIR"))
+    try:
+        tmp = tempfile.TemporaryFile(prefix="ckptrace-", dir=os.environ.get("TMPDIR"))
+    except OSError as exc:
+        raise _spool_error(exc) from None
     try:
         os.fchmod(tmp.fileno(), 0o600)
         read_image(_Tee(src, tmp))
-        tmp.flush()
+        try:
+            tmp.flush()  # (the last bytes were only buffered: a full disk says so here)
+        except OSError as exc:
+            raise _spool_error(exc) from None
         tmp.seek(0)
     except BaseException:
         tmp.close()
