@@ -148,7 +148,12 @@ def validate(img: Image) -> None:
                             "and without CLONE_VM); not supported")
         if t.is_leader:
             for what, p in (("cwd", t.cwd), ("root", t.root)):
-                if not os.path.isdir(img.at(p or "/")):
+                if os.path.isdir(img.at(p or "/")):
+                    continue
+                if p.endswith(" (deleted)"):  # as readlink showed it: the directory had been removed
+                    problems.append(f"process {t.tid}'s {what} {img.at(p[:-len(' (deleted)')])!r} was deleted "
+                                    "before the dump: restore cannot enter it")
+                else:
                     problems.append(f"process {t.tid}'s {what} {img.at(p or '/')!r} is not a directory here")
         elif not isinstance(img.obj(t.files_objref), FileTable) or \
                 t.files_objref != img.task(t.tgid).files_objref:

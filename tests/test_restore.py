@@ -3179,3 +3179,16 @@ def test_shared_mappings_of_files_with_odd_names_stay_the_files(pidns, tmp_path,
     time.sleep(0.5)
     after = [int(f.read_bytes()[:8]) for f in files]
     assert all(a > b for a, b in zip(after, before)), (before, after)
+
+
+def test_a_deleted_working_directory_is_named_as_deleted(pidns, tmp_path):
+    """dump --kill refuses a process whose cwd was removed: the reason said the path with
+    " (deleted)" glued on "is not a directory here"."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    w = pidns(["sh", "-c", f"cd {gone} && rmdir {gone} && touch {tmp_path}/ready && exec sleep 3600"],
+              ready_file=str(tmp_path / "ready"))
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
+    assert d.returncode != 0, d.stderr
+    assert f"process 1's cwd '{gone}' was deleted before the dump".encode() in d.stderr, d.stderr
+    assert os.path.exists(f"/proc/{w.init}")
