@@ -493,8 +493,9 @@ class _Progress(ProgressLine):
         el = self.elapsed()
         mb = ctx.w.bytes_written / 1e6
         procs, tasks = ctx.totals
-        self.show(f"[bold]dumping[/] process {st.processes}/{procs}  tasks done {st.tasks}/{tasks}  VMAs {st.vmas}  "
-                  f"pages {st.pages}  {mb:.0f} MB  {mb / el if el else 0:.0f} MB/s  {el:.1f} s")
+        # what matters first (an 80-column terminal cut the elapsed time off the end)
+        self.show(f"[bold]dumping[/] {st.processes}/{procs} processes {st.tasks}/{tasks} tasks  {mb:.0f} MB  "
+                  f"{mb / el if el else 0:.0f} MB/s  {el:.1f} s  {st.vmas} VMAs {st.pages} pages")
 
 
 # -- ls ------------------------------------------------------------------------------------------

@@ -981,7 +981,7 @@ def test_progress_line_counts_up_to_the_namespace_totals():
 
     class Live:
         def update(self, text):
-            self.text = text
+            self.plain = text.plain
 
     class Writer:
         bytes_written = 3_000_000
@@ -991,8 +991,16 @@ def test_progress_line_counts_up_to_the_namespace_totals():
     ctx = DumpContext(Writer(), "/", {}, 0)
     ctx.totals = (3, 5)
     ctx.stats.processes, ctx.stats.tasks, ctx.stats.pages = 2, 1, 700
+    ctx.stats.vmas = 60
     p.update(ctx)
-    assert "process 2/3" in p.live.text and "tasks done 1/5" in p.live.text and "pages 700" in p.live.text
+    text = p.live.plain
+    assert "2/3 processes" in text and "1/5 tasks" in text and "700 pages" in text, text
+    # at 80 columns the elapsed time stays in view (it was cut off), even with big counts
+    ctx.stats.pages, ctx.stats.vmas = 9_999_999, 99_999
+    p.last = 0
+    p.update(ctx)
+    head = p.live.plain[:80]
+    assert head.rstrip().split("  ")[3].endswith(" s"), head
 
 
 def test_each_part_of_a_shared_segment_is_claimed_once():
