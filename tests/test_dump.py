@@ -1079,3 +1079,25 @@ def test_a_summary_that_cannot_be_written_says_the_image_is_complete(pidns, ckwo
     assert_refused(p, "the image is complete", str(img), "ENOSPC")
     assert img.stat().st_size > 0
     assert_running_untraced(w)
+
+
+def test_a_dumper_killed_mid_write_leaves_no_file_behind(pidns, ckwork, tmp_path):
+    """The image is nameless (O_TMPFILE) until complete: a SIGKILLed dumper left a hidden
+    .IMG.XXXX.partial as big as the dump had gone (241 MB in one report)."""
+    w = start(pidns, ckwork, tmp_path, "big", "256")
+    out = tmp_path / "out"
+    out.mkdir()
+    d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "-q", "-o", str(out / "x.img")],
+                         stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    fds = lambda: [os.readlink(f"/proc/{d.pid}/fd/{n}") for n in os.listdir(f"/proc/{d.pid}/fd")]  # noqa: E731
+    while d.poll() is None and not any(str(out) in t for t in fds()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert d.poll() is None, "the dump ended before it could be killed"
+    d.kill()
+    d.wait()
+    assert os.listdir(out) == []
+    # and a dump that completes still gives the image its name, 0600, nothing else beside it
+    dump("--pidns", str(w.ns), "-q", "-o", str(out / "x.img"))
+    assert os.listdir(out) == ["x.img"] and stat.S_IMODE(os.stat(out / "x.img").st_mode) == 0o600

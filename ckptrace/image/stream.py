@@ -291,6 +291,15 @@ class ImageFile:
 
         folder, base = os.path.dirname(self.target), os.path.basename(self.target)
         try:
+            # Nameless until complete: a dumper killed by SIGKILL (or a crash) leaves nothing
+            # behind, where a named temporary file stayed, as big as the dump had gone.
+            self.fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            self.tmp = ""  # "" : nameless (O_TMPFILE); a path: mkstemp's
+            os.fchmod(self.fd, 0o600)
+            return
+        except OSError:
+            pass  # a filesystem without O_TMPFILE (or a folder we may not write: said below)
+        try:
             self.fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=folder)
         except OSError as exc:
             # What failed is the temporary file beside FILE, not FILE: say so (`-o /proc/version`
@@ -307,16 +316,45 @@ class ImageFile:
         """The image is complete: give it its name."""
         if self.tmp is None:
             return
+        if self.tmp == "":
+            self._link()
         try:
             os.replace(self.tmp, self.target)
         except OSError as exc:
             raise KernelError(f"renaming the complete image {self.tmp} to {self.path}", exc.errno or 0) from None
         self.tmp = None
 
+    def _link(self) -> None:
+        """Give the nameless (O_TMPFILE) image a temporary name beside FILE, which `commit` then
+        renames over FILE: linkat cannot replace a file, rename can, atomically."""
+        import secrets
+
+        folder, base = os.path.dirname(self.target), os.path.basename(self.target)
+        try:
+            # (a dir fd makes os.link use linkat(AT_SYMLINK_FOLLOW), which follows /proc's link to
+            # the file; without one it calls link(2), which would link the /proc link itself)
+            dfd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KernelError(f"naming the complete image beside {self.path}", exc.errno or 0) from None
+        try:
+            for _ in range(16):
+                name = f".{base}.{secrets.token_hex(4)}.partial"
+                try:
+                    os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    raise KernelError(f"naming the complete image beside {self.path}", exc.errno or 0) from None
+                self.tmp = os.path.join(folder, name)
+                return
+        finally:
+            os.close(dfd)
+        raise KernelError(f"naming the complete image beside {self.path}", errno.EEXIST)
+
     def close(self, *, discard: bool) -> None:
         """Close; with `discard`, remove an uncommitted temporary file (FILE is left as it was)."""
         os.close(self.fd)
-        if discard and self.tmp is not None:
+        if discard and self.tmp:
             try:
                 os.unlink(self.tmp)
             except OSError:
