@@ -418,6 +418,8 @@ class FileSet:
             if not msgs or not _queue_sent_by_name(self.img, rec) or obj.objref not in self.by_objref:
                 continue
             name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
+            if not name:
+                continue  # (check_files refused it: nothing can send to it)
             to = self.img.at(name.decode("utf-8", "surrogateescape")) if name[0] != 0 else name
             anonymous = None
             try:
