@@ -3021,11 +3021,27 @@ try:
         filler.send(b"x" * 4096)
 except BlockingIOError:
     pass
+reset, closer = socket.socketpair()              # its peer closed with data unread: ECONNRESET
+closer.send(b"before the reset"); reset.send(b"never read"); closer.close()
+sp, sp_gone = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+sp_gone.send(b"last"); sp_gone.send(b""); sp_gone.close()   # a seqpacket's end after its messages
+big, big_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+big_peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+big_peer.send(b"L" * 300000)                     # more than a default buffer takes in one datagram
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lst.bind(d + "/lst.sock"); lst.listen(4)
+waiting = []
+for i in range(2):                               # connections not accepted yet, in their order
+    w = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); w.bind(d + f"/w{i}.sock")
+    w.connect(d + "/lst.sock"); waiting.append(w)
+fresh = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)   # never used yet: bound and sent to later
+late = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); late.bind(d + "/late.sock")
+cli.sendto(b"before connect", d + "/late.sock")  # queued on it, then it connects elsewhere
+late.connect(d + "/srv.sock")
 
 def drain(s):
     s.setblocking(False)
     out = []
-    while True:
+    while len(out) < 8:  # (a seqpacket socket whose peer is gone reads 0 bytes for ever)
         try:
             x, addr = s.recvfrom(1 << 20)
         except BlockingIOError:
@@ -3033,6 +3049,7 @@ def drain(s):
         out.append([x.decode(), addr or None])
         if not x and s.type == socket.SOCK_STREAM:
             return out + ["EOF"]
+    return out
 
 def send_error(s):
     try:
@@ -3043,8 +3060,22 @@ def send_error(s):
 
 def report(sig, frame):
     got = {"peek_off": a.getsockopt(socket.SOL_SOCKET, 42), "b_send": send_error(b), "c_send": send_error(c)}
-    for name, s in (("a", a), ("b", b), ("c", c), ("f", f), ("g", g), ("srv", srv)):
+    for name, s in (("a", a), ("b", b), ("c", c), ("f", f), ("g", g), ("srv", srv), ("sp", sp), ("late", late)):
         got[name] = drain(s)
+    try:
+        got["reset"] = drain(reset)
+    except OSError as exc:
+        got["reset"] = exc.errno
+    got["reset_then"] = drain(reset)
+    big.setblocking(False)
+    got["big"] = len(big.recv(1 << 20))
+    lst.setblocking(False)
+    got["accepted"] = [lst.accept()[1] for _ in range(2)]
+    name = b"\0ck-fresh-" + os.urandom(6).hex().encode()
+    fresh.bind(name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+        other.sendto(b"to fresh", name)
+    got["fresh"] = fresh.recv(100).decode()
     full.setblocking(False)
     n = 0
     try:
@@ -3096,6 +3127,11 @@ def test_unix_socket_queues_and_shutdowns_come_back(pidns, tmp_path, restored):
     assert original["srv"] == [["from-cli", cli], ["from-anon", None], "EAGAIN"]
     assert original["peek_off"] == -1 and original["full"] > 100_000
     assert original["b_send"] == errno.EPIPE and original["c_send"] == errno.EPIPE
+    assert original["reset"] == errno.ECONNRESET and original["reset_then"] == [["", None], "EOF"]
+    assert original["sp"] == [["last", None]] + [["", None]] * 7  # its "" message, then 0 for ever: its end
+    assert original["big"] == 300000 and original["late"] == [["before connect", cli], "EAGAIN"]
+    assert original["accepted"] == [str(tmp_path / "w0.sock"), str(tmp_path / "w1.sock")]
+    assert original["fresh"] == "to fresh"
     w.kill()
     shown = ckptrace("show", str(img)).stdout.decode()
     assert "12 bytes queued" in shown and "3 messages (2002 bytes) queued" in shown, shown
@@ -3192,3 +3228,56 @@ def test_a_deleted_working_directory_is_named_as_deleted(pidns, tmp_path):
     assert d.returncode != 0, d.stderr
     assert f"process 1's cwd '{gone}' was deleted before the dump".encode() in d.stderr, d.stderr
     assert os.path.exists(f"/proc/{w.init}")
+
+
+REFUSED_QUEUES = {
+    "oob": (r"""
+a, b = socket.socketpair()
+b.send(b"x"); b.send(b"!", socket.MSG_OOB)
+def result():
+    return [a.recv(100), a.recv(1, socket.MSG_OOB)]
+""", "out-of-band data (MSG_OOB)", [b"x", b"!"]),
+    "pending_with_data": (r"""
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lst.bind(d + "/l.sock"); lst.listen(2)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(d + "/l.sock"); c.send(b"hi")
+def result():
+    return [lst.accept()[0].recv(10)]
+""", "has not accepted it yet, with data sent on it", [b"hi"]),
+    "dgram_error": (r"""
+t = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); t.bind(d + "/t.sock")
+e, f = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+f.send(b"x"); e.connect(d + "/t.sock")          # e leaves f, whose message it dropped: f's ECONNRESET
+def result():
+    try:
+        return [f.recv(10)]
+    except OSError as exc:
+        return [exc.errno]
+""", "error pending for its reader", [errno.ECONNRESET]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_QUEUES))
+def test_socket_queues_that_cannot_be_read_untouched_are_refused_and_left_as_they_were(pidns, tmp_path, case):
+    """Out-of-band data came back inline; a connection not accepted yet came back closed, its data
+    lost; a datagram socket's pending error was taken by the dump's read (the program then never
+    saw it) and the dump failed with a bare errno."""
+    setup, why, want = REFUSED_QUEUES[case]
+    code = "import os, pickle, signal, socket, sys, time\nd = sys.argv[1]\n" + setup + r"""
+def report(*_):
+    open(d + "/result.tmp", "wb").write(pickle.dumps(result()))
+    os.rename(d + "/result.tmp", d + "/result")
+signal.signal(signal.SIGUSR1, report)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+    w = py_workload(pidns, code, tmp_path)
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
+    assert d.returncode != 0 and why.encode() in d.stderr, d.stderr
+    os.kill(w.init, signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "result").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    import pickle
+
+    assert pickle.loads((tmp_path / "result").read_bytes()) == want

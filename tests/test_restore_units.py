@@ -119,9 +119,14 @@ def test_socket_desc_says_protocol_addresses_and_state():
     v6 = (struct.pack("<H", socket.AF_INET6) + struct.pack(">H", 53) + bytes(4)
           + socket.inet_pton(socket.AF_INET6, "::1")).ljust(128, b"\0")
     assert socket_desc(dict(family=socket.AF_INET6, type=2, protocol=17, state=7), v6 + bytes(128)) == "udp6 [::1]:53"
-    assert socket_desc(dict(family=socket.AF_UNIX, type=1, protocol=0, state=1),
+    assert socket_desc(dict(family=socket.AF_UNIX, type=1, protocol=0, state=1, peer_ino=5),
                        unix(b"/run/x.sock") + unix(b"\0abstract")) == "unix stream /run/x.sock -> @abstract"
     assert socket_desc(dict(family=socket.AF_UNIX, type=2, protocol=0, state=7), bytes(256)) == "unix dgram (unbound)"
+    # a peer gone (getpeername answered, sock_diag names none), shut down, its ECONNRESET kept
+    gone = dict(family=socket.AF_UNIX, type=1, protocol=0, state=1, peer_ino=0, shutdown=0x103)
+    assert socket_desc(gone, bytes(128) + unix(b"")) == \
+        "unix stream (unbound) (its peer is gone) (shut down, ECONNRESET pending)"
+    assert socket_desc(dict(gone, shutdown=2), bytes(256)) == "unix stream (unbound) (shut down for writing)"
 
 
 @pytest.mark.parametrize("flags, want", [((), "restored pid:[4026532999]: init is host pid 4242; 1 process, 2 threads"),

@@ -646,7 +646,13 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "not overlapping, each inside `size`; the rest of the file reads as zeros. Every such "
            "file has at least one record (one with no payload, at offset 0, when it holds no data)."),
     _R(RecType.FILE_SOCKET, (u32("family"), u32("type"), u32("protocol"), u32("state"),
-                             u64("ino"), u64("peer_ino"), u32("backlog"), u32("shutdown"),
+                             u64("ino"), u64("peer_ino", doc="the connected socket's inode; for a unix client whose "
+                                                 "connection a listener has not accepted yet: the listener's"),
+                             u32("backlog", doc="a listener's listen() backlog; a unix client waiting in a "
+                                                "listener's accept queue: its place there (1: first)"),
+                             u32("shutdown", doc="RCV_SHUTDOWN 1, SEND_SHUTDOWN 2 (sock_diag); 0x100: a unix "
+                                                 "stream socket whose peer closed with data unread, whose reader "
+                                                 "gets ECONNRESET after the queued bytes"),
                              u32("options", "flags", SOCKOPT_NAMES), pad(4)),
        Payload.BYTES, max_payload=2 * 128, exact_payload=2 * 128,
        doc="A socket (sock_diag): options = the boolean socket options set on it; payload: exactly 256 "

@@ -107,6 +107,12 @@ def inet_sockaddr(family: int, raw: bytes) -> tuple | None:
     return None
 
 
+def peer_gone(fields: dict[str, Any], payload: bytes) -> bool:
+    """A unix socket connected to one that no longer exists: getpeername answered at the dump
+    (the stored peer sockaddr has its family, AF_UNIX), and sock_diag named no peer."""
+    return fields["family"] == 1 and not fields.get("peer_ino") and payload[128:130] == b"\x01\x00"
+
+
 def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
     """FILE_SOCKET in words: "tcp 127.0.0.1:8080 listening", "unix stream /run/x.sock -> peer"."""
     fam, typ, proto = fields["family"], fields["type"], fields["protocol"]
@@ -122,6 +128,12 @@ def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
         parts.append(f"-> {peer}")
     if state:
         parts.append(state)
+    if peer_gone(fields, payload):
+        parts.append("(its peer is gone)")
+    down = fields.get("shutdown", 0)
+    shut = {1: "shut down for reading", 2: "shut down for writing", 3: "shut down"}.get(down & 3)
+    if shut:
+        parts.append(f"({shut}{', ECONNRESET pending' if down & 0x100 else ''})")
     return " ".join(parts)
 
 

@@ -26,10 +26,23 @@ class SockInfo:
     peer_ino: int = 0
     backlog: int = 0  # listening sockets: the listen() backlog the kernel keeps
     shutdown: int = 0
+    # a unix client whose connection a listener has not accepted yet: the listener's inode, and
+    # the client's place in its accept queue (1: accepted first)
+    pending_on: int = 0
+    pending_at: int = 0
+    unread: int = 0  # unix: bytes this socket sent that its peer's queue still holds (wmem)
 
 
 def _attrs(msg) -> dict:
     return {k: v for k, v in msg.get("attrs", [])}
+
+
+def _icons(raw) -> list[int]:
+    """UNIX_DIAG_ICONS as pyroute2 gives it ("7a:b2:31:00:..." hex bytes, or bytes): u32 inodes."""
+    if not raw:
+        return []
+    data = bytes.fromhex(raw.replace(":", "")) if isinstance(raw, str) else bytes(raw)
+    return [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data) - len(data) % 4, 4)]
 
 
 def _query_all() -> dict[int, SockInfo]:
@@ -39,6 +52,7 @@ def _query_all() -> dict[int, SockInfo]:
     except ImportError as exc:  # pragma: no cover - pinned dependency
         raise HostUnsupported(f"pyroute2 is missing ({exc}): run scripts/setup.sh") from None
     out: dict[int, SockInfo] = {}
+    listeners: list[tuple[int, list[int]]] = []
     with DiagSocket() as ds:
         ds.bind()
         show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN
@@ -51,7 +65,16 @@ def _query_all() -> dict[int, SockInfo]:
             out[m["udiag_ino"]] = SockInfo(socket.AF_UNIX, m["udiag_type"], 0, m["udiag_state"],
                                            m["udiag_ino"], a.get("UNIX_DIAG_PEER", 0) or 0,
                                            backlog if m["udiag_state"] == 10 else 0,
-                                           a.get("UNIX_DIAG_SHUTDOWN", 0) or 0)
+                                           a.get("UNIX_DIAG_SHUTDOWN", 0) or 0,
+                                           unread=rq.get("udiag_wqueue", 0) if isinstance(rq, dict) and
+                                           m["udiag_state"] != 10 else 0)
+            if m["udiag_state"] == 10:
+                listeners.append((m["udiag_ino"], _icons(a.get("UNIX_DIAG_ICONS"))))
+        for listener, clients in listeners:
+            # (ICONS: the clients whose connections wait in its accept queue, in queue order)
+            for at, client in enumerate(clients, start=1):
+                if client in out:
+                    out[client].pending_on, out[client].pending_at = listener, at
         for fam in (socket.AF_INET, socket.AF_INET6):
             for proto, stype in ((socket.IPPROTO_TCP, socket.SOCK_STREAM), (socket.IPPROTO_UDP, socket.SOCK_DGRAM)):
                 try:

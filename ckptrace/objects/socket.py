@@ -54,75 +54,153 @@ def _options(fd: int, family: int) -> int:
 
 
 SO_PEEK_OFF = 42
-MSG_PEEK, MSG_TRUNC, MSG_DONTWAIT, MSG_CTRUNC = 0x2, 0x20, 0x40, 0x8
+SO_TIMESTAMP, SO_TIMESTAMPNS = 29, 35  # (the _OLD ones; their SCM_ cmsg types are the same numbers)
+MSG_OOB, MSG_PEEK, MSG_TRUNC, MSG_DONTWAIT, MSG_CTRUNC = 0x1, 0x2, 0x20, 0x40, 0x8
 SCM_RIGHTS = 1
 FIONREAD = 0x541B
-_ANCILLARY = socket.CMSG_SPACE(253 * 4) + 2 * socket.CMSG_SPACE(64)  # SCM_MAX_FD fds, creds, security
+_ANCILLARY = socket.CMSG_SPACE(253 * 4) + 3 * socket.CMSG_SPACE(64)  # SCM_MAX_FD fds, creds, security, stamp
 _MAX_MESSAGES = 1 << 20
+_CHUNK = 1 << 16
+# FILE_SOCKET.shutdown beyond sock_diag's two bits: a stream socket whose peer closed with data
+# unread, so that its next read past the queue fails with ECONNRESET (docs/format.md)
+SHUTDOWN_RESET = 0x100
 
 
-def _unix_queue(fd: int, stype: int, where: str) -> list[tuple[bytes, bytes]]:
-    """(sender sockaddr, message) for everything queued for reading on a unix socket, oldest
-    first, left where it is: MSG_PEEK from SO_PEEK_OFF 0, which each peek moves past what it
-    returned (the tasks are held: nobody else reads meanwhile), then the offset as it was. A
-    stream socket's bytes come as one message with no address."""
+def _pending_error(fd: int) -> bool:
+    """sk_err is set. Seen through poll's POLLERR, which leaves it: every other way of looking
+    (SO_ERROR, a read that meets it) takes it from the program."""
+    import select
+
+    p = select.poll()
+    p.register(fd, select.POLLERR)
+    return any(ev & select.POLLERR for _, ev in p.poll(0))
+
+
+def _unix_queue(fd: int, stype: int, where: str) -> tuple[list[tuple[bytes, bytes]], int]:
+    """(sender's name, message) for everything queued for reading on a unix socket, oldest first,
+    left where it is, and the SHUTDOWN_RESET bit when the socket holds an ECONNRESET for its
+    reader. Read with MSG_PEEK from SO_PEEK_OFF 0, which each peek moves past what it returned
+    (the tasks are held: nobody else reads meanwhile), then the offset as it was. A stream
+    socket's bytes come as one message with no name.
+
+    Nothing here may change what the program itself would read next: a stream is peeked exactly
+    as far as FIONREAD says (one peek further would take the pending error, sk_err); a datagram
+    or seqpacket socket with an error pending is refused untouched (any read takes it first)."""
     s = socket.socket(fileno=fd)
     try:
+        stream = stype == socket.SOCK_STREAM
+        reset = _pending_error(fd)
+        if reset and not stream:
+            raise Unsupported(f"{where}: a unix {'seqpacket' if stype == socket.SOCK_SEQPACKET else 'datagram'} "
+                              "socket with an error pending for its reader (its peer went away) cannot be "
+                              "checkpointed: reading its queue would take the error from the program")
+        if stream:
+            _refuse_out_of_band(s, where)
         before = s.getsockopt(SOL_SOCKET, SO_PEEK_OFF)
+        # A seqpacket peek returns 0 bytes both for an empty message and, once the peer has shut
+        # down, for the end: only a real message carries a timestamp (SO_TIMESTAMP, off again after)
+        stamp = stype == socket.SOCK_SEQPACKET and not (s.getsockopt(SOL_SOCKET, SO_TIMESTAMP)
+                                                         or s.getsockopt(SOL_SOCKET, SO_TIMESTAMPNS))
         s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, 0)
         try:
-            return _peek_all(s, stype, where)
+            if stamp:
+                s.setsockopt(SOL_SOCKET, SO_TIMESTAMP, 1)
+            if stream:
+                return _peek_stream(s, where), SHUTDOWN_RESET if reset else 0
+            return _peek_messages(s, stype, where), 0
         finally:
+            if stamp:
+                s.setsockopt(SOL_SOCKET, SO_TIMESTAMP, 0)
             s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, before)
     finally:
         s.detach()
 
 
-def _peek_all(s, stype: int, where: str) -> list[tuple[bytes, bytes]]:
-    stream = stype == socket.SOCK_STREAM
-    out: list[tuple[bytes, bytes]] = []
+def _refuse_out_of_band(s, where: str) -> None:
+    """A byte sent MSG_OOB waits apart from the stream (unless SO_OOBINLINE); a peek returns it
+    inline, where restore would put it. MSG_OOB|MSG_PEEK shows it without taking it."""
+    try:
+        s.recv(1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT)
+    except OSError:
+        return  # EINVAL: none (or inline already)
+    raise Unsupported(f"{where}: a unix stream socket with out-of-band data (MSG_OOB) queued cannot be checkpointed")
+
+
+def _check_control(anc, flags: int, where: str) -> bool:
+    """Refuse descriptors in flight (closing the copies the peek gave us); whether a timestamp
+    came (the message is real, not a seqpacket's end)."""
+    stamped = False
+    for level, kind, cdata in anc:
+        if level != SOL_SOCKET:
+            continue
+        if kind == SCM_RIGHTS:
+            # the peek gave us copies of the descriptors in flight: they are not ours to keep
+            for i in range(0, len(cdata) - len(cdata) % 4, 4):
+                os.close(int.from_bytes(cdata[i:i + 4], "little"))
+            raise Unsupported(f"{where}: a unix socket with file descriptors in flight (SCM_RIGHTS "
+                              "queued for reading) cannot be checkpointed")
+        stamped |= kind in (SO_TIMESTAMP, SO_TIMESTAMPNS, 63, 64)  # _OLD and _NEW
+    if flags & MSG_CTRUNC:
+        raise Unsupported(f"{where}: a unix socket whose queued messages carry more control data "
+                          "than a checkpoint can read cannot be checkpointed")
+    return stamped
+
+
+def _peek_stream(s, where: str) -> list[tuple[bytes, bytes]]:
+    queued = ctypes.c_int(0)
+    if libc.ioctl(s.fileno(), FIONREAD, ctypes.byref(queued)) != 0:
+        raise from_oserror(OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno())),
+                           f"{where}: FIONREAD of a unix stream socket")
+    if queued.value > MAX_BLOB:
+        raise Unsupported(f"{where}: more than {MAX_BLOB >> 20} MiB queued on a unix socket")
+    parts: list[bytes] = []
+    got = 0
+    while got < queued.value:
+        try:
+            data, anc, flags, _ = s.recvmsg(min(_CHUNK, queued.value - got), _ANCILLARY, MSG_PEEK | MSG_DONTWAIT)
+        except OSError as exc:
+            raise from_oserror(exc, f"{where}: read the socket's queue") from None
+        _check_control(anc, flags, where)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    if got != queued.value:
+        raise Unsupported(f"{where}: {queued.value} bytes queued on a unix stream socket, of which only "
+                          f"{got} can be read without taking them")
+    return [(b"", b"".join(parts))] if parts else []
+
+
+def _peek_messages(s, stype: int, where: str) -> list[tuple[bytes, bytes]]:
+    """Datagrams or seqpackets, each whole (one longer than a peek continues in the next: the
+    offset moved inside it). A zero-length one that anything peeked at before is skipped by the
+    kernel (docs/dump.md)."""
+    out: list[tuple[bytes, list[bytes]]] = []
     total = 0
-    more = False  # the last datagram did not fit: the next peek goes on inside it
+    more = False  # the last message did not fit: the next peek goes on inside it
     while len(out) < _MAX_MESSAGES:
         try:
-            data, anc, flags, addr = s.recvmsg(1 << 16, _ANCILLARY, MSG_PEEK | MSG_DONTWAIT)
+            data, anc, flags, addr = s.recvmsg(_CHUNK, _ANCILLARY, MSG_PEEK | MSG_DONTWAIT)
         except BlockingIOError:
             break
         except OSError as exc:
             raise from_oserror(exc, f"{where}: read the socket's queue") from None
-        for level, kind, cdata in anc:
-            if level == SOL_SOCKET and kind == SCM_RIGHTS:
-                # the peek gave us copies of the descriptors in flight: they are not ours to keep
-                for i in range(0, len(cdata) - len(cdata) % 4, 4):
-                    os.close(int.from_bytes(cdata[i:i + 4], "little"))
-                raise Unsupported(f"{where}: a unix socket with file descriptors in flight (SCM_RIGHTS "
-                                  "queued for reading) cannot be checkpointed")
-        if flags & MSG_CTRUNC:
-            raise Unsupported(f"{where}: a unix socket whose queued messages carry more control data "
-                              "than a checkpoint can read cannot be checkpointed")
-        if stream:
-            if not data:
-                break  # the peer shut down: end of stream after the bytes
-            out[:] = [(b"", (out[0][1] if out else b"") + data)]
-        elif more:
-            out[-1] = (out[-1][0], out[-1][1] + data)
+        stamped = _check_control(anc, flags, where)
+        if stype == socket.SOCK_SEQPACKET and not data and not stamped and not more:
+            break  # the end: the peer shut down, nothing queued
+        if more:
+            out[-1][1].append(data)
         else:
-            # (a zero-length datagram is one too: the kernel marks it peeked, and skips it next)
+            # (a zero-length message is one too: the kernel marks it peeked, and skips it next)
             name = os.fsencode(addr) if isinstance(addr, str) else bytes(addr or b"")
-            out.append((name, data))
-        more = bool(flags & MSG_TRUNC) and not stream
+            out.append((name, [data]))
+        more = bool(flags & MSG_TRUNC)
         total += len(data)
         if total > MAX_BLOB:
             raise Unsupported(f"{where}: more than {MAX_BLOB >> 20} MiB queued on a unix socket")
     else:
         raise Unsupported(f"{where}: more than {_MAX_MESSAGES} messages queued on a unix socket")
-    if stream:
-        # FIONREAD counts every byte queued: fewer peeked means some could not be (out-of-band data)
-        queued = ctypes.c_int(0)
-        if libc.ioctl(s.fileno(), FIONREAD, ctypes.byref(queued)) == 0 and queued.value != total:
-            raise Unsupported(f"{where}: {queued.value} bytes queued on a unix stream socket, of which only "
-                              f"{total} can be read without taking them (out-of-band data?)")
-    return out
+    return [(name, b"".join(parts)) for name, parts in out]
 
 
 def dump(ctx: DumpContext, ref: int, o) -> None:
@@ -135,9 +213,9 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         local = _sockaddr(libc.getsockname, fd)
         peer = _sockaddr(libc.getpeername, fd)
         options = _options(fd, family)
-        queue = []
+        queue, reset = [], 0
         if family == socket.AF_UNIX and info is not None and info.state != TCP_LISTEN:
-            queue = _unix_queue(fd, stype, f"pid {o.pid} fd {o.fd}")
+            queue, reset = _unix_queue(fd, stype, f"pid {o.pid} fd {o.fd}")
     if family == socket.AF_UNIX:
         kind = FileType.UNIX_SOCKET
     elif family in (socket.AF_INET, socket.AF_INET6):
@@ -146,9 +224,19 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         raise Unsupported(f"pid {o.pid} fd {o.fd}: socket of address family {family} cannot be checkpointed")
     if info is None:
         raise Unsupported(f"pid {o.pid} fd {o.fd}: sock_diag does not know socket:[{ino}]")
+    peer_ino, backlog = info.peer_ino, info.backlog
+    if info.pending_on:
+        # connected to a listener that has not accepted it yet (its peer is the connection the
+        # kernel made, which no process holds): recorded as connected to the listener, its
+        # position in the accept queue in `backlog`; restore connects it again
+        if info.unread:
+            raise Unsupported(f"pid {o.pid} fd {o.fd}: a unix socket connected to a listener that has not "
+                              "accepted it yet, with data sent on it: that data cannot be read without "
+                              "accepting the connection")
+        peer_ino, backlog = info.pending_on, info.pending_at
     write_file_head(ctx, ref, kind, o.info.flags, 0, None)
     ctx.w.record(RecType.FILE_SOCKET, dict(family=family, type=stype, protocol=proto, state=info.state,
-                                           ino=ino, peer_ino=info.peer_ino, backlog=info.backlog,
-                                           shutdown=info.shutdown, options=options), payload=local + peer)
+                                           ino=ino, peer_ino=peer_ino, backlog=backlog,
+                                           shutdown=info.shutdown | reset, options=options), payload=local + peer)
     for addr, data in queue:
         ctx.w.record(RecType.FILE_SOCKET_QUEUE, dict(addrlen=len(addr), bytes=len(data)), payload=addr + data)

@@ -24,8 +24,9 @@ from typing import BinaryIO
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel.sys import libc, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
+from ..objects.socket import SHUTDOWN_RESET
 from ..image.reader import File, FileTable, Image, Mm
-from ..image.render import file_label, inet_sockaddr, socket_desc
+from ..image.render import file_label, inet_sockaddr, peer_gone, socket_desc
 from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
                              TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
                              inotify_watches)
@@ -157,7 +158,9 @@ class FileSet:
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
     late_seals: list[tuple[int, int, File]] = field(default_factory=list)  # (memfd, seals, object)
     image: BinaryIO | None = None  # the image file, for the FILE_DATA payloads the reader left there
-    late_connects: list[tuple[bytes, int]] = field(default_factory=list)  # (peer's address, objref)
+    # (peer's address, objref, place): datagram clients of a bound server, and stream clients a
+    # listener had not accepted yet, in the order they wait in its accept queue
+    late_connects: list[tuple[bytes, int, int]] = field(default_factory=list)
     _unix_index: dict | None = None  # see _unix_sockets
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
@@ -177,8 +180,9 @@ class FileSet:
         for obj in self.img.objects.values():
             if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
                 self.by_objref[obj.objref] = self._open(obj, pipes)
-        self._connect_late()
+        # (datagrams first: a named socket connected since takes datagrams from its peer only)
         self._send_to_named()
+        self._connect_late()
         for r, w in pipes.values():
             # Ends the image does not hold are closed: a reader then sees EOF after the buffered
             # bytes, a writer EPIPE, as they would have once the missing end was gone.
@@ -344,6 +348,10 @@ class FileSet:
             fd, other = a.detach(), b.detach()
             try:
                 self._send_queue(obj, other)
+                if f["shutdown"] & SHUTDOWN_RESET:
+                    # its peer closed with data unread: the kernel gives the survivor ECONNRESET,
+                    # as it does here when `other` closes holding this byte
+                    os.write(fd, b"\0")
             finally:
                 os.close(other)
             _shutdown(fd, f["shutdown"])
@@ -368,7 +376,8 @@ class FileSet:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
             if one_way:
-                self.late_connects.append((_sun_path(bytes(peer[1].payload or b"")[:SOCKADDR_LEN]), obj.objref))
+                self.late_connects.append((_sun_path(bytes(peer[1].payload or b"")[:SOCKADDR_LEN]), obj.objref,
+                                           f["backlog"]))
         opt = socket.socket(fileno=fd)
         try:
             _set_options(opt, f["options"])
@@ -397,12 +406,14 @@ class FileSet:
         if not msgs:
             return
         s = socket.socket(fileno=via)
+        sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         try:
             stream = s.type == socket.SOCK_STREAM
             for _, data in msgs:
                 _send_all(s, data, to, stream, f"{_users(self.img, obj.objref)}: queue "
                                                f"{len(data)} bytes for reading again")
         finally:
+            _put_sndbuf_back(s, sndbuf)
             s.detach()
 
     def _send_to_named(self) -> None:
@@ -431,10 +442,12 @@ class FileSet:
                             anonymous = socket.socket(socket.AF_UNIX, rec.fields["type"])
                         via = anonymous.fileno()
                     s = socket.socket(fileno=via)
+                    sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
                     try:
                         _send_all(s, data, to, False, f"{_users(self.img, obj.objref)}: queue a "
                                                       f"{len(data)}-byte datagram for reading again")
                     finally:
+                        _put_sndbuf_back(s, sndbuf)
                         s.detach()
             finally:
                 if anonymous is not None:
@@ -478,17 +491,20 @@ class FileSet:
     def _connect_late(self) -> None:
         import socket
 
-        for addr, objref in self.late_connects:
+        for addr, objref, _ in sorted(self.late_connects, key=lambda c: c[2]):
             s = socket.socket(fileno=self.by_objref[objref])
+            blocking = s.getblocking()
+            target = self.img.at(addr.decode("utf-8", "surrogateescape")) if addr and addr[0] != 0 else addr
             try:
-                target = self.img.at(addr.decode("utf-8", "surrogateescape")) if addr and addr[0] != 0 else addr
                 if not target:
                     raise Unsupported(f"{_users(self.img, objref)}: a unix socket connected to an unnamed "
                                       "socket that is not connected back: cannot be connected again")
+                s.setblocking(False)  # a full accept queue must fail, not hang the restore
                 s.connect(target)
             except OSError as exc:
                 raise from_oserror(exc, f"{_users(self.img, objref)}: connect to {target!r}") from None
             finally:
+                s.setblocking(blocking)
                 s.detach()
 
     def _inotify(self, obj: File) -> int:
@@ -831,10 +847,12 @@ def socket_queue(obj: File) -> list[tuple[bytes, bytes]]:
 
 
 def _half_dead(rec) -> bool:
-    """A unix socket whose connected peer is gone (sock_diag names no peer any more). A bound
-    datagram socket keeps its name instead: others may send to it."""
+    """A unix socket whose connected peer is gone: getpeername still answered (the peer sockaddr
+    has its family), sock_diag names no peer any more. (Not the state alone: this kernel reports
+    every datagram socket "established".) A bound datagram socket keeps its name instead: others
+    may send to it."""
     f = rec.fields
-    return (f["state"] == TCP_ESTABLISHED and not f["peer_ino"]
+    return (peer_gone(f, bytes(rec.payload or b""))
             and (f["type"] != SOCK_DGRAM or not _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])))
 
 
@@ -891,8 +909,9 @@ def _queue_problem(img: Image, obj: File, rec) -> str | None:
 
 def _send_all(s, data: bytes, to, stream: bool, what: str) -> None:
     """Send one message (a datagram whole, a stream's bytes in as many writes as it takes) without
-    blocking: nobody reads yet. A sender's buffer that is too small for it is raised (root may go
-    past wmem_max), once."""
+    blocking: nobody reads yet. A sender's buffer that is too small for it (full: EAGAIN; smaller
+    than one datagram: EMSGSIZE) is raised (root may go past wmem_max), once; the caller puts it
+    back (_put_sndbuf_back)."""
     import socket
 
     view = memoryview(data)
@@ -900,21 +919,31 @@ def _send_all(s, data: bytes, to, stream: bool, what: str) -> None:
     while True:
         try:
             n = s.sendto(view, MSG_DONTWAIT, to) if to else s.send(view, MSG_DONTWAIT)
-        except BlockingIOError:
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EMSGSIZE):
+                raise from_oserror(exc, what) from None
             if raised:
-                raise KernelError(f"{what} (the receiving socket's queue is full: net.unix.max_dgram_qlen?)",
-                                  errno.EAGAIN) from None
+                why = "the receiving socket's queue is full: net.unix.max_dgram_qlen?" \
+                    if exc.errno == errno.EAGAIN else "larger than a socket buffer can be"
+                raise KernelError(f"{what} ({why})", exc.errno) from None
             have = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, min(have + 4 * len(view) + (1 << 16), (1 << 30)))
             raised = True
             continue
-        except OSError as exc:
-            raise from_oserror(exc, what) from None
         if not stream:
             return
         view = view[n:]
         if not view:
             return
+
+
+def _put_sndbuf_back(s, before: int) -> None:
+    """The send buffer as it was before _send_all raised it (the kernel doubles what it is given:
+    half of what SO_SNDBUF read). What is queued meanwhile stays charged to it, as before."""
+    import socket
+
+    if s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != before:
+        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, before // 2)
 
 
 def _shutdown(fd: int, mode: int) -> None:
