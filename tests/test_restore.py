@@ -3135,6 +3135,9 @@ def test_unix_socket_queues_and_shutdowns_come_back(pidns, tmp_path, restored):
     w.kill()
     shown = ckptrace("show", str(img)).stdout.decode()
     assert "12 bytes queued" in shown and "3 messages (2002 bytes) queued" in shown, shown
+    fds = json.loads(ckptrace("show", "--json", str(img)).stdout)["procs"][0]["fds"]
+    assert {"messages": 3, "bytes": 2002} in [d["queued"] for d in fds]
+    assert all(d["queued"] is None for d in fds if d["kind"] != "UNIX_SOCKET")
     res = restore_json(img, restored)
     (host,) = ns_pids(res["pidns"])
     assert _report(host, result) == original

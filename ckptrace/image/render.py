@@ -144,6 +144,14 @@ def _socket_of(f: File) -> str | None:
     return socket_desc(rec.fields, bytes(rec.payload or b"")) + queue_note(f)
 
 
+def _queued(f: File) -> dict[str, int] | None:
+    """What a unix socket had queued for reading, for show --json; None for other files."""
+    if not any(r.type == RecType.FILE_SOCKET for r in f.extra):
+        return None
+    sizes = [r.fields["bytes"] for r in f.extra if r.type == RecType.FILE_SOCKET_QUEUE]
+    return dict(messages=len(sizes), bytes=sum(sizes))
+
+
 def queue_note(f: File) -> str:
     """", 12 bytes queued" / ", 2 messages (13 bytes) queued" for a socket with FILE_SOCKET_QUEUE
     records; "" otherwise."""
@@ -163,7 +171,7 @@ def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
         f = img.obj(d["fd_objref"])
         rows.append(dict(fd=d["fd_descriptor"], objref=d["fd_objref"], cloexec=bool(d["fd_close_on_exec"]),
                          kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, label=file_label(f),
-                         socket=_socket_of(f),
+                         socket=_socket_of(f), queued=_queued(f),
                          flags=f.fields["f_flags"], pos=f.fields["f_pos"]))
     return rows
 
