@@ -54,7 +54,7 @@ class Summary(Stats):
     bytes: int = 0
     frozen_s: float = 0.0
     elapsed_s: float = 0.0
-    note: str = ""  # what the user should know although the dump worked (said on stderr)
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know although the dump worked (stderr)
 
     @property
     def mb_s(self) -> float:
@@ -318,7 +318,9 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         if shadow is not None:
             shadow.close()
     if ok and opts.kill and init_fd is not None:
-        s.note = _wait_exit(init_fd, init, proc=opts.proc)
+        s.notes.append(_wait_exit(init_fd, init, proc=opts.proc))
+    else:
+        s.notes += ctx.notes if ok else []  # (with --kill nothing runs on: they do not matter)
     s.elapsed_s = time.monotonic() - started
     st = ctx.stats
     for f in dataclasses.fields(Stats):
@@ -473,8 +475,8 @@ def main(args) -> int:
         elif not args.quiet:
             print(s.line(), file=summary_to)
         summary_to.flush()
-        if s.note:
-            print(f"ckptrace dump: {s.note}", file=sys.stderr)
+        for note in filter(None, s.notes):
+            print(f"ckptrace dump: {note}", file=sys.stderr)
     except OSError as exc:
         where = "standard output" if to_stdout else args.output
         raise KernelError(f"the image is complete ({where}), but writing the summary failed",

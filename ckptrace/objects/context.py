@@ -41,6 +41,7 @@ class DumpContext:
     header_time: int = 0  # HEADER.time: what a realtime TFD_TIMER_ABSTIME timerfd's deadline is stored against
     totals: tuple[int, int] = (0, 0)  # processes, tasks in the namespace: what the progress counts up to
     on_progress: Callable[["DumpContext"], None] | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know although the dump worked
 
     def path(self, host_path: str) -> str:
         """A path for the image: as the dumper sees it. Not re-expressed from the namespace's

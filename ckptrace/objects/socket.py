@@ -240,3 +240,7 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
                                            shutdown=info.shutdown | reset, options=options), payload=local + peer)
     for addr, data in queue:
         ctx.w.record(RecType.FILE_SOCKET_QUEUE, dict(addrlen=len(addr), bytes=len(data)), payload=addr + data)
+    empty = sum(1 for _, data in queue if not data and stype != socket.SOCK_STREAM)
+    if empty:
+        ctx.notes.append(f"pid {o.pid} fd {o.fd}: {empty} zero-length message(s) queued, which the kernel now "
+                         "hides from peeks: a later dump of this namespace, if it runs on, will not have them")
