@@ -110,7 +110,7 @@ def set_root(img: Image, root: str | None = None) -> None:
 def validate(img: Image) -> None:
     """Raise, naming every problem found, unless this host can restore the image."""
     from .kernel.ptrace import xstate_size
-    from .restorer.files import check_files
+    from .restorer.files import check_files, nofile_problem
     from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_vmas, special_maps
     from .restorer.tree import tree_problems
 
@@ -159,6 +159,8 @@ def validate(img: Image) -> None:
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
     problems += check_files(img)
+    if (why := nofile_problem(img)) is not None:
+        problems.append(why)
     problems += check_layout(img, special_maps(os.getpid()))
     problems += check_vmas(img)
     if problems:
@@ -206,10 +208,10 @@ class _Restore:
         self.stand_in_parents: dict[int, int] = {}  # group stand-in's pid -> its parent's (tree.plan)
 
     def run(self, start: float) -> Result:
-        from .restorer.files import FileSet, max_fd
+        from .restorer.files import FileSet, fd_base
         from .restorer.memory import MemoryRestorer
 
-        files = FileSet(self.img, base=max(max_fd(self.img) + 1, 64), image=self.f)
+        files = FileSet(self.img, base=fd_base(self.img), image=self.f)
         # A watchdog: a task that faults during injection would have the injector step it
         # forever; the alarm's exception unwinds into _abort instead.
         limit = WATCHDOG_S + self.img.size / WATCHDOG_MIN_RATE

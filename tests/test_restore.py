@@ -3286,3 +3286,34 @@ while True:
     import pickle
 
     assert pickle.loads((tmp_path / "result").read_bytes()) == want
+
+
+MANY_FDS = r"""
+import os, resource, sys, time
+d = sys.argv[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+pipes = [os.pipe() for _ in range(1000)]         # 2000 fds
+for r, w in pipes:
+    os.write(w, b"x")
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_descriptor_needs_are_estimated_closely_and_checked_before_the_kill(pidns, tmp_path, restored):
+    """Restore asked for four descriptors per object: an image of a process with 5000 fds was
+    refused under a hard limit of 20000 it fits in, after dump --kill had ended the original,
+    which did not check the limit at all."""
+    w = py_workload(pidns, MANY_FDS, tmp_path)
+    img = tmp_path / "many.img"
+    cli = [sys.executable, "-m", "ckptrace"]
+    d = subprocess.run(["prlimit", "--nofile=3000:3000", *cli, "dump", "--pidns", str(w.ns), "--kill", "-q",
+                        "-o", str(img)], capture_output=True, cwd=REPO)
+    assert d.returncode != 0 and b"hard RLIMIT_NOFILE is 3000" in d.stderr, d.stderr
+    assert os.path.exists(f"/proc/{w.init}")  # not killed
+    dump_kill(w, img)
+    r = subprocess.run(["prlimit", "--nofile=7000:7000", *cli, "restore", "--json", str(img)], capture_output=True,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    restored.append(json.loads(r.stdout)["init_pid"])

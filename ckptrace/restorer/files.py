@@ -143,6 +143,30 @@ def max_fd(img: Image) -> int:
                 for d in o.fds), default=2)
 
 
+def fd_base(img: Image) -> int:
+    """Where the controller's descriptors for the image's files start: above every fd number the
+    tasks will have, so that each task's own numbers can be dup2'ed into place."""
+    return max(max_fd(img) + 1, 64)
+
+
+def nofile_needed(img: Image) -> int:
+    """Descriptors the restore holds at once: its files from fd_base on, at most two per object
+    (a pipe's two ends, a FIFO's holder and end, a mapped file opened twice), and some slack."""
+    return fd_base(img) + 2 * len(img.objects) + 64
+
+
+def nofile_problem(img: Image) -> str | None:
+    """Why this process could not hold the restore's descriptors (checked before anything exists,
+    and by dump --kill before it kills)."""
+    need = nofile_needed(img)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        return (f"restore needs up to {need} descriptors (fd numbers up to {max_fd(img)} and the files "
+                f"behind them), but this process's hard RLIMIT_NOFILE is {hard} (ulimit -Hn; raising it "
+                "takes CAP_SYS_RESOURCE)")
+    return None
+
+
 @dataclass
 class FileSet:
     """The controller's descriptors for the image's objects. Close them with `close()`."""
@@ -175,7 +199,7 @@ class FileSet:
         return new
 
     def create(self) -> None:
-        _raise_nofile(self.base + 4 * len(self.img.objects) + 64)
+        _raise_nofile(nofile_needed(self.img))
         pipes: dict[int, tuple[int, int]] = {}
         for obj in self.img.objects.values():
             if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
@@ -985,7 +1009,8 @@ def _raise_nofile(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need:
         if hard != resource.RLIM_INFINITY and hard < need:
-            raise UsageError(f"restore needs {need} descriptors but RLIMIT_NOFILE allows {hard}")
+            raise UsageError(f"restore needs up to {need} descriptors but this process's hard RLIMIT_NOFILE "
+                             f"is {hard} (ulimit -Hn)")
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
         except (OSError, ValueError) as exc:
