@@ -3317,3 +3317,39 @@ def test_descriptor_needs_are_estimated_closely_and_checked_before_the_kill(pidn
                        cwd=REPO)
     assert r.returncode == 0, r.stderr
     restored.append(json.loads(r.stdout)["init_pid"])
+
+
+SEM_OPEN = r"""
+import ctypes, os, sys, time
+d = sys.argv[1]
+pt = ctypes.CDLL("libc.so.6", use_errno=True)
+pt.sem_open.restype = ctypes.c_void_p
+pt.sem_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_uint]
+sem = pt.sem_open(b"/ckpt-" + os.path.basename(d).encode(), os.O_CREAT, 0o600, 1)
+assert sem
+# and an fd on a file whose name it was opened by is gone while another link lives on
+open(d + "/tmpname", "w").write("linked")
+f = open(d + "/tmpname")
+os.link(d + "/tmpname", d + "/realname"); os.unlink(d + "/tmpname")
+open(d + "/ready", "w").close()
+while True:
+    pt.sem_wait(ctypes.c_void_p(sem)); pt.sem_post(ctypes.c_void_p(sem))
+    time.sleep(0.05)
+"""
+
+
+def test_a_file_reached_by_a_removed_name_but_linked_elsewhere_is_reopened_by_that_name(pidns, tmp_path, restored):
+    """sem_open makes /dev/shm/sem.XXXXXX, links it as sem.NAME and removes the first name: maps
+    shows the mapping as "sem.XXXXXX (deleted)" while the file lives on. It was taken for a file
+    of that name (the dump refused: it "does not exist"): any sem_open user could not be moved."""
+    w = py_workload(pidns, SEM_OPEN, tmp_path)
+    sem = f"/dev/shm/sem.ckpt-{tmp_path.name}"
+    try:
+        host = migrate(w, tmp_path / "sem.img", restored)
+        maps = open(f"/proc/{host}/maps").read()
+        assert sem in maps, maps  # the restored process maps the semaphore's file by its live name
+        fds = {os.readlink(f"/proc/{host}/fd/{n}") for n in os.listdir(f"/proc/{host}/fd")}
+        assert str(tmp_path / "realname") in fds, fds
+    finally:
+        if os.path.exists(sem):
+            os.unlink(sem)

@@ -246,8 +246,41 @@ def settle_names(pid: int, mappings: list[Mapping], root: str = PROC) -> None:
             target = os.readlink(link)
         except OSError:
             continue  # (gone, or not ours to read: the text is all there is)
-        m.unlinked = st.st_nlink == 0
-        m.path = target
+        name = live_name(target, st) if target.endswith(DELETED_SUFFIX) else target
+        m.unlinked = name is None
+        m.path = name or target
+
+
+def live_name(shown: str, st: os.stat_result) -> str | None:
+    """The path under which a file that /proc shows as `shown` ("... (deleted)") can be opened
+    now, or None if it has none (nlink 0, or no name we can find). Either the name really ends
+    in " (deleted)", or the name it was opened by was removed while another link lives on:
+    sem_open makes its file under a temporary name, links it to its own, and removes the
+    temporary one. That other name is looked for beside the removed one."""
+    if st.st_nlink == 0:
+        return None
+
+    def same(path: str) -> bool:
+        try:
+            o = os.stat(path)
+        except OSError:
+            return False
+        return (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino)
+
+    if same(shown):
+        return shown
+    folder = os.path.dirname(shown[:-len(DELETED_SUFFIX)])
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                try:
+                    if e.inode() == st.st_ino and same(e.path):
+                        return e.path
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return None
 
 
 def maps(pid: int, root: str = PROC) -> list[Mapping]:

@@ -88,7 +88,17 @@ def open_fd(ctx: DumpContext, pid: int, fd: int) -> OpenFd:
         st = os.stat(base)
     except OSError as exc:
         raise from_oserror(exc, f"stat fd {fd} of {pid}") from None
-    return OpenFd(pid, fd, target, st, procfs.fdinfo(pid, fd, ctx.proc), classify(pid, fd, target, st, ctx.proc))
+    nameless = False
+    if target.endswith(DELETED) and stat.S_ISREG(st.st_mode) and st.st_nlink and not target.startswith("/memfd:"):
+        # named so, or opened by a name since removed while another remains (procfs.live_name):
+        # reopened by that name; with none to be found, its contents go in the image (DELETED)
+        name = procfs.live_name(target, st)
+        nameless = name is None
+        target = name or target
+    kind = classify(pid, fd, target, st, ctx.proc)
+    if nameless and kind is FileType.REGULAR:
+        kind = FileType.DELETED
+    return OpenFd(pid, fd, target, st, procfs.fdinfo(pid, fd, ctx.proc), kind)
 
 
 def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
