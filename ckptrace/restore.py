@@ -63,30 +63,41 @@ def main(args) -> int:
     if os.geteuid() != 0:
         raise AccessDenied("restore needs root (a new pid namespace, ptrace, the image's credentials): "
                            "run with sudo")
+    done = [False]
+
     def terminated(signum, _frame):
+        if done[0]:
+            return  # restored: the result line still goes out, and the status is 0
         # as an exception, so that the abort path kills what was made and removes its cgroups
         # (by default SIGTERM ended us on the spot, leaving them)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(f"terminated by signal {signum}; nothing was restored")
 
-    old = signal.signal(signal.SIGTERM, terminated)
+    # (kept until the result is written: a signal then ended us with 143 or 130 while the
+    # namespace ran, and a supervisor that retries on failure started a second copy)
+    old = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
             res = restore(args.image, progress, root=args.root)
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    try:
-        if args.json:
-            import json
+            done[0] = True
+        try:
+            if args.json:
+                import json
 
-            print(json.dumps(asdict(res)))
-        elif not args.quiet:
-            print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; {plural(res.processes, 'process')}, "
-                  f"{plural(res.threads, 'thread')}, {res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
-        sys.stdout.flush()
-    except OSError as exc:
-        # The namespace runs: say where, or whoever ran us is left to hunt for it
-        raise KernelError(f"restored pid:[{res.pidns}] (init is host pid {res.init_pid}), but writing "
-                          "the result failed", exc.errno or 0) from None
+                print(json.dumps(asdict(res)))
+            elif not args.quiet:
+                print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; "
+                      f"{plural(res.processes, 'process')}, {plural(res.threads, 'thread')}, "
+                      f"{res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
+            sys.stdout.flush()
+        except OSError as exc:
+            # The namespace runs: say where, or whoever ran us is left to hunt for it
+            raise KernelError(f"restored pid:[{res.pidns}] (init is host pid {res.init_pid}), but writing "
+                              "the result failed", exc.errno or 0) from None
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     return 0
 
 

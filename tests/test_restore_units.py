@@ -374,3 +374,26 @@ def test_restore_root_moves_the_namespaces_paths(ns_root, path, want):
     assert img.at(path) == path  # no --root: where they were
     img.root = "/new"
     assert img.at(path) == want
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_once_restored_does_not_fail_the_restore(monkeypatch, capsys, sig):
+    """A SIGTERM or Ctrl-C landing after the namespace was restored, while the result was being
+    written, ended restore with 143 / 130 while the namespace ran: a supervisor that retries on
+    failure then started a second copy."""
+    import signal
+    import sys
+
+    from ckptrace import cli, restore
+
+    class Signalling(io.StringIO):
+        def write(self, s):
+            os.kill(os.getpid(), getattr(signal, sig))
+            return super().write(s)
+
+    out = Signalling()
+    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
+    monkeypatch.setattr(sys, "stdout", out)
+    assert cli.main(["restore", "x.img"]) == 0
+    assert "restored pid:[4026532999]" in out.getvalue()
+    assert signal.getsignal(signal.SIGTERM) is not None
