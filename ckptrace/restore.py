@@ -122,7 +122,7 @@ def validate(img: Image) -> None:
     """Raise, naming every problem found, unless this host can restore the image."""
     from .kernel.ptrace import xstate_size
     from .restorer.files import check_files, nofile_problem
-    from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_vmas, special_maps
+    from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, special_maps
     from .restorer.tree import tree_problems
 
     problems: list[str] = []
@@ -174,6 +174,7 @@ def validate(img: Image) -> None:
         problems.append(why)
     problems += check_layout(img, special_maps(os.getpid()))
     problems += check_vmas(img)
+    problems += check_mapped_files(img)
     if problems:
         raise Unsupported("cannot restore this image: " + "; ".join(problems))
 

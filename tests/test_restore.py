@@ -3353,3 +3353,20 @@ def test_a_file_reached_by_a_removed_name_but_linked_elsewhere_is_reopened_by_th
     finally:
         if os.path.exists(sem):
             os.unlink(sem)
+
+
+def test_a_mapped_file_changed_since_the_dump_is_refused_by_name(pidns, tmp_path):
+    """A binary rebuilt after the dump: restore said it had restored the namespace, whose process
+    was dead at once (its clean pages came from the new file)."""
+    exe = tmp_path / "prog"
+    shutil.copy("/bin/sleep", exe)
+    w = pidns([str(exe), "3600"])
+    img = tmp_path / "p.img"
+    dump_kill(w, img)
+    shutil.copy("/bin/true", str(exe) + ".new")
+    os.replace(str(exe) + ".new", exe)  # as a build or a package upgrade does
+    nss = pidns_inodes(tmp_path)
+    r = ckptrace("restore", str(img))
+    assert r.returncode != 0, r.stdout
+    assert f"process 1's executable is '{exe}', which has changed since the dump".encode() in r.stderr, r.stderr
+    assert pidns_inodes(tmp_path) - nss == set()

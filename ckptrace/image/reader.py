@@ -36,7 +36,8 @@ HOST_TREES = ("/dev/", "/proc/", "/sys/")
 SOCKADDR_UN_MAX = 110  # sizeof(struct sockaddr_un)
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
-              RecType.FILE_TTY, RecType.FILE_OWNER, RecType.FILE_SOCKET_QUEUE)
+              RecType.FILE_TTY, RecType.FILE_OWNER, RecType.FILE_SOCKET_QUEUE,
+              RecType.FILE_STAT)
 # what a file VMA or an executable can name: a file with contents (by path, or carried in the image)
 MAPPABLE_FILES = (FileType.REGULAR, FileType.MEMFD, FileType.DELETED)
 

@@ -76,6 +76,7 @@ class RecType(enum.IntEnum):
     FILE_TTY = 313
     FILE_OWNER = 314
     FILE_SOCKET_QUEUE = 315
+    FILE_STAT = 316
     MM = 401
     VMA = 402
     MM_CONTEXT = 403
@@ -212,6 +213,10 @@ def s32(name, hint="dec", names=None, **kw):
 
 def u64(name, hint="dec", names=None, **kw):
     return Field(name, "Q", hint, names, **kw)
+
+
+def s64(name, hint="dec", names=None, **kw):
+    return Field(name, "q", hint, names, **kw)
 
 
 def u16(name, hint="dec", names=None, **kw):
@@ -687,6 +692,12 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "there is some): a stream socket's unread bytes in one record; one record per datagram or "
            "seqpacket message. Payload: the sender's name, sun_path as recvfrom returns it (addrlen "
            "bytes, no NUL; an abstract name starts with its NUL), then the message."),
+    _R(RecType.FILE_STAT, (u64("size"), s64("mtime_ns", doc="st_mtime in nanoseconds since the epoch"),
+                           u64("ino", doc="informational: a copy on another host has another"),
+                           u64("dev", doc="st_dev as the dumper's stat(2) gave it; informational")),
+       doc="A mapped file or executable named by path, as the dumper saw it: restore refuses a "
+           "private mapping (or the executable) of a file whose size or mtime has changed since, "
+           "whose pages not in the image would come from the new contents."),
     _R(RecType.FILE_TTY, (u32("index"), u32("is_master"), s32("sid"), s32("pgrp")),
        doc="A tty/pty end: index (pts number), which side, session and foreground group."),
     _R(RecType.MM, (u32("map_count"), s32("exe_objref"), u64("def_flags", "hex"), u64("flags", "hex"),

@@ -326,6 +326,11 @@ def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: i
             write_contents(ctx, cfd, what)
     else:
         write_file_head(ctx, ref, FileType.REGULAR, flags, 0, ctx.path(kind_path))
+        try:
+            st = os.stat(open_path)  # (the file the mapping or exe link leads to, not the name)
+        except OSError:
+            return ref
+        ctx.w.record(RecType.FILE_STAT, dict(size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev))
     return ref
 
 

@@ -22,8 +22,8 @@ import struct
 from typing import BinaryIO
 
 from ..errors import ImageError, KernelError, Unsupported
-from ..image.reader import Image, Mm, Vma
-from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_FLAG_BITS, VM_GROWSDOWN, VmaType
+from ..image.reader import File, Image, Mm, Vma
+from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_FLAG_BITS, VM_GROWSDOWN, RecType, VmaType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector
 from .files import FileSet
@@ -116,6 +116,39 @@ def check_vmas(img: Image) -> list[str]:
             if why:
                 problems.append(f"process {t.tid}'s mapping {v.start:#x}-{v.end:#x} is {' and '.join(why)}, "
                                 "which restore cannot recreate")
+    return problems
+
+
+def check_mapped_files(img: Image) -> list[str]:
+    """Files whose pages restore takes from the file itself (the executable, private file
+    mappings: the image holds only the pages written) that have changed since the dump (FILE_STAT:
+    size or mtime). A shared mapping's contents are the file's, now, by design."""
+    named: dict[int, str] = {}  # FILE objref -> how the first user names it
+    for t in img.processes():
+        mm = img.obj(t.mm_objref)
+        if not isinstance(mm, Mm):
+            continue
+        if mm.fields["exe_objref"]:
+            named.setdefault(mm.fields["exe_objref"], f"process {t.tid}'s executable")
+        for v in mm.vmas:
+            if v.fields["vma_type"] == VmaType.FILE and v.fields["vma_objref"]:
+                named.setdefault(v.fields["vma_objref"], f"process {t.tid}'s private mapping {v.start:#x}-{v.end:#x}")
+    problems = []
+    for ref, who in named.items():
+        f = img.obj(ref)
+        st = next((r for r in f.extra if r.type == RecType.FILE_STAT), None) if isinstance(f, File) else None
+        if st is None or not f.name:
+            continue
+        path = img.at(f.name)
+        try:
+            now = os.stat(path)
+        except OSError:
+            continue  # (check_files says it does not exist)
+        # (under --root the files are copies, whose times a plain cp does not keep: size only)
+        if now.st_size != st.fields["size"] or (not img.root and now.st_mtime_ns != st.fields["mtime_ns"]):
+            problems.append(f"{who} is {path!r}, which has changed since the dump (size {st.fields['size']} -> "
+                            f"{now.st_size}, modified again): the pages the image does not hold would come "
+                            "from the new contents")
     return problems
 
 
