@@ -44,6 +44,9 @@ def _errno_name(code: int) -> str:
     return errno.errorcode.get(code, str(code))
 
 
+UNPLACED_SECONDS = 10.0  # how long a fork record may come after its child's own, unplaced ones
+
+
 class Stop(Exception):
     """SIGTERM or Ctrl-C: leave the loop, detaching everything."""
 
@@ -230,6 +233,9 @@ class Controller:
         self.nschanged: set[int] = set()  # host pids that unshared or entered a pid namespace
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "unresolved": 0, "unattributed": 0}
         self.unresolved = 0
+        # host pids of unresolved records -> when (their fork record may still come; gc forgets
+        # them after UNPLACED_SECONDS)
+        self.gone_unplaced: dict[int, float] = {}
         self.forked_early: set[int] = set()  # children whose fork _fork_before reported
         # namespaces whose init has exited: they are gone, and the kernel gives the inode number
         # to a later namespace, whose tasks the same filter lets through
@@ -354,6 +360,7 @@ class Controller:
             if where is None:
                 if e.hostpid not in self.ignored:
                     self.unresolved += 1  # a watched-looking process, gone before it was placed
+                    self.gone_unplaced[e.hostpid] = time.monotonic()
                 return
             ns, pid = where
             if kind == "discover":
@@ -403,6 +410,12 @@ class Controller:
             out = self.model.apply(ev, childhost=e.a1)
             if e.a1 in self.ignored:  # in a namespace we do not watch: not one of ours
                 self.model.procs.pop(e.a1, None)
+            elif e.a1 in self.gone_unplaced:
+                # its own records came first and found it gone from /proc already (its exit among
+                # them): it lived and died before this fork record was read, and nothing else would
+                # end it here (it kept its namespace, and that namespace's kernel slot, for ever)
+                del self.gone_unplaced[e.a1]
+                self.model.vanished(e.a1)
             elif elsewhere and placed is None:
                 # gone from /proc already: its own records could not be placed (counted
                 # unresolved) and its exit will not be seen here; it must not live on
@@ -477,7 +490,9 @@ class Controller:
         for hostpid, chunks in drained.items():
             if hostpid not in self.model.procs:
                 if self.resolve(hostpid) is None:
-                    if hostpid not in self.ignored:  # ours, gone before it was placed
+                    # ours, gone before it was placed; but once the focused namespace has ended, an
+                    # unknown writer belongs to a later namespace given its number: not a loss
+                    if hostpid not in self.ignored and not (self.focus and self.focus in self.ended):
                         self.model.unattributed += sum(m.bit_count() for _, _, m in chunks)
                     continue
             for ev in self.model.add_dirty_masks(hostpid, chunks, ts):
@@ -558,11 +573,16 @@ class Controller:
 
     def gc(self) -> None:
         """Drop what the model no longer needs, and give dead namespaces' kernel slots back."""
-        if self.lost_seen["ring"]:
-            # exit records may have been among those lost: ask /proc who is still there
+        if self.lost_seen["ring"] or self.gone_unplaced or self.ended:
+            # exit records may have been among those lost or unplaced, and a namespace whose init
+            # has exited has nobody left: ask /proc who is still there (and still in that namespace)
             for hostpid, p in list(self.model.procs.items()):
-                if p.alive and not os.path.exists(f"/proc/{hostpid}"):
+                if p.alive and (self.lost_seen["ring"] or self.gone_unplaced or p.ns in self.ended) and \
+                        (not os.path.exists(f"/proc/{hostpid}") or
+                         (p.ns in self.ended and procfs.ns_inode(hostpid) != p.ns)):
                     self.model.vanished(hostpid)
+        now = time.monotonic()
+        self.gone_unplaced = {h: t for h, t in self.gone_unplaced.items() if now - t < UNPLACED_SECONDS}
         self.model.gc()
         self.forked_early &= self.model.procs.keys()  # their fork record was lost, or long gone
         # an ignored pid that is gone may come back as one of ours (resolve() would skip it)

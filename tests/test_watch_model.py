@@ -1458,3 +1458,43 @@ def test_event_lines_to_a_reader_that_stopped_reading_give_up_when_asked():
     assert len(os.read(r, 1 << 20)) >= 4096  # what the pipe could take was written first
     out.close()
     os.close(r)
+
+
+def test_a_child_whose_records_were_unplaced_does_not_live_on_after_its_fork(model, monkeypatch):
+    """A child that ran and exited before the controller could place it (its records unresolved:
+    gone from /proc) was then made a live process by its parent's later fork record, which nothing
+    ever ended: it kept its namespace, and the namespace's kernel slot, for good."""
+    from ckptrace import watch
+    from ckptrace.watch import Controller
+
+    E = bpfload.abi().structs["ckpt_event"]
+    c = bpfload.abi().consts
+    monkeypatch.setattr(watch.procfs, "ns_inode", lambda hostpid, kind="pid": None)  # gone
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=lambda ev: None)
+    ctl.on_record(E(ts=5, ns=0, type=c["CKPT_EV_EXEC"], hostpid=4242, hosttid=4242, pid=0))
+    assert ctl.unresolved == 1
+    ctl.on_record(E(ts=6, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, hosttid=100, pid=1, a0=2, a1=4242))
+    assert ctl.failure is None
+    assert not model.procs[4242].alive
+
+
+def test_after_the_focused_namespace_ended_unknown_writers_are_not_losses(model, monkeypatch):
+    """--pidns N once N had ended: pages written by the processes of later namespaces given N's
+    number were counted `unattributed`, and a `lost` line came every second for a namespace gone."""
+    from ckptrace import watch
+    from ckptrace.watch import Controller
+
+    E = bpfload.abi().structs["ckpt_event"]
+    c = bpfload.abi().consts
+    monkeypatch.setattr(watch.procfs, "ns_inode", lambda hostpid, kind="pid": None)
+
+    class Draining(FakeProg):
+        def drain_dirty(self):
+            return {4242: [(1, 0x7000 >> 18, 0xFF)]}
+
+    ctl = Controller(Draining(), model, host=1, focus=NS, emit=lambda ev: None)
+    ctl.drain()
+    assert model.unattributed == 8  # N alive: an unknown writer of N's, gone before it was placed
+    ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=100, hosttid=100, pid=1, code=0))
+    ctl.drain()
+    assert model.unattributed == 8
