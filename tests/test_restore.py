@@ -3034,6 +3034,10 @@ for i in range(2):                               # connections not accepted yet,
     w = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); w.bind(d + f"/w{i}.sock")
     w.connect(d + "/lst.sock"); waiting.append(w)
 fresh = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)   # never used yet: bound and sent to later
+evs = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); evs.bind(d + "/evs.sock")
+evc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); evc.bind(d + "/evc.sock"); evc.connect(d + "/evs.sock")
+for i in range(30):                              # a server's events to its connected client: more
+    evs.sendto(b"evt%d" % i, d + "/evc.sock")     # than max_dgram_qlen, which a peer is not held to
 late = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); late.bind(d + "/late.sock")
 cli.sendto(b"before connect", d + "/late.sock")  # queued on it, then it connects elsewhere
 late.connect(d + "/srv.sock")
@@ -3062,6 +3066,13 @@ def report(sig, frame):
     got = {"peek_off": a.getsockopt(socket.SOL_SOCKET, 42), "b_send": send_error(b), "c_send": send_error(c)}
     for name, s in (("a", a), ("b", b), ("c", c), ("f", f), ("g", g), ("srv", srv), ("sp", sp), ("late", late)):
         got[name] = drain(s)
+    evc.setblocking(False)
+    got["events"] = []
+    try:
+        while True:
+            got["events"].append(evc.recv(100).decode())
+    except BlockingIOError:
+        pass
     try:
         got["reset"] = drain(reset)
     except OSError as exc:
@@ -3134,6 +3145,7 @@ def test_unix_socket_queues_and_shutdowns_come_back(pidns, tmp_path, restored):
     assert original["big"] == 300000 and original["late"] == [["before connect", cli], "EAGAIN"]
     assert original["accepted"] == [str(tmp_path / "w0.sock"), str(tmp_path / "w1.sock")]
     assert original["fresh"] == "to fresh"
+    assert original["events"] == [f"evt{i}" for i in range(30)]
     w.kill()
     shown = ckptrace("show", str(img)).stdout.decode()
     assert "12 bytes queued" in shown and "3 messages (2002 bytes) queued" in shown, shown
@@ -3370,3 +3382,28 @@ def test_a_mapped_file_changed_since_the_dump_is_refused_by_name(pidns, tmp_path
     assert r.returncode != 0, r.stdout
     assert f"process 1's executable is '{exe}', which has changed since the dump".encode() in r.stderr, r.stderr
     assert pidns_inodes(tmp_path) - nss == set()
+
+
+HOST_LISTENER_CLIENT = r"""
+import socket, sys, time
+d = sys.argv[1]
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+c.connect(d + "/host.sock")                      # a host daemon's listener, which has not accepted it
+open(d + "/ready", "w").close()
+time.sleep(3600)
+"""
+
+
+def test_a_connection_waiting_on_a_listener_outside_the_image_is_refused_before_the_kill(pidns, tmp_path):
+    """Recorded as connected to the listener, whose socket the image does not hold: restore
+    refused it only once it ran, after dump --kill had ended the original (validate had no
+    check for a unix peer outside the image)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lst:
+        lst.bind(str(tmp_path / "host.sock"))
+        lst.listen(4)
+        w = py_workload(pidns, HOST_LISTENER_CLIENT, tmp_path)
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
+        assert d.returncode != 0 and b"which is outside the image" in d.stderr, d.stderr
+        assert os.path.exists(f"/proc/{w.init}")

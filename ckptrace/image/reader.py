@@ -153,6 +153,8 @@ class Image:
     # restore --root: the namespace's root (ns_root) is found here instead, and every image
     # path under it with it ("": where it was)
     root: str = ""
+    # indexes that users of the image build from its objects once (the restorer's UnixIndex)
+    derived: dict[str, Any] = field(default_factory=dict)
 
     def obj(self, objref: int):
         return self.objects.get(objref)

@@ -70,9 +70,10 @@ def check_files(img: Image) -> list[str]:
                 problems.append(f"{_users(img, obj.objref)}: {_what(obj, ft)}: {why}")
         if ft is FileType.UNIX_SOCKET and _in_fd_table(img, obj.objref):
             rec = _extra(obj, RecType.FILE_SOCKET)
-            why = _queue_problem(img, obj, rec) if rec is not None else None
-            if why:
-                problems.append(why)
+            idx = UnixIndex.of(img)
+            for why in ((idx.peer_problem(obj, rec), idx.queue_problem(obj, rec)) if rec is not None else ()):
+                if why:
+                    problems.append(why)
         if ft is FileType.TTY:
             tty = _extra(obj, RecType.FILE_TTY)
             if tty is None or tty.fields["is_master"]:
@@ -185,7 +186,6 @@ class FileSet:
     # (peer's address, objref, place): datagram clients of a bound server, and stream clients a
     # listener had not accepted yet, in the order they wait in its accept queue
     late_connects: list[tuple[bytes, int, int]] = field(default_factory=list)
-    _unix_index: dict | None = None  # see _unix_sockets
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -204,9 +204,11 @@ class FileSet:
         for obj in self.img.objects.values():
             if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
                 self.by_objref[obj.objref] = self._open(obj, pipes)
-        # (datagrams first: a named socket connected since takes datagrams from its peer only)
-        self._send_to_named()
+        # Datagrams a socket got before it connected go first (once connected it takes datagrams
+        # from its peer only), its peer's after (the peer's are not held to max_dgram_qlen).
+        self._send_to_named(before_connect=True)
         self._connect_late()
+        self._send_to_named(before_connect=False)
         for r, w in pipes.values():
             # Ends the image does not hold are closed: a reader then sees EOF after the buffered
             # bytes, a writer EPIPE, as they would have once the missing end was gone.
@@ -434,33 +436,39 @@ class FileSet:
         try:
             stream = s.type == socket.SOCK_STREAM
             for _, data in msgs:
-                _send_all(s, data, to, stream, f"{_users(self.img, obj.objref)}: queue "
-                                               f"{len(data)} bytes for reading again")
+                _send_all(s, data, to, stream, lambda data: f"{_users(self.img, obj.objref)}: queue "
+                                                            f"{len(data)} bytes for reading again")
         finally:
             _put_sndbuf_back(s, sndbuf)
             s.detach()
 
-    def _send_to_named(self) -> None:
+    def _send_to_named(self, *, before_connect: bool) -> None:
         """Datagrams queued on a bound socket that is not one end of a pair: each is sent to its
         name again, by the socket that sent it when that is in the image (its name is the
-        reply's address), else by an unnamed socket (check_files refused the rest)."""
+        reply's address), else by an unnamed socket (check_files refused the rest). For a socket
+        connected late (to a server not connected back), the datagrams before the first from that
+        server go `before_connect`, the rest after."""
         import socket
 
-        index = self._unix_sockets()
-        by_name = _unix_by_name(self.img)
-        for ino, (obj, rec) in index.items():
+        idx = UnixIndex.of(self.img)
+        for ino, (obj, rec) in idx.by_ino.items():
             msgs = socket_queue(obj)
-            if not msgs or not _queue_sent_by_name(self.img, rec) or obj.objref not in self.by_objref:
+            if not msgs or not idx.sent_by_name(rec) or obj.objref not in self.by_objref:
                 continue
             name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
             if not name:
                 continue  # (check_files refused it: nothing can send to it)
+            split = idx.first_from_peer(rec, msgs)
+            msgs = msgs[:split] if before_connect else msgs[split:]
+            if not msgs:
+                continue
             to = self.img.at(name.decode("utf-8", "surrogateescape")) if name[0] != 0 else name
+            what = lambda data: f"{_users(self.img, obj.objref)}: queue a {len(data)}-byte datagram for reading again"  # noqa: E731,B023
             anonymous = None
             try:
                 for sender, data in msgs:
                     if sender:
-                        via = self.by_objref[by_name[(rec.fields["type"], sender)].objref]
+                        via = self.by_objref[idx.by_name[(rec.fields["type"], sender)].objref]
                     else:
                         if anonymous is None:
                             anonymous = socket.socket(socket.AF_UNIX, rec.fields["type"])
@@ -468,8 +476,7 @@ class FileSet:
                     s = socket.socket(fileno=via)
                     sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
                     try:
-                        _send_all(s, data, to, False, f"{_users(self.img, obj.objref)}: queue a "
-                                                      f"{len(data)}-byte datagram for reading again")
+                        _send_all(s, data, to, False, what)
                     finally:
                         _put_sndbuf_back(s, sndbuf)
                         s.detach()
@@ -508,9 +515,7 @@ class FileSet:
     def _unix_sockets(self) -> dict:
         """The image's unix sockets by inode: (FILE object, its FILE_SOCKET record). Built once:
         each connected socket looks its peer up."""
-        if self._unix_index is None:
-            self._unix_index = _unix_by_ino(self.img)
-        return self._unix_index
+        return UnixIndex.of(self.img).by_ino
 
     def _connect_late(self) -> None:
         import socket
@@ -880,19 +885,6 @@ def _half_dead(rec) -> bool:
             and (f["type"] != SOCK_DGRAM or not _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])))
 
 
-def _queue_sent_by_name(img: Image, rec) -> bool:
-    """Whether a unix socket's queue goes back through its name (see FileSet._send_to_named): it
-    is neither one end of a pair made again nor connected to a socket that is gone."""
-    f = rec.fields
-    if _half_dead(rec):
-        return False
-    if f["peer_ino"]:
-        peer = _unix_by_ino(img).get(f["peer_ino"])
-        if peer is None or peer[1].fields["peer_ino"] == f["ino"]:
-            return False  # a pair (or refused: its peer is outside the image)
-    return True
-
-
 def _unix_by_ino(img: Image) -> dict[int, tuple[File, object]]:
     out = {}
     for o in img.objects.values():
@@ -903,39 +895,112 @@ def _unix_by_ino(img: Image) -> dict[int, tuple[File, object]]:
     return out
 
 
-def _unix_by_name(img: Image) -> dict[tuple[int, bytes], File]:
-    """The image's bound unix sockets in fd tables by (type, name): who sent a named datagram."""
-    out = {}
-    for o, r in _unix_by_ino(img).values():
-        name = _sun_path(bytes(r.payload or b"")[:SOCKADDR_LEN])
-        if name and _in_fd_table(img, o.objref):
-            out[(r.fields["type"], name)] = o
-    return out
+@dataclass
+class UnixIndex:
+    """The image's unix sockets, looked up by inode and by name; built once per image (each
+    socket's checks and sends look their peers and senders up in it)."""
 
+    img: Image
+    by_ino: dict[int, tuple[File, object]]
+    by_name: dict[tuple[int, bytes], File]  # bound ones in fd tables, by (type, name)
 
-def _queue_problem(img: Image, obj: File, rec) -> str | None:
-    """Why restore could not queue a unix socket's messages again (None: it can)."""
-    msgs = socket_queue(obj)
-    if not msgs or not _queue_sent_by_name(img, rec):
+    @staticmethod
+    def of(img: Image) -> "UnixIndex":
+        cached = img.derived.get("unix")
+        if cached is None:
+            by_ino = _unix_by_ino(img)
+            tables = {d["fd_objref"] for o in img.objects.values() if isinstance(o, FileTable) for d in o.fds}
+            by_name = {}
+            for o, r in by_ino.values():
+                name = _sun_path(bytes(r.payload or b"")[:SOCKADDR_LEN])
+                if name and o.objref in tables:
+                    by_name[(r.fields["type"], name)] = o
+            cached = UnixIndex(img, by_ino, by_name)
+            img.derived["unix"] = cached
+        return cached
+
+    def sent_by_name(self, rec) -> bool:
+        """Whether a unix socket's queue goes back through its name (FileSet._send_to_named): it
+        is neither one end of a pair made again nor connected to a socket that is gone."""
+        f = rec.fields
+        if _half_dead(rec):
+            return False
+        if f["peer_ino"]:
+            peer = self.by_ino.get(f["peer_ino"])
+            if peer is None or peer[1].fields["peer_ino"] == f["ino"]:
+                return False  # a pair (or refused: its peer is outside the image)
+        return True
+
+    def late_peer_name(self, rec) -> bytes:
+        """The name of the server a socket connects to late (not connected back); b"" if none."""
+        f = rec.fields
+        peer = self.by_ino.get(f["peer_ino"]) if f["peer_ino"] else None
+        if peer is None or peer[1].fields["peer_ino"] == f["ino"]:
+            return b""
+        return _sun_path(bytes(peer[1].payload or b"")[:SOCKADDR_LEN])
+
+    def first_from_peer(self, rec, msgs: list[tuple[bytes, bytes]]) -> int:
+        """Where, in a late-connected socket's queue, its server's datagrams begin (they came
+        after it connected); len(msgs) when it connects to nobody late."""
+        peer = self.late_peer_name(rec)
+        return next((i for i, (sender, _) in enumerate(msgs) if peer and sender == peer), len(msgs))
+
+    def queue_problem(self, obj: File, rec) -> str | None:
+        """Why restore could not queue a unix socket's messages again (None: it can)."""
+        msgs = socket_queue(obj)
+        if not msgs or not self.sent_by_name(rec):
+            return None
+        name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
+        if rec.fields["type"] != SOCK_DGRAM:
+            return (f"{_users(self.img, obj.objref)}: {len(msgs)} message(s) queued on an unconnected "
+                    f"{_SOCK_TYPE_NAMES.get(rec.fields['type'], 'unix')} socket, which nothing could send again")
+        if not name:
+            return (f"{_users(self.img, obj.objref)}: {len(msgs)} datagram(s) queued on an unnamed, unconnected "
+                    "unix socket, which nothing could send again")
+        for sender, _ in msgs:
+            if sender and (rec.fields["type"], sender) not in self.by_name:
+                shown = sender.decode("utf-8", "replace").replace("\0", "@", 1)
+                return (f"{_users(self.img, obj.objref)}: a datagram queued on it was sent from {shown!r}, a "
+                        "socket that is not in the image (its reply address cannot be made again)")
+        # Datagrams from others than its server are held to the receiver's queue length (those of
+        # a connected peer are not): the original had them all; restore must take them all again.
+        others = self.first_from_peer(rec, msgs)
+        qlen = _max_dgram_qlen()
+        if qlen is not None and others > qlen:
+            return (f"{_users(self.img, obj.objref)}: {others} datagrams queued on it from sockets other than its "
+                    f"peer, more than net.unix.max_dgram_qlen ({qlen}) lets restore queue again")
         return None
-    name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
-    if rec.fields["type"] != SOCK_DGRAM or not name:
-        return (f"{_users(img, obj.objref)}: {len(msgs)} message(s) queued on an unconnected, unnamed "
-                "unix socket, which nothing could send again")
-    by_name = _unix_by_name(img)
-    for sender, _ in msgs:
-        if sender and (rec.fields["type"], sender) not in by_name:
-            shown = sender.decode("utf-8", "replace").replace("\0", "@", 1)
-            return (f"{_users(img, obj.objref)}: a datagram queued on it was sent from {shown!r}, a socket "
-                    "that is not in the image (its reply address cannot be made again)")
-    return None
+
+    def peer_problem(self, obj: File, rec) -> str | None:
+        """A connected unix socket whose peer is outside the image (a host daemon's socket, a
+        listener of the host's that had not accepted it yet)."""
+        f = rec.fields
+        if not f["peer_ino"]:
+            return None
+        peer = self.by_ino.get(f["peer_ino"])
+        if peer is not None and _in_fd_table(self.img, peer[0].objref):
+            return None
+        return (f"{_users(self.img, obj.objref)}: a unix socket connected to socket:[{f['peer_ino']}], which is "
+                "outside the image")
 
 
-def _send_all(s, data: bytes, to, stream: bool, what: str) -> None:
+_SOCK_TYPE_NAMES = {1: "stream", 2: "datagram", 5: "seqpacket"}
+
+
+def _max_dgram_qlen() -> int | None:
+    try:
+        with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _send_all(s, data: bytes, to, stream: bool, what) -> None:
     """Send one message (a datagram whole, a stream's bytes in as many writes as it takes) without
     blocking: nobody reads yet. A sender's buffer that is too small for it (full: EAGAIN; smaller
     than one datagram: EMSGSIZE) is raised (root may go past wmem_max), once; the caller puts it
-    back (_put_sndbuf_back)."""
+    back (_put_sndbuf_back). `what(data)`: what was being done, for an error (made only then:
+    naming the socket's users scans every fd table)."""
     import socket
 
     view = memoryview(data)
@@ -945,11 +1010,11 @@ def _send_all(s, data: bytes, to, stream: bool, what: str) -> None:
             n = s.sendto(view, MSG_DONTWAIT, to) if to else s.send(view, MSG_DONTWAIT)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EMSGSIZE):
-                raise from_oserror(exc, what) from None
+                raise from_oserror(exc, what(data)) from None
             if raised:
                 why = "the receiving socket's queue is full: net.unix.max_dgram_qlen?" \
                     if exc.errno == errno.EAGAIN else "larger than a socket buffer can be"
-                raise KernelError(f"{what} ({why})", exc.errno) from None
+                raise KernelError(f"{what(data)} ({why})", exc.errno) from None
             have = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, min(have + 4 * len(view) + (1 << 16), (1 << 30)))
             raised = True
