@@ -79,8 +79,7 @@ def main(args) -> int:
     old = {sig: signal.signal(sig, terminated) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with ProgressLine(enabled=sys.stderr.isatty() and not args.quiet) as progress:
-            res = restore(args.image, progress, root=args.root)
-            done[0] = True
+            res = restore(args.image, progress, root=args.root, on_release=lambda: done.__setitem__(0, True))
         try:
             if args.json:
                 import json
@@ -101,15 +100,18 @@ def main(args) -> int:
     return 0
 
 
-def restore(path: str, progress=None, root: str | None = None) -> Result:
+def restore(path: str, progress=None, root: str | None = None, on_release=None) -> Result:
     """Restore the image at `path` ("-": standard input). `progress`: a ProgressLine to keep
-    current (ckptrace.progress), or None. `root`: where the image's paths are (set_root)."""
+    current (ckptrace.progress), or None. `root`: where the image's paths are (set_root).
+    `on_release()`: called at the point of no return, just before the tasks are let go; from
+    then on the namespace is restored whatever happens (the caller's signal handlers must no
+    longer undo it)."""
     start = time.monotonic()
     with open_seekable(path) as f:
         img = read_image(f)
         set_root(img, root)
         validate(img)
-        return _Restore(img, f, progress).run(start)
+        return _Restore(img, f, progress, on_release).run(start)
 
 
 def set_root(img: Image, root: str | None = None) -> None:
@@ -208,10 +210,11 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 class _Restore:
-    def __init__(self, img: Image, f: BinaryIO, progress=None):
+    def __init__(self, img: Image, f: BinaryIO, progress=None, on_release=None):
         self.img = img
         self.f = f
         self.progress = progress
+        self.on_release = on_release
         self.init = 0
         self.tracees = []
         self.made_cgroups: list[str] = []  # cgroup directories this restore created
@@ -246,6 +249,13 @@ class _Restore:
             files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
             files.set_owners(self._owner_host, lambda objref: self._set_async(files, objref))  # every thread exists now
             self._show("finishing", mem)
+            # The point of no return: no watchdog may abort what is let go now, and the caller's
+            # handlers stop turning signals into an abort (a SIGTERM after this used to kill a
+            # namespace already running, or report "nothing was restored" while it ran).
+            if watchdog:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if self.on_release is not None:
+                self.on_release()
             self._finish()
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
             res = Result(ns, self.init, len(self.img.processes()), len(self.img.tasks),

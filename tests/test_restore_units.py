@@ -134,7 +134,7 @@ def test_socket_desc_says_protocol_addresses_and_state():
 def test_restore_result_line(monkeypatch, capsys, flags, want):
     from ckptrace import cli, restore
 
-    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
+    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None, on_release=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
     assert cli.main(["restore", "x.img", *flags]) == 0
     out = capsys.readouterr().out
     assert (want in out) if want else out == ""
@@ -335,7 +335,7 @@ def test_restore_that_cannot_print_its_result_still_says_where(monkeypatch, caps
         def flush(self):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
+    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None, on_release=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
     monkeypatch.setattr(sys, "stdout", Full())
     assert cli.main(["restore", "--json", "x.img"]) != 0
     err = capsys.readouterr().err
@@ -391,9 +391,15 @@ def test_a_signal_once_restored_does_not_fail_the_restore(monkeypatch, capsys, s
             os.kill(os.getpid(), getattr(signal, sig))
             return super().write(s)
 
+    def restored(path, progress=None, root=None, on_release=None):
+        on_release()  # the point of no return: the tasks are being let go
+        os.kill(os.getpid(), getattr(signal, sig))  # while the rest (closing fds...) is done
+        return restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5)
+
     out = Signalling()
-    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None: restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5))
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(restore, "restore", restored)
     monkeypatch.setattr(sys, "stdout", out)
     assert cli.main(["restore", "x.img"]) == 0
     assert "restored pid:[4026532999]" in out.getvalue()
-    assert signal.getsignal(signal.SIGTERM) is not None
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # put back
