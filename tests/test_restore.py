@@ -3350,6 +3350,19 @@ while True:
 """
 
 
+def test_an_executable_reached_by_a_removed_name_is_run_from_its_other_name(pidns, tmp_path, restored):
+    """The exe link had its own check (a link count only): a binary replaced by `ln new prog.tmp;
+    mv`-style updates, still linked as another name, was named by its dead one, and dump --kill
+    refused: it "does not exist"."""
+    first = tmp_path / "prog.old"
+    shutil.copy("/bin/sleep", first)
+    w = pidns([str(first), "3600"])
+    os.link(first, tmp_path / "prog")
+    os.unlink(first)
+    host = migrate(w, tmp_path / "exe.img", restored)
+    assert os.readlink(f"/proc/{host}/exe") == str(tmp_path / "prog")
+
+
 def test_a_file_reached_by_a_removed_name_but_linked_elsewhere_is_reopened_by_that_name(pidns, tmp_path, restored):
     """sem_open makes /dev/shm/sem.XXXXXX, links it as sem.NAME and removes the first name: maps
     shows the mapping as "sem.XXXXXX (deleted)" while the file lives on. It was taken for a file

@@ -246,9 +246,16 @@ def settle_names(pid: int, mappings: list[Mapping], root: str = PROC) -> None:
             target = os.readlink(link)
         except OSError:
             continue  # (gone, or not ours to read: the text is all there is)
-        name = live_name(target, st) if target.endswith(DELETED_SUFFIX) else target
-        m.unlinked = name is None
-        m.path = name or target
+        m.path, m.unlinked = settle_path(target, st)
+
+
+def settle_path(shown: str, st: os.stat_result) -> tuple[str, bool]:
+    """(path, unlinked) of a file /proc shows as `shown` (a map_files, fd or exe link's target),
+    `st` its stat: the name it can be opened by (live_name), or `shown` and True when it has none."""
+    if not shown.endswith(DELETED_SUFFIX):
+        return shown, False
+    name = live_name(shown, st)
+    return (name, False) if name is not None else (shown, True)
 
 
 def live_name(shown: str, st: os.stat_result) -> str | None:

@@ -89,12 +89,10 @@ def open_fd(ctx: DumpContext, pid: int, fd: int) -> OpenFd:
     except OSError as exc:
         raise from_oserror(exc, f"stat fd {fd} of {pid}") from None
     nameless = False
-    if target.endswith(DELETED) and stat.S_ISREG(st.st_mode) and st.st_nlink and not target.startswith("/memfd:"):
+    if stat.S_ISREG(st.st_mode) and st.st_nlink and not target.startswith("/memfd:"):
         # named so, or opened by a name since removed while another remains (procfs.live_name):
         # reopened by that name; with none to be found, its contents go in the image (DELETED)
-        name = procfs.live_name(target, st)
-        nameless = name is None
-        target = name or target
+        target, nameless = procfs.settle_path(target, st)
     kind = classify(pid, fd, target, st, ctx.proc)
     if nameless and kind is FileType.REGULAR:
         kind = FileType.DELETED
@@ -343,9 +341,11 @@ def dump_exe(ctx: DumpContext, pid: int) -> int:
         return 0  # kernel threads and exited mms have no exe
     except OSError as exc:
         raise from_oserror(exc, f"readlink exe of {pid}") from None
-    # (a link count, not the " (deleted)" the link's text ends with: a file may be named so)
+    # (the file, not the " (deleted)" the link's text ends with: a file may be named so, or be
+    # reached by a name since removed while another lives on)
+    path, deleted = procfs.settle_path(path, st)
     return _mapped_file(ctx, ("path", st.st_dev, st.st_ino, path), path, link, os.O_RDONLY,
-                        f"{_where(ctx, pid)} exe {path}", deleted=st.st_nlink == 0)
+                        f"{_where(ctx, pid)} exe {path}", deleted=deleted)
 
 
 def fd_file_of_mapping(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int | None:
