@@ -660,28 +660,36 @@ class _Lines:
         self.out.flush()  # (and the buffer under it: what follows goes around it, to the fd)
         raw = getattr(buf, "raw", buf)
         data = memoryview(text.encode(self.out.encoding or "utf-8", self.out.errors or "strict"))
-        poller = self._poller()
+        poller, chunk = self._poller()
         while data:
+            piece = data
             if poller is not None:
                 while not poller.poll(self.WAIT_MS):
                     if self.give_up():
                         raise Stop()
-            n = raw.write(data[:self.CHUNK] if poller is not None else data)
+                # whole lines where it can: a stop between two pieces leaves no half JSON object
+                piece = data[:chunk]
+                if len(data) > chunk:
+                    cut = bytes(piece).rfind(b"\n") + 1
+                    piece = piece[:cut] if cut else piece
+            n = raw.write(piece)
             data = data[n or 0:]
 
     def _poller(self):
-        """A poll object on the output when it is something a reader drains (pipe, socket,
-        terminal); None for a file, which never makes a write wait for a reader."""
+        """(poll object, piece size) on the output when it is something a reader drains (pipe,
+        socket, terminal); (None, 0) for a file, which never makes a write wait for a reader. A
+        terminal polls writable with as little as 256 bytes of room (WAKEUP_CHARS), and a bigger
+        write could block still: its pieces are that small."""
         try:
             fd = self.out.fileno()
             mode = os.fstat(fd).st_mode
         except (AttributeError, OSError, ValueError):
-            return None
+            return None, 0
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-            return None
+            return None, 0
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
-        return poller
+        return poller, (256 if stat.S_ISCHR(mode) else self.CHUNK)
 
 
 class JsonLines(_Lines):
@@ -826,6 +834,10 @@ def main(args) -> int:
                 prog.read_sent(max_s=FINAL_READ_SECONDS)
                 ctl.drain(final=True)
                 ctl.check_lost()
+                # a slow reader gets the rest too, for as long as the final read may take (asked
+                # to stop, give_up was true already: it got 100 ms)
+                last = time.monotonic() + FINAL_READ_SECONDS
+                emit.give_up = lambda: time.monotonic() >= last
                 emit.flush()
             except (BrokenPipeError, CkptError, Stop):
                 pass  # (Stop: the reader stopped reading, and we are asked to stop: lines dropped)

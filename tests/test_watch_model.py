@@ -4,6 +4,7 @@ per-namespace model, and the dashboard's render function on model states."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import time
 import shutil
@@ -1455,7 +1456,9 @@ def test_event_lines_to_a_reader_that_stopped_reading_give_up_when_asked():
             lines({"event": "exit", "pid": i, "hostpid": i, "ns": NS, "ts": i, "code": 0})
         lines.flush()
     assert 0.2 < time.monotonic() - t0 < 5 and len(asked) == 3
-    assert len(os.read(r, 1 << 20)) >= 4096  # what the pipe could take was written first
+    got = os.read(r, 1 << 20)
+    assert len(got) >= 4096  # what the pipe could take was written first
+    assert got.endswith(b"\n") and all(json.loads(line) for line in got.splitlines())  # whole lines only
     out.close()
     os.close(r)
 
