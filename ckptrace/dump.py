@@ -225,6 +225,18 @@ def _kill_namespace(init: int) -> int | None:
     return fd
 
 
+def _reaped(pidfd: int) -> bool:
+    """Init is gone for good, zombie no more: through its pidfd (a pid may be someone else's by
+    now; signal 0 to a zombie works, to a reaped process ESRCH)."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _wait_exit(pidfd: int, init: int, timeout: float = 10.0, proc: str = procfs.PROC) -> str:
     """Wait until the namespace is gone, so that `dump --kill` returns only when it can be restored
     elsewhere: init has exited (its pidfd turns readable) and its parent has reaped it. Returns ""
@@ -253,7 +265,7 @@ def _wait_exit(pidfd: int, init: int, timeout: float = 10.0, proc: str = procfs.
                 time.sleep(0.01)
             else:
                 exited = bool(select.select([pidfd], [], [], 0.01)[0])
-            if exited and not os.path.exists(f"{proc}/{init}"):
+            if exited and _reaped(pidfd):
                 return ""
     finally:
         os.close(pidfd)
@@ -319,8 +331,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             shadow.close()
     if ok and opts.kill and init_fd is not None:
         s.notes.append(_wait_exit(init_fd, init, proc=opts.proc))
-    else:
-        s.notes += ctx.notes if ok else []  # (with --kill nothing runs on: they do not matter)
+    if ok and not opts.kill:
+        s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
     s.elapsed_s = time.monotonic() - started
     st = ctx.stats
     for f in dataclasses.fields(Stats):

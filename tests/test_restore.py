@@ -3172,7 +3172,7 @@ def test_descriptors_in_flight_are_refused_by_name(pidns, tmp_path):
     fds = len(os.listdir("/proc/self/fd"))
     d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
     assert d.returncode != 0 and b"file descriptors in flight" in d.stderr, d.stderr
-    assert f"pid {w.init} fd 3".encode() in d.stderr, d.stderr  # dump names host pids
+    assert f"pid 1 (host pid {w.init}) fd 3".encode() in d.stderr, d.stderr
     assert len(os.listdir("/proc/self/fd")) == fds
     assert os.path.exists(f"/proc/{w.init}")  # not killed: the dump failed
 

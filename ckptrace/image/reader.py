@@ -33,7 +33,7 @@ from .stream import Record, RecordReader
 
 # what restore --root leaves where it is when the namespace's root was the host's (Image.at)
 HOST_TREES = ("/dev/", "/proc/", "/sys/")
-SOCKADDR_UN_MAX = 110  # sizeof(struct sockaddr_un)
+SOCKADDR_UN_MAX = 108  # sizeof(sun_path): FILE_SOCKET_QUEUE.addrlen counts the name only
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
               RecType.FILE_TTY, RecType.FILE_OWNER, RecType.FILE_SOCKET_QUEUE,

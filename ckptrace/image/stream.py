@@ -293,12 +293,17 @@ class ImageFile:
         try:
             # Nameless until complete: a dumper killed by SIGKILL (or a crash) leaves nothing
             # behind, where a named temporary file stayed, as big as the dump had gone.
-            self.fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-            self.tmp = ""  # "" : nameless (O_TMPFILE); a path: mkstemp's
-            os.fchmod(self.fd, 0o600)
-            return
+            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
         except OSError:
             pass  # a filesystem without O_TMPFILE (or a folder we may not write: said below)
+        else:
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError:
+                os.close(fd)
+                raise UsageError(f"cannot create {path}: cannot make its image file 0600") from None
+            self.fd, self.tmp = fd, ""  # "": nameless (O_TMPFILE); a path: mkstemp's
+            return
         try:
             self.fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=folder)
         except OSError as exc:

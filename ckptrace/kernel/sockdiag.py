@@ -37,6 +37,15 @@ def _attrs(msg) -> dict:
     return {k: v for k, v in msg.get("attrs", [])}
 
 
+def _rqlen(rq) -> tuple[int, int]:
+    """UNIX_DIAG_RQLEN (rqueue, wqueue), as pyroute2 gives it: a dict, or a pair."""
+    if isinstance(rq, dict):
+        return rq.get("udiag_rqueue", 0), rq.get("udiag_wqueue", 0)
+    if isinstance(rq, (tuple, list)) and len(rq) > 1:
+        return rq[0], rq[1]
+    return 0, 0
+
+
 def _icons(raw) -> list[int]:
     """UNIX_DIAG_ICONS as pyroute2 gives it ("7a:b2:31:00:..." hex bytes, or bytes): u32 inodes."""
     if not raw:
@@ -58,16 +67,13 @@ def _query_all() -> dict[int, SockInfo]:
         show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN
         for m in ds.get_sock_stats(family=socket.AF_UNIX, show=show):
             a = _attrs(m)
-            rq = a.get("UNIX_DIAG_RQLEN")
-            backlog = rq[1] if isinstance(rq, (tuple, list)) and len(rq) > 1 else 0
-            if isinstance(rq, dict):
-                backlog = rq.get("udiag_wqueue", 0)
+            _, wqueue = _rqlen(a.get("UNIX_DIAG_RQLEN"))
+            backlog = wqueue  # (a listener's: its listen() backlog; another's: what it sent, unread)
             out[m["udiag_ino"]] = SockInfo(socket.AF_UNIX, m["udiag_type"], 0, m["udiag_state"],
                                            m["udiag_ino"], a.get("UNIX_DIAG_PEER", 0) or 0,
                                            backlog if m["udiag_state"] == 10 else 0,
                                            a.get("UNIX_DIAG_SHUTDOWN", 0) or 0,
-                                           unread=rq.get("udiag_wqueue", 0) if isinstance(rq, dict) and
-                                           m["udiag_state"] != 10 else 0)
+                                           unread=wqueue if m["udiag_state"] != 10 else 0)
             if m["udiag_state"] == 10:
                 listeners.append((m["udiag_ino"], _icons(a.get("UNIX_DIAG_ICONS"))))
         for listener, clients in listeners:

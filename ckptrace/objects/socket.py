@@ -204,10 +204,11 @@ def _peek_messages(s, stype: int, where: str) -> list[tuple[bytes, bytes]]:
 
 
 def dump(ctx: DumpContext, ref: int, o) -> None:
-    from .files import grab, write_file_head
+    from .files import _where, grab, write_file_head
 
     ino = int(o.target[len("socket:["):-1])
     info = ctx.socks.get(ino, o.pid)
+    where = _where(ctx, o.pid)
     with grab(o.pid, o.fd) as fd:
         family, stype, proto = _opt(fd, SO_DOMAIN), _opt(fd, SO_TYPE), _opt(fd, SO_PROTOCOL)
         local = _sockaddr(libc.getsockname, fd)
@@ -215,22 +216,22 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         options = _options(fd, family)
         queue, reset = [], 0
         if family == socket.AF_UNIX and info is not None and info.state != TCP_LISTEN:
-            queue, reset = _unix_queue(fd, stype, f"pid {o.pid} fd {o.fd}")
+            queue, reset = _unix_queue(fd, stype, f"{where} fd {o.fd}")
     if family == socket.AF_UNIX:
         kind = FileType.UNIX_SOCKET
     elif family in (socket.AF_INET, socket.AF_INET6):
         kind = FileType.INET_SOCKET
     else:
-        raise Unsupported(f"pid {o.pid} fd {o.fd}: socket of address family {family} cannot be checkpointed")
+        raise Unsupported(f"{where} fd {o.fd}: socket of address family {family} cannot be checkpointed")
     if info is None:
-        raise Unsupported(f"pid {o.pid} fd {o.fd}: sock_diag does not know socket:[{ino}]")
+        raise Unsupported(f"{where} fd {o.fd}: sock_diag does not know socket:[{ino}]")
     peer_ino, backlog = info.peer_ino, info.backlog
     if info.pending_on:
         # connected to a listener that has not accepted it yet (its peer is the connection the
         # kernel made, which no process holds): recorded as connected to the listener, its
         # position in the accept queue in `backlog`; restore connects it again
         if info.unread:
-            raise Unsupported(f"pid {o.pid} fd {o.fd}: a unix socket connected to a listener that has not "
+            raise Unsupported(f"{where} fd {o.fd}: a unix socket connected to a listener that has not "
                               "accepted it yet, with data sent on it: that data cannot be read without "
                               "accepting the connection")
         peer_ino, backlog = info.pending_on, info.pending_at
@@ -242,5 +243,5 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         ctx.w.record(RecType.FILE_SOCKET_QUEUE, dict(addrlen=len(addr), bytes=len(data)), payload=addr + data)
     empty = sum(1 for _, data in queue if not data and stype != socket.SOCK_STREAM)
     if empty:
-        ctx.notes.append(f"pid {o.pid} fd {o.fd}: {empty} zero-length message(s) queued, which the kernel now "
+        ctx.notes.append(f"{where} fd {o.fd}: {empty} zero-length message(s) queued, which the kernel now "
                          "hides from peeks: a later dump of this namespace, if it runs on, will not have them")

@@ -145,10 +145,11 @@ def check_mapped_files(img: Image) -> list[str]:
         except OSError:
             continue  # (check_files says it does not exist)
         # (under --root the files are copies, whose times a plain cp does not keep: size only)
-        if now.st_size != st.fields["size"] or (not img.root and now.st_mtime_ns != st.fields["mtime_ns"]):
-            problems.append(f"{who} is {path!r}, which has changed since the dump (size {st.fields['size']} -> "
-                            f"{now.st_size}, modified again): the pages the image does not hold would come "
-                            "from the new contents")
+        grew = now.st_size != st.fields["size"]
+        if grew or (not img.root and now.st_mtime_ns != st.fields["mtime_ns"]):
+            how = f"size {st.fields['size']} -> {now.st_size}" if grew else "modified since, same size"
+            problems.append(f"{who} is {path!r}, which has changed since the dump ({how}): the pages the "
+                            "image does not hold would come from the new contents")
     return problems
 
 
