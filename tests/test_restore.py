@@ -3420,3 +3420,28 @@ def test_a_connection_waiting_on_a_listener_outside_the_image_is_refused_before_
         d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
         assert d.returncode != 0 and b"which is outside the image" in d.stderr, d.stderr
         assert os.path.exists(f"/proc/{w.init}")
+
+
+PRIVATE_DATA_MAP = r"""
+import mmap, sys, time
+d = sys.argv[1]
+with open(d + "/data.log", "wb") as f:
+    f.write(b"first line\n" * 400)
+f = open(d + "/data.log", "rb")
+m = mmap.mmap(f.fileno(), 4096, mmap.MAP_PRIVATE, mmap.PROT_READ)
+f.close()
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_data_file_mapped_privately_may_have_grown_since_the_dump(pidns, tmp_path, restored):
+    """Only code is checked against FILE_STAT: a log a reader maps privately keeps growing by
+    appends, and what was mapped is still there."""
+    w = py_workload(pidns, PRIVATE_DATA_MAP, tmp_path)
+    img = tmp_path / "data.img"
+    dump_kill(w, img)
+    with open(tmp_path / "data.log", "ab") as f:
+        f.write(b"appended\n")
+    restore_json(img, restored)

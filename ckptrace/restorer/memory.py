@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import File, Image, Mm, Vma
-from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_FLAG_BITS, VM_GROWSDOWN, RecType, VmaType
+from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, RecType, VmaType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector
 from .files import FileSet
@@ -120,9 +120,10 @@ def check_vmas(img: Image) -> list[str]:
 
 
 def check_mapped_files(img: Image) -> list[str]:
-    """Files whose pages restore takes from the file itself (the executable, private file
-    mappings: the image holds only the pages written) that have changed since the dump (FILE_STAT:
-    size or mtime). A shared mapping's contents are the file's, now, by design."""
+    """Files whose pages restore takes from the file itself (the image holds only the pages
+    written) and that hold code: the executable and every file mapped privately and executable
+    (a library), that have changed since the dump (FILE_STAT: size or mtime). A shared mapping's
+    contents are the file's, now, by design; so are a privately mapped data file's."""
     named: dict[int, str] = {}  # FILE objref -> how the first user names it
     for t in img.processes():
         mm = img.obj(t.mm_objref)
@@ -131,8 +132,10 @@ def check_mapped_files(img: Image) -> list[str]:
         if mm.fields["exe_objref"]:
             named.setdefault(mm.fields["exe_objref"], f"process {t.tid}'s executable")
         for v in mm.vmas:
-            if v.fields["vma_type"] == VmaType.FILE and v.fields["vma_objref"]:
-                named.setdefault(v.fields["vma_objref"], f"process {t.tid}'s private mapping {v.start:#x}-{v.end:#x}")
+            # code: a binary's or library's (its data segments map the same file, and are checked
+            # with it). A data file mapped privately may have grown by appends, harmlessly.
+            if v.fields["vma_type"] == VmaType.FILE and v.fields["vma_objref"] and v.fields["vm_flags"] & VM_EXEC:
+                named.setdefault(v.fields["vma_objref"], f"process {t.tid}'s code mapping {v.start:#x}-{v.end:#x}")
     problems = []
     for ref, who in named.items():
         f = img.obj(ref)
