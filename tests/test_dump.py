@@ -1089,11 +1089,18 @@ def test_a_dumper_killed_mid_write_leaves_no_file_behind(pidns, ckwork, tmp_path
     out.mkdir()
     d = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "-q", "-o", str(out / "x.img")],
                          stderr=subprocess.DEVNULL)
+    def written() -> int:  # bytes of the image so far (0 until its fd exists)
+        for n in os.listdir(f"/proc/{d.pid}/fd"):
+            try:
+                if str(out) in os.readlink(f"/proc/{d.pid}/fd/{n}"):
+                    return os.stat(f"/proc/{d.pid}/fd/{n}").st_size
+            except OSError:
+                continue
+        return 0
+
     deadline = time.monotonic() + 20
-    fds = lambda: [os.readlink(f"/proc/{d.pid}/fd/{n}") for n in os.listdir(f"/proc/{d.pid}/fd")]  # noqa: E731
-    while d.poll() is None and not any(str(out) in t for t in fds()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
+    while d.poll() is None and written() < (8 << 20) and time.monotonic() < deadline:
+        time.sleep(0.002)
     assert d.poll() is None, "the dump ended before it could be killed"
     d.kill()
     d.wait()
