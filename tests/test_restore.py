@@ -3445,3 +3445,29 @@ def test_a_data_file_mapped_privately_may_have_grown_since_the_dump(pidns, tmp_p
     with open(tmp_path / "data.log", "ab") as f:
         f.write(b"appended\n")
     restore_json(img, restored)
+
+
+def test_binding_a_socket_path_waits_for_another_restore_doing_the_same(pidns, tmp_path, restored):
+    """Two restores of one image at once could both find the dead original's socket file, and the
+    second unlink the socket the first had just bound: the look and the bind are done under a lock."""
+    import fcntl
+
+    from ckptrace.restorer.files import BIND_LOCK
+
+    w = py_workload(pidns, UNIX_LISTENER, tmp_path)
+    img = tmp_path / "l.img"
+    dump_kill(w, img)
+    os.makedirs(os.path.dirname(BIND_LOCK), exist_ok=True)
+    fd = os.open(BIND_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another restore binding a socket
+        r = subprocess.Popen([sys.executable, "-m", "ckptrace", "restore", "--json", str(img)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        waited = r.poll() is None
+    finally:
+        os.close(fd)
+    out, err = r.communicate(timeout=60)
+    assert r.returncode == 0, err
+    restored.append(json.loads(out)["init_pid"])
+    assert waited, "restore bound its socket while another held the lock"

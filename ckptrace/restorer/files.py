@@ -12,6 +12,7 @@ pipe) without any bookkeeping in the tasks.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -89,6 +90,27 @@ def check_files(img: Image) -> list[str]:
         if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
             problems.append(f"file {img.at(obj.name)!r} (object {obj.objref}) does not exist")
     return problems
+
+
+BIND_LOCK = "/run/ckptrace/bind.lock"
+
+
+@contextlib.contextmanager
+def _bind_lock():
+    """Held from the look at a socket path to the bind: two restores of one image at once could
+    both find the dead original's socket file, and the second unlink the first one's new socket.
+    Without /run/ckptrace (not root...), no lock: the restore goes on."""
+    try:
+        os.makedirs(os.path.dirname(BIND_LOCK), mode=0o755, exist_ok=True)
+        fd = os.open(BIND_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _socket_alive(path: str) -> bool:
@@ -388,7 +410,8 @@ class FileSet:
                 if path[0] != 0:
                     # (under another root, bound at the path the host sees: getsockname says so)
                     path = self.img.at(path.decode("utf-8", "surrogateescape"))
-                    if os.path.exists(path):
+                with _bind_lock():  # another restore must not unlink what this one just bound
+                    if path[0] != 0 and os.path.exists(path):
                         import stat
 
                         if stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -397,7 +420,7 @@ class FileSet:
                                                   "(the original still running, or restored already)",
                                                   errno.EADDRINUSE)
                             os.unlink(path)  # the dead original's socket file
-                s.bind(path)
+                    s.bind(path)
             if f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
