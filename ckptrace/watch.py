@@ -841,9 +841,13 @@ def main(args) -> int:
                 emit.flush()
             except (BrokenPipeError, CkptError, Stop):
                 pass  # (Stop: the reader stopped reading, and we are asked to stop: lines dropped)
-        lost = model.lost
+        lost = dict(model.lost or {})
+        unattributed = lost.pop("unattributed", 0)
         if any(lost.values()):
             print(f"ckptrace watch: lost events: {lost}", file=sys.stderr)
+        if unattributed:
+            # not events: pages whose mapping nobody could say (short-lived processes: docs/watch.md)
+            print(f"ckptrace watch: {unattributed} written pages could not be placed on a mapping", file=sys.stderr)
         if priority.raised:
             print(f"ckptrace watch: the controller fell behind at idle priority and was raised to normal "
                   f"priority {priority.raised}x", file=sys.stderr)

@@ -741,3 +741,15 @@ def test_docs_format_md_settles_what_a_reader_must_accept():
     for rule in ('are strings, `"0x7f0000001000"`', "are their names", '`{"value": 32770, "names":',
                  "is `-1`"):
         assert rule in inspect_doc, rule
+
+
+def test_an_empty_input_is_called_empty_not_a_bad_image():
+    """`dump ... -o - | restore -` whose dump refused gave "bad image at record 0, offset 0:
+    unexpected end of image (no TAIL)"."""
+    import io
+
+    from ckptrace.errors import ImageError
+    from ckptrace.image.reader import read_image
+
+    with pytest.raises(ImageError, match="the input is empty"):
+        read_image(io.BytesIO(b""))

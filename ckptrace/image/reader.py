@@ -269,6 +269,9 @@ class _Parser:
     def take(self) -> Record:
         rec = self.peek()
         if rec is None:
+            if self.r.offset == 0:
+                # (a piped dump that refused writes nothing: say that, not "bad image")
+                raise ImageError("the input is empty: no image (did the dump writing it fail?)", index=0, offset=0)
             raise ImageError("unexpected end of image (no TAIL)", index=self.r.index, offset=self.r.offset)
         self.peeked = None
         self.last = rec

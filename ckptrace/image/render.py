@@ -50,8 +50,15 @@ def vma_label(img: Image, vma) -> str:
     if isinstance(o, File):
         if o.ftype == FileType.SHMEM:
             return f"<shared anon #{ref}> {o.name or ''}".rstrip()
+        if o.ftype == FileType.DELETED:  # its contents are in the image; the path holds something else
+            return f"{o.name or f'<file #{ref}>'} (deleted)"
         return o.name or f"<file #{ref}>"
     return ""
+
+
+def _exe_label(f: File) -> str | None:
+    """An executable's path, marked when the file had been deleted (the image carries it)."""
+    return f"{f.name} (deleted)" if f.name and f.ftype == FileType.DELETED else f.name
 
 
 def file_label(f: File) -> str:
@@ -187,7 +194,7 @@ def summary(img: Image) -> dict[str, Any]:
             pid=p.tid, ppid=entry.get("ppid"), pgid=entry.get("pgid"), sid=entry.get("sid"),
             hostpid=entry.get("hostpid"), comm=p.comm,
             threads=[t.tid for t in img.threads_of(p.tgid)],
-            exe=(img.obj(mm.fields["exe_objref"]).name if mm.fields.get("exe_objref") else None),
+            exe=(_exe_label(img.obj(mm.fields["exe_objref"])) if mm.fields.get("exe_objref") else None),
             cwd=p.cwd, root=p.root or "/", brk=mm.fields["brk"], seccomp=_seccomp_summary(p),
             vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),

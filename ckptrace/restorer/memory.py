@@ -147,9 +147,10 @@ def check_mapped_files(img: Image) -> list[str]:
             now = os.stat(path)
         except OSError:
             continue  # (check_files says it does not exist)
-        # (under --root the files are copies, whose times a plain cp does not keep: size only)
+        # (under --root the files are copies, whose times a plain cp does not keep: size only;
+        # --root / is no copy)
         grew = now.st_size != st.fields["size"]
-        if grew or (not img.root and now.st_mtime_ns != st.fields["mtime_ns"]):
+        if grew or (img.root in ("", "/") and now.st_mtime_ns != st.fields["mtime_ns"]):
             how = f"size {st.fields['size']} -> {now.st_size}" if grew else "modified since, same size"
             problems.append(f"{who} is {path!r}, which has changed since the dump ({how}): the pages the "
                             "image does not hold would come from the new contents")
