@@ -3480,3 +3480,29 @@ def test_binding_a_socket_path_waits_for_another_restore_doing_the_same(pidns, t
     assert r.returncode == 0, err
     restored.append(json.loads(out)["init_pid"])
     assert waited, "restore bound its socket while another held the lock"
+
+
+MEMFD_MAPPED_ONLY = r"""
+import ctypes, os, sys, time
+d = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.memfd_create("ckpt-seg")
+os.ftruncate(fd, 4096)
+p = libc.mmap(None, 4096, 3, 1, fd, 0)           # MAP_SHARED (Python's mmap would keep a dup of fd)
+os.close(fd)                                     # only the mapping holds it now
+ctypes.memmove(p, b"hello", 5)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_memfd_held_by_its_mapping_only_keeps_its_name(pidns, tmp_path, restored):
+    """A memfd mapped MAP_SHARED whose fd was closed is a shared segment in the image; it came
+    back as /memfd:shmem, whatever it was called."""
+    w = py_workload(pidns, MEMFD_MAPPED_ONLY, tmp_path)
+    host = migrate(w, tmp_path / "seg.img", restored)
+    maps = open(f"/proc/{host}/maps").read()
+    assert "/memfd:ckpt-seg (deleted)" in maps, maps

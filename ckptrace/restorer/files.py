@@ -781,7 +781,7 @@ class FileSet:
                     raise Unsupported(f"shared VMA {vf['vm_start']:#x} names no SHMEM file")
                 fd = self.shmem.get(vf["vma_objref"])
                 if fd is None:
-                    fd = self.shmem[vf["vma_objref"]] = self.place(os.memfd_create("shmem", 0))
+                    fd = self.shmem[vf["vma_objref"]] = self.place(os.memfd_create(_segment_name(seg), 0))
                 end = vf["vm_pgoff"] * PAGE_SIZE + (vma.end - vma.start)
                 if os.fstat(fd).st_size < end:
                     os.ftruncate(fd, end)
@@ -886,6 +886,15 @@ def _set_options(s, options: int) -> None:
     for bit, (level, opt) in SOCKOPTS.items():
         if options & bit:
             s.setsockopt(level, opt, 1)
+
+
+def _segment_name(seg: File) -> str:
+    """What a shared segment's memfd is called: a memfd's own name when the segment was one
+    (mapped MAP_SHARED, its fd closed: /proc shows "/memfd:NAME (deleted)"), else "shmem"."""
+    name = seg.name or ""
+    if name.startswith("/memfd:"):
+        return name[len("/memfd:"):].removesuffix(" (deleted)")[:200] or "shmem"
+    return "shmem"
 
 
 def socket_queue(obj: File) -> list[tuple[bytes, bytes]]:
