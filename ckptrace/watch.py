@@ -590,6 +590,9 @@ class Controller:
         for ino in list(self.prog.ns_slots):
             if ino not in self.model.namespaces:
                 self.prog.forget_namespace(ino)
+        # an ended namespace the model has forgotten needs no guard any more (a later one with its
+        # number starts afresh anyway), except the focused one: keeps `ended` small under churn
+        self.ended &= set(self.model.namespaces) | ({self.focus} if self.focus else set())
 
     def focus_gone(self) -> bool:
         """The focused namespace had processes and none is alive now (its init is gone, and the

@@ -1501,3 +1501,21 @@ def test_after_the_focused_namespace_ended_unknown_writers_are_not_losses(model,
     ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_EXIT"], hostpid=100, hosttid=100, pid=1, code=0))
     ctl.drain()
     assert model.unattributed == 8
+
+
+def test_ended_namespaces_the_model_forgot_are_forgotten_too(model):
+    """`ended` grew by one inode per namespace that ever ended (1170 after four minutes of churn),
+    and gc looked through it every period."""
+    from ckptrace.watch import Controller
+
+    class Gc(FakeProg):
+        ns_slots: dict = {}
+
+    ctl = Controller(Gc(), model, host=1, focus=None, emit=lambda ev: None)
+    ctl.ended |= {NS, 4026539999}  # NS is in the model, the other long forgotten
+    ctl.gc()
+    assert ctl.ended == {NS}
+    focused = Controller(Gc(), model, host=1, focus=4026539999, emit=lambda ev: None)
+    focused.ended.add(4026539999)
+    focused.gc()
+    assert focused.ended == {4026539999}  # the focus keeps its guard
