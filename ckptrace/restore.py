@@ -32,6 +32,7 @@ from .image.render import plural
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
+from .kernel.procfs import DELETED_SUFFIX
 from .kernel.ptrace import WALL
 
 ERESTARTNOINTR = -513
@@ -163,8 +164,8 @@ def validate(img: Image) -> None:
             for what, p in (("cwd", t.cwd), ("root", t.root)):
                 if os.path.isdir(img.at(p or "/")):
                     continue
-                if p.endswith(" (deleted)"):  # as readlink showed it: the directory had been removed
-                    problems.append(f"process {t.tid}'s {what} {img.at(p[:-len(' (deleted)')])!r} was deleted "
+                if p.endswith(DELETED_SUFFIX):  # as readlink showed it: the directory had been removed
+                    problems.append(f"process {t.tid}'s {what} {img.at(p.removesuffix(DELETED_SUFFIX))!r} was deleted "
                                     "before the dump: restore cannot enter it")
                 else:
                     problems.append(f"process {t.tid}'s {what} {img.at(p or '/')!r} is not a directory here")

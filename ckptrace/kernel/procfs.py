@@ -226,8 +226,9 @@ def _map_line(line: str) -> Mapping:
                    parts[5].rstrip("\n") if len(parts) > 5 else "")
 
 
-DELETED_SUFFIX = " (deleted)"
-_NOT_FILES = ("/dev/zero", "/SYSV", "/memfd:")  # shmem objects: their " (deleted)" is what they are
+DELETED_SUFFIX = " (deleted)"  # what /proc appends to the path of a file that lost its name
+# shmem objects (shared anonymous, SysV, memfd): their " (deleted)" is what they are
+SHMEM_PREFIXES = ("/dev/zero", "/SYSV", "/memfd:")
 
 
 def settle_names(pid: int, mappings: list[Mapping], root: str = PROC) -> None:
@@ -236,7 +237,7 @@ def settle_names(pid: int, mappings: list[Mapping], root: str = PROC) -> None:
     name, which a live file may end with too. map_files/START-END links to the file itself: its
     target is the path unescaped, its link count whether the name is gone."""
     for m in mappings:
-        if not m.path.startswith("/") or m.path.startswith(_NOT_FILES):
+        if not m.path.startswith("/") or m.path.startswith(SHMEM_PREFIXES):
             continue
         if "\\012" not in m.path and not m.path.endswith(DELETED_SUFFIX):
             continue

@@ -37,7 +37,7 @@ _RUN = re.compile(rb"1+")
 
 SKIP = ("[vsyscall]",)
 VVAR = ("[vvar]", "[vvar_vclock]")
-SHARED_ANON_PREFIXES = ("/dev/zero", "/SYSV", "/memfd:")
+SHARED_ANON_PREFIXES = procfs.SHMEM_PREFIXES
 
 
 def vm_flags(m: procfs.Mapping) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
+from ..kernel.procfs import DELETED_SUFFIX
 from ..kernel.sys import libc, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET
@@ -893,7 +894,7 @@ def _segment_name(seg: File) -> str:
     (mapped MAP_SHARED, its fd closed: /proc shows "/memfd:NAME (deleted)"), else "shmem"."""
     name = seg.name or ""
     if name.startswith("/memfd:"):
-        return name[len("/memfd:"):].removesuffix(" (deleted)")[:200] or "shmem"
+        return name[len("/memfd:"):].removesuffix(DELETED_SUFFIX)[:200] or "shmem"
     return "shmem"
 
 
