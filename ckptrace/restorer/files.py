@@ -369,13 +369,13 @@ class FileSet:
         if rec is None or rec.fields["family"] != AF_UNIX:
             raise Unsupported(f"socket object {obj.objref} is not a unix socket")
         f = rec.fields
-        local = bytes(rec.payload or b"")[:SOCKADDR_LEN]
         nonblock = obj.fields["f_flags"] & os.O_NONBLOCK
-        peer = self._unix_sockets().get(f["peer_ino"]) if f["peer_ino"] else None
+        idx = UnixIndex.of(self.img)
+        peer = idx.by_ino.get(f["peer_ino"]) if f["peer_ino"] else None
         # connected to a socket that is not connected back: a datagram client of a bound server
         # (syslog's pattern). A socketpair would leave it talking to nobody: it is made like an
         # unconnected socket, and connected to the server's address once that is bound.
-        one_way = peer is not None and peer[1].fields["peer_ino"] != f["ino"]
+        one_way = idx.late_peer(rec) is not None
         if f["peer_ino"] and not one_way:
             if peer is None or not _in_fd_table(self.img, peer[0].objref):
                 raise Unsupported(f"unix socket object {obj.objref} is connected to socket:[{f['peer_ino']}], "
@@ -406,7 +406,7 @@ class FileSet:
             _shutdown(fd, f["shutdown"])
         else:
             s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
-            path = _sun_path(local)
+            path = _local_name(rec)
             if path:
                 if path[0] != 0:
                     # (under another root, bound at the path the host sees: getsockname says so)
@@ -426,8 +426,7 @@ class FileSet:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
             if one_way:
-                self.late_connects.append((_sun_path(bytes(peer[1].payload or b"")[:SOCKADDR_LEN]), obj.objref,
-                                           f["backlog"]))
+                self.late_connects.append((idx.late_peer_name(rec), obj.objref, f["backlog"]))
         opt = socket.socket(fileno=fd)
         try:
             _set_options(opt, f["options"])
@@ -440,7 +439,7 @@ class FileSet:
     def _fill_pair(self, ends: dict[int, int]) -> None:
         """Each end of a pair made again gets its queued messages, sent by the other end; then
         each end is shut down as it was (after: a shut-down writer could not send them)."""
-        index = self._unix_sockets()
+        index = UnixIndex.of(self.img).by_ino
         (i, fi), (j, fj) = ends.items()
         self._send_queue(index[i][0], fj)
         self._send_queue(index[j][0], fi)
@@ -455,16 +454,11 @@ class FileSet:
         msgs = socket_queue(obj)
         if not msgs:
             return
-        s = socket.socket(fileno=via)
-        sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        try:
+        with _sending(via) as s:
             stream = s.type == socket.SOCK_STREAM
             for _, data in msgs:
                 _send_all(s, data, to, stream, lambda data: f"{_users(self.img, obj.objref)}: queue "
                                                             f"{len(data)} bytes for reading again")
-        finally:
-            _put_sndbuf_back(s, sndbuf)
-            s.detach()
 
     def _send_to_named(self, *, before_connect: bool) -> None:
         """Datagrams queued on a bound socket that is not one end of a pair: each is sent to its
@@ -479,7 +473,7 @@ class FileSet:
             msgs = socket_queue(obj)
             if not msgs or not idx.sent_by_name(rec) or obj.objref not in self.by_objref:
                 continue
-            name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
+            name = _local_name(rec)
             if not name:
                 continue  # (check_files refused it: nothing can send to it)
             split = idx.first_from_peer(rec, msgs)
@@ -497,13 +491,8 @@ class FileSet:
                         if anonymous is None:
                             anonymous = socket.socket(socket.AF_UNIX, rec.fields["type"])
                         via = anonymous.fileno()
-                    s = socket.socket(fileno=via)
-                    sndbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-                    try:
+                    with _sending(via) as s:
                         _send_all(s, data, to, False, what)
-                    finally:
-                        _put_sndbuf_back(s, sndbuf)
-                        s.detach()
             finally:
                 if anonymous is not None:
                     anonymous.close()
@@ -535,11 +524,6 @@ class FileSet:
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(fd)
-
-    def _unix_sockets(self) -> dict:
-        """The image's unix sockets by inode: (FILE object, its FILE_SOCKET record). Built once:
-        each connected socket looks its peer up."""
-        return UnixIndex.of(self.img).by_ino
 
     def _connect_late(self) -> None:
         import socket
@@ -914,8 +898,7 @@ def _half_dead(rec) -> bool:
     every datagram socket "established".) A bound datagram socket keeps its name instead: others
     may send to it."""
     f = rec.fields
-    return (peer_gone(f, bytes(rec.payload or b""))
-            and (f["type"] != SOCK_DGRAM or not _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])))
+    return peer_gone(f, bytes(rec.payload or b"")) and (f["type"] != SOCK_DGRAM or not _local_name(rec))
 
 
 def _unix_by_ino(img: Image) -> dict[int, tuple[File, object]]:
@@ -936,6 +919,7 @@ class UnixIndex:
     img: Image
     by_ino: dict[int, tuple[File, object]]
     by_name: dict[tuple[int, bytes], File]  # bound ones in fd tables, by (type, name)
+    in_tables: set[int]  # FILE objrefs some fd table holds
 
     @staticmethod
     def of(img: Image) -> "UnixIndex":
@@ -945,32 +929,30 @@ class UnixIndex:
             tables = {d["fd_objref"] for o in img.objects.values() if isinstance(o, FileTable) for d in o.fds}
             by_name = {}
             for o, r in by_ino.values():
-                name = _sun_path(bytes(r.payload or b"")[:SOCKADDR_LEN])
+                name = _local_name(r)
                 if name and o.objref in tables:
                     by_name[(r.fields["type"], name)] = o
-            cached = UnixIndex(img, by_ino, by_name)
+            cached = UnixIndex(img, by_ino, by_name, tables)
             img.derived["unix"] = cached
         return cached
 
     def sent_by_name(self, rec) -> bool:
         """Whether a unix socket's queue goes back through its name (FileSet._send_to_named): it
         is neither one end of a pair made again nor connected to a socket that is gone."""
-        f = rec.fields
-        if _half_dead(rec):
-            return False
-        if f["peer_ino"]:
-            peer = self.by_ino.get(f["peer_ino"])
-            if peer is None or peer[1].fields["peer_ino"] == f["ino"]:
-                return False  # a pair (or refused: its peer is outside the image)
-        return True
+        # (connected otherwise: one end of a pair, or refused: its peer is outside the image)
+        return not _half_dead(rec) and (not rec.fields["peer_ino"] or self.late_peer(rec) is not None)
 
-    def late_peer_name(self, rec) -> bytes:
-        """The name of the server a socket connects to late (not connected back); b"" if none."""
+    def late_peer(self, rec):
+        """(FILE, FILE_SOCKET) of the server a socket is connected to that is not connected back
+        (restore connects it late); None for a pair, a peer outside the image, or no peer."""
         f = rec.fields
         peer = self.by_ino.get(f["peer_ino"]) if f["peer_ino"] else None
-        if peer is None or peer[1].fields["peer_ino"] == f["ino"]:
-            return b""
-        return _sun_path(bytes(peer[1].payload or b"")[:SOCKADDR_LEN])
+        return peer if peer is not None and peer[1].fields["peer_ino"] != f["ino"] else None
+
+    def late_peer_name(self, rec) -> bytes:
+        """The name of the server a socket connects to late; b"" if none."""
+        peer = self.late_peer(rec)
+        return _local_name(peer[1]) if peer is not None else b""
 
     def first_from_peer(self, rec, msgs: list[tuple[bytes, bytes]]) -> int:
         """Where, in a late-connected socket's queue, its server's datagrams begin (they came
@@ -983,7 +965,7 @@ class UnixIndex:
         msgs = socket_queue(obj)
         if not msgs or not self.sent_by_name(rec):
             return None
-        name = _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
+        name = _local_name(rec)
         if rec.fields["type"] != SOCK_DGRAM:
             return (f"{_users(self.img, obj.objref)}: {len(msgs)} message(s) queued on an unconnected "
                     f"{_SOCK_TYPE_NAMES.get(rec.fields['type'], 'unix')} socket, which nothing could send again")
@@ -1011,7 +993,7 @@ class UnixIndex:
         if not f["peer_ino"]:
             return None
         peer = self.by_ino.get(f["peer_ino"])
-        if peer is not None and _in_fd_table(self.img, peer[0].objref):
+        if peer is not None and peer[0].objref in self.in_tables:
             return None
         return (f"{_users(self.img, obj.objref)}: a unix socket connected to socket:[{f['peer_ino']}], which is "
                 "outside the image")
@@ -1059,6 +1041,21 @@ def _send_all(s, data: bytes, to, stream: bool, what) -> None:
             return
 
 
+@contextlib.contextmanager
+def _sending(fd: int):
+    """A socket object over `fd` to send a queue through (_send_all), its send buffer put back
+    afterwards as it was (_put_sndbuf_back); the fd stays open."""
+    import socket
+
+    s = socket.socket(fileno=fd)
+    before = s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    try:
+        yield s
+    finally:
+        _put_sndbuf_back(s, before)
+        s.detach()
+
+
 def _put_sndbuf_back(s, before: int) -> None:
     """The send buffer as it was before _send_all raised it (the kernel doubles what it is given:
     half of what SO_SNDBUF read). What is queued meanwhile stays charged to it, as before."""
@@ -1078,6 +1075,11 @@ def _shutdown(fd: int, mode: int) -> None:
             s.shutdown((mode & 3) - 1)
         finally:
             s.detach()
+
+
+def _local_name(rec) -> bytes:
+    """A FILE_SOCKET record's own name (_sun_path of its local sockaddr)."""
+    return _sun_path(bytes(rec.payload or b"")[:SOCKADDR_LEN])
 
 
 def _sun_path(sockaddr: bytes) -> bytes:
