@@ -330,7 +330,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         if shadow is not None:
             shadow.close()
     if ok and opts.kill and init_fd is not None:
-        s.notes.append(_wait_exit(init_fd, init, proc=opts.proc))
+        if note := _wait_exit(init_fd, init, proc=opts.proc):
+            s.notes.append(note)
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
     s.elapsed_s = time.monotonic() - started
@@ -487,7 +488,7 @@ def main(args) -> int:
         elif not args.quiet:
             print(s.line(), file=summary_to)
         summary_to.flush()
-        for note in filter(None, s.notes):
+        for note in s.notes:
             print(f"ckptrace dump: {note}", file=sys.stderr)
     except OSError as exc:
         where = "standard output" if to_stdout else args.output

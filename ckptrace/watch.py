@@ -573,13 +573,15 @@ class Controller:
 
     def gc(self) -> None:
         """Drop what the model no longer needs, and give dead namespaces' kernel slots back."""
-        if self.lost_seen["ring"] or self.gone_unplaced or self.ended:
-            # exit records may have been among those lost or unplaced, and a namespace whose init
-            # has exited has nobody left: ask /proc who is still there (and still in that namespace)
+        # exit records may have been among those lost or unplaced (anyone may be gone), and a
+        # namespace whose init has exited has nobody left: ask /proc who is still there (and
+        # still in that namespace)
+        anyone = bool(self.lost_seen["ring"] or self.gone_unplaced)
+        if anyone or self.ended:
             for hostpid, p in list(self.model.procs.items()):
-                if p.alive and (self.lost_seen["ring"] or self.gone_unplaced or p.ns in self.ended) and \
-                        (not os.path.exists(f"/proc/{hostpid}") or
-                         (p.ns in self.ended and procfs.ns_inode(hostpid) != p.ns)):
+                ended = p.ns in self.ended
+                if p.alive and (anyone or ended) and (not os.path.exists(f"/proc/{hostpid}") or
+                                                     (ended and procfs.ns_inode(hostpid) != p.ns)):
                     self.model.vanished(hostpid)
         now = time.monotonic()
         self.gone_unplaced = {h: t for h, t in self.gone_unplaced.items() if now - t < UNPLACED_SECONDS}

@@ -155,14 +155,18 @@ def _queued(f: File) -> dict[str, int] | None:
     """What a unix socket had queued for reading, for show --json; None for other files."""
     if not any(r.type == RecType.FILE_SOCKET for r in f.extra):
         return None
-    sizes = [r.fields["bytes"] for r in f.extra if r.type == RecType.FILE_SOCKET_QUEUE]
+    sizes = _queue_sizes(f)
     return dict(messages=len(sizes), bytes=sum(sizes))
+
+
+def _queue_sizes(f: File) -> list[int]:
+    return [r.fields["bytes"] for r in f.extra if r.type == RecType.FILE_SOCKET_QUEUE]
 
 
 def queue_note(f: File) -> str:
     """", 12 bytes queued" / ", 2 messages (13 bytes) queued" for a socket with FILE_SOCKET_QUEUE
     records; "" otherwise."""
-    queue = [r.fields["bytes"] for r in f.extra if r.type == RecType.FILE_SOCKET_QUEUE]
+    queue = _queue_sizes(f)
     if not queue:
         return ""
     n = sum(queue)
