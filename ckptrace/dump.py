@@ -28,7 +28,7 @@ from . import notify
 from .stdfds import closed_at_start
 from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Terminated, Unsupported, UsageError
 from .progress import ProgressLine
-from .image.records import RecType
+from .image.records import RecType, wait_status_text
 from .image.render import plural
 from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
@@ -62,13 +62,14 @@ class Summary(Stats):
         return self.bytes / 1e6 / self.frozen_s if self.frozen_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(pidns=self.ns, tasks=self.tasks, processes=self.processes, vmas=self.vmas,
+        return dict(pidns=self.ns, tasks=self.tasks, processes=self.processes, zombies=self.zombies, vmas=self.vmas,
                     pages=self.pages, files=self.files, bytes=self.bytes,
                     frozen_ms=round(self.frozen_s * 1000, 3), elapsed_ms=round(self.elapsed_s * 1000, 3),
                     mb_per_s=round(self.mb_s, 1))
 
     def line(self) -> str:
-        return (f"dumped pidns {self.ns}: {plural(self.tasks, 'task')} ({plural(self.processes, 'process')}), "
+        zombies = f", {plural(self.zombies, 'zombie')}" if self.zombies else ""
+        return (f"dumped pidns {self.ns}: {plural(self.tasks, 'task')} ({plural(self.processes, 'process')}{zombies}), "
                 f"{plural(self.vmas, 'VMA')}, {plural(self.pages, 'page')}, {self.bytes} bytes; frozen {self.frozen_s * 1000:.1f} ms, "
                 f"{self.mb_s:.0f} MB/s")
 
@@ -105,6 +106,8 @@ def _processes(frz: Freezer, proc: str) -> list[task.ProcState]:
         if ts[0].hosttid != pid:
             raise NoSuchProcess(f"process {pid}'s leader thread is gone (zombie leader)")
         procs[pid] = task.ProcState(pid, [task.ThreadState(t.hostpid, t.hosttid, t.tracee) for t in ts])
+    for pid in frz.zombies:
+        procs[pid] = task.ProcState(pid, [task.ThreadState(pid, pid, None)], zombie=True)
     parent: dict[int, int] = {}
     for pid, p in procs.items():
         st = procfs.status(pid, None, proc)
@@ -149,9 +152,14 @@ class Dumper:
         w = ImageWriter(self.out_fd, self.shadow_fd)
         ctx = DumpContext(w, ns_root, ns_pid, self.opts.max_file_data, proc=proc, on_progress=self.on_progress)
         self.ctx = ctx
-        # Refusals first, while nothing is written and nothing injected.
-        nsinfo.check(procs, proc)
+        live = [p for p in procs if not p.zombie]
         for p in procs:
+            if p.zombie:
+                task.collect_zombie(p, proc)
+                ctx.image_notes.append(_zombie_note(p))
+        # Refusals first, while nothing is written and nothing injected.
+        nsinfo.check(live, proc)
+        for p in live:
             p.maps = procfs.smaps(p.hostpid, proc)
             for m in p.maps:
                 mm.check_mapping(p.nspid, m)
@@ -161,9 +169,9 @@ class Dumper:
         # Only once no process holds a lease: check_fds opens deleted files and memfds to measure
         # their data, and an open breaks a lease, which the frozen holder cannot give up (the
         # open waited out fs.lease-break-time, 45 s, and changed the lease before the refusal).
-        for p in procs:
+        for p in live:
             files.check_fds(ctx, p.hostpid, p.nspid)
-        for p in procs:
+        for p in live:
             task.collect_process(p, proc, ns_pid)
         xs = procs[0].leader.xstate
         uts = os.uname()
@@ -181,6 +189,12 @@ class Dumper:
         try:
             for p in procs:
                 ctx.stats.processes += 1
+                if p.zombie:
+                    task.write_zombie(ctx, p)
+                    ctx.stats.tasks += 1
+                    ctx.stats.zombies += 1
+                    ctx.progress()
+                    continue
                 for t in p.threads:
                     task.write_task_head(ctx, t)
                     files_ref = files.dump_table(ctx, p.hostpid)
@@ -202,6 +216,11 @@ class Dumper:
             copier.close()
         write_tail(w)
         return ctx
+
+
+def _zombie_note(p: task.ProcState) -> str:
+    return (f"pid {p.nspid} is a zombie ({wait_status_text(p.exit_code)}) that its parent, pid {p.nsppid}, "
+            "has not reaped: the image keeps it as one, and restore makes it again")
 
 
 # -- command -------------------------------------------------------------------------------------
@@ -332,6 +351,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     if ok and opts.kill and init_fd is not None:
         if note := _wait_exit(init_fd, init, proc=opts.proc):
             s.notes.append(note)
+    if ok:
+        s.notes += ctx.image_notes
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
     s.elapsed_s = time.monotonic() - started

@@ -11,7 +11,7 @@ import json
 from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
-from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time, json_safe
+from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time, json_safe, wait_status_text
 from .image.render import human, open_flags_text, plural, prot_str, terminal_safe
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
@@ -223,7 +223,7 @@ def diff_images(ia: Image, fa: BinaryIO, ib: Image, fb: BinaryIO, *, path_a: str
     procs = []
     for p in ib.processes():
         q = ta.get(p.tid)
-        if q is None or not q.is_leader:
+        if q is None or not q.is_leader or q.zombie:
             continue
         d: dict[str, Any] = dict(pid=p.tid, comm=p.comm)
         if q.comm != p.comm:
@@ -243,10 +243,15 @@ def diff_images(ia: Image, fa: BinaryIO, ib: Image, fb: BinaryIO, *, path_a: str
     # its own (or a thread of another), and the other way round
     moved = [dict(tid=t, tgid_a=ta[t].tgid, tgid_b=tb[t].tgid, comm_a=ta[t].comm, comm_b=tb[t].comm)
              for t in sorted(ta.keys() & tb.keys()) if ta[t].tgid != tb[t].tgid]
+    # a process that has exited in B, its parent not having reaped it, or the other way round
+    # (a zombie in A whose number a new process has in B)
+    died = [dict(tid=t, comm=tb[t].comm, zombie_in="b" if tb[t].zombie else "a",
+                 exited=wait_status_text((tb[t] if tb[t].zombie else ta[t]).fields["exit_code"]))
+            for t in sorted(ta.keys() & tb.keys()) if ta[t].zombie != tb[t].zombie]
     return dict(a=image_doc(path_a, ia), b=image_doc(path_b, ib), notes=notes,
                 tasks=dict(added=[tdoc(tb[t]) for t in sorted(tb.keys() - ta.keys())],
                            gone=[tdoc(ta[t]) for t in sorted(ta.keys() - tb.keys())],
-                           changed=moved),
+                           changed=moved, exited=died),
                 processes=procs)
 
 
@@ -300,6 +305,9 @@ def diff_text(d: dict[str, Any]) -> str:
         def role(tgid, comm):
             return f"process ({comm})" if tgid == t["tid"] else f"thread of {tgid} ({comm})"
         out.append(f"~ task {t['tid']}: {role(t['tgid_a'], t['comm_a'])} -> {role(t['tgid_b'], t['comm_b'])}")
+    for t in d["tasks"]["exited"]:
+        out.append(f"~ process {t['tid']} {t['comm']}: " + (f"a zombie in B ({t['exited']})" if t["zombie_in"] == "b"
+                                                           else f"a zombie in A ({t['exited']}), alive in B"))
     same = 0
     for p in d["processes"]:
         if _empty(p):

@@ -23,6 +23,7 @@ import fcntl
 import os
 import select
 import signal
+import struct
 import time
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
@@ -41,6 +42,8 @@ SYS_setpgid = 109
 SYS_wait4 = 61
 SYS_personality = 135
 SYS_fcntl = 72
+SYS_rt_sigtimedwait = 128
+SYS_exit_group = 231
 REPORT_TIMEOUT = 20.0
 WATCHDOG_S = 60.0
 WATCHDOG_MIN_RATE = 50e6  # bytes/s: far below what restore does, so only a hang trips it
@@ -146,8 +149,9 @@ def validate(img: Image) -> None:
     mm_owner: dict[int, int] = {}
     files_owner: dict[int, int] = {}
     for t in img.tasks:
-        if t.fields["exit_state"]:
-            problems.append(f"task {t.tid} is a zombie or dead; restore does not recreate those")
+        if t.zombie:
+            problems += zombie_problems(img, t)
+            continue
         if not isinstance(img.obj(t.mm_objref), Mm):
             problems.append(f"task {t.tid} has no address space")
         if t.thread["robust_list"] and t.thread["robust_len"] != ROBUST_LIST_HEAD_SIZE:
@@ -182,6 +186,32 @@ def validate(img: Image) -> None:
         raise Unsupported("cannot restore this image: " + "; ".join(problems))
 
 
+# signals whose default action is not to end the process: no wait status names them
+NOT_FATAL = {signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
+             signal.SIGURG, signal.SIGWINCH}
+SA_NOCLDWAIT = 2
+
+
+def zombie_problems(img: Image, z) -> list[str]:
+    """Why zombie `z` could not be made again: a wait status no exit gives, a parent that is not a
+    live process of the image, or one that ignores SIGCHLD (the kernel reaps the child of such a
+    parent as it exits: it had set SIG_IGN after this one died)."""
+    out = []
+    status = z.fields["exit_code"]
+    sig = status & 0x7F
+    if status >> 16 or (sig == 0 and status & 0xFF) or sig == 0x7F or sig > 64 or sig in NOT_FATAL:
+        out.append(f"zombie {z.tid}'s wait status {status:#x} is not one an exit gives")
+    parent = img.task(img.tree_entry(z.tid).get("ppid", 0))
+    if parent is None or parent.zombie or not parent.is_leader:
+        out.append(f"zombie {z.tid} has no live parent process in the image")
+    elif z.fields["exit_signal"] == signal.SIGCHLD and len(parent.sighand) >= signal.SIGCHLD:
+        act = parent.sighand[signal.SIGCHLD - 1]
+        if act["handler"] == 1 or act["flags"] & SA_NOCLDWAIT:  # SIG_IGN
+            out.append(f"zombie {z.tid}'s parent {parent.tid} ignores SIGCHLD (SIG_IGN or SA_NOCLDWAIT): "
+                       "the kernel would reap the zombie as soon as it is made again")
+    return out
+
+
 def fix_restart(regs: dict[str, int]) -> list[int]:
     """The image's registers as a NT_PRSTATUS list, with syscall restart made self-contained.
 
@@ -196,6 +226,17 @@ def fix_restart(regs: dict[str, int]) -> list[int]:
     if orig < (1 << 63) and rax == ERESTART_RESTARTBLOCK & 0xFFFFFFFFFFFFFFFF:
         out[REG_NAMES.index("rax")] = ERESTARTNOINTR & 0xFFFFFFFFFFFFFFFF
     return out
+
+
+def _wait_zombie(host: int, pid: int) -> None:
+    """Until host pid `host` (image pid `pid`), let go to exit, is a zombie."""
+    from .kernel import procfs
+
+    deadline = time.monotonic() + 10
+    while procfs.stat_fields(host)[procfs.STAT_STATE] != "Z":
+        if time.monotonic() > deadline:
+            raise KernelError(f"zombie {pid} (host pid {host}) did not exit within 10 s", errno.ETIMEDOUT)
+        time.sleep(0.001)
 
 
 def _timed_out(signum, frame):
@@ -243,6 +284,7 @@ class _Restore:
             self._spawn(files)
             self._seize_all()
             self._set_groups()
+            self._end_zombies()
             procs = self.img.processes()
             for i, t in enumerate(procs):
                 self._show(f"process {i + 1}/{len(procs)} (pid {t.tid})", mem)
@@ -259,7 +301,7 @@ class _Restore:
                 self.on_release()
             self._finish()
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
-            res = Result(ns, self.init, len(self.img.processes()), len(self.img.tasks),
+            res = Result(ns, self.init, len(self.img.processes()) + len(self.img.zombies()), len(self.img.tasks),
                          mem.bytes_written, round(time.monotonic() - start, 6))
         except BaseException:
             self._abort()
@@ -318,7 +360,7 @@ class _Restore:
         os.close(w)
         try:
             self.stand_in_parents = {h.pid: h.ppid for h in tree.group_stand_ins(root)}
-            self._read_reports(r, len(self.img.processes()))
+            self._read_reports(r, len(self.img.processes()) + len(self.img.zombies()))
         finally:
             os.close(r)
 
@@ -352,7 +394,7 @@ class _Restore:
         from .kernel.ptrace import PTRACE_O_EXITKILL, PTRACE_O_TRACECLONE, Tracee
 
         self.by_tid = {}
-        for t in self.img.processes():
+        for t in self.img.processes() + self.img.zombies():
             tr = Tracee(self.host[t.tid])
             # EXITKILL: should we die mid-restore, the half-made tasks die with us.
             # SUSPEND_SECCOMP (when we may): the filters the image gives the tasks do not apply to
@@ -393,6 +435,51 @@ class _Restore:
             os.kill(host, signal.SIGKILL)
             check(self.injectors[parent].syscall(SYS_wait4, pid, 0, WALL, 0), f"wait4({pid}) in {parent}")
         self.stand_ins.clear()
+
+    def _end_zombies(self) -> None:
+        """The image's zombies were made as processes like the others (forked by their parents, in
+        their sessions and groups, which live processes have joined by now): each takes its owner
+        and exits with its wait status. Their parents, held with every signal blocked, cannot reap
+        them; the exit signal each parent gets is taken back from it at once (it had that signal
+        long ago: raise_pending gives back what the image has pending)."""
+        from .kernel.ptrace import REG_INDEX
+        from .restorer import creds
+
+        for z in self.img.zombies():
+            host, tr, inj = self.host[z.tid], self.by_tid.pop(z.tid), self.injectors.pop(z.tid)
+            self.tracees.remove(tr)
+            with inj:
+                creds.apply_creds(inj, z.creds, z.groups)
+            status = z.fields["exit_code"]
+            if status & 0x7F:
+                os.kill(host, status & 0x7F)  # pending (all blocked) until the mask is cleared
+                with contextlib.suppress(NoSuchProcess):  # (SIGKILL does not wait)
+                    creds.set_mask(tr, 0)
+            else:
+                # its next instruction: exit_group(status), at the syscall instruction injections use
+                regs = tr.get_regs()
+                for name, value in (("rip", inj.insn), ("rax", SYS_exit_group), ("rdi", status >> 8),
+                                    ("orig_rax", (1 << 64) - 1)):
+                    regs[REG_INDEX[name]] = value
+                tr.set_regs(regs)
+            tr.detach()
+            _wait_zombie(host, z.tid)
+            if z.fields["exit_signal"]:
+                self._drain_signal(self.img.tree_entry(z.tid)["ppid"], z.fields["exit_signal"])
+
+    def _drain_signal(self, pid: int, sig: int) -> None:
+        """Take every pending `sig` back from held process `pid` (rt_sigtimedwait, no wait)."""
+        from .restorer.memory import check
+
+        inj = self.injectors[pid]
+        with inj, inj.scratch(24) as (addr, mem):
+            mem.seek(addr)
+            mem.write(struct.pack("<Qqq", 1 << (sig - 1), 0, 0))  # sigset, then timespec {0, 0}
+            while True:
+                ret = inj.syscall(SYS_rt_sigtimedwait, addr, 0, addr + 8, 8)
+                if ret == -errno.EAGAIN:
+                    break
+                check(ret if ret < 0 else 0, f"rt_sigtimedwait({sig}) in {pid}")
 
     # -- one process ---------------------------------------------------------------------------
     def _process(self, t, mem, files) -> None:
@@ -451,7 +538,8 @@ class _Restore:
         mounts = cgroup_mounts()
         for t in self.img.processes():  # before the affinity, which a cpuset bounds
             cgroup.place(self.host[t.tid], t.cgroups, mounts, self.made_cgroups)
-        for t in self.img.tasks:
+        live = [t for t in self.img.tasks if not t.zombie]
+        for t in live:
             sched.apply(self.by_tid[t.tid].tid, t)
             sched.set_ioprio(self.by_tid[t.tid].tid, t)
             if t.is_leader and t.proc:
@@ -466,15 +554,15 @@ class _Restore:
             locks.apply(self.injectors[t.tid], t.tid, t.locks)
             timers.apply(self.injectors[t.tid], t.itimers)
             timers.apply_posix(self.injectors[t.tid], t.tid, t.posix_timers)
-        for t in self.img.tasks:
+        for t in live:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
-        for t in self.img.tasks:
+        for t in live:
             creds.raise_pending(self.host[t.tgid], self.by_tid[t.tid].tid, t.thread["pending"],
                                 t.proc["shared_pending"] if t.proc else None, t.siginfo, t.shared_siginfo)
         # A process dumped in a job-control stop (TASK state 4, __TASK_STOPPED) comes back stopped:
         # SIGSTOP queued while its threads are still held stops each of them as it is let go,
         # before it runs an instruction (as `dump --leave-stopped` does).
-        for tgid in sorted({t.tgid for t in self.img.tasks if t.fields["state"] == TASK_STOPPED}):
+        for tgid in sorted({t.tgid for t in live if t.fields["state"] == TASK_STOPPED}):
             os.kill(self.host[tgid], signal.SIGSTOP)
         # init last: until its detach, EXITKILL still ties the whole namespace to us, so dying
         # midway through this loop kills it all rather than leaving part of it traced-and-killed.

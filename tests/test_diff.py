@@ -103,7 +103,7 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
     w.ns.kill()
 
     d = json.loads(run_diff(a, b, "--json").stdout)
-    assert d["tasks"] == {"added": [], "gone": [], "changed": []} and d["notes"] == []
+    assert d["tasks"] == {"added": [], "gone": [], "changed": [], "exited": []} and d["notes"] == []
     proc = next(p for p in d["processes"] if p["pid"] == w.child_nspid)
     v = proc["vmas"]
     P = PAGE_SIZE
@@ -139,7 +139,7 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
 
     # An image compared with itself has no differences at all.
     same = json.loads(run_diff(a, a, "--json").stdout)
-    assert same["tasks"] == {"added": [], "gone": [], "changed": []}
+    assert same["tasks"] == {"added": [], "gone": [], "changed": [], "exited": []}
     for p in same["processes"]:
         assert not any(p["vmas"][k] for k in ("added", "removed", "resized", "reprotected", "pages"))
         assert not any(p["fds"][k] for k in ("added", "removed", "changed"))
@@ -234,3 +234,25 @@ def test_text_shows_values_as_a_user_reads_them():
         assert python not in text, python
     (p,) = [p for p in d["processes"] if p["pid"] == 1]
     assert p["fds"]["changed"][1]["changes"] == {"flags": [0o100002, 0o4002], "cloexec": [True, False]}
+
+
+def test_a_process_that_became_a_zombie_is_named_not_compared():
+    """A process alive in A and a zombie in B (exited, not reaped) has no memory or files left to
+    compare: diff says it exited, with its status, and compares the rest; a zombie in both is
+    no change."""
+    import io
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.imgdiff import diff_images, diff_text
+
+    a = imagegen.build(extra_task=False, chain=2)  # 1 <- 2 <- 3
+    b = imagegen.build(extra_task=False, chain=1, zombie=dict(pid=3, tgid=3, exit_code=9))  # 3 killed
+    ia, ib = read_image(io.BytesIO(a)), read_image(io.BytesIO(b))
+    d = diff_images(ia, io.BytesIO(a), ib, io.BytesIO(b))
+    assert d["tasks"]["exited"] == [dict(tid=3, comm="gone", zombie_in="b", exited="killed by SIGKILL")]
+    assert [p["pid"] for p in d["processes"]] == [1, 2]
+    assert "~ process 3 gone: a zombie in B (killed by SIGKILL)" in diff_text(d)
+    back = diff_images(ib, io.BytesIO(b), ia, io.BytesIO(a))
+    assert back["tasks"]["exited"][0]["zombie_in"] == "a" and [p["pid"] for p in back["processes"]] == [1, 2]
+    same = diff_images(ib, io.BytesIO(b), ib, io.BytesIO(b))
+    assert same["tasks"] == dict(added=[], gone=[], changed=[], exited=[])

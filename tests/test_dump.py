@@ -774,16 +774,28 @@ def test_stopped_workload_stays_stopped(pidns, ckwork, tmp_path):
     assert_running_untraced(w)
 
 
-def test_zombie_is_refused(pidns, tmp_path):
+def test_a_zombie_is_kept_and_left_as_it_was(pidns, tmp_path):
+    """A child its parent does not reap (here: an init that never waits) is kept in the image
+    after the dumper's second of patience, with its wait status, exit signal and owner as /proc
+    shows them, and left a zombie: the dumper does not reap it, nor leave its parent traced."""
+    from ckptrace.image.reader import read_image
+
     ready = tmp_path / "ready"
     w = pidns([sys.executable, "-c", "import os, sys, time\n"
-               "if os.fork() == 0: os._exit(0)\n"
+               "if os.fork() == 0: os.setuid(65534); os._exit(5)\n"
                "time.sleep(0.2); open(sys.argv[1], 'w').close(); time.sleep(100)", str(ready)],
               ready_file=str(ready))
-    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
-    assert_refused(p, "(pid 2 inside the namespace) is a zombie that its parent (pid 1) has not reaped",
-                   "zombies cannot be checkpointed")
-    assert status_field(w.init, "TracerPid") == "0"
+    (zombie,) = [p for p in w.pids() if p != w.init]
+    img = tmp_path / "z.img"
+    p = dump("--pidns", str(w.ns), "-o", str(img), check=False)
+    assert p.returncode == 0, p.stderr
+    assert "pid 2 is a zombie (exited with status 5) that its parent, pid 1, has not reaped" in p.stderr.decode()
+    with open(img, "rb") as f:
+        image = read_image(f)
+    (z,) = image.zombies()
+    assert (z.tid, z.fields["exit_code"], z.fields["exit_signal"], z.creds["uid"], z.creds["gid"]) == (2, 5 << 8, 17, 65534, 0)
+    assert [t.tid for t in image.processes()] == [1]
+    assert status_field(w.init, "TracerPid") == "0" and status_field(zombie, "State").startswith("Z")
 
 
 def test_an_o_path_descriptor_is_dumped(pidns, tmp_path):

@@ -128,12 +128,12 @@ def test_constants_match_the_kernel_headers():
     assert AT_VECTOR_SIZE == X86_64_AT_VECTOR_SIZE
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(extra_task=False), dict(pages=0), dict(pages=16)],
-                         ids=["three-tasks", "one-task", "no-pages", "16-pages"])
+@pytest.mark.parametrize("kw", [dict(), dict(extra_task=False), dict(pages=0), dict(pages=16), dict(zombie={})],
+                         ids=["three-tasks", "one-task", "no-pages", "16-pages", "zombie"])
 def test_synthetic_images_agree(reader, kw):
     data = imagegen.build(**kw)
     counts = assert_agree(reader, data)
-    assert counts["tasks"] == (3 if kw.get("extra_task", True) else 1)
+    assert counts["tasks"] == (3 if kw.get("extra_task", True) else 1) + ("zombie" in kw)
 
 
 def test_unknown_record_types_are_skipped_by_len(reader):

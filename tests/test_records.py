@@ -369,18 +369,19 @@ def test_docs_format_md_grammar_accepts_the_images_written():
 
 def test_docs_format_md_gives_magics_task_state_and_extensions():
     """The magic numbers (the seed's CHECKPOINT_MAGIC_HEAD/TAIL), what TASK.state really holds
-    (ckptrace writes only 0 and TASK_STOPPED), and which enum values are not the seed's."""
-    from ckptrace.image.records import TASK_STOPPED
+    (ckptrace writes only 0, TASK_STOPPED and, for zombies, TASK_DEAD), and which enum values are
+    not the seed's."""
+    from ckptrace.image.records import EXIT_ZOMBIE, TASK_DEAD, TASK_STOPPED
 
     with open(os.path.join(REPO, "docs", "format.md")) as f:
         doc = f.read()
     assert (MAGIC_HEAD, MAGIC_TAIL) == (0x00FEED0CC0A2D200, 0x002D2A0CC0DEEF00)
     assert "| 8 | u64 | magic | 0x00feed0cc0a2d200 (the seed's CHECKPOINT_MAGIC_HEAD) |" in doc
     assert "| 8 | u64 | magic | 0x002d2a0cc0deef00 (the seed's CHECKPOINT_MAGIC_TAIL) |" in doc
-    assert TASK_STOPPED == 4
-    assert "| 8 | u32 | state | 0=TASK_RUNNING, 4=__TASK_STOPPED: the only values written" in doc
+    assert (TASK_STOPPED, TASK_DEAD, EXIT_ZOMBIE) == (4, 0x80, 0x20)  # the kernel's numbers
+    assert "| 8 | u32 | state | 0=TASK_RUNNING, 4=__TASK_STOPPED, 128=TASK_DEAD (a zombie): the only values written" in doc
     assert "1 interruptible sleep" not in doc and "8 traced (the" not in doc
-    for row in ("| 12 | u32 | exit_state | always 0 |", "| 16 | u32 | exit_code | always 0 |",
+    for row in ("| 12 | u32 | exit_state | 0, or 32=EXIT_ZOMBIE", "| 16 | u32 | exit_code | a zombie's wait status",
                 "| 24 | u64 | set_child_tid | always 0 |"):
         assert row in doc
     for row in ("| arch_id | 1=X86_32; ckptrace extensions, not in the seed: 2=x86_64",
@@ -753,3 +754,46 @@ def test_an_empty_input_is_called_empty_not_a_bad_image():
 
     with pytest.raises(ImageError, match="the input is empty"):
         read_image(io.BytesIO(b""))
+
+
+def test_a_zombie_is_read_shown_and_round_trips(tmp_path):
+    """A zombie (exit_state EXIT_ZOMBIE): TASK, comm, THREAD, TASK_CREDS and nothing else. It is a
+    process of the image, not a live one (processes()), and show names it with its status."""
+    import json
+
+    from ckptrace.image.render import show_text, summary
+
+    data = imagegen.build(zombie={})
+    img = read_image(io.BytesIO(data))
+    assert [t.tid for t in img.zombies()] == [9] and 9 not in [t.tid for t in img.processes()]
+    (z,) = img.zombies()
+    assert (z.comm, z.creds["uid"], z.groups, z.fields["exit_code"]) == ("gone", 1000, [100], 0x700)
+    out = bytearray()
+    for rec in records_of(data):
+        payload = rec.payload
+        if rec.rtype.payload is Payload.ENTRIES:
+            payload = rec.rtype.decode_entries(payload)
+        out += rec.rtype.encode(rec.fields, payload)
+    assert bytes(out) == data
+    s = summary(img)
+    assert s["processes"] == 3 and [(x["pid"], x["exit_code"], x["signal"], x["uid"]) for x in s["zombies"]] == \
+        [(9, 7, None, 1000)]
+    assert "    9 gone <defunct: exited with status 7> (pgid 1, sid 1)" in show_text(s)
+    assert "in 3 processes (1 zombie)" in show_text(s)
+    json.dumps(s)
+    killed = summary(read_image(io.BytesIO(imagegen.build(zombie=dict(exit_code=0x8B)))))
+    assert killed["zombies"][0]["exited"] == "killed by SIGSEGV, core dumped"
+    with open(os.path.join(REPO, "docs", "format.md")) as f:
+        rx = grammar_regex(f.read())
+    import re
+
+    assert re.fullmatch(rx, "".join(rec.type.name + " " for rec in records_of(data)))
+
+
+@pytest.mark.parametrize("zombie, why", [
+    (dict(exit_state=0x10), "exit_state 0x10 is not EXIT_ZOMBIE"),
+    (dict(pid=9, tgid=1), "task 9 is a zombie but not a process other than init"),
+])
+def test_impossible_zombies_are_refused(zombie, why):
+    with pytest.raises(ImageError, match=why):
+        read_image(io.BytesIO(imagegen.build(zombie=zombie)))

@@ -3506,3 +3506,124 @@ def test_a_memfd_held_by_its_mapping_only_keeps_its_name(pidns, tmp_path, restor
     host = migrate(w, tmp_path / "seg.img", restored)
     maps = open(f"/proc/{host}/maps").read()
     assert "/memfd:ckpt-seg (deleted)" in maps, maps
+
+
+ZOMBIES = r"""
+import os, signal, sys, time
+d, blocked = sys.argv[1], sys.argv[2] == "blocked"
+calls = []
+signal.signal(signal.SIGCHLD, lambda *a: calls.append(1))  # counts; never reaps
+if blocked:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+def reap(*a):
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # the pending one runs now
+    with open(d + "/reaped.part", "w") as f:
+        while True:
+            try:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            f.write(f"{pid} {st}\n")
+        f.write(f"calls {len(calls)}\n")
+    os.rename(d + "/reaped.part", d + "/reaped")
+signal.signal(signal.SIGUSR1, reap)
+kids = []
+def state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+def fork():
+    # the one before is a zombie first: pids in a known order, grandchildren included
+    while kids and state(kids[-1]) != "Z":
+        time.sleep(0.01)
+    pid = os.fork()
+    kids.append(pid)
+    return pid
+if fork() == 0:
+    os.setgid(65534)
+    os.setuid(65534)  # ps shows a zombie's owner
+    os._exit(7)
+if fork() == 0:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(100)
+if fork() == 0:                # leads a group its child keeps when it exits
+    os.setpgid(0, 0)
+    if os.fork() == 0:
+        time.sleep(100)
+    os._exit(3)
+if fork() == 0:                # leads a session its child keeps when it exits
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(100)
+    os._exit(0)
+while any(state(k) != "Z" for k in kids):
+    time.sleep(0.01)
+time.sleep(0.2)  # the grandchildren reparented to us
+with open(d + "/calls", "w") as f:
+    f.write(str(len(calls)))
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _zombie_view(host: int) -> tuple:
+    """(state, wait status, pid, ppid, pgid, sid, uid, gid) inside the namespace, from /proc."""
+    with open(f"/proc/{host}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{host}/status") as f:
+        st = {k: v.split() for k, _, v in (line.partition(":") for line in f)}
+    return (fields[0], int(fields[49]), int(st["NSpid"][-1]), _ppid_inside(host), int(st["NSpgid"][-1]),
+            int(st["NSsid"][-1]), int(st["Uid"][0]), int(st["Gid"][0]))
+
+
+def _ppid_inside(host: int) -> int:
+    with open(f"/proc/{host}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    try:
+        inside = os.readlink(f"/proc/{ppid}/ns/pid") == os.readlink(f"/proc/{host}/ns/pid")
+    except OSError:  # (the host's init: not ours to look at)
+        inside = False
+    return nspid(ppid) if inside else 0
+
+
+@pytest.mark.parametrize("sigchld", ["handled", "blocked"])
+def test_zombies_come_back_with_their_status_and_no_extra_sigchld(pidns, tmp_path, restored, sigchld):
+    """An init that does not reap: four zombies (exit 7, SIGTERM, a group leader whose child lives
+    on, a session leader likewise). The dump keeps them (after its second's wait) and says so;
+    the restored init finds them zombies with the same numbers, groups, sessions and wait
+    statuses, and its SIGCHLD handler runs no more than it had (handled), or once, for the
+    SIGCHLD still pending in the image (blocked)."""
+    w = pidns([sys.executable, "-c", ZOMBIES, str(tmp_path), sigchld], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    before = sorted((_zombie_view(p) for p in w.pids()), key=lambda v: v[2])
+    zombies = [z for z in before if z[0] == "Z"]
+    assert [(z[1], z[2]) for z in zombies] == [(7 << 8, 2), (signal.SIGTERM, 3), (3 << 8, 4), (0, 6)], before
+    assert [v[2:6] for v in before if v[0] != "Z"] == [(1, 0, 0, 0), (5, 1, 4, 0), (7, 1, 6, 6)]  # the members
+    assert zombies[0][6:] == (65534, 65534)
+    calls = int((tmp_path / "calls").read_text())
+    img = str(tmp_path / "z.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "--json", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    assert json.loads(d.stdout)["zombies"] == 4 and json.loads(d.stdout)["processes"] == 7
+    assert "pid 3 is a zombie (killed by SIGTERM) that its parent, pid 1, has not reaped" in d.stderr.decode()
+    res = restore_json(img, restored)
+    assert res["processes"] == 7
+    after = sorted((_zombie_view(p) for p in ns_pids(res["pidns"])), key=lambda v: v[2])
+    # a group or session led from outside (0) comes back as the restored init's (restored_groups)
+    assert after == [v[:4] + tuple(x or 1 for x in v[4:6]) + v[6:] for v in before], (before, after)
+    with open(f"/proc/{res['init_pid']}/status") as f:
+        pending = int(next(x for x in f if x.startswith("ShdPnd:")).split()[1], 16)
+    assert bool(pending >> (signal.SIGCHLD - 1) & 1) == (sigchld == "blocked")
+    time.sleep(0.3)  # a stray SIGCHLD would have run the handler by now
+    os.kill(res["init_pid"], signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "reaped").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = (tmp_path / "reaped").read_text().splitlines()
+    assert sorted(lines[:-1]) == ["2 1792", "3 15", "4 768", "6 0"]
+    assert lines[-1] == f"calls {calls + 1 if sigchld == 'blocked' else calls}"
+    if sigchld == "blocked":
+        assert calls == 0

@@ -403,3 +403,22 @@ def test_a_signal_once_restored_does_not_fail_the_restore(monkeypatch, capsys, s
     assert cli.main(["restore", "x.img"]) == 0
     assert "restored pid:[4026532999]" in out.getvalue()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # put back
+
+
+def test_zombies_restore_refuses_before_anything_exists():
+    """A zombie under a parent that ignores SIGCHLD would be reaped as soon as it is made again;
+    a wait status no exit gives (stopped, 0x7f) cannot be made at all. Both named up front."""
+    from ckptrace.restore import zombie_problems
+
+    img = read_image(io.BytesIO(imagegen.build(zombie={})))
+    (z,) = img.zombies()
+    assert zombie_problems(img, z) == []
+    img.task(1).sighand[16]["handler"] = 1  # SIGCHLD: SIG_IGN
+    assert zombie_problems(img, z) == ["zombie 9's parent 1 ignores SIGCHLD (SIG_IGN or SA_NOCLDWAIT): "
+                                       "the kernel would reap the zombie as soon as it is made again"]
+    img.task(1).sighand[16].update(handler=0, flags=2)  # SA_NOCLDWAIT
+    assert len(zombie_problems(img, z)) == 1
+    img = read_image(io.BytesIO(imagegen.build(zombie=dict(exit_code=0x137F))))  # WIFSTOPPED
+    assert zombie_problems(img, img.zombies()[0]) == ["zombie 9's wait status 0x137f is not one an exit gives"]
+    img = read_image(io.BytesIO(imagegen.build(zombie=dict(exit_code=signal.SIGCHLD))))
+    assert len(zombie_problems(img, img.zombies()[0])) == 1

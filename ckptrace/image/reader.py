@@ -1,7 +1,8 @@
 """The image grammar: checks record order and cross-references, and builds an `Image` index.
 
-    image   := HEADER BUFFER{3} HEADER_ARCH TREE task* TAIL <end>
+    image   := HEADER BUFFER{3} HEADER_ARCH TREE (task | zombie)* TAIL <end>
     task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [TASK_SIGINFO(own)] [proc]
+    zombie  := TASK(exit_state EXIT_ZOMBIE) STRING THREAD TASK_CREDS       (an unreaped process)
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
     proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS [TASK_POSIX_TIMERS]] [TASK_LOCKS] [TASK_NS]
                [TASK_SIGINFO(shared)]                                   (proc: leaders only)
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from ..errors import ImageError, ImageReadError
-from .records import (ARCH_X86_64, AT_VECTOR_SIZE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
+from .records import (ARCH_X86_64, AT_VECTOR_SIZE, EXIT_ZOMBIE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
                       SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType,
                       RecType, VmaType, cstring, inotify_watches)
 from ..kernel.procfs import parse_cgroup
@@ -139,6 +140,11 @@ class Task:
     def is_leader(self) -> bool:
         return self.tid == self.tgid
 
+    @property
+    def zombie(self) -> bool:
+        """An unreaped process: its TASK, comm, THREAD and credentials are all the image holds."""
+        return self.fields["exit_state"] == EXIT_ZOMBIE
+
 
 @dataclass
 class Image:
@@ -207,7 +213,11 @@ class Image:
         return self._by_pid.get(pid, {})
 
     def processes(self) -> list[Task]:
-        return [t for t in self.tasks if t.is_leader]
+        """The live processes (leaders), TREE order; zombies are zombies()."""
+        return [t for t in self.tasks if t.is_leader and not t.zombie]
+
+    def zombies(self) -> list[Task]:
+        return [t for t in self.tasks if t.zombie]
 
     def runs_of(self, vma: Vma) -> list[PageRun]:
         """The stored pages of `vma`, at its addresses. A shared anonymous segment's pages are
@@ -375,6 +385,9 @@ class _Parser:
         idx = len(img.tasks)
         if idx >= len(img.tree) or img.tree[idx]["pid"] != t.tid or img.tree[idx]["tgid"] != t.tgid:
             self.fail(th, f"task {t.tid} (tgid {t.tgid}) is not TREE entry {idx}")
+        if t.fields["exit_state"]:
+            self.zombie(t, th)
+            return
         while self.at(RecType.OBJREF):
             self.object()
         objs = self.expect(RecType.TASK_OBJS)
@@ -405,11 +418,7 @@ class _Parser:
         if self.at(RecType.TASK_SIGINFO):
             t.siginfo = self.siginfo(shared=False)
         if t.is_leader:
-            c = self.expect(RecType.TASK_CREDS, "process leader")
-            t.creds = c.fields
-            t.groups = [e["gid"] for e in c.rtype.decode_entries(c.payload)]
-            if len(t.groups) != c.fields["ngroups"]:
-                self.fail(c, "ngroups does not match the group entries")
+            self.creds(t, "process leader")
             sh = self.expect(RecType.TASK_SIGHAND)
             t.sighand = sh.rtype.decode_entries(sh.payload)
             if len(t.sighand) != sh.fields["nsig"]:
@@ -452,6 +461,25 @@ class _Parser:
             if self.at(RecType.TASK_SIGINFO):
                 t.shared_siginfo = self.siginfo(shared=True)
         img.tasks.append(t)
+
+    def zombie(self, t: Task, th: Record):
+        """A process that had exited, its parent not having reaped it yet: no memory, files or
+        registers are left of it, only its identity, exit status and owner."""
+        if t.fields["exit_state"] != EXIT_ZOMBIE:
+            self.fail(th, f"task {t.tid}: exit_state {t.fields['exit_state']:#x} is not EXIT_ZOMBIE (0x20)")
+        if not t.is_leader or t.tid == 1:
+            self.fail(th, f"task {t.tid} is a zombie but not a process other than init")
+        if any(e["tgid"] == t.tid and e["pid"] != t.tid for e in self.img.tree):
+            self.fail(th, f"zombie {t.tid} has threads in TREE")
+        self.creds(t, "zombie")
+        self.img.tasks.append(t)
+
+    def creds(self, t: Task, what: str):
+        c = self.expect(RecType.TASK_CREDS, what)
+        t.creds = c.fields
+        t.groups = [e["gid"] for e in c.rtype.decode_entries(c.payload)]
+        if len(t.groups) != c.fields["ngroups"]:
+            self.fail(c, "ngroups does not match the group entries")
 
     def siginfo(self, shared: bool) -> list[bytes]:
         rec = self.expect(RecType.TASK_SIGINFO)

@@ -30,6 +30,8 @@ VMA_LAST_PAGE = 0xFFFFFFFFFFFFFFFF
 # Kernel constants of the header (the seed's struct ckpt_const), x86_64 values.
 TASK_COMM_LEN = 16
 TASK_STOPPED = 4  # TASK.state of a task in a job-control stop (the kernel's __TASK_STOPPED); else 0
+TASK_DEAD = 0x80  # TASK.state of a zombie (the kernel's TASK_DEAD: it ran its last)
+EXIT_ZOMBIE = 0x20  # TASK.exit_state of a process that exited and that its parent has not reaped
 AT_VECTOR_SIZE = 52  # 2 * (AT_VECTOR_SIZE_BASE 22 + AT_VECTOR_SIZE_ARCH 3 + 1): mm->saved_auxv slots
 UTS_LEN = 65
 
@@ -473,6 +475,14 @@ def signal_name(n: int) -> str:
         return f"SIG{n}" if n < 32 else f"SIGRT{n - 32}"
 
 
+def wait_status_text(status: int) -> str:
+    """A wait(2) status (a zombie's TASK.exit_code) in words."""
+    sig = status & 0x7F
+    if sig == 0:
+        return f"exited with status {(status >> 8) & 0xFF}"
+    return f"killed by {signal_name(sig)}" + (", core dumped" if status & 0x80 else "")
+
+
 # The last second datetime can show: 9999-12-31 23:59:59 UTC.
 _MAX_SHOWN_TIME = 253402300799
 
@@ -541,13 +551,14 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A fixed-length NUL-padded string (the task's comm: 16 bytes)."),
     _R(RecType.OBJREF, (u32("objtype", "enum", OBJ_NAMES), s32("objref")),
        doc="First sighting of a shared object; its records follow."),
-    _R(RecType.TASK, (u32("state", doc="0=TASK_RUNNING, 4=__TASK_STOPPED: the only values written (see Values)"),
-                      u32("exit_state", doc="always 0"), u32("exit_code", doc="always 0"),
+    _R(RecType.TASK, (u32("state", doc="0=TASK_RUNNING, 4=__TASK_STOPPED, 128=TASK_DEAD (a zombie): the only values written (see Values)"),
+                      u32("exit_state", doc="0, or 32=EXIT_ZOMBIE: an unreaped process, whose records end after its TASK_CREDS"),
+                      u32("exit_code", "hex", doc="a zombie's wait status, as wait(2) gives it (exit status << 8, or the killing signal, | 0x80 if it dumped core); else 0"),
                       u32("exit_signal", "signal", doc="the signal the parent gets when the task ends (SIGCHLD 17 as a "
                           "rule; 0: none); the kernel's int kept in a u32, so a thread that is not its process's "
                           "leader, whose exit_signal is -1, has 0xffffffff (decode --json shows -1)"),
                       u64("set_child_tid", "hex", doc="always 0"), u64("clear_child_tid", "hex")),
-       doc="One kernel task (thread). Followed by STRING comm."),
+       doc="One kernel task (thread). Followed by STRING comm and THREAD; a zombie's (exit_state 32) by TASK_CREDS too, and nothing else."),
     _R(RecType.TASK_OBJS, (s32("files_objref"), s32("mm_objref")),
        doc="The task's file table and mm, by objref."),
     _R(RecType.THREAD, (s32("tid"), s32("tgid"), u64("blocked", "hex"), u64("pending", "hex"),

@@ -8,7 +8,8 @@ from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
 from .records import (FILE_NAMES, O_FLAG_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES,
-                      VM_MAYSHARE, VMA_NAMES, FileType, RecType, flag_names, format_time, json_safe)
+                      VM_MAYSHARE, VMA_NAMES, FileType, RecType, flag_names, format_time, json_safe, signal_name,
+                      wait_status_text)
 from .stream import Record, open_image
 
 
@@ -187,6 +188,12 @@ def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
     return rows
 
 
+def processes_text(img: Image) -> str:
+    """"3 processes", "5 processes (2 zombies)"."""
+    live, dead = len(img.processes()), len(img.zombies())
+    return plural(live + dead, "process") + (f" ({plural(dead, 'zombie')})" if dead else "")
+
+
 def summary(img: Image) -> dict[str, Any]:
     """The `show --json` document; `show` prints the same content as text."""
     procs = []
@@ -205,12 +212,21 @@ def summary(img: Image) -> dict[str, Any]:
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
                        file=vma_label(img, v), pages=sum(r.npages for r in img.runs_of(v))) for v in mm.vmas],
             fds=fd_rows(img, table)))
+    zombies = []
+    for z in img.zombies():
+        entry = img.tree_entry(z.tid)
+        status = z.fields["exit_code"]
+        zombies.append(dict(pid=z.tid, ppid=entry.get("ppid"), pgid=entry.get("pgid"), sid=entry.get("sid"),
+                            hostpid=entry.get("hostpid"), comm=z.comm, wait_status=status,
+                            exit_code=None if status & 0x7F else status >> 8 & 0xFF,
+                            signal=signal_name(status & 0x7F) if status & 0x7F else None,
+                            exited=wait_status_text(status), uid=z.creds["uid"] if z.creds else None))
     h = img.header
     return dict(
         kernel=f"{h['major']}.{h['minor']}.{h['patch']}", release=img.uts[0], version=img.uts[1],
         machine=img.uts[2], time=h["time"], xstate_size=img.arch["xstate_size"], xcr0=img.arch["xcr0"],
-        tasks=len(img.tasks), processes=len(procs), pages=img.page_count, bytes=img.size,
-        records=img.records, tree=img.tree, procs=procs)
+        tasks=len(img.tasks), processes=len(procs) + len(zombies), pages=img.page_count, bytes=img.size,
+        records=img.records, tree=img.tree, procs=procs, zombies=zombies)
 
 
 def _seccomp_summary(p) -> dict[str, Any] | None:
@@ -241,13 +257,14 @@ def terminal_safe(text: str) -> str:
 
 
 def show_text(s: dict[str, Any]) -> str:
+    zombies = f" ({plural(len(s['zombies']), 'zombie')})" if s["zombies"] else ""
     out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {plural(s['tasks'], 'task')} "
-           f"in {plural(s['processes'], 'process')}, {plural(s['pages'], 'page')} ({human(s['pages'] * PAGE_SIZE)})",
+           f"in {plural(s['processes'], 'process')}{zombies}, {plural(s['pages'], 'page')} ({human(s['pages'] * PAGE_SIZE)})",
            f"kernel {s['release']} ({s['machine']}), taken {format_time(s['time'])}, "
            f"xsave {s['xstate_size']} bytes, xcr0 {s['xcr0']:#x}", "", "task tree:"]
-    by_pid = {p["pid"]: p for p in s["procs"]}
+    by_pid = {p["pid"]: p for p in s["procs"] + s["zombies"]}
     children: dict[int, list[int]] = {}
-    for p in s["procs"]:
+    for p in (by_pid[e["pid"]] for e in s["tree"] if e["pid"] in by_pid):  # TREE order
         children.setdefault(p["ppid"] if p["ppid"] in by_pid else 0, []).append(p["pid"])
 
     # depth first, parents before children, without recursion: a chain of a thousand forks
@@ -256,8 +273,9 @@ def show_text(s: dict[str, Any]) -> str:
     while stack:
         pid, depth = stack.pop()
         p = by_pid[pid]
-        th = f" threads {p['threads']}" if len(p["threads"]) > 1 else ""
-        out.append(f"  {'  ' * depth}{pid} {p['comm']} (pgid {p['pgid']}, sid {p['sid']}){th}")
+        th = f" threads {p['threads']}" if len(p.get("threads", ())) > 1 else ""
+        dead = f" <defunct: {p['exited']}>" if "exited" in p else ""
+        out.append(f"  {'  ' * depth}{pid} {p['comm']}{dead} (pgid {p['pgid']}, sid {p['sid']}){th}")
         stack += [(c, depth + 1) for c in reversed(children.get(pid, []))]
     for p in s["procs"]:
         sc = p["seccomp"]

@@ -21,7 +21,7 @@ from . import procfs
 from .ptrace import WALL, Tracee
 
 MAX_ROUNDS = 1000
-ZOMBIE_PATIENCE_SECONDS = 1.0  # a zombie seen that long is its parent's doing, not a passing state
+ZOMBIE_PATIENCE_SECONDS = 1.0  # a zombie seen that long is its parent's doing, not a passing state: kept
 STOP_SECONDS = 0.5  # for a batch of interrupted tasks to stop
 
 
@@ -81,6 +81,9 @@ class Freezer:
         self.init = init
         self.root = root
         self.tasks: dict[int, Task] = {}  # by host tid
+        # host pid -> its status: unreaped processes, part of the image but not held (the kernel
+        # lets nobody attach to a zombie); their parents, held, cannot reap them meanwhile
+        self.zombies: dict[int, procfs.Status] = {}
 
     def freeze(self) -> None:
         """Seize and stop every task, rescanning until no new task appears.
@@ -89,7 +92,8 @@ class Freezer:
         holds things up (the tasks stop again in a later round; nothing is collected yet):
         - a zombie, usually a child that just exited and that its parent is about to reap; if we
           hold the parent it cannot, so the parent is let go until the zombie is gone
-          (ZOMBIE_PATIENCE_SECONDS at most, then refused: zombies cannot be checkpointed);
+          (ZOMBIE_PATIENCE_SECONDS at most; then it is the parent's way, a zombie the image keeps
+          in `zombies`: an init that never reaps, a parent busy elsewhere);
         - a task that does not stop, usually a vfork parent, which sleeps in the kernel where no
           ptrace stop reaches it until its child execs; if we hold the child it never will, so
           the children are let go; a task that still does not stop is refused, not waited for.
@@ -98,11 +102,13 @@ class Freezer:
         zombies: dict[int, float] = {}  # tid -> when first seen
         for _ in range(MAX_ROUNDS):
             found = scan(self.ns, self.init, self.root)
-            new = [(p, t) for p, t in found if t not in self.tasks]
+            new = [(p, t) for p, t in found if t not in self.tasks and t not in self.zombies]
             if not new:
-                gone = set(self.tasks) - {t for _, t in found}
-                for t in gone:
+                now = {t for _, t in found}
+                for t in set(self.tasks) - now:
                     self.tasks.pop(t)
+                for t in set(self.zombies) - now:  # reaped while its parent was let go
+                    self.zombies.pop(t)
                 return
             fresh = []
             waiting = False  # for a zombie to be reaped
@@ -112,8 +118,7 @@ class Freezer:
                 except NoSuchProcess:
                     continue
                 if st.state in ("Z", "X") or not self._seize(pid, tid, st, fresh):
-                    self._wait_out_zombie(pid, tid, st, zombies)
-                    waiting = True
+                    waiting |= not self._wait_out_zombie(pid, tid, st, zombies)
             self._wait_stops(fresh)
             if waiting:
                 time.sleep(0.001)  # let the parents get to it
@@ -143,16 +148,29 @@ class Freezer:
         fresh.append(task)
         return True
 
-    def _wait_out_zombie(self, pid: int, tid: int, st, zombies: dict[int, float]) -> None:
+    def _wait_out_zombie(self, pid: int, tid: int, st, zombies: dict[int, float]) -> bool:
+        """True once the zombie `tid` is kept (in self.zombies); False while it is waited out."""
         now = time.monotonic()
-        if now - zombies.setdefault(tid, now) > ZOMBIE_PATIENCE_SECONDS:
-            raise Unsupported(self._zombie_refusal(pid, tid, st))
-        self._let_go(lambda t: t.hostpid == st.ppid)  # its parent, if we hold it: it may reap now
+        if now - zombies.setdefault(tid, now) <= ZOMBIE_PATIENCE_SECONDS:
+            self._let_go(lambda t: t.hostpid == st.ppid)  # its parent, if we hold it: it may reap now
+            return False
+        try:
+            st = procfs.status(pid, tid, self.root)
+        except NoSuchProcess:
+            return True  # reaped at last: the next scan will not list it
+        if st.state != "Z":
+            return False  # being reaped (X), or a task that exits slowly: not yet a zombie
+        why = self._zombie_refusal(pid, tid, st)
+        if why:
+            raise Unsupported(why)
+        self.zombies[tid] = st
+        return True
 
-    def _zombie_refusal(self, pid: int, tid: int, st) -> str:
-        """Why a task that stayed a zombie is refused. A zombie leader whose other threads live
-        on is no unreaped child: its main thread exited (pthread_exit in main), the process did
-        not, and no parent will reap it while those threads run."""
+    def _zombie_refusal(self, pid: int, tid: int, st) -> str | None:
+        """Why a task that stayed a zombie cannot be kept in the image; None when it can: an
+        unreaped process whose parent is in the namespace. A zombie leader whose other threads
+        live on is no unreaped child: its main thread exited (pthread_exit in main), the process
+        did not, and no parent will reap it while those threads run."""
         inner = st.nspid[-1] if st.nspid else "?"
         if tid == pid:
             live = []
@@ -167,14 +185,19 @@ class Freezer:
                         f"{'thread' if len(live) == 1 else 'threads'} {', '.join(map(str, live))} "
                         "after its main thread has exited (pthread_exit in main?): ckptrace cannot "
                         "checkpoint a process without its main thread")
+        else:
+            return (f"thread {tid} of process {pid} stays a zombie (pid {inner} inside the namespace; "
+                    "traced by someone?): ckptrace cannot checkpoint a thread that is neither alive nor gone")
+        if pid == self.init:
+            return f"the namespace's init (host pid {pid}) has exited: the namespace is going away"
         try:
-            pst = procfs.status(st.ppid, None, self.root)
-            parent = f"pid {pst.nspid[-1]}" if procfs.ns_inode(st.ppid, "pid", self.root) == self.ns \
-                else f"host pid {st.ppid}, outside the namespace"
+            inside = procfs.ns_inode(st.ppid, "pid", self.root) == self.ns
         except CkptError:
-            parent = f"host pid {st.ppid}"
-        return (f"task {tid} (pid {inner} inside the namespace) is a zombie that its parent ({parent}) "
-                "has not reaped; zombies cannot be checkpointed: retry once it is reaped")
+            inside = False
+        if not inside:
+            return (f"process {pid} (pid {inner} inside the namespace) is a zombie whose parent (host pid "
+                    f"{st.ppid}) is outside the namespace: restore could not give it back to that parent")
+        return None
 
     def _wait_stops(self, fresh: list[Task]) -> None:
         """Wait for the interrupted tasks to stop (interrupt all first, then wait for each: the

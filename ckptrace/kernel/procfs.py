@@ -174,6 +174,7 @@ def exiting(pid: int, root: str = PROC) -> bool:
 STAT_MM = {"start_code": 26, "end_code": 27, "start_stack": 28, "start_data": 45, "end_data": 46,
            "start_brk": 47, "arg_start": 48, "arg_end": 49, "env_start": 50, "env_end": 51}
 STAT_EXIT_SIGNAL = 38
+STAT_EXIT_CODE = 52  # the wait status, shown for zombies (and to ptrace-capable readers)
 
 
 def mm_fields(pid: int, root: str = PROC) -> dict[str, int]:

@@ -16,6 +16,7 @@ from .objhash import ObjHash
 class Stats:
     tasks: int = 0
     processes: int = 0
+    zombies: int = 0  # of the processes
     vmas: int = 0
     pages: int = 0
     files: int = 0
@@ -41,7 +42,8 @@ class DumpContext:
     header_time: int = 0  # HEADER.time: what a realtime TFD_TIMER_ABSTIME timerfd's deadline is stored against
     totals: tuple[int, int] = (0, 0)  # processes, tasks in the namespace: what the progress counts up to
     on_progress: Callable[["DumpContext"], None] | None = None
-    notes: list[str] = field(default_factory=list)  # what the user should know although the dump worked
+    notes: list[str] = field(default_factory=list)  # what the user should know although the dump worked, if the tasks run on
+    image_notes: list[str] = field(default_factory=list)  # what the user should know of the image (--kill or not)
 
     def path(self, host_path: str) -> str:
         """A path for the image: as the dumper sees it. Not re-expressed from the namespace's

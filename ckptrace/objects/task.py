@@ -16,8 +16,9 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ..image.records import (PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET, PROC_MEMORY_MERGE,
-                              PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_STOPPED, RecType)
+from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
+                              PROC_MEMORY_MERGE, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
+                              TASK_STOPPED, RecType)
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
@@ -47,7 +48,7 @@ U64 = 0xFFFFFFFFFFFFFFFF
 class ThreadState:
     hostpid: int
     hosttid: int
-    tracee: Tracee
+    tracee: Tracee | None  # None: a zombie's (no one can attach to it)
     nstid: int = 0
     nstgid: int = 0
     comm: bytes = b""
@@ -94,10 +95,32 @@ class ProcState:
     brk: int = 0
     syscall_insn: int = 0
     maps: list[procfs.Mapping] = field(default_factory=list)  # smaps, read once while frozen
+    zombie: bool = False  # exited, not reaped: only its ids, comm, status and owner are left
+    exit_code: int = 0  # a zombie's wait status
 
     @property
     def leader(self) -> ThreadState:
         return self.threads[0]
+
+
+def _comm(pid: int, tid: int, proc: str) -> bytes:
+    with open(f"{proc}/{pid}/task/{tid}/comm", "rb") as f:
+        return f.read().rstrip(b"\n")[:TASK_COMM_LEN - 1].ljust(TASK_COMM_LEN, b"\0")
+
+
+def collect_zombie(p: ProcState, proc: str) -> None:
+    """What an unreaped process still shows in /proc: ids (p.status, read by the caller), comm,
+    exit signal and wait status (stat), masks and owner (status)."""
+    t = p.leader
+    st = p.status
+    assert st is not None
+    t.nstid = t.nstgid = p.nspid
+    t.state = TASK_DEAD
+    t.comm = _comm(p.hostpid, p.hostpid, proc)
+    fields = procfs.stat_fields(p.hostpid, proc)
+    t.exit_signal = int(fields[procfs.STAT_EXIT_SIGNAL]) & 0xFFFFFFFF
+    p.exit_code = int(fields[procfs.STAT_EXIT_CODE])
+    t.blocked, t.pending = st.hex("SigBlk"), st.hex("SigPnd")
 
 
 def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
@@ -109,8 +132,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     # TASK.state: the task's state as the restorer should recreate it, not the ptrace stop we
     # hold it in: 0 (running) or 4 (__TASK_STOPPED) for a task that was in a job-control stop.
     t.state = TASK_STOPPED if t.tracee.group_stopped else 0
-    with open(f"{proc}/{t.hostpid}/task/{t.hosttid}/comm", "rb") as f:
-        t.comm = f.read().rstrip(b"\n")[:TASK_COMM_LEN - 1].ljust(TASK_COMM_LEN, b"\0")
+    t.comm = _comm(t.hostpid, t.hosttid, proc)
     fields = procfs.stat_fields(t.hosttid, proc)
     t.exit_signal = int(fields[procfs.STAT_EXIT_SIGNAL]) & 0xFFFFFFFF
     tr = t.tracee
@@ -181,8 +203,10 @@ def _vdso_syscall(pid: int) -> int:
 
 # -- records -------------------------------------------------------------------------------------
 
-def write_task_head(ctx: DumpContext, t: ThreadState) -> None:
-    ctx.w.record(RecType.TASK, dict(state=t.state, exit_state=0, exit_code=0, exit_signal=t.exit_signal,
+def write_task_head(ctx: DumpContext, t: ThreadState, exit_code: int | None = None) -> None:
+    """TASK, comm, THREAD; `exit_code` is a zombie's wait status (None: a live task)."""
+    ctx.w.record(RecType.TASK, dict(state=t.state, exit_state=0 if exit_code is None else EXIT_ZOMBIE,
+                                    exit_code=exit_code or 0, exit_signal=t.exit_signal,
                                     set_child_tid=0, clear_child_tid=t.clear_child_tid))
     ctx.w.record(RecType.STRING, payload=t.comm)
     sp, flags, size = t.altstack
@@ -216,7 +240,14 @@ def write_cpu(ctx: DumpContext, t: ThreadState, xstate_size: int) -> None:
     ctx.w.record(RecType.CPU, dict(zip(REG_NAMES, t.regs)), payload=xs)
 
 
-def write_proc(ctx: DumpContext, p: ProcState) -> None:
+def write_zombie(ctx: DumpContext, p: ProcState) -> None:
+    """A zombie's records: TASK (exit_state EXIT_ZOMBIE, its wait status), comm, THREAD and its
+    credentials (ps shows its owner), as the seed's successors wrote one: nothing else is left."""
+    write_task_head(ctx, p.leader, p.exit_code)
+    _write_creds(ctx, p)
+
+
+def _write_creds(ctx: DumpContext, p: ProcState) -> None:
     st = p.status
     assert st is not None
     uid, euid, suid, fsuid = st.ints("Uid")
@@ -227,6 +258,12 @@ def write_proc(ctx: DumpContext, p: ProcState) -> None:
         ngroups=len(groups), securebits=p.securebits, cap_inh=st.hex("CapInh"), cap_prm=st.hex("CapPrm"),
         cap_eff=st.hex("CapEff"), cap_bnd=st.hex("CapBnd"), cap_amb=st.hex("CapAmb")),
         payload=[{"gid": g} for g in groups])
+
+
+def write_proc(ctx: DumpContext, p: ProcState) -> None:
+    st = p.status
+    assert st is not None
+    _write_creds(ctx, p)
     ctx.w.record(RecType.TASK_SIGHAND, dict(nsig=NSIG), payload=[
         dict(handler=h, flags=f, restorer=r, mask=m) for h, f, r, m in p.sigactions])
     limits = [dict(cur=cur, max=mx) for cur, mx in procfs.limits(p.hostpid, ctx.proc)[:len(RLIMIT_NAMES)]]

@@ -36,6 +36,7 @@ from .files import FileSet
 CLONE_NEWPID = 0x20000000
 RLIM_NLIMITS = 16
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 READ_IMPLIES_EXEC = 0x0400000
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_THP_DISABLE = 41
@@ -73,6 +74,7 @@ class ProcPlan:
     stand_in: str = ""  # not an image process: "session", "relay" or "group" (_stand_ins)
     parent: "ProcPlan | None" = None  # a stand-in's parent
     born_in: int | None = None  # the session it must be forked in; None: any (_check_sessions)
+    zombie: bool = False  # an image zombie: made like a process, ended by the controller (restore._end_zombies)
 
 
 def restored_groups(e: dict) -> tuple[int, int]:
@@ -93,8 +95,10 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
         if e["pid"] != e["tgid"]:
             continue
         t = img.task(e["pid"])
-        assert t is not None and t.proc is not None
+        assert t is not None and (t.proc is not None or t.zombie)
         p = plans[e["pid"]] = _skeleton(e, t)
+        if t.zombie:
+            continue  # no files, handlers, limits: it only has to be, and to exit (see _setup_inner)
         p.sigactions, p.rlimits, p.umask = t.sighand, t.rlimits, t.proc["umask"]
         p.personality, p.pdeath_signal = t.proc["personality"], t.proc["pdeath_signal"]
         p.new_ns = (t.own_ns or 0) & (CLONE_NEWUTS | CLONE_NEWIPC)
@@ -116,7 +120,7 @@ def tree_problems(img: Image) -> list[str]:
     plans = {}
     for e in img.tree:
         t = img.task(e["pid"]) if e["pid"] == e["tgid"] else None
-        if t is not None and t.proc is not None:
+        if t is not None and (t.proc is not None or t.zombie):
             plans[e["pid"]] = _skeleton(e, t)
     try:
         _arrange(plans, _taken_pids(img))
@@ -127,7 +131,8 @@ def tree_problems(img: Image) -> list[str]:
 
 def _skeleton(e: dict, t: Task) -> ProcPlan:
     pgid, sid = restored_groups(e)
-    return ProcPlan(e["pid"], e["ppid"], pgid, sid, t.fields["exit_signal"] or signal.SIGCHLD, flags=t.proc["flags"])
+    return ProcPlan(e["pid"], e["ppid"], pgid, sid, t.fields["exit_signal"] or signal.SIGCHLD,
+                    flags=t.proc["flags"] if t.proc else 0, zombie=t.zombie)
 
 
 def _taken_pids(img: Image) -> set[int]:
@@ -494,6 +499,11 @@ def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - for
     if p.root != "/":
         os.chroot(p.root)
     os.umask(p.umask)
+    if p.zombie:
+        # Every handler default (the interpreter's SIGINT handler would turn a death by SIGINT
+        # into an exception), and no core file, nor a core handler's run, for a death by SIGSEGV.
+        creds.install_sigactions([dict(handler=0, flags=0, restorer=0, mask=0)] * 64)
+        libc.prctl(PR_SET_DUMPABLE, ctypes.c_ulong(0), 0, 0, 0)
     if p.personality & ~READ_IMPLIES_EXEC:
         # not READ_IMPLIES_EXEC yet: the memory mapped by injection would all be executable
         # (restore._process sets it once the memory is in place)

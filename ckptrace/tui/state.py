@@ -19,7 +19,7 @@ from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
                              format_time)
-from ..image.render import (human, open_flags_text, plural, prot_str, queue_note, socket_name, terminal_safe,
+from ..image.render import (human, open_flags_text, plural, processes_text, prot_str, queue_note, socket_name, terminal_safe,
                              vma_label)
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
@@ -130,7 +130,7 @@ class InspectState:
     def header_line(self) -> str:
         h = self.img.header
         when = format_time(h["time"])
-        return (f"{self.img.uts[0]} {self.img.uts[2]} · {when} · {plural(len(self.img.processes()), 'process')}, "
+        return (f"{self.img.uts[0]} {self.img.uts[2]} · {when} · {processes_text(self.img)}, "
                 f"{plural(len(self.img.tasks), 'task')} · {human(self.img.size)}")
 
     def image_text(self) -> str:
@@ -146,7 +146,7 @@ class InspectState:
             f"records    {img.records}",
             f"size       {human(img.size)} ({img.size} bytes)",
             f"pages      {img.page_count} ({human(img.page_count * PAGE_SIZE)})",
-            f"tasks      {len(img.tasks)} in {plural(len(img.processes()), 'process')}"])
+            f"tasks      {len(img.tasks)} in {processes_text(img)}"])
 
     def vma_rows(self) -> list[tuple[str, ...]]:
         """range, size, prot, stored pages, what: sized so that all five fit beside the tree
