@@ -38,6 +38,9 @@ from .kernel.ptrace import WALL
 
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
+SYS_restart_syscall = 219
+# the calls the kernel resumes through restart_syscall (a restart_block after -ERESTART_RESTARTBLOCK)
+RESTART_BLOCK_CALLS = {7: "poll", 35: "nanosleep", 202: "futex", 230: "clock_nanosleep"}
 SYS_setpgid = 109
 SYS_wait4 = 61
 SYS_personality = 135
@@ -212,20 +215,53 @@ def zombie_problems(img: Image, z) -> list[str]:
     return out
 
 
-def fix_restart(regs: dict[str, int]) -> list[int]:
+def fix_restart(regs: dict[str, int], code=None) -> list[int]:
     """The image's registers as a NT_PRSTATUS list, with syscall restart made self-contained.
 
     A task dumped inside e.g. clock_nanosleep shows orig_rax = the syscall and rax =
     -ERESTART_RESTARTBLOCK; resuming that runs restart_syscall(), which needs the kernel's
     restart_block the dumped task had and the new task lacks (it would return EINTR). Turning
     it into -ERESTARTNOINTR makes the kernel re-run the same syscall with the same arguments.
-    """
+
+    A task stopped a second time in such a call (a dump that left it running, a SIGSTOP and
+    SIGCONT: the kernel resumed it inside restart_syscall) has orig_rax = restart_syscall, and
+    the call it restarts is in no register any more. Its wrapper's code says which: glibc's
+    `mov $NR, %eax; syscall` right before rip, read by `code(addr, n)` from the restored
+    memory. That call is re-run; for any other, the task gets the EINTR restart_syscall would
+    give it anyway, without running it (what CRIU does for every such call)."""
     out = [regs[n] for n in REG_NAMES]
     rax = out[REG_NAMES.index("rax")]
     orig = out[REG_NAMES.index("orig_rax")]
     if orig < (1 << 63) and rax == ERESTART_RESTARTBLOCK & 0xFFFFFFFFFFFFFFFF:
         out[REG_NAMES.index("rax")] = ERESTARTNOINTR & 0xFFFFFFFFFFFFFFFF
+        if orig == SYS_restart_syscall:
+            nr = _wrapped_syscall(code, out[REG_NAMES.index("rip")]) if code is not None else None
+            if nr in RESTART_BLOCK_CALLS:
+                out[REG_NAMES.index("orig_rax")] = nr
+            else:
+                out[REG_NAMES.index("rax")] = -errno.EINTR & 0xFFFFFFFFFFFFFFFF
     return out
+
+
+def _wrapped_syscall(code, rip: int) -> int | None:
+    """The number in `mov $NR, %eax` (b8 imm32) just before the `syscall` (0f 05) that ends at
+    `rip`; None when the code there is not that, or cannot be read."""
+    try:
+        insns = code(rip - 7, 7)
+    except (OSError, ValueError):
+        return None
+    if len(insns) == 7 and insns[0] == 0xB8 and insns[5:] == b"\x0f\x05":
+        return int.from_bytes(insns[1:5], "little")
+    return None
+
+
+def _reader(host: int):
+    """code(addr, n) for fix_restart: n bytes of task `host`'s memory at addr."""
+    def code(addr: int, n: int) -> bytes:
+        with open(f"/proc/{host}/mem", "rb", buffering=0) as mem:
+            mem.seek(addr)
+            return mem.read(n)
+    return code
 
 
 def _wait_zombie(host: int, pid: int) -> None:
@@ -492,7 +528,8 @@ class _Restore:
         inj = self.injectors[t.tid]
         mm = self.img.obj(t.mm_objref)
         mem.rebuild(inj, host, mm)
-        tr.set_regs(fix_restart(t.regs))
+        code = _reader(host)
+        tr.set_regs(fix_restart(t.regs, code))
         tr.set_xstate(t.xsave)
         exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
         exe_fd = files.exe_fd(exe) if exe is not None and exe.name else None
@@ -512,7 +549,7 @@ class _Restore:
             self.tracees.append(tt)
             self.by_tid[th.tid] = tt
             tt.seccomp_suspended = tr.seccomp_suspended  # auto-attached with the leader's options
-            tt.set_regs(fix_restart(th.regs))
+            tt.set_regs(fix_restart(th.regs, code))
             tt.set_xstate(th.xsave)
             memory.set_thread_state(Injector(tt, insn=inj.insn), th)
         # Once every thread exists (a clone inherits filters and credentials), each thread gets

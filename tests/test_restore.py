@@ -3627,3 +3627,37 @@ def test_zombies_come_back_with_their_status_and_no_extra_sigchld(pidns, tmp_pat
     assert lines[-1] == f"calls {calls + 1 if sigchld == 'blocked' else calls}"
     if sigchld == "blocked":
         assert calls == 0
+
+
+RESTARTED_SLEEP = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class Timespec(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+open(sys.argv[1] + "/ready", "w").close()
+t = time.monotonic()
+ret = libc.nanosleep(ctypes.byref(Timespec(4, 0)), None)  # relative: the kernel restarts it by restart_block
+with open(sys.argv[1] + "/slept", "w") as f:
+    f.write(f"{ret} {ctypes.get_errno()}")
+time.sleep(100)
+"""
+
+
+def test_a_sleep_stopped_twice_is_restarted_not_interrupted(pidns, tmp_path, restored):
+    """A dump that leaves the namespace running resumes a relative nanosleep inside
+    restart_syscall; the dump --kill after it then finds orig_rax = restart_syscall, and the
+    restored task, which has no restart_block, got EINTR out of a sleep it never saw
+    interrupted. It sleeps on (nanosleep re-run, its wrapper's call) and returns 0."""
+    w = py_workload(pidns, RESTARTED_SLEEP, tmp_path)
+    time.sleep(0.1)
+    first = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", os.devnull)
+    assert first.returncode == 0, first.stderr.decode()
+    with open(f"/proc/{w.init}/syscall") as f:
+        assert f.read().split()[0] == "219"  # restart_syscall, as the second dump will see it
+    img = str(tmp_path / "s.img")
+    dump_kill(w, img)
+    restore_json(img, restored)
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "slept").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "slept").read_text() == "0 0"

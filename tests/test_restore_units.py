@@ -34,6 +34,26 @@ def test_restart_block_becomes_a_plain_restart():
     assert out[REG_NAMES.index("rip")] == 0x1002  # the kernel rewinds it, not us
 
 
+@pytest.mark.parametrize("code, nr, rax", [
+    (b"\xb8\xe6\x00\x00\x00\x0f\x05", 230, NEG - 513),  # glibc's clock_nanosleep: re-run it
+    (b"\xb8\xca\x00\x00\x00\x0f\x05", 202, NEG - 513),  # a futex wait
+    (b"\xb8\x00\x00\x00\x00\x0f\x05", 219, NEG - 4),    # read(): not a restart-block call
+    (b"\x48\x89\xc8\x90\x90\x0f\x05", 219, NEG - 4),    # no mov $NR, %eax there: EINTR
+    (None, 219, NEG - 4),                                       # unreadable
+])
+def test_a_restarted_restart_syscall_reruns_the_call_its_wrapper_made(code, nr, rax):
+    """Stopped a second time in a sleep (inside restart_syscall, 219): the call comes from the
+    wrapper's `mov $NR, %eax; syscall` before rip, else the task gets EINTR."""
+    def read(addr, n):
+        assert (addr, n) == (0x1002 - 7, 7)
+        if code is None:
+            raise OSError(5, "EIO")
+        return code
+
+    out = fix_restart(regs(orig_rax=219, rax=NEG - 516, rip=0x1002), read)
+    assert (out[REG_NAMES.index("orig_rax")], out[REG_NAMES.index("rax")]) == (nr, rax)
+
+
 @pytest.mark.parametrize("orig,rax", [(NEG - 1, NEG - 516), (7, NEG - 512), (0, 5)])
 def test_other_states_are_left_alone(orig, rax):
     out = fix_restart(regs(orig_rax=orig, rax=rax))
