@@ -39,6 +39,7 @@ MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x1
 MAP_NORESERVE = 0x4000
 MLOCK_ONFAULT = 1
 VM_LOCKED, VM_LOCKONFAULT, VM_NORESERVE = VM_FLAG_BITS["lo"], VM_FLAG_BITS["lf"], VM_FLAG_BITS["nr"]
+VM_ACCOUNT = VM_FLAG_BITS["ac"]
 # The VM_* bits madvise() sets, with the advice that sets each (asm-generic/mman-common.h).
 # MADV_WIPEONFORK is refused (EINVAL) for anything but private anonymous memory, which is the
 # only kind a dumped VMA can have it on.
@@ -252,6 +253,10 @@ class MemoryRestorer:
             raise Unsupported(f"VMA {v.start:#x} of type {t.name} cannot be restored")
         in_process = bool(v.runs) and t is not VmaType.SHARED_ANON
         map_prot = prot | (PROT_READ | PROT_WRITE if in_process else 0)
+        if vm_flags & VM_ACCOUNT and t in (VmaType.ANON, VmaType.FILE):
+            # charged to the commit limit since it was writable (mprotect keeps the charge when
+            # write goes): mapped writable, it is charged again; mapped read-only, it would not be
+            map_prot |= PROT_WRITE
         ret = check(inj.syscall(SYS_mmap, v.start, length, map_prot, flags, fd, off),
                     f"mmap {t.name} {v.start:#x}-{v.end:#x} in {pid}")
         if ret != v.start:
