@@ -605,7 +605,7 @@ def test_refuses_task_traced_by_someone_else(pidns, ckwork, tmp_path):
     tr.seize()
     try:
         assert_refused(dump("--pidns", str(w.ns), "-o", os.devnull, check=False),
-                       "already traced", str(os.getpid()))
+                       f"(pid {nspid(victim)} inside the namespace) is already traced by host pid {os.getpid()} (")
         for t in all_tids(w):
             if t != victim:
                 assert status_field(t, "TracerPid") == "0"

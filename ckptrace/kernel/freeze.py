@@ -128,8 +128,9 @@ class Freezer:
         """Seize and interrupt one task (appended to `fresh`); False if it turned out to be a
         zombie (the kernel refuses to attach to a task that has begun to exit: EPERM)."""
         if st.tracer:
-            raise Unsupported(f"task {tid} is already traced by pid {st.tracer}: refusing to "
-                              "checkpoint a task someone else controls")
+            raise Unsupported(f"task {tid} (pid {st.nspid[-1] if st.nspid else '?'} inside the namespace) is "
+                              f"already traced by {self._who(st.tracer)}: refusing to checkpoint a task "
+                              "someone else controls")
         tr = Tracee(tid)
         try:
             tr.seccomp_suspended = tr.seize_suspending_seccomp()
@@ -147,6 +148,17 @@ class Freezer:
         self.tasks[tid] = task
         fresh.append(task)
         return True
+
+    def _who(self, pid: int) -> str:
+        """A host pid as the user knows it: "pid 3 inside the namespace (host pid 4242)" for one of
+        its tasks (strace -f run inside it), "host pid 4242" for one outside."""
+        try:
+            if procfs.ns_inode(pid, "pid", self.root) == self.ns:
+                return f"pid {procfs.status(pid, None, self.root).nspid[-1]} inside the namespace (host pid {pid})"
+        except CkptError:
+            pass
+        comm = procfs.comm(pid, self.root)
+        return f"host pid {pid}" + (f" ({comm})" if comm else "")
 
     def _wait_out_zombie(self, pid: int, tid: int, st, zombies: dict[int, float]) -> bool:
         """True once the zombie `tid` is kept (in self.zombies); False while it is waited out."""

@@ -335,6 +335,15 @@ def personality(pid: int, root: str = PROC) -> int:
 RLIM_INFINITY = (1 << 64) - 1
 
 
+def comm(pid: int, root: str = PROC) -> str | None:
+    """The process's name (comm), escaped for a message; None when it cannot be read."""
+    try:
+        with open(f"{root}/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
+    except OSError:
+        return None
+
+
 def wchan(tid: int, root: str = PROC) -> str:
     """The kernel function a task sleeps in ("" when running, gone or hidden): to say why a task
     does not stop."""
