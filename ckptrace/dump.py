@@ -34,7 +34,7 @@ from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
-from .objects import files, locks, mm, nsinfo, seccomp, task, timers
+from .objects import files, locks, mm, nsinfo, pipe, seccomp, task, timers
 from .objects.context import DumpContext, Stats
 
 
@@ -214,6 +214,7 @@ class Dumper:
                     ctx.progress()
         finally:
             copier.close()
+        ctx.image_notes += pipe.outside_notes(ctx, self.ns)
         write_tail(w)
         return ctx
 

@@ -1120,3 +1120,24 @@ def test_a_dumper_killed_mid_write_leaves_no_file_behind(pidns, ckwork, tmp_path
     # and a dump that completes still gives the image its name, 0600, nothing else beside it
     dump("--pidns", str(w.ns), "-q", "-o", str(out / "x.img"))
     assert os.listdir(out) == ["x.img"] and stat.S_IMODE(os.stat(out / "x.img").st_mode) == 0o600
+
+
+def test_a_pipe_to_a_process_outside_is_named(pidns, tmp_path):
+    """The namespace's stdout is a pipe this test reads (`... | cat` after a container): the
+    image cannot hold the reader, so restore gives the pipe back with its reading end closed.
+    The dump says so, naming the outside holder; a pipe held inside by both ends is not named."""
+    ready = tmp_path / "ready"
+    w = pidns([sys.executable, "-c", "import os, sys, time\n"
+               "r, w = os.pipe()\n"  # both ends inside: nothing to say
+               "open(sys.argv[1], 'w').close(); time.sleep(100)", str(ready)],
+              ready_file=str(ready), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
+    assert p.returncode == 0, p.stderr
+    notes = [line for line in p.stderr.decode().splitlines() if "is a pipe whose" in line]
+    assert notes == [f"ckptrace dump: pid 1 fd 1 is a pipe whose reading end is held outside the namespace "
+                     f"(host pid {os.getpid()}, {procfs_comm(os.getpid())}): restore gives it back with that end closed"]
+
+
+def procfs_comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()

@@ -32,6 +32,7 @@ class DumpContext:
     objhash: ObjHash = field(default_factory=ObjHash)
     socks: SockTable = field(default_factory=SockTable)
     pipes_seen: set[int] = field(default_factory=set)  # pipe inodes whose buffer is already stored
+    pipe_ends: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # pipe id -> (host pid, fd, O_ACCMODE) of each end
     # (st_dev, st_ino) of every memfd or deleted file some fd of the namespace holds -> the first
     # (host pid, fd) met: a VMA mapping that inode names that fd's FILE object (one file again)
     data_fds: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)

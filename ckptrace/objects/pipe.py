@@ -12,7 +12,7 @@ import fcntl
 import os
 import struct
 
-from ..errors import from_oserror
+from ..errors import CkptError, from_oserror
 from ..image.records import RecType
 from ..kernel.sys import libc
 from .context import DumpContext
@@ -81,5 +81,43 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     if pipe_id in ctx.pipes_seen:
         data = b""
     ctx.pipes_seen.add(pipe_id)
+    if o.kind is FileType.PIPE:
+        ctx.pipe_ends.setdefault(pipe_id, []).append((o.pid, o.fd, acc))
     ctx.w.record(RecType.FILE_PIPE, dict(pipe_id=pipe_id, buffered=len(data), pipe_size=size), payload=data)
 
+
+
+def outside_notes(ctx: DumpContext, ns: int) -> list[str]:
+    """A line for each pipe the image holds one kind of end of (readers only, or writers only)
+    whose other end a process outside the namespace holds, such as a shell's `| cat` after a
+    container: restore gives the pipe back with that end closed (the image cannot hold the
+    outside process), so the restored side sees EOF or EPIPE there, and `dump --kill` cuts it now."""
+    from ..kernel import procfs
+
+    lone = {pid: ends[0] for pid, ends in ctx.pipe_ends.items() if len({acc for _, _, acc in ends}) == 1}
+    if not lone:
+        return []
+    targets = {f"pipe:[{pipe_id}]": pipe_id for pipe_id in lone}
+    out: dict[int, tuple[int, str]] = {}
+    for host in procfs.pids(ctx.proc):
+        if procfs.ns_inode(host, "pid", ctx.proc) == ns:
+            continue
+        try:
+            fds = procfs.fds(host, ctx.proc)
+        except CkptError:
+            continue
+        for fd in fds:
+            try:
+                pipe_id = targets.get(procfs.fd_target(host, fd, ctx.proc))
+                if pipe_id is None or pipe_id in out or procfs.fdinfo(host, fd, ctx.proc).flags & 3 == lone[pipe_id][2]:
+                    continue  # (an end of the kind the namespace holds too: unshare's own stdout)
+            except CkptError:
+                continue
+            out[pipe_id] = (host, procfs.comm(host, ctx.proc) or "?")
+    notes = []
+    for pipe_id, (host, comm) in sorted(out.items()):
+        pid, fd, acc = lone[pipe_id]
+        other = "reading" if acc != os.O_RDONLY else "writing"
+        notes.append(f"pid {ctx.ns_pid.get(pid, pid)} fd {fd} is a pipe whose {other} end is held outside the "
+                     f"namespace (host pid {host}, {comm}): restore gives it back with that end closed")
+    return notes
