@@ -11,7 +11,8 @@ import json
 from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
-from .image.records import FILE_NAMES, PAGE_SIZE, VMA_NAMES, format_time, json_safe, wait_status_text
+from .image.records import (FILE_NAMES, PAGE_SIZE, RECORDS, RLIMIT_NAMES, VM_FLAG_NAMES, VMA_NAMES, RecType,
+                            flag_names, format_time, json_safe, pretty_value, wait_status_text)
 from .image.render import human, open_flags_text, plural, prot_str, terminal_safe
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
@@ -172,7 +173,7 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
     b = {v.start: v for v in mb.vmas}
     out: dict[str, Any] = dict(added=[vma_doc(ib, b[s]) for s in sorted(b.keys() - a.keys())],
                                removed=[vma_doc(ia, a[s]) for s in sorted(a.keys() - b.keys())],
-                               resized=[], reprotected=[], pages=[])
+                               resized=[], reprotected=[], reflagged=[], pages=[])
     for s in sorted(a.keys() & b.keys()):
         va, vb = a[s], b[s]
         da, db = vma_doc(ia, va), vma_doc(ib, vb)
@@ -186,6 +187,11 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
         if da["prot"] != db["prot"]:
             out["reprotected"].append(dict(start=s, end=vb.end, prot_a=da["prot"], prot_b=db["prot"],
                                            file=db["file"]))
+        # VmFlags beyond the protection (ac, nr, dc, lo, hg...): what mmap flags, madvise and mlock set
+        fa_, fb_ = (set(flag_names(v.fields["vm_flags"] & ~0xF, VM_FLAG_NAMES)) for v in (va, vb))
+        if fa_ != fb_:
+            out["reflagged"].append(dict(start=s, end=vb.end, lost=sorted(fa_ - fb_), gained=sorted(fb_ - fa_),
+                                         file=db["file"]))
         p = diff_pages(ia, fa, va, ib, fb, vb, ma.vmas, mb.vmas)
         if p:
             p["file"] = db["file"] or db["type"]
@@ -193,6 +199,77 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
     out["added"].sort(key=lambda x: x["start"])
     out["removed"].sort(key=lambda x: x["start"])
     return out
+
+
+# Record fields that move by themselves while a namespace runs, or that restore makes anew:
+# not changes of state. (Pending signals are compared: one lost by a restore is a change.)
+_VOLATILE = {
+    RecType.TASK_ITIMERS: {"real_value", "virtual_value", "prof_value"},  # count down
+    RecType.THREAD: {"tid", "tgid"},
+}
+
+
+def _fields_changed(rtype: RecType, a: dict | None, b: dict | None, what: str) -> list[dict[str, Any]]:
+    """{what, a, b} for each field of record type `rtype` that differs, shown as decode shows it."""
+    if a is None or b is None:
+        return [] if a is b else [dict(what=what, a="(none)" if a is None else "set", b="(none)" if b is None else "set")]
+    out = []
+    for f in RECORDS[rtype].fields:
+        if f.is_pad or f.name in _VOLATILE.get(rtype, ()) or a.get(f.name) == b.get(f.name):
+            continue
+        out.append(dict(what=f"{what}{f.name}", a=pretty_value(f, a.get(f.name, 0)), b=pretty_value(f, b.get(f.name, 0))))
+    return out
+
+
+def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
+    """What else differs between two images of one process: credentials, per-process state
+    (umask, personality, pdeath signal, flags, oom_score_adj, cwd, root), rlimits, signal
+    handlers, interval timers' intervals, seccomp, and per thread the signal mask, pending
+    signals, sigaltstack, rseq, robust list, I/O priority, scheduling and CPU affinity. Each
+    as {what, a, b}: what a restore must keep, which `diff` after a restore shows if it did not."""
+    out = _fields_changed(RecType.TASK_CREDS, pa.creds, pb.creds, "")
+    if pa.groups != pb.groups:
+        out.append(dict(what="groups", a=" ".join(map(str, pa.groups)), b=" ".join(map(str, pb.groups))))
+    out += _fields_changed(RecType.TASK_PROC, pa.proc, pb.proc, "")
+    for what, x, y in (("cwd", pa.cwd, pb.cwd), ("root", pa.root or "/", pb.root or "/")):
+        if x != y:
+            out.append(dict(what=what, a=x, b=y))
+    for i, (x, y) in enumerate(zip(pa.rlimits, pb.rlimits)):
+        name = RLIMIT_NAMES[i] if i < len(RLIMIT_NAMES) else str(i)
+        for k in ("cur", "max"):
+            if x[k] != y[k]:
+                out.append(dict(what=f"RLIMIT_{name} {k}", a=_limit(x[k]), b=_limit(y[k])))
+    handler = RECORDS[RecType.TASK_SIGHAND].entry
+    for i, (x, y) in enumerate(zip(pa.sighand, pb.sighand)):
+        for f in handler:
+            if x[f.name] != y[f.name]:
+                out.append(dict(what=f"signal {i + 1} {f.name}", a=pretty_value(f, x[f.name]), b=pretty_value(f, y[f.name])))
+    out += _fields_changed(RecType.TASK_ITIMERS, pa.itimers, pb.itimers, "itimer ")
+    out += _fields_changed(RecType.TASK_SECCOMP, pa.seccomp, pb.seccomp, "seccomp ")
+    if pa.seccomp_filters != pb.seccomp_filters and pa.seccomp and pb.seccomp:
+        out.append(dict(what="seccomp filters", a=f"{len(pa.seccomp_filters)}", b=f"{len(pb.seccomp_filters)}"))
+    threads_b = {t.tid: t for t in ib.threads_of(pb.tgid)}
+    for ta in ia.threads_of(pa.tgid):
+        tb = threads_b.get(ta.tid)
+        if tb is None:
+            continue
+        of = "" if ta.is_leader else f" (thread {ta.tid})"
+        for item in (_fields_changed(RecType.THREAD, ta.thread, tb.thread, "")
+                     + _fields_changed(RecType.TASK_SCHED, ta.sched, tb.sched, "sched ")):
+            item["what"] += of
+            out.append(item)
+        if ta.affinity.rstrip(b"\0") != tb.affinity.rstrip(b"\0"):
+            out.append(dict(what="CPU affinity" + of, a=_cpus(ta.affinity), b=_cpus(tb.affinity)))
+    return out
+
+
+def _limit(v: int) -> str:
+    return "unlimited" if v >= 1 << 63 else str(v)
+
+
+def _cpus(mask: bytes) -> str:
+    n = int.from_bytes(mask, "little")
+    return ",".join(str(c) for c in range(n.bit_length()) if n >> c & 1) or "-"
 
 
 def diff_fds(ia: Image, ta, ib: Image, tb) -> dict[str, Any]:
@@ -230,6 +307,7 @@ def diff_images(ia: Image, fa: BinaryIO, ib: Image, fb: BinaryIO, *, path_a: str
             d["comm_a"] = q.comm
         d["vmas"] = diff_mm(ia, fa, ia.obj(q.mm_objref), ib, fb, ib.obj(p.mm_objref))
         d["fds"] = diff_fds(ia, ia.obj(q.files_objref), ib, ib.obj(p.files_objref))
+        d["state"] = diff_state(ia, q, ib, p)
         procs.append(d)
     notes = []
     init_a = next((e["hostpid"] for e in ia.tree if e["pid"] == 1), None)
@@ -257,8 +335,8 @@ def diff_images(ia: Image, fa: BinaryIO, ib: Image, fb: BinaryIO, *, path_a: str
 
 def _empty(p: dict[str, Any]) -> bool:
     v, f = p["vmas"], p["fds"]
-    return not any(v[k] for k in ("added", "removed", "resized", "reprotected", "pages")) and \
-        not any(f[k] for k in ("added", "removed", "changed")) and "comm_a" not in p
+    return not any(v[k] for k in ("added", "removed", "resized", "reprotected", "reflagged", "pages")) and \
+        not any(f[k] for k in ("added", "removed", "changed")) and "comm_a" not in p and not p["state"]
 
 
 def _rng(rs: list[tuple[int, int]], limit: int = 8) -> Iterator[str]:
@@ -324,6 +402,11 @@ def diff_text(d: dict[str, Any]) -> str:
                        f"({_sizes(x['start'], x['end_a'], x['end_b'])}) {x['file']}".rstrip())
         for x in v["reprotected"]:
             out.append(f"  ~ vma {x['start']:x}-{x['end']:x}: {x['prot_a']} -> {x['prot_b']} {x['file']}")
+        for x in v["reflagged"]:
+            change = " ".join([f"-{n}" for n in x["lost"]] + [f"+{n}" for n in x["gained"]])
+            out.append(f"  ~ vma {x['start']:x}-{x['end']:x}: flags {change} {x['file']}".rstrip())
+        for x in p["state"]:
+            out.append(f"  ~ {x['what']}: {x['a']} -> {x['b']}")
         for x in v["pages"]:
             line = f"  * pages {x['start']:x}-{x['end']:x} {x['file']}: {x['changed']} changed"
             if x["only_in_a"]:

@@ -256,3 +256,41 @@ def test_a_process_that_became_a_zombie_is_named_not_compared():
     assert back["tasks"]["exited"][0]["zombie_in"] == "a" and [p["pid"] for p in back["processes"]] == [1, 2]
     same = diff_images(ib, io.BytesIO(b), ib, io.BytesIO(b))
     assert same["tasks"] == dict(added=[], gone=[], changed=[], exited=[])
+
+
+def test_process_state_that_a_restore_must_keep_is_compared():
+    """Owner, limits, handlers, masks, scheduling, affinity, I/O priority and VmFlags: a restore
+    that lost one shows in `diff` before/after; counting-down timer values do not."""
+    import io
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.imgdiff import diff_images, diff_text
+
+    data = imagegen.build()
+    ia, ib = read_image(io.BytesIO(data)), read_image(io.BytesIO(data))
+    p, thread = ib.task(1), ib.task(2)
+    p.creds["euid"] = 1000
+    p.groups = [4]
+    p.proc["umask"] = 0o77
+    p.rlimits[7]["cur"] = 1 << 64 - 1  # RLIMIT_NOFILE unlimited
+    p.sighand[9]["handler"] = 1  # SIGUSR1 ignored
+    p.itimers["real_value"] += 5  # moves by itself: not a change
+    p.sched["nice"] = 5
+    thread.thread["blocked"] = 0
+    thread.thread["ioprio"] = (2 << 13) | 4
+    thread.affinity = b"\x01"
+    vma = ib.obj(p.mm_objref).vmas[0]
+    vma.fields["vm_flags"] |= 1 << 20  # ac
+    d = diff_images(ia, io.BytesIO(data), ib, io.BytesIO(data))
+    (p1,) = [x for x in d["processes"] if x["pid"] == 1]
+    got = {x["what"]: (x["a"], x["b"]) for x in p1["state"]}
+    assert got == {"euid": ("0", "1000"), "groups": ("4 27", "4"), "umask": ("0o22", "0o77"),
+                   "RLIMIT_NOFILE cur": ("7", "unlimited"), "signal 10 handler": ("0x0", "0x1"),
+                   "sched nice": ("1", "5"), "blocked (thread 2)": ("0x4000", "0x0"),
+                   "ioprio (thread 2)": ("0x0", "0x4004"), "CPU affinity (thread 2)": ("0,1", "0")}, got
+    assert p1["vmas"]["reflagged"] == [dict(start=vma.start, end=vma.end, lost=[], gained=["ac"], file=p1["vmas"]["reflagged"][0]["file"])]
+    text = diff_text(d)
+    assert "  ~ sched nice: 1 -> 5" in text and "  ~ blocked (thread 2): 0x4000 -> 0x0" in text
+    assert f"  ~ vma {vma.start:x}-{vma.end:x}: flags +ac" in text
+    same = diff_images(ia, io.BytesIO(data), ia, io.BytesIO(data))
+    assert all(x["state"] == [] and x["vmas"]["reflagged"] == [] for x in same["processes"])
