@@ -1419,8 +1419,18 @@ def idler():
     idle_set.set()
     time.sleep(1000)
 
+rr_set = threading.Event()
+
+def rr():
+    os.setpriority(os.PRIO_PROCESS, 0, 4)  # kept by SCHED_RR too (sched_getattr reports 0)
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(5))
+    rr_set.set()
+    time.sleep(1000)
+
 threading.Thread(target=idler, daemon=True).start()
 idle_set.wait()
+threading.Thread(target=rr, daemon=True).start()
+rr_set.wait()
 threading.Thread(target=worker, daemon=True).start()
 out = open(os.path.join(sys.argv[1], "prctl.log"), "a", buffering=1)
 v = ctypes.c_int()
@@ -1446,15 +1456,25 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
         pytest.fail("needs 2 CPUs (the CI machine has them): the workload pins itself to CPU 1")
     w = pidns([sys.executable, "-c", SCHED_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               settle=0.2, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from ckptrace.image.reader import read_image
+
     want = {nspid(int(t)): _sched_of(int(t)) for t in os.listdir(f"/proc/{w.init}/task")}
-    # OTHER, IDLE, BATCH
-    assert sorted(want.values()) == [(3, 0, 5, [1], 50000), (5, 0, 0, [1], 50000), (7, 0, 3, [1], 250000)], want
+    # OTHER, IDLE, RR (the kernel gives a real-time thread no timer slack), BATCH
+    assert sorted(want.values()) == [(3, 0, 5, [1], 50000), (4, 5, 2, [1], 0), (5, 0, 0, [1], 50000),
+                                     (7, 0, 3, [1], 250000)], want
     img = str(tmp_path / "sched.img")
     dump_kill(w, img)
+    with open(img, "rb") as f:
+        scheds = sorted((t.sched["policy"], t.sched["nice"], t.sched["priority"]) for t in read_image(f).tasks)
+    assert scheds == [(0, 5, 0), (2, 4, 5), (3, 7, 0), (5, 3, 0)], scheds
     res = restore_json(img, restored)
     init = res["init_pid"]
     got = {nspid(int(t)): _sched_of(int(t)) for t in os.listdir(f"/proc/{init}/task")}
     assert got == want
+    # the real-time thread's nice is its own again once it goes back to SCHED_OTHER
+    rr_tid = next(int(t) for t in os.listdir(f"/proc/{init}/task") if os.sched_getscheduler(int(t)) == os.SCHED_RR)
+    os.sched_setscheduler(rr_tid, os.SCHED_OTHER, os.sched_param(0))
+    assert os.getpriority(os.PRIO_PROCESS, rr_tid) == 4
     with open(f"/proc/{init}/oom_score_adj") as f:
         assert f.read().strip() == "500"
     assert _status(f"/proc/{init}")["THP_enabled"] == "0"

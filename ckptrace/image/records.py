@@ -592,8 +592,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.TASK_SCHED, (u32("policy", "enum", SCHED_POLICIES), s32("nice"), u32("priority"), pad(4),
                             u64("flags", "hex"), u64("runtime"), u64("deadline"), u64("period"), u64("timer_slack")),
        Payload.BYTES, max_payload=MAX_CPU_MASK,
-       doc="A thread's scheduling (sched_getattr: policy, nice, real-time priority, flags, "
-           "SCHED_DEADLINE runtime/deadline/period in ns), timer slack in ns; payload: its CPU affinity as a bitmask, "
+       doc="A thread's scheduling (sched_getattr: policy, real-time priority, flags, "
+           "SCHED_DEADLINE runtime/deadline/period in ns; nice from /proc/TID/stat, which a real-time "
+           "or deadline thread keeps too), timer slack in ns; payload: its CPU affinity as a bitmask, "
            "bit n = CPU n (sched_getaffinity), trailing zero bytes dropped."),
     _R(RecType.TASK_ITIMERS, tuple(u64(f"{n}_{k}") for n in ("real", "virtual", "prof") for k in ("interval", "value")),
        doc="A process's interval timers (getitimer: ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF), "

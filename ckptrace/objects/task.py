@@ -145,7 +145,11 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.robust_list = get_robust_list(t.hosttid)
     t.ioprio = ioprio_get(t.hosttid)
     t.siginfo = tr.peek_siginfo(shared=False)
-    t.sched = dict(sched_getattr(t.hosttid), timer_slack=procfs.timerslack(t.hosttid, proc))
+    # sched_getattr gives the nice value of a SCHED_OTHER/BATCH/IDLE thread only (0 for a
+    # real-time or deadline one), but every task keeps one: it shows again when the thread goes
+    # back to SCHED_OTHER. /proc's stat shows it for any policy.
+    t.sched = dict(sched_getattr(t.hosttid), nice=int(fields[procfs.STAT_NICE]),
+                   timer_slack=procfs.timerslack(t.hosttid, proc))
     t.affinity = cpu_mask(os.sched_getaffinity(t.hosttid))
     seccomp.collect(t, st)
     with Injector(tr, insn) as inj, inj.scratch(32) as (addr, mem):
