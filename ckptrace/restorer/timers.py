@@ -1,10 +1,18 @@
 """Timers back in each restored process, by injected calls, as the last thing before the tasks
 run (the time left when dumped is the time left when let go): setitimer(2) for the interval
 timers (TASK_ITIMERS), and for POSIX timers (TASK_POSIX_TIMERS) timer_create under the old id
-(PR_TIMER_CREATE_RESTORE_IDS) then timer_settime."""
+(PR_TIMER_CREATE_RESTORE_IDS) then timer_settime.
+
+setitimer adds one scheduler tick to the time left it is given for ITIMER_VIRTUAL and
+ITIMER_PROF (set_cpu_itimer adds TICK_NSEC: CPU time is accounted by ticks, so that the timer
+never fires early), not to their interval nor to ITIMER_REAL, and getitimer shows that tick: set
+as dumped, the value would grow by a tick per generation. The tick is taken off before setting;
+it is measured on the controller itself (cpu_itimer_tick), as HZ is not visible to user space."""
 
 from __future__ import annotations
 
+import functools
+import signal
 import struct
 
 from ..errors import HostUnsupported
@@ -36,6 +44,25 @@ def timerfd_abs_rearm(deadline: int, interval: int, ticks: int, now: int) -> tup
     return deadline + n * interval, ticks + n
 
 
+@functools.cache
+def cpu_itimer_tick() -> int:
+    """The µs setitimer adds to a CPU-time interval timer's value on this kernel (one tick:
+    4000 at HZ=250; 0 should a kernel stop adding it), measured once on the controller: its own
+    ITIMER_VIRTUAL set to a value far off and read back, then put back as it was (disarmed: the
+    controller arms none). The CPU time the controller spends in between can only lower what is
+    read back (by a tick, when one lands there), so the largest excess of a few tries is the tick."""
+    probe = 1000  # s: never reached meanwhile
+    old = signal.getitimer(signal.ITIMER_VIRTUAL)
+    excess = 0
+    try:
+        for _ in range(3):
+            signal.setitimer(signal.ITIMER_VIRTUAL, probe)
+            excess = max(excess, round(signal.getitimer(signal.ITIMER_VIRTUAL)[0] * 1_000_000) - probe * 1_000_000)
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, *old)
+    return excess
+
+
 def apply(inj: Injector, itimers: dict | None) -> None:
     if not itimers:
         return
@@ -43,6 +70,10 @@ def apply(inj: Injector, itimers: dict | None) -> None:
         value, interval = itimers[f"{name}_value"], itimers[f"{name}_interval"]
         if not value:
             continue  # disarmed (an interval alone means nothing without a value)
+        if which != signal.ITIMER_REAL:
+            # less the tick setitimer adds (module docstring), but never 0, which would disarm it:
+            # 1 µs for a value within a tick (getitimer shows a tick for one about to fire)
+            value = max(1, value - cpu_itimer_tick())
         with inj.scratch(ITIMERVAL.size) as (addr, mem):
             mem.seek(addr)
             mem.write(ITIMERVAL.pack(interval // 1_000_000, interval % 1_000_000, value // 1_000_000, value % 1_000_000))
