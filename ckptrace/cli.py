@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = subs["restore"]
     r.add_argument("image", metavar="FILE|-")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
-    r.add_argument("--quiet", "-q", action="store_true", help="print nothing on success (the exit status says it)")
+    r.add_argument("--quiet", "-q", action="store_true", help="print nothing on success but notes (stderr)")
     r.add_argument("--root", metavar="DIR",
                    help="where the namespace's root directory (and the image's paths under it) "
                         "is now, if not where it was when dumped")

@@ -25,7 +25,7 @@ import select
 import signal
 import struct
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
 from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Terminated, Unsupported
@@ -60,6 +60,11 @@ class Result:
     threads: int
     bytes_restored: int
     seconds: float
+    # what the user should know although the restore worked (stderr, not in --json's object)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "notes"}
 
 
 def main(args) -> int:
@@ -91,12 +96,14 @@ def main(args) -> int:
             if args.json:
                 import json
 
-                print(json.dumps(asdict(res)))
+                print(json.dumps(res.as_dict()))
             elif not args.quiet:
                 print(f"restored pid:[{res.pidns}]: init is host pid {res.init_pid}; "
                       f"{plural(res.processes, 'process')}, {plural(res.threads, 'thread')}, "
                       f"{res.bytes_restored / (1 << 20):.1f} MiB in {res.seconds:.3f} s")
             sys.stdout.flush()
+            for note in res.notes:
+                print(f"ckptrace restore: {note}", file=sys.stderr)
         except OSError as exc:
             # The namespace runs: say where, or whoever ran us is left to hunt for it
             raise KernelError(f"restored pid:[{res.pidns}] (init is host pid {res.init_pid}), but writing "
@@ -338,7 +345,7 @@ class _Restore:
             self._finish()
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
             res = Result(ns, self.init, len(self.img.processes()) + len(self.img.zombies()), len(self.img.tasks),
-                         mem.bytes_written, round(time.monotonic() - start, 6))
+                         mem.bytes_written, round(time.monotonic() - start, 6), files.notes)
         except BaseException:
             self._abort()
             raise

@@ -211,3 +211,22 @@ def test_exiting_against_live_processes():
     finally:
         p.kill()
         p.wait()
+
+
+def test_holders_finds_the_processes_with_an_inode_open(tmp_path):
+    """holders() matches fds by the file they lead to (device and inode), not by the path the
+    link shows, skips the pid it is told to, and lets dangling links and unreadable fd
+    directories be."""
+    target, other = tmp_path / "fifo", tmp_path / "other"
+    os.mkfifo(target)
+    other.write_text("")
+    proc = tmp_path / "proc"
+    for pid, links in {"10": ["other", "fifo"], "11": ["other"], "12": ["fifo"], "13": ["gone"]}.items():
+        (proc / pid / "fd").mkdir(parents=True)
+        for n, name in enumerate(links):
+            os.symlink(tmp_path / name, proc / pid / "fd" / str(n))
+    (proc / "14").mkdir()  # no fd directory (a zombie's cannot be listed either)
+    (proc / "self").mkdir()
+    st = os.stat(target)
+    assert sorted(procfs.holders(st.st_dev, st.st_ino, str(proc))) == [10, 12]
+    assert procfs.holders(st.st_dev, st.st_ino, str(proc), skip=12) == [10]

@@ -1074,6 +1074,114 @@ def test_a_packet_mode_pipe_stays_one(pidns, tmp_path, restored):
     assert log.read_text().splitlines() == ["5 5", "5 5"]  # not "10 ...": a plain pipe
 
 
+FIFO_WRITER = r"""
+import os, sys, time
+d = sys.argv[1]
+fd = os.open(d + "/fifo", os.O_WRONLY)   # the reader is the test, outside the namespace
+os.write(fd, b"A\nB\n")
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+FIFO_READER = r"""
+import os, sys, time
+d = sys.argv[1]
+fd = os.open(d + "/fifo", os.O_RDONLY | os.O_NONBLOCK)   # the writer is the test, outside
+open(d + "/ready", "w").close()
+while not os.path.exists(d + "/go"):     # a slow reader: nothing read until told
+    time.sleep(0.02)
+got = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except BlockingIOError:
+        break
+    if not chunk:
+        break
+    got += chunk
+with open(d + "/got.tmp", "wb") as f:
+    f.write(got)
+os.rename(d + "/got.tmp", d + "/got")
+while True:
+    time.sleep(1)
+"""
+
+
+def pipe_bytes(fd: int) -> int:
+    """Bytes in the pipe `fd` is an end of (FIONREAD works on either end)."""
+    import fcntl
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def restore_stderr(img, restored: list) -> str:
+    """`restore --json img`, which must succeed: what it said on stderr."""
+    r = ckptrace("restore", "--json", str(img))
+    assert r.returncode == 0, r.stderr.decode()
+    restored.append(json.loads(r.stdout)["init_pid"])
+    return r.stderr.decode()
+
+
+def left_alone(err: str) -> bool:
+    """Whether restore's stderr says it left a live FIFO's bytes in place (one note line)."""
+    return any(line.startswith("ckptrace restore: pid 1 fd ") and "not written again" in line
+               for line in err.splitlines())
+
+
+def test_fifo_bytes_an_outside_reader_kept_come_once(pidns, tmp_path, restored):
+    """A FIFO open outside the namespace too keeps its pipe, and the bytes in it, through dump
+    --kill (the kernel frees a FIFO's pipe only once nobody has it open): restore must not write
+    the image's copy of them into that same pipe again."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        w = py_workload(pidns, FIFO_WRITER, tmp_path)
+        img = tmp_path / "fw.img"
+        dump_kill(w, img)
+        assert pipe_bytes(reader) == 4  # still there, the writer gone
+        err = restore_stderr(img, restored)
+        assert os.read(reader, 100) == b"A\nB\n"  # not "A\nB\nA\nB\n"
+        with pytest.raises(BlockingIOError):  # the restored writer holds the pipe: no EOF
+            os.read(reader, 100)
+        assert left_alone(err), err
+    finally:
+        os.close(reader)
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["kill", "original-running"])
+def test_fifo_bytes_from_an_outside_writer_come_once(pidns, tmp_path, restored, kill):
+    """The other direction: a host writer feeding a FIFO whose reader in the namespace had not
+    read yet. Its unread bytes are in the live pipe (kept by the writer after dump --kill, and by
+    the original reader itself when it still runs): the restored reader gets them once."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    w = py_workload(pidns, FIFO_READER, tmp_path)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(writer, b"one\ntwo\n")
+        img = tmp_path / "fr.img"
+        if kill:
+            dump_kill(w, img)
+        else:
+            d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(img))
+            assert d.returncode == 0, d.stderr.decode()
+        err = restore_stderr(img, restored)
+        assert pipe_bytes(writer) == 8  # not 16
+        assert left_alone(err), err
+        if not kill:
+            w.kill()  # else the original's reader, told to go as well, may take the bytes
+        (tmp_path / "go").touch()
+        deadline = time.monotonic() + 5
+        while not (tmp_path / "got").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "got").read_bytes() == b"one\ntwo\n"
+    finally:
+        os.close(writer)
+
+
 DGRAM_CLIENT = r"""
 import os, socket, sys, time
 d = sys.argv[1]

@@ -160,6 +160,23 @@ def test_restore_result_line(monkeypatch, capsys, flags, want):
     assert (want in out) if want else out == ""
 
 
+@pytest.mark.parametrize("flags", [(), ("--quiet",), ("--json",)])
+def test_restore_notes_go_to_stderr_one_line_each(monkeypatch, capsys, flags):
+    """What the user should know although the restore worked (a FIFO's bytes left in its live
+    pipe) is said on stderr whatever the flags, and is not part of --json's object."""
+    import json
+
+    from ckptrace import cli, restore
+
+    res = restore.Result(4026532999, 4242, 1, 2, 1 << 20, 0.5, ["pid 1 fd 3: first", "pid 2 fd 4: second"])
+    monkeypatch.setattr(restore, "restore", lambda path, progress=None, root=None, on_release=None: res)
+    assert cli.main(["restore", "x.img", *flags]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["ckptrace restore: pid 1 fd 3: first", "ckptrace restore: pid 2 fd 4: second"]
+    if "--json" in flags:
+        assert "notes" not in json.loads(out)
+
+
 def test_restore_shows_where_it_is_on_a_progress_line():
     """A restore of many processes or much memory is long: on a terminal a line says which
     process it is at and how much of the pages it has written (ckptrace.progress)."""

@@ -459,6 +459,30 @@ def fd_target(pid: int, fd: int, root: str = PROC) -> str:
     return _readlink(f"{root}/{pid}/fd/{fd}", f"readlink fd {fd} of {pid}")
 
 
+def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None) -> list[int]:
+    """Host pids of the processes (but `skip`) with an fd open on the inode (dev, ino). A scan:
+    processes and fds that vanish or cannot be read meanwhile are skipped. It stats every fd's
+    target through its /proc link (the file itself, whatever mount namespace or root the process
+    sees it through), so its cost is the host's number of open fds."""
+    out = []
+    for d in os.listdir(root):
+        if not d.isdigit() or int(d) == skip:
+            continue
+        try:
+            names = os.listdir(f"{root}/{d}/fd")
+        except OSError:
+            continue
+        for n in names:
+            try:
+                st = os.stat(f"{root}/{d}/fd/{n}")
+            except OSError:
+                continue
+            if st.st_ino == ino and st.st_dev == dev:
+                out.append(int(d))
+                break
+    return out
+
+
 @dataclass
 class FdInfo:
     pos: int

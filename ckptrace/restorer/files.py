@@ -18,11 +18,14 @@ import errno
 import fcntl
 import os
 import resource
+import struct
 import tempfile
+import termios
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
+from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
 from ..kernel.sys import libc, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
@@ -93,6 +96,23 @@ def check_files(img: Image) -> list[str]:
     return problems
 
 
+def _fifo_lives_on(holder: int) -> str:
+    """Why the pipe behind FIFO `holder` (just opened by us) is not a new one but the pipe as the
+    dump left it ("" when it is new): the kernel frees a FIFO's pipe, bytes and all, once nobody
+    has the FIFO open, and makes a new, empty one at the next open. So a pipe that already holds
+    bytes, or a FIFO open in another process (nothing of the restore exists yet but this one),
+    lived on: after `dump --kill` an outside reader or writer kept it, without --kill the
+    original itself does. Only asked when the image has bytes for the pipe."""
+    st = os.fstat(holder)
+    others = procfs.holders(st.st_dev, st.st_ino, skip=os.getpid())
+    if others:
+        return f"is open in host pid {others[0]}{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}"
+    # (a thread with a file table of its own does not show in /proc/PID/fd)
+    if struct.unpack("i", fcntl.ioctl(holder, termios.FIONREAD, b"\0\0\0\0"))[0]:
+        return "already holds bytes"
+    return ""
+
+
 BIND_LOCK = "/run/ckptrace/bind.lock"
 
 
@@ -118,8 +138,6 @@ def _socket_alive(path: str) -> bool:
     """Whether a live socket is bound at `path`, rather than the file a dead one left: only the
     latter may be unlinked to bind again. Asked of /proc/net/unix, not by connecting, which a
     server would see (and one that writes to its clients at once would die of the EPIPE)."""
-    from ..kernel import procfs
-
     return path in procfs.unix_socket_paths()
 
 
@@ -202,6 +220,7 @@ class FileSet:
     shmem: dict[int, int] = field(default_factory=dict)  # SHMEM file objref -> memfd
     mapped_data: dict[int, int] = field(default_factory=dict)  # mapped MEMFD/DELETED objref -> memfd
     holders: list[int] = field(default_factory=list)  # FIFO readers that keep buffers alive meanwhile
+    notes: list[str] = field(default_factory=list)  # what the user should know although it worked
     socket_pairs: dict[tuple[int, int], dict[int, int]] = field(default_factory=dict)
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
     late_seals: list[tuple[int, int, File]] = field(default_factory=list)  # (memfd, seals, object)
@@ -343,12 +362,20 @@ class FileSet:
             holder = os.open(self.img.at(obj.name), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             self.holders.append(holder)
             pipes[pid] = (-1, -1)
-            if rec is not None and rec.fields["pipe_size"]:
+            data = bytes(rec.payload or b"")[:rec.fields["buffered"]] if rec else b""
+            if data and (why := _fifo_lives_on(holder)):
+                # The pipe the dump saw is still there, with its capacity: its bytes were never
+                # lost, or the other party has read them since; written again, they would be
+                # read twice.
+                self.notes.append(f"{_users(self.img, obj.objref)}: the FIFO {self.img.at(obj.name)} {why}, "
+                                  f"so the pipe the dump saw lives on: its {len(data)} buffered bytes "
+                                  "are left to it, not written again")
+                data = b""
+            elif rec is not None and rec.fields["pipe_size"]:
                 try:
                     fcntl.fcntl(holder, F_SETPIPE_SZ, rec.fields["pipe_size"])
                 except OSError:
                     pass
-            data = bytes(rec.payload or b"")[:rec.fields["buffered"]] if rec else b""
             if data:
                 os.write(holder, data)
         end = os.open(self.img.at(obj.name), (obj.fields["f_flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
