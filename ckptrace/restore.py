@@ -576,6 +576,7 @@ class _Restore:
 
     def _finish(self) -> None:
         from .kernel.procfs import cgroup_mounts
+        from .kernel.ptrace import Injector
         from .restorer import cgroup, creds, locks, sched, timers, tree
         from .restorer.memory import SYS_prctl, check
 
@@ -592,16 +593,21 @@ class _Restore:
         # not once we let it go and exit. (The image's own pdeath signal for init is not restored:
         # its parent is us. Until init's detach, PTRACE_O_EXITKILL still ties it to us.)
         check(self.injectors[1].syscall(SYS_prctl, tree.PR_SET_PDEATHSIG, 0), "prctl(PR_SET_PDEATHSIG, 0) in init")
-        # The last injected calls (pending signals are raised after them, or an injected call
-        # could run a handler): the timers start counting as close to the detach as can be.
+        # The last injected calls but the pending signals' (queued after them, or an injected
+        # call could meet one the mask lets through): the timers start counting as close to the
+        # detach as can be.
         for t in self.img.processes():
             locks.apply(self.injectors[t.tid], t.tid, t.locks)
             timers.apply(self.injectors[t.tid], t.itimers)
             timers.apply_posix(self.injectors[t.tid], t.tid, t.posix_timers)
         for t in live:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
+        # Each thread queues its own pending signals to itself, and the leader its process's
+        # (creds.raise_pending: so they keep their sender); nothing is injected into a thread after.
         for t in live:
-            creds.raise_pending(self.host[t.tgid], self.by_tid[t.tid].tid, t.thread["pending"],
+            leader = self.injectors[t.tgid]
+            inj = leader if t.is_leader else Injector(self.by_tid[t.tid], insn=leader.insn)
+            creds.raise_pending(inj, t.tgid, t.tid, t.thread["blocked"], t.thread["pending"],
                                 t.proc["shared_pending"] if t.proc else None, t.siginfo, t.shared_siginfo)
         # A process dumped in a job-control stop (TASK state 4, __TASK_STOPPED) comes back stopped:
         # SIGSTOP queued while its threads are still held stops each of them as it is let go,

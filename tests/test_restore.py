@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import struct
@@ -2193,6 +2194,124 @@ def test_queued_signals_come_back_with_their_siginfo(pidns, tmp_path, restored):
         time.sleep(0.05)
     rt = int(sg.SIGRTMIN) + 1
     assert (tmp_path / "got").read_text().split() == [f"{int(sg.SIGUSR1)}:0:-", f"{rt}:-1:11", f"{rt}:-1:22", f"{rt}:-1:33"]
+
+
+SENDERS = r"""
+import ctypes, os, signal, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+RT = signal.SIGRTMIN + 1
+WAITED = (RT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD)
+signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+d = sys.argv[1]
+if os.fork() == 0:  # pid 2 sends init three signals, each its own way, and stays
+    assert libc.sigqueue(1, RT, ctypes.c_void_p(4242)) == 0        # SI_QUEUE, process-wide
+    os.kill(1, signal.SIGUSR1)                                      # SI_USER, process-wide
+    assert libc.syscall(234, 1, 1, signal.SIGUSR2) == 0             # tgkill: SI_TKILL, init's thread
+    open(d + "/sent", "w").close()
+    while True:
+        time.sleep(1)
+while not os.path.exists(d + "/sent"):
+    time.sleep(0.01)
+if os.fork() == 0:  # pid 3 exits: the kernel's SIGCHLD (CLD_EXITED), left pending and unreaped
+    os._exit(5)
+while True:
+    with open("/proc/3/stat") as f:
+        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+    time.sleep(0.01)
+open(d + "/ready", "w").close()
+while not os.path.exists(d + "/go"):
+    time.sleep(0.02)
+info = ctypes.create_string_buffer(128)
+ts = ctypes.create_string_buffer(struct.pack("<qq", 0, 0), 16)
+mask = ctypes.create_string_buffer(struct.pack("<Q", sum(1 << (s - 1) for s in WAITED)), 8)
+got = []
+while True:
+    # the system call: glibc's sigtimedwait() reports SI_TKILL as SI_USER
+    sig = libc.syscall(ctypes.c_long(128), mask, info, ts, ctypes.c_long(8))  # rt_sigtimedwait
+    if sig < 0:
+        break
+    # siginfo_t: signo, errno, code, then pid, uid and (RT) si_value or (SIGCHLD) si_status
+    signo, _, code, pid, uid, extra = struct.unpack_from("<iii4xiIq", info.raw)
+    got.append(f"{signo}:{code}:{pid}:{extra & 0xFFFFFFFF if signo == signal.SIGCHLD else extra}")
+with open(d + "/got.part", "w") as f:
+    f.write(" ".join(got))
+os.rename(d + "/got.part", d + "/got")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_pending_signals_come_back_from_their_senders(pidns, tmp_path, restored):
+    """Signals another process of the namespace sent to a blocking init (sigqueue, kill, tgkill)
+    and the kernel's SIGCHLD of a child's exit come back with their whole siginfo: sender's pid,
+    si_code, si_value, exit status. Re-raised from the controller, outside the namespace, the
+    kernel gave them si_pid 0 (and kill/SIGCHLD lost the rest)."""
+    w = py_workload(pidns, SENDERS, tmp_path)
+    img = str(tmp_path / "snd.img")
+    dump_kill(w, img)
+    restore_json(img, restored)
+    (tmp_path / "go").touch()
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "got").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rt = int(signal.SIGRTMIN) + 1
+    SI_USER, SI_QUEUE, SI_TKILL, CLD_EXITED = 0, -1, -6, 1
+    got = (tmp_path / "got").read_text().split()
+    assert got == [f"{int(signal.SIGUSR2)}:{SI_TKILL}:2:0",  # the thread's own first
+                   f"{int(signal.SIGUSR1)}:{SI_USER}:2:0",
+                   f"{int(signal.SIGCHLD)}:{CLD_EXITED}:3:5",
+                   f"{rt}:{SI_QUEUE}:2:4242"], got
+
+
+@pytest.mark.kernel
+def test_pending_signals_the_mask_lets_through_are_queued_whole(root):
+    """A pending signal the thread does not block (a stopped process's, say): queued from inside
+    the task by single-stepped calls, it would be taken at the next call's return, its siginfo
+    lost. It stays queued, siginfo and all, with the image's mask set again, until the detach,
+    when the handler runs."""
+    from ckptrace.kernel.ptrace import Injector, Tracee
+    from ckptrace.restorer import creds
+
+    rt = int(signal.SIGRTMIN) + 2
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        for sig in (signal.SIGUSR1, rt):
+            signal.signal(sig, lambda s, _f: os.write(w, b"%d\n" % s))
+        os.write(w, b"0\n")
+        while True:
+            time.sleep(0.01)
+    os.close(w)
+    try:
+        assert os.read(r, 2) == b"0\n"  # its handlers are in place
+        t = Tracee(pid)
+        t.seize()
+        t.interrupt()
+        t.wait_stop()
+        creds.set_mask(t, 0)
+
+        def info(sig: int, value: int) -> bytes:  # SI_QUEUE from pid 4242, uid 7
+            return struct.pack("<iii4xiIq", sig, 0, -1, 4242, 7, value).ljust(128, b"\0")
+
+        queue = [info(signal.SIGUSR1, 1), info(rt, 2), info(rt, 3)]
+        pending = 1 << (signal.SIGUSR1 - 1) | 1 << (rt - 1)
+        creds.raise_pending(Injector(t), pid, pid, 0, 0, pending, (), queue)
+        assert t.owed_signal == 0
+        assert t.get_sigmask() == 0
+        assert t.peek_siginfo(shared=True) == queue
+        t.detach()
+        got = set()
+        deadline = time.monotonic() + 5
+        while got != {int(signal.SIGUSR1), rt} and time.monotonic() < deadline:
+            if select.select([r], [], [], 0.1)[0]:
+                got |= {int(x) for x in os.read(r, 64).split()}
+        assert got == {int(signal.SIGUSR1), rt}
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
 
 
 SHM_COMMON = r"""

@@ -1,9 +1,10 @@
 """Credentials and signal state of restored tasks.
 
 Signal handlers are installed from inside the new process (raw rt_sigaction: a handler address is
-just a number there, its code arrives with the memory later). Masks, pending signals and
-credentials are applied by the controller at the end, credentials last of all because the
-injected clone3(set_tid) of threads needs the task's root capabilities.
+just a number there, its code arrives with the memory later). Credentials are applied by the
+controller once every thread exists (the injected clone3(set_tid) of threads needs the task's
+root capabilities), masks and pending signals at the very end (pending ones queued by each
+task to itself, so that they keep their sender).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import os
 import struct
 
+from ..image.records import SIGINFO_SIZE
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import libc
 from .memory import check
@@ -21,9 +23,8 @@ SYS_rt_sigaction = 13
 SYS_setgroups = 116
 SYS_setresuid = 117
 SYS_setresgid = 119
-SYS_tgkill = 234
 SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo = 129, 297
-SI_TKILL = -6
+SI_USER = 0
 SIGRTMIN = 32  # the kernel's: every signal from here on queues one instance per send
 SYS_prctl = 157
 SYS_capset = 126
@@ -135,48 +136,58 @@ def set_dumpable(inj: Injector, dumpable: int) -> None:
         check(inj.syscall(SYS_prctl, PR_SET_DUMPABLE, dumpable), f"prctl(PR_SET_DUMPABLE) in {inj.t.tid}")
 
 
-def raise_pending(host_tgid: int, host_tid: int, thread_pending: int, shared_pending: int | None,
-                  thread_info: list[bytes] = (), shared_info: list[bytes] = ()) -> None:
-    """Queue the image's pending signals again, in their order. A signal queued with a user
-    siginfo (sigqueue, timers, mqueue, AIO: si_code < 0, not SI_TKILL) is queued again with the
-    very same siginfo (its si_value and sender); the kernel lets nobody forge the others from
-    outside, so those are raised again with tgkill/kill, one per queued instance (standard
-    signals only ever hold one)."""
+def raise_pending(inj: Injector, tgid: int, tid: int, blocked: int, thread_pending: int,
+                  shared_pending: int | None, thread_info: list[bytes] = (), shared_info: list[bytes] = ()) -> None:
+    """Queue thread `tid`'s pending signals again (and, `shared_pending` not None, its process's:
+    then `tid` is the leader), in their order, each with the very siginfo the image holds.
+
+    The task queues them to itself, by injected rt_tgsigqueueinfo/rt_sigqueueinfo: the kernel
+    takes any siginfo a thread sends its own tid (SI_USER, SI_TKILL, the kernel's own SIGCHLD
+    CLD_EXITED...; from anyone else only si_code < 0 but SI_TKILL), and keeps its si_pid since
+    the sender is in the target's pid namespace. Sent from the controller, in an ancestor
+    namespace, every one came with si_pid 0. Standard signals hold one instance, RT signals
+    each queued one; a pending bit without a queue entry (the kernel was out of queue space)
+    is queued with what dequeuing it gave: SI_USER, no sender. `tgid`, `tid`: the image's
+    (in-namespace) ids; `blocked`: the thread's mask, already set (set_mask)."""
+    sends: list[tuple[bytes, bool]] = []
     for pending, queue, shared in ((thread_pending, thread_info, False), (shared_pending, shared_info, True)):
         if pending is None:
             continue
         raised: set[int] = set()
         for info in queue:
-            signo, _err, code = struct.unpack_from("<iii", info)
+            signo = struct.unpack_from("<i", info)[0]
             if not 0 < signo <= 64 or not pending >> (signo - 1) & 1 or signo in (SIGKILL, SIGSTOP):
                 continue
-            if code < 0 and code != SI_TKILL:
-                _queue_info(host_tgid, host_tid, signo, info, shared)
-            elif signo >= SIGRTMIN or signo not in raised:
-                _raise(host_tgid, host_tid, signo, shared)
+            if signo >= SIGRTMIN or signo not in raised:
+                sends.append((info, shared))
             raised.add(signo)
-        for sig in range(1, 65):  # pending without a queue entry (none expected): by number
+        for sig in range(1, 65):  # pending without a queue entry (none expected)
             if pending >> (sig - 1) & 1 and sig not in raised and sig not in (SIGKILL, SIGSTOP):
-                _raise(host_tgid, host_tid, sig, shared)
-
-
-def _raise(host_tgid: int, host_tid: int, sig: int, shared: bool) -> None:
-    if shared:
-        os.kill(host_tgid, sig)
+                sends.append((struct.pack("<iii", sig, 0, SI_USER).ljust(SIGINFO_SIZE, b"\0"), shared))
+    if not sends:
         return
-    check(-ctypes.get_errno() if libc.syscall(ctypes.c_long(SYS_tgkill), ctypes.c_long(host_tgid),
-                                               ctypes.c_long(host_tid), ctypes.c_long(sig)) < 0 else 0,
-           f"tgkill({host_tid}, {sig})")
-
-
-def _queue_info(host_tgid: int, host_tid: int, sig: int, info: bytes, shared: bool) -> None:
-    buf = ctypes.create_string_buffer(info, len(info))
-    if shared:
-        ret = libc.syscall(ctypes.c_long(SYS_rt_sigqueueinfo), ctypes.c_long(host_tgid), ctypes.c_long(sig), buf)
-    else:
-        ret = libc.syscall(ctypes.c_long(SYS_rt_tgsigqueueinfo), ctypes.c_long(host_tgid), ctypes.c_long(host_tid),
-                           ctypes.c_long(sig), buf)
-    check(-ctypes.get_errno() if ret < 0 else 0, f"rt_sigqueueinfo({host_tid if not shared else host_tgid}, {sig})")
+    # Each injected call is single-stepped: a signal the thread does not block would be taken at
+    # the call's return, in a signal-delivery-stop where the injector could only keep its number
+    # (its siginfo lost, and the calls after it disturbed). Such a signal (pending yet unblocked:
+    # sent to a stopped process, or caught on its way) stays blocked while the queue is built;
+    # the image's mask is set again after, and the thread takes it as soon as it is let go,
+    # siginfo and all (a thread resumed from a ptrace stop looks for its pending signals; the
+    # PTRACE_SETSIGMASK itself wakes nothing). No call may be injected into this thread after.
+    unblocked = sum(1 << (sig - 1) for sig in {struct.unpack_from("<i", info)[0] for info, _ in sends}) & ~blocked
+    if unblocked:
+        set_mask(inj.t, blocked | unblocked)
+    with inj.scratch(SIGINFO_SIZE) as (addr, mem):
+        for info, shared in sends:
+            signo = struct.unpack_from("<i", info)[0]
+            mem.seek(addr)
+            mem.write(info)
+            if shared:
+                ret = inj.syscall(SYS_rt_sigqueueinfo, tgid, signo, addr)
+            else:
+                ret = inj.syscall(SYS_rt_tgsigqueueinfo, tgid, tid, signo, addr)
+            check(ret, f"rt_{'' if shared else 'tg'}sigqueueinfo({signo}) in {tid}")
+    if unblocked:
+        set_mask(inj.t, blocked)
 
 
 def set_mask(t: Tracee, blocked: int) -> None:
