@@ -3860,12 +3860,13 @@ while True:
 
 
 def _zombie_view(host: int) -> tuple:
-    """(state, wait status, pid, ppid, pgid, sid, uid, gid) inside the namespace, from /proc."""
+    """(zombie or live, wait status, pid, ppid, pgid, sid, uid, gid) inside the namespace, from
+    /proc (a live process's R or S is its scheduler's business)."""
     with open(f"/proc/{host}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     with open(f"/proc/{host}/status") as f:
         st = {k: v.split() for k, _, v in (line.partition(":") for line in f)}
-    return (fields[0], int(fields[49]), int(st["NSpid"][-1]), _ppid_inside(host), int(st["NSpgid"][-1]),
+    return ("Z" if fields[0] == "Z" else "live", int(fields[49]), int(st["NSpid"][-1]), _ppid_inside(host), int(st["NSpgid"][-1]),
             int(st["NSsid"][-1]), int(st["Uid"][0]), int(st["Gid"][0]))
 
 
