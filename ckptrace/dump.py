@@ -35,6 +35,7 @@ from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
 from .objects import files, locks, mm, nsinfo, pipe, seccomp, task, timers
+from .objects.socket import arm_for_kill, release_held
 from .objects.context import DumpContext, Stats
 
 
@@ -150,7 +151,8 @@ class Dumper:
                 ns_pid[t.hosttid] = procfs.status(p.hostpid, t.hosttid, proc).nspid[-1]
         ns_root = os.readlink(f"{proc}/{self.init}/root")
         w = ImageWriter(self.out_fd, self.shadow_fd)
-        ctx = DumpContext(w, ns_root, ns_pid, self.opts.max_file_data, proc=proc, on_progress=self.on_progress)
+        ctx = DumpContext(w, ns_root, ns_pid, self.opts.max_file_data, proc=proc, on_progress=self.on_progress,
+                          tcp_held=[] if self.opts.kill else None)
         self.ctx = ctx
         live = [p for p in procs if not p.zombie]
         for p in procs:
@@ -316,15 +318,20 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     # --kill migrates: the namespace dies, so the image must be one restore can rebuild. Checked
     # on a sparse copy of what was written (the image itself may be going down a pipe).
     shadow = tempfile.TemporaryFile(prefix="ckptrace-index-") if opts.kill else None
+    dumper = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno() if shadow else None)
     try:
         frz.freeze()
-        ctx = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno() if shadow else None).run(frz)
+        ctx = dumper.run(frz)
         if shadow is not None:
             check_restorable(shadow, ns)
         # Into a pipe or socket, "written" is not "read": a reader that stops early (`| head`)
         # leaves the last bytes in the pipe without any EPIPE. Killing on that would lose the
         # namespace, so --kill waits for the reader to take everything.
         _check_delivered(out_fd, ctx.w.bytes_written, wait=opts.kill)
+        if ctx.tcp_held:
+            # TCP connections back in repair mode (the kill then closes them without a FIN or
+            # RST), and refused if data arrived since they were read: as late as can be
+            arm_for_kill(ctx.tcp_held, ns)
         if on_complete is not None:
             on_complete()
         ok = True
@@ -345,6 +352,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             raise
         raise NoSuchProcess(_exited_message(gone, ns, opts.kill)) from None
     finally:
+        if dumper.ctx is not None and dumper.ctx.tcp_held:
+            release_held(dumper.ctx.tcp_held, killed=ok and opts.kill)
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
         if shadow is not None:

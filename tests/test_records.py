@@ -75,7 +75,7 @@ def test_sample_image_round_trips_byte_equal():
 
 def test_every_record_type_appears_in_the_sample_or_is_reserved():
     seen = {rec.type for rec in records_of(SAMPLE)}
-    dump_only = {RecType.MM_CONTEXT, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_SOCKET_QUEUE, RecType.FILE_STAT, RecType.FILE_EVENTFD,
+    dump_only = {RecType.MM_CONTEXT, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_SOCKET_QUEUE, RecType.FILE_STAT, RecType.FILE_TCP, RecType.FILE_EVENTFD,
                  RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
                  RecType.FILE_TTY}
     assert set(RECORDS) - seen <= dump_only

@@ -38,7 +38,7 @@ SOCKADDR_UN_MAX = 108  # sizeof(sun_path): FILE_SOCKET_QUEUE.addrlen counts the 
 FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType.FILE_EVENTFD,
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
               RecType.FILE_TTY, RecType.FILE_OWNER, RecType.FILE_SOCKET_QUEUE,
-              RecType.FILE_STAT)
+              RecType.FILE_STAT, RecType.FILE_TCP)
 # what a file VMA or an executable can name: a file with contents (by path, or carried in the image)
 MAPPABLE_FILES = (FileType.REGULAR, FileType.MEMFD, FileType.DELETED)
 
@@ -560,6 +560,11 @@ class _Parser:
                 if alen > SOCKADDR_UN_MAX or alen + n != x.payload_len:
                     self.fail(x, f"FILE_SOCKET_QUEUE says {alen} address and {n} message bytes but holds "
                                  f"{x.payload_len}")
+            if x.type == RecType.FILE_TCP:
+                tf = x.fields
+                if tf["inq_len"] + tf["outq_len"] != x.payload_len or tf["unsent_len"] > tf["outq_len"]:
+                    self.fail(x, f"FILE_TCP says {tf['inq_len']} received and {tf['outq_len']} sent bytes "
+                                 f"({tf['unsent_len']} unsent) but holds {x.payload_len}")
             if x.type == RecType.FILE_DATA:
                 size, off = x.fields["size"], x.fields["offset"]
                 first = next((r for r in obj.extra if r.type == RecType.FILE_DATA), None)

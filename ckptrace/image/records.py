@@ -79,6 +79,7 @@ class RecType(enum.IntEnum):
     FILE_OWNER = 314
     FILE_SOCKET_QUEUE = 315
     FILE_STAT = 316
+    FILE_TCP = 317
     MM = 401
     VMA = 402
     MM_CONTEXT = 403
@@ -161,6 +162,12 @@ SOCKOPTS = {0x1: (1, 2), 0x2: (1, 15), 0x4: (1, 9), 0x8: (41, 26), 0x10: (1, 6),
 # FILE_SOCKET.state: sock_diag's state, TCP's numbers for every family (a unix listener is 10 too;
 # a connected unix or UDP socket 1, an unconnected UDP socket 7)
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
+# FILE_TCP.options: the TCP options the connection negotiated (TCP_INFO's tcpi_options bits)
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 0x1, 0x2, 0x4
+TCP_OPT_NAMES = {TCPI_OPT_TIMESTAMPS: "TIMESTAMPS", TCPI_OPT_SACK: "SACK", TCPI_OPT_WSCALE: "WSCALE"}
+# FILE_TCP.flags: TCP_NODELAY and TCP_CORK set on the socket
+TCP_FLAG_NODELAY, TCP_FLAG_CORK = 0x1, 0x2
+TCP_FLAG_NAMES = {TCP_FLAG_NODELAY: "NODELAY", TCP_FLAG_CORK: "CORK"}
 SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 0x8: "IPV6_V6ONLY",
                  0x10: "SO_BROADCAST", 0x20: "SO_PASSCRED"}
 # TASK_NS.own: the namespaces a process did not share with the dumper (clone flags)
@@ -704,6 +711,26 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "there is some): a stream socket's unread bytes in one record; one record per datagram or "
            "seqpacket message. Payload: the sender's name, sun_path as recvfrom returns it (addrlen "
            "bytes, no NUL; an abstract name starts with its NUL), then the message."),
+    _R(RecType.FILE_TCP, (u32("inq_seq", doc="sequence number of the first byte of the receive queue (what the "
+                                          "program has not read yet): rcv_nxt minus inq_len"),
+                          u32("outq_seq", doc="sequence number of the first byte of the send queue (the oldest "
+                                              "byte not acknowledged): write_seq minus outq_len"),
+                          u32("inq_len", doc="bytes in the receive queue, first in the payload"),
+                          u32("outq_len", doc="bytes in the send queue, after the receive queue's in the payload"),
+                          u32("unsent_len", doc="of the send queue, the last bytes never sent (SIOCOUTQNSD); "
+                                                "the others were sent and wait for their acknowledgment"),
+                          u32("mss", doc="the MSS clamp (TCP_MAXSEG in repair mode)"),
+                          u32("options", "flags", TCP_OPT_NAMES),
+                          u32("snd_wscale"), u32("rcv_wscale"),
+                          u32("timestamp", "hex", doc="TCP_TIMESTAMP: the connection's timestamp clock at the dump "
+                                                      "(bit 0: microsecond timestamps)"),
+                          u32("snd_wl1"), u32("snd_wnd"), u32("max_window"), u32("rcv_wnd"), u32("rcv_wup"),
+                          u32("flags", "flags", TCP_FLAG_NAMES)),
+       Payload.BYTES, max_payload=MAX_BLOB,
+       doc="An established TCP connection, after its FILE_SOCKET: what TCP_REPAIR reads of it "
+           "(sequence numbers of its queues, negotiated options, TCP_REPAIR_WINDOW's struct "
+           "tcp_repair_window from snd_wl1 to rcv_wup) and, as payload, the bytes of its receive "
+           "queue then those of its send queue, oldest first."),
     _R(RecType.FILE_STAT, (u64("size"), s64("mtime_ns", doc="st_mtime in nanoseconds since the epoch"),
                            u64("ino", doc="informational: a copy on another host has another"),
                            u64("dev", doc="st_dev as the dumper's stat(2) gave it; informational")),

@@ -45,6 +45,9 @@ class DumpContext:
     on_progress: Callable[["DumpContext"], None] | None = None
     notes: list[str] = field(default_factory=list)  # what the user should know although the dump worked, if the tasks run on
     image_notes: list[str] = field(default_factory=list)  # what the user should know of the image (--kill or not)
+    # TCP connections read through TCP_REPAIR, kept (duplicates) for dump --kill to put back in
+    # repair mode just before the kill (objects/socket.py); None: not kept (no --kill)
+    tcp_held: list | None = None
 
     def path(self, host_path: str) -> str:
         """A path for the image: as the dumper sees it. Not re-expressed from the namespace's

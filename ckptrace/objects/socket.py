@@ -12,9 +12,11 @@ import ctypes
 import errno
 import os
 import socket
+from dataclasses import dataclass
 
 from ..errors import Unsupported, from_oserror
-from ..image.records import MAX_BLOB, SOCKOPTS, TCP_LISTEN, FileType, RecType
+from ..image.records import MAX_BLOB, SOCKOPTS, TCP_ESTABLISHED, TCP_LISTEN, FileType, RecType
+from ..kernel import tcprepair
 from ..kernel.sys import libc
 from .context import DumpContext
 
@@ -209,6 +211,7 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     ino = int(o.target[len("socket:["):-1])
     info = ctx.socks.get(ino, o.pid)
     where = _where(ctx, o.pid)
+    tcp = None
     with grab(o.pid, o.fd) as fd:
         family, stype, proto = _opt(fd, SO_DOMAIN), _opt(fd, SO_TYPE), _opt(fd, SO_PROTOCOL)
         local = _sockaddr(libc.getsockname, fd)
@@ -217,6 +220,9 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         queue, reset = [], 0
         if family == socket.AF_UNIX and info is not None and info.state != TCP_LISTEN:
             queue, reset = _unix_queue(fd, stype, f"{where} fd {o.fd}")
+        if family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_TCP \
+                and info is not None and info.state == TCP_ESTABLISHED:
+            tcp = _tcp_connection(ctx, fd, options, f"{where} fd {o.fd}")
     if family == socket.AF_UNIX:
         kind = FileType.UNIX_SOCKET
     elif family in (socket.AF_INET, socket.AF_INET6):
@@ -239,9 +245,99 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     ctx.w.record(RecType.FILE_SOCKET, dict(family=family, type=stype, protocol=proto, state=info.state,
                                            ino=ino, peer_ino=peer_ino, backlog=backlog,
                                            shutdown=info.shutdown | reset, options=options), payload=local + peer)
+    if tcp is not None:
+        ctx.w.record(RecType.FILE_TCP, tcp.fields, payload=tcp.inq + tcp.outq)
     for addr, data in queue:
         ctx.w.record(RecType.FILE_SOCKET_QUEUE, dict(addrlen=len(addr), bytes=len(data)), payload=addr + data)
     empty = sum(1 for _, data in queue if not data and stype != socket.SOCK_STREAM)
     if empty:
         ctx.notes.append(f"{where} fd {o.fd}: {empty} zero-length message(s) queued, which the kernel now "
                          "hides from peeks: a later dump of this namespace, if it runs on, will not have them")
+
+
+# -- TCP connections (kernel/tcprepair.py) -------------------------------------------------------
+
+@dataclass
+class HeldTcp:
+    """A TCP connection the dump read, for `dump --kill`: a duplicate of its socket, the rcv_nxt
+    the image has, whether SO_REUSEADDR was set (repair mode resets it)."""
+
+    fd: int
+    where: str
+    rcv_nxt: int
+    reuseaddr: bool
+    repairing: bool = False
+
+
+def _tcp_connection(ctx: DumpContext, fd: int, options: int, where: str) -> tcprepair.TcpState:
+    """The connection's state, read in repair mode, which is off again before this returns: the
+    program may run on after the dump, and a dumper killed by SIGKILL runs no cleanup. (Only
+    `dump --kill` turns it on again, just before the kill: see arm_for_kill.)"""
+    reuse = bool(options & SO_REUSEADDR_BIT)
+    try:
+        tcprepair.set_repair(fd, True)
+    except OSError as exc:
+        raise from_oserror(exc, f"{where}: TCP_REPAIR (needs CAP_NET_ADMIN)") from None
+    try:
+        state = tcprepair.read_state(fd, where)
+    finally:
+        _repair_off(fd, reuse)
+    if ctx.tcp_held is not None:
+        rcv_nxt = (state.fields["inq_seq"] + state.fields["inq_len"]) & 0xFFFFFFFF
+        ctx.tcp_held.append(HeldTcp(os.dup(fd), where, rcv_nxt, reuse))
+    return state
+
+
+SO_REUSEADDR_BIT = 0x1  # of FILE_SOCKET.options (SOCKOPTS)
+
+
+def _repair_off(fd: int, reuseaddr: bool) -> None:
+    tcprepair.set_repair(fd, False)
+    if reuseaddr:  # (leaving repair mode cleared it)
+        s = socket.socket(fileno=fd)
+        try:
+            s.setsockopt(SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        finally:
+            s.detach()
+
+
+def arm_for_kill(held: list[HeldTcp], ns: int) -> None:
+    """Before `dump --kill` kills: every connection the image holds goes back into repair mode,
+    so that its end closes without a FIN or a RST, and is checked to have received nothing since
+    it was read. Data the kernel took meanwhile was acknowledged to the peer, which will not send
+    it again, and is not in the image: the kill is refused then (the dump can simply be run
+    again). Raises Unsupported with the connections back out of repair mode."""
+    for h in held:
+        try:
+            tcprepair.set_repair(h.fd, True)
+            h.repairing = True
+            now = tcprepair.queue_seq(h.fd, tcprepair.TCP_RECV_QUEUE)
+        except OSError as exc:
+            disarm(held)
+            raise from_oserror(exc, f"{h.where}: TCP_REPAIR before the kill") from None
+        if now != h.rcv_nxt:
+            disarm(held)
+            raise Unsupported(f"not killing pid:[{ns}]: {h.where}: {(now - h.rcv_nxt) & 0xFFFFFFFF} bytes arrived on "
+                              "its TCP connection after the dump read it, which the image does not have; "
+                              "the namespace is left running (dump again)")
+
+
+def disarm(held: list[HeldTcp]) -> None:
+    """Repair mode off wherever arm_for_kill turned it on (the namespace runs on)."""
+    for h in held:
+        if h.repairing:
+            try:
+                _repair_off(h.fd, h.reuseaddr)
+                h.repairing = False
+            except OSError:
+                pass  # (the connection has gone meanwhile)
+
+
+def release_held(held: list[HeldTcp], killed: bool) -> None:
+    """The dump's end: repair mode off again unless the namespace was killed (its sockets then
+    close silently: ours are the last references, or the dying tasks'), duplicates closed."""
+    if not killed:
+        disarm(held)
+    for h in held:
+        os.close(h.fd)
+    held.clear()

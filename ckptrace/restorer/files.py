@@ -162,8 +162,9 @@ def _what(obj: File, ft: FileType) -> str:
 
 def _inet_unrestorable(obj: File) -> str:
     """Why this TCP/UDP socket cannot come back ("" when it can): listeners and unconnected or
-    UDP sockets are made and bound again; a TCP connection would need its sequence numbers and
-    queues (TCP_REPAIR), which the image does not hold."""
+    UDP sockets are made and bound again; an established TCP connection is made again through
+    TCP_REPAIR from its FILE_TCP. A connection in any other state (being opened or closed) is
+    not: its FIN or SYN would have to be put back in flight."""
     rec = _extra(obj, RecType.FILE_SOCKET)
     if rec is None:
         return "the image has no FILE_SOCKET record for it"
@@ -172,7 +173,18 @@ def _inet_unrestorable(obj: File) -> str:
         return ""
     if f["protocol"] == IPPROTO_TCP and f["state"] in (TCP_LISTEN, TCP_CLOSE):
         return ""
-    return "restore brings back listening TCP and UDP sockets, not TCP connections"
+    if f["protocol"] == IPPROTO_TCP and f["state"] == TCP_ESTABLISHED:
+        payload = bytes(rec.payload or b"")
+        if _extra(obj, RecType.FILE_TCP) is None:
+            return "the image holds no TCP_REPAIR state for this connection (FILE_TCP: an image of an older ckptrace)"
+        if inet_sockaddr(f["family"], payload[:SOCKADDR_LEN]) is None or \
+                inet_sockaddr(f["family"], payload[SOCKADDR_LEN:]) is None:
+            return "a TCP connection without a local or peer address cannot be made again"
+        return ""
+    if f["protocol"] == IPPROTO_TCP:
+        return ("restore brings back listening and established TCP sockets, not connections being "
+                "opened or closed")
+    return f"restore brings back TCP and UDP sockets, not protocol {f['protocol']}"
 
 
 def _in_fd_table(img: Image, objref: int) -> bool:
@@ -243,9 +255,22 @@ class FileSet:
     def create(self) -> None:
         _raise_nofile(nofile_needed(self.img))
         pipes: dict[int, tuple[int, int]] = {}
+        connections = []
         for obj in self.img.objects.values():
             if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
+                if _extra(obj, RecType.FILE_TCP) is not None:
+                    connections.append(obj)  # after the listeners, which may share their ports
+                    continue
                 self.by_objref[obj.objref] = self._open(obj, pipes)
+        made = []
+        try:
+            for obj in connections:
+                made.append((obj, self._tcp_connection(obj)))
+            for obj, s in made:
+                self.by_objref[obj.objref] = self._tcp_finish(obj, s)
+        finally:
+            for _, s in made:
+                s.close()  # (the placed ones were detached)
         # Datagrams a socket got before it connected go first (once connected it takes datagrams
         # from its peer only), its peer's after (the peer's are not held to max_dgram_qlen).
         self._send_to_named(before_connect=True)
@@ -548,6 +573,51 @@ class FileSet:
             fd = s.detach()
         finally:
             s.close()
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
+        return self.place(fd)
+
+    def _tcp_connection(self, obj: File):
+        """An established TCP connection, made again in repair mode (kernel/tcprepair.py) at the
+        image's local address, connected to its peer without a handshake, with its queues and
+        sequence numbers; _tcp_finish takes it out of repair mode once all are made."""
+        import time
+
+        from ..kernel import tcprepair
+
+        rec = _extra(obj, RecType.FILE_SOCKET)
+        tcp = _extra(obj, RecType.FILE_TCP)
+        f, tf = rec.fields, tcp.fields
+        payload, data = bytes(rec.payload or b""), bytes(tcp.payload or b"")
+        local = inet_sockaddr(f["family"], payload[:SOCKADDR_LEN])
+        peer = inet_sockaddr(f["family"], payload[SOCKADDR_LEN:])
+        stamp = self.img.header.get("time", 0)
+        try:
+            s = tcprepair.make(f["family"], local, peer, tf, data[:tf["inq_len"]], data[tf["inq_len"]:],
+                               elapsed=time.time() - stamp if stamp else 0.0)
+        except OSError as exc:
+            raise from_oserror(exc, f"recreate {_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)})") from None
+        return s
+
+    def _tcp_finish(self, obj: File, s) -> int:
+        """Out of repair mode; then SO_REUSEADDR as every restored TCP socket has (leaving repair
+        mode clears it), the boolean options, a shutdown for reading if it was so; placed."""
+        import socket
+
+        from ..kernel import tcprepair
+
+        rec = _extra(obj, RecType.FILE_SOCKET)
+        tcp = _extra(obj, RecType.FILE_TCP)
+        f, tf = rec.fields, tcp.fields
+        try:
+            tcprepair.finish(s, tf, bytes(tcp.payload or b"")[tf["inq_len"]:])
+            _set_options(s, f["options"])
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if f["shutdown"] & 1:
+                s.shutdown(socket.SHUT_RD)
+        except OSError as exc:
+            raise from_oserror(exc, f"recreate {_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)})") from None
+        fd = s.detach()
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(fd)
