@@ -2145,6 +2145,8 @@ def test_tcp_connection_inside_the_namespace_carries_on(pidns, tmp_path, restore
     dump_kill(w, img)
     conns = _tcp_records(img)
     assert len(conns) == 2 and any(c["inq_len"] > 0 for c in conns), conns
+    shown = ckptrace("show", img).stdout.decode()
+    assert "established, " in shown and " to read, " in shown, shown[-800:]
     at_dump = _tcp_progress(log)[-1]
     restore_json(img, restored)
     _, _, echoed = _wait_progress(log, at_dump[1] + 100)

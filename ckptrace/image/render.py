@@ -166,7 +166,10 @@ def _queue_sizes(f: File) -> list[int]:
 
 def queue_note(f: File) -> str:
     """", 12 bytes queued" / ", 2 messages (13 bytes) queued" for a socket with FILE_SOCKET_QUEUE
-    records; "" otherwise."""
+    records; ", 12 bytes to read, 3 to send" for a TCP connection with queued bytes; "" otherwise."""
+    tcp = next((r for r in f.extra if r.type == RecType.FILE_TCP), None)
+    if tcp is not None and (tcp.fields["inq_len"] or tcp.fields["outq_len"]):
+        return f", {plural(tcp.fields['inq_len'], 'byte')} to read, {tcp.fields['outq_len']} to send"
     queue = _queue_sizes(f)
     if not queue:
         return ""
