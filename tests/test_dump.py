@@ -1141,3 +1141,42 @@ def test_a_pipe_to_a_process_outside_is_named(pidns, tmp_path):
 def procfs_comm(pid: int) -> str:
     with open(f"/proc/{pid}/comm") as f:
         return f.read().strip()
+
+
+def test_kill_is_refused_when_a_tcp_connection_received_data_after_it_was_read(root):
+    """dump --kill puts each TCP connection back into repair mode just before the kill (so the
+    kill closes it silently) and checks its rcv_nxt against the image's: bytes the kernel took
+    meanwhile were acknowledged to the peer and are not in the image, so the kill is refused,
+    with repair mode off again and SO_REUSEADDR as it was. Unchanged, the connection stays in
+    repair mode for the kill."""
+    import socket
+
+    from ckptrace.errors import Unsupported
+    from ckptrace.kernel import tcprepair
+    from ckptrace.objects.socket import HeldTcp, arm_for_kill, release_held
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with listener, ours, peer:
+        tcprepair.set_repair(ours.fileno(), True)
+        state = tcprepair.read_state(ours.fileno(), "ours")
+        tcprepair.set_repair(ours.fileno(), False)
+        read_at = (state.fields["inq_seq"] + state.fields["inq_len"]) & 0xFFFFFFFF
+        peer.sendall(b"late")  # arrives after the read
+        time.sleep(0.1)
+        held = [HeldTcp(os.dup(ours.fileno()), "pid 1 fd 3", read_at, True)]
+        with pytest.raises(Unsupported, match="4 bytes arrived on its TCP connection"):
+            arm_for_kill(held, 1234)
+        assert ours.getsockopt(socket.IPPROTO_TCP, tcprepair.TCP_REPAIR) == 0
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+        release_held(held, killed=False)
+        assert ours.recv(10) == b"late"
+        held = [HeldTcp(os.dup(ours.fileno()), "pid 1 fd 3", (read_at + 4) & 0xFFFFFFFF, True)]
+        arm_for_kill(held, 1234)
+        assert ours.getsockopt(socket.IPPROTO_TCP, tcprepair.TCP_REPAIR) == 1
+        release_held(held, killed=False)  # (a kill refused later: off again)
+        assert ours.getsockopt(socket.IPPROTO_TCP, tcprepair.TCP_REPAIR) == 0
+        ours.sendall(b"x")
+        assert peer.recv(10) == b"x"
