@@ -334,6 +334,7 @@ class _Restore:
                 self._process(t, mem, files)
             files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
             files.set_owners(self._owner_host, lambda objref: self._set_async(files, objref))  # every thread exists now
+            files.finish_tcp()  # (last: until now a failure closes the connections silently)
             self._show("finishing", mem)
             # The point of no return: no watchdog may abort what is let go now, and the caller's
             # handlers stop turning signals into an abort (a SIGTERM after this used to kill a

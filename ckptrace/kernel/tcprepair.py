@@ -250,7 +250,13 @@ def finish(s: socket.socket, f: dict, outq: bytes) -> None:
     if f["flags"] & FLAG_CORK:
         s.setsockopt(SOL_TCP, TCP_CORK, 1)
     if f["unsent_len"]:
-        s.sendall(outq[len(outq) - f["unsent_len"]:])
+        # (the socket may be non-blocking already; the bytes fit: they were queued before)
+        blocking = s.getblocking()
+        s.setblocking(True)
+        try:
+            s.sendall(outq[len(outq) - f["unsent_len"]:])
+        finally:
+            s.setblocking(blocking)
 
 
 def _timestamp(dumped: int, elapsed: float) -> int:

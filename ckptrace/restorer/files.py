@@ -240,6 +240,7 @@ class FileSet:
     # (peer's address, objref, place): datagram clients of a bound server, and stream clients a
     # listener had not accepted yet, in the order they wait in its accept queue
     late_connects: list[tuple[bytes, int, int]] = field(default_factory=list)
+    tcp_repairing: list[File] = field(default_factory=list)  # TCP connections still in repair mode
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -262,15 +263,13 @@ class FileSet:
                     connections.append(obj)  # after the listeners, which may share their ports
                     continue
                 self.by_objref[obj.objref] = self._open(obj, pipes)
-        made = []
-        try:
-            for obj in connections:
-                made.append((obj, self._tcp_connection(obj)))
-            for obj, s in made:
-                self.by_objref[obj.objref] = self._tcp_finish(obj, s)
-        finally:
-            for _, s in made:
-                s.close()  # (the placed ones were detached)
+        for obj in connections:
+            try:
+                self.by_objref[obj.objref] = self._tcp_connection(obj)
+            except OSError as exc:
+                raise from_oserror(exc, f"recreate {_users(self.img, obj.objref)} "
+                                        f"({_what(obj, FileType.INET_SOCKET)})") from None
+            self.tcp_repairing.append(obj)
         # Datagrams a socket got before it connected go first (once connected it takes datagrams
         # from its peer only), its peer's after (the peer's are not held to max_dgram_qlen).
         self._send_to_named(before_connect=True)
@@ -577,10 +576,12 @@ class FileSet:
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(fd)
 
-    def _tcp_connection(self, obj: File):
+    def _tcp_connection(self, obj: File) -> int:
         """An established TCP connection, made again in repair mode (kernel/tcprepair.py) at the
         image's local address, connected to its peer without a handshake, with its queues and
-        sequence numbers; _tcp_finish takes it out of repair mode once all are made."""
+        sequence numbers. It stays in repair mode until finish_tcp: a restore that fails before
+        closes it silently (no FIN, no RST), and the peer outside, which has seen nothing, can
+        be reached by another try."""
         import time
 
         from ..kernel import tcprepair
@@ -592,35 +593,41 @@ class FileSet:
         local = inet_sockaddr(f["family"], payload[:SOCKADDR_LEN])
         peer = inet_sockaddr(f["family"], payload[SOCKADDR_LEN:])
         stamp = self.img.header.get("time", 0)
+        s = tcprepair.make(f["family"], local, peer, tf, data[:tf["inq_len"]], data[tf["inq_len"]:],
+                           elapsed=time.time() - stamp if stamp else 0.0)
         try:
-            s = tcprepair.make(f["family"], local, peer, tf, data[:tf["inq_len"]], data[tf["inq_len"]:],
-                               elapsed=time.time() - stamp if stamp else 0.0)
-        except OSError as exc:
-            raise from_oserror(exc, f"recreate {_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)})") from None
-        return s
+            _set_options(s, f["options"])  # (SO_REUSEADDR again in finish_tcp: leaving repair mode clears it)
+            s.setblocking(not obj.fields["f_flags"] & os.O_NONBLOCK)
+        except BaseException:
+            s.close()
+            raise
+        return self.place(s.detach())
 
-    def _tcp_finish(self, obj: File, s) -> int:
-        """Out of repair mode; then SO_REUSEADDR as every restored TCP socket has (leaving repair
-        mode clears it), the boolean options, a shutdown for reading if it was so; placed."""
+    def finish_tcp(self) -> None:
+        """Every TCP connection out of repair mode, once the restore can no longer fail before the
+        tasks run (restore.py) and every connection exists: leaving repair mode sends a window
+        probe, and one sent to a peer in the image not made yet would meet its listener, whose
+        answer is a reset. Then SO_REUSEADDR, as every restored TCP socket has, and a shutdown
+        for reading where it was so."""
         import socket
 
         from ..kernel import tcprepair
 
-        rec = _extra(obj, RecType.FILE_SOCKET)
-        tcp = _extra(obj, RecType.FILE_TCP)
-        f, tf = rec.fields, tcp.fields
-        try:
-            tcprepair.finish(s, tf, bytes(tcp.payload or b"")[tf["inq_len"]:])
-            _set_options(s, f["options"])
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if f["shutdown"] & 1:
-                s.shutdown(socket.SHUT_RD)
-        except OSError as exc:
-            raise from_oserror(exc, f"recreate {_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)})") from None
-        fd = s.detach()
-        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
-        return self.place(fd)
+        for obj in self.tcp_repairing:
+            rec = _extra(obj, RecType.FILE_SOCKET)
+            tcp = _extra(obj, RecType.FILE_TCP)
+            s = socket.socket(fileno=self.by_objref[obj.objref])
+            try:
+                tcprepair.finish(s, tcp.fields, bytes(tcp.payload or b"")[tcp.fields["inq_len"]:])
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if rec.fields["shutdown"] & 1:
+                    s.shutdown(socket.SHUT_RD)
+            except OSError as exc:
+                raise from_oserror(exc, f"{_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)}): "
+                                        "leave TCP repair mode") from None
+            finally:
+                s.detach()
+        self.tcp_repairing.clear()
 
     def _connect_late(self) -> None:
         import socket
