@@ -490,15 +490,13 @@ class _Restore:
         from .restorer import creds
 
         for z in self.img.zombies():
-            host, tr, inj = self.host[z.tid], self.by_tid.pop(z.tid), self.injectors.pop(z.tid)
-            self.tracees.remove(tr)
+            host, tr, inj = self.host[z.tid], self.by_tid[z.tid], self.injectors[z.tid]
             with inj:
                 creds.apply_creds(inj, z.creds, z.groups)
+                creds.set_dumpable(inj, 0)  # again: a uid change gives it fs.suid_dumpable's
             status = z.fields["exit_code"]
             if status & 0x7F:
-                os.kill(host, status & 0x7F)  # pending (all blocked) until the mask is cleared
-                with contextlib.suppress(NoSuchProcess):  # (SIGKILL does not wait)
-                    creds.set_mask(tr, 0)
+                creds.set_mask(tr, 0)  # (its handlers are all default: tree._setup_inner)
             else:
                 # its next instruction: exit_group(status), at the syscall instruction injections use
                 regs = tr.get_regs()
@@ -506,7 +504,13 @@ class _Restore:
                                     ("orig_rax", (1 << 64) - 1)):
                     regs[REG_INDEX[name]] = value
                 tr.set_regs(regs)
+            # Let go before it dies: a traced task's death is reported to its tracer, and its
+            # parent would hear of it (or find it with wait) only once we reaped it.
             tr.detach()
+            self.tracees.remove(tr)
+            del self.by_tid[z.tid], self.injectors[z.tid]
+            if status & 0x7F:
+                os.kill(host, status & 0x7F)
             _wait_zombie(host, z.tid)
             if z.fields["exit_signal"]:
                 self._drain_signal(self.img.tree_entry(z.tid)["ppid"], z.fields["exit_signal"])

@@ -4092,6 +4092,8 @@ if fork() == 0:                # leads a session its child keeps when it exits
     if os.fork() == 0:
         time.sleep(100)
     os._exit(0)
+if fork() == 0:
+    os.kill(os.getpid(), signal.SIGKILL)
 while any(state(k) != "Z" for k in kids):
     time.sleep(0.01)
 time.sleep(0.2)  # the grandchildren reparented to us
@@ -4126,7 +4128,7 @@ def _ppid_inside(host: int) -> int:
 
 @pytest.mark.parametrize("sigchld", ["handled", "blocked"])
 def test_zombies_come_back_with_their_status_and_no_extra_sigchld(pidns, tmp_path, restored, sigchld):
-    """An init that does not reap: four zombies (exit 7, SIGTERM, a group leader whose child lives
+    """An init that does not reap: five zombies (exit 7, SIGTERM, SIGKILL, a group leader whose child lives
     on, a session leader likewise). The dump keeps them (after its second's wait) and says so;
     the restored init finds them zombies with the same numbers, groups, sessions and wait
     statuses, and its SIGCHLD handler runs no more than it had (handled), or once, for the
@@ -4135,17 +4137,18 @@ def test_zombies_come_back_with_their_status_and_no_extra_sigchld(pidns, tmp_pat
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = sorted((_zombie_view(p) for p in w.pids()), key=lambda v: v[2])
     zombies = [z for z in before if z[0] == "Z"]
-    assert [(z[1], z[2]) for z in zombies] == [(7 << 8, 2), (signal.SIGTERM, 3), (3 << 8, 4), (0, 6)], before
+    assert [(z[1], z[2]) for z in zombies] == [(7 << 8, 2), (signal.SIGTERM, 3), (3 << 8, 4), (0, 6),
+                                               (signal.SIGKILL, 8)], before
     assert [v[2:6] for v in before if v[0] != "Z"] == [(1, 0, 0, 0), (5, 1, 4, 0), (7, 1, 6, 6)]  # the members
     assert zombies[0][6:] == (65534, 65534)
     calls = int((tmp_path / "calls").read_text())
     img = str(tmp_path / "z.img")
     d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "--json", "-o", img)
     assert d.returncode == 0, d.stderr.decode()
-    assert json.loads(d.stdout)["zombies"] == 4 and json.loads(d.stdout)["processes"] == 7
+    assert json.loads(d.stdout)["zombies"] == 5 and json.loads(d.stdout)["processes"] == 8
     assert "pid 3 is a zombie (killed by SIGTERM) that its parent, pid 1, has not reaped" in d.stderr.decode()
     res = restore_json(img, restored)
-    assert res["processes"] == 7
+    assert res["processes"] == 8
     after = sorted((_zombie_view(p) for p in ns_pids(res["pidns"])), key=lambda v: v[2])
     # a group or session led from outside (0) comes back as the restored init's (restored_groups)
     assert after == [v[:4] + tuple(x or 1 for x in v[4:6]) + v[6:] for v in before], (before, after)
@@ -4158,7 +4161,7 @@ def test_zombies_come_back_with_their_status_and_no_extra_sigchld(pidns, tmp_pat
     while not (tmp_path / "reaped").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     lines = (tmp_path / "reaped").read_text().splitlines()
-    assert sorted(lines[:-1]) == ["2 1792", "3 15", "4 768", "6 0"]
+    assert sorted(lines[:-1]) == ["2 1792", "3 15", "4 768", "6 0", "8 9"]
     assert lines[-1] == f"calls {calls + 1 if sigchld == 'blocked' else calls}"
     if sigchld == "blocked":
         assert calls == 0
