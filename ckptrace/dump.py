@@ -314,6 +314,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     s = Summary(ns=ns)
     t0 = time.monotonic()
     ok = False
+    killed = False  # the kill was sent: only then may TCP connections stay in repair mode
     init_fd = None
     # --kill migrates: the namespace dies, so the image must be one restore can rebuild. Checked
     # on a sparse copy of what was written (the image itself may be going down a pipe).
@@ -342,6 +343,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             # Kill while still held: released first, the tasks would run on for a moment and
             # change files the image already describes (a migrated log would repeat lines).
             init_fd = _kill_namespace(init)
+            killed = True
     except OutputClosed as exc:
         raise OutputClosed(f"{exc}; {'not killing' if opts.kill else 'released'} pid:[{ns}]: its tasks run on") from None
     except (CkptError, OSError) as exc:
@@ -353,7 +355,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         raise NoSuchProcess(_exited_message(gone, ns, opts.kill)) from None
     finally:
         if dumper.ctx is not None and dumper.ctx.tcp_held:
-            release_held(dumper.ctx.tcp_held, killed=ok and opts.kill)
+            release_held(dumper.ctx.tcp_held, killed=killed)
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
         if shadow is not None:
