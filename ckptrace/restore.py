@@ -609,7 +609,9 @@ class _Restore:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
         # Each thread queues its own pending signals to itself, and the leader its process's
         # (creds.raise_pending: so they keep their sender); nothing is injected into a thread after.
-        for t in live:
+        # Leaders last: a process-wide signal its other threads do not block would be taken by
+        # one of them in an injected call of its own, its siginfo lost.
+        for t in sorted(live, key=lambda t: t.is_leader):
             leader = self.injectors[t.tgid]
             inj = leader if t.is_leader else Injector(self.by_tid[t.tid], insn=leader.insn)
             creds.raise_pending(inj, t.tgid, t.tid, t.thread["blocked"], t.thread["pending"],
