@@ -216,7 +216,6 @@ class Dumper:
                     ctx.progress()
         finally:
             copier.close()
-        ctx.image_notes += pipe.outside_notes(ctx, self.ns)
         write_tail(w)
         return ctx
 
@@ -364,7 +363,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         if note := _wait_exit(init_fd, init, proc=opts.proc):
             s.notes.append(note)
     if ok:
-        s.notes += ctx.image_notes
+        # (a scan of every fd on the host: once the tasks run again, not while they are frozen)
+        s.notes += ctx.image_notes + pipe.outside_notes(ctx, ns)
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
     s.elapsed_s = time.monotonic() - started

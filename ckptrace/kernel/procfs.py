@@ -459,11 +459,13 @@ def fd_target(pid: int, fd: int, root: str = PROC) -> str:
     return _readlink(f"{root}/{pid}/fd/{fd}", f"readlink fd {fd} of {pid}")
 
 
-def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None) -> list[int]:
+def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None, name: str | None = None) -> list[int]:
     """Host pids of the processes (but `skip`) with an fd open on the inode (dev, ino). A scan:
-    processes and fds that vanish or cannot be read meanwhile are skipped. It stats every fd's
+    processes and fds that vanish or cannot be read meanwhile are skipped. It stats an fd's
     target through its /proc link (the file itself, whatever mount namespace or root the process
-    sees it through), so its cost is the host's number of open fds."""
+    sees it through), so its cost is the host's number of open fds; with `name` (the file's
+    base name), only fds whose link ends with that name are stat'ed: a stat follows the link
+    into its filesystem, and one on a hung NFS or FUSE mount would block the scan."""
     out = []
     for d in os.listdir(root):
         if not d.isdigit() or int(d) == skip:
@@ -474,6 +476,8 @@ def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None) ->
             continue
         for n in names:
             try:
+                if name is not None and os.path.basename(os.readlink(f"{root}/{d}/fd/{n}")) != name:
+                    continue
                 st = os.stat(f"{root}/{d}/fd/{n}")
             except OSError:
                 continue

@@ -104,7 +104,8 @@ def _fifo_lives_on(holder: int) -> str:
     lived on: after `dump --kill` an outside reader or writer kept it, without --kill the
     original itself does. Only asked when the image has bytes for the pipe."""
     st = os.fstat(holder)
-    others = procfs.holders(st.st_dev, st.st_ino, skip=os.getpid())
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{holder}"))
+    others = procfs.holders(st.st_dev, st.st_ino, skip=os.getpid(), name=name)
     if others:
         return f"is open in host pid {others[0]}{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}"
     # (a thread with a file table of its own does not show in /proc/PID/fd)
