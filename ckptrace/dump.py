@@ -155,10 +155,10 @@ class Dumper:
                           tcp_held=[] if self.opts.kill else None)
         self.ctx = ctx
         live = [p for p in procs if not p.zombie]
-        for p in procs:
-            if p.zombie:
-                task.collect_zombie(p, proc)
-                ctx.image_notes.append(_zombie_note(p))
+        zombies = [p for p in procs if p.zombie]
+        for p in zombies:
+            task.collect_zombie(p, proc)
+        ctx.image_notes += _zombie_notes(zombies)
         # Refusals first, while nothing is written and nothing injected.
         nsinfo.check(live, proc)
         for p in live:
@@ -220,9 +220,16 @@ class Dumper:
         return ctx
 
 
-def _zombie_note(p: task.ProcState) -> str:
-    return (f"pid {p.nspid} is a zombie ({wait_status_text(p.exit_code)}) that its parent, pid {p.nsppid}, "
-            "has not reaped: the image keeps it as one, and restore makes it again")
+ZOMBIE_NOTES = 3  # zombies named one per line; more make one line
+
+
+def _zombie_notes(zombies: list[task.ProcState]) -> list[str]:
+    if len(zombies) > ZOMBIE_NOTES:
+        pids = ", ".join(str(p.nspid) for p in zombies[:10]) + (", ..." if len(zombies) > 10 else "")
+        return [f"{len(zombies)} zombies (pids {pids}) that their parents have not reaped: the image keeps "
+                "them as such, and restore makes them again (`ckptrace show` lists them with their statuses)"]
+    return [f"pid {p.nspid} is a zombie ({wait_status_text(p.exit_code)}) that its parent, pid {p.nsppid}, "
+            "has not reaped: the image keeps it as one, and restore makes it again" for p in zombies]
 
 
 # -- command -------------------------------------------------------------------------------------
