@@ -797,3 +797,37 @@ def test_a_zombie_is_read_shown_and_round_trips(tmp_path):
 def test_impossible_zombies_are_refused(zombie, why):
     with pytest.raises(ImageError, match=why):
         read_image(io.BytesIO(imagegen.build(zombie=zombie)))
+
+
+def _socket_rec(family: int, protocol: int, state: int) -> bytes:
+    return RECORDS[RecType.FILE_SOCKET].encode(dict(family=family, type=1, protocol=protocol, state=state, ino=4243),
+                                               b"\0" * 256)
+
+
+_TCP_REC = RECORDS[RecType.FILE_TCP].encode(dict(inq_len=2, outq_len=3, mss=1460), b"inout")
+
+
+@pytest.mark.parametrize("ftype, extra, message", [
+    (FileType.INET_SOCKET, b"", "does not follow its file's FILE_SOCKET"),
+    (FileType.INET_SOCKET, RECORDS[RecType.FILE_OWNER].encode(dict(owner_type=1, owner_pid=1)),
+     "does not follow its file's FILE_SOCKET"),
+    (FileType.UNIX_SOCKET, _socket_rec(1, 0, 1), "not an established TCP socket"),
+    (FileType.INET_SOCKET, _socket_rec(2, 17, 1), "protocol 17"),
+    (FileType.INET_SOCKET, _socket_rec(10, 6, 10), "state 10"),
+    (FileType.PIPE, _socket_rec(2, 6, 1), "not an established TCP socket"),
+], ids=["alone", "after-owner", "unix", "udp", "listener", "pipe"])
+def test_file_tcp_must_follow_an_established_tcp_socket(ftype, extra, message):
+    """FILE_TCP was only length-checked: one on a unix socket, a UDP socket, a listener, or with no
+    FILE_SOCKET before it got past validation and made restore fail half-way with an
+    AttributeError. It is refused at the record."""
+    data, index, offset = _with_file(ftype, extra + _TCP_REC)
+    with pytest.raises(ImageError, match=message) as exc:
+        read_image(io.BytesIO(data))
+    assert (exc.value.index, exc.value.offset) == (index + (1 if extra else 0), offset + len(extra))
+
+
+@pytest.mark.parametrize("family", [2, 10])
+def test_file_tcp_after_an_established_tcp_socket_is_read(family):
+    data, _, _ = _with_file(FileType.INET_SOCKET, _socket_rec(family, 6, 1) + _TCP_REC)
+    obj = read_image(io.BytesIO(data)).obj(99)
+    assert [r.type for r in obj.extra] == [RecType.FILE_SOCKET, RecType.FILE_TCP]

@@ -27,8 +27,8 @@ from typing import Any, BinaryIO, Callable
 
 from ..errors import ImageError, ImageReadError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, EXIT_ZOMBIE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
-                      SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, UTS_LEN, VMA_LAST_PAGE, FileType, ObjType,
-                      RecType, VmaType, cstring, inotify_watches)
+                      SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, TCP_ESTABLISHED, UTS_LEN, VMA_LAST_PAGE, FileType,
+                      ObjType, RecType, VmaType, cstring, inotify_watches)
 from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
 
@@ -39,6 +39,7 @@ FILE_EXTRA = (RecType.FILE_PIPE, RecType.FILE_DATA, RecType.FILE_SOCKET, RecType
               RecType.FILE_EPOLL, RecType.FILE_TIMERFD, RecType.FILE_SIGNALFD, RecType.FILE_INOTIFY,
               RecType.FILE_TTY, RecType.FILE_OWNER, RecType.FILE_SOCKET_QUEUE,
               RecType.FILE_STAT, RecType.FILE_TCP)
+AF_INET, AF_INET6, IPPROTO_TCP = 2, 10, 6
 # what a file VMA or an executable can name: a file with contents (by path, or carried in the image)
 MAPPABLE_FILES = (FileType.REGULAR, FileType.MEMFD, FileType.DELETED)
 
@@ -561,6 +562,7 @@ class _Parser:
                     self.fail(x, f"FILE_SOCKET_QUEUE says {alen} address and {n} message bytes but holds "
                                  f"{x.payload_len}")
             if x.type == RecType.FILE_TCP:
+                self.tcp_socket(obj, x)
                 tf = x.fields
                 if tf["inq_len"] + tf["outq_len"] != x.payload_len or tf["unsent_len"] > tf["outq_len"]:
                     self.fail(x, f"FILE_TCP says {tf['inq_len']} received and {tf['outq_len']} sent bytes "
@@ -575,6 +577,19 @@ class _Parser:
                                  f"or passes the file's size {size}")
                 data_end = off + x.payload_len
             obj.extra.append(x)
+
+    def tcp_socket(self, obj: File, x: Record) -> None:
+        """FILE_TCP describes an established TCP connection: it comes right after the FILE_SOCKET
+        of an INET or INET6 socket file that says so (restore reads its addresses and state
+        there, and would fail on anything else half-way through making it)."""
+        prev = obj.extra[-1] if obj.extra else None
+        if prev is None or prev.type != RecType.FILE_SOCKET:
+            self.fail(x, "FILE_TCP does not follow its file's FILE_SOCKET")
+        sf = prev.fields
+        if obj.ftype != FileType.INET_SOCKET or sf["family"] not in (AF_INET, AF_INET6) \
+                or sf["protocol"] != IPPROTO_TCP or sf["state"] != TCP_ESTABLISHED:
+            self.fail(x, f"FILE_TCP on a file that is not an established TCP socket (file type {obj.ftype}, "
+                         f"family {sf['family']}, protocol {sf['protocol']}, state {sf['state']})")
 
     def mm(self, objref: int):
         img = self.img

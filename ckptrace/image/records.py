@@ -727,7 +727,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                           u32("snd_wl1"), u32("snd_wnd"), u32("max_window"), u32("rcv_wnd"), u32("rcv_wup"),
                           u32("flags", "flags", TCP_FLAG_NAMES)),
        Payload.BYTES, max_payload=MAX_BLOB,
-       doc="An established TCP connection, after its FILE_SOCKET: what TCP_REPAIR reads of it "
+       doc="An established TCP connection, right after its FILE_SOCKET: what TCP_REPAIR reads of it "
            "(sequence numbers of its queues, negotiated options, TCP_REPAIR_WINDOW's struct "
            "tcp_repair_window from snd_wl1 to rcv_wup) and, as payload, the bytes of its receive "
            "queue then those of its send queue, oldest first."),
