@@ -1180,3 +1180,44 @@ def test_kill_is_refused_when_a_tcp_connection_received_data_after_it_was_read(r
         assert ours.getsockopt(socket.IPPROTO_TCP, tcprepair.TCP_REPAIR) == 0
         ours.sendall(b"x")
         assert peer.recv(10) == b"x"
+
+
+def test_a_failure_to_leave_repair_mode_is_named_and_masks_no_other_error(root, monkeypatch):
+    """Repair mode is turned off again in a finally after reading a connection: when that failed
+    too, its bare OSError replaced the read's own error, and when it failed alone, it came out as
+    a bare OSError naming no socket (the CLI's one-line report had nothing to say where)."""
+    import errno
+    import socket
+    from types import SimpleNamespace
+
+    from ckptrace.errors import CkptError, KernelError, Unsupported
+    from ckptrace.kernel import tcprepair
+    from ckptrace.objects import socket as sockobj
+
+    real_set = tcprepair.set_repair
+
+    def no_way_out(fd, on):
+        if not on:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_set(fd, on)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    ctx = SimpleNamespace(tcp_held=None)
+    with listener, ours, peer:
+        monkeypatch.setattr(tcprepair, "set_repair", no_way_out)
+        with pytest.raises(KernelError, match="pid 1 fd 3: TCP_REPAIR off again") as exc:
+            sockobj._tcp_connection(ctx, ours.fileno(), 0, "pid 1 fd 3")
+        assert isinstance(exc.value, CkptError) and exc.value.__cause__ is None
+
+        def unreadable(fd, where):
+            raise Unsupported(f"{where}: the TCP connection left the ESTABLISHED state")
+
+        monkeypatch.setattr(tcprepair, "read_state", unreadable)
+        with pytest.raises(Unsupported, match="pid 1 fd 3: the TCP connection left"):
+            sockobj._tcp_connection(ctx, ours.fileno(), 0, "pid 1 fd 3")
+        monkeypatch.undo()
+        tcprepair.set_repair(ours.fileno(), False)
+        ours.sendall(b"x")
+        assert peer.recv(10) == b"x"

@@ -280,8 +280,18 @@ def _tcp_connection(ctx: DumpContext, fd: int, options: int, where: str) -> tcpr
         raise from_oserror(exc, f"{where}: TCP_REPAIR (needs CAP_NET_ADMIN)") from None
     try:
         state = tcprepair.read_state(fd, where)
-    finally:
+    except BaseException:
+        # The read's own error is the one to report: a failure to leave repair mode as well
+        # (the connection gone meanwhile) must not replace it
+        try:
+            _repair_off(fd, reuse)
+        except OSError:
+            pass
+        raise
+    try:
         _repair_off(fd, reuse)
+    except OSError as exc:
+        raise from_oserror(exc, f"{where}: TCP_REPAIR off again after reading the connection") from None
     if ctx.tcp_held is not None:
         rcv_nxt = (state.fields["inq_seq"] + state.fields["inq_len"]) & 0xFFFFFFFF
         ctx.tcp_held.append(HeldTcp(os.dup(fd), where, rcv_nxt, reuse))
