@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import Unsupported, from_oserror
@@ -186,11 +187,13 @@ def _after(a: int, b: int) -> bool:
 
 
 def make(family: int, local: tuple, peer: tuple, f: dict, inq: bytes, outq: bytes, *, elapsed: float = 0.0,
-         connect_wait: float = 3.0) -> socket.socket:
+         connect_wait: float = 3.0, sockopts: Iterable[tuple[int, int]] = ()) -> socket.socket:
     """A new socket that is the connection FILE_TCP `f` describes, bound to `local`, connected to
-    `peer`, still in repair mode (see finish). The order is the kernel's: the queues' sequence numbers only while
-    the socket is closed, options only once it is ESTABLISHED and before anything was queued for
-    sending, the window once the receive queue (rcv_nxt) is whole.
+    `peer`, still in repair mode (see finish). The order is the kernel's: the socket options
+    `sockopts` ((level, optname) pairs set to 1) first, since IPV6_V6ONLY is refused (EINVAL)
+    and SO_REUSEPORT has no effect once the socket is bound; the queues' sequence numbers only
+    while the socket is closed, TCP options only once it is ESTABLISHED and before anything was
+    queued for sending, the window once the receive queue (rcv_nxt) is whole.
 
     connect() meets the connection's 4-tuple still in use when the original is not gone yet
     (`dump --kill` into a pipe kills once the image is read, while this already runs): it is
@@ -198,6 +201,8 @@ def make(family: int, local: tuple, peer: tuple, f: dict, inq: bytes, outq: byte
     timestamp clock is moved on by (below)."""
     s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
+        for level, opt in sockopts:
+            s.setsockopt(level, opt, 1)
         s.setsockopt(SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON)
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
         s.setsockopt(SOL_TCP, TCP_QUEUE_SEQ, struct.pack("I", f["inq_seq"]))

@@ -594,10 +594,10 @@ class FileSet:
         local = inet_sockaddr(f["family"], payload[:SOCKADDR_LEN])
         peer = inet_sockaddr(f["family"], payload[SOCKADDR_LEN:])
         stamp = self.img.header.get("time", 0)
+        # (SO_REUSEADDR is set again in finish_tcp: leaving repair mode clears it)
         s = tcprepair.make(f["family"], local, peer, tf, data[:tf["inq_len"]], data[tf["inq_len"]:],
-                           elapsed=time.time() - stamp if stamp else 0.0)
+                           elapsed=time.time() - stamp if stamp else 0.0, sockopts=_sockopts(f["options"]))
         try:
-            _set_options(s, f["options"])  # (SO_REUSEADDR again in finish_tcp: leaving repair mode clears it)
             s.setblocking(not obj.fields["f_flags"] & os.O_NONBLOCK)
         except BaseException:
             s.close()
@@ -970,12 +970,16 @@ def _check_libc(ret: int, what: str) -> int:
     return ret
 
 
+def _sockopts(options: int) -> list[tuple[int, int]]:
+    """(level, optname) of the boolean socket options the image says were set."""
+    return [lo for bit, lo in SOCKOPTS.items() if options & bit]
+
+
 def _set_options(s, options: int) -> None:
     """The boolean socket options the image says were set (before bind: V6ONLY and REUSEPORT
     only count then)."""
-    for bit, (level, opt) in SOCKOPTS.items():
-        if options & bit:
-            s.setsockopt(level, opt, 1)
+    for level, opt in _sockopts(options):
+        s.setsockopt(level, opt, 1)
 
 
 def _segment_name(seg: File) -> str:
