@@ -334,7 +334,6 @@ class _Restore:
                 self._process(t, mem, files)
             files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
             files.set_owners(self._owner_host, lambda objref: self._set_async(files, objref))  # every thread exists now
-            files.finish_tcp()  # (last: until now a failure closes the connections silently)
             self._show("finishing", mem)
             # The point of no return: no watchdog may abort what is let go now, and the caller's
             # handlers stop turning signals into an abort (a SIGTERM after this used to kill a
@@ -343,12 +342,12 @@ class _Restore:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             if self.on_release is not None:
                 self.on_release()
-            self._finish()
+            self._finish(files)
             ns = int(os.readlink(f"/proc/{self.init}/ns/pid")[5:-1])
             res = Result(ns, self.init, len(self.img.processes()) + len(self.img.zombies()), len(self.img.tasks),
                          mem.bytes_written, round(time.monotonic() - start, 6), files.notes)
         except BaseException:
-            self._abort()
+            self._abort(files)
             raise
         finally:
             if watchdog:
@@ -579,7 +578,7 @@ class _Restore:
             check(inj.syscall(SYS_prctl, tree.PR_SET_PDEATHSIG, t.proc["pdeath_signal"]),
                   f"prctl(PR_SET_PDEATHSIG) in {t.tgid}")
 
-    def _finish(self) -> None:
+    def _finish(self, files) -> None:
         from .kernel.procfs import cgroup_mounts
         from .kernel.ptrace import Injector
         from .restorer import cgroup, creds, locks, sched, timers, tree
@@ -621,19 +620,27 @@ class _Restore:
         # before it runs an instruction (as `dump --leave-stopped` does).
         for tgid in sorted({t.tgid for t in live if t.fields["state"] == TASK_STOPPED}):
             os.kill(self.host[tgid], signal.SIGSTOP)
+        # TCP connections leave repair mode last, once nothing but the detach can fail: a failure
+        # before kills the tasks with their connections still in repair mode, which closes them
+        # without a FIN or a RST (the peer has seen nothing, and another try can pick them up);
+        # one in the detach puts them back into repair mode first (_abort). (The watchdog is off:
+        # nothing here may be cut short half-way.)
+        files.finish_tcp()
         # init last: until its detach, EXITKILL still ties the whole namespace to us, so dying
         # midway through this loop kills it all rather than leaving part of it traced-and-killed.
         for tr in sorted(self.tracees, key=lambda tr: tr.tid == self.init):
             tr.detach()
         self.tracees = []
 
-    def _abort(self) -> None:
+    def _abort(self, files) -> None:
         """SIGKILL the new init: the kernel then kills every task of its namespace. Our tracees'
         deaths are reported to us as their tracer, and init cannot finish dying until they are
         reaped, so reap them before init. A second Ctrl-C must not cut this short (the
-        cgroups made would stay), so SIGINT and SIGTERM wait until it is done."""
+        cgroups made would stay), so SIGINT and SIGTERM wait until it is done. TCP connections
+        that left repair mode already go back into it first, so that they close silently."""
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
+            files.repair_tcp_again()
             self._kill_made()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -2319,6 +2319,58 @@ def test_tcp_connection_to_a_server_outside_carries_on_without_a_reset(pidns, tm
     _wait_progress(log, answered + 100)  # the server's answers reach the restored client, in order
 
 
+@pytest.mark.parametrize("where", ["raise_pending", "detach"])
+def test_a_late_restore_failure_closes_tcp_connections_silently(pidns, tmp_path, restored, line_server,
+                                                                 monkeypatch, where):
+    """A restore that fails in its last steps (here: queueing the pending signals, or letting the
+    first task go) kills what it made. Its TCP connections used to leave repair mode before those
+    steps, so the kill closed them with a FIN: the server outside saw EOF and the connection was
+    lost. Now they leave it only just before the tasks are let go, and a failure after that puts
+    them back into repair mode before the kill: the server sees nothing, and a second restore of
+    the same image carries the exchange on."""
+    import errno
+
+    from ckptrace import restore
+    from ckptrace.errors import KernelError
+    from ckptrace.kernel.ptrace import Tracee
+    from ckptrace.restorer import creds
+    from ckptrace.restorer.files import FileSet
+
+    w = pidns([sys.executable, "-c", TCP_CLIENT_WORKLOAD, str(tmp_path), str(line_server.port)],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    log = tmp_path / "tcp.log"
+    line_server.wait(30)
+    img = str(tmp_path / "tcp.img")
+    dump_kill(w, img)
+    at_kill = line_server.got
+    answered = _tcp_progress(log)[-1][1]
+    finished = []
+    real_finish = FileSet.finish_tcp
+
+    def finish_tcp(self):
+        finished.append(True)
+        return real_finish(self)
+
+    def fail(*args, **kw):
+        raise KernelError(f"injected failure in {where}", errno.EIO)
+
+    monkeypatch.setattr(FileSet, "finish_tcp", finish_tcp)
+    monkeypatch.setattr(creds if where == "raise_pending" else Tracee, where, fail)
+    nss = pidns_inodes(tmp_path)
+    with pytest.raises(KernelError, match="injected failure"):
+        restore.restore(img)
+    monkeypatch.undo()
+    assert finished == ([] if where == "raise_pending" else [True])
+    assert pidns_inodes(tmp_path) - nss == set(), "the partly restored namespace survived"
+    time.sleep(0.5)
+    assert not line_server.errors, line_server.errors  # no EOF, no reset
+    assert line_server.got == at_kill
+    restore_json(img, restored)
+    line_server.wait(at_kill + 100)
+    _wait_progress(log, answered + 100)
+
+
 def test_dump_leaves_a_running_tcp_connection_working(pidns, tmp_path, line_server):
     """A dump that leaves the namespace running turns repair mode off again, with the
     socket's SO_REUSEADDR as it was: the exchange goes on."""

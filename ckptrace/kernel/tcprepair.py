@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -44,6 +45,7 @@ WINDOW_FIELDS = ("snd_wl1", "snd_wnd", "max_window", "rcv_wnd", "rcv_wup")
 # struct tcp_repair_opt {u32 opt_code, opt_val}
 REPAIR_OPT = struct.Struct("<II")
 FLAG_NODELAY, FLAG_CORK = 0x1, 0x2  # FILE_TCP.flags (records.TCP_FLAG_*)
+SEND_TIMEOUT = 10.0  # seconds finish() may take to queue the never-sent bytes
 
 
 @dataclass
@@ -255,13 +257,15 @@ def finish(s: socket.socket, f: dict, outq: bytes) -> None:
     if f["flags"] & FLAG_CORK:
         s.setsockopt(SOL_TCP, TCP_CORK, 1)
     if f["unsent_len"]:
-        # (the socket may be non-blocking already; the bytes fit: they were queued before)
-        blocking = s.getblocking()
-        s.setblocking(True)
+        # The bytes fit: they were queued before; still, no watchdog runs this late in a restore,
+        # so a send that cannot finish fails instead. (O_NONBLOCK is put back from the fd's flags:
+        # a socket object made over an fd says "blocking" whatever they are.)
+        flags = fcntl.fcntl(s.fileno(), fcntl.F_GETFL)
+        s.settimeout(SEND_TIMEOUT)
         try:
             s.sendall(outq[len(outq) - f["unsent_len"]:])
         finally:
-            s.setblocking(blocking)
+            fcntl.fcntl(s.fileno(), fcntl.F_SETFL, flags)
 
 
 def _timestamp(dumped: int, elapsed: float) -> int:

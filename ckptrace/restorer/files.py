@@ -241,7 +241,7 @@ class FileSet:
     # (peer's address, objref, place): datagram clients of a bound server, and stream clients a
     # listener had not accepted yet, in the order they wait in its accept queue
     late_connects: list[tuple[bytes, int, int]] = field(default_factory=list)
-    tcp_repairing: list[File] = field(default_factory=list)  # TCP connections still in repair mode
+    tcp_connections: list[File] = field(default_factory=list)  # TCP connections made (in repair mode until finish_tcp)
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -270,7 +270,7 @@ class FileSet:
             except OSError as exc:
                 raise from_oserror(exc, f"recreate {_users(self.img, obj.objref)} "
                                         f"({_what(obj, FileType.INET_SOCKET)})") from None
-            self.tcp_repairing.append(obj)
+            self.tcp_connections.append(obj)
         # Datagrams a socket got before it connected go first (once connected it takes datagrams
         # from its peer only), its peer's after (the peer's are not held to max_dgram_qlen).
         self._send_to_named(before_connect=True)
@@ -605,16 +605,16 @@ class FileSet:
         return self.place(s.detach())
 
     def finish_tcp(self) -> None:
-        """Every TCP connection out of repair mode, once the restore can no longer fail before the
-        tasks run (restore.py) and every connection exists: leaving repair mode sends a window
-        probe, and one sent to a peer in the image not made yet would meet its listener, whose
-        answer is a reset. Then SO_REUSEADDR, as every restored TCP socket has, and a shutdown
-        for reading where it was so."""
+        """Every TCP connection out of repair mode, just before the tasks are let go (restore.py
+        _finish) and once every connection exists: leaving repair mode sends a window probe, and
+        one sent to a peer in the image not made yet would meet its listener, whose answer is a
+        reset. Then SO_REUSEADDR, as every restored TCP socket has, and a shutdown for reading
+        where it was so."""
         import socket
 
         from ..kernel import tcprepair
 
-        for obj in self.tcp_repairing:
+        for obj in self.tcp_connections:
             rec = _extra(obj, RecType.FILE_SOCKET)
             tcp = _extra(obj, RecType.FILE_TCP)
             s = socket.socket(fileno=self.by_objref[obj.objref])
@@ -628,7 +628,18 @@ class FileSet:
                                         "leave TCP repair mode") from None
             finally:
                 s.detach()
-        self.tcp_repairing.clear()
+
+    def repair_tcp_again(self) -> None:
+        """A restore that fails after finish_tcp: every TCP connection back into repair mode (on
+        where it is already), so that the kill and close that follow end them without a FIN or a
+        RST. Best effort: a connection the peer closed meanwhile cannot, and is left as it is."""
+        from ..kernel import tcprepair
+
+        for obj in self.tcp_connections:
+            fd = self.by_objref.get(obj.objref)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    tcprepair.set_repair(fd, True)
 
     def _connect_late(self) -> None:
         import socket
