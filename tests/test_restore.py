@@ -2194,6 +2194,125 @@ def test_ipv6_connection_with_v6only_carries_on(pidns, tmp_path, restored):
                 s.detach()
 
 
+# Both queues large: a writes 8 MiB of numbered 4-byte words to b, which does not read until
+# tmp_path/go exists (b's receive queue fills up, the rest waits in a's send queue, never sent);
+# then b reads every byte and checks it. a is non-blocking. "ready" once a's send() took it all.
+TCP_BIG_QUEUES_WORKLOAD = r"""
+import os, socket, struct, sys, time
+d = sys.argv[1]
+N = 8 << 20
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, 33, 768 << 10)  # SO_RCVBUFFORCE: b, accepted, inherits it
+ls.bind(("127.0.0.1", 0))
+ls.listen()
+a = socket.socket()
+a.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE
+a.connect(ls.getsockname())
+b, _ = ls.accept()
+a.setblocking(False)
+data = b"".join(struct.pack("<I", i) for i in range(N // 4))
+sent = 0
+while sent < N:
+    try:
+        sent += a.send(data[sent:])
+    except BlockingIOError:
+        time.sleep(0.01)
+time.sleep(0.5)
+open(os.path.join(d, "fds"), "w").write("%d %d" % (a.fileno(), b.fileno()))
+open(os.path.join(d, "ready"), "w").close()
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.05)
+got = bytearray()
+b.settimeout(10)
+while len(got) < N:
+    chunk = b.recv(1 << 20)
+    if not chunk:
+        break
+    got += chunk
+b.setblocking(False)
+try:
+    extra = b.recv(1 << 16)
+except BlockingIOError:
+    extra = b""
+log = open(os.path.join(d, "big.log"), "w")
+log.write("ok\n" if got == data and not extra else f"ERROR got {len(got)} bytes (+{len(extra)}), "
+          f"first difference at {next((i for i in range(min(len(got), N)) if got[i] != data[i]), min(len(got), N))}\n")
+log.close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_tcp_connection_with_large_queues_carries_on(pidns, tmp_path, restored):
+    """A connection whose reader stopped reading, with 1.5 MiB in its receive queue and over
+    6 MiB in its writer's send queue (more than tcp_wmem[2], which the original's SO_SNDBUFFORCE
+    passed): the restore filled the queues into the new sockets' default buffers, where the send
+    queue could not take it all (waiting for acknowledgments that a peer which does not read
+    never sends; repair mode never gets any). The buffers are made big enough first: every byte
+    arrives, once, in order, and the non-blocking writer is non-blocking still."""
+    w = py_workload(pidns, TCP_BIG_QUEUES_WORKLOAD, tmp_path)
+    img = str(tmp_path / "big.img")
+    dump_kill(w, img)
+    conns = _tcp_records(img)
+    assert len(conns) == 2, conns
+    assert max(c["inq_len"] for c in conns) > 1 << 20 and max(c["outq_len"] for c in conns) > 5 << 20, conns
+    res = restore_json(img, restored)
+    a_fd, _ = (int(x) for x in (tmp_path / "fds").read_text().split())
+    with open(f"/proc/{res['init_pid']}/fdinfo/{a_fd}") as f:
+        flags = int(next(line for line in f if line.startswith("flags:")).split()[1], 8)
+    assert flags & os.O_NONBLOCK, "the writer's socket came back blocking"
+    (tmp_path / "go").touch()
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "big.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "big.log").read_text() == "ok\n"
+
+
+def test_tcprepair_make_fills_queues_past_the_default_buffers(root):
+    """tcprepair.make with 2 MiB to read and 6 MiB sent and not acknowledged (more than tcp_wmem[2]):
+    the send queue's fill in repair mode used to wait forever once past sk_sndbuf, nothing being
+    acknowledged in repair mode. A real connection is taken over in its place: its peer gets the
+    6 MiB (retransmitted once out of repair mode) and the new socket reads the 2 MiB."""
+    import socket
+
+    from ckptrace.kernel import tcprepair
+
+    def timed_out(signum, frame):
+        raise TimeoutError("tcprepair.make hung")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    local, remote = ours.getsockname(), ours.getpeername()
+    tcprepair.set_repair(ours.fileno(), True)
+    state = tcprepair.read_state(ours.fileno(), "ours")
+    ours.close()  # in repair mode: silently
+    inq, outq = os.urandom(2 << 20), os.urandom(6 << 20)
+    f = dict(state.fields, inq_len=len(inq), outq_len=len(outq), unsent_len=0,
+             inq_seq=(state.fields["inq_seq"] - len(inq)) & 0xFFFFFFFF, outq_seq=state.fields["outq_seq"])
+    old = signal.signal(signal.SIGALRM, timed_out)
+    signal.setitimer(signal.ITIMER_REAL, 15)
+    try:
+        s = tcprepair.make(socket.AF_INET, local, remote, f, inq, outq)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    with listener, peer, s:
+        tcprepair.finish(s, f, outq)
+        s.settimeout(10)
+        peer.settimeout(20)
+        got = bytearray()
+        while len(got) < len(inq):
+            got += s.recv(1 << 20)
+        assert got == inq
+        got = bytearray()
+        while len(got) < len(outq):
+            chunk = peer.recv(1 << 20)
+            assert chunk, f"EOF after {len(got)} bytes"
+            got += chunk
+        assert got == outq
+
+
 # A client in the namespace of a server outside it (the test): numbered lines sent every 10 ms,
 # each answered by the server with "r<n>"; the client checks the answers' order.
 TCP_CLIENT_WORKLOAD = r"""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import Unsupported, from_oserror
+from ..errors import KernelError, Unsupported, from_oserror
 from .sys import libc
 
 SOL_TCP = 6
@@ -189,7 +189,7 @@ def _after(a: int, b: int) -> bool:
 
 
 def make(family: int, local: tuple, peer: tuple, f: dict, inq: bytes, outq: bytes, *, elapsed: float = 0.0,
-         connect_wait: float = 3.0, sockopts: Iterable[tuple[int, int]] = ()) -> socket.socket:
+         connect_wait: float = 3.0, sockopts: Iterable[tuple[int, int]] = (), where: str = "TCP connection") -> socket.socket:
     """A new socket that is the connection FILE_TCP `f` describes, bound to `local`, connected to
     `peer`, still in repair mode (see finish). The order is the kernel's: the socket options
     `sockopts` ((level, optname) pairs set to 1) first, since IPV6_V6ONLY is refused (EINVAL)
@@ -200,9 +200,12 @@ def make(family: int, local: tuple, peer: tuple, f: dict, inq: bytes, outq: byte
     connect() meets the connection's 4-tuple still in use when the original is not gone yet
     (`dump --kill` into a pipe kills once the image is read, while this already runs): it is
     tried again for up to `connect_wait` seconds. `elapsed`: seconds since the dump, which the
-    timestamp clock is moved on by (below)."""
+    timestamp clock is moved on by (below). `where` names the connection in errors."""
     s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
+        # Non-blocking throughout: a queue that does not fit its buffer fails the send at once
+        # (EAGAIN) instead of waiting for acknowledgments that repair mode never gets
+        s.setblocking(False)
         for level, opt in sockopts:
             s.setsockopt(level, opt, 1)
         s.setsockopt(SOL_TCP, TCP_REPAIR, TCP_REPAIR_ON)
@@ -230,13 +233,14 @@ def make(family: int, local: tuple, peer: tuple, f: dict, inq: bytes, outq: byte
         s.setsockopt(SOL_TCP, TCP_REPAIR_OPTIONS, b"".join(REPAIR_OPT.pack(*o) for o in opts))
         if f["options"] & TCPI_OPT_TIMESTAMPS:
             s.setsockopt(SOL_TCP, TCP_TIMESTAMP, struct.pack("I", _timestamp(f["timestamp"], elapsed)))
+        _make_room(s, len(inq), len(outq))
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
-        _fill(s, inq)
+        _fill(s, inq, "receive", where)
         # What was sent and not acknowledged goes in as sent (the retransmission timer takes it
         # from there); what was never sent is sent as new data once out of repair mode.
         sent = outq[:len(outq) - f["unsent_len"]]
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
-        _fill(s, sent)
+        _fill(s, sent, "send", where)
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
         s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.pack(*_window(f, (f["inq_seq"] + len(inq)) & 0xFFFFFFFF)))
     except BaseException:
@@ -264,6 +268,8 @@ def finish(s: socket.socket, f: dict, outq: bytes) -> None:
         s.settimeout(SEND_TIMEOUT)
         try:
             s.sendall(outq[len(outq) - f["unsent_len"]:])
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
         finally:
             fcntl.fcntl(s.fileno(), fcntl.F_SETFL, flags)
 
@@ -292,17 +298,48 @@ def _window(f: dict, rcv_nxt: int) -> tuple[int, ...]:
     return snd_wl1, snd_wnd, max(max_window, snd_wnd), rcv_wnd, rcv_wup
 
 
-def _fill(s: socket.socket, data: bytes) -> None:
-    """Queue `data` in repair mode. The receive queue takes each send() as one buffer of that
-    size, which the allocator may refuse (ENOMEM) when large: then in smaller pieces."""
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+BUF_SLACK = 1 << 16
+
+
+def buffer_for(n: int) -> int:
+    """The buffer size (as SO_SNDBUF/SO_RCVBUF read it) that `n` queued bytes need. The kernel
+    charges each buffer's truesize, data plus the sk_buff around it, against sk_sndbuf or
+    sk_rcvbuf: at worst (1 KiB pieces, _fill) about twice the data."""
+    return 2 * n + BUF_SLACK if n else 0
+
+
+def _make_room(s: socket.socket, inq: int, outq: int) -> None:
+    """Buffers big enough for the queues, where the new socket's are not (its defaults,
+    tcp_rmem[1] and tcp_wmem[1], hold some 64 and 8 KiB): in repair mode nothing is ever
+    acknowledged or read, so the send queue's fill would wait forever in sk_stream_wait_memory
+    past sk_sndbuf, and the receive queue's gets ENOMEM past sk_rcvbuf. FORCE: past
+    rmem_max/wmem_max, which the original's autotuned buffers may have been (the kernel doubles
+    the value given). Buffers set so stay as set: the kernel then no longer tunes them (there is
+    no way back to the defaults' autotuning), and shrinking them below what is queued would
+    close the receive window, or hold up the sender, until the program has read or the peer
+    acknowledged it all. A connection with small queues keeps its defaults, autotuned."""
+    for opt, force, n in ((socket.SO_RCVBUF, SO_RCVBUFFORCE, inq), (socket.SO_SNDBUF, SO_SNDBUFFORCE, outq)):
+        need = buffer_for(n)
+        if need > s.getsockopt(socket.SOL_SOCKET, opt):
+            s.setsockopt(socket.SOL_SOCKET, force, min(need // 2 + 1, 0x3FFFFFFF))
+
+
+def _fill(s: socket.socket, data: bytes, queue: str, where: str) -> None:
+    """Queue `data` in repair mode (the socket non-blocking). The receive queue takes each send()
+    as one buffer of that size, which the allocator may refuse (ENOMEM) when large: then in
+    smaller pieces. A queue that still does not fit fails, naming its size and its buffer's."""
     chunk = max(len(data), 1)
     view = memoryview(data)
     while view:
         try:
             n = s.send(view[:chunk])
         except OSError as exc:
-            if exc.errno in (errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN) and chunk > 1024:
+            if exc.errno in (errno.ENOMEM, errno.ENOBUFS) and chunk > 1024:
                 chunk //= 2
                 continue
-            raise
+            opt = socket.SO_RCVBUF if queue == "receive" else socket.SO_SNDBUF
+            raise KernelError(f"{where}: {len(data)} bytes do not fit the TCP connection's {queue} queue: "
+                              f"{len(data) - len(view)} went in, its buffer is "
+                              f"{s.getsockopt(socket.SOL_SOCKET, opt)} bytes", exc.errno or errno.ENOMEM) from None
         view = view[n:]

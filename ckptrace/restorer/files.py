@@ -596,7 +596,8 @@ class FileSet:
         stamp = self.img.header.get("time", 0)
         # (SO_REUSEADDR is set again in finish_tcp: leaving repair mode clears it)
         s = tcprepair.make(f["family"], local, peer, tf, data[:tf["inq_len"]], data[tf["inq_len"]:],
-                           elapsed=time.time() - stamp if stamp else 0.0, sockopts=_sockopts(f["options"]))
+                           elapsed=time.time() - stamp if stamp else 0.0, sockopts=_sockopts(f["options"]),
+                           where=f"recreate {_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)})")
         try:
             s.setblocking(not obj.fields["f_flags"] & os.O_NONBLOCK)
         except BaseException:
