@@ -486,11 +486,12 @@ class _Restore:
         them; the exit signal each parent gets is taken back from it at once (it had that signal
         long ago: raise_pending gives back what the image has pending)."""
         from .kernel.ptrace import REG_INDEX
-        from .restorer import creds
+        from .restorer import creds, memory
 
         for z in self.img.zombies():
             host, tr, inj = self.host[z.tid], self.by_tid[z.tid], self.injectors[z.tid]
             with inj:
+                memory.set_comm(inj, z.comm)
                 creds.apply_creds(inj, z.creds, z.groups)
                 creds.set_dumpable(inj, 0)  # again: a uid change gives it fs.suid_dumpable's
             status = z.fields["exit_code"]
@@ -649,7 +650,11 @@ class _Restore:
         if self.init:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init, signal.SIGKILL)
-            for tr in self.tracees:
+            # Threads first: a leader is not reported dead while a traced thread of its process
+            # is unreaped, and waiting for it first waited for ever (a failure after a
+            # multi-threaded process was made).
+            leaders = set(self.host.values())
+            for tr in sorted(self.tracees, key=lambda tr: tr.tid in leaders):
                 if tr.tid == self.init:
                     continue
                 with contextlib.suppress(ChildProcessError, ProcessLookupError):

@@ -625,6 +625,15 @@ class FileSet:
                 if rec.fields["shutdown"] & 1:
                     s.shutdown(socket.SHUT_RD)
             except OSError as exc:
+                if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+                    # The peer (outside) sent while the namespace was down, met no socket and
+                    # was answered with a reset (there is no network lock): the connection is
+                    # gone for both. The program finds it reset, as after any peer's reset;
+                    # failing the restore would lose the whole namespace for one connection.
+                    self.notes.append(f"{_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)}): the "
+                                      "peer reset the connection while the namespace was down; the program "
+                                      "gets ECONNRESET on it")
+                    continue
                 raise from_oserror(exc, f"{_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)}): "
                                         "leave TCP repair mode") from None
             finally:

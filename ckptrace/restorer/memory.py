@@ -348,17 +348,22 @@ def set_mm(inj: Injector, mm: Mm, exe_fd: int | None) -> None:
               f"prctl(PR_SET_MM_MAP) in {inj.t.tid}")
 
 
-def set_thread_state(inj: Injector, task) -> None:
-    """The task's name (comm), set_tid_address(clear_child_tid), the rseq registration, the robust
-    futex list and the sigaltstack of one task (memory and registers already in place:
-    registering rseq makes the kernel write the area)."""
-    # Without this every restored task is named after the process it was forked from (ps shows
-    # "ckptrace"): a comm is per thread and only the thread itself may set it (PR_SET_NAME).
-    name = task.comm.encode("utf-8", "surrogateescape")[:TASK_COMM_LEN - 1]
+def set_comm(inj: Injector, comm: str) -> None:
+    """The task's name (comm, as the image reader decoded it). Without this every restored task
+    is named after the process it was forked from (ps shows "ckptrace"): a comm is per thread and
+    only the thread itself may set it (PR_SET_NAME)."""
+    name = comm.encode("utf-8", "surrogateescape")[:TASK_COMM_LEN - 1]
     with inj.scratch(TASK_COMM_LEN) as (addr, mem):
         mem.seek(addr)
         mem.write(name.ljust(TASK_COMM_LEN, b"\0"))
         check(inj.syscall(SYS_prctl, PR_SET_NAME, addr), f"prctl(PR_SET_NAME) in {inj.t.tid}")
+
+
+def set_thread_state(inj: Injector, task) -> None:
+    """The task's name (comm), set_tid_address(clear_child_tid), the rseq registration, the robust
+    futex list and the sigaltstack of one task (memory and registers already in place:
+    registering rseq makes the kernel write the area)."""
+    set_comm(inj, task.comm)
     check(inj.syscall(SYS_set_tid_address, task.fields["clear_child_tid"]), f"set_tid_address in {inj.t.tid}")
     th = task.thread
     if th["rseq_ptr"]:
