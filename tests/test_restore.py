@@ -2068,7 +2068,23 @@ def test_tcp_connection_being_closed_is_refused_by_name(pidns, tmp_path):
 # lines a round, the server reads 5 bytes a round (its receive queue grows: there is always data
 # it has not read at a dump) and echoes every whole line; the client reads the echoes as they
 # come. Any byte lost, repeated or out of order is logged as ERROR.
-TCP_LOOP_WORKLOAD = r"""
+# What the TCP workloads share: the numbered lines each end checks, in order, without a gap.
+TCP_LINES = r"""
+import sys
+def take_lines(buf, prefix, n, who, log, answer=None):
+    # the whole lines at the head of buf, each prefix + n, n + 1, ... (and answer(n) called for
+    # each): the bytes left, and the number wanted next; any other line ends the program
+    while b"\n" in buf:
+        line, buf = buf.split(b"\n", 1)
+        if line != prefix + b"%d" % n:
+            log.write(f"ERROR {who} got {line!r}, wanted {prefix.decode()}{n}\n"); sys.exit(1)
+        if answer is not None:
+            answer(n)
+        n += 1
+    return buf, n
+"""
+
+TCP_LOOP_WORKLOAD = TCP_LINES + r"""
 import os, socket, sys, time
 d = sys.argv[1]
 ls = socket.create_server(("127.0.0.1", 0))
@@ -2086,22 +2102,12 @@ while True:
     data = srv.recv(5)
     if not data:
         log.write("ERROR server got EOF\n"); sys.exit(1)
-    sbuf += data
-    while b"\n" in sbuf:
-        line, sbuf = sbuf.split(b"\n", 1)
-        if int(line) != got:
-            log.write(f"ERROR server got {line!r}, wanted {got}\n"); sys.exit(1)
-        srv.sendall(b"e%d\n" % got)
-        got += 1
+    sbuf, got = take_lines(sbuf + data, b"", got, "server", log, lambda n: srv.sendall(b"e%d\n" % n))
     try:
         cbuf += c.recv(65536)
     except BlockingIOError:
         pass
-    while b"\n" in cbuf:
-        line, cbuf = cbuf.split(b"\n", 1)
-        if line != b"e%d" % echoed:
-            log.write(f"ERROR client got {line!r}, wanted e{echoed}\n"); sys.exit(1)
-        echoed += 1
+    cbuf, echoed = take_lines(cbuf, b"e", echoed, "client", log)
     log.write(f"{sent} {got} {echoed}\n")
     time.sleep(0.01)
 """
@@ -2315,7 +2321,7 @@ def test_tcprepair_make_fills_queues_past_the_default_buffers(root):
 
 # A client in the namespace of a server outside it (the test): numbered lines sent every 10 ms,
 # each answered by the server with "r<n>"; the client checks the answers' order.
-TCP_CLIENT_WORKLOAD = r"""
+TCP_CLIENT_WORKLOAD = TCP_LINES + r"""
 import os, socket, sys, time
 d, port = sys.argv[1], int(sys.argv[2])
 c = socket.create_connection(("127.0.0.1", port))
@@ -2339,11 +2345,7 @@ while True:
         pass
     except OSError as exc:
         log.write(f"ERROR client {exc}\n"); sys.exit(1)
-    while b"\n" in buf:
-        line, buf = buf.split(b"\n", 1)
-        if line != b"r%d" % got:
-            log.write(f"ERROR client got {line!r}, wanted r{got}\n"); sys.exit(1)
-        got += 1
+    buf, got = take_lines(buf, b"r", got, "client", log)
     log.write(f"{sent} {got} 0\n")
     time.sleep(0.01)
 """
