@@ -2411,6 +2411,22 @@ class _LineServer:
         self.ls.close()
 
 
+def _tcp_client(pidns, tmp_path, port: int):
+    """TCP_CLIENT_WORKLOAD in a namespace of its own, talking to 127.0.0.1:port (outside)."""
+    return pidns([sys.executable, "-c", TCP_CLIENT_WORKLOAD, str(tmp_path), str(port)],
+                 ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+
+
+def _client_dumped(w, tmp_path, server: "_LineServer") -> tuple[str, int, int]:
+    """Once `server` has 30 lines from client `w`: dump --kill of it. (image, the lines the
+    server had then, the answers the client had)."""
+    server.wait(30)
+    img = str(tmp_path / "tcp.img")
+    dump_kill(w, img)
+    return img, server.got, _tcp_progress(tmp_path / "tcp.log")[-1][1]
+
+
 @pytest.fixture
 def line_server():
     srv = _LineServer()
@@ -2423,18 +2439,12 @@ def test_tcp_connection_to_a_server_outside_carries_on_without_a_reset(pidns, tm
     silently (repair mode: no FIN, no RST), and the restored end picks the exchange up where it
     was: the server gets every line in order, with no reset, and its answers reach the restored
     client in order."""
-    w = pidns([sys.executable, "-c", TCP_CLIENT_WORKLOAD, str(tmp_path), str(line_server.port)],
-              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    w = _tcp_client(pidns, tmp_path, line_server.port)
     log = tmp_path / "tcp.log"
-    line_server.wait(30)
-    img = str(tmp_path / "tcp.img")
-    dump_kill(w, img)
+    img, at_kill, answered = _client_dumped(w, tmp_path, line_server)
     assert len(_tcp_records(img)) == 1
-    at_kill = line_server.got
     time.sleep(0.3)
     assert line_server.got == at_kill and not line_server.errors, line_server.errors  # nothing seen meanwhile
-    answered = _tcp_progress(log)[-1][1]
     restore_json(img, restored)
     line_server.wait(at_kill + 100)
     _wait_progress(log, answered + 100)  # the server's answers reach the restored client, in order
@@ -2457,15 +2467,9 @@ def test_a_late_restore_failure_closes_tcp_connections_silently(pidns, tmp_path,
     from ckptrace.restorer import creds
     from ckptrace.restorer.files import FileSet
 
-    w = pidns([sys.executable, "-c", TCP_CLIENT_WORKLOAD, str(tmp_path), str(line_server.port)],
-              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    w = _tcp_client(pidns, tmp_path, line_server.port)
     log = tmp_path / "tcp.log"
-    line_server.wait(30)
-    img = str(tmp_path / "tcp.img")
-    dump_kill(w, img)
-    at_kill = line_server.got
-    answered = _tcp_progress(log)[-1][1]
+    img, at_kill, answered = _client_dumped(w, tmp_path, line_server)
     finished = []
     real_finish = FileSet.finish_tcp
 
@@ -2497,9 +2501,7 @@ def test_dump_leaves_a_running_tcp_connection_working(pidns, tmp_path, line_serv
     socket's SO_REUSEADDR as it was: the exchange goes on."""
     import socket
 
-    w = pidns([sys.executable, "-c", TCP_CLIENT_WORKLOAD, str(tmp_path), str(line_server.port)],
-              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    w = _tcp_client(pidns, tmp_path, line_server.port)
     log = tmp_path / "tcp.log"
     line_server.wait(20)
     img = str(tmp_path / "tcp.img")
@@ -4472,9 +4474,7 @@ def test_a_connection_reset_while_the_namespace_was_down_does_not_fail_the_resto
     ls = socket.create_server(("127.0.0.1", 0))
     conns: list = []
     threading.Thread(target=lambda: conns.append(ls.accept()[0]), daemon=True).start()
-    w = pidns([sys.executable, "-c", TCP_CLIENT_WORKLOAD, str(tmp_path), str(ls.getsockname()[1])],
-              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    w = _tcp_client(pidns, tmp_path, ls.getsockname()[1])
     deadline = time.monotonic() + 5
     while not conns and time.monotonic() < deadline:
         time.sleep(0.02)
