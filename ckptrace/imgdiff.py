@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Iterator
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import (FILE_NAMES, PAGE_SIZE, RECORDS, RLIMIT_NAMES, VM_FLAG_NAMES, VMA_NAMES, RecType,
                             flag_names, format_time, json_safe, pretty_value, wait_status_text)
-from .image.render import human, open_flags_text, plural, prot_str, terminal_safe
+from .image.render import human, open_flags_text, plural, prot_str, rlimit_text, terminal_safe
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
@@ -238,7 +238,7 @@ def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
         name = RLIMIT_NAMES[i] if i < len(RLIMIT_NAMES) else str(i)
         for k in ("cur", "max"):
             if x[k] != y[k]:
-                out.append(dict(what=f"RLIMIT_{name} {k}", a=_limit(x[k]), b=_limit(y[k])))
+                out.append(dict(what=f"RLIMIT_{name} {k}", a=rlimit_text(x[k]), b=rlimit_text(y[k])))
     handler = RECORDS[RecType.TASK_SIGHAND].entry
     for i, (x, y) in enumerate(zip(pa.sighand, pb.sighand)):
         for f in handler:
@@ -261,10 +261,6 @@ def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
         if ta.affinity.rstrip(b"\0") != tb.affinity.rstrip(b"\0"):
             out.append(dict(what="CPU affinity" + of, a=_cpus(ta.affinity), b=_cpus(tb.affinity)))
     return out
-
-
-def _limit(v: int) -> str:
-    return "unlimited" if v >= 1 << 63 else str(v)
 
 
 def _cpus(mask: bytes) -> str:

@@ -272,7 +272,7 @@ def test_process_state_that_a_restore_must_keep_is_compared():
     p.creds["euid"] = 1000
     p.groups = [4]
     p.proc["umask"] = 0o77
-    p.rlimits[7]["cur"] = 1 << 64 - 1  # RLIMIT_NOFILE unlimited
+    p.rlimits[7]["cur"] = (1 << 64) - 1  # RLIMIT_NOFILE unlimited (RLIM_INFINITY)
     p.sighand[9]["handler"] = 1  # SIGUSR1 ignored
     p.itimers["real_value"] += 5  # moves by itself: not a change
     p.sched["nice"] = 5

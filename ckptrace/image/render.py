@@ -191,6 +191,11 @@ def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
     return rows
 
 
+def rlimit_text(v: int) -> str:
+    """A TASK_RLIMITS value as getrlimit gave it: "unlimited" for RLIM_INFINITY (2**64-1)."""
+    return "unlimited" if v == (1 << 64) - 1 else str(v)
+
+
 def processes_text(img: Image) -> str:
     """"3 processes", "5 processes (2 zombies)"."""
     live, dead = len(img.processes()), len(img.zombies())

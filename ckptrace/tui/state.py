@@ -19,8 +19,8 @@ from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
                              format_time)
-from ..image.render import (human, open_flags_text, plural, processes_text, prot_str, queue_note, socket_name, terminal_safe,
-                             vma_label)
+from ..image.render import (human, open_flags_text, plural, processes_text, prot_str, queue_note, rlimit_text,
+                             socket_name, terminal_safe, vma_label)
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -31,7 +31,6 @@ PEERS_SHOWN = 3  # other ends of a pipe named in the FDs tab; the rest are count
 SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000: "RESTORER",
                  0x08000000: "ONSTACK", 0x10000000: "RESTART", 0x40000000: "NODEFER",
                  0x80000000: "RESETHAND"}
-RLIM_INFINITY = 2 ** 64 - 1
 
 
 def signame(n: int) -> str:
@@ -307,7 +306,7 @@ class InspectState:
         out += ["", "rlimits (soft / hard):"]
         for i, r in enumerate(p.rlimits):
             name = RLIMIT_NAMES[i] if i < len(RLIMIT_NAMES) else str(i)
-            out.append(f"  {name:<11} {_lim(r['cur']):>20} {_lim(r['max']):>20}")
+            out.append(f"  {name:<11} {rlimit_text(r['cur']):>20} {rlimit_text(r['max']):>20}")
         return "\n".join(out)
 
     # -- pages ---------------------------------------------------------------------------------
@@ -482,10 +481,6 @@ class InspectState:
         if len(data) != n:
             raise ImageError(f"image shrank: page data at offset {offset} is truncated")
         return data
-
-
-def _lim(v: int) -> str:
-    return "unlimited" if v == RLIM_INFINITY else str(v)
 
 
 def process_tree(img: Image) -> list[tuple[int, Task]]:
