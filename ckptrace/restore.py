@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import select
 import signal
@@ -34,7 +35,7 @@ from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
 from .kernel.procfs import DELETED_SUFFIX
-from .kernel.ptrace import WALL
+from .kernel.ptrace import WALL, read_memory
 
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
@@ -260,15 +261,6 @@ def _wrapped_syscall(code, rip: int) -> int | None:
     if len(insns) == 7 and insns[0] == 0xB8 and insns[5:] == b"\x0f\x05":
         return int.from_bytes(insns[1:5], "little")
     return None
-
-
-def _reader(host: int):
-    """code(addr, n) for fix_restart: n bytes of task `host`'s memory at addr."""
-    def code(addr: int, n: int) -> bytes:
-        with open(f"/proc/{host}/mem", "rb", buffering=0) as mem:
-            mem.seek(addr)
-            return mem.read(n)
-    return code
 
 
 def _wait_zombie(host: int, pid: int) -> None:
@@ -540,7 +532,7 @@ class _Restore:
         inj = self.injectors[t.tid]
         mm = self.img.obj(t.mm_objref)
         mem.rebuild(inj, host, mm)
-        code = _reader(host)
+        code = functools.partial(read_memory, host)  # (for fix_restart)
         tr.set_regs(fix_restart(t.regs, code))
         tr.set_xstate(t.xsave)
         exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None

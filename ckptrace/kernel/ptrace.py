@@ -288,6 +288,14 @@ def xcr0_from_xstate(xsave: bytes) -> int:
 
 # -- syscall injection ---------------------------------------------------------------------------
 
+def read_memory(pid: int, addr: int, n: int) -> bytes:
+    """n bytes of task `pid`'s memory at addr (/proc/PID/mem: fewer at the end of a mapping;
+    OSError for an address not mapped)."""
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        mem.seek(addr)
+        return mem.read(n)
+
+
 def find_syscall_insn(pid: int) -> int:
     """Address of a `syscall` instruction inside the task's [vdso] (never write to its text)."""
     from . import procfs
@@ -297,9 +305,7 @@ def find_syscall_insn(pid: int) -> int:
     if vdso is None:
         raise KernelError(f"task {pid} has no [vdso] to inject syscalls through", errno.ENOENT)
     start, end = vdso.start, vdso.end
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
-        mem.seek(start)
-        code = mem.read(end - start)
+    code = read_memory(pid, start, end - start)
     i = code.find(SYSCALL_INSN)
     if i < 0:
         raise KernelError(f"no syscall instruction in task {pid}'s vdso", errno.ENOENT)
