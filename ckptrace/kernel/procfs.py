@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import CkptError, from_oserror
@@ -466,9 +467,25 @@ def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None, na
     sees it through), so its cost is the host's number of open fds; with `name` (the file's
     base name), only fds whose link ends with that name are stat'ed: a stat follows the link
     into its filesystem, and one on a hung NFS or FUSE mount would block the scan."""
-    out = []
+    out: list[int] = []
+    for pid, fd, target in fd_links(root):
+        if pid == skip or (out and out[-1] == pid) or (name is not None and os.path.basename(target) != name):
+            continue
+        try:
+            st = os.stat(f"{root}/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if st.st_ino == ino and st.st_dev == dev:
+            out.append(pid)
+    return out
+
+
+def fd_links(root: str = PROC) -> Iterator[tuple[int, int, str]]:
+    """(pid, fd, what its /proc link shows) of every fd of every process on the host: a scan
+    (its cost is the host's number of open fds) in which processes and fds that vanish or cannot
+    be read meanwhile are skipped. Reads links only, never follows one into a filesystem."""
     for d in os.listdir(root):
-        if not d.isdigit() or int(d) == skip:
+        if not d.isdigit():
             continue
         try:
             names = os.listdir(f"{root}/{d}/fd")
@@ -476,15 +493,9 @@ def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None, na
             continue
         for n in names:
             try:
-                if name is not None and os.path.basename(os.readlink(f"{root}/{d}/fd/{n}")) != name:
-                    continue
-                st = os.stat(f"{root}/{d}/fd/{n}")
-            except OSError:
+                yield int(d), int(n), os.readlink(f"{root}/{d}/fd/{n}")
+            except (OSError, ValueError):
                 continue
-            if st.st_ino == ino and st.st_dev == dev:
-                out.append(int(d))
-                break
-    return out
 
 
 @dataclass

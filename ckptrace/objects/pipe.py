@@ -94,26 +94,24 @@ def outside_notes(ctx: DumpContext, ns: int) -> list[str]:
     outside process), so the restored side sees EOF or EPIPE there, and `dump --kill` cuts it now."""
     from ..kernel import procfs
 
-    lone = {pid: ends[0] for pid, ends in ctx.pipe_ends.items() if len({acc for _, _, acc in ends}) == 1}
+    lone = {pipe_id: ends[0] for pipe_id, ends in ctx.pipe_ends.items() if len({acc for _, _, acc in ends}) == 1}
     if not lone:
         return []
     targets = {f"pipe:[{pipe_id}]": pipe_id for pipe_id in lone}
     out: dict[int, tuple[int, str]] = {}
-    for host in procfs.pids(ctx.proc):
-        if procfs.ns_inode(host, "pid", ctx.proc) == ns:
+    inside: dict[int, bool] = {}  # host pid -> a task of the namespace
+    for host, fd, target in procfs.fd_links(ctx.proc):
+        pipe_id = targets.get(target)
+        if pipe_id is None or pipe_id in out:
+            continue
+        if inside.setdefault(host, procfs.ns_inode(host, "pid", ctx.proc) == ns):
             continue
         try:
-            fds = procfs.fds(host, ctx.proc)
+            if procfs.fdinfo(host, fd, ctx.proc).flags & 3 == lone[pipe_id][2]:
+                continue  # (an end of the kind the namespace holds too: unshare's own stdout)
         except CkptError:
             continue
-        for fd in fds:
-            try:
-                pipe_id = targets.get(procfs.fd_target(host, fd, ctx.proc))
-                if pipe_id is None or pipe_id in out or procfs.fdinfo(host, fd, ctx.proc).flags & 3 == lone[pipe_id][2]:
-                    continue  # (an end of the kind the namespace holds too: unshare's own stdout)
-            except CkptError:
-                continue
-            out[pipe_id] = (host, procfs.comm(host, ctx.proc) or "?")
+        out[pipe_id] = (host, procfs.comm(host, ctx.proc) or "?")
     notes = []
     for pipe_id, (host, comm) in sorted(out.items()):
         pid, fd, acc = lone[pipe_id]
