@@ -322,10 +322,17 @@ def diff_images(ia: Image, fa: BinaryIO, ib: Image, fb: BinaryIO, *, path_a: str
     died = [dict(tid=t, comm=tb[t].comm, zombie_in="b" if tb[t].zombie else "a",
                  exited=wait_status_text((tb[t] if tb[t].zombie else ta[t]).fields["exit_code"]))
             for t in sorted(ta.keys() & tb.keys()) if ta[t].zombie != tb[t].zombie]
+    # a zombie in both with another name or status: its pid went to a process that died too, or
+    # the zombie was not restored as it was dumped (a zombie has nothing else to compare)
+    rezombied = [dict(tid=t, comm_a=ta[t].comm, comm_b=tb[t].comm,
+                      exited_a=wait_status_text(ta[t].fields["exit_code"]),
+                      exited_b=wait_status_text(tb[t].fields["exit_code"]))
+                 for t in sorted(ta.keys() & tb.keys()) if ta[t].zombie and tb[t].zombie
+                 and (ta[t].comm, ta[t].fields["exit_code"]) != (tb[t].comm, tb[t].fields["exit_code"])]
     return dict(a=image_doc(path_a, ia), b=image_doc(path_b, ib), notes=notes,
                 tasks=dict(added=[tdoc(tb[t]) for t in sorted(tb.keys() - ta.keys())],
                            gone=[tdoc(ta[t]) for t in sorted(ta.keys() - tb.keys())],
-                           changed=moved, exited=died),
+                           changed=moved, exited=died, zombies_changed=rezombied),
                 processes=procs)
 
 
@@ -382,6 +389,10 @@ def diff_text(d: dict[str, Any]) -> str:
     for t in d["tasks"]["exited"]:
         out.append(f"~ process {t['tid']} {t['comm']}: " + (f"a zombie in B ({t['exited']})" if t["zombie_in"] == "b"
                                                            else f"a zombie in A ({t['exited']}), alive in B"))
+    for t in d["tasks"]["zombies_changed"]:
+        name = t["comm_b"] if t["comm_a"] == t["comm_b"] else f"{t['comm_a']} -> {t['comm_b']}"
+        status = t["exited_b"] if t["exited_a"] == t["exited_b"] else f"{t['exited_a']} -> {t['exited_b']}"
+        out.append(f"~ zombie {t['tid']} {name}: {status}")
     same = 0
     for p in d["processes"]:
         if _empty(p):

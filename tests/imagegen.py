@@ -45,7 +45,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     one before (a fork chain), sharing pid 1's files and mm. heap_split: an address inside the
     heap where it ends instead, the rest mapped as another VMA (read-only, untouched: no pages).
     zombie: TASK fields of a last process, pid 9, child of pid 1, written as a zombie (with
-    "pid", "tgid" keys: its TREE entry's instead)."""
+    "pid", "tgid" keys: its TREE entry's instead; "comm": its name, "gone" if not given)."""
     write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
     tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
     if extra_task and not chain:
@@ -53,7 +53,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
                  dict(pid=3, tgid=3, ppid=1, pgid=1, sid=1, hostpid=1002)]
     tree += [dict(pid=i, tgid=i, ppid=i - 1, pgid=1, sid=1, hostpid=1000 + i) for i in range(2, chain + 2)]
     z = dict(zombie or {})
-    zpid, ztgid = z.pop("pid", 9), z.pop("tgid", 9)
+    zpid, ztgid, zcomm = z.pop("pid", 9), z.pop("tgid", 9), z.pop("comm", "gone")
     if zombie is not None:
         tree.append(dict(pid=zpid, tgid=ztgid, ppid=1, pgid=1, sid=1, hostpid=1009))
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
@@ -65,7 +65,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
         task(wr, i, i, first=False, pages=pages)
     if zombie is not None:
         wr.record(RecType.TASK, dict(dict(state=0x80, exit_state=0x20, exit_code=7 << 8, exit_signal=17), **z))
-        wr.record(RecType.STRING, payload=b"gone".ljust(16, b"\0"))
+        wr.record(RecType.STRING, payload=zcomm.encode().ljust(16, b"\0"))
         wr.record(RecType.THREAD, dict(tid=zpid, tgid=ztgid))
         wr.record(RecType.TASK_CREDS, dict(uid=1000, euid=1000, suid=1000, fsuid=1000, gid=100, ngroups=1), [dict(gid=100)])
     write_tail(wr)

@@ -103,7 +103,7 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
     w.ns.kill()
 
     d = json.loads(run_diff(a, b, "--json").stdout)
-    assert d["tasks"] == {"added": [], "gone": [], "changed": [], "exited": []} and d["notes"] == []
+    assert d["tasks"] == {"added": [], "gone": [], "changed": [], "exited": [], "zombies_changed": []} and d["notes"] == []
     proc = next(p for p in d["processes"] if p["pid"] == w.child_nspid)
     v = proc["vmas"]
     P = PAGE_SIZE
@@ -139,7 +139,7 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
 
     # An image compared with itself has no differences at all.
     same = json.loads(run_diff(a, a, "--json").stdout)
-    assert same["tasks"] == {"added": [], "gone": [], "changed": [], "exited": []}
+    assert same["tasks"] == {"added": [], "gone": [], "changed": [], "exited": [], "zombies_changed": []}
     for p in same["processes"]:
         assert not any(p["vmas"][k] for k in ("added", "removed", "resized", "reprotected", "pages"))
         assert not any(p["fds"][k] for k in ("added", "removed", "changed"))
@@ -255,7 +255,28 @@ def test_a_process_that_became_a_zombie_is_named_not_compared():
     back = diff_images(ib, io.BytesIO(b), ia, io.BytesIO(a))
     assert back["tasks"]["exited"][0]["zombie_in"] == "a" and [p["pid"] for p in back["processes"]] == [1, 2]
     same = diff_images(ib, io.BytesIO(b), ib, io.BytesIO(b))
-    assert same["tasks"] == dict(added=[], gone=[], changed=[], exited=[])
+    assert same["tasks"] == dict(added=[], gone=[], changed=[], exited=[], zombies_changed=[])
+
+
+def test_a_zombie_with_another_name_or_status_is_reported():
+    """A zombie has no memory or files to compare, but its name and wait status are all it has:
+    a restore that lost either, or a pid that went to another process which died too, shows."""
+    import io
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.imgdiff import diff_images, diff_text
+
+    a = imagegen.build(extra_task=False, chain=1, zombie=dict(pid=3, tgid=3, exit_code=9))
+    b = imagegen.build(extra_task=False, chain=1, zombie=dict(pid=3, tgid=3, exit_code=3 << 8, comm="other"))
+    ia, ib = read_image(io.BytesIO(a)), read_image(io.BytesIO(b))
+    d = diff_images(ia, io.BytesIO(a), ib, io.BytesIO(b))
+    assert d["tasks"]["zombies_changed"] == [dict(tid=3, comm_a="gone", comm_b="other",
+                                                  exited_a="killed by SIGKILL", exited_b="exited with status 3")]
+    assert d["tasks"]["exited"] == []
+    assert "~ zombie 3 gone -> other: killed by SIGKILL -> exited with status 3" in diff_text(d).splitlines()
+    c = imagegen.build(extra_task=False, chain=1, zombie=dict(pid=3, tgid=3, exit_code=3 << 8))
+    d = diff_images(read_image(io.BytesIO(c)), io.BytesIO(c), ib, io.BytesIO(b))
+    assert "~ zombie 3 gone -> other: exited with status 3" in diff_text(d).splitlines()
 
 
 def test_process_state_that_a_restore_must_keep_is_compared():
