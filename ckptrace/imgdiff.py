@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Iterator
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import (FILE_NAMES, PAGE_SIZE, RECORDS, RLIMIT_NAMES, VM_FLAG_NAMES, VMA_NAMES, RecType,
                             flag_names, format_time, json_safe, pretty_value, wait_status_text)
-from .image.render import human, open_flags_text, plural, prot_str, rlimit_text, terminal_safe
+from .image.render import cpu_list, human, open_flags_text, plural, prot_str, rlimit_text, terminal_safe
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
 
@@ -259,13 +259,8 @@ def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
             item["what"] += of
             out.append(item)
         if ta.affinity.rstrip(b"\0") != tb.affinity.rstrip(b"\0"):
-            out.append(dict(what="CPU affinity" + of, a=_cpus(ta.affinity), b=_cpus(tb.affinity)))
+            out.append(dict(what="CPU affinity" + of, a=cpu_list(ta.affinity), b=cpu_list(tb.affinity)))
     return out
-
-
-def _cpus(mask: bytes) -> str:
-    n = int.from_bytes(mask, "little")
-    return ",".join(str(c) for c in range(n.bit_length()) if n >> c & 1) or "-"
 
 
 def diff_fds(ia: Image, ta, ib: Image, tb) -> dict[str, Any]:

@@ -308,7 +308,7 @@ def test_process_state_that_a_restore_must_keep_is_compared():
     assert got == {"euid": ("0", "1000"), "groups": ("4 27", "4"), "umask": ("0o22", "0o77"),
                    "RLIMIT_NOFILE cur": ("7", "unlimited"), "signal 10 handler": ("0x0", "0x1"),
                    "sched nice": ("1", "5"), "blocked (thread 2)": ("0x4000", "0x0"),
-                   "ioprio (thread 2)": ("0x0", "0x4004"), "CPU affinity (thread 2)": ("0,1", "0")}, got
+                   "ioprio (thread 2)": ("0x0", "0x4004"), "CPU affinity (thread 2)": ("0-1", "0")}, got
     assert p1["vmas"]["reflagged"] == [dict(start=vma.start, end=vma.end, lost=[], gained=["ac"], file=p1["vmas"]["reflagged"][0]["file"])]
     text = diff_text(d)
     assert "  ~ sched nice: 1 -> 5" in text and "  ~ blocked (thread 2): 0x4000 -> 0x0" in text

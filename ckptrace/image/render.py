@@ -196,6 +196,23 @@ def rlimit_text(v: int) -> str:
     return "unlimited" if v == (1 << 64) - 1 else str(v)
 
 
+def cpu_list(mask: int | bytes) -> str:
+    """0b1011 -> "0-1,3", as /proc's *_list files write CPU sets (bytes: a little-endian
+    cpumask, as TASK_SCHED holds it)."""
+    if isinstance(mask, bytes):
+        mask = int.from_bytes(mask, "little")
+    cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    runs: list[str] = []
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        runs.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(runs) or "-"
+
+
 def processes_text(img: Image) -> str:
     """"3 processes", "5 processes (2 zombies)"."""
     live, dead = len(img.processes()), len(img.zombies())

@@ -19,8 +19,8 @@ from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
                              format_time)
-from ..image.render import (human, open_flags_text, plural, processes_text, prot_str, queue_note, rlimit_text,
-                             socket_name, terminal_safe, vma_label)
+from ..image.render import (cpu_list, human, open_flags_text, plural, processes_text, prot_str, queue_note,
+                             rlimit_text, socket_name, terminal_safe, vma_label)
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -532,20 +532,6 @@ def syscall_state(t: Task) -> str:
 
 
 __all__ = ["InspectState", "format_row", "parse_address", "parse_needle", "process_tree"]
-
-
-def cpu_list(mask: int) -> str:
-    """0b1011 -> "0-1,3", as /proc's *_list files write CPU sets."""
-    cpus = [i for i in range(mask.bit_length()) if mask >> i & 1]
-    runs: list[str] = []
-    i = 0
-    while i < len(cpus):
-        j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
-            j += 1
-        runs.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
-        i = j + 1
-    return ",".join(runs) or "-"
 
 
 def _as_typed(needle: bytes) -> str:
