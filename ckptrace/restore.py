@@ -542,6 +542,7 @@ class _Restore:
             # EBUSY since the kernel refuses while the old exe is mapped, and it now is.
             exe_fd = None
         memory.set_mm(inj, mm, exe_fd)
+        memory.lock_future(inj, mm)
         memory.close_fds(inj, tree.map_fds_of(self.img, t, files) + files.extra + [self.report_fd])
         if t.proc["personality"] & tree.READ_IMPLIES_EXEC:  # only now: see tree._setup_inner
             check(inj.syscall(SYS_personality, t.proc["personality"]), f"personality in {t.tid}")

@@ -97,3 +97,20 @@ def test_an_interruption_during_an_injected_call_is_not_replaced_by_the_register
     t.wait = lambda: 0x57f  # stopped by SIGTRAP: the step is done
     with pytest.raises(NoSuchProcess, match="SETREGSET"):
         Injector(t, insn=0x1000).syscall(39)
+
+
+def test_system_call_numbers_are_the_abis():
+    """ckptrace.kernel.sysno against the C library's header: a wrong number would inject another
+    call into a frozen task."""
+    import re
+
+    from ckptrace.kernel import sysno
+
+    header = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
+    if not os.path.exists(header):
+        pytest.skip(f"{header} is not installed (linux-libc-dev)")
+    with open(header) as f:
+        abi = {m[1]: int(m[2]) for m in re.finditer(r"^#define __NR_(\w+) (\d+)$", f.read(), re.M)}
+    ours = {n[4:]: v for n, v in vars(sysno).items() if n.startswith("SYS_")}
+    assert len(ours) > 40
+    assert {n: v for n, v in ours.items() if abi.get(n) != v} == {}

@@ -3690,6 +3690,69 @@ def test_vma_flags_come_back(pidns, tmp_path, restored):
     assert bytes.fromhex(forked["dd"]).startswith(b"SECRET-dd")
 
 
+MLOCKALL_WORKLOAD = SHM_COMMON + r"""
+import signal
+libc.mlockall.argtypes = [ctypes.c_int]
+d = sys.argv[1]
+
+def on_usr1(sig, frame):  # map a new area and say which VmFlags it got
+    a = mmap(4, 3, 0x22)
+    text = open("/proc/self/smaps").read()
+    flags = text[text.index("%x-" % a):].split("VmFlags:", 1)[1].split("\n", 1)[0].split()
+    with open(os.path.join(d, "new-%d.tmp" % os.getpid()), "w") as f:
+        f.write(" ".join(flags))
+    os.rename(os.path.join(d, "new-%d.tmp" % os.getpid()), os.path.join(d, "new-%d" % os.getpid()))
+signal.signal(signal.SIGUSR1, on_usr1)
+for how in (2, 2 | 4):  # pid 2: MCL_FUTURE; pid 3: MCL_FUTURE | MCL_ONFAULT (not inherited by a fork)
+    if os.fork() == 0:
+        assert libc.mlockall(how) == 0, ctypes.get_errno()
+        open(os.path.join(d, "set-%d" % os.getpid()), "w").close()
+        while True:
+            time.sleep(0.05)
+while len([n for n in os.listdir(d) if n.startswith("set-")]) < 2:
+    time.sleep(0.01)
+ready()
+"""
+
+
+def _new_mapping_flags(host: int, pid: int, d) -> set[str]:
+    """The VmFlags of a mapping the process (host pid, pid inside) makes when asked."""
+    (d / f"new-{pid}").unlink(missing_ok=True)
+    os.kill(host, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not (d / f"new-{pid}").exists():
+        assert time.monotonic() < deadline, f"process {pid} never said"
+        time.sleep(0.02)
+    return set((d / f"new-{pid}").read_text().split())
+
+
+def test_mlockall_future_comes_back(pidns, tmp_path, restored):
+    """mlockall(MCL_FUTURE), and with MCL_ONFAULT, locks the mappings a process makes after the
+    restore as it did before (it is in no /proc file: the dump maps a probe page to see it, which
+    leaves the mappings as they were), and a process without it stays without."""
+    from ckptrace.image.reader import read_image
+
+    w = pidns([sys.executable, "-c", MLOCKALL_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hosts = {nspid(h): h for h in ns_pids(w.ns)}
+    want = {1: set(), 2: {"lo"}, 3: {"lo", "lf"}}
+    assert {p: _new_mapping_flags(h, p, tmp_path) & {"lo", "lf"} for p, h in hosts.items()} == want
+    maps = {p: open(f"/proc/{h}/maps").read() for p, h in hosts.items()}
+    img = str(tmp_path / "left.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    assert {p: open(f"/proc/{h}/maps").read() for p, h in hosts.items()} == maps, "the probe page stayed"
+    with open(img, "rb") as f:
+        ri = read_image(f)
+        assert {t.tid: ri.obj(t.mm_objref).fields["def_flags"] for t in ri.processes()} == \
+            {1: 0, 2: 0x2000, 3: 0x82000}
+    img = str(tmp_path / "mlockall.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    hosts = {nspid(h): h for h in ns_pids(res["pidns"])}
+    assert {p: _new_mapping_flags(h, p, tmp_path) & {"lo", "lf"} for p, h in hosts.items()} == want
+
+
 @pytest.fixture(scope="module")
 def bigmem(tmp_path_factory) -> str:
     if not shutil.which("gcc"):

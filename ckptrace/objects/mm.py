@@ -222,7 +222,7 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     exe_ref = files.dump_exe(ctx, pid)
     kept = [(m, t) for m in maps if (t := vma_type(m)) is not None]
     f = procfs.mm_fields(pid, ctx.proc)
-    ctx.w.record(RecType.MM, dict(map_count=len(kept), exe_objref=exe_ref, def_flags=0, flags=0, brk=p.brk, **f))
+    ctx.w.record(RecType.MM, dict(map_count=len(kept), exe_objref=exe_ref, def_flags=p.def_flags, flags=0, brk=p.brk, **f))
     for m, t in kept:
         check_mapping(pid, m)
         objref = 0

@@ -12,6 +12,7 @@ died at any later point of the dump).
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EA
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
+from ..kernel.sysno import SYS_mmap, SYS_munmap
 from . import nsinfo, seccomp, timers
 from .context import DumpContext
 
@@ -38,6 +40,7 @@ PR_MCE_KILL, PR_MCE_KILL_GET = 33, 34
 PR_MCE_KILL_LATE, PR_MCE_KILL_EARLY, PR_MCE_KILL_DEFAULT = 0, 1, 2
 PR_GET_MEMORY_MERGE = 68
 PR_GET_TID_ADDRESS = 40
+MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
 NSIG = 64
 SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
 STACK_T = struct.Struct("<Qi4xQ")  # stack_t: ss_sp, ss_flags, ss_size
@@ -93,6 +96,7 @@ class ProcState:
     nodename: bytes = b""
     domainname: bytes = b""
     brk: int = 0
+    def_flags: int = 0  # MM.def_flags: VM_LOCKED (| VM_LOCKONFAULT) after mlockall(MCL_FUTURE)
     syscall_insn: int = 0
     maps: list[procfs.Mapping] = field(default_factory=list)  # smaps, read once while frozen
     zombie: bool = False  # exited, not reaped: only its ids, comm, status and owner are left
@@ -195,8 +199,29 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
         p.securebits = checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
         # brk(0) returns the current break: /proc/PID/stat has only start_brk.
         p.brk = checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
+        p.def_flags = _mlockall_future(p, inj, proc)
     for t in p.threads:
         collect_thread(t, p.syscall_insn, proc)
+
+
+def _mlockall_future(p: ProcState, inj: Injector, proc: str) -> int:
+    """mlockall(MCL_FUTURE) sets the mm's def_flags, which no interface reads; every mapping made
+    afterwards gets them, so one is made to see: a page mapped in the frozen process, its VmFlags
+    read, and unmapped again. Shared anonymous memory, so that it is a VMA of its own (private
+    PROT_NONE memory would merge with a neighbour, a thread's guard or a malloc reserve, and show
+    that one's flags). Without CAP_IPC_LOCK over RLIMIT_MEMLOCK, only a locking mapping is refused."""
+    from ..image.records import PAGE_SIZE, VM_FLAG_BITS
+
+    locked = VM_FLAG_BITS["lo"] | VM_FLAG_BITS["lf"]
+    addr = inj.syscall(SYS_mmap, 0, PAGE_SIZE, 0, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+    if addr == -errno.EAGAIN:
+        return VM_FLAG_BITS["lo"]
+    checked(addr, f"mmap of a probe page in {p.hostpid}")
+    try:
+        flags = next((m.vmflags for m in procfs.smaps(p.hostpid, proc) if m.start == addr), ())
+    finally:
+        checked(inj.syscall(SYS_munmap, addr, PAGE_SIZE), f"munmap of the probe page in {p.hostpid}")
+    return sum(VM_FLAG_BITS.get(f, 0) for f in flags) & locked
 
 
 def _vdso_syscall(pid: int) -> int:

@@ -11,7 +11,7 @@ The task is a stopped fork of the controller (a Python interpreter). In order:
    VM_* bits that no mmap flag gives back come from madvise (before the pages are written) and
    mlock2 (after the mprotect);
 4. prctl(PR_SET_MM_MAP) with the MM fields, the auxv and the exe (once the old exe is unmapped,
-   which is why this comes after 1).
+   which is why this comes after 1); mlockall(MCL_FUTURE) if the process had it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..image.reader import File, Image, Mm, Vma
 from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, RecType, VmaType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector
+from ..kernel.sysno import SYS_mlockall
 from .files import FileSet
 
 SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
@@ -38,6 +39,7 @@ PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x10, 0x20, 0x100
 MAP_NORESERVE = 0x4000
 MLOCK_ONFAULT = 1
+MCL_FUTURE, MCL_ONFAULT = 2, 4
 VM_LOCKED, VM_LOCKONFAULT, VM_NORESERVE = VM_FLAG_BITS["lo"], VM_FLAG_BITS["lf"], VM_FLAG_BITS["nr"]
 VM_ACCOUNT = VM_FLAG_BITS["ac"]
 # The VM_* bits madvise() sets, with the advice that sets each (asm-generic/mman-common.h).
@@ -346,6 +348,16 @@ def set_mm(inj: Injector, mm: Mm, exe_fd: int | None) -> None:
         mem.write(auxv)
         check(inj.syscall(SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, addr, MM_MAP.size, 0),
               f"prctl(PR_SET_MM_MAP) in {inj.t.tid}")
+
+
+def lock_future(inj: Injector, mm: Mm) -> None:
+    """mlockall(MCL_FUTURE) again if the process had it (MM.def_flags), without MCL_CURRENT: the
+    VMAs it locked came back locked each (step 3), and only mappings made from now on take it.
+    Before the seccomp filters, which could refuse mlockall."""
+    flags = mm.fields["def_flags"]
+    if flags & VM_FLAG_BITS["lo"]:
+        how = MCL_FUTURE | (MCL_ONFAULT if flags & VM_FLAG_BITS["lf"] else 0)
+        check(inj.syscall(SYS_mlockall, how), f"mlockall(MCL_FUTURE) in {inj.t.tid}")
 
 
 def set_comm(inj: Injector, comm: str) -> None:
