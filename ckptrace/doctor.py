@@ -129,7 +129,8 @@ def check_uffd_wp() -> Check:
     import fcntl
     import struct
 
-    from .kernel.sys import SYS_userfaultfd, libc
+    from .kernel.sys import libc
+    from .kernel.sysno import SYS_userfaultfd
 
     fd = libc.syscall(SYS_userfaultfd, os.O_CLOEXEC | os.O_NONBLOCK | 1)  # UFFD_USER_MODE_ONLY
     if fd < 0:
@@ -172,7 +173,7 @@ def check_pidns() -> Check:
         os.readlink("/proc/self/ns/pid")
     except OSError as exc:
         return Check("pid namespaces", False, f"/proc/self/ns/pid unreadable: {exc.strerror}")
-    from .kernel.sys import SYS_clone3  # noqa: F401  (clone3 with set_tid is what restore uses)
+    from .kernel.sysno import SYS_clone3  # noqa: F401  (clone3 with set_tid is what restore uses)
 
     return Check("pid namespaces", True, "/proc/PID/ns/pid readable")
 

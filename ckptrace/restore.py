@@ -36,18 +36,13 @@ from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
 from .kernel.procfs import DELETED_SUFFIX
 from .kernel.ptrace import WALL, read_memory
+from .kernel.sysno import (SYS_exit_group, SYS_fcntl, SYS_personality, SYS_prctl, SYS_restart_syscall,
+                           SYS_rt_sigtimedwait, SYS_setpgid, SYS_wait4)
 
 ERESTARTNOINTR = -513
 ERESTART_RESTARTBLOCK = -516
-SYS_restart_syscall = 219
 # the calls the kernel resumes through restart_syscall (a restart_block after -ERESTART_RESTARTBLOCK)
 RESTART_BLOCK_CALLS = {7: "poll", 35: "nanosleep", 202: "futex", 230: "clock_nanosleep"}
-SYS_setpgid = 109
-SYS_wait4 = 61
-SYS_personality = 135
-SYS_fcntl = 72
-SYS_rt_sigtimedwait = 128
-SYS_exit_group = 231
 REPORT_TIMEOUT = 20.0
 WATCHDOG_S = 60.0
 WATCHDOG_MIN_RATE = 50e6  # bytes/s: far below what restore does, so only a hang trips it
@@ -525,7 +520,7 @@ class _Restore:
     def _process(self, t, mem, files) -> None:
         from .kernel.ptrace import Injector
         from .restorer import creds, memory, seccomp, threads, tree
-        from .restorer.memory import SYS_prctl, check
+        from .restorer.memory import check
 
         host = self.host[t.tid]
         tr = self.by_tid[t.tid]
@@ -576,7 +571,7 @@ class _Restore:
         from .kernel.procfs import cgroup_mounts
         from .kernel.ptrace import Injector
         from .restorer import cgroup, creds, locks, sched, timers, tree
-        from .restorer.memory import SYS_prctl, check
+        from .restorer.memory import check
 
         mounts = cgroup_mounts()
         for t in self.img.processes():  # before the affinity, which a cpuset bounds

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from ckptrace.kernel import bpfload
-from ckptrace.watchmodel import Model, Vma, public
+from ckptrace.watchmodel import Model, public
 from ckptrace.watchview import Selection, handle_key, heat_bar, render, selected_ns, selected_proc
 
 P = 4096

@@ -12,20 +12,14 @@ import os
 import struct
 
 from ..errors import check_errno, from_oserror
+from .sysno import (SYS_get_robust_list, SYS_ioprio_get, SYS_ioprio_set, SYS_pidfd_getfd, SYS_pidfd_open,
+                    SYS_sched_getattr, SYS_sched_setattr)
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 libc.syscall.restype = ctypes.c_long
 libc.ptrace.restype = ctypes.c_long
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 
-SYS_pidfd_open = 434
-SYS_pidfd_getfd = 438
-SYS_clone3 = 435
-SYS_userfaultfd = 323
-SYS_sched_setattr, SYS_sched_getattr = 314, 315
-SYS_timerfd_gettime = 287
-SYS_ioprio_set, SYS_ioprio_get = 251, 252
-SYS_get_robust_list = 274
 IOPRIO_WHO_PROCESS = 1  # with a tid: that thread only
 # struct sched_attr, first version (48 bytes): size, policy, flags, nice, priority, and the
 # SCHED_DEADLINE runtime, deadline, period in ns

@@ -12,11 +12,11 @@ from ..errors import Unsupported
 from ..image.records import INOTIFY_WATCH, FileType, RecType
 from ..kernel import procfs
 from .context import DumpContext
+from ..kernel.sysno import SYS_open_by_handle_at
 
 EFD_SEMAPHORE = 1
 
 
-SYS_open_by_handle_at = 304
 O_PATH = 0o10000000
 
 
@@ -101,7 +101,8 @@ def timerfd_state(ctx: DumpContext, o) -> dict[str, int]:
     which restore adds back. The record keeps its size and fields."""
     import time
 
-    from ..kernel.sys import SYS_timerfd_gettime, syscall
+    from ..kernel.sys import syscall
+    from ..kernel.sysno import SYS_timerfd_gettime
     from .files import grab
 
     state = procfs.timerfd_state(o.info)

@@ -17,11 +17,11 @@ from ..errors import Unsupported
 from ..image.records import NS_FLAG_NAMES, RecType
 from ..kernel.ptrace import Injector, checked
 from .context import DumpContext
+from ..kernel.sysno import SYS_uname
 
 if TYPE_CHECKING:
     from .task import ProcState
 
-SYS_uname = 63
 UTSNAME_LEN = 65  # six fields of 65 bytes: sysname, nodename, release, version, machine, domainname
 
 

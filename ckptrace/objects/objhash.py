@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable
 
 from ..kernel.sys import syscall
+from ..kernel.sysno import SYS_kcmp
 
-SYS_kcmp = 312
 KCMP_FILE, KCMP_VM, KCMP_FILES = 0, 1, 2
 
 

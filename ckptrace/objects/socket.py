@@ -9,7 +9,6 @@ names included) rather than a decoded form.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import socket
 from dataclasses import dataclass

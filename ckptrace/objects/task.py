@@ -23,14 +23,10 @@ from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EA
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
-from ..kernel.sysno import SYS_mmap, SYS_munmap
+from ..kernel.sysno import SYS_brk, SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack
 from . import nsinfo, seccomp, timers
 from .context import DumpContext
 
-SYS_brk = 12
-SYS_rt_sigaction = 13
-SYS_sigaltstack = 131
-SYS_prctl = 157
 PR_GET_PDEATHSIG = 2
 PR_GET_DUMPABLE = 3
 PR_GET_SECUREBITS = 27

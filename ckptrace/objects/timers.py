@@ -15,11 +15,11 @@ from ..image.records import RecType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector, checked
 from .context import DumpContext
+from ..kernel.sysno import SYS_getitimer, SYS_timer_gettime
 
 if TYPE_CHECKING:
     from .task import ProcState
 
-SYS_getitimer, SYS_timer_gettime = 36, 224
 ITIMERS = ("real", "virtual", "prof")  # ITIMER_REAL 0, ITIMER_VIRTUAL 1, ITIMER_PROF 2
 ITIMERVAL = struct.Struct("<qqqq")  # struct itimerval: it_interval {sec, usec}, it_value {sec, usec}
 ITIMERSPEC = struct.Struct("<qqqq")  # struct itimerspec: it_interval {sec, nsec}, it_value {sec, nsec}

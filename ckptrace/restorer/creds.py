@@ -18,16 +18,11 @@ from ..image.records import SIGINFO_SIZE
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import libc
 from .memory import check
+from ..kernel.sysno import (SYS_capset, SYS_prctl, SYS_rt_sigaction, SYS_rt_sigqueueinfo,
+                            SYS_rt_tgsigqueueinfo, SYS_setgroups, SYS_setresgid, SYS_setresuid)
 
-SYS_rt_sigaction = 13
-SYS_setgroups = 116
-SYS_setresuid = 117
-SYS_setresgid = 119
-SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo = 129, 297
 SI_USER = 0
 SIGRTMIN = 32  # the kernel's: every signal from here on queues one instance per send
-SYS_prctl = 157
-SYS_capset = 126
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
 SECBIT_KEEP_CAPS, SECBIT_KEEP_CAPS_LOCKED = 0x10, 0x20

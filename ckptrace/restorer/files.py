@@ -35,6 +35,7 @@ from ..image.render import file_label, inet_sockaddr, peer_gone, socket_desc
 from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
                              TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
                              inotify_watches)
+from ..kernel.sysno import SYS_epoll_create1, SYS_signalfd4, SYS_timerfd_create, SYS_timerfd_settime
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
@@ -56,7 +57,6 @@ SOCKADDR_LEN = 128
 SOCK_DGRAM = 2
 MSG_DONTWAIT = 0x40
 SO_SNDBUFFORCE = 32
-SYS_timerfd_create, SYS_timerfd_settime, SYS_signalfd4, SYS_epoll_create1 = 283, 286, 289, 291
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
 

@@ -10,8 +10,8 @@ import struct
 from ..errors import KernelError
 from ..image.records import LOCK_FLOCK, LOCK_KINDS, LOCK_OFD, LOCK_POSIX
 from ..kernel.ptrace import Injector
+from ..kernel.sysno import SYS_fcntl, SYS_flock
 
-SYS_fcntl, SYS_flock = 72, 73
 F_SETLK, F_OFD_SETLK = 6, 37
 LOCK_SH, LOCK_EX, LOCK_NB = 1, 2, 4
 FLOCK = struct.Struct("<hh4xqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid

@@ -26,13 +26,11 @@ from ..image.reader import File, Image, Mm, Vma
 from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, RecType, VmaType
 from ..kernel import procfs
 from ..kernel.ptrace import Injector
-from ..kernel.sysno import SYS_mlockall
+from ..kernel.sysno import (SYS_close, SYS_madvise, SYS_mlock2, SYS_mlockall, SYS_mmap, SYS_mprotect,
+                            SYS_mremap, SYS_munmap, SYS_prctl, SYS_pread64, SYS_rseq, SYS_set_robust_list,
+                            SYS_set_tid_address, SYS_sigaltstack)
 from .files import FileSet
 
-SYS_mmap, SYS_mprotect, SYS_munmap, SYS_mremap, SYS_close, SYS_prctl = 9, 10, 11, 25, 3, 157
-SYS_pread64, SYS_madvise, SYS_mlock2 = 17, 28, 325
-SYS_set_tid_address, SYS_sigaltstack, SYS_rseq = 218, 131, 334
-SYS_set_robust_list = 273
 ROBUST_LIST_HEAD_SIZE = 24  # struct robust_list_head: the only length set_robust_list takes
 RSEQ_FLAG_UNREGISTER = 1
 PROT_READ, PROT_WRITE = 1, 2

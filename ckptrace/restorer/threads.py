@@ -15,8 +15,8 @@ from ..errors import KernelError
 from ..kernel import procfs
 from ..kernel.ptrace import PTRACE_EVENT_STOP, Injector, Tracee
 from .memory import check
+from ..kernel.sysno import SYS_clone3
 
-SYS_clone3 = 435
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
 THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM

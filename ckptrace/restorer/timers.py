@@ -19,9 +19,8 @@ from ..errors import HostUnsupported
 from ..kernel.ptrace import Injector
 from ..objects.timers import ITIMERS, ITIMERSPEC, ITIMERVAL
 from .memory import check
+from ..kernel.sysno import SYS_prctl, SYS_setitimer, SYS_timer_create, SYS_timer_settime
 
-SYS_setitimer = 38
-SYS_prctl, SYS_timer_create, SYS_timer_settime = 157, 222, 223
 PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, RESTORE_IDS_ON = 77, 0, 1
 SIGEVENT = struct.Struct("<Qiii44x")  # struct sigevent (64 bytes): value, signo, notify, _tid
 NS = 1_000_000_000

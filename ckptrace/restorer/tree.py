@@ -29,7 +29,8 @@ from ..image.records import (CLONE_NEWIPC, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, P
                               PROC_MEMORY_MERGE, PROC_THP_DISABLE, FileType,
                               RecType, VmaType)
 from ..kernel.ptrace import WALL  # (waits for children without an exit signal too: stand-ins)
-from ..kernel.sys import SYS_clone3, libc
+from ..kernel.sys import libc
+from ..kernel.sysno import SYS_clone3
 from . import creds
 from .files import FileSet
 
