@@ -587,9 +587,8 @@ def _cmdline(pid: int, proc: str) -> str:
     except OSError:
         return ""
     if not raw:
-        try:
-            with open(f"{proc}/{pid}/comm", "rb") as f:  # any bytes (PR_SET_NAME): not UTF-8 text
-                return f"[{f.read().strip().decode('utf-8', 'replace')}]"
+        try:  # any bytes (PR_SET_NAME): not UTF-8 text
+            return f"[{procfs.comm_bytes(pid, root=proc).strip().decode('utf-8', 'replace')}]"
         except OSError:
             return ""
     return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")

@@ -337,11 +337,19 @@ def personality(pid: int, root: str = PROC) -> int:
 RLIM_INFINITY = (1 << 64) - 1
 
 
+def comm_bytes(pid: int, tid: int | None = None, root: str = PROC) -> bytes:
+    """A task's name (comm) exactly: any bytes but NUL (PR_SET_NAME), a newline of its own
+    included; /proc adds one newline after it, and only that one is taken off."""
+    path = f"{root}/{pid}/comm" if tid is None else f"{root}/{pid}/task/{tid}/comm"
+    with open(path, "rb") as f:
+        raw = f.read()
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
 def comm(pid: int, root: str = PROC) -> str | None:
     """The process's name (comm), escaped for a message; None when it cannot be read."""
     try:
-        with open(f"{root}/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
+        return comm_bytes(pid, root=root).decode("utf-8", "backslashreplace")
     except OSError:
         return None
 

@@ -104,8 +104,7 @@ class ProcState:
 
 
 def _comm(pid: int, tid: int, proc: str) -> bytes:
-    with open(f"{proc}/{pid}/task/{tid}/comm", "rb") as f:
-        return f.read().rstrip(b"\n")[:TASK_COMM_LEN - 1].ljust(TASK_COMM_LEN, b"\0")
+    return procfs.comm_bytes(pid, tid, proc)[:TASK_COMM_LEN - 1].ljust(TASK_COMM_LEN, b"\0")
 
 
 def collect_zombie(p: ProcState, proc: str) -> None:
