@@ -34,7 +34,7 @@ from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
-from .objects import files, locks, mm, nsinfo, pipe, seccomp, task, timers
+from .objects import files, locks, mm, nsinfo, pipe, seccomp, task, timers, tty
 from .objects.socket import arm_for_kill, release_held
 from .objects.context import DumpContext, Stats
 
@@ -331,6 +331,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         ctx = dumper.run(frz)
         if shadow is not None:
             check_restorable(shadow, ns)
+            tty.check_kill(ctx, ns)  # (a pty's unread bytes: the image lacks them)
         # Into a pipe or socket, "written" is not "read": a reader that stops early (`| head`)
         # leaves the last bytes in the pipe without any EPIPE. Killing on that would lose the
         # namespace, so --kill waits for the reader to take everything.
@@ -371,7 +372,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             s.notes.append(note)
     if ok:
         # (a scan of every fd on the host: once the tasks run again, not while they are frozen)
-        s.notes += ctx.image_notes + pipe.outside_notes(ctx, ns)
+        s.notes += ctx.image_notes + ctx.pty_queued + pipe.outside_notes(ctx, ns)
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
     s.elapsed_s = time.monotonic() - started

@@ -295,6 +295,7 @@ class _Restore:
         self.stand_in_parents: dict[int, int] = {}  # group stand-in's pid -> its parent's (tree.plan)
 
     def run(self, start: float) -> Result:
+        from .restorer import tty
         from .restorer.files import FileSet, fd_base
         from .restorer.memory import MemoryRestorer
 
@@ -314,6 +315,9 @@ class _Restore:
             self._spawn(files)
             self._seize_all()
             self._set_groups()
+            # every group exists now: a pty's foreground group can be set (by its session's leader)
+            files.notes += tty.set_foreground(self.img, files, self.injectors,
+                                              {e["pgid"] for e in self.img.tree if e["pid"] == e["tgid"]})
             self._end_zombies()
             procs = self.img.processes()
             for i, t in enumerate(procs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import struct
 import subprocess
 import sys
+import termios
 import time
 from collections import defaultdict
 
@@ -490,21 +492,39 @@ def test_failure_midway_kills_what_was_made(pidns, refwork, tmp_path, monkeypatc
     assert pidns_inodes(tmp_path) - nss == set(), "the partly restored namespace survived"
 
 
-def test_unsupported_file_kind_is_named_and_nothing_created(pidns, tmp_path):
-    """A pty master cannot be restored yet: the refusal names it, and no namespace appears."""
-    ready = tmp_path / "ready"
-    code = ("import os, time; m, s = os.openpty(); "
-            f"open({str(ready)!r}, 'w').close(); time.sleep(60)")
-    w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+PTY_IDLE = r"""
+import os, sys, time
+m, s = os.openpty()
+open(os.path.join(sys.argv[1], "ready"), "w").write(os.ttyname(s))
+time.sleep(60)
+"""
+
+
+def test_a_pty_whose_index_is_taken_is_named_and_nothing_created(pidns, tmp_path):
+    """A pty comes back with its index or not at all: when someone else holds that index by the
+    time of the restore, the refusal names it, and no namespace appears."""
+    w = py_workload(pidns, PTY_IDLE, tmp_path)
+    index = int((tmp_path / "ready").read_text().rsplit("/", 1)[1])
     img = str(tmp_path / "pty.img")
-    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
-    assert d.returncode == 0, d.stderr.decode()
-    nss = pidns_inodes(tmp_path)
-    r = ckptrace("restore", img)
-    assert r.returncode != 0
-    assert b"pty master" in r.stderr and b"does not support" in r.stderr, r.stderr
-    assert pidns_inodes(tmp_path) - nss == set()
+    dump_kill(w, img)
+    held = []
+    try:
+        while True:  # the lowest free index comes first: take them up to the image's
+            m, s = os.openpty()
+            held += [m, s]
+            got = int(os.ttyname(s).rsplit("/", 1)[1])
+            if got >= index:
+                break
+        assert got == index, f"pty {index} was taken by someone else meanwhile"
+        nss = pidns_inodes(tmp_path)
+        r = ckptrace("restore", img)
+        assert r.returncode != 0
+        assert f"pty {index} (/dev/pts/{index}) is in use".encode() in r.stderr, r.stderr
+        assert f"held by host pid {os.getpid()}".encode() in r.stderr, r.stderr
+        assert pidns_inodes(tmp_path) - nss == set()
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def test_python_interpreter_workload_continues(pidns, tmp_path, restored):
@@ -1455,6 +1475,117 @@ def test_terminal_is_reopened(pidns, tmp_path, restored):
         os.close(slave)
 
 
+PTY_SESSION = r"""
+import fcntl, os, pty, select, struct, sys, termios, time, tty
+d = sys.argv[1]
+pid, master = pty.fork()   # the child leads a session, the pty's slave its controlling terminal
+if pid == 0:
+    tty.setraw(0)
+    mode = termios.tcgetattr(0)
+    mode[6][termios.VKILL] = 0x0b             # and a changed control character
+    termios.tcsetattr(0, termios.TCSANOW, mode)
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 41, 132, 0, 0))
+    job = os.fork()
+    if job == 0:           # the foreground job, in a group of its own: echoes the lines it reads
+        os.setpgid(0, 0)
+        while os.tcgetpgrp(0) != os.getpid():
+            time.sleep(0.01)
+        os.write(1, b"ready\n")
+        buf = b""
+        while True:
+            buf += os.read(0, 256)
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                os.write(1, b"echo " + line + b"\n")
+    os.setpgid(job, job)
+    os.tcsetpgrp(0, job)
+    os.waitpid(job, 0)
+    os._exit(0)
+# init drives the master, once the job is ready: a line every 0.1 s, and what comes back into the log
+got = b""
+while b"ready\n" not in got:
+    got += os.read(master, 4096)
+got = got.split(b"ready\n", 1)[1]
+open(os.path.join(d, "ready"), "w").close()
+log = open(os.path.join(d, "log"), "ab", buffering=0)
+n, due = 0, time.monotonic()
+while True:
+    if time.monotonic() >= due:
+        os.write(master, b"line %d\n" % n)
+        n, due = n + 1, due + 0.1
+    if select.select([master], [], [], max(0.0, due - time.monotonic()))[0]:
+        got += os.read(master, 4096)
+        while b"\n" in got:
+            line, got = got.split(b"\n", 1)
+            log.write(line + b"\n")
+"""
+
+
+def _tty_view(host: int) -> dict:
+    """What a process shows of its terminal: fd 0's link, and its stat's tty_nr and tpgid (the
+    foreground group, as a host pid)."""
+    with open(f"/proc/{host}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return dict(fd0=os.readlink(f"/proc/{host}/fd/0"), tty_nr=int(fields[4]), tpgid=int(fields[5]))
+
+
+def _terminal_state(host: int) -> tuple:
+    """termios and window size of the terminal on `host`'s fd 0 (opened again by its /proc link)."""
+    import termios
+
+    fd = os.open(f"/proc/{host}/fd/0", os.O_RDWR | os.O_NOCTTY)
+    try:
+        return termios.tcgetattr(fd), struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    finally:
+        os.close(fd)
+
+
+def _echoes(log) -> list[int]:
+    lines = log.read_bytes().split(b"\n")[:-1]
+    assert all(x.startswith(b"echo line ") for x in lines), lines
+    return [int(x.split()[-1]) for x in lines]
+
+
+def test_a_pty_pair_comes_back_with_its_index_state_and_controlling_terminal(pidns, tmp_path, restored):
+    """Both ends of a pty inside the namespace (pty.fork: init drives the master, a session leader
+    has the slave as its controlling terminal, its foreground job echoes lines): after dump --kill
+    and restore the pty has the same index, termios (raw mode, a changed c_cc) and window size,
+    is the session's controlling terminal with the same foreground group, and the echoes go on."""
+    w = py_workload(pidns, PTY_SESSION, tmp_path)
+    log = tmp_path / "log"
+    time.sleep(0.5)
+    by_ns = {nspid(p): p for p in w.pids()}
+    assert sorted(by_ns) == [1, 2, 3]
+    before = {n: _tty_view(by_ns[n]) for n in (2, 3)}
+    state = _terminal_state(by_ns[3])
+    assert before[2]["fd0"].startswith("/dev/pts/") and before[2]["tpgid"] == by_ns[3]
+    assert before[3]["tty_nr"] == before[2]["tty_nr"] != 0
+    img = str(tmp_path / "pty.img")
+    for _ in range(5):  # (refused, harmlessly, when the dump met a line in flight)
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+        if d.returncode == 0 or b"pty" not in d.stderr:
+            break
+    assert d.returncode == 0, d.stderr.decode()
+    dumped = _echoes(log)
+    res = restore_json(img, restored)
+    by_ns = {nspid(p): p for p in ns_pids(res["pidns"])}
+    deadline = time.monotonic() + 5
+    while len(_echoes(log)) < len(dumped) + 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    echoes = _echoes(log)
+    assert len(echoes) >= len(dumped) + 10, "the echoes did not go on"
+    assert echoes == list(range(len(echoes))), "lines lost or repeated across the migration"
+    after = {n: _tty_view(by_ns[n]) for n in (2, 3)}
+    for n in (2, 3):
+        assert after[n]["fd0"] == before[n]["fd0"] and after[n]["tty_nr"] == before[n]["tty_nr"], (before, after)
+    assert after[2]["tpgid"] == after[3]["tpgid"] == by_ns[3]  # the job is in the foreground
+    assert os.readlink(f"/proc/{by_ns[1]}/fd/3") == "/dev/ptmx"
+    assert _terminal_state(by_ns[3]) == state
+    (mode, winsize) = state
+    assert winsize == (41, 132, 0, 0) and mode[6][termios.VKILL] == b"\x0b"
+    assert not mode[3] & termios.ICANON and not mode[3] & termios.ECHO  # raw
+
+
 def _status(tid_dir: str) -> dict[str, str]:
     with open(f"{tid_dir}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
@@ -2072,6 +2203,7 @@ def test_tcp_connection_being_closed_is_refused_by_name(pidns, tmp_path):
 # What the TCP workloads share: the numbered lines each end checks, in order, without a gap.
 TCP_LINES = r"""
 import sys
+import termios
 def take_lines(buf, prefix, n, who, log, answer=None):
     # the whole lines at the head of buf, each prefix + n, n + 1, ... (and answer(n) called for
     # each): the bytes left, and the number wanted next; any other line ends the program
@@ -3164,8 +3296,9 @@ def expirations(fd):
         return 0
 
 d, first, every = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-if "pty" in sys.argv[4:]:  # a pty master: `dump --kill` refuses to kill
+if "pty" in sys.argv[4:]:  # output its pty's master never reads: `dump --kill` refuses to kill
     master, slave = os.openpty()
+    os.write(slave, b"unread")
 t0 = time.monotonic()
 periodic = timerfd(200_000_000, 200_000_000)  # every 0.2 s, read only every few seconds
 oneshot = timerfd(50_000_000, 0)               # expires once at 0.05 s, unread until `first`
@@ -3265,7 +3398,7 @@ def test_periodic_timerfd_keeps_the_expirations_nobody_read(pidns, tmp_path, res
 def test_dump_reads_timerfds_without_consuming_them(pidns, tmp_path):
     """What the dumper does to read a timerfd exactly must not change what the process sees: after
     a dump that leaves it running, and after a `dump --kill` that refuses to kill (a pty
-    master), its next read still counts every period since it started."""
+    holding bytes nobody has read), its next read still counts every period since it started."""
     w = pidns([sys.executable, "-c", TIMERFD_WORKLOAD, str(tmp_path), "3", "2", "pty"],
               ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
               stderr=subprocess.DEVNULL)
@@ -3277,7 +3410,7 @@ def test_dump_reads_timerfds_without_consuming_them(pidns, tmp_path):
     assert d.returncode == 0, d.stderr.decode()
     assert _timerfds(img)[periodic]["ticks"] >= 3
     d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-    assert d.returncode != 0 and b"not killing" in d.stderr, d.stderr.decode()
+    assert d.returncode != 0 and b"not killing" in d.stderr and b"pty" in d.stderr, d.stderr.decode()
     (k0, at0, n0, one0, _), = _wait_reads(log, 1, timeout=5)[:1]
     assert abs(n0 - (at0 - t0) / TFD_INTERVAL) <= 1.01 and one0 == 1, (t0, at0, n0)
 

@@ -190,6 +190,13 @@ SIGINFO_SIZE = 128  # sizeof(siginfo_t): TASK_SIGINFO holds whole ones
 # FILE_INOTIFY's payload: nwatch packed entries, each this 20-byte head (wd, mask, ino, dev)
 # followed by the watched path and its NUL, no alignment (see inotify_watches)
 INOTIFY_WATCH = struct.Struct("<iIQI")
+# FILE_TTY.flags: the terminal's state below was read (images before it have 0: only the first four
+# fields), the pty was locked (TIOCGPTLCK), in packet mode (TIOCGPKT), in exclusive mode (TIOCGEXCL)
+TTY_STATE, TTY_LOCKED, TTY_PACKET, TTY_EXCLUSIVE = 0x1, 0x2, 0x4, 0x8
+TTY_FLAG_NAMES = {TTY_STATE: "STATE", TTY_LOCKED: "LOCKED", TTY_PACKET: "PACKET", TTY_EXCLUSIVE: "EXCLUSIVE"}
+# struct termios2's c_cc[NCCS = 19], by index (asm-generic/termbits.h); 17 and 18 are unused
+CC_NAMES = ("VINTR", "VQUIT", "VERASE", "VKILL", "VEOF", "VTIME", "VMIN", "VSWTC", "VSTART", "VSTOP",
+            "VSUSP", "VEOL", "VREPRINT", "VDISCARD", "VWERASE", "VLNEXT", "VEOL2", "cc17", "cc18")
 
 
 @dataclass(frozen=True)
@@ -737,8 +744,25 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A mapped file or executable named by path, as the dumper saw it: restore refuses a "
            "private mapping (or the executable) of a file whose size or mtime has changed since, "
            "whose pages not in the image would come from the new contents."),
-    _R(RecType.FILE_TTY, (u32("index"), u32("is_master"), s32("sid"), s32("pgrp")),
-       doc="A tty/pty end: index (pts number), which side, session and foreground group."),
+    _R(RecType.FILE_TTY, (u32("index"), u32("is_master"),
+                          s32("sid", doc="the session whose controlling terminal it is (TIOCGSID), as a pid "
+                                         "inside the namespace; 0: none, or led from outside"),
+                          s32("pgrp", doc="its foreground process group (TIOCGPGRP), likewise"),
+                          u32("flags", "flags", TTY_FLAG_NAMES,
+                              doc="STATE: the fields from here on were read (else 0, as in an older image)"),
+                          u32("inq", doc="bytes of input the slave's readers had not read (TIOCINQ); not in the image"),
+                          u32("outq", doc="of a master: bytes written on the slave side that the master's "
+                                          "readers had not read (FIONREAD); not in the image"),
+                          u16("ws_row"), u16("ws_col"), u16("ws_xpixel"), u16("ws_ypixel"),
+                          u32("c_iflag", "hex"), u32("c_oflag", "hex"), u32("c_cflag", "hex"), u32("c_lflag", "hex"),
+                          u8("c_line"), *(u8(n, doc=f"c_cc[{i}]") for i, n in enumerate(CC_NAMES)),
+                          u32("c_ispeed"), u32("c_ospeed")),
+       doc="A tty/pty end: index (pts number), which side, session and foreground group; for a pty "
+           "(a /dev/ptmx master or a /dev/pts slave), its state: flags, queued byte counts, window size "
+           "(struct winsize, TIOCGWINSZ) and termios (struct termios2, TCGETS2: the slave's, also when "
+           "read through the master). The fixed part is 80 bytes; older ckptrace versions wrote 16 "
+           "(up to pgrp), read with the missing fields 0.",
+       older=(16,)),
     _R(RecType.MM, (u32("map_count"), s32("exe_objref"), u64("def_flags", "flags", VM_FLAG_NAMES),
                     u64("flags", "hex"), u64("start_code", "hex"), u64("end_code", "hex"), u64("start_data", "hex"),
                     u64("end_data", "hex"), u64("start_brk", "hex"), u64("brk", "hex"),

@@ -48,6 +48,9 @@ class DumpContext:
     # TCP connections read through TCP_REPAIR, kept (duplicates) for dump --kill to put back in
     # repair mode just before the kill (objects/socket.py); None: not kept (no --kill)
     tcp_held: list | None = None
+    # a task holding each pty slave, by the slave's (st_dev, st_rdev) (objects/tty.py)
+    pty_slaves: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    pty_queued: list[str] = field(default_factory=list)  # ptys holding unread bytes the image lacks (tty.check_kill)
 
     def path(self, host_path: str) -> str:
         """A path for the image: as the dumper sees it. Not re-expressed from the namespace's

@@ -116,6 +116,10 @@ def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
                     raise Unsupported(f"{where}: {o.target} holds {stored} bytes of data (size {o.st.st_size}), "
                                       f"above --max-file-data {ctx.max_file_data}; raise the limit to dump it")
             ctx.data_fds.setdefault(key, (pid, fd))
+        if o.kind is FileType.TTY:
+            from . import tty
+
+            tty.note_slave(ctx, pid, fd, o.st)
         if o.kind is FileType.UNIX_SOCKET:
             ino = int(o.target[len("socket:["):-1])
             if ctx.socks.get(ino, pid) is None:

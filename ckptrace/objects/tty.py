@@ -1,8 +1,16 @@
-"""Terminals: FILE_TTY {index, is_master, session, foreground group}, with the device path.
+"""Terminals: FILE_TTY {index, is_master, session, foreground group, and a pty's state}.
 
 index is the pts number (for a /dev/ptmx master, fdinfo's tty-index); session and foreground
 process group are asked of the tty itself and given as pids inside the namespace (0 when the
-tty is nobody's controlling terminal or they live outside the namespace).
+tty is nobody's controlling terminal or they live outside the namespace). The kernel answers
+TIOCGSID/TIOCGPGRP through a slave only to a member of the session it controls, which the dumper
+is not, but through the master to anyone: a master's record has them, a slave's mostly 0.
+
+A pty's state (flags, termios, window size) is the slave's: termios and window size read through
+the master are the slave's, lock and packet mode live in the master, exclusive mode in the slave
+(read through a slave fd some task of the namespace holds). Bytes queued in either direction
+cannot be read without consuming them (a tty has no peek): only their counts are recorded; a
+dump says so, and `--kill` refuses (check_kill), since the namespace would lose them for good.
 """
 
 from __future__ import annotations
@@ -11,33 +19,132 @@ import fcntl
 import os
 import struct
 
-from ..image.records import RecType
+from ..errors import Unsupported
+from ..image.records import CC_NAMES, TTY_EXCLUSIVE, TTY_LOCKED, TTY_PACKET, TTY_STATE, RecType
 from .context import DumpContext
 
 TIOCGPGRP = 0x540F
 TIOCGSID = 0x5429
+TIOCGWINSZ = 0x5413
+TIOCINQ = 0x541B  # FIONREAD
+TCGETS2 = 0x802C542A  # _IOR('T', 0x2A, struct termios2)
+TIOCGPKT = 0x80045438
+TIOCGPTLCK = 0x80045439
+TIOCGEXCL = 0x80045440
+TIOCGPTPEER = 0x5441
+TERMIOS2 = struct.Struct("<IIIIB19sII")  # c_iflag c_oflag c_cflag c_lflag c_line c_cc[19] c_ispeed c_ospeed
+WINSIZE = struct.Struct("<HHHH")
+PTS_MAJORS = range(136, 144)
 
 
-def _ioctl_pid(fd: int, req: int) -> int:
+def is_master(st: os.stat_result) -> bool:
+    return os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 2
+
+
+def is_pts(st: os.stat_result) -> bool:
+    return os.major(st.st_rdev) in PTS_MAJORS
+
+
+def _ioctl_int(fd: int, req: int) -> int | None:
     try:
         return struct.unpack("i", fcntl.ioctl(fd, req, b"\0\0\0\0"))[0]
     except OSError:
-        return 0
+        return None
+
+
+def _ioctl_pid(fd: int, req: int) -> int:
+    return _ioctl_int(fd, req) or 0
+
+
+def note_slave(ctx: DumpContext, pid: int, fd: int, st: os.stat_result) -> None:
+    """Remember a task of the namespace holding a pty slave (check_fds meets every fd first): the
+    master's record reads the slave's exclusive mode and input queue through it."""
+    if is_pts(st):
+        ctx.pty_slaves.setdefault((st.st_dev, st.st_rdev), (pid, fd))
+
+
+def _slave_key(master: int) -> tuple[int, int] | None:
+    """(st_dev, st_rdev) of a master's slave, found without opening it (an O_PATH open of the
+    peer does not run the tty's open: nothing changes for the pty)."""
+    try:
+        peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(peer)
+        return st.st_dev, st.st_rdev
+    finally:
+        os.close(peer)
+
+
+def _state(fd: int, master: bool) -> dict:
+    """The pty's termios, window size, lock and packet mode, and the queued bytes on `fd`'s side."""
+    out: dict = {}
+    try:
+        t = TERMIOS2.unpack(fcntl.ioctl(fd, TCGETS2, bytes(TERMIOS2.size)))
+        ws = WINSIZE.unpack(fcntl.ioctl(fd, TIOCGWINSZ, bytes(WINSIZE.size)))
+    except OSError:
+        return out  # (not a terminal we can ask: no state)
+    out.update(c_iflag=t[0], c_oflag=t[1], c_cflag=t[2], c_lflag=t[3], c_line=t[4], c_ispeed=t[6], c_ospeed=t[7])
+    out.update(zip(CC_NAMES, t[5]))
+    out.update(ws_row=ws[0], ws_col=ws[1], ws_xpixel=ws[2], ws_ypixel=ws[3])
+    flags = TTY_STATE
+    if master:
+        flags |= TTY_LOCKED if _ioctl_int(fd, TIOCGPTLCK) else 0
+        flags |= TTY_PACKET if _ioctl_int(fd, TIOCGPKT) else 0
+        out["outq"] = _ioctl_int(fd, TIOCINQ) or 0
+    else:
+        flags |= TTY_EXCLUSIVE if _ioctl_int(fd, TIOCGEXCL) else 0
+        out["inq"] = _ioctl_int(fd, TIOCINQ) or 0
+    out["flags"] = flags
+    return out
 
 
 def dump(ctx: DumpContext, ref: int, o) -> None:
-    from .files import grab, write_file_head
+    from .files import _ns_pgid, grab, write_file_head
 
     rdev = o.st.st_rdev
-    is_master = os.major(rdev) == 5 and os.minor(rdev) == 2
-    if is_master:
+    master = is_master(o.st)
+    if master:
         index = int(o.info.extra.get("tty-index", "0"))
     elif os.major(rdev) >= 136:
         index = (os.major(rdev) - 136) * 256 + os.minor(rdev)
     else:
         index = os.minor(rdev)
+    state: dict = {}
     with grab(o.pid, o.fd) as fd:
         sid, pgrp = _ioctl_pid(fd, TIOCGSID), _ioctl_pid(fd, TIOCGPGRP)
+        if master:
+            state = _state(fd, True)
+            key = _slave_key(fd)
+            holder = ctx.pty_slaves.get(key) if key else None
+            if holder is not None and state:
+                with grab(*holder) as sfd:
+                    slave = _state(sfd, False)
+                state["flags"] |= slave.get("flags", 0) & TTY_EXCLUSIVE
+                state["inq"] = slave.get("inq", 0)
+        elif is_pts(o.st):
+            state = _state(fd, False)
+    fields = dict(index=index, is_master=int(master), sid=ctx.ns_pid.get(sid, 0),
+                  pgrp=(ctx.ns_pid.get(pgrp) or _ns_pgid(ctx, pgrp)) if pgrp else 0, **state)
     write_file_head(ctx, ref, o.kind, o.info.flags, 0, ctx.path(o.target))
-    ctx.w.record(RecType.FILE_TTY, dict(index=index, is_master=int(is_master),
-                                        sid=ctx.ns_pid.get(sid, 0), pgrp=ctx.ns_pid.get(pgrp, 0)))
+    ctx.w.record(RecType.FILE_TTY, fields)
+    if master and (state.get("inq") or state.get("outq")):
+        from .files import _where
+
+        what = []
+        if state.get("outq"):
+            what.append(f"{state['outq']} bytes of output its master's readers had not read")
+        if state.get("inq"):
+            what.append(f"{state['inq']} bytes of input its slave's readers had not read")
+        ctx.pty_queued.append(f"{_where(ctx, o.pid)} fd {o.fd}: pty {index} (/dev/pts/{index}) held "
+                              f"{' and '.join(what)}, which the image does not keep (a terminal's queues "
+                              "cannot be read without taking them)")
+
+
+def check_kill(ctx: DumpContext, ns: int) -> None:
+    """Refuse `--kill` when a pty held bytes nobody had read: a restore would come back without them."""
+    if ctx.pty_queued:
+        raise Unsupported(f"not killing pid:[{ns}]: " + "; ".join(ctx.pty_queued) +
+                          "; dump again once they are read (without --kill the image is written and the "
+                          "namespace left running)")

@@ -36,6 +36,7 @@ from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS,
                              TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
                              inotify_watches)
 from ..kernel.sysno import SYS_epoll_create1, SYS_signalfd4, SYS_timerfd_create, SYS_timerfd_settime
+from . import tty
 
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
@@ -62,7 +63,8 @@ TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RES
 
 def check_files(img: Image) -> list[str]:
     """Why the image's files cannot be recreated here; empty when they can (nothing is opened)."""
-    problems = []
+    problems = tty.problems(img, lambda objref: _users(img, objref))
+    pairs = tty.masters(img)
     for obj in img.objects.values():
         if not isinstance(obj, File):
             continue
@@ -79,12 +81,8 @@ def check_files(img: Image) -> list[str]:
             for why in ((idx.peer_problem(obj, rec), idx.queue_problem(obj, rec)) if rec is not None else ()):
                 if why:
                     problems.append(why)
-        if ft is FileType.TTY:
-            tty = _extra(obj, RecType.FILE_TTY)
-            if tty is None or tty.fields["is_master"]:
-                problems.append(f"{_users(img, obj.objref)}: a pty master ({obj.name or 'no path'}), "
-                                "which restore does not support")
-                continue
+        if ft is FileType.TTY and tty.paired_slave(obj, pairs) is not None:
+            continue  # opened from its master, which is made again: its path need not exist yet
         if ft is FileType.INOTIFY:
             rec = _extra(obj, RecType.FILE_INOTIFY)
             for wd, _, path in _inotify_watches(rec):
@@ -207,7 +205,8 @@ def fd_base(img: Image) -> int:
 def nofile_needed(img: Image) -> int:
     """Descriptors the restore holds at once: its files from fd_base on, at most two per object
     (a pipe's two ends, a FIFO's holder and end, a mapped file opened twice), and some slack."""
-    return fd_base(img) + 2 * len(img.objects) + 64
+    # (and the ptmx opened on the way to a pty's index: tty.open_master)
+    return fd_base(img) + 2 * len(img.objects) + 64 + max(tty.masters(img), default=-1) + 1
 
 
 def nofile_problem(img: Image) -> str | None:
@@ -242,6 +241,7 @@ class FileSet:
     # listener had not accepted yet, in the order they wait in its accept queue
     late_connects: list[tuple[bytes, int, int]] = field(default_factory=list)
     tcp_connections: list[File] = field(default_factory=list)  # TCP connections made (in repair mode until finish_tcp)
+    ctty: dict[int, int] = field(default_factory=dict)  # pty index -> a slave fd of ours (restorer/tty.py)
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -258,8 +258,11 @@ class FileSet:
         _raise_nofile(nofile_needed(self.img))
         pipes: dict[int, tuple[int, int]] = {}
         connections = []
+        pairs = tty.masters(self.img)
+        for obj in pairs.values():  # before their slaves, which are opened through them
+            self.by_objref[obj.objref] = self._pty_master(obj)
         for obj in self.img.objects.values():
-            if isinstance(obj, File) and _in_fd_table(self.img, obj.objref):
+            if isinstance(obj, File) and _in_fd_table(self.img, obj.objref) and obj.objref not in self.by_objref:
                 if _extra(obj, RecType.FILE_TCP) is not None:
                     connections.append(obj)  # after the listeners, which may share their ports
                     continue
@@ -282,6 +285,8 @@ class FileSet:
             for fd in (r, w):
                 if fd >= 0 and fd not in self.by_objref.values():
                     os.close(fd)
+        for index, obj in pairs.items():  # every slave is open now
+            tty.finish(self.by_objref[obj.objref], self.ctty[index], _extra(obj, RecType.FILE_TTY).fields)
         for obj in self.img.objects.values():
             if isinstance(obj, Mm):
                 self._map_files(obj)
@@ -302,8 +307,12 @@ class FileSet:
                             raise
                 return self.place(fd)
             if ft is FileType.TTY:
-                # A terminal's slave side is reopened by path: the tasks come back on the same
-                # terminal if it still exists. O_NOCTTY: it must not become our controlling tty.
+                index = tty.paired_slave(obj, tty.masters(self.img))
+                if index is not None:  # the slave of a pair made again (_pty_master)
+                    master = self.by_objref[tty.masters(self.img)[index].objref]
+                    return self.place(tty.open_slave(master, f["f_flags"] & ~_OPEN_ONLY))
+                # A terminal of the outside world is reopened by path: the tasks come back on the
+                # same terminal if it still exists. O_NOCTTY: it must not become our controlling tty.
                 return self.place(os.open(self.img.at(obj.name), (f["f_flags"] & ~_OPEN_ONLY) | os.O_NOCTTY))
             if ft is FileType.PIPE:
                 return self._pipe_end(obj, pipes)
@@ -335,6 +344,23 @@ class FileSet:
         except OSError as exc:
             raise from_oserror(exc, what) from None
         raise Unsupported(f"{what}: {ft.name} files cannot be restored")
+
+    def _pty_master(self, obj: File) -> int:
+        """A pty master with the image's index and state, and a slave fd of ours for the session
+        whose controlling terminal it was (restorer/tty.py)."""
+        f = _extra(obj, RecType.FILE_TTY).fields
+        what = f"recreate {_users(self.img, obj.objref)} (the pty master of /dev/pts/{f['index']})"
+        try:
+            master = self.place(tty.open_master(self.img.at(obj.name or "/dev/ptmx"),
+                                                (obj.fields["f_flags"] & ~_OPEN_ONLY) | os.O_NOCTTY, f["index"]))
+            tty.apply_state(master, f)
+            keeper = self.ctty[f["index"]] = self.place(tty.open_slave(master, os.O_RDWR))
+        except OSError as exc:
+            raise from_oserror(exc, what) from None
+        self.extra.append(keeper)
+        if note := tty.queue_note(_users(self.img, obj.objref), f):
+            self.notes.append(note)
+        return master
 
     def _pipe_end(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
         rec = next((r for r in obj.extra if r.type == RecType.FILE_PIPE), None)

@@ -31,7 +31,7 @@ from ..image.records import (CLONE_NEWIPC, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, P
 from ..kernel.ptrace import WALL  # (waits for children without an exit signal too: stand-ins)
 from ..kernel.sys import libc
 from ..kernel.sysno import SYS_clone3
-from . import creds
+from . import creds, tty
 from .files import FileSet
 
 CLONE_NEWPID = 0x20000000
@@ -76,6 +76,7 @@ class ProcPlan:
     parent: "ProcPlan | None" = None  # a stand-in's parent
     born_in: int | None = None  # the session it must be forked in; None: any (_check_sessions)
     zombie: bool = False  # an image zombie: made like a process, ended by the controller (restore._end_zombies)
+    ctty: int = -1  # a session leader's: controller fd of the pty slave to make its controlling terminal
 
 
 def restored_groups(e: dict) -> tuple[int, int]:
@@ -111,6 +112,10 @@ def plan(img: Image, files: FileSet) -> ProcPlan:
                      for d in table.fds]
             p.epoll = _epoll_entries(img, table, claimed)
         p.keep = map_fds_of(img, t, files) + files.extra
+    for index, obj in tty.masters(img).items():
+        sid = tty.tty_record(obj).fields["sid"]
+        if sid in plans and index in files.ctty:  # (tty.problems: a live session leader)
+            plans[sid].ctty = files.ctty[index]
     return _arrange(plans, _taken_pids(img))
 
 
@@ -443,6 +448,10 @@ def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in 
                 _become(c, report_fd)
         if leads:
             os.setsid()
+            if p.ctty >= 0:
+                # now, before the rest of the session is forked: a child inherits its parent's
+                # controlling terminal at fork, and none gets it later
+                tty.set_ctty(p.ctty)
         elif p.pgid == p.pid:
             os.setpgid(0, 0)
         for c in p.children:

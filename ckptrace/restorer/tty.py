@@ -1,0 +1,208 @@
+"""Pseudo-terminals whose master the image holds: made again with the same index and state.
+
+A pty's pair is made by opening /dev/ptmx, which takes the lowest free index of its devpts: the
+controller opens it until TIOCGPTN gives the image's index, keeping the lower ones open meanwhile
+(so that they are not handed out again) and closing them after. An index above the wanted one
+means someone else holds it: it is tried again for up to 3 s (through a pipe, the original is
+killed only once restore has read the image, and its pty goes with it), then refused by name.
+
+The slave fds of such a pair are opened from the master (TIOCGPTPEER), not by path, so they are
+the new pair's whatever devpts the path would lead to. The controller keeps one more slave fd
+per pair (FileSet.extra, so every restored process holds it until its memory is rebuilt): the
+session leader whose controlling terminal the pty was makes it so with it (TIOCSCTTY, in
+tree._become right after its setsid, before it forks the rest of its session, which inherits the
+terminal), and the foreground group is set through it once every group exists (set_foreground,
+injected into the leader: only a member of the session may).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import struct
+import time
+
+from ..errors import Unsupported
+from ..image.reader import File, Image
+from ..image.records import CC_NAMES, TTY_EXCLUSIVE, TTY_LOCKED, TTY_PACKET, TTY_STATE, FileType, RecType
+from ..kernel import procfs
+from ..kernel.sysno import SYS_ioctl
+
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+TIOCPKT = 0x5420
+TIOCEXCL = 0x540C
+TIOCSWINSZ = 0x5414
+TIOCSCTTY = 0x540E
+TIOCSPGRP = 0x5410
+TCSETS2 = 0x402C542B  # _IOW('T', 0x2B, struct termios2)
+TERMIOS2 = struct.Struct("<IIIIB19sII")
+WINSIZE = struct.Struct("<HHHH")
+INDEX_WAIT_S = 3.0  # how long an index held by someone else is waited for
+_PTS_PATH = re.compile(r".*/pts/(\d+)")
+
+
+def tty_record(obj: File):
+    return next((r for r in obj.extra if r.type == RecType.FILE_TTY), None)
+
+
+def masters(img: Image) -> dict[int, File]:
+    """The image's pty masters by index (the first, should two devpts instances give one index twice)."""
+    out: dict[int, File] = {}
+    for obj in img.objects.values():
+        if isinstance(obj, File) and obj.ftype == FileType.TTY:
+            rec = tty_record(obj)
+            if rec is not None and rec.fields["is_master"]:
+                out.setdefault(rec.fields["index"], obj)
+    return out
+
+
+def paired_slave(obj: File, pairs: dict[int, File]) -> int | None:
+    """The index of this pty slave's pair when the image holds its master, else None (a terminal
+    of the outside world, reopened by path)."""
+    rec = tty_record(obj)
+    if rec is None or rec.fields["is_master"] or not obj.name:
+        return None
+    m = _PTS_PATH.fullmatch(obj.name)
+    if m is None or int(m.group(1)) != rec.fields["index"] or rec.fields["index"] not in pairs:
+        return None
+    return rec.fields["index"]
+
+
+def problems(img: Image, users) -> list[str]:
+    """Why the image's pty masters cannot be made again (empty when they can). `users(objref)`
+    names a file object as the user finds it ("pid 2 fd 3")."""
+    out = []
+    seen: dict[int, int] = {}
+    procs = {e["pid"]: e for e in img.tree if e["pid"] == e["tgid"]}
+    for obj in img.objects.values():
+        if not isinstance(obj, File) or obj.ftype != FileType.TTY:
+            continue
+        rec = tty_record(obj)
+        if rec is None:
+            out.append(f"{users(obj.objref)}: a terminal ({obj.name or 'no path'}) without its FILE_TTY record")
+            continue
+        f = rec.fields
+        if not f["is_master"]:
+            continue
+        where = f"{users(obj.objref)}: the pty master of /dev/pts/{f['index']}"
+        if not f["flags"] & TTY_STATE:
+            out.append(f"{where}: the image holds no terminal state for it (an image of an older ckptrace)")
+        if f["index"] in seen:
+            out.append(f"{where}: two pty masters with index {f['index']} (from two devpts instances), "
+                       "which one devpts cannot hold")
+        seen[f["index"]] = obj.objref
+        sid = f["sid"]
+        if sid:
+            t = img.task(sid)
+            e = procs.get(sid)
+            if e is None or e["sid"] != sid or t is None or t.zombie:
+                out.append(f"{where}: it is the controlling terminal of session {sid}, whose leader is not "
+                           "a live process of the image")
+    return out
+
+
+def open_master(path: str, flags: int, index: int) -> int:
+    """A new pty master of `index` (see the module's doc), locked as /dev/ptmx leaves it."""
+    deadline = time.monotonic() + INDEX_WAIT_S
+    while True:
+        spare: list[int] = []
+        try:
+            while True:
+                fd = os.open(path, flags)
+                got = struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, b"\0" * 4))[0]
+                if got == index:
+                    return fd
+                spare.append(fd)
+                if got > index:
+                    break  # taken: the allocator hands out the lowest free index
+        finally:
+            for fd in spare:
+                os.close(fd)
+        if time.monotonic() >= deadline:
+            raise Unsupported(f"pty {index} (/dev/pts/{index}) is in use{_holder(index)}: the image's pty "
+                              "must come back with its index, and that one is taken")
+        time.sleep(0.05)
+
+
+def _holder(index: int) -> str:
+    """ ", held by host pid N" for whoever has /dev/pts/`index` open, when someone is found."""
+    try:
+        st = os.stat(f"/dev/pts/{index}")
+    except OSError:
+        return ""
+    pids = procfs.holders(st.st_dev, st.st_ino, name=str(index))
+    return f" (held by host pid {pids[0]})" if pids else ""
+
+
+def apply_state(master: int, f: dict) -> None:
+    """Unlocked (its slaves are opened next: finish locks it again if it was), then termios,
+    window size and packet mode, through the master (the first two are the slave's)."""
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    if not f["flags"] & TTY_STATE:
+        return
+    cc = bytes(f[n] for n in CC_NAMES)
+    fcntl.ioctl(master, TCSETS2, TERMIOS2.pack(f["c_iflag"], f["c_oflag"], f["c_cflag"], f["c_lflag"],
+                                               f["c_line"], cc, f["c_ispeed"], f["c_ospeed"]))
+    fcntl.ioctl(master, TIOCSWINSZ, WINSIZE.pack(f["ws_row"], f["ws_col"], f["ws_xpixel"], f["ws_ypixel"]))
+    if f["flags"] & TTY_PACKET:
+        fcntl.ioctl(master, TIOCPKT, struct.pack("i", 1))
+
+
+def open_slave(master: int, flags: int) -> int:
+    """A slave fd of the pair, opened through its master; never our controlling terminal."""
+    return fcntl.ioctl(master, TIOCGPTPEER, flags | os.O_NOCTTY)
+
+
+def finish(master: int, keeper: int, f: dict) -> None:
+    """What must wait until every slave fd is open: exclusive mode (which refuses later opens but
+    by CAP_SYS_ADMIN), and the lock (which refuses them all)."""
+    if f["flags"] & TTY_EXCLUSIVE:
+        fcntl.ioctl(keeper, TIOCEXCL)
+    if f["flags"] & TTY_LOCKED:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 1))
+
+
+def queue_note(users: str, f: dict) -> str | None:
+    what = []
+    if f["outq"]:
+        what.append(f"{f['outq']} bytes of output its master's readers had not read")
+    if f["inq"]:
+        what.append(f"{f['inq']} bytes of input its slave's readers had not read")
+    if not what:
+        return None
+    return (f"{users}: pty {f['index']} comes back without the {' and '.join(what)} at the dump (the image "
+            "does not hold a terminal's queued bytes)")
+
+
+def set_foreground(img: Image, files, injectors, groups_alive) -> list[str]:
+    """The foreground process group of each pty that was a controlling terminal, set by its
+    session leader (injected TIOCSPGRP through the slave fd it holds, FileSet.ctty) once every
+    group exists. `groups_alive` is the set of process groups the restored processes are in.
+    Returns notes for groups that have no member left to be made again."""
+    from .memory import check
+
+    notes = []
+    for index, obj in masters(img).items():
+        f = tty_record(obj).fields
+        sid, pgrp = f["sid"], f["pgrp"]
+        if not sid or not pgrp or pgrp == sid or index not in files.ctty:
+            continue  # (TIOCSCTTY made the leader's own group the foreground one)
+        if pgrp not in groups_alive:
+            notes.append(f"pty {index}: its foreground process group {pgrp} had no member left at the dump; "
+                         f"the session leader's group {sid} is in the foreground instead")
+            continue
+        inj = injectors[sid]
+        with inj, inj.scratch(4) as (addr, mem):
+            mem.seek(addr)
+            mem.write(struct.pack("i", pgrp))
+            ret = inj.syscall(SYS_ioctl, files.ctty[index], TIOCSPGRP, addr)
+        check(ret if ret < 0 else 0, f"ioctl(TIOCSPGRP, {pgrp}) on pty {index} in {sid}")
+    return notes
+
+
+def set_ctty(fd: int) -> None:  # pragma: no cover - in a restored session leader (tree._become)
+    fcntl.ioctl(fd, TIOCSCTTY, 0)
+
