@@ -461,7 +461,7 @@ def _wait_delivered(fd: int, sock, pending_req: int, written: int, wait: bool, t
 
 def check_restorable(shadow, ns: int) -> None:
     """Raise Unsupported, before `--kill` kills anything, when restore would refuse the image
-    (a TCP connection, a pty master, a process that entered from outside...): the same checks
+    (a TCP connection being closed, a process that entered from outside...): the same checks
     `restore` makes, on the sparse copy of the image just written."""
     from .image.reader import read_image
     from .restore import set_root, validate

@@ -604,6 +604,22 @@ def test_threads_of_older_images_read_with_the_new_fields_zero(fixed):
         assert t.thread["tid"] == t.tid
 
 
+def test_a_tty_record_of_an_older_image_reads_with_no_state():
+    """FILE_TTY grew (flags, queues, window size, termios): a 16-byte one of an older ckptrace is
+    read with the rest 0, flags 0 saying no state was read (restore refuses such a master)."""
+    from ckptrace.image.records import TTY_STATE
+
+    rt = RECORDS[RecType.FILE_TTY]
+    assert (rt.size, rt.older) == (88, (16,))
+    full = rt.encode(dict(index=3, is_master=1, sid=2, pgrp=5, flags=TTY_STATE, ws_row=24, VMIN=1))
+    old = struct.pack("<II", RecType.FILE_TTY, HDR.size + 16) + full[HDR.size:HDR.size + 16]
+    assert rt.check_len(len(old)) is None and rt.check_len(len(old) + 4) is not None
+    fields = RecordReader(io.BytesIO(old)).next().fields
+    assert (fields["index"], fields["is_master"], fields["sid"], fields["pgrp"]) == (3, 1, 2, 5)
+    assert all(v == 0 for k, v in fields.items() if k not in ("index", "is_master", "sid", "pgrp"))
+    assert RecordReader(io.BytesIO(full)).next().fields["VMIN"] == 1
+
+
 def test_new_fields_are_named_in_text_and_json():
     """What decode and show name: O_ASYNC among the open flags, real-time signals (as inspect
     names them), an owner type, -1 the same in text and JSON, TASK_PROC's texts by name."""

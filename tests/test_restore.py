@@ -3408,6 +3408,7 @@ def test_dump_reads_timerfds_without_consuming_them(pidns, tmp_path):
     img = str(tmp_path / "tfd.img")
     d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
     assert d.returncode == 0, d.stderr.decode()
+    assert b"6 bytes of output its master's readers had not read" in d.stderr, d.stderr  # (a note)
     assert _timerfds(img)[periodic]["ticks"] >= 3
     d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
     assert d.returncode != 0 and b"not killing" in d.stderr and b"pty" in d.stderr, d.stderr.decode()
