@@ -910,3 +910,43 @@ def test_fd_pane_says_how_many_pipe_ends_it_does_not_name(n, peers):
     st = InspectState(read_image(f), f)
     rows = {r[0]: r for r in st.fd_rows()}
     assert rows["7"][2] == f"pipe:[1234] ↔ {peers}"
+
+
+def test_a_zombie_is_in_the_tree_and_says_what_it_is():
+    """show lists a zombie (exited, not reaped) and the header counts it; the tree left it out, so
+    inspect had no way to see it or its exit status. It is there, marked, and its panes say what
+    is left of it instead of failing on the memory, files and registers it does not have."""
+    from textual.widgets import DataTable, OptionList, Static
+
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build(extra_task=False, chain=1, zombie=dict(pid=3, tgid=3, exit_code=3 << 8))
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    assert [(d, t.tid) for d, t in st.tree_rows] == [(0, 1), (1, 2), (1, 3)]
+    st.select(3)
+    assert st.vma_rows() == [] and st.fd_rows() == []
+    assert st.thread_rows() == [("3", "gone", "exited (zombie)", "-", "-")]
+    assert "is a zombie: exited with status 3" in st.registers(3) and st.signals_text() == st.registers(3)
+    assert st.creds_text().startswith("uid  1000 ")
+    with pytest.raises(LookupError):
+        st.goto(0x400000)
+    assert st.search(b"x") is None
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await pilot.pause()
+            procs = app.query_one("#procs", OptionList)
+            assert [procs.get_option_at_index(i).prompt.plain for i in range(procs.option_count)] == \
+                ["1 sample", "  2 sample", "  3 gone <defunct>"]
+            await pilot.press("down", "down")
+            await pilot.pause()
+            assert app.state.pid == 3
+            assert app.query_one("#vma-table", DataTable).row_count == 0
+            assert "exited with status 3" in str(app.query_one("#regs", Static).render())
+            await pilot.press("t", "s", "c", "v", "/", "x", "enter")
+            await pilot.pause()
+            assert app.is_running and app.failure is None
+
+    asyncio.run(drive())

@@ -232,7 +232,7 @@ class InspectApp(App):
         st = self.state
         yield Static(Text(_line(st.header_line()), no_wrap=True, overflow="ellipsis"), id="head")
         with Horizontal():
-            options = [Option(Text(_line(f"{'  ' * d}{t.tid} {t.comm}")), id=str(t.tid)) for d, t in st.tree_rows]
+            options = [Option(Text(_line(st.tree_label(d, t))), id=str(t.tid)) for d, t in st.tree_rows]
             yield OptionList(*options, id="procs")
             with TabbedContent(id="tabs", initial="vmas"):
                 with TabPane("VMAs", id="vmas"):

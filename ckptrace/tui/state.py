@@ -18,7 +18,7 @@ from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
-                             format_time)
+                             format_time, wait_status_text)
 from ..image.render import (cpu_list, human, open_flags_text, plural, processes_text, prot_str, queue_note,
                              rlimit_text, socket_name, terminal_safe, vma_label)
 
@@ -115,7 +115,19 @@ class InspectState:
 
     @property
     def mm(self) -> Mm:
+        if self.process.zombie:
+            return Mm(0)  # (a zombie has no memory left: no VMAs to list, search or open)
         return self.img.obj(self.process.mm_objref)
+
+    def tree_label(self, depth: int, t: Task) -> str:
+        return f"{'  ' * depth}{t.tid} {t.comm}" + (" <defunct>" if t.zombie else "")
+
+    def zombie_text(self) -> str:
+        """What is left of a zombie: it exited, its parent has not reaped it."""
+        p = self.process
+        return (f"process {p.tid} ({terminal_safe(p.comm)}) is a zombie: "
+                f"{wait_status_text(p.fields['exit_code'])}, not reaped by its parent yet; "
+                "its name, ids, exit status and owner are all it has left")
 
     def select(self, pid: int) -> None:
         if self.img.task(pid) is None or not self.img.task(pid).is_leader:
@@ -175,6 +187,8 @@ class InspectState:
         return sum(r.npages for r in self.runs_of(vma))
 
     def fd_rows(self) -> list[tuple[str, ...]]:
+        if self.process.zombie:
+            return []
         table = self.img.obj(self.process.files_objref)
         rows = []
         for d in sorted(table.fds, key=lambda d: d["fd_descriptor"]):
@@ -228,6 +242,8 @@ class InspectState:
         return out
 
     def thread_rows(self) -> list[tuple[str, ...]]:
+        if self.process.zombie:
+            return [(str(self.pid), self.process.comm, "exited (zombie)", "-", "-")]
         return [(str(t.tid), t.comm, syscall_state(t), f"{t.regs['rip']:#x}", f"{t.regs['rsp']:#x}")
                 for t in self.img.threads_of(self.pid)]
 
@@ -235,6 +251,8 @@ class InspectState:
         t = self.img.task(tid)
         if t is None:
             return ""
+        if t.zombie:
+            return self.zombie_text()
         cells = [f"{n:>8} {t.regs[n]:016x}" for n in REG_NAMES]
         half = (len(cells) + 1) // 2
         lines = [f"thread {tid} ({terminal_safe(t.comm)}), xsave {len(t.xsave or b'')} bytes"]
@@ -249,6 +267,8 @@ class InspectState:
 
     def signals_text(self) -> str:
         p = self.process
+        if p.zombie:
+            return self.zombie_text()
         out = ["process-wide pending: " + sigset_names(p.proc["shared_pending"] if p.proc else 0)]
         for t in self.img.threads_of(self.pid):
             out.append(f"thread {t.tid}: blocked {sigset_names(t.thread['blocked'])}")
@@ -484,8 +504,8 @@ class InspectState:
 
 
 def process_tree(img: Image) -> list[tuple[int, Task]]:
-    """(depth, leader) in tree order: parents before children, as TREE lists them."""
-    procs = img.processes()
+    """(depth, leader) in tree order: parents before children, as TREE lists them; zombies too."""
+    procs = [t for t in img.tasks if t.is_leader]
     entry = {e["pid"]: e for e in img.tree}
     pids = {p.tid for p in procs}
     kids: dict[int, list[Task]] = {}
