@@ -135,6 +135,8 @@ def validate(img: Image) -> None:
     from .kernel.ptrace import xstate_size
     from .restorer.files import check_files, nofile_problem
     from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, special_maps
+    from .restorer.creds import creds_problems
+    from .restorer.sched import sched_problems
     from .restorer.tree import tree_problems
 
     problems: list[str] = []
@@ -156,10 +158,11 @@ def validate(img: Image) -> None:
     files_owner: dict[int, int] = {}
     for t in img.tasks:
         if t.zombie:
-            problems += zombie_problems(img, t)
+            problems += zombie_problems(img, t) + creds_problems(t)
             continue
         if not isinstance(img.obj(t.mm_objref), Mm):
             problems.append(f"task {t.tid} has no address space")
+        problems += sched_problems(t) + (creds_problems(t) if t.is_leader else [])
         if t.thread["robust_list"] and t.thread["robust_len"] != ROBUST_LIST_HEAD_SIZE:
             problems.append(f"task {t.tid}'s robust futex list is {t.thread['robust_len']} bytes long; "
                             f"the kernel takes {ROBUST_LIST_HEAD_SIZE} only")

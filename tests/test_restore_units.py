@@ -459,3 +459,35 @@ def test_zombies_restore_refuses_before_anything_exists():
     assert zombie_problems(img, img.zombies()[0]) == ["zombie 9's wait status 0x137f is not one an exit gives"]
     img = read_image(io.BytesIO(imagegen.build(zombie=dict(exit_code=signal.SIGCHLD))))
     assert len(zombie_problems(img, img.zombies()[0])) == 1
+
+
+def test_ids_that_mean_unchanged_are_refused():
+    """uid (u32)-1 in an image is "leave it as it is" to setresuid: the process came back as the
+    restorer's root instead of being refused."""
+    from ckptrace.restorer.creds import creds_problems
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    t = img.task(1)
+    assert creds_problems(t) == []
+    t.creds["uid"] = t.creds["fsgid"] = 0xFFFFFFFF
+    assert creds_problems(t) == ["process 1's credentials hold -1 as uid, fsgid: not an id"]
+    t.creds["uid"] = t.creds["fsgid"] = 0
+    t.groups.append(0xFFFFFFFF)
+    assert creds_problems(t) == ["process 1's credentials hold -1 as a supplementary group: not an id"]
+
+
+@pytest.mark.parametrize("policy, prio, nice, why", [
+    (0, 0, 5, None), (1, 50, 0, None), (2, 99, -3, None), (5, 0, 19, None), (3, 0, -20, None),
+    (1, 0, 0, "real-time priority 0 does not go with policy SCHED_FIFO"),
+    (0, 10, 0, "real-time priority 10 does not go with policy SCHED_OTHER"),
+    (2, 100, 0, "real-time priority 100 does not go with policy SCHED_RR"),
+    (4, 0, 0, "scheduling policy 4 is unknown"),
+    (0, 0, 20, "nice 20 is not in -20..19"),
+])
+def test_scheduling_the_kernel_would_refuse_is_named_beforehand(policy, prio, nice, why):
+    from ckptrace.restorer.sched import sched_problems
+
+    t = read_image(io.BytesIO(imagegen.build())).task(2)
+    t.sched.update(policy=policy, priority=prio, nice=nice)
+    assert sched_problems(t) == ([] if why is None else [f"thread 2's {why}" + (
+        " (1-99 for SCHED_FIFO/SCHED_RR, else 0)" if "priority" in why else "")])

@@ -64,6 +64,17 @@ def install_sigactions(entries: list[dict]) -> None:
             raise OSError(err, f"rt_sigaction({sig}): {os.strerror(err)}")
 
 
+ID_FIELDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
+
+
+def creds_problems(t) -> list[str]:
+    """Ids no process can have: (u32)-1 is "leave it unchanged" to setresuid, setresgid and
+    setgroups' callers, so an image holding it would come back with the restorer's (root's) id."""
+    bad = [k for k in ID_FIELDS if t.creds and t.creds[k] == 0xFFFFFFFF]
+    bad += ["a supplementary group" for g in t.groups if g == 0xFFFFFFFF][:1]
+    return [f"process {t.tid}'s credentials hold -1 as {', '.join(bad)}: not an id"] if bad else []
+
+
 def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     """The image's credentials inside one thread: ids, groups, and capability sets.
 

@@ -13,9 +13,31 @@ from __future__ import annotations
 import os
 
 from ..errors import KernelError
+from ..image.records import SCHED_POLICIES
 from ..kernel.sys import ioprio_get, ioprio_set, sched_setattr
 
 FAIR_POLICIES = (os.SCHED_OTHER, os.SCHED_BATCH)
+
+
+REALTIME_POLICIES = (os.SCHED_FIFO, os.SCHED_RR)
+SCHED_DEADLINE, SCHED_EXT = 6, 7
+
+
+def sched_problems(t) -> list[str]:
+    """Scheduling the kernel would refuse with a bare EINVAL half-way through the restore, said
+    beforehand with the thread and values."""
+    s = t.sched
+    if s is None:
+        return []
+    policy, prio, nice = s["policy"], s["priority"], s["nice"]
+    if policy not in FAIR_POLICIES + REALTIME_POLICIES + (os.SCHED_IDLE, SCHED_DEADLINE, SCHED_EXT):
+        return [f"thread {t.tid}'s scheduling policy {policy} is unknown"]
+    if (policy in REALTIME_POLICIES) != (1 <= prio <= 99) or prio > 99:
+        return [f"thread {t.tid}'s real-time priority {prio} does not go with policy "
+                f"{SCHED_POLICIES.get(policy, policy)} (1-99 for SCHED_FIFO/SCHED_RR, else 0)"]
+    if not -20 <= nice <= 19:
+        return [f"thread {t.tid}'s nice {nice} is not in -20..19"]
+    return []
 
 
 def mask_cpus(mask: bytes) -> set[int]:
