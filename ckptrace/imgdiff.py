@@ -139,7 +139,8 @@ def diff_pages(ia: Image, fa: BinaryIO, va: Vma, ib: Image, fb: BinaryIO, vb: Vm
     of its own, or a neighbour merged in or grown over), each address is compared with what the
     other image stores there, whichever of its VMAs (`a_vmas`, `b_vmas`) holds it: such a VMA
     starts inside this one, so it is matched with nothing, and no other comparison sees those
-    pages. A page at an address the other image stores nothing at is in that image only."""
+    pages. A page at an address the other image stores nothing at is in that image only. The
+    entry's start and end are the span of both VMAs, which holds every range it reports."""
     lo, hi = max(va.start, vb.start), min(va.end, vb.end)
     xs, ys = _intervals(ia, va, lo, hi), _intervals(ib, vb, lo, hi)
     changed = changed_ranges(fa, xs, fb, ys)
@@ -163,7 +164,8 @@ def diff_pages(ia: Image, fa: BinaryIO, va: Vma, ib: Image, fb: BinaryIO, vb: Vm
     changed, only_a, only_b = _merged(changed), _merged(only_a), _merged(only_b)
     if not (changed or only_a or only_b):
         return None
-    return dict(start=vb.start, end=vb.end, file=None, changed=_pages(changed), ranges=changed,
+    # the span both VMAs cover (one start, two ends): every range reported lies within it
+    return dict(start=min(va.start, vb.start), end=max(va.end, vb.end), file=None, changed=_pages(changed), ranges=changed,
                 only_in_a=_pages(only_a), only_in_a_ranges=only_a,
                 only_in_b=_pages(only_b), only_in_b_ranges=only_b)
 

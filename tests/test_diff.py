@@ -120,6 +120,9 @@ def test_diff_of_two_real_dumps(pidns, tmp_path):
     assert f"{split:x}-{split + P:x} r--p" in host_maps  # what the kernel shows, too
     lo, hi = w.base, w.base + PAGES * PAGE_SIZE
     entry = next(x for x in v["pages"] if x["start"] <= w.base < x["end"])
+    for x in v["pages"]:  # each entry spans what it reports (not the shrunk VMA of B only)
+        for key in ("ranges", "only_in_a_ranges", "only_in_b_ranges"):
+            assert all(x["start"] <= s < e <= x["end"] for s, e in x[key]), (x, key)
 
     def clip(rs):
         return [(max(s, lo), min(e, hi)) for s, e in rs if s < hi and e > lo]
@@ -182,6 +185,9 @@ def test_pages_in_the_part_of_a_vma_that_grew_or_went_count_as_only_in_one():
     # the other way round: the part split off in B, compared with B's VMA there
     r = diff_pages(img, fb2, vb, img, fa2, va, [vb], [va, split])
     assert r["ranges"] == [(0x600000, 0x601000), (0x618000, 0x619000)] and r["only_in_a"] == 0
+    # the entry spans what it reports: A's VMA, which reached further than B's (it was under B's
+    # shrunk VMA's own 0x600000-0x610000, its ranges outside it)
+    assert (r["start"], r["end"]) == (0x600000, 0x620000)
 
 
 def test_pages_a_vma_grew_over_a_mapping_b_removed_are_only_in_b(tmp_path):
