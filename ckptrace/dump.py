@@ -556,13 +556,17 @@ class _Progress(ProgressLine):
 
 # -- ls ------------------------------------------------------------------------------------------
 
-def list_namespaces(proc: str = procfs.PROC) -> list[dict[str, Any]]:
-    """Every pid namespace visible in /proc, with init's host pid, task count and command."""
+def list_namespaces(proc: str = procfs.PROC, unreadable: list[int] | None = None) -> list[dict[str, Any]]:
+    """Every pid namespace visible in /proc, with init's host pid, task count and command.
+    `unreadable` gets the pids whose namespace could not be read (another user's, without root;
+    host pid 1 even with it), skipped."""
     nss: dict[int, dict[str, Any]] = {}
     for pid in procfs.pids(proc):
         ns = procfs.ns_inode(pid, "pid", proc)
         if ns is None:
-            continue  # unreadable (host pid 1 gives EACCES) or gone: skip quietly
+            if unreadable is not None and os.path.exists(f"{proc}/{pid}"):
+                unreadable.append(pid)
+            continue  # (or gone)
         try:
             st = procfs.status(pid, None, proc)
             ntasks = len(procfs.tids(pid, proc))
@@ -596,7 +600,13 @@ def _cmdline(pid: int, proc: str) -> str:
 
 
 def main_ls(args) -> int:
-    rows = list_namespaces()
+    unreadable: list[int] = []
+    rows = list_namespaces(unreadable=unreadable)
+    if unreadable and os.geteuid() != 0:
+        # Without root most namespaces are other users' and unreadable: an empty list would
+        # read as "nothing runs here".
+        print(f"ckptrace ls: {plural(len(unreadable), 'process')} could not be read (not root): "
+              f"their namespaces are not listed", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
         return 0

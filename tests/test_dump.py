@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -1221,3 +1222,17 @@ def test_a_failure_to_leave_repair_mode_is_named_and_masks_no_other_error(root, 
         tcprepair.set_repair(ours.fileno(), False)
         ours.sendall(b"x")
         assert peer.recv(10) == b"x"
+
+
+def test_ls_without_root_says_what_it_could_not_read():
+    """As another user most of /proc/PID/ns is unreadable: ls listed almost nothing, exit 0, and
+    said nothing, which reads as "no namespaces here". It lists what it can and says the rest."""
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CLI, "ls"],
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    assert p.returncode == 0, p.stderr
+    (line,) = p.stderr.splitlines()
+    assert re.fullmatch(r"ckptrace ls: \d+ process(es)? could not be read \(not root\): "
+                        r"their namespaces are not listed", line), line
+    assert "(ckptrace's own)" in p.stdout
+    root = subprocess.run(CLI + ["ls"], capture_output=True, text=True, timeout=60)
+    assert root.returncode == 0 and root.stderr == ""
