@@ -242,6 +242,15 @@ def test_repeated_objref(reader):
     both_reject(reader, with_s32(data, second.offset + 12, 1), second.index, second.offset, "is not new")
 
 
+@pytest.mark.parametrize("objref", [0, -5])
+def test_an_objref_that_is_not_positive_is_named_invalid(objref):
+    """Not "is not new" (it never could be): objrefs start at 1."""
+    data = imagegen.build()
+    second = [r for r in records(data) if r.type == RecType.OBJREF][1]
+    with pytest.raises(ImageError, match=f"objref {objref} is not a valid objref"):
+        read_image(io.BytesIO(with_s32(data, second.offset + 12, objref)))
+
+
 def test_seed_struct_with_tail_padding_is_refused(reader):
     """FILE_TABLE is 12 bytes and FILE_DESC 20 (no tail padding: all their members are 4-byte);
     a writer that padded them to 8 would be caught."""

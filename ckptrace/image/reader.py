@@ -505,7 +505,9 @@ class _Parser:
     def object(self):
         o = self.expect(RecType.OBJREF)
         objtype, objref = o.fields["objtype"], o.fields["objref"]
-        if objref <= 0 or objref in self.img.objects:
+        if objref <= 0:
+            self.fail(o, f"objref {objref} is not a valid objref (they start at 1)")
+        if objref in self.img.objects:
             self.fail(o, f"objref {objref} is not new")
         if objtype == ObjType.FILE_TABLE:
             self.file_table(objref)

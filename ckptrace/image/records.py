@@ -664,7 +664,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES, seed_max=FileType.REGULAR,
                                          doc="1 is the seed's GENERIC"), u32("f_mode", "hex"),
                       u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"),
-                      u64("f_version", doc="0; for a MEMFD, its seals: bit 32 (0x100000000) set, F_GET_SEALS in the low 32 bits "
+                      u64("f_version", "hex", doc="0; for a MEMFD, its seals: bit 32 (0x100000000) set, F_GET_SEALS in the low 32 bits "
                                            "(see Values)")),
        doc="An open file description (shared by dup'd fds and across fork)."),
     _R(RecType.FILE_PIPE, (u64("pipe_id"), u32("buffered"), u32("pipe_size")), Payload.BYTES,

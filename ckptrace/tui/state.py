@@ -370,8 +370,9 @@ class InspectState:
     def hex_title(self) -> str:
         v = self.vma
         assert v is not None
+        # the page count before the name: a long path is what the screen's width cuts off
         return (f"{v.start:x}-{v.end:x} {prot_str(v.fields['vm_page_prot'], v.fields['vm_flags'])} "
-                f"{self.vma_what(v)} · {self.stored_pages(v)}/{(v.end - v.start) // PAGE_SIZE} pages in image")
+                f"· {self.stored_pages(v)}/{(v.end - v.start) // PAGE_SIZE} pages in image · {self.vma_what(v)}")
 
     def hex_rows(self) -> list[tuple[int, bytes | None]]:
         v = self.vma
