@@ -421,6 +421,33 @@ def test_short_lived_namespaces_are_reported_or_counted_never_silently_dropped(t
     assert len(exits) + unresolved >= 10, (len(exits), lost)
 
 
+@pytest.mark.kernel
+def test_short_lived_children_in_a_namespace_beyond_the_kernel_slots_are_all_reported(tmp_path):
+    """With more namespaces than `ns_list` has slots, a later one's processes are placed by the
+    controller; their children were born unplaced too (the controller never filled the parent's
+    kernel entry in), so each child's records needed /proc, and a child that exited at once was
+    lost (counted `unresolved`), in a namespace watched for seconds already."""
+    from ckptrace.kernel.bpfload import MAX_NS
+
+    sleepers = [NsWorkload(["sleep", "60"]) for _ in range(MAX_NS + 1)]  # every slot taken
+    done = tmp_path / "done"
+    loop = f"sleep 1; for i in 1 2 3 4 5 6; do /bin/sh -c \"exit $i\"; sleep 0.2; done; touch {done}; exec sleep 60"
+    try:
+        def meanwhile(work):
+            wait_until(done.exists, 30, "the loop never ended")
+            time.sleep(1.0)
+
+        events, work = watch_all_while(["/bin/sh", "-c", loop], meanwhile)
+    finally:
+        for s in sleepers:
+            s.kill()
+    mine = [e for e in events if e["ns"] == work.ns]
+    codes = sorted(e["code"] for e in mine if e["event"] == "exit")
+    assert codes == [0] * 8 + [1, 2, 3, 4, 5, 6], codes  # (and the seven sleeps and touch)
+    lost = [e for e in events if e["event"] == "lost"]
+    assert not lost or lost[-1]["unresolved"] == 0, lost
+
+
 def _nested_inits() -> list[int]:
     """Host pids of processes that are pid 1 two namespaces below the host's."""
     out = []

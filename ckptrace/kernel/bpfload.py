@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import AccessDenied, HostUnsupported, KernelError, UsageError
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-BPF_NOEXIST = 1  # bpf_map_update_elem flag (uapi linux/bpf.h)
+BPF_NOEXIST, BPF_EXIST = 1, 2  # bpf_map_update_elem flags (uapi linux/bpf.h)
 
 
 def _bpf_errno(res: int) -> int:
@@ -331,9 +331,14 @@ class WatchProgram:
         """Tell the kernel side that `hostpid` lives in namespace `ns`, unless it has an entry for
         it already. That entry is the programs': rewriting it, even with the same generation, would
         lose a generation a program stores meanwhile (an update replaces the element, so a store
-        into the one a program holds goes nowhere). One the programs could not place (namespace 0)
-        is placed by them at the process's next event once the namespace is in `ns_list`, or the
-        controller places its records from the model.)"""
+        into the one a program holds goes nowhere).
+
+        Except an entry the programs could not place (namespace 0: a namespace beyond `ns_list`'s
+        slots, which they never will place): it gets its namespace here, its generation copied.
+        Left at 0, every record of the process, and of every child it forks (a child is given
+        its parent's namespace at fork), would have to be placed from /proc by the controller,
+        and a short-lived child is gone from /proc before its records are read. A generation a
+        program stores between the read and the update is lost; that window is once per process."""
         from bcc.libbcc import lib  # noqa: PLC0415 - bcc is loaded by now
 
         t = self.tracked.Leaf()
@@ -343,9 +348,20 @@ class WatchProgram:
         key = self.tracked.Key(hostpid)
         res = lib.bpf_update_elem(self.tracked.map_fd, ctypes.byref(key), ctypes.byref(t), BPF_NOEXIST)
         err = _bpf_errno(res)
+        if err == errno.EEXIST:
+            try:
+                old = self.tracked[key]
+            except KeyError:
+                return  # gone meanwhile (it exited)
+            if old.ns:
+                return
+            t.gen = old.gen
+            err = _bpf_errno(lib.bpf_update_elem(self.tracked.map_fd, ctypes.byref(key), ctypes.byref(t), BPF_EXIST))
+            if err == errno.ENOENT:
+                return
         if err == errno.E2BIG:
             self.track_failed += 1  # the map is full: counted with the kernel side's `tracked`
-        elif err not in (0, errno.EEXIST):
+        elif err != 0:
             raise KernelError(f"track process {hostpid}", err)
 
     def untrack(self, hostpid: int) -> None:
