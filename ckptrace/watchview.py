@@ -180,13 +180,29 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
     ino = selected_ns(model, sel)
     tree = model.tree(ino) if ino is not None else []
     chosen = _proc_position(tree, sel)
-    first = max(0, min(chosen - rows // 2, len(tree) - rows))  # keep the selection in view
-    for i, (depth, p) in enumerate(tree[first:first + rows], start=first):
+    shown = list(enumerate(tree))
+    if len(tree) > rows:
+        # Not all fit: one row says how many are not shown. Exited tasks (kept a few seconds, to
+        # be seen dying) give way first, so that a loop of short-lived children does not push
+        # the live processes out of the panel; then a window around the selection.
+        room = max(1, rows - 1)
+        live = [(i, e) for i, e in shown if e[1].alive or i == chosen]
+        if len(live) <= room:
+            dead = [(i, e) for i, e in shown if not (e[1].alive or i == chosen)]
+            shown = sorted(live + dead[len(dead) - (room - len(live)):] if room > len(live) else live)
+        else:
+            first = max(0, min(chosen - room // 2, len(tree) - room))  # keep the selection in view
+            shown = shown[first:first + room]
+    for i, (depth, p) in shown:
         name = "  " * depth + ("└ " if depth else "") + (p.comm or "?")
         if not p.alive:  # exited († and its status) or gone, before the name, which may be cut
             name = "  " * depth + ("└ " if depth else "") + (f"†{p.code} " if p.code is not None else "(gone) ") + (p.comm or "?")
         t.add_row(str(p.pid), str(p.hostpid), _literal(name), str(p.dirty_pages()),
                   style="reverse" if i == chosen else ("grey50" if not p.alive else None))
+    if len(shown) < len(tree):
+        hidden = len(tree) - len(shown)
+        gone = sum(1 for _, p in tree if not p.alive) - sum(1 for _, (_, p) in shown if not p.alive)
+        t.add_row("", "", f"… {hidden} " + ("exited" if gone == hidden else "more"), "", style="grey50")
     return t
 
 

@@ -9,6 +9,7 @@ import os
 import time
 import shutil
 import struct
+import re
 import subprocess
 
 import pytest
@@ -1519,3 +1520,23 @@ def test_ended_namespaces_the_model_forgot_are_forgotten_too(model):
     focused.ended.add(4026539999)
     focused.gc()
     assert focused.ended == {4026539999}  # the focus keeps its guard
+
+
+def test_exited_tasks_give_way_to_live_ones_when_the_tree_does_not_fit(model):
+    """A shell loop's exited children (kept a few seconds) filled the task panel and pushed the
+    live child, forked last, out of it, with nothing saying rows were hidden. Live ones stay in
+    view and a last row counts what is not shown."""
+    for i in range(2, 40):
+        model.apply(ev("fork", child=i, _childhost=100 + i))
+        model.apply(ev("exit", hostpid=100 + i, pid=i, code=0))
+    model.apply(ev("fork", child=40, _childhost=140))
+    model.apply(ev("exec", hostpid=140, pid=40, comm="livechild"))
+    out = text_of(render(model, Selection(), width=120, height=30), width=120, height=30)
+    assert "livechild" in out
+    shown = sum(1 for line in out.splitlines() if "†0" in line)
+    assert shown < 38 and f"… {38 - shown} exited" in out
+    model.apply(ev("exit", hostpid=140, pid=40, code=3))
+    for i in range(41, 80):  # more live ones than rows: a window around the selection, and "more"
+        model.apply(ev("fork", child=i, _childhost=100 + i))
+    out = text_of(render(model, Selection(), width=120, height=30), width=120, height=30)
+    assert re.search(r"… \d+ more", out), out
