@@ -51,8 +51,8 @@ def pidns_arg(text: str) -> int:
         n = int(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a pid namespace id: {text!r} (want N or pid:[N])") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"not a pid namespace id: {text!r}")
+    if not 0 < n < 1 << 64:  # (an inode number)
+        raise argparse.ArgumentTypeError(f"not a pid namespace id: {text!r} (want N or pid:[N])")
     return n
 
 
@@ -63,7 +63,7 @@ def seconds_arg(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0 < s < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds: {text!r}")
     return s
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 
 from . import notify
-from .errors import CkptError, KernelError, UsageError
+from .errors import CkptError, KernelError, UsageError, from_oserror
 from .kernel import procfs
 from .watchmodel import Model
 
@@ -644,11 +644,16 @@ class _Lines:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            text = "".join(self.pending)
-            self.pending.clear()
-            self._write(text)
-        self.out.flush()
+        try:
+            if self.pending:
+                text = "".join(self.pending)
+                self.pending.clear()
+                self._write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            raise  # (the reader went away: its own ending, see cli.main)
+        except OSError as exc:  # a full disk, an I/O error: say where (a bare ENOSPC said nothing)
+            raise from_oserror(exc, "writing the events to standard output") from None
 
     def _write(self, text: str) -> None:
         """Write all of `text`. An unbuffered stdout hands a long write straight to write(2),

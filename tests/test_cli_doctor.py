@@ -103,3 +103,27 @@ def test_doctor_as_a_user_says_what_needs_root_instead_of_misdiagnosing(root):
         assert "only root" in checks["tracepoints"]["detail"]
     for name in ("ptrace", "bpf_get_ns_current_pid_tgid"):
         assert checks[name]["detail"] == "not checked: needs root"
+
+
+@pytest.mark.parametrize("text, ok", [("4026532830", 4026532830), ("pid:[4026532830]", 4026532830),
+                                      ("-5", None), ("0", None), ("99999999999999999999999", None), ("abc", None)])
+def test_a_pidns_argument_is_an_inode_number_or_says_what_is_wanted(text, ok):
+    import argparse
+
+    from ckptrace.cli import pidns_arg
+
+    if ok is not None:
+        assert pidns_arg(text) == ok
+        return
+    with pytest.raises(argparse.ArgumentTypeError, match=r"not a pid namespace id: .* \(want N or pid:\[N\]\)"):
+        pidns_arg(text)
+
+
+@pytest.mark.parametrize("text", ["inf", "1e400", "0", "-1", "nan"])
+def test_a_duration_must_be_positive_and_finite(text):
+    import argparse
+
+    from ckptrace.cli import seconds_arg
+
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a positive, finite number of seconds"):
+        seconds_arg(text)

@@ -1111,3 +1111,18 @@ def test_a_reader_that_stops_reading_does_not_hold_watch_past_its_duration(pidns
         watch.stdout.close()
         watch.wait()
     assert still_loaded(progs) == []
+
+
+@pytest.mark.kernel
+def test_a_full_standard_output_is_named_in_one_line_and_nothing_stays_loaded(pidns):
+    """`watch --json > /dev/full` said only "No space left on device"."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do /bin/true; sleep 0.05; done"])
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([PY, "-m", "ckptrace", "watch", "--json", "--pidns", str(work.ns), "--duration", "3"],
+                           cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.splitlines()[-1] == ("ckptrace watch: writing the events to standard output: "
+                                         "ENOSPC (No space left on device)"), p.stderr
+    assert [line for line in subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout.splitlines()
+            if "ckpt_" in line] == []
