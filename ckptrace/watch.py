@@ -45,6 +45,7 @@ def _errno_name(code: int) -> str:
 
 
 UNPLACED_SECONDS = 10.0  # how long a fork record may come after its child's own, unplaced ones
+UNPLACED_MAX = 100_000  # unplaced records kept for their fork record at most (then counted at once)
 
 
 class Stop(Exception):
@@ -233,9 +234,12 @@ class Controller:
         self.nschanged: set[int] = set()  # host pids that unshared or entered a pid namespace
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "unresolved": 0, "unattributed": 0}
         self.unresolved = 0
-        # host pids of unresolved records -> when (their fork record may still come; gc forgets
-        # them after UNPLACED_SECONDS)
+        # host pids of records that could not be placed -> when (their fork record may still
+        # come; gc forgets them after UNPLACED_SECONDS), and the records, kept until then: the
+        # fork record places a child in its parent's namespace with the pid the parent saw
         self.gone_unplaced: dict[int, float] = {}
+        self.unplaced_records: dict[int, list] = {}
+        self.unplaced_count = 0
         self.forked_early: set[int] = set()  # children whose fork _fork_before reported
         # namespaces whose init has exited: they are gone, and the kernel gives the inode number
         # to a later namespace, whose tasks the same filter lets through
@@ -355,12 +359,15 @@ class Controller:
     def on_event(self, e) -> None:
         kind = self.names.get(e.type) or f"type{e.type}"
         ns, pid = e.ns, e.pid
+        replay: list = []  # a child's records that came before its fork record (see "fork")
         if kind == "discover" or not ns or not pid:
             where = self.resolve(e.hostpid)
             if where is None:
                 if e.hostpid not in self.ignored:
-                    self.unresolved += 1  # a watched-looking process, gone before it was placed
-                    self.gone_unplaced[e.hostpid] = time.monotonic()
+                    # a watched-looking process, gone before it was placed: kept for its fork
+                    # record, else counted unresolved (expire_unplaced)
+                    self.gone_unplaced.setdefault(e.hostpid, time.monotonic())
+                    self._keep_unplaced(e)
                 return
             ns, pid = where
             if kind == "discover":
@@ -412,10 +419,19 @@ class Controller:
                 self.model.procs.pop(e.a1, None)
             elif e.a1 in self.gone_unplaced:
                 # its own records came first and found it gone from /proc already (its exit among
-                # them): it lived and died before this fork record was read, and nothing else would
-                # end it here (it kept its namespace, and that namespace's kernel slot, for ever)
+                # them): it lived and died before this fork record was read. In the parent's
+                # namespace (no CLONE_NEWPID, no unshare/setns before), it is the pid the parent
+                # saw: its records are placed now, after the fork. Elsewhere, they stay unplaced.
+                # Either way nothing else would end it here (it kept its namespace, and that
+                # namespace's kernel slot, for ever).
                 del self.gone_unplaced[e.a1]
-                self.model.vanished(e.a1)
+                kept = self.unplaced_records.pop(e.a1, [])
+                self.unplaced_count -= len(kept)
+                if elsewhere:
+                    self.unresolved += len(kept)
+                    self.model.vanished(e.a1)
+                else:
+                    replay = kept
             elif elsewhere and placed is None:
                 # gone from /proc already: its own records could not be placed (counted
                 # unresolved) and its exit will not be seen here; it must not live on
@@ -447,6 +463,29 @@ class Controller:
             out = self.model.apply(ev, gen=gen)
         if out is not None:
             self.emit(out)
+        if replay:
+            for r in replay:
+                self.on_event(r)
+            child = self.model.procs.get(e.a1)
+            if child is not None and child.alive:
+                self.model.vanished(e.a1)  # (its exit was not among them)
+
+    def _keep_unplaced(self, e) -> None:
+        if self.unplaced_count >= UNPLACED_MAX:
+            self.unresolved += 1
+            return
+        self.unplaced_records.setdefault(e.hostpid, []).append(e)
+        self.unplaced_count += 1
+
+    def expire_unplaced(self, now: float | None = None) -> None:
+        """Count as unresolved the records whose fork record did not come within
+        UNPLACED_SECONDS (all of them when `now` is None: watch is stopping)."""
+        for h, t in list(self.gone_unplaced.items()):
+            if now is None or now - t >= UNPLACED_SECONDS:
+                del self.gone_unplaced[h]
+                kept = self.unplaced_records.pop(h, [])
+                self.unplaced_count -= len(kept)
+                self.unresolved += len(kept)
 
     def _member(self, hostpid: int, ns: int) -> bool:
         p = self.model.procs.get(hostpid)
@@ -583,8 +622,7 @@ class Controller:
                 if p.alive and (anyone or ended) and (not os.path.exists(f"/proc/{hostpid}") or
                                                      (ended and procfs.ns_inode(hostpid) != p.ns)):
                     self.model.vanished(hostpid)
-        now = time.monotonic()
-        self.gone_unplaced = {h: t for h, t in self.gone_unplaced.items() if now - t < UNPLACED_SECONDS}
+        self.expire_unplaced(time.monotonic())
         self.model.gc()
         self.forked_early &= self.model.procs.keys()  # their fork record was lost, or long gone
         # an ignored pid that is gone may come back as one of ours (resolve() would skip it)
@@ -843,6 +881,7 @@ def main(args) -> int:
                 # allows: a flood's backlog can be long, and stopping on time matters more
                 prog.read_sent(max_s=FINAL_READ_SECONDS)
                 ctl.drain(final=True)
+                ctl.expire_unplaced()  # (their fork records will not come any more)
                 ctl.check_lost()
                 # a slow reader gets the rest too, for as long as the final read may take (asked
                 # to stop, give_up was true already: it got 100 ms)

@@ -1474,12 +1474,28 @@ def test_a_child_whose_records_were_unplaced_does_not_live_on_after_its_fork(mod
     E = bpfload.abi().structs["ckpt_event"]
     c = bpfload.abi().consts
     monkeypatch.setattr(watch.procfs, "ns_inode", lambda hostpid, kind="pid": None)  # gone
-    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=lambda ev: None)
-    ctl.on_record(E(ts=5, ns=0, type=c["CKPT_EV_EXEC"], hostpid=4242, hosttid=4242, pid=0))
-    assert ctl.unresolved == 1
-    ctl.on_record(E(ts=6, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, hosttid=100, pid=1, a0=2, a1=4242))
+    out = []
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+    ctl.on_record(E(ts=5, ns=0, type=c["CKPT_EV_EXEC"], hostpid=4242, hosttid=4242, pid=0, comm=b"true"))
+    ctl.on_record(E(ts=6, ns=0, type=c["CKPT_EV_EXIT"], hostpid=4242, hosttid=4242, pid=0, code=3))
+    assert ctl.unresolved == 0 and out == []  # kept for the fork record
+    ctl.on_record(E(ts=7, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, hosttid=100, pid=1, a0=2, a1=4242))
     assert ctl.failure is None
     assert not model.procs[4242].alive
+    # in the parent's namespace (no CLONE_NEWPID): placed there with the pid the parent saw, the
+    # fork first, then what the child did
+    assert [(e["event"], e["pid"], e["ns"]) for e in out] == [("fork", 1, NS), ("exec", 2, NS), ("exit", 2, NS)]
+    assert out[2]["code"] == 3 and ctl.unresolved == 0
+    # a child that went to another namespace: its records stay unplaced, and count
+    ctl.on_record(E(ts=8, ns=0, type=c["CKPT_EV_EXEC"], hostpid=4343, hosttid=4343, pid=0, comm=b"x"))
+    ctl.on_record(E(ts=9, ns=NS, type=c["CKPT_EV_FORK"], hostpid=100, hosttid=100, pid=1, a0=3, a1=4343,
+                    a2=0x20000000))
+    assert ctl.unresolved == 1 and not model.procs[4343].alive
+    # one whose fork record never comes: counted when it expires, or when watch stops
+    ctl.on_record(E(ts=10, ns=0, type=c["CKPT_EV_EXEC"], hostpid=4444, hosttid=4444, pid=0, comm=b"y"))
+    assert ctl.unresolved == 1
+    ctl.expire_unplaced()
+    assert ctl.unresolved == 2 and ctl.unplaced_count == 0
 
 
 def test_after_the_focused_namespace_ended_unknown_writers_are_not_losses(model, monkeypatch):
