@@ -46,6 +46,8 @@ RESTART_BLOCK_CALLS = {7: "poll", 35: "nanosleep", 202: "futex", 230: "clock_nan
 REPORT_TIMEOUT = 20.0
 WATCHDOG_S = 60.0
 WATCHDOG_MIN_RATE = 50e6  # bytes/s: far below what restore does, so only a hang trips it
+KILL_REAP_S = 30.0  # at most, to reap what an abort killed (it takes milliseconds)
+
 
 
 @dataclass
@@ -113,9 +115,9 @@ def main(args) -> int:
 def restore(path: str, progress=None, root: str | None = None, on_release=None) -> Result:
     """Restore the image at `path` ("-": standard input). `progress`: a ProgressLine to keep
     current (ckptrace.progress), or None. `root`: where the image's paths are (set_root).
-    `on_release()`: called at the point of no return, just before the tasks are let go; from
-    then on the namespace is restored whatever happens (the caller's signal handlers must no
-    longer undo it)."""
+    `on_release()`: called just before the last steps (cgroups, scheduling, timers, pending
+    signals, the detach); from then on a signal must not abort the restore (the caller's
+    handlers no longer turn it into one), though a failure of one of those steps still does."""
     start = time.monotonic()
     with open_seekable(path) as f:
         img = read_image(f)
@@ -582,7 +584,7 @@ class _Restore:
 
         mounts = cgroup_mounts()
         for t in self.img.processes():  # before the affinity, which a cpuset bounds
-            cgroup.place(self.host[t.tid], t.cgroups, mounts, self.made_cgroups)
+            cgroup.place(self.host[t.tid], t.cgroups, mounts, self.made_cgroups, name=t.tid)
         live = [t for t in self.img.tasks if not t.zombie]
         for t in live:
             sched.apply(self.by_tid[t.tid].tid, t)
@@ -642,21 +644,29 @@ class _Restore:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _kill_made(self) -> None:
+        """SIGKILL everything made (init takes its namespace with it) and reap it."""
         if self.init:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init, signal.SIGKILL)
-            # Threads first: a leader is not reported dead while a traced thread of its process
-            # is unreaped, and waiting for it first waited for ever (a failure after a
-            # multi-threaded process was made).
-            leaders = set(self.host.values())
-            for tr in sorted(self.tracees, key=lambda tr: tr.tid in leaders):
-                if tr.tid == self.init:
-                    continue
-                with contextlib.suppress(ChildProcessError, ProcessLookupError):
-                    os.kill(tr.tid, signal.SIGKILL)
-                    os.waitpid(tr.tid, WALL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.init, WALL)
+            # Reaped in whatever order they become reapable, never by waiting for one: a leader is
+            # not reported dead while a traced thread of its process is unreaped, and the last
+            # thread of init to exit waits in the kernel (zap_pid_ns_processes) until every other
+            # task of the namespace is reaped, which, traced, only we do. Waiting for one of
+            # them waited for ever (a failure after a multi-threaded process, or init, was made).
+            pending = {tr.tid for tr in self.tracees} | {self.init}
+            for tid in pending:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(tid, signal.SIGKILL)
+            deadline = time.monotonic() + KILL_REAP_S
+            while pending and time.monotonic() < deadline:
+                for tid in list(pending):
+                    try:
+                        if os.waitpid(tid, WALL | os.WNOHANG)[0]:
+                            pending.discard(tid)
+                    except ChildProcessError:  # (not ours to reap any more: gone)
+                        pending.discard(tid)
+                if pending:
+                    time.sleep(0.005)
         self.tracees = []
         if self.made_cgroups:
             from .restorer import cgroup

@@ -1840,6 +1840,62 @@ def test_robust_mutex_held_by_a_restored_task_that_dies_reports_eownerdead(pidns
         time.sleep(0.02)
     assert sorted(log.read_text().splitlines()[2:]) == ["A EOWNERDEAD", "B EOWNERDEAD"], log.read_text()
 
+THREADED_TREE = r"""
+import os, sys, threading, time
+def sleeper():
+    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+for i in range(3):
+    sleeper()
+for i in range(2):
+    if os.fork() == 0:
+        sleeper()
+        while True:
+            time.sleep(1)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_late_failure_after_threaded_processes_were_made_ends_at_once(pidns, tmp_path):
+    """A restore failing in its last steps (here: its cpuset has no CPU left), once init and other
+    processes with threads exist: the abort waited for one of init's threads, which waits in the
+    kernel for the namespace's other tasks, traced zombies only the restore reaps: it hung for
+    ever, SIGTERM blocked, and the error was never said. It ends at once, saying why, pid 1 named
+    as inside the namespace, and leaves nothing."""
+    from ckptrace.kernel.procfs import cgroup_mounts
+    from ckptrace.restorer.cgroup import _inherit_cpuset
+
+    cpuset = os.path.join(cgroup_mounts()["cpuset"], f"ckptrace-late-{os.getpid()}")
+    os.makedirs(cpuset, exist_ok=True)
+    _inherit_cpuset(cpuset)
+    try:
+        w = py_workload(pidns, THREADED_TREE, tmp_path)
+        for h in w.pids():
+            with open(os.path.join(cpuset, "cgroup.procs"), "w") as f:
+                f.write(str(h))
+        img = str(tmp_path / "late.img")
+        dump_kill(w, img)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with open(os.path.join(cpuset, "cpuset.cpus"), "w") as f:
+                    f.write("\n")  # no CPU: a task put in it gets ENOSPC
+                break
+            except OSError:  # the killed tasks are not all gone yet
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        nss = pidns_inodes(tmp_path)
+        t0 = time.monotonic()
+        r = ckptrace("restore", img)
+        assert r.returncode == 1 and time.monotonic() - t0 < 20, r.stderr
+        assert "put process 1 into cpuset cgroup" in r.stderr.decode() and "ENOSPC" in r.stderr.decode(), r.stderr
+        assert pidns_inodes(tmp_path) - nss == set()
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(cpuset)
+
+
 def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
     """The workload sits in a cgroup v2 two levels down, a v1 freezer cgroup and a v1 cpuset; the
     v2 ones and the cpuset are gone by restore time (as on a new host) and are made again (a new

@@ -16,9 +16,11 @@ from ..kernel import procfs
 
 
 def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, str],
-          created: list[str]) -> None:
+          created: list[str], name: int | None = None) -> None:
     """Move the process (all its threads: cgroup.procs) into each of its image cgroups; the
-    directories this makes are appended to `created` (for `remove` should the restore fail)."""
+    directories this makes are appended to `created` (for `remove` should the restore fail).
+    `name`: its pid inside the namespace, for messages (the host pid is gone by the time the
+    user reads one: a failure ends the restore)."""
     for _hid, controllers, path in cgroups:
         mount = mounts.get(procfs.cgroup_key(controllers))
         if mount is None:
@@ -35,8 +37,9 @@ def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, 
             with open(os.path.join(where, "cgroup.procs"), "w") as f:
                 f.write(str(host_pid))
         except OSError as exc:
-            name = controllers or "cgroup2"
-            raise KernelError(f"put process {host_pid} into {name} cgroup {path} ({where})", exc.errno) from None
+            kind = controllers or "cgroup2"
+            who = host_pid if name is None else name
+            raise KernelError(f"put process {who} into {kind} cgroup {path} ({where})", exc.errno) from None
 
 
 def remove(created: list[str]) -> None:
