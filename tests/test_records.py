@@ -605,19 +605,26 @@ def test_threads_of_older_images_read_with_the_new_fields_zero(fixed):
 
 
 def test_a_tty_record_of_an_older_image_reads_with_no_state():
-    """FILE_TTY grew (flags, queues, window size, termios): a 16-byte one of an older ckptrace is
-    read with the rest 0, flags 0 saying no state was read (restore refuses such a master)."""
+    """FILE_TTY grew (flags, queues, window size, termios; then the device number and ctime): a
+    16-byte one of an older ckptrace is read with the rest 0, flags 0 saying no state was read
+    (restore refuses such a master), an 80-byte one with dev and ctime_ns 0 (not checked)."""
     from ckptrace.image.records import TTY_STATE
 
     rt = RECORDS[RecType.FILE_TTY]
-    assert (rt.size, rt.older) == (88, (16,))
-    full = rt.encode(dict(index=3, is_master=1, sid=2, pgrp=5, flags=TTY_STATE, ws_row=24, VMIN=1))
+    assert (rt.size, rt.older) == (104, (16, 80))
+    full = rt.encode(dict(index=3, is_master=1, sid=2, pgrp=5, flags=TTY_STATE, ws_row=24, VMIN=1,
+                          c_ospeed=15, dev=0x8803, ctime_ns=7))
     old = struct.pack("<II", RecType.FILE_TTY, HDR.size + 16) + full[HDR.size:HDR.size + 16]
     assert rt.check_len(len(old)) is None and rt.check_len(len(old) + 4) is not None
     fields = RecordReader(io.BytesIO(old)).next().fields
     assert (fields["index"], fields["is_master"], fields["sid"], fields["pgrp"]) == (3, 1, 2, 5)
     assert all(v == 0 for k, v in fields.items() if k not in ("index", "is_master", "sid", "pgrp"))
-    assert RecordReader(io.BytesIO(full)).next().fields["VMIN"] == 1
+    mid = struct.pack("<II", RecType.FILE_TTY, HDR.size + 80) + full[HDR.size:HDR.size + 80]
+    assert rt.check_len(len(mid)) is None and rt.check_len(len(mid) + 8) is not None
+    fields = RecordReader(io.BytesIO(mid)).next().fields
+    assert (fields["VMIN"], fields["c_ospeed"], fields["dev"], fields["ctime_ns"]) == (1, 15, 0, 0)
+    fields = RecordReader(io.BytesIO(full)).next().fields
+    assert (fields["VMIN"], fields["dev"], fields["ctime_ns"]) == (1, 0x8803, 7)
 
 
 def test_new_fields_are_named_in_text_and_json():

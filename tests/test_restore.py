@@ -1586,6 +1586,213 @@ def test_a_pty_pair_comes_back_with_its_index_state_and_controlling_terminal(pid
     assert not mode[3] & termios.ICANON and not mode[3] & termios.ECHO  # raw
 
 
+PTY_DEVTTY = r"""
+import os, pty, select, sys, time
+d = sys.argv[1]
+pid, master = pty.fork()   # the child leads a session, the pty's slave its controlling terminal
+if pid == 0:
+    t = os.open("/dev/tty", os.O_WRONLY)   # as ssh, sudo or vim prompts do
+    os.dup2(t, 7)
+    n = 0
+    while True:
+        os.write(7, b"tty %d\n" % n)
+        n += 1
+        time.sleep(0.1)
+got = b""
+while b"tty 2\r\n" not in got:  # (onlcr: CR LF)
+    got += os.read(master, 4096)
+open(os.path.join(d, "ready"), "w").close()
+log = open(os.path.join(d, "log"), "ab", buffering=0)
+while True:
+    got += os.read(master, 4096)
+    while b"\n" in got:
+        line, got = got.split(b"\n", 1)
+        log.write(line.rstrip(b"\r") + b"\n")
+"""
+
+
+def _tty_lines(log) -> list[int]:
+    return [int(x.split()[1]) for x in log.read_bytes().split(b"\n") if x.startswith(b"tty ")]
+
+
+def test_an_fd_of_dev_tty_comes_back_on_the_pty_it_stood_for(pidns, tmp_path, restored):
+    """An fd opened as /dev/tty stands for the opener's controlling terminal, here a pty whose
+    master the image holds: restore gives it a slave of that pty again (its link now says
+    /dev/pts/N), not whatever /dev/tty would mean for the restorer (ENXIO when it has none),
+    and what the program writes through it still reaches the master's reader."""
+    w = py_workload(pidns, PTY_DEVTTY, tmp_path)
+    log = tmp_path / "log"
+    by_ns = {nspid(p): p for p in w.pids()}
+    assert os.readlink(f"/proc/{by_ns[2]}/fd/7") == "/dev/tty"
+    pts = os.readlink(f"/proc/{by_ns[2]}/fd/0")
+    img = str(tmp_path / "pty.img")
+    for _ in range(5):  # (refused, harmlessly, when the dump met a line in flight)
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+        if d.returncode == 0 or b"pty" not in d.stderr:
+            break
+    assert d.returncode == 0, d.stderr.decode()
+    dumped = _tty_lines(log)
+    res = restore_json(img, restored)
+    by_ns = {nspid(p): p for p in ns_pids(res["pidns"])}
+    deadline = time.monotonic() + 5
+    while len(_tty_lines(log)) < len(dumped) + 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = _tty_lines(log)
+    assert len(lines) >= len(dumped) + 5, "the writes through /dev/tty did not reach the master"
+    assert lines == list(range(len(lines))), "lines lost or repeated across the migration"
+    assert os.readlink(f"/proc/{by_ns[2]}/fd/7") == os.readlink(f"/proc/{by_ns[2]}/fd/0") == pts
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.image.records import TTY_DEVTTY, RecType
+
+    with open(img, "rb") as f:
+        image = read_image(f, skip_pages=True)
+    (rec,) = [r.fields for o in image.objects.values() for r in getattr(o, "extra", ())
+              if r.type == RecType.FILE_TTY and r.fields["flags"] & TTY_DEVTTY]
+    assert f"/dev/pts/{rec['index']}" == pts and rec["dev"] >> 8 == 136, rec  # (new_encode_dev)
+
+
+HUNG_UP = r"""
+import errno, os, sys, time
+d = sys.argv[1]
+m, s = os.openpty()
+os.close(m)                # the slave is hung up: EOF on read, EIO on write and ioctl
+log = open(os.path.join(d, "log"), "a", buffering=1)
+n = 0
+while True:
+    got = os.read(s, 10)
+    try:
+        os.write(s, b"x")
+        wrote = "ok"
+    except OSError as exc:
+        wrote = errno.errorcode[exc.errno]
+    print(n, repr(got), wrote, file=log)
+    if n == 2:
+        open(os.path.join(d, "ready"), "w").close()
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+def test_a_hung_up_pty_slave_comes_back_hung_up(pidns, tmp_path, restored):
+    """A pty slave whose master was closed is hung up (read gives EOF, write EIO) and its node
+    is gone ("/dev/pts/N (deleted)"): restore makes a hung-up slave again (a new pair's, whose
+    master it closes) instead of refusing a path that does not exist."""
+    w = py_workload(pidns, HUNG_UP, tmp_path)
+    log = tmp_path / "log"
+    (host,) = w.pids()
+    assert os.readlink(f"/proc/{host}/fd/4").endswith(" (deleted)")
+    img = str(tmp_path / "hup.img")
+    dump_kill(w, img)
+    dumped = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    deadline = time.monotonic() + 5
+    while len(log.read_text().splitlines()) < dumped + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    assert len(lines) >= dumped + 5, "the program did not go on"
+    assert [int(x.split()[0]) for x in lines] == list(range(len(lines)))
+    assert {x.split(None, 1)[1] for x in lines} == {"b'' EIO"}, lines
+    assert os.readlink(f"/proc/{host}/fd/4").startswith("/dev/pts/")
+    assert os.readlink(f"/proc/{host}/fd/4").endswith(" (deleted)")
+
+
+OUTSIDE_DEVTTY = r"""
+import fcntl, itertools, os, sys, termios, time
+d = sys.argv[1]
+os.setsid()
+fcntl.ioctl(1, termios.TIOCSCTTY, 0)     # the host's pty on stdout becomes its terminal
+t = os.open("/dev/tty", os.O_WRONLY)
+os.dup2(t, 7)
+open(os.path.join(d, "ready"), "w").close()
+for n in itertools.count():
+    os.write(7, b"tick %d\n" % n)
+    time.sleep(0.05)
+"""
+
+
+IDLE = r"""
+import os, sys, time
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+time.sleep(60)
+"""
+
+
+def _take_pty(index: int, held: list[int]) -> None:
+    """Open ptys until one has `index` (the lowest free one comes first), keeping them in `held`."""
+    deadline = time.monotonic() + 5
+    while True:
+        m, s = os.openpty()
+        held += [m, s]
+        got = int(os.ttyname(s).rsplit("/", 1)[1])
+        if got == index:
+            return
+        if got > index:  # (still held by the dying original: try again)
+            for fd in held:
+                os.close(fd)
+            held.clear()
+            assert time.monotonic() < deadline, f"pty {index} was taken by someone else meanwhile"
+            time.sleep(0.05)
+
+
+def test_a_dev_tty_fd_on_an_outside_terminal_comes_back_on_it(pidns, tmp_path, restored):
+    """An fd of /dev/tty standing for a terminal of the outside world (the host's pty, the
+    namespace's controlling terminal) is reopened on that terminal's node, not as /dev/tty (which
+    names the restorer's terminal, or fails with ENXIO): the ticks go on through it."""
+    master, slave = os.openpty()
+    index = int(os.ttyname(slave).rsplit("/", 1)[1])
+    try:
+        w = pidns([sys.executable, "-c", OUTSIDE_DEVTTY, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+                  stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)
+        img = str(tmp_path / "tty.img")
+        dump_kill(w, img)
+        time.sleep(0.1)
+        while select.select([master], [], [], 0)[0]:
+            os.read(master, 65536)  # what the original wrote
+        res = restore_json(img, restored)
+        got = b""
+        deadline = time.monotonic() + 3
+        while got.count(b"\n") < 3 and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                got += os.read(master, 65536)
+        ticks = [int(x.split()[1]) for x in got.decode().splitlines() if x.startswith("tick ")]
+        assert len(ticks) >= 3 and min(ticks) >= 3, got  # through /dev/tty, on the same terminal
+        (host,) = ns_pids(res["pidns"])
+        assert os.readlink(f"/proc/{host}/fd/7") == f"/dev/pts/{index}"
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_an_outside_terminal_whose_number_went_to_another_is_refused(pidns, tmp_path):
+    """A terminal of the outside world (the host's pty on stdout) is reopened by path only when
+    the node there is still that terminal: once that pty is closed and its number given to a new
+    one, restore refuses, naming it, instead of handing the programs a stranger's terminal."""
+    master, slave = os.openpty()
+    index = int(os.ttyname(slave).rsplit("/", 1)[1])
+    held: list[int] = []
+    try:
+        w = pidns([sys.executable, "-c", IDLE, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+                  stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
+        img = str(tmp_path / "tty.img")
+        dump_kill(w, img)
+        os.close(master)
+        os.close(slave)
+        master = slave = -1
+        _take_pty(index, held)
+        nss = pidns_inodes(tmp_path)
+        r = ckptrace("restore", img)
+        assert r.returncode != 0
+        assert f"/dev/pts/{index} is not the terminal the dump saw".encode() in r.stderr, r.stderr
+        assert pidns_inodes(tmp_path) - nss == set()
+    finally:
+        for fd in [master, slave] + held:
+            if fd >= 0:
+                os.close(fd)
+
+
 def _status(tid_dir: str) -> dict[str, str]:
     with open(f"{tid_dir}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)

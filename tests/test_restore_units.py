@@ -491,3 +491,36 @@ def test_scheduling_the_kernel_would_refuse_is_named_beforehand(policy, prio, ni
     t.sched.update(policy=policy, priority=prio, nice=nice)
     assert sched_problems(t) == ([] if why is None else [f"thread 2's {why}" + (
         " (1-99 for SCHED_FIFO/SCHED_RR, else 0)" if "priority" in why else "")])
+
+
+DEVTTY_CHECK = r"""
+import fcntl, os, sys, termios
+from ckptrace.restorer import tty
+# (a session of its own, start_new_session: no controlling terminal)
+print(tty._devtty_problem("pid 2 fd 7", dict(dev=0x401)))
+m, s = os.openpty()
+fcntl.ioctl(s, termios.TIOCSCTTY, 0)    # now a pty is
+st = os.fstat(s)
+mine = (os.minor(st.st_rdev) & 0xff) | (os.major(st.st_rdev) << 8) | ((os.minor(st.st_rdev) & ~0xff) << 12)
+print(tty._devtty_problem("pid 2 fd 7", dict(dev=mine)))
+print(tty._devtty_problem("pid 2 fd 7", dict(dev=0x401)))
+"""
+
+
+@pytest.mark.kernel
+def test_a_dev_tty_fd_of_a_terminal_without_a_node_needs_the_restorers_own():
+    """An fd of /dev/tty that stood for a terminal restore cannot open by node (tty 4:1, a
+    console) is reopened as /dev/tty: refused when restore has no controlling terminal (ENXIO)
+    or another one, accepted when it is that terminal."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", DEVTTY_CHECK], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
+                         start_new_session=True)
+    assert out.returncode == 0, out.stderr
+    none, same, other = out.stdout.splitlines()
+    assert "pid 2 fd 7: /dev/tty, which stood for the terminal 4:1, cannot be opened again" in none, none
+    assert "restore has no controlling terminal" in none
+    assert same == "None"
+    assert "/dev/tty stood for the terminal 4:1, and restore's controlling terminal is 136:" in other, other

@@ -191,9 +191,12 @@ SIGINFO_SIZE = 128  # sizeof(siginfo_t): TASK_SIGINFO holds whole ones
 # followed by the watched path and its NUL, no alignment (see inotify_watches)
 INOTIFY_WATCH = struct.Struct("<iIQI")
 # FILE_TTY.flags: the terminal's state below was read (images before it have 0: only the first four
-# fields), the pty was locked (TIOCGPTLCK), in packet mode (TIOCGPKT), in exclusive mode (TIOCGEXCL)
-TTY_STATE, TTY_LOCKED, TTY_PACKET, TTY_EXCLUSIVE = 0x1, 0x2, 0x4, 0x8
-TTY_FLAG_NAMES = {TTY_STATE: "STATE", TTY_LOCKED: "LOCKED", TTY_PACKET: "PACKET", TTY_EXCLUSIVE: "EXCLUSIVE"}
+# fields), the pty was locked (TIOCGPTLCK), in packet mode (TIOCGPKT), in exclusive mode (TIOCGEXCL);
+# the fd was opened as /dev/tty (index and dev name the terminal it stood for, TIOCGDEV); the file
+# was hung up (a pty slave whose master was closed, or a vhangup: reads give EOF, the rest EIO)
+TTY_STATE, TTY_LOCKED, TTY_PACKET, TTY_EXCLUSIVE, TTY_DEVTTY, TTY_HUNGUP = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+TTY_FLAG_NAMES = {TTY_STATE: "STATE", TTY_LOCKED: "LOCKED", TTY_PACKET: "PACKET", TTY_EXCLUSIVE: "EXCLUSIVE",
+                  TTY_DEVTTY: "DEVTTY", TTY_HUNGUP: "HUNGUP"}
 # struct termios2's c_cc[NCCS = 19], by index (asm-generic/termbits.h); 17 and 18 are unused
 CC_NAMES = ("VINTR", "VQUIT", "VERASE", "VKILL", "VEOF", "VTIME", "VMIN", "VSWTC", "VSTART", "VSTOP",
             "VSUSP", "VEOL", "VREPRINT", "VDISCARD", "VWERASE", "VLNEXT", "VEOL2", "cc17", "cc18")
@@ -756,13 +759,22 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                           u16("ws_row"), u16("ws_col"), u16("ws_xpixel"), u16("ws_ypixel"),
                           u32("c_iflag", "hex"), u32("c_oflag", "hex"), u32("c_cflag", "hex"), u32("c_lflag", "hex"),
                           u8("c_line"), *(u8(n, doc=f"c_cc[{i}]") for i, n in enumerate(CC_NAMES)),
-                          u32("c_ispeed"), u32("c_ospeed")),
+                          u32("c_ispeed"), u32("c_ospeed"),
+                          u32("dev", "hex", doc="the terminal's device number as the kernel encodes it "
+                                                "(new_encode_dev: minor & 0xff | major << 8 | (minor & ~0xff) << 12); "
+                                                "of a /dev/tty fd (DEVTTY), the terminal it stood for (TIOCGDEV); "
+                                                "0: not read (an older image)"),
+                          pad(4),
+                          s64("ctime_ns", doc="st_ctime of the terminal's node in nanoseconds (a devpts node's "
+                                              "is set when its pty is made): tells a terminal of the outside "
+                                              "world from a later one given its number; 0: not read")),
        doc="A tty/pty end: index (pts number), which side, session and foreground group; for a pty "
            "(a /dev/ptmx master or a /dev/pts slave), its state: flags, queued byte counts, window size "
            "(struct winsize, TIOCGWINSZ) and termios (struct termios2, TCGETS2: the slave's, also when "
-           "read through the master). The fixed part is 80 bytes; older ckptrace versions wrote 16 "
-           "(up to pgrp), read with the missing fields 0.",
-       older=(16,)),
+           "read through the master); the terminal's device number and its node's ctime. The fixed part "
+           "is 96 bytes; older ckptrace versions wrote 16 (up to pgrp) or 80 (up to c_ospeed), read with "
+           "the missing fields 0.",
+       older=(16, 80)),
     _R(RecType.MM, (u32("map_count"), s32("exe_objref"), u64("def_flags", "flags", VM_FLAG_NAMES),
                     u64("flags", "hex"), u64("start_code", "hex"), u64("end_code", "hex"), u64("start_data", "hex"),
                     u64("end_data", "hex"), u64("start_brk", "hex"), u64("brk", "hex"),

@@ -11,16 +11,27 @@ the master are the slave's, lock and packet mode live in the master, exclusive m
 (read through a slave fd some task of the namespace holds). Bytes queued in either direction
 cannot be read without consuming them (a tty has no peek): only their counts are recorded; a
 dump says so, and `--kill` refuses (check_kill), since the namespace would lose them for good.
+
+Every record also names the terminal: its device number and its node's ctime (a devpts node's is
+set when the pty is made, and a later pty given the same number has another: restore tells a
+terminal of the outside world from its successor by it). An fd opened as /dev/tty (5:0) is asked
+which terminal it stands for (TIOCGDEV): the record says DEVTTY, with that terminal's index and
+device number, so that restore gives it the same terminal rather than whatever /dev/tty would
+name for the restorer. A hung-up file (a pty slave whose master was closed, whose node is gone:
+"/dev/pts/N (deleted)"; or any terminal file after a vhangup) answers every ioctl with EIO and
+has no state: its record says HUNGUP, and restore makes a hung-up file again.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
 
 from ..errors import Unsupported
-from ..image.records import CC_NAMES, TTY_EXCLUSIVE, TTY_LOCKED, TTY_PACKET, TTY_STATE, RecType
+from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
+                             RecType)
 from .context import DumpContext
 
 TIOCGPGRP = 0x540F
@@ -32,6 +43,7 @@ TIOCGPKT = 0x80045438
 TIOCGPTLCK = 0x80045439
 TIOCGEXCL = 0x80045440
 TIOCGPTPEER = 0x5441
+TIOCGDEV = 0x80045432  # _IOR('T', 0x32, unsigned int): the real terminal of a /dev/tty fd
 TERMIOS2 = struct.Struct("<IIIIB19sII")  # c_iflag c_oflag c_cflag c_lflag c_line c_cc[19] c_ispeed c_ospeed
 WINSIZE = struct.Struct("<HHHH")
 PTS_MAJORS = range(136, 144)
@@ -43,6 +55,44 @@ def is_master(st: os.stat_result) -> bool:
 
 def is_pts(st: os.stat_result) -> bool:
     return os.major(st.st_rdev) in PTS_MAJORS
+
+
+def is_devtty(st: os.stat_result) -> bool:
+    return os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 0
+
+
+def encode_dev(major: int, minor: int) -> int:
+    """A device number as the kernel gives it to user space in 32 bits (new_encode_dev: TIOCGDEV)."""
+    return (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)
+
+
+def decode_dev(dev: int) -> tuple[int, int]:
+    """(major, minor) of a new_encode_dev number."""
+    return (dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & ~0xff)
+
+
+def pts_index(major: int, minor: int) -> int:
+    return (major - PTS_MAJORS.start) * 256 + minor
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether a terminal file was hung up: every ioctl but TIOCSPGRP then fails with EIO (a
+    live terminal answers TIOCGWINSZ, a pty master too)."""
+    try:
+        fcntl.ioctl(fd, TIOCGWINSZ, bytes(WINSIZE.size))
+    except OSError as exc:
+        return exc.errno == errno.EIO
+    return False
+
+
+def _devpts_ctime(index: int, dev: int) -> int:
+    """st_ctime_ns of /dev/pts/`index` when that node is the terminal `dev`, else 0 (a terminal of
+    another devpts instance, or gone)."""
+    try:
+        st = os.stat(f"/dev/pts/{index}")
+    except OSError:
+        return 0
+    return st.st_ctime_ns if encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev)) == dev else 0
 
 
 def _ioctl_int(fd: int, req: int) -> int | None:
@@ -108,13 +158,25 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     if master:
         index = int(o.info.extra.get("tty-index", "0"))
     elif os.major(rdev) >= 136:
-        index = (os.major(rdev) - 136) * 256 + os.minor(rdev)
+        index = pts_index(os.major(rdev), os.minor(rdev))
     else:
         index = os.minor(rdev)
     state: dict = {}
+    dev, ctime = encode_dev(os.major(rdev), os.minor(rdev)), o.st.st_ctime_ns
     with grab(o.pid, o.fd) as fd:
         sid, pgrp = _ioctl_pid(fd, TIOCGSID), _ioctl_pid(fd, TIOCGPGRP)
-        if master:
+        if not master and _hung_up(fd):
+            # (nothing to ask it: a hung-up file has no terminal behind it any more)
+            state = dict(flags=TTY_HUNGUP)
+        elif is_devtty(o.st):
+            real = _ioctl_int(fd, TIOCGDEV)
+            if real is not None:  # (None: an older kernel; kept as a plain device node)
+                dev, (major, minor) = real & 0xffffffff, decode_dev(real & 0xffffffff)
+                index = pts_index(major, minor) if major in PTS_MAJORS else minor
+                ctime = _devpts_ctime(index, dev) if major in PTS_MAJORS else 0
+                state = _state(fd, False) if major in PTS_MAJORS else {}
+                state["flags"] = state.get("flags", 0) | TTY_DEVTTY
+        elif master:
             state = _state(fd, True)
             key = _slave_key(fd)
             holder = ctx.pty_slaves.get(key) if key else None
@@ -126,7 +188,8 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         elif is_pts(o.st):
             state = _state(fd, False)
     fields = dict(index=index, is_master=int(master), sid=ctx.ns_pid.get(sid, 0),
-                  pgrp=(ctx.ns_pid.get(pgrp) or _ns_pgid(ctx, pgrp)) if pgrp else 0, **state)
+                  pgrp=(ctx.ns_pid.get(pgrp) or _ns_pgid(ctx, pgrp)) if pgrp else 0, dev=dev, ctime_ns=ctime,
+                  **state)
     write_file_head(ctx, ref, o.kind, o.info.flags, 0, ctx.path(o.target))
     ctx.w.record(RecType.FILE_TTY, fields)
     if master and (state.get("inq") or state.get("outq")):

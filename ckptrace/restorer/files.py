@@ -81,8 +81,12 @@ def check_files(img: Image) -> list[str]:
             for why in ((idx.peer_problem(obj, rec), idx.queue_problem(obj, rec)) if rec is not None else ()):
                 if why:
                     problems.append(why)
-        if ft is FileType.TTY and tty.paired_slave(obj, pairs) is not None:
-            continue  # opened from its master, which is made again: its path need not exist yet
+        if ft is FileType.TTY and (tty.paired_slave(obj, pairs) is not None or tty.hung_up(obj)):
+            continue  # opened from a master made again: its path need not exist yet
+        if ft is FileType.TTY and _in_fd_table(img, obj.objref):
+            if why := tty.outside_problem(img, obj, _users(img, obj.objref)):
+                problems.append(why)
+            continue
         if ft is FileType.INOTIFY:
             rec = _extra(obj, RecType.FILE_INOTIFY)
             for wd, _, path in _inotify_watches(rec):
@@ -242,6 +246,7 @@ class FileSet:
     late_connects: list[tuple[bytes, int, int]] = field(default_factory=list)
     tcp_connections: list[File] = field(default_factory=list)  # TCP connections made (in repair mode until finish_tcp)
     ctty: dict[int, int] = field(default_factory=dict)  # pty index -> a slave fd of ours (restorer/tty.py)
+    hungup: dict[int, int] = field(default_factory=dict)  # index -> master of hung-up slaves, closed in create
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -285,6 +290,9 @@ class FileSet:
             for fd in (r, w):
                 if fd >= 0 and fd not in self.by_objref.values():
                     os.close(fd)
+        for master in self.hungup.values():  # which hangs up the slaves opened through it
+            os.close(master)
+        self.hungup.clear()
         for index, obj in pairs.items():  # every slave is open now
             tty.finish(self.by_objref[obj.objref], self.ctty[index], _extra(obj, RecType.FILE_TTY).fields)
         for obj in self.img.objects.values():
@@ -311,9 +319,15 @@ class FileSet:
                 if index is not None:  # the slave of a pair made again (_pty_master)
                     master = self.by_objref[tty.masters(self.img)[index].objref]
                     return self.place(tty.open_slave(master, f["f_flags"] & ~_OPEN_ONLY))
+                if tty.hung_up(obj):  # a slave of a new pair whose master create() closes
+                    index = tty.tty_record(obj).fields["index"]
+                    if index not in self.hungup:
+                        self.hungup[index] = tty.hungup_master(index)
+                    return self.place(tty.open_slave(self.hungup[index], f["f_flags"] & ~_OPEN_ONLY))
                 # A terminal of the outside world is reopened by path: the tasks come back on the
-                # same terminal if it still exists. O_NOCTTY: it must not become our controlling tty.
-                return self.place(os.open(self.img.at(obj.name), (f["f_flags"] & ~_OPEN_ONLY) | os.O_NOCTTY))
+                # same terminal (check_files made sure it is). O_NOCTTY: it must not become our
+                # controlling tty.
+                return self.place(os.open(tty.outside_path(self.img, obj), (f["f_flags"] & ~_OPEN_ONLY) | os.O_NOCTTY))
             if ft is FileType.PIPE:
                 return self._pipe_end(obj, pipes)
             if ft is FileType.FIFO:
@@ -979,6 +993,9 @@ class FileSet:
         self.mapped_data.clear()
         for fd in self.holders + [fd for pair in self.socket_pairs.values() for fd in pair.values()]:
             os.close(fd)
+        for fd in self.hungup.values():  # (create failed before closing them)
+            os.close(fd)
+        self.hungup.clear()
         self.holders.clear()
         self.socket_pairs.clear()
 

@@ -13,6 +13,15 @@ session leader whose controlling terminal the pty was makes it so with it (TIOCS
 tree._become right after its setsid, before it forks the rest of its session, which inherits the
 terminal), and the foreground group is set through it once every group exists (set_foreground,
 injected into the leader: only a member of the session may).
+
+An fd that was opened as /dev/tty (DEVTTY) gets the terminal it stood for, not the restorer's:
+a slave of its pair when the image holds that pty, else that terminal's node (/dev/pts/N), checked
+like any terminal of the outside world; only a terminal with no such node (a console, a serial
+line) is reopened as /dev/tty, which must then be the controller's controlling terminal. A
+terminal of the outside world is reopened by path, once its node is found to be the terminal the
+dump saw: a devpts node's ctime is set when its pty is made, so a later pty that was given the
+same number has another (outside_problem). A hung-up file (HUNGUP) is made again as one: a slave
+of a new pair, with the same index when it is free, whose master is then closed (hung_up_slave).
 """
 
 from __future__ import annotations
@@ -25,13 +34,15 @@ import time
 
 from ..errors import Unsupported
 from ..image.reader import File, Image
-from ..image.records import CC_NAMES, TTY_EXCLUSIVE, TTY_LOCKED, TTY_PACKET, TTY_STATE, FileType, RecType
+from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
+                             FileType, RecType)
 from ..kernel import procfs
 from ..kernel.sysno import SYS_ioctl
 
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
 TIOCGPTPEER = 0x5441
+TIOCGDEV = 0x80045432
 TIOCPKT = 0x5420
 TIOCEXCL = 0x540C
 TIOCSWINSZ = 0x5414
@@ -42,6 +53,12 @@ TERMIOS2 = struct.Struct("<IIIIB19sII")
 WINSIZE = struct.Struct("<HHHH")
 INDEX_WAIT_S = 3.0  # how long an index held by someone else is waited for
 _PTS_PATH = re.compile(r".*/pts/(\d+)")
+PTS_MAJORS = range(136, 144)
+
+
+def decode_dev(dev: int) -> tuple[int, int]:
+    """(major, minor) of a device number as the kernel gives it in 32 bits (new_encode_dev)."""
+    return (dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & ~0xff)
 
 
 def tty_record(obj: File):
@@ -59,12 +76,27 @@ def masters(img: Image) -> dict[int, File]:
     return out
 
 
+def hung_up(obj: File) -> bool:
+    rec = tty_record(obj)
+    return rec is not None and bool(rec.fields["flags"] & TTY_HUNGUP)
+
+
+def devtty_pts(f: dict) -> int | None:
+    """For a /dev/tty fd's record, the index of the pty it stood for (None: not a pty)."""
+    if not f["flags"] & TTY_DEVTTY or decode_dev(f["dev"])[0] not in PTS_MAJORS:
+        return None
+    return f["index"]
+
+
 def paired_slave(obj: File, pairs: dict[int, File]) -> int | None:
     """The index of this pty slave's pair when the image holds its master, else None (a terminal
-    of the outside world, reopened by path)."""
+    of the outside world, reopened by path). An fd of /dev/tty that stood for that pty is one."""
     rec = tty_record(obj)
-    if rec is None or rec.fields["is_master"] or not obj.name:
+    if rec is None or rec.fields["is_master"] or not obj.name or rec.fields["flags"] & TTY_HUNGUP:
         return None
+    if rec.fields["flags"] & TTY_DEVTTY:
+        index = devtty_pts(rec.fields)
+        return index if index in pairs else None
     m = _PTS_PATH.fullmatch(obj.name)
     if m is None or int(m.group(1)) != rec.fields["index"] or rec.fields["index"] not in pairs:
         return None
@@ -104,9 +136,68 @@ def problems(img: Image, users) -> list[str]:
     return out
 
 
-def open_master(path: str, flags: int, index: int) -> int:
+def outside_path(img: Image, obj: File) -> str:
+    """Where a terminal of the outside world is reopened: its path, or for a /dev/tty fd that
+    stood for a pty, that pty's node (/dev/pts/N, as the dumper saw it)."""
+    index = devtty_pts(tty_record(obj).fields) if tty_record(obj) is not None else None
+    return img.at(f"/dev/pts/{index}" if index is not None else obj.name)
+
+
+def outside_problem(img: Image, obj: File, users: str) -> str | None:
+    """Why a terminal of the outside world (neither a slave of the image's pairs nor hung up)
+    cannot be reopened as the terminal it was, or None. Its node must exist; a devpts node must
+    be the same one (ctime: a pty given that number since has another, and the restored
+    programs would read and write a stranger's terminal); a /dev/tty fd with no node to open
+    must name the controller's own controlling terminal."""
+    rec = tty_record(obj)
+    if rec is None:
+        return None  # (tty.problems names it)
+    f = rec.fields
+    path = outside_path(img, obj)
+    devtty = f["flags"] & TTY_DEVTTY and devtty_pts(f) is None
+    if devtty:
+        return _devtty_problem(users, f)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"file {path!r} (object {obj.objref}) does not exist"
+    if os.major(st.st_rdev) in PTS_MAJORS and f["ctime_ns"] and st.st_ctime_ns != f["ctime_ns"]:
+        return (f"{users}: {path} is not the terminal the dump saw: its node was made or changed at "
+                f"{_when(st.st_ctime_ns)}, the dumped one at {_when(f['ctime_ns'])} (that pty was closed and "
+                "its number given to another, or its mode or owner changed since, as by mesg); the "
+                "restored programs would use a terminal that is not theirs")
+    return None
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) + f".{ns % 1_000_000_000 // 1_000_000:03d}"
+
+
+def _devtty_problem(users: str, f: dict) -> str | None:
+    """A /dev/tty fd that stood for a terminal with no node to open by (not a pty) is reopened
+    as /dev/tty: the controller's controlling terminal must be that one."""
+    want = decode_dev(f["dev"])
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        return (f"{users}: /dev/tty, which stood for the terminal {want[0]}:{want[1]}, cannot be opened again "
+                f"here ({os.strerror(exc.errno)}: restore has no controlling terminal); run restore on that "
+                "terminal")
+    try:
+        got = decode_dev(struct.unpack("I", fcntl.ioctl(fd, TIOCGDEV, b"\0" * 4))[0])
+    except OSError:
+        got = None
+    finally:
+        os.close(fd)
+    if got != want:
+        return (f"{users}: /dev/tty stood for the terminal {want[0]}:{want[1]}, and restore's controlling "
+                f"terminal is {'another' if got is None else f'{got[0]}:{got[1]}'}; run restore on that terminal")
+    return None
+
+
+def open_master(path: str, flags: int, index: int, wait: float = INDEX_WAIT_S) -> int:
     """A new pty master of `index` (see the module's doc), locked as /dev/ptmx leaves it."""
-    deadline = time.monotonic() + INDEX_WAIT_S
+    deadline = time.monotonic() + wait
     while True:
         spare: list[int] = []
         try:
@@ -154,6 +245,19 @@ def apply_state(master: int, f: dict) -> None:
 def open_slave(master: int, flags: int) -> int:
     """A slave fd of the pair, opened through its master; never our controlling terminal."""
     return fcntl.ioctl(master, TIOCGPTPEER, flags | os.O_NOCTTY)
+
+
+def hungup_master(index: int) -> int:
+    """An unlocked master of a new pair for hung-up slave files: with `index` when it is free (the
+    original held it until its last hung-up file was closed), else the lowest free one (nothing
+    but the /proc link shows a hung-up file's index). Its caller opens the slaves through it and
+    closes it, which hangs them up."""
+    try:
+        master = open_master("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, index, wait=0)
+    except Unsupported:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    return master
 
 
 def finish(master: int, keeper: int, f: dict) -> None:
