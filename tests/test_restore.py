@@ -1440,10 +1440,29 @@ def test_a_terminal_with_o_async_still_signals_its_owner(pidns, tmp_path, restor
         os.close(slave)
 
 
-def test_terminal_is_reopened(pidns, tmp_path, restored):
-    """A task writing to a pty slave writes to the same terminal after the restore."""
+def _ticks_go_on_through(master: int, w, img: str, restored) -> dict:
+    """`dump --kill` the workload, which prints "tick N" lines to the terminal of `master`, and
+    restore it: the ticks go on on that terminal, the counter carrying on (not from 0). The
+    restore's --json result."""
     import select
 
+    dump_kill(w, img)
+    time.sleep(0.1)
+    while select.select([master], [], [], 0)[0]:
+        os.read(master, 65536)  # what the original wrote
+    res = restore_json(img, restored)
+    got = b""
+    deadline = time.monotonic() + 3
+    while got.count(b"\n") < 3 and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.1)[0]:
+            got += os.read(master, 65536)
+    ticks = [int(x.split()[1]) for x in got.decode().splitlines() if x.startswith("tick ")]
+    assert len(ticks) >= 3 and min(ticks) >= 3, got
+    return res
+
+
+def test_terminal_is_reopened(pidns, tmp_path, restored):
+    """A task writing to a pty slave writes to the same terminal after the restore."""
     master, slave = os.openpty()
     try:
         ready = tmp_path / "ready"
@@ -1455,21 +1474,7 @@ def test_terminal_is_reopened(pidns, tmp_path, restored):
         w = pidns([sys.executable, "-c", code], ready_file=str(ready), stdin=subprocess.DEVNULL,
                   stdout=slave, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
-        img = str(tmp_path / "tty.img")
-        dump_kill(w, img)
-        time.sleep(0.1)
-        while select.select([master], [], [], 0)[0]:
-            os.read(master, 65536)  # what the original wrote
-        r = ckptrace("restore", "--json", img)
-        assert r.returncode == 0, r.stderr.decode()
-        restored.append(json.loads(r.stdout)["init_pid"])
-        got = b""
-        deadline = time.monotonic() + 3
-        while got.count(b"\n") < 3 and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.1)[0]:
-                got += os.read(master, 65536)
-        ticks = [int(x.split()[1]) for x in got.decode().splitlines() if x.startswith("tick ")]
-        assert len(ticks) >= 3 and min(ticks) >= 3, got  # the counter goes on, not from 0
+        _ticks_go_on_through(master, w, str(tmp_path / "tty.img"), restored)
     finally:
         os.close(master)
         os.close(slave)
@@ -1546,6 +1551,26 @@ def _echoes(log) -> list[int]:
     return [int(x.split()[-1]) for x in lines]
 
 
+def _migrate_logging(w, img, restored, lines, more: int, what: str) -> dict[int, int]:
+    """`dump --kill` the workload (tried again when it refused, harmlessly, because it met a
+    line in flight on a pty) and restore it; then wait (5 s at most) until `lines()`, the numbers
+    it logs, has `more` than at the dump, none lost or repeated. The restored host pids by pid."""
+    for _ in range(5):
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+        if d.returncode == 0 or b"pty" not in d.stderr:
+            break
+    assert d.returncode == 0, d.stderr.decode()
+    want = len(lines()) + more
+    res = restore_json(img, restored)
+    deadline = time.monotonic() + 5
+    while len(lines()) < want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    got = lines()
+    assert len(got) >= want, what
+    assert got == list(range(len(got))), "lines lost or repeated across the migration"
+    return {nspid(p): p for p in ns_pids(res["pidns"])}
+
+
 def test_a_pty_pair_comes_back_with_its_index_state_and_controlling_terminal(pidns, tmp_path, restored):
     """Both ends of a pty inside the namespace (pty.fork: init drives the master, a session leader
     has the slave as its controlling terminal, its foreground job echoes lines): after dump --kill
@@ -1561,20 +1586,7 @@ def test_a_pty_pair_comes_back_with_its_index_state_and_controlling_terminal(pid
     assert before[2]["fd0"].startswith("/dev/pts/") and before[2]["tpgid"] == by_ns[3]
     assert before[3]["tty_nr"] == before[2]["tty_nr"] != 0
     img = str(tmp_path / "pty.img")
-    for _ in range(5):  # (refused, harmlessly, when the dump met a line in flight)
-        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-        if d.returncode == 0 or b"pty" not in d.stderr:
-            break
-    assert d.returncode == 0, d.stderr.decode()
-    dumped = _echoes(log)
-    res = restore_json(img, restored)
-    by_ns = {nspid(p): p for p in ns_pids(res["pidns"])}
-    deadline = time.monotonic() + 5
-    while len(_echoes(log)) < len(dumped) + 10 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    echoes = _echoes(log)
-    assert len(echoes) >= len(dumped) + 10, "the echoes did not go on"
-    assert echoes == list(range(len(echoes))), "lines lost or repeated across the migration"
+    by_ns = _migrate_logging(w, img, restored, lambda: _echoes(log), 10, "the echoes did not go on")
     after = {n: _tty_view(by_ns[n]) for n in (2, 3)}
     for n in (2, 3):
         assert after[n]["fd0"] == before[n]["fd0"] and after[n]["tty_nr"] == before[n]["tty_nr"], (before, after)
@@ -1626,20 +1638,8 @@ def test_an_fd_of_dev_tty_comes_back_on_the_pty_it_stood_for(pidns, tmp_path, re
     assert os.readlink(f"/proc/{by_ns[2]}/fd/7") == "/dev/tty"
     pts = os.readlink(f"/proc/{by_ns[2]}/fd/0")
     img = str(tmp_path / "pty.img")
-    for _ in range(5):  # (refused, harmlessly, when the dump met a line in flight)
-        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
-        if d.returncode == 0 or b"pty" not in d.stderr:
-            break
-    assert d.returncode == 0, d.stderr.decode()
-    dumped = _tty_lines(log)
-    res = restore_json(img, restored)
-    by_ns = {nspid(p): p for p in ns_pids(res["pidns"])}
-    deadline = time.monotonic() + 5
-    while len(_tty_lines(log)) < len(dumped) + 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    lines = _tty_lines(log)
-    assert len(lines) >= len(dumped) + 5, "the writes through /dev/tty did not reach the master"
-    assert lines == list(range(len(lines))), "lines lost or repeated across the migration"
+    by_ns = _migrate_logging(w, img, restored, lambda: _tty_lines(log), 5,
+                             "the writes through /dev/tty did not reach the master")
     assert os.readlink(f"/proc/{by_ns[2]}/fd/7") == os.readlink(f"/proc/{by_ns[2]}/fd/0") == pts
 
     from ckptrace.image.reader import read_image
@@ -1746,19 +1746,7 @@ def test_a_dev_tty_fd_on_an_outside_terminal_comes_back_on_it(pidns, tmp_path, r
         w = pidns([sys.executable, "-c", OUTSIDE_DEVTTY, str(tmp_path)], ready_file=str(tmp_path / "ready"),
                   stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
         time.sleep(0.2)
-        img = str(tmp_path / "tty.img")
-        dump_kill(w, img)
-        time.sleep(0.1)
-        while select.select([master], [], [], 0)[0]:
-            os.read(master, 65536)  # what the original wrote
-        res = restore_json(img, restored)
-        got = b""
-        deadline = time.monotonic() + 3
-        while got.count(b"\n") < 3 and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.1)[0]:
-                got += os.read(master, 65536)
-        ticks = [int(x.split()[1]) for x in got.decode().splitlines() if x.startswith("tick ")]
-        assert len(ticks) >= 3 and min(ticks) >= 3, got  # through /dev/tty, on the same terminal
+        res = _ticks_go_on_through(master, w, str(tmp_path / "tty.img"), restored)  # via /dev/tty
         (host,) = ns_pids(res["pidns"])
         assert os.readlink(f"/proc/{host}/fd/7") == f"/dev/pts/{index}"
     finally:
