@@ -582,6 +582,31 @@ def fdkinds(tmp_path_factory) -> str:
     return out
 
 
+BIG_EVENTFD = r"""
+import os, sys, time
+e = os.eventfd(0, os.EFD_NONBLOCK)
+os.eventfd_write(e, (1 << 40) + 3)
+os.dup2(e, 9)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _eventfd_count(pid: int, fd: int) -> int:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("eventfd-count:")), 16)
+
+
+def test_an_eventfd_count_beyond_32_bits_comes_back(pidns, tmp_path, restored):
+    """An eventfd counts in 64 bits; restore gave the count to eventfd(2), whose initial value is
+    an unsigned int: an OverflowError traceback, after `dump --kill` had ended the original."""
+    w = py_workload(pidns, BIG_EVENTFD, tmp_path)
+    assert _eventfd_count(w.init, 9) == (1 << 40) + 3
+    host = migrate(w, tmp_path / "ev.img", restored)
+    assert _eventfd_count(host, 9) == (1 << 40) + 3
+
+
 def test_eventfd_signalfd_timerfd_epoll_fifo_sockets_come_back(pidns, fdkinds, tmp_path, restored):
     w = pidns([fdkinds, str(tmp_path)], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

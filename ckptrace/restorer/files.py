@@ -353,8 +353,11 @@ class FileSet:
             if ft is FileType.EVENTFD:
                 ev = next((r for r in obj.extra if r.type == RecType.FILE_EVENTFD), None)
                 count = ev.fields["count"] if ev else 0
-                return self.place(os.eventfd(count, (ev.fields["flags"] if ev else 0) & os.EFD_SEMAPHORE
-                                             | (f["f_flags"] & os.O_NONBLOCK)))
+                fd = self.place(os.eventfd(0, (ev.fields["flags"] if ev else 0) & os.EFD_SEMAPHORE
+                                           | (f["f_flags"] & os.O_NONBLOCK)))
+                if count:  # written, not given to eventfd(): its initial value is an unsigned int
+                    os.eventfd_write(fd, count)
+                return fd
         except OSError as exc:
             raise from_oserror(exc, what) from None
         raise Unsupported(f"{what}: {ft.name} files cannot be restored")
