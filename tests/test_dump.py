@@ -1236,3 +1236,21 @@ def test_ls_without_root_says_what_it_could_not_read():
     assert "(ckptrace's own)" in p.stdout
     root = subprocess.run(CLI + ["ls"], capture_output=True, text=True, timeout=60)
     assert root.returncode == 0 and root.stderr == ""
+
+
+def test_an_fd_on_a_processs_proc_file_is_refused_and_others_in_proc_are_kept(pidns, tmp_path):
+    """An fd on /proc/self/status (shown as /proc/1/status in the namespace's own /proc) was
+    reopened by that path at restore: the host's pid 1 for a container's init, a file of a process
+    outside the namespace, silently. It is refused, naming it; /proc files of no process are kept."""
+    code = ("import os, sys, time; a = os.open('/proc/meminfo', os.O_RDONLY); b = os.open('/proc/self/status', "
+            "os.O_RDONLY); open(sys.argv[1] + '/ready', 'w').close(); time.sleep(100)")
+    w = pidns([sys.executable, "-c", code, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = dump("--pidns", str(w.ns), "--kill", "-o", str(tmp_path / "img"), check=False)
+    assert_refused(p, "fd 4 is '/proc/1/status', a file of one process in /proc")
+    assert_running_untraced(w)
+    code = ("import os, sys, time; a = os.open('/proc/meminfo', os.O_RDONLY); "
+            "open(sys.argv[1] + '/ready2', 'w').close(); time.sleep(100)")
+    w2 = pidns([sys.executable, "-c", code, str(tmp_path)], ready_file=str(tmp_path / "ready2"),
+               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dump("--pidns", str(w2.ns), "-q", "-o", str(tmp_path / "img2"))

@@ -44,6 +44,7 @@ def syscall(nr: int, *args, what: str = "syscall") -> int:
 
 
 MQUEUE_MAGIC = 0x19800202
+PROC_SUPER_MAGIC = 0x9FA0
 
 
 def fs_type(path: str) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from ..errors import Unsupported, from_oserror
 from ..image.records import MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
 from ..kernel import procfs
-from ..kernel.sys import MQUEUE_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
+from ..kernel.sys import MQUEUE_MAGIC, PROC_SUPER_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
 from .context import DumpContext
 from .objhash import KCMP_FILE, KCMP_FILES
 
@@ -52,6 +53,9 @@ class OpenFd:
     kind: FileType
 
 
+_PROC_PID_PATH = re.compile(r"(^|/)proc/(\d+|self|thread-self)(/|$)")
+
+
 def classify(pid: int, fd: int, target: str, st: os.stat_result, proc: str = "/proc") -> FileType:
     """The FileType for one fd, or Unsupported naming pid, fd and kind."""
     mode = st.st_mode
@@ -74,6 +78,12 @@ def classify(pid: int, fd: int, target: str, st: os.stat_result, proc: str = "/p
             name = target[:-len(DELETED)] if target.endswith(DELETED) else target
             raise Unsupported(f"pid {pid} fd {fd} is the POSIX message queue {name!r}, which ckptrace "
                               "cannot checkpoint")
+        if _PROC_PID_PATH.search(target) and fs_type(f"{proc}/{pid}/fd/{fd}") == PROC_SUPER_MAGIC:
+            # /proc/PID/... (or /proc/self/..., which the link shows resolved): reopened by that
+            # path, it would be whichever process has that number in the restorer's view, the
+            # host's pid 1 for a container's init, not the process it was
+            raise Unsupported(f"pid {pid} fd {fd} is {target!r}, a file of one process in /proc: "
+                              "its pid is not the same after a restore, and ckptrace cannot reopen it")
         if target.endswith(DELETED) and stat.S_ISREG(mode) and st.st_nlink == 0:
             return FileType.DELETED
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
