@@ -613,6 +613,12 @@ def test_eventfd_signalfd_timerfd_epoll_fifo_sockets_come_back(pidns, fdkinds, t
     time.sleep(0.25)
     img = str(tmp_path / "fd.img")
     dump_kill(w, img)
+    # show says what each holds (their /proc links say only anon_inode:[...])
+    shown = ckptrace("show", img).stdout.decode()
+    for words in ("anon_inode:[eventfd]  (count 5)", "anon_inode:[signalfd]  (signals SIGUSR2)",
+                  "anon_inode:[timerfd]  (CLOCK_MONOTONIC, in ", "anon_inode:[epoll]  (watching fds ",
+                  "anon_inode:[inotify]  (2 watches: ", "/sock listening)"):
+        assert words in shown, (words, shown)
     log = tmp_path / "fd.log"
     before = logged_before(str(tmp_path), img, "fd.log")
     timers = [int(x.split()[1]) for x in before.decode().splitlines() if x.startswith("timer ")]

@@ -8,8 +8,8 @@ from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
 from .records import (FILE_NAMES, O_FLAG_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES,
-                      VM_MAYSHARE, VMA_NAMES, FileType, RecType, flag_names, format_time, json_safe, signal_name,
-                      wait_status_text)
+                      VM_MAYSHARE, VMA_NAMES, FileType, RecType, flag_names, format_time, inotify_watches, json_safe,
+                      signal_name, wait_status_text)
 from .stream import Record, open_image
 
 
@@ -130,7 +130,7 @@ def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
         state = _TCP_STATES.get(fields["state"], "") if proto == 6 else ""
     else:
         kind = f"unix {_SOCK_TYPES.get(typ, typ)}" if fam == 1 else f"family {fam}"
-        state = ""
+        state = "listening" if fam == 1 and fields["state"] == 10 else ""  # (sock_diag's TCP_LISTEN)
     parts = [kind, local or "(unbound)"]
     if peer:
         parts.append(f"-> {peer}")
@@ -143,6 +143,43 @@ def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
     if shut:
         parts.append(f"({shut}{', ECONNRESET pending' if down & 0x100 else ''})")
     return " ".join(parts)
+
+
+_CLOCKS = {0: "CLOCK_REALTIME", 1: "CLOCK_MONOTONIC", 7: "CLOCK_BOOTTIME", 8: "CLOCK_REALTIME_ALARM",
+           9: "CLOCK_BOOTTIME_ALARM"}
+
+
+def _seconds(sec: int, nsec: int) -> str:
+    return f"{sec + nsec / 1e9:g}s"
+
+
+def anon_desc(f: File) -> str | None:
+    """What an eventfd, signalfd, timerfd, epoll or inotify holds, in words (its /proc link says
+    only anon_inode:[...]); None for other files."""
+    rec = next((r for r in f.extra if r.type in (RecType.FILE_EVENTFD, RecType.FILE_SIGNALFD, RecType.FILE_TIMERFD,
+                                                  RecType.FILE_EPOLL, RecType.FILE_INOTIFY)), None)
+    if rec is None:
+        return None
+    v = rec.fields
+    if rec.type == RecType.FILE_EVENTFD:
+        return f"count {v['count']}" + (", semaphore" if v["flags"] & 1 else "")
+    if rec.type == RecType.FILE_SIGNALFD:
+        sigs = [signal_name(i + 1) for i in range(64) if v["sigmask"] >> i & 1]
+        return "signals " + (" ".join(sigs) or "none")
+    if rec.type == RecType.FILE_TIMERFD:
+        clock = _CLOCKS.get(v["clockid"], f"clock {v['clockid']}")
+        armed = v["value_sec"] or v["value_nsec"]
+        when = (("at +" if v["settime_flags"] & 1 else "in ") + _seconds(v["value_sec"], v["value_nsec"])
+                if armed else "disarmed")
+        every = f" every {_seconds(v['interval_sec'], v['interval_nsec'])}" if v["interval_sec"] or v["interval_nsec"] else ""
+        ticks = f", {plural(v['ticks'], 'expiration')} unread" if v["ticks"] else ""
+        return f"{clock}, {when}{every}{ticks}"
+    if rec.type == RecType.FILE_EPOLL:
+        fds = [e["tfd"] for e in rec.rtype.decode_entries(rec.payload)]
+        return "watching " + (("fd" + ("s " if len(fds) > 1 else " ") + ", ".join(map(str, fds))) if fds else "nothing")
+    watches = inotify_watches(bytes(rec.payload or b""), v["nwatch"])
+    return plural(len(watches), "watch") + (": " + ", ".join(w.path or "?" for w in watches[:4])
+                                                               + (" …" if len(watches) > 4 else "") if watches else "")
 
 
 def _socket_of(f: File) -> str | None:
@@ -186,7 +223,7 @@ def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
         f = img.obj(d["fd_objref"])
         rows.append(dict(fd=d["fd_descriptor"], objref=d["fd_objref"], cloexec=bool(d["fd_close_on_exec"]),
                          kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, label=file_label(f),
-                         socket=_socket_of(f), queued=_queued(f),
+                         socket=_socket_of(f), detail=anon_desc(f), queued=_queued(f),
                          flags=f.fields["f_flags"], pos=f.fields["f_pos"]))
     return rows
 
@@ -315,7 +352,7 @@ def show_text(s: dict[str, Any]) -> str:
                        f"{v['type']:<11} {v['pages']:>7}  {v['file']}")
         out.append(f"  {'fd':>4} {'kind':<12} {'pos':>10} cloexec  path")
         for f in p["fds"]:
-            sock = f"  ({f['socket']})" if f["socket"] else ""
+            sock = f"  ({f['socket'] or f['detail']})" if f["socket"] or f["detail"] else ""
             out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['label']}{sock}")
     return "\n".join(terminal_safe(line) for line in out)
 
