@@ -856,7 +856,7 @@ def test_posix_message_queue_is_refused_as_such(pidns, tmp_path, unlink):
     try:
         w = pidns([sys.executable, "-c", MQ_HOLDER, str(ready), unlink], ready_file=str(ready))
         p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
-        assert_refused(p, "(pid 1 inside the namespace)", "is the POSIX message queue '/ckptrace-test-q'",
+        assert_refused(p, f"pid 1 (host pid {w.init}) fd ", "is the POSIX message queue '/ckptrace-test-q'",
                        "cannot checkpoint")
         assert status_field(w.init, "TracerPid") == "0"
     finally:  # the workload shares our IPC namespace: a kept queue would outlive it

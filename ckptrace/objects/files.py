@@ -112,11 +112,14 @@ def open_fd(ctx: DumpContext, pid: int, fd: int) -> OpenFd:
 def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
     """Refuse before anything is written: unknown kinds, deleted files with too much data to store."""
     for fd in procfs.fds(pid, ctx.proc):
+        where = f"pid {nspid} (host pid {pid}) fd {fd}"
         try:
             o = open_fd(ctx, pid, fd)
         except Unsupported as exc:
-            raise Unsupported(f"{exc} (pid {nspid} inside the namespace)") from None
-        where = f"pid {nspid} (host pid {pid}) fd {fd}"
+            # named as every other refusal names an fd: the pid inside first
+            said, host = str(exc), f"pid {pid} fd {fd}"
+            raise Unsupported(where + said[len(host):] if said.startswith(host) else
+                              f"{said} (pid {nspid} inside the namespace)") from None
         if o.kind in (FileType.DELETED, FileType.MEMFD):
             key = (o.st.st_dev, o.st.st_ino)
             if key not in ctx.data_fds:
