@@ -49,6 +49,10 @@ class Terminated(CkptError):
     exit_status = 143
 
 
+class TimedOut(CkptError):
+    """A step did not end within the time it was given (a watchdog): the command undid it."""
+
+
 class NoSuchProcess(CkptError):
     """A process or thread vanished (or never existed)."""
 

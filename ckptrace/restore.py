@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
-from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Terminated, Unsupported
+from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Terminated, TimedOut, Unsupported
 from .image.render import plural
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
@@ -45,7 +45,12 @@ ERESTART_RESTARTBLOCK = -516
 RESTART_BLOCK_CALLS = {7: "poll", 35: "nanosleep", 202: "futex", 230: "clock_nanosleep"}
 REPORT_TIMEOUT = 20.0
 WATCHDOG_S = 60.0
-WATCHDOG_MIN_RATE = 50e6  # bytes/s: far below what restore does, so only a hang trips it
+# Far below what restore does, so only a hang trips the watchdog: its time grows with each kind
+# of work (bytes alone gave a 62 MB image of 840 000 VMAs a minute, and it needs more)
+WATCHDOG_MIN_RATE = 50e6  # bytes/s
+WATCHDOG_PER_VMA = 0.005  # s (about 0.2 ms each here: mmap, mprotect, pread injected)
+WATCHDOG_PER_TASK = 0.05  # s (a process or thread made, seized, its state set)
+WATCHDOG_PER_FD = 0.002  # s (each fd of each table)
 KILL_REAP_S = 30.0  # at most, to reap what an abort killed (it takes milliseconds)
 
 
@@ -274,8 +279,17 @@ def _wait_zombie(host: int, pid: int) -> None:
         time.sleep(0.001)
 
 
+def watchdog_limit(img: Image) -> float:
+    """Seconds a restore of `img` is given before the watchdog ends it."""
+    vmas = sum(len(o.vmas) for o in img.objects.values() if isinstance(o, Mm))
+    fds = sum(len(o.fds) for o in img.objects.values() if isinstance(o, FileTable))
+    return (WATCHDOG_S + img.size / WATCHDOG_MIN_RATE + vmas * WATCHDOG_PER_VMA
+            + len(img.tasks) * WATCHDOG_PER_TASK + fds * WATCHDOG_PER_FD)
+
+
 def _timed_out(signum, frame):
-    raise KernelError("restore took too long (a task stuck during injection?)", errno.ETIMEDOUT)
+    raise TimedOut("restore did not end within the time given to an image of this size "
+                   "(a task stuck during injection?); nothing was restored")
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -307,7 +321,7 @@ class _Restore:
         files = FileSet(self.img, base=fd_base(self.img), image=self.f)
         # A watchdog: a task that faults during injection would have the injector step it
         # forever; the alarm's exception unwinds into _abort instead.
-        limit = WATCHDOG_S + self.img.size / WATCHDOG_MIN_RATE
+        limit = watchdog_limit(self.img)
         watchdog = True
         try:
             old_handler = signal.signal(signal.SIGALRM, _timed_out)
@@ -551,10 +565,11 @@ class _Restore:
         if t.proc["personality"] & tree.READ_IMPLIES_EXEC:  # only now: see tree._setup_inner
             check(inj.syscall(SYS_personality, t.proc["personality"]), f"personality in {t.tid}")
         memory.set_thread_state(inj, t)
+        known: dict[int, int] = {}
         for th in self.img.threads_of(t.tgid):
             if th.is_leader:
                 continue
-            tt = threads.clone_thread(inj, host, th.tid)
+            tt = threads.clone_thread(inj, host, th.tid, known)
             self.tracees.append(tt)
             self.by_tid[th.tid] = tt
             tt.seccomp_suspended = tr.seccomp_suspended  # auto-attached with the leader's options
@@ -659,6 +674,11 @@ class _Restore:
                     os.kill(tid, signal.SIGKILL)
             deadline = time.monotonic() + KILL_REAP_S
             while pending and time.monotonic() < deadline:
+                # and any tracee not on the list (a thread an abort cut off between its clone and
+                # its Tracee): unreaped, it holds init's exit, which holds the rest
+                with contextlib.suppress(ChildProcessError):
+                    while os.waitpid(-1, WALL | os.WNOHANG)[0]:
+                        pass
                 for tid in list(pending):
                     try:
                         if os.waitpid(tid, WALL | os.WNOHANG)[0]:

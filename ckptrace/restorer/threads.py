@@ -23,8 +23,10 @@ THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD 
 CLONE_ARGS = struct.Struct("<11Q")
 
 
-def clone_thread(inj: Injector, host_tgid: int, tid: int) -> Tracee:
-    """Create thread `tid` (in-namespace) in the stopped process; return it seized and stopped."""
+def clone_thread(inj: Injector, host_tgid: int, tid: int, known: dict[int, int] | None = None) -> Tracee:
+    """Create thread `tid` (in-namespace) in the stopped process; return it seized and stopped.
+    `known`: the process's threads already looked at (see host_tid_of), kept across the calls for
+    one process."""
     with inj.scratch(CLONE_ARGS.size + 8) as (addr, mem):
         mem.seek(addr)
         # stack 0: the thread starts on the caller's stack pointer, but never runs on it: its
@@ -34,7 +36,7 @@ def clone_thread(inj: Injector, host_tgid: int, tid: int) -> Tracee:
         got = check(inj.syscall(SYS_clone3, addr, CLONE_ARGS.size), f"clone3 thread {tid} in {host_tgid}")
     if got != tid:
         raise KernelError(f"clone3 in {host_tgid} made thread {got}, wanted {tid}", errno.EEXIST)
-    host_tid = host_tid_of(host_tgid, tid)
+    host_tid = host_tid_of(host_tgid, tid, known=known)
     t = Tracee(host_tid)
     while True:
         status = t.wait()
@@ -44,9 +46,19 @@ def clone_thread(inj: Injector, host_tgid: int, tid: int) -> Tracee:
     return t
 
 
-def host_tid_of(host_tgid: int, tid: int, proc: str = "/proc") -> int:
-    """The host tid of in-namespace thread `tid` of the process (NSpid's last field)."""
-    for name in os.listdir(f"{proc}/{host_tgid}/task"):
-        if procfs.status(host_tgid, int(name), proc).nspid[-1] == tid:
-            return int(name)
+def host_tid_of(host_tgid: int, tid: int, proc: str = "/proc", known: dict[int, int] | None = None) -> int:
+    """The host tid of in-namespace thread `tid` of the process (NSpid's last field). `known`
+    (host tid -> tid) keeps what earlier calls read: a process's threads made one after another
+    read one status each, not all of them each time (2 500 threads took 3 million status reads,
+    minutes)."""
+    seen = {} if known is None else known
+    for host, nspid in seen.items():
+        if nspid == tid:
+            return host
+    for host in map(int, os.listdir(f"{proc}/{host_tgid}/task")):
+        if host in seen:
+            continue
+        nspid = seen[host] = procfs.status(host_tgid, host, proc).nspid[-1]
+        if nspid == tid:
+            return host
     raise KernelError(f"thread {tid} of {host_tgid} did not appear", errno.ESRCH)
