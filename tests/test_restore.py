@@ -2478,6 +2478,153 @@ def test_tcp_connection_being_closed_is_refused_by_name(pidns, tmp_path):
     assert w.pids() and os.path.getsize(img) > 0  # the earlier image is still there too
 
 
+# Inet sockets sock_diag does not list: never bound (made for a later sendto or connect), TCP
+# bound but neither listening nor connected, bound by address alone (IP_BIND_ADDRESS_NO_PORT).
+UNLISTED_INET = r"""
+import json, os, socket, sys, time
+d = sys.argv[1]
+NO_PORT = 24  # IP_BIND_ADDRESS_NO_PORT
+socks = {
+    "udp4": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+    "udp6": socket.socket(socket.AF_INET6, socket.SOCK_DGRAM),
+    "tcp4": socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+    "tcp6": socket.socket(socket.AF_INET6, socket.SOCK_STREAM),
+    "tcp4 bound": socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+    "tcp6 bound v6only": socket.socket(socket.AF_INET6, socket.SOCK_STREAM),
+    "tcp4 no port": socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+    "udp4 no port": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+}
+socks["tcp4"].setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+socks["tcp4 bound"].bind(("127.0.0.1", 0))
+socks["tcp6 bound v6only"].setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+socks["tcp6 bound v6only"].bind(("::", 0))
+for name in ("tcp4 no port", "udp4 no port"):
+    socks[name].setsockopt(socket.IPPROTO_IP, NO_PORT, 1)
+    socks[name].bind(("127.0.0.1", 0))
+with open(os.path.join(d, "socks"), "w") as f:
+    json.dump({name: [s.fileno(), s.family, s.type, list(s.getsockname())] for name, s in socks.items()}, f)
+open(os.path.join(d, "ready"), "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_unbound_and_bound_only_inet_sockets_come_back(pidns, tmp_path, restored):
+    """TCP and UDP sockets that sock_diag does not list (never bound, or bound but neither
+    listening nor connected), IPv4 and IPv6, are dumped and come back with their family, type,
+    local address and options: the UDP ones send, the TCP ones connect, from where they were
+    bound (a port of their own, or an address alone, the port chosen at connect)."""
+    import socket
+
+    from ckptrace.kernel.sys import pidfd_getfd, pidfd_open
+
+    w = py_workload(pidns, UNLISTED_INET, tmp_path)
+    socks = json.loads((tmp_path / "socks").read_text())
+    img = str(tmp_path / "unlisted.img")
+    dump_kill(w, img)
+    shown = ckptrace("show", img).stdout.decode()
+    assert "(udp (unbound))" in shown and "(udp6 (unbound))" in shown, shown[-1500:]
+    assert f"(tcp 127.0.0.1:{socks['tcp4 bound'][3][1]} " in shown, shown[-1500:]
+    res = restore_json(img, restored)
+    pidfd = pidfd_open(res["init_pid"])
+    try:
+        got = {name: socket.socket(fileno=pidfd_getfd(pidfd, fd)) for name, (fd, *_) in socks.items()}
+    finally:
+        os.close(pidfd)
+    try:
+        for name, (_, family, stype, local) in socks.items():
+            s = got[name]
+            assert (s.family, s.type, list(s.getsockname())) == (family, stype, local), name
+        opt = lambda name, level, o: got[name].getsockopt(level, o)  # noqa: E731
+        assert opt("tcp4", socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert opt("tcp4", socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0  # unbound: none of restore's own
+        assert opt("tcp6 bound v6only", socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        for name, host, family in (("udp4", "127.0.0.1", socket.AF_INET), ("udp6", "::1", socket.AF_INET6),
+                                   ("udp4 no port", "127.0.0.1", socket.AF_INET)):
+            with socket.socket(family, socket.SOCK_DGRAM) as rx:
+                rx.bind((host, 0))
+                rx.settimeout(3)
+                got[name].sendto(name.encode(), rx.getsockname())
+                data, src = rx.recvfrom(100)
+                assert data == name.encode() and src[0] == host, (name, src)
+        for name, host, family in (("tcp4", "127.0.0.1", socket.AF_INET), ("tcp6", "::1", socket.AF_INET6),
+                                   ("tcp4 bound", "127.0.0.1", socket.AF_INET),
+                                   ("tcp6 bound v6only", "::1", socket.AF_INET6),
+                                   ("tcp4 no port", "127.0.0.1", socket.AF_INET)):
+            with socket.socket(family, socket.SOCK_STREAM) as ls:
+                ls.bind((host, 0))
+                ls.listen(1)
+                ls.settimeout(3)
+                got[name].settimeout(3)
+                got[name].connect(ls.getsockname())
+                conn, src = ls.accept()
+                conn.close()
+                if name in ("tcp4 bound", "tcp6 bound v6only"):
+                    assert src[1] == socks[name][3][1], (name, src)  # from the port it was bound to
+    finally:
+        for s in got.values():
+            s.close()
+    assert os.path.exists(f"/proc/{res['init_pid']}")  # (still running its loop)
+
+
+UNSUPPORTED_SOCKET = r"""
+import os, socket, struct, sys, time
+d = sys.argv[1]
+kind = sys.argv[2]
+held = []
+if kind == "netlink":
+    held.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
+elif kind == "raw":
+    held.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+elif kind == "reset":  # a TCP connection its peer reset, still open
+    ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(1)
+    c = socket.create_connection(ls.getsockname())
+    a, _ = ls.accept()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close(); ls.close()
+    time.sleep(0.1)
+    try:
+        c.recv(1)  # (which takes the error: the connection is over, nothing pending)
+    except ConnectionResetError:
+        pass
+    held.append(c)
+elif kind == "refused":  # a non-blocking connect that failed, its error not read yet
+    ls = socket.socket(); ls.bind(("127.0.0.1", 0)); port = ls.getsockname()[1]; ls.close()
+    c = socket.socket(); c.setblocking(False)
+    try:
+        c.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    held.append(c)
+time.sleep(0.2)
+open(os.path.join(d, "fd"), "w").write(str(held[0].fileno()))
+open(os.path.join(d, "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("netlink", "is an AF_NETLINK SOCK_RAW socket (protocol 0), which ckptrace cannot checkpoint"),
+    ("raw", "is an AF_INET SOCK_RAW socket (protocol 1), which ckptrace cannot checkpoint"),
+    ("reset", "(an AF_INET SOCK_STREAM socket (protocol 6)) is a TCP connection that has ended"),
+    ("refused", "(an AF_INET SOCK_STREAM socket (protocol 6)) is a TCP socket with an error pending"),
+])
+def test_sockets_that_cannot_be_checkpointed_are_refused_by_what_they_are(pidns, tmp_path, kind, words):
+    """Netlink and raw sockets, and TCP sockets sock_diag does not list that are not simply
+    unbound or bound (a connection that ended, a connect whose failure is not read yet), are
+    refused by what they are, before anything is written or killed."""
+    w = pidns([sys.executable, "-c", UNSUPPORTED_SOCKET, str(tmp_path), kind], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fd = (tmp_path / "fd").read_text()
+    before = sorted(w.pids())
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
+    err = d.stderr.decode()
+    assert d.returncode != 0 and words in err and f"fd {fd}:" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert sorted(w.pids()) == before and all(_states(p) <= {"S", "R"} for p in before)
+
+
 # A TCP server and client in one process over 127.0.0.1, each line numbered: the client sends two
 # lines a round, the server reads 5 bytes a round (its receive queue grows: there is always data
 # it has not read at a dump) and echoes every whole line; the client reads the echoes as they

@@ -160,7 +160,8 @@ SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
 # FILE_SOCKET.options: (level, optname) of boolean socket options kept, by bit
 SOCKOPTS = {0x1: (1, 2), 0x2: (1, 15), 0x4: (1, 9), 0x8: (41, 26), 0x10: (1, 6), 0x20: (1, 16)}
 # FILE_SOCKET.state: sock_diag's state, TCP's numbers for every family (a unix listener is 10 too;
-# a connected unix or UDP socket 1, an unconnected UDP socket 7)
+# a connected unix or UDP socket 1, an unconnected UDP socket 7; a TCP socket neither listening nor
+# connected 7, as the TCP or UDP sockets sock_diag does not list are written: objects/socket.py)
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 # FILE_TCP.options: the TCP options the connection negotiated (TCP_INFO's tcpi_options bits)
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 0x1, 0x2, 0x4
@@ -691,7 +692,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        Payload.BYTES, max_payload=2 * 128, exact_payload=2 * 128,
        doc="A socket (sock_diag): options = the boolean socket options set on it; payload: exactly 256 "
            "bytes, the local sockaddr (getsockname, zero-padded to 128 bytes) then the peer's "
-           "(getpeername, likewise; all zero when there is none)."),
+           "(getpeername, likewise; all zero when there is none). A TCP or UDP socket that sock_diag "
+           "does not list (never bound, or TCP bound but neither listening nor connected) has state 7 "
+           "(TCP_CLOSE), peer_ino, backlog and shutdown 0; restore binds it again only when its local "
+           "sockaddr has a port or an address (an address with port 0: IP_BIND_ADDRESS_NO_PORT)."),
     _R(RecType.FILE_EVENTFD, (u64("count"), u32("flags", "hex"), pad(4)), doc="eventfd counter."),
     _R(RecType.FILE_EPOLL, (u32("nwatch"), pad(4)), Payload.ENTRIES, max_payload=1 << 20,
        entry=(s32("tfd"), u32("events", "hex"), u64("data", "hex")), count_field="nwatch",

@@ -134,10 +134,9 @@ def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
 
             tty.note_slave(ctx, pid, fd, o.st)
         if o.kind is FileType.UNIX_SOCKET:
-            ino = int(o.target[len("socket:["):-1])
-            if ctx.socks.get(ino, pid) is None:
-                raise Unsupported(f"{where}: socket:[{ino}] is not a unix, TCP or UDP socket "
-                                  "(sock_diag does not know it): netlink, packet and raw sockets cannot be checkpointed")
+            from . import socket as sock
+
+            sock.check(ctx, pid, fd, int(o.target[len("socket:["):-1]), where)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@ plus the local and peer sockaddr (128 bytes each, as the kernel returns them).
 
 State, peer and backlog come from sock_diag (kernel/sockdiag.py); the addresses from
 getsockname/getpeername on a pidfd_getfd duplicate, which gives the exact bytes (abstract unix
-names included) rather than a decoded form.
+names included) rather than a decoded form. A TCP or UDP socket that sock_diag does not list
+(never bound, or TCP bound but neither listening nor connected: the kernel hashes neither where
+sock_diag looks) is recorded from the duplicate alone, as TCP_CLOSE (see `unlisted`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import socket
 from dataclasses import dataclass
 
 from ..errors import Unsupported, from_oserror
-from ..image.records import MAX_BLOB, SOCKOPTS, TCP_ESTABLISHED, TCP_LISTEN, FileType, RecType
+from ..image.records import MAX_BLOB, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, FileType, RecType
 from ..kernel import tcprepair
+from ..kernel.sockdiag import SockInfo
 from ..kernel.sys import libc
 from .context import DumpContext
 
@@ -216,20 +219,15 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         local = _sockaddr(libc.getsockname, fd)
         peer = _sockaddr(libc.getpeername, fd)
         options = _options(fd, family)
+        if info is None:
+            info = unlisted(fd, ino, f"{where} fd {o.fd}")
         queue, reset = [], 0
         if family == socket.AF_UNIX and info is not None and info.state != TCP_LISTEN:
             queue, reset = _unix_queue(fd, stype, f"{where} fd {o.fd}")
         if family in (socket.AF_INET, socket.AF_INET6) and proto == socket.IPPROTO_TCP \
                 and info is not None and info.state == TCP_ESTABLISHED:
             tcp = _tcp_connection(ctx, fd, options, f"{where} fd {o.fd}")
-    if family == socket.AF_UNIX:
-        kind = FileType.UNIX_SOCKET
-    elif family in (socket.AF_INET, socket.AF_INET6):
-        kind = FileType.INET_SOCKET
-    else:
-        raise Unsupported(f"{where} fd {o.fd}: socket of address family {family} cannot be checkpointed")
-    if info is None:
-        raise Unsupported(f"{where} fd {o.fd}: sock_diag does not know socket:[{ino}]")
+    kind = FileType.UNIX_SOCKET if family == socket.AF_UNIX else FileType.INET_SOCKET  # (unlisted refused others)
     peer_ino, backlog = info.peer_ino, info.backlog
     if info.pending_on:
         # connected to a listener that has not accepted it yet (its peer is the connection the
@@ -252,6 +250,90 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     if empty:
         ctx.notes.append(f"{where} fd {o.fd}: {empty} zero-length message(s) queued, which the kernel now "
                          "hides from peeks: a later dump of this namespace, if it runs on, will not have them")
+
+
+# -- sockets sock_diag does not list --------------------------------------------------------------
+
+def describe(family: int, stype: int, proto: int) -> str:
+    """A socket's kind in the kernel's words: "an AF_NETLINK SOCK_RAW socket (protocol 0)"."""
+    try:
+        fam = socket.AddressFamily(family).name
+    except ValueError:
+        fam = f"address family {family}"
+    try:
+        typ = socket.SocketKind(stype).name
+    except ValueError:
+        typ = f"type {stype}"
+    return f"{'an' if fam[0] in 'AE' else 'a'} {fam} {typ} socket (protocol {proto})"
+
+
+def check(ctx: DumpContext, pid: int, fd: int, ino: int, where: str) -> None:
+    """Refuse, before anything is written, a socket the dump cannot record (see `unlisted`)."""
+    if ctx.socks.get(ino, pid) is None:
+        from .files import grab
+
+        with grab(pid, fd) as dup:
+            unlisted(dup, ino, where)
+
+
+def unlisted(fd: int, ino: int, where: str) -> SockInfo:
+    """What sock_diag would have said of socket `fd` (our duplicate of socket:[ino]), which it
+    does not list. The kernel hashes an inet socket where sock_diag looks only once it has a
+    port and a purpose: a TCP socket never bound, or bound but neither listening nor connected
+    (the state socket() leaves it in, TCP_CLOSE), and a UDP socket never bound (sendto and
+    connect bind it), are listed nowhere. Those are recorded as TCP_CLOSE, with no peer and
+    nothing shut down; restore makes them again, bound where getsockname says they were bound.
+
+    Refused, naming what the socket is: any other family, type or protocol (netlink, packet,
+    raw, ICMP or SCTP sockets...); a TCP socket that holds an error the program has not read
+    yet (a non-blocking connect that failed: SO_ERROR would read 0 once restored, which a
+    program takes for success; a reset) or whose connection has ended (reset, or closed by both
+    ends: connecting it again fails with EISCONN, which a new socket would not); a unix socket, a TCP socket in another
+    state or a bound UDP socket, which sock_diag would list: it was made in another network
+    namespace than the process's, where sock_diag was asked, and passed in."""
+    import select
+
+    family, stype, proto = _opt(fd, SO_DOMAIN), _opt(fd, SO_TYPE), _opt(fd, SO_PROTOCOL)
+    what = describe(family, stype, proto)
+    tcp = (stype, proto) == (socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    udp = (stype, proto) == (socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    elsewhere = Unsupported(f"{where}: socket:[{ino}] ({what}) is not listed by sock_diag in the process's "
+                            "network namespace: a socket made in another network namespace cannot be checkpointed")
+    if family == socket.AF_UNIX:
+        raise elsewhere  # (unix_diag lists every unix socket of its namespace, bound or not)
+    if family not in (socket.AF_INET, socket.AF_INET6) or not (tcp or udp):
+        raise Unsupported(f"{where}: socket:[{ino}] is {what}, which ckptrace cannot checkpoint (it "
+                          "checkpoints unix sockets and TCP and UDP sockets only)")
+    if tcp:
+        s = socket.socket(fileno=fd)
+        try:
+            state = s.getsockopt(socket.IPPROTO_TCP, tcprepair.TCP_INFO, 8)[0]  # tcpi_state
+        finally:
+            s.detach()
+        if state != TCP_CLOSE:
+            raise elsewhere
+        events = _poll(fd)
+        if events & select.POLLERR:  # (sk_err, seen without taking it)
+            raise Unsupported(f"{where}: socket:[{ino}] ({what}) is a TCP socket with an error pending that the "
+                              "program has not read yet (a connect that failed, a connection reset): it cannot "
+                              "be checkpointed")
+        if events & select.POLLRDHUP:  # (sk_shutdown, which only a connection's end sets)
+            raise Unsupported(f"{where}: socket:[{ino}] ({what}) is a TCP connection that has ended (reset, or "
+                              "closed by both ends) and is still open: it cannot be checkpointed")
+    else:
+        name = _sockaddr(libc.getsockname, fd)
+        if int.from_bytes(name[2:4], "big") or _sockaddr(libc.getpeername, fd)[:2] != b"\0\0":
+            raise elsewhere  # (a bound or connected UDP socket is hashed, so listed, in its own)
+    return SockInfo(family, stype, proto, TCP_CLOSE, ino)
+
+
+def _poll(fd: int) -> int:
+    """The socket's poll events now (POLLRDHUP asked for; POLLERR and POLLHUP always come)."""
+    import select
+
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLOUT | select.POLLRDHUP)
+    return next((ev for _, ev in p.poll(0)), 0)
 
 
 # -- TCP connections (kernel/tcprepair.py) -------------------------------------------------------

@@ -58,6 +58,7 @@ SOCKADDR_LEN = 128
 SOCK_DGRAM = 2
 MSG_DONTWAIT = 0x40
 SO_SNDBUFFORCE = 32
+IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
 
@@ -610,7 +611,11 @@ class FileSet:
     def _inet_socket(self, obj: File) -> int:
         """A TCP listener is bound again (SO_REUSEADDR: the dead original's connections may sit
         in TIME_WAIT) and listens with its backlog; a UDP socket is bound, and connected again
-        if it was. Socket options other than these are not in the image."""
+        if it was. A socket that was neither (TCP_CLOSE: made for a later connect or sendto) is
+        bound where it was bound, if it was: by its port, or by its address alone (port 0),
+        which only IP_BIND_ADDRESS_NO_PORT gives, set again for the bind (its port is then
+        chosen at connect). Unbound, it gets the image's options only (no SO_REUSEADDR of ours).
+        Socket options other than these are not in the image."""
         import socket
 
         rec = _extra(obj, RecType.FILE_SOCKET)
@@ -620,8 +625,10 @@ class FileSet:
         s = socket.socket(f["family"], f["type"], f["protocol"])
         try:
             _set_options(s, f["options"])
-            if f["protocol"] == IPPROTO_TCP:
+            if f["protocol"] == IPPROTO_TCP and local is not None:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if local is not None and not local[1]:
+                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             if local is not None:
                 s.bind(local)
             if f["protocol"] == IPPROTO_TCP and f["state"] == TCP_LISTEN:
