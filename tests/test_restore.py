@@ -4537,6 +4537,42 @@ def test_unix_socket_queues_and_shutdowns_come_back(pidns, tmp_path, restored):
     assert _report(host, result) == original
 
 
+PASSCRED_QUEUED = r"""
+import json, os, signal, socket, struct, sys, time
+d = sys.argv[1]
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+b.send(b"with creds")
+c, gone = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)   # and one whose peer is gone
+c.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+gone.send(b"last words"); gone.close()
+
+def read(s):
+    data, anc, _, _ = s.recvmsg(100, socket.CMSG_SPACE(12), socket.MSG_DONTWAIT)
+    return [data.decode()] + [list(struct.unpack("3i", c[:12])) for lvl, t, c in anc
+                              if lvl == socket.SOL_SOCKET and t == socket.SCM_CREDENTIALS]
+
+def report(sig, frame):
+    with open(d + "/result", "a") as out:
+        out.write(json.dumps({"a": read(a), "c": read(c)}) + "\n")
+
+signal.signal(signal.SIGUSR1, report)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_queued_messages_carry_the_restorers_credentials_to_a_passcred_reader(pidns, tmp_path, restored):
+    """A socketpair's queue (and that of a socket whose peer is gone) was filled before
+    SO_PASSCRED was set on its reader, so the messages went without credentials and read back
+    with the overflow ids (uid and gid 65534), not the restorer's that docs/restore.md promises."""
+    w = py_workload(pidns, PASSCRED_QUEUED, tmp_path)
+    host = migrate(w, tmp_path / "cred.img", restored)
+    # (pid, uid, gid): the restorer runs as root, outside the namespace (its pid reads 0 there)
+    assert _report(host, tmp_path / "result") == {"a": ["with creds", [0, 0, 0]], "c": ["last words", [0, 0, 0]]}
+
+
 SCM_RIGHTS_QUEUED = r"""
 import array, os, socket, sys, time
 d = sys.argv[1]

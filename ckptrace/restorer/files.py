@@ -496,6 +496,8 @@ class FileSet:
                 a, b = socket.socketpair(socket.AF_UNIX, f["type"])
                 ends = {key[0]: a.detach(), key[1]: b.detach()}
                 self.socket_pairs[key] = ends
+                for ino, end in ends.items():  # before the queues: see _set_unix_options
+                    _set_unix_options(end, idx.by_ino[ino][1].fields["options"])
                 self._fill_pair(ends)
             fd = self.socket_pairs[key].pop(f["ino"], None)
             if fd is None:
@@ -507,6 +509,7 @@ class FileSet:
             a, b = socket.socketpair(socket.AF_UNIX, f["type"])
             fd, other = a.detach(), b.detach()
             try:
+                _set_unix_options(fd, f["options"])
                 self._send_queue(obj, other)
                 if f["shutdown"] & SHUTDOWN_RESET:
                     # its peer closed with data unread: the kernel gives the survivor ECONNRESET,
@@ -536,13 +539,10 @@ class FileSet:
             if f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
+            # (its datagrams are sent by _send_to_named, once every socket exists)
+            _set_unix_options(fd, f["options"])
             if one_way:
                 self.late_connects.append((idx.late_peer_name(rec), obj.objref, f["backlog"]))
-        opt = socket.socket(fileno=fd)
-        try:
-            _set_options(opt, f["options"])
-        finally:
-            opt.detach()
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | nonblock)
         return self.place(fd)
@@ -1069,6 +1069,20 @@ def _set_options(s, options: int) -> None:
     only count then)."""
     for level, opt in _sockopts(options):
         s.setsockopt(level, opt, 1)
+
+
+def _set_unix_options(fd: int, options: int) -> None:
+    """A unix socket's boolean options, set before anything is queued on it again: the kernel
+    attaches credentials to a message as it is sent, and only when its receiver (or sender) has
+    SO_PASSCRED then; one queued earlier reads back with the overflow ids (65534), not the
+    restorer's credentials."""
+    import socket
+
+    s = socket.socket(fileno=fd)
+    try:
+        _set_options(s, options)
+    finally:
+        s.detach()
 
 
 def _segment_name(seg: File) -> str:
