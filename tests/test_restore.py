@@ -18,6 +18,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 from collections import defaultdict
@@ -4571,6 +4572,55 @@ def test_queued_messages_carry_the_restorers_credentials_to_a_passcred_reader(pi
     host = migrate(w, tmp_path / "cred.img", restored)
     # (pid, uid, gid): the restorer runs as root, outside the namespace (its pid reads 0 there)
     assert _report(host, tmp_path / "result") == {"a": ["with creds", [0, 0, 0]], "c": ["last words", [0, 0, 0]]}
+
+
+UNLINKED_PATHS = r"""
+import json, os, signal, socket, sys, time
+d = sys.argv[1]
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lst.bind(d + "/gone.sock"); lst.listen(4)
+os.unlink(d + "/gone.sock")
+again = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); again.bind(d + "/gone.sock"); again.listen(4)
+os.mkdir(d + "/sub")                              # a datagram server whose directory is gone too
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind(d + "/sub/srv.sock")
+cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); cli.connect(d + "/sub/srv.sock")
+cli.send(b"queued")
+os.unlink(d + "/sub/srv.sock"); os.rmdir(d + "/sub")
+
+def report(sig, frame):
+    srv.setblocking(False)
+    got = {"names": [lst.getsockname(), again.getsockname(), srv.getsockname()],
+           "queued": srv.recv(100).decode(), "files": sorted(os.listdir(d))}
+    cli.send(b"after")
+    got["after"] = srv.recv(100).decode()
+    with open(d + "/result", "a") as out:
+        out.write(json.dumps(got) + "\n")
+
+signal.signal(signal.SIGUSR1, report)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_sockets_bound_to_unlinked_paths_come_back_bound_to_nothing(pidns, tmp_path, restored):
+    """A unix socket whose path was unlinked before the dump came back with a socket file at that
+    path (which the original did not have); with its directory removed too, restore failed with
+    ENOENT, after dump --kill had ended the original; and a path another socket took since was
+    EADDRINUSE. Now each is bound where its path names nothing, and getsockname still says it."""
+    w = py_workload(pidns, UNLINKED_PATHS, tmp_path)
+    img = tmp_path / "u.img"
+    host = migrate(w, img, restored)
+    shown = ckptrace("show", str(img)).stdout.decode()
+    assert shown.count("(its path unlinked)") == 2, shown  # (not `again`, which the path names)
+    got = _report(host, tmp_path / "result")
+    assert got["names"] == [str(tmp_path / "gone.sock")] * 2 + [str(tmp_path / "sub" / "srv.sock")]
+    assert got["queued"] == "queued" and got["after"] == "after"  # (the client still reaches it)
+    assert got["files"] == ["gone.sock", "ready", "u.img"]  # (`again`'s: nothing made, nothing removed)
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("ckptrace-unlinked-")]
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.connect(str(tmp_path / "gone.sock"))  # `again`, listening where it was
 
 
 SCM_RIGHTS_QUEUED = r"""

@@ -687,7 +687,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                                                 "listener's accept queue: its place there (1: first)"),
                              u32("shutdown", doc="RCV_SHUTDOWN 1, SEND_SHUTDOWN 2 (sock_diag); 0x100: a unix "
                                                  "stream socket whose peer closed with data unread, whose reader "
-                                                 "gets ECONNRESET after the queued bytes"),
+                                                 "gets ECONNRESET after the queued bytes; 0x200: a unix socket "
+                                                 "bound to a path that no longer names it (unlinked or replaced)"),
                              u32("options", "flags", SOCKOPT_NAMES), pad(4)),
        Payload.BYTES, max_payload=2 * 128, exact_payload=2 * 128,
        doc="A socket (sock_diag): options = the boolean socket options set on it; payload: exactly 256 "

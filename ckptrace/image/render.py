@@ -142,6 +142,8 @@ def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
     shut = {1: "shut down for reading", 2: "shut down for writing", 3: "shut down"}.get(down & 3)
     if shut:
         parts.append(f"({shut}{', ECONNRESET pending' if down & 0x100 else ''})")
+    if down & 0x200:
+        parts.append("(its path unlinked)")
     return " ".join(parts)
 
 

@@ -31,6 +31,9 @@ class SockInfo:
     pending_on: int = 0
     pending_at: int = 0
     unread: int = 0  # unix: bytes this socket sent that its peer's queue still holds (wmem)
+    # unix, bound to a path: the (st_dev, st_ino) of the socket file bind() made, whether or not a
+    # path still names it (UNIX_DIAG_VFS; st_dev as stat gives it)
+    vfs: tuple[int, int] | None = None
 
 
 def _attrs(msg) -> dict:
@@ -44,6 +47,15 @@ def _rqlen(rq) -> tuple[int, int]:
     if isinstance(rq, (tuple, list)) and len(rq) > 1:
         return rq[0], rq[1]
     return 0, 0
+
+
+def _vfs(raw) -> tuple[int, int] | None:
+    """UNIX_DIAG_VFS as (st_dev, st_ino): the kernel gives its own dev_t (major << 20 | minor),
+    not the encoding stat returns."""
+    if not raw:
+        return None
+    ino, dev = raw.get("udiag_vfs_ino", 0), raw.get("udiag_vfs_dev", 0)
+    return (os.makedev(dev >> 20, dev & 0xFFFFF), ino) if ino else None
 
 
 def _icons(raw) -> list[int]:
@@ -73,7 +85,8 @@ def _query_all() -> dict[int, SockInfo]:
                                            m["udiag_ino"], a.get("UNIX_DIAG_PEER", 0) or 0,
                                            backlog if m["udiag_state"] == 10 else 0,
                                            a.get("UNIX_DIAG_SHUTDOWN", 0) or 0,
-                                           unread=wqueue if m["udiag_state"] != 10 else 0)
+                                           unread=wqueue if m["udiag_state"] != 10 else 0,
+                                           vfs=_vfs(a.get("UNIX_DIAG_VFS")))
             if m["udiag_state"] == 10:
                 listeners.append((m["udiag_ino"], _icons(a.get("UNIX_DIAG_ICONS"))))
         for listener, clients in listeners:
@@ -96,6 +109,22 @@ def _query_all() -> dict[int, SockInfo]:
                                         m["idiag_wqueue"] if m["idiag_state"] == 10 and proto == socket.IPPROTO_TCP else 0,
                                         a.get("INET_DIAG_SHUTDOWN", 0) or 0)
     return out
+
+
+def unix_bound_to(dev: int, ino: int) -> bool:
+    """Whether a live unix socket of this network namespace is bound to the file (st_dev, st_ino):
+    the name alone (/proc/net/unix) does not say, since a socket keeps its name when its file is
+    unlinked, and another file may then take the path."""
+    try:
+        from pyroute2 import DiagSocket
+    except ImportError as exc:  # pragma: no cover - pinned dependency
+        raise HostUnsupported(f"pyroute2 is missing ({exc}): run scripts/setup.sh") from None
+    with DiagSocket() as ds:
+        ds.bind()
+        for m in ds.get_sock_stats(family=socket.AF_UNIX, show=UDIAG_SHOW_VFS):
+            if _vfs(_attrs(m).get("UNIX_DIAG_VFS")) == (dev, ino):
+                return True
+    return False
 
 
 def preload() -> None:

@@ -68,6 +68,27 @@ _CHUNK = 1 << 16
 # FILE_SOCKET.shutdown beyond sock_diag's two bits: a stream socket whose peer closed with data
 # unread, so that its next read past the queue fails with ECONNRESET (docs/format.md)
 SHUTDOWN_RESET = 0x100
+# and a unix socket bound to a path that no longer names it (the file was unlinked, or replaced):
+# restore binds it where nothing shows (restorer/files.py _bind_unlinked)
+SHUTDOWN_UNLINKED = 0x200
+
+
+def _unlinked(pid: int, local: bytes, info) -> bool:
+    """Whether a unix socket bound to an absolute path is no longer what that path names, as
+    seen from the process's root: nothing there (the file, or a directory on the way, removed),
+    or another file (the socket sock_diag says bind() made has another inode). A relative path
+    or an abstract name is not looked at (the former is relative to where the process was when it
+    bound, which nothing shows)."""
+    path = local[2:110].split(b"\0", 1)[0]
+    if local[:2] != b"\x01\x00" or not path.startswith(b"/"):
+        return False
+    try:
+        st = os.stat(b"/proc/%d/root" % pid + path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # (cannot tell: EACCES, ELOOP...: taken as still there, as before)
+    return info.vfs is not None and (st.st_dev, st.st_ino) != info.vfs
 
 
 def _pending_error(fd: int) -> bool:
@@ -238,6 +259,8 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
                               "accepted it yet, with data sent on it: that data cannot be read without "
                               "accepting the connection")
         peer_ino, backlog = info.pending_on, info.pending_at
+    if family == socket.AF_UNIX and _unlinked(o.pid, local, info):
+        reset |= SHUTDOWN_UNLINKED
     write_file_head(ctx, ref, kind, o.info.flags, 0, None)
     ctx.w.record(RecType.FILE_SOCKET, dict(family=family, type=stype, protocol=proto, state=info.state,
                                            ino=ino, peer_ino=peer_ino, backlog=backlog,

@@ -24,12 +24,12 @@ import termios
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..errors import KernelError, Unsupported, UsageError, from_oserror
+from ..errors import HostUnsupported, KernelError, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
 from ..kernel.sys import libc, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
-from ..objects.socket import SHUTDOWN_RESET
+from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, peer_gone, socket_desc
 from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
@@ -59,6 +59,7 @@ SOCK_DGRAM = 2
 MSG_DONTWAIT = 0x40
 SO_SNDBUFFORCE = 32
 IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
+CLONE_FS = 0x200
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
 
@@ -141,8 +142,18 @@ def _bind_lock():
 def _socket_alive(path: str) -> bool:
     """Whether a live socket is bound at `path`, rather than the file a dead one left: only the
     latter may be unlinked to bind again. Asked of /proc/net/unix, not by connecting, which a
-    server would see (and one that writes to its clients at once would die of the EPIPE)."""
-    return path in procfs.unix_socket_paths()
+    server would see (and one that writes to its clients at once would die of the EPIPE); a
+    socket named so there is then asked for its file (sock_diag): one whose file was unlinked
+    keeps its name (the original's, or one this restore bound so: _bind_unlinked)."""
+    if path not in procfs.unix_socket_paths():
+        return False
+    from ..kernel import sockdiag
+
+    st = os.lstat(path)
+    try:
+        return sockdiag.unix_bound_to(st.st_dev, st.st_ino)
+    except (HostUnsupported, OSError):
+        return True  # (cannot tell: taken as alive, the file left alone)
 
 
 def _fd_uses(img: Image) -> dict[int, list[str]]:
@@ -263,6 +274,10 @@ class FileSet:
     tcp_connections: list[File] = field(default_factory=list)  # TCP connections made (in repair mode until finish_tcp)
     ctty: dict[int, int] = field(default_factory=dict)  # pty index -> a slave fd of ours (restorer/tty.py)
     hungup: dict[int, int] = field(default_factory=dict)  # index -> master of hung-up slaves, closed in create
+    # unix sockets bound where their path no longer names them (_bind_unlinked): objref -> where
+    # the controller still reaches the socket file until create() removes it, and those directories
+    unlinked: dict[int, str] = field(default_factory=dict)
+    unlinked_dirs: list[str] = field(default_factory=list)
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -300,6 +315,7 @@ class FileSet:
         self._send_to_named(before_connect=True)
         self._connect_late()
         self._send_to_named(before_connect=False)
+        self._remove_unlinked()  # (nothing needs to reach those sockets by a path any more)
         for r, w in pipes.values():
             # Ends the image does not hold are closed: a reader then sees EOF after the buffered
             # bytes, a writer EPIPE, as they would have once the missing end was gone.
@@ -521,7 +537,9 @@ class FileSet:
         else:
             s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
             path = _local_name(rec)
-            if path:
+            if path and path[0] != 0 and f["shutdown"] & SHUTDOWN_UNLINKED:
+                self._bind_unlinked(s, obj, self.img.at(path.decode("utf-8", "surrogateescape")))
+            elif path:
                 if path[0] != 0:
                     # (under another root, bound at the path the host sees: getsockname says so)
                     path = self.img.at(path.decode("utf-8", "surrogateescape"))
@@ -591,7 +609,8 @@ class FileSet:
             msgs = msgs[:split] if before_connect else msgs[split:]
             if not msgs:
                 continue
-            to = self.img.at(name.decode("utf-8", "surrogateescape")) if name[0] != 0 else name
+            to = self.unlinked.get(obj.objref) or \
+                (self.img.at(name.decode("utf-8", "surrogateescape")) if name[0] != 0 else name)
             what = lambda data: f"{_users(self.img, obj.objref)}: queue a {len(data)}-byte datagram for reading again"  # noqa: E731,B023
             anonymous = None
             try:
@@ -719,10 +738,14 @@ class FileSet:
     def _connect_late(self) -> None:
         import socket
 
+        idx = UnixIndex.of(self.img)
         for addr, objref, _ in sorted(self.late_connects, key=lambda c: c[2]):
             s = socket.socket(fileno=self.by_objref[objref])
             blocking = s.getblocking()
             target = self.img.at(addr.decode("utf-8", "surrogateescape")) if addr and addr[0] != 0 else addr
+            server = idx.late_peer(_extra(self.img.obj(objref), RecType.FILE_SOCKET))
+            if server is not None and server[0].objref in self.unlinked:
+                target = self.unlinked[server[0].objref]  # (its path names nothing)
             try:
                 if not target:
                     raise Unsupported(f"{_users(self.img, objref)}: a unix socket connected to an unnamed "
@@ -734,6 +757,53 @@ class FileSet:
             finally:
                 s.setblocking(blocking)
                 s.detach()
+
+    def _bind_unlinked(self, s, obj: File, path: str) -> None:
+        """Bind `s` to `path` without anything appearing there: the original's path was unlinked
+        (or given to another file) before the dump, and getsockname must still say it. A
+        thread with a filesystem context of its own (unshare CLONE_FS: root and cwd, nothing
+        else) chroots into a new empty directory, makes the path's directories there and binds:
+        the socket file is made inside that directory, nothing at `path` (which may not exist
+        any more, or be another file, a live socket even), and the name is the path as given.
+        The directory stays until create() has sent the queues and connected the clients (they
+        reach the socket through it: `unlinked`), then goes, leaving the socket bound to an
+        unlinked file, as the original was."""
+        import threading
+
+        top = tempfile.mkdtemp(prefix="ckptrace-unlinked-")
+        self.unlinked_dirs.append(top)
+        failed: list[BaseException] = []
+
+        def bind() -> None:
+            try:
+                if libc.unshare(CLONE_FS) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err), "unshare(CLONE_FS)")
+                os.chroot(top)
+                os.chdir("/")
+                parent = os.path.dirname(path)
+                if parent:
+                    os.makedirs(parent, exist_ok=True)
+                s.bind(path)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+                failed.append(exc)
+
+        t = threading.Thread(target=bind, name="ckptrace-bind-unlinked")
+        t.start()
+        t.join()
+        if failed:
+            raise from_oserror(failed[0], f"bind {path!r} (its path unlinked before the dump)") \
+                if isinstance(failed[0], OSError) else failed[0]
+        self.unlinked[obj.objref] = os.path.join(top, path.lstrip("/")) if path.startswith("/") \
+            else os.path.join(top, path)
+
+    def _remove_unlinked(self) -> None:
+        import shutil
+
+        for top in self.unlinked_dirs:
+            shutil.rmtree(top, ignore_errors=True)
+        self.unlinked_dirs.clear()
+        self.unlinked.clear()
 
     def _inotify(self, obj: File) -> int:
         """Watches are added again by path, in wd order; the kernel hands out wds in sequence, so
@@ -1023,6 +1093,7 @@ class FileSet:
         self.hungup.clear()
         self.holders.clear()
         self.socket_pairs.clear()
+        self._remove_unlinked()  # (create failed before removing them)
 
 
 def memfd_seals(obj: File) -> int | None:
