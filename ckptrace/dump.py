@@ -35,7 +35,8 @@ from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
 from .objects import files, locks, mm, nsinfo, pipe, seccomp, task, timers, tty
-from .objects.socket import arm_for_kill, release_held
+from .objects.socket import arm_for_kill, release_held, unaccepted
+from .objects.socket import check_kill as check_unaccepted
 from .objects.context import DumpContext, Stats
 
 
@@ -217,6 +218,7 @@ class Dumper:
         finally:
             copier.close()
         write_tail(w)
+        ctx.unaccepted = unaccepted(ctx)
         return ctx
 
 
@@ -332,6 +334,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         if shadow is not None:
             check_restorable(shadow, ns)
             tty.check_kill(ctx, ns)  # (a pty's unread bytes: the image lacks them)
+            check_unaccepted(ctx, ns)  # (connections no program had accepted yet: likewise)
         # Into a pipe or socket, "written" is not "read": a reader that stops early (`| head`)
         # leaves the last bytes in the pipe without any EPIPE. Killing on that would lose the
         # namespace, so --kill waits for the reader to take everything.
@@ -372,7 +375,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             s.notes.append(note)
     if ok:
         # (a scan of every fd on the host: once the tasks run again, not while they are frozen)
-        s.notes += ctx.image_notes + ctx.pty_queued + pipe.outside_notes(ctx, ns)
+        s.notes += ctx.image_notes + ctx.pty_queued + ctx.unaccepted + pipe.outside_notes(ctx, ns)
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
     s.elapsed_s = time.monotonic() - started

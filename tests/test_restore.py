@@ -4894,6 +4894,75 @@ def test_a_connection_waiting_on_a_listener_outside_the_image_is_refused_before_
         assert os.path.exists(f"/proc/{w.init}")
 
 
+UNACCEPTED = {
+    # (workload lines making `lst` and what waits on it; the test's own client: None, "tcp", "unix")
+    "tcp_inside": (r"""
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen(4)
+c = socket.socket(); c.connect(lst.getsockname()); c.send(b"hi")
+""", None, "1 connection not accepted yet"),
+    "tcp_outside": (r"""
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen(4)
+""", "tcp", "1 connection not accepted yet"),
+    "unix_outside": (r"""
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lst.bind(d + "/l.sock"); lst.listen(4)
+""", "unix", "1 connection from outside the image not accepted yet"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNACCEPTED))
+def test_connections_not_accepted_yet_refuse_the_kill_and_are_noted(pidns, tmp_path, case):
+    """A listener's accept queue was dropped without a word: a TCP client inside the namespace
+    came back "established" with no server end (ECONNRESET at its first send), an outside TCP or
+    unix client (with data sent) was reset. The dump notes such a listener, and --kill refuses."""
+    import socket
+
+    setup, client, said = UNACCEPTED[case]
+    code = "import json, os, socket, sys, time\nd = sys.argv[1]\n" + setup + r"""
+open(d + "/addr", "w").write(json.dumps(lst.getsockname()))
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+    w = py_workload(pidns, code, tmp_path)
+    addr = json.loads((tmp_path / "addr").read_text())
+    with contextlib.ExitStack() as stack:
+        if client:
+            c = stack.enter_context(socket.socket(socket.AF_INET if client == "tcp" else socket.AF_UNIX,
+                                                  socket.SOCK_STREAM))
+            c.connect(tuple(addr) if client == "tcp" else addr)
+            c.send(b"waiting")
+            time.sleep(0.2)
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
+        err = d.stderr.decode()
+        assert d.returncode != 0 and "not killing" in err and said in err, err
+        named = "tcp 127.0.0.1:%d listening" % addr[1] if "tcp" in case else "unix stream " + addr
+        assert f"pid 1 (host pid {w.init}) fd 3 ({named})" in err, err
+        assert os.path.exists(f"/proc/{w.init}")  # left running
+        d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(tmp_path / "y.img"))
+        assert d.returncode == 0 and said in d.stderr.decode(), d.stderr  # noted
+        if client:  # its connection untouched: accepted by the program later, it still works
+            c.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                c.recv(1)
+
+
+def test_a_unix_client_inside_waiting_to_be_accepted_is_migrated(pidns, tmp_path, restored):
+    """(The restorable case: connected again at restore, in its place; no note, no refusal.)"""
+    code = r"""
+import os, socket, sys, time
+d = sys.argv[1]
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lst.bind(d + "/l.sock"); lst.listen(4)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect(d + "/l.sock")
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+    w = py_workload(pidns, code, tmp_path)
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-o", str(tmp_path / "x.img"))
+    assert d.returncode == 0 and b"not accepted yet" not in d.stderr, d.stderr
+    restore_json(tmp_path / "x.img", restored)
+
+
 PRIVATE_DATA_MAP = r"""
 import mmap, sys, time
 d = sys.argv[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import HostUnsupported
 
@@ -31,6 +31,10 @@ class SockInfo:
     pending_on: int = 0
     pending_at: int = 0
     unread: int = 0  # unix: bytes this socket sent that its peer's queue still holds (wmem)
+    # listeners: the connections waiting in the accept queue; a unix one's as its clients' inodes
+    # (in queue order), a TCP one's as a count (idiag_rqueue of a listener)
+    accept_queue: int = 0
+    clients: list[int] = field(default_factory=list)
     # unix, bound to a path: the (st_dev, st_ino) of the socket file bind() made, whether or not a
     # path still names it (UNIX_DIAG_VFS; st_dev as stat gives it)
     vfs: tuple[int, int] | None = None
@@ -91,6 +95,7 @@ def _query_all() -> dict[int, SockInfo]:
                 listeners.append((m["udiag_ino"], _icons(a.get("UNIX_DIAG_ICONS"))))
         for listener, clients in listeners:
             # (ICONS: the clients whose connections wait in its accept queue, in queue order)
+            out[listener].clients, out[listener].accept_queue = clients, len(clients)
             for at, client in enumerate(clients, start=1):
                 if client in out:
                     out[client].pending_on, out[client].pending_at = listener, at
@@ -105,9 +110,12 @@ def _query_all() -> dict[int, SockInfo]:
                     ino = m["idiag_inode"]
                     if not ino:
                         continue
+                    listening = m["idiag_state"] == 10 and proto == socket.IPPROTO_TCP
+                    # (a TCP listener's rqueue: its accept queue; its wqueue: the listen() backlog)
                     out[ino] = SockInfo(fam, stype, proto, m["idiag_state"], ino, 0,
-                                        m["idiag_wqueue"] if m["idiag_state"] == 10 and proto == socket.IPPROTO_TCP else 0,
-                                        a.get("INET_DIAG_SHUTDOWN", 0) or 0)
+                                        m["idiag_wqueue"] if listening else 0,
+                                        a.get("INET_DIAG_SHUTDOWN", 0) or 0,
+                                        accept_queue=m["idiag_rqueue"] if listening else 0)
     return out
 
 

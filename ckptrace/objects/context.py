@@ -4,7 +4,7 @@ map and root, options, and running totals for the progress display and summary."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..image.stream import ImageWriter
 from ..kernel import procfs
@@ -51,6 +51,11 @@ class DumpContext:
     # a task holding each pty slave, by the slave's (st_dev, st_rdev) (objects/tty.py)
     pty_slaves: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     pty_queued: list[str] = field(default_factory=list)  # ptys holding unread bytes the image lacks (tty.check_kill)
+    # sockets the image has (inodes), and its listeners as (where, description, SockInfo), for
+    # the connections waiting to be accepted that the image lacks (socket.unaccepted)
+    sock_inos: set[int] = field(default_factory=set)
+    listeners: list[tuple[str, str, Any]] = field(default_factory=list)
+    unaccepted: list[str] = field(default_factory=list)  # (socket.check_kill)
 
     def path(self, host_path: str) -> str:
         """A path for the image: as the dumper sees it. Not re-expressed from the namespace's

@@ -261,6 +261,12 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
         peer_ino, backlog = info.pending_on, info.pending_at
     if family == socket.AF_UNIX and _unlinked(o.pid, local, info):
         reset |= SHUTDOWN_UNLINKED
+    ctx.sock_inos.add(ino)
+    if info.state == TCP_LISTEN and info.accept_queue:
+        from ..image.render import socket_desc
+
+        ctx.listeners.append((f"{where} fd {o.fd}", socket_desc(dict(family=family, type=stype, protocol=proto,
+                                                                      state=info.state), local + peer), info))
     write_file_head(ctx, ref, kind, o.info.flags, 0, None)
     ctx.w.record(RecType.FILE_SOCKET, dict(family=family, type=stype, protocol=proto, state=info.state,
                                            ino=ino, peer_ino=peer_ino, backlog=backlog,
@@ -357,6 +363,35 @@ def _poll(fd: int) -> int:
     p = select.poll()
     p.register(fd, select.POLLIN | select.POLLOUT | select.POLLRDHUP)
     return next((ev for _, ev in p.poll(0)), 0)
+
+
+def unaccepted(ctx: DumpContext) -> list[str]:
+    """What the image lacks of the connections waiting in its listeners' accept queues, once
+    every socket is dumped, one line per listener. A connection nobody accepted yet has no fd:
+    its server end is the kernel's alone. A unix one whose client is in the image is kept (the
+    client connects again at restore: its place in the queue is in its record); one whose client
+    is outside, and every TCP one (the client, inside or out, would be left with no server end:
+    reset), cannot be made again."""
+    out = []
+    for where, desc, info in ctx.listeners:
+        if info.family == socket.AF_UNIX:
+            lost, whose = sum(1 for c in info.clients if c not in ctx.sock_inos), " from outside the image"
+        else:
+            lost, whose = info.accept_queue, ""
+        if lost:
+            out.append(f"{where} ({desc}): {lost} connection{'s' if lost > 1 else ''}{whose} not accepted yet, "
+                       "which the image cannot keep (the server end of a connection not accepted yet is the "
+                       "kernel's alone): the client would find it reset")
+    return out
+
+
+def check_kill(ctx: DumpContext, ns: int) -> None:
+    """Refuse `--kill` when a listener held connections the image lacks: their clients would be
+    left with no server end (a reset), and the program would never accept them."""
+    if ctx.unaccepted:
+        raise Unsupported(f"not killing pid:[{ns}]: " + "; ".join(ctx.unaccepted) +
+                          "; dump again once they are accepted (without --kill the image is written and the "
+                          "namespace left running)")
 
 
 # -- TCP connections (kernel/tcprepair.py) -------------------------------------------------------
