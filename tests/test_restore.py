@@ -4935,7 +4935,7 @@ while True:
         d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
         err = d.stderr.decode()
         assert d.returncode != 0 and "not killing" in err and said in err, err
-        named = "tcp 127.0.0.1:%d listening" % addr[1] if "tcp" in case else "unix stream " + addr
+        named = "tcp 127.0.0.1:%d listening" % addr[1] if "tcp" in case else "unix stream " + addr + " listening"
         assert f"pid 1 (host pid {w.init}) fd 3 ({named})" in err, err
         assert os.path.exists(f"/proc/{w.init}")  # left running
         d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(tmp_path / "y.img"))
