@@ -143,6 +143,12 @@ class Dumper:
         self.shadow_fd = shadow_fd  # ImageWriter's sparse copy, for check_restorable
         self.ctx: DumpContext | None = None
 
+    def _stage(self, what: str) -> None:
+        """Where the dump is before it writes (the frozen namespace is read first: seconds for
+        a thousand processes, with nothing else to show)."""
+        if self.on_progress is not None:
+            self.on_progress(what)
+
     def run(self, frz: Freezer) -> DumpContext:
         proc = self.opts.proc
         procs = _processes(frz, proc)
@@ -172,9 +178,11 @@ class Dumper:
         # Only once no process holds a lease: check_fds opens deleted files and memfds to measure
         # their data, and an open breaks a lease, which the frozen holder cannot give up (the
         # open waited out fs.lease-break-time, 45 s, and changed the lease before the refusal).
-        for p in live:
+        for i, p in enumerate(live):
+            self._stage(f"checking process {i + 1}/{len(live)}")
             files.check_fds(ctx, p.hostpid, p.nspid)
-        for p in live:
+        for i, p in enumerate(live):
+            self._stage(f"reading the state of process {i + 1}/{len(live)}")
             task.collect_process(p, proc, ns_pid)
         xs = procs[0].leader.xstate
         uts = os.uname()
@@ -329,9 +337,13 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     shadow = tempfile.TemporaryFile(prefix="ckptrace-index-") if opts.kill else None
     dumper = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno() if shadow else None)
     try:
+        if on_progress is not None:
+            on_progress("freezing the namespace")
         frz.freeze()
         ctx = dumper.run(frz)
         if shadow is not None:
+            if on_progress is not None:
+                on_progress("checking that restore can rebuild the image (--kill)")
             check_restorable(shadow, ns)
             tty.check_kill(ctx, ns)  # (a pty's unread bytes: the image lacks them)
             check_unaccepted(ctx, ns)  # (connections no program had accepted yet: likewise)
@@ -545,7 +557,12 @@ class _Progress(ProgressLine):
     """The dump's progress line (ckptrace.progress): where the dump is, against the namespace's
     totals."""
 
-    def update(self, ctx: DumpContext) -> None:
+    def update(self, ctx: DumpContext | str) -> None:
+        """`ctx`: where the writing is; or, before it begins, a stage in words (always shown)."""
+        if isinstance(ctx, str):
+            if self.live is not None:
+                self.show(f"[bold]dumping[/] {ctx}  {self.elapsed():.1f} s")
+            return
         if not self.due():
             return
         st = ctx.stats

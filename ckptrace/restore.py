@@ -329,8 +329,13 @@ class _Restore:
         except ValueError:
             watchdog = False  # not the main thread: signals cannot be handled here
         try:
+            shown = ["files"]
+            self._show(shown[0], None, force=True)
             files.create()
             mem = MemoryRestorer(self.img, self.f, files)
+            mem.tick = lambda: self._show(shown[0], mem)  # (within a process too: VMAs, GiB runs)
+            shown[0] = f"the tree of {plural(len(self.img.tasks), 'task')}"
+            self._show(shown[0], mem, force=True)
             self._spawn(files)
             self._seize_all()
             self._set_groups()
@@ -340,7 +345,8 @@ class _Restore:
             self._end_zombies()
             procs = self.img.processes()
             for i, t in enumerate(procs):
-                self._show(f"process {i + 1}/{len(procs)} (pid {t.tid})", mem)
+                shown[0] = f"process {i + 1}/{len(procs)} (pid {t.tid})"
+                self._show(shown[0], mem)
                 self._process(t, mem, files)
             files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
             files.set_owners(self._owner_host, lambda objref: self._set_async(files, objref))  # every thread exists now
@@ -389,10 +395,10 @@ class _Restore:
         tr = self.by_tid.get(ns_id)
         return self.host.get(ns_id) or (tr.tid if tr is not None else None)
 
-    def _show(self, what: str, mem) -> None:
+    def _show(self, what: str, mem, force: bool = False) -> None:
         p = self.progress
-        if p is not None and p.due():
-            mib, el = mem.bytes_written / (1 << 20), p.elapsed()
+        if p is not None and (force or p.due()):
+            mib, el = (mem.bytes_written if mem is not None else 0) / (1 << 20), p.elapsed()
             p.show(f"[bold]restoring[/] {what}  {len(self.img.tasks)} tasks  {mib:.0f} of "
                    f"{self.img.page_count * 4096 / (1 << 20):.0f} MiB of pages written  {el:.1f} s")
 

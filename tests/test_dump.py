@@ -1014,6 +1014,10 @@ def test_progress_line_counts_up_to_the_namespace_totals():
     p.update(ctx)
     head = p.live.plain[:80]
     assert head.rstrip().split("  ")[3].endswith(" s"), head
+    # before the writing, a stage in words: a thousand frozen processes are read for seconds
+    # first, and the line stayed blank
+    p.update("reading the state of process 7/1365")
+    assert p.live.plain.startswith("dumping reading the state of process 7/1365  "), p.live.plain
 
 
 def test_each_part_of_a_shared_segment_is_claimed_once():

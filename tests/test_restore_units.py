@@ -570,3 +570,27 @@ def test_the_watchdog_gives_an_image_time_for_its_vmas_tasks_and_fds_not_only_it
     mm = img.obj(3)
     mm.vmas.extend(mm.vmas[:1] * 1000)
     assert watchdog_limit(img) - base == pytest.approx(1000 * WATCHDOG_PER_VMA)
+
+
+def test_a_large_run_of_pages_is_copied_in_pieces_that_move_the_progress_line():
+    """A 3 GiB process's pages were one injected pread: the progress line stood still for its
+    whole length. They go in 64 MiB pieces, each counted and shown."""
+    from types import SimpleNamespace
+
+    from ckptrace.restorer.memory import PREAD_PIECE, MemoryRestorer
+
+    calls, ticks = [], []
+
+    class Inj:
+        def syscall(self, nr, fd, addr, n, off):
+            calls.append((addr, n, off))
+            return n
+
+    m = MemoryRestorer.__new__(MemoryRestorer)
+    m.image_fd, m.bytes_written = 7, 0
+    m.tick = lambda: ticks.append(m.bytes_written)
+    size = 3 * PREAD_PIECE + 4096
+    m._pread_run(Inj(), 1, SimpleNamespace(npages=size // 4096, vaddr=0x10000000, offset=1 << 20))
+    assert [n for _, n, _ in calls] == [PREAD_PIECE] * 3 + [4096]
+    assert calls[1][0] == 0x10000000 + PREAD_PIECE and calls[1][2] == (1 << 20) + PREAD_PIECE
+    assert ticks == [PREAD_PIECE, 2 * PREAD_PIECE, 3 * PREAD_PIECE, size] and m.bytes_written == size

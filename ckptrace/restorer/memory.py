@@ -38,6 +38,7 @@ MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS, MAP_GROWSDOWN = 0x1, 0x2, 0x1
 MAP_NORESERVE = 0x4000
 MLOCK_ONFAULT = 1
 MCL_FUTURE, MCL_ONFAULT = 2, 4
+PREAD_PIECE = 64 << 20  # bytes one injected pread copies at most
 VM_LOCKED, VM_LOCKONFAULT, VM_NORESERVE = VM_FLAG_BITS["lo"], VM_FLAG_BITS["lf"], VM_FLAG_BITS["nr"]
 VM_ACCOUNT = VM_FLAG_BITS["ac"]
 # The VM_* bits madvise() sets, with the advice that sets each (asm-generic/mman-common.h).
@@ -185,6 +186,7 @@ class MemoryRestorer:
         self.buf = bytearray(_BUF)
         self.view = memoryview(self.buf)
         self.bytes_written = 0
+        self.tick = lambda: None  # called as work is done (the caller's progress line)
 
     def rebuild(self, inj: Injector, host_pid: int, mm: Mm) -> None:
         tid = host_pid
@@ -203,6 +205,7 @@ class MemoryRestorer:
             if not _mapped_by_restore(v):
                 continue
             self._map(inj, host_pid, v)
+            self.tick()
 
     def _move_vdso(self, inj: Injector, ours, delta: int, tid: int) -> None:
         lo, hi = ours[0][0], ours[-1][1]
@@ -304,13 +307,15 @@ class MemoryRestorer:
     def _pread_run(self, inj: Injector, pid: int, run) -> None:
         n = run.npages * PAGE_SIZE
         done = 0
-        while done < n:
-            got = check(inj.syscall(SYS_pread64, self.image_fd, run.vaddr + done, n - done, run.offset + done),
+        while done < n:  # (in pieces: a progress line moves during a GiB-sized run)
+            piece = min(n - done, PREAD_PIECE)
+            got = check(inj.syscall(SYS_pread64, self.image_fd, run.vaddr + done, piece, run.offset + done),
                         f"pread of pages {run.vaddr + done:#x} in {pid}")
             if got == 0:
                 raise ImageError(f"page data at offset {run.offset + done} is truncated")
             done += got
-        self.bytes_written += n
+            self.bytes_written += got
+            self.tick()
 
     def _write_shmem(self, fd: int, v: Vma, run) -> None:
         data = self._read_run(run)
