@@ -244,10 +244,22 @@ def _zombie_notes(zombies: list[task.ProcState]) -> list[str]:
 
 # -- command -------------------------------------------------------------------------------------
 
+# SIGINT/SIGTERM seen during a dump (set by _raise_on_signal). The exception the handler raises
+# can land inside a step that takes a failed read for a task gone (`except CkptError`) and be
+# swallowed there; the dump asks again before it declares success, and before a --kill.
+_stop_signals: list[int] = []
+
+
 def _raise_on_signal(signum, _frame):
+    _stop_signals.append(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(f"terminated by signal {signum}; tasks released")
+
+
+def _stop_if_signalled() -> None:
+    if _stop_signals:
+        _raise_on_signal(_stop_signals[-1], None)
 
 
 def _kill_namespace(init: int) -> int | None:
@@ -355,6 +367,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             # TCP connections back in repair mode (the kill then closes them without a FIN or
             # RST), and refused if data arrived since they were read: as late as can be
             arm_for_kill(ctx.tcp_held, ns)
+        _stop_if_signalled()
         if on_complete is not None:
             on_complete()
         ok = True
@@ -525,6 +538,7 @@ def main(args) -> int:
     if out is not None and os.isatty(out.fd):  # -o /dev/stdout, /dev/tty: a terminal, as for -o -
         out.close(discard=True)
         raise UsageError(f"refusing to write a binary image to a terminal ({args.output}): use -o FILE or a pipe")
+    _stop_signals.clear()
     old = {sig: signal.signal(sig, _raise_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
     done = False

@@ -1258,3 +1258,60 @@ def test_an_fd_on_a_processs_proc_file_is_refused_and_others_in_proc_are_kept(pi
     w2 = pidns([sys.executable, "-c", code, str(tmp_path)], ready_file=str(tmp_path / "ready2"),
                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dump("--pidns", str(w2.ns), "-q", "-o", str(tmp_path / "img2"))
+
+
+ALARM_LOOP = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGALRM, lambda *a: None)
+n = 0
+path = os.path.join(sys.argv[1], "count")
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    signal.setitimer(signal.ITIMER_REAL, 0.002)
+    signal.pause()
+    n += 1
+    if n % 50 == 0:
+        with open(path + ".tmp", "w") as f:
+            f.write(str(n))
+        os.rename(path + ".tmp", path)
+"""
+
+
+def test_a_signal_that_comes_while_the_dump_holds_the_tasks_is_not_taken_from_them(pidns, tmp_path):
+    """A program pause()s for a 2 ms SIGALRM, again and again. The dump's injected calls step the
+    task back to user mode, where the kernel delivers what is pending: the tracer took the
+    SIGALRM, and after a plain dump the program waited for it for ever. Every signal is blocked
+    while the dump injects, so it stays pending and comes once the task runs again."""
+    w = pidns([sys.executable, "-c", ALARM_LOOP, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    count = tmp_path / "count"
+
+    def now() -> int:
+        try:
+            return int(count.read_text())
+        except (OSError, ValueError):
+            return 0
+
+    for i in range(15):
+        dump("--pidns", str(w.ns), "-q", "-o", os.devnull)
+        before, deadline = now(), time.monotonic() + 3
+        while now() <= before:
+            assert time.monotonic() < deadline, f"the program stopped after dump {i + 1}: its SIGALRM was lost"
+            time.sleep(0.02)
+    assert_running_untraced(w)
+
+
+def test_a_termination_swallowed_by_a_step_still_ends_the_dump():
+    """SIGTERM's exception can land in a step that takes a failed read for a task gone and goes
+    on (half the dumps SIGTERMed mid-way ended with status 0 and a full image, and a --kill
+    would have killed): the dump asks again before it declares success or kills."""
+    from ckptrace import dump as d
+    from ckptrace.errors import Terminated
+
+    d._stop_signals[:] = [signal.SIGTERM]
+    try:
+        with pytest.raises(Terminated, match="terminated by signal 15; tasks released"):
+            d._stop_if_signalled()
+    finally:
+        d._stop_signals.clear()
+    d._stop_if_signalled()  # (nothing asked: nothing raised)

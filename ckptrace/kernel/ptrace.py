@@ -328,24 +328,45 @@ class Injector:
     implicit detach would let the task run with the flag set and its next instruction would kill
     it with SIGTRAP. Leaving the block clears the flag (see `settle`), so the task can only be
     lost that way while a batch of calls runs (a few ms per process), not for the rest of the
-    dump. (Settling after every call doubles their cost: +10 % on a small namespace's dump.)"""
+    dump. (Settling after every call doubles their cost: +10 % on a small namespace's dump.)
 
-    def __init__(self, tracee: Tracee, insn: int | None = None):
+    `hold_signals`: every signal is blocked (PTRACE_SETSIGMASK) while the block runs, and the
+    task's own mask put back at its end, once it is settled. A step returns to user mode, where
+    the kernel delivers any pending signal the mask lets through: the tracer then took it from
+    the task (a SIGALRM a program pause()s for, lost for good; real-time signals queued to a
+    running namespace, one per dump), and it was neither delivered nor in the image. Blocked,
+    they stay pending: in the image, and delivered once the task runs again."""
+
+    def __init__(self, tracee: Tracee, insn: int | None = None, *, hold_signals: bool = False):
         self.t = tracee
         self.insn = insn if insn is not None else find_syscall_insn(tracee.tid)
         self.stepped = False
+        self.hold_signals = hold_signals
+        self.saved_mask: int | None = None
 
     def __enter__(self) -> "Injector":
+        if self.hold_signals:
+            self.saved_mask = self.t.get_sigmask()
+            self.t.set_sigmask((1 << 64) - 1)  # (SIGKILL and SIGSTOP cannot be blocked: ignored)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.stepped:
-            return
-        if exc_type is None:
-            self.settle()
-        else:
-            with contextlib.suppress(NoSuchProcess, KernelError, AccessDenied):
-                self.settle()  # the error that got us here is the one to report
+        try:
+            if not self.stepped:
+                return
+            if exc_type is None:
+                self.settle()
+            else:
+                with contextlib.suppress(NoSuchProcess, KernelError, AccessDenied):
+                    self.settle()  # the error that got us here is the one to report
+        finally:
+            if self.saved_mask is not None:
+                mask, self.saved_mask = self.saved_mask, None
+                if exc_type is None:
+                    self.t.set_sigmask(mask)
+                else:
+                    with contextlib.suppress(NoSuchProcess, KernelError, AccessDenied):
+                        self.t.set_sigmask(mask)
 
     def syscall(self, nr: int, *args: int) -> int:
         """Return the raw result (negative errno on failure), like the kernel's return value."""

@@ -151,7 +151,7 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
                    timer_slack=procfs.timerslack(t.hosttid, proc))
     t.affinity = cpu_mask(os.sched_getaffinity(t.hosttid))
     seccomp.collect(t, st)
-    with Injector(tr, insn) as inj, inj.scratch(32) as (addr, mem):
+    with Injector(tr, insn, hold_signals=True) as inj, inj.scratch(32) as (addr, mem):
         checked(inj.syscall(SYS_prctl, PR_GET_TID_ADDRESS, addr), f"prctl(PR_GET_TID_ADDRESS) in {t.hosttid}")
         mem.seek(addr)
         t.clear_child_tid = struct.unpack("<Q", mem.read(8))[0]
@@ -165,7 +165,7 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
     leader = p.leader
     p.status = procfs.status(p.hostpid, None, proc)
     p.syscall_insn = _vdso_syscall(p.hostpid)
-    with Injector(leader.tracee, p.syscall_insn) as inj:
+    with Injector(leader.tracee, p.syscall_insn, hold_signals=True) as inj:
         with inj.scratch(NSIG * SIGACTION.size) as (addr, mem):
             for sig in range(1, NSIG + 1):
                 checked(inj.syscall(SYS_rt_sigaction, sig, 0, addr + (sig - 1) * SIGACTION.size, 8),
