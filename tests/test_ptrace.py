@@ -114,3 +114,28 @@ def test_system_call_numbers_are_the_abis():
     ours = {n[4:]: v for n, v in vars(sysno).items() if n.startswith("SYS_")}
     assert len(ours) > 40
     assert {n: v for n, v in ours.items() if abi.get(n) != v} == {}
+
+
+def test_terminal_ioctls_and_structs_are_the_kernels(tmp_path):
+    """ckptrace.kernel.ttyio's own numbers and struct sizes against the C headers (the rest come
+    from Python's termios module): a wrong one would ask a terminal something else."""
+    import shutil
+    import subprocess
+
+    from ckptrace.kernel import ttyio
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to read the headers")
+    names = ("TIOCGSID", "TCGETS2", "TCSETS2", "TIOCGPTN", "TIOCSPTLCK", "TIOCGDEV", "TIOCGPKT", "TIOCGPTLCK",
+             "TIOCGEXCL", "TIOCGPTPEER")
+    src = tmp_path / "t.c"
+    src.write_text("#include <stdio.h>\n#include <asm/termios.h>\n"
+                   "int main(void) {\n"
+                   + "".join(f'  printf("{n} %lu\\n", (unsigned long){n});\n' for n in names)
+                   + '  printf("TERMIOS2 %zu\\nWINSIZE %zu\\n", sizeof(struct termios2), sizeof(struct winsize));\n'
+                     "  return 0;\n}\n")
+    subprocess.run(["gcc", "-o", str(tmp_path / "t"), str(src)], check=True)
+    got = dict(line.split() for line in subprocess.run([str(tmp_path / "t")], capture_output=True, text=True,
+                                                          check=True).stdout.splitlines())
+    ours = {n: getattr(ttyio, n) for n in names} | {"TERMIOS2": ttyio.TERMIOS2.size, "WINSIZE": ttyio.WINSIZE.size}
+    assert {k: int(v) for k, v in got.items()} == ours

@@ -2703,23 +2703,33 @@ def _tcp_records(img: str) -> list[dict]:
             if r.type == RecType.FILE_TCP]
 
 
-def test_tcp_connection_inside_the_namespace_carries_on(pidns, tmp_path, restored):
-    """Both ends of a loopback connection in the namespace, with bytes in a receive queue the
-    program has not read: after dump --kill and restore (TCP_REPAIR), the numbered exchange goes
-    on with no byte lost, repeated or reordered (the workload checks every line)."""
-    w = py_workload(pidns, TCP_LOOP_WORKLOAD, tmp_path)
+def _dump_tcp_loop(pidns, code: str, tmp_path):
+    """Start a TCP_LOOP_WORKLOAD-like `code`, let its exchange run 50 lines, `dump --kill` it:
+    (image path, its FILE_TCP fields, the log, the log's last progress at the dump)."""
+    w = py_workload(pidns, code, tmp_path)
     log = tmp_path / "tcp.log"
     _wait_progress(log, 50)
     img = str(tmp_path / "tcp.img")
     dump_kill(w, img)
-    conns = _tcp_records(img)
+    return img, _tcp_records(img), log, _tcp_progress(log)[-1]
+
+
+def _tcp_loop_goes_on(log, at_dump) -> None:
+    """The restored exchange runs 100 lines past the dump, echoing as it goes."""
+    _, _, echoed = _wait_progress(log, at_dump[1] + 100)
+    assert echoed > at_dump[2] + 50
+
+
+def test_tcp_connection_inside_the_namespace_carries_on(pidns, tmp_path, restored):
+    """Both ends of a loopback connection in the namespace, with bytes in a receive queue the
+    program has not read: after dump --kill and restore (TCP_REPAIR), the numbered exchange goes
+    on with no byte lost, repeated or reordered (the workload checks every line)."""
+    img, conns, log, at_dump = _dump_tcp_loop(pidns, TCP_LOOP_WORKLOAD, tmp_path)
     assert len(conns) == 2 and any(c["inq_len"] > 0 for c in conns), conns
     shown = ckptrace("show", img).stdout.decode()
     assert "established, " in shown and " to read, " in shown, shown[-800:]
-    at_dump = _tcp_progress(log)[-1]
     restore_json(img, restored)
-    _, _, echoed = _wait_progress(log, at_dump[1] + 100)
-    assert echoed > at_dump[2] + 50
+    _tcp_loop_goes_on(log, at_dump)
 
 
 # TCP_LOOP_WORKLOAD over ::1, its listener with IPV6_V6ONLY (socket.create_server sets it for
@@ -2739,17 +2749,10 @@ def test_ipv6_connection_with_v6only_carries_on(pidns, tmp_path, restored):
     import socket
 
     assert TCP_LOOP_V6_WORKLOAD != TCP_LOOP_WORKLOAD and "fds" in TCP_LOOP_V6_WORKLOAD
-    w = py_workload(pidns, TCP_LOOP_V6_WORKLOAD, tmp_path)
-    log = tmp_path / "tcp.log"
-    _wait_progress(log, 50)
-    img = str(tmp_path / "tcp.img")
-    dump_kill(w, img)
-    conns = _tcp_records(img)
+    img, conns, log, at_dump = _dump_tcp_loop(pidns, TCP_LOOP_V6_WORKLOAD, tmp_path)
     assert len(conns) == 2, conns
-    at_dump = _tcp_progress(log)[-1]
     res = restore_json(img, restored)
-    _, _, echoed = _wait_progress(log, at_dump[1] + 100)
-    assert echoed > at_dump[2] + 50
+    _tcp_loop_goes_on(log, at_dump)
     srv_fd, c_fd = (int(x) for x in (tmp_path / "fds").read_text().split())
     # (the client's end was bound by its connect(), which leaves V6ONLY 0; bound again by restore
     # to ::1, it reads 1: binding to a specific IPv6 address sets it. See docs/restore.md.)

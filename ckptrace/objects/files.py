@@ -23,6 +23,7 @@ from ..errors import Unsupported, from_oserror
 from ..image.records import MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
 from ..kernel import procfs
 from ..kernel.sys import MQUEUE_MAGIC, PROC_SUPER_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
+from ..kernel.ttyio import PTS_MAJORS
 from .context import DumpContext
 from .objhash import KCMP_FILE, KCMP_FILES
 
@@ -30,7 +31,7 @@ O_ACCMODE = 0o3
 O_PATH = 0o10000000
 O_CLOEXEC = 0o2000000
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
-TTY_MAJORS = {4, 5} | set(range(136, 144))
+TTY_MAJORS = {4, 5} | set(PTS_MAJORS)
 DELETED = procfs.DELETED_SUFFIX
 DATA_CHUNK = 4 << 20  # FILE_DATA records of 4 MiB keep the dumper small (MAX_BLOB is 64 MiB)
 F_GET_SEALS = 1034

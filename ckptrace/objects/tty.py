@@ -32,47 +32,11 @@ import struct
 from ..errors import Unsupported
 from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
                              RecType)
+from ..kernel.ttyio import (PTS_MAJORS, TCGETS2, TERMIOS2, TIOCGDEV, TIOCGEXCL, TIOCGPGRP, TIOCGPKT, TIOCGPTLCK,
+                           TIOCGPTPEER, TIOCGSID, TIOCGWINSZ, TIOCINQ, WINSIZE, decode_dev, encode_dev, is_devtty,
+                           is_master, is_pts, pts_index)
 from .context import DumpContext
 
-TIOCGPGRP = 0x540F
-TIOCGSID = 0x5429
-TIOCGWINSZ = 0x5413
-TIOCINQ = 0x541B  # FIONREAD
-TCGETS2 = 0x802C542A  # _IOR('T', 0x2A, struct termios2)
-TIOCGPKT = 0x80045438
-TIOCGPTLCK = 0x80045439
-TIOCGEXCL = 0x80045440
-TIOCGPTPEER = 0x5441
-TIOCGDEV = 0x80045432  # _IOR('T', 0x32, unsigned int): the real terminal of a /dev/tty fd
-TERMIOS2 = struct.Struct("<IIIIB19sII")  # c_iflag c_oflag c_cflag c_lflag c_line c_cc[19] c_ispeed c_ospeed
-WINSIZE = struct.Struct("<HHHH")
-PTS_MAJORS = range(136, 144)
-
-
-def is_master(st: os.stat_result) -> bool:
-    return os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 2
-
-
-def is_pts(st: os.stat_result) -> bool:
-    return os.major(st.st_rdev) in PTS_MAJORS
-
-
-def is_devtty(st: os.stat_result) -> bool:
-    return os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 0
-
-
-def encode_dev(major: int, minor: int) -> int:
-    """A device number as the kernel gives it to user space in 32 bits (new_encode_dev: TIOCGDEV)."""
-    return (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)
-
-
-def decode_dev(dev: int) -> tuple[int, int]:
-    """(major, minor) of a new_encode_dev number."""
-    return (dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & ~0xff)
-
-
-def pts_index(major: int, minor: int) -> int:
-    return (major - PTS_MAJORS.start) * 256 + minor
 
 
 def _hung_up(fd: int) -> bool:

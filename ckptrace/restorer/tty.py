@@ -38,27 +38,11 @@ from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TT
                              FileType, RecType)
 from ..kernel import procfs
 from ..kernel.sysno import SYS_ioctl
+from ..kernel.ttyio import (PTS_MAJORS, TCSETS2, TERMIOS2, TIOCEXCL, TIOCGDEV, TIOCGPTN, TIOCGPTPEER, TIOCPKT,
+                           TIOCSCTTY, TIOCSPGRP, TIOCSPTLCK, TIOCSWINSZ, WINSIZE, decode_dev)
 
-TIOCGPTN = 0x80045430
-TIOCSPTLCK = 0x40045431
-TIOCGPTPEER = 0x5441
-TIOCGDEV = 0x80045432
-TIOCPKT = 0x5420
-TIOCEXCL = 0x540C
-TIOCSWINSZ = 0x5414
-TIOCSCTTY = 0x540E
-TIOCSPGRP = 0x5410
-TCSETS2 = 0x402C542B  # _IOW('T', 0x2B, struct termios2)
-TERMIOS2 = struct.Struct("<IIIIB19sII")
-WINSIZE = struct.Struct("<HHHH")
 INDEX_WAIT_S = 3.0  # how long an index held by someone else is waited for
 _PTS_PATH = re.compile(r".*/pts/(\d+)")
-PTS_MAJORS = range(136, 144)
-
-
-def decode_dev(dev: int) -> tuple[int, int]:
-    """(major, minor) of a device number as the kernel gives it in 32 bits (new_encode_dev)."""
-    return (dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & ~0xff)
 
 
 def tty_record(obj: File):
