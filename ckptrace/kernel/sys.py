@@ -43,6 +43,8 @@ def syscall(nr: int, *args, what: str = "syscall") -> int:
     return check_errno(libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args)), what)
 
 
+# socket options Python's socket module lacks (asm-generic/socket.h)
+SO_SNDBUFFORCE, SO_RCVBUFFORCE, SO_PEEK_OFF = 32, 33, 42
 MQUEUE_MAGIC = 0x19800202
 PROC_SUPER_MAGIC = 0x9FA0
 

@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import KernelError, Unsupported, from_oserror
-from .sys import libc
+from ..image.records import TCP_ESTABLISHED, TCPI_OPT_SACK, TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE
+from .sys import SO_PEEK_OFF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, libc
 
 SOL_TCP = 6
 TCP_NODELAY, TCP_MAXSEG, TCP_CORK, TCP_INFO = 1, 2, 3, 11
@@ -34,11 +35,7 @@ TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
 TCP_REPAIR_ON, TCP_REPAIR_OFF, TCP_REPAIR_OFF_NO_WP = 1, 0, -1
 TCP_NO_QUEUE, TCP_RECV_QUEUE, TCP_SEND_QUEUE = 0, 1, 2
 TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
-TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 0x1, 0x2, 0x4
-TCP_ESTABLISHED = 1
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
-SO_PEEK_OFF = 42
-MSG_PEEK, MSG_DONTWAIT = 0x2, 0x40
 # struct tcp_repair_window {u32 snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup}
 REPAIR_WINDOW = struct.Struct("<5I")
 WINDOW_FIELDS = ("snd_wl1", "snd_wnd", "max_window", "rcv_wnd", "rcv_wup")
@@ -140,7 +137,7 @@ def _send_queue(s: socket.socket, where: str) -> tuple[bytes, int, int]:
     write_seq = s.getsockopt(SOL_TCP, TCP_QUEUE_SEQ) & 0xFFFFFFFF
     queued = _ioctl_int(s.fileno(), SIOCOUTQ, f"{where}: SIOCOUTQ")
     _check_size(queued, where)
-    data = s.recv(queued, MSG_PEEK | MSG_DONTWAIT) if queued else b""
+    data = s.recv(queued, socket.MSG_PEEK | socket.MSG_DONTWAIT) if queued else b""
     unsent = min(_ioctl_int(s.fileno(), SIOCOUTQNSD, f"{where}: SIOCOUTQNSD"), len(data))
     return data, write_seq, unsent
 
@@ -164,7 +161,7 @@ def _recv_queue(s: socket.socket, where: str) -> tuple[bytes, int]:
     if peek_off >= 0:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)  # (a peek would start there, and move it)
     try:
-        data = s.recv(queued, MSG_PEEK | MSG_DONTWAIT)
+        data = s.recv(queued, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     finally:
         if peek_off >= 0:
             s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, peek_off)
@@ -298,7 +295,6 @@ def _window(f: dict, rcv_nxt: int) -> tuple[int, ...]:
     return snd_wl1, snd_wnd, max(max_window, snd_wnd), rcv_wnd, rcv_wup
 
 
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 BUF_SLACK = 1 << 16
 
 

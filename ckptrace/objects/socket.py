@@ -14,12 +14,14 @@ import ctypes
 import os
 import socket
 from dataclasses import dataclass
+from socket import MSG_CTRUNC, MSG_DONTWAIT, MSG_OOB, MSG_PEEK, MSG_TRUNC
+from termios import FIONREAD
 
 from ..errors import Unsupported, from_oserror
 from ..image.records import MAX_BLOB, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, FileType, RecType
 from ..kernel import tcprepair
 from ..kernel.sockdiag import SockInfo
-from ..kernel.sys import libc
+from ..kernel.sys import SO_PEEK_OFF, libc
 from .context import DumpContext
 
 SOCKADDR_LEN = 128
@@ -57,11 +59,8 @@ def _options(fd: int, family: int) -> int:
     return bits
 
 
-SO_PEEK_OFF = 42
 SO_TIMESTAMP, SO_TIMESTAMPNS = 29, 35  # (the _OLD ones; their SCM_ cmsg types are the same numbers)
-MSG_OOB, MSG_PEEK, MSG_TRUNC, MSG_DONTWAIT, MSG_CTRUNC = 0x1, 0x2, 0x20, 0x40, 0x8
 SCM_RIGHTS = 1
-FIONREAD = 0x541B
 _ANCILLARY = socket.CMSG_SPACE(253 * 4) + 3 * socket.CMSG_SPACE(64)  # SCM_MAX_FD fds, creds, security, stamp
 _MAX_MESSAGES = 1 << 20
 _CHUNK = 1 << 16

@@ -13,6 +13,7 @@ died at any later point of the dump).
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ PR_MCE_KILL, PR_MCE_KILL_GET = 33, 34
 PR_MCE_KILL_LATE, PR_MCE_KILL_EARLY, PR_MCE_KILL_DEFAULT = 0, 1, 2
 PR_GET_MEMORY_MERGE = 68
 PR_GET_TID_ADDRESS = 40
-MAP_SHARED, MAP_ANONYMOUS = 0x01, 0x20
 NSIG = 64
 SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
 STACK_T = struct.Struct("<Qi4xQ")  # stack_t: ss_sp, ss_flags, ss_size
@@ -208,7 +208,7 @@ def _mlockall_future(p: ProcState, inj: Injector, proc: str) -> int:
     from ..image.records import PAGE_SIZE, VM_FLAG_BITS
 
     locked = VM_FLAG_BITS["lo"] | VM_FLAG_BITS["lf"]
-    addr = inj.syscall(SYS_mmap, 0, PAGE_SIZE, 0, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+    addr = inj.syscall(SYS_mmap, 0, PAGE_SIZE, 0, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
     if addr == -errno.EAGAIN:
         return VM_FLAG_BITS["lo"]
     checked(addr, f"mmap of a probe page in {p.hostpid}")

@@ -27,7 +27,7 @@ from typing import BinaryIO
 from ..errors import HostUnsupported, KernelError, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
-from ..kernel.sys import libc, syscall
+from ..kernel.sys import SO_SNDBUFFORCE, libc, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
@@ -56,10 +56,7 @@ AF_UNIX = 1
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SOCKADDR_LEN = 128
 SOCK_DGRAM = 2
-MSG_DONTWAIT = 0x40
-SO_SNDBUFFORCE = 32
 IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
-CLONE_FS = 0x200
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
 
@@ -770,6 +767,8 @@ class FileSet:
         unlinked file, as the original was."""
         import threading
 
+        from .threads import CLONE_FS  # (threads imports memory, which imports this module)
+
         top = tempfile.mkdtemp(prefix="ckptrace-unlinked-")
         self.unlinked_dirs.append(top)
         failed: list[BaseException] = []
@@ -1305,7 +1304,7 @@ def _send_all(s, data: bytes, to, stream: bool, what) -> None:
     raised = False
     while True:
         try:
-            n = s.sendto(view, MSG_DONTWAIT, to) if to else s.send(view, MSG_DONTWAIT)
+            n = s.sendto(view, socket.MSG_DONTWAIT, to) if to else s.send(view, socket.MSG_DONTWAIT)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EMSGSIZE):
                 raise from_oserror(exc, what(data)) from None
