@@ -234,12 +234,11 @@ class Controller:
         self.nschanged: set[int] = set()  # host pids that unshared or entered a pid namespace
         self.lost_seen = {"ring": 0, "dirty": 0, "tracked": 0, "unresolved": 0, "unattributed": 0}
         self.unresolved = 0
-        # host pids of records that could not be placed -> when (their fork record may still
-        # come; gc forgets them after UNPLACED_SECONDS), and the records, kept until then: the
-        # fork record places a child in its parent's namespace with the pid the parent saw
-        self.gone_unplaced: dict[int, float] = {}
-        self.unplaced_records: dict[int, list] = {}
-        self.unplaced_count = 0
+        # host pids of records that could not be placed -> (when, the records): their fork record
+        # may still come, which places a child in its parent's namespace with the pid the parent
+        # saw; expire_unplaced counts them unresolved after UNPLACED_SECONDS
+        self.gone_unplaced: dict[int, tuple[float, list]] = {}
+        self.unplaced_count = 0  # records kept there (bounded by UNPLACED_MAX)
         self.forked_early: set[int] = set()  # children whose fork _fork_before reported
         # namespaces whose init has exited: they are gone, and the kernel gives the inode number
         # to a later namespace, whose tasks the same filter lets through
@@ -366,7 +365,6 @@ class Controller:
                 if e.hostpid not in self.ignored:
                     # a watched-looking process, gone before it was placed: kept for its fork
                     # record, else counted unresolved (expire_unplaced)
-                    self.gone_unplaced.setdefault(e.hostpid, time.monotonic())
                     self._keep_unplaced(e)
                 return
             ns, pid = where
@@ -424,8 +422,7 @@ class Controller:
                 # saw: its records are placed now, after the fork. Elsewhere, they stay unplaced.
                 # Either way nothing else would end it here (it kept its namespace, and that
                 # namespace's kernel slot, for ever).
-                del self.gone_unplaced[e.a1]
-                kept = self.unplaced_records.pop(e.a1, [])
+                _, kept = self.gone_unplaced.pop(e.a1)
                 self.unplaced_count -= len(kept)
                 if elsewhere:
                     self.unresolved += len(kept)
@@ -471,19 +468,19 @@ class Controller:
                 self.model.vanished(e.a1)  # (its exit was not among them)
 
     def _keep_unplaced(self, e) -> None:
+        kept = self.gone_unplaced.setdefault(e.hostpid, (time.monotonic(), []))[1]
         if self.unplaced_count >= UNPLACED_MAX:
             self.unresolved += 1
             return
-        self.unplaced_records.setdefault(e.hostpid, []).append(e)
+        kept.append(e)
         self.unplaced_count += 1
 
     def expire_unplaced(self, now: float | None = None) -> None:
         """Count as unresolved the records whose fork record did not come within
         UNPLACED_SECONDS (all of them when `now` is None: watch is stopping)."""
-        for h, t in list(self.gone_unplaced.items()):
+        for h, (t, kept) in list(self.gone_unplaced.items()):
             if now is None or now - t >= UNPLACED_SECONDS:
                 del self.gone_unplaced[h]
-                kept = self.unplaced_records.pop(h, [])
                 self.unplaced_count -= len(kept)
                 self.unresolved += len(kept)
 

@@ -187,9 +187,9 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
         # the live processes out of the panel; then a window around the selection.
         room = max(1, rows - 1)
         live = [(i, e) for i, e in shown if e[1].alive or i == chosen]
-        if len(live) <= room:
+        if len(live) <= room:  # and the most recent exited ones in the rows left
             dead = [(i, e) for i, e in shown if not (e[1].alive or i == chosen)]
-            shown = sorted(live + dead[len(dead) - (room - len(live)):] if room > len(live) else live)
+            shown = sorted(live + dead[len(dead) - (room - len(live)):])
         else:
             first = max(0, min(chosen - room // 2, len(tree) - room))  # keep the selection in view
             shown = shown[first:first + room]
@@ -200,9 +200,10 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
         t.add_row(str(p.pid), str(p.hostpid), _literal(name), str(p.dirty_pages()),
                   style="reverse" if i == chosen else ("grey50" if not p.alive else None))
     if len(shown) < len(tree):
-        hidden = len(tree) - len(shown)
-        gone = sum(1 for _, p in tree if not p.alive) - sum(1 for _, (_, p) in shown if not p.alive)
-        t.add_row("", "", f"… {hidden} " + ("exited" if gone == hidden else "more"), "", style="grey50")
+        seen = {i for i, _ in shown}
+        hidden = [p for i, (_, p) in enumerate(tree) if i not in seen]
+        t.add_row("", "", f"… {len(hidden)} " + ("more" if any(p.alive for p in hidden) else "exited"), "",
+                  style="grey50")
     return t
 
 
