@@ -35,6 +35,7 @@ from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
 from .kernel.procfs import DELETED_SUFFIX
+from .kernel.prctl import PR_SET_PDEATHSIG
 from .kernel.ptrace import WALL, read_memory
 from .kernel.sysno import (SYS_exit_group, SYS_fcntl, SYS_personality, SYS_prctl, SYS_restart_syscall,
                            SYS_rt_sigtimedwait, SYS_setpgid, SYS_wait4)
@@ -594,7 +595,7 @@ class _Restore:
         if t.tgid != 1 and t.proc["pdeath_signal"]:
             # set in _setup_inner, but the kernel clears it when euid, egid, fsuid or fsgid
             # change (commit_creds), as they just may have (init's: see _finish)
-            check(inj.syscall(SYS_prctl, tree.PR_SET_PDEATHSIG, t.proc["pdeath_signal"]),
+            check(inj.syscall(SYS_prctl, PR_SET_PDEATHSIG, t.proc["pdeath_signal"]),
                   f"prctl(PR_SET_PDEATHSIG) in {t.tgid}")
 
     def _finish(self, files) -> None:
@@ -615,7 +616,7 @@ class _Restore:
         # init has died with us since it was made (tree.spawn_init's PR_SET_PDEATHSIG); it must
         # not once we let it go and exit. (The image's own pdeath signal for init is not restored:
         # its parent is us. Until init's detach, PTRACE_O_EXITKILL still ties it to us.)
-        check(self.injectors[1].syscall(SYS_prctl, tree.PR_SET_PDEATHSIG, 0), "prctl(PR_SET_PDEATHSIG, 0) in init")
+        check(self.injectors[1].syscall(SYS_prctl, PR_SET_PDEATHSIG, 0), "prctl(PR_SET_PDEATHSIG, 0) in init")
         # The last injected calls but the pending signals' (queued after them, or an injected
         # call could meet one the mask lets through): the timers start counting as close to the
         # detach as can be.

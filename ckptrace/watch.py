@@ -21,6 +21,7 @@ import time
 
 from . import notify
 from .errors import CkptError, KernelError, UsageError, from_oserror
+from .image.records import CLONE_NEWPID
 from .kernel import procfs
 from .watchmodel import Model
 
@@ -35,7 +36,6 @@ HOUSEKEEP_SECONDS = 1.0
 STALE_SECONDS = 1.0  # a VMA table to re-read waits this long at most for the rings to be read up
 
 NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
-CLONE_NEWPID = 0x20000000
 MAP_FIXED = 0x10  # (MAP_FIXED_NOREPLACE never lands on a mapping)
 
 

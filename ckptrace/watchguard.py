@@ -25,13 +25,13 @@ import sys
 import time
 
 from .errors import CkptError
+from .kernel.prctl import PR_SET_PDEATHSIG
 from .kernel.sys import libc, set_threads_policy
 
 # the shared page, as 64-bit words: the controller's heartbeat (ns, CLOCK_MONOTONIC), the times
 # the guard raised the controller
 HEARTBEAT, RAISES = 0, 1
 GUARD_SECONDS = 0.05
-PR_SET_PDEATHSIG = 1
 
 
 class Heartbeat:

@@ -116,6 +116,25 @@ def test_system_call_numbers_are_the_abis():
     assert {n: v for n, v in ours.items() if abi.get(n) != v} == {}
 
 
+def test_prctl_options_are_the_abis():
+    """ckptrace.kernel.prctl against the C library's <linux/prctl.h>: a wrong number would make an
+    injected prctl set or read something else. The options newer than the header are named, so
+    that a newer header checks them too."""
+    import re
+
+    from ckptrace.kernel import prctl
+
+    header = "/usr/include/linux/prctl.h"
+    if not os.path.exists(header):
+        pytest.skip(f"{header} is not installed (linux-libc-dev)")
+    with open(header) as f:
+        abi = {m[1]: int(m[2], 0) for m in re.finditer(r"^#\s*define\s+(PR_\w+)\s+(0x[0-9a-fA-F]+|\d+)U?L?\b", f.read(), re.M)}
+    ours = {n: v for n, v in vars(prctl).items() if n.startswith("PR_")}
+    assert len(ours) > 25
+    assert {n for n in ours if n not in abi} == prctl.NEWER_THAN_6_1 - set(abi)
+    assert {n: v for n, v in ours.items() if n in abi and abi[n] != v} == {}
+
+
 def test_terminal_ioctls_and_structs_are_the_kernels(tmp_path):
     """ckptrace.kernel.ttyio's own numbers and struct sizes against the C headers (the rest come
     from Python's termios module): a wrong one would ask a terminal something else."""

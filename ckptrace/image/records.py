@@ -116,6 +116,8 @@ class FileType(enum.IntEnum):
     SHMEM = 14  # a MAP_SHARED anonymous/SysV/memfd segment named by SHARED_ANON VMAs; stored once
 
 
+# FILE.f_mode: the kernel's FMODE_READ and FMODE_WRITE of the open file description
+FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # FILE.f_version of a MEMFD: this bit set says the low 32 bits are the memfd's F_GET_SEALS at dump
 # time; 0 (images written before seals were kept) says they are unknown.
 MEMFD_SEALS_KNOWN = 1 << 32
@@ -173,6 +175,7 @@ SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 
                  0x10: "SO_BROADCAST", 0x20: "SO_PASSCRED"}
 # TASK_NS.own: the namespaces a process did not share with the dumper (clone flags)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x04000000, 0x08000000, 0x40000000
+CLONE_NEWPID = 0x20000000
 NS_FLAG_NAMES = {CLONE_NEWNS: "mnt", CLONE_NEWUTS: "uts", CLONE_NEWIPC: "ipc", CLONE_NEWNET: "net"}
 LOCK_POSIX, LOCK_FLOCK, LOCK_OFD = 1, 2, 3
 LOCK_KINDS = {LOCK_POSIX: "POSIX", LOCK_FLOCK: "FLOCK", LOCK_OFD: "OFD"}
@@ -188,6 +191,7 @@ SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BA
 MAX_CPU_MASK = 1024  # bytes of affinity mask kept: 8192 CPUs
 BPF_MAXINSNS = 4096  # per seccomp filter (include/uapi/linux/bpf_common.h)
 SIGINFO_SIZE = 128  # sizeof(siginfo_t): TASK_SIGINFO holds whole ones
+SOCKADDR_LEN = 128  # sizeof(struct sockaddr_storage): FILE_SOCKET's payload is two of them
 # FILE_INOTIFY's payload: nwatch packed entries, each this 20-byte head (wd, mask, ino, dev)
 # followed by the watched path and its NUL, no alignment (see inotify_watches)
 INOTIFY_WATCH = struct.Struct("<iIQI")
@@ -690,7 +694,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                                                  "gets ECONNRESET after the queued bytes; 0x200: a unix socket "
                                                  "bound to a path that no longer names it (unlinked or replaced)"),
                              u32("options", "flags", SOCKOPT_NAMES), pad(4)),
-       Payload.BYTES, max_payload=2 * 128, exact_payload=2 * 128,
+       Payload.BYTES, max_payload=2 * SOCKADDR_LEN, exact_payload=2 * SOCKADDR_LEN,
        doc="A socket (sock_diag): options = the boolean socket options set on it; payload: exactly 256 "
            "bytes, the local sockaddr (getsockname, zero-padded to 128 bytes) then the peer's "
            "(getpeername, likewise; all zero when there is none). A TCP or UDP socket that sock_diag "
@@ -721,7 +725,7 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_SOCKET_QUEUE, (u32("addrlen", doc="bytes of the sender's name at the payload's start: 0 for a "
                                                    "stream socket's bytes and for an unnamed sender"),
                                    u32("bytes", doc="bytes of the message after the address")),
-       Payload.BYTES, max_payload=MAX_BLOB + 128,
+       Payload.BYTES, max_payload=MAX_BLOB + SOCKADDR_LEN,
        doc="Data queued for reading on a unix socket, oldest first, after its FILE_SOCKET (only when "
            "there is some): a stream socket's unread bytes in one record; one record per datagram or "
            "seqpacket message. Payload: the sender's name, sun_path as recvfrom returns it (addrlen "

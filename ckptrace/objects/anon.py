@@ -17,7 +17,6 @@ from ..kernel.sysno import SYS_open_by_handle_at
 EFD_SEMAPHORE = 1
 
 
-O_PATH = 0o10000000
 
 
 def _watch_path(ctx: DumpContext, pid: int, w: dict, mounts: list) -> str:
@@ -44,7 +43,7 @@ def _watch_path(ctx: DumpContext, pid: int, w: dict, mounts: list) -> str:
     except OSError:
         return ""
     try:
-        fd = syscall(SYS_open_by_handle_at, mfd, ctypes.addressof(fh), O_PATH | os.O_CLOEXEC,
+        fd = syscall(SYS_open_by_handle_at, mfd, ctypes.addressof(fh), os.O_PATH | os.O_CLOEXEC,
                      what="open_by_handle_at")
     except CkptError:
         return ""

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import Unsupported, from_oserror
-from ..image.records import MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
+from ..image.records import FMODE_READ, FMODE_WRITE, MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
 from ..kernel import procfs
 from ..kernel.sys import MQUEUE_MAGIC, PROC_SUPER_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
 from ..kernel.ttyio import PTS_MAJORS
@@ -28,9 +28,6 @@ from .context import DumpContext
 from .objhash import KCMP_FILE, KCMP_FILES
 
 O_ACCMODE = 0o3
-O_PATH = 0o10000000
-O_CLOEXEC = 0o2000000
-FMODE_READ, FMODE_WRITE = 0x1, 0x2
 TTY_MAJORS = {4, 5} | set(PTS_MAJORS)
 DELETED = procfs.DELETED_SUFFIX
 DATA_CHUNK = 4 << 20  # FILE_DATA records of 4 MiB keep the dumper small (MAX_BLOB is 64 MiB)
@@ -155,7 +152,7 @@ def grab(pid: int, fd: int):
 
 
 def file_mode(flags: int) -> int:
-    if flags & O_PATH:
+    if flags & os.O_PATH:
         return 0
     acc = flags & O_ACCMODE
     return (FMODE_READ if acc in (0, 2) else 0) | (FMODE_WRITE if acc in (1, 2) else 0)
@@ -164,7 +161,7 @@ def file_mode(flags: int) -> int:
 def write_file_head(ctx: DumpContext, ref: int, kind: FileType, flags: int, pos: int, name: str | None,
                     version: int = 0) -> None:
     ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=ref))
-    flags &= ~O_CLOEXEC  # close-on-exec belongs to the fd (FILE_DESC), not the description
+    flags &= ~os.O_CLOEXEC  # close-on-exec belongs to the fd (FILE_DESC), not the description
     ctx.w.record(RecType.FILE, dict(f_type=kind, f_mode=file_mode(flags), f_flags=flags, f_pos=pos,
                                     f_version=version))
     if name is not None:
@@ -279,7 +276,7 @@ def write_owner(ctx: DumpContext, ref: int, o: OpenFd) -> None:
     """FILE_OWNER, when the file has an owner for its I/O signals (F_SETOWN) or a signal to send
     instead of SIGIO (F_SETSIG): they live in the open file description, read through a copy.
     The owner is named in the namespace; one outside it (or gone) is written 0."""
-    if o.info.flags & O_PATH:
+    if o.info.flags & os.O_PATH:
         return  # fcntl takes only F_GETFL-like commands on those (EBADF), and they signal nothing
     try:
         with grab(o.pid, o.fd) as dup:
@@ -318,7 +315,7 @@ def dump_table(ctx: DumpContext, pid: int) -> int:
     ctx.w.record(RecType.FILE_TABLE, dict(fdt_nfds=len(fds)))
     for fd in fds:
         fref = dump_file(ctx, pid, fd)
-        cloexec = bool(procfs.fdinfo(pid, fd, ctx.proc).flags & O_CLOEXEC)
+        cloexec = bool(procfs.fdinfo(pid, fd, ctx.proc).flags & os.O_CLOEXEC)
         ctx.w.record(RecType.FILE_DESC, dict(fd_objref=fref, fd_descriptor=fd, fd_close_on_exec=int(cloexec)))
     return ref
 

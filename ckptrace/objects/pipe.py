@@ -11,15 +11,13 @@ import ctypes
 import fcntl
 import os
 import struct
+import termios
 
 from ..errors import CkptError, from_oserror
 from ..image.records import RecType
 from ..kernel.sys import libc
 from .context import DumpContext
 
-F_GETPIPE_SZ = 1032
-F_SETPIPE_SZ = 1031
-FIONREAD = 0x541B
 SPLICE_F_NONBLOCK = 2
 
 libc.tee.restype = ctypes.c_ssize_t
@@ -28,13 +26,13 @@ libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
 
 def peek(fd: int) -> tuple[bytes, int]:
     """(buffered bytes, capacity) of the pipe `fd` is an end of (any access mode)."""
-    size = fcntl.fcntl(fd, F_GETPIPE_SZ)
-    n = struct.unpack("i", fcntl.ioctl(fd, FIONREAD, b"\0\0\0\0"))[0]
+    size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    n = struct.unpack("<i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
     if n == 0:
         return b"", size
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        fcntl.fcntl(w, F_SETPIPE_SZ, size)
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
         got = libc.tee(fd, w, n, SPLICE_F_NONBLOCK)
         if got < 0:
             err = ctypes.get_errno()

@@ -18,15 +18,12 @@ from socket import MSG_CTRUNC, MSG_DONTWAIT, MSG_OOB, MSG_PEEK, MSG_TRUNC
 from termios import FIONREAD
 
 from ..errors import Unsupported, from_oserror
-from ..image.records import MAX_BLOB, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, FileType, RecType
+from ..image.records import MAX_BLOB, SOCKADDR_LEN, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, FileType, RecType
 from ..kernel import tcprepair
 from ..kernel.sockdiag import SockInfo
 from ..kernel.sys import SO_PEEK_OFF, libc
 from .context import DumpContext
 
-SOCKADDR_LEN = 128
-SOL_SOCKET = 1
-SO_TYPE, SO_PROTOCOL, SO_DOMAIN = 3, 38, 39
 
 
 def _sockaddr(fn, fd: int) -> bytes:
@@ -37,7 +34,7 @@ def _sockaddr(fn, fd: int) -> bytes:
     return buf.raw[:min(ln.value, SOCKADDR_LEN)].ljust(SOCKADDR_LEN, b"\0")
 
 
-def _opt(fd: int, opt: int, level: int = SOL_SOCKET) -> int:
+def _opt(fd: int, opt: int, level: int = socket.SOL_SOCKET) -> int:
     s = socket.socket(fileno=fd)
     try:
         return s.getsockopt(level, opt)
@@ -120,22 +117,22 @@ def _unix_queue(fd: int, stype: int, where: str) -> tuple[list[tuple[bytes, byte
                               "checkpointed: reading its queue would take the error from the program")
         if stream:
             _refuse_out_of_band(s, where)
-        before = s.getsockopt(SOL_SOCKET, SO_PEEK_OFF)
+        before = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
         # A seqpacket peek returns 0 bytes both for an empty message and, once the peer has shut
         # down, for the end: only a real message carries a timestamp (SO_TIMESTAMP, off again after)
-        stamp = stype == socket.SOCK_SEQPACKET and not (s.getsockopt(SOL_SOCKET, SO_TIMESTAMP)
-                                                         or s.getsockopt(SOL_SOCKET, SO_TIMESTAMPNS))
-        s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, 0)
+        stamp = stype == socket.SOCK_SEQPACKET and not (s.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMP)
+                                                         or s.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS))
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         try:
             if stamp:
-                s.setsockopt(SOL_SOCKET, SO_TIMESTAMP, 1)
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
             if stream:
                 return _peek_stream(s, where), SHUTDOWN_RESET if reset else 0
             return _peek_messages(s, stype, where), 0
         finally:
             if stamp:
-                s.setsockopt(SOL_SOCKET, SO_TIMESTAMP, 0)
-            s.setsockopt(SOL_SOCKET, SO_PEEK_OFF, before)
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 0)
+            s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, before)
     finally:
         s.detach()
 
@@ -155,7 +152,7 @@ def _check_control(anc, flags: int, where: str) -> bool:
     came (the message is real, not a seqpacket's end)."""
     stamped = False
     for level, kind, cdata in anc:
-        if level != SOL_SOCKET:
+        if level != socket.SOL_SOCKET:
             continue
         if kind == SCM_RIGHTS:
             # the peek gave us copies of the descriptors in flight: they are not ours to keep
@@ -235,7 +232,7 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     where = _where(ctx, o.pid)
     tcp = None
     with grab(o.pid, o.fd) as fd:
-        family, stype, proto = _opt(fd, SO_DOMAIN), _opt(fd, SO_TYPE), _opt(fd, SO_PROTOCOL)
+        family, stype, proto = _opt(fd, socket.SO_DOMAIN), _opt(fd, socket.SO_TYPE), _opt(fd, socket.SO_PROTOCOL)
         local = _sockaddr(libc.getsockname, fd)
         peer = _sockaddr(libc.getpeername, fd)
         options = _options(fd, family)
@@ -321,7 +318,7 @@ def unlisted(fd: int, ino: int, where: str) -> SockInfo:
     namespace than the process's, where sock_diag was asked, and passed in."""
     import select
 
-    family, stype, proto = _opt(fd, SO_DOMAIN), _opt(fd, SO_TYPE), _opt(fd, SO_PROTOCOL)
+    family, stype, proto = _opt(fd, socket.SO_DOMAIN), _opt(fd, socket.SO_TYPE), _opt(fd, socket.SO_PROTOCOL)
     what = describe(family, stype, proto)
     tcp = (stype, proto) == (socket.SOCK_STREAM, socket.IPPROTO_TCP)
     udp = (stype, proto) == (socket.SOCK_DGRAM, socket.IPPROTO_UDP)
@@ -444,7 +441,7 @@ def _repair_off(fd: int, reuseaddr: bool) -> None:
     if reuseaddr:  # (leaving repair mode cleared it)
         s = socket.socket(fileno=fd)
         try:
-            s.setsockopt(SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         finally:
             s.detach()
 

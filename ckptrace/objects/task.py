@@ -22,21 +22,14 @@ from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EA
                               PROC_MEMORY_MERGE, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
                               TASK_STOPPED, RecType)
 from ..kernel import procfs
+from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MEMORY_MERGE, PR_GET_PDEATHSIG, PR_GET_THP_DISABLE,
+                           PR_GET_TID_ADDRESS, PR_GET_SECUREBITS, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_EARLY, PR_MCE_KILL_GET)
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
 from ..kernel.sysno import SYS_brk, SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack
 from . import nsinfo, seccomp, timers
 from .context import DumpContext
 
-PR_GET_PDEATHSIG = 2
-PR_GET_DUMPABLE = 3
-PR_GET_SECUREBITS = 27
-PR_GET_CHILD_SUBREAPER = 37
-PR_GET_THP_DISABLE = 42
-PR_MCE_KILL, PR_MCE_KILL_GET = 33, 34
-PR_MCE_KILL_LATE, PR_MCE_KILL_EARLY, PR_MCE_KILL_DEFAULT = 0, 1, 2
-PR_GET_MEMORY_MERGE = 68
-PR_GET_TID_ADDRESS = 40
 NSIG = 64
 SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
 STACK_T = struct.Struct("<Qi4xQ")  # stack_t: ss_sp, ss_flags, ss_size

@@ -15,6 +15,7 @@ import os
 import struct
 
 from ..image.records import SIGINFO_SIZE
+from ..kernel.prctl import PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAPBSET_DROP, PR_SET_DUMPABLE, PR_SET_SECUREBITS
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import libc
 from .memory import check
@@ -23,8 +24,6 @@ from ..kernel.sysno import (SYS_capset, SYS_prctl, SYS_rt_sigaction, SYS_rt_sigq
 
 SI_USER = 0
 SIGRTMIN = 32  # the kernel's: every signal from here on queues one instance per send
-PR_SET_DUMPABLE = 4
-PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
 SECBIT_KEEP_CAPS, SECBIT_KEEP_CAPS_LOCKED = 0x10, 0x20
 SECBIT_NO_CAP_AMBIENT_RAISE_BITS = 0xC0  # the bit and its lock
 

@@ -32,14 +32,12 @@ from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, peer_gone, socket_desc
-from ..image.records import (MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
+from ..image.records import (FMODE_WRITE, MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKADDR_LEN, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
                              TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
                              inotify_watches)
 from ..kernel.sysno import SYS_epoll_create1, SYS_signalfd4, SYS_timerfd_create, SYS_timerfd_settime
 from . import tty
 
-F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
-FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # Flags not to reopen a file with: those that only matter at open time (and must not recreate
 # or truncate anything now), and O_ASYNC, which open() records without registering the file for
 # I/O signals (FileSet.set_owners sets it properly)
@@ -54,7 +52,6 @@ SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, Fil
              FileType.UNIX_SOCKET, FileType.INET_SOCKET, FileType.TTY, FileType.INOTIFY}
 AF_UNIX = 1
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
-SOCKADDR_LEN = 128
 SOCK_DGRAM = 2
 IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
@@ -421,13 +418,13 @@ class FileSet:
             pipes[pid] = (r, w)
             if rec.fields["pipe_size"]:
                 try:
-                    fcntl.fcntl(w, F_SETPIPE_SZ, rec.fields["pipe_size"])
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, rec.fields["pipe_size"])
                 except OSError:
                     pass  # over /proc/sys/fs/pipe-max-size: the default may still hold the data
         r, w = pipes[pid]
         data = bytes(rec.payload or b"")[:rec.fields["buffered"]]
         if data:
-            room = fcntl.fcntl(w, F_GETPIPE_SZ)
+            room = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
             if len(data) > room:  # the write would block for ever: nobody reads yet
                 raise Unsupported(f"pipe:[{pid}] held {len(data)} bytes, more than a pipe here can take "
                                   f"({room}: raise fs.pipe-max-size)")
@@ -470,7 +467,7 @@ class FileSet:
                 data = b""
             elif rec is not None and rec.fields["pipe_size"]:
                 try:
-                    fcntl.fcntl(holder, F_SETPIPE_SZ, rec.fields["pipe_size"])
+                    fcntl.fcntl(holder, fcntl.F_SETPIPE_SZ, rec.fields["pipe_size"])
                 except OSError:
                     pass
             if data:

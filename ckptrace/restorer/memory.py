@@ -25,6 +25,7 @@ from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import File, Image, Mm, Vma
 from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, RecType, VmaType
 from ..kernel import procfs
+from ..kernel.prctl import PR_SET_MM, PR_SET_MM_MAP, PR_SET_NAME
 from ..kernel.ptrace import Injector
 from ..kernel.sysno import (SYS_close, SYS_madvise, SYS_mlock2, SYS_mlockall, SYS_mmap, SYS_mprotect,
                             SYS_mremap, SYS_munmap, SYS_prctl, SYS_pread64, SYS_rseq, SYS_set_robust_list,
@@ -53,7 +54,6 @@ UNRESTORABLE = {"sl": "sealed (mseal)",
                 "um": "registered with a userfaultfd", "uw": "registered with a userfaultfd",
                 "ui": "registered with a userfaultfd"}
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
-PR_SET_MM, PR_SET_MM_MAP, PR_SET_NAME = 35, 14, 15
 TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user space (4-level paging)
 SPECIAL = ("[vvar]", "[vvar_vclock]", "[vdso]")
 # struct prctl_mm_map: 11 u64 addresses, u64 auxv pointer, u32 auxv_size, u32 exe_fd.

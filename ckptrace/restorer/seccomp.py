@@ -13,12 +13,12 @@ import struct
 
 from ..errors import Unsupported
 from ..image.records import PAGE_SIZE
+from ..kernel.prctl import PR_SET_NO_NEW_PRIVS
 from ..kernel.ptrace import Injector
 from .memory import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, check
 from ..kernel.sysno import SYS_mmap, SYS_munmap, SYS_prctl, SYS_seccomp
 
 SECCOMP_SET_MODE_FILTER = 1
-PR_SET_NO_NEW_PRIVS = 38
 SOCK_FPROG = struct.Struct("<H6xQ")  # struct sock_fprog {unsigned short len; struct sock_filter *filter}
 
 

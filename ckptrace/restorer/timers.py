@@ -16,12 +16,12 @@ import signal
 import struct
 
 from ..errors import HostUnsupported
+from ..kernel.prctl import PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, PR_TIMER_CREATE_RESTORE_IDS_ON
 from ..kernel.ptrace import Injector
 from ..objects.timers import ITIMERS, ITIMERSPEC, ITIMERVAL
 from .memory import check
 from ..kernel.sysno import SYS_prctl, SYS_setitimer, SYS_timer_create, SYS_timer_settime
 
-PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, RESTORE_IDS_ON = 77, 0, 1
 SIGEVENT = struct.Struct("<Qiii44x")  # struct sigevent (64 bytes): value, signo, notify, _tid
 NS = 1_000_000_000
 
@@ -82,7 +82,7 @@ def apply(inj: Injector, itimers: dict | None) -> None:
 def apply_posix(inj: Injector, pid: int, timers: list[dict]) -> None:
     if not timers:
         return
-    ret = inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0)
+    ret = inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0)
     if -4096 < ret < 0:
         raise HostUnsupported(f"pid {pid} has POSIX timers, and this kernel cannot create a timer "
                               "under a given id (no PR_TIMER_CREATE_RESTORE_IDS)")
@@ -98,4 +98,4 @@ def apply_posix(inj: Injector, pid: int, timers: list[dict]) -> None:
                 if t["value"]:
                     check(inj.syscall(SYS_timer_settime, t["id"], 0, spec_addr, 0), f"timer_settime({t['id']}) in {pid}")
     finally:
-        inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0)
+        inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)

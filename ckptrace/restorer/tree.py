@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import Unsupported
+from ..kernel.prctl import (PR_MCE_KILL, PR_MCE_KILL_SET, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_MEMORY_MERGE,
+                           PR_SET_PDEATHSIG, PR_SET_THP_DISABLE)
 from ..image.reader import File, FileTable, Image, Mm, Task
-from ..image.records import (CLONE_NEWIPC, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
+from ..image.records import (CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
                               PROC_MEMORY_MERGE, PROC_THP_DISABLE, FileType,
                               RecType, VmaType)
 from ..kernel.ptrace import WALL  # (waits for children without an exit signal too: stand-ins)
@@ -34,15 +36,8 @@ from ..kernel.sysno import SYS_clone3
 from . import creds, tty
 from .files import FileSet
 
-CLONE_NEWPID = 0x20000000
 RLIM_NLIMITS = 16
-PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
 READ_IMPLIES_EXEC = 0x0400000
-PR_SET_CHILD_SUBREAPER = 36
-PR_SET_THP_DISABLE = 41
-PR_MCE_KILL, PR_MCE_KILL_SET = 33, 1
-PR_SET_MEMORY_MERGE = 67
 EPOLL_CTL_ADD = 1
 CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
 
