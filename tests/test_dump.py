@@ -937,7 +937,7 @@ def test_a_task_that_never_stops_is_refused_not_waited_for(pidns, vforker, tmp_p
     w = pidns([vforker, str(ready), "100000"], ready_file=str(ready), settle=0.2)  # child: 100 s before exec
     t0 = time.monotonic()
     p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False, timeout=60)
-    assert_refused(p, f"task {w.init} does not stop", "vfork")
+    assert_refused(p, f"task 1 inside the namespace (host tid {w.init}) does not stop", "vfork")
     assert time.monotonic() - t0 < 15
     assert_running_untraced(w)  # the parent still in vfork (state D), the child asleep, neither traced
 

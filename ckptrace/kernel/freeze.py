@@ -236,7 +236,8 @@ class Freezer:
         for task in late:
             try:
                 if not task.tracee.wait_stop(deadline):
-                    raise Unsupported(f"task {task.hosttid} does not stop: it waits in the kernel "
+                    raise Unsupported(f"task {task.nstid or '?'} inside the namespace (host tid {task.hosttid}) does not "
+                                      f"stop: it waits in the kernel "
                                       f"({procfs.wchan(task.hosttid, self.root) or 'unknown'}), e.g. a vfork "
                                       "parent for its child's exec, or an uninterruptible sleep")
             except NoSuchProcess:
