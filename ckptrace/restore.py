@@ -349,7 +349,7 @@ class _Restore:
                 shown[0] = f"process {i + 1}/{len(procs)} (pid {t.tid})"
                 self._show(shown[0], mem)
                 self._process(t, mem, files)
-            files.add_late_seals()  # every shared mapping exists now (memfd seals, files._memfd)
+            files.add_late_seals()  # every shared mapping exists now (memfd seals, files._seal)
             files.set_owners(self._owner_host, lambda objref: self._set_async(files, objref))  # every thread exists now
             self._show("finishing", mem)
             # The point of no return: no watchdog may abort what is let go now, and the caller's

@@ -5043,6 +5043,165 @@ def test_a_memfd_held_by_its_mapping_only_keeps_its_name(pidns, tmp_path, restor
     assert "/memfd:ckpt-seg (deleted)" in maps, maps
 
 
+SEGMENT_SEALS = SHM_COMMON + r"""
+import fcntl
+d = sys.argv[1]
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+def segment(name, seals, prot, map_first=False, flags=os.MFD_ALLOW_SEALING):
+    # a memfd of 2 pages, its name in the second, mapped MAP_SHARED; its fd closed: a SHMEM segment
+    fd = os.memfd_create(name, flags)
+    os.ftruncate(fd, 2 * P)
+    os.pwrite(fd, name.encode(), P)
+    if map_first:
+        a = mmap(2, prot, 0x01, fd)
+    if seals:
+        fcntl.fcntl(fd, F_ADD_SEALS, seals)
+    if not map_first:
+        a = mmap(2, prot, 0x01, fd)
+    os.close(fd)
+    return a
+addrs = [segment("grow-shrink", 0x2 | 0x4, 3),                 # SHRINK | GROW, written through its mapping
+         segment("future-ro", 0x10, 1),                          # FUTURE_WRITE, mapped read-only after it
+         segment("write-sealed", 0x8 | 0x2 | 0x4 | 0x1, 1),       # WRITE | SHRINK | GROW | SEAL, read-only
+         segment("future-rw", 0x10 | 0x1, 3, map_first=True),    # FUTURE_WRITE | SEAL, writable mapping made before
+         segment("unsealable", 0, 3, flags=0),                   # no MFD_ALLOW_SEALING: F_SEAL_SEAL
+         mmap(2, 3, 0x21)]                                       # MAP_SHARED|MAP_ANONYMOUS
+libc.shmat.restype = ctypes.c_void_p
+shm = libc.shmget(0, 2 * P, 0o1000 | 0o600)                     # SysV: IPC_PRIVATE, IPC_CREAT
+addrs.append(libc.shmat(shm, None, 0))
+assert libc.shmctl(shm, 0, None) == 0                           # IPC_RMID: gone once detached
+put(addrs[0], b"GS-VIA-MAP")
+put(addrs[3], b"FW-VIA-MAP")
+put(addrs[5] + P, b"anonymous")
+put(addrs[6] + P, b"sysv")
+def seals():  # each segment's seals, as this process sees them through its mapping's file
+    out = []
+    for a in addrs:
+        fd = os.open(f"/proc/self/map_files/{a:x}-{a + 2 * P:x}", os.O_RDONLY)
+        try:
+            out.append(fcntl.fcntl(fd, F_GET_SEALS))
+        finally:
+            os.close(fd)
+    return " ".join(map(str, out))
+def say(name, text):
+    with open(os.path.join(d, name + ".part"), "w") as f:
+        f.write(text)
+    os.rename(os.path.join(d, name + ".part"), os.path.join(d, name))
+say("before", seals())
+say("addrs", " ".join(map(str, addrs)))
+open(os.path.join(d, "ready"), "w").close()
+while not os.path.exists(os.path.join(d, "check")):  # (restored: asked to look again)
+    time.sleep(0.05)
+say("after", seals())
+while True:
+    time.sleep(1)
+"""
+SEGMENT_NAMES = ("grow-shrink", "future-ro", "write-sealed", "future-rw", "unsealable")
+
+
+def _segment_seals_after(init: int, tmp_path) -> list[int]:
+    """The seals the restored SEGMENT_SEALS process reads through /proc/self/map_files."""
+    (tmp_path / "check").touch()
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "after").exists():
+        assert time.monotonic() < deadline, "the restored process did not read its seals"
+        assert os.path.exists(f"/proc/{init}"), "the restored process died"
+        time.sleep(0.05)
+    return [int(x) for x in (tmp_path / "after").read_text().split()]
+
+
+def test_a_memfd_held_by_its_mapping_only_keeps_its_seals(pidns, tmp_path, restored):
+    """A memfd mapped MAP_SHARED whose fd was closed is a SHMEM segment in the image; its seals
+    (F_GET_SEALS through /proc/PID/map_files) are in its FILE.f_version and come back on the
+    rebuilt memfd: the restored process reads the same seals through its mappings, which keep
+    their contents and protections, and the seals hold (a write-sealed or future-write-sealed
+    segment refuses write(2), a grow/shrink-sealed one ftruncate; a writable mapping made
+    before F_SEAL_FUTURE_WRITE still writes). A MAP_SHARED|MAP_ANONYMOUS or SysV segment has
+    no seals to keep (f_version 0) and comes back as before. Restore used to make every segment an
+    unsealable memfd: F_SEAL_SEAL whatever it had."""
+    from ckptrace.image.reader import File, read_image
+    from ckptrace.image.records import FileType
+
+    F_GET_SEALS, P = 1034, 4096
+    w = py_workload(pidns, SEGMENT_SEALS, tmp_path)
+    addrs = [int(x) for x in (tmp_path / "addrs").read_text().split()]
+    before = [int(x) for x in (tmp_path / "before").read_text().split()]
+    assert before == [0x2 | 0x4, 0x10, 0x8 | 0x2 | 0x4 | 0x1, 0x10 | 0x1, 0x1, 0x1, 0x1]
+    img = str(tmp_path / "segment-seals.img")
+    dump_kill(w, img)
+    init = restore_json(img, restored)["init_pid"]
+    assert _segment_seals_after(init, tmp_path) == before
+    with open(img, "rb") as f:
+        image = read_image(f, skip_pages=True)
+    versions = {o.name: o.fields["f_version"] for o in image.objects.values()
+                if isinstance(o, File) and o.ftype == FileType.SHMEM}
+    for name, seals in zip(SEGMENT_NAMES, before):
+        assert versions[f"/memfd:{name} (deleted)"] == 1 << 32 | seals, versions
+    assert versions["/dev/zero (deleted)"] == 0
+    assert [v for k, v in versions.items() if k.startswith("/SYSV")] == [0]
+    maps = _maps(init)
+    for a, name, perms in zip(addrs, SEGMENT_NAMES, ("rw-s", "r--s", "r--s", "rw-s", "rw-s")):
+        assert maps[a][1:4:2] == (perms, f"/memfd:{name} (deleted)"), maps[a]
+        assert _peek(init, a + P, len(name)) == name.encode()
+    assert _peek(init, addrs[0], 10) == b"GS-VIA-MAP" and _peek(init, addrs[3], 10) == b"FW-VIA-MAP"
+    assert _peek(init, addrs[5] + P, 9) == b"anonymous" and _peek(init, addrs[6] + P, 4) == b"sysv"
+
+    def segment_file(a):
+        return os.open(f"/proc/{init}/map_files/{a:x}-{a + 2 * P:x}", os.O_RDWR)
+
+    def refused(attempt):
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == errno.EPERM
+
+    gs, fro, ws, frw = (segment_file(a) for a in addrs[:4])
+    try:
+        assert [fcntl.fcntl(x, F_GET_SEALS) for x in (gs, fro, ws, frw)] == before[:4]
+        refused(lambda: os.ftruncate(gs, P))
+        refused(lambda: os.ftruncate(gs, 4 * P))
+        os.pwrite(gs, b"STILL-WRITES", 0)
+        assert _peek(init, addrs[0], 12) == b"STILL-WRITES"
+        for x in (fro, ws, frw):
+            refused(lambda x=x: os.pwrite(x, b"x", 0))
+        _poke(init, addrs[3], b"MAPPED-WRITE")  # the mapping made before F_SEAL_FUTURE_WRITE
+        assert os.pread(frw, 12, 0) == b"MAPPED-WRITE"
+    finally:
+        for x in (gs, fro, ws, frw):
+            os.close(x)
+
+
+def test_a_segment_of_an_image_without_its_seals_restores_as_before(pidns, tmp_path, restored):
+    """An image from before segment seals were kept (every SHMEM FILE.f_version 0): each segment
+    comes back as it always did, an unsealable memfd (F_SEAL_SEAL) with its name and contents,
+    its pages written by the memory rebuild."""
+    from ckptrace.image.records import HDR_SIZE, FileType, RecType
+    from ckptrace.image.stream import RecordReader
+
+    P = 4096
+    w = py_workload(pidns, SEGMENT_SEALS, tmp_path)
+    addrs = [int(x) for x in (tmp_path / "addrs").read_text().split()]
+    img = str(tmp_path / "old-segments.img")
+    dump_kill(w, img)
+    with open(img, "r+b") as f:
+        r, cleared = RecordReader(f, skip_pages=True), 0
+        where = []
+        while (rec := r.next()) is not None:
+            if rec.type == RecType.FILE and rec.fields["f_type"] == FileType.SHMEM and rec.fields["f_version"]:
+                where.append(rec.offset + HDR_SIZE + 24)  # f_version, at 24 in FILE's fields
+        for off in where:
+            f.seek(off)
+            f.write(bytes(8))
+            cleared += 1
+    assert cleared == len(SEGMENT_NAMES)
+    init = restore_json(img, restored)["init_pid"]
+    assert _segment_seals_after(init, tmp_path) == [0x1] * 7
+    maps = _maps(init)
+    for a, name in zip(addrs, SEGMENT_NAMES):
+        assert maps[a][3] == f"/memfd:{name} (deleted)" and _peek(init, a + P, len(name)) == name.encode()
+    assert _peek(init, addrs[0], 10) == b"GS-VIA-MAP" and _peek(init, addrs[3], 10) == b"FW-VIA-MAP"
+    assert _peek(init, addrs[5] + P, 9) == b"anonymous" and _peek(init, addrs[6] + P, 4) == b"sysv"
+
+
 ZOMBIES = r"""
 import os, signal, sys, time
 d, blocked = sys.argv[1], sys.argv[2] == "blocked"

@@ -118,8 +118,9 @@ class FileType(enum.IntEnum):
 
 # FILE.f_mode: the kernel's FMODE_READ and FMODE_WRITE of the open file description
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
-# FILE.f_version of a MEMFD: this bit set says the low 32 bits are the memfd's F_GET_SEALS at dump
-# time; 0 (images written before seals were kept) says they are unknown.
+# FILE.f_version of a MEMFD, or of a SHMEM segment that was a memfd: this bit set says the low 32
+# bits are the memfd's F_GET_SEALS at dump time; 0 (images written before seals were kept, any
+# other segment) says they are unknown.
 MEMFD_SEALS_KNOWN = 1 << 32
 SEAL_NAMES = {0x1: "F_SEAL_SEAL", 0x2: "F_SEAL_SHRINK", 0x4: "F_SEAL_GROW", 0x8: "F_SEAL_WRITE",
               0x10: "F_SEAL_FUTURE_WRITE", 0x20: "F_SEAL_EXEC"}
@@ -672,8 +673,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES, seed_max=FileType.REGULAR,
                                          doc="1 is the seed's GENERIC"), u32("f_mode", "hex"),
                       u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"),
-                      u64("f_version", "hex", doc="0; for a MEMFD, its seals: bit 32 (0x100000000) set, F_GET_SEALS in the low 32 bits "
-                                           "(see Values)")),
+                      u64("f_version", "hex", doc="0; for a MEMFD, or a SHMEM segment that is a memfd, its seals: "
+                                           "bit 32 (0x100000000) set, F_GET_SEALS in the low 32 bits (see Values)")),
        doc="An open file description (shared by dup'd fds and across fork)."),
     _R(RecType.FILE_PIPE, (u64("pipe_id"), u32("buffered"), u32("pipe_size")), Payload.BYTES,
        max_payload=MAX_BLOB,

@@ -205,6 +205,27 @@ def memfd_seals(fd: int) -> int:
         raise from_oserror(exc, "F_GET_SEALS of a memfd") from None
 
 
+def segment_seals(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
+    """FILE.f_version of a SHMEM segment: for a memfd mapped MAP_SHARED whose fd is gone, its
+    seals as a MEMFD's (`memfd_seals`), read through /proc/PID/map_files: seals belong to the
+    inode, so any file of it answers. 0 for the others, which take no seal (the shmem file of a
+    MAP_SHARED anonymous region or a SysV segment says F_SEAL_SEAL), and for a segment that
+    cannot be opened (its pages then come from the process's page table, as in mm.py):
+    restore makes those as it always did."""
+    if not m.path.startswith("/memfd:"):
+        return 0
+    try:
+        fd = os.open(f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, F_GET_SEALS)
+    except OSError:
+        return 0  # (EINVAL: not a shmem file after all, whatever its name)
+    finally:
+        os.close(fd)
+
+
 def write_contents(ctx: DumpContext, fd: int, what: str) -> None:
     """FILE_DATA records holding the contents of the file open as `fd` (our own descriptor): one
     per data extent (split at DATA_CHUNK), in increasing offset order; holes are left out. A file

@@ -248,7 +248,8 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
                 # a reader that knows only the seed's object types can still follow the objref.
                 objref = ctx.objhash.add_key(key)
                 ctx.w.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=objref))
-                ctx.w.record(RecType.FILE, dict(f_type=FileType.SHMEM, f_mode=3, f_flags=os.O_RDWR))
+                ctx.w.record(RecType.FILE, dict(f_type=FileType.SHMEM, f_mode=3, f_flags=os.O_RDWR,
+                                                f_version=files.segment_seals(ctx, pid, m)))
                 ctx.w.record(RecType.FILE_NAME, payload=m.path or "/dev/zero (deleted)")
         elif t is VmaType.VVAR:
             table = None

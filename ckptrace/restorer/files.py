@@ -261,6 +261,10 @@ class FileSet:
     socket_pairs: dict[tuple[int, int], dict[int, int]] = field(default_factory=dict)
     extra: list[int] = field(default_factory=list)  # every task keeps these until its memory is done
     late_seals: list[tuple[int, int, File]] = field(default_factory=list)  # (memfd, seals, object)
+    # SHMEM objrefs whose pages the controller wrote before sealing them (_seal_segments), and
+    # how many bytes: the memory rebuild leaves those segments alone
+    filled: set[int] = field(default_factory=set)
+    bytes_filled: int = 0
     image: BinaryIO | None = None  # the image file, for the FILE_DATA payloads the reader left there
     # (peer's address, objref, place): datagram clients of a bound server, and stream clients a
     # listener had not accepted yet, in the order they wait in its accept queue
@@ -324,6 +328,7 @@ class FileSet:
         for obj in self.img.objects.values():
             if isinstance(obj, Mm):
                 self._map_files(obj)
+        self._seal_segments()
 
     def _open(self, obj: File, pipes: dict[int, tuple[int, int]]) -> int:
         f = obj.fields
@@ -882,17 +887,30 @@ class FileSet:
 
     def _memfd(self, obj: File) -> int:
         """A memfd with the object's contents: sized once, then only the stored extents written
-        (holes stay holes, unallocated). A memfd's seals come back too: made sealable (or with
-        MFD_NOEXEC_SEAL for F_SEAL_EXEC) unless its seals were just F_SEAL_SEAL, as a memfd
-        made without MFD_ALLOW_SEALING has; the seals are added once the contents are written.
-        Those that would refuse or lose a mapping the tasks are yet to make wait (`late_seals`,
-        added by `add_late_seals` once every process's memory is rebuilt): F_SEAL_FUTURE_WRITE
-        (and F_SEAL_SEAL, which would forbid adding it later) when a shared VMA of the file may
-        write; the kernel lets such a mapping outlive the seal, but not be made after it.
-        F_SEAL_WRITE cannot coexist with such a VMA and is added at once, so a read-only
-        shared mapping of a write-sealed memfd is made as the kernel allows it: after the seal."""
+        (holes stay holes, unallocated). A memfd's seals come back too (`_new_memfd`, `_seal`),
+        added once the contents are written."""
         name = os.path.basename(obj.name or "restored").removeprefix("memfd:")[:200] or "restored"
-        seals = image_seals = memfd_seals(obj)
+        seals = memfd_seals(obj)
+        fd = self._new_memfd(obj, name, seals)
+        sized = False
+        for r in obj.extra:
+            if r.type == RecType.FILE_DATA:
+                if not sized:
+                    os.ftruncate(fd, r.fields["size"])
+                    sized = True
+                if r.payload:
+                    os.pwrite(fd, r.payload, r.fields["offset"])
+                elif r.payload is None and r.payload_len:  # left in the image file by the reader
+                    self._copy_from_image(fd, r)
+        os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
+        if seals is not None:
+            self._seal(fd, obj, seals)
+        return fd
+
+    def _new_memfd(self, obj: File, name: str, seals: int | None) -> int:
+        """An empty memfd for a MEMFD object or a SHMEM segment that was one, placed: made
+        sealable (or with MFD_NOEXEC_SEAL for F_SEAL_EXEC) unless its seals were just
+        F_SEAL_SEAL, as a memfd made without MFD_ALLOW_SEALING has, or are unknown (None)."""
         sealable = seals is not None and seals != F_SEAL_SEAL
         # The exec bits: MFD_NOEXEC_SEAL makes the memfd 0666 and seals that. The image has no
         # mode, so a memfd sealed F_SEAL_EXEC that a process runs (its exe or an exec mapping:
@@ -909,32 +927,29 @@ class FileSet:
             if exc.errno != errno.EINVAL or not flags & MFD_EXEC:
                 raise from_oserror(exc, f"memfd_create for {obj.name or 'a memfd'} (object {obj.objref})") from None
             fd = os.memfd_create(name, flags & ~MFD_EXEC)  # before 6.3: executable anyway
-        fd = self.place(fd)
-        sized = False
-        for r in obj.extra:
-            if r.type == RecType.FILE_DATA:
-                if not sized:
-                    os.ftruncate(fd, r.fields["size"])
-                    sized = True
-                if r.payload:
-                    os.pwrite(fd, r.payload, r.fields["offset"])
-                elif r.payload is None and r.payload_len:  # left in the image file by the reader
-                    self._copy_from_image(fd, r)
-        os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
+        return self.place(fd)
+
+    def _seal(self, fd: int, obj: File, image_seals: int) -> None:
+        """The image's seals on the memfd `_new_memfd` made for `obj`, now that its contents
+        are written. Those that would refuse or lose a mapping the tasks are yet to make wait
+        (`late_seals`, added by `add_late_seals` once every process's memory is rebuilt):
+        F_SEAL_FUTURE_WRITE (and F_SEAL_SEAL, which would forbid adding it later) when a shared
+        VMA of the file may write; the kernel lets such a mapping outlive the seal, but not be
+        made after it. F_SEAL_WRITE cannot coexist with such a VMA and is added at once, so a
+        read-only shared mapping of a write-sealed memfd is made as the kernel allows it: after
+        the seal."""
         late = 0
-        if sealable:
-            seals &= ~fcntl.fcntl(fd, F_GET_SEALS)
+        if image_seals != F_SEAL_SEAL:  # (else made unsealable, which says F_SEAL_SEAL)
+            seals = image_seals & ~fcntl.fcntl(fd, F_GET_SEALS)
             late = seals & (F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) if self._shared_maywrite(obj.objref) else 0
             _add_seals(fd, seals & ~late, obj)
             if late:
                 self.late_seals.append((fd, late, obj))
-        if image_seals is not None:
-            got, want = fcntl.fcntl(fd, F_GET_SEALS), image_seals & ~late
-            if got != want:  # a host policy (vm.memfd_noexec = 2) had its say
-                raise Unsupported(f"memfd {obj.name or ''} (object {obj.objref}) came out sealed "
-                                  f"{'|'.join(flag_names(got, SEAL_NAMES)) or 'not at all'}, not "
-                                  f"{'|'.join(flag_names(want, SEAL_NAMES))}: see this host's vm.memfd_noexec")
-        return fd
+        got, want = fcntl.fcntl(fd, F_GET_SEALS), image_seals & ~late
+        if got != want:  # a host policy (vm.memfd_noexec = 2) had its say
+            raise Unsupported(f"memfd {obj.name or ''} (object {obj.objref}) came out sealed "
+                              f"{'|'.join(flag_names(got, SEAL_NAMES)) or 'not at all'}, not "
+                              f"{'|'.join(flag_names(want, SEAL_NAMES))}: see this host's vm.memfd_noexec")
 
     def _mappings_of(self, objref: int):
         """Every VMA of the image, in any process, that maps the file object."""
@@ -948,21 +963,27 @@ class FileSet:
 
     def _copy_from_image(self, fd: int, r) -> None:
         """A FILE_DATA payload the reader left in the image, copied a chunk at a time."""
+        self._copy_image_bytes(fd, r.payload_offset, r.payload_len, r.fields["offset"],
+                               f"FILE_DATA record {r.index}")
+
+    def _copy_image_bytes(self, fd: int, src: int, n: int, dst: int, what: str) -> None:
+        """`n` bytes at `src` in the image file written to `fd` at `dst`, a chunk at a time."""
         if self.image is None:
-            raise KernelError(f"the contents of FILE_DATA record {r.index} were not read", errno.EIO)
+            raise KernelError(f"the contents of {what} were not read", errno.EIO)
         done, chunk = 0, 4 << 20
-        while done < r.payload_len:
-            self.image.seek(r.payload_offset + done)
-            data = self.image.read(min(chunk, r.payload_len - done))
+        while done < n:
+            self.image.seek(src + done)
+            data = self.image.read(min(chunk, n - done))
             if not data:
-                raise KernelError(f"reading FILE_DATA record {r.index} of the image", errno.EIO)
-            os.pwrite(fd, data, r.fields["offset"] + done)
+                raise KernelError(f"reading {what} of the image", errno.EIO)
+            os.pwrite(fd, data, dst + done)
             done += len(data)
 
     def _shared_maywrite(self, objref: int) -> bool:
-        """Whether some shared VMA of the image maps the file object and may write it."""
-        return any(v.fields["vma_type"] == VmaType.SHARED_FILE and v.fields["vm_flags"] & (VM_WRITE | VM_MAYWRITE)
-                   for v in self._mappings_of(objref))
+        """Whether some shared VMA of the image maps the file object (a memfd, or a SHMEM
+        segment) and may write it."""
+        return any(v.fields["vma_type"] in (VmaType.SHARED_FILE, VmaType.SHARED_ANON)
+                   and v.fields["vm_flags"] & (VM_WRITE | VM_MAYWRITE) for v in self._mappings_of(objref))
 
     def set_owners(self, host_of, set_async) -> None:
         """O_ASYNC, then the I/O signal owner and signal, of each file that had them; called once
@@ -1023,10 +1044,35 @@ class FileSet:
                     raise Unsupported(f"shared VMA {vf['vm_start']:#x} names no SHMEM file")
                 fd = self.shmem.get(vf["vma_objref"])
                 if fd is None:
-                    fd = self.shmem[vf["vma_objref"]] = self.place(os.memfd_create(_segment_name(seg), 0))
+                    seals = memfd_seals(seg)
+                    if seals is None:  # anonymous or SysV, or an image without seals: as always
+                        fd = self.place(os.memfd_create(_segment_name(seg), 0))
+                    else:
+                        fd = self._new_memfd(seg, _segment_name(seg), seals)
+                    self.shmem[vf["vma_objref"]] = fd
                 end = vf["vm_pgoff"] * PAGE_SIZE + (vma.end - vma.start)
                 if os.fstat(fd).st_size < end:
                     os.ftruncate(fd, end)
+
+    def _seal_segments(self) -> None:
+        """The seals of SHMEM segments that were memfds, once every VMA has sized them. A
+        sealed segment is filled here, from the pages its VMAs store, rather than by the memory
+        rebuild (`filled`): F_SEAL_WRITE forbids writing it, and must precede its read-only
+        shared mappings (see `_seal`); the seals then go on as a memfd's."""
+        for objref, fd in self.shmem.items():
+            seg = self.img.obj(objref)
+            seals = memfd_seals(seg)
+            if seals is None:
+                continue
+            if seals & ~fcntl.fcntl(fd, F_GET_SEALS):  # (none to add: filled as any other)
+                for v in self._mappings_of(objref):
+                    base = v.fields["vm_pgoff"] * PAGE_SIZE - v.start
+                    for run in v.runs:  # (each page of the segment is stored with one VMA)
+                        n = run.npages * PAGE_SIZE
+                        self._copy_image_bytes(fd, run.offset, n, base + run.vaddr, f"pages at {run.vaddr:#x}")
+                        self.bytes_filled += n
+                self.filled.add(objref)
+            self._seal(fd, seg, seals)
 
     def exe_fd(self, exe: File) -> int:
         if exe.ftype in (FileType.MEMFD, FileType.DELETED):
@@ -1093,10 +1139,11 @@ class FileSet:
 
 
 def memfd_seals(obj: File) -> int | None:
-    """The F_GET_SEALS a MEMFD object had (FILE.f_version, docs/format.md); None when the image
-    does not say (older images, other kinds): such a file comes back unsealable, as it used to."""
+    """The F_GET_SEALS a MEMFD object, or a SHMEM segment that was a memfd, had (FILE.f_version,
+    docs/format.md); None when the image does not say (older images, other kinds): such a file
+    comes back unsealable, as it used to."""
     v = obj.fields["f_version"]
-    if obj.ftype != FileType.MEMFD or not v & MEMFD_SEALS_KNOWN:
+    if obj.ftype not in (FileType.MEMFD, FileType.SHMEM) or not v & MEMFD_SEALS_KNOWN:
         return None
     return v & 0xFFFFFFFF
 

@@ -185,7 +185,7 @@ class MemoryRestorer:
         files.extra.append(self.image_fd)
         self.buf = bytearray(_BUF)
         self.view = memoryview(self.buf)
-        self.bytes_written = 0
+        self.bytes_written = files.bytes_filled  # (sealed segments' pages, written by files.create)
         self.tick = lambda: None  # called as work is done (the caller's progress line)
 
     def rebuild(self, inj: Injector, host_pid: int, mm: Mm) -> None:
@@ -273,7 +273,7 @@ class MemoryRestorer:
         for run in v.runs:
             if in_process:
                 self._pread_run(inj, pid, run)
-            else:
+            elif vf["vma_objref"] not in self.files.filled:  # (a sealed segment has its pages)
                 self._write_shmem(fd, v, run)
         if map_prot != prot:
             check(inj.syscall(SYS_mprotect, v.start, length, prot), f"mprotect {v.start:#x} in {pid}")
