@@ -122,8 +122,10 @@ FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # bits are the memfd's F_GET_SEALS at dump time; 0 (images written before seals were kept, any
 # other segment) says they are unknown.
 MEMFD_SEALS_KNOWN = 1 << 32
-SEAL_NAMES = {0x1: "F_SEAL_SEAL", 0x2: "F_SEAL_SHRINK", 0x4: "F_SEAL_GROW", 0x8: "F_SEAL_WRITE",
-              0x10: "F_SEAL_FUTURE_WRITE", 0x20: "F_SEAL_EXEC"}
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 0x1, 0x2, 0x4, 0x8  # <linux/fcntl.h>
+F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x10, 0x20  # (Linux 5.1, 6.3: not in Python 3.11's fcntl)
+SEAL_NAMES = {F_SEAL_SEAL: "F_SEAL_SEAL", F_SEAL_SHRINK: "F_SEAL_SHRINK", F_SEAL_GROW: "F_SEAL_GROW",
+              F_SEAL_WRITE: "F_SEAL_WRITE", F_SEAL_FUTURE_WRITE: "F_SEAL_FUTURE_WRITE", F_SEAL_EXEC: "F_SEAL_EXEC"}
 
 
 class VmaType(enum.IntEnum):

@@ -31,7 +31,6 @@ O_ACCMODE = 0o3
 TTY_MAJORS = {4, 5} | set(PTS_MAJORS)
 DELETED = procfs.DELETED_SUFFIX
 DATA_CHUNK = 4 << 20  # FILE_DATA records of 4 MiB keep the dumper small (MAX_BLOB is 64 MiB)
-F_GET_SEALS = 1034
 ANON_KINDS = {
     "anon_inode:[eventfd]": FileType.EVENTFD,
     "anon_inode:[eventpoll]": FileType.EPOLL,
@@ -200,9 +199,9 @@ def stored_bytes(fd: int, size: int) -> int:
 def memfd_seals(fd: int) -> int:
     """FILE.f_version of a memfd: its F_GET_SEALS, marked as known (docs/format.md)."""
     try:
-        return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, F_GET_SEALS)
+        return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError as exc:
-        raise from_oserror(exc, "F_GET_SEALS of a memfd") from None
+        raise from_oserror(exc, "fcntl.F_GET_SEALS of a memfd") from None
 
 
 def segment_seals(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
@@ -219,7 +218,7 @@ def segment_seals(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
     except OSError:
         return 0
     try:
-        return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, F_GET_SEALS)
+        return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError:
         return 0  # (EINVAL: not a shmem file after all, whatever its name)
     finally:

@@ -32,7 +32,7 @@ from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
 from ..image.render import file_label, inet_sockaddr, peer_gone, socket_desc
-from ..image.records import (FMODE_WRITE, MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKADDR_LEN, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
+from ..image.records import (F_SEAL_EXEC, F_SEAL_FUTURE_WRITE, F_SEAL_SEAL, FMODE_WRITE, MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKADDR_LEN, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
                              TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
                              inotify_watches)
 from ..kernel.sysno import SYS_epoll_create1, SYS_signalfd4, SYS_timerfd_create, SYS_timerfd_settime
@@ -43,8 +43,6 @@ from . import tty
 # I/O signals (FileSet.set_owners sets it properly)
 _OPEN_ONLY = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC | os.O_ASYNC
 VM_MAYWRITE = 0x20
-F_ADD_SEALS, F_GET_SEALS = 1033, 1034
-F_SEAL_SEAL, F_SEAL_WRITE, F_SEAL_FUTURE_WRITE, F_SEAL_EXEC = 0x1, 0x8, 0x10, 0x20
 MFD_ALLOW_SEALING, MFD_NOEXEC_SEAL, MFD_EXEC = 0x2, 0x8, 0x10
 
 SUPPORTED = {FileType.REGULAR, FileType.PIPE, FileType.FIFO, FileType.MEMFD, FileType.DELETED,
@@ -940,12 +938,12 @@ class FileSet:
         the seal."""
         late = 0
         if image_seals != F_SEAL_SEAL:  # (else made unsealable, which says F_SEAL_SEAL)
-            seals = image_seals & ~fcntl.fcntl(fd, F_GET_SEALS)
+            seals = image_seals & ~fcntl.fcntl(fd, fcntl.F_GET_SEALS)
             late = seals & (F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) if self._shared_maywrite(obj.objref) else 0
             _add_seals(fd, seals & ~late, obj)
             if late:
                 self.late_seals.append((fd, late, obj))
-        got, want = fcntl.fcntl(fd, F_GET_SEALS), image_seals & ~late
+        got, want = fcntl.fcntl(fd, fcntl.F_GET_SEALS), image_seals & ~late
         if got != want:  # a host policy (vm.memfd_noexec = 2) had its say
             raise Unsupported(f"memfd {obj.name or ''} (object {obj.objref}) came out sealed "
                               f"{'|'.join(flag_names(got, SEAL_NAMES)) or 'not at all'}, not "
@@ -1064,7 +1062,7 @@ class FileSet:
             seals = memfd_seals(seg)
             if seals is None:
                 continue
-            if seals & ~fcntl.fcntl(fd, F_GET_SEALS):  # (none to add: filled as any other)
+            if seals & ~fcntl.fcntl(fd, fcntl.F_GET_SEALS):  # (none to add: filled as any other)
                 for v in self._mappings_of(objref):
                     base = v.fields["vm_pgoff"] * PAGE_SIZE - v.start
                     for run in v.runs:  # (each page of the segment is stored with one VMA)
@@ -1152,7 +1150,7 @@ def _add_seals(fd: int, seals: int, obj: File) -> None:
     if not seals:
         return
     try:
-        fcntl.fcntl(fd, F_ADD_SEALS, seals)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     except OSError as exc:
         names = "|".join(flag_names(seals, SEAL_NAMES))
         raise from_oserror(exc, f"seal {obj.name or 'a memfd'} (object {obj.objref}) with {names}") from None
