@@ -225,7 +225,9 @@ class Dumper:
                     ctx.progress()
         finally:
             copier.close()
-        write_tail(w)
+        # With --kill the TAIL is held back until nothing can refuse the kill any more (see
+        # dump()): a reader of a refused dump's stream must not get an image it can restore.
+        write_tail(w, hold=self.opts.kill)
         ctx.unaccepted = unaccepted(ctx)
         return ctx
 
@@ -260,6 +262,40 @@ def _raise_on_signal(signum, _frame):
 def _stop_if_signalled() -> None:
     if _stop_signals:
         _raise_on_signal(_stop_signals[-1], None)
+
+
+def _complete_and_kill(w: ImageWriter, out_fd: int, init: int, ns: int, on_complete) -> tuple[int | None, list[int]]:
+    """The end of `dump --kill`, once every check that could refuse the kill has passed: the
+    TAIL the image was kept incomplete without (until now a reader of the stream, such as `restore
+    -` in a migration pipe, had an image it would refuse), its delivery, the file named, the kill.
+    Returns init's pidfd and the SIGINT/SIGTERM that came meanwhile.
+
+    Once the TAIL is written the reader may restore the namespace, so the original must die:
+    SIGINT and SIGTERM wait from the TAIL to the kill, and are then taken without effect
+    (noted). Only a failure of the TAIL's own delivery or of naming the file stops it (the reader
+    then lacks the TAIL or the file its name)."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    killed = False
+    try:
+        w.write_held()
+        _check_delivered(out_fd, w.bytes_written, wait=True)
+        if on_complete is not None:
+            on_complete()
+        # Stamped while the tasks are still frozen: a watcher resets its dirty pages at the
+        # stamp (ckptrace/notify.py), and every page it has by then was written before the kill.
+        notify.dump_done(ns)
+        # Kill while still held: released first, the tasks would run on for a moment and change
+        # files the image already describes (a migrated log would repeat lines).
+        init_fd = _kill_namespace(init)
+        killed = True
+    finally:
+        late = []
+        if killed:
+            while (sig := signal.sigtimedwait(sigs, 0)) is not None:
+                late.append(sig.si_signo)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # (not killed: a pending one now raises)
+    return init_fd, late
 
 
 def _kill_namespace(init: int) -> int | None:
@@ -344,6 +380,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     ok = False
     killed = False  # the kill was sent: only then may TCP connections stay in repair mode
     init_fd = None
+    late_signals: list[int] = []
     # --kill migrates: the namespace dies, so the image must be one restore can rebuild. Checked
     # on a sparse copy of what was written (the image itself may be going down a pipe).
     shadow = tempfile.TemporaryFile(prefix="ckptrace-index-") if opts.kill else None
@@ -368,17 +405,17 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             # RST), and refused if data arrived since they were read: as late as can be
             arm_for_kill(ctx.tcp_held, ns)
         _stop_if_signalled()
-        if on_complete is not None:
-            on_complete()
-        ok = True
-        # Stamped while the tasks are still frozen: a watcher resets its dirty pages at the stamp
-        # (ckptrace/notify.py), and every page it has by then was written before the release.
-        notify.dump_done(ns)
-        if opts.kill:
-            # Kill while still held: released first, the tasks would run on for a moment and
-            # change files the image already describes (a migrated log would repeat lines).
-            init_fd = _kill_namespace(init)
-            killed = True
+        if not opts.kill:
+            if on_complete is not None:
+                on_complete()
+            ok = True
+            # Stamped while the tasks are still frozen: a watcher resets its dirty pages at the
+            # stamp (ckptrace/notify.py), and every page it has by then was written before the
+            # release.
+            notify.dump_done(ns)
+        else:
+            init_fd, late_signals = _complete_and_kill(ctx.w, out_fd, init, ns, on_complete)
+            ok = killed = True
     except OutputClosed as exc:
         raise OutputClosed(f"{exc}; {'not killing' if opts.kill else 'released'} pid:[{ns}]: its tasks run on") from None
     except (CkptError, OSError) as exc:
@@ -403,6 +440,9 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         s.notes += ctx.image_notes + ctx.pty_queued + ctx.unaccepted + pipe.outside_notes(ctx, ns)
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
+    if ok and opts.kill:
+        s.notes += [f"{signal.Signals(sig).name} came once the image was complete and being delivered: "
+                    "the namespace was killed as asked, the dump finished" for sig in late_signals]
     s.elapsed_s = time.monotonic() - started
     st = ctx.stats
     for f in dataclasses.fields(Stats):
@@ -460,7 +500,7 @@ def _wait_delivered(fd: int, sock, pending_req: int, written: int, wait: bool, t
     deadline = time.monotonic() + timeout
     while True:
         try:
-            pending = struct.unpack("i", fcntl.ioctl(fd, pending_req, b"\0" * 4))[0]
+            pending = struct.unpack("<i", fcntl.ioctl(fd, pending_req, b"\0" * 4))[0]
         except OSError:
             return  # cannot tell (an odd socket family): trust the completed writes
         events = 0

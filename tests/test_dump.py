@@ -1315,3 +1315,33 @@ def test_a_termination_swallowed_by_a_step_still_ends_the_dump():
     finally:
         d._stop_signals.clear()
     d._stop_if_signalled()  # (nothing asked: nothing raised)
+
+
+def test_a_signal_once_the_tail_is_out_does_not_stop_the_kill(monkeypatch, tmp_path):
+    """`dump --kill` keeps the image's TAIL back until nothing can refuse the kill (a reader of
+    the stream, `restore -`, must not get a restorable image of a namespace left running). Once
+    the TAIL is written the reader may restore, so the kill must follow: a SIGTERM then waits,
+    and is taken without effect once the namespace is killed (the dump reports it as a note)."""
+    from ckptrace import dump as dumpmod
+    from ckptrace.image.records import MAGIC_TAIL
+    from ckptrace.image.stream import ImageWriter, write_tail
+
+    monkeypatch.setattr(dumpmod.notify, "dump_done", lambda ns: None)  # (no stamp for a namespace 0)
+    victim = subprocess.Popen(["sleep", "60"])
+    out = os.open(tmp_path / "img", os.O_RDWR | os.O_CREAT, 0o600)
+    old = signal.signal(signal.SIGTERM, dumpmod._raise_on_signal)
+    try:
+        wr = ImageWriter(out)
+        write_tail(wr, hold=True)
+        assert wr.bytes_written == 0 and os.fstat(out).st_size == 0  # held back
+        pidfd, late = dumpmod._complete_and_kill(wr, out, victim.pid, 0,
+                                                 lambda: os.kill(os.getpid(), signal.SIGTERM))
+        os.close(pidfd)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        os.close(out)
+        if victim.poll() is None:
+            victim.kill()
+    assert late == [signal.SIGTERM] and dumpmod._stop_signals == []
+    assert victim.wait(5) == -signal.SIGKILL
+    assert struct.unpack("<Q", (tmp_path / "img").read_bytes()[-8:])[0] == MAGIC_TAIL

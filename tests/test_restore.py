@@ -4941,6 +4941,15 @@ while True:
         named = "tcp 127.0.0.1:%d listening" % addr[1] if "tcp" in case else "unix stream " + addr + " listening"
         assert f"pid 1 (host pid {w.init}) fd 3 ({named})" in err, err
         assert os.path.exists(f"/proc/{w.init}")  # left running
+        # Into a pipe (`dump --kill -o - | restore -`): the stream had gone out whole before the
+        # refusal, and restore made a second copy of the namespace, which ran on beside it. The
+        # TAIL now waits for the kill: the reader has an image it refuses.
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", "-")
+        assert d.returncode != 0 and "not killing" in d.stderr.decode() and len(d.stdout) > 4096, d.stderr
+        (tmp_path / "piped.img").write_bytes(d.stdout)
+        r = ckptrace("restore", str(tmp_path / "piped.img"))
+        assert r.returncode != 0 and b"TAIL" in r.stderr, r.stderr
+        assert os.path.exists(f"/proc/{w.init}")
         d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(tmp_path / "y.img"))
         assert d.returncode == 0 and said in d.stderr.decode(), d.stderr  # noted
         if client:  # its connection untouched: accepted by the program later, it still works

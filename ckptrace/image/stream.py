@@ -36,6 +36,7 @@ class ImageWriter:
         self.buf = bytearray()
         self.bytes_written = 0
         self.records = 0
+        self.held = b""  # a record written to the shadow only, so far (`hold`)
 
     def record(self, t: RecType, values: dict[str, Any] | None = None, payload=b"") -> None:
         self.buf += RECORDS[t].encode(values, payload)
@@ -58,6 +59,20 @@ class ImageWriter:
         self._to_shadow(self.buf, hole=len(data))
         self._writev([self.buf, data])
         self.buf = bytearray()
+
+    def hold(self, t: RecType, values: dict[str, Any] | None = None) -> None:
+        """The last record (the TAIL), written to the shadow at once and to the image only by
+        `write_held`. Until then a reader at the other end of a pipe has an incomplete image it
+        cannot restore: `dump --kill` keeps it so until nothing can refuse the kill any more."""
+        self.flush()
+        self.held = RECORDS[t].encode(values, b"")
+        self.records += 1
+        self._to_shadow(self.held)
+
+    def write_held(self) -> None:
+        if self.held:
+            self._writev([self.held])
+            self.held = b""
 
     def flush(self) -> None:
         if self.buf:
@@ -217,9 +232,13 @@ def write_header(w: ImageWriter, *, time: int, uts: tuple[str, str, str], xstate
     w.record(RecType.HEADER_ARCH, dict(xstate_size=xstate_size, regs_size=8 * len(REG_NAMES), xcr0=xcr0))
 
 
-def write_tail(w: ImageWriter) -> None:
+def write_tail(w: ImageWriter, *, hold: bool = False) -> None:
+    """The TAIL record; with `hold`, kept back from the image (see ImageWriter.hold)."""
     from .records import MAGIC_TAIL
 
+    if hold:
+        w.hold(RecType.TAIL, dict(magic=MAGIC_TAIL))
+        return
     w.record(RecType.TAIL, dict(magic=MAGIC_TAIL))
     w.flush()
 
