@@ -171,7 +171,7 @@ class Dumper:
         for p in live:
             p.maps = procfs.smaps(p.hostpid, proc)
             for m in p.maps:
-                mm.check_mapping(p.nspid, m)
+                mm.check_mapping(p.nspid, p.hostpid, m)
             locks.collect(ctx, p)
             for t in p.threads:
                 seccomp.check_thread(p, t, proc)

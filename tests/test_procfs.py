@@ -93,14 +93,17 @@ def test_smaps(fake):
 
 def test_check_mapping_refuses_io_and_pfnmap(fake):
     m = procfs.smaps(4321, fake)[3]
-    mm.check_mapping(7, m)  # plain anonymous: fine
+    mm.check_mapping(7, 4321, m)  # plain anonymous: fine
     m.vmflags = ["rd", "wr", "io", "pf"]
     with pytest.raises(Unsupported, match="VM_PFNMAP|VM_IO"):
-        mm.check_mapping(7, m)
+        mm.check_mapping(7, 4321, m)
     m.vmflags = ["rd", "mm"]
-    with pytest.raises(Unsupported, match="VM_MIXEDMAP"):
-        mm.check_mapping(7, m)
-    mm.check_mapping(7, procfs.smaps(4321, fake)[2])  # [vvar] is the kernel's own: not refused
+    with pytest.raises(Unsupported, match=r"^pid 7 \(host pid 4321\): mapping .* is VM_MIXEDMAP, which cannot be checkpointed$"):
+        mm.check_mapping(7, 4321, m)
+    m.path = "anon_inode:[io_uring]"
+    with pytest.raises(Unsupported, match="VM_MIXEDMAP, which cannot be checkpointed; io_uring is not supported$"):
+        mm.check_mapping(7, 4321, m)
+    mm.check_mapping(7, 4321, procfs.smaps(4321, fake)[2])  # [vvar] is the kernel's own: not refused
 
 
 def test_status_and_stat(fake):

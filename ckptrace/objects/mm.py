@@ -44,14 +44,17 @@ def vm_flags(m: procfs.Mapping) -> int:
     return sum(VM_FLAG_BITS.get(f, 0) for f in m.vmflags)
 
 
-def check_mapping(pid: int, m: procfs.Mapping) -> None:
+def check_mapping(nspid: int, hostpid: int, m: procfs.Mapping) -> None:
     """Refuse mappings that cannot be restored faithfully (the seed's CKPT_VMA_NOT_SUPPORTED)."""
     if m.path in VVAR or m.path in SKIP or m.path == "[vdso]":
         return  # the kernel's own special mappings: recreated, never copied
     bad = [name for f, name in VM_NOT_SUPPORTED.items() if f in m.vmflags]
     if bad:
-        raise Unsupported(f"pid {pid}: mapping {m.start:#x}-{m.end:#x} {m.path or '(anonymous)'} is "
-                          f"{'|'.join(bad)}, which cannot be checkpointed")
+        # (a driver's or kernel object's memory: io_uring's rings are the common case, and are
+        # named, since the mapping is met before the fd)
+        what = "; io_uring is not supported" if m.path.startswith("anon_inode:[io_uring]") else ""
+        raise Unsupported(f"pid {nspid} (host pid {hostpid}): mapping {m.start:#x}-{m.end:#x} "
+                          f"{m.path or '(anonymous)'} is {'|'.join(bad)}, which cannot be checkpointed{what}")
 
 
 def vma_type(m: procfs.Mapping) -> VmaType | None:
@@ -224,7 +227,7 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     f = procfs.mm_fields(pid, ctx.proc)
     ctx.w.record(RecType.MM, dict(map_count=len(kept), exe_objref=exe_ref, def_flags=p.def_flags, flags=0, brk=p.brk, **f))
     for m, t in kept:
-        check_mapping(pid, m)
+        check_mapping(p.nspid, pid, m)
         objref = 0
         table: bytes | None = _ANY
         if t in (VmaType.FILE, VmaType.SHARED_ANON) and (fd_ref := files.fd_file_of_mapping(ctx, pid, m)):
