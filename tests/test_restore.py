@@ -1099,6 +1099,60 @@ def test_a_live_unix_socket_path_is_not_taken_from_its_owner(pidns, tmp_path, re
         assert c.recv(2) == b"hi"  # the original still answers
 
 
+OTHER_NETNS_SERVER = r"""
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen(8)
+open(sys.argv[2], "w").close()
+while True:
+    c, _ = s.accept()
+    c.sendall(b"other")
+    c.close()
+"""
+
+
+def test_a_socket_path_live_in_another_network_namespace_is_left_alone(pidns, tmp_path, restored):
+    """A unix path socket is reachable from every network namespace, but restore asked only its
+    own (/proc/net/unix, sock_diag) whether a socket was bound at the path: a server in a network
+    namespace of its own looked dead, its socket file was unlinked and the restored listener
+    bound there, leaving that server unreachable for good. Now the restore is refused, naming
+    the server's pid, and the server still answers."""
+    import socket
+
+    w = py_workload(pidns, UNIX_LISTENER, tmp_path)
+    path = tmp_path / "l.sock"
+    img = str(tmp_path / "l.img")
+    dump_kill(w, img)
+    path.unlink()  # (the dead original's file)
+    up = tmp_path / "other-up"
+    other = subprocess.Popen(["unshare", "-n", sys.executable, "-c", OTHER_NETNS_SERVER, str(path), str(up)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not up.exists():
+            assert other.poll() is None and time.monotonic() < deadline, other.stderr.read()
+            time.sleep(0.02)
+        assert os.readlink(f"/proc/{other.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        ino = path.stat().st_ino
+        nss = pidns_inodes(tmp_path)
+        r = ckptrace("restore", "--json", img)
+        if r.returncode == 0:  # (the bug: killed at teardown rather than left running)
+            restored.append(json.loads(r.stdout)["init_pid"])
+        err = r.stderr.decode()
+        assert r.returncode != 0 and "is in use by a live socket" in err, err
+        assert f"host pid {other.pid}" in err and "EADDRINUSE" in err and len(err.splitlines()) == 1, err
+        assert pidns_inodes(tmp_path) - nss == set()
+        assert path.stat().st_ino == ino
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(3)
+            c.connect(str(path))
+            assert c.recv(5) == b"other"  # the other namespace's server still answers
+    finally:
+        other.kill()
+        other.wait()
+
+
 PACKET_PIPE = r"""
 import os, signal, sys, time
 d = sys.argv[1]

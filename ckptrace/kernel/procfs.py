@@ -542,13 +542,41 @@ def fd_locks(info: FdInfo) -> list[tuple[str, str, int, int | None]]:
     return out
 
 
-def unix_socket_paths(root: str = PROC) -> set[str]:
-    """The paths live unix sockets of this network namespace are bound to (/proc/net/unix)."""
-    out = set()
-    for line in _read(f"{root}/net/unix", "read /proc/net/unix").splitlines()[1:]:
-        parts = line.split(None, 7)
-        if len(parts) == 8 and parts[7].startswith("/"):
-            out.add(parts[7])
+def unix_sockets_named(path: str, root: str = PROC) -> set[int]:
+    """Inodes of the live unix sockets named `path`, in every network namespace a process is in:
+    /proc/PID/net/unix lists PID's namespace only, so it is read once per namespace, through its
+    first process found. A name is not a file: a socket keeps its name after its file is
+    unlinked (so one of these may be bound to another file than the one at `path` now), and a
+    namespace whose every process moved out (its sockets kept alive by their fds) is missed.
+    A scan, for naming who holds a path, never for deciding whether it is free."""
+    seen: set[int] = set()
+    out: set[int] = set()
+    for pid in pids(root):
+        try:
+            ns = os.stat(f"{root}/{pid}/ns/net").st_ino
+            if ns in seen:
+                continue
+            with open(f"{root}/{pid}/net/unix", "rb") as f:
+                text = f.read().decode("utf-8", "surrogateescape")
+        except OSError:  # (gone meanwhile, or a kernel thread)
+            continue
+        seen.add(ns)
+        for line in text.splitlines()[1:]:
+            # Num RefCount Protocol Flags Type St Inode Path
+            parts = line.split(None, 7)
+            if len(parts) == 8 and parts[7] == path:
+                out.add(int(parts[6]))
+    return out
+
+
+def socket_holders(inodes: set[int], root: str = PROC) -> list[int]:
+    """Host pids of the processes with an fd on one of the sockets `inodes` (a scan of every
+    fd link: cost as for `holders`, but no link is followed)."""
+    want = {f"socket:[{i}]" for i in inodes}
+    out: list[int] = []
+    for pid, _, target in fd_links(root):
+        if target in want and (not out or out[-1] != pid):
+            out.append(pid)
     return out
 
 

@@ -119,22 +119,6 @@ def _query_all() -> dict[int, SockInfo]:
     return out
 
 
-def unix_bound_to(dev: int, ino: int) -> bool:
-    """Whether a live unix socket of this network namespace is bound to the file (st_dev, st_ino):
-    the name alone (/proc/net/unix) does not say, since a socket keeps its name when its file is
-    unlinked, and another file may then take the path."""
-    try:
-        from pyroute2 import DiagSocket
-    except ImportError as exc:  # pragma: no cover - pinned dependency
-        raise HostUnsupported(f"pyroute2 is missing ({exc}): run scripts/setup.sh") from None
-    with DiagSocket() as ds:
-        ds.bind()
-        for m in ds.get_sock_stats(family=socket.AF_UNIX, show=UDIAG_SHOW_VFS):
-            if _vfs(_attrs(m).get("UNIX_DIAG_VFS")) == (dev, ino):
-                return True
-    return False
-
-
 def preload() -> None:
     """Import pyroute2 now: its import costs ~0.1 s, which must not count against frozen time."""
     try:

@@ -24,7 +24,7 @@ import termios
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..errors import HostUnsupported, KernelError, Unsupported, UsageError, from_oserror
+from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
 from ..kernel.sys import SO_SNDBUFFORCE, libc, syscall
@@ -132,20 +132,41 @@ def _bind_lock():
 
 
 def _socket_alive(path: str) -> bool:
-    """Whether a live socket is bound at `path`, rather than the file a dead one left: only the
-    latter may be unlinked to bind again. Asked of /proc/net/unix, not by connecting, which a
-    server would see (and one that writes to its clients at once would die of the EPIPE); a
-    socket named so there is then asked for its file (sock_diag): one whose file was unlinked
-    keeps its name (the original's, or one this restore bound so: _bind_unlinked)."""
-    if path not in procfs.unix_socket_paths():
-        return False
-    from ..kernel import sockdiag
+    """Whether a live socket is bound to the socket file at `path`, rather than the file a dead
+    one left: only the latter may be unlinked to bind again. A path socket is reachable from
+    every network namespace, so a view of sockets by namespace (/proc/net/unix, sock_diag: the
+    controller's only, missing a server in a namespace of its own) cannot say it is dead. The
+    kernel can: a datagram socket connected to the path makes it look the file's inode up among
+    every bound unix socket (unix_find_bsd), and ECONNREFUSED means none is bound to it. A socket
+    of another type bound there fails the connect with EPROTOTYPE before anything reaches it (a
+    listener sees no connection, nor does a socket bound without listening); a datagram one
+    takes it without being told and is let go at once. By inode, not by name: a socket whose
+    file was unlinked (the original's, or one _bind_unlinked made) does not hold the path. Any
+    other answer (EACCES from an LSM, ...) cannot tell, and counts as alive: nothing is
+    unlinked that is not shown dead. ENOENT: gone meanwhile, nothing to unlink."""
+    import socket
 
-    st = os.lstat(path)
-    try:
-        return sockdiag.unix_bound_to(st.st_dev, st.st_ino)
-    except (HostUnsupported, OSError):
-        return True  # (cannot tell: taken as alive, the file left alone)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+    return True
+
+
+def _path_in_use(path: str) -> str:
+    """The message for a socket path a live socket holds, naming its holder when a scan finds
+    one: a socket of that name (procfs.unix_sockets_named, every network namespace) held by a
+    process's fd."""
+    held = procfs.socket_holders(procfs.unix_sockets_named(path))
+    if held:
+        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+        who = f"a socket of that name is held by host pid {held[0]}{more}"
+    else:
+        who = "its holder was not found (a socket only in flight, or in a network namespace no process is in)"
+    return f"unix socket path {path} is in use by a live socket: {who}"
 
 
 def _fd_uses(img: Image) -> dict[int, list[str]]:
@@ -546,10 +567,9 @@ class FileSet:
 
                         if stat.S_ISSOCK(os.lstat(path).st_mode):
                             if _socket_alive(path):
-                                raise KernelError(f"unix socket path {path} is in use by a live socket "
-                                                  "(the original still running, or restored already)",
-                                                  errno.EADDRINUSE)
-                            os.unlink(path)  # the dead original's socket file
+                                raise KernelError(_path_in_use(path), errno.EADDRINUSE)
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(path)  # the dead original's socket file
                     s.bind(path)
             if f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
