@@ -138,10 +138,12 @@ def set_root(img: Image, root: str | None = None) -> None:
     img.root = os.path.abspath(root) if root else ""
 
 
-def validate(img: Image) -> None:
-    """Raise, naming every problem found, unless this host can restore the image."""
+def validate(img: Image, *, bindings: bool = True) -> None:
+    """Raise, naming every problem found, unless this host can restore the image. `bindings`:
+    also whether the addresses and socket paths the image binds are free now (not for `dump
+    --kill`'s check, made while the original still holds them)."""
     from .kernel.ptrace import xstate_size
-    from .restorer.files import check_files, nofile_problem
+    from .restorer.files import binding_problems, check_files, nofile_problem
     from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, special_maps
     from .restorer.creds import creds_problems
     from .restorer.sched import sched_problems
@@ -194,6 +196,8 @@ def validate(img: Image) -> None:
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
     problems += check_files(img)
+    if bindings:
+        problems += binding_problems(img)
     if (why := nofile_problem(img)) is not None:
         problems.append(why)
     problems += check_layout(img, special_maps(os.getpid()))
@@ -657,11 +661,15 @@ class _Restore:
         deaths are reported to us as their tracer, and init cannot finish dying until they are
         reaped, so reap them before init. A second Ctrl-C must not cut this short (the
         cgroups made would stay), so SIGINT and SIGTERM wait until it is done. TCP connections
-        that left repair mode already go back into it first, so that they close silently."""
+        that left repair mode already go back into it first, so that they close silently. The
+        socket files the restore bound at their paths are removed (FileSet.unbind)."""
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             files.repair_tcp_again()
-            self._kill_made()
+            try:
+                self._kill_made()
+            finally:
+                files.unbind()  # (the tasks' copies of those sockets are closed by now)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

@@ -1153,6 +1153,98 @@ def test_a_socket_path_live_in_another_network_namespace_is_left_alone(pidns, tm
         other.wait()
 
 
+PORTS_AND_PATH = r"""
+import os, socket, sys, time
+d = sys.argv[1]
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+u.bind(d + "/l.sock")
+u.listen(8)
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(5)
+us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+us.bind(("127.0.0.1", 0))
+with open(d + "/ports", "w") as f:
+    f.write(f"{ls.getsockname()[1]} {us.getsockname()[1]} {ls.fileno()} {us.fileno()}")
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_taken_ports_are_all_named_before_anything_is_made(pidns, tmp_path, restored):
+    """A TCP port and a UDP port of the image taken by other programs: the restore found the
+    first clash only while making the files, after it had bound the unix listener at its path,
+    and left that new socket file behind. The validation step now tries every address, names
+    each that is taken in one error, and nothing is made."""
+    import socket
+
+    w = py_workload(pidns, PORTS_AND_PATH, tmp_path)
+    tcp, udp, tcp_fd, udp_fd = (int(x) for x in (tmp_path / "ports").read_text().split())
+    img = str(tmp_path / "p.img")
+    dump_kill(w, img)
+    (tmp_path / "l.sock").unlink()
+    with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        t.bind(("127.0.0.1", tcp))
+        t.listen(1)
+        u.bind(("127.0.0.1", udp))
+        nss = pidns_inodes(tmp_path)
+        r = ckptrace("restore", img)
+        if r.returncode == 0:
+            pytest.fail("restored while its ports were taken")
+        err = r.stderr.decode()
+        assert len(err.splitlines()) == 1 and err.count("EADDRINUSE") == 2, err
+        assert f"pid 1 fd {tcp_fd} (an inet socket (tcp 127.0.0.1:{tcp} listening))" in err, err
+        assert f"pid 1 fd {udp_fd} (an inet socket (udp 127.0.0.1:{udp}))" in err, err
+        assert pidns_inodes(tmp_path) == nss
+        assert not os.path.lexists(tmp_path / "l.sock")
+    # free again: the same image restores, the listener at its path
+    restore_json(img, restored)
+    assert (tmp_path / "l.sock").is_socket()
+
+
+LISTENER_WITH_FLOCK = r"""
+import fcntl, os, socket, sys, time
+d = sys.argv[1]
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+u.bind(d + "/l.sock")
+u.listen(8)
+a = open(d + "/a.lock", "w")
+fcntl.flock(a, fcntl.LOCK_EX)
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_failed_restore_removes_the_socket_files_it_bound(pidns, tmp_path, restored):
+    """A restore failing after the files are made (here at the file locks, the last step: the
+    lock is taken by another program meanwhile) left the socket file it had bound at the
+    listener's path, a dead socket's file in the way of any other program binding there. It is
+    removed now."""
+    import fcntl
+
+    w = py_workload(pidns, LISTENER_WITH_FLOCK, tmp_path)
+    img = str(tmp_path / "f.img")
+    dump_kill(w, img)
+    sock = tmp_path / "l.sock"
+    sock.unlink()
+    with open(tmp_path / "a.lock", "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        nss = pidns_inodes(tmp_path)
+        r = ckptrace("restore", img)
+        if r.returncode == 0:
+            pytest.fail("restored while its lock was held")
+        err = r.stderr.decode()
+        assert len(err.splitlines()) == 1 and "FLOCK lock is held" in err and "EAGAIN" in err, err
+        assert pidns_inodes(tmp_path) == nss
+        assert not os.path.lexists(sock)
+        # a socket file someone else put there meanwhile is not ours to remove
+        # (FileSet.unbind checks the inode it made)
+    restore_json(img, restored)
+    assert sock.is_socket()
+
+
 PACKET_PIPE = r"""
 import os, signal, sys, time
 d = sys.argv[1]

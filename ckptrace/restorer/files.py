@@ -169,6 +169,67 @@ def _path_in_use(path: str) -> str:
     return f"unix socket path {path} is in use by a live socket: {who}"
 
 
+def binding_problems(img: Image) -> list[str]:
+    """What the image binds that is taken on this host now, all of it (restore.validate, before
+    anything exists; not dump --kill's check, whose original holds it all until killed): every
+    TCP or UDP address a socket is bound to again, tried by binding a throw-away socket made as
+    _inet_socket makes it (in the controller's network namespace, the one the restore uses; no
+    listen, which clients could reach), and every unix socket path held by a live socket. The
+    files step binds for good and still fails on what was taken in between."""
+    import stat
+
+    problems = []
+    idx = None
+    for obj in img.objects.values():
+        if not isinstance(obj, File) or not _in_fd_table(img, obj.objref):
+            continue
+        rec = _extra(obj, RecType.FILE_SOCKET)
+        if rec is None:
+            continue
+        ft = FileType(obj.ftype)
+        f = rec.fields
+        if ft is FileType.INET_SOCKET and _extra(obj, RecType.FILE_TCP) is None and not _inet_unrestorable(obj):
+            local = inet_sockaddr(f["family"], bytes(rec.payload or b"")[:SOCKADDR_LEN])
+            if local is None or not local[1]:
+                continue  # (unbound, or port 0: chosen at connect, nothing to take)
+            try:
+                _bound_inet(f, local).close()
+            except OSError as exc:
+                problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is taken here: "
+                                f"{errno.errorcode.get(exc.errno, exc.errno)} ({os.strerror(exc.errno or 0)})")
+        elif ft is FileType.UNIX_SOCKET and f["family"] == AF_UNIX:
+            idx = idx or UnixIndex.of(img)
+            path = _local_name(rec)
+            if not path or path[0] == 0 or f["shutdown"] & SHUTDOWN_UNLINKED or _half_dead(rec) or \
+                    (f["peer_ino"] and idx.late_peer(rec) is None):
+                continue  # (not bound at its path: see _unix_socket)
+            path = img.at(path.decode("utf-8", "surrogateescape"))
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode) and _socket_alive(path):
+                    problems.append(f"{_users(img, obj.objref)}: {_path_in_use(path)} (EADDRINUSE)")
+    return problems
+
+
+def _bound_inet(f: dict, local):
+    """A TCP or UDP socket made and bound as the image's FILE_SOCKET fields `f` say (its boolean
+    options first; see _inet_socket), closed again if the bind fails."""
+    import socket
+
+    s = socket.socket(f["family"], f["type"], f["protocol"])
+    try:
+        _set_options(s, f["options"])
+        if f["protocol"] == IPPROTO_TCP and local is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if local is not None and not local[1]:
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        if local is not None:
+            s.bind(local)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def _fd_uses(img: Image) -> dict[int, list[str]]:
     """File objref -> "pid P fd N" of every process's fd on it, in image order: built once per
     image (restore names every file it makes by its uses; a scan per file made 5 000 fds shared
@@ -295,6 +356,8 @@ class FileSet:
     # the controller still reaches the socket file until create() removes it, and those directories
     unlinked: dict[int, str] = field(default_factory=dict)
     unlinked_dirs: list[str] = field(default_factory=list)
+    # socket files this restore made at their paths, with their (st_dev, st_ino): see unbind
+    bound_paths: list[tuple[str, int, int]] = field(default_factory=list)
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -571,6 +634,9 @@ class FileSet:
                             with contextlib.suppress(FileNotFoundError):
                                 os.unlink(path)  # the dead original's socket file
                     s.bind(path)
+                    if path[0] != 0:  # (removed again should the restore fail: unbind)
+                        st = os.lstat(path)
+                        self.bound_paths.append((path, st.st_dev, st.st_ino))
             if f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
             fd = s.detach()
@@ -652,21 +718,12 @@ class FileSet:
         which only IP_BIND_ADDRESS_NO_PORT gives, set again for the bind (its port is then
         chosen at connect). Unbound, it gets the image's options only (no SO_REUSEADDR of ours).
         Socket options other than these are not in the image."""
-        import socket
-
         rec = _extra(obj, RecType.FILE_SOCKET)
         f = rec.fields
         payload = bytes(rec.payload or b"")
         local, peer = inet_sockaddr(f["family"], payload[:SOCKADDR_LEN]), inet_sockaddr(f["family"], payload[SOCKADDR_LEN:])
-        s = socket.socket(f["family"], f["type"], f["protocol"])
+        s = _bound_inet(f, local)
         try:
-            _set_options(s, f["options"])
-            if f["protocol"] == IPPROTO_TCP and local is not None:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if local is not None and not local[1]:
-                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            if local is not None:
-                s.bind(local)
             if f["protocol"] == IPPROTO_TCP and f["state"] == TCP_LISTEN:
                 s.listen(f["backlog"] or 128)
             elif f["protocol"] == IPPROTO_UDP and f["state"] == TCP_ESTABLISHED and peer is not None:
@@ -815,6 +872,21 @@ class FileSet:
                 if isinstance(failed[0], OSError) else failed[0]
         self.unlinked[obj.objref] = os.path.join(top, path.lstrip("/")) if path.startswith("/") \
             else os.path.join(top, path)
+
+    def unbind(self) -> None:
+        """Remove the socket files this restore bound, once it has failed: left behind, each
+        would be a dead socket's file at the path (a restore tried again removes it, but any
+        other program binding there meets EADDRINUSE). Only a file that is still the one the bind
+        made (device and inode), under the bind lock: another restore removing a dead file and
+        binding there meanwhile has its own. (The dead original's file, removed to bind, is not
+        put back.)"""
+        with _bind_lock():
+            for path, dev, ino in self.bound_paths:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    if (st.st_dev, st.st_ino) == (dev, ino):
+                        os.unlink(path)
+        self.bound_paths.clear()
 
     def _remove_unlinked(self) -> None:
         import shutil
