@@ -625,7 +625,7 @@ class _Restore:
         # call could meet one the mask lets through): the timers start counting as close to the
         # detach as can be.
         for t in self.img.processes():
-            locks.apply(self.injectors[t.tid], t.tid, t.locks)
+            locks.apply(self.injectors[t.tid], t.tid, t.locks, self.host[t.tid])
             timers.apply(self.injectors[t.tid], t.itimers)
             timers.apply_posix(self.injectors[t.tid], t.tid, t.posix_timers)
         for t in live:

@@ -1221,7 +1221,7 @@ def test_a_failed_restore_removes_the_socket_files_it_bound(pidns, tmp_path, res
     """A restore failing after the files are made (here at the file locks, the last step: the
     lock is taken by another program meanwhile) left the socket file it had bound at the
     listener's path, a dead socket's file in the way of any other program binding there. It is
-    removed now."""
+    removed now, and the lock's error names the file and who holds the lock."""
     import fcntl
 
     w = py_workload(pidns, LISTENER_WITH_FLOCK, tmp_path)
@@ -1236,7 +1236,8 @@ def test_a_failed_restore_removes_the_socket_files_it_bound(pidns, tmp_path, res
         if r.returncode == 0:
             pytest.fail("restored while its lock was held")
         err = r.stderr.decode()
-        assert len(err.splitlines()) == 1 and "FLOCK lock is held" in err and "EAGAIN" in err, err
+        assert len(err.splitlines()) == 1 and "EAGAIN" in err, err
+        assert f"({tmp_path / 'a.lock'}): FLOCK lock is held by host pid {os.getpid()} now" in err, err
         assert pidns_inodes(tmp_path) == nss
         assert not os.path.lexists(sock)
         # a socket file someone else put there meanwhile is not ours to remove
@@ -2523,7 +2524,10 @@ def test_file_locks_come_back_and_a_held_one_fails_the_restore(pidns, tmp_path, 
     assert sorted(held) == [(1, 1, 5, 10), (2, 1, 0, 0), (3, 1, 0, 0)], held  # POSIX, FLOCK (once), OFD
     before = pidns_inodes(tmp_path)
     r = ckptrace("restore", img)
-    assert r.returncode != 0 and b"held by another process" in r.stderr, r.stderr
+    err = r.stderr.decode()
+    # (named by its file and holder: the original, whichever of its locks comes first)
+    assert r.returncode != 0 and f"lock is held by host pid {w.init} now" in err, err
+    assert re.search(r"pid 1 fd \d+ \(" + re.escape(str(tmp_path)) + r"/[ab]\.lock\)", err), err
     assert pidns_inodes(tmp_path) == before
     dump_kill(w, img)
     assert not _conflicts(a, flock_ex)  # released with the original...

@@ -580,6 +580,21 @@ def socket_holders(inodes: set[int], root: str = PROC) -> list[int]:
     return out
 
 
+def lock_holders(dev: int, ino: int, root: str = PROC) -> list[int]:
+    """Pids (as this process sees them) that /proc/locks says hold a lock on the inode (dev, ino),
+    waiters (`->` lines) left out. An OFD lock shows pid -1 (it belongs to an open file, not a
+    process) and is left out too; the device is st_dev's, which on some filesystems (btrfs
+    subvolumes, overlayfs) is not the superblock's the kernel shows: nothing is found then."""
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    out: list[int] = []
+    for line in _read(f"{root}/locks", "read /proc/locks").splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        f = line.split()
+        if len(f) >= 6 and f[1] != "->" and f[5] == want and f[4].isdigit() and int(f[4]) not in out:
+            out.append(int(f[4]))
+    return out
+
+
 def epoll_targets(info: FdInfo) -> list[dict[str, int]]:
     """`tfd:        5 events:       19 data: 5  pos:0 ino:... sdev:...` -> tfd, events, data, and
     the target file's inode and device (the kernel's dev_t: major << 20 | minor; 0 if absent)."""

@@ -5,10 +5,12 @@ still running?) fails the restore with a clear message rather than hanging it.""
 from __future__ import annotations
 
 import errno
+import os
 import struct
 
-from ..errors import KernelError
+from ..errors import CkptError, KernelError
 from ..image.records import LOCK_FLOCK, LOCK_KINDS, LOCK_OFD, LOCK_POSIX
+from ..kernel import procfs
 from ..kernel.ptrace import Injector
 from ..kernel.sysno import SYS_fcntl, SYS_flock
 
@@ -18,7 +20,9 @@ FLOCK = struct.Struct("<hh4xqqi4x")  # struct flock: l_type, l_whence, l_start, 
 SEEK_SET = 0
 
 
-def apply(inj: Injector, pid: int, locks: list[dict]) -> None:
+def apply(inj: Injector, pid: int, locks: list[dict], host: int | None = None) -> None:
+    """Take `locks` again in process `pid` (its host pid `host`, through which a failure names the
+    file: the image's lock records carry fd numbers only)."""
     for lk in locks:
         kind, fd = lk["kind"], lk["fd"]
         if kind == LOCK_FLOCK:
@@ -31,7 +35,34 @@ def apply(inj: Injector, pid: int, locks: list[dict]) -> None:
         else:
             raise KernelError(f"pid {pid} fd {fd}: lock kind {kind} is not one ckptrace knows", errno.EINVAL)
         if -4096 < ret < 0:
-            what = f"pid {pid} fd {fd}: {LOCK_KINDS.get(kind, kind)} lock"
+            what = f"pid {pid} fd {fd}{_file(host, fd)}: {LOCK_KINDS.get(kind, kind)} lock"
             if -ret in (errno.EAGAIN, errno.EACCES):
-                what += " is held by another process now (is the dumped original still running?)"
+                what += f" is held by {_holders(host, fd)}"
             raise KernelError(what, -ret)
+
+
+def _file(host: int | None, fd: int) -> str:
+    """ " (/the/file)": the file fd `fd` of `host` is open on, as its /proc link says."""
+    if host is None:
+        return ""
+    try:
+        return f" ({os.readlink(f'/proc/{host}/fd/{fd}')})"
+    except OSError:
+        return ""
+
+
+def _holders(host: int | None, fd: int) -> str:
+    """Who /proc/locks says holds a lock on that file (host pids), as far as it says: an OFD
+    lock names no process (pid -1), and a flock the pid that took it, which may have gone
+    since, leaving it to a child that inherited the file."""
+    pids = []
+    if host is not None:
+        try:
+            st = os.stat(f"/proc/{host}/fd/{fd}")
+            pids = [p for p in procfs.lock_holders(st.st_dev, st.st_ino) if p != host]
+        except (OSError, CkptError):
+            pass
+    if not pids:
+        return "another process now (is the dumped original still running?)"
+    more = f" (and {len(pids) - 1} more)" if len(pids) > 1 else ""
+    return f"host pid {pids[0]}{more} now"
