@@ -5596,3 +5596,95 @@ def test_a_connection_reset_while_the_namespace_was_down_does_not_fail_the_resto
     err = r.stderr.decode()
     assert err == "" or "the peer reset the connection while the namespace was down" in err, err
     # (the program meets the reset in its send, which it does not catch: it ends)
+
+
+CHANGED_WORLD = r"""
+import ctypes, os, sys, time
+d = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+os.mkdir(d + "/wd")
+os.chdir(d + "/wd")
+log = os.open("app.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+os.write(log, b"started\n")
+with open("map.dat", "wb") as f:
+    f.write(b"m" * 8192)
+fd = os.open("map.dat", os.O_RDONLY)
+p = libc.mmap(None, 8192, 3, 2, fd, 0)           # MAP_PRIVATE, read-write
+os.close(fd)                                     # only the mapping holds it
+ctypes.memmove(p + 4096, b"written", 7)          # page 1 copied on write: in the image
+open(d + "/ready", "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _refused_fast(img, mark, *args) -> str:
+    """`restore img` refused at validation: at once (no watchdog waited out), in one line, with
+    no namespace made. Its message."""
+    nss = pidns_inodes(mark)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "ckptrace", "restore", *args, str(img)], cwd=REPO,
+                       capture_output=True, timeout=120)
+    took = time.monotonic() - t0
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert took < 15, f"the refusal took {took:.0f} s: {err}"
+    assert pidns_inodes(mark) - nss == set(), "a refused restore created a namespace"
+    return err
+
+
+def test_a_regular_file_now_of_another_kind_is_refused_at_validation(pidns, tmp_path, restored):
+    """The path of a file an fd had open names something else now: a FIFO (the open blocked until
+    the 60 s watchdog), a directory (EISDIR, late), a dangling symlink (passed, then "no such
+    process or file"), a symlink to /dev/zero (restored, the log written into /dev/zero,
+    silently). FILE_STAT now records the fd's file type, and validation names the path at once."""
+    import socket
+
+    w = py_workload(pidns, CHANGED_WORLD, tmp_path)
+    img = tmp_path / "w.img"
+    dump_kill(w, img)
+    log = tmp_path / "wd" / "app.log"
+    log.rename(tmp_path / "app.log.keep")
+
+    def bind():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(log))  # (the socket file stays)
+
+    was = "was a regular file at the dump and "
+    cases = [(lambda: os.mkfifo(log), was + "is now a FIFO"),
+             (log.mkdir, was + "is now a directory"),
+             (bind, was + "is now a socket"),
+             (lambda: log.symlink_to(tmp_path / "nowhere"),
+              f"is now a symlink to '{tmp_path}/nowhere', which leads nowhere"),
+             (lambda: log.symlink_to("/dev/zero"), was + "is now a symlink to '/dev/zero', a character device")]
+    for make, said in cases:
+        make()
+        try:
+            err = _refused_fast(img, tmp_path)
+        finally:
+            log.rmdir() if log.is_dir() and not log.is_symlink() else log.unlink()
+        assert f"file '{log}' (pid 1 fd 3) {said}" in err, (said, err)
+    # the file back: it restores, and the log carries on where it was
+    (tmp_path / "app.log.keep").rename(log)
+    res = restore_json(img, restored)
+    (host,) = ns_pids(res["pidns"])
+    assert os.readlink(f"/proc/{host}/fd/3") == str(log)
+
+
+def test_an_older_image_infers_what_a_regular_file_may_be():
+    """An image without FILE_STAT's mode (older, or an fd's file before it had one) still refuses
+    a FIFO or socket at a REGULAR path (the dumper tells those apart), and what the open flags
+    rule out: a directory opened for writing, a file where O_DIRECTORY opened a directory."""
+    import stat as st
+
+    from ckptrace.image.reader import File
+    from ckptrace.restorer.files import _was_kinds
+
+    def kinds(flags, mode):
+        return set(_was_kinds(File(1, dict(f_type=1, f_flags=flags, f_mode=mode, f_pos=0, f_version=0), "/x")))
+
+    assert kinds(os.O_RDONLY, 1) == {st.S_IFREG, st.S_IFDIR, st.S_IFCHR, st.S_IFBLK}
+    assert kinds(os.O_WRONLY | os.O_APPEND, 2) == {st.S_IFREG, st.S_IFCHR, st.S_IFBLK}
+    assert kinds(os.O_RDONLY | os.O_DIRECTORY, 1) == {st.S_IFDIR}

@@ -755,10 +755,16 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "queue then those of its send queue, oldest first."),
     _R(RecType.FILE_STAT, (u64("size"), s64("mtime_ns", doc="st_mtime in nanoseconds since the epoch"),
                            u64("ino", doc="informational: a copy on another host has another"),
-                           u64("dev", doc="st_dev as the dumper's stat(2) gave it; informational")),
-       doc="A mapped file or executable named by path, as the dumper saw it: restore refuses a "
-           "private mapping (or the executable) of a file whose size or mtime has changed since, "
-           "whose pages not in the image would come from the new contents."),
+                           u64("dev", doc="st_dev as the dumper's stat(2) gave it; informational"),
+                           u32("mode", "oct", doc="st_mode: the file's type (S_IFMT) and permissions; "
+                                                  "0 in an older image (type unknown)"), pad(4)),
+       doc="A file named by path, as the dumper saw it: a mapped file or executable, or the REGULAR "
+           "file (or directory, or device) of an fd. Restore refuses a path that now names a file "
+           "of another type (a FIFO where a regular file was), and a private mapping (or the "
+           "executable) of a file whose size or mtime has changed since, whose pages not in the "
+           "image would come from the new contents. The fixed part is 40 bytes; older ckptrace "
+           "versions wrote 32 (up to dev, and for mapped files only), read with mode 0.",
+       older=(32,)),
     _R(RecType.FILE_TTY, (u32("index"), u32("is_master"),
                           s32("sid", doc="the session whose controlling terminal it is (TIOCGSID), as a pid "
                                          "inside the namespace; 0: none, or led from outside"),

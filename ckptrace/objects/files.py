@@ -259,6 +259,7 @@ def dump_file(ctx: DumpContext, pid: int, fd: int) -> int:
     flags, pos = o.info.flags, o.info.pos
     if o.kind is FileType.REGULAR:
         write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(o.target))
+        write_stat(ctx, o.st)  # (the file itself, stat'ed through /proc/PID/fd/N)
     elif o.kind in (FileType.DELETED, FileType.MEMFD):
         what = f"{_where(ctx, pid)} fd {fd} ({o.target})"
         with open_contents(f"{ctx.proc}/{pid}/fd/{fd}", what) as cfd:
@@ -362,8 +363,15 @@ def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: i
             st = os.stat(open_path)  # (the file the mapping or exe link leads to, not the name)
         except OSError:
             return ref
-        ctx.w.record(RecType.FILE_STAT, dict(size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev))
+        write_stat(ctx, st)
     return ref
+
+
+def write_stat(ctx: DumpContext, st: os.stat_result) -> None:
+    """FILE_STAT of a file reopened by path: its type (restore refuses a path that names a
+    file of another type now: a FIFO or a device where a regular file was), size and mtime."""
+    ctx.w.record(RecType.FILE_STAT, dict(size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev,
+                                         mode=st.st_mode))
 
 
 def dump_exe(ctx: DumpContext, pid: int) -> int:

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import resource
+import stat
 import struct
 import tempfile
 import termios
@@ -89,7 +90,55 @@ def check_files(img: Image) -> list[str]:
                                     f"(wd {wd}), which does not exist")
         if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
             problems.append(f"file {img.at(obj.name)!r} (object {obj.objref}) does not exist")
+        elif ft is FileType.REGULAR and (why := _type_problem(img, obj)):
+            problems.append(why)
     return problems
+
+
+FILE_KINDS = {stat.S_IFREG: "a regular file", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+              stat.S_IFLNK: "a symlink"}
+_REGULAR_KINDS = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK)  # what the dumper calls REGULAR
+
+
+def _was_kinds(obj: File) -> tuple[int, ...]:
+    """The file types (S_IFMT) a REGULAR object's path may name now: the one FILE_STAT recorded;
+    in an older image, which has no type (nor FILE_STAT for an fd's file), what the dumper
+    classifies as REGULAR, narrowed by the open flags: O_DIRECTORY opens a directory only, and
+    a directory is never open for writing (EISDIR)."""
+    st = _extra(obj, RecType.FILE_STAT)
+    if st is not None and st.fields.get("mode"):
+        return (stat.S_IFMT(st.fields["mode"]),)
+    if obj.fields["f_flags"] & os.O_DIRECTORY:
+        return (stat.S_IFDIR,)
+    if obj.fields["f_mode"] & FMODE_WRITE:
+        return tuple(k for k in _REGULAR_KINDS if k != stat.S_IFDIR)
+    return _REGULAR_KINDS
+
+
+def _kinds_text(kinds) -> str:
+    names = [FILE_KINDS[k] for k in kinds]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _type_problem(img: Image, obj: File) -> str:
+    """Why the path of REGULAR object `obj` no longer leads to a file of the kind it was ("" when
+    it does): restore reopens it by path, following symlinks as the original's open did, and
+    a FIFO there would block the open (a FIFO is never REGULAR: the dumper tells them apart), a
+    directory refuse it late, a device (a symlink to /dev/zero) swallow the program's writes."""
+    path = img.at(obj.name)
+    who = f"file {path!r} ({_users(img, obj.objref)})"
+    try:
+        now = os.stat(path)
+    except OSError as exc:
+        if os.path.islink(path):
+            return f"{who} is now a symlink to {os.readlink(path)!r}, which leads nowhere ({os.strerror(exc.errno)})"
+        return f"{who} cannot be looked at: {os.strerror(exc.errno)}"
+    kind, was = stat.S_IFMT(now.st_mode), _was_kinds(obj)
+    if kind in was:
+        return ""
+    via = f"a symlink to {os.readlink(path)!r}, " if os.path.islink(path) else ""
+    return f"{who} was {_kinds_text(was)} at the dump and is now {via}{FILE_KINDS.get(kind, 'another kind of file')}"
 
 
 def _fifo_lives_on(holder: int) -> str:
@@ -257,7 +306,9 @@ def _what(obj: File, ft: FileType) -> str:
     if sock is not None:
         kind = "an inet socket" if sock.fields["family"] in (2, 10) else "a socket"
         return f"{kind} ({socket_desc(sock.fields, bytes(sock.payload or b''))})"
-    kind = ft.name.lower().replace("_", " ")
+    if ft is FileType.REGULAR:  # (a regular file, directory or device: FILE_STAT says which)
+        return f"{_kinds_text(_was_kinds(obj)) if len(_was_kinds(obj)) == 1 else 'a file'} ({file_label(obj)})"
+    kind = {FileType.DELETED: "deleted file"}.get(ft, ft.name.lower().replace("_", " "))
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({file_label(obj)})"
 
 
@@ -418,7 +469,7 @@ class FileSet:
         what = f"recreate {_users(self.img, obj.objref)} ({_what(obj, ft)})"
         try:
             if ft is FileType.REGULAR:
-                fd = os.open(self.img.at(obj.name), f["f_flags"] & ~_OPEN_ONLY)
+                fd = self._open_regular(obj)
                 # O_APPEND too: its writes go to the end, but its reads start at the offset
                 if not f["f_flags"] & os.O_PATH:
                     try:
@@ -472,8 +523,34 @@ class FileSet:
                     os.eventfd_write(fd, count)
                 return fd
         except OSError as exc:
+            if exc.errno == errno.ENOENT and ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY):
+                # a path gone since the validation: from_oserror's "no such process or file"
+                # speaks of /proc's vanishing processes
+                raise KernelError(what, exc.errno) from None
             raise from_oserror(exc, what) from None
         raise Unsupported(f"{what}: {ft.name} files cannot be restored")
+
+    def _open_regular(self, obj: File) -> int:
+        """A REGULAR object's file reopened by path, checked to be of the kind it was. Opened
+        O_NONBLOCK (then cleared), unless it was a device, whose open the flag may change: the
+        validation refused a FIFO at its path, but one put there since would block the open
+        until a writer came, and nothing may block the restore."""
+        f = obj.fields
+        flags = f["f_flags"] & ~_OPEN_ONLY
+        kinds = _was_kinds(obj)
+        guard = not flags & (os.O_NONBLOCK | os.O_PATH) and not set(kinds) <= {stat.S_IFCHR, stat.S_IFBLK}
+        fd = os.open(self.img.at(obj.name), flags | (os.O_NONBLOCK if guard else 0))
+        try:
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            if kind not in kinds:
+                raise Unsupported(f"file {self.img.at(obj.name)!r} ({_users(self.img, obj.objref)}) was "
+                                  f"{_kinds_text(kinds)} at the dump and is now {FILE_KINDS.get(kind, 'another kind of file')}")
+            if guard:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _pty_master(self, obj: File) -> int:
         """A pty master with the image's index and state, and a slave fd of ours for the session
@@ -1199,7 +1276,9 @@ class FileSet:
         key = (path, mode)
         if key not in self.mapped:
             try:
-                self.mapped[key] = self.place(os.open(path, mode))
+                # (O_NONBLOCK: a FIFO put at the path since the validation would block the open;
+                # mmap then refuses it, and ignores the flag)
+                self.mapped[key] = self.place(os.open(path, mode | os.O_NONBLOCK))
             except OSError as exc:
                 raise from_oserror(exc, f"open {path} to map it") from None
         return self.mapped[key]
