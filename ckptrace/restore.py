@@ -560,7 +560,7 @@ class _Restore:
         tr = self.by_tid[t.tid]
         inj = self.injectors[t.tid]
         mm = self.img.obj(t.mm_objref)
-        mem.rebuild(inj, host, mm)
+        mem.rebuild(inj, host, mm, t.tid)
         code = functools.partial(read_memory, host)  # (for fix_restart)
         tr.set_regs(fix_restart(t.regs, code))
         tr.set_xstate(t.xsave)

@@ -5673,6 +5673,45 @@ def test_a_regular_file_now_of_another_kind_is_refused_at_validation(pidns, tmp_
     assert os.readlink(f"/proc/{host}/fd/3") == str(log)
 
 
+def test_a_privately_mapped_file_shrunk_under_its_written_pages_is_refused(pidns, tmp_path, restored, monkeypatch):
+    """A data file mapped MAP_PRIVATE, of which the image holds a written page, truncated since:
+    the kernel maps no page past a file's end, and the injected pread into it failed late with
+    "pread of pages ADDR in HOSTPID: EFAULT". Validation names the file, its size and the offset,
+    with every other problem (a FIFO at the log's path here); the late error, should the file
+    shrink after the validation, names the file and the pid inside the namespace."""
+    from ckptrace import restore
+    from ckptrace.errors import KernelError
+    from ckptrace.restorer import memory
+
+    w = py_workload(pidns, CHANGED_WORLD, tmp_path)
+    img = tmp_path / "w.img"
+    dump_kill(w, img)
+    data = tmp_path / "wd" / "map.dat"
+    os.truncate(data, 4096)  # page 0 still there, page 1 (written) past the end
+    err = _refused_fast(img, tmp_path)
+    assert f"file '{data}' is now 4096 bytes; process 1's private mapping of it at " in err, err
+    assert "holds a written page at file offset 4096" in err, err
+    log = tmp_path / "wd" / "app.log"
+    log.unlink()
+    os.mkfifo(log)
+    err = _refused_fast(img, tmp_path)
+    assert f"file '{log}' (pid 1 fd 3) was a regular file at the dump and is now a FIFO" in err, err
+    assert f"file '{data}' is now 4096 bytes" in err, err
+    log.unlink()
+    log.write_bytes(b"started\n")
+    # past the validation (as if the file shrank right after it): named, and nothing left
+    monkeypatch.setattr(memory, "check_mapped_files", lambda img: [])
+    nss = pidns_inodes(tmp_path)
+    with pytest.raises(KernelError) as exc:
+        restore.restore(str(img))
+    assert f"pid 1 (host pid " in str(exc.value) and f"pages of '{data}'" in str(exc.value), exc.value
+    assert "the file is now 4096 bytes" in str(exc.value), exc.value
+    assert pidns_inodes(tmp_path) - nss == set(), "the partly restored namespace survived"
+    # grown back (the original's page was within the file): restored
+    os.truncate(data, 8192)
+    restore_json(img, restored)
+
+
 def test_an_older_image_infers_what_a_regular_file_may_be():
     """An image without FILE_STAT's mode (older, or an fd's file before it had one) still refuses
     a FIFO or socket at a REGULAR path (the dumper tells those apart), and what the open flags

@@ -1272,6 +1272,11 @@ class FileSet:
             return fd
         return self.map_fd(self.img.at(src.name), vma_open_mode(vf))
 
+    def vma_path(self, vf: dict) -> str:
+        """The path of the file a VMA maps, as this host finds it (for messages)."""
+        src = self.img.obj(vf["vma_objref"])
+        return self.img.at(src.name) if isinstance(src, File) and src.name else f"object {vf['vma_objref']}"
+
     def map_fd(self, path: str, mode: int) -> int:
         key = (path, mode)
         if key not in self.mapped:

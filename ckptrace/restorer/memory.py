@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import File, Image, Mm, Vma
-from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, RecType, VmaType
+from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, FileType, RecType, VmaType
 from ..kernel import procfs
 from ..kernel.prctl import PR_SET_MM, PR_SET_MM_MAP, PR_SET_NAME
 from ..kernel.ptrace import Injector
@@ -125,7 +125,8 @@ def check_mapped_files(img: Image) -> list[str]:
     """Files whose pages restore takes from the file itself (the image holds only the pages
     written) and that hold code: the executable and every file mapped privately and executable
     (a library), that have changed since the dump (FILE_STAT: size or mtime). A shared mapping's
-    contents are the file's, now, by design; so are a privately mapped data file's."""
+    contents are the file's, now, by design; so are a privately mapped data file's, but for the
+    pages the image holds, which must still lie within the file (`_pages_past_eof`)."""
     named: dict[int, str] = {}  # FILE objref -> how the first user names it
     for t in img.processes():
         mm = img.obj(t.mm_objref)
@@ -139,6 +140,7 @@ def check_mapped_files(img: Image) -> list[str]:
             if v.fields["vma_type"] == VmaType.FILE and v.fields["vma_objref"] and v.fields["vm_flags"] & VM_EXEC:
                 named.setdefault(v.fields["vma_objref"], f"process {t.tid}'s code mapping {v.start:#x}-{v.end:#x}")
     problems = []
+    reported: set[int] = set()
     for ref, who in named.items():
         f = img.obj(ref)
         st = next((r for r in f.extra if r.type == RecType.FILE_STAT), None) if isinstance(f, File) else None
@@ -156,6 +158,49 @@ def check_mapped_files(img: Image) -> list[str]:
             how = f"size {st.fields['size']} -> {now.st_size}" if grew else "modified since, same size"
             problems.append(f"{who} is {path!r}, which has changed since the dump ({how}): the pages the "
                             "image does not hold would come from the new contents")
+            reported.add(ref)
+    return problems + _pages_past_eof(img, reported)
+
+
+def _last_page(v: Vma) -> int:
+    """The address of the last page the image holds for VMA v."""
+    return max(r.vaddr + (r.npages - 1) * PAGE_SIZE for r in v.runs)
+
+
+def _pages_past_eof(img: Image, reported: set[int]) -> list[str]:
+    """Files mapped privately (data files too) of which the image holds written pages that now
+    lie past the file's end (it was truncated since the dump): the kernel maps no page of a
+    file past its end, a private mapping's copy included (a fault there is SIGBUS, an injected
+    pread into it EFAULT), so those pages cannot be put back. The original could not have had
+    them either unless the file then reached them: a write there needed the page faulted in, and
+    truncating a file discards even the private copies of its pages past the new end."""
+    furthest: dict[int, tuple[int, int, Vma, int]] = {}  # objref -> (offset, pid, VMA, address)
+    for t in img.processes():
+        mm = img.obj(t.mm_objref)
+        if not isinstance(mm, Mm):
+            continue
+        for v in mm.vmas:
+            ref = v.fields["vma_objref"]
+            if v.fields["vma_type"] != VmaType.FILE or not v.runs or not ref or ref in reported:
+                continue
+            addr = _last_page(v)
+            off = v.fields["vm_pgoff"] * PAGE_SIZE + addr - v.start
+            if off >= furthest.get(ref, (-1,))[0]:
+                furthest[ref] = (off, t.tid, v, addr)
+    problems = []
+    for ref, (off, tid, v, addr) in furthest.items():
+        f = img.obj(ref)
+        if not isinstance(f, File) or f.ftype != FileType.REGULAR or not f.name:
+            continue  # (memfds and deleted files are made from the image, at its size)
+        path = img.at(f.name)
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            continue  # (check_files says it does not exist)
+        if size <= off:
+            problems.append(f"file {path!r} is now {size} bytes; process {tid}'s private mapping of it at "
+                            f"{v.start:#x}-{v.end:#x} holds a written page at file offset {off} ({addr:#x}), "
+                            "which the kernel cannot map past the file's end (truncated since the dump?)")
     return problems
 
 
@@ -187,9 +232,11 @@ class MemoryRestorer:
         self.view = memoryview(self.buf)
         self.bytes_written = files.bytes_filled  # (sealed segments' pages, written by files.create)
         self.tick = lambda: None  # called as work is done (the caller's progress line)
+        self.who = ""  # the process being rebuilt, as errors name it (rebuild)
 
-    def rebuild(self, inj: Injector, host_pid: int, mm: Mm) -> None:
+    def rebuild(self, inj: Injector, host_pid: int, mm: Mm, ns_pid: int | None = None) -> None:
         tid = host_pid
+        self.who = f"pid {ns_pid} (host pid {host_pid})" if ns_pid is not None else f"host pid {host_pid}"
         ours = special_maps(host_pid)
         if [n for _, _, n in ours] != list(SPECIAL):
             raise Unsupported(f"task {host_pid} has special mappings {[n for *_, n in ours]}, "
@@ -272,7 +319,21 @@ class MemoryRestorer:
                       f"madvise({name}) of {t.name} {v.start:#x}-{v.end:#x} in {pid}")
         for run in v.runs:
             if in_process:
-                self._pread_run(inj, pid, run)
+                try:
+                    self._pread_run(inj, pid, run)
+                except KernelError as exc:
+                    if exc.errno != errno.EFAULT or t is not VmaType.FILE:
+                        raise
+                    # a page past the file's end (validation checks that, but the file may have
+                    # been truncated since): name the file and the process as the user knows it
+                    path = self.files.vma_path(vf)
+                    try:
+                        size = f"is now {os.fstat(fd).st_size} bytes"
+                    except OSError:
+                        size = "cannot be looked at"
+                    raise KernelError(f"{self.who}: writing the image's pages of {path!r} at {v.start:#x}-{v.end:#x} "
+                                      f"(file offset {off}): the file {size}, and the kernel maps no page past "
+                                      "its end", errno.EFAULT) from None
             elif vf["vma_objref"] not in self.files.filled:  # (a sealed segment has its pages)
                 self._write_shmem(fd, v, run)
         if map_prot != prot:
