@@ -151,7 +151,9 @@ def validate(img: Image, *, bindings: bool = True) -> None:
 
     problems: list[str] = []
     if img.root and not os.path.isdir(img.root):
-        problems.append(f"--root {img.root!r} is not a directory")
+        # alone: every path of the image is looked up under it, and each would be named missing
+        how = "is not a directory" if os.path.lexists(img.root) else "does not exist"
+        raise Unsupported(f"cannot restore this image: --root {img.root!r} {how}")
     xs = xstate_size()
     if img.arch["xstate_size"] != xs:
         problems.append(f"the image's XSAVE area is {img.arch['xstate_size']} bytes, this CPU's is {xs}")
@@ -191,7 +193,8 @@ def validate(img: Image, *, bindings: bool = True) -> None:
                     problems.append(f"process {t.tid}'s {what} {img.at(p.removesuffix(DELETED_SUFFIX))!r} was deleted "
                                     "before the dump: restore cannot enter it")
                 else:
-                    problems.append(f"process {t.tid}'s {what} {img.at(p or '/')!r} is not a directory here")
+                    how = "is not a directory" if os.path.lexists(img.at(p or "/")) else "does not exist"
+                    problems.append(f"process {t.tid}'s {what} {img.at(p or '/')!r} {how} here")
         elif not isinstance(img.obj(t.files_objref), FileTable) or \
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")

@@ -952,8 +952,8 @@ def test_chrooted_namespace_comes_back_in_its_root_or_under_root(pidns, chroot_d
     # and neither there nor given: said, nothing made
     os.rename(root, root + ".gone")
     nss = pidns_inodes(tmp_path)
-    for args, why in (((), f"process 1's root '{root}' is not a directory here"),
-                      (("--root", root), f"--root '{root}' is not a directory")):
+    for args, why in (((), f"process 1's root '{root}' does not exist here"),
+                      (("--root", root), f"--root '{root}' does not exist")):
         r = ckptrace("restore", *args, img)
         assert r.returncode != 0 and why in r.stderr.decode(), r.stderr
     assert pidns_inodes(tmp_path) - nss == set()
@@ -5710,6 +5710,23 @@ def test_a_privately_mapped_file_shrunk_under_its_written_pages_is_refused(pidns
     # grown back (the original's page was within the file): restored
     os.truncate(data, 8192)
     restore_json(img, restored)
+
+
+def test_a_missing_cwd_or_root_is_named_so(pidns, tmp_path):
+    """A cwd that is gone "does not exist" (it said "is not a directory here"); a --root that does
+    not exist, or is a file, is the one problem named: not followed by every file under it."""
+    w = py_workload(pidns, CHANGED_WORLD, tmp_path)
+    img = tmp_path / "w.img"
+    dump_kill(w, img)
+    wd = tmp_path / "wd"
+    wd.rename(tmp_path / "wd.gone")
+    err = _refused_fast(img, tmp_path)
+    assert f"process 1's cwd '{wd}' does not exist here" in err, err
+    (tmp_path / "wd.gone").rename(wd)
+    (tmp_path / "afile").write_bytes(b"")
+    for root, said in ((tmp_path / "noroot", "does not exist"), (tmp_path / "afile", "is not a directory")):
+        err = _refused_fast(img, tmp_path, "--root", str(root))
+        assert err.strip() == f"ckptrace restore: cannot restore this image: --root '{root}' {said}", err
 
 
 def test_an_older_image_infers_what_a_regular_file_may_be():
