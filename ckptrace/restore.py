@@ -620,6 +620,7 @@ class _Restore:
             sched.set_ioprio(self.by_tid[t.tid].tid, t)
             if t.is_leader and t.proc:
                 sched.set_oom_score_adj(self.host[t.tid], t.proc["oom_score_adj"])
+                sched.set_coredump_filter(self.host[t.tid], self.img.obj(t.mm_objref).fields["flags"])
         # init has died with us since it was made (tree.spawn_init's PR_SET_PDEATHSIG); it must
         # not once we let it go and exit. (The image's own pdeath signal for init is not restored:
         # its parent is us. Until init's detach, PTRACE_O_EXITKILL still ties it to us.)

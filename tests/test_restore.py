@@ -2011,6 +2011,8 @@ import ctypes, os, sys, threading, time
 libc = ctypes.CDLL(None)
 with open("/proc/self/oom_score_adj", "w") as f:
     f.write("500")
+with open("/proc/self/coredump_filter", "w") as f:
+    f.write("0x1f")  # (the default is 0x33)
 os.sched_setaffinity(0, {1})
 os.setpriority(os.PRIO_PROCESS, 0, 5)  # Linux: the calling thread; new threads inherit it
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
@@ -2082,6 +2084,10 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
     with open(img, "rb") as f:
         scheds = sorted((t.sched["policy"], t.sched["nice"], t.sched["priority"]) for t in read_image(f).tasks)
     assert scheds == [(0, 5, 0), (2, 4, 5), (3, 7, 0), (5, 3, 0)], scheds
+    from ckptrace.image.reader import Mm
+
+    with open(img, "rb") as f:  # MM.flags: dumpable 0, the filter in bits 2-10 (mm->flags' own layout)
+        assert [m.fields["flags"] for m in read_image(f).objects.values() if isinstance(m, Mm)] == [0x1F << 2]
     res = restore_json(img, restored)
     init = res["init_pid"]
     got = {nspid(int(t)): _sched_of(int(t)) for t in os.listdir(f"/proc/{init}/task")}
@@ -2092,6 +2098,8 @@ def test_scheduling_affinity_and_oom_score_adj_come_back(pidns, tmp_path, restor
     assert os.getpriority(os.PRIO_PROCESS, rr_tid) == 4
     with open(f"/proc/{init}/oom_score_adj") as f:
         assert f.read().strip() == "500"
+    with open(f"/proc/{init}/coredump_filter") as f:
+        assert f.read().strip() == "0000001f"
     assert _status(f"/proc/{init}")["THP_enabled"] == "0"
     log = tmp_path / "prctl.log"
     n = len(log.read_text().splitlines())

@@ -116,6 +116,11 @@ class FileType(enum.IntEnum):
     SHMEM = 14  # a MAP_SHARED anonymous/SysV/memfd segment named by SHARED_ANON VMAs; stored once
 
 
+# MM.flags: the stable part of the kernel's mm->flags (include/linux/sched/coredump.h): the
+# dumpable mode in bits 0-1 (MMF_DUMPABLE_BITS), the core dump filter (/proc/PID/coredump_filter)
+# in the 9 bits above (MMF_DUMP_FILTER_SHIFT); 0 as a whole in images written before it was kept
+MMF_DUMPABLE_MASK = 0x3
+MMF_DUMP_FILTER_SHIFT, MMF_DUMP_FILTER_MASK = 2, 0x1FF
 # FILE.f_mode: the kernel's FMODE_READ and FMODE_WRITE of the open file description
 FMODE_READ, FMODE_WRITE = 0x1, 0x2
 # FILE.f_version of a MEMFD, or of a SHMEM segment that was a memfd: this bit set says the low 32
@@ -571,7 +576,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.HEADER_ARCH, (u32("xstate_size"), u32("regs_size"), u64("xcr0", "hex")),
        doc="x86_64 layout: size of the XSAVE area in every CPU record, of user_regs_struct, and XCR0."),
     _R(RecType.BUFFER, (), Payload.BYTES, max_payload=MAX_BLOB,
-       doc="Opaque bytes (the three uts strings after HEADER; pipe buffers)."),
+       doc="Opaque bytes: the three uts strings after HEADER (65 bytes each, NUL padded); ckptrace writes "
+           "no other BUFFER (a pipe's contents are FILE_PIPE's payload)."),
     _R(RecType.STRING, (), Payload.BYTES, max_payload=4096,
        doc="A fixed-length NUL-padded string (the task's comm: 16 bytes)."),
     _R(RecType.OBJREF, (u32("objtype", "enum", OBJ_NAMES), s32("objref")),
@@ -718,7 +724,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.FILE_INOTIFY, (u32("nwatch"), pad(4)), Payload.BYTES, max_payload=1 << 20,
        doc="inotify watches: nwatch entries of {s32 wd, u32 mask, u64 ino, u32 dev, cstring path}, packed: "
            "each a 20-byte head then the path and its NUL, the next entry right after the NUL (no "
-           "alignment, no padding); nothing follows the last entry."),
+           "alignment, no padding); nothing follows the last entry. dev is the watched inode's "
+           "device as fdinfo's sdev shows it, the kernel's internal dev_t: major << 20 | minor "
+           "(FILE_STAT.dev is stat(2)'s st_dev, FILE_TTY.dev the kernel's new_encode_dev: three "
+           "encodings of a device number)."),
     _R(RecType.FILE_OWNER, (s32("owner_type", "enum", {0: "F_OWNER_TID", 1: "F_OWNER_PID", 2: "F_OWNER_PGRP"},
                                 doc="F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2"),
                             s32("owner_pid", doc="in-namespace tid, pid or process group; 0: none, or outside the namespace"),
@@ -799,7 +808,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                     u64("start_stack", "hex"), u64("arg_start", "hex"), u64("arg_end", "hex"),
                     u64("env_start", "hex"), u64("env_end", "hex")),
        doc="Address space; map_count VMA groups and one MM_AUXV follow. def_flags: the VM_* bits "
-           "every new mapping gets (lo, lo|lf after mlockall(MCL_FUTURE[|MCL_ONFAULT]))."),
+           "every new mapping gets (lo, lo|lf after mlockall(MCL_FUTURE[|MCL_ONFAULT])). flags: the "
+           "stable part of the kernel's mm->flags: bits 0-1 the dumpable mode (PR_GET_DUMPABLE), "
+           "bits 2-10 the core dump filter (/proc/PID/coredump_filter, e.g. 0x33 << 2 by default), "
+           "the rest 0; 0 as a whole in older images (restore then leaves the filter as it is)."),
     _R(RecType.VMA, (u32("vma_type", "enum", VMA_NAMES, seed_max=VmaType.FILE), s32("vma_objref"), u64("vm_start", "hex"),
                      u64("vm_end", "hex"), u64("vm_page_prot", "flags", PROT_NAMES),
                      u64("vm_flags", "flags", VM_FLAG_NAMES), u64("vm_pgoff")),

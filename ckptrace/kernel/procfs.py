@@ -438,6 +438,11 @@ def oom_score_adj(pid: int, root: str = PROC) -> int:
     return int(_read(f"{root}/{pid}/oom_score_adj", f"read oom_score_adj of {pid}"))
 
 
+def coredump_filter(pid: int, root: str = PROC) -> int:
+    """The process's core dump filter (core(5)): the mm's MMF_DUMP_FILTER bits, in hex."""
+    return int(_read(f"{root}/{pid}/coredump_filter", f"read coredump_filter of {pid}"), 16)
+
+
 def limits(pid: int, root: str = PROC) -> list[tuple[int, int]]:
     """(soft, hard) of every resource in RLIMIT_* order, from /proc/PID/limits.
 

@@ -18,8 +18,9 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import CkptError, Unsupported, from_oserror
-from ..image.records import (MAX_PAGES_PER_RECORD, PAGE_SIZE, VM_FLAG_BITS, VM_NOT_SUPPORTED,
-                             VMA_LAST_PAGE, FileType, ObjType, RecType, VmaType)
+from ..image.records import (MAX_PAGES_PER_RECORD, MMF_DUMP_FILTER_MASK, MMF_DUMP_FILTER_SHIFT, MMF_DUMPABLE_MASK,
+                             PAGE_SIZE, VM_FLAG_BITS, VM_NOT_SUPPORTED, VMA_LAST_PAGE, FileType, ObjType, RecType,
+                             VmaType)
 from ..kernel import procfs
 from ..kernel.sys import buffer_address, data_extents, vm_readv
 from .context import DumpContext
@@ -42,6 +43,12 @@ SHARED_ANON_PREFIXES = procfs.SHMEM_PREFIXES
 
 def vm_flags(m: procfs.Mapping) -> int:
     return sum(VM_FLAG_BITS.get(f, 0) for f in m.vmflags)
+
+
+def mm_flags(dumpable: int, coredump_filter: int) -> int:
+    """MM.flags (records.py): mm->flags's dumpable bits and core dump filter, as the kernel
+    lays them out."""
+    return (dumpable & MMF_DUMPABLE_MASK) | (coredump_filter & MMF_DUMP_FILTER_MASK) << MMF_DUMP_FILTER_SHIFT
 
 
 def check_mapping(nspid: int, hostpid: int, m: procfs.Mapping) -> None:
@@ -225,7 +232,8 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     exe_ref = files.dump_exe(ctx, pid)
     kept = [(m, t) for m in maps if (t := vma_type(m)) is not None]
     f = procfs.mm_fields(pid, ctx.proc)
-    ctx.w.record(RecType.MM, dict(map_count=len(kept), exe_objref=exe_ref, def_flags=p.def_flags, flags=0, brk=p.brk, **f))
+    ctx.w.record(RecType.MM, dict(map_count=len(kept), exe_objref=exe_ref, def_flags=p.def_flags,
+                                  flags=mm_flags(p.dumpable, procfs.coredump_filter(pid, ctx.proc)), brk=p.brk, **f))
     for m, t in kept:
         check_mapping(p.nspid, pid, m)
         objref = 0

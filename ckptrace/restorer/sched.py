@@ -1,5 +1,5 @@
 """Scheduling of each restored thread (policy, nice, real-time priority, CPU affinity, I/O
-priority) and each process's oom_score_adj. All are set from the controller by host tid/pid:
+priority) and each process's oom_score_adj and core dump filter. All are set from the controller by host tid/pid:
 none needs injection.
 
 Affinity is narrowed to the CPUs the controller itself may use (the restored tasks live in its
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from ..errors import KernelError
-from ..image.records import SCHED_POLICIES
+from ..image.records import MMF_DUMP_FILTER_MASK, MMF_DUMP_FILTER_SHIFT, SCHED_POLICIES
 from ..kernel.sys import ioprio_get, ioprio_set, sched_setattr
 
 FAIR_POLICIES = (os.SCHED_OTHER, os.SCHED_BATCH)
@@ -77,6 +77,19 @@ def set_ioprio(host_tid: int, task) -> None:
     want = task.thread["ioprio"]
     if ioprio_get(host_tid) != want:
         ioprio_set(host_tid, want)
+
+
+def set_coredump_filter(host_pid: int, mm_flags: int) -> None:
+    """The core dump filter MM.flags holds (0: an older image, which does not say: left as the
+    restorer's fork gave it)."""
+    if not mm_flags:
+        return
+    value = mm_flags >> MMF_DUMP_FILTER_SHIFT & MMF_DUMP_FILTER_MASK
+    try:
+        with open(f"/proc/{host_pid}/coredump_filter", "w") as f:
+            f.write(f"{value:#x}")
+    except OSError as exc:
+        raise KernelError(f"write coredump_filter {value:#x} of {host_pid}", exc.errno) from None
 
 
 def set_oom_score_adj(host_pid: int, value: int) -> None:
