@@ -415,10 +415,11 @@ def test_real_dump_via_decode_json(reader, ckwork, pidns, tmp_path):
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("workload", ["SHARED_SPLIT_WORKLOAD", "MEMFD_WORKLOAD"])
+@pytest.mark.parametrize("workload", ["SHARED_SPLIT_WORKLOAD", "MEMFD_WORKLOAD", "MAPPED_FILE_MODES_WORKLOAD"])
 def test_real_dump_of_shared_segments_and_mapped_memfds(reader, pidns, tmp_path, workload):
-    """A shared anonymous segment split into several VMAs (its pages spread over them), and a
-    memfd and a deleted file open as fds and mapped (the VMAs naming the fds' FILE objects)."""
+    """A shared anonymous segment split into several VMAs (its pages spread over them), a
+    memfd and a deleted file open as fds and mapped (the VMAs naming the fds' FILE objects), and
+    regular files mapped by two processes through fds they hold or have closed."""
     import test_restore
 
     d = tmp_path / "w"

@@ -3680,6 +3680,99 @@ def test_memfd_and_deleted_file_open_and_mapped_shared_stay_one_file(pidns, tmp_
     assert maps[n][:2] == (n + 2 * P, "rw-s") and _peek(init, n + P, 11) == b"ONLY-MAPPED"
 
 
+MAPPED_FILE_MODES_WORKLOAD = SHM_COMMON + r"""
+d = sys.argv[1]
+f, g = os.path.join(d, "both.bin"), os.path.join(d, "closed.bin")
+for path in (f, g):
+    with open(path, "wb") as out:
+        out.write(b"0" * (2 * P))
+def tell(name, *values):
+    with open(os.path.join(d, name + ".tmp"), "w") as out:
+        out.write(" ".join(map(str, values)))
+    os.rename(os.path.join(d, name + ".tmp"), os.path.join(d, name))
+if os.fork() == 0:                  # pid 2, dumped after pid 1: the writer
+    w = os.open(f, os.O_RDWR)
+    w1 = mmap(2, 3, 0x01, w)        # MAP_SHARED rw of the fd it keeps
+    w2 = mmap(2, 1, 0x01, w)        # MAP_SHARED read-only of it: mprotect may make it writable
+    w3 = mmap(2, 1, 0x02, w)        # MAP_PRIVATE of it
+    put(w1, b"CHILD-WROTE")
+    c = os.open(g, os.O_RDWR)
+    c1 = mmap(2, 3, 0x01, c)        # MAP_SHARED rw, then the fd closed
+    c2 = mmap(2, 1, 0x01, c)        # MAP_SHARED read-only, VM_MAYWRITE, then the fd closed
+    os.close(c)
+    put(c1, b"NO-FD-WROTE")
+    tell("child", w, w1, w2, w3, c1, c2)
+    while True:
+        time.sleep(0.05)
+r = os.open(f, os.O_RDONLY)         # pid 1, met first: the same files, read-only
+r1 = mmap(2, 1, 0x01, r)
+s = os.open(g, os.O_RDONLY)
+s1 = mmap(2, 1, 0x01, s)
+while not os.path.exists(os.path.join(d, "child")):
+    time.sleep(0.01)
+ready(r, r1, s, s1)
+"""
+
+
+def test_a_mapped_file_names_an_object_it_could_be_mapped_from(pidns, tmp_path, restored):
+    """The FILE object a file VMA names is one its mapping could have been made from: a
+    MAP_SHARED mapping that may write (VM_SHARED with VM_WRITE or VM_MAYWRITE) names a file open
+    for writing, and a process holding the mapped file as an fd that allows the mapping names that
+    fd's object. Mapped files were keyed by path, their f_flags taken from the first VMA met:
+    pid 1's read-only mappings made pid 2's writable ones name an O_RDONLY file (a reader mapping
+    it so gets EACCES), and no VMA named the fd it was mapped through. Restore still maps them."""
+    from ckptrace.image.reader import read_image
+    from ckptrace.image.records import FMODE_READ, FMODE_WRITE, VM_FLAG_BITS, VM_SHARED, VM_WRITE, VmaType
+
+    VM_MAYWRITE = VM_FLAG_BITS["mw"]
+
+    w = py_workload(pidns, MAPPED_FILE_MODES_WORKLOAD, tmp_path)
+    r, r1, s, s1 = (int(x) for x in (tmp_path / "addrs").read_text().split())
+    wfd, w1, w2, w3, c1, c2 = (int(x) for x in (tmp_path / "child").read_text().split())
+    img_path = tmp_path / "modes.img"
+    dump_kill(w, img_path)
+    with open(img_path, "rb") as fimg:
+        img = read_image(fimg)
+    vmas, fd_refs = {}, {}
+    for t in img.processes():
+        fd_refs[t.tid] = {d["fd_descriptor"]: d["fd_objref"] for d in img.obj(t.files_objref).fds}
+        vmas[t.tid] = {v.start: v for v in img.obj(t.mm_objref).vmas}
+    for tid in (1, 2):
+        for v in vmas[tid].values():
+            vf = v.fields
+            if vf["vma_type"] != VmaType.SHARED_FILE or not vf["vm_flags"] & VM_SHARED \
+                    or not vf["vm_flags"] & (VM_WRITE | VM_MAYWRITE):
+                continue
+            obj = img.obj(vf["vma_objref"]).fields
+            assert obj["f_mode"] & FMODE_WRITE and obj["f_flags"] & os.O_ACCMODE in (os.O_RDWR, os.O_WRONLY), \
+                (tid, hex(v.start), obj)
+    # a process's mappings of a file it holds name that fd's object
+    assert vmas[1][r1].fields["vma_objref"] == fd_refs[1][r]
+    assert vmas[1][s1].fields["vma_objref"] == fd_refs[1][s]
+    for a in (w1, w2, w3):
+        assert vmas[2][a].fields["vma_objref"] == fd_refs[2][wfd], hex(a)
+    assert img.obj(fd_refs[1][r]).fields["f_mode"] == FMODE_READ
+    assert vmas[2][w2].fields["vm_flags"] & VM_MAYWRITE  # (what made it need a writable file)
+    # with the fd closed: one file object, open read-write, at offset 0, not pid 1's fd's
+    closed = {vmas[2][a].fields["vma_objref"] for a in (c1, c2)}
+    assert len(closed) == 1 and not closed & (set(fd_refs[2].values()) | set(fd_refs[1].values()))
+    obj = img.obj(closed.pop())
+    assert obj.name == str(tmp_path / "closed.bin")
+    assert (obj.fields["f_mode"], obj.fields["f_flags"] & os.O_ACCMODE, obj.fields["f_pos"]) == \
+        (FMODE_READ | FMODE_WRITE, os.O_RDWR, 0)
+    # restored: the same files, mapped as they were, still shared with them
+    res = restore_json(str(img_path), restored)
+    (child,) = [p for p in ns_pids(res["pidns"]) if nspid(p) == 2]
+    maps = _maps(child)
+    assert [maps[a][1] for a in (w1, w2, w3, c1, c2)] == ["rw-s", "r--s", "r--p", "rw-s", "r--s"]
+    assert _maps(res["init_pid"])[r1][1] == "r--s"
+    _poke(child, w1 + 11, b"+AFTER")
+    _poke(child, c1 + 11, b"+AFTER")
+    assert (tmp_path / "both.bin").read_bytes()[:17] == b"CHILD-WROTE+AFTER"
+    assert (tmp_path / "closed.bin").read_bytes()[:17] == b"NO-FD-WROTE+AFTER"
+    assert _peek(res["init_pid"], r1, 17) == b"CHILD-WROTE+AFTER"
+
+
 SPARSE_WORKLOAD = SHM_COMMON + r"""
 d = sys.argv[1]
 G = 1 << 30

@@ -33,9 +33,10 @@ class DumpContext:
     socks: SockTable = field(default_factory=SockTable)
     pipes_seen: set[int] = field(default_factory=set)  # pipe inodes whose buffer is already stored
     pipe_ends: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # pipe id -> (host pid, fd, O_ACCMODE) of each end
-    # (st_dev, st_ino) of every memfd or deleted file some fd of the namespace holds -> the first
-    # (host pid, fd) met: a VMA mapping that inode names that fd's FILE object (one file again)
-    data_fds: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    # (st_dev, st_ino) of every memfd or deleted file some fd of the namespace holds -> each
+    # (host pid, fd, FMODE bits) holding it, in the order met: a VMA mapping that inode names one
+    # of those fds' FILE objects (one file again; files.MappedFiles)
+    data_fds: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
     # SHMEM objref -> segment byte ranges whose pages some VMA already stored (sorted, disjoint)
     shmem_stored: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     locks_seen: set = field(default_factory=set)  # flock/OFD locks already stored (they belong to a FILE)

@@ -125,7 +125,7 @@ def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
                 if stored > ctx.max_file_data:
                     raise Unsupported(f"{where}: {o.target} holds {stored} bytes of data (size {o.st.st_size}), "
                                       f"above --max-file-data {ctx.max_file_data}; raise the limit to dump it")
-            ctx.data_fds.setdefault(key, (pid, fd))
+            ctx.data_fds.setdefault(key, []).append((pid, fd, file_mode(o.info.flags)))
         if o.kind is FileType.TTY:
             from . import tty
 
@@ -390,29 +390,104 @@ def dump_exe(ctx: DumpContext, pid: int) -> int:
                         f"{_where(ctx, pid)} exe {path}", deleted=deleted)
 
 
-def fd_file_of_mapping(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int | None:
-    """For a mapping of a memfd or deleted file that an fd of the namespace also holds: that fd's
-    FILE object (written now if not yet), so the VMA and the fd name one file and restore maps
-    the very file it gives the fd. None for any other mapping."""
-    if not ctx.data_fds or not (m.path.startswith("/memfd:") or m.deleted):
+# -- the file a VMA maps --------------------------------------------------------------------
+#
+# The seed's VMA names its vm_file, one struct file, one objref. The kernel gives no handle on
+# that struct file to compare with an fd's (kcmp compares fds; map_files/ opens a new file), so
+# the object a VMA names is the closest one the kernel can vouch for, and always one the mapping
+# could have been made from (docs/format.md, "Objrefs"):
+#   1. an fd of the same process on the same inode whose access mode allows the mapping,
+#   2. for a memfd or deleted file (contents carried by one object), such an fd of any process;
+#      failing that, the first fd of the namespace holding it, so that the mapping and the fd
+#      stay one file at restore,
+#   3. else a file object of its own, keyed by device, inode, path and the access the mapping
+#      needs, at offset 0.
+
+
+def mapping_writes_file(m: procfs.Mapping) -> bool:
+    """Whether the file behind a mapping was open for writing: mmap leaves a MAP_SHARED mapping
+    VM_SHARED and VM_MAYWRITE only when it was (and mprotect may then make a read-only one
+    writable). Restore opens such a mapping's file O_RDWR too (restorer.files.vma_open_mode)."""
+    return "sh" in m.vmflags and ("wr" in m.vmflags or "mw" in m.vmflags)
+
+
+def _allows(fmode: int, writes: bool) -> bool:
+    """Whether a file open with FMODE bits `fmode` can back the mapping: any mapping reads its
+    file; a shared one that may write needs it writable."""
+    return bool(fmode & FMODE_READ) and (not writes or bool(fmode & FMODE_WRITE))
+
+
+def _pick(held: list[tuple[int, int, int]], writes: bool) -> tuple[int, int] | None:
+    """Of fds (host pid, fd, FMODE bits) on one inode, the one a mapping most likely came from:
+    one open for writing when it may write, else preferably a read-only one (a shared mapping
+    of a writable file would have kept VM_MAYWRITE), then the first in `held`'s order (fd
+    numbers ascending in one process; the order the namespace's fds were met across them)."""
+    want = FMODE_READ | FMODE_WRITE if writes else FMODE_READ
+    fit = [h for h in held if _allows(h[2], writes)]
+    if not fit:
         return None
-    try:
-        st = os.stat(f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}")
-    except OSError:
-        return None
-    holder = ctx.data_fds.get((st.st_dev, st.st_ino))
-    return dump_file(ctx, *holder) if holder else None
+    pid, fd, _ = min(fit, key=lambda h: h[2] != want)  # (min keeps the first of equals)
+    return pid, fd
 
 
-def dump_mapped_file(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
-    """The file a VMA maps. map_files/ opens it even when it was unlinked."""
-    link = f"{ctx.proc}/{pid}/map_files/{m.start:x}-{m.end:x}"
-    try:
-        st = os.stat(link)
-        dev = st.st_dev
-    except OSError:
-        dev = (m.dev[0] << 8) | m.dev[1]
-    flags = os.O_RDWR if (m.shared and m.perms[1] == "w") else os.O_RDONLY
-    return _mapped_file(ctx, ("path", dev, m.inode, m.path), m.path, link, flags,
-                        f"{_where(ctx, pid)} mapping {m.start:x}-{m.end:x} ({m.path})", deleted=m.deleted)
+class MappedFiles:
+    """The FILE objects one process's file VMAs name, by the rule above. The process's fds on
+    regular files (memfds and deleted files too) are listed once, when a mapping first asks."""
 
+    def __init__(self, ctx: DumpContext, pid: int):
+        self.ctx, self.pid = ctx, pid
+        self._held: dict[tuple[int, int], list[tuple[int, int, int]]] | None = None
+        self._last: tuple[procfs.Mapping, os.stat_result | None] | None = None
+
+    def held(self) -> dict[tuple[int, int], list[tuple[int, int, int]]]:
+        """(st_dev, st_ino) -> [(host pid, fd, FMODE bits)] of the process's fds on files."""
+        if self._held is None:
+            self._held = {}
+            for fd in procfs.fds(self.pid, self.ctx.proc):
+                try:
+                    st = os.stat(f"{self.ctx.proc}/{self.pid}/fd/{fd}")
+                except OSError:
+                    continue  # (the tasks are held; an fd of a table shared with one outside)
+                if stat.S_ISREG(st.st_mode):
+                    flags = procfs.fdinfo(self.pid, fd, self.ctx.proc).flags
+                    self._held.setdefault((st.st_dev, st.st_ino), []).append((self.pid, fd, file_mode(flags)))
+        return self._held
+
+    def _stat(self, m: procfs.Mapping) -> os.stat_result | None:
+        """The mapped file's stat (through map_files/: the file itself, named or not); None when
+        it cannot be had. The last one is kept: fd_file and own_file ask in turn."""
+        if self._last is None or self._last[0] is not m:
+            try:
+                st = os.stat(f"{self.ctx.proc}/{self.pid}/map_files/{m.start:x}-{m.end:x}")
+            except OSError:
+                st = None
+            self._last = (m, st)
+        return self._last[1]
+
+    def fd_file(self, m: procfs.Mapping) -> int | None:
+        """The FILE object of an fd the mapping `m` names (rules 1 and 2), written now if not
+        yet; None when no fd holds its file (or a shared anonymous segment's)."""
+        st = self._stat(m)
+        if st is None:
+            return None
+        key, writes = (st.st_dev, st.st_ino), mapping_writes_file(m)
+        holder = _pick(self.held().get(key, []), writes)
+        if holder is None and key in self.ctx.data_fds:
+            holders = self.ctx.data_fds[key]
+            # (none allowing it: a memfd reopened read-only, its first fd then closed. The
+            # mapping still names the file it maps, not a copy restore would make apart.)
+            holder = _pick(holders, writes) or holders[0][:2]
+        return dump_file(self.ctx, *holder) if holder else None
+
+    def own_file(self, m: procfs.Mapping) -> int:
+        """The file object of a mapping no fd gives (rule 3). map_files/ opens the file even
+        when it was unlinked."""
+        link = f"{self.ctx.proc}/{self.pid}/map_files/{m.start:x}-{m.end:x}"
+        st = self._stat(m)
+        dev = st.st_dev if st is not None else (m.dev[0] << 8) | m.dev[1]
+        writes = mapping_writes_file(m)
+        # (read-only, the key is the executable's: exe and its text mapping are one struct file)
+        key = ("path", dev, m.inode, m.path) + (("rw",) if writes else ())
+        return _mapped_file(self.ctx, key, m.path, link, os.O_RDWR if writes else os.O_RDONLY,
+                            f"{_where(self.ctx, self.pid)} mapping {m.start:x}-{m.end:x} ({m.path})",
+                            deleted=m.deleted)

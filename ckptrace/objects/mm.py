@@ -234,22 +234,26 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     f = procfs.mm_fields(pid, ctx.proc)
     ctx.w.record(RecType.MM, dict(map_count=len(kept), exe_objref=exe_ref, def_flags=p.def_flags,
                                   flags=mm_flags(p.dumpable, procfs.coredump_filter(pid, ctx.proc)), brk=p.brk, **f))
+    mapped = files.MappedFiles(ctx, pid)
     for m, t in kept:
         check_mapping(p.nspid, pid, m)
         objref = 0
         table: bytes | None = _ANY
-        if t in (VmaType.FILE, VmaType.SHARED_ANON) and (fd_ref := files.fd_file_of_mapping(ctx, pid, m)):
-            # A memfd or deleted file that is also open as an fd: the VMA names the fd's FILE
-            # object (its contents are in that object's FILE_DATA), and a shared mapping of it is
-            # a SHARED_FILE, whose contents live in the file, so restore maps the fd's file.
-            objref = fd_ref
-            if t is VmaType.SHARED_ANON:
-                t, table = VmaType.SHARED_FILE, None
-        elif t in (VmaType.FILE, VmaType.SHARED_FILE):
-            objref = files.dump_mapped_file(ctx, pid, m)
-            if t is VmaType.SHARED_FILE:
-                table = None  # the contents live in the file itself
-            elif not m.deleted:
+        if t in (VmaType.FILE, VmaType.SHARED_FILE, VmaType.SHARED_ANON):
+            # The file object the VMA names is one its mapping could be made from: an fd's that
+            # allows it, or one of its own open as the mapping needs (files.MappedFiles).
+            objref = mapped.fd_file(m) or 0
+            if objref and t is VmaType.SHARED_ANON:
+                # A memfd or deleted file that is also open as an fd: its contents are in that
+                # fd's FILE object (FILE_DATA), and a shared mapping of it is a SHARED_FILE,
+                # whose contents live in the file, so restore maps the fd's file.
+                t = VmaType.SHARED_FILE
+        if t is VmaType.SHARED_FILE:
+            objref = objref or mapped.own_file(m)
+            table = None  # the contents live in the file itself
+        elif t is VmaType.FILE:
+            objref = objref or mapped.own_file(m)
+            if not m.deleted:
                 table = _ANON_ONLY
         elif t is VmaType.SHARED_ANON:
             key = ("shmem", m.dev, m.inode)

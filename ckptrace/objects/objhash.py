@@ -2,8 +2,9 @@
 
 Identity comes from the kernel, never from heuristics: kcmp(2) tells whether two tasks share a
 file table (KCMP_FILES), an mm (KCMP_VM) or one open file description (KCMP_FILE). Objects
-without a kcmp handle (a VMA's backing file, the exe link, a SHMEM segment) are keyed by what
-the kernel names them by (device, inode, path).
+without a kcmp handle (the exe link, a SHMEM segment, a VMA's backing file when no fd of its
+process gives it: files.MappedFiles) are keyed by what the kernel names them by (device, inode,
+path), and a mapped file by the access its mapping needs too.
 """
 
 from __future__ import annotations
