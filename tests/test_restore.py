@@ -4877,6 +4877,90 @@ def test_sockets_bound_to_unlinked_paths_come_back_bound_to_nothing(pidns, tmp_p
         c.connect(str(tmp_path / "gone.sock"))  # `again`, listening where it was
 
 
+RENAMED_PATHS = r"""
+import os, select, socket, sys
+d = sys.argv[1]
+# published as bind-then-rename does it (a JVM's attach listener: .java_pidN.tmp -> .java_pidN)
+lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lst.bind(d + "/x.sock.tmp")
+os.rename(d + "/x.sock.tmp", d + "/x.sock"); lst.listen(4)
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind(d + "/dg.sock.tmp")
+os.rename(d + "/dg.sock.tmp", d + "/dg.sock")
+cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); cli.connect(d + "/dg.sock")
+cli.send(b"queued")                               # (sent to it again at restore: through its file)
+open(d + "/ready", "w").close()
+while True:
+    for s in select.select([lst, srv], [], [])[0]:
+        if s is lst:
+            c, _ = lst.accept()
+            cli.send(b"after")                    # (connected again at restore: through its file)
+            c.sendall(b"accepted by " + lst.getsockname().encode()); c.close()
+        else:
+            data, sender = srv.recvfrom(100)
+            if sender:
+                srv.sendto(data + b" to " + srv.getsockname().encode(), sender)
+            else:
+                with open(d + "/got", "a") as out:
+                    out.write(data.decode() + "\n")
+"""
+
+
+def test_sockets_bound_then_renamed_come_back_under_their_new_names(pidns, tmp_path, restored):
+    """A unix socket bound and then renamed (bind-then-rename, as a JVM publishes its attach
+    listener) was taken for one whose path was unlinked: it came back bound to an invisible file,
+    clients met ECONNREFUSED at the new name, where the dead original's file stayed. Now its file
+    is found under its new name in the same directory: it comes back there, getsockname still
+    saying the name it was bound to."""
+    import socket
+
+    w = py_workload(pidns, RENAMED_PATHS, tmp_path)
+    img = tmp_path / "r.img"
+    dump_kill(w, img)
+    restore_json(img, restored)
+    assert sorted(set(os.listdir(tmp_path)) - {"got"}) == ["dg.sock", "r.img", "ready", "x.sock"]  # (no .tmp)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(5)
+        c.connect(str(tmp_path / "x.sock"))
+        assert c.recv(200) == f"accepted by {tmp_path}/x.sock.tmp".encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+        c.settimeout(5)
+        c.bind(str(tmp_path / "c.sock"))
+        c.sendto(b"ping", str(tmp_path / "dg.sock"))
+        assert c.recv(200) == f"ping to {tmp_path}/dg.sock.tmp".encode()
+    deadline = time.monotonic() + 5
+    while (tmp_path / "got").read_text() != "queued\nafter\n" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "got").read_text() == "queued\nafter\n"
+    shown = ckptrace("show", str(img)).stdout.decode()
+    assert f"(file renamed to {tmp_path}/x.sock)" in shown and f"(file renamed to {tmp_path}/dg.sock)" in shown, shown
+    assert "(its path unlinked)" not in shown, shown
+
+
+def test_a_renamed_socket_file_a_live_socket_holds_is_not_taken(pidns, tmp_path, restored):
+    """The renamed file of a socket is replaced at restore only when its socket is dead: the
+    original still running (dumped without --kill), the restore is refused before anything is
+    made, and the original keeps its file and answers there."""
+    import socket
+
+    w = py_workload(pidns, RENAMED_PATHS, tmp_path)
+    ino = (tmp_path / "x.sock").stat().st_ino
+    img = str(tmp_path / "r.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    nss = pidns_inodes(tmp_path)
+    r = ckptrace("restore", "--json", img)
+    if r.returncode == 0:  # (killed at teardown rather than left running)
+        restored.append(json.loads(r.stdout)["init_pid"])
+    assert r.returncode != 0 and f"unix socket path {tmp_path}/x.sock is in use by a live socket".encode() \
+        in r.stderr, r.stderr
+    assert pidns_inodes(tmp_path) - nss == set()
+    assert (tmp_path / "x.sock").stat().st_ino == ino and not (tmp_path / "x.sock.tmp").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".ckptrace-bind-")]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(3)
+        c.connect(str(tmp_path / "x.sock"))
+        assert c.recv(200) == f"accepted by {tmp_path}/x.sock.tmp".encode()  # the original still answers
+
+
 SCM_RIGHTS_QUEUED = r"""
 import array, os, socket, sys, time
 d = sys.argv[1]

@@ -677,7 +677,10 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A file's path, NUL-terminated, as the dumper saw it (/proc/PID/fd's link target). A memfd's "
            "(f_type 12) is `memfd:NAME`: the link target `/memfd:NAME (deleted)` without its leading `/` and "
            "its ` (deleted)`; a deleted file's (13) is its path without ` (deleted)`; a SHMEM segment's (14) "
-           "is the kernel's name for it as /proc/PID/maps shows it, ` (deleted)` included."),
+           "is the kernel's name for it as /proc/PID/maps shows it, ` (deleted)` included. A socket has "
+           "none, except a unix socket whose file was renamed after its bind (FILE_SOCKET.shutdown 0x200): "
+           "the path of its file now, in the directory of the path it was bound to (which getsockname "
+           "still says, in FILE_SOCKET), in the same terms as that path."),
     _R(RecType.FILE, (u32("f_type", "enum", FILE_NAMES, seed_max=FileType.REGULAR,
                                          doc="1 is the seed's GENERIC"), u32("f_mode", "hex"),
                       u32("f_flags", "flags", O_FLAG_NAMES), pad(4), u64("f_pos"),
@@ -701,7 +704,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                              u32("shutdown", doc="RCV_SHUTDOWN 1, SEND_SHUTDOWN 2 (sock_diag); 0x100: a unix "
                                                  "stream socket whose peer closed with data unread, whose reader "
                                                  "gets ECONNRESET after the queued bytes; 0x200: a unix socket "
-                                                 "bound to a path that no longer names it (unlinked or replaced)"),
+                                                 "bound to a path that no longer names it (unlinked or replaced); "
+                                                 "with a FILE_NAME, its file renamed to that name"),
                              u32("options", "flags", SOCKOPT_NAMES), pad(4)),
        Payload.BYTES, max_payload=2 * SOCKADDR_LEN, exact_payload=2 * SOCKADDR_LEN,
        doc="A socket (sock_diag): options = the boolean socket options set on it; payload: exactly 256 "

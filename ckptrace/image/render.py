@@ -63,8 +63,9 @@ def _exe_label(f: File) -> str | None:
 
 
 def file_label(f: File) -> str:
-    """A file's path, or for nameless ones what the kernel would show in /proc/PID/fd."""
-    if f.name:
+    """A file's path, or for nameless ones what the kernel would show in /proc/PID/fd (for a
+    socket always: the FILE_NAME of one whose file was renamed is not what /proc shows)."""
+    if f.name and not any(rec.type == RecType.FILE_SOCKET for rec in f.extra):
         return f.name
     for rec in f.extra:
         if rec.type == RecType.FILE_PIPE:
@@ -121,8 +122,9 @@ def peer_gone(fields: dict[str, Any], payload: bytes) -> bool:
     return fields["family"] == 1 and not fields.get("peer_ino") and payload[128:130] == b"\x01\x00"
 
 
-def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
-    """FILE_SOCKET in words: "tcp 127.0.0.1:8080 listening", "unix stream /run/x.sock -> peer"."""
+def socket_desc(fields: dict[str, Any], payload: bytes, name: str | None = None) -> str:
+    """FILE_SOCKET in words: "tcp 127.0.0.1:8080 listening", "unix stream /run/x.sock -> peer".
+    `name`: its file's FILE_NAME, which a unix socket has when that file was renamed."""
     fam, typ, proto = fields["family"], fields["type"], fields["protocol"]
     local, peer = socket_name(fam, payload[:128]), socket_name(fam, payload[128:256])
     if fam in (2, 10):
@@ -143,7 +145,7 @@ def socket_desc(fields: dict[str, Any], payload: bytes) -> str:
     if shut:
         parts.append(f"({shut}{', ECONNRESET pending' if down & 0x100 else ''})")
     if down & 0x200:
-        parts.append("(its path unlinked)")
+        parts.append(f"(file renamed to {name})" if name else "(its path unlinked)")
     return " ".join(parts)
 
 
@@ -188,7 +190,7 @@ def _socket_of(f: File) -> str | None:
     rec = next((r for r in f.extra if r.type == RecType.FILE_SOCKET), None)
     if rec is None:
         return None
-    return socket_desc(rec.fields, bytes(rec.payload or b"")) + queue_note(f)
+    return socket_desc(rec.fields, bytes(rec.payload or b""), f.name) + queue_note(f)
 
 
 def _queued(f: File) -> dict[str, int] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from socket import MSG_CTRUNC, MSG_DONTWAIT, MSG_OOB, MSG_PEEK, MSG_TRUNC
 from termios import FIONREAD
@@ -65,26 +66,63 @@ _CHUNK = 1 << 16
 # unread, so that its next read past the queue fails with ECONNRESET (docs/format.md)
 SHUTDOWN_RESET = 0x100
 # and a unix socket bound to a path that no longer names it (the file was unlinked, or replaced):
-# restore binds it where nothing shows (restorer/files.py _bind_unlinked)
+# restore binds it where nothing shows (restorer/files.py _bind_unlinked); with a FILE_NAME, its
+# file was found under that other name in the path's directory (renamed: see _bound_file)
 SHUTDOWN_UNLINKED = 0x200
 
 
-def _unlinked(pid: int, local: bytes, info) -> bool:
+def _bound_file(pid: int, local: bytes, info) -> tuple[bool, bytes | None]:
     """Whether a unix socket bound to an absolute path is no longer what that path names, as
     seen from the process's root: nothing there (the file, or a directory on the way, removed),
-    or another file (the socket sock_diag says bind() made has another inode). A relative path
-    or an abstract name is not looked at (the former is relative to where the process was when it
-    bound, which nothing shows)."""
+    or another file (the socket sock_diag says bind() made has another inode); and then the name
+    its file has now when that is in the same directory (bind-then-rename, the usual way to
+    publish a socket at once: a JVM binds .java_pidN.tmp and renames it to .java_pidN), as a
+    path in the bound path's terms, else None (really unlinked). Only that one directory is
+    read: a file moved elsewhere counts as unlinked. A relative path or an abstract name is not
+    looked at (the former is relative to where the process was when it bound, which nothing
+    shows)."""
     path = local[2:110].split(b"\0", 1)[0]
     if local[:2] != b"\x01\x00" or not path.startswith(b"/"):
-        return False
+        return False, None
+    root = b"/proc/%d/root" % pid
     try:
-        st = os.stat(b"/proc/%d/root" % pid + path)
+        st = os.stat(root + path)
     except (FileNotFoundError, NotADirectoryError):
-        return True
+        pass
     except OSError:
-        return False  # (cannot tell: EACCES, ELOOP...: taken as still there, as before)
-    return info.vfs is not None and (st.st_dev, st.st_ino) != info.vfs
+        return False, None  # (cannot tell: EACCES, ELOOP...: taken as still there, as before)
+    else:
+        if info.vfs is None or (st.st_dev, st.st_ino) == info.vfs:
+            return False, None
+    return True, _renamed(root, path, info.vfs)
+
+
+def _renamed(root: bytes, path: bytes, vfs: tuple[int, int] | None) -> bytes | None:
+    """The path, in the directory of `path` (under the process's `root`), of the socket file
+    whose (st_dev, st_ino) is `vfs`; the first name in byte order when it has several (hard
+    links: restore makes one). None when no entry there is that file."""
+    if vfs is None:
+        return None  # (sock_diag did not say which file: nothing to look for)
+    parent = path.rsplit(b"/", 1)[0] or b"/"
+    found = []
+    try:
+        with os.scandir(root + parent) as entries:
+            for e in entries:
+                if e.inode() != vfs[1] and (e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False)
+                                            or e.is_symlink()):
+                    continue  # (readdir's type says it is no socket; an inode number read there
+                    # may differ from stat's on an overlay: any other entry is stat'ed)
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # (gone meanwhile)
+                if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == vfs:
+                    found.append(e.name)
+    except OSError:
+        return None  # (the directory gone too, or unreadable: unlinked, as before)
+    if not found:
+        return None
+    return parent.rstrip(b"/") + b"/" + min(found)
 
 
 def _pending_error(fd: int) -> bool:
@@ -255,15 +293,19 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
                               "accepted it yet, with data sent on it: that data cannot be read without "
                               "accepting the connection")
         peer_ino, backlog = info.pending_on, info.pending_at
-    if family == socket.AF_UNIX and _unlinked(o.pid, local, info):
-        reset |= SHUTDOWN_UNLINKED
+    renamed = None  # (the FILE_NAME of a socket whose file was renamed: see _bound_file)
+    if family == socket.AF_UNIX:
+        unlinked, renamed = _bound_file(o.pid, local, info)
+        if unlinked:
+            reset |= SHUTDOWN_UNLINKED
     ctx.sock_inos.add(ino)
     if info.state == TCP_LISTEN and info.accept_queue:
         from ..image.render import socket_desc
 
         ctx.listeners.append((f"{where} fd {o.fd}", socket_desc(dict(family=family, type=stype, protocol=proto,
                                                                       state=info.state), local + peer), info))
-    write_file_head(ctx, ref, kind, o.info.flags, 0, None)
+    write_file_head(ctx, ref, kind, o.info.flags, 0,
+                    None if renamed is None else os.fsdecode(renamed))
     ctx.w.record(RecType.FILE_SOCKET, dict(family=family, type=stype, protocol=proto, state=info.state,
                                            ino=ino, peer_ino=peer_ino, backlog=backlog,
                                            shutdown=info.shutdown | reset, options=options), payload=local + peer)

@@ -249,10 +249,15 @@ def binding_problems(img: Image) -> list[str]:
         elif ft is FileType.UNIX_SOCKET and f["family"] == AF_UNIX:
             idx = idx or UnixIndex.of(img)
             path = _local_name(rec)
-            if not path or path[0] == 0 or f["shutdown"] & SHUTDOWN_UNLINKED or _half_dead(rec) or \
-                    (f["peer_ino"] and idx.late_peer(rec) is None):
+            if not path or path[0] == 0 or _half_dead(rec) or (f["peer_ino"] and idx.late_peer(rec) is None):
                 continue  # (not bound at its path: see _unix_socket)
-            path = img.at(path.decode("utf-8", "surrogateescape"))
+            if f["shutdown"] & SHUTDOWN_UNLINKED:
+                if not obj.name:
+                    continue  # (bound where nothing shows)
+                path = obj.name  # (its file renamed: it comes back there, see _bind_renamed)
+            else:
+                path = path.decode("utf-8", "surrogateescape")
+            path = img.at(path)
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(os.lstat(path).st_mode) and _socket_alive(path):
                     problems.append(f"{_users(img, obj.objref)}: {_path_in_use(path)} (EADDRINUSE)")
@@ -305,7 +310,7 @@ def _what(obj: File, ft: FileType) -> str:
     sock = _extra(obj, RecType.FILE_SOCKET)
     if sock is not None:
         kind = "an inet socket" if sock.fields["family"] in (2, 10) else "a socket"
-        return f"{kind} ({socket_desc(sock.fields, bytes(sock.payload or b''))})"
+        return f"{kind} ({socket_desc(sock.fields, bytes(sock.payload or b''), obj.name)})"
     if ft is FileType.REGULAR:  # (a regular file, directory or device: FILE_STAT says which)
         return f"{_kinds_text(_was_kinds(obj)) if len(_was_kinds(obj)) == 1 else 'a file'} ({file_label(obj)})"
     kind = {FileType.DELETED: "deleted file"}.get(ft, ft.name.lower().replace("_", " "))
@@ -403,8 +408,9 @@ class FileSet:
     tcp_connections: list[File] = field(default_factory=list)  # TCP connections made (in repair mode until finish_tcp)
     ctty: dict[int, int] = field(default_factory=dict)  # pty index -> a slave fd of ours (restorer/tty.py)
     hungup: dict[int, int] = field(default_factory=dict)  # index -> master of hung-up slaves, closed in create
-    # unix sockets bound where their path no longer names them (_bind_unlinked): objref -> where
-    # the controller still reaches the socket file until create() removes it, and those directories
+    # unix sockets bound where their path no longer names them (_bind_unlinked, _bind_renamed):
+    # objref -> where the controller reaches the socket file (until create() removes it, for an
+    # unlinked one), and the directories to remove
     unlinked: dict[int, str] = field(default_factory=dict)
     unlinked_dirs: list[str] = field(default_factory=list)
     # socket files this restore made at their paths, with their (st_dev, st_ino): see unbind
@@ -695,7 +701,10 @@ class FileSet:
         else:
             s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
             path = _local_name(rec)
-            if path and path[0] != 0 and f["shutdown"] & SHUTDOWN_UNLINKED:
+            if path and path[0] != 0 and f["shutdown"] & SHUTDOWN_UNLINKED and obj.name:
+                self._bind_renamed(s, obj, self.img.at(path.decode("utf-8", "surrogateescape")),
+                                   self.img.at(obj.name))
+            elif path and path[0] != 0 and f["shutdown"] & SHUTDOWN_UNLINKED:
                 self._bind_unlinked(s, obj, self.img.at(path.decode("utf-8", "surrogateescape")))
             elif path:
                 if path[0] != 0:
@@ -919,12 +928,18 @@ class FileSet:
         The directory stays until create() has sent the queues and connected the clients (they
         reach the socket through it: `unlinked`), then goes, leaving the socket bound to an
         unlinked file, as the original was."""
+        top = tempfile.mkdtemp(prefix="ckptrace-unlinked-")
+        self.unlinked_dirs.append(top)
+        self.unlinked[obj.objref] = self._bind_within(s, top, path, "its path unlinked before the dump")
+
+    @staticmethod
+    def _bind_within(s, top: str, path: str, why: str) -> str:
+        """Bind `s` to `path` chroot'ed in directory `top` (see _bind_unlinked): where the socket
+        file is, as the controller sees it."""
         import threading
 
         from .threads import CLONE_FS  # (threads imports memory, which imports this module)
 
-        top = tempfile.mkdtemp(prefix="ckptrace-unlinked-")
-        self.unlinked_dirs.append(top)
         failed: list[BaseException] = []
 
         def bind() -> None:
@@ -945,10 +960,49 @@ class FileSet:
         t.start()
         t.join()
         if failed:
-            raise from_oserror(failed[0], f"bind {path!r} (its path unlinked before the dump)") \
+            raise from_oserror(failed[0], f"bind {path!r} ({why})") \
                 if isinstance(failed[0], OSError) else failed[0]
-        self.unlinked[obj.objref] = os.path.join(top, path.lstrip("/")) if path.startswith("/") \
-            else os.path.join(top, path)
+        return os.path.join(top, path.lstrip("/"))
+
+    def _bind_renamed(self, s, obj: File, path: str, name: str) -> None:
+        """Bind `s` to `path` with its file at `name`, another name in the same directory: the
+        original's file was renamed after its bind (bind-then-rename publishes a socket at once:
+        a JVM's attach listener binds .java_pidN.tmp, then renames it to .java_pidN), so
+        getsockname says `path` and clients connect to `name`. Bound as _bind_unlinked binds,
+        but in a directory made inside `name`'s, then the file renamed to `name`: `path`, which
+        named nothing of it at the dump (nothing, or another file), is not touched. The dead
+        original's file at `name` is replaced (a live socket's, or any other file, fails the
+        restore with EADDRINUSE, as a bind there would)."""
+        import shutil
+        import stat
+
+        why = f"its file renamed to {name!r} before the dump"
+        try:
+            top = tempfile.mkdtemp(prefix=".ckptrace-bind-", dir=os.path.dirname(name) or ".")
+        except OSError as exc:
+            raise from_oserror(exc, f"bind {path!r} ({why}): make a directory beside it") from None
+        try:
+            made = self._bind_within(s, top, path, why)
+            with _bind_lock():  # (another restore must not take the name between the look and the rename)
+                try:
+                    mode = os.lstat(name).st_mode
+                except FileNotFoundError:
+                    pass
+                else:
+                    if not stat.S_ISSOCK(mode):
+                        raise KernelError(f"unix socket file {name} (renamed from {path} before the dump): "
+                                          "another file is there now", errno.EADDRINUSE)
+                    if _socket_alive(name):
+                        raise KernelError(_path_in_use(name), errno.EADDRINUSE)
+                try:
+                    os.rename(made, name)  # (over the dead original's socket file, at once)
+                except OSError as exc:
+                    raise from_oserror(exc, f"rename the socket file bound at {path!r} to {name!r}") from None
+                st = os.lstat(name)
+                self.bound_paths.append((name, st.st_dev, st.st_ino))  # (removed should the restore fail)
+        finally:
+            shutil.rmtree(top, ignore_errors=True)
+        self.unlinked[obj.objref] = name
 
     def unbind(self) -> None:
         """Remove the socket files this restore bound, once it has failed: left behind, each
