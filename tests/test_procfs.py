@@ -233,3 +233,18 @@ def test_holders_finds_the_processes_with_an_inode_open(tmp_path):
     st = os.stat(target)
     assert sorted(procfs.holders(st.st_dev, st.st_ino, str(proc))) == [10, 12]
     assert procfs.holders(st.st_dev, st.st_ino, str(proc), skip=12) == [10]
+
+
+def test_coredump_filter_and_an_exiting_process(fake):
+    """An exiting process's coredump_filter reads as empty (its memory is gone): that is a process
+    gone, as every read of one says, not a ValueError that ended the dump in a traceback."""
+    from ckptrace.errors import NoSuchProcess
+
+    import pathlib
+
+    f = pathlib.Path(fake) / "4321" / "coredump_filter"
+    f.write_text("00000033\n")
+    assert procfs.coredump_filter(4321, fake) == 0x33
+    f.write_text("")
+    with pytest.raises(NoSuchProcess):
+        procfs.coredump_filter(4321, fake)

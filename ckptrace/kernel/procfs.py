@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..errors import CkptError, from_oserror
+from ..errors import CkptError, NoSuchProcess, from_oserror
 
 PROC = "/proc"
 
@@ -439,8 +439,12 @@ def oom_score_adj(pid: int, root: str = PROC) -> int:
 
 
 def coredump_filter(pid: int, root: str = PROC) -> int:
-    """The process's core dump filter (core(5)): the mm's MMF_DUMP_FILTER bits, in hex."""
-    return int(_read(f"{root}/{pid}/coredump_filter", f"read coredump_filter of {pid}"), 16)
+    """The process's core dump filter (core(5)): the mm's MMF_DUMP_FILTER bits, in hex. A
+    process whose memory is gone (exiting) reads as empty: NoSuchProcess, as any read of it."""
+    text = _read(f"{root}/{pid}/coredump_filter", f"read coredump_filter of {pid}")
+    if not text.strip():
+        raise NoSuchProcess(f"process {pid} exited (its coredump_filter is empty)")
+    return int(text, 16)
 
 
 def limits(pid: int, root: str = PROC) -> list[tuple[int, int]]:
