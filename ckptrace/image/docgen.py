@@ -65,7 +65,8 @@ def render() -> str:
     for rt in sorted(RECORDS.values(), key=lambda r: r.type):
         out += [f"### {rt.name} ({int(rt.type)})", "", rt.doc, "", f"`len`: {_len_rule(rt)}", "",
                 "| offset | type | field | values |", "|---:|---|---|---|",
-                "| 0 | u32 | type | |", "| 4 | u32 | len | |"]
+                # the seed's `struct ckpt_hdr h` (a record's own field may be called type too)
+                "| 0 | u32 | h.type | the record type |", "| 4 | u32 | h.len | the record's length, header included |"]
         out += [f"| {o} | {t} | {n} | {v} |" for o, t, n, v in _layout(rt.fields, HDR_SIZE)]
         if rt.payload is Payload.ENTRIES:
             out += ["", f"Each entry ({rt.entry_st.size} bytes):", "", "| offset | type | field | values |",
