@@ -9,14 +9,12 @@ Tasks are released in a `finally`, whatever happened. See docs/dump.md.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import select
 import signal
 import socket
 import stat
-import struct
 import sys
 import tempfile
 import termios
@@ -34,6 +32,7 @@ from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
 from .kernel.ptrace import xcr0_from_xstate
+from .kernel.sys import ioctl_int
 from .objects import files, locks, mm, nsinfo, pipe, seccomp, task, timers, tty
 from .objects.socket import arm_for_kill, release_held, unaccepted
 from .objects.socket import check_kill as check_unaccepted
@@ -500,7 +499,7 @@ def _wait_delivered(fd: int, sock, pending_req: int, written: int, wait: bool, t
     deadline = time.monotonic() + timeout
     while True:
         try:
-            pending = struct.unpack("<i", fcntl.ioctl(fd, pending_req, b"\0" * 4))[0]
+            pending = ioctl_int(fd, pending_req)
         except OSError:
             return  # cannot tell (an odd socket family): trust the completed writes
         events = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import struct
 
@@ -47,6 +48,22 @@ def syscall(nr: int, *args, what: str = "syscall") -> int:
 SO_SNDBUFFORCE, SO_RCVBUFFORCE, SO_PEEK_OFF = 32, 33, 42
 MQUEUE_MAGIC = 0x19800202
 PROC_SUPER_MAGIC = 0x9FA0
+
+
+_INT, _UINT = struct.Struct("<i"), struct.Struct("<I")
+
+
+def ioctl_int(fd: int, req: int, *, unsigned: bool = False) -> int:
+    """The int an ioctl that reads one into its argument gives for `fd` (FIONREAD, SIOCOUTQ,
+    TIOCGPTN, TIOCGDEV...), as the kernel writes it (x86_64: little-endian). OSError as the
+    ioctl raises it."""
+    st = _UINT if unsigned else _INT
+    return st.unpack(fcntl.ioctl(fd, req, bytes(st.size)))[0]
+
+
+def int_arg(value: int) -> bytes:
+    """An int ioctl argument passed by pointer (TIOCSPTLCK, TIOCPKT...), little-endian."""
+    return _INT.pack(value)
 
 
 def fs_type(path: str) -> int:

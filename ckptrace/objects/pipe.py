@@ -10,12 +10,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import struct
 import termios
 
 from ..errors import CkptError, from_oserror
 from ..image.records import RecType
-from ..kernel.sys import libc
+from ..kernel.sys import ioctl_int, libc
 from .context import DumpContext
 
 SPLICE_F_NONBLOCK = 2
@@ -27,7 +26,7 @@ libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
 def peek(fd: int) -> tuple[bytes, int]:
     """(buffered bytes, capacity) of the pipe `fd` is an end of (any access mode)."""
     size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-    n = struct.unpack("<i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    n = ioctl_int(fd, termios.FIONREAD)
     if n == 0:
         return b"", size
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

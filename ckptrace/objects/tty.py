@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import struct
 
 from ..errors import Unsupported
 from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
@@ -35,6 +34,7 @@ from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TT
 from ..kernel.ttyio import (PTS_MAJORS, TCGETS2, TERMIOS2, TIOCGDEV, TIOCGEXCL, TIOCGPGRP, TIOCGPKT, TIOCGPTLCK,
                            TIOCGPTPEER, TIOCGSID, TIOCGWINSZ, TIOCINQ, WINSIZE, decode_dev, encode_dev, is_devtty,
                            is_master, is_pts, pts_index)
+from ..kernel.sys import ioctl_int
 from .context import DumpContext
 
 
@@ -61,7 +61,7 @@ def _devpts_ctime(index: int, dev: int) -> int:
 
 def _ioctl_int(fd: int, req: int) -> int | None:
     try:
-        return struct.unpack("i", fcntl.ioctl(fd, req, b"\0\0\0\0"))[0]
+        return ioctl_int(fd, req)
     except OSError:
         return None
 

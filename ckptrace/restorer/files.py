@@ -19,7 +19,6 @@ import fcntl
 import os
 import resource
 import stat
-import struct
 import tempfile
 import termios
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import BinaryIO
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
-from ..kernel.sys import SO_SNDBUFFORCE, libc, syscall
+from ..kernel.sys import SO_SNDBUFFORCE, ioctl_int, libc, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
@@ -154,7 +153,7 @@ def _fifo_lives_on(holder: int) -> str:
     if others:
         return f"is open in host pid {others[0]}{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}"
     # (a thread with a file table of its own does not show in /proc/PID/fd)
-    if struct.unpack("i", fcntl.ioctl(holder, termios.FIONREAD, b"\0\0\0\0"))[0]:
+    if ioctl_int(holder, termios.FIONREAD):
         return "already holds bytes"
     return ""
 

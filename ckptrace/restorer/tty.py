@@ -29,7 +29,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import struct
 import time
 
 from ..errors import Unsupported
@@ -37,6 +36,7 @@ from ..image.reader import File, Image
 from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
                              FileType, RecType)
 from ..kernel import procfs
+from ..kernel.sys import int_arg, ioctl_int
 from ..kernel.sysno import SYS_ioctl
 from ..kernel.ttyio import (PTS_MAJORS, TCSETS2, TERMIOS2, TIOCEXCL, TIOCGDEV, TIOCGPTN, TIOCGPTPEER, TIOCPKT,
                            TIOCSCTTY, TIOCSPGRP, TIOCSPTLCK, TIOCSWINSZ, WINSIZE, decode_dev)
@@ -168,7 +168,7 @@ def _devtty_problem(users: str, f: dict) -> str | None:
                 f"here ({os.strerror(exc.errno)}: restore has no controlling terminal); run restore on that "
                 "terminal")
     try:
-        got = decode_dev(struct.unpack("I", fcntl.ioctl(fd, TIOCGDEV, b"\0" * 4))[0])
+        got = decode_dev(ioctl_int(fd, TIOCGDEV, unsigned=True))
     except OSError:
         got = None
     finally:
@@ -187,7 +187,7 @@ def open_master(path: str, flags: int, index: int, wait: float = INDEX_WAIT_S) -
         try:
             while True:
                 fd = os.open(path, flags)
-                got = struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, b"\0" * 4))[0]
+                got = ioctl_int(fd, TIOCGPTN, unsigned=True)
                 if got == index:
                     return fd
                 spare.append(fd)
@@ -215,7 +215,7 @@ def _holder(index: int) -> str:
 def apply_state(master: int, f: dict) -> None:
     """Unlocked (its slaves are opened next: finish locks it again if it was), then termios,
     window size and packet mode, through the master (the first two are the slave's)."""
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    fcntl.ioctl(master, TIOCSPTLCK, int_arg(0))
     if not f["flags"] & TTY_STATE:
         return
     cc = bytes(f[n] for n in CC_NAMES)
@@ -223,7 +223,7 @@ def apply_state(master: int, f: dict) -> None:
                                                f["c_line"], cc, f["c_ispeed"], f["c_ospeed"]))
     fcntl.ioctl(master, TIOCSWINSZ, WINSIZE.pack(f["ws_row"], f["ws_col"], f["ws_xpixel"], f["ws_ypixel"]))
     if f["flags"] & TTY_PACKET:
-        fcntl.ioctl(master, TIOCPKT, struct.pack("i", 1))
+        fcntl.ioctl(master, TIOCPKT, int_arg(1))
 
 
 def open_slave(master: int, flags: int) -> int:
@@ -240,7 +240,7 @@ def hungup_master(index: int) -> int:
         master = open_master("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, index, wait=0)
     except Unsupported:
         master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    fcntl.ioctl(master, TIOCSPTLCK, int_arg(0))
     return master
 
 
@@ -250,7 +250,7 @@ def finish(master: int, keeper: int, f: dict) -> None:
     if f["flags"] & TTY_EXCLUSIVE:
         fcntl.ioctl(keeper, TIOCEXCL)
     if f["flags"] & TTY_LOCKED:
-        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 1))
+        fcntl.ioctl(master, TIOCSPTLCK, int_arg(1))
 
 
 def queue_note(users: str, f: dict) -> str | None:
@@ -285,7 +285,7 @@ def set_foreground(img: Image, files, injectors, groups_alive) -> list[str]:
         inj = injectors[sid]
         with inj, inj.scratch(4) as (addr, mem):
             mem.seek(addr)
-            mem.write(struct.pack("i", pgrp))
+            mem.write(int_arg(pgrp))
             ret = inj.syscall(SYS_ioctl, files.ctty[index], TIOCSPGRP, addr)
         check(ret if ret < 0 else 0, f"ioctl(TIOCSPGRP, {pgrp}) on pty {index} in {sid}")
     return notes
