@@ -608,7 +608,7 @@ class _Restore:
     def _finish(self, files) -> None:
         from .kernel.procfs import cgroup_mounts
         from .kernel.ptrace import Injector
-        from .restorer import cgroup, creds, locks, sched, timers, tree
+        from .restorer import cgroup, creds, locks, sched, timers
         from .restorer.memory import check
 
         mounts = cgroup_mounts()

@@ -934,7 +934,7 @@ def test_chrooted_namespace_comes_back_in_its_root_or_under_root(pidns, chroot_d
     img = str(tmp_path / "c.img")
     dump_kill(w, img)
     shown = ckptrace("show", img)
-    assert f"cwd / ".encode() not in shown.stdout and f"root {root} ".encode() in shown.stdout, shown.stdout
+    assert b"cwd / " not in shown.stdout and f"root {root} ".encode() in shown.stdout, shown.stdout
     # another copy of the files, given with --root
     copy = str(tmp_path / "copy")
     shutil.copytree(root, copy)
@@ -3373,7 +3373,7 @@ def test_queued_signals_come_back_with_their_siginfo(pidns, tmp_path, restored):
     w = py_workload(pidns, SIGQUEUE_WORKLOAD, tmp_path)
     img = str(tmp_path / "sq.img")
     dump_kill(w, img)
-    res = restore_json(img, restored)
+    restore_json(img, restored)
     (tmp_path / "go").touch()
     deadline = time.monotonic() + 3
     while not (tmp_path / "got").exists() and time.monotonic() < deadline:
@@ -5889,7 +5889,7 @@ def test_a_privately_mapped_file_shrunk_under_its_written_pages_is_refused(pidns
     nss = pidns_inodes(tmp_path)
     with pytest.raises(KernelError) as exc:
         restore.restore(str(img))
-    assert f"pid 1 (host pid " in str(exc.value) and f"pages of '{data}'" in str(exc.value), exc.value
+    assert "pid 1 (host pid " in str(exc.value) and f"pages of '{data}'" in str(exc.value), exc.value
     assert "the file is now 4096 bytes" in str(exc.value), exc.value
     assert pidns_inodes(tmp_path) - nss == set(), "the partly restored namespace survived"
     # grown back (the original's page was within the file): restored

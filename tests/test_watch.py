@@ -4,7 +4,6 @@ subprocess, reading its --json lines. One watch run per mode is shared by the te
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import os

@@ -9,7 +9,6 @@ kept in a small LRU cache: opening a huge image costs only its index.
 from __future__ import annotations
 
 import bisect
-import signal
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -17,7 +16,7 @@ from typing import BinaryIO
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
-                             RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType, VmaType,
+                             RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType,
                              format_time, wait_status_text)
 from ..image.render import (cpu_list, human, open_flags_text, plural, processes_text, prot_str, queue_note,
                              rlimit_text, socket_name, terminal_safe, vma_label)
