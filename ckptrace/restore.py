@@ -55,7 +55,6 @@ WATCHDOG_PER_FD = 0.002  # s (each fd of each table)
 KILL_REAP_S = 30.0  # at most, to reap what an abort killed (it takes milliseconds)
 
 
-
 @dataclass
 class Result:
     pidns: int

@@ -11,12 +11,10 @@ import struct
 from ..errors import Unsupported
 from ..image.records import INOTIFY_WATCH, FileType, RecType
 from ..kernel import procfs
-from .context import DumpContext
 from ..kernel.sysno import SYS_open_by_handle_at
+from .context import DumpContext
 
 EFD_SEMAPHORE = 1
-
-
 
 
 def _watch_path(ctx: DumpContext, pid: int, w: dict, mounts: list) -> str:

@@ -19,7 +19,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from ..errors import Unsupported, from_oserror
+from ..errors import CkptError, Unsupported, from_oserror
 from ..image.records import FMODE_READ, FMODE_WRITE, MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
 from ..kernel import procfs
 from ..kernel.sys import MQUEUE_MAGIC, PROC_SUPER_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
@@ -201,7 +201,7 @@ def memfd_seals(fd: int) -> int:
     try:
         return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError as exc:
-        raise from_oserror(exc, "fcntl.F_GET_SEALS of a memfd") from None
+        raise from_oserror(exc, "F_GET_SEALS of a memfd") from None
 
 
 def segment_seals(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
@@ -218,8 +218,8 @@ def segment_seals(ctx: DumpContext, pid: int, m: procfs.Mapping) -> int:
     except OSError:
         return 0
     try:
-        return MEMFD_SEALS_KNOWN | fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-    except OSError:
+        return memfd_seals(fd)
+    except CkptError:
         return 0  # (EINVAL: not a shmem file after all, whatever its name)
     finally:
         os.close(fd)

@@ -83,7 +83,6 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     ctx.w.record(RecType.FILE_PIPE, dict(pipe_id=pipe_id, buffered=len(data), pipe_size=size), payload=data)
 
 
-
 def outside_notes(ctx: DumpContext, ns: int) -> list[str]:
     """A line for each pipe the image holds one kind of end of (readers only, or writers only)
     whose other end a process outside the namespace holds, such as a shell's `| cat` after a

@@ -26,7 +26,6 @@ from ..kernel.sys import SO_PEEK_OFF, libc
 from .context import DumpContext
 
 
-
 def _sockaddr(fn, fd: int) -> bytes:
     buf = ctypes.create_string_buffer(SOCKADDR_LEN)
     ln = ctypes.c_uint32(SOCKADDR_LEN)

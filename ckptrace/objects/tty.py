@@ -38,7 +38,6 @@ from ..kernel.sys import ioctl_int
 from .context import DumpContext
 
 
-
 def _hung_up(fd: int) -> bool:
     """Whether a terminal file was hung up: every ioctl but TIOCSPGRP then fails with EIO (a
     live terminal answers TIOCGWINSZ, a pty master too)."""
@@ -121,7 +120,7 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
     master = is_master(o.st)
     if master:
         index = int(o.info.extra.get("tty-index", "0"))
-    elif os.major(rdev) >= 136:
+    elif is_pts(o.st):
         index = pts_index(os.major(rdev), os.minor(rdev))
     else:
         index = os.minor(rdev)

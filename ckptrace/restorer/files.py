@@ -224,8 +224,6 @@ def binding_problems(img: Image) -> list[str]:
     _inet_socket makes it (in the controller's network namespace, the one the restore uses; no
     listen, which clients could reach), and every unix socket path held by a live socket. The
     files step binds for good and still fails on what was taken in between."""
-    import stat
-
     problems = []
     idx = None
     for obj in img.objects.values():
@@ -311,7 +309,8 @@ def _what(obj: File, ft: FileType) -> str:
         kind = "an inet socket" if sock.fields["family"] in (2, 10) else "a socket"
         return f"{kind} ({socket_desc(sock.fields, bytes(sock.payload or b''), obj.name)})"
     if ft is FileType.REGULAR:  # (a regular file, directory or device: FILE_STAT says which)
-        return f"{_kinds_text(_was_kinds(obj)) if len(_was_kinds(obj)) == 1 else 'a file'} ({file_label(obj)})"
+        kinds = _was_kinds(obj)
+        return f"{_kinds_text(kinds) if len(kinds) == 1 else 'a file'} ({file_label(obj)})"
     kind = {FileType.DELETED: "deleted file"}.get(ft, ft.name.lower().replace("_", " "))
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({file_label(obj)})"
 
@@ -973,7 +972,6 @@ class FileSet:
         original's file at `name` is replaced (a live socket's, or any other file, fails the
         restore with EADDRINUSE, as a bind there would)."""
         import shutil
-        import stat
 
         why = f"its file renamed to {name!r} before the dump"
         try:

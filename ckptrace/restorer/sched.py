@@ -1,6 +1,6 @@
 """Scheduling of each restored thread (policy, nice, real-time priority, CPU affinity, I/O
-priority) and each process's oom_score_adj and core dump filter. All are set from the controller by host tid/pid:
-none needs injection.
+priority) and each process's oom_score_adj and core dump filter. All are set from the controller
+by host tid/pid: none needs injection.
 
 Affinity is narrowed to the CPUs the controller itself may use (the restored tasks live in its
 cpuset): an image from a bigger machine keeps what still exists, and a thread whose CPUs are all
