@@ -36,7 +36,7 @@ from .kernel.sys import ioctl_int
 from .objects import files, locks, mm, nsinfo, pipe, seccomp, task, timers, tty
 from .objects.socket import arm_for_kill, release_held, unaccepted
 from .objects.socket import check_kill as check_unaccepted
-from .objects.context import DumpContext, Stats
+from .objects.context import DumpContext, Stats, kill_refused
 
 
 @dataclass
@@ -539,8 +539,7 @@ def check_restorable(shadow, ns: int) -> None:
         set_root(img)
         validate(img, bindings=False)  # (the original holds its ports and paths until killed)
     except Unsupported as exc:
-        raise Unsupported(f"not killing pid:[{ns}]: {exc}; without --kill the image is written and "
-                          "the namespace left running") from None
+        raise kill_refused(ns, str(exc)) from None
 
 
 # Character devices that take every write and keep nothing: mem 1:3 (/dev/null) and 1:5 (/dev/zero).

@@ -6,10 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..errors import Unsupported
 from ..image.stream import ImageWriter
 from ..kernel import procfs
 from ..kernel.sockdiag import SockTable
 from .objhash import ObjHash
+
+
+WITHOUT_KILL = "without --kill the image is written and the namespace left running"
+
+
+def kill_refused(ns: int, why: str, then: str = WITHOUT_KILL) -> Unsupported:
+    """The one form every refusal of `dump --kill` takes (the namespace is left running, as it
+    was): `not killing pid:[N]: why; then` (what the user may do instead)."""
+    return Unsupported(f"not killing pid:[{ns}]: {why}; {then}")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..image.records import MAX_BLOB, SOCKADDR_LEN, SOCKOPTS, TCP_CLOSE, TCP_EST
 from ..kernel import tcprepair
 from ..kernel.sockdiag import SockInfo
 from ..kernel.sys import SO_PEEK_OFF, libc
-from .context import DumpContext
+from .context import WITHOUT_KILL, DumpContext, kill_refused
 
 
 def _sockaddr(fn, fd: int) -> bytes:
@@ -426,9 +426,7 @@ def check_kill(ctx: DumpContext, ns: int) -> None:
     """Refuse `--kill` when a listener held connections the image lacks: their clients would be
     left with no server end (a reset), and the program would never accept them."""
     if ctx.unaccepted:
-        raise Unsupported(f"not killing pid:[{ns}]: " + "; ".join(ctx.unaccepted) +
-                          "; dump again once they are accepted (without --kill the image is written and the "
-                          "namespace left running)")
+        raise kill_refused(ns, "; ".join(ctx.unaccepted), f"dump again once they are accepted ({WITHOUT_KILL})")
 
 
 # -- TCP connections (kernel/tcprepair.py) -------------------------------------------------------
@@ -503,9 +501,9 @@ def arm_for_kill(held: list[HeldTcp], ns: int) -> None:
             raise from_oserror(exc, f"{h.where}: TCP_REPAIR before the kill") from None
         if now != h.rcv_nxt:
             disarm(held)
-            raise Unsupported(f"not killing pid:[{ns}]: {h.where}: {(now - h.rcv_nxt) & 0xFFFFFFFF} bytes arrived on "
-                              "its TCP connection after the dump read it, which the image does not have; "
-                              "the namespace is left running (dump again)")
+            raise kill_refused(ns, f"{h.where}: {(now - h.rcv_nxt) & 0xFFFFFFFF} bytes arrived on its TCP connection "
+                                   "after the dump read it, which the image does not have",
+                               "the namespace is left running (dump again)")
 
 
 def disarm(held: list[HeldTcp]) -> None:

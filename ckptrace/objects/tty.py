@@ -28,14 +28,13 @@ import errno
 import fcntl
 import os
 
-from ..errors import Unsupported
 from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
                              RecType)
 from ..kernel.ttyio import (PTS_MAJORS, TCGETS2, TERMIOS2, TIOCGDEV, TIOCGEXCL, TIOCGPGRP, TIOCGPKT, TIOCGPTLCK,
                            TIOCGPTPEER, TIOCGSID, TIOCGWINSZ, TIOCINQ, WINSIZE, decode_dev, encode_dev, is_devtty,
                            is_master, is_pts, pts_index)
 from ..kernel.sys import ioctl_int
-from .context import DumpContext
+from .context import WITHOUT_KILL, DumpContext, kill_refused
 
 
 def _hung_up(fd: int) -> bool:
@@ -171,6 +170,4 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
 def check_kill(ctx: DumpContext, ns: int) -> None:
     """Refuse `--kill` when a pty held bytes nobody had read: a restore would come back without them."""
     if ctx.pty_queued:
-        raise Unsupported(f"not killing pid:[{ns}]: " + "; ".join(ctx.pty_queued) +
-                          "; dump again once they are read (without --kill the image is written and the "
-                          "namespace left running)")
+        raise kill_refused(ns, "; ".join(ctx.pty_queued), f"dump again once they are read ({WITHOUT_KILL})")
