@@ -263,6 +263,16 @@ def _stop_if_signalled() -> None:
         _raise_on_signal(_stop_signals[-1], None)
 
 
+def _complete(ns: int, on_complete) -> None:
+    """The image is whole: the caller's `on_complete` (dump -o FILE names the file), then the
+    stamp that tells a watcher of the dump, while the tasks are still frozen: it resets its dirty
+    pages at the stamp (ckptrace/notify.py), and every page it has by then was written before the
+    release or the kill."""
+    if on_complete is not None:
+        on_complete()
+    notify.dump_done(ns)
+
+
 def _complete_and_kill(w: ImageWriter, out_fd: int, init: int, ns: int, on_complete) -> tuple[int | None, list[int]]:
     """The end of `dump --kill`, once every check that could refuse the kill has passed: the
     TAIL the image was kept incomplete without (until now a reader of the stream, such as `restore
@@ -279,11 +289,7 @@ def _complete_and_kill(w: ImageWriter, out_fd: int, init: int, ns: int, on_compl
     try:
         w.write_held()
         _check_delivered(out_fd, w.bytes_written, wait=True)
-        if on_complete is not None:
-            on_complete()
-        # Stamped while the tasks are still frozen: a watcher resets its dirty pages at the
-        # stamp (ckptrace/notify.py), and every page it has by then was written before the kill.
-        notify.dump_done(ns)
+        _complete(ns, on_complete)
         # Kill while still held: released first, the tasks would run on for a moment and change
         # files the image already describes (a migrated log would repeat lines).
         init_fd = _kill_namespace(init)
@@ -405,13 +411,8 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             arm_for_kill(ctx.tcp_held, ns)
         _stop_if_signalled()
         if not opts.kill:
-            if on_complete is not None:
-                on_complete()
+            _complete(ns, on_complete)
             ok = True
-            # Stamped while the tasks are still frozen: a watcher resets its dirty pages at the
-            # stamp (ckptrace/notify.py), and every page it has by then was written before the
-            # release.
-            notify.dump_done(ns)
         else:
             init_fd, late_signals = _complete_and_kill(ctx.w, out_fd, init, ns, on_complete)
             ok = killed = True
