@@ -14,7 +14,6 @@ plain descriptor (the dumper's pidfd_getfd duplicate, or the restorer's new sock
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 
 from ..errors import KernelError, Unsupported, from_oserror
 from ..image.records import TCP_ESTABLISHED, TCPI_OPT_SACK, TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE
-from .sys import SO_PEEK_OFF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, libc
+from .sys import SO_PEEK_OFF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, ioctl_int
 
 SOL_TCP = 6
 TCP_NODELAY, TCP_MAXSEG, TCP_CORK, TCP_INFO = 1, 2, 3, 11
@@ -60,11 +59,10 @@ def _sock(fd: int) -> socket.socket:
 
 
 def _ioctl_int(fd: int, req: int, what: str) -> int:
-    val = ctypes.c_int(0)
-    if libc.ioctl(fd, req, ctypes.byref(val)) != 0:
-        err = ctypes.get_errno()
-        raise from_oserror(OSError(err, os.strerror(err)), what)
-    return val.value
+    try:
+        return ioctl_int(fd, req)
+    except OSError as exc:
+        raise from_oserror(exc, what) from None
 
 
 def set_repair(fd: int, on: bool) -> None:
