@@ -9,6 +9,8 @@ import os
 import struct
 import termios
 
+from ..image.records import CC_NAMES
+
 TIOCGPGRP, TIOCSPGRP, TIOCSCTTY = termios.TIOCGPGRP, termios.TIOCSPGRP, termios.TIOCSCTTY
 TIOCGWINSZ, TIOCSWINSZ = termios.TIOCGWINSZ, termios.TIOCSWINSZ
 TIOCINQ = termios.TIOCINQ  # (FIONREAD)
@@ -26,6 +28,31 @@ TIOCGPTPEER = 0x5441
 
 TERMIOS2 = struct.Struct("<IIIIB19sII")  # c_iflag c_oflag c_cflag c_lflag c_line c_cc[19] c_ispeed c_ospeed
 WINSIZE = struct.Struct("<HHHH")  # ws_row ws_col ws_xpixel ws_ypixel
+_WINSIZE_FIELDS = ("ws_row", "ws_col", "ws_xpixel", "ws_ypixel")
+
+
+# FILE_TTY's fields from the kernel's structs and back (the dump reads them, restore sets them)
+def termios_fields(raw: bytes) -> dict[str, int]:
+    """A struct termios2 (TCGETS2) as FILE_TTY's fields: c_cc one field per index (CC_NAMES)."""
+    iflag, oflag, cflag, lflag, line, cc, ispeed, ospeed = TERMIOS2.unpack(raw)
+    return dict(c_iflag=iflag, c_oflag=oflag, c_cflag=cflag, c_lflag=lflag, c_line=line, c_ispeed=ispeed,
+                c_ospeed=ospeed, **dict(zip(CC_NAMES, cc)))
+
+
+def termios_raw(f: dict) -> bytes:
+    """The struct termios2 (TCSETS2) FILE_TTY's fields `f` describe."""
+    return TERMIOS2.pack(f["c_iflag"], f["c_oflag"], f["c_cflag"], f["c_lflag"], f["c_line"],
+                         bytes(f[n] for n in CC_NAMES), f["c_ispeed"], f["c_ospeed"])
+
+
+def winsize_fields(raw: bytes) -> dict[str, int]:
+    """A struct winsize (TIOCGWINSZ) as FILE_TTY's fields."""
+    return dict(zip(_WINSIZE_FIELDS, WINSIZE.unpack(raw)))
+
+
+def winsize_raw(f: dict) -> bytes:
+    """The struct winsize (TIOCSWINSZ) FILE_TTY's fields `f` describe."""
+    return WINSIZE.pack(*(f[n] for n in _WINSIZE_FIELDS))
 
 PTS_MAJORS = range(136, 144)  # UNIX98_PTY_SLAVE_MAJOR and the 7 after it
 

@@ -28,12 +28,12 @@ import errno
 import fcntl
 import os
 
-from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
+from ..image.records import (TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
                              RecType)
+from ..kernel.sys import ioctl_int
 from ..kernel.ttyio import (PTS_MAJORS, TCGETS2, TERMIOS2, TIOCGDEV, TIOCGEXCL, TIOCGPGRP, TIOCGPKT, TIOCGPTLCK,
                            TIOCGPTPEER, TIOCGSID, TIOCGWINSZ, TIOCINQ, WINSIZE, decode_dev, encode_dev, is_devtty,
-                           is_master, is_pts, pts_index)
-from ..kernel.sys import ioctl_int
+                           is_master, is_pts, pts_index, termios_fields, winsize_fields)
 from .context import WITHOUT_KILL, DumpContext, kill_refused
 
 
@@ -93,13 +93,11 @@ def _state(fd: int, master: bool) -> dict:
     """The pty's termios, window size, lock and packet mode, and the queued bytes on `fd`'s side."""
     out: dict = {}
     try:
-        t = TERMIOS2.unpack(fcntl.ioctl(fd, TCGETS2, bytes(TERMIOS2.size)))
-        ws = WINSIZE.unpack(fcntl.ioctl(fd, TIOCGWINSZ, bytes(WINSIZE.size)))
+        t = fcntl.ioctl(fd, TCGETS2, bytes(TERMIOS2.size))
+        ws = fcntl.ioctl(fd, TIOCGWINSZ, bytes(WINSIZE.size))
     except OSError:
         return out  # (not a terminal we can ask: no state)
-    out.update(c_iflag=t[0], c_oflag=t[1], c_cflag=t[2], c_lflag=t[3], c_line=t[4], c_ispeed=t[6], c_ospeed=t[7])
-    out.update(zip(CC_NAMES, t[5]))
-    out.update(ws_row=ws[0], ws_col=ws[1], ws_xpixel=ws[2], ws_ypixel=ws[3])
+    out.update(termios_fields(t), **winsize_fields(ws))
     flags = TTY_STATE
     if master:
         flags |= TTY_LOCKED if _ioctl_int(fd, TIOCGPTLCK) else 0

@@ -33,13 +33,13 @@ import time
 
 from ..errors import Unsupported
 from ..image.reader import File, Image
-from ..image.records import (CC_NAMES, TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
+from ..image.records import (TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
                              FileType, RecType)
 from ..kernel import procfs
 from ..kernel.sys import int_arg, ioctl_int
 from ..kernel.sysno import SYS_ioctl
-from ..kernel.ttyio import (PTS_MAJORS, TCSETS2, TERMIOS2, TIOCEXCL, TIOCGDEV, TIOCGPTN, TIOCGPTPEER, TIOCPKT,
-                           TIOCSCTTY, TIOCSPGRP, TIOCSPTLCK, TIOCSWINSZ, WINSIZE, decode_dev)
+from ..kernel.ttyio import (PTS_MAJORS, TCSETS2, TIOCEXCL, TIOCGDEV, TIOCGPTN, TIOCGPTPEER, TIOCPKT,
+                           TIOCSCTTY, TIOCSPGRP, TIOCSPTLCK, TIOCSWINSZ, decode_dev, termios_raw, winsize_raw)
 
 INDEX_WAIT_S = 3.0  # how long an index held by someone else is waited for
 _PTS_PATH = re.compile(r".*/pts/(\d+)")
@@ -218,10 +218,8 @@ def apply_state(master: int, f: dict) -> None:
     fcntl.ioctl(master, TIOCSPTLCK, int_arg(0))
     if not f["flags"] & TTY_STATE:
         return
-    cc = bytes(f[n] for n in CC_NAMES)
-    fcntl.ioctl(master, TCSETS2, TERMIOS2.pack(f["c_iflag"], f["c_oflag"], f["c_cflag"], f["c_lflag"],
-                                               f["c_line"], cc, f["c_ispeed"], f["c_ospeed"]))
-    fcntl.ioctl(master, TIOCSWINSZ, WINSIZE.pack(f["ws_row"], f["ws_col"], f["ws_xpixel"], f["ws_ypixel"]))
+    fcntl.ioctl(master, TCSETS2, termios_raw(f))
+    fcntl.ioctl(master, TIOCSWINSZ, winsize_raw(f))
     if f["flags"] & TTY_PACKET:
         fcntl.ioctl(master, TIOCPKT, int_arg(1))
 
