@@ -5161,6 +5161,10 @@ def test_an_executable_reached_by_a_removed_name_is_run_from_its_other_name(pidn
     first = tmp_path / "prog.old"
     shutil.copy("/bin/sleep", first)
     w = pidns([str(first), "3600"])
+    deadline = time.monotonic() + 5  # (init is forked before it execs: the name must be there till then)
+    while os.readlink(f"/proc/{w.init}/exe") != str(first):
+        assert time.monotonic() < deadline, "the workload did not start"
+        time.sleep(0.01)
     os.link(first, tmp_path / "prog")
     os.unlink(first)
     host = migrate(w, tmp_path / "exe.img", restored)
