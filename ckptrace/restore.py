@@ -36,7 +36,7 @@ from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
 from .kernel.procfs import DELETED_SUFFIX
 from .kernel.prctl import PR_SET_PDEATHSIG
-from .kernel.ptrace import WALL, read_memory
+from .kernel.ptrace import WALL, Tracee, read_memory
 from .kernel.sysno import (SYS_exit_group, SYS_fcntl, SYS_personality, SYS_prctl, SYS_restart_syscall,
                            SYS_rt_sigtimedwait, SYS_setpgid, SYS_wait4)
 
@@ -53,6 +53,15 @@ WATCHDOG_PER_VMA = 0.005  # s (about 0.2 ms each here: mmap, mprotect, pread inj
 WATCHDOG_PER_TASK = 0.05  # s (a process or thread made, seized, its state set)
 WATCHDOG_PER_FD = 0.002  # s (each fd of each table)
 KILL_REAP_S = 30.0  # at most, to reap what an abort killed (it takes milliseconds)
+
+
+def _let_go(tr: Tracee) -> None:
+    """Detach a restored task without the signals our injected steps took from it: they came
+    while restore was making it (the SIGCHLD of a child it made, one sent to a pid not yet
+    restored), not to the process the image holds, whose pending signals are queued from the
+    image (restorer/creds.py)."""
+    tr.owed = []
+    tr.detach()
 
 
 @dataclass
@@ -457,7 +466,7 @@ class _Restore:
                 self.host[pid] = host
 
     def _seize_all(self) -> None:
-        from .kernel.ptrace import PTRACE_O_EXITKILL, PTRACE_O_TRACECLONE, Tracee
+        from .kernel.ptrace import PTRACE_O_EXITKILL, PTRACE_O_TRACECLONE
 
         self.by_tid = {}
         for t in self.img.processes() + self.img.zombies():
@@ -529,7 +538,7 @@ class _Restore:
                 tr.set_regs(regs)
             # Let go before it dies: a traced task's death is reported to its tracer, and its
             # parent would hear of it (or find it with wait) only once we reaped it.
-            tr.detach()
+            _let_go(tr)
             self.tracees.remove(tr)
             del self.by_tid[z.tid], self.injectors[z.tid]
             if status & 0x7F:
@@ -656,7 +665,7 @@ class _Restore:
         # init last: until its detach, EXITKILL still ties the whole namespace to us, so dying
         # midway through this loop kills it all rather than leaving part of it traced-and-killed.
         for tr in sorted(self.tracees, key=lambda tr: tr.tid == self.init):
-            tr.detach()
+            _let_go(tr)
         self.tracees = []
 
     def _abort(self, files) -> None:

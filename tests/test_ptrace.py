@@ -59,13 +59,54 @@ def test_xstate_is_the_cpus_full_area(stopped_child):
     assert stopped_child.get_regs()[REG_INDEX["cs"]] == 0x33
 
 
+@pytest.mark.kernel
+def test_signals_taken_at_a_step_reach_the_task_after_the_detach_with_their_siginfo(root, tmp_path):
+    """A step back to user mode meets the signals pending for the task, and the tracer takes
+    them (signal-delivery-stops). They must come back at the detach, which happens in an
+    event-stop, where the kernel ignores PTRACE_DETACH's own signal: the first one was lost that
+    way, and every one after it was not even kept. sigqueue's value comes back as it was sent;
+    kill's SI_USER, which only the task itself may forge, as SI_TKILL."""
+    import ctypes
+    import select
+    import subprocess
+
+    exe = str(tmp_path / "sigcatch")
+    subprocess.run(["gcc", "-O1", "-o", exe, os.path.join(os.path.dirname(__file__), "workloads", "sigcatch.c")],
+                   check=True)
+    p = subprocess.Popen([exe], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        t = Tracee(p.pid)
+        t.seize()
+        t.interrupt()
+        t.wait_stop()
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.sigqueue(p.pid, signal.SIGUSR1, ctypes.c_void_p(1234)) == 0
+        os.kill(p.pid, signal.SIGUSR2)
+        inj = Injector(t)
+        assert inj.syscall(39) == p.pid
+        inj.settle()
+        assert sorted(sig for sig, _ in t.owed) == [signal.SIGUSR1, signal.SIGUSR2]
+        t.detach()
+        lines: set[bytes] = set()
+        deadline = time.monotonic() + 3
+        while len(lines) < 2 and select.select([p.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
+            lines |= set(os.read(p.stdout.fileno(), 100).splitlines())
+        assert lines == {b"%d -1 1234" % signal.SIGUSR1, b"%d -6 0" % signal.SIGUSR2}
+        with open(f"/proc/{p.pid}/status") as f:
+            assert "TracerPid:\t0" in f.read()
+    finally:
+        p.kill()
+        p.wait()
+
+
 class _FakeTracee:
     """Registers only; `fail_set` makes SETREGSET fail from the given call on (ESRCH, as for a
     task that is not in a ptrace-stop)."""
 
     def __init__(self, fail_set: int):
         self.tid = 1 << 22
-        self.owed_signal = 0
+        self.owed = []
         self.sets = 0
         self.fail_set = fail_set
 

@@ -307,9 +307,7 @@ def _tids(pid: int, root: str) -> list[int]:
 
 def _detach(task: Task) -> None:
     """Let one stopped task go, as it was: one seized in a job-control stop stays stopped."""
-    if task.tracee.group_stopped and not task.tracee.owed_signal:
-        task.tracee.owed_signal = signal.SIGSTOP
     try:
-        task.tracee.detach()
+        task.tracee.detach(signal.SIGSTOP if task.tracee.group_stopped else 0)
     except CkptError:  # one failing detach must not keep the others stopped
         pass

@@ -19,8 +19,12 @@ import time
 
 from ..errors import AccessDenied, KernelError, NoSuchProcess, from_oserror
 from ..image.records import SIGINFO_SIZE
+from . import sysno
 from .sys import iovec, libc
+from .sys import syscall as host_syscall
 
+SIGINFO_HEAD = struct.Struct("<iii")  # siginfo_t's si_signo, si_errno, si_code
+SI_TKILL = -6
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
 PTRACE_DETACH = 17
@@ -85,7 +89,9 @@ class Tracee:
     def __init__(self, tid: int):
         self.tid = tid
         self.stopped = False
-        self.owed_signal = 0  # a signal we intercepted and must deliver at detach
+        # Signals we took from the task at a signal-delivery-stop (signal number, siginfo), to
+        # give back at the detach.
+        self.owed: list[tuple[int, bytes]] = []
         self.group_stopped = False  # the task was in a job-control stop (SIGSTOP) when seized
         self.seccomp_suspended = False  # seized with PTRACE_O_SUSPEND_SECCOMP
 
@@ -154,17 +160,54 @@ class Tracee:
             # for the detach) and wait on for the interrupt's event-stop, which is still pending.
             if hold_signals:
                 if sig != signal.SIGTRAP:  # a SIGTRAP here is our own single-step's
-                    self.owed_signal = self.owed_signal or sig
+                    self.take_signal(sig)
                 sig = 0
             _ptrace(PTRACE_CONT, self.tid, 0, sig, "CONT")
 
-    def detach(self) -> None:
-        """Let the task go. Safe to call when it is already gone."""
+    def take_signal(self, sig: int) -> None:
+        """Keep the signal the task is in a signal-delivery-stop for, with its siginfo, to give
+        back at the detach; the caller resumes the task without it."""
+        self.owed.append((sig, self.get_siginfo()))
+
+    def get_siginfo(self) -> bytes:
+        buf = ctypes.create_string_buffer(SIGINFO_SIZE)
+        _ptrace(PTRACE_GETSIGINFO, self.tid, 0, ctypes.c_void_p(ctypes.addressof(buf)), "GETSIGINFO")
+        return buf.raw
+
+    def detach(self, sig: int = 0) -> None:
+        """Let the task go, giving back the signals taken from it. Safe to call when it is
+        already gone. `sig` is PTRACE_DETACH's own signal, which the kernel delivers only from a
+        signal-delivery-stop and drops in the event-stop a held task is in: signals owed to the
+        task are queued to it again instead, while it is still stopped, and it takes them as it
+        runs on."""
         try:
-            _ptrace(PTRACE_DETACH, self.tid, 0, self.owed_signal, "DETACH")
+            for owed in self.owed:
+                self._requeue(*owed)
+            self.owed = []
+            _ptrace(PTRACE_DETACH, self.tid, 0, sig, "DETACH")
         except NoSuchProcess:
             pass
         self.stopped = False
+
+    def _requeue(self, sig: int, info: bytes) -> None:
+        """Queue `sig` to the thread again with the siginfo it came with where the kernel lets
+        another process send that siginfo (rt_tgsigqueueinfo: a negative si_code other than
+        SI_TKILL, as sigqueue and POSIX timers send), else by tgkill (the handler then sees
+        SI_TKILL from pid 0: the kernel's own codes and kill's SI_USER can only be forged by the
+        thread itself)."""
+        from . import procfs
+
+        tgid = procfs.status(self.tid).tgid
+        code = SIGINFO_HEAD.unpack_from(info)[2]
+        if code < 0 and code != SI_TKILL:
+            buf = ctypes.create_string_buffer(info, SIGINFO_SIZE)
+            try:
+                host_syscall(sysno.SYS_rt_tgsigqueueinfo, tgid, self.tid, sig, ctypes.addressof(buf),
+                            what=f"requeue signal {sig} to {self.tid}")
+                return
+            except AccessDenied:
+                pass
+        host_syscall(sysno.SYS_tgkill, tgid, self.tid, sig, what=f"requeue signal {sig} to {self.tid}")
 
     def cont(self, sig: int = 0) -> None:
         _ptrace(PTRACE_CONT, self.tid, 0, sig, "CONT")
@@ -394,7 +437,7 @@ class Injector:
                                       f"({signal.Signals(sig).name})", errno.EFAULT)
                 if sig and (status >> 16) == 0 and sig != signal.SIGTRAP:
                     # An asynchronous signal arrived first: keep it for the task and step again.
-                    self.t.owed_signal = self.t.owed_signal or sig
+                    self.t.take_signal(sig)
                     continue
             out = self.t.get_regs()
             ret = out[REG_INDEX["rax"]]

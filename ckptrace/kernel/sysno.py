@@ -35,6 +35,7 @@ SYS_timer_create = 222
 SYS_timer_settime = 223
 SYS_timer_gettime = 224
 SYS_exit_group = 231
+SYS_tgkill = 234
 SYS_ioprio_set = 251
 SYS_ioprio_get = 252
 SYS_set_robust_list = 273
