@@ -167,6 +167,7 @@ class Dumper:
         ctx.image_notes += _zombie_notes(zombies)
         # Refusals first, while nothing is written and nothing injected.
         nsinfo.check(live, proc)
+        ctx.image_notes += nsinfo.collect_net(procs[0], proc)
         for p in live:
             p.maps = procfs.smaps(p.hostpid, proc)
             for m in p.maps:

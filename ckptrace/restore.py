@@ -330,11 +330,13 @@ class _Restore:
         self.stand_in_parents: dict[int, int] = {}  # group stand-in's pid -> its parent's (tree.plan)
 
     def run(self, start: float) -> Result:
-        from .restorer import tty
+        from .kernel.netns import maybe_entered
+        from .restorer import net, tty
         from .restorer.files import FileSet, fd_base
         from .restorer.memory import MemoryRestorer
 
         files = FileSet(self.img, base=fd_base(self.img), image=self.f)
+        netns = None
         # A watchdog: a task that faults during injection would have the injector step it
         # forever; the alarm's exception unwinds into _abort instead.
         limit = watchdog_limit(self.img)
@@ -347,12 +349,17 @@ class _Restore:
         try:
             shown = ["files"]
             self._show(shown[0], None, force=True)
-            files.create()
+            # every socket is made in the namespace the tasks will be in (restorer/net.py)
+            netns = net.make(self.img)
+            with maybe_entered(netns):
+                files.create()
+            files.notes += net.notes(self.img)
             mem = MemoryRestorer(self.img, self.f, files)
             mem.tick = lambda: self._show(shown[0], mem)  # (within a process too: VMAs, GiB runs)
             shown[0] = f"the tree of {plural(len(self.img.tasks), 'task')}"
             self._show(shown[0], mem, force=True)
-            self._spawn(files)
+            with maybe_entered(netns):  # (init is clone3'd in it, and forks the rest there)
+                self._spawn(files, netns.ino if netns is not None else 0)
             self._seize_all()
             self._set_groups()
             # every group exists now: a pty's foreground group can be set (by its session's leader)
@@ -386,6 +393,8 @@ class _Restore:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
             files.close()
+            if netns is not None:
+                netns.close()  # (init holds it now; or, on a failure, nothing does, and it goes)
         return res
 
     def _set_async(self, files, objref: int) -> None:
@@ -419,10 +428,13 @@ class _Restore:
                    f"{self.img.page_count * 4096 / (1 << 20):.0f} MiB of pages written  {el:.1f} s")
 
     # -- tree ----------------------------------------------------------------------------------
-    def _spawn(self, files) -> None:
+    def _spawn(self, files, net_ino: int = 0) -> None:
+        """Make init and, from it, every process. `net_ino`: the new network namespace the
+        controller's thread is in meanwhile, which init must be in (0: the controller's own)."""
         from .restorer import tree
 
         root = tree.plan(self.img, files)
+        root.net_ino = net_ino
         r, w = os.pipe()
         w = files.place(w)
         self.report_fd = w

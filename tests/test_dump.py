@@ -958,6 +958,19 @@ def test_sockets_in_own_network_namespace(pidns, ckwork, tmp_path):
     assert_running_untraced(w)
 
 
+def test_process_in_another_network_namespace_than_init_is_refused(pidns, tmp_path):
+    """Restore makes one network namespace per image, init's, and puts every process in it: a
+    child that had a network namespace of its own would come back in init's, its sockets with
+    it. It is refused, as a child in another uts or ipc namespace is."""
+    ready = tmp_path / "ready"
+    w = pidns(["sh", "-c", f"unshare -n sleep 1000 & sleep 0.2; touch {ready}; wait"], ready_file=str(ready),
+              settle=0.1)
+    sleeper = next(p for p in w.pids() if p != w.init)
+    assert os.readlink(f"/proc/{sleeper}/ns/net") != os.readlink(f"/proc/{w.init}/ns/net")
+    p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
+    assert_refused(p, f"(host pid {sleeper}) is in another net namespace than the namespace's init")
+    assert_running_untraced(w)
+
 def test_task_that_entered_with_setns_is_dumped(pidns, ckwork, tmp_path):
     """A process nsenter'd into the namespace has its parent outside it: still dumped (ppid 0)."""
     w = start(pidns, ckwork, tmp_path)

@@ -3281,6 +3281,170 @@ def test_own_uts_and_ipc_namespaces_come_back_with_their_names(pidns, tmp_path, 
     assert after and set(after) == {"ckpt-host ckpt-dom"}, after
 
 
+NETNS_WORKLOAD = r"""
+import fcntl, os, select, socket, struct, sys, time
+d, port, abstract = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # lo up, as `ip link set lo up`
+    req = bytearray(struct.pack("16sH22x", b"lo", 0))
+    fcntl.ioctl(s, 0x8913, req)
+    struct.pack_into("H", req, 16, struct.unpack_from("H", req, 16)[0] | 1)
+    fcntl.ioctl(s, 0x8914, req)
+lst = socket.socket()
+lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lst.bind(("127.0.0.1", port))
+lst.listen(8)
+abs_lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+abs_lst.bind(b"\0" + abstract)
+abs_lst.listen(8)
+if os.fork() == 0:  # a client inside: its connection over loopback must live on (TCP repair)
+    c = socket.create_connection(("127.0.0.1", port))
+    n = 0
+    while True:
+        n += 1
+        c.sendall(b"%d\n" % n)
+        time.sleep(0.02)
+conn, _ = lst.accept()
+log = open(os.path.join(d, "conn.log"), "ab", buffering=0)
+open(os.path.join(d, "ready"), "w").close()
+while True:
+    for r in select.select([lst, abs_lst, conn], [], [])[0]:
+        if r is conn:
+            log.write(conn.recv(4096))
+        else:
+            c, _ = r.accept()
+            c.sendall(b"inner" if r is lst else b"abs-inner")
+            c.close()
+"""
+
+ASK_INSIDE = r"""
+import socket, sys
+port, abstract = int(sys.argv[1]), sys.argv[2].encode()
+with socket.create_connection(("127.0.0.1", port), timeout=3) as c:
+    tcp = c.recv(16)
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as u:
+    u.settimeout(3)
+    u.connect(b"\0" + abstract)
+    unix = u.recv(16)
+print(tcp.decode(), unix.decode())
+"""
+
+
+def _lo_flags(pid: int) -> int:
+    """lo's interface flags in host pid `pid`'s network namespace (SIOCGIFFLAGS, from inside)."""
+    code = ("import fcntl, socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "r = bytearray(struct.pack('16sH22x', b'lo', 0)); fcntl.ioctl(s, 0x8913, r); "
+            "print(struct.unpack_from('H', r, 16)[0])")
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def test_own_network_namespace_comes_back_in_a_new_one(pidns, tmp_path, restored):
+    """A namespace started with `unshare -n` (lo up) came back in the controller's network
+    namespace: its listener on 127.0.0.1:PORT met the host's own listener there (EADDRINUSE,
+    nothing restored), and its abstract unix name the host's socket of that name. Now it comes
+    back in a new network namespace with lo up: its listener and abstract name answer from
+    inside it while the host's stay ours, and a TCP connection between two of its processes
+    over loopback lives on (made again in repair mode inside the new namespace)."""
+    import socket
+
+    host_lst = socket.socket()
+    host_lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    host_lst.bind(("127.0.0.1", 0))
+    host_lst.listen(8)
+    port = host_lst.getsockname()[1]
+    abstract = f"ckpt-netns-{os.getpid()}-{port}"
+    host_abs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_abs.bind(b"\0" + abstract.encode())
+    host_abs.listen(8)
+    try:
+        w = pidns(["unshare", "-n", sys.executable, "-c", NETNS_WORKLOAD, str(tmp_path), str(port), abstract],
+                  ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL)
+        assert os.readlink(f"/proc/{w.init}/ns/net") != os.readlink("/proc/self/ns/net")
+        time.sleep(0.2)
+        img = str(tmp_path / "net.img")
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+        assert d.returncode == 0, d.stderr.decode()
+        assert b"network namespace" not in d.stderr, d.stderr  # only lo: nothing to note
+        log = tmp_path / "conn.log"
+        before = log.read_bytes()
+        r = ckptrace("restore", "--json", img)
+        assert r.returncode == 0, r.stderr.decode()
+        res = json.loads(r.stdout)
+        restored.append(res["init_pid"])
+        assert r.stderr == b"", r.stderr
+        init = res["init_pid"]
+        net = os.readlink(f"/proc/{init}/ns/net")
+        assert net != os.readlink("/proc/self/ns/net")
+        assert all(os.readlink(f"/proc/{h}/ns/net") == net for h in ns_pids(res["pidns"]))
+        assert _lo_flags(init) & 1, "lo is down in the restored network namespace"
+        ask = subprocess.run(["nsenter", "-t", str(init), "-n", sys.executable, "-c", ASK_INSIDE, str(port), abstract],
+                             capture_output=True, text=True, timeout=10)
+        assert ask.returncode == 0 and ask.stdout.split() == ["inner", "abs-inner"], ask.stderr
+        # the host's own listener and abstract name are untouched, and still ours
+        with socket.create_connection(("127.0.0.1", port), timeout=3):
+            c, _ = host_lst.accept()
+            c.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as u:
+            u.connect(b"\0" + abstract.encode())
+            host_abs.accept()[0].close()
+        # the connection between the two restored processes goes on where it was
+        deadline = time.monotonic() + 5
+        while log.read_bytes().count(b"\n") < before.count(b"\n") + 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nums = [int(x) for x in log.read_bytes().split()]
+        assert len(nums) >= before.count(b"\n") + 20, "the restored connection carries nothing"
+        assert nums == list(range(1, len(nums) + 1)), "the restored connection lost or repeated bytes"
+    finally:
+        host_lst.close()
+        host_abs.close()
+
+
+VETH_WORKLOAD = r"""
+import os, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 0))
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_what_a_network_namespace_held_besides_lo_is_noted(pidns, tmp_path, restored):
+    """A network namespace with more than lo (a veth pair, an address, a route): the dump says
+    what the restore will not make, and the restore, which makes a new namespace with lo as it
+    was (down here), says it again."""
+    if not shutil.which("ip"):
+        pytest.skip("needs ip (iproute2)")
+    setup = ("ip link add ckv0 type veth peer name ckv1 && ip addr add 10.231.0.1/24 dev ckv0 && "
+             "ip link set ckv0 up && ip route add 10.232.0.0/16 via 10.231.0.2 && exec \"$@\"")
+    w = pidns(["unshare", "-n", "sh", "-c", setup, "sh", sys.executable, "-c", VETH_WORKLOAD, str(tmp_path)],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "veth.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    err = d.stderr.decode()
+    for what in ("interface ckv0 (veth)", "interface ckv1 (veth)", "10.231.0.1/24 on ckv0",
+                 "10.232.0.0/16 via 10.231.0.2 dev ckv0", "only lo (down)"):
+        assert what in err, err
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    err = r.stderr.decode()
+    assert err.startswith("ckptrace restore: ") and "interface ckv0 (veth)" in err and "not made again" in err, err
+    assert len(err.splitlines()) == 1, err
+    init = res["init_pid"]
+    assert os.readlink(f"/proc/{init}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert not _lo_flags(init) & 1, "lo was down, and is up once restored"
+    links = subprocess.run(["nsenter", "-t", str(init), "-n", "ip", "-o", "link"], capture_output=True, text=True,
+                           timeout=10).stdout
+    assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"], links
+
+
 CAPS_WORKLOAD = r"""
 import ctypes, os, struct, sys, threading, time
 libc = ctypes.CDLL(None, use_errno=True)

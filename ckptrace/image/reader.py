@@ -124,6 +124,8 @@ class Task:
     locks: list[dict[str, Any]] = field(default_factory=list)  # TASK_LOCKS entries, leaders only
     posix_timers: list[dict[str, Any]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
     own_ns: int | None = None  # TASK_NS: CLONE_NEW* bits of the namespaces that were its own
+    net_flags: int = 0  # TASK_NS.net: NET_LO_DOWN
+    net_missing: str = ""  # TASK_NS: what of its own network namespace restore does not make, in words
     siginfo: list[bytes] = field(default_factory=list)  # its own queued signals (siginfo_t)
     shared_siginfo: list[bytes] = field(default_factory=list)  # the process's (leaders only)
     nodename: bytes = b""
@@ -459,6 +461,9 @@ class _Parser:
                 if len(names) < 3:
                     self.fail(nsr, "TASK_NS payload must hold the host and domain names, NUL-terminated")
                 t.own_ns, t.nodename, t.domainname = nsr.fields["own"], names[0], names[1]
+                t.net_flags = nsr.fields.get("net", 0)
+                if len(names) > 3:  # (older images end after the domain name)
+                    t.net_missing = names[2].decode("utf-8", "replace")
             if self.at(RecType.TASK_SIGINFO):
                 t.shared_siginfo = self.siginfo(shared=True)
         img.tasks.append(t)

@@ -2,9 +2,12 @@
 are its own rather than the dumper's, and its host and domain names (uname, injected: the uts
 namespace is the task's, not ours).
 
-Restore makes new uts and ipc namespaces for an image whose init had its own (the names set
-again); mount and net are recorded but not recreated (docs/restore.md). One uts and one ipc
-namespace per image: a process in another one than its init's is refused.
+Restore makes new uts, ipc and network namespaces for an image whose init had its own (the
+names set again; the network namespace with its lo only, up or down as it was); mount is
+recorded but not recreated (docs/restore.md). One uts, one ipc and one network namespace per
+image: a process in another one than its init's is refused. Of init's own network namespace the
+dump records whether lo was up and, in words, what a new namespace with only lo would lack
+(other interfaces, addresses, routes), which the dump and the restore then note.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from ..errors import Unsupported
-from ..image.records import NS_FLAG_NAMES, RecType
+from ..image.records import CLONE_NEWNET, NET_LO_DOWN, NET_MISSING_MAX, NS_FLAG_NAMES, RecType
+from ..kernel import netns
 from ..kernel.ptrace import Injector, checked
 from .context import DumpContext
 from ..kernel.sysno import SYS_uname
@@ -30,11 +34,12 @@ def _ino(pid: int | str, name: str, proc: str) -> int:
 
 
 def check(procs: list["ProcState"], proc: str) -> None:
-    """The kinds restore recreates (uts, ipc) must be one per image; an IPC namespace of its own
-    must not hold what restore cannot make again in the new one."""
+    """The kinds restore recreates (uts, ipc, net) must be one per image (every process comes
+    back in init's); an IPC namespace of its own must not hold what restore cannot make again in
+    the new one."""
     init = procs[0]
     for p in procs[1:]:
-        for name in ("uts", "ipc"):
+        for name in ("uts", "ipc", "net"):
             if _ino(p.hostpid, name, proc) != _ino(init.hostpid, name, proc):
                 raise Unsupported(f"pid {p.nspid} (host pid {p.hostpid}) is in another {name} namespace "
                                   "than the namespace's init: one of each per image is supported")
@@ -85,5 +90,30 @@ def collect(p: "ProcState", inj: Injector, proc: str) -> None:
     p.domainname = raw[5 * UTSNAME_LEN:].split(b"\0", 1)[0]
 
 
+def collect_net(init: "ProcState", proc: str) -> list[str]:
+    """For an init with a network namespace of its own: whether its lo is up, and what a new
+    namespace with only lo (restore's) lacks, kept on `init` for TASK_NS. Returns the note that
+    names what restore will not make (none for a namespace with only lo, the common case of a
+    container run with `unshare -n`). Read from inside that namespace (pyroute2, as sock_diag
+    is), from a forked child."""
+    if _ino(init.hostpid, "net", proc) == _ino("self", "net", proc):
+        return []
+    v = netns.view(init.hostpid, proc)
+    init.net_flags = 0 if v.lo_up else NET_LO_DOWN
+    if not v.missing:
+        return []
+    words = "; ".join(v.missing)
+    raw = words.encode()
+    if len(raw) >= NET_MISSING_MAX:
+        raw = raw[:NET_MISSING_MAX - 5].decode("utf-8", "ignore").encode() + b" ..."
+    init.net_missing = raw
+    return [f"the namespace's network namespace has {words}: restore makes a new network namespace "
+            f"with only lo ({'up' if v.lo_up else 'down'}), without them"]
+
+
 def write(ctx: DumpContext, p: "ProcState") -> None:
-    ctx.w.record(RecType.TASK_NS, dict(own=p.own_ns), payload=p.nodename + b"\0" + p.domainname + b"\0")
+    payload = p.nodename + b"\0" + p.domainname + b"\0"
+    if p.net_missing:
+        payload += p.net_missing + b"\0"
+    ctx.w.record(RecType.TASK_NS, dict(own=p.own_ns, net=p.net_flags if p.own_ns & CLONE_NEWNET else 0),
+                 payload=payload)

@@ -221,9 +221,25 @@ def binding_problems(img: Image) -> list[str]:
     """What the image binds that is taken on this host now, all of it (restore.validate, before
     anything exists; not dump --kill's check, whose original holds it all until killed): every
     TCP or UDP address a socket is bound to again, tried by binding a throw-away socket made as
-    _inet_socket makes it (in the controller's network namespace, the one the restore uses; no
-    listen, which clients could reach), and every unix socket path held by a live socket. The
-    files step binds for good and still fails on what was taken in between."""
+    _inet_socket makes it (no listen, which clients could reach) in a network namespace like the
+    one the restore uses: the controller's, or for an image whose init had its own, a throw-away
+    new one made as restorer.net makes it (where no port is taken, but an address other than
+    lo's is missing), and every unix socket path held by a live socket (a path is reached from
+    every network namespace alike). The files step binds for good and still fails on what was
+    taken in between."""
+    from . import net
+    from ..kernel.netns import maybe_entered
+
+    ns = net.make(img)
+    try:
+        with maybe_entered(ns):
+            return _binding_problems(img, own_netns=ns is not None)
+    finally:
+        if ns is not None:
+            ns.close()
+
+
+def _binding_problems(img: Image, own_netns: bool) -> list[str]:
     problems = []
     idx = None
     for obj in img.objects.values():
@@ -241,6 +257,10 @@ def binding_problems(img: Image) -> list[str]:
             try:
                 _bound_inet(f, local).close()
             except OSError as exc:
+                if own_netns and exc.errno == errno.EADDRNOTAVAIL:
+                    problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is not in the new "
+                                    "network namespace restore makes, which has only lo (EADDRNOTAVAIL)")
+                    continue
                 problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is taken here: "
                                 f"{errno.errorcode.get(exc.errno, exc.errno)} ({os.strerror(exc.errno or 0)})")
         elif ft is FileType.UNIX_SOCKET and f["family"] == AF_UNIX:

@@ -61,6 +61,7 @@ class ProcPlan:
     flags: int = 0  # TASK_PROC.flags: child subreaper, THP disabled
     new_ns: int = 0  # for init: CLONE_NEWUTS / CLONE_NEWIPC when the image's init had its own
     outer_uts: int = 0  # for init: the controller's uts namespace inode, never to be renamed
+    net_ino: int = 0  # for init: the inode of the new network namespace it must be in (restorer.net), or 0
     nodename: bytes = b""
     domainname: bytes = b""
     cwd: str = "/"
@@ -424,6 +425,9 @@ def _set_names(nodename: bytes, domainname: bytes) -> None:  # pragma: no cover 
 def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in the new tasks
     """Turn this fresh process into image process `p`, forking its children first. Never returns."""
     try:
+        if p.net_ino and os.stat("/proc/self/ns/net").st_ino != p.net_ino:
+            # (clone3'd from a controller thread in it, restorer.net: check, do not trust)
+            raise RuntimeError("init is not in the restore's new network namespace")
         if p.new_ns & CLONE_NEWUTS:
             # sethostname in the controller's namespace would rename the host: check, do not trust
             if os.stat("/proc/self/ns/uts").st_ino == p.outer_uts:
