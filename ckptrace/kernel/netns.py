@@ -10,7 +10,7 @@ namespace for a moment (`NetNs.entered`), and always moves it back.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import fcntl
 import os
 import pickle
@@ -24,6 +24,7 @@ from .sys import libc
 CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFREQ_FLAGS = struct.Struct("<16sH22x")  # struct ifreq: ifr_name, ifr_flags (x86_64: little-endian), 40 bytes
 LO_ADDRESSES = {(socket.AF_INET, "127.0.0.1", 8), (socket.AF_INET6, "::1", 128)}  # what lo gets when up
 
 
@@ -80,7 +81,7 @@ def _view() -> NetView:  # pragma: no cover - runs in the forked child of call_i
 def call_in(pid: int, fn, what: str, proc: str = "/proc"):
     """fn() run in the network namespace of host pid `pid`, by a forked child that joins it
     (setns): its answer comes back pickled through a pipe. Raises KernelError when the child
-    cannot join or fn fails there."""
+    cannot join or fn fails there (the child's own errno does not reach us: EIO)."""
     nsfd = os.open(f"{proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     r, w = os.pipe()
     child = os.fork()
@@ -101,7 +102,7 @@ def call_in(pid: int, fn, what: str, proc: str = "/proc"):
         data = f.read()
     _, status = os.waitpid(child, 0)
     if status != 0 or not data:
-        raise KernelError(f"{what} in the network namespace of pid {pid}", ctypes.get_errno() or 1)
+        raise KernelError(f"{what} in the network namespace of pid {pid} failed", errno.EIO)
     return pickle.loads(data)
 
 
@@ -118,10 +119,10 @@ def set_lo_up() -> None:
     """Bring lo up in the calling thread's network namespace (SIOCSIFFLAGS on a socket made
     there), as `ip link set lo up` does; the kernel gives it 127.0.0.1/8 and ::1 then."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = bytearray(struct.pack("16sH22x", b"lo", 0))
+        req = bytearray(IFREQ_FLAGS.pack(b"lo", 0))
         fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req)
-        flags = struct.unpack_from("H", req, 16)[0]
-        struct.pack_into("H", req, 16, flags | IFF_UP)
+        flags = IFREQ_FLAGS.unpack(req)[1]
+        req = bytearray(IFREQ_FLAGS.pack(b"lo", flags | IFF_UP))
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, req)
 
 

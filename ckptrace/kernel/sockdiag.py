@@ -128,37 +128,10 @@ def preload() -> None:
 
 
 def _query_in_netns(pid: int) -> dict[int, SockInfo]:
-    """sock_diag answers for the caller's network namespace only: query from a forked child that
-    joins the target's (setns), and bring the answer back through a pipe."""
-    import ctypes
-    import os
-    import pickle
+    """sock_diag answers for the caller's network namespace only: ask from inside the target's."""
+    from .netns import call_in
 
-    from ..errors import KernelError
-    from .sys import libc
-
-    nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        status = 1
-        try:
-            os.close(r)
-            if libc.setns(nsfd, 0x40000000) == 0:  # CLONE_NEWNET
-                data = pickle.dumps(_query_all())
-                with os.fdopen(w, "wb") as f:
-                    f.write(data)
-                status = 0
-        finally:
-            os._exit(status)
-    os.close(w)
-    os.close(nsfd)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(child, 0)
-    if status != 0 or not data:
-        raise KernelError(f"sock_diag in the network namespace of pid {pid}", ctypes.get_errno() or 1)
-    return pickle.loads(data)
+    return call_in(pid, _query_all, "sock_diag")
 
 
 class SockTable:
