@@ -214,6 +214,7 @@ class Dumper:
                     task.write_cpu(ctx, t, len(xs))
                     task.write_sched(ctx, t)
                     seccomp.write(ctx, t)
+                    task.write_thread_creds(ctx, p, t)
                     task.write_siginfo(ctx, t.siginfo, shared=False)
                     if t.hosttid == p.hostpid:
                         task.write_proc(ctx, p)

@@ -182,7 +182,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
             continue
         if not isinstance(img.obj(t.mm_objref), Mm):
             problems.append(f"task {t.tid} has no address space")
-        problems += sched_problems(t) + (creds_problems(t) if t.is_leader else [])
+        problems += sched_problems(t) + (creds_problems(t) if t.is_leader or t.own_creds else [])
         if t.thread["robust_list"] and t.thread["robust_len"] != ROBUST_LIST_HEAD_SIZE:
             problems.append(f"task {t.tid}'s robust futex list is {t.thread['robust_len']} bytes long; "
                             f"the kernel takes {ROBUST_LIST_HEAD_SIZE} only")
@@ -610,14 +610,18 @@ class _Restore:
             tt.set_regs(fix_restart(th.regs, code))
             tt.set_xstate(th.xsave)
             memory.set_thread_state(Injector(tt, insn=inj.insn), th)
-        # Once every thread exists (a clone inherits filters and credentials), each thread gets
-        # its seccomp state, then the process's credentials: the kernel keeps them per thread
-        # (glibc's setuid() makes every thread call it), and installing a filter without
-        # no_new_privs needs the CAP_SYS_ADMIN the credentials may drop.
+        # Once every thread exists (a clone inherits filters and credentials, and clone3's set_tid
+        # needs the leader's root capabilities), each thread gets its seccomp state, then its own
+        # credentials (the image's for that thread, else its leader's): the kernel keeps them per
+        # thread (glibc's setuid() makes every thread call it; a raw setresuid changes one), and
+        # installing a filter without no_new_privs needs the CAP_SYS_ADMIN the credentials may
+        # drop. Each thread's are set by the thread itself, so one that dropped its privileges
+        # takes nothing from another; what is injected into a thread afterwards (its pending
+        # signals, queued to itself) needs none, and the controller, root, may still trace it.
         for th in self.img.threads_of(t.tgid):
             tinj = inj if th.is_leader else Injector(self.by_tid[th.tid], insn=inj.insn)
             seccomp.apply(tinj, th)
-            creds.apply_creds(tinj, t.creds, t.groups)
+            creds.apply_creds(tinj, th.creds, th.groups)
         creds.set_dumpable(inj, t.proc["dumpable"])
         if t.tgid != 1 and t.proc["pdeath_signal"]:
             # set in _setup_inner, but the kernel clears it when euid, egid, fsuid or fsgid

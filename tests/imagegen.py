@@ -17,7 +17,8 @@ from ckptrace.image.stream import ImageWriter, write_header, write_tail
 XSTATE = 1024
 
 
-def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0, zombie: dict | None = None) -> bytes:
+def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0, zombie: dict | None = None,
+          thread_creds: dict | None = None) -> bytes:
     r, w = os.pipe()
     out = io.BytesIO()
     import threading
@@ -32,7 +33,8 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
     th = threading.Thread(target=drain)
     th.start()
     wr = ImageWriter(w)
-    write(wr, extra_task=extra_task, pages=pages, chain=chain, heap_split=heap_split, zombie=zombie)
+    write(wr, extra_task=extra_task, pages=pages, chain=chain, heap_split=heap_split, zombie=zombie,
+          thread_creds=thread_creds)
     os.close(w)
     th.join()
     os.close(r)
@@ -40,8 +42,9 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
 
 
 def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0,
-          zombie: dict | None = None) -> None:
-    """chain: that many more processes after pid 1 (no extra_task then), each the child of the
+          zombie: dict | None = None, thread_creds: dict | None = None) -> None:
+    """thread_creds: TASK_CREDS fields of thread 2's own credentials (with "groups": its list).
+    chain: that many more processes after pid 1 (no extra_task then), each the child of the
     one before (a fork chain), sharing pid 1's files and mm. heap_split: an address inside the
     heap where it ends instead, the rest mapped as another VMA (read-only, untouched: no pages).
     zombie: TASK fields of a last process, pid 9, child of pid 1, written as a zombie (with
@@ -59,7 +62,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
     task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split)
     if extra_task and not chain:
-        task(wr, 2, 1, first=False, pages=pages)
+        task(wr, 2, 1, first=False, pages=pages, creds=thread_creds)
         task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split)
     for i in range(2, chain + 2):
         task(wr, i, i, first=False, pages=pages)
@@ -71,7 +74,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     write_tail(wr)
 
 
-def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0):
+def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None):
     wr.record(RecType.TASK, dict(state=1, exit_signal=17, clear_child_tid=0x7F0000001000 + tid))
     wr.record(RecType.STRING, payload=b"sample".ljust(16, b"\0"))
     wr.record(RecType.THREAD, dict(tid=tid, tgid=tgid, blocked=0x4000, sas_ss_flags=2))
@@ -101,6 +104,10 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0):
         wr.record(RecType.TASK_SECCOMP, dict(mode=2, no_new_privs=1, nfilters=1))
         wr.record(RecType.TASK_SECCOMP_FILTER, dict(flags=2, ninsns=2),
                   [dict(code=0x20, k=0), dict(code=0x06, k=0x7FFF0000)])
+    if creds is not None:  # a thread's own credentials, after its seccomp records
+        c = dict(creds)
+        groups = c.pop("groups", [])
+        wr.record(RecType.TASK_CREDS, dict(c, ngroups=len(groups)), [dict(gid=g) for g in groups])
     if tid == 2:  # a thread with a signal queued to it alone (tgkill of an RT signal)
         wr.record(RecType.TASK_SIGINFO, dict(shared=0, nsiginfo=1), struct.pack("<iii", 36, 0, -6).ljust(128, b"\0"))
     if tid == tgid:

@@ -128,8 +128,9 @@ def test_constants_match_the_kernel_headers():
     assert AT_VECTOR_SIZE == X86_64_AT_VECTOR_SIZE
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(extra_task=False), dict(pages=0), dict(pages=16), dict(zombie={})],
-                         ids=["three-tasks", "one-task", "no-pages", "16-pages", "zombie"])
+@pytest.mark.parametrize("kw", [dict(), dict(extra_task=False), dict(pages=0), dict(pages=16), dict(zombie={}),
+                               dict(thread_creds=dict(uid=65534, euid=65534, suid=65534, fsuid=65534, groups=[7]))],
+                         ids=["three-tasks", "one-task", "no-pages", "16-pages", "zombie", "thread-creds"])
 def test_synthetic_images_agree(reader, kw):
     data = imagegen.build(**kw)
     counts = assert_agree(reader, data)

@@ -784,6 +784,23 @@ def test_an_empty_input_is_called_empty_not_a_bad_image():
         read_image(io.BytesIO(b""))
 
 
+def test_a_thread_reads_its_own_credentials_or_its_leaders():
+    """A thread whose credentials differed from its leader's has its own TASK_CREDS, after its
+    seccomp records; every other thread reads its leader's (images before this held none)."""
+    data = imagegen.build(thread_creds=dict(uid=65534, euid=65534, suid=65534, fsuid=65534, gid=1000,
+                                            securebits=1, cap_bnd=0xFF, groups=[7, 8]))
+    img = read_image(io.BytesIO(data))
+    t2, leader = img.task(2), img.task(1)
+    assert t2.own_creds and not leader.own_creds
+    assert (t2.creds["uid"], t2.creds["gid"], t2.creds["securebits"], t2.groups) == (65534, 1000, 1, [7, 8])
+    assert (leader.creds["uid"], leader.groups) == (0, [4, 27])
+    assert t2.siginfo  # (its own queue still follows)
+    assert reencoded(data) == data
+    img = read_image(io.BytesIO(imagegen.build()))
+    assert not img.task(2).own_creds and img.task(2).creds == img.task(1).creds
+    assert img.task(2).groups == [4, 27]
+
+
 def test_a_zombie_is_read_shown_and_round_trips(tmp_path):
     """A zombie (exit_state EXIT_ZOMBIE): TASK, comm, THREAD, TASK_CREDS and nothing else. It is a
     process of the image, not a live one (processes()), and show names it with its status."""

@@ -3501,6 +3501,53 @@ def test_dropped_capabilities_stay_dropped(pidns, tmp_path, restored):
     assert after and set(after) == {"securebits=4"}, after
 
 
+CRED_KEYS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def _thread_creds(pid: int) -> dict[int, tuple]:
+    """Each thread's ids, groups and capability sets (the kernel keeps them per thread), by its
+    tid inside the namespace."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        st = _status(f"/proc/{pid}/task/{tid}")
+        out[nspid(int(tid))] = tuple(st[k] for k in CRED_KEYS)
+    return out
+
+
+def test_threads_keep_their_own_credentials(pidns, tmp_path, restored):
+    """tests/workloads/threadcreds.c: besides its root main thread, one thread changed its own
+    groups, gids and uids by raw system calls (losing every capability), another its own
+    securebits, bounding and effective sets. Every thread comes back with its own credentials
+    (they came back as the leader's: uid 0 with every capability) and securebits."""
+    from ckptrace.image.reader import read_image
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the workload")
+    exe = str(tmp_path / "threadcreds")
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", exe, os.path.join(HERE, "workloads", "threadcreds.c")],
+                   check=True)
+    w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"), settle=0.2, stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = _thread_creds(w.init)
+    assert len(want) == 3 and len(set(want.values())) == 3, want
+    uids = sorted(c[0].split()[0] for c in want.values())
+    assert uids == ["0", "0", "65534"], want
+    img = tmp_path / "tc.img"
+    dump_kill(w, img)
+    log = tmp_path / "creds.log"
+    n = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    assert _thread_creds(res["init_pid"]) == want
+    with open(img, "rb") as f:  # each thread that differs has its own TASK_CREDS
+        image = read_image(f)
+    assert [t.own_creds for t in image.tasks] == [False, True, True]
+    assert sorted(t.creds["securebits"] for t in image.tasks) == [0, 0, 1]
+    assert sorted(t.creds["uid"] for t in image.tasks) == [0, 0, 65534]
+    time.sleep(0.3)
+    after = set(log.read_text().splitlines()[n:])
+    assert {"main securebits=0", "secbits securebits=1"} <= after, after
+    assert not any(line.startswith(("main", "secbits")) for line in after - {"main securebits=0", "secbits securebits=1"}), after
+
 SIGQUEUE_WORKLOAD = r"""
 import ctypes, os, signal, struct, sys, time
 libc = ctypes.CDLL(None, use_errno=True)

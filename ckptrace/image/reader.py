@@ -1,11 +1,13 @@
 """The image grammar: checks record order and cross-references, and builds an `Image` index.
 
     image   := HEADER BUFFER{3} HEADER_ARCH TREE (task | zombie)* TAIL <end>
-    task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [TASK_SIGINFO(own)] [proc]
+    task    := TASK STRING THREAD object* TASK_OBJS CPU [TASK_SCHED] [seccomp] [TASK_CREDS(thread)]
+               [TASK_SIGINFO(own)] [proc]
     zombie  := TASK(exit_state EXIT_ZOMBIE) STRING THREAD TASK_CREDS       (an unreaped process)
     seccomp := TASK_SECCOMP TASK_SECCOMP_FILTER{nfilters}
     proc    := TASK_CREDS TASK_SIGHAND TASK_RLIMITS TASK_PROC [TASK_ITIMERS [TASK_POSIX_TIMERS]] [TASK_LOCKS] [TASK_NS]
                [TASK_SIGINFO(shared)]                                   (proc: leaders only)
+    TASK_CREDS(thread): non-leader threads only, when their credentials differ from the leader's
     object  := OBJREF body(objtype)
     body(FILE_TABLE) := FILE_TABLE (object* FILE_DESC){fdt_nfds}
     body(FILE)       := FILE [FILE_NAME] file-extra*
@@ -107,8 +109,9 @@ class Task:
     regs: dict[str, int] = field(default_factory=dict)
     xsave_offset: int = 0
     xsave: bytes | None = None
-    creds: dict[str, Any] | None = None
+    creds: dict[str, Any] | None = None  # a thread's own, else (own_creds False) its leader's
     groups: list[int] = field(default_factory=list)
+    own_creds: bool = False  # a non-leader thread whose TASK_CREDS the image holds (they differ from its leader's)
     sighand: list[dict[str, Any]] = field(default_factory=list)
     rlimits: list[dict[str, Any]] = field(default_factory=list)
     proc: dict[str, Any] | None = None
@@ -272,6 +275,7 @@ class _Parser:
         self.peeked: Record | None = None
         self.last: Record | None = None
         self.img = Image()
+        self.leaders: dict[int, Task] = {}  # tgid -> its leader's Task, once read (its threads follow it)
 
     # -- record access -------------------------------------------------------------------------
     def peek(self) -> Record | None:
@@ -418,6 +422,15 @@ class _Parser:
             for _ in range(sc.fields["nfilters"]):
                 f = self.expect(RecType.TASK_SECCOMP_FILTER, "TASK_SECCOMP's filters")
                 t.seccomp_filters.append((f.fields["flags"], bytes(f.payload)))
+        if not t.is_leader:
+            # A thread's own credentials, when they differ from its leader's; else the leader's
+            # (older images never had them: their threads read as they always did).
+            leader = self.leaders.get(t.tgid)
+            if self.at(RecType.TASK_CREDS):
+                self.creds(t, "thread")
+                t.own_creds = True
+            elif leader is not None:
+                t.creds, t.groups = leader.creds, leader.groups
         if self.at(RecType.TASK_SIGINFO):
             t.siginfo = self.siginfo(shared=False)
         if t.is_leader:
@@ -466,6 +479,7 @@ class _Parser:
                     t.net_missing = names[2].decode("utf-8", "replace")
             if self.at(RecType.TASK_SIGINFO):
                 t.shared_siginfo = self.siginfo(shared=True)
+            self.leaders[t.tid] = t
         img.tasks.append(t)
 
     def zombie(self, t: Task, th: Record):

@@ -617,7 +617,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
         u64("cap_inh", "hex"), u64("cap_prm", "hex"), u64("cap_eff", "hex"),
         u64("cap_bnd", "hex"), u64("cap_amb", "hex")),
        Payload.ENTRIES, max_payload=65536 * 4, entry=(u32("gid"),), count_field="ngroups",
-       doc="Process credentials; supplementary groups as u32 entries."),
+       doc="Credentials: a process's (its leader's), or, in a thread that is not its process's leader, that "
+           "thread's own, written only when they differ from the leader's (the kernel keeps them per thread); "
+           "supplementary groups as u32 entries."),
     _R(RecType.TASK_SIGHAND, (u32("nsig"), pad(4)), Payload.ENTRIES, max_payload=64 * 32,
        entry=(u64("handler", "hex"), u64("flags", "hex"), u64("restorer", "hex"), u64("mask", "hex")),
        count_field="nsig",

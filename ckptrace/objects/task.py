@@ -59,6 +59,8 @@ class ThreadState:
     sched: dict[str, int] = field(default_factory=dict)  # sched_getattr fields
     siginfo: list[bytes] = field(default_factory=list)  # its own queued signals' siginfo_t
     affinity: bytes = b""  # CPU bitmask, bit n = CPU n
+    status: procfs.Status | None = None  # its own /proc/PID/task/TID/status: ids, groups, capabilities
+    securebits: int = 0  # prctl(PR_GET_SECUREBITS), injected: per thread like the rest of its creds
     regs: list[int] = field(default_factory=list)
     xstate: bytes = b""
 
@@ -120,6 +122,7 @@ def collect_zombie(p: ProcState, proc: str) -> None:
 def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     """Everything per thread: ptrace register sets and injected reads."""
     st = procfs.status(t.hostpid, t.hosttid, proc)
+    t.status = st
     t.nstid = st.nspid[-1]
     t.nstgid = procfs.status(t.hostpid, None, proc).nspid[-1] if t.hostpid != t.hosttid else t.nstid
     t.pending = st.hex("SigPnd")
@@ -153,6 +156,9 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
         checked(inj.syscall(SYS_sigaltstack, 0, addr), f"sigaltstack in {t.hosttid}")
         mem.seek(addr)
         t.altstack = STACK_T.unpack(mem.read(STACK_T.size))
+        # The kernel keeps credentials per thread (a raw setresuid, capset or PR_SET_SECUREBITS
+        # changes the calling thread only; glibc's setuid makes every thread call it).
+        t.securebits = checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {t.hosttid}")
 
 
 def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
@@ -266,17 +272,34 @@ def write_zombie(ctx: DumpContext, p: ProcState) -> None:
     _write_creds(ctx, p)
 
 
-def _write_creds(ctx: DumpContext, p: ProcState) -> None:
-    st = p.status
-    assert st is not None
+def _creds(st: procfs.Status, securebits: int) -> tuple[dict[str, int], list[int]]:
+    """TASK_CREDS fields and supplementary groups, from a task's status and securebits."""
     uid, euid, suid, fsuid = st.ints("Uid")
     gid, egid, sgid, fsgid = st.ints("Gid")
     groups = st.ints("Groups")
-    ctx.w.record(RecType.TASK_CREDS, dict(
-        uid=uid, euid=euid, suid=suid, fsuid=fsuid, gid=gid, egid=egid, sgid=sgid, fsgid=fsgid,
-        ngroups=len(groups), securebits=p.securebits, cap_inh=st.hex("CapInh"), cap_prm=st.hex("CapPrm"),
-        cap_eff=st.hex("CapEff"), cap_bnd=st.hex("CapBnd"), cap_amb=st.hex("CapAmb")),
-        payload=[{"gid": g} for g in groups])
+    return dict(uid=uid, euid=euid, suid=suid, fsuid=fsuid, gid=gid, egid=egid, sgid=sgid, fsgid=fsgid,
+                ngroups=len(groups), securebits=securebits, cap_inh=st.hex("CapInh"), cap_prm=st.hex("CapPrm"),
+                cap_eff=st.hex("CapEff"), cap_bnd=st.hex("CapBnd"), cap_amb=st.hex("CapAmb")), groups
+
+
+def _write_creds(ctx: DumpContext, p: ProcState) -> None:
+    """The process's credentials: its leader's (/proc/PID/status shows the leader's)."""
+    assert p.status is not None
+    fields, groups = _creds(p.status, p.securebits)
+    ctx.w.record(RecType.TASK_CREDS, fields, payload=[{"gid": g} for g in groups])
+
+
+def write_thread_creds(ctx: DumpContext, p: ProcState, t: ThreadState) -> None:
+    """A thread's own TASK_CREDS, for a thread that is not its process's leader and whose
+    credentials differ from the leader's (a raw setresuid, capset, PR_SET_SECUREBITS or
+    PR_CAPBSET_DROP in that thread alone): readers give every other thread the leader's. Its
+    securebits are compared too, and they were read in the thread (collect_thread)."""
+    if t is p.leader:
+        return
+    assert t.status is not None and p.leader.status is not None
+    own = _creds(t.status, t.securebits)
+    if own != _creds(p.leader.status, p.leader.securebits):
+        ctx.w.record(RecType.TASK_CREDS, own[0], payload=[{"gid": g} for g in own[1]])
 
 
 def write_proc(ctx: DumpContext, p: ProcState) -> None:

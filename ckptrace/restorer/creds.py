@@ -71,7 +71,8 @@ def creds_problems(t) -> list[str]:
     setgroups' callers, so an image holding it would come back with the restorer's (root's) id."""
     bad = [k for k in ID_FIELDS if t.creds and t.creds[k] == 0xFFFFFFFF]
     bad += ["a supplementary group" for g in t.groups if g == 0xFFFFFFFF][:1]
-    return [f"process {t.tid}'s credentials hold -1 as {', '.join(bad)}: not an id"] if bad else []
+    who = "process" if t.tid == t.tgid else "thread"
+    return [f"{who} {t.tid}'s credentials hold -1 as {', '.join(bad)}: not an id"] if bad else []
 
 
 def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
