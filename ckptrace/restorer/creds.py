@@ -89,7 +89,11 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     """
     tid = inj.t.tid
     ours = _capget(inj)
-    early = early_securebits(creds["securebits"])
+    prm = creds["cap_prm"] & ours["prm"]
+    # With no permitted capability to keep (a thread dropped to nobody), the uid change may clear
+    # them all: the image's securebits are set whole at once, while CAP_SETPCAP is still ours,
+    # and KEEP_CAPS is not left on where the image had it off.
+    early = early_securebits(creds["securebits"]) if prm else creds["securebits"]
     check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, early), f"prctl(PR_SET_SECUREBITS) in {tid}")
     for cap in range(CAP_LAST + 1):
         if not creds["cap_bnd"] >> cap & 1 and ours["bnd"] >> cap & 1:
@@ -103,7 +107,6 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
             check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
         check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
         check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
-    prm = creds["cap_prm"] & ours["prm"]
     inh = creds["cap_inh"] & (ours["inh"] | (prm & creds["cap_bnd"]))
     _capset(inj, prm, prm, inh)
     if creds["securebits"] != early:
