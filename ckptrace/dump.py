@@ -167,6 +167,9 @@ class Dumper:
         ctx.image_notes += _zombie_notes(zombies)
         # Refusals first, while nothing is written and nothing injected.
         nsinfo.check(live, proc)
+        nsinfo.check_threads(live, ns_pid, proc)
+        for p in live:
+            task.check_shared(p, ns_pid)
         ctx.image_notes += nsinfo.collect_net(procs[0], proc)
         for p in live:
             p.maps = procfs.smaps(p.hostpid, proc)

@@ -559,6 +559,43 @@ def test_refuses_and_leaves_running(pidns, ckwork, tmp_path, mode, words):
     assert_running_untraced(w)
 
 
+@pytest.fixture(scope="session")
+def threadown(tmp_path_factory):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing")
+    out = tmp_path_factory.mktemp("threadown") / "threadown"
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(out), os.path.join(HERE, "dumpwork", "threadown.c")],
+                   check=True)
+    return str(out)
+
+
+@pytest.mark.parametrize("mode,words", [
+    ("files", ("has a file table of its own", "unshare(CLONE_FILES)")),
+    ("pidfd", ("has a file table of its own", "unshare(CLONE_FILES)")),
+    ("fs", ("has a root, working directory and umask of its own", "unshare(CLONE_FS)")),
+    ("uts", ("is in another uts namespace than its process's leader",)),
+    ("ipc", ("is in another ipc namespace than its process's leader",)),
+    ("net", ("is in another net namespace than its process's leader",)),
+    ("mnt", ("is in another mnt namespace than its process's leader",)),
+])
+def test_a_thread_with_its_own_files_fs_or_namespace_is_refused(pidns, threadown, tmp_path, mode, words):
+    """tests/dumpwork/threadown.c: a thread that unshared its file table, its fs struct (cwd, root,
+    umask) or a namespace. The image has one of each per process, the leader's, so the dump wrote
+    the leader's for that thread and `--kill` killed a namespace whose restore lost the thread's
+    own (its fds, a pidfd the dump refuses in any other table). Refused by name, before anything
+    is written or killed, the namespace left running."""
+    d = tmp_path / "w"
+    d.mkdir()
+    w = pidns([threadown, str(d), mode], ready_file=str(d / "ready"), settle=0.1)
+    (thread,) = [t for t in tids_of(w.init) if t != w.init]
+    out = tmp_path / "refused.img"
+    for opt in ([], ["--kill"]):
+        p = dump("--pidns", str(w.ns), "-o", str(out), *opt, check=False)
+        assert_refused(p, f"thread 2 (host tid {thread}) of process 1 (host pid {w.init})", *words)
+        assert not out.exists()
+        assert_running_untraced(w)
+
+
 def test_output_errors_are_one_line_and_keep_the_previous_image(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path)
     assert_refused(dump("--pidns", str(w.ns), "-o", "/dev/full", check=False),

@@ -50,6 +50,20 @@ def check(procs: list["ProcState"], proc: str) -> None:
                               "checkpoint (restore makes a new IPC namespace, without them)")
 
 
+def check_threads(procs: list["ProcState"], ns_pid: dict[int, int], proc: str) -> None:
+    """Every thread must be in its leader's mount, uts, ipc and network namespaces: restore makes
+    a process's threads by clone in its leader, where they share its namespaces (a thread's own,
+    from unshare in that thread, would be lost). `ns_pid`: host tid -> tid inside the namespace."""
+    for p in procs:
+        for t in p.threads[1:]:
+            for name in ("mnt", "uts", "ipc", "net"):
+                if _ino(f"{p.hostpid}/task/{t.hosttid}", name, proc) != _ino(p.hostpid, name, proc):
+                    raise Unsupported(f"thread {ns_pid.get(t.hosttid, '?')} (host tid {t.hosttid}) of process "
+                                      f"{p.nspid} (host pid {p.hostpid}) is in another {name} namespace than its "
+                                      f"process's leader (unshare in that thread): restore makes every thread in "
+                                      "its process's, and ckptrace cannot checkpoint it")
+
+
 def sysv_objects(pid: int, proc: str) -> list[str]:
     """What pid's IPC namespace holds that restore would lose, in words: SysV semaphore sets,
     message queues, and shared memory segments nobody has attached (attached ones come back as

@@ -15,7 +15,7 @@ from typing import Any, Hashable
 from ..kernel.sys import syscall
 from ..kernel.sysno import SYS_kcmp
 
-KCMP_FILE, KCMP_VM, KCMP_FILES = 0, 1, 2
+KCMP_FILE, KCMP_VM, KCMP_FILES, KCMP_FS = 0, 1, 2, 3
 
 
 def kcmp(pid1: int, pid2: int, kind: int, idx1: int = 0, idx2: int = 0) -> bool:

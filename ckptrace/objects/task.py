@@ -27,8 +27,10 @@ from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MEMO
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
 from ..kernel.sysno import SYS_brk, SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack
+from ..errors import Unsupported
 from . import nsinfo, seccomp, timers
 from .context import DumpContext
+from .objhash import KCMP_FILES, KCMP_FS, kcmp
 
 NSIG = 64
 SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
@@ -98,6 +100,26 @@ class ProcState:
     @property
     def leader(self) -> ThreadState:
         return self.threads[0]
+
+
+# What a thread may have of its own that the image keeps once per process: kcmp kind, in words,
+# and how a thread comes to have it.
+_PER_PROCESS = ((KCMP_FILES, "a file table", "unshare(CLONE_FILES)"),
+                (KCMP_FS, "a root, working directory and umask", "unshare(CLONE_FS)"))
+
+
+def check_shared(p: ProcState, ns_pid: dict[int, int]) -> None:
+    """Refuse a thread that does not share its leader's file table or fs struct (cwd, root,
+    umask): the image has one of each per process (the leader's), and restore clones every
+    thread with CLONE_FILES|CLONE_FS, so the thread's own fds, cwd... would be lost without a
+    word. Asked of the kernel (kcmp), before anything is written. `ns_pid`: host tid -> tid
+    inside the namespace."""
+    for t in p.threads[1:]:
+        for kind, what, how in _PER_PROCESS:
+            if not kcmp(p.hostpid, t.hosttid, kind):
+                raise Unsupported(f"thread {ns_pid.get(t.hosttid, '?')} (host tid {t.hosttid}) of process {p.nspid} "
+                                  f"(host pid {p.hostpid}) has {what} of its own, not its process's ({how} in "
+                                  "that thread): the image keeps one per process, and ckptrace cannot checkpoint it")
 
 
 def _comm(pid: int, tid: int, proc: str) -> bytes:
