@@ -185,18 +185,19 @@ class Freezer:
         did not, and no parent will reap it while those threads run."""
         inner = st.nspid[-1] if st.nspid else "?"
         if tid == pid:
-            live = []
+            live = []  # (tid inside the namespace, host tid)
             for other in _tids(pid, self.root):
                 try:
-                    if other != tid and procfs.status(pid, other, self.root).state not in ("Z", "X"):
-                        live.append(other)
+                    ost = procfs.status(pid, other, self.root)
+                    if other != tid and ost.state not in ("Z", "X"):
+                        live.append((ost.nspid[-1] if ost.nspid else "?", other))
                 except NoSuchProcess:
                     pass
             if live:
-                return (f"process {pid} (pid {inner} inside the namespace) lives on in "
-                        f"{'thread' if len(live) == 1 else 'threads'} {', '.join(map(str, live))} "
-                        "after its main thread has exited (pthread_exit in main?): ckptrace cannot "
-                        "checkpoint a process without its main thread")
+                return (f"process {inner} (host pid {pid}) lives on in "
+                        f"{'thread' if len(live) == 1 else 'threads'} {', '.join(str(n) for n, _ in live)} "
+                        f"(host {', '.join(str(h) for _, h in live)}) after its main thread has exited "
+                        "(pthread_exit in main?): ckptrace cannot checkpoint a process without its main thread")
         else:
             return (f"thread {tid} of process {pid} stays a zombie (pid {inner} inside the namespace; "
                     "traced by someone?): ckptrace cannot checkpoint a thread that is neither alive nor gone")
