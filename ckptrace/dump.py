@@ -187,6 +187,7 @@ class Dumper:
         for i, p in enumerate(live):
             self._stage(f"reading the state of process {i + 1}/{len(live)}")
             task.collect_process(p, proc, ns_pid)
+        ctx.image_notes += task.pdeath_notes(procs, proc)
         xs = procs[0].leader.xstate
         uts = os.uname()
         ctx.header_time = int(time.time())

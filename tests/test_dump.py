@@ -596,6 +596,24 @@ def test_a_thread_with_its_own_files_fs_or_namespace_is_refused(pidns, threadown
         assert_running_untraced(w)
 
 
+def test_a_child_of_a_thread_with_a_pdeath_signal_is_noted(pidns, threadown, tmp_path):
+    """A child forked by a thread other than the main one, with PR_SET_PDEATHSIG: the kernel
+    signals it when that thread exits, but restore forks it from its parent's main thread, so the
+    signal will come when the whole process exits. The dump says so (the image is still written)."""
+    d = tmp_path / "w"
+    d.mkdir()
+    w = pidns([threadown, str(d), "pdeath"], ready_file=str(d / "ready"), settle=0.1)
+    (thread,) = [t for t in tids_of(w.init) if t != w.init]
+    with open(f"/proc/{w.init}/task/{thread}/children") as f:
+        (child,) = [int(x) for x in f.read().split()]
+    p = dump("--pidns", str(w.ns), "-o", str(tmp_path / "img"), "--quiet")
+    err = p.stderr.decode()
+    assert (f"pid 3 (host pid {child}) asked for SIGUSR1 when its parent dies (PR_SET_PDEATHSIG) and was forked "
+            f"by thread 2 (host tid {thread}) of pid 1, not by its main thread") in err, err
+    assert len(err.splitlines()) == 1, err
+    assert_running_untraced(w)
+
+
 def test_output_errors_are_one_line_and_keep_the_previous_image(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path)
     assert_refused(dump("--pidns", str(w.ns), "-o", "/dev/full", check=False),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
                               PROC_MEMORY_MERGE, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
-                              TASK_STOPPED, RecType)
+                              TASK_STOPPED, RecType, signal_name)
 from ..kernel import procfs
 from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MEMORY_MERGE, PR_GET_PDEATHSIG, PR_GET_THP_DISABLE,
                            PR_GET_TID_ADDRESS, PR_GET_SECUREBITS, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_EARLY, PR_MCE_KILL_GET)
@@ -120,6 +120,31 @@ def check_shared(p: ProcState, ns_pid: dict[int, int]) -> None:
                 raise Unsupported(f"thread {ns_pid.get(t.hosttid, '?')} (host tid {t.hosttid}) of process {p.nspid} "
                                   f"(host pid {p.hostpid}) has {what} of its own, not its process's ({how} in "
                                   "that thread): the image keeps one per process, and ckptrace cannot checkpoint it")
+
+
+def pdeath_notes(procs: list[ProcState], proc: str) -> list[str]:
+    """Processes with a pdeath signal (PR_SET_PDEATHSIG, collected) forked by a thread other than
+    their parent's main thread: the kernel sends the signal when that thread exits, but restore
+    forks every child from its parent's main thread (the image names parent processes only), so
+    it will come when the whole parent process exits. Said, not refused: /proc/PID/task/TID/
+    children tells which thread forked a child."""
+    by_pid = {p.hostpid: p for p in procs}
+    notes = []
+    for p in procs:
+        if p.zombie or not p.pdeath_signal or p.status is None or (parent := by_pid.get(p.status.ppid)) is None:
+            continue
+        for t in parent.threads[1:]:
+            try:
+                with open(f"{proc}/{parent.hostpid}/task/{t.hosttid}/children") as f:
+                    forked = p.hostpid in (int(x) for x in f.read().split())
+            except OSError:
+                continue
+            if forked:
+                notes.append(f"pid {p.nspid} (host pid {p.hostpid}) asked for {signal_name(p.pdeath_signal)} when its "
+                             f"parent dies (PR_SET_PDEATHSIG) and was forked by thread {t.nstid} (host tid {t.hosttid}) "
+                             f"of pid {parent.nspid}, not by its main thread: once restored, it gets the signal when "
+                             f"pid {parent.nspid} exits, not when that thread does")
+    return notes
 
 
 def _comm(pid: int, tid: int, proc: str) -> bytes:

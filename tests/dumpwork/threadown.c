@@ -1,6 +1,9 @@
 /* A process whose second thread has something of its own that the image keeps once per process
  * (tests/test_dump.py). argv[1]: a directory (DIR/ready made once the thread is set up);
- * argv[2], what the thread unshares:
+ * argv[2], what the thread does:
+ *   pdeath forks a child that asks for SIGUSR1 when its parent dies (PR_SET_PDEATHSIG): the
+ *          kernel's "parent" is that thread
+ * or what it unshares:
  *   files  its file table (unshare(CLONE_FILES)), then opens DIR/thread.txt in it
  *   pidfd  its file table, then a pidfd in it (a kind the dump refuses in any table)
  *   fs     its root, cwd and umask (unshare(CLONE_FS)), then chdir(DIR) and umask(077)
@@ -14,6 +17,8 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -25,7 +30,19 @@ static void *thread(void *arg)
     char path[4096];
     int ok = 0;
     (void)arg;
-    if (!strcmp(mode, "files") || !strcmp(mode, "pidfd")) {
+    if (!strcmp(mode, "pdeath")) {
+        pid_t child = fork();
+        if (child == 0) {
+            signal(SIGUSR1, SIG_IGN);
+            prctl(PR_SET_PDEATHSIG, SIGUSR1);
+            snprintf(path, sizeof path, "%s/ready", dir);
+            close(open(path, O_WRONLY | O_CREAT, 0600));
+            for (;;)
+                pause();
+        }
+        for (;;)
+            pause();
+    } else if (!strcmp(mode, "files") || !strcmp(mode, "pidfd")) {
         ok = unshare(CLONE_FILES) == 0;
         snprintf(path, sizeof path, "%s/thread.txt", dir);
         if (!strcmp(mode, "files"))
