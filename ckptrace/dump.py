@@ -171,6 +171,7 @@ class Dumper:
         for p in live:
             task.check_shared(p, ns_pid)
         ctx.image_notes += nsinfo.collect_net(procs[0], proc)
+        ctx.image_notes += nsinfo.collect_mnt(procs[0], ns_root, proc)
         for p in live:
             p.maps = procfs.smaps(p.hostpid, proc)
             for m in p.maps:

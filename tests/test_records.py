@@ -560,6 +560,21 @@ def test_image_lookups_agree_with_a_scan_and_follow_added_tasks():
     assert img.task(99) is extra and img.threads_of(99) == [extra]
 
 
+@pytest.mark.parametrize("flags, names, net, mnt", [
+    (0, b"h\0d\0", "", ""),  # before TASK_NS said more than the names
+    (1, b"h\0d\0interface eth0 (veth)\0", "interface eth0 (veth)", ""),  # network words only
+    (3, b"h\0d\0\0t on /m type tmpfs\0", "", "t on /m type tmpfs"),  # mount words, no network words
+    (2, b"h\0d\0a; b\0t on /m type tmpfs\0", "a; b", "t on /m type tmpfs"),
+])
+def test_task_ns_flags_and_words_read_from_two_three_or_four_strings(flags, names, net, mnt):
+    """TASK_NS's second field (`net` while LO_DOWN was its only bit) is `flags` now, with
+    OWN_PROC; its payload may end after the names, the network words or the mount words."""
+    img = read_image(io.BytesIO(imagegen.build(ns=(flags, names))))
+    init = img.task(1)
+    assert (init.nodename, init.domainname, init.ns_flags, init.net_missing, init.mnt_missing) == (
+        b"h", b"d", flags, net, mnt)
+
+
 def test_decode_json_gives_each_record_type_one_set_of_keys(tmp_path):
     """Scripts read `decode --json` by key: a record type that has a payload always has the
     `payload` key, empty or not (a PAGE end marker, a FILE_PIPE with nothing buffered), and one

@@ -667,6 +667,7 @@ class Mount:
     mountpoint: str
     fstype: str = ""
     super_options: str = ""
+    source: str = ""  # the mount source ("proc", "/dev/vda", "none"...)
 
 
 def mountinfo(pid: int | str, root: str = PROC) -> list[Mount]:
@@ -679,7 +680,8 @@ def mountinfo(pid: int | str, root: str = PROC) -> list[Mount]:
             continue
         major, minor = (int(x) for x in f[2].split(":"))
         out.append(Mount(int(f[0]), (major, minor), _unescape(f[3]), _unescape(f[4]),
-                         sup[0] if sup else "", sup[2] if len(sup) > 2 else ""))
+                         sup[0] if sup else "", sup[2] if len(sup) > 2 else "",
+                         _unescape(sup[1]) if len(sup) > 1 else ""))
     return out
 
 

@@ -3,22 +3,27 @@ are its own rather than the dumper's, and its host and domain names (uname, inje
 namespace is the task's, not ours).
 
 Restore makes new uts, ipc and network namespaces for an image whose init had its own (the
-names set again; the network namespace with its lo only, up or down as it was); mount is
-recorded but not recreated (docs/restore.md). One uts, one ipc and one network namespace per
-image: a process in another one than its init's is refused. Of init's own network namespace the
-dump records whether lo was up and, in words, what a new namespace with only lo would lack
-(other interfaces, addresses, routes), which the dump and the restore then note.
+names set again; the network namespace with its lo only, up or down as it was), and a new mount
+namespace with a proc of its own at /proc for one whose init's mount namespace had one
+(docs/restore.md). One uts, one ipc and one network namespace per image: a process in another
+one than its init's is refused. Of init's own network namespace the dump records whether lo was
+up and, in words, what a new namespace with only lo would lack (other interfaces, addresses,
+routes); of its own mount namespace, whether /proc there was the namespace's own and, in words,
+the mounts the dumper's mount namespace does not have (which restore does not make); the dump
+and the restore note both.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections import Counter
 from typing import TYPE_CHECKING
 
-from ..errors import Unsupported
-from ..image.records import CLONE_NEWNET, NET_LO_DOWN, NET_MISSING_MAX, NS_FLAG_NAMES, RecType
-from ..kernel import netns
+from ..errors import CkptError, Unsupported
+from ..image.records import (CLONE_NEWNET, CLONE_NEWNS, MNT_MISSING_MAX, NET_MISSING_MAX, NS_FLAG_NAMES, NS_LO_DOWN,
+                              NS_OWN_PROC, RecType)
+from ..kernel import netns, procfs
 from ..kernel.ptrace import Injector, checked
 from .context import DumpContext
 from ..kernel.sysno import SYS_uname
@@ -26,6 +31,7 @@ from ..kernel.sysno import SYS_uname
 if TYPE_CHECKING:
     from .task import ProcState
 
+STAT_STARTTIME = 22  # /proc/PID/stat's starttime (clock ticks after boot), as procfs.stat_fields indexes it
 UTSNAME_LEN = 65  # six fields of 65 bytes: sysname, nodename, release, version, machine, domainname
 
 
@@ -113,21 +119,86 @@ def collect_net(init: "ProcState", proc: str) -> list[str]:
     if _ino(init.hostpid, "net", proc) == _ino("self", "net", proc):
         return []
     v = netns.view(init.hostpid, proc)
-    init.net_flags = 0 if v.lo_up else NET_LO_DOWN
+    init.ns_flags |= 0 if v.lo_up else NS_LO_DOWN
     if not v.missing:
         return []
     words = "; ".join(v.missing)
-    raw = words.encode()
-    if len(raw) >= NET_MISSING_MAX:
-        raw = raw[:NET_MISSING_MAX - 5].decode("utf-8", "ignore").encode() + b" ..."
-    init.net_missing = raw
+    init.net_missing = _cut(words, NET_MISSING_MAX)
     return [f"the namespace's network namespace has {words}: restore makes a new network namespace "
             f"with only lo ({'up' if v.lo_up else 'down'}), without them"]
 
 
+def _cut(words: str, limit: int) -> bytes:
+    """`words` as the NUL-terminated string of at most `limit` bytes TASK_NS has room for."""
+    raw = words.encode()
+    if len(raw) >= limit:
+        raw = raw[:limit - 5].decode("utf-8", "ignore").encode() + b" ..."
+    return raw
+
+
+def own_proc(pid: int, proc: str) -> bool:
+    """Whether /proc, as host pid `pid` (its namespace's init) sees it through its root and its
+    mount namespace, is a proc of pid's own pid namespace: its /proc/1 started at the very tick
+    pid did (the host's /proc/1, or another namespace's, did not)."""
+    try:
+        inner = procfs.stat_fields(1, f"{proc}/{pid}/root/proc")
+    except CkptError:  # nothing there, or not a proc: not its own
+        return False
+    return inner[STAT_STARTTIME] == procfs.stat_fields(pid, proc)[STAT_STARTTIME]
+
+
+def collect_mnt(init: "ProcState", ns_root: str, proc: str) -> list[str]:
+    """For an init with a mount namespace of its own: whether its /proc is a proc of the
+    namespace's own pid namespace (as `unshare -p -f --mount-proc` makes it), which restore
+    mounts again in a new mount namespace (NS_OWN_PROC, kept on `init`), and the mounts it has
+    that the dumper's mount namespace has not (mount point, source and type compared, the
+    dumper's seen from the namespace's root `ns_root`; its own /proc left out), which restore
+    does not make. Returns the note that names them (none when there are none)."""
+    if _ino(init.hostpid, "mnt", proc) == _ino("self", "mnt", proc):
+        return []
+    has_proc = own_proc(init.hostpid, proc)
+    if has_proc:
+        init.ns_flags |= NS_OWN_PROC
+    extra = _own_mounts(init.hostpid, ns_root, proc)
+    if has_proc and extra[("/proc", "proc", "proc")] > 0:
+        extra[("/proc", "proc", "proc")] -= 1
+    # (mountinfo's order: parents before the mounts on them)
+    seen, words = set(), []
+    for m in procfs.mountinfo(init.hostpid, proc):
+        key = (m.mountpoint, m.source, m.fstype)
+        if extra[key] > 0 and key not in seen:
+            seen.add(key)
+            n = extra[key]
+            words.append(f"{m.source} on {m.mountpoint} type {m.fstype}" + (f" ({n} times)" if n > 1 else ""))
+    if not words:
+        return []
+    text = "; ".join(words)
+    init.mnt_missing = _cut(text, MNT_MISSING_MAX)
+    made = "a new mount namespace with a proc of its own at /proc" if has_proc else "the restorer's mount namespace"
+    return [f"the namespace's mount namespace has mounts the dumper's has not: {text}; restore puts the "
+            f"namespace in {made}, without them"]
+
+
+def _own_mounts(pid: int, ns_root: str, proc: str) -> "Counter[tuple[str, str, str]]":
+    """(mount point, source, type) of the mounts pid's mount namespace has more of than the
+    dumper's: pid's mountinfo shows mount points from pid's root, so the dumper's are taken
+    under `ns_root` (pid's root as the dumper sees it) and shown from there."""
+    base = ns_root.rstrip("/")
+    ours: Counter[tuple[str, str, str]] = Counter()
+    for m in procfs.mountinfo("self", proc):
+        if not base:
+            ours[(m.mountpoint, m.source, m.fstype)] += 1
+        elif m.mountpoint == base or m.mountpoint.startswith(base + "/"):
+            ours[(m.mountpoint[len(base):] or "/", m.source, m.fstype)] += 1
+    theirs = Counter((m.mountpoint, m.source, m.fstype) for m in procfs.mountinfo(pid, proc))
+    return theirs - ours
+
+
 def write(ctx: DumpContext, p: "ProcState") -> None:
     payload = p.nodename + b"\0" + p.domainname + b"\0"
-    if p.net_missing:
+    if p.net_missing or p.mnt_missing:
         payload += p.net_missing + b"\0"
-    ctx.w.record(RecType.TASK_NS, dict(own=p.own_ns, net=p.net_flags if p.own_ns & CLONE_NEWNET else 0),
-                 payload=payload)
+    if p.mnt_missing:
+        payload += p.mnt_missing + b"\0"
+    flags = p.ns_flags & ((NS_LO_DOWN if p.own_ns & CLONE_NEWNET else 0) | (NS_OWN_PROC if p.own_ns & CLONE_NEWNS else 0))
+    ctx.w.record(RecType.TASK_NS, dict(own=p.own_ns, flags=flags), payload=payload)

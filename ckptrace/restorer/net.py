@@ -11,7 +11,7 @@ routes) is not made: the image says it in words, and the restore notes it.
 from __future__ import annotations
 
 from ..image.reader import Image
-from ..image.records import CLONE_NEWNET, NET_LO_DOWN
+from ..image.records import CLONE_NEWNET, NS_LO_DOWN
 from ..kernel.netns import NetNs
 
 
@@ -26,7 +26,7 @@ def make(img: Image) -> NetNs | None:
     down), or None: the restore then keeps the controller's."""
     if not own(img):
         return None
-    return NetNs(lo_up=not img.task(1).net_flags & NET_LO_DOWN)
+    return NetNs(lo_up=not img.task(1).ns_flags & NS_LO_DOWN)
 
 
 def notes(img: Image) -> list[str]:
