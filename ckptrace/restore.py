@@ -331,7 +331,7 @@ class _Restore:
 
     def run(self, start: float) -> Result:
         from .kernel.netns import maybe_entered
-        from .restorer import net, tty
+        from .restorer import mnt, net, tty
         from .restorer.files import FileSet, fd_base
         from .restorer.memory import MemoryRestorer
 
@@ -353,7 +353,7 @@ class _Restore:
             netns = net.make(self.img)
             with maybe_entered(netns):
                 files.create()
-            files.notes += net.notes(self.img)
+            files.notes += net.notes(self.img) + mnt.notes(self.img)
             mem = MemoryRestorer(self.img, self.f, files)
             mem.tick = lambda: self._show(shown[0], mem)  # (within a process too: VMAs, GiB runs)
             shown[0] = f"the tree of {plural(len(self.img.tasks), 'task')}"
@@ -431,10 +431,11 @@ class _Restore:
     def _spawn(self, files, net_ino: int = 0) -> None:
         """Make init and, from it, every process. `net_ino`: the new network namespace the
         controller's thread is in meanwhile, which init must be in (0: the controller's own)."""
-        from .restorer import tree
+        from .restorer import mnt, tree
 
         root = tree.plan(self.img, files)
         root.net_ino = net_ino
+        root.proc_mount = mnt.proc_mount(self.img)  # (and so a new mount namespace: tree.spawn_init)
         r, w = os.pipe()
         w = files.place(w)
         self.report_fd = w

@@ -47,12 +47,13 @@ def nspid(hostpid: int) -> int:
 
 
 class NsWorkload:
-    """`argv` runs as pid 1 of a new pid namespace (with its own /proc)."""
+    """`argv` runs as pid 1 of a new pid namespace (with its own /proc, in a mount namespace of
+    its own, unless `mount_proc` is false: then it shares ours, and our /proc)."""
 
     def __init__(self, argv: list[str], *, ready_file: str | None = None, settle: float = 0.0,
-                 timeout: float = 10.0, **popen):
-        self.proc = subprocess.Popen(["unshare", "-p", "-f", "--mount-proc", "--kill-child", *argv],
-                                     start_new_session=True, **popen)
+                 timeout: float = 10.0, mount_proc: bool = True, **popen):
+        self.proc = subprocess.Popen(["unshare", "-p", "-f", *(["--mount-proc"] if mount_proc else []),
+                                      "--kill-child", *argv], start_new_session=True, **popen)
         deadline = time.monotonic() + timeout
         self.init = 0
         while time.monotonic() < deadline:

@@ -3281,6 +3281,142 @@ def test_own_uts_and_ipc_namespaces_come_back_with_their_names(pidns, tmp_path, 
     assert after and set(after) == {"ckpt-host ckpt-dom"}, after
 
 
+PROC_WORKLOAD = r"""
+import json, os, sys, time
+d = sys.argv[1]
+who = "child" if os.fork() == 0 else "init"
+out = open(os.path.join(d, who + ".log"), "a", buffering=1)
+while True:
+    with open("/proc/1/stat") as f:
+        one = f.read().rsplit(")", 1)[1].split()
+    with open("/proc/self/status") as f:
+        nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+    out.write(json.dumps(dict(self=os.readlink("/proc/self"), nspid=nspid, starttime=one[19],
+                              pids=sorted(int(x) for x in os.listdir("/proc") if x.isdigit()))) + "\n")
+    if who == "init" and not os.path.exists(os.path.join(d, "ready")):
+        open(os.path.join(d, "ready"), "w").close()
+    time.sleep(0.05)
+"""
+
+
+def _proc_view(log, after: int) -> dict:
+    """The workload's latest look at its /proc, once it has written more than `after` lines."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) > after:
+            return json.loads(lines[-1])
+        assert time.monotonic() < deadline, f"{log} has no line after {after}"
+        time.sleep(0.05)
+
+
+def _starttime(host: int) -> str:
+    with open(f"/proc/{host}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def _proc_mounts(host: int | str) -> list[tuple[str, str, str]]:
+    """(device, mount point, mount options) of every proc mount in host pid's mount namespace."""
+    with open(f"/proc/{host}/mountinfo") as f:
+        rows = [line.split(" - ")[0].split() + line.split(" - ")[1].split() for line in f]
+    return [(r[2], r[4], r[5]) for r in rows if r[-3] == "proc"]
+
+
+def test_own_proc_comes_back_in_a_new_mount_namespace(pidns, tmp_path, restored):
+    """A namespace made with `unshare -p -f --mount-proc` (every test namespace here) came back
+    in the controller's mount namespace, and saw the host's /proc: /proc/self its host pid,
+    /proc/1 the host's init, every host process listed. Now init comes back in a new mount
+    namespace with a proc of the new pid namespace at /proc, while ours is untouched."""
+    from ckptrace.image.reader import read_image
+    from ckptrace.image.records import CLONE_NEWNS, NS_OWN_PROC
+
+    w = py_workload(pidns, PROC_WORKLOAD, tmp_path)
+    assert os.readlink(f"/proc/{w.init}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    assert _proc_view(tmp_path / "child.log", 0)["pids"] == [1, 2]
+    img = str(tmp_path / "proc.img")
+    dump_kill(w, img)
+    with open(img, "rb") as f:
+        init = read_image(f).tasks[0]
+    assert init.own_ns & CLONE_NEWNS and init.ns_flags & NS_OWN_PROC, (hex(init.own_ns), init.ns_flags)
+    seen = {who: len((tmp_path / f"{who}.log").read_text().splitlines()) for who in ("init", "child")}
+    ours = _proc_mounts("self")
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    assert r.stderr == b"", r.stderr  # nothing but its /proc was its own: nothing to note
+    init = res["init_pid"]
+    for who, me in (("init", "1"), ("child", "2")):
+        view = _proc_view(tmp_path / f"{who}.log", seen[who])
+        assert view == dict(self=me, nspid=[me], starttime=_starttime(init), pids=[1, 2]), (who, view)
+    # init's own mount namespace, with a new proc on top at /proc, mounted as --mount-proc does
+    assert os.readlink(f"/proc/{init}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    assert all(os.readlink(f"/proc/{h}/ns/mnt") == os.readlink(f"/proc/{init}/ns/mnt") for h in ns_pids(res["pidns"]))
+    dev, where, opts = _proc_mounts(init)[-1]
+    assert where == "/proc" and {"nosuid", "nodev", "noexec"} <= set(opts.split(",")), (where, opts)
+    # ours is as it was: the same proc mounts (none made or propagated here), our own /proc
+    assert _proc_mounts("self") == ours and dev not in {d for d, _, _ in ours}
+    assert os.readlink("/proc/self") == str(os.getpid())
+    # and no restored process holds the controller's /proc (init's way to its host pid)
+    for h in ns_pids(res["pidns"]):
+        links = [os.readlink(f"/proc/{h}/fd/{fd}") for fd in os.listdir(f"/proc/{h}/fd")]
+        assert not [x for x in links if x.startswith("/proc")], (h, links)
+
+
+SLEEPER = r"""
+import os, sys, time
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_namespace_in_our_mount_namespace_stays_in_it(pidns, tmp_path, restored):
+    """`unshare -p -f` without --mount-proc: init shares our mount namespace and /proc, and
+    comes back in ours, with no mount made."""
+    from ckptrace.image.reader import read_image
+    from ckptrace.image.records import NS_OWN_PROC
+
+    w = pidns([sys.executable, "-c", SLEEPER, str(tmp_path)], mount_proc=False, ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert os.readlink(f"/proc/{w.init}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    img = str(tmp_path / "shared.img")
+    dump_kill(w, img)
+    with open(img, "rb") as f:
+        init = read_image(f).tasks[0]
+    assert not init.ns_flags & NS_OWN_PROC
+    ours = _proc_mounts("self")
+    res = restore_json(img, restored)
+    assert os.readlink(f"/proc/{res['init_pid']}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    assert _proc_mounts("self") == ours
+
+
+def test_mounts_of_its_own_mount_namespace_are_noted(pidns, tmp_path, restored):
+    """A tmpfs mounted inside the namespace's mount namespace is not made again: the dump says
+    so, the image keeps it in words (TASK_NS), and the restore says it again."""
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    w = pidns(["sh", "-c", 'mount -t tmpfs ckpt-extra "$1" && shift && exec "$@"', "sh", str(mdir),
+               sys.executable, "-c", SLEEPER, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "mnt.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    assert d.returncode == 0, d.stderr.decode()
+    err = d.stderr.decode()
+    assert f"ckpt-extra on {mdir} type tmpfs" in err and "a proc of its own" in err, err
+    assert "on /proc type proc" not in err, err  # (its own /proc is made again)
+    r = ckptrace("restore", "--json", img)
+    assert r.returncode == 0, r.stderr.decode()
+    res = json.loads(r.stdout)
+    restored.append(res["init_pid"])
+    err = r.stderr.decode()
+    assert err.startswith("ckptrace restore: ") and f"ckpt-extra on {mdir} type tmpfs" in err, err
+    assert "not mounted again" in err and len(err.splitlines()) == 1, err
+    for who in (res["init_pid"], "self"):
+        with open(f"/proc/{who}/mountinfo") as f:
+            assert f" {mdir} " not in f.read(), who
+
+
 NETNS_WORKLOAD = r"""
 import fcntl, os, select, socket, struct, sys, time
 d, port, abstract = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()

@@ -594,3 +594,23 @@ def test_a_large_run_of_pages_is_copied_in_pieces_that_move_the_progress_line():
     assert [n for _, n, _ in calls] == [PREAD_PIECE] * 3 + [4096]
     assert calls[1][0] == 0x10000000 + PREAD_PIECE and calls[1][2] == (1 << 20) + PREAD_PIECE
     assert ticks == [PREAD_PIECE, 2 * PREAD_PIECE, 3 * PREAD_PIECE, size] and m.bytes_written == size
+
+
+def test_own_proc_is_mounted_under_the_restored_root_or_noted(tmp_path):
+    """An image whose init had its own /proc (TASK_NS OWN_PROC) gets a proc mounted at /proc under
+    init's restored root (`--root DIR`: DIR/proc); with no directory there the restore keeps the
+    controller's mount namespace and says so. Mounts only the original had are noted either way."""
+    from ckptrace.restorer import mnt
+
+    img = read_image(io.BytesIO(imagegen.build(ns=(2, b"h\0d\0\0t on /m type tmpfs\0"))))
+    assert mnt.own_proc(img) and mnt.proc_mount(img) == "/proc"
+    assert mnt.notes(img) == ["the original namespace's mount namespace also had t on /m type tmpfs, "
+                              "which were not mounted again"]
+    img.root = str(tmp_path)
+    assert mnt.proc_mount(img) == ""
+    assert len(mnt.notes(img)) == 2 and f"{tmp_path}/proc is not a directory" in mnt.notes(img)[0]
+    (tmp_path / "proc").mkdir()
+    assert mnt.proc_mount(img) == f"{tmp_path}/proc" and len(mnt.notes(img)) == 1
+    # without OWN_PROC (or an older image): the controller's mount namespace, nothing mounted
+    plain = read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0"))))
+    assert not mnt.own_proc(plain) and mnt.proc_mount(plain) == "" and mnt.notes(plain) == []

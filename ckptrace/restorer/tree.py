@@ -27,7 +27,7 @@ from ..errors import Unsupported
 from ..kernel.prctl import (PR_MCE_KILL, PR_MCE_KILL_SET, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_MEMORY_MERGE,
                            PR_SET_PDEATHSIG, PR_SET_THP_DISABLE)
 from ..image.reader import File, FileTable, Image, Mm, Task
-from ..image.records import (CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
+from ..image.records import (CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
                               PROC_MEMORY_MERGE, PROC_THP_DISABLE, FileType,
                               RecType, VmaType)
 from ..kernel.ptrace import WALL  # (waits for children without an exit signal too: stand-ins)
@@ -40,6 +40,13 @@ RLIM_NLIMITS = 16
 READ_IMPLIES_EXEC = 0x0400000
 EPOLL_CTL_ADD = 1
 CLONE_ARGS_SIZE = 88  # struct clone_args up to and including `cgroup` (CLONE_ARGS_SIZE_VER2)
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
+
+# In the new tasks: an O_PATH fd of the controller's /proc, which init opens before it mounts a
+# proc of its own over /proc (_own_proc) and which the processes it forks inherit: through it
+# "self" still names a task by its host pid, which the controller must be told (-1: /proc is the
+# controller's; each task's _setup_inner closes it).
+_host_proc = -1
 
 
 @dataclass(eq=False)  # identity: plans link to each other
@@ -59,8 +66,10 @@ class ProcPlan:
     personality: int = 0
     pdeath_signal: int = 0
     flags: int = 0  # TASK_PROC.flags: child subreaper, THP disabled
-    new_ns: int = 0  # for init: CLONE_NEWUTS / CLONE_NEWIPC when the image's init had its own
+    new_ns: int = 0  # for init: CLONE_NEWUTS / CLONE_NEWIPC (/ CLONE_NEWNS) when the image's init had its own
     outer_uts: int = 0  # for init: the controller's uts namespace inode, never to be renamed
+    proc_mount: str = ""  # for init: where to mount the new namespace's proc (restorer.mnt), or ""
+    outer_mnt: int = 0  # for init: the controller's mount namespace inode, never to be mounted in
     net_ino: int = 0  # for init: the inode of the new network namespace it must be in (restorer.net), or 0
     nodename: bytes = b""
     domainname: bytes = b""
@@ -381,6 +390,9 @@ def spawn_init(root: ProcPlan, report_fd: int) -> int:
     seize only this ties the new tasks to the controller (PTRACE_O_EXITKILL does after), and the
     kernel kills the rest of a namespace whose init dies."""
     root.outer_uts = os.stat("/proc/self/ns/uts").st_ino
+    root.outer_mnt = os.stat("/proc/self/ns/mnt").st_ino
+    if root.proc_mount:
+        root.new_ns |= CLONE_NEWNS
     controller = os.getpid()
     pid = clone3(CLONE_NEWPID | root.new_ns, 1, root.exit_signal)
     if pid == 0:  # pragma: no cover - runs in the new init
@@ -422,9 +434,37 @@ def _set_names(nodename: bytes, domainname: bytes) -> None:  # pragma: no cover 
             raise OSError(ctypes.get_errno(), f"set uts name {name!r}")
 
 
+def _own_proc(p: ProcPlan) -> None:  # pragma: no cover - in the new init
+    """A proc of the new pid namespace at p.proc_mount, in init's new mount namespace, as
+    `unshare --mount-proc` makes it: every mount made private first (recursively, as unshare
+    does), so that neither this mount nor any later one propagates to the host's mount
+    namespace, whose / is shared on a systemd host. The controller's /proc stays reachable
+    through _host_proc."""
+    global _host_proc
+    # clone3(CLONE_NEWNS) made it; mounting over the host's /proc instead would hide every
+    # process from the host: check, do not trust
+    if not p.new_ns & CLONE_NEWNS or os.stat("/proc/self/ns/mnt").st_ino == p.outer_mnt:
+        raise RuntimeError("init is not in a new mount namespace; refusing to mount a proc")
+    if libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    _host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if libc.mount(b"proc", os.fsencode(p.proc_mount), b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC),
+                  None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount proc on {p.proc_mount}")
+
+
+def _self_on_host() -> str:  # pragma: no cover - in the new tasks
+    """This process's host pid, as the controller's /proc names it."""
+    if _host_proc >= 0:
+        return os.readlink("self", dir_fd=_host_proc)
+    return os.readlink("/proc/self")
+
+
 def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in the new tasks
     """Turn this fresh process into image process `p`, forking its children first. Never returns."""
     try:
+        if p.proc_mount:
+            _own_proc(p)  # (init: before anything is forked, and the checks below read its /proc)
         if p.net_ino and os.stat("/proc/self/ns/net").st_ino != p.net_ino:
             # (clone3'd from a controller thread in it, restorer.net: check, do not trust)
             raise RuntimeError("init is not in the restore's new network namespace")
@@ -460,7 +500,7 @@ def _become(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - runs in 
             os._exit(0)  # its children go to its parent's reaper, see _stand_ins
         if p.stand_in == "group":
             # lives until the members have joined it (restore._set_groups)
-            os.write(report_fd, f"STANDIN {p.pid} {os.readlink('/proc/self')}\n".encode())
+            os.write(report_fd, f"STANDIN {p.pid} {_self_on_host()}\n".encode())
             while True:
                 time.sleep(3600)
         for c in p.children:
@@ -489,20 +529,22 @@ def _wait_reparented(p: ProcPlan) -> None:  # pragma: no cover - forked by a sta
 def _setup_inner(p: ProcPlan, report_fd: int) -> None:  # pragma: no cover - forked
     if os.getpid() != p.pid:
         raise RuntimeError(f"clone3 gave pid {os.getpid()}, wanted {p.pid}")
+    # the controller's /proc names us by our host pid (read before the dup2s: one may take
+    # _host_proc's number, and the chroot may hide /proc)
+    host = _self_on_host()
     targets = {fd for _, fd, _ in p.fds}
     # Sources all sit above every target number (FileSet.base), so no dup2 clobbers a source.
     for src, fd, cloexec in p.fds:
         os.dup2(src, fd, inheritable=not cloexec)
     for epfd, tfd, events, data in p.epoll:
         _epoll_add(epfd, tfd, events, data)
-    keep = targets | set(p.keep) | {report_fd}
+    keep = targets | set(p.keep) | {report_fd}  # (not _host_proc: the image's processes never see it)
     for fd in _open_fds():
         if fd not in keep:
             try:
                 os.close(fd)
             except OSError:
                 pass
-    host = os.readlink("/proc/self")  # the host's /proc, before a chroot hides it: our host pid
     # cwd first, as the controller sees it: it stays the process's directory through the chroot
     os.chdir(p.cwd)
     if p.root != "/":
