@@ -141,6 +141,7 @@ class Dumper:
         self.on_progress = on_progress
         self.shadow_fd = shadow_fd  # ImageWriter's sparse copy, for check_restorable
         self.ctx: DumpContext | None = None
+        self.procs: list[task.ProcState] = []
 
     def _stage(self, what: str) -> None:
         """Where the dump is before it writes (the frozen namespace is read first: seconds for
@@ -151,6 +152,7 @@ class Dumper:
     def run(self, frz: Freezer) -> DumpContext:
         proc = self.opts.proc
         procs = _processes(frz, proc)
+        self.procs = procs
         ns_pid = {}
         for p in procs:
             for t in p.threads:
@@ -416,6 +418,10 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             # TCP connections back in repair mode (the kill then closes them without a FIN or
             # RST), and refused if data arrived since they were read: as late as can be
             arm_for_kill(ctx.tcp_held, ns)
+        if opts.kill:
+            # Likewise signals: one sent since a process's pending signals were read (while the
+            # dump waited on a slow reader, say) is queued to the held process, not in the image
+            task.check_kill_signals(dumper.procs, ns, opts.proc)
         _stop_if_signalled()
         if not opts.kill:
             _complete(ns, on_complete)

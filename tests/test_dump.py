@@ -1255,6 +1255,71 @@ def test_kill_is_refused_when_a_tcp_connection_received_data_after_it_was_read(r
         assert peer.recv(10) == b"x"
 
 
+LATE_SIGNALS = r"""
+import os, signal, sys, time
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN, signal.SIGRTMIN + 1, signal.SIGUSR1})
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)  # fires during every dump: no loss
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _slow_kill_dump(w, during) -> subprocess.CompletedProcess:
+    """`dump --kill -o -` into a pipe whose reader calls `during()` once the image has begun (by
+    then every pending signal has been read) and only then takes the rest."""
+    p = subprocess.Popen(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q", "-o", "-"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.read(64)
+    during()
+    time.sleep(0.3)
+    while p.stdout.read(1 << 16):
+        pass
+    err = p.stderr.read()
+    p.wait(timeout=30)
+    return subprocess.CompletedProcess(p.args, p.returncode, b"", err)
+
+
+def test_kill_is_refused_when_signals_came_after_the_pending_ones_were_read(pidns, tmp_path):
+    """Signals sent to a namespace while `dump --kill` holds it, after its pending signals were
+    read (here while the dump waits on a slow reader), were queued to the held tasks, missing
+    from the image, and lost with the kill (a sender's sigqueue had said they were accepted).
+    The dump reads the queues again just before the kill and refuses: the namespace runs on,
+    with them. A standard signal sent again while pending merges (no difference), and the
+    process's own interval timer firing meanwhile is no loss (the image re-arms it); without
+    late signals the same dump kills."""
+    import ctypes
+
+    w = pidns([sys.executable, "-c", LATE_SIGNALS, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.kill(w.init, signal.SIGUSR1)  # pending before the dump: in the image
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def send():
+        for _ in range(3):
+            os.kill(w.init, signal.SIGRTMIN)  # (process-wide queue)
+        for _ in range(2):
+            assert libc.syscall(234, w.init, w.init, signal.SIGRTMIN + 1) == 0  # tgkill: its own queue
+        os.kill(w.init, signal.SIGUSR1)  # already pending: merges
+
+    p = _slow_kill_dump(w, send)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert len(err.strip().splitlines()) == 1 and "not killing" in err, err
+    assert "pid 1 (host pid" in err and "got SIGRTMIN (x3), SIGRT3 (x2) after its state was read" in err, err
+    assert_running_untraced(w)
+    pending = int(status_field(w.init, "ShdPnd"), 16) | int(status_field(w.init, "SigPnd"), 16)
+    assert pending >> (signal.SIGRTMIN - 1) & 1 and pending >> signal.SIGRTMIN & 1, hex(pending)
+    # nothing sent meanwhile: killed, the timer's signals notwithstanding
+    p = _slow_kill_dump(w, lambda: None)
+    assert p.returncode == 0, p.stderr.decode()
+    deadline = time.monotonic() + 5
+    while w.pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not w.pids()
+
+
 def test_a_failure_to_leave_repair_mode_is_named_and_masks_no_other_error(root, monkeypatch):
     """Repair mode is turned off again in a finally after reading a connection: when that failed
     too, its bare OSError replaced the read's own error, and when it failed alone, it came out as

@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import signal
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
@@ -29,7 +31,7 @@ from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
 from ..kernel.sysno import SYS_brk, SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack
 from ..errors import Unsupported
 from . import nsinfo, seccomp, timers
-from .context import DumpContext
+from .context import DumpContext, kill_refused
 from .objhash import KCMP_FILES, KCMP_FS, kcmp
 
 NSIG = 64
@@ -146,6 +148,105 @@ def pdeath_notes(procs: list[ProcState], proc: str) -> list[str]:
                              f"of pid {parent.nspid}, not by its main thread: once restored, it gets the signal when "
                              f"pid {parent.nspid} exits, not when that thread does")
     return notes
+
+
+SI_TIMER, SI_KERNEL = -2, 0x80  # si_code of a POSIX timer's signal, of an interval timer's
+ITIMER_SIGNALS = {signal.SIGALRM: "real", signal.SIGVTALRM: "virtual", signal.SIGPROF: "prof"}
+SIG_DFL, SIG_IGN = 0, 1
+# what SIG_DFL ignores (the kernel's sig_kernel_ignore)
+DEFAULT_IGNORED = {signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH}
+
+
+def _signo(info: bytes) -> int:
+    return struct.unpack_from("<i", info)[0]
+
+
+def _bits(mask: int) -> set[int]:
+    return {sig for sig in range(1, NSIG + 1) if mask >> (sig - 1) & 1}
+
+
+def _from_own_timer(p: ProcState, info: bytes) -> bool:
+    """A signal one of the process's own timers queued: the image has that timer with the time
+    it had left when read, and the restored timer sends it again. One firing while the dump
+    holds the process is no loss (a 10 ms periodic timer fires in every dump)."""
+    signo, _errno, code = struct.unpack_from("<iii", info)
+    if code == SI_TIMER:
+        timerid = struct.unpack_from("<i", info, 16)[0]  # si_timerid, past si_code and a 4-byte pad
+        return any(t["id"] == timerid for t in p.posix_timers)
+    if code == SI_KERNEL and signo in ITIMER_SIGNALS:
+        return bool(p.itimers.get(f"{ITIMER_SIGNALS[signo]}_value"))
+    return False
+
+
+def _discarded(p: ProcState, signo: int, blocked: int) -> bool:
+    """Whether the kernel would have dropped this signal had the process not been traced: it
+    queues even an ignored signal for a traced task (the tracer may want it), and discards an
+    unblocked one whose action is to ignore it once the task takes it."""
+    if blocked >> (signo - 1) & 1 or not p.sigactions:
+        return False
+    handler = p.sigactions[signo - 1][0]
+    return handler == SIG_IGN or (handler == SIG_DFL and signo in DEFAULT_IGNORED)
+
+
+def signals_since_read(p: ProcState, proc: str) -> Counter:
+    """The signals process `p`, still held, got after the dump read its pending signals:
+    {signo: how many}. Its threads' own queues and its shared one are peeked again
+    (PTRACE_PEEKSIGINFO) and compared, entry by entry, with what the image holds; so are the
+    pending masks (SigPnd, ShdPnd), for a signal pending without a queue entry. A standard
+    signal sent while it was already pending merges with it in the kernel: no difference. The
+    signals the dump itself took from a thread while it injected calls (a SIGSTOP, which cannot
+    be blocked; kept for the detach) count as still pending. Not counted: the signals of the
+    process's own timers (_from_own_timer) and those the kernel would have discarded
+    (_discarded)."""
+    leader = p.leader
+    assert p.status is not None
+    image: Counter = Counter()
+    now: Counter = Counter()
+    new_entries: list[tuple[bytes, int]] = []  # (siginfo, mask of the thread it is queued to)
+    image_bits = p.status.hex("ShdPnd")
+    now_bits = procfs.status(p.hostpid, None, proc).hex("ShdPnd")
+    queues = [(t.siginfo, t.tracee.peek_siginfo(shared=False) + [info for _, info in t.tracee.owed], t.blocked)
+              for t in p.threads]
+    queues.append((p.shared_siginfo, leader.tracee.peek_siginfo(shared=True), leader.blocked))
+    for t in p.threads:
+        image_bits |= t.pending
+        now_bits |= procfs.status(t.hostpid, t.hosttid, proc).hex("SigPnd")
+    timer_signals: set[int] = set()
+    for old, new, blocked in queues:
+        image.update(info for info in old if not _from_own_timer(p, info))
+        for info in new:
+            if _from_own_timer(p, info):
+                timer_signals.add(_signo(info))
+            else:
+                now[info] += 1
+                new_entries.append((info, blocked))
+    got: Counter = Counter()
+    added = now - image
+    for info, blocked in new_entries:
+        if added[info] > 0:
+            added[info] -= 1
+            if not _discarded(p, _signo(info), blocked):
+                got[_signo(info)] += 1
+    known = _bits(image_bits) | {_signo(i) for i in image} | timer_signals | set(got)
+    for sig in sorted(_bits(now_bits) - known):
+        if not _discarded(p, sig, leader.blocked):
+            got[sig] += 1  # (pending without a queue entry: the kernel was out of queue space)
+    return got
+
+
+def check_kill_signals(procs: list[ProcState], ns: int, proc: str) -> None:
+    """`dump --kill`, just before the kill: refuse when a process got a signal after the dump
+    read its pending signals. The kernel queued it to the held process and would deliver it once
+    let go; the image lacks it, and the kill would lose it for good (a sender's sigqueue said
+    it was accepted). The namespace is left running, and takes those signals."""
+    for p in procs:
+        if p.zombie:
+            continue
+        if got := signals_since_read(p, proc):
+            sigs = ", ".join(signal_name(s) + (f" (x{n})" if n > 1 else "") for s, n in sorted(got.items()))
+            raise kill_refused(ns, f"pid {p.nspid} (host pid {p.hostpid}) got {sigs} after its state was read, "
+                                   "which the image does not have",
+                               "the namespace is left running, with them (dump again)")
 
 
 def _comm(pid: int, tid: int, proc: str) -> bytes:
