@@ -41,6 +41,7 @@ from .kernel.sysno import (SYS_exit_group, SYS_fcntl, SYS_personality, SYS_prctl
                            SYS_rt_sigtimedwait, SYS_setpgid, SYS_wait4)
 
 ERESTARTNOINTR = -513
+SIG_DFL, SIG_IGN = 0, 1
 ERESTART_RESTARTBLOCK = -516
 # the calls the kernel resumes through restart_syscall (a restart_block after -ERESTART_RESTARTBLOCK)
 RESTART_BLOCK_CALLS = {7: "poll", 35: "nanosleep", 202: "futex", 230: "clock_nanosleep"}
@@ -244,7 +245,34 @@ def zombie_problems(img: Image, z) -> list[str]:
     return out
 
 
-def fix_restart(regs: dict[str, int], code=None) -> list[int]:
+def handler_first(img: Image, th) -> bool:
+    """Whether thread `th` of the image takes a handled signal as soon as it is let go: a
+    signal pending to it, or to its process when no other thread of the process can take it,
+    that its mask lets through and whose action is a handler (not SIG_DFL, not SIG_IGN). The
+    kernel delivers that before the thread returns to user mode (signals the kernel ignores are
+    skipped, and a stop waits for SIGCONT first), and the handler's delivery decides how an
+    interrupted call ends (fix_restart)."""
+    leader = img.task(th.tgid) if not th.is_leader else th
+    if leader is None or not leader.sighand:
+        return False
+
+    def signals(mask: int, queue: list[bytes]) -> set[int]:
+        return ({sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+                | {struct.unpack_from("<i", info)[0] for info in queue})
+
+    def lets_through(t, sig: int) -> bool:
+        return not t.thread["blocked"] >> (sig - 1) & 1
+
+    own = signals(th.thread["pending"], th.siginfo)
+    shared = signals(leader.proc["shared_pending"] if leader.proc else 0, leader.shared_siginfo)
+    others = [t for t in img.threads_of(th.tgid) if t.tid != th.tid]
+    mine = own | {sig for sig in shared if not any(lets_through(t, sig) for t in others)}
+    return any(0 < sig <= len(leader.sighand) and sig not in (signal.SIGKILL, signal.SIGSTOP)
+               and lets_through(th, sig) and leader.sighand[sig - 1]["handler"] not in (SIG_DFL, SIG_IGN)
+               for sig in mine)
+
+
+def fix_restart(regs: dict[str, int], code=None, handler_first: bool = False) -> list[int]:
     """The image's registers as a NT_PRSTATUS list, with syscall restart made self-contained.
 
     A task dumped inside e.g. clock_nanosleep shows orig_rax = the syscall and rax =
@@ -257,11 +285,16 @@ def fix_restart(regs: dict[str, int], code=None) -> list[int]:
     the call it restarts is in no register any more. Its wrapper's code says which: glibc's
     `mov $NR, %eax; syscall` right before rip, read by `code(addr, n)` from the restored
     memory. That call is re-run; for any other, the task gets the EINTR restart_syscall would
-    give it anyway, without running it (what CRIU does for every such call)."""
+    give it anyway, without running it (what CRIU does for every such call).
+
+    `handler_first`: the thread takes a handled signal as soon as it runs (handler_first()).
+    The kernel then turns -ERESTART_RESTARTBLOCK into -EINTR as it delivers it (x86
+    handle_signal): the interrupted call returns EINTR to the handler's caller and is not
+    re-run, so the code is left as the kernel saw it."""
     out = [regs[n] for n in REG_NAMES]
     rax = out[REG_NAMES.index("rax")]
     orig = out[REG_NAMES.index("orig_rax")]
-    if orig < (1 << 63) and rax == ERESTART_RESTARTBLOCK & 0xFFFFFFFFFFFFFFFF:
+    if orig < (1 << 63) and rax == ERESTART_RESTARTBLOCK & 0xFFFFFFFFFFFFFFFF and not handler_first:
         out[REG_NAMES.index("rax")] = ERESTARTNOINTR & 0xFFFFFFFFFFFFFFFF
         if orig == SYS_restart_syscall:
             nr = _wrapped_syscall(code, out[REG_NAMES.index("rip")]) if code is not None else None
@@ -282,6 +315,23 @@ def _wrapped_syscall(code, rip: int) -> int | None:
     if len(insns) == 7 and insns[0] == 0xB8 and insns[5:] == b"\x0f\x05":
         return int.from_bytes(insns[1:5], "little")
     return None
+
+
+def _wait_stopped(host: int, timeout: float = 1.0) -> None:
+    """Until host task `host`, let go with SIGSTOP in its own queue, has stopped: it has then
+    begun its process's group stop, which every other thread joins before it takes any signal
+    (a thread let go earlier could take a process-wide one first). Bounded: at worst that
+    order is lost, nothing else."""
+    from .kernel import procfs
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if procfs.stat_fields(host)[procfs.STAT_STATE] in "TtZX":
+                return
+        except CkptError:
+            return
+        time.sleep(0.001)
 
 
 def _wait_zombie(host: int, pid: int) -> None:
@@ -586,7 +636,7 @@ class _Restore:
         mm = self.img.obj(t.mm_objref)
         mem.rebuild(inj, host, mm, t.tid)
         code = functools.partial(read_memory, host)  # (for fix_restart)
-        tr.set_regs(fix_restart(t.regs, code))
+        tr.set_regs(fix_restart(t.regs, code, handler_first(self.img, t)))
         tr.set_xstate(t.xsave)
         exe = self.img.obj(mm.fields["exe_objref"]) if mm.fields["exe_objref"] else None
         exe_fd = files.exe_fd(exe) if exe is not None and exe.name else None
@@ -608,7 +658,7 @@ class _Restore:
             self.tracees.append(tt)
             self.by_tid[th.tid] = tt
             tt.seccomp_suspended = tr.seccomp_suspended  # auto-attached with the leader's options
-            tt.set_regs(fix_restart(th.regs, code))
+            tt.set_regs(fix_restart(th.regs, code, handler_first(self.img, th)))
             tt.set_xstate(th.xsave)
             memory.set_thread_state(Injector(tt, insn=inj.insn), th)
         # Once every thread exists (a clone inherits filters and credentials, and clone3's set_tid
@@ -670,9 +720,17 @@ class _Restore:
                                 t.proc["shared_pending"] if t.proc else None, t.siginfo, t.shared_siginfo)
         # A process dumped in a job-control stop (TASK state 4, __TASK_STOPPED) comes back stopped:
         # SIGSTOP queued while its threads are still held stops each of them as it is let go,
-        # before it runs an instruction (as `dump --leave-stopped` does).
-        for tgid in sorted({t.tgid for t in live if t.fields["state"] == TASK_STOPPED}):
-            os.kill(self.host[tgid], signal.SIGSTOP)
+        # before it runs an instruction (as `dump --leave-stopped` does). Queued to its main
+        # thread's own queue, which the kernel reads before the process's: the stop comes before
+        # a process-wide signal pending since before the dump (a handled one stays pending while
+        # stopped, as it was, rather than being taken, its handler's frame made, then the stop);
+        # the other threads are let go once the main thread has stopped (_let_go_stopped).
+        from .kernel.sys import syscall as host_syscall
+        from .kernel.sysno import SYS_tgkill
+
+        stopped = {self.host[tgid] for tgid in {t.tgid for t in live if t.fields["state"] == TASK_STOPPED}}
+        for host in sorted(stopped):
+            host_syscall(SYS_tgkill, host, host, signal.SIGSTOP, what=f"tgkill(SIGSTOP) of {host}")
         # TCP connections leave repair mode last, once nothing but the detach can fail: a failure
         # before kills the tasks with their connections still in repair mode, which closes them
         # without a FIN or a RST (the peer has seen nothing, and another try can pick them up);
@@ -683,6 +741,8 @@ class _Restore:
         # midway through this loop kills it all rather than leaving part of it traced-and-killed.
         for tr in sorted(self.tracees, key=lambda tr: tr.tid == self.init):
             _let_go(tr)
+            if tr.tid in stopped:
+                _wait_stopped(tr.tid)
         self.tracees = []
 
     def _abort(self, files) -> None:

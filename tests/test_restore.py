@@ -6057,6 +6057,51 @@ def test_a_sleep_stopped_twice_is_restarted_not_interrupted(pidns, tmp_path, res
     assert (tmp_path / "slept").read_text() == "0 0"
 
 
+def _shd_pnd(host: int) -> int:
+    with open(f"/proc/{host}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("ShdPnd:"))
+
+
+def _log_lines(path, want: int, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_a_sleep_interrupted_for_a_handler_returns_eintr_and_the_stop_comes_first(pidns, tmp_path, restored):
+    """A child in nanosleep (-ERESTART_RESTARTBLOCK when the dump reads it) is stopped, then sent
+    SIGUSR1, whose handler has no SA_RESTART: at SIGCONT the kernel delivers the handler and
+    turns the restart into EINTR. Restore used to make the call -ERESTARTNOINTR (there is no
+    restart_block to restore), so the handler ran and the sleep began again for 20 s. And the
+    SIGSTOP restore queues for a stopped process, sent process-wide, was taken after the
+    process-wide SIGUSR1: the restored child sat stopped with the handler's frame made and
+    nothing pending, where the original had SIGUSR1 pending (ShdPnd)."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the workload")
+    exe = str(tmp_path / "stopsleep")
+    subprocess.run(["gcc", "-O1", "-o", exe, os.path.join(HERE, "workloads", "stopsleep.c")], check=True)
+    w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    usr1 = 1 << (signal.SIGUSR1 - 1)
+    (child,) = [h for h in w.pids() if nspid(h) == 2]
+    assert _shd_pnd(child) & usr1, "the workload's child should have SIGUSR1 pending while stopped"
+    img = str(tmp_path / "s.img")
+    dump_kill(w, img)
+    res = restore_json(img, restored)
+    (child,) = [h for h in ns_pids(res["pidns"]) if nspid(h) == 2]
+    deadline = time.monotonic() + 5
+    while "T" not in _states(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _states(child) == {"T"}
+    assert _shd_pnd(child) & usr1, "SIGUSR1 was taken before the stop"
+    os.kill(child, signal.SIGCONT)
+    lines = _log_lines(tmp_path / "log", 2, 5)
+    assert len(lines) >= 2 and lines[0] == "handler" and lines[1].startswith("nanosleep r=-1 errno=4 "), lines
+
+
 def test_failure_after_threads_exist_kills_what_was_made(pidns, refwork, tmp_path, monkeypatch):
     """A restore that fails once a multi-threaded process has its threads (here: in the last
     steps, scheduling) kills and reaps all it made, threads before their leaders: waiting for a

@@ -54,6 +54,14 @@ def test_a_restarted_restart_syscall_reruns_the_call_its_wrapper_made(code, nr, 
     assert (out[REG_NAMES.index("orig_rax")], out[REG_NAMES.index("rax")]) == (nr, rax)
 
 
+@pytest.mark.parametrize("orig", [230, 219])
+def test_a_restart_block_is_left_for_a_handler_to_make_eintr(orig):
+    """A thread that takes a handled signal first once let go: the kernel turns
+    -ERESTART_RESTARTBLOCK into -EINTR as it delivers the handler, as it would have."""
+    out = fix_restart(regs(orig_rax=orig, rax=NEG - 516, rip=0x1002), None, handler_first=True)
+    assert (out[REG_NAMES.index("orig_rax")], out[REG_NAMES.index("rax")]) == (orig, NEG - 516)
+
+
 @pytest.mark.parametrize("orig,rax", [(NEG - 1, NEG - 516), (7, NEG - 512), (0, 5)])
 def test_other_states_are_left_alone(orig, rax):
     out = fix_restart(regs(orig_rax=orig, rax=rax))
