@@ -703,10 +703,14 @@ class _Restore:
         # The last injected calls but the pending signals' (queued after them, or an injected
         # call could meet one the mask lets through): the timers start counting as close to the
         # detach as can be.
+        # A POSIX timer whose own signal the image has pending is armed after the pending
+        # signals, which leave its entry out (timers.fire_pending).
+        timer_pending = {t.tid: timers.pending_timers(t.posix_timers, [t.shared_siginfo] + [
+                             th.siginfo for th in self.img.threads_of(t.tid)]) for t in self.img.processes()}
         for t in self.img.processes():
             locks.apply(self.injectors[t.tid], t.tid, t.locks, self.host[t.tid])
             timers.apply(self.injectors[t.tid], t.itimers)
-            timers.apply_posix(self.injectors[t.tid], t.tid, t.posix_timers)
+            timers.apply_posix(self.injectors[t.tid], t.tid, t.posix_timers, timer_pending[t.tid])
         for t in live:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])
         # Each thread queues its own pending signals to itself, and the leader its process's
@@ -717,7 +721,11 @@ class _Restore:
             leader = self.injectors[t.tgid]
             inj = leader if t.is_leader else Injector(self.by_tid[t.tid], insn=leader.insn)
             creds.raise_pending(inj, t.tgid, t.tid, t.thread["blocked"], t.thread["pending"],
-                                t.proc["shared_pending"] if t.proc else None, t.siginfo, t.shared_siginfo)
+                                t.proc["shared_pending"] if t.proc else None, t.siginfo, t.shared_siginfo,
+                                timer_pending[t.tgid])
+        for t in self.img.processes():
+            if timer_pending[t.tid]:
+                self._fire_pending_timers(t, timer_pending[t.tid])
         # A process dumped in a job-control stop (TASK state 4, __TASK_STOPPED) comes back stopped:
         # SIGSTOP queued while its threads are still held stops each of them as it is let go,
         # before it runs an instruction (as `dump --leave-stopped` does). Queued to its main
@@ -744,6 +752,26 @@ class _Restore:
             if tr.tid in stopped:
                 _wait_stopped(tr.tid)
         self.tracees = []
+
+    def _fire_pending_timers(self, t, ids: set[int]) -> None:
+        """Process `t`'s timers `ids` pend their own signals again (timers.fire_pending), by calls
+        injected into its leader with every signal blocked meanwhile: a pending one its mask lets
+        through would be taken at a call's return. Its mask is set again after; nothing more is
+        injected into it."""
+        from .kernel.procfs import SIGEV_THREAD_ID
+        from .restorer import creds, timers
+
+        def peek(timer: dict) -> list[bytes]:
+            if timer["notify"] & SIGEV_THREAD_ID:
+                return self.by_tid[timer["target"]].peek_siginfo(shared=False)
+            return self.by_tid[t.tid].peek_siginfo(shared=True)
+
+        tr = self.by_tid[t.tid]
+        creds.set_mask(tr, (1 << 64) - 1)
+        try:
+            timers.fire_pending(self.injectors[t.tid], t.tid, [x for x in t.posix_timers if x["id"] in ids], peek)
+        finally:
+            creds.set_mask(tr, t.thread["blocked"])
 
     def _abort(self, files) -> None:
         """SIGKILL the new init: the kernel then kills every task of its namespace. Our tracees'

@@ -2463,6 +2463,33 @@ def _timers_of(pid: int) -> list[tuple]:
     return sorted((t["id"], t["clock"], t["signo"], t["sival"], t["notify"]) for t in posix_timers(pid))
 
 
+def test_a_pending_posix_timer_signal_comes_once_from_its_timer(pidns, tmp_path, restored):
+    """A periodic timer whose signal is blocked has it pending once: the kernel does not re-arm
+    the timer until it is delivered, and then counts the periods missed as its overrun. Restore
+    queued the image's SI_TIMER entry again as an ordinary signal and re-armed the timer, which
+    queued its own beside it: two deliveries, the first with the dumped overrun (0). Now the
+    timer itself makes its signal pending again, to the process or (SIGEV_THREAD_ID) to its
+    thread: one delivery, whose overrun counts the periods since the restore, and the timer goes
+    on."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the workload")
+    exe = str(tmp_path / "timerpend")
+    subprocess.run(["gcc", "-O1", "-o", exe, os.path.join(HERE, "workloads", "timerpend.c")], check=True)
+    w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    img = str(tmp_path / "t.img")
+    dump_kill(w, img)
+    restore_json(img, restored)
+    time.sleep(0.3)
+    (tmp_path / "go").touch()
+    lines = _log_lines(tmp_path / "log", 5, 5)
+    assert "drained" in lines, lines
+    taken = [tuple(int(x) for x in line.split()) for line in lines[:lines.index("drained")]]
+    assert sorted((sig, val) for sig, val, _ in taken) == [(5, 66), (6, 77)], lines
+    assert all(ovr >= 5 for _, _, ovr in taken), lines  # ~30 periods since the restore
+    assert sorted(lines[lines.index("drained") + 1:]) == ["next 5 66", "next 6 77"], lines
+
+
 def test_posix_timers_come_back_under_their_ids(pidns, tmp_path, restored):
     from ckptrace.image.reader import read_image
 

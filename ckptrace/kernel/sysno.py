@@ -34,6 +34,7 @@ SYS_restart_syscall = 219
 SYS_timer_create = 222
 SYS_timer_settime = 223
 SYS_timer_gettime = 224
+SYS_clock_gettime = 228
 SYS_exit_group = 231
 SYS_tgkill = 234
 SYS_ioprio_set = 251

@@ -19,6 +19,7 @@ from ..kernel.prctl import PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAPBSET_DROP
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import libc
 from .memory import check
+from .timers import timer_of
 from ..kernel.sysno import (SYS_capset, SYS_prctl, SYS_rt_sigaction, SYS_rt_sigqueueinfo,
                             SYS_rt_tgsigqueueinfo, SYS_setgroups, SYS_setresgid, SYS_setresuid)
 
@@ -146,7 +147,8 @@ def set_dumpable(inj: Injector, dumpable: int) -> None:
 
 
 def raise_pending(inj: Injector, tgid: int, tid: int, blocked: int, thread_pending: int,
-                  shared_pending: int | None, thread_info: list[bytes] = (), shared_info: list[bytes] = ()) -> None:
+                  shared_pending: int | None, thread_info: list[bytes] = (), shared_info: list[bytes] = (),
+                  timers: set[int] = frozenset()) -> None:
     """Queue thread `tid`'s pending signals again (and, `shared_pending` not None, its process's:
     then `tid` is the leader), in their order, each with the very siginfo the image holds.
 
@@ -157,7 +159,9 @@ def raise_pending(inj: Injector, tgid: int, tid: int, blocked: int, thread_pendi
     namespace, every one came with si_pid 0. Standard signals hold one instance, RT signals
     each queued one; a pending bit without a queue entry (the kernel was out of queue space)
     is queued with what dequeuing it gave: SI_USER, no sender. `tgid`, `tid`: the image's
-    (in-namespace) ids; `blocked`: the thread's mask, already set (set_mask)."""
+    (in-namespace) ids; `blocked`: the thread's mask, already set (set_mask). An entry a POSIX
+    timer of `timers` queued (SI_TIMER, its si_timerid) is left out: that timer makes its own
+    signal pending again (restorer/timers.py fire_pending), and a copy would be a second one."""
     sends: list[tuple[bytes, bool]] = []
     for pending, queue, shared in ((thread_pending, thread_info, False), (shared_pending, shared_info, True)):
         if pending is None:
@@ -166,6 +170,9 @@ def raise_pending(inj: Injector, tgid: int, tid: int, blocked: int, thread_pendi
         for info in queue:
             signo = struct.unpack_from("<i", info)[0]
             if not 0 < signo <= 64 or not pending >> (signo - 1) & 1 or signo in (SIGKILL, SIGSTOP):
+                continue
+            if timer_of(info) in timers:
+                raised.add(signo)  # (its timer's own: not one without a queue entry either)
                 continue
             if signo >= SIGRTMIN or signo not in raised:
                 sends.append((info, shared))

@@ -14,16 +14,34 @@ from __future__ import annotations
 import functools
 import signal
 import struct
+import time
 
 from ..errors import HostUnsupported
 from ..kernel.prctl import PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, PR_TIMER_CREATE_RESTORE_IDS_ON
 from ..kernel.ptrace import Injector
 from ..objects.timers import ITIMERS, ITIMERSPEC, ITIMERVAL
 from .memory import check
-from ..kernel.sysno import SYS_prctl, SYS_setitimer, SYS_timer_create, SYS_timer_settime
+from ..kernel.sysno import SYS_clock_gettime, SYS_prctl, SYS_setitimer, SYS_timer_create, SYS_timer_settime
 
 SIGEVENT = struct.Struct("<Qiii44x")  # struct sigevent (64 bytes): value, signo, notify, _tid
 NS = 1_000_000_000
+SI_TIMER = -2  # si_code of a POSIX timer's signal; its si_timerid follows si_code and a pad
+TIMER_ABSTIME = 1
+PENDING_WAIT_S = 1.0  # for a timer armed in the past to queue its signal (microseconds, usually)
+
+
+def timer_of(info: bytes) -> int | None:
+    """The id of the POSIX timer that queued siginfo `info`, None for any other signal."""
+    if struct.unpack_from("<i", info, 8)[0] != SI_TIMER:
+        return None
+    return struct.unpack_from("<i", info, 16)[0]
+
+
+def pending_timers(timers: list[dict], queues) -> set[int]:
+    """The ids of the process's timers (recreated by apply_posix) whose own signal the image has
+    pending: an SI_TIMER entry naming them in one of `queues` (lists of siginfo)."""
+    ids = {t["id"] for t in timers}
+    return {tid for queue in queues for info in queue if (tid := timer_of(info)) in ids}
 
 
 def timerfd_abs_rearm(deadline: int, interval: int, ticks: int, now: int) -> tuple[int | None, int]:
@@ -79,7 +97,10 @@ def apply(inj: Injector, itimers: dict | None) -> None:
             check(inj.syscall(SYS_setitimer, which, addr, 0), f"setitimer({name}) in {inj.t.tid}")
 
 
-def apply_posix(inj: Injector, pid: int, timers: list[dict]) -> None:
+def apply_posix(inj: Injector, pid: int, timers: list[dict], pending: set[int] = frozenset()) -> None:
+    """timer_create each of the process's timers under its id, and arm it with what it had left;
+    those in `pending` (their signal pending in the image) are left disarmed here: fire_pending
+    arms them once the pending signals are queued."""
     if not timers:
         return
     ret = inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0)
@@ -95,7 +116,36 @@ def apply_posix(inj: Injector, pid: int, timers: list[dict]) -> None:
                 mem.write(struct.pack("<i4x", t["id"]))
                 mem.write(ITIMERSPEC.pack(t["interval"] // NS, t["interval"] % NS, t["value"] // NS, t["value"] % NS))
                 check(inj.syscall(SYS_timer_create, t["clock"], addr, id_addr), f"timer_create(id {t['id']}) in {pid}")
-                if t["value"]:
+                if t["value"] and t["id"] not in pending:
                     check(inj.syscall(SYS_timer_settime, t["id"], 0, spec_addr, 0), f"timer_settime({t['id']}) in {pid}")
     finally:
         inj.syscall(SYS_prctl, PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0)
+
+
+def fire_pending(inj: Injector, pid: int, timers: list[dict], peek) -> None:
+    """Make each timer of `timers` (created by apply_posix, its signal pending in the image) pend
+    its own signal, as the kernel had it, and leave it with its time left and interval.
+
+    The image's SI_TIMER entry is not queued again (creds.raise_pending skips it): an ordinary
+    queued copy beside the re-armed timer's own signal was two deliveries where the kernel had
+    one (a periodic timer whose signal is pending is not re-armed until it is delivered, which
+    then counts the overrun). Instead the timer is armed TIMER_ABSTIME at a date already past,
+    on its own clock as the task reads it (injected clock_gettime: a CPU-time clock is the
+    restored task's): it fires at once and its signal is pending, and being periodic it is
+    re-armed when that signal is delivered, from that date on by its interval, so that its next
+    expiry is the image's time left from now (date = now + left - interval). `peek(timer)`: the
+    queue its signal goes to (PTRACE_PEEKSIGINFO), watched until the entry is there. The thread's
+    mask must block the signal meanwhile (the caller blocks everything)."""
+    with inj.scratch(ITIMERSPEC.size) as (addr, mem):
+        for t in timers:
+            check(inj.syscall(SYS_clock_gettime, t["clock"], addr), f"clock_gettime({t['clock']}) in {pid}")
+            mem.seek(addr)
+            sec, nsec = struct.unpack("<qq", mem.read(16))
+            date = max(1, sec * NS + nsec + t["value"] - t["interval"])  # (0 would disarm it)
+            mem.seek(addr)
+            mem.write(ITIMERSPEC.pack(t["interval"] // NS, t["interval"] % NS, date // NS, date % NS))
+            check(inj.syscall(SYS_timer_settime, t["id"], TIMER_ABSTIME, addr, 0), f"timer_settime({t['id']}) in {pid}")
+            # Bounded: a standard signal already pending in that queue takes no second entry.
+            deadline = time.monotonic() + PENDING_WAIT_S
+            while not any(timer_of(info) == t["id"] for info in peek(t)) and time.monotonic() < deadline:
+                time.sleep(0.0005)
