@@ -665,6 +665,9 @@ class _Lines:
     def __init__(self, out, give_up=lambda: False):
         self.out = out
         self.pending: list[str] = []
+        # the reader went away (`| head`: a broken pipe) or the terminal hung up (EIO): watch
+        # stops as it does on SIGTERM, and what comes after is dropped
+        self.closed = False
         # asked while the reader is not reading: True when watch is to stop (SIGTERM, Ctrl-C,
         # --duration), and the lines not written yet are to be dropped (see _write)
         self.give_up = give_up
@@ -679,15 +682,24 @@ class _Lines:
             self.flush()
 
     def flush(self) -> None:
+        if self.closed:
+            self.pending.clear()
+            return
         try:
             if self.pending:
                 text = "".join(self.pending)
                 self.pending.clear()
                 self._write(text)
             self.out.flush()
-        except BrokenPipeError:
-            raise  # (the reader went away: its own ending, see cli.main)
-        except OSError as exc:  # a full disk, an I/O error: say where (a bare ENOSPC said nothing)
+        except OSError as exc:
+            if _reader_gone(exc, self.out):
+                # Nobody reads any more (`watch --json | head -2`, a closed terminal): that ends
+                # watch like a stop, status 0 and the summary on stderr, as other filters end at
+                # a closed pipe; it used to end on BrokenPipeError, status 141 and no summary.
+                self.closed = True
+                _silence(self.out)
+                raise Stop() from None
+            # a full disk, an I/O error: say where (a bare ENOSPC said nothing)
             raise from_oserror(exc, "writing the events to standard output") from None
 
     def _write(self, text: str) -> None:
@@ -735,6 +747,47 @@ class _Lines:
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         return poller, (256 if stat.S_ISCHR(mode) else self.CHUNK)
+
+
+def _reader_gone(exc: OSError, out) -> bool:
+    """Whether a failed write to `out` means its reader is gone for good: a pipe or socket
+    nobody reads (EPIPE), or a terminal that hung up (its window closed, an ssh connection
+    dropped: writes give EIO from then on)."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    if exc.errno != errno.EIO:
+        return False
+    try:
+        # (not isatty: a terminal that hung up answers its ioctl with EIO too)
+        return stat.S_ISCHR(os.fstat(out.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _silence(out) -> None:
+    """/dev/null in place of the file descriptor under `out` (stdout or stderr) once its reader
+    is gone: what Python still holds in its buffer, flushed at exit, would fail again there (an
+    "Exception ignored" message and exit status 120)."""
+    try:
+        fd = out.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def _note(line: str) -> None:
+    """One line on stderr, which may be the terminal that hung up: then nothing is said (and no
+    traceback follows)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        _silence(sys.stderr)
 
 
 class JsonLines(_Lines):
@@ -860,7 +913,7 @@ def main(args) -> int:
             model.status = f"{base_status}, {priority.describe()}"
             ctl.late = late
             if mode != "live":
-                print(f"ckptrace watch: watching {what}: {model.status}", file=sys.stderr, flush=True)
+                _note(f"ckptrace watch: watching {what}: {model.status}")
             if mode == "live":
                 _run_live(ctl, model, args)
             else:
@@ -890,13 +943,13 @@ def main(args) -> int:
         lost = dict(model.lost or {})
         unattributed = lost.pop("unattributed", 0)
         if any(lost.values()):
-            print(f"ckptrace watch: lost events: {lost}", file=sys.stderr)
+            _note(f"ckptrace watch: lost events: {lost}")
         if unattributed:
             # not events: pages whose mapping nobody could say (short-lived processes: docs/watch.md)
-            print(f"ckptrace watch: {unattributed} written pages could not be placed on a mapping", file=sys.stderr)
+            _note(f"ckptrace watch: {unattributed} written pages could not be placed on a mapping")
         if priority.raised:
-            print(f"ckptrace watch: the controller fell behind at idle priority and was raised to normal "
-                  f"priority {priority.raised}x", file=sys.stderr)
+            _note(f"ckptrace watch: the controller fell behind at idle priority and was raised to normal "
+                  f"priority {priority.raised}x")
     return 0
 
 
@@ -977,8 +1030,8 @@ def _run_stream(ctl: Controller, args, lines: _Lines) -> None:
         next_look[0] = now + HOUSEKEEP_SECONDS
         if ctl.focus_gone():
             # said once, on stderr (stdout stays events): a script waiting on events would wait on
-            print(f"ckptrace watch: pid namespace {args.pidns} has no process left: nothing more will "
-                  "come from it", file=sys.stderr, flush=True)
+            _note(f"ckptrace watch: pid namespace {args.pidns} has no process left: nothing more will "
+                  "come from it")
             next_look[0] = float("inf")
 
     _loop(ctl, args, tick)
@@ -996,7 +1049,7 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
     dumps = BackgroundDump()
     next_render = [0.0]
 
-    with keys, Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+    with keys, _HangupStops(console), Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
         def tick():
             for k in keys.read():
                 action = handle_key(sel, model, k)
@@ -1014,6 +1067,25 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
                 next_render[0] = now + RENDER_SECONDS
 
         _loop(ctl, args, tick)
+
+
+class _HangupStops:
+    """Around the dashboard: its terminal hung up (the window closed, an ssh connection dropped).
+    SIGHUP asks for a stop, but a redraw can meet the dead terminal before the loop sees the
+    request, and leaving the alternate screen always does: writes to it fail with EIO. That is a
+    stop too (status 0, programs detached), not a traceback."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if isinstance(exc, OSError) and _reader_gone(exc, self.console.file):
+            _silence(self.console.file)  # (rich may still hold the frame it could not write)
+            raise Stop() from None
+        return False
 
 
 class BackgroundDump:
@@ -1087,6 +1159,11 @@ class _Keys:
             old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
             try:
                 termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            except termios.error as err:
+                # a terminal that hung up has no modes left to restore (EIO): watch is ending
+                # because of it, quietly
+                if err.args[0] != errno.EIO:
+                    raise
             finally:
                 signal.signal(signal.SIGTTOU, old)
 

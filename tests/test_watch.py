@@ -1123,3 +1123,95 @@ def test_a_full_standard_output_is_named_in_one_line_and_nothing_stays_loaded(pi
                                          "ENOSPC (No space left on device)"), p.stderr
     assert [line for line in subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True).stdout.splitlines()
             if "ckpt_" in line] == []
+
+
+def _watch_on_a_pty(argv: list[str], *, stderr_too: bool, stderr_path: str, shown: float = 6.0):
+    """Run `argv` (watch's dashboard) on a new pty, read what it draws for `shown` seconds, then
+    close the master as a terminal window does: (exit status, the programs it had loaded)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin and stdout the pty, stderr the file unless stderr_too
+        try:
+            os.chdir(ROOT)
+            if not stderr_too:
+                err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(err, 2)
+            os.execv(PY, [PY, "-m", "ckptrace", *argv])
+        finally:
+            os._exit(127)
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        progs: dict = {}
+        deadline = time.monotonic() + shown
+        while time.monotonic() < deadline:
+            if not progs:
+                progs.update(programs_of(pid))
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    os.read(fd, 65536)
+                except OSError:
+                    break
+        assert progs, "watch never loaded its programs"
+    finally:
+        os.close(fd)  # the hang-up: SIGHUP, and every write to the terminal fails with EIO
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), progs
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("watch still running 30 s after its terminal hung up")
+        time.sleep(0.1)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stderr-a-file", "stderr-the-terminal"])
+def test_a_terminal_that_hangs_up_under_the_dashboard_is_a_quiet_stop(pidns, tmp_path, stderr_too):
+    """Closing the dashboard's terminal (window closed, ssh dropped) ended watch with a traceback
+    and status 1: rich's last write and the restoring of the terminal's modes failed with EIO.
+    Now: SIGHUP's stop, status 0, programs gone, the summary still on a stderr that works."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
+    err = str(tmp_path / "err")
+    status, progs = _watch_on_a_pty(["watch", "--pidns", str(work.ns)], stderr_too=stderr_too, stderr_path=err)
+    text = "" if stderr_too else open(err).read()
+    assert status == 0, text
+    assert "Traceback" not in text and "Error" not in text, text
+    assert still_loaded(progs) == []
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("fmt", ["--json", "--plain"])
+def test_a_reader_that_goes_away_ends_watch_quietly_with_status_0(pidns, fmt):
+    """`watch --json | head -2`: the closed pipe ended watch with BrokenPipeError, status 141 and
+    no summary. Now it is a stop like SIGTERM: status 0, stderr as usual, programs detached."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.1; /bin/true; done"])
+    r_fd, w_fd = os.pipe()
+    watch = subprocess.Popen([PY, "-m", "ckptrace", "watch", fmt, "--pidns", str(work.ns), "--duration", "30"],
+                             cwd=ROOT, stdout=w_fd, stderr=subprocess.PIPE, text=True)
+    os.close(w_fd)
+    try:
+        assert "watching" in watch.stderr.readline()
+        progs = programs_of(watch.pid)
+        with os.fdopen(r_fd, "rb") as reader:
+            got = b""
+            while got.count(b"\n") < 2:
+                chunk = reader.read1(4096)
+                assert chunk, "watch closed its output"
+                got += chunk
+        # the reader is gone: the next lines meet a closed pipe
+        err = watch.stderr.read()
+        assert watch.wait(timeout=20) == 0, err
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+    assert still_loaded(progs) == []
