@@ -317,8 +317,9 @@ class Controller:
                 if not exiting_ok:
                     return None
                 gone = True
+        at = time.monotonic_ns()  # (before the read: what it shows is at least that recent)
         return self.model.seed_proc(hostpid, nspid, ino, ppid=st.ppid, comm=st.raw.get("Name", ""),
-                                    maps=_maps(hostpid) if maps and not gone else [])
+                                    maps=_maps(hostpid) if maps and not gone else [], maps_at=at)
 
     def seed_all(self) -> None:
         for ino, pids in _watched_namespaces(self.host, self.focus).items():
@@ -566,7 +567,8 @@ class Controller:
             fill = hostpid in self.execd
             self.execd.discard(hostpid)
             if alive:
-                (self.model.fill_maps if fill else self.model.set_maps)(p, _maps(hostpid))
+                at = time.monotonic_ns()
+                (self.model.fill_maps if fill else self.model.set_maps)(p, _maps(hostpid), at=at)
 
     def _hold_early(self, drained: dict, final: bool) -> dict:
         """Drained pages, less those written in an mm generation whose event has not been read

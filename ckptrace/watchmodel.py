@@ -30,6 +30,7 @@ DEAD_SECONDS = 5.0
 TOMB_INDEX_MIN = 64  # tombstones from which a drain indexes them (TombIndex) rather than scanning
 RECENT = 300
 OWED_NS = 100_000_000  # how late another thread's munmap may come (see Model.apply)
+RENAME_EXEC_NS = 1_000_000_000  # an exec's rename comes at most this long before its exec record
 
 
 _LIVE = 1 << 62  # Vma.died of a mapping that has not died
@@ -114,6 +115,10 @@ class Proc:
     heap_shrunk: int = -1  # generation of the last brk shrink
     gen: int = 0  # mm generation, as the kernel counts it (events carry it)
     exec_gen: int = 0  # the generation its last exec began (the mappings exec made are that old)
+    # CLOCK_MONOTONIC ns at which the table was last read from /proc (0: never), and the ts of its
+    # last rename (exec renames the process just before its exec record): see apply's "exec"
+    maps_at: int = 0
+    renamed: int = 0
     tombstones: list[tuple[float, Vma]] = field(default_factory=list)
 
     def dirty_pages(self) -> int:
@@ -314,8 +319,9 @@ class Model:
         return ns
 
     def seed_proc(self, hostpid: int, pid: int, ns: int, *, ppid: int = 0, comm: str = "",
-                  maps: list[tuple[int, int, int, str]] = ()) -> Proc:
-        """A process found in /proc (at start, or when an event names one we have not seen)."""
+                  maps: list[tuple[int, int, int, str]] = (), maps_at: int = 0) -> Proc:
+        """A process found in /proc (at start, or when an event names one we have not seen);
+        `maps_at`: when `maps` was read (CLOCK_MONOTONIC ns, as the events' ts)."""
         self.add_namespace(ns)
         p = self.procs.get(hostpid)
         if p is None or not p.alive:
@@ -324,14 +330,15 @@ class Model:
         p.ppid = ppid or p.ppid
         p.comm = comm or p.comm
         if maps:
-            self.set_maps(p, maps)
+            self.set_maps(p, maps, at=maps_at)
         return p
 
-    def set_maps(self, p: Proc, maps: list[tuple[int, int, int, str]]) -> None:
-        """Replace the VMA table with /proc's view, keeping dirt on pages still mapped, and the
-        lineage of the mapping a piece overlaps (pages written before an mprotect and drained
-        after this still find their heir)."""
+    def set_maps(self, p: Proc, maps: list[tuple[int, int, int, str]], *, at: int = 0) -> None:
+        """Replace the VMA table with /proc's view (read at `at`, CLOCK_MONOTONIC ns), keeping
+        dirt on pages still mapped, and the lineage of the mapping a piece overlaps (pages
+        written before an mprotect and drained after this still find their heir)."""
         old = p.vmas
+        p.maps_at = at
         p.vmas = []
         for start, end, prot, path in sorted(maps):
             v = Vma(start, end, prot, path, born=p.gen, lineage=0)
@@ -344,12 +351,13 @@ class Model:
             if path == "[heap]" and not p.brk:
                 p.brk = end
 
-    def fill_maps(self, p: Proc, maps: list[tuple[int, int, int, str]]) -> None:
+    def fill_maps(self, p: Proc, maps: list[tuple[int, int, int, str]], *, at: int = 0) -> None:
         """Add /proc's mappings where the table has none, after an exec: the mappings exec made
         itself (program, loader, stack) come with no event, while those made since by mm calls
         are in the table from their events, with their own generations, which /proc's view
         (merged by the kernel, and only as it is now) would lose. What is added is as old as the
-        exec."""
+        exec. `at`: when `maps` was read."""
+        p.maps_at = at or p.maps_at
         for start, end, prot, path in sorted(maps):
             for a, b in p.uncovered(start, end):
                 bisect.insort(p.vmas, Vma(a, b, prot, path, born=p.exec_gen, lineage=next(self._lineage)),
@@ -453,14 +461,26 @@ class Model:
                 child.ppid = p.hostpid
             child.forked = True
         elif kind == "exec":
-            p.bury(p.vmas, now)
+            # A table read from /proc after this exec had replaced the address space is the new
+            # program's (a process first met at the exec's rename, which comes just before, or
+            # found by a drain or a discover record while this record waited in the ring): not
+            # the old one to bury. Buried, its mappings were tombstones of the very ranges fill_maps
+            # then adds again, and the pages execve itself wrote (the new stack, the program's
+            # and ld.so's data: the old generation's) were reported `gone` on them. Dropped, it
+            # is read again as of the exec (the controller re-reads every exec'd table).
+            ts = ev.get("ts", 0)
+            since = p.renamed if p.renamed and 0 <= ts - p.renamed < RENAME_EXEC_NS else ts
+            if not (p.maps_at and p.maps_at >= since):
+                p.bury(p.vmas, now)
             p.vmas = []
+            p.maps_at = p.renamed = 0
             p.brk = p.heap_freed_to = 0
             p.heap_shrunk = -1
             p.exec_gen = p.gen
             p.comm = ev["comm"]
         elif kind == "rename":
             p.comm = ev["comm"]
+            p.renamed = ev.get("ts", 0)
             return None
         elif kind == "exit":
             self._died(p, ev["code"], now)

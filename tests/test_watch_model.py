@@ -1217,6 +1217,73 @@ def test_a_process_met_at_its_exec_gets_the_pages_execve_wrote_once(model):
         child.wait()
 
 
+def test_a_table_read_from_proc_after_an_exec_is_not_buried_by_that_exec(model):
+    """A table seeded from /proc after the process exec'd, with its exec record still in the
+    ring (met at the exec's rename, or by a drain): the exec took it for the old program's and
+    buried it, so pages execve wrote (old generation) went to tombstones of the very ranges
+    fill_maps then added live: `dirty` with `gone` for mappings that still exist."""
+    X, S = 0x555500000000, 0x7FFF00000000  # the new program's .data, its stack
+    new = [(X, X + 2 * P, 3, "/bin/x"), (S, S + 8 * P, 3, "[stack]")]
+    model.seed_proc(101, 2, NS, comm="sh", maps=new, maps_at=5000)
+    model.apply(ev("exec", hostpid=101, pid=2, comm="x", ts=4000), gen=7)  # before the /proc read
+    p = model.procs[101]
+    assert p.tombstones == []
+    model.fill_maps(p, new, at=6000)
+    out = model.add_dirty_masks(101, [(0, X >> 12, 0b1), (0, S >> 12, 0b10000000), (7, S >> 12, 0b1)], ts=1)
+    assert sorted((e["start"], e["pages"], e.get("gone", False)) for e in out) == [(X, 1, False), (S, 2, False)]
+
+
+def test_an_exec_met_at_its_rename_does_not_bury_the_table_read_after_the_rename(model):
+    """exec renames the process (rename record) once the new address space is in place, then
+    its exec record follows: a process first met at that rename is read from /proc after the
+    rename, i.e. already with the new program's table, though before the exec's own ts."""
+    S = 0x7FFF00000000
+    new = [(S, S + 8 * P, 3, "[stack]")]
+    model.apply(ev("rename", hostpid=101, pid=2, comm="x", ts=3000))
+    model.seed_proc(101, 2, NS, comm="x", maps=new, maps_at=3500)
+    model.apply(ev("exec", hostpid=101, pid=2, comm="x", ts=4000), gen=7)
+    assert model.procs[101].tombstones == []
+    # a table read before the exec is the old program's: buried as ever
+    model.seed_proc(102, 3, NS, comm="y", maps=new, maps_at=3500)
+    model.apply(ev("exec", hostpid=102, pid=3, comm="z", ts=4000), gen=8)
+    assert [(t.start, t.died) for _, t in model.procs[102].tombstones] == [(S, 8)]
+
+
+def test_a_process_met_at_its_execs_rename_gets_the_pages_execve_wrote_once(model):
+    """The controller meets a child first at its exec's rename record (the child ran before its
+    parent's clone returned): /proc, read then, already shows the exec's table. The pages execve
+    wrote on the new stack (the old generation) were reported `gone` on a tombstone of the live
+    stack's very range."""
+    import subprocess
+    import time
+
+    from ckptrace.watch import Controller
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        while "sleep" not in os.readlink(f"/proc/{child.pid}/exe"):
+            time.sleep(0.01)
+        with open(f"/proc/{child.pid}/maps") as f:
+            stack = next(line for line in f if line.rstrip().endswith("[stack]"))
+        lo, hi = (int(x, 16) for x in stack.split()[0].split("-"))
+        prog = DrainProg()
+        out: list[dict] = []
+        ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
+        E, c = bpfload.abi().structs["ckpt_event"], bpfload.abi().consts
+        ctl.on_record(E(ts=4, ns=NS, type=c["CKPT_EV_RENAME"], hostpid=child.pid, pid=7, comm=b"sleep"))
+        ctl.on_record(E(ts=5, ns=NS, type=c["CKPT_EV_EXEC"], hostpid=child.pid, pid=7, seq=10, newgen=1,
+                        comm=b"sleep"))
+        top = (hi >> 12) - 1
+        prog.pages = {child.pid: [(0, top & ~63, 1 << (top & 63)), (11, (top - 1) & ~63, 1 << ((top - 1) & 63))]}
+        ctl.drain()
+        assert ctl.failure is None
+        dirty = [(e["start"], e["end"], e["pages"], e.get("gone", False)) for e in out if e["event"] == "dirty"]
+        assert dirty == [(lo, hi, 2, False)]
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_child_that_is_a_zombie_when_its_first_record_is_read_still_has_its_fork_first(model):
     """A short-lived child's exec record read while it is a zombie (exited, not reaped): /proc
     still names its parent, so the fork is reported before its exec (it came after, from the
