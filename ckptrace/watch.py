@@ -361,6 +361,7 @@ class Controller:
         ns, pid = e.ns, e.pid
         replay: list = []  # a child's records that came before its fork record (see "fork")
         if kind == "discover" or not ns or not pid:
+            met = e.hostpid not in self.model.procs
             where = self.resolve(e.hostpid)
             if where is None:
                 if e.hostpid not in self.ignored:
@@ -369,6 +370,13 @@ class Controller:
                     self._keep_unplaced(e)
                 return
             ns, pid = where
+            child = self.model.procs.get(e.hostpid) if met and kind != "fork" else None
+            if child is not None:
+                # First met here, placed from /proc (a child of a process in a namespace the
+                # kernel side did not know yet: the first children of a namespace made while
+                # watch runs): its fork, like that of a child met at its first placed event
+                # below, comes now, before anything it did.
+                self._fork_before(child, e.ts)
             if kind == "discover":
                 return
         if ns in self.ended and not self._member(e.hostpid, ns):

@@ -1623,3 +1623,34 @@ def test_exited_tasks_give_way_to_live_ones_when_the_tree_does_not_fit(model):
         model.apply(ev("fork", child=i, _childhost=100 + i))
     out = text_of(render(model, Selection(), width=120, height=30), width=120, height=30)
     assert re.search(r"… \d+ more", out), out
+
+
+def test_a_child_placed_from_proc_at_its_first_record_gets_its_fork_first(model):
+    """In a namespace made while an all-namespaces watch runs, the first children's records come
+    unplaced (ns 0: the kernel side did not know the namespace yet) and the controller places
+    them from /proc. The child's exec came out before its parent's fork (that path seeded the
+    child without reporting the fork first); now the fork comes first, once."""
+    from ckptrace.kernel import procfs
+    from ckptrace.watch import Controller
+
+    me = os.getpid()
+    real = procfs.ns_inode(me)
+    model.seed_proc(me, 1, real, comm="pytest")
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        while "sleep" not in os.readlink(f"/proc/{child.pid}/exe"):
+            __import__("time").sleep(0.01)
+        out = []
+        ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+        E = bpfload.abi().structs["ckpt_event"]
+        c = bpfload.abi().consts
+        ctl.on_record(E(ts=6, ns=0, pid=0, type=c["CKPT_EV_DISCOVER"], hostpid=child.pid))
+        ctl.on_record(E(ts=7, ns=0, pid=0, type=c["CKPT_EV_EXEC"], hostpid=child.pid, seq=10, newgen=1,
+                        comm=b"sleep"))
+        ctl.on_record(E(ts=8, ns=real, pid=1, type=c["CKPT_EV_FORK"], hostpid=me, a0=2, a1=child.pid))
+        assert ctl.failure is None
+        assert [(e["event"], e["hostpid"]) for e in out] == [("fork", me), ("exec", child.pid)]
+        assert out[0]["child"] == model.procs[child.pid].pid and out[0]["ts"] == 6
+    finally:
+        child.kill()
+        child.wait()
