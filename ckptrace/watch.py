@@ -657,7 +657,7 @@ class Controller:
                 # Pages held for their records are kept: taken before the reset, they may still
                 # have been written after the dump's release; counted dirty, the next dump takes
                 # them once more, while lost they would be missing from "dirty since the dump".
-                self.model.reset_dirty(ino)
+                self.emit(self.model.dumped(ino, stamp))
 
 
 _INT_ONLY = {int}

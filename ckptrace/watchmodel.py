@@ -661,13 +661,33 @@ class Model:
             del self.procs[hp]
         self.namespaces.pop(ino, None)
 
-    def reset_dirty(self, ino: int) -> None:
-        """The namespace was just dumped: nothing is dirty relative to that checkpoint."""
+    def reset_dirty(self, ino: int) -> int:
+        """The namespace was just dumped: nothing is dirty relative to that checkpoint. Returns
+        how many pages of live mappings were dirty until then."""
+        cleared = 0
         for p in self.ns_procs(ino):
             for v in p.vmas:
+                cleared += len(v.dirty)
                 v.dirty.clear()
             for _, v in p.tombstones:
                 v.dirty.clear()
+        return cleared
+
+    def dumped(self, ino: int, ts: int) -> dict:
+        """Namespace `ino` was dumped at `ts` (its notify stamp, CLOCK_MONOTONIC ns): its dirty
+        counts start again from nothing, and the `dump` event returned says so, so that a reader
+        adding up `dirty` pages knows where to start again. It names the namespace's init (pid 1;
+        hostpid 0 when the model does not know it); `pages`: the dirty pages the reset cleared."""
+        cleared = self.reset_dirty(ino)
+        init = self.init_of(ino)
+        hostpid = init.hostpid if init is not None and init.pid == 1 else 0
+        ev = {"event": "dump", "pid": 1, "hostpid": hostpid, "ns": ino, "ts": ts, "pages": cleared}
+        ns = self.add_namespace(ino)
+        ns.events += 1
+        ns.window.append(self.clock())
+        self.counts["dump"] += 1
+        self.recent.append(ev)
+        return ev
 
     def take_exited(self) -> list[Proc]:
         """Processes whose exit was applied since the last call."""

@@ -535,6 +535,25 @@ def test_a_dump_of_the_namespace_resets_its_dirty_pages(model, tmp_path):
     assert model.procs[100].dirty_pages() == 0
 
 
+def test_a_dump_of_the_namespace_is_one_event_naming_its_init_and_the_pages_cleared(model, tmp_path):
+    """A --json reader adding up `dirty` pages could not tell when a dump had reset them: a
+    `dump` event now says so, once per dump, with the common fields (pid 1, init's host pid)."""
+    from ckptrace import notify
+    from ckptrace.watch import Controller
+
+    out: list[dict] = []
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
+    ctl.dumps_dir = str(tmp_path)
+    model.add_dirty(100, [0x600000, 0x601000, 0x602000], ts=1)
+    ctl.check_dumps()
+    assert out == []  # no dump yet
+    notify.dump_done(NS, base=str(tmp_path), stamp_ns=12345)
+    ctl.check_dumps()
+    ctl.check_dumps()  # the same stamp again: nothing more
+    assert out == [{"event": "dump", "pid": 1, "hostpid": 100, "ns": NS, "ts": 12345, "pages": 3}]
+    assert model.recent[-1] == out[0]
+
+
 def test_controller_turns_kernel_records_into_report_dicts(model):
     """A ckpt_event as the ring buffer delivers it becomes exactly the issue's JSON fields."""
     from ckptrace.watch import Controller
