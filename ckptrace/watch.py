@@ -906,6 +906,7 @@ def main(args) -> int:
         prog.open_events(ctl.on_record)
         ctl.seed_all()
         what = f"pid namespace {args.pidns}" if args.pidns else "every non-host pid namespace"
+        model.faults = prog.faults
         model.status = (f"{len(prog.attached)} tracepoints attached"
                         + ("" if prog.faults else ", write faults off (--no-faults)"))
         priority = CpuPriority(args.priority)

@@ -310,6 +310,7 @@ class Model:
         self.exited: list[Proc] = []  # exited since the last take_exited(), tombstones still kept
         self._lineage = itertools.count(1)
         self.status = "starting"
+        self.faults = True  # write faults are traced (not `--no-faults`): dirty counts mean something
 
     # -- setup -------------------------------------------------------------------------------------
     def add_namespace(self, ino: int) -> Namespace:

@@ -27,6 +27,7 @@ def _literal(text: str) -> Text:
     return Text(terminal_safe(text))
 
 BAR = 20
+OFF = "off"  # a dirty count or heat bar without write-fault tracing (--no-faults)
 HEAT = ["green", "yellow", "dark_orange", "red"]
 
 
@@ -166,7 +167,7 @@ def _ns_table(model: Model, sel: Selection, now: float, rows: int) -> Table:
         init = model.init_of(ino)
         t.add_row("▶" if ino == current else " ", str(ino),
                   _literal(f"{init.pid} {init.comm}") if init else "-", str(len(procs)),
-                  f"{ns.rate(now):.1f}", str(sum(p.dirty_pages() for p in procs)),
+                  f"{ns.rate(now):.1f}", _dirt(model, sum(p.dirty_pages() for p in procs)),
                   style="reverse" if ino == current else None)
     if not model.namespaces:
         t.add_row("", "(no watched namespace yet)", "", "", "", "")
@@ -197,7 +198,7 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
         name = "  " * depth + ("└ " if depth else "") + (p.comm or "?")
         if not p.alive:  # exited († and its status) or gone, before the name, which may be cut
             name = "  " * depth + ("└ " if depth else "") + (f"†{p.code} " if p.code is not None else "(gone) ") + (p.comm or "?")
-        t.add_row(str(p.pid), str(p.hostpid), _literal(name), str(p.dirty_pages()),
+        t.add_row(str(p.pid), str(p.hostpid), _literal(name), _dirt(model, p.dirty_pages()),
                   style="reverse" if i == chosen else ("grey50" if not p.alive else None))
     if len(shown) < len(tree):
         seen = {i for i, _ in shown}
@@ -207,10 +208,17 @@ def _tree(model: Model, sel: Selection, rows: int) -> Table:
     return t
 
 
-def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
+def _dirt(model: Model, pages: int) -> str:
+    """A dirty-page count as shown: "off" without write-fault tracing (`--no-faults`), where a 0
+    would claim that nothing was written."""
+    return str(pages) if model.faults else OFF
+
+
+def _vmas(p: Proc | None, rows: int, width: int = 120, faults: bool = True) -> Table:
     """The VMA table for a panel `width` columns wide inside: start, prot, size, dirty and the
     heat bar always show (the bar narrower when it must); `end` and the path when there is room
-    (at 80 columns the dirt used to be what got cut off)."""
+    (at 80 columns the dirt used to be what got cut off). Without `faults` (no write-fault
+    tracing) the dirty and heat cells say "off"."""
     fixed = 14 + 4 + 6 + 5 + 4 * 2  # start, prot, size, dirty and the gaps after them
     room = width - fixed
     show_end = room >= 16 + BAR + 7 + 2 + 12  # only with the whole heat bar and some path beside it
@@ -220,6 +228,8 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
             ("prot", 4, lambda v: prot_str(v.prot)), ("size", 6, lambda v: human(v.end - v.start)),
             ("dirty", 5, lambda v: str(len(v.dirty))),
             ("heat", bar + 7, lambda v: heat_bar(len(v.dirty), v.pages, bar)), ("path", 4, lambda v: _literal(v.path))]
+    if not faults:
+        cols = [(c, w, (lambda v: OFF) if c in ("dirty", "heat") else cell) for c, w, cell in cols]
     if not show_end:
         cols = [c for c in cols if c[0] != "end"]
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
@@ -236,7 +246,8 @@ def _vmas(p: Proc | None, rows: int, width: int = 120) -> Table:
     for v in vmas:
         t.add_row(*(cell(v) for _, _, cell in cols))
     if hidden:  # their count, and their dirty pages in the dirty column
-        t.add_row(*(f"… {len(hidden)} more" if col == "start" else str(sum(len(v.dirty) for v in hidden))
+        t.add_row(*(f"… {len(hidden)} more" if col == "start" else
+                    (str(sum(len(v.dirty) for v in hidden)) if faults else OFF)
                     if col == "dirty" else "" for col, _, _ in cols), style="grey50")
     return t
 
@@ -286,13 +297,13 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
         tree_rows = max(2, (upper - 2) // 3)
         layout["mid"].split_column(
             Layout(Panel(_tree(model, sel, tree_rows), title="tasks"), size=tree_rows + 3),
-            Layout(Panel(_vmas(p, upper - tree_rows - 4, width - 4), title=title)),
+            Layout(Panel(_vmas(p, upper - tree_rows - 4, width - 4, model.faults), title=title)),
         )
     else:
         tasks_w = max(30, width // 3)
         layout["mid"].split_row(
             Layout(Panel(_tree(model, sel, upper - 1), title="tasks"), size=tasks_w),
-            Layout(Panel(_vmas(p, upper - 1, width - tasks_w - 4), title=title)),
+            Layout(Panel(_vmas(p, upper - 1, width - tasks_w - 4, model.faults), title=title)),
         )
     recent = list(model.recent)[-events_rows:]
     layout["log"].update(Panel(Group(*[Text(event_line(e), no_wrap=True, overflow="ellipsis") for e in recent]),

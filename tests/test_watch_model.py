@@ -1673,3 +1673,17 @@ def test_a_child_placed_from_proc_at_its_first_record_gets_its_fork_first(model)
     finally:
         child.kill()
         child.wait()
+
+
+def test_without_write_faults_the_dashboard_says_off_rather_than_nothing_written(model):
+    """`--no-faults` traces no write fault, yet the dashboard showed every dirty column as 0 and
+    every heat bar at 0.0 %: as if nothing had been written. They say "off" instead."""
+    model.faults = False
+    out = text_of(render(model, Selection(), width=140, height=40))
+    assert "0.0%" not in out
+    namespaces_row = next(line for line in out.splitlines() if str(NS) in line and "init" in line)
+    assert namespaces_row.rstrip(" │").endswith("off"), namespaces_row
+    heap_row = next(line for line in out.splitlines() if "[heap]" in line and "0x600000" in line)
+    assert heap_row.count("off") == 2, heap_row  # dirty and heat
+    model.faults = True
+    assert "0.0%" in text_of(render(model, Selection(), width=140, height=40))
