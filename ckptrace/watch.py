@@ -34,6 +34,7 @@ FINAL_READ_SECONDS = 1.0  # at exit, the records sent before the stop are read f
 RENDER_SECONDS = 0.125  # 8 refreshes a second
 HOUSEKEEP_SECONDS = 1.0
 STALE_SECONDS = 1.0  # a VMA table to re-read waits this long at most for the rings to be read up
+MERGE_SECONDS = 1.0  # a process's table is read for the kernel's merges at most this often
 
 NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
 MAP_FIXED = 0x10  # (MAP_FIXED_NOREPLACE never lands on a mapping)
@@ -251,6 +252,13 @@ class Controller:
         # table /proc completes rather than replaces (Model.fill_maps)
         self.stale: dict[int, float] = {}
         self.execd: set[int] = set()
+        # processes whose mappings the kernel may have merged (mprotect, mremap): host pid -> when
+        # that was found; /proc is asked at a later drain (_check_merges), at most once per
+        # MERGE_SECONDS each (merge_read: host pid -> when it last was). merge_wait: those whose
+        # pages wait for the check, which waits for the rings to be read up
+        self.merge_due: dict[int, float] = {}
+        self.merge_read: dict[int, float] = {}
+        self.merge_wait: set[int] = set()
         # drained pages whose mm events are still in the rings: (host pid, chunk)
         self.held: list[tuple[int, tuple[int, int, int]]] = []
         self.budget = sys.maxsize  # records on_record may still take in this poll
@@ -405,6 +413,8 @@ class Controller:
                 # failed part-way (see bpf/watch.bpf.c): which part changed, /proc will say
                 ev["error"] = _errno_name(e.code)
                 self._mark_stale(hostpid)
+            elif kind == "mprotect":
+                self.merge_due.setdefault(hostpid, time.monotonic())  # the kernel may have joined pieces
             out = self.model.apply(ev, gen=gen, tid=e.hosttid, fixed=bool(e.a3 & MAP_FIXED))
         elif kind == "munmap":
             ev["addr"], ev["len"] = e.a0, e.a1
@@ -458,6 +468,7 @@ class Controller:
                     self.ended.add(ns)  # the kernel kills the rest with it
             elif kind == "mremap":
                 ev.update(addr=e.a0, len=e.a1, new_addr=e.a2, new_len=e.a3)
+                self.merge_due.setdefault(hostpid, time.monotonic())
             elif kind == "madvise":
                 ev.update(addr=e.a0, len=e.a1, advice=e.a2)
                 if e.code:  # applied up to a hole in the range
@@ -531,6 +542,7 @@ class Controller:
         # its pages lost.
         self.prog.read_sent(max_s=DRAIN_READ_SECONDS)
         self._reread_stale(final)
+        self._check_merges(final)
         drained = self._hold_early(drained, final)
         for hostpid, chunks in drained.items():
             if hostpid not in self.model.procs:
@@ -576,7 +588,37 @@ class Controller:
             self.execd.discard(hostpid)
             if alive:
                 at = time.monotonic_ns()
-                (self.model.fill_maps if fill else self.model.set_maps)(p, _maps(hostpid), at=at)
+                maps = _maps(hostpid)
+                (self.model.fill_maps if fill else self.model.set_maps)(p, maps, at=at)
+                if fill:  # (set_maps takes /proc's table as it is, merged)
+                    self.model.merge_maps(p, maps)  # the same read: ld.so's mprotects after exec
+                self.merge_due.pop(hostpid, None)
+
+    def _check_merges(self, final: bool) -> None:
+        """Join the pieces of VMA tables the kernel may have merged since (an mprotect undone, an
+        mremap), as /proc/PID/maps shows them (Model.merge_maps): once the rings are read up, as
+        for _reread_stale, and for each process at most once per MERGE_SECONDS, so that a flood
+        of mprotect calls does not become a flood of /proc reads (it waits for a later drain;
+        meanwhile the pages are reported on the pieces). Until the rings are read up (at most
+        STALE_SECONDS) the process's pages wait for the check (merge_wait, _hold_early)."""
+        self.merge_wait = set()
+        if not self.merge_due:
+            return
+        caught_up = final or self.prog.backlog() == 0
+        now = time.monotonic()
+        for hostpid, since in list(self.merge_due.items()):
+            p = self.model.procs.get(hostpid)
+            if p is None or not p.alive:  # (a dead one's pages meet its tombstones in this drain)
+                del self.merge_due[hostpid]
+                continue
+            if now - self.merge_read.get(hostpid, float("-inf")) < MERGE_SECONDS and not final:
+                continue
+            if not caught_up and now - since < STALE_SECONDS:
+                self.merge_wait.add(hostpid)
+                continue
+            del self.merge_due[hostpid]
+            self.merge_read[hostpid] = now
+            self.model.merge_maps(p, _maps(hostpid))
 
     def _hold_early(self, drained: dict, final: bool) -> dict:
         """Drained pages, less those written in an mm generation whose event has not been read
@@ -587,7 +629,7 @@ class Controller:
         wait for ever: a record takes its number only once its ring slot is secured, so every
         generation's record is read (or given up on, which moves the reader past it too)."""
         read_to = self.prog.records_read()
-        stale = self.stale
+        stale = self.stale.keys() | self.merge_wait if self.merge_wait else self.stale
         if not self.held and not any(h in stale for h in drained) and \
                 all(g <= read_to for chunks in drained.values() for g, _, _ in chunks):
             return drained  # the usual case
@@ -632,6 +674,9 @@ class Controller:
         self.expire_unplaced(time.monotonic())
         self.model.gc()
         self.forked_early &= self.model.procs.keys()  # their fork record was lost, or long gone
+        now = time.monotonic()
+        self.merge_read = {h: t for h, t in self.merge_read.items() if now - t < MERGE_SECONDS}
+        self.merge_due = {h: t for h, t in self.merge_due.items() if h in self.model.procs}
         # an ignored pid that is gone may come back as one of ours (resolve() would skip it)
         self.ignored = {h for h in self.ignored if os.path.exists(f"/proc/{h}")}
         for ino in list(self.prog.ns_slots):

@@ -366,6 +366,50 @@ class Model:
             if path == "[heap]" and not p.brk:
                 p.brk = end
 
+    def merge_maps(self, p: Proc, maps: list[tuple[int, int, int, str]]) -> int:
+        """Join the pieces of the table that /proc shows as one mapping. The kernel merges a
+        mapping with its neighbours when their flags, protection and backing allow (an mprotect
+        undone, an mremap that shrank a split mapping), and tracepoint arguments do not say when
+        it did; the table kept the pieces, and `dirty` events named ranges /proc/PID/maps does not
+        have. The pieces (the table's mappings that tile /proc's one exactly, same protection) are
+        buried as tombstones whose pages live on (`heirs`), in the joined mapping, which is born
+        in the current generation; pages written in the pieces before it are found through those
+        tombstones, as after an mprotect. Pieces of different lineages (a neighbour mapped next
+        to an existing mapping, merged by the kernel) become one lineage, their earlier
+        tombstones too, since an heir is followed only within its lineage. Returns how many
+        pieces went."""
+        vmas = p.vmas
+        runs = []  # (index of the first piece, index after the last, the /proc mapping)
+        for start, end, prot, _path in sorted(maps):
+            i = bisect.bisect_left(vmas, start, key=_start)
+            if i >= len(vmas) or vmas[i].start != start or vmas[i].end >= end:
+                continue
+            j = i + 1
+            first = vmas[i]
+            while j < len(vmas) and vmas[j].start == vmas[j - 1].end and vmas[j].end <= end and \
+                    vmas[j].prot == first.prot:
+                j += 1
+            run = vmas[i:j]
+            if run[-1].end == end and first.prot == prot and all(v.owed is None for v in run):
+                runs.append((i, j))
+        if not runs:
+            return 0
+        now = self.clock()
+        joined = 0
+        for i, j in reversed(runs):  # (from the end: the indices before stay right)
+            run = vmas[i:j]
+            first = run[0]
+            others = {v.lineage for v in run} - {first.lineage}
+            if others:
+                for v in itertools.chain(vmas, (t for _, t in p.tombstones)):
+                    if v.lineage in others:
+                        v.lineage = first.lineage
+            p.bury([v.ghost(heirs=True) for v in run], now)
+            dirty = set().union(*(v.dirty for v in run))
+            vmas[i:j] = [Vma(first.start, run[-1].end, first.prot, first.path, dirty, p.gen, first.lineage)]
+            joined += len(run) - 1
+        return joined
+
     # -- queries -----------------------------------------------------------------------------------
     def ns_procs(self, ino: int) -> list[Proc]:
         return sorted((p for p in self.procs.values() if p.ns == ino), key=lambda p: p.pid)

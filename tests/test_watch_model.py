@@ -1687,3 +1687,57 @@ def test_without_write_faults_the_dashboard_says_off_rather_than_nothing_written
     assert heap_row.count("off") == 2, heap_row  # dirty and heat
     model.faults = True
     assert "0.0%" in text_of(render(model, Selection(), width=140, height=40))
+
+
+def test_pieces_the_kernel_merged_are_joined_as_proc_shows_them_with_every_page(model):
+    """mmap 10 pages, mprotect pages 3-5 read-only and back: /proc shows one mapping, the table
+    kept three and `dirty` named three ranges. Joined as /proc shows them, pages written in any
+    generation before (in a piece, before or between the mprotects) land on the one mapping."""
+    X = 0x30000000
+    model.apply(ev("mmap", addr=X, len=10 * P, prot=3), gen=10)
+    model.apply(ev("mprotect", addr=X + 3 * P, len=3 * P, prot=1), gen=11)
+    model.apply(ev("mprotect", addr=X + 3 * P, len=3 * P, prot=3), gen=12)
+    p = model.procs[100]
+    assert len([v for v in p.vmas if X <= v.start < X + 10 * P]) == 3
+    # and a neighbour mapped next to it, same protection: the kernel merged it too
+    model.apply(ev("mmap", addr=X + 10 * P, len=2 * P, prot=3), gen=13)
+    model.apply(ev("mprotect", addr=X + 11 * P, len=P, prot=1), gen=14)  # (one of its pages, and back)
+    model.apply(ev("mprotect", addr=X + 11 * P, len=P, prot=3), gen=15)
+    assert model.merge_maps(p, [(0x400000, 0x401000, 5, "/bin/init"), (0x600000, 0x700000, 3, "[heap]"),
+                                (X, X + 13 * P, 3, "")]) == 0  # /proc's does not match: left alone
+    assert model.merge_maps(p, [(X, X + 12 * P, 3, "")]) == 4
+    assert (X, X + 12 * P, 3) in spans(p)
+    base = X >> 12
+    out = model.add_dirty_masks(100, [(10, base, 0b1001), (11, base, 0b10000), (12, base, 0b1000000000),
+                                      (13, base, 0b100000), (13, base, 1 << 11), (15, base, 1 << 10)], ts=1)
+    assert [(e["start"], e["end"], e["pages"], e.get("gone", False)) for e in out] == [(X, X + 12 * P, 7, False)]
+    assert p.find(X).dirty == {base, base + 3, base + 4, base + 5, base + 9, base + 10, base + 11}
+
+
+def test_an_mprotect_has_the_table_joined_at_a_later_drain_once_a_second_at_most(model, monkeypatch):
+    """The controller asks /proc after an mprotect or mremap (the kernel may have merged), once
+    the rings are read up, and not more than once a second per process."""
+    from ckptrace import watch
+    from ckptrace.watch import Controller
+
+    X = 0x30000000
+    reads = []
+    monkeypatch.setattr(watch, "_maps", lambda hostpid: reads.append(hostpid) or [(X, X + 10 * P, 3, "")])
+    prog = DrainProg()
+    ctl = Controller(prog, model, host=1, focus=None, emit=lambda e: None)
+    E, c = bpfload.abi().structs["ckpt_event"], bpfload.abi().consts
+    ctl.on_record(E(ts=1, ns=NS, pid=1, hostpid=100, type=c["CKPT_EV_MMAP"], a0=X, a1=10 * P, a2=3, a3=0x22,
+                    seq=9, newgen=1))
+    for seq, prot in ((10, 1), (11, 3)):
+        ctl.on_record(E(ts=seq, ns=NS, pid=1, hostpid=100, type=c["CKPT_EV_MPROTECT"], a0=X + 3 * P, a1=3 * P,
+                        a2=prot, seq=seq, newgen=1))
+    assert ctl.failure is None
+    ctl.drain()
+    assert reads == [100] and (X, X + 10 * P, 3) in spans(model.procs[100])
+    ctl.on_record(E(ts=20, ns=NS, pid=1, hostpid=100, type=c["CKPT_EV_MPROTECT"], a0=X, a1=P, a2=1, seq=20,
+                    newgen=1))
+    ctl.drain()
+    assert reads == [100] and 100 in ctl.merge_due  # within the second: it waits
+    ctl.merge_read[100] -= 2
+    ctl.drain()
+    assert reads == [100, 100] and not ctl.merge_due
