@@ -421,6 +421,45 @@ def test_restore_root_moves_the_namespaces_paths(ns_root, path, want):
     assert img.at(path) == want
 
 
+@pytest.mark.parametrize("how", ["host tree", "dotdot", "absolute symlink", "relative symlink", "swapped"])
+def test_restore_root_never_reaches_a_file_outside_it(tmp_path, how):
+    """--root DIR: every path of the namespace is looked up under DIR as a process chroot'ed there
+    would look it up. `/dev/../F` skipped the mapping as one of the host's devices, `/../../F`
+    became DIR/../../F, and a symlink in DIR to /F was followed to the host's F: each opened
+    the host's file. Now each names DIR/F, and the open (openat2 RESOLVE_IN_ROOT) gets it or
+    nothing, even through a symlink put in DIR after the look (`swapped`)."""
+    from ckptrace.image.reader import Image, Task
+    from ckptrace.restorer.files import open_path
+
+    secret = tmp_path / "x" / "secret"
+    secret.parent.mkdir()
+    secret.write_text("the host's")
+    root = tmp_path / "root"
+    mirror = root / str(secret).lstrip("/")  # where the chroot'ed process finds F
+    mirror.parent.mkdir(parents=True)
+    mirror.write_text("the namespace's")
+    path = {"host tree": f"/dev/..{secret}", "dotdot": f"/../../..{secret}", "absolute symlink": "/a",
+            "relative symlink": "/d/b", "swapped": "/c"}[how]
+    (root / "d").mkdir()
+    os.symlink(str(secret), root / "a")
+    os.symlink("../" * 12 + str(secret).lstrip("/"), root / "d" / "b")
+    (root / "c").write_text("")
+    img = Image(tasks=[Task(fields={}, thread={"tid": 1, "tgid": 1}, ns_root="/")])
+    img.root = str(root)
+    assert img.at(path) == (str(mirror) if how != "swapped" else str(root / "c"))
+    if how == "swapped":  # made a symlink to the host's file after the validation looked
+        (root / "c").unlink()
+        os.symlink(str(secret), root / "c")
+    fd = open_path(img, path, os.O_RDONLY)
+    try:
+        assert os.read(fd, 100) == b"the namespace's"
+    finally:
+        os.close(fd)
+    mirror.unlink()  # and with nothing there: nothing opened, not the host's file
+    with pytest.raises(FileNotFoundError):
+        os.close(open_path(img, path, os.O_RDONLY))
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_once_restored_does_not_fail_the_restore(monkeypatch, capsys, sig):
     """A SIGTERM or Ctrl-C landing after the namespace was restored, while the result was being

@@ -23,7 +23,9 @@ Page data is not kept: each VMA lists its page runs with their byte offsets in t
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
@@ -172,19 +174,35 @@ class Image:
     def obj(self, objref: int):
         return self.objects.get(objref)
 
-    def at(self, path: str) -> str:
+    def at(self, path: str, follow: bool = True) -> str:
         """An image path (as the dumper saw it) as this host finds it: moved with the
-        namespace's root to `root` when that is set."""
+        namespace's root to `root` when that is set, and there resolved as a process chroot'ed
+        in `root` would resolve it (inside()): its symlinks followed within `root` (the last
+        one too unless `follow` is False, as bind(2) and lstat do not), so that no symlink or
+        `..` of the image or of `root` reaches a file outside. The open itself goes through
+        openat2(RESOLVE_IN_ROOT) (restorer.files.open_path), which resolves the same way."""
         if not self.root or not path.startswith("/"):
             return path
-        old = self.ns_root
+        inside = self.inside(path)
+        if inside is None:
+            return normalised(path)
+        return resolve_in_root(self.root, inside, follow=follow)
+
+    def inside(self, path: str) -> str | None:
+        """restore --root: `path` (an image path) as a process chroot'ed in `root` names it
+        ("/..."), or None when it is looked up on the host as it is (no --root, a relative path,
+        a path outside the namespace's root, or with a namespace root of "/", one under the
+        host's /dev, /proc or /sys). Normalised first (lexically: `..` of an absolute path
+        cannot climb above "/"), so that `/dev/../etc/x` is no host path and `/srv/ct/../x` not
+        under /srv/ct."""
+        if not self.root or not path.startswith("/"):
+            return None
+        path, old = normalised(path), normalised(self.ns_root)
         if old == "/":
-            if path.startswith(HOST_TREES):
-                return path  # the host's devices and kernel files, not the namespace's own
-            return self.root.rstrip("/") + path
+            return None if path.startswith(HOST_TREES) else path
         if path == old or path.startswith(old + "/"):
-            return self.root.rstrip("/") + path[len(old):] or "/"
-        return path  # outside the namespace's root (a chroot'ed init's inherited stdin, say)
+            return path[len(old):] or "/"
+        return None  # outside the namespace's root (a chroot'ed init's inherited stdin, say)
 
     @property
     def ns_root(self) -> str:
@@ -265,6 +283,51 @@ class Image:
     @property
     def page_count(self) -> int:
         return sum(v.npages for o in self.objects.values() if isinstance(o, Mm) for v in o.vmas)
+
+
+def normalised(path: str) -> str:
+    """An absolute path without `.`, `..` or repeated slashes (lexically: no symlink looked at;
+    os.path.normpath keeps a leading "//")."""
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
+MAXSYMLINKS = 40  # the kernel's limit on symlinks followed in one lookup (ELOOP past it)
+
+
+def resolve_in_root(root: str, path: str, follow: bool = True) -> str:
+    """The host path under `root` of `path` as a process chroot'ed in `root` would find it:
+    symlinks are followed against `root` (an absolute target starts again at `root`, `..`
+    stops there), the last one only if `follow`. Components that do not exist (or are not
+    directories) are kept as they are, for the lookup of the result to fail as the chroot'ed
+    one would. More than MAXSYMLINKS symlinks raise OSError(ELOOP), as that lookup would: the
+    path left half resolved could still hold a symlink the host would follow outside `root`."""
+    todo = [c for c in path.split("/") if c][::-1]  # a stack: the next component last
+    done: list[str] = []
+    links = 0
+    while todo:
+        c = todo.pop()
+        if c == ".":
+            continue
+        if c == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, c)
+        if (todo or follow) and os.path.islink(here):
+            links += 1
+            if links > MAXSYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.path.join(root, path.lstrip("/")))
+            try:
+                target = os.readlink(here)
+            except OSError:
+                done.append(c)
+                continue
+            if target.startswith("/"):
+                done = []
+            todo.extend([x for x in target.split("/") if x][::-1])
+            continue
+        done.append(c)
+    return os.path.join(root, *done)
 
 
 class _Parser:

@@ -13,8 +13,8 @@ import os
 import struct
 
 from ..errors import check_errno, from_oserror
-from .sysno import (SYS_get_robust_list, SYS_ioprio_get, SYS_ioprio_set, SYS_pidfd_getfd, SYS_pidfd_open,
-                    SYS_sched_getattr, SYS_sched_setattr)
+from .sysno import (SYS_get_robust_list, SYS_ioprio_get, SYS_ioprio_set, SYS_openat2, SYS_pidfd_getfd,
+                    SYS_pidfd_open, SYS_sched_getattr, SYS_sched_setattr)
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -72,6 +72,23 @@ def fs_type(path: str) -> int:
     buf = ctypes.create_string_buffer(120)  # struct statfs: f_type is its first field, a long
     check_errno(libc.statfs(os.fsencode(path), buf), f"statfs {path}")
     return struct.unpack_from("<q", buf.raw)[0]
+
+
+RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
+OPEN_HOW = struct.Struct("<QQQ")  # struct open_how {u64 flags; u64 mode; u64 resolve}
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2): an fd of `path` looked up from `dirfd` under `resolve`'s rules
+    (RESOLVE_IN_ROOT: as if `dirfd` were the root). Unlike the other wrappers it raises
+    OSError (with the path), as os.open does: it stands in for os.open where callers handle that."""
+    how = ctypes.create_string_buffer(OPEN_HOW.pack(flags & 0xFFFFFFFFFFFFFFFF, mode, resolve))
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    fd = libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_long(dirfd), name, how, ctypes.c_size_t(OPEN_HOW.size))
+    if fd == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
 
 
 def pidfd_open(pid: int, flags: int = 0) -> int:

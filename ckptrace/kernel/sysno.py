@@ -57,4 +57,5 @@ SYS_mlock2 = 325
 SYS_rseq = 334
 SYS_pidfd_open = 434
 SYS_clone3 = 435
+SYS_openat2 = 437
 SYS_pidfd_getfd = 438

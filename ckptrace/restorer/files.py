@@ -27,7 +27,7 @@ from typing import BinaryIO
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
-from ..kernel.sys import SO_SNDBUFFORCE, ioctl_int, libc, syscall
+from ..kernel.sys import RESOLVE_IN_ROOT, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
@@ -53,6 +53,24 @@ IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SOCK_DGRAM = 2
 IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
+
+
+def open_path(img: Image, path: str, flags: int) -> int:
+    """os.open of image path `path` where this host finds it (Image.at). Under --root, a path
+    of the namespace is opened by openat2(RESOLVE_IN_ROOT) from `root`: the kernel resolves it
+    as a process chroot'ed there would, so that no `..` or symlink (of the image, or put in
+    `root` since the validation) opens a file outside it."""
+    inside = img.inside(path)
+    if inside is None:
+        return os.open(img.at(path), flags)
+    top = os.open(img.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return openat2(top, inside.lstrip("/") or ".", flags, 0, RESOLVE_IN_ROOT)
+    except OSError as exc:
+        exc.filename = img.at(path)  # (what the messages name: the file under root)
+        raise
+    finally:
+        os.close(top)
 
 
 def check_files(img: Image) -> list[str]:
@@ -274,7 +292,7 @@ def _binding_problems(img: Image, own_netns: bool) -> list[str]:
                 path = obj.name  # (its file renamed: it comes back there, see _bind_renamed)
             else:
                 path = path.decode("utf-8", "surrogateescape")
-            path = img.at(path)
+            path = img.at(path, follow=False)
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(os.lstat(path).st_mode) and _socket_alive(path):
                     problems.append(f"{_users(img, obj.objref)}: {_path_in_use(path)} (EADDRINUSE)")
@@ -563,7 +581,7 @@ class FileSet:
         flags = f["f_flags"] & ~_OPEN_ONLY
         kinds = _was_kinds(obj)
         guard = not flags & (os.O_NONBLOCK | os.O_PATH) and not set(kinds) <= {stat.S_IFCHR, stat.S_IFBLK}
-        fd = os.open(self.img.at(obj.name), flags | (os.O_NONBLOCK if guard else 0))
+        fd = open_path(self.img, obj.name, flags | (os.O_NONBLOCK if guard else 0))
         try:
             kind = stat.S_IFMT(os.fstat(fd).st_mode)
             if kind not in kinds:
@@ -641,7 +659,7 @@ class FileSet:
         if pid not in pipes:
             # O_RDWR on a FIFO never blocks (Linux): it holds the FIFO open while the real ends
             # are opened non-blocking (a writer alone would get ENXIO) and takes the old bytes.
-            holder = os.open(self.img.at(obj.name), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            holder = open_path(self.img, obj.name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             self.holders.append(holder)
             pipes[pid] = (-1, -1)
             data = bytes(rec.payload or b"")[:rec.fields["buffered"]] if rec else b""
@@ -660,7 +678,7 @@ class FileSet:
                     pass
             if data:
                 os.write(holder, data)
-        end = os.open(self.img.at(obj.name), (obj.fields["f_flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
+        end = open_path(self.img, obj.name, (obj.fields["f_flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
         fl = fcntl.fcntl(end, fcntl.F_GETFL)
         fcntl.fcntl(end, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (obj.fields["f_flags"] & os.O_NONBLOCK))
         return self.place(end)
@@ -720,14 +738,15 @@ class FileSet:
             s = socket.socket(socket.AF_UNIX, f["type"], f["protocol"])
             path = _local_name(rec)
             if path and path[0] != 0 and f["shutdown"] & SHUTDOWN_UNLINKED and obj.name:
-                self._bind_renamed(s, obj, self.img.at(path.decode("utf-8", "surrogateescape")),
-                                   self.img.at(obj.name))
+                self._bind_renamed(s, obj, self.img.at(path.decode("utf-8", "surrogateescape"), follow=False),
+                                   self.img.at(obj.name, follow=False))
             elif path and path[0] != 0 and f["shutdown"] & SHUTDOWN_UNLINKED:
-                self._bind_unlinked(s, obj, self.img.at(path.decode("utf-8", "surrogateescape")))
+                self._bind_unlinked(s, obj, self.img.at(path.decode("utf-8", "surrogateescape"), follow=False))
             elif path:
                 if path[0] != 0:
                     # (under another root, bound at the path the host sees: getsockname says so)
-                    path = self.img.at(path.decode("utf-8", "surrogateescape"))
+                    # (bind(2) does not follow a symlink at the path: nor does the lookup)
+                    path = self.img.at(path.decode("utf-8", "surrogateescape"), follow=False)
                 with _bind_lock():  # another restore must not unlink what this one just bound
                     if path[0] != 0 and os.path.exists(path):
                         import stat
@@ -1315,7 +1334,7 @@ class FileSet:
     def exe_fd(self, exe: File) -> int:
         if exe.ftype in (FileType.MEMFD, FileType.DELETED):
             return self.vma_fd(dict(vma_objref=exe.objref, vm_start=0))
-        return self.map_fd(self.img.at(exe.name), os.O_RDONLY)
+        return self.map_fd(exe.name, os.O_RDONLY)
 
     def vma_fd(self, vf: dict) -> int:
         """The descriptor a file-backed VMA is mapped from: its file reopened by path, or for an
@@ -1341,22 +1360,23 @@ class FileSet:
                     fd = self._memfd(src)
                 self.mapped_data[src.objref] = fd
             return fd
-        return self.map_fd(self.img.at(src.name), vma_open_mode(vf))
+        return self.map_fd(src.name, vma_open_mode(vf))
 
     def vma_path(self, vf: dict) -> str:
         """The path of the file a VMA maps, as this host finds it (for messages)."""
         src = self.img.obj(vf["vma_objref"])
         return self.img.at(src.name) if isinstance(src, File) and src.name else f"object {vf['vma_objref']}"
 
-    def map_fd(self, path: str, mode: int) -> int:
-        key = (path, mode)
+    def map_fd(self, name: str, mode: int) -> int:
+        """The fd a file mapped from image path `name` is mapped from (one per path and mode)."""
+        key = (name, mode)
         if key not in self.mapped:
             try:
                 # (O_NONBLOCK: a FIFO put at the path since the validation would block the open;
                 # mmap then refuses it, and ignores the flag)
-                self.mapped[key] = self.place(os.open(path, mode | os.O_NONBLOCK))
+                self.mapped[key] = self.place(open_path(self.img, name, mode | os.O_NONBLOCK))
             except OSError as exc:
-                raise from_oserror(exc, f"open {path} to map it") from None
+                raise from_oserror(exc, f"open {self.img.at(name)} to map it") from None
         return self.mapped[key]
 
     def all_fds(self) -> list[int]:
