@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ckptrace {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (OverflowError, ValueError) as exc:
+        if args.command != "restore":
+            raise
+        # (a field of a damaged image no check caught, handed to a system call that cannot take
+        # it: restore.range_problems names those it knows before anything is created)
+        print(f"ckptrace {args.command}: a value in the image is out of range: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader of our stdout went away (e.g. `| head`): not an error worth a traceback.
         try:

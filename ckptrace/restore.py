@@ -207,6 +207,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
         elif not isinstance(img.obj(t.files_objref), FileTable) or \
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
+    problems += range_problems(img)
     problems += check_files(img)
     if bindings:
         problems += binding_problems(img)
@@ -217,6 +218,39 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     problems += check_mapped_files(img)
     if problems:
         raise Unsupported("cannot restore this image: " + "; ".join(problems))
+
+
+OFF_MAX = (1 << 63) - 1  # loff_t: the largest file offset or size the kernel takes
+OPEN_FLAGS_MAX = (1 << 31) - 1  # open(2)'s flags are an int
+
+
+def range_problems(img: Image) -> list[str]:
+    """Fields holding values the system calls that set them cannot take, which a dump never
+    writes (a damaged or hostile image): each would fail the restore late, as a traceback
+    (lseek, ftruncate and open overflow on them), after processes exist. Named here instead."""
+    from .image.reader import File
+    from .image.records import FileType, RecType, _escaped
+
+    out = []
+    for obj in img.objects.values():
+        if not isinstance(obj, File):
+            continue
+        what = f"file object {obj.objref}" + (f" ({_escaped(obj.name)})" if obj.name else "")
+        f = obj.fields
+        if f["f_pos"] > OFF_MAX:
+            out.append(f"{what}'s offset {f['f_pos']} is past the largest file offset (2^63-1)")
+        if f["f_flags"] > OPEN_FLAGS_MAX:
+            out.append(f"{what}'s open flags {f['f_flags']:#x} are no open(2) flags")
+        if obj.ftype in (FileType.MEMFD, FileType.DELETED):
+            for r in obj.extra:
+                if r.type == RecType.FILE_DATA and (r.fields["size"] > OFF_MAX or r.fields["offset"] > OFF_MAX):
+                    out.append(f"{what}'s size {r.fields['size']} or data offset {r.fields['offset']} is past "
+                               "the largest file size (2^63-1)")
+                    break
+    for t in img.processes():
+        if t.proc is not None and t.proc["umask"] > 0o777:
+            out.append(f"process {t.tid}'s umask {t.proc['umask']:#o} is not a umask (0-0777)")
+    return out
 
 
 # signals whose default action is not to end the process: no wait status names them

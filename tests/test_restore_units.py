@@ -460,6 +460,41 @@ def test_restore_root_never_reaches_a_file_outside_it(tmp_path, how):
         os.close(open_path(img, path, os.O_RDONLY))
 
 
+def test_values_no_system_call_takes_are_named_before_anything_exists():
+    """An offset or size past 2^63-1, open flags past an int, a umask past 0777: lseek, ftruncate,
+    open and umask overflowed on them, a traceback (in the forked setup, after processes
+    existed, for the umask). restore.validate names them now, all at once."""
+    from ckptrace.image.records import RECORDS, FileType, RecType
+    from ckptrace.image.stream import Record
+    from ckptrace.restore import range_problems
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    assert range_problems(img) == []
+    img.obj(2).fields.update(f_pos=1 << 63, f_flags=0xFFFFFFFF)
+    img.task(1).proc["umask"] = 0xFFFFFFFF
+    memfd = img.obj(5)
+    memfd.fields["f_type"] = FileType.MEMFD
+    memfd.extra = [Record(0, 0, RECORDS[RecType.FILE_DATA], 0, dict(size=1 << 63, offset=0), b"", 0)]
+    assert range_problems(img) == [
+        "file object 2 (/tmp/log.txt)'s offset 9223372036854775808 is past the largest file offset (2^63-1)",
+        "file object 2 (/tmp/log.txt)'s open flags 0xffffffff are no open(2) flags",
+        "file object 5 (pipe:[1234])'s size 9223372036854775808 or data offset 0 is past the largest file "
+        "size (2^63-1)",
+        "process 1's umask 0o37777777777 is not a umask (0-0777)"]
+
+
+def test_an_unexpected_overflow_in_restore_is_one_line(monkeypatch, capsys):
+    from ckptrace import cli, restore
+
+    def overflow(path, progress=None, root=None, on_release=None):
+        raise OverflowError("signed integer is greater than maximum")
+
+    monkeypatch.setattr(restore, "restore", overflow)
+    assert cli.main(["restore", "x.img"]) == 1
+    assert capsys.readouterr().err == ("ckptrace restore: a value in the image is out of range: "
+                                       "signed integer is greater than maximum\n")
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_once_restored_does_not_fail_the_restore(monkeypatch, capsys, sig):
     """A SIGTERM or Ctrl-C landing after the namespace was restored, while the result was being
