@@ -207,7 +207,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
         elif not isinstance(img.obj(t.files_objref), FileTable) or \
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
-    problems += range_problems(img)
+    problems += range_problems(img) + task_range_problems(img)
     problems += check_files(img)
     if bindings:
         problems += binding_problems(img)
@@ -250,6 +250,59 @@ def range_problems(img: Image) -> list[str]:
     for t in img.processes():
         if t.proc is not None and t.proc["umask"] > 0o777:
             out.append(f"process {t.tid}'s umask {t.proc['umask']:#o} is not a umask (0-0777)")
+    return out
+
+
+NSIG = 64
+
+
+def _pid_max() -> int:
+    try:
+        return int(open("/proc/sys/kernel/pid_max").read())
+    except (OSError, ValueError):
+        return 1 << 22  # PID_MAX_LIMIT
+
+
+def task_range_problems(img: Image) -> list[str]:
+    """Task values the kernel would refuse only once the processes exist (a bare EINVAL, or the
+    failure of a clone3 named after the parent), which a dump never writes: a pid not below this
+    host's pid_max (clone3's set_tid), an exit signal that is no signal, an I/O priority or
+    oom_score_adj out of the kernel's ranges, memory layout fields PR_SET_MM_MAP refuses
+    (kernel/sys.c validate_prctl_map_addr), a mapping past the user address space."""
+    from .restorer.memory import TASK_SIZE, _mapped_by_restore
+    from .restorer.sched import ioprio_problem
+
+    out = []
+    pid_max = _pid_max()
+    for e in img.tree:
+        if e["pid"] >= pid_max:
+            out.append(f"task {e['pid']}'s pid is not below this host's pid_max {pid_max} "
+                       "(/proc/sys/kernel/pid_max)")
+    for t in img.tasks:
+        sig = t.fields["exit_signal"]
+        if t.is_leader and sig > NSIG:
+            out.append(f"process {t.tid}'s exit signal {sig} is not a signal (0-{NSIG})")
+        if t.zombie:
+            continue
+        if why := ioprio_problem(t.thread.get("ioprio", 0)):
+            out.append(f"thread {t.tid}'s {why}")
+        if t.proc is not None and not -1000 <= t.proc["oom_score_adj"] <= 1000:
+            out.append(f"process {t.tid}'s oom_score_adj {t.proc['oom_score_adj']} is not in -1000..1000")
+        mm = img.obj(t.mm_objref) if t.is_leader else None
+        if not isinstance(mm, Mm):
+            continue
+        m = mm.fields
+        pairs = (("start_code", "end_code"), ("start_data", "end_data"), ("start_brk", "brk"),
+                 ("arg_start", "arg_end"), ("env_start", "env_end"))
+        bad = [f"{a} {m[a]:#x} > {b} {m[b]:#x}" for a, b in pairs if a in m and b in m and m[a] > m[b]]
+        bad += [f"{k} {m[k]:#x} is past the user address space" for a, b in pairs for k in (a, b)
+                if k in m and m[k] >= TASK_SIZE]
+        if bad:
+            out.append(f"process {t.tid}'s memory layout cannot be set (PR_SET_MM_MAP): {', '.join(bad)}")
+        for v in mm.vmas:
+            if _mapped_by_restore(v) and v.end > TASK_SIZE:
+                out.append(f"process {t.tid}'s mapping {v.start:#x}-{v.end:#x} is not within the user address "
+                           f"space (0-{TASK_SIZE:#x})")
     return out
 
 

@@ -575,6 +575,43 @@ def test_scheduling_the_kernel_would_refuse_is_named_beforehand(policy, prio, ni
         " (1-99 for SCHED_FIFO/SCHED_RR, else 0)" if "priority" in why else "")])
 
 
+def test_task_values_the_kernel_refuses_late_are_named_before_anything_exists():
+    """A pid past pid_max failed clone3 in the parent ("setting up process 1 ... clone3"), and a
+    bad exit signal, I/O priority, oom_score_adj, SCHED_DEADLINE parameters, PR_SET_MM_MAP
+    layout or a mapping past the user address space each a bare EINVAL once processes
+    existed. restore.validate names them all at once, with the image's pids."""
+    from ckptrace.restore import task_range_problems
+    from ckptrace.restorer.sched import sched_problems
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    assert task_range_problems(img) == []
+    img.tree[2]["pid"] = img.task(3).thread["tid"] = 1 << 22
+    img.task(1).fields["exit_signal"] = 99
+    img.task(2).thread["ioprio"] = 0xFFFFFFFF
+    img.task(1).proc["oom_score_adj"] = 1001
+    mm = img.obj(img.task(1).mm_objref)
+    mm.fields.update(arg_start=0x2000, arg_end=0x1000)
+    mm.vmas[1].fields["vm_end"] = 1 << 47
+    got = task_range_problems(img)
+    assert got == [
+        "task 4194304's pid is not below this host's pid_max " + open("/proc/sys/kernel/pid_max").read().strip()
+        + " (/proc/sys/kernel/pid_max)",
+        "process 1's exit signal 99 is not a signal (0-64)",
+        "process 1's oom_score_adj 1001 is not in -1000..1000",
+        "process 1's memory layout cannot be set (PR_SET_MM_MAP): arg_start 0x2000 > arg_end 0x1000",
+        "process 1's mapping 0x600000-0x800000000000 is not within the user address space (0-0x7ffffffff000)",
+        "thread 2's I/O priority 0xffffffff is not one the kernel takes (class 0-3 << 13 | level)"], got
+    t = img.task(2)
+    t.sched.update(policy=6, priority=0, nice=0, runtime=1, deadline=1, period=1)
+    assert sched_problems(t) == ["thread 2's SCHED_DEADLINE runtime 1, deadline 1, period 1 (ns) are not "
+                                 "1024 <= runtime <= deadline <= period"]
+    t.sched.update(runtime=10**6, deadline=10**7, period=10**8)
+    assert sched_problems(t) == []
+    t.sched["policy"] = 7
+    assert sched_problems(t) == ([] if os.path.isdir("/sys/kernel/sched_ext") else
+                                 ["thread 2's scheduling policy SCHED_EXT is not in this kernel (no /sys/kernel/sched_ext)"])
+
+
 DEVTTY_CHECK = r"""
 import fcntl, os, sys, termios
 from ckptrace.restorer import tty

@@ -37,7 +37,41 @@ def sched_problems(t) -> list[str]:
                 f"{SCHED_POLICIES.get(policy, policy)} (1-99 for SCHED_FIFO/SCHED_RR, else 0)"]
     if not -20 <= nice <= 19:
         return [f"thread {t.tid}'s nice {nice} is not in -20..19"]
+    if policy == SCHED_EXT and not os.path.isdir("/sys/kernel/sched_ext"):
+        return [f"thread {t.tid}'s scheduling policy SCHED_EXT is not in this kernel (no /sys/kernel/sched_ext)"]
+    if policy == SCHED_DEADLINE and (why := _deadline_problem(s)):
+        return [f"thread {t.tid}'s SCHED_DEADLINE {why}"]
     return []
+
+
+DL_MIN_RUNTIME = 1 << 10  # ns: the kernel's DL_SCALE granularity, the least runtime it takes
+
+
+def _deadline_problem(s) -> str:
+    """Why sched_setattr would refuse `s`'s SCHED_DEADLINE parameters (kernel __checkparam_dl):
+    runtime <= deadline <= period (0: the deadline), a runtime of at least 1024 ns, a period
+    within this host's kernel.sched_deadline_period_{min,max}_us. ("" when it would take them;
+    the bandwidth admission test is the kernel's alone, made when it is set.)"""
+    runtime, deadline, period = s["runtime"], s["deadline"], s["period"] or s["deadline"]
+    if not DL_MIN_RUNTIME <= runtime <= deadline <= period < 1 << 63:
+        return (f"runtime {runtime}, deadline {deadline}, period {s['period']} (ns) are not "
+                f"{DL_MIN_RUNTIME} <= runtime <= deadline <= period")
+    try:
+        lo, hi = (int(open(f"/proc/sys/kernel/sched_deadline_period_{w}_us").read()) * 1000 for w in ("min", "max"))
+    except (OSError, ValueError):
+        return ""
+    if not lo <= period <= hi:
+        return f"period {period} ns is not within this host's {lo}..{hi} (kernel.sched_deadline_period_*_us)"
+    return ""
+
+
+def ioprio_problem(ioprio: int) -> str:
+    """Why ioprio_set would refuse I/O priority `ioprio` (block/ioprio.c ioprio_check_cap): a
+    16-bit value of class 0 (none, level 0), 1 (RT), 2 (BE) or 3 (IDLE). "" when it would not."""
+    cls, level = ioprio >> 13, ioprio & 7
+    if ioprio >> 16 or cls > 3 or (cls == 0 and level):
+        return f"I/O priority {ioprio:#x} is not one the kernel takes (class 0-3 << 13 | level)"
+    return ""
 
 
 def mask_cpus(mask: bytes) -> set[int]:
