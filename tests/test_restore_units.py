@@ -733,3 +733,28 @@ def test_own_proc_is_mounted_under_the_restored_root_or_noted(tmp_path):
     # without OWN_PROC (or an older image): the controller's mount namespace, nothing mounted
     plain = read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0"))))
     assert not mnt.own_proc(plain) and mnt.proc_mount(plain) == "" and mnt.notes(plain) == []
+
+
+def test_a_full_tmpdir_while_spooling_says_where_the_copy_was_going(monkeypatch, tmp_path):
+    """`cat img | TMPDIR=<full> ckptrace restore -` printed a bare "No space left on device": the
+    write's error, which names TMPDIR, was replaced by the one the buffered copy's close() raised
+    flushing the same bytes again."""
+    import errno as errno_
+
+    from ckptrace.errors import KernelError
+    from ckptrace.image import stream
+
+    class Full(io.BufferedRandom):
+        def write(self, data):
+            super().write(data)
+            raise OSError(errno_.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno_.ENOSPC, "No space left on device")
+
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kw: Full(io.FileIO(str(tmp_path / "t"), "w+")))
+    with pytest.raises(KernelError, match=f"copying the image to a temporary file in {tmp_path} .TMPDIR.: ENOSPC"):
+        stream.spool(io.BytesIO(imagegen.build()))

@@ -468,7 +468,12 @@ def spool(src: BinaryIO) -> BinaryIO:
             raise _spool_error(exc) from None
         tmp.seek(0)
     except BaseException:
-        tmp.close()
+        # (closing flushes what is still buffered, which on a full $TMPDIR fails again: that
+        # must not replace the error saying where the copy was going)
+        try:
+            tmp.close()
+        except OSError:
+            pass
         raise
     return tmp
 
