@@ -27,14 +27,19 @@ HERE = os.path.dirname(__file__)
 CLI = [sys.executable, "-m", "ckptrace"]
 
 
-@pytest.fixture(scope="session")
-def ckwork(tmp_path_factory):
+def built(tmp_path_factory, name: str) -> str:
+    """tests/dumpwork/NAME.c compiled (with pthreads), once per session: the binary's path."""
     if shutil.which("gcc") is None:
         pytest.skip("gcc is missing")
-    out = tmp_path_factory.mktemp("ckwork") / "ckwork"
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(out), os.path.join(HERE, "dumpwork", "ckwork.c")],
+    out = tmp_path_factory.mktemp(name) / name
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(out), os.path.join(HERE, "dumpwork", f"{name}.c")],
                    check=True)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def ckwork(tmp_path_factory):
+    return built(tmp_path_factory, "ckwork")
 
 
 def start(pidns, ckwork, tmp_path, *mode, settle=0.2) -> NsWorkload:
@@ -561,12 +566,7 @@ def test_refuses_and_leaves_running(pidns, ckwork, tmp_path, mode, words):
 
 @pytest.fixture(scope="session")
 def threadown(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is missing")
-    out = tmp_path_factory.mktemp("threadown") / "threadown"
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(out), os.path.join(HERE, "dumpwork", "threadown.c")],
-                   check=True)
-    return str(out)
+    return built(tmp_path_factory, "threadown")
 
 
 @pytest.mark.parametrize("mode,words", [

@@ -41,14 +41,18 @@ def ckptrace(*args: str, **kw) -> subprocess.CompletedProcess:
                           timeout=60, **kw)
 
 
+def workload_exe(dir_, name: str, *flags: str) -> str:
+    """tests/workloads/NAME.c compiled into directory `dir_` (with gcc `flags`): its path."""
+    if not shutil.which("gcc"):
+        pytest.skip(f"gcc is needed to build the {name} workload")
+    out = os.path.join(str(dir_), name)
+    subprocess.run(["gcc", "-O1", *flags, "-o", out, os.path.join(HERE, "workloads", f"{name}.c")], check=True)
+    return out
+
+
 @pytest.fixture(scope="module")
 def refwork(tmp_path_factory) -> str:
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the reference workload")
-    out = str(tmp_path_factory.mktemp("refwork") / "refwork")
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", out, os.path.join(HERE, "workloads", "refwork.c")],
-                   check=True)
-    return out
+    return workload_exe(tmp_path_factory.mktemp("refwork"), "refwork", "-pthread")
 
 
 @pytest.fixture(autouse=True)
@@ -576,11 +580,7 @@ def test_deleted_executable_comes_back_from_the_image(pidns, refwork, tmp_path, 
 
 @pytest.fixture(scope="module")
 def fdkinds(tmp_path_factory) -> str:
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the fd-kinds workload")
-    out = str(tmp_path_factory.mktemp("fdkinds") / "fdkinds")
-    subprocess.run(["gcc", "-O1", "-o", out, os.path.join(HERE, "workloads", "fdkinds.c")], check=True)
-    return out
+    return workload_exe(tmp_path_factory.mktemp("fdkinds"), "fdkinds")
 
 
 BIG_EVENTFD = r"""
@@ -1047,8 +1047,7 @@ def test_io_signal_owner_signal_and_o_async_come_back(pidns, tmp_path, restored)
 def test_io_signals_name_the_processs_own_fd(pidns, tmp_path, restored):
     """The I/O signal's si_fd is the number of the fd O_ASYNC was set through: after restore it
     must be the process's (20), not that of the restorer's copy of the file."""
-    exe = str(tmp_path / "sigio")
-    subprocess.run(["gcc", "-O1", "-o", exe, os.path.join(HERE, "workloads", "sigio.c")], check=True)
+    exe = workload_exe(tmp_path, "sigio")
     w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"),
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "log"
@@ -2172,12 +2171,7 @@ def test_io_priorities_come_back(pidns, tmp_path, restored):
 
 @pytest.fixture(scope="module")
 def robustwork(tmp_path_factory) -> str:
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the robust-mutex workload")
-    out = str(tmp_path_factory.mktemp("robustwork") / "robustwork")
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", out, os.path.join(HERE, "workloads", "robustwork.c")],
-                   check=True)
-    return out
+    return workload_exe(tmp_path_factory.mktemp("robustwork"), "robustwork", "-pthread")
 
 
 def _syscall_nr(tid_dir: str) -> str:
@@ -2471,10 +2465,7 @@ def test_a_pending_posix_timer_signal_comes_once_from_its_timer(pidns, tmp_path,
     timer itself makes its signal pending again, to the process or (SIGEV_THREAD_ID) to its
     thread: one delivery, whose overrun counts the periods since the restore, and the timer goes
     on."""
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the workload")
-    exe = str(tmp_path / "timerpend")
-    subprocess.run(["gcc", "-O1", "-o", exe, os.path.join(HERE, "workloads", "timerpend.c")], check=True)
+    exe = workload_exe(tmp_path, "timerpend")
     w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     img = str(tmp_path / "t.img")
@@ -3684,11 +3675,7 @@ def test_threads_keep_their_own_credentials(pidns, tmp_path, restored):
     (they came back as the leader's: uid 0 with every capability) and securebits."""
     from ckptrace.image.reader import read_image
 
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the workload")
-    exe = str(tmp_path / "threadcreds")
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", exe, os.path.join(HERE, "workloads", "threadcreds.c")],
-                   check=True)
+    exe = workload_exe(tmp_path, "threadcreds", "-pthread")
     w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"), settle=0.2, stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want = _thread_creds(w.init)
@@ -4947,11 +4934,7 @@ def test_mlockall_future_comes_back(pidns, tmp_path, restored):
 
 @pytest.fixture(scope="module")
 def bigmem(tmp_path_factory) -> str:
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the workload")
-    out = str(tmp_path_factory.mktemp("bigmem") / "bigmem")
-    subprocess.run(["gcc", "-O2", "-o", out, os.path.join(HERE, "workloads", "bigmem.c")], check=True)
-    return out
+    return workload_exe(tmp_path_factory.mktemp("bigmem"), "bigmem", "-O2")
 
 
 def _rss_anon_kib(pid: int) -> int:
@@ -6106,10 +6089,7 @@ def test_a_sleep_interrupted_for_a_handler_returns_eintr_and_the_stop_comes_firs
     SIGSTOP restore queues for a stopped process, sent process-wide, was taken after the
     process-wide SIGUSR1: the restored child sat stopped with the handler's frame made and
     nothing pending, where the original had SIGUSR1 pending (ShdPnd)."""
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to build the workload")
-    exe = str(tmp_path / "stopsleep")
-    subprocess.run(["gcc", "-O1", "-o", exe, os.path.join(HERE, "workloads", "stopsleep.c")], check=True)
+    exe = workload_exe(tmp_path, "stopsleep")
     w = pidns([exe, str(tmp_path)], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     usr1 = 1 << (signal.SIGUSR1 - 1)

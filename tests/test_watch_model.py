@@ -3,6 +3,7 @@ per-namespace model, and the dashboard's render function on model states."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -1201,16 +1202,9 @@ def test_ignored_pids_are_forgotten_once_gone(model):
     assert ctl.ignored == {os.getpid()}
 
 
-def test_a_process_met_at_its_exec_gets_the_pages_execve_wrote_once(model):
-    """vfork/posix_spawn: the controller first meets a process at its exec record. /proc then
-    shows the table the exec made; taken as the old one and buried by the exec, the pages execve
-    itself wrote (the new stack, ld.so's data: the old generation) went to its tombstone, and
-    the same range was reported twice, its live mapping one page short."""
-    import subprocess
-    import time
-
-    from ckptrace.watch import Controller
-
+@contextlib.contextmanager
+def _exec_d_sleep():
+    """A real `sleep` child once it has exec'd, with its stack's range: (child, start, end)."""
     child = subprocess.Popen(["sleep", "30"])
     try:
         while "sleep" not in os.readlink(f"/proc/{child.pid}/exe"):
@@ -1218,6 +1212,20 @@ def test_a_process_met_at_its_exec_gets_the_pages_execve_wrote_once(model):
         with open(f"/proc/{child.pid}/maps") as f:
             stack = next(line for line in f if line.rstrip().endswith("[stack]"))
         lo, hi = (int(x, 16) for x in stack.split()[0].split("-"))
+        yield child, lo, hi
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_process_met_at_its_exec_gets_the_pages_execve_wrote_once(model):
+    """vfork/posix_spawn: the controller first meets a process at its exec record. /proc then
+    shows the table the exec made; taken as the old one and buried by the exec, the pages execve
+    itself wrote (the new stack, ld.so's data: the old generation) went to its tombstone, and
+    the same range was reported twice, its live mapping one page short."""
+    from ckptrace.watch import Controller
+
+    with _exec_d_sleep() as (child, lo, hi):
         prog = DrainProg()
         out: list[dict] = []
         ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
@@ -1231,9 +1239,6 @@ def test_a_process_met_at_its_exec_gets_the_pages_execve_wrote_once(model):
         dirty = [(e["start"], e["end"], e["pages"]) for e in out if e["event"] == "dirty"]
         assert dirty == [(lo, hi, 2)]
         assert model.procs[child.pid].find(hi - P).dirty == {top, top - 1}
-    finally:
-        child.kill()
-        child.wait()
 
 
 def test_a_table_read_from_proc_after_an_exec_is_not_buried_by_that_exec(model):
@@ -1273,18 +1278,9 @@ def test_a_process_met_at_its_execs_rename_gets_the_pages_execve_wrote_once(mode
     parent's clone returned): /proc, read then, already shows the exec's table. The pages execve
     wrote on the new stack (the old generation) were reported `gone` on a tombstone of the live
     stack's very range."""
-    import subprocess
-    import time
-
     from ckptrace.watch import Controller
 
-    child = subprocess.Popen(["sleep", "30"])
-    try:
-        while "sleep" not in os.readlink(f"/proc/{child.pid}/exe"):
-            time.sleep(0.01)
-        with open(f"/proc/{child.pid}/maps") as f:
-            stack = next(line for line in f if line.rstrip().endswith("[stack]"))
-        lo, hi = (int(x, 16) for x in stack.split()[0].split("-"))
+    with _exec_d_sleep() as (child, lo, hi):
         prog = DrainProg()
         out: list[dict] = []
         ctl = Controller(prog, model, host=1, focus=None, emit=out.append)
@@ -1298,9 +1294,6 @@ def test_a_process_met_at_its_execs_rename_gets_the_pages_execve_wrote_once(mode
         assert ctl.failure is None
         dirty = [(e["start"], e["end"], e["pages"], e.get("gone", False)) for e in out if e["event"] == "dirty"]
         assert dirty == [(lo, hi, 2, False)]
-    finally:
-        child.kill()
-        child.wait()
 
 
 def test_a_child_that_is_a_zombie_when_its_first_record_is_read_still_has_its_fork_first(model):
