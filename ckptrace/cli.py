@@ -75,10 +75,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+class CommandParser(OneLineParser):
+    """A subcommand's parser. argparse hands the arguments a subcommand does not know back up to
+    the top-level parser, which would report them as `ckptrace: unrecognized arguments` and point
+    at `ckptrace --help`; everything after the command word is the command's, so its own parser
+    reports them, naming the command and the help that lists its options."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ckptrace", description="Watch and checkpoint whole pid namespaces.")
     p.add_argument("--version", action="version", version=f"ckptrace {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     sub.required = True
     subs = {name: sub.add_parser(name, help=h, description=h) for name, (_, _, h) in COMMANDS.items()}
 

@@ -127,3 +127,26 @@ def test_a_duration_must_be_positive_and_finite(text):
 
     with pytest.raises(argparse.ArgumentTypeError, match="must be a positive, finite number of seconds"):
         seconds_arg(text)
+
+
+# What each command needs besides the unknown option, so that the option is the only problem.
+_REQUIRED = {"dump": ["--pid", "1"], "restore": ["x"], "show": ["x"], "decode": ["x"], "inspect": ["x"],
+             "diff": ["a", "b"]}
+
+
+def test_an_unknown_option_names_its_command(capsys):
+    """argparse reports a subcommand's unknown arguments through the top-level parser, as
+    `ckptrace: unrecognized arguments` pointing at `ckptrace --help`, which does not list them:
+    every command names itself and its own help, in one line, exit status 2."""
+    from ckptrace.cli import COMMANDS, build_parser
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([name, *_REQUIRED.get(name, []), "--frob"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, name
+        assert err == f"ckptrace {name}: unrecognized arguments: --frob (see `ckptrace {name} --help`)\n", err
+    with pytest.raises(SystemExit) as exc:  # before the command word it is the top level's
+        build_parser().parse_args(["--frob", "show", "x"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "ckptrace: unrecognized arguments: --frob (see `ckptrace --help`)\n"
