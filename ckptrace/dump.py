@@ -9,6 +9,7 @@ Tasks are released in a `finally`, whatever happened. See docs/dump.md.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import select
@@ -24,7 +25,8 @@ from typing import Any
 
 from . import notify
 from .stdfds import closed_at_start
-from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Terminated, Unsupported, UsageError
+from .errors import (AccessDenied, CkptError, KernelError, NoSuchProcess, OutputClosed, Terminated, Unsupported, UsageError,
+                     errno_text)
 from .progress import ProgressLine
 from .image.records import RecType, wait_status_text
 from .image.render import plural
@@ -79,11 +81,19 @@ def resolve_ns(pidns: int | None, pid: int | None, proc: str = procfs.PROC) -> i
     if pidns is not None:
         return pidns
     assert pid is not None
-    ns = procfs.ns_inode(pid, "pid", proc)
+    path = f"{proc}/{pid}/ns/pid"
+    try:
+        link = os.readlink(path)
+    except OSError as exc:
+        # Both say why, as the kernel put it: EACCES for host pid 1 even as root in some
+        # containers, or for another user's process without root.
+        why = errno_text(exc.errno or 0)
+        if exc.errno in (errno.ENOENT, errno.ESRCH) and not os.path.exists(f"{proc}/{pid}"):
+            raise UsageError(f"no process {pid} ({path}): {why}") from None
+        raise UsageError(f"cannot read the pid namespace of process {pid} ({path}): {why}") from None
+    ns = procfs.parse_ns_link(link)
     if ns is None:
-        if os.path.exists(f"{proc}/{pid}"):
-            raise UsageError(f"cannot read the pid namespace of process {pid} ({proc}/{pid}/ns/pid)")
-        raise UsageError(f"no process {pid}")
+        raise UsageError(f"cannot read the pid namespace of process {pid} ({path}): not a namespace link: {link!r}")
     return ns
 
 

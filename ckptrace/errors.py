@@ -78,7 +78,12 @@ class KernelError(CkptError):
 
     def __init__(self, what: str, err: int):
         self.errno = err
-        super().__init__(f"{what}: {errno.errorcode.get(err, err)} ({_strerror(err)})")
+        super().__init__(f"{what}: {errno_text(err)}")
+
+
+def errno_text(err: int) -> str:
+    """`EACCES (Permission denied)`: how every message that carries an errno shows it."""
+    return f"{errno.errorcode.get(err, err)} ({_strerror(err)})"
 
 
 def _strerror(err: int) -> str:

@@ -248,3 +248,33 @@ def test_coredump_filter_and_an_exiting_process(fake):
     f.write_text("")
     with pytest.raises(NoSuchProcess):
         procfs.coredump_filter(4321, fake)
+
+
+def test_dump_pid_says_why_its_namespace_cannot_be_read(tmp_path):
+    """`dump --pid P` names the errno when /proc/P/ns/pid cannot be read, the same way whether
+    the process does not exist (ENOENT) or its link is refused or unreadable."""
+    import subprocess
+    import sys
+
+    from ckptrace.dump import resolve_ns
+    from ckptrace.errors import UsageError
+
+    (tmp_path / "5" / "ns").mkdir(parents=True)
+    (tmp_path / "5" / "ns" / "pid").write_text("")  # not a link: readlink says EINVAL
+    (tmp_path / "6").mkdir()  # the process is there, its ns/ is not (ENOENT)
+    (tmp_path / "7" / "ns").mkdir(parents=True)
+    (tmp_path / "7" / "ns" / "pid").symlink_to("pid:[x]")
+    cases = {5: f"cannot read the pid namespace of process 5 ({tmp_path}/5/ns/pid): EINVAL (Invalid argument)",
+             6: f"cannot read the pid namespace of process 6 ({tmp_path}/6/ns/pid): ENOENT (No such file or directory)",
+             8: f"no process 8 ({tmp_path}/8/ns/pid): ENOENT (No such file or directory)",
+             7: f"cannot read the pid namespace of process 7 ({tmp_path}/7/ns/pid): not a namespace link: 'pid:[x]'"}
+    for pid, want in cases.items():
+        with pytest.raises(UsageError) as exc:
+            resolve_ns(None, pid, str(tmp_path))
+        assert str(exc.value) == want
+    if os.geteuid() == 0:  # another user's process: the kernel refuses the link (EACCES)
+        code = ("from ckptrace.dump import resolve_ns\ntry:\n    resolve_ns(None, 1)\nexcept Exception as e:\n    print(e)")
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+        assert p.stdout == "cannot read the pid namespace of process 1 (/proc/1/ns/pid): EACCES (Permission denied)\n", p
