@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
 from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Terminated, TimedOut, Unsupported
-from .image.render import plural
+from .image.render import plural, shown_path
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import REG_NAMES, TASK_STOPPED
 from .image.stream import open_seekable
@@ -162,7 +162,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     if img.root and not os.path.isdir(img.root):
         # alone: every path of the image is looked up under it, and each would be named missing
         how = "is not a directory" if os.path.lexists(img.root) else "does not exist"
-        raise Unsupported(f"cannot restore this image: --root {img.root!r} {how}")
+        raise Unsupported(f"cannot restore this image: --root '{shown_path(img.root)}' {how}")
     xs = xstate_size()
     if img.arch["xstate_size"] != xs:
         problems.append(f"the image's XSAVE area is {img.arch['xstate_size']} bytes, this CPU's is {xs}")
@@ -199,11 +199,11 @@ def validate(img: Image, *, bindings: bool = True) -> None:
                 if os.path.isdir(img.at(p or "/")):
                     continue
                 if p.endswith(DELETED_SUFFIX):  # as readlink showed it: the directory had been removed
-                    problems.append(f"process {t.tid}'s {what} {img.at(p.removesuffix(DELETED_SUFFIX))!r} was deleted "
+                    problems.append(f"process {t.tid}'s {what} '{shown_path(img.at(p.removesuffix(DELETED_SUFFIX)))}' was deleted "
                                     "before the dump: restore cannot enter it")
                 else:
                     how = "is not a directory" if os.path.lexists(img.at(p or "/")) else "does not exist"
-                    problems.append(f"process {t.tid}'s {what} {img.at(p or '/')!r} {how} here")
+                    problems.append(f"process {t.tid}'s {what} '{shown_path(img.at(p or '/'))}' {how} here")
         elif not isinstance(img.obj(t.files_objref), FileTable) or \
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
@@ -229,13 +229,13 @@ def range_problems(img: Image) -> list[str]:
     writes (a damaged or hostile image): each would fail the restore late, as a traceback
     (lseek, ftruncate and open overflow on them), after processes exist. Named here instead."""
     from .image.reader import File
-    from .image.records import FileType, RecType, _escaped
+    from .image.records import FileType, RecType
 
     out = []
     for obj in img.objects.values():
         if not isinstance(obj, File):
             continue
-        what = f"file object {obj.objref}" + (f" ({_escaped(obj.name)})" if obj.name else "")
+        what = f"file object {obj.objref}" + (f" ({shown_path(obj.name)})" if obj.name else "")
         f = obj.fields
         if f["f_pos"] > OFF_MAX:
             out.append(f"{what}'s offset {f['f_pos']} is past the largest file offset (2^63-1)")

@@ -758,3 +758,24 @@ def test_a_full_tmpdir_while_spooling_says_where_the_copy_was_going(monkeypatch,
     monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kw: Full(io.FileIO(str(tmp_path / "t"), "w+")))
     with pytest.raises(KernelError, match=f"copying the image to a temporary file in {tmp_path} .TMPDIR.: ENOSPC"):
         stream.spool(io.BytesIO(imagegen.build()))
+
+
+def test_a_path_that_is_no_utf8_is_shown_with_its_bytes():
+    """A file name is any bytes: one that is no UTF-8 (here ff fe) was shown as Python keeps it,
+    `\\udcff\\udcfe`, which names no byte a user could look for. Every restore message shows
+    it as show and decode do, `\\xff\\xfe`."""
+    from ckptrace.restore import range_problems
+
+    data = imagegen.build()
+    assert data.count(b"/tmp/log.txt") == 1
+    img = read_image(io.BytesIO(data.replace(b"/tmp/log.txt", b"/tmp/l\xff\xfe.txt")))
+    assert img.obj(2).name == "/tmp/l\udcff\udcfe.txt"
+    problems = [p for p in check_files(img) if ".txt" in p]
+    assert problems == ["file '/tmp/l\\xff\\xfe.txt' (object 2) does not exist"], problems
+    from ckptrace.image.records import FileType
+    from ckptrace.restorer.files import _what  # (what a failed reopen names)
+
+    assert _what(img.obj(2), FileType.REGULAR) == "a file (/tmp/l\\xff\\xfe.txt)"
+    img.obj(2).fields.update(f_pos=1 << 63)
+    assert range_problems(img) == ["file object 2 (/tmp/l\\xff\\xfe.txt)'s offset 9223372036854775808 is past the "
+                                   "largest file offset (2^63-1)"]

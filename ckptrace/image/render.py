@@ -322,6 +322,16 @@ def terminal_safe(text: str) -> str:
     return "".join(out)
 
 
+def shown_path(path: str | bytes) -> str:
+    """A path as every message shows it: bytes no UTF-8 decodes (a file name is any bytes; the
+    image keeps them as lone surrogates) as \\xff, control characters escaped, as
+    terminal_safe shows them; not `\\udcff`, which is how Python would print the string, and
+    which names no byte the user could look for. Quoting is the message's."""
+    if isinstance(path, bytes):
+        path = path.decode("utf-8", "surrogateescape")
+    return terminal_safe(path)
+
+
 def show_text(s: dict[str, Any]) -> str:
     zombies = f" ({plural(len(s['zombies']), 'zombie')})" if s["zombies"] else ""
     out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {plural(s['tasks'], 'task')} "

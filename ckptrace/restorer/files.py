@@ -31,7 +31,7 @@ from ..kernel.sys import RESOLVE_IN_ROOT, SO_SNDBUFFORCE, ioctl_int, libc, opena
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
-from ..image.render import file_label, inet_sockaddr, peer_gone, socket_desc
+from ..image.render import file_label, inet_sockaddr, peer_gone, shown_path, socket_desc
 from ..image.records import (F_SEAL_EXEC, F_SEAL_FUTURE_WRITE, F_SEAL_SEAL, FMODE_WRITE, MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKADDR_LEN, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
                              TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
                              inotify_watches)
@@ -103,10 +103,10 @@ def check_files(img: Image) -> list[str]:
             rec = _extra(obj, RecType.FILE_INOTIFY)
             for wd, _, path in _inotify_watches(rec):
                 if not path or not os.path.lexists(img.at(path)):
-                    problems.append(f"inotify object {obj.objref} watches {path or 'an inode with no path'} "
+                    problems.append(f"inotify object {obj.objref} watches {shown_path(path) if path else 'an inode with no path'} "
                                     f"(wd {wd}), which does not exist")
         if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
-            problems.append(f"file {img.at(obj.name)!r} (object {obj.objref}) does not exist")
+            problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}) does not exist")
         elif ft is FileType.REGULAR and (why := _type_problem(img, obj)):
             problems.append(why)
     return problems
@@ -144,17 +144,17 @@ def _type_problem(img: Image, obj: File) -> str:
     a FIFO there would block the open (a FIFO is never REGULAR: the dumper tells them apart), a
     directory refuse it late, a device (a symlink to /dev/zero) swallow the program's writes."""
     path = img.at(obj.name)
-    who = f"file {path!r} ({_users(img, obj.objref)})"
+    who = f"file '{shown_path(path)}' ({_users(img, obj.objref)})"
     try:
         now = os.stat(path)
     except OSError as exc:
         if os.path.islink(path):
-            return f"{who} is now a symlink to {os.readlink(path)!r}, which leads nowhere ({os.strerror(exc.errno)})"
+            return f"{who} is now a symlink to '{shown_path(os.readlink(path))}', which leads nowhere ({os.strerror(exc.errno)})"
         return f"{who} cannot be looked at: {os.strerror(exc.errno)}"
     kind, was = stat.S_IFMT(now.st_mode), _was_kinds(obj)
     if kind in was:
         return ""
-    via = f"a symlink to {os.readlink(path)!r}, " if os.path.islink(path) else ""
+    via = f"a symlink to '{shown_path(os.readlink(path))}', " if os.path.islink(path) else ""
     return f"{who} was {_kinds_text(was)} at the dump and is now {via}{FILE_KINDS.get(kind, 'another kind of file')}"
 
 
@@ -232,7 +232,7 @@ def _path_in_use(path: str) -> str:
         who = f"a socket of that name is held by host pid {held[0]}{more}"
     else:
         who = "its holder was not found (a socket only in flight, or in a network namespace no process is in)"
-    return f"unix socket path {path} is in use by a live socket: {who}"
+    return f"unix socket path {shown_path(path)} is in use by a live socket: {who}"
 
 
 def binding_problems(img: Image) -> list[str]:
@@ -345,12 +345,12 @@ def _what(obj: File, ft: FileType) -> str:
     sock = _extra(obj, RecType.FILE_SOCKET)
     if sock is not None:
         kind = "an inet socket" if sock.fields["family"] in (2, 10) else "a socket"
-        return f"{kind} ({socket_desc(sock.fields, bytes(sock.payload or b''), obj.name)})"
+        return f"{kind} ({shown_path(socket_desc(sock.fields, bytes(sock.payload or b''), obj.name))})"
     if ft is FileType.REGULAR:  # (a regular file, directory or device: FILE_STAT says which)
         kinds = _was_kinds(obj)
-        return f"{_kinds_text(kinds) if len(kinds) == 1 else 'a file'} ({file_label(obj)})"
+        return f"{_kinds_text(kinds) if len(kinds) == 1 else 'a file'} ({shown_path(file_label(obj))})"
     kind = {FileType.DELETED: "deleted file"}.get(ft, ft.name.lower().replace("_", " "))
-    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({file_label(obj)})"
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} ({shown_path(file_label(obj))})"
 
 
 def _inet_unrestorable(obj: File) -> str:
@@ -585,7 +585,7 @@ class FileSet:
         try:
             kind = stat.S_IFMT(os.fstat(fd).st_mode)
             if kind not in kinds:
-                raise Unsupported(f"file {self.img.at(obj.name)!r} ({_users(self.img, obj.objref)}) was "
+                raise Unsupported(f"file '{shown_path(self.img.at(obj.name))}' ({_users(self.img, obj.objref)}) was "
                                   f"{_kinds_text(kinds)} at the dump and is now {FILE_KINDS.get(kind, 'another kind of file')}")
             if guard:
                 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
@@ -667,7 +667,7 @@ class FileSet:
                 # The pipe the dump saw is still there, with its capacity: its bytes were never
                 # lost, or the other party has read them since; written again, they would be
                 # read twice.
-                self.notes.append(f"{_users(self.img, obj.objref)}: the FIFO {self.img.at(obj.name)} {why}, "
+                self.notes.append(f"{_users(self.img, obj.objref)}: the FIFO {shown_path(self.img.at(obj.name))} {why}, "
                                   f"so the pipe the dump saw lives on: its {len(data)} buffered bytes "
                                   "are left to it, not written again")
                 data = b""
@@ -950,7 +950,7 @@ class FileSet:
                 s.setblocking(False)  # a full accept queue must fail, not hang the restore
                 s.connect(target)
             except OSError as exc:
-                raise from_oserror(exc, f"{_users(self.img, objref)}: connect to {target!r}") from None
+                raise from_oserror(exc, f"{_users(self.img, objref)}: connect to '{shown_path(target)}'") from None
             finally:
                 s.setblocking(blocking)
                 s.detach()
@@ -997,7 +997,7 @@ class FileSet:
         t.start()
         t.join()
         if failed:
-            raise from_oserror(failed[0], f"bind {path!r} ({why})") \
+            raise from_oserror(failed[0], f"bind '{shown_path(path)}' ({why})") \
                 if isinstance(failed[0], OSError) else failed[0]
         return os.path.join(top, path.lstrip("/"))
 
@@ -1012,11 +1012,11 @@ class FileSet:
         restore with EADDRINUSE, as a bind there would)."""
         import shutil
 
-        why = f"its file renamed to {name!r} before the dump"
+        why = f"its file renamed to '{shown_path(name)}' before the dump"
         try:
             top = tempfile.mkdtemp(prefix=".ckptrace-bind-", dir=os.path.dirname(name) or ".")
         except OSError as exc:
-            raise from_oserror(exc, f"bind {path!r} ({why}): make a directory beside it") from None
+            raise from_oserror(exc, f"bind '{shown_path(path)}' ({why}): make a directory beside it") from None
         try:
             made = self._bind_within(s, top, path, why)
             with _bind_lock():  # (another restore must not take the name between the look and the rename)
@@ -1026,14 +1026,14 @@ class FileSet:
                     pass
                 else:
                     if not stat.S_ISSOCK(mode):
-                        raise KernelError(f"unix socket file {name} (renamed from {path} before the dump): "
+                        raise KernelError(f"unix socket file {shown_path(name)} (renamed from {shown_path(path)} before the dump): "
                                           "another file is there now", errno.EADDRINUSE)
                     if _socket_alive(name):
                         raise KernelError(_path_in_use(name), errno.EADDRINUSE)
                 try:
                     os.rename(made, name)  # (over the dead original's socket file, at once)
                 except OSError as exc:
-                    raise from_oserror(exc, f"rename the socket file bound at {path!r} to {name!r}") from None
+                    raise from_oserror(exc, f"rename the socket file bound at '{shown_path(path)}' to '{shown_path(name)}'") from None
                 st = os.lstat(name)
                 self.bound_paths.append((name, st.st_dev, st.st_ino))  # (removed should the restore fail)
         finally:
@@ -1082,9 +1082,9 @@ class FileSet:
                     next_wd = dummy + 1
                 got = _check_libc(libc.inotify_add_watch(fd, self.img.at(path).encode("utf-8", "surrogateescape"),
                                                         ctypes.c_uint32(mask)),
-                                  f"inotify_add_watch({path})")
+                                  f"inotify_add_watch({shown_path(path)})")
                 if got != wd:
-                    raise Unsupported(f"inotify object {obj.objref}: watch on {path} got wd {got}, not {wd}")
+                    raise Unsupported(f"inotify object {obj.objref}: watch on {shown_path(path)} got wd {got}, not {wd}")
                 next_wd = got + 1
             while True:
                 try:
@@ -1355,7 +1355,7 @@ class FileSet:
                     try:
                         fd = self.place(os.open(f"/proc/self/fd/{own}", os.O_RDWR | os.O_CLOEXEC))
                     except OSError as exc:
-                        raise from_oserror(exc, f"reopen {src.name} for its mapping at {vf['vm_start']:#x}") from None
+                        raise from_oserror(exc, f"reopen {shown_path(src.name)} for its mapping at {vf['vm_start']:#x}") from None
                 else:
                     fd = self._memfd(src)
                 self.mapped_data[src.objref] = fd
@@ -1365,7 +1365,7 @@ class FileSet:
     def vma_path(self, vf: dict) -> str:
         """The path of the file a VMA maps, as this host finds it (for messages)."""
         src = self.img.obj(vf["vma_objref"])
-        return self.img.at(src.name) if isinstance(src, File) and src.name else f"object {vf['vma_objref']}"
+        return shown_path(self.img.at(src.name)) if isinstance(src, File) and src.name else f"object {vf['vma_objref']}"
 
     def map_fd(self, name: str, mode: int) -> int:
         """The fd a file mapped from image path `name` is mapped from (one per path and mode)."""
@@ -1376,7 +1376,7 @@ class FileSet:
                 # mmap then refuses it, and ignores the flag)
                 self.mapped[key] = self.place(open_path(self.img, name, mode | os.O_NONBLOCK))
             except OSError as exc:
-                raise from_oserror(exc, f"open {self.img.at(name)} to map it") from None
+                raise from_oserror(exc, f"open {shown_path(self.img.at(name))} to map it") from None
         return self.mapped[key]
 
     def all_fds(self) -> list[int]:

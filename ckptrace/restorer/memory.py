@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import File, Image, Mm, Vma
+from ..image.render import shown_path
 from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, FileType, RecType, VmaType
 from ..kernel import procfs
 from ..kernel.prctl import PR_SET_MM, PR_SET_MM_MAP, PR_SET_NAME
@@ -156,7 +157,7 @@ def check_mapped_files(img: Image) -> list[str]:
         grew = now.st_size != st.fields["size"]
         if grew or (img.root in ("", "/") and now.st_mtime_ns != st.fields["mtime_ns"]):
             how = f"size {st.fields['size']} -> {now.st_size}" if grew else "modified since, same size"
-            problems.append(f"{who} is {path!r}, which has changed since the dump ({how}): the pages the "
+            problems.append(f"{who} is '{shown_path(path)}', which has changed since the dump ({how}): the pages the "
                             "image does not hold would come from the new contents")
             reported.add(ref)
     return problems + _pages_past_eof(img, reported)
@@ -198,7 +199,7 @@ def _pages_past_eof(img: Image, reported: set[int]) -> list[str]:
         except OSError:
             continue  # (check_files says it does not exist)
         if size <= off:
-            problems.append(f"file {path!r} is now {size} bytes; process {tid}'s private mapping of it at "
+            problems.append(f"file '{shown_path(path)}' is now {size} bytes; process {tid}'s private mapping of it at "
                             f"{v.start:#x}-{v.end:#x} holds a written page at file offset {off} ({addr:#x}), "
                             "which the kernel cannot map past the file's end (truncated since the dump?)")
     return problems
@@ -331,7 +332,7 @@ class MemoryRestorer:
                         size = f"is now {os.fstat(fd).st_size} bytes"
                     except OSError:
                         size = "cannot be looked at"
-                    raise KernelError(f"{self.who}: writing the image's pages of {path!r} at {v.start:#x}-{v.end:#x} "
+                    raise KernelError(f"{self.who}: writing the image's pages of '{path}' at {v.start:#x}-{v.end:#x} "
                                       f"(file offset {off}): the file {size}, and the kernel maps no page past "
                                       "its end", errno.EFAULT) from None
             elif vf["vma_objref"] not in self.files.filled:  # (a sealed segment has its pages)

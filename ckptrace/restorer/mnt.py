@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from ..image.reader import Image
+from ..image.render import shown_path
 from ..image.records import CLONE_NEWNS, NS_OWN_PROC
 
 
@@ -41,7 +42,7 @@ def notes(img: Image) -> list[str]:
         return []
     out = []
     if own_proc(img) and not proc_mount(img):
-        out.append(f"the restored namespace has no /proc of its own: {os.path.join(img.at(init.root or '/'), 'proc')} "
+        out.append(f"the restored namespace has no /proc of its own: {shown_path(os.path.join(img.at(init.root or '/'), 'proc'))} "
                    "is not a directory to mount it on; it is in the restorer's mount namespace")
     if init.mnt_missing:
         out.append(f"the original namespace's mount namespace also had {init.mnt_missing}, which were not "

@@ -33,6 +33,7 @@ import time
 
 from ..errors import Unsupported
 from ..image.reader import File, Image
+from ..image.render import shown_path
 from ..image.records import (TTY_DEVTTY, TTY_EXCLUSIVE, TTY_HUNGUP, TTY_LOCKED, TTY_PACKET, TTY_STATE,
                              FileType, RecType)
 from ..kernel import procfs
@@ -98,7 +99,7 @@ def problems(img: Image, users) -> list[str]:
             continue
         rec = tty_record(obj)
         if rec is None:
-            out.append(f"{users(obj.objref)}: a terminal ({obj.name or 'no path'}) without its FILE_TTY record")
+            out.append(f"{users(obj.objref)}: a terminal ({shown_path(obj.name) if obj.name else 'no path'}) without its FILE_TTY record")
             continue
         f = rec.fields
         if not f["is_master"]:
@@ -144,9 +145,9 @@ def outside_problem(img: Image, obj: File, users: str) -> str | None:
     try:
         st = os.stat(path)
     except OSError:
-        return f"file {path!r} (object {obj.objref}) does not exist"
+        return f"file '{shown_path(path)}' (object {obj.objref}) does not exist"
     if os.major(st.st_rdev) in PTS_MAJORS and f["ctime_ns"] and st.st_ctime_ns != f["ctime_ns"]:
-        return (f"{users}: {path} is not the terminal the dump saw: its node was made or changed at "
+        return (f"{users}: {shown_path(path)} is not the terminal the dump saw: its node was made or changed at "
                 f"{_when(st.st_ctime_ns)}, the dumped one at {_when(f['ctime_ns'])} (that pty was closed and "
                 "its number given to another, or its mode or owner changed since, as by mesg); the "
                 "restored programs would use a terminal that is not theirs")
