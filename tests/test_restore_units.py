@@ -779,3 +779,23 @@ def test_a_path_that_is_no_utf8_is_shown_with_its_bytes():
     img.obj(2).fields.update(f_pos=1 << 63)
     assert range_problems(img) == ["file object 2 (/tmp/l\\xff\\xfe.txt)'s offset 9223372036854775808 is past the "
                                    "largest file offset (2^63-1)"]
+
+
+def test_securebits_the_kernel_does_not_know_are_named_before_anything_exists():
+    """PR_SET_SECUREBITS refuses a bit the kernel does not know with EPERM: an image holding one
+    failed late, `prctl(PR_SET_SECUREBITS) in PID: EPERM`, after every process existed. The
+    validation names it. Linux 6.14 knows the exec bits (0x100, 0x400) and their locks too."""
+    from ckptrace.restorer.creds import creds_problems, securebits_known
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    t = img.task(1)
+    t.creds["securebits"] = 0xFF  # every bit and lock 6.1 knows
+    assert creds_problems(t, "6.1.0-18-amd64") == []
+    t.creds["securebits"] = 0x1010
+    want = "process 1's securebits 0x1010 hold bits this kernel does not know (0x1000; it knows {})"
+    assert creds_problems(t, "6.18.0") == [want.format("0xfff")]
+    assert creds_problems(t) == [want.format(hex(securebits_known()))]  # this kernel's, by default
+    t.creds["securebits"] = 0x510  # SECBIT_EXEC_RESTRICT_FILE | SECBIT_EXEC_DENY_INTERACTIVE | KEEP_CAPS
+    assert creds_problems(t, "6.14.0") == []
+    assert creds_problems(t, "6.1.0") == ["process 1's securebits 0x510 hold bits this kernel does not know "
+                                          "(0x500; it knows 0xff)"]

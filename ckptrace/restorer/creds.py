@@ -27,6 +27,20 @@ SI_USER = 0
 SIGRTMIN = 32  # the kernel's: every signal from here on queues one instance per send
 SECBIT_KEEP_CAPS, SECBIT_KEEP_CAPS_LOCKED = 0x10, 0x20
 SECBIT_NO_CAP_AMBIENT_RAISE_BITS = 0xC0  # the bit and its lock
+# <linux/securebits.h> SECURE_ALL_BITS | SECURE_ALL_LOCKS: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS and
+# NO_CAP_AMBIENT_RAISE with their locks; Linux 6.14 added EXEC_RESTRICT_FILE and
+# EXEC_DENY_INTERACTIVE (bits 8 and 10) and theirs. PR_SET_SECUREBITS refuses any other bit (EPERM).
+SECUREBITS_KNOWN, SECUREBITS_KNOWN_6_14 = 0xFF, 0xFFF
+
+
+def securebits_known(release: str | None = None) -> int:
+    """The securebits the kernel of `release` (uname -r; this one by default) lets a task have."""
+    release = os.uname().release if release is None else release
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return SECUREBITS_KNOWN
+    return SECUREBITS_KNOWN_6_14 if version >= (6, 14) else SECUREBITS_KNOWN
 
 
 def early_securebits(target: int) -> int:
@@ -67,13 +81,20 @@ def install_sigactions(entries: list[dict]) -> None:
 ID_FIELDS = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid")
 
 
-def creds_problems(t) -> list[str]:
+def creds_problems(t, release: str | None = None) -> list[str]:
     """Ids no process can have: (u32)-1 is "leave it unchanged" to setresuid, setresgid and
-    setgroups' callers, so an image holding it would come back with the restorer's (root's) id."""
+    setgroups' callers, so an image holding it would come back with the restorer's (root's) id.
+    And securebits the kernel (of `release`, this one by default) does not know: apply_creds'
+    PR_SET_SECUREBITS would fail with a bare EPERM after every process exists."""
     bad = [k for k in ID_FIELDS if t.creds and t.creds[k] == 0xFFFFFFFF]
     bad += ["a supplementary group" for g in t.groups if g == 0xFFFFFFFF][:1]
     who = "process" if t.tid == t.tgid else "thread"
-    return [f"{who} {t.tid}'s credentials hold -1 as {', '.join(bad)}: not an id"] if bad else []
+    out = [f"{who} {t.tid}'s credentials hold -1 as {', '.join(bad)}: not an id"] if bad else []
+    bits, known = (t.creds or {}).get("securebits", 0), securebits_known(release)
+    if bits & ~known:
+        out.append(f"{who} {t.tid}'s securebits {bits:#x} hold bits this kernel does not know "
+                   f"({bits & ~known:#x}; it knows {known:#x})")
+    return out
 
 
 def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
