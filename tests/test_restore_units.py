@@ -799,3 +799,49 @@ def test_securebits_the_kernel_does_not_know_are_named_before_anything_exists():
     assert creds_problems(t, "6.14.0") == []
     assert creds_problems(t, "6.1.0") == ["process 1's securebits 0x510 hold bits this kernel does not know "
                                           "(0x500; it knows 0xff)"]
+
+
+def test_restore_root_does_not_follow_procs_links_to_the_hosts_files(tmp_path):
+    """--root DIR of a namespace that was not chroot'ed takes /dev, /proc and /sys from the host,
+    and a path through one of /proc's links (/proc/PID/root/..., which the dumper never writes)
+    opened the host's file, outside DIR. Now validation names it and open_path refuses it
+    (RESOLVE_NO_MAGICLINKS); the host's devices and kernel files still open."""
+    import errno
+    import subprocess
+    import sys
+
+    from ckptrace.restorer.files import open_path
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    img.root = str(tmp_path)
+    assert img.ns_root == "/"
+    hostile = f"/proc/{os.getpid()}/root/etc/hostname"  # (/proc/1 may be closed even to root)
+    img.obj(2).name = hostile
+    named = [p for p in check_files(img) if "hostname" in p]
+    assert len(named) == 1 and re.fullmatch(
+        re.escape(f"file '{hostile}' (") + r"pid 1 fd \d.*\) " + re.escape(
+            "leads through one of /proc's links to another process's files (/proc/PID/root, cwd, fd/N) or a "
+            "symlink loop: restore --root does not follow them (they would reach this host's files, not the "
+            "root's)"), named[0]), named
+    with pytest.raises(OSError) as exc:
+        os.close(open_path(img, hostile, os.O_RDONLY))
+    assert exc.value.errno == errno.ELOOP
+    master, slave = os.openpty()
+    try:
+        for path in ["/dev/null", "/dev/ptmx", os.ttyname(slave), "/proc/self/status", "/sys/devices/system/cpu/online"]:
+            img.obj(2).name = path
+            assert [p for p in check_files(img) if path in p] == []
+            os.close(open_path(img, path, os.O_RDONLY | os.O_NOCTTY))
+        # /dev/tty, in a new session whose controlling terminal is that pty
+        code = ("import os, sys\nfrom ckptrace.image.reader import Image, Task\n"
+                "from ckptrace.restorer.files import open_path\n"
+                "os.close(os.open(sys.argv[1], os.O_RDWR))  # (a session leader's first tty: its own)\n"
+                "img = Image(tasks=[Task(fields={}, thread={'tid': 1, 'tgid': 1}, ns_root='/')])\n"
+                "img.root = sys.argv[2]\nos.close(open_path(img, '/dev/tty', os.O_RDWR))\nprint('opened')")
+        p = subprocess.run([sys.executable, "-c", code, os.ttyname(slave), str(tmp_path)], capture_output=True,
+                           text=True, timeout=60, start_new_session=True,
+                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+        assert p.stdout == "opened\n", p
+    finally:
+        os.close(master)
+        os.close(slave)

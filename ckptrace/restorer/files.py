@@ -27,7 +27,7 @@ from typing import BinaryIO
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
-from ..kernel.sys import RESOLVE_IN_ROOT, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
+from ..kernel.sys import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
@@ -55,13 +55,22 @@ IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
 
+AT_FDCWD = -100
+
+
 def open_path(img: Image, path: str, flags: int) -> int:
     """os.open of image path `path` where this host finds it (Image.at). Under --root, a path
     of the namespace is opened by openat2(RESOLVE_IN_ROOT) from `root`: the kernel resolves it
     as a process chroot'ed there would, so that no `..` or symlink (of the image, or put in
-    `root` since the validation) opens a file outside it."""
+    `root` since the validation) opens a file outside it. One the host's (/dev, /proc, /sys of
+    a namespace that was not chroot'ed; Image.inside) is opened with RESOLVE_NO_MAGICLINKS:
+    a link of /proc such as /proc/PID/root or /proc/PID/fd/N (which the dumper never writes:
+    it records what they lead to) would lead out of `root` to any file of the host (ELOOP,
+    which check_files names)."""
     inside = img.inside(path)
     if inside is None:
+        if img.root:
+            return openat2(AT_FDCWD, img.at(path), flags, 0, RESOLVE_NO_MAGICLINKS)
         return os.open(img.at(path), flags)
     top = os.open(img.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -107,6 +116,8 @@ def check_files(img: Image) -> list[str]:
                                     f"(wd {wd}), which does not exist")
         if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
             problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}) does not exist")
+        elif ft in (FileType.REGULAR, FileType.FIFO) and (why := _magic_link_problem(img, obj)):
+            problems.append(why)
         elif ft is FileType.REGULAR and (why := _type_problem(img, obj)):
             problems.append(why)
     return problems
@@ -136,6 +147,21 @@ def _was_kinds(obj: File) -> tuple[int, ...]:
 def _kinds_text(kinds) -> str:
     names = [FILE_KINDS[k] for k in kinds]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _magic_link_problem(img: Image, obj: File) -> str:
+    """Why open_path will not open the host path of `obj` under --root: it leads through one of
+    /proc's magic links ("" when it does not). Looked up with O_PATH, which opens no device."""
+    if not img.root or img.inside(obj.name) is not None:
+        return ""
+    try:
+        os.close(openat2(AT_FDCWD, img.at(obj.name), os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_NO_MAGICLINKS))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return (f"file '{shown_path(img.at(obj.name))}' ({_users(img, obj.objref)}) leads through one of "
+                    "/proc's links to another process's files (/proc/PID/root, cwd, fd/N) or a symlink loop: "
+                    "restore --root does not follow them (they would reach this host's files, not the root's)")
+    return ""
 
 
 def _type_problem(img: Image, obj: File) -> str:
