@@ -150,7 +150,9 @@ def set_root(img: Image, root: str | None = None) -> None:
 def validate(img: Image, *, bindings: bool = True) -> None:
     """Raise, naming every problem found, unless this host can restore the image. `bindings`:
     also whether the addresses and socket paths the image binds are free now (not for `dump
-    --kill`'s check, made while the original still holds them)."""
+    --kill`'s check, made while the original still holds them; but an image whose init had a
+    network namespace of its own gets a new one, where the original holds nothing: whether its
+    sockets' addresses exist there is asked for `--kill` too)."""
     from .kernel.ptrace import xstate_size
     from .restorer.files import binding_problems, check_files, nofile_problem
     from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, special_maps
@@ -209,8 +211,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
     problems += range_problems(img) + task_range_problems(img)
     problems += check_files(img)
-    if bindings:
-        problems += binding_problems(img)
+    problems += binding_problems(img, unix_paths=bindings, ports=bindings)
     if (why := nofile_problem(img)) is not None:
         problems.append(why)
     problems += check_layout(img, special_maps(os.getpid()))

@@ -3599,6 +3599,51 @@ def test_what_a_network_namespace_held_besides_lo_is_noted(pidns, tmp_path, rest
     assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"], links
 
 
+VETH_SERVICE = r"""
+import os, socket, sys, time
+srv = socket.socket()
+srv.bind(("10.231.0.1", 0))
+srv.listen()
+cli = socket.socket()
+cli.bind(("10.231.0.1", 0))
+cli.connect(srv.getsockname())
+conn, _ = srv.accept()
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_sockets_on_an_address_the_new_network_namespace_lacks_are_refused_before_the_kill(pidns, tmp_path):
+    """A listener and a connection on a veth's address, in a network namespace of the
+    container's own: restore makes a new one with lo only, where that address does not exist.
+    `dump --kill` killed the namespace anyway (its check skipped every socket address, since the
+    original holds its ports), and restore then refused the listener, or failed half-way on the
+    connection (its local address was never checked). The address is now asked in a throw-away
+    new namespace at --kill too, and for a connection's local address as well."""
+    if not shutil.which("ip"):
+        pytest.skip("needs ip (iproute2)")
+    setup = ("ip link set lo up && ip link add ckv0 type veth peer name ckv1 && "
+             "ip addr add 10.231.0.1/24 dev ckv0 && ip link set ckv0 up && exec \"$@\"")
+    w = pidns(["unshare", "-n", "sh", "-c", setup, "sh", sys.executable, "-c", VETH_SERVICE, str(tmp_path)],
+              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    img = tmp_path / "veth.img"
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(img))
+    err = d.stderr.decode()
+    assert d.returncode != 0 and "not in the new network namespace" in err, err
+    assert "listening" in err and "established" in err, err
+    assert all(os.path.exists(f"/proc/{h}") for h in w.pids()), "killed"
+    for h in w.pids():
+        with open(f"/proc/{h}/status") as f:
+            assert "TracerPid:\t0" in f.read()
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(img))
+    assert d.returncode == 0, d.stderr.decode()
+    r = ckptrace("restore", str(img))
+    err = r.stderr.decode()
+    assert r.returncode != 0 and err.startswith("ckptrace restore: cannot restore this image: "), err
+    assert err.count("not in the new network namespace") == 3, err  # listener, both ends
+
 CAPS_WORKLOAD = r"""
 import ctypes, os, struct, sys, threading, time
 libc = ctypes.CDLL(None, use_errno=True)

@@ -261,7 +261,7 @@ def _path_in_use(path: str) -> str:
     return f"unix socket path {shown_path(path)} is in use by a live socket: {who}"
 
 
-def binding_problems(img: Image) -> list[str]:
+def binding_problems(img: Image, *, unix_paths: bool = True, ports: bool = True) -> list[str]:
     """What the image binds that is taken on this host now, all of it (restore.validate, before
     anything exists; not dump --kill's check, whose original holds it all until killed): every
     TCP or UDP address a socket is bound to again, tried by binding a throw-away socket made as
@@ -270,44 +270,70 @@ def binding_problems(img: Image) -> list[str]:
     new one made as restorer.net makes it (where no port is taken, but an address other than
     lo's is missing), and every unix socket path held by a live socket (a path is reached from
     every network namespace alike). The files step binds for good and still fails on what was
-    taken in between."""
+    taken in between.
+    In a new network namespace, the local address of every TCP connection is asked too (bound
+    with port 0: it must exist there; its port is the connection's own business). Without
+    `ports` (dump --kill, whose original still holds them) only that: whether each address
+    exists, and that in a new network namespace only, where the original holds nothing; without
+    `unix_paths`, no socket path is looked at."""
     from . import net
     from ..kernel.netns import maybe_entered
 
+    if not ports and not net.own(img):
+        return [] if not unix_paths else _unix_binding_problems(img)
     ns = net.make(img)
     try:
         with maybe_entered(ns):
-            return _binding_problems(img, own_netns=ns is not None)
+            problems = _inet_binding_problems(img, own_netns=ns is not None, ports=ports)
     finally:
         if ns is not None:
             ns.close()
+    return problems + (_unix_binding_problems(img) if unix_paths else [])
 
 
-def _binding_problems(img: Image, own_netns: bool) -> list[str]:
-    problems = []
-    idx = None
+def _bound_sockets(img: Image):
+    """(File, its FILE_SOCKET record, FileType) of every socket an fd table holds."""
     for obj in img.objects.values():
         if not isinstance(obj, File) or not _in_fd_table(img, obj.objref):
             continue
         rec = _extra(obj, RecType.FILE_SOCKET)
-        if rec is None:
-            continue
-        ft = FileType(obj.ftype)
+        if rec is not None:
+            yield obj, rec, FileType(obj.ftype)
+
+
+def _inet_binding_problems(img: Image, own_netns: bool, ports: bool) -> list[str]:
+    problems = []
+    for obj, rec, ft in _bound_sockets(img):
         f = rec.fields
-        if ft is FileType.INET_SOCKET and _extra(obj, RecType.FILE_TCP) is None and not _inet_unrestorable(obj):
-            local = inet_sockaddr(f["family"], bytes(rec.payload or b"")[:SOCKADDR_LEN])
-            if local is None or not local[1]:
-                continue  # (unbound, or port 0: chosen at connect, nothing to take)
-            try:
-                _bound_inet(f, local).close()
-            except OSError as exc:
-                if own_netns and exc.errno == errno.EADDRNOTAVAIL:
-                    problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is not in the new "
-                                    "network namespace restore makes, which has only lo (EADDRNOTAVAIL)")
-                    continue
-                problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is taken here: "
-                                f"{errno.errorcode.get(exc.errno, exc.errno)} ({os.strerror(exc.errno or 0)})")
-        elif ft is FileType.UNIX_SOCKET and f["family"] == AF_UNIX:
+        if ft is not FileType.INET_SOCKET or _inet_unrestorable(obj):
+            continue
+        local = inet_sockaddr(f["family"], bytes(rec.payload or b"")[:SOCKADDR_LEN])
+        if local is None:
+            continue  # (unbound)
+        connection = _extra(obj, RecType.FILE_TCP) is not None
+        if connection or not local[1] or not ports:
+            if not own_netns:
+                continue  # (port 0 is chosen at connect; a connection's port is its own)
+            local = (local[0], 0, *local[2:])  # (does the address exist in the new namespace)
+            f = dict(f, options=0)
+        try:
+            _bound_inet(f, local).close()
+        except OSError as exc:
+            if own_netns and exc.errno == errno.EADDRNOTAVAIL:
+                problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is not in the new "
+                                "network namespace restore makes, which has only lo (EADDRNOTAVAIL)")
+                continue
+            problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is taken here: "
+                            f"{errno.errorcode.get(exc.errno, exc.errno)} ({os.strerror(exc.errno or 0)})")
+    return problems
+
+
+def _unix_binding_problems(img: Image) -> list[str]:
+    problems = []
+    idx = None
+    for obj, rec, ft in _bound_sockets(img):
+        f = rec.fields
+        if ft is FileType.UNIX_SOCKET and f["family"] == AF_UNIX:
             idx = idx or UnixIndex.of(img)
             path = _local_name(rec)
             if not path or path[0] == 0 or _half_dead(rec) or (f["peer_ino"] and idx.late_peer(rec) is None):
