@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -650,7 +651,12 @@ def test_new_fields_are_named_in_text_and_json():
     f_flags = next(f for f in RECORDS[RecType.FILE].fields if f.name == "f_flags")
     assert pretty_value(f_flags, 0o20000 | 0o4000) == "O_NONBLOCK|O_ASYNC"
     sig = next(f for f in RECORDS[RecType.FILE_OWNER].fields if f.name == "signal")
-    assert pretty_value(sig, 36) == "SIGRT4" and pretty_value(sig, 10) == "SIGUSR1"
+    assert pretty_value(sig, 36) == "SIGRTMIN+2" and pretty_value(sig, 10) == "SIGUSR1"
+    # as `kill -l` names them (bash's builtin)
+    listed = subprocess.run(["bash", "-c", "kill -l"], capture_output=True, text=True, check=True).stdout
+    names = dict(re.findall(r"(\d+)\) SIG(\S+)", listed))
+    assert {n: pretty_value(sig, n) for n in range(1, 65) if str(n) in names} == \
+           {n: "SIG" + names[str(n)] for n in range(1, 65) if str(n) in names}
     exit_signal = next(f for f in RECORDS[RecType.TASK].fields if f.name == "exit_signal")
     assert pretty_value(exit_signal, 0xFFFFFFFF) == "-1" and json_value(exit_signal, 0xFFFFFFFF) == -1
     kind = next(f for f in RECORDS[RecType.FILE_OWNER].fields if f.name == "owner_type")

@@ -502,15 +502,25 @@ def json_value(f: Field, v):
     return v
 
 
+GLIBC_SIGRTMIN, SIGRTMAX = 34, 64  # (the kernel's real-time signals start at 32; glibc keeps 32 and 33)
+
+
 def signal_name(n: int) -> str:
-    """SIGUSR1, ...; the kernel's real-time signals (32 and up: glibc keeps 32 and 33 for itself)
-    as SIGRT<n - 32>."""
+    """SIGUSR1, ...; the real-time signals as `kill -l` names them, from the C library's
+    SIGRTMIN (34) and SIGRTMAX: SIGRTMIN+1 ... SIGRTMIN+15, SIGRTMAX-14 ... SIGRTMAX-1 (35 was
+    SIGRT3, numbered from the kernel's 32, which no tool a user knows says); 32 and 33, which
+    glibc keeps for itself, as SIG32 and SIG33."""
     import signal
 
     try:
         return signal.Signals(n).name
     except ValueError:
-        return f"SIG{n}" if n < 32 else f"SIGRT{n - 32}"
+        pass
+    if not GLIBC_SIGRTMIN < n < SIGRTMAX:
+        return f"SIG{n}"
+    if n - GLIBC_SIGRTMIN <= (SIGRTMAX - GLIBC_SIGRTMIN) // 2:
+        return f"SIGRTMIN+{n - GLIBC_SIGRTMIN}"
+    return f"SIGRTMAX-{SIGRTMAX - n}"
 
 
 def wait_status_text(status: int) -> str:
