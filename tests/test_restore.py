@@ -3566,17 +3566,24 @@ while True:
 """
 
 
+def _in_veth_netns(pidns, tmp_path, code: str, more: str):
+    """Python `code` (argv[1]: tmp_path; it makes tmp_path/ready) as pid 1 of a namespace with a
+    network namespace of its own holding a veth pair, 10.231.0.1/24 on its end ckv0, and what
+    the shell command `more` adds."""
+    if not shutil.which("ip"):
+        pytest.skip("needs ip (iproute2)")
+    setup = ("ip link add ckv0 type veth peer name ckv1 && ip addr add 10.231.0.1/24 dev ckv0 && "
+             f"ip link set ckv0 up && {more} && exec \"$@\"")
+    return pidns(["unshare", "-n", "sh", "-c", setup, "sh", sys.executable, "-c", code, str(tmp_path)],
+                 ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+
+
 def test_what_a_network_namespace_held_besides_lo_is_noted(pidns, tmp_path, restored):
     """A network namespace with more than lo (a veth pair, an address, a route): the dump says
     what the restore will not make, and the restore, which makes a new namespace with lo as it
     was (down here), says it again."""
-    if not shutil.which("ip"):
-        pytest.skip("needs ip (iproute2)")
-    setup = ("ip link add ckv0 type veth peer name ckv1 && ip addr add 10.231.0.1/24 dev ckv0 && "
-             "ip link set ckv0 up && ip route add 10.232.0.0/16 via 10.231.0.2 && exec \"$@\"")
-    w = pidns(["unshare", "-n", "sh", "-c", setup, "sh", sys.executable, "-c", VETH_WORKLOAD, str(tmp_path)],
-              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    w = _in_veth_netns(pidns, tmp_path, VETH_WORKLOAD, "ip route add 10.232.0.0/16 via 10.231.0.2")
     img = str(tmp_path / "veth.img")
     d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
     assert d.returncode == 0, d.stderr.decode()
@@ -3621,13 +3628,7 @@ def test_sockets_on_an_address_the_new_network_namespace_lacks_are_refused_befor
     original holds its ports), and restore then refused the listener, or failed half-way on the
     connection (its local address was never checked). The address is now asked in a throw-away
     new namespace at --kill too, and for a connection's local address as well."""
-    if not shutil.which("ip"):
-        pytest.skip("needs ip (iproute2)")
-    setup = ("ip link set lo up && ip link add ckv0 type veth peer name ckv1 && "
-             "ip addr add 10.231.0.1/24 dev ckv0 && ip link set ckv0 up && exec \"$@\"")
-    w = pidns(["unshare", "-n", "sh", "-c", setup, "sh", sys.executable, "-c", VETH_SERVICE, str(tmp_path)],
-              ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    w = _in_veth_netns(pidns, tmp_path, VETH_SERVICE, "ip link set lo up")
     img = tmp_path / "veth.img"
     d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(img))
     err = d.stderr.decode()
