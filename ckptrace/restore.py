@@ -32,7 +32,7 @@ from typing import BinaryIO
 from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Terminated, TimedOut, Unsupported
 from .image.render import plural, shown_path
 from .image.reader import FileTable, Image, Mm, read_image
-from .image.records import REG_NAMES, TASK_STOPPED
+from .image.records import NSIG, REG_NAMES, TASK_STOPPED, siginfo_signo
 from .image.stream import open_seekable
 from .kernel.procfs import DELETED_SUFFIX
 from .kernel.prctl import PR_SET_PDEATHSIG
@@ -41,7 +41,6 @@ from .kernel.sysno import (SYS_exit_group, SYS_fcntl, SYS_personality, SYS_prctl
                            SYS_rt_sigtimedwait, SYS_setpgid, SYS_wait4)
 
 ERESTARTNOINTR = -513
-SIG_DFL, SIG_IGN = 0, 1
 ERESTART_RESTARTBLOCK = -516
 # the calls the kernel resumes through restart_syscall (a restart_block after -ERESTART_RESTARTBLOCK)
 RESTART_BLOCK_CALLS = {7: "poll", 35: "nanosleep", 202: "futex", 230: "clock_nanosleep"}
@@ -254,9 +253,6 @@ def range_problems(img: Image) -> list[str]:
     return out
 
 
-NSIG = 64
-
-
 def _pid_max() -> int:
     try:
         return int(open("/proc/sys/kernel/pid_max").read())
@@ -345,8 +341,8 @@ def handler_first(img: Image, th) -> bool:
         return False
 
     def signals(mask: int, queue: list[bytes]) -> set[int]:
-        return ({sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
-                | {struct.unpack_from("<i", info)[0] for info in queue})
+        return ({sig for sig in range(1, NSIG + 1) if mask >> (sig - 1) & 1}
+                | {siginfo_signo(info) for info in queue})
 
     def lets_through(t, sig: int) -> bool:
         return not t.thread["blocked"] >> (sig - 1) & 1
@@ -356,7 +352,7 @@ def handler_first(img: Image, th) -> bool:
     others = [t for t in img.threads_of(th.tgid) if t.tid != th.tid]
     mine = own | {sig for sig in shared if not any(lets_through(t, sig) for t in others)}
     return any(0 < sig <= len(leader.sighand) and sig not in (signal.SIGKILL, signal.SIGSTOP)
-               and lets_through(th, sig) and leader.sighand[sig - 1]["handler"] not in (SIG_DFL, SIG_IGN)
+               and lets_through(th, sig) and leader.sighand[sig - 1]["handler"] not in (signal.SIG_DFL, signal.SIG_IGN)
                for sig in mine)
 
 

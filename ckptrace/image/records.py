@@ -207,6 +207,33 @@ SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BA
 MAX_CPU_MASK = 1024  # bytes of affinity mask kept: 8192 CPUs
 BPF_MAXINSNS = 4096  # per seccomp filter (include/uapi/linux/bpf_common.h)
 SIGINFO_SIZE = 128  # sizeof(siginfo_t): TASK_SIGINFO holds whole ones
+NSIG = 64  # signals 1..64: TASK_SIGHAND's entries, the pending and blocked masks' bits
+# siginfo_t: si_signo, si_errno, si_code, then (past a 4-byte pad) its union, where a POSIX
+# timer's signal has its si_timerid first
+SIGINFO_HEAD = struct.Struct("<iii")
+SIGINFO_TIMERID = struct.Struct("<i")
+SIGINFO_UNION = 16
+SI_USER, SI_KERNEL, SI_TIMER, SI_TKILL = 0, 0x80, -2, -6  # si_code: kill, the kernel, a POSIX timer, tkill
+
+
+def siginfo_signo(info: bytes) -> int:
+    return SIGINFO_HEAD.unpack_from(info)[0]
+
+
+def siginfo_code(info: bytes) -> int:
+    return SIGINFO_HEAD.unpack_from(info)[2]
+
+
+def siginfo_timer(info: bytes) -> int | None:
+    """The id of the POSIX timer that queued siginfo `info`, None for any other signal."""
+    if siginfo_code(info) != SI_TIMER:
+        return None
+    return SIGINFO_TIMERID.unpack_from(info, SIGINFO_UNION)[0]
+
+
+def siginfo_plain(signo: int, code: int = SI_USER) -> bytes:
+    """A whole siginfo_t with nothing but its number and code."""
+    return SIGINFO_HEAD.pack(signo, 0, code).ljust(SIGINFO_SIZE, b"\0")
 SOCKADDR_LEN = 128  # sizeof(struct sockaddr_storage): FILE_SOCKET's payload is two of them
 # FILE_INOTIFY's payload: nwatch packed entries, each this 20-byte head (wd, mask, ino, dev)
 # followed by the watched path and its NUL, no alignment (see inotify_watches)

@@ -18,13 +18,11 @@ import struct
 import time
 
 from ..errors import AccessDenied, KernelError, NoSuchProcess, from_oserror
-from ..image.records import SIGINFO_SIZE
+from ..image.records import SI_TKILL, SIGINFO_SIZE, siginfo_code
 from . import sysno
 from .sys import iovec, libc
 from .sys import syscall as host_syscall
 
-SIGINFO_HEAD = struct.Struct("<iii")  # siginfo_t's si_signo, si_errno, si_code
-SI_TKILL = -6
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
 PTRACE_DETACH = 17
@@ -198,7 +196,7 @@ class Tracee:
         from . import procfs
 
         tgid = procfs.status(self.tid).tgid
-        code = SIGINFO_HEAD.unpack_from(info)[2]
+        code = siginfo_code(info)
         if code < 0 and code != SI_TKILL:
             buf = ctypes.create_string_buffer(info, SIGINFO_SIZE)
             try:

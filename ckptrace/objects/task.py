@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
                               PROC_MEMORY_MERGE, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
-                              TASK_STOPPED, RecType, signal_name)
+                              TASK_STOPPED, NSIG, SI_KERNEL, RecType, siginfo_code, siginfo_signo, siginfo_timer,
+                              signal_name)
 from ..kernel import procfs
 from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MEMORY_MERGE, PR_GET_PDEATHSIG, PR_GET_THP_DISABLE,
                            PR_GET_TID_ADDRESS, PR_GET_SECUREBITS, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_EARLY, PR_MCE_KILL_GET)
@@ -34,7 +35,6 @@ from . import nsinfo, seccomp, timers
 from .context import DumpContext, kill_refused
 from .objhash import KCMP_FILES, KCMP_FS, kcmp
 
-NSIG = 64
 SIGACTION = struct.Struct("<QQQQ")  # kernel struct sigaction: handler, flags, restorer, mask
 STACK_T = struct.Struct("<Qi4xQ")  # stack_t: ss_sp, ss_flags, ss_size
 U64 = 0xFFFFFFFFFFFFFFFF
@@ -150,15 +150,9 @@ def pdeath_notes(procs: list[ProcState], proc: str) -> list[str]:
     return notes
 
 
-SI_TIMER, SI_KERNEL = -2, 0x80  # si_code of a POSIX timer's signal, of an interval timer's
 ITIMER_SIGNALS = {signal.SIGALRM: "real", signal.SIGVTALRM: "virtual", signal.SIGPROF: "prof"}
-SIG_DFL, SIG_IGN = 0, 1
 # what SIG_DFL ignores (the kernel's sig_kernel_ignore)
 DEFAULT_IGNORED = {signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH}
-
-
-def _signo(info: bytes) -> int:
-    return struct.unpack_from("<i", info)[0]
 
 
 def _bits(mask: int) -> set[int]:
@@ -169,11 +163,10 @@ def _from_own_timer(p: ProcState, info: bytes) -> bool:
     """A signal one of the process's own timers queued: the image has that timer with the time
     it had left when read, and the restored timer sends it again. One firing while the dump
     holds the process is no loss (a 10 ms periodic timer fires in every dump)."""
-    signo, _errno, code = struct.unpack_from("<iii", info)
-    if code == SI_TIMER:
-        timerid = struct.unpack_from("<i", info, 16)[0]  # si_timerid, past si_code and a 4-byte pad
+    if (timerid := siginfo_timer(info)) is not None:
         return any(t["id"] == timerid for t in p.posix_timers)
-    if code == SI_KERNEL and signo in ITIMER_SIGNALS:
+    signo = siginfo_signo(info)
+    if siginfo_code(info) == SI_KERNEL and signo in ITIMER_SIGNALS:
         return bool(p.itimers.get(f"{ITIMER_SIGNALS[signo]}_value"))
     return False
 
@@ -185,7 +178,7 @@ def _discarded(p: ProcState, signo: int, blocked: int) -> bool:
     if blocked >> (signo - 1) & 1 or not p.sigactions:
         return False
     handler = p.sigactions[signo - 1][0]
-    return handler == SIG_IGN or (handler == SIG_DFL and signo in DEFAULT_IGNORED)
+    return handler == signal.SIG_IGN or (handler == signal.SIG_DFL and signo in DEFAULT_IGNORED)
 
 
 def signals_since_read(p: ProcState, proc: str) -> Counter:
@@ -216,7 +209,7 @@ def signals_since_read(p: ProcState, proc: str) -> Counter:
         image.update(info for info in old if not _from_own_timer(p, info))
         for info in new:
             if _from_own_timer(p, info):
-                timer_signals.add(_signo(info))
+                timer_signals.add(siginfo_signo(info))
             else:
                 now[info] += 1
                 new_entries.append((info, blocked))
@@ -225,9 +218,9 @@ def signals_since_read(p: ProcState, proc: str) -> Counter:
     for info, blocked in new_entries:
         if added[info] > 0:
             added[info] -= 1
-            if not _discarded(p, _signo(info), blocked):
-                got[_signo(info)] += 1
-    known = _bits(image_bits) | {_signo(i) for i in image} | timer_signals | set(got)
+            if not _discarded(p, siginfo_signo(info), blocked):
+                got[siginfo_signo(info)] += 1
+    known = _bits(image_bits) | {siginfo_signo(i) for i in image} | timer_signals | set(got)
     for sig in sorted(_bits(now_bits) - known):
         if not _discarded(p, sig, leader.blocked):
             got[sig] += 1  # (pending without a queue entry: the kernel was out of queue space)

@@ -14,16 +14,14 @@ import errno
 import os
 import struct
 
-from ..image.records import SIGINFO_SIZE
+from ..image.records import NSIG, SIGINFO_SIZE, siginfo_plain, siginfo_signo, siginfo_timer
 from ..kernel.prctl import PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAPBSET_DROP, PR_SET_DUMPABLE, PR_SET_SECUREBITS
 from ..kernel.ptrace import Injector, Tracee
 from ..kernel.sys import libc
 from .memory import check
-from .timers import timer_of
 from ..kernel.sysno import (SYS_capset, SYS_prctl, SYS_rt_sigaction, SYS_rt_sigqueueinfo,
                             SYS_rt_tgsigqueueinfo, SYS_setgroups, SYS_setresgid, SYS_setresuid)
 
-SI_USER = 0
 SIGRTMIN = 32  # the kernel's: every signal from here on queues one instance per send
 SECBIT_KEEP_CAPS, SECBIT_KEEP_CAPS_LOCKED = 0x10, 0x20
 SECBIT_NO_CAP_AMBIENT_RAISE_BITS = 0xC0  # the bit and its lock
@@ -189,18 +187,18 @@ def raise_pending(inj: Injector, tgid: int, tid: int, blocked: int, thread_pendi
             continue
         raised: set[int] = set()
         for info in queue:
-            signo = struct.unpack_from("<i", info)[0]
-            if not 0 < signo <= 64 or not pending >> (signo - 1) & 1 or signo in (SIGKILL, SIGSTOP):
+            signo = siginfo_signo(info)
+            if not 0 < signo <= NSIG or not pending >> (signo - 1) & 1 or signo in (SIGKILL, SIGSTOP):
                 continue
-            if timer_of(info) in timers:
+            if siginfo_timer(info) in timers:
                 raised.add(signo)  # (its timer's own: not one without a queue entry either)
                 continue
             if signo >= SIGRTMIN or signo not in raised:
                 sends.append((info, shared))
             raised.add(signo)
-        for sig in range(1, 65):  # pending without a queue entry (none expected)
+        for sig in range(1, NSIG + 1):  # pending without a queue entry (none expected)
             if pending >> (sig - 1) & 1 and sig not in raised and sig not in (SIGKILL, SIGSTOP):
-                sends.append((struct.pack("<iii", sig, 0, SI_USER).ljust(SIGINFO_SIZE, b"\0"), shared))
+                sends.append((siginfo_plain(sig), shared))
     if not sends:
         return
     # Each injected call is single-stepped: a signal the thread does not block would be taken at
@@ -210,12 +208,12 @@ def raise_pending(inj: Injector, tgid: int, tid: int, blocked: int, thread_pendi
     # the image's mask is set again after, and the thread takes it as soon as it is let go,
     # siginfo and all (a thread resumed from a ptrace stop looks for its pending signals; the
     # PTRACE_SETSIGMASK itself wakes nothing). No call may be injected into this thread after.
-    unblocked = sum(1 << (sig - 1) for sig in {struct.unpack_from("<i", info)[0] for info, _ in sends}) & ~blocked
+    unblocked = sum(1 << (sig - 1) for sig in {siginfo_signo(info) for info, _ in sends}) & ~blocked
     if unblocked:
         set_mask(inj.t, blocked | unblocked)
     with inj.scratch(SIGINFO_SIZE) as (addr, mem):
         for info, shared in sends:
-            signo = struct.unpack_from("<i", info)[0]
+            signo = siginfo_signo(info)
             mem.seek(addr)
             mem.write(info)
             if shared:

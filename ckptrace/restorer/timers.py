@@ -17,6 +17,7 @@ import struct
 import time
 
 from ..errors import HostUnsupported
+from ..image.records import siginfo_timer
 from ..kernel.prctl import PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, PR_TIMER_CREATE_RESTORE_IDS_ON
 from ..kernel.ptrace import Injector
 from ..objects.timers import ITIMERS, ITIMERSPEC, ITIMERVAL
@@ -25,23 +26,15 @@ from ..kernel.sysno import SYS_clock_gettime, SYS_prctl, SYS_setitimer, SYS_time
 
 SIGEVENT = struct.Struct("<Qiii44x")  # struct sigevent (64 bytes): value, signo, notify, _tid
 NS = 1_000_000_000
-SI_TIMER = -2  # si_code of a POSIX timer's signal; its si_timerid follows si_code and a pad
 TIMER_ABSTIME = 1
 PENDING_WAIT_S = 1.0  # for a timer armed in the past to queue its signal (microseconds, usually)
-
-
-def timer_of(info: bytes) -> int | None:
-    """The id of the POSIX timer that queued siginfo `info`, None for any other signal."""
-    if struct.unpack_from("<i", info, 8)[0] != SI_TIMER:
-        return None
-    return struct.unpack_from("<i", info, 16)[0]
 
 
 def pending_timers(timers: list[dict], queues) -> set[int]:
     """The ids of the process's timers (recreated by apply_posix) whose own signal the image has
     pending: an SI_TIMER entry naming them in one of `queues` (lists of siginfo)."""
     ids = {t["id"] for t in timers}
-    return {tid for queue in queues for info in queue if (tid := timer_of(info)) in ids}
+    return {tid for queue in queues for info in queue if (tid := siginfo_timer(info)) in ids}
 
 
 def timerfd_abs_rearm(deadline: int, interval: int, ticks: int, now: int) -> tuple[int | None, int]:
@@ -147,5 +140,5 @@ def fire_pending(inj: Injector, pid: int, timers: list[dict], peek) -> None:
             check(inj.syscall(SYS_timer_settime, t["id"], TIMER_ABSTIME, addr, 0), f"timer_settime({t['id']}) in {pid}")
             # Bounded: a standard signal already pending in that queue takes no second entry.
             deadline = time.monotonic() + PENDING_WAIT_S
-            while not any(timer_of(info) == t["id"] for info in peek(t)) and time.monotonic() < deadline:
+            while not any(siginfo_timer(info) == t["id"] for info in peek(t)) and time.monotonic() < deadline:
                 time.sleep(0.0005)
