@@ -151,6 +151,7 @@ def stat_fields(pid: int, root: str = PROC, *, tid: int | None = None) -> list[s
 PF_EXITING = 0x4
 STAT_STATE, STAT_FLAGS = 3, 9
 STAT_NICE = 19  # the task's nice (static_prio), whatever its policy
+STAT_STARTTIME = 22  # clock ticks after boot the task started at
 
 
 def exiting(pid: int, root: str = PROC) -> bool:

@@ -31,7 +31,6 @@ from ..kernel.sysno import SYS_uname
 if TYPE_CHECKING:
     from .task import ProcState
 
-STAT_STARTTIME = 22  # /proc/PID/stat's starttime (clock ticks after boot), as procfs.stat_fields indexes it
 UTSNAME_LEN = 65  # six fields of 65 bytes: sysname, nodename, release, version, machine, domainname
 
 
@@ -144,7 +143,7 @@ def own_proc(pid: int, proc: str) -> bool:
         inner = procfs.stat_fields(1, f"{proc}/{pid}/root/proc")
     except CkptError:  # nothing there, or not a proc: not its own
         return False
-    return inner[STAT_STARTTIME] == procfs.stat_fields(pid, proc)[STAT_STARTTIME]
+    return inner[procfs.STAT_STARTTIME] == procfs.stat_fields(pid, proc)[procfs.STAT_STARTTIME]
 
 
 def collect_mnt(init: "ProcState", ns_root: str, proc: str) -> list[str]:
