@@ -253,11 +253,7 @@ def range_problems(img: Image) -> list[str]:
     return out
 
 
-def _pid_max() -> int:
-    try:
-        return int(open("/proc/sys/kernel/pid_max").read())
-    except (OSError, ValueError):
-        return 1 << 22  # PID_MAX_LIMIT
+PID_MAX_LIMIT = 1 << 22  # pid_max's ceiling, where the sysctl cannot be read
 
 
 def task_range_problems(img: Image) -> list[str]:
@@ -270,7 +266,9 @@ def task_range_problems(img: Image) -> list[str]:
     from .restorer.sched import ioprio_problem
 
     out = []
-    pid_max = _pid_max()
+    from .kernel import procfs
+
+    pid_max = procfs.sysctl_int("kernel/pid_max") or PID_MAX_LIMIT
     for e in img.tree:
         if e["pid"] >= pid_max:
             out.append(f"task {e['pid']}'s pid is not below this host's pid_max {pid_max} "

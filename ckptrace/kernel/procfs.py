@@ -25,6 +25,16 @@ def _read(path: str, what: str) -> str:
         raise from_oserror(exc, what) from None
 
 
+def sysctl_int(name: str, root: str = PROC) -> int | None:
+    """An integer sysctl, `name` as its path under /proc/sys ("kernel/pid_max"); None when this
+    kernel has none or it cannot be read."""
+    try:
+        with open(f"{root}/sys/{name}", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _readlink(path: str, what: str) -> str:
     try:
         return os.readlink(path)

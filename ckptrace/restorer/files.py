@@ -1623,7 +1623,7 @@ class UnixIndex:
         # Datagrams from others than its server are held to the receiver's queue length (those of
         # a connected peer are not): the original had them all; restore must take them all again.
         others = self.first_from_peer(rec, msgs)
-        qlen = _max_dgram_qlen()
+        qlen = procfs.sysctl_int("net/unix/max_dgram_qlen")
         if qlen is not None and others > qlen:
             return (f"{_users(self.img, obj.objref)}: {others} datagrams queued on it from sockets other than its "
                     f"peer, more than net.unix.max_dgram_qlen ({qlen}) lets restore queue again")
@@ -1643,14 +1643,6 @@ class UnixIndex:
 
 
 _SOCK_TYPE_NAMES = {1: "stream", 2: "datagram", 5: "seqpacket"}
-
-
-def _max_dgram_qlen() -> int | None:
-    try:
-        with open("/proc/sys/net/unix/max_dgram_qlen") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def _send_all(s, data: bytes, to, stream: bool, what) -> None:

@@ -14,6 +14,7 @@ import os
 
 from ..errors import KernelError
 from ..image.records import MMF_DUMP_FILTER_MASK, MMF_DUMP_FILTER_SHIFT, SCHED_POLICIES
+from ..kernel import procfs
 from ..kernel.sys import ioprio_get, ioprio_set, sched_setattr
 
 FAIR_POLICIES = (os.SCHED_OTHER, os.SCHED_BATCH)
@@ -56,10 +57,10 @@ def _deadline_problem(s) -> str:
     if not DL_MIN_RUNTIME <= runtime <= deadline <= period < 1 << 63:
         return (f"runtime {runtime}, deadline {deadline}, period {s['period']} (ns) are not "
                 f"{DL_MIN_RUNTIME} <= runtime <= deadline <= period")
-    try:
-        lo, hi = (int(open(f"/proc/sys/kernel/sched_deadline_period_{w}_us").read()) * 1000 for w in ("min", "max"))
-    except (OSError, ValueError):
+    lo, hi = (procfs.sysctl_int(f"kernel/sched_deadline_period_{w}_us") for w in ("min", "max"))
+    if lo is None or hi is None:
         return ""
+    lo, hi = lo * 1000, hi * 1000
     if not lo <= period <= hi:
         return f"period {period} ns is not within this host's {lo}..{hi} (kernel.sched_deadline_period_*_us)"
     return ""
