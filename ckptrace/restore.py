@@ -210,7 +210,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
     problems += range_problems(img) + task_range_problems(img)
     problems += check_files(img)
-    problems += binding_problems(img, unix_paths=bindings, ports=bindings)
+    problems += binding_problems(img, held=not bindings)
     if (why := nofile_problem(img)) is not None:
         problems.append(why)
     problems += check_layout(img, special_maps(os.getpid()))

@@ -74,6 +74,7 @@ def fs_type(path: str) -> int:
     return struct.unpack_from("<q", buf.raw)[0]
 
 
+AT_FDCWD = -100  # a *at call's dirfd for "relative to the working directory"
 RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
 OPEN_HOW = struct.Struct("<QQQ")  # struct open_how {u64 flags; u64 mode; u64 resolve}
 

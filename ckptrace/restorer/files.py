@@ -27,7 +27,7 @@ from typing import BinaryIO
 from ..errors import KernelError, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
-from ..kernel.sys import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
+from ..kernel.sys import AT_FDCWD, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
@@ -53,9 +53,6 @@ IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SOCK_DGRAM = 2
 IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
-
-
-AT_FDCWD = -100
 
 
 def open_path(img: Image, path: str, flags: int) -> int:
@@ -261,7 +258,7 @@ def _path_in_use(path: str) -> str:
     return f"unix socket path {shown_path(path)} is in use by a live socket: {who}"
 
 
-def binding_problems(img: Image, *, unix_paths: bool = True, ports: bool = True) -> list[str]:
+def binding_problems(img: Image, *, held: bool = False) -> list[str]:
     """What the image binds that is taken on this host now, all of it (restore.validate, before
     anything exists; not dump --kill's check, whose original holds it all until killed): every
     TCP or UDP address a socket is bound to again, tried by binding a throw-away socket made as
@@ -272,23 +269,22 @@ def binding_problems(img: Image, *, unix_paths: bool = True, ports: bool = True)
     every network namespace alike). The files step binds for good and still fails on what was
     taken in between.
     In a new network namespace, the local address of every TCP connection is asked too (bound
-    with port 0: it must exist there; its port is the connection's own business). Without
-    `ports` (dump --kill, whose original still holds them) only that: whether each address
-    exists, and that in a new network namespace only, where the original holds nothing; without
-    `unix_paths`, no socket path is looked at."""
+    with port 0: it must exist there; its port is the connection's own business). `held` (dump
+    --kill, whose original still holds its ports and paths): only that, whether each address
+    exists, and that in a new network namespace only, where the original holds nothing."""
     from . import net
     from ..kernel.netns import maybe_entered
 
-    if not ports and not net.own(img):
-        return [] if not unix_paths else _unix_binding_problems(img)
+    if held and not net.own(img):
+        return []
     ns = net.make(img)
     try:
         with maybe_entered(ns):
-            problems = _inet_binding_problems(img, own_netns=ns is not None, ports=ports)
+            problems = _inet_binding_problems(img, own_netns=ns is not None, ports=not held)
     finally:
         if ns is not None:
             ns.close()
-    return problems + (_unix_binding_problems(img) if unix_paths else [])
+    return problems + ([] if held else _unix_binding_problems(img))
 
 
 def _bound_sockets(img: Image):
