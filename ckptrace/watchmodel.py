@@ -535,11 +535,15 @@ class Model:
             ev = self._brk(p, ev, now, ev["_want"] if want is None else want, ev["_got"] if got is None else got)
             if ev is None:
                 return None
+        self._tally(ns, kind, ev, now)
+        return ev
+
+    def _tally(self, ns: Namespace, kind: str, ev: dict, now: float) -> None:
+        """Count an event reported for namespace `ns` (its rate, the totals, the recent log)."""
         ns.events += 1
         ns.window.append(now)
         self.counts[kind] += 1
         self.recent.append(ev)
-        return ev
 
     def _died(self, p: Proc, code: int | None, now: float) -> None:
         p.alive = False
@@ -693,10 +697,7 @@ class Model:
                 # range in this very drain, and a reader must not add the two up
                 ev["gone"] = True
             out.append(ev)
-            ns.events += 1
-            ns.window.append(now)
-            self.counts["dirty"] += 1
-            self.recent.append(ev)
+            self._tally(ns, "dirty", ev, now)
         return out
 
     def forget_namespace(self, ino: int) -> None:
@@ -727,11 +728,7 @@ class Model:
         init = self.init_of(ino)
         hostpid = init.hostpid if init is not None and init.pid == 1 else 0
         ev = {"event": "dump", "pid": 1, "hostpid": hostpid, "ns": ino, "ts": ts, "pages": cleared}
-        ns = self.add_namespace(ino)
-        ns.events += 1
-        ns.window.append(self.clock())
-        self.counts["dump"] += 1
-        self.recent.append(ev)
+        self._tally(self.add_namespace(ino), "dump", ev, self.clock())
         return ev
 
     def take_exited(self) -> list[Proc]:
