@@ -78,16 +78,18 @@ def parse_ns_link(link: str) -> int | None:
 
 def children(pid: int, root: str = PROC) -> list[int]:
     """Host pids of the children of every thread of `pid` (the kernel lists them per thread)."""
-    out: list[int] = []
-    for tid in tids(pid, root):
-        try:
-            with open(f"{root}/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise from_oserror(exc, f"read children of {pid}/{tid}") from None
-    return out
+    return [c for tid in tids(pid, root) for c in thread_children(pid, tid, root)]
+
+
+def thread_children(pid: int, tid: int, root: str = PROC) -> list[int]:
+    """Host pids of the children thread `tid` of `pid` forked ([] once the thread is gone)."""
+    try:
+        with open(f"{root}/{pid}/task/{tid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise from_oserror(exc, f"read children of {pid}/{tid}") from None
 
 
 # -- status --------------------------------------------------------------------------------------

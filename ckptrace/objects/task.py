@@ -30,7 +30,7 @@ from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MEMO
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
 from ..kernel.sysno import SYS_brk, SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack
-from ..errors import Unsupported
+from ..errors import CkptError, Unsupported
 from . import nsinfo, seccomp, timers
 from .context import DumpContext, kill_refused
 from .objhash import KCMP_FILES, KCMP_FS, kcmp
@@ -138,9 +138,8 @@ def pdeath_notes(procs: list[ProcState], proc: str) -> list[str]:
             continue
         for t in parent.threads[1:]:
             try:
-                with open(f"{proc}/{parent.hostpid}/task/{t.hosttid}/children") as f:
-                    forked = p.hostpid in (int(x) for x in f.read().split())
-            except OSError:
+                forked = p.hostpid in procfs.thread_children(parent.hostpid, t.hosttid, proc)
+            except CkptError:
                 continue
             if forked:
                 notes.append(f"pid {p.nspid} (host pid {p.hostpid}) asked for {signal_name(p.pdeath_signal)} when its "
