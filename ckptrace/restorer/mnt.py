@@ -42,8 +42,11 @@ def notes(img: Image) -> list[str]:
         return []
     out = []
     if own_proc(img) and not proc_mount(img):
-        out.append(f"the restored namespace has no /proc of its own: {shown_path(os.path.join(img.at(init.root or '/'), 'proc'))} "
-                   "is not a directory to mount it on; it is in the restorer's mount namespace")
+        target = os.path.join(img.at(init.root or "/"), "proc")
+        how = ("is a symbolic link, not a directory to mount it on" if os.path.islink(target) else
+               "is not a directory to mount it on" if os.path.lexists(target) else "does not exist to mount it on")
+        out.append(f"the restored namespace has no /proc of its own: {shown_path(target)} {how}; "
+                   "it is in the restorer's mount namespace")
     if init.mnt_missing:
         out.append(f"the original namespace's mount namespace also had {init.mnt_missing}, which were not "
                    "mounted again")
