@@ -3381,28 +3381,6 @@ def test_own_proc_comes_back_in_a_new_mount_namespace(pidns, tmp_path, restored)
         assert not [x for x in links if x.startswith("/proc")], (h, links)
 
 
-def test_no_proc_to_mount_on_is_said_as_it_is(tmp_path):
-    """restore --root into a tree whose /proc is a symlink or missing: the note said "is not a
-    directory" for both, though the one is a directory's symlink and the other nothing at all."""
-    from types import SimpleNamespace
-    from ckptrace.image.records import CLONE_NEWNS, NS_OWN_PROC
-    from ckptrace.restorer import mnt
-
-    init = SimpleNamespace(root="/", own_ns=CLONE_NEWNS, ns_flags=NS_OWN_PROC, mnt_missing="")
-    img = SimpleNamespace(tree=[{"pid": 1}], task=lambda tid: init, at=lambda p: str(tmp_path / p.lstrip("/")))
-    said = {}
-    for kind, make in (("missing", lambda p: None), ("link", lambda p: p.symlink_to("/proc")),
-                       ("file", lambda p: p.write_text("")), ("dir", lambda p: p.mkdir())):
-        make(tmp_path / "proc")
-        said[kind] = " ".join(mnt.notes(img))
-        if kind != "dir":
-            (tmp_path / "proc").unlink(missing_ok=True)
-    assert "proc does not exist to mount it on" in said["missing"], said
-    assert "proc is a symbolic link, not a directory" in said["link"], said
-    assert "proc is not a directory to mount it on" in said["file"], said
-    assert said["dir"] == "" and mnt.proc_mount(img) == str(tmp_path / "proc")
-
-
 SLEEPER = r"""
 import os, sys, time
 open(os.path.join(sys.argv[1], "ready"), "w").close()

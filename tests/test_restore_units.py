@@ -727,7 +727,14 @@ def test_own_proc_is_mounted_under_the_restored_root_or_noted(tmp_path):
                               "which were not mounted again"]
     img.root = str(tmp_path)
     assert mnt.proc_mount(img) == ""
-    assert len(mnt.notes(img)) == 2 and f"{tmp_path}/proc is not a directory" in mnt.notes(img)[0]
+    # each reason named as it is (a copied tree's /proc symlink was "not a directory", as a file)
+    assert len(mnt.notes(img)) == 2 and f"{tmp_path}/proc does not exist to mount it on" in mnt.notes(img)[0]
+    (tmp_path / "proc").symlink_to("/proc")
+    assert mnt.proc_mount(img) == "" and f"{tmp_path}/proc is a symbolic link, not a directory" in mnt.notes(img)[0]
+    (tmp_path / "proc").unlink()
+    (tmp_path / "proc").write_text("")
+    assert mnt.proc_mount(img) == "" and f"{tmp_path}/proc is not a directory to mount it on" in mnt.notes(img)[0]
+    (tmp_path / "proc").unlink()
     (tmp_path / "proc").mkdir()
     assert mnt.proc_mount(img) == f"{tmp_path}/proc" and len(mnt.notes(img)) == 1
     # without OWN_PROC (or an older image): the controller's mount namespace, nothing mounted
@@ -845,3 +852,15 @@ def test_restore_root_does_not_follow_procs_links_to_the_hosts_files(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_listed_names_the_first_and_counts_the_rest():
+    """Refusals name who holds a thing: the first holders, then how many more, never a bare list
+    of every pid nor a count that is off by the ones shown."""
+    from ckptrace.image.render import listed
+
+    assert listed([7]) == "7"
+    assert listed([7, 8, 9]) == "7 (and 2 more)"
+    assert listed(["pid 2 fd 3", "pid 2 fd 4", "pid 3 fd 0", "pid 4 fd 1"], keep=3) == \
+        "pid 2 fd 3, pid 2 fd 4, pid 3 fd 0 (and 1 more)"
+    assert listed([1, 2, 3], keep=3) == "1, 2, 3"

@@ -20,6 +20,13 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
+def listed(items: list, keep: int = 1) -> str:
+    """The first `keep` items, comma-separated, and how many more: 'host pid 7 (and 2 more)'.
+    For messages that name who holds something without drowning the user in pids."""
+    shown = ", ".join(str(i) for i in items[:keep])
+    return shown + (f" (and {len(items) - keep} more)" if len(items) > keep else "")
+
+
 def human(n: int, *, short: bool = False) -> str:
     """1536 -> '1.5 KiB' (short: '1.5K', for narrow columns)."""
     units = ("B", "K", "M", "G", "T") if short else ("B", "KiB", "MiB", "GiB", "TiB")

@@ -31,7 +31,7 @@ from ..kernel.sys import AT_FDCWD, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SN
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
-from ..image.render import file_label, inet_sockaddr, peer_gone, shown_path, socket_desc
+from ..image.render import file_label, inet_sockaddr, listed, peer_gone, shown_path, socket_desc
 from ..image.records import (F_SEAL_EXEC, F_SEAL_FUTURE_WRITE, F_SEAL_SEAL, FMODE_WRITE, MEMFD_SEALS_KNOWN, PAGE_SIZE, SEAL_NAMES, SOCKADDR_LEN, SOCKOPTS, TCP_CLOSE, TCP_ESTABLISHED,
                              TCP_LISTEN, VM_EXEC, VM_SHARED, VM_WRITE, FileType, RecType, VmaType, flag_names,
                              inotify_watches)
@@ -192,7 +192,7 @@ def _fifo_lives_on(holder: int) -> str:
     name = os.path.basename(os.readlink(f"/proc/self/fd/{holder}"))
     others = procfs.holders(st.st_dev, st.st_ino, skip=os.getpid(), name=name)
     if others:
-        return f"is open in host pid {others[0]}{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}"
+        return f"is open in host pid {listed(others)}"
     # (a thread with a file table of its own does not show in /proc/PID/fd)
     if ioctl_int(holder, termios.FIONREAD):
         return "already holds bytes"
@@ -251,8 +251,7 @@ def _path_in_use(path: str) -> str:
     process's fd."""
     held = procfs.socket_holders(procfs.unix_sockets_named(path))
     if held:
-        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
-        who = f"a socket of that name is held by host pid {held[0]}{more}"
+        who = f"a socket of that name is held by host pid {listed(held)}"
     else:
         who = "its holder was not found (a socket only in flight, or in a network namespace no process is in)"
     return f"unix socket path {shown_path(path)} is in use by a live socket: {who}"
@@ -385,7 +384,7 @@ def _users(img: Image, objref: int) -> str:
     uses = _fd_uses(img).get(objref, [])
     if not uses:
         return f"file object {objref}"
-    return ", ".join(uses[:3]) + (f" (and {len(uses) - 3} more)" if len(uses) > 3 else "")
+    return listed(uses, keep=3)
 
 
 def _what(obj: File, ft: FileType) -> str:

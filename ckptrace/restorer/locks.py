@@ -9,6 +9,7 @@ import os
 import struct
 
 from ..errors import CkptError, KernelError
+from ..image.render import listed
 from ..image.records import LOCK_FLOCK, LOCK_KINDS, LOCK_OFD, LOCK_POSIX
 from ..kernel import procfs
 from ..kernel.ptrace import Injector
@@ -64,5 +65,4 @@ def _holders(host: int | None, fd: int) -> str:
             pass
     if not pids:
         return "another process now (is the dumped original still running?)"
-    more = f" (and {len(pids) - 1} more)" if len(pids) > 1 else ""
-    return f"host pid {pids[0]}{more} now"
+    return f"host pid {listed(pids)} now"
