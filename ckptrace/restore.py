@@ -263,6 +263,7 @@ def task_range_problems(img: Image) -> list[str]:
     oom_score_adj out of the kernel's ranges, memory layout fields PR_SET_MM_MAP refuses
     (kernel/sys.c validate_prctl_map_addr), a mapping past the user address space."""
     from .restorer.memory import TASK_SIZE, _mapped_by_restore
+    from .restorer.cgroup import path_problem as cgroup_path_problem
     from .restorer.sched import ioprio_problem
 
     out = []
@@ -283,6 +284,10 @@ def task_range_problems(img: Image) -> list[str]:
             out.append(f"thread {t.tid}'s {why}")
         if t.proc is not None and not -1000 <= t.proc["oom_score_adj"] <= 1000:
             out.append(f"process {t.tid}'s oom_score_adj {t.proc['oom_score_adj']} is not in -1000..1000")
+        if t.is_leader:
+            for _hid, controllers, path in t.cgroups:
+                if why := cgroup_path_problem(path):
+                    out.append(f"process {t.tid}'s {controllers or 'cgroup2'} cgroup {shown_path(path)} {why}")
         mm = img.obj(t.mm_objref) if t.is_leader else None
         if not isinstance(mm, Mm):
             continue

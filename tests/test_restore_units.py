@@ -592,15 +592,28 @@ def test_task_values_the_kernel_refuses_late_are_named_before_anything_exists():
     mm = img.obj(img.task(1).mm_objref)
     mm.fields.update(arg_start=0x2000, arg_end=0x1000)
     mm.vmas[1].fields["vm_end"] = 1 << 47
+    # a cgroup path that leaves its hierarchy: restore made directories and wrote a pid wherever
+    # it led, /sys/fs/cgroup/unified/../../../tmp/x/cgroup.procs
+    img.task(1).cgroups = [(0, "", "/../../../tmp/x"), (4, "cpu,cpuacct", "/ok/./here"), (5, "memory", "/fine")]
     got = task_range_problems(img)
     assert got == [
         "task 4194304's pid is not below this host's pid_max " + open("/proc/sys/kernel/pid_max").read().strip()
         + " (/proc/sys/kernel/pid_max)",
         "process 1's exit signal 99 is not a signal (0-64)",
         "process 1's oom_score_adj 1001 is not in -1000..1000",
+        "process 1's cgroup2 cgroup /../../../tmp/x leaves its hierarchy ('..': was it dumped from inside a "
+        "cgroup namespace?)",
+        "process 1's cpu,cpuacct cgroup /ok/./here is not one /proc/PID/cgroup shows",
         "process 1's memory layout cannot be set (PR_SET_MM_MAP): arg_start 0x2000 > arg_end 0x1000",
         "process 1's mapping 0x600000-0x800000000000 is not within the user address space (0-0x7ffffffff000)",
         "thread 2's I/O priority 0xffffffff is not one the kernel takes (class 0-3 << 13 | level)"], got
+    # and should it get that far, placing refuses it before making anything
+    from ckptrace.errors import Unsupported
+    from ckptrace.restorer import cgroup
+    made: list[str] = []
+    with pytest.raises(Unsupported, match=r"into cgroup /\.\./x: the path leaves its hierarchy"):
+        cgroup.place(os.getpid(), [(0, "", "/../x")], {"": "/nonexistent-hierarchy"}, made, name=1)
+    assert made == []
     t = img.task(2)
     t.sched.update(policy=6, priority=0, nice=0, runtime=1, deadline=1, period=1)
     assert sched_problems(t) == ["thread 2's SCHED_DEADLINE runtime 1, deadline 1, period 1 (ns) are not "

@@ -11,8 +11,25 @@ from __future__ import annotations
 
 import os
 
-from ..errors import KernelError
+from ..errors import KernelError, Unsupported
+from ..image.render import shown_path
 from ..kernel import procfs
+
+
+def path_problem(path: str) -> str:
+    """Why a cgroup path of the image cannot be a cgroup under a hierarchy's root ("" if it can):
+    each of its parts becomes a directory under the mount, so ".." would leave the hierarchy
+    (where a made-up image would have restore create directories and write a pid to any file
+    named cgroup.procs), and /proc/PID/cgroup shows ".." itself for a cgroup outside the
+    reader's cgroup namespace: a dump made from inside one. It also never shows "." or NULs."""
+    if not path.startswith("/"):
+        return "is not absolute"
+    parts = path.split("/")
+    if ".." in parts:
+        return "leaves its hierarchy ('..': was it dumped from inside a cgroup namespace?)"
+    if "." in parts or "\0" in path:
+        return "is not one /proc/PID/cgroup shows"
+    return ""
 
 
 def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, str],
@@ -25,6 +42,9 @@ def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, 
         mount = mounts.get(procfs.cgroup_key(controllers))
         if mount is None:
             continue
+        if why := path_problem(path):  # (validate refused it already: never outside the mount)
+            raise Unsupported(f"put process {host_pid if name is None else name} into cgroup {shown_path(path)}: "
+                              f"the path {why}")
         where = mount
         try:
             for part in [p for p in path.split("/") if p]:
@@ -39,7 +59,8 @@ def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, 
         except OSError as exc:
             kind = controllers or "cgroup2"
             who = host_pid if name is None else name
-            raise KernelError(f"put process {who} into {kind} cgroup {path} ({where})", exc.errno) from None
+            raise KernelError(f"put process {who} into {kind} cgroup {shown_path(path)} ({shown_path(where)})",
+                              exc.errno) from None
 
 
 def remove(created: list[str]) -> None:
