@@ -47,6 +47,7 @@ class Options:
     leave_stopped: bool = False
     kill: bool = False
     proc: str = procfs.PROC
+    image: str = ""  # the image file's absolute path, for watchers (notify); "" when it is not a file
 
 
 @dataclass
@@ -282,17 +283,18 @@ def _stop_if_signalled() -> None:
         _raise_on_signal(_stop_signals[-1], None)
 
 
-def _complete(ns: int, on_complete) -> None:
+def _complete(ns: int, on_complete, image: str) -> None:
     """The image is whole: the caller's `on_complete` (dump -o FILE names the file), then the
     stamp that tells a watcher of the dump, while the tasks are still frozen: it resets its dirty
     pages at the stamp (ckptrace/notify.py), and every page it has by then was written before the
     release or the kill."""
     if on_complete is not None:
         on_complete()
-    notify.dump_done(ns)
+    notify.dump_done(ns, image=image)
 
 
-def _complete_and_kill(w: ImageWriter, out_fd: int, init: int, ns: int, on_complete) -> tuple[int | None, list[int]]:
+def _complete_and_kill(w: ImageWriter, out_fd: int, init: int, ns: int, on_complete,
+                       image: str) -> tuple[int | None, list[int]]:
     """The end of `dump --kill`, once every check that could refuse the kill has passed: the
     TAIL the image was kept incomplete without (until now a reader of the stream, such as `restore
     -` in a migration pipe, had an image it would refuse), its delivery, the file named, the kill.
@@ -308,7 +310,7 @@ def _complete_and_kill(w: ImageWriter, out_fd: int, init: int, ns: int, on_compl
     try:
         w.write_held()
         _check_delivered(out_fd, w.bytes_written, wait=True)
-        _complete(ns, on_complete)
+        _complete(ns, on_complete, image)
         # Kill while still held: released first, the tasks would run on for a moment and change
         # files the image already describes (a migrated log would repeat lines).
         init_fd = _kill_namespace(init)
@@ -434,10 +436,10 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             task.check_kill_signals(dumper.procs, ns, opts.proc)
         _stop_if_signalled()
         if not opts.kill:
-            _complete(ns, on_complete)
+            _complete(ns, on_complete, opts.image)
             ok = True
         else:
-            init_fd, late_signals = _complete_and_kill(ctx.w, out_fd, init, ns, on_complete)
+            init_fd, late_signals = _complete_and_kill(ctx.w, out_fd, init, ns, on_complete, opts.image)
             ok = killed = True
     except OutputClosed as exc:
         raise OutputClosed(f"{exc}; {'not killing' if opts.kill else 'released'} pid:[{ns}]: its tasks run on") from None
@@ -594,7 +596,8 @@ def main(args) -> int:
         where = "standard output" if to_stdout else args.output
         raise UsageError(f"refusing --kill with the image going to {where}, which keeps nothing written to it: "
                          "the namespace would be gone and no image kept")
-    opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill)
+    opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill,
+                   image="" if to_stdout else os.path.abspath(args.output))
     check_target(ns)  # fail on a bad target before creating the output file
     out = None if to_stdout else ImageFile(args.output)
     if out is not None and os.isatty(out.fd):  # -o /dev/stdout, /dev/tty: a terminal, as for -o -

@@ -696,13 +696,14 @@ class Controller:
 
     def check_dumps(self) -> None:
         for ino, ns in self.model.namespaces.items():
-            stamp = notify.last_dump(ino, base=self.dumps_dir)
-            if stamp is not None and stamp != ns.last_dump:
+            got = notify.last_dump_at(ino, base=self.dumps_dir)
+            if got is not None and got[0] != ns.last_dump:
+                stamp, image = got
                 ns.last_dump = stamp
                 # Pages held for their records are kept: taken before the reset, they may still
                 # have been written after the dump's release; counted dirty, the next dump takes
                 # them once more, while lost they would be missing from "dirty since the dump".
-                self.emit(self.model.dumped(ino, stamp))
+                self.emit(self.model.dumped(ino, stamp, image))
 
 
 _INT_ONLY = {int}

@@ -23,6 +23,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from .image.records import json_safe
+
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
 TOMBSTONE_SECONDS = 5.0
@@ -719,15 +721,18 @@ class Model:
                 v.dirty.clear()
         return cleared
 
-    def dumped(self, ino: int, ts: int) -> dict:
+    def dumped(self, ino: int, ts: int, image: str = "") -> dict:
         """Namespace `ino` was dumped at `ts` (its notify stamp, CLOCK_MONOTONIC ns): its dirty
         counts start again from nothing, and the `dump` event returned says so, so that a reader
         adding up `dirty` pages knows where to start again. It names the namespace's init (pid 1;
-        hostpid 0 when the model does not know it); `pages`: the dirty pages the reset cleared."""
+        hostpid 0 when the model does not know it); `pages`: the dirty pages the reset cleared;
+        `image`: the image file's path (null when it went to a pipe or standard output)."""
         cleared = self.reset_dirty(ino)
         init = self.init_of(ino)
         hostpid = init.hostpid if init is not None and init.pid == 1 else 0
-        ev = {"event": "dump", "pid": 1, "hostpid": hostpid, "ns": ino, "ts": ts, "pages": cleared}
+        # (json_safe: a path is any bytes; one that is not UTF-8 gets its exact bytes in image_hex)
+        ev = json_safe({"event": "dump", "pid": 1, "hostpid": hostpid, "ns": ino, "ts": ts, "pages": cleared,
+                        "image": image or None})
         self._tally(self.add_namespace(ino), "dump", ev, self.clock())
         return ev
 

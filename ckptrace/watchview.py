@@ -134,7 +134,7 @@ def event_fields(ev: dict, readable: bool = True) -> list[str]:
     event lines keep the exact numbers, as --json has them."""
     extra, addresses = [], []
     for k, v in ev.items():
-        if k in _IDENTITY or k.startswith("_"):
+        if k in _IDENTITY or k.startswith("_") or v is None:
             continue
         if k in _ADDRESSES and isinstance(v, int):
             addresses.append(f"{k}={v:#x}")

@@ -345,8 +345,10 @@ def test_kill_after_dump(pidns, ckwork, tmp_path):
 
     w = start(pidns, ckwork, tmp_path)
     before = notify.last_dump(w.ns) or 0
-    dump("--pidns", str(w.ns), "-o", str(tmp_path / "img"), "--kill", "--quiet")
-    assert (notify.last_dump(w.ns) or 0) > before  # `watch` learns of the dump
+    # a relative -o: watchers are told the image's absolute path
+    dump("--pidns", str(w.ns), "-o", "img", "--kill", "--quiet", cwd=tmp_path)
+    assert (notify.last_dump(w.ns) or 0) > before  # `watch` learns of the dump, and where it went
+    assert notify.last_dump_at(w.ns)[1] == str(tmp_path / "img")
     deadline = time.monotonic() + 5
     while os.path.exists(f"/proc/{w.init}/status") and time.monotonic() < deadline:
         if status_field(w.init, "State")[0] == "Z":
@@ -1465,7 +1467,7 @@ def test_a_signal_once_the_tail_is_out_does_not_stop_the_kill(monkeypatch, tmp_p
     from ckptrace.image.records import MAGIC_TAIL
     from ckptrace.image.stream import ImageWriter, write_tail
 
-    monkeypatch.setattr(dumpmod.notify, "dump_done", lambda ns: None)  # (no stamp for a namespace 0)
+    monkeypatch.setattr(dumpmod.notify, "dump_done", lambda ns, image="": None)  # (no stamp for a namespace 0)
     victim = subprocess.Popen(["sleep", "60"])
     out = os.open(tmp_path / "img", os.O_RDWR | os.O_CREAT, 0o600)
     old = signal.signal(signal.SIGTERM, dumpmod._raise_on_signal)
@@ -1474,7 +1476,7 @@ def test_a_signal_once_the_tail_is_out_does_not_stop_the_kill(monkeypatch, tmp_p
         write_tail(wr, hold=True)
         assert wr.bytes_written == 0 and os.fstat(out).st_size == 0  # held back
         pidfd, late = dumpmod._complete_and_kill(wr, out, victim.pid, 0,
-                                                 lambda: os.kill(os.getpid(), signal.SIGTERM))
+                                                 lambda: os.kill(os.getpid(), signal.SIGTERM), "")
         os.close(pidfd)
     finally:
         signal.signal(signal.SIGTERM, old)

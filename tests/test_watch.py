@@ -1009,8 +1009,9 @@ def test_a_dump_resets_the_namespace_dirty_counts(pidns, tmp_path):
               "    for i in range(0, len(m), 4096):\n        m[i] = 1\n    keep.append(m)\n    time.sleep(0.1)\n")
     work = pidns([PY, "-c", writer])
     model = Model()
+    out: list[dict] = []
     with WatchProgram(focus_ns=work.ns, faults=True) as prog:
-        ctl = Controller(prog, model, host=ns_dev_ino("self")[1], focus=work.ns, emit=lambda ev: None)
+        ctl = Controller(prog, model, host=ns_dev_ino("self")[1], focus=work.ns, emit=out.append)
         prog.open_events(ctl.on_record)
         ctl.seed_all()
         ctl.check_dumps()
@@ -1026,6 +1027,8 @@ def test_a_dump_resets_the_namespace_dirty_counts(pidns, tmp_path):
         assert r.returncode == 0, r.stderr
         ctl.check_dumps()
         assert sum(p.dirty_pages() for p in model.ns_procs(work.ns)) == 0
+        (ev,) = [e for e in out if e["event"] == "dump"]  # naming the image it went to
+        assert (ev["ns"], ev["pid"], ev["image"]) == (work.ns, 1, str(tmp_path / "img")) and ev["pages"] >= 16, ev
 
 
 @pytest.mark.kernel

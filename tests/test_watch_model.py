@@ -541,6 +541,7 @@ def test_a_dump_of_the_namespace_is_one_event_naming_its_init_and_the_pages_clea
     `dump` event now says so, once per dump, with the common fields (pid 1, init's host pid)."""
     from ckptrace import notify
     from ckptrace.watch import Controller
+    from ckptrace.watchview import event_fields
 
     out: list[dict] = []
     ctl = Controller(FakeProg(), model, host=1, focus=None, emit=out.append)
@@ -548,11 +549,19 @@ def test_a_dump_of_the_namespace_is_one_event_naming_its_init_and_the_pages_clea
     model.add_dirty(100, [0x600000, 0x601000, 0x602000], ts=1)
     ctl.check_dumps()
     assert out == []  # no dump yet
-    notify.dump_done(NS, base=str(tmp_path), stamp_ns=12345)
+    notify.dump_done(NS, base=str(tmp_path), stamp_ns=12345, image="/srv/img/a.img")
     ctl.check_dumps()
     ctl.check_dumps()  # the same stamp again: nothing more
-    assert out == [{"event": "dump", "pid": 1, "hostpid": 100, "ns": NS, "ts": 12345, "pages": 3}]
+    assert out == [{"event": "dump", "pid": 1, "hostpid": 100, "ns": NS, "ts": 12345, "pages": 3,
+                    "image": "/srv/img/a.img"}]
     assert model.recent[-1] == out[0]
+    # to a pipe: no path (null); a path of any bytes: shown escaped, its bytes in image_hex
+    notify.dump_done(NS, base=str(tmp_path), stamp_ns=12346)
+    notify.dump_done(NS + 1, base=str(tmp_path), stamp_ns=12347, image="/srv/\udcff.img")
+    model.add_namespace(NS + 1)
+    ctl.check_dumps()
+    assert out[1]["image"] is None and "image=" not in " ".join(event_fields(out[1]))
+    assert (out[2]["image"], out[2]["image_hex"]) == ("/srv/\\xff.img", b"/srv/\xff.img".hex()), out[2]
 
 
 def test_controller_turns_kernel_records_into_report_dicts(model):
