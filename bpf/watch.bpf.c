@@ -54,6 +54,19 @@ struct forkinfo {
 /* LRU: a parent killed between the two never deletes its entry */
 BPF_TABLE("lru_hash", __u32, struct forkinfo, forks, 16384);
 
+/* child host pid -> its parent's identity and the clone flags, for a child that stays in its
+ * parent's namespace, from task_newtask until the parent returns from the clone call: the child
+ * returns from it too, often first (a vfork parent only once the child has exec'd), and whichever
+ * of the two returns first reports the fork (`claimed`), so that it comes before anything the
+ * child does. LRU: a parent killed meanwhile never deletes its entry. */
+struct birth {
+	__u64 ns;
+	__u64 flags;
+	__u64 claimed;
+	__u32 hostpid, hosttid, pid, pad;
+};
+BPF_TABLE("lru_hash", __u32, struct birth, births, 16384);
+
 #if CKPT_FAULTS
 /* (tgid, chunk) -> mask of pages write-faulted since the controller last drained it */
 BPF_HASH(dirty, struct ckpt_dirty_key, __u64, 262144);
@@ -394,6 +407,9 @@ int ckpt_newtask(struct tracepoint__task__task_newtask *args)
 			count_lost(CKPT_LOST_TRACKED);
 	} else {
 		track(child, id.ns, 0, 0);  /* its pid is learnt on its first event */
+		struct birth b = {.ns = id.ns, .flags = flags, .claimed = 0,
+				  .hostpid = id.hostpid, .hosttid = id.hosttid, .pid = id.pid};
+		births.update(&child, &b);
 	}
 	if (flags & CLONE_NEWPID_FLAG) {
 		struct ckpt_event *e = reserve(CKPT_EV_NEWNS, &id);
@@ -406,28 +422,51 @@ int ckpt_newtask(struct tracepoint__task__task_newtask *args)
 	return 0;
 }
 
-/* the parent's return from clone/clone3/fork/vfork: the child's pid as the parent sees it */
+static __always_inline void report_fork(struct ident *parent, __u64 child_pid, __u32 child_host, __u64 flags)
+{
+	struct ckpt_event *e = reserve(CKPT_EV_FORK, parent);
+	if (!e)
+		return;
+	e->a0 = child_pid;
+	e->a1 = child_host;
+	e->a2 = flags;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));  /* the parent's: the child's is a copy */
+	submit(e);
+}
+
+/* A return from clone/clone3/fork/vfork. The parent's gives the child's pid as the parent sees
+ * it; the child's own (ret 0) is in the child's context, where that pid is its own pid (same
+ * namespace: `births`) and its parent's identity was kept at task_newtask. */
 int ckpt_clone_exit(struct tracepoint__syscalls__sys_exit_clone *args)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	if (args->ret == 0) {
+		struct birth *b = births.lookup(&tid);
+		if (!b || __sync_fetch_and_add(&b->claimed, 1) != 0)
+			return 0;  /* not a new process of a watched namespace, or its parent told it */
+		struct ident child, parent = {.ns = b->ns, .hostpid = b->hostpid, .hosttid = b->hosttid, .pid = b->pid};
+		if (whoami(&child) && child.ns == parent.ns)
+			report_fork(&parent, child.pid, tid, b->flags);
+		return 0;
+	}
 	struct forkinfo *fi = forks.lookup(&tid);
 	if (!fi)
 		return 0;
 	struct forkinfo f = *fi;
 	forks.delete(&tid);
-	if (args->ret <= 0 || (f.flags & CLONE_THREAD_FLAG))
+	if (args->ret < 0 || (f.flags & CLONE_THREAD_FLAG))
 		return 0;
+	struct birth *b = births.lookup(&f.child);
+	if (b) {
+		int first = __sync_fetch_and_add(&b->claimed, 1) == 0;
+		births.delete(&f.child);
+		if (!first)
+			return 0;  /* the child told it, as it returned first */
+	}
 	struct ident id;
 	if (!whoami(&id))
 		return 0;
-	struct ckpt_event *e = reserve(CKPT_EV_FORK, &id);
-	if (!e)
-		return 0;
-	e->a0 = args->ret;
-	e->a1 = f.child;
-	e->a2 = f.flags;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	submit(e);
+	report_fork(&id, args->ret, f.child, f.flags);
 	return 0;
 }
 

@@ -235,6 +235,54 @@ def test_fork_exec_exit_with_in_namespace_pids(focused_run):
     assert [e["code"] for e in the(events, event="exit", pid=res["killed"])] == [128 + 9]
 
 
+SPAWNS = r"""
+import os, sys, time
+go, out = sys.argv[1], sys.argv[2]
+while not os.path.exists(go):
+    time.sleep(0.02)
+kids = []
+for i in range(20):
+    # posix_spawn: glibc's clone(CLONE_VM | CLONE_VFORK), whose caller returns only once the
+    # child has exec'd; and plain fork + exec, whose child may run first
+    kid = os.posix_spawn("/bin/true", ["true"], os.environ) if i % 2 else os.fork()
+    if kid == 0:
+        os.execv("/bin/true", ["true"])
+    os.waitpid(kid, 0)
+    kids.append(kid)
+with open(out + ".tmp", "w") as f:
+    f.write(repr(kids))
+os.rename(out + ".tmp", out)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.kernel
+def test_a_fork_comes_before_anything_its_child_did(pidns, tmp_path):
+    """The fork record was made when the parent returned from clone, which a vfork parent
+    (posix_spawn, system()) does only once the child has exec'd: a child gone before the
+    controller could place it from /proc showed its exec and exit before its fork. The child's
+    own return from clone now reports the fork when it comes first. The controller is stopped
+    while the children live and die, so that /proc can never tell it their parent."""
+    need_root_and_bcc()
+    go, out = tmp_path / "go", tmp_path / "kids"
+    work = pidns([PY, "-c", SPAWNS, str(go), str(out)])
+    watch = start_watch("--pidns", str(work.ns), "--no-faults", "--duration", "4")
+    os.kill(watch.pid, signal.SIGSTOP)
+    try:
+        go.touch()
+        wait_until(out.exists, 15, "the spawns never finished")
+    finally:
+        os.kill(watch.pid, signal.SIGCONT)
+    events, _ = finish(watch)
+    kids = eval(out.read_text())
+    for kid in kids:
+        order = [e["event"] for e in events if e.get("pid") == kid or e.get("child") == kid]
+        assert [k for k in order if k in ("fork", "exec", "exit")] == ["fork", "exec", "exit"], (kid, order)
+        assert order[0] == "fork", (kid, order)  # nor any of its mm events before it
+        (fork,) = [e for e in events if e["event"] == "fork" and e["child"] == kid]
+        assert (fork["pid"], fork["hostpid"]) == (1, work.init), fork
+
+
 EXITS = r"""
 import os, signal, subprocess, sys, threading, time
 def child(target, *args):
