@@ -5635,6 +5635,8 @@ def test_a_connection_waiting_on_a_listener_outside_the_image_is_refused_before_
         w = py_workload(pidns, HOST_LISTENER_CLIENT, tmp_path)
         d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "x.img"))
         assert d.returncode != 0 and b"which is outside the image" in d.stderr, d.stderr
+        # naming who holds the other end (the listener's, us), for the user to find it
+        assert f"outside the image (held by host pid {os.getpid()} (".encode() in d.stderr, d.stderr
         assert os.path.exists(f"/proc/{w.init}")
 
 

@@ -1633,8 +1633,13 @@ class UnixIndex:
         peer = self.by_ino.get(f["peer_ino"])
         if peer is not None and peer[0].objref in self.in_tables:
             return None
+        # who holds the other end, for the user to find (a host client to disconnect): a scan of
+        # every fd table, made only for a refusal
+        held = [f"{h} ({procfs.comm(h) or '?'})" for h in procfs.socket_holders({f["peer_ino"]})]
+        who = (f"held by host pid {listed(held)}" if held else
+               "which no process has open now")
         return (f"{_users(self.img, obj.objref)}: a unix socket connected to socket:[{f['peer_ino']}], which is "
-                "outside the image")
+                f"outside the image ({who})")
 
 
 _SOCK_TYPE_NAMES = {1: "stream", 2: "datagram", 5: "seqpacket"}
