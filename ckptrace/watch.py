@@ -550,7 +550,9 @@ class Controller:
                     # ours, gone before it was placed; but once the focused namespace has ended, an
                     # unknown writer belongs to a later namespace given its number: not a loss
                     if hostpid not in self.ignored and not (self.focus and self.focus in self.ended):
-                        self.model.unattributed += sum(m.bit_count() for _, _, m in chunks)
+                        n = sum(m.bit_count() for _, _, m in chunks)
+                        self.model.unattributed += n
+                        self.model.unattributed_gone += n
                     continue
             for ev in self.model.add_dirty_masks(hostpid, chunks, ts):
                 self.emit(ev)
@@ -1003,7 +1005,10 @@ def main(args) -> int:
             _note(f"ckptrace watch: lost events: {lost}")
         if unattributed:
             # not events: pages whose mapping nobody could say (short-lived processes: docs/watch.md)
-            _note(f"ckptrace watch: {unattributed} written pages could not be placed on a mapping")
+            gone = model.unattributed_gone
+            _note(f"ckptrace watch: {unattributed} written pages could not be placed on a mapping" +
+                  (f" ({'all' if gone == unattributed else gone} of them by processes that exited before "
+                   "their mappings could be read)" if gone else ""))
         if priority.raised:
             _note(f"ckptrace watch: the controller fell behind at idle priority and was raised to normal "
                   f"priority {priority.raised}x")

@@ -309,6 +309,7 @@ class Model:
         self.counts: Counter[str] = Counter()
         self.lost: dict[str, int] = {}
         self.unattributed = 0  # written pages no known mapping held
+        self.unattributed_gone = 0  # of those, pages of processes that had exited (or were never placed)
         self.exited: list[Proc] = []  # exited since the last take_exited(), tombstones still kept
         self._lineage = itertools.count(1)
         self.status = "starting"
@@ -639,6 +640,7 @@ class Model:
         p = self.procs.get(hostpid)
         if p is None:
             self.unattributed += sum(m.bit_count() for _, _, m in chunks)
+            self.unattributed_gone += sum(m.bit_count() for _, _, m in chunks)
             return []
         # A dead process's mappings are dropped once this drain is over (release_exited): its
         # pages are only counted for the report, not recorded page by page.
@@ -651,6 +653,7 @@ class Model:
                 v = p.owner((base + low) << PAGE_SHIFT, gen, tomb)
                 if v is None:
                     self.unattributed += 1
+                    self.unattributed_gone += not keep
                     mask &= mask - 1
                     continue
                 if (v.died < _LIVE) if gen is None else not v.valid_at(gen):
