@@ -129,6 +129,7 @@ def check_uffd_wp() -> Check:
     import fcntl
     import struct
 
+    from .kernel import pagemap
     from .kernel.sys import libc
     from .kernel.sysno import SYS_userfaultfd
 
@@ -146,12 +147,8 @@ def check_uffd_wp() -> Check:
         os.close(fd)
     pm = os.open("/proc/self/pagemap", os.O_RDONLY)
     try:
-        arg = bytearray(struct.pack("<12Q", 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
-        try:
-            fcntl.ioctl(pm, 0xC0606610, arg)
-        except OSError as exc:
-            if exc.errno == 25:  # ENOTTY: the ioctl does not exist
-                return Check("userfaultfd-wp / PAGEMAP_SCAN", False, "PAGEMAP_SCAN ioctl missing", required=False)
+        if not pagemap.scan_supported(pm):
+            return Check("userfaultfd-wp / PAGEMAP_SCAN", False, "PAGEMAP_SCAN ioctl missing", required=False)
     finally:
         os.close(pm)
     return Check("userfaultfd-wp / PAGEMAP_SCAN", True, "UFFD WP_ASYNC and PAGEMAP_SCAN available", required=False)

@@ -1,7 +1,9 @@
 """Address spaces: MM, its VMAs, their present pages, and the auxv.
 
 Speed matters here (a dump is mostly page copying), so per VMA the dumper:
-- reads /proc/PID/pagemap once (in windows of at most PAGEMAP_WINDOW pages),
+- reads /proc/PID/pagemap once (in windows of at most PAGEMAP_WINDOW pages), and for a big VMA
+  only where the PAGEMAP_SCAN ioctl says pages are (kernel/pagemap.py: a reservation of
+  terabytes is not read 8 bytes per virtual page),
 - finds runs of pages to store without a per-page Python loop: it slices out the top byte of
   every 8-byte entry, maps it to b"1"/b"0" with bytes.translate and lets a regex find the runs,
 - copies runs with process_vm_readv in large iovecs into one reused, pre-faulted buffer,
@@ -21,13 +23,16 @@ from ..errors import CkptError, Unsupported, from_oserror
 from ..image.records import (MAX_PAGES_PER_RECORD, MMF_DUMP_FILTER_MASK, MMF_DUMP_FILTER_SHIFT, MMF_DUMPABLE_MASK,
                              PAGE_SIZE, VM_FLAG_BITS, VM_NOT_SUPPORTED, VMA_LAST_PAGE, FileType, ObjType, RecType,
                              VmaType)
-from ..kernel import procfs
+from ..kernel import pagemap, procfs
 from ..kernel.sys import buffer_address, data_extents, vm_readv
 from .context import DumpContext
 from .objhash import KCMP_VM
 
 COPY_BUFFER = MAX_PAGES_PER_RECORD * PAGE_SIZE  # 16 MiB
 PAGEMAP_WINDOW = 1 << 20  # pages per pagemap read (8 MiB of entries)
+# Ranges of more pages than this are scanned first (kernel/pagemap.py: PAGEMAP_SCAN) and pagemap is
+# read only where pages are; below it one read costs less than the ioctl would save.
+SCAN_ABOVE = 1 << 14
 PAGE_FIXED = struct.Struct("<Q")
 
 # Byte 7 of a pagemap entry holds bits 56..63: 0x80 present, 0x40 swapped, 0x20 file/shared page.
@@ -111,8 +116,16 @@ class PageCopier:
         with open(f"{ctx.proc}/{pid}/pagemap", "rb", buffering=0) as pm:
             first = (m.start if start is None else start) // PAGE_SIZE
             last = (m.end if end is None else end) // PAGE_SIZE
-            for win in range(first, last, PAGEMAP_WINDOW):
-                n = min(PAGEMAP_WINDOW, last - win)
+            spans = [(first, last)]
+            if last - first > SCAN_ABOVE:
+                # a big range: read pagemap only where the page tables hold something
+                try:
+                    found = pagemap.populated(pm.fileno(), first * PAGE_SIZE, last * PAGE_SIZE)
+                except OSError as exc:
+                    raise from_oserror(exc, f"scan pagemap of {pid}") from None
+                if found is not None:
+                    spans = [(lo // PAGE_SIZE, hi // PAGE_SIZE) for lo, hi in found]
+            for win, n in _windows(spans):
                 try:
                     entries = os.pread(pm.fileno(), n * 8, win * 8)
                 except OSError as exc:
@@ -291,6 +304,14 @@ def dump_mm(ctx: DumpContext, p, copier: PageCopier, files) -> int:
     aux = procfs.auxv(pid, ctx.proc)
     ctx.w.record(RecType.MM_AUXV, dict(nentries=len(aux)), payload=[dict(a_type=a, a_val=v) for a, v in aux])
     return ref
+
+
+def _windows(spans: list[tuple[int, int]]):
+    """(first page, count) of each pagemap read over `spans` (page-number ranges), at most
+    PAGEMAP_WINDOW pages a read."""
+    for lo, hi in spans:
+        for win in range(lo, hi, PAGEMAP_WINDOW):
+            yield win, min(PAGEMAP_WINDOW, hi - win)
 
 
 def _claim(stored: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
