@@ -474,7 +474,7 @@ class _Restore:
 
         files = FileSet(self.img, base=fd_base(self.img), image=self.f)
         netns = None
-        # A watchdog: a task that faults during injection would have the injector step it
+        # A watchdog: a task stuck in an injected call would have the injector wait for it
         # forever; the alarm's exception unwinds into _abort instead.
         limit = watchdog_limit(self.img)
         watchdog = True

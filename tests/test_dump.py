@@ -1442,6 +1442,68 @@ def test_a_signal_that_comes_while_the_dump_holds_the_tasks_is_not_taken_from_th
     assert_running_untraced(w)
 
 
+# init catches SIGTRAP and its child ignores it; both catch SIGUSR1 too. A caught signal leaves
+# a file named after it and the catcher's pid.
+TRAP_WORK = r"""
+import os, signal, sys, time
+d = sys.argv[1]
+def caught(sig, frame):
+    open(os.path.join(d, f"{signal.Signals(sig).name}.{os.getpid()}"), "w").close()
+signal.signal(signal.SIGUSR1, caught)
+if os.fork() == 0:
+    signal.signal(signal.SIGTRAP, signal.SIG_IGN)
+    open(os.path.join(d, "child"), "w").close()
+else:
+    signal.signal(signal.SIGTRAP, caught)
+    while not os.path.exists(os.path.join(d, "child")):
+        time.sleep(0.01)
+    open(os.path.join(d, "ready"), "w").close()
+while True:
+    time.sleep(0.5)
+"""
+
+
+def sig_dispositions(pid: int) -> tuple[int, int]:
+    """The process's SigIgn and SigCgt masks (/proc/PID/status)."""
+    return int(status_field(pid, "SigIgn"), 16), int(status_field(pid, "SigCgt"), 16)
+
+
+def test_a_dump_leaves_a_caught_or_ignored_sigtrap_as_it_was(pidns, tmp_path):
+    """The injected calls were single-stepped, and a step's trap is a SIGTRAP the kernel forces
+    on the task (force_sig_info_to_task), which makes a blocked or ignored SIGTRAP's action
+    SIG_DFL. The dump blocks every signal while it injects: any dump, even one that let the
+    tasks run on, took a caught SIGTRAP's handler from the live process and an ignored one's
+    SIG_IGN (a SIGTRAP then killed them), and the image had SIG_DFL. Calls now run between
+    syscall-stops, which send no signal."""
+    w = pidns([sys.executable, "-c", TRAP_WORK, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hosts = {nspid(h): h for h in w.pids()}
+    assert sorted(hosts) == [1, 2]
+    trap = 1 << (signal.SIGTRAP - 1)
+    before = {pid: sig_dispositions(h) for pid, h in hosts.items()}
+    assert before[1][1] & trap and before[2][0] & trap
+    img = tmp_path / "trap.img"
+    dump("--pidns", str(w.ns), "-q", "-o", str(img))
+    assert {pid: sig_dispositions(h) for pid, h in hosts.items()} == before
+    assert_running_untraced(w)
+    with open(img, "rb") as f:
+        image = read_image(f)
+    sighand = {t.tid: t.sighand for t in image.processes()}
+    # init's SIGTRAP has the very handler (Python's), flags and restorer its SIGUSR1 has
+    assert sighand[1][signal.SIGTRAP - 1] == sighand[1][signal.SIGUSR1 - 1]
+    assert sighand[1][signal.SIGTRAP - 1]["handler"] > 1
+    assert sighand[2][signal.SIGTRAP - 1]["handler"] == 1  # SIG_IGN
+    # and the live processes still take a SIGTRAP as they meant to
+    os.kill(hosts[1], signal.SIGTRAP)
+    os.kill(hosts[2], signal.SIGTRAP)
+    os.kill(hosts[2], signal.SIGUSR1)  # (delivered after the SIGTRAP: lower numbers go first)
+    deadline = time.monotonic() + 5
+    while not ((tmp_path / "SIGTRAP.1").exists() and (tmp_path / "SIGUSR1.2").exists()):
+        assert time.monotonic() < deadline, sorted(os.listdir(tmp_path))
+        time.sleep(0.02)
+    assert not (tmp_path / "SIGTRAP.2").exists()
+
+
 def test_a_termination_swallowed_by_a_step_still_ends_the_dump():
     """SIGTERM's exception can land in a step that takes a failed read for a task gone and goes
     on (half the dumps SIGTERMed mid-way ended with status 0 and a full image, and a --kill

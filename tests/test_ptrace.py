@@ -51,6 +51,23 @@ def test_injection_through_a_bad_address_raises(stopped_child):
 
 
 @pytest.mark.kernel
+def test_a_sigtrap_sent_to_the_task_is_kept_not_taken_for_the_calls_own_stop(stopped_child):
+    """A single-step's stop was a SIGTRAP signal-delivery-stop like the one for a SIGTRAP someone
+    sent the held task: the injector took that for the step, returned the call's number as
+    its result (the call had not run) and dropped the signal. Syscall-stops report
+    SIGTRAP|0x80 (PTRACE_O_TRACESYSGOOD, which every seize asks for)."""
+    t = stopped_child
+    before = t.get_regs()
+    os.kill(t.tid, signal.SIGTRAP)
+    with Injector(t) as inj:
+        assert inj.syscall(39) == t.tid
+        assert inj.syscall(39) == t.tid
+    assert [sig for sig, _ in t.owed] == [signal.SIGTRAP]
+    assert t.get_regs() == before
+    t.owed = []  # (not given back: its default action would kill the child before the teardown)
+
+
+@pytest.mark.kernel
 def test_xstate_is_the_cpus_full_area(stopped_child):
     xs = stopped_child.get_xstate()
     assert len(xs) >= 576 and len(xs) % 64 == 0
@@ -135,7 +152,7 @@ def test_an_interruption_during_an_injected_call_is_not_replaced_by_the_register
     assert t.sets == 2  # it was tried
     # In the normal path a failure to put the registers back is still an error.
     t = _FakeTracee(fail_set=2)
-    t.wait = lambda: 0x57f  # stopped by SIGTRAP: the step is done
+    t.wait = lambda: 0x857f  # stopped by SIGTRAP|0x80: the syscall-stops
     with pytest.raises(NoSuchProcess, match="SETREGSET"):
         Injector(t, insn=0x1000).syscall(39)
 

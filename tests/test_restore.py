@@ -1570,6 +1570,31 @@ def test_signal_masks_handlers_and_pending_signals_come_back(pidns, tmp_path, re
     assert sigstate(res["init_pid"]) == want
 
 
+def test_a_caught_or_ignored_sigtrap_comes_back(pidns, tmp_path, restored):
+    """Restore blocks every signal before it sets the image's handlers, and its later calls
+    (memory, credentials, threads) were single-stepped: each step's forced SIGTRAP made a
+    caught SIGTRAP SIG_DFL again, and an ignored one too, so the restored process died of the
+    SIGTRAP it had meant to catch or ignore."""
+    from test_dump import TRAP_WORK, sig_dispositions
+
+    w = py_workload(pidns, TRAP_WORK, tmp_path)
+    want = {nspid(h): sig_dispositions(h) for h in w.pids()}
+    assert sorted(want) == [1, 2]
+    img = tmp_path / "trap.img"
+    dump_kill(w, str(img))
+    res = restore_json(img, restored)
+    hosts = {nspid(h): h for h in ns_pids(res["pidns"])}
+    assert {pid: sig_dispositions(h) for pid, h in hosts.items()} == want
+    os.kill(hosts[1], signal.SIGTRAP)
+    os.kill(hosts[2], signal.SIGTRAP)
+    os.kill(hosts[2], signal.SIGUSR1)  # (delivered after the SIGTRAP: lower numbers go first)
+    deadline = time.monotonic() + 5
+    while not ((tmp_path / "SIGTRAP.1").exists() and (tmp_path / "SIGUSR1.2").exists()):
+        assert time.monotonic() < deadline, sorted(os.listdir(tmp_path))
+        time.sleep(0.02)
+    assert not (tmp_path / "SIGTRAP.2").exists()
+
+
 TTY_SIGIO = r"""
 import fcntl, os, signal, sys, time
 d = sys.argv[1]
@@ -3859,7 +3884,7 @@ def test_pending_signals_come_back_from_their_senders(pidns, tmp_path, restored)
 @pytest.mark.kernel
 def test_pending_signals_the_mask_lets_through_are_queued_whole(root):
     """A pending signal the thread does not block (a stopped process's, say): queued from inside
-    the task by single-stepped calls, it would be taken at the next call's return, its siginfo
+    the task by injected calls, it would be taken at the next call's return, its siginfo
     lost. It stays queued, siginfo and all, with the image's mask set again, until the detach,
     when the handler runs."""
     from ckptrace.kernel.ptrace import Injector, Tracee

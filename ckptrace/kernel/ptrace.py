@@ -24,7 +24,7 @@ from .sys import iovec, libc
 from .sys import syscall as host_syscall
 
 PTRACE_CONT = 7
-PTRACE_SINGLESTEP = 9
+PTRACE_SYSCALL = 24
 PTRACE_DETACH = 17
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETSIGINFO = 0x4202
@@ -39,6 +39,7 @@ PEEKSIGINFO_ARGS = struct.Struct("<QIi")  # struct ptrace_peeksiginfo_args: off,
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 RSEQ_CONF = struct.Struct("<QIII4x")  # struct ptrace_rseq_configuration: pointer, size, signature, flags
 PTRACE_SETSIGMASK = 0x420B
+PTRACE_O_TRACESYSGOOD = 0x1
 PTRACE_O_TRACECLONE = 0x8
 PTRACE_O_EXITKILL = 0x100000
 # Injected system calls must not meet the task's seccomp filters (a filter may kill the task for
@@ -50,6 +51,7 @@ SECCOMP_METADATA = struct.Struct("<QQ")  # struct seccomp_metadata: filter_off, 
 SOCK_FILTER_SIZE = 8  # struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}
 PTRACE_EVENT_CLONE = 3
 PTRACE_EVENT_STOP = 128
+SYSCALL_STOP = signal.SIGTRAP | 0x80  # WSTOPSIG of a syscall-entry/exit-stop with TRACESYSGOOD
 NT_PRSTATUS = 1
 NT_X86_XSTATE = 0x202
 WALL = 0x40000000
@@ -95,7 +97,10 @@ class Tracee:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def seize(self, options: int = 0) -> None:
-        _ptrace(PTRACE_SEIZE, self.tid, 0, options, "SEIZE")
+        """Always with PTRACE_O_TRACESYSGOOD: the Injector's syscall-stops then report
+        SIGTRAP|0x80, which no signal the task is sent can be taken for (threads auto-attached
+        through PTRACE_O_TRACECLONE inherit the option)."""
+        _ptrace(PTRACE_SEIZE, self.tid, 0, options | PTRACE_O_TRACESYSGOOD, "SEIZE")
 
     def seize_suspending_seccomp(self, options: int = 0) -> bool:
         """Seize with the task's seccomp filters suspended while we hold it; False when the kernel
@@ -157,8 +162,7 @@ class Tracee:
             # Signal-delivery-stop: resuming with 0 would drop the signal; deliver it (or keep it
             # for the detach) and wait on for the interrupt's event-stop, which is still pending.
             if hold_signals:
-                if sig != signal.SIGTRAP:  # a SIGTRAP here is our own single-step's
-                    self.take_signal(sig)
+                self.take_signal(sig)  # (a SIGTRAP too: injection makes none, see Injector)
                 sig = 0
             _ptrace(PTRACE_CONT, self.tid, 0, sig, "CONT")
 
@@ -363,25 +367,37 @@ def checked(ret: int, what: str) -> int:
 class Injector:
     """Runs system calls inside a stopped tracee, leaving its registers as they were.
 
-    Use it as a context manager: each call single-steps the task, and a single-step leaves the
-    trap flag set in the task's flags until the tracer resumes it (only a resume or an explicit
-    detach clears it; SETREGS cannot). Were the dumper to die then, even by SIGKILL, the kernel's
-    implicit detach would let the task run with the flag set and its next instruction would kill
-    it with SIGTRAP. Leaving the block clears the flag (see `settle`), so the task can only be
-    lost that way while a batch of calls runs (a few ms per process), not for the rest of the
-    dump. (Settling after every call doubles their cost: +10 % on a small namespace's dump.)
+    Each call is run between syscall-stops (PTRACE_SYSCALL to its entry, again to its exit, where
+    its result is read), never by single-stepping: a step's trap is a SIGTRAP the kernel forces
+    on the task (force_sig_info_to_task), which sets the task's SIGTRAP action to SIG_DFL (and
+    unblocks it) whenever the task blocks or ignores SIGTRAP. Every dump blocks all signals while
+    it injects, so a dump alone took a caught or ignored SIGTRAP from the live process, and its
+    image (read by injected rt_sigaction) had it as default. Syscall-stops are ptrace_notify stops:
+    no signal is sent, no action touched. Tracee.seize asks for PTRACE_O_TRACESYSGOOD, so that a
+    syscall-stop (SIGTRAP|0x80) is never taken for a SIGTRAP someone sent the task.
+
+    Use it as a context manager: leaving the block puts the task back in an event-stop inside
+    get_signal (see `settle`), where it was seized, so that a system call it was interrupted in
+    is restarted by the kernel when it runs on. Until then it sits at the syscall-exit-stop of
+    the last call, with its own registers back; a dumper dying then, even by SIGKILL, loses
+    nothing (the implicit detach wakes the task with TIF_SIGPENDING, which restarts an
+    interrupted call too). Only while a call is in flight (between putting its registers in and
+    taking them out again: microseconds, but for a call that blocks) would the task run on with
+    the injected registers, and most likely crash. (Settling after every call would add a third
+    stop to its two.)
 
     `hold_signals`: every signal is blocked (PTRACE_SETSIGMASK) while the block runs, and the
-    task's own mask put back at its end, once it is settled. A step returns to user mode, where
-    the kernel delivers any pending signal the mask lets through: the tracer then took it from
-    the task (a SIGALRM a program pause()s for, lost for good; real-time signals queued to a
-    running namespace, one per dump), and it was neither delivered nor in the image. Blocked,
-    they stay pending: in the image, and delivered once the task runs again."""
+    task's own mask put back at its end, once it is settled. Each call is reached by a return to
+    user mode, where the kernel delivers any pending signal the mask lets through: the tracer
+    then took it from the task (a SIGALRM a program pause()s for, lost for good; real-time
+    signals queued to a running namespace, one per dump), and it was neither delivered nor in
+    the image. Blocked, they stay pending: in the image, and delivered once the task runs
+    again."""
 
     def __init__(self, tracee: Tracee, insn: int | None = None, *, hold_signals: bool = False):
         self.t = tracee
         self.insn = insn if insn is not None else find_syscall_insn(tracee.tid)
-        self.stepped = False
+        self.injected = False  # the task was resumed for a call since it was last settled
         self.hold_signals = hold_signals
         self.saved_mask: int | None = None
 
@@ -393,7 +409,7 @@ class Injector:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if not self.stepped:
+            if not self.injected:
                 return
             if exc_type is None:
                 self.settle()
@@ -420,23 +436,10 @@ class Injector:
         regs[REG_INDEX["orig_rax"]] = 0xFFFFFFFFFFFFFFFF
         regs[REG_INDEX["rip"]] = self.insn
         self.t.set_regs(regs)
-        self.stepped = True
+        self.injected = True
         try:
-            while True:
-                _ptrace(PTRACE_SINGLESTEP, self.t.tid, 0, 0, "SINGLESTEP")
-                status = self.t.wait()
-                sig = os.WSTOPSIG(status) if os.WIFSTOPPED(status) else 0
-                if sig == signal.SIGTRAP and (status >> 16) == 0:
-                    break
-                if sig in _FAULTS:
-                    # The step itself faulted (bad insn address or layout): stepping again would
-                    # fault forever.
-                    raise KernelError(f"injected syscall {nr} faulted in task {self.t.tid} "
-                                      f"({signal.Signals(sig).name})", errno.EFAULT)
-                if sig and (status >> 16) == 0 and sig != signal.SIGTRAP:
-                    # An asynchronous signal arrived first: keep it for the task and step again.
-                    self.t.take_signal(sig)
-                    continue
+            self._to_syscall_stop(nr)  # entry: the task is at the instruction, in the kernel
+            self._to_syscall_stop(nr)  # exit: the call is done, its result in rax
             out = self.t.get_regs()
             ret = out[REG_INDEX["rax"]]
         except BaseException:
@@ -450,15 +453,40 @@ class Injector:
         self.t.set_regs(saved)
         return ret - (1 << 64) if ret >= 1 << 63 else ret
 
+    def _to_syscall_stop(self, nr: int) -> None:
+        """Resume the task (PTRACE_SYSCALL) until its next syscall-stop. Only the return to user
+        mode before the entry meets signals; a ptrace event (PTRACE_EVENT_CLONE of an injected
+        clone3, under TRACECLONE) comes between entry and exit."""
+        while True:
+            _ptrace(PTRACE_SYSCALL, self.t.tid, 0, 0, "SYSCALL")
+            status = self.t.wait()
+            if not os.WIFSTOPPED(status):
+                continue
+            sig = os.WSTOPSIG(status)
+            if sig == SYSCALL_STOP:
+                return
+            if status >> 16:
+                continue  # a ptrace event-stop: on to the syscall-stop
+            if sig in _FAULTS:
+                # The return to the instruction faulted (bad insn address or layout): resuming
+                # would fault forever.
+                raise KernelError(f"injected syscall {nr} faulted in task {self.t.tid} "
+                                  f"({signal.Signals(sig).name})", errno.EFAULT)
+            # An asynchronous signal arrived first (a SIGTRAP someone sent too): keep it for the
+            # task and resume without it.
+            self.t.take_signal(sig)
+
     def settle(self) -> None:
-        """Leave the task in an event-stop again, without the trap flag a step set:
-        PTRACE_INTERRUPT then PTRACE_CONT. The resume clears the flag, and the task traps again
-        before it leaves the kernel (get_signal takes the pending interrupt first), so not one
-        of its instructions runs."""
+        """Leave the task in an event-stop inside get_signal again, as it was seized:
+        PTRACE_INTERRUPT then PTRACE_CONT from the last call's syscall-exit-stop. The task traps
+        again before it leaves the kernel (get_signal takes the pending interrupt first), so not
+        one of its instructions runs, and when it does run on, the kernel still does the restart
+        of a system call it was interrupted in (-ERESTARTSYS etc. in its own rax), which it does
+        only after get_signal."""
         _ptrace(PTRACE_INTERRUPT, self.t.tid, 0, 0, "INTERRUPT")
         _ptrace(PTRACE_CONT, self.t.tid, 0, 0, "CONT")
         self.t.wait_stop(hold_signals=True)
-        self.stepped = False
+        self.injected = False
 
     @contextlib.contextmanager
     def scratch(self, size: int):

@@ -5,9 +5,8 @@ What /proc does not show (kernel sigactions, sigaltstack, clear_child_tid, pdeat
 securebits, the exact brk) is read by injecting system calls into the stopped task. All
 injections happen in `collect()`, right after the freeze and before any page is copied, so the
 window in which a dumper killed by SIGKILL could leave a task with borrowed registers is as short
-as possible (the Injector restores registers after each call and, at the end of each batch,
-clears the trap flag its single-steps leave set, which would otherwise kill a task whose dumper
-died at any later point of the dump).
+as possible (the Injector restores registers after each call, and runs each between syscall-stops,
+which leave nothing behind: see kernel/ptrace.py's Injector).
 """
 
 from __future__ import annotations

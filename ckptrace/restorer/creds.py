@@ -201,8 +201,8 @@ def raise_pending(inj: Injector, tgid: int, tid: int, blocked: int, thread_pendi
                 sends.append((siginfo_plain(sig), shared))
     if not sends:
         return
-    # Each injected call is single-stepped: a signal the thread does not block would be taken at
-    # the call's return, in a signal-delivery-stop where the injector could only keep its number
+    # Each injected call is reached by a return to user mode: a signal the thread does not block
+    # would be taken there, in a signal-delivery-stop where the injector could only keep its number
     # (its siginfo lost, and the calls after it disturbed). Such a signal (pending yet unblocked:
     # sent to a stopped process, or caught on its way) stays blocked while the queue is built;
     # the image's mask is set again after, and the thread takes it as soon as it is let go,
