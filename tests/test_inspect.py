@@ -391,13 +391,16 @@ def run_in_pty(argv: list[str], stdin_data: bytes | None = None) -> tuple[int, b
     return os.waitstatus_to_exitcode(status), out
 
 
-@pytest.mark.parametrize("from_stdin", [False, True])
+@pytest.mark.parametrize("from_stdin", [False, True, "/dev/stdin", "/proc/self/fd/0"])
 def test_command_runs_on_a_terminal_and_q_quits(tmp_path, from_stdin):
+    """Also `cat img | inspect /dev/stdin`: the keyboard was put on fd 0 before the image was
+    opened through it, so the image was read from the keyboard (a blank screen, keys taken for
+    image bytes)."""
     img = tmp_path / "s.img"
     img.write_bytes(imagegen.build())
     exe = os.path.join(os.path.dirname(sys.executable), "ckptrace")
     if from_stdin:
-        status, out = run_in_pty([exe, "inspect", "-"], img.read_bytes())
+        status, out = run_in_pty([exe, "inspect", "-" if from_stdin is True else from_stdin], img.read_bytes())
     else:
         status, out = run_in_pty([exe, "inspect", str(img)])
     assert status == 0, out[-2000:]

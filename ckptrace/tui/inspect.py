@@ -46,8 +46,19 @@ def _open_tty() -> int | None:
         raise UsageError("inspect is interactive: it needs a terminal (no /dev/tty)") from None
 
 
+def _is_stdin(path: str) -> bool:
+    """Whether `path` opens what fd 0 is (`/dev/stdin`, `/proc/self/fd/0`, or the very file
+    redirected in): the keyboard must not be put on fd 0 before the image is read through it."""
+    try:
+        a, b = os.stat(path), os.fstat(0)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def main(args) -> int:
-    if args.image != "-":
+    stdin = args.image == "-" or _is_stdin(args.image)
+    if not stdin:
         keyboard_from_tty()  # before indexing a large image: fail fast without a terminal
     else:
         # the image comes through stdin, read first; but fail before reading it, not after
@@ -55,7 +66,7 @@ def main(args) -> int:
         if tty is not None:
             os.close(tty)
     state = load(args.image)
-    if args.image == "-":
+    if stdin:
         keyboard_from_tty()  # now that the image is read from stdin
     from .app import InspectApp  # textual only for this command, never for `ckptrace --help`
 
