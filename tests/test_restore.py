@@ -2929,6 +2929,14 @@ def test_tcp_connection_inside_the_namespace_carries_on(pidns, tmp_path, restore
     assert len(conns) == 2 and any(c["inq_len"] > 0 for c in conns), conns
     shown = ckptrace("show", img).stdout.decode()
     assert "established, " in shown and " to read, " in shown, shown[-800:]
+    # show --json's `queued` has those bytes too (it counted unix queue records only: 0)
+    fds = [f for p in json.loads(ckptrace("show", "--json", img).stdout)["procs"] for f in p["fds"]
+           if f["socket"] and f["socket"].startswith("tcp") and "established" in f["socket"]]
+    assert sorted(f["queued"]["bytes"] for f in fds) == sorted(c["inq_len"] for c in conns), fds
+    assert all(f["queued"]["messages"] == 0 for f in fds)
+    # and its VMAs' `file` names the heap and stack as /proc/PID/maps does (it was "")
+    vmas = [v for p in json.loads(ckptrace("show", "--json", img).stdout)["procs"] for v in p["vmas"]]
+    assert {"[heap]", "[stack]", "[vdso]", "[vvar]"} <= {v["file"] for v in vmas}, {v["file"] for v in vmas}
     restore_json(img, restored)
     _tcp_loop_goes_on(log, at_dump)
 

@@ -64,6 +64,25 @@ def vma_label(img: Image, vma) -> str:
     return ""
 
 
+def vma_what(img: Image, mm, v, *, short: bool = False) -> str:
+    """What a VMA maps, as /proc/PID/maps names it: its file; else its kind, `[heap]` and
+    `[stack]` recognised from the mm's brk and stack start, `[vdso]`/`[vvar]` from the VMA's type,
+    a shared segment by its label. `short`: a file's base name only (narrow columns)."""
+    label = vma_label(img, v)
+    if label and not label.startswith("<"):
+        return label.rsplit("/", 1)[-1] if short else label
+    m = mm.fields
+    if v.start <= m.get("start_stack", 0) < v.end:
+        return "[stack]"
+    if m.get("start_brk", 0) <= v.start < max(m.get("brk", 0), m.get("start_brk", 0) + 1) and v.start < m.get("brk", 0):
+        return "[heap]"
+    kind = VMA_NAMES.get(v.fields["vma_type"], str(v.fields["vma_type"]))
+    if kind in ("VDSO", "VVAR"):
+        return f"[{kind.lower()}]"
+    kind = kind.lower().replace("_", " ")
+    return f"{kind} {label}" if label else kind
+
+
 def _exe_label(f: File) -> str | None:
     """An executable's path, marked when the file had been deleted (the image carries it)."""
     return f"{f.name} (deleted)" if f.name and f.ftype == FileType.DELETED else f.name
@@ -201,9 +220,13 @@ def _socket_of(f: File) -> str | None:
 
 
 def _queued(f: File) -> dict[str, int] | None:
-    """What a unix socket had queued for reading, for show --json; None for other files."""
+    """What a socket had queued for reading, for show --json; None for other files. A TCP
+    connection's is a byte stream (FILE_TCP's inq_len): bytes, and no messages."""
     if not any(r.type == RecType.FILE_SOCKET for r in f.extra):
         return None
+    tcp = next((r for r in f.extra if r.type == RecType.FILE_TCP), None)
+    if tcp is not None:
+        return dict(messages=0, bytes=tcp.fields["inq_len"])
     sizes = _queue_sizes(f)
     return dict(messages=len(sizes), bytes=sum(sizes))
 
@@ -283,7 +306,7 @@ def summary(img: Image) -> dict[str, Any]:
             vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
-                       file=vma_label(img, v), pages=sum(r.npages for r in img.runs_of(v))) for v in mm.vmas],
+                       file=vma_what(img, mm, v), pages=sum(r.npages for r in img.runs_of(v))) for v in mm.vmas],
             fds=fd_rows(img, table)))
     zombies = []
     for z in img.zombies():

@@ -16,10 +16,10 @@ from typing import BinaryIO
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
-                             RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, VMA_NAMES, RecType,
+                             RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, RecType,
                              format_time, wait_status_text)
 from ..image.render import (cpu_list, human, open_flags_text, plural, processes_text, prot_str, queue_note,
-                             rlimit_text, socket_name, terminal_safe, vma_label)
+                             rlimit_text, socket_name, terminal_safe, vma_what)
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -166,17 +166,8 @@ class InspectState:
                  self.vma_what(v, short=True)) for v in self.mm.vmas]
 
     def vma_what(self, v: Vma, *, short: bool = False) -> str:
-        """The backing file, else the kind of memory; heap and stack recognised from the mm."""
-        label = vma_label(self.img, v)
-        if label and not label.startswith("<"):
-            return label.rsplit("/", 1)[-1] if short else label
-        m = self.mm.fields
-        if v.start <= m.get("start_stack", 0) < v.end:
-            return "[stack]"
-        if m.get("start_brk", 0) <= v.start < max(m.get("brk", 0), m.get("start_brk", 0) + 1) and v.start < m.get("brk", 0):
-            return "[heap]"
-        kind = VMA_NAMES.get(v.fields["vma_type"], str(v.fields["vma_type"])).lower().replace("_", " ")
-        return f"{kind} {label}" if label else kind
+        """The backing file, else the kind of memory (render.vma_what)."""
+        return vma_what(self.img, self.mm, v, short=short)
 
     def runs_of(self, vma: Vma) -> list[PageRun]:
         """The stored pages of `vma` (Image.runs_of: a shared segment's at every VMA of it)."""
