@@ -179,7 +179,11 @@ def diff_mm(ia: Image, fa: BinaryIO, ma: Mm, ib: Image, fb: BinaryIO, mb: Mm) ->
     for s in sorted(a.keys() & b.keys()):
         va, vb = a[s], b[s]
         da, db = vma_doc(ia, va), vma_doc(ib, vb)
-        if (da["type"], da["file"]) != (db["type"], db["file"]):
+        # A shared anonymous segment's name is the kernel's, not the program's: restore makes it
+        # anew as a memfd ("/memfd:shmem (deleted)" for what was "/dev/zero (deleted)"), so before
+        # and after a restore it is the same segment, its pages compared.
+        same_shm = da["type"] == db["type"] == "SHARED_ANON"
+        if (da["type"], da["file"]) != (db["type"], db["file"]) and not same_shm:
             # Something else is mapped at this address now: a replacement, not a change.
             out["removed"].append(da)
             out["added"].append(db)

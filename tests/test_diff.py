@@ -321,3 +321,43 @@ def test_process_state_that_a_restore_must_keep_is_compared():
     assert f"  ~ vma {vma.start:x}-{vma.end:x}: flags +ac" in text
     same = diff_images(ia, io.BytesIO(data), ia, io.BytesIO(data))
     assert all(x["state"] == [] and x["vmas"]["reflagged"] == [] for x in same["processes"])
+
+
+SHM_WORKLOAD = r"""
+import mmap, os, sys, time
+m = mmap.mmap(-1, 4 * 4096)  # MAP_SHARED | MAP_ANONYMOUS: "/dev/zero (deleted)" in /proc/PID/maps
+m[:5] = b"kept!"
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_shared_segment_before_and_after_a_restore_is_compared_not_replaced(pidns, tmp_path):
+    """Restore makes a shared anonymous segment anew as a memfd ("/memfd:shmem (deleted)"), so a
+    diff of the image against a dump of its restore showed the segment removed and another added
+    at the same address, in every process mapping it, and never compared its pages: the very
+    check "before and after a restore" is for."""
+    import signal
+
+    w = pidns([sys.executable, "-c", SHM_WORKLOAD, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a, b = str(tmp_path / "a.img"), str(tmp_path / "b.img")
+    cli = [sys.executable, "-m", "ckptrace"]
+    subprocess.run([*cli, "dump", "--pidns", str(w.ns), "--kill", "-q", "-o", a], check=True)
+    r = subprocess.run([*cli, "restore", "--json", a], capture_output=True, text=True, check=True)
+    init = json.loads(r.stdout)["init_pid"]
+    shown = json.loads(subprocess.run([*cli, "show", "--json", a], capture_output=True, check=True).stdout)
+    (seg,) = [v["start"] for v in shown["procs"][0]["vmas"] if v["type"] == "SHARED_ANON"]
+    try:
+        with open(f"/proc/{init}/mem", "r+b", buffering=0) as mem:  # one byte of it changed since
+            mem.seek(seg + 4)
+            mem.write(b"?")
+        ns = os.stat(f"/proc/{init}/ns/pid").st_ino
+        subprocess.run([*cli, "dump", "--pidns", str(ns), "-q", "-o", b], check=True)
+    finally:
+        os.kill(init, signal.SIGKILL)
+    (proc,) = json.loads(run_diff(a, b, "--json").stdout)["processes"]
+    assert not proc["vmas"]["added"] and not proc["vmas"]["removed"], proc["vmas"]
+    (pages,) = [x for x in proc["vmas"]["pages"] if x["start"] == seg]  # compared: that one page
+    assert pages["ranges"] == [[seg, seg + 4096]], pages
