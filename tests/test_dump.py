@@ -1494,6 +1494,12 @@ def test_a_dump_leaves_a_caught_or_ignored_sigtrap_as_it_was(pidns, tmp_path):
     assert sighand[1][signal.SIGTRAP - 1]["handler"] > 1
     assert sighand[2][signal.SIGTRAP - 1]["handler"] == 1  # SIG_IGN
     # and the live processes still take a SIGTRAP as they meant to
+    assert_sigtrap_taken_as_meant(hosts, tmp_path)
+
+
+def assert_sigtrap_taken_as_meant(hosts: dict[int, int], tmp_path) -> None:
+    """TRAP_WORK's pid 1 (host pid hosts[1]) runs its SIGTRAP handler, and pid 2, which ignores
+    SIGTRAP, lives on to handle a SIGUSR1 after it."""
     os.kill(hosts[1], signal.SIGTRAP)
     os.kill(hosts[2], signal.SIGTRAP)
     os.kill(hosts[2], signal.SIGUSR1)  # (delivered after the SIGTRAP: lower numbers go first)

@@ -1575,7 +1575,7 @@ def test_a_caught_or_ignored_sigtrap_comes_back(pidns, tmp_path, restored):
     (memory, credentials, threads) were single-stepped: each step's forced SIGTRAP made a
     caught SIGTRAP SIG_DFL again, and an ignored one too, so the restored process died of the
     SIGTRAP it had meant to catch or ignore."""
-    from test_dump import TRAP_WORK, sig_dispositions
+    from test_dump import TRAP_WORK, assert_sigtrap_taken_as_meant, sig_dispositions
 
     w = py_workload(pidns, TRAP_WORK, tmp_path)
     want = {nspid(h): sig_dispositions(h) for h in w.pids()}
@@ -1585,14 +1585,7 @@ def test_a_caught_or_ignored_sigtrap_comes_back(pidns, tmp_path, restored):
     res = restore_json(img, restored)
     hosts = {nspid(h): h for h in ns_pids(res["pidns"])}
     assert {pid: sig_dispositions(h) for pid, h in hosts.items()} == want
-    os.kill(hosts[1], signal.SIGTRAP)
-    os.kill(hosts[2], signal.SIGTRAP)
-    os.kill(hosts[2], signal.SIGUSR1)  # (delivered after the SIGTRAP: lower numbers go first)
-    deadline = time.monotonic() + 5
-    while not ((tmp_path / "SIGTRAP.1").exists() and (tmp_path / "SIGUSR1.2").exists()):
-        assert time.monotonic() < deadline, sorted(os.listdir(tmp_path))
-        time.sleep(0.02)
-    assert not (tmp_path / "SIGTRAP.2").exists()
+    assert_sigtrap_taken_as_meant(hosts, tmp_path)
 
 
 TTY_SIGIO = r"""
