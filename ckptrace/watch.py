@@ -550,9 +550,7 @@ class Controller:
                     # ours, gone before it was placed; but once the focused namespace has ended, an
                     # unknown writer belongs to a later namespace given its number: not a loss
                     if hostpid not in self.ignored and not (self.focus and self.focus in self.ended):
-                        n = sum(m.bit_count() for _, _, m in chunks)
-                        self.model.unattributed += n
-                        self.model.unattributed_gone += n
+                        self.model.unplaced(sum(m.bit_count() for _, _, m in chunks), gone=True)
                     continue
             for ev in self.model.add_dirty_masks(hostpid, chunks, ts):
                 self.emit(ev)

@@ -639,8 +639,7 @@ class Model:
         any. A mapping is looked up once per run of pages it holds, not once per page."""
         p = self.procs.get(hostpid)
         if p is None:
-            self.unattributed += sum(m.bit_count() for _, _, m in chunks)
-            self.unattributed_gone += sum(m.bit_count() for _, _, m in chunks)
+            self.unplaced(sum(m.bit_count() for _, _, m in chunks), gone=True)
             return []
         # A dead process's mappings are dropped once this drain is over (release_exited): its
         # pages are only counted for the report, not recorded page by page.
@@ -652,8 +651,7 @@ class Model:
                 low = (mask & -mask).bit_length() - 1
                 v = p.owner((base + low) << PAGE_SHIFT, gen, tomb)
                 if v is None:
-                    self.unattributed += 1
-                    self.unattributed_gone += not keep
+                    self.unplaced(1, gone=not keep)
                     mask &= mask - 1
                     continue
                 if (v.died < _LIVE) if gen is None else not v.valid_at(gen):
@@ -723,6 +721,13 @@ class Model:
             for _, v in p.tombstones:
                 v.dirty.clear()
         return cleared
+
+    def unplaced(self, pages: int, *, gone: bool) -> None:
+        """Count written pages no known mapping held; `gone`: their process had exited, or was
+        never placed (watch's closing note tells those apart)."""
+        self.unattributed += pages
+        if gone:
+            self.unattributed_gone += pages
 
     def dumped(self, ino: int, ts: int, image: str = "") -> dict:
         """Namespace `ino` was dumped at `ts` (its notify stamp, CLOCK_MONOTONIC ns): its dirty

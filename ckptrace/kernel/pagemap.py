@@ -18,7 +18,6 @@ PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg)
 PM_SCAN_ARG = struct.Struct("<12Q")  # size, flags, start, end, walk_end, vec, vec_len, max_pages,
 #                                      category_inverted, category_mask, category_anyof_mask, return_mask
 PAGE_REGION = struct.Struct("<3Q")  # start, end, categories
-PAGE_IS_FILE = 1 << 2
 PAGE_IS_PRESENT = 1 << 3
 PAGE_IS_SWAPPED = 1 << 4
 

@@ -38,13 +38,13 @@ def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, 
     directories this makes are appended to `created` (for `remove` should the restore fail).
     `name`: its pid inside the namespace, for messages (the host pid is gone by the time the
     user reads one: a failure ends the restore)."""
+    who = host_pid if name is None else name
     for _hid, controllers, path in cgroups:
         mount = mounts.get(procfs.cgroup_key(controllers))
         if mount is None:
             continue
         if why := path_problem(path):  # (validate refused it already: never outside the mount)
-            raise Unsupported(f"put process {host_pid if name is None else name} into cgroup {shown_path(path)}: "
-                              f"the path {why}")
+            raise Unsupported(f"put process {who} into cgroup {shown_path(path)}: the path {why}")
         where = mount
         try:
             for part in [p for p in path.split("/") if p]:
@@ -57,10 +57,8 @@ def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, 
             with open(os.path.join(where, "cgroup.procs"), "w") as f:
                 f.write(str(host_pid))
         except OSError as exc:
-            kind = controllers or "cgroup2"
-            who = host_pid if name is None else name
-            raise KernelError(f"put process {who} into {kind} cgroup {shown_path(path)} ({shown_path(where)})",
-                              exc.errno) from None
+            raise KernelError(f"put process {who} into {controllers or 'cgroup2'} cgroup {shown_path(path)} "
+                              f"({shown_path(where)})", exc.errno) from None
 
 
 def remove(created: list[str]) -> None:
