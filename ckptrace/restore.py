@@ -796,7 +796,9 @@ class _Restore:
                              th.siginfo for th in self.img.threads_of(t.tid)]) for t in self.img.processes()}
         for t in self.img.processes():
             locks.apply(self.injectors[t.tid], t.tid, t.locks, self.host[t.tid])
-            timers.apply(self.injectors[t.tid], t.itimers)
+            timers.apply(self.injectors[t.tid], t.itimers, alarm_pending=any(
+                pending >> (signal.SIGALRM - 1) & 1 for pending in
+                [t.proc["shared_pending"]] + [th.thread["pending"] for th in self.img.threads_of(t.tid)]))
             timers.apply_posix(self.injectors[t.tid], t.tid, t.posix_timers, timer_pending[t.tid])
         for t in live:
             creds.set_mask(self.by_tid[t.tid], t.thread["blocked"])

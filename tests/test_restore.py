@@ -2381,7 +2381,8 @@ def test_interval_timers_come_back(pidns, tmp_path, restored):
     dump_kill(w, img)
     with open(img, "rb") as f:
         it = read_image(f).tasks[0].itimers
-    assert it["real_interval"] == 100_000 and 0 < it["real_value"] <= 100_000, it
+    # 0 when frozen between its firing and the handler (test_a_fired_real_timer_keeps_ticking)
+    assert it["real_interval"] == 100_000 and 0 <= it["real_value"] <= 100_000, it
     # (the kernel rounds a CPU-time timer up to its tick: a few ms above 100 s at first)
     assert it["virtual_interval"] == 7_000_000 and 99_000_000 < it["virtual_value"] <= 100_020_000, it
     assert it["prof_value"] == it["prof_interval"] == 0
@@ -2396,6 +2397,49 @@ def test_interval_timers_come_back(pidns, tmp_path, restored):
     assert ticks == sorted(ticks) and ticks[-1] >= last_ticks + 3, (last_ticks, ticks)  # SIGALRM every 100 ms again
     # the time left is what the image says, less the CPU time used since (no tick added again)
     assert all(float(x[2]) == 7.0 and 99 < float(x[1]) <= it["virtual_value"] / 1e6 for x in after), after
+
+
+FIRED_ITIMER_WORKLOAD = r"""
+import os, signal, sys, time
+ticks = 0
+
+def on_alarm(sig, frame):
+    global ticks
+    ticks += 1
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+signal.setitimer(signal.ITIMER_REAL, 0.02, 0.1)
+time.sleep(0.2)  # fired, its SIGALRM pending and blocked: not armed again until taken
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while not os.path.exists(os.path.join(sys.argv[1], "go")):
+    time.sleep(0.02)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+out = open(os.path.join(sys.argv[1], "ticks.log"), "a", buffering=1)
+while True:
+    out.write(f"{ticks}\n")
+    time.sleep(0.05)
+"""
+
+
+def test_a_fired_real_timer_keeps_ticking(pidns, tmp_path, restored):
+    """A periodic ITIMER_REAL that fired while SIGALRM was blocked shows no time left (the kernel
+    arms it again when the signal is taken): the image says so and has SIGALRM pending, and the
+    restored process, once it unblocks SIGALRM, takes that signal and then one every 100 ms."""
+    from ckptrace.image.reader import read_image
+
+    w = py_workload(pidns, FIRED_ITIMER_WORKLOAD, tmp_path)
+    img = str(tmp_path / "fired.img")
+    dump_kill(w, img)
+    with open(img, "rb") as f:
+        t = read_image(f).tasks[0]
+    assert (t.itimers["real_value"], t.itimers["real_interval"]) == (0, 100_000), t.itimers
+    assert t.proc["shared_pending"] == 1 << (signal.SIGALRM - 1), t.proc
+    restore_json(img, restored)
+    (tmp_path / "go").touch()
+    time.sleep(0.7)
+    ticks = [int(x) for x in (tmp_path / "ticks.log").read_text().split()]
+    assert ticks and ticks[-1] >= 4, ticks  # the pending one, then ~6 more (1 alone: disarmed)
 
 
 CPU_ITIMER_WORKLOAD = r"""

@@ -676,7 +676,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "bit n = CPU n (sched_getaffinity), trailing zero bytes dropped."),
     _R(RecType.TASK_ITIMERS, tuple(u64(f"{n}_{k}") for n in ("real", "virtual", "prof") for k in ("interval", "value")),
        doc="A process's interval timers (getitimer: ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF), "
-           "interval and time left in µs; 0 = disarmed."),
+           "interval and time left in µs; a value of 0 = disarmed, but for a periodic ITIMER_REAL with "
+           "SIGALRM pending (TASK_PROC shared_pending): it has fired, and the kernel arms it again "
+           "when that SIGALRM is taken."),
     _R(RecType.TASK_POSIX_TIMERS, (u32("ntimers"), pad(4)), Payload.ENTRIES, max_payload=65536 * 48,
        entry=(s32("id"), s32("clock"), s32("signo"), s32("notify", "hex"), s32("target"), pad(4),
               u64("sival", "hex"), u64("interval"), u64("value")),

@@ -73,11 +73,23 @@ def cpu_itimer_tick() -> int:
     return excess
 
 
-def apply(inj: Injector, itimers: dict | None) -> None:
+def apply(inj: Injector, itimers: dict | None, alarm_pending: bool = False) -> None:
+    """setitimer of the three timers as dumped. `alarm_pending`: the image has SIGALRM pending
+    for the process.
+
+    A periodic ITIMER_REAL that has fired and whose SIGALRM is still pending (blocked, or the
+    process frozen before taking it) shows no time left: the kernel arms it again only when that
+    SIGALRM is dequeued (dequeue_signal forwards it by its interval). Set with a value of 0 it
+    would be disarmed and stop ticking after the pending signal; it is armed for one interval
+    instead, and the pending SIGALRM, queued again, then leaves it as it is (it is queued). A
+    value of 0 with an interval and no SIGALRM pending is a timer that died firing into an
+    ignored SIGALRM: left disarmed, as it was."""
     if not itimers:
         return
     for which, name in enumerate(ITIMERS):
         value, interval = itimers[f"{name}_value"], itimers[f"{name}_interval"]
+        if not value and which == signal.ITIMER_REAL and interval and alarm_pending:
+            value = interval
         if not value:
             continue  # disarmed (an interval alone means nothing without a value)
         if which != signal.ITIMER_REAL:
