@@ -42,6 +42,17 @@ def byte_count(text: str) -> int:
     return n
 
 
+def retry_count(text: str) -> int:
+    """How many more dumps --retry may make: 0 to 100 (each waits up to 2 s first)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of tries: {text!r}") from None
+    if not 0 <= n <= 100:
+        raise argparse.ArgumentTypeError(f"must be 0 to 100: {text}")
+    return n
+
+
 def pidns_arg(text: str) -> int:
     """Accept `4026532830` or `pid:[4026532830]` (as readlink /proc/PID/ns/pid prints it)."""
     t = text.strip()
@@ -107,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     after = d.add_mutually_exclusive_group()
     after.add_argument("--leave-stopped", action="store_true", help="leave the tasks stopped after the dump")
     after.add_argument("--kill", action="store_true", help="kill the tasks after a successful dump (migration)")
+    d.add_argument("--retry", type=retry_count, default=0, metavar="N",
+                   help="when refused for a passing state (a connection not accepted yet, data or a signal "
+                        "arriving during the dump, a TCP connection being closed), dump again up to N more "
+                        "times, 0.1 s apart, doubling up to 2 s (needs -o FILE)")
     d.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     d.add_argument("--json", action="store_true", help="print the closing summary as JSON")
     d.add_argument("--max-file-data", type=byte_count, default=64 << 20, metavar="BYTES",

@@ -58,6 +58,7 @@ class Summary(Stats):
     bytes: int = 0
     frozen_s: float = 0.0
     elapsed_s: float = 0.0
+    tries: int = 1  # dumps made, the refused ones (--retry) and this one
     notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know although the dump worked (stderr)
 
     @property
@@ -69,11 +70,12 @@ class Summary(Stats):
         return dict(pidns=self.ns, tasks=self.tasks, processes=self.processes, zombies=self.zombies, vmas=self.vmas,
                     pages=self.pages, files=self.files, bytes=self.bytes,
                     frozen_ms=round(self.frozen_s * 1000, 3), elapsed_ms=round(self.elapsed_s * 1000, 3),
-                    mb_per_s=round(self.mb_s, 1))
+                    mb_per_s=round(self.mb_s, 1), tries=self.tries)
 
     def line(self) -> str:
         zombies = f", {plural(self.zombies, 'zombie')}" if self.zombies else ""
-        return (f"dumped pidns {self.ns}: {plural(self.tasks, 'task')} ({plural(self.processes, 'process')}{zombies}), "
+        tries = f" (try {self.tries})" if self.tries > 1 else ""
+        return (f"dumped pidns {self.ns}{tries}: {plural(self.tasks, 'task')} ({plural(self.processes, 'process')}{zombies}), "
                 f"{plural(self.vmas, 'VMA')}, {plural(self.pages, 'page')}, {self.bytes} bytes; frozen {self.frozen_s * 1000:.1f} ms, "
                 f"{self.mb_s:.0f} MB/s")
 
@@ -565,11 +567,30 @@ def check_restorable(shadow, ns: int) -> None:
         set_root(img)
         validate(img, bindings=False)  # (the original holds its ports and paths until killed)
     except Unsupported as exc:
-        raise kill_refused(ns, str(exc)) from None
+        raise kill_refused(ns, str(exc), transient=exc.transient) from None
 
 
 # Character devices that take every write and keep nothing: mem 1:3 (/dev/null) and 1:5 (/dev/zero).
 _DISCARDING_DEVICES = {(1, 3), (1, 5)}
+
+
+def retry_wait(tries: int) -> float:
+    """Seconds to wait after refused try number `tries` (1, 2, ...) before the next (`--retry`):
+    0.1 s, doubling, at most 2 s. A connection waits to be accepted, or a signal to be taken, for
+    a moment; a closing one may take a while."""
+    return min(2.0, 0.1 * 2 ** (tries - 1))
+
+
+def _regular_or_new(path: str) -> bool:
+    """Whether `path` is a regular file (through symlinks) or none yet: one ImageFile writes as a
+    temporary file, which --retry can empty (not a FIFO, device or socket: opening a FIFO would
+    also wait for its reader)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return True  # (ImageFile says what is wrong with it)
 
 
 def _discards_writes(target: str | int) -> bool:
@@ -598,6 +619,10 @@ def main(args) -> int:
                          "the namespace would be gone and no image kept")
     opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill,
                    image="" if to_stdout else os.path.abspath(args.output))
+    if args.retry and (to_stdout or not _regular_or_new(args.output)):
+        where = "standard output" if to_stdout else args.output
+        raise UsageError(f"--retry needs -o FILE naming a regular file ({where} is not one): an image already "
+                         "written there cannot be taken back to write it again")
     check_target(ns)  # fail on a bad target before creating the output file
     out = None if to_stdout else ImageFile(args.output)
     if out is not None and os.isatty(out.fd):  # -o /dev/stdout, /dev/tty: a terminal, as for -o -
@@ -605,11 +630,25 @@ def main(args) -> int:
         raise UsageError(f"refusing to write a binary image to a terminal ({args.output}): use -o FILE or a pipe")
     _stop_signals.clear()
     old = {sig: signal.signal(sig, _raise_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
     done = False
     try:
-        with progress:
-            s = dump(ns, 1 if out is None else out.fd, opts, progress.update, None if out is None else out.commit)
+        for tries in range(1, args.retry + 2):
+            progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
+            try:
+                with progress:
+                    s = dump(ns, 1 if out is None else out.fd, opts, progress.update, None if out is None else out.commit)
+                break
+            except Unsupported as exc:
+                if not exc.transient or tries > args.retry:
+                    raise
+                wait = retry_wait(tries)
+                if not args.quiet:
+                    print(f"ckptrace dump: try {tries} of {args.retry + 1} refused: {exc}; dumping again in "
+                          f"{wait:.1f} s", file=sys.stderr)
+                out.rewind()
+                time.sleep(wait)
+                _stop_if_signalled()
+        s.tries = tries
         done = True
     finally:
         for sig, h in old.items():

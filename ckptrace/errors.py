@@ -62,7 +62,19 @@ class AccessDenied(CkptError):
 
 
 class Unsupported(CkptError):
-    """The target holds state ckptrace cannot checkpoint or restore faithfully."""
+    """The target holds state ckptrace cannot checkpoint or restore faithfully. `transient`: the
+    state is a passing one (a connection not accepted yet, a signal or data that arrived during
+    the dump, a TCP connection being closed), so the same dump may well succeed a moment later
+    (`dump --retry`)."""
+
+    def __init__(self, what: str, *, transient: bool = False):
+        super().__init__(what)
+        self.transient = transient
+
+
+class Passing(str):
+    """A problem text (restore's validation) describing a passing state of the target: an
+    Unsupported made of such problems only is `transient`."""
 
 
 class HostUnsupported(CkptError):

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
-from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Terminated, TimedOut, Unsupported
+from .errors import AccessDenied, CkptError, KernelError, NoSuchProcess, Passing, Terminated, TimedOut, Unsupported
 from .image.render import plural, shown_path
 from .image.reader import FileTable, Image, Mm, read_image
 from .image.records import NSIG, REG_NAMES, TASK_STOPPED, siginfo_signo
@@ -190,7 +190,8 @@ def validate(img: Image, *, bindings: bool = True) -> None:
                             f"the kernel takes {ROBUST_LIST_HEAD_SIZE} only")
         owner = mm_owner.setdefault(t.mm_objref, t.tgid)
         if owner != t.tgid:
-            problems.append(f"processes {owner} and {t.tgid} share one mm (vfork?); not supported")
+            # (a vfork child not exec'd yet: it will, and its parent go on)
+            problems.append(Passing(f"processes {owner} and {t.tgid} share one mm (vfork?); not supported"))
         owner = files_owner.setdefault(t.files_objref, t.tgid)
         if owner != t.tgid and t.is_leader:
             problems.append(f"processes {owner} and {t.tgid} share one file table (clone with CLONE_FILES "
@@ -217,7 +218,8 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     problems += check_vmas(img)
     problems += check_mapped_files(img)
     if problems:
-        raise Unsupported("cannot restore this image: " + "; ".join(problems))
+        raise Unsupported("cannot restore this image: " + "; ".join(problems),
+                          transient=all(isinstance(p, Passing) for p in problems))
 
 
 OFF_MAX = (1 << 63) - 1  # loff_t: the largest file offset or size the kernel takes

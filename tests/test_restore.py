@@ -2715,6 +2715,11 @@ def test_tcp_connection_being_closed_is_refused_by_name(pidns, tmp_path):
     err = d.stderr.decode()
     assert d.returncode != 0 and "not killing" in err and "not connections being opened or closed" in err, err
     assert w.pids() and os.path.getsize(img) > 0  # the earlier image is still there too
+    # a state that may pass (the program may close it): --retry tries again
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "--retry", "1", "-o", img)
+    err = d.stderr.decode()
+    assert d.returncode == 1 and "try 1 of 2 refused: not killing" in err and "try 2" not in err, err
+    assert err.count("close-wait") == 2 and w.pids(), err  # (refused twice)
 
 
 # Inet sockets sock_diag does not list: never bound (made for a later sendto or connect), TCP
@@ -5765,10 +5770,84 @@ while True:
         assert os.path.exists(f"/proc/{w.init}")
         d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(tmp_path / "y.img"))
         assert d.returncode == 0 and said in d.stderr.decode(), d.stderr  # noted
+        if case == "tcp_outside":  # --retry: tried three times in all, then refused as before
+            d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "--retry", "2", "-o", str(tmp_path / "z.img"))
+            err = d.stderr.decode()
+            assert d.returncode == 1 and err.count(said) == 3, err
+            assert "try 1 of 3 refused: not killing" in err and "dumping again in 0.1 s" in err, err
+            assert "try 2 of 3 refused" in err and "dumping again in 0.2 s" in err and "try 3" not in err, err
+            assert os.path.exists(f"/proc/{w.init}") and not (tmp_path / "z.img").exists()
         if client:  # its connection untouched: accepted by the program later, it still works
             c.settimeout(0.5)
             with pytest.raises(TimeoutError):
                 c.recv(1)
+
+
+ACCEPTS_WHEN_TOLD = r"""
+import json, os, socket, sys, time
+d = sys.argv[1]
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen(4)
+open(d + "/addr", "w").write(json.dumps(lst.getsockname()))
+open(d + "/ready", "w").close()
+while not os.path.exists(d + "/go"):
+    time.sleep(0.05)
+conn, _ = lst.accept()
+while data := conn.recv(100):
+    conn.sendall(data.upper())
+"""
+
+
+def test_dump_retry_migrates_once_the_connection_is_accepted(pidns, tmp_path, restored):
+    """`dump --kill --retry N`: refused while a client waits to be accepted, the dump is made
+    again (into the same file, started afresh) until the program has accepted it; the
+    migrated server then answers that client."""
+    import socket
+
+    w = py_workload(pidns, ACCEPTS_WHEN_TOLD, tmp_path)
+    addr = tuple(json.loads((tmp_path / "addr").read_text()))
+    img = tmp_path / "retry.img"
+    with socket.create_connection(addr, timeout=10) as c:
+        time.sleep(0.1)
+        d = subprocess.Popen([sys.executable, "-m", "ckptrace", "dump", "--pidns", str(w.ns), "--kill",
+                              "--retry", "8", "--json", "-o", str(img)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = d.stderr.readline()  # (refused: the program is told to accept only now)
+        assert first.startswith(b"ckptrace dump: try 1 of 9 refused: not killing"), first
+        assert b"1 connection not accepted yet" in first and first.endswith(b"dumping again in 0.1 s\n"), first
+        (tmp_path / "go").touch()
+        out, err = d.communicate(timeout=60)
+        err = first + err
+        assert d.returncode == 0, err.decode()
+        summary = json.loads(out)
+        assert summary["tries"] == err.count(b"refused: not killing") + 1 >= 2, (summary, err)
+        assert not os.path.exists(f"/proc/{w.init}") and img.stat().st_mode & 0o777 == 0o600
+        restore_json(img, restored)
+        c.sendall(b"ping")
+        assert c.recv(4) == b"PING"
+
+
+def test_dump_retry_needs_a_file_it_can_write_again(pidns, tmp_path):
+    """An image sent down a pipe or FIFO cannot be taken back: --retry with one is refused at
+    once, before anything is frozen, and a refusal that will not pass (here a unix peer outside
+    the image) is not tried again."""
+    import socket
+
+    w = py_workload(pidns, "import sys, time\nopen(sys.argv[1] + '/ready', 'w').close()\ntime.sleep(3600)\n", tmp_path)
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "--retry", "3")
+    assert d.returncode == 2 and b"--retry needs -o FILE" in d.stderr and not d.stdout, d.stderr
+    os.mkfifo(tmp_path / "fifo")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--retry", "3", "-o", str(tmp_path / "fifo"))
+    assert d.returncode == 2 and b"fifo is not one)" in d.stderr, d.stderr
+    d = ckptrace("dump", "--pidns", str(w.ns), "--retry", "101", "-o", str(tmp_path / "x.img"))
+    assert d.returncode == 2 and b"must be 0 to 100" in d.stderr, d.stderr
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lst:
+        lst.bind(str(tmp_path / "host.sock"))
+        lst.listen(4)
+        (tmp_path / "ready").unlink()  # (the first workload's)
+        w = py_workload(pidns, HOST_LISTENER_CLIENT, tmp_path)
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "--retry", "3", "-o", str(tmp_path / "x.img"))
+        assert d.returncode == 1 and b"which is outside the image" in d.stderr and b"try 1" not in d.stderr, d.stderr
+        assert os.path.exists(f"/proc/{w.init}")
 
 
 def test_a_unix_client_inside_waiting_to_be_accepted_is_migrated(pidns, tmp_path, restored):

@@ -107,7 +107,7 @@ def read_state(fd: int, where: str) -> TcpState:
         state, options, wscale = info[0], info[5], info[6]
         if state != TCP_ESTABLISHED:
             raise Unsupported(f"{where}: the TCP connection left the ESTABLISHED state (now {state}) while "
-                              "it was being dumped (its peer closed it?)")
+                              "it was being dumped (its peer closed it?)", transient=True)
         fields = dict(mss=s.getsockopt(SOL_TCP, TCP_MAXSEG), options=options & 0x7,
                       snd_wscale=wscale & 0xF if options & TCPI_OPT_WSCALE else 0,
                       rcv_wscale=wscale >> 4 if options & TCPI_OPT_WSCALE else 0,
@@ -151,7 +151,8 @@ def _recv_queue(s: socket.socket, where: str) -> tuple[bytes, int]:
         if s.getsockopt(SOL_TCP, TCP_QUEUE_SEQ) & 0xFFFFFFFF == before:
             break
     else:
-        raise Unsupported(f"{where}: data kept arriving on the TCP connection: its receive queue could not be read")
+        raise Unsupported(f"{where}: data kept arriving on the TCP connection: its receive queue could not be read",
+                          transient=True)
     _check_size(queued, where)
     if not queued:
         return b"", before

@@ -16,10 +16,11 @@ from .objhash import ObjHash
 WITHOUT_KILL = "without --kill the image is written and the namespace left running"
 
 
-def kill_refused(ns: int, why: str, then: str = WITHOUT_KILL) -> Unsupported:
+def kill_refused(ns: int, why: str, then: str = WITHOUT_KILL, *, transient: bool = False) -> Unsupported:
     """The one form every refusal of `dump --kill` takes (the namespace is left running, as it
-    was): `not killing pid:[N]: why; then` (what the user may do instead)."""
-    return Unsupported(f"not killing pid:[{ns}]: {why}; {then}")
+    was): `not killing pid:[N]: why; then` (what the user may do instead). `transient`: `why`
+    may pass by itself (Unsupported.transient)."""
+    return Unsupported(f"not killing pid:[{ns}]: {why}; {then}", transient=transient)
 
 
 @dataclass

@@ -426,7 +426,8 @@ def check_kill(ctx: DumpContext, ns: int) -> None:
     """Refuse `--kill` when a listener held connections the image lacks: their clients would be
     left with no server end (a reset), and the program would never accept them."""
     if ctx.unaccepted:
-        raise kill_refused(ns, "; ".join(ctx.unaccepted), f"dump again once they are accepted ({WITHOUT_KILL})")
+        raise kill_refused(ns, "; ".join(ctx.unaccepted), f"dump again once they are accepted ({WITHOUT_KILL})",
+                           transient=True)
 
 
 # -- TCP connections (kernel/tcprepair.py) -------------------------------------------------------
@@ -503,7 +504,7 @@ def arm_for_kill(held: list[HeldTcp], ns: int) -> None:
             disarm(held)
             raise kill_refused(ns, f"{h.where}: {(now - h.rcv_nxt) & 0xFFFFFFFF} bytes arrived on its TCP connection "
                                    "after the dump read it, which the image does not have",
-                               "the namespace is left running (dump again)")
+                               "the namespace is left running (dump again)", transient=True)
 
 
 def disarm(held: list[HeldTcp]) -> None:

@@ -237,7 +237,7 @@ def check_kill_signals(procs: list[ProcState], ns: int, proc: str) -> None:
             sigs = ", ".join(signal_name(s) + (f" (x{n})" if n > 1 else "") for s, n in sorted(got.items()))
             raise kill_refused(ns, f"pid {p.nspid} (host pid {p.hostpid}) got {sigs} after its state was read, "
                                    "which the image does not have",
-                               "the namespace is left running, with them (dump again)")
+                               "the namespace is left running, with them (dump again)", transient=True)
 
 
 def _comm(pid: int, tid: int, proc: str) -> bytes:

@@ -168,4 +168,5 @@ def dump(ctx: DumpContext, ref: int, o) -> None:
 def check_kill(ctx: DumpContext, ns: int) -> None:
     """Refuse `--kill` when a pty held bytes nobody had read: a restore would come back without them."""
     if ctx.pty_queued:
-        raise kill_refused(ns, "; ".join(ctx.pty_queued), f"dump again once they are read ({WITHOUT_KILL})")
+        raise kill_refused(ns, "; ".join(ctx.pty_queued), f"dump again once they are read ({WITHOUT_KILL})",
+                           transient=True)

@@ -24,7 +24,7 @@ import termios
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..errors import KernelError, Unsupported, UsageError, from_oserror
+from ..errors import KernelError, Passing, Unsupported, UsageError, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
 from ..kernel.sys import AT_FDCWD, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
@@ -91,8 +91,8 @@ def check_files(img: Image) -> list[str]:
             problems.append(f"{_users(img, obj.objref)}: {_what(obj, ft)}, which restore does not support")
         if ft is FileType.INET_SOCKET and _in_fd_table(img, obj.objref):
             why = _inet_unrestorable(obj)
-            if why:
-                problems.append(f"{_users(img, obj.objref)}: {_what(obj, ft)}: {why}")
+            if why:  # (a Passing one stays one: a TCP connection being opened or closed)
+                problems.append(type(why)(f"{_users(img, obj.objref)}: {_what(obj, ft)}: {why}"))
         if ft is FileType.UNIX_SOCKET and _in_fd_table(img, obj.objref):
             rec = _extra(obj, RecType.FILE_SOCKET)
             idx = UnixIndex.of(img)
@@ -422,8 +422,8 @@ def _inet_unrestorable(obj: File) -> str:
             return "a TCP connection without a local or peer address cannot be made again"
         return ""
     if f["protocol"] == IPPROTO_TCP:
-        return ("restore brings back listening and established TCP sockets, not connections being "
-                "opened or closed")
+        return Passing("restore brings back listening and established TCP sockets, not connections being "
+                       "opened or closed")
     return f"restore brings back TCP and UDP sockets, not protocol {f['protocol']}"
 
 
