@@ -18,7 +18,8 @@ XSTATE = 1024
 
 
 def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0, zombie: dict | None = None,
-          thread_creds: dict | None = None, ns: tuple[int, bytes] | None = None) -> bytes:
+          thread_creds: dict | None = None, ns: tuple[int, bytes] | None = None, extra_vmas: int = 0,
+          comm: bytes = b"sample") -> bytes:
     r, w = os.pipe()
     out = io.BytesIO()
     import threading
@@ -34,7 +35,7 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
     th.start()
     wr = ImageWriter(w)
     write(wr, extra_task=extra_task, pages=pages, chain=chain, heap_split=heap_split, zombie=zombie,
-          thread_creds=thread_creds, ns=ns)
+          thread_creds=thread_creds, ns=ns, extra_vmas=extra_vmas, comm=comm)
     os.close(w)
     th.join()
     os.close(r)
@@ -43,14 +44,16 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
 
 def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0,
           zombie: dict | None = None, thread_creds: dict | None = None,
-          ns: tuple[int, bytes] | None = None) -> None:
+          ns: tuple[int, bytes] | None = None, extra_vmas: int = 0, comm: bytes = b"sample") -> None:
     """thread_creds: TASK_CREDS fields of thread 2's own credentials (with "groups": its list).
     chain: that many more processes after pid 1 (no extra_task then), each the child of the
     one before (a fork chain), sharing pid 1's files and mm. heap_split: an address inside the
     heap where it ends instead, the rest mapped as another VMA (read-only, untouched: no pages).
     zombie: TASK fields of a last process, pid 9, child of pid 1, written as a zombie (with
     "pid", "tgid" keys: its TREE entry's instead; "comm": its name, "gone" if not given).
-    ns: pid 1's TASK_NS flags and payload, instead of the sample's."""
+    ns: pid 1's TASK_NS flags and payload, instead of the sample's. extra_vmas: that many more
+    VMAs in pid 1's mm after the heap (one page each, a page apart, none stored), for lists
+    longer than a screen. comm: every live task's name (at most 16 bytes)."""
     write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
     tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
     if extra_task and not chain:
@@ -62,12 +65,12 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     if zombie is not None:
         tree.append(dict(pid=zpid, tgid=ztgid, ppid=1, pgid=1, sid=1, hostpid=1009))
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
-    task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split, ns=ns)
+    task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split, ns=ns, extra_vmas=extra_vmas, comm=comm)
     if extra_task and not chain:
-        task(wr, 2, 1, first=False, pages=pages, creds=thread_creds)
-        task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split)
+        task(wr, 2, 1, first=False, pages=pages, creds=thread_creds, comm=comm)
+        task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split, comm=comm)
     for i in range(2, chain + 2):
-        task(wr, i, i, first=False, pages=pages)
+        task(wr, i, i, first=False, pages=pages, comm=comm)
     if zombie is not None:
         wr.record(RecType.TASK, dict(dict(state=0x80, exit_state=0x20, exit_code=7 << 8, exit_signal=17), **z))
         wr.record(RecType.STRING, payload=zcomm.encode().ljust(16, b"\0"))
@@ -76,9 +79,10 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     write_tail(wr)
 
 
-def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None, ns=None):
+def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None, ns=None, extra_vmas=0,
+         comm=b"sample"):
     wr.record(RecType.TASK, dict(state=1, exit_signal=17, clear_child_tid=0x7F0000001000 + tid))
-    wr.record(RecType.STRING, payload=b"sample".ljust(16, b"\0"))
+    wr.record(RecType.STRING, payload=comm.ljust(16, b"\0"))
     wr.record(RecType.THREAD, dict(tid=tid, tgid=tgid, blocked=0x4000, sas_ss_flags=2))
     files_ref, mm_ref = 1, 3
     if first:
@@ -97,7 +101,8 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None,
         wr.record(RecType.FILE_DESC, dict(fd_objref=5, fd_descriptor=7))
     if first or own_mm:
         mm_ref = 3 if first else 6
-        mm(wr, mm_ref, exe_ref=4 if first else 0, pages=pages, seed=tid, heap_split=heap_split)
+        mm(wr, mm_ref, exe_ref=4 if first else 0, pages=pages, seed=tid, heap_split=heap_split,
+           extra_vmas=extra_vmas if first else 0)
     wr.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
     regs = {n: i * 0x1111 + tid for i, n in enumerate(REG_NAMES)}
     wr.record(RecType.CPU, regs, bytes([tid & 0xFF]) * XSTATE)
@@ -126,14 +131,14 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None,
         wr.record(RecType.TASK_SIGINFO, dict(shared=1, nsiginfo=1), struct.pack("<iii", 35, 0, -1).ljust(128, b"\0"))
 
 
-def mm(wr, ref, exe_ref, pages, seed, heap_split=0):
+def mm(wr, ref, exe_ref, pages, seed, heap_split=0, extra_vmas=0):
     wr.record(RecType.OBJREF, dict(objtype=ObjType.MM, objref=ref))
     if exe_ref:
         wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=exe_ref))
         wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=1))
         wr.record(RecType.FILE_NAME, payload="/usr/bin/sample")
     base = 0x400000
-    wr.record(RecType.MM, dict(map_count=3 if heap_split else 2, exe_objref=exe_ref, start_code=base, end_code=base + 0x1000,
+    wr.record(RecType.MM, dict(map_count=(3 if heap_split else 2) + extra_vmas, exe_objref=exe_ref, start_code=base, end_code=base + 0x1000,
                                start_brk=0x600000, brk=0x621000, start_stack=0x7FFF0000))
     if exe_ref:
         wr.record(RecType.VMA, dict(vma_type=VmaType.FILE, vma_objref=exe_ref, vm_start=base,
@@ -155,5 +160,10 @@ def mm(wr, ref, exe_ref, pages, seed, heap_split=0):
     if heap_split:
         wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=heap_split, vm_end=heap_end,
                                     vm_page_prot=1, vm_flags=0x71))
+        wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
+    for i in range(extra_vmas):
+        start = 0x7F0000000000 + 2 * i * PAGE_SIZE
+        wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=start, vm_end=start + PAGE_SIZE,
+                                    vm_page_prot=3, vm_flags=0x73))
         wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
     wr.record(RecType.MM_AUXV, dict(nentries=2), [dict(a_type=6, a_val=4096), dict(a_type=0, a_val=0)])
