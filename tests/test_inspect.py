@@ -955,3 +955,46 @@ def test_a_zombie_is_in_the_tree_and_says_what_it_is():
             assert app.is_running and app.failure is None
 
     asyncio.run(drive())
+
+
+def test_home_and_end_in_a_table_move_its_cursor():
+    """End in the VMA table scrolled sideways and left the cursor where it was, so Enter then
+    opened a VMA other than the last one the user had gone to. Home, End, PgUp and PgDn move the
+    cursor, and Enter opens the VMA under it."""
+    from textual.widgets import DataTable
+
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build(extra_vmas=40)
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    vmas = st.mm.vmas
+    assert len(vmas) == 42  # more than a screenful
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("enter")  # on the process: to its VMA table
+            await pilot.pause()
+            table = app.query_one("#vma-table", DataTable)
+            assert app.focused is table
+            await pilot.press("end")
+            await pilot.pause()
+            assert table.cursor_row == len(vmas) - 1
+            assert f"{vmas[-1].start:x}-{vmas[-1].end:x}" in screen_text(app)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert st.vma is vmas[-1]
+            assert screen_text(app).splitlines()[0].startswith(f"{vmas[-1].start:x}-{vmas[-1].end:x}")
+            await pilot.press("escape", "home")
+            await pilot.pause()
+            assert table.cursor_row == 0
+            await pilot.press("pagedown")
+            await pilot.pause()
+            below = table.cursor_row
+            assert below > 0 and f"{vmas[below].start:x}-" in screen_text(app)
+            await pilot.press("enter")
+            await pilot.pause()
+            assert st.vma is vmas[below]
+
+    asyncio.run(drive())

@@ -33,6 +33,17 @@ def _line(text: str) -> str:
     return terminal_safe(text)
 
 
+class RowTable(DataTable):
+    """A table of rows whose Home and End move the cursor to the first and last row.
+    DataTable's own Home and End scroll sideways and leave a row cursor where it was, so Enter
+    after End opened a row far from the one the user had gone to."""
+
+    BINDINGS = [
+        Binding("home", "scroll_top", "First row", show=False),
+        Binding("end", "scroll_bottom", "Last row", show=False),
+    ]
+
+
 class Prompt(ModalScreen[str | None]):
     """One line of input at the bottom; Enter returns it, Escape cancels."""
 
@@ -236,12 +247,12 @@ class InspectApp(App):
             yield OptionList(*options, id="procs")
             with TabbedContent(id="tabs", initial="vmas"):
                 with TabPane("VMAs", id="vmas"):
-                    yield DataTable(id="vma-table", cursor_type="row", zebra_stripes=True)
+                    yield RowTable(id="vma-table", cursor_type="row", zebra_stripes=True)
                 with TabPane("FDs", id="fds"):
-                    yield DataTable(id="fd-table", cursor_type="row")
+                    yield RowTable(id="fd-table", cursor_type="row")
                 with TabPane("Threads", id="threads"):
                     with VerticalScroll(id="thread-pane"):
-                        yield DataTable(id="thread-table", cursor_type="row")
+                        yield RowTable(id="thread-table", cursor_type="row")
                         yield Static(id="regs")
                 with TabPane("Signals", id="signals"):
                     with VerticalScroll():
