@@ -998,3 +998,41 @@ def test_home_and_end_in_a_table_move_its_cursor():
             assert st.vma is vmas[below]
 
     asyncio.run(drive())
+
+
+def focus_stops(app) -> list[str]:
+    """The ids (or class names) of the widgets Tab stops on, in order."""
+    return [w.id or type(w).__name__ for w in app.screen.focus_chain]
+
+
+@pytest.mark.parametrize("height, registers_fit", [(24, True), (14, False)])
+def test_the_threads_tab_has_no_focus_stop_that_does_nothing(height, registers_fit):
+    """On the Threads tab Tab stopped first on a scrolled pane around the thread table and the
+    registers, where up/down chose no thread. Tab goes from the tabs to the thread table; the
+    registers are a stop of their own only when they do not fit, to scroll them."""
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build()
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, height)) as pilot:
+            await pilot.press("t")
+            await pilot.pause()
+            stops = focus_stops(app)
+            assert stops == ["procs", "ContentTabs", "thread-table"] + ([] if registers_fit else ["regs-pane"])
+            await pilot.press("tab", "tab")  # from the tree, past the tabs
+            await pilot.pause()
+            assert app.focused.id == "thread-table"
+            await pilot.press("down")
+            await pilot.pause()
+            assert "thread 2 (sample)" in screen_text(app)
+            if not registers_fit:
+                pane = app.query_one("#regs-pane")
+                await pilot.press("tab", "end")
+                await pilot.pause()
+                assert app.focused is pane and pane.scroll_y == pane.max_scroll_y > 0
+
+    asyncio.run(drive())

@@ -44,6 +44,14 @@ class RowTable(DataTable):
     ]
 
 
+class TextPane(VerticalScroll):
+    """Scrolled text that is a focus stop only while it has something to scroll: Tab would
+    otherwise stop on it where up/down do nothing."""
+
+    def allow_focus(self) -> bool:
+        return super().allow_focus() and (self.max_scroll_y > 0 or self.max_scroll_x > 0)
+
+
 class Prompt(ModalScreen[str | None]):
     """One line of input at the bottom; Enter returns it, Escape cancels."""
 
@@ -214,7 +222,8 @@ class InspectApp(App):
     #procs { width: 18; height: 1fr; border: none; border-right: solid $primary-darken-2; }
     #tabs { width: 1fr; }
     DataTable { height: 1fr; }
-    #thread-pane DataTable { height: auto; max-height: 8; }
+    #thread-table { height: auto; max-height: 8; }
+    #regs-pane { height: 1fr; }
     #status { height: 1; color: $warning; }
     Prompt { align: center bottom; }
     Prompt > Vertical { height: 3; width: 100%; background: $panel; border-top: solid $accent; }
@@ -251,17 +260,19 @@ class InspectApp(App):
                 with TabPane("FDs", id="fds"):
                     yield RowTable(id="fd-table", cursor_type="row")
                 with TabPane("Threads", id="threads"):
-                    with VerticalScroll(id="thread-pane"):
-                        yield RowTable(id="thread-table", cursor_type="row")
+                    # the table then its registers: one scrolled pane around both was a focus
+                    # stop of its own before the table, where up/down did not choose a thread
+                    yield RowTable(id="thread-table", cursor_type="row")
+                    with TextPane(id="regs-pane"):
                         yield Static(id="regs")
                 with TabPane("Signals", id="signals"):
-                    with VerticalScroll():
+                    with TextPane():
                         yield Static(id="sig-text")
                 with TabPane("Creds", id="creds"):
-                    with VerticalScroll():
+                    with TextPane():
                         yield Static(id="cred-text")
                 with TabPane("Image", id="image"):
-                    with VerticalScroll():
+                    with TextPane():
                         yield Static(Text(_safe(st.image_text())), id="image-text")
         yield Static(id="status")
         yield Footer()
