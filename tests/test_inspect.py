@@ -1036,3 +1036,45 @@ def test_the_threads_tab_has_no_focus_stop_that_does_nothing(height, registers_f
                 assert app.focused is pane and pane.scroll_y == pane.max_scroll_y > 0
 
     asyncio.run(drive())
+
+
+def hex_status(app) -> str:
+    from textual.widgets import Static
+
+    return str(app.screen.query_one("#hex-status", Static).render()).strip()
+
+
+def test_the_hex_status_line_follows_the_screen():
+    """The line under the hex bytes kept saying where the last jump went after the screen had
+    moved on. It says where the screen is, and the jump's or search's words only until it moves."""
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build()
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("enter", "down", "enter")  # the heap, 0x600000-0x621000: 33 pages
+            await pilot.pause()
+            span = st.rows * 16
+            assert hex_status(app) == f"0x600000-{0x600000 + span - 1:#x} · page 1/33"
+            await pilot.press("g", *"601010", "enter")
+            await pilot.pause()
+            assert hex_status(app) == f"0x601010-{0x601010 + span - 1:#x} · page 2/33 · at 0x601010"
+            await pilot.press("pagedown")
+            await pilot.pause()
+            top = 0x601010 + span
+            assert hex_status(app) == f"{top:#x}-{top + span - 1:#x} · page 2/33"
+            await pilot.press("end")
+            await pilot.pause()
+            assert hex_status(app) == f"{0x621000 - span:#x}-0x620fff · page 33/33"
+            await pilot.press("slash", *"x:ab ab", "enter")  # page 0x610000 is all 0xab
+            await pilot.pause()
+            assert hex_status(app) == f"0x610000-{0x610000 + span - 1:#x} · page 17/33 · found at 0x610000"
+            await pilot.press("k")
+            await pilot.pause()
+            assert hex_status(app) == f"0x60fff0-{0x60fff0 + span - 1:#x} · page 16/33"
+
+    asyncio.run(drive())

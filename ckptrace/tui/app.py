@@ -138,7 +138,7 @@ class HexScreen(Screen):
                 text.append("\n")
             text.append(line)
         body.update(text)
-        self.query_one("#hex-status", Static).update(Text(_line(st.message), no_wrap=True, overflow="ellipsis"))
+        self.query_one("#hex-status", Static).update(Text(_line(st.hex_status()), no_wrap=True, overflow="ellipsis"))
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -392,8 +392,19 @@ class InspectState:
         last = max(v.start, v.end - self.rows * ROW)
         return min(max(top - top % ROW, v.start), last)
 
+    def hex_status(self) -> str:
+        """The line under the bytes: where the screen is (its first and last byte, and which
+        page of the VMA the first line is in), then what the last jump or search said."""
+        v = self.vma
+        assert v is not None
+        last = min(self.top + self.rows * ROW, v.end) - 1
+        where = (f"{self.top:#x}-{last:#x} · page {(self.top - v.start) // PAGE_SIZE + 1}"
+                 f"/{(v.end - v.start) // PAGE_SIZE}")
+        return f"{where} · {self.message}" if self.message else where
+
     def scroll(self, lines: int) -> None:
         self.top = self.clamp_top(self.top + lines * ROW)
+        self.message = ""  # what a jump or search said is about where the screen no longer is
 
     def page_down(self) -> None:
         self.scroll(self.rows)
@@ -403,9 +414,11 @@ class InspectState:
 
     def home(self) -> None:
         self.top = self.clamp_top(0)
+        self.message = ""
 
     def end(self) -> None:
         self.top = self.clamp_top(1 << 64)
+        self.message = ""
 
     def step_vma(self, delta: int) -> None:
         """Open the previous (-1) or next (+1) VMA of the process, staying at the ends."""
