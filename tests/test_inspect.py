@@ -1078,3 +1078,34 @@ def test_the_hex_status_line_follows_the_screen():
             assert hex_status(app) == f"0x60fff0-{0x60fff0 + span - 1:#x} · page 16/33"
 
     asyncio.run(drive())
+
+
+def test_past_the_last_vma_the_hex_screen_says_so():
+    """] on the last VMA (and [ on the first) went back to the start of the same VMA without a
+    word. The screen stays where it is, rings the bell and says there is no next VMA."""
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build()
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    last = st.mm.vmas[-1]
+
+    async def drive():
+        app = InspectApp(st)
+        bells = []
+        app.bell = lambda: bells.append(1)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("enter", "end", "enter", "end")  # the last VMA, at its end
+            await pilot.pause()
+            assert st.vma is last
+            top = st.top
+            await pilot.press("right_square_bracket")
+            await pilot.pause()
+            assert st.vma is last and st.top == top and bells == [1]
+            assert hex_status(app).endswith("· no next VMA: this is the last of process 1")
+            await pilot.press("home", *["left_square_bracket"] * len(st.mm.vmas))
+            await pilot.pause()
+            assert st.vma is st.mm.vmas[0] and bells == [1, 1]
+            assert hex_status(app).endswith("· no previous VMA: this is the first of process 1")
+
+    asyncio.run(drive())

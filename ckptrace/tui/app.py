@@ -152,7 +152,8 @@ class HexScreen(Screen):
         self.refresh_hex()
 
     def action_vma(self, delta: int) -> None:
-        self.state.step_vma(delta)
+        if not self.state.step_vma(delta):
+            self.app.bell()
         self.refresh_hex()
 
     def action_home(self) -> None:

@@ -420,10 +420,16 @@ class InspectState:
         self.top = self.clamp_top(1 << 64)
         self.message = ""
 
-    def step_vma(self, delta: int) -> None:
-        """Open the previous (-1) or next (+1) VMA of the process, staying at the ends."""
-        i = min(max(self.vma_index + delta, 0), len(self.mm.vmas) - 1)
+    def step_vma(self, delta: int) -> bool:
+        """Open the previous (-1) or next (+1) VMA of the process. Past either end, stay where
+        the screen is and say why nothing moved (False)."""
+        i = self.vma_index + delta
+        if not 0 <= i < len(self.mm.vmas):
+            self.message = (f"no {'next' if delta > 0 else 'previous'} VMA: this is the "
+                            f"{'last' if delta > 0 else 'first'} of process {self.pid}")
+            return False
         self.open_vma(i)
+        return True
 
     def vma_at(self, addr: int) -> Vma | None:
         return next((v for v in self.mm.vmas if v.start <= addr < v.end), None)
