@@ -920,7 +920,8 @@ def test_fd_pane_says_how_many_pipe_ends_it_does_not_name(n, peers):
 def test_a_zombie_is_in_the_tree_and_says_what_it_is():
     """show lists a zombie (exited, not reaped) and the header counts it; the tree left it out, so
     inspect had no way to see it or its exit status. It is there, marked, and its panes say what
-    is left of it instead of failing on the memory, files and registers it does not have."""
+    is left of it instead of failing on the memory, files and registers it does not have (its
+    VMAs and FDs tabs were empty without a word: they say it is a zombie)."""
     from textual.widgets import DataTable, OptionList, Static
 
     from ckptrace.tui.app import InspectApp
@@ -950,6 +951,17 @@ def test_a_zombie_is_in_the_tree_and_says_what_it_is():
             assert app.state.pid == 3
             assert app.query_one("#vma-table", DataTable).row_count == 0
             assert "exited with status 3" in str(app.query_one("#regs", Static).render())
+            # The VMAs and FDs tabs, empty, say why in one line.
+            note = "process 3 is a zombie (exited with status 3): it has no {} left to show"
+            assert note.format("memory") in screen_text(app)
+            await pilot.press("f")
+            await pilot.pause()
+            assert note.format("open files") in screen_text(app)
+            await pilot.press("up", "v")  # a live process: no note
+            await pilot.pause()
+            assert "it has no" not in screen_text(app) and app.query_one("#vma-table", DataTable).row_count
+            await pilot.press("down")
+            await pilot.pause()
             await pilot.press("t", "s", "c", "v", "/", "x", "enter")
             await pilot.pause()
             assert app.is_running and app.failure is None

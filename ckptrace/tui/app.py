@@ -226,6 +226,7 @@ class InspectApp(App):
     #thread-table { height: auto; max-height: 8; }
     #regs-pane { height: 1fr; }
     #status { height: 1; color: $warning; }
+    .note { height: 1; color: $text-muted; }
     Prompt { align: center bottom; }
     Prompt > Vertical { height: 3; width: 100%; background: $panel; border-top: solid $accent; }
     Prompt Label { padding: 0 1; }
@@ -257,8 +258,10 @@ class InspectApp(App):
             yield OptionList(*options, id="procs")
             with TabbedContent(id="tabs", initial="vmas"):
                 with TabPane("VMAs", id="vmas"):
+                    yield Static(id="vma-note", classes="note")
                     yield RowTable(id="vma-table", cursor_type="row", zebra_stripes=True)
                 with TabPane("FDs", id="fds"):
+                    yield Static(id="fd-note", classes="note")
                     yield RowTable(id="fd-table", cursor_type="row")
                 with TabPane("Threads", id="threads"):
                     # the table then its registers: one scrolled pane around both was a focus
@@ -298,6 +301,10 @@ class InspectApp(App):
             for i, row in enumerate(rows):
                 # Text, not str: a "[heap]" cell or a comm with brackets is not markup.
                 table.add_row(*(Text(_line(c)) for c in row), key=str(i))
+        for note_id, what in (("#vma-note", "memory"), ("#fd-note", "open files")):
+            note = self.query_one(note_id, Static)
+            note.update(Text(_line(st.zombie_note(what)), no_wrap=True, overflow="ellipsis"))
+            note.display = st.process.zombie
         self.query_one("#regs", Static).update(Text(_safe(st.registers(st.pid))))
         self.query_one("#sig-text", Static).update(Text(_safe(st.signals_text())))
         self.query_one("#cred-text", Static).update(Text(_safe(st.creds_text())))

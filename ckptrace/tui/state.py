@@ -128,6 +128,15 @@ class InspectState:
                 f"{wait_status_text(p.fields['exit_code'])}, not reaped by its parent yet; "
                 "its name, ids, exit status and owner are all it has left")
 
+    def zombie_note(self, what: str) -> str:
+        """One line for a tab that a zombie leaves empty (`what`: "memory", "open files"); ""
+        for a live process, whose empty table is just empty."""
+        p = self.process
+        if not p.zombie:
+            return ""
+        return (f"process {p.tid} is a zombie ({wait_status_text(p.fields['exit_code'])}): "
+                f"it has no {what} left to show")
+
     def select(self, pid: int) -> None:
         if self.img.task(pid) is None or not self.img.task(pid).is_leader:
             raise LookupError(f"no process {pid} in the image")
