@@ -1121,3 +1121,61 @@ def test_past_the_last_vma_the_hex_screen_says_so():
             assert hex_status(app).endswith("· no previous VMA: this is the first of process 1")
 
     asyncio.run(drive())
+
+
+def test_keys_text_lists_bindings_one_action_a_line():
+    from textual.binding import Binding
+
+    from ckptrace.tui.app import keys_text
+
+    text = keys_text([Binding("pagedown,space", "page(1)", "PgDn", tooltip="Next screenful"),
+                      Binding("q", "quit", "Quit"), Binding("ctrl+c", "quit", "Quit", show=False)],
+                     lambda b: b.key)
+    assert text.splitlines() == ["pagedown space  Next screenful", "      q ctrl+c  Quit"]
+
+
+def test_question_mark_shows_the_keys_of_the_screen():
+    """There was no way to see the keys but the footer, which has room for four. `?` lists the
+    bindings of the screen shown, as its BINDINGS have them; Esc closes the list. In the find
+    prompt, ? is a character to search for."""
+    from textual.binding import Binding
+
+    from ckptrace.tui.app import HexScreen, InspectApp, KeysHelp
+
+    data = imagegen.build()
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+
+    def described(bindings):
+        return [b.tooltip or b.description for b in Binding.make_bindings(bindings)]
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, KeysHelp)
+            text = screen_text(app)
+            for what in described(InspectApp.BINDINGS):
+                assert what in text
+            assert "i  Image tab" in text and "end  Last row (in a table)" in text
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, KeysHelp)
+            await pilot.press("enter", "enter")
+            await pilot.pause()
+            assert isinstance(app.screen, HexScreen)
+            await pilot.press("question_mark")
+            await pilot.pause()
+            text = screen_text(app)
+            for what in described(HexScreen.BINDINGS):
+                assert what in text
+            assert "]  Next VMA of the process" in text
+            await pilot.press("question_mark")  # ? again closes it too
+            await pilot.pause()
+            assert isinstance(app.screen, HexScreen)
+            await pilot.press("slash", "question_mark", "enter")
+            await pilot.pause()
+            assert st.needle == b"?" and isinstance(app.screen, HexScreen)
+
+    asyncio.run(drive())

@@ -52,6 +52,42 @@ class TextPane(VerticalScroll):
         return super().allow_focus() and (self.max_scroll_y > 0 or self.max_scroll_x > 0)
 
 
+def keys_text(bindings: list, key_display) -> str:
+    """The help listing of `bindings` (BINDINGS entries): one line per action, its keys (as
+    `key_display` shows a Binding) then what it does (the binding's tooltip, else its
+    description), in the order bound."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    for b in Binding.make_bindings(bindings):
+        rows.setdefault((b.action, b.tooltip or b.description), []).append(key_display(b))
+    keys = {what: " ".join(dict.fromkeys(k)) for what, k in rows.items()}
+    width = max((len(k) for k in keys.values()), default=0)
+    return "\n".join(f"{k:>{width}}  {what}" for (_, what), k in keys.items())
+
+
+class KeysHelp(ModalScreen[None]):
+    """What `?` shows: the keys of the screen below, from its BINDINGS."""
+
+    BINDINGS = [Binding("escape,question_mark", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    KeysHelp { align: center middle; }
+    KeysHelp > Vertical { width: auto; height: auto; max-height: 100%; padding: 0 1;
+                          background: $panel; border: solid $accent; }
+    KeysHelp #keys-title { text-style: bold; }
+    KeysHelp #keys-text { width: auto; }
+    """
+
+    def __init__(self, title: str, text: str):
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text, id="keys-title")
+            yield Static(Text(self.text), id="keys-text")
+            yield Label("Esc or ? closes this", classes="note")
+
+
 class Prompt(ModalScreen[str | None]):
     """One line of input at the bottom; Enter returns it, Escape cancels."""
 
@@ -83,17 +119,17 @@ class HexScreen(Screen):
 
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("g", "goto", "Go to"),
-        Binding("slash", "find", "Find"),
-        Binding("n", "find_next", "Next"),
-        Binding("pagedown,space", "page(1)", "PgDn"),
-        Binding("pageup,b", "page(-1)", "PgUp"),
-        Binding("down,j", "line(1)", "Down", show=False),
-        Binding("up,k", "line(-1)", "Up", show=False),
-        Binding("left_square_bracket", "vma(-1)", "Prev VMA", show=False),
-        Binding("right_square_bracket", "vma(1)", "Next VMA", show=False),
-        Binding("home", "home", "Start", show=False),
-        Binding("end", "end", "End", show=False),
+        Binding("g", "goto", "Go to", tooltip="Go to an address (hex) in any VMA of the process"),
+        Binding("slash", "find", "Find", tooltip="Search: text, or x:DE AD BE EF for bytes"),
+        Binding("n", "find_next", "Next", tooltip="Next match of the last search"),
+        Binding("pagedown,space", "page(1)", "PgDn", tooltip="Next screenful"),
+        Binding("pageup,b", "page(-1)", "PgUp", tooltip="Previous screenful"),
+        Binding("down,j", "line(1)", "Down", show=False, tooltip="One line down"),
+        Binding("up,k", "line(-1)", "Up", show=False, tooltip="One line up"),
+        Binding("left_square_bracket", "vma(-1)", "Prev VMA", show=False, tooltip="Previous VMA of the process"),
+        Binding("right_square_bracket", "vma(1)", "Next VMA", show=False, tooltip="Next VMA of the process"),
+        Binding("home", "home", "Start", show=False, tooltip="Start of the VMA"),
+        Binding("end", "end", "End", show=False, tooltip="End of the VMA"),
         Binding("q", "app.quit", "Quit"),
     ]
     DEFAULT_CSS = """
@@ -209,14 +245,15 @@ class InspectApp(App):
         Binding("q", "quit", "Quit"),
         # Ctrl-C quits as in any terminal program (textual's own only says to press ctrl+q)
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
-        Binding("g", "goto", "Go to addr"),
-        Binding("slash", "find", "Find"),
-        Binding("v", "tab('vmas')", "VMAs", show=False),
-        Binding("f", "tab('fds')", "FDs", show=False),
-        Binding("t", "tab('threads')", "Threads", show=False),
-        Binding("s", "tab('signals')", "Signals", show=False),
-        Binding("c", "tab('creds')", "Creds", show=False),
-        Binding("i", "tab('image')", "Image", show=False),
+        Binding("g", "goto", "Go to addr", tooltip="Go to an address (hex) of the process"),
+        Binding("slash", "find", "Find", tooltip="Search the process's memory"),
+        Binding("question_mark", "keys", "Keys", tooltip="This list of keys"),
+        Binding("v", "tab('vmas')", "VMAs", show=False, tooltip="VMAs tab"),
+        Binding("f", "tab('fds')", "FDs", show=False, tooltip="FDs tab"),
+        Binding("t", "tab('threads')", "Threads", show=False, tooltip="Threads tab"),
+        Binding("s", "tab('signals')", "Signals", show=False, tooltip="Signals tab"),
+        Binding("c", "tab('creds')", "Creds", show=False, tooltip="Creds tab"),
+        Binding("i", "tab('image')", "Image", show=False, tooltip="Image tab"),
     ]
     CSS = """
     #head { height: 1; background: $primary; color: $text; }
@@ -334,6 +371,18 @@ class InspectApp(App):
             threads = self.state.thread_rows()
             if 0 <= event.cursor_row < len(threads):
                 self.query_one("#regs", Static).update(Text(_safe(self.state.registers(int(threads[event.cursor_row][0])))))
+
+    def action_keys(self) -> None:
+        """`?`: the keys of the screen shown, from the BINDINGS in force there."""
+        if isinstance(self.screen, KeysHelp):
+            return
+        if isinstance(self.screen, HexScreen):
+            title, bindings = "Keys of the hex screen", HexScreen.BINDINGS
+        else:
+            title, bindings = "Keys (Enter on a process: its VMAs; on a VMA: its pages)", self.BINDINGS
+            bindings = bindings + [Binding(b.key, b.action, b.description, tooltip=f"{b.description} (in a table)")
+                                   for b in RowTable.BINDINGS]
+        self.push_screen(KeysHelp(title, keys_text(bindings, self.get_key_display)))
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab
