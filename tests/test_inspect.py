@@ -874,7 +874,7 @@ def test_a_newline_in_a_comm_does_not_split_a_row():
             threads = app.query_one("#thread-table", DataTable)
             assert [str(threads.get_row_at(i)[1]) for i in range(threads.row_count)] == ["two\\nlines\\r\\x07"] * 2
             text = screen_text(app)
-            assert "two\\nlines" in text  # escaped on screen (the narrow tree pane may wrap it)
+            assert "two\\nlines" in text  # escaped on screen (the narrow tree pane cuts the rest)
 
     asyncio.run(drive())
 
@@ -1177,5 +1177,33 @@ def test_question_mark_shows_the_keys_of_the_screen():
             await pilot.press("slash", "question_mark", "enter")
             await pilot.pause()
             assert st.needle == b"?" and isinstance(app.screen, HexScreen)
+
+    asyncio.run(drive())
+
+
+@pytest.mark.parametrize("chain, comm", [(0, b"a-very-long-name"), (12, b"sample")])
+def test_a_long_tree_row_is_cut_not_wrapped(chain, comm):
+    """A task whose name or depth made its row wider than the tree pane was wrapped onto a second
+    row, which read as another process. Each task keeps one row, cut with an ellipsis."""
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build(chain=chain, comm=comm)
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    labels = [st.tree_label(d, t) for d, t in st.tree_rows]
+    room = 15  # the pane's 18 columns, less its border and padding
+    assert max(map(len, labels)) > room
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            lines = screen_text(app).splitlines()[1:1 + min(len(labels), 20)]
+            tree = [line.split("│")[0].rstrip() for line in lines]
+            for label, row in zip(labels, tree):
+                if len(label) > room:
+                    assert row.endswith("…") and len(row) == 1 + room and label.startswith(row[1:-1]), (label, row)
+                else:
+                    assert row == " " + label
 
     asyncio.run(drive())

@@ -257,7 +257,10 @@ class InspectApp(App):
     ]
     CSS = """
     #head { height: 1; background: $primary; color: $text; }
-    #procs { width: 18; height: 1fr; border: none; border-right: solid $primary-darken-2; }
+    /* one row per task: a long name or a deep tree is cut with an ellipsis, not wrapped onto
+       rows of its own that read as other processes */
+    #procs { width: 18; height: 1fr; border: none; border-right: solid $primary-darken-2;
+             text-wrap: nowrap; text-overflow: ellipsis; }
     #tabs { width: 1fr; }
     DataTable { height: 1fr; }
     #thread-table { height: auto; max-height: 8; }
