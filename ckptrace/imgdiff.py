@@ -8,11 +8,12 @@ side by side, a megabyte at a time (by offset), so memory use stays bounded what
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
 from .image.records import (FILE_NAMES, PAGE_SIZE, RECORDS, RLIMIT_NAMES, VM_FLAG_NAMES, VMA_NAMES, RecType,
-                            flag_names, format_time, json_safe, pretty_value, wait_status_text)
+                            flag_names, format_time, json_safe, pretty_value, signal_name, wait_status_text)
 from .image.render import cpu_list, human, open_flags_text, plural, prot_str, rlimit_text, terminal_safe
 
 _CHUNK_PAGES = 256  # pages compared per read (1 MiB from each image)
@@ -215,16 +216,33 @@ _VOLATILE = {
 }
 
 
+# Record fields that hold a signal number but whose record table gives them no "signal" kind
+# (decode prints them as numbers): diff names them. 0 is no signal.
+_SIGNALS = {RecType.TASK_PROC: {"pdeath_signal"}}
+
+
 def _fields_changed(rtype: RecType, a: dict | None, b: dict | None, what: str) -> list[dict[str, Any]]:
-    """{what, a, b} for each field of record type `rtype` that differs, shown as decode shows it."""
+    """{what, a, b} for each field of record type `rtype` that differs, shown as decode shows it
+    (but for a signal number, named)."""
     if a is None or b is None:
         return [] if a is b else [dict(what=what, a="(none)" if a is None else "set", b="(none)" if b is None else "set")]
     out = []
     for f in RECORDS[rtype].fields:
         if f.is_pad or f.name in _VOLATILE.get(rtype, ()) or a.get(f.name) == b.get(f.name):
             continue
-        out.append(dict(what=f"{what}{f.name}", a=pretty_value(f, a.get(f.name, 0)), b=pretty_value(f, b.get(f.name, 0))))
+        show = _signal_text if f.name in _SIGNALS.get(rtype, ()) else partial(pretty_value, f)
+        out.append(dict(what=f"{what}{f.name}", a=show(a.get(f.name, 0)), b=show(b.get(f.name, 0))))
     return out
+
+
+def _signal_text(n: int) -> str:
+    return signal_name(n) if n > 0 else "(none)"
+
+
+def _list_text(items: list) -> str:
+    """A list of values for `a` or `b`: space-separated, "(none)" when empty (not a blank that
+    leaves "groups:  ->" on the line)."""
+    return " ".join(map(str, items)) or "(none)"
 
 
 def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
@@ -235,11 +253,11 @@ def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
     as {what, a, b}: what a restore must keep, which `diff` after a restore shows if it did not."""
     out = _fields_changed(RecType.TASK_CREDS, pa.creds, pb.creds, "")
     if pa.groups != pb.groups:
-        out.append(dict(what="groups", a=" ".join(map(str, pa.groups)), b=" ".join(map(str, pb.groups))))
+        out.append(dict(what="groups", a=_list_text(pa.groups), b=_list_text(pb.groups)))
     out += _fields_changed(RecType.TASK_PROC, pa.proc, pb.proc, "")
     for what, x, y in (("cwd", pa.cwd, pb.cwd), ("root", pa.root or "/", pb.root or "/")):
         if x != y:
-            out.append(dict(what=what, a=x, b=y))
+            out.append(dict(what=what, a=x or "(none)", b=y or "(none)"))
     for i, (x, y) in enumerate(zip(pa.rlimits, pb.rlimits)):
         name = RLIMIT_NAMES[i] if i < len(RLIMIT_NAMES) else str(i)
         for k in ("cur", "max"):
@@ -249,7 +267,8 @@ def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
     for i, (x, y) in enumerate(zip(pa.sighand, pb.sighand)):
         for f in handler:
             if x[f.name] != y[f.name]:
-                out.append(dict(what=f"signal {i + 1} {f.name}", a=pretty_value(f, x[f.name]), b=pretty_value(f, y[f.name])))
+                out.append(dict(what=f"{signal_name(i + 1)} {f.name}", a=pretty_value(f, x[f.name]),
+                                b=pretty_value(f, y[f.name])))
     out += _fields_changed(RecType.TASK_ITIMERS, pa.itimers, pb.itimers, "itimer ")
     out += _fields_changed(RecType.TASK_SECCOMP, pa.seccomp, pb.seccomp, "seccomp ")
     if pa.seccomp_filters != pb.seccomp_filters and pa.seccomp and pb.seccomp:

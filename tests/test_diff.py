@@ -312,7 +312,7 @@ def test_process_state_that_a_restore_must_keep_is_compared():
     (p1,) = [x for x in d["processes"] if x["pid"] == 1]
     got = {x["what"]: (x["a"], x["b"]) for x in p1["state"]}
     assert got == {"euid": ("0", "1000"), "groups": ("4 27", "4"), "umask": ("0o22", "0o77"),
-                   "RLIMIT_NOFILE cur": ("7", "unlimited"), "signal 10 handler": ("0x0", "0x1"),
+                   "RLIMIT_NOFILE cur": ("7", "unlimited"), "SIGUSR1 handler": ("0x0", "0x1"),
                    "sched nice": ("1", "5"), "blocked (thread 2)": ("0x4000", "0x0"),
                    "ioprio (thread 2)": ("0x0", "0x4004"), "CPU affinity (thread 2)": ("0-1", "0")}, got
     assert p1["vmas"]["reflagged"] == [dict(start=vma.start, end=vma.end, lost=[], gained=["ac"], file=p1["vmas"]["reflagged"][0]["file"])]
@@ -361,3 +361,30 @@ def test_a_shared_segment_before_and_after_a_restore_is_compared_not_replaced(pi
     assert not proc["vmas"]["added"] and not proc["vmas"]["removed"], proc["vmas"]
     (pages,) = [x for x in proc["vmas"]["pages"] if x["start"] == seg]  # compared: that one page
     assert pages["ranges"] == [[seg, seg + 4096]], pages
+
+
+def test_diff_names_signals_and_says_none_for_an_empty_list():
+    """diff printed `signal 10 handler` and `pdeath_signal: 0 -> 9` where it could name the
+    signals, and an empty group list (or cwd) as nothing at all (`groups: 4 27 -> `,
+    `groups:  -> 4`)."""
+    import io
+
+    from ckptrace.image.reader import read_image
+    from ckptrace.imgdiff import diff_images, diff_text
+
+    data = imagegen.build()
+    ia, ib = read_image(io.BytesIO(data)), read_image(io.BytesIO(data))
+    p = ib.task(1)
+    p.groups = []
+    p.sighand[9]["handler"] = 1  # SIGUSR1
+    p.sighand[35]["flags"] = 0x10000000  # signal 36: SIGRTMIN+2, as kill -l names it
+    p.proc["pdeath_signal"] = 9
+    p.cwd = ""  # (an image without the process's TASK_PROC)
+    text = diff_text(diff_images(ia, io.BytesIO(data), ib, io.BytesIO(data))).splitlines()
+    for line in ("  ~ groups: 4 27 -> (none)", "  ~ pdeath_signal: (none) -> SIGKILL",
+                 "  ~ SIGUSR1 handler: 0x0 -> 0x1", "  ~ SIGRTMIN+2 flags: 0x0 -> 0x10000000",
+                 "  ~ cwd: /root -> (none)"):
+        assert line in text, text
+    assert not [line for line in text if line.endswith("-> ") or ":  ->" in line]
+    back = diff_text(diff_images(ib, io.BytesIO(data), ia, io.BytesIO(data))).splitlines()
+    assert "  ~ groups: (none) -> 4 27" in back and "  ~ pdeath_signal: SIGKILL -> (none)" in back
