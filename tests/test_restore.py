@@ -2689,7 +2689,28 @@ def test_listening_tcp_and_udp_sockets_come_back(pidns, tmp_path, restored):
     err = r.stderr.decode().strip()
     assert r.returncode != 0 and len(err.splitlines()) == 1, err
     assert "EADDRINUSE" in err and f"udp 127.0.0.1:{udp}" in err and f"fd {udp_fd}" in err and "None" not in err, err
+    assert f"its address is taken here, by host pid {res['init_pid']} (" in err, err  # who holds it
     assert pidns_inodes(tmp_path) == before
+
+
+def test_a_connection_held_by_the_original_names_it(pidns, tmp_path):
+    """A copy of a namespace restored while the original still has its TCP connection: the
+    4-tuple is taken (EADDRNOTAVAIL), and the error says who holds it."""
+    import socket
+
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(4)
+        code = ("import socket, sys, time\nc = socket.create_connection(('127.0.0.1', %d))\n"
+                "open(sys.argv[1] + '/ready', 'w').close()\ntime.sleep(3600)\n" % lst.getsockname()[1])
+        w = py_workload(pidns, code, tmp_path)
+        img = str(tmp_path / "conn.img")
+        d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+        assert d.returncode == 0, d.stderr.decode()
+        r = ckptrace("restore", img)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "EADDRNOTAVAIL" in err and len(err.strip().splitlines()) == 1, err
+        assert f"its connection is held here by host pid {w.init} (python" in err, err
 
 
 def test_tcp_connection_being_closed_is_refused_by_name(pidns, tmp_path):

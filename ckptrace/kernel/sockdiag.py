@@ -119,6 +119,33 @@ def _query_all() -> dict[int, SockInfo]:
     return out
 
 
+def inet_inodes(proto: int, port: int, host: str, peer: tuple | None = None) -> set[int]:
+    """The inodes of this network namespace's sockets of `proto` (TCP or UDP) that a bind of
+    (`host`, `port`) meets: on that port, with that address or a wildcard on either side, in both
+    families (a v6 wildcard takes v4 too). With `peer` ((host, port, ...)), the connections to
+    it only: what holds that 4-tuple. For naming who is in the way; best effort ({} on failure)."""
+    from pyroute2 import DiagSocket
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    wild = ("0.0.0.0", "::")
+    out: set[int] = set()
+    try:
+        with DiagSocket() as ds:
+            ds.bind()
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for m in ds.get_sock_stats(family=fam, protocol=proto):
+                    if not m["idiag_inode"] or m["idiag_sport"] != port:
+                        continue
+                    if peer is not None:
+                        if (m["idiag_src"], m["idiag_dst"], m["idiag_dport"]) == (host, peer[0], peer[1]):
+                            out.add(m["idiag_inode"])
+                    elif m["idiag_src"] == host or m["idiag_src"] in wild or host in wild:
+                        out.add(m["idiag_inode"])
+    except (NetlinkError, OSError):
+        pass
+    return out
+
+
 def preload() -> None:
     """Import pyroute2 now: its import costs ~0.1 s, which must not count against frozen time."""
     try:

@@ -245,13 +245,28 @@ def _socket_alive(path: str) -> bool:
     return True
 
 
+def _named(pids: list[int]) -> list[str]:
+    """Host pids as messages name a holder: '1234 (nginx)'."""
+    return [f"{p} ({procfs.comm(p) or '?'})" for p in pids]
+
+
+def _inet_holders(proto: int, local: tuple, peer: tuple | None = None) -> str:
+    """'host pid 1234 (nginx)': who holds the address (`peer`: the connection) a socket of the
+    image meets here, found by sock_diag in this network namespace and a scan of every fd table
+    (for an error only); '' when nothing is found."""
+    from ..kernel import sockdiag
+
+    held = procfs.socket_holders(sockdiag.inet_inodes(proto, local[1], local[0], peer))
+    return f"host pid {listed(_named(held))}" if held else ""
+
+
 def _path_in_use(path: str) -> str:
     """The message for a socket path a live socket holds, naming its holder when a scan finds
     one: a socket of that name (procfs.unix_sockets_named, every network namespace) held by a
     process's fd."""
     held = procfs.socket_holders(procfs.unix_sockets_named(path))
     if held:
-        who = f"a socket of that name is held by host pid {listed(held)}"
+        who = f"a socket of that name is held by host pid {listed(_named(held))}"
     else:
         who = "its holder was not found (a socket only in flight, or in a network namespace no process is in)"
     return f"unix socket path {shown_path(path)} is in use by a live socket: {who}"
@@ -318,7 +333,9 @@ def _inet_binding_problems(img: Image, own_netns: bool, ports: bool) -> list[str
                 problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is not in the new "
                                 "network namespace restore makes, which has only lo (EADDRNOTAVAIL)")
                 continue
-            problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is taken here: "
+            held = _inet_holders(f["protocol"], local) if exc.errno == errno.EADDRINUSE else ""
+            problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is taken here"
+                            f"{', by ' + held if held else ''}: "
                             f"{errno.errorcode.get(exc.errno, exc.errno)} ({os.strerror(exc.errno or 0)})")
     return problems
 
@@ -527,8 +544,11 @@ class FileSet:
             try:
                 self.by_objref[obj.objref] = self._tcp_connection(obj)
             except OSError as exc:
-                raise from_oserror(exc, f"recreate {_users(self.img, obj.objref)} "
-                                        f"({_what(obj, FileType.INET_SOCKET)})") from None
+                what = f"recreate {_users(self.img, obj.objref)} ({_what(obj, FileType.INET_SOCKET)})"
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE) and (held := self._connection_holders(obj)):
+                    # (the original, dumped without --kill, still has it: restore a copy elsewhere)
+                    what += f": its connection is held here by {held}"
+                raise from_oserror(exc, what) from None
             self.tcp_connections.append(obj)
         # Datagrams a socket got before it connected go first (once connected it takes datagrams
         # from its peer only), its peer's after (the peer's are not held to max_dgram_qlen).
@@ -932,6 +952,14 @@ class FileSet:
             s.close()
             raise
         return self.place(s.detach())
+
+    def _connection_holders(self, obj: File) -> str:
+        """_inet_holders of the image's TCP connection `obj` (its 4-tuple)."""
+        rec = _extra(obj, RecType.FILE_SOCKET)
+        payload = bytes(rec.payload or b"")
+        local = inet_sockaddr(rec.fields["family"], payload[:SOCKADDR_LEN])
+        peer = inet_sockaddr(rec.fields["family"], payload[SOCKADDR_LEN:])
+        return _inet_holders(IPPROTO_TCP, local, peer) if local and peer else ""
 
     def finish_tcp(self) -> None:
         """Every TCP connection out of repair mode, just before the tasks are let go (restore.py
@@ -1635,7 +1663,7 @@ class UnixIndex:
             return None
         # who holds the other end, for the user to find (a host client to disconnect): a scan of
         # every fd table, made only for a refusal
-        held = [f"{h} ({procfs.comm(h) or '?'})" for h in procfs.socket_holders({f["peer_ino"]})]
+        held = _named(procfs.socket_holders({f["peer_ino"]}))
         who = (f"held by host pid {listed(held)}" if held else
                "which no process has open now")
         return (f"{_users(self.img, obj.objref)}: a unix socket connected to socket:[{f['peer_ino']}], which is "
