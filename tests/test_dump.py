@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from nsutil import NsWorkload, nspid
+from nsutil import NsWorkload, children, ns_of, nspid
 
 from ckptrace.image.reader import File, Mm, read_image, read_pages
 from ckptrace.image.records import REG_NAMES, FileType, RecType, VmaType
@@ -65,6 +65,15 @@ def status_field(tid: int, key: str) -> str:
             if line.startswith(key + ":"):
                 return line.split(":", 1)[1].strip()
     raise KeyError(key)
+
+
+def wait_until(cond, what: str, timeout: float = 10.0) -> None:
+    """Wait for `cond()` to hold (a state the workload reaches on its own, in its own time)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 def all_tids(w: NsWorkload) -> list[int]:
@@ -559,7 +568,19 @@ def assert_refused(p: subprocess.CompletedProcess, *words: str) -> None:
     ("strict", ("seccomp strict mode", "thread")),
 ])
 def test_refuses_and_leaves_running(pidns, ckwork, tmp_path, mode, words):
-    w = start(pidns, ckwork, tmp_path, mode, settle=0.3)
+    w = start(pidns, ckwork, tmp_path, mode)
+    # ckwork writes its ready file before these are certain: the nested namespace is made by an
+    # `unshare` its child execs, and the strict thread enters seccomp on its own.
+    if mode == "nested":
+        def nested() -> bool:
+            try:
+                return any(ns_of(k) != w.ns for p in w.pids() for k in children(p))
+            except OSError:
+                return False
+        wait_until(nested, "the nested pid namespace")
+    elif mode == "strict":
+        wait_until(lambda: any(status_field(t, "Seccomp") == "1" for t in tids_of(w.init)),
+                   "the thread in seccomp strict mode")
     out = tmp_path / "refused.img"
     assert_refused(dump("--pidns", str(w.ns), "-o", str(out), check=False), *words)
     assert not out.exists()
@@ -823,7 +844,8 @@ def test_stopped_workload_stays_stopped(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path)
     for p in w.pids():
         os.kill(p, signal.SIGSTOP)
-    time.sleep(0.1)
+    # every thread takes the group stop by itself: wait until all have
+    wait_until(lambda: all(status_field(t, "State")[0] == "T" for t in all_tids(w)), "the group stop")
     img = tmp_path / "s.img"
     dump("--pidns", str(w.ns), "-o", str(img), "--quiet")
     for t in all_tids(w):
@@ -844,8 +866,10 @@ def test_a_zombie_is_kept_and_left_as_it_was(pidns, tmp_path):
 
     ready = tmp_path / "ready"
     w = pidns([sys.executable, "-c", "import os, sys, time\n"
-               "if os.fork() == 0: os.setuid(65534); os._exit(5)\n"
-               "time.sleep(0.2); open(sys.argv[1], 'w').close(); time.sleep(100)", str(ready)],
+               "pid = os.fork()\n"
+               "if pid == 0: os.setuid(65534); os._exit(5)\n"
+               "os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)\n"  # a zombie now, left unreaped
+               "open(sys.argv[1], 'w').close(); time.sleep(100)", str(ready)],
               ready_file=str(ready))
     (zombie,) = [p for p in w.pids() if p != w.init]
     img = tmp_path / "z.img"
@@ -958,8 +982,9 @@ def test_a_process_whose_main_thread_exited_is_refused_as_such(pidns, tmp_path):
     exe = str(tmp_path / "mainexit")
     subprocess.run(["gcc", "-O1", "-pthread", "-o", exe, os.path.join(HERE, "dumpwork", "mainexit.c")], check=True)
     ready = tmp_path / "ready"
-    w = pidns([exe, str(ready)], ready_file=str(ready), settle=0.1)
-    assert status_field(w.init, "State")[0] == "Z" and len(tids_of(w.init)) == 2
+    w = pidns([exe, str(ready)], ready_file=str(ready))
+    wait_until(lambda: status_field(w.init, "State")[0] == "Z", "the main thread's exit")
+    assert len(tids_of(w.init)) == 2
     for opt in ([], ["--kill"]):
         p = dump("--pidns", str(w.ns), "-o", str(tmp_path / "img"), *opt, check=False)
         live = [t for t in tids_of(w.init) if t != w.init]
@@ -1026,9 +1051,11 @@ def test_process_in_another_network_namespace_than_init_is_refused(pidns, tmp_pa
     child that had a network namespace of its own would come back in init's, its sockets with
     it. It is refused, as a child in another uts or ipc namespace is."""
     ready = tmp_path / "ready"
-    w = pidns(["sh", "-c", f"unshare -n sleep 1000 & sleep 0.2; touch {ready}; wait"], ready_file=str(ready),
-              settle=0.1)
+    # ready once the child is in its network namespace (a shell redirection: no process of its
+    # own to come and go); creating one can take long when other namespaces are being torn down
+    w = pidns(["sh", "-c", f"unshare -n sh -c ': > {ready}; exec sleep 1000' & wait"], ready_file=str(ready))
     sleeper = next(p for p in w.pids() if p != w.init)
+    wait_until(lambda: open(f"/proc/{sleeper}/comm").read() == "sleep\n", "its exec of sleep")
     assert os.readlink(f"/proc/{sleeper}/ns/net") != os.readlink(f"/proc/{w.init}/ns/net")
     p = dump("--pidns", str(w.ns), "-o", os.devnull, check=False)
     assert_refused(p, f"(host pid {sleeper}) is in another net namespace than the namespace's init")
@@ -1039,7 +1066,14 @@ def test_task_that_entered_with_setns_is_dumped(pidns, ckwork, tmp_path):
     w = start(pidns, ckwork, tmp_path)
     joined = subprocess.Popen(["nsenter", "-t", str(w.init), "-p", "--", "sleep", "100"])
     try:
-        time.sleep(0.2)
+        def comm(pid: int) -> str:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    return f.read().strip()
+            except OSError:
+                return ""
+        # nsenter forks its child into the namespace, which then execs sleep
+        wait_until(lambda: any(comm(p) == "sleep" for p in w.pids()), "nsenter's sleep in the namespace")
         img_path = tmp_path / "j.img"
         dump("--pidns", str(w.ns), "-o", str(img_path), "--quiet")
         with open(img_path, "rb") as f:
