@@ -293,6 +293,16 @@ def dump_held_by_a_pipe(w, stderr=subprocess.PIPE) -> tuple[subprocess.Popen, in
     return d, r
 
 
+def wait_pipe_full(r: int) -> None:
+    """Wait until the pipe whose read end is `r` is full: the dumper is streaming pages, past the
+    phase of injected calls (a SIGKILL there leaves a task with a call's registers)."""
+    import fcntl
+
+    size = fcntl.fcntl(r, 1032)  # F_GETPIPE_SZ
+    wait_until(lambda: struct.unpack("i", fcntl.ioctl(r, 0x541B, b"\0" * 4))[0] >= size,  # FIONREAD
+               "the dumper to fill the pipe")
+
+
 def assert_busy_thread_runs(tids: list[int]) -> None:
     """The workload's busy thread keeps burning CPU."""
     busy = busy_thread(tids)
@@ -307,7 +317,7 @@ def test_sigkill_of_dumper_mid_dump_releases_tasks(pidns, ckwork, tmp_path):
     assert len(before) == 5
     d, r = dump_held_by_a_pipe(w, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.3)  # well into page copying, blocked on the full pipe
+        wait_pipe_full(r)  # well into page copying, blocked on the full pipe
         assert d.poll() is None
         d.kill()
         d.wait()
@@ -332,7 +342,7 @@ def test_a_process_killed_during_the_dump_is_named_and_the_others_run_on(pidns, 
     # Processes are dumped parents first: init's 128 MiB fill the pipe long before the child's turn.
     d, r = dump_held_by_a_pipe(w)
     try:
-        time.sleep(0.3)  # into init's pages, blocked on the full pipe
+        wait_pipe_full(r)  # into init's pages, blocked on the full pipe
         assert d.poll() is None
         os.kill(child, signal.SIGKILL)
         with os.fdopen(r, "rb") as reader:
