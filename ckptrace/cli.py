@@ -182,7 +182,7 @@ class _ClosedOutput:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import CkptError
+    from .errors import CkptError, Terminated
 
     reserve_standard_fds()
     if sys.stdout is None:  # started with fd 1 closed: a write fails with one line, not an AttributeError
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         fn = getattr(importlib.import_module(module), func)
         return int(fn(args) or 0)
     except CkptError as exc:
+        print(f"ckptrace {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except Terminated as exc:
         print(f"ckptrace {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:

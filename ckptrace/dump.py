@@ -448,7 +448,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     except (CkptError, OSError) as exc:
         # A task killed under the dump shows up as whatever read of it failed first (its pagemap,
         # its memory, a ptrace request), naming a host pid only: say what happened instead.
-        gone = frz.exited() if not isinstance(exc, Terminated) else []
+        gone = frz.exited()
         if not gone:
             raise
         raise NoSuchProcess(_exited_message(gone, ns, opts.kill)) from None

@@ -43,8 +43,13 @@ class ImageReadError(ImageError):
     malformed."""
 
 
-class Terminated(CkptError):
-    """SIGTERM (or another terminating signal) arrived: the command undid what it had begun."""
+class Terminated(BaseException):
+    """SIGTERM (or another terminating signal) arrived: the command undid what it had begun.
+
+    Not a CkptError, nor an Exception: a BaseException, as KeyboardInterrupt (SIGINT) is. Raised
+    by a signal handler, it lands inside whatever step runs, and a step that takes a failed read
+    for a task gone (`except CkptError`) swallowed it and went on: a dump whose reader had
+    stopped reading then stayed blocked on it for good."""
 
     exit_status = 143
 

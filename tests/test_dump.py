@@ -1575,6 +1575,23 @@ def test_a_termination_swallowed_by_a_step_still_ends_the_dump():
     d._stop_if_signalled()  # (nothing asked: nothing raised)
 
 
+def test_a_termination_is_not_taken_for_a_step_error():
+    """SIGTERM's exception is no CkptError: a step that takes a failed read for a task gone
+    (`except CkptError`) and goes on swallowed it, and a dump SIGTERMed while it injected calls
+    then blocked for good on a reader that had stopped reading."""
+    from ckptrace import dump as d
+    from ckptrace.errors import CkptError, Terminated
+
+    try:
+        with pytest.raises(Terminated, match="terminated by signal 15"):
+            try:
+                d._raise_on_signal(signal.SIGTERM, None)  # (as the handler runs, inside a step)
+            except (CkptError, Exception):
+                pass
+    finally:
+        d._stop_signals.clear()
+
+
 def test_a_signal_once_the_tail_is_out_does_not_stop_the_kill(monkeypatch, tmp_path):
     """`dump --kill` keeps the image's TAIL back until nothing can refuse the kill (a reader of
     the stream, `restore -`, must not get a restorable image of a namespace left running). Once
