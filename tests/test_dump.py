@@ -246,6 +246,54 @@ def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
     assert_running_untraced(w)
 
 
+@pytest.mark.parametrize("version", ["v2", "v2-parent", "v1"])
+def test_a_namespace_in_a_frozen_cgroup_is_refused_and_runs_on_once_thawed(pidns, tmp_path, version):
+    """A task in a frozen cgroup stops for PTRACE_INTERRUPT, but every injected call then waited
+    for a thaw: the dump hung for good under cgroup v2 (and a SIGTERM then left the task with the
+    call's registers: it crashed once thawed), and under v1 was refused as a task that "waits in
+    the kernel". Refused at once now, naming the cgroup file to write; nothing injected, so the
+    workload carries on once thawed."""
+    from ckptrace.kernel.procfs import cgroup_mounts
+
+    mounts = cgroup_mounts()
+    top = os.path.join(mounts["" if version.startswith("v2") else "freezer"], f"ckptrace-frozen-{os.getpid()}")
+    cg = os.path.join(top, "inner") if version == "v2-parent" else top  # (v2: a parent's freeze too)
+    freeze_file, frozen, thawed = (os.path.join(top, "cgroup.freeze"), "1", "0") if version.startswith("v2") \
+        else (os.path.join(top, "freezer.state"), "FROZEN", "THAWED")
+    log = tmp_path / "ticks"
+    code = f"import time\nopen({str(tmp_path / 'ready')!r}, 'w').close()\nn = 0\n" \
+           f"while True:\n    n += 1\n    open({str(log)!r}, 'w').write(str(n))\n    time.sleep(0.02)\n"
+    os.makedirs(cg)
+    w = None
+    try:
+        w = pidns([sys.executable, "-c", code], ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write(str(w.init))
+        with open(freeze_file, "w") as f:
+            f.write(frozen)
+        time.sleep(0.2)
+        d = dump("--pidns", str(w.ns), "-o", str(tmp_path / "x.img"), check=False, timeout=30)
+        err = d.stderr.decode()
+        assert d.returncode == 1 and f"pid 1 (host pid {w.init}) is in a frozen cgroup" in err, err
+        assert f"({freeze_file} is {frozen}" in err and f"echo {thawed} >" in err, err
+        assert not (tmp_path / "x.img").exists()
+        with open(freeze_file, "w") as f:
+            f.write(thawed)
+        before = log.read_text()
+        wait_until(lambda: log.read_text() != before, "the thawed workload to go on")
+        assert_running_untraced(w)
+    finally:
+        with open(freeze_file, "w") as f:
+            f.write(thawed)
+        if w is not None and os.path.exists(f"/proc/{w.init}"):
+            with open(os.path.join(os.path.dirname(top), "cgroup.procs"), "w") as f:
+                f.write(str(w.init))
+        for d in (cg, top):
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
 def busy_thread(tids: list[int]) -> int:
     """ckwork's busy thread: the one that has used by far the most CPU. (Its state, R, does not
     tell it: any other thread is R too while it is woken and waiting for a CPU, which on a loaded

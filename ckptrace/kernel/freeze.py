@@ -84,6 +84,8 @@ class Freezer:
         # host pid -> its status: unreaped processes, part of the image but not held (the kernel
         # lets nobody attach to a zombie); their parents, held, cannot reap them meanwhile
         self.zombies: dict[int, procfs.Status] = {}
+        self._cgroups_seen: set[int] = set()  # host pids whose cgroups were checked (_check_cgroups)
+        self._cgroup_mounts: dict[str, str] | None = None
 
     def freeze(self) -> None:
         """Seize and stop every task, rescanning until no new task appears.
@@ -117,6 +119,8 @@ class Freezer:
                     st = procfs.status(pid, tid, self.root)
                 except NoSuchProcess:
                     continue
+                if st.state not in ("Z", "X"):
+                    self._check_cgroups(pid, st)
                 if st.state in ("Z", "X") or not self._seize(pid, tid, st, fresh):
                     waiting |= not self._wait_out_zombie(pid, tid, st, zombies)
             self._wait_stops(fresh)
@@ -148,6 +152,32 @@ class Freezer:
         self.tasks[tid] = task
         fresh.append(task)
         return True
+
+    def _check_cgroups(self, pid: int, st) -> None:
+        """Refuse a process in a frozen cgroup (v2 cgroup.freeze, v1 freezer), once per process.
+        Such a task stops for PTRACE_INTERRUPT, but every injected call then waits for a thaw:
+        resumed, it goes back into the cgroup's freeze before it reaches the call, and the
+        dump waited for good (v2), or it never stopped and was named as a task waiting in the
+        kernel (v1)."""
+        if pid in self._cgroups_seen:
+            return
+        self._cgroups_seen.add(pid)
+        if self._cgroup_mounts is None:
+            self._cgroup_mounts = procfs.cgroup_mounts(self.root)
+        try:
+            lines = procfs.parse_cgroup(procfs.cgroup_text(pid, self.root))
+        except CkptError:
+            return  # (gone: the scan will say)
+        for _, controllers, path in lines:
+            key = procfs.cgroup_key(controllers)
+            mount = self._cgroup_mounts.get(key)
+            if mount is not None and (why := procfs.cgroup_freezer(mount, path, key)):
+                inner = st.nspid[-1] if st.nspid else "?"
+                thaw = "echo 0 >" if key == "" else "echo THAWED >"
+                file = "cgroup.freeze" if key == "" else "freezer.state"
+                raise Unsupported(f"pid {inner} (host pid {pid}) is in a frozen cgroup ({why}): a frozen task "
+                                  f"cannot run the calls the dump injects; thaw it first ({thaw} the {file} "
+                                  "named) and dump again")
 
     def _who(self, pid: int) -> str:
         """A host pid as the user knows it: "pid 3 inside the namespace (host pid 4242)" for one of

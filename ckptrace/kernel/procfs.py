@@ -416,6 +416,33 @@ def cgroup_mounts(root: str = PROC) -> dict[str, str]:
     return out
 
 
+def cgroup_freezer(mount: str, path: str, key: str) -> str | None:
+    """Why the cgroup at `path` of the hierarchy mounted at `mount` (cgroup_key `key`) is frozen
+    or freezing, in words naming the file that says so; None when it is not (or no file says).
+    cgroup v2: `cgroup.freeze` is 1 in it or in an ancestor (an ancestor's freezes it too);
+    v1 freezer: its `freezer.state` is not THAWED (FROZEN or FREEZING, its own or its parent's)."""
+    def first_line(p: str) -> str | None:
+        try:
+            with open(p, "rb") as f:
+                return f.readline().decode("ascii", "replace").strip()
+        except OSError:
+            return None
+
+    parts = [x for x in path.split("/") if x]
+    if key == "":
+        for n in range(len(parts), 0, -1):
+            where = os.path.join(mount, *parts[:n])
+            if first_line(os.path.join(where, "cgroup.freeze")) == "1":
+                return f"{where}/cgroup.freeze is 1"
+        return None
+    if "freezer" in key.split(","):
+        where = os.path.join(mount, *parts)
+        state = first_line(os.path.join(where, "freezer.state"))
+        if state not in (None, "THAWED"):
+            return f"{where}/freezer.state is {state}"
+    return None
+
+
 def cgroup_text(pid: int, root: str = PROC) -> str:
     return _read(f"{root}/{pid}/cgroup", f"read cgroup of {pid}")
 
