@@ -158,6 +158,8 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     from .restorer.creds import creds_problems
     from .restorer.sched import sched_problems
     from .restorer.tree import tree_problems
+    from .restorer.cgroup import frozen_problems as cgroup_frozen_problems
+    from .kernel.procfs import cgroup_mounts
 
     problems: list[str] = []
     if img.root and not os.path.isdir(img.root):
@@ -210,6 +212,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
     problems += range_problems(img) + task_range_problems(img)
+    problems += cgroup_frozen_problems(img.processes(), cgroup_mounts())
     problems += check_files(img)
     problems += binding_problems(img, held=not bindings)
     if (why := nofile_problem(img)) is not None:

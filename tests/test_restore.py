@@ -2300,6 +2300,59 @@ def test_a_late_failure_after_threaded_processes_were_made_ends_at_once(pidns, t
             os.rmdir(cpuset)
 
 
+@pytest.mark.parametrize("version", ["v2", "v1-made-under"])
+def test_a_frozen_cgroup_is_refused_before_anything_is_made(pidns, tmp_path, restored, version):
+    """Restore puts each process in its cgroups after its point of no return: one frozen there
+    could not run the last injected calls, and restore waited for a thaw for good, deaf to
+    SIGTERM. A frozen cgroup (v1: or the frozen parent a missing one would be made under) is
+    refused at validation; thawed, the same image restores."""
+    from ckptrace.kernel.procfs import cgroup_mounts
+
+    mounts = cgroup_mounts()
+    top = os.path.join(mounts["" if version == "v2" else "freezer"], f"ckptrace-frz-{os.getpid()}")
+    cg = top if version == "v2" else os.path.join(top, "inner")
+    freeze_file, frozen, thawed = (os.path.join(top, "cgroup.freeze"), "1", "0") if version == "v2" \
+        else (os.path.join(top, "freezer.state"), "FROZEN", "THAWED")
+    os.makedirs(cg)
+    try:
+        w = py_workload(pidns, "import sys, time\nopen(sys.argv[1] + '/ready', 'w').close()\ntime.sleep(3600)\n",
+                        tmp_path)
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write(str(w.init))
+        img = str(tmp_path / "frz.img")
+        dump_kill(w, img)
+        wait_gone = time.monotonic() + 5
+        while os.path.isdir(cg) and cg != top:  # (v1: the restore is to make it again, frozen)
+            try:
+                os.rmdir(cg)
+            except OSError:
+                assert time.monotonic() < wait_gone
+                time.sleep(0.05)
+        with open(freeze_file, "w") as f:
+            f.write(frozen)
+        before = pidns_inodes(tmp_path)
+        r = ckptrace("restore", img)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and f"process 1's {'cgroup2' if version == 'v2' else 'freezer'} cgroup" in err, err
+        assert f"is frozen here ({freeze_file} is {frozen}): thaw it first" in err, err
+        assert pidns_inodes(tmp_path) == before and (version == "v2" or not os.path.exists(cg))
+        with open(freeze_file, "w") as f:
+            f.write(thawed)
+        res = restore_json(img, restored)
+        with open(f"/proc/{res['init_pid']}/cgroup") as f:
+            assert cg.removeprefix(mounts["" if version == "v2" else "freezer"]) in f.read()
+    finally:
+        with open(freeze_file, "w") as f:
+            f.write(thawed)
+        for p in restored:
+            with contextlib.suppress(OSError):
+                with open(os.path.join(os.path.dirname(top), "cgroup.procs"), "w") as f:
+                    f.write(str(p))
+        for d in (cg, top):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
 def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
     """The workload sits in a cgroup v2 two levels down, a v1 freezer cgroup and a v1 cpuset; the
     v2 ones and the cpuset are gone by restore time (as on a new host) and are made again (a new

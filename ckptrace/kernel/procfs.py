@@ -436,10 +436,13 @@ def cgroup_freezer(mount: str, path: str, key: str) -> str | None:
                 return f"{where}/cgroup.freeze is 1"
         return None
     if "freezer" in key.split(","):
-        where = os.path.join(mount, *parts)
-        state = first_line(os.path.join(where, "freezer.state"))
-        if state not in (None, "THAWED"):
-            return f"{where}/freezer.state is {state}"
+        # (the nearest that exists: a cgroup made under a frozen one starts frozen; the root
+        # has no freezer.state and is never frozen)
+        for n in range(len(parts), 0, -1):
+            where = os.path.join(mount, *parts[:n])
+            state = first_line(os.path.join(where, "freezer.state"))
+            if state is not None:
+                return f"{where}/freezer.state is {state}" if state != "THAWED" else None
     return None
 
 

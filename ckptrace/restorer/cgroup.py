@@ -32,6 +32,23 @@ def path_problem(path: str) -> str:
     return ""
 
 
+def frozen_problems(processes, mounts: dict[str, str]) -> list[str]:
+    """The image's processes whose cgroup here is frozen (or would be made under a frozen one):
+    placed in it at the end of the restore, after the point of no return, a process could not
+    run the last injected calls (timers, pending signals) and the restore waited for a thaw."""
+    out = []
+    for t in processes:
+        for _hid, controllers, path in t.cgroups:
+            key = procfs.cgroup_key(controllers)
+            mount = mounts.get(key)
+            if mount is None or path_problem(path):
+                continue
+            if why := procfs.cgroup_freezer(mount, path, key):
+                out.append(f"process {t.tid}'s {controllers or 'cgroup2'} cgroup {shown_path(path)} is frozen "
+                           f"here ({why}): thaw it first")
+    return out
+
+
 def place(host_pid: int, cgroups: list[tuple[int, str, str]], mounts: dict[str, str],
           created: list[str], name: int | None = None) -> None:
     """Move the process (all its threads: cgroup.procs) into each of its image cgroups; the
