@@ -156,6 +156,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     from .restorer.files import binding_problems, check_files, nofile_problem
     from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, special_maps
     from .restorer.creds import creds_problems
+    from .restorer.ownns import problems as unmade_ns_problems
     from .restorer.sched import sched_problems
     from .restorer.tree import tree_problems
     from .restorer.cgroup import frozen_problems as cgroup_frozen_problems
@@ -211,6 +212,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
         elif not isinstance(img.obj(t.files_objref), FileTable) or \
                 t.files_objref != img.task(t.tgid).files_objref:
             problems.append(f"thread {t.tid} does not share its leader's file table; not supported")
+    problems += unmade_ns_problems(img)
     problems += range_problems(img) + task_range_problems(img)
     problems += cgroup_frozen_problems(img.processes(), cgroup_mounts())
     problems += check_files(img)

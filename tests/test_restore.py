@@ -3594,6 +3594,119 @@ def test_mounts_of_its_own_mount_namespace_are_noted(pidns, tmp_path, restored):
             assert f" {mdir} " not in f.read(), who
 
 
+USERNS_WORKLOAD = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000) == 0, ctypes.get_errno()  # CLONE_NEWUSER
+print("unshared", flush=True)
+sys.stdin.readline()  # the test has mapped uid 0 here to host uid 100000
+os.setresgid(0, 0, 0)
+os.setresuid(0, 0, 0)
+try:
+    open("/etc/shadow").close()
+    print("read", flush=True)
+except PermissionError:
+    print("EACCES", flush=True)
+null = os.open(os.devnull, os.O_RDWR)  # (no pipe to the test left in the image)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+while True:
+    time.sleep(1)
+"""
+
+TIMENS_FOR_CHILDREN = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x80) == 0, ctypes.get_errno()  # CLONE_NEWTIME: for its children, not entered
+with open("/proc/self/timens_offsets", "w") as f:
+    f.write("monotonic 3000 0\n")
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _unmade_ns_workload(pidns, tmp_path, kind: str):
+    """A namespace whose init is in a `kind` namespace of its own that restore does not make;
+    checked to be really in it."""
+    quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind == "user":
+        # (it talks over pipes: as host uid 100000 it cannot reach tmp_path, root's alone)
+        w = pidns([sys.executable, "-c", USERNS_WORKLOAD, str(tmp_path)], stdin=subprocess.PIPE,
+                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        with w.proc.stdin, w.proc.stdout:
+            assert w.proc.stdout.readline() == "unshared\n"
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{w.init}/{name}", "w") as f:
+                    f.write("0 100000 65536\n")
+            w.proc.stdin.write("mapped\n")
+            w.proc.stdin.flush()
+            # its capabilities are over its user namespace only, not over the host's files
+            assert w.proc.stdout.readline() == "EACCES\n"
+        with open(f"/proc/{w.init}/status") as f:
+            assert next(line.split()[1:] for line in f if line.startswith("Uid:")) == ["100000"] * 4
+    elif kind == "time_children":
+        w = pidns([sys.executable, "-c", TIMENS_FOR_CHILDREN, str(tmp_path)], ready_file=str(tmp_path / "ready"), **quiet)
+    else:
+        unshare = {"cgroup": ["-C"], "time": ["-T", "--monotonic=1000000", "--boottime=2000000"]}[kind]
+        w = pidns(["unshare", *unshare, sys.executable, "-c", SLEEPER, str(tmp_path)],
+                  ready_file=str(tmp_path / "ready"), **quiet)
+    if kind == "time_children":
+        assert os.readlink(f"/proc/{w.init}/ns/time") == os.readlink("/proc/self/ns/time")
+        assert os.readlink(f"/proc/{w.init}/ns/time_for_children") != os.readlink("/proc/self/ns/time")
+    else:
+        assert os.readlink(f"/proc/{w.init}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}"), kind
+    return w
+
+
+@pytest.mark.parametrize("kind,said", [
+    ("user", "was in a user namespace of its own: restore does not make user namespaces, it would come back as "
+             "host uid 100000 with its capabilities over the host"),
+    ("cgroup", "was in a cgroup namespace of its own (unshare -C"),
+    ("time", "was in a time namespace of its own, with offsets monotonic +1000000 s, boottime +2000000 s"),
+    ("time_children", "was in a time namespace of its own for its children to enter (unshare(CLONE_NEWTIME)), "
+                      "with offsets monotonic +3000 s, boottime +0 s"),
+])
+def test_a_namespace_restore_does_not_make_is_refused_by_name(pidns, tmp_path, kind, said):
+    """User, cgroup and time namespaces of its own: restore puts every process in the
+    controller's, so a container with uid 0 mapped to host uid 100000 came back as uid 100000
+    with every capability over the host (/etc/shadow readable), one with its own cgroup
+    namespace saw the host's cgroup paths, one in a time namespace had its monotonic and boot
+    clocks jump by the offsets, all without a word. Now `dump --kill` refuses, naming the
+    process and the namespace, and leaves it running; a plain dump writes the image and says
+    restore will refuse it; and restore refuses it before it makes anything."""
+    from ckptrace.image.reader import read_image
+    from ckptrace.image import records
+
+    w = _unmade_ns_workload(pidns, tmp_path, kind)
+    before = sorted(w.pids())
+    img = str(tmp_path / "ns.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+    err = d.stderr.decode()
+    assert d.returncode != 0 and len(err.strip().splitlines()) == 1, err
+    assert "not killing" in err and f"process 1 (host pid {w.init} at the dump) {said}" in err, err
+    assert sorted(w.pids()) == before and all(_states(p) <= {"S", "R"} for p in before)
+
+    d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+    err = d.stderr.decode()
+    assert d.returncode == 0, err
+    assert f"pid 1 (host pid {w.init}) is in {said.removeprefix('was in ')}" in err, err
+    assert "restore will refuse this image" in err, err
+    with open(img, "rb") as f:
+        init = read_image(f).tasks[0]
+    made = records.CLONE_NEWNS | records.CLONE_NEWUTS | records.CLONE_NEWIPC | records.CLONE_NEWNET
+    assert records.NS_FLAG_NAMES.get(init.own_ns & ~made) == kind.removesuffix("_children"), hex(init.own_ns)
+    assert bool(init.ns_flags & records.NS_TIME_CHILDREN) == (kind == "time_children"), init.ns_flags
+
+    nss = pidns_inodes(tmp_path)
+    r = ckptrace("restore", img)
+    err = r.stderr.decode()
+    assert r.returncode != 0 and len(err.strip().splitlines()) == 1, err
+    assert f"cannot restore this image: process 1 (host pid {w.init} at the dump) {said}" in err, err
+    assert pidns_inodes(tmp_path) - nss == set(), "a refused restore created a namespace"
+    assert sorted(w.pids()) == before
+
+
 NETNS_WORKLOAD = r"""
 import fcntl, os, select, socket, struct, sys, time
 d, port, abstract = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()

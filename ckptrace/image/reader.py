@@ -129,9 +129,10 @@ class Task:
     locks: list[dict[str, Any]] = field(default_factory=list)  # TASK_LOCKS entries, leaders only
     posix_timers: list[dict[str, Any]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
     own_ns: int | None = None  # TASK_NS: CLONE_NEW* bits of the namespaces that were its own
-    ns_flags: int = 0  # TASK_NS.flags: NS_LO_DOWN, NS_OWN_PROC
+    ns_flags: int = 0  # TASK_NS.flags: NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN
     net_missing: str = ""  # TASK_NS: what of its own network namespace restore does not make, in words
     mnt_missing: str = ""  # TASK_NS: the mounts of its own mount namespace restore does not make, in words
+    time_offsets: str = ""  # TASK_NS: the clock offsets of its own time namespace, in words
     siginfo: list[bytes] = field(default_factory=list)  # its own queued signals (siginfo_t)
     shared_siginfo: list[bytes] = field(default_factory=list)  # the process's (leaders only)
     nodename: bytes = b""
@@ -539,11 +540,13 @@ class _Parser:
                     self.fail(nsr, "TASK_NS payload must hold the host and domain names, NUL-terminated")
                 t.own_ns, t.nodename, t.domainname = nsr.fields["own"], names[0], names[1]
                 t.ns_flags = nsr.fields.get("flags", 0)
-                # (older images end after the domain name, or after the network words)
+                # (older images end after the domain name, the network words or the mount words)
                 if len(names) > 3:
                     t.net_missing = names[2].decode("utf-8", "replace")
                 if len(names) > 4:
                     t.mnt_missing = names[3].decode("utf-8", "replace")
+                if len(names) > 5:
+                    t.time_offsets = names[4].decode("utf-8", "replace")
             if self.at(RecType.TASK_SIGINFO):
                 t.shared_siginfo = self.siginfo(shared=True)
             self.leaders[t.tid] = t

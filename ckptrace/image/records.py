@@ -184,15 +184,22 @@ SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 
 # TASK_NS.own: the namespaces a process did not share with the dumper (clone flags)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x04000000, 0x08000000, 0x40000000
 CLONE_NEWPID = 0x20000000
-NS_FLAG_NAMES = {CLONE_NEWNS: "mnt", CLONE_NEWUTS: "uts", CLONE_NEWIPC: "ipc", CLONE_NEWNET: "net"}
+# the kinds restore does not make (it refuses an image with them; 0 in images made before they
+# were recorded): a user, cgroup or time namespace of its own
+CLONE_NEWUSER, CLONE_NEWCGROUP, CLONE_NEWTIME = 0x10000000, 0x02000000, 0x00000080
+NS_FLAG_NAMES = {CLONE_NEWNS: "mnt", CLONE_NEWUTS: "uts", CLONE_NEWIPC: "ipc", CLONE_NEWNET: "net",
+                 CLONE_NEWUSER: "user", CLONE_NEWCGROUP: "cgroup", CLONE_NEWTIME: "time"}
 # TASK_NS.flags (named `net` while LO_DOWN was its only bit; 0 in images made before it):
 # NS_LO_DOWN, of a process with a network namespace of its own: its lo was down (0 says up:
 # restore brings lo up); NS_OWN_PROC, of one with a mount namespace of its own: /proc there was
-# a proc of the namespace's own pid namespace (restore mounts one again)
-NS_LO_DOWN, NS_OWN_PROC = 0x1, 0x2
-TASK_NS_FLAG_NAMES = {NS_LO_DOWN: "LO_DOWN", NS_OWN_PROC: "OWN_PROC"}
+# a proc of the namespace's own pid namespace (restore mounts one again); NS_TIME_CHILDREN, of
+# one with a time namespace of its own: only its children's was (unshare(CLONE_NEWTIME) made it,
+# the process itself had not entered it)
+NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN = 0x1, 0x2, 0x4
+TASK_NS_FLAG_NAMES = {NS_LO_DOWN: "LO_DOWN", NS_OWN_PROC: "OWN_PROC", NS_TIME_CHILDREN: "TIME_CHILDREN"}
 NET_MISSING_MAX = 4096  # bytes of TASK_NS's third string: what a new network namespace would lack
 MNT_MISSING_MAX = 4096  # and of its fourth: the mounts of its own mount namespace restore does not make
+TIME_OFFSETS_MAX = 128  # and of its fifth: its own time namespace's clock offsets, in words
 LOCK_POSIX, LOCK_FLOCK, LOCK_OFD = 1, 2, 3
 LOCK_KINDS = {LOCK_POSIX: "POSIX", LOCK_FLOCK: "FLOCK", LOCK_OFD: "OFD"}
 LOCK_TYPES = {0: "READ", 1: "WRITE"}  # F_RDLCK, F_WRLCK
@@ -693,16 +700,21 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "the leader's process records); payload: nsiginfo siginfo_t of 128 bytes, oldest first, "
            "as PTRACE_PEEKSIGINFO returns them."),
     _R(RecType.TASK_NS, (u32("own", "flags", NS_FLAG_NAMES), u32("flags", "flags", TASK_NS_FLAG_NAMES)), Payload.BYTES,
-       max_payload=2 * 65 + NET_MISSING_MAX + MNT_MISSING_MAX,
-       doc="Which of a process's mount, uts, ipc and net namespaces were its own (not the "
-           "dumper's), as CLONE_NEW* bits; flags (named net in older images, where it was "
-           "padding before that: 0): LO_DOWN for one with a network namespace of its own whose "
-           "lo was down, OWN_PROC for one with a mount namespace of its own whose /proc was a "
-           "proc of the namespace's own pid namespace; payload: its host name NUL domain name "
-           "NUL (uname), then, optionally, what of that network namespace a new one with only lo "
+       max_payload=2 * 65 + NET_MISSING_MAX + MNT_MISSING_MAX + TIME_OFFSETS_MAX,
+       doc="Which of a process's mount, uts, ipc, net, user, cgroup and time namespaces were its "
+           "own (not the dumper's), as CLONE_NEW* bits (user, cgroup and time: 0 in older "
+           "images; restore refuses a process with one of them, as it does not make them; time "
+           "also when only the namespace its children would enter was its own); flags (named "
+           "net in older images, where it was padding before that: 0): LO_DOWN for one with a "
+           "network namespace of its own whose lo was down, OWN_PROC for one with a mount "
+           "namespace of its own whose /proc was a proc of the namespace's own pid namespace, "
+           "TIME_CHILDREN for one whose own time namespace was only its children's "
+           "(unshare(CLONE_NEWTIME), not entered); payload: its host name NUL domain name NUL "
+           "(uname), then, optionally, what of that network namespace a new one with only lo "
            "lacks, in words (other interfaces, addresses, routes; empty or absent: nothing) NUL, "
            "then, optionally, the mounts only its own mount namespace had, in words (empty or "
-           "absent: none) NUL."),
+           "absent: none) NUL, then, optionally, the clock offsets of its own time namespace "
+           "(/proc/PID/timens_offsets), in words (empty or absent: none) NUL."),
     _R(RecType.TASK_LOCKS, (u32("nlocks"), pad(4)), Payload.ENTRIES, max_payload=65536 * 32,
        entry=(u32("kind", "enum", LOCK_KINDS), u32("type", "enum", LOCK_TYPES), s32("fd"), pad(4),
               u64("start"), u64("length")),

@@ -383,6 +383,18 @@ def timerslack(tid: int, root: str = PROC) -> int:
     return int(_read(f"{root}/{tid}/timerslack_ns", f"read timerslack_ns of {tid}"))
 
 
+def timens_offsets(pid: int, root: str = PROC) -> dict[str, int]:
+    """/proc/PID/timens_offsets: clock name ("monotonic", "boottime") -> offset in ns. The file
+    shows the offsets of the time namespace pid's children enter (time_for_children), which is
+    its own once it has entered it. A clock the kernel shows as seconds and nanoseconds (the
+    nanoseconds 0..999999999 even below zero: -1.5 s is "-2 500000000")."""
+    out = {}
+    for line in _read(f"{root}/{pid}/timens_offsets", f"read timens_offsets of {pid}").splitlines():
+        clock, secs, nsecs = line.split()
+        out[clock] = int(secs) * 1_000_000_000 + int(nsecs)
+    return out
+
+
 def parse_cgroup(text: str) -> list[tuple[int, str, str]]:
     """/proc/PID/cgroup: (hierarchy id, controllers, path) per line; ("", path) on cgroup v2's
     "0::" line, "name=systemd" style names for named v1 hierarchies."""

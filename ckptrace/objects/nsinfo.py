@@ -11,6 +11,11 @@ up and, in words, what a new namespace with only lo would lack (other interfaces
 routes); of its own mount namespace, whether /proc there was the namespace's own and, in words,
 the mounts the dumper's mount namespace does not have (which restore does not make); the dump
 and the restore note both.
+
+Of user, cgroup and time namespaces, which restore does not make, the dump records whether a
+process had one of its own (for time also one made for its children only, and its clock
+offsets): restore, and so `dump --kill`, refuses such an image (restorer/ownns.py), and a plain
+dump notes it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..errors import CkptError, Unsupported
-from ..image.records import (CLONE_NEWNET, CLONE_NEWNS, MNT_MISSING_MAX, NET_MISSING_MAX, NS_FLAG_NAMES, NS_LO_DOWN,
-                              NS_OWN_PROC, RecType)
+from ..image.records import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, MNT_MISSING_MAX, NET_MISSING_MAX, NS_FLAG_NAMES,
+                              NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN, TIME_OFFSETS_MAX, RecType)
 from ..kernel import netns, procfs
 from ..kernel.ptrace import Injector, checked
+from ..restorer.ownns import reasons
 from .context import DumpContext
 from ..kernel.sysno import SYS_uname
 
@@ -36,6 +42,12 @@ UTSNAME_LEN = 65  # six fields of 65 bytes: sysname, nodename, release, version,
 
 def _ino(pid: int | str, name: str, proc: str) -> int:
     return os.stat(f"{proc}/{pid}/ns/{name}").st_ino
+
+
+def _kinds(proc: str) -> dict[int, str]:
+    """NS_FLAG_NAMES, less the kinds this kernel has not (no /proc/self/ns/time without
+    CONFIG_TIME_NS, say): there every process shares the one there is."""
+    return {flag: name for flag, name in NS_FLAG_NAMES.items() if os.path.exists(f"{proc}/self/ns/{name}")}
 
 
 def check(procs: list["ProcState"], proc: str) -> None:
@@ -100,13 +112,57 @@ def sysv_objects(pid: int, proc: str) -> list[str]:
 
 
 def collect(p: "ProcState", inj: Injector, proc: str) -> None:
-    p.own_ns = sum(flag for flag, name in NS_FLAG_NAMES.items() if _ino(p.hostpid, name, proc) != _ino("self", name, proc))
+    kinds = _kinds(proc)
+    p.own_ns = sum(flag for flag, name in kinds.items() if _ino(p.hostpid, name, proc) != _ino("self", name, proc))
+    if CLONE_NEWTIME in kinds:
+        _collect_time(p, proc)
     with inj.scratch(6 * UTSNAME_LEN) as (addr, mem):
         checked(inj.syscall(SYS_uname, addr), f"uname in {p.hostpid}")
         mem.seek(addr)
         raw = mem.read(6 * UTSNAME_LEN)
     p.nodename = raw[UTSNAME_LEN:2 * UTSNAME_LEN].split(b"\0", 1)[0]
     p.domainname = raw[5 * UTSNAME_LEN:].split(b"\0", 1)[0]
+
+
+def _collect_time(p: "ProcState", proc: str) -> None:
+    """A time namespace of p's own: the one it is in, or (unshare(CLONE_NEWTIME) without a
+    fork, or `unshare -T` before it execs) only the one its children will enter, which restore
+    would lose as well (NS_TIME_CHILDREN). Its clock offsets are kept in words."""
+    ours = _ino("self", "time", proc)
+    entered = _ino(p.hostpid, "time", proc) != ours
+    for_children = _ino(p.hostpid, "time_for_children", proc)
+    if not entered and for_children == ours:
+        return
+    p.own_ns |= CLONE_NEWTIME
+    words = offset_words(procfs.timens_offsets(p.hostpid, proc))
+    if not entered:
+        p.ns_flags |= NS_TIME_CHILDREN
+    elif for_children != _ino(p.hostpid, "time", proc):
+        # (timens_offsets shows its children's namespace: the one it is in is not to be read)
+        words += " (of the time namespace its children enter, not of the one it is in)"
+    p.time_offsets = _cut(words, TIME_OFFSETS_MAX)
+
+
+def offset_words(offsets: dict[str, int]) -> str:
+    """Clock offsets in ns (procfs.timens_offsets) in words: "monotonic +1000000 s, boottime
+    +2000000 s" (fractions of a second shown only when there are some)."""
+    words = []
+    for clock, ns in offsets.items():
+        secs, frac = divmod(abs(ns), 1_000_000_000)
+        shown = f"{secs}.{frac:09d}".rstrip("0") if frac else str(secs)
+        words.append(f"{clock} {'-' if ns < 0 else '+'}{shown} s")
+    return ", ".join(words)
+
+
+def notes_unmade(procs: list["ProcState"]) -> list[str]:
+    """For a dump: each process in a user, cgroup or time namespace of its own, which restore
+    will refuse (it does not make them, restorer/ownns.py), in words. After collect."""
+    out = []
+    for p in procs:
+        uid = p.status.ints("Uid")[1] if p.status is not None else None
+        for _, why in reasons(p.own_ns, p.ns_flags, p.time_offsets.decode("utf-8", "replace"), uid):
+            out.append(f"pid {p.nspid} (host pid {p.hostpid}) is in {why}; restore will refuse this image")
+    return out
 
 
 def collect_net(init: "ProcState", proc: str) -> list[str]:
@@ -195,9 +251,10 @@ def _own_mounts(pid: int, ns_root: str, proc: str) -> "Counter[tuple[str, str, s
 
 def write(ctx: DumpContext, p: "ProcState") -> None:
     payload = p.nodename + b"\0" + p.domainname + b"\0"
-    if p.net_missing or p.mnt_missing:
-        payload += p.net_missing + b"\0"
-    if p.mnt_missing:
-        payload += p.mnt_missing + b"\0"
-    flags = p.ns_flags & ((NS_LO_DOWN if p.own_ns & CLONE_NEWNET else 0) | (NS_OWN_PROC if p.own_ns & CLONE_NEWNS else 0))
+    words = [p.net_missing, p.mnt_missing, p.time_offsets]
+    while words and not words[-1]:  # (the strings after the names are optional from the last one said)
+        words.pop()
+    payload += b"".join(w + b"\0" for w in words)
+    flags = p.ns_flags & ((NS_LO_DOWN if p.own_ns & CLONE_NEWNET else 0) | (NS_OWN_PROC if p.own_ns & CLONE_NEWNS else 0)
+                          | (NS_TIME_CHILDREN if p.own_ns & CLONE_NEWTIME else 0))
     ctx.w.record(RecType.TASK_NS, dict(own=p.own_ns, flags=flags), payload=payload)

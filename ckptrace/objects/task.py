@@ -85,9 +85,10 @@ class ProcState:
     itimers: dict[str, int] = field(default_factory=dict)  # TASK_ITIMERS fields, µs
     posix_timers: list[dict[str, int]] = field(default_factory=list)  # TASK_POSIX_TIMERS entries
     own_ns: int = 0  # CLONE_NEW* bits of the namespaces not shared with the dumper
-    ns_flags: int = 0  # init's: NS_LO_DOWN (nsinfo.collect_net), NS_OWN_PROC (nsinfo.collect_mnt)
+    ns_flags: int = 0  # init's NS_LO_DOWN (nsinfo.collect_net), NS_OWN_PROC (nsinfo.collect_mnt); NS_TIME_CHILDREN
     net_missing: bytes = b""  # and what a new network namespace with only lo lacks, in words
     mnt_missing: bytes = b""  # and the mounts only its own mount namespace has, in words
+    time_offsets: bytes = b""  # and the clock offsets of its own time namespace, in words
     shared_siginfo: list[bytes] = field(default_factory=list)  # process-wide queued signals' siginfo_t
     held_locks: list[tuple] = field(default_factory=list)  # (fd, kind, mode, start, end) from fdinfo
     nodename: bytes = b""
