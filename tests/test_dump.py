@@ -663,6 +663,8 @@ def threadown(tmp_path_factory):
     ("ipc", ("is in another ipc namespace than its process's leader",)),
     ("net", ("is in another net namespace than its process's leader",)),
     ("mnt", ("is in another mnt namespace than its process's leader",)),
+    ("cgroup", ("is in another cgroup namespace than its process's leader",)),
+    ("time", ("is in another time namespace for its children than its process's leader",)),
 ])
 def test_a_thread_with_its_own_files_fs_or_namespace_is_refused(pidns, threadown, tmp_path, mode, words):
     """tests/dumpwork/threadown.c: a thread that unshared its file table, its fs struct (cwd, root,

@@ -15,7 +15,7 @@ and the restore note both.
 Of user, cgroup and time namespaces, which restore does not make, the dump records whether a
 process had one of its own (for time also one made for its children only, and its clock
 offsets): restore, and so `dump --kill`, refuses such an image (restorer/ownns.py), and a plain
-dump notes it.
+dump notes it. A thread in another one than its leader is refused, as for the other kinds.
 """
 
 from __future__ import annotations
@@ -67,16 +67,24 @@ def check(procs: list["ProcState"], proc: str) -> None:
                               "checkpoint (restore makes a new IPC namespace, without them)")
 
 
+# The namespaces of a thread that must be its leader's, as /proc/PID/ns names them, in words
+_THREAD_NS = (("mnt", "mnt namespace"), ("uts", "uts namespace"), ("ipc", "ipc namespace"), ("net", "net namespace"),
+              ("user", "user namespace"), ("cgroup", "cgroup namespace"), ("time", "time namespace"),
+              ("time_for_children", "time namespace for its children"))
+
+
 def check_threads(procs: list["ProcState"], ns_pid: dict[int, int], proc: str) -> None:
-    """Every thread must be in its leader's mount, uts, ipc and network namespaces: restore makes
-    a process's threads by clone in its leader, where they share its namespaces (a thread's own,
-    from unshare in that thread, would be lost). `ns_pid`: host tid -> tid inside the namespace."""
+    """Every thread must be in its leader's namespaces (and make its children in its leader's
+    time namespace): restore makes a process's threads by clone in its leader, where they share
+    its namespaces (a thread's own, from unshare in that thread, would be lost). `ns_pid`: host
+    tid -> tid inside the namespace."""
+    kinds = [(name, words) for name, words in _THREAD_NS if os.path.exists(f"{proc}/self/ns/{name}")]
     for p in procs:
         for t in p.threads[1:]:
-            for name in ("mnt", "uts", "ipc", "net"):
+            for name, words in kinds:
                 if _ino(f"{p.hostpid}/task/{t.hosttid}", name, proc) != _ino(p.hostpid, name, proc):
                     raise Unsupported(f"thread {ns_pid.get(t.hosttid, '?')} (host tid {t.hosttid}) of process "
-                                      f"{p.nspid} (host pid {p.hostpid}) is in another {name} namespace than its "
+                                      f"{p.nspid} (host pid {p.hostpid}) is in another {words} than its "
                                       f"process's leader (unshare in that thread): restore makes every thread in "
                                       "its process's, and ckptrace cannot checkpoint it")
 

@@ -10,7 +10,9 @@
  *   uts    its uts namespace, with another host name
  *   ipc    its IPC namespace
  *   net    its network namespace
- *   mnt    its mount namespace (with CLONE_FS, which that needs) */
+ *   mnt    its mount namespace (with CLONE_FS, which that needs)
+ *   cgroup its cgroup namespace
+ *   time   the time namespace its children would enter, with a monotonic offset */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -60,6 +62,13 @@ static void *thread(void *arg)
         ok = unshare(CLONE_NEWNET) == 0;
     } else if (!strcmp(mode, "mnt")) {
         ok = unshare(CLONE_NEWNS) == 0;
+    } else if (!strcmp(mode, "cgroup")) {
+        ok = unshare(CLONE_NEWCGROUP) == 0;
+    } else if (!strcmp(mode, "time")) {
+        /* its own /proc/TID/timens_offsets: /proc/self is the process's, its leader's */
+        snprintf(path, sizeof path, "/proc/%ld/timens_offsets", (long)syscall(SYS_gettid));
+        int fd = unshare(CLONE_NEWTIME) == 0 ? open(path, O_WRONLY) : -1;
+        ok = fd >= 0 && write(fd, "monotonic 3000 0\n", 17) == 17;
     }
     if (!ok) {
         perror(mode);
