@@ -4901,6 +4901,49 @@ def test_a_process_without_capabilities_that_keeps_caps_on_comes_back(pidns, tmp
     assert after and set(after) == {"securebits=16 uid=1000"}, after
 
 
+# securebits, every 0.05 s, from a process setpriv started as uid 1000 (no CAP_SETPCAP) with an
+# inheritable CAP_CHOWN outside its permitted set, an ambient CAP_NET_BIND_SERVICE and a bounding
+# set of three
+SECUREBITS_LOGGER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+out = open(os.path.join(sys.argv[1], "caps.log"), "a", buffering=1)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    out.write(f"securebits={libc.prctl(27, 0, 0, 0, 0)}\n")
+    time.sleep(0.05)
+"""
+SETPRIV_CAPS = ["setpriv", "--reuid=1000", "--regid=1000", "--groups=10,20,30",
+                "--inh-caps=+net_bind_service,+chown", "--ambient-caps=+net_bind_service",
+                "--bounding-set=-all,+net_bind_service,+chown,+setuid", "--no-new-privs"]
+
+
+def _shared_dir(request):
+    """A directory where uid 1000 may write (not under pytest's 0700 ones), removed after the test."""
+    import pathlib
+
+    shared = pathlib.Path(tempfile.mkdtemp(prefix="ckpt-caps-"))
+    shared.chmod(0o777)
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    return shared
+
+
+def test_an_inheritable_capability_outside_the_permitted_set_comes_back(pidns, tmp_path, restored, request):
+    """setpriv --inh-caps=+chown for a uid 1000 process whose permitted set is net_bind_service
+    alone: CapInh 0x401 came back 0x400. capset without CAP_SETPCAP takes no inheritable
+    capability outside the old permitted set, and the restorer set it after dropping to the
+    image's; it sets it now while it still has CAP_SETPCAP. Every set comes back exactly."""
+    shared = _shared_dir(request)
+    w = pidns([*SETPRIV_CAPS, sys.executable, "-c", SECUREBITS_LOGGER, str(shared)],
+              ready_file=str(shared / "ready"), settle=0.2, stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = _caps_of(w.init)
+    assert list(want.values()) == [("0000000000000401", "0000000000000400", "0000000000000400",
+                                    "0000000000000481", "0000000000000400")], want
+    after = _caps_survive_restore(w, str(tmp_path / "inh.img"), shared / "caps.log", restored)
+    assert after, "the restored process logs nothing"
+
+
 # init asks to be SIGUSR1'd when its parent (unshare, outside) dies; its child, SIGUSR2 when init does.
 PDEATH_WORKLOAD = r"""
 import ctypes, os, signal, sys, time

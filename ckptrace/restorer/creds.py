@@ -101,8 +101,8 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     A container's root usually runs with capabilities dropped: without this a restored one
     would get all of the controller's back. Order: keep capabilities across the uid change
     (SECBIT_KEEP_CAPS, with as many of the image's securebits as can be set this early: each
-    change needs CAP_SETPCAP, which the image's sets may not have), shrink the bounding set while
-    CAP_SETPCAP is still ours, change ids (which clears the effective set), make the whole target
+    change needs CAP_SETPCAP, which the image's sets may not have), set the inheritable set and
+    shrink the bounding set while CAP_SETPCAP is still ours, change ids (which clears the effective set), make the whole target
     permitted set effective for a moment to set the rest of the image's securebits if any and
     raise the ambient ones, then capset the final effective set. Capabilities the controller itself lacks (this host's root
     has no CAP_SYS_RESOURCE) cannot be given: every set is clamped to what the thread has.
@@ -115,6 +115,13 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     # and KEEP_CAPS is not left on where the image had it off.
     early = early_securebits(creds["securebits"]) if prm else creds["securebits"]
     check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, early), f"prctl(PR_SET_SECUREBITS) in {tid}")
+    # The inheritable set first, while CAP_SETPCAP is effective: capset then takes any subset of
+    # the old inheritable and bounding sets; without it, of the old inheritable and permitted
+    # sets only, which lost an inheritable capability the image had outside its permitted set
+    # (setpriv --inh-caps) and one outside its bounding set. Later capsets keep it as it is.
+    inh = creds["cap_inh"] & (ours["inh"] | ours["bnd"])
+    if inh != ours["inh"]:
+        _capset(inj, ours["eff"], ours["prm"], inh)
     for cap in range(CAP_LAST + 1):
         if not creds["cap_bnd"] >> cap & 1 and ours["bnd"] >> cap & 1:
             check(inj.syscall(SYS_prctl, PR_CAPBSET_DROP, cap), f"prctl(PR_CAPBSET_DROP, {cap}) in {tid}")
@@ -127,7 +134,6 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
             check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
         check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
         check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
-    inh = creds["cap_inh"] & (ours["inh"] | (prm & creds["cap_bnd"]))
     _capset(inj, prm, prm, inh)
     if creds["securebits"] != early:
         ret = inj.syscall(SYS_prctl, PR_SET_SECUREBITS, creds["securebits"])
