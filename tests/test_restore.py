@@ -4944,6 +4944,49 @@ def test_an_inheritable_capability_outside_the_permitted_set_comes_back(pidns, t
     assert after, "the restored process logs nothing"
 
 
+# uid 1000 without CAP_SETPCAP, its securebits NO_SETUID_FIXUP | NO_CAP_AMBIENT_RAISE set after it
+# raised an ambient capability
+NO_AMBIENT_RAISE_WORKLOAD = r"""
+import ctypes, os, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+def capset(prm, inh):
+    hdr = ctypes.create_string_buffer(struct.pack("<Ii", 0x20080522, 0), 8)
+    data = struct.pack("<6I", prm & 0xFFFFFFFF, prm & 0xFFFFFFFF, inh, prm >> 32, prm >> 32, 0)
+    assert libc.capset(hdr, ctypes.create_string_buffer(data, 24)) == 0, ctypes.get_errno()
+with open("/proc/self/status") as f:
+    prm = int(next(l for l in f if l.startswith("CapPrm:")).split()[1], 16)
+capset(prm, (1 << 10) | 1)  # CAP_NET_BIND_SERVICE, CAP_CHOWN
+assert libc.prctl(47, 2, 10, 0, 0) == 0  # PR_CAP_AMBIENT_RAISE
+assert libc.prctl(28, 0x44, 0, 0, 0) == 0  # SECBIT_NO_SETUID_FIXUP | SECBIT_NO_CAP_AMBIENT_RAISE
+os.setgroups([])
+os.setresgid(1000, 1000, 1000)
+os.setresuid(1000, 1000, 1000)
+capset(1 << 10, (1 << 10) | 1)
+""" + SECUREBITS_LOGGER
+
+
+@pytest.mark.parametrize("how", ["setpriv", "no_ambient_raise"])
+def test_securebits_come_back_exactly(pidns, tmp_path, restored, request, how):
+    """A non-root process keeping some capability but not CAP_SETPCAP: its securebits were set in
+    two steps, the second one after its capabilities were dropped to the image's, without
+    CAP_SETPCAP. setpriv's (securebits 0) came back with KEEP_CAPS (0x10) on; one with
+    NO_SETUID_FIXUP and NO_CAP_AMBIENT_RAISE was not restored at all (that PR_SET_SECUREBITS:
+    EPERM; with CAP_SETPCAP, the ambient raise made after it: EPERM). Every set and the
+    securebits come back exactly."""
+    shared = _shared_dir(request)
+    if how == "setpriv":
+        argv, want_bits = [*SETPRIV_CAPS, sys.executable, "-c", SECUREBITS_LOGGER, str(shared)], 0
+    else:
+        argv, want_bits = [sys.executable, "-c", NO_AMBIENT_RAISE_WORKLOAD, str(shared)], 0x44
+    w = pidns(argv, ready_file=str(shared / "ready"), settle=0.2, stdin=subprocess.DEVNULL,
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    caps = _caps_of(w.init)
+    assert [(c[0], c[1], c[4]) for c in caps.values()] == \
+        [("0000000000000401", "0000000000000400", "0000000000000400")], caps
+    after = _caps_survive_restore(w, str(tmp_path / "bits.img"), shared / "caps.log", restored)
+    assert after and set(after) == {f"securebits={want_bits}"}, after
+
+
 # init asks to be SIGUSR1'd when its parent (unshare, outside) dies; its child, SIGUSR2 when init does.
 PDEATH_WORKLOAD = r"""
 import ctypes, os, signal, sys, time

@@ -10,7 +10,6 @@ task to itself, so that they keep their sender).
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import struct
 
@@ -44,8 +43,8 @@ def securebits_known(release: str | None = None) -> int:
 def early_securebits(target: int) -> int:
     """The securebits a thread gets before its ids change, while it still has CAP_SETPCAP: the
     image's, with KEEP_CAPS (the capabilities must survive the uid change), but not yet what would
-    stop the ambient raises that follow (NO_CAP_AMBIENT_RAISE) or lock KEEP_CAPS off. Set here, a
-    target the final permitted set could not set (no CAP_SETPCAP) needs no second call."""
+    stop the ambient raises that follow (NO_CAP_AMBIENT_RAISE) or lock KEEP_CAPS off. The rest is
+    set after the ids changed, with the capabilities KEEP_CAPS kept (CAP_SETPCAP among them)."""
     early = (target | SECBIT_KEEP_CAPS) & ~SECBIT_NO_CAP_AMBIENT_RAISE_BITS
     if not target & SECBIT_KEEP_CAPS:
         early &= ~SECBIT_KEEP_CAPS_LOCKED
@@ -102,10 +101,11 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
     would get all of the controller's back. Order: keep capabilities across the uid change
     (SECBIT_KEEP_CAPS, with as many of the image's securebits as can be set this early: each
     change needs CAP_SETPCAP, which the image's sets may not have), set the inheritable set and
-    shrink the bounding set while CAP_SETPCAP is still ours, change ids (which clears the effective set), make the whole target
-    permitted set effective for a moment to set the rest of the image's securebits if any and
-    raise the ambient ones, then capset the final effective set. Capabilities the controller itself lacks (this host's root
-    has no CAP_SYS_RESOURCE) cannot be given: every set is clamped to what the thread has.
+    shrink the bounding set while CAP_SETPCAP is still ours, change ids (which clears the
+    effective set), make every permitted capability the uid change kept effective for a moment to
+    raise the ambient ones and then set the image's securebits exactly, then capset the final
+    permitted and effective sets. Capabilities the controller itself lacks (this host's root has
+    no CAP_SYS_RESOURCE) cannot be given: every set is clamped to what the thread has.
     """
     tid = inj.t.tid
     ours = _capget(inj)
@@ -134,17 +134,21 @@ def apply_creds(inj: Injector, creds: dict, groups: list[int]) -> None:
             check(inj.syscall(SYS_setgroups, len(groups), addr), f"setgroups in {tid}")
         check(inj.syscall(SYS_setresgid, creds["gid"], creds["egid"], creds["sgid"]), f"setresgid in {tid}")
         check(inj.syscall(SYS_setresuid, creds["uid"], creds["euid"], creds["suid"]), f"setresuid in {tid}")
-    _capset(inj, prm, prm, inh)
-    if creds["securebits"] != early:
-        ret = inj.syscall(SYS_prctl, PR_SET_SECUREBITS, creds["securebits"])
-        if -4096 < ret < 0 and not (-ret == errno.EPERM and creds["securebits"] == early & ~SECBIT_KEEP_CAPS):
-            # EPERM clearing KEEP_CAPS alone: no CAP_SETPCAP left to do it with (docs/restore.md)
-            check(ret, f"prctl(PR_SET_SECUREBITS) in {tid}")
+    # What the uid change left: all of the controller's permitted set when `early` kept it
+    # (KEEP_CAPS), CAP_SETPCAP included, which the rest of the securebits need even where the
+    # image's own permitted set lacks it; nothing for a thread with no permitted capability, whose
+    # securebits are all set already.
+    kept = _capget(inj)["prm"]
+    _capset(inj, kept, kept, inh)
+    # The ambient raises before the securebits: the image's may hold NO_CAP_AMBIENT_RAISE, set
+    # after its ambient capabilities were raised, which refuses them.
     for cap in range(CAP_LAST + 1):
         if creds["cap_amb"] >> cap & 1 and prm >> cap & inh >> cap & 1:
             check(inj.syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
                    f"prctl(PR_CAP_AMBIENT_RAISE, {cap}) in {tid}")
-    _capset(inj, creds["cap_eff"] & prm, prm, inh)
+    if creds["securebits"] != early:
+        check(inj.syscall(SYS_prctl, PR_SET_SECUREBITS, creds["securebits"]), f"prctl(PR_SET_SECUREBITS) in {tid}")
+    _capset(inj, creds["cap_eff"] & prm, prm, inh)  # (ambient capabilities stay: all in prm and inh)
 
 
 def _capget(inj: Injector) -> dict[str, int]:
