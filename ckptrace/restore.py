@@ -154,7 +154,8 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     sockets' addresses exist there is asked for `--kill` too)."""
     from .kernel.ptrace import xstate_size
     from .restorer.files import binding_problems, check_files, nofile_problem
-    from .restorer.memory import ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, special_maps
+    from .restorer.memory import (ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, mdwe_problems,
+                                  special_maps)
     from .restorer.creds import creds_problems
     from .restorer.ownns import problems as unmade_ns_problems
     from .restorer.sched import sched_problems
@@ -188,6 +189,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
         if not isinstance(img.obj(t.mm_objref), Mm):
             problems.append(f"task {t.tid} has no address space")
         problems += sched_problems(t) + (creds_problems(t) if t.is_leader or t.own_creds else [])
+        problems += mdwe_problems(t) if t.is_leader else []
         if t.thread["robust_list"] and t.thread["robust_len"] != ROBUST_LIST_HEAD_SIZE:
             problems.append(f"task {t.tid}'s robust futex list is {t.thread['robust_len']} bytes long; "
                             f"the kernel takes {ROBUST_LIST_HEAD_SIZE} only")
@@ -773,6 +775,10 @@ class _Restore:
             # change (commit_creds), as they just may have (init's: see _finish)
             check(inj.syscall(SYS_prctl, PR_SET_PDEATHSIG, t.proc["pdeath_signal"]),
                   f"prctl(PR_SET_PDEATHSIG) in {t.tgid}")
+        # Last of what the process's memory needs (the seccomp filters' own mappings above, which
+        # a READ_IMPLIES_EXEC personality makes writable and executable); nothing injected after
+        # maps or mprotects memory.
+        memory.deny_write_exec(inj, t.tgid, t.proc["flags"])
 
     def _finish(self, files) -> None:
         from .kernel.procfs import cgroup_mounts

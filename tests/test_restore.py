@@ -4944,6 +4944,37 @@ def test_an_inheritable_capability_outside_the_permitted_set_comes_back(pidns, t
     assert after, "the restored process logs nothing"
 
 
+def _lines_after_restore(w, img, log, restored) -> tuple[set[str], dict]:
+    """`dump --kill` `w` to `img`, restore it: the lines its log `log` got in the 0.3 s after,
+    and restore's answer."""
+    dump_kill(w, img)
+    n = len(log.read_text().splitlines())
+    res = restore_json(img, restored)
+    time.sleep(0.3)
+    return set(log.read_text().splitlines()[n:]), res
+
+
+@pytest.mark.parametrize("mdwe", [1, 3])  # PR_MDWE_REFUSE_EXEC_GAIN, and with PR_MDWE_NO_INHERIT
+def test_memory_deny_write_execute_comes_back(pidns, tmp_path, restored, mdwe):
+    """tests/workloads/prctlwork.c: a process that set PR_SET_MDWE after mapping a writable and
+    executable page of its own came back without it (PR_GET_MDWE 0, and a new writable and
+    executable mapping allowed: a protection lifted). Every thread has it back, and the page
+    made before it is there again (it is set once the memory is)."""
+    import ctypes
+
+    if ctypes.CDLL(None).prctl(66, 0, 0, 0, 0) < 0:  # PR_GET_MDWE
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3)")
+    exe = workload_exe(tmp_path, "prctlwork", "-pthread")
+    w = pidns([exe, str(tmp_path), str(mdwe)], ready_file=str(tmp_path / "ready"), settle=0.2,
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = {f"main mdwe={mdwe} wx=0", f"worker mdwe={mdwe} wx=0"}
+    assert set((tmp_path / "prctl.log").read_text().splitlines()) == want
+    after, res = _lines_after_restore(w, str(tmp_path / "mdwe.img"), tmp_path / "prctl.log", restored)
+    assert after == want
+    with open(f"/proc/{res['init_pid']}/maps") as f:
+        assert any(line.split()[1] == "rwxp" for line in f)
+
+
 # uid 1000 without CAP_SETPCAP, its securebits NO_SETUID_FIXUP | NO_CAP_AMBIENT_RAISE set after it
 # raised an ambient capability
 NO_AMBIENT_RAISE_WORKLOAD = r"""

@@ -821,6 +821,21 @@ def test_securebits_the_kernel_does_not_know_are_named_before_anything_exists():
                                           "(0x500; it knows 0xff)"]
 
 
+def test_memory_deny_write_execute_is_refused_where_the_kernel_lacks_it():
+    """A process with PR_SET_MDWE (TASK_PROC.flags) on a kernel before 6.3 would come back without
+    that protection: the validation names it, and lets the same image through where it is known."""
+    from ckptrace.image.records import PROC_MDWE_REFUSE_EXEC_GAIN
+    from ckptrace.restorer.memory import mdwe_problems
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    t = img.task(1)
+    assert mdwe_problems(t, supported=False) == []
+    t.proc["flags"] |= PROC_MDWE_REFUSE_EXEC_GAIN
+    assert mdwe_problems(t, supported=True) == []
+    assert mdwe_problems(t, supported=False) == [
+        "process 1 denies write-execute memory (PR_SET_MDWE), which this kernel does not support"]
+
+
 def test_restore_root_does_not_follow_procs_links_to_the_hosts_files(tmp_path):
     """--root DIR of a namespace that was not chroot'ed takes /dev, /proc and /sys from the host,
     and a path through one of /proc's links (/proc/PID/root/..., which the dumper never writes)

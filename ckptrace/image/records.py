@@ -206,9 +206,12 @@ LOCK_TYPES = {0: "READ", 1: "WRITE"}  # F_RDLCK, F_WRLCK
 PROC_CHILD_SUBREAPER, PROC_THP_DISABLE = 0x1, 0x2  # TASK_PROC.flags
 PROC_MEMORY_MERGE = 0x4  # PR_SET_MEMORY_MERGE: KSM for every mapping, present and future
 PROC_MCE_KILL_SET, PROC_MCE_KILL_EARLY = 0x8, 0x10  # PR_MCE_KILL_SET, and its early/late choice
+# PR_GET_MDWE's PR_MDWE_REFUSE_EXEC_GAIN and PR_MDWE_NO_INHERIT (memory-deny-write-execute, the mm's)
+PROC_MDWE_REFUSE_EXEC_GAIN, PROC_MDWE_NO_INHERIT = 0x20, 0x40
 PROC_FLAG_NAMES = {PROC_CHILD_SUBREAPER: "CHILD_SUBREAPER", PROC_THP_DISABLE: "THP_DISABLE",
                    PROC_MEMORY_MERGE: "MEMORY_MERGE", PROC_MCE_KILL_SET: "MCE_KILL_SET",
-                   PROC_MCE_KILL_EARLY: "MCE_KILL_EARLY"}
+                   PROC_MCE_KILL_EARLY: "MCE_KILL_EARLY", PROC_MDWE_REFUSE_EXEC_GAIN: "MDWE_REFUSE_EXEC_GAIN",
+                   PROC_MDWE_NO_INHERIT: "MDWE_NO_INHERIT"}
 SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE",
                   6: "SCHED_DEADLINE", 7: "SCHED_EXT"}
 MAX_CPU_MASK = 1024  # bytes of affinity mask kept: 8192 CPUs
@@ -735,7 +738,8 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                            u32("dumpable")),
        Payload.BYTES, max_payload=8 * 4096,
        doc="Per-process state: umask, personality, process-wide pending signals, pdeath signal, "
-           "flags (child subreaper, THP disabled, memory merge, the leader's machine-check kill policy), oom_score_adj, dumpable (PR_GET_DUMPABLE); "
+           "flags (child subreaper, THP disabled, memory merge, the leader's machine-check kill policy, "
+           "memory-deny-write-execute as PR_GET_MDWE gives it; 0 in older images), oom_score_adj, dumpable (PR_GET_DUMPABLE); "
            "payload: cwd NUL root NUL (paths as the dumper saw them, like every path in the image), "
            "then the text of /proc/PID/cgroup as the dumper saw it, NUL; for pid 1, then the "
            "namespace's root (init's root directory, what restore --root moves), NUL."),

@@ -20,12 +20,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
-                              PROC_MEMORY_MERGE, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
+                              PROC_MDWE_NO_INHERIT, PROC_MDWE_REFUSE_EXEC_GAIN, PROC_MEMORY_MERGE, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
                               TASK_STOPPED, NSIG, SI_KERNEL, RecType, siginfo_code, siginfo_signo, siginfo_timer,
                               signal_name)
 from ..kernel import procfs
-from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MEMORY_MERGE, PR_GET_PDEATHSIG, PR_GET_THP_DISABLE,
-                           PR_GET_TID_ADDRESS, PR_GET_SECUREBITS, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_EARLY, PR_MCE_KILL_GET)
+from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MDWE, PR_GET_MEMORY_MERGE, PR_GET_PDEATHSIG, PR_GET_THP_DISABLE,
+                           PR_GET_TID_ADDRESS, PR_GET_SECUREBITS, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_EARLY, PR_MCE_KILL_GET,
+                           PR_MDWE_NO_INHERIT, PR_MDWE_REFUSE_EXEC_GAIN)
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
 from ..kernel.sysno import SYS_brk, SYS_mmap, SYS_munmap, SYS_prctl, SYS_rt_sigaction, SYS_sigaltstack
@@ -329,6 +330,11 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
         mce = checked(inj.syscall(SYS_prctl, PR_MCE_KILL_GET, 0, 0, 0, 0), f"prctl(PR_MCE_KILL_GET) in {p.hostpid}")
         if mce != PR_MCE_KILL_DEFAULT:
             p.flags |= PROC_MCE_KILL_SET | (PROC_MCE_KILL_EARLY if mce == PR_MCE_KILL_EARLY else 0)
+        # (EINVAL before Linux 6.3: then it is off)
+        mdwe = inj.syscall(SYS_prctl, PR_GET_MDWE, 0, 0, 0, 0)
+        if mdwe > 0:
+            p.flags |= (PROC_MDWE_REFUSE_EXEC_GAIN if mdwe & PR_MDWE_REFUSE_EXEC_GAIN else 0) | \
+                       (PROC_MDWE_NO_INHERIT if mdwe & PR_MDWE_NO_INHERIT else 0)
         p.dumpable = checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
         timers.collect(p, inj, ns_pid, proc)
         nsinfo.collect(p, inj, proc)

@@ -24,9 +24,10 @@ from typing import BinaryIO
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import File, Image, Mm, Vma
 from ..image.render import shown_path
-from ..image.records import PAGE_SIZE, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, FileType, RecType, VmaType
+from ..image.records import PAGE_SIZE, PROC_MDWE_NO_INHERIT, PROC_MDWE_REFUSE_EXEC_GAIN, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, FileType, RecType, VmaType
 from ..kernel import procfs
-from ..kernel.prctl import PR_SET_MM, PR_SET_MM_MAP, PR_SET_NAME
+from ..kernel.prctl import (PR_GET_MDWE, PR_MDWE_NO_INHERIT, PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, PR_SET_MM,
+                           PR_SET_MM_MAP, PR_SET_NAME)
 from ..kernel.ptrace import Injector
 from ..kernel.sysno import (SYS_close, SYS_madvise, SYS_mlock2, SYS_mlockall, SYS_mmap, SYS_mprotect,
                             SYS_mremap, SYS_munmap, SYS_prctl, SYS_pread64, SYS_rseq, SYS_set_robust_list,
@@ -423,6 +424,36 @@ def lock_future(inj: Injector, mm: Mm) -> None:
     if flags & VM_FLAG_BITS["lo"]:
         how = MCL_FUTURE | (MCL_ONFAULT if flags & VM_FLAG_BITS["lf"] else 0)
         check(inj.syscall(SYS_mlockall, how), f"mlockall(MCL_FUTURE) in {inj.t.tid}")
+
+
+def mdwe_bits(proc_flags: int) -> int:
+    """PR_SET_MDWE's argument for a process's TASK_PROC.flags (0: it had none)."""
+    return (PR_MDWE_REFUSE_EXEC_GAIN if proc_flags & PROC_MDWE_REFUSE_EXEC_GAIN else 0) | \
+           (PR_MDWE_NO_INHERIT if proc_flags & PROC_MDWE_NO_INHERIT else 0)
+
+
+def mdwe_problems(t, supported: bool | None = None) -> list[str]:
+    """A process with memory-deny-write-execute, on a kernel without it (before 6.3; `supported`:
+    whether the kernel has it, this one's by default): it cannot be given back, and restoring the
+    process without it would lift a protection."""
+    from ..kernel.sys import libc
+
+    if not t.proc or not mdwe_bits(t.proc["flags"]):
+        return []
+    if supported is None:
+        supported = libc.prctl(PR_GET_MDWE, 0, 0, 0, 0) >= 0
+    if supported:
+        return []
+    return [f"process {t.tid} denies write-execute memory (PR_SET_MDWE), which this kernel does not support"]
+
+
+def deny_write_exec(inj: Injector, tid: int, proc_flags: int) -> None:
+    """PR_SET_MDWE again if the process had it, once its memory and every injected mapping are in
+    place: it cannot be undone, and it refuses a mapping both writable and executable and an
+    mprotect that makes memory executable (all of its threads: it is the mm's). Late also because
+    without PR_MDWE_NO_INHERIT a fork keeps it, and its children are forked before."""
+    if bits := mdwe_bits(proc_flags):
+        check(inj.syscall(SYS_prctl, PR_SET_MDWE, bits, 0, 0, 0), f"prctl(PR_SET_MDWE) in {tid}")
 
 
 def set_comm(inj: Injector, comm: str) -> None:
