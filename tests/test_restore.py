@@ -4965,14 +4965,29 @@ def test_memory_deny_write_execute_comes_back(pidns, tmp_path, restored, mdwe):
     if ctypes.CDLL(None).prctl(66, 0, 0, 0, 0) < 0:  # PR_GET_MDWE
         pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3)")
     exe = workload_exe(tmp_path, "prctlwork", "-pthread")
-    w = pidns([exe, str(tmp_path), str(mdwe)], ready_file=str(tmp_path / "ready"), settle=0.2,
+    w = pidns([exe, str(tmp_path), str(mdwe), "none"], ready_file=str(tmp_path / "ready"), settle=0.2,
               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    want = {f"main mdwe={mdwe} wx=0", f"worker mdwe={mdwe} wx=0"}
+    want = {f"main mdwe={mdwe} wx=0 tsc=1", f"worker mdwe={mdwe} wx=0 tsc=1"}
     assert set((tmp_path / "prctl.log").read_text().splitlines()) == want
     after, res = _lines_after_restore(w, str(tmp_path / "mdwe.img"), tmp_path / "prctl.log", restored)
     assert after == want
     with open(f"/proc/{res['init_pid']}/maps") as f:
         assert any(line.split()[1] == "rwxp" for line in f)
+
+
+@pytest.mark.parametrize("who", ["worker", "main"])
+def test_a_threads_tsc_mode_comes_back(pidns, tmp_path, restored, who):
+    """tests/workloads/prctlwork.c: one thread made its rdtsc fault (PR_SET_TSC(PR_TSC_SIGSEGV):
+    PR_GET_TSC 2), and came back with it allowed (1). The kernel keeps it per thread (TIF_NOTSC)
+    and a clone inherits it: the main thread's is not its worker's, nor the worker's the main
+    thread's."""
+    exe = workload_exe(tmp_path, "prctlwork", "-pthread")
+    w = pidns([exe, str(tmp_path), "0", who], ready_file=str(tmp_path / "ready"), settle=0.2,
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = {f"{name} mdwe=0 wx=1 tsc={2 if name == who else 1}" for name in ("main", "worker")}
+    assert set((tmp_path / "prctl.log").read_text().splitlines()) == want
+    after, _ = _lines_after_restore(w, str(tmp_path / "tsc.img"), tmp_path / "prctl.log", restored)
+    assert after == want
 
 
 # uid 1000 without CAP_SETPCAP, its securebits NO_SETUID_FIXUP | NO_CAP_AMBIENT_RAISE set after it

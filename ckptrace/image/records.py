@@ -208,6 +208,8 @@ PROC_MEMORY_MERGE = 0x4  # PR_SET_MEMORY_MERGE: KSM for every mapping, present a
 PROC_MCE_KILL_SET, PROC_MCE_KILL_EARLY = 0x8, 0x10  # PR_MCE_KILL_SET, and its early/late choice
 # PR_GET_MDWE's PR_MDWE_REFUSE_EXEC_GAIN and PR_MDWE_NO_INHERIT (memory-deny-write-execute, the mm's)
 PROC_MDWE_REFUSE_EXEC_GAIN, PROC_MDWE_NO_INHERIT = 0x20, 0x40
+THREAD_TSC_SIGSEGV = 0x1  # THREAD.flags: PR_GET_TSC said PR_TSC_SIGSEGV (rdtsc faults)
+THREAD_FLAG_NAMES = {THREAD_TSC_SIGSEGV: "TSC_SIGSEGV"}
 PROC_FLAG_NAMES = {PROC_CHILD_SUBREAPER: "CHILD_SUBREAPER", PROC_THP_DISABLE: "THP_DISABLE",
                    PROC_MEMORY_MERGE: "MEMORY_MERGE", PROC_MCE_KILL_SET: "MCE_KILL_SET",
                    PROC_MCE_KILL_EARLY: "MCE_KILL_EARLY", PROC_MDWE_REFUSE_EXEC_GAIN: "MDWE_REFUSE_EXEC_GAIN",
@@ -648,15 +650,17 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
     _R(RecType.TASK_OBJS, (s32("files_objref"), s32("mm_objref")),
        doc="The task's file table and mm, by objref."),
     _R(RecType.THREAD, (s32("tid"), s32("tgid"), u64("blocked", "hex"), u64("pending", "hex"),
-                        u64("sas_ss_sp", "hex"), u64("sas_ss_size"), u32("sas_ss_flags"), pad(4),
+                        u64("sas_ss_sp", "hex"), u64("sas_ss_size"), u32("sas_ss_flags"),
+                        u32("flags", "flags", THREAD_FLAG_NAMES,
+                            doc="rdtsc faults in this thread (PR_GET_TSC said PR_TSC_SIGSEGV); padding, so 0, in older images"),
                         u64("rseq_ptr", "hex"), u32("rseq_len"), u32("rseq_sig", "hex"),
                         u64("robust_list", "hex", doc="head of the thread's robust futex list (get_robust_list; 0: none registered)"),
                         u32("robust_len", doc="its length as get_robust_list gives it: sizeof(struct robust_list_head), 24"),
                         u32("ioprio", "hex", doc="I/O priority (ioprio_get(IOPRIO_WHO_PROCESS, tid)): (class << 13) + level; "
                                                   "class 1 RT, 2 BE, 3 IDLE; 0: none set, CPU nice decides")),
-       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, rseq registration (area, length, signature; 0 when none), robust futex list, I/O priority. "
+       doc="Per-thread state: in-namespace tid/tgid, signal mask, thread-pending signals, sigaltstack, flags, rseq registration (area, length, signature; 0 when none), robust futex list, I/O priority. "
            "The fixed part (what follows the 8-byte header) is 80 bytes; older ckptrace versions wrote 48 (up to "
-           "sas_ss_flags and its padding) or 64 (up to rseq_sig), read with the missing fields 0.",
+           "flags, which were padding, 0, then) or 64 (up to rseq_sig), read with the missing fields 0.",
        older=(48, 64)),
     _R(RecType.CPU, tuple(u64(n, "hex") for n in REG_NAMES), Payload.BYTES, max_payload=MAX_XSAVE,
        doc="user_regs_struct (NT_PRSTATUS), then the XSAVE area (NT_X86_XSTATE, HEADER_ARCH.xstate_size bytes)."),

@@ -20,12 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..image.records import (EXIT_ZOMBIE, PROC_CHILD_SUBREAPER, PROC_MCE_KILL_EARLY, PROC_MCE_KILL_SET,
-                              PROC_MDWE_NO_INHERIT, PROC_MDWE_REFUSE_EXEC_GAIN, PROC_MEMORY_MERGE, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
+                              PROC_MDWE_NO_INHERIT, PROC_MDWE_REFUSE_EXEC_GAIN, PROC_MEMORY_MERGE, THREAD_TSC_SIGSEGV, PROC_THP_DISABLE, RLIMIT_NAMES, TASK_COMM_LEN, TASK_DEAD,
                               TASK_STOPPED, NSIG, SI_KERNEL, RecType, siginfo_code, siginfo_signo, siginfo_timer,
                               signal_name)
 from ..kernel import procfs
 from ..kernel.prctl import (PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_MDWE, PR_GET_MEMORY_MERGE, PR_GET_PDEATHSIG, PR_GET_THP_DISABLE,
-                           PR_GET_TID_ADDRESS, PR_GET_SECUREBITS, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_EARLY, PR_MCE_KILL_GET,
+                           PR_GET_TID_ADDRESS, PR_GET_TSC, PR_TSC_SIGSEGV, PR_GET_SECUREBITS, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_EARLY, PR_MCE_KILL_GET,
                            PR_MDWE_NO_INHERIT, PR_MDWE_REFUSE_EXEC_GAIN)
 from ..kernel.ptrace import Injector, Tracee, checked
 from ..kernel.sys import get_robust_list, ioprio_get, sched_getattr
@@ -65,6 +65,7 @@ class ThreadState:
     affinity: bytes = b""  # CPU bitmask, bit n = CPU n
     status: procfs.Status | None = None  # its own /proc/PID/task/TID/status: ids, groups, capabilities
     securebits: int = 0  # prctl(PR_GET_SECUREBITS), injected: per thread like the rest of its creds
+    tsc: int = 0  # prctl(PR_GET_TSC), injected: PR_TSC_ENABLE or PR_TSC_SIGSEGV, per thread (TIF_NOTSC)
     regs: list[int] = field(default_factory=list)
     xstate: bytes = b""
 
@@ -301,6 +302,9 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
         # The kernel keeps credentials per thread (a raw setresuid, capset or PR_SET_SECUREBITS
         # changes the calling thread only; glibc's setuid makes every thread call it).
         t.securebits = checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {t.hosttid}")
+        checked(inj.syscall(SYS_prctl, PR_GET_TSC, addr), f"prctl(PR_GET_TSC) in {t.hosttid}")
+        mem.seek(addr)
+        t.tsc = struct.unpack("<i", mem.read(4))[0]
 
 
 def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
@@ -384,6 +388,7 @@ def write_task_head(ctx: DumpContext, t: ThreadState, exit_code: int | None = No
     sp, flags, size = t.altstack
     ctx.w.record(RecType.THREAD, dict(tid=t.nstid, tgid=t.nstgid, blocked=t.blocked, pending=t.pending,
                                       sas_ss_sp=sp, sas_ss_size=size, sas_ss_flags=flags & 0xFFFFFFFF,
+                                      flags=THREAD_TSC_SIGSEGV if t.tsc == PR_TSC_SIGSEGV else 0,
                                       rseq_ptr=t.rseq[0], rseq_len=t.rseq[1], rseq_sig=t.rseq[2],
                                       robust_list=t.robust_list[0], robust_len=t.robust_list[1],
                                       ioprio=t.ioprio))

@@ -24,10 +24,11 @@ from typing import BinaryIO
 from ..errors import ImageError, KernelError, Unsupported
 from ..image.reader import File, Image, Mm, Vma
 from ..image.render import shown_path
-from ..image.records import PAGE_SIZE, PROC_MDWE_NO_INHERIT, PROC_MDWE_REFUSE_EXEC_GAIN, TASK_COMM_LEN, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, FileType, RecType, VmaType
+from ..image.records import (PAGE_SIZE, PROC_MDWE_NO_INHERIT, PROC_MDWE_REFUSE_EXEC_GAIN, TASK_COMM_LEN,
+                              THREAD_TSC_SIGSEGV, VM_EXEC, VM_FLAG_BITS, VM_GROWSDOWN, FileType, RecType, VmaType)
 from ..kernel import procfs
 from ..kernel.prctl import (PR_GET_MDWE, PR_MDWE_NO_INHERIT, PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, PR_SET_MM,
-                           PR_SET_MM_MAP, PR_SET_NAME)
+                           PR_SET_MM_MAP, PR_SET_NAME, PR_SET_TSC, PR_TSC_ENABLE, PR_TSC_SIGSEGV)
 from ..kernel.ptrace import Injector
 from ..kernel.sysno import (SYS_close, SYS_madvise, SYS_mlock2, SYS_mlockall, SYS_mmap, SYS_mprotect,
                             SYS_mremap, SYS_munmap, SYS_prctl, SYS_pread64, SYS_rseq, SYS_set_robust_list,
@@ -469,9 +470,13 @@ def set_comm(inj: Injector, comm: str) -> None:
 
 def set_thread_state(inj: Injector, task) -> None:
     """The task's name (comm), set_tid_address(clear_child_tid), the rseq registration, the robust
-    futex list and the sigaltstack of one task (memory and registers already in place:
-    registering rseq makes the kernel write the area)."""
+    futex list, the sigaltstack and the TSC mode of one task (memory and registers already in
+    place: registering rseq makes the kernel write the area)."""
     set_comm(inj, task.comm)
+    # Always, even PR_TSC_ENABLE: a thread cloned from a leader with PR_TSC_SIGSEGV inherits it.
+    # (Nothing injected runs rdtsc: the restored task executes only the syscall instruction.)
+    tsc = PR_TSC_SIGSEGV if task.thread["flags"] & THREAD_TSC_SIGSEGV else PR_TSC_ENABLE
+    check(inj.syscall(SYS_prctl, PR_SET_TSC, tsc), f"prctl(PR_SET_TSC) in {inj.t.tid}")
     check(inj.syscall(SYS_set_tid_address, task.fields["clear_child_tid"]), f"set_tid_address in {inj.t.tid}")
     th = task.thread
     if th["rseq_ptr"]:
