@@ -3707,6 +3707,18 @@ def test_a_namespace_restore_does_not_make_is_refused_by_name(pidns, tmp_path, k
     assert sorted(w.pids()) == before
 
 
+def test_a_time_namespace_without_offsets_migrates(pidns, tmp_path, restored):
+    """`unshare -T` with no offsets: its clocks read as the host's, so the restore, which puts it
+    in the controller's time namespace, changes nothing it can see: no refusal."""
+    w = pidns(["unshare", "-T", sys.executable, "-c", SLEEPER, str(tmp_path)], ready_file=str(tmp_path / "ready"),
+              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert os.readlink(f"/proc/{w.init}/ns/time") != os.readlink("/proc/self/ns/time")
+    img = str(tmp_path / "t0.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-o", img)
+    assert d.returncode == 0 and b"time namespace" not in d.stderr, d.stderr
+    restore_json(img, restored)
+
+
 NETNS_WORKLOAD = r"""
 import fcntl, os, select, socket, struct, sys, time
 d, port, abstract = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()

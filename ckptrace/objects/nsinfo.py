@@ -141,8 +141,12 @@ def _collect_time(p: "ProcState", proc: str) -> None:
     for_children = _ino(p.hostpid, "time_for_children", proc)
     if not entered and for_children == ours:
         return
+    offsets = procfs.timens_offsets(p.hostpid, proc)
+    if not any(offsets.values()) and (not entered or for_children == _ino(p.hostpid, "time", proc)):
+        p.own_ns &= ~CLONE_NEWTIME  # (no offsets: its clocks read the same where restore puts it)
+        return
     p.own_ns |= CLONE_NEWTIME
-    words = offset_words(procfs.timens_offsets(p.hostpid, proc))
+    words = offset_words(offsets)
     if not entered:
         p.ns_flags |= NS_TIME_CHILDREN
     elif for_children != _ino(p.hostpid, "time", proc):
