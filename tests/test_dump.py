@@ -1033,6 +1033,32 @@ def test_sysv_objects_of_its_own_ipc_namespace_are_refused(pidns, tmp_path):
     assert status_field(w.init, "TracerPid") == "0"
 
 
+MQ_LEFT = r"""
+import ctypes, os, sys, time
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+for name in (b"/ckptrace-q", b"/with space"):
+    fd = rt.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None)
+    assert fd >= 0, ctypes.get_errno()
+    assert rt.mq_send(fd, b"kept", 4, 0) == 0
+    os.close(fd)                              # no fd: the queue lives on in the IPC namespace
+open(sys.argv[1], "w").close()
+time.sleep(100)
+"""
+
+
+def test_posix_message_queues_left_in_its_own_ipc_namespace_are_refused(pidns, tmp_path):
+    """A POSIX message queue no fd holds (made, written and closed) lives on in the namespace's
+    IPC namespace: `--kill` went ahead and the restored namespace had no such queue (ENOENT).
+    Listed from inside, and refused by name like SysV objects; nothing is left mounted here."""
+    ready = tmp_path / "ready"
+    w = pidns(["unshare", "-i", sys.executable, "-c", MQ_LEFT, str(ready)], ready_file=str(ready))
+    mounts = open("/proc/self/mountinfo").read()
+    p = dump("--pidns", str(w.ns), "--kill", "-o", str(tmp_path / "x.img"), check=False)
+    assert_refused(p, "the namespace's IPC namespace holds 2 POSIX message queues (/ckptrace-q, /with space), "
+                      "which ckptrace cannot checkpoint")
+    assert status_field(w.init, "TracerPid") == "0" and open("/proc/self/mountinfo").read() == mounts
+
+
 def test_a_process_whose_main_thread_exited_is_refused_as_such(pidns, tmp_path):
     """pthread_exit in main: the leader is a zombie but the process lives on in its other thread.
     That is no unreaped child, and waiting will not help: it is refused as what it is, and left

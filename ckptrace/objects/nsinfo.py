@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from ..errors import CkptError, Unsupported
 from ..image.records import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, MNT_MISSING_MAX, NET_MISSING_MAX, NS_FLAG_NAMES,
                               NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN, TIME_OFFSETS_MAX, RecType)
+from ..image.render import listed
 from ..kernel import netns, procfs
 from ..kernel.ptrace import Injector, checked
 from ..restorer.ownns import reasons
@@ -92,9 +93,14 @@ def check_threads(procs: list["ProcState"], ns_pid: dict[int, int], proc: str) -
 def sysv_objects(pid: int, proc: str) -> list[str]:
     """What pid's IPC namespace holds that restore would lose, in words: SysV semaphore sets,
     message queues, and shared memory segments nobody has attached (attached ones come back as
-    the processes' shared memory, docs/restore.md). /proc/sysvipc shows the reader's IPC
-    namespace, so it is read from inside (nsenter)."""
-    script = "for f in sem msg shm; do echo \"== $f\"; cat /proc/sysvipc/$f; done"
+    the processes' shared memory, docs/restore.md), and POSIX message queues (an open one is
+    refused as an fd already; one no fd holds lives on in the namespace's mqueue filesystem).
+    /proc/sysvipc shows the reader's IPC namespace, and a mqueue filesystem mounted shows its
+    mounter's, so both are read from inside (nsenter; the mount on a temporary directory in a
+    mount namespace of its own, private: nothing outside sees it)."""
+    script = ("for f in sem msg shm; do echo \"== $f\"; cat /proc/sysvipc/$f; done; echo '== mq'; "
+              "unshare -m --propagation private sh -c "
+              "'d=$(mktemp -d) && mount -t mqueue ckptrace-mq \"$d\" && ls -A \"$d\"; umount \"$d\"; rmdir \"$d\"'")
     try:
         out = subprocess.run(["nsenter", f"--ipc={proc}/{pid}/ns/ipc", "sh", "-c", script],
                              capture_output=True, text=True, check=True, timeout=10).stdout
@@ -106,6 +112,8 @@ def sysv_objects(pid: int, proc: str) -> list[str]:
         if line.startswith("== "):
             kind = line[3:]
             rows[kind] = []
+        elif kind == "mq" and line:
+            rows[kind].append([line])  # (a queue's name, which may hold spaces)
         elif (cols := line.split()) and cols[0] != "key":
             rows[kind].append(cols)
     unattached = [r for r in rows.get("shm", []) if len(r) > 6 and r[6] == "0"]
@@ -116,6 +124,10 @@ def sysv_objects(pid: int, proc: str) -> list[str]:
                           "SysV shared memory segments no process has attached")):
         if n:
             out_words.append(one if n == 1 else f"{n} {many}")
+    queues = ["/" + r[0] for r in rows.get("mq", [])]
+    if queues:
+        out_words.append(f"{'a POSIX message queue' if len(queues) == 1 else f'{len(queues)} POSIX message queues'} "
+                         f"({listed(queues, 3)})")
     return out_words
 
 
