@@ -446,7 +446,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             ok = killed = True
     except OutputClosed as exc:
         raise OutputClosed(f"{exc}; {'not killing' if opts.kill else 'released'} pid:[{ns}]: its tasks run on") from None
-    except (CkptError, OSError) as exc:
+    except (CkptError, OSError):
         # A task killed under the dump shows up as whatever read of it failed first (its pagemap,
         # its memory, a ptrace request), naming a host pid only: say what happened instead.
         gone = frz.exited()
