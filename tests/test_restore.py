@@ -2412,7 +2412,8 @@ def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
                 time.sleep(0.02)
 
 
-ITIMER_WORKLOAD = r"""
+# a workload's start: SIGALRM counted in `ticks`
+ALARM_COUNTER = r"""
 import os, signal, sys, time
 ticks = 0
 
@@ -2421,6 +2422,9 @@ def on_alarm(sig, frame):
     ticks += 1
 
 signal.signal(signal.SIGALRM, on_alarm)
+"""
+
+ITIMER_WORKLOAD = ALARM_COUNTER + r"""
 signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
 signal.setitimer(signal.ITIMER_VIRTUAL, 100, 7)
 out = open(os.path.join(sys.argv[1], "timers.log"), "a", buffering=1)
@@ -2462,15 +2466,7 @@ def test_interval_timers_come_back(pidns, tmp_path, restored):
     assert all(float(x[2]) == 7.0 and 99 < float(x[1]) <= it["virtual_value"] / 1e6 for x in after), after
 
 
-FIRED_ITIMER_WORKLOAD = r"""
-import os, signal, sys, time
-ticks = 0
-
-def on_alarm(sig, frame):
-    global ticks
-    ticks += 1
-
-signal.signal(signal.SIGALRM, on_alarm)
+FIRED_ITIMER_WORKLOAD = ALARM_COUNTER + r"""
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
 signal.setitimer(signal.ITIMER_REAL, 0.02, 0.1)
 time.sleep(0.2)  # fired, its SIGALRM pending and blocked: not armed again until taken
