@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..image.reader import Image
 from ..image.records import CLONE_NEWCGROUP, CLONE_NEWTIME, CLONE_NEWUSER, NS_TIME_CHILDREN
 
+
 def reasons(own: int, flags: int, time_offsets: str, uid: int | None) -> list[tuple[int, str]]:
     """(CLONE_NEW* bit, why restore cannot keep it) for each namespace of `own` that restore does
     not make, in the order user, cgroup, time. Each reason reads after "it was in" or "it is in".
