@@ -168,16 +168,13 @@ class Freezer:
             lines = procfs.parse_cgroup(procfs.cgroup_text(pid, self.root))
         except CkptError:
             return  # (gone: the scan will say)
-        for _, controllers, path in lines:
-            key = procfs.cgroup_key(controllers)
-            mount = self._cgroup_mounts.get(key)
-            if mount is not None and (why := procfs.cgroup_freezer(mount, path, key)):
-                inner = st.nspid[-1] if st.nspid else "?"
-                thaw = "echo 0 >" if key == "" else "echo THAWED >"
-                file = "cgroup.freeze" if key == "" else "freezer.state"
-                raise Unsupported(f"pid {inner} (host pid {pid}) is in a frozen cgroup ({why}): a frozen task "
-                                  f"cannot run the calls the dump injects; thaw it first ({thaw} the {file} "
-                                  "named) and dump again")
+        for controllers, _, why in procfs.frozen_cgroups(lines, self._cgroup_mounts):
+            inner = st.nspid[-1] if st.nspid else "?"
+            thaw = "echo 0 >" if not controllers else "echo THAWED >"
+            file = "cgroup.freeze" if not controllers else "freezer.state"
+            raise Unsupported(f"pid {inner} (host pid {pid}) is in a frozen cgroup ({why}): a frozen task "
+                              f"cannot run the calls the dump injects; thaw it first ({thaw} the {file} "
+                              "named) and dump again")
 
     def _who(self, pid: int) -> str:
         """A host pid as the user knows it: "pid 3 inside the namespace (host pid 4242)" for one of

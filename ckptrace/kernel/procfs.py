@@ -458,6 +458,16 @@ def cgroup_freezer(mount: str, path: str, key: str) -> str | None:
     return None
 
 
+def frozen_cgroups(cgroups: list[tuple[int, str, str]], mounts: dict[str, str]) -> Iterator[tuple[str, str, str]]:
+    """Of `cgroups` (parse_cgroup lines), those frozen in the hierarchies `mounts`
+    (cgroup_mounts) has: (controllers, path, cgroup_freezer's words); "" controllers is v2."""
+    for _, controllers, path in cgroups:
+        key = cgroup_key(controllers)
+        mount = mounts.get(key)
+        if mount is not None and (why := cgroup_freezer(mount, path, key)):
+            yield controllers, path, why
+
+
 def cgroup_text(pid: int, root: str = PROC) -> str:
     return _read(f"{root}/{pid}/cgroup", f"read cgroup of {pid}")
 

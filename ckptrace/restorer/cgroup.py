@@ -38,14 +38,10 @@ def frozen_problems(processes, mounts: dict[str, str]) -> list[str]:
     run the last injected calls (timers, pending signals) and the restore waited for a thaw."""
     out = []
     for t in processes:
-        for _hid, controllers, path in t.cgroups:
-            key = procfs.cgroup_key(controllers)
-            mount = mounts.get(key)
-            if mount is None or path_problem(path):
-                continue
-            if why := procfs.cgroup_freezer(mount, path, key):
-                out.append(f"process {t.tid}'s {controllers or 'cgroup2'} cgroup {shown_path(path)} is frozen "
-                           f"here ({why}): thaw it first")
+        placeable = [c for c in t.cgroups if not path_problem(c[2])]  # (validate refuses the others)
+        for controllers, path, why in procfs.frozen_cgroups(placeable, mounts):
+            out.append(f"process {t.tid}'s {controllers or 'cgroup2'} cgroup {shown_path(path)} is frozen "
+                       f"here ({why}): thaw it first")
     return out
 
 
