@@ -149,19 +149,20 @@ def _collect_time(p: "ProcState", proc: str) -> None:
     fork, or `unshare -T` before it execs) only the one its children will enter, which restore
     would lose as well (NS_TIME_CHILDREN). Its clock offsets are kept in words."""
     ours = _ino("self", "time", proc)
-    entered = _ino(p.hostpid, "time", proc) != ours
+    its = _ino(p.hostpid, "time", proc)
+    entered = its != ours
     for_children = _ino(p.hostpid, "time_for_children", proc)
     if not entered and for_children == ours:
         return
     offsets = procfs.timens_offsets(p.hostpid, proc)
-    if not any(offsets.values()) and (not entered or for_children == _ino(p.hostpid, "time", proc)):
+    if not any(offsets.values()) and (not entered or for_children == its):
         p.own_ns &= ~CLONE_NEWTIME  # (no offsets: its clocks read the same where restore puts it)
         return
     p.own_ns |= CLONE_NEWTIME
     words = offset_words(offsets)
     if not entered:
         p.ns_flags |= NS_TIME_CHILDREN
-    elif for_children != _ino(p.hostpid, "time", proc):
+    elif for_children != its:
         # (timens_offsets shows its children's namespace: the one it is in is not to be read)
         words += " (of the time namespace its children enter, not of the one it is in)"
     p.time_offsets = _cut(words, TIME_OFFSETS_MAX)
