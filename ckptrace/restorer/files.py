@@ -24,7 +24,7 @@ import termios
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..errors import KernelError, Passing, Unsupported, UsageError, from_oserror
+from ..errors import KernelError, Passing, Unsupported, UsageError, errno_text, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
 from ..kernel.sys import AT_FDCWD, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
@@ -335,8 +335,7 @@ def _inet_binding_problems(img: Image, own_netns: bool, ports: bool) -> list[str
                 continue
             held = _inet_holders(f["protocol"], local) if exc.errno == errno.EADDRINUSE else ""
             problems.append(f"{_users(img, obj.objref)} ({_what(obj, ft)}): its address is taken here"
-                            f"{', by ' + held if held else ''}: "
-                            f"{errno.errorcode.get(exc.errno, exc.errno)} ({os.strerror(exc.errno or 0)})")
+                            f"{', by ' + held if held else ''}: {errno_text(exc.errno or 0)}")
     return problems
 
 
