@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fn = getattr(importlib.import_module(module), func)
         return int(fn(args) or 0)
-    except CkptError as exc:
-        print(f"ckptrace {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except Terminated as exc:
+    except (CkptError, Terminated) as exc:  # (Terminated: a BaseException, see errors.py)
         print(f"ckptrace {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:

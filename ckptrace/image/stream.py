@@ -336,15 +336,10 @@ class ImageFile:
                              f"{exc.strerror}{hint}") from None
         os.fchmod(self.fd, 0o600)  # mkstemp's mode already; said here because it matters
 
-    @property
-    def rewindable(self) -> bool:
-        """Whether `rewind` can take back what was written: a temporary file not yet committed
-        (a FIFO, device or socket has let its bytes go)."""
-        return self.tmp is not None
-
     def rewind(self) -> None:
-        """Empty the temporary file, to write the image again from its start (`dump --retry`)."""
-        assert self.rewindable
+        """Empty the temporary file, to write the image again from its start (`dump --retry`;
+        not for a FIFO, device or socket, which has let its bytes go)."""
+        assert self.tmp is not None
         try:
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
