@@ -756,7 +756,7 @@ class _Restore:
             tt.seccomp_suspended = tr.seccomp_suspended  # auto-attached with the leader's options
             tt.set_regs(fix_restart(th.regs, code, handler_first(self.img, th)))
             tt.set_xstate(th.xsave)
-            memory.set_thread_state(Injector(tt, insn=inj.insn), th)
+            memory.set_thread_state(Injector(tt, insn=inj.insn), th, inherited=t.thread["flags"])
         # Once every thread exists (a clone inherits filters and credentials, and clone3's set_tid
         # needs the leader's root capabilities), each thread gets its seccomp state, then its own
         # credentials (the image's for that thread, else its leader's): the kernel keeps them per

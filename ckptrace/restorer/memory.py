@@ -468,15 +468,19 @@ def set_comm(inj: Injector, comm: str) -> None:
         check(inj.syscall(SYS_prctl, PR_SET_NAME, addr), f"prctl(PR_SET_NAME) in {inj.t.tid}")
 
 
-def set_thread_state(inj: Injector, task) -> None:
+def set_thread_state(inj: Injector, task, inherited: int = 0) -> None:
     """The task's name (comm), set_tid_address(clear_child_tid), the rseq registration, the robust
     futex list, the sigaltstack and the TSC mode of one task (memory and registers already in
-    place: registering rseq makes the kernel write the area)."""
+    place: registering rseq makes the kernel write the area). `inherited`: the THREAD.flags of
+    the task it was cloned from once that one's state was set (a thread's leader), 0 for a
+    process forked by the restore (which runs with the TSC enabled)."""
     set_comm(inj, task.comm)
-    # Always, even PR_TSC_ENABLE: a thread cloned from a leader with PR_TSC_SIGSEGV inherits it.
-    # (Nothing injected runs rdtsc: the restored task executes only the syscall instruction.)
-    tsc = PR_TSC_SIGSEGV if task.thread["flags"] & THREAD_TSC_SIGSEGV else PR_TSC_ENABLE
-    check(inj.syscall(SYS_prctl, PR_SET_TSC, tsc), f"prctl(PR_SET_TSC) in {inj.t.tid}")
+    # Where it differs from what the clone inherited, PR_TSC_ENABLE too: a thread cloned from a
+    # leader with PR_TSC_SIGSEGV has it. (Nothing injected runs rdtsc: the restored task executes
+    # only the syscall instruction.)
+    if (task.thread["flags"] ^ inherited) & THREAD_TSC_SIGSEGV:
+        tsc = PR_TSC_SIGSEGV if task.thread["flags"] & THREAD_TSC_SIGSEGV else PR_TSC_ENABLE
+        check(inj.syscall(SYS_prctl, PR_SET_TSC, tsc), f"prctl(PR_SET_TSC) in {inj.t.tid}")
     check(inj.syscall(SYS_set_tid_address, task.fields["clear_child_tid"]), f"set_tid_address in {inj.t.tid}")
     th = task.thread
     if th["rseq_ptr"]:
