@@ -2501,6 +2501,37 @@ def test_a_fired_real_timer_keeps_ticking(pidns, tmp_path, restored):
     assert ticks and ticks[-1] >= 4, ticks  # the pending one, then ~6 more (1 alone: disarmed)
 
 
+FAST_ITIMER_WORKLOAD = ALARM_COUNTER + r"""
+signal.setitimer(signal.ITIMER_REAL, 0.011, 0.011)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_timer_firing_during_the_dump_keeps_its_signal(pidns, tmp_path):
+    """An ITIMER_REAL firing every 11 ms fires while the dump reads the process: each image has
+    its SIGALRM both queued and in the pending mask, or neither; and one that shows no time left
+    has it pending (restore would otherwise disarm the timer for good). A mask read before the
+    timer fired, with the queue peeked after, had the entry and not the bit: restore then queued
+    nothing, and the timer stopped (about 9 dumps in 10 on this machine)."""
+    from ckptrace.image.reader import read_image
+    from ckptrace.image.records import siginfo_signo
+
+    w = py_workload(pidns, FAST_ITIMER_WORKLOAD, tmp_path)
+    alrm = 1 << (signal.SIGALRM - 1)
+    for i in range(12):
+        img = tmp_path / f"t{i}.img"
+        d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", str(img))
+        assert d.returncode == 0, d.stderr.decode()
+        with open(img, "rb") as f:
+            t = read_image(f).tasks[0]
+        pending = t.proc["shared_pending"]
+        queued = {siginfo_signo(i) for i in t.shared_siginfo}
+        assert all(pending >> (s - 1) & 1 for s in queued), (i, hex(pending), queued)
+        assert t.itimers["real_value"] > 0 or pending & alrm, (i, t.itimers, hex(pending))
+
+
 CPU_ITIMER_WORKLOAD = r"""
 import os, signal, sys, time
 signal.setitimer(signal.ITIMER_VIRTUAL, 100, 7)

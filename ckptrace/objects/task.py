@@ -91,6 +91,7 @@ class ProcState:
     net_missing: bytes = b""  # and what a new network namespace with only lo lacks, in words
     mnt_missing: bytes = b""  # and the mounts only its own mount namespace has, in words
     time_offsets: bytes = b""  # and the clock offsets of its own time namespace, in words
+    shared_pending: int = 0  # process-wide pending mask (ShdPnd), read with shared_siginfo (pending_snapshot)
     shared_siginfo: list[bytes] = field(default_factory=list)  # process-wide queued signals' siginfo_t
     held_locks: list[tuple] = field(default_factory=list)  # (fd, kind, mode, start, end) from fdinfo
     nodename: bytes = b""
@@ -197,7 +198,7 @@ def signals_since_read(p: ProcState, proc: str) -> Counter:
     image: Counter = Counter()
     now: Counter = Counter()
     new_entries: list[tuple[bytes, int]] = []  # (siginfo, mask of the thread it is queued to)
-    image_bits = p.status.hex("ShdPnd")
+    image_bits = p.shared_pending
     now_bits = procfs.status(p.hostpid, None, proc).hex("ShdPnd")
     queues = [(t.siginfo, t.tracee.peek_siginfo(shared=False) + [info for _, info in t.tracee.owed], t.blocked)
               for t in p.threads]
@@ -268,7 +269,6 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     t.status = st
     t.nstid = st.nspid[-1]
     t.nstgid = procfs.status(t.hostpid, None, proc).nspid[-1] if t.hostpid != t.hosttid else t.nstid
-    t.pending = st.hex("SigPnd")
     # TASK.state: the task's state as the restorer should recreate it, not the ptrace stop we
     # hold it in: 0 (running) or 4 (__TASK_STOPPED) for a task that was in a job-control stop.
     t.state = TASK_STOPPED if t.tracee.group_stopped else 0
@@ -284,7 +284,8 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
     # thread's robust list head (in its TCB) at thread start, and nothing would after a restore.
     t.robust_list = get_robust_list(t.hosttid)
     t.ioprio = ioprio_get(t.hosttid)
-    t.siginfo = tr.peek_siginfo(shared=False)
+    t.pending, t.siginfo = pending_snapshot(lambda: procfs.status(t.hostpid, t.hosttid, proc).hex("SigPnd"),
+                                            lambda: tr.peek_siginfo(shared=False))
     # sched_getattr gives the nice value of a SCHED_OTHER/BATCH/IDLE thread only (0 for a
     # real-time or deadline one), but every task keeps one: it shows again when the thread goes
     # back to SCHED_OTHER. /proc's stat shows it for any policy.
@@ -305,6 +306,25 @@ def collect_thread(t: ThreadState, insn: int, proc: str) -> None:
         checked(inj.syscall(SYS_prctl, PR_GET_TSC, addr), f"prctl(PR_GET_TSC) in {t.hosttid}")
         mem.seek(addr)
         t.tsc = struct.unpack("<i", mem.read(4))[0]
+
+
+def pending_snapshot(read_mask, peek_queue) -> tuple[int, list[bytes]]:
+    """A pending mask and a queue of siginfo that agree with each other, from `read_mask()`
+    (SigPnd or ShdPnd) and `peek_queue()` (PTRACE_PEEKSIGINFO). Signals keep arriving at a held
+    task (a timer firing, a kill from outside), and the restore queues a signal again only when
+    both show it: an entry missing from a mask read before it arrived was dropped (a periodic
+    ITIMER_REAL whose SIGALRM was lost so stopped for good). The task dequeues nothing while held
+    (its injected calls run with every signal blocked), so pending signals only add up: a mask
+    read unchanged before and after the peek holds every entry the peek saw, and any entry of a
+    standard signal it shows was there to be seen."""
+    for _ in range(20):
+        before = read_mask()
+        queue = peek_queue()
+        after = read_mask()
+        if after == before:
+            return after, queue
+    # (a storm of signals: every queued entry is pending all the same)
+    return after | sum(1 << (sig - 1) for sig in {siginfo_signo(i) for i in queue} if 0 < sig <= NSIG), queue
 
 
 def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
@@ -340,9 +360,13 @@ def collect_process(p: ProcState, proc: str, ns_pid: dict[int, int]) -> None:
             p.flags |= (PROC_MDWE_REFUSE_EXEC_GAIN if mdwe & PR_MDWE_REFUSE_EXEC_GAIN else 0) | \
                        (PROC_MDWE_NO_INHERIT if mdwe & PR_MDWE_NO_INHERIT else 0)
         p.dumpable = checked(inj.syscall(SYS_prctl, PR_GET_DUMPABLE), f"prctl(PR_GET_DUMPABLE) in {p.hostpid}")
+        # The timers before the pending signals: an ITIMER_REAL that fired shows no time left
+        # until its SIGALRM is dequeued, which cannot happen while the process is held, so that
+        # SIGALRM is then in the snapshot below (restorer/timers.py apply).
         timers.collect(p, inj, ns_pid, proc)
         nsinfo.collect(p, inj, proc)
-        p.shared_siginfo = leader.tracee.peek_siginfo(shared=True)
+        p.shared_pending, p.shared_siginfo = pending_snapshot(
+            lambda: procfs.status(p.hostpid, None, proc).hex("ShdPnd"), lambda: leader.tracee.peek_siginfo(shared=True))
         p.securebits = checked(inj.syscall(SYS_prctl, PR_GET_SECUREBITS), f"prctl(PR_GET_SECUREBITS) in {p.hostpid}")
         # brk(0) returns the current break: /proc/PID/stat has only start_brk.
         p.brk = checked(inj.syscall(SYS_brk, 0), f"brk(0) in {p.hostpid}")
@@ -465,7 +489,7 @@ def write_proc(ctx: DumpContext, p: ProcState) -> None:
     cwd = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/cwd"))
     root = ctx.path(_readlink(f"{ctx.proc}/{p.hostpid}/root"))
     ctx.w.record(RecType.TASK_PROC, dict(
-        umask=st.umask, personality=procfs.personality(p.hostpid, ctx.proc), shared_pending=st.hex("ShdPnd"),
+        umask=st.umask, personality=procfs.personality(p.hostpid, ctx.proc), shared_pending=p.shared_pending,
         pdeath_signal=p.pdeath_signal, flags=p.flags, oom_score_adj=procfs.oom_score_adj(p.hostpid, ctx.proc),
         dumpable=p.dumpable),
         payload=b"".join(s.encode("utf-8", "surrogateescape") + b"\0"
