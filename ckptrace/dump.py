@@ -204,7 +204,6 @@ class Dumper:
             self._stage(f"reading the state of process {i + 1}/{len(live)}")
             task.collect_process(p, proc, ns_pid)
         ctx.image_notes += task.pdeath_notes(procs, proc)
-        ctx.image_notes += nsinfo.notes_unmade(live)  # (--kill refuses them: check_restorable)
         xs = procs[0].leader.xstate
         uts = os.uname()
         ctx.header_time = int(time.time())
@@ -411,15 +410,16 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     init_fd = None
     late_signals: list[int] = []
     # --kill migrates: the namespace dies, so the image must be one restore can rebuild. Checked
-    # on a sparse copy of what was written (the image itself may be going down a pipe).
-    shadow = tempfile.TemporaryFile(prefix="ckptrace-index-") if opts.kill else None
-    dumper = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno() if shadow else None)
+    # on a sparse copy of what was written (the image itself may be going down a pipe). A plain
+    # dump checks it too, once the tasks run again, and says what restore would refuse.
+    shadow = tempfile.TemporaryFile(prefix="ckptrace-index-")
+    dumper = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno())
     try:
         if on_progress is not None:
             on_progress("freezing the namespace")
         frz.freeze()
         ctx = dumper.run(frz)
-        if shadow is not None:
+        if opts.kill:
             if on_progress is not None:
                 on_progress("checking that restore can rebuild the image (--kill)")
             check_restorable(shadow, ns)
@@ -458,8 +458,16 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             release_held(dumper.ctx.tcp_held, killed=killed)
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
-        if shadow is not None:
+        if not ok:
             shadow.close()
+    if ok and not opts.kill:
+        with shadow:
+            if on_progress is not None:
+                on_progress("checking that restore can rebuild the image")
+            if why := restore_refusal(shadow):
+                s.notes.append(f"restore will refuse this image as things stand: {why}")
+    else:
+        shadow.close()
     if ok and opts.kill and init_fd is not None:
         if note := _wait_exit(init_fd, init, proc=opts.proc):
             s.notes.append(note)
@@ -557,8 +565,24 @@ def _wait_delivered(fd: int, sock, pending_req: int, written: int, wait: bool, t
 
 def check_restorable(shadow, ns: int) -> None:
     """Raise Unsupported, before `--kill` kills anything, when restore would refuse the image
-    (a TCP connection being closed, a process that entered from outside...): the same checks
-    `restore` makes, on the sparse copy of the image just written."""
+    (a TCP connection being closed, a process that entered from outside...)."""
+    if exc := _validation(shadow):
+        raise kill_refused(ns, str(exc), transient=exc.transient) from None
+
+
+def restore_refusal(shadow) -> str | None:
+    """For a plain dump, whose namespace runs on: why restore would refuse the image now, in
+    restore's words, or None. The user learns it while the namespace can still be changed, not
+    at the restore."""
+    from .restore import REFUSAL_PREFIX
+
+    exc = _validation(shadow)
+    return str(exc).removeprefix(REFUSAL_PREFIX) if exc else None
+
+
+def _validation(shadow) -> Unsupported | None:
+    """The checks `restore` makes, on the sparse copy of the image just written; what they
+    refused. The original holds its ports and paths until killed, so those are not checked."""
     from .image.reader import read_image
     from .restore import set_root, validate
 
@@ -566,9 +590,10 @@ def check_restorable(shadow, ns: int) -> None:
     try:
         img = read_image(shadow, skip_pages=True)
         set_root(img)
-        validate(img, bindings=False)  # (the original holds its ports and paths until killed)
+        validate(img, bindings=False)
     except Unsupported as exc:
-        raise kill_refused(ns, str(exc), transient=exc.transient) from None
+        return exc
+    return None
 
 
 # Character devices that take every write and keep nothing: mem 1:3 (/dev/null) and 1:5 (/dev/zero).

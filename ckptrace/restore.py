@@ -225,10 +225,11 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     problems += check_vmas(img)
     problems += check_mapped_files(img)
     if problems:
-        raise Unsupported("cannot restore this image: " + "; ".join(problems),
+        raise Unsupported(REFUSAL_PREFIX + "; ".join(problems),
                           transient=all(isinstance(p, Passing) for p in problems))
 
 
+REFUSAL_PREFIX = "cannot restore this image: "  # (dump.restore_refusal takes it off)
 OFF_MAX = (1 << 63) - 1  # loff_t: the largest file offset or size the kernel takes
 OPEN_FLAGS_MAX = (1 << 31) - 1  # open(2)'s flags are an int
 

@@ -31,7 +31,6 @@ from ..image.records import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, MNT_MISSI
 from ..image.render import listed
 from ..kernel import netns, procfs
 from ..kernel.ptrace import Injector, checked
-from ..restorer.ownns import reasons
 from .context import DumpContext
 from ..kernel.sysno import SYS_uname
 
@@ -177,17 +176,6 @@ def offset_words(offsets: dict[str, int]) -> str:
         shown = f"{secs}.{frac:09d}".rstrip("0") if frac else str(secs)
         words.append(f"{clock} {'-' if ns < 0 else '+'}{shown} s")
     return ", ".join(words)
-
-
-def notes_unmade(procs: list["ProcState"]) -> list[str]:
-    """For a dump: each process in a user, cgroup or time namespace of its own, which restore
-    will refuse (it does not make them, restorer/ownns.py), in words. After collect."""
-    out = []
-    for p in procs:
-        uid = p.status.ints("Uid")[1] if p.status is not None else None
-        for _, why in reasons(p.own_ns, p.ns_flags, p.time_offsets.decode("utf-8", "replace"), uid):
-            out.append(f"pid {p.nspid} (host pid {p.hostpid}) is in {why}; restore will refuse this image")
-    return out
 
 
 def collect_net(init: "ProcState", proc: str) -> list[str]:
