@@ -576,6 +576,20 @@ def test_task_ns_flags_and_words_read_from_two_three_or_four_strings(flags, name
         b"h", b"d", flags, net, mnt)
 
 
+def test_task_ns_cgroup_namespace_and_roots_read_from_the_sixth_and_seventh_strings():
+    """A cgroup namespace of its own is named after the pid of its first process, and its roots
+    are /proc/PID/cgroup lines (a path empty where unknown); older images end before them."""
+    names = b"h\0d\0\0\0\0" + b"1\0" + b"0::/a/ns\n3:freezer:/b\n5:memory:\n\0"
+    init = read_image(io.BytesIO(imagegen.build(ns=(0, names)))).task(1)
+    assert (init.cgroup_ns, init.cgroup_ns_roots) == (1, [(0, "", "/a/ns"), (3, "freezer", "/b"), (5, "memory", "")])
+    init = read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0\0\0offsets\0")))).task(1)
+    assert (init.cgroup_ns, init.cgroup_ns_roots, init.time_offsets) == (0, [], "offsets")
+    with pytest.raises(ImageError, match="TASK_NS's cgroup namespace is not named by a pid"):
+        read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0\0\0\0x1\0\0"))))
+    with pytest.raises(ImageError, match="TASK_NS's cgroup namespace roots are not /proc/PID/cgroup lines"):
+        read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0\0\0\0" + b"1\0freezer:/b\n\0"))))
+
+
 def test_decode_json_gives_each_record_type_one_set_of_keys(tmp_path):
     """Scripts read `decode --json` by key: a record type that has a payload always has the
     `payload` key, empty or not (a PAGE end marker, a FILE_PIPE with nothing buffered), and one

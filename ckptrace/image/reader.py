@@ -133,6 +133,11 @@ class Task:
     net_missing: str = ""  # TASK_NS: what of its own network namespace restore does not make, in words
     mnt_missing: str = ""  # TASK_NS: the mounts of its own mount namespace restore does not make, in words
     time_offsets: str = ""  # TASK_NS: the clock offsets of its own time namespace, in words
+    # TASK_NS, of a process with a cgroup namespace of its own: the pid of the image's first process
+    # in that namespace (0: not recorded, an older image), and the namespace's root per hierarchy
+    # (hierarchy id, controllers, path; path "" where it is unknown)
+    cgroup_ns: int = 0
+    cgroup_ns_roots: list[tuple[int, str, str]] = field(default_factory=list)
     siginfo: list[bytes] = field(default_factory=list)  # its own queued signals (siginfo_t)
     shared_siginfo: list[bytes] = field(default_factory=list)  # the process's (leaders only)
     nodename: bytes = b""
@@ -547,6 +552,15 @@ class _Parser:
                     t.mnt_missing = names[3].decode("utf-8", "replace")
                 if len(names) > 5:
                     t.time_offsets = names[4].decode("utf-8", "replace")
+                if len(names) > 6 and names[5]:
+                    if not names[5].isdigit() or not 0 < int(names[5]) < 1 << 31:
+                        self.fail(nsr, "TASK_NS's cgroup namespace is not named by a pid")
+                    t.cgroup_ns = int(names[5])
+                if len(names) > 7:
+                    try:
+                        t.cgroup_ns_roots = parse_cgroup(names[6].decode("utf-8", "surrogateescape"))
+                    except ValueError:
+                        self.fail(nsr, "TASK_NS's cgroup namespace roots are not /proc/PID/cgroup lines")
             if self.at(RecType.TASK_SIGINFO):
                 t.shared_siginfo = self.siginfo(shared=True)
             self.leaders[t.tid] = t

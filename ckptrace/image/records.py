@@ -184,8 +184,9 @@ SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 
 # TASK_NS.own: the namespaces a process did not share with the dumper (clone flags)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x04000000, 0x08000000, 0x40000000
 CLONE_NEWPID = 0x20000000
-# the kinds restore does not make (it refuses an image with them; 0 in images made before they
-# were recorded): a user, cgroup or time namespace of its own
+# recorded since restore made none of them (0 in images made before): a user, cgroup or time
+# namespace of its own. Restore refuses user and time ones, and a cgroup one in an image without
+# its root (TASK_NS's sixth and seventh strings)
 CLONE_NEWUSER, CLONE_NEWCGROUP, CLONE_NEWTIME = 0x10000000, 0x02000000, 0x00000080
 NS_FLAG_NAMES = {CLONE_NEWNS: "mnt", CLONE_NEWUTS: "uts", CLONE_NEWIPC: "ipc", CLONE_NEWNET: "net",
                  CLONE_NEWUSER: "user", CLONE_NEWCGROUP: "cgroup", CLONE_NEWTIME: "time"}
@@ -200,6 +201,8 @@ TASK_NS_FLAG_NAMES = {NS_LO_DOWN: "LO_DOWN", NS_OWN_PROC: "OWN_PROC", NS_TIME_CH
 NET_MISSING_MAX = 4096  # bytes of TASK_NS's third string: what a new network namespace would lack
 MNT_MISSING_MAX = 4096  # and of its fourth: the mounts of its own mount namespace restore does not make
 TIME_OFFSETS_MAX = 128  # and of its fifth: its own time namespace's clock offsets, in words
+CGROUP_NS_MAX = 16  # and of its sixth: the pid of the first process in its own cgroup namespace
+CGROUP_ROOTS_MAX = 8 * 4096  # and of its seventh: that namespace's roots (no longer than TASK_PROC's cgroup text)
 LOCK_POSIX, LOCK_FLOCK, LOCK_OFD = 1, 2, 3
 LOCK_KINDS = {LOCK_POSIX: "POSIX", LOCK_FLOCK: "FLOCK", LOCK_OFD: "OFD"}
 LOCK_TYPES = {0: "READ", 1: "WRITE"}  # F_RDLCK, F_WRLCK
@@ -707,11 +710,13 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "the leader's process records); payload: nsiginfo siginfo_t of 128 bytes, oldest first, "
            "as PTRACE_PEEKSIGINFO returns them."),
     _R(RecType.TASK_NS, (u32("own", "flags", NS_FLAG_NAMES), u32("flags", "flags", TASK_NS_FLAG_NAMES)), Payload.BYTES,
-       max_payload=2 * 65 + NET_MISSING_MAX + MNT_MISSING_MAX + TIME_OFFSETS_MAX,
+       max_payload=2 * 65 + NET_MISSING_MAX + MNT_MISSING_MAX + TIME_OFFSETS_MAX + CGROUP_NS_MAX + CGROUP_ROOTS_MAX,
        doc="Which of a process's mount, uts, ipc, net, user, cgroup and time namespaces were its "
            "own (not the dumper's), as CLONE_NEW* bits (user, cgroup and time: 0 in older "
-           "images; restore refuses a process with one of them, as it does not make them; time "
-           "also when only the namespace its children would enter was its own); flags (named "
+           "images; restore refuses a process with a user or time namespace of its own, as it "
+           "does not make them, time also when only the namespace its children would enter was "
+           "its own; and one with a cgroup namespace of its own whose root is not in the image, "
+           "as in older images); flags (named "
            "net in older images, where it was padding before that: 0): LO_DOWN for one with a "
            "network namespace of its own whose lo was down, OWN_PROC for one with a mount "
            "namespace of its own whose /proc was a proc of the namespace's own pid namespace, "
@@ -721,7 +726,14 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "lacks, in words (other interfaces, addresses, routes; empty or absent: nothing) NUL, "
            "then, optionally, the mounts only its own mount namespace had, in words (empty or "
            "absent: none) NUL, then, optionally, the clock offsets of its own time namespace "
-           "(/proc/PID/timens_offsets), in words (empty or absent: none) NUL."),
+           "(/proc/PID/timens_offsets), in words (empty or absent: none) NUL, then, for one with "
+           "a cgroup namespace of its own (empty or absent otherwise, and in older images): the "
+           "pid in the namespace of the image's first process (in TREE order) in that same cgroup "
+           "namespace, in decimal (every process sharing it says the same) NUL, then the "
+           "namespace's root in each hierarchy, as /proc/PID/cgroup lines (hierarchy id:"
+           "controllers:path, each ending in a newline; the path as the dumper sees it, like "
+           "TASK_PROC's cgroup text; empty for a hierarchy where the process's cgroup was outside "
+           "the root, which is then unknown) NUL."),
     _R(RecType.TASK_LOCKS, (u32("nlocks"), pad(4)), Payload.ENTRIES, max_payload=65536 * 32,
        entry=(u32("kind", "enum", LOCK_KINDS), u32("type", "enum", LOCK_TYPES), s32("fd"), pad(4),
               u64("start"), u64("length")),
