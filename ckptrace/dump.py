@@ -204,6 +204,7 @@ class Dumper:
             self._stage(f"reading the state of process {i + 1}/{len(live)}")
             task.collect_process(p, proc, ns_pid)
         ctx.image_notes += task.pdeath_notes(procs, proc)
+        nsinfo.collect_cgroup(live, proc)  # (restore's validation names a root none knew)
         xs = procs[0].leader.xstate
         uts = os.uname()
         ctx.header_time = int(time.time())

@@ -6,6 +6,8 @@ Pipeline (details in docs/restore.md):
   files      the controller opens every file object once (restorer.files);
   tree       clone3(CLONE_NEWPID, set_tid=[1]) makes init, which forks the rest with their
              own pids; each sets its fds/cwd/umask/handlers/rlimits and reports (restorer.tree);
+  cgroupns   once every process is seized, the image's own cgroup namespaces are made by the
+             processes in them, by injected unshare/setns (restorer.cgroupns);
   memory     the controller seizes each process and rebuilds its address space by syscall
              injection (restorer.memory), then registers, MM fields, threads (restorer.threads),
              masks, pending signals and credentials (restorer.creds);
@@ -161,6 +163,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     from .restorer.sched import sched_problems
     from .restorer.tree import tree_problems
     from .restorer.cgroup import frozen_problems as cgroup_frozen_problems
+    from .restorer.cgroupns import problems as cgroup_ns_problems
     from .kernel.procfs import cgroup_mounts
 
     problems: list[str] = []
@@ -217,6 +220,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     problems += unmade_ns_problems(img)
     problems += range_problems(img) + task_range_problems(img)
     problems += cgroup_frozen_problems(img.processes(), cgroup_mounts())
+    problems += cgroup_ns_problems(img, cgroup_mounts())
     problems += check_files(img)
     problems += binding_problems(img, held=not bindings)
     if (why := nofile_problem(img)) is not None:
@@ -513,6 +517,7 @@ class _Restore:
             files.notes += tty.set_foreground(self.img, files, self.injectors,
                                               {e["pgid"] for e in self.img.tree if e["pid"] == e["tgid"]})
             self._end_zombies()
+            self._make_cgroup_namespaces()
             procs = self.img.processes()
             for i, t in enumerate(procs):
                 shown[0] = f"process {i + 1}/{len(procs)} (pid {t.tid})"
@@ -706,6 +711,14 @@ class _Restore:
             _wait_zombie(host, z.tid)
             if z.fields["exit_signal"]:
                 self._drain_signal(self.img.tree_entry(z.tid)["ppid"], z.fields["exit_signal"])
+
+    def _make_cgroup_namespaces(self) -> None:
+        """The image's own cgroup namespaces (restorer/cgroupns.py): now, while every process is
+        one thread with the controller's credentials, before _process sets its own."""
+        from .kernel.procfs import cgroup_mounts
+        from .restorer import cgroupns
+
+        cgroupns.make(self.img, self.host, self.injectors, cgroup_mounts(), self.made_cgroups)
 
     def _drain_signal(self, pid: int, sig: int) -> None:
         """Take every pending `sig` back from held process `pid` (rt_sigtimedwait, no wait)."""

@@ -2412,6 +2412,171 @@ def test_cgroups_come_back_and_missing_ones_are_made(pidns, tmp_path, restored):
                 time.sleep(0.02)
 
 
+# init waits for `go` (the test has put it in its cgroups by then), makes a cgroup namespace of
+# its own there and forks a child into it; with argv[2] "own" the child waits for `go-child` (the
+# test has moved it on) and makes one of its own too. `child` says the child is done.
+CGROUPNS_WORKLOAD = r"""
+import ctypes, os, sys, time
+d, child_own = sys.argv[1], sys.argv[2] == "own"
+libc = ctypes.CDLL(None, use_errno=True)
+
+def wait_for(name):
+    while not os.path.exists(os.path.join(d, name)):
+        time.sleep(0.02)
+
+def unshare_cgroup():
+    if libc.unshare(0x02000000) != 0:  # CLONE_NEWCGROUP
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWCGROUP)")
+
+open(os.path.join(d, "ready"), "w").close()
+wait_for("go")
+unshare_cgroup()
+if os.fork() == 0:
+    if child_own:
+        wait_for("go-child")
+        unshare_cgroup()
+    open(os.path.join(d, "child"), "w").close()
+while True:
+    time.sleep(1)
+"""
+
+
+def _cgroup_views(host: int) -> tuple[str, str, int]:
+    """A process's /proc/PID/cgroup as the host reads it, as read from inside its own cgroup
+    namespace (nsenter), and that namespace's inode."""
+    with open(f"/proc/{host}/cgroup") as f:
+        outside = f.read()
+    inside = subprocess.run(["nsenter", f"--cgroup=/proc/{host}/ns/cgroup", "cat", f"/proc/{host}/cgroup"],
+                            capture_output=True, text=True, check=True).stdout
+    return outside, inside, os.stat(f"/proc/{host}/ns/cgroup").st_ino
+
+
+def _move(pid: int, *cgroups: str) -> None:
+    for cg in cgroups:
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+
+@pytest.mark.parametrize("child", ["shared", "own"])
+def test_a_cgroup_namespace_comes_back_with_its_root(pidns, tmp_path, restored, child):
+    """Init made a cgroup namespace of its own in cgroup2 `ckpt-test-…/ns` and v1 freezer
+    `ckpt-test-…`; its child moved into `sub` of both after (shared: it is in init's namespace,
+    whose root it is below; own: it made one of its own there). Restore refused such an image;
+    now it makes the namespaces again: the host sees the dumped paths, each process sees from
+    inside what it saw before the dump (`0::/`, or `0::/sub` below init's root), init and its
+    child share one namespace or have one each as they did, none the host's. The cgroups are
+    gone by restore time (as on a new host): the roots are made again too."""
+    from ckptrace.kernel.procfs import cgroup_mounts
+
+    mounts = cgroup_mounts()
+    assert "" in mounts and "freezer" in mounts, mounts  # this machine kind: hybrid
+    top = os.path.join(mounts[""], f"ckpt-test-{os.getpid()}")
+    v2, v1 = os.path.join(top, "ns"), os.path.join(mounts["freezer"], f"ckpt-test-{os.getpid()}")
+    v2_sub, v1_sub = os.path.join(v2, "sub"), os.path.join(v1, "sub")
+    for d in (v2_sub, v1_sub):
+        os.makedirs(d)
+    w = None
+    try:
+        w = pidns([sys.executable, "-c", CGROUPNS_WORKLOAD, str(tmp_path), child],
+                  ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL)
+        _move(w.init, v2, v1)
+        (tmp_path / "go").touch()
+        deadline = time.monotonic() + 5
+        while len(w.pids()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        kid = max(w.pids())
+        _move(kid, v2_sub, v1_sub)
+        (tmp_path / "go-child").touch()
+        while not (tmp_path / "child").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        before = {nspid(h): _cgroup_views(h) for h in w.pids()}
+        host_ns = os.stat("/proc/self/ns/cgroup").st_ino
+        init_in = before[1][1].splitlines()
+        assert "0::/" in init_in and any(x.endswith(":freezer:/") for x in init_in), init_in
+        kid_in = before[2][1].splitlines()
+        below = "/" if child == "own" else "/sub"
+        assert f"0::{below}" in kid_in and any(x.endswith(f":freezer:{below}") for x in kid_in), kid_in
+        assert (before[1][2] == before[2][2]) == (child == "shared") and host_ns not in (before[1][2], before[2][2])
+        img = str(tmp_path / "cgns.img")
+        dump_kill(w, img)
+        deadline = time.monotonic() + 5
+        for d in (v2_sub, v2, top, v1_sub, v1):
+            while os.path.exists(d):
+                assert time.monotonic() < deadline, d
+                with contextlib.suppress(OSError):  # (the killed tasks are not all reaped yet)
+                    os.rmdir(d)
+                time.sleep(0.02)
+        res = restore_json(img, restored)
+        after = {nspid(h): _cgroup_views(h) for h in ns_pids(res["pidns"])}
+        assert sorted(after) == [1, 2]
+        for pid in (1, 2):
+            assert after[pid][:2] == before[pid][:2], (pid, before[pid], after[pid])
+        assert (after[1][2] == after[2][2]) == (child == "shared"), after
+        # (not compared with the dumped ones': gone, their inode numbers are given out again)
+        assert host_ns not in (after[1][2], after[2][2])
+    finally:
+        if w is not None:  # (not killed by a dump that failed: its cgroups go once it is reaped)
+            w.kill()
+        for r in restored:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(r, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        for d in (v2_sub, v2, top, v1_sub, v1):
+            while os.path.exists(d) and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+                time.sleep(0.02)
+
+
+def test_a_cgroup_namespace_whose_root_no_process_is_under_is_refused(pidns, tmp_path):
+    """Init made its cgroup namespace in cgroup2 `ckpt-test-…/ns`, then was moved out to a
+    sibling: from inside it reads `0::/../out`, which does not name the root. The dump says
+    restore will refuse the image, `dump --kill` refuses to kill, restore refuses it."""
+    from ckptrace.kernel.procfs import cgroup_mounts
+
+    top = os.path.join(cgroup_mounts()[""], f"ckpt-test-{os.getpid()}")
+    ns, out = os.path.join(top, "ns"), os.path.join(top, "out")
+    for d in (ns, out):
+        os.makedirs(d)
+    w = None
+    try:
+        w = pidns([sys.executable, "-c", CGROUPNS_WORKLOAD, str(tmp_path), "shared"],
+                  ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL)
+        _move(w.init, ns)
+        (tmp_path / "go").touch()
+        deadline = time.monotonic() + 5
+        while not (tmp_path / "child").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for pid in w.pids():
+            _move(pid, out)
+        assert "0::/../out" in _cgroup_views(w.init)[1].splitlines()
+        img = str(tmp_path / "out.img")
+        d = ckptrace("dump", "--pidns", str(w.ns), "-q", "-o", img)
+        err = d.stderr.decode()
+        assert d.returncode == 0 and "restore will refuse this image as things stand: " in err and \
+            "process 1's cgroup namespace has no known root in the cgroup2 hierarchy" in err, err
+        before = sorted(w.pids())
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", img)
+        assert d.returncode != 0 and b"not killing" in d.stderr and sorted(w.pids()) == before, d.stderr
+        r = ckptrace("restore", img)
+        assert r.returncode != 0 and "process 1's cgroup namespace has no known root in the cgroup2 hierarchy" in \
+            r.stderr.decode(), r.stderr
+    finally:
+        if w is not None:  # (now: its cgroups go once it is reaped)
+            w.kill()
+        deadline = time.monotonic() + 5
+        for d in (ns, out, top):
+            while os.path.exists(d) and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+                time.sleep(0.02)
+
+
 # a workload's start: SIGALRM counted in `ticks`
 ALARM_COUNTER = r"""
 import os, signal, sys, time
@@ -3675,7 +3840,7 @@ def _unmade_ns_workload(pidns, tmp_path, kind: str):
     elif kind == "time_children":
         w = pidns([sys.executable, "-c", TIMENS_FOR_CHILDREN, str(tmp_path)], ready_file=str(tmp_path / "ready"), **quiet)
     else:
-        unshare = {"cgroup": ["-C"], "time": ["-T", "--monotonic=1000000", "--boottime=2000000"]}[kind]
+        unshare = {"time": ["-T", "--monotonic=1000000", "--boottime=2000000"]}[kind]
         w = pidns(["unshare", *unshare, sys.executable, "-c", SLEEPER, str(tmp_path)],
                   ready_file=str(tmp_path / "ready"), **quiet)
     if kind == "time_children":
@@ -3689,17 +3854,16 @@ def _unmade_ns_workload(pidns, tmp_path, kind: str):
 @pytest.mark.parametrize("kind,said", [
     ("user", "was in a user namespace of its own: restore does not make user namespaces, it would come back as "
              "host uid 100000 with its capabilities over the host"),
-    ("cgroup", "was in a cgroup namespace of its own (unshare -C"),
     ("time", "was in a time namespace of its own, with offsets monotonic +1000000 s, boottime +2000000 s"),
     ("time_children", "was in a time namespace of its own for its children to enter (unshare(CLONE_NEWTIME)), "
                       "with offsets monotonic +3000 s, boottime +0 s"),
 ])
 def test_a_namespace_restore_does_not_make_is_refused_by_name(pidns, tmp_path, kind, said):
-    """User, cgroup and time namespaces of its own: restore puts every process in the
-    controller's, so a container with uid 0 mapped to host uid 100000 came back as uid 100000
-    with every capability over the host (/etc/shadow readable), one with its own cgroup
-    namespace saw the host's cgroup paths, one in a time namespace had its monotonic and boot
-    clocks jump by the offsets, all without a word. Now `dump --kill` refuses, naming the
+    """User and time namespaces of its own: restore puts every process in the controller's, so
+    a container with uid 0 mapped to host uid 100000 came back as uid 100000 with every
+    capability over the host (/etc/shadow readable), one in a time namespace had its monotonic
+    and boot clocks jump by the offsets, both without a word (a cgroup namespace is made again:
+    test_a_cgroup_namespace_comes_back_with_its_root). Now `dump --kill` refuses, naming the
     process and the namespace, and leaves it running; a plain dump writes the image and says
     restore will refuse it; and restore refuses it before it makes anything."""
     from ckptrace.image.reader import read_image

@@ -892,3 +892,71 @@ def test_listed_names_the_first_and_counts_the_rest():
     assert listed(["pid 2 fd 3", "pid 2 fd 4", "pid 3 fd 0", "pid 4 fd 1"], keep=3) == \
         "pid 2 fd 3, pid 2 fd 4, pid 3 fd 0 (and 1 more)"
     assert listed([1, 2, 3], keep=3) == "1, 2, 3"
+
+
+def _cgroup_ns_image(roots1, roots3, cgroups1=((0, "", "/ns"), (3, "freezer", "/f")), cgroups3=None):
+    """The sample image with processes 1 and 3 in one cgroup namespace of their own (named after
+    1) whose roots they recorded as `roots1` and `roots3`."""
+    from ckptrace.image.records import CLONE_NEWCGROUP
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    for t, roots, cgroups in ((img.task(1), roots1, cgroups1), (img.task(3), roots3, cgroups3 or cgroups1)):
+        t.own_ns |= CLONE_NEWCGROUP
+        t.cgroup_ns, t.cgroup_ns_roots, t.cgroups = 1, list(roots), list(cgroups)
+    return img
+
+
+def test_a_cgroup_namespace_is_refused_only_where_it_cannot_be_made():
+    """Restore makes a cgroup namespace of its own again from its recorded roots; it refuses an
+    image that lacks them (made before they were recorded), a root no member knew, a hierarchy not
+    mounted here, a root not above a member's cgroup, members that disagree, and a namespace
+    named after a process not in it."""
+    from ckptrace.restorer.cgroupns import problems
+    from ckptrace.restorer.ownns import problems as unmade
+
+    mounts = {"": "/sys/fs/cgroup/unified", "freezer": "/sys/fs/cgroup/freezer"}
+    ok = [(0, "", "/ns"), (3, "freezer", "/")]
+    img = _cgroup_ns_image(ok, ok, cgroups3=((0, "", "/ns/sub"), (3, "freezer", "/f")))
+    assert problems(img, mounts) == [] and unmade(img) == []
+    # (a process outside the root knows nothing of it there: another member does)
+    assert problems(_cgroup_ns_image(ok, [(0, "", ""), (3, "freezer", "/")], cgroups3=((0, "", "/x"),)),
+                    mounts) == []
+
+    old = _cgroup_ns_image(ok, ok)
+    for t in old.processes():
+        t.cgroup_ns, t.cgroup_ns_roots = 0, []
+    assert problems(old, mounts) == []
+    (why,) = unmade(old)
+    assert why.startswith("process 1 (host pid ") and "cgroup namespace of its own (unshare -C, or a container's: " \
+        "Docker's on cgroup v2) whose root the image does not hold (made by an older ckptrace: dump it again)" in why
+    assert why.endswith("(and 1 other process in one too)"), why
+
+    unknown = [(0, "", ""), (3, "freezer", "/")]
+    assert problems(_cgroup_ns_image(unknown, unknown), mounts) == [
+        "process 1's cgroup namespace has no known root in the cgroup2 hierarchy: every process in it was in a "
+        "cgroup outside that root at the dump"]
+    assert problems(_cgroup_ns_image(ok, ok), {"": mounts[""]}) == [
+        "process 1 had a cgroup namespace of its own, rooted in the freezer hierarchy too, not mounted here: "
+        "restore cannot put its root there"]
+    assert problems(_cgroup_ns_image(ok, ok, cgroups3=((0, "", "/nsx"),)), mounts) == [
+        "process 3's cgroup2 cgroup /nsx is not under the root /ns of its cgroup namespace"]
+    assert problems(_cgroup_ns_image(ok, [(0, "", "/other"), (3, "freezer", "/")]), mounts) == [
+        "processes 1 and 3 share a cgroup namespace whose cgroup2 root they disagree on (/ns and /other)"]
+    bad = [(0, "", "/../up")]
+    assert problems(_cgroup_ns_image(bad, bad, cgroups1=((0, "", "/../up"),)), mounts)[0] == (
+        "process 1's cgroup namespace's cgroup2 root /../up leaves its hierarchy ('..': was it dumped from inside "
+        "a cgroup namespace?)")
+    stray = _cgroup_ns_image(ok, ok)
+    stray.task(1).cgroup_ns = stray.task(3).cgroup_ns = 2
+    assert problems(stray, mounts) == ["process 1's cgroup namespace is named after process 2, which is not in it"]
+
+
+@pytest.mark.parametrize("path, inside, root", [
+    ("/a/ns", "/", "/a/ns"), ("/a/ns/sub", "/sub", "/a/ns"), ("/ns", "/ns", "/"), ("/", "/", "/"),
+    ("/a/nsub", "/sub", ""),  # (a name's end is no cgroup)
+    ("/a/x", "/../x", ""),  # outside the root: from inside, its name is not said
+])
+def test_a_cgroup_namespace_root_is_the_path_less_what_it_is_inside(path, inside, root):
+    from ckptrace.objects.nsinfo import cgroup_ns_root
+
+    assert cgroup_ns_root(path, inside) == root

@@ -1,5 +1,6 @@
 """Network namespaces: what one holds (its interfaces, addresses and routes, read from inside it
 through pyroute2, for the dump), and a new one made and entered by the controller (restore).
+(call_in also reads from inside a cgroup namespace, for the dump: nsinfo.collect_cgroup.)
 
 A network namespace is per thread: setns(CLONE_NEWNET) and unshare(CLONE_NEWNET) move the
 calling thread only, and a socket belongs for good to the namespace its creator was in when it
@@ -19,6 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import KernelError, check_errno
+from ..image.records import CLONE_NEWCGROUP
 from .sys import libc
 
 CLONE_NEWNET = 0x40000000
@@ -78,18 +80,24 @@ def _view() -> NetView:  # pragma: no cover - runs in the forked child of call_i
     return out
 
 
-def call_in(pid: int, fn, what: str, proc: str = "/proc"):
-    """fn() run in the network namespace of host pid `pid`, by a forked child that joins it
-    (setns): its answer comes back pickled through a pipe. Raises KernelError when the child
-    cannot join or fn fails there (the child's own errno does not reach us: EIO)."""
-    nsfd = os.open(f"{proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+# the namespaces call_in joins: /proc/PID/ns name -> (setns's CLONE_NEW* type, in words)
+CALL_IN_KINDS = {"net": (CLONE_NEWNET, "network"), "cgroup": (CLONE_NEWCGROUP, "cgroup")}
+
+
+def call_in(pid: int, fn, what: str, proc: str = "/proc", kind: str = "net"):
+    """fn() run in the network namespace (or the CALL_IN_KINDS `kind`) of host pid `pid`, by a
+    forked child that joins it (setns): its answer comes back pickled through a pipe. Raises
+    KernelError when the child cannot join or fn fails there (the child's own errno does not
+    reach us: EIO)."""
+    nstype, words = CALL_IN_KINDS[kind]
+    nsfd = os.open(f"{proc}/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
     r, w = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         status = 1
         try:
             os.close(r)
-            if libc.setns(nsfd, CLONE_NEWNET) == 0:
+            if libc.setns(nsfd, nstype) == 0:
                 data = pickle.dumps(fn())
                 with os.fdopen(w, "wb") as f:
                     f.write(data)
@@ -102,7 +110,7 @@ def call_in(pid: int, fn, what: str, proc: str = "/proc"):
         data = f.read()
     _, status = os.waitpid(child, 0)
     if status != 0 or not data:
-        raise KernelError(f"{what} in the network namespace of pid {pid} failed", errno.EIO)
+        raise KernelError(f"{what} in the {words} namespace of pid {pid} failed", errno.EIO)
     return pickle.loads(data)
 
 

@@ -12,22 +12,26 @@ routes); of its own mount namespace, whether /proc there was the namespace's own
 the mounts the dumper's mount namespace does not have (which restore does not make); the dump
 and the restore note both.
 
-Of user, cgroup and time namespaces, which restore does not make, the dump records whether a
-process had one of its own (for time also one made for its children only, and its clock
-offsets): restore, and so `dump --kill`, refuses such an image (restorer/ownns.py), and a plain
-dump notes it. A thread in another one than its leader is refused, as for the other kinds.
+Of user and time namespaces, which restore does not make, the dump records whether a process
+had one of its own (for time also one made for its children only, and its clock offsets):
+restore, and so `dump --kill`, refuses such an image (restorer/ownns.py), and a plain dump notes
+it. Of a cgroup namespace of its own it records which of the image's processes share it and its
+root in each hierarchy, from which restore makes it again (restorer/cgroupns.py). A thread in
+another one than its leader is refused, as for the other kinds.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..errors import CkptError, Unsupported
-from ..image.records import (CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, MNT_MISSING_MAX, NET_MISSING_MAX, NS_FLAG_NAMES,
-                              NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN, TIME_OFFSETS_MAX, RecType)
+from ..image.records import (CLONE_NEWCGROUP, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, MNT_MISSING_MAX,
+                              NET_MISSING_MAX, NS_FLAG_NAMES, NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN,
+                              TIME_OFFSETS_MAX, RecType)
 from ..image.render import listed
 from ..kernel import netns, procfs
 from ..kernel.ptrace import Injector, checked
@@ -178,6 +182,42 @@ def offset_words(offsets: dict[str, int]) -> str:
     return ", ".join(words)
 
 
+def collect_cgroup(procs: list["ProcState"], proc: str) -> None:
+    """For each process with a cgroup namespace of its own (after collect): which of `procs`
+    share it, as the pid in the namespace of the first of them (p.cgroup_ns: one namespace is
+    made per pid), and its root in each hierarchy (p.cgroup_ns_roots), which restore makes it
+    again from. A namespace's root is the cgroup its maker was in when it made it; no file
+    names it, but /proc/PID/cgroup shows paths relative to the reader's cgroup namespace: the
+    process's path as we see it, less the same path read from inside its namespace (by a
+    forked child that joins it), is the root. From inside, a cgroup outside the root reads as
+    "/.."-something, which does not say what the root is: left empty (restore refuses a
+    namespace whose root none of its processes knew, and a plain dump says so with its other
+    refusals: dump.restore_refusal)."""
+    first: dict[int, int] = {}  # cgroup namespace inode -> pid of the first process in it
+    for p in procs:
+        if not p.own_ns & CLONE_NEWCGROUP:
+            continue
+        p.cgroup_ns = str(first.setdefault(_ino(p.hostpid, "cgroup", proc), p.nspid)).encode()
+        outside = procfs.parse_cgroup(procfs.cgroup_text(p.hostpid, proc))
+        inside = {hid: path for hid, _, path in procfs.parse_cgroup(netns.call_in(
+            p.hostpid, functools.partial(procfs.cgroup_text, p.hostpid, proc), "reading /proc/PID/cgroup", proc,
+            kind="cgroup"))}
+        p.cgroup_ns_roots = "".join(f"{hid}:{controllers}:{cgroup_ns_root(path, inside.get(hid, ''))}\n"
+                                    for hid, controllers, path in outside).encode("utf-8", "surrogateescape")
+
+
+def cgroup_ns_root(path: str, inside: str) -> str:
+    """The root of a cgroup namespace in one hierarchy: `path` is a cgroup of a process in it as
+    the dumper sees it, `inside` the same as seen from inside the namespace. "" when that does
+    not tell: the cgroup is outside the root ("/.." from inside), or the two disagree."""
+    if not inside.startswith("/") or ".." in inside.split("/"):
+        return ""
+    below = inside.rstrip("/")  # ("" for the root itself; else it starts with "/": whole names only match)
+    if not path.startswith("/") or not path.endswith(below):
+        return ""
+    return path[:len(path) - len(below)] or "/"
+
+
 def collect_net(init: "ProcState", proc: str) -> list[str]:
     """For an init with a network namespace of its own: whether its lo is up, and what a new
     namespace with only lo (restore's) lacks, kept on `init` for TASK_NS. Returns the note that
@@ -264,7 +304,7 @@ def _own_mounts(pid: int, ns_root: str, proc: str) -> "Counter[tuple[str, str, s
 
 def write(ctx: DumpContext, p: "ProcState") -> None:
     payload = p.nodename + b"\0" + p.domainname + b"\0"
-    words = [p.net_missing, p.mnt_missing, p.time_offsets]
+    words = [p.net_missing, p.mnt_missing, p.time_offsets, p.cgroup_ns, p.cgroup_ns_roots]
     while words and not words[-1]:  # (the strings after the names are optional from the last one said)
         words.pop()
     payload += b"".join(w + b"\0" for w in words)

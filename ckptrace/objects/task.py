@@ -91,6 +91,8 @@ class ProcState:
     net_missing: bytes = b""  # and what a new network namespace with only lo lacks, in words
     mnt_missing: bytes = b""  # and the mounts only its own mount namespace has, in words
     time_offsets: bytes = b""  # and the clock offsets of its own time namespace, in words
+    cgroup_ns: bytes = b""  # and of its own cgroup namespace, the first sharer's pid (nsinfo.collect_cgroup)
+    cgroup_ns_roots: bytes = b""  # and that namespace's root per hierarchy, as /proc/PID/cgroup lines
     shared_pending: int = 0  # process-wide pending mask (ShdPnd), read with shared_siginfo (pending_snapshot)
     shared_siginfo: list[bytes] = field(default_factory=list)  # process-wide queued signals' siginfo_t
     held_locks: list[tuple] = field(default_factory=list)  # (fd, kind, mode, start, end) from fdinfo

@@ -1,11 +1,13 @@
-"""The namespaces restore does not make: a user, cgroup or time namespace a process had of its
-own (TASK_NS). Restore puts every process in the controller's, where each would lose it without a
-word: in a user namespace of its own, uid 0 inside is some host uid N with its capabilities over
-that namespace only; restored in the controller's it is host uid N with its capabilities over the
-host (files of uid N, and whatever its capabilities open). In the host's cgroup namespace it sees
-the host's cgroup paths instead of its own `/`; in the host's time namespace its CLOCK_MONOTONIC and
-CLOCK_BOOTTIME jump by its namespace's offsets. So restore (and `dump --kill`, which runs the same
-validation before it kills) refuses such an image, and a plain dump says so on stderr.
+"""The namespaces restore does not make: a user or time namespace a process had of its own
+(TASK_NS), and a cgroup namespace of its own in an image made before its root was recorded
+(restorer/cgroupns.py makes one from it). Restore would put the process in the controller's,
+where it would lose it without a word: in a user namespace of its own, uid 0 inside is some host
+uid N with its capabilities over that namespace only; restored in the controller's it is host uid
+N with its capabilities over the host (files of uid N, and whatever its capabilities open). In the
+host's cgroup namespace it sees the host's cgroup paths instead of its own `/`; in the host's time
+namespace its CLOCK_MONOTONIC and CLOCK_BOOTTIME jump by its namespace's offsets. So restore (and
+`dump --kill`, which runs the same validation before it kills) refuses such an image, and a plain
+dump says so on stderr.
 """
 
 from __future__ import annotations
@@ -14,20 +16,22 @@ from ..image.reader import Image
 from ..image.records import CLONE_NEWCGROUP, CLONE_NEWTIME, CLONE_NEWUSER, NS_TIME_CHILDREN
 
 
-def reasons(own: int, flags: int, time_offsets: str, uid: int | None) -> list[tuple[int, str]]:
+def reasons(own: int, flags: int, time_offsets: str, uid: int | None, cgroup_ns: int) -> list[tuple[int, str]]:
     """(CLONE_NEW* bit, why restore cannot keep it) for each namespace of `own` that restore does
     not make, in the order user, cgroup, time. Each reason reads after "it was in" or "it is in".
-    `uid`: the process's effective uid as the host sees it; `time_offsets`: in words."""
+    `uid`: the process's effective uid as the host sees it; `time_offsets`: in words; `cgroup_ns`:
+    TASK_NS's name of its cgroup namespace, 0 where the image does not say (nor its root)."""
     out = []
     if own & CLONE_NEWUSER:
         host_uid = f"host uid {uid}" if uid is not None else "its host uid"
         out.append((CLONE_NEWUSER, "a user namespace of its own: restore does not make user namespaces, it would come "
                                    f"back as {host_uid} with its capabilities over the host instead of over its "
                                    "namespace only"))
-    if own & CLONE_NEWCGROUP:
+    if own & CLONE_NEWCGROUP and not cgroup_ns:
         out.append((CLONE_NEWCGROUP, "a cgroup namespace of its own (unshare -C, or a container's: Docker's on cgroup "
-                                     "v2): restore does not make cgroup namespaces, it would see the host's cgroup "
-                                     "paths in /proc/self/cgroup instead of its own /"))
+                                     "v2) whose root the image does not hold (made by an older ckptrace: dump it "
+                                     "again): restore could not make it, it would see the host's cgroup paths in "
+                                     "/proc/self/cgroup instead of its own /"))
     if own & CLONE_NEWTIME:
         offsets = f"offsets {time_offsets}" if time_offsets else "offsets unknown"
         if flags & NS_TIME_CHILDREN:
@@ -47,7 +51,7 @@ def problems(img: Image) -> list[str]:
     seen: dict[int, tuple[str, int]] = {}  # bit -> (the first one's words, how many had it)
     for t in img.processes():
         uid = t.creds["euid"] if t.creds else None
-        for bit, why in reasons(t.own_ns or 0, t.ns_flags, t.time_offsets, uid):
+        for bit, why in reasons(t.own_ns or 0, t.ns_flags, t.time_offsets, uid, t.cgroup_ns):
             first, n = seen.get(bit, (f"process {t.tid} (host pid {host.get(t.tid, '?')} at the dump) was in {why}", 0))
             seen[bit] = (first, n + 1)
     return [first + (f" (and {n - 1} other process{'es' if n > 2 else ''} in one too)" if n > 1 else "")
