@@ -80,7 +80,13 @@ def seconds_arg(text: str) -> float:
 
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line on stderr, like every other error (argparse prints the whole
-    usage block first); --help still prints it all. Subcommands' parsers are of this class too."""
+    usage block first); --help still prints it all. Subcommands' parsers are of this class too.
+    No abbreviated options: `watch --pid P` was taken as `--pidns P` (a host pid read as a
+    namespace, refused with a misleading message), as `dump --pid P` reads a pid."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")

@@ -150,3 +150,16 @@ def test_an_unknown_option_names_its_command(capsys):
         build_parser().parse_args(["--frob", "show", "x"])
     assert exc.value.code == 2
     assert capsys.readouterr().err == "ckptrace: unrecognized arguments: --frob (see `ckptrace --help`)\n"
+
+
+def test_an_abbreviated_option_is_not_taken_for_a_longer_one(capsys):
+    """argparse takes a prefix of an option for the option: `watch --pid P` (dump's option) was
+    `--pidns P`, a host pid read as a namespace and refused with a misleading message."""
+    from ckptrace.cli import build_parser
+
+    for args in (["watch", "--pid", "1"], ["ls", "--js"], ["dump", "--pidns", "1", "--ki"]):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(args)
+        assert exc.value.code == 2, args
+        assert f"unrecognized arguments: {' '.join(args[-2:] if args[0] == 'watch' else args[-1:])}" in \
+            capsys.readouterr().err, args
