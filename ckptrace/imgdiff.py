@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any, BinaryIO, Iterator
 
 from .image.reader import File, FileTable, Image, Mm, Vma, read_image
-from .image.records import (FILE_NAMES, PAGE_SIZE, RECORDS, RLIMIT_NAMES, VM_FLAG_NAMES, VMA_NAMES, RecType,
+from .image.records import (FILE_NAMES, PAGE_SIZE, RECORDS, RLIMIT_NAMES, VM_FLAG_NAMES, VMA_NAMES, RecType, sigset_names,
                             flag_names, format_time, json_safe, pretty_value, signal_name, wait_status_text)
 from .image.render import cpu_list, human, open_flags_text, plural, prot_str, rlimit_text, terminal_safe
 
@@ -219,18 +219,25 @@ _VOLATILE = {
 # Record fields that hold a signal number but whose record table gives them no "signal" kind
 # (decode prints them as numbers): diff names them. 0 is no signal.
 _SIGNALS = {RecType.TASK_PROC: {"pdeath_signal"}}
+# And those that hold a signal set (decode: hex): diff names their signals.
+_SIGSETS = {RecType.TASK_PROC: {"shared_pending"}, RecType.THREAD: {"blocked", "pending"}}
 
 
 def _fields_changed(rtype: RecType, a: dict | None, b: dict | None, what: str) -> list[dict[str, Any]]:
     """{what, a, b} for each field of record type `rtype` that differs, shown as decode shows it
-    (but for a signal number, named)."""
+    (but for a signal number or set, named)."""
     if a is None or b is None:
         return [] if a is b else [dict(what=what, a="(none)" if a is None else "set", b="(none)" if b is None else "set")]
     out = []
     for f in RECORDS[rtype].fields:
         if f.is_pad or f.name in _VOLATILE.get(rtype, ()) or a.get(f.name) == b.get(f.name):
             continue
-        show = _signal_text if f.name in _SIGNALS.get(rtype, ()) else partial(pretty_value, f)
+        if f.name in _SIGNALS.get(rtype, ()):
+            show = _signal_text
+        elif f.name in _SIGSETS.get(rtype, ()):
+            show = partial(sigset_names, empty="(none)")
+        else:
+            show = partial(pretty_value, f)
         out.append(dict(what=f"{what}{f.name}", a=show(a.get(f.name, 0)), b=show(b.get(f.name, 0))))
     return out
 
@@ -267,8 +274,8 @@ def diff_state(ia: Image, pa, ib: Image, pb) -> list[dict[str, Any]]:
     for i, (x, y) in enumerate(zip(pa.sighand, pb.sighand)):
         for f in handler:
             if x[f.name] != y[f.name]:
-                out.append(dict(what=f"{signal_name(i + 1)} {f.name}", a=pretty_value(f, x[f.name]),
-                                b=pretty_value(f, y[f.name])))
+                show = partial(sigset_names, empty="(none)") if f.name == "mask" else partial(pretty_value, f)
+                out.append(dict(what=f"{signal_name(i + 1)} {f.name}", a=show(x[f.name]), b=show(y[f.name])))
     out += _fields_changed(RecType.TASK_ITIMERS, pa.itimers, pb.itimers, "itimer ")
     out += _fields_changed(RecType.TASK_SECCOMP, pa.seccomp, pb.seccomp, "seccomp ")
     if pa.seccomp_filters != pb.seccomp_filters and pa.seccomp and pb.seccomp:

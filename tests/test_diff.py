@@ -304,6 +304,8 @@ def test_process_state_that_a_restore_must_keep_is_compared():
     p.itimers["real_value"] += 5  # moves by itself: not a change
     p.sched["nice"] = 5
     thread.thread["blocked"] = 0
+    thread.thread["pending"] = 1 << 9 | 1 << 34  # SIGUSR1, SIGRTMIN+1
+    p.sighand[14]["mask"] = 1 << 1  # SIGTERM's handler blocks SIGINT
     thread.thread["ioprio"] = (2 << 13) | 4
     thread.affinity = b"\x01"
     vma = ib.obj(p.mm_objref).vmas[0]
@@ -313,11 +315,12 @@ def test_process_state_that_a_restore_must_keep_is_compared():
     got = {x["what"]: (x["a"], x["b"]) for x in p1["state"]}
     assert got == {"euid": ("0", "1000"), "groups": ("4 27", "4"), "umask": ("0o22", "0o77"),
                    "RLIMIT_NOFILE cur": ("7", "unlimited"), "SIGUSR1 handler": ("0x0", "0x1"),
-                   "sched nice": ("1", "5"), "blocked (thread 2)": ("0x4000", "0x0"),
+                   "sched nice": ("1", "5"), "blocked (thread 2)": ("SIGTERM", "(none)"),
+                   "pending (thread 2)": ("(none)", "SIGUSR1 SIGRTMIN+1"), "SIGTERM mask": ("(none)", "SIGINT"),
                    "ioprio (thread 2)": ("0x0", "0x4004"), "CPU affinity (thread 2)": ("0-1", "0")}, got
     assert p1["vmas"]["reflagged"] == [dict(start=vma.start, end=vma.end, lost=[], gained=["ac"], file=p1["vmas"]["reflagged"][0]["file"])]
     text = diff_text(d)
-    assert "  ~ sched nice: 1 -> 5" in text and "  ~ blocked (thread 2): 0x4000 -> 0x0" in text
+    assert "  ~ sched nice: 1 -> 5" in text and "  ~ blocked (thread 2): SIGTERM -> (none)" in text
     assert f"  ~ vma {vma.start:x}-{vma.end:x}: flags +ac" in text
     same = diff_images(ia, io.BytesIO(data), ia, io.BytesIO(data))
     assert all(x["state"] == [] and x["vmas"]["reflagged"] == [] for x in same["processes"])

@@ -547,6 +547,11 @@ def json_value(f: Field, v):
 GLIBC_SIGRTMIN, SIGRTMAX = 34, 64  # (the kernel's real-time signals start at 32; glibc keeps 32 and 33)
 
 
+def sigset_names(mask: int, empty: str = "-") -> str:
+    """A signal set (sigset_t bits: bit n-1 is signal n) as its signals' names, `empty` for none."""
+    return " ".join(signal_name(i + 1) for i in range(64) if mask >> i & 1) or empty
+
+
 def signal_name(n: int) -> str:
     """SIGUSR1, ...; the real-time signals as `kill -l` names them, from the C library's
     SIGRTMIN (34) and SIGRTMAX: SIGRTMIN+1 ... SIGRTMIN+15, SIGRTMAX-14 ... SIGRTMAX-1 (35 was

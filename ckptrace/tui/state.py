@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
-from ..image.records import (FILE_NAMES, signal_name, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
+from ..image.records import (FILE_NAMES, signal_name, sigset_names, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, RecType,
                              format_time, wait_status_text)
 from ..image.render import (cpu_list, human, open_flags_text, plural, processes_text, prot_str, queue_note,
@@ -34,11 +34,6 @@ SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000:
 
 def signame(n: int) -> str:
     return signal_name(n)  # one naming for every tool (image.records)
-
-
-def sigset_names(mask: int) -> str:
-    names = [signame(i + 1) for i in range(64) if mask >> i & 1]
-    return " ".join(names) if names else "-"
 
 
 def parse_address(text: str) -> int:
