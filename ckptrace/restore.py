@@ -692,9 +692,11 @@ class _Restore:
                 creds.apply_creds(inj, z.creds, z.groups)
                 creds.set_dumpable(inj, 0)  # again: a uid change gives it fs.suid_dumpable's
             status = z.fields["exit_code"]
-            if status & 0x7F:
-                creds.set_mask(tr, 0)  # (its handlers are all default: tree._setup_inner)
-            else:
+            # The mask /proc shows for the zombie is the one it died with: the image's (its
+            # killing signal let through: its handlers are all default, tree._setup_inner, and
+            # nothing else is pending to it that would end it first).
+            creds.set_mask(tr, z.thread["blocked"] & ~(1 << (status & 0x7F) - 1 if status & 0x7F else 0))
+            if not status & 0x7F:
                 # its next instruction: exit_group(status), at the syscall instruction injections use
                 regs = tr.get_regs()
                 for name, value in (("rip", inj.insn), ("rax", SYS_exit_group), ("rdi", status >> 8),

@@ -6677,11 +6677,13 @@ def fork():
     return pid
 if fork() == 0:
     import ctypes
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # /proc shows a zombie's mask
     ctypes.CDLL(None).prctl(15, b"zombie-7", 0, 0, 0)  # PR_SET_NAME: and its name
     os.setgid(65534)
     os.setuid(65534)  # ps shows a zombie's owner
     os._exit(7)
 if fork() == 0:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(100)
 if fork() == 0:                # leads a group its child keeps when it exits
@@ -6708,14 +6710,16 @@ while True:
 
 
 def _zombie_view(host: int) -> tuple:
-    """(zombie or live, wait status, pid, ppid, pgid, sid, uid, gid, comm) inside the namespace, from
-    /proc (a live process's R or S is its scheduler's business)."""
+    """(zombie or live, wait status, pid, ppid, pgid, sid, uid, gid, comm, and a zombie's signal
+    mask) inside the namespace, from /proc (a live process's R or S is its scheduler's business,
+    and its mask is the workload's)."""
     with open(f"/proc/{host}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     with open(f"/proc/{host}/status") as f:
         st = {k: v.split() for k, _, v in (line.partition(":") for line in f)}
     return ("Z" if fields[0] == "Z" else "live", int(fields[49]), int(st["NSpid"][-1]), _ppid_inside(host), int(st["NSpgid"][-1]),
-            int(st["NSsid"][-1]), int(st["Uid"][0]), int(st["Gid"][0]), st["Name"][0])
+            int(st["NSsid"][-1]), int(st["Uid"][0]), int(st["Gid"][0]), st["Name"][0],
+            st["SigBlk"][0] if fields[0] == "Z" else "")
 
 
 def _ppid_inside(host: int) -> int:
@@ -6742,7 +6746,8 @@ def test_zombies_come_back_with_their_status_and_no_extra_sigchld(pidns, tmp_pat
     assert [(z[1], z[2]) for z in zombies] == [(7 << 8, 2), (signal.SIGTERM, 3), (3 << 8, 4), (0, 6),
                                                (signal.SIGKILL, 8)], before
     assert [v[2:6] for v in before if v[0] != "Z"] == [(1, 0, 0, 0), (5, 1, 4, 0), (7, 1, 6, 6)]  # the members
-    assert zombies[0][6:] == (65534, 65534, "zombie-7")
+    assert zombies[0][6:9] == (65534, 65534, "zombie-7")
+    assert int(zombies[0][9], 16) & (1 << signal.SIGUSR2 - 1) and int(zombies[1][9], 16) & (1 << signal.SIGHUP - 1)
     calls = int((tmp_path / "calls").read_text())
     img = str(tmp_path / "z.img")
     d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "--json", "-o", img)
