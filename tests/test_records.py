@@ -657,6 +657,25 @@ def test_a_tty_record_of_an_older_image_reads_with_no_state():
     assert (fields["VMIN"], fields["dev"], fields["ctime_ns"]) == (1, 0x8803, 7)
 
 
+def test_a_file_stat_record_of_an_older_image_reads_without_an_owner():
+    """FILE_STAT grew (the file's type and mode, then its owner, which restore makes a missing
+    shared memory file again with): a 32- or 40-byte one of an older ckptrace reads with the
+    fields it lacks 0, and a record of any other length is refused."""
+    rt = RECORDS[RecType.FILE_STAT]
+    assert (rt.size, rt.older) == (56, (32, 40))
+    full = rt.encode(dict(size=5, mtime_ns=6, ino=7, dev=8, mode=0o100640, uid=1000, gid=1001))
+    for fixed, kept in ((32, ("size", "mtime_ns", "ino", "dev")), (40, ("size", "mtime_ns", "ino", "dev", "mode"))):
+        # (the 40-byte one ended in 4 bytes of padding, written as zero, where uid is now)
+        body = full[HDR.size:HDR.size + min(fixed, 36)].ljust(fixed, b"\0")
+        old = struct.pack("<II", RecType.FILE_STAT, HDR.size + fixed) + body
+        assert rt.check_len(len(old)) is None and rt.check_len(len(old) + 4) is not None
+        fields = RecordReader(io.BytesIO(old)).next().fields
+        assert all(fields[k] == v for k, v in rt.decode_fixed(full[HDR.size:]).items() if k in kept)
+        assert all(fields[k] == 0 for k in rt.names if k not in kept), fields
+    fields = RecordReader(io.BytesIO(full)).next().fields
+    assert (fields["mode"], fields["uid"], fields["gid"]) == (0o100640, 1000, 1001)
+
+
 def test_new_fields_are_named_in_text_and_json():
     """What decode and show name: O_ASYNC among the open flags, real-time signals (as inspect
     names them), an owner type, -1 the same in text and JSON, TASK_PROC's texts by name."""

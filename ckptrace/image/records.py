@@ -141,7 +141,7 @@ class VmaType(enum.IntEnum):
     ANON = 2  # private anonymous (heap, stack, malloc arenas)
     FILE = 3  # private mapping of a file
     SHARED_ANON = 4  # MAP_SHARED|MAP_ANONYMOUS or shmem/memfd: names a SHMEM file; pages stored once
-    SHARED_FILE = 5  # MAP_SHARED of a regular file: contents live in the file
+    SHARED_FILE = 5  # MAP_SHARED of a regular file: contents live in the file (FILE_DATA for one on tmpfs)
     VVAR = 6  # [vvar] and [vvar_vclock]: kernel data, no pages stored
 
 
@@ -786,7 +786,9 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
        doc="A pipe or FIFO end: the pipe's inode (ends with one id share the pipe), the pipe's "
            "capacity and its buffered bytes (stored with the first end met)."),
     _R(RecType.FILE_DATA, (u64("size"), u64("offset")), Payload.BYTES, max_payload=MAX_BLOB,
-       doc="Contents of a deleted or memfd file of `size` bytes: the bytes at `offset`. Holes "
+       doc="Contents of a deleted or memfd file of `size` bytes, or of a REGULAR file on a memory "
+           "filesystem (tmpfs: POSIX shared memory) that a process maps MAP_SHARED, written once per "
+           "file, with its first FILE object: the bytes at `offset`. Holes "
            "are left out: records cover the file's data extents only, in increasing offset order, "
            "not overlapping, each inside `size`; the rest of the file reads as zeros. Every such "
            "file has at least one record (one with no payload, at offset 0, when it holds no data)."),
@@ -864,14 +866,18 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
                            u64("ino", doc="informational: a copy on another host has another"),
                            u64("dev", doc="st_dev as the dumper's stat(2) gave it; informational"),
                            u32("mode", "oct", doc="st_mode: the file's type (S_IFMT) and permissions; "
-                                                  "0 in an older image (type unknown)"), pad(4)),
+                                                  "0 in an older image (type unknown)"),
+                           u32("uid", doc="st_uid: the owner a file whose contents the image carries "
+                                          "(FILE_DATA) is made again with; 0 in an older image"),
+                           u32("gid", doc="st_gid, likewise"), pad(4)),
        doc="A file named by path, as the dumper saw it: a mapped file or executable, or the REGULAR "
            "file (or directory, or device) of an fd. Restore refuses a path that now names a file "
            "of another type (a FIFO where a regular file was), and a private mapping (or the "
            "executable) of a file whose size or mtime has changed since, whose pages not in the "
-           "image would come from the new contents. The fixed part is 40 bytes; older ckptrace "
-           "versions wrote 32 (up to dev, and for mapped files only), read with mode 0.",
-       older=(32,)),
+           "image would come from the new contents. The fixed part is 48 bytes; older ckptrace "
+           "versions wrote 32 (up to dev, and for mapped files only), read with mode 0, or 40 (up "
+           "to mode), read with uid and gid 0.",
+       older=(32, 40)),
     _R(RecType.FILE_TTY, (u32("index"), u32("is_master"),
                           s32("sid", doc="the session whose controlling terminal it is (TIOCGSID), as a pid "
                                          "inside the namespace; 0: none, or led from outside"),
