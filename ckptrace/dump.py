@@ -200,6 +200,7 @@ class Dumper:
         for i, p in enumerate(live):
             self._stage(f"checking process {i + 1}/{len(live)}")
             files.check_fds(ctx, p.hostpid, p.nspid)
+            files.check_shared_tmpfs(ctx, p)
         for i, p in enumerate(live):
             self._stage(f"reading the state of process {i + 1}/{len(live)}")
             task.collect_process(p, proc, ns_pid)
@@ -475,6 +476,7 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     if ok:
         # (a scan of every fd on the host: once the tasks run again, not while they are frozen)
         s.notes += ctx.image_notes + ctx.pty_queued + ctx.unaccepted + pipe.outside_notes(ctx, ns)
+        s.notes += files.shared_tmpfs_notes(ctx)
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
     if ok and opts.kill:

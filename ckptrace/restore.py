@@ -153,9 +153,11 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     also whether the addresses and socket paths the image binds are free now (not for `dump
     --kill`'s check, made while the original still holds them; but an image whose init had a
     network namespace of its own gets a new one, where the original holds nothing: whether its
-    sockets' addresses exist there is asked for `--kill` too)."""
+    sockets' addresses exist there is asked for `--kill` too). Likewise the shared memory files
+    whose contents the image carries: without `bindings`, the original's own hold on them is not
+    counted, a process outside the image's is."""
     from .kernel.ptrace import xstate_size
-    from .restorer.files import binding_problems, check_files, nofile_problem
+    from .restorer.files import binding_problems, check_files, held_file_problems, nofile_problem
     from .restorer.memory import (ROBUST_LIST_HEAD_SIZE, check_layout, check_mapped_files, check_vmas, mdwe_problems,
                                   special_maps)
     from .restorer.creds import creds_problems
@@ -223,6 +225,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     problems += cgroup_ns_problems(img, cgroup_mounts())
     problems += check_files(img)
     problems += binding_problems(img, held=not bindings)
+    problems += held_file_problems(img, original_runs=not bindings)
     if (why := nofile_problem(img)) is not None:
         problems.append(why)
     problems += check_layout(img, special_maps(os.getpid()))

@@ -4720,6 +4720,166 @@ def test_sparse_memfd_and_deleted_file_keep_their_holes(pidns, tmp_path, restore
     assert os.stat(f"/proc/{init}/fd/{fd}").st_blocks * 512 <= 3 * (2 << 20)
 
 
+# POSIX shared memory: a file in /dev/shm (tmpfs) mapped MAP_SHARED, as shm_open and
+# multiprocessing.shared_memory make it, with a counter kept both there and in private memory
+SHM_SEGMENT_WORKLOAD = r"""
+import mmap, os, struct, sys, time
+d = sys.argv[1]
+path = "/dev/shm/" + open(d + "/name").read()
+size = 3 * 4096 + 100
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.fchmod(fd, 0o640)
+os.fchown(fd, 4321, 4322)
+os.ftruncate(fd, size)
+m = mmap.mmap(fd, size, mmap.MAP_SHARED)
+m[0:7] = b"SEGMENT"                     # page 0 and the counter's page 1 hold data, page 2 a hole
+private = 0
+open(d + "/ready", "w").close()
+while True:
+    private += 1
+    struct.pack_into("<Q", m, 4096, struct.unpack_from("<Q", m, 4096)[0] + 1)
+    with open(d + "/log.tmp", "w") as f:
+        f.write(f"{struct.unpack_from('<Q', m, 4096)[0]} {private}\n")
+    os.rename(d + "/log.tmp", d + "/log")
+    time.sleep(0.01)
+"""
+
+
+@pytest.fixture
+def shm_segment(tmp_path):
+    """The name of the workload's segment in /dev/shm (removed at teardown), written where the
+    workload reads it."""
+    name = f"ckpt-test-{os.getpid()}-{tmp_path.name}"
+    (tmp_path / "name").write_text(name)
+    yield "/dev/shm/" + name
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink("/dev/shm/" + name)
+
+
+def _counters(tmp_path, after: tuple[int, int] | None = None, timeout: float = 5.0) -> tuple[int, int]:
+    """The workload's last logged (shared, private) counters; with `after`, once they differ from it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            shm, private = (int(x) for x in (tmp_path / "log").read_text().split())
+            if after is None or (shm, private) != after or time.monotonic() > deadline:
+                return shm, private
+        assert time.monotonic() < deadline, "the workload logs nothing"
+        time.sleep(0.02)
+
+
+def test_tmpfs_shared_memory_comes_back_as_dumped_at_every_restore(pidns, tmp_path, restored, shm_segment):
+    """A file in /dev/shm mapped MAP_SHARED was dumped as a SHARED_FILE with no contents, and
+    restore mapped whatever the file held then: restoring the image a second time (after the
+    first restore ran on, then was killed) mixed the image's private memory with the first
+    restore's later shared memory (`shm=1800 expect=990`). The image carries the segment's
+    contents; each restore puts them back, and the two counters agree every time."""
+    from ckptrace.image.reader import File, read_image
+    from ckptrace.image.records import FileType, RecType
+
+    w = py_workload(pidns, SHM_SEGMENT_WORKLOAD, tmp_path)
+    before = _counters(tmp_path)
+    img = str(tmp_path / "shm.img")
+    dump_kill(w, img)
+    for _ in range(2):
+        res = restore_json(img, restored)
+        seen = _counters(tmp_path)
+        shm, private = _counters(tmp_path, after=seen)
+        assert shm == private and private > before[1], (shm, private)
+        os.kill(res["init_pid"], signal.SIGKILL)
+        _wait_gone(res["init_pid"])
+    with open(img, "rb") as f:
+        image = read_image(f)
+    carriers = [o for o in image.objects.values() if isinstance(o, File) and o.name == shm_segment
+                and any(r.type == RecType.FILE_DATA for r in o.extra)]
+    assert len(carriers) == 1 and carriers[0].ftype == FileType.REGULAR  # (once per file)
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_removed_tmpfs_segment_is_made_again_with_its_mode_owner_and_holes(pidns, tmp_path, restored,
+                                                                             shm_segment):
+    """After a reboot /dev/shm is empty: the segment was refused as a missing file. It is made
+    again, with the dumped mode, owner, size and contents; its hole stays one (st_blocks)."""
+    w = py_workload(pidns, SHM_SEGMENT_WORKLOAD, tmp_path)
+    img = str(tmp_path / "shm.img")
+    dump_kill(w, img)
+    dumped = _counters(tmp_path)
+    os.unlink(shm_segment)
+    res = restore_json(img, restored)
+    st = os.stat(shm_segment)
+    assert (stat_mode(st), st.st_uid, st.st_gid, st.st_size) == (0o640, 4321, 4322, 3 * 4096 + 100)
+    assert st.st_blocks * 512 <= 2 * 4096, st.st_blocks
+    with open(shm_segment, "rb") as f:
+        assert f.read(7) == b"SEGMENT"
+    shm, private = _counters(tmp_path, after=dumped)
+    assert shm == private, (shm, private)
+    assert res["init_pid"]
+
+
+def stat_mode(st) -> int:
+    import stat
+
+    return stat.S_IMODE(st.st_mode)
+
+
+def test_a_tmpfs_segment_written_since_the_dump_gets_its_holes_back(pidns, tmp_path, restored, shm_segment):
+    """What the file holds at restore time is not kept: data where the dump had a hole is gone."""
+    w = py_workload(pidns, SHM_SEGMENT_WORKLOAD, tmp_path)
+    img = str(tmp_path / "shm.img")
+    dump_kill(w, img)
+    with open(shm_segment, "r+b") as f:
+        f.write(b"X" * (3 * 4096 + 100))
+    res = restore_json(img, restored)
+    with open(shm_segment, "rb") as f:
+        data = f.read()
+    assert data[:7] == b"SEGMENT" and data[2 * 4096:] == bytes(4096 + 100)
+    assert os.stat(shm_segment).st_blocks * 512 <= 2 * 4096
+    assert res["init_pid"]
+
+
+def test_a_tmpfs_segment_held_outside_is_noted_at_the_dump_and_refused_at_restore(pidns, tmp_path, restored,
+                                                                                    shm_segment):
+    """Shared memory that a process outside the namespace also holds is its memory too: the dump
+    says so, `--kill` (whose image restore would refuse) kills nothing, and a restore while an
+    outside process holds the file refuses, naming it, before anything is made. The original
+    itself, still running after a plain dump, is such a process for a restore beside it."""
+    w = py_workload(pidns, SHM_SEGMENT_WORKLOAD, tmp_path)
+    img = str(tmp_path / "shm.img")
+    me = f"host pid {os.getpid()} ("
+    outside = os.open(shm_segment, os.O_RDONLY)
+    try:
+        d = ckptrace("dump", "--pidns", str(w.ns), "-o", img)
+        assert d.returncode == 0, d.stderr
+        err = d.stderr.decode()
+        assert f"{shm_segment}, shared memory that pid 1 (host pid {w.init}) maps, is also held by {me}" in err, err
+        assert "restore will refuse this image as things stand" in err and me in err, err
+        d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-q", "-o", str(tmp_path / "k.img"))
+        assert d.returncode != 0 and me.encode() in d.stderr, d.stderr
+        assert os.path.exists(f"/proc/{w.init}")
+        os.close(outside)
+        outside = -1
+        # beside the running original, which holds the segment
+        r = ckptrace("restore", img)
+        assert r.returncode != 0, r.stderr
+        assert f"is held by host pid {w.init} (python" in r.stderr.decode(), r.stderr
+        dump_kill(w, img)
+        outside = os.open(shm_segment, os.O_RDONLY)
+        r = ckptrace("restore", img)
+        assert r.returncode != 0, r.stderr
+        err = r.stderr.decode()
+        assert f"file '{shm_segment}'" in err and f"is held by {me}" in err, err
+        assert not pidns_inodes(tmp_path)
+    finally:
+        if outside >= 0:
+            os.close(outside)
+    restore_json(img, restored)  # (once it lets go)
+
+
 SEAL_WORKLOAD = SHM_COMMON + r"""
 import fcntl
 d = sys.argv[1]

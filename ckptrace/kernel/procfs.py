@@ -562,6 +562,36 @@ def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None, na
     return out
 
 
+def map_holders(dev: int, ino: int, root: str = PROC) -> list[int]:
+    """Host pids of the processes with a mapping of the inode (dev, ino): a scan of every
+    process's maps (its device and inode columns; nothing is stat'ed), in which processes that
+    vanish or cannot be read meanwhile are skipped."""
+    want_dev, want_ino = f"{os.major(dev):02x}:{os.minor(dev):02x}", str(ino)
+    out: list[int] = []
+    for d in os.listdir(root):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"{root}/{d}/maps") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if want_ino not in text:
+            continue
+        for line in text.splitlines():
+            cols = line.split(None, 5)
+            if len(cols) >= 5 and cols[4] == want_ino and cols[3] == want_dev:
+                out.append(int(d))
+                break
+    return out
+
+
+def file_holders(dev: int, ino: int, root: str = PROC, *, name: str | None = None) -> list[int]:
+    """Host pids of the processes holding the inode (dev, ino) open (an fd: `holders`, `name`
+    as there) or mapped (`map_holders`), ascending."""
+    return sorted(set(holders(dev, ino, root, name=name)) | set(map_holders(dev, ino, root)))
+
+
 def fd_links(root: str = PROC) -> Iterator[tuple[int, int, str]]:
     """(pid, fd, what its /proc link shows) of every fd of every process on the host: a scan
     (its cost is the host's number of open fds) in which processes and fds that vanish or cannot

@@ -48,6 +48,7 @@ def syscall(nr: int, *args, what: str = "syscall") -> int:
 SO_SNDBUFFORCE, SO_RCVBUFFORCE, SO_PEEK_OFF = 32, 33, 42
 MQUEUE_MAGIC = 0x19800202
 PROC_SUPER_MAGIC = 0x9FA0
+TMPFS_MAGIC = 0x01021994  # shmem: /dev/shm (POSIX shared memory), and tmpfs mounts
 
 
 _INT, _UINT = struct.Struct("<i"), struct.Struct("<I")

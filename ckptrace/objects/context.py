@@ -48,6 +48,11 @@ class DumpContext:
     # (host pid, fd, FMODE bits) holding it, in the order met: a VMA mapping that inode names one
     # of those fds' FILE objects (one file again; files.MappedFiles)
     data_fds: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
+    # (st_dev, st_ino) of every regular file on tmpfs (POSIX shared memory) some process of the
+    # namespace maps MAP_SHARED -> its path and the host pids mapping it: process memory, whose
+    # contents the image carries (FILE_DATA, once per file: the keys in `tmpfs_written` have them)
+    shared_tmpfs: dict[tuple[int, int], tuple[str, list[int]]] = field(default_factory=dict)
+    tmpfs_written: set[tuple[int, int]] = field(default_factory=set)
     # SHMEM objref -> segment byte ranges whose pages some VMA already stored (sorted, disjoint)
     shmem_stored: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     locks_seen: set = field(default_factory=set)  # flock/OFD locks already stored (they belong to a FILE)

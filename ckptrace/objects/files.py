@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..errors import CkptError, Unsupported, from_oserror
 from ..image.records import FMODE_READ, FMODE_WRITE, MEMFD_SEALS_KNOWN, FileType, ObjType, RecType
 from ..kernel import procfs
-from ..kernel.sys import MQUEUE_MAGIC, PROC_SUPER_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
+from ..kernel.sys import MQUEUE_MAGIC, PROC_SUPER_MAGIC, TMPFS_MAGIC, data_extents, fs_type, pidfd_getfd, pidfd_open
 from ..kernel.ttyio import PTS_MAJORS
 from .context import DumpContext
 from .objhash import KCMP_FILE, KCMP_FILES
@@ -134,6 +134,75 @@ def check_fds(ctx: DumpContext, pid: int, nspid: int) -> None:
             from . import socket as sock
 
             sock.check(ctx, pid, fd, int(o.target[len("socket:["):-1]), where)
+
+
+def shared_file_mapping(m: procfs.Mapping) -> bool:
+    """Whether `m` is a MAP_SHARED mapping of a file that has a name (mm.vma_type's
+    SHARED_FILE): not a shared anonymous, SysV or memfd segment, nor a deleted file."""
+    return m.shared and m.path.startswith("/") and not m.path.startswith(procfs.SHMEM_PREFIXES) and not m.deleted
+
+
+def check_shared_tmpfs(ctx: DumpContext, p) -> None:
+    """Note every regular file on tmpfs that process `p` (a task.ProcState, its maps read) maps
+    MAP_SHARED (ctx.shared_tmpfs): POSIX shared memory (shm_open, /dev/shm) is process memory
+    that merely has a name, not a file on disk. Its contents go in the image (FILE_DATA with the
+    file's first FILE object), as the processes had them: a restore that mapped whatever the file
+    holds then would mix the image's private memory with the shared memory of a later run (an
+    earlier restore of the same image, say). Refused when they exceed --max-file-data."""
+    for m in p.maps:
+        if not shared_file_mapping(m):
+            continue
+        link = f"{ctx.proc}/{p.hostpid}/map_files/{m.start:x}-{m.end:x}"
+        try:
+            st = os.stat(link)
+        except OSError:
+            continue  # (own_file names it by path then, as any shared file mapping)
+        key = (st.st_dev, st.st_ino)
+        if key in ctx.shared_tmpfs:
+            users = ctx.shared_tmpfs[key][1]
+            if p.hostpid not in users:
+                users.append(p.hostpid)
+            continue
+        if not stat.S_ISREG(st.st_mode) or fs_type(link) != TMPFS_MAGIC:
+            continue
+        where = f"{_where(ctx, p.hostpid)} mapping {m.start:x}-{m.end:x} ({m.path})"
+        with open_contents(link, where) as cfd:
+            stored = stored_bytes(cfd, st.st_size)
+        if stored > ctx.max_file_data:
+            raise Unsupported(f"{where}: {m.path} is shared memory on tmpfs, whose contents the image carries, "
+                              f"and holds {stored} bytes of data (size {st.st_size}), above --max-file-data "
+                              f"{ctx.max_file_data}; raise the limit to dump it")
+        ctx.shared_tmpfs[key] = (m.path, [p.hostpid])
+
+
+def write_tmpfs_contents(ctx: DumpContext, st: os.stat_result, path: str, what: str) -> None:
+    """FILE_DATA of a REGULAR file object, when its file is shared memory on tmpfs
+    (check_shared_tmpfs) whose contents no FILE object before carries: once per file. `path`
+    opens the file itself (a /proc link)."""
+    key = (st.st_dev, st.st_ino)
+    if key not in ctx.shared_tmpfs or key in ctx.tmpfs_written:
+        return
+    ctx.tmpfs_written.add(key)
+    with open_contents(path, what) as cfd:
+        write_contents(ctx, cfd, what)
+
+
+def shared_tmpfs_notes(ctx: DumpContext) -> list[str]:
+    """One note per file of ctx.shared_tmpfs that a process outside the namespace holds open or
+    mapped: its memory is that file too, which a restore overwrites with the dumped contents
+    (and refuses to while such a process holds it). A scan of every fd and mapping on the host:
+    made once the tasks run again."""
+    notes = []
+    inside = set(ctx.ns_pid) | {os.getpid()}
+    for (dev, ino), (path, users) in ctx.shared_tmpfs.items():
+        outside = [h for h in procfs.file_holders(dev, ino, ctx.proc, name=os.path.basename(path)) if h not in inside]
+        if outside:
+            named = [f"{h} ({procfs.comm(h, ctx.proc) or '?'})" for h in outside]
+            mappers = ", ".join(_where(ctx, h) for h in users)
+            notes.append(f"{path}, shared memory that {mappers} maps, is also held by host pid {', '.join(named)} "
+                         "outside the namespace: its contents are shared with that process, and a restore puts "
+                         "the dumped ones back (it refuses while a process outside the image holds the file)")
+    return notes
 
 
 @contextlib.contextmanager
@@ -260,6 +329,7 @@ def dump_file(ctx: DumpContext, pid: int, fd: int) -> int:
     if o.kind is FileType.REGULAR:
         write_file_head(ctx, ref, o.kind, flags, pos, ctx.path(o.target))
         write_stat(ctx, o.st)  # (the file itself, stat'ed through /proc/PID/fd/N)
+        write_tmpfs_contents(ctx, o.st, f"{ctx.proc}/{pid}/fd/{fd}", f"{_where(ctx, pid)} fd {fd} ({o.target})")
     elif o.kind in (FileType.DELETED, FileType.MEMFD):
         what = f"{_where(ctx, pid)} fd {fd} ({o.target})"
         with open_contents(f"{ctx.proc}/{pid}/fd/{fd}", what) as cfd:
@@ -364,6 +434,7 @@ def _mapped_file(ctx: DumpContext, key, kind_path: str, open_path: str, flags: i
         except OSError:
             return ref
         write_stat(ctx, st)
+        write_tmpfs_contents(ctx, st, open_path, what)
     return ref
 
 
@@ -371,7 +442,7 @@ def write_stat(ctx: DumpContext, st: os.stat_result) -> None:
     """FILE_STAT of a file reopened by path: its type (restore refuses a path that names a
     file of another type now: a FIFO or a device where a regular file was), size and mtime."""
     ctx.w.record(RecType.FILE_STAT, dict(size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev,
-                                         mode=st.st_mode))
+                                         mode=st.st_mode, uid=st.st_uid, gid=st.st_gid))
 
 
 def dump_exe(ctx: DumpContext, pid: int) -> int:

@@ -55,7 +55,7 @@ IP_BIND_ADDRESS_NO_PORT = 24  # (SOL_IP, for IPv6 sockets too)
 TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64); needs CONFIG_CHECKPOINT_RESTORE
 
 
-def open_path(img: Image, path: str, flags: int) -> int:
+def open_path(img: Image, path: str, flags: int, mode: int = 0o600) -> int:
     """os.open of image path `path` where this host finds it (Image.at). Under --root, a path
     of the namespace is opened by openat2(RESOLVE_IN_ROOT) from `root`: the kernel resolves it
     as a process chroot'ed there would, so that no `..` or symlink (of the image, or put in
@@ -63,15 +63,16 @@ def open_path(img: Image, path: str, flags: int) -> int:
     a namespace that was not chroot'ed; Image.inside) is opened with RESOLVE_NO_MAGICLINKS:
     a link of /proc such as /proc/PID/root or /proc/PID/fd/N (which the dumper never writes:
     it records what they lead to) would lead out of `root` to any file of the host (ELOOP,
-    which check_files names)."""
+    which check_files names). `mode`: a file O_CREAT makes gets it (umask applied)."""
+    mode = mode if flags & os.O_CREAT else 0  # (openat2 refuses a mode it would not use)
     inside = img.inside(path)
     if inside is None:
         if img.root:
-            return openat2(AT_FDCWD, img.at(path), flags, 0, RESOLVE_NO_MAGICLINKS)
-        return os.open(img.at(path), flags)
+            return openat2(AT_FDCWD, img.at(path), flags, mode, RESOLVE_NO_MAGICLINKS)
+        return os.open(img.at(path), flags, mode)
     top = os.open(img.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return openat2(top, inside.lstrip("/") or ".", flags, 0, RESOLVE_IN_ROOT)
+        return openat2(top, inside.lstrip("/") or ".", flags, mode, RESOLVE_IN_ROOT)
     except OSError as exc:
         exc.filename = img.at(path)  # (what the messages name: the file under root)
         raise
@@ -83,6 +84,7 @@ def check_files(img: Image) -> list[str]:
     """Why the image's files cannot be recreated here; empty when they can (nothing is opened)."""
     problems = tty.problems(img, lambda objref: _users(img, objref))
     pairs = tty.masters(img)
+    carried = carried_files(img)
     for obj in img.objects.values():
         if not isinstance(obj, File):
             continue
@@ -111,12 +113,56 @@ def check_files(img: Image) -> list[str]:
                 if not path or not os.path.lexists(img.at(path)):
                     problems.append(f"inotify object {obj.objref} watches {shown_path(path) if path else 'an inode with no path'} "
                                     f"(wd {wd}), which does not exist")
-        if ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
+        if ft is FileType.REGULAR and obj.name in carried and not os.path.lexists(img.at(obj.name)):
+            # shared memory the image carries: made again (put_back_contents), in its directory
+            if not os.path.isdir(os.path.dirname(img.at(obj.name))):
+                problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}) does not exist, nor "
+                                "does its directory, where restore would make it again with the image's contents")
+        elif ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
             problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}) does not exist")
         elif ft in (FileType.REGULAR, FileType.FIFO) and (why := _magic_link_problem(img, obj)):
             problems.append(why)
         elif ft is FileType.REGULAR and (why := _type_problem(img, obj)):
             problems.append(why)
+    return problems
+
+
+def carried_files(img: Image) -> dict[str, File]:
+    """Image path -> the REGULAR object carrying the contents of the file at that path (FILE_DATA:
+    shared memory on tmpfs that a process mapped MAP_SHARED), which restore puts back before any
+    fd or mapping of it is made (FileSet.put_back_contents). Once per file, with its first object;
+    the others of the same path name the same file."""
+    carried = img.derived.get("carried_files")
+    if carried is None:  # (once per image)
+        carried = img.derived["carried_files"] = {}
+        for obj in img.objects.values():
+            if isinstance(obj, File) and obj.ftype == FileType.REGULAR and obj.name \
+                    and _extra(obj, RecType.FILE_DATA) is not None:
+                carried.setdefault(obj.name, obj)
+    return carried
+
+
+def held_file_problems(img: Image, *, original_runs: bool = False) -> list[str]:
+    """Files whose contents the image carries (carried_files) that a process outside the image
+    holds open or maps now: restore writes the dumped contents into the file, which would change
+    that process's memory under it; and a copy restored beside its running original (a plain
+    dump) would share one segment with it. `original_runs` (dump's own check, before `--kill`
+    kills the original): the image's processes, which hold the file until then, are not
+    counted."""
+    skip = {os.getpid()} | ({e["hostpid"] for e in img.tree} if original_runs else set())
+    problems = []
+    for name, obj in carried_files(img).items():
+        path = img.at(name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # (missing: made again; another kind: check_files)
+        held = [h for h in procfs.file_holders(st.st_dev, st.st_ino, name=os.path.basename(os.path.realpath(path)))
+                if h not in skip]
+        if held:
+            problems.append(f"file '{shown_path(path)}' ({_users(img, obj.objref)}), shared memory whose dumped "
+                            f"contents restore puts back, is held by host pid {listed(_named(held))}: writing them "
+                            "would change that process's memory")
     return problems
 
 
@@ -528,6 +574,7 @@ class FileSet:
 
     def create(self) -> None:
         _raise_nofile(nofile_needed(self.img))
+        self.put_back_contents()  # (before any fd or mapping of those files is opened)
         pipes: dict[int, tuple[int, int]] = {}
         connections = []
         pairs = tty.masters(self.img)
@@ -655,6 +702,52 @@ class FileSet:
                                   f"{_kinds_text(kinds)} at the dump and is now {FILE_KINDS.get(kind, 'another kind of file')}")
             if guard:
                 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def put_back_contents(self) -> None:
+        """The dumped contents of the files the image carries (carried_files), written back at
+        their paths: a file still there is truncated to nothing, then sized and given the stored
+        extents (holes stay holes); a missing one (a reboot emptied /dev/shm) is made with the
+        dumped mode and owner. Its ownership and mode are otherwise left as they are now."""
+        for name, obj in carried_files(self.img).items():
+            what = f"put back the contents of '{shown_path(self.img.at(name))}' ({_users(self.img, obj.objref)})"
+            st = _extra(obj, RecType.FILE_STAT)
+            try:
+                try:
+                    fd = open_path(self.img, name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    fd = self._make_carried(name, st.fields if st is not None else {})
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):  # (put there since the validation)
+                        raise Unsupported(f"{what}: it is no longer a regular file")
+                    os.ftruncate(fd, 0)  # (what it holds now is dropped: no data where the dump had holes)
+                    sized = False
+                    for r in obj.extra:
+                        if r.type != RecType.FILE_DATA:
+                            continue
+                        if not sized:
+                            os.ftruncate(fd, r.fields["size"])
+                            sized = True
+                        if r.payload:
+                            os.pwrite(fd, r.payload, r.fields["offset"])
+                        elif r.payload is None and r.payload_len:  # left in the image file by the reader
+                            self._copy_from_image(fd, r)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise from_oserror(exc, what) from None
+
+    def _make_carried(self, name: str, st: dict) -> int:
+        """A missing file of carried_files made again, empty, with the dumped mode and owner
+        (FILE_STAT; an image without them gets root's and 0600)."""
+        perms = stat.S_IMODE(st.get("mode", 0)) or 0o600
+        fd = open_path(self.img, name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perms)
+        try:
+            os.fchown(fd, st.get("uid", 0), st.get("gid", 0))
+            os.fchmod(fd, perms)  # (after the chown, which clears set-id bits; and past the umask)
         except BaseException:
             os.close(fd)
             raise

@@ -33,7 +33,7 @@ from ..kernel.ptrace import Injector
 from ..kernel.sysno import (SYS_close, SYS_madvise, SYS_mlock2, SYS_mlockall, SYS_mmap, SYS_mprotect,
                             SYS_mremap, SYS_munmap, SYS_prctl, SYS_pread64, SYS_rseq, SYS_set_robust_list,
                             SYS_set_tid_address, SYS_sigaltstack)
-from .files import FileSet
+from .files import FileSet, carried_files
 
 ROBUST_LIST_HEAD_SIZE = 24  # struct robust_list_head: the only length set_robust_list takes
 RSEQ_FLAG_UNREGISTER = 1
@@ -129,7 +129,9 @@ def check_mapped_files(img: Image) -> list[str]:
     written) and that hold code: the executable and every file mapped privately and executable
     (a library), that have changed since the dump (FILE_STAT: size or mtime). A shared mapping's
     contents are the file's, now, by design; so are a privately mapped data file's, but for the
-    pages the image holds, which must still lie within the file (`_pages_past_eof`)."""
+    pages the image holds, which must still lie within the file (`_pages_past_eof`). A file whose
+    contents the image carries (shared memory on tmpfs) is put back as dumped: not checked."""
+    carried = carried_files(img)
     named: dict[int, str] = {}  # FILE objref -> how the first user names it
     for t in img.processes():
         mm = img.obj(t.mm_objref)
@@ -147,7 +149,7 @@ def check_mapped_files(img: Image) -> list[str]:
     for ref, who in named.items():
         f = img.obj(ref)
         st = next((r for r in f.extra if r.type == RecType.FILE_STAT), None) if isinstance(f, File) else None
-        if st is None or not f.name:
+        if st is None or not f.name or f.name in carried:
             continue
         path = img.at(f.name)
         try:
@@ -162,7 +164,8 @@ def check_mapped_files(img: Image) -> list[str]:
             problems.append(f"{who} is '{shown_path(path)}', which has changed since the dump ({how}): the pages the "
                             "image does not hold would come from the new contents")
             reported.add(ref)
-    return problems + _pages_past_eof(img, reported)
+    return problems + _pages_past_eof(img, reported | {o.objref for o in img.objects.values()
+                                                       if isinstance(o, File) and o.name in carried})
 
 
 def _last_page(v: Vma) -> int:
