@@ -117,6 +117,10 @@ def test_missing_files_and_unsupported_kinds_are_named(tmp_path):
     log, pipe = files["/tmp/log.txt"], files["pipe:[1234]"]
     log.name = str(tmp_path / "gone.txt")
     assert any("gone.txt" in p and "does not exist" in p for p in check_files(img))
+    files["/usr/bin/sample"].name = log.name  # a second object of one missing file: named once
+    gone = [p for p in check_files(img) if "gone.txt" in p]
+    assert gone == [f"file '{tmp_path}/gone.txt' (objects {log.objref}, {files['/usr/bin/sample'].objref}) does not exist"], gone
+    files["/usr/bin/sample"].name = "/usr/bin/sample"
     (tmp_path / "gone.txt").write_text("")
     assert [p for p in check_files(img) if "gone.txt" in p] == []
     assert any("/usr/bin/sample" in p for p in check_files(img))  # mapped files count too

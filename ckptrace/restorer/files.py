@@ -83,6 +83,7 @@ def open_path(img: Image, path: str, flags: int, mode: int = 0o600) -> int:
 def check_files(img: Image) -> list[str]:
     """Why the image's files cannot be recreated here; empty when they can (nothing is opened)."""
     problems = tty.problems(img, lambda objref: _users(img, objref))
+    missing: dict[str, list[int]] = {}  # path -> the objects that name it
     pairs = tty.masters(img)
     carried = carried_files(img)
     for obj in img.objects.values():
@@ -119,11 +120,14 @@ def check_files(img: Image) -> list[str]:
                 problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}) does not exist, nor "
                                 "does its directory, where restore would make it again with the image's contents")
         elif ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
-            problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}) does not exist")
+            missing.setdefault(img.at(obj.name), []).append(obj.objref)
         elif ft in (FileType.REGULAR, FileType.FIFO) and (why := _magic_link_problem(img, obj)):
             problems.append(why)
         elif ft is FileType.REGULAR and (why := _type_problem(img, obj)):
             problems.append(why)
+    # once per path: a file opened by several processes (or mapped) is an object per open
+    problems += [f"file '{shown_path(path)}' ({'object' if len(refs) == 1 else 'objects'} {', '.join(map(str, refs))}) does not exist"
+                 for path, refs in missing.items()]
     return problems
 
 
