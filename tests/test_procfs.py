@@ -278,3 +278,30 @@ def test_dump_pid_says_why_its_namespace_cannot_be_read(tmp_path):
                            capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
         assert p.stdout == "cannot read the pid namespace of process 1 (/proc/1/ns/pid): EACCES (Permission denied)\n", p
+
+
+def test_file_holders_finds_fds_and_mappings_of_several_files_in_one_scan(tmp_path):
+    """One file held by an fd, another only mapped: each is found held by this process, with
+    its own key; a file nobody holds has no holder."""
+    import mmap
+
+    from ckptrace.kernel import procfs
+
+    paths = [tmp_path / n for n in ("opened", "mapped", "idle")]
+    for p in paths:
+        p.write_bytes(b"x" * 4096)
+    keys = {(st.st_dev, st.st_ino): p.name for p in paths for st in [p.stat()]}
+    held = open(paths[0], "rb")
+    with open(paths[1], "r+b") as f:
+        m = mmap.mmap(f.fileno(), 4096)  # (the fd closed: only mapped)
+    try:
+        got = procfs.file_holders(keys)
+        by_name = {keys[k]: v for k, v in got.items()}
+        assert os.getpid() in by_name["opened"] and os.getpid() in by_name["mapped"], by_name
+        assert os.getpid() not in by_name["idle"], by_name
+        held.close()
+        assert os.getpid() not in procfs.file_holders(keys)[paths[0].stat().st_dev, paths[0].stat().st_ino]
+    finally:
+        held.close()
+        m.close()
+    assert procfs.file_holders({}) == {}

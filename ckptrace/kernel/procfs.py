@@ -562,12 +562,26 @@ def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None, na
     return out
 
 
-def map_holders(dev: int, ino: int, root: str = PROC) -> list[int]:
-    """Host pids of the processes with a mapping of the inode (dev, ino): a scan of every
-    process's maps (its device and inode columns; nothing is stat'ed), in which processes that
-    vanish or cannot be read meanwhile are skipped."""
-    want_dev, want_ino = f"{os.major(dev):02x}:{os.minor(dev):02x}", str(ino)
-    out: list[int] = []
+def file_holders(inodes: dict[tuple[int, int], str], root: str = PROC) -> dict[tuple[int, int], list[int]]:
+    """For each inode (dev, ino) of `inodes`, the host pids of the processes holding it open (an
+    fd) or mapped, ascending: one scan of every fd and every maps on the host for them all (its
+    cost is the host's; a file at a time made it that many times). `inodes` maps each to its
+    base name: only fds whose link ends with one are stat'ed (as `holders`, whose reasons hold)."""
+    if not inodes:
+        return {}  # (no scan)
+    found: dict[tuple[int, int], set[int]] = {key: set() for key in inodes}
+    names = set(inodes.values())
+    for pid, fd, target in fd_links(root):
+        if os.path.basename(target) not in names:
+            continue
+        try:
+            st = os.stat(f"{root}/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in found:
+            found[st.st_dev, st.st_ino].add(pid)
+    columns = {(f"{os.major(dev):02x}:{os.minor(dev):02x}", str(ino)): (dev, ino) for dev, ino in inodes}
+    inos = {ino for _, ino in columns}
     for d in os.listdir(root):
         if not d.isdigit():
             continue
@@ -576,20 +590,13 @@ def map_holders(dev: int, ino: int, root: str = PROC) -> list[int]:
                 text = f.read()
         except OSError:
             continue
-        if want_ino not in text:
+        if not any(ino in text for ino in inos):
             continue
         for line in text.splitlines():
             cols = line.split(None, 5)
-            if len(cols) >= 5 and cols[4] == want_ino and cols[3] == want_dev:
-                out.append(int(d))
-                break
-    return out
-
-
-def file_holders(dev: int, ino: int, root: str = PROC, *, name: str | None = None) -> list[int]:
-    """Host pids of the processes holding the inode (dev, ino) open (an fd: `holders`, `name`
-    as there) or mapped (`map_holders`), ascending."""
-    return sorted(set(holders(dev, ino, root, name=name)) | set(map_holders(dev, ino, root)))
+            if len(cols) >= 5 and (key := columns.get((cols[3], cols[4]))) is not None:
+                found[key].add(int(d))
+    return {key: sorted(pids) for key, pids in found.items()}
 
 
 def fd_links(root: str = PROC) -> Iterator[tuple[int, int, str]]:

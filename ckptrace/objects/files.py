@@ -194,8 +194,9 @@ def shared_tmpfs_notes(ctx: DumpContext) -> list[str]:
     made once the tasks run again."""
     notes = []
     inside = set(ctx.ns_pid) | {os.getpid()}
-    for (dev, ino), (path, users) in ctx.shared_tmpfs.items():
-        outside = [h for h in procfs.file_holders(dev, ino, ctx.proc, name=os.path.basename(path)) if h not in inside]
+    held = procfs.file_holders({key: os.path.basename(path) for key, (path, _) in ctx.shared_tmpfs.items()}, ctx.proc)
+    for key, (path, users) in ctx.shared_tmpfs.items():
+        outside = [h for h in held[key] if h not in inside]
         if outside:
             named = [f"{h} ({procfs.comm(h, ctx.proc) or '?'})" for h in outside]
             mappers = ", ".join(_where(ctx, h) for h in users)

@@ -155,14 +155,17 @@ def held_file_problems(img: Image, *, original_runs: bool = False) -> list[str]:
     counted."""
     skip = {os.getpid()} | ({e["hostpid"] for e in img.tree} if original_runs else set())
     problems = []
+    present = {}  # (dev, ino) -> (path, object)
     for name, obj in carried_files(img).items():
         path = img.at(name)
         try:
             st = os.stat(path)
         except OSError:
             continue  # (missing: made again; another kind: check_files)
-        held = [h for h in procfs.file_holders(st.st_dev, st.st_ino, name=os.path.basename(os.path.realpath(path)))
-                if h not in skip]
+        present[st.st_dev, st.st_ino] = (path, obj)
+    holders = procfs.file_holders({key: os.path.basename(os.path.realpath(path)) for key, (path, _) in present.items()})
+    for key, (path, obj) in present.items():
+        held = [h for h in holders[key] if h not in skip]
         if held:
             problems.append(f"file '{shown_path(path)}' ({_users(img, obj.objref)}), shared memory whose dumped "
                             f"contents restore puts back, is held by host pid {listed(_named(held))}: writing them "
