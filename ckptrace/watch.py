@@ -1109,8 +1109,11 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
     dumps = BackgroundDump()
     next_render = [0.0]
 
-    with keys, _HangupStops(console), Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+    with keys, _HangupStops(console), Live(console=console, screen=True, auto_refresh=False, transient=True) as live, \
+            _JobControl(console, keys) as job:
         def tick():
+            if job.check():
+                next_render[0] = 0.0  # continued: a new screen, drawn now
             for k in keys.read():
                 action = handle_key(sel, model, k)
                 if action == "quit":
@@ -1127,6 +1130,68 @@ def _run_live(ctl: Controller, model: Model, args) -> None:
                 next_render[0] = now + RENDER_SECONDS
 
         _loop(ctl, args, tick)
+
+
+class _JobControl:
+    """Ctrl-Z and `fg` under the dashboard. Nothing handled them: stopped by SIGTSTP's default
+    action, the dashboard left the alternate screen and the cbreak modes in place (the shell drew
+    its prompt over the dashboard), and once continued it found the terminal in the shell's line
+    mode, echo on, so that keys waited for Enter. Now SIGTSTP gives the terminal back as it was
+    found (main screen, cursor shown, the saved modes) and stops the process; SIGCONT (however
+    it was stopped) sets the dashboard's terminal up again and has it drawn whole.
+
+    The handlers only set flags: the loop's tick does the work (`check`), never in the middle
+    of a frame being written."""
+
+    def __init__(self, console, keys: "_Keys"):
+        self.console = console
+        self.keys = keys
+        self.stop_asked = False
+        self.continued = False
+        self.handlers: dict = {}
+
+    def __enter__(self) -> "_JobControl":
+        self.handlers = {sig: signal.signal(sig, self._signalled) for sig in (signal.SIGTSTP, signal.SIGCONT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
+
+    def _signalled(self, sig, _frame) -> None:
+        if sig == signal.SIGTSTP:
+            self.stop_asked = True
+        else:
+            self.continued = True
+
+    def check(self) -> bool:
+        """Stop or set up again as signalled; True when the dashboard is to be drawn whole."""
+        if self.stop_asked:
+            self.stop_asked = False
+            self._give_back()
+            # SIGSTOP, not SIGTSTP's default action: in an orphaned process group (started under
+            # setsid, by a supervisor) the kernel discards that one, and we would run on with the
+            # terminal given back. The shell's `fg` continues either.
+            os.kill(os.getpid(), signal.SIGSTOP)
+            self.continued = True  # (its handler may run only after this returns)
+        if not self.continued:
+            return False
+        if _stop_requested[0]:
+            # `kill %1` of the stopped job: SIGTERM, then SIGCONT in the background, where setting
+            # the modes would stop us again (SIGTTOU), programs attached, and a frame drawn would
+            # land on the shell's screen
+            raise Stop()
+        self.continued = False
+        self.keys.single_keys()  # first: continued in the background (`bg`), SIGTTOU stops us here
+        self.console.set_alt_screen(True)
+        self.console.show_cursor(False)
+        return True
+
+    def _give_back(self) -> None:
+        self.console.show_cursor(True)
+        self.console.set_alt_screen(False)
+        self.console.file.flush()
+        self.keys.restore()
 
 
 class _HangupStops:
@@ -1192,25 +1257,39 @@ class _Keys:
 
     def __enter__(self):
         import termios
-        import tty
 
         self.fd = sys.stdin.fileno() if sys.stdin.isatty() else None
         if self.fd is not None:
             self.saved = termios.tcgetattr(self.fd)
-            while True:
-                try:
-                    tty.setcbreak(self.fd)
-                    break
-                except termios.error as exc:
-                    # Started in a background job (`timeout 10 ckptrace watch`, `&`): the kernel
-                    # stops us with SIGTTOU, and the call fails with EINTR once we are continued.
-                    if exc.args[0] != errno.EINTR:
-                        raise KernelError("setting the terminal to read single keys", exc.args[0]) from None
-                    if _stop_requested[0]:
-                        raise Stop() from None
+            self.single_keys()
         return self
 
     def __exit__(self, *exc):
+        self.restore()
+
+    def single_keys(self) -> None:
+        """The terminal in cbreak mode: keys come one by one, unechoed (at start, and again after
+        the job was continued: the shell had the terminal meanwhile, in its own modes)."""
+        import termios
+        import tty
+
+        if self.fd is None:
+            return
+        while True:
+            try:
+                tty.setcbreak(self.fd)
+                return
+            except termios.error as exc:
+                # Started, or continued, in a background job (`timeout 10 ckptrace watch`, `&`,
+                # `bg`): the kernel stops us with SIGTTOU, and the call fails with EINTR once we
+                # are continued.
+                if exc.args[0] != errno.EINTR:
+                    raise KernelError("setting the terminal to read single keys", exc.args[0]) from None
+                if _stop_requested[0]:
+                    raise Stop() from None
+
+    def restore(self) -> None:
+        """The terminal's modes as they were found (at the end, and while the job is stopped)."""
         import termios
 
         if self.fd is not None:

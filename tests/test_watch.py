@@ -1266,3 +1266,104 @@ def test_a_reader_that_goes_away_ends_watch_quietly_with_status_0(pidns, fmt):
             watch.wait()
     assert "Traceback" not in err and "Broken pipe" not in err, err
     assert still_loaded(progs) == []
+
+
+class _PtyDashboard:
+    """`ckptrace watch` (the dashboard) on a new pty, as a user's terminal shows it: what it drew,
+    its terminal's modes (termios of the pty, read through the master), its stops and its end."""
+
+    def __init__(self, argv: list[str], stderr_path: str):
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: stdin and stdout the pty, stderr the file
+            try:
+                os.chdir(ROOT)
+                err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(err, 2)
+                os.execv(PY, [PY, "-m", "ckptrace", *argv])
+            finally:
+                os._exit(127)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.drawn = b""
+        self.status: int | None = None  # the wait status once it has exited
+
+    def modes(self) -> list:
+        import termios
+
+        return termios.tcgetattr(self.fd)
+
+    def read_until(self, cond, timeout: float, what: str) -> None:
+        """Read what it draws until `cond()` holds (it must keep writing: a full pty blocks it)."""
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"{what}; last drawn: {self.drawn[-300:]!r}"
+            if select.select([self.fd], [], [], 0.05)[0]:
+                try:
+                    self.drawn += os.read(self.fd, 65536)
+                except OSError:  # (EIO: no process holds the pty any more)
+                    time.sleep(0.05)
+
+    def stopped(self) -> bool:
+        done, status = os.waitpid(self.pid, os.WNOHANG | os.WUNTRACED)
+        return bool(done) and os.WIFSTOPPED(status)
+
+    def exited(self) -> bool:
+        if self.status is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.status = status
+        return self.status is not None
+
+    def close(self) -> None:
+        if not self.exited():
+            os.kill(self.pid, signal.SIGKILL)
+            os.kill(self.pid, signal.SIGCONT)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def _single_keys(modes: list) -> bool:
+    import termios
+
+    return not modes[3] & (termios.ICANON | termios.ECHO)
+
+
+@pytest.mark.kernel
+def test_ctrl_z_gives_the_terminal_back_and_fg_takes_it_again_with_keys_working(pidns, tmp_path):
+    """Ctrl-Z under the dashboard left the alternate screen and the single-key modes in place (in
+    an orphaned process group, as here, it did not even stop), and after `fg` keys waited for
+    Enter and echoed over the dashboard. Now the stopped job has the terminal as it was found, and
+    once continued the dashboard's modes again: `q` quits at once."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "while :; do sleep 0.2; /bin/true; done"])
+    dash = _PtyDashboard(["watch", "--pidns", str(work.ns)], str(tmp_path / "err"))
+    try:
+        saved = dash.modes()
+        assert not _single_keys(saved)
+        dash.read_until(lambda: _single_keys(dash.modes()) and b"namespaces" in dash.drawn, 60,
+                        "the dashboard never came up")
+        progs = programs_of(dash.pid)
+        assert progs
+        dash.drawn = b""
+        os.write(dash.fd, b"\x1a")  # Ctrl-Z: SIGTSTP to the foreground process group (ISIG)
+        dash.read_until(dash.stopped, 10, "Ctrl-Z did not stop the dashboard")
+        dash.read_until(lambda: b"\x1b[?1049l" in dash.drawn, 2, "the main screen was not given back")
+        assert dash.modes() == saved
+        assert dash.drawn.rfind(b"\x1b[?25h") > dash.drawn.rfind(b"\x1b[?25l")  # the cursor shows
+        dash.drawn = b""
+        os.kill(dash.pid, signal.SIGCONT)  # fg
+        dash.read_until(lambda: _single_keys(dash.modes()) and b"\x1b[?1049h" in dash.drawn
+                        and b"namespaces" in dash.drawn.split(b"\x1b[?1049h")[-1], 10,
+                        "the dashboard was not set up and drawn again once continued")
+        os.write(dash.fd, b"q")  # no Enter
+        dash.read_until(dash.exited, 20, "q did not end the dashboard")
+        assert os.waitstatus_to_exitcode(dash.status) == 0
+    finally:
+        dash.close()
+    err = open(tmp_path / "err").read()
+    assert "Traceback" not in err, err
+    assert still_loaded(progs) == []
