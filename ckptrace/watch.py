@@ -688,11 +688,14 @@ class Controller:
 
     def focus_gone(self) -> bool:
         """The focused namespace had processes and none is alive now (its init is gone, and the
-        kernel kills the rest with it)."""
+        kernel kills the rest with it), also once the model has forgotten the dead."""
         if self.focus is None:
             return False
         procs = [p for p in self.model.procs.values() if p.ns == self.focus]
-        return bool(procs) and not any(p.alive for p in procs)
+        if any(p.alive for p in procs):
+            return False
+        ns = self.model.namespaces.get(self.focus)
+        return bool(procs) or (ns is not None and ns.ended)
 
     def check_dumps(self) -> None:
         for ino, ns in self.model.namespaces.items():
@@ -953,6 +956,7 @@ def main(args) -> int:
         ctl.seed_all()
         what = f"pid namespace {args.pidns}" if args.pidns else "every non-host pid namespace"
         model.faults = prog.faults
+        model.focus = args.pidns or None
         model.status = (f"{len(prog.attached)} tracepoints attached"
                         + ("" if prog.faults else ", write faults off (--no-faults)"))
         priority = CpuPriority(args.priority)
@@ -1090,14 +1094,26 @@ def _run_stream(ctl: Controller, args, lines: _Lines) -> None:
         next_look[0] = now + HOUSEKEEP_SECONDS
         if ctl.focus_gone():
             # said once, on stderr (stdout stays events): a script waiting on events would wait on
-            _note(f"ckptrace watch: pid namespace {args.pidns} has no process left: nothing more will "
-                  "come from it")
+            _note_focus_gone(args.pidns)
             next_look[0] = float("inf")
 
     _loop(ctl, args, tick)
 
 
+def _note_focus_gone(ino: int) -> None:
+    _note(f"ckptrace watch: pid namespace {ino} has no process left: nothing more will come from it")
+
+
 def _run_live(ctl: Controller, model: Model, args) -> None:
+    try:
+        _run_dashboard(ctl, model, args)
+    finally:
+        # (once the terminal is restored, where it can be read: the dashboard says it meanwhile)
+        if ctl.focus_gone():
+            _note_focus_gone(args.pidns)
+
+
+def _run_dashboard(ctl: Controller, model: Model, args) -> None:
     from rich.console import Console
     from rich.live import Live
 

@@ -293,6 +293,9 @@ class Namespace:
     ino: int
     events: int = 0
     last_dump: int | None = None  # notify.last_dump stamp last seen
+    # none of its processes is alive any more (its init exited: the kernel ends the rest with it);
+    # set by Model.gc, before the dead are forgotten
+    ended: bool = False
     window: deque = field(default_factory=lambda: deque(maxlen=4096))  # wall times of recent events
 
     def rate(self, now: float, span: float = 2.0) -> float:
@@ -314,6 +317,9 @@ class Model:
         self._lineage = itertools.count(1)
         self.status = "starting"
         self.faults = True  # write faults are traced (not `--no-faults`): dirty counts mean something
+        # the namespace `--pidns` names: kept once it has ended, which the dashboard then says
+        # (forgotten, it read "no watched namespace yet")
+        self.focus: int | None = None
 
     # -- setup -------------------------------------------------------------------------------------
     def add_namespace(self, ino: int) -> Namespace:
@@ -762,12 +768,19 @@ class Model:
     def gc(self) -> None:
         """Forget tombstones and dead processes once late write faults can no longer need them."""
         now = self.clock()
+        known, alive = set(), set()  # namespaces with processes, and with live ones
         for hp, p in list(self.procs.items()):
             p.tombstones = [(t, v) for t, v in p.tombstones if now - t < TOMBSTONE_SECONDS]
-            if not p.alive and now - p.died > DEAD_SECONDS:
+            known.add(p.ns)
+            if p.alive:
+                alive.add(p.ns)
+            elif now - p.died > DEAD_SECONDS:
                 del self.procs[hp]
+        for ino in known - alive:
+            if ino in self.namespaces:
+                self.namespaces[ino].ended = True
         # a pid namespace without processes is gone for good (it dies with its init)
         live = {p.ns for p in self.procs.values()}
         for ino, ns in list(self.namespaces.items()):
-            if ino not in live and ns.window and now - ns.window[-1] > DEAD_SECONDS:
+            if ino not in live and ino != self.focus and ns.window and now - ns.window[-1] > DEAD_SECONDS:
                 del self.namespaces[ino]

@@ -163,10 +163,15 @@ def _ns_table(model: Model, sel: Selection, now: float, rows: int) -> Table:
     first = max(0, min(at - rows // 2, len(nss) - rows))
     for ino in nss[first:first + rows]:
         ns = model.namespaces[ino]
-        procs = [p for p in model.ns_procs(ino) if p.alive]
+        every = model.ns_procs(ino)
+        procs = [p for p in every if p.alive]
         init = model.init_of(ino)
-        t.add_row("▶" if ino == current else " ", str(ino),
-                  _literal(f"{init.pid} {init.comm}") if init else "-", str(len(procs)),
+        if not procs and (ns.ended or every):  # (Model.gc says it only once a second)
+            # a `--pidns` namespace stays listed once its dead are forgotten: not "not watched yet"
+            who = Text("ended: no process left", style="bold yellow")
+        else:
+            who = _literal(f"{init.pid} {init.comm}") if init else "-"
+        t.add_row("▶" if ino == current else " ", str(ino), who, str(len(procs)),
                   f"{ns.rate(now):.1f}", _dirt(model, sum(p.dirty_pages() for p in procs)),
                   style="reverse" if ino == current else None)
     if not model.namespaces:

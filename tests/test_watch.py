@@ -1367,3 +1367,30 @@ def test_ctrl_z_gives_the_terminal_back_and_fg_takes_it_again_with_keys_working(
     err = open(tmp_path / "err").read()
     assert "Traceback" not in err, err
     assert still_loaded(progs) == []
+
+
+@pytest.mark.kernel
+def test_the_dashboard_says_the_focused_namespace_ended_and_stderr_too_once_it_quits(pidns, tmp_path):
+    """`--pidns N` on the dashboard: once N's init had exited and its dead had aged out, the
+    table read "(no watched namespace yet)", and the line plain and --json print on stderr never
+    came. Now the table says N ended, and the line follows the dashboard, on the restored screen."""
+    need_root_and_bcc()
+    work = pidns(["/bin/sh", "-c", "sleep 1.5; exit 3"])
+    err = tmp_path / "err"
+    dash = _PtyDashboard(["watch", "--pidns", str(work.ns), "--no-faults"], str(err))
+    try:
+        dash.read_until(lambda: b"namespaces" in dash.drawn, 60, "the dashboard never came up")
+        dash.read_until(lambda: b"ended: no process left" in dash.drawn, 15, "the end was never shown")
+        time.sleep(6)  # DEAD_SECONDS: the dead are forgotten, the namespace must stay
+        dash.drawn = b""
+        dash.read_until(lambda: dash.drawn.count(b"\x1b[H") >= 2, 5, "no new frame")
+        frame = dash.drawn.rsplit(b"\x1b[H", 1)[0]
+        assert b"ended: no process left" in frame and b"no watched namespace" not in frame, frame
+        assert "has no process left" not in err.read_text()  # not under the dashboard
+        os.write(dash.fd, b"q")
+        dash.read_until(dash.exited, 20, "q did not end the dashboard")
+        assert os.waitstatus_to_exitcode(dash.status) == 0
+    finally:
+        dash.close()
+    lines = err.read_text().splitlines()
+    assert f"ckptrace watch: pid namespace {work.ns} has no process left: nothing more will come from it" in lines, lines

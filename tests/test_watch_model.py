@@ -1755,3 +1755,37 @@ def test_an_mprotect_has_the_table_joined_at_a_later_drain_once_a_second_at_most
     ctl.merge_read[100] -= 2
     ctl.drain()
     assert reads == [100, 100] and not ctl.merge_due
+
+
+def test_a_focused_namespace_that_ended_says_so_once_its_dead_are_forgotten(model):
+    """`--pidns N` on the dashboard: once N's dead had aged out (DEAD_SECONDS) the model forgot
+    N and the table read "(no watched namespace yet)", wrong for one watched that ended; the
+    stderr line streams print (focus_gone) was never said either."""
+    from ckptrace.watch import Controller
+    from ckptrace.watchmodel import DEAD_SECONDS
+
+    model.focus = NS
+    ctl = Controller(FakeProg(), model, host=1, focus=NS, emit=lambda ev: None)
+    assert not ctl.focus_gone()
+    model.apply(ev("exit", code=3))  # its init: the kernel ends the rest with it
+    assert ctl.focus_gone()
+    row = next(line for line in text_of(render(model, Selection(), width=120, height=30), width=120,
+                                        height=30).splitlines() if str(NS) in line)
+    assert "ended" in row, row  # at once, before the model's housekeeping says so
+    model.tick(DEAD_SECONDS + 1)
+    model.gc()
+    assert not model.procs and model.namespaces[NS].ended
+    assert ctl.focus_gone()  # also with the dead forgotten (the dashboard says it as it exits)
+    out = text_of(render(model, Selection(), width=120, height=30), width=120, height=30)
+    row = next(line for line in out.splitlines() if str(NS) in line)
+    assert "ended" in row and "no watched namespace" not in out, out
+
+
+def test_namespaces_other_than_the_focused_one_are_still_forgotten_once_ended(model):
+    from ckptrace.watchmodel import DEAD_SECONDS
+
+    model.apply(ev("exit", code=0))
+    model.tick(DEAD_SECONDS + 1)
+    model.gc()
+    assert NS not in model.namespaces
+    assert "no watched namespace" in text_of(render(model, Selection(), width=120, height=30), width=120, height=30)
