@@ -38,6 +38,7 @@ MERGE_SECONDS = 1.0  # a process's table is read for the kernel's merges at most
 
 NEWNS_HOW = {1: "unshare", 2: "setns", 3: "clone"}
 MAP_FIXED = 0x10  # (MAP_FIXED_NOREPLACE never lands on a mapping)
+MAP_TYPE, MAP_SHARED, MAP_SHARED_VALIDATE = 0x0F, 0x01, 0x03  # the kernel's switch on the mapping type
 
 
 def _errno_name(code: int) -> str:
@@ -215,9 +216,9 @@ def _watched_namespaces(host: int, focus: int | None) -> dict[int, list[int]]:
     return out
 
 
-def _maps(hostpid: int) -> list[tuple[int, int, int, str]]:
+def _maps(hostpid: int) -> list[tuple[int, int, int, str, bool]]:
     try:
-        return [(m.start, m.end, m.prot, m.path) for m in procfs.maps(hostpid)]
+        return [(m.start, m.end, m.prot, m.path, m.shared) for m in procfs.maps(hostpid)]
     except CkptError:
         return []
 
@@ -415,7 +416,8 @@ class Controller:
                 self._mark_stale(hostpid)
             elif kind == "mprotect":
                 self.merge_due.setdefault(hostpid, time.monotonic())  # the kernel may have joined pieces
-            out = self.model.apply(ev, gen=gen, tid=e.hosttid, fixed=bool(e.a3 & MAP_FIXED))
+            out = self.model.apply(ev, gen=gen, tid=e.hosttid, fixed=bool(e.a3 & MAP_FIXED),
+                                   shared=kind == "mmap" and (e.a3 & MAP_TYPE) in (MAP_SHARED, MAP_SHARED_VALIDATE))
         elif kind == "munmap":
             ev["addr"], ev["len"] = e.a0, e.a1
             out = self.model.apply(ev, gen=gen, tid=e.hosttid)

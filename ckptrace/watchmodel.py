@@ -67,6 +67,7 @@ class Vma:
     # thread, comes later (see Model.apply). (thread that made this mapping, ts until which such
     # an munmap is taken for that one)
     owed: tuple[int, int] | None = None
+    shared: bool = False  # MAP_SHARED ("s" in /proc/PID/maps), from /proc or the mmap's flags
 
     @property
     def pages(self) -> int:
@@ -79,18 +80,18 @@ class Vma:
             dirty = {p for p in dirty if lo <= p < hi}
         else:
             dirty = set()
-        return Vma(start, end, self.prot, self.path, dirty, self.born, self.lineage, owed=self.owed)
+        return Vma(start, end, self.prot, self.path, dirty, self.born, self.lineage, owed=self.owed, shared=self.shared)
 
     def shifted(self, delta: int) -> "Vma":
         d = delta >> PAGE_SHIFT
         return Vma(self.start + delta, self.end + delta, self.prot, self.path, {p + d for p in self.dirty},
-                   self.born, self.lineage)
+                   self.born, self.lineage, shared=self.shared)
 
     def ghost(self, start: int | None = None, end: int | None = None, **kw) -> "Vma":
         """A tombstone for [start, end) of this mapping (all of it by default): no dirt of its
         own, same birth and lineage; `kw` sets `moved`/`heirs`."""
         return Vma(self.start if start is None else start, self.end if end is None else end, self.prot,
-                   self.path, set(), self.born, self.lineage, **kw)
+                   self.path, set(), self.born, self.lineage, shared=self.shared, **kw)
 
     def valid_at(self, gen: int) -> bool:
         return self.born <= gen < self.died
@@ -98,6 +99,17 @@ class Vma:
 
 def _start(v: Vma) -> int:
     return v.start
+
+
+# a mapping read from /proc: (start, end, prot, path) or (start, end, prot, path, shared)
+ProcMapping = tuple
+
+
+def _entry(mapping: ProcMapping) -> tuple[int, int, int, str, bool]:
+    """A mapping read from /proc as (start, end, prot, path, shared); `shared` may be left out
+    (a private mapping)."""
+    start, end, prot, path, *shared = mapping
+    return start, end, prot, path, bool(shared and shared[0])
 
 
 @dataclass(slots=True)
@@ -329,7 +341,7 @@ class Model:
         return ns
 
     def seed_proc(self, hostpid: int, pid: int, ns: int, *, ppid: int = 0, comm: str = "",
-                  maps: list[tuple[int, int, int, str]] = (), maps_at: int = 0) -> Proc:
+                  maps: list[ProcMapping] = (), maps_at: int = 0) -> Proc:
         """A process found in /proc (at start, or when an event names one we have not seen);
         `maps_at`: when `maps` was read (CLOCK_MONOTONIC ns, as the events' ts)."""
         self.add_namespace(ns)
@@ -343,15 +355,15 @@ class Model:
             self.set_maps(p, maps, at=maps_at)
         return p
 
-    def set_maps(self, p: Proc, maps: list[tuple[int, int, int, str]], *, at: int = 0) -> None:
+    def set_maps(self, p: Proc, maps: list[ProcMapping], *, at: int = 0) -> None:
         """Replace the VMA table with /proc's view (read at `at`, CLOCK_MONOTONIC ns), keeping
         dirt on pages still mapped, and the lineage of the mapping a piece overlaps (pages
         written before an mprotect and drained after this still find their heir)."""
         old = p.vmas
         p.maps_at = at
         p.vmas = []
-        for start, end, prot, path in sorted(maps):
-            v = Vma(start, end, prot, path, born=p.gen, lineage=0)
+        for start, end, prot, path, shared in map(_entry, sorted(maps)):
+            v = Vma(start, end, prot, path, born=p.gen, lineage=0, shared=shared)
             for o in old:
                 if o.end > start and o.start < end:
                     v.dirty |= o.slice(max(o.start, start), min(o.end, end)).dirty
@@ -361,21 +373,21 @@ class Model:
             if path == "[heap]" and not p.brk:
                 p.brk = end
 
-    def fill_maps(self, p: Proc, maps: list[tuple[int, int, int, str]], *, at: int = 0) -> None:
+    def fill_maps(self, p: Proc, maps: list[ProcMapping], *, at: int = 0) -> None:
         """Add /proc's mappings where the table has none, after an exec: the mappings exec made
         itself (program, loader, stack) come with no event, while those made since by mm calls
         are in the table from their events, with their own generations, which /proc's view
         (merged by the kernel, and only as it is now) would lose. What is added is as old as the
         exec. `at`: when `maps` was read."""
         p.maps_at = at or p.maps_at
-        for start, end, prot, path in sorted(maps):
+        for start, end, prot, path, shared in map(_entry, sorted(maps)):
             for a, b in p.uncovered(start, end):
-                bisect.insort(p.vmas, Vma(a, b, prot, path, born=p.exec_gen, lineage=next(self._lineage)),
-                              key=_start)
+                bisect.insort(p.vmas, Vma(a, b, prot, path, born=p.exec_gen, lineage=next(self._lineage),
+                                          shared=shared), key=_start)
             if path == "[heap]" and not p.brk:
                 p.brk = end
 
-    def merge_maps(self, p: Proc, maps: list[tuple[int, int, int, str]]) -> int:
+    def merge_maps(self, p: Proc, maps: list[ProcMapping]) -> int:
         """Join the pieces of the table that /proc shows as one mapping. The kernel merges a
         mapping with its neighbours when their flags, protection and backing allow (an mprotect
         undone, an mremap that shrank a split mapping), and tracepoint arguments do not say when
@@ -389,17 +401,18 @@ class Model:
         pieces went."""
         vmas = p.vmas
         runs = []  # (index of the first piece, index after the last, the /proc mapping)
-        for start, end, prot, _path in sorted(maps):
+        for start, end, prot, _path, shared in map(_entry, sorted(maps)):
             i = bisect.bisect_left(vmas, start, key=_start)
             if i >= len(vmas) or vmas[i].start != start or vmas[i].end >= end:
                 continue
             j = i + 1
             first = vmas[i]
             while j < len(vmas) and vmas[j].start == vmas[j - 1].end and vmas[j].end <= end and \
-                    vmas[j].prot == first.prot:
+                    vmas[j].prot == first.prot and vmas[j].shared == first.shared:
                 j += 1
             run = vmas[i:j]
-            if run[-1].end == end and first.prot == prot and all(v.owed is None for v in run):
+            if run[-1].end == end and first.prot == prot and first.shared == shared and \
+                    all(v.owed is None for v in run):
                 runs.append((i, j))
         if not runs:
             return 0
@@ -415,7 +428,8 @@ class Model:
                         v.lineage = first.lineage
             p.bury([v.ghost(heirs=True) for v in run], now)
             dirty = set().union(*(v.dirty for v in run))
-            vmas[i:j] = [Vma(first.start, run[-1].end, first.prot, first.path, dirty, p.gen, first.lineage)]
+            vmas[i:j] = [Vma(first.start, run[-1].end, first.prot, first.path, dirty, p.gen, first.lineage,
+                             shared=first.shared)]
             joined += len(run) - 1
         return joined
 
@@ -456,11 +470,13 @@ class Model:
 
     # -- events ------------------------------------------------------------------------------------
     def apply(self, ev: dict, *, gen: int | None = None, childhost: int | None = None,
-              want: int | None = None, got: int | None = None, tid: int = 0, fixed: bool = True) -> dict | None:
+              want: int | None = None, got: int | None = None, tid: int = 0, fixed: bool = True,
+              shared: bool = False) -> dict | None:
         """Apply one structural event; returns the event to report (possibly completed, e.g. brk's
         addr/len), or None when it is internal (rename, brk queries). What the report leaves out
         comes as keywords (the mm generation, a fork's child host pid, brk's requested and
-        resulting break, the thread of an mmap or munmap and whether the mmap was MAP_FIXED) or,
+        resulting break, the thread of an mmap or munmap, whether the mmap was MAP_FIXED and whether
+        it was MAP_SHARED) or,
         equivalently, as keys starting with "_" (`public` strips them).
         This runs for every event the kernel sends: keep it lean."""
         now = self.clock()
@@ -479,7 +495,7 @@ class Model:
             end = addr + page_up(ev["len"])
             gone = p.carve(addr, end)
             p.bury(gone, now)
-            v = Vma(addr, end, ev["prot"], ev.get("path", ""), set(), p.gen, next(self._lineage))
+            v = Vma(addr, end, ev["prot"], ev.get("path", ""), set(), p.gen, next(self._lineage), shared=shared)
             if gone and tid and not fixed:
                 # The kernel puts a mapping made without MAP_FIXED only where nothing is mapped:
                 # what the model still had there was unmapped first, by another thread whose
@@ -509,7 +525,8 @@ class Model:
             elif child is None or not child.alive:
                 child = self.procs[childhost] = Proc(childhost, ev["child"], p.ns, p.hostpid, p.comm)
                 lineage = self._lineage
-                child.vmas = [Vma(v.start, v.end, v.prot, v.path, set(), 0, next(lineage)) for v in p.vmas]
+                child.vmas = [Vma(v.start, v.end, v.prot, v.path, set(), 0, next(lineage), shared=v.shared)
+                              for v in p.vmas]
                 child.brk = p.brk  # its heap has no history here: heap_freed_to and heap_shrunk start afresh
             else:
                 child.ppid = p.hostpid

@@ -16,7 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .watchmodel import Model, Proc, prot_str
+from .image.records import VM_MAYSHARE
 from .image.render import human as _human
+from .image.render import prot_str as maps_perms  # rw-p / rw-s, as /proc/PID/maps
 from .image.render import terminal_safe
 
 
@@ -230,7 +232,8 @@ def _vmas(p: Proc | None, rows: int, width: int = 120, faults: bool = True) -> T
     bar = max(5, min(BAR, room - 7 - 2 - (16 if show_end else 0) - 4))
     # (header, minimum width, cell of a mapping): one list drives the header and every row
     cols = [("start", 14, lambda v: f"{v.start:#x}"), ("end", 14, lambda v: f"{v.end:#x}"),
-            ("prot", 4, lambda v: prot_str(v.prot)), ("size", 6, lambda v: human(v.end - v.start)),
+            ("prot", 4, lambda v: maps_perms(v.prot, VM_MAYSHARE if v.shared else 0)),
+            ("size", 6, lambda v: human(v.end - v.start)),
             ("dirty", 5, lambda v: str(len(v.dirty))),
             ("heat", bar + 7, lambda v: heat_bar(len(v.dirty), v.pages, bar)), ("path", 4, lambda v: _literal(v.path))]
     if not faults:

@@ -1789,3 +1789,32 @@ def test_namespaces_other_than_the_focused_one_are_still_forgotten_once_ended(mo
     model.gc()
     assert NS not in model.namespaces
     assert "no watched namespace" in text_of(render(model, Selection(), width=120, height=30), width=120, height=30)
+
+
+def test_shared_mappings_show_s_and_private_ones_p_as_proc_maps_does(model):
+    """The memory map showed a MAP_SHARED mapping as `rw-` like a private one; /proc/PID/maps
+    says `rw-s`. Known from /proc's table and from the mmap's flags, kept through a split, a
+    move and a fork."""
+    from ckptrace.watch import Controller
+
+    ctl = Controller(FakeProg(), model, host=1, focus=None, emit=lambda ev: None)
+    E = bpfload.abi().structs["ckpt_event"]
+    mmap_type = bpfload.abi().consts["CKPT_EV_MMAP"]
+    for addr, flags in ((0x7000000, 0x01), (0x7100000, 0x22), (0x7200000, 0x03)):  # shared, private, validate
+        ctl.on_record(E(ts=5, ns=NS, type=mmap_type, hostpid=100, hosttid=100, pid=1, tid=1,
+                        a0=addr, a1=2 * P, a2=3, a3=flags))
+    assert ctl.failure is None
+    model.apply(ev("mprotect", addr=0x7000000, len=P, prot=1))
+    model.apply(ev("mremap", addr=0x7200000, len=2 * P, new_addr=0x7300000, new_len=2 * P))
+    model.set_maps(model.procs[100], [(0x400000, 0x401000, 5, "/bin/init"), (0x500000, 0x501000, 1, "/memfd:x", True),
+                                      *[(v.start, v.end, v.prot, v.path, v.shared) for v in model.procs[100].vmas
+                                        if v.start >= 0x7000000]])
+    model.apply(ev("fork", child=2, _childhost=101))
+    for hostpid in (100, 101):
+        shared = {v.start: v.shared for v in model.procs[hostpid].vmas}
+        assert shared == {0x400000: False, 0x500000: True, 0x7000000: True, 0x7001000: True, 0x7100000: False,
+                          0x7300000: True}, (hostpid, shared)
+    out = text_of(render(model, Selection(), width=140, height=40))
+    perms = {m.group(1): m.group(2) for m in re.finditer(r"(0x[0-9a-f]+) +(?:0x[0-9a-f]+ +)?([r-][w-][x-][sp]) ", out)}
+    assert perms == {"0x400000": "r-xp", "0x500000": "r--s", "0x7000000": "r--s", "0x7001000": "rw-s",
+                     "0x7100000": "rw-p", "0x7300000": "rw-s"}, perms
