@@ -157,7 +157,9 @@ def event_line(ev: dict) -> str:
 def _ns_table(model: Model, sel: Selection, now: float, rows: int) -> Table:
     """At most `rows` namespaces, a window over the sorted list that holds the selected one."""
     t = Table(expand=True, box=None, header_style="bold", pad_edge=False)
-    for col in ("", "pid ns", "init", "tasks", "events/s", "dirty pages"):
+    # `procs`: the model follows processes (a thread is its process), where `ckptrace ls` counts
+    # every thread as a task: one word for both read as two counts of one thing that disagreed
+    for col in ("", "pid ns", "init", "procs", "events/s", "dirty pages"):
         t.add_column(col, no_wrap=True)
     current = selected_ns(model, sel)
     nss = namespaces(model)
@@ -304,13 +306,13 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
         # side by side, neither fits: the task tree above the memory map, each the full width
         tree_rows = max(2, (upper - 2) // 3)
         layout["mid"].split_column(
-            Layout(Panel(_tree(model, sel, tree_rows), title="tasks"), size=tree_rows + 3),
+            Layout(Panel(_tree(model, sel, tree_rows), title="processes"), size=tree_rows + 3),
             Layout(Panel(_vmas(p, upper - tree_rows - 4, width - 4, model.faults), title=title)),
         )
     else:
         tasks_w = max(30, width // 3)
         layout["mid"].split_row(
-            Layout(Panel(_tree(model, sel, upper - 1), title="tasks"), size=tasks_w),
+            Layout(Panel(_tree(model, sel, upper - 1), title="processes"), size=tasks_w),
             Layout(Panel(_vmas(p, upper - 1, width - tasks_w - 4, model.faults), title=title)),
         )
     recent = list(model.recent)[-events_rows:]

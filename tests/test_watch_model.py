@@ -1818,3 +1818,12 @@ def test_shared_mappings_show_s_and_private_ones_p_as_proc_maps_does(model):
     perms = {m.group(1): m.group(2) for m in re.finditer(r"(0x[0-9a-f]+) +(?:0x[0-9a-f]+ +)?([r-][w-][x-][sp]) ", out)}
     assert perms == {"0x400000": "r-xp", "0x500000": "r--s", "0x7000000": "r--s", "0x7001000": "rw-s",
                      "0x7100000": "rw-p", "0x7300000": "rw-s"}, perms
+
+
+def test_the_namespace_table_says_it_counts_processes_not_threads(model):
+    """Its `tasks` column counted processes while `ckptrace ls` counts threads as tasks: the same
+    namespace read 1 here and 2 there. The header says what is counted."""
+    out = text_of(render(model, Selection(), width=140, height=40))
+    header = next(line for line in out.splitlines() if "pid ns" in line)
+    assert "procs" in header and "tasks" not in header, header
+    assert "processes" in out and "─ tasks ─" not in out  # the tree's panel too
