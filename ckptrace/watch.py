@@ -1137,10 +1137,10 @@ def _run_dashboard(ctl: Controller, model: Model, args) -> None:
                 if action == "quit":
                     raise KeyboardInterrupt
                 if action == "dump":
-                    sel.message = dumps.start(selected_ns(model, sel))
+                    sel.tell(dumps.start(selected_ns(model, sel)), model.clock(), lasting=dumps.running)
             outcome = dumps.poll()
             if outcome is not None:
-                sel.message = outcome
+                sel.tell(outcome, model.clock())
             now = time.monotonic()
             if now >= next_render[0]:
                 pin(model, sel)  # what is shown is what stays selected, whatever comes and goes
@@ -1256,6 +1256,10 @@ class BackgroundDump:
             return f"dump failed to start: {exc.strerror}"
         self.what = f"dumping {ino} to {path}"
         return self.what
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def poll(self) -> str | None:
         """The outcome once the dump has ended (once), else None."""

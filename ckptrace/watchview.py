@@ -41,8 +41,18 @@ class Selection:
     ns: int | None = None  # pid namespace inode
     hostpid: int | None = None
     message: str = ""
+    # when the message goes (the model's clock; None: when another replaces it). A dump's outcome
+    # stayed for the whole session, and at 80 columns it cut the keys' help short.
+    message_until: float | None = None
+
+    def tell(self, message: str, now: float, *, lasting: bool = False) -> None:
+        """Show `message` in the header for MESSAGE_SECONDS from `now`, or until the next one
+        when `lasting` (a dump still running)."""
+        self.message = message
+        self.message_until = None if lasting else now + MESSAGE_SECONDS
 
 
+MESSAGE_SECONDS = 10.0
 # Narrower than this, the task tree goes above the memory map: side by side at 100 columns its
 # third of the width left names one letter once the pids, the dirt and the tree's indent were in.
 STACK_BELOW = 110
@@ -281,7 +291,7 @@ def render(model: Model, sel: Selection, *, width: int = 120, height: int = 40, 
     # The dump message first: at 80 columns it is the image's path that matters, and the keys
     # after it (known by then) are what gets cut.
     keys = Text(no_wrap=True, overflow="ellipsis")
-    if sel.message:
+    if sel.message and (sel.message_until is None or now < sel.message_until):
         keys.append(f"{sel.message}  ", style="cyan")
     keys.append("↑/↓ process  ←/→ namespace  d dump  q quit", style="grey50")
     head = Group(status, keys)

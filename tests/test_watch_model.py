@@ -1827,3 +1827,36 @@ def test_the_namespace_table_says_it_counts_processes_not_threads(model):
     header = next(line for line in out.splitlines() if "pid ns" in line)
     assert "procs" in header and "tasks" not in header, header
     assert "processes" in out and "─ tasks ─" not in out  # the tree's panel too
+
+
+def test_a_dump_outcome_leaves_the_header_after_a_while_and_the_keys_show_whole_again(model):
+    """After `d` the "dumped ... to ..." message stayed in the header's second line for the
+    rest of the session, and at 80 columns the key help behind it was cut. An outcome now goes
+    after MESSAGE_SECONDS (the state's clock: render stays pure); a dump still running is said
+    until its outcome replaces it."""
+    import sys
+
+    from ckptrace.watch import BackgroundDump
+    from ckptrace.watchview import MESSAGE_SECONDS
+
+    def second_line(sel, now):
+        return text_of(render(model, sel, width=80, height=24, now=now), width=80, height=24).splitlines()[1]
+
+    path = "/var/tmp/ckptrace-4026532188-1764430000.img"
+    sel = Selection()
+    sel.tell(f"dumping 4026532188 to {path}", 1000.0, lasting=True)
+    assert path in second_line(sel, 1000.0 + 10 * MESSAGE_SECONDS)
+    sel.tell(f"dumped 4026532188 to {path}", 1000.0)
+    assert path in second_line(sel, 1000.0 + MESSAGE_SECONDS - 1)
+    line = second_line(sel, 1000.0 + MESSAGE_SECONDS)
+    assert "dumped" not in line and "q quit" in line, line
+
+    dump = BackgroundDump([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    assert not dump.running
+    dump.start(4026532188)
+    assert dump.running  # what makes its message last
+    deadline = time.monotonic() + 10
+    while dump.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not dump.running
