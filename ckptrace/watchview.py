@@ -29,6 +29,9 @@ def _literal(text: str) -> Text:
     return Text(terminal_safe(text))
 
 BAR = 20
+# Path characters the memory map keeps by narrowing its heat bar (down to 5) before it cuts the
+# path: at 70 columns a 16-wide bar left "/us…" of every path.
+PATH_KEPT = 12
 OFF = "off"  # a dirty count or heat bar without write-fault tracing (--no-faults)
 HEAT = ["green", "yellow", "dark_orange", "red"]
 
@@ -240,8 +243,8 @@ def _vmas(p: Proc | None, rows: int, width: int = 120, faults: bool = True) -> T
     tracing) the dirty and heat cells say "off"."""
     fixed = 14 + 4 + 6 + 5 + 4 * 2  # start, prot, size, dirty and the gaps after them
     room = width - fixed
-    show_end = room >= 16 + BAR + 7 + 2 + 12  # only with the whole heat bar and some path beside it
-    bar = max(5, min(BAR, room - 7 - 2 - (16 if show_end else 0) - 4))
+    show_end = room >= 16 + BAR + 7 + 2 + PATH_KEPT  # only with the whole heat bar and the path kept
+    bar = max(5, min(BAR, room - 7 - 2 - (16 if show_end else 0) - PATH_KEPT))
     # (header, minimum width, cell of a mapping): one list drives the header and every row
     cols = [("start", 14, lambda v: f"{v.start:#x}"), ("end", 14, lambda v: f"{v.end:#x}"),
             ("prot", 4, lambda v: maps_perms(v.prot, VM_MAYSHARE if v.shared else 0)),

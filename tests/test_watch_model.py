@@ -1860,3 +1860,20 @@ def test_a_dump_outcome_leaves_the_header_after_a_while_and_the_keys_show_whole_
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert not dump.running
+
+
+@pytest.mark.parametrize("width", [70, 80, 100])
+def test_the_heat_bar_narrows_before_the_path_is_cut(model, width):
+    """docs/watch.md: below 110 columns the map drops `end`, then narrows its heat bar, before
+    anything else. At 70 columns the path read `/us…` while the bar was still 16 wide."""
+    from ckptrace.watchview import BAR
+
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    model.seed_proc(100, 1, NS, maps=[(0x7f0000000000, 0x7f0000100000, 5, libc)])
+    model.add_dirty(100, [0x7f0000000000], ts=1)
+    lines = text_of(render(model, Selection(), width=width, height=30), width=width, height=30).splitlines()
+    row = next(line for line in lines if "0x7f0000000000" in line)
+    assert libc[:11] in row, row  # "/usr/lib/x8…" at least
+    bar = row.count("█") + row.count("·")
+    assert 5 <= bar < BAR or (width == 100 and bar == BAR), row  # (100 columns: the whole bar and path fit)
+    assert all(len(line) <= width for line in lines)
