@@ -192,6 +192,14 @@ def _ignore_lateness(_lag: float) -> None:
 # Signals only set this flag: raising from the handler could fire inside on_record, whose
 # catch-all would keep it as a failure of the event being handled.
 _stop_requested = [False]
+# When the controller last went on after a stop (Ctrl-Z and fg, SIGSTOP and SIGCONT), in
+# time.monotonic_ns(): records waiting in the rings meanwhile are old, but the controller was
+# stopped, not starved, so their age counts from then (Controller.on_record).
+_resumed_ns = [0]
+
+
+def _note_resumed(_sig, _frame) -> None:
+    _resumed_ns[0] = time.monotonic_ns()
 
 
 def _request_stop(_sig, _frame) -> None:
@@ -278,7 +286,7 @@ class Controller:
             if self.budget % LAG_SAMPLE == LAG_SAMPLE - 1:  # the first record of a poll, then every LAG_SAMPLE-th
                 # a starved controller may not finish a poll for seconds: tell from here. The
                 # records' ts are bpf_ktime_get_ns(): CLOCK_MONOTONIC, as time.monotonic_ns().
-                self.late((time.monotonic_ns() - e.ts) / 1e9)
+                self.late((time.monotonic_ns() - max(e.ts, _resumed_ns[0])) / 1e9)
             self.on_event(e)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the loop
             self.failure = exc
@@ -937,6 +945,7 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGHUP, _request_stop)  # its terminal closed: stop as cleanly
+    signal.signal(signal.SIGCONT, _note_resumed)  # (the dashboard's _JobControl passes it on)
     model = Model()
     out = sys.stdout
 
@@ -1065,7 +1074,8 @@ def _loop_collected(ctl: Controller, args, tick, collector: LoopGc) -> None:
         now = time.monotonic()
         if end is not None and now >= end:
             return
-        ctl.late(now - last - POLL_MS / 1000)  # > 0: the loop came round later than its poll allows
+        # > 0: the loop came round later than its poll allows (a stop in between is no lateness)
+        ctl.late(now - max(last, _resumed_ns[0] / 1e9) - POLL_MS / 1000)
         last = now
         ctl.poll(POLL_MS)
         if ctl.failure is not None:
@@ -1176,11 +1186,13 @@ class _JobControl:
         for sig, handler in self.handlers.items():
             signal.signal(sig, handler)
 
-    def _signalled(self, sig, _frame) -> None:
+    def _signalled(self, sig, frame) -> None:
         if sig == signal.SIGTSTP:
             self.stop_asked = True
         else:
             self.continued = True
+            if callable(before := self.handlers.get(sig)):
+                before(sig, frame)  # (_note_resumed)
 
     def check(self) -> bool:
         """Stop or set up again as signalled; True when the dashboard is to be drawn whole."""

@@ -109,11 +109,40 @@ class Guard:
         self.proc.wait()
 
 
+class Staleness:
+    """How long the controller has gone without a beat while it could run. A controller that was
+    stopped (Ctrl-Z, SIGSTOP: state T) is not starved: its heartbeat ages all the while, and
+    raising it then, or the moment it goes on, before its first beat, is a raise for nothing
+    (and `watch` said it had fallen behind). So the time stopped does not count: staleness
+    counts from the later of its last beat and when it was first seen running again."""
+
+    def __init__(self):
+        self.running_since: float | None = None  # when seen running after a stop
+
+    def age(self, beat_age: float, stopped: bool, now: float) -> float:
+        if stopped:
+            self.running_since = None
+            return 0.0
+        if self.running_since is None:
+            self.running_since = now
+        return min(beat_age, now - self.running_since)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether `pid` is stopped (state T, or t under a tracer); False if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
 def guard(heartbeat: Heartbeat, pid: int, stale: float) -> None:
     """Watch `pid`'s heartbeat until `pid` is gone."""
+    staleness = Staleness()
     while os.getppid() == pid:
         time.sleep(GUARD_SECONDS)
-        if heartbeat.age() <= stale:
+        if staleness.age(heartbeat.age(), _stopped(pid), time.monotonic()) <= stale:
             continue
         try:
             # threads already at normal priority are busy, not starved: left alone

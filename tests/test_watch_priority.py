@@ -5,6 +5,7 @@ starved controller looking at the clock."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -189,6 +190,40 @@ def test_on_record_reports_the_age_of_the_first_record_and_every_sample():
 
     assert len(lags) == 1 + (40 - 1) // LAG_SAMPLE  # records 1, 17, 33
     assert all(2.9 < lag < 60 for lag in lags)
+
+
+def test_records_waiting_while_the_controller_was_stopped_are_aged_from_its_resumption(monkeypatch):
+    """Ctrl-Z and fg: the records that waited in the rings are seconds old, but the controller
+    was stopped, not starved; their age counted whole, and auto priority raised it as fallen
+    behind (the closing note said so). Counted from the SIGCONT, they are not late."""
+    import time
+
+    from ckptrace import watch
+
+    lags = []
+    ctl = Controller(FakeProg(), Model(), host=1, focus=None, emit=lambda ev: None)
+    ctl.late = lags.append
+    ctl.budget = 64
+    old = time.monotonic_ns() - 3 * 10**9
+    monkeypatch.setattr(watch, "_resumed_ns", [0])
+    watch._note_resumed(signal.SIGCONT, None)
+    for e in _records(2, ts=old):
+        ctl.on_record(e)
+    assert lags and all(lag < 0.25 for lag in lags), lags
+
+
+def test_the_guard_does_not_count_the_time_the_controller_was_stopped():
+    """Stopped (state T), the controller's heartbeat ages, and the guard raised it, stopped or the
+    moment it went on. Staleness counts from when it was seen running again, or its last beat."""
+    from ckptrace.watchguard import Staleness
+
+    s = Staleness()
+    assert s.age(0.01, False, 100.0) == 0.0  # (first seen running: from now)
+    assert s.age(0.5, False, 101.0) == 0.5  # starved: its beat ages
+    assert s.age(3.0, True, 103.0) == 0.0  # stopped: not starved
+    assert s.age(3.2, False, 103.2) == 0.0  # just went on: no beat yet, not late yet
+    assert abs(s.age(3.5, False, 103.5) - 0.3) < 1e-9  # and then as long as it goes without a beat
+    assert s.age(0.01, False, 104.0) == 0.01  # it beat
 
 
 def test_a_failure_in_the_callback_stops_the_read_and_is_kept():
