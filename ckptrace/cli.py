@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("ckptrace.tui.inspect", "main", "browse an image interactively"),
     "diff": ("ckptrace.imgdiff", "main", "compare two images of the same namespace"),
     "watch": ("ckptrace.watch", "main", "live BPF view of namespaces' tasks and dirty memory"),
-    "demo": ("ckptrace.demo", "main", "run the built-in example: sample workload, dump, show"),
+    "demo": ("ckptrace.demo", "main", "run the built-in example: sample workload, dump --kill, show, restore"),
 }
 
 

@@ -94,7 +94,7 @@ def main(args) -> int:
         else:
             print(f"\nimage was {image} (mode {mode}); removed: keep one with -o FILE or --keep")
         if args.keep:
-            print(f"restored workload left running: kill -9 {init}")
+            print(f"restored workload left running: kill -9 {init}; its directory: {workdir} (remove it after)")
         return 0
     finally:
         if not args.keep:

@@ -633,6 +633,18 @@ def _discards_writes(target: str | int) -> bool:
     return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) in _DISCARDING_DEVICES
 
 
+def _private_if_file(fd: int) -> None:
+    """`dump > ns.img`: the shell made the file with its umask (0644, as a rule), readable by
+    every user, and the image holds process memory. A regular file as standard output is made
+    0600, as `-o FILE` makes its own; a pipe, socket or device is left as it is."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        try:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+        except OSError as exc:
+            raise KernelError("standard output is a file others can read, and making it 0600 failed", exc.errno) from None
+
+
 def main(args) -> int:
     if os.geteuid() != 0:
         raise AccessDenied("dump needs root (ptrace of other users' tasks, /proc/PID/mem): run with sudo")
@@ -653,6 +665,8 @@ def main(args) -> int:
         raise UsageError(f"--retry needs -o FILE naming a regular file ({where} is not one): an image already "
                          "written there cannot be taken back to write it again")
     check_target(ns)  # fail on a bad target before creating the output file
+    if to_stdout:
+        _private_if_file(1)
     out = None if to_stdout else ImageFile(args.output)
     if out is not None and os.isatty(out.fd):  # -o /dev/stdout, /dev/tty: a terminal, as for -o -
         out.close(discard=True)

@@ -126,6 +126,26 @@ def ioprio_get(tid: int) -> int:
     return ret
 
 
+def test_an_image_redirected_into_a_file_is_made_private(pidns, tmp_path):
+    """`dump > ns.img`: the shell creates the file with its umask, 0644 here, and the image of
+    process memory was readable by every user. A regular file as standard output is made 0600,
+    as -o FILE makes its own; a pipe is left alone."""
+    w = pidns(["sleep", "100"])
+    img = tmp_path / "so.img"
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.fchmod(fd, 0o644)
+    try:
+        p = subprocess.run(CLI + ["dump", "--pidns", str(w.ns), "-q"], stdout=fd, stderr=subprocess.PIPE)
+    finally:
+        os.close(fd)
+    assert p.returncode == 0, p.stderr.decode()
+    assert stat.S_IMODE(os.stat(img).st_mode) == 0o600 and img.stat().st_size > 0
+    with open(img, "rb") as f:
+        assert read_image(f).tasks
+    p = dump("--pidns", str(w.ns), "-q")  # (to a pipe: nothing to make private)
+    assert p.stdout
+
+
 def test_dump_matches_proc_and_leave_stopped(pidns, ckwork, tmp_path):
     from ckptrace.kernel.ptrace import Tracee
     from ckptrace.restorer.sched import mask_cpus
