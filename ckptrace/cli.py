@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CkptError, Terminated) as exc:  # (Terminated: a BaseException, see errors.py)
         print(f"ckptrace {args.command}: {exc}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
-        print(f"ckptrace {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # (its text, where a command gives one: what it undid)
+        print(f"ckptrace {args.command}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     except (OverflowError, ValueError) as exc:
         if args.command != "restore":

@@ -278,7 +278,7 @@ _stop_signals: list[int] = []
 def _raise_on_signal(signum, _frame):
     _stop_signals.append(signum)
     if signum == signal.SIGINT:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("tasks released")
     raise Terminated(f"terminated by signal {signum}; tasks released")
 
 

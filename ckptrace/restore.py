@@ -97,7 +97,7 @@ def main(args) -> int:
         # as an exception, so that the abort path kills what was made and removes its cgroups
         # (by default SIGTERM ended us on the spot, leaving them)
         if signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("nothing was restored")
         raise Terminated(f"terminated by signal {signum}; nothing was restored")
 
     # (kept until the result is written: a signal then ended us with 143 or 130 while the

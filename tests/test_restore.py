@@ -5758,7 +5758,7 @@ def _rss_anon_kib(pid: int) -> int:
 
 
 @pytest.mark.parametrize("sig, said, status", [
-    (signal.SIGINT, "ckptrace restore: interrupted\n", 130),
+    (signal.SIGINT, "ckptrace restore: interrupted; nothing was restored\n", 130),
     (signal.SIGTERM, "ckptrace restore: terminated by signal 15; nothing was restored\n", 143)])
 def test_ctrl_c_while_pages_are_written_is_an_interruption_and_leaves_nothing(pidns, bigmem, tmp_path, restored,
                                                                                 sig, said, status):
