@@ -84,6 +84,10 @@ def resolve_ns(pidns: int | None, pid: int | None, proc: str = procfs.PROC) -> i
     if pidns is not None:
         return pidns
     assert pid is not None
+    if pid == 1:
+        # the init of our own pid namespace, whose link the kernel may not show even to root (a
+        # container's init): its namespace is ours, which check_target refuses by name
+        return procfs.ns_inode(os.getpid(), "pid", proc)
     path = f"{proc}/{pid}/ns/pid"
     try:
         link = os.readlink(path)

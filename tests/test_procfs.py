@@ -272,12 +272,22 @@ def test_dump_pid_says_why_its_namespace_cannot_be_read(tmp_path):
         with pytest.raises(UsageError) as exc:
             resolve_ns(None, pid, str(tmp_path))
         assert str(exc.value) == want
+    # pid 1 is our own namespace's init, whose link the kernel may refuse even to root (a
+    # container's init, as on this machine): its namespace is ours, which dump then names
+    assert resolve_ns(None, 1) == os.stat("/proc/self/ns/pid").st_ino
     if os.geteuid() == 0:  # another user's process: the kernel refuses the link (EACCES)
-        code = ("from ckptrace.dump import resolve_ns\ntry:\n    resolve_ns(None, 1)\nexcept Exception as e:\n    print(e)")
-        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                           capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
-        assert p.stdout == "cannot read the pid namespace of process 1 (/proc/1/ns/pid): EACCES (Permission denied)\n", p
+        other = subprocess.Popen(["sleep", "60"])
+        try:
+            code = ("import sys\nfrom ckptrace.dump import resolve_ns\ntry:\n    resolve_ns(None, int(sys.argv[1]))\n"
+                    "except Exception as e:\n    print(e)")
+            p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
+                                str(other.pid)], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+        finally:
+            other.kill()
+            other.wait()
+        assert p.stdout == (f"cannot read the pid namespace of process {other.pid} (/proc/{other.pid}/ns/pid): "
+                            "EACCES (Permission denied)\n"), p
 
 
 def test_file_holders_finds_fds_and_mappings_of_several_files_in_one_scan(tmp_path):
