@@ -8,6 +8,18 @@ import subprocess
 import time
 
 
+def wait_for(read, done, timeout: float = 15.0, every: float = 0.02):
+    """`read()` once `done` holds for what it returned, or what it returned last after `timeout`
+    seconds, for the caller's asserts to show: for a state a process reaches in its own time, which
+    on a loaded host (CI) can be much later than on an idle one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
 def ns_of(pid: int) -> int:
     link = os.readlink(f"/proc/{pid}/ns/pid")  # "pid:[4026532830]"
     return int(link[5:-1])
