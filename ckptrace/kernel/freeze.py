@@ -23,6 +23,9 @@ from .ptrace import WALL, Tracee
 MAX_ROUNDS = 1000
 ZOMBIE_PATIENCE_SECONDS = 1.0  # a zombie seen that long is its parent's doing, not a passing state: kept
 STOP_SECONDS = 0.5  # for a batch of interrupted tasks to stop
+# and, past it, for one that is runnable (state R): it stops on its next way out of the kernel,
+# which a saturated host may not give it the CPU for that soon; it is not stuck there
+RUNNABLE_STOP_SECONDS = 15.0
 
 
 @dataclass
@@ -260,16 +263,28 @@ class Freezer:
             except (NoSuchProcess, AccessDenied):
                 pass
         self._let_go(lambda t: t.hostpid in kids)
-        deadline = time.monotonic() + STOP_SECONDS
+        started = time.monotonic()
+        deadline = started + STOP_SECONDS
         for task in late:
             try:
-                if not task.tracee.wait_stop(deadline):
+                while not task.tracee.wait_stop(deadline):
+                    if self._runnable(task) and time.monotonic() < started + RUNNABLE_STOP_SECONDS:
+                        deadline = time.monotonic() + STOP_SECONDS
+                        continue
                     raise Unsupported(f"task {task.nstid or '?'} inside the namespace (host tid {task.hosttid}) does not "
                                       f"stop: it waits in the kernel "
                                       f"({procfs.wchan(task.hosttid, self.root) or 'unknown'}), e.g. a vfork "
                                       "parent for its child's exec, or an uninterruptible sleep")
             except NoSuchProcess:
                 self.tasks.pop(task.hosttid, None)
+
+    def _runnable(self, task: Task) -> bool:
+        """Whether a task that has not stopped yet is merely waiting for a CPU (state R), not
+        sleeping in the kernel."""
+        try:
+            return procfs.status(task.hostpid, task.hosttid, self.root).state == "R"
+        except CkptError:
+            return False
 
     def _let_go(self, which) -> None:
         """Detach the held, stopped tasks `which(task)` picks; a later round seizes them again."""
