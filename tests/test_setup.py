@@ -28,8 +28,8 @@ def test_ci_runs_the_readme_test_command_with_kernel_tests_enforced():
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read()
     assert "CKPTRACE_REQUIRE_KERNEL=1" in ci
-    assert "scripts/test.sh" in ci and "sudo scripts/test.sh" in readme
-    assert "sudo scripts/demo.sh" in readme
+    assert "exec scripts/test.sh" in ci and "`scripts/test.sh`, as root, runs everything" in readme
+    assert "\n    scripts/demo.sh " in readme and "\n    scripts/test.sh " in readme  # (the quick start)
 
 
 def test_kernel_tests_cannot_skip_in_ci(tmp_path):
