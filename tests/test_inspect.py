@@ -1207,3 +1207,15 @@ def test_a_long_tree_row_is_cut_not_wrapped(chain, comm):
                     assert row == " " + label
 
     asyncio.run(drive())
+
+
+def test_open_flags_name_tmpfile_and_path_bits():
+    """0o20000000 (__O_TMPFILE) was named O_PATH, so a file made with O_TMPFILE (Python's
+    tempfile.TemporaryFile) showed `RDWR|DIRECTORY|NOFOLLOW|PATH`; O_PATH's own bit had no name."""
+    import os as _os
+
+    from ckptrace.image.render import open_flags_text
+
+    assert open_flags_text(_os.O_TMPFILE | _os.O_RDWR | _os.O_NOFOLLOW) == "O_RDWR|O_NOFOLLOW|O_TMPFILE"
+    assert open_flags_text(_os.O_PATH | _os.O_DIRECTORY) == "O_RDONLY|O_DIRECTORY|O_PATH"
+    assert open_flags_text(0o20000000) == "O_RDONLY|__O_TMPFILE"

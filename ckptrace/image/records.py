@@ -620,7 +620,9 @@ O_FLAG_NAMES = {0o1: "O_WRONLY", 0o2: "O_RDWR", 0o100: "O_CREAT", 0o1000: "O_TRU
                 0o2000: "O_APPEND", 0o4000: "O_NONBLOCK", 0o10000: "O_DSYNC", 0o20000: "O_ASYNC",
                 0o40000: "O_DIRECT",
                 0o100000: "O_LARGEFILE", 0o200000: "O_DIRECTORY", 0o400000: "O_NOFOLLOW",
-                0o1000000: "O_NOATIME", 0o2000000: "O_CLOEXEC", 0o20000000: "O_PATH"}
+                0o1000000: "O_NOATIME", 0o2000000: "O_CLOEXEC", 0o10000000: "O_PATH",
+                # (O_TMPFILE is this bit and O_DIRECTORY together: open_flags_text names the pair)
+                0o20000000: "__O_TMPFILE"}
 REG_NAMES = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
              "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
              "gs_base", "ds", "es", "fs", "gs")

@@ -45,11 +45,16 @@ def prot_str(prot: int, flags: int) -> str:
         ("s" if flags & VM_MAYSHARE else "p")
 
 
+O_DIRECTORY, O_TMPFILE = 0o200000, 0o20200000
+
+
 def open_flags_text(flags: int) -> str:
     """FILE.f_flags as open(2) spells them: the access mode (O_RDONLY is 0, so it has no bit)
-    and the O_ names of the other bits, any unnamed ones in hex ("O_RDWR|O_APPEND")."""
+    and the O_ names of the other bits, any unnamed ones in hex ("O_RDWR|O_APPEND"); O_TMPFILE
+    for its two bits (O_DIRECTORY and __O_TMPFILE), as it was asked for."""
     acc = ("O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE")[flags & 3]
-    return "|".join([acc] + flag_names(flags & ~3, O_FLAG_NAMES))
+    tmpfile = ["O_TMPFILE"] if flags & O_TMPFILE == O_TMPFILE else []
+    return "|".join([acc] + flag_names(flags & ~3 & ~(O_TMPFILE if tmpfile else 0), O_FLAG_NAMES) + tmpfile)
 
 
 def vma_label(img: Image, vma) -> str:
