@@ -19,7 +19,7 @@ XSTATE = 1024
 
 def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0, zombie: dict | None = None,
           thread_creds: dict | None = None, ns: tuple[int, bytes] | None = None, extra_vmas: int = 0,
-          comm: bytes = b"sample") -> bytes:
+          comm: bytes = b"sample", log_path: str = "/tmp/log.txt") -> bytes:
     r, w = os.pipe()
     out = io.BytesIO()
     import threading
@@ -35,7 +35,7 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
     th.start()
     wr = ImageWriter(w)
     write(wr, extra_task=extra_task, pages=pages, chain=chain, heap_split=heap_split, zombie=zombie,
-          thread_creds=thread_creds, ns=ns, extra_vmas=extra_vmas, comm=comm)
+          thread_creds=thread_creds, ns=ns, extra_vmas=extra_vmas, comm=comm, log_path=log_path)
     os.close(w)
     th.join()
     os.close(r)
@@ -44,7 +44,8 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
 
 def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0,
           zombie: dict | None = None, thread_creds: dict | None = None,
-          ns: tuple[int, bytes] | None = None, extra_vmas: int = 0, comm: bytes = b"sample") -> None:
+          ns: tuple[int, bytes] | None = None, extra_vmas: int = 0, comm: bytes = b"sample",
+          log_path: str = "/tmp/log.txt") -> None:
     """thread_creds: TASK_CREDS fields of thread 2's own credentials (with "groups": its list).
     chain: that many more processes after pid 1 (no extra_task then), each the child of the
     one before (a fork chain), sharing pid 1's files and mm. heap_split: an address inside the
@@ -53,7 +54,8 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     "pid", "tgid" keys: its TREE entry's instead; "comm": its name, "gone" if not given).
     ns: pid 1's TASK_NS flags and payload, instead of the sample's. extra_vmas: that many more
     VMAs in pid 1's mm after the heap (one page each, a page apart, none stored), for lists
-    longer than a screen. comm: every live task's name (at most 16 bytes)."""
+    longer than a screen. comm: every live task's name (at most 16 bytes). log_path: the name of
+    the regular file pid 1 has open as fds 0 and 1."""
     write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
     tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
     if extra_task and not chain:
@@ -65,7 +67,8 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     if zombie is not None:
         tree.append(dict(pid=zpid, tgid=ztgid, ppid=1, pgid=1, sid=1, hostpid=1009))
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
-    task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split, ns=ns, extra_vmas=extra_vmas, comm=comm)
+    task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split, ns=ns, extra_vmas=extra_vmas, comm=comm,
+         log_path=log_path)
     if extra_task and not chain:
         task(wr, 2, 1, first=False, pages=pages, creds=thread_creds, comm=comm)
         task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split, comm=comm)
@@ -80,7 +83,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
 
 
 def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None, ns=None, extra_vmas=0,
-         comm=b"sample"):
+         comm=b"sample", log_path="/tmp/log.txt"):
     wr.record(RecType.TASK, dict(state=1, exit_signal=17, clear_child_tid=0x7F0000001000 + tid))
     wr.record(RecType.STRING, payload=comm.ljust(16, b"\0"))
     wr.record(RecType.THREAD, dict(tid=tid, tgid=tgid, blocked=0x4000, sas_ss_flags=2))
@@ -90,7 +93,7 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None,
         wr.record(RecType.FILE_TABLE, dict(fdt_nfds=3))
         wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=2))
         wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=3, f_flags=0o2002, f_pos=42))
-        wr.record(RecType.FILE_NAME, payload="/tmp/log.txt")
+        wr.record(RecType.FILE_NAME, payload=log_path)
         wr.record(RecType.FILE_DESC, dict(fd_objref=2, fd_descriptor=0))
         wr.record(RecType.FILE_DESC, dict(fd_objref=2, fd_descriptor=1, fd_close_on_exec=1))
         wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=5))

@@ -1219,3 +1219,44 @@ def test_open_flags_name_tmpfile_and_path_bits():
     assert open_flags_text(_os.O_TMPFILE | _os.O_RDWR | _os.O_NOFOLLOW) == "O_RDWR|O_NOFOLLOW|O_TMPFILE"
     assert open_flags_text(_os.O_PATH | _os.O_DIRECTORY) == "O_RDONLY|O_DIRECTORY|O_PATH"
     assert open_flags_text(0o20000000) == "O_RDONLY|__O_TMPFILE"
+
+
+def test_the_fds_table_fits_80_columns():
+    """At 80x24 the FDs tab cut the flags (`WRONLY|APPEND|LARG`) and left the offset off screen,
+    behind a long path. LARGEFILE (on every 64-bit open) is left out, the path / peer column takes
+    what the others leave and cuts a long path with an ellipsis, and the whole path is on the
+    status line while its row is under the cursor."""
+    from textual.widgets import DataTable, Static
+
+    from ckptrace.tui.app import InspectApp
+
+    long_path = "/var/lib/some-service/with/a/deep/tree/of/directories/and/a/long-file-name.log"
+    data = imagegen.build(log_path=long_path)
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    st.img.obj(2).fields["f_flags"] |= 0o100000  # O_LARGEFILE, as the kernel sets it
+    assert st.fd_rows()[1][3] == "RDWR|APPEND|CLOEXEC"
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("f")
+            await pilot.pause()
+            table = app.query_one("#fd-table", DataTable)
+            lines = screen_text(app).splitlines()
+            head = next(line for line in lines if " fd " in line)
+            assert head.rstrip().endswith("offset") and len(head) <= 80
+            row = next(line for line in lines if "RDWR|APPEND|CLOEXEC" in line)
+            assert row.split()[-1] == "42"  # the offset, on screen
+            assert "/var/lib/some-" in row and "…" in row and long_path not in row
+            assert table.max_scroll_x == 0  # nothing to scroll sideways to
+            await pilot.press("tab", "tab")  # the tabs, then the table
+            await pilot.pause()
+            assert app.focused is table
+            status = app.query_one("#status", Static)
+            assert str(status.render()) == long_path  # row 0: fd 0, the cut path
+            await pilot.press("down", "down")  # fd 7, the pipe: not cut
+            await pilot.pause()
+            assert str(status.render()) == ""
+
+    asyncio.run(drive())

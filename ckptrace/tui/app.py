@@ -6,7 +6,9 @@ the right, keys in the footer. Enter on a VMA opens the hex screen. Sized for 80
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -15,7 +17,8 @@ from textual.widgets import DataTable, Footer, Input, Label, OptionList, Static,
 from textual.widgets.option_list import Option
 
 from ..image.render import terminal_safe
-from .state import ASCII_COL, HEX_COL, ROW, InspectState, format_row, parse_address, parse_needle
+from .state import (ASCII_COL, FD_COLUMNS, FD_TARGET, HEX_COL, ROW, InspectState, fd_column_widths, format_row,
+                    parse_address, parse_needle)
 
 
 def _safe(text: str) -> str:
@@ -42,6 +45,54 @@ class RowTable(DataTable):
         Binding("home", "scroll_top", "First row", show=False),
         Binding("end", "scroll_bottom", "Last row", show=False),
     ]
+
+
+class FdTable(RowTable):
+    """The FDs tab's table. Its path / peer column takes the width the other columns leave and a
+    longer target is cut with an ellipsis (its whole text goes to the status line while its row
+    is under the cursor): at 80 columns a long path pushed the flags and offset off screen. It
+    is laid out again whenever its width changes, as when its tab is first shown (a hidden
+    table has no width). A scrollbar's room is always kept, so that one appearing for a long
+    list does not make the table a column too wide."""
+
+    DEFAULT_CSS = "FdTable { scrollbar-gutter: stable; scrollbar-size-vertical: 1; }"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fd_rows: list[tuple[str, ...]] = []
+        self.widths: list[int] = []
+
+    def show_rows(self, rows: list[tuple[str, ...]]) -> None:
+        """Another process's fds: laid out anew, the cursor on the first."""
+        self.fd_rows = rows
+        self.widths = []
+        self.lay_out(cursor=0)
+
+    def lay_out(self, cursor: int | None = None) -> None:
+        """Columns sized for the table's width now; the cursor on row `cursor`, else where it was."""
+        widths = fd_column_widths(self.fd_rows, self.scrollable_content_region.width)
+        if widths == self.widths:
+            return
+        cursor = self.cursor_row if cursor is None else cursor
+        self.widths = widths
+        self.clear(columns=True)
+        for label, width in zip(FD_COLUMNS, widths):
+            self.add_column(label, width=width)
+        for i, row in enumerate(self.fd_rows):
+            # Text, not str: a path with brackets is not markup.
+            self.add_row(*(Text(_line(c), no_wrap=True, overflow="ellipsis") for c in row), key=str(i))
+        if self.fd_rows:
+            self.move_cursor(row=min(cursor, len(self.fd_rows) - 1))
+
+    def cut_target(self, row: int) -> str:
+        """The path / peer of `row` when its cell cuts it, else ""."""
+        if not 0 <= row < len(self.fd_rows) or not self.widths:
+            return ""
+        target = _line(self.fd_rows[row][FD_TARGET])
+        return target if cell_len(target) > self.widths[FD_TARGET] else ""
+
+    def on_resize(self) -> None:
+        self.lay_out()
 
 
 class TextPane(VerticalScroll):
@@ -302,7 +353,7 @@ class InspectApp(App):
                     yield RowTable(id="vma-table", cursor_type="row", zebra_stripes=True)
                 with TabPane("FDs", id="fds"):
                     yield Static(id="fd-note", classes="note")
-                    yield RowTable(id="fd-table", cursor_type="row")
+                    yield FdTable(id="fd-table", cursor_type="row")
                 with TabPane("Threads", id="threads"):
                     # the table then its registers: one scrolled pane around both was a focus
                     # stop of its own before the table, where up/down did not choose a thread
@@ -323,7 +374,6 @@ class InspectApp(App):
 
     def on_mount(self) -> None:
         self.query_one("#vma-table", DataTable).add_columns("range", "size", "prot", "pages", "file or kind")
-        self.query_one("#fd-table", DataTable).add_columns("fd", "kind", "path / peer", "flags", "offset")
         self.query_one("#thread-table", DataTable).add_columns("tid", "comm", "stopped in", "rip", "rsp")
         self.show_process()
         self.query_one("#procs", OptionList).highlighted = 0
@@ -334,8 +384,8 @@ class InspectApp(App):
         if not st.tree_rows:
             self.set_status("the image holds no tasks")
             return
-        for table_id, rows in (("#vma-table", st.vma_rows()), ("#fd-table", st.fd_rows()),
-                               ("#thread-table", st.thread_rows())):
+        self.query_one("#fd-table", FdTable).show_rows(st.fd_rows())
+        for table_id, rows in (("#vma-table", st.vma_rows()), ("#thread-table", st.thread_rows())):
             table = self.query_one(table_id, DataTable)
             table.clear()
             for i, row in enumerate(rows):
@@ -352,6 +402,14 @@ class InspectApp(App):
 
     def set_status(self, text: str) -> None:
         self.query_one("#status", Static).update(Text(_line(text), no_wrap=True, overflow="ellipsis"))
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if isinstance(event.widget, FdTable):
+            self.set_status(event.widget.cut_target(event.widget.cursor_row))
+
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        if isinstance(event.widget, FdTable):
+            self.set_status("")
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         pid = int(event.option.id)
@@ -370,6 +428,8 @@ class InspectApp(App):
             self.push_screen(HexScreen(self.state))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if isinstance(event.data_table, FdTable) and event.data_table.has_focus:
+            self.set_status(event.data_table.cut_target(event.cursor_row))
         if event.data_table.id == "thread-table":
             threads = self.state.thread_rows()
             if 0 <= event.cursor_row < len(threads):

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from rich.cells import cell_len
+
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, signal_name, sigset_names, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
@@ -26,6 +28,11 @@ HEX_COL = 14  # where the first hex byte starts in a line
 ASCII_COL = HEX_COL + 3 * ROW - 1 + 2
 MISSING = "--"  # a byte of a page the image does not hold
 PEERS_SHOWN = 3  # other ends of a pipe named in the FDs tab; the rest are counted
+FD_COLUMNS = ("fd", "kind", "path / peer", "flags", "offset")
+FD_TARGET = FD_COLUMNS.index("path / peer")  # the column that takes what the others leave
+MIN_TARGET_WIDTH = 12  # narrower than this, the FDs table scrolls sideways instead
+CELL_PADDING = 1  # DataTable's blank column either side of a cell
+O_LARGEFILE = 0o100000
 
 SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000: "RESTORER",
                  0x08000000: "ONSTACK", 0x10000000: "RESTART", 0x40000000: "NODEFER",
@@ -545,8 +552,23 @@ def short_size(n: int) -> str:
 
 
 def open_flags(flags: int, desc: dict) -> str:
-    names = open_flags_text(flags).split("|") + (["CLOEXEC"] if desc.get("fd_close_on_exec") else [])
+    """The FDs tab's flags: open(2)'s names without `O_`, and without LARGEFILE, which the kernel
+    sets on every open by a 64-bit process and which only cost the column its room."""
+    names = open_flags_text(flags & ~O_LARGEFILE).split("|") + (["CLOEXEC"] if desc.get("fd_close_on_exec") else [])
     return "|".join(n.removeprefix("O_") for n in names)
+
+
+def fd_column_widths(rows: list[tuple[str, ...]], width: int) -> list[int]:
+    """Widths of the FDs table's columns (FD_COLUMNS, padding not counted) in a table `width`
+    cells wide: each as wide as its label or widest cell, as shown (terminal_safe), but the
+    path / peer column, which takes what the others leave (no more than its widest cell needs,
+    no less than MIN_TARGET_WIDTH): the flags and offset stay on screen, and a long path is cut
+    rather than pushing them off it."""
+    widths = [max([cell_len(label)] + [cell_len(terminal_safe(r[i])) for r in rows]) for i, label in enumerate(FD_COLUMNS)]
+    others = sum(w + 2 * CELL_PADDING for i, w in enumerate(widths) if i != FD_TARGET)
+    room = width - others - 2 * CELL_PADDING
+    widths[FD_TARGET] = max(MIN_TARGET_WIDTH, min(widths[FD_TARGET], room))
+    return widths
 
 
 # x86_64 numbers of the calls a stopped process usually sits in (the rest show as a number).
