@@ -1260,3 +1260,20 @@ def test_the_fds_table_fits_80_columns():
             assert str(status.render()) == ""
 
     asyncio.run(drive())
+
+
+def test_show_says_a_group_or_session_outside_the_namespace_in_words():
+    """show's tree printed `(pgid 0, sid 0)` for a process whose group and session leaders are
+    outside the namespace (one started by unshare), a 0 that read as a pid. The text says it in
+    words; --json keeps the numbers (docs/inspect.md says what 0 means there)."""
+    from ckptrace.image.render import show_text, summary
+
+    s = summary(read_image(io.BytesIO(imagegen.build())))
+    by_pid = {p["pid"]: p for p in s["procs"]}
+    by_pid[1].update(pgid=0, sid=0)
+    by_pid[3].update(pgid=0)
+    text = show_text(s)
+    assert "  1 sample (group and session outside the namespace) threads [1, 2]" in text
+    assert "    3 sample (pgid outside, sid 1)" in text
+    assert "pgid 0" not in text and "sid 0" not in text
+    assert (by_pid[1]["pgid"], by_pid[1]["sid"]) == (0, 0)  # the JSON document as it was

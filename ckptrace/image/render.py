@@ -367,6 +367,15 @@ def shown_path(path: str | bytes) -> str:
     return terminal_safe(path)
 
 
+def group_text(pgid: int, sid: int) -> str:
+    """A process's group and session in the task tree: "pgid 5, sid 1", the word "outside" for
+    0, which TREE holds for a group or session whose leader is not in the namespace (a process
+    started by `unshare` stays in its caller's): a bare 0 read as a pid of the namespace."""
+    if not pgid and not sid:
+        return "group and session outside the namespace"
+    return f"pgid {pgid or 'outside'}, sid {sid or 'outside'}"
+
+
 def show_text(s: dict[str, Any]) -> str:
     zombies = f" ({plural(len(s['zombies']), 'zombie')})" if s["zombies"] else ""
     out = [f"ckptrace image: {s['records']} records, {human(s['bytes'])}, {plural(s['tasks'], 'task')} "
@@ -386,7 +395,7 @@ def show_text(s: dict[str, Any]) -> str:
         p = by_pid[pid]
         th = f" threads {p['threads']}" if len(p.get("threads", ())) > 1 else ""
         dead = f" <defunct: {p['exited']}>" if "exited" in p else ""
-        out.append(f"  {'  ' * depth}{pid} {p['comm']}{dead} (pgid {p['pgid']}, sid {p['sid']}){th}")
+        out.append(f"  {'  ' * depth}{pid} {p['comm']}{dead} ({group_text(p['pgid'], p['sid'])}){th}")
         stack += [(c, depth + 1) for c in reversed(children.get(pid, []))]
     for p in s["procs"]:
         sc = p["seccomp"]
