@@ -1277,3 +1277,20 @@ def test_show_says_a_group_or_session_outside_the_namespace_in_words():
     assert "    3 sample (pgid outside, sid 1)" in text
     assert "pgid 0" not in text and "sid 0" not in text
     assert (by_pid[1]["pgid"], by_pid[1]["sid"]) == (0, 0)  # the JSON document as it was
+
+
+def test_show_gives_a_pipes_buffered_bytes():
+    """The README's demo has "a pipe with bytes in it", but show said nothing of them and show
+    --json gave `queued: null` for pipes. Every end of the pipe gives its bytes (the image stores
+    them with one end), in the text and in `queued`, as for sockets."""
+    import json
+
+    from ckptrace.image.render import show_text, summary
+
+    s = summary(read_image(io.BytesIO(_with_pipe_ends(1))))  # pipe 1234, 5 bytes, fds 7 and 10
+    fds = {f["fd"]: f for f in s["procs"][0]["fds"]}
+    assert fds[7]["queued"] == fds[10]["queued"] == dict(messages=0, bytes=5)
+    assert fds[0]["queued"] is None  # a regular file
+    lines = show_text(s).splitlines()
+    assert sum(line.endswith("pipe:[1234]  (5 bytes buffered)") for line in lines) == 4  # pids 1 and 3
+    json.dumps(s)

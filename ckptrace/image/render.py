@@ -224,9 +224,26 @@ def _socket_of(f: File) -> str | None:
     return socket_desc(rec.fields, bytes(rec.payload or b""), f.name) + queue_note(f)
 
 
-def _queued(f: File) -> dict[str, int] | None:
-    """What a socket had queued for reading, for show --json; None for other files. A TCP
-    connection's is a byte stream (FILE_TCP's inq_len): bytes, and no messages."""
+def pipe_buffers(img: Image) -> dict[int, int]:
+    """pipe id -> the bytes buffered in that pipe (or FIFO). The dump stores them with the first
+    end of it that it meets, and the other ends' FILE_PIPE records say 0; every end is the same
+    pipe, so every end is given its count."""
+    buffered: dict[int, int] = {}
+    for o in img.objects.values():
+        if isinstance(o, File):
+            for r in o.extra:
+                if r.type == RecType.FILE_PIPE:
+                    buffered[r.fields["pipe_id"]] = max(buffered.get(r.fields["pipe_id"], 0), r.fields["buffered"])
+    return buffered
+
+
+def _queued(f: File, pipes: dict[int, int]) -> dict[str, int] | None:
+    """What a socket or pipe had queued for reading, for show --json; None for other files. A
+    TCP connection's is a byte stream (FILE_TCP's inq_len), and so is a pipe's (`pipes`, from
+    pipe_buffers): bytes, and no messages."""
+    pipe = next((r for r in f.extra if r.type == RecType.FILE_PIPE), None)
+    if pipe is not None:
+        return dict(messages=0, bytes=pipes.get(pipe.fields["pipe_id"], 0))
     if not any(r.type == RecType.FILE_SOCKET for r in f.extra):
         return None
     tcp = next((r for r in f.extra if r.type == RecType.FILE_TCP), None)
@@ -256,13 +273,14 @@ def queue_note(f: File) -> str:
     return f", {plural(len(queue), 'message')} ({plural(n, 'byte')}) queued"
 
 
-def fd_rows(img: Image, table: FileTable) -> list[dict[str, Any]]:
+def fd_rows(img: Image, table: FileTable, pipes: dict[int, int]) -> list[dict[str, Any]]:
+    """show's fds of one table; `pipes`: pipe_buffers(img)."""
     rows = []
     for d in table.fds:
         f = img.obj(d["fd_objref"])
         rows.append(dict(fd=d["fd_descriptor"], objref=d["fd_objref"], cloexec=bool(d["fd_close_on_exec"]),
                          kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, label=file_label(f),
-                         socket=_socket_of(f), detail=anon_desc(f), queued=_queued(f),
+                         socket=_socket_of(f), detail=anon_desc(f), queued=_queued(f, pipes),
                          flags=f.fields["f_flags"], pos=f.fields["f_pos"]))
     return rows
 
@@ -298,6 +316,7 @@ def processes_text(img: Image) -> str:
 def summary(img: Image) -> dict[str, Any]:
     """The `show --json` document; `show` prints the same content as text."""
     procs = []
+    pipes = pipe_buffers(img)
     for p in img.processes():
         mm = img.obj(p.mm_objref)
         table = img.obj(p.files_objref)
@@ -312,7 +331,7 @@ def summary(img: Image) -> dict[str, Any]:
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
                        file=vma_what(img, mm, v), pages=sum(r.npages for r in img.runs_of(v))) for v in mm.vmas],
-            fds=fd_rows(img, table)))
+            fds=fd_rows(img, table, pipes)))
     zombies = []
     for z in img.zombies():
         entry = img.tree_entry(z.tid)
@@ -367,6 +386,14 @@ def shown_path(path: str | bytes) -> str:
     return terminal_safe(path)
 
 
+def pipe_note(fd: dict[str, Any]) -> str:
+    """"5 bytes buffered" for a show fd row of a pipe or FIFO holding data; "" otherwise."""
+    queued = fd["queued"]
+    if fd["kind"] not in ("PIPE", "FIFO") or not queued or not queued["bytes"]:
+        return ""
+    return f"{plural(queued['bytes'], 'byte')} buffered"
+
+
 def group_text(pgid: int, sid: int) -> str:
     """A process's group and session in the task tree: "pgid 5, sid 1", the word "outside" for
     0, which TREE holds for a group or session whose leader is not in the namespace (a process
@@ -410,7 +437,8 @@ def show_text(s: dict[str, Any]) -> str:
                        f"{v['type']:<11} {v['pages']:>7}  {v['file']}")
         out.append(f"  {'fd':>4} {'kind':<12} {'pos':>10} cloexec  path")
         for f in p["fds"]:
-            sock = f"  ({f['socket'] or f['detail']})" if f["socket"] or f["detail"] else ""
+            about = f["socket"] or f["detail"] or pipe_note(f)
+            sock = f"  ({about})" if about else ""
             out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['label']}{sock}")
     return "\n".join(terminal_safe(line) for line in out)
 
