@@ -29,7 +29,7 @@ from .errors import (AccessDenied, CkptError, KernelError, NoSuchProcess, Output
                      errno_text)
 from .progress import ProgressLine
 from .image.records import RecType, wait_status_text
-from .image.render import plural
+from .image.render import plural, shown_path
 from .image.stream import ImageFile, ImageWriter, write_header, write_tail
 from .kernel import procfs
 from .kernel.freeze import Freezer, find_init
@@ -637,6 +637,16 @@ def _discards_writes(target: str | int) -> bool:
     return stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) in _DISCARDING_DEVICES
 
 
+def _standard_output_named() -> str:
+    """"standard output (/dev/null)": a message about where the image goes names the file behind
+    a redirection, which the user made outside ckptrace's command line and may not have in mind
+    (the path as /proc shows the link; just "standard output" when it cannot be read)."""
+    try:
+        return f"standard output ({shown_path(procfs.fd_target(os.getpid(), 1))})"
+    except CkptError:
+        return "standard output"
+
+
 def _private_if_file(fd: int) -> None:
     """`dump > ns.img`: the shell made the file with its umask (0644, as a rule), readable by
     every user, and the image holds process memory. A regular file as standard output is made
@@ -659,7 +669,7 @@ def main(args) -> int:
     if to_stdout and os.isatty(1):
         raise UsageError("refusing to write a binary image to a terminal: use -o FILE or a pipe")
     if args.kill and _discards_writes(1 if to_stdout else args.output):
-        where = "standard output" if to_stdout else args.output
+        where = _standard_output_named() if to_stdout else args.output
         raise UsageError(f"refusing --kill with the image going to {where}, which keeps nothing written to it: "
                          "the namespace would be gone and no image kept")
     opts = Options(max_file_data=args.max_file_data, leave_stopped=args.leave_stopped, kill=args.kill,

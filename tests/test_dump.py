@@ -475,8 +475,9 @@ def test_kill_waits_for_a_slow_reaper_without_spinning_and_says_when_it_never_re
 
 def test_kill_refuses_an_output_that_keeps_nothing(pidns, ckwork, tmp_path):
     """`dump --kill -o /dev/null` would kill the namespace and keep no image: refused before
-    anything is frozen, whatever name /dev/null goes by (a symlink, standard output), and for
-    /dev/zero, which discards writes too. Without --kill, /dev/null stays a fine output."""
+    anything is frozen, whatever name /dev/null goes by (a symlink, standard output, which the
+    message names: `standard output (/dev/null)`), and for /dev/zero, which discards writes too.
+    Without --kill, /dev/null stays a fine output."""
     w = start(pidns, ckwork, tmp_path)
     os.symlink(os.devnull, tmp_path / "null")
     for out in (os.devnull, str(tmp_path / "null"), "/dev/zero"):
@@ -487,7 +488,12 @@ def test_kill_refuses_an_output_that_keeps_nothing(pidns, ckwork, tmp_path):
     with open(os.devnull, "wb") as null:
         p = subprocess.run(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q"], stdout=null,
                            stderr=subprocess.PIPE, timeout=60)
-    assert_refused(p, "refusing --kill", "standard output")
+    assert_refused(p, "refusing --kill", "standard output (/dev/null)")
+    assert_running_untraced(w)
+    with open(tmp_path / "null", "wb") as null:  # named as /proc names it: the link followed
+        p = subprocess.run(CLI + ["dump", "--pidns", str(w.ns), "--kill", "-q"], stdout=null,
+                           stderr=subprocess.PIPE, timeout=60)
+    assert_refused(p, "refusing --kill", "standard output (/dev/null)")
     assert_running_untraced(w)
     dump("--pidns", str(w.ns), "-q", "-o", os.devnull)
     assert_running_untraced(w)
