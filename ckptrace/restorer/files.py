@@ -731,17 +731,7 @@ class FileSet:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):  # (put there since the validation)
                         raise Unsupported(f"{what}: it is no longer a regular file")
                     os.ftruncate(fd, 0)  # (what it holds now is dropped: no data where the dump had holes)
-                    sized = False
-                    for r in obj.extra:
-                        if r.type != RecType.FILE_DATA:
-                            continue
-                        if not sized:
-                            os.ftruncate(fd, r.fields["size"])
-                            sized = True
-                        if r.payload:
-                            os.pwrite(fd, r.payload, r.fields["offset"])
-                        elif r.payload is None and r.payload_len:  # left in the image file by the reader
-                            self._copy_from_image(fd, r)
+                    self._write_contents(fd, obj)
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -1316,6 +1306,21 @@ class FileSet:
                                   "and this kernel cannot set them (TFD_IOC_SET_TICKS)") from None
         return fd
 
+    def _write_contents(self, fd: int, obj: File) -> None:
+        """The object's FILE_DATA into the empty file `fd`: sized once, then only the stored
+        extents written (holes stay holes, unallocated)."""
+        sized = False
+        for r in obj.extra:
+            if r.type != RecType.FILE_DATA:
+                continue
+            if not sized:
+                os.ftruncate(fd, r.fields["size"])
+                sized = True
+            if r.payload:
+                os.pwrite(fd, r.payload, r.fields["offset"])
+            elif r.payload is None and r.payload_len:  # left in the image file by the reader
+                self._copy_from_image(fd, r)
+
     def _memfd(self, obj: File) -> int:
         """A memfd with the object's contents: sized once, then only the stored extents written
         (holes stay holes, unallocated). A memfd's seals come back too (`_new_memfd`, `_seal`),
@@ -1323,16 +1328,7 @@ class FileSet:
         name = os.path.basename(obj.name or "restored").removeprefix("memfd:")[:200] or "restored"
         seals = memfd_seals(obj)
         fd = self._new_memfd(obj, name, seals)
-        sized = False
-        for r in obj.extra:
-            if r.type == RecType.FILE_DATA:
-                if not sized:
-                    os.ftruncate(fd, r.fields["size"])
-                    sized = True
-                if r.payload:
-                    os.pwrite(fd, r.payload, r.fields["offset"])
-                elif r.payload is None and r.payload_len:  # left in the image file by the reader
-                    self._copy_from_image(fd, r)
+        self._write_contents(fd, obj)
         os.lseek(fd, obj.fields["f_pos"], os.SEEK_SET)
         if seals is not None:
             self._seal(fd, obj, seals)
