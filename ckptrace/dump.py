@@ -417,15 +417,15 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
     late_signals: list[int] = []
     # --kill migrates: the namespace dies, so the image must be one restore can rebuild. Checked
     # on a sparse copy of what was written (the image itself may be going down a pipe). A plain
-    # dump checks it too, once the tasks run again, and says what restore would refuse.
-    shadow = tempfile.TemporaryFile(prefix="ckptrace-index-")
-    dumper = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno())
+    # dump into a file checks that file, once the tasks run again (restore_refusal).
+    shadow = tempfile.TemporaryFile(prefix="ckptrace-index-") if opts.kill else None
+    dumper = Dumper(ns, init, out_fd, opts, on_progress, shadow.fileno() if shadow else None)
     try:
         if on_progress is not None:
             on_progress("freezing the namespace")
         frz.freeze()
         ctx = dumper.run(frz)
-        if opts.kill:
+        if shadow is not None:
             if on_progress is not None:
                 on_progress("checking that restore can rebuild the image (--kill)")
             check_restorable(shadow, ns)
@@ -464,16 +464,13 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
             release_held(dumper.ctx.tcp_held, killed=killed)
         frz.release(leave_stopped=ok and opts.leave_stopped)
         s.frozen_s = time.monotonic() - t0
-        if not ok:
+        if shadow is not None:
             shadow.close()
-    if ok and not opts.kill:
-        with shadow:
-            if on_progress is not None:
-                on_progress("checking that restore can rebuild the image")
-            if why := restore_refusal(shadow):
-                s.notes.append(f"restore will refuse this image as things stand: {why}")
-    else:
-        shadow.close()
+    if ok and not opts.kill and opts.image and os.path.isfile(opts.image):
+        if on_progress is not None:
+            on_progress("checking that restore can rebuild the image")
+        if why := restore_refusal(opts.image):
+            s.notes.append(why)
     if ok and opts.kill and init_fd is not None:
         if note := _wait_exit(init_fd, init, proc=opts.proc):
             s.notes.append(note)
@@ -577,14 +574,20 @@ def check_restorable(shadow, ns: int) -> None:
         raise kill_refused(ns, str(exc), transient=exc.transient) from None
 
 
-def restore_refusal(shadow) -> str | None:
-    """For a plain dump, whose namespace runs on: why restore would refuse the image now, in
-    restore's words, or None. The user learns it while the namespace can still be changed, not
-    at the restore."""
+def restore_refusal(image: str) -> str | None:
+    """For a plain dump into the file `image`, whose namespace runs on: a note saying why
+    restore would refuse the image now, in restore's words, or None. The user learns it while
+    the namespace can still be changed, not at the restore. Only advisory: the image is
+    complete, and a check that cannot be made says so instead of failing the dump. (Into a pipe
+    there is nothing to read back; a restore at its other end makes the same checks.)"""
     from .restore import REFUSAL_PREFIX
 
-    exc = _validation(shadow)
-    return str(exc).removeprefix(REFUSAL_PREFIX) if exc else None
+    try:
+        with open(image, "rb") as f:
+            exc = _validation(f)
+    except (CkptError, OSError) as err:
+        return f"whether restore can rebuild the image was not checked: {err}"
+    return f"restore will refuse this image as things stand: {str(exc).removeprefix(REFUSAL_PREFIX)}" if exc else None
 
 
 def _validation(shadow) -> Unsupported | None:

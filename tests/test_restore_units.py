@@ -964,3 +964,15 @@ def test_a_cgroup_namespace_root_is_the_path_less_what_it_is_inside(path, inside
     from ckptrace.objects.nsinfo import cgroup_ns_root
 
     assert cgroup_ns_root(path, inside) == root
+
+
+def test_a_plain_dumps_check_of_its_image_is_advisory(tmp_path):
+    """A plain dump reads its image back to say what restore would refuse; an image it cannot
+    read (gone since, damaged) is a note that it was not checked, never a failed dump."""
+    from ckptrace.dump import restore_refusal
+
+    assert restore_refusal(str(tmp_path / "gone.img")).startswith(
+        "whether restore can rebuild the image was not checked: ")
+    cut = tmp_path / "cut.img"
+    cut.write_bytes(imagegen.build()[:100])
+    assert restore_refusal(str(cut)).startswith("whether restore can rebuild the image was not checked: ")
