@@ -277,10 +277,17 @@ def _zombie_notes(zombies: list[task.ProcState]) -> list[str]:
 # can land inside a step that takes a failed read for a task gone (`except CkptError`) and be
 # swallowed there; the dump asks again before it declares success, and before a --kill.
 _stop_signals: list[int] = []
+# Set once the image is complete (and the namespace released, or killed with --kill): a signal
+# then undoes nothing, and saying "tasks released" after a kill would be false. What is left
+# (waiting for the killed init, the advisory check, the summary) runs to its end, status 0, as a
+# restore does once it is past its point of no return.
+_image_complete = [False]
 
 
 def _raise_on_signal(signum, _frame):
     _stop_signals.append(signum)
+    if _image_complete[0]:
+        return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt("tasks released")
     raise Terminated(f"terminated by signal {signum}; tasks released")
@@ -446,10 +453,10 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         _stop_if_signalled()
         if not opts.kill:
             _complete(ns, on_complete, opts.image)
-            ok = True
+            ok = _image_complete[0] = True
         else:
             init_fd, late_signals = _complete_and_kill(ctx.w, out_fd, init, ns, on_complete, opts.image)
-            ok = killed = True
+            ok = killed = _image_complete[0] = True
     except OutputClosed as exc:
         raise OutputClosed(f"{exc}; {'not killing' if opts.kill else 'released'} pid:[{ns}]: its tasks run on") from None
     except (CkptError, OSError):
@@ -480,6 +487,9 @@ def dump(ns: int, out_fd: int, opts: Options, on_progress=None, on_complete=None
         s.notes += files.shared_tmpfs_notes(ctx)
     if ok and not opts.kill:
         s.notes += ctx.notes  # (with --kill nothing runs on: they do not matter)
+    if ok and _stop_signals:  # (before completion one ends the dump: _stop_if_signalled)
+        s.notes += [f"{signal.Signals(sig).name} came once the image was complete: it undid nothing, the dump "
+                    "finished" for sig in dict.fromkeys(_stop_signals)]
     if ok and opts.kill:
         s.notes += [f"{signal.Signals(sig).name} came once the image was complete and being delivered: "
                     "the namespace was killed as asked, the dump finished" for sig in late_signals]
@@ -689,6 +699,7 @@ def main(args) -> int:
         out.close(discard=True)
         raise UsageError(f"refusing to write a binary image to a terminal ({args.output}): use -o FILE or a pipe")
     _stop_signals.clear()
+    _image_complete[0] = False
     old = {sig: signal.signal(sig, _raise_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     done = False
     try:

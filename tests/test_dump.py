@@ -1678,6 +1678,26 @@ def test_a_termination_swallowed_by_a_step_still_ends_the_dump():
     d._stop_if_signalled()  # (nothing asked: nothing raised)
 
 
+def test_a_signal_once_the_image_is_complete_undoes_nothing_and_says_so():
+    """Once the image is complete (the tasks released, or killed with --kill), a Ctrl-C or
+    SIGTERM ended the dump with "interrupted; tasks released", status 130, no summary: after a
+    kill, a false account of a namespace that is gone, with a complete image. It is taken
+    without effect now and noted."""
+    from ckptrace import dump as d
+
+    d._image_complete[0] = True
+    try:
+        d._raise_on_signal(signal.SIGINT, None)  # (no KeyboardInterrupt)
+        d._raise_on_signal(signal.SIGTERM, None)  # (no Terminated)
+        assert d._stop_signals == [signal.SIGINT, signal.SIGTERM]
+    finally:
+        d._image_complete[0] = False
+        d._stop_signals.clear()
+    with pytest.raises(KeyboardInterrupt):
+        d._raise_on_signal(signal.SIGINT, None)
+    d._stop_signals.clear()
+
+
 def test_a_termination_is_not_taken_for_a_step_error():
     """SIGTERM's exception is no CkptError: a step that takes a failed read for a task gone
     (`except CkptError`) and goes on swallowed it, and a dump SIGTERMed while it injected calls
