@@ -953,6 +953,28 @@ def test_a_cgroup_namespace_is_refused_only_where_it_cannot_be_made():
     stray = _cgroup_ns_image(ok, ok)
     stray.task(1).cgroup_ns = stray.task(3).cgroup_ns = 2
     assert problems(stray, mounts) == ["process 1's cgroup namespace is named after process 2, which is not in it"]
+    rootless = _cgroup_ns_image(ok, ok)
+    for t in rootless.processes():
+        t.cgroup_ns_roots = []  # (named, no roots: it was made at the controller's cgroup without a word)
+    assert problems(rootless, mounts) == ["process 1's cgroup namespace has no root recorded in any hierarchy"]
+
+
+def test_a_cgroup_namespace_root_with_controllers_for_its_children_is_refused(tmp_path):
+    """cgroup v2 puts no process into a cgroup with controllers in its cgroup.subtree_control
+    (a container running systemd sets that up below its root): restore failed making the
+    namespace there with EBUSY, after `dump --kill` had let the original be killed."""
+    from ckptrace.restorer.cgroupns import problems
+
+    (tmp_path / "ns").mkdir()
+    (tmp_path / "ns" / "cgroup.subtree_control").write_text("cpu pids\n")
+    mounts = {"": str(tmp_path)}
+    ok = [(0, "", "/ns")]
+    img = _cgroup_ns_image(ok, ok, cgroups1=((0, "", "/ns/leaf"),), cgroups3=((0, "", "/ns/leaf"),))
+    assert problems(img, mounts) == [
+        "process 1's cgroup namespace's cgroup2 root /ns has controllers enabled for its children (cpu pids, "
+        "cgroup.subtree_control): no process may be put there (EBUSY), and restore makes the namespace from inside it"]
+    (tmp_path / "ns" / "cgroup.subtree_control").write_text("\n")
+    assert problems(img, mounts) == []
 
 
 @pytest.mark.parametrize("path, inside, root", [

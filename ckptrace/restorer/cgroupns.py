@@ -20,6 +20,8 @@ in may hide /proc; the maker being one of them has neither problem.
 
 from __future__ import annotations
 
+import os
+
 from ..image.reader import Image, Task
 from ..image.records import CLONE_NEWCGROUP
 from ..image.render import listed, shown_path
@@ -67,6 +69,9 @@ def problems(img: Image, mounts: dict[str, str]) -> list[str]:
             continue
         where, disagreements = roots(members)
         out += disagreements
+        if not where:  # (a damaged image: a dump records a line per hierarchy)
+            out.append(f"process {name}'s cgroup namespace has no root recorded in any hierarchy")
+            continue
         unknown = [c or "cgroup2" for _hid, c, path in where.values() if not path]
         if unknown:
             out.append(f"process {name}'s cgroup namespace has no known root in the {_hierarchies(unknown)}: "
@@ -82,6 +87,10 @@ def problems(img: Image, mounts: dict[str, str]) -> list[str]:
                 out.append(f"process {name}'s cgroup namespace's {controllers or 'cgroup2'} root "
                            f"{shown_path(root)} {why}")
                 continue
+            if key in mounts and (enabled := _children_controllers(mounts[key], root)):
+                out.append(f"process {name}'s cgroup namespace's cgroup2 root {shown_path(root)} has controllers "
+                           f"enabled for its children ({enabled}, cgroup.subtree_control): no process may be put "
+                           "there (EBUSY), and restore makes the namespace from inside it")
             for t in members:
                 says = next((p for _h, c, p in t.cgroup_ns_roots if cgroup_key(c) == key), "")
                 path = next((p for _h, c, p in t.cgroups if cgroup_key(c) == key), None)
@@ -89,6 +98,20 @@ def problems(img: Image, mounts: dict[str, str]) -> list[str]:
                     out.append(f"process {t.tid}'s {controllers or 'cgroup2'} cgroup {shown_path(path)} is not "
                                f"under the root {shown_path(root)} of its cgroup namespace")
     return out
+
+
+def _children_controllers(mount: str, root: str) -> str:
+    """A cgroup2 cgroup's cgroup.subtree_control, '' when it has none or is not there (made
+    by the restore then, with none) or is the hierarchy's root (which takes processes all the
+    same). Only cgroup v2 has this file; its "no internal processes" rule is what makes it
+    matter: a cgroup with controllers enabled for its children takes no process."""
+    if root.strip("/") == "":
+        return ""
+    try:
+        with open(os.path.join(mount, root.lstrip("/"), "cgroup.subtree_control")) as f:
+            return " ".join(f.read().split())
+    except OSError:
+        return ""
 
 
 def _hierarchies(names: list[str]) -> str:
