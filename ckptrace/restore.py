@@ -908,6 +908,7 @@ class _Restore:
                 self._kill_made()
             finally:
                 files.unbind()  # (the tasks' copies of those sockets are closed by now)
+                files.remove_made()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

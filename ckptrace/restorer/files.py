@@ -27,7 +27,8 @@ from typing import BinaryIO
 from ..errors import KernelError, Passing, Unsupported, UsageError, errno_text, from_oserror
 from ..kernel import procfs
 from ..kernel.procfs import DELETED_SUFFIX
-from ..kernel.sys import AT_FDCWD, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SNDBUFFORCE, ioctl_int, libc, openat2, syscall
+from ..kernel.sys import (AT_FDCWD, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, SO_SNDBUFFORCE, TMPFS_MAGIC, fs_type,
+                          ioctl_int, libc, openat2, syscall)
 from ..objects.files import F_OWNER_EX, F_SETOWN_EX, F_SETSIG
 from ..objects.socket import SHUTDOWN_RESET, SHUTDOWN_UNLINKED
 from ..image.reader import File, FileTable, Image, Mm
@@ -567,6 +568,9 @@ class FileSet:
     unlinked_dirs: list[str] = field(default_factory=list)
     # socket files this restore made at their paths, with their (st_dev, st_ino): see unbind
     bound_paths: list[tuple[str, int, int]] = field(default_factory=list)
+    # (path, dev, ino) of each carried file this restore made (_make_carried): removed should the
+    # restore fail (remove_made), or process memory stays in /dev/shm for any later comer
+    made_files: list[tuple[str, int, int]] = field(default_factory=list)
     _packet_ids: set[int] | None = None  # see _packet_pipes
 
     def place(self, fd: int) -> int:
@@ -724,12 +728,16 @@ class FileSet:
             st = _extra(obj, RecType.FILE_STAT)
             try:
                 try:
-                    fd = open_path(self.img, name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                    # (O_NOFOLLOW: /dev/shm is anyone's to write in; a symlink put at the path
+                    # would have root truncate and write the file it leads to)
+                    fd = open_path(self.img, name, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
                 except FileNotFoundError:
                     fd = self._make_carried(name, st.fields if st is not None else {})
                 try:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):  # (put there since the validation)
                         raise Unsupported(f"{what}: it is no longer a regular file")
+                    if fs_type(f"/proc/self/fd/{fd}") != TMPFS_MAGIC:  # (a mount put over it since)
+                        raise Unsupported(f"{what}: it is no longer on a tmpfs")
                     os.ftruncate(fd, 0)  # (what it holds now is dropped: no data where the dump had holes)
                     self._write_contents(fd, obj)
                 finally:
@@ -742,6 +750,8 @@ class FileSet:
         (FILE_STAT; an image without them gets root's and 0600)."""
         perms = stat.S_IMODE(st.get("mode", 0)) or 0o600
         fd = open_path(self.img, name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perms)
+        made = os.fstat(fd)
+        self.made_files.append((self.img.at(name), made.st_dev, made.st_ino))
         try:
             os.fchown(fd, st.get("uid", 0), st.get("gid", 0))
             os.fchmod(fd, perms)  # (after the chown, which clears set-id bits; and past the umask)
@@ -749,6 +759,16 @@ class FileSet:
             os.close(fd)
             raise
         return fd
+
+    def remove_made(self) -> None:
+        """Remove the carried files this restore made (still the ones it made: device and
+        inode), once it has failed: each holds the image's process memory."""
+        for path, dev, ino in self.made_files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    os.unlink(path)
+        self.made_files.clear()
 
     def _pty_master(self, obj: File) -> int:
         """A pty master with the image's index and state, and a slave fd of ours for the session
