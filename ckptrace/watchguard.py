@@ -26,6 +26,7 @@ import time
 
 from .errors import CkptError
 from .kernel.prctl import PR_SET_PDEATHSIG
+from .kernel import procfs
 from .kernel.sys import libc, set_threads_policy
 
 # the shared page, as 64-bit words: the controller's heartbeat (ns, CLOCK_MONOTONIC), the times
@@ -131,9 +132,8 @@ class Staleness:
 def _stopped(pid: int) -> bool:
     """Whether `pid` is stopped (state T, or t under a tracer); False if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
-    except (OSError, IndexError):
+        return procfs.status(pid).state in ("T", "t")
+    except CkptError:
         return False
 
 

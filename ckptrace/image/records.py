@@ -616,6 +616,9 @@ VM_FLAG_NAMES = {bit: name for name, bit in VM_FLAG_BITS.items()}
 OBJ_NAMES = {t.value: t.name for t in ObjType}
 FILE_NAMES = {t.value: t.name for t in FileType}
 VMA_NAMES = {t.value: t.name for t in VmaType}
+# FILE.f_flags bits the tools treat apart (x86-64's, as every flag here): O_LARGEFILE, which
+# every 64-bit open has; O_TMPFILE, two bits (O_DIRECTORY | __O_TMPFILE) named as one
+O_LARGEFILE, O_DIRECTORY, O_TMPFILE = 0o100000, 0o200000, 0o20200000
 O_FLAG_NAMES = {0o1: "O_WRONLY", 0o2: "O_RDWR", 0o100: "O_CREAT", 0o1000: "O_TRUNC",
                 0o2000: "O_APPEND", 0o4000: "O_NONBLOCK", 0o10000: "O_DSYNC", 0o20000: "O_ASYNC",
                 0o40000: "O_DIRECT",

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .reader import File, FileTable, Image, Mm, read_image
-from .records import (FILE_NAMES, O_FLAG_NAMES, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES,
+from .records import (FILE_NAMES, O_FLAG_NAMES, O_TMPFILE, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES,
                       VM_MAYSHARE, VMA_NAMES, FileType, RecType, flag_names, format_time, inotify_watches, json_safe,
                       signal_name, wait_status_text)
 from .stream import Record, open_image
@@ -43,9 +43,6 @@ def prot_str(prot: int, flags: int) -> str:
     VM_MAYSHARE (VM_SHARED is missing from a shared mapping that can never be written)."""
     return ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + ("x" if prot & 4 else "-") + \
         ("s" if flags & VM_MAYSHARE else "p")
-
-
-O_DIRECTORY, O_TMPFILE = 0o200000, 0o20200000
 
 
 def open_flags_text(flags: int) -> str:

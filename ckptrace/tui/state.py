@@ -17,7 +17,7 @@ from rich.cells import cell_len
 
 from ..errors import ImageError
 from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
-from ..image.records import (FILE_NAMES, signal_name, sigset_names, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
+from ..image.records import (FILE_NAMES, O_LARGEFILE, signal_name, sigset_names, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, RecType,
                              format_time, wait_status_text)
 from ..image.render import (cpu_list, human, open_flags_text, plural, processes_text, prot_str, queue_note,
@@ -32,7 +32,6 @@ FD_COLUMNS = ("fd", "kind", "path / peer", "flags", "offset")
 FD_TARGET = FD_COLUMNS.index("path / peer")  # the column that takes what the others leave
 MIN_TARGET_WIDTH = 12  # narrower than this, the FDs table scrolls sideways instead
 CELL_PADDING = 1  # DataTable's blank column either side of a cell
-O_LARGEFILE = 0o100000
 
 SA_FLAG_NAMES = {0x1: "NOCLDSTOP", 0x2: "NOCLDWAIT", 0x4: "SIGINFO", 0x04000000: "RESTORER",
                  0x08000000: "ONSTACK", 0x10000000: "RESTART", 0x40000000: "NODEFER",
