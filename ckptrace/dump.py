@@ -210,6 +210,7 @@ class Dumper:
             task.collect_process(p, proc, ns_pid)
         ctx.image_notes += task.pdeath_notes(procs, proc)
         nsinfo.collect_cgroup(live, proc)  # (restore's validation names a root none knew)
+        nsinfo.collect_time(live)
         xs = procs[0].leader.xstate
         uts = os.uname()
         ctx.header_time = int(time.time())

@@ -590,6 +590,18 @@ def test_task_ns_cgroup_namespace_and_roots_read_from_the_sixth_and_seventh_stri
         read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0\0\0\0" + b"1\0freezer:/b\n\0"))))
 
 
+def test_task_ns_time_namespaces_read_from_the_eighth_string():
+    """A time namespace of its own, and its children's, are each a line of a name (a number, 0
+    for the dumper's) and two offsets in ns; older images end before them (time_ns None)."""
+    names = b"h\0d\0\0\0monotonic -1.5 s, boottime +0 s\0\0\0" + b"0 0 0\n1 -1500000000 0\n\0"
+    init = read_image(io.BytesIO(imagegen.build(ns=(0, names)))).task(1)
+    assert init.time_ns == ((0, 0, 0), (1, -1_500_000_000, 0))
+    assert read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0\0\0offsets\0")))).task(1).time_ns is None
+    for bad in (b"1 0 0\n", b"1 0 0\nx 0 0\n", b"1 0\n1 0 0\n", b"-1 0 0\n1 0 0\n"):
+        with pytest.raises(ImageError, match="TASK_NS's time namespaces are not two lines of a number and two offsets"):
+            read_image(io.BytesIO(imagegen.build(ns=(0, b"h\0d\0\0\0\0\0\0" + bad + b"\0"))))
+
+
 def test_decode_json_gives_each_record_type_one_set_of_keys(tmp_path):
     """Scripts read `decode --json` by key: a record type that has a payload always has the
     `payload` key, empty or not (a PAGE end marker, a FILE_PIPE with nothing buffered), and one

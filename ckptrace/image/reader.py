@@ -138,6 +138,11 @@ class Task:
     # (hierarchy id, controllers, path; path "" where it is unknown)
     cgroup_ns: int = 0
     cgroup_ns_roots: list[tuple[int, str, str]] = field(default_factory=list)
+    # TASK_NS, of a process with a time namespace of its own: (name, monotonic offset, boottime
+    # offset in ns) of the time namespace it is in, then of the one its children enter; a name is
+    # the namespace's number in the image (from 1), 0 the dumper's own. None where the image does
+    # not say (older images, and processes without one)
+    time_ns: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
     siginfo: list[bytes] = field(default_factory=list)  # its own queued signals (siginfo_t)
     shared_siginfo: list[bytes] = field(default_factory=list)  # the process's (leaders only)
     nodename: bytes = b""
@@ -561,10 +566,22 @@ class _Parser:
                         t.cgroup_ns_roots = parse_cgroup(names[6].decode("utf-8", "surrogateescape"))
                     except ValueError:
                         self.fail(nsr, "TASK_NS's cgroup namespace roots are not /proc/PID/cgroup lines")
+                if len(names) > 8 and names[7]:
+                    t.time_ns = self.time_ns(nsr, names[7])
             if self.at(RecType.TASK_SIGINFO):
                 t.shared_siginfo = self.siginfo(shared=True)
             self.leaders[t.tid] = t
         img.tasks.append(t)
+
+    def time_ns(self, nsr: Record, text: bytes) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """TASK_NS's eighth string: two lines of NAME MONOTONIC BOOTTIME (Task.time_ns)."""
+        try:
+            rows = [tuple(int(x) for x in line.split()) for line in text.decode("ascii").splitlines()]
+        except (UnicodeDecodeError, ValueError):
+            rows = []
+        if len(rows) != 2 or any(len(r) != 3 or not 0 <= r[0] < 1 << 31 for r in rows):
+            self.fail(nsr, "TASK_NS's time namespaces are not two lines of a number and two offsets")
+        return rows[0], rows[1]
 
     def zombie(self, t: Task, th: Record):
         """A process that had exited, its parent not having reaped it yet: no memory, files or

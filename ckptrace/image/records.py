@@ -185,8 +185,9 @@ SOCKOPT_NAMES = {0x1: "SO_REUSEADDR", 0x2: "SO_REUSEPORT", 0x4: "SO_KEEPALIVE", 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x04000000, 0x08000000, 0x40000000
 CLONE_NEWPID = 0x20000000
 # recorded since restore made none of them (0 in images made before): a user, cgroup or time
-# namespace of its own. Restore refuses user and time ones, and a cgroup one in an image without
-# its root (TASK_NS's sixth and seventh strings)
+# namespace of its own. Restore refuses user ones, a cgroup one in an image without its root
+# (TASK_NS's sixth and seventh strings), a time one in an image without its name and offsets
+# (TASK_NS's eighth string)
 CLONE_NEWUSER, CLONE_NEWCGROUP, CLONE_NEWTIME = 0x10000000, 0x02000000, 0x00000080
 NS_FLAG_NAMES = {CLONE_NEWNS: "mnt", CLONE_NEWUTS: "uts", CLONE_NEWIPC: "ipc", CLONE_NEWNET: "net",
                  CLONE_NEWUSER: "user", CLONE_NEWCGROUP: "cgroup", CLONE_NEWTIME: "time"}
@@ -203,6 +204,7 @@ MNT_MISSING_MAX = 4096  # and of its fourth: the mounts of its own mount namespa
 TIME_OFFSETS_MAX = 128  # and of its fifth: its own time namespace's clock offsets, in words
 CGROUP_NS_MAX = 16  # and of its sixth: the pid of the first process in its own cgroup namespace
 CGROUP_ROOTS_MAX = 8 * 4096  # and of its seventh: that namespace's roots (no longer than TASK_PROC's cgroup text)
+TIME_NS_MAX = 128  # and of its eighth: its time namespace and its children's, each a name and two offsets
 LOCK_POSIX, LOCK_FLOCK, LOCK_OFD = 1, 2, 3
 LOCK_KINDS = {LOCK_POSIX: "POSIX", LOCK_FLOCK: "FLOCK", LOCK_OFD: "OFD"}
 LOCK_TYPES = {0: "READ", 1: "WRITE"}  # F_RDLCK, F_WRLCK
@@ -720,13 +722,14 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "the leader's process records); payload: nsiginfo siginfo_t of 128 bytes, oldest first, "
            "as PTRACE_PEEKSIGINFO returns them."),
     _R(RecType.TASK_NS, (u32("own", "flags", NS_FLAG_NAMES), u32("flags", "flags", TASK_NS_FLAG_NAMES)), Payload.BYTES,
-       max_payload=2 * 65 + NET_MISSING_MAX + MNT_MISSING_MAX + TIME_OFFSETS_MAX + CGROUP_NS_MAX + CGROUP_ROOTS_MAX,
+       max_payload=2 * 65 + NET_MISSING_MAX + MNT_MISSING_MAX + TIME_OFFSETS_MAX + CGROUP_NS_MAX + CGROUP_ROOTS_MAX
+       + TIME_NS_MAX,
        doc="Which of a process's mount, uts, ipc, net, user, cgroup and time namespaces were its "
            "own (not the dumper's), as CLONE_NEW* bits (user, cgroup and time: 0 in older "
-           "images; restore refuses a process with a user or time namespace of its own, as it "
-           "does not make them, time also when only the namespace its children would enter was "
-           "its own; and one with a cgroup namespace of its own whose root is not in the image, "
-           "as in older images); flags (named "
+           "images; restore refuses a process with a user namespace of its own, as it does not "
+           "make them; one with a cgroup namespace of its own whose root is not in the image, "
+           "and one with a time namespace of its own (or only its children's) whose eighth "
+           "string is not, as in older images); flags (named "
            "net in older images, where it was padding before that: 0): LO_DOWN for one with a "
            "network namespace of its own whose lo was down, OWN_PROC for one with a mount "
            "namespace of its own whose /proc was a proc of the namespace's own pid namespace, "
@@ -743,7 +746,13 @@ RECORDS: dict[int, RecordType] = {r.type: r for r in [
            "namespace's root in each hierarchy, as /proc/PID/cgroup lines (hierarchy id:"
            "controllers:path, each ending in a newline; the path as the dumper sees it, like "
            "TASK_PROC's cgroup text; empty for a hierarchy where the process's cgroup was outside "
-           "the root, which is then unknown) NUL."),
+           "the root, which is then unknown) NUL, then, for one with a time namespace of its own "
+           "(empty or absent otherwise, and in older images): two lines, the time namespace it is "
+           "in, then the one its children enter (time_for_children), each NAME MONOTONIC "
+           "BOOTTIME in decimal: NAME the namespace's number, from 1 in the order the image's "
+           "processes (in TREE order, the one each is in first) first name them (every process "
+           "sharing it says the same), 0 for the dumper's own; MONOTONIC and BOOTTIME its clock "
+           "offsets in ns (signed; 0 for the dumper's) NUL."),
     _R(RecType.TASK_LOCKS, (u32("nlocks"), pad(4)), Payload.ENTRIES, max_payload=65536 * 32,
        entry=(u32("kind", "enum", LOCK_KINDS), u32("type", "enum", LOCK_TYPES), s32("fd"), pad(4),
               u64("start"), u64("length")),

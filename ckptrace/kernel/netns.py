@@ -1,6 +1,7 @@
 """Network namespaces: what one holds (its interfaces, addresses and routes, read from inside it
 through pyroute2, for the dump), and a new one made and entered by the controller (restore).
-(call_in also reads from inside a cgroup namespace, for the dump: nsinfo.collect_cgroup.)
+(call_in also reads from inside a cgroup or time namespace, for the dump: nsinfo.collect_cgroup,
+nsinfo._collect_time.)
 
 A network namespace is per thread: setns(CLONE_NEWNET) and unshare(CLONE_NEWNET) move the
 calling thread only, and a socket belongs for good to the namespace its creator was in when it
@@ -20,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import KernelError, check_errno
-from ..image.records import CLONE_NEWCGROUP
+from ..image.records import CLONE_NEWCGROUP, CLONE_NEWTIME
 from .sys import libc
 
 CLONE_NEWNET = 0x40000000
@@ -81,7 +82,8 @@ def _view() -> NetView:  # pragma: no cover - runs in the forked child of call_i
 
 
 # the namespaces call_in joins: /proc/PID/ns name -> (setns's CLONE_NEW* type, in words)
-CALL_IN_KINDS = {"net": (CLONE_NEWNET, "network"), "cgroup": (CLONE_NEWCGROUP, "cgroup")}
+CALL_IN_KINDS = {"net": (CLONE_NEWNET, "network"), "cgroup": (CLONE_NEWCGROUP, "cgroup"),
+                 "time": (CLONE_NEWTIME, "time")}
 
 
 def call_in(pid: int, fn, what: str, proc: str = "/proc", kind: str = "net"):

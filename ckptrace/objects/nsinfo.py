@@ -12,12 +12,14 @@ routes); of its own mount namespace, whether /proc there was the namespace's own
 the mounts the dumper's mount namespace does not have (which restore does not make); the dump
 and the restore note both.
 
-Of user and time namespaces, which restore does not make, the dump records whether a process
-had one of its own (for time also one made for its children only, and its clock offsets):
-restore, and so `dump --kill`, refuses such an image (restorer/ownns.py), and a plain dump notes
-it. Of a cgroup namespace of its own it records which of the image's processes share it and its
-root in each hierarchy, from which restore makes it again (restorer/cgroupns.py). A thread in
-another one than its leader is refused, as for the other kinds.
+Of user namespaces, which restore does not make, the dump records whether a process had one of
+its own: restore, and so `dump --kill`, refuses such an image (restorer/ownns.py), and a plain
+dump notes it. Of a cgroup namespace of its own it records which of the image's processes share
+it and its root in each hierarchy, from which restore makes it again (restorer/cgroupns.py); of a
+time namespace of its own (or one made for its children only), which of the image's processes
+are in it or make their children in it, and its clock offsets, from which restore makes it again
+(restorer/timens.py). A thread in another one than its leader is refused, as for the other
+kinds.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ def collect(p: "ProcState", inj: Injector, proc: str) -> None:
 def _collect_time(p: "ProcState", proc: str) -> None:
     """A time namespace of p's own: the one it is in, or (unshare(CLONE_NEWTIME) without a
     fork, or `unshare -T` before it execs) only the one its children will enter, which restore
-    would lose as well (NS_TIME_CHILDREN). Its clock offsets are kept in words."""
+    would lose as well (NS_TIME_CHILDREN). Its clock offsets are kept in words, and both
+    namespaces with their offsets for collect_time (p.time_seen)."""
     ours = _ino("self", "time", proc)
     its = _ino(p.hostpid, "time", proc)
     entered = its != ours
@@ -163,12 +166,36 @@ def _collect_time(p: "ProcState", proc: str) -> None:
         return
     p.own_ns |= CLONE_NEWTIME
     words = offset_words(offsets)
+    children = (for_children, offsets)
     if not entered:
         p.ns_flags |= NS_TIME_CHILDREN
+        p.time_seen = ((0, {}), children)
     elif for_children != its:
-        # (timens_offsets shows its children's namespace: the one it is in is not to be read)
+        # (timens_offsets shows its children's namespace: the one it is in is read from inside it)
         words += " (of the time namespace its children enter, not of the one it is in)"
+        inside = netns.call_in(p.hostpid, functools.partial(procfs.timens_offsets, "self", proc),
+                               "reading /proc/self/timens_offsets", proc, kind="time")
+        p.time_seen = ((its, inside), children)
+    else:
+        p.time_seen = (children, children)
     p.time_offsets = _cut(words, TIME_OFFSETS_MAX)
+
+
+def collect_time(procs: list["ProcState"]) -> None:
+    """For each process with a time namespace of its own (after collect): its time namespace and
+    its children's, each by a number (one namespace, one number: from 1, in the order `procs`
+    first name them; 0 for the dumper's), with their offsets in ns (p.time_ns), which restore
+    makes them again from. (Not named after a process, as a cgroup namespace is: one process may
+    be the first of two, the one it is in and its children's.)"""
+    numbers: dict[int, int] = {}  # time namespace inode -> its number
+    for p in procs:
+        if not p.own_ns & CLONE_NEWTIME or not p.time_seen:
+            continue
+        lines = []
+        for ino, offsets in p.time_seen:
+            name = numbers.setdefault(ino, len(numbers) + 1) if ino else 0
+            lines.append(f"{name} {offsets.get('monotonic', 0)} {offsets.get('boottime', 0)}\n")
+        p.time_ns = "".join(lines).encode()
 
 
 def offset_words(offsets: dict[str, int]) -> str:
@@ -304,7 +331,7 @@ def _own_mounts(pid: int, ns_root: str, proc: str) -> "Counter[tuple[str, str, s
 
 def write(ctx: DumpContext, p: "ProcState") -> None:
     payload = p.nodename + b"\0" + p.domainname + b"\0"
-    words = [p.net_missing, p.mnt_missing, p.time_offsets, p.cgroup_ns, p.cgroup_ns_roots]
+    words = [p.net_missing, p.mnt_missing, p.time_offsets, p.cgroup_ns, p.cgroup_ns_roots, p.time_ns]
     while words and not words[-1]:  # (the strings after the names are optional from the last one said)
         words.pop()
     payload += b"".join(w + b"\0" for w in words)

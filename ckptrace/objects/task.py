@@ -93,6 +93,10 @@ class ProcState:
     time_offsets: bytes = b""  # and the clock offsets of its own time namespace, in words
     cgroup_ns: bytes = b""  # and of its own cgroup namespace, the first sharer's pid (nsinfo.collect_cgroup)
     cgroup_ns_roots: bytes = b""  # and that namespace's root per hierarchy, as /proc/PID/cgroup lines
+    # and of its own time namespace: (inode, offsets) of the one it is in and of its children's
+    # (nsinfo._collect_time; inode 0: the dumper's), then as TASK_NS's lines (nsinfo.collect_time)
+    time_seen: tuple = ()
+    time_ns: bytes = b""
     shared_pending: int = 0  # process-wide pending mask (ShdPnd), read with shared_siginfo (pending_snapshot)
     shared_siginfo: list[bytes] = field(default_factory=list)  # process-wide queued signals' siginfo_t
     held_locks: list[tuple] = field(default_factory=list)  # (fd, kind, mode, start, end) from fdinfo
