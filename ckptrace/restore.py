@@ -7,7 +7,8 @@ Pipeline (details in docs/restore.md):
   tree       clone3(CLONE_NEWPID, set_tid=[1]) makes init, which forks the rest with their
              own pids; each sets its fds/cwd/umask/handlers/rlimits and reports (restorer.tree);
   cgroupns   once every process is seized, the image's own cgroup namespaces are made by the
-             processes in them, by injected unshare/setns (restorer.cgroupns);
+             processes in them, by injected unshare/setns (restorer.cgroupns), and so are its
+  timens     own time namespaces, with their clock offsets (restorer.timens);
   memory     the controller seizes each process and rebuilds its address space by syscall
              injection (restorer.memory), then registers, MM fields, threads (restorer.threads),
              masks, pending signals and credentials (restorer.creds);
@@ -166,6 +167,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     from .restorer.tree import tree_problems
     from .restorer.cgroup import frozen_problems as cgroup_frozen_problems
     from .restorer.cgroupns import problems as cgroup_ns_problems
+    from .restorer.timens import problems as time_ns_problems
     from .kernel.procfs import cgroup_mounts
 
     problems: list[str] = []
@@ -223,6 +225,7 @@ def validate(img: Image, *, bindings: bool = True) -> None:
     problems += range_problems(img) + task_range_problems(img)
     problems += cgroup_frozen_problems(img.processes(), cgroup_mounts())
     problems += cgroup_ns_problems(img, cgroup_mounts())
+    problems += time_ns_problems(img)
     problems += check_files(img)
     problems += binding_problems(img, held=not bindings)
     problems += held_file_problems(img, original_runs=not bindings)
@@ -521,6 +524,7 @@ class _Restore:
                                               {e["pgid"] for e in self.img.tree if e["pid"] == e["tgid"]})
             self._end_zombies()
             self._make_cgroup_namespaces()
+            self._make_time_namespaces()
             procs = self.img.processes()
             for i, t in enumerate(procs):
                 shown[0] = f"process {i + 1}/{len(procs)} (pid {t.tid})"
@@ -724,6 +728,13 @@ class _Restore:
         from .restorer import cgroupns
 
         cgroupns.make(self.img, self.host, self.injectors, cgroup_mounts(), self.made_cgroups)
+
+    def _make_time_namespaces(self) -> None:
+        """The image's own time namespaces (restorer/timens.py): now, for the same reasons as
+        _make_cgroup_namespaces (setns into one needs a single-threaded caller too)."""
+        from .restorer import timens
+
+        timens.make(self.img, self.host, self.injectors)
 
     def _drain_signal(self, pid: int, sig: int) -> None:
         """Take every pending `sig` back from held process `pid` (rt_sigtimedwait, no wait)."""

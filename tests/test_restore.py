@@ -3861,18 +3861,15 @@ def _unmade_ns_workload(pidns, tmp_path, kind: str):
 @pytest.mark.parametrize("kind,said", [
     ("user", "was in a user namespace of its own: restore does not make user namespaces, it would come back as "
              "host uid 100000 with its capabilities over the host"),
-    ("time", "was in a time namespace of its own, with offsets monotonic +1000000 s, boottime +2000000 s"),
-    ("time_children", "was in a time namespace of its own for its children to enter (unshare(CLONE_NEWTIME)), "
-                      "with offsets monotonic +3000 s, boottime +0 s"),
 ])
 def test_a_namespace_restore_does_not_make_is_refused_by_name(pidns, tmp_path, kind, said):
-    """User and time namespaces of its own: restore puts every process in the controller's, so
-    a container with uid 0 mapped to host uid 100000 came back as uid 100000 with every
-    capability over the host (/etc/shadow readable), one in a time namespace had its monotonic
-    and boot clocks jump by the offsets, both without a word (a cgroup namespace is made again:
-    test_a_cgroup_namespace_comes_back_with_its_root). Now `dump --kill` refuses, naming the
-    process and the namespace, and leaves it running; a plain dump writes the image and says
-    restore will refuse it; and restore refuses it before it makes anything."""
+    """A user namespace of its own: restore puts every process in the controller's, so a
+    container with uid 0 mapped to host uid 100000 came back as uid 100000 with every capability
+    over the host (/etc/shadow readable), without a word (cgroup and time namespaces are made
+    again: test_a_cgroup_namespace_comes_back_with_its_root, test_a_time_namespace_comes_back_
+    with_its_offsets). Now `dump --kill` refuses, naming the process and the namespace, and
+    leaves it running; a plain dump writes the image and says restore will refuse it; and
+    restore refuses it before it makes anything."""
     from ckptrace.image.reader import read_image
     from ckptrace.image import records
 
@@ -3902,6 +3899,113 @@ def test_a_namespace_restore_does_not_make_is_refused_by_name(pidns, tmp_path, k
     assert f"cannot restore this image: process 1 (host pid {w.init} at the dump) {said}" in err, err
     assert pidns_inodes(tmp_path) - nss == set(), "a refused restore created a namespace"
     assert sorted(w.pids()) == before
+
+
+TIMENS_CLOCKS = r"""
+import ctypes, os, sys, time
+d, mode = sys.argv[1], sys.argv[2]
+if mode in ("children", "nested"):  # a time namespace for its children only: it stays in its own
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.unshare(0x80) == 0, ctypes.get_errno()  # CLONE_NEWTIME
+    with open("/proc/self/timens_offsets", "w") as f:
+        f.write("monotonic 3000 0\nboottime 4000 0\n")
+
+
+def log_clocks(name):
+    while True:
+        if name == "init" and os.path.exists(os.path.join(d, "fork")):
+            os.rename(os.path.join(d, "fork"), os.path.join(d, "forked"))
+            if os.fork() == 0:
+                name = "late"
+        with open(os.path.join(d, name), "a") as f:
+            f.write(f"{time.clock_gettime_ns(time.CLOCK_MONOTONIC)} {time.clock_gettime_ns(time.CLOCK_BOOTTIME)}\n")
+        time.sleep(0.05)
+
+
+if os.fork() == 0:
+    log_clocks("early")
+open(os.path.join(d, "ready"), "w").close()
+log_clocks("init")
+"""
+
+
+def _clock_lines(path) -> list[tuple[int, int]]:
+    with open(path) as f:
+        return [tuple(int(x) for x in line.split()) for line in f.read().splitlines() if len(line.split()) == 2]
+
+
+def _time_ns(pid, which: str = "time") -> str:
+    return os.readlink(f"/proc/{pid}/ns/{which}")
+
+
+@pytest.mark.parametrize("mode", ["entered", "children", "nested"])
+def test_a_time_namespace_comes_back_with_its_offsets(pidns, tmp_path, restored, mode):
+    """entered: init in a time namespace of its own (`unshare -T --monotonic 100000 --boottime
+    200000`) with a child in it too; children: init made one for its children only
+    (unshare(CLONE_NEWTIME), TASK_NS TIME_CHILDREN), which its child is in; nested: both, init
+    in the first and making its children in the second. Restore refused these; now it makes the
+    namespaces again with their offsets: each process's CLOCK_MONOTONIC and CLOCK_BOOTTIME go on
+    from where they were (not jumping back by the offsets), the processes share namespaces as
+    they did (init in the host's and making its children in its own, for children),
+    timens_offsets reads as before, and a child forked after the restore is in init's
+    children's namespace."""
+    from ckptrace.image.reader import read_image
+
+    s = 10 ** 9
+    own, for_kids = (100000 * s, 200000 * s), (3000 * s, 4000 * s)
+    init_offsets, kid_offsets = {"entered": (own, own), "children": ((0, 0), for_kids), "nested": (own, for_kids)}[mode]
+    argv = [sys.executable, "-c", TIMENS_CLOCKS, str(tmp_path), mode]
+    if mode != "children":
+        argv = ["unshare", "-T", f"--monotonic={own[0] // s}", f"--boottime={own[1] // s}", *argv]
+    w = pidns(argv, ready_file=str(tmp_path / "ready"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: (tmp_path / "early").exists() and len(w.pids()) == 2, bool)
+    host_ns = _time_ns("self")
+    kid = max(w.pids())
+    assert _time_ns(w.init, "time_for_children") == _time_ns(kid) != host_ns
+    assert (_time_ns(w.init) == host_ns) == (mode == "children")
+    assert (_time_ns(w.init) == _time_ns(kid)) == (mode == "entered")
+    img = str(tmp_path / "timens.img")
+    d = ckptrace("dump", "--pidns", str(w.ns), "--kill", "-o", img)
+    assert d.returncode == 0 and b"time namespace" not in d.stderr, d.stderr
+    last = {name: _clock_lines(tmp_path / name)[-1] for name in ("init", "early")}
+    with open(img, "rb") as f:
+        dumped = read_image(f)
+    kids_name = {"entered": 1, "children": 1, "nested": 2}[mode]
+    assert dumped.task(1).time_ns == ({"entered": (1, *own), "children": (0, 0, 0), "nested": (1, *own)}[mode],
+                                      (kids_name, *kid_offsets))
+    assert dumped.task(2).time_ns == ((kids_name, *kid_offsets), (kids_name, *kid_offsets))
+
+    res = restore_json(img, restored)
+    host = {nspid(h): h for h in ns_pids(res["pidns"])}
+    assert sorted(host) == [1, 2]
+    made = _time_ns(host[2])
+    assert made != host_ns and _time_ns(host[2], "time_for_children") == made == _time_ns(host[1], "time_for_children")
+    assert (_time_ns(host[1]) == host_ns) == (mode == "children")
+    assert (_time_ns(host[1]) == made) == (mode == "entered")
+    for pid in (host[1], host[2]):  # (init's shows its children's)
+        with open(f"/proc/{pid}/timens_offsets") as f:
+            assert f.read().split() == ["monotonic", str(kid_offsets[0] // s), "0",
+                                        "boottime", str(kid_offsets[1] // s), "0"], pid
+
+    for name, offsets in (("init", init_offsets), ("early", kid_offsets)):
+        seen = len(_clock_lines(tmp_path / name))
+        assert wait_for(lambda: len(_clock_lines(tmp_path / name)) > seen + 2, bool)
+        now = (time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        for clock, before, after, host_now, offset in zip(("monotonic", "boottime"), last[name],
+                                                          _clock_lines(tmp_path / name)[-1], now, offsets):
+            # on from where it was, its namespace's offset ahead of the host's clock
+            assert 0 < after - before < 30 * s, (name, clock, before, after)
+            assert abs(host_now + offset - after) < 10 * s, (name, clock, host_now, after)
+
+    (tmp_path / "fork").touch()
+    assert wait_for(lambda: (tmp_path / "late").exists(), bool)
+    late = {nspid(h): h for h in ns_pids(res["pidns"])}
+    (late_pid,) = set(late) - {1, 2}
+    assert _time_ns(late[late_pid]) == made
+    assert wait_for(lambda: _clock_lines(tmp_path / "late"), bool)
+    assert abs(time.clock_gettime_ns(time.CLOCK_MONOTONIC) + kid_offsets[0] - _clock_lines(tmp_path / "late")[-1][0]) \
+        < 10 * s
 
 
 def test_a_time_namespace_without_offsets_migrates(pidns, tmp_path, restored):

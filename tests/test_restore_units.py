@@ -977,6 +977,73 @@ def test_a_cgroup_namespace_root_with_controllers_for_its_children_is_refused(tm
     assert problems(img, mounts) == []
 
 
+def _time_ns_image(*namespaces):
+    """The sample image with its processes' time namespaces (Task.time_ns) as given, in order
+    (None: not in one of their own)."""
+    from ckptrace.image.records import CLONE_NEWTIME
+
+    img = read_image(io.BytesIO(imagegen.build()))
+    for t, ns in zip(img.processes(), namespaces):
+        if ns is not None:
+            t.own_ns |= CLONE_NEWTIME
+            t.time_ns = ns
+    return img
+
+
+def test_a_time_namespace_is_refused_only_where_it_cannot_be_made():
+    """Restore makes a time namespace of its own again from its recorded name and offsets; it
+    refuses an image that lacks them (made before they were recorded: dump it again), members
+    that disagree on the offsets, two processes that made one namespace for their children, one
+    whose children's namespace is the dumper's while its own is not, and offsets that would put a
+    clock below zero here."""
+    from ckptrace.restorer.ownns import problems as unmade
+    from ckptrace.restorer.timens import namespaces, order, problems
+
+    s = 10 ** 9
+    n1 = (1, 100000 * s, 200000 * s)
+    img = _time_ns_image((n1, n1), (n1, n1))
+    assert problems(img) == [] and unmade(img) == []
+    ((name, ns),) = namespaces(img).items()
+    assert (name, ns.offsets, [t.tid for t in ns.members], ns.maker.tid) == (1, n1[1:], [1, 3], 1)
+
+    # one made for its children only: that process makes it, after the one it is in
+    n3 = (3, -5 * s, 0)
+    img = _time_ns_image((n1, n1), (n1, n3))
+    assert problems(img) == []
+    made, left = order(namespaces(img))
+    assert [(ns.name, ns.maker.tid, [t.tid for t in ns.members]) for ns in made] == [(1, 1, [1, 3]), (3, 3, [])]
+    assert left == []
+    img = _time_ns_image(((0, 0, 0), n3), (n3, n3))
+    assert problems(img) == [] and [(ns.maker.tid, [t.tid for t in ns.members])
+                                    for ns in order(namespaces(img))[0]] == [(1, [3])]
+
+    old = _time_ns_image((n1, n1), (n1, n1))
+    for t in old.processes():
+        t.time_ns, t.time_offsets = None, "monotonic +100000 s, boottime +200000 s"
+    assert problems(old) == []
+    (why,) = unmade(old)
+    assert why.startswith("process 1 (host pid ") and "was in a time namespace of its own, with offsets monotonic " \
+        "+100000 s, boottime +200000 s, whose name the image does not hold (made by an older ckptrace: dump it " \
+        "again)" in why and why.endswith("(and 1 other process in one too)"), why
+
+    assert problems(_time_ns_image((n1, n1), ((1, 1, 0), (1, 1, 0)))) == [
+        "processes 1 and 3 share a time namespace whose offsets they disagree on"]
+    assert problems(_time_ns_image(((0, 0, 0), n1), ((0, 0, 0), n1))) == [
+        "processes 1 and 3 both made their children in one time namespace that neither was in: only one process "
+        "can make a namespace for its children"]
+    assert problems(_time_ns_image((n1, (0, 0, 0)))) == [
+        "process 1 was in a time namespace of its own and made its children in the dumper's: no call makes that "
+        "again"]
+    never = -(time.clock_gettime_ns(time.CLOCK_BOOTTIME) + 1000 * s)
+    (why,) = problems(_time_ns_image(((1, 0, never), (1, 0, never))))
+    assert why.startswith("process 1's time namespace has a boottime offset of -") and why.endswith(
+        "the kernel refuses an offset that puts a clock below zero"), why
+    # (a damaged image: each made its children's namespace inside the other's)
+    assert problems(_time_ns_image(((2, s, s), (1, s, s)), ((1, s, s), (2, s, s)))) == [
+        "the time namespaces of processes 1, 3 are each made by a process in another of them: none can be made "
+        "first"]
+
+
 @pytest.mark.parametrize("path, inside, root", [
     ("/a/ns", "/", "/a/ns"), ("/a/ns/sub", "/sub", "/a/ns"), ("/ns", "/ns", "/"), ("/", "/", "/"),
     ("/a/nsub", "/sub", ""),  # (a name's end is no cgroup)

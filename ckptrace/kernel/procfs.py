@@ -395,6 +395,19 @@ def timens_offsets(pid: int, root: str = PROC) -> dict[str, int]:
     return out
 
 
+def set_timens_offsets(pid: int, offsets: dict[str, int], root: str = PROC) -> None:
+    """Write the clock offsets (clock name -> ns) of the time namespace pid's children enter, as
+    timens_offsets reads them: the kernel takes them only before any process has entered it,
+    from a writer with CAP_SYS_TIME over it, and none that would put its clock below zero."""
+    text = "".join(f"{clock} {secs} {nsecs}\n"
+                   for clock, (secs, nsecs) in ((c, divmod(ns, 1_000_000_000)) for c, ns in offsets.items()))
+    try:
+        with open(f"{root}/{pid}/timens_offsets", "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise from_oserror(exc, f"write timens_offsets of {pid}") from None
+
+
 def parse_cgroup(text: str) -> list[tuple[int, str, str]]:
     """/proc/PID/cgroup: (hierarchy id, controllers, path) per line; ("", path) on cgroup v2's
     "0::" line, "name=systemd" style names for named v1 hierarchies."""

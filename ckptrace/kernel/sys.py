@@ -27,6 +27,9 @@ IOPRIO_WHO_PROCESS = 1  # with a tid: that thread only
 SCHED_ATTR = struct.Struct("<IIQiIQQQ")
 SCHED_ATTR_FIELDS = ("policy", "flags", "nice", "priority", "runtime", "deadline", "period")
 PIDFD_THREAD = os.O_EXCL
+# ioctl on a pidfd: an fd of the time namespace its process's children enter (_IO(PIDFS_IOCTL_MAGIC
+# 0xFF, 8), Linux 6.11)
+PIDFD_GET_TIME_FOR_CHILDREN_NAMESPACE = 0xFF08
 
 
 class iovec(ctypes.Structure):

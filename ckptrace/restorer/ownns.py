@@ -1,6 +1,7 @@
-"""The namespaces restore does not make: a user or time namespace a process had of its own
-(TASK_NS), and a cgroup namespace of its own in an image made before its root was recorded
-(restorer/cgroupns.py makes one from it). Restore would put the process in the controller's,
+"""The namespaces restore does not make: a user namespace a process had of its own (TASK_NS), a
+cgroup namespace of its own in an image made before its root was recorded (restorer/cgroupns.py
+makes one from it), and a time namespace of its own in an image made before its name and offsets
+were (restorer/timens.py makes one from them). Restore would put the process in the controller's,
 where it would lose it without a word: in a user namespace of its own, uid 0 inside is some host
 uid N with its capabilities over that namespace only; restored in the controller's it is host uid
 N with its capabilities over the host (files of uid N, and whatever its capabilities open). In the
@@ -16,11 +17,13 @@ from ..image.reader import Image
 from ..image.records import CLONE_NEWCGROUP, CLONE_NEWTIME, CLONE_NEWUSER, NS_TIME_CHILDREN
 
 
-def reasons(own: int, flags: int, time_offsets: str, uid: int | None, cgroup_ns: int) -> list[tuple[int, str]]:
+def reasons(own: int, flags: int, time_offsets: str, uid: int | None, cgroup_ns: int,
+            time_ns_known: bool) -> list[tuple[int, str]]:
     """(CLONE_NEW* bit, why restore cannot keep it) for each namespace of `own` that restore does
     not make, in the order user, cgroup, time. Each reason reads after "it was in" or "it is in".
     `uid`: the process's effective uid as the host sees it; `time_offsets`: in words; `cgroup_ns`:
-    TASK_NS's name of its cgroup namespace, 0 where the image does not say (nor its root)."""
+    TASK_NS's name of its cgroup namespace, 0 where the image does not say (nor its root);
+    `time_ns_known`: whether the image names its time namespaces, with their offsets."""
     out = []
     if own & CLONE_NEWUSER:
         host_uid = f"host uid {uid}" if uid is not None else "its host uid"
@@ -32,13 +35,14 @@ def reasons(own: int, flags: int, time_offsets: str, uid: int | None, cgroup_ns:
                                      "v2) whose root the image does not hold (made by an older ckptrace: dump it "
                                      "again): restore could not make it, it would see the host's cgroup paths in "
                                      "/proc/self/cgroup instead of its own /"))
-    if own & CLONE_NEWTIME:
+    if own & CLONE_NEWTIME and not time_ns_known:
         offsets = f"offsets {time_offsets}" if time_offsets else "offsets unknown"
+        older = "whose name the image does not hold (made by an older ckptrace: dump it again)"
         if flags & NS_TIME_CHILDREN:
-            what = (f"a time namespace of its own for its children to enter (unshare(CLONE_NEWTIME)), with {offsets}: "
-                    "restore does not make time namespaces, its children would be in the host's")
+            what = (f"a time namespace of its own for its children to enter (unshare(CLONE_NEWTIME)), with {offsets}, "
+                    f"{older}: restore could not make it, its children would be in the host's")
         else:
-            what = (f"a time namespace of its own, with {offsets}: restore does not make time namespaces, its "
+            what = (f"a time namespace of its own, with {offsets}, {older}: restore could not make it, its "
                     "CLOCK_MONOTONIC and CLOCK_BOOTTIME would jump by them")
         out.append((CLONE_NEWTIME, what))
     return out
@@ -51,7 +55,7 @@ def problems(img: Image) -> list[str]:
     seen: dict[int, tuple[str, int]] = {}  # bit -> (the first one's words, how many had it)
     for t in img.processes():
         uid = t.creds["euid"] if t.creds else None
-        for bit, why in reasons(t.own_ns or 0, t.ns_flags, t.time_offsets, uid, t.cgroup_ns):
+        for bit, why in reasons(t.own_ns or 0, t.ns_flags, t.time_offsets, uid, t.cgroup_ns, t.time_ns is not None):
             first, n = seen.get(bit, (f"process {t.tid} (host pid {host.get(t.tid, '?')} at the dump) was in {why}", 0))
             seen[bit] = (first, n + 1)
     return [first + (f" (and {n - 1} other process{'es' if n > 2 else ''} in one too)" if n > 1 else "")
