@@ -93,8 +93,17 @@ def call_in(pid: int, fn, what: str, proc: str = "/proc", kind: str = "net"):
     reach us: EIO)."""
     nstype, words = CALL_IN_KINDS[kind]
     nsfd = os.open(f"{proc}/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-    r, w = os.pipe()
-    child = os.fork()
+    try:
+        r, w = os.pipe()
+    except OSError:
+        os.close(nsfd)
+        raise
+    try:
+        child = os.fork()
+    except OSError:
+        for fd in (nsfd, r, w):
+            os.close(fd)
+        raise
     if child == 0:  # pragma: no cover - runs in the child
         status = 1
         try:

@@ -220,17 +220,25 @@ def collect_cgroup(procs: list["ProcState"], proc: str) -> None:
     "/.."-something, which does not say what the root is: left empty (restore refuses a
     namespace whose root none of its processes knew, and a plain dump says so with its other
     refusals: dump.restore_refusal)."""
-    first: dict[int, int] = {}  # cgroup namespace inode -> pid of the first process in it
+    members: dict[int, list["ProcState"]] = {}  # cgroup namespace inode -> its processes, first first
     for p in procs:
-        if not p.own_ns & CLONE_NEWCGROUP:
-            continue
-        p.cgroup_ns = str(first.setdefault(_ino(p.hostpid, "cgroup", proc), p.nspid)).encode()
-        outside = procfs.parse_cgroup(procfs.cgroup_text(p.hostpid, proc))
-        inside = {hid: path for hid, _, path in procfs.parse_cgroup(netns.call_in(
-            p.hostpid, functools.partial(procfs.cgroup_text, p.hostpid, proc), "reading /proc/PID/cgroup", proc,
-            kind="cgroup"))}
-        p.cgroup_ns_roots = "".join(f"{hid}:{controllers}:{cgroup_ns_root(path, inside.get(hid, ''))}\n"
-                                    for hid, controllers, path in outside).encode("utf-8", "surrogateescape")
+        if p.own_ns & CLONE_NEWCGROUP:
+            members.setdefault(_ino(p.hostpid, "cgroup", proc), []).append(p)
+    for group in members.values():
+        # one child per namespace reads every member's file from inside (the tasks are frozen
+        # meanwhile: a fork per process of a big container added up)
+        texts = netns.call_in(group[0].hostpid, functools.partial(_cgroup_texts, [p.hostpid for p in group], proc),
+                              "reading /proc/PID/cgroup", proc, kind="cgroup")
+        for p in group:
+            p.cgroup_ns = str(group[0].nspid).encode()
+            outside = procfs.parse_cgroup(procfs.cgroup_text(p.hostpid, proc))
+            inside = {hid: path for hid, _, path in procfs.parse_cgroup(texts[p.hostpid])}
+            p.cgroup_ns_roots = "".join(f"{hid}:{controllers}:{cgroup_ns_root(path, inside.get(hid, ''))}\n"
+                                        for hid, controllers, path in outside).encode("utf-8", "surrogateescape")
+
+
+def _cgroup_texts(pids: list[int], proc: str) -> dict[int, str]:
+    return {pid: procfs.cgroup_text(pid, proc) for pid in pids}
 
 
 def cgroup_ns_root(path: str, inside: str) -> str:
