@@ -710,6 +710,12 @@ def test_new_fields_are_named_in_text_and_json():
     assert proc.payload_json(b"/w\0/srv/ct\0" + b"0::/\n\0" + b"/srv/ct\0") == {
         "cwd": "/w", "root": "/srv/ct", "cgroup": "0::/\n", "ns_root": "/srv/ct"}
     assert proc.payload_json(b"/\0/\0\0") == {"cwd": "/", "root": "/", "cgroup": ""}
+    # TASK_NS's strings by name too (they were {length, sha256}: the offsets, roots unreadable)
+    ns = RECORDS[RecType.TASK_NS]
+    assert ns.payload_json(b"box\0\0\0\0monotonic +5000 s\0" + b"1\0" + b"0::/ct\n\0" + b"1 0 0\n1 0 0\n\0") == {
+        "nodename": "box", "domainname": "", "net_missing": "", "mnt_missing": "", "time_offsets": "monotonic +5000 s",
+        "cgroup_ns": "1", "cgroup_ns_roots": "0::/ct\n", "time_ns": "1 0 0\n1 0 0\n"}
+    assert ns.payload_json(b"box\0(none)\0") == {"nodename": "box", "domainname": "(none)"}  # (an older image's)
 
 
 def _with_file(ftype: int, extra: bytes) -> tuple[bytes, int, int]:

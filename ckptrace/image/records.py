@@ -433,10 +433,9 @@ class RecordType:
                     for e in self.decode_entries(payload)]
         if self.payload is Payload.CSTRING:
             return cstring(payload)
-        if self.type == RecType.TASK_PROC:  # NUL-terminated texts, named (see its doc)
+        if self.type in NAMED_TEXTS:  # NUL-terminated texts, named (see the record's doc)
             parts = [p.decode("utf-8", "surrogateescape") for p in bytes(payload).split(b"\0")]
-            names = ("cwd", "root", "cgroup", "ns_root")
-            return {k: v for k, v in zip(names, parts[:-1] if parts and parts[-1] == "" else parts)}
+            return {k: v for k, v in zip(NAMED_TEXTS[self.type], parts[:-1] if parts and parts[-1] == "" else parts)}
         if self.type in (RecType.BUFFER, RecType.STRING):
             # surrogateescape: json_safe shows odd bytes as \\xNN and keeps them in payload_hex
             return bytes(payload).rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -448,6 +447,15 @@ class RecordType:
 
     def pretty(self, values: Mapping[str, Any]) -> str:
         return " ".join(f"{f.name}={pretty_value(f, values[f.name])}" for f in self.fields if not f.is_pad)
+
+
+# The payloads that are NUL-terminated texts, each with a name, in their order (JSON objects;
+# an older image's shorter payload has the first ones only).
+NAMED_TEXTS = {
+    RecType.TASK_PROC: ("cwd", "root", "cgroup", "ns_root"),
+    RecType.TASK_NS: ("nodename", "domainname", "net_missing", "mnt_missing", "time_offsets", "cgroup_ns",
+                      "cgroup_ns_roots", "time_ns"),
+}
 
 
 def cstring(payload: bytes | memoryview) -> str:
