@@ -1294,3 +1294,19 @@ def test_show_gives_a_pipes_buffered_bytes():
     lines = show_text(s).splitlines()
     assert sum(line.endswith("pipe:[1234]  (5 bytes buffered)") for line in lines) == 4  # pids 1 and 3
     json.dumps(s)
+
+
+def test_a_shared_anonymous_segment_is_named_once():
+    """show and inspect called a POSIX semaphore's memory "shared anon <shared anon #49>
+    /dev/shm/sem.X (deleted)": its kind said twice."""
+    from types import SimpleNamespace
+
+    from ckptrace.image.reader import File
+    from ckptrace.image.records import FileType, VmaType
+    from ckptrace.image.render import vma_what
+
+    seg = File(49, {"f_type": FileType.SHMEM}, "/dev/shm/sem.X (deleted)")
+    img = SimpleNamespace(obj=lambda ref: seg if ref == 49 else None)
+    mm = SimpleNamespace(fields={"start_stack": 0, "start_brk": 0, "brk": 0})
+    v = SimpleNamespace(start=0x1000, end=0x2000, fields={"vma_objref": 49, "vma_type": VmaType.SHARED_ANON})
+    assert vma_what(img, mm, v) == "<shared anon #49> /dev/shm/sem.X (deleted)"

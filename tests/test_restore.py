@@ -4940,7 +4940,7 @@ def test_a_tmpfs_segment_a_failed_restore_made_is_removed_and_a_symlink_is_not_f
     put at the segment's path had root truncate and overwrite the file it led to."""
     from ckptrace.errors import CkptError
     from ckptrace.image.reader import read_image
-    from ckptrace.restorer.files import FileSet, fd_base
+    from ckptrace.restorer.files import FileSet, check_files, fd_base
 
     w = py_workload(pidns, SHM_SEGMENT_WORKLOAD, tmp_path)
     img_path = str(tmp_path / "shm.img")
@@ -4957,6 +4957,8 @@ def test_a_tmpfs_segment_a_failed_restore_made_is_removed_and_a_symlink_is_not_f
         victim.write_bytes(b"precious")
         os.symlink(victim, shm_segment)
         try:
+            # validation says so in words, before anything is made; the put-back still refuses it
+            assert any("is now a symlink" in p for p in check_files(img)), check_files(img)
             with pytest.raises(CkptError, match="ELOOP"):
                 FileSet(img, base=fd_base(img), image=f).put_back_contents()
         finally:

@@ -82,6 +82,8 @@ def vma_what(img: Image, mm, v, *, short: bool = False) -> str:
     if kind in ("VDSO", "VVAR"):
         return f"[{kind.lower()}]"
     kind = kind.lower().replace("_", " ")
+    if label.startswith("<shared anon"):
+        return label  # (it says so already: "shared anon <shared anon #49> ...")
     return f"{kind} {label}" if label else kind
 
 

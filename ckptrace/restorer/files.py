@@ -120,6 +120,10 @@ def check_files(img: Image) -> list[str]:
             if not os.path.isdir(os.path.dirname(img.at(obj.name))):
                 problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}) does not exist, nor "
                                 "does its directory, where restore would make it again with the image's contents")
+        elif ft is FileType.REGULAR and obj.name in carried and os.path.islink(img.at(obj.name)):
+            # (put_back_contents opens it O_NOFOLLOW: said here, before anything is made)
+            problems.append(f"file '{shown_path(img.at(obj.name))}' (object {obj.objref}), shared memory whose dumped "
+                            "contents restore puts back, is now a symlink: restore writes into no file a link leads to")
         elif ft in (FileType.REGULAR, FileType.FIFO, FileType.TTY) and (not obj.name or not os.path.lexists(img.at(obj.name))):
             missing.setdefault(img.at(obj.name), []).append(obj.objref)
         elif ft in (FileType.REGULAR, FileType.FIFO) and (why := _magic_link_problem(img, obj)):
@@ -170,7 +174,7 @@ def held_file_problems(img: Image, *, original_runs: bool = False) -> list[str]:
         if held:
             problems.append(f"file '{shown_path(path)}' ({_users(img, obj.objref)}), shared memory whose dumped "
                             f"contents restore puts back, is held by host pid {listed(_named(held))}: writing them "
-                            "would change that process's memory")
+                            "would change the file under that process (its memory, where it maps it)")
     return problems
 
 
