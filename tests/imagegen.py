@@ -19,7 +19,7 @@ XSTATE = 1024
 
 def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0, zombie: dict | None = None,
           thread_creds: dict | None = None, ns: tuple[int, bytes] | None = None, extra_vmas: int = 0,
-          comm: bytes = b"sample", log_path: str = "/tmp/log.txt") -> bytes:
+          comm: bytes = b"sample", log_path: str = "/tmp/log.txt", ns_own: int | None = None) -> bytes:
     r, w = os.pipe()
     out = io.BytesIO()
     import threading
@@ -35,7 +35,7 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
     th.start()
     wr = ImageWriter(w)
     write(wr, extra_task=extra_task, pages=pages, chain=chain, heap_split=heap_split, zombie=zombie,
-          thread_creds=thread_creds, ns=ns, extra_vmas=extra_vmas, comm=comm, log_path=log_path)
+          thread_creds=thread_creds, ns=ns, extra_vmas=extra_vmas, comm=comm, log_path=log_path, ns_own=ns_own)
     os.close(w)
     th.join()
     os.close(r)
@@ -45,7 +45,7 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
 def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0,
           zombie: dict | None = None, thread_creds: dict | None = None,
           ns: tuple[int, bytes] | None = None, extra_vmas: int = 0, comm: bytes = b"sample",
-          log_path: str = "/tmp/log.txt") -> None:
+          log_path: str = "/tmp/log.txt", ns_own: int | None = None) -> None:
     """thread_creds: TASK_CREDS fields of thread 2's own credentials (with "groups": its list).
     chain: that many more processes after pid 1 (no extra_task then), each the child of the
     one before (a fork chain), sharing pid 1's files and mm. heap_split: an address inside the
@@ -55,7 +55,8 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     ns: pid 1's TASK_NS flags and payload, instead of the sample's. extra_vmas: that many more
     VMAs in pid 1's mm after the heap (one page each, a page apart, none stored), for lists
     longer than a screen. comm: every live task's name (at most 16 bytes). log_path: the name of
-    the regular file pid 1 has open as fds 0 and 1."""
+    the regular file pid 1 has open as fds 0 and 1. ns_own: pid 1's TASK_NS.own, instead of
+    the sample's."""
     write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
     tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
     if extra_task and not chain:
@@ -68,7 +69,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
         tree.append(dict(pid=zpid, tgid=ztgid, ppid=1, pgid=1, sid=1, hostpid=1009))
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
     task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split, ns=ns, extra_vmas=extra_vmas, comm=comm,
-         log_path=log_path)
+         log_path=log_path, ns_own=ns_own)
     if extra_task and not chain:
         task(wr, 2, 1, first=False, pages=pages, creds=thread_creds, comm=comm)
         task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split, comm=comm)
@@ -83,7 +84,7 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
 
 
 def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None, ns=None, extra_vmas=0,
-         comm=b"sample", log_path="/tmp/log.txt"):
+         comm=b"sample", log_path="/tmp/log.txt", ns_own=None):
     wr.record(RecType.TASK, dict(state=1, exit_signal=17, clear_child_tid=0x7F0000001000 + tid))
     wr.record(RecType.STRING, payload=comm.ljust(16, b"\0"))
     wr.record(RecType.THREAD, dict(tid=tid, tgid=tgid, blocked=0x4000, sas_ss_flags=2))
@@ -130,7 +131,8 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None,
                   [dict(id=3, clock=1, signo=10, notify=0, target=tgid, sival=0x1234, interval=0, value=5 * 10**9)])
         wr.record(RecType.TASK_LOCKS, dict(nlocks=1), [dict(kind=2, type=1, fd=0, start=0, length=0)])
         flags, names = ns or (0, b"sample-host\0(none)\0")
-        wr.record(RecType.TASK_NS, dict(own=0x04020000 | 0x40000000 * (ns is not None), flags=flags), names)  # own mnt and uts
+        own = ns_own if ns_own is not None else 0x04020000 | 0x40000000 * (ns is not None)  # own mnt and uts
+        wr.record(RecType.TASK_NS, dict(own=own, flags=flags), names)
         wr.record(RecType.TASK_SIGINFO, dict(shared=1, nsiginfo=1), struct.pack("<iii", 35, 0, -1).ljust(128, b"\0"))
 
 

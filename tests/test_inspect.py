@@ -1310,3 +1310,75 @@ def test_a_shared_anonymous_segment_is_named_once():
     mm = SimpleNamespace(fields={"start_stack": 0, "start_brk": 0, "brk": 0})
     v = SimpleNamespace(start=0x1000, end=0x2000, fields={"vma_objref": 49, "vma_type": VmaType.SHARED_ANON})
     assert vma_what(img, mm, v) == "<shared anon #49> /dev/shm/sem.X (deleted)"
+
+
+# -- namespaces ---------------------------------------------------------------------------
+
+CONTAINER_NS = (0x1 | 0x2,  # LO_DOWN, OWN_PROC
+                b"box\0(none)\0eth0 10.0.0.2/24\0\0monotonic +5000 s, boottime +7000 s\0"
+                b"1\0" b"0::/ctr-test\n\0" b"1 5000000000000 7000000000000\n1 5000000000000 7000000000000\n\0")
+CONTAINER_OWN = 0x00020000 | 0x04000000 | 0x08000000 | 0x40000000 | 0x02000000 | 0x80  # mnt uts ipc net cgroup time
+
+
+def test_show_says_which_namespaces_were_a_processs_own():
+    """show said nothing of what TASK_NS holds: a container's own namespaces, host name, time
+    offsets and cgroup namespace root. The text gives them on one line per process that has
+    any; --json has them as a `namespaces` object (null for a process without TASK_NS)."""
+    import json
+
+    from ckptrace.image.render import show_text, summary
+
+    s = summary(read_image(io.BytesIO(imagegen.build(ns=CONTAINER_NS, ns_own=CONTAINER_OWN, zombie={}))))
+    lines = show_text(s).splitlines()
+    assert ("  namespaces: own mnt uts ipc net cgroup time; its own /proc; lo down; host box; "
+            "time monotonic +5000 s, boottime +7000 s; cgroup ns root 0::/ctr-test; "
+            "net not made again: eth0 10.0.0.2/24") in lines
+    assert "  namespaces: own mnt uts; host sample-host" in lines  # pid 3: the sample's TASK_NS
+    ns = {p["pid"]: p["namespaces"] for p in s["procs"]}
+    assert ns[1] == dict(own=["mnt", "uts", "ipc", "net", "cgroup", "time"], flags=["LO_DOWN", "OWN_PROC"],
+                         nodename="box", domainname="(none)", net_missing="eth0 10.0.0.2/24", mnt_missing="",
+                         time_offsets="monotonic +5000 s, boottime +7000 s",
+                         time_ns=dict(current=dict(name=1, monotonic=5 * 10**12, boottime=7 * 10**12),
+                                      children=dict(name=1, monotonic=5 * 10**12, boottime=7 * 10**12)),
+                         cgroup_ns=1, cgroup_ns_roots=[dict(hierarchy=0, controllers="", path="/ctr-test")])
+    assert ns[3]["own"] == ["mnt", "uts"] and ns[3]["cgroup_ns"] is None and ns[3]["time_ns"] is None
+    json.dumps(s)
+
+
+def test_a_cgroup_namespace_is_said_with_its_roots_and_first_process():
+    """A cgroup v1 host has a root per hierarchy: the one most share, then the others; a
+    process in another's cgroup namespace says whose."""
+    from ckptrace.image.render import cgroup_ns_text
+
+    roots = [dict(hierarchy=h, controllers=c, path=p) for h, c, p in
+             ((4, "memory", "/ctr"), (3, "cpuset", "/"), (0, "", "/"), (1, "pids", ""))]
+    assert cgroup_ns_text(1, dict(cgroup_ns=1, cgroup_ns_roots=roots)) == "cgroup ns root / (4:memory:/ctr, 1:pids:?)"
+    assert cgroup_ns_text(5, dict(cgroup_ns=1, cgroup_ns_roots=roots[2:3])) == "cgroup ns of pid 1, root 0::/"
+    assert cgroup_ns_text(5, dict(cgroup_ns=0, cgroup_ns_roots=[])) == "cgroup ns root not recorded"
+
+
+def test_the_creds_tab_gives_cgroups_and_namespaces():
+    """inspect's Creds tab showed cwd and root but neither the process's cgroups nor its
+    namespaces: it lists both, a namespace fact a line."""
+    from textual.widgets import Static
+
+    from ckptrace.tui.app import InspectApp
+
+    data = imagegen.build(ns=CONTAINER_NS, ns_own=CONTAINER_OWN)
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("c")
+            await pilot.pause()
+            lines = str(app.query_one("#cred-text", Static).render()).splitlines()
+            at = lines.index("cgroup 0::/")
+            assert lines[at + 1:at + 8] == [
+                "namespaces own mnt uts ipc net cgroup time", "           its own /proc", "           lo down",
+                "           host box", "           time monotonic +5000 s, boottime +7000 s",
+                "           cgroup ns root 0::/ctr-test", "           net not made again: eth0 10.0.0.2/24"]
+
+    asyncio.run(drive())
+

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from typing import Any
 
-from .reader import File, FileTable, Image, Mm, read_image
-from .records import (FILE_NAMES, O_FLAG_NAMES, O_TMPFILE, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, VM_FLAG_NAMES,
-                      VM_MAYSHARE, VMA_NAMES, FileType, RecType, flag_names, format_time, inotify_watches, json_safe,
-                      signal_name, wait_status_text)
+from .reader import File, FileTable, Image, Mm, Task, read_image
+from .records import (CLONE_NEWCGROUP, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, CLONE_NEWUTS, FILE_NAMES,
+                      NS_FLAG_NAMES, NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN, O_FLAG_NAMES, O_TMPFILE, Payload, PAGE_SIZE,
+                      RLIMIT_NAMES, SECCOMP_MODES, TASK_NS_FLAG_NAMES, VM_FLAG_NAMES, VM_MAYSHARE,
+                      VMA_NAMES, FileType, RecType, flag_names, format_time, inotify_watches, json_safe, signal_name,
+                      wait_status_text)
 from .stream import Record, open_image
 
 
@@ -284,6 +287,77 @@ def fd_rows(img: Image, table: FileTable, pipes: dict[int, int]) -> list[dict[st
     return rows
 
 
+def namespaces_summary(t: Task) -> dict[str, Any] | None:
+    """What TASK_NS says of a process's namespaces, for show --json (None: the image has no
+    TASK_NS for it, as for a zombie): which were its own, its host and domain names, what restore
+    does not make of its network and mount namespaces, its time namespaces' offsets, its cgroup
+    namespace (named by the pid of its first process) and that namespace's root per hierarchy."""
+    if t.own_ns is None:
+        return None
+
+    def time_ns(name_offsets: tuple[int, int, int]) -> dict[str, int]:
+        name, monotonic, boottime = name_offsets
+        return dict(name=name, monotonic=monotonic, boottime=boottime)
+
+    return dict(own=flag_names(t.own_ns, NS_FLAG_NAMES), flags=flag_names(t.ns_flags, TASK_NS_FLAG_NAMES),
+                nodename=t.nodename.decode("utf-8", "surrogateescape"),
+                domainname=t.domainname.decode("utf-8", "surrogateescape"),
+                net_missing=t.net_missing, mnt_missing=t.mnt_missing, time_offsets=t.time_offsets,
+                time_ns=None if t.time_ns is None else dict(current=time_ns(t.time_ns[0]), children=time_ns(t.time_ns[1])),
+                cgroup_ns=t.cgroup_ns or None,
+                cgroup_ns_roots=[dict(hierarchy=h, controllers=c, path=p) for h, c, p in t.cgroup_ns_roots])
+
+
+def cgroup_line(hierarchy: int, controllers: str, path: str) -> str:
+    """A cgroup as /proc/PID/cgroup writes it ("0::/ctr", "4:memory:/x"); `path` "" (unknown,
+    as a cgroup namespace's root can be) as "?"."""
+    return f"{hierarchy}:{controllers}:{path or '?'}"
+
+
+def namespace_parts(pid: int, ns: dict[str, Any] | None) -> list[str]:
+    """namespaces_summary (of process `pid`) in words, a phrase each: ["own mnt uts", "host box",
+    "time monotonic +5000 s", "cgroup ns root 0::/ctr"]; empty when the process had no namespace
+    of its own. show joins them on one line, inspect's Creds tab puts one a line."""
+    if ns is None or not ns["own"]:
+        return []
+    own, flags = ns["own"], ns["flags"]
+    parts = ["own " + " ".join(own)]
+    if NS_FLAG_NAMES[CLONE_NEWNS] in own and TASK_NS_FLAG_NAMES[NS_OWN_PROC] in flags:
+        parts.append("its own /proc")
+    if NS_FLAG_NAMES[CLONE_NEWNET] in own and TASK_NS_FLAG_NAMES[NS_LO_DOWN] in flags:
+        parts.append("lo down")
+    if NS_FLAG_NAMES[CLONE_NEWUTS] in own:
+        domain = ns["domainname"] not in ("", "(none)")
+        parts.append(f"host {ns['nodename']}" + (f", domain {ns['domainname']}" if domain else ""))
+    if NS_FLAG_NAMES[CLONE_NEWTIME] in own:
+        whose = " (its children's only)" if TASK_NS_FLAG_NAMES[NS_TIME_CHILDREN] in flags else ""
+        parts.append(f"time{whose} " + (ns["time_offsets"] or "offsets not recorded"))
+    if NS_FLAG_NAMES[CLONE_NEWCGROUP] in own:
+        parts.append(cgroup_ns_text(pid, ns))
+    if ns["net_missing"]:
+        parts.append(f"net not made again: {ns['net_missing']}")
+    if ns["mnt_missing"]:
+        parts.append(f"mounts not made again: {ns['mnt_missing']}")
+    return parts
+
+
+def cgroup_ns_text(pid: int, ns: dict[str, Any]) -> str:
+    """"cgroup ns root 0::/ctr" for one hierarchy; with several, the root most of them share
+    and the others: "cgroup ns root / (4:memory:/x)". "cgroup ns of pid 1, root ..." when
+    another process of the image was in it first (one namespace, one first process)."""
+    roots = ns["cgroup_ns_roots"]
+    if not roots:
+        root = "root not recorded"
+    elif len(roots) == 1:
+        root = "root " + cgroup_line(roots[0]["hierarchy"], roots[0]["controllers"], roots[0]["path"])
+    else:
+        common = Counter(r["path"] for r in roots).most_common(1)[0][0]
+        others = [cgroup_line(r["hierarchy"], r["controllers"], r["path"]) for r in roots if r["path"] != common]
+        root = f"root {common or '?'}" + (f" ({', '.join(others)})" if others else "")
+    whose = f" of pid {ns['cgroup_ns']}," if ns["cgroup_ns"] and ns["cgroup_ns"] != pid else ""
+    return f"cgroup ns{whose} {root}"
+
+
 def rlimit_text(v: int) -> str:
     """A TASK_RLIMITS value as getrlimit gave it: "unlimited" for RLIM_INFINITY (2**64-1)."""
     return "unlimited" if v == (1 << 64) - 1 else str(v)
@@ -326,6 +400,7 @@ def summary(img: Image) -> dict[str, Any]:
             threads=[t.tid for t in img.threads_of(p.tgid)],
             exe=(_exe_label(img.obj(mm.fields["exe_objref"])) if mm.fields.get("exe_objref") else None),
             cwd=p.cwd, root=p.root or "/", brk=mm.fields["brk"], seccomp=_seccomp_summary(p),
+            namespaces=namespaces_summary(p),
             vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
@@ -429,8 +504,11 @@ def show_text(s: dict[str, Any]) -> str:
             f"{sc['mode']} ({len(sc['filters'])} filter{'s' if len(sc['filters']) != 1 else ''})" if sc["filters"]
             else sc["mode"]) + (", no_new_privs" if sc["no_new_privs"] else "")
         chroot = f"  root {p['root']}" if p["root"] != "/" else ""
-        out += ["", f"process {p['pid']} {p['comm']}  exe {p['exe'] or '-'}  cwd {p['cwd']}{chroot}  brk {p['brk']:#x}{confined}",
-                f"  {'start':>14} {'end':>14} {'size':>10} prot {'type':<11} {'pages':>7}  file"]
+        out += ["", f"process {p['pid']} {p['comm']}  exe {p['exe'] or '-'}  cwd {p['cwd']}{chroot}  brk {p['brk']:#x}{confined}"]
+        ns = namespace_parts(p["pid"], p["namespaces"])
+        if ns:
+            out.append("  namespaces: " + "; ".join(ns))
+        out.append(f"  {'start':>14} {'end':>14} {'size':>10} prot {'type':<11} {'pages':>7}  file")
         for v in p["vmas"]:
             out.append(f"  {v['start']:>14x} {v['end']:>14x} {human(v['size']):>10} {v['prot']} "
                        f"{v['type']:<11} {v['pages']:>7}  {v['file']}")

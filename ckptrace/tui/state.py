@@ -20,8 +20,8 @@ from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
 from ..image.records import (FILE_NAMES, O_LARGEFILE, signal_name, sigset_names, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, RecType,
                              format_time, wait_status_text)
-from ..image.render import (cpu_list, human, open_flags_text, plural, processes_text, prot_str, queue_note,
-                             rlimit_text, socket_name, terminal_safe, vma_what)
+from ..image.render import (cgroup_line, cpu_list, human, namespace_parts, namespaces_summary, open_flags_text, plural,
+                             processes_text, prot_str, queue_note, rlimit_text, socket_name, terminal_safe, vma_what)
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -319,6 +319,9 @@ class InspectState:
                                         if p.seccomp_filters else "")
                    + f"  no_new_privs {sc.get('no_new_privs', 0)}")
         out += [f"cwd  {terminal_safe(p.cwd)}", f"root {terminal_safe(p.root)}"]
+        out += [f"cgroup {terminal_safe(cgroup_line(*cg))}" for cg in p.cgroups]
+        ns = namespace_parts(p.tid, namespaces_summary(p))
+        out += [f"{'namespaces' if i == 0 else '':<10} {terminal_safe(part)}" for i, part in enumerate(ns)]
         for lk in p.locks:
             span = f"bytes {lk['start']}+{lk['length']}" if lk["length"] else f"from {lk['start']} to EOF"
             out.append(f"lock fd {lk['fd']}: {LOCK_KINDS.get(lk['kind'], lk['kind'])} "
