@@ -19,7 +19,8 @@ XSTATE = 1024
 
 def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0, zombie: dict | None = None,
           thread_creds: dict | None = None, ns: tuple[int, bytes] | None = None, extra_vmas: int = 0,
-          comm: bytes = b"sample", log_path: str = "/tmp/log.txt", ns_own: int | None = None) -> bytes:
+          comm: bytes = b"sample", log_path: str = "/tmp/log.txt", ns_own: int | None = None,
+          shm: bool = False) -> bytes:
     r, w = os.pipe()
     out = io.BytesIO()
     import threading
@@ -35,7 +36,8 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
     th.start()
     wr = ImageWriter(w)
     write(wr, extra_task=extra_task, pages=pages, chain=chain, heap_split=heap_split, zombie=zombie,
-          thread_creds=thread_creds, ns=ns, extra_vmas=extra_vmas, comm=comm, log_path=log_path, ns_own=ns_own)
+          thread_creds=thread_creds, ns=ns, extra_vmas=extra_vmas, comm=comm, log_path=log_path, ns_own=ns_own,
+          shm=shm)
     os.close(w)
     th.join()
     os.close(r)
@@ -45,7 +47,7 @@ def build(extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: i
 def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int = 0, heap_split: int = 0,
           zombie: dict | None = None, thread_creds: dict | None = None,
           ns: tuple[int, bytes] | None = None, extra_vmas: int = 0, comm: bytes = b"sample",
-          log_path: str = "/tmp/log.txt", ns_own: int | None = None) -> None:
+          log_path: str = "/tmp/log.txt", ns_own: int | None = None, shm: bool = False) -> None:
     """thread_creds: TASK_CREDS fields of thread 2's own credentials (with "groups": its list).
     chain: that many more processes after pid 1 (no extra_task then), each the child of the
     one before (a fork chain), sharing pid 1's files and mm. heap_split: an address inside the
@@ -56,7 +58,10 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
     VMAs in pid 1's mm after the heap (one page each, a page apart, none stored), for lists
     longer than a screen. comm: every live task's name (at most 16 bytes). log_path: the name of
     the regular file pid 1 has open as fds 0 and 1. ns_own: pid 1's TASK_NS.own, instead of
-    the sample's."""
+    the sample's. shm: shared memory on tmpfs whose contents the image carries (SHM_PATH, see
+    shm_file), open as pid 1's fd 3 and mapped MAP_SHARED at SHM_VMA by pid 1 (SHM_PAGES pages
+    from offset 0, through that fd's object) and by pid 3 with extra_task (one page, file page
+    SHM_PGOFF, through an object of its own, which carries nothing)."""
     write_header(wr, time=1700000000, uts=("6.18.0-test", "#1 SMP", "x86_64"), xstate_size=XSTATE, xcr0=0xE7)
     tree = [dict(pid=1, tgid=1, ppid=0, pgid=1, sid=1, hostpid=1000)]
     if extra_task and not chain:
@@ -69,10 +74,10 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
         tree.append(dict(pid=zpid, tgid=ztgid, ppid=1, pgid=1, sid=1, hostpid=1009))
     wr.record(RecType.TREE, dict(nr_tasks=len(tree)), tree)
     task(wr, 1, 1, first=True, pages=pages, heap_split=heap_split, ns=ns, extra_vmas=extra_vmas, comm=comm,
-         log_path=log_path, ns_own=ns_own)
+         log_path=log_path, ns_own=ns_own, shm=shm)
     if extra_task and not chain:
         task(wr, 2, 1, first=False, pages=pages, creds=thread_creds, comm=comm)
-        task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split, comm=comm)
+        task(wr, 3, 3, first=False, pages=pages, own_mm=True, heap_split=heap_split, comm=comm, shm=shm)
     for i in range(2, chain + 2):
         task(wr, i, i, first=False, pages=pages, comm=comm)
     if zombie is not None:
@@ -84,14 +89,14 @@ def write(wr: ImageWriter, extra_task: bool = True, pages: int = 3, chain: int =
 
 
 def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None, ns=None, extra_vmas=0,
-         comm=b"sample", log_path="/tmp/log.txt", ns_own=None):
+         comm=b"sample", log_path="/tmp/log.txt", ns_own=None, shm=False):
     wr.record(RecType.TASK, dict(state=1, exit_signal=17, clear_child_tid=0x7F0000001000 + tid))
     wr.record(RecType.STRING, payload=comm.ljust(16, b"\0"))
     wr.record(RecType.THREAD, dict(tid=tid, tgid=tgid, blocked=0x4000, sas_ss_flags=2))
     files_ref, mm_ref = 1, 3
     if first:
         wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE_TABLE, objref=1))
-        wr.record(RecType.FILE_TABLE, dict(fdt_nfds=3))
+        wr.record(RecType.FILE_TABLE, dict(fdt_nfds=4 if shm else 3))
         wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=2))
         wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=3, f_flags=0o2002, f_pos=42))
         wr.record(RecType.FILE_NAME, payload=log_path)
@@ -103,10 +108,13 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None,
         wr.record(RecType.FILE_PIPE, dict(pipe_id=1234, buffered=5, pipe_size=65536), b"hello")
         wr.record(RecType.FILE_OWNER, dict(owner_type=1, owner_pid=1, signal=39))
         wr.record(RecType.FILE_DESC, dict(fd_objref=5, fd_descriptor=7))
+        if shm:
+            shm_file(wr, SHM_REF, carried=True)
+            wr.record(RecType.FILE_DESC, dict(fd_objref=SHM_REF, fd_descriptor=3))
     if first or own_mm:
         mm_ref = 3 if first else 6
         mm(wr, mm_ref, exe_ref=4 if first else 0, pages=pages, seed=tid, heap_split=heap_split,
-           extra_vmas=extra_vmas if first else 0)
+           extra_vmas=extra_vmas if first else 0, shm=(SHM_REF if first else SHM_OWN_REF) if shm else 0)
     wr.record(RecType.TASK_OBJS, dict(files_objref=files_ref, mm_objref=mm_ref))
     regs = {n: i * 0x1111 + tid for i, n in enumerate(REG_NAMES)}
     wr.record(RecType.CPU, regs, bytes([tid & 0xFF]) * XSTATE)
@@ -136,14 +144,39 @@ def task(wr, tid, tgid, *, first, pages, own_mm=False, heap_split=0, creds=None,
         wr.record(RecType.TASK_SIGINFO, dict(shared=1, nsiginfo=1), struct.pack("<iii", 35, 0, -1).ljust(128, b"\0"))
 
 
-def mm(wr, ref, exe_ref, pages, seed, heap_split=0, extra_vmas=0):
+SHM_PATH = "/dev/shm/sample"
+SHM_REF, SHM_OWN_REF = 7, 8  # pid 1's fd 3 (carries the contents); pid 3's mapping's own object
+SHM_SIZE = 2 * PAGE_SIZE + 100  # its last page part of a page, and page 1 a hole
+SHM_DATA = ((0, b"HELLO".ljust(PAGE_SIZE, b"\0")), (2 * PAGE_SIZE, b"TAIL".ljust(100, b"\x01")))
+SHM_VMA, SHM_PAGES = 0x7E0000000000, 4  # pid 1 maps it from offset 0, a page past its end too
+SHM_PGOFF = 2  # pid 3 maps one page of it, from file page 2
+
+
+def shm_file(wr, ref, *, carried):
+    """A REGULAR file on tmpfs (SHM_PATH): its FILE_STAT, and with `carried` its contents
+    (FILE_DATA: SHM_DATA's extents of a file of SHM_SIZE bytes, as a dump of shared memory
+    writes them with the file's first object)."""
+    wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=ref))
+    wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=3, f_flags=0o2))
+    wr.record(RecType.FILE_NAME, payload=SHM_PATH)
+    wr.record(RecType.FILE_STAT, dict(size=SHM_SIZE, ino=7, dev=27, mode=0o100600))
+    for offset, data in SHM_DATA if carried else ():
+        wr.record(RecType.FILE_DATA, dict(size=SHM_SIZE, offset=offset), data)
+
+
+def mm(wr, ref, exe_ref, pages, seed, heap_split=0, extra_vmas=0, shm=0):
+    """shm: the objref of the shared memory file the mm maps (SHM_OWN_REF: one of its own,
+    written here), 0 for none."""
     wr.record(RecType.OBJREF, dict(objtype=ObjType.MM, objref=ref))
+    if shm == SHM_OWN_REF:
+        shm_file(wr, SHM_OWN_REF, carried=False)
     if exe_ref:
         wr.record(RecType.OBJREF, dict(objtype=ObjType.FILE, objref=exe_ref))
         wr.record(RecType.FILE, dict(f_type=FileType.REGULAR, f_mode=1))
         wr.record(RecType.FILE_NAME, payload="/usr/bin/sample")
     base = 0x400000
-    wr.record(RecType.MM, dict(map_count=(3 if heap_split else 2) + extra_vmas, exe_objref=exe_ref, start_code=base, end_code=base + 0x1000,
+    wr.record(RecType.MM, dict(map_count=(3 if heap_split else 2) + bool(shm) + extra_vmas, exe_objref=exe_ref,
+                               start_code=base, end_code=base + 0x1000,
                                start_brk=0x600000, brk=0x621000, start_stack=0x7FFF0000))
     if exe_ref:
         wr.record(RecType.VMA, dict(vma_type=VmaType.FILE, vma_objref=exe_ref, vm_start=base,
@@ -165,6 +198,12 @@ def mm(wr, ref, exe_ref, pages, seed, heap_split=0, extra_vmas=0):
     if heap_split:
         wr.record(RecType.VMA, dict(vma_type=VmaType.ANON, vm_start=heap_split, vm_end=heap_end,
                                     vm_page_prot=1, vm_flags=0x71))
+        wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
+    if shm:
+        npages, pgoff = (SHM_PAGES, 0) if shm == SHM_REF else (1, SHM_PGOFF)
+        wr.record(RecType.VMA, dict(vma_type=VmaType.SHARED_FILE, vma_objref=shm,
+                                    vm_start=SHM_VMA, vm_end=SHM_VMA + npages * PAGE_SIZE, vm_page_prot=3,
+                                    vm_flags=0xFB, vm_pgoff=pgoff))
         wr.record(RecType.PAGE, dict(vaddr=VMA_LAST_PAGE))
     for i in range(extra_vmas):
         start = 0x7F0000000000 + 2 * i * PAGE_SIZE

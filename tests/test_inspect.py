@@ -1312,7 +1312,7 @@ def test_a_shared_anonymous_segment_is_named_once():
     assert vma_what(img, mm, v) == "<shared anon #49> /dev/shm/sem.X (deleted)"
 
 
-# -- namespaces ---------------------------------------------------------------------------
+# -- namespaces, and file contents the image carries ---------------------------------------------
 
 CONTAINER_NS = (0x1 | 0x2,  # LO_DOWN, OWN_PROC
                 b"box\0(none)\0eth0 10.0.0.2/24\0\0monotonic +5000 s, boottime +7000 s\0"
@@ -1382,3 +1382,84 @@ def test_the_creds_tab_gives_cgroups_and_namespaces():
 
     asyncio.run(drive())
 
+
+def test_show_marks_shared_memory_whose_contents_the_image_carries():
+    """A tmpfs file mapped MAP_SHARED looked like any file in show: `pages 0`, and its fd a plain
+    REGULAR one, though the image carries its contents and restore writes them back. Its
+    mappings (also one through an object that does not carry them) and fds say how much."""
+    from ckptrace.image.render import show_text, summary
+
+    s = summary(read_image(io.BytesIO(imagegen.build(shm=True))))
+    carried = dict(bytes=PAGE_SIZE + 100, size=imagegen.SHM_SIZE)
+    for p in s["procs"]:
+        vma = next(v for v in p["vmas"] if v["start"] == imagegen.SHM_VMA)
+        assert vma["pages"] == 0 and vma["file_data"] == carried
+        assert next(f for f in p["fds"] if f["fd"] == 3)["file_data"] == carried
+        assert next(f for f in p["fds"] if f["fd"] == 0)["file_data"] is None  # /tmp/log.txt
+        assert all(v["file_data"] is None for v in p["vmas"] if v["start"] != imagegen.SHM_VMA)
+    lines = show_text(s).splitlines()
+    assert "    7e0000000000   7e0000004000   16.0 KiB rw-s SHARED_FILE       0  /dev/shm/sample  " \
+           "(contents in image: 4.1 KiB of 8.1 KiB)" in lines
+    assert "    7e0000000000   7e0000001000    4.0 KiB rw-s SHARED_FILE       0  /dev/shm/sample  " \
+           "(contents in image: 4.1 KiB of 8.1 KiB)" in lines  # pid 3's
+    assert lines.count("     3 REGULAR               0 no       /dev/shm/sample  (contents in image: 4.1 KiB of 8.1 KiB)") == 2
+
+
+def test_the_hex_view_shows_shared_memory_the_image_carries(tmp_path):
+    """inspect's hex view showed `--` for every byte of shared memory on tmpfs, which the docs
+    say means the contents live in the file, though the image carries them (FILE_DATA) and
+    restore writes them back. It shows them, by the VMA's file offset, holes as zeros, and `--`
+    only past the file's end; the title and status line say where the bytes come from. Read
+    from a file, whose FILE_DATA payloads the index leaves on disk, as `inspect FILE` does."""
+    from textual.widgets import Static
+
+    from ckptrace.tui.app import InspectApp
+    from ckptrace.tui.inspect import load
+
+    path = tmp_path / "shm.img"
+    path.write_bytes(imagegen.build(shm=True))
+    st = load(str(path))
+
+    def body(app) -> list[str]:
+        return str(app.screen.query_one("#hex-body", Static).render()).splitlines()
+
+    async def drive():
+        app = InspectApp(st)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("enter", "down", "down", "enter")  # pid 1's mapping of /dev/shm/sample
+            await pilot.pause()
+            assert st.vma.start == imagegen.SHM_VMA
+            title = str(app.screen.query_one("#hex-title", Static).render())
+            assert "· 0/4 pages + file contents in image · /dev/shm/sample" in title
+            assert body(app)[0] == "7e0000000000  48 45 4c 4c 4f" + " 00" * 11 + "  HELLO..........."
+            assert hex_status(app).endswith("· page 1/4 · file contents in image, offset 0x0")
+            await pilot.press("g", *"7e0000001000", "enter")  # a hole of the file: zeros
+            await pilot.pause()
+            assert body(app)[0] == "7e0000001000  " + " ".join(["00"] * 16) + "  " + "." * 16
+            assert hex_status(app).endswith("· at 0x7e0000001000 · file contents in image, offset 0x1000")
+            await pilot.press("g", *"7e0000002060", "enter")  # the file's last bytes, then zeros
+            await pilot.pause()
+            assert body(app)[0] == "7e0000002060  " + " ".join(["01"] * 4 + ["00"] * 12) + "  " + "." * 16
+            await pilot.press("g", *"7e0000003000", "enter")  # past the file's end: no contents
+            await pilot.pause()
+            assert body(app)[0] == "7e0000003000  " + " ".join(["--"] * 16) + " " * 18
+            assert hex_status(app).endswith("· page 4/4 · at 0x7e0000003000 (page not in image)")
+
+    asyncio.run(drive())
+    st.f.close()
+
+    # pid 3 maps file page 2 through an object of its own, which carries nothing: the contents
+    # are the file's first object's (here with payloads the reader kept: a stream)
+    data = imagegen.build(shm=True)
+    f = io.BytesIO(data)
+    st = InspectState(read_image(f), f)
+    st.select(3)
+    st.goto(imagegen.SHM_VMA)
+    assert st.hex_lines()[0] == "7e0000000000  54 41 49 4c" + " 01" * 12 + "  TAIL" + "." * 12
+    assert st.hex_status().endswith("· at 0x7e0000000000 · file contents in image, offset 0x2000")
+    # and a search finds what the screen shows, in each process's mapping of it
+    assert st.search(b"TAIL").addr == imagegen.SHM_VMA
+    st.select(1)
+    assert st.search(b"HELLO").addr == imagegen.SHM_VMA
+    assert st.search(b"TAIL").addr == imagegen.SHM_VMA + 2 * PAGE_SIZE
+    assert st.search(b"\x01\x01\x00\x00").addr == imagegen.SHM_VMA + 2 * PAGE_SIZE + 98

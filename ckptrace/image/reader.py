@@ -287,6 +287,30 @@ class Image:
         self._runs[id(vma)] = out
         return out
 
+    def carried_files(self) -> dict[str, File]:
+        """Image path -> the REGULAR object carrying the contents of the file at that path
+        (FILE_DATA: shared memory on tmpfs that a process mapped MAP_SHARED), which restore puts
+        back before any fd or mapping of it is made. Once per file, with its first object; the
+        other objects of the same path name the same file and carry nothing."""
+        carried = self.derived.get("carried_files")
+        if carried is None:  # (once per image)
+            carried = self.derived["carried_files"] = {}
+            for obj in self.objects.values():
+                if isinstance(obj, File) and obj.ftype == FileType.REGULAR and obj.name and file_data(obj):
+                    carried.setdefault(obj.name, obj)
+        return carried
+
+    def contents_of(self, f: File) -> File | None:
+        """The object whose FILE_DATA holds the contents of the file `f` opens or maps, as
+        restore makes that file again: `f`'s own (a memfd, a deleted file, or the first object
+        of shared memory on tmpfs), else, for another object of such a tmpfs file, that first
+        object's. None when the contents live in the file itself."""
+        if file_data(f):
+            return f
+        if f.ftype == FileType.REGULAR and f.name:
+            return self.carried_files().get(f.name)
+        return None
+
     def threads_of(self, tgid: int) -> list[Task]:
         self._index()
         return list(self._by_tgid.get(tgid, ()))
@@ -778,6 +802,44 @@ def read_image(f: BinaryIO, *, on_record: Callable[[Record], None] | None = None
     """Parse and validate a whole image. Raises ImageError at the first problem."""
     reader = RecordReader(f, skip_pages=skip_pages and on_record is None)
     return _Parser(reader, on_record, hash_pages).image()
+
+
+def file_data(f: File) -> list[Record]:
+    """The FILE_DATA records of a file object: its data extents, ascending (empty: none)."""
+    return [r for r in f.extra if r.type == RecType.FILE_DATA]
+
+
+def file_data_size(f: File) -> tuple[int, int]:
+    """(bytes the object's FILE_DATA stores, the file's size): holes are not stored."""
+    records = file_data(f)
+    return sum(r.payload_len for r in records), (records[0].fields["size"] if records else 0)
+
+
+def read_file_data(f: BinaryIO | None, obj: File, offset: int, n: int) -> bytes | None:
+    """Bytes [offset, offset + n) of the file whose contents `obj`'s FILE_DATA carries, cut at
+    the file's size, holes read as zeros (docs/format.md); None when `offset` is at or past
+    the size. Payloads the reader left in the image (a seekable input) are read from `f`."""
+    records = file_data(obj)
+    size = records[0].fields["size"] if records else 0
+    if offset >= size:
+        return None
+    out = bytearray(min(n, size - offset))
+    for r in records:
+        lo, hi = max(offset, r.fields["offset"]), min(offset + len(out), r.fields["offset"] + r.payload_len)
+        if lo >= hi:
+            continue
+        start = lo - r.fields["offset"]
+        if r.payload is not None:
+            chunk = bytes(r.payload[start:start + hi - lo])
+        elif f is None:
+            raise ImageError("the image was read from a stream: file data is not available")
+        else:
+            f.seek(r.payload_offset + start)
+            chunk = f.read(hi - lo)
+            if len(chunk) != hi - lo:
+                raise ImageError(f"image shrank: file data at offset {r.payload_offset + start} is truncated")
+        out[lo - offset:hi - offset] = chunk
+    return bytes(out)
 
 
 def read_pages(f: BinaryIO, run: PageRun) -> bytes:

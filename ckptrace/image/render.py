@@ -7,10 +7,9 @@ import sys
 from collections import Counter
 from typing import Any
 
-from .reader import File, FileTable, Image, Mm, Task, read_image
+from .reader import File, FileTable, Image, Mm, Task, file_data_size, read_image
 from .records import (CLONE_NEWCGROUP, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, CLONE_NEWUTS, FILE_NAMES,
-                      NS_FLAG_NAMES, NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN, O_FLAG_NAMES, O_TMPFILE, Payload, PAGE_SIZE,
-                      RLIMIT_NAMES, SECCOMP_MODES, TASK_NS_FLAG_NAMES, VM_FLAG_NAMES, VM_MAYSHARE,
+                      NS_FLAG_NAMES, NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN, O_FLAG_NAMES, O_TMPFILE, Payload, PAGE_SIZE, RLIMIT_NAMES, SECCOMP_MODES, TASK_NS_FLAG_NAMES, VM_FLAG_NAMES, VM_MAYSHARE,
                       VMA_NAMES, FileType, RecType, flag_names, format_time, inotify_watches, json_safe, signal_name,
                       wait_status_text)
 from .stream import Record, open_image
@@ -275,6 +274,26 @@ def queue_note(f: File) -> str:
     return f", {plural(len(queue), 'message')} ({plural(n, 'byte')}) queued"
 
 
+def carried_contents(img: Image, f: File | None) -> dict[str, int] | None:
+    """What of the file `f` opens or maps the image carries (Image.contents_of: a memfd's, a
+    deleted file's, shared memory on tmpfs): {"bytes": stored, "size": the file's size}, for
+    show --json; None when its contents live in the file."""
+    carrier = img.contents_of(f) if isinstance(f, File) else None
+    if carrier is None:
+        return None
+    stored, size = file_data_size(carrier)
+    return dict(bytes=stored, size=size)
+
+
+def carried_note(carried: dict[str, int] | None) -> str:
+    """"contents in image: 4.0 KiB" (", of 8.0 KiB" for a file with holes, which are not
+    stored) for carried_contents; "" when the image carries none."""
+    if carried is None:
+        return ""
+    of = f" of {human(carried['size'])}" if carried["size"] != carried["bytes"] else ""
+    return f"contents in image: {human(carried['bytes'])}{of}"
+
+
 def fd_rows(img: Image, table: FileTable, pipes: dict[int, int]) -> list[dict[str, Any]]:
     """show's fds of one table; `pipes`: pipe_buffers(img)."""
     rows = []
@@ -283,7 +302,7 @@ def fd_rows(img: Image, table: FileTable, pipes: dict[int, int]) -> list[dict[st
         rows.append(dict(fd=d["fd_descriptor"], objref=d["fd_objref"], cloexec=bool(d["fd_close_on_exec"]),
                          kind=FILE_NAMES.get(f.ftype, str(f.ftype)), path=f.name, label=file_label(f),
                          socket=_socket_of(f), detail=anon_desc(f), queued=_queued(f, pipes),
-                         flags=f.fields["f_flags"], pos=f.fields["f_pos"]))
+                         file_data=carried_contents(img, f), flags=f.fields["f_flags"], pos=f.fields["f_pos"]))
     return rows
 
 
@@ -404,7 +423,8 @@ def summary(img: Image) -> dict[str, Any]:
             vmas=[dict(start=v.start, end=v.end, size=v.end - v.start, prot=prot_str(v.fields["vm_page_prot"], v.fields["vm_flags"]),
                        type=VMA_NAMES.get(v.fields["vma_type"], v.fields["vma_type"]),
                        flags=flag_names(v.fields["vm_flags"], VM_FLAG_NAMES),
-                       file=vma_what(img, mm, v), pages=sum(r.npages for r in img.runs_of(v))) for v in mm.vmas],
+                       file=vma_what(img, mm, v), pages=sum(r.npages for r in img.runs_of(v)),
+                       file_data=carried_contents(img, img.obj(v.fields["vma_objref"]))) for v in mm.vmas],
             fds=fd_rows(img, table, pipes)))
     zombies = []
     for z in img.zombies():
@@ -510,11 +530,12 @@ def show_text(s: dict[str, Any]) -> str:
             out.append("  namespaces: " + "; ".join(ns))
         out.append(f"  {'start':>14} {'end':>14} {'size':>10} prot {'type':<11} {'pages':>7}  file")
         for v in p["vmas"]:
+            carried = carried_note(v["file_data"])
             out.append(f"  {v['start']:>14x} {v['end']:>14x} {human(v['size']):>10} {v['prot']} "
-                       f"{v['type']:<11} {v['pages']:>7}  {v['file']}")
+                       f"{v['type']:<11} {v['pages']:>7}  {v['file']}" + (f"  ({carried})" if carried else ""))
         out.append(f"  {'fd':>4} {'kind':<12} {'pos':>10} cloexec  path")
         for f in p["fds"]:
-            about = f["socket"] or f["detail"] or pipe_note(f)
+            about = f["socket"] or f["detail"] or pipe_note(f) or carried_note(f["file_data"])
             sock = f"  ({about})" if about else ""
             out.append(f"  {f['fd']:>4} {f['kind']:<12} {f['pos']:>10} {'yes' if f['cloexec'] else 'no ':<7}  {f['label']}{sock}")
     return "\n".join(terminal_safe(line) for line in out)

@@ -139,16 +139,9 @@ def check_files(img: Image) -> list[str]:
 def carried_files(img: Image) -> dict[str, File]:
     """Image path -> the REGULAR object carrying the contents of the file at that path (FILE_DATA:
     shared memory on tmpfs that a process mapped MAP_SHARED), which restore puts back before any
-    fd or mapping of it is made (FileSet.put_back_contents). Once per file, with its first object;
-    the others of the same path name the same file."""
-    carried = img.derived.get("carried_files")
-    if carried is None:  # (once per image)
-        carried = img.derived["carried_files"] = {}
-        for obj in img.objects.values():
-            if isinstance(obj, File) and obj.ftype == FileType.REGULAR and obj.name \
-                    and _extra(obj, RecType.FILE_DATA) is not None:
-                carried.setdefault(obj.name, obj)
-    return carried
+    fd or mapping of it is made (FileSet.put_back_contents). Image.carried_files: show and
+    inspect say which files those are."""
+    return img.carried_files()
 
 
 def held_file_problems(img: Image, *, original_runs: bool = False) -> list[str]:

@@ -9,19 +9,21 @@ kept in a small LRU cache: opening a huge image costs only its index.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from rich.cells import cell_len
 
 from ..errors import ImageError
-from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma
+from ..image.reader import File, FileTable, Image, Mm, PageRun, Task, Vma, file_data_size, read_file_data
 from ..image.records import (FILE_NAMES, O_LARGEFILE, signal_name, sigset_names, LOCK_KINDS, LOCK_TYPES, PAGE_SIZE, REG_NAMES,
                              RLIMIT_NAMES, SCHED_POLICIES, SECCOMP_MODES, TCP_LISTEN, RecType,
                              format_time, wait_status_text)
-from ..image.render import (cgroup_line, cpu_list, human, namespace_parts, namespaces_summary, open_flags_text, plural,
-                             processes_text, prot_str, queue_note, rlimit_text, socket_name, terminal_safe, vma_what)
+from ..image.render import (cgroup_line, cpu_list, human, namespace_parts, namespaces_summary,
+                             open_flags_text, plural, processes_text, prot_str, queue_note, rlimit_text, socket_name,
+                             terminal_safe, vma_what)
 
 ROW = 16  # bytes per hex line; 12-digit address + 16 bytes of hex and ASCII fit in 79 columns
 HEX_COL = 14  # where the first hex byte starts in a line
@@ -94,7 +96,9 @@ class InspectState:
     def __init__(self, img: Image, f: BinaryIO | None, *, cache_pages: int = 256):
         self.img = img
         self.f = f
-        self.cache: OrderedDict[int, bytes] = OrderedDict()  # page offset in the image -> data
+        # a stored page's offset in the image, or (carrying file objref, file offset) of a page of
+        # file contents the image carries -> its data
+        self.cache: OrderedDict[int | tuple[int, int], bytes] = OrderedDict()
         self.cache_pages = cache_pages
         self.tree_rows = process_tree(img)
         self.pid = self.tree_rows[0][1].tid if self.tree_rows else 0
@@ -334,13 +338,50 @@ class InspectState:
 
     # -- pages ---------------------------------------------------------------------------------
     def page(self, vma: Vma, addr: int) -> bytes | None:
-        """The page holding `addr` as the image stores it, or None when the image has no copy."""
+        """The page holding `addr` as the image has it, or None when the image has no copy: a
+        stored page, else the page of the mapped file's contents the image carries (file_pages)."""
         base = addr - addr % PAGE_SIZE
         runs = self.runs_of(vma)
         i = bisect.bisect_right(runs, base, key=lambda r: r.vaddr) - 1  # runs are in address order
         if i >= 0 and base < runs[i].vaddr + runs[i].npages * PAGE_SIZE:
             return self._read(runs[i].offset + (base - runs[i].vaddr))
-        return None
+        return self._file_page(vma, base)
+
+    def file_pages(self, vma: Vma) -> File | None:
+        """The object carrying the contents of the file `vma` maps (shared memory on tmpfs, a
+        memfd, a deleted file: Image.contents_of), whose pages restore maps where the image
+        stores none; None when they live in the file (or it maps none)."""
+        ref = vma.fields["vma_objref"]
+        f = self.img.obj(ref) if ref else None
+        return self.img.contents_of(f) if isinstance(f, File) else None
+
+    def file_offset(self, vma: Vma, addr: int) -> int:
+        """Where in its file the byte of `vma` at `addr` is (the VMA maps from page vm_pgoff)."""
+        return vma.fields["vm_pgoff"] * PAGE_SIZE + (addr - vma.start)
+
+    def _file_page(self, vma: Vma, base: int) -> bytes | None:
+        """The page at `base` of `vma` from the file contents the image carries; None without
+        them, and past the file's end (touching it there is SIGBUS). The last page's bytes past
+        the end read as zeros, as the kernel maps them."""
+        carrier = self.file_pages(vma)
+        if carrier is None:
+            return None
+        key = (carrier.objref, self.file_offset(vma, base))
+        data = self.cache.get(key)
+        if data is None:
+            data = read_file_data(self.f, carrier, key[1], PAGE_SIZE)
+            if data is None:
+                return None
+            data = data.ljust(PAGE_SIZE, b"\0")
+            self._remember(key, data)
+        else:
+            self.cache.move_to_end(key)
+        return data
+
+    def _remember(self, key: int | tuple[int, int], data: bytes) -> None:
+        self.cache[key] = data
+        if len(self.cache) > self.cache_pages:
+            self.cache.popitem(last=False)
 
     def _read(self, offset: int) -> bytes:
         data = self.cache.get(offset)
@@ -353,9 +394,7 @@ class InspectState:
         data = self.f.read(PAGE_SIZE)
         if len(data) != PAGE_SIZE:
             raise ImageError(f"image shrank: page data at offset {offset} is truncated")
-        self.cache[offset] = data
-        if len(self.cache) > self.cache_pages:
-            self.cache.popitem(last=False)
+        self._remember(offset, data)
         return data
 
     # -- hex view ------------------------------------------------------------------------------
@@ -374,8 +413,9 @@ class InspectState:
         v = self.vma
         assert v is not None
         # the page count before the name: a long path is what the screen's width cuts off
+        carried = " + file contents" if self.file_pages(v) is not None else ""
         return (f"{v.start:x}-{v.end:x} {prot_str(v.fields['vm_page_prot'], v.fields['vm_flags'])} "
-                f"· {self.stored_pages(v)}/{(v.end - v.start) // PAGE_SIZE} pages in image · {self.vma_what(v)}")
+                f"· {self.stored_pages(v)}/{(v.end - v.start) // PAGE_SIZE} pages{carried} in image · {self.vma_what(v)}")
 
     def hex_rows(self) -> list[tuple[int, bytes | None]]:
         v = self.vma
@@ -413,7 +453,24 @@ class InspectState:
         last = min(self.top + self.rows * ROW, v.end) - 1
         where = (f"{self.top:#x}-{last:#x} · page {(self.top - v.start) // PAGE_SIZE + 1}"
                  f"/{(v.end - v.start) // PAGE_SIZE}")
-        return f"{where} · {self.message}" if self.message else where
+        parts = [where] + ([self.message] if self.message else []) + [self.file_source(self.top, last)]
+        return " · ".join(p for p in parts if p)
+
+    def file_source(self, lo: int, hi: int) -> str:
+        """Where the bytes shown at [lo, hi] come from when some are the mapped file's contents
+        as the image carries them, not stored pages: "file contents in image, offset 0x1000"
+        (the file offset of the first such byte); "" otherwise."""
+        v = self.vma
+        assert v is not None
+        if self.file_pages(v) is None:
+            return ""
+        runs = self.runs_of(v)
+        for base in range(lo - lo % PAGE_SIZE, hi + 1, PAGE_SIZE):
+            if any(r.vaddr <= base < r.vaddr + r.npages * PAGE_SIZE for r in runs):
+                continue  # (a stored page: what the process wrote over its private copy)
+            if self._file_page(v, base) is not None:
+                return f"file contents in image, offset {self.file_offset(v, max(base, lo)):#x}"
+        return ""
 
     def scroll(self, lines: int) -> None:
         self.top = self.clamp_top(self.top + lines * ROW)
@@ -494,12 +551,12 @@ class InspectState:
         a time (a search must not flush the hex view's cache), keeping one page of overlap."""
         seg_addr, buf = None, bytearray()
         for v in self.mm.vmas:
-            for run in self.runs_of(v):
-                r_lo = max(run.vaddr, lo - lo % PAGE_SIZE)
-                r_hi = min(run.vaddr + run.npages * PAGE_SIZE, hi)
+            for start, end, read in self._spans(v):
+                r_lo = max(start, lo - lo % PAGE_SIZE)
+                r_hi = min(end, hi)
                 for a in range(r_lo, r_hi, chunk_pages * PAGE_SIZE):
                     n = min(chunk_pages * PAGE_SIZE, r_hi - a + (-(r_hi - a)) % PAGE_SIZE)
-                    data = self._read_raw(run.offset + (a - run.vaddr), n)
+                    data = read(a, n)
                     s, e = max(lo - a, 0), min(hi - a, n)
                     if s >= e:
                         continue
@@ -515,6 +572,34 @@ class InspectState:
                         buf = buf[-PAGE_SIZE:]
         if buf:
             yield seg_addr, bytes(buf)
+
+    def _spans(self, v: Vma) -> list[tuple[int, int, Callable[[int, int], bytes]]]:
+        """(start, end, read(address, n)) of the bytes of `v` the image has, in address order:
+        its stored page runs, and where it stores none, the pages of the mapped file's contents
+        the image carries (file_pages) up to the file's end, as the hex view shows them."""
+        spans = [(r.vaddr, r.vaddr + r.npages * PAGE_SIZE, functools.partial(self._read_run, r))
+                 for r in self.runs_of(v)]
+        carrier = self.file_pages(v)
+        if carrier is None:
+            return spans
+        size = file_data_size(carrier)[1]
+        file_end = min(v.end, v.start + max(0, size - self.file_offset(v, v.start) + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE)
+        read = functools.partial(self._read_file, v, carrier)
+        gaps, at = [], v.start
+        for start, end, _ in spans:
+            if at < min(start, file_end):
+                gaps.append((at, min(start, file_end), read))
+            at = max(at, end)
+        if at < file_end:
+            gaps.append((at, file_end, read))
+        return sorted(spans + gaps, key=lambda span: span[0])
+
+    def _read_run(self, run: PageRun, addr: int, n: int) -> bytes:
+        return self._read_raw(run.offset + (addr - run.vaddr), n)
+
+    def _read_file(self, v: Vma, carrier: File, addr: int, n: int) -> bytes:
+        """`n` bytes of `v` at `addr` from the file contents `carrier` holds (zeros past its end)."""
+        return (read_file_data(self.f, carrier, self.file_offset(v, addr), n) or b"").ljust(n, b"\0")
 
     def _read_raw(self, offset: int, n: int) -> bytes:
         if self.f is None:
