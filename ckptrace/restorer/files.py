@@ -136,6 +136,16 @@ def check_files(img: Image) -> list[str]:
     return problems
 
 
+def _unlink_if_same(made: list[tuple[str, int, int]]) -> None:
+    """Unlink each (path, dev, ino) whose path still names that inode: someone else's file put
+    there since is left alone. Failures are skipped (cleanup of a failed restore)."""
+    for path, dev, ino in made:
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+
+
 def carried_files(img: Image) -> dict[str, File]:
     """Image path -> the REGULAR object carrying the contents of the file at that path (FILE_DATA:
     shared memory on tmpfs that a process mapped MAP_SHARED), which restore puts back before any
@@ -760,11 +770,7 @@ class FileSet:
     def remove_made(self) -> None:
         """Remove the carried files this restore made (still the ones it made: device and
         inode), once it has failed: each holds the image's process memory."""
-        for path, dev, ino in self.made_files:
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if (st.st_dev, st.st_ino) == (dev, ino):
-                    os.unlink(path)
+        _unlink_if_same(self.made_files)
         self.made_files.clear()
 
     def _pty_master(self, obj: File) -> int:
@@ -1229,11 +1235,7 @@ class FileSet:
         binding there meanwhile has its own. (The dead original's file, removed to bind, is not
         put back.)"""
         with _bind_lock():
-            for path, dev, ino in self.bound_paths:
-                with contextlib.suppress(OSError):
-                    st = os.lstat(path)
-                    if (st.st_dev, st.st_ino) == (dev, ino):
-                        os.unlink(path)
+            _unlink_if_same(self.bound_paths)
         self.bound_paths.clear()
 
     def _remove_unlinked(self) -> None:
