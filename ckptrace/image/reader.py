@@ -31,8 +31,8 @@ from typing import Any, BinaryIO, Callable
 
 from ..errors import ImageError, ImageReadError
 from .records import (ARCH_X86_64, AT_VECTOR_SIZE, EXIT_ZOMBIE, MAGIC_HEAD, MAGIC_TAIL, PAGE_SIZE, REG_NAMES,
-                      SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, TCP_ESTABLISHED, UTS_LEN, VMA_LAST_PAGE, FileType,
-                      ObjType, RecType, VmaType, cstring, inotify_watches)
+                      NAMED_TEXTS, SCHED_POLICIES, SIGINFO_SIZE, TASK_COMM_LEN, TCP_ESTABLISHED, UTS_LEN, VMA_LAST_PAGE,
+                      FileType, ObjType, RecType, VmaType, cstring, inotify_watches)
 from ..kernel.procfs import parse_cgroup
 from .stream import Record, RecordReader
 
@@ -572,26 +572,25 @@ class _Parser:
                 names = bytes(nsr.payload or b"").split(b"\0")
                 if len(names) < 3:
                     self.fail(nsr, "TASK_NS payload must hold the host and domain names, NUL-terminated")
+                # the NUL-terminated texts by name (records.NAMED_TEXTS: older images end after the
+                # domain name, the network words, the mount words...)
+                text = dict(zip(NAMED_TEXTS[RecType.TASK_NS], names[:-1]))
                 t.own_ns, t.nodename, t.domainname = nsr.fields["own"], names[0], names[1]
                 t.ns_flags = nsr.fields.get("flags", 0)
-                # (older images end after the domain name, the network words or the mount words)
-                if len(names) > 3:
-                    t.net_missing = names[2].decode("utf-8", "replace")
-                if len(names) > 4:
-                    t.mnt_missing = names[3].decode("utf-8", "replace")
-                if len(names) > 5:
-                    t.time_offsets = names[4].decode("utf-8", "replace")
-                if len(names) > 6 and names[5]:
-                    if not names[5].isdigit() or not 0 < int(names[5]) < 1 << 31:
+                for name in ("net_missing", "mnt_missing", "time_offsets"):
+                    if name in text:
+                        setattr(t, name, text[name].decode("utf-8", "replace"))
+                if cgroup_ns := text.get("cgroup_ns"):
+                    if not cgroup_ns.isdigit() or not 0 < int(cgroup_ns) < 1 << 31:
                         self.fail(nsr, "TASK_NS's cgroup namespace is not named by a pid")
-                    t.cgroup_ns = int(names[5])
-                if len(names) > 7:
+                    t.cgroup_ns = int(cgroup_ns)
+                if "cgroup_ns_roots" in text:
                     try:
-                        t.cgroup_ns_roots = parse_cgroup(names[6].decode("utf-8", "surrogateescape"))
+                        t.cgroup_ns_roots = parse_cgroup(text["cgroup_ns_roots"].decode("utf-8", "surrogateescape"))
                     except ValueError:
                         self.fail(nsr, "TASK_NS's cgroup namespace roots are not /proc/PID/cgroup lines")
-                if len(names) > 8 and names[7]:
-                    t.time_ns = self.time_ns(nsr, names[7])
+                if time_ns := text.get("time_ns"):
+                    t.time_ns = self.time_ns(nsr, time_ns)
             if self.at(RecType.TASK_SIGINFO):
                 t.shared_siginfo = self.siginfo(shared=True)
             self.leaders[t.tid] = t

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from ..errors import CkptError, Unsupported
 from ..image.records import (CLONE_NEWCGROUP, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWTIME, MNT_MISSING_MAX,
                               NET_MISSING_MAX, NS_FLAG_NAMES, NS_LO_DOWN, NS_OWN_PROC, NS_TIME_CHILDREN,
-                              TIME_OFFSETS_MAX, RecType)
+                              NAMED_TEXTS, TIME_OFFSETS_MAX, RecType)
 from ..image.render import listed
 from ..kernel import netns, procfs
 from ..kernel.ptrace import Injector, checked
@@ -338,11 +338,12 @@ def _own_mounts(pid: int, ns_root: str, proc: str) -> "Counter[tuple[str, str, s
 
 
 def write(ctx: DumpContext, p: "ProcState") -> None:
-    payload = p.nodename + b"\0" + p.domainname + b"\0"
-    words = [p.net_missing, p.mnt_missing, p.time_offsets, p.cgroup_ns, p.cgroup_ns_roots, p.time_ns]
-    while words and not words[-1]:  # (the strings after the names are optional from the last one said)
-        words.pop()
-    payload += b"".join(w + b"\0" for w in words)
+    # the texts in the order records.NAMED_TEXTS declares (ProcState has each under that name);
+    # those after the two names are optional from the last one said
+    texts = [getattr(p, name) for name in NAMED_TEXTS[RecType.TASK_NS]]
+    while len(texts) > 2 and not texts[-1]:
+        texts.pop()
+    payload = b"".join(text + b"\0" for text in texts)
     flags = p.ns_flags & ((NS_LO_DOWN if p.own_ns & CLONE_NEWNET else 0) | (NS_OWN_PROC if p.own_ns & CLONE_NEWNS else 0)
                           | (NS_TIME_CHILDREN if p.own_ns & CLONE_NEWTIME else 0))
     ctx.w.record(RecType.TASK_NS, dict(own=p.own_ns, flags=flags), payload=payload)
