@@ -562,17 +562,27 @@ def holders(dev: int, ino: int, root: str = PROC, *, skip: int | None = None, na
     sees it through), so its cost is the host's number of open fds; with `name` (the file's
     base name), only fds whose link ends with that name are stat'ed: a stat follows the link
     into its filesystem, and one on a hung NFS or FUSE mount would block the scan."""
-    out: list[int] = []
+    return sorted(_fd_holders({(dev, ino): name}, root, skip)[dev, ino])
+
+
+def _fd_holders(inodes: dict[tuple[int, int], str | None], root: str,
+                skip: int | None = None) -> dict[tuple[int, int], set[int]]:
+    """For each inode (dev, ino) of `inodes`, the host pids (but `skip`) with an fd open on it,
+    in one scan of every fd on the host (holders says how; an inode's base name, None for any).
+    A process already found holding every inode has its other fds passed over."""
+    found: dict[tuple[int, int], set[int]] = {key: set() for key in inodes}
+    names = set(inodes.values())
     for pid, fd, target in fd_links(root):
-        if pid == skip or (out and out[-1] == pid) or (name is not None and os.path.basename(target) != name):
+        if pid == skip or (None not in names and os.path.basename(target) not in names) or \
+                all(pid in pids for pids in found.values()):
             continue
         try:
             st = os.stat(f"{root}/{pid}/fd/{fd}")
         except OSError:
             continue
-        if st.st_ino == ino and st.st_dev == dev:
-            out.append(pid)
-    return out
+        if (st.st_dev, st.st_ino) in found:
+            found[st.st_dev, st.st_ino].add(pid)
+    return found
 
 
 def file_holders(inodes: dict[tuple[int, int], str], root: str = PROC) -> dict[tuple[int, int], list[int]]:
@@ -582,24 +592,12 @@ def file_holders(inodes: dict[tuple[int, int], str], root: str = PROC) -> dict[t
     base name: only fds whose link ends with one are stat'ed (as `holders`, whose reasons hold)."""
     if not inodes:
         return {}  # (no scan)
-    found: dict[tuple[int, int], set[int]] = {key: set() for key in inodes}
-    names = set(inodes.values())
-    for pid, fd, target in fd_links(root):
-        if os.path.basename(target) not in names:
-            continue
-        try:
-            st = os.stat(f"{root}/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in found:
-            found[st.st_dev, st.st_ino].add(pid)
+    found = _fd_holders(inodes, root)
     columns = {(f"{os.major(dev):02x}:{os.minor(dev):02x}", str(ino)): (dev, ino) for dev, ino in inodes}
     inos = {ino for _, ino in columns}
-    for d in os.listdir(root):
-        if not d.isdigit():
-            continue
+    for pid in pids(root):
         try:
-            with open(f"{root}/{d}/maps") as f:
+            with open(f"{root}/{pid}/maps") as f:
                 text = f.read()
         except OSError:
             continue
@@ -608,7 +606,7 @@ def file_holders(inodes: dict[tuple[int, int], str], root: str = PROC) -> dict[t
         for line in text.splitlines():
             cols = line.split(None, 5)
             if len(cols) >= 5 and (key := columns.get((cols[3], cols[4]))) is not None:
-                found[key].add(int(d))
+                found[key].add(pid)
     return {key: sorted(pids) for key, pids in found.items()}
 
 
