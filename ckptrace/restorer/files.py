@@ -86,7 +86,7 @@ def check_files(img: Image) -> list[str]:
     problems = tty.problems(img, lambda objref: _users(img, objref))
     missing: dict[str, list[int]] = {}  # path -> the objects that name it
     pairs = tty.masters(img)
-    carried = carried_files(img)
+    carried = img.carried_files()
     for obj in img.objects.values():
         if not isinstance(obj, File):
             continue
@@ -146,16 +146,8 @@ def _unlink_if_same(made: list[tuple[str, int, int]]) -> None:
                 os.unlink(path)
 
 
-def carried_files(img: Image) -> dict[str, File]:
-    """Image path -> the REGULAR object carrying the contents of the file at that path (FILE_DATA:
-    shared memory on tmpfs that a process mapped MAP_SHARED), which restore puts back before any
-    fd or mapping of it is made (FileSet.put_back_contents). Image.carried_files: show and
-    inspect say which files those are."""
-    return img.carried_files()
-
-
 def held_file_problems(img: Image, *, original_runs: bool = False) -> list[str]:
-    """Files whose contents the image carries (carried_files) that a process outside the image
+    """Files whose contents the image carries (Image.carried_files) that a process outside the image
     holds open or maps now: restore writes the dumped contents into the file, which would change
     that process's memory under it; and a copy restored beside its running original (a plain
     dump) would share one segment with it. `original_runs` (dump's own check, before `--kill`
@@ -164,7 +156,7 @@ def held_file_problems(img: Image, *, original_runs: bool = False) -> list[str]:
     skip = {os.getpid()} | ({e["hostpid"] for e in img.tree} if original_runs else set())
     problems = []
     present = {}  # (dev, ino) -> (path, object)
-    for name, obj in carried_files(img).items():
+    for name, obj in img.carried_files().items():
         path = img.at(name)
         try:
             st = os.stat(path)
@@ -726,11 +718,11 @@ class FileSet:
         return fd
 
     def put_back_contents(self) -> None:
-        """The dumped contents of the files the image carries (carried_files), written back at
+        """The dumped contents of the files the image carries (Image.carried_files), written back at
         their paths: a file still there is truncated to nothing, then sized and given the stored
         extents (holes stay holes); a missing one (a reboot emptied /dev/shm) is made with the
         dumped mode and owner. Its ownership and mode are otherwise left as they are now."""
-        for name, obj in carried_files(self.img).items():
+        for name, obj in self.img.carried_files().items():
             what = f"put back the contents of '{shown_path(self.img.at(name))}' ({_users(self.img, obj.objref)})"
             st = _extra(obj, RecType.FILE_STAT)
             try:
@@ -753,7 +745,7 @@ class FileSet:
                 raise from_oserror(exc, what) from None
 
     def _make_carried(self, name: str, st: dict) -> int:
-        """A missing file of carried_files made again, empty, with the dumped mode and owner
+        """A missing file of Image.carried_files made again, empty, with the dumped mode and owner
         (FILE_STAT; an image without them gets root's and 0600)."""
         perms = stat.S_IMODE(st.get("mode", 0)) or 0o600
         fd = open_path(self.img, name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perms)

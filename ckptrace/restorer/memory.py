@@ -33,7 +33,7 @@ from ..kernel.ptrace import Injector
 from ..kernel.sysno import (SYS_close, SYS_madvise, SYS_mlock2, SYS_mlockall, SYS_mmap, SYS_mprotect,
                             SYS_mremap, SYS_munmap, SYS_prctl, SYS_pread64, SYS_rseq, SYS_set_robust_list,
                             SYS_set_tid_address, SYS_sigaltstack)
-from .files import FileSet, carried_files
+from .files import FileSet
 
 ROBUST_LIST_HEAD_SIZE = 24  # struct robust_list_head: the only length set_robust_list takes
 RSEQ_FLAG_UNREGISTER = 1
@@ -131,7 +131,7 @@ def check_mapped_files(img: Image) -> list[str]:
     contents are the file's, now, by design; so are a privately mapped data file's, but for the
     pages the image holds, which must still lie within the file (`_pages_past_eof`). A file whose
     contents the image carries (shared memory on tmpfs) is put back as dumped: not checked."""
-    carried = carried_files(img)
+    carried = img.carried_files()
     named: dict[int, str] = {}  # FILE objref -> how the first user names it
     for t in img.processes():
         mm = img.obj(t.mm_objref)
