@@ -13,32 +13,31 @@ dump says so on stderr.
 
 from __future__ import annotations
 
-from ..image.reader import Image
+from ..image.reader import Image, Task
 from ..image.records import CLONE_NEWCGROUP, CLONE_NEWTIME, CLONE_NEWUSER, NS_TIME_CHILDREN
 
 
-def reasons(own: int, flags: int, time_offsets: str, uid: int | None, cgroup_ns: int,
-            time_ns_known: bool) -> list[tuple[int, str]]:
-    """(CLONE_NEW* bit, why restore cannot keep it) for each namespace of `own` that restore does
-    not make, in the order user, cgroup, time. Each reason reads after "it was in" or "it is in".
-    `uid`: the process's effective uid as the host sees it; `time_offsets`: in words; `cgroup_ns`:
-    TASK_NS's name of its cgroup namespace, 0 where the image does not say (nor its root);
-    `time_ns_known`: whether the image names its time namespaces, with their offsets."""
+def reasons(t: Task) -> list[tuple[int, str]]:
+    """(CLONE_NEW* bit, why restore cannot keep it) for each namespace of process `t`'s own that
+    restore does not make, in the order user, cgroup, time. Each reason reads after "it was in"
+    or "it is in". A cgroup namespace TASK_NS does not name (nor its root), and a time namespace
+    whose name and offsets it does not hold, are those of an older image."""
+    own, time_offsets = t.own_ns or 0, t.time_offsets
     out = []
     if own & CLONE_NEWUSER:
-        host_uid = f"host uid {uid}" if uid is not None else "its host uid"
+        host_uid = f"host uid {t.creds['euid']}" if t.creds else "its host uid"
         out.append((CLONE_NEWUSER, "a user namespace of its own: restore does not make user namespaces, it would come "
                                    f"back as {host_uid} with its capabilities over the host instead of over its "
                                    "namespace only"))
-    if own & CLONE_NEWCGROUP and not cgroup_ns:
+    if own & CLONE_NEWCGROUP and not t.cgroup_ns:
         out.append((CLONE_NEWCGROUP, "a cgroup namespace of its own (unshare -C, or a container's: Docker's on cgroup "
                                      "v2) whose root the image does not hold (made by an older ckptrace: dump it "
                                      "again): restore could not make it, it would see the host's cgroup paths in "
                                      "/proc/self/cgroup instead of its own /"))
-    if own & CLONE_NEWTIME and not time_ns_known:
+    if own & CLONE_NEWTIME and t.time_ns is None:
         offsets = f"offsets {time_offsets}" if time_offsets else "offsets unknown"
         older = "whose name the image does not hold (made by an older ckptrace: dump it again)"
-        if flags & NS_TIME_CHILDREN:
+        if t.ns_flags & NS_TIME_CHILDREN:
             what = (f"a time namespace of its own for its children to enter (unshare(CLONE_NEWTIME)), with {offsets}, "
                     f"{older}: restore could not make it, its children would be in the host's")
         else:
@@ -54,8 +53,7 @@ def problems(img: Image) -> list[str]:
     host = {e["pid"]: e["hostpid"] for e in img.tree}
     seen: dict[int, tuple[str, int]] = {}  # bit -> (the first one's words, how many had it)
     for t in img.processes():
-        uid = t.creds["euid"] if t.creds else None
-        for bit, why in reasons(t.own_ns or 0, t.ns_flags, t.time_offsets, uid, t.cgroup_ns, t.time_ns is not None):
+        for bit, why in reasons(t):
             first, n = seen.get(bit, (f"process {t.tid} (host pid {host.get(t.tid, '?')} at the dump) was in {why}", 0))
             seen[bit] = (first, n + 1)
     return [first + (f" (and {n - 1} other process{'es' if n > 2 else ''} in one too)" if n > 1 else "")
